@@ -1,0 +1,185 @@
+"""Typed run configuration, loaded from a flat-ish YAML file (see s4al/configs/*.yaml)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(Section):
+    num_train: int = Field(60, ge=1)
+    num_val: int = Field(20, ge=1)
+    height: int = Field(96, ge=16)
+    width: int = Field(128, ge=16)
+
+
+class DatasetConfig(Section):
+    name: Literal["camvid", "cityscapes", "folder", "synthetic"] = "synthetic"
+    root: Path | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str | None = None
+    resize: tuple[int, int] | None = None  # (H, W) applied on load; Cityscapes protocol: 688x688
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @model_validator(mode="after")
+    def _root_needed(self) -> "DatasetConfig":
+        if self.name != "synthetic" and self.root is None:
+            raise ValueError(f"dataset.root is required for dataset '{self.name}'")
+        return self
+
+
+class ModelConfig(Section):
+    encoder: Literal["mobilenet_v2", "resnet50"] = "mobilenet_v2"
+    # A local .pth file (torchvision layout), "imagenet" (download, needs internet) or null (random).
+    weights: str | None = None
+    output_stride: Literal[8, 16] = 16
+    channels_last: bool = True
+
+
+class TrainConfig(Section):
+    lr: float = Field(1e-2, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    poly_power: float = Field(0.9, ge=0)
+    batch_size: int = Field(4, ge=1)
+    unlabelled_batch_size: int = Field(4, ge=1)
+    epochs: int = Field(100, ge=1)
+    iters_per_epoch: int = Field(50, ge=1)
+    crop_size: tuple[int, int] | None = None  # (H, W); None: the image size after scaling
+    scale_range: tuple[float, float] = (0.75, 1.25)
+    color_jitter_p: float = Field(0.5, ge=0, le=1)
+    hflip_p: float = Field(0.5, ge=0, le=1)
+    num_workers: int = Field(2, ge=0)
+    eval_every: int = Field(10, ge=1)  # epochs
+    checkpoint_every: int = Field(1, ge=1)  # epochs
+    eval_batch_size: int = Field(4, ge=1)
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _scale_order(self) -> "TrainConfig":
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"train.scale_range must satisfy 0 < low <= high, got {self.scale_range}")
+        return self
+
+
+class SSLConfig(Section):
+    enabled: bool = True
+    ema_momentum: float = Field(0.99, ge=0, le=1)
+    confidence_threshold: float = Field(0.97, ge=0, le=1)
+    confidence_weighting: bool = True
+    classmix: bool = True
+    balanced_classmix: bool = True
+    replay: bool = True
+    replay_size: int = Field(50, ge=1)
+    head_share: float = Field(0.8, gt=0, le=1)  # head = most frequent classes covering this share
+    n_head: int = Field(3, ge=0)
+    n_tail: int = Field(2, ge=0)
+    cold_start_epochs: int = Field(10, ge=0)
+    cold_start_sup_weight: float = Field(1.5, gt=0)
+    balanced_from_cycle: int = Field(1, ge=0)
+    balanced_from_epoch: int = Field(30, ge=0)
+
+
+class ActiveConfig(Section):
+    cycles: int = Field(2, ge=0)
+    initial_fraction: float = Field(0.1, gt=0, le=1)
+    level: Literal["region", "image"] = "region"
+    metric: Literal["entropy", "least_confidence", "margin", "random", "coreset"] = "entropy"
+    region_size: int = Field(30, ge=1)
+    regions_per_image: int = Field(4, ge=1)
+    selection: Literal["per_image", "global"] = "per_image"
+    global_budget: int | None = Field(None, ge=1)  # cells per cycle when selection == global
+    scorer: Literal["teacher", "student"] = "teacher"
+    reinit_each_cycle: bool = True
+    final_cycle_epoch_multiplier: float = Field(2.0, gt=0)
+    score_batch_size: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _budget(self) -> "ActiveConfig":
+        if self.level == "region" and self.metric == "coreset":
+            raise ValueError("active.metric 'coreset' is image-level only: set active.level: image")
+        if self.selection == "global" and self.global_budget is None:
+            raise ValueError("active.global_budget is required when active.selection is 'global'")
+        return self
+
+
+class RunConfig(Section):
+    seed: int = 3108
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    ssl: SSLConfig = SSLConfig()
+    active: ActiveConfig = ActiveConfig()
+
+
+class ConfigError(ValueError):
+    pass
+
+
+PRESETS = ("camvid", "cityscapes", "demo")
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read config: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def preset_path(name: str) -> Path:
+    return Path(str(resources.files("s4al") / "configs" / f"{name}.yaml"))
+
+
+def load_config(source: str | Path, overrides: dict | None = None) -> RunConfig:
+    """Load a preset name (camvid, cityscapes, demo) or a YAML path; `overrides` is a nested dict."""
+    path = preset_path(str(source)) if str(source) in PRESETS else Path(source)
+    data = _read_yaml(path)
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"{path}: invalid config: {problems}") from None
+
+
+def parse_override(items: list[str]) -> dict:
+    """['train.epochs=3', 'ssl.enabled=false'] -> nested dict, values parsed as YAML scalars."""
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return out
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

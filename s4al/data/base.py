@@ -1,0 +1,45 @@
+"""What every dataset provides: decoded (image, label) pairs in original image coordinates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch.utils.data
+
+from s4al.data.classes import ClassSet
+
+
+class DatasetError(ValueError):
+    """Bad input data; the message names the file and the problem."""
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    label: np.ndarray  # (H, W) uint8 class ids, IGNORE_INDEX where void/unlabelled
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """A split of a segmentation dataset. Subclasses set `classes` and implement the three methods.
+
+    `image_id(i)` is a stable, unique, human-readable key (it is what the label ledger stores),
+    `image_size(i)` is (H, W) of the original image, `load(i)` decodes and validates one pair.
+    """
+
+    classes: ClassSet
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def image_id(self, index: int) -> str:
+        raise NotImplementedError
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        return self.load(index).label.shape
+
+    def load(self, index: int) -> Sample:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.load(index)

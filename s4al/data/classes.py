@@ -1,0 +1,34 @@
+"""Class names, display colours and the ignore index shared by every dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class ClassSet:
+    names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+
+    def __post_init__(self) -> None:
+        if len(self.names) != len(self.colors):
+            raise ValueError(f"{len(self.names)} class names but {len(self.colors)} colours")
+        if len(self.names) >= IGNORE_INDEX:
+            raise ValueError(f"at most {IGNORE_INDEX - 1} classes are supported")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def palette(self) -> np.ndarray:
+        """(256, 3) uint8 lookup table: class id -> colour, ignore -> black."""
+        table = np.zeros((256, 3), dtype=np.uint8)
+        table[: self.num_classes] = np.asarray(self.colors, dtype=np.uint8)
+        return table
+
+    def colorize(self, label: np.ndarray) -> np.ndarray:
+        return self.palette()[label]
