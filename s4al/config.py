@@ -64,6 +64,8 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(1, ge=1)  # epochs
     eval_batch_size: int = Field(4, ge=1)
     device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA only (it is slower on CPUs without bf16 units)
+    eval_network: Literal["teacher", "student"] = "teacher"
 
     @model_validator(mode="after")
     def _scale_order(self) -> "TrainConfig":
@@ -104,6 +106,8 @@ class ActiveConfig(Section):
     reinit_each_cycle: bool = True
     final_cycle_epoch_multiplier: float = Field(2.0, gt=0)
     score_batch_size: int = Field(4, ge=1)
+    # oracle: reveal ground truth (experiments); external: stop after asking, wait for `s4al import`
+    annotator: Literal["oracle", "external"] = "oracle"
 
     @model_validator(mode="after")
     def _budget(self) -> "ActiveConfig":

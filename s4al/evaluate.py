@@ -1,0 +1,70 @@
+"""Full-resolution evaluation: confusion-matrix mIoU, identical whatever the batch size
+(images are batched only with images of the same size, so no padding touches a prediction)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from s4al.data.base import SegmentationDataset
+from s4al.metrics import SegmentationScores, confusion_meter, scores_from_confusion
+
+
+def same_size_batches(
+    dataset: SegmentationDataset, batch_size: int, indices: Sequence[int] | None = None
+) -> list[list[int]]:
+    by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i in range(len(dataset)) if indices is None else indices:
+        by_size[tuple(dataset.image_size(i))].append(i)
+    return [group[k : k + batch_size] for group in by_size.values() for k in range(0, len(group), batch_size)]
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, dataset: SegmentationDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return index, self.dataset.load(index)
+
+
+def _collate(items):
+    images = torch.from_numpy(np.stack([s.image for _, s in items])).permute(0, 3, 1, 2)
+    labels = torch.from_numpy(np.stack([s.label for _, s in items])).long()
+    return images, labels, [i for i, _ in items]
+
+
+def image_batches(
+    dataset: SegmentationDataset, batch_size: int, num_workers: int = 0, indices: Sequence[int] | None = None
+):
+    """(uint8 (N,3,H,W) images, (N,H,W) labels, dataset indices), same-size batches, in order."""
+    return torch.utils.data.DataLoader(
+        _Indexed(dataset),
+        batch_sampler=same_size_batches(dataset, batch_size, indices),
+        collate_fn=_collate,
+        num_workers=num_workers,
+    )
+
+
+def to_model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = images.to(device, non_blocking=True).float().div_(255)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, dataset: SegmentationDataset, batch_size: int, device: torch.device, num_workers: int = 0
+) -> SegmentationScores:
+    was_training = model.training
+    model.eval()
+    meter = confusion_meter(dataset.classes.num_classes).to(device)
+    for images, labels, _ in image_batches(dataset, batch_size, num_workers):
+        meter.update(model(to_model_input(images, device)).argmax(1), labels.to(device))
+    model.train(was_training)
+    return scores_from_confusion(meter.compute().cpu())

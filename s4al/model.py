@@ -1,0 +1,74 @@
+"""The one model factory: DeepLabv3+ (segmentation-models-pytorch) wrapped to take [0, 1] RGB
+images of any size and return logits in the same coordinates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from s4al.config import ModelConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STRIDE = 16  # smp's DeepLabV3Plus needs sides divisible by its output stride's decoder grid
+
+
+class SegmentationNet(nn.Module):
+    """Normalises, pads to a multiple of 16 and crops the logits back, so that regions, labels and
+    metrics stay in original image coordinates (CamVid's 360 rows are padded to 368)."""
+
+    def __init__(self, net: smp.DeepLabV3Plus):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.net.encoder
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        h, w = images.shape[-2:]
+        x = (images - self.mean) / self.std
+        pad_h, pad_w = -h % STRIDE, -w % STRIDE
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if min(h, w) > max(pad_h, pad_w) else "replicate")
+        return self.net(x)[..., :h, :w]
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Deepest encoder feature map, for Core-Set."""
+        h, w = images.shape[-2:]
+        x = (images - self.mean) / self.std
+        x = F.pad(x, (0, -w % STRIDE, 0, -h % STRIDE), mode="replicate")
+        return self.net.encoder(x)[-1]
+
+
+def _load_local_encoder_weights(encoder: nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"encoder weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        # smp's encoders drop torchvision's classifier keys themselves, then load strictly.
+        encoder.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: not a torchvision-layout state dict for this encoder: {err}") from None
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationNet:
+    online = cfg.weights == "imagenet"
+    net = smp.DeepLabV3Plus(
+        encoder_name=cfg.encoder,
+        encoder_weights="imagenet" if online else None,
+        encoder_output_stride=cfg.output_stride,
+        classes=num_classes,
+    )
+    if cfg.weights and not online:
+        _load_local_encoder_weights(net.encoder, Path(cfg.weights).expanduser())
+    model = SegmentationNet(net)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model

@@ -1,0 +1,1 @@
+"""Semi-supervised learning: mean teacher, Confidence Weighting, (Balanced) ClassMix, replay."""

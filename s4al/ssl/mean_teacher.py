@@ -1,0 +1,66 @@
+"""Mean teacher (paper Sec. 3.1, Eq. 1): an EMA copy of the student that produces pseudo labels."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def ema_decay(step: int, momentum: float) -> float:
+    """m_t = min(1 - 1/(step+1), momentum): 0 at step 0 (teacher := student), then ramps up to the cap."""
+    return min(1.0 - 1.0 / (step + 1), momentum)
+
+
+@torch.no_grad()
+def pseudo_labels_from_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C, H, W) logits -> labels (N, H, W) long = argmax, confidence (N, H, W) float32 = max softmax."""
+    confidence, labels = logits.float().softmax(dim=1).max(dim=1)
+    return labels, confidence
+
+
+class MeanTeacher:
+    """Holds `model`, a frozen copy of the student updated by EMA of its parameters and float buffers.
+
+    The teacher always runs in eval mode. Eval-mode BatchNorm with EMA-averaged running statistics
+    gives deterministic pseudo labels that do not depend on which images share the unlabelled batch,
+    and it is the same network state that later scores the pool. The authors' code kept the teacher
+    in train mode and averaged parameters only; we deliberately differ.
+    """
+
+    def __init__(self, student: nn.Module, momentum: float = 0.99) -> None:
+        self.momentum = momentum
+        self.model = copy.deepcopy(student).requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, step: int) -> None:
+        """theta' := m_t theta' + (1 - m_t) theta for parameters and floating buffers (BN running
+        mean/var); integer buffers (BN num_batches_tracked) are copied. Call after optimizer.step()."""
+        weight = 1.0 - ema_decay(step, self.momentum)
+        teacher_floats = list(self.model.parameters())
+        student_floats = list(student.parameters())
+        if len(teacher_floats) != len(student_floats):
+            raise ValueError("student and teacher have different parameter lists")
+        for teacher_buf, student_buf in zip(self.model.buffers(), student.buffers(), strict=True):
+            if teacher_buf.is_floating_point():
+                teacher_floats.append(teacher_buf)
+                student_floats.append(student_buf)
+            else:
+                teacher_buf.copy_(student_buf)
+        if teacher_floats:
+            torch._foreach_lerp_(teacher_floats, student_floats, weight)
+
+    @torch.no_grad()
+    def pseudo_label(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3, H, W) images -> labels (N, H, W) long, confidence (N, H, W) float32 in [0, 1].
+
+        Assumes the model maps images to (N, C, H, W) logits at input resolution."""
+        self.model.eval()
+        return pseudo_labels_from_logits(self.model(images))
+
+    def state_dict(self) -> dict:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state)

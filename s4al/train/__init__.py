@@ -1,0 +1,1 @@
+"""The training loop, its sampling, checkpoints and live monitoring."""

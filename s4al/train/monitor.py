@@ -1,0 +1,53 @@
+"""Live view of a run: a rich progress bar on the terminal and TensorBoard scalars on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.tensorboard import SummaryWriter
+
+
+class Monitor:
+    """Callable given to the trainer: receives {"event": "step"|"eval", ...} records."""
+
+    def __init__(self, log_dir: Path, show_progress: bool = True, log_every: int = 10):
+        self.writer = SummaryWriter(str(log_dir))
+        self.log_every = log_every
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            disable=not show_progress,
+        )
+        self.task = None
+        self.progress.start()
+
+    def __call__(self, record: dict) -> None:
+        getattr(self, f"_{record['event']}")(record)
+
+    def _step(self, r: dict) -> None:
+        if self.task is None or self.progress.tasks[self.task].total != r["total"]:
+            self.task = self.progress.add_task(f"cycle {r['cycle']}", total=r["total"], status="")
+        speed = r["seconds"] / max(r["step"], 1)
+        status = f"loss {r['loss/sup']:.3f}" + (f" unsup {r['loss/unsup']:.3f}" if "loss/unsup" in r else "")
+        self.progress.update(self.task, completed=r["step"], status=f"{status} {speed:.2f}s/it")
+        if r["step"] % self.log_every == 0:
+            for key, value in r.items():
+                if key.startswith(("loss/", "eta/")) or key == "lr":
+                    self.writer.add_scalar(f"cycle{r['cycle']}/train/{key}", value, r["step"])
+
+    def _eval(self, r: dict) -> None:
+        prefix, step = f"cycle{r['cycle']}", r["step"]
+        self.writer.add_scalar(f"{prefix}/val/miou", r["miou"], step)
+        for name, value in r["iou"].items():
+            if value is not None:
+                self.writer.add_scalar(f"{prefix}/val_iou/{name}", value, step)
+        self.progress.console.print(f"cycle {r['cycle']} epoch {r['epoch']}: val mIoU {r['miou']:.4f}")
+
+    def close(self) -> None:
+        self.progress.stop()
+        self.writer.close()

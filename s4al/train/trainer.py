@@ -1,0 +1,267 @@
+"""The one training loop: supervised when there is no pool (or SSL is off), otherwise the
+paper's mean-teacher learner with Confidence Weighting and Balanced ClassMix (Eqs. 1-6).
+
+Each of the three losses is backpropagated on its own as soon as it is computed, so only one
+training graph is alive at a time (the sum's gradient is the same; peak memory is a third)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from s4al.config import RunConfig
+from s4al.data.base import SegmentationDataset
+from s4al.data.classes import IGNORE_INDEX
+from s4al.data.views import Annotations, Augment, LabelledView, UnlabelledView
+from s4al.evaluate import evaluate, to_model_input
+from s4al.model import build_model
+from s4al.ssl.classmix import balanced_classmix_batch, classmix_batch, classmix_masks, mix, split_head_tail
+from s4al.ssl.losses import apply_annotations, confidence_ratio, supervised_loss, unsupervised_loss
+from s4al.ssl.mean_teacher import MeanTeacher
+from s4al.train.checkpoint import load_checkpoint, save_checkpoint
+from s4al.train.sampling import StepBatches, Stream, derive_seed, seeded_generator
+
+
+@dataclass
+class TrainData:
+    dataset: SegmentationDataset  # the train split
+    labelled: list[int]  # fully labelled indices (and partially labelled ones when SSL is off)
+    pool: list[int] = field(default_factory=list)  # unlabelled indices, the SSL stream
+    annotations: Annotations = field(default_factory=dict)  # answered regions, by dataset index
+
+
+@dataclass
+class TrainResult:
+    student: nn.Module
+    teacher: nn.Module
+    history: list[dict]  # one entry per evaluation
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def labelled_class_counts(data: TrainData, num_classes: int) -> np.ndarray:
+    """Pixel counts per class over everything an annotator labelled: the head/tail statistics."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for index in data.labelled:
+        if index not in data.annotations:
+            counts += np.bincount(data.dataset.load(index).label.ravel(), minlength=256)[:num_classes]
+    for patches in data.annotations.values():
+        for _, patch in patches:
+            counts += np.bincount(patch.ravel(), minlength=256)[:num_classes]
+    return counts
+
+
+def poly_schedule(total_steps: int, power: float) -> Callable[[int], float]:
+    return lambda step: max(1.0 - step / total_steps, 0.0) ** power
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        data: TrainData,
+        val_dataset: SegmentationDataset | None,
+        run_dir: Path,
+        cycle: int = 0,
+        epochs: int | None = None,
+        init_state: dict | None = None,
+        progress: Callable[[dict], None] | None = None,
+    ):
+        self.cfg, self.data, self.val_dataset, self.cycle = cfg, data, val_dataset, cycle
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(cfg.train.device)
+        self.num_classes = data.dataset.classes.num_classes
+        self.iters = cfg.train.iters_per_epoch
+        self.epochs = epochs or cfg.train.epochs
+        self.total_steps = self.epochs * self.iters
+        self.ssl = cfg.ssl.enabled and bool(data.pool)
+        self.cold_steps = cfg.ssl.cold_start_epochs * self.iters if self.ssl else 0
+        self.checkpoint_path = self.run_dir / "checkpoints" / f"cycle_{cycle}.pt"
+        self.progress = progress or (lambda info: None)
+
+        torch.manual_seed(derive_seed(cfg.seed, "init", cycle))  # the decoder's random initialisation
+        self.student = build_model(cfg.model, self.num_classes).to(self.device)
+        if init_state is not None:
+            self.student.load_state_dict(init_state)
+        self.teacher = MeanTeacher(self.student, cfg.ssl.ema_momentum)
+        t = cfg.train
+        self.optimizer = torch.optim.SGD(
+            self.student.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay
+        )
+        # Poly decay per iteration (the authors' code steps it per epoch; per iteration is smoother
+        # and is what DeepLab's "poly" policy specifies).
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, poly_schedule(self.total_steps, t.poly_power))
+        self.head, self.tail = (
+            split_head_tail(torch.from_numpy(labelled_class_counts(data, self.num_classes)), cfg.ssl.head_share)
+            if self.ssl
+            else ([], [])
+        )
+        self.step = 0
+        self.history: list[dict] = []
+        self.amp = self.device.type == "cuda" and t.amp
+
+    # ---- schedule -------------------------------------------------------------------------
+    def _epoch(self, step: int) -> int:
+        return step // self.iters
+
+    def _replay_on(self, step: int) -> bool:
+        s = self.cfg.ssl
+        return (
+            self.ssl
+            and s.replay
+            and self.cycle >= s.balanced_from_cycle
+            and self._epoch(step) >= max(s.balanced_from_epoch, s.cold_start_epochs)
+        )
+
+    def _loaders(self) -> tuple[Iterator[dict], Iterator[dict] | None]:
+        cfg, seed, workers = self.cfg, self.cfg.seed, self.cfg.train.num_workers
+        aug = Augment(
+            scale_range=cfg.train.scale_range,
+            crop_size=cfg.train.crop_size,
+            hflip_p=cfg.train.hflip_p,
+            color_jitter_p=cfg.train.color_jitter_p,
+        )
+        labelled = StepBatches(
+            Stream(self.data.labelled, seed, "labelled", self.cycle), cfg.train.batch_size, self.step, self.total_steps
+        )
+        partial = {} if self.ssl else self.data.annotations
+        labelled_view = LabelledView(self.data.dataset, aug, partial)
+        labelled_batches = iter(DataLoader(labelled_view, batch_sampler=labelled, num_workers=workers))
+        if not self.ssl:
+            return labelled_batches, None
+        unlabelled = StepBatches(
+            Stream(self.data.pool, seed, "pool", self.cycle),
+            cfg.train.unlabelled_batch_size,
+            max(self.step, self.cold_steps),
+            self.total_steps,
+            first_step=self.cold_steps,
+            replay_size=cfg.ssl.replay_size if cfg.ssl.replay else 0,
+            replay_on=self._replay_on,
+        )
+        unlabelled_view = UnlabelledView(self.data.dataset, aug, self.data.annotations)
+        return labelled_batches, iter(DataLoader(unlabelled_view, batch_sampler=unlabelled, num_workers=workers))
+
+    # ---- one iteration --------------------------------------------------------------------
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            return self.student(images).float()
+
+    def _unsup(self, images, pseudo, confidence) -> tuple[torch.Tensor, torch.Tensor]:
+        eta = confidence_ratio(confidence, pseudo != IGNORE_INDEX, self.cfg.ssl.confidence_threshold)
+        loss = unsupervised_loss(self._forward(images), pseudo, confidence, eta, self.cfg.ssl.confidence_weighting)
+        loss.backward()
+        return loss.detach(), eta.mean()
+
+    def _pseudo_labels(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        weak = to_model_input(batch["weak"], self.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            pseudo, confidence = self.teacher.pseudo_label(weak)
+        known = batch["known"].to(self.device)
+        pseudo, confidence = apply_annotations(pseudo, confidence.float(), known, batch["known_label"].to(self.device))
+        pseudo = pseudo.masked_fill(~batch["valid"].to(self.device), IGNORE_INDEX)
+        return pseudo, confidence
+
+    def _ssl_losses(self, step: int, batch: dict) -> dict[str, torch.Tensor]:
+        s, n = self.cfg.ssl, self.cfg.train.unlabelled_batch_size
+        pseudo, confidence = self._pseudo_labels(batch)
+        strong = to_model_input(batch["strong"], self.device)
+        generator = seeded_generator(self.cfg.seed, "mix", self.cycle, step)
+        current = strong[:n], pseudo[:n], confidence[:n]
+        mixed = classmix_batch(*current, generator) if s.classmix else current
+        logs = dict(zip(("loss/unsup", "eta/unsup"), self._unsup(*mixed)))
+        if len(strong) > n:  # the sampler appended a replay batch
+            replay = strong[n:], pseudo[n:], confidence[n:]
+            if s.balanced_classmix:
+                mixed = balanced_classmix_batch(*current, *replay, self.head, self.tail, s.n_head, s.n_tail, generator)
+            else:
+                mask = classmix_masks(replay[1], generator)
+                mixed = tuple(mix(mask, r, c) for r, c in zip(replay, current))
+            logs.update(zip(("loss/replay", "eta/replay"), self._unsup(*mixed)))
+        return logs
+
+    def _train_step(self, step: int, labelled: dict, unlabelled: dict | None) -> dict[str, float]:
+        torch.manual_seed(derive_seed(self.cfg.seed, "step", self.cycle, step))  # dropout, resumable
+        self.optimizer.zero_grad(set_to_none=True)
+        sup_weight = self.cfg.ssl.cold_start_sup_weight if step < self.cold_steps else 1.0
+        images = to_model_input(labelled["image"], self.device)
+        loss = supervised_loss(self._forward(images), labelled["label"].to(self.device)) * sup_weight
+        loss.backward()
+        logs = {"loss/sup": loss.detach()}
+        if unlabelled is not None:
+            logs.update(self._ssl_losses(step, unlabelled))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.teacher.update(self.student, step)
+        return {k: float(v) for k, v in logs.items()} | {"lr": self.scheduler.get_last_lr()[0]}
+
+    # ---- checkpoints, evaluation, the loop --------------------------------------------------
+    def _state(self) -> dict:
+        return {
+            "cycle": self.cycle,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": self.history,
+            "config": self.cfg.model_dump(mode="json"),
+            "classes": list(self.data.dataset.classes.names),
+        }
+
+    def _restore(self) -> None:
+        state = load_checkpoint(self.checkpoint_path)
+        if state["total_steps"] != self.total_steps:
+            raise ValueError(
+                f"{self.checkpoint_path}: made for {state['total_steps']} steps, this run has {self.total_steps}"
+            )
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.history = state["step"], state["history"]
+
+    def _evaluate(self, epoch: int) -> None:
+        if self.val_dataset is None:
+            return
+        net = self.teacher.model if self.cfg.train.eval_network == "teacher" else self.student
+        scores = evaluate(net, self.val_dataset, self.cfg.train.eval_batch_size, self.device)
+        record = {"cycle": self.cycle, "epoch": epoch, "step": self.step} | scores.as_dict(
+            self.val_dataset.classes.names
+        )
+        self.history.append(record)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.progress({"event": "eval", **record})
+
+    def fit(self) -> TrainResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.checkpoint_path.exists():
+            self._restore()
+        labelled_batches, unlabelled_batches = self._loaders()
+        started = time.perf_counter()
+        while self.step < self.total_steps:
+            unlabelled = next(unlabelled_batches) if self.step >= self.cold_steps and unlabelled_batches else None
+            logs = self._train_step(self.step, next(labelled_batches), unlabelled)
+            self.step += 1
+            self.progress({"event": "step", "cycle": self.cycle, "step": self.step, "total": self.total_steps,
+                           "seconds": time.perf_counter() - started, **logs})
+            if self.step % self.iters == 0:
+                epoch = self.step // self.iters
+                if epoch % self.cfg.train.eval_every == 0 or self.step == self.total_steps:
+                    self._evaluate(epoch)
+                if epoch % self.cfg.train.checkpoint_every == 0 or self.step == self.total_steps:
+                    save_checkpoint(self._state(), self.checkpoint_path)
+        return TrainResult(self.student, self.teacher.model, self.history)

@@ -1,0 +1,60 @@
+import pytest
+
+from s4al.config import PRESETS, ConfigError, load_config, parse_override, save_config
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_load(name):
+    cfg = load_config(name)
+    assert cfg.train.lr == pytest.approx(1e-2)
+    assert cfg.model.output_stride == 16
+
+
+def test_camvid_preset_is_table_s2():
+    cfg = load_config("camvid")
+    assert (cfg.train.epochs, cfg.train.iters_per_epoch, cfg.train.batch_size) == (100, 50, 4)
+    assert (cfg.ssl.replay_size, cfg.ssl.cold_start_epochs, cfg.active.cycles) == (50, 10, 2)
+    assert (cfg.active.region_size, cfg.active.regions_per_image) == (30, 4)
+    assert cfg.active.final_cycle_epoch_multiplier == 2
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*train\.epoch"):
+        load_config(path)
+
+
+def test_bad_value_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lr: -1\n")
+    with pytest.raises(ConfigError, match=r"train\.lr"):
+        load_config(path)
+
+
+def test_cross_field_rules():
+    with pytest.raises(ConfigError, match="global_budget"):
+        load_config("demo", {"active": {"selection": "global"}})
+    with pytest.raises(ConfigError, match="coreset"):
+        load_config("demo", {"active": {"metric": "coreset", "level": "region"}})
+    with pytest.raises(ConfigError, match="dataset.root"):
+        load_config("demo", {"dataset": {"name": "camvid"}})
+
+
+def test_not_a_mapping_and_missing_file(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_overrides_and_round_trip(tmp_path):
+    overrides = parse_override(["train.epochs=3", "ssl.enabled=false", "train.scale_range=[0.5, 1.0]"])
+    cfg = load_config("demo", overrides)
+    assert cfg.train.epochs == 3 and cfg.ssl.enabled is False and cfg.train.scale_range == (0.5, 1.0)
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override(["epochs"])

@@ -1,0 +1,33 @@
+import math
+
+import pytest
+import torch
+
+from s4al.metrics import confusion_meter, scores_from_confusion
+
+
+def test_miou_on_hand_computed_confusion():
+    # rows: truth, cols: prediction
+    cm = torch.tensor([[3, 1, 0], [2, 4, 0], [0, 0, 0]])
+    s = scores_from_confusion(cm)
+    # class 0: tp 3, gt 4, pred 5 -> 3/6; class 1: tp 4, gt 6, pred 5 -> 4/7; class 2 absent -> NaN
+    assert s.iou[0] == pytest.approx(0.5)
+    assert s.iou[1] == pytest.approx(4 / 7)
+    assert math.isnan(s.iou[2]) and math.isnan(s.recall[2])
+    assert s.miou == pytest.approx((0.5 + 4 / 7) / 2)
+    assert s.recall[0] == pytest.approx(0.75) and s.recall[1] == pytest.approx(4 / 6)
+    assert s.pixel_accuracy == pytest.approx(7 / 10)
+
+
+def test_false_positive_only_class_counts_with_zero_iou():
+    cm = torch.tensor([[2, 2], [0, 0]])  # class 1 predicted but never true
+    s = scores_from_confusion(cm)
+    assert s.iou == pytest.approx((0.5, 0.0))
+    assert s.miou == pytest.approx(0.25)
+
+
+def test_meter_ignores_255_and_accumulates():
+    meter = confusion_meter(3)
+    meter.update(torch.tensor([[0, 1, 2, 2]]), torch.tensor([[0, 1, 255, 1]]))
+    meter.update(torch.tensor([[2]]), torch.tensor([[2]]))
+    assert meter.compute().tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]

@@ -1,0 +1,105 @@
+import math
+
+import pytest
+import torch
+
+from s4al.ssl.losses import apply_annotations, confidence_ratio, supervised_loss, unsupervised_loss
+
+# One image, two classes, 1 x 2 pixels: pixel 0 logits (2, 0), pixel 1 logits (0.5, 1.5).
+LOGITS = torch.tensor([[2.0, 0.5], [0.0, 1.5]]).view(1, 2, 1, 2)
+CE_PIXEL0_CLASS0 = -math.log(math.exp(2.0) / (math.exp(2.0) + math.exp(0.0)))
+CE_PIXEL1_CLASS0 = -math.log(math.exp(0.5) / (math.exp(0.5) + math.exp(1.5)))
+CE_PIXEL1_CLASS1 = -math.log(math.exp(1.5) / (math.exp(0.5) + math.exp(1.5)))
+
+
+def test_annotations_override_pseudo_labels_with_confidence_one():
+    pseudo = torch.tensor([[[0, 1], [2, 1]]])
+    confidence = torch.tensor([[[0.5, 0.6], [0.7, 0.8]]])
+    mask = torch.tensor([[[True, False], [False, True]]])
+    annotated = torch.tensor([[[2, 9], [9, 255]]], dtype=torch.uint8)
+    labels, weights = apply_annotations(pseudo, confidence, mask, annotated)
+    assert labels.dtype == torch.long
+    assert labels.tolist() == [[[2, 1], [2, 255]]]
+    assert torch.allclose(weights, torch.tensor([[[1.0, 0.6], [0.7, 1.0]]]))
+
+
+def test_confidence_ratio_counts_valid_pixels_strictly_above_threshold():
+    confidence = torch.tensor(
+        [
+            [[0.98, 0.50], [0.97, 0.99]],  # 2 of 4 valid pixels are > 0.97 (0.97 itself is not)
+            [[0.99, 0.99], [0.10, 0.99]],  # valid: top row only -> 2 of 2
+            [[0.99, 0.99], [0.99, 0.99]],  # no valid pixel -> 0
+        ]
+    )
+    valid = torch.tensor(
+        [
+            [[True, True], [True, True]],
+            [[True, True], [False, False]],
+            [[False, False], [False, False]],
+        ]
+    )
+    assert confidence_ratio(confidence, valid, 0.97).tolist() == [0.5, 1.0, 0.0]
+
+
+def test_confidence_weighted_ce_by_hand():
+    pseudo = torch.tensor([[[0, 0]]])
+    confidence = torch.tensor([[[0.9, 0.6]]])
+    eta = torch.tensor([0.5])
+    weighted = unsupervised_loss(LOGITS, pseudo, confidence, eta, confidence_weighting=True)
+    plain = unsupervised_loss(LOGITS, pseudo, confidence, eta, confidence_weighting=False)
+    assert weighted.item() == pytest.approx(0.5 * (0.9 * CE_PIXEL0_CLASS0 + 0.6 * CE_PIXEL1_CLASS0) / 2)
+    assert plain.item() == pytest.approx(0.5 * (CE_PIXEL0_CLASS0 + CE_PIXEL1_CLASS0) / 2)
+
+
+def test_annotated_pixel_gets_weight_one():
+    pseudo, confidence = apply_annotations(
+        torch.tensor([[[0, 0]]]),
+        torch.tensor([[[0.9, 0.6]]]),
+        torch.tensor([[[False, True]]]),
+        torch.tensor([[[0, 1]]]),
+    )
+    loss = unsupervised_loss(LOGITS, pseudo, confidence, torch.tensor([1.0]), confidence_weighting=True)
+    assert loss.item() == pytest.approx((0.9 * CE_PIXEL0_CLASS0 + 1.0 * CE_PIXEL1_CLASS1) / 2)
+
+
+def test_ignored_pixels_are_excluded_from_the_mean():
+    pseudo = torch.tensor([[[0, 255]]])
+    confidence = torch.tensor([[[0.9, 0.6]]])
+    loss = unsupervised_loss(LOGITS, pseudo, confidence, torch.tensor([1.0]), confidence_weighting=True)
+    assert loss.item() == pytest.approx(0.9 * CE_PIXEL0_CLASS0)
+
+
+def test_all_ignore_image_contributes_zero_not_nan():
+    logits = torch.cat([LOGITS, LOGITS]).requires_grad_()
+    pseudo = torch.tensor([[[0, 0]], [[255, 255]]])
+    confidence = torch.tensor([[[0.9, 0.6]], [[0.9, 0.6]]])
+    eta = torch.tensor([0.5, 1.0])
+    loss = unsupervised_loss(logits, pseudo, confidence, eta, confidence_weighting=True)
+    expected_first = 0.5 * (0.9 * CE_PIXEL0_CLASS0 + 0.6 * CE_PIXEL1_CLASS0) / 2
+    assert loss.item() == pytest.approx(expected_first / 2)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+    assert (logits.grad[1] == 0).all()
+
+
+def test_no_gradient_flows_into_confidence_or_eta():
+    confidence = torch.tensor([[[0.9, 0.6]]], requires_grad=True)
+    eta = torch.tensor([0.5], requires_grad=True)
+    logits = LOGITS.clone().requires_grad_()
+    unsupervised_loss(logits, torch.tensor([[[0, 1]]]), confidence, eta, confidence_weighting=True).backward()
+    assert logits.grad is not None
+    assert confidence.grad is None and eta.grad is None
+
+
+def test_supervised_loss_mean_over_valid_pixels():
+    labels = torch.tensor([[[0, 1]]])
+    assert supervised_loss(LOGITS, labels).item() == pytest.approx((CE_PIXEL0_CLASS0 + CE_PIXEL1_CLASS1) / 2)
+    assert supervised_loss(LOGITS, torch.tensor([[[255, 1]]])).item() == pytest.approx(CE_PIXEL1_CLASS1)
+
+
+def test_supervised_loss_without_valid_pixel_is_zero_with_zero_gradient():
+    logits = LOGITS.clone().requires_grad_()
+    loss = supervised_loss(logits, torch.tensor([[[255, 255]]]))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert (logits.grad == 0).all()

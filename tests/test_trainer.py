@@ -1,0 +1,76 @@
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from s4al.data import build_dataset
+from s4al.evaluate import evaluate
+from s4al.train.trainer import Trainer, TrainData
+
+
+class Stop(Exception):
+    pass
+
+
+def recorder(steps: dict, stop_at: int | None = None):
+    def progress(record):
+        if record["event"] == "step":
+            steps[record["step"]] = {k: v for k, v in record.items() if k.startswith("loss/")}
+            if record["step"] == stop_at:
+                raise Stop
+    return progress
+
+
+def ssl_data(cfg):
+    train = build_dataset(cfg.dataset, "train", cfg.seed)
+    return TrainData(train, labelled=[0, 1, 2, 3], pool=list(range(4, len(train)))), build_dataset(cfg.dataset, "val", cfg.seed)
+
+
+def test_ssl_iteration_uses_every_loss_and_resumes_bit_identically(tmp_path):
+    cfg = tiny_config(ssl={"confidence_threshold": 0.0})  # eta = 1: every unsupervised loss is non-zero
+    data, val = ssl_data(cfg)
+    full: dict = {}
+    result = Trainer(cfg, data, val, tmp_path / "a", progress=recorder(full)).fit()
+    assert set(full[1]) == {"loss/sup"}  # cold start: supervised only
+    assert set(full[3]) == {"loss/sup", "loss/unsup"}  # first SSL step: the replay buffer is empty
+    assert set(full[4]) == {"loss/sup", "loss/unsup", "loss/replay"}  # then Balanced ClassMix replay
+    assert all(math.isfinite(v) and v > 0 for losses in full.values() for v in losses.values())
+    assert len(result.history) == 2
+
+    interrupted: dict = {}
+    with pytest.raises(Stop):  # killed after the epoch-1 checkpoint, during step 3
+        Trainer(cfg, data, val, tmp_path / "b", progress=recorder(interrupted, stop_at=3)).fit()
+    resumed: dict = {}
+    result_b = Trainer(cfg, data, val, tmp_path / "b", progress=recorder(resumed)).fit()
+    assert sorted(resumed) == [3, 4]
+    assert resumed[3] == full[3] and resumed[4] == full[4]  # bit-identical losses
+    for (name, a), b in zip(result.student.state_dict().items(), result_b.student.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_supervised_when_no_pool(tmp_path):
+    cfg = tiny_config()
+    train = build_dataset(cfg.dataset, "train", cfg.seed)
+    steps: dict = {}
+    Trainer(cfg, TrainData(train, labelled=list(range(len(train)))), None, tmp_path, progress=recorder(steps)).fit()
+    assert all(set(losses) == {"loss/sup"} for losses in steps.values())
+
+
+def test_ablation_switches_change_the_losses(tmp_path):
+    cfg = tiny_config(ssl={"replay": False, "confidence_weighting": False})
+    data, _ = ssl_data(cfg)
+    steps: dict = {}
+    Trainer(cfg, data, None, tmp_path, progress=recorder(steps)).fit()
+    assert set(steps[4]) == {"loss/sup", "loss/unsup"}
+
+
+def test_evaluation_is_independent_of_batch_size():
+    cfg = tiny_config()
+    from s4al.model import build_model
+
+    model = build_model(cfg.model, 9)
+    val = build_dataset(cfg.dataset, "val", cfg.seed)
+    one = evaluate(model, val, 1, torch.device("cpu"))
+    four = evaluate(model, val, 4, torch.device("cpu"))
+    assert one == four
