@@ -97,6 +97,45 @@ def evaluate_command(
     _print_scores(split, record)
 
 
+@app.command()
+def run(
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="New run folder.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder.")] = None,
+    config: ConfigOption = "demo",
+    overrides: SetOption = None,
+    quiet: bool = False,
+) -> None:
+    """The active-learning cycle: train, score the pool, ask for regions, get answers, repeat."""
+    from s4al.active.cycle import ActiveLearningRun
+    from s4al.train.monitor import Monitor
+
+    if (out is None) == (resume is None):
+        raise typer.BadParameter("give exactly one of --out (new run) or --resume (existing run)")
+    run_dir = resume or out
+    cfg = None if resume else _config(config, overrides)
+    if out is not None and (out / "config.yaml").exists():
+        raise typer.BadParameter(f"{out} already holds a run; continue it with --resume {out}")
+    monitor = Monitor(run_dir / "tensorboard", show_progress=not quiet)
+    try:
+        active_run = ActiveLearningRun(run_dir, cfg, progress=monitor)
+        summaries = active_run.run()
+    except (DatasetError, FileNotFoundError, ValueError) as err:
+        raise typer.BadParameter(str(err)) from None
+    finally:
+        monitor.close()
+    table = Table(title=f"active learning: {run_dir}")
+    for column in ("cycle", "labelled %", "val mIoU", "regions bought", "images bought"):
+        table.add_column(column, justify="right")
+    for s in summaries:
+        table.add_row(str(s["cycle"]), f"{100 * s['labelled_fraction']:.2f}", f"{s['val']['miou']:.4f}",
+                      str(s["bought"]["regions"]), str(s["bought"]["images"]))
+    console.print(table)
+    pending = active_run.ledger.asked()
+    if pending:
+        console.print(f"{len(pending)} regions wait for answers: export them with `s4al query {run_dir}`, "
+                      f"import the answers with `s4al import {run_dir} ANSWERS`, then `s4al run --resume {run_dir}`.")
+
+
 download_app = typer.Typer(help="Fetch public datasets (needs internet).")
 app.add_typer(download_app, name="download")
 

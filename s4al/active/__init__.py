@@ -1,0 +1,1 @@
+"""Active learning: acquisition scores, regions, the label ledger, annotators and the cycle."""

@@ -1,0 +1,117 @@
+"""Scoring the pool and choosing what to ask for. One streaming pass over the pool: per batch the
+class probabilities become pixel scores, then cell scores, and only the cell scores (a few hundred
+floats per image) are kept, so memory does not grow with the pool's probability maps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from s4al.active.coreset import k_center_greedy, pooled_features
+from s4al.active.regions import cell_box, cell_scores, select_global, select_per_image
+from s4al.active.scores import image_scores, pixel_scores, random_scores
+from s4al.config import ActiveConfig
+from s4al.data.base import SegmentationDataset
+from s4al.evaluate import image_batches, to_model_input
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Query:
+    index: int  # dataset index
+    box: Box  # (y0, x0, y1, x1); the whole image for image-level queries
+    score: float
+
+
+def bought_mask(boxes: Sequence[Box], height: int, width: int) -> torch.Tensor:
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    for y0, x0, y1, x1 in boxes:
+        mask[y0:y1, x0:x1] = True
+    return mask
+
+
+@torch.no_grad()
+def _pixel_score_batches(model, dataset, indices, metric, batch_size, device, generator, num_workers):
+    """Yields (dataset indices, (N,H,W) pixel scores on `device`) over the pool, in order."""
+    model.eval()
+    for images, _, batch_indices in image_batches(dataset, batch_size, num_workers, indices):
+        if metric == "random":  # no network needed
+            scores = random_scores((len(batch_indices), *images.shape[-2:]), generator).to(device)
+        else:
+            probs = model(to_model_input(images, device)).float().softmax(1)
+            scores = pixel_scores(metric, probs)
+        yield batch_indices, scores
+
+
+def score_cells(
+    model: nn.Module,
+    dataset: SegmentationDataset,
+    indices: Sequence[int],
+    bought: Mapping[int, Sequence[Box]],
+    cfg: ActiveConfig,
+    device: torch.device,
+    generator: torch.Generator,
+    num_workers: int = 0,
+) -> dict[int, np.ndarray]:
+    """Per pool image, the (rows, cols) mean score of each cell over its not-yet-bought pixels."""
+    cells: dict[int, np.ndarray] = {}
+    batches = _pixel_score_batches(model, dataset, indices, cfg.metric, cfg.score_batch_size, device, generator, num_workers)
+    for batch_indices, scores in batches:
+        h, w = scores.shape[-2:]
+        labelled = torch.stack([bought_mask(bought.get(i, ()), h, w) for i in batch_indices]).to(device)
+        for i, c in zip(batch_indices, cell_scores(scores, labelled, cfg.region_size).cpu().numpy()):
+            cells[i] = c
+    return cells
+
+
+def choose_regions(cells: Mapping[int, np.ndarray], sizes: Mapping[int, tuple[int, int]], cfg: ActiveConfig) -> list[Query]:
+    s = cfg.region_size
+    if cfg.selection == "per_image":
+        picks = [(i, r, c, v) for i in sorted(cells) for r, c, v in select_per_image(cells[i], cfg.regions_per_image)]
+    else:
+        picks = select_global(cells, cfg.global_budget)
+    return [Query(i, cell_box(r, c, *sizes[i], s), float(v)) for i, r, c, v in picks]
+
+
+@torch.no_grad()
+def score_images(model, dataset, indices, metric, batch_size, device, generator, num_workers=0) -> dict[int, float]:
+    """Mean pixel score per pool image (the image-level random / entropy / ... baselines)."""
+    out: dict[int, float] = {}
+    for batch_indices, scores in _pixel_score_batches(model, dataset, indices, metric, batch_size, device, generator, num_workers):
+        out.update(zip(batch_indices, scores.mean(dim=(1, 2)).tolist()))
+    return out
+
+
+@torch.no_grad()
+def image_features(model, dataset, indices, batch_size, device, num_workers=0) -> torch.Tensor:
+    """(len(indices), C) pooled deepest encoder features, in the order of `indices`."""
+    model.eval()
+    features: dict[int, torch.Tensor] = {}
+    for images, _, batch_indices in image_batches(dataset, batch_size, num_workers, indices):
+        pooled = pooled_features(model.features(to_model_input(images, device))).cpu()
+        features.update(zip(batch_indices, pooled))
+    return torch.stack([features[i] for i in indices])
+
+
+def choose_images(
+    model, dataset, labelled: Sequence[int], pool: Sequence[int], count: int, cfg: ActiveConfig, device, generator,
+    num_workers: int = 0,
+) -> list[Query]:
+    """`count` whole pool images by the image-level metric (Core-Set: k-center greedy)."""
+    def whole(i: int, score: float) -> Query:
+        h, w = dataset.image_size(i)
+        return Query(i, (0, 0, h, w), score)
+
+    if cfg.metric == "coreset":
+        order = list(labelled) + list(pool)
+        feats = image_features(model, dataset, order, cfg.score_batch_size, device, num_workers)
+        is_labelled = torch.arange(len(order)) < len(labelled)
+        return [whole(order[k], 0.0) for k in k_center_greedy(feats, is_labelled, count)]
+    scores = score_images(model, dataset, pool, cfg.metric, cfg.score_batch_size, device, generator, num_workers)
+    ranked = sorted(pool, key=lambda i: (-scores[i], i))[:count]
+    return [whole(i, scores[i]) for i in ranked]

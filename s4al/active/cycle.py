@@ -1,0 +1,230 @@
+"""The active-learning cycle: train -> evaluate -> score the pool -> ask -> answer -> next cycle.
+
+Cycles 0..C train; cycles 0..C-1 then buy labels (the paper's C = 2 on CamVid: 10% + 2 x 2.08%).
+The ledger records each phase boundary, and training checkpoints its own progress, so
+`s4al run --resume` continues a killed run and reaches the same ledger as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from s4al.active.acquisition import Query, choose_images, choose_regions, score_cells
+from s4al.active.ledger import Ledger
+from s4al.active.oracle import Annotator, GroundTruthOracle
+from s4al.config import RunConfig, load_config, save_config
+from s4al.data import build_dataset
+from s4al.evaluate import evaluate
+from s4al.train.checkpoint import load_trained_model
+from s4al.train.sampling import derive_seed, seeded_generator
+from s4al.train.trainer import Trainer, TrainData, resolve_device
+
+CONFIG_FILE = "config.yaml"
+
+
+def draw_initial(num_images: int, fraction: float, seed: int) -> list[int]:
+    """The initially fully labelled images: `fraction` of the train set, uniformly at random."""
+    count = min(num_images, max(1, round(fraction * num_images)))
+    rng = np.random.default_rng(derive_seed(seed, "initial"))
+    return sorted(int(i) for i in rng.choice(num_images, count, replace=False))
+
+
+class ActiveLearningRun:
+    """A run folder: config.yaml, splits/, ledger.sqlite + labels/, checkpoints/, cycles/*.json."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: RunConfig | None = None,
+        annotator: Annotator | None = None,
+        progress: Callable[[dict], None] | None = None,
+    ):
+        self.run_dir = Path(run_dir)
+        self.cfg = self._config(cfg)
+        self.progress = progress
+        self.device = resolve_device(self.cfg.train.device)
+        d = self.cfg.dataset
+        self.train_set = build_dataset(d, d.train_split, self.cfg.seed)
+        self.val_set = build_dataset(d, d.val_split, self.cfg.seed)
+        self.test_set = build_dataset(d, d.test_split, self.cfg.seed) if d.test_split else None
+        self.ids = [self.train_set.image_id(i) for i in range(len(self.train_set))]
+        self.index_of = {image_id: i for i, image_id in enumerate(self.ids)}
+        self.ledger = Ledger(self.run_dir / "ledger.sqlite")
+        self._register_images()
+        if annotator is None and self.cfg.active.annotator == "oracle":
+            annotator = GroundTruthOracle(lambda image_id: self.train_set.load(self.index_of[image_id]).label)
+        self.annotator = annotator
+
+    # ---- set-up ---------------------------------------------------------------------------
+    def _config(self, cfg: RunConfig | None) -> RunConfig:
+        path = self.run_dir / CONFIG_FILE
+        if path.exists():
+            saved = load_config(path)
+            if cfg is not None and cfg != saved:
+                raise ValueError(f"{path}: this run folder was made with another config; use --resume or a new --out")
+            return saved
+        if cfg is None:
+            raise FileNotFoundError(f"{path}: not a run folder (no config to resume from)")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, path)
+        return cfg
+
+    def _register_images(self) -> None:
+        if self.ledger.get_meta("seed") is not None:
+            return
+        initial = draw_initial(len(self.ids), self.cfg.active.initial_fraction, self.cfg.seed)
+        splits = self.run_dir / "splits"
+        splits.mkdir(exist_ok=True)
+        initial_ids = [self.ids[i] for i in initial]
+        (splits / "initial_labelled.txt").write_text("".join(f"{i}\n" for i in initial_ids))
+        (splits / "pool.txt").write_text("".join(f"{i}\n" for i in sorted(set(self.ids) - set(initial_ids))))
+        records = [(image_id, *self.train_set.image_size(i)) for i, image_id in enumerate(self.ids)]
+        self.ledger.register_images(records, initial=set(initial_ids))
+        self.ledger.set_meta("classes", list(self.train_set.classes.names))
+        self.ledger.set_meta("seed", self.cfg.seed)
+
+    # ---- the loop -------------------------------------------------------------------------
+    @property
+    def final_cycle(self) -> int:
+        return self.cfg.active.cycles
+
+    def run(self) -> list[dict]:
+        """Runs or resumes every cycle; returns the per-cycle summaries. Stops early (returning
+        what is done) when an external annotator still has to answer."""
+        for cycle in range(self.final_cycle + 1):
+            if self.ledger.phase(cycle) in (None, "train"):
+                self._train(cycle)
+            if self.ledger.phase(cycle) == "acquire":
+                self._acquire(cycle)
+            if self.ledger.phase(cycle) == "answer" and not self._answer(cycle):
+                break
+        return self.summaries()
+
+    def summaries(self) -> list[dict]:
+        return [json.loads(p.read_text()) for p in sorted((self.run_dir / "cycles").glob("cycle_*.json"))]
+
+    # ---- phases ---------------------------------------------------------------------------
+    def train_data(self) -> TrainData:
+        fully = [self.index_of[r.image_id] for r in self.ledger.images() if r.fully_labelled]
+        annotations: dict[int, list] = defaultdict(list)
+        for region in self.ledger.answered():
+            annotations[self.index_of[region.image_id]].append((region.box, self.ledger.patch(region)))
+        labelled_set = set(fully)
+        pool = [i for i in range(len(self.ids)) if i not in labelled_set]
+        labelled = fully if self.cfg.ssl.enabled else sorted(labelled_set | set(annotations))
+        return TrainData(self.train_set, labelled=labelled, pool=pool, annotations=dict(annotations))
+
+    def _epochs(self, cycle: int) -> int:
+        multiplier = self.cfg.active.final_cycle_epoch_multiplier if cycle == self.final_cycle else 1.0
+        return max(1, round(self.cfg.train.epochs * multiplier))
+
+    def _train(self, cycle: int) -> None:
+        self.ledger.set_phase(cycle, "train")
+        started = time.perf_counter()
+        init = None
+        if cycle > 0 and not self.cfg.active.reinit_each_cycle:
+            init = torch.load(self._checkpoint(cycle - 1), map_location="cpu", weights_only=False)["student"]
+        trainer = Trainer(
+            self.cfg, self.train_data(), self.val_set, self.run_dir, cycle, self._epochs(cycle), init, self.progress
+        )
+        result = trainer.fit()
+        metrics = {
+            "labelled_fraction": self.ledger.labelled_fraction(),
+            "labelled_pixels": self.ledger.labelled_pixels(),
+            "val": {k: v for k, v in result.history[-1].items() if k not in ("cycle", "epoch", "step")},
+            "train_seconds": time.perf_counter() - started,
+        }
+        if self.test_set is not None:
+            net = result.teacher if self.cfg.train.eval_network == "teacher" else result.student
+            scores = evaluate(net, self.test_set, self.cfg.train.eval_batch_size, self.device)
+            metrics["test"] = scores.as_dict(self.test_set.classes.names)
+        last = cycle == self.final_cycle
+        self.ledger.set_phase(cycle, "done" if last else "acquire", metrics)
+        if last:
+            self._write_summary(cycle)
+
+    def _checkpoint(self, cycle: int) -> Path:
+        return self.run_dir / "checkpoints" / f"cycle_{cycle}.pt"
+
+    def _acquire(self, cycle: int) -> None:
+        if not self.ledger.regions(cycle) and not self._acquired_whole(cycle):
+            started = time.perf_counter()
+            queries = self._queries(cycle)
+            a = self.cfg.active
+            if a.level == "region":
+                self.ledger.ask(cycle, [(self.ids[q.index], q.box, a.metric, q.score) for q in queries])
+            else:
+                self.ledger.acquire_images(cycle, [self.ids[q.index] for q in queries], a.metric, [q.score for q in queries])
+            self.ledger.set_phase(cycle, "acquire", {"acquire_seconds": time.perf_counter() - started})
+        self.ledger.set_phase(cycle, "answer")
+
+    def _acquired_whole(self, cycle: int) -> bool:
+        return any(r.acquired_cycle == cycle for r in self.ledger.images())
+
+    def _queries(self, cycle: int) -> list[Query]:
+        a = self.cfg.active
+        model, _ = load_trained_model(self._checkpoint(cycle), a.scorer, self.device)
+        generator = seeded_generator(self.cfg.seed, "acquire", cycle)
+        data = self.train_data()
+        pool = [i for i in data.pool]
+        workers = self.cfg.train.num_workers
+        if a.level == "image":
+            labelled = sorted(set(range(len(self.ids))) - set(pool))
+            return choose_images(model, self.train_set, labelled, pool, self._images_per_cycle(pool), a, self.device,
+                                 generator, workers)
+        bought: dict[int, list] = defaultdict(list)
+        for region in self.ledger.regions():
+            bought[self.index_of[region.image_id]].append(region.box)
+        cells = score_cells(model, self.train_set, pool, bought, a, self.device, generator, workers)
+        return choose_regions(cells, {i: self.train_set.image_size(i) for i in pool}, a)
+
+    def _images_per_cycle(self, pool: list[int]) -> int:
+        """Whole images matching the pixel budget of the region-level protocol."""
+        a = self.cfg.active
+        cells = a.regions_per_image * len(pool) if a.selection == "per_image" else a.global_budget
+        mean_pixels = np.mean([np.prod(self.train_set.image_size(i)) for i in pool])
+        return max(1, round(cells * a.region_size**2 / mean_pixels))
+
+    def _answer(self, cycle: int) -> bool:
+        pending = self.ledger.asked(cycle)
+        if pending:
+            if self.annotator is None:
+                return False
+            self.annotator.answer(self.ledger, pending)
+        self._write_summary(cycle)
+        self.ledger.set_phase(cycle, "done")
+        return True
+
+    # ---- accounting -----------------------------------------------------------------------
+    def _bought_histogram(self, cycle: int) -> dict[str, int]:
+        names = self.train_set.classes.names
+        counts = np.zeros(256, dtype=np.int64)
+        for region in self.ledger.answered(cycle):
+            counts += np.bincount(self.ledger.patch(region).ravel(), minlength=256)
+        for record in self.ledger.images():
+            if record.acquired_cycle == cycle:
+                counts += np.bincount(self.train_set.load(self.index_of[record.image_id]).label.ravel(), minlength=256)
+        histogram = {name: int(counts[k]) for k, name in enumerate(names)}
+        histogram["void"] = int(counts[len(names):].sum())
+        return histogram
+
+    def _write_summary(self, cycle: int) -> None:
+        metrics = self.ledger.metrics(cycle)
+        summary = {
+            "cycle": cycle,
+            **metrics,
+            "bought": {
+                "regions": len(self.ledger.regions(cycle)),
+                "images": sum(r.acquired_cycle == cycle for r in self.ledger.images()),
+                "class_pixels": self._bought_histogram(cycle),
+            },
+        }
+        out = self.run_dir / "cycles"
+        out.mkdir(exist_ok=True)
+        (out / f"cycle_{cycle}.json").write_text(json.dumps(summary, indent=2))

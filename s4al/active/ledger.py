@@ -1,0 +1,573 @@
+"""The label ledger: the SQLite file (RUN_DIR/ledger.sqlite) that records what was asked and answered.
+
+Tables: `images` (the train pool; `initial` images are fully labelled from the start,
+`acquired_whole_cycle` marks images bought whole by an image-level baseline), `regions` (boxes
+asked for labels and their answers), `cycles` (phase bookkeeping and metrics), `meta` (JSON values).
+Each answered region's label patch (uint8 class ids, 255 = ignore) lives in
+RUN_DIR/labels/region_{id:06d}.png; the row stores that path relative to RUN_DIR.
+
+Durability: every write is one transaction that takes the write lock (BEGIN IMMEDIATE) before it
+validates, so a refused call writes nothing at all. An answer writes its PNG (temp file, fsync,
+rename) before the row is marked 'answered' in the same transaction: a kill at any point leaves
+either an 'asked' row (maybe with an orphan PNG, overwritten by the next answer) or an 'answered'
+row whose PNG is complete on disk.
+
+One process writes (rank 0); others may open it with readonly=True. Do not share a Ledger across
+fork (e.g. into DataLoader workers): open one per process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from s4al.active.regions import Box, labelled_fraction, labelled_pixel_count
+from s4al.data.classes import IGNORE_INDEX
+
+SCHEMA_VERSION = 1
+LEDGER_FILENAME = "ledger.sqlite"
+LABELS_DIRNAME = "labels"
+PHASES = ("train", "evaluate", "acquire", "answer", "done")
+
+_SCHEMA = (
+    """CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL  -- JSON
+    )""",
+    """CREATE TABLE images (
+        image_id             TEXT PRIMARY KEY,
+        height               INTEGER NOT NULL CHECK (height > 0),
+        width                INTEGER NOT NULL CHECK (width > 0),
+        initial              INTEGER NOT NULL CHECK (initial IN (0, 1)),
+        acquired_whole_cycle INTEGER CHECK (acquired_whole_cycle >= 0),
+        acquired_metric      TEXT,
+        acquired_score       REAL,
+        acquired_at          TEXT,
+        CHECK (initial = 0 OR acquired_whole_cycle IS NULL),
+        CHECK ((acquired_whole_cycle IS NULL) = (acquired_at IS NULL))
+    )""",
+    """CREATE TABLE cycles (
+        cycle        INTEGER PRIMARY KEY CHECK (cycle >= 0),
+        phase        TEXT NOT NULL,
+        started_at   TEXT NOT NULL,
+        updated_at   TEXT NOT NULL,
+        finished_at  TEXT,
+        metrics_json TEXT NOT NULL DEFAULT '{}'
+    )""",
+    """CREATE TABLE regions (
+        region_id   INTEGER PRIMARY KEY,
+        image_id    TEXT NOT NULL REFERENCES images (image_id),
+        cycle       INTEGER NOT NULL CHECK (cycle >= 0),
+        y0          INTEGER NOT NULL,
+        x0          INTEGER NOT NULL,
+        y1          INTEGER NOT NULL,
+        x1          INTEGER NOT NULL,
+        metric      TEXT NOT NULL,
+        score       REAL,
+        state       TEXT NOT NULL DEFAULT 'asked' CHECK (state IN ('asked', 'answered')),
+        label_path  TEXT,
+        asked_at    TEXT NOT NULL,
+        answered_at TEXT,
+        answered_by TEXT,
+        CHECK (0 <= y0 AND y0 < y1 AND 0 <= x0 AND x0 < x1),
+        CHECK ((state = 'answered') =
+               (label_path IS NOT NULL AND answered_at IS NOT NULL AND answered_by IS NOT NULL)),
+        UNIQUE (image_id, y0, x0, y1, x1)
+    )""",
+    "CREATE INDEX regions_by_cycle ON regions (cycle, state)",
+    "CREATE INDEX regions_by_state ON regions (state)",
+)
+
+_REGION_COLUMNS = (
+    "region_id, image_id, cycle, y0, x0, y1, x1, metric, score, state, "
+    "label_path, asked_at, answered_at, answered_by"
+)
+
+
+class LedgerError(ValueError):
+    """A refused ledger operation; nothing was written."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    image_id: str
+    height: int
+    width: int
+    initial: bool
+    acquired_cycle: int | None  # cycle in which an image-level baseline bought it whole
+
+    @property
+    def fully_labelled(self) -> bool:
+        return self.initial or self.acquired_cycle is not None
+
+
+@dataclass(frozen=True)
+class Region:
+    region_id: int
+    image_id: str
+    cycle: int
+    box: Box  # (y0, x0, y1, x1), half-open, full-resolution pixels
+    metric: str
+    score: float | None
+    state: str  # 'asked' | 'answered'
+    label_path: str | None  # relative to the run directory
+    asked_at: str
+    answered_at: str | None
+    answered_by: str | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        y0, x0, y1, x1 = self.box
+        return y1 - y0, x1 - x0
+
+
+def _region_from_row(row: tuple) -> Region:
+    return Region(row[0], row[1], row[2], tuple(row[3:7]), *row[7:])
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _refuse_if(problems: list[str], what: str) -> None:
+    if problems:
+        shown = "; ".join(problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise LedgerError(f"{what} refused, nothing written: {shown}{more}")
+
+
+def _as_score(score: Any) -> float | None:
+    """Plain float (sqlite3 cannot bind numpy.float32) or None."""
+    return None if score is None else float(score)
+
+
+def _label_relpath(region_id: int) -> str:
+    return f"{LABELS_DIRNAME}/region_{region_id:06d}.png"
+
+
+def _save_png(path: Path, patch: np.ndarray) -> None:
+    """Atomic write: afterwards `path` holds the old file or the complete new one, never a torn one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            Image.fromarray(patch).save(file, format="PNG")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the renames inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _as_label_patch(patch: Any) -> np.ndarray | None:
+    """The patch as uint8, or None if it is not a 2-D integer array with values in 0..255."""
+    array = np.asarray(patch)
+    if array.ndim != 2 or array.dtype.kind not in "ui" or array.size == 0:
+        return None
+    if array.min() < 0 or array.max() > 255:
+        return None
+    return array.astype(np.uint8)
+
+
+class Ledger:
+    """The label ledger of one run. `path` is RUN_DIR/ledger.sqlite; labels go to RUN_DIR/labels/."""
+
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.run_dir = self.path.parent
+        self.labels_dir = self.run_dir / LABELS_DIRNAME
+        if readonly and not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no ledger here")
+        if not readonly:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        target = f"{self.path.resolve().as_uri()}?mode=ro" if readonly else str(self.path)
+        self._conn = sqlite3.connect(target, uri=readonly, isolation_level=None, timeout=30)
+        try:
+            self._configure(readonly)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _configure(self, readonly: bool) -> None:
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        if not readonly:
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = FULL")
+            self._create_schema_if_new()
+        self._check_schema_version()
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock before the validation reads, so checks and writes are atomic;
+        # `with conn` commits on success and rolls back on any exception.
+        self._conn.execute("BEGIN IMMEDIATE")
+        with self._conn:
+            yield self._conn
+
+    def _create_schema_if_new(self) -> None:
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+                return
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),))
+
+    def _check_schema_version(self) -> None:
+        try:
+            version = self.get_meta("schema_version")
+        except sqlite3.DatabaseError as err:
+            raise LedgerError(f"{self.path}: not a label ledger ({err})") from None
+        if version != SCHEMA_VERSION:
+            raise LedgerError(f"{self.path}: ledger schema version {version}, this code reads {SCHEMA_VERSION}")
+
+    # --- meta -----------------------------------------------------------------------------------
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store a JSON-serialisable value (e.g. seed, class names)."""
+        encoded = json.dumps(value)
+        with self._transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, encoded))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    # --- images ---------------------------------------------------------------------------------
+
+    def register_images(self, records: Iterable[tuple[str, int, int]], initial: Collection[str] = ()) -> None:
+        """Add the train pool as (image_id, height, width); `initial` ids are fully labelled.
+        Re-registering the same image identically is a no-op; any difference is refused."""
+        initial = {str(image_id) for image_id in initial}
+        rows = [(str(image_id), int(h), int(w), int(str(image_id) in initial)) for image_id, h, w in records]
+        ids = [row[0] for row in rows]
+        problems = [f"image '{i}' listed twice" for i, n in Counter(ids).items() if n > 1]
+        problems += [f"initial image '{i}' is not in the records" for i in sorted(initial - set(ids))]
+        problems += [f"image '{i}' has size {h}x{w}" for i, h, w, _ in rows if h < 1 or w < 1]
+        with self._transaction() as conn:
+            existing = {row[0]: row for row in conn.execute("SELECT image_id, height, width, initial FROM images")}
+            problems += [
+                f"image '{row[0]}' is registered as (h, w, initial) = {existing[row[0]][1:]}, not {row[1:]}"
+                for row in rows
+                if row[0] in existing and existing[row[0]] != row
+            ]
+            _refuse_if(problems, "register_images")
+            conn.executemany(
+                "INSERT INTO images (image_id, height, width, initial) VALUES (?, ?, ?, ?)",
+                [row for row in rows if row[0] not in existing],
+            )
+
+    def images(self) -> list[ImageRecord]:
+        """All registered images, in registration order."""
+        query = "SELECT image_id, height, width, initial, acquired_whole_cycle FROM images ORDER BY rowid"
+        return [ImageRecord(i, h, w, bool(init), acq) for i, h, w, init, acq in self._conn.execute(query)]
+
+    def _image(self, image_id: str) -> ImageRecord:
+        row = self._conn.execute(
+            "SELECT image_id, height, width, initial, acquired_whole_cycle FROM images WHERE image_id = ?",
+            (image_id,),
+        ).fetchone()
+        if row is None:
+            raise KeyError(f"image '{image_id}' is not registered in {self.path}")
+        return ImageRecord(row[0], row[1], row[2], bool(row[3]), row[4])
+
+    def image_size(self, image_id: str) -> tuple[int, int]:
+        record = self._image(image_id)
+        return record.height, record.width
+
+    def initial_images(self) -> list[str]:
+        """Ids of the initially fully labelled images, in registration order."""
+        return [row[0] for row in self._conn.execute("SELECT image_id FROM images WHERE initial = 1 ORDER BY rowid")]
+
+    def acquire_images(
+        self, cycle: int, image_ids: Sequence[str], metric: str, scores: Sequence[float | None]
+    ) -> None:
+        """Mark whole images as labelled from `cycle` on (image-level baselines). The ledger stores
+        no label for them: the caller uses the dataset's own label for fully labelled images."""
+        if len(scores) != len(image_ids):
+            raise LedgerError(f"acquire_images: {len(image_ids)} image ids but {len(scores)} scores")
+        cycle, image_ids, scores = int(cycle), [str(i) for i in image_ids], [_as_score(v) for v in scores]
+        problems = [f"cycle {cycle} is negative"] if cycle < 0 else []
+        problems += [f"image '{i}' listed twice" for i, n in Counter(image_ids).items() if n > 1]
+        with self._transaction() as conn:
+            for image_id in dict.fromkeys(image_ids):
+                row = conn.execute(
+                    "SELECT initial, acquired_whole_cycle FROM images WHERE image_id = ?", (image_id,)
+                ).fetchone()
+                if row is None:
+                    problems.append(f"image '{image_id}' is not registered")
+                elif row[0] or row[1] is not None:
+                    problems.append(f"image '{image_id}' is already fully labelled")
+            _refuse_if(problems, "acquire_images")
+            now = _now()
+            conn.executemany(
+                "UPDATE images SET acquired_whole_cycle = ?, acquired_metric = ?, acquired_score = ?, "
+                "acquired_at = ? WHERE image_id = ?",
+                [(cycle, metric, score, now, image_id) for image_id, score in zip(image_ids, scores)],
+            )
+
+    # --- regions: ask -----------------------------------------------------------------------------
+
+    def ask(self, cycle: int, regions: Sequence[tuple[str, Box, str, float | None]]) -> list[int]:
+        """Record the boxes bought in `cycle` as (image_id, (y0, x0, y1, x1), metric, score), all or
+        nothing; returns their region ids in the same order. A box bought before is refused."""
+        cycle = int(cycle)
+        requests = [
+            (str(image_id), tuple(int(v) for v in box), metric, _as_score(score))
+            for image_id, box, metric, score in regions
+        ]
+        if not requests:
+            return []
+        with self._transaction() as conn:
+            _refuse_if(self._ask_problems(conn, cycle, requests), "ask")
+            now = _now()
+            return [
+                conn.execute(
+                    "INSERT INTO regions (image_id, cycle, y0, x0, y1, x1, metric, score, asked_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (image_id, cycle, *box, metric, score, now),
+                ).lastrowid
+                for image_id, box, metric, score in requests
+            ]
+
+    def _ask_problems(self, conn: sqlite3.Connection, cycle: int, requests: list) -> list[str]:
+        problems = [f"cycle {cycle} is negative"] if cycle < 0 else []
+        seen: set[tuple] = set()
+        for image_id, box, metric, score in requests:
+            where = f"image '{image_id}' box {box}"
+            row = conn.execute(
+                "SELECT height, width, initial, acquired_whole_cycle FROM images WHERE image_id = ?", (image_id,)
+            ).fetchone()
+            y0, x0, y1, x1 = box
+            if row is None:
+                problems.append(f"{where}: image not registered")
+            elif not (0 <= y0 < y1 <= row[0] and 0 <= x0 < x1 <= row[1]):
+                problems.append(f"{where}: not a non-empty box inside the {row[0]}x{row[1]} image")
+            elif row[2] or row[3] is not None:
+                problems.append(f"{where}: image is already fully labelled")
+            if not isinstance(metric, str) or not metric:
+                problems.append(f"{where}: metric must be a non-empty string")
+            if score is not None and not math.isfinite(score):
+                problems.append(f"{where}: score {score} is not finite")
+            if (image_id, box) in seen:
+                problems.append(f"{where}: listed twice")
+            seen.add((image_id, box))
+            bought = conn.execute(
+                "SELECT region_id FROM regions WHERE image_id = ? AND y0 = ? AND x0 = ? AND y1 = ? AND x1 = ?",
+                (image_id, *box),
+            ).fetchone()
+            if bought:
+                problems.append(f"{where}: already bought as region {bought[0]}")
+        return problems
+
+    # --- regions: queries -------------------------------------------------------------------------
+
+    def regions(self, cycle: int | None = None, state: str | None = None) -> list[Region]:
+        """Regions in region_id order, optionally of one cycle and/or one state."""
+        query = f"SELECT {_REGION_COLUMNS} FROM regions WHERE (?1 IS NULL OR cycle = ?1) AND (?2 IS NULL OR state = ?2)"
+        rows = self._conn.execute(query + " ORDER BY region_id", (cycle, state))
+        return [_region_from_row(row) for row in rows]
+
+    def asked(self, cycle: int | None = None) -> list[Region]:
+        """Regions still waiting for an answer."""
+        return self.regions(cycle, "asked")
+
+    def answered(self, cycle: int | None = None) -> list[Region]:
+        return self.regions(cycle, "answered")
+
+    def region(self, region_id: int) -> Region:
+        row = self._conn.execute(f"SELECT {_REGION_COLUMNS} FROM regions WHERE region_id = ?", (region_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no region {region_id} in {self.path}")
+        return _region_from_row(row)
+
+    # --- regions: answer --------------------------------------------------------------------------
+
+    def answer(self, region_id: int, label_patch: np.ndarray, by: str, overwrite: bool = False) -> None:
+        """Store the label patch of one asked region; see answer_many."""
+        self.answer_many([(region_id, label_patch)], by, overwrite)
+
+    def answer_many(self, answers: Sequence[tuple[int, np.ndarray]], by: str, overwrite: bool = False) -> None:
+        """Store label patches (uint8 class ids, 255 = ignore, shaped like each box), all or nothing.
+        Every answer is validated before anything is written; re-answering an answered region is
+        refused unless `overwrite`. PNGs are written and fsynced first, then all rows are marked
+        answered, in one transaction."""
+        answers = [(int(region_id), label_patch) for region_id, label_patch in answers]
+        if not answers:
+            return
+        with self._transaction() as conn:
+            patches = self._validated_patches(conn, answers, by, overwrite)
+            self.labels_dir.mkdir(exist_ok=True)
+            for region_id, label_patch in patches.items():
+                _save_png(self.run_dir / _label_relpath(region_id), label_patch)
+            _fsync_dir(self.labels_dir)
+            now = _now()
+            conn.executemany(
+                "UPDATE regions SET state = 'answered', label_path = ?, answered_at = ?, answered_by = ? "
+                "WHERE region_id = ?",
+                [(_label_relpath(region_id), now, by, region_id) for region_id in patches],
+            )
+
+    def _validated_patches(
+        self, conn: sqlite3.Connection, answers: Sequence[tuple[int, np.ndarray]], by: str, overwrite: bool
+    ) -> dict[int, np.ndarray]:
+        problems = [] if isinstance(by, str) and by else ["'by' must name the annotator"]
+        patches: dict[int, np.ndarray] = {}
+        for region_id, raw_patch in answers:
+            row = conn.execute("SELECT y0, x0, y1, x1, state FROM regions WHERE region_id = ?", (region_id,)).fetchone()
+            label_patch = _as_label_patch(raw_patch)
+            if row is None:
+                problems.append(f"region {region_id} was never asked")
+                continue
+            if region_id in patches:
+                problems.append(f"region {region_id} answered twice in one call")
+            if row[4] == "answered" and not overwrite:
+                problems.append(f"region {region_id} is already answered (pass overwrite=True to replace it)")
+            box_shape = (row[2] - row[0], row[3] - row[1])
+            if label_patch is None:
+                problems.append(f"region {region_id}: label patch must be a 2-D integer array with values 0..255")
+            elif label_patch.shape != box_shape:
+                problems.append(f"region {region_id}: label patch is {label_patch.shape}, its box is {box_shape}")
+            patches[region_id] = label_patch
+        _refuse_if(problems, "answer")
+        return patches
+
+    # --- labelled state ---------------------------------------------------------------------------
+
+    def _answered_in(self, image_id: str) -> list[Region]:
+        rows = self._conn.execute(
+            f"SELECT {_REGION_COLUMNS} FROM regions WHERE image_id = ? AND state = 'answered' ORDER BY region_id",
+            (image_id,),
+        )
+        return [_region_from_row(row) for row in rows]
+
+    def labelled_mask(self, image_id: str) -> np.ndarray:
+        """(H, W) bool: the whole image if fully labelled, else the union of its answered regions."""
+        record = self._image(image_id)
+        mask = np.full((record.height, record.width), record.fully_labelled)
+        for region in self._answered_in(image_id):
+            y0, x0, y1, x1 = region.box
+            mask[y0:y1, x0:x1] = True
+        return mask
+
+    def label_map(self, image_id: str) -> np.ndarray:
+        """(H, W) uint8: answered region labels, 255 elsewhere. Covers regions only; for fully
+        labelled images (initial/acquired) use the dataset's own label."""
+        record = self._image(image_id)
+        labels = np.full((record.height, record.width), IGNORE_INDEX, dtype=np.uint8)
+        for region in self._answered_in(image_id):
+            y0, x0, y1, x1 = region.box
+            labels[y0:y1, x0:x1] = self.patch(region)
+        return labels
+
+    def patch(self, region: Region) -> np.ndarray:
+        """The answered label patch of `region`, (y1 - y0, x1 - x0) uint8."""
+        if region.label_path is None:
+            raise LedgerError(f"region {region.region_id} is not answered")
+        path = self.run_dir / region.label_path
+        try:
+            with Image.open(path) as image:
+                array = np.asarray(image)
+        except OSError as err:
+            raise LedgerError(f"region {region.region_id} is answered but {path} is unreadable: {err}") from err
+        if array.dtype != np.uint8 or array.shape != region.shape:
+            raise LedgerError(f"{path}: a {array.dtype} {array.shape} image, expected uint8 {region.shape}")
+        return array
+
+    def _labelled_state(self) -> tuple[dict[str, tuple[int, int]], set[str], dict[str, list[Box]]]:
+        """(sizes, fully labelled ids, answered boxes per image) from one consistent read."""
+        rows = self._conn.execute(
+            "SELECT i.image_id, i.height, i.width, i.initial OR i.acquired_whole_cycle IS NOT NULL, "
+            "r.y0, r.x0, r.y1, r.x1 FROM images i "
+            "LEFT JOIN regions r ON r.image_id = i.image_id AND r.state = 'answered'"
+        )
+        sizes: dict[str, tuple[int, int]] = {}
+        fully_labelled: set[str] = set()
+        boxes: dict[str, list[Box]] = defaultdict(list)
+        for image_id, h, w, full, *box in rows:
+            sizes[image_id] = (h, w)
+            if full:
+                fully_labelled.add(image_id)
+            if box[0] is not None:
+                boxes[image_id].append(tuple(box))
+        return sizes, fully_labelled, boxes
+
+    def labelled_pixels(self) -> int:
+        """Labelled pixels over all registered images, overlapping regions counted once."""
+        return labelled_pixel_count(*self._labelled_state())
+
+    def labelled_fraction(self) -> float:
+        """labelled_pixels() / all pixels of the registered images."""
+        return labelled_fraction(*self._labelled_state())
+
+    # --- cycles -----------------------------------------------------------------------------------
+
+    def set_phase(self, cycle: int, phase: str, metrics: Mapping[str, Any] | None = None) -> None:
+        """Enter `phase` of `cycle` (created on first use); `metrics` are merged into the cycle's
+        metrics (new keys win). Phase 'done' stamps finished_at."""
+        cycle = int(cycle)
+        if phase not in PHASES:
+            raise LedgerError(f"unknown phase '{phase}'; known: {', '.join(PHASES)}")
+        if cycle < 0:
+            raise LedgerError(f"cycle {cycle} is negative")
+        with self._transaction() as conn:
+            row = conn.execute("SELECT metrics_json FROM cycles WHERE cycle = ?", (cycle,)).fetchone()
+            merged = json.dumps({**(json.loads(row[0]) if row else {}), **(metrics or {})})
+            now = _now()
+            finished_at = now if phase == "done" else None
+            if row is None:
+                conn.execute(
+                    "INSERT INTO cycles (cycle, phase, started_at, updated_at, finished_at, metrics_json) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (cycle, phase, now, now, finished_at, merged),
+                )
+            else:
+                conn.execute(
+                    "UPDATE cycles SET phase = ?, updated_at = ?, finished_at = ?, metrics_json = ? WHERE cycle = ?",
+                    (phase, now, finished_at, merged, cycle),
+                )
+
+    def phase(self, cycle: int) -> str | None:
+        """The cycle's current phase, None if it never started."""
+        row = self._conn.execute("SELECT phase FROM cycles WHERE cycle = ?", (cycle,)).fetchone()
+        return None if row is None else row[0]
+
+    def metrics(self, cycle: int) -> dict[str, Any]:
+        row = self._conn.execute("SELECT metrics_json FROM cycles WHERE cycle = ?", (cycle,)).fetchone()
+        return {} if row is None else json.loads(row[0])
+
+    def last_cycle(self) -> int | None:
+        """The highest cycle with a phase recorded, None before the first."""
+        return self._conn.execute("SELECT MAX(cycle) FROM cycles").fetchone()[0]

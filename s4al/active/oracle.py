@@ -1,0 +1,50 @@
+"""Who answers asked regions: the Annotator interface and the ground-truth oracle used in experiments."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from s4al.active.ledger import Ledger, Region
+from s4al.active.regions import Box
+
+
+class Annotator(Protocol):
+    def answer(self, ledger: Ledger, regions: Sequence[Region]) -> int:
+        """Write the labels of `regions` into `ledger`; return how many were answered."""
+        ...
+
+
+class GroundTruthOracle:
+    """Reveals the dataset label inside each asked box, void/ignore pixels (255) included: the paper
+    counts them as labelling information. `label_of(image_id)` returns the full (H, W) uint8 label
+    in the coordinates the image was registered with."""
+
+    name = "oracle"
+
+    def __init__(self, label_of: Callable[[str], np.ndarray]) -> None:
+        self._label_of = label_of
+
+    def answer(self, ledger: Ledger, regions: Sequence[Region]) -> int:
+        regions_by_image: dict[str, list[Region]] = defaultdict(list)
+        for region in regions:
+            regions_by_image[region.image_id].append(region)
+        answers = []
+        for image_id, image_regions in regions_by_image.items():
+            label = np.asarray(self._label_of(image_id))
+            if label.shape != ledger.image_size(image_id):
+                raise ValueError(
+                    f"label of '{image_id}' is {label.shape}, the ledger registered {ledger.image_size(image_id)}"
+                )
+            # copy() so the crops do not keep every full-resolution label alive until the write
+            answers += [(region.region_id, _crop(label, region.box).copy()) for region in image_regions]
+        ledger.answer_many(answers, by=self.name)
+        return len(answers)
+
+
+def _crop(label: np.ndarray, box: Box) -> np.ndarray:
+    y0, x0, y1, x1 = box
+    return label[y0:y1, x0:x1]

@@ -1,0 +1,75 @@
+"""Acquisition heuristics: pure functions from class probabilities to informativeness scores.
+
+`probs` is a softmax output (N, C, H, W); a pixel score map is (N, H, W), higher = more informative.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+
+def _check_probs(probs: Tensor) -> Tensor:
+    if probs.dim() != 4:
+        raise ValueError(f"probs must be (N, C, H, W), got shape {tuple(probs.shape)}")
+    return probs.float()
+
+
+def entropy(probs: Tensor) -> Tensor:
+    """-sum_c p log p; xlogy makes 0 * log 0 = 0, so underflowed probabilities give no NaN."""
+    probs = _check_probs(probs)
+    return -torch.special.xlogy(probs, probs).sum(dim=1)
+
+
+def least_confidence(probs: Tensor) -> Tensor:
+    """1 - max_c p."""
+    return 1.0 - _check_probs(probs).amax(dim=1)
+
+
+def margin(probs: Tensor) -> Tensor:
+    """1 - (p_top1 - p_top2): high where the two best classes are close."""
+    probs = _check_probs(probs)
+    if probs.shape[1] < 2:
+        raise ValueError("margin needs at least 2 classes")
+    top2 = probs.topk(2, dim=1).values
+    return 1.0 - (top2[:, 0] - top2[:, 1])
+
+
+def random_scores(shape: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
+    """Uniform [0, 1) scores drawn from `generator` (a seeded CPU torch.Generator for reproducibility)."""
+    return torch.rand(shape, generator=generator)
+
+
+def random_like(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Random pixel scores with the (N, H, W) shape of `probs`, on its device."""
+    n, _, h, w = _check_probs(probs).shape
+    return random_scores((n, h, w), generator).to(probs.device)
+
+
+SCORE_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
+    "entropy": entropy,
+    "least_confidence": least_confidence,
+    "margin": margin,
+    "random": random_like,
+}
+
+
+def pixel_scores(name: str, probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """(N, H, W) scores of heuristic `name`; `generator` is used by 'random' only."""
+    if name not in SCORE_FUNCTIONS:
+        raise ValueError(f"unknown acquisition metric '{name}'; known: {sorted(SCORE_FUNCTIONS)}")
+    if name == "random":
+        return random_like(probs, generator)
+    return SCORE_FUNCTIONS[name](probs)
+
+
+def image_scores(name: str, probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """(N,) mean pixel score per image, for the image-level baselines."""
+    return pixel_scores(name, probs, generator).mean(dim=(1, 2))
+
+
+def image_entropy(probs: Tensor) -> Tensor:
+    """(N,) mean pixel entropy per image (the paper's image-level Entropy baseline)."""
+    return image_scores("entropy", probs)

@@ -1,0 +1,167 @@
+"""Users' own data: ROOT/images/*.{png,jpg,jpeg}, ROOT/masks/<stem>.png, ROOT/classes.yaml (or .json).
+
+classes.yaml:
+    classes: [{name: road, color: [128, 64, 128]}, ...]   # class id = position in the list
+    ignore_value: 255          # raw value of single-channel masks that means void
+    colour_masks: null         # true: masks are RGB class colours; false: class ids; null: by file mode
+    ignore_color: [0, 0, 0]    # optional: the void colour in colour masks
+
+Splits: ROOT/{split}.txt lists image stems. Without it, "train" is every image and "unlabelled" every
+image without a mask. Only the "unlabelled" split may hold images without masks (they load all-ignore).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from s4al.data.base import DatasetError
+from s4al.data.classes import IGNORE_INDEX, ClassSet
+from s4al.data.io import (
+    IMAGE_SUFFIXES,
+    FilePairDataset,
+    Pair,
+    image_mode,
+    id_label_table,
+    list_files,
+    pair_files,
+    read_image,
+    require_nonempty,
+)
+
+UNLABELLED_SPLIT = "unlabelled"
+SPEC_NAMES = ("classes.yaml", "classes.yml", "classes.json")
+COLOUR_MODES = ("RGB", "RGBA")
+
+Channel = Annotated[int, Field(ge=0, le=255)]
+Colour = tuple[Channel, Channel, Channel]
+
+
+class ClassEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    color: Colour
+
+
+class FolderSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    classes: list[ClassEntry] = Field(min_length=1)
+    ignore_value: Channel = IGNORE_INDEX
+    colour_masks: bool | None = None
+    ignore_color: Colour | None = None
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "FolderSpec":
+        if self.ignore_value < len(self.classes):
+            clash = self.classes[self.ignore_value].name
+            raise ValueError(f"ignore_value {self.ignore_value} is also the id of class '{clash}'")
+        colours = [c.color for c in self.classes] + ([self.ignore_color] if self.ignore_color else [])
+        if len(set(colours)) != len(colours):
+            raise ValueError("class colours (and ignore_color) must be distinct to decode colour masks")
+        return self
+
+
+def read_spec(root: Path) -> FolderSpec:
+    path = next((root / name for name in SPEC_NAMES if (root / name).is_file()), None)
+    if path is None:
+        raise DatasetError(f"{root}: no class list, expected one of {SPEC_NAMES}")
+    try:
+        return FolderSpec.model_validate(yaml.safe_load(path.read_text()))
+    except (OSError, yaml.YAMLError) as err:
+        raise DatasetError(f"{path}: cannot read class list: {err}") from None
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in err.errors())
+        raise DatasetError(f"{path}: invalid class list: {problems}") from None
+
+
+def _rgb_codes(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.uint32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+class ColourDecoder:
+    """Maps each known RGB colour to its class id; any other colour is an error."""
+
+    def __init__(self, colour_to_class: dict[tuple[int, int, int], int]):
+        codes = _rgb_codes(np.array(list(colour_to_class), dtype=np.uint8))
+        order = np.argsort(codes)
+        self.codes = codes[order]
+        self.class_ids = np.array(list(colour_to_class.values()), dtype=np.uint8)[order]
+
+    def __call__(self, rgb: np.ndarray, path: Path) -> np.ndarray:
+        codes = _rgb_codes(rgb)
+        slot = np.searchsorted(self.codes, codes).clip(max=len(self.codes) - 1)
+        unknown = self.codes[slot] != codes
+        if unknown.any():
+            row, col = np.argwhere(unknown)[0]
+            colour = tuple(int(c) for c in rgb[row, col])
+            raise DatasetError(f"{path}: unknown mask colour {colour} at row {row}, column {col}")
+        return self.class_ids[slot]
+
+
+class ImageFolder(FilePairDataset):
+    def __init__(self, root: Path, split: str, resize: tuple[int, int] | None = None):
+        self.root = Path(root)
+        self.split = split
+        self.resize = resize
+        spec = read_spec(self.root)
+        self.classes = ClassSet(tuple(c.name for c in spec.classes), tuple(c.color for c in spec.classes))
+        self.raw_to_class = id_label_table(self.classes.num_classes, spec.ignore_value)
+        self.colour_masks = spec.colour_masks
+        colour_to_class = {colour: i for i, colour in enumerate(self.classes.colors)}
+        if spec.ignore_color:
+            colour_to_class[spec.ignore_color] = IGNORE_INDEX
+        self.decode_colours = ColourDecoder(colour_to_class)
+        self.pairs = self._list_pairs()
+
+    @property
+    def mask_dir(self) -> Path:
+        return self.root / "masks"
+
+    def _mask_for(self, image: Path) -> Path:
+        return self.mask_dir / f"{image.stem}.png"
+
+    def _list_pairs(self) -> list[Pair]:
+        images = images_by_stem(self.root / "images")
+        split_file = self.root / f"{self.split}.txt"
+        if split_file.is_file():
+            chosen = [images[stem] for stem in read_stems(split_file, images)]
+        elif self.split == "train":
+            chosen = list(images.values())
+        elif self.split == UNLABELLED_SPLIT:
+            chosen = [image for image in images.values() if not self._mask_for(image).is_file()]
+        else:
+            chosen = []
+        pairs = pair_files(chosen, self._mask_for, allow_unlabelled=self.split == UNLABELLED_SPLIT)
+        return require_nonempty(pairs, self.split, split_file if split_file.is_file() else self.root)
+
+    def read_label(self, pair: Pair) -> np.ndarray:
+        colour = self.colour_masks
+        if colour is None:
+            colour = image_mode(pair.label) in COLOUR_MODES
+        return self.decode_colours(read_image(pair.label), pair.label) if colour else super().read_label(pair)
+
+
+def images_by_stem(image_dir: Path) -> dict[str, Path]:
+    images: dict[str, Path] = {}
+    for image in list_files(image_dir, IMAGE_SUFFIXES):
+        if image.stem in images:
+            other = images[image.stem]
+            raise DatasetError(f"{image}: two images share the stem '{image.stem}' (also {other})")
+        images[image.stem] = image
+    return images
+
+
+def read_stems(split_file: Path, images: dict[str, Path]) -> list[str]:
+    stems = []
+    for number, line in enumerate(split_file.read_text().splitlines(), start=1):
+        stem = line.split("#", 1)[0].strip()
+        if stem and stem not in images:
+            raise DatasetError(f"{split_file}:{number}: no image with stem '{stem}' in images/")
+        if stem:
+            stems.append(stem)
+    return stems

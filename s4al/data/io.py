@@ -1,0 +1,191 @@
+"""Reading, pairing and validating image/label files; every problem raises DatasetError naming the file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from PIL import Image
+
+from s4al.data.base import DatasetError, Sample, SegmentationDataset
+from s4al.data.classes import IGNORE_INDEX
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# PIL reports broken files through several exception types (truncated streams, bad chunks, bombs).
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: Path
+    label: Path | None  # None: an unlabelled (pool-only) image
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        return Image.open(path)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except _DECODE_ERRORS as err:
+        raise DatasetError(f"{path}: unreadable image file ({err})") from None
+
+
+def _pixels(img: Image.Image, path: Path, mode: str | None = None) -> np.ndarray:
+    try:
+        return np.array(img.convert(mode) if mode else img)  # a writable copy
+    except _DECODE_ERRORS as err:
+        raise DatasetError(f"{path}: corrupt image file ({err})") from None
+
+
+def read_image(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, whatever the file's colour mode."""
+    with _open(Path(path)) as img:
+        return _pixels(img, path, "RGB")
+
+
+def read_label(path: Path) -> np.ndarray:
+    """(H, W) uint8 raw label values from a single-channel (L, P or 16-bit) PNG."""
+    with _open(Path(path)) as img:
+        if img.mode not in ("L", "P", "I", "I;16"):
+            raise DatasetError(f"{path}: a label must be a single-channel image, got colour mode {img.mode}")
+        raw = _pixels(img, path)
+    if raw.dtype != np.uint8:
+        if raw.size and (raw.min() < 0 or raw.max() > 255):
+            raise DatasetError(f"{path}: label values must lie in 0..255, got {raw.min()}..{raw.max()}")
+        raw = raw.astype(np.uint8)
+    return raw
+
+
+def read_size(path: Path) -> tuple[int, int]:
+    """(H, W) from the file header without decoding the pixels."""
+    with _open(Path(path)) as img:
+        width, height = img.size
+    return height, width
+
+
+def image_mode(path: Path) -> str:
+    """PIL colour mode ("L", "P", "RGB", ...) from the file header."""
+    with _open(Path(path)) as img:
+        return img.mode
+
+
+def label_table(mapping: dict[int, int]) -> np.ndarray:
+    """256-entry lookup raw value -> class id; -1 marks raw values that must not occur."""
+    table = np.full(256, -1, dtype=np.int16)
+    for raw, class_id in mapping.items():
+        table[raw] = class_id
+    return table
+
+
+def id_label_table(num_classes: int, void_value: int) -> np.ndarray:
+    """Labels that store class ids directly, with `void_value` meaning ignore."""
+    return label_table({**{i: i for i in range(num_classes)}, void_value: IGNORE_INDEX})
+
+
+def remap_label(raw: np.ndarray, table: np.ndarray, path: Path) -> np.ndarray:
+    mapped = table[raw]
+    if (mapped < 0).any():
+        bad = np.unique(raw[mapped < 0]).tolist()
+        valid = np.flatnonzero(table >= 0).tolist()
+        raise DatasetError(f"{path}: label values {bad} are outside the valid set {valid}")
+    return mapped.astype(np.uint8)
+
+
+def check_same_size(image: np.ndarray, label: np.ndarray, pair: Pair) -> None:
+    if image.shape[:2] != label.shape:
+        raise DatasetError(
+            f"{pair.label}: label size {label.shape} (H, W) differs from image {pair.image} "
+            f"size {image.shape[:2]}"
+        )
+
+
+def resize_sample(sample: Sample, size: tuple[int, int]) -> Sample:
+    """Image bilinear, label nearest (class ids must never be blended)."""
+    height, width = size
+    if sample.label.shape == (height, width):
+        return sample
+    image = Image.fromarray(sample.image).resize((width, height), Image.Resampling.BILINEAR)
+    label = Image.fromarray(sample.label).resize((width, height), Image.Resampling.NEAREST)
+    return Sample(np.array(image), np.array(label))
+
+
+def list_files(directory: Path, suffixes: Iterable[str], pattern: str = "*") -> list[Path]:
+    """Sorted files under `directory` matching the glob `pattern` whose suffix is in `suffixes`."""
+    if not directory.is_dir():
+        raise DatasetError(f"{directory}: folder not found")
+    wanted = {s.lower() for s in suffixes}
+    return sorted(p for p in directory.glob(pattern) if p.is_file() and p.suffix.lower() in wanted)
+
+
+def pair_files(
+    images: Iterable[Path], label_for: Callable[[Path], Path], allow_unlabelled: bool = False
+) -> list[Pair]:
+    pairs = []
+    for image in images:
+        label = label_for(image)
+        if not label.is_file():
+            if not allow_unlabelled:
+                raise DatasetError(f"{image}: missing label, expected {label}")
+            label = None
+        pairs.append(Pair(image, label))
+    return pairs
+
+
+def read_pair_list(list_file: Path, root: Path) -> list[Pair]:
+    """Lines "image label", paths relative to `root`; blank lines and # comments are skipped."""
+    pairs = []
+    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise DatasetError(f"{list_file}:{number}: expected 'image label', got {line!r}")
+        image, label = (root / field for field in fields)
+        for path in (image, label):
+            if not path.is_file():
+                raise DatasetError(f"{list_file}:{number}: missing pair file {path}")
+        pairs.append(Pair(image, label))
+    return pairs
+
+
+def require_nonempty(pairs: list[Pair], split: str, where: Path) -> list[Pair]:
+    if not pairs:
+        raise DatasetError(f"{where}: split '{split}' is empty")
+    return pairs
+
+
+class FilePairDataset(SegmentationDataset):
+    """A split backed by (image, label) files; subclasses fill `pairs`, `classes` and `raw_to_class`.
+
+    `raw_to_class` is a `label_table`; a pair without a label file loads as all-ignore.
+    With `resize` (H, W) every sample is resized on load, and `image_size` reports that size.
+    """
+
+    pairs: list[Pair]
+    raw_to_class: np.ndarray
+    resize: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def image_id(self, index: int) -> str:
+        return self.pairs[index].image.stem
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        return self.resize or read_size(self.pairs[index].image)
+
+    def read_label(self, pair: Pair) -> np.ndarray:
+        return remap_label(read_label(pair.label), self.raw_to_class, pair.label)
+
+    def load(self, index: int) -> Sample:
+        pair = self.pairs[index]
+        image = read_image(pair.image)
+        if pair.label is None:
+            label = np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+        else:
+            label = self.read_label(pair)
+            check_same_size(image, label, pair)
+        sample = Sample(image, label)
+        return resize_sample(sample, self.resize) if self.resize else sample

@@ -1,0 +1,77 @@
+import math
+
+import pytest
+import torch
+
+from s4al.active.scores import (
+    SCORE_FUNCTIONS,
+    entropy,
+    image_entropy,
+    image_scores,
+    least_confidence,
+    margin,
+    pixel_scores,
+    random_scores,
+)
+
+
+def probs_map(*pixels: list[float]) -> torch.Tensor:
+    """(1, C, 1, P) probabilities from P per-pixel class distributions."""
+    return torch.tensor(pixels, dtype=torch.float32).T.reshape(1, len(pixels[0]), 1, len(pixels))
+
+
+UNIFORM4 = [0.25, 0.25, 0.25, 0.25]
+ONE_HOT = [0.0, 1.0, 0.0, 0.0]
+SKEWED = [0.5, 0.3, 0.2, 0.0]
+
+
+def test_entropy_hand_values():
+    scores = entropy(probs_map(UNIFORM4, ONE_HOT, SKEWED))
+    expected = [math.log(4), 0.0, -(0.5 * math.log(0.5) + 0.3 * math.log(0.3) + 0.2 * math.log(0.2))]
+    assert scores.shape == (1, 1, 3)
+    assert scores.flatten().tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_entropy_has_no_nan_when_probabilities_underflow():
+    probs = torch.softmax(torch.tensor([0.0, 1e4, -1e4]), dim=0).reshape(1, 3, 1, 1)
+    assert (probs == 0).any()
+    assert entropy(probs).item() == 0.0
+
+
+def test_least_confidence_hand_values():
+    scores = least_confidence(probs_map(UNIFORM4, ONE_HOT, SKEWED))
+    assert scores.flatten().tolist() == pytest.approx([0.75, 0.0, 0.5])
+
+
+def test_margin_hand_values():
+    scores = margin(probs_map(UNIFORM4, ONE_HOT, SKEWED))
+    assert scores.flatten().tolist() == pytest.approx([1.0, 0.0, 0.8])
+
+
+def test_random_scores_are_seeded_uniform():
+    first = random_scores((2, 3, 4), torch.Generator().manual_seed(7))
+    second = random_scores((2, 3, 4), torch.Generator().manual_seed(7))
+    assert first.shape == (2, 3, 4)
+    assert torch.equal(first, second)
+    assert 0.0 <= first.min() and first.max() < 1.0
+
+
+def test_registry_and_dispatch():
+    assert set(SCORE_FUNCTIONS) == {"entropy", "least_confidence", "margin", "random"}
+    probs = probs_map(UNIFORM4, SKEWED)
+    assert torch.equal(pixel_scores("margin", probs), margin(probs))
+    seeded = pixel_scores("random", probs, torch.Generator().manual_seed(1))
+    assert torch.equal(seeded, random_scores((1, 1, 2), torch.Generator().manual_seed(1)))
+    with pytest.raises(ValueError, match="unknown acquisition metric"):
+        pixel_scores("bald", probs)
+
+
+def test_image_level_scores_average_the_pixels():
+    probs = torch.cat([probs_map(UNIFORM4, ONE_HOT), probs_map(UNIFORM4, UNIFORM4)])
+    assert image_entropy(probs).tolist() == pytest.approx([math.log(4) / 2, math.log(4)])
+    assert image_scores("least_confidence", probs).tolist() == pytest.approx([0.375, 0.75])
+
+
+def test_rejects_non_nchw_input():
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        entropy(torch.ones(4, 2, 2))

@@ -1,0 +1,98 @@
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from s4al.data.base import DatasetError
+from s4al.data.folder import ImageFolder
+
+CLASSES = [{"name": "road", "color": [128, 64, 128]}, {"name": "car", "color": [0, 0, 142]},
+           {"name": "sky", "color": [70, 130, 180]}]
+ID_MASK = np.array([[0, 1], [2, 255]], np.uint8)
+
+
+def save(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def make_folder(root, stems=("a", "b"), spec=None, mask=ID_MASK):
+    (root / "classes.yaml").write_text(yaml.safe_dump(spec or {"classes": CLASSES}))
+    for stem in stems:
+        save(root / "images" / f"{stem}.png", np.zeros((2, 2, 3), np.uint8))
+        save(root / "masks" / f"{stem}.png", mask)
+    return root
+
+
+def colour_mask(ids, colours):
+    return np.array([[colours[i] for i in row] for row in ids], np.uint8)
+
+
+def test_id_masks_and_default_train_split(tmp_path):
+    dataset = ImageFolder(make_folder(tmp_path), "train")
+    assert dataset.classes.names == ("road", "car", "sky")
+    assert [dataset.image_id(i) for i in range(len(dataset))] == ["a", "b"]
+    assert np.array_equal(dataset[0].label, ID_MASK)
+    with pytest.raises(DatasetError, match="split 'val' is empty"):
+        ImageFolder(tmp_path, "val")
+
+
+def test_ignore_value_and_json_class_list(tmp_path):
+    make_folder(tmp_path, mask=np.array([[0, 9], [2, 1]], np.uint8))
+    (tmp_path / "classes.yaml").unlink()
+    (tmp_path / "classes.json").write_text(json.dumps({"classes": CLASSES, "ignore_value": 9}))
+    assert ImageFolder(tmp_path, "train")[0].label.tolist() == [[0, 255], [2, 1]]
+    save(tmp_path / "masks" / "b.png", np.array([[0, 255], [3, 1]], np.uint8))
+    with pytest.raises(DatasetError, match=r"masks/b.png: label values \[3, 255\]"):
+        ImageFolder(tmp_path, "train")[1]
+
+
+def test_colour_masks_are_decoded_and_unknown_colours_named(tmp_path):
+    colours = [c["color"] for c in CLASSES] + [[0, 0, 0]]
+    spec = {"classes": CLASSES, "ignore_color": [0, 0, 0]}
+    make_folder(tmp_path, spec=spec, mask=colour_mask([[0, 1], [2, 3]], colours))
+    assert ImageFolder(tmp_path, "train")[0].label.tolist() == [[0, 1], [2, 255]]
+    save(tmp_path / "masks" / "b.png", colour_mask([[0, 0], [0, 0]], [[1, 2, 3]]))
+    with pytest.raises(DatasetError, match=r"masks/b.png: unknown mask colour \(1, 2, 3\)"):
+        ImageFolder(tmp_path, "train")[1]
+
+
+def test_colour_masks_false_rejects_rgb_masks(tmp_path):
+    colours = [c["color"] for c in CLASSES]
+    make_folder(tmp_path, spec={"classes": CLASSES, "colour_masks": False}, mask=colour_mask([[0, 1]], colours))
+    with pytest.raises(DatasetError, match="masks/a.png: a label must be a single-channel"):
+        ImageFolder(tmp_path, "train")[0]
+
+
+def test_split_files_list_stems(tmp_path):
+    make_folder(tmp_path, stems=("a", "b", "c"))
+    (tmp_path / "val.txt").write_text("c\n# comment\n\na\n")
+    assert [ImageFolder(tmp_path, "val").image_id(i) for i in range(2)] == ["c", "a"]
+    (tmp_path / "test.txt").write_text("a\nzzz\n")
+    with pytest.raises(DatasetError, match="test.txt:2: no image with stem 'zzz'"):
+        ImageFolder(tmp_path, "test")
+
+
+def test_images_without_masks_only_in_unlabelled_split(tmp_path):
+    make_folder(tmp_path)
+    save(tmp_path / "images" / "pool.jpg", np.zeros((3, 5, 3), np.uint8))
+    with pytest.raises(DatasetError, match="images/pool.jpg: missing label"):
+        ImageFolder(tmp_path, "train")
+    pool = ImageFolder(tmp_path, "unlabelled")
+    assert len(pool) == 1 and pool.image_id(0) == "pool"
+    sample = pool[0]
+    assert sample.image.shape == (3, 5, 3) and (sample.label == 255).all() and sample.label.shape == (3, 5)
+
+
+def test_invalid_class_list_names_the_file(tmp_path):
+    make_folder(tmp_path, spec={"classes": [{"name": "road", "color": [1, 2]}]})
+    with pytest.raises(DatasetError, match="classes.yaml: invalid class list: classes.0.color"):
+        ImageFolder(tmp_path, "train")
+    make_folder(tmp_path, spec={"classes": CLASSES, "ignore_value": 1})
+    with pytest.raises(DatasetError, match="classes.yaml.*ignore_value 1 is also the id of class 'car'"):
+        ImageFolder(tmp_path, "train")
+    (tmp_path / "classes.yaml").unlink()
+    with pytest.raises(DatasetError, match="no class list"):
+        ImageFolder(tmp_path, "train")

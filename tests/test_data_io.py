@@ -1,0 +1,80 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from s4al.data.base import DatasetError, Sample
+from s4al.data.io import (
+    Pair, label_table, read_image, read_label, read_pair_list, read_size, remap_label, resize_sample,
+)
+
+
+def save(path, array, mode=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode).save(path)
+    return path
+
+
+def test_read_image_gives_rgb_for_any_mode(tmp_path):
+    grey = save(tmp_path / "grey.png", np.full((5, 7), 9, np.uint8))
+    rgba = save(tmp_path / "rgba.png", np.zeros((5, 7, 4), np.uint8))
+    for path in (grey, rgba):
+        image = read_image(path)
+        assert image.shape == (5, 7, 3) and image.dtype == np.uint8
+    assert read_size(grey) == (5, 7)
+
+
+def test_read_label_keeps_palette_indices(tmp_path):
+    values = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    palette_image = Image.fromarray(values, "P")
+    palette_image.putpalette(np.random.default_rng(0).integers(0, 255, 768, dtype=np.uint8).tobytes())
+    palette_image.save(path := tmp_path / "p.png")
+    assert np.array_equal(read_label(path), values)
+
+
+def test_colour_label_is_rejected_naming_the_file(tmp_path):
+    path = save(tmp_path / "colour_label.png", np.zeros((3, 4, 3), np.uint8))
+    with pytest.raises(DatasetError, match="colour_label.png.*single-channel"):
+        read_label(path)
+
+
+def test_truncated_and_missing_files_raise_dataset_error(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(DatasetError, match="broken.png"):
+        read_image(broken)
+    (tmp_path / "garbage.png").write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match="garbage.png.*unreadable"):
+        read_image(tmp_path / "garbage.png")
+    with pytest.raises(DatasetError, match="absent.png.*not found"):
+        read_image(tmp_path / "absent.png")
+
+
+def test_remap_maps_values_and_names_invalid_ones():
+    table = label_table({0: 0, 1: 1, 11: 255})
+    raw = np.array([[0, 1, 11]], np.uint8)
+    assert remap_label(raw, table, "x.png").tolist() == [[0, 1, 255]]
+    with pytest.raises(DatasetError, match=r"lab.png: label values \[7, 12\]"):
+        remap_label(np.array([[0, 7, 12, 7]], np.uint8), table, "lab.png")
+
+
+def test_resize_uses_nearest_for_labels():
+    label = np.array([[0, 3], [5, 255]], np.uint8)
+    sample = resize_sample(Sample(np.zeros((2, 2, 3), np.uint8), label), (5, 7))
+    assert sample.image.shape == (5, 7, 3) and sample.label.shape == (5, 7)
+    assert set(np.unique(sample.label)) == {0, 3, 5, 255}
+
+
+def test_pair_list_errors_name_the_list_file_and_line(tmp_path):
+    save(tmp_path / "a.png", np.zeros((2, 2), np.uint8))
+    (tmp_path / "ok.txt").write_text("a.png a.png\n\n")
+    assert read_pair_list(tmp_path / "ok.txt", tmp_path) == [Pair(tmp_path / "a.png", tmp_path / "a.png")]
+    (tmp_path / "short.txt").write_text("a.png\n")
+    with pytest.raises(DatasetError, match="short.txt:1"):
+        read_pair_list(tmp_path / "short.txt", tmp_path)
+    (tmp_path / "missing.txt").write_text("a.png b.png\n")
+    with pytest.raises(DatasetError, match="missing.txt:1: missing pair file .*b.png"):
+        read_pair_list(tmp_path / "missing.txt", tmp_path)

@@ -1,0 +1,302 @@
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import s4al.active.ledger as ledger_module
+from s4al.active.ledger import Ledger, LedgerError
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = [("init", 60, 60), ("a", 70, 100), ("b", 40, 50)]
+TOTAL_PIXELS = 60 * 60 + 70 * 100 + 40 * 50
+
+
+def open_ledger(run_dir: Path) -> Ledger:
+    ledger = Ledger(run_dir / "ledger.sqlite")
+    ledger.register_images(IMAGES, initial={"init"})
+    return ledger
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    with open_ledger(tmp_path) as opened:
+        yield opened
+
+
+def patch_of(region, fill: int) -> np.ndarray:
+    h, w = region.shape
+    return (np.arange(h * w).reshape(h, w) % 7 + fill).astype(np.uint8)
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a closed run directory, byte for byte."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_new_ledger_schema_and_meta(ledger):
+    mode = ledger._conn.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    assert ledger._conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert ledger.get_meta("schema_version") == 1
+    ledger.set_meta("class_names", ["sky", "road"])
+    ledger.set_meta("seed", 3108)
+    assert ledger.get_meta("class_names") == ["sky", "road"]
+    assert ledger.get_meta("seed") == 3108
+    assert ledger.get_meta("missing", "default") == "default"
+
+
+def test_register_images_is_idempotent_and_refuses_conflicts(ledger):
+    ledger.register_images(IMAGES, initial={"init"})
+    assert [(r.image_id, r.height, r.width, r.initial) for r in ledger.images()] == [
+        ("init", 60, 60, True),
+        ("a", 70, 100, False),
+        ("b", 40, 50, False),
+    ]
+    assert ledger.initial_images() == ["init"]
+    assert ledger.image_size("a") == (70, 100)
+    with pytest.raises(LedgerError, match="registered as"):
+        ledger.register_images([("a", 71, 100), ("new", 10, 10)])
+    with pytest.raises(LedgerError, match="registered as"):
+        ledger.register_images(IMAGES, initial={"init", "a"})
+    with pytest.raises(LedgerError, match="not in the records"):
+        ledger.register_images([("new", 10, 10)], initial={"ghost"})
+    assert [r.image_id for r in ledger.images()] == ["init", "a", "b"]  # the refused 'new' was not added
+    with pytest.raises(KeyError):
+        ledger.image_size("ghost")
+
+
+def test_ask_answer_round_trip(ledger):
+    ids = ledger.ask(0, [("a", (60, 90, 70, 100), "entropy", 1.5), ("b", (0, 0, 30, 30), "entropy", 0.7)])
+    assert len(ids) == 2
+    assert [(r.image_id, r.box, r.state, r.cycle) for r in ledger.asked()] == [
+        ("a", (60, 90, 70, 100), "asked", 0),
+        ("b", (0, 0, 30, 30), "asked", 0),
+    ]
+    edge = ledger.region(ids[0])
+    ledger.answer(edge.region_id, patch_of(edge, 3), by="oracle")
+
+    answered = ledger.region(ids[0])
+    assert (answered.state, answered.answered_by, answered.label_path) == (
+        "answered",
+        "oracle",
+        "labels/region_000001.png",
+    )
+    assert np.array_equal(np.asarray(Image.open(ledger.run_dir / answered.label_path)), patch_of(edge, 3))
+    assert np.array_equal(ledger.patch(answered), patch_of(edge, 3))
+    assert [r.region_id for r in ledger.asked()] == [ids[1]]
+    assert [r.region_id for r in ledger.answered(cycle=0)] == [ids[0]]
+    assert ledger.answered(cycle=1) == []
+
+    labels = ledger.label_map("a")
+    assert labels.dtype == np.uint8 and labels.shape == (70, 100)
+    assert np.array_equal(labels[60:70, 90:100], patch_of(edge, 3))
+    assert (labels[:60].astype(int).sum(), labels[:, :90].min()) == (255 * 60 * 100, 255)
+    mask = ledger.labelled_mask("a")
+    assert mask.sum() == 100 and mask[60:70, 90:100].all()
+    assert ledger.labelled_mask("b").sum() == 0  # asked is not labelled
+    assert ledger.labelled_mask("init").all()
+
+
+def test_numpy_scalars_are_stored_as_plain_numbers(ledger):
+    (region_id,) = ledger.ask(np.int64(2), [("a", tuple(np.array([0, 0, 10, 10])), "margin", np.float32(0.25))])
+    ledger.answer(np.int64(region_id), np.zeros((10, 10), np.int64), by="oracle")
+    region = ledger.region(region_id)
+    assert (region.cycle, region.box, region.score, region.state) == (2, (0, 0, 10, 10), 0.25, "answered")
+
+
+def test_a_file_that_is_not_a_ledger_is_refused(tmp_path):
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    with pytest.raises(LedgerError, match="schema version None"):
+        Ledger(other)
+
+
+def test_labelled_pixels_count_overlapping_boxes_once(ledger):
+    boxes = [(0, 0, 30, 30), (15, 15, 45, 45), (0, 0, 30, 31)]
+    ids = ledger.ask(0, [("a", box, "entropy", 1.0) for box in boxes])
+    ledger.answer_many([(i, patch_of(ledger.region(i), 0)) for i in ids[:2]], by="oracle")
+    assert ledger.labelled_pixels() == 3600 + 900 + 900 - 225
+    ledger.answer(ids[2], patch_of(ledger.region(ids[2]), 0), by="oracle")
+    # the third box adds only column 30, rows 0-14: rows 15-29 of it are inside the second box
+    assert ledger.labelled_pixels() == 3600 + 900 + 900 - 225 + 15
+    assert ledger.labelled_fraction() == pytest.approx((3600 + 1590) / TOTAL_PIXELS)
+
+
+def test_refused_ask_writes_nothing(tmp_path):
+    with open_ledger(tmp_path) as ledger:
+        ledger.ask(0, [("a", (0, 0, 30, 30), "entropy", 1.0)])
+    before = snapshot(tmp_path)
+    refused = [
+        [("b", (0, 0, 30, 30), "entropy", 1.0), ("a", (0, 0, 30, 30), "entropy", 2.0)],  # already bought
+        [("b", (0, 0, 30, 30), "entropy", 1.0), ("b", (0, 0, 30, 30), "entropy", 1.0)],  # twice in one call
+        [("b", (30, 30, 60, 60), "entropy", 1.0)],  # outside the 40x50 image
+        [("init", (0, 0, 30, 30), "entropy", 1.0)],  # image already fully labelled
+        [("ghost", (0, 0, 30, 30), "entropy", 1.0)],
+        [("b", (0, 0, 30, 30), "entropy", float("nan"))],
+    ]
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        for regions in refused:
+            with pytest.raises(LedgerError, match="nothing written"):
+                ledger.ask(1, regions)
+        assert [r.image_id for r in ledger.regions()] == ["a"]
+    assert snapshot(tmp_path) == before
+
+
+def test_refused_answers_write_nothing(tmp_path):
+    with open_ledger(tmp_path) as ledger:
+        first, second = ledger.ask(0, [("a", (0, 0, 30, 30), "entropy", 1.0), ("b", (0, 0, 30, 20), "margin", 0.2)])
+        ledger.answer(first, np.zeros((30, 30), np.uint8), by="oracle")
+    before = snapshot(tmp_path)
+    good = (second, np.ones((30, 20), np.uint8))
+    refused = [
+        [good, (first, np.ones((30, 30), np.uint8))],  # already answered
+        [good, (999, np.ones((30, 30), np.uint8))],  # never asked
+        [(second, np.ones((20, 30), np.uint8))],  # transposed patch
+        [(second, np.full((30, 20), 256))],  # not a uint8 value
+        [(second, np.ones((30, 20), np.float32))],
+        [good, good],
+    ]
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        for answers in refused:
+            with pytest.raises(LedgerError, match="nothing written"):
+                ledger.answer_many(answers, by="label-studio")
+        with pytest.raises(LedgerError, match="annotator"):
+            ledger.answer_many([good], by="")
+        assert [r.region_id for r in ledger.asked()] == [second]
+    assert snapshot(tmp_path) == before
+
+
+def test_overwrite_replaces_an_answer(ledger):
+    (region_id,) = ledger.ask(0, [("b", (10, 10, 20, 20), "entropy", 1.0)])
+    ledger.answer(region_id, np.full((10, 10), 1, np.uint8), by="oracle")
+    ledger.answer(region_id, np.full((10, 10), 2, np.uint8), by="label-studio", overwrite=True)
+    assert ledger.region(region_id).answered_by == "label-studio"
+    assert (ledger.label_map("b")[10:20, 10:20] == 2).all()
+
+
+def test_failure_after_the_png_write_leaves_the_region_asked(ledger, monkeypatch):
+    (region_id,) = ledger.ask(0, [("a", (30, 30, 60, 60), "entropy", 1.0)])
+    real_save = ledger_module._save_png
+
+    def save_then_die(path, patch):
+        real_save(path, patch)
+        raise RuntimeError("killed after the PNG write")
+
+    monkeypatch.setattr(ledger_module, "_save_png", save_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        ledger.answer(region_id, np.full((30, 30), 4, np.uint8), by="oracle")
+    assert ledger.region(region_id).state == "asked"
+    assert (ledger.run_dir / "labels" / "region_000001.png").exists()  # harmless orphan
+    assert ledger.labelled_pixels() == 3600
+    assert (ledger.label_map("a") == 255).all()
+
+    monkeypatch.setattr(ledger_module, "_save_png", real_save)
+    ledger.answer(region_id, np.full((30, 30), 5, np.uint8), by="oracle")
+    assert (ledger.label_map("a")[30:60, 30:60] == 5).all()
+    assert ledger.labelled_pixels() == 3600 + 900
+
+
+CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    import numpy as np
+    import s4al.active.ledger as ledger_module
+    from s4al.active.ledger import Ledger
+
+    run_dir, kill_at = sys.argv[1], sys.argv[2]
+
+    def die(*_):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def die_at_commit(statement):
+        if statement.strip().upper() == "COMMIT":
+            die()
+
+    ledger = Ledger(os.path.join(run_dir, "ledger.sqlite"))
+    if kill_at == "ask_commit":
+        ledger._conn.set_trace_callback(die_at_commit)
+    ids = ledger.ask(1, [("a", (0, 0, 30, 30), "entropy", 2.0), ("b", (0, 0, 30, 30), "entropy", 1.0)])
+    if kill_at == "png_written":
+        real_save = ledger_module._save_png
+        ledger_module._save_png = lambda path, patch: (real_save(path, patch), die())
+    if kill_at == "answer_commit":
+        ledger._conn.set_trace_callback(die_at_commit)
+    ledger.answer_many([(i, np.full((30, 30), 7, np.uint8)) for i in ids], by="oracle")
+    if kill_at == "after_answer":
+        die()
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "kill_at, asked_after, answered_after",
+    [("ask_commit", 0, 0), ("png_written", 2, 0), ("answer_commit", 2, 0), ("after_answer", 0, 2)],
+)
+def test_sigkill_leaves_a_consistent_ledger(tmp_path, kill_at, asked_after, answered_after):
+    with open_ledger(tmp_path) as ledger:
+        ledger.set_phase(1, "acquire")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), kill_at], env=env, capture_output=True)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        assert ledger._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert (len(ledger.asked()), len(ledger.answered())) == (asked_after, answered_after)
+        assert ledger.phase(1) == "acquire"
+        for region in ledger.answered():
+            assert (ledger.label_map(region.image_id)[0:30, 0:30] == 7).all()
+        if asked_after:
+            assert {r.box for r in ledger.asked()} == {(0, 0, 30, 30)}
+            ledger.answer_many([(r.region_id, np.full((30, 30), 8, np.uint8)) for r in ledger.asked()], by="oracle")
+            assert (ledger.label_map("b")[0:30, 0:30] == 8).all()
+        assert ledger.labelled_pixels() == 3600 + (900 + 900 if asked_after or answered_after else 0)
+
+
+def test_acquire_whole_images(ledger):
+    ledger.acquire_images(0, ["b"], "entropy", [0.4])
+    record = {r.image_id: r for r in ledger.images()}["b"]
+    assert (record.acquired_cycle, record.fully_labelled) == (0, True)
+    assert ledger.labelled_mask("b").all()
+    assert ledger.labelled_pixels() == 3600 + 2000
+    with pytest.raises(LedgerError, match="already fully labelled"):
+        ledger.acquire_images(1, ["a", "b"], "entropy", [0.1, 0.2])
+    with pytest.raises(LedgerError, match="not registered"):
+        ledger.acquire_images(1, ["ghost"], "entropy", [0.1])
+    with pytest.raises(LedgerError, match="already fully labelled"):
+        ledger.ask(1, [("b", (0, 0, 10, 10), "entropy", 1.0)])
+    assert {r.image_id: r.acquired_cycle for r in ledger.images()}["a"] is None
+
+
+def test_cycle_phases_and_metrics(ledger):
+    assert (ledger.last_cycle(), ledger.phase(0)) == (None, None)
+    ledger.set_phase(0, "train")
+    ledger.set_phase(0, "evaluate", {"miou": 0.5})
+    ledger.set_phase(0, "acquire", {"asked": 8})
+    assert (ledger.phase(0), ledger.metrics(0)) == ("acquire", {"miou": 0.5, "asked": 8})
+    ledger.set_phase(0, "done")
+    ledger.set_phase(1, "train")
+    assert ledger.last_cycle() == 1
+    finished = ledger._conn.execute("SELECT cycle, finished_at IS NOT NULL FROM cycles ORDER BY cycle").fetchall()
+    assert finished == [(0, 1), (1, 0)]
+    with pytest.raises(LedgerError, match="unknown phase"):
+        ledger.set_phase(1, "sleep")
+
+
+def test_readonly_ledger_reads_but_cannot_write(tmp_path):
+    with open_ledger(tmp_path) as ledger:
+        (region_id,) = ledger.ask(0, [("a", (0, 0, 30, 30), "entropy", 1.0)])
+        ledger.answer(region_id, np.full((30, 30), 3, np.uint8), by="oracle")
+        with Ledger(tmp_path / "ledger.sqlite", readonly=True) as reader:
+            assert (reader.label_map("a")[:30, :30] == 3).all()
+            with pytest.raises(sqlite3.OperationalError, match="readonly"):
+                reader.set_meta("seed", 1)
+    with pytest.raises(FileNotFoundError):
+        Ledger(tmp_path / "elsewhere" / "ledger.sqlite", readonly=True)
