@@ -83,9 +83,9 @@ def evaluate_command(
     """Confusion-matrix mIoU, per-class IoU and recall of a checkpoint on a split."""
     from s4al.evaluate import evaluate
     from s4al.train.checkpoint import load_trained_model
-    from s4al.train.trainer import resolve_device
+    from s4al.distributed import setup_device
 
-    dev = resolve_device(device)
+    dev = setup_device(device)
     model, cfg = load_trained_model(checkpoint, network, dev)
     dataset_cfg = cfg.dataset.model_copy(update={"root": data}) if data else cfg.dataset
     try:

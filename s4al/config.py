@@ -66,6 +66,7 @@ class TrainConfig(Section):
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA only (it is slower on CPUs without bf16 units)
     eval_network: Literal["teacher", "student"] = "teacher"
+    sync_bn: bool = False  # SyncBatchNorm across ranks under torchrun (CUDA only)
 
     @model_validator(mode="after")
     def _scale_order(self) -> "TrainConfig":

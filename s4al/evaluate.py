@@ -1,5 +1,6 @@
-"""Full-resolution evaluation: confusion-matrix mIoU, identical whatever the batch size
-(images are batched only with images of the same size, so no padding touches a prediction)."""
+"""Full-resolution evaluation: confusion-matrix mIoU, identical whatever the batch size or the
+number of ranks (images are batched only with images of the same size, so no padding touches a
+prediction, and under torch.distributed the ranks' confusion matrices are summed)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from s4al import distributed
 from s4al.data.base import SegmentationDataset
 from s4al.metrics import SegmentationScores, confusion_meter, scores_from_confusion
 
@@ -41,12 +43,20 @@ def _collate(items):
 
 
 def image_batches(
-    dataset: SegmentationDataset, batch_size: int, num_workers: int = 0, indices: Sequence[int] | None = None
+    dataset: SegmentationDataset,
+    batch_size: int,
+    num_workers: int = 0,
+    indices: Sequence[int] | None = None,
+    shard: bool = False,
 ):
-    """(uint8 (N,3,H,W) images, (N,H,W) labels, dataset indices), same-size batches, in order."""
+    """(uint8 (N,3,H,W) images, (N,H,W) labels, dataset indices), same-size batches, in order;
+    with `shard`, this rank's share of the batches under torch.distributed."""
+    batches = same_size_batches(dataset, batch_size, indices)
+    if shard:
+        batches = batches[distributed.rank() :: distributed.world_size()]
     return torch.utils.data.DataLoader(
         _Indexed(dataset),
-        batch_sampler=same_size_batches(dataset, batch_size, indices),
+        batch_sampler=batches,
         collate_fn=_collate,
         num_workers=num_workers,
     )
@@ -64,7 +74,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     meter = confusion_meter(dataset.classes.num_classes).to(device)
-    for images, labels, _ in image_batches(dataset, batch_size, num_workers):
+    for images, labels, _ in image_batches(dataset, batch_size, num_workers, shard=True):
         meter.update(model(to_model_input(images, device)).argmax(1), labels.to(device))
     model.train(was_training)
-    return scores_from_confusion(meter.compute().cpu())
+    return scores_from_confusion(meter.compute().cpu())  # summed over ranks by torchmetrics

@@ -44,7 +44,10 @@ class Stream:
 class StepBatches(Sampler[list[tuple[int, int]]]):
     """Yields, for each step in [start, end), `batch_size` (index, augmentation seed) pairs, then,
     when `replay_on(step)`, `batch_size` more drawn uniformly from the replay buffer: the last
-    `replay_size` indices this stream produced since `first_step`."""
+    `replay_size` indices this stream produced since `first_step`.
+
+    Under torch.distributed each rank takes its own slice of every step's global batch
+    (rank r of R reads stream positions ((step * R + r) * batch_size + j)) and keeps its own buffer."""
 
     def __init__(
         self,
@@ -55,16 +58,23 @@ class StepBatches(Sampler[list[tuple[int, int]]]):
         first_step: int = 0,
         replay_size: int = 0,
         replay_on: Callable[[int], bool] = lambda step: False,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         self.stream, self.batch_size = stream, batch_size
+        self.rank, self.world_size = rank, world_size
         self.start, self.end, self.first_step = start, end, first_step
         self.replay_size, self.replay_on = replay_size, replay_on
 
     def __len__(self) -> int:
         return max(self.end - self.start, 0)
 
+    def _positions(self, step: int) -> range:
+        first = (step * self.world_size + self.rank) * self.batch_size
+        return range(first, first + self.batch_size)
+
     def _drawn(self, step: int) -> list[int]:
-        return [self.stream.at(step * self.batch_size + j) for j in range(self.batch_size)]
+        return [self.stream.at(p) for p in self._positions(step)]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         buffer = ReplayBuffer(max(self.replay_size, 1))
@@ -72,10 +82,12 @@ class StepBatches(Sampler[list[tuple[int, int]]]):
         for step in range(history_from, self.start):
             buffer.add(self._drawn(step))
         for step in range(self.start, self.end):
+            positions = self._positions(step)
             drawn = self._drawn(step)
-            items = [(i, derive_seed(*self.stream.seed_parts, "aug", step, j)) for j, i in enumerate(drawn)]
+            items = [(i, derive_seed(*self.stream.seed_parts, "aug", p)) for p, i in zip(positions, drawn)]
             if self.replay_size and self.replay_on(step) and len(buffer):
-                chosen = buffer.sample(self.batch_size, seeded_generator(*self.stream.seed_parts, "replay", step))
-                items += [(i, derive_seed(*self.stream.seed_parts, "replay-aug", step, j)) for j, i in enumerate(chosen)]
+                generator = seeded_generator(*self.stream.seed_parts, "replay", step, self.rank)
+                chosen = buffer.sample(self.batch_size, generator)
+                items += [(i, derive_seed(*self.stream.seed_parts, "replay-aug", p)) for p, i in zip(positions, chosen)]
             buffer.add(drawn)
             yield items

@@ -6,6 +6,7 @@ training graph is alive at a time (the sum's gradient is the same; peak memory i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -15,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from s4al import distributed
 from s4al.config import RunConfig
 from s4al.data.base import SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX
@@ -43,12 +46,6 @@ class TrainResult:
     student: nn.Module
     teacher: nn.Module
     history: list[dict]  # one entry per evaluation
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def labelled_class_counts(data: TrainData, num_classes: int) -> np.ndarray:
@@ -81,7 +78,7 @@ class Trainer:
     ):
         self.cfg, self.data, self.val_dataset, self.cycle = cfg, data, val_dataset, cycle
         self.run_dir = Path(run_dir)
-        self.device = resolve_device(cfg.train.device)
+        self.device = distributed.setup_device(cfg.train.device)
         self.num_classes = data.dataset.classes.num_classes
         self.iters = cfg.train.iters_per_epoch
         self.epochs = epochs or cfg.train.epochs
@@ -89,13 +86,14 @@ class Trainer:
         self.ssl = cfg.ssl.enabled and bool(data.pool)
         self.cold_steps = cfg.ssl.cold_start_epochs * self.iters if self.ssl else 0
         self.checkpoint_path = self.run_dir / "checkpoints" / f"cycle_{cycle}.pt"
-        self.progress = progress or (lambda info: None)
+        self.progress = progress if progress is not None and distributed.is_main() else (lambda info: None)
 
         torch.manual_seed(derive_seed(cfg.seed, "init", cycle))  # the decoder's random initialisation
         self.student = build_model(cfg.model, self.num_classes).to(self.device)
         if init_state is not None:
             self.student.load_state_dict(init_state)
         self.teacher = MeanTeacher(self.student, cfg.ssl.ema_momentum)
+        self.net = self._parallel(self.student)  # what the loop calls forward on
         t = cfg.train
         self.optimizer = torch.optim.SGD(
             self.student.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay
@@ -111,6 +109,17 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.amp = self.device.type == "cuda" and t.amp
+
+    def _parallel(self, student: nn.Module) -> nn.Module:
+        if distributed.world_size() == 1:
+            return student
+        if self.cfg.train.sync_bn and self.device.type == "cuda":
+            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        return DistributedDataParallel(student, device_ids=[self.device] if self.device.type == "cuda" else None)
+
+    def _synced(self, last: bool):
+        """DDP reduces gradients once per step: in the last backward; earlier ones accumulate."""
+        return contextlib.nullcontext() if last or self.net is self.student else self.net.no_sync()
 
     # ---- schedule -------------------------------------------------------------------------
     def _epoch(self, step: int) -> int:
@@ -133,8 +142,10 @@ class Trainer:
             hflip_p=cfg.train.hflip_p,
             color_jitter_p=cfg.train.color_jitter_p,
         )
+        shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}
         labelled = StepBatches(
-            Stream(self.data.labelled, seed, "labelled", self.cycle), cfg.train.batch_size, self.step, self.total_steps
+            Stream(self.data.labelled, seed, "labelled", self.cycle), cfg.train.batch_size, self.step, self.total_steps,
+            **shard,
         )
         partial = {} if self.ssl else self.data.annotations
         labelled_view = LabelledView(self.data.dataset, aug, partial)
@@ -149,6 +160,7 @@ class Trainer:
             first_step=self.cold_steps,
             replay_size=cfg.ssl.replay_size if cfg.ssl.replay else 0,
             replay_on=self._replay_on,
+            **shard,
         )
         unlabelled_view = UnlabelledView(self.data.dataset, aug, self.data.annotations)
         return labelled_batches, iter(DataLoader(unlabelled_view, batch_sampler=unlabelled, num_workers=workers))
@@ -156,12 +168,13 @@ class Trainer:
     # ---- one iteration --------------------------------------------------------------------
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            return self.student(images).float()
+            return self.net(images).float()
 
-    def _unsup(self, images, pseudo, confidence) -> tuple[torch.Tensor, torch.Tensor]:
+    def _unsup(self, images, pseudo, confidence, last: bool) -> tuple[torch.Tensor, torch.Tensor]:
         eta = confidence_ratio(confidence, pseudo != IGNORE_INDEX, self.cfg.ssl.confidence_threshold)
-        loss = unsupervised_loss(self._forward(images), pseudo, confidence, eta, self.cfg.ssl.confidence_weighting)
-        loss.backward()
+        with self._synced(last):
+            loss = unsupervised_loss(self._forward(images), pseudo, confidence, eta, self.cfg.ssl.confidence_weighting)
+            loss.backward()
         return loss.detach(), eta.mean()
 
     def _pseudo_labels(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,15 +193,16 @@ class Trainer:
         generator = seeded_generator(self.cfg.seed, "mix", self.cycle, step)
         current = strong[:n], pseudo[:n], confidence[:n]
         mixed = classmix_batch(*current, generator) if s.classmix else current
-        logs = dict(zip(("loss/unsup", "eta/unsup"), self._unsup(*mixed)))
-        if len(strong) > n:  # the sampler appended a replay batch
+        replaying = len(strong) > n  # the sampler appended a replay batch
+        logs = dict(zip(("loss/unsup", "eta/unsup"), self._unsup(*mixed, last=not replaying)))
+        if replaying:
             replay = strong[n:], pseudo[n:], confidence[n:]
             if s.balanced_classmix:
                 mixed = balanced_classmix_batch(*current, *replay, self.head, self.tail, s.n_head, s.n_tail, generator)
             else:
                 mask = classmix_masks(replay[1], generator)
                 mixed = tuple(mix(mask, r, c) for r, c in zip(replay, current))
-            logs.update(zip(("loss/replay", "eta/replay"), self._unsup(*mixed)))
+            logs.update(zip(("loss/replay", "eta/replay"), self._unsup(*mixed, last=True)))
         return logs
 
     def _train_step(self, step: int, labelled: dict, unlabelled: dict | None) -> dict[str, float]:
@@ -196,15 +210,19 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         sup_weight = self.cfg.ssl.cold_start_sup_weight if step < self.cold_steps else 1.0
         images = to_model_input(labelled["image"], self.device)
-        loss = supervised_loss(self._forward(images), labelled["label"].to(self.device)) * sup_weight
-        loss.backward()
+        with self._synced(last=unlabelled is None):
+            loss = supervised_loss(self._forward(images), labelled["label"].to(self.device)) * sup_weight
+            loss.backward()
         logs = {"loss/sup": loss.detach()}
         if unlabelled is not None:
             logs.update(self._ssl_losses(step, unlabelled))
         self.optimizer.step()
         self.scheduler.step()
         self.teacher.update(self.student, step)
-        return {k: float(v) for k, v in logs.items()} | {"lr": self.scheduler.get_last_lr()[0]}
+        # Ranks share parameters (DDP) but each saw its own batch statistics: keep one teacher.
+        distributed.broadcast_buffers(self.teacher.model)
+        values = distributed.all_mean(torch.stack(list(logs.values())).float()).tolist()
+        return dict(zip(logs, values)) | {"lr": self.scheduler.get_last_lr()[0]}
 
     # ---- checkpoints, evaluation, the loop --------------------------------------------------
     def _state(self) -> dict:
@@ -242,8 +260,9 @@ class Trainer:
             self.val_dataset.classes.names
         )
         self.history.append(record)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if distributed.is_main():
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
         self.progress({"event": "eval", **record})
 
     def fit(self) -> TrainResult:
@@ -262,6 +281,9 @@ class Trainer:
                 epoch = self.step // self.iters
                 if epoch % self.cfg.train.eval_every == 0 or self.step == self.total_steps:
                     self._evaluate(epoch)
-                if epoch % self.cfg.train.checkpoint_every == 0 or self.step == self.total_steps:
+                if distributed.is_main() and (
+                    epoch % self.cfg.train.checkpoint_every == 0 or self.step == self.total_steps
+                ):
                     save_checkpoint(self._state(), self.checkpoint_path)
+        distributed.barrier()  # the final checkpoint exists for every rank
         return TrainResult(self.student, self.teacher.model, self.history)

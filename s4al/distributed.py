@@ -1,0 +1,81 @@
+"""torch.distributed plumbing: one code path for a single process and for torchrun (DDP).
+
+Launched by torchrun, the environment carries RANK / WORLD_SIZE / LOCAL_RANK; otherwise the
+helpers below describe a world of one and every collective is a no-op."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def setup_device(device: str = "auto") -> torch.device:
+    """Joins the process group when launched by torchrun (nccl on GPUs, gloo on CPU) and returns
+    this rank's device; without torchrun, just resolves `device`."""
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu" if device == "auto" else device)
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+def all_mean(values: torch.Tensor) -> torch.Tensor:
+    if is_initialized():
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= world_size()
+    return values
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Makes rank 0's buffers (BatchNorm statistics) everyone's."""
+    if is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
+
+
+def gather_objects(obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not is_initialized():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block (e.g. creates files) before the other ranks enter it."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
