@@ -74,3 +74,11 @@ def test_evaluation_is_independent_of_batch_size():
     one = evaluate(model, val, 1, torch.device("cpu"))
     four = evaluate(model, val, 4, torch.device("cpu"))
     assert one == four
+
+
+def test_replay_with_plain_classmix(tmp_path):
+    cfg = tiny_config(ssl={"balanced_classmix": False, "confidence_threshold": 0.0})
+    data, _ = ssl_data(cfg)
+    steps: dict = {}
+    Trainer(cfg, data, None, tmp_path, progress=recorder(steps)).fit()
+    assert set(steps[4]) == {"loss/sup", "loss/unsup", "loss/replay"} and steps[4]["loss/replay"] > 0

@@ -26,7 +26,7 @@ from s4al.data.classes import IGNORE_INDEX
 from s4al.data.views import Annotations, Augment, LabelledView, UnlabelledView
 from s4al.evaluate import evaluate, to_model_input
 from s4al.model import build_model
-from s4al.ssl.classmix import balanced_classmix_batch, classmix_batch, classmix_masks, mix, split_head_tail
+from s4al.ssl.classmix import balanced_classmix_batch, classmix_batch, classmix_masks, paste, split_head_tail
 from s4al.ssl.losses import apply_annotations, confidence_ratio, supervised_loss, unsupervised_loss
 from s4al.ssl.mean_teacher import MeanTeacher
 from s4al.train.checkpoint import load_checkpoint, save_checkpoint
@@ -200,8 +200,7 @@ class Trainer:
             if s.balanced_classmix:
                 mixed = balanced_classmix_batch(*current, *replay, self.head, self.tail, s.n_head, s.n_tail, generator)
             else:
-                mask = classmix_masks(replay[1], generator)
-                mixed = tuple(mix(mask, r, c) for r, c in zip(replay, current))
+                mixed = paste(classmix_masks(replay[1], generator), replay, current)
             logs.update(zip(("loss/replay", "eta/replay"), self._unsup(*mixed, last=True)))
         return logs
 
