@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from s4al.annotation.commands import import_answers_command, query
 from s4al.config import ConfigError, RunConfig, load_config, parse_override, save_config
 from s4al.data import build_dataset
 from s4al.data.base import DatasetError
@@ -135,6 +136,9 @@ def run(
         console.print(f"{len(pending)} regions wait for answers: export them with `s4al query {run_dir}`, "
                       f"import the answers with `s4al import {run_dir} ANSWERS`, then `s4al run --resume {run_dir}`.")
 
+
+app.command()(query)
+app.command(name="import")(import_answers_command)
 
 download_app = typer.Typer(help="Fetch public datasets (needs internet).")
 app.add_typer(download_app, name="download")

@@ -23,7 +23,8 @@ from s4al.data import build_dataset
 from s4al.evaluate import evaluate
 from s4al.train.checkpoint import load_trained_model
 from s4al.train.sampling import derive_seed, seeded_generator
-from s4al.train.trainer import Trainer, TrainData, resolve_device
+from s4al.distributed import setup_device
+from s4al.train.trainer import Trainer, TrainData
 
 CONFIG_FILE = "config.yaml"
 
@@ -48,7 +49,7 @@ class ActiveLearningRun:
         self.run_dir = Path(run_dir)
         self.cfg = self._config(cfg)
         self.progress = progress
-        self.device = resolve_device(self.cfg.train.device)
+        self.device = setup_device(self.cfg.train.device)
         d = self.cfg.dataset
         self.train_set = build_dataset(d, d.train_split, self.cfg.seed)
         self.val_set = build_dataset(d, d.val_split, self.cfg.seed)
@@ -144,10 +145,14 @@ class ActiveLearningRun:
             net = result.teacher if self.cfg.train.eval_network == "teacher" else result.student
             scores = evaluate(net, self.test_set, self.cfg.train.eval_batch_size, self.device)
             metrics["test"] = scores.as_dict(self.test_set.classes.names)
-        last = cycle == self.final_cycle
-        self.ledger.set_phase(cycle, "done" if last else "acquire", metrics)
-        if last:
-            self._write_summary(cycle)
+        if cycle < self.final_cycle:
+            self.ledger.set_phase(cycle, "acquire", metrics)
+            return
+        # The summary is written before 'done', so a kill in between re-trains (a no-op from the
+        # final checkpoint) and writes it again, instead of leaving a 'done' run without it.
+        self.ledger.set_phase(cycle, "train", metrics)
+        self._write_summary(cycle)
+        self.ledger.set_phase(cycle, "done")
 
     def _checkpoint(self, cycle: int) -> Path:
         return self.run_dir / "checkpoints" / f"cycle_{cycle}.pt"
@@ -172,11 +177,11 @@ class ActiveLearningRun:
         model, _ = load_trained_model(self._checkpoint(cycle), a.scorer, self.device)
         generator = seeded_generator(self.cfg.seed, "acquire", cycle)
         data = self.train_data()
-        pool = [i for i in data.pool]
+        pool = data.pool
         workers = self.cfg.train.num_workers
         if a.level == "image":
             labelled = sorted(set(range(len(self.ids))) - set(pool))
-            return choose_images(model, self.train_set, labelled, pool, self._images_per_cycle(pool), a, self.device,
+            return choose_images(model, self.train_set, labelled, pool, self._images_per_cycle(), a, self.device,
                                  generator, workers)
         bought: dict[int, list] = defaultdict(list)
         for region in self.ledger.regions():
@@ -184,11 +189,16 @@ class ActiveLearningRun:
         cells = score_cells(model, self.train_set, pool, bought, a, self.device, generator, workers)
         return choose_regions(cells, {i: self.train_set.image_size(i) for i in pool}, a)
 
-    def _images_per_cycle(self, pool: list[int]) -> int:
-        """Whole images matching the pixel budget of the region-level protocol."""
+    def _images_per_cycle(self) -> int:
+        """Whole images matching the pixel budget of the region-level protocol, which buys the same
+        cells every cycle: k per image of the initial pool (it never shrinks), or the global budget.
+        The current pool would shrink the budget as whole images leave it."""
         a = self.cfg.active
-        cells = a.regions_per_image * len(pool) if a.selection == "per_image" else a.global_budget
-        mean_pixels = np.mean([np.prod(self.train_set.image_size(i)) for i in pool])
+        initial_pool = [self.index_of[r.image_id] for r in self.ledger.images() if not r.initial]
+        if not initial_pool:
+            return 0
+        cells = a.regions_per_image * len(initial_pool) if a.selection == "per_image" else a.global_budget
+        mean_pixels = np.mean([np.prod(self.train_set.image_size(i)) for i in initial_pool])
         return max(1, round(cells * a.region_size**2 / mean_pixels))
 
     def _answer(self, cycle: int) -> bool:

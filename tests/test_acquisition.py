@@ -1,0 +1,139 @@
+"""Streaming pool scoring and the choice of regions and images (s4al/active/acquisition.py)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from s4al.active.acquisition import (
+    Query,
+    bought_mask,
+    choose_images,
+    choose_regions,
+    score_cells,
+    score_images,
+)
+from s4al.active.regions import cell_box
+from s4al.active.scores import entropy
+from s4al.data import build_dataset
+from s4al.evaluate import to_model_input
+from s4al.model import build_model
+
+CPU = torch.device("cpu")
+S = 16  # cell size: a 48x64 image is a 3x4 grid
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """On a few shared cores, OpenMP threads waiting for each other make small CPU ops ~100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = tiny_config()
+    dataset = build_dataset(cfg.dataset, "train", cfg.seed)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, dataset.classes.num_classes).eval()
+    return cfg, dataset, model
+
+
+def active(cfg, **values):
+    return cfg.active.model_copy(update=values)
+
+
+def test_bought_mask_covers_exactly_the_boxes():
+    mask = bought_mask([(0, 0, 16, 16), (16, 32, 48, 48)], 48, 64)
+    assert mask.sum() == 16 * 16 + 32 * 16
+    assert mask[:16, :16].all() and mask[16:48, 32:48].all() and not mask[16:, :32].any()
+
+
+def test_streaming_over_the_pool_equals_scoring_each_image_alone(setup):
+    cfg, dataset, model = setup
+    pool = [3, 5, 6, 8, 11, 12, 17]  # 7 images: batches of 3, 3 and 1
+    bought = {5: [(0, 0, 16, 16)], 11: [(16, 16, 32, 32), (32, 48, 48, 64)]}
+    streamed = score_cells(model, dataset, pool, bought, active(cfg, metric="entropy", score_batch_size=3), CPU,
+                           torch.Generator())
+    assert sorted(streamed) == pool
+    for i in pool:
+        alone = score_cells(model, dataset, [i], bought, active(cfg, metric="entropy", score_batch_size=1), CPU,
+                            torch.Generator())
+        assert streamed[i].shape == (3, 4)
+        np.testing.assert_allclose(streamed[i], alone[i], rtol=1e-5, atol=1e-6)
+    per_image = active(cfg, selection="per_image", regions_per_image=2)
+    sizes = {i: (48, 64) for i in pool}
+    one_by_one = {i: score_cells(model, dataset, [i], bought, per_image, CPU, torch.Generator())[i] for i in pool}
+    chosen, reference = choose_regions(streamed, sizes, per_image), choose_regions(one_by_one, sizes, per_image)
+    assert [(q.index, q.box) for q in chosen] == [(q.index, q.box) for q in reference]
+    assert len(chosen) == 2 * len(pool)
+    assert [q.score for q in chosen] == pytest.approx([q.score for q in reference], rel=1e-5)
+
+
+def test_cell_scores_are_the_mean_pixel_entropy_over_unbought_pixels(setup):
+    cfg, dataset, model = setup
+    i = 4
+    bought = {i: [(0, 0, 16, 16), (16, 16, 32, 24)]}  # a whole cell, and the left half of cell (1, 1)
+    cells = score_cells(model, dataset, [i], bought, active(cfg, metric="entropy"), CPU, torch.Generator())[i]
+    with torch.no_grad():
+        image = torch.from_numpy(dataset.load(i).image).permute(2, 0, 1)[None]
+        pixels = entropy(model(to_model_input(image, CPU)).softmax(1))[0]
+    assert cells[0, 0] == -math.inf  # bought cells can never be chosen again
+    assert cells[1, 1] == pytest.approx(pixels[16:32, 24:32].mean().item(), rel=1e-5)
+    for row, col in [(0, 1), (2, 3), (1, 2)]:
+        y0, x0, y1, x1 = cell_box(row, col, 48, 64, S)
+        assert cells[row, col] == pytest.approx(pixels[y0:y1, x0:x1].mean().item(), rel=1e-5)
+
+
+def test_random_metric_is_reproducible_from_the_generator(setup):
+    cfg, dataset, model = setup
+    a = active(cfg, metric="random")
+    first = score_cells(model, dataset, [1, 2], {}, a, CPU, torch.Generator().manual_seed(7))
+    again = score_cells(model, dataset, [1, 2], {}, a, CPU, torch.Generator().manual_seed(7))
+    other = score_cells(model, dataset, [1, 2], {}, a, CPU, torch.Generator().manual_seed(8))
+    assert all(np.array_equal(first[i], again[i]) for i in (1, 2))
+    assert not np.array_equal(first[1], other[1])
+    assert all(((0 <= first[i]) & (first[i] < 1)).all() for i in (1, 2))
+
+
+def test_choose_regions_per_image_and_global():
+    cells = {
+        2: np.array([[0.1, 0.9, -np.inf, 0.3], [0.2, 0.8, 0.0, 0.0], [0.0, 0.0, 0.0, 0.5]]),
+        7: np.full((3, 4), -np.inf),  # everything bought: nothing to choose
+        9: np.array([[0.95, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.85]]),
+    }
+    sizes = {i: (48, 64) for i in cells}
+    per_image = choose_regions(cells, sizes, tiny_config().active.model_copy(update={"regions_per_image": 2}))
+    assert per_image == [
+        Query(2, (0, 16, 16, 32), 0.9), Query(2, (16, 16, 32, 32), 0.8),
+        Query(9, (0, 0, 16, 16), 0.95), Query(9, (32, 48, 48, 64), 0.85),
+    ]
+    glob = tiny_config(active={"selection": "global", "global_budget": 3}).active
+    assert choose_regions(cells, sizes, glob) == [
+        Query(9, (0, 0, 16, 16), 0.95), Query(2, (0, 16, 16, 32), 0.9), Query(9, (32, 48, 48, 64), 0.85)
+    ]
+    everything = tiny_config(active={"selection": "global", "global_budget": 100}).active
+    assert len(choose_regions(cells, sizes, everything)) == 12 + 12 - 1  # -inf cells are never bought
+
+
+def test_choose_images_entropy_takes_the_highest_mean_entropy(setup):
+    cfg, dataset, model = setup
+    pool = list(range(4, 20))
+    a = active(cfg, level="image", metric="entropy")
+    chosen = choose_images(model, dataset, [0, 1, 2, 3], pool, 3, a, CPU, torch.Generator())
+    scores = score_images(model, dataset, pool, "entropy", 4, CPU, torch.Generator())
+    assert [q.index for q in chosen] == sorted(pool, key=lambda i: -scores[i])[:3]
+    assert all(q.box == (0, 0, 48, 64) for q in chosen)
+
+
+def test_choose_images_coreset_picks_distinct_pool_images(setup):
+    cfg, dataset, model = setup
+    a = active(cfg, level="image", metric="coreset")
+    chosen = choose_images(model, dataset, [0, 1, 2, 3], list(range(4, 20)), 5, a, CPU, torch.Generator())
+    picked = [q.index for q in chosen]
+    assert len(set(picked)) == 5 and set(picked) <= set(range(4, 20))
+    assert chosen == choose_images(model, dataset, [0, 1, 2, 3], list(range(4, 20)), 5, a, CPU, torch.Generator())

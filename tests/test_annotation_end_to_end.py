@@ -1,0 +1,134 @@
+"""The human-in-the-loop cycle on the synthetic dataset: a run with an external annotator asks and
+stops, `query` packages the questions, a Label Studio export painted with the ground truth (by Label
+Studio's own RLE encoder) is imported, and `run --resume` finishes the run."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import tiny_config
+from s4al.active.cycle import ActiveLearningRun
+from s4al.active.ledger import Ledger
+from s4al.annotation.commands import import_answers_command, query
+from s4al.annotation.label_studio import ASKED_COLOUR, labelling_config
+from s4al.data import build_dataset
+from test_annotation_label_studio import decoded, exported_task
+
+app = typer.Typer()
+app.command()(query)
+app.command(name="import")(import_answers_command)
+runner = CliRunner()
+
+
+def external_config():
+    return tiny_config(
+        active={"annotator": "external", "final_cycle_epoch_multiplier": 1.0},
+        train={"epochs": 1, "iters_per_epoch": 1, "device": "cpu"},
+        ssl={"cold_start_epochs": 0},
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run whose cycle 0 has trained but not asked yet (phase 'acquire')."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    ActiveLearningRun(run, external_config())._train(0)
+    return run
+
+
+@pytest.fixture
+def run_dir(trained, tmp_path):
+    return shutil.copytree(trained, tmp_path / "run")
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(arg) for arg in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def ledger_of(run_dir):
+    return Ledger(run_dir / "ledger.sqlite", readonly=True)
+
+
+def test_query_asks_label_studio_answers_with_ground_truth_and_the_run_finishes(run_dir, tmp_path):
+    output = invoke("query", run_dir, "--device", "cpu")
+    with ledger_of(run_dir) as ledger:
+        asked = ledger.asked()
+        assert ledger.phase(0) == "answer" and asked
+    assert f"{len(asked)} asked regions" in output
+
+    cfg = external_config()
+    train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
+    label_of = {train_set.image_id(i): train_set.load(i).label for i in range(len(train_set))}
+    tasks = json.loads((run_dir / "queries" / "cycle_0" / "tasks.json").read_text())
+    export = [exported_task(n, t["data"], label_of[t["data"]["image_id"]], train_set.classes.names)
+              for n, t in enumerate(tasks, start=1)]
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    output = invoke("import", run_dir, tmp_path / "export.json")
+    assert f"answered {len(asked)} regions (label-studio)" in output and "0 regions still asked" in output
+
+    summaries = ActiveLearningRun(run_dir).run()
+    assert [s["cycle"] for s in summaries] == [0, 1]
+    with ledger_of(run_dir) as ledger:
+        assert ledger.phase(1) == "done" and ledger.asked() == []
+        assert [r.region_id for r in ledger.answered()] == [r.region_id for r in asked]
+        for region in ledger.answered():
+            y0, x0, y1, x1 = region.box
+            assert region.answered_by == "label-studio"
+            assert np.array_equal(ledger.patch(region), label_of[region.image_id][y0:y1, x0:x1])
+
+
+def test_a_run_with_an_external_annotator_stops_after_asking_and_query_packages_the_questions(run_dir, tmp_path):
+    ActiveLearningRun(run_dir).run()
+    with ledger_of(run_dir) as ledger:
+        asked = ledger.asked()
+        assert ledger.phase(0) == "answer" and ledger.last_cycle() == 0 and asked
+    out = tmp_path / "package"
+    invoke("query", run_dir, "--out", out, "--device", "cpu")
+    with ledger_of(run_dir) as ledger:
+        assert ledger.asked() == asked  # a second query asks nothing new
+
+    active_run = ActiveLearningRun(run_dir)
+    classes = active_run.train_set.classes
+    assert (out / "labelling_config.xml").read_text() == labelling_config(classes)
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [int(row["region_id"]) for row in rows] == [r.region_id for r in asked]
+    assert [entry["box"] for entry in manifest["regions"]] == [list(r.box) for r in asked]
+    tasks = {t["data"]["image_id"]: t for t in json.loads((out / "tasks.json").read_text())}
+    assert set(tasks) == {r.image_id for r in asked}
+
+    for region, entry in zip(asked, manifest["regions"]):
+        y0, x0, y1, x1 = region.box
+        image = np.asarray(Image.open(out / entry["image"]))
+        assert np.array_equal(image, active_run.train_set.load(active_run.index_of[region.image_id]).image)
+        outline = np.zeros(image.shape[:2], dtype=bool)
+        outline[max(y0 - 2, 0):y1 + 2, max(x0 - 2, 0):x1 + 2] = True
+        outline[y0:y1, x0:x1] = False
+        assert (np.asarray(Image.open(out / entry["overlay"]))[outline] == ASKED_COLOUR).all()
+        # the brush pre-annotation inside the box holds the classes the manifest lists
+        brushes = [r for r in tasks[region.image_id]["predictions"][0]["result"] if r["type"] == "brushlabels"]
+        counts = {b["value"]["brushlabels"][0]: int(decoded(b)[y0:y1, x0:x1].sum()) for b in brushes}
+        assert {name: n for name, n in counts.items() if n} == entry["predicted"]
+        assert sum(entry["predicted"].values()) == (y1 - y0) * (x1 - x0)
+
+
+def test_query_refuses_a_run_whose_cycle_has_not_trained(tmp_path):
+    ActiveLearningRun(tmp_path / "run", external_config())
+    result = runner.invoke(app, ["query", str(tmp_path / "run")])
+    assert result.exit_code != 0 and "has not finished training" in result.output
+
+
+def test_import_refuses_a_bad_file_with_a_message_and_a_failing_exit_code(run_dir, tmp_path):
+    (tmp_path / "export.json").write_text('[{"id": 3, "annotations": [')
+    before = (run_dir / "ledger.sqlite").read_bytes()
+    result = runner.invoke(app, ["import", str(run_dir), str(tmp_path / "export.json")])
+    assert result.exit_code == 1 and "export.json: not a readable JSON file" in result.output
+    assert (run_dir / "ledger.sqlite").read_bytes() == before

@@ -1,0 +1,176 @@
+"""Label Studio formats, checked with Label Studio's own code (label-studio-sdk): the config parses
+with its LabelInterface, our predictions pass its validator and decode with its RLE decoder, and
+exports written with its RLE encoder read back exactly."""
+
+import base64
+import io
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from label_studio_sdk.converter.brush import decode_rle, mask2rle
+from label_studio_sdk.label_interface import LabelInterface
+from PIL import Image
+
+from s4al.active.ledger import Region
+from s4al.annotation.label_studio import (
+    ASKED_LABEL, ASKED_TAG, BRUSH_TAG, IMAGE_TAG, labelling_config, read_export, task,
+)
+from s4al.annotation.masks import AnswerError
+from s4al.data.classes import ClassSet
+
+CLASSES = ClassSet(names=("sky", "road", "car & bus"), colors=((70, 130, 180), (128, 64, 128), (0, 0, 142)))
+H, W = 20, 30
+
+
+def exported_task(task_id, data, labels, names=CLASSES.names, **annotation) -> dict:
+    """A task as Label Studio's JSON export writes it, its annotation painting the (H, W) class-id
+    map `labels` (255: unpainted) with one brush region per class, RLE-encoded by Label Studio."""
+    height, width = labels.shape
+    result = [
+        {"id": f"brush{k}", "type": "brushlabels", "from_name": BRUSH_TAG, "to_name": IMAGE_TAG,
+         "original_width": width, "original_height": height, "image_rotation": 0, "origin": "manual",
+         "value": {"format": "rle", "rle": mask2rle((labels == k).astype(np.uint8) * 255), "brushlabels": [names[k]]}}
+        for k in np.unique(labels) if k != 255
+    ]
+    return {"id": task_id, "data": data, "predictions": [],
+            "annotations": [{"id": 1000 + task_id, "result": result, "was_cancelled": False, **annotation}]}
+
+
+def region(region_id, box, image_id="img") -> Region:
+    return Region(region_id, image_id, 0, box, "entropy", 0.5, "asked", None, "2024-01-01", None, None)
+
+
+def decoded(result: dict) -> np.ndarray:
+    """(H, W) bool mask of a brush result, by Label Studio's decoder."""
+    rgba = decode_rle(result["value"]["rle"]).reshape(result["original_height"], result["original_width"], 4)
+    return rgba[..., 3] > 0
+
+
+def test_labelling_config_has_a_brush_label_per_class_in_its_colour_and_the_asked_regions():
+    config = labelling_config(CLASSES)
+    interface = LabelInterface(config)
+    assert interface.get_control(BRUSH_TAG).labels == list(CLASSES.names)
+    assert interface.get_control(ASKED_TAG).labels == [ASKED_LABEL]
+    assert interface.get_object(IMAGE_TAG).value == "$image"
+    colours = {label.get("value"): label.get("background") for label in ET.fromstring(config).iter("Label")}
+    assert colours["car & bus"] == "#00008e" and colours["sky"] == "#4682b4"
+
+
+def test_task_pre_annotates_the_prediction_inside_the_asked_regions_only():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    prediction = rng.integers(0, 3, (H, W)).astype(np.uint8)
+    prediction[:, 25:] = 1
+    regions = [region(7, (0, 0, 10, 10)), region(9, (10, 20, 20, 30))]
+    made = task(image, regions, prediction, CLASSES)
+
+    interface = LabelInterface(labelling_config(CLASSES))
+    assert interface.validate_prediction(made["predictions"][0], return_errors=True) == []
+    assert made["data"]["image_id"] == "img" and made["data"]["region_ids"] == [7, 9]
+    results = made["predictions"][0]["result"]
+    rectangles = [r for r in results if r["type"] == "rectanglelabels"]
+    assert [r["readonly"] for r in rectangles] == [True, True]
+    value = rectangles[1]["value"]
+    assert value.pop("rectanglelabels") == [ASKED_LABEL]
+    assert value == pytest.approx({"x": 100 * 20 / W, "y": 50.0, "width": 100 * 10 / W, "height": 50.0, "rotation": 0})
+
+    inside = np.zeros((H, W), bool)
+    inside[0:10, 0:10] = inside[10:20, 20:30] = True
+    painted = np.full((H, W), 255, np.uint8)
+    for result in (r for r in results if r["type"] == "brushlabels"):
+        mask = decoded(result)
+        assert not (mask & (painted != 255)).any()  # one class per pixel
+        painted[mask] = CLASSES.names.index(result["value"]["brushlabels"][0])
+    assert np.array_equal(painted, np.where(inside, prediction, 255))
+
+    header, encoded = made["data"]["image"].split(",", 1)
+    assert header == "data:image/jpeg;base64"
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))).convert("RGB"))
+    assert shown.shape == image.shape
+
+
+def test_export_painted_with_label_studios_encoder_reads_back_exactly(tmp_path):
+    labels = np.random.default_rng(1).integers(0, 3, (H, W)).astype(np.uint8)
+    labels[::3, ::4] = 255
+    data = {"image": "data:...", "image_id": "img", "region_ids": [7, 9]}
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([exported_task(4, data, labels)]))
+    (painted,) = read_export(path, CLASSES.names)
+    assert painted.image_id == "img" and painted.region_ids == (7, 9)
+    assert np.array_equal(painted.labels, labels)
+    assert "task 4" in painted.source
+
+
+def test_a_later_brush_region_paints_over_an_earlier_one(tmp_path):
+    road = np.full((H, W), 255, np.uint8)
+    road[:, :15] = 1
+    car = np.full((H, W), 255, np.uint8)
+    car[5:10, 10:20] = 2
+    item = exported_task(1, {"image_id": "img", "region_ids": []}, road)
+    item["annotations"][0]["result"] += exported_task(1, {}, car)["annotations"][0]["result"]
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([item]))
+    (painted,) = read_export(path, CLASSES.names)
+    assert np.array_equal(painted.labels, np.where(car != 255, car, road))
+
+
+def test_tasks_without_a_submitted_annotation_are_left_out(tmp_path):
+    labels = np.ones((H, W), np.uint8)
+    data = {"image_id": "img", "region_ids": []}
+    skipped = exported_task(2, data, labels, was_cancelled=True)
+    untouched = {**exported_task(3, data, labels), "annotations": []}
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([skipped, untouched]))
+    assert list(read_export(path, CLASSES.names)) == []
+
+
+def corrupt_rle(item):
+    item["annotations"][0]["result"][0]["value"]["rle"] = [0, 0, 9, 96, 1, 2]
+
+
+def wrong_size(item):
+    item["annotations"][0]["result"][0]["original_height"] = H + 1
+
+
+def two_annotations(item):
+    item["annotations"].append({**item["annotations"][0], "id": 77})
+
+
+def unknown_class(item):
+    item["annotations"][0]["result"][0]["value"]["brushlabels"] = ["bicycle"]
+
+
+def polygon(item):
+    item["annotations"][0]["result"][0]["type"] = "polygonlabels"
+
+
+def no_image_id(item):
+    del item["data"]["image_id"]
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (corrupt_rle, "corrupt RLE mask"), (wrong_size, "corrupt RLE mask.*its image is 21x30"),
+    (two_annotations, "2 annotations"), (unknown_class, "unknown class 'bicycle'"),
+    (polygon, "'polygonlabels' region"), (no_image_id, "no data.image_id"),
+])
+def test_a_bad_task_is_refused_naming_the_file_and_the_task(tmp_path, spoil, message):
+    item = exported_task(12, {"image_id": "img", "region_ids": [1]}, np.zeros((H, W), np.uint8))
+    spoil(item)
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([item]))
+    with pytest.raises(AnswerError, match=f"{path}: task 12.*{message}"):
+        list(read_export(path, CLASSES.names))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'[{"id": 1, "annotations": [', "not a readable JSON file"),
+    (b'{"id": 1}', "expected a list of tasks"),
+    (b"\xff\xfe\x00garbage", "not a readable JSON file"),
+])
+def test_a_file_that_is_not_a_json_export_is_refused(tmp_path, content, message):
+    path = tmp_path / "export.json"
+    path.write_bytes(content)
+    with pytest.raises(AnswerError, match=message):
+        list(read_export(path, CLASSES.names))
