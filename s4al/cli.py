@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from s4al.annotation.commands import import_answers_command, query
+from s4al import distributed
 from s4al.config import ConfigError, RunConfig, load_config, parse_override, save_config
 from s4al.data import build_dataset
 from s4al.data.base import DatasetError
@@ -55,18 +56,23 @@ def train(
 
     cfg = _config(config, overrides)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if distributed.is_main():
+        save_config(cfg, out / "config.yaml")
     try:
         train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
         val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, cfg.seed)
     except DatasetError as err:
         raise typer.BadParameter(str(err)) from None
-    monitor = Monitor(out / "tensorboard", show_progress=not quiet)
+    distributed.setup_device(cfg.train.device)  # joins torchrun's process group
+    monitor = Monitor(out / "tensorboard", show_progress=not quiet) if distributed.is_main() else None
     try:
         data = TrainData(train_set, labelled=list(range(len(train_set))))
         result = Trainer(cfg, data, val_set, out, progress=monitor).fit()
     finally:
-        monitor.close()
+        if monitor is not None:
+            monitor.close()
+    if not distributed.is_main():
+        return
     final = result.history[-1]
     (out / "result.json").write_text(json.dumps(final, indent=2))
     _print_scores("val", final)
@@ -116,14 +122,18 @@ def run(
     cfg = None if resume else _config(config, overrides)
     if out is not None and (out / "config.yaml").exists():
         raise typer.BadParameter(f"{out} already holds a run; continue it with --resume {out}")
-    monitor = Monitor(run_dir / "tensorboard", show_progress=not quiet)
+    distributed.setup_device(cfg.train.device if cfg else "auto")  # joins torchrun's process group
+    monitor = Monitor(run_dir / "tensorboard", show_progress=not quiet) if distributed.is_main() else None
     try:
         active_run = ActiveLearningRun(run_dir, cfg, progress=monitor)
         summaries = active_run.run()
     except (DatasetError, FileNotFoundError, ValueError) as err:
         raise typer.BadParameter(str(err)) from None
     finally:
-        monitor.close()
+        if monitor is not None:
+            monitor.close()
+    if not distributed.is_main():
+        return
     table = Table(title=f"active learning: {run_dir}")
     for column in ("cycle", "labelled %", "val mIoU", "regions bought", "images bought"):
         table.add_column(column, justify="right")

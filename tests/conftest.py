@@ -1,8 +1,13 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from s4al.config import RunConfig, load_config
+
+# Tiny tensors gain nothing from intra-op threads, and two threads per process thrash when the
+# suite's subprocesses and DataLoader workers share a 2-core machine.
+torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CAMVID = SHARED / "data" / "camvid"

@@ -131,7 +131,7 @@ def cells_scored_for(run: ActiveLearningRun, cycle: int) -> dict[int, np.ndarray
         if region.cycle < cycle:
             bought.setdefault(run.index_of[region.image_id], []).append(region.box)
     pool = [run.index_of[i] for i in read_ids(run.run_dir / "splits" / "pool.txt")]
-    return score_cells(model, run.train_set, pool, bought, run.cfg.active, CPU, torch.Generator())
+    return score_cells(model, run.train_set, pool, bought, run.cfg.active, CPU, 0)
 
 
 # ---- shared runs ------------------------------------------------------------------------------
@@ -266,7 +266,7 @@ def test_image_level_baselines_buy_whole_images_at_the_region_pixel_budget(tmp_p
     if metric == "entropy":  # the highest mean pixel entropy under each cycle's model
         pool = sorted(set(range(NUM_TRAIN)) - initial)
         model, _ = load_trained_model(run.run_dir / "checkpoints" / "cycle_0.pt", "teacher", CPU)
-        scores = score_images(model, run.train_set, pool, "entropy", 4, CPU, torch.Generator())
+        scores = score_images(model, run.train_set, pool, "entropy", 4, CPU, 0)
         assert acquired[0] == set(sorted(pool, key=lambda i: -scores[i])[:per_cycle])
 
 

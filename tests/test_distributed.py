@@ -9,6 +9,10 @@ import torch.multiprocessing as mp
 
 from conftest import tiny_config
 from s4al import distributed
+from s4al.active.acquisition import choose_regions, score_cells
+from s4al.active.cycle import ActiveLearningRun
+from s4al.train.checkpoint import checkpoint_path, load_trained_model
+from s4al.train.sampling import derive_seed
 from s4al.data import build_dataset
 from s4al.evaluate import evaluate
 from s4al.model import build_model
@@ -65,3 +69,34 @@ def test_two_ranks_agree_with_one_process(tmp_path):
     assert torch.equal(teachers[0], teachers[1]), "EMA teacher diverged across ranks"
     assert torch.equal(students[0], students[1]), "student parameters diverged across ranks"
     assert (tmp_path / "run" / "checkpoints" / "cycle_0.pt").exists()
+
+
+def active_learning(rank: int, port: int, out: str) -> None:
+    join(rank, port)
+    cfg = tiny_config(train={"device": "cpu"}, active={"cycles": 1})
+    run = ActiveLearningRun(os.path.join(out, "run"), cfg)
+    run.run()  # rank 1 holds a read-only ledger: any write from it would raise
+    if rank == 0:
+        regions = [(r.image_id, r.box, r.score) for r in run.ledger.regions(0)]
+        torch.save({"regions": regions, "readonly": [distributed.gather_objects(run.ledger.readonly)]},
+                   os.path.join(out, "ranks.pt"))
+    else:
+        distributed.gather_objects(run.ledger.readonly)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_ask_the_single_process_questions(tmp_path):
+    mp.start_processes(active_learning, args=(free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    result = torch.load(tmp_path / "ranks.pt", weights_only=False)
+    assert result["readonly"] == [[False, True]]
+    single = ActiveLearningRun(tmp_path / "run")  # one process scores the pool with the same checkpoint
+    model, cfg = load_trained_model(checkpoint_path(single.run_dir, 0), "teacher")
+    pool = [single.index_of[i] for i in (tmp_path / "run" / "splits" / "pool.txt").read_text().split()]
+    cells = score_cells(model, single.train_set, pool, {}, cfg.active, torch.device("cpu"),
+                        derive_seed(cfg.seed, "acquire", 0))
+    sizes = {i: single.train_set.image_size(i) for i in pool}
+    expected = [(single.ids[q.index], q.box, q.score) for q in choose_regions(cells, sizes, cfg.active)]
+    assert [(i, b) for i, b, _ in result["regions"]] == [(i, b) for i, b, _ in expected]
+    assert [s for *_, s in result["regions"]] == pytest.approx([s for *_, s in expected])
+    assert len(single.summaries()) == 2

@@ -1,6 +1,10 @@
 """Scoring the pool and choosing what to ask for. One streaming pass over the pool: per batch the
 class probabilities become pixel scores, then cell scores, and only the cell scores (a few hundred
-floats per image) are kept, so memory does not grow with the pool's probability maps."""
+floats per image) are kept, so memory does not grow with the pool's probability maps.
+
+Under torch.distributed each rank scores its share of the batches and every rank receives all the
+scores, so the selection (made identically everywhere) equals a single process's. Random scores
+are drawn per image from (seed, image index), so they too do not depend on the sharding."""
 
 from __future__ import annotations
 
@@ -11,12 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from s4al import distributed
 from s4al.active.coreset import k_center_greedy, pooled_features
 from s4al.active.regions import cell_box, cell_scores, select_global, select_per_image
 from s4al.active.scores import image_scores, pixel_scores, random_scores
 from s4al.config import ActiveConfig
 from s4al.data.base import SegmentationDataset
 from s4al.evaluate import image_batches, to_model_input
+from s4al.train.sampling import seeded_generator
 
 Box = tuple[int, int, int, int]
 
@@ -35,13 +41,18 @@ def bought_mask(boxes: Sequence[Box], height: int, width: int) -> torch.Tensor:
     return mask
 
 
+def _gathered(shard: dict) -> dict:
+    return {k: v for part in distributed.gather_objects(shard) for k, v in part.items()}
+
+
 @torch.no_grad()
-def _pixel_score_batches(model, dataset, indices, metric, batch_size, device, generator, num_workers):
-    """Yields (dataset indices, (N,H,W) pixel scores on `device`) over the pool, in order."""
+def _pixel_score_batches(model, dataset, indices, metric, batch_size, device, seed, num_workers):
+    """Yields (dataset indices, (N,H,W) pixel scores on `device`) over this rank's share of the pool."""
     model.eval()
-    for images, _, batch_indices in image_batches(dataset, batch_size, num_workers, indices):
+    for images, _, batch_indices in image_batches(dataset, batch_size, num_workers, indices, shard=True):
         if metric == "random":  # no network needed
-            scores = random_scores((len(batch_indices), *images.shape[-2:]), generator).to(device)
+            shape = images.shape[-2:]
+            scores = torch.stack([random_scores(shape, seeded_generator(seed, i)) for i in batch_indices]).to(device)
         else:
             probs = model(to_model_input(images, device)).float().softmax(1)
             scores = pixel_scores(metric, probs)
@@ -55,18 +66,18 @@ def score_cells(
     bought: Mapping[int, Sequence[Box]],
     cfg: ActiveConfig,
     device: torch.device,
-    generator: torch.Generator,
+    seed: int,
     num_workers: int = 0,
 ) -> dict[int, np.ndarray]:
     """Per pool image, the (rows, cols) mean score of each cell over its not-yet-bought pixels."""
     cells: dict[int, np.ndarray] = {}
-    batches = _pixel_score_batches(model, dataset, indices, cfg.metric, cfg.score_batch_size, device, generator, num_workers)
+    batches = _pixel_score_batches(model, dataset, indices, cfg.metric, cfg.score_batch_size, device, seed, num_workers)
     for batch_indices, scores in batches:
         h, w = scores.shape[-2:]
         labelled = torch.stack([bought_mask(bought.get(i, ()), h, w) for i in batch_indices]).to(device)
         for i, c in zip(batch_indices, cell_scores(scores, labelled, cfg.region_size).cpu().numpy()):
             cells[i] = c
-    return cells
+    return _gathered(cells)
 
 
 def choose_regions(cells: Mapping[int, np.ndarray], sizes: Mapping[int, tuple[int, int]], cfg: ActiveConfig) -> list[Query]:
@@ -79,12 +90,12 @@ def choose_regions(cells: Mapping[int, np.ndarray], sizes: Mapping[int, tuple[in
 
 
 @torch.no_grad()
-def score_images(model, dataset, indices, metric, batch_size, device, generator, num_workers=0) -> dict[int, float]:
+def score_images(model, dataset, indices, metric, batch_size, device, seed, num_workers=0) -> dict[int, float]:
     """Mean pixel score per pool image (the image-level random / entropy / ... baselines)."""
     out: dict[int, float] = {}
-    for batch_indices, scores in _pixel_score_batches(model, dataset, indices, metric, batch_size, device, generator, num_workers):
+    for batch_indices, scores in _pixel_score_batches(model, dataset, indices, metric, batch_size, device, seed, num_workers):
         out.update(zip(batch_indices, scores.mean(dim=(1, 2)).tolist()))
-    return out
+    return _gathered(out)
 
 
 @torch.no_grad()
@@ -92,14 +103,15 @@ def image_features(model, dataset, indices, batch_size, device, num_workers=0) -
     """(len(indices), C) pooled deepest encoder features, in the order of `indices`."""
     model.eval()
     features: dict[int, torch.Tensor] = {}
-    for images, _, batch_indices in image_batches(dataset, batch_size, num_workers, indices):
+    for images, _, batch_indices in image_batches(dataset, batch_size, num_workers, indices, shard=True):
         pooled = pooled_features(model.features(to_model_input(images, device))).cpu()
         features.update(zip(batch_indices, pooled))
+    features = _gathered(features)
     return torch.stack([features[i] for i in indices])
 
 
 def choose_images(
-    model, dataset, labelled: Sequence[int], pool: Sequence[int], count: int, cfg: ActiveConfig, device, generator,
+    model, dataset, labelled: Sequence[int], pool: Sequence[int], count: int, cfg: ActiveConfig, device, seed: int,
     num_workers: int = 0,
 ) -> list[Query]:
     """`count` whole pool images by the image-level metric (Core-Set: k-center greedy)."""
@@ -112,6 +124,6 @@ def choose_images(
         feats = image_features(model, dataset, order, cfg.score_batch_size, device, num_workers)
         is_labelled = torch.arange(len(order)) < len(labelled)
         return [whole(order[k], 0.0) for k in k_center_greedy(feats, is_labelled, count)]
-    scores = score_images(model, dataset, pool, cfg.metric, cfg.score_batch_size, device, generator, num_workers)
+    scores = score_images(model, dataset, pool, cfg.metric, cfg.score_batch_size, device, seed, num_workers)
     ranked = sorted(pool, key=lambda i: (-scores[i], i))[:count]
     return [whole(i, scores[i]) for i in ranked]

@@ -18,11 +18,12 @@ import torch
 from s4al.active.acquisition import Query, choose_images, choose_regions, score_cells
 from s4al.active.ledger import Ledger
 from s4al.active.oracle import Annotator, GroundTruthOracle
+from s4al import distributed
 from s4al.config import RunConfig, load_config, save_config
 from s4al.data import build_dataset
 from s4al.evaluate import evaluate
-from s4al.train.checkpoint import load_trained_model
-from s4al.train.sampling import derive_seed, seeded_generator
+from s4al.train.checkpoint import checkpoint_path, load_trained_model
+from s4al.train.sampling import derive_seed
 from s4al.distributed import setup_device
 from s4al.train.trainer import Trainer, TrainData
 
@@ -47,17 +48,19 @@ class ActiveLearningRun:
         progress: Callable[[dict], None] | None = None,
     ):
         self.run_dir = Path(run_dir)
-        self.cfg = self._config(cfg)
         self.progress = progress
-        self.device = setup_device(self.cfg.train.device)
-        d = self.cfg.dataset
-        self.train_set = build_dataset(d, d.train_split, self.cfg.seed)
-        self.val_set = build_dataset(d, d.val_split, self.cfg.seed)
-        self.test_set = build_dataset(d, d.test_split, self.cfg.seed) if d.test_split else None
-        self.ids = [self.train_set.image_id(i) for i in range(len(self.train_set))]
-        self.index_of = {image_id: i for i, image_id in enumerate(self.ids)}
-        self.ledger = Ledger(self.run_dir / "ledger.sqlite")
-        self._register_images()
+        with distributed.main_first():  # rank 0 writes the config and the ledger; the others read them
+            self.cfg = self._config(cfg)
+            self.device = setup_device(self.cfg.train.device)
+            d = self.cfg.dataset
+            self.train_set = build_dataset(d, d.train_split, self.cfg.seed)
+            self.val_set = build_dataset(d, d.val_split, self.cfg.seed)
+            self.test_set = build_dataset(d, d.test_split, self.cfg.seed) if d.test_split else None
+            self.ids = [self.train_set.image_id(i) for i in range(len(self.train_set))]
+            self.index_of = {image_id: i for i, image_id in enumerate(self.ids)}
+            self.ledger = Ledger(self.run_dir / "ledger.sqlite", readonly=not distributed.is_main())
+            if distributed.is_main():
+                self._register_images()
         if annotator is None and self.cfg.active.annotator == "oracle":
             annotator = GroundTruthOracle(lambda image_id: self.train_set.load(self.index_of[image_id]).label)
         self.annotator = annotator
@@ -90,6 +93,13 @@ class ActiveLearningRun:
         self.ledger.set_meta("classes", list(self.train_set.classes.names))
         self.ledger.set_meta("seed", self.cfg.seed)
 
+    @staticmethod
+    def _on_main(write: Callable, *args) -> None:
+        """Rank 0 writes (ledger, summaries); every rank waits until it has."""
+        if distributed.is_main():
+            write(*args)
+        distributed.barrier()
+
     # ---- the loop -------------------------------------------------------------------------
     @property
     def final_cycle(self) -> int:
@@ -102,7 +112,7 @@ class ActiveLearningRun:
             if self.ledger.phase(cycle) in (None, "train"):
                 self._train(cycle)
             if self.ledger.phase(cycle) == "acquire":
-                self._acquire(cycle)
+                self.acquire(cycle)
             if self.ledger.phase(cycle) == "answer" and not self._answer(cycle):
                 break
         return self.summaries()
@@ -126,11 +136,11 @@ class ActiveLearningRun:
         return max(1, round(self.cfg.train.epochs * multiplier))
 
     def _train(self, cycle: int) -> None:
-        self.ledger.set_phase(cycle, "train")
+        self._on_main(self.ledger.set_phase, cycle, "train")
         started = time.perf_counter()
         init = None
         if cycle > 0 and not self.cfg.active.reinit_each_cycle:
-            init = torch.load(self._checkpoint(cycle - 1), map_location="cpu", weights_only=False)["student"]
+            init = torch.load(checkpoint_path(self.run_dir, cycle - 1), map_location="cpu", weights_only=False)["student"]
         trainer = Trainer(
             self.cfg, self.train_data(), self.val_set, self.run_dir, cycle, self._epochs(cycle), init, self.progress
         )
@@ -146,47 +156,48 @@ class ActiveLearningRun:
             scores = evaluate(net, self.test_set, self.cfg.train.eval_batch_size, self.device)
             metrics["test"] = scores.as_dict(self.test_set.classes.names)
         if cycle < self.final_cycle:
-            self.ledger.set_phase(cycle, "acquire", metrics)
+            self._on_main(self.ledger.set_phase, cycle, "acquire", metrics)
             return
         # The summary is written before 'done', so a kill in between re-trains (a no-op from the
         # final checkpoint) and writes it again, instead of leaving a 'done' run without it.
-        self.ledger.set_phase(cycle, "train", metrics)
-        self._write_summary(cycle)
-        self.ledger.set_phase(cycle, "done")
+        self._on_main(self.ledger.set_phase, cycle, "train", metrics)
+        self._on_main(self._write_summary, cycle)
+        self._on_main(self.ledger.set_phase, cycle, "done")
 
-    def _checkpoint(self, cycle: int) -> Path:
-        return self.run_dir / "checkpoints" / f"cycle_{cycle}.pt"
-
-    def _acquire(self, cycle: int) -> None:
+    def acquire(self, cycle: int) -> None:
+        """Score the pool with the cycle's checkpoint and ask (or buy whole images), once."""
         if not self.ledger.regions(cycle) and not self._acquired_whole(cycle):
             started = time.perf_counter()
-            queries = self._queries(cycle)
-            a = self.cfg.active
-            if a.level == "region":
-                self.ledger.ask(cycle, [(self.ids[q.index], q.box, a.metric, q.score) for q in queries])
-            else:
-                self.ledger.acquire_images(cycle, [self.ids[q.index] for q in queries], a.metric, [q.score for q in queries])
-            self.ledger.set_phase(cycle, "acquire", {"acquire_seconds": time.perf_counter() - started})
-        self.ledger.set_phase(cycle, "answer")
+            queries = self._queries(cycle)  # every rank scores its share; all get the same queries
+            self._on_main(self._record_queries, cycle, queries, time.perf_counter() - started)
+        self._on_main(self.ledger.set_phase, cycle, "answer")
+
+    def _record_queries(self, cycle: int, queries: list[Query], seconds: float) -> None:
+        a = self.cfg.active
+        if a.level == "region":
+            self.ledger.ask(cycle, [(self.ids[q.index], q.box, a.metric, q.score) for q in queries])
+        else:
+            self.ledger.acquire_images(cycle, [self.ids[q.index] for q in queries], a.metric, [q.score for q in queries])
+        self.ledger.set_phase(cycle, "acquire", {"acquire_seconds": seconds})
 
     def _acquired_whole(self, cycle: int) -> bool:
         return any(r.acquired_cycle == cycle for r in self.ledger.images())
 
     def _queries(self, cycle: int) -> list[Query]:
         a = self.cfg.active
-        model, _ = load_trained_model(self._checkpoint(cycle), a.scorer, self.device)
-        generator = seeded_generator(self.cfg.seed, "acquire", cycle)
+        model, _ = load_trained_model(checkpoint_path(self.run_dir, cycle), a.scorer, self.device)
+        seed = derive_seed(self.cfg.seed, "acquire", cycle)
         data = self.train_data()
         pool = data.pool
         workers = self.cfg.train.num_workers
         if a.level == "image":
             labelled = sorted(set(range(len(self.ids))) - set(pool))
             return choose_images(model, self.train_set, labelled, pool, self._images_per_cycle(), a, self.device,
-                                 generator, workers)
+                                 seed, workers)
         bought: dict[int, list] = defaultdict(list)
         for region in self.ledger.regions():
             bought[self.index_of[region.image_id]].append(region.box)
-        cells = score_cells(model, self.train_set, pool, bought, a, self.device, generator, workers)
+        cells = score_cells(model, self.train_set, pool, bought, a, self.device, seed, workers)
         return choose_regions(cells, {i: self.train_set.image_size(i) for i in pool}, a)
 
     def _images_per_cycle(self) -> int:
@@ -206,9 +217,9 @@ class ActiveLearningRun:
         if pending:
             if self.annotator is None:
                 return False
-            self.annotator.answer(self.ledger, pending)
-        self._write_summary(cycle)
-        self.ledger.set_phase(cycle, "done")
+            self._on_main(self.annotator.answer, self.ledger, pending)
+        self._on_main(self._write_summary, cycle)
+        self._on_main(self.ledger.set_phase, cycle, "done")
         return True
 
     # ---- accounting -----------------------------------------------------------------------

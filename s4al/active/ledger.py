@@ -198,6 +198,7 @@ class Ledger:
         self.path = Path(path)
         self.run_dir = self.path.parent
         self.labels_dir = self.run_dir / LABELS_DIRNAME
+        self.readonly = readonly
         if readonly and not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no ledger here")
         if not readonly:

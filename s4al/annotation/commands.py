@@ -37,7 +37,7 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
                                      f"continue it with `s4al run --resume {run_dir}`")
         if phase == "acquire":
             active_run.device = setup_device(device)
-            active_run._acquire(cycle)
+            active_run.acquire(cycle)
         package = write_query_package(run_dir, out or run_dir / "queries" / f"cycle_{cycle}", device)
     except (DatasetError, FileNotFoundError, LedgerError) as err:
         raise typer.BadParameter(str(err)) from None

@@ -8,6 +8,10 @@ from pathlib import Path
 import torch
 
 
+def checkpoint_path(run_dir: Path, cycle: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"cycle_{cycle}.pt"
+
+
 def save_checkpoint(state: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

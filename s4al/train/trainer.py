@@ -29,7 +29,7 @@ from s4al.model import build_model
 from s4al.ssl.classmix import balanced_classmix_batch, classmix_batch, classmix_masks, paste, split_head_tail
 from s4al.ssl.losses import apply_annotations, confidence_ratio, supervised_loss, unsupervised_loss
 from s4al.ssl.mean_teacher import MeanTeacher
-from s4al.train.checkpoint import load_checkpoint, save_checkpoint
+from s4al.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from s4al.train.sampling import StepBatches, Stream, derive_seed, seeded_generator
 
 
@@ -85,7 +85,7 @@ class Trainer:
         self.total_steps = self.epochs * self.iters
         self.ssl = cfg.ssl.enabled and bool(data.pool)
         self.cold_steps = cfg.ssl.cold_start_epochs * self.iters if self.ssl else 0
-        self.checkpoint_path = self.run_dir / "checkpoints" / f"cycle_{cycle}.pt"
+        self.checkpoint_path = checkpoint_path(self.run_dir, cycle)
         self.progress = progress if progress is not None and distributed.is_main() else (lambda info: None)
 
         torch.manual_seed(derive_seed(cfg.seed, "init", cycle))  # the decoder's random initialisation
@@ -259,10 +259,22 @@ class Trainer:
             self.val_dataset.classes.names
         )
         self.history.append(record)
-        if distributed.is_main():
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
         self.progress({"event": "eval", **record})
+
+    def _write_metrics_log(self) -> None:
+        """RUN_DIR/metrics.jsonl: other cycles' lines, then this cycle's history, rewritten whole
+        after each checkpoint, so a resumed cycle never logs an evaluation twice."""
+        path = self.run_dir / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        kept = [line for line in lines if json.loads(line)["cycle"] != self.cycle]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept + [json.dumps(r) for r in self.history]))
+        tmp.replace(path)
+
+    def _save(self) -> None:
+        if distributed.is_main():
+            save_checkpoint(self._state(), self.checkpoint_path)
+            self._write_metrics_log()
 
     def fit(self) -> TrainResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -280,9 +292,7 @@ class Trainer:
                 epoch = self.step // self.iters
                 if epoch % self.cfg.train.eval_every == 0 or self.step == self.total_steps:
                     self._evaluate(epoch)
-                if distributed.is_main() and (
-                    epoch % self.cfg.train.checkpoint_every == 0 or self.step == self.total_steps
-                ):
-                    save_checkpoint(self._state(), self.checkpoint_path)
+                if epoch % self.cfg.train.checkpoint_every == 0 or self.step == self.total_steps:
+                    self._save()
         distributed.barrier()  # the final checkpoint exists for every rank
         return TrainResult(self.student, self.teacher.model, self.history)

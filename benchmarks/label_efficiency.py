@@ -1,0 +1,230 @@
+"""Label efficiency on CamVid: every METHOD (a config override) under one PROTOCOL (a config
+preset plus overrides: resolution, iteration budget, device), with the same seeds, network and
+iteration budget for every method.
+
+One JSON result per (protocol, method, seed) goes to RESULTS/<protocol>/<method>_seed<k>.json;
+existing results are skipped, and each run lives in WORK/<protocol>/<method>_seed<k>/, which a
+rerun resumes (the active-learning run folder checkpoints itself), so a killed benchmark continues
+where it stopped. `summarize.py` turns the results into a table and a plot.
+
+Same budget: methods without acquisition cycles (full_supervised, sup_10, ssl_10) train once, and
+that single cycle is the final one, so it gets `final_cycle_epoch_multiplier` x epochs: exactly the
+iterations of the final cycle of the active-learning methods (on CamVid, 200 x 50 = 10,000 steps,
+which is also Table S1's supervised budget of 100 x 100)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common import (
+    DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS, REPO, RESULTS, SMOKE_OVERRIDES, camvid_paths, machine_info, merged, write_json,
+)
+from s4al.config import RunConfig, load_config
+
+
+@dataclass(frozen=True)
+class Protocol:
+    preset: str
+    overrides: dict
+    seeds: tuple[int, ...]
+    # Evaluation height / 360: region sides of METHODS are in CamVid full-resolution pixels and are
+    # scaled by this, so that a region covers the same share of the image at any resolution.
+    region_scale: float = 1.0
+
+
+# As close to Table S2 as 2 CPU cores allow. Only two things change: the training crop and the
+# iteration budget. Scoring, the 30x30x4 regions and evaluation stay at full resolution (360x480).
+# - Crops of 192x256 instead of whole images: a step of batch 4 costs ~0.7 s instead of ~2.5 s at
+#   360x480, and thin classes (Pole, SignSymbol, Bicyclist) keep their full-resolution width, which
+#   shrinking whole images to 144x192 destroyed (0 IoU). The scale jitter stays the paper's
+#   0.75-1.25, centred on the evaluation scale: a 0.5-1.0 range would give more context per crop but
+#   would train on objects 25% smaller on average than those evaluated.
+# - Budget: 10 epochs x 12 iterations = 120 steps per cycle (paper: 100 x 50), final cycle 240,
+#   480 steps per S4AL run. Cold start 1 epoch and Balanced ClassMix from epoch 3 keep the paper's
+#   shares of a cycle (10/100 and 30/100). Estimated cost of one S4AL run, with ~0.7 s per supervised
+#   step, ~1.7 s per SSL step (+4 unlabelled: teacher forward, student forward/backward) and ~2.7 s
+#   per SSL step with replay (+4 more): cycle 0 ~200 s, cycle 1 ~280 s, final ~600 s, i.e. ~18 min
+#   of training, ~20 min with data loading competing for the 2 cores, plus ~3-4 min of evaluation
+#   (3 x 101 val images) and pool scoring (2 x 330 images) at full resolution: ~25 min, within the
+#   30-minute target even if SSL steps cost 3x a supervised one (~27 min). Supervised methods with
+#   cycles cost ~8 min, full_supervised and sup_10 ~3.5 min, ssl_10 ~11 min: ~4.5 h per seed for
+#   all 16 methods. If measurements on the quiet machine differ, scale iters_per_epoch (keep
+#   epochs at 10 so that the epoch-based schedule keeps its shares).
+# - num_workers 2; evaluation only at the end of each cycle (the trainer always evaluates its last step).
+CPU_OVERRIDES = {
+    "train": {"device": "cpu", "crop_size": [192, 256], "scale_range": [0.75, 1.25], "epochs": 10,
+              "iters_per_epoch": 12, "num_workers": 2, "eval_every": 1000},
+    "ssl": {"cold_start_epochs": 1, "balanced_from_epoch": 3},
+}
+
+PROTOCOLS = {
+    "cpu": Protocol("camvid", CPU_OVERRIDES, seeds=(0, 1, 2)),
+    # Table S2 as the camvid preset has it (meant for a GPU). Loader workers do not change results
+    # (every batch is a function of seed and step); 8 keep a GPU fed with 12 images per step.
+    "paper": Protocol("camvid", {"train": {"num_workers": 8}}, seeds=(0, 1, 2, 3, 4)),
+    "smoke": Protocol("demo", SMOKE_OVERRIDES, seeds=(0,), region_scale=48 / 360),
+}
+
+# What every method starts from: S4AL's defaults, stated so no preset change can move a baseline.
+S4AL = {
+    "active": {"level": "region", "metric": "entropy", "initial_fraction": 0.1},
+    "ssl": {"enabled": True, "confidence_weighting": True, "classmix": True, "balanced_classmix": True, "replay": True},
+}
+SUPERVISED = {"ssl": {"enabled": False}}
+NO_CYCLES = {"active": {"cycles": 0}}
+
+
+@dataclass(frozen=True)
+class Method:
+    overrides: dict = field(default_factory=dict)
+    region: tuple[int, int] = (30, 4)  # cell side in CamVid full-resolution pixels, cells bought per image
+
+
+METHODS = {
+    "full_supervised": Method(merged(SUPERVISED, NO_CYCLES, {"active": {"initial_fraction": 1.0}})),
+    "sup_10": Method(merged(SUPERVISED, NO_CYCLES)),
+    # The whole S4AL learner without acquisition: its only cycle is cycle 0, where Balanced ClassMix
+    # is off by default (balanced_from_cycle 1), so switch it on: s4al - ssl_10 = the bought regions.
+    "ssl_10": Method(merged(NO_CYCLES, {"ssl": {"balanced_from_cycle": 0}})),
+    "image_random": Method(merged(SUPERVISED, {"active": {"level": "image", "metric": "random"}})),
+    "image_entropy": Method(merged(SUPERVISED, {"active": {"level": "image", "metric": "entropy"}})),
+    "image_coreset": Method(merged(SUPERVISED, {"active": {"level": "image", "metric": "coreset"}})),
+    "region_random_ssl": Method({"active": {"metric": "random"}}),
+    "region_entropy_nossl": Method(SUPERVISED),
+    "s4al": Method(),
+    "s4al_no_cw": Method({"ssl": {"confidence_weighting": False}}),
+    "s4al_no_bcm": Method({"ssl": {"balanced_classmix": False, "replay": False}}),
+    "s4al_margin": Method({"active": {"metric": "margin"}}),
+    "s4al_least_confidence": Method({"active": {"metric": "least_confidence"}}),
+    "image_entropy_ssl": Method({"active": {"level": "image", "metric": "entropy"}}),
+    "s4al_30x30x2": Method(region=(30, 2)),
+    "s4al_60x60x1": Method(region=(60, 1)),
+}
+
+
+def method_config(protocol: Protocol, method: Method, seed: int, data_root: Path, weights: Path) -> RunConfig:
+    side, per_image = method.region
+    region = {"active": {"region_size": max(1, round(side * protocol.region_scale)), "regions_per_image": per_image}}
+    paths = camvid_paths(data_root, weights) if protocol.preset == "camvid" else {}
+    overrides = merged(protocol.overrides, paths, S4AL, method.overrides, region, {"seed": seed})
+    return load_config(protocol.preset, overrides)
+
+
+class Progress:
+    """The trainer's progress callback: a plain line per evaluation and per ~10% of a cycle, and
+    the duration of every step run in this process (for the per-cycle median step time)."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.step_seconds: dict[int, list[float]] = defaultdict(list)
+        self._clock: dict[int, float] = {}
+
+    def __call__(self, record: dict) -> None:
+        cycle = record["cycle"]
+        if record["event"] == "eval":
+            print(f"{self.label} cycle {cycle} epoch {record['epoch']}: val mIoU {record['miou']:.4f}", flush=True)
+            return
+        self.step_seconds[cycle].append(record["seconds"] - self._clock.get(cycle, 0.0))
+        self._clock[cycle] = record["seconds"]
+        if record["step"] % max(1, record["total"] // 10) == 0:
+            print(f"{self.label} cycle {cycle} step {record['step']}/{record['total']} "
+                  f"loss/sup {record['loss/sup']:.3f} ({record['seconds'] / len(self.step_seconds[cycle]):.2f} s/step)",
+                  flush=True)
+
+    def timings(self) -> dict:
+        return {str(cycle): {"steps": len(s), "median_step_seconds": float(np.median(s))}
+                for cycle, s in self.step_seconds.items()}
+
+
+def run_one(name: str, method: str, seed: int, cfg: RunConfig, work: Path, out: Path) -> None:
+    from s4al.active.cycle import ActiveLearningRun  # imports torch: not needed for --list or summarize.py
+
+    run_dir = work / name / f"{method}_seed{seed}"
+    resumed = (run_dir / "config.yaml").exists()
+    progress = Progress(f"[{name} {method} seed {seed}]")
+    started = time.perf_counter()
+    summaries = ActiveLearningRun(run_dir, cfg, progress=progress).run()
+    if len(summaries) != cfg.active.cycles + 1:
+        raise RuntimeError(f"{run_dir}: {len(summaries)} of {cfg.active.cycles + 1} cycles finished")
+    final = summaries[-1]
+    write_json(out, {
+        "protocol": name,
+        "method": method,
+        "seed": seed,
+        "method_overrides": METHODS[method].overrides,
+        "region": {"size": cfg.active.region_size, "per_image": cfg.active.regions_per_image},
+        "final": {"labelled_fraction": final["labelled_fraction"], "miou": final["val"]["miou"],
+                  "iou": final["val"]["iou"]},
+        "cycles": summaries,
+        "timings": {"wall_seconds": time.perf_counter() - started, "resumed": resumed, "steps": progress.timings()},
+        "config": cfg.model_dump(mode="json"),
+        "run_dir": str(run_dir),
+        "machine": machine_info(),
+    })
+    print(f"[{name} {method} seed {seed}] final mIoU {final['val']['miou']:.4f} at "
+          f"{100 * final['labelled_fraction']:.2f}% labelled -> {out}", flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--protocol", choices=PROTOCOLS, help="cpu, paper (Table S2, GPU) or smoke (tests)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), metavar="METHOD",
+                        help="default: all, in the order of --list")
+    parser.add_argument("--seeds", nargs="+", type=int, help="default: the protocol's seed set")
+    parser.add_argument("--results", type=Path, default=RESULTS / "label_efficiency", help="default: %(default)s")
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench", help="run folders; default: %(default)s")
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="CamVid; default: %(default)s")
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="encoder weights; default: %(default)s")
+    parser.add_argument("--list", action="store_true", help="print the protocols and methods, then exit")
+    args = parser.parse_args(argv)
+    if not args.list and args.protocol is None:
+        parser.error("--protocol is required")
+    if args.protocol and PROTOCOLS[args.protocol].preset == "camvid" and not (args.data_root / "train").is_dir():
+        parser.error(f"CamVid not found at {args.data_root} (give --data-root)")
+    return args
+
+
+def print_list() -> None:
+    for name, protocol in PROTOCOLS.items():
+        print(f"protocol {name}: preset {protocol.preset}, seeds {list(protocol.seeds)}, {protocol.overrides}")
+    for name, method in METHODS.items():
+        side, per_image = method.region
+        print(f"method {name}: regions {side}x{side}x{per_image}, {method.overrides}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        print_list()
+        return 0
+    protocol = PROTOCOLS[args.protocol]
+    seeds = args.seeds or protocol.seeds
+    # Validate every config before hours of training; seeds outermost, so a full table comes first.
+    plan = [(m, s, method_config(protocol, METHODS[m], s, args.data_root, args.weights))
+            for s in seeds for m in args.methods]
+    failed = []
+    for method, seed, cfg in plan:
+        out = args.results / args.protocol / f"{method}_seed{seed}.json"
+        if out.exists():
+            print(f"[{args.protocol} {method} seed {seed}] skipped: {out} exists", flush=True)
+            continue
+        try:
+            run_one(args.protocol, method, seed, cfg, args.work, out)
+        except Exception:  # keep going: the other runs are independent; report at the end
+            traceback.print_exc()
+            failed.append(f"{method} seed {seed}")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

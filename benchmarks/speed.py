@@ -1,0 +1,323 @@
+"""Speed and memory on one machine, in one run (CamVid at 360x480 unless told otherwise):
+
+(a) one SSL iteration (labelled + unlabelled + replay batch, Balanced ClassMix on) vs the sum of
+    its pure model passes on the same tensors, medians after warm-up, and the iteration's peak memory;
+(b) pool-scoring throughput (s4al.active.acquisition.score_cells) vs plain inference on the same
+    images at the same batch size;
+(c) peak memory of pool scoring for pools of several sizes, each in a fresh process;
+(d) data-loading throughput of the training loaders alone vs the training step rate.
+
+Writes OUT/speed/<machine-tag>.json and a Markdown summary beside it."""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from common import (
+    CAMVID_SIZE, DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS, RESULTS, SMOKE_OVERRIDES, camvid_paths, machine_info,
+    machine_tag, markdown_table, merged, write_json,
+)
+from s4al.active.acquisition import score_cells
+from s4al.active.cycle import draw_initial
+from s4al.config import RunConfig, load_config
+from s4al.data import build_dataset
+from s4al.data.base import SegmentationDataset
+from s4al.evaluate import image_batches, to_model_input
+from s4al.model import build_model
+from s4al.ssl.losses import supervised_loss
+from s4al.train.sampling import seeded_generator
+from s4al.train.trainer import Trainer, TrainData
+
+FULL = {"height": 360, "width": 480, "iters": 10, "warmup": 2, "score_images": 100, "pools": [100, 1000],
+        "load_batches": 40}
+SMOKE = {"height": 48, "width": 64, "iters": 2, "warmup": 1, "score_images": 8, "pools": [8, 16], "load_batches": 2}
+MIB = 2**20
+
+
+# ---- measuring ----------------------------------------------------------------------------------
+def timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
+def _status_mib(field: str) -> float:
+    """A memory line of /proc/self/status (Linux), in MiB."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def memory_start(device: torch.device) -> float:
+    """Resets the peak and returns the baseline: allocated CUDA memory on a GPU; else the resident
+    set, whose high-water mark (VmHWM, what ru_maxrss reports, but without the part a spawned
+    process inherits from its parent) is reset through /proc/self/clear_refs."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / MIB
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_mib("VmRSS")
+
+
+def memory_increase(baseline: float, device: torch.device) -> dict:
+    """Peak since memory_start and its increase over the baseline."""
+    if device.type == "cuda":
+        kind, peak = "cuda_max_allocated", torch.cuda.max_memory_allocated(device) / MIB
+    else:
+        kind, peak = "rss_high_water", _status_mib("VmHWM")
+    return {"kind": kind, "baseline_mib": round(baseline, 1), "peak_mib": round(peak, 1),
+            "increase_mib": round(peak - baseline, 1)}
+
+
+class Repeated(SegmentationDataset):
+    """A pool of `size` images cycling through `base`, so that any pool size can be scored."""
+
+    def __init__(self, base: SegmentationDataset, size: int):
+        self.base, self.size, self.classes = base, size, base.classes
+
+    def __len__(self) -> int:
+        return self.size
+
+    def image_id(self, index: int) -> str:
+        return f"{self.base.image_id(index % len(self.base))}#{index}"
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        return self.base.image_size(index % len(self.base))
+
+    def load(self, index: int):
+        return self.base.load(index % len(self.base))
+
+
+# ---- (a) and (d): the training iteration ----------------------------------------------------------
+def replay_trainer(cfg: RunConfig, run_dir: Path) -> Trainer:
+    """A trainer on the initial split, in a cycle and at a step where the replay batch and Balanced
+    ClassMix are on (the most expensive iteration of the method): one epoch after they start, so
+    that the replay buffer holds images."""
+    train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
+    labelled = draw_initial(len(train_set), cfg.active.initial_fraction, cfg.seed)
+    pool = sorted(set(range(len(train_set))) - set(labelled))
+    trainer = Trainer(cfg, TrainData(train_set, labelled, pool), None, run_dir, cycle=cfg.ssl.balanced_from_cycle)
+    trainer.step = trainer.iters * (max(cfg.ssl.balanced_from_epoch, cfg.ssl.cold_start_epochs) + 1)
+    return trainer
+
+
+def fetch_batches(trainer: Trainer, count: int) -> list[tuple[dict, dict]]:
+    labelled, unlabelled = trainer._loaders()
+    batches = [(next(labelled), next(unlabelled)) for _ in range(count)]
+    n = trainer.cfg.train.unlabelled_batch_size
+    if len(batches[0][1]["strong"]) != 2 * n:
+        raise RuntimeError(f"expected {n} unlabelled + {n} replay images, got {len(batches[0][1]['strong'])}")
+    return batches
+
+
+def student_pass(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> None:
+    trainer.student.zero_grad(set_to_none=True)
+    supervised_loss(trainer._forward(images), labels).backward()
+
+
+@torch.no_grad()
+def teacher_pass(trainer: Trainer, images: torch.Tensor) -> None:
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=trainer.amp):
+        trainer.teacher.model(images)
+
+
+def pure_passes(trainer: Trainer, batches: list[tuple[dict, dict]], warmup: int) -> dict[str, float]:
+    """Median seconds of each model pass of the iteration, inputs already on the device."""
+    device, n = trainer.device, trainer.cfg.train.unlabelled_batch_size
+    seconds = defaultdict(list)
+    for k, (labelled, unlabelled) in enumerate(batches):
+        images, labels = to_model_input(labelled["image"], device), labelled["label"].to(device)
+        strong, weak = to_model_input(unlabelled["strong"], device), to_model_input(unlabelled["weak"], device)
+        targets = torch.zeros(strong.shape[0], *strong.shape[-2:], dtype=torch.long, device=device)
+        passes = {
+            "student_labelled": lambda: student_pass(trainer, images, labels),
+            "student_unlabelled_mixed": lambda: student_pass(trainer, strong[:n], targets[:n]),
+            "student_replay_mixed": lambda: student_pass(trainer, strong[n:], targets[n:]),
+            "teacher_unlabelled_and_replay": lambda: teacher_pass(trainer, weak),
+        }
+        for name, run in passes.items():
+            elapsed = timed(run, device)
+            if k >= warmup:
+                seconds[name].append(elapsed)
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def ssl_iteration(trainer: Trainer, iters: int, warmup: int) -> dict:
+    batches = fetch_batches(trainer, warmup + iters)
+    device, first = trainer.device, trainer.step
+    baseline = memory_start(device)
+    times = [timed(lambda: trainer._train_step(first + k, *batch), device) for k, batch in enumerate(batches)]
+    memory = memory_increase(baseline, device)
+    passes = pure_passes(trainer, batches, warmup)
+    iteration, total = statistics.median(times[warmup:]), sum(passes.values())
+    return {"iteration_seconds_median": iteration, "passes_seconds_median": passes, "passes_sum_seconds": total,
+            "ratio": iteration / total, "iteration_seconds": times[warmup:], "memory": memory}
+
+
+def data_loading(trainer: Trainer, batches: int, warmup: int) -> dict:
+    """Steps per second of the labelled + unlabelled (+ replay) loaders with nothing else running;
+    after `warmup` steps, so worker start-up is excluded (prefetched batches flatter it slightly)."""
+    labelled, unlabelled = trainer._loaders()
+    for _ in range(warmup):
+        next(labelled), next(unlabelled)
+    started = time.perf_counter()
+    for _ in range(batches):
+        next(labelled), next(unlabelled)
+    return {"batches": batches, "num_workers": trainer.cfg.train.num_workers,
+            "loader_steps_per_s": batches / (time.perf_counter() - started)}
+
+
+# ---- (b) and (c): pool scoring ------------------------------------------------------------------
+def scoring_setup(cfg: RunConfig, images: int) -> tuple[torch.nn.Module, Repeated, torch.device]:
+    device = torch.device(cfg.train.device)
+    dataset = Repeated(build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed), images)
+    model = build_model(cfg.model, dataset.classes.num_classes).to(device).eval()
+    return model, dataset, device
+
+
+def score_pool(model, dataset: Repeated, cfg: RunConfig, device: torch.device, num_workers: int) -> None:
+    generator = seeded_generator(cfg.seed, "speed")
+    score_cells(model, dataset, range(len(dataset)), {}, cfg.active, device, generator, num_workers)
+
+
+@torch.no_grad()
+def forward_all(model, inputs: list[torch.Tensor]) -> None:
+    for x in inputs:
+        model(x)
+
+
+def pool_scoring(cfg: RunConfig, images: int) -> dict:
+    model, dataset, device = scoring_setup(cfg, images)
+    batch_size, workers = cfg.active.score_batch_size, cfg.train.num_workers
+    inputs = [to_model_input(x, device) for x, _, _ in image_batches(dataset, batch_size, 0, range(images))]
+    forward_all(model, inputs[:1])  # warm-up
+    plain = timed(lambda: forward_all(model, inputs), device)
+    scoring = timed(lambda: score_pool(model, dataset, cfg, device, workers), device)
+    return {"images": images, "batch_size": batch_size, "metric": cfg.active.metric, "num_workers": workers,
+            "scoring_images_per_s": images / scoring, "plain_images_per_s": images / plain,
+            "time_ratio": scoring / plain}
+
+
+def pool_memory(cfg_data: dict, images: int) -> dict:
+    """Run in a fresh process: peak memory of scoring a pool of `images`, over the baseline after
+    the model is built. No loader workers, so everything is in this process's high-water mark."""
+    cfg = RunConfig.model_validate(cfg_data)
+    model, dataset, device = scoring_setup(cfg, images)
+    baseline = memory_start(device)
+    score_pool(model, dataset, cfg, device, num_workers=0)
+    return {"images": images, **memory_increase(baseline, device)}
+
+
+def in_fresh_process(fn, *args):
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+# ---- the run ------------------------------------------------------------------------------------
+def speed_config(args: argparse.Namespace, device: str) -> RunConfig:
+    """The camvid preset (or the smoke config) at HxW, with replay and Balanced ClassMix on."""
+    h, w = args.height, args.width
+    # epochs: enough steps after replay starts for the sampler to draw the measured batches from
+    settings = {"train": {"crop_size": [h, w], "device": device, "epochs": 100},
+                "ssl": {"enabled": True, "classmix": True, "balanced_classmix": True, "replay": True}}
+    if args.smoke:
+        size = {"dataset": {"synthetic": {"height": h, "width": w}}}
+        return load_config("demo", merged(SMOKE_OVERRIDES, size, settings))
+    resize = {"dataset": {"resize": None if (h, w) == CAMVID_SIZE else [h, w]}}
+    return load_config("camvid", merged(camvid_paths(args.data_root, args.weights), resize, settings))
+
+
+def summary_markdown(r: dict) -> str:
+    a, b, d = r["ssl_iteration"], r["pool_scoring"], r["data_loading"]
+    s = r["settings"]
+    rows = [
+        ["(a) SSL iteration, median", f"{a['iteration_seconds_median']:.3f} s"],
+        ["(a) sum of pure model passes", f"{a['passes_sum_seconds']:.3f} s"],
+        *[[f"(a)   {name}", f"{v:.3f} s"] for name, v in a["passes_seconds_median"].items()],
+        ["(a) iteration / passes (target <= 1.15)", f"{a['ratio']:.3f}"],
+        [f"(a) iteration peak memory ({a['memory']['kind']})",
+         f"{a['memory']['peak_mib']:.0f} MiB (+{a['memory']['increase_mib']:.0f} over baseline)"],
+        ["(b) pool scoring (score_cells)", f"{b['scoring_images_per_s']:.2f} images/s"],
+        ["(b) plain inference", f"{b['plain_images_per_s']:.2f} images/s"],
+        ["(b) scoring time / inference time", f"{b['time_ratio']:.3f}"],
+        *[[f"(c) scoring memory, pool of {m['images']}", f"+{m['increase_mib']:.0f} MiB ({m['kind']})"]
+          for m in r["pool_memory"]],
+        ["(d) loaders alone", f"{d['loader_steps_per_s']:.2f} steps/s ({d['num_workers']} workers)"],
+        ["(d) training", f"{d['train_steps_per_s']:.2f} steps/s"],
+    ]
+    return (f"# Speed: {r['tag']}\n\n{r['machine']['cpu']} ({r['machine']['cpus_usable']} CPUs), "
+            f"GPU: {r['machine']['gpu'] or 'none'}, device {s['device']}, {s['height']}x{s['width']}, "
+            f"batch {s['batch_size']} + {s['unlabelled_batch_size']} + {s['unlabelled_batch_size']} replay, "
+            f"torch {r['machine']['torch']}, {r['machine']['date']}\n\n" + markdown_table(["measure", "value"], rows))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--height", type=int, help=f"default {FULL['height']} (smoke {SMOKE['height']})")
+    parser.add_argument("--width", type=int, help=f"default {FULL['width']} (smoke {SMOKE['width']})")
+    parser.add_argument("--iters", type=int, help=f"timed iterations after warm-up; default {FULL['iters']}")
+    parser.add_argument("--warmup", type=int, help=f"default {FULL['warmup']}")
+    parser.add_argument("--score-images", type=int, help=f"images for (b); default {FULL['score_images']}")
+    parser.add_argument("--pools", type=int, nargs="+", help=f"pool sizes for (c); default {FULL['pools']}")
+    parser.add_argument("--load-batches", type=int, help=f"loader steps for (d); default {FULL['load_batches']}")
+    parser.add_argument("--smoke", action="store_true", help="tiny synthetic sizes: checks that the script works")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="writes OUT/speed/TAG.json; default %(default)s")
+    parser.add_argument("--tag", help="machine tag for the file name (default: from the CPU or GPU name)")
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="CamVid; default %(default)s")
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="default %(default)s")
+    args = parser.parse_args(argv)
+    for key, value in (SMOKE if args.smoke else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = speed_config(args, device)
+    info = machine_info()
+    tag = args.tag or machine_tag(info, device) + ("-smoke" if args.smoke else "")
+    with tempfile.TemporaryDirectory() as run_dir:  # the trainer writes nothing unless fit() runs
+        trainer = replay_trainer(cfg, Path(run_dir))
+        ssl = ssl_iteration(trainer, args.iters, args.warmup)
+        loading = data_loading(trainer, args.load_batches, args.warmup)
+    loading["train_steps_per_s"] = 1 / ssl["iteration_seconds_median"]
+    t = cfg.train
+    result = {
+        "tag": tag,
+        "settings": {"device": device, "height": args.height, "width": args.width, "iters": args.iters,
+                     "warmup": args.warmup, "batch_size": t.batch_size,
+                     "unlabelled_batch_size": t.unlabelled_batch_size, "num_workers": t.num_workers,
+                     "dataset": cfg.dataset.name, "smoke": args.smoke},
+        "ssl_iteration": ssl,
+        "pool_scoring": pool_scoring(cfg, args.score_images),
+        "pool_memory": [in_fresh_process(pool_memory, cfg.model_dump(mode="json"), n) for n in args.pools],
+        "data_loading": loading,
+        "machine": info,
+    }
+    out = args.out / "speed" / f"{tag}.json"
+    write_json(out, result)
+    markdown = summary_markdown(result)
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown + f"\nwrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

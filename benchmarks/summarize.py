@@ -1,0 +1,130 @@
+"""Summarise the label-efficiency results of one protocol: RESULTS/<protocol>/summary.md (mIoU
+mean +- std over seeds, ratio to full supervision, per-cycle values, final per-class IoU) and
+summary.png (mIoU vs labelled fraction, one curve per method). --readme prints the main table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from common import RESULTS, markdown_table
+from label_efficiency import METHODS, PROTOCOLS
+
+REFERENCE = "full_supervised"
+
+
+def load_results(directory: Path) -> dict[str, list[dict]]:
+    """Results by method, methods in the benchmark's order, each method's runs by seed."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for path in sorted(directory.glob("*.json")):
+        result = json.loads(path.read_text())
+        groups[result["method"]].append(result)
+    order = [m for m in METHODS if m in groups] + sorted(set(groups) - set(METHODS))
+    return {m: sorted(groups[m], key=lambda r: r["seed"]) for m in order}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def per_cycle(runs: list[dict]) -> list[tuple[float, float, float]]:
+    """Per cycle: (mean labelled fraction, mean mIoU, std mIoU) over seeds."""
+    cycles = min(len(r["cycles"]) for r in runs)
+    return [
+        (mean_std([r["cycles"][c]["labelled_fraction"] for r in runs])[0],
+         *mean_std([r["cycles"][c]["val"]["miou"] for r in runs]))
+        for c in range(cycles)
+    ]
+
+
+def _miou(mean: float, std: float, n: int) -> str:
+    return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else f"{100 * mean:.1f}"
+
+
+def main_table(groups: dict[str, list[dict]]) -> str:
+    reference = mean_std([r["final"]["miou"] for r in groups[REFERENCE]])[0] if REFERENCE in groups else None
+    rows = []
+    for method, runs in groups.items():
+        mean, std = mean_std([r["final"]["miou"] for r in runs])
+        cycles = " → ".join(f"{100 * m:.1f} @ {100 * f:.1f}%" for f, m, _ in per_cycle(runs))
+        rows.append([
+            method,
+            ", ".join(str(r["seed"]) for r in runs),
+            f"{100 * mean_std([r['final']['labelled_fraction'] for r in runs])[0]:.2f}",
+            _miou(mean, std, len(runs)),
+            f"{100 * mean / reference:.1f}%" if reference else "–",
+            cycles,
+        ])
+    headers = ["method", "seeds", "labelled %", "mIoU", f"of {REFERENCE}", "per cycle: mIoU @ labelled %"]
+    return markdown_table(headers, rows)
+
+
+def class_table(groups: dict[str, list[dict]]) -> str:
+    """Final per-class IoU, mean over seeds (classes absent from val and prediction are skipped)."""
+    classes = list(next(iter(groups.values()))[0]["final"]["iou"])
+    rows = []
+    for method, runs in groups.items():
+        cells = []
+        for name in classes:
+            values = [r["final"]["iou"][name] for r in runs if r["final"]["iou"][name] is not None]
+            cells.append(f"{100 * np.mean(values):.1f}" if values else "–")
+        rows.append([method, *cells])
+    return markdown_table(["method", *classes], rows)
+
+
+def write_plot(groups: dict[str, list[dict]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colours = plt.get_cmap("tab20")  # dark shades for the first ten methods, then the light ones
+    for k, (method, runs) in enumerate(groups.items()):
+        fraction, miou, std = (np.array(v) * 100 for v in zip(*per_cycle(runs)))
+        if method == REFERENCE:  # at 100% labelled: a horizontal line keeps the x axis readable
+            ax.axhline(miou[-1], color="black", linestyle="--", label=f"{method} (100%)")
+            ax.axhspan(miou[-1] - std[-1], miou[-1] + std[-1], color="black", alpha=0.08)
+        else:
+            colour = colours((2 * k) % 20 + (2 * k) // 20)
+            ax.errorbar(fraction, miou, yerr=std, marker="o", capsize=3, color=colour, label=method)
+    ax.set(xlabel="labelled pixels (%)", ylabel="val mIoU (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--protocol", required=True, help=f"one of {', '.join(PROTOCOLS)} (a results subfolder)")
+    parser.add_argument("--results", type=Path, default=RESULTS / "label_efficiency", help="default: %(default)s")
+    parser.add_argument("--readme", action="store_true", help="print the main Markdown table only, write nothing")
+    args = parser.parse_args(argv)
+    directory = args.results / args.protocol
+    groups = load_results(directory)
+    if not groups:
+        parser.error(f"no results in {directory}")
+    table = main_table(groups)
+    if args.readme:
+        print(table, end="")
+        return 0
+    write_plot(groups, directory / "summary.png", f"CamVid label efficiency, protocol '{args.protocol}'")
+    (directory / "summary.md").write_text(
+        f"# Label efficiency, protocol `{args.protocol}`\n\n"
+        f"Validation mIoU (%) after the final cycle, mean ± std over seeds; labelled % counts pixels.\n\n"
+        f"{table}\n## Final per-class IoU (%)\n\n{class_table(groups)}\n"
+        f"![mIoU vs labelled fraction](summary.png)\n"
+    )
+    print(f"wrote {directory / 'summary.md'} and {directory / 'summary.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

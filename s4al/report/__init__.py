@@ -1,0 +1,1 @@
+"""Run reports, figures, prediction on new images and ONNX export."""

@@ -1,0 +1,75 @@
+"""The `s4al report`, `s4al predict` and `s4al export` commands (registered in s4al/cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+console = Console(soft_wrap=True)  # long paths stay on one line
+
+CheckpointArgument = Annotated[
+    Path, typer.Argument(help="A checkpoint written by train or run.", exists=True, dir_okay=False)
+]
+NetworkOption = Annotated[str, typer.Option(help="teacher (the EMA model) or student.")]
+
+
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `s4al run`.", exists=True, file_okay=False)],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder (default: RUN_DIR/report).")] = None,
+    supervised_miou: Annotated[
+        Optional[str],
+        typer.Option(help="Fully supervised val mIoU (0..1), or the result.json of `s4al train`: the reference line."),
+    ] = None,
+) -> None:
+    """An HTML report of a run: label efficiency, per-class IoU, bought classes, asked regions, predictions."""
+    from s4al.report.html import write_report
+
+    try:
+        path = write_report(run_dir, out, supervised_miou)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        raise typer.BadParameter(str(err)) from None
+    console.print(f"report written to {path}")
+
+
+def predict_command(
+    checkpoint: CheckpointArgument,
+    images: Annotated[list[Path], typer.Argument(help="Images of any size.", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the masks and overlays.")],
+    network: NetworkOption = "teacher",
+    device: str = "auto",
+) -> None:
+    """Segment new images: per image a class-id PNG, a colour mask and an overlay."""
+    from s4al.data import DatasetError
+    from s4al.report.predict import predict
+
+    try:
+        written = predict(checkpoint, images, out, network, device)
+    except (DatasetError, ValueError) as err:
+        raise typer.BadParameter(str(err)) from None
+    console.print(f"{len(written)} files written to {out}")
+
+
+def export_command(
+    checkpoint: CheckpointArgument,
+    onnx: Annotated[Path, typer.Option("--onnx", help="Output .onnx file.")],
+    network: NetworkOption = "teacher",
+    height: Annotated[int, typer.Option(min=16, help="Example input height (the input size when --no-dynamic).")] = 360,
+    width: Annotated[int, typer.Option(min=16, help="Example input width (the input size when --no-dynamic).")] = 480,
+    dynamic: Annotated[bool, typer.Option(help="Dynamic batch, height and width; --no-dynamic fixes them.")] = True,
+) -> None:
+    """Export a checkpoint to ONNX ([0, 1] NCHW images in, logits out), checked with onnxruntime."""
+    from s4al.report.export import ExportError, export_onnx
+
+    try:
+        result = export_onnx(checkpoint, onnx, network, height, width, dynamic)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    except ExportError as err:
+        console.print(f"[red]export check failed:[/red] {err}")
+        raise typer.Exit(1) from None
+    shapes = ", ".join("x".join(map(str, s)) for s in result.checked_shapes)
+    size = "dynamic batch and size" if result.dynamic else f"fixed 1x3x{height}x{width}"
+    console.print(f"{result.path} ({size}): matches PyTorch within {result.max_abs_diff:.1e} on {shapes}")

@@ -1,0 +1,90 @@
+"""ONNX export of a trained SegmentationNet (float [0, 1] NCHW images in, logits out), verified
+against PyTorch with onnxruntime.
+
+The exporter is torch.export based (`dynamo=True`, needs onnxscript). Batch, height and width are
+dynamic: the model pads to a multiple of 16 and crops back, and torch.export keeps that arithmetic
+symbolic when the traced example needs padding, so the example is traced at odd sides. A dynamic
+model expects sides of at least 16 pixels (the reflect padding's limit)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import torch
+
+from s4al.train.checkpoint import load_trained_model
+
+TOLERANCE = 1e-3  # max |logit difference| accepted between onnxruntime and PyTorch
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+class ExportError(RuntimeError):
+    """The exported model disagrees with PyTorch."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    dynamic: bool
+    checked_shapes: tuple[tuple[int, ...], ...]
+    max_abs_diff: float
+
+
+def probe_shapes(height: int, width: int, dynamic: bool) -> tuple[tuple[int, ...], ...]:
+    """The inputs the export is checked on: the given size, and for a dynamic model another batch
+    size and a size with other paddings."""
+    shapes = ((1, 3, height, width),)
+    return (shapes + ((2, 3, height + 7, width + 9),)) if dynamic else shapes
+
+
+def max_difference(model: torch.nn.Module, onnx_path: Path, shapes: tuple[tuple[int, ...], ...]) -> float:
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for shape in shapes:
+        images = torch.rand(*shape, generator=generator)
+        with torch.no_grad():
+            expected = model(images).numpy()
+        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+        if got.shape != expected.shape:
+            raise ExportError(f"input {shape}: onnxruntime gives logits {got.shape}, PyTorch {expected.shape}")
+        worst = max(worst, float(np.abs(got - expected).max()))
+    return worst
+
+
+def export_onnx(
+    checkpoint: Path,
+    out_path: Path,
+    network: str = "teacher",
+    height: int = 360,
+    width: int = 480,
+    dynamic: bool = True,
+    tolerance: float = TOLERANCE,
+) -> ExportResult:
+    """Writes the model to `out_path` (weights inside the file) and checks it on `probe_shapes`;
+    raises ExportError if onnxruntime and PyTorch differ by more than `tolerance`."""
+    model, _ = load_trained_model(Path(checkpoint), network, "cpu")
+    model = model.to(memory_format=torch.contiguous_format)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    traced = (height | 1, width | 1) if dynamic else (height, width)  # odd sides: the padding branch
+    any_size = torch.export.Dim.DYNAMIC
+    torch.onnx.export(
+        model,
+        (torch.rand(1, 3, *traced),),
+        str(out_path),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes={"images": {0: any_size, 2: any_size, 3: any_size}} if dynamic else None,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+    shapes = probe_shapes(height, width, dynamic)
+    diff = max_difference(model, out_path, shapes)
+    if diff > tolerance:
+        raise ExportError(f"{out_path}: onnxruntime and PyTorch logits differ by {diff:.2e} > {tolerance:.0e}")
+    return ExportResult(out_path, dynamic, shapes, diff)

@@ -1,0 +1,76 @@
+"""Segment new images of any size with a trained checkpoint: class ids, colour masks and overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from PIL import Image
+
+from s4al.config import DatasetConfig
+from s4al.data import ClassSet, DatasetError
+from s4al.data.camvid import CAMVID_CLASSES
+from s4al.data.cityscapes import CITYSCAPES_CLASSES
+from s4al.data.folder import read_spec
+from s4al.data.io import read_image
+from s4al.data.synthetic import SYNTHETIC_CLASSES
+from s4al.distributed import setup_device
+from s4al.evaluate import to_model_input
+from s4al.train.checkpoint import load_checkpoint, load_trained_model
+
+BUILT_IN_CLASSES = {"camvid": CAMVID_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "synthetic": SYNTHETIC_CLASSES}
+OVERLAY_ALPHA = 0.5  # share of the mask colour in the overlay
+
+
+def class_set(dataset: DatasetConfig, checkpoint: Path) -> ClassSet:
+    """The colours a checkpoint's classes are drawn with: the dataset's own palette, else (a user
+    folder whose classes.yaml is not on this machine) a qualitative colour map."""
+    if dataset.name in BUILT_IN_CLASSES:
+        return BUILT_IN_CLASSES[dataset.name]
+    try:
+        spec = read_spec(dataset.root)
+        return ClassSet(tuple(c.name for c in spec.classes), tuple(c.color for c in spec.classes))
+    except DatasetError:
+        names = load_checkpoint(checkpoint)["classes"]
+        cmap = colormaps["tab20"]
+        colours = tuple(tuple(int(255 * v) for v in cmap(i % cmap.N)[:3]) for i in range(len(names)))
+        return ClassSet(tuple(names), colours)
+
+
+@torch.no_grad()
+def segment(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
+    """(H, W) uint8 class ids of one (H, W, 3) uint8 RGB image, at its own size."""
+    batch = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)
+    return model(to_model_input(batch, device)).argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
+def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * colours.astype(np.float32)
+    return blended.round().astype(np.uint8)
+
+
+def predict(
+    checkpoint: Path, images: list[Path], out_dir: Path, network: str = "teacher", device: str = "auto"
+) -> list[Path]:
+    """Writes OUT/<stem>_labels.png (class ids), <stem>_mask.png (palette colours) and
+    <stem>_overlay.png (image blended with the mask) per image; returns the written paths."""
+    stems = [Path(p).stem for p in images]
+    if len(set(stems)) != len(stems):
+        raise ValueError("two input images share a file name stem; their outputs would overwrite each other")
+    dev = setup_device(device)
+    model, cfg = load_trained_model(Path(checkpoint), network, dev)
+    classes = class_set(cfg.dataset, Path(checkpoint))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path, stem in zip(images, stems):
+        image = read_image(Path(path))
+        labels = segment(model, image, dev)
+        colours = classes.colorize(labels)
+        for suffix, pixels in (("labels", labels), ("mask", colours), ("overlay", overlay(image, colours))):
+            target = out_dir / f"{stem}_{suffix}.png"
+            Image.fromarray(pixels).save(target)
+            written.append(target)
+    return written

@@ -1,0 +1,96 @@
+"""The benchmark scripts at smoke size, through their command-line entry points (in this process,
+to pay torch's import once): label_efficiency.py (two quick methods, skip-if-exists, resume),
+summarize.py and speed.py --smoke."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import label_efficiency  # noqa: E402
+import speed  # noqa: E402
+import summarize  # noqa: E402
+
+MACHINE_KEYS = {"cpu", "cpu_count", "gpu", "torch", "smp", "git_commit", "date"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is as fast as several, and immune to cores shared with other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_script(module, *args) -> None:
+    assert module.main([str(a) for a in args]) == 0
+
+
+def run_smoke_protocol(root: Path) -> None:
+    run_script(label_efficiency, "--protocol", "smoke", "--methods", "full_supervised", "sup_10",
+               "--results", root / "results", "--work", root / "work")
+
+
+@pytest.fixture(scope="module")
+def bench_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bench")
+    run_smoke_protocol(root)
+    return root
+
+
+def test_one_result_per_method_and_seed(bench_root):
+    results = bench_root / "results" / "smoke"
+    assert sorted(p.name for p in results.glob("*.json")) == ["full_supervised_seed0.json", "sup_10_seed0.json"]
+    result = json.loads((results / "sup_10_seed0.json").read_text())
+    assert (result["protocol"], result["method"], result["seed"]) == ("smoke", "sup_10", 0)
+    assert {"final", "cycles", "timings", "config", "machine", "run_dir", "method_overrides", "region"} <= set(result)
+    assert MACHINE_KEYS <= set(result["machine"])
+    assert result["region"] == {"size": 4, "per_image": 4}  # 30x30 at 360x480 is 4x4 at 48x64
+    [cycle] = result["cycles"]
+    assert cycle["labelled_fraction"] == pytest.approx(0.1)
+    assert set(cycle["val"]["iou"]) == set(result["final"]["iou"]) and 0 <= cycle["val"]["miou"] <= 1
+    assert result["timings"]["resumed"] is False and result["timings"]["steps"]["0"]["steps"] == 8
+    full = json.loads((results / "full_supervised_seed0.json").read_text())
+    assert full["final"]["labelled_fraction"] == 1.0 and full["config"]["ssl"]["enabled"] is False
+
+
+def test_existing_results_are_skipped_and_missing_ones_resume(bench_root, capsys):
+    results = bench_root / "results" / "smoke"
+    kept = (results / "full_supervised_seed0.json").read_bytes()
+    (results / "sup_10_seed0.json").unlink()
+    run_smoke_protocol(bench_root)
+    assert "full_supervised seed 0] skipped" in capsys.readouterr().out
+    assert (results / "full_supervised_seed0.json").read_bytes() == kept
+    resumed = json.loads((results / "sup_10_seed0.json").read_text())
+    assert resumed["timings"]["resumed"] is True and resumed["timings"]["steps"] == {}  # nothing left to train
+
+
+def test_summarize_writes_table_and_plot(bench_root, capsys):
+    results = bench_root / "results"
+    run_script(summarize, "--protocol", "smoke", "--results", results)
+    summary = (results / "smoke" / "summary.md").read_text()
+    assert "| full_supervised | 0 | 100.00 |" in summary and "| sup_10 | 0 | 10.00 |" in summary
+    assert (results / "smoke" / "summary.png").stat().st_size > 0
+    capsys.readouterr()
+    run_script(summarize, "--protocol", "smoke", "--results", results, "--readme")
+    table = capsys.readouterr().out
+    assert table.startswith("| method | seeds |") and table.count("\n") == 4
+
+
+def test_speed_smoke(tmp_path):
+    run_script(speed, "--smoke", "--out", tmp_path, "--tag", "test")
+    result = json.loads((tmp_path / "speed" / "test.json").read_text())
+    a = result["ssl_iteration"]
+    assert set(a["passes_seconds_median"]) == {
+        "student_labelled", "student_unlabelled_mixed", "student_replay_mixed", "teacher_unlabelled_and_replay"}
+    assert a["ratio"] == pytest.approx(a["iteration_seconds_median"] / a["passes_sum_seconds"])
+    assert a["memory"]["peak_mib"] >= a["memory"]["baseline_mib"] > 0
+    assert result["pool_scoring"]["scoring_images_per_s"] > 0 and result["pool_scoring"]["time_ratio"] > 0
+    assert [m["images"] for m in result["pool_memory"]] == [8, 16]
+    assert result["data_loading"]["loader_steps_per_s"] > 0 and result["data_loading"]["train_steps_per_s"] > 0
+    assert MACHINE_KEYS <= set(result["machine"])
+    assert "iteration / passes" in (tmp_path / "speed" / "test.md").read_text()

@@ -1,0 +1,149 @@
+"""Prediction on new images of unseen sizes, ONNX export checked with onnxruntime, and the
+predict/export commands (s4al/report/predict.py, export.py, commands.py)."""
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import tiny_config
+from s4al.data.synthetic import SYNTHETIC_CLASSES
+from s4al.model import build_model
+from s4al.report.commands import export_command, predict_command, report
+from s4al.report.export import TOLERANCE, export_onnx, max_difference
+from s4al.report.predict import OVERLAY_ALPHA, predict
+from s4al.train.checkpoint import load_trained_model, save_checkpoint
+
+SIZES = [(50, 70), (33, 47)]  # (H, W): the model was built for 48x64
+
+
+def cli_app() -> typer.Typer:
+    """A local app registering the commands exactly as s4al/cli.py does."""
+    app = typer.Typer()
+    app.command()(report)
+    app.command(name="predict")(predict_command)
+    app.command(name="export")(export_command)
+    return app
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint in the trainer's format with randomly initialised weights (no training needed)."""
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = build_model(cfg.model, SYNTHETIC_CLASSES.num_classes)
+    state = model.state_dict()
+    path = tmp_path_factory.mktemp("ckpt") / "cycle_0.pt"
+    save_checkpoint({"config": cfg.model_dump(mode="json"), "classes": list(SYNTHETIC_CLASSES.names),
+                     "teacher": state, "student": state}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for k, (h, w) in enumerate(SIZES):
+        paths.append(folder / f"photo_{k}.png")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def _read(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.array(image)
+
+
+def test_predict_writes_ids_palette_masks_and_overlays_at_each_image_size(checkpoint, images, tmp_path):
+    written = predict(checkpoint, images, tmp_path, device="cpu")
+    assert len(written) == 3 * len(images)
+    palette = SYNTHETIC_CLASSES.palette()
+    for path, (h, w) in zip(images, SIZES):
+        labels = _read(tmp_path / f"{path.stem}_labels.png")
+        mask = _read(tmp_path / f"{path.stem}_mask.png")
+        blended = _read(tmp_path / f"{path.stem}_overlay.png")
+        assert labels.shape == (h, w) and labels.dtype == np.uint8
+        assert labels.max() < SYNTHETIC_CLASSES.num_classes
+        assert mask.shape == (h, w, 3)
+        np.testing.assert_array_equal(mask, palette[labels])
+        expected = (1 - OVERLAY_ALPHA) * _read(path).astype(float) + OVERLAY_ALPHA * mask
+        assert np.abs(blended - expected).max() <= 0.5 + 1e-6
+
+
+def test_predict_labels_match_the_model_on_the_whole_image(checkpoint, images, tmp_path):
+    predict(checkpoint, images[:1], tmp_path, device="cpu")
+    model, _ = load_trained_model(checkpoint)
+    pixels = (torch.from_numpy(_read(images[0])).permute(2, 0, 1)[None].float() / 255).contiguous(
+        memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = model(pixels).argmax(1)[0].numpy()
+    np.testing.assert_array_equal(_read(tmp_path / f"{images[0].stem}_labels.png"), expected)
+
+
+def test_predict_refuses_images_whose_outputs_would_collide(checkpoint, images, tmp_path):
+    twin = tmp_path / "other" / images[0].name
+    twin.parent.mkdir()
+    twin.write_bytes(images[0].read_bytes())
+    with pytest.raises(ValueError, match="stem"):
+        predict(checkpoint, [images[0], twin], tmp_path / "out", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory):
+    return export_onnx(checkpoint, tmp_path_factory.mktemp("onnx") / "model.onnx", height=48, width=64)
+
+
+def test_dynamic_export_matches_pytorch_on_its_probes(exported):
+    assert exported.dynamic and exported.path.is_file()
+    assert (1, 3, 48, 64) in exported.checked_shapes and len(exported.checked_shapes) == 2
+    assert exported.max_abs_diff <= TOLERANCE
+
+
+def test_dynamic_export_runs_other_batch_sizes_and_unseen_image_sizes(exported, checkpoint):
+    model, _ = load_trained_model(checkpoint)
+    session = onnxruntime.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+    images = torch.rand(3, 3, 50, 70, generator=torch.Generator().manual_seed(1))
+    (logits,) = session.run(["logits"], {"images": images.numpy()})
+    with torch.no_grad():
+        expected = model(images).numpy()
+    assert logits.shape == (3, SYNTHETIC_CLASSES.num_classes, 50, 70)
+    np.testing.assert_allclose(logits, expected, atol=TOLERANCE, rtol=0)
+
+
+def test_the_export_check_notices_a_different_model(exported, checkpoint):
+    model, _ = load_trained_model(checkpoint)
+    with torch.no_grad():
+        model.net.segmentation_head[0].bias.add_(0.1)
+    assert max_difference(model, exported.path, exported.checked_shapes) > TOLERANCE
+
+
+def test_predict_command(checkpoint, images, tmp_path):
+    result = CliRunner().invoke(
+        cli_app(), ["predict", str(checkpoint), *map(str, images), "--out", str(tmp_path), "--device", "cpu"]
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{p.stem}_{kind}.png" for p in images for kind in ("labels", "mask", "overlay")
+    )
+
+
+def test_predict_command_rejects_an_unknown_network(checkpoint, images, tmp_path):
+    result = CliRunner().invoke(cli_app(), ["predict", str(checkpoint), str(images[0]), "-o", str(tmp_path),
+                                            "--network", "nope"])
+    assert result.exit_code != 0 and "teacher" in result.output
+
+
+def test_export_command_fixed_size(checkpoint, tmp_path):
+    onnx_path = tmp_path / "fixed.onnx"
+    args = ["export", str(checkpoint), "--onnx", str(onnx_path), "--height", "48", "--width", "64", "--no-dynamic"]
+    result = CliRunner().invoke(cli_app(), args)
+    assert result.exit_code == 0, result.output
+    assert "fixed 1x3x48x64" in result.output
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert [d for d in session.get_inputs()[0].shape] == [1, 3, 48, 64]

@@ -1,0 +1,137 @@
+"""The run report (s4al/report/figures.py, html.py): figures and HTML from a tiny two-cycle run,
+checked in a real headless Chromium (skipped when Chromium is not installed), and the report command."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import tiny_config
+from s4al.active.cycle import ActiveLearningRun
+from s4al.data import IGNORE_INDEX
+from s4al.data.synthetic import SYNTHETIC_CLASSES
+from s4al.report.figures import (
+    ERROR_COLOURS, NotDrawn, bought_histogram, error_map, spread_indices, supervised_reference,
+)
+from s4al.report.html import duration, write_report
+from test_predict_export import cli_app
+
+FIGURES = ("efficiency", "class_iou", "bought", "regions", "qualitative")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# Appended to a copy of the page: after the load event, records how many <img> decoded.
+IMAGE_CHECK = """<script>
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const decoded = images.filter((img) => img.complete && img.naturalWidth > 0).length;
+  document.body.setAttribute("data-image-check", `${decoded}/${images.length}`);
+});
+</script>"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """Cycle 0 trains and buys regions, cycle 1 trains: every figure has something to show."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small CPU ops on a few shared cores: OpenMP threads only wait
+    folder = tmp_path_factory.mktemp("run")
+    try:
+        ActiveLearningRun(folder, tiny_config(train={"epochs": 1, "device": "cpu"})).run()
+    finally:
+        torch.set_num_threads(threads)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def report(run_dir, tmp_path_factory) -> Path:
+    return write_report(run_dir, tmp_path_factory.mktemp("report"), supervised_miou=0.5)
+
+
+def test_report_writes_the_page_and_every_figure(report):
+    assert report.name == "report.html"
+    for name in FIGURES:
+        with Image.open(report.parent / f"{name}.png") as image:
+            assert image.format == "PNG" and min(image.size) > 200
+    html = report.read_text()
+    assert html.count('src="data:image/png;base64,') == len(FIGURES)
+    assert "% of supervised" in html and "seed" in html and "not drawn" not in html
+
+
+def test_report_table_has_one_row_per_cycle(run_dir, report):
+    cycles = [json.loads(p.read_text()) for p in sorted((run_dir / "cycles").glob("cycle_*.json"))]
+    rows = re.findall(r"<tr><td>(\d+)</td>", report.read_text())
+    assert rows == [str(c["cycle"]) for c in cycles] == ["0", "1"]
+    assert f"{100 * cycles[-1]['labelled_fraction']:.2f}" in report.read_text()
+
+
+def _chromium(*args: str, profile: Path) -> str:
+    command = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_report_loads_in_headless_chromium_with_every_image_decoded(report, tmp_path):
+    checked = tmp_path / "checked.html"
+    checked.write_text(report.read_text().replace("</body>", IMAGE_CHECK + "\n</body>"))
+    dom = _chromium("--virtual-time-budget=10000", "--dump-dom", checked.as_uri(), profile=tmp_path / "profile")
+    assert "<h1>S4AL run report</h1>" in dom
+    assert f'data-image-check="{len(FIGURES)}/{len(FIGURES)}"' in dom
+    screenshot = tmp_path / "report.png"
+    _chromium(f"--screenshot={screenshot}", "--window-size=1280,4000", report.as_uri(), profile=tmp_path / "profile")
+    with Image.open(screenshot) as image:
+        assert image.size == (1280, 4000)
+
+
+def test_report_command(run_dir, tmp_path):
+    result = CliRunner().invoke(cli_app(), ["report", str(run_dir), "--out", str(tmp_path), "--supervised-miou", "0.4"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_report_command_on_a_folder_without_cycles(tmp_path):
+    (tmp_path / "config.yaml").write_text("seed: 1\n")
+    result = CliRunner().invoke(cli_app(), ["report", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "no finished cycle yet" in " ".join(result.output.replace("│", " ").split())  # unwrap rich's panel
+
+
+def test_supervised_reference_from_a_number_or_a_result_file(tmp_path):
+    result = tmp_path / "result.json"
+    result.write_text(json.dumps({"cycle": 0, "miou": 0.61}))
+    assert supervised_reference(None) is None
+    assert supervised_reference("0.7") == supervised_reference(0.7) == 0.7
+    assert supervised_reference(result) == supervised_reference(str(result)) == 0.61
+    with pytest.raises(ValueError, match="fraction"):
+        supervised_reference(61.0)
+
+
+def test_error_map_marks_wrong_and_ignored_pixels():
+    label = np.array([[0, 1], [IGNORE_INDEX, 2]], dtype=np.uint8)
+    prediction = np.array([[0, 2], [1, 2]], dtype=np.uint8)
+    colours = error_map(label, prediction)
+    assert [tuple(colours[y, x]) for y, x in ((0, 0), (0, 1), (1, 0), (1, 1))] == [
+        ERROR_COLOURS["correct"], ERROR_COLOURS["wrong"], ERROR_COLOURS["ignored"], ERROR_COLOURS["correct"]]
+
+
+def test_qualitative_images_are_a_fixed_spread():
+    assert spread_indices(4, 24) == [0, 8, 15, 23]
+    assert spread_indices(4, 2) == [0, 1]
+
+
+def test_no_bought_histogram_before_anything_was_bought():
+    nothing = {name: 0 for name in (*SYNTHETIC_CLASSES.names, "void")}
+    with pytest.raises(NotDrawn, match="bought"):
+        bought_histogram([{"cycle": 0, "bought": {"regions": 0, "images": 0, "class_pixels": nothing}}],
+                         SYNTHETIC_CLASSES)
+
+
+def test_duration_reads_like_a_person_wrote_it():
+    assert [duration(s) for s in (None, 4.4, 75, 3 * 3600 + 125)] == ["–", "4 s", "1 min 15 s", "3 h 02 min"]
