@@ -34,7 +34,7 @@ from s4al.data.base import SegmentationDataset
 from s4al.evaluate import image_batches, to_model_input
 from s4al.model import build_model
 from s4al.ssl.losses import supervised_loss
-from s4al.train.sampling import seeded_generator
+from s4al.train.sampling import derive_seed
 from s4al.train.trainer import Trainer, TrainData
 
 FULL = {"height": 360, "width": 480, "iters": 10, "warmup": 2, "score_images": 100, "pools": [100, 1000],
@@ -188,8 +188,7 @@ def scoring_setup(cfg: RunConfig, images: int) -> tuple[torch.nn.Module, Repeate
 
 
 def score_pool(model, dataset: Repeated, cfg: RunConfig, device: torch.device, num_workers: int) -> None:
-    generator = seeded_generator(cfg.seed, "speed")
-    score_cells(model, dataset, range(len(dataset)), {}, cfg.active, device, generator, num_workers)
+    score_cells(model, dataset, range(len(dataset)), {}, cfg.active, device, derive_seed(cfg.seed, "speed"), num_workers)
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from s4al.annotation.commands import import_answers_command, query
 from s4al import distributed
+from s4al.report.commands import export_command, predict_command, report
 from s4al.config import ConfigError, RunConfig, load_config, parse_override, save_config
 from s4al.data import build_dataset
 from s4al.data.base import DatasetError
@@ -55,6 +56,7 @@ def train(
     from s4al.train.trainer import Trainer, TrainData
 
     cfg = _config(config, overrides)
+    distributed.setup_device(cfg.train.device)  # joins torchrun's process group
     out.mkdir(parents=True, exist_ok=True)
     if distributed.is_main():
         save_config(cfg, out / "config.yaml")
@@ -63,7 +65,6 @@ def train(
         val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, cfg.seed)
     except DatasetError as err:
         raise typer.BadParameter(str(err)) from None
-    distributed.setup_device(cfg.train.device)  # joins torchrun's process group
     monitor = Monitor(out / "tensorboard", show_progress=not quiet) if distributed.is_main() else None
     try:
         data = TrainData(train_set, labelled=list(range(len(train_set))))
@@ -149,6 +150,9 @@ def run(
 
 app.command()(query)
 app.command(name="import")(import_answers_command)
+app.command()(report)
+app.command(name="predict")(predict_command)
+app.command(name="export")(export_command)
 
 download_app = typer.Typer(help="Fetch public datasets (needs internet).")
 app.add_typer(download_app, name="download")

@@ -96,7 +96,10 @@ class SSLConfig(Section):
 
 class ActiveConfig(Section):
     cycles: int = Field(2, ge=0)
-    initial_fraction: float = Field(0.1, gt=0, le=1)
+    # random: a seeded `initial_fraction` of the train images (the paper's protocol);
+    # labelled: exactly the train images with a label file, every other one is the pool (own data)
+    initial: Literal["random", "labelled"] = "random"
+    initial_fraction: float = Field(0.1, gt=0, le=1)  # ignored with initial: labelled
     level: Literal["region", "image"] = "region"
     metric: Literal["entropy", "least_confidence", "margin", "random", "coreset"] = "entropy"
     region_size: int = Field(30, ge=1)
@@ -116,6 +119,9 @@ class ActiveConfig(Section):
             raise ValueError("active.metric 'coreset' is image-level only: set active.level: image")
         if self.selection == "global" and self.global_budget is None:
             raise ValueError("active.global_budget is required when active.selection is 'global'")
+        if self.initial == "labelled" and (self.annotator != "external" or self.level != "region"):
+            raise ValueError("active.initial 'labelled' needs active.annotator: external and active.level: region "
+                             "(the pool images have no labels to reveal)")
         return self
 
 

@@ -6,8 +6,6 @@ import torch
 from s4al.active.scores import (
     SCORE_FUNCTIONS,
     entropy,
-    image_entropy,
-    image_scores,
     least_confidence,
     margin,
     pixel_scores,
@@ -64,12 +62,6 @@ def test_registry_and_dispatch():
     assert torch.equal(seeded, random_scores((1, 1, 2), torch.Generator().manual_seed(1)))
     with pytest.raises(ValueError, match="unknown acquisition metric"):
         pixel_scores("bald", probs)
-
-
-def test_image_level_scores_average_the_pixels():
-    probs = torch.cat([probs_map(UNIFORM4, ONE_HOT), probs_map(UNIFORM4, UNIFORM4)])
-    assert image_entropy(probs).tolist() == pytest.approx([math.log(4) / 2, math.log(4)])
-    assert image_scores("least_confidence", probs).tolist() == pytest.approx([0.375, 0.75])
 
 
 def test_rejects_non_nchw_input():

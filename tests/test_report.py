@@ -111,6 +111,8 @@ def test_supervised_reference_from_a_number_or_a_result_file(tmp_path):
     assert supervised_reference(result) == supervised_reference(str(result)) == 0.61
     with pytest.raises(ValueError, match="fraction"):
         supervised_reference(61.0)
+    with pytest.raises(ValueError, match="neither"):
+        supervised_reference(tmp_path / "missing.json")
 
 
 def test_error_map_marks_wrong_and_ignored_pixels():

@@ -18,7 +18,7 @@ from torch import nn
 from s4al import distributed
 from s4al.active.coreset import k_center_greedy, pooled_features
 from s4al.active.regions import cell_box, cell_scores, select_global, select_per_image
-from s4al.active.scores import image_scores, pixel_scores, random_scores
+from s4al.active.scores import pixel_scores, random_scores
 from s4al.config import ActiveConfig
 from s4al.data.base import SegmentationDataset
 from s4al.evaluate import image_batches, to_model_input

@@ -20,7 +20,7 @@ from s4al.active.ledger import Ledger
 from s4al.active.oracle import Annotator, GroundTruthOracle
 from s4al import distributed
 from s4al.config import RunConfig, load_config, save_config
-from s4al.data import build_dataset
+from s4al.data import DatasetError, build_dataset
 from s4al.evaluate import evaluate
 from s4al.train.checkpoint import checkpoint_path, load_trained_model
 from s4al.train.sampling import derive_seed
@@ -82,7 +82,7 @@ class ActiveLearningRun:
     def _register_images(self) -> None:
         if self.ledger.get_meta("seed") is not None:
             return
-        initial = draw_initial(len(self.ids), self.cfg.active.initial_fraction, self.cfg.seed)
+        initial = self._initial()
         splits = self.run_dir / "splits"
         splits.mkdir(exist_ok=True)
         initial_ids = [self.ids[i] for i in initial]
@@ -92,6 +92,25 @@ class ActiveLearningRun:
         self.ledger.register_images(records, initial=set(initial_ids))
         self.ledger.set_meta("classes", list(self.train_set.classes.names))
         self.ledger.set_meta("seed", self.cfg.seed)
+
+    def _initial(self) -> list[int]:
+        """The initially fully labelled images: drawn at random (every train image needs a label),
+        or exactly the images with a label file (the others are the pool)."""
+        a = self.cfg.active
+        has_label = [self.train_set.has_label(i) for i in range(len(self.ids))]
+        unlabelled = [image_id for image_id, known in zip(self.ids, has_label) if not known]
+        where = f"train split '{self.cfg.dataset.train_split}'"
+        if a.initial == "random":
+            if unlabelled:
+                raise DatasetError(f"{where}: {len(unlabelled)} images have no label (e.g. '{unlabelled[0]}'); "
+                                   "set active.initial: labelled to make them the pool")
+            return draw_initial(len(self.ids), a.initial_fraction, self.cfg.seed)
+        if len(unlabelled) == len(self.ids):
+            raise DatasetError(f"{where}: active.initial 'labelled' needs some images with a label, none has one")
+        if not unlabelled:
+            raise DatasetError(f"{where}: active.initial 'labelled' needs some images without a label "
+                               "to ask about, every image has one")
+        return [i for i, known in enumerate(has_label) if known]
 
     @staticmethod
     def _on_main(write: Callable, *args) -> None:

@@ -64,12 +64,3 @@ def pixel_scores(name: str, probs: Tensor, generator: torch.Generator | None = N
         return random_like(probs, generator)
     return SCORE_FUNCTIONS[name](probs)
 
-
-def image_scores(name: str, probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """(N,) mean pixel score per image, for the image-level baselines."""
-    return pixel_scores(name, probs, generator).mean(dim=(1, 2))
-
-
-def image_entropy(probs: Tensor) -> Tensor:
-    """(N,) mean pixel entropy per image (the paper's image-level Entropy baseline)."""
-    return image_scores("entropy", probs)

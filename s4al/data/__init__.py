@@ -15,12 +15,14 @@ __all__ = [
     "SegmentationDataset", "SyntheticStreets", "build_dataset",
 ]
 
-FILE_DATASETS = {"camvid": CamVid, "cityscapes": Cityscapes, "folder": ImageFolder}
+FILE_DATASETS = {"camvid": CamVid, "cityscapes": Cityscapes}
 SYNTHETIC_SPLITS = ("train", "val", "test")
 
 
 def build_dataset(cfg: DatasetConfig, split: str, seed: int = 0) -> SegmentationDataset:
     """One split of the configured dataset; `seed` only drives the synthetic generator."""
+    if cfg.name == "folder":  # images without masks only in the train split (the pool); evaluation needs masks
+        return ImageFolder(cfg.root, split, resize=cfg.resize, allow_unlabelled=split == cfg.train_split)
     if cfg.name != "synthetic":
         return FILE_DATASETS[cfg.name](cfg.root, split, resize=cfg.resize)
     if split not in SYNTHETIC_SPLITS:

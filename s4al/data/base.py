@@ -24,7 +24,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     """A split of a segmentation dataset. Subclasses set `classes` and implement the three methods.
 
     `image_id(i)` is a stable, unique, human-readable key (it is what the label ledger stores),
-    `image_size(i)` is (H, W) of the original image, `load(i)` decodes and validates one pair.
+    `image_size(i)` is (H, W) of the original image, `load(i)` decodes and validates one pair,
+    `has_label(i)` is False for an image without a label file (it loads as all-ignore).
     """
 
     classes: ClassSet
@@ -40,6 +41,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def load(self, index: int) -> Sample:
         raise NotImplementedError
+
+    def has_label(self, index: int) -> bool:
+        return True
 
     def __getitem__(self, index: int) -> Sample:
         return self.load(index)

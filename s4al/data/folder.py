@@ -7,7 +7,9 @@ classes.yaml:
     ignore_color: [0, 0, 0]    # optional: the void colour in colour masks
 
 Splits: ROOT/{split}.txt lists image stems. Without it, "train" is every image and "unlabelled" every
-image without a mask. Only the "unlabelled" split may hold images without masks (they load all-ignore).
+image without a mask. Images without masks load all-ignore (`has_label` is False); only the
+"unlabelled" split and a split built with `allow_unlabelled` may hold them (build_dataset allows them
+in the train split only: they are the pool of `active.initial: labelled`; evaluation needs masks).
 """
 
 from __future__ import annotations
@@ -104,7 +106,9 @@ class ColourDecoder:
 
 
 class ImageFolder(FilePairDataset):
-    def __init__(self, root: Path, split: str, resize: tuple[int, int] | None = None):
+    def __init__(
+        self, root: Path, split: str, resize: tuple[int, int] | None = None, allow_unlabelled: bool = False
+    ):
         self.root = Path(root)
         self.split = split
         self.resize = resize
@@ -116,7 +120,7 @@ class ImageFolder(FilePairDataset):
         if spec.ignore_color:
             colour_to_class[spec.ignore_color] = IGNORE_INDEX
         self.decode_colours = ColourDecoder(colour_to_class)
-        self.pairs = self._list_pairs()
+        self.pairs = self._list_pairs(allow_unlabelled or split == UNLABELLED_SPLIT)
 
     @property
     def mask_dir(self) -> Path:
@@ -125,7 +129,7 @@ class ImageFolder(FilePairDataset):
     def _mask_for(self, image: Path) -> Path:
         return self.mask_dir / f"{image.stem}.png"
 
-    def _list_pairs(self) -> list[Pair]:
+    def _list_pairs(self, allow_unlabelled: bool) -> list[Pair]:
         images = images_by_stem(self.root / "images")
         split_file = self.root / f"{self.split}.txt"
         if split_file.is_file():
@@ -136,7 +140,7 @@ class ImageFolder(FilePairDataset):
             chosen = [image for image in images.values() if not self._mask_for(image).is_file()]
         else:
             chosen = []
-        pairs = pair_files(chosen, self._mask_for, allow_unlabelled=self.split == UNLABELLED_SPLIT)
+        pairs = pair_files(chosen, self._mask_for, allow_unlabelled)
         return require_nonempty(pairs, self.split, split_file if split_file.is_file() else self.root)
 
     def read_label(self, pair: Pair) -> np.ndarray:

@@ -176,6 +176,9 @@ class FilePairDataset(SegmentationDataset):
     def image_size(self, index: int) -> tuple[int, int]:
         return self.resize or read_size(self.pairs[index].image)
 
+    def has_label(self, index: int) -> bool:
+        return self.pairs[index].label is not None
+
     def read_label(self, pair: Pair) -> np.ndarray:
         return remap_label(read_label(pair.label), self.raw_to_class, pair.label)
 

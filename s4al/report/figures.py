@@ -22,7 +22,7 @@ from s4al.config import RunConfig, load_config
 from s4al.data import IGNORE_INDEX, ClassSet, DatasetError, SegmentationDataset, build_dataset
 from s4al.distributed import setup_device
 from s4al.report.predict import class_set, segment
-from s4al.train.checkpoint import load_trained_model
+from s4al.train.checkpoint import checkpoint_path, load_trained_model
 
 STYLE = {
     "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10,
@@ -50,17 +50,16 @@ def read_cycles(run_dir: Path) -> list[dict]:
     return sorted(summaries, key=lambda s: s["cycle"])
 
 
-def checkpoint_path(run_dir: Path, cycle: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"cycle_{cycle}.pt"
-
-
 def supervised_reference(value: float | str | Path | None) -> float | None:
     """The fully supervised val mIoU (0..1): a number, or a JSON file with a top-level "miou" such
     as the result.json written by `s4al train`."""
     if value is None:
         return None
-    path = Path(str(value))
-    miou = float(json.loads(path.read_text())["miou"]) if path.is_file() else float(value)
+    text = str(value)
+    try:
+        miou = float(json.loads(Path(text).read_text())["miou"]) if Path(text).is_file() else float(text)
+    except (KeyError, ValueError):
+        raise ValueError(f"supervised mIoU {text!r}: neither a number nor a JSON file with \"miou\"") from None
     if not 0 <= miou <= 1:
         raise ValueError(f"supervised mIoU must be a fraction in 0..1, got {miou}")
     return miou
@@ -102,7 +101,7 @@ def efficiency_curve(cycles: list[dict], supervised_miou: float | None = None) -
     ax.set(xlabel="labelled pixels (% of all train pixels)", ylabel="mIoU (%)", title="mIoU vs labelled pixels")
     ax.margins(x=0.12, y=0.25)
     ax.set_ylim(bottom=0)
-    ax.legend(loc="best")
+    fig.legend(loc="outside lower center", ncols=2, frameon=False)
     return fig
 
 
@@ -120,7 +119,7 @@ def class_iou_bars(cycles: list[dict], names: tuple[str, ...]) -> Figure:
     _slanted_ticks(ax, list(names))
     ax.set(ylabel="IoU (%)", ylim=(0, 100), title="Per-class val IoU per cycle")
     ax.grid(axis="x", visible=False)
-    ax.legend(loc="upper right", ncols=min(len(cycles), 3))
+    fig.legend(loc="outside lower center", ncols=min(len(cycles), 3), frameon=False)
     return fig
 
 

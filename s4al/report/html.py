@@ -57,7 +57,7 @@ TEMPLATE = jinja2.Template(
   code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .9em; }
   .cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: .8rem; }
   .card { border: 1px solid #e3e6eb; border-radius: 8px; padding: .7rem .9rem; }
-  .card .value { font-size: 1.45rem; font-weight: 600; }
+  .card .value { font-size: 1.35rem; font-weight: 600; white-space: nowrap; }
   .card .label { color: #5b6473; font-size: .85rem; }
   table { border-collapse: collapse; width: 100%; font-size: .92rem; font-variant-numeric: tabular-nums; }
   th, td { padding: .45rem .6rem; border-bottom: 1px solid #e3e6eb; text-align: right; }
@@ -68,6 +68,7 @@ TEMPLATE = jinja2.Template(
   figure { margin: 1.2rem 0 2rem; }
   figure img { display: block; max-width: 100%; height: auto; margin: 0 auto; }
   figcaption { color: #3d4553; font-size: .93rem; margin-top: .6rem; max-width: 80ch; }
+  summary { cursor: pointer; color: #3d4553; }
   .note { color: #5b6473; font-style: italic; }
   pre { background: #f6f7f9; border: 1px solid #e3e6eb; border-radius: 6px; padding: .9rem; overflow-x: auto;
         font-size: .85rem; line-height: 1.4; }
@@ -101,7 +102,10 @@ TEMPLATE = jinja2.Template(
 {% endfor %}{% for title, reason in skipped %}<p class="note">{{ title }}: not drawn, {{ reason }}.</p>
 {% endfor %}
 <h2>Configuration</h2>
+<details>
+<summary>config.yaml of the run (seed {{ seed }})</summary>
 <pre>{{ config }}</pre>
+</details>
 </main>
 </body>
 </html>
@@ -173,6 +177,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None, supervised_miou: fl
         figures=[{"title": FIGURE_TEXT[n][0], "caption": FIGURE_TEXT[n][1], "data": _embedded(path)}
                  for n, path in saved.items()],
         skipped=[(FIGURE_TEXT[n][0], reason) for n, reason in skipped.items()],
+        seed=cfg.seed,
         config=(run_dir / CONFIG_FILE).read_text(),
     )
     path = out_dir / REPORT_FILE

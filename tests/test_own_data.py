@@ -1,0 +1,124 @@
+"""Active learning on a user's own folder of images, with masks for only a few of them
+(`active.initial: labelled`): the masked train images are the initial labelled set, the others the
+pool; a human answers through a folder of class-id PNGs, and resuming finishes the run."""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from conftest import tiny_config
+from s4al.active.cycle import ActiveLearningRun
+from s4al.active.ledger import Ledger
+from s4al.annotation.answers import import_answers
+from s4al.config import ConfigError, load_config
+from s4al.data import DatasetError, build_dataset
+
+H, W = 32, 48
+MASKED, UNMASKED, VAL = ["m0", "m1", "m2"], ["p0", "p1", "p2", "p3", "p4"], ["v0", "v1"]
+CLASSES = [{"name": "road", "color": [128, 64, 128]}, {"name": "car", "color": [0, 0, 142]},
+           {"name": "sky", "color": [70, 130, 180]}]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def save(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def make_dataset(root, masked=MASKED, unmasked=UNMASKED, val=VAL):
+    """Images with sky on top, road below; masks only for `masked` and `val`."""
+    rng = np.random.default_rng(0)
+    label = np.zeros((H, W), np.uint8)
+    label[: H // 2] = 2
+    image = np.array([c["color"] for c in CLASSES], np.uint8)[label]
+    for stem in [*masked, *unmasked, *val]:
+        save(root / "images" / f"{stem}.png", image + rng.integers(0, 20, image.shape, dtype=np.uint8))
+        if stem not in unmasked:
+            save(root / "masks" / f"{stem}.png", label)
+    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": CLASSES}))
+    (root / "train.txt").write_text("".join(f"{stem}\n" for stem in sorted([*masked, *unmasked])))
+    (root / "val.txt").write_text("".join(f"{stem}\n" for stem in val))
+    return root
+
+
+def own_config(root, **active):
+    return tiny_config(
+        dataset={"name": "folder", "root": str(root)},
+        train={"epochs": 1, "iters_per_epoch": 1, "crop_size": [H, W], "device": "cpu"},
+        ssl={"cold_start_epochs": 0},
+        active={"initial": "labelled", "annotator": "external", "final_cycle_epoch_multiplier": 1.0, **active},
+    )
+
+
+def ledger_of(run_dir):
+    return Ledger(run_dir / "ledger.sqlite", readonly=True)
+
+
+def test_masked_images_start_labelled_the_rest_is_asked_and_png_answers_finish_the_run(tmp_path):
+    cfg = own_config(make_dataset(tmp_path / "data"))
+    run_dir = tmp_path / "run"
+    assert ActiveLearningRun(run_dir, cfg).run() == []  # cycle 0 trained, asked, waits for answers
+    assert (run_dir / "splits" / "initial_labelled.txt").read_text().split() == MASKED
+    assert (run_dir / "splits" / "pool.txt").read_text().split() == UNMASKED
+    with ledger_of(run_dir) as ledger:
+        assert {r.image_id for r in ledger.images() if r.initial} == set(MASKED)
+        asked = ledger.asked()
+        assert ledger.phase(0) == "answer" and len(asked) == 2 * len(UNMASKED)
+    assert {r.image_id for r in asked} == set(UNMASKED)
+
+    answers = tmp_path / "answers"
+    painted = {}
+    for region in asked:
+        mask = painted.setdefault(region.image_id, np.full((H, W), 255, np.uint8))
+        y0, x0, y1, x1 = region.box
+        mask[y0:y1, x0:x1] = 1
+    for image_id, mask in painted.items():
+        save(answers / f"{image_id}.png", mask)
+    report = import_answers(run_dir, answers)
+    assert sorted(report.answered) == sorted(r.region_id for r in asked) and report.still_asked == 0
+
+    summaries = ActiveLearningRun(run_dir).run()
+    assert [s["cycle"] for s in summaries] == [0, 1]
+    assert summaries[0]["bought"]["class_pixels"]["car"] == sum(np.prod(r.shape) for r in asked)
+    with ledger_of(run_dir) as ledger:
+        assert ledger.phase(1) == "done" and ledger.asked() == []
+        assert all(r.answered_by == "png-folder" and (ledger.patch(r) == 1).all() for r in ledger.answered())
+
+
+def test_only_the_train_split_may_hold_images_without_masks(tmp_path):
+    root = make_dataset(tmp_path)
+    cfg = own_config(root).dataset
+    train = build_dataset(cfg, "train")
+    assert [train.has_label(i) for i in range(len(train))] == [i < len(MASKED) for i in range(len(train))]
+    assert (train[len(MASKED)].label == 255).all() and train[0].label.shape == (H, W)
+    (root / "val.txt").write_text("v0\np3\n")
+    with pytest.raises(DatasetError, match=r"images/p3.png: missing label, expected .*masks/p3.png"):
+        build_dataset(cfg, "val")
+
+
+def test_initial_labelled_is_refused_with_the_oracle_or_whole_images():
+    with pytest.raises(ConfigError, match="active.initial 'labelled' needs active.annotator: external"):
+        load_config("demo", {"active": {"initial": "labelled"}})
+    with pytest.raises(ConfigError, match="active.level: region"):
+        load_config("demo", {"active": {"initial": "labelled", "annotator": "external", "level": "image"}})
+
+
+@pytest.mark.parametrize("masked, unmasked, active, problem", [
+    (MASKED, UNMASKED, {"initial": "random"}, r"5 images have no label \(e.g. 'p0'\); set active.initial: labelled"),
+    ([*MASKED, *UNMASKED], [], {}, "needs some images without a label"),
+    ([], UNMASKED, {}, "needs some images with a label"),
+])
+def test_a_train_split_that_does_not_fit_the_initial_protocol_is_refused(tmp_path, masked, unmasked, active,
+                                                                         problem):
+    cfg = own_config(make_dataset(tmp_path / "data", masked, unmasked), **active)
+    with pytest.raises(DatasetError, match=problem):
+        ActiveLearningRun(tmp_path / "run", cfg)
