@@ -47,21 +47,17 @@ class Protocol:
 #   shrinking whole images to 144x192 destroyed (0 IoU). The scale jitter stays the paper's
 #   0.75-1.25, centred on the evaluation scale: a 0.5-1.0 range would give more context per crop but
 #   would train on objects 25% smaller on average than those evaluated.
-# - Budget: 10 epochs x 12 iterations = 120 steps per cycle (paper: 100 x 50), final cycle 240,
-#   480 steps per S4AL run. Cold start 1 epoch and Balanced ClassMix from epoch 3 keep the paper's
-#   shares of a cycle (10/100 and 30/100). Estimated cost of one S4AL run, with ~0.7 s per supervised
-#   step, ~1.7 s per SSL step (+4 unlabelled: teacher forward, student forward/backward) and ~2.7 s
-#   per SSL step with replay (+4 more): cycle 0 ~200 s, cycle 1 ~280 s, final ~600 s, i.e. ~18 min
-#   of training, ~20 min with data loading competing for the 2 cores, plus ~3-4 min of evaluation
-#   (3 x 101 val images) and pool scoring (2 x 330 images) at full resolution: ~25 min, within the
-#   30-minute target even if SSL steps cost 3x a supervised one (~27 min). Supervised methods with
-#   cycles cost ~8 min, full_supervised and sup_10 ~3.5 min, ssl_10 ~11 min: ~4.5 h per seed for
-#   all 16 methods. If measurements on the quiet machine differ, scale iters_per_epoch (keep
-#   epochs at 10 so that the epoch-based schedule keeps its shares).
+# - Budget: 10 epochs x 24 iterations = 240 steps per cycle (paper: 100 x 50), final cycle 480,
+#   960 steps per S4AL run. Cold start 1 epoch and Balanced ClassMix from epoch 3 keep the paper's
+#   shares of a cycle (10/100 and 30/100). Measured with benchmarks/speed.py on this 2-core CPU
+#   (benchmarks/results/speed/): a full SSL iteration with replay costs 3.5 s at 360x480, so about
+#   1.0 s on 192x256 crops, and a supervised step about 0.3 s. One S4AL run: ~15 min of training,
+#   plus ~2 min of evaluation (3 x 101 val images) and pool scoring (2 x 330 images) at full
+#   resolution: under the 30-minute target. Supervised-only methods cost 3-6 min.
 # - num_workers 2; evaluation only at the end of each cycle (the trainer always evaluates its last step).
 CPU_OVERRIDES = {
     "train": {"device": "cpu", "crop_size": [192, 256], "scale_range": [0.75, 1.25], "epochs": 10,
-              "iters_per_epoch": 12, "num_workers": 2, "eval_every": 1000},
+              "iters_per_epoch": 24, "num_workers": 2, "eval_every": 1000},
     "ssl": {"cold_start_epochs": 1, "balanced_from_epoch": 3},
 }
 

@@ -4,7 +4,6 @@ pool; a human answers through a folder of class-id PNGs, and resuming finishes t
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -19,14 +18,6 @@ H, W = 32, 48
 MASKED, UNMASKED, VAL = ["m0", "m1", "m2"], ["p0", "p1", "p2", "p3", "p4"], ["v0", "v1"]
 CLASSES = [{"name": "road", "color": [128, 64, 128]}, {"name": "car", "color": [0, 0, 142]},
            {"name": "sky", "color": [70, 130, 180]}]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def save(path, array):
