@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/s4al run --config demo --out runs/demo
+	if [ -f runs/demo/config.yaml ]; then $(BIN)/s4al run --resume runs/demo; else $(BIN)/s4al run --config demo --out runs/demo; fi
 	$(BIN)/s4al report runs/demo
+	@echo "report: runs/demo/report/report.html"
 
 test: install
 	$(BIN)/python -m pytest -q
