@@ -25,15 +25,6 @@ CPU = torch.device("cpu")
 S = 16  # cell size: a 48x64 image is a 3x4 grid
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """On a few shared cores, OpenMP threads waiting for each other make small CPU ops ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def setup():
     cfg = tiny_config()

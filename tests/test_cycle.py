@@ -31,15 +31,6 @@ NUM_TRAIN, NUM_INITIAL = 20, 4
 NUM_POOL = NUM_TRAIN - NUM_INITIAL
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """On a few shared cores, OpenMP threads waiting for each other make small CPU ops ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cycle_config(**sections):
     """tiny_config for whole runs: 2 cycles, 2 supervised steps each, identity augmentation."""
     base = {

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -40,13 +39,8 @@ window.addEventListener("load", () => {
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """Cycle 0 trains and buys regions, cycle 1 trains: every figure has something to show."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small CPU ops on a few shared cores: OpenMP threads only wait
     folder = tmp_path_factory.mktemp("run")
-    try:
-        ActiveLearningRun(folder, tiny_config(train={"epochs": 1, "device": "cpu"})).run()
-    finally:
-        torch.set_num_threads(threads)
+    ActiveLearningRun(folder, tiny_config(train={"epochs": 1, "device": "cpu"})).run()
     return folder
 
 
