@@ -26,7 +26,7 @@ from common import (
     CAMVID_SIZE, DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS, RESULTS, SMOKE_OVERRIDES, camvid_paths, machine_info,
     machine_tag, markdown_table, merged, write_json,
 )
-from s4al.active.acquisition import score_cells
+from s4al.active.acquisition import score_cells, scoring_workers
 from s4al.active.cycle import draw_initial
 from s4al.config import RunConfig, load_config
 from s4al.data import build_dataset
@@ -199,7 +199,7 @@ def forward_all(model, inputs: list[torch.Tensor]) -> None:
 
 def pool_scoring(cfg: RunConfig, images: int) -> dict:
     model, dataset, device = scoring_setup(cfg, images)
-    batch_size, workers = cfg.active.score_batch_size, cfg.train.num_workers
+    batch_size, workers = cfg.active.score_batch_size, scoring_workers(device, cfg.train.num_workers)
     inputs = [to_model_input(x, device) for x, _, _ in image_batches(dataset, batch_size, 0, range(images))]
     forward_all(model, inputs[:1])  # warm-up
     plain = timed(lambda: forward_all(model, inputs), device)

@@ -34,6 +34,12 @@ class Query:
     score: float
 
 
+def scoring_workers(device: torch.device, configured: int) -> int:
+    """Loader processes for pool scoring: on a CPU they compete with the network for the same cores
+    (measured on 2 cores: 0.52x plain-inference throughput with 2 workers, 0.87x with none)."""
+    return configured if device.type == "cuda" else 0
+
+
 def bought_mask(boxes: Sequence[Box], height: int, width: int) -> torch.Tensor:
     mask = torch.zeros(height, width, dtype=torch.bool)
     for y0, x0, y1, x1 in boxes:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from s4al.active.acquisition import Query, choose_images, choose_regions, score_cells
+from s4al.active.acquisition import Query, choose_images, choose_regions, score_cells, scoring_workers
 from s4al.active.ledger import Ledger
 from s4al.active.oracle import Annotator, GroundTruthOracle
 from s4al import distributed
@@ -208,7 +208,7 @@ class ActiveLearningRun:
         seed = derive_seed(self.cfg.seed, "acquire", cycle)
         data = self.train_data()
         pool = data.pool
-        workers = self.cfg.train.num_workers
+        workers = scoring_workers(self.device, self.cfg.train.num_workers)
         if a.level == "image":
             labelled = sorted(set(range(len(self.ids))) - set(pool))
             return choose_images(model, self.train_set, labelled, pool, self._images_per_cycle(), a, self.device,
