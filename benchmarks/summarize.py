@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", required=True, help=f"one of {', '.join(PROTOCOLS)} (a results subfolder)")
     parser.add_argument("--results", type=Path, default=RESULTS / "label_efficiency", help="default: %(default)s")
     parser.add_argument("--readme", action="store_true", help="print the main Markdown table only, write nothing")
+    parser.add_argument("--update", type=Path, metavar="README",
+                        help="also replace the table between <!-- results:PROTOCOL --> markers in this file")
     args = parser.parse_args(argv)
     directory = args.results / args.protocol
     groups = load_results(directory)
@@ -123,7 +125,19 @@ def main(argv: list[str] | None = None) -> int:
         f"![mIoU vs labelled fraction](summary.png)\n"
     )
     print(f"wrote {directory / 'summary.md'} and {directory / 'summary.png'}")
+    if args.update:
+        replace_block(args.update, args.protocol, table)
+        print(f"updated the {args.protocol} table in {args.update}")
     return 0
+
+
+def replace_block(path: Path, protocol: str, table: str) -> None:
+    start, end = f"<!-- results:{protocol} -->", f"<!-- /results:{protocol} -->"
+    text = path.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"{path}: no {start} ... {end} block to replace")
+    head, rest = text.split(start, 1)
+    path.write_text(f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}")
 
 
 if __name__ == "__main__":
