@@ -96,3 +96,11 @@ def test_invalid_class_list_names_the_file(tmp_path):
     (tmp_path / "classes.yaml").unlink()
     with pytest.raises(DatasetError, match="no class list"):
         ImageFolder(tmp_path, "train")
+
+
+def test_default_train_split_leaves_out_images_of_other_splits(tmp_path):
+    root = make_folder(tmp_path)
+    stems = sorted(p.stem for p in (root / "images").iterdir())
+    (root / "val.txt").write_text(stems[0] + "\n")
+    train = ImageFolder(root, "train")
+    assert [train.image_id(i) for i in range(len(train))] == stems[1:]

@@ -134,8 +134,9 @@ class ImageFolder(FilePairDataset):
         split_file = self.root / f"{self.split}.txt"
         if split_file.is_file():
             chosen = [images[stem] for stem in read_stems(split_file, images)]
-        elif self.split == "train":
-            chosen = list(images.values())
+        elif self.split == "train":  # every image that no other split file claims
+            claimed = {stem for other in self.root.glob("*.txt") for stem in read_stems(other, images)}
+            chosen = [image for stem, image in images.items() if stem not in claimed]
         elif self.split == UNLABELLED_SPLIT:
             chosen = [image for image in images.values() if not self._mask_for(image).is_file()]
         else:
