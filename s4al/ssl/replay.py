@@ -25,9 +25,9 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return len(self._indices)
 
-    @property
-    def capacity(self) -> int:
-        return self._indices.maxlen
+    def __iter__(self):
+        """The held indices, oldest first."""
+        return iter(self._indices)
 
     def add(self, indices: Iterable[int]) -> None:
         self._indices.extend(int(i) for i in indices)
@@ -43,11 +43,3 @@ class ReplayBuffer:
         else:
             positions = torch.randint(held, (k,), generator=generator, device="cpu")
         return [self._indices[p] for p in positions.tolist()]
-
-    def state_dict(self) -> list[int]:
-        return list(self._indices)
-
-    def load_state_dict(self, state: Iterable[int]) -> None:
-        """Restore the held indices, oldest first; beyond capacity only the newest are kept."""
-        self._indices.clear()
-        self.add(state)
