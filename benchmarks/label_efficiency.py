@@ -27,7 +27,7 @@ import numpy as np
 from common import (
     DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS, REPO, RESULTS, SMOKE_OVERRIDES, camvid_paths, machine_info, merged, write_json,
 )
-from s4al.config import RunConfig, load_config
+from s4al.config import RunConfig, load_config, parse_override
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,10 @@ class Protocol:
 #   (full_supervised, sup_10, ssl_10) gets. With 2x (480 steps), full supervision reached only
 #   39.3 mIoU with Pole, SignSymbol, Pedestrian and Bicyclist at 0 IoU (seed 0): the evaluated
 #   model must train longer than the acquisition models for the tail classes to register at all.
-#   Cold start 1 epoch and Balanced ClassMix from epoch 3 keep the paper's shares of a cycle.
+# - Cold start 6 epochs (144 steps; the paper: 10 epochs, 500 steps, "to provide a good
+#   initialization for the teacher"): with 1 epoch (24 steps) the teacher pseudo-labelled from step
+#   24 on and ssl_10 reached 43.3 mIoU, with 6 epochs 45.2 (seed 0, before distribution alignment
+#   and frozen BatchNorm statistics on unlabelled passes).
 #   Measured with benchmarks/speed.py on this 2-core CPU: a full SSL iteration with replay costs
 #   3.5 s at 360x480, so about 1.0 s on 192x256 crops; a supervised step 0.31 s. One S4AL run:
 #   ~8 min for cycles 0-1, ~24 min for the final cycle, ~2 min of evaluation and pool scoring at
@@ -62,14 +65,14 @@ CPU_OVERRIDES = {
     "train": {"device": "cpu", "crop_size": [192, 256], "scale_range": [0.75, 1.25], "epochs": 10,
               "iters_per_epoch": 24, "num_workers": 2, "eval_every": 1000},
     "active": {"final_cycle_epoch_multiplier": 6},
-    "ssl": {"cold_start_epochs": 1, "balanced_from_epoch": 3},
+    "ssl": {"cold_start_epochs": 6, "balanced_from_epoch": 3},  # replay from epoch 6, after the cold start
 }
 
 SYNTHETIC_OVERRIDES = {
     "dataset": {"synthetic": {"num_train": 200, "num_val": 50, "height": 96, "width": 128}},
     "model": {"weights": str(DEFAULT_WEIGHTS)},
     "train": {"device": "cpu", "epochs": 10, "iters_per_epoch": 30, "eval_every": 1000, "num_workers": 0},
-    "ssl": {"cold_start_epochs": 1, "balanced_from_epoch": 3},
+    "ssl": {"cold_start_epochs": 6, "balanced_from_epoch": 3},  # replay from epoch 6, after the cold start
     "active": {"reinit_each_cycle": True},
 }
 
@@ -91,6 +94,7 @@ S4AL = {
 }
 SUPERVISED = {"ssl": {"enabled": False}}
 NO_CYCLES = {"active": {"cycles": 0}}
+PAPER_LEARNER = {"ssl": {"distribution_alignment": False, "freeze_bn_on_unlabelled": False}}
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,9 @@ METHODS = {
     # The whole S4AL learner without acquisition: its only cycle is cycle 0, where Balanced ClassMix
     # is off by default (balanced_from_cycle 1), so switch it on: s4al - ssl_10 = the bought regions.
     "ssl_10": Method(merged(NO_CYCLES, {"ssl": {"balanced_from_cycle": 0}})),
+    # the paper's learner exactly, without our two additions (distribution alignment, BatchNorm
+    # statistics kept from unlabelled passes): what the additions are worth
+    "ssl_10_paper": Method(merged(NO_CYCLES, {"ssl": {"balanced_from_cycle": 0}}, PAPER_LEARNER)),
     "image_random": Method(merged(SUPERVISED, {"active": {"level": "image", "metric": "random"}})),
     "image_entropy": Method(merged(SUPERVISED, {"active": {"level": "image", "metric": "entropy"}})),
     "image_coreset": Method(merged(SUPERVISED, {"active": {"level": "image", "metric": "coreset"}})),
@@ -116,6 +123,7 @@ METHODS = {
     "s4al": Method(),
     "s4al_no_cw": Method({"ssl": {"confidence_weighting": False}}),
     "s4al_no_bcm": Method({"ssl": {"balanced_classmix": False, "replay": False}}),
+    "s4al_paper": Method(PAPER_LEARNER),
     "s4al_margin": Method({"active": {"metric": "margin"}}),
     "s4al_least_confidence": Method({"active": {"metric": "least_confidence"}}),
     "image_entropy_ssl": Method({"active": {"level": "image", "metric": "entropy"}}),
@@ -124,11 +132,14 @@ METHODS = {
 }
 
 
-def method_config(protocol: Protocol, method: Method, seed: int, data_root: Path, weights: Path) -> RunConfig:
+def method_config(
+    protocol: Protocol, method: Method, seed: int, data_root: Path, weights: Path, extra: dict | None = None
+) -> RunConfig:
+    """`extra` (from --set) applies on top of every method."""
     side, per_image = method.region
     region = {"active": {"region_size": max(1, round(side * protocol.region_scale)), "regions_per_image": per_image}}
     paths = camvid_paths(data_root, weights) if protocol.preset == "camvid" else {}
-    overrides = merged(protocol.overrides, paths, S4AL, method.overrides, region, {"seed": seed})
+    overrides = merged(protocol.overrides, paths, S4AL, method.overrides, region, extra or {}, {"seed": seed})
     return load_config(protocol.preset, overrides)
 
 
@@ -158,7 +169,7 @@ class Progress:
                 for cycle, s in self.step_seconds.items()}
 
 
-def run_one(name: str, method: str, seed: int, cfg: RunConfig, work: Path, out: Path) -> None:
+def run_one(name: str, method: str, seed: int, cfg: RunConfig, work: Path, out: Path, extra: dict) -> None:
     from s4al.active.cycle import ActiveLearningRun  # imports torch: not needed for --list or summarize.py
 
     run_dir = work / name / f"{method}_seed{seed}"
@@ -174,6 +185,7 @@ def run_one(name: str, method: str, seed: int, cfg: RunConfig, work: Path, out: 
         "method": method,
         "seed": seed,
         "method_overrides": METHODS[method].overrides,
+        "extra_overrides": extra,
         "region": {"size": cfg.active.region_size, "per_image": cfg.active.regions_per_image},
         "final": {"labelled_fraction": final["labelled_fraction"], "miou": final["val"]["miou"],
                   "iou": final["val"]["iou"]},
@@ -193,6 +205,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), metavar="METHOD",
                         help="default: all, in the order of --list")
     parser.add_argument("--seeds", nargs="+", type=int, help="default: the protocol's seed set")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="a config override on top of every method, e.g. ssl.cold_start_epochs=1 "
+                             "(repeatable); needs --name")
+    parser.add_argument("--name", help="results and run subfolder for a --set variant (default: the protocol)")
     parser.add_argument("--results", type=Path, default=RESULTS / "label_efficiency", help="default: %(default)s")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench", help="run folders; default: %(default)s")
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="CamVid; default: %(default)s")
@@ -201,6 +217,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.list and args.protocol is None:
         parser.error("--protocol is required")
+    if args.overrides and (args.name is None or args.name in PROTOCOLS):
+        parser.error("--set needs a --name that is not a protocol's, so variants never mix with its results")
     if args.protocol and PROTOCOLS[args.protocol].preset == "camvid" and not (args.data_root / "train").is_dir():
         parser.error(f"CamVid not found at {args.data_root} (give --data-root)")
     return args
@@ -219,19 +237,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print_list()
         return 0
-    protocol = PROTOCOLS[args.protocol]
+    protocol, name = PROTOCOLS[args.protocol], args.name or args.protocol
     seeds = args.seeds or protocol.seeds
+    extra = parse_override(args.overrides)
     # Validate every config before hours of training; seeds outermost, so a full table comes first.
-    plan = [(m, s, method_config(protocol, METHODS[m], s, args.data_root, args.weights))
+    plan = [(m, s, method_config(protocol, METHODS[m], s, args.data_root, args.weights, extra))
             for s in seeds for m in args.methods]
     failed = []
     for method, seed, cfg in plan:
-        out = args.results / args.protocol / f"{method}_seed{seed}.json"
+        out = args.results / name / f"{method}_seed{seed}.json"
         if out.exists():
-            print(f"[{args.protocol} {method} seed {seed}] skipped: {out} exists", flush=True)
+            print(f"[{name} {method} seed {seed}] skipped: {out} exists", flush=True)
             continue
         try:
-            run_one(args.protocol, method, seed, cfg, args.work, out)
+            run_one(name, method, seed, cfg, args.work, out, extra)
         except Exception:  # keep going: the other runs are independent; report at the end
             traceback.print_exc()
             failed.append(f"{method} seed {seed}")

@@ -37,7 +37,7 @@ from s4al.ssl.losses import supervised_loss
 from s4al.train.sampling import derive_seed
 from s4al.train.trainer import Trainer, TrainData
 
-FULL = {"height": 360, "width": 480, "iters": 10, "warmup": 2, "score_images": 100, "pools": [100, 1000],
+FULL = {"height": 360, "width": 480, "iters": 10, "warmup": 2, "score_images": 100, "pools": [100, 1000, 2000],
         "load_batches": 40}
 SMOKE = {"height": 48, "width": 64, "iters": 2, "warmup": 1, "score_images": 8, "pools": [8, 16], "load_batches": 2}
 MIB = 2**20
@@ -98,6 +98,9 @@ class Repeated(SegmentationDataset):
 
     def load(self, index: int):
         return self.base.load(index % len(self.base))
+
+    def load_image(self, index: int):
+        return self.base.load_image(index % len(self.base))
 
 
 # ---- (a) and (d): the training iteration ----------------------------------------------------------
@@ -200,7 +203,7 @@ def forward_all(model, inputs: list[torch.Tensor]) -> None:
 def pool_scoring(cfg: RunConfig, images: int) -> dict:
     model, dataset, device = scoring_setup(cfg, images)
     batch_size, workers = cfg.active.score_batch_size, scoring_workers(device, cfg.train.num_workers)
-    inputs = [to_model_input(x, device) for x, _, _ in image_batches(dataset, batch_size, 0, range(images))]
+    inputs = [to_model_input(x, device) for x, _, _ in image_batches(dataset, batch_size, 0, range(images), labels=False)]
     forward_all(model, inputs[:1])  # warm-up
     plain = timed(lambda: forward_all(model, inputs), device)
     scoring = timed(lambda: score_pool(model, dataset, cfg, device, workers), device)

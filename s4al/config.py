@@ -81,6 +81,12 @@ class SSLConfig(Section):
     ema_momentum: float = Field(0.99, ge=0, le=1)
     confidence_threshold: float = Field(0.97, ge=0, le=1)
     confidence_weighting: bool = True
+    # beyond the paper: pseudo-label class shares pulled towards the labelled ones (s4al/ssl/alignment.py)
+    distribution_alignment: bool = True
+    # beyond the paper: the student's passes on mixed, colour-jittered unlabelled batches normalise
+    # with their batch statistics but leave the BatchNorm running statistics (which the teacher
+    # averages and evaluation uses) to the labelled batches
+    freeze_bn_on_unlabelled: bool = True
     classmix: bool = True
     balanced_classmix: bool = True
     replay: bool = True

@@ -26,20 +26,26 @@ def same_size_batches(
 
 
 class _Indexed(torch.utils.data.Dataset):
-    def __init__(self, dataset: SegmentationDataset):
-        self.dataset = dataset
+    """(index, image, label or None): without `labels` only the image is decoded."""
+
+    def __init__(self, dataset: SegmentationDataset, labels: bool):
+        self.dataset, self.labels = dataset, labels
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        return index, self.dataset.load(index)
+        if not self.labels:
+            return index, self.dataset.load_image(index), None
+        sample = self.dataset.load(index)
+        return index, sample.image, sample.label
 
 
 def _collate(items):
-    images = torch.from_numpy(np.stack([s.image for _, s in items])).permute(0, 3, 1, 2)
-    labels = torch.from_numpy(np.stack([s.label for _, s in items])).long()
-    return images, labels, [i for i, _ in items]
+    indices, images, labels = zip(*items)
+    images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    labels = None if labels[0] is None else torch.from_numpy(np.stack(labels)).long()
+    return images, labels, list(indices)
 
 
 def image_batches(
@@ -48,14 +54,15 @@ def image_batches(
     num_workers: int = 0,
     indices: Sequence[int] | None = None,
     shard: bool = False,
+    labels: bool = True,
 ):
-    """(uint8 (N,3,H,W) images, (N,H,W) labels, dataset indices), same-size batches, in order;
-    with `shard`, this rank's share of the batches under torch.distributed."""
+    """(uint8 (N,3,H,W) images, (N,H,W) labels or None without `labels`, dataset indices),
+    same-size batches, in order; with `shard`, this rank's share of the batches under torch.distributed."""
     batches = same_size_batches(dataset, batch_size, indices)
     if shard:
         batches = batches[distributed.rank() :: distributed.world_size()]
     return torch.utils.data.DataLoader(
-        _Indexed(dataset),
+        _Indexed(dataset, labels),
         batch_sampler=batches,
         collate_fn=_collate,
         num_workers=num_workers,

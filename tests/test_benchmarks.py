@@ -48,6 +48,17 @@ def test_one_result_per_method_and_seed(bench_root):
     assert full["final"]["labelled_fraction"] == 1.0 and full["config"]["ssl"]["enabled"] is False
 
 
+def test_a_set_variant_goes_to_its_own_folder_with_its_overrides(bench_root):
+    run_script(label_efficiency, "--protocol", "smoke", "--methods", "sup_10", "--set", "train.epochs=1",
+               "--name", "smoke_short", "--results", bench_root / "results", "--work", bench_root / "work")
+    result = json.loads((bench_root / "results" / "smoke_short" / "sup_10_seed0.json").read_text())
+    assert result["protocol"] == "smoke_short" and result["extra_overrides"] == {"train": {"epochs": 1}}
+    assert result["config"]["train"]["epochs"] == 1
+    assert result["timings"]["steps"]["0"]["steps"] < 8  # fewer than the protocol's own sup_10
+    with pytest.raises(SystemExit):
+        label_efficiency.parse_args(["--protocol", "smoke", "--set", "train.epochs=1"])  # no --name
+
+
 def test_existing_results_are_skipped_and_missing_ones_resume(bench_root, capsys):
     results = bench_root / "results" / "smoke"
     kept = (results / "full_supervised_seed0.json").read_bytes()

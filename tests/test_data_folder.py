@@ -104,3 +104,16 @@ def test_default_train_split_leaves_out_images_of_other_splits(tmp_path):
     (root / "val.txt").write_text(stems[0] + "\n")
     train = ImageFolder(root, "train")
     assert [train.image_id(i) for i in range(len(train))] == stems[1:]
+
+
+def test_load_image_matches_load_and_never_reads_the_label(tmp_path):
+    make_folder(tmp_path)
+    save(tmp_path / "images" / "a.png", np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3) * 20)
+    for resize in (None, (4, 6)):
+        dataset = ImageFolder(tmp_path, "train", resize=resize)
+        assert np.array_equal(dataset.load_image(0), dataset.load(0).image)
+        assert dataset.load_image(0).shape == (*(resize or (2, 2)), 3)
+    (tmp_path / "masks" / "a.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match="a.png"):
+        dataset.load(0)
+    assert dataset.load_image(0).shape == (4, 6, 3)

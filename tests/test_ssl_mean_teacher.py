@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from s4al.ssl.mean_teacher import MeanTeacher, ema_decay, pseudo_labels_from_logits
+from s4al.ssl.mean_teacher import MeanTeacher, ema_decay, pseudo_labels_from_probs
 
 
 class Scalar(nn.Module):
@@ -65,9 +65,9 @@ def test_batchnorm_running_stats_are_averaged_and_count_copied():
     assert teacher.model.num_batches_tracked.item() == 7
 
 
-def test_pseudo_labels_from_logits_by_hand():
+def test_pseudo_labels_from_softmax_by_hand():
     logits = torch.tensor([0.0, math.log(3.0), 0.0]).view(1, 3, 1, 1)  # softmax (1/5, 3/5, 1/5)
-    labels, confidence = pseudo_labels_from_logits(logits)
+    labels, confidence = pseudo_labels_from_probs(logits.softmax(dim=1))
     assert labels.dtype == torch.long and labels.shape == (1, 1, 1)
     assert labels.item() == 1
     assert confidence.item() == pytest.approx(0.6)

@@ -1,12 +1,14 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import tiny_config
 from s4al.data import build_dataset
 from s4al.evaluate import evaluate
-from s4al.train.trainer import Trainer, TrainData
+from s4al.ssl.classmix import split_head_tail
+from s4al.train.trainer import Trainer, TrainData, frozen_bn_statistics
 
 
 class Stop(Exception):
@@ -82,3 +84,32 @@ def test_replay_with_plain_classmix(tmp_path):
     steps: dict = {}
     Trainer(cfg, data, None, tmp_path, progress=recorder(steps)).fit()
     assert set(steps[4]) == {"loss/sup", "loss/unsup", "loss/replay"} and steps[4]["loss/replay"] > 0
+
+
+def test_frozen_bn_statistics_normalises_with_the_batch_but_keeps_running_stats():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2)).train()
+    x = torch.randn(4, 1, 3, 3) * 5 + 3
+    before = net[1].running_mean.clone(), net[1].running_var.clone()
+    with frozen_bn_statistics(net):
+        out = net(x)
+    assert torch.equal(net[1].running_mean, before[0]) and torch.equal(net[1].running_var, before[1])
+    assert out.mean(dim=(0, 2, 3)).abs().max() < 1e-5  # normalised with the batch's own statistics
+    assert net[1].momentum == 0.1
+    net(x)
+    assert not torch.equal(net[1].running_mean, before[0])
+
+
+def test_alignment_target_counts_whole_images_and_head_tail_counts_regions_too(tmp_path):
+    cfg = tiny_config()
+    data, _ = ssl_data(cfg)
+    pole = data.dataset.classes.names.index("pole")
+    data.annotations = {5: [((0, 0, 2, 2), np.full((2, 2), pole, np.uint8))]}  # a bought region: pole only
+    trainer = Trainer(cfg, data, None, tmp_path)
+    whole = np.zeros(data.dataset.classes.num_classes)
+    for i in data.labelled:
+        whole += np.bincount(data.dataset.load(i).label.ravel(), minlength=256)[: len(whole)]
+    assert trainer.alignment.target.numpy() == pytest.approx(whole / whole.sum())
+    counts = torch.from_numpy(whole).clone()
+    counts[pole] += 4
+    head, tail = split_head_tail(counts, cfg.ssl.head_share)
+    assert torch.equal(trainer.head, head) and torch.equal(trainer.tail, tail)

@@ -55,7 +55,7 @@ def _gathered(shard: dict) -> dict:
 def _pixel_score_batches(model, dataset, indices, metric, batch_size, device, seed, num_workers):
     """Yields (dataset indices, (N,H,W) pixel scores on `device`) over this rank's share of the pool."""
     model.eval()
-    for images, _, batch_indices in image_batches(dataset, batch_size, num_workers, indices, shard=True):
+    for images, _, batch_indices in image_batches(dataset, batch_size, num_workers, indices, shard=True, labels=False):
         if metric == "random":  # no network needed
             shape = images.shape[-2:]
             scores = torch.stack([random_scores(shape, seeded_generator(seed, i)) for i in batch_indices]).to(device)
@@ -109,7 +109,7 @@ def image_features(model, dataset, indices, batch_size, device, num_workers=0) -
     """(len(indices), C) pooled deepest encoder features, in the order of `indices`."""
     model.eval()
     features: dict[int, torch.Tensor] = {}
-    for images, _, batch_indices in image_batches(dataset, batch_size, num_workers, indices, shard=True):
+    for images, _, batch_indices in image_batches(dataset, batch_size, num_workers, indices, shard=True, labels=False):
         pooled = pooled_features(model.features(to_model_input(images, device))).cpu()
         features.update(zip(batch_indices, pooled))
     features = _gathered(features)

@@ -21,7 +21,8 @@ def entropy(probs: Tensor) -> Tensor:
     """-sum_c p log p. Clamping p inside the log makes an underflowed p = 0 contribute 0 * log(tiny)
     = 0, not NaN (and is twice as fast as xlogy on CPU, which matters when scoring a pool)."""
     probs = _check_probs(probs)
-    return -(probs * probs.clamp_min(torch.finfo(probs.dtype).tiny).log()).sum(dim=1)
+    # in place on the one temporary: pool scoring at full resolution is memory-bound on a CPU
+    return probs.clamp_min(torch.finfo(probs.dtype).tiny).log_().mul_(probs).sum(dim=1).neg_()
 
 
 def least_confidence(probs: Tensor) -> Tensor:

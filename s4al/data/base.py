@@ -26,6 +26,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     `image_id(i)` is a stable, unique, human-readable key (it is what the label ledger stores),
     `image_size(i)` is (H, W) of the original image, `load(i)` decodes and validates one pair,
     `has_label(i)` is False for an image without a label file (it loads as all-ignore).
+    `load_image(i)` is the image alone: pool scoring and the unlabelled stream never need the
+    label, so datasets backed by files override it to skip decoding one.
     """
 
     classes: ClassSet
@@ -41,6 +43,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def load(self, index: int) -> Sample:
         raise NotImplementedError
+
+    def load_image(self, index: int) -> np.ndarray:
+        return self.load(index).image
 
     def has_label(self, index: int) -> bool:
         return True

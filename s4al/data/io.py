@@ -101,14 +101,17 @@ def check_same_size(image: np.ndarray, label: np.ndarray, pair: Pair) -> None:
         )
 
 
+def resize_array(array: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    height, width = size
+    if array.shape[:2] == (height, width):
+        return array
+    return np.array(Image.fromarray(array).resize((width, height), resample))
+
+
 def resize_sample(sample: Sample, size: tuple[int, int]) -> Sample:
     """Image bilinear, label nearest (class ids must never be blended)."""
-    height, width = size
-    if sample.label.shape == (height, width):
-        return sample
-    image = Image.fromarray(sample.image).resize((width, height), Image.Resampling.BILINEAR)
-    label = Image.fromarray(sample.label).resize((width, height), Image.Resampling.NEAREST)
-    return Sample(np.array(image), np.array(label))
+    return Sample(resize_array(sample.image, size, Image.Resampling.BILINEAR),
+                  resize_array(sample.label, size, Image.Resampling.NEAREST))
 
 
 def list_files(directory: Path, suffixes: Iterable[str], pattern: str = "*") -> list[Path]:
@@ -192,3 +195,7 @@ class FilePairDataset(SegmentationDataset):
             check_same_size(image, label, pair)
         sample = Sample(image, label)
         return resize_sample(sample, self.resize) if self.resize else sample
+
+    def load_image(self, index: int) -> np.ndarray:
+        image = read_image(self.pairs[index].image)
+        return resize_array(image, self.resize, Image.Resampling.BILINEAR) if self.resize else image

@@ -118,7 +118,7 @@ class UnlabelledView(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, seed = item
         rng = np.random.default_rng(seed)
-        image = self.dataset.load(index).image
+        image = self.dataset.load_image(index)
         h, w = image.shape[:2]
         known_label, known = rasterize(self.annotations.get(index, ()), h, w)
         planes = torch.from_numpy(np.stack([known_label, known, np.ones((h, w), np.uint8)]))

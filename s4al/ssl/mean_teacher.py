@@ -14,9 +14,9 @@ def ema_decay(step: int, momentum: float) -> float:
 
 
 @torch.no_grad()
-def pseudo_labels_from_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, C, H, W) logits -> labels (N, H, W) long = argmax, confidence (N, H, W) float32 = max softmax."""
-    confidence, labels = logits.float().softmax(dim=1).max(dim=1)
+def pseudo_labels_from_probs(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C, H, W) probabilities -> labels (N, H, W) long = argmax, confidence (N, H, W) float32 = max."""
+    confidence, labels = probs.float().max(dim=1)
     return labels, confidence
 
 
@@ -52,12 +52,17 @@ class MeanTeacher:
             torch._foreach_lerp_(teacher_floats, student_floats, weight)
 
     @torch.no_grad()
-    def pseudo_label(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 3, H, W) images -> labels (N, H, W) long, confidence (N, H, W) float32 in [0, 1].
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) images -> (N, C, H, W) float32 class probabilities.
 
         Assumes the model maps images to (N, C, H, W) logits at input resolution."""
         self.model.eval()
-        return pseudo_labels_from_logits(self.model(images))
+        return self.model(images).float().softmax(dim=1)
+
+    @torch.no_grad()
+    def pseudo_label(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3, H, W) images -> labels (N, H, W) long, confidence (N, H, W) float32 in [0, 1]."""
+        return pseudo_labels_from_probs(self.probabilities(images))
 
     def state_dict(self) -> dict:
         return self.model.state_dict()

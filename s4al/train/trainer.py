@@ -26,9 +26,10 @@ from s4al.data.classes import IGNORE_INDEX
 from s4al.data.views import Annotations, Augment, LabelledView, UnlabelledView
 from s4al.evaluate import evaluate, to_model_input
 from s4al.model import build_model
+from s4al.ssl.alignment import DistributionAlignment
 from s4al.ssl.classmix import balanced_classmix_batch, classmix_batch, classmix_masks, paste, split_head_tail
 from s4al.ssl.losses import apply_annotations, confidence_ratio, supervised_loss, unsupervised_loss
-from s4al.ssl.mean_teacher import MeanTeacher
+from s4al.ssl.mean_teacher import MeanTeacher, pseudo_labels_from_probs
 from s4al.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from s4al.train.sampling import StepBatches, Stream, derive_seed, seeded_generator
 
@@ -48,16 +49,32 @@ class TrainResult:
     history: list[dict]  # one entry per evaluation
 
 
-def labelled_class_counts(data: TrainData, num_classes: int) -> np.ndarray:
-    """Pixel counts per class over everything an annotator labelled: the head/tail statistics."""
-    counts = np.zeros(num_classes, dtype=np.int64)
+def labelled_class_counts(data: TrainData, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel counts per class (whole labelled images, answered regions). Their sum, everything an
+    annotator labelled, gives the head/tail split; the whole images alone, drawn without regard to
+    any score, estimate the class distribution, which the acquired regions over-sample on purpose."""
+    whole, regions = np.zeros(num_classes, dtype=np.int64), np.zeros(num_classes, dtype=np.int64)
     for index in data.labelled:
         if index not in data.annotations:
-            counts += np.bincount(data.dataset.load(index).label.ravel(), minlength=256)[:num_classes]
+            whole += np.bincount(data.dataset.load(index).label.ravel(), minlength=256)[:num_classes]
     for patches in data.annotations.values():
         for _, patch in patches:
-            counts += np.bincount(patch.ravel(), minlength=256)[:num_classes]
-    return counts
+            regions += np.bincount(patch.ravel(), minlength=256)[:num_classes]
+    return whole, regions
+
+
+@contextlib.contextmanager
+def frozen_bn_statistics(module: nn.Module, frozen: bool = True):
+    """BatchNorm layers normalise with batch statistics but keep their running ones (momentum 0)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if frozen else []
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
 
 
 def poly_schedule(total_steps: int, power: float) -> Callable[[int], float]:
@@ -101,11 +118,13 @@ class Trainer:
         # Poly decay per iteration (the authors' code steps it per epoch; per iteration is smoother
         # and is what DeepLab's "poly" policy specifies).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, poly_schedule(self.total_steps, t.poly_power))
-        self.head, self.tail = (
-            split_head_tail(torch.from_numpy(labelled_class_counts(data, self.num_classes)), cfg.ssl.head_share)
-            if self.ssl
-            else ([], [])
-        )
+        self.head, self.tail, self.alignment = [], [], None
+        if self.ssl:
+            whole, regions = (torch.from_numpy(c) for c in labelled_class_counts(data, self.num_classes))
+            self.head, self.tail = split_head_tail(whole + regions, cfg.ssl.head_share)
+            if cfg.ssl.distribution_alignment:  # only regions labelled (own data): the best estimate there is
+                target = whole if whole.sum() > 0 else whole + regions
+                self.alignment = DistributionAlignment(target, cfg.ssl.ema_momentum)
         self.step = 0
         self.history: list[dict] = []
         self.amp = self.device.type == "cuda" and t.amp
@@ -172,7 +191,7 @@ class Trainer:
 
     def _unsup(self, images, pseudo, confidence, last: bool) -> tuple[torch.Tensor, torch.Tensor]:
         eta = confidence_ratio(confidence, pseudo != IGNORE_INDEX, self.cfg.ssl.confidence_threshold)
-        with self._synced(last):
+        with self._synced(last), frozen_bn_statistics(self.student, self.cfg.ssl.freeze_bn_on_unlabelled):
             loss = unsupervised_loss(self._forward(images), pseudo, confidence, eta, self.cfg.ssl.confidence_weighting)
             loss.backward()
         return loss.detach(), eta.mean()
@@ -180,10 +199,15 @@ class Trainer:
     def _pseudo_labels(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         weak = to_model_input(batch["weak"], self.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            pseudo, confidence = self.teacher.pseudo_label(weak)
+            probs = self.teacher.probabilities(weak)
+        valid = batch["valid"].to(self.device)
+        if self.alignment is not None:
+            self.alignment.update(probs, valid, distributed.all_mean)
+            probs = self.alignment(probs)
+        pseudo, confidence = pseudo_labels_from_probs(probs)
         known = batch["known"].to(self.device)
-        pseudo, confidence = apply_annotations(pseudo, confidence.float(), known, batch["known_label"].to(self.device))
-        pseudo = pseudo.masked_fill(~batch["valid"].to(self.device), IGNORE_INDEX)
+        pseudo, confidence = apply_annotations(pseudo, confidence, known, batch["known_label"].to(self.device))
+        pseudo = pseudo.masked_fill(~valid, IGNORE_INDEX)
         return pseudo, confidence
 
     def _ssl_losses(self, step: int, batch: dict) -> dict[str, torch.Tensor]:
@@ -231,6 +255,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "student": self.student.state_dict(),
             "teacher": self.teacher.state_dict(),
+            "alignment": self.alignment.state_dict() if self.alignment else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "history": self.history,
@@ -246,6 +271,8 @@ class Trainer:
             )
         self.student.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
+        if self.alignment is not None:
+            self.alignment.load_state_dict(state["alignment"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.history = state["step"], state["history"]
