@@ -73,14 +73,14 @@ def test_pseudo_labels_from_softmax_by_hand():
     assert confidence.item() == pytest.approx(0.6)
 
 
-def test_pseudo_label_runs_in_eval_mode_independent_of_batch():
+def test_teacher_probabilities_in_eval_mode_independent_of_batch():
     torch.manual_seed(0)
     student = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
     teacher = MeanTeacher(student)
-    teacher.model.train()  # pseudo_label must switch back to eval mode
+    teacher.model.train()  # probabilities() must switch back to eval mode
     images = torch.rand(3, 3, 5, 6)
-    labels, confidence = teacher.pseudo_label(images)
-    alone_labels, alone_conf = teacher.pseudo_label(images[:1])
+    labels, confidence = pseudo_labels_from_probs(teacher.probabilities(images))
+    alone_labels, alone_conf = pseudo_labels_from_probs(teacher.probabilities(images[:1]))
     assert labels.shape == (3, 5, 6) and confidence.shape == (3, 5, 6)
     assert torch.equal(labels[:1], alone_labels)
     assert torch.allclose(confidence[:1], alone_conf)

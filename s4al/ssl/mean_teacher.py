@@ -59,11 +59,6 @@ class MeanTeacher:
         self.model.eval()
         return self.model(images).float().softmax(dim=1)
 
-    @torch.no_grad()
-    def pseudo_label(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 3, H, W) images -> labels (N, H, W) long, confidence (N, H, W) float32 in [0, 1]."""
-        return pseudo_labels_from_probs(self.probabilities(images))
-
     def state_dict(self) -> dict:
         return self.model.state_dict()
 
