@@ -94,7 +94,8 @@ S4AL = {
 }
 SUPERVISED = {"ssl": {"enabled": False}}
 NO_CYCLES = {"active": {"cycles": 0}}
-PAPER_LEARNER = {"ssl": {"distribution_alignment": False, "freeze_bn_on_unlabelled": False}}
+PAPER_LEARNER = {"ssl": {"distribution_alignment": False, "freeze_bn_on_unlabelled": False,
+                         "mask_unconfident": False, "supervise_bought_regions": False}}
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,8 @@ METHODS = {
     # The whole S4AL learner without acquisition: its only cycle is cycle 0, where Balanced ClassMix
     # is off by default (balanced_from_cycle 1), so switch it on: s4al - ssl_10 = the bought regions.
     "ssl_10": Method(merged(NO_CYCLES, {"ssl": {"balanced_from_cycle": 0}})),
-    # the paper's learner exactly, without our two additions (distribution alignment, BatchNorm
-    # statistics kept from unlabelled passes): what the additions are worth
+    # the paper's learner exactly, without our additions (s4al/config.py SSLConfig, "beyond the
+    # paper"): what the additions are worth
     "ssl_10_paper": Method(merged(NO_CYCLES, {"ssl": {"balanced_from_cycle": 0}}, PAPER_LEARNER)),
     "image_random": Method(merged(SUPERVISED, {"active": {"level": "image", "metric": "random"}})),
     "image_entropy": Method(merged(SUPERVISED, {"active": {"level": "image", "metric": "entropy"}})),

@@ -51,6 +51,17 @@ def test_confidence_weighted_ce_by_hand():
     assert plain.item() == pytest.approx(0.5 * (CE_PIXEL0_CLASS0 + CE_PIXEL1_CLASS0) / 2)
 
 
+def test_mask_drops_pixels_not_above_the_threshold_but_keeps_them_in_the_mean():
+    pseudo = torch.tensor([[[0, 0]]])
+    confidence = torch.tensor([[[0.9, 0.6]]])
+    eta = torch.tensor([0.5])
+    weighted = unsupervised_loss(LOGITS, pseudo, confidence, eta, True, mask_threshold=0.6)
+    plain = unsupervised_loss(LOGITS, pseudo, confidence, eta, False, mask_threshold=0.6)
+    assert weighted.item() == pytest.approx(0.5 * 0.9 * CE_PIXEL0_CLASS0 / 2)
+    assert plain.item() == pytest.approx(0.5 * CE_PIXEL0_CLASS0 / 2)
+    assert unsupervised_loss(LOGITS, pseudo, confidence, eta, True, mask_threshold=0.9).item() == 0
+
+
 def test_annotated_pixel_gets_weight_one():
     pseudo, confidence = apply_annotations(
         torch.tensor([[[0, 0]]]),
@@ -60,6 +71,8 @@ def test_annotated_pixel_gets_weight_one():
     )
     loss = unsupervised_loss(LOGITS, pseudo, confidence, torch.tensor([1.0]), confidence_weighting=True)
     assert loss.item() == pytest.approx((0.9 * CE_PIXEL0_CLASS0 + 1.0 * CE_PIXEL1_CLASS1) / 2)
+    masked = unsupervised_loss(LOGITS, pseudo, confidence, torch.tensor([1.0]), True, mask_threshold=0.97)
+    assert masked.item() == pytest.approx(1.0 * CE_PIXEL1_CLASS1 / 2)
 
 
 def test_ignored_pixels_are_excluded_from_the_mean():

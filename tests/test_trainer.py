@@ -8,7 +8,7 @@ from conftest import tiny_config
 from s4al.data import build_dataset
 from s4al.evaluate import evaluate
 from s4al.ssl.classmix import split_head_tail
-from s4al.train.trainer import Trainer, TrainData, frozen_bn_statistics
+from s4al.train.trainer import Trainer, TrainData, frozen_bn_statistics, labelled_draws
 
 
 class Stop(Exception):
@@ -113,3 +113,16 @@ def test_alignment_target_counts_whole_images_and_head_tail_counts_regions_too(t
     counts[pole] += 4
     head, tail = split_head_tail(counts, cfg.ssl.head_share)
     assert torch.equal(trainer.head, head) and torch.equal(trainer.tail, tail)
+
+
+def test_labelled_draws_repeat_images_in_proportion_to_their_labelled_share():
+    cfg = tiny_config()
+    data, _ = ssl_data(cfg)
+    h, w = data.dataset.image_size(0)
+    patch = np.zeros((h // 4, w // 4), np.uint8)  # 1/16 of the image
+    data.labelled = [0, 1, 5, 6]
+    data.annotations = {5: [((0, 0, h // 4, w // 4), patch)], 6: [((0, 0, h // 4, w // 4), patch)] * 2}
+    assert sorted(labelled_draws(data)) == [0] * 16 + [1] * 16 + [5] + [6] * 2
+    assert sorted(labelled_draws(data, max_copies=4)) == [0] * 4 + [1] * 4 + [5] + [6]
+    data.labelled, data.annotations = [0, 1], {}
+    assert labelled_draws(data) == [0, 1]

@@ -142,12 +142,15 @@ class ActiveLearningRun:
     # ---- phases ---------------------------------------------------------------------------
     def train_data(self) -> TrainData:
         fully = [self.index_of[r.image_id] for r in self.ledger.images() if r.fully_labelled]
-        annotations: dict[int, list] = defaultdict(list)
-        for region in self.ledger.answered():
-            annotations[self.index_of[region.image_id]].append((region.box, self.ledger.patch(region)))
         labelled_set = set(fully)
+        annotations: dict[int, list] = defaultdict(list)  # of partially labelled images only
+        for region in self.ledger.answered():
+            if self.index_of[region.image_id] not in labelled_set:
+                annotations[self.index_of[region.image_id]].append((region.box, self.ledger.patch(region)))
         pool = [i for i in range(len(self.ids)) if i not in labelled_set]
-        labelled = fully if self.cfg.ssl.enabled else sorted(labelled_set | set(annotations))
+        ssl = self.cfg.ssl
+        only_whole = ssl.enabled and not ssl.supervise_bought_regions
+        labelled = fully if only_whole else sorted(labelled_set | set(annotations))
         return TrainData(self.train_set, labelled=labelled, pool=pool, annotations=dict(annotations))
 
     def _epochs(self, cycle: int) -> int:

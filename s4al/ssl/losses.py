@@ -60,10 +60,13 @@ def unsupervised_loss(
     confidence: torch.Tensor,
     eta: torch.Tensor,
     confidence_weighting: bool,
+    mask_threshold: float | None = None,
 ) -> torch.Tensor:
     """Eqs. 3-5: pixel CE against the pseudo labels, times the pixel's confidence when
     confidence_weighting (Eq. 5), averaged over each image's valid pixels, times that image's eta,
-    then averaged over images. An image without valid pixels contributes 0.
+    then averaged over images. An image without valid pixels contributes 0. With a mask_threshold
+    (beyond the paper: FixMatch's mask), pixels whose confidence is not above it add 0 to the
+    sum but still count in the mean.
 
     logits (N, C, H, W) student output, pseudo (N, H, W) long, confidence (N, H, W) float,
     eta (N,) float -> scalar. Confidence and eta are targets, so no gradient flows into them.
@@ -71,5 +74,7 @@ def unsupervised_loss(
     loss, valid = _per_pixel_ce(logits, pseudo)
     if confidence_weighting:
         loss = loss * confidence.detach()
+    if mask_threshold is not None:
+        loss = loss * (confidence > mask_threshold)
     per_image = loss.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1)
     return (per_image * eta.detach()).mean()
