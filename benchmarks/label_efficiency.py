@@ -94,8 +94,7 @@ S4AL = {
 }
 SUPERVISED = {"ssl": {"enabled": False}}
 NO_CYCLES = {"active": {"cycles": 0}}
-PAPER_LEARNER = {"ssl": {"distribution_alignment": False, "freeze_bn_on_unlabelled": False,
-                         "mask_unconfident": False, "supervise_bought_regions": False}}
+PAPER_LEARNER = {"ssl": {"distribution_alignment": False, "freeze_bn_on_unlabelled": False, "mask_unconfident": False}}
 
 
 @dataclass(frozen=True)

@@ -81,8 +81,9 @@ class SSLConfig(Section):
     ema_momentum: float = Field(0.99, ge=0, le=1)
     confidence_threshold: float = Field(0.97, ge=0, le=1)
     confidence_weighting: bool = True
-    # beyond the paper: pixels not above confidence_threshold get no unsupervised loss (FixMatch's
-    # mask); the soft weights alone still teach thin objects away as their surroundings
+    # beyond the paper, off: pixels not above confidence_threshold get no unsupervised loss
+    # (FixMatch's mask). It spares the thin classes that soft weights teach away as their
+    # surroundings, but cost the head classes more on CamVid (README, design choices)
     mask_unconfident: bool = False
     # beyond the paper: pseudo-label class shares pulled towards the labelled ones (s4al/ssl/alignment.py)
     distribution_alignment: bool = True
@@ -90,10 +91,6 @@ class SSLConfig(Section):
     # with their batch statistics but leave the BatchNorm running statistics (which the teacher
     # averages and evaluation uses) to the labelled batches
     freeze_bn_on_unlabelled: bool = True
-    # The paper adds bought regions "to the labeled set"; the authors' code only lets them override
-    # pseudo labels in the pool stream. True: partially labelled pool images also join the
-    # labelled stream, supervised on their answered pixels (they stay in the pool stream too)
-    supervise_bought_regions: bool = False
     classmix: bool = True
     balanced_classmix: bool = True
     replay: bool = True

@@ -262,15 +262,8 @@ def test_image_level_baselines_buy_whole_images_at_the_region_pixel_budget(tmp_p
 
 
 # ---- what the trainer is given ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def region_run_ssl_supervising_regions(tmp_path_factory):
-    cfg = cycle_config(ssl={"enabled": True, "supervise_bought_regions": True, "cold_start_epochs": 0})
-    return run_recorded(tmp_path_factory.mktemp("ssl_regions") / "run", cfg)
-
-
-@pytest.mark.parametrize("recorded", ["region_run", "region_run_ssl_supervising_regions"])
-def test_partially_labelled_pool_images_are_supervised_with_ignore_outside_the_cells(recorded, request):
-    run, log = request.getfixturevalue(recorded)
+def test_ssl_off_trains_on_partially_labelled_pool_images_with_ignore_outside_the_cells(region_run):
+    run, log = region_run
     initial = sorted(run.index_of[i] for i in run.ledger.initial_images())
     pool = sorted(set(range(NUM_TRAIN)) - set(initial))
     assert log[0]["labelled"] == initial and log[0]["annotations"] == {}
@@ -292,22 +285,19 @@ def test_partially_labelled_pool_images_are_supervised_with_ignore_outside_the_c
     assert seen_partial > 0
 
 
-@pytest.mark.parametrize("enabled, supervised", [(True, False), (True, True), (False, False)])
-def test_partially_labelled_images_stay_in_the_pool_and_join_the_labelled_stream_unless_ssl_keeps_them_out(
-    tmp_path, enabled, supervised
-):
-    ssl = {"enabled": enabled, "supervise_bought_regions": supervised}
-    run = ActiveLearningRun(tmp_path / "run", cycle_config(ssl=ssl))
-    initial = sorted(run.index_of[i] for i in run.ledger.initial_images())
-    target = next(i for i in range(NUM_TRAIN) if i not in initial)
-    run.ledger.ask(0, [(run.ids[target], (16, 16, 32, 32), "entropy", 1.0)])
-    run.annotator.answer(run.ledger, run.ledger.asked())
-    data = run.train_data()
-    assert data.pool == sorted(set(range(NUM_TRAIN)) - set(initial))
-    assert data.labelled == (initial if enabled and not supervised else sorted(initial + [target]))
-    [(box, patch)] = data.annotations[target]
-    assert box == (16, 16, 32, 32)
-    assert np.array_equal(patch, crop(run.train_set.load(target).label, box))
+def test_ssl_on_keeps_partially_labelled_images_in_the_pool(tmp_path):
+    for enabled in (True, False):
+        run = ActiveLearningRun(tmp_path / str(enabled), cycle_config(ssl={"enabled": enabled}))
+        initial = sorted(run.index_of[i] for i in run.ledger.initial_images())
+        target = next(i for i in range(NUM_TRAIN) if i not in initial)
+        run.ledger.ask(0, [(run.ids[target], (16, 16, 32, 32), "entropy", 1.0)])
+        run.annotator.answer(run.ledger, run.ledger.asked())
+        data = run.train_data()
+        assert data.pool == sorted(set(range(NUM_TRAIN)) - set(initial))
+        assert data.labelled == (initial if enabled else sorted(initial + [target]))
+        [(box, patch)] = data.annotations[target]
+        assert box == (16, 16, 32, 32)
+        assert np.array_equal(patch, crop(run.train_set.load(target).label, box))
 
 
 class Killed(Exception):

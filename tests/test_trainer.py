@@ -8,7 +8,9 @@ from conftest import tiny_config
 from s4al.data import build_dataset
 from s4al.evaluate import evaluate
 from s4al.ssl.classmix import split_head_tail
-from s4al.train.trainer import Trainer, TrainData, frozen_bn_statistics, labelled_draws
+from s4al.ssl.losses import unsupervised_loss
+from s4al.train import trainer as trainer_module
+from s4al.train.trainer import Trainer, TrainData, frozen_bn_statistics
 
 
 class Stop(Exception):
@@ -115,14 +117,15 @@ def test_alignment_target_counts_whole_images_and_head_tail_counts_regions_too(t
     assert torch.equal(trainer.head, head) and torch.equal(trainer.tail, tail)
 
 
-def test_labelled_draws_repeat_images_in_proportion_to_their_labelled_share():
-    cfg = tiny_config()
-    data, _ = ssl_data(cfg)
-    h, w = data.dataset.image_size(0)
-    patch = np.zeros((h // 4, w // 4), np.uint8)  # 1/16 of the image
-    data.labelled = [0, 1, 5, 6]
-    data.annotations = {5: [((0, 0, h // 4, w // 4), patch)], 6: [((0, 0, h // 4, w // 4), patch)] * 2}
-    assert sorted(labelled_draws(data)) == [0] * 16 + [1] * 16 + [5] + [6] * 2
-    assert sorted(labelled_draws(data, max_copies=4)) == [0] * 4 + [1] * 4 + [5] + [6]
-    data.labelled, data.annotations = [0, 1], {}
-    assert labelled_draws(data) == [0, 1]
+@pytest.mark.parametrize("mask, expected", [(True, 0.9), (False, None)])
+def test_mask_unconfident_masks_at_the_confidence_threshold(tmp_path, monkeypatch, mask, expected):
+    cfg = tiny_config(ssl={"mask_unconfident": mask, "confidence_threshold": 0.9})
+    thresholds = []
+
+    def recording(*args):
+        thresholds.append(args[-1])
+        return unsupervised_loss(*args)
+
+    monkeypatch.setattr(trainer_module, "unsupervised_loss", recording)
+    Trainer(cfg, ssl_data(cfg)[0], None, tmp_path).fit()
+    assert thresholds and set(thresholds) == {expected}

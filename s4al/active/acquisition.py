@@ -8,6 +8,7 @@ are drawn per image from (seed, image index), so they too do not depend on the s
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,17 @@ from s4al.evaluate import image_batches, to_model_input
 from s4al.train.sampling import seeded_generator
 
 Box = tuple[int, int, int, int]
+
+
+def _find_malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; absent on macOS and musl, no CDLL(None) on Windows
+    except (AttributeError, OSError, TypeError):
+        return None
+
+
+_MALLOC_TRIM = _find_malloc_trim()
+TRIM_EVERY = 32  # batches
 
 
 @dataclass(frozen=True)
@@ -51,11 +63,21 @@ def _gathered(shard: dict) -> dict:
     return {k: v for part in distributed.gather_objects(shard) for k, v in part.items()}
 
 
+def _release_freed_memory() -> None:
+    """glibc keeps freed full-resolution activations in its heap, fragmented, so the resident memory
+    of a pool scan grew with the pool though nothing is kept (CPU, 100 / 2,000 images: +483 / +844
+    MiB); malloc_trim hands the free pages back to the system. After every batch it halved the
+    throughput (the next batch faults the pages in again), hence only every TRIM_EVERY batches."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 @torch.no_grad()
 def _pixel_score_batches(model, dataset, indices, metric, batch_size, device, seed, num_workers):
     """Yields (dataset indices, (N,H,W) pixel scores on `device`) over this rank's share of the pool."""
     model.eval()
-    for images, _, batch_indices in image_batches(dataset, batch_size, num_workers, indices, shard=True, labels=False):
+    batches = image_batches(dataset, batch_size, num_workers, indices, shard=True, labels=False)
+    for number, (images, _, batch_indices) in enumerate(batches, start=1):
         if metric == "random":  # no network needed
             shape = images.shape[-2:]
             scores = torch.stack([random_scores(shape, seeded_generator(seed, i)) for i in batch_indices]).to(device)
@@ -63,6 +85,8 @@ def _pixel_score_batches(model, dataset, indices, metric, batch_size, device, se
             probs = model(to_model_input(images, device)).float().softmax(1)
             scores = pixel_scores(metric, probs)
         yield batch_indices, scores
+        if number % TRIM_EVERY == 0:
+            _release_freed_memory()
 
 
 def score_cells(

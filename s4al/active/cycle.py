@@ -142,15 +142,14 @@ class ActiveLearningRun:
     # ---- phases ---------------------------------------------------------------------------
     def train_data(self) -> TrainData:
         fully = [self.index_of[r.image_id] for r in self.ledger.images() if r.fully_labelled]
-        labelled_set = set(fully)
-        annotations: dict[int, list] = defaultdict(list)  # of partially labelled images only
+        annotations: dict[int, list] = defaultdict(list)
         for region in self.ledger.answered():
-            if self.index_of[region.image_id] not in labelled_set:
-                annotations[self.index_of[region.image_id]].append((region.box, self.ledger.patch(region)))
+            annotations[self.index_of[region.image_id]].append((region.box, self.ledger.patch(region)))
+        labelled_set = set(fully)
         pool = [i for i in range(len(self.ids)) if i not in labelled_set]
-        ssl = self.cfg.ssl
-        only_whole = ssl.enabled and not ssl.supervise_bought_regions
-        labelled = fully if only_whole else sorted(labelled_set | set(annotations))
+        # With SSL, bought regions train inside the pool stream (ground truth over the pseudo label);
+        # also supervising them in the labelled stream cost 6 mIoU on CamVid (commit 531bdf3)
+        labelled = fully if self.cfg.ssl.enabled else sorted(labelled_set | set(annotations))
         return TrainData(self.train_set, labelled=labelled, pool=pool, annotations=dict(annotations))
 
     def _epochs(self, cycle: int) -> int:

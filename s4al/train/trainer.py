@@ -37,7 +37,7 @@ from s4al.train.sampling import StepBatches, Stream, derive_seed, seeded_generat
 @dataclass
 class TrainData:
     dataset: SegmentationDataset  # the train split
-    labelled: list[int]  # the supervised stream: fully labelled indices, maybe partially labelled ones
+    labelled: list[int]  # fully labelled indices (and partially labelled ones when SSL is off)
     pool: list[int] = field(default_factory=list)  # unlabelled indices, the SSL stream
     annotations: Annotations = field(default_factory=dict)  # answered regions, by dataset index
 
@@ -61,22 +61,6 @@ def labelled_class_counts(data: TrainData, num_classes: int) -> tuple[np.ndarray
         for _, patch in patches:
             regions += np.bincount(patch.ravel(), minlength=256)[:num_classes]
     return whole, regions
-
-
-def labelled_draws(data: TrainData, max_copies: int = 64) -> list[int]:
-    """The labelled stream's multiset: a partially labelled image appears in proportion to the share
-    of it that is labelled, a whole image `max_copies` times at most. So every labelled pixel is
-    about equally likely to reach the supervised loss, and hundreds of images with a few bought
-    cells each do not crowd the whole images out of the batches (drawn uniformly, they took the
-    mean over valid pixels to the bought, tail-heavy pixels alone, and mIoU fell from 30 to 17
-    after one CamVid cycle). Without partially labelled images: every image once."""
-    shares = {}
-    for i in data.labelled:
-        if i in data.annotations:
-            labelled = sum(patch.size for _, patch in data.annotations[i])
-            shares[i] = labelled / np.prod(data.dataset.image_size(i))
-    copies = min(max_copies, round(1 / min(shares.values()))) if shares else 1
-    return [i for i in data.labelled for _ in range(max(1, round(copies * shares.get(i, 1.0))))]
 
 
 @contextlib.contextmanager
@@ -179,10 +163,11 @@ class Trainer:
         )
         shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}
         labelled = StepBatches(
-            Stream(labelled_draws(self.data), seed, "labelled", self.cycle), cfg.train.batch_size, self.step, self.total_steps,
+            Stream(self.data.labelled, seed, "labelled", self.cycle), cfg.train.batch_size, self.step, self.total_steps,
             **shard,
         )
-        labelled_view = LabelledView(self.data.dataset, aug, self.data.annotations)
+        partial = {} if self.ssl else self.data.annotations
+        labelled_view = LabelledView(self.data.dataset, aug, partial)
         labelled_batches = iter(DataLoader(labelled_view, batch_sampler=labelled, num_workers=workers))
         if not self.ssl:
             return labelled_batches, None
