@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from s4al.active import acquisition
 from s4al.active.acquisition import (
     Query,
     bought_mask,
@@ -129,3 +130,13 @@ def test_choose_images_coreset_picks_distinct_pool_images(setup):
     picked = [q.index for q in chosen]
     assert len(set(picked)) == 5 and set(picked) <= set(range(4, 20))
     assert chosen == choose_images(model, dataset, [0, 1, 2, 3], list(range(4, 20)), 5, a, CPU, 0)
+
+
+def test_pool_scoring_returns_freed_memory_every_trim_every_batches(setup, monkeypatch):
+    cfg, dataset, model = setup
+    trims = []
+    monkeypatch.setattr(acquisition, "TRIM_EVERY", 2)
+    monkeypatch.setattr(acquisition, "_release_freed_memory", lambda: trims.append(True))
+    pool = list(range(10))  # 5 batches of 2: trimmed after the 2nd and the 4th
+    cells = score_cells(model, dataset, pool, {}, active(cfg, score_batch_size=2), CPU, 0)
+    assert len(trims) == 2 and sorted(cells) == pool

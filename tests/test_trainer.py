@@ -117,15 +117,21 @@ def test_alignment_target_counts_whole_images_and_head_tail_counts_regions_too(t
     assert torch.equal(trainer.head, head) and torch.equal(trainer.tail, tail)
 
 
-@pytest.mark.parametrize("mask, expected", [(True, 0.9), (False, None)])
-def test_mask_unconfident_masks_at_the_confidence_threshold(tmp_path, monkeypatch, mask, expected):
-    cfg = tiny_config(ssl={"mask_unconfident": mask, "confidence_threshold": 0.9})
-    thresholds = []
+@pytest.mark.parametrize("switch", [True, False])
+def test_unsupervised_passes_follow_the_mask_and_batchnorm_switches(tmp_path, monkeypatch, switch):
+    cfg = tiny_config(ssl={"mask_unconfident": switch, "freeze_bn_on_unlabelled": switch, "confidence_threshold": 0.9})
+    thresholds, frozen = [], []
 
-    def recording(*args):
+    def recording_loss(*args):
         thresholds.append(args[-1])
         return unsupervised_loss(*args)
 
-    monkeypatch.setattr(trainer_module, "unsupervised_loss", recording)
+    def recording_bn(module, freeze):
+        frozen.append(freeze)
+        return frozen_bn_statistics(module, freeze)
+
+    monkeypatch.setattr(trainer_module, "unsupervised_loss", recording_loss)
+    monkeypatch.setattr(trainer_module, "frozen_bn_statistics", recording_bn)
     Trainer(cfg, ssl_data(cfg)[0], None, tmp_path).fit()
-    assert thresholds and set(thresholds) == {expected}
+    assert thresholds and set(thresholds) == {0.9 if switch else None}
+    assert len(frozen) == len(thresholds) and set(frozen) == {switch}

@@ -2,7 +2,7 @@
 which the paper cites among the re-weighting answers to class imbalance [7]).
 
 A teacher trained on few labels under-predicts the rarer classes, and self-training on its own
-confident pixels then teaches the student to under-predict them further (measured on the
+confident pixels then teaches the student to under-predict them further (a diagnostic on the
 synthetic streets: the teacher gave cars 1% of the pixels where the truth has 3%). Alignment
 rescales every pixel's class probabilities by target / running, where `target` is the class
 distribution of the labelled pixels and `running` an EMA of the teacher's mean prediction over the
