@@ -20,6 +20,12 @@ class DistributionAlignment:
         self.target = target.double() / target.sum().clamp_min(1)
         self.running = self.target.clone()  # no adjustment until predictions are seen
         self.momentum = momentum
+        self.has_target = bool(self.target.any())
+
+    def _to(self, device: torch.device) -> None:
+        """The state follows the probabilities' device, so a GPU never waits on a copy to the host."""
+        if self.running.device != device:
+            self.target, self.running = self.target.to(device), self.running.to(device)
 
     def update(self, probs: torch.Tensor, valid: torch.Tensor, reduce=lambda marginal: marginal) -> None:
         """Moves `running` towards the mean class probability of this batch's valid pixels.
@@ -27,21 +33,23 @@ class DistributionAlignment:
         ranks, so that every rank keeps the same state."""
         weights = valid.unsqueeze(1).to(probs.dtype)
         marginal = (probs * weights).sum(dim=(0, 2, 3)) / weights.sum().clamp_min(1)
-        marginal = reduce(marginal).double().cpu()
+        marginal = reduce(marginal).double()
+        self._to(marginal.device)
         self.running.mul_(self.momentum).add_(marginal, alpha=1 - self.momentum)
 
     def __call__(self, probs: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) probabilities -> aligned probabilities of the same shape, summing to 1;
         unchanged while nothing is labelled (no target)."""
-        if not self.target.any():
+        if not self.has_target:
             return probs
-        ratio = (self.target / self.running.clamp_min(1e-6)).to(probs.device, probs.dtype)
+        self._to(probs.device)
+        ratio = (self.target / self.running.clamp_min(1e-6)).to(probs.dtype)
         aligned = probs * ratio.view(1, -1, 1, 1)
         return aligned / aligned.sum(dim=1, keepdim=True).clamp_min(torch.finfo(probs.dtype).tiny)
 
     def state_dict(self) -> dict:
         """Only `running`: the target is recomputed from the labelled data at every start."""
-        return {"running": self.running}
+        return {"running": self.running.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.running = state["running"].double()
+        self.running = state["running"].double().to(self.target.device)
