@@ -285,19 +285,21 @@ def test_ssl_off_trains_on_partially_labelled_pool_images_with_ignore_outside_th
     assert seen_partial > 0
 
 
-def test_ssl_on_keeps_partially_labelled_images_in_the_pool(tmp_path):
-    for enabled in (True, False):
-        run = ActiveLearningRun(tmp_path / str(enabled), cycle_config(ssl={"enabled": enabled}))
-        initial = sorted(run.index_of[i] for i in run.ledger.initial_images())
-        target = next(i for i in range(NUM_TRAIN) if i not in initial)
-        run.ledger.ask(0, [(run.ids[target], (16, 16, 32, 32), "entropy", 1.0)])
-        run.annotator.answer(run.ledger, run.ledger.asked())
-        data = run.train_data()
-        assert data.pool == sorted(set(range(NUM_TRAIN)) - set(initial))
-        assert data.labelled == (initial if enabled else sorted(initial + [target]))
-        [(box, patch)] = data.annotations[target]
-        assert box == (16, 16, 32, 32)
-        assert np.array_equal(patch, crop(run.train_set.load(target).label, box))
+@pytest.mark.parametrize("enabled", [True, False])
+def test_partially_labelled_images_stay_in_the_pool_and_join_the_labelled_stream_only_without_ssl(
+    tmp_path, enabled
+):
+    run = ActiveLearningRun(tmp_path / "run", cycle_config(ssl={"enabled": enabled}))
+    initial = sorted(run.index_of[i] for i in run.ledger.initial_images())
+    target = next(i for i in range(NUM_TRAIN) if i not in initial)
+    run.ledger.ask(0, [(run.ids[target], (16, 16, 32, 32), "entropy", 1.0)])
+    run.annotator.answer(run.ledger, run.ledger.asked())
+    data = run.train_data()
+    assert data.pool == sorted(set(range(NUM_TRAIN)) - set(initial))
+    assert data.labelled == (initial if enabled else sorted(initial + [target]))
+    [(box, patch)] = data.annotations[target]
+    assert box == (16, 16, 32, 32)
+    assert np.array_equal(patch, crop(run.train_set.load(target).label, box))
 
 
 class Killed(Exception):

@@ -44,3 +44,11 @@ def test_without_labelled_pixels_alignment_changes_nothing():
     probs = probs_map([0.2, 0.5, 0.3])
     align.update(probs, torch.ones(1, 1, 1, dtype=torch.bool))
     assert torch.equal(align(probs), probs)
+
+
+def test_state_follows_the_probabilities_device_without_a_copy_to_the_host():
+    # "meta" stands in for a GPU: copying a meta tensor to the host raises, as a GPU copy would sync
+    align = DistributionAlignment(torch.tensor([1.0, 3.0]))
+    probs = torch.full((1, 2, 1, 3), 0.5, device="meta")
+    align.update(probs, torch.ones(1, 1, 3, dtype=torch.bool, device="meta"))
+    assert align.running.device.type == "meta" and align(probs).device.type == "meta"
