@@ -92,9 +92,6 @@ class SSLConfig(Section):
     # averages and evaluation uses) to the labelled batches
     freeze_bn_on_unlabelled: bool = True
     classmix: bool = True
-    # beyond the paper, off (0): each unlabelled image of a step also receives up to this many tail
-    # classes of a labelled image of the same step, ground truth with confidence 1
-    paste_labelled_tail: int = Field(0, ge=0)
     balanced_classmix: bool = True
     replay: bool = True
     replay_size: int = Field(50, ge=1)

@@ -8,7 +8,6 @@ from s4al.ssl.classmix import (
     classmix_batch,
     classmix_masks,
     mix,
-    paste_labelled_tail,
     present_classes,
     split_head_tail,
 )
@@ -153,21 +152,3 @@ def test_balanced_classmix_batch_pastes_replay_i_onto_current_i():
     assert_pasted_from(out, replay, current, chosen_count=2)
     nothing_chosen = torch.zeros(2, 256, dtype=torch.bool)
     assert not class_mask(replay_labels, nothing_chosen).any()
-
-
-def test_paste_labelled_tail_pastes_ground_truth_of_tail_classes_with_confidence_one():
-    target = identifiable_batch(3, first_class=100)
-    images, labels, _ = identifiable_batch(2)  # labelled image 0: {0, 1, 2}, image 1: {3, 4, 5}
-    images = images + 500
-    tail = torch.tensor([1, 2, 5])  # 0, 3, 4 are head: never pasted
-    out = paste_labelled_tail(target, images, labels, tail, 1, seeded())
-    pick = torch.tensor([0, 1, 0])  # target i receives labelled image i % 2
-    source = (images[pick], labels[pick], torch.ones_like(target[2]))
-    assert_pasted_from(out, source, target, chosen_count=1)
-    assert not torch.isin(out[1], torch.tensor([0, 3, 4])).any()
-    assert torch.equal(out[1][1] == 5, labels[1] == 5)  # image 1's only tail class
-    both = paste_labelled_tail(target, images, labels, tail, 5, seeded())
-    assert torch.equal(both[1][1] == 5, labels[1] == 5)  # the only tail class of image 1, whole
-    assert torch.equal(both[1][0] < 100, torch.isin(labels[0], tail))  # up to 5 of {1, 2}: both
-    with pytest.raises(ValueError, match="crop_size"):
-        paste_labelled_tail(target, images[..., :3], labels[..., :3], tail, 1, seeded())

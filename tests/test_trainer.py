@@ -135,21 +135,3 @@ def test_unsupervised_passes_follow_the_mask_and_batchnorm_switches(tmp_path, mo
     Trainer(cfg, ssl_data(cfg)[0], None, tmp_path).fit()
     assert thresholds and set(thresholds) == {0.9 if switch else None}
     assert len(frozen) == len(thresholds) and set(frozen) == {switch}
-
-
-@pytest.mark.parametrize("n_tail", [0, 2])
-def test_labelled_tail_classes_reach_the_unsupervised_batches_as_ground_truth(tmp_path, monkeypatch, n_tail):
-    cfg = tiny_config(ssl={"paste_labelled_tail": n_tail})
-    data, _ = ssl_data(cfg)  # no annotations: only pasted ground truth can have confidence exactly 1
-    certain: list[torch.Tensor] = []
-
-    def recording_loss(logits, pseudo, confidence, *rest):
-        certain.append(pseudo[confidence == 1.0])
-        return unsupervised_loss(logits, pseudo, confidence, *rest)
-
-    monkeypatch.setattr(trainer_module, "unsupervised_loss", recording_loss)
-    trainer = Trainer(cfg, data, None, tmp_path)
-    trainer.fit()
-    pasted = torch.cat(certain)
-    assert certain and (pasted.numel() > 0) == (n_tail > 0)
-    assert torch.isin(pasted, trainer.tail).all()

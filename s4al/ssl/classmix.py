@@ -144,29 +144,3 @@ def balanced_classmix_batch(
         (replay_images, replay_labels, replay_conf),
         (current_images, current_labels, current_conf),
     )
-
-
-def paste_labelled_tail(
-    target: Batch,
-    labelled_images: torch.Tensor,
-    labelled_labels: torch.Tensor,
-    tail: torch.Tensor,
-    n_tail: int,
-    generator: torch.Generator,
-) -> Batch:
-    """Beyond the paper: paste up to n_tail of the tail classes present in labelled image i % L onto
-    target image i, with their ground truth as label and confidence 1. The pseudo labels of a tail
-    class the teacher confuses with a head class teach that confusion; pasted ground truth shows the
-    class on new backgrounds instead.
-
-    target: an aligned triple (N images); labelled_images (L, 3, H, W), labelled_labels (L, H, W)
-    long with the target's H, W -> the mixed triple.
-    """
-    if labelled_labels.shape[-2:] != target[1].shape[-2:]:
-        raise ValueError(f"labelled crops {tuple(labelled_labels.shape[-2:])} and unlabelled crops "
-                         f"{tuple(target[1].shape[-2:])} differ: set train.crop_size")
-    pick = torch.arange(target[0].shape[0], device=labelled_labels.device) % labelled_labels.shape[0]
-    images, labels = labelled_images[pick], labelled_labels[pick]
-    chosen = balanced_class_choice(present_classes(labels), tail[:0], tail, 0, n_tail, generator)
-    source = (images, labels.to(target[1].dtype), torch.ones_like(target[2]))
-    return paste(class_mask(labels, chosen), source, target)

@@ -27,9 +27,7 @@ from s4al.data.views import Annotations, Augment, LabelledView, UnlabelledView
 from s4al.evaluate import evaluate, to_model_input
 from s4al.model import build_model
 from s4al.ssl.alignment import DistributionAlignment
-from s4al.ssl.classmix import (
-    balanced_classmix_batch, classmix_batch, classmix_masks, paste, paste_labelled_tail, split_head_tail,
-)
+from s4al.ssl.classmix import balanced_classmix_batch, classmix_batch, classmix_masks, paste, split_head_tail
 from s4al.ssl.losses import apply_annotations, confidence_ratio, supervised_loss, unsupervised_loss
 from s4al.ssl.mean_teacher import MeanTeacher, pseudo_labels_from_probs
 from s4al.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
@@ -215,14 +213,12 @@ class Trainer:
         pseudo = pseudo.masked_fill(~valid, IGNORE_INDEX)
         return pseudo, confidence
 
-    def _ssl_losses(self, step: int, batch: dict, labelled: tuple) -> dict[str, torch.Tensor]:
+    def _ssl_losses(self, step: int, batch: dict) -> dict[str, torch.Tensor]:
         s, n = self.cfg.ssl, self.cfg.train.unlabelled_batch_size
         pseudo, confidence = self._pseudo_labels(batch)
         strong = to_model_input(batch["strong"], self.device)
         generator = seeded_generator(self.cfg.seed, "mix", self.cycle, step)
         current = strong[:n], pseudo[:n], confidence[:n]
-        if s.paste_labelled_tail:
-            current = paste_labelled_tail(current, *labelled, self.tail, s.paste_labelled_tail, generator)
         mixed = classmix_batch(*current, generator) if s.classmix else current
         replaying = len(strong) > n  # the sampler appended a replay batch
         logs = dict(zip(("loss/unsup", "eta/unsup"), self._unsup(*mixed, last=not replaying)))
@@ -239,13 +235,13 @@ class Trainer:
         torch.manual_seed(derive_seed(self.cfg.seed, "step", self.cycle, step))  # dropout, resumable
         self.optimizer.zero_grad(set_to_none=True)
         sup_weight = self.cfg.ssl.cold_start_sup_weight if step < self.cold_steps else 1.0
-        images, labels = to_model_input(labelled["image"], self.device), labelled["label"].to(self.device)
+        images = to_model_input(labelled["image"], self.device)
         with self._synced(last=unlabelled is None):
-            loss = supervised_loss(self._forward(images), labels) * sup_weight
+            loss = supervised_loss(self._forward(images), labelled["label"].to(self.device)) * sup_weight
             loss.backward()
         logs = {"loss/sup": loss.detach()}
         if unlabelled is not None:
-            logs.update(self._ssl_losses(step, unlabelled, (images, labels)))
+            logs.update(self._ssl_losses(step, unlabelled))
         self.optimizer.step()
         self.scheduler.step()
         self.teacher.update(self.student, step)
