@@ -1,15 +1,17 @@
 """The benchmark scripts at smoke size, through their command-line entry points (in this process,
 to pay torch's import once): label_efficiency.py (two quick methods, skip-if-exists, resume),
-summarize.py and speed.py --smoke."""
+summarize.py, speed.py --smoke and pseudo_labels.py."""
 
 import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import label_efficiency  # noqa: E402
+import pseudo_labels  # noqa: E402
 import speed  # noqa: E402
 import summarize  # noqa: E402
 
@@ -95,3 +97,21 @@ def test_speed_smoke(tmp_path):
     assert result["data_loading"]["loader_steps_per_s"] > 0 and result["data_loading"]["train_steps_per_s"] > 0
     assert MACHINE_KEYS <= set(result["machine"])
     assert "iteration / passes" in (tmp_path / "speed" / "test.md").read_text()
+
+
+def test_pseudo_label_confusions_count_every_valid_pixel_of_the_chosen_images(bench_root):
+    checkpoint = bench_root / "work" / "smoke" / "sup_10_seed0" / "checkpoints" / "cycle_0.pt"
+    out = bench_root / "pseudo"
+    run_script(pseudo_labels, checkpoint, "--name", "sup", "--images", 5, "--threshold", 0.0, "--out", out)
+    result = json.loads((out / "sup.json").read_text())
+    every, confident = np.array(result["all"]["confusion"]), np.array(result["confident"]["confusion"])
+    _, cfg = pseudo_labels.load_trained_model(checkpoint)
+    train = pseudo_labels.build_dataset(cfg.dataset, "train", cfg.seed)
+    gt = sum(np.bincount(train.load(i).label.ravel(), minlength=256)[: len(result["names"])]
+             for i in result["image_indices"])
+    assert len(result["image_indices"]) == 5
+    assert np.array_equal(every.sum(1), gt)  # rows: ground truth over the valid pixels
+    assert np.array_equal(confident, every) and result["confident_share"] == 1  # every max probability > 0
+    assert result["pixel_accuracy"] == pytest.approx(np.trace(every) / every.sum())
+    present = gt > 0
+    assert np.allclose(np.array(result["all"]["row_shares"])[present].sum(1), 1)
