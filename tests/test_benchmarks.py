@@ -1,16 +1,24 @@
 """The benchmark scripts at smoke size, through their command-line entry points (in this process,
 to pay torch's import once): label_efficiency.py (two quick methods, skip-if-exists, resume),
-summarize.py, speed.py --smoke and pseudo_labels.py."""
+summarize.py, speed.py --smoke, pseudo_labels.py, learning_curves.py and jpeg_camvid.py; and
+gpu_window.sh, which starts its own processes."""
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
+from s4al.data.camvid import CamVid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import jpeg_camvid  # noqa: E402
 import label_efficiency  # noqa: E402
+import learning_curves  # noqa: E402
 import pseudo_labels  # noqa: E402
 import speed  # noqa: E402
 import summarize  # noqa: E402
@@ -115,3 +123,53 @@ def test_pseudo_label_confusions_count_every_valid_pixel_of_the_chosen_images(be
     assert result["pixel_accuracy"] == pytest.approx(np.trace(every) / every.sum())
     present = gt > 0
     assert np.allclose(np.array(result["all"]["row_shares"])[present].sum(1), 1)
+
+
+def write_curve(path: Path, mious: dict[int, float], pole: float = 0.5) -> Path:
+    records = [{"cycle": 0, "epoch": e, "step": 50 * e, "miou": m, "iou": {"Pole": pole}} for e, m in mious.items()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records + [dict(records[0], cycle=1, miou=0.99)]))
+    return path
+
+
+def test_learning_curves_tabulate_each_evaluated_epoch_and_mark_the_missing(tmp_path, capsys):
+    done = write_curve(tmp_path / "sup_10_seed0.jsonl", {10: 0.4, 20: 0.45, 30: 0.47})
+    stopped = tmp_path / "ssl" / "ssl_10_seed0"  # a run folder, stopped after epoch 20
+    stopped.mkdir(parents=True)
+    write_curve(stopped / "metrics.jsonl", {10: 0.41, 20: 0.462}, pole=0.031)
+    run_script(learning_curves, done, stopped, "--classes", "Pole", "--every", "10")
+    out = capsys.readouterr().out
+    assert "| epoch | sup_10_seed0 | ssl_10_seed0 |" in out
+    assert "| 20 | 45.0 | 46.2 |" in out and "| 30 | 47.0 | – |" in out  # cycle 1's 0.99 is not shown
+    assert "| 20 | 50.0 | 3.1 |" in out.split("Pole IoU")[1]
+    with pytest.raises(SystemExit):
+        learning_curves.main([str(done), "--classes", "Bicyclist"])
+
+
+def test_jpeg_copy_keeps_labels_and_lists_and_loads_as_camvid(tmp_path):
+    source = tmp_path / "camvid"
+    gradient = np.tile(np.arange(0, 240, 15, dtype=np.uint8), (12, 1))
+    for split, name in (("train", "a"), ("val", "b")):
+        (source / split).mkdir(parents=True)
+        (source / f"{split}annot").mkdir()
+        Image.fromarray(np.stack([gradient, gradient[:, ::-1], gradient], -1)).save(source / split / f"{name}.png")
+        Image.fromarray((gradient // 24).astype(np.uint8)).save(source / f"{split}annot" / f"{name}.png")
+        (source / f"{split}.txt").write_text(f"{split}/{name}.png {split}annot/{name}.png\n")
+    run_script(jpeg_camvid, source, tmp_path / "copy")
+    copy = tmp_path / "copy"
+    assert (copy / "train.txt").read_text() == "train/a.jpg trainannot/a.png\n"
+    assert (copy / "valannot" / "b.png").read_bytes() == (source / "valannot" / "b.png").read_bytes()
+    original, jpeg = CamVid(source, "train").load(0), CamVid(copy, "train").load(0)
+    assert np.array_equal(jpeg.label, original.label)
+    assert np.abs(jpeg.image.astype(int) - original.image.astype(int)).max() <= 8  # quality 95
+
+
+def test_gpu_window_runs_side_by_side_and_reports_a_failed_run(tmp_path):
+    script = Path(label_efficiency.__file__).with_name("gpu_window.sh")
+    common = f"--protocol smoke --seeds 0 --results {tmp_path / 'results'} --work {tmp_path / 'work'}"
+    runs = [f"{common} --methods sup_10", f"{common} --methods full_supervised", "--protocol no_such_protocol"]
+    env = os.environ | {"PYTHON": sys.executable}
+    done = subprocess.run(["bash", script, "120", tmp_path / "logs", *runs], check=False, env=env)
+    assert done.returncode == 1  # the third run failed
+    assert sorted(p.name for p in (tmp_path / "results" / "smoke").glob("*.json")) == [
+        "full_supervised_seed0.json", "sup_10_seed0.json"]
+    assert (tmp_path / "logs" / "3.log").read_text().startswith("run 3: --protocol no_such_protocol")
