@@ -91,6 +91,9 @@ class SSLConfig(Section):
     # with their batch statistics but leave the BatchNorm running statistics (which the teacher
     # averages and evaluation uses) to the labelled batches
     freeze_bn_on_unlabelled: bool = True
+    # the authors' code, not the paper: the teacher pseudo-labels in train mode (BatchNorm on each
+    # unlabelled batch's statistics, dropout on); ours uses eval mode (s4al/ssl/mean_teacher.py)
+    teacher_train_mode: bool = False
     classmix: bool = True
     balanced_classmix: bool = True
     replay: bool = True

@@ -7,10 +7,11 @@ import torch
 from conftest import tiny_config
 from s4al.data import build_dataset
 from s4al.evaluate import evaluate
+from s4al.ssl.batchnorm import frozen_bn_statistics
 from s4al.ssl.classmix import split_head_tail
 from s4al.ssl.losses import unsupervised_loss
 from s4al.train import trainer as trainer_module
-from s4al.train.trainer import Trainer, TrainData, frozen_bn_statistics
+from s4al.train.trainer import Trainer, TrainData
 
 
 class Stop(Exception):
@@ -88,19 +89,6 @@ def test_replay_with_plain_classmix(tmp_path):
     assert set(steps[4]) == {"loss/sup", "loss/unsup", "loss/replay"} and steps[4]["loss/replay"] > 0
 
 
-def test_frozen_bn_statistics_normalises_with_the_batch_but_keeps_running_stats():
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2)).train()
-    x = torch.randn(4, 1, 3, 3) * 5 + 3
-    before = net[1].running_mean.clone(), net[1].running_var.clone()
-    with frozen_bn_statistics(net):
-        out = net(x)
-    assert torch.equal(net[1].running_mean, before[0]) and torch.equal(net[1].running_var, before[1])
-    assert out.mean(dim=(0, 2, 3)).abs().max() < 1e-5  # normalised with the batch's own statistics
-    assert net[1].momentum == 0.1
-    net(x)
-    assert not torch.equal(net[1].running_mean, before[0])
-
-
 def test_alignment_target_counts_whole_images_and_head_tail_counts_regions_too(tmp_path):
     cfg = tiny_config()
     data, _ = ssl_data(cfg)
@@ -135,3 +123,9 @@ def test_unsupervised_passes_follow_the_mask_and_batchnorm_switches(tmp_path, mo
     Trainer(cfg, ssl_data(cfg)[0], None, tmp_path).fit()
     assert thresholds and set(thresholds) == {0.9 if switch else None}
     assert len(frozen) == len(thresholds) and set(frozen) == {switch}
+
+
+def test_teacher_mode_switch_reaches_the_teacher(tmp_path):
+    for train_mode in (False, True):
+        cfg = tiny_config(ssl={"teacher_train_mode": train_mode})
+        assert Trainer(cfg, ssl_data(cfg)[0], None, tmp_path / str(train_mode)).teacher.train_mode is train_mode

@@ -27,6 +27,7 @@ from s4al.data.views import Annotations, Augment, LabelledView, UnlabelledView
 from s4al.evaluate import evaluate, to_model_input
 from s4al.model import build_model
 from s4al.ssl.alignment import DistributionAlignment
+from s4al.ssl.batchnorm import frozen_bn_statistics
 from s4al.ssl.classmix import balanced_classmix_batch, classmix_batch, classmix_masks, paste, split_head_tail
 from s4al.ssl.losses import apply_annotations, confidence_ratio, supervised_loss, unsupervised_loss
 from s4al.ssl.mean_teacher import MeanTeacher, pseudo_labels_from_probs
@@ -63,20 +64,6 @@ def labelled_class_counts(data: TrainData, num_classes: int) -> tuple[np.ndarray
     return whole, regions
 
 
-@contextlib.contextmanager
-def frozen_bn_statistics(module: nn.Module, frozen: bool = True):
-    """BatchNorm layers normalise with batch statistics but keep their running ones (momentum 0)."""
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if frozen else []
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum in zip(norms, saved):
-            m.momentum = momentum
-
-
 def poly_schedule(total_steps: int, power: float) -> Callable[[int], float]:
     return lambda step: max(1.0 - step / total_steps, 0.0) ** power
 
@@ -109,7 +96,7 @@ class Trainer:
         self.student = build_model(cfg.model, self.num_classes).to(self.device)
         if init_state is not None:
             self.student.load_state_dict(init_state)
-        self.teacher = MeanTeacher(self.student, cfg.ssl.ema_momentum)
+        self.teacher = MeanTeacher(self.student, cfg.ssl.ema_momentum, cfg.ssl.teacher_train_mode)
         self.net = self._parallel(self.student)  # what the loop calls forward on
         t = cfg.train
         self.optimizer = torch.optim.SGD(
