@@ -1,9 +1,10 @@
 #!/bin/bash
 # Several label_efficiency.py runs side by side on one GPU, all stopped SECONDS after the start:
-# for a GPU lent for a fixed window. A small DeepLabv3+ at batch 4 leaves a GPU mostly idle, so three
-# runs at once cost each little (benchmarks/README.md, "GPU runs"). Runs that finish write their
-# result JSON; stopped ones keep their run folder, whose metrics.jsonl holds every evaluation so far
-# (benchmarks/learning_curves.py) and which the same command resumes.
+# for a GPU lent for a fixed window. One small DeepLabv3+ at batch 4 leaves a GPU waiting on kernel
+# launches; with three runs an H100 was busy a median 93% of the time (benchmarks/README.md, "GPU
+# runs"). Runs that finish write their result JSON; stopped ones keep their run folder, whose
+# metrics.jsonl holds every evaluation so far (benchmarks/learning_curves.py) and which the same
+# command resumes.
 #
 #   benchmarks/gpu_window.sh SECONDS LOGS "ARGS OF RUN 1" "ARGS OF RUN 2" ...
 #   benchmarks/gpu_window.sh 560 /tmp/logs "--protocol paper --methods sup_10 --seeds 0" \

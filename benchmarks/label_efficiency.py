@@ -94,7 +94,10 @@ S4AL = {
 }
 SUPERVISED = {"ssl": {"enabled": False}}
 NO_CYCLES = {"active": {"cycles": 0}}
-PAPER_LEARNER = {"ssl": {"distribution_alignment": False, "freeze_bn_on_unlabelled": False, "mask_unconfident": False}}
+PAPER_LEARNER = {"ssl": {"distribution_alignment": False, "freeze_bn_on_unlabelled": False, "mask_unconfident": False,
+                         "class_balance_power": 0.0}}
+# the unsupervised loss weighted by the pseudo label's class, inverse to its labelled frequency
+CLASS_BALANCED = {"ssl": {"class_balance_power": 1.0}}
 
 
 @dataclass(frozen=True)
@@ -115,12 +118,14 @@ METHODS = {
     # the paper's learner exactly, without our additions (s4al/config.py SSLConfig, "beyond the
     # paper"): what the additions are worth
     "ssl_10_paper": Method(merged(NO_CYCLES, {"ssl": {"balanced_from_cycle": 0}}, PAPER_LEARNER)),
+    "ssl_10_cb": Method(merged(NO_CYCLES, {"ssl": {"balanced_from_cycle": 0}}, CLASS_BALANCED)),
     "image_random": Method(merged(SUPERVISED, {"active": {"level": "image", "metric": "random"}})),
     "image_entropy": Method(merged(SUPERVISED, {"active": {"level": "image", "metric": "entropy"}})),
     "image_coreset": Method(merged(SUPERVISED, {"active": {"level": "image", "metric": "coreset"}})),
     "region_random_ssl": Method({"active": {"metric": "random"}}),
     "region_entropy_nossl": Method(SUPERVISED),
     "s4al": Method(),
+    "s4al_cb": Method(CLASS_BALANCED),
     "s4al_no_cw": Method({"ssl": {"confidence_weighting": False}}),
     "s4al_no_bcm": Method({"ssl": {"balanced_classmix": False, "replay": False}}),
     "s4al_paper": Method(PAPER_LEARNER),

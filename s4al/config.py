@@ -85,6 +85,10 @@ class SSLConfig(Section):
     # (FixMatch's mask). It spares the thin classes that soft weights teach away as their
     # surroundings, but cost the head classes more on CamVid (README, design choices)
     mask_unconfident: bool = False
+    # beyond the paper, 0 = off: each unlabelled pixel's loss also weighted by (labelled frequency
+    # of its pseudo label's class) ^ -power (1: inverse frequency), so the head classes' pseudo
+    # labels, which also claim the missed pixels of small objects, teach less than the rare ones'
+    class_balance_power: float = Field(0.0, ge=0)
     # beyond the paper: pseudo-label class shares pulled towards the labelled ones (s4al/ssl/alignment.py)
     distribution_alignment: bool = True
     # beyond the paper: the student's passes on mixed, colour-jittered unlabelled batches normalise

@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from s4al.ssl.losses import apply_annotations, confidence_ratio, supervised_loss, unsupervised_loss
+from s4al.ssl.losses import (
+    apply_annotations, class_balance_weights, confidence_ratio, supervised_loss, unsupervised_loss,
+)
 
 # One image, two classes, 1 x 2 pixels: pixel 0 logits (2, 0), pixel 1 logits (0.5, 1.5).
 LOGITS = torch.tensor([[2.0, 0.5], [0.0, 1.5]]).view(1, 2, 1, 2)
@@ -49,6 +51,25 @@ def test_confidence_weighted_ce_by_hand():
     plain = unsupervised_loss(LOGITS, pseudo, confidence, eta, confidence_weighting=False)
     assert weighted.item() == pytest.approx(0.5 * (0.9 * CE_PIXEL0_CLASS0 + 0.6 * CE_PIXEL1_CLASS0) / 2)
     assert plain.item() == pytest.approx(0.5 * (CE_PIXEL0_CLASS0 + CE_PIXEL1_CLASS0) / 2)
+
+
+def test_class_weights_multiply_each_pixel_by_its_pseudo_class_weight():
+    pseudo = torch.tensor([[[0, 1]]])
+    confidence = torch.tensor([[[0.9, 0.6]]])
+    eta = torch.tensor([0.5])
+    weights = torch.tensor([0.5, 3.0])
+    loss = unsupervised_loss(LOGITS, pseudo, confidence, eta, True, class_weights=weights)
+    assert loss.item() == pytest.approx(0.5 * (0.5 * 0.9 * CE_PIXEL0_CLASS0 + 3.0 * 0.6 * CE_PIXEL1_CLASS1) / 2)
+
+
+def test_class_balance_weights_by_hand():
+    counts = torch.tensor([80.0, 20.0, 0.0])  # frequencies 0.8, 0.2, never labelled
+    weights = class_balance_weights(counts, 0.5)
+    raw = torch.tensor([0.8**-0.5, 0.2**-0.5, 0.2**-0.5])
+    scale = 0.8 * raw[0] + 0.2 * raw[1]  # the mean weight of a labelled pixel becomes 1
+    assert torch.allclose(weights, raw / scale)
+    assert torch.equal(class_balance_weights(counts, 0.0), torch.tensor([1.0, 1.0, 1.0]))
+    assert torch.equal(class_balance_weights(torch.zeros(3), 0.5), torch.ones(3))
 
 
 def test_mask_drops_pixels_not_above_the_threshold_but_keeps_them_in_the_mean():

@@ -29,7 +29,9 @@ from s4al.model import build_model
 from s4al.ssl.alignment import DistributionAlignment
 from s4al.ssl.batchnorm import frozen_bn_statistics
 from s4al.ssl.classmix import balanced_classmix_batch, classmix_batch, classmix_masks, paste, split_head_tail
-from s4al.ssl.losses import apply_annotations, confidence_ratio, supervised_loss, unsupervised_loss
+from s4al.ssl.losses import (
+    apply_annotations, class_balance_weights, confidence_ratio, supervised_loss, unsupervised_loss,
+)
 from s4al.ssl.mean_teacher import MeanTeacher, pseudo_labels_from_probs
 from s4al.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from s4al.train.sampling import StepBatches, Stream, derive_seed, seeded_generator
@@ -105,13 +107,17 @@ class Trainer:
         # Poly decay per iteration (the authors' code steps it per epoch; per iteration is smoother
         # and is what DeepLab's "poly" policy specifies).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, poly_schedule(self.total_steps, t.poly_power))
-        self.head, self.tail, self.alignment = [], [], None
+        self.head, self.tail, self.alignment, self.class_weights = [], [], None, None
         if self.ssl:
             whole, regions = (torch.from_numpy(c) for c in labelled_class_counts(data, self.num_classes))
             self.head, self.tail = split_head_tail(whole + regions, cfg.ssl.head_share)
-            if cfg.ssl.distribution_alignment:  # only regions labelled (own data): the best estimate there is
-                target = whole if whole.sum() > 0 else whole + regions
-                self.alignment = DistributionAlignment(target, cfg.ssl.ema_momentum)
+            # The class distribution: bought regions over-sample the classes the scores favour, so
+            # they count only where nothing else is labelled (own data), the best estimate there is.
+            distribution = whole if whole.sum() > 0 else whole + regions
+            if cfg.ssl.class_balance_power > 0:
+                self.class_weights = class_balance_weights(distribution, cfg.ssl.class_balance_power).to(self.device)
+            if cfg.ssl.distribution_alignment:
+                self.alignment = DistributionAlignment(distribution, cfg.ssl.ema_momentum)
         self.step = 0
         self.history: list[dict] = []
         self.amp = self.device.type == "cuda" and t.amp
@@ -182,7 +188,9 @@ class Trainer:
         mask_threshold = s.confidence_threshold if s.mask_unconfident else None
         with self._synced(last), frozen_bn_statistics(self.student, s.freeze_bn_on_unlabelled):
             logits = self._forward(images)
-            loss = unsupervised_loss(logits, pseudo, confidence, eta, s.confidence_weighting, mask_threshold)
+            loss = unsupervised_loss(
+                logits, pseudo, confidence, eta, s.confidence_weighting, mask_threshold, class_weights=self.class_weights
+            )
             loss.backward()
         return loss.detach(), eta.mean()
 
