@@ -1,7 +1,7 @@
 #!/bin/bash
 # Several label_efficiency.py runs side by side on one GPU, all stopped SECONDS after the start:
 # for a GPU lent for a fixed window. One small DeepLabv3+ at batch 4 leaves a GPU waiting on kernel
-# launches; with three runs an H100 was busy a median 93% of the time (benchmarks/README.md, "GPU
+# launches; with three runs an H100 read 80-100% busy most of the time (benchmarks/README.md, "GPU
 # runs"). Runs that finish write their result JSON; stopped ones keep their run folder, whose
 # metrics.jsonl holds every evaluation so far (benchmarks/learning_curves.py) and which the same
 # command resumes.
