@@ -1,7 +1,7 @@
-"""A CamVid copy with JPEG images, for a machine that can receive only so much: the 468 train+val
-PNGs are 119 MiB, as JPEG (quality 95, no chroma subsampling) 39 MiB. Labels are copied unchanged,
-and new train.txt / val.txt lists point at the JPEGs, so the copy works as --data-root. JPEG is
-lossy: results on such a copy are named apart (the GPU runs of results/label_efficiency/paper_jpeg95).
+"""A CamVid copy with JPEG images (quality 95, no chroma subsampling: about a third of the PNGs'
+size), for a machine that can receive only so much. Labels are copied unchanged, and new
+train.txt / val.txt lists point at the JPEGs, so the copy works as --data-root. JPEG is lossy:
+results on such a copy are named apart (the GPU runs of results/label_efficiency/paper_jpeg95).
 
     .venv/bin/python benchmarks/jpeg_camvid.py ../shared/data/camvid /tmp/camvid_jpeg95
 """

@@ -60,9 +60,11 @@ class MeanTeacher:
         """(N, 3, H, W) images -> (N, C, H, W) float32 class probabilities.
 
         Assumes the model maps images to (N, C, H, W) logits at input resolution."""
-        self.model.train(self.train_mode)
+        if not self.train_mode:
+            return self.model.eval()(images).float().softmax(dim=1)
+        self.model.train()
         try:
-            with frozen_bn_statistics(self.model, self.train_mode):
+            with frozen_bn_statistics(self.model):
                 return self.model(images).float().softmax(dim=1)
         finally:
             self.model.eval()  # evaluation and pool scoring always see the eval-mode teacher
