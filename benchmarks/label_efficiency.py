@@ -94,7 +94,7 @@ S4AL = {
 }
 SUPERVISED = {"ssl": {"enabled": False}}
 NO_CYCLES = {"active": {"cycles": 0}}
-PAPER_LEARNER = {"ssl": {"distribution_alignment": False, "freeze_bn_on_unlabelled": False, "mask_unconfident": False,
+PAPER_LEARNER = {"ssl": {"distribution_alignment": "off", "freeze_bn_on_unlabelled": False, "mask_unconfident": False,
                          "class_balance_power": 0.0}}
 # the unsupervised loss weighted by the pseudo label's class, inverse to its labelled frequency
 CLASS_BALANCED = {"ssl": {"class_balance_power": 1.0}}

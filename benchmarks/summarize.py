@@ -46,8 +46,10 @@ def _miou(mean: float, std: float, n: int) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else f"{100 * mean:.1f}"
 
 
-def main_table(groups: dict[str, list[dict]]) -> str:
-    reference = mean_std([r["final"]["miou"] for r in groups[REFERENCE]])[0] if REFERENCE in groups else None
+def main_table(groups: dict[str, list[dict]], references: list[dict] | None = None) -> str:
+    """references: the full_supervised runs the ratio divides by; default: those among `groups`."""
+    references = groups.get(REFERENCE) if references is None else references
+    reference = mean_std([r["final"]["miou"] for r in references])[0] if references else None
     rows = []
     for method, runs in groups.items():
         mean, std = mean_std([r["final"]["miou"] for r in runs])
@@ -108,12 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", action="store_true", help="print the main Markdown table only, write nothing")
     parser.add_argument("--update", type=Path, metavar="README",
                         help="also replace the table between <!-- results:PROTOCOL --> markers in this file")
+    parser.add_argument("--reference-protocol", metavar="PROTOCOL",
+                        help=f"take {REFERENCE} from this results subfolder (for a variant made with --set)")
     args = parser.parse_args(argv)
     directory = args.results / args.protocol
     groups = load_results(directory)
     if not groups:
         parser.error(f"no results in {directory}")
-    table = main_table(groups)
+    references = None
+    if args.reference_protocol:
+        references = load_results(args.results / args.reference_protocol).get(REFERENCE)
+        if not references:
+            parser.error(f"no {REFERENCE} results in {args.results / args.reference_protocol}")
+    table = main_table(groups, references)
     if args.readme:
         print(table, end="")
         return 0

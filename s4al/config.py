@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -81,6 +81,10 @@ class SSLConfig(Section):
     ema_momentum: float = Field(0.99, ge=0, le=1)
     confidence_threshold: float = Field(0.97, ge=0, le=1)
     confidence_weighting: bool = True
+    # beyond the paper, off: each pixel's confidence weight divided by its pseudo class's mean
+    # confidence in the batch, so Confidence Weighting no longer favours the classes the teacher
+    # is surest of (the frequent ones) over the rare ones as a whole (s4al/ssl/losses.py)
+    class_normalised_confidence: bool = False
     # beyond the paper, off: pixels not above confidence_threshold get no unsupervised loss
     # (FixMatch's mask). It spares the thin classes that soft weights teach away as their
     # surroundings, but cost the head classes more on CamVid (README, design choices)
@@ -89,8 +93,10 @@ class SSLConfig(Section):
     # of its pseudo label's class) ^ -power (1: inverse frequency), so the head classes' pseudo
     # labels, which also claim the missed pixels of small objects, teach less than the rare ones'
     class_balance_power: float = Field(0.0, ge=0)
-    # beyond the paper: pseudo-label class shares pulled towards the labelled ones (s4al/ssl/alignment.py)
-    distribution_alignment: bool = True
+    # beyond the paper: pseudo-label class shares pulled towards the labelled ones by matching the
+    # mean probabilities or the argmax shares (s4al/ssl/alignment.py); "off" = the paper.
+    # true / false (configs before "argmax" existed) read as "probabilities" / "off"
+    distribution_alignment: Literal["off", "probabilities", "argmax"] = "probabilities"
     # beyond the paper: the student's passes on mixed, colour-jittered unlabelled batches normalise
     # with their batch statistics but leave the BatchNorm running statistics (which the teacher
     # averages and evaluation uses) to the labelled batches
@@ -109,6 +115,11 @@ class SSLConfig(Section):
     cold_start_sup_weight: float = Field(1.5, gt=0)
     balanced_from_cycle: int = Field(1, ge=0)
     balanced_from_epoch: int = Field(30, ge=0)
+
+    @field_validator("distribution_alignment", mode="before")
+    @classmethod
+    def _alignment_from_bool(cls, value):
+        return {True: "probabilities", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class ActiveConfig(Section):

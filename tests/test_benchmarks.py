@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from s4al.data.camvid import CamVid
@@ -92,6 +93,18 @@ def test_summarize_writes_table_and_plot(bench_root, capsys):
     assert table.startswith("| method | seeds |") and table.count("\n") == 4
 
 
+def fake_run(method: str, seed: int, miou: float) -> dict:
+    cycle = {"labelled_fraction": 0.1, "val": {"miou": miou}}
+    return {"method": method, "seed": seed, "final": {"miou": miou, "labelled_fraction": 0.1}, "cycles": [cycle]}
+
+
+def test_a_variant_table_divides_by_the_reference_protocols_full_supervision():
+    variant = {"ssl_10": [fake_run("ssl_10", 0, 0.45), fake_run("ssl_10", 1, 0.43)]}
+    full = [fake_run("full_supervised", 0, 0.50), fake_run("full_supervised", 1, 0.46)]
+    assert "| ssl_10 | 0, 1 | 10.00 | 44.0 ± 1.4 | 91.7% |" in summarize.main_table(variant, full)
+    assert "| 44.0 ± 1.4 | – |" in summarize.main_table(variant)  # no reference in the variant itself
+
+
 def test_speed_smoke(tmp_path):
     run_script(speed, "--smoke", "--out", tmp_path, "--tag", "test")
     result = json.loads((tmp_path / "speed" / "test.json").read_text())
@@ -123,6 +136,28 @@ def test_pseudo_label_confusions_count_every_valid_pixel_of_the_chosen_images(be
     assert result["pixel_accuracy"] == pytest.approx(np.trace(every) / every.sum())
     present = gt > 0
     assert np.allclose(np.array(result["all"]["row_shares"])[present].sum(1), 1)
+
+
+def test_offline_argmax_alignment_gives_each_class_its_true_share():
+    p1 = torch.linspace(0.01, 0.49, 100)  # class 1 wins no pixel before alignment
+    log_probs = torch.stack([1 - p1, p1]).log().view(1, 2, 1, 100).half()
+    labels = (torch.arange(100) % 10 < 3).long().view(1, 1, 100)  # 30% class 1
+    labels[0, 0, :5] = 255  # ignored pixels count for neither share
+    bias = pseudo_labels.argmax_alignment_bias(log_probs, labels)
+    winners = (log_probs.float() + bias.view(1, 2, 1, 1)).argmax(1)[labels != 255]
+    assert (winners == 1).float().mean().item() == pytest.approx(30 / 95, abs=0.05)  # 1 pixel = 0.01
+
+
+def test_argmax_aligned_pseudo_labels_are_counted_over_the_same_pixels(bench_root):
+    checkpoint = bench_root / "work" / "smoke" / "sup_10_seed0" / "checkpoints" / "cycle_0.pt"
+    out = bench_root / "pseudo"
+    run_script(pseudo_labels, checkpoint, "--name", "aligned", "--images", 5, "--argmax-alignment", "--out", out)
+    result = json.loads((out / "aligned.json").read_text())
+    every, aligned = (np.array(result[key]["confusion"]) for key in ("all", "argmax_aligned"))
+    assert np.array_equal(aligned.sum(1), every.sum(1))  # the same ground truth, other predictions
+    assert len(result["argmax_aligned"]["bias"]) == len(result["names"])
+    assert result["argmax_aligned"]["iou"] == pytest.approx(
+        list(np.diag(aligned) / np.maximum(aligned.sum(0) + aligned.sum(1) - np.diag(aligned), 1)))
 
 
 def write_curve(path: Path, mious: dict[int, float], pole: float = 0.5) -> Path:

@@ -1,7 +1,10 @@
+import math
+
 import pytest
 import torch
 
-from s4al.ssl.alignment import DistributionAlignment
+from s4al.config import SSLConfig
+from s4al.ssl.alignment import ArgmaxAlignment, ProbabilityAlignment
 
 
 def probs_map(*pixels):
@@ -10,7 +13,7 @@ def probs_map(*pixels):
 
 
 def test_alignment_by_hand_flips_an_under_predicted_class():
-    align = DistributionAlignment(torch.tensor([50, 50]), momentum=0.0)  # target (0.5, 0.5)
+    align = ProbabilityAlignment(torch.tensor([50, 50]), momentum=0.0)  # target (0.5, 0.5)
     align.update(probs_map([0.8, 0.2]), torch.ones(1, 1, 1, dtype=torch.bool))  # running := (0.8, 0.2)
     aligned = align(probs_map([0.6, 0.4]))
     # (0.6 * 0.5/0.8, 0.4 * 0.5/0.2) = (0.375, 1.0), normalised
@@ -18,7 +21,7 @@ def test_alignment_by_hand_flips_an_under_predicted_class():
 
 
 def test_running_marginal_is_an_ema_over_valid_pixels_only():
-    align = DistributionAlignment(torch.tensor([1.0, 3.0]), momentum=0.5)
+    align = ProbabilityAlignment(torch.tensor([1.0, 3.0]), momentum=0.5)
     assert align.running.tolist() == pytest.approx([0.25, 0.75])
     probs = probs_map([1.0, 0.0], [0.0, 1.0], [0.0, 1.0])
     valid = torch.tensor([[[True, True, False]]])
@@ -27,20 +30,20 @@ def test_running_marginal_is_an_ema_over_valid_pixels_only():
 
 
 def test_no_change_while_predictions_match_the_labelled_shares_and_state_round_trips():
-    align = DistributionAlignment(torch.tensor([2, 6, 0]))
+    align = ProbabilityAlignment(torch.tensor([2, 6, 0]))
     probs = probs_map([0.2, 0.5, 0.3], [0.1, 0.1, 0.8])
     # running starts at the target: the ratio is 1 on the labelled classes, 0 on the unlabelled one
     expected = probs * torch.tensor([1.0, 1.0, 0.0]).view(1, 3, 1, 1)
     assert torch.allclose(align(probs), expected / expected.sum(1, keepdim=True))
     align.update(probs, torch.ones(1, 1, 2, dtype=torch.bool))
-    restored = DistributionAlignment(torch.tensor([2, 6, 0]))
+    restored = ProbabilityAlignment(torch.tensor([2, 6, 0]))
     restored.load_state_dict(align.state_dict())
     assert torch.equal(restored.running, align.running)
     assert torch.allclose(restored(probs), align(probs))
 
 
 def test_without_labelled_pixels_alignment_changes_nothing():
-    align = DistributionAlignment(torch.zeros(3))
+    align = ProbabilityAlignment(torch.zeros(3))
     probs = probs_map([0.2, 0.5, 0.3])
     align.update(probs, torch.ones(1, 1, 1, dtype=torch.bool))
     assert torch.equal(align(probs), probs)
@@ -48,7 +51,45 @@ def test_without_labelled_pixels_alignment_changes_nothing():
 
 def test_state_follows_the_probabilities_device_without_a_copy_to_the_host():
     # "meta" stands in for a GPU: copying a meta tensor to the host raises, as a GPU copy would sync
-    align = DistributionAlignment(torch.tensor([1.0, 3.0]))
+    align = ProbabilityAlignment(torch.tensor([1.0, 3.0]))
     probs = torch.full((1, 2, 1, 3), 0.5, device="meta")
     align.update(probs, torch.ones(1, 1, 3, dtype=torch.bool, device="meta"))
     assert align.running.device.type == "meta" and align(probs).device.type == "meta"
+
+
+def test_argmax_alignment_by_hand_raises_the_class_that_wins_no_pixel():
+    align = ArgmaxAlignment(torch.tensor([50, 50]), momentum=0.0, rate=1.0, max_step=1.0)
+    align.update(probs_map([0.6, 0.4], [0.7, 0.3]), torch.ones(1, 1, 2, dtype=torch.bool))
+    # argmax shares (1, 0): bias += (log(0.5 / 1), log(0.5 / 1e-6) clipped to 1)
+    assert align.bias.tolist() == pytest.approx([math.log(0.5), 1.0])
+    aligned = align(probs_map([0.6, 0.4]))
+    low, high = 0.6 * 0.5, 0.4 * math.e
+    assert aligned.flatten().tolist() == pytest.approx([low / (low + high), high / (low + high)])
+
+
+def test_argmax_alignment_converges_to_the_labelled_argmax_shares():
+    # class 1 never wins a pixel (its probability runs from 0.01 to 0.49); the labelled shares say 30%
+    p1 = torch.linspace(0.01, 0.49, 100, dtype=torch.float64)
+    probs = torch.stack([1 - p1, p1]).view(1, 2, 1, 100)
+    valid = torch.ones(1, 1, 100, dtype=torch.bool)
+    align = ArgmaxAlignment(torch.tensor([70, 30]), momentum=0.9, rate=0.05)
+    for _ in range(2000):
+        align.update(probs, valid)
+    share = (align(probs).argmax(1) == 1).double().mean().item()
+    assert share == pytest.approx(0.3, abs=0.02)
+    restored = ArgmaxAlignment(torch.tensor([70, 30]), momentum=0.9)
+    restored.load_state_dict(align.state_dict())
+    assert torch.equal(restored.bias, align.bias) and torch.equal(restored.running, align.running)
+
+
+def test_argmax_alignment_gives_unlabelled_classes_no_probability():
+    align = ArgmaxAlignment(torch.tensor([2, 6, 0]), momentum=0.5)
+    probs = probs_map([0.2, 0.3, 0.5])
+    align.update(probs, torch.ones(1, 1, 1, dtype=torch.bool))
+    assert align.bias[2] == 0 and align(probs)[0, 2].item() == 0
+
+
+def test_configs_from_before_argmax_alignment_read_their_booleans():
+    assert SSLConfig(distribution_alignment=True).distribution_alignment == "probabilities"
+    assert SSLConfig(distribution_alignment=False).distribution_alignment == "off"
+    assert SSLConfig(distribution_alignment="argmax").distribution_alignment == "argmax"

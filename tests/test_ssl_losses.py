@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from s4al.ssl.losses import (
-    apply_annotations, class_balance_weights, confidence_ratio, supervised_loss, unsupervised_loss,
+    apply_annotations, class_balance_weights, confidence_ratio, per_class_normalised, supervised_loss,
+    unsupervised_loss,
 )
 
 # One image, two classes, 1 x 2 pixels: pixel 0 logits (2, 0), pixel 1 logits (0.5, 1.5).
@@ -60,6 +61,23 @@ def test_class_weights_multiply_each_pixel_by_its_pseudo_class_weight():
     weights = torch.tensor([0.5, 3.0])
     loss = unsupervised_loss(LOGITS, pseudo, confidence, eta, True, class_weights=weights)
     assert loss.item() == pytest.approx(0.5 * (0.5 * 0.9 * CE_PIXEL0_CLASS0 + 3.0 * 0.6 * CE_PIXEL1_CLASS1) / 2)
+
+
+def test_per_class_normalised_confidence_by_hand():
+    pseudo = torch.tensor([[[0, 0], [1, 255]]])
+    confidence = torch.tensor([[[0.9, 0.5], [0.4, 0.8]]])
+    # class 0: mean 0.7; class 1: mean 0.4; the ignored pixel gets 0
+    expected = torch.tensor([[[0.9 / 0.7, 0.5 / 0.7], [1.0, 0.0]]])
+    assert torch.allclose(per_class_normalised(confidence, pseudo, 3), expected)
+
+
+def test_class_normalised_confidence_weighting_by_hand():
+    pseudo = torch.tensor([[[0, 1]]])
+    confidence = torch.tensor([[[0.9, 0.6]]])
+    eta = torch.tensor([0.5])
+    # one pixel per class: each weight is its confidence over itself, 1
+    loss = unsupervised_loss(LOGITS, pseudo, confidence, eta, True, class_normalised=True)
+    assert loss.item() == pytest.approx(0.5 * (CE_PIXEL0_CLASS0 + CE_PIXEL1_CLASS1) / 2)
 
 
 def test_class_balance_weights_by_hand():

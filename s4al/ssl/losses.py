@@ -68,6 +68,22 @@ def class_balance_weights(class_pixel_counts: torch.Tensor, power: float) -> tor
     return (weights / (freq * weights).sum()).float()
 
 
+def per_class_normalised(confidence: torch.Tensor, pseudo: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Each pixel's confidence divided by the batch's mean confidence over the valid pixels of its
+    pseudo label's class, so every class's pseudo labels weigh in total as many as they are while
+    the more confident pixels within a class still weigh more. Ignored pixels get 0.
+
+    confidence (N, H, W) float, pseudo (N, H, W) long -> (N, H, W) float."""
+    valid = pseudo != IGNORE_INDEX
+    classes = pseudo.clamp(max=num_classes - 1)
+    total = torch.zeros(num_classes, dtype=confidence.dtype, device=confidence.device)
+    count = torch.zeros_like(total)
+    total.index_add_(0, classes[valid], confidence[valid])
+    count.index_add_(0, classes[valid], torch.ones_like(confidence[valid]))
+    mean = total / count.clamp_min(1)
+    return torch.where(valid, confidence / mean[classes].clamp_min(torch.finfo(confidence.dtype).tiny), 0)
+
+
 def unsupervised_loss(
     logits: torch.Tensor,
     pseudo: torch.Tensor,
@@ -76,20 +92,23 @@ def unsupervised_loss(
     confidence_weighting: bool,
     mask_threshold: float | None = None,
     class_weights: torch.Tensor | None = None,
+    class_normalised: bool = False,
 ) -> torch.Tensor:
     """Eqs. 3-5: pixel CE against the pseudo labels, times the pixel's confidence when
     confidence_weighting (Eq. 5), averaged over each image's valid pixels, times that image's eta,
     then averaged over images. An image without valid pixels contributes 0. With a mask_threshold
     (beyond the paper: FixMatch's mask), pixels whose confidence is not above it add 0 to the
     sum but still count in the mean. With class_weights (K,) (beyond the paper), each pixel's
-    loss is also weighted by the weight of its pseudo label's class.
+    loss is also weighted by the weight of its pseudo label's class. With class_normalised (beyond
+    the paper) the confidence weights are `per_class_normalised`.
 
     logits (N, C, H, W) student output, pseudo (N, H, W) long, confidence (N, H, W) float,
     eta (N,) float -> scalar. Confidence and eta are targets, so no gradient flows into them.
     """
     loss, valid = _per_pixel_ce(logits, pseudo)
     if confidence_weighting:
-        loss = loss * confidence.detach()
+        weights = per_class_normalised(confidence, pseudo, logits.shape[1]) if class_normalised else confidence
+        loss = loss * weights.detach()
     if mask_threshold is not None:
         loss = loss * (confidence > mask_threshold)
     if class_weights is not None:  # ignored pixels (label 255) have loss 0: any weight will do

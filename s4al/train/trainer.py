@@ -26,7 +26,7 @@ from s4al.data.classes import IGNORE_INDEX
 from s4al.data.views import Annotations, Augment, LabelledView, UnlabelledView
 from s4al.evaluate import evaluate, to_model_input
 from s4al.model import build_model
-from s4al.ssl.alignment import DistributionAlignment
+from s4al.ssl.alignment import ALIGNERS
 from s4al.ssl.batchnorm import frozen_bn_statistics
 from s4al.ssl.classmix import balanced_classmix_batch, classmix_batch, classmix_masks, paste, split_head_tail
 from s4al.ssl.losses import (
@@ -116,8 +116,8 @@ class Trainer:
             distribution = whole if whole.sum() > 0 else whole + regions
             if cfg.ssl.class_balance_power > 0:
                 self.class_weights = class_balance_weights(distribution, cfg.ssl.class_balance_power).to(self.device)
-            if cfg.ssl.distribution_alignment:
-                self.alignment = DistributionAlignment(distribution, cfg.ssl.ema_momentum)
+            if cfg.ssl.distribution_alignment != "off":
+                self.alignment = ALIGNERS[cfg.ssl.distribution_alignment](distribution, cfg.ssl.ema_momentum)
         self.step = 0
         self.history: list[dict] = []
         self.amp = self.device.type == "cuda" and t.amp
@@ -189,7 +189,8 @@ class Trainer:
         with self._synced(last), frozen_bn_statistics(self.student, s.freeze_bn_on_unlabelled):
             logits = self._forward(images)
             loss = unsupervised_loss(
-                logits, pseudo, confidence, eta, s.confidence_weighting, mask_threshold, class_weights=self.class_weights
+                logits, pseudo, confidence, eta, s.confidence_weighting, mask_threshold, class_weights=self.class_weights,
+                class_normalised=s.class_normalised_confidence,
             )
             loss.backward()
         return loss.detach(), eta.mean()
