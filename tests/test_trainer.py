@@ -32,8 +32,9 @@ def ssl_data(cfg):
     return TrainData(train, labelled=[0, 1, 2, 3], pool=list(range(4, len(train)))), build_dataset(cfg.dataset, "val", cfg.seed)
 
 
-def test_ssl_iteration_uses_every_loss_and_resumes_bit_identically(tmp_path):
-    cfg = tiny_config(ssl={"confidence_threshold": 0.0})  # eta = 1: every unsupervised loss is non-zero
+@pytest.mark.parametrize("learner", [{}, {"distribution_alignment": "argmax", "class_normalised_confidence": True}])
+def test_ssl_iteration_uses_every_loss_and_resumes_bit_identically(tmp_path, learner):
+    cfg = tiny_config(ssl={"confidence_threshold": 0.0, **learner})  # eta = 1: every unsupervised loss is non-zero
     data, val = ssl_data(cfg)
     full: dict = {}
     result = Trainer(cfg, data, val, tmp_path / "a", progress=recorder(full)).fit()
@@ -106,12 +107,14 @@ def test_alignment_target_counts_whole_images_and_head_tail_counts_regions_too(t
 
 
 @pytest.mark.parametrize("switch", [True, False])
-def test_unsupervised_passes_follow_the_mask_and_batchnorm_switches(tmp_path, monkeypatch, switch):
-    cfg = tiny_config(ssl={"mask_unconfident": switch, "freeze_bn_on_unlabelled": switch, "confidence_threshold": 0.9})
-    thresholds, frozen = [], []
+def test_unsupervised_passes_follow_the_mask_normalisation_and_batchnorm_switches(tmp_path, monkeypatch, switch):
+    cfg = tiny_config(ssl={"mask_unconfident": switch, "freeze_bn_on_unlabelled": switch, "confidence_threshold": 0.9,
+                           "class_normalised_confidence": switch})
+    thresholds, normalised, frozen = [], [], []
 
     def recording_loss(*args, **kwargs):
         thresholds.append(args[-1])
+        normalised.append(kwargs["class_normalised"])
         return unsupervised_loss(*args, **kwargs)
 
     def recording_bn(module, freeze):
@@ -121,7 +124,7 @@ def test_unsupervised_passes_follow_the_mask_and_batchnorm_switches(tmp_path, mo
     monkeypatch.setattr(trainer_module, "unsupervised_loss", recording_loss)
     monkeypatch.setattr(trainer_module, "frozen_bn_statistics", recording_bn)
     Trainer(cfg, ssl_data(cfg)[0], None, tmp_path).fit()
-    assert thresholds and set(thresholds) == {0.9 if switch else None}
+    assert thresholds and set(thresholds) == {0.9 if switch else None} and set(normalised) == {switch}
     assert len(frozen) == len(thresholds) and set(frozen) == {switch}
 
 

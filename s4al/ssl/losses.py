@@ -76,10 +76,11 @@ def per_class_normalised(confidence: torch.Tensor, pseudo: torch.Tensor, num_cla
     confidence (N, H, W) float, pseudo (N, H, W) long -> (N, H, W) float."""
     valid = pseudo != IGNORE_INDEX
     classes = pseudo.clamp(max=num_classes - 1)
+    weights = valid.to(confidence.dtype)  # masking by multiplication: boolean indexing would sync a GPU
     total = torch.zeros(num_classes, dtype=confidence.dtype, device=confidence.device)
     count = torch.zeros_like(total)
-    total.index_add_(0, classes[valid], confidence[valid])
-    count.index_add_(0, classes[valid], torch.ones_like(confidence[valid]))
+    total.index_add_(0, classes.flatten(), (confidence * weights).flatten())
+    count.index_add_(0, classes.flatten(), weights.flatten())
     mean = total / count.clamp_min(1)
     return torch.where(valid, confidence / mean[classes].clamp_min(torch.finfo(confidence.dtype).tiny), 0)
 
