@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     columns = [all_pixels["gt_share"], all_pixels["recall"], all_pixels["precision"], sure["recall"]]
     rows = [[name, *(f"{column[c]:.3f}" for column in columns)] for c, name in enumerate(meta["names"])]
     print(markdown_table(["class", "gt share", "recall", "precision", "recall where confident"], rows))
-    for name, result in {"pseudo labels": all_pixels, **({"argmax-aligned": aligned["argmax_aligned"]} if aligned else {})}.items():
+    for name, result in [("pseudo labels", all_pixels)] + [("argmax-aligned", a) for a in aligned.values()]:
         print(f"{name}: mIoU {100 * sum(result['iou']) / len(result['iou']):.1f}, IoU per class",
               " ".join(f"{100 * x:.0f}" for x in result["iou"]))
     return 0

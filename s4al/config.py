@@ -119,7 +119,9 @@ class SSLConfig(Section):
     @field_validator("distribution_alignment", mode="before")
     @classmethod
     def _alignment_from_bool(cls, value):
-        return {True: "probabilities", False: "off"}.get(value, value) if isinstance(value, bool) else value
+        if isinstance(value, bool):
+            return "probabilities" if value else "off"
+        return value
 
 
 class ActiveConfig(Section):
