@@ -1,9 +1,10 @@
 """Speed and memory on one machine, in one run (CamVid at 360x480 unless told otherwise):
 
 (a) one SSL iteration (labelled + unlabelled + replay batch, Balanced ClassMix on) vs the sum of
-    its pure model passes on the same tensors, medians after warm-up, and the iteration's peak memory;
+    its pure model passes on the same tensors, medians after warm-up, and the iteration's peak memory
+    (with --profile N, also a torch.profiler table of N iterations);
 (b) pool-scoring throughput (s4al.active.acquisition.score_cells) vs plain inference on the same
-    images at the same batch size;
+    images at the same batch size, on tensors already in memory and on images read by the same loader;
 (c) peak memory of pool scoring for pools of several sizes, each in a fresh process;
 (d) data-loading throughput of the training loaders alone vs the training step rate.
 
@@ -21,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from common import (
     CAMVID_SIZE, DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS, RESULTS, SMOKE_OVERRIDES, camvid_paths, machine_info,
@@ -141,7 +143,7 @@ def pure_passes(trainer: Trainer, batches: list[tuple[dict, dict]], warmup: int)
     device, n = trainer.device, trainer.cfg.train.unlabelled_batch_size
     seconds = defaultdict(list)
     for k, (labelled, unlabelled) in enumerate(batches):
-        images, labels = to_model_input(labelled["image"], device), labelled["label"].to(device)
+        images, labels = to_model_input(labelled["image"], device), labelled["label"].to(device).long()
         strong, weak = to_model_input(unlabelled["strong"], device), to_model_input(unlabelled["weak"], device)
         targets = torch.zeros(strong.shape[0], *strong.shape[-2:], dtype=torch.long, device=device)
         passes = {
@@ -167,6 +169,25 @@ def ssl_iteration(trainer: Trainer, iters: int, warmup: int) -> dict:
     iteration, total = statistics.median(times[warmup:]), sum(passes.values())
     return {"iteration_seconds_median": iteration, "passes_seconds_median": passes, "passes_sum_seconds": total,
             "ratio": iteration / total, "iteration_seconds": times[warmup:], "memory": memory}
+
+
+def profile_iterations(trainer: Trainer, count: int, out: Path) -> None:
+    """`count` SSL iterations (after one warm-up) under torch.profiler: the operators that take the
+    host's time and, on a GPU, the device's, as tables in OUT (where the iteration's overhead over
+    its passes goes)."""
+    batches = fetch_batches(trainer, count + 1)
+    cuda = trainer.device.type == "cuda"
+    trainer._train_step(trainer.step, *batches[0])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for k, batch in enumerate(batches[1:], start=1):
+            trainer._train_step(trainer.step + k, *batch)
+        if cuda:
+            torch.cuda.synchronize(trainer.device)
+    events = prof.key_averages()
+    keys = ["self_cpu_time_total"] + (["self_device_time_total"] if cuda else [])
+    tables = [f"{count} iterations, by {key}\n{events.table(sort_by=key, row_limit=40)}\n" for key in keys]
+    out.write_text("".join(tables))
 
 
 def data_loading(trainer: Trainer, batches: int, warmup: int) -> dict:
@@ -200,16 +221,27 @@ def forward_all(model, inputs: list[torch.Tensor]) -> None:
         model(x)
 
 
+@torch.no_grad()
+def forward_read(model, dataset: Repeated, batch_size: int, device: torch.device, num_workers: int) -> None:
+    """Plain inference on images read by the loader that scoring uses: on a GPU, where reading
+    and decoding the images can take longer than the network, the part of scoring's time that is
+    not reading."""
+    pin = device.type == "cuda"
+    for x, _, _ in image_batches(dataset, batch_size, num_workers, range(len(dataset)), labels=False, pin_memory=pin):
+        model(to_model_input(x, device))
+
+
 def pool_scoring(cfg: RunConfig, images: int) -> dict:
     model, dataset, device = scoring_setup(cfg, images)
     batch_size, workers = cfg.active.score_batch_size, scoring_workers(device, cfg.train.num_workers)
     inputs = [to_model_input(x, device) for x, _, _ in image_batches(dataset, batch_size, 0, range(images), labels=False)]
     forward_all(model, inputs[:1])  # warm-up
     plain = timed(lambda: forward_all(model, inputs), device)
+    read = timed(lambda: forward_read(model, dataset, batch_size, device, workers), device)
     scoring = timed(lambda: score_pool(model, dataset, cfg, device, workers), device)
     return {"images": images, "batch_size": batch_size, "metric": cfg.active.metric, "num_workers": workers,
             "scoring_images_per_s": images / scoring, "plain_images_per_s": images / plain,
-            "time_ratio": scoring / plain}
+            "plain_read_images_per_s": images / read, "time_ratio": scoring / plain, "time_ratio_read": scoring / read}
 
 
 def pool_memory(cfg_data: dict, images: int) -> dict:
@@ -254,6 +286,8 @@ def summary_markdown(r: dict) -> str:
         ["(b) pool scoring (score_cells)", f"{b['scoring_images_per_s']:.2f} images/s"],
         ["(b) plain inference", f"{b['plain_images_per_s']:.2f} images/s"],
         ["(b) scoring time / inference time", f"{b['time_ratio']:.3f}"],
+        ["(b) plain inference on images read by the scoring loader", f"{b['plain_read_images_per_s']:.2f} images/s"],
+        ["(b) scoring time / that inference time", f"{b['time_ratio_read']:.3f}"],
         *[[f"(c) scoring memory, pool of {m['images']}", f"+{m['increase_mib']:.0f} MiB ({m['kind']})"]
           for m in r["pool_memory"]],
         ["(d) loaders alone", f"{d['loader_steps_per_s']:.2f} steps/s ({d['num_workers']} workers)"],
@@ -275,6 +309,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--score-images", type=int, help=f"images for (b); default {FULL['score_images']}")
     parser.add_argument("--pools", type=int, nargs="+", help=f"pool sizes for (c); default {FULL['pools']}")
     parser.add_argument("--load-batches", type=int, help=f"loader steps for (d); default {FULL['load_batches']}")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile N SSL iterations into OUT/speed/TAG-profile.txt")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic sizes: checks that the script works")
     parser.add_argument("--out", type=Path, default=RESULTS, help="writes OUT/speed/TAG.json; default %(default)s")
     parser.add_argument("--tag", help="machine tag for the file name (default: from the CPU or GPU name)")
@@ -298,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as run_dir:  # the trainer writes nothing unless fit() runs
         trainer = replay_trainer(cfg, Path(run_dir))
         ssl = ssl_iteration(trainer, args.iters, args.warmup)
+        if args.profile:
+            profile_path = args.out / "speed" / f"{tag}-profile.txt"
+            profile_path.parent.mkdir(parents=True, exist_ok=True)
+            profile_iterations(trainer, args.profile, profile_path)
         loading = data_loading(trainer, args.load_batches, args.warmup)
     loading["train_steps_per_s"] = 1 / ssl["iteration_seconds_median"]
     t = cfg.train

@@ -55,6 +55,7 @@ def image_batches(
     indices: Sequence[int] | None = None,
     shard: bool = False,
     labels: bool = True,
+    pin_memory: bool = False,
 ):
     """(uint8 (N,3,H,W) images, (N,H,W) labels or None without `labels`, dataset indices),
     same-size batches, in order; with `shard`, this rank's share of the batches under torch.distributed."""
@@ -66,6 +67,7 @@ def image_batches(
         batch_sampler=batches,
         collate_fn=_collate,
         num_workers=num_workers,
+        pin_memory=pin_memory,
     )
 
 
@@ -81,7 +83,8 @@ def evaluate(
     was_training = model.training
     model.eval()
     meter = confusion_meter(dataset.classes.num_classes).to(device)
-    for images, labels, _ in image_batches(dataset, batch_size, num_workers, shard=True):
+    pin = device.type == "cuda"
+    for images, labels, _ in image_batches(dataset, batch_size, num_workers, shard=True, pin_memory=pin):
         meter.update(model(to_model_input(images, device)).argmax(1), labels.to(device))
     model.train(was_training)
     return scores_from_confusion(meter.compute().cpu())  # summed over ranks by torchmetrics

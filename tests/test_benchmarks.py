@@ -106,18 +106,22 @@ def test_a_variant_table_divides_by_the_reference_protocols_full_supervision():
 
 
 def test_speed_smoke(tmp_path):
-    run_script(speed, "--smoke", "--out", tmp_path, "--tag", "test")
+    run_script(speed, "--smoke", "--out", tmp_path, "--tag", "test", "--profile", "1")
     result = json.loads((tmp_path / "speed" / "test.json").read_text())
     a = result["ssl_iteration"]
     assert set(a["passes_seconds_median"]) == {
         "student_labelled", "student_unlabelled_mixed", "student_replay_mixed", "teacher_unlabelled_and_replay"}
     assert a["ratio"] == pytest.approx(a["iteration_seconds_median"] / a["passes_sum_seconds"])
     assert a["memory"]["peak_mib"] >= a["memory"]["baseline_mib"] > 0
-    assert result["pool_scoring"]["scoring_images_per_s"] > 0 and result["pool_scoring"]["time_ratio"] > 0
+    b = result["pool_scoring"]
+    assert b["time_ratio"] == pytest.approx(b["plain_images_per_s"] / b["scoring_images_per_s"])
+    assert b["time_ratio_read"] == pytest.approx(b["plain_read_images_per_s"] / b["scoring_images_per_s"])
     assert [m["images"] for m in result["pool_memory"]] == [8, 16]
     assert result["data_loading"]["loader_steps_per_s"] > 0 and result["data_loading"]["train_steps_per_s"] > 0
     assert MACHINE_KEYS <= set(result["machine"])
     assert "iteration / passes" in (tmp_path / "speed" / "test.md").read_text()
+    profile = (tmp_path / "speed" / "test-profile.txt").read_text()
+    assert "1 iterations, by self_cpu_time_total" in profile and "aten::convolution" in profile
 
 
 def test_pseudo_label_confusions_count_every_valid_pixel_of_the_chosen_images(bench_root):

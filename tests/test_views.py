@@ -50,6 +50,7 @@ def test_label_follows_pixels_under_flip_and_crop():
     rows, cols = decode(item["image"])
     assert np.all(np.diff(cols, axis=1) == -1)  # flipped: columns decrease left to right
     np.testing.assert_array_equal(item["label"].numpy(), coded_label()[rows, cols])
+    assert item["label"].dtype == torch.uint8  # labels travel to the device as bytes, widened there
 
 
 def test_label_follows_pixels_under_scale():
@@ -83,6 +84,7 @@ def test_unlabelled_views_share_geometry_and_annotations_stay_on_their_pixels():
     np.testing.assert_array_equal(item["known"].numpy(), inside)
     assert (item["known_label"].numpy()[inside] == 9).all()
     assert (item["known_label"].numpy()[~inside] == IGNORE_INDEX).all()
+    assert item["known_label"].dtype == torch.uint8
     assert not torch.equal(item["weak"], item["strong"])  # jitter on the strong view only
     assert item["weak"].shape == item["strong"].shape
 

@@ -76,7 +76,8 @@ def _release_freed_memory() -> None:
 def _pixel_score_batches(model, dataset, indices, metric, batch_size, device, seed, num_workers):
     """Yields (dataset indices, (N,H,W) pixel scores on `device`) over this rank's share of the pool."""
     model.eval()
-    batches = image_batches(dataset, batch_size, num_workers, indices, shard=True, labels=False)
+    pin = device.type == "cuda"
+    batches = image_batches(dataset, batch_size, num_workers, indices, shard=True, labels=False, pin_memory=pin)
     for number, (images, _, batch_indices) in enumerate(batches, start=1):
         if metric == "random":  # no network needed
             shape = images.shape[-2:]

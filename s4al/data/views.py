@@ -102,7 +102,7 @@ class LabelledView(torch.utils.data.Dataset):
         if index in self.partial:
             label, _ = rasterize(self.partial[index], *label.shape)
         image, planes = geometric(_image_tensor(sample.image), torch.from_numpy(label)[None], [IGNORE_INDEX], rng, self.aug)
-        return {"image": color_jitter(image, rng, self.aug), "label": planes[0].long()}
+        return {"image": color_jitter(image, rng, self.aug), "label": planes[0]}
 
 
 class UnlabelledView(torch.utils.data.Dataset):
@@ -126,7 +126,7 @@ class UnlabelledView(torch.utils.data.Dataset):
         return {
             "weak": weak,
             "strong": color_jitter(weak, rng, self.aug),
-            "known_label": planes[0].long(),
+            "known_label": planes[0],
             "known": planes[1].bool(),
             "valid": planes[2].bool(),
         }

@@ -148,6 +148,7 @@ class Trainer:
 
     def _loaders(self) -> tuple[Iterator[dict], Iterator[dict] | None]:
         cfg, seed, workers = self.cfg, self.cfg.seed, self.cfg.train.num_workers
+        pin = self.device.type == "cuda"
         aug = Augment(
             scale_range=cfg.train.scale_range,
             crop_size=cfg.train.crop_size,
@@ -161,7 +162,7 @@ class Trainer:
         )
         partial = {} if self.ssl else self.data.annotations
         labelled_view = LabelledView(self.data.dataset, aug, partial)
-        labelled_batches = iter(DataLoader(labelled_view, batch_sampler=labelled, num_workers=workers))
+        labelled_batches = iter(DataLoader(labelled_view, batch_sampler=labelled, num_workers=workers, pin_memory=pin))
         if not self.ssl:
             return labelled_batches, None
         unlabelled = StepBatches(
@@ -175,9 +176,13 @@ class Trainer:
             **shard,
         )
         unlabelled_view = UnlabelledView(self.data.dataset, aug, self.data.annotations)
-        return labelled_batches, iter(DataLoader(unlabelled_view, batch_sampler=unlabelled, num_workers=workers))
+        unlabelled_batches = DataLoader(unlabelled_view, batch_sampler=unlabelled, num_workers=workers, pin_memory=pin)
+        return labelled_batches, iter(unlabelled_batches)
 
     # ---- one iteration --------------------------------------------------------------------
+    def _on_device(self, batch_tensor: torch.Tensor) -> torch.Tensor:
+        return batch_tensor.to(self.device, non_blocking=True)  # pinned on a GPU: asynchronous
+
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             return self.net(images).float()
@@ -199,13 +204,13 @@ class Trainer:
         weak = to_model_input(batch["weak"], self.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             probs = self.teacher.probabilities(weak)
-        valid = batch["valid"].to(self.device)
+        valid = self._on_device(batch["valid"])
         if self.alignment is not None:
             self.alignment.update(probs, valid, distributed.all_mean)
             probs = self.alignment(probs)
         pseudo, confidence = pseudo_labels_from_probs(probs)
-        known = batch["known"].to(self.device)
-        pseudo, confidence = apply_annotations(pseudo, confidence, known, batch["known_label"].to(self.device))
+        known = self._on_device(batch["known"])
+        pseudo, confidence = apply_annotations(pseudo, confidence, known, self._on_device(batch["known_label"]))
         pseudo = pseudo.masked_fill(~valid, IGNORE_INDEX)
         return pseudo, confidence
 
@@ -233,7 +238,8 @@ class Trainer:
         sup_weight = self.cfg.ssl.cold_start_sup_weight if step < self.cold_steps else 1.0
         images = to_model_input(labelled["image"], self.device)
         with self._synced(last=unlabelled is None):
-            loss = supervised_loss(self._forward(images), labelled["label"].to(self.device)) * sup_weight
+            labels = self._on_device(labelled["label"]).long()  # uint8 in the batch: an eighth of the copy
+            loss = supervised_loss(self._forward(images), labels) * sup_weight
             loss.backward()
         logs = {"loss/sup": loss.detach()}
         if unlabelled is not None:
