@@ -1,6 +1,6 @@
 """The benchmark scripts at smoke size, through their command-line entry points (in this process,
 to pay torch's import once): label_efficiency.py (two quick methods, skip-if-exists, resume),
-summarize.py, speed.py --smoke, pseudo_labels.py, learning_curves.py and jpeg_camvid.py; and
+summarize.py, speed.py --smoke, pseudo_labels.py, class_shares.py, learning_curves.py and jpeg_camvid.py; and
 gpu_window.sh, which starts its own processes."""
 
 import json
@@ -17,6 +17,7 @@ from PIL import Image
 from s4al.data.camvid import CamVid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import class_shares  # noqa: E402
 import jpeg_camvid  # noqa: E402
 import label_efficiency  # noqa: E402
 import learning_curves  # noqa: E402
@@ -162,6 +163,29 @@ def test_argmax_aligned_pseudo_labels_are_counted_over_the_same_pixels(bench_roo
     assert len(result["argmax_aligned"]["bias"]) == len(result["names"])
     assert result["argmax_aligned"]["iou"] == pytest.approx(
         list(np.diag(aligned) / np.maximum(aligned.sum(0) + aligned.sum(1) - np.diag(aligned), 1)))
+
+
+def test_class_shares_of_a_run_count_its_labelled_images_against_all(bench_root):
+    run_dir = bench_root / "work" / "smoke" / "sup_10_seed0"
+    run_script(class_shares, run_dir, "--name", "smoke", "--out", bench_root / "shares")
+    [result] = json.loads((bench_root / "shares" / "smoke.json").read_text())["runs"]
+    _, cfg = pseudo_labels.load_trained_model(run_dir / "checkpoints" / "cycle_0.pt")
+    train = pseudo_labels.build_dataset(cfg.dataset, "train", cfg.seed)
+    ids = (run_dir / "splits" / "initial_labelled.txt").read_text().split()
+    labelled = [i for i in range(len(train)) if train.image_id(i) in ids]
+    counts = sum(np.bincount(train.load(i).label.ravel(), minlength=256)[: len(result["classes"])] for i in labelled)
+    assert result["labelled_images"] == len(ids) == len(labelled)
+    assert result["labelled_share"] == pytest.approx(list(counts / counts.sum()))
+    assert sum(result["train_share"]) == pytest.approx(1)
+    assert result["aligner_bias"] is None  # supervised: no aligner in the checkpoint
+
+
+def test_resampled_shares_of_identical_images_have_no_spread_and_of_two_kinds_span_both():
+    same = np.array([[3, 1], [3, 1], [3, 1]])
+    low, high = class_shares.shares_interval(same)
+    assert list(low) == list(high) == [0.75, 0.25]
+    low, high = class_shares.shares_interval(np.array([[1, 0]] * 10 + [[0, 1]] * 10))
+    assert low[0] < 0.5 < high[0] and 0.2 < low[0] and high[0] < 0.8  # 20 coin flips: 0.5 +- about 0.18
 
 
 def write_curve(path: Path, mious: dict[int, float], pole: float = 0.5) -> Path:
