@@ -18,11 +18,9 @@ def _check_probs(probs: Tensor) -> Tensor:
 
 
 def entropy(probs: Tensor) -> Tensor:
-    """-sum_c p log p. Clamping p inside the log makes an underflowed p = 0 contribute 0 * log(tiny)
-    = 0, not NaN (and is twice as fast as xlogy on CPU, which matters when scoring a pool)."""
-    probs = _check_probs(probs)
-    # in place on the one temporary: pool scoring at full resolution is memory-bound on a CPU
-    return probs.clamp_min(torch.finfo(probs.dtype).tiny).log_().mul_(probs).sum(dim=1).neg_()
+    """-sum_c p log p. `entr` is -p log p in one pass with entr(0) = 0, so an underflowed p adds 0,
+    not NaN; on a CPU it takes less than half the time of clamping, logging and multiplying."""
+    return torch.special.entr(_check_probs(probs)).sum(dim=1)
 
 
 def least_confidence(probs: Tensor) -> Tensor:
