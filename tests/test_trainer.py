@@ -145,3 +145,20 @@ def test_teacher_mode_switch_reaches_the_teacher(tmp_path):
     for train_mode in (False, True):
         cfg = tiny_config(ssl={"teacher_train_mode": train_mode})
         assert Trainer(cfg, ssl_data(cfg)[0], None, tmp_path / str(train_mode)).teacher.train_mode is train_mode
+
+
+@pytest.mark.parametrize("device, pinned", [("cpu", False), ("cuda", True)])
+def test_loaders_hand_over_page_locked_batches_only_for_a_gpu(tmp_path, monkeypatch, device, pinned):
+    made = []
+
+    def recording_loader(*args, **kwargs):
+        made.append(kwargs["pin_memory"])
+        return []
+
+    monkeypatch.setattr(trainer_module, "DataLoader", recording_loader)
+    cfg = tiny_config()
+    data, val = ssl_data(cfg)
+    trainer = Trainer(cfg, data, val, tmp_path)
+    trainer.device = torch.device(device)  # only read when the loaders are made: no GPU needed here
+    trainer._loaders()
+    assert made == [pinned, pinned]  # labelled and unlabelled
