@@ -28,6 +28,12 @@ def image_class_counts(dataset, indices: list[int], num_classes: int) -> np.ndar
     return np.stack([np.bincount(dataset.load(i).label.ravel(), minlength=256)[:num_classes] for i in indices])
 
 
+def initially_labelled(run_dir: Path, dataset) -> list[int]:
+    """Dataset indices of the run's initially labelled images (its splits/initial_labelled.txt)."""
+    position = {dataset.image_id(i): i for i in range(len(dataset))}
+    return [position[line] for line in (run_dir / "splits" / "initial_labelled.txt").read_text().split()]
+
+
 def shares_interval(counts: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """5% and 95% quantiles of the pooled class shares of `counts`' rows resampled with replacement."""
     rows = np.random.default_rng(seed).integers(0, len(counts), (RESAMPLES, len(counts)))
@@ -47,8 +53,7 @@ def run_shares(run_dir: Path, data_root: Path | None) -> dict:
     cfg = load_config(run_dir / CONFIG_FILE, {"dataset": {"root": str(data_root)}} if data_root else None)
     train = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
     names, num_classes = list(train.classes.names), train.classes.num_classes
-    position = {train.image_id(i): i for i in range(len(train))}
-    labelled = [position[line] for line in (run_dir / "splits" / "initial_labelled.txt").read_text().split()]
+    labelled = initially_labelled(run_dir, train)
     every = image_class_counts(train, list(range(len(train))), num_classes)
     chosen = every[labelled]
     low, high = shares_interval(chosen, cfg.seed)

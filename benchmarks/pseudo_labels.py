@@ -4,7 +4,10 @@ ground truth: one confusion matrix over all valid pixels and one over the confid
 (max probability above the threshold, as eta counts them). With --argmax-alignment also the
 pseudo labels after per-class log-offsets that give each class its ground-truth share of the
 argmax (what `ssl.distribution_alignment: argmax` steers towards during training, here solved
-offline with the true shares of these images).
+offline. --align-to says to which class shares: these images' own (`images`, an oracle), those of
+the run's labelled images (`labelled`, the target that training uses), or the geometric mean of
+those and the network's mean class probabilities on these images (`labelled_x_predicted`, a
+candidate target that leans less on a small labelled set).
 
 Writes OUT/<name>.json (both matrices, per-class recall / precision / shares, where each class's
 pixels go) and prints a table."""
@@ -16,7 +19,10 @@ from pathlib import Path
 
 import torch
 
+from class_shares import image_class_counts, initially_labelled
 from common import RESULTS, machine_info, markdown_table, write_json
+from s4al.active.cycle import CONFIG_FILE
+from s4al.config import load_config
 from s4al.data import build_dataset
 from s4al.data.classes import IGNORE_INDEX
 from s4al.evaluate import image_batches, to_model_input
@@ -39,6 +45,30 @@ def teacher_outputs(checkpoint: Path, network: str, images: int):
     return {"names": list(train.classes.names), "image_indices": indices}, torch.cat(log_probs), torch.cat(labels)
 
 
+def labelled_counts(checkpoint: Path) -> torch.Tensor:
+    """(C,) class pixel counts of the initially labelled images of the checkpoint's run."""
+    run_dir = checkpoint.parent.parent  # RUN_DIR/checkpoints/cycle_K.pt
+    cfg = load_config(run_dir / CONFIG_FILE)
+    train = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
+    counts = image_class_counts(train, initially_labelled(run_dir, train), train.classes.num_classes)
+    return torch.from_numpy(counts.sum(0))
+
+
+def labelled_x_predicted(checkpoint: Path, log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(C,) geometric mean of the labelled shares and the mean predicted probabilities on the valid pixels."""
+    labelled = labelled_counts(checkpoint).double()
+    valid = (labels != IGNORE_INDEX).unsqueeze(1)
+    predicted = sum((image.float().exp() * v).sum(dim=(1, 2)) for image, v in zip(log_probs, valid)).double()
+    return (labelled / labelled.sum() * predicted / predicted.sum()).sqrt()
+
+
+ALIGN_TO = {
+    "images": lambda checkpoint, log_probs, labels: None,  # argmax_alignment_bias's default
+    "labelled": lambda checkpoint, log_probs, labels: labelled_counts(checkpoint),
+    "labelled_x_predicted": labelled_x_predicted,
+}
+
+
 def confusions(log_probs: torch.Tensor, labels: torch.Tensor, threshold: float, bias: torch.Tensor):
     """-> confusion over all valid pixels, over the confident ones, of the pseudo labels of
     log_probs + bias (C,)"""
@@ -52,11 +82,16 @@ def confusions(log_probs: torch.Tensor, labels: torch.Tensor, threshold: float, 
     return every.compute(), confident.compute()
 
 
-def argmax_alignment_bias(log_probs: torch.Tensor, labels: torch.Tensor, iterations: int = 30) -> torch.Tensor:
-    """(C,) log-offsets under which each class wins its ground-truth share of the valid pixels:
-    the training aligner run to its fixed point on these images (every update sees all of them)."""
+def argmax_alignment_bias(
+    log_probs: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None = None, iterations: int = 30
+) -> torch.Tensor:
+    """(C,) log-offsets under which each class wins its share of the valid pixels in `target` (C,)
+    class counts, by default these images' ground truth: the training aligner run to its fixed
+    point on these images (every update sees all of them)."""
     valid = labels != IGNORE_INDEX
-    aligner = ArgmaxAlignment(torch.bincount(labels[valid], minlength=log_probs.shape[1]), momentum=0, rate=0.5)
+    if target is None:
+        target = torch.bincount(labels[valid], minlength=log_probs.shape[1])
+    aligner = ArgmaxAlignment(target, momentum=0, rate=0.5)
     probs = log_probs.float().exp()
     for _ in range(iterations):
         aligner.update(probs, valid)
@@ -80,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=60, help="train images, evenly spread; default %(default)s")
     parser.add_argument("--threshold", type=float, default=0.97, help="confidence threshold; default %(default)s")
     parser.add_argument("--argmax-alignment", action="store_true", help="also the argmax-aligned pseudo labels")
+    parser.add_argument("--align-to", choices=tuple(ALIGN_TO), default="images",
+                        help="the class shares the argmax alignment aims at; default %(default)s")
     parser.add_argument("--out", type=Path, default=RESULTS / "pseudo_labels", help="default %(default)s")
     args = parser.parse_args(argv)
     meta, log_probs, labels = teacher_outputs(args.checkpoint, args.network, args.images)
@@ -87,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     all_pixels, sure = per_class(every), per_class(confident)
     aligned = {}
     if args.argmax_alignment:
-        bias = argmax_alignment_bias(log_probs, labels)
+        target = ALIGN_TO[args.align_to](args.checkpoint, log_probs, labels)
+        bias = argmax_alignment_bias(log_probs, labels, target)
         aligned_every, _ = confusions(log_probs, labels, args.threshold, bias)
         aligned = {"argmax_aligned": per_class(aligned_every) | {"bias": bias.tolist(), "confusion": aligned_every.tolist()}}
     write_json(args.out / f"{args.name}.json", {

@@ -151,6 +151,9 @@ def test_offline_argmax_alignment_gives_each_class_its_true_share():
     bias = pseudo_labels.argmax_alignment_bias(log_probs, labels)
     winners = (log_probs.float() + bias.view(1, 2, 1, 1)).argmax(1)[labels != 255]
     assert (winners == 1).float().mean().item() == pytest.approx(30 / 95, abs=0.05)  # 1 pixel = 0.01
+    bias = pseudo_labels.argmax_alignment_bias(log_probs, labels, target=torch.tensor([8, 2]))  # another share
+    winners = (log_probs.float() + bias.view(1, 2, 1, 1)).argmax(1)[labels != 255]
+    assert (winners == 1).float().mean().item() == pytest.approx(0.2, abs=0.05)
 
 
 def test_argmax_aligned_pseudo_labels_are_counted_over_the_same_pixels(bench_root):
@@ -163,6 +166,23 @@ def test_argmax_aligned_pseudo_labels_are_counted_over_the_same_pixels(bench_roo
     assert len(result["argmax_aligned"]["bias"]) == len(result["names"])
     assert result["argmax_aligned"]["iou"] == pytest.approx(
         list(np.diag(aligned) / np.maximum(aligned.sum(0) + aligned.sum(1) - np.diag(aligned), 1)))
+    run_dir = checkpoint.parent.parent
+    run_script(pseudo_labels, checkpoint, "--name", "to_labelled", "--images", 5, "--argmax-alignment",
+               "--align-to", "labelled", "--out", out)
+    to_labelled = json.loads((out / "to_labelled.json").read_text())
+    assert to_labelled["align_to"] == "labelled"
+    assert to_labelled["argmax_aligned"]["bias"] != result["argmax_aligned"]["bias"]
+    train = pseudo_labels.build_dataset(pseudo_labels.load_config(run_dir / "config.yaml").dataset, "train", 0)
+    counts = class_shares.image_class_counts(train, class_shares.initially_labelled(run_dir, train), len(result["names"]))
+    assert torch.equal(pseudo_labels.labelled_counts(checkpoint), torch.from_numpy(counts.sum(0)))
+
+
+def test_the_candidate_target_is_the_geometric_mean_of_labelled_and_predicted_shares(monkeypatch):
+    monkeypatch.setattr(pseudo_labels, "labelled_counts", lambda checkpoint: torch.tensor([3, 1]))  # 0.75, 0.25
+    log_probs = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.0, 1.0]]).log().T.reshape(1, 2, 1, 3)  # mean 1/3, 2/3
+    labels = torch.tensor([[[0, 1, 255]]])  # the third pixel is void: predicted shares 0.5, 0.5
+    target = pseudo_labels.labelled_x_predicted(Path("unused"), log_probs, labels)
+    assert target.tolist() == pytest.approx([(0.75 * 0.5) ** 0.5, (0.25 * 0.5) ** 0.5])
 
 
 def test_class_shares_of_a_run_count_its_labelled_images_against_all(bench_root):
