@@ -97,6 +97,9 @@ class SSLConfig(Section):
     # mean probabilities or the argmax shares (s4al/ssl/alignment.py); "off" = the paper.
     # true / false (configs before "argmax" existed) read as "probabilities" / "off"
     distribution_alignment: Literal["off", "probabilities", "argmax"] = "probabilities"
+    # what the aligner aims at: the labelled shares, or (beyond the paper) their geometric mean with
+    # the teacher's mean probabilities over the first epoch of each cycle's SSL, fixed after it
+    alignment_target: Literal["labelled", "labelled_x_predicted"] = "labelled"
     # beyond the paper: the student's passes on mixed, colour-jittered unlabelled batches normalise
     # with their batch statistics but leave the BatchNorm running statistics (which the teacher
     # averages and evaluation uses) to the labelled batches

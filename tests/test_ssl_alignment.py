@@ -93,3 +93,37 @@ def test_configs_from_before_argmax_alignment_read_their_booleans():
     assert SSLConfig(distribution_alignment=True).distribution_alignment == "probabilities"
     assert SSLConfig(distribution_alignment=False).distribution_alignment == "off"
     assert SSLConfig(distribution_alignment="argmax").distribution_alignment == "argmax"
+
+
+@pytest.mark.parametrize("aligner", [ProbabilityAlignment, ArgmaxAlignment])
+def test_estimated_target_is_the_geometric_mean_of_labelled_and_predicted_shares_then_fixed(aligner):
+    align = aligner(torch.tensor([3, 1]), momentum=0.5, estimate_steps=2)
+    valid = torch.tensor([[[True, True, False]]])
+    first = probs_map([0.5, 0.5], [0.5, 0.5], [0.0, 1.0])  # valid pixels' mean: 0.5, 0.5
+    second = probs_map([0.9, 0.1], [0.7, 0.3], [0.5, 0.5])  # 0.8, 0.2
+    align.update(first, valid)
+    assert align.target.tolist() == [0.75, 0.25]  # the labelled shares until the estimate is done
+    align.update(second, valid)
+    geometric = torch.tensor([0.75 * 0.65, 0.25 * 0.35], dtype=torch.float64).sqrt()
+    assert torch.allclose(align.target, geometric / geometric.sum())
+    resumed = aligner(torch.tensor([3, 1]), momentum=0.5, estimate_steps=2)
+    resumed.load_state_dict(align.state_dict())  # a checkpoint keeps the estimated target
+    for _ in range(3):
+        align.update(probs_map([0.0, 1.0], [0.0, 1.0], [0.0, 1.0]), valid)
+    assert torch.allclose(align.target, geometric / geometric.sum())  # later predictions do not move it
+    assert torch.equal(resumed.target, geometric / geometric.sum()) and resumed.seen == 2
+
+
+def test_an_estimate_cut_by_a_checkpoint_resumes_where_it_was():
+    valid = torch.ones(1, 1, 2, dtype=torch.bool)
+    batches = [probs_map([0.6, 0.4], [0.2, 0.8]), probs_map([0.9, 0.1], [0.5, 0.5]), probs_map([0.3, 0.7], [0.1, 0.9])]
+    whole = ArgmaxAlignment(torch.tensor([1, 1]), estimate_steps=3)
+    for batch in batches:
+        whole.update(batch, valid)
+    cut = ArgmaxAlignment(torch.tensor([1, 1]), estimate_steps=3)
+    cut.update(batches[0], valid)
+    resumed = ArgmaxAlignment(torch.tensor([1, 1]), estimate_steps=3)
+    resumed.load_state_dict(cut.state_dict())
+    for batch in batches[1:]:
+        resumed.update(batch, valid)
+    assert torch.equal(resumed.target, whole.target) and torch.equal(resumed.bias, whole.bias)

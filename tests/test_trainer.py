@@ -32,7 +32,11 @@ def ssl_data(cfg):
     return TrainData(train, labelled=[0, 1, 2, 3], pool=list(range(4, len(train)))), build_dataset(cfg.dataset, "val", cfg.seed)
 
 
-@pytest.mark.parametrize("learner", [{}, {"distribution_alignment": "argmax", "class_normalised_confidence": True}])
+@pytest.mark.parametrize("learner", [
+    {},
+    {"distribution_alignment": "argmax", "class_normalised_confidence": True},
+    {"distribution_alignment": "argmax", "alignment_target": "labelled_x_predicted"},
+])
 def test_ssl_iteration_uses_every_loss_and_resumes_bit_identically(tmp_path, learner):
     cfg = tiny_config(ssl={"confidence_threshold": 0.0, **learner})  # eta = 1: every unsupervised loss is non-zero
     data, val = ssl_data(cfg)

@@ -117,7 +117,9 @@ class Trainer:
             if cfg.ssl.class_balance_power > 0:
                 self.class_weights = class_balance_weights(distribution, cfg.ssl.class_balance_power).to(self.device)
             if cfg.ssl.distribution_alignment != "off":
-                self.alignment = ALIGNERS[cfg.ssl.distribution_alignment](distribution, cfg.ssl.ema_momentum)
+                estimate_steps = self.iters if cfg.ssl.alignment_target == "labelled_x_predicted" else 0
+                aligner = ALIGNERS[cfg.ssl.distribution_alignment]
+                self.alignment = aligner(distribution, cfg.ssl.ema_momentum, estimate_steps=estimate_steps)
         self.step = 0
         self.history: list[dict] = []
         self.amp = self.device.type == "cuda" and t.amp
