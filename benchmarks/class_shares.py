@@ -2,8 +2,8 @@
 initially labelled images (the target that `ssl.distribution_alignment` steers the pseudo labels
 towards), a 90% interval of that share from resampling those images, and the share in all train
 images. Consecutive video frames are alike, so the interval, which treats images as independent,
-is if anything too narrow. Where the run folder holds a checkpoint with an aligner's state, also
-the log-offsets the aligner ended with.
+is if anything too narrow. Where the run folder holds checkpoints with an argmax aligner's state,
+also the log-offsets it ended the last cycle with.
 
 Writes OUT/<name>.json and prints one table per run."""
 
@@ -42,10 +42,10 @@ def shares_interval(counts: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.n
 
 
 def aligner_bias(run_dir: Path) -> list[float] | None:
-    checkpoints = sorted((run_dir / "checkpoints").glob("cycle_*.pt"))
+    checkpoints = sorted((run_dir / "checkpoints").glob("cycle_*.pt"), key=lambda path: int(path.stem.split("_")[1]))
     if not checkpoints:
         return None
-    state = torch.load(checkpoints[0], map_location="cpu", weights_only=False).get("alignment")
+    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=False).get("alignment")
     return state["bias"].tolist() if state and "bias" in state else None
 
 
