@@ -3,7 +3,8 @@ initially labelled images (the target that `ssl.distribution_alignment` steers t
 towards), a 90% interval of that share from resampling those images, and the share in all train
 images. Consecutive video frames are alike, so the interval, which treats images as independent,
 is if anything too narrow. Where the run folder holds checkpoints with an argmax aligner's state,
-also the log-offsets it ended the last cycle with.
+also the log-offsets it ended the last cycle with, and the target it estimated (with
+`ssl.alignment_target: labelled_x_predicted`).
 
 Writes OUT/<name>.json and prints one table per run."""
 
@@ -41,12 +42,13 @@ def shares_interval(counts: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.n
     return tuple(np.quantile(pooled / pooled.sum(axis=1, keepdims=True), [0.05, 0.95], axis=0))
 
 
-def aligner_bias(run_dir: Path) -> list[float] | None:
+def aligner_state(run_dir: Path, name: str) -> list[float] | None:
+    """`name` ("bias", or "target" where it was estimated) of the aligner after the last cycle."""
     checkpoints = sorted((run_dir / "checkpoints").glob("cycle_*.pt"), key=lambda path: int(path.stem.split("_")[1]))
     if not checkpoints:
         return None
     state = torch.load(checkpoints[-1], map_location="cpu", weights_only=False).get("alignment")
-    return state["bias"].tolist() if state and "bias" in state else None
+    return state[name].tolist() if state and name in state else None
 
 
 def run_shares(run_dir: Path, data_root: Path | None) -> dict:
@@ -59,7 +61,8 @@ def run_shares(run_dir: Path, data_root: Path | None) -> dict:
     low, high = shares_interval(chosen, cfg.seed)
     return {"run": str(run_dir), "classes": names, "labelled_images": len(labelled),
             "labelled_share": (chosen.sum(0) / chosen.sum()).tolist(), "interval_90": [low.tolist(), high.tolist()],
-            "train_share": (every.sum(0) / every.sum()).tolist(), "aligner_bias": aligner_bias(run_dir)}
+            "train_share": (every.sum(0) / every.sum()).tolist(), "aligner_bias": aligner_state(run_dir, "bias"),
+            "aligner_target": aligner_state(run_dir, "target")}
 
 
 def table(r: dict) -> str:
@@ -67,9 +70,11 @@ def table(r: dict) -> str:
     for k, name in enumerate(r["classes"]):
         low, high, true = r["interval_90"][0][k], r["interval_90"][1][k], r["train_share"][k]
         bias = "–" if r["aligner_bias"] is None else f"{r['aligner_bias'][k]:+.2f}"
+        target = "–" if r["aligner_target"] is None else f"{100 * r['aligner_target'][k]:.2f}"
         rows.append([name, f"{100 * r['labelled_share'][k]:.2f}", f"{100 * low:.2f}–{100 * high:.2f}",
-                     f"{100 * true:.2f}", "yes" if low <= true <= high else "no", bias])
-    headers = ["class", "labelled %", "90% interval", "all train %", "inside", "aligner log-offset"]
+                     f"{100 * true:.2f}", "yes" if low <= true <= high else "no", bias, target])
+    headers = ["class", "labelled %", "90% interval", "all train %", "inside", "aligner log-offset",
+               "estimated target %"]
     return f"{r['run']} ({r['labelled_images']} labelled images)\n\n" + markdown_table(headers, rows)
 
 

@@ -197,7 +197,7 @@ def test_class_shares_of_a_run_count_its_labelled_images_against_all(bench_root)
     assert result["labelled_images"] == len(ids) == len(labelled)
     assert result["labelled_share"] == pytest.approx(list(counts / counts.sum()))
     assert sum(result["train_share"]) == pytest.approx(1)
-    assert result["aligner_bias"] is None  # supervised: no aligner in the checkpoint
+    assert result["aligner_bias"] is None and result["aligner_target"] is None  # supervised: no aligner
 
 
 def test_resampled_shares_of_identical_images_have_no_spread_and_of_two_kinds_span_both():
