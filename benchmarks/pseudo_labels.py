@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from class_shares import image_class_counts, initially_labelled
+from class_shares import initially_labelled
 from common import RESULTS, machine_info, markdown_table, write_json
 from s4al.active.cycle import CONFIG_FILE
 from s4al.config import load_config
@@ -30,6 +30,7 @@ from s4al.metrics import confusion_meter
 from s4al.ssl.alignment import ArgmaxAlignment
 from s4al.ssl.mean_teacher import pseudo_labels_from_probs
 from s4al.train.checkpoint import load_trained_model
+from s4al.train.trainer import TrainData, labelled_class_counts
 
 
 @torch.no_grad()
@@ -50,8 +51,8 @@ def labelled_counts(checkpoint: Path) -> torch.Tensor:
     run_dir = checkpoint.parent.parent  # RUN_DIR/checkpoints/cycle_K.pt
     cfg = load_config(run_dir / CONFIG_FILE)
     train = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
-    counts = image_class_counts(train, initially_labelled(run_dir, train), train.classes.num_classes)
-    return torch.from_numpy(counts.sum(0))
+    whole, _ = labelled_class_counts(TrainData(train, initially_labelled(run_dir, train), []), train.classes.num_classes)
+    return torch.from_numpy(whole)
 
 
 def labelled_x_predicted(checkpoint: Path, log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

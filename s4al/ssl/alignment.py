@@ -33,6 +33,11 @@ from __future__ import annotations
 import torch
 
 
+def _probability_mass(probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(C,) summed probabilities of the pixels with weight 1."""
+    return (probs * weights).sum(dim=(0, 2, 3))
+
+
 class _Aligner:
     state_names: tuple[str, ...] = ("running",)  # what a checkpoint keeps; the labelled shares are recomputed
 
@@ -56,7 +61,7 @@ class _Aligner:
                 setattr(self, name, getattr(self, name).to(device))
 
     def _estimate(self, probs: torch.Tensor, weights: torch.Tensor, reduce) -> None:
-        self.predicted += reduce((probs * weights).sum(dim=(0, 2, 3)) / weights.sum().clamp_min(1)).double()
+        self.predicted += reduce(_probability_mass(probs, weights) / weights.sum().clamp_min(1)).double()
         self.seen += 1
         if self.seen == self.estimate_steps:
             geometric = (self.labelled * self.predicted / self.seen).sqrt()
@@ -79,13 +84,17 @@ class _Aligner:
         shares = reduce(self._batch_shares(probs, weights) / weights.sum().clamp_min(1)).double()
         self.running.mul_(self.momentum).add_(shares, alpha=1 - self.momentum)
 
+    def _scaled(self, probs: torch.Tensor) -> torch.Tensor:
+        """probs times the per-class ratio, not normalised per pixel (which cannot change an argmax)."""
+        return probs * self._ratio().to(probs.dtype).view(1, -1, 1, 1) if self.has_target else probs
+
     def __call__(self, probs: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) probabilities -> aligned probabilities of the same shape, summing to 1;
         unchanged while nothing is labelled (no target)."""
         if not self.has_target:
             return probs
         self._to(probs.device)
-        aligned = probs * self._ratio().to(probs.dtype).view(1, -1, 1, 1)
+        aligned = self._scaled(probs)
         return aligned / aligned.sum(dim=1, keepdim=True).clamp_min(torch.finfo(probs.dtype).tiny)
 
     def state_dict(self) -> dict:
@@ -102,7 +111,7 @@ class ProbabilityAlignment(_Aligner):
         return self.target / self.running.clamp_min(1e-6)
 
     def _batch_shares(self, probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return (probs * weights).sum(dim=(0, 2, 3))
+        return _probability_mass(probs, weights)
 
 
 class ArgmaxAlignment(_Aligner):
@@ -122,7 +131,7 @@ class ArgmaxAlignment(_Aligner):
         return self.bias.exp() * (self.target > 0)
 
     def _batch_shares(self, probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        winners = self(probs).max(dim=1).indices  # argmax(dim=1) of an NCHW tensor is ~6x slower on CPU
+        winners = self._scaled(probs).max(dim=1).indices  # argmax(dim=1) of an NCHW tensor is ~6x slower on CPU
         counts = torch.zeros(probs.shape[1], dtype=probs.dtype, device=probs.device)
         return counts.scatter_add_(0, winners.flatten(), weights.flatten())
 
