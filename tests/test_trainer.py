@@ -166,3 +166,21 @@ def test_loaders_hand_over_page_locked_batches_only_for_a_gpu(tmp_path, monkeypa
     trainer.device = torch.device(device)  # only read when the loaders are made: no GPU needed here
     trainer._loaders()
     assert made == [pinned, pinned]  # labelled and unlabelled
+
+
+def test_partially_labelled_images_are_drawn_in_proportion_to_their_labelled_share(tmp_path, monkeypatch):
+    cfg = tiny_config(ssl={"enabled": False})
+    train = build_dataset(cfg.dataset, "train", cfg.seed)
+    h, w = train.image_size(0)
+    quarter = ((0, 0, h // 2, w // 2), np.zeros((h // 2, w // 2), np.uint8))
+    eighth = ((0, 0, h // 4, w // 2), np.zeros((h // 4, w // 2), np.uint8))
+    data = TrainData(train, labelled=[0, 1, 2], annotations={1: [quarter], 2: [eighth]})
+    assert trainer_module.labelled_draws(data) == [0] * 8 + [1] * 2 + [2]
+    assert trainer_module.labelled_draws(data, max_copies=4) == [0] * 4 + [1] + [2]  # round(0.5) = 0 -> once
+    streams = []
+    monkeypatch.setattr(trainer_module, "Stream", lambda indices, *seed: streams.append(list(indices)) or [])
+    monkeypatch.setattr(trainer_module, "StepBatches", lambda *args, **kwargs: [])
+    Trainer(cfg, data, None, tmp_path)._loaders()
+    assert streams == [[0] * 8 + [1] * 2 + [2]]
+    regions_in_the_pool = TrainData(train, labelled=[0, 3], pool=[1, 2], annotations=data.annotations)  # SSL
+    assert trainer_module.labelled_draws(regions_in_the_pool) == [0, 3]

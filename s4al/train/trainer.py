@@ -66,6 +66,22 @@ def labelled_class_counts(data: TrainData, num_classes: int) -> tuple[np.ndarray
     return whole, regions
 
 
+def labelled_draws(data: TrainData, max_copies: int = 64) -> list[int]:
+    """The labelled stream's multiset: a partially labelled image (SSL off) appears in proportion to
+    the share of it that is labelled, a whole image as often as the thinnest share asks for, at most
+    `max_copies` times. So every labelled pixel is about equally likely to reach the supervised loss:
+    drawn uniformly, hundreds of images with a few bought cells each crowd the whole images out of
+    the batches (CamVid `cpu`, region entropy without SSL: mIoU 28 -> 17 after one cycle).
+    Without partially labelled images (every SSL run): every image once."""
+    shares = {
+        i: sum(patch.size for _, patch in data.annotations[i]) / np.prod(data.dataset.image_size(i))
+        for i in data.labelled
+        if i in data.annotations
+    }
+    copies = min(max_copies, round(1 / min(shares.values()))) if shares else 1
+    return [i for i in data.labelled for _ in range(max(1, round(copies * shares.get(i, 1.0))))]
+
+
 def poly_schedule(total_steps: int, power: float) -> Callable[[int], float]:
     return lambda step: max(1.0 - step / total_steps, 0.0) ** power
 
@@ -159,7 +175,7 @@ class Trainer:
         )
         shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}
         labelled = StepBatches(
-            Stream(self.data.labelled, seed, "labelled", self.cycle), cfg.train.batch_size, self.step, self.total_steps,
+            Stream(labelled_draws(self.data), seed, "labelled", self.cycle), cfg.train.batch_size, self.step, self.total_steps,
             **shard,
         )
         partial = {} if self.ssl else self.data.annotations
