@@ -88,14 +88,19 @@ PROTOCOLS = {
 }
 
 # What every method starts from: S4AL's defaults, stated so no preset change can move a baseline.
+# The learner is pinned to the one every committed table of the plain protocols used (mean-probability
+# alignment, plain Confidence Weighting), so their commands still reproduce them; the default learner
+# since then (argmax alignment, class-normalised weights) is the variant `--set
+# ssl.distribution_alignment=argmax --set ssl.class_normalised_confidence=true --name <protocol>_argmax_cnorm`.
 S4AL = {
     "active": {"level": "region", "metric": "entropy", "initial_fraction": 0.1},
-    "ssl": {"enabled": True, "confidence_weighting": True, "classmix": True, "balanced_classmix": True, "replay": True},
+    "ssl": {"enabled": True, "confidence_weighting": True, "classmix": True, "balanced_classmix": True, "replay": True,
+            "distribution_alignment": "probabilities", "class_normalised_confidence": False},
 }
 SUPERVISED = {"ssl": {"enabled": False}}
 NO_CYCLES = {"active": {"cycles": 0}}
-PAPER_LEARNER = {"ssl": {"distribution_alignment": "off", "freeze_bn_on_unlabelled": False, "mask_unconfident": False,
-                         "class_balance_power": 0.0}}
+PAPER_LEARNER = {"ssl": {"distribution_alignment": "off", "class_normalised_confidence": False,
+                         "freeze_bn_on_unlabelled": False, "mask_unconfident": False, "class_balance_power": 0.0}}
 # the unsupervised loss weighted by the pseudo label's class, inverse to its labelled frequency
 CLASS_BALANCED = {"ssl": {"class_balance_power": 1.0}}
 

@@ -172,7 +172,7 @@ def test_argmax_aligned_pseudo_labels_are_counted_over_the_same_pixels(bench_roo
     to_labelled = json.loads((out / "to_labelled.json").read_text())
     assert to_labelled["align_to"] == "labelled"
     assert to_labelled["argmax_aligned"]["bias"] != result["argmax_aligned"]["bias"]
-    train = pseudo_labels.build_dataset(pseudo_labels.load_config(run_dir / "config.yaml").dataset, "train", 0)
+    train = pseudo_labels.build_dataset(pseudo_labels.load_run_config(run_dir / "config.yaml").dataset, "train", 0)
     counts = class_shares.image_class_counts(train, class_shares.initially_labelled(run_dir, train), len(result["names"]))
     assert torch.equal(pseudo_labels.labelled_counts(checkpoint), torch.from_numpy(counts.sum(0)))
 

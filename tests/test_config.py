@@ -1,6 +1,8 @@
 import pytest
 
-from s4al.config import PRESETS, ConfigError, load_config, parse_override, save_config
+import yaml
+
+from s4al.config import PRESETS, ConfigError, load_config, load_run_config, parse_override, save_config
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -58,3 +60,22 @@ def test_overrides_and_round_trip(tmp_path):
     assert load_config(tmp_path / "c.yaml") == cfg
     with pytest.raises(ConfigError, match="section.key=value"):
         parse_override(["epochs"])
+
+
+def test_a_saved_run_config_keeps_the_learner_it_was_made_with(tmp_path):
+    path = tmp_path / "config.yaml"
+    save_config(load_config("demo"), path)
+    assert load_run_config(path) == load_config("demo")  # a complete dump: nothing filled in
+    assert (load_run_config(path).ssl.distribution_alignment, load_run_config(path).ssl.class_normalised_confidence) \
+        == ("argmax", True)  # today's default learner
+    data = yaml.safe_load(path.read_text())
+    del data["ssl"]["class_normalised_confidence"]  # written before the key existed
+    data["ssl"]["distribution_alignment"] = True  # the old boolean spelling
+    path.write_text(yaml.safe_dump(data))
+    ssl = load_run_config(path).ssl
+    assert (ssl.distribution_alignment, ssl.class_normalised_confidence) == ("probabilities", False)
+    assert load_config(path).ssl.class_normalised_confidence is True  # a user's config file: today's defaults
+    del data["ssl"]["distribution_alignment"]
+    path.write_text(yaml.safe_dump(data))
+    assert load_run_config(path, {"ssl": {"class_normalised_confidence": True}}).ssl.model_dump() == {
+        **ssl.model_dump(), "distribution_alignment": "off", "class_normalised_confidence": True}

@@ -19,7 +19,7 @@ from s4al.active.acquisition import Query, choose_images, choose_regions, score_
 from s4al.active.ledger import Ledger
 from s4al.active.oracle import Annotator, GroundTruthOracle
 from s4al import distributed
-from s4al.config import RunConfig, load_config, save_config
+from s4al.config import RunConfig, load_run_config, save_config
 from s4al.data import DatasetError, build_dataset
 from s4al.evaluate import evaluate
 from s4al.train.checkpoint import checkpoint_path, load_trained_model
@@ -69,7 +69,7 @@ class ActiveLearningRun:
     def _config(self, cfg: RunConfig | None) -> RunConfig:
         path = self.run_dir / CONFIG_FILE
         if path.exists():
-            saved = load_config(path)
+            saved = load_run_config(path)
             if cfg is not None and cfg != saved:
                 raise ValueError(f"{path}: this run folder was made with another config; use --resume or a new --out")
             return saved

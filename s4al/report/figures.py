@@ -18,7 +18,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from s4al.active.cycle import CONFIG_FILE
 from s4al.active.ledger import LEDGER_FILENAME, Ledger, Region
-from s4al.config import RunConfig, load_config
+from s4al.config import RunConfig, load_run_config
 from s4al.data import IGNORE_INDEX, ClassSet, DatasetError, SegmentationDataset, build_dataset
 from s4al.distributed import setup_device
 from s4al.report.predict import class_set, segment
@@ -267,7 +267,7 @@ def save_figures(
 ) -> tuple[dict[str, Path], dict[str, str]]:
     """Draws every figure the run has; returns ({name: PNG path}, {name: why it was not drawn})."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    cfg = load_config(run_dir / CONFIG_FILE)
+    cfg = load_run_config(run_dir / CONFIG_FILE)
     cycles = read_cycles(run_dir)
     if not cycles:
         raise FileNotFoundError(f"{run_dir}: no finished cycle yet (no cycles/cycle_*.json)")

@@ -10,7 +10,7 @@ from pathlib import Path
 import jinja2
 
 from s4al.active.cycle import CONFIG_FILE
-from s4al.config import load_config
+from s4al.config import load_run_config
 from s4al.report.figures import read_cycles, save_figures, supervised_reference
 
 REPORT_FILE = "report.html"
@@ -165,7 +165,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None, supervised_miou: fl
     supervised = supervised_reference(supervised_miou)
     saved, skipped = save_figures(run_dir, out_dir, supervised)
     cycles = read_cycles(run_dir)
-    cfg = load_config(run_dir / CONFIG_FILE)
+    cfg = load_run_config(run_dir / CONFIG_FILE)
     header, rows = cycle_table(cycles, supervised)
     html = TEMPLATE.render(
         name=run_dir.resolve().name,
