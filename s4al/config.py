@@ -209,10 +209,15 @@ BEFORE_KEY_EXISTED = {"ssl": {"distribution_alignment": "off", "class_normalised
 
 def load_run_config(path: Path, overrides: dict | None = None) -> RunConfig:
     """A run folder's saved config (resuming, reports): what the run was made with, whatever today's defaults."""
-    return _validated(_merge(_merge(BEFORE_KEY_EXISTED, _read_yaml(path)), overrides or {}), path)
+    return saved_config(_merge(_read_yaml(path), overrides or {}), path)
 
 
-def _validated(data: dict, path: Path) -> RunConfig:
+def saved_config(data: dict, source: str | Path) -> RunConfig:
+    """A config dumped by a run (its config.yaml, a checkpoint's copy), read as that run ran."""
+    return _validated(_merge(BEFORE_KEY_EXISTED, data), source)
+
+
+def _validated(data: dict, path: str | Path) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:

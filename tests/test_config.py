@@ -1,8 +1,7 @@
 import pytest
-
 import yaml
 
-from s4al.config import PRESETS, ConfigError, load_config, load_run_config, parse_override, save_config
+from s4al.config import PRESETS, ConfigError, load_config, load_run_config, parse_override, save_config, saved_config
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -66,14 +65,15 @@ def test_a_saved_run_config_keeps_the_learner_it_was_made_with(tmp_path):
     path = tmp_path / "config.yaml"
     save_config(load_config("demo"), path)
     assert load_run_config(path) == load_config("demo")  # a complete dump: nothing filled in
-    assert (load_run_config(path).ssl.distribution_alignment, load_run_config(path).ssl.class_normalised_confidence) \
-        == ("argmax", True)  # today's default learner
+    today = load_run_config(path).ssl
+    assert (today.distribution_alignment, today.class_normalised_confidence) == ("argmax", True)  # the default
     data = yaml.safe_load(path.read_text())
     del data["ssl"]["class_normalised_confidence"]  # written before the key existed
     data["ssl"]["distribution_alignment"] = True  # the old boolean spelling
     path.write_text(yaml.safe_dump(data))
     ssl = load_run_config(path).ssl
     assert (ssl.distribution_alignment, ssl.class_normalised_confidence) == ("probabilities", False)
+    assert saved_config(data, "a checkpoint's copy").ssl == ssl
     assert load_config(path).ssl.class_normalised_confidence is True  # a user's config file: today's defaults
     del data["ssl"]["distribution_alignment"]
     path.write_text(yaml.safe_dump(data))

@@ -31,13 +31,13 @@ def load_checkpoint(path: Path) -> dict:
 
 def load_trained_model(path: Path, network: str = "teacher", device: str | torch.device = "cpu"):
     """(model in eval mode, RunConfig) from a training checkpoint; `network` is teacher or student."""
-    from s4al.config import RunConfig
+    from s4al.config import saved_config
     from s4al.model import build_model
 
     state = load_checkpoint(path)
     if network not in ("teacher", "student"):
         raise ValueError(f"network must be 'teacher' or 'student', got {network!r}")
-    cfg = RunConfig.model_validate(state["config"])
+    cfg = saved_config(state["config"], path)
     model = build_model(cfg.model.model_copy(update={"weights": None}), len(state["classes"]))
     model.load_state_dict(state[network])
     return model.to(device).eval(), cfg
