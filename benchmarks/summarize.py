@@ -1,12 +1,13 @@
 """Summarise the label-efficiency results of one protocol: RESULTS/<protocol>/summary.md (mIoU
-mean +- std over seeds, ratio to full supervision, per-cycle values, final per-class IoU) and
-summary.png (mIoU vs labelled fraction, one curve per method). --readme prints the main table."""
+mean +- std over seeds, ratio to full supervision, per-cycle values, final per-class IoU, and
+the classes of the pixels each acquisition bought) and summary.png (mIoU vs labelled fraction,
+one curve per method). --readme prints the main table."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,23 @@ def class_table(groups: dict[str, list[dict]]) -> str:
     return markdown_table(["method", *classes], rows)
 
 
+def bought_table(groups: dict[str, list[dict]]) -> str:
+    """For the methods that buy labels: each class's share of the bought pixels (void included: an
+    annotator labels it, training ignores it), all cycles together, mean over seeds; "" if none."""
+    rows = []
+    for method, runs in groups.items():
+        totals = [Counter() for _ in runs]
+        for total, run in zip(totals, runs):
+            for cycle in run["cycles"]:
+                total.update(cycle.get("bought", {}).get("class_pixels", {}))
+        if not all(sum(total.values()) for total in totals):
+            continue
+        classes = list(totals[0])
+        shares = np.array([[total[c] / sum(total.values()) for c in classes] for total in totals]).mean(axis=0)
+        rows.append([method, *(f"{100 * share:.1f}" for share in shares)])
+    return markdown_table(["method", *classes], rows) if rows else ""
+
+
 def write_plot(groups: dict[str, list[dict]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -127,11 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         print(table, end="")
         return 0
     write_plot(groups, directory / "summary.png", f"CamVid label efficiency, protocol '{args.protocol}'")
+    bought = bought_table(groups)
+    bought_section = f"\n## What the bought labels hold (% of the bought pixels, mean over seeds)\n\n{bought}" if bought else ""
     (directory / "summary.md").write_text(
         f"# Label efficiency, protocol `{args.protocol}`\n\n"
         f"Validation mIoU (%) after the final cycle, mean ± std over seeds; labelled % counts pixels.\n\n"
         f"{table}\n## Final per-class IoU (%)\n\n{class_table(groups)}\n"
-        f"![mIoU vs labelled fraction](summary.png)\n"
+        f"![mIoU vs labelled fraction](summary.png)\n{bought_section}"
     )
     print(f"wrote {directory / 'summary.md'} and {directory / 'summary.png'}")
     if args.update:

@@ -106,6 +106,18 @@ def test_a_variant_table_divides_by_the_reference_protocols_full_supervision():
     assert "| 44.0 ± 1.4 | – |" in summarize.main_table(variant)  # no reference in the variant itself
 
 
+def test_the_bought_table_averages_each_seeds_class_shares_over_its_cycles():
+    def run(seed: int, *bought: dict) -> dict:
+        return {"seed": seed, "cycles": [{"bought": {"class_pixels": b}} for b in bought]}
+
+    groups = {
+        "s4al": [run(0, {"Car": 20, "void": 0}, {"Car": 10, "void": 10}), run(1, {"Car": 5, "void": 15}, {})],
+        "ssl_10": [run(0, {"Car": 0, "void": 0})],  # bought nothing: no row
+    }
+    assert summarize.bought_table(groups).splitlines() == ["| method | Car | void |", "|---|---|---|", "| s4al | 50.0 | 50.0 |"]
+    assert summarize.bought_table({"ssl_10": groups["ssl_10"]}) == ""
+
+
 def test_speed_smoke(tmp_path):
     run_script(speed, "--smoke", "--out", tmp_path, "--tag", "test", "--profile", "1")
     result = json.loads((tmp_path / "speed" / "test.json").read_text())
