@@ -85,14 +85,11 @@ def bought_table(groups: dict[str, list[dict]]) -> str:
     annotator labels it, training ignores it), all cycles together, mean over seeds; "" if none."""
     rows = []
     for method, runs in groups.items():
-        totals = [Counter() for _ in runs]
-        for total, run in zip(totals, runs):
-            for cycle in run["cycles"]:
-                total.update(cycle.get("bought", {}).get("class_pixels", {}))
-        if not all(sum(total.values()) for total in totals):
+        totals = [sum((Counter(c["bought"]["class_pixels"]) for c in run["cycles"]), Counter()) for run in runs]
+        if not all(totals):  # a Counter summed from zeros is empty
             continue
-        classes = list(totals[0])
-        shares = np.array([[total[c] / sum(total.values()) for c in classes] for total in totals]).mean(axis=0)
+        classes = list(runs[0]["cycles"][0]["bought"]["class_pixels"])
+        shares = np.mean([[total[c] / total.total() for c in classes] for total in totals], axis=0)
         rows.append([method, *(f"{100 * share:.1f}" for share in shares)])
     return markdown_table(["method", *classes], rows) if rows else ""
 
@@ -146,12 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     write_plot(groups, directory / "summary.png", f"CamVid label efficiency, protocol '{args.protocol}'")
     bought = bought_table(groups)
-    bought_section = f"\n## What the bought labels hold (% of the bought pixels, mean over seeds)\n\n{bought}" if bought else ""
+    if bought:
+        bought = f"\n## What the bought labels hold (% of the bought pixels, mean over seeds)\n\n{bought}"
     (directory / "summary.md").write_text(
         f"# Label efficiency, protocol `{args.protocol}`\n\n"
         f"Validation mIoU (%) after the final cycle, mean ± std over seeds; labelled % counts pixels.\n\n"
         f"{table}\n## Final per-class IoU (%)\n\n{class_table(groups)}\n"
-        f"![mIoU vs labelled fraction](summary.png)\n{bought_section}"
+        f"![mIoU vs labelled fraction](summary.png)\n{bought}"
     )
     print(f"wrote {directory / 'summary.md'} and {directory / 'summary.png'}")
     if args.update:
