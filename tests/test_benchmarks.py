@@ -1,6 +1,7 @@
 """The benchmark scripts at smoke size, through their command-line entry points (in this process,
 to pay torch's import once): label_efficiency.py (two quick methods, skip-if-exists, resume),
-summarize.py, speed.py --smoke, pseudo_labels.py, class_shares.py, learning_curves.py and jpeg_camvid.py; and
+summarize.py, speed.py --smoke, pseudo_labels.py, class_shares.py, learning_curves.py, jpeg_camvid.py and
+retrain_final.py; and
 gpu_window.sh, which starts its own processes."""
 
 import json
@@ -22,6 +23,7 @@ import jpeg_camvid  # noqa: E402
 import label_efficiency  # noqa: E402
 import learning_curves  # noqa: E402
 import pseudo_labels  # noqa: E402
+import retrain_final  # noqa: E402
 import speed  # noqa: E402
 import summarize  # noqa: E402
 
@@ -226,6 +228,24 @@ def write_curve(path: Path, mious: dict[int, float], pole: float = 0.5) -> Path:
     records = [{"cycle": 0, "epoch": e, "step": 50 * e, "miou": m, "iou": {"Pole": pole}} for e, m in mious.items()]
     path.write_text("".join(json.dumps(r) + "\n" for r in records + [dict(records[0], cycle=1, miou=0.99)]))
     return path
+
+
+def test_a_retrained_final_cycle_repeats_the_run_and_differs_without_its_regions_or_with_another_setting(tmp_path):
+    run_script(label_efficiency, "--protocol", "smoke", "--methods", "s4al", "--results", tmp_path / "results",
+               "--work", tmp_path / "work")
+    run_dir = tmp_path / "work" / "smoke" / "s4al_seed0"
+    common = ("--work", tmp_path / "retrain", "--out", tmp_path / "out")
+    run_script(retrain_final, run_dir, "--name", "same", *common)
+    run_script(retrain_final, run_dir, "--name", "without", "--without-regions", *common)
+    run_script(retrain_final, run_dir, "--name", "no_cw", "--set", "ssl.confidence_weighting=false", *common)
+    same, without, no_cw = (json.loads((tmp_path / "out" / f"{name}.json").read_text())
+                            for name in ("same", "without", "no_cw"))
+    assert same["val"] == same["source_val"]  # same labels and seeds: the same training, bit for bit
+    assert without["regions_in_source"] > 0 and without["val"]["miou"] != without["source_val"]["miou"]
+    assert no_cw["overrides"] == {"ssl": {"confidence_weighting": False}}
+    assert no_cw["val"]["miou"] != no_cw["source_val"]["miou"]
+    assert "confidence_weighting: true" in (run_dir / "config.yaml").read_text()  # the source folder is untouched
+    assert MACHINE_KEYS <= set(without["machine"])
 
 
 def test_learning_curves_tabulate_each_evaluated_epoch_and_mark_the_missing(tmp_path, capsys):

@@ -152,18 +152,22 @@ class ActiveLearningRun:
         labelled = fully if self.cfg.ssl.enabled else sorted(labelled_set | set(annotations))
         return TrainData(self.train_set, labelled=labelled, pool=pool, annotations=dict(annotations))
 
-    def _epochs(self, cycle: int) -> int:
+    def epochs(self, cycle: int) -> int:
         multiplier = self.cfg.active.final_cycle_epoch_multiplier if cycle == self.final_cycle else 1.0
         return max(1, round(self.cfg.train.epochs * multiplier))
+
+    def initial_student(self, cycle: int) -> dict | None:
+        """The student state a cycle starts from: the previous cycle's, or None (ImageNet weights)."""
+        if cycle == 0 or self.cfg.active.reinit_each_cycle:
+            return None
+        return torch.load(checkpoint_path(self.run_dir, cycle - 1), map_location="cpu", weights_only=False)["student"]
 
     def _train(self, cycle: int) -> None:
         self._on_main(self.ledger.set_phase, cycle, "train")
         started = time.perf_counter()
-        init = None
-        if cycle > 0 and not self.cfg.active.reinit_each_cycle:
-            init = torch.load(checkpoint_path(self.run_dir, cycle - 1), map_location="cpu", weights_only=False)["student"]
         trainer = Trainer(
-            self.cfg, self.train_data(), self.val_set, self.run_dir, cycle, self._epochs(cycle), init, self.progress
+            self.cfg, self.train_data(), self.val_set, self.run_dir, cycle, self.epochs(cycle),
+            self.initial_student(cycle), self.progress,
         )
         result = trainer.fit()
         metrics = {
