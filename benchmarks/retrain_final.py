@@ -1,14 +1,13 @@
 """What do a run's bought labels add to its final training? Retrains the final cycle of a finished
-run folder from its ledger with everything else the same (config, labelled images, pool, the
-student it starts from, and the seeds of the cycle's batches, augmentations and initialisation),
-optionally without the bought regions (`--without-regions`: the pool images train on pseudo labels
-alone), optionally drawing its random streams as another cycle would (`--as-cycle K`), which
-measures how much one final training's mIoU moves with the draw alone (a K below
-`ssl.balanced_from_cycle` also turns the replay batch off, as in that cycle), and optionally with other
-training settings (`--set ssl.KEY=VALUE`, repeatable), which compares learners on the same labels
-and draws.
+run folder from its ledger with everything else the same (config, labelled images, pool, the student
+it starts from, and the seeds of the cycle's batches, augmentations and initialisation), optionally
+without the bought regions (`--without-regions`: the pool images train on pseudo labels alone),
+optionally drawing its random streams as another cycle would (`--as-cycle K`), which measures how
+much one final training's mIoU moves with the draw alone (a K below `ssl.balanced_from_cycle` also
+turns the replay batch off, as in that cycle), and optionally with other training settings (`--set
+ssl.KEY=VALUE`, repeatable), which compares learners on the same labels and draws.
 
-The copy trains in WORK/<name> (the source run folder is only read), resumes from its checkpoint
+The copy trains in WORK/<name> (the source run folder is not changed), resumes from its checkpoint
 there, and writes OUT/<name>.json: the val mIoU and IoU per class, what was changed, the source
 run's own final result, and the machine."""
 

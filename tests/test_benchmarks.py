@@ -1,8 +1,7 @@
 """The benchmark scripts at smoke size, through their command-line entry points (in this process,
 to pay torch's import once): label_efficiency.py (two quick methods, skip-if-exists, resume),
-summarize.py, speed.py --smoke, pseudo_labels.py, class_shares.py, learning_curves.py, jpeg_camvid.py and
-retrain_final.py; and
-gpu_window.sh, which starts its own processes."""
+summarize.py, speed.py --smoke, pseudo_labels.py, class_shares.py, learning_curves.py,
+jpeg_camvid.py and retrain_final.py; and gpu_window.sh, which starts its own processes."""
 
 import json
 import os
