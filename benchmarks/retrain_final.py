@@ -14,7 +14,6 @@ run's own final result, and the machine."""
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -36,9 +35,7 @@ def retrain(run_dir: Path, work: Path, without_regions: bool, as_cycle: int | No
     cycle = final if as_cycle is None else as_cycle
     started, progress = time.perf_counter(), Progress(f"[retrain {work.name}]")
     trainer = Trainer(run.cfg, data, run.val_set, work, cycle, run.epochs(final), run.initial_student(final), progress)
-    result = trainer.fit()
-    scores = {k: v for k, v in result.history[-1].items() if k not in ("cycle", "epoch", "step")}
-    source = json.loads((run_dir / "cycles" / f"cycle_{final}.json").read_text())
+    scores = trainer.fit().final_scores
     return {
         "source_run": str(run_dir),
         "final_cycle": final,
@@ -47,7 +44,7 @@ def retrain(run_dir: Path, work: Path, without_regions: bool, as_cycle: int | No
         "overrides": overrides,
         "regions_in_source": regions,
         "val": scores,
-        "source_val": source["val"],
+        "source_val": run.summaries()[final]["val"],
         "train_seconds": time.perf_counter() - started,
         "steps": progress.timings(),
     }

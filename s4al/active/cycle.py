@@ -173,7 +173,7 @@ class ActiveLearningRun:
         metrics = {
             "labelled_fraction": self.ledger.labelled_fraction(),
             "labelled_pixels": self.ledger.labelled_pixels(),
-            "val": {k: v for k, v in result.history[-1].items() if k not in ("cycle", "epoch", "step")},
+            "val": result.final_scores,
             "train_seconds": time.perf_counter() - started,
         }
         if self.test_set is not None:

@@ -51,6 +51,11 @@ class TrainResult:
     teacher: nn.Module
     history: list[dict]  # one entry per evaluation
 
+    @property
+    def final_scores(self) -> dict:
+        """The last evaluation's scores, without where in training it was made."""
+        return {k: v for k, v in self.history[-1].items() if k not in ("cycle", "epoch", "step")}
+
 
 def labelled_class_counts(data: TrainData, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel counts per class (whole labelled images, answered regions). Their sum, everything an
