@@ -89,13 +89,15 @@ PROTOCOLS = {
 
 # What every method starts from: S4AL's defaults, stated so no preset change can move a baseline.
 # The learner is pinned to the one every committed table of the plain protocols used (mean-probability
-# alignment, plain Confidence Weighting), so their commands still reproduce them; the default learner
-# since then (argmax alignment, class-normalised weights) is the variant `--set
-# ssl.distribution_alignment=argmax --set ssl.class_normalised_confidence=true --name <protocol>_argmax_cnorm`.
+# alignment to the labelled shares, plain Confidence Weighting), so their commands still reproduce
+# them. The default learner of 2026-11-26 (argmax alignment, class-normalised weights) is the variant
+# `--set ssl.distribution_alignment=argmax --set ssl.class_normalised_confidence=true --name
+# <protocol>_argmax_cnorm`; today's adds `--set ssl.alignment_target=labelled_x_predicted`.
 S4AL = {
     "active": {"level": "region", "metric": "entropy", "initial_fraction": 0.1},
     "ssl": {"enabled": True, "confidence_weighting": True, "classmix": True, "balanced_classmix": True, "replay": True,
-            "distribution_alignment": "probabilities", "class_normalised_confidence": False},
+            "distribution_alignment": "probabilities", "class_normalised_confidence": False,
+            "alignment_target": "labelled"},
 }
 SUPERVISED = {"ssl": {"enabled": False}}
 NO_CYCLES = {"active": {"cycles": 0}}

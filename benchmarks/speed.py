@@ -273,7 +273,10 @@ def speed_config(args: argparse.Namespace, device: str) -> RunConfig:
     """The camvid preset (or the smoke config) at HxW, with replay and Balanced ClassMix on."""
     h, w = args.height, args.width
     # epochs: enough steps after replay starts for the sampler to draw the measured batches from
-    settings = {"train": {"crop_size": [h, w], "device": device, "epochs": 100},
+    train = {"crop_size": [h, w], "device": device, "epochs": 100}
+    if args.workers is not None:
+        train["num_workers"] = args.workers
+    settings = {"train": train,
                 "ssl": {"enabled": True, "classmix": True, "balanced_classmix": True, "replay": True}}
     if args.smoke:
         size = {"dataset": {"synthetic": {"height": h, "width": w}}}
@@ -320,6 +323,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--score-images", type=int, help=f"images for (b); default {FULL['score_images']}")
     parser.add_argument("--pools", type=int, nargs="+", help=f"pool sizes for (c); default {FULL['pools']}")
     parser.add_argument("--load-batches", type=int, help=f"loader steps for (d); default {FULL['load_batches']}")
+    parser.add_argument("--workers", type=int, help="loader workers for (b) on a GPU and (d); default the preset's")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also profile N SSL iterations into OUT/speed/TAG-profile.txt")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic sizes: checks that the script works")

@@ -9,7 +9,7 @@ are drawn per image from (seed, image index), so they too do not depend on the s
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,11 +52,35 @@ def scoring_workers(device: torch.device, configured: int) -> int:
     return configured if device.type == "cuda" else 0
 
 
-def bought_mask(boxes: Sequence[Box], height: int, width: int) -> torch.Tensor:
-    mask = torch.zeros(height, width, dtype=torch.bool)
+def bought_mask(boxes: Sequence[Box], height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+    """Made where it is used: a GPU waits for its queued work before a copy from pageable memory."""
+    mask = torch.zeros(height, width, dtype=torch.bool, device=device)
     for y0, x0, y1, x1 in boxes:
         mask[y0:y1, x0:x1] = True
     return mask
+
+
+def _on_host(batches: Iterator[tuple[list[int], torch.Tensor]]) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """The (dataset indices, values) batches with the values copied to the host, one batch late:
+    each copy is queued asynchronously and waited for only after the next batch's work is queued,
+    so a GPU never idles while the host waits for it between batches."""
+    pending = None
+    for indices, values in batches:
+        copied = values.to("cpu", non_blocking=True)
+        done = torch.cuda.Event() if values.is_cuda else None
+        if done is not None:
+            done.record()
+        if pending is not None:
+            yield _completed(*pending)
+        pending = indices, copied, done
+    if pending is not None:
+        yield _completed(*pending)
+
+
+def _completed(indices: list[int], copied: torch.Tensor, done) -> tuple[list[int], torch.Tensor]:
+    if done is not None:
+        done.synchronize()
+    return indices, copied
 
 
 def _gathered(shard: dict) -> dict:
@@ -101,13 +125,15 @@ def score_cells(
     num_workers: int = 0,
 ) -> dict[int, np.ndarray]:
     """Per pool image, the (rows, cols) mean score of each cell over its not-yet-bought pixels."""
+    def labelled(batch_indices: list[int], scores: torch.Tensor) -> torch.Tensor:
+        h, w = scores.shape[-2:]
+        return torch.stack([bought_mask(bought.get(i, ()), h, w, scores.device) for i in batch_indices])
+
     cells: dict[int, np.ndarray] = {}
     batches = _pixel_score_batches(model, dataset, indices, cfg.metric, cfg.score_batch_size, device, seed, num_workers)
-    for batch_indices, scores in batches:
-        h, w = scores.shape[-2:]
-        labelled = torch.stack([bought_mask(bought.get(i, ()), h, w) for i in batch_indices]).to(device)
-        for i, c in zip(batch_indices, cell_scores(scores, labelled, cfg.region_size).cpu().numpy()):
-            cells[i] = c
+    batch_cells = ((ids, cell_scores(scores, labelled(ids, scores), cfg.region_size)) for ids, scores in batches)
+    for batch_indices, values in _on_host(batch_cells):
+        cells.update(zip(batch_indices, values.numpy()))
     return _gathered(cells)
 
 
@@ -124,8 +150,9 @@ def choose_regions(cells: Mapping[int, np.ndarray], sizes: Mapping[int, tuple[in
 def score_images(model, dataset, indices, metric, batch_size, device, seed, num_workers=0) -> dict[int, float]:
     """Mean pixel score per pool image (the image-level random / entropy / ... baselines)."""
     out: dict[int, float] = {}
-    for batch_indices, scores in _pixel_score_batches(model, dataset, indices, metric, batch_size, device, seed, num_workers):
-        out.update(zip(batch_indices, scores.mean(dim=(1, 2)).tolist()))
+    batches = _pixel_score_batches(model, dataset, indices, metric, batch_size, device, seed, num_workers)
+    for batch_indices, means in _on_host((ids, scores.mean(dim=(1, 2))) for ids, scores in batches):
+        out.update(zip(batch_indices, means.tolist()))
     return _gathered(out)
 
 
@@ -134,9 +161,10 @@ def image_features(model, dataset, indices, batch_size, device, num_workers=0) -
     """(len(indices), C) pooled deepest encoder features, in the order of `indices`."""
     model.eval()
     features: dict[int, torch.Tensor] = {}
-    for images, _, batch_indices in image_batches(dataset, batch_size, num_workers, indices, shard=True, labels=False):
-        pooled = pooled_features(model.features(to_model_input(images, device))).cpu()
-        features.update(zip(batch_indices, pooled))
+    batches = image_batches(dataset, batch_size, num_workers, indices, shard=True, labels=False)
+    pooled = ((ids, pooled_features(model.features(to_model_input(images, device)))) for images, _, ids in batches)
+    for batch_indices, values in _on_host(pooled):
+        features.update(zip(batch_indices, values))
     features = _gathered(features)
     return torch.stack([features[i] for i in indices])
 
