@@ -77,7 +77,9 @@ def _on_host(batches: Iterator[tuple[list[int], torch.Tensor]]) -> Iterator[tupl
         yield _completed(*pending)
 
 
-def _completed(indices: list[int], copied: torch.Tensor, done) -> tuple[list[int], torch.Tensor]:
+def _completed(
+    indices: list[int], copied: torch.Tensor, done: torch.cuda.Event | None
+) -> tuple[list[int], torch.Tensor]:
     if done is not None:
         done.synchronize()
     return indices, copied
