@@ -92,7 +92,7 @@ PROTOCOLS = {
 # alignment to the labelled shares, plain Confidence Weighting), so their commands still reproduce
 # them. The default learner of 2026-11-26 (argmax alignment, class-normalised weights) is the variant
 # `--set ssl.distribution_alignment=argmax --set ssl.class_normalised_confidence=true --name
-# <protocol>_argmax_cnorm`; today's adds `--set ssl.alignment_target=labelled_x_predicted`.
+# <protocol>_argmax_cnorm`; the default since 2026-11-27 adds `--set ssl.alignment_target=labelled_x_predicted`.
 S4AL = {
     "active": {"level": "region", "metric": "entropy", "initial_fraction": 0.1},
     "ssl": {"enabled": True, "confidence_weighting": True, "classmix": True, "balanced_classmix": True, "replay": True,

@@ -52,12 +52,16 @@ def scoring_workers(device: torch.device, configured: int) -> int:
     return configured if device.type == "cuda" else 0
 
 
-def bought_mask(boxes: Sequence[Box], height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
-    """Made where it is used: a GPU waits for its queued work before a copy from pageable memory."""
-    mask = torch.zeros(height, width, dtype=torch.bool, device=device)
-    for y0, x0, y1, x1 in boxes:
-        mask[y0:y1, x0:x1] = True
-    return mask
+def bought_masks(
+    boxes: Sequence[Sequence[Box]], height: int, width: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """(N, height, width) bool, True inside image n's boxes[n]. Made on the device that uses it: a
+    GPU waits for its queued work before a copy from pageable host memory."""
+    masks = torch.zeros(len(boxes), height, width, dtype=torch.bool, device=device)
+    for mask, image_boxes in zip(masks, boxes):
+        for y0, x0, y1, x1 in image_boxes:
+            mask[y0:y1, x0:x1] = True
+    return masks
 
 
 def _on_host(batches: Iterator[tuple[list[int], torch.Tensor]]) -> Iterator[tuple[list[int], torch.Tensor]]:
@@ -66,8 +70,8 @@ def _on_host(batches: Iterator[tuple[list[int], torch.Tensor]]) -> Iterator[tupl
     so a GPU never idles while the host waits for it between batches."""
     pending = None
     for indices, values in batches:
-        copied = values.to("cpu", non_blocking=True)
         done = torch.cuda.Event() if values.is_cuda else None
+        copied = values.to("cpu", non_blocking=True)
         if done is not None:
             done.record()
         if pending is not None:
@@ -77,10 +81,8 @@ def _on_host(batches: Iterator[tuple[list[int], torch.Tensor]]) -> Iterator[tupl
         yield _completed(*pending)
 
 
-def _completed(
-    indices: list[int], copied: torch.Tensor, done: torch.cuda.Event | None
-) -> tuple[list[int], torch.Tensor]:
-    if done is not None:
+def _completed(indices: list[int], copied: torch.Tensor, done) -> tuple[list[int], torch.Tensor]:
+    if done is not None:  # a torch.cuda.Event recorded after the copy
         done.synchronize()
     return indices, copied
 
@@ -127,13 +129,13 @@ def score_cells(
     num_workers: int = 0,
 ) -> dict[int, np.ndarray]:
     """Per pool image, the (rows, cols) mean score of each cell over its not-yet-bought pixels."""
-    def labelled(batch_indices: list[int], scores: torch.Tensor) -> torch.Tensor:
-        h, w = scores.shape[-2:]
-        return torch.stack([bought_mask(bought.get(i, ()), h, w, scores.device) for i in batch_indices])
+    def cells_of(ids: list[int], scores: torch.Tensor) -> torch.Tensor:
+        labelled = bought_masks([bought.get(i, ()) for i in ids], *scores.shape[-2:], scores.device)
+        return cell_scores(scores, labelled, cfg.region_size)
 
     cells: dict[int, np.ndarray] = {}
     batches = _pixel_score_batches(model, dataset, indices, cfg.metric, cfg.score_batch_size, device, seed, num_workers)
-    batch_cells = ((ids, cell_scores(scores, labelled(ids, scores), cfg.region_size)) for ids, scores in batches)
+    batch_cells = ((ids, cells_of(ids, scores)) for ids, scores in batches)
     for batch_indices, values in _on_host(batch_cells):
         cells.update(zip(batch_indices, values.numpy()))
     return _gathered(cells)
