@@ -10,7 +10,6 @@ from conftest import tiny_config
 from s4al.active import acquisition
 from s4al.active.acquisition import (
     Query,
-    bought_masks,
     choose_images,
     choose_regions,
     score_cells,
@@ -37,16 +36,6 @@ def setup():
 
 def active(cfg, **values):
     return cfg.active.model_copy(update=values)
-
-
-def test_bought_masks_cover_exactly_each_images_boxes():
-    masks = bought_masks([[(0, 0, 16, 16), (16, 32, 48, 48)], [], [(40, 60, 48, 64)]], 48, 64)
-    first, nothing, corner = masks
-    assert masks.shape == (3, 48, 64)
-    assert first.sum() == 16 * 16 + 32 * 16
-    assert first[:16, :16].all() and first[16:48, 32:48].all() and not first[16:, :32].any()
-    assert not nothing.any()
-    assert corner.sum() == 8 * 4 and corner[40:, 60:].all()
 
 
 def test_streaming_over_the_pool_equals_scoring_each_image_alone(setup):

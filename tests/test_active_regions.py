@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from s4al.active.regions import (
+    box_masks,
     cell_box,
     cell_scores,
     grid_shape,
@@ -124,3 +125,13 @@ def test_boxes_inside_a_fully_labelled_image_add_nothing():
     boxes = {"full": [(0, 0, 5, 5)], "part": [(0, 0, 5, 5), (0, 0, 5, 5)]}
     assert labelled_pixel_count(sizes, {"full"}, boxes) == 125
     assert labelled_fraction(sizes, {"full"}, boxes) == pytest.approx(0.625)
+
+
+def test_box_masks_cover_exactly_each_images_boxes():
+    masks = box_masks([[(0, 0, 16, 16), (16, 32, 48, 48)], [], [(40, 60, 48, 64)]], 48, 64)
+    first, nothing, corner = masks
+    assert masks.shape == (3, 48, 64)
+    assert first.sum() == 16 * 16 + 32 * 16
+    assert first[:16, :16].all() and first[16:48, 32:48].all() and not first[16:, :32].any()
+    assert not nothing.any()
+    assert corner.sum() == 8 * 4 and corner[40:, 60:].all()

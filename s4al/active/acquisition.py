@@ -18,14 +18,13 @@ from torch import nn
 
 from s4al import distributed
 from s4al.active.coreset import k_center_greedy, pooled_features
-from s4al.active.regions import cell_box, cell_scores, select_global, select_per_image
+from s4al.active.regions import Box, box_masks, cell_box, cell_scores, select_global, select_per_image
 from s4al.active.scores import pixel_scores, random_scores
 from s4al.config import ActiveConfig
 from s4al.data.base import SegmentationDataset
 from s4al.evaluate import image_batches, to_model_input
 from s4al.train.sampling import seeded_generator
 
-Box = tuple[int, int, int, int]
 
 
 def _find_malloc_trim():
@@ -50,18 +49,6 @@ def scoring_workers(device: torch.device, configured: int) -> int:
     """Loader processes for pool scoring: on a CPU they compete with the network for the same cores
     (measured on 2 cores: 0.52x plain-inference throughput with 2 workers, 0.87x with none)."""
     return configured if device.type == "cuda" else 0
-
-
-def bought_masks(
-    boxes: Sequence[Sequence[Box]], height: int, width: int, device: torch.device | None = None
-) -> torch.Tensor:
-    """(N, height, width) bool, True inside image n's boxes[n]. Made on the device that uses it: a
-    GPU waits for its queued work before a copy from pageable host memory."""
-    masks = torch.zeros(len(boxes), height, width, dtype=torch.bool, device=device)
-    for mask, image_boxes in zip(masks, boxes):
-        for y0, x0, y1, x1 in image_boxes:
-            mask[y0:y1, x0:x1] = True
-    return masks
 
 
 def _on_host(batches: Iterator[tuple[list[int], torch.Tensor]]) -> Iterator[tuple[list[int], torch.Tensor]]:
@@ -130,7 +117,7 @@ def score_cells(
 ) -> dict[int, np.ndarray]:
     """Per pool image, the (rows, cols) mean score of each cell over its not-yet-bought pixels."""
     def cells_of(ids: list[int], scores: torch.Tensor) -> torch.Tensor:
-        labelled = bought_masks([bought.get(i, ()) for i in ids], *scores.shape[-2:], scores.device)
+        labelled = box_masks([bought.get(i, ()) for i in ids], *scores.shape[-2:], scores.device)
         return cell_scores(scores, labelled, cfg.region_size)
 
     cells: dict[int, np.ndarray] = {}

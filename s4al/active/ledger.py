@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from s4al.active.regions import Box, labelled_fraction, labelled_pixel_count
+from s4al.active.regions import Box, box_masks, labelled_fraction, labelled_pixel_count
 from s4al.data.classes import IGNORE_INDEX
 
 SCHEMA_VERSION = 1
@@ -477,11 +477,8 @@ class Ledger:
     def labelled_mask(self, image_id: str) -> np.ndarray:
         """(H, W) bool: the whole image if fully labelled, else the union of its answered regions."""
         record = self._image(image_id)
-        mask = np.full((record.height, record.width), record.fully_labelled)
-        for region in self._answered_in(image_id):
-            y0, x0, y1, x1 = region.box
-            mask[y0:y1, x0:x1] = True
-        return mask
+        boxes = [region.box for region in self._answered_in(image_id)]
+        return box_masks([boxes], record.height, record.width)[0].numpy() | record.fully_labelled
 
     def label_map(self, image_id: str) -> np.ndarray:
         """(H, W) uint8: answered region labels, 255 elsewhere. Covers regions only; for fully

@@ -97,6 +97,18 @@ def select_global(
     return chosen
 
 
+def box_masks(
+    boxes: Sequence[Sequence[Box]], height: int, width: int, device: torch.device | None = None
+) -> Tensor:
+    """(N, height, width) bool, True inside image n's boxes[n]. Made on the device that uses it: a
+    GPU waits for its queued work before a copy from pageable host memory."""
+    masks = torch.zeros(len(boxes), height, width, dtype=torch.bool, device=device)
+    for mask, image_boxes in zip(masks, boxes):
+        for y0, x0, y1, x1 in image_boxes:
+            mask[y0:y1, x0:x1] = True
+    return masks
+
+
 def union_area(boxes: Sequence[Box]) -> int:
     """Pixels covered by at least one box (overlaps counted once), by coordinate compression."""
     if not boxes:

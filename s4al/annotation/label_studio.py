@@ -27,6 +27,7 @@ from label_studio_sdk.label_interface import LabelInterface
 from PIL import Image
 
 from s4al.active.ledger import Region
+from s4al.active.regions import box_masks
 from s4al.annotation.masks import UNPAINTED, AnswerError, PaintedImage
 from s4al.data.classes import ClassSet
 
@@ -64,10 +65,7 @@ def task(image: np.ndarray, regions: Sequence[Region], prediction: np.ndarray, c
     """The import task of one image: `image` (H, W, 3) uint8, its asked `regions`, and the model's
     (H, W) class-id `prediction`, pre-annotated inside the regions only."""
     height, width = prediction.shape
-    inside = np.zeros((height, width), dtype=bool)
-    for region in regions:
-        y0, x0, y1, x1 = region.box
-        inside[y0:y1, x0:x1] = True
+    inside = box_masks([[region.box for region in regions]], height, width)[0].numpy()
     result = [_asked_rectangle(region, height, width) for region in regions]
     result += [
         _brush(f"prediction_{k}", (prediction == k) & inside, classes.names[k])
