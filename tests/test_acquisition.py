@@ -1,6 +1,7 @@
 """Streaming pool scoring and the choice of regions and images (s4al/active/acquisition.py)."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -133,3 +134,25 @@ def test_pool_scoring_returns_freed_memory_every_trim_every_batches(setup, monke
     pool = list(range(10))  # 5 batches of 2: trimmed after the 2nd and the 4th
     cells = score_cells(model, dataset, pool, {}, active(cfg, score_batch_size=2), CPU, 0)
     assert len(trims) == 2 and sorted(cells) == pool
+
+
+
+def test_config_values_too_large_for_the_images_are_said_not_capped_silently():
+    sizes = {0: (20, 40), 1: (48, 64)}  # with 16x16 cells: 2x3 and 3x4 grids
+    wide_cells = tiny_config(active={"region_size": 32, "regions_per_image": 1}).active
+    with pytest.warns(acquisition.CappedConfigWarning) as said:
+        choose_regions({0: np.zeros((1, 2)), 1: np.zeros((2, 2))}, sizes, wide_cells)
+    assert [str(w.message) for w in said] == [
+        "active.region_size 32 is larger than a side of 1 pool image(s), e.g. 20x40: their cells are cut to the image"
+    ]
+    cells = {0: np.zeros((2, 3)), 1: np.zeros((3, 4))}
+    with pytest.warns(acquisition.CappedConfigWarning) as said:
+        chosen = choose_regions(cells, sizes, tiny_config(active={"region_size": 16, "regions_per_image": 7}).active)
+    assert [str(w.message) for w in said] == [
+        "active.regions_per_image 7 is more than the cells of 1 pool image(s), e.g. 20x40 has 2x3 = 6 cells of "
+        "16x16: every cell of those is asked for"
+    ]
+    assert len(chosen) == 6 + 7
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        choose_regions(cells, sizes, tiny_config(active={"region_size": 16, "regions_per_image": 6}).active)

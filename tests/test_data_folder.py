@@ -117,3 +117,21 @@ def test_load_image_matches_load_and_never_reads_the_label(tmp_path):
     with pytest.raises(DatasetError, match="a.png"):
         dataset.load(0)
     assert dataset.load_image(0).shape == (4, 6, 3)
+
+
+def test_a_jpeg_mask_is_refused_naming_the_file(tmp_path):
+    make_folder(tmp_path, stems=("a",))
+    save(tmp_path / "images" / "b.png", np.zeros((2, 2, 3), np.uint8))
+    save(tmp_path / "masks" / "b.jpg", np.zeros((2, 2, 3), np.uint8))  # would make b a pool image
+    with pytest.raises(DatasetError, match=r"masks/b\.jpg: a JPEG mask.*save it as PNG \(b\.png\)"):
+        ImageFolder(tmp_path, "train", allow_unlabelled=True)
+
+
+def test_a_mask_without_its_image_is_refused_naming_the_file(tmp_path):
+    make_folder(tmp_path)
+    save(tmp_path / "masks" / "c.png", ID_MASK)
+    with pytest.raises(DatasetError, match=r"masks/c\.png: no image with stem 'c' in images/"):
+        ImageFolder(tmp_path, "train")
+    (tmp_path / "masks" / "c.png").rename(tmp_path / "masks" / "a.PNG")
+    with pytest.raises(DatasetError, match=r"masks/a\.PNG: masks must be PNG files named <image stem>\.png"):
+        ImageFolder(tmp_path, "train")

@@ -78,3 +78,15 @@ def test_pair_list_errors_name_the_list_file_and_line(tmp_path):
     (tmp_path / "missing.txt").write_text("a.png b.png\n")
     with pytest.raises(DatasetError, match="missing.txt:1: missing pair file .*b.png"):
         read_pair_list(tmp_path / "missing.txt", tmp_path)
+
+
+def test_16_bit_greyscale_keeps_its_top_8_bits(tmp_path):
+    wide = np.array([[0, 255, 256, 32768, 65535], [257, 514, 4095, 65280, 65279]], dtype=np.uint16)
+    path = save(tmp_path / "grey16.png", wide)
+    assert Image.open(path).mode.startswith("I")  # stored as 16-bit, not 8
+    image = read_image(path)
+    assert image.dtype == np.uint8 and image.shape == (2, 5, 3)
+    expected = np.array([[0, 0, 1, 128, 255], [1, 2, 15, 255, 254]], dtype=np.uint8)
+    for channel in range(3):
+        assert np.array_equal(image[..., channel], expected)
+

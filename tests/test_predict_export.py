@@ -147,3 +147,22 @@ def test_export_command_fixed_size(checkpoint, tmp_path):
     assert "fixed 1x3x48x64" in result.output
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert [d for d in session.get_inputs()[0].shape] == [1, 3, 48, 64]
+
+
+def test_export_refuses_an_unwritable_path_before_any_work(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    never_loaded = tmp_path / "missing.pt"  # the path is checked before the checkpoint is read
+    with pytest.raises(ValueError, match=r"a_file/model\.onnx: cannot write the ONNX file there"):
+        export_onnx(never_loaded, blocker / "model.onnx")
+    with pytest.raises(ValueError, match=f"{tmp_path}: is a folder"):
+        export_onnx(never_loaded, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_export_command_names_the_unwritable_path(checkpoint, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    target = tmp_path / "a_file" / "model.onnx"
+    result = CliRunner().invoke(cli_app(), ["export", str(checkpoint), "--onnx", str(target)], env={"COLUMNS": "500"})
+    assert result.exit_code == 2
+    assert f"{target}: cannot write the ONNX file there (File exists: {target.parent})" in result.output

@@ -9,6 +9,7 @@ are drawn per image from (seed, image index), so they too do not depend on the s
 from __future__ import annotations
 
 import ctypes
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from s4al import distributed
 from s4al.active.coreset import k_center_greedy, pooled_features
-from s4al.active.regions import Box, box_masks, cell_box, cell_scores, select_global, select_per_image
+from s4al.active.regions import Box, box_masks, cell_box, cell_scores, grid_shape, select_global, select_per_image
 from s4al.active.scores import pixel_scores, random_scores
 from s4al.config import ActiveConfig
 from s4al.data.base import SegmentationDataset
@@ -128,7 +129,30 @@ def score_cells(
     return _gathered(cells)
 
 
+class CappedConfigWarning(UserWarning):
+    """A config value that some images are too small for, so it is capped to them."""
+
+
+def warn_capped(sizes: Mapping[int, tuple[int, int]], cfg: ActiveConfig) -> None:
+    """Says when cells are cut to a smaller image, or an image has fewer cells than it would be asked for."""
+    s = cfg.region_size
+    narrow = [size for size in sizes.values() if min(size) < s]
+    if narrow:
+        h, w = narrow[0]
+        warnings.warn(f"active.region_size {s} is larger than a side of {len(narrow)} pool image(s), e.g. {h}x{w}: "
+                      "their cells are cut to the image", CappedConfigWarning, stacklevel=3)
+    k = cfg.regions_per_image
+    grids = [(size, grid_shape(*size, s)) for size in sizes.values()] if cfg.selection == "per_image" else []
+    few = [(size, (rows, cols)) for size, (rows, cols) in grids if rows * cols < k]
+    if few:
+        (h, w), (rows, cols) = few[0]
+        warnings.warn(f"active.regions_per_image {k} is more than the cells of {len(few)} pool image(s), e.g. "
+                      f"{h}x{w} has {rows}x{cols} = {rows * cols} cells of {s}x{s}: every cell of those is asked for",
+                      CappedConfigWarning, stacklevel=3)
+
+
 def choose_regions(cells: Mapping[int, np.ndarray], sizes: Mapping[int, tuple[int, int]], cfg: ActiveConfig) -> list[Query]:
+    warn_capped(sizes, cfg)
     s = cfg.region_size
     if cfg.selection == "per_image":
         picks = [(i, r, c, v) for i in sorted(cells) for r, c, v in select_per_image(cells[i], cfg.regions_per_image)]

@@ -131,6 +131,7 @@ class ImageFolder(FilePairDataset):
 
     def _list_pairs(self, allow_unlabelled: bool) -> list[Pair]:
         images = images_by_stem(self.root / "images")
+        check_masks(self.mask_dir, images)
         split_file = self.root / f"{self.split}.txt"
         if split_file.is_file():
             chosen = [images[stem] for stem in read_stems(split_file, images)]
@@ -159,6 +160,23 @@ def images_by_stem(image_dir: Path) -> dict[str, Path]:
             raise DatasetError(f"{image}: two images share the stem '{image.stem}' (also {other})")
         images[image.stem] = image
     return images
+
+
+def check_masks(mask_dir: Path, images: dict[str, Path]) -> None:
+    """Every file in masks/ must be the PNG mask of an image: one that is not would be ignored and
+    its image taken for an unlabelled one."""
+    if not mask_dir.is_dir():
+        return
+    for mask in sorted(mask_dir.iterdir()):
+        if mask.name.startswith(".") or not mask.is_file():
+            continue
+        if mask.suffix.lower() in (".jpg", ".jpeg"):
+            raise DatasetError(f"{mask}: a JPEG mask; JPEG compression alters class ids and colours, "
+                               f"save it as PNG ({mask.stem}.png)")
+        if mask.suffix != ".png":
+            raise DatasetError(f"{mask}: masks must be PNG files named <image stem>.png")
+        if mask.stem not in images:
+            raise DatasetError(f"{mask}: no image with stem '{mask.stem}' in images/ (a mask without its image)")
 
 
 def read_stems(split_file: Path, images: dict[str, Path]) -> list[str]:

@@ -15,6 +15,8 @@ from s4al.data.classes import IGNORE_INDEX
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # PIL reports broken files through several exception types (truncated streams, bad chunks, bombs).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# 16-bit greyscale PNGs open in one of these (32-bit "I" in older Pillow).
+WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I")
 
 
 @dataclass(frozen=True)
@@ -40,15 +42,20 @@ def _pixels(img: Image.Image, path: Path, mode: str | None = None) -> np.ndarray
 
 
 def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, whatever the file's colour mode."""
+    """(H, W, 3) uint8 RGB, whatever the file's colour mode. 16-bit greyscale keeps its top 8 bits
+    (Pillow's own conversion clips every value above 255 to white)."""
     with _open(Path(path)) as img:
-        return _pixels(img, path, "RGB")
+        if img.mode not in WIDE_GREY_MODES:
+            return _pixels(img, path, "RGB")
+        wide = _pixels(img, path)
+    grey = (wide.astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
 
 
 def read_label(path: Path) -> np.ndarray:
     """(H, W) uint8 raw label values from a single-channel (L, P or 16-bit) PNG."""
     with _open(Path(path)) as img:
-        if img.mode not in ("L", "P", "I", "I;16"):
+        if img.mode not in ("L", "P", *WIDE_GREY_MODES):
             raise DatasetError(f"{path}: a label must be a single-channel image, got colour mode {img.mode}")
         raw = _pixels(img, path)
     if raw.dtype != np.uint8:

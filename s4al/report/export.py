@@ -55,6 +55,22 @@ def max_difference(model: torch.nn.Module, onnx_path: Path, shapes: tuple[tuple[
     return worst
 
 
+def check_writable(path: Path) -> None:
+    """Refuses an output file that cannot be written before the export's work (tens of seconds)
+    rather than after it; leaves no file behind."""
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; give the path of the .onnx file to write")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):  # appends nothing: an existing file is left as it is
+            pass
+    except OSError as err:
+        raise ValueError(f"{path}: cannot write the ONNX file there ({err.strerror}: {err.filename})") from None
+    if not existed:
+        path.unlink()
+
+
 def export_onnx(
     checkpoint: Path,
     out_path: Path,
@@ -66,10 +82,10 @@ def export_onnx(
 ) -> ExportResult:
     """Writes the model to `out_path` (weights inside the file) and checks it on `probe_shapes`;
     raises ExportError if onnxruntime and PyTorch differ by more than `tolerance`."""
+    out_path = Path(out_path)
+    check_writable(out_path)
     model, _ = load_trained_model(Path(checkpoint), network, "cpu")
     model = model.to(memory_format=torch.contiguous_format)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     traced = (height | 1, width | 1) if dynamic else (height, width)  # odd sides: the padding branch
     any_size = torch.export.Dim.DYNAMIC
     torch.onnx.export(
