@@ -1,7 +1,7 @@
 """A CamVid copy with JPEG images (quality 95, no chroma subsampling: about a third of the PNGs'
 size), for a machine that can receive only so much. Labels are copied unchanged, and new
 train.txt / val.txt lists point at the JPEGs, so the copy works as --data-root. JPEG is lossy:
-results on such a copy are named apart (the GPU runs of results/label_efficiency/paper_jpeg95).
+results on such a copy are named apart (`--name paper_jpeg95`).
 
     .venv/bin/python benchmarks/jpeg_camvid.py ../shared/data/camvid /tmp/camvid_jpeg95
 """
@@ -17,13 +17,15 @@ from PIL import Image
 
 from s4al.data.camvid import CamVid
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")  # test where the source has it
 
 
 def jpeg_copy(source: Path, target: Path, quality: int) -> int:
     """Copies every pair of SPLITS, images re-encoded; returns the number of pairs."""
     count = 0
     for split in SPLITS:
+        if split == "test" and not ((source / "test").is_dir() or (source / "test.txt").is_file()):
+            continue
         lines = []
         for pair in CamVid(source, split).pairs:
             image, label = (Path(p).relative_to(source) for p in (pair.image, pair.label))

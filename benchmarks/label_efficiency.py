@@ -1,11 +1,12 @@
 """Label efficiency on CamVid: every METHOD (a config override) under one PROTOCOL (a config
 preset plus overrides: resolution, iteration budget, device), with the same seeds, network and
-iteration budget for every method.
+iteration budget for every method, and the product's default learner (`s4al_paper`: the paper's).
 
 One JSON result per (protocol, method, seed) goes to RESULTS/<protocol>/<method>_seed<k>.json;
 existing results are skipped, and each run lives in WORK/<protocol>/<method>_seed<k>/, which a
 rerun resumes (the active-learning run folder checkpoints itself), so a killed benchmark continues
-where it stopped. `summarize.py` turns the results into a table and a plot.
+where it stopped. `--gpu-window SECONDS --parallel K` runs K of them side by side as separate
+processes and stops them before SECONDS. `summarize.py` turns the results into tables and plots.
 
 Same budget: methods without acquisition cycles (full_supervised, sup_10, ssl_10) train once, and
 that single cycle is the final one, so it gets `final_cycle_epoch_multiplier` x epochs: exactly the
@@ -15,6 +16,7 @@ which is also Table S1's supervised budget of 100 x 100)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import traceback
@@ -25,9 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from common import (
-    DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS, REPO, RESULTS, SMOKE_OVERRIDES, camvid_paths, machine_info, merged, write_json,
+    DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS, REPO, RESULTS, SMOKE_OVERRIDES, camvid_paths, cpu_model, machine_info, merged,
+    write_json,
 )
 from s4al.config import RunConfig, load_config, parse_override
+from window import Job, run_window
 
 
 @dataclass(frozen=True)
@@ -80,31 +84,25 @@ PROTOCOLS = {
     "cpu": Protocol("camvid", CPU_OVERRIDES, seeds=(0, 1, 2)),
     # Table S2 as the camvid preset has it (meant for a GPU). Loader workers do not change results
     # (every batch is a function of seed and step); 8 keep a GPU fed with 12 images per step.
-    "paper": Protocol("camvid", {"train": {"num_workers": 8}}, seeds=(0, 1, 2, 3, 4)),
+    "paper": Protocol("camvid", {"train": {"num_workers": 8}}, seeds=(0, 1, 2)),
     # The built-in synthetic streets (96x128, thin poles, signs and pedestrians as the tail), with
     # an ImageNet encoder: minutes per method on a CPU, for checks that need no real data.
     "synthetic": Protocol("demo", SYNTHETIC_OVERRIDES, seeds=(0, 1, 2), region_scale=96 / 360),
     "smoke": Protocol("demo", SMOKE_OVERRIDES, seeds=(0,), region_scale=48 / 360),
 }
 
-# What every method starts from: S4AL's defaults, stated so no preset change can move a baseline.
-# The learner is pinned to the one every committed table of the plain protocols used (mean-probability
-# alignment to the labelled shares, plain Confidence Weighting), so their commands still reproduce
-# them. The default learner of 2026-11-26 (argmax alignment, class-normalised weights) is the variant
-# `--set ssl.distribution_alignment=argmax --set ssl.class_normalised_confidence=true --name
-# <protocol>_argmax_cnorm`; the default since 2026-11-27 adds `--set ssl.alignment_target=labelled_x_predicted`.
+# What every method starts from: S4AL's acquisition, stated so no preset change can move a
+# baseline. The learner is the product's default (s4al/config.py SSLConfig).
 S4AL = {
     "active": {"level": "region", "metric": "entropy", "initial_fraction": 0.1},
-    "ssl": {"enabled": True, "confidence_weighting": True, "classmix": True, "balanced_classmix": True, "replay": True,
-            "distribution_alignment": "probabilities", "class_normalised_confidence": False,
-            "alignment_target": "labelled"},
+    "ssl": {"enabled": True, "confidence_weighting": True, "classmix": True, "balanced_classmix": True, "replay": True},
 }
 SUPERVISED = {"ssl": {"enabled": False}}
 NO_CYCLES = {"active": {"cycles": 0}}
+# The paper's learner exactly: the additions "beyond the paper" in SSLConfig that are on by default,
+# switched off (the others are off by default).
 PAPER_LEARNER = {"ssl": {"distribution_alignment": "off", "class_normalised_confidence": False,
-                         "freeze_bn_on_unlabelled": False, "mask_unconfident": False, "class_balance_power": 0.0}}
-# the unsupervised loss weighted by the pseudo label's class, inverse to its labelled frequency
-CLASS_BALANCED = {"ssl": {"class_balance_power": 1.0}}
+                         "freeze_bn_on_unlabelled": False}}
 
 
 @dataclass(frozen=True)
@@ -125,14 +123,12 @@ METHODS = {
     # the paper's learner exactly, without our additions (s4al/config.py SSLConfig, "beyond the
     # paper"): what the additions are worth
     "ssl_10_paper": Method(merged(NO_CYCLES, {"ssl": {"balanced_from_cycle": 0}}, PAPER_LEARNER)),
-    "ssl_10_cb": Method(merged(NO_CYCLES, {"ssl": {"balanced_from_cycle": 0}}, CLASS_BALANCED)),
     "image_random": Method(merged(SUPERVISED, {"active": {"level": "image", "metric": "random"}})),
     "image_entropy": Method(merged(SUPERVISED, {"active": {"level": "image", "metric": "entropy"}})),
     "image_coreset": Method(merged(SUPERVISED, {"active": {"level": "image", "metric": "coreset"}})),
     "region_random_ssl": Method({"active": {"metric": "random"}}),
     "region_entropy_nossl": Method(SUPERVISED),
     "s4al": Method(),
-    "s4al_cb": Method(CLASS_BALANCED),
     "s4al_no_cw": Method({"ssl": {"confidence_weighting": False}}),
     "s4al_no_bcm": Method({"ssl": {"balanced_classmix": False, "replay": False}}),
     "s4al_paper": Method(PAPER_LEARNER),
@@ -181,14 +177,36 @@ class Progress:
                 for cycle, s in self.step_seconds.items()}
 
 
-def run_one(name: str, method: str, seed: int, cfg: RunConfig, work: Path, out: Path, extra: dict) -> None:
+def device_name(device: str) -> str:
+    """The GPU's name when the runs train on one, else the CPU model."""
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return cpu_model()
+
+
+def add_wall_seconds(path: Path, seconds: float) -> dict:
+    """Adds one invocation's wall seconds to a run's running total (kept beside its run folder, so
+    a run stopped and resumed over several invocations is charged for all of them)."""
+    total = json.loads(path.read_text()) if path.exists() else {"wall_seconds": 0.0, "invocations": 0}
+    total = {"wall_seconds": total["wall_seconds"] + seconds, "invocations": total["invocations"] + 1}
+    write_json(path, total)
+    return total
+
+
+def run_one(name: str, method: str, seed: int, cfg: RunConfig, work: Path, out: Path, extra: dict,
+            side_by_side: int = 1) -> None:
     from s4al.active.cycle import ActiveLearningRun  # imports torch: not needed for --list or summarize.py
 
     run_dir = work / name / f"{method}_seed{seed}"
     resumed = (run_dir / "config.yaml").exists()
     progress = Progress(f"[{name} {method} seed {seed}]")
     started = time.perf_counter()
-    summaries = ActiveLearningRun(run_dir, cfg, progress=progress).run()
+    try:
+        summaries = ActiveLearningRun(run_dir, cfg, progress=progress).run()
+    finally:  # a run interrupted at a time limit is charged too
+        cost = add_wall_seconds(run_dir.with_name(run_dir.name + ".seconds.json"), time.perf_counter() - started)
     if len(summaries) != cfg.active.cycles + 1:
         raise RuntimeError(f"{run_dir}: {len(summaries)} of {cfg.active.cycles + 1} cycles finished")
     final = summaries[-1]
@@ -200,9 +218,12 @@ def run_one(name: str, method: str, seed: int, cfg: RunConfig, work: Path, out: 
         "extra_overrides": extra,
         "region": {"size": cfg.active.region_size, "per_image": cfg.active.regions_per_image},
         "final": {"labelled_fraction": final["labelled_fraction"], "miou": final["val"]["miou"],
-                  "iou": final["val"]["iou"]},
+                  "iou": final["val"]["iou"], **({"test_miou": final["test"]["miou"]} if "test" in final else {})},
         "cycles": summaries,
         "timings": {"wall_seconds": time.perf_counter() - started, "resumed": resumed, "steps": progress.timings()},
+        # what the run cost: every invocation's wall seconds, on this device, sharing it with
+        # side_by_side - 1 other runs
+        "cost": {**cost, "device": device_name(cfg.train.device), "side_by_side": side_by_side},
         "config": cfg.model_dump(mode="json"),
         "run_dir": str(run_dir),
         "machine": machine_info(),
@@ -220,17 +241,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="a config override on top of every method, e.g. ssl.cold_start_epochs=1 "
                              "(repeatable); needs --name")
-    parser.add_argument("--name", help="results and run subfolder for a --set variant (default: the protocol)")
+    parser.add_argument("--name", help="results and run subfolder, PROTOCOL_SOMETHING, for a variant or other "
+                                       "data (default: the protocol)")
     parser.add_argument("--results", type=Path, default=RESULTS / "label_efficiency", help="default: %(default)s")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench", help="run folders; default: %(default)s")
-    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="CamVid; default: %(default)s")
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
+                        help="CamVid; with a test/ split, test mIoU is reported too; default: %(default)s")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="encoder weights; default: %(default)s")
+    parser.add_argument("--gpu-window", type=float, metavar="SECONDS",
+                        help="run each (method, seed) as its own process, --parallel at a time on the one "
+                             "device, and stop them all before SECONDS; a rerun skips what finished and "
+                             "resumes the rest")
+    parser.add_argument("--parallel", type=int, default=1, metavar="K",
+                        help="with --gpu-window: runs side by side; default: %(default)s")
+    parser.add_argument("--side-by-side", type=int, default=1, metavar="K",
+                        help="set by --gpu-window for its runs: how many shared the device (recorded)")
     parser.add_argument("--list", action="store_true", help="print the protocols and methods, then exit")
     args = parser.parse_args(argv)
     if not args.list and args.protocol is None:
         parser.error("--protocol is required")
-    if args.overrides and (args.name is None or args.name in PROTOCOLS):
-        parser.error("--set needs a --name that is not a protocol's, so variants never mix with its results")
+    if args.overrides and args.name is None:
+        parser.error("--set needs a --name, so variants never mix with the protocol's results")
+    if args.name is not None and args.protocol and not args.name.startswith(f"{args.protocol}_"):
+        parser.error(f"--name must start with '{args.protocol}_': results name the protocol they extend")
+    if args.parallel < 1 or (args.parallel > 1 and args.gpu_window is None):
+        parser.error("--parallel K needs K >= 1 and --gpu-window")
     if args.protocol and PROTOCOLS[args.protocol].preset == "camvid" and not (args.data_root / "train").is_dir():
         parser.error(f"CamVid not found at {args.data_root} (give --data-root)")
     return args
@@ -244,6 +279,29 @@ def print_list() -> None:
         print(f"method {name}: regions {side}x{side}x{per_image}, {method.overrides}")
 
 
+def single_run_argv(args: argparse.Namespace, method: str, seed: int) -> tuple[str, ...]:
+    """This script's command line for one (method, seed) of `args`, as --gpu-window starts it."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--protocol", args.protocol, "--methods", method,
+            "--seeds", str(seed), "--results", str(args.results), "--work", str(args.work),
+            "--data-root", str(args.data_root), "--weights", str(args.weights), "--side-by-side", str(args.parallel)]
+    for override in args.overrides:
+        argv += ["--set", override]
+    return tuple(argv + (["--name", args.name] if args.name else []))
+
+
+def run_in_window(args: argparse.Namespace, name: str, todo: list[tuple[str, int]]) -> int:
+    logs = args.work / name / "logs"
+    jobs = [Job(f"{method} seed {seed}", single_run_argv(args, method, seed), logs / f"{method}_seed{seed}.log")
+            for method, seed in todo]
+    outcome = run_window(jobs, args.gpu_window, args.parallel, report=lambda line: print(line, flush=True))
+    for what, labels in (("finished", outcome.finished), ("failed", outcome.failed),
+                         ("stopped at the limit (rerun to resume)", outcome.stopped),
+                         ("not started (rerun to run)", outcome.not_started)):
+        if labels:
+            print(f"[{name}] {what}: {', '.join(labels)}", flush=True)
+    return 1 if outcome.failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
@@ -255,14 +313,19 @@ def main(argv: list[str] | None = None) -> int:
     # Validate every config before hours of training; seeds outermost, so a full table comes first.
     plan = [(m, s, method_config(protocol, METHODS[m], s, args.data_root, args.weights, extra))
             for s in seeds for m in args.methods]
-    failed = []
+    todo = []
     for method, seed, cfg in plan:
         out = args.results / name / f"{method}_seed{seed}.json"
         if out.exists():
             print(f"[{name} {method} seed {seed}] skipped: {out} exists", flush=True)
-            continue
+        else:
+            todo.append((method, seed, cfg, out))
+    if args.gpu_window is not None:
+        return run_in_window(args, name, [(method, seed) for method, seed, _, _ in todo])
+    failed = []
+    for method, seed, cfg, out in todo:
         try:
-            run_one(name, method, seed, cfg, args.work, out, extra)
+            run_one(name, method, seed, cfg, args.work, out, extra, args.side_by_side)
         except Exception:  # keep going: the other runs are independent; report at the end
             traceback.print_exc()
             failed.append(f"{method} seed {seed}")

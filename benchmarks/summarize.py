@@ -1,21 +1,44 @@
-"""Summarise the label-efficiency results of one protocol: RESULTS/<protocol>/summary.md (mIoU
-mean +- std over seeds, ratio to full supervision, per-cycle values, final per-class IoU, and
-the classes of the pixels each acquisition bought) and summary.png (mIoU vs labelled fraction,
-one curve per method). --readme prints the main table."""
+"""Summarise the label-efficiency results. For each results folder (a protocol, or a variant
+of one made with --name): summary.md (val mIoU mean ± std over seeds, ratio to full supervision,
+test mIoU where the data had a test split, per-cycle values, the device time each method took,
+paired differences per seed against S4AL with a 95% interval, final per-class IoU, the classes of
+the pixels each acquisition bought) and summary.png (mIoU vs labelled fraction). Without
+--protocol, every folder, then docs/results.md (all of them) and the README's table at a glance.
+
+    .venv/bin/python benchmarks/summarize.py                     # everything
+    .venv/bin/python benchmarks/summarize.py --protocol cpu      # one folder's summary
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, markdown_table
-from label_efficiency import METHODS, PROTOCOLS
+from common import REPO, RESULTS, markdown_table
+from label_efficiency import METHODS, PROTOCOLS, method_config
 
 REFERENCE = "full_supervised"
+# The comparison the benchmark exists for: S4AL against its floor, ceiling and baselines.
+MAIN_METHODS = ("full_supervised", "sup_10", "ssl_10", "region_random_ssl", "s4al", "s4al_paper")
+PAIRS = (("s4al", "region_random_ssl"), ("s4al", "ssl_10"), ("s4al", "s4al_paper"))
+# The README's columns, in this order, where they have results: the CPU regression check and the
+# paper protocol (on the JPEG copy where an upload limit asked for it).
+GLANCE = {
+    "cpu": "`cpu` protocol: 2 CPU cores, 1,440 steps",
+    "paper": "`paper` protocol (Table S2), 10,000 steps",
+    "paper_jpeg95": "`paper` protocol (Table S2), 10,000 steps, images as JPEG q95",
+}
+# Two-sided 95% quantiles of Student's t for 1-30 degrees of freedom (any statistics table).
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+DOCS = REPO / "docs" / "results.md"
+README = REPO / "README.md"
 
 
 def load_results(directory: Path) -> dict[str, list[dict]]:
@@ -28,17 +51,35 @@ def load_results(directory: Path) -> dict[str, list[dict]]:
     return {m: sorted(groups[m], key=lambda r: r["seed"]) for m in order}
 
 
+def protocol_of(folder: str) -> str:
+    """The protocol a results folder ran: its own name, or the protocol its --name extends."""
+    return max((p for p in PROTOCOLS if folder == p or folder.startswith(p + "_")), key=len)
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     array = np.asarray(values, dtype=float)
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
 
-def per_cycle(runs: list[dict]) -> list[tuple[float, float, float]]:
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict:
+    """a - b on the seeds both have: the differences, their mean and the half-width of its 95%
+    interval (Student's t over the differences; None with fewer than 2 pairs)."""
+    seeds = sorted(set(a) & set(b))
+    differences = [a[s] - b[s] for s in seeds]
+    n = len(differences)
+    half = None
+    if n >= 2:
+        half = T_975[min(n - 1, len(T_975)) - 1] * float(np.std(differences, ddof=1)) / math.sqrt(n)
+    return {"seeds": seeds, "differences": differences, "mean": float(np.mean(differences)) if n else None,
+            "half_width": half}
+
+
+def per_cycle(runs: list[dict], split: str = "val") -> list[tuple[float, float, float]]:
     """Per cycle: (mean labelled fraction, mean mIoU, std mIoU) over seeds."""
     cycles = min(len(r["cycles"]) for r in runs)
     return [
         (mean_std([r["cycles"][c]["labelled_fraction"] for r in runs])[0],
-         *mean_std([r["cycles"][c]["val"]["miou"] for r in runs]))
+         *mean_std([r["cycles"][c][split]["miou"] for r in runs]))
         for c in range(cycles)
     ]
 
@@ -47,24 +88,72 @@ def _miou(mean: float, std: float, n: int) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else f"{100 * mean:.1f}"
 
 
-def main_table(groups: dict[str, list[dict]], references: list[dict] | None = None) -> str:
-    """references: the full_supervised runs the ratio divides by; default: those among `groups`."""
-    references = groups.get(REFERENCE) if references is None else references
-    reference = mean_std([r["final"]["miou"] for r in references])[0] if references else None
+def _has_test(runs: list[dict]) -> bool:
+    return all("test" in c for r in runs for c in r["cycles"])
+
+
+def _cycles_text(runs: list[dict]) -> str:
+    val = per_cycle(runs)
+    test = per_cycle(runs, "test") if _has_test(runs) else None
+    return " → ".join(
+        f"{100 * m:.1f}" + (f" (test {100 * test[c][1]:.1f})" if test else "") + f" @ {100 * f:.1f}%"
+        for c, (f, m, _) in enumerate(val))
+
+
+def device_minutes(runs: list[dict]) -> str:
+    """Mean wall minutes per run and the device; '+' where a run's earlier invocations are unknown."""
+    minutes, devices, unknown = [], set(), False
+    for r in runs:
+        cost = r.get("cost")
+        if cost:
+            minutes.append(cost["wall_seconds"] / 60)
+            devices.add(f"{cost['device']}, {cost['side_by_side']} side by side" if cost["side_by_side"] > 1
+                        else cost["device"])
+        else:
+            minutes.append(r["timings"]["wall_seconds"] / 60)
+            unknown |= r["timings"]["resumed"]
+            devices.add(r["machine"]["gpu"] or r["machine"]["cpu"])
+    return f"{np.mean(minutes):.0f}{'+' if unknown else ''} min ({'; '.join(sorted(devices))})"
+
+
+def main_table(groups: dict[str, list[dict]]) -> str:
+    runs_ref = groups.get(REFERENCE)
+    reference = mean_std([r["final"]["miou"] for r in runs_ref])[0] if runs_ref else None
+    with_test = any(_has_test(runs) for runs in groups.values())
     rows = []
     for method, runs in groups.items():
         mean, std = mean_std([r["final"]["miou"] for r in runs])
-        cycles = " → ".join(f"{100 * m:.1f} @ {100 * f:.1f}%" for f, m, _ in per_cycle(runs))
+        test = [_miou(*mean_std([r["cycles"][-1]["test"]["miou"] for r in runs]), len(runs))
+                if _has_test(runs) else "–"] if with_test else []
         rows.append([
             method,
             ", ".join(str(r["seed"]) for r in runs),
             f"{100 * mean_std([r['final']['labelled_fraction'] for r in runs])[0]:.2f}",
             _miou(mean, std, len(runs)),
             f"{100 * mean / reference:.1f}%" if reference else "–",
-            cycles,
+            *test,
+            device_minutes(runs),
+            _cycles_text(runs),
         ])
-    headers = ["method", "seeds", "labelled %", "mIoU", f"of {REFERENCE}", "per cycle: mIoU @ labelled %"]
+    headers = ["method", "seeds", "labelled %", "val mIoU", f"of {REFERENCE}", *(["test mIoU"] if with_test else []),
+               "time per run", "per cycle: val mIoU @ labelled %"]
     return markdown_table(headers, rows)
+
+
+def pairs_table(groups: dict[str, list[dict]]) -> str:
+    """The paired differences in val mIoU points, per seed, for the PAIRS both methods ran; "" if none."""
+    rows = []
+    for a, b in PAIRS:
+        if a not in groups or b not in groups:
+            continue
+        finals = [{r["seed"]: 100 * r["final"]["miou"] for r in groups[m]} for m in (a, b)]
+        d = paired_difference(*finals)
+        if not d["seeds"]:
+            continue
+        per_seed = ", ".join(f"{s}: {x:+.1f}" for s, x in zip(d["seeds"], d["differences"]))
+        interval = "n/a" if d["half_width"] is None else f"{d['mean'] - d['half_width']:+.1f} to {d['mean'] + d['half_width']:+.1f}"
+        rows.append([f"{a} − {b}", per_seed, f"{d['mean']:+.1f}", interval])
+    return markdown_table(["difference", "per seed", "mean", "95% interval"], rows) if rows else ""
 
 
 def class_table(groups: dict[str, list[dict]]) -> str:
@@ -94,6 +183,31 @@ def bought_table(groups: dict[str, list[dict]]) -> str:
     return markdown_table(["method", *classes], rows) if rows else ""
 
 
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return out
+
+
+def command(folder: str, method: str, runs: list[dict]) -> str:
+    """The benchmark command behind a method's result files: --set lines for the overrides they
+    record, less those that equal today's configuration for the same command without them."""
+    protocol = protocol_of(folder)
+    first = runs[0]
+    today = _leaves(method_config(PROTOCOLS[protocol], METHODS[method], first["seed"], Path("."), Path(".")).model_dump(mode="json"))
+    sets = [f"--set {k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in _leaves(first.get("extra_overrides") or {}).items()
+            if today.get(k) != v]
+    seeds = " ".join(str(r["seed"]) for r in runs)
+    name = [f"--name {folder}"] if folder != protocol else []
+    return " ".join(["benchmarks/label_efficiency.py --protocol", protocol, "--methods", method, "--seeds", seeds,
+                     *sets, *name])
+
+
+def commands_list(folder: str, groups: dict[str, list[dict]]) -> str:
+    return "".join(f"- `{command(folder, method, runs)}`\n" for method, runs in groups.items() if method in METHODS)
+
+
 def write_plot(groups: dict[str, list[dict]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -118,53 +232,134 @@ def write_plot(groups: dict[str, list[dict]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def folder_body(folder: str, groups: dict[str, list[dict]], heading: str) -> str:
+    """The Markdown of one results folder: main table, paired differences, the commands."""
+    pairs = pairs_table(groups)
+    pairs = (f"\n{heading} Paired differences against S4AL (val mIoU points, same seed: same initial labels)\n\n"
+             f"{pairs}") if pairs else ""
+    return (f"Val mIoU (%) after the final cycle, mean ± std over seeds; labelled % counts pixels; time per "
+            f"run is wall time on the device named.\n\n{main_table(groups)}{pairs}\n"
+            f"{heading} Commands\n\n{commands_list(folder, groups)}")
+
+
+def write_summary(directory: Path, groups: dict[str, list[dict]]) -> Path:
+    write_plot(groups, directory / "summary.png", f"CamVid label efficiency, {directory.name}")
+    bought = bought_table(groups)
+    bought = f"\n## What the bought labels hold (% of the bought pixels, mean over seeds)\n\n{bought}" if bought else ""
+    out = directory / "summary.md"
+    out.write_text(
+        f"# Label efficiency, `{directory.name}`\n\n{folder_body(directory.name, groups, '##')}\n"
+        f"## Final per-class IoU (%)\n\n{class_table(groups)}\n![mIoU vs labelled fraction](summary.png)\n{bought}"
+    )
+    return out
+
+
+def glance_table(folders: dict[str, dict[str, list[dict]]]) -> str:
+    """MAIN_METHODS against the GLANCE folders that have results: mIoU, share of full supervision,
+    labelled pixels and seeds."""
+    columns = [f for f in GLANCE if f in folders]
+    rows = []
+    for method in MAIN_METHODS:
+        cells = []
+        for folder in columns:
+            runs, reference = folders[folder].get(method), folders[folder].get(REFERENCE)
+            if not runs:
+                cells.append("not run")
+                continue
+            mean, std = mean_std([r["final"]["miou"] for r in runs])
+            share = f" ({100 * mean / mean_std([r['final']['miou'] for r in reference])[0]:.1f}%)" if reference else ""
+            labelled = 100 * mean_std([r["final"]["labelled_fraction"] for r in runs])[0]
+            seeds = ", ".join(str(r["seed"]) for r in runs)
+            cells.append(f"{_miou(mean, std, len(runs))}{share} @ {labelled:.1f}%, seed{'s' * (len(runs) > 1)} {seeds}")
+        rows.append([f"`{method}`", *cells])
+    return markdown_table(["method", *(GLANCE[f] for f in columns)], rows)
+
+
+def missing(folder: str, groups: dict[str, list[dict]]) -> list[str]:
+    """MAIN_METHODS seeds of the folder's protocol that have no result file."""
+    seeds = PROTOCOLS[protocol_of(folder)].seeds
+    out = []
+    for method in MAIN_METHODS:
+        done = {r["seed"] for r in groups.get(method, [])}
+        if set(seeds) - done:
+            out.append(f"{method} seed{'s' * (len(set(seeds) - done) > 1)} "
+                       f"{', '.join(str(s) for s in sorted(set(seeds) - done))}")
+    return out
+
+
+def _against(groups: dict[str, list[dict]], other: str) -> str:
+    finals = [{r["seed"]: 100 * r["final"]["miou"] for r in groups[m]} for m in ("s4al", other)]
+    d = paired_difference(*finals)
+    if d["half_width"] is None:
+        return f"{d['mean']:+.1f} points from `{other}` on one seed (no interval)"
+    low, high = d["mean"] - d["half_width"], d["mean"] + d["half_width"]
+    word = "above" if low > 0 else "below" if high < 0 else "not distinguishable from"
+    return f"{word} `{other}` ({d['mean']:+.1f} points, 95% interval {low:+.1f} to {high:+.1f}, {len(d['seeds'])} seeds)"
+
+
+def verdict(folder: str, groups: dict[str, list[dict]]) -> str:
+    """In words: is S4AL at >= 97% of full supervision with <= 13.8% of the pixels (the paper's
+    claim on CamVid), and above random regions and the learner on the initial 10% alone?"""
+    gaps = missing(folder, groups)
+    head = f"`{folder}`: " + (f"missing {'; '.join(gaps)}." if gaps else "complete.")
+    if "s4al" not in groups or REFERENCE not in groups:
+        return head
+    s4al = mean_std([r["final"]["miou"] for r in groups["s4al"]])[0]
+    share = 100 * s4al / mean_std([r["final"]["miou"] for r in groups[REFERENCE]])[0]
+    labelled = 100 * mean_std([r["final"]["labelled_fraction"] for r in groups["s4al"]])[0]
+    met = "meets" if share >= 97 and labelled <= 13.8 else "does not meet"
+    others = [_against(groups, other) for other in ("region_random_ssl", "ssl_10") if other in groups]
+    return (f"{head} S4AL is at {share:.1f}% of full supervision with {labelled:.1f}% of the pixels: it {met} the "
+            f"paper's 97% at 13.8%" + (f"; it is {' and '.join(others)}." if others else "."))
+
+
+def results_doc(folders: dict[str, dict[str, list[dict]]]) -> str:
+    parts = ["# Results\n\n"
+             "Written by `benchmarks/summarize.py` from the result files in `benchmarks/results/label_efficiency/`; "
+             "do not edit by hand. Each file holds its full configuration, the machine and what the run cost. "
+             "The methods are listed by `benchmarks/label_efficiency.py --list`; results of learners and options "
+             "that are no longer the default are in `benchmarks/results/archive/` (its README says what each "
+             "showed).\n"]
+    for folder, groups in folders.items():
+        parts.append(f"\n## `{folder}`\n\n{folder_body(folder, groups, '###')}\n"
+                     f"Per-class IoU, the classes bought and a plot: "
+                     f"`benchmarks/results/label_efficiency/{folder}/summary.md`.\n")
+    return "".join(parts)
+
+
+def replace_block(path: Path, name: str, text: str) -> None:
+    start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+    content = path.read_text()
+    if start not in content or end not in content:
+        raise SystemExit(f"{path}: no {start} ... {end} block to replace")
+    head, rest = content.split(start, 1)
+    path.write_text(f"{head}{start}\n{text}{end}{rest.split(end, 1)[1]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--protocol", required=True, help=f"one of {', '.join(PROTOCOLS)} (a results subfolder)")
+    parser.add_argument("--protocol", help="one results folder only: its summary.md and summary.png")
     parser.add_argument("--results", type=Path, default=RESULTS / "label_efficiency", help="default: %(default)s")
-    parser.add_argument("--readme", action="store_true", help="print the main Markdown table only, write nothing")
-    parser.add_argument("--update", type=Path, metavar="README",
-                        help="also replace the table between <!-- results:PROTOCOL --> markers in this file")
-    parser.add_argument("--reference-protocol", metavar="PROTOCOL",
-                        help=f"take {REFERENCE} from this results subfolder (for a variant made with --set)")
+    parser.add_argument("--docs", type=Path, default=DOCS, help="without --protocol; default: %(default)s")
+    parser.add_argument("--readme", type=Path, default=README,
+                        help="without --protocol: its <!-- results:glance --> block is replaced; default: %(default)s")
     args = parser.parse_args(argv)
-    directory = args.results / args.protocol
-    groups = load_results(directory)
-    if not groups:
-        parser.error(f"no results in {directory}")
-    references = None
-    if args.reference_protocol:
-        references = load_results(args.results / args.reference_protocol).get(REFERENCE)
-        if not references:
-            parser.error(f"no {REFERENCE} results in {args.results / args.reference_protocol}")
-    table = main_table(groups, references)
-    if args.readme:
-        print(table, end="")
+    names = [args.protocol] if args.protocol else sorted(p.name for p in args.results.iterdir() if p.is_dir())
+    folders = {name: load_results(args.results / name) for name in names}
+    folders = {name: groups for name, groups in folders.items() if groups}
+    if not folders:
+        parser.error(f"no results in {args.results / (args.protocol or '*')}")
+    for name, groups in folders.items():
+        print(f"wrote {write_summary(args.results / name, groups)} and summary.png")
+    if args.protocol:
         return 0
-    write_plot(groups, directory / "summary.png", f"CamVid label efficiency, protocol '{args.protocol}'")
-    bought = bought_table(groups)
-    if bought:
-        bought = f"\n## What the bought labels hold (% of the bought pixels, mean over seeds)\n\n{bought}"
-    (directory / "summary.md").write_text(
-        f"# Label efficiency, protocol `{args.protocol}`\n\n"
-        f"Validation mIoU (%) after the final cycle, mean ± std over seeds; labelled % counts pixels.\n\n"
-        f"{table}\n## Final per-class IoU (%)\n\n{class_table(groups)}\n"
-        f"![mIoU vs labelled fraction](summary.png)\n{bought}"
-    )
-    print(f"wrote {directory / 'summary.md'} and {directory / 'summary.png'}")
-    if args.update:
-        replace_block(args.update, args.protocol, table)
-        print(f"updated the {args.protocol} table in {args.update}")
+    args.docs.parent.mkdir(parents=True, exist_ok=True)
+    args.docs.write_text(results_doc(folders))
+    glance = {name: groups for name, groups in folders.items() if name in GLANCE}
+    verdicts = "".join(f"- {verdict(name, groups)}\n" for name, groups in glance.items())
+    replace_block(args.readme, "glance", f"{glance_table(folders)}\n{verdicts}")
+    print(f"wrote {args.docs} and the table in {args.readme}")
     return 0
-
-
-def replace_block(path: Path, protocol: str, table: str) -> None:
-    start, end = f"<!-- results:{protocol} -->", f"<!-- /results:{protocol} -->"
-    text = path.read_text()
-    if start not in text or end not in text:
-        raise SystemExit(f"{path}: no {start} ... {end} block to replace")
-    head, rest = text.split(start, 1)
-    path.write_text(f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}")
 
 
 if __name__ == "__main__":

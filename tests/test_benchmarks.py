@@ -1,30 +1,27 @@
 """The benchmark scripts at smoke size, through their command-line entry points (in this process,
-to pay torch's import once): label_efficiency.py (two quick methods, skip-if-exists, resume),
-summarize.py, speed.py --smoke, pseudo_labels.py, class_shares.py, learning_curves.py,
-jpeg_camvid.py and retrain_final.py; and gpu_window.sh, which starts its own processes."""
+to pay torch's import once, except where --gpu-window starts its own processes):
+label_efficiency.py (a time-limited window of runs side by side, skip-if-exists, resume, a
+variant, the test split), summarize.py (tables, paired differences, the README's table),
+window.py (the scheduler, on plain processes), speed.py --smoke and jpeg_camvid.py."""
 
 import json
-import os
-import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from s4al.data.camvid import CamVid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import class_shares  # noqa: E402
 import jpeg_camvid  # noqa: E402
 import label_efficiency  # noqa: E402
-import learning_curves  # noqa: E402
-import pseudo_labels  # noqa: E402
-import retrain_final  # noqa: E402
 import speed  # noqa: E402
 import summarize  # noqa: E402
+from common import SMOKE_OVERRIDES, camvid_paths  # noqa: E402
+from window import Job, run_window, stop_grace  # noqa: E402
 
 MACHINE_KEYS = {"cpu", "cpu_count", "gpu", "torch", "smp", "git_commit", "date"}
 
@@ -33,19 +30,20 @@ def run_script(module, *args) -> None:
     assert module.main([str(a) for a in args]) == 0
 
 
-def run_smoke_protocol(root: Path) -> None:
+def run_smoke_protocol(root: Path, *window: str) -> None:
     run_script(label_efficiency, "--protocol", "smoke", "--methods", "full_supervised", "sup_10",
-               "--results", root / "results", "--work", root / "work")
+               "--results", root / "results", "--work", root / "work", *window)
 
 
 @pytest.fixture(scope="module")
 def bench_root(tmp_path_factory) -> Path:
+    """Both runs side by side as their own processes, within a window they need a fraction of."""
     root = tmp_path_factory.mktemp("bench")
-    run_smoke_protocol(root)
+    run_smoke_protocol(root, "--gpu-window", "240", "--parallel", "2")
     return root
 
 
-def test_one_result_per_method_and_seed(bench_root):
+def test_a_window_runs_each_method_and_seed_as_a_process_with_its_log_and_cost(bench_root):
     results = bench_root / "results" / "smoke"
     assert sorted(p.name for p in results.glob("*.json")) == ["full_supervised_seed0.json", "sup_10_seed0.json"]
     result = json.loads((results / "sup_10_seed0.json").read_text())
@@ -57,8 +55,24 @@ def test_one_result_per_method_and_seed(bench_root):
     assert cycle["labelled_fraction"] == pytest.approx(0.1)
     assert set(cycle["val"]["iou"]) == set(result["final"]["iou"]) and 0 <= cycle["val"]["miou"] <= 1
     assert result["timings"]["resumed"] is False and result["timings"]["steps"]["0"]["steps"] == 8
+    assert result["cost"]["side_by_side"] == 2 and result["cost"]["invocations"] == 1
+    assert result["cost"]["device"] == result["machine"]["cpu"]  # the smoke protocol trains on the CPU
+    assert 0 < result["cost"]["wall_seconds"] <= result["timings"]["wall_seconds"] + 1
     full = json.loads((results / "full_supervised_seed0.json").read_text())
     assert full["final"]["labelled_fraction"] == 1.0 and full["config"]["ssl"]["enabled"] is False
+    log = (bench_root / "work" / "smoke" / "logs" / "sup_10_seed0.log").read_text()
+    assert "--methods sup_10 --seeds 0" in log and "final mIoU" in log
+
+
+def test_rerunning_a_window_skips_what_exists_and_starts_nothing(bench_root, capsys):
+    log = bench_root / "work" / "smoke" / "logs" / "sup_10_seed0.log"
+    before = log.read_text()
+    started = time.monotonic()
+    run_smoke_protocol(bench_root, "--gpu-window", "240", "--parallel", "2")
+    assert time.monotonic() - started < 5  # no process started
+    out = capsys.readouterr().out
+    assert "full_supervised seed 0] skipped" in out and "sup_10 seed 0] skipped" in out
+    assert log.read_text() == before
 
 
 def test_a_set_variant_goes_to_its_own_folder_with_its_overrides(bench_root):
@@ -66,45 +80,76 @@ def test_a_set_variant_goes_to_its_own_folder_with_its_overrides(bench_root):
                "--name", "smoke_short", "--results", bench_root / "results", "--work", bench_root / "work")
     result = json.loads((bench_root / "results" / "smoke_short" / "sup_10_seed0.json").read_text())
     assert result["protocol"] == "smoke_short" and result["extra_overrides"] == {"train": {"epochs": 1}}
-    assert result["config"]["train"]["epochs"] == 1
+    assert result["config"]["train"]["epochs"] == 1 and result["cost"]["side_by_side"] == 1
     assert result["timings"]["steps"]["0"]["steps"] < 8  # fewer than the protocol's own sup_10
-    with pytest.raises(SystemExit):
-        label_efficiency.parse_args(["--protocol", "smoke", "--set", "train.epochs=1"])  # no --name
+    for argv in (["--set", "train.epochs=1"], ["--set", "train.epochs=1", "--name", "short"], ["--parallel", "2"]):
+        with pytest.raises(SystemExit):  # no --name; a name that hides its protocol; --parallel without a window
+            label_efficiency.parse_args(["--protocol", "smoke", *argv])
 
 
-def test_existing_results_are_skipped_and_missing_ones_resume(bench_root, capsys):
+def test_existing_results_are_skipped_and_missing_ones_resume_and_add_their_cost(bench_root, capsys):
     results = bench_root / "results" / "smoke"
     kept = (results / "full_supervised_seed0.json").read_bytes()
+    first = json.loads((results / "sup_10_seed0.json").read_text())["cost"]
     (results / "sup_10_seed0.json").unlink()
     run_smoke_protocol(bench_root)
     assert "full_supervised seed 0] skipped" in capsys.readouterr().out
     assert (results / "full_supervised_seed0.json").read_bytes() == kept
     resumed = json.loads((results / "sup_10_seed0.json").read_text())
     assert resumed["timings"]["resumed"] is True and resumed["timings"]["steps"] == {}  # nothing left to train
+    assert resumed["cost"]["invocations"] == 2 and resumed["cost"]["wall_seconds"] > first["wall_seconds"]
 
 
-def test_summarize_writes_table_and_plot(bench_root, capsys):
+def test_summarize_writes_tables_plot_results_doc_and_the_readme_block(bench_root, tmp_path):
     results = bench_root / "results"
     run_script(summarize, "--protocol", "smoke", "--results", results)
     summary = (results / "smoke" / "summary.md").read_text()
     assert "| full_supervised | 0 | 100.00 |" in summary and "| sup_10 | 0 | 10.00 |" in summary
+    assert "`benchmarks/label_efficiency.py --protocol smoke --methods sup_10 --seeds 0`" in summary
     assert (results / "smoke" / "summary.png").stat().st_size > 0
-    capsys.readouterr()
-    run_script(summarize, "--protocol", "smoke", "--results", results, "--readme")
-    table = capsys.readouterr().out
-    assert table.startswith("| method | seeds |") and table.count("\n") == 4
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results:glance -->\nold\n<!-- /results:glance -->\nrest\n")
+    run_script(summarize, "--results", results, "--docs", tmp_path / "results.md", "--readme", readme)
+    doc = (tmp_path / "results.md").read_text()
+    assert "## `smoke`" in doc and "## `smoke_short`" in doc
+    assert "--set train.epochs=1 --name smoke_short" in doc  # a variant's command names its --set
+    assert readme.read_text().endswith("<!-- /results:glance -->\nrest\n") and "old" not in readme.read_text()
 
 
-def fake_run(method: str, seed: int, miou: float) -> dict:
-    cycle = {"labelled_fraction": 0.1, "val": {"miou": miou}}
-    return {"method": method, "seed": seed, "final": {"miou": miou, "labelled_fraction": 0.1}, "cycles": [cycle]}
+def test_the_paired_difference_and_its_interval_by_hand():
+    s4al = {0: 50.0, 1: 47.0, 2: 46.0}
+    random_regions = {0: 48.0, 1: 47.0, 2: 43.0, 3: 40.0}  # seed 3 has no pair
+    d = summarize.paired_difference(s4al, random_regions)
+    # differences 2, 0, 3: mean 5/3; sample std sqrt(((1/3)^2 + (5/3)^2 + (4/3)^2) / 2) = sqrt(7/3);
+    # half-width t(0.975, 2 df) x std / sqrt(3) = 4.303 x 0.881917 = 3.79489
+    assert d["seeds"] == [0, 1, 2] and d["differences"] == [2.0, 0.0, 3.0]
+    assert d["mean"] == pytest.approx(5 / 3) and d["half_width"] == pytest.approx(3.79489, abs=1e-4)
+    assert summarize.paired_difference({0: 50.0}, {0: 45.0, 1: 44.0})["half_width"] is None
 
 
-def test_a_variant_table_divides_by_the_reference_protocols_full_supervision():
-    variant = {"ssl_10": [fake_run("ssl_10", 0, 0.45), fake_run("ssl_10", 1, 0.43)]}
-    full = [fake_run("full_supervised", 0, 0.50), fake_run("full_supervised", 1, 0.46)]
-    assert "| ssl_10 | 0, 1 | 10.00 | 44.0 ± 1.4 | 91.7% |" in summarize.main_table(variant, full)
-    assert "| 44.0 ± 1.4 | – |" in summarize.main_table(variant)  # no reference in the variant itself
+def fake_run(method: str, seed: int, miou: float, labelled: float = 0.1) -> dict:
+    cycle = {"labelled_fraction": labelled, "val": {"miou": miou}}
+    return {"method": method, "seed": seed, "final": {"miou": miou, "labelled_fraction": labelled}, "cycles": [cycle],
+            "cost": {"wall_seconds": 600.0, "device": "NVIDIA H200", "side_by_side": 3, "invocations": 1}}
+
+
+def test_the_paired_table_and_the_verdict_say_what_the_seeds_allow():
+    groups = {
+        "full_supervised": [fake_run("full_supervised", s, 0.5, 1.0) for s in (0, 1, 2)],
+        "ssl_10": [fake_run("ssl_10", 0, 0.45)],
+        "region_random_ssl": [fake_run("region_random_ssl", s, m, 0.138) for s, m in ((0, 0.48), (1, 0.47), (2, 0.43))],
+        "s4al": [fake_run("s4al", s, m, 0.138) for s, m in ((0, 0.50), (1, 0.47), (2, 0.46))],
+    }
+    rows = summarize.pairs_table(groups).splitlines()
+    assert rows[2] == "| s4al − region_random_ssl | 0: +2.0, 1: +0.0, 2: +3.0 | +1.7 | -2.1 to +5.5 |"
+    assert rows[3] == "| s4al − ssl_10 | 0: +5.0 | +5.0 | n/a |" and len(rows) == 4  # no s4al_paper
+    assert "| s4al | 0, 1, 2 | 13.80 | 47.7 ± 2.1 | 95.3% | 10 min (NVIDIA H200, 3 side by side) |" in (
+        summarize.main_table(groups))
+    verdict = summarize.verdict("paper", groups)
+    assert verdict.startswith("`paper`: missing sup_10 seeds 0, 1, 2; ssl_10 seeds 1, 2; s4al_paper seeds 0, 1, 2.")
+    assert "at 95.3% of full supervision with 13.8% of the pixels: it does not meet the paper's 97% at 13.8%" in verdict
+    assert "not distinguishable from `region_random_ssl` (+1.7 points, 95% interval -2.1 to +5.5, 3 seeds)" in verdict
+    assert "+5.0 points from `ssl_10` on one seed (no interval)" in verdict
 
 
 def test_the_bought_table_averages_each_seeds_class_shares_over_its_cycles():
@@ -119,6 +164,74 @@ def test_the_bought_table_averages_each_seeds_class_shares_over_its_cycles():
     table = summarize.bought_table(groups).splitlines()
     assert table == ["| method | Car | void |", "|---|---|---|", "| s4al | 50.0 | 50.0 |"]
     assert summarize.bought_table({"ssl_10": groups["ssl_10"]}) == ""
+
+
+def python_job(tmp_path: Path, label: str, code: str) -> Job:
+    return Job(label, (sys.executable, "-c", code), tmp_path / f"{label}.log")
+
+
+def test_a_window_keeps_k_running_and_starts_the_next_when_one_ends(tmp_path):
+    code = "import sys, time; print('start', time.time(), flush=True); time.sleep({}); print('end', time.time())"
+    jobs = [python_job(tmp_path, name, code.format(seconds))
+            for name, seconds in (("long", 2.0), ("short", 0.5), ("third", 0.1))]
+    jobs.append(python_job(tmp_path, "broken", "raise SystemExit(3)"))
+    outcome = run_window(jobs, 60, parallel=2, report=lambda line: None)
+    assert sorted(outcome.finished) == ["long", "short", "third"] and outcome.failed == ["broken"]
+    assert outcome.stopped == outcome.not_started == []
+    times = {job.label: [float(line.split()[1]) for line in job.log.read_text().splitlines()[1:]]
+             for job in jobs[:3]}
+    assert times["short"][1] <= times["third"][0] < times["long"][1]  # third took short's place, beside long
+
+
+def test_a_window_interrupts_what_runs_at_its_end_and_returns_in_time(tmp_path):
+    trap = ("import time\ntry:\n    print('running', flush=True); time.sleep(60)\n"
+            "except KeyboardInterrupt:\n    print('interrupted', flush=True); raise")
+    stubborn = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print('deaf', flush=True); time.sleep(60)"
+    jobs = [python_job(tmp_path, "trap", trap), python_job(tmp_path, "stubborn", stubborn),
+            python_job(tmp_path, "queued", "print('never')")]
+    seconds = 8.0
+    started = time.monotonic()
+    outcome = run_window(jobs, seconds, parallel=2, report=lambda line: None)
+    elapsed = time.monotonic() - started
+    assert seconds - stop_grace(seconds) <= elapsed < seconds
+    assert outcome.stopped == ["trap", "stubborn"] and outcome.not_started == ["queued"]
+    assert outcome.finished == outcome.failed == []
+    assert "interrupted" in jobs[0].log.read_text()  # SIGINT reached it: it could unwind
+    assert not jobs[2].log.exists()
+
+
+def make_camvid(root: Path, split: str, count: int, rng: np.random.Generator) -> None:
+    """CamVid's layout with 48x64 images: labels of random 8x8 blocks of classes 0-11 (11 = void)."""
+    for k in range(count):
+        label = np.kron(rng.integers(0, 12, (6, 8)), np.ones((8, 8), int)).astype(np.uint8)
+        image = (np.stack([label * 20, 255 - label * 20, label * 7], -1) + rng.integers(0, 20, (48, 64, 3))).astype(np.uint8)
+        for folder, array in ((split, image), (f"{split}annot", label)):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(root / folder / f"{split}_{k:02d}.png")
+
+
+def test_a_data_root_with_a_test_split_reports_test_miou_beside_val_for_every_cycle(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "camvid"
+    for split, count in (("train", 20), ("val", 3)):
+        make_camvid(root, split, count, rng)
+    assert "test_split" not in camvid_paths(root, tmp_path)["dataset"]
+    make_camvid(root, "test", 3, rng)
+    tiny = label_efficiency.Protocol("camvid", {k: v for k, v in SMOKE_OVERRIDES.items() if k != "dataset"},
+                                     seeds=(0,), region_scale=48 / 360)
+    monkeypatch.setitem(label_efficiency.PROTOCOLS, "tiny", tiny)
+    results = tmp_path / "results"
+    run_script(label_efficiency, "--protocol", "tiny", "--methods", "s4al", "--data-root", root, "--weights", root,
+               "--set", "model.weights=null", "--name", "tiny_random_init", "--results", results,
+               "--work", tmp_path / "work")
+    result = json.loads((results / "tiny_random_init" / "s4al_seed0.json").read_text())
+    assert result["config"]["dataset"]["test_split"] == "test"
+    assert [c["cycle"] for c in result["cycles"]] == [0, 1]
+    for cycle in result["cycles"]:
+        assert set(cycle["test"]["iou"]) == set(cycle["val"]["iou"]) and 0 <= cycle["test"]["miou"] <= 1
+    assert result["final"]["test_miou"] == result["cycles"][-1]["test"]["miou"]
+    table = summarize.main_table(summarize.load_results(results / "tiny_random_init"))
+    assert "test mIoU" in table.splitlines()[0] and table.count("(test ") == 2  # one per cycle
 
 
 def test_speed_smoke(tmp_path):
@@ -140,131 +253,10 @@ def test_speed_smoke(tmp_path):
     assert "1 iterations, by self_cpu_time_total" in profile and "aten::convolution" in profile
 
 
-def test_pseudo_label_confusions_count_every_valid_pixel_of_the_chosen_images(bench_root):
-    checkpoint = bench_root / "work" / "smoke" / "sup_10_seed0" / "checkpoints" / "cycle_0.pt"
-    out = bench_root / "pseudo"
-    run_script(pseudo_labels, checkpoint, "--name", "sup", "--images", 5, "--threshold", 0.0, "--out", out)
-    result = json.loads((out / "sup.json").read_text())
-    every, confident = np.array(result["all"]["confusion"]), np.array(result["confident"]["confusion"])
-    _, cfg = pseudo_labels.load_trained_model(checkpoint)
-    train = pseudo_labels.build_dataset(cfg.dataset, "train", cfg.seed)
-    gt = sum(np.bincount(train.load(i).label.ravel(), minlength=256)[: len(result["names"])]
-             for i in result["image_indices"])
-    assert len(result["image_indices"]) == 5
-    assert np.array_equal(every.sum(1), gt)  # rows: ground truth over the valid pixels
-    assert np.array_equal(confident, every) and result["confident_share"] == 1  # every max probability > 0
-    assert result["pixel_accuracy"] == pytest.approx(np.trace(every) / every.sum())
-    present = gt > 0
-    assert np.allclose(np.array(result["all"]["row_shares"])[present].sum(1), 1)
-
-
-def test_offline_argmax_alignment_gives_each_class_its_true_share():
-    p1 = torch.linspace(0.01, 0.49, 100)  # class 1 wins no pixel before alignment
-    log_probs = torch.stack([1 - p1, p1]).log().view(1, 2, 1, 100).half()
-    labels = (torch.arange(100) % 10 < 3).long().view(1, 1, 100)  # 30% class 1
-    labels[0, 0, :5] = 255  # ignored pixels count for neither share
-    bias = pseudo_labels.argmax_alignment_bias(log_probs, labels)
-    winners = (log_probs.float() + bias.view(1, 2, 1, 1)).argmax(1)[labels != 255]
-    assert (winners == 1).float().mean().item() == pytest.approx(30 / 95, abs=0.05)  # 1 pixel = 0.01
-    bias = pseudo_labels.argmax_alignment_bias(log_probs, labels, target=torch.tensor([8, 2]))  # another share
-    winners = (log_probs.float() + bias.view(1, 2, 1, 1)).argmax(1)[labels != 255]
-    assert (winners == 1).float().mean().item() == pytest.approx(0.2, abs=0.05)
-
-
-def test_argmax_aligned_pseudo_labels_are_counted_over_the_same_pixels(bench_root):
-    checkpoint = bench_root / "work" / "smoke" / "sup_10_seed0" / "checkpoints" / "cycle_0.pt"
-    out = bench_root / "pseudo"
-    run_script(pseudo_labels, checkpoint, "--name", "aligned", "--images", 5, "--argmax-alignment", "--out", out)
-    result = json.loads((out / "aligned.json").read_text())
-    every, aligned = (np.array(result[key]["confusion"]) for key in ("all", "argmax_aligned"))
-    assert np.array_equal(aligned.sum(1), every.sum(1))  # the same ground truth, other predictions
-    assert len(result["argmax_aligned"]["bias"]) == len(result["names"])
-    assert result["argmax_aligned"]["iou"] == pytest.approx(
-        list(np.diag(aligned) / np.maximum(aligned.sum(0) + aligned.sum(1) - np.diag(aligned), 1)))
-    run_dir = checkpoint.parent.parent
-    run_script(pseudo_labels, checkpoint, "--name", "to_labelled", "--images", 5, "--argmax-alignment",
-               "--align-to", "labelled", "--out", out)
-    to_labelled = json.loads((out / "to_labelled.json").read_text())
-    assert to_labelled["align_to"] == "labelled"
-    assert to_labelled["argmax_aligned"]["bias"] != result["argmax_aligned"]["bias"]
-    train = pseudo_labels.build_dataset(pseudo_labels.load_run_config(run_dir / "config.yaml").dataset, "train", 0)
-    counts = class_shares.image_class_counts(train, class_shares.initially_labelled(run_dir, train), len(result["names"]))
-    assert torch.equal(pseudo_labels.labelled_counts(checkpoint), torch.from_numpy(counts.sum(0)))
-
-
-def test_the_candidate_target_is_the_geometric_mean_of_labelled_and_predicted_shares(monkeypatch):
-    monkeypatch.setattr(pseudo_labels, "labelled_counts", lambda checkpoint: torch.tensor([3, 1]))  # 0.75, 0.25
-    log_probs = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.0, 1.0]]).log().T.reshape(1, 2, 1, 3)  # mean 1/3, 2/3
-    labels = torch.tensor([[[0, 1, 255]]])  # the third pixel is void: predicted shares 0.5, 0.5
-    target = pseudo_labels.labelled_x_predicted(Path("unused"), log_probs, labels)
-    assert target.tolist() == pytest.approx([(0.75 * 0.5) ** 0.5, (0.25 * 0.5) ** 0.5])
-
-
-def test_class_shares_of_a_run_count_its_labelled_images_against_all(bench_root):
-    run_dir = bench_root / "work" / "smoke" / "sup_10_seed0"
-    run_script(class_shares, run_dir, "--name", "smoke", "--out", bench_root / "shares")
-    [result] = json.loads((bench_root / "shares" / "smoke.json").read_text())["runs"]
-    _, cfg = pseudo_labels.load_trained_model(run_dir / "checkpoints" / "cycle_0.pt")
-    train = pseudo_labels.build_dataset(cfg.dataset, "train", cfg.seed)
-    ids = (run_dir / "splits" / "initial_labelled.txt").read_text().split()
-    labelled = [i for i in range(len(train)) if train.image_id(i) in ids]
-    counts = sum(np.bincount(train.load(i).label.ravel(), minlength=256)[: len(result["classes"])] for i in labelled)
-    assert result["labelled_images"] == len(ids) == len(labelled)
-    assert result["labelled_share"] == pytest.approx(list(counts / counts.sum()))
-    assert sum(result["train_share"]) == pytest.approx(1)
-    assert result["aligner_bias"] is None and result["aligner_target"] is None  # supervised: no aligner
-
-
-def test_resampled_shares_of_identical_images_have_no_spread_and_of_two_kinds_span_both():
-    same = np.array([[3, 1], [3, 1], [3, 1]])
-    low, high = class_shares.shares_interval(same)
-    assert list(low) == list(high) == [0.75, 0.25]
-    low, high = class_shares.shares_interval(np.array([[1, 0]] * 10 + [[0, 1]] * 10))
-    assert low[0] < 0.5 < high[0] and 0.2 < low[0] and high[0] < 0.8  # 20 coin flips: 0.5 +- about 0.18
-
-
-def write_curve(path: Path, mious: dict[int, float], pole: float = 0.5) -> Path:
-    records = [{"cycle": 0, "epoch": e, "step": 50 * e, "miou": m, "iou": {"Pole": pole}} for e, m in mious.items()]
-    path.write_text("".join(json.dumps(r) + "\n" for r in records + [dict(records[0], cycle=1, miou=0.99)]))
-    return path
-
-
-def test_a_retrained_final_cycle_repeats_the_run_and_differs_without_its_regions_or_with_another_setting(tmp_path):
-    run_script(label_efficiency, "--protocol", "smoke", "--methods", "s4al", "--results", tmp_path / "results",
-               "--work", tmp_path / "work")
-    run_dir = tmp_path / "work" / "smoke" / "s4al_seed0"
-    common = ("--work", tmp_path / "retrain", "--out", tmp_path / "out")
-    run_script(retrain_final, run_dir, "--name", "same", *common)
-    run_script(retrain_final, run_dir, "--name", "without", "--without-regions", *common)
-    run_script(retrain_final, run_dir, "--name", "no_cw", "--set", "ssl.confidence_weighting=false", *common)
-    same, without, no_cw = (json.loads((tmp_path / "out" / f"{name}.json").read_text())
-                            for name in ("same", "without", "no_cw"))
-    assert same["val"] == same["source_val"]  # same labels and seeds: the same training, bit for bit
-    assert without["regions_in_source"] > 0 and without["val"]["miou"] != without["source_val"]["miou"]
-    assert no_cw["overrides"] == {"ssl": {"confidence_weighting": False}}
-    assert no_cw["val"]["miou"] != no_cw["source_val"]["miou"]
-    assert "confidence_weighting: true" in (run_dir / "config.yaml").read_text()  # the source folder is untouched
-    assert MACHINE_KEYS <= set(without["machine"])
-
-
-def test_learning_curves_tabulate_each_evaluated_epoch_and_mark_the_missing(tmp_path, capsys):
-    done = write_curve(tmp_path / "sup_10_seed0.jsonl", {10: 0.4, 20: 0.45, 30: 0.47})
-    stopped = tmp_path / "ssl" / "ssl_10_seed0"  # a run folder, stopped after epoch 20
-    stopped.mkdir(parents=True)
-    write_curve(stopped / "metrics.jsonl", {10: 0.41, 20: 0.462}, pole=0.031)
-    run_script(learning_curves, done, stopped, "--classes", "Pole", "--every", "10")
-    out = capsys.readouterr().out
-    assert "| epoch | sup_10_seed0 | ssl_10_seed0 |" in out
-    assert "| 20 | 45.0 | 46.2 |" in out and "| 30 | 47.0 | – |" in out  # cycle 1's 0.99 is not shown
-    assert "| 20 | 50.0 | 3.1 |" in out.split("Pole IoU")[1]
-    with pytest.raises(SystemExit):
-        learning_curves.main([str(done), "--classes", "Bicyclist"])
-
-
 def test_jpeg_copy_keeps_labels_and_lists_and_loads_as_camvid(tmp_path):
     source = tmp_path / "camvid"
     gradient = np.tile(np.arange(0, 240, 15, dtype=np.uint8), (12, 1))
-    for split, name in (("train", "a"), ("val", "b")):
+    for split, name in (("train", "a"), ("val", "b"), ("test", "c")):
         (source / split).mkdir(parents=True)
         (source / f"{split}annot").mkdir()
         Image.fromarray(np.stack([gradient, gradient[:, ::-1], gradient], -1)).save(source / split / f"{name}.png")
@@ -273,19 +265,8 @@ def test_jpeg_copy_keeps_labels_and_lists_and_loads_as_camvid(tmp_path):
     run_script(jpeg_camvid, source, tmp_path / "copy")
     copy = tmp_path / "copy"
     assert (copy / "train.txt").read_text() == "train/a.jpg trainannot/a.png\n"
+    assert (copy / "test.txt").read_text() == "test/c.jpg testannot/c.png\n"  # a test split travels too
     assert (copy / "valannot" / "b.png").read_bytes() == (source / "valannot" / "b.png").read_bytes()
     original, jpeg = CamVid(source, "train").load(0), CamVid(copy, "train").load(0)
     assert np.array_equal(jpeg.label, original.label)
     assert np.abs(jpeg.image.astype(int) - original.image.astype(int)).max() <= 8  # quality 95
-
-
-def test_gpu_window_runs_side_by_side_and_reports_a_failed_run(tmp_path):
-    script = Path(label_efficiency.__file__).with_name("gpu_window.sh")
-    common = f"--protocol smoke --seeds 0 --results {tmp_path / 'results'} --work {tmp_path / 'work'}"
-    runs = [f"{common} --methods sup_10", f"{common} --methods full_supervised", "--protocol no_such_protocol"]
-    env = os.environ | {"PYTHON": sys.executable}
-    done = subprocess.run(["bash", script, "120", tmp_path / "logs", *runs], check=False, env=env)
-    assert done.returncode == 1  # the third run failed
-    assert sorted(p.name for p in (tmp_path / "results" / "smoke").glob("*.json")) == [
-        "full_supervised_seed0.json", "sup_10_seed0.json"]
-    assert (tmp_path / "logs" / "3.log").read_text().startswith("run 3: --protocol no_such_protocol")

@@ -1,0 +1,90 @@
+"""Runs commands as separate processes, a few at a time, within a time limit: the next starts
+when one ends, and whatever still runs near the limit is interrupted (SIGINT, then SIGKILL), so
+the call returns before the limit and every command that finished has written its output.
+
+Each command runs in its own process group, so an interrupt also reaches its loader workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class Job:
+    label: str
+    argv: tuple[str, ...]
+    log: Path  # stdout and stderr, appended
+
+
+@dataclass
+class Outcome:
+    finished: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # exited with an error before the stop
+    stopped: list[str] = field(default_factory=list)  # interrupted at the limit
+    not_started: list[str] = field(default_factory=list)
+
+
+def stop_grace(seconds: float) -> float:
+    """How long before the limit the running commands are interrupted: 5% of it, 3-30 s."""
+    return min(30.0, max(3.0, 0.05 * seconds))
+
+
+def _start(job: Job) -> subprocess.Popen:
+    job.log.parent.mkdir(parents=True, exist_ok=True)
+    with job.log.open("a") as log:
+        log.write(f"$ {' '.join(job.argv)}\n")
+        log.flush()
+        return subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _signal(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:  # it ended on its own meanwhile
+        pass
+
+
+def _collect(running: dict[Job, subprocess.Popen], outcome: Outcome, elapsed: float, report) -> None:
+    """Moves the jobs that have ended from `running` into `outcome`."""
+    for job, process in list(running.items()):
+        if process.poll() is None:
+            continue
+        del running[job]
+        (outcome.finished if process.returncode == 0 else outcome.failed).append(job.label)
+        result = "finished" if process.returncode == 0 else f"failed (exit {process.returncode})"
+        report(f"[window {elapsed:.0f} s] {job.label} {result}")
+
+
+def run_window(jobs: list[Job], seconds: float, parallel: int, report=print) -> Outcome:
+    """Runs `jobs` in order, `parallel` at a time, and returns within `seconds`."""
+    started = time.monotonic()
+    deadline = started + seconds
+    stop_at = deadline - stop_grace(seconds)
+    waiting, running, outcome = deque(jobs), {}, Outcome()
+    while (waiting or running) and time.monotonic() < stop_at:
+        while waiting and len(running) < parallel:
+            job = waiting.popleft()
+            running[job] = _start(job)
+            report(f"[window {time.monotonic() - started:.0f} s] started {job.label} (log: {job.log})")
+        time.sleep(POLL_SECONDS)
+        _collect(running, outcome, time.monotonic() - started, report)
+    for process in running.values():
+        _signal(process, signal.SIGINT)
+    for job, process in running.items():
+        try:
+            process.wait(timeout=max(0.0, deadline - 1 - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal(process, signal.SIGKILL)
+            process.wait()
+        outcome.stopped.append(job.label)
+        report(f"[window {time.monotonic() - started:.0f} s] {job.label} stopped at the limit")
+    outcome.not_started = [job.label for job in waiting]
+    return outcome
