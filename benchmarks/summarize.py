@@ -53,7 +53,10 @@ def load_results(directory: Path) -> dict[str, list[dict]]:
 
 def protocol_of(folder: str) -> str:
     """The protocol a results folder ran: its own name, or the protocol its --name extends."""
-    return max((p for p in PROTOCOLS if folder == p or folder.startswith(p + "_")), key=len)
+    matches = [p for p in PROTOCOLS if folder == p or folder.startswith(p + "_")]
+    if not matches:
+        raise SystemExit(f"results folder '{folder}' names no protocol ({', '.join(PROTOCOLS)})")
+    return max(matches, key=len)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -239,7 +242,8 @@ def folder_body(folder: str, groups: dict[str, list[dict]], heading: str) -> str
              f"{pairs}") if pairs else ""
     return (f"Val mIoU (%) after the final cycle, mean ± std over seeds; labelled % counts pixels; time per "
             f"run is wall time on the device named.\n\n{main_table(groups)}{pairs}\n"
-            f"{heading} Commands\n\n{commands_list(folder, groups)}")
+            f"{heading} Commands\n\nThe data and weights paths (`--data-root`, `--weights`) are in each result "
+            f"file's config.\n\n{commands_list(folder, groups)}")
 
 
 def write_summary(directory: Path, groups: dict[str, list[dict]]) -> Path:
@@ -299,7 +303,8 @@ def _against(groups: dict[str, list[dict]], other: str) -> str:
 
 def verdict(folder: str, groups: dict[str, list[dict]]) -> str:
     """In words: is S4AL at >= 97% of full supervision with <= 13.8% of the pixels (the paper's
-    claim on CamVid), and above random regions and the learner on the initial 10% alone?"""
+    claim on CamVid), and above random regions, the learner on the initial 10% alone and S4AL with
+    the paper's learner, by more than the seeds' noise?"""
     gaps = missing(folder, groups)
     head = f"`{folder}`: " + (f"missing {'; '.join(gaps)}." if gaps else "complete.")
     if "s4al" not in groups or REFERENCE not in groups:
@@ -308,7 +313,7 @@ def verdict(folder: str, groups: dict[str, list[dict]]) -> str:
     share = 100 * s4al / mean_std([r["final"]["miou"] for r in groups[REFERENCE]])[0]
     labelled = 100 * mean_std([r["final"]["labelled_fraction"] for r in groups["s4al"]])[0]
     met = "meets" if share >= 97 and labelled <= 13.8 else "does not meet"
-    others = [_against(groups, other) for other in ("region_random_ssl", "ssl_10") if other in groups]
+    others = [_against(groups, b) for a, b in PAIRS if b in groups]
     return (f"{head} S4AL is at {share:.1f}% of full supervision with {labelled:.1f}% of the pixels: it {met} the "
             f"paper's 97% at 13.8%" + (f"; it is {' and '.join(others)}." if others else "."))
 

@@ -63,28 +63,37 @@ def _collect(running: dict[Job, subprocess.Popen], outcome: Outcome, elapsed: fl
         report(f"[window {elapsed:.0f} s] {job.label} {result}")
 
 
-def run_window(jobs: list[Job], seconds: float, parallel: int, report=print) -> Outcome:
-    """Runs `jobs` in order, `parallel` at a time, and returns within `seconds`."""
-    started = time.monotonic()
-    deadline = started + seconds
-    stop_at = deadline - stop_grace(seconds)
-    waiting, running, outcome = deque(jobs), {}, Outcome()
-    while (waiting or running) and time.monotonic() < stop_at:
-        while waiting and len(running) < parallel:
-            job = waiting.popleft()
-            running[job] = _start(job)
-            report(f"[window {time.monotonic() - started:.0f} s] started {job.label} (log: {job.log})")
-        time.sleep(POLL_SECONDS)
-        _collect(running, outcome, time.monotonic() - started, report)
+def _stop(running: dict[Job, subprocess.Popen], outcome: Outcome, kill_at: float, elapsed, report) -> None:
+    """SIGINT to every running job, SIGKILL to those still alive at `kill_at` (monotonic time)."""
     for process in running.values():
         _signal(process, signal.SIGINT)
     for job, process in running.items():
         try:
-            process.wait(timeout=max(0.0, deadline - 1 - time.monotonic()))
+            process.wait(timeout=max(0.0, kill_at - time.monotonic()))
         except subprocess.TimeoutExpired:
             _signal(process, signal.SIGKILL)
             process.wait()
         outcome.stopped.append(job.label)
-        report(f"[window {time.monotonic() - started:.0f} s] {job.label} stopped at the limit")
-    outcome.not_started = [job.label for job in waiting]
+        report(f"[window {elapsed():.0f} s] {job.label} stopped at the limit")
+
+
+def run_window(jobs: list[Job], seconds: float, parallel: int, report=print) -> Outcome:
+    """Runs `jobs` in order, `parallel` at a time, and returns within `seconds`. Interrupted itself
+    (Ctrl-C), it stops its jobs the same way, within stop_grace(seconds)."""
+    started = time.monotonic()
+    grace = stop_grace(seconds)
+    deadline = started + seconds
+    waiting, running, outcome = deque(jobs), {}, Outcome()
+    try:
+        while (waiting or running) and time.monotonic() < deadline - grace:
+            while waiting and len(running) < parallel:
+                job = waiting.popleft()
+                running[job] = _start(job)
+                report(f"[window {time.monotonic() - started:.0f} s] started {job.label} (log: {job.log})")
+            time.sleep(POLL_SECONDS)
+            _collect(running, outcome, time.monotonic() - started, report)
+    finally:
+        kill_at = min(deadline, time.monotonic() + grace) - 1
+        _stop(running, outcome, kill_at, lambda: time.monotonic() - started, report)
+        outcome.not_started = [job.label for job in waiting]
     return outcome

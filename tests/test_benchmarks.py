@@ -5,6 +5,9 @@ variant, the test split), summarize.py (tables, paired differences, the README's
 window.py (the scheduler, on plain processes), speed.py --smoke and jpeg_camvid.py."""
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -198,6 +201,29 @@ def test_a_window_interrupts_what_runs_at_its_end_and_returns_in_time(tmp_path):
     assert outcome.finished == outcome.failed == []
     assert "interrupted" in jobs[0].log.read_text()  # SIGINT reached it: it could unwind
     assert not jobs[2].log.exists()
+
+
+def test_a_window_interrupted_itself_stops_its_jobs_before_it_exits(tmp_path):
+    log = tmp_path / "child.log"
+    trap = ("import os, time\ntry:\n    print('running', os.getpid(), flush=True); time.sleep(60)\n"
+            "except KeyboardInterrupt:\n    print('interrupted', flush=True); raise")
+    parent = (f"import sys; sys.path.insert(0, {str(Path(label_efficiency.__file__).parent)!r})\n"
+              f"from pathlib import Path\nfrom window import Job, run_window\n"
+              f"run_window([Job('child', (sys.executable, '-c', {trap!r}), Path({str(log)!r}))], 60, 1)")
+    window = subprocess.Popen([sys.executable, "-c", parent])
+    deadline = time.monotonic() + 30
+    def lines() -> list[str]:  # the child's output, not the command line logged above it
+        text = log.read_text() if log.exists() else ""
+        return [line for line in text.splitlines() if line.startswith(("running ", "interrupted"))]
+
+    while not lines() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int(lines()[0].removeprefix("running "))
+    window.send_signal(signal.SIGINT)  # as Ctrl-C would
+    assert window.wait(timeout=stop_grace(60) + 5) != 0
+    assert lines()[1] == "interrupted"
+    with pytest.raises(ProcessLookupError):  # nothing left running
+        os.kill(child, 0)
 
 
 def make_camvid(root: Path, split: str, count: int, rng: np.random.Generator) -> None:
