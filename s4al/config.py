@@ -6,6 +6,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+import hashlib
+import os
+import tempfile
+
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -67,6 +71,9 @@ class TrainConfig(Section):
     amp: bool = True  # bf16 autocast on CUDA only (it is slower on CPUs without bf16 units)
     eval_network: Literal["teacher", "student"] = "teacher"
     sync_bn: bool = False  # SyncBatchNorm across ranks under torchrun (CUDA only)
+    # the fast learner path (s4al/train/batches.py): the train split decoded once onto the device,
+    # batched augmentation there, losses read every few steps, fused SGD. auto: on for CUDA devices
+    fast: Literal["auto", "on", "off"] = "auto"
 
     @model_validator(mode="after")
     def _scale_order(self) -> "TrainConfig":
@@ -161,7 +168,13 @@ class ActiveConfig(Section):
         return self
 
 
+# Version 2: every saved config is a complete dump with this key. Version 1 (no key): saved before
+# versions existed, complete but for the keys added since (see V1_BEFORE_KEY_EXISTED).
+CONFIG_VERSION = 2
+
+
 class RunConfig(Section):
+    config_version: Literal[CONFIG_VERSION] = CONFIG_VERSION  # type: ignore[valid-type]
     seed: int = 3108
     dataset: DatasetConfig = DatasetConfig()
     model: ModelConfig = ModelConfig()
@@ -199,34 +212,88 @@ def preset_path(name: str) -> Path:
 
 
 def load_config(source: str | Path, overrides: dict | None = None) -> RunConfig:
-    """Load a preset name (camvid, cityscapes, demo) or a YAML path; `overrides` is a nested dict."""
+    """Load a preset name (camvid, cityscapes, demo) or a YAML path; `overrides` is a nested dict
+    (from --set). Keys the file leaves out take today's defaults."""
     path = preset_path(str(source)) if str(source) in PRESETS else Path(source)
-    return _validated(_merge(_read_yaml(path), overrides or {}), path)
+    return _validated(_merge(_read_yaml(path), overrides or {}), path, overrides or {})
 
 
-# A run folder's config.yaml is a complete dump, so a key is missing only if the run was made before
-# the key existed; it ran as the code did then, which for these keys is not today's default.
-BEFORE_KEY_EXISTED = {"ssl": {"distribution_alignment": "off", "class_normalised_confidence": False}}
+# Keys added after version-1 configs were saved, with the behaviour a run had before each existed:
+# a version-1 dump lacks a key only because the run was made before it, and ran as the code did then.
+V1_BEFORE_KEY_EXISTED = {
+    "ssl": {
+        "distribution_alignment": "off",
+        "class_normalised_confidence": False,
+        "alignment_target": "labelled",
+        "freeze_bn_on_unlabelled": False,
+        "mask_unconfident": False,
+        "class_balance_power": 0.0,
+        "teacher_train_mode": False,
+    },
+    "train": {"sync_bn": False},
+    "active": {"initial": "random"},
+}
 
 
 def load_run_config(path: Path, overrides: dict | None = None) -> RunConfig:
-    """A run folder's saved config (resuming, reports): what the run was made with, whatever today's defaults."""
-    return saved_config(_merge(_read_yaml(path), overrides or {}), path)
+    """A run folder's saved config (resuming, reports): what the run was made with, whatever today's
+    defaults. A damaged file (a section or key missing) is refused, never filled with defaults."""
+    return _validated(_merge(_migrated(_read_yaml(path), path), overrides or {}), path, overrides or {})
 
 
 def saved_config(data: dict, source: str | Path) -> RunConfig:
     """A config dumped by a run (its config.yaml, a checkpoint's copy), read as that run ran."""
-    return _validated(_merge(BEFORE_KEY_EXISTED, data), source)
+    return _validated(_migrated(data, source), source)
 
 
-def _validated(data: dict, path: str | Path) -> RunConfig:
+def _migrated(data: dict, source: str | Path) -> dict:
+    """A saved config of any version as a complete config of the current version."""
+    version = data.get("config_version", 1)
+    if version not in (1, CONFIG_VERSION):
+        raise ConfigError(f"{source}: config_version {version!r}; this s4al reads versions 1 to {CONFIG_VERSION}")
+    missing = _missing_keys(RunConfig, data, sections_only=version == 1)
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" (and {len(missing) - 8} more)" if len(missing) > 8 else "")
+        raise ConfigError(f"{source}: incomplete saved config, missing {shown}; the file is damaged "
+                          "(a run writes every key): restore it rather than let defaults stand in")
+    if version == 1:
+        data = _merge(V1_BEFORE_KEY_EXISTED, data)
+    return {**data, "config_version": CONFIG_VERSION}
+
+
+def _missing_keys(model: type[BaseModel], data: dict, sections_only: bool, prefix: str = "") -> list[str]:
+    missing = []
+    for name, field in model.model_fields.items():
+        nested = isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        if name == "config_version" or (sections_only and not nested):
+            continue
+        if name not in data:
+            missing.append(prefix + name)
+        elif nested and isinstance(data[name], dict):
+            missing += _missing_keys(field.annotation, data[name], sections_only, f"{prefix}{name}.")
+    return missing
+
+
+def _set_by(overrides: dict, loc: tuple) -> bool:
+    """Whether the error location `loc` lies under a key that --set gave."""
+    node = overrides
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _validated(data: dict, path: str | Path, overrides: dict | None = None) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors()
-        )
-        raise ConfigError(f"{path}: invalid config: {problems}") from None
+        problems = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"]) or "(top)"
+            origin = "--set " if _set_by(overrides or {}, e["loc"]) else ""
+            problems.append(f"{origin}{key}: {e['msg']}")
+        raise ConfigError(f"{path}: invalid config: {'; '.join(problems)}") from None
 
 
 def parse_override(items: list[str]) -> dict:
@@ -244,5 +311,24 @@ def parse_override(items: list[str]) -> dict:
     return out
 
 
+def config_text(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def config_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def save_config(cfg: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    """Atomic write (temp file, fsync, rename): a kill leaves the old file or the whole new one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(config_text(cfg))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -68,7 +68,8 @@ def test_a_saved_run_config_keeps_the_learner_it_was_made_with(tmp_path):
     assert today == load_config("demo")  # a complete dump: nothing filled in
     assert (today.ssl.distribution_alignment, today.ssl.class_normalised_confidence) == ("argmax", True)  # the default
     data = yaml.safe_load(path.read_text())
-    del data["ssl"]["class_normalised_confidence"]  # written before the key existed
+    del data["config_version"]  # a version-1 dump, written before versions and before the key existed
+    del data["ssl"]["class_normalised_confidence"]
     data["ssl"]["distribution_alignment"] = True  # the old boolean spelling
     path.write_text(yaml.safe_dump(data))
     ssl = load_run_config(path).ssl
@@ -79,3 +80,59 @@ def test_a_saved_run_config_keeps_the_learner_it_was_made_with(tmp_path):
     path.write_text(yaml.safe_dump(data))
     assert load_run_config(path, {"ssl": {"class_normalised_confidence": True}}).ssl.model_dump() == {
         **ssl.model_dump(), "distribution_alignment": "off", "class_normalised_confidence": True}
+
+
+def test_a_saved_config_cut_short_is_refused_not_filled_with_defaults(tmp_path):
+    path = tmp_path / "config.yaml"
+    save_config(load_config("demo", {"active": {"annotator": "external"}}), path)
+    lines = path.read_text().splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if line.startswith("active:"))
+    path.write_text("".join(lines[:cut]))  # the file cut at a line boundary: the active section lost
+    with pytest.raises(ConfigError, match=r"config.yaml: incomplete saved config, missing active;"):
+        load_run_config(path)
+    path.write_text("".join(lines[:-1]))  # one key lost
+    last_key = lines[-1].split(":")[0].strip()
+    with pytest.raises(ConfigError, match=rf"missing active\.{last_key}"):
+        load_run_config(path)
+
+
+def test_a_version_1_config_missing_a_whole_section_is_refused(tmp_path):
+    data = yaml.safe_load(yaml.safe_dump(load_config("demo").model_dump(mode="json")))
+    del data["config_version"], data["active"]
+    with pytest.raises(ConfigError, match="missing active"):
+        saved_config(data, "old/config.yaml")
+
+
+def test_version_1_configs_run_the_learner_of_their_time():
+    data = load_config("demo").model_dump(mode="json")
+    del data["config_version"]
+    for key in ("distribution_alignment", "class_normalised_confidence", "alignment_target",
+                "freeze_bn_on_unlabelled", "mask_unconfident", "class_balance_power", "teacher_train_mode"):
+        del data["ssl"][key]
+    del data["train"]["sync_bn"], data["active"]["initial"]
+    cfg = saved_config(data, "old/config.yaml")
+    assert cfg.config_version == 2
+    assert (cfg.ssl.distribution_alignment, cfg.ssl.class_normalised_confidence, cfg.ssl.alignment_target,
+            cfg.ssl.freeze_bn_on_unlabelled) == ("off", False, "labelled", False)
+    assert (cfg.ssl.mask_unconfident, cfg.ssl.class_balance_power, cfg.ssl.teacher_train_mode) == (False, 0.0, False)
+    assert (cfg.train.sync_bn, cfg.active.initial) == (False, "random")
+
+
+def test_a_config_from_a_newer_version_is_refused():
+    data = load_config("demo").model_dump(mode="json") | {"config_version": 3}
+    with pytest.raises(ConfigError, match="config_version 3"):
+        saved_config(data, "new/config.yaml")
+
+
+def test_set_errors_name_the_set_option_not_the_preset():
+    with pytest.raises(ConfigError) as refused:
+        load_config("demo", parse_override(["train.lr=-1", "train.bogus=1"]))
+    assert "--set train.lr" in str(refused.value) and "--set train.bogus" in str(refused.value)
+
+
+def test_save_config_replaces_the_file_whole_and_leaves_no_temp_file(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("old: true\n")
+    save_config(load_config("demo"), path)
+    assert load_run_config(path) == load_config("demo")
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config
 from s4al.active.cycle import ActiveLearningRun
+from s4al.config import load_config, save_config
 from s4al.data import IGNORE_INDEX
 from s4al.data.synthetic import SYNTHETIC_CLASSES
 from s4al.report.figures import (
@@ -91,7 +92,7 @@ def test_report_command(run_dir, tmp_path):
 
 
 def test_report_command_on_a_folder_without_cycles(tmp_path):
-    (tmp_path / "config.yaml").write_text("seed: 1\n")
+    save_config(load_config("demo"), tmp_path / "config.yaml")
     result = CliRunner().invoke(cli_app(), ["report", str(tmp_path)])
     assert result.exit_code != 0
     assert "no finished cycle yet" in " ".join(result.output.replace("│", " ").split())  # unwrap rich's panel

@@ -7,28 +7,26 @@ The ledger records each phase boundary, and training checkpoints its own progres
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from s4al.active.acquisition import Query, choose_images, choose_regions, score_cells, scoring_workers
 from s4al.active.ledger import Ledger
 from s4al.active.oracle import Annotator, GroundTruthOracle
 from s4al import distributed
-from s4al.config import RunConfig, load_run_config, save_config
+from s4al.config import RunConfig, config_digest
 from s4al.data import DatasetError, build_dataset
 from s4al.evaluate import evaluate
-from s4al.train.checkpoint import checkpoint_path, load_trained_model
+from s4al.run_folder import CONFIG_FILE, RunFolder, RunFolderError
+from s4al.train.checkpoint import checkpoint_path, load_checkpoint, load_trained_model
 from s4al.train.sampling import derive_seed
 from s4al.distributed import setup_device
 from s4al.train.trainer import Trainer, TrainData
-
-CONFIG_FILE = "config.yaml"
-
 
 def draw_initial(num_images: int, fraction: float, seed: int) -> list[int]:
     """The initially fully labelled images: `fraction` of the train set, uniformly at random."""
@@ -38,7 +36,9 @@ def draw_initial(num_images: int, fraction: float, seed: int) -> list[int]:
 
 
 class ActiveLearningRun:
-    """A run folder: config.yaml, splits/, ledger.sqlite + labels/, checkpoints/, cycles/*.json."""
+    """A run of the cycle in its run folder (s4al/run_folder.py). `cfg` makes a new run, or must
+    equal the saved one; without it the run folder's config is resumed, with `overrides` limited to
+    where the run computes (RESUME_OVERRIDES)."""
 
     def __init__(
         self,
@@ -46,11 +46,16 @@ class ActiveLearningRun:
         cfg: RunConfig | None = None,
         annotator: Annotator | None = None,
         progress: Callable[[dict], None] | None = None,
+        overrides: dict | None = None,
     ):
-        self.run_dir = Path(run_dir)
         self.progress = progress
         with distributed.main_first():  # rank 0 writes the config and the ledger; the others read them
-            self.cfg = self._config(cfg)
+            self.folder = self._folder(Path(run_dir), cfg)
+            self.run_dir = self.folder.path
+            self.cfg = self.folder.config(overrides)
+            if cfg is not None and cfg != self.cfg:
+                raise RunFolderError(f"{self.folder.config_path}: this run folder was made with another config; "
+                                     "use --resume or a new --out")
             self.device = setup_device(self.cfg.train.device)
             d = self.cfg.dataset
             self.train_set = build_dataset(d, d.train_split, self.cfg.seed)
@@ -58,40 +63,51 @@ class ActiveLearningRun:
             self.test_set = build_dataset(d, d.test_split, self.cfg.seed) if d.test_split else None
             self.ids = [self.train_set.image_id(i) for i in range(len(self.train_set))]
             self.index_of = {image_id: i for i, image_id in enumerate(self.ids)}
-            self.ledger = Ledger(self.run_dir / "ledger.sqlite", readonly=not distributed.is_main())
-            if distributed.is_main():
-                self._register_images()
+            self.ledger = self._open_ledger() if distributed.is_main() else Ledger(self.folder.ledger_path, readonly=True)
         if annotator is None and self.cfg.active.annotator == "oracle":
             annotator = GroundTruthOracle(lambda image_id: self.train_set.load(self.index_of[image_id]).label)
         self.annotator = annotator
 
     # ---- set-up ---------------------------------------------------------------------------
-    def _config(self, cfg: RunConfig | None) -> RunConfig:
-        path = self.run_dir / CONFIG_FILE
-        if path.exists():
-            saved = load_run_config(path)
-            if cfg is not None and cfg != saved:
-                raise ValueError(f"{path}: this run folder was made with another config; use --resume or a new --out")
-            return saved
-        if cfg is None:
-            raise FileNotFoundError(f"{path}: not a run folder (no config to resume from)")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, path)
-        return cfg
+    @staticmethod
+    def _folder(path: Path, cfg: RunConfig | None) -> RunFolder:
+        """Rank 0 holds the run folder's lock; the other ranks of its job only read."""
+        main = distributed.is_main()
+        if cfg is not None and not (path / CONFIG_FILE).exists():
+            return RunFolder.create(path, cfg, lock=main)
+        folder = RunFolder.open(path, lock=main)
+        if main:
+            folder.remove_stray_temp_files()
+        return folder
 
-    def _register_images(self) -> None:
-        if self.ledger.get_meta("seed") is not None:
-            return
-        initial = self._initial()
-        splits = self.run_dir / "splits"
-        splits.mkdir(exist_ok=True)
-        initial_ids = [self.ids[i] for i in initial]
-        (splits / "initial_labelled.txt").write_text("".join(f"{i}\n" for i in initial_ids))
-        (splits / "pool.txt").write_text("".join(f"{i}\n" for i in sorted(set(self.ids) - set(initial_ids))))
-        records = [(image_id, *self.train_set.image_size(i)) for i, image_id in enumerate(self.ids)]
-        self.ledger.register_images(records, initial=set(initial_ids))
-        self.ledger.set_meta("classes", list(self.train_set.classes.names))
-        self.ledger.set_meta("seed", self.cfg.seed)
+    def _open_ledger(self) -> Ledger:
+        """The run's ledger, made on the first start (complete before it appears under its name),
+        checked against the config and the dataset on every later one."""
+        path = self.folder.ledger_path
+        if not self.folder.check_ledger():
+            self._make_ledger()
+        Ledger(path, readonly=True).close()  # a damaged file is refused before anything writes to it
+        ledger = Ledger(path)
+        made_with = ledger.get_meta("config_sha256")
+        if made_with is not None and made_with != config_digest(self.folder.config_path):
+            raise RunFolderError(f"{self.folder.config_path}: changed since the run was made (it no longer matches "
+                                 f"the digest in {path}); restore the file the run was made with")
+        self._check_same_images(ledger)
+        self._write_splits(ledger)
+        return ledger
+
+    def _make_ledger(self) -> None:
+        initial_ids = [self.ids[i] for i in self._initial()]
+        path = self.folder.ledger_path
+        building = path.with_name(f".{path.name}.new")
+        building.unlink(missing_ok=True)
+        with Ledger(building) as ledger:
+            records = [(image_id, *self.train_set.image_size(i)) for i, image_id in enumerate(self.ids)]
+            ledger.register_images(records, initial=set(initial_ids))
+            ledger.set_meta("classes", list(self.train_set.classes.names))
+            ledger.set_meta("seed", self.cfg.seed)
+            ledger.set_meta("config_sha256", config_digest(self.folder.config_path))
+        os.replace(building, path)
 
     def _initial(self) -> list[int]:
         """The initially fully labelled images: drawn at random (every train image needs a label),
@@ -111,6 +127,34 @@ class ActiveLearningRun:
             raise DatasetError(f"{where}: active.initial 'labelled' needs some images without a label "
                                "to ask about, every image has one")
         return [i for i, known in enumerate(has_label) if known]
+
+    def _check_same_images(self, ledger: Ledger) -> None:
+        """The dataset must still hold the images the run was made with, at the same sizes."""
+        registered = {r.image_id: (r.height, r.width) for r in ledger.images()}
+        where = f"{self.cfg.dataset.root or self.cfg.dataset.name}, split '{self.cfg.dataset.train_split}'"
+        gone = [i for i in registered if i not in self.index_of]
+        added = [i for i in self.ids if i not in registered]
+        resized = [i for i in registered if i in self.index_of
+                   and tuple(self.train_set.image_size(self.index_of[i])) != registered[i]]
+        for images, what in ((gone, "are in this run's ledger but no longer in the dataset: put them back"),
+                             (added, "were added to the dataset after the run was made: a run keeps its images; "
+                                     "move them out or start a new run"),
+                             (resized, "changed size since the run was made: restore them")):
+            if images:
+                shown = ", ".join(f"'{i}'" for i in images[:5]) + (f" (and {len(images) - 5} more)" if len(images) > 5 else "")
+                raise DatasetError(f"{where}: images {shown} {what}")
+
+    def _write_splits(self, ledger: Ledger) -> None:
+        """splits/: the initial labelled images and the pool, as text, for audits and reuse."""
+        if self.folder.splits_dir.is_dir():
+            return
+        initial = [r.image_id for r in ledger.images() if r.initial]
+        pool = sorted(r.image_id for r in ledger.images() if not r.initial)
+        building = self.folder.path / ".splits.new"
+        building.mkdir(exist_ok=True)
+        (building / "initial_labelled.txt").write_text("".join(f"{i}\n" for i in initial))
+        (building / "pool.txt").write_text("".join(f"{i}\n" for i in pool))
+        os.replace(building, self.folder.splits_dir)
 
     @staticmethod
     def _on_main(write: Callable, *args) -> None:
@@ -137,7 +181,7 @@ class ActiveLearningRun:
         return self.summaries()
 
     def summaries(self) -> list[dict]:
-        return [json.loads(p.read_text()) for p in sorted((self.run_dir / "cycles").glob("cycle_*.json"))]
+        return self.folder.summaries()
 
     # ---- phases ---------------------------------------------------------------------------
     def train_data(self) -> TrainData:
@@ -160,7 +204,7 @@ class ActiveLearningRun:
         """The student state a cycle starts from: the previous cycle's, or None (ImageNet weights)."""
         if cycle == 0 or self.cfg.active.reinit_each_cycle:
             return None
-        return torch.load(checkpoint_path(self.run_dir, cycle - 1), map_location="cpu", weights_only=False)["student"]
+        return load_checkpoint(checkpoint_path(self.run_dir, cycle - 1))["student"]
 
     def _train(self, cycle: int) -> None:
         self._on_main(self.ledger.set_phase, cycle, "train")
@@ -271,6 +315,6 @@ class ActiveLearningRun:
                 "class_pixels": self._bought_histogram(cycle),
             },
         }
-        out = self.run_dir / "cycles"
-        out.mkdir(exist_ok=True)
-        (out / f"cycle_{cycle}.json").write_text(json.dumps(summary, indent=2))
+        path = self.folder.cycle_summary_path(cycle)
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(summary, indent=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -12,14 +13,28 @@ def checkpoint_path(run_dir: Path, cycle: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"cycle_{cycle}.pt"
 
 
+class CheckpointError(OSError):
+    """A checkpoint that could not be written; the previous one, if any, is intact."""
+
+
 def save_checkpoint(state: dict, path: Path) -> None:
+    """Writes a temp file of its own (two writers never share one), fsyncs it and renames it over
+    `path`. A failed write (a full disk) removes its temp file and keeps the previous checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint was written"
+        raise CheckpointError(f"{path}: cannot write checkpoint ({err}); {kept}. Is the disk full? Resume once there is room") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: Path) -> dict:

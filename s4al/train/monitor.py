@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+)
 from torch.utils.tensorboard import SummaryWriter
 
 
@@ -23,18 +25,19 @@ class Monitor:
             TimeRemainingColumn(),
             disable=not show_progress,
         )
-        self.task = None
+        self.tasks: dict[int, TaskID] = {}  # one bar per cycle
         self.progress.start()
 
     def __call__(self, record: dict) -> None:
         getattr(self, f"_{record['event']}")(record)
 
     def _step(self, r: dict) -> None:
-        if self.task is None or self.progress.tasks[self.task].total != r["total"]:
-            self.task = self.progress.add_task(f"cycle {r['cycle']}", total=r["total"], status="")
+        cycle = r["cycle"]
+        if cycle not in self.tasks:
+            self.tasks[cycle] = self.progress.add_task(f"cycle {cycle}", total=r["total"], status="")
         speed = r["seconds"] / max(r["step"], 1)
-        status = f"loss {r['loss/sup']:.3f}" + (f" unsup {r['loss/unsup']:.3f}" if "loss/unsup" in r else "")
-        self.progress.update(self.task, completed=r["step"], status=f"{status} {speed:.2f}s/it")
+        losses = " ".join(f"{key[5:]} {r[key]:.3f}" for key in ("loss/sup", "loss/unsup") if key in r)
+        self.progress.update(self.tasks[cycle], completed=r["step"], status=f"{losses} {speed:.2f}s/it")
         if r["step"] % self.log_every == 0:
             for key, value in r.items():
                 if key.startswith(("loss/", "eta/")) or key == "lr":
@@ -46,7 +49,7 @@ class Monitor:
         for name, value in r["iou"].items():
             if value is not None:
                 self.writer.add_scalar(f"{prefix}/val_iou/{name}", value, step)
-        self.progress.console.print(f"cycle {r['cycle']} epoch {r['epoch']}: val mIoU {r['miou']:.4f}")
+        self.progress.console.print(f"cycle {r['cycle']} epoch {r['epoch']}: val mIoU {100 * r['miou']:.1f}%")
 
     def close(self) -> None:
         self.progress.stop()

@@ -1,0 +1,178 @@
+"""The run folder: its layout, making a new one, opening an existing one, and the lock on it.
+
+    config.yaml          the complete config the run was made with (written first, atomically)
+    ledger.sqlite        what was asked and answered (s4al/active/ledger.py), labels/ beside it
+    splits/              the initial labelled images and the pool, for audits
+    checkpoints/         cycle_C.pt, training state, saved atomically every epoch
+    cycles/cycle_C.json  one summary per finished cycle
+    metrics.jsonl, tensorboard/, queries/, report/
+
+A run folder is opened by one writing process at a time: `lock()` takes an exclusive lock that a
+second process is refused with, naming the process that holds it. The lock goes with the process,
+so a killed run leaves no stale lock behind."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from s4al.config import ConfigError, RunConfig, load_run_config, save_config
+
+CONFIG_FILE = "config.yaml"
+LEDGER_FILE = "ledger.sqlite"
+LOCK_FILE = ".lock"
+# What only a run that has begun writes: without a ledger beside any of these, answers were lost.
+PROGRESS = ("labels", "checkpoints", "cycles", "splits")
+# Keys `s4al run --resume --set` may change: where the run computes, not what it computes.
+RESUME_OVERRIDES = {"train": {"device", "num_workers"}}
+
+_held_locks: dict[Path, int] = {}  # run folder -> locked file descriptor, for this process's life
+
+
+def _outside_resume_overrides(overrides: dict):
+    for section, value in overrides.items():
+        if not isinstance(value, dict):
+            yield section
+        else:
+            yield from (f"{section}.{key}" for key in value if key not in RESUME_OVERRIDES.get(section, ()))
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be made or opened as asked; the message names the path."""
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+
+    # ---- the layout ------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.path / LEDGER_FILE
+
+    @property
+    def splits_dir(self) -> Path:
+        return self.path / "splits"
+
+    @property
+    def cycles_dir(self) -> Path:
+        return self.path / "cycles"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
+
+    def cycle_summary_path(self, cycle: int) -> Path:
+        return self.cycles_dir / f"cycle_{cycle}.json"
+
+    def summaries(self) -> list[dict]:
+        """The finished cycles' summaries, in cycle order (cycle_10 after cycle_9)."""
+        paths = {int(m.group(1)): p for p in self.cycles_dir.glob("cycle_*.json")
+                 if (m := re.fullmatch(r"cycle_(\d+)\.json", p.name))}
+        return [json.loads(paths[cycle].read_text()) for cycle in sorted(paths)]
+
+    # ---- making and opening ----------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, cfg: RunConfig, lock: bool = True) -> "RunFolder":
+        """A new run folder holding `cfg`, locked; config.yaml is its first file, so a run killed at
+        any later moment can be resumed."""
+        folder = cls(Path(path))
+        folder.make(lock)
+        if folder.config_path.exists():
+            raise RunFolderError(f"{folder.path}: already holds a run; continue it with --resume {folder.path}")
+        folder.save_config(cfg)
+        return folder
+
+    def make(self, lock: bool = True) -> None:
+        """Creates the folder (a file in its place is refused) and, with `lock`, locks it."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"{self.path}: exists and is not a folder; give a new folder for the run")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunFolderError(f"{self.path}: cannot make the run folder ({err})") from None
+        if lock:
+            self.lock()
+
+    def save_config(self, cfg: RunConfig) -> None:
+        try:
+            save_config(cfg, self.config_path)
+        except OSError as err:
+            raise RunFolderError(f"{self.config_path}: cannot write the config ({err})") from None
+
+    @classmethod
+    def open(cls, path: Path, lock: bool = True) -> "RunFolder":
+        """An existing run folder, locked (with `lock`); nothing is created in it."""
+        folder = cls(Path(path))
+        if not folder.path.is_dir():
+            raise RunFolderError(f"{folder.path}: no such run folder")
+        if not folder.config_path.is_file():
+            raise RunFolderError(f"{folder.config_path}: not a run folder (no config to resume from)")
+        if lock:
+            folder.lock()
+        return folder
+
+    def config(self, overrides: dict | None = None) -> RunConfig:
+        """The saved config, with `overrides` limited to RESUME_OVERRIDES."""
+        refused = list(_outside_resume_overrides(overrides or {}))
+        if refused:
+            allowed = ", ".join(f"{s}.{k}" for s, keys in RESUME_OVERRIDES.items() for k in sorted(keys))
+            raise RunFolderError(f"{self.path}: a resumed run keeps the config it was made with; --set "
+                                 f"{', '.join(refused)} refused (on resume only {allowed} may change)")
+        try:
+            return load_run_config(self.config_path, overrides)
+        except ConfigError as err:
+            raise RunFolderError(str(err)) from None
+
+    # ---- state that must not be lost -------------------------------------------------------
+    def check_ledger(self) -> bool:
+        """True if the ledger exists; False for a run that never got as far as making one. A run
+        that has begun (labels, checkpoints, cycles or splits on disk) without a usable ledger is
+        refused: starting a new ledger would forget every answer and ask the same questions again."""
+        if self.ledger_path.exists():
+            if self.ledger_path.stat().st_size == 0:
+                raise RunFolderError(f"{self.ledger_path}: empty (0 bytes); every answer of this run was in it. "
+                                     "Restore it from a backup; nothing was changed")
+            return True
+        begun = [name for name in PROGRESS if (self.path / name).exists()]
+        if begun:
+            raise RunFolderError(f"{self.ledger_path}: missing, though this run has begun ({', '.join(begun)}/ "
+                                 "on disk); its answers were in it. Restore it from a backup; nothing was changed")
+        return False
+
+    def remove_stray_temp_files(self) -> None:
+        """Temp files left by a kill mid-write (checkpoints, config); the lock makes them ours."""
+        for pattern in ("checkpoints/*.tmp", f".{CONFIG_FILE}.*.tmp", f".{LEDGER_FILE}.*"):
+            for stray in self.path.glob(pattern):
+                stray.unlink(missing_ok=True)
+
+    # ---- one writer ------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Exclusive for this process (taking it again is a no-op); another process is refused."""
+        key = self.path.resolve()
+        if key in _held_locks:
+            return
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunFolderError(f"{self.path}: in use by process {holder}; wait for it to finish "
+                                 "(two processes on one run folder would train the same cycle twice)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        _held_locks[key] = fd
+
+    def unlock(self) -> None:
+        fd = _held_locks.pop(self.path.resolve(), None)
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the lock

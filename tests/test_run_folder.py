@@ -1,0 +1,214 @@
+"""The run folder keeps what a run stored: a lost or damaged ledger or config is refused, never
+replaced by a fresh one; one process at a time; a run killed in its first moments resumes; every
+refusal is a message that names the file."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import tiny_config
+from s4al.active.cycle import ActiveLearningRun
+from s4al.active.ledger import Ledger, LedgerError
+from s4al.cli import app
+from s4al.config import config_text, save_config
+from s4al.data import DatasetError
+from s4al.run_folder import RunFolder, RunFolderError
+from s4al.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def external_config():
+    """Trains cycle 0 in a few steps, asks, and waits for a person's answers."""
+    return tiny_config(train={"epochs": 1, "iters_per_epoch": 1, "device": "cpu"},
+                       ssl={"enabled": False}, active={"annotator": "external"})
+
+
+@pytest.fixture(scope="module")
+def asked_run(tmp_path_factory) -> Path:
+    """A run folder whose cycle 0 has trained and asked; one region answered by hand."""
+    run_dir = tmp_path_factory.mktemp("asked") / "run"
+    active_run = ActiveLearningRun(run_dir, external_config())
+    assert active_run.run() == []
+    region = active_run.ledger.asked()[0]
+    active_run.ledger.answer(region.region_id, torch.ones(region.shape, dtype=torch.uint8).numpy(), by="person")
+    RunFolder(run_dir).unlock()
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(asked_run, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(asked_run, copy)
+    return copy
+
+
+def label_files(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run_dir / "labels").iterdir())}
+
+
+@pytest.mark.parametrize("damage", ["deleted", "emptied"])
+def test_a_lost_ledger_is_refused_and_the_answers_on_disk_are_untouched(run_dir, damage):
+    labels = label_files(run_dir)
+    assert labels  # the answer of the fixture
+    ledger = run_dir / "ledger.sqlite"
+    for side in run_dir.glob("ledger.sqlite-*"):
+        side.unlink()
+    ledger.unlink() if damage == "deleted" else ledger.write_bytes(b"")
+    with pytest.raises(RunFolderError, match="ledger.sqlite: (missing|empty)"):
+        ActiveLearningRun(run_dir)
+    assert label_files(run_dir) == labels
+    assert (ledger.stat().st_size == 0) if damage == "emptied" else not ledger.exists()
+
+
+def test_a_ledger_of_random_bytes_is_a_message_naming_the_file(run_dir):
+    (run_dir / "ledger.sqlite").write_bytes(os.urandom(4096))
+    for side in run_dir.glob("ledger.sqlite-*"):
+        side.unlink()
+    result = runner.invoke(app, ["run", "--resume", str(run_dir), "--quiet"])
+    assert result.exit_code == 1
+    assert "ledger.sqlite: not a label ledger" in result.output and "Traceback" not in result.output
+
+
+def test_a_config_cut_short_is_refused_on_resume(run_dir):
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().split("active:")[0])  # an external-annotator run without its section
+    with pytest.raises(RunFolderError, match="config.yaml: incomplete saved config, missing active"):
+        ActiveLearningRun(run_dir)
+
+
+def test_a_config_changed_after_the_run_was_made_is_refused(run_dir):
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("annotator: external", "annotator: oracle"))
+    with pytest.raises(RunFolderError, match="config.yaml: changed since the run was made"):
+        ActiveLearningRun(run_dir)
+
+
+def test_an_image_removed_from_the_dataset_between_cycles_is_named(tmp_path):
+    from test_own_data import make_dataset, own_config
+
+    make_dataset(tmp_path / "data")
+    cfg = own_config(tmp_path / "data")
+    ActiveLearningRun(tmp_path / "run", cfg).run()
+    (tmp_path / "data" / "images" / "p3.png").unlink()  # and from the split's list, so the dataset is consistent
+    split = tmp_path / "data" / "train.txt"
+    split.write_text(split.read_text().replace("p3\n", ""))
+    with pytest.raises(DatasetError, match="images 'p3' are in this run's ledger but no longer in the dataset"):
+        ActiveLearningRun(tmp_path / "run")
+
+
+def test_a_damaged_previous_checkpoint_is_a_message_naming_it(run_dir):
+    checkpoint = run_dir / "checkpoints" / "cycle_0.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    active_run = ActiveLearningRun(run_dir)
+    active_run.cfg.active.reinit_each_cycle = False
+    with pytest.raises(ValueError, match="cycle_0.pt: cannot read checkpoint"):
+        active_run.initial_student(1)
+
+
+def test_a_second_process_is_refused_while_the_first_holds_the_folder(run_dir):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from s4al.run_folder import RunFolder
+            RunFolder(__import__("pathlib").Path({str(run_dir)!r})).lock()
+            print("locked", flush=True)
+            time.sleep(60)
+        """)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = runner.invoke(app, ["run", "--resume", str(run_dir), "--quiet"])
+        assert result.exit_code == 1 and f"in use by process {holder.pid}" in result.output
+    finally:
+        holder.kill()
+        holder.wait()
+    RunFolder(run_dir).lock()  # the lock went with the killed process
+    RunFolder(run_dir).unlock()
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tmp_path):
+    path = tmp_path / "checkpoints" / "cycle_0.pt"
+    save_checkpoint({"step": 1}, path)
+    script = textwrap.dedent(f"""
+        import resource, signal, torch
+        from pathlib import Path
+        from s4al.train.checkpoint import CheckpointError, save_checkpoint
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        try:
+            save_checkpoint({{"step": 2, "weights": torch.zeros(1_000_000)}}, Path({str(path)!r}))
+        except CheckpointError as err:
+            print(err)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "cycle_0.pt: cannot write checkpoint" in out.stdout and "the previous checkpoint is kept" in out.stdout, out
+    assert load_checkpoint(path) == {"step": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["cycle_0.pt"]
+
+
+def test_resume_refuses_config_changes_but_takes_the_device(run_dir):
+    refused = runner.invoke(app, ["run", "--resume", str(run_dir), "--set", "train.lr=0.5", "--quiet"])
+    assert refused.exit_code == 1 and "--set train.lr refused" in refused.output
+    refused = runner.invoke(app, ["run", "--resume", str(run_dir), "--config", "camvid"])
+    assert refused.exit_code != 0 and "a resumed run keeps the config" in refused.output
+    taken = runner.invoke(app, ["run", "--resume", str(run_dir), "--set", "train.device=cpu", "--quiet"])
+    assert taken.exit_code == 0, taken.output
+    assert "train.device" not in (run_dir / "config.yaml").read_text().split("device:")[0]  # the file is as made
+
+
+def test_resume_of_a_mistyped_path_creates_nothing(tmp_path):
+    result = runner.invoke(app, ["run", "--resume", str(tmp_path / "rnu"), "--quiet"])
+    assert result.exit_code == 1 and "rnu: no such run folder" in result.output
+    assert not (tmp_path / "rnu").exists()
+
+
+def test_out_pointing_at_a_file_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = runner.invoke(app, ["run", "--out", str(tmp_path / "notes.txt"), "--quiet"])
+    assert result.exit_code == 1 and "notes.txt: exists and is not a folder" in result.output
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("left", ["config only", "half-made ledger"])
+def test_a_run_killed_in_its_first_moments_resumes(tmp_path, left):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_config(external_config(), run_dir / "config.yaml")  # what `run --out` writes first
+    if left == "half-made ledger":
+        Ledger(run_dir / ".ledger.sqlite.new").close()  # a kill while the ledger was being built
+    assert ActiveLearningRun(run_dir).run() == []
+    with Ledger(run_dir / "ledger.sqlite", readonly=True) as ledger:
+        assert ledger.asked() and ledger.get_meta("seed") == external_config().seed
+    assert not (run_dir / ".ledger.sqlite.new").exists()
+
+
+def test_stray_checkpoint_temp_files_are_removed_when_the_run_is_opened(run_dir):
+    stray = run_dir / "checkpoints" / "cycle_1.pt.abc123.tmp"
+    stray.write_bytes(b"half a checkpoint")
+    ActiveLearningRun(run_dir)
+    assert not stray.exists() and (run_dir / "checkpoints" / "cycle_0.pt").exists()
+
+
+def test_cycle_summaries_come_in_numeric_order(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.cycles_dir.mkdir()
+    for cycle in (0, 1, 2, 9, 10, 11):
+        folder.cycle_summary_path(cycle).write_text(f'{{"cycle": {cycle}}}')
+    assert [s["cycle"] for s in folder.summaries()] == [0, 1, 2, 9, 10, 11]
+
+
+def test_the_run_folder_starts_with_its_config(tmp_path):
+    cfg = external_config()
+    folder = RunFolder.create(tmp_path / "run", cfg)
+    assert sorted(p.name for p in folder.path.iterdir()) == [".lock", "config.yaml"]
+    assert folder.config_path.read_text() == config_text(cfg)
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        RunFolder.create(tmp_path / "run", cfg)
