@@ -6,6 +6,7 @@ import torch
 
 from s4al.active.regions import (
     box_masks,
+    boxes_within,
     cell_box,
     cell_scores,
     grid_shape,
@@ -135,3 +136,9 @@ def test_box_masks_cover_exactly_each_images_boxes():
     assert first[:16, :16].all() and first[16:48, 32:48].all() and not first[16:, :32].any()
     assert not nothing.any()
     assert corner.sum() == 8 * 4 and corner[40:, 60:].all()
+
+
+def test_boxes_within_clips_to_the_area_in_its_own_coordinates():
+    boxes = [(20, 20, 40, 70), (0, 0, 10, 10), (32, 64, 48, 96)]
+    assert boxes_within(boxes, (32, 32, 64, 64)) == [(0, 0, 8, 32)]  # the second misses, the third only touches
+    assert boxes_within(boxes, (0, 0, 48, 128)) == boxes

@@ -1,6 +1,8 @@
 """Scoring the pool and choosing what to ask for. One streaming pass over the pool: per batch the
 class probabilities become pixel scores, then cell scores, and only the cell scores (a few hundred
-floats per image) are kept, so memory does not grow with the pool's probability maps.
+floats per image) are kept, so memory does not grow with the pool's probability maps. An image too
+large to run whole is scored tile by tile (s4al/tiles.py), so memory does not grow with one image's
+size either (beyond its decoded pixels, 3 bytes each).
 
 Under torch.distributed each rank scores its share of the batches and every rank receives all the
 scores, so the selection (made identically everywhere) equals a single process's. Random scores
@@ -12,6 +14,7 @@ import ctypes
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import torch
@@ -19,11 +22,14 @@ from torch import nn
 
 from s4al import distributed
 from s4al.active.coreset import k_center_greedy, pooled_features
-from s4al.active.regions import Box, box_masks, cell_box, cell_scores, grid_shape, select_global, select_per_image
+from s4al.active.regions import (
+    Box, box_masks, boxes_within, cell_box, cell_scores, grid_shape, select_global, select_per_image,
+)
 from s4al.active.scores import pixel_scores, random_scores
 from s4al.config import ActiveConfig
 from s4al.data.base import SegmentationDataset
 from s4al.evaluate import image_batches, to_model_input
+from s4al.tiles import tiles, tile_logits, runs_whole
 from s4al.train.sampling import seeded_generator
 
 
@@ -88,21 +94,42 @@ def _release_freed_memory() -> None:
         _MALLOC_TRIM(0)
 
 
+def _batches(dataset, indices, batch_size, num_workers, pin_memory=False):
+    """This rank's same-size batches of `indices`; an image too large to run whole comes alone."""
+    fits = [runs_whole(*dataset.image_size(i)) for i in indices]
+    whole = [i for i, fit in zip(indices, fits) if fit]
+    large = [i for i, fit in zip(indices, fits) if not fit]
+    return chain(*(image_batches(dataset, size, num_workers, group, shard=True, labels=False, pin_memory=pin_memory)
+                   for group, size in ((whole, batch_size), (large, 1)) if group))
+
+
 @torch.no_grad()
-def _pixel_score_batches(model, dataset, indices, metric, batch_size, device, seed, num_workers):
-    """Yields (dataset indices, (N,H,W) pixel scores on `device`) over this rank's share of the pool."""
+def _pixel_score_batches(model, dataset, indices, metric, batch_size, device, seed, unit, num_workers):
+    """Yields (dataset indices, (H, W), pieces) over this rank's share of the pool. `pieces` yields
+    ((N, h, w) pixel scores on `device`, core box) per tile: one piece, the whole image, unless the
+    images are too large to run whole (s4al/tiles.py; cores aligned to `unit`). Consume the pieces
+    before the next batch."""
     model.eval()
-    pin = device.type == "cuda"
-    batches = image_batches(dataset, batch_size, num_workers, indices, shard=True, labels=False, pin_memory=pin)
+    batches = _batches(dataset, indices, batch_size, num_workers, pin_memory=device.type == "cuda")
     for number, (images, _, batch_indices) in enumerate(batches, start=1):
-        if metric == "random":  # no network needed
-            shape = images.shape[-2:]
-            scores = torch.stack([random_scores(shape, seeded_generator(seed, i)) for i in batch_indices]).to(device)
-        else:
-            probs = model(to_model_input(images, device)).float().softmax(1)
-            scores = pixel_scores(metric, probs)
-        yield batch_indices, scores
+        size = tuple(images.shape[-2:])
+        yield batch_indices, size, _tile_scores(model, images, batch_indices, metric, device, seed, unit)
         if number % TRIM_EVERY == 0:
+            _release_freed_memory()
+
+
+@torch.no_grad()  # run lazily, by the consumer of the pieces
+def _tile_scores(model, images, batch_indices, metric, device, seed, unit):
+    generators = [seeded_generator(seed, i) for i in batch_indices]
+    image_tiles = tiles(*images.shape[-2:], unit)
+    for tile in image_tiles:
+        if metric == "random":  # no network needed
+            y0, x0, y1, x1 = tile.core
+            scores = torch.stack([random_scores((y1 - y0, x1 - x0), g) for g in generators]).to(device)
+        else:
+            scores = pixel_scores(metric, tile_logits(model, images, tile, device).float().softmax(1))
+        yield scores, tile.core
+        if len(image_tiles) > 1:  # windows of several sizes fragment the heap (+50 MiB on 12 tiles)
             _release_freed_memory()
 
 
@@ -117,13 +144,21 @@ def score_cells(
     num_workers: int = 0,
 ) -> dict[int, np.ndarray]:
     """Per pool image, the (rows, cols) mean score of each cell over its not-yet-bought pixels."""
-    def cells_of(ids: list[int], scores: torch.Tensor) -> torch.Tensor:
-        labelled = box_masks([bought.get(i, ()) for i in ids], *scores.shape[-2:], scores.device)
-        return cell_scores(scores, labelled, cfg.region_size)
+    s = cfg.region_size
+
+    def cells_of(ids: list[int], size: tuple[int, int], pieces) -> torch.Tensor:
+        grid = torch.empty(len(ids), *grid_shape(*size, s), device=device)
+        for scores, core in pieces:  # cores are aligned to the cells
+            labelled = box_masks([boxes_within(bought.get(i, ()), core) for i in ids], *scores.shape[-2:], device)
+            cells = cell_scores(scores, labelled, s)
+            row, col = core[0] // s, core[1] // s
+            grid[:, row : row + cells.shape[1], col : col + cells.shape[2]] = cells
+        return grid
 
     cells: dict[int, np.ndarray] = {}
-    batches = _pixel_score_batches(model, dataset, indices, cfg.metric, cfg.score_batch_size, device, seed, num_workers)
-    batch_cells = ((ids, cells_of(ids, scores)) for ids, scores in batches)
+    batches = _pixel_score_batches(model, dataset, indices, cfg.metric, cfg.score_batch_size, device, seed, s,
+                                   num_workers)
+    batch_cells = ((ids, cells_of(ids, size, pieces)) for ids, size, pieces in batches)
     for batch_indices, values in _on_host(batch_cells):
         cells.update(zip(batch_indices, values.numpy()))
     return _gathered(cells)
@@ -164,21 +199,33 @@ def choose_regions(cells: Mapping[int, np.ndarray], sizes: Mapping[int, tuple[in
 @torch.no_grad()
 def score_images(model, dataset, indices, metric, batch_size, device, seed, num_workers=0) -> dict[int, float]:
     """Mean pixel score per pool image (the image-level random / entropy / ... baselines)."""
+    def means(size: tuple[int, int], pieces) -> torch.Tensor:  # tiles weighted by their area; one tile: its mean
+        return sum(scores.mean(dim=(1, 2)) * (scores[0].numel() / (size[0] * size[1])) for scores, _ in pieces)
+
     out: dict[int, float] = {}
-    batches = _pixel_score_batches(model, dataset, indices, metric, batch_size, device, seed, num_workers)
-    for batch_indices, means in _on_host((ids, scores.mean(dim=(1, 2))) for ids, scores in batches):
-        out.update(zip(batch_indices, means.tolist()))
+    batches = _pixel_score_batches(model, dataset, indices, metric, batch_size, device, seed, 1, num_workers)
+    for batch_indices, values in _on_host((ids, means(size, pieces)) for ids, size, pieces in batches):
+        out.update(zip(batch_indices, values.tolist()))
     return _gathered(out)
 
 
 @torch.no_grad()
 def image_features(model, dataset, indices, batch_size, device, num_workers=0) -> torch.Tensor:
-    """(len(indices), C) pooled deepest encoder features, in the order of `indices`."""
+    """(len(indices), C) pooled deepest encoder features, in the order of `indices`; an image too
+    large to run whole gets the mean of its tiles' pooled features, weighted by their cores' areas."""
+    def pooled(images: torch.Tensor) -> torch.Tensor:
+        h, w = images.shape[-2:]
+        parts = []
+        for tile in tiles(h, w, 1):
+            y0, x0, y1, x1 = tile.window
+            weight = (tile.core[2] - tile.core[0]) * (tile.core[3] - tile.core[1]) / (h * w)
+            parts.append(pooled_features(model.features(to_model_input(images[..., y0:y1, x0:x1], device))) * weight)
+        return sum(parts)
+
     model.eval()
     features: dict[int, torch.Tensor] = {}
-    batches = image_batches(dataset, batch_size, num_workers, indices, shard=True, labels=False)
-    pooled = ((ids, pooled_features(model.features(to_model_input(images, device)))) for images, _, ids in batches)
-    for batch_indices, values in _on_host(pooled):
+    batches = _batches(dataset, indices, batch_size, num_workers)
+    for batch_indices, values in _on_host((ids, pooled(images)) for images, _, ids in batches):
         features.update(zip(batch_indices, values))
     features = _gathered(features)
     return torch.stack([features[i] for i in indices])

@@ -109,6 +109,13 @@ def box_masks(
     return masks
 
 
+def boxes_within(boxes: Sequence[Box], area: Box) -> list[Box]:
+    """The parts of `boxes` inside `area`, in coordinates relative to its corner; empty parts dropped."""
+    ay0, ax0, ay1, ax1 = area
+    inside = [(max(y0, ay0), max(x0, ax0), min(y1, ay1), min(x1, ax1)) for y0, x0, y1, x1 in boxes]
+    return [(y0 - ay0, x0 - ax0, y1 - ay0, x1 - ax0) for y0, x0, y1, x1 in inside if y0 < y1 and x0 < x1]
+
+
 def union_area(boxes: Sequence[Box]) -> int:
     """Pixels covered by at least one box (overlaps counted once), by coordinate compression."""
     if not boxes:
