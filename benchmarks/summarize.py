@@ -29,9 +29,9 @@ PAIRS = (("s4al", "region_random_ssl"), ("s4al", "ssl_10"), ("s4al", "s4al_paper
 # The README's columns, in this order, where they have results: the CPU regression check and the
 # paper protocol (on the JPEG copy where an upload limit asked for it).
 GLANCE = {
-    "cpu": "`cpu` protocol: 2 CPU cores, 1,440 steps",
-    "paper": "`paper` protocol (Table S2), 10,000 steps",
-    "paper_jpeg95": "`paper` protocol (Table S2), 10,000 steps, images as JPEG q95",
+    "cpu": "`cpu` protocol: 2 CPU cores, final training 1,440 steps",
+    "paper": "`paper` protocol (Table S2): final training 10,000 steps",
+    "paper_jpeg95": "`paper` protocol (Table S2): final training 10,000 steps, images as JPEG q95",
 }
 # Two-sided 95% quantiles of Student's t for 1-30 degrees of freedom (any statistics table).
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -321,12 +321,12 @@ def verdict(folder: str, groups: dict[str, list[dict]]) -> str:
 def results_doc(folders: dict[str, dict[str, list[dict]]]) -> str:
     parts = ["# Results\n\n"
              "Written by `benchmarks/summarize.py` from the result files in `benchmarks/results/label_efficiency/`; "
-             "do not edit by hand. Each file holds its full configuration, the machine and what the run cost. "
+             "do not edit by hand. Each file holds its full configuration, the machine and the time the run took. "
              "The methods are listed by `benchmarks/label_efficiency.py --list`; results of learners and options "
              "that are no longer the default are in `benchmarks/results/archive/` (its README says what each "
              "showed).\n"]
     for folder, groups in folders.items():
-        parts.append(f"\n## `{folder}`\n\n{folder_body(folder, groups, '###')}\n"
+        parts.append(f"\n## `{folder}`\n\n{verdict(folder, groups)}\n\n{folder_body(folder, groups, '###')}\n"
                      f"Per-class IoU, the classes bought and a plot: "
                      f"`benchmarks/results/label_efficiency/{folder}/summary.md`.\n")
     return "".join(parts)

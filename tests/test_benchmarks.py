@@ -6,6 +6,7 @@ window.py (the scheduler, on plain processes), speed.py --smoke and jpeg_camvid.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,7 +105,12 @@ def test_existing_results_are_skipped_and_missing_ones_resume_and_add_their_cost
 
 
 def test_summarize_writes_tables_plot_results_doc_and_the_readme_block(bench_root, tmp_path):
-    results = bench_root / "results"
+    results = tmp_path / "results"
+    shutil.copytree(bench_root / "results" / "smoke", results / "smoke")
+    variant = json.loads((results / "smoke" / "sup_10_seed0.json").read_text())
+    variant.update(protocol="smoke_short", extra_overrides={"train": {"epochs": 1}})
+    (results / "smoke_short").mkdir()
+    (results / "smoke_short" / "sup_10_seed0.json").write_text(json.dumps(variant))
     run_script(summarize, "--protocol", "smoke", "--results", results)
     summary = (results / "smoke" / "summary.md").read_text()
     assert "| full_supervised | 0 | 100.00 |" in summary and "| sup_10 | 0 | 10.00 |" in summary
