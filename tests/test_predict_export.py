@@ -16,7 +16,7 @@ from s4al.data.synthetic import SYNTHETIC_CLASSES
 from s4al.model import build_model
 from s4al.report.commands import export_command, predict_command, report
 from s4al.report.export import TOLERANCE, export_onnx, max_difference
-from s4al.report.predict import OVERLAY_ALPHA, predict
+from s4al.report.predict import OVERLAY_ALPHA, OVERLAY_ROWS, overlay, predict
 from s4al.train.checkpoint import load_trained_model, save_checkpoint
 
 SIZES = [(50, 70), (33, 47)]  # (H, W): the model was built for 48x64
@@ -166,3 +166,10 @@ def test_export_command_names_the_unwritable_path(checkpoint, tmp_path):
     result = CliRunner().invoke(cli_app(), ["export", str(checkpoint), "--onnx", str(target)], env={"COLUMNS": "500"})
     assert result.exit_code == 2
     assert f"{target}: cannot write the ONNX file there (File exists: {target.parent})" in result.output
+
+
+def test_overlay_of_an_image_taller_than_its_blending_chunk():
+    image = np.full((2 * OVERLAY_ROWS + 6, 3, 3), 10, np.uint8)
+    image[600:] = 90
+    blended = overlay(image, np.full_like(image, 250), 0.5)
+    assert (blended[:600] == 130).all() and (blended[600:] == 170).all()

@@ -22,6 +22,7 @@ from s4al.train.checkpoint import load_checkpoint, load_trained_model
 
 BUILT_IN_CLASSES = {"camvid": CAMVID_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "synthetic": SYNTHETIC_CLASSES}
 OVERLAY_ALPHA = 0.5  # share of the mask colour in the overlay
+OVERLAY_ROWS = 512  # blended at a time: the float copies stay small whatever the image's size
 
 
 def class_set(dataset: DatasetConfig, checkpoint: Path) -> ClassSet:
@@ -52,8 +53,11 @@ def segment(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> 
 
 
 def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * colours.astype(np.float32)
-    return blended.round().astype(np.uint8)
+    out = np.empty_like(image)
+    for top in range(0, image.shape[0], OVERLAY_ROWS):
+        rows = slice(top, top + OVERLAY_ROWS)
+        out[rows] = ((1 - alpha) * image[rows].astype(np.float32) + alpha * colours[rows].astype(np.float32)).round()
+    return out
 
 
 def predict(
