@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from s4al.config import load_config
 from s4al.data.camvid import CamVid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -102,6 +103,19 @@ def test_existing_results_are_skipped_and_missing_ones_resume_and_add_their_cost
     resumed = json.loads((results / "sup_10_seed0.json").read_text())
     assert resumed["timings"]["resumed"] is True and resumed["timings"]["steps"] == {}  # nothing left to train
     assert resumed["cost"]["invocations"] == 2 and resumed["cost"]["wall_seconds"] > first["wall_seconds"]
+
+
+def test_methods_run_the_products_learner_and_s4al_paper_the_papers_exactly():
+    def learner(method: str):
+        return label_efficiency.method_config(label_efficiency.PROTOCOLS["smoke"], label_efficiency.METHODS[method],
+                                              0, Path("."), Path(".")).ssl
+
+    assert learner("s4al") == load_config("demo", {"ssl": SMOKE_OVERRIDES["ssl"]}).ssl  # nothing pinned
+    paper, default = learner("s4al_paper").model_dump(), learner("s4al").model_dump()
+    assert {key for key in default if paper[key] != default[key]} == {
+        "distribution_alignment", "class_normalised_confidence", "freeze_bn_on_unlabelled"}
+    assert (paper["distribution_alignment"], paper["class_normalised_confidence"], paper["freeze_bn_on_unlabelled"]) == (
+        "off", False, False)
 
 
 def test_summarize_writes_tables_plot_results_doc_and_the_readme_block(bench_root, tmp_path):
