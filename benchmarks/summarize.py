@@ -324,7 +324,7 @@ def results_doc(folders: dict[str, dict[str, list[dict]]]) -> str:
              "do not edit by hand. Each file holds its full configuration, the machine and the time the run took. "
              "The methods are listed by `benchmarks/label_efficiency.py --list`; results of learners and options "
              "that are no longer the default are in `benchmarks/results/archive/` (its README says what each "
-             "showed).\n"]
+             "showed). Speed and memory, per machine: `benchmarks/results/speed/` (`benchmarks/speed.py`).\n"]
     for folder, groups in folders.items():
         parts.append(f"\n## `{folder}`\n\n{verdict(folder, groups)}\n\n{folder_body(folder, groups, '###')}\n"
                      f"Per-class IoU, the classes bought and a plot: "
