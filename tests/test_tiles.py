@@ -54,7 +54,7 @@ def test_cores_partition_the_image_on_the_cell_grid_and_windows_stay_within_the_
         assert y0 % unit == 0 and x0 % unit == 0
         assert wy0 % STRIDE == 0 and wx0 % STRIDE == 0
         assert wy1 - wy0 <= TILE_SIDE and wx1 - wx0 <= TILE_SIDE
-        assert wy0 <= max(0, y0 - CONTEXT) and wx0 <= max(0, x0 - CONTEXT)
+        assert 0 <= max(0, y0 - CONTEXT) - wy0 < STRIDE and 0 <= max(0, x0 - CONTEXT) - wx0 < STRIDE
         assert (wy1, wx1) == (min(h, y1 + CONTEXT), min(w, x1 + CONTEXT))
     assert (covered == 1).all()
 
@@ -186,14 +186,13 @@ def peak_scoring_mib(tmp_path: Path, size: tuple[int, int], tile_side: int) -> i
 
 
 def test_scoring_memory_does_not_grow_with_the_image(tmp_path, monkeypatch):
-    """With tiles of 768 (so that the test runs in seconds), a 1200x1600 image must peak no higher
-    than a 752x752 one (which runs whole and is larger than any of its windows) plus its pixels.
-    Run whole, the 1200x1600 image took over 500 MiB more."""
+    """With tiles of 768 (so that the test runs in seconds), a 1200x1600 image must peak about as
+    high as a 752x752 one, which runs whole and is larger than any of its windows. Run whole, the
+    1200x1600 image peaked 480-530 MiB higher."""
     tile_side = 768
     monkeypatch.setattr(tiling, "TILE_SIDE", tile_side)
     assert runs_whole(752, 752) and not runs_whole(1200, 1600)
     assert max(max(t.window[2] - t.window[0], t.window[3] - t.window[1]) for t in tiles(1200, 1600, 30)) == 736
     whole = peak_scoring_mib(tmp_path, (752, 752), tile_side)
     tiled = peak_scoring_mib(tmp_path, (1200, 1600), tile_side)
-    image_mib = 1200 * 1600 * 3 / 2**20  # 5.5 MiB, held decoded and collated
-    assert tiled - whole < 4 * image_mib + 64, (whole, tiled)
+    assert tiled - whole < 128, (whole, tiled)  # measured: 50 (the image's pixels, 5.5 MiB, a few copies)
