@@ -1,8 +1,9 @@
 """Speed and memory on one machine, in one run (CamVid at 360x480 unless told otherwise):
 
 (a) one SSL iteration (labelled + unlabelled + replay batch, Balanced ClassMix on) vs the sum of
-    its pure model passes on the same tensors, medians after warm-up, and the iteration's peak memory
-    (with --profile N, also a torch.profiler table of N iterations);
+    its pure model passes on the same tensors, and one supervised iteration, medians after warm-up,
+    with each one's peak memory (with --profile N, also a torch.profiler table of N SSL iterations);
+    for the loader path (train.fast off) and, by default on a GPU, the fast path side by side;
 (b) pool-scoring throughput (s4al.active.acquisition.score_cells) vs plain inference on the same
     images at the same batch size, on tensors already in memory and on images read by the same loader;
 (c) peak memory of pool scoring for pools of several sizes, each in a fresh process;
@@ -18,6 +19,7 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -37,7 +39,7 @@ from s4al.evaluate import image_batches, to_model_input
 from s4al.model import build_model
 from s4al.ssl.losses import supervised_loss
 from s4al.train.sampling import derive_seed
-from s4al.train.trainer import Trainer, TrainData
+from s4al.train.trainer import StepBatch, Trainer, TrainData
 
 FULL = {"height": 360, "width": 480, "iters": 10, "warmup": 2, "score_images": 100, "pools": [100, 1000, 2000],
         "load_batches": 40}
@@ -110,7 +112,7 @@ class Repeated(SegmentationDataset):
 def replay_trainer(cfg: RunConfig, run_dir: Path) -> Trainer:
     """A trainer on the initial split, in a cycle and at a step where the replay batch and Balanced
     ClassMix are on (the most expensive iteration of the method): one epoch after they start, so
-    that the replay buffer holds images."""
+    that the replay buffer holds images. With SSL off: a supervised trainer."""
     train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
     labelled = draw_initial(len(train_set), cfg.active.initial_fraction, cfg.seed)
     pool = sorted(set(range(len(train_set))) - set(labelled))
@@ -119,13 +121,15 @@ def replay_trainer(cfg: RunConfig, run_dir: Path) -> Trainer:
     return trainer
 
 
-def fetch_batches(trainer: Trainer, count: int) -> list[tuple[dict, dict]]:
+def batch_source(trainer: Trainer, count: int) -> Iterator[StepBatch]:
+    """`count` steps' batches, whose next() does what a step's batches cost the training loop: on
+    the fast path the draws and the augmentation on the device; on the loader path the copy to the
+    device, its host batches (made by loader workers beside training) being loaded before."""
+    if trainer.fast:
+        return trainer._batches()
     labelled, unlabelled = trainer._loaders()
-    batches = [(next(labelled), next(unlabelled)) for _ in range(count)]
-    n = trainer.cfg.train.unlabelled_batch_size
-    if len(batches[0][1]["strong"]) != 2 * n:
-        raise RuntimeError(f"expected {n} unlabelled + {n} replay images, got {len(batches[0][1]['strong'])}")
-    return batches
+    host = [next(labelled) | (next(unlabelled) if unlabelled else {}) for _ in range(count)]
+    return (StepBatch(n["labelled"], n.get("unlabelled"), n.get("replay")) for n in map(trainer._on_device, host))
 
 
 def student_pass(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -139,50 +143,68 @@ def teacher_pass(trainer: Trainer, images: torch.Tensor) -> None:
         trainer.teacher.model(images)
 
 
-def pure_passes(trainer: Trainer, batches: list[tuple[dict, dict]], warmup: int) -> dict[str, float]:
+def pure_passes(trainer: Trainer, batches: Iterator[StepBatch], count: int, warmup: int) -> dict[str, float]:
     """Median seconds of each model pass of the iteration, inputs already on the device."""
-    device, n = trainer.device, trainer.cfg.train.unlabelled_batch_size
     seconds = defaultdict(list)
-    for k, (labelled, unlabelled) in enumerate(batches):
-        images, labels = to_model_input(labelled["image"], device), labelled["label"].to(device).long()
-        strong, weak = to_model_input(unlabelled["strong"], device), to_model_input(unlabelled["weak"], device)
-        targets = torch.zeros(strong.shape[0], *strong.shape[-2:], dtype=torch.long, device=device)
+    for k in range(count):
+        batch = next(batches)
+        images, labels = batch.labelled["image"], batch.labelled["label"].long()
+        strong, replay = batch.unlabelled["strong"], batch.replay["strong"]
+        weak = torch.cat([batch.unlabelled["weak"], batch.replay["weak"]])
+        targets = torch.zeros(strong.shape[0], *strong.shape[-2:], dtype=torch.long, device=trainer.device)
         passes = {
             "student_labelled": lambda: student_pass(trainer, images, labels),
-            "student_unlabelled_mixed": lambda: student_pass(trainer, strong[:n], targets[:n]),
-            "student_replay_mixed": lambda: student_pass(trainer, strong[n:], targets[n:]),
+            "student_unlabelled_mixed": lambda: student_pass(trainer, strong, targets),
+            "student_replay_mixed": lambda: student_pass(trainer, replay, targets),
             "teacher_unlabelled_and_replay": lambda: teacher_pass(trainer, weak),
         }
         for name, run in passes.items():
-            elapsed = timed(run, device)
+            elapsed = timed(run, trainer.device)
             if k >= warmup:
                 seconds[name].append(elapsed)
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
-def ssl_iteration(trainer: Trainer, iters: int, warmup: int) -> dict:
-    batches = fetch_batches(trainer, warmup + iters)
-    device, first = trainer.device, trainer.step
+def timed_steps(trainer: Trainer, iters: int, warmup: int, replay: bool) -> tuple[list[float], dict]:
+    """Seconds of each of warmup + iters training steps (batches included as batch_source says)
+    and the peak memory over them."""
+    device, first, batches = trainer.device, trainer.step, batch_source(trainer, warmup + iters)
+
+    def step(k: int) -> None:
+        batch = next(batches)
+        if replay and batch.replay is None:
+            raise RuntimeError(f"expected an unlabelled and a replay batch at step {first + k}")
+        trainer._train_step(first + k, *batch)
+
     baseline = memory_start(device)
-    times = [timed(lambda: trainer._train_step(first + k, *batch), device) for k, batch in enumerate(batches)]
-    memory = memory_increase(baseline, device)
-    passes = pure_passes(trainer, batches, warmup)
-    iteration, total = statistics.median(times[warmup:]), sum(passes.values())
+    times = [timed(lambda: step(k), device) for k in range(warmup + iters)]
+    return times[warmup:], memory_increase(baseline, device)
+
+
+def ssl_iteration(trainer: Trainer, iters: int, warmup: int) -> dict:
+    times, memory = timed_steps(trainer, iters, warmup, replay=True)
+    passes = pure_passes(trainer, batch_source(trainer, warmup + iters), warmup + iters, warmup)
+    iteration, total = statistics.median(times), sum(passes.values())
     return {"iteration_seconds_median": iteration, "passes_seconds_median": passes, "passes_sum_seconds": total,
-            "ratio": iteration / total, "iteration_seconds": times[warmup:], "memory": memory}
+            "ratio": iteration / total, "iteration_seconds": times, "memory": memory}
+
+
+def supervised_iteration(trainer: Trainer, iters: int, warmup: int) -> dict:
+    times, memory = timed_steps(trainer, iters, warmup, replay=False)
+    return {"iteration_seconds_median": statistics.median(times), "iteration_seconds": times, "memory": memory}
 
 
 def profile_iterations(trainer: Trainer, count: int, out: Path) -> None:
     """`count` SSL iterations (after one warm-up) under torch.profiler: the operators that take the
     host's time and, on a GPU, the device's, as tables in OUT (where the iteration's overhead over
     its passes goes)."""
-    batches = fetch_batches(trainer, count + 1)
+    batches = batch_source(trainer, count + 1)
     cuda = trainer.device.type == "cuda"
-    trainer._train_step(trainer.step, *batches[0])
+    trainer._train_step(trainer.step, *next(batches))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
-        for k, batch in enumerate(batches[1:], start=1):
-            trainer._train_step(trainer.step + k, *batch)
+        for k in range(1, count + 1):
+            trainer._train_step(trainer.step + k, *next(batches))
         if cuda:
             torch.cuda.synchronize(trainer.device)
     events = prof.key_averages()
@@ -269,6 +291,21 @@ def in_fresh_process(fn, *args):
 
 
 # ---- the run ------------------------------------------------------------------------------------
+def with_settings(cfg: RunConfig, settings: dict) -> RunConfig:
+    return RunConfig.model_validate(merged(cfg.model_dump(mode="json"), settings))
+
+
+def iterations(cfg: RunConfig, run_dir: Path, args: argparse.Namespace) -> dict:
+    """(a) on the path cfg.train.fast names: the SSL iteration, then the supervised one."""
+    ssl = ssl_iteration(replay_trainer(cfg, run_dir), args.iters, args.warmup)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    supervised = supervised_iteration(
+        replay_trainer(with_settings(cfg, {"ssl": {"enabled": False}}), run_dir), args.iters, args.warmup
+    )
+    return {"ssl_iteration": ssl, "supervised_iteration": supervised}
+
+
 def speed_config(args: argparse.Namespace, device: str) -> RunConfig:
     """The camvid preset (or the smoke config) at HxW, with replay and Balanced ClassMix on."""
     h, w = args.height, args.width
@@ -285,16 +322,36 @@ def speed_config(args: argparse.Namespace, device: str) -> RunConfig:
     return load_config("camvid", merged(camvid_paths(args.data_root, args.weights), resize, settings))
 
 
+def iteration_rows(loader: dict, fast: dict | None) -> list[list[str]]:
+    """(a) as rows of measure, loader path, fast path (empty when the fast path was not timed)."""
+    paths = [loader, fast or {}]
+
+    def row(name: str, value) -> list[str]:
+        return [name, *(value(p) if p else "" for p in paths)]
+
+    def memory(p: dict) -> str:
+        m = p["memory"]
+        return f"{m['peak_mib']:.0f} MiB (+{m['increase_mib']:.0f} over baseline, {m['kind']})"
+
+    a = loader["ssl_iteration"]
+    return [
+        row("(a) SSL iteration, median", lambda p: f"{1000 * p['ssl_iteration']['iteration_seconds_median']:.1f} ms"),
+        row("(a) sum of pure model passes", lambda p: f"{1000 * p['ssl_iteration']['passes_sum_seconds']:.1f} ms"),
+        *[row(f"(a)   {name}", lambda p, name=name: f"{1000 * p['ssl_iteration']['passes_seconds_median'][name]:.1f} ms")
+          for name in a["passes_seconds_median"]],
+        row("(a) iteration / passes (target <= 1.15)", lambda p: f"{p['ssl_iteration']['ratio']:.3f}"),
+        row("(a) SSL iteration peak memory", lambda p: memory(p["ssl_iteration"])),
+        row("(a) supervised iteration, median",
+            lambda p: f"{1000 * p['supervised_iteration']['iteration_seconds_median']:.1f} ms"),
+        row("(a) supervised iteration peak memory", lambda p: memory(p["supervised_iteration"])),
+    ]
+
+
 def summary_markdown(r: dict) -> str:
-    a, b, d = r["ssl_iteration"], r["pool_scoring"], r["data_loading"]
+    b, d = r["pool_scoring"], r["data_loading"]
     s = r["settings"]
+    iterations = iteration_rows(r, r.get("fast"))
     rows = [
-        ["(a) SSL iteration, median", f"{a['iteration_seconds_median']:.3f} s"],
-        ["(a) sum of pure model passes", f"{a['passes_sum_seconds']:.3f} s"],
-        *[[f"(a)   {name}", f"{v:.3f} s"] for name, v in a["passes_seconds_median"].items()],
-        ["(a) iteration / passes (target <= 1.15)", f"{a['ratio']:.3f}"],
-        [f"(a) iteration peak memory ({a['memory']['kind']})",
-         f"{a['memory']['peak_mib']:.0f} MiB (+{a['memory']['increase_mib']:.0f} over baseline)"],
         [f"(b) pool scoring (score_cells), median of {b['rounds']} alternated passes", f"{b['scoring_images_per_s']:.2f} images/s"],
         ["(b) plain inference", f"{b['plain_images_per_s']:.2f} images/s"],
         ["(b) scoring time / inference time", f"{b['time_ratio']:.3f}"],
@@ -310,7 +367,9 @@ def summary_markdown(r: dict) -> str:
             f"batch {s['batch_size']} + {s['unlabelled_batch_size']} + {s['unlabelled_batch_size']} replay, "
             f"alignment {s['alignment']}, class-normalised weights "
             f"{s['class_normalised_confidence']}, "
-            f"torch {r['machine']['torch']}, {r['machine']['date']}\n\n" + markdown_table(["measure", "value"], rows))
+            f"torch {r['machine']['torch']}, {r['machine']['date']}\n\n"
+            + markdown_table(["measure", "loader path (train.fast off)", "fast path (train.fast on)"], iterations)
+            + "\n\n" + markdown_table(["measure", "value"], rows))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -326,6 +385,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="loader workers for (b) on a GPU and (d); default the preset's")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also profile N SSL iterations into OUT/speed/TAG-profile.txt")
+    parser.add_argument("--fast", action=argparse.BooleanOptionalAction,
+                        help="also time (a) on the fast path (train.fast on); default: on a GPU")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic sizes: checks that the script works")
     parser.add_argument("--out", type=Path, default=RESULTS, help="writes OUT/speed/TAG.json; default %(default)s")
     parser.add_argument("--tag", help="machine tag for the file name (default: from the CPU or GPU name)")
@@ -347,14 +408,17 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     tag = args.tag or machine_tag(info, device) + ("-smoke" if args.smoke else "")
     with tempfile.TemporaryDirectory() as run_dir:  # the trainer writes nothing unless fit() runs
-        trainer = replay_trainer(cfg, Path(run_dir))
-        ssl = ssl_iteration(trainer, args.iters, args.warmup)
+        loader = iterations(with_settings(cfg, {"train": {"fast": "off"}}), Path(run_dir), args)
+        trainer = replay_trainer(with_settings(cfg, {"train": {"fast": "off"}}), Path(run_dir))
         if args.profile:
             profile_path = args.out / "speed" / f"{tag}-profile.txt"
             profile_path.parent.mkdir(parents=True, exist_ok=True)
             profile_iterations(trainer, args.profile, profile_path)
         loading = data_loading(trainer, args.load_batches, args.warmup)
-    loading["train_steps_per_s"] = 1 / ssl["iteration_seconds_median"]
+        del trainer
+        timing_fast = device.startswith("cuda") if args.fast is None else args.fast
+        fast = iterations(with_settings(cfg, {"train": {"fast": "on"}}), Path(run_dir), args) if timing_fast else None
+    loading["train_steps_per_s"] = 1 / loader["ssl_iteration"]["iteration_seconds_median"]
     t = cfg.train
     result = {
         "tag": tag,
@@ -364,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
                      "dataset": cfg.dataset.name, "smoke": args.smoke,
                      "alignment": cfg.ssl.distribution_alignment,
                      "class_normalised_confidence": cfg.ssl.class_normalised_confidence},
-        "ssl_iteration": ssl,
+        **loader,
+        "fast": fast,
         "pool_scoring": pool_scoring(cfg, args.score_images),
         "pool_memory": [in_fresh_process(pool_memory, cfg.model_dump(mode="json"), n) for n in args.pools],
         "data_loading": loading,

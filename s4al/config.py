@@ -71,7 +71,7 @@ class TrainConfig(Section):
     amp: bool = True  # bf16 autocast on CUDA only (it is slower on CPUs without bf16 units)
     eval_network: Literal["teacher", "student"] = "teacher"
     sync_bn: bool = False  # SyncBatchNorm across ranks under torchrun (CUDA only)
-    # the fast learner path (s4al/train/batches.py): the train split decoded once onto the device,
+    # the fast learner path (s4al/train/trainer.py): the train split decoded once onto the device,
     # batched augmentation there, losses read every few steps, fused SGD. auto: on for CUDA devices
     fast: Literal["auto", "on", "off"] = "auto"
 

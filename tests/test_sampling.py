@@ -9,7 +9,8 @@ def test_stream_is_back_to_back_permutations():
 
 def test_batches_resume_exactly():
     def batches(start):
-        return list(StepBatches(Stream(range(10), 3, "pool"), 2, start, 8, replay_size=4, replay_on=lambda s: s >= 2))
+        return list(StepBatches(Stream(range(10), 3, "pool"), 2, start, 8, name="unlabelled", replay_size=4,
+                                replay_on=lambda s: s >= 2))
 
     full, resumed = batches(0), batches(5)
     assert full[5:] == resumed
@@ -17,11 +18,34 @@ def test_batches_resume_exactly():
 
 def test_replay_draws_from_recent_history_only():
     stream = Stream(range(100), 0, "pool")
-    out = list(StepBatches(stream, 2, 0, 10, replay_size=4, replay_on=lambda s: True))
-    assert len(out[0]) == 2  # empty buffer at step 0: no replay
+    out = list(StepBatches(stream, 2, 0, 10, name="unlabelled", replay_size=4, replay_on=lambda s: True))
+    assert list(out[0]) == ["unlabelled"]  # empty buffer at step 0: no replay
     for step in range(1, 10):
         recent = {stream.at(p) for p in range(max(0, step * 2 - 4), step * 2)}
-        assert len(out[step]) == 4 and {i for i, _ in out[step][2:]} <= recent
+        assert list(out[step]) == ["unlabelled", "replay"] and len(out[step]["replay"]) == 2
+        assert [i for i, _ in out[step]["unlabelled"]] == [stream.at(p) for p in (step * 2, step * 2 + 1)]
+        assert {i for i, _ in out[step]["replay"]} <= recent
+
+
+def test_batches_are_named_and_replay_only_when_switched_on():
+    stream = Stream(range(10), 0, "labelled")
+    out = list(StepBatches(stream, 3, 0, 4, name="labelled"))
+    assert all(list(draw) == ["labelled"] and len(draw["labelled"]) == 3 for draw in out)
+    switched = list(StepBatches(Stream(range(10), 0, "pool"), 2, 0, 4, name="unlabelled", replay_size=4,
+                                replay_on=lambda s: s == 2))
+    assert [sorted(draw) for draw in switched] == [["unlabelled"], ["unlabelled"], ["replay", "unlabelled"],
+                                                   ["unlabelled"]]
+
+
+def test_ranks_read_their_own_slice_of_each_steps_positions():
+    stream = Stream(range(20), 0, "pool")
+    ranks = [list(StepBatches(stream, 2, 0, 3, name="unlabelled", rank=r, world_size=2)) for r in (0, 1)]
+    for step in range(3):
+        for rank in (0, 1):
+            first = (step * 2 + rank) * 2
+            assert [i for i, _ in ranks[rank][step]["unlabelled"]] == [stream.at(first), stream.at(first + 1)]
+            assert [s for _, s in ranks[rank][step]["unlabelled"]] == [
+                derive_seed(0, "pool", "aug", first), derive_seed(0, "pool", "aug", first + 1)]
 
 
 def test_derive_seed_stable_and_distinct():

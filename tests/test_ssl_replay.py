@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from s4al.ssl.replay import ReplayBuffer
+from s4al.train.sampling import ReplayBuffer
 
 
 def seeded(seed: int = 3108) -> torch.Generator:

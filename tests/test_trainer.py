@@ -184,3 +184,140 @@ def test_partially_labelled_images_are_drawn_in_proportion_to_their_labelled_sha
     assert streams == [[0] * 8 + [1] * 2 + [2]]
     regions_in_the_pool = TrainData(train, labelled=[0, 3], pool=[1, 2], annotations=data.annotations)  # SSL
     assert trainer_module.labelled_draws(regions_in_the_pool) == [0, 3]
+
+
+# ---- the fast path (train.fast), here on the CPU ----------------------------------------------------
+def test_fast_path_trains_every_loss_reads_them_per_epoch_and_resumes_bit_identically(tmp_path):
+    cfg = tiny_config(ssl={"confidence_threshold": 0.0}, train={"fast": "on"})
+    data, val = ssl_data(cfg)
+    read_at: dict = {}
+    holder: list = []
+
+    def progress(record):
+        if record["event"] == "step":
+            read_at[record["step"]] = holder[0].step  # the step the trainer had reached when it read the losses
+
+    full: dict = {}
+    trainer = Trainer(cfg, data, val, tmp_path / "a", progress=lambda r: (progress(r), recorder(full)(r)))
+    holder.append(trainer)
+    assert trainer.fast and not trainer.amp and trainer.read_every == cfg.train.iters_per_epoch
+    result = trainer.fit()
+    assert read_at == {1: 2, 2: 2, 3: 4, 4: 4}  # losses stay on the device until the epoch's end
+    assert set(full[1]) == {"loss/sup"} and set(full[3]) == {"loss/sup", "loss/unsup"}
+    assert set(full[4]) == {"loss/sup", "loss/unsup", "loss/replay"}
+    assert all(math.isfinite(v) and v > 0 for losses in full.values() for v in losses.values())
+
+    interrupted: dict = {}
+    with pytest.raises(Stop):  # step 3's losses are read after step 4, before the epoch-2 checkpoint
+        Trainer(cfg, data, val, tmp_path / "b", progress=recorder(interrupted, stop_at=3)).fit()
+    resumed: dict = {}
+    result_b = Trainer(cfg, data, val, tmp_path / "b", progress=recorder(resumed)).fit()
+    assert sorted(resumed) == [3, 4] and resumed[3] == full[3] and resumed[4] == full[4]
+    for (name, a), b in zip(result.student.state_dict().items(), result_b.student.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_fast_switch_auto_means_the_loader_path_on_a_cpu_and_the_fast_path_on_a_gpu(tmp_path):
+    data, _ = ssl_data(tiny_config())
+    auto = Trainer(tiny_config(), data, None, tmp_path / "auto")
+    assert not auto.fast and auto.read_every == 1 and auto.sgd_flags == {}
+    auto.device = torch.device("cuda")  # only read by the decision: no GPU needed here
+    assert auto._fast_path()
+    assert not Trainer(tiny_config(train={"fast": "off"}), data, None, tmp_path / "off").fast
+    on = Trainer(tiny_config(train={"fast": "on"}), data, None, tmp_path / "on")
+    assert on.fast and not on.amp and on.sgd_flags == {}  # bf16 and fused SGD: CUDA only
+
+
+class MixedSizes(torch.utils.data.Dataset):
+    """A train split whose last image is one row taller."""
+
+    def __init__(self, base):
+        self.base, self.classes = base, base.classes
+
+    def __len__(self):
+        return len(self.base)
+
+    def image_id(self, index):
+        return self.base.image_id(index)
+
+    def image_size(self, index):
+        h, w = self.base.image_size(index)
+        return (h + 1, w) if index == len(self) - 1 else (h, w)
+
+    def load(self, index):
+        return self.base.load(index)
+
+
+def test_mixed_image_sizes_fall_back_to_the_loader_path_unless_fast_is_on(tmp_path):
+    cfg = tiny_config(train={"fast": "on"})
+    train = MixedSizes(build_dataset(cfg.dataset, "train", cfg.seed))
+    data = TrainData(train, labelled=[0, 1, 2, 3], pool=list(range(4, len(train))))
+    with pytest.raises(ValueError, match=r"train.fast is on: .*19 is 49x64 but .*0 is 48x64.*dataset.resize"):
+        Trainer(cfg, data, None, tmp_path)
+    auto = Trainer(tiny_config(), data, None, tmp_path)
+    auto.device = torch.device("cuda")
+    assert not auto._fast_path()
+
+
+# ---- divergence ----------------------------------------------------------------------------------------
+def finite_checkpoint(path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    for network in ("student", "teacher"):
+        for name, tensor in state[network].items():
+            assert torch.isfinite(tensor.float()).all(), f"{network}.{name}"
+    return state
+
+
+@pytest.mark.parametrize("fast", ["off", "on"])
+def test_divergence_stops_and_keeps_the_last_finite_checkpoint_unchanged(tmp_path, fast):
+    # lr 1e6 with an epoch (and a checkpoint) after every step: step 1 is finite, the steps after explode
+    cfg = tiny_config(ssl={"enabled": False}, train={"lr": 1e6, "epochs": 8, "iters_per_epoch": 1, "fast": fast})
+    train = build_dataset(cfg.dataset, "train", cfg.seed)
+    path = tmp_path / "checkpoints" / "cycle_0.pt"
+    with pytest.raises(trainer_module.TrainingDiverged) as raised:
+        Trainer(cfg, TrainData(train, labelled=list(range(8))), None, tmp_path).fit()
+    kept = finite_checkpoint(path)
+    message = str(raised.value)
+    assert f"{tmp_path}, cycle 0: training diverged at step " in message
+    diverged_at = int(message.split("diverged at step ")[1].split()[0])
+    assert 1 <= kept["step"] == diverged_at - 1  # the step before: the last state that was finite
+    assert f"the checkpoint {path} (step {kept['step']}) is the last finite state and was kept" in message
+    assert "Try a lower train.lr (now 1e+06)" in message
+
+
+@pytest.mark.parametrize("fast", ["off", "on"])
+def test_a_non_finite_loss_in_the_first_epoch_writes_no_checkpoint_and_names_the_first_bad_step(tmp_path, fast):
+    cfg = tiny_config(ssl={"enabled": False}, train={"lr": 1e6, "epochs": 2, "iters_per_epoch": 8, "fast": fast})
+    train = build_dataset(cfg.dataset, "train", cfg.seed)
+    steps: dict = {}
+    with pytest.raises(trainer_module.TrainingDiverged, match="no checkpoint was written yet") as raised:
+        Trainer(cfg, TrainData(train, labelled=list(range(8))), None, tmp_path, progress=recorder(steps)).fit()
+    assert not (tmp_path / "checkpoints").exists()
+    # every step before the reported one was finite and reported; the reported one was not
+    assert all(math.isfinite(v) for losses in steps.values() for v in losses.values())
+    assert f"diverged at step {max(steps) + 1} of 16: loss/sup is " in str(raised.value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fast_path_steps_on_a_gpu_never_wait_for_it(tmp_path):
+    """Batches built on the device and whole SSL steps with replay under sync debug mode 'error':
+    any operation that makes the host wait for the GPU inside a step raises."""
+    cfg = tiny_config(ssl={"confidence_threshold": 0.0}, train={"device": "cuda", "epochs": 4})
+    data, _ = ssl_data(cfg)
+    trainer = Trainer(cfg, data, None, tmp_path)
+    assert trainer.fast and trainer.amp and trainer.optimizer.param_groups[0]["fused"]
+    trainer.step = cfg.train.iters_per_epoch  # SSL on; the replay buffer fills from here
+    batches = trainer._batches()
+    for k in range(2):  # warm-up: lazy initialisation, the aligner's state moved to the device once
+        trainer._train_step(trainer.step + k, *next(batches))
+    logs = []
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for k in range(2, 4):
+            batch = next(batches)
+            assert batch.replay is not None
+            logs.append(trainer._train_step(trainer.step + k, *batch))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(math.isfinite(v.item()) for step in logs for v in step.values())
+    assert batch.labelled["image"].is_cuda and batch.labelled["image"].dtype == torch.float32

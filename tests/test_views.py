@@ -5,7 +5,7 @@ import torch
 
 from s4al.data.base import Sample, SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX, ClassSet
-from s4al.data.views import Augment, LabelledView, UnlabelledView, geometric, rasterize
+from s4al.data.views import Augment, LabelledView, StepView, UnlabelledView, geometric, rasterize
 
 H, W = 24, 32
 
@@ -99,3 +99,14 @@ def test_rasterize_union():
     label, mask = rasterize([((0, 0, 2, 2), np.ones((2, 2), np.uint8)), ((1, 1, 3, 3), np.full((2, 2), 2, np.uint8))], 4, 4)
     assert mask.sum() == 7
     assert label[0, 0] == 1 and label[2, 2] == 2 and label[3, 3] == IGNORE_INDEX
+
+
+def test_step_view_turns_named_draws_into_named_batches():
+    aug = Augment(crop_size=(16, 16))
+    draw = {"unlabelled": [(0, 1), (0, 2)], "replay": [(0, 3)]}
+    batches = StepView(UnlabelledView(Coded(), aug))[draw]
+    assert list(batches) == ["unlabelled", "replay"]
+    for name, items in draw.items():
+        for key in ("weak", "strong", "known_label", "known", "valid"):
+            expected = torch.stack([UnlabelledView(Coded(), aug)[item][key] for item in items])
+            assert torch.equal(batches[name][key], expected), (name, key)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
+from torch.utils.data import default_collate
 from torchvision.transforms import InterpolationMode
 
 from s4al.data.base import SegmentationDataset
@@ -36,6 +37,47 @@ class Augment:
     hue: float = 0.1
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """One sample's geometric draw: resize to `size`, pad right/bottom to the crop, crop at
+    (top, left), then flip horizontally or not."""
+
+    size: tuple[int, int]
+    top: int
+    left: int
+    flip: bool
+
+
+@dataclass(frozen=True)
+class Jitter:
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+
+
+def draw_geometry(rng: np.random.Generator, height: int, width: int, aug: Augment) -> Geometry:
+    """The geometric draw of an image of height x width: three numbers from `rng`, in this order."""
+    scale = rng.uniform(*aug.scale_range)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    ch, cw = aug.crop_size or (height, width)
+    top = int(rng.integers(0, max(size[0], ch) - ch + 1))
+    left = int(rng.integers(0, max(size[1], cw) - cw + 1))
+    return Geometry(size, top, left, bool(rng.random() < aug.hflip_p))
+
+
+def draw_jitter(rng: np.random.Generator, aug: Augment) -> Jitter | None:
+    """The colour draw after the geometric one: None (no jitter) or its four factors."""
+    if rng.random() >= aug.color_jitter_p:
+        return None
+    return Jitter(
+        brightness=rng.uniform(1 - aug.brightness, 1 + aug.brightness),
+        contrast=rng.uniform(1 - aug.contrast, 1 + aug.contrast),
+        saturation=rng.uniform(1 - aug.saturation, 1 + aug.saturation),
+        hue=rng.uniform(-aug.hue, aug.hue),
+    )
+
+
 def geometric(
     image: torch.Tensor, planes: torch.Tensor, fills: Sequence[int], rng: np.random.Generator, aug: Augment
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,31 +85,30 @@ def geometric(
 
     Planes are resized with nearest neighbour and padded with their fill value."""
     h, w = image.shape[-2:]
-    scale = rng.uniform(*aug.scale_range)
-    size = [max(1, round(h * scale)), max(1, round(w * scale))]
-    if size != [h, w]:
-        image = TF.resize(image, size, InterpolationMode.BILINEAR, antialias=True)
-        planes = TF.resize(planes, size, InterpolationMode.NEAREST)
+    draw = draw_geometry(rng, h, w, aug)
+    if draw.size != (h, w):
+        image = TF.resize(image, list(draw.size), InterpolationMode.BILINEAR, antialias=True)
+        planes = TF.resize(planes, list(draw.size), InterpolationMode.NEAREST)
     ch, cw = aug.crop_size or (h, w)
-    pad_h, pad_w = max(ch - size[0], 0), max(cw - size[1], 0)
+    pad_h, pad_w = max(ch - draw.size[0], 0), max(cw - draw.size[1], 0)
     if pad_h or pad_w:
         image = TF.pad(image, [0, 0, pad_w, pad_h], fill=0)
         planes = torch.stack([TF.pad(p[None], [0, 0, pad_w, pad_h], fill=f)[0] for p, f in zip(planes, fills)])
-    top = int(rng.integers(0, image.shape[-2] - ch + 1))
-    left = int(rng.integers(0, image.shape[-1] - cw + 1))
+    top, left = draw.top, draw.left
     image, planes = image[:, top : top + ch, left : left + cw], planes[:, top : top + ch, left : left + cw]
-    if rng.random() < aug.hflip_p:
+    if draw.flip:
         image, planes = image.flip(-1), planes.flip(-1)
     return image.contiguous(), planes.contiguous()
 
 
 def color_jitter(image: torch.Tensor, rng: np.random.Generator, aug: Augment) -> torch.Tensor:
-    if rng.random() >= aug.color_jitter_p:
+    draw = draw_jitter(rng, aug)
+    if draw is None:
         return image
-    image = TF.adjust_brightness(image, rng.uniform(1 - aug.brightness, 1 + aug.brightness))
-    image = TF.adjust_contrast(image, rng.uniform(1 - aug.contrast, 1 + aug.contrast))
-    image = TF.adjust_saturation(image, rng.uniform(1 - aug.saturation, 1 + aug.saturation))
-    return TF.adjust_hue(image, rng.uniform(-aug.hue, aug.hue))
+    image = TF.adjust_brightness(image, draw.brightness)
+    image = TF.adjust_contrast(image, draw.contrast)
+    image = TF.adjust_saturation(image, draw.saturation)
+    return TF.adjust_hue(image, draw.hue)
 
 
 def rasterize(annotations: Sequence[tuple[Box, np.ndarray]], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,3 +171,15 @@ class UnlabelledView(torch.utils.data.Dataset):
             "known": planes[1].bool(),
             "valid": planes[2].bool(),
         }
+
+
+class StepView(torch.utils.data.Dataset):
+    """A step's named draws from the step sampler -> its named batches: {name: the view's items
+    of that draw, stacked}. Given to a DataLoader as its dataset with the sampler and batch_size
+    None, each worker builds whole steps."""
+
+    def __init__(self, view: LabelledView | UnlabelledView):
+        self.view = view
+
+    def __getitem__(self, draw: Mapping[str, Sequence[tuple[int, int]]]) -> dict[str, dict[str, torch.Tensor]]:
+        return {name: default_collate([self.view[item] for item in items]) for name, items in draw.items()}

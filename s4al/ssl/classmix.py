@@ -31,10 +31,11 @@ def present_classes(labels: torch.Tensor) -> torch.Tensor:
 def random_class_choice(candidates: torch.Tensor, counts: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Choose counts[i] of the candidate classes of image i uniformly without replacement (all of them
     if fewer). candidates (N, LABEL_RANGE) bool, counts (N,) int -> (N, LABEL_RANGE) bool."""
-    keys = torch.rand(candidates.shape, generator=generator, device="cpu").to(candidates.device)
+    # non_blocking: a copy from the host that leaves a GPU's queue running (a blocking one waits for it)
+    keys = torch.rand(candidates.shape, generator=generator, device="cpu").to(candidates.device, non_blocking=True)
     keys = keys.masked_fill(~candidates, 2.0)  # non-candidates rank after every candidate
     rank = keys.argsort(dim=1).argsort(dim=1)
-    return candidates & (rank < counts.to(keys.device).unsqueeze(1))
+    return candidates & (rank < counts.to(keys.device, non_blocking=True).unsqueeze(1))
 
 
 def class_mask(labels: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
@@ -108,15 +109,15 @@ def balanced_class_choice(
     n = present.shape[0]
     in_head = present & _members(head, present.device)
     in_tail = present & _members(tail, present.device)
-    head_choice = random_class_choice(in_head, torch.full((n,), n_head), generator)
-    tail_choice = random_class_choice(in_tail, torch.full((n,), n_tail), generator)
+    head_choice = random_class_choice(in_head, torch.full((n,), n_head, device=present.device), generator)
+    tail_choice = random_class_choice(in_tail, torch.full((n,), n_tail, device=present.device), generator)
     return head_choice | tail_choice
 
 
 def _members(class_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
     """(K,) class ids -> (LABEL_RANGE,) bool membership table."""
     members = torch.zeros(LABEL_RANGE, dtype=torch.bool, device=device)
-    members[class_ids.to(device)] = True
+    members[class_ids.to(device, non_blocking=True)] = True
     return members
 
 

@@ -1,17 +1,29 @@
 """The one training loop: supervised when there is no pool (or SSL is off), otherwise the
 paper's mean-teacher learner with Confidence Weighting and Balanced ClassMix (Eqs. 1-6).
 
+Each step gets its batches by name (labelled, unlabelled, replay) from one of two sources: loader
+workers that augment each sample on the host (s4al/data/views.py), or, on the fast path, the train
+split decoded once onto the device and augmented there a batch at a time (s4al/data/device_cache.py,
+s4al/data/device_augment.py), with the same per-sample draws. Both feed the same step.
+
 Each of the three losses is backpropagated on its own as soon as it is computed, so only one
-training graph is alive at a time (the sum's gradient is the same; peak memory is a third)."""
+training graph is alive at a time (the sum's gradient is the same; peak memory is a third).
+
+The fast path also keeps the logged losses on the device and reads them every READ_EVERY steps
+(and at every epoch's end), so a GPU never waits for the host inside a step. A loss read as
+non-finite, or non-finite parameters at an epoch's end, stops training with TrainingDiverged
+before anything non-finite is written."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -23,7 +35,9 @@ from s4al import distributed
 from s4al.config import RunConfig
 from s4al.data.base import SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX
-from s4al.data.views import Annotations, Augment, LabelledView, UnlabelledView
+from s4al.data.device_augment import labelled_batch, unlabelled_batch
+from s4al.data.device_cache import DeviceCache, MixedImageSizes, common_size
+from s4al.data.views import Annotations, Augment, LabelledView, StepView, UnlabelledView
 from s4al.evaluate import evaluate, to_model_input
 from s4al.model import build_model
 from s4al.ssl.alignment import ALIGNERS
@@ -35,6 +49,24 @@ from s4al.ssl.losses import (
 from s4al.ssl.mean_teacher import MeanTeacher, pseudo_labels_from_probs
 from s4al.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from s4al.train.sampling import StepBatches, Stream, derive_seed, seeded_generator
+
+READ_EVERY = 25  # fast path: steps between reads of the logged losses (at most an epoch)
+IMAGE_KEYS = ("image", "weak", "strong")  # a batch's images; its other tensors are label-like planes
+DEVICE_VIEWS = {"labelled": labelled_batch, "unlabelled": unlabelled_batch, "replay": unlabelled_batch}
+
+
+class TrainingDiverged(ValueError):
+    """A logged loss or the parameters went non-finite; the checkpoint on disk (if any) is the last
+    finite state and was kept."""
+
+
+class StepBatch(NamedTuple):
+    """One step's batches on the training device, images as model input: labelled {image, label};
+    unlabelled and replay {weak, strong, known_label, known, valid}, or None (cold start; no replay)."""
+
+    labelled: dict[str, torch.Tensor]
+    unlabelled: dict[str, torch.Tensor] | None
+    replay: dict[str, torch.Tensor] | None
 
 
 @dataclass
@@ -122,8 +154,14 @@ class Trainer:
         self.teacher = MeanTeacher(self.student, cfg.ssl.ema_momentum, cfg.ssl.teacher_train_mode)
         self.net = self._parallel(self.student)  # what the loop calls forward on
         t = cfg.train
+        self.fast = self._fast_path()
+        cuda_fast = self.fast and self.device.type == "cuda"
+        if cuda_fast:
+            torch.backends.cudnn.benchmark = True  # fixed crop sizes: the fastest kernels are found once
+        self.sgd_flags = {"fused": True} if cuda_fast else {}  # one kernel for all parameters; else torch's default
         self.optimizer = torch.optim.SGD(
-            self.student.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay
+            self.student.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay,
+            **self.sgd_flags,
         )
         # Poly decay per iteration (the authors' code steps it per epoch; per iteration is smoother
         # and is what DeepLab's "poly" policy specifies).
@@ -142,8 +180,27 @@ class Trainer:
                 aligner = ALIGNERS[cfg.ssl.distribution_alignment]
                 self.alignment = aligner(distribution, cfg.ssl.ema_momentum, estimate_steps=estimate_steps)
         self.step = 0
+        self.saved_step: int | None = None  # the step of the checkpoint on disk
         self.history: list[dict] = []
         self.amp = self.device.type == "cuda" and t.amp
+        self.read_every = min(READ_EVERY, self.iters) if self.fast else 1
+        self.aug = Augment(
+            scale_range=t.scale_range, crop_size=t.crop_size, hflip_p=t.hflip_p, color_jitter_p=t.color_jitter_p
+        )
+
+    def _fast_path(self) -> bool:
+        """train.fast: on, off, or auto (on for CUDA devices). auto falls back to the loader path
+        for a split of mixed image sizes, which the device cache cannot hold; on refuses it."""
+        mode = self.cfg.train.fast
+        if mode == "off" or (mode == "auto" and self.device.type != "cuda"):
+            return False
+        try:
+            common_size(self.data.dataset, sorted(set(self.data.labelled) | set(self.data.pool)))
+        except MixedImageSizes as err:
+            if mode == "on":
+                raise MixedImageSizes(f"train.fast is on: {err}") from None
+            return False
+        return True
 
     def _parallel(self, student: nn.Module) -> nn.Module:
         if distributed.world_size() == 1:
@@ -169,43 +226,80 @@ class Trainer:
             and self._epoch(step) >= max(s.balanced_from_epoch, s.cold_start_epochs)
         )
 
-    def _loaders(self) -> tuple[Iterator[dict], Iterator[dict] | None]:
-        cfg, seed, workers = self.cfg, self.cfg.seed, self.cfg.train.num_workers
-        pin = self.device.type == "cuda"
-        aug = Augment(
-            scale_range=cfg.train.scale_range,
-            crop_size=cfg.train.crop_size,
-            hflip_p=cfg.train.hflip_p,
-            color_jitter_p=cfg.train.color_jitter_p,
-        )
+    def _samplers(self) -> tuple[StepBatches, StepBatches | None]:
+        """The labelled stream's and, with SSL, the pool stream's named draws from this step on."""
+        cfg, seed = self.cfg, self.cfg.seed
         shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}
         labelled = StepBatches(
-            Stream(labelled_draws(self.data), seed, "labelled", self.cycle), cfg.train.batch_size, self.step, self.total_steps,
-            **shard,
+            Stream(labelled_draws(self.data), seed, "labelled", self.cycle), cfg.train.batch_size, self.step,
+            self.total_steps, name="labelled", **shard,
         )
-        partial = {} if self.ssl else self.data.annotations
-        labelled_view = LabelledView(self.data.dataset, aug, partial)
-        labelled_batches = iter(DataLoader(labelled_view, batch_sampler=labelled, num_workers=workers, pin_memory=pin))
         if not self.ssl:
-            return labelled_batches, None
+            return labelled, None
         unlabelled = StepBatches(
             Stream(self.data.pool, seed, "pool", self.cycle),
             cfg.train.unlabelled_batch_size,
             max(self.step, self.cold_steps),
             self.total_steps,
+            name="unlabelled",
             first_step=self.cold_steps,
             replay_size=cfg.ssl.replay_size if cfg.ssl.replay else 0,
             replay_on=self._replay_on,
             **shard,
         )
-        unlabelled_view = UnlabelledView(self.data.dataset, aug, self.data.annotations)
-        unlabelled_batches = DataLoader(unlabelled_view, batch_sampler=unlabelled, num_workers=workers, pin_memory=pin)
+        return labelled, unlabelled
+
+    def _loaders(self) -> tuple[Iterator[dict], Iterator[dict] | None]:
+        """Named batches of the loader path: host tensors, augmented per sample by loader workers."""
+        workers, pin = self.cfg.train.num_workers, self.device.type == "cuda"
+        labelled, unlabelled = self._samplers()
+        partial = {} if self.ssl else self.data.annotations
+        labelled_view = StepView(LabelledView(self.data.dataset, self.aug, partial))
+        labelled_batches = iter(DataLoader(labelled_view, sampler=labelled, batch_size=None, num_workers=workers,
+                                           pin_memory=pin))
+        if unlabelled is None:
+            return labelled_batches, None
+        unlabelled_view = StepView(UnlabelledView(self.data.dataset, self.aug, self.data.annotations))
+        unlabelled_batches = DataLoader(unlabelled_view, sampler=unlabelled, batch_size=None, num_workers=workers,
+                                        pin_memory=pin)
         return labelled_batches, iter(unlabelled_batches)
 
-    # ---- one iteration --------------------------------------------------------------------
-    def _on_device(self, batch_tensor: torch.Tensor) -> torch.Tensor:
-        return batch_tensor.to(self.device, non_blocking=True)  # pinned on a GPU: asynchronous
+    def _on_device(self, named: dict[str, dict]) -> dict[str, dict]:
+        """Loader batches -> model input: images float in [0, 1], everything on the device."""
+        return {
+            name: {k: to_model_input(v, self.device) if k in IMAGE_KEYS else v.to(self.device, non_blocking=True)
+                   for k, v in batch.items()}
+            for name, batch in named.items()
+        }
 
+    def _device_streams(self) -> tuple[Iterator[dict], Iterator[dict] | None]:
+        """Named batches of the fast path, built on the device from the cached split."""
+        pool = self.data.pool if self.ssl else []
+        cache = DeviceCache(
+            self.data.dataset, self.data.labelled, pool, self.device, partial={} if self.ssl else self.data.annotations,
+            annotations=self.data.annotations if self.ssl else {}, num_workers=self.cfg.train.num_workers,
+        )
+
+        def batches(sampler: StepBatches) -> Iterator[dict]:
+            for draw in sampler:
+                yield {name: DEVICE_VIEWS[name](cache, items, self.aug) for name, items in draw.items()}
+
+        labelled, unlabelled = self._samplers()
+        return batches(labelled), None if unlabelled is None else batches(unlabelled)
+
+    def _batches(self) -> Iterator[StepBatch]:
+        """Each remaining step's batches, from the device cache (fast path) or loader workers."""
+        if self.fast:
+            labelled, unlabelled = self._device_streams()
+        else:
+            labelled, unlabelled = (None if it is None else map(self._on_device, it) for it in self._loaders())
+        for step in range(self.step, self.total_steps):
+            named = next(labelled)
+            if unlabelled is not None and step >= self.cold_steps:
+                named = named | next(unlabelled)
+            yield StepBatch(named["labelled"], named.get("unlabelled"), named.get("replay"))
+
+    # ---- one iteration --------------------------------------------------------------------
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             return self.net(images).float()
@@ -224,56 +318,57 @@ class Trainer:
         return loss.detach(), eta.mean()
 
     def _pseudo_labels(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        weak = to_model_input(batch["weak"], self.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            probs = self.teacher.probabilities(weak)
-        valid = self._on_device(batch["valid"])
+            probs = self.teacher.probabilities(batch["weak"])
         if self.alignment is not None:
-            self.alignment.update(probs, valid, distributed.all_mean)
+            self.alignment.update(probs, batch["valid"], distributed.all_mean)
             probs = self.alignment(probs)
         pseudo, confidence = pseudo_labels_from_probs(probs)
-        known = self._on_device(batch["known"])
-        pseudo, confidence = apply_annotations(pseudo, confidence, known, self._on_device(batch["known_label"]))
-        pseudo = pseudo.masked_fill(~valid, IGNORE_INDEX)
+        pseudo, confidence = apply_annotations(pseudo, confidence, batch["known"], batch["known_label"])
+        pseudo = pseudo.masked_fill(~batch["valid"], IGNORE_INDEX)
         return pseudo, confidence
 
-    def _ssl_losses(self, step: int, batch: dict) -> dict[str, torch.Tensor]:
-        s, n = self.cfg.ssl, self.cfg.train.unlabelled_batch_size
-        pseudo, confidence = self._pseudo_labels(batch)
-        strong = to_model_input(batch["strong"], self.device)
+    def _ssl_losses(self, step: int, unlabelled: dict, replay: dict | None) -> dict[str, torch.Tensor]:
+        """The teacher pseudo-labels the unlabelled and replay batches in one pass. The student
+        learns the unlabelled batch mixed within itself (ClassMix), then, with a replay batch, the
+        replay images' chosen classes pasted onto the unlabelled ones (Balanced ClassMix)."""
+        s = self.cfg.ssl
+        teacher_views = ("weak", "valid", "known", "known_label")
+        both = unlabelled if replay is None else {k: torch.cat([unlabelled[k], replay[k]]) for k in teacher_views}
+        pseudo, confidence = self._pseudo_labels(both)
+        n = len(unlabelled["strong"])
+        current = unlabelled["strong"], pseudo[:n], confidence[:n]
         generator = seeded_generator(self.cfg.seed, "mix", self.cycle, step)
-        current = strong[:n], pseudo[:n], confidence[:n]
         mixed = classmix_batch(*current, generator) if s.classmix else current
-        replaying = len(strong) > n  # the sampler appended a replay batch
-        logs = dict(zip(("loss/unsup", "eta/unsup"), self._unsup(*mixed, last=not replaying)))
-        if replaying:
-            replay = strong[n:], pseudo[n:], confidence[n:]
-            if s.balanced_classmix:
-                mixed = balanced_classmix_batch(*current, *replay, self.head, self.tail, s.n_head, s.n_tail, generator)
-            else:
-                mixed = paste(classmix_masks(replay[1], generator), replay, current)
-            logs.update(zip(("loss/replay", "eta/replay"), self._unsup(*mixed, last=True)))
-        return logs
+        logs = dict(zip(("loss/unsup", "eta/unsup"), self._unsup(*mixed, last=replay is None)))
+        if replay is None:
+            return logs
+        replayed = replay["strong"], pseudo[n:], confidence[n:]
+        if s.balanced_classmix:
+            mixed = balanced_classmix_batch(*current, *replayed, self.head, self.tail, s.n_head, s.n_tail, generator)
+        else:
+            mixed = paste(classmix_masks(replayed[1], generator), replayed, current)
+        return logs | dict(zip(("loss/replay", "eta/replay"), self._unsup(*mixed, last=True)))
 
-    def _train_step(self, step: int, labelled: dict, unlabelled: dict | None) -> dict[str, float]:
+    def _train_step(
+        self, step: int, labelled: dict, unlabelled: dict | None = None, replay: dict | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One optimiser step on a StepBatch's batches; returns the losses (and etas) on the device."""
         torch.manual_seed(derive_seed(self.cfg.seed, "step", self.cycle, step))  # dropout, resumable
         self.optimizer.zero_grad(set_to_none=True)
         sup_weight = self.cfg.ssl.cold_start_sup_weight if step < self.cold_steps else 1.0
-        images = to_model_input(labelled["image"], self.device)
         with self._synced(last=unlabelled is None):
-            labels = self._on_device(labelled["label"]).long()  # uint8 in the batch: an eighth of the copy
-            loss = supervised_loss(self._forward(images), labels) * sup_weight
+            loss = supervised_loss(self._forward(labelled["image"]), labelled["label"].long()) * sup_weight
             loss.backward()
         logs = {"loss/sup": loss.detach()}
         if unlabelled is not None:
-            logs.update(self._ssl_losses(step, unlabelled))
+            logs |= self._ssl_losses(step, unlabelled, replay)
         self.optimizer.step()
         self.scheduler.step()
         self.teacher.update(self.student, step)
         # Ranks share parameters (DDP) but each saw its own batch statistics: keep one teacher.
         distributed.broadcast_buffers(self.teacher.model)
-        values = distributed.all_mean(torch.stack(list(logs.values())).float()).tolist()
-        return dict(zip(logs, values)) | {"lr": self.scheduler.get_last_lr()[0]}
+        return logs
 
     # ---- checkpoints, evaluation, the loop --------------------------------------------------
     def _state(self) -> dict:
@@ -302,8 +397,11 @@ class Trainer:
         if self.alignment is not None:
             self.alignment.load_state_dict(state["alignment"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # this run's kernels, whichever path saved it
+            group.update({"fused": None, "foreach": None} | self.sgd_flags)
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.history = state["step"], state["history"]
+        self.saved_step = self.step
 
     def _evaluate(self, epoch: int) -> None:
         if self.val_dataset is None:
@@ -330,20 +428,55 @@ class Trainer:
         if distributed.is_main():
             save_checkpoint(self._state(), self.checkpoint_path)
             self._write_metrics_log()
+        self.saved_step = self.step
+
+    def _diverged(self, step: int, what: str) -> TrainingDiverged:
+        kept = (
+            f"the checkpoint {self.checkpoint_path} (step {self.saved_step}) is the last finite state and was kept"
+            if self.saved_step is not None
+            else "no checkpoint was written yet"
+        )
+        return TrainingDiverged(
+            f"{self.run_dir}, cycle {self.cycle}: training diverged at step {step} of {self.total_steps}: {what}; "
+            f"{kept}. Try a lower train.lr (now {self.cfg.train.lr:g})"
+            + (", or ssl.enabled: false to see whether the unsupervised losses diverge" if self.ssl else "")
+        )
+
+    def _report(self, pending: list[tuple[int, dict[str, torch.Tensor], float]], started: float) -> None:
+        """Reads the pending steps' logs off the device at once (one wait for a GPU), stops at the
+        first non-finite one, and passes each step's record to `progress`."""
+        flat = torch.cat([torch.stack(list(logs.values())).float() for _, logs, _ in pending])
+        values = iter(distributed.all_mean(flat).tolist())
+        seconds = time.perf_counter() - started
+        for step, logs, lr in pending:
+            record = {key: next(values) for key in logs}
+            bad = [f"{key} is {value}" for key, value in record.items() if not math.isfinite(value)]
+            if bad:
+                raise self._diverged(step, ", ".join(bad))
+            self.progress({"event": "step", "cycle": self.cycle, "step": step, "total": self.total_steps,
+                           "seconds": seconds, **record, "lr": lr})
+
+    def _check_finite_state(self) -> None:
+        tensors = [*self.student.parameters(), *self.teacher.model.parameters()]
+        if not torch.stack([t.isfinite().all() for t in tensors]).all():
+            raise self._diverged(self.step, "the parameters are no longer finite")
 
     def fit(self) -> TrainResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.checkpoint_path.exists():
             self._restore()
-        labelled_batches, unlabelled_batches = self._loaders()
         started = time.perf_counter()
-        while self.step < self.total_steps:
-            unlabelled = next(unlabelled_batches) if self.step >= self.cold_steps and unlabelled_batches else None
-            logs = self._train_step(self.step, next(labelled_batches), unlabelled)
+        pending = []
+        for batch in self._batches():
+            logs = self._train_step(self.step, *batch)
             self.step += 1
-            self.progress({"event": "step", "cycle": self.cycle, "step": self.step, "total": self.total_steps,
-                           "seconds": time.perf_counter() - started, **logs})
-            if self.step % self.iters == 0:
+            pending.append((self.step, logs, self.scheduler.get_last_lr()[0]))
+            epoch_end = self.step % self.iters == 0
+            if epoch_end or self.step % self.read_every == 0:
+                self._report(pending, started)
+                pending = []
+            if epoch_end:
+                self._check_finite_state()
                 epoch = self.step // self.iters
                 if epoch % self.cfg.train.eval_every == 0 or self.step == self.total_steps:
                     self._evaluate(epoch)
