@@ -1,8 +1,8 @@
 """Validation curves of runs side by side: val mIoU, and optionally some classes' IoU, at every
 evaluated epoch of one cycle. Reads run folders (their metrics.jsonl) or copies of that file, of
-complete runs or of runs stopped early, e.g. results/label_efficiency/paper_jpeg95/curves/.
+complete runs or of runs stopped early, e.g. results/archive/paper_jpeg95_stopped/curves/.
 
-    .venv/bin/python benchmarks/learning_curves.py benchmarks/results/label_efficiency/paper_jpeg95/curves/*.jsonl \
+    PYTHONPATH=benchmarks .venv/bin/python benchmarks/research/learning_curves.py benchmarks/results/archive/paper_jpeg95_stopped/curves/*.jsonl \
         --classes Pole Bicyclist --every 20 --plot /tmp/curves.png
 """
 
