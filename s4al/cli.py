@@ -10,20 +10,32 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from s4al.annotation.commands import import_answers_command, query
+from s4al.annotation.commands import import_answers_command, query, skip
 from s4al import distributed
 from s4al.report.commands import export_command, predict_command, report
-from s4al.config import ConfigError, RunConfig, load_config, parse_override, save_config
+from s4al.config import ConfigError, RunConfig, load_config, parse_override
 from s4al.data import build_dataset
 from s4al.data.base import DatasetError
+from s4al.run_folder import RunFolder
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Active semi-supervised semantic segmentation (S4AL).")
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="Active semi-supervised semantic segmentation (S4AL).")
 console = Console()
 
 ConfigOption = Annotated[str, typer.Option("--config", "-c", help="Preset (camvid, cityscapes, demo) or a YAML file.")]
 SetOption = Annotated[
-    Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set train.epochs=5 (repeatable).")
+    Optional[list[str]],
+    typer.Option("--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set train.epochs=5 (repeatable)."),
 ]
+QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
+
+
+# Refusals that carry their own message naming the file and the problem: printed, not traced back.
+USER_ERRORS = (ValueError, OSError)
+
+
+def _fail(err: Exception) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(1)
 
 
 def _config(config: str, overrides: list[str] | None) -> RunConfig:
@@ -33,14 +45,18 @@ def _config(config: str, overrides: list[str] | None) -> RunConfig:
         raise typer.BadParameter(str(err), param_hint="--config/--set") from None
 
 
+def _percent(fraction: float | None) -> str:
+    """Scores as the report shows them: percentages."""
+    return "-" if fraction is None else f"{100 * fraction:.1f}%"
+
+
 def _print_scores(title: str, record: dict) -> None:
-    table = Table(title=f"{title}: mIoU {record['miou']:.4f}")
+    table = Table(title=f"{title}: mIoU {_percent(record['miou'])}")
     table.add_column("class")
     table.add_column("IoU", justify="right")
     table.add_column("recall", justify="right")
     for name, iou in record["iou"].items():
-        recall = record["recall"][name]
-        table.add_row(name, "-" if iou is None else f"{iou:.4f}", "-" if recall is None else f"{recall:.4f}")
+        table.add_row(name, _percent(iou), _percent(record["recall"][name]))
     console.print(table)
 
 
@@ -49,7 +65,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (resumes if it holds a checkpoint).")],
     config: ConfigOption = "demo",
     overrides: SetOption = None,
-    quiet: bool = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Fully supervised training on every train image (the denominator of label efficiency)."""
     from s4al.train.monitor import Monitor
@@ -57,21 +73,22 @@ def train(
 
     cfg = _config(config, overrides)
     distributed.setup_device(cfg.train.device)  # joins torchrun's process group
-    out.mkdir(parents=True, exist_ok=True)
-    if distributed.is_main():
-        save_config(cfg, out / "config.yaml")
     try:
+        folder = RunFolder(out)  # holds config.yaml, checkpoints/cycle_0.pt and result.json
+        folder.make(lock=distributed.is_main())
+        if distributed.is_main():
+            folder.save_config(cfg)
         train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
         val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, cfg.seed)
-    except DatasetError as err:
-        raise typer.BadParameter(str(err)) from None
-    monitor = Monitor(out / "tensorboard", show_progress=not quiet) if distributed.is_main() else None
-    try:
-        data = TrainData(train_set, labelled=list(range(len(train_set))))
-        result = Trainer(cfg, data, val_set, out, progress=monitor).fit()
-    finally:
-        if monitor is not None:
-            monitor.close()
+        monitor = Monitor(folder.tensorboard_dir, show_progress=not quiet) if distributed.is_main() else None
+        try:
+            data = TrainData(train_set, labelled=list(range(len(train_set))))
+            result = Trainer(cfg, data, val_set, out, progress=monitor).fit()
+        finally:
+            if monitor is not None:
+                monitor.close()
+    except USER_ERRORS as err:
+        _fail(err)
     if not distributed.is_main():
         return
     final = result.history[-1]
@@ -109,9 +126,12 @@ def evaluate_command(
 def run(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="New run folder.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder.")] = None,
-    config: ConfigOption = "demo",
-    overrides: SetOption = None,
-    quiet: bool = False,
+    config: Annotated[Optional[str], typer.Option(
+        "--config", "-c", help="Preset (camvid, cityscapes, demo) or a YAML file, for a new run (default: demo).")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option(
+        "--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set train.epochs=5 (repeatable); "
+                                           "on --resume only train.device and train.num_workers.")] = None,
+    quiet: QuietOption = False,
 ) -> None:
     """The active-learning cycle: train, score the pool, ask for regions, get answers, repeat."""
     from s4al.active.cycle import ActiveLearningRun
@@ -119,37 +139,52 @@ def run(
 
     if (out is None) == (resume is None):
         raise typer.BadParameter("give exactly one of --out (new run) or --resume (existing run)")
-    run_dir = resume or out
-    cfg = None if resume else _config(config, overrides)
-    if out is not None and (out / "config.yaml").exists():
-        raise typer.BadParameter(f"{out} already holds a run; continue it with --resume {out}")
-    distributed.setup_device(cfg.train.device if cfg else "auto")  # joins torchrun's process group
-    monitor = Monitor(run_dir / "tensorboard", show_progress=not quiet) if distributed.is_main() else None
+    if resume is not None and config is not None:
+        raise typer.BadParameter(f"--config with --resume: a resumed run keeps the config in {resume / 'config.yaml'}")
     try:
-        active_run = ActiveLearningRun(run_dir, cfg, progress=monitor)
-        summaries = active_run.run()
-    except (DatasetError, FileNotFoundError, ValueError) as err:
-        raise typer.BadParameter(str(err)) from None
-    finally:
-        if monitor is not None:
-            monitor.close()
+        changes = parse_override(overrides or [])
+        cfg = _config(config or "demo", overrides) if out is not None else None
+        run_dir = out or resume
+        device = (cfg or RunFolder.open(run_dir, lock=False).config(changes)).train.device
+        distributed.setup_device(device)  # joins torchrun's process group
+        active_run = ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes)
+        monitor = Monitor(active_run.folder.tensorboard_dir, show_progress=not quiet) if distributed.is_main() else None
+        active_run.progress = monitor
+        try:
+            summaries = active_run.run()
+        finally:
+            if monitor is not None:
+                monitor.close()
+    except USER_ERRORS as err:
+        _fail(err)
     if not distributed.is_main():
         return
     table = Table(title=f"active learning: {run_dir}")
     for column in ("cycle", "labelled %", "val mIoU", "regions bought", "images bought"):
         table.add_column(column, justify="right")
     for s in summaries:
-        table.add_row(str(s["cycle"]), f"{100 * s['labelled_fraction']:.2f}", f"{s['val']['miou']:.4f}",
+        table.add_row(str(s["cycle"]), f"{100 * s['labelled_fraction']:.2f}", _percent(s["val"]["miou"]),
                       str(s["bought"]["regions"]), str(s["bought"]["images"]))
+    ledger = active_run.ledger
+    pending = ledger.asked()
+    waiting = ledger.last_cycle()
+    if pending and ledger.phase(waiting) == "answer":  # trained and asked; its summary waits for the answers
+        metrics = ledger.metrics(waiting)
+        table.add_row(str(waiting), f"{100 * metrics['labelled_fraction']:.2f}", f"{metrics['val']['miou']:.4f}",
+                      f"{len(pending)} asked", "-")
     console.print(table)
-    pending = active_run.ledger.asked()
     if pending:
-        console.print(f"{len(pending)} regions wait for answers: export them with `s4al query {run_dir}`, "
-                      f"import the answers with `s4al import {run_dir} ANSWERS`, then `s4al run --resume {run_dir}`.")
+        console.print(f"{len(pending)} regions wait for answers; the run goes on when none is left. Either\n"
+                      f"  answer them: `s4al query {run_dir}` writes the tasks, `s4al import {run_dir} ANSWERS` "
+                      f"reads the answers (a region needs half its pixels painted), or\n"
+                      f"  skip them: `s4al skip {run_dir}` (every region still asked) or "
+                      f"`s4al skip {run_dir} --region ID ...`,\n"
+                      f"then `s4al run --resume {run_dir}` trains the next cycle with what is answered.")
 
 
 app.command()(query)
 app.command(name="import")(import_answers_command)
+app.command()(skip)
 app.command()(report)
 app.command(name="predict")(predict_command)
 app.command(name="export")(export_command)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from s4al.active.acquisition import Query, choose_images, choose_regions, score_cells, scoring_workers
+from s4al.active.label_state import LabelState
 from s4al.active.ledger import Ledger
 from s4al.active.oracle import Annotator, GroundTruthOracle
 from s4al import distributed
@@ -184,17 +184,15 @@ class ActiveLearningRun:
         return self.folder.summaries()
 
     # ---- phases ---------------------------------------------------------------------------
+    def label_state(self) -> LabelState:
+        return LabelState.read(self.ledger, self.index_of)
+
     def train_data(self) -> TrainData:
-        fully = [self.index_of[r.image_id] for r in self.ledger.images() if r.fully_labelled]
-        annotations: dict[int, list] = defaultdict(list)
-        for region in self.ledger.answered():
-            annotations[self.index_of[region.image_id]].append((region.box, self.ledger.patch(region)))
-        labelled_set = set(fully)
-        pool = [i for i in range(len(self.ids)) if i not in labelled_set]
+        state = self.label_state()
         # With SSL, bought regions train inside the pool stream (ground truth over the pseudo label);
-        # also supervising them in the labelled stream cost 6 mIoU on CamVid (commit 531bdf3)
-        labelled = fully if self.cfg.ssl.enabled else sorted(labelled_set | set(annotations))
-        return TrainData(self.train_set, labelled=labelled, pool=pool, annotations=dict(annotations))
+        # also supervising them in the labelled stream cost 6 mIoU on CamVid
+        labelled = state.whole if self.cfg.ssl.enabled else sorted({*state.whole, *state.answered})
+        return TrainData(self.train_set, labelled=labelled, pool=state.pool, annotations=state.answers)
 
     def epochs(self, cycle: int) -> int:
         multiplier = self.cfg.active.final_cycle_epoch_multiplier if cycle == self.final_cycle else 1.0
@@ -256,25 +254,20 @@ class ActiveLearningRun:
         a = self.cfg.active
         model, _ = load_trained_model(checkpoint_path(self.run_dir, cycle), a.scorer, self.device)
         seed = derive_seed(self.cfg.seed, "acquire", cycle)
-        data = self.train_data()
-        pool = data.pool
+        state = self.label_state()
         workers = scoring_workers(self.device, self.cfg.train.num_workers)
         if a.level == "image":
-            labelled = sorted(set(range(len(self.ids))) - set(pool))
-            return choose_images(model, self.train_set, labelled, pool, self._images_per_cycle(), a, self.device,
-                                 seed, workers)
-        bought: dict[int, list] = defaultdict(list)
-        for region in self.ledger.regions():
-            bought[self.index_of[region.image_id]].append(region.box)
-        cells = score_cells(model, self.train_set, pool, bought, a, self.device, seed, workers)
-        return choose_regions(cells, {i: self.train_set.image_size(i) for i in pool}, a)
+            count = self._images_per_cycle()
+            return choose_images(model, self.train_set, state.whole, state.pool, count, a, self.device, seed, workers)
+        cells = score_cells(model, self.train_set, state.pool, state.asked, a, self.device, seed, workers)
+        return choose_regions(cells, {i: self.train_set.image_size(i) for i in state.pool}, a)
 
     def _images_per_cycle(self) -> int:
         """Whole images matching the pixel budget of the region-level protocol, which buys the same
         cells every cycle: k per image of the initial pool (it never shrinks), or the global budget.
         The current pool would shrink the budget as whole images leave it."""
         a = self.cfg.active
-        initial_pool = [self.index_of[r.image_id] for r in self.ledger.images() if not r.initial]
+        initial_pool = self.label_state().initial_pool
         if not initial_pool:
             return 0
         cells = a.regions_per_image * len(initial_pool) if a.selection == "per_image" else a.global_budget
