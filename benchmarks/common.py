@@ -11,7 +11,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from s4al.config import _merge
+from s4al.config import merge_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -35,7 +35,7 @@ def merged(*overrides: dict) -> dict:
     """Nested config overrides combined left to right (later ones win key by key)."""
     out: dict = {}
     for part in overrides:
-        out = _merge(out, part)
+        out = merge_overrides(out, part)
     return out
 
 

@@ -94,7 +94,7 @@ class SSLConfig(Section):
     class_normalised_confidence: bool = True
     # beyond the paper, off: pixels not above confidence_threshold get no unsupervised loss
     # (FixMatch's mask). It spares the thin classes that soft weights teach away as their
-    # surroundings, but cost the head classes more on CamVid (README, design choices)
+    # surroundings, but cost the head classes more on CamVid (docs/design.md)
     mask_unconfident: bool = False
     # beyond the paper, 0 = off: each unlabelled pixel's loss also weighted by (labelled frequency
     # of its pseudo label's class) ^ -power (1: inverse frequency), so the head classes' pseudo
@@ -103,12 +103,12 @@ class SSLConfig(Section):
     # beyond the paper: pseudo-label class shares pulled towards the labelled ones by matching the
     # argmax shares or the mean probabilities (s4al/ssl/alignment.py); "off" = the paper. With
     # class_normalised_confidence the default pair beat supervised training on CamVid and the
-    # synthetic streets (README, Results). true / false (older configs) read as "probabilities" / "off"
+    # synthetic streets (docs/design.md). true / false (older configs) read as "probabilities" / "off"
     distribution_alignment: Literal["off", "probabilities", "argmax"] = "argmax"
     # what the aligner aims at: the labelled shares, or (beyond the paper) their geometric mean with
     # the teacher's mean probabilities over the first epoch of each cycle's SSL, fixed after it. The
     # labelled shares teach a labelled set's sampling error (CamVid seed 0 at the paper's budget:
-    # Tree from 78 to 0.2 IoU); the geometric mean held it (README, Results)
+    # Tree from 78 to 0.2 IoU); the geometric mean held it (docs/design.md)
     alignment_target: Literal["labelled", "labelled_x_predicted"] = "labelled_x_predicted"
     # beyond the paper: the student's passes on mixed, colour-jittered unlabelled batches normalise
     # with their batch statistics but leave the BatchNorm running statistics (which the teacher
@@ -190,10 +190,12 @@ class ConfigError(ValueError):
 PRESETS = ("camvid", "cityscapes", "demo")
 
 
-def _merge(base: dict, override: dict) -> dict:
+def merge_overrides(base: dict, override: dict) -> dict:
+    """Nested config dicts merged section by section; `override`'s values win."""
     out = dict(base)
     for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_overrides(out[key], value) if nested else value
     return out
 
 
@@ -215,7 +217,7 @@ def load_config(source: str | Path, overrides: dict | None = None) -> RunConfig:
     """Load a preset name (camvid, cityscapes, demo) or a YAML path; `overrides` is a nested dict
     (from --set). Keys the file leaves out take today's defaults."""
     path = preset_path(str(source)) if str(source) in PRESETS else Path(source)
-    return _validated(_merge(_read_yaml(path), overrides or {}), path, overrides or {})
+    return _validated(merge_overrides(_read_yaml(path), overrides or {}), path, overrides or {})
 
 
 # Keys added after version-1 configs were saved, with the behaviour a run had before each existed:
@@ -230,7 +232,7 @@ V1_BEFORE_KEY_EXISTED = {
         "class_balance_power": 0.0,
         "teacher_train_mode": False,
     },
-    "train": {"sync_bn": False},
+    "train": {"sync_bn": False, "fast": "off"},
     "active": {"initial": "random"},
 }
 
@@ -238,7 +240,7 @@ V1_BEFORE_KEY_EXISTED = {
 def load_run_config(path: Path, overrides: dict | None = None) -> RunConfig:
     """A run folder's saved config (resuming, reports): what the run was made with, whatever today's
     defaults. A damaged file (a section or key missing) is refused, never filled with defaults."""
-    return _validated(_merge(_migrated(_read_yaml(path), path), overrides or {}), path, overrides or {})
+    return _validated(merge_overrides(_migrated(_read_yaml(path), path), overrides or {}), path, overrides or {})
 
 
 def saved_config(data: dict, source: str | Path) -> RunConfig:
@@ -257,7 +259,7 @@ def _migrated(data: dict, source: str | Path) -> dict:
         raise ConfigError(f"{source}: incomplete saved config, missing {shown}; the file is damaged "
                           "(a run writes every key): restore it rather than let defaults stand in")
     if version == 1:
-        data = _merge(V1_BEFORE_KEY_EXISTED, data)
+        data = merge_overrides(V1_BEFORE_KEY_EXISTED, data)
     return {**data, "config_version": CONFIG_VERSION}
 
 

@@ -109,13 +109,13 @@ def test_version_1_configs_run_the_learner_of_their_time():
     for key in ("distribution_alignment", "class_normalised_confidence", "alignment_target",
                 "freeze_bn_on_unlabelled", "mask_unconfident", "class_balance_power", "teacher_train_mode"):
         del data["ssl"][key]
-    del data["train"]["sync_bn"], data["active"]["initial"]
+    del data["train"]["sync_bn"], data["train"]["fast"], data["active"]["initial"]
     cfg = saved_config(data, "old/config.yaml")
     assert cfg.config_version == 2
     assert (cfg.ssl.distribution_alignment, cfg.ssl.class_normalised_confidence, cfg.ssl.alignment_target,
             cfg.ssl.freeze_bn_on_unlabelled) == ("off", False, "labelled", False)
     assert (cfg.ssl.mask_unconfident, cfg.ssl.class_balance_power, cfg.ssl.teacher_train_mode) == (False, 0.0, False)
-    assert (cfg.train.sync_bn, cfg.active.initial) == (False, "random")
+    assert (cfg.train.sync_bn, cfg.train.fast, cfg.active.initial) == (False, "off", "random")
 
 
 def test_a_config_from_a_newer_version_is_refused():
