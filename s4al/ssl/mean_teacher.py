@@ -46,14 +46,16 @@ class MeanTeacher:
         student_floats = list(student.parameters())
         if len(teacher_floats) != len(student_floats):
             raise ValueError("student and teacher have different parameter lists")
+        teacher_ints, student_ints = [], []
         for teacher_buf, student_buf in zip(self.model.buffers(), student.buffers(), strict=True):
-            if teacher_buf.is_floating_point():
-                teacher_floats.append(teacher_buf)
-                student_floats.append(student_buf)
-            else:
-                teacher_buf.copy_(student_buf)
+            floating = teacher_buf.is_floating_point()
+            (teacher_floats if floating else teacher_ints).append(teacher_buf)
+            (student_floats if floating else student_ints).append(student_buf)
+        # one kernel launch each for all tensors: per-tensor copies would be ~50 launches a step
         if teacher_floats:
             torch._foreach_lerp_(teacher_floats, student_floats, weight)
+        if teacher_ints:
+            torch._foreach_copy_(teacher_ints, student_ints)
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
