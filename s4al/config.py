@@ -42,10 +42,9 @@ class DatasetConfig(Section):
 
 
 class ModelConfig(Section):
-    encoder: Literal["mobilenet_v2", "resnet50"] = "mobilenet_v2"
+    """DeepLabv3+ with a MobileNetV2 encoder at output stride 16, as in the paper (s4al/model.py)."""
     # A local .pth file (torchvision layout), "imagenet" (download, needs internet) or null (random).
     weights: str | None = None
-    output_stride: Literal[8, 16] = 16
     channels_last: bool = True
 
 
@@ -69,8 +68,6 @@ class TrainConfig(Section):
     eval_batch_size: int = Field(4, ge=1)
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA only (it is slower on CPUs without bf16 units)
-    eval_network: Literal["teacher", "student"] = "teacher"
-    sync_bn: bool = False  # SyncBatchNorm across ranks under torchrun (CUDA only)
     # the fast learner path (s4al/train/trainer.py): the train split decoded once onto the device,
     # batched augmentation there, losses read every few steps, fused SGD. auto: on for CUDA devices
     fast: Literal["auto", "on", "off"] = "auto"
@@ -92,14 +89,6 @@ class SSLConfig(Section):
     # confidence in the batch, so Confidence Weighting no longer favours the classes the teacher
     # is surest of (the frequent ones) over the rare ones as a whole (s4al/ssl/losses.py)
     class_normalised_confidence: bool = True
-    # beyond the paper, off: pixels not above confidence_threshold get no unsupervised loss
-    # (FixMatch's mask). It spares the thin classes that soft weights teach away as their
-    # surroundings, but cost the head classes more on CamVid (docs/design.md)
-    mask_unconfident: bool = False
-    # beyond the paper, 0 = off: each unlabelled pixel's loss also weighted by (labelled frequency
-    # of its pseudo label's class) ^ -power (1: inverse frequency), so the head classes' pseudo
-    # labels, which also claim the missed pixels of small objects, teach less than the rare ones'
-    class_balance_power: float = Field(0.0, ge=0)
     # beyond the paper: pseudo-label class shares pulled towards the labelled ones by matching the
     # argmax shares or the mean probabilities (s4al/ssl/alignment.py); "off" = the paper. With
     # class_normalised_confidence the default pair beat supervised training on CamVid and the
@@ -114,9 +103,6 @@ class SSLConfig(Section):
     # with their batch statistics but leave the BatchNorm running statistics (which the teacher
     # averages and evaluation uses) to the labelled batches
     freeze_bn_on_unlabelled: bool = True
-    # the authors' code, not the paper: the teacher pseudo-labels in train mode (BatchNorm on each
-    # unlabelled batch's statistics, dropout on); ours uses eval mode (s4al/ssl/mean_teacher.py)
-    teacher_train_mode: bool = False
     classmix: bool = True
     balanced_classmix: bool = True
     replay: bool = True
@@ -125,7 +111,6 @@ class SSLConfig(Section):
     n_head: int = Field(3, ge=0)
     n_tail: int = Field(2, ge=0)
     cold_start_epochs: int = Field(10, ge=0)
-    cold_start_sup_weight: float = Field(1.5, gt=0)
     balanced_from_cycle: int = Field(1, ge=0)
     balanced_from_epoch: int = Field(30, ge=0)
 
@@ -149,7 +134,6 @@ class ActiveConfig(Section):
     regions_per_image: int = Field(4, ge=1)
     selection: Literal["per_image", "global"] = "per_image"
     global_budget: int | None = Field(None, ge=1)  # cells per cycle when selection == global
-    scorer: Literal["teacher", "student"] = "teacher"
     reinit_each_cycle: bool = True
     final_cycle_epoch_multiplier: float = Field(2.0, gt=0)
     score_batch_size: int = Field(4, ge=1)
@@ -228,12 +212,19 @@ V1_BEFORE_KEY_EXISTED = {
         "class_normalised_confidence": False,
         "alignment_target": "labelled",
         "freeze_bn_on_unlabelled": False,
-        "mask_unconfident": False,
-        "class_balance_power": 0.0,
-        "teacher_train_mode": False,
     },
-    "train": {"sync_bn": False, "fast": "off"},
+    "train": {"fast": "off"},
     "active": {"initial": "random"},
+}
+
+# Options that are gone, with the one value that does what s4al does now: a saved config that set
+# another value made a run this s4al cannot continue or reproduce.
+REMOVED_KEYS = {
+    "model": {"encoder": "mobilenet_v2", "output_stride": 16},
+    "train": {"eval_network": "teacher", "sync_bn": False},
+    "ssl": {"mask_unconfident": False, "class_balance_power": 0.0, "teacher_train_mode": False,
+            "cold_start_sup_weight": 1.5},
+    "active": {"scorer": "teacher"},
 }
 
 
@@ -253,6 +244,7 @@ def _migrated(data: dict, source: str | Path) -> dict:
     version = data.get("config_version", 1)
     if version not in (1, CONFIG_VERSION):
         raise ConfigError(f"{source}: config_version {version!r}; this s4al reads versions 1 to {CONFIG_VERSION}")
+    data = _without_removed_keys(data, source)
     missing = _missing_keys(RunConfig, data, sections_only=version == 1)
     if missing:
         shown = ", ".join(missing[:8]) + (f" (and {len(missing) - 8} more)" if len(missing) > 8 else "")
@@ -261,6 +253,20 @@ def _migrated(data: dict, source: str | Path) -> dict:
     if version == 1:
         data = merge_overrides(V1_BEFORE_KEY_EXISTED, data)
     return {**data, "config_version": CONFIG_VERSION}
+
+
+def _without_removed_keys(data: dict, source: str | Path) -> dict:
+    out, refused = dict(data), []
+    for section, keys in REMOVED_KEYS.items():
+        if not isinstance(out.get(section), dict):
+            continue
+        out[section] = dict(out[section])
+        for key, kept in keys.items():
+            if key in out[section] and out[section].pop(key) != kept:
+                refused.append(f"{section}.{key}: {data[section][key]!r} (only {kept!r} remains)")
+    if refused:
+        raise ConfigError(f"{source}: made with options this s4al no longer has: {'; '.join(refused)}")
+    return out
 
 
 def _missing_keys(model: type[BaseModel], data: dict, sections_only: bool, prefix: str = "") -> list[str]:

@@ -61,9 +61,9 @@ def _load_local_encoder_weights(encoder: nn.Module, path: Path) -> None:
 def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationNet:
     online = cfg.weights == "imagenet"
     net = smp.DeepLabV3Plus(
-        encoder_name=cfg.encoder,
+        encoder_name="mobilenet_v2",
         encoder_weights="imagenet" if online else None,
-        encoder_output_stride=cfg.output_stride,
+        encoder_output_stride=16,
         classes=num_classes,
     )
     if cfg.weights and not online:

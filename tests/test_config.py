@@ -8,7 +8,6 @@ from s4al.config import PRESETS, ConfigError, load_config, load_run_config, pars
 def test_presets_load(name):
     cfg = load_config(name)
     assert cfg.train.lr == pytest.approx(1e-2)
-    assert cfg.model.output_stride == 16
 
 
 def test_camvid_preset_is_table_s2():
@@ -106,16 +105,14 @@ def test_a_version_1_config_missing_a_whole_section_is_refused(tmp_path):
 def test_version_1_configs_run_the_learner_of_their_time():
     data = load_config("demo").model_dump(mode="json")
     del data["config_version"]
-    for key in ("distribution_alignment", "class_normalised_confidence", "alignment_target",
-                "freeze_bn_on_unlabelled", "mask_unconfident", "class_balance_power", "teacher_train_mode"):
+    for key in ("distribution_alignment", "class_normalised_confidence", "alignment_target", "freeze_bn_on_unlabelled"):
         del data["ssl"][key]
-    del data["train"]["sync_bn"], data["train"]["fast"], data["active"]["initial"]
+    del data["train"]["fast"], data["active"]["initial"]
     cfg = saved_config(data, "old/config.yaml")
     assert cfg.config_version == 2
     assert (cfg.ssl.distribution_alignment, cfg.ssl.class_normalised_confidence, cfg.ssl.alignment_target,
             cfg.ssl.freeze_bn_on_unlabelled) == ("off", False, "labelled", False)
-    assert (cfg.ssl.mask_unconfident, cfg.ssl.class_balance_power, cfg.ssl.teacher_train_mode) == (False, 0.0, False)
-    assert (cfg.train.sync_bn, cfg.train.fast, cfg.active.initial) == (False, "off", "random")
+    assert (cfg.train.fast, cfg.active.initial) == ("off", "random")
 
 
 def test_a_config_from_a_newer_version_is_refused():
@@ -136,3 +133,17 @@ def test_save_config_replaces_the_file_whole_and_leaves_no_temp_file(tmp_path):
     save_config(load_config("demo"), path)
     assert load_run_config(path) == load_config("demo")
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+def test_removed_options_are_dropped_at_the_value_kept_and_refused_at_any_other():
+    data = load_config("demo").model_dump(mode="json")
+    del data["config_version"]
+    old = {**data, "model": {**data["model"], "encoder": "mobilenet_v2", "output_stride": 16},
+           "ssl": {**data["ssl"], "mask_unconfident": False, "teacher_train_mode": False}}
+    assert saved_config(old, "old/config.yaml") == saved_config(data, "old/config.yaml")
+    old["ssl"]["mask_unconfident"] = True
+    old["model"]["output_stride"] = 8
+    with pytest.raises(ConfigError, match=r"no longer has: model\.output_stride: 8 .*ssl\.mask_unconfident: True"):
+        saved_config(old, "old/config.yaml")
+    with pytest.raises(ConfigError, match=r"train\.sync_bn"):
+        load_config("demo", {"train": {"sync_bn": True}})  # a user's file: an unknown key

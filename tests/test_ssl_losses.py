@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from s4al.ssl.losses import (
-    apply_annotations, class_balance_weights, confidence_ratio, per_class_normalised, supervised_loss,
+    apply_annotations, confidence_ratio, per_class_normalised, supervised_loss,
     unsupervised_loss,
 )
 
@@ -54,15 +54,6 @@ def test_confidence_weighted_ce_by_hand():
     assert plain.item() == pytest.approx(0.5 * (CE_PIXEL0_CLASS0 + CE_PIXEL1_CLASS0) / 2)
 
 
-def test_class_weights_multiply_each_pixel_by_its_pseudo_class_weight():
-    pseudo = torch.tensor([[[0, 1]]])
-    confidence = torch.tensor([[[0.9, 0.6]]])
-    eta = torch.tensor([0.5])
-    weights = torch.tensor([0.5, 3.0])
-    loss = unsupervised_loss(LOGITS, pseudo, confidence, eta, True, class_weights=weights)
-    assert loss.item() == pytest.approx(0.5 * (0.5 * 0.9 * CE_PIXEL0_CLASS0 + 3.0 * 0.6 * CE_PIXEL1_CLASS1) / 2)
-
-
 def test_per_class_normalised_confidence_by_hand():
     pseudo = torch.tensor([[[0, 0], [1, 255]]])
     confidence = torch.tensor([[[0.9, 0.5], [0.4, 0.8]]])
@@ -80,27 +71,6 @@ def test_class_normalised_confidence_weighting_by_hand():
     assert loss.item() == pytest.approx(0.5 * (CE_PIXEL0_CLASS0 + CE_PIXEL1_CLASS1) / 2)
 
 
-def test_class_balance_weights_by_hand():
-    counts = torch.tensor([80.0, 20.0, 0.0])  # frequencies 0.8, 0.2, never labelled
-    weights = class_balance_weights(counts, 0.5)
-    raw = torch.tensor([0.8**-0.5, 0.2**-0.5, 0.2**-0.5])
-    scale = 0.8 * raw[0] + 0.2 * raw[1]  # the mean weight of a labelled pixel becomes 1
-    assert torch.allclose(weights, raw / scale)
-    assert torch.equal(class_balance_weights(counts, 0.0), torch.tensor([1.0, 1.0, 1.0]))
-    assert torch.equal(class_balance_weights(torch.zeros(3), 0.5), torch.ones(3))
-
-
-def test_mask_drops_pixels_not_above_the_threshold_but_keeps_them_in_the_mean():
-    pseudo = torch.tensor([[[0, 0]]])
-    confidence = torch.tensor([[[0.9, 0.6]]])
-    eta = torch.tensor([0.5])
-    weighted = unsupervised_loss(LOGITS, pseudo, confidence, eta, True, mask_threshold=0.6)
-    plain = unsupervised_loss(LOGITS, pseudo, confidence, eta, False, mask_threshold=0.6)
-    assert weighted.item() == pytest.approx(0.5 * 0.9 * CE_PIXEL0_CLASS0 / 2)
-    assert plain.item() == pytest.approx(0.5 * CE_PIXEL0_CLASS0 / 2)
-    assert unsupervised_loss(LOGITS, pseudo, confidence, eta, True, mask_threshold=0.9).item() == 0
-
-
 def test_annotated_pixel_gets_weight_one():
     pseudo, confidence = apply_annotations(
         torch.tensor([[[0, 0]]]),
@@ -110,8 +80,6 @@ def test_annotated_pixel_gets_weight_one():
     )
     loss = unsupervised_loss(LOGITS, pseudo, confidence, torch.tensor([1.0]), confidence_weighting=True)
     assert loss.item() == pytest.approx((0.9 * CE_PIXEL0_CLASS0 + 1.0 * CE_PIXEL1_CLASS1) / 2)
-    masked = unsupervised_loss(LOGITS, pseudo, confidence, torch.tensor([1.0]), True, mask_threshold=0.97)
-    assert masked.item() == pytest.approx(1.0 * CE_PIXEL1_CLASS1 / 2)
 
 
 def test_ignored_pixels_are_excluded_from_the_mean():

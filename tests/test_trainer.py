@@ -9,7 +9,7 @@ from s4al.data import build_dataset
 from s4al.evaluate import evaluate
 from s4al.ssl.batchnorm import frozen_bn_statistics
 from s4al.ssl.classmix import split_head_tail
-from s4al.ssl.losses import class_balance_weights, unsupervised_loss
+from s4al.ssl.losses import unsupervised_loss
 from s4al.train import trainer as trainer_module
 from s4al.train.trainer import Trainer, TrainData
 
@@ -111,13 +111,12 @@ def test_alignment_target_counts_whole_images_and_head_tail_counts_regions_too(t
 
 
 @pytest.mark.parametrize("switch", [True, False])
-def test_unsupervised_passes_follow_the_mask_normalisation_and_batchnorm_switches(tmp_path, monkeypatch, switch):
-    cfg = tiny_config(ssl={"mask_unconfident": switch, "freeze_bn_on_unlabelled": switch, "confidence_threshold": 0.9,
+def test_unsupervised_passes_follow_the_normalisation_and_batchnorm_switches(tmp_path, monkeypatch, switch):
+    cfg = tiny_config(ssl={"freeze_bn_on_unlabelled": switch, "confidence_threshold": 0.9,
                            "class_normalised_confidence": switch})
-    thresholds, normalised, frozen = [], [], []
+    normalised, frozen = [], []
 
     def recording_loss(*args, **kwargs):
-        thresholds.append(args[-1])
         normalised.append(kwargs["class_normalised"])
         return unsupervised_loss(*args, **kwargs)
 
@@ -128,27 +127,8 @@ def test_unsupervised_passes_follow_the_mask_normalisation_and_batchnorm_switche
     monkeypatch.setattr(trainer_module, "unsupervised_loss", recording_loss)
     monkeypatch.setattr(trainer_module, "frozen_bn_statistics", recording_bn)
     Trainer(cfg, ssl_data(cfg)[0], None, tmp_path).fit()
-    assert thresholds and set(thresholds) == {0.9 if switch else None} and set(normalised) == {switch}
-    assert len(frozen) == len(thresholds) and set(frozen) == {switch}
-
-
-def test_class_weights_come_from_the_whole_labelled_images_not_the_bought_regions(tmp_path):
-    cfg = tiny_config(ssl={"class_balance_power": 1.0})
-    data, _ = ssl_data(cfg)
-    pole = data.dataset.classes.names.index("pole")
-    data.annotations = {5: [((0, 0, 2, 2), np.full((2, 2), pole, np.uint8))]}
-    counts = np.zeros(data.dataset.classes.num_classes)
-    for i in data.labelled:
-        counts += np.bincount(data.dataset.load(i).label.ravel(), minlength=256)[: len(counts)]
-    trainer = Trainer(cfg, data, None, tmp_path)
-    assert torch.allclose(trainer.class_weights, class_balance_weights(torch.from_numpy(counts), 1.0))
-    assert Trainer(tiny_config(), data, None, tmp_path / "off").class_weights is None  # power 0: off
-
-
-def test_teacher_mode_switch_reaches_the_teacher(tmp_path):
-    for train_mode in (False, True):
-        cfg = tiny_config(ssl={"teacher_train_mode": train_mode})
-        assert Trainer(cfg, ssl_data(cfg)[0], None, tmp_path / str(train_mode)).teacher.train_mode is train_mode
+    assert normalised and set(normalised) == {switch}
+    assert len(frozen) == len(normalised) and set(frozen) == {switch}
 
 
 @pytest.mark.parametrize("device, pinned", [("cpu", False), ("cuda", True)])

@@ -219,8 +219,7 @@ class ActiveLearningRun:
             "train_seconds": time.perf_counter() - started,
         }
         if self.test_set is not None:
-            net = result.teacher if self.cfg.train.eval_network == "teacher" else result.student
-            scores = evaluate(net, self.test_set, self.cfg.train.eval_batch_size, self.device)
+            scores = evaluate(result.teacher, self.test_set, self.cfg.train.eval_batch_size, self.device)
             metrics["test"] = scores.as_dict(self.test_set.classes.names)
         if cycle < self.final_cycle:
             self._on_main(self.ledger.set_phase, cycle, "acquire", metrics)
@@ -252,7 +251,7 @@ class ActiveLearningRun:
 
     def _queries(self, cycle: int) -> list[Query]:
         a = self.cfg.active
-        model, _ = load_trained_model(checkpoint_path(self.run_dir, cycle), a.scorer, self.device)
+        model, _ = load_trained_model(checkpoint_path(self.run_dir, cycle), "teacher", self.device)
         seed = derive_seed(self.cfg.seed, "acquire", cycle)
         state = self.label_state()
         workers = scoring_workers(self.device, self.cfg.train.num_workers)

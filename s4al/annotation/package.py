@@ -79,7 +79,7 @@ def _predictions(
     if not by_image:
         return
     cycle = max(region.cycle for regions in by_image.values() for region in regions)
-    model, _ = load_trained_model(checkpoint_path(active_run.run_dir, cycle), active_run.cfg.active.scorer, device)
+    model, _ = load_trained_model(checkpoint_path(active_run.run_dir, cycle), "teacher", device)
     indices = [active_run.index_of[image_id] for image_id in by_image]
     batches = image_batches(active_run.train_set, active_run.cfg.active.score_batch_size, 0, indices, labels=False)
     for images, _, batch_indices in batches:

@@ -251,9 +251,8 @@ def qualitative(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], clas
 
 def qualitative_figure(run_dir: Path, cfg: RunConfig, cycle: int, classes: ClassSet) -> Figure:
     val_set = _dataset(cfg, cfg.dataset.val_split)
-    network = cfg.train.eval_network
     device = setup_device("auto")
-    model, _ = load_trained_model(checkpoint_path(run_dir, cycle), network, device)
+    model, _ = load_trained_model(checkpoint_path(run_dir, cycle), "teacher", device)
     rows = []
     for index in spread_indices(QUALITATIVE_ROWS, len(val_set)):
         sample = val_set.load(index)

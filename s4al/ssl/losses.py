@@ -54,20 +54,6 @@ def supervised_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return loss.sum() / valid.sum().clamp_min(1)
 
 
-def class_balance_weights(class_pixel_counts: torch.Tensor, power: float) -> torch.Tensor:
-    """(K,) labelled pixel counts -> (K,) class weights freq^-power, scaled so that the mean weight
-    of a labelled pixel is 1; a class never labelled gets the largest weight of the labelled ones.
-    No labelled pixel at all: every weight is 1."""
-    freq = class_pixel_counts.double() / class_pixel_counts.sum().clamp_min(1)
-    seen = freq > 0
-    if not seen.any():
-        return torch.ones_like(freq, dtype=torch.float32)
-    weights = torch.zeros_like(freq)
-    weights[seen] = freq[seen] ** -power
-    weights[~seen] = weights[seen].max()
-    return (weights / (freq * weights).sum()).float()
-
-
 def per_class_normalised(confidence: torch.Tensor, pseudo: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Each pixel's confidence divided by the batch's mean confidence over the valid pixels of its
     pseudo label's class, so every class's pseudo labels weigh in total as many as they are while
@@ -91,17 +77,12 @@ def unsupervised_loss(
     confidence: torch.Tensor,
     eta: torch.Tensor,
     confidence_weighting: bool,
-    mask_threshold: float | None = None,
-    class_weights: torch.Tensor | None = None,
     class_normalised: bool = False,
 ) -> torch.Tensor:
     """Eqs. 3-5: pixel CE against the pseudo labels, times the pixel's confidence when
     confidence_weighting (Eq. 5), averaged over each image's valid pixels, times that image's eta,
-    then averaged over images. An image without valid pixels contributes 0. With a mask_threshold
-    (beyond the paper: FixMatch's mask), pixels whose confidence is not above it add 0 to the
-    sum but still count in the mean. With class_weights (K,) (beyond the paper), each pixel's
-    loss is also weighted by the weight of its pseudo label's class. With class_normalised (beyond
-    the paper) the confidence weights are `per_class_normalised`.
+    then averaged over images. An image without valid pixels contributes 0. With class_normalised
+    (beyond the paper) the confidence weights are `per_class_normalised`.
 
     logits (N, C, H, W) student output, pseudo (N, H, W) long, confidence (N, H, W) float,
     eta (N,) float -> scalar. Confidence and eta are targets, so no gradient flows into them.
@@ -110,9 +91,5 @@ def unsupervised_loss(
     if confidence_weighting:
         weights = per_class_normalised(confidence, pseudo, logits.shape[1]) if class_normalised else confidence
         loss = loss * weights.detach()
-    if mask_threshold is not None:
-        loss = loss * (confidence > mask_threshold)
-    if class_weights is not None:  # ignored pixels (label 255) have loss 0: any weight will do
-        loss = loss * class_weights.to(loss.device)[pseudo.clamp(max=len(class_weights) - 1)]
     per_image = loss.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1)
     return (per_image * eta.detach()).mean()

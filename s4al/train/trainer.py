@@ -44,12 +44,13 @@ from s4al.ssl.alignment import ALIGNERS
 from s4al.ssl.batchnorm import frozen_bn_statistics
 from s4al.ssl.classmix import balanced_classmix_batch, classmix_batch, classmix_masks, paste, split_head_tail
 from s4al.ssl.losses import (
-    apply_annotations, class_balance_weights, confidence_ratio, supervised_loss, unsupervised_loss,
+    apply_annotations, confidence_ratio, supervised_loss, unsupervised_loss,
 )
 from s4al.ssl.mean_teacher import MeanTeacher, pseudo_labels_from_probs
 from s4al.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from s4al.train.sampling import StepBatches, Stream, derive_seed, seeded_generator
 
+COLD_START_SUP_WEIGHT = 1.5  # the authors' code: the supervised loss x1.5 while it trains alone
 READ_EVERY = 25  # fast path: steps between reads of the logged losses (at most an epoch)
 IMAGE_KEYS = ("image", "weak", "strong")  # a batch's images; its other tensors are label-like planes
 DEVICE_VIEWS = {"labelled": labelled_batch, "unlabelled": unlabelled_batch, "replay": unlabelled_batch}
@@ -151,7 +152,7 @@ class Trainer:
         self.student = build_model(cfg.model, self.num_classes).to(self.device)
         if init_state is not None:
             self.student.load_state_dict(init_state)
-        self.teacher = MeanTeacher(self.student, cfg.ssl.ema_momentum, cfg.ssl.teacher_train_mode)
+        self.teacher = MeanTeacher(self.student, cfg.ssl.ema_momentum)
         self.net = self._parallel(self.student)  # what the loop calls forward on
         t = cfg.train
         self.fast = self._fast_path()
@@ -166,15 +167,13 @@ class Trainer:
         # Poly decay per iteration (the authors' code steps it per epoch; per iteration is smoother
         # and is what DeepLab's "poly" policy specifies).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, poly_schedule(self.total_steps, t.poly_power))
-        self.head, self.tail, self.alignment, self.class_weights = [], [], None, None
+        self.head, self.tail, self.alignment = [], [], None
         if self.ssl:
             whole, regions = (torch.from_numpy(c) for c in labelled_class_counts(data, self.num_classes))
             self.head, self.tail = split_head_tail(whole + regions, cfg.ssl.head_share)
             # The class distribution: bought regions over-sample the classes the scores favour, so
             # they count only where nothing else is labelled (own data), the best estimate there is.
             distribution = whole if whole.sum() > 0 else whole + regions
-            if cfg.ssl.class_balance_power > 0:
-                self.class_weights = class_balance_weights(distribution, cfg.ssl.class_balance_power).to(self.device)
             if cfg.ssl.distribution_alignment != "off":
                 estimate_steps = self.iters if cfg.ssl.alignment_target == "labelled_x_predicted" else 0
                 aligner = ALIGNERS[cfg.ssl.distribution_alignment]
@@ -205,8 +204,6 @@ class Trainer:
     def _parallel(self, student: nn.Module) -> nn.Module:
         if distributed.world_size() == 1:
             return student
-        if self.cfg.train.sync_bn and self.device.type == "cuda":
-            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
         return DistributedDataParallel(student, device_ids=[self.device] if self.device.type == "cuda" else None)
 
     def _synced(self, last: bool):
@@ -307,12 +304,10 @@ class Trainer:
     def _unsup(self, images, pseudo, confidence, last: bool) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.cfg.ssl
         eta = confidence_ratio(confidence, pseudo != IGNORE_INDEX, s.confidence_threshold)
-        mask_threshold = s.confidence_threshold if s.mask_unconfident else None
         with self._synced(last), frozen_bn_statistics(self.student, s.freeze_bn_on_unlabelled):
             logits = self._forward(images)
             loss = unsupervised_loss(
-                logits, pseudo, confidence, eta, s.confidence_weighting, mask_threshold, class_weights=self.class_weights,
-                class_normalised=s.class_normalised_confidence,
+                logits, pseudo, confidence, eta, s.confidence_weighting, class_normalised=s.class_normalised_confidence,
             )
             loss.backward()
         return loss.detach(), eta.mean()
@@ -356,7 +351,7 @@ class Trainer:
         """One optimiser step on a StepBatch's batches; returns the losses (and etas) on the device."""
         torch.manual_seed(derive_seed(self.cfg.seed, "step", self.cycle, step))  # dropout, resumable
         self.optimizer.zero_grad(set_to_none=True)
-        sup_weight = self.cfg.ssl.cold_start_sup_weight if step < self.cold_steps else 1.0
+        sup_weight = COLD_START_SUP_WEIGHT if step < self.cold_steps else 1.0
         with self._synced(last=unlabelled is None):
             loss = supervised_loss(self._forward(labelled["image"]), labelled["label"].long()) * sup_weight
             loss.backward()
@@ -406,7 +401,7 @@ class Trainer:
     def _evaluate(self, epoch: int) -> None:
         if self.val_dataset is None:
             return
-        net = self.teacher.model if self.cfg.train.eval_network == "teacher" else self.student
+        net = self.teacher.model
         scores = evaluate(net, self.val_dataset, self.cfg.train.eval_batch_size, self.device)
         record = {"cycle": self.cycle, "epoch": epoch, "step": self.step} | scores.as_dict(
             self.val_dataset.classes.names
