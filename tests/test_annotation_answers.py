@@ -75,15 +75,108 @@ def test_label_studio_answers_store_the_painting_inside_each_asked_region(run_di
             assert np.array_equal(crop(ledger.label_map(image_id), box), crop(truth(image_id), box))
 
 
-def test_a_partial_answer_leaves_the_other_regions_asked(run_dir, tmp_path):
+def test_a_region_is_answered_from_half_its_pixels_painted_and_below_that_stays_asked(run_dir, tmp_path):
     labels = np.full((H, W), 255, np.uint8)
-    labels[12, 25] = 2  # one painted pixel answers A2; A1 is untouched
+    labels[10:15, 20:30] = 2  # A2: 50 of its 100 pixels
+    labels[0:5, 0:10] = 1  # A1: 49 of its 100 pixels
+    labels[4, 9] = 255
     report = import_answers(run_dir, write_export(tmp_path / "e.json", task_of(1, "a", labels, [1, 2])))
-    assert report.answered == [2] and report.still_asked == 2 and report.void_pixels == 99
+    assert report.answered == [2] and report.void_pixels == 50 and report.still_asked == 2
+    assert report.not_answered == {1: 0.49} and report.ignored_pixels == {}
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert [r.region_id for r in ledger.asked()] == [1, 3]
         patch = ledger.patch(ledger.region(2))
-        assert patch[2, 5] == 2 and (patch == 255).sum() == 99
+        assert (patch[:5] == 2).all() and (patch[5:] == 255).all()
+        assert ledger.labelled_pixels() == H * W + 100  # image 'c' and A2
+
+
+def test_a_task_painted_further_after_its_first_import_answers_what_is_left(run_dir, tmp_path):
+    first = np.full((H, W), 255, np.uint8)
+    first[10:20, 20:30] = 2  # A2 answered; A1 not painted yet
+    assert import_answers(run_dir, write_export(tmp_path / "e1.json", task_of(1, "a", first, [1, 2]))).answered == [2]
+    updated = first.copy()
+    updated[0:10, 0:10] = 1
+    report = import_answers(run_dir, write_export(tmp_path / "e2.json", task_of(1, "a", updated, [1, 2])))
+    assert (report.answered, report.ignored_pixels, report.already_imported) == ([1], {}, 0)
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert (ledger.patch(ledger.region(2)) == 2).all()  # the first answer stays
+
+
+def test_a_few_stray_pixels_left_after_erasing_do_not_use_a_region_up(run_dir, tmp_path):
+    labels = np.full((H, W), 255, np.uint8)
+    labels[0, 0:4] = 1  # 4 of A1's 100 pixels, left under the outline after erasing
+    labels[10:20, 20:30] = 0  # A2 answered
+    report = import_answers(run_dir, write_export(tmp_path / "e.json", task_of(1, "a", labels, [1, 2])))
+    assert report.answered == [2] and report.not_answered == {1: 0.04}
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert ledger.region(1).state == "asked" and ledger.labelled_mask("a")[0:10, 0:10].sum() == 0
+
+
+def test_a_file_that_answers_nothing_says_why(run_dir, tmp_path):
+    labels = np.full((H, W), 255, np.uint8)
+    labels[0, 0:4] = 1
+    with pytest.raises(AnswerError, match=r"nothing to answer: region 1 is 4.0% painted \(an answer needs 50%\); "
+                                          r"region 2 is 0.0% painted"):
+        import_answers(run_dir, write_export(tmp_path / "e.json", task_of(1, "a", labels, [1, 2])))
+
+
+def test_a_task_skipped_in_label_studio_skips_its_regions_still_asked(run_dir, tmp_path):
+    export = write_export(tmp_path / "e.json", task_of(1, "b", truth("b"), [3]),
+                          exported_task(2, {"image_id": "a", "region_ids": [1, 2]}, truth("a"), names=CLASSES,
+                                        was_cancelled=True))
+    report = import_answers(run_dir, export)
+    assert (report.answered, report.skipped, report.still_asked) == ([3], [1, 2], 0)
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert [r.region_id for r in ledger.skipped()] == [1, 2]
+        assert {r.answered_by for r in ledger.skipped()} == {"label-studio"}
+        assert ledger.labelled_pixels() == H * W + 100 and not (run_dir / "labels" / "region_000001.png").exists()
+
+
+def in_box(labels, box):
+    """`labels` inside `box`, unpainted (255) elsewhere: what a person paints in one region."""
+    y0, x0, y1, x1 = box
+    painted = np.full((H, W), 255, np.uint8)
+    painted[y0:y1, x0:x1] = labels[y0:y1, x0:x1]
+    return painted
+
+
+def cycle_task(task_id, image_id, labels, region_ids, cycle):
+    data = {"image": "data:...", "image_id": image_id, "region_ids": region_ids, "cycle": cycle}
+    return exported_task(task_id, data, labels, names=CLASSES)
+
+
+A3 = (10, 0, 20, 10)  # asked in cycle 1, in image 'a' again
+
+
+def test_one_label_studio_project_across_cycles_imports_its_full_export_every_time(run_dir, tmp_path):
+    cycle_0 = [cycle_task(1, "a", truth("a"), [1, 2], 0), cycle_task(2, "b", truth("b"), [3], 0)]
+    assert import_answers(run_dir, write_export(tmp_path / "e0.json", *cycle_0)).answered == [1, 2, 3]
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        (region_4,) = ledger.ask(1, [("a", A3, "entropy", 0.3)])
+    cycle_1 = cycle_task(3, "a", in_box(truth("a")[::-1].copy(), A3), [region_4], 1)  # image 'a', a second task
+    export = write_export(tmp_path / "e1.json", *cycle_0, cycle_1)
+
+    report = import_answers(run_dir, export)
+    assert (report.answered, report.already_imported, report.ignored_pixels) == ([4], 2, {})
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert np.array_equal(ledger.patch(ledger.region(4)), crop(truth("a")[::-1], A3))
+        assert np.array_equal(ledger.patch(ledger.region(1)), crop(truth("a"), A1))  # cycle 0's answer kept
+    before = snapshot(run_dir)
+    again = import_answers(run_dir, export)
+    assert (again.answered, again.already_imported, again.still_asked) == ([], 3, 0)
+    assert snapshot(run_dir) == before
+
+
+def test_rectangles_drawn_by_hand_are_reported_and_ignored(run_dir, tmp_path):
+    item = task_of(7, "b", truth("b"), [3])
+    ours = {"id": "region_3", "type": "rectanglelabels", "from_name": "asked", "to_name": "image",
+            "original_width": W, "original_height": H, "readonly": True,
+            "value": {"x": 100 * 10 / W, "y": 0, "width": 100 * 10 / W, "height": 50, "rectanglelabels": ["asked region"]}}
+    drawn = {**ours, "id": "x1", "readonly": False, "value": {**ours["value"], "x": 0.0, "y": 60.0}}
+    item["annotations"][0]["result"] += [ours, drawn]
+    report = import_answers(run_dir, write_export(tmp_path / "e.json", item))
+    assert report.answered == [3] and list(report.hand_drawn.values()) == [1]
+    assert "task 7" in next(iter(report.hand_drawn))
 
 
 def test_a_task_answers_only_the_regions_it_lists(run_dir, tmp_path):
@@ -104,12 +197,12 @@ def test_a_png_folder_answers_every_asked_region_of_its_images(run_dir, tmp_path
         assert ledger.region(3).answered_by == "png-folder"
 
 
-def test_importing_the_same_export_again_has_nothing_left_to_answer(run_dir, tmp_path):
+def test_importing_the_same_export_again_changes_nothing_and_says_so(run_dir, tmp_path):
     export = write_export(tmp_path / "e.json", task_of(1, "b", truth("b"), [3]))
     import_answers(run_dir, export)
     before = snapshot(run_dir)
-    with pytest.raises(AnswerError, match="nothing to answer"):
-        import_answers(run_dir, export)
+    report = import_answers(run_dir, export)
+    assert (report.answered, report.already_imported, report.still_asked) == ([], 1, 2)
     assert snapshot(run_dir) == before
 
 
@@ -131,6 +224,12 @@ def painted_outside_the_asked_regions():
     return labels
 
 
+def huge_brush(item):
+    """A brush result claiming a 300000 x 300000 image: 90 GB if allocated before the size is checked."""
+    item["annotations"][0]["result"][0].update(original_height=300_000, original_width=300_000)
+    return item
+
+
 UNKNOWN_CLASS_ID = np.where(truth("a") == 2, 5, truth("a")).astype(np.uint8)
 
 REFUSED_EXPORTS = {
@@ -143,7 +242,7 @@ REFUSED_EXPORTS = {
         r"e.json: task 5 \(image 'a'\): unknown class 'bus'"),
     "wrong size": (
         lambda tmp: export(tmp, task_of(5, "a", np.ones((H, W + 2), np.uint8), [1])),
-        r"task 5 \(image 'a'\): mask is 20x32, image 'a' is 20x30"),
+        r"task 5 \(image 'a'\): brush region brush\d: mask is 20x32, the image is 20x30"),
     "region of another image": (
         lambda tmp: export(tmp, task_of(5, "a", truth("a"), [1, 3])),
         r"task 5 \(image 'a'\): region 3 was never asked for image 'a'"),
@@ -156,9 +255,22 @@ REFUSED_EXPORTS = {
     "one bad task among good ones": (
         lambda tmp: export(tmp, task_of(1, "b", truth("b"), [3]), task_of(2, "zebra", truth("a"), [1])),
         r"task 2 \(image 'zebra'\): image 'zebra' is not in this run"),
-    "the same image twice": (
+    "a region answered by two tasks": (
         lambda tmp: export(tmp, task_of(1, "b", truth("b"), [3]), task_of(2, "b", truth("b"), [3])),
-        r"task 2 \(image 'b'\): image 'b' is answered twice"),
+        r"task 2 \(image 'b'\): region 3 is answered twice \(also in .*task 1"),
+    "a region of another cycle": (
+        lambda tmp: export(tmp, cycle_task(5, "b", truth("b"), [3], 1)),
+        r"task 5 \(image 'b'\): region 3 was asked in cycle 0, the task is of cycle 1"),
+    "a region id that is a bool": (
+        lambda tmp: export(tmp, task_of(5, "a", truth("a"), [True])),
+        r"task 5 \(image 'a'\): data.region_ids must be a list of region ids, got \[True\]"),
+    "a JSON-MIN export": (
+        lambda tmp: written(tmp / "e.json", json.dumps([{"id": 5, "image": "data:...", "image_id": "a",
+                                                         "region_ids": [1], "label": []}])),
+        r"task 5: .*JSON-MIN export; use the JSON export"),
+    "a brush sized far beyond the image": (
+        lambda tmp: export(tmp, huge_brush(task_of(5, "a", truth("a"), [1]))),
+        r"task 5 \(image 'a'\): brush region brush0: mask is 300000x300000, the image is 20x30"),
     "corrupt JSON": (
         lambda tmp: written(tmp / "e.json", '[{"id": 1, "data": {"image_id": "a"'),
         r"e.json: not a readable JSON file"),

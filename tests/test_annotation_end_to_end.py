@@ -24,6 +24,7 @@ app = typer.Typer()
 app.command()(query)
 app.command(name="import")(import_answers_command)
 runner = CliRunner()
+WIDE = {"COLUMNS": "250"}  # no line breaks in the run command's rich output
 
 
 def external_config():
@@ -132,3 +133,58 @@ def test_import_refuses_a_bad_file_with_a_message_and_a_failing_exit_code(run_di
     result = runner.invoke(app, ["import", str(run_dir), str(tmp_path / "export.json")])
     assert result.exit_code == 1 and "export.json: not a readable JSON file" in result.output
     assert (run_dir / "ledger.sqlite").read_bytes() == before
+
+
+def test_resume_with_unanswered_regions_says_how_to_go_on_and_skipping_them_lets_the_run_continue(run_dir, tmp_path):
+    from s4al.cli import app as s4al
+
+    ActiveLearningRun(run_dir).run()
+    with ledger_of(run_dir) as ledger:
+        asked = ledger.asked()
+        first_image = asked[0].image_id
+        size = ledger.image_size(first_image)
+    cfg = external_config()
+    train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    label = train_set.load([train_set.image_id(i) for i in range(len(train_set))].index(first_image)).label
+    assert label.shape == size
+    Image.fromarray(label).save(masks / f"{first_image}.png")
+    answered = [r.region_id for r in asked if r.image_id == first_image]
+    assert f"answered {len(answered)} regions (png-folder)" in invoke("import", run_dir, masks)
+
+    waiting = runner.invoke(s4al, ["run", "--resume", str(run_dir)], env=WIDE)
+    assert waiting.exit_code == 0, waiting.output
+    left = len(asked) - len(answered)
+    told = " ".join(waiting.output.split())
+    assert f"{left} regions wait for answers" in told
+    assert f"s4al skip {run_dir}" in told and f"s4al import {run_dir}" in told
+    assert f"{left} asked" in told  # cycle 0's row in the table, not an empty table
+    with ledger_of(run_dir) as ledger:
+        assert ledger.phase(0) == "answer"  # nothing moved on
+
+    skipped = runner.invoke(s4al, ["skip", str(run_dir)])
+    assert skipped.exit_code == 0 and f"skipped {left} regions" in skipped.output and "0 regions still asked" in skipped.output
+    finished = runner.invoke(s4al, ["run", "--resume", str(run_dir)], env=WIDE)
+    assert finished.exit_code == 0, finished.output
+    with ledger_of(run_dir) as ledger:
+        assert ledger.phase(1) == "done"
+        assert [r.region_id for r in ledger.answered()] == answered
+        assert len(ledger.skipped()) == left
+        initial = sum(r.height * r.width for r in ledger.images() if r.initial)
+        assert ledger.labelled_pixels() == initial + sum(r.shape[0] * r.shape[1] for r in ledger.answered())
+
+
+def test_skip_refuses_an_answered_region_and_changes_nothing(run_dir):
+    from s4al.cli import app as s4al
+
+    ActiveLearningRun(run_dir).run()
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        first, second = ledger.asked()[:2]
+        ledger.answer(first.region_id, np.zeros(first.shape, np.uint8), by="oracle")
+    refused = runner.invoke(s4al, ["skip", str(run_dir), "--region", str(first.region_id), "--region", str(second.region_id)])
+    assert refused.exit_code == 1 and f"region {first.region_id} is already answered" in refused.output
+    with ledger_of(run_dir) as ledger:
+        assert ledger.region(second.region_id).state == "asked"
+    done = runner.invoke(s4al, ["skip", str(run_dir), "--region", str(second.region_id)])
+    assert done.exit_code == 0 and f"skipped 1 regions ({second.region_id})" in done.output

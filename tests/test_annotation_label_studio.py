@@ -15,13 +15,14 @@ from PIL import Image
 
 from s4al.active.ledger import Region
 from s4al.annotation.label_studio import (
-    ASKED_LABEL, ASKED_TAG, BRUSH_TAG, IMAGE_TAG, labelling_config, read_export, task,
+    ASKED_LABEL, ASKED_TAG, BRUSH_TAG, IMAGE_TAG, MODEL_TAG, labelling_config, read_export, task,
 )
 from s4al.annotation.masks import AnswerError
 from s4al.data.classes import ClassSet
 
 CLASSES = ClassSet(names=("sky", "road", "car & bus"), colors=((70, 130, 180), (128, 64, 128), (0, 0, 142)))
 H, W = 20, 30
+SIZES = {"img": (H, W)}
 
 
 def exported_task(task_id, data, labels, names=CLASSES.names, **annotation) -> dict:
@@ -48,14 +49,20 @@ def decoded(result: dict) -> np.ndarray:
     return rgba[..., 3] > 0
 
 
-def test_labelling_config_has_a_brush_label_per_class_in_its_colour_and_the_asked_regions():
+def test_labelling_config_has_a_brush_label_per_class_in_its_colour_and_hides_the_model_and_asked_labels():
     config = labelling_config(CLASSES)
     interface = LabelInterface(config)
     assert interface.get_control(BRUSH_TAG).labels == list(CLASSES.names)
+    assert interface.get_control(MODEL_TAG).labels == list(CLASSES.names)
     assert interface.get_control(ASKED_TAG).labels == [ASKED_LABEL]
     assert interface.get_object(IMAGE_TAG).value == "$image"
-    colours = {label.get("value"): label.get("background") for label in ET.fromstring(config).iter("Label")}
+    root = ET.fromstring(config)
+    colours = {label.get("value"): label.get("background") for label in root.iter("Label")}
     assert colours["car & bus"] == "#00008e" and colours["sky"] == "#4682b4"
+    assert root.find(f"BrushLabels[@name='{BRUSH_TAG}']").get("maxUsages") == "1"  # paint goes into the person's region
+    hidden = [view for view in root.iter("View") if view.get("style") == "display: none"]
+    assert [control.get("name") for control in hidden[0]] == [MODEL_TAG, ASKED_TAG]
+    assert "at least 50% of a rectangle painted" in " ".join(header.get("value") for header in root.iter("Header"))
 
 
 def test_task_pre_annotates_the_prediction_inside_the_asked_regions_only():
@@ -78,12 +85,18 @@ def test_task_pre_annotates_the_prediction_inside_the_asked_regions_only():
 
     inside = np.zeros((H, W), bool)
     inside[0:10, 0:10] = inside[10:20, 20:30] = True
+    brushes = [r for r in results if r["type"] == "brushlabels"]
+    person = [b for b in brushes if b["from_name"] == BRUSH_TAG]
+    assert [b["value"]["brushlabels"] for b in person] == [[name] for name in CLASSES.names]
+    assert not any(decoded(b).any() for b in person)  # empty: the person's paint goes in here
+    assert results.index(person[0]) < min(results.index(b) for b in brushes if b["from_name"] == MODEL_TAG)
     painted = np.full((H, W), 255, np.uint8)
-    for result in (r for r in results if r["type"] == "brushlabels"):
+    for result in (b for b in brushes if b["from_name"] == MODEL_TAG):
         mask = decoded(result)
         assert not (mask & (painted != 255)).any()  # one class per pixel
         painted[mask] = CLASSES.names.index(result["value"]["brushlabels"][0])
     assert np.array_equal(painted, np.where(inside, prediction, 255))
+    assert made["data"]["cycle"] == 0
 
     header, encoded = made["data"]["image"].split(",", 1)
     assert header == "data:image/jpeg;base64"
@@ -97,33 +110,34 @@ def test_export_painted_with_label_studios_encoder_reads_back_exactly(tmp_path):
     data = {"image": "data:...", "image_id": "img", "region_ids": [7, 9]}
     path = tmp_path / "export.json"
     path.write_text(json.dumps([exported_task(4, data, labels)]))
-    (painted,) = read_export(path, CLASSES.names)
+    (painted,) = read_export(path, CLASSES.names, SIZES)
     assert painted.image_id == "img" and painted.region_ids == (7, 9)
     assert np.array_equal(painted.labels, labels)
     assert "task 4" in painted.source
 
 
-def test_a_later_brush_region_paints_over_an_earlier_one(tmp_path):
+def test_an_earlier_brush_region_paints_over_a_later_one_as_label_studio_draws_them(tmp_path):
     road = np.full((H, W), 255, np.uint8)
     road[:, :15] = 1
     car = np.full((H, W), 255, np.uint8)
     car[5:10, 10:20] = 2
-    item = exported_task(1, {"image_id": "img", "region_ids": []}, road)
-    item["annotations"][0]["result"] += exported_task(1, {}, car)["annotations"][0]["result"]
+    item = exported_task(1, {"image_id": "img", "region_ids": []}, car)
+    item["annotations"][0]["result"] += exported_task(1, {}, road)["annotations"][0]["result"]
     path = tmp_path / "export.json"
     path.write_text(json.dumps([item]))
-    (painted,) = read_export(path, CLASSES.names)
+    (painted,) = read_export(path, CLASSES.names, SIZES)
     assert np.array_equal(painted.labels, np.where(car != 255, car, road))
 
 
-def test_tasks_without_a_submitted_annotation_are_left_out(tmp_path):
+def test_tasks_not_annotated_are_left_out_and_a_skipped_task_declines_its_regions(tmp_path):
     labels = np.ones((H, W), np.uint8)
-    data = {"image_id": "img", "region_ids": []}
+    data = {"image_id": "img", "region_ids": [4]}
     skipped = exported_task(2, data, labels, was_cancelled=True)
     untouched = {**exported_task(3, data, labels), "annotations": []}
     path = tmp_path / "export.json"
     path.write_text(json.dumps([skipped, untouched]))
-    assert list(read_export(path, CLASSES.names)) == []
+    (declined,) = read_export(path, CLASSES.names, SIZES)
+    assert declined.declined and "task 2" in declined.source and (declined.labels == 255).all()
 
 
 def corrupt_rle(item):
@@ -151,7 +165,7 @@ def no_image_id(item):
 
 
 @pytest.mark.parametrize("spoil, message", [
-    (corrupt_rle, "corrupt RLE mask"), (wrong_size, "corrupt RLE mask.*its image is 21x30"),
+    (corrupt_rle, "corrupt RLE mask"), (wrong_size, "mask is 21x30, the image is 20x30"),
     (two_annotations, "2 annotations"), (unknown_class, "unknown class 'bicycle'"),
     (polygon, "'polygonlabels' region"), (no_image_id, "no data.image_id"),
 ])
@@ -161,7 +175,7 @@ def test_a_bad_task_is_refused_naming_the_file_and_the_task(tmp_path, spoil, mes
     path = tmp_path / "export.json"
     path.write_text(json.dumps([item]))
     with pytest.raises(AnswerError, match=f"{path}: task 12.*{message}"):
-        list(read_export(path, CLASSES.names))
+        list(read_export(path, CLASSES.names, SIZES))
 
 
 @pytest.mark.parametrize("content, message", [
@@ -173,4 +187,4 @@ def test_a_file_that_is_not_a_json_export_is_refused(tmp_path, content, message)
     path = tmp_path / "export.json"
     path.write_bytes(content)
     with pytest.raises(AnswerError, match=message):
-        list(read_export(path, CLASSES.names))
+        list(read_export(path, CLASSES.names, SIZES))

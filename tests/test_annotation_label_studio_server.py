@@ -1,10 +1,12 @@
 """Against a real Label Studio server on 127.0.0.1: our labelling config makes a project, our tasks
 import with their pre-annotations intact, and the server's own JSON export of an annotation made
-from them imports into the ledger.
+from them imports into the ledger; and a person in a browser labels two cycles of a run in one
+project (the browser test, at the end).
 
 Label Studio pins packages of its own (Django, python-dateutil, ...), so it lives in a separate
-virtual environment: python -m venv .venv-ls && .venv-ls/bin/pip install label-studio. The test
-skips when neither that nor a `label-studio` on PATH exists, or when the server does not start."""
+virtual environment: python -m venv .venv-ls && .venv-ls/bin/pip install label-studio. The tests
+skip when neither that nor a `label-studio` on PATH exists, or when the server does not start; the
+browser test also skips without the system Chromium or the playwright package (no browser download)."""
 
 import json
 import os
@@ -15,6 +17,7 @@ import socket
 import subprocess
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -57,31 +60,45 @@ def wait_until_up(url: str, server: subprocess.Popen, seconds: float) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class Server:
+    url: str
+    token: str
+    email: str
+    password: str
+
+
 @pytest.fixture(scope="module")
-def label_studio(tmp_path_factory):
+def server(tmp_path_factory):
+    """A Label Studio server on 127.0.0.1 with one user, offline (no version check)."""
     executable = label_studio_executable()
     if executable is None:
         pytest.skip(f"label-studio is not installed (looked on PATH and at {SEPARATE_VENV})")
     data_dir = tmp_path_factory.mktemp("label-studio")
-    port, token = free_port(), secrets.token_hex(20)
+    port = free_port()
+    started = Server(f"http://127.0.0.1:{port}", secrets.token_hex(20), "s4al@example.com", secrets.token_hex(12))
     command = [executable, "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
-               "--data-dir", str(data_dir), "--username", "s4al@example.com", "--password", secrets.token_hex(12),
-               "--user-token", token, "--enable-legacy-api-token"]
+               "--data-dir", str(data_dir), "--username", started.email, "--password", started.password,
+               "--user-token", started.token, "--enable-legacy-api-token"]
     env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir), "LATEST_VERSION_CHECK": "false"}
     with open(data_dir / "server.log", "w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
-            url = f"http://127.0.0.1:{port}"
-            if not wait_until_up(url, server, STARTUP_SECONDS):
+            if not wait_until_up(started.url, process, STARTUP_SECONDS):
                 pytest.skip(f"Label Studio did not start within {STARTUP_SECONDS}s; see {data_dir / 'server.log'}")
-            yield LabelStudio(base_url=url, api_key=token)
+            yield started
         finally:
-            os.killpg(server.pid, signal.SIGTERM)  # the server and the processes it started, nothing else
+            os.killpg(process.pid, signal.SIGTERM)  # the server and the processes it started, nothing else
             try:
-                server.wait(timeout=30)
+                process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture(scope="module")
+def label_studio(server):
+    return LabelStudio(base_url=server.url, api_key=server.token)
 
 
 def predicted(image_id):
@@ -130,3 +147,211 @@ def test_label_studio_keeps_our_pre_annotations_and_its_export_imports(label_stu
         for region in ledger.answered():
             y0, x0, y1, x1 = region.box
             assert np.array_equal(ledger.patch(region), predicted("a")[y0:y1, x0:x1])
+
+
+# ---- a person in a browser ------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+VIEWPORT = {"width": 1280, "height": 800}
+PAINTED = 3  # the class the person paints with: 'sidewalk'
+
+
+@pytest.fixture
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    if not CHROMIUM.exists():
+        pytest.skip(f"no system Chromium at {CHROMIUM} (apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def cli(*args):
+    from typer.testing import CliRunner
+
+    from s4al.cli import app
+
+    result = CliRunner().invoke(app, [str(arg) for arg in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def browser_run_config():
+    from conftest import tiny_config
+
+    return tiny_config(active={"annotator": "external", "cycles": 2, "final_cycle_epoch_multiplier": 1.0},
+                       train={"epochs": 1, "iters_per_epoch": 1, "device": "cpu"}, ssl={"cold_start_epochs": 0})
+
+
+class Annotator:
+    """A person in Label Studio's editor: opens a task, paints a stroke with a class, submits."""
+
+    def __init__(self, browser, server: Server):
+        self.page = browser.new_page(viewport=VIEWPORT)
+        self.page.goto(f"{server.url}/user/login/")
+        self.page.fill("input[name=email]", server.email)
+        self.page.fill("input[name=password]", server.password)
+        self.page.click("button[type=submit]")
+        self.page.wait_for_load_state("networkidle")
+        self.url = server.url
+
+    def open(self, project_id: int, task_id: int) -> dict:
+        """Opens the task; returns the image's box on the screen (x, y, width, height)."""
+        self.page.goto(f"{self.url}/projects/{project_id}/data?task={task_id}")
+        image = self.page.locator("canvas").first
+        image.wait_for(timeout=60_000)
+        self.page.wait_for_timeout(2000)  # the regions' masks are drawn after the image
+        return self.page.locator(".konvajs-content").first.bounding_box()
+
+    def paint_row(self, screen: dict, image_shape, class_name: str, row: int, x0: int, x1: int) -> None:
+        """Selects the person's region of `class_name` in the Regions list and paints along image
+        row `row` from column x0 to x1; the region stays selected."""
+        height, width = image_shape
+        item = self.page.locator(".lsf-outliner-item").filter(has=self.page.get_by_text(class_name, exact=True))
+        item.first.click()
+        y = screen["y"] + (row + 0.5) * screen["height"] / height
+        xs = [screen["x"] + (x + 0.5) * screen["width"] / width for x in range(x0, x1)]
+        self.page.mouse.move(xs[0], y)
+        self.page.mouse.down()
+        for x in xs[1:]:
+            self.page.mouse.move(x, y)
+        self.page.mouse.up()
+        self.page.wait_for_timeout(500)
+
+    def deselect(self) -> None:
+        self.page.keyboard.press("Escape")
+        self.page.wait_for_timeout(500)
+
+    def submit(self) -> None:
+        self.page.get_by_role("button", name="Submit").click()
+        self.page.wait_for_timeout(1500)
+
+    def screen_pixel(self, screen: dict, image_shape, y: int, x: int, path: Path) -> np.ndarray:
+        """The colour on the screen at image pixel (y, x); the screenshot is kept at `path`."""
+        from PIL import Image
+
+        self.page.screenshot(path=str(path))
+        height, width = image_shape
+        shown = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        return shown[int(screen["y"] + (y + 0.5) * screen["height"] / height),
+                     int(screen["x"] + (x + 0.5) * screen["width"] / width)]
+
+
+def export_project(label_studio, project_id, path: Path) -> Path:
+    path.write_bytes(b"".join(label_studio.projects.exports.download_sync(
+        id=project_id, export_type="JSON", download_all_tasks=True)))
+    return path
+
+
+def model_labels(task_json: dict, height: int, width: int) -> np.ndarray:
+    """The model's pre-painted class map of a task, by Label Studio's own RLE decoder (255: none)."""
+    labels = np.full((height, width), 255, np.uint8)
+    for result in task_json["predictions"][0]["result"]:
+        if result["from_name"] == "model":
+            labels[decoded_mask(result)] = SYNTHETIC_NAMES.index(result["value"]["brushlabels"][0])
+    return labels
+
+
+def decoded_mask(result: dict) -> np.ndarray:
+    from label_studio_sdk.converter.brush import decode_rle
+
+    rgba = decode_rle(result["value"]["rle"]).reshape(result["original_height"], result["original_width"], 4)
+    return rgba[..., 3] > 0
+
+
+SYNTHETIC_NAMES = ("sky", "building", "road", "sidewalk", "tree", "car", "pole", "sign", "pedestrian")
+
+
+def label_one_task(person, label_studio, project_id, tasks_path: Path, shots: Path) -> dict:
+    """The person opens the first task of `tasks_path` in the project, paints a row of its first region
+    with PAINTED, accepts the model's paint in its second, and submits. Returns what the test checks:
+    the task's data, the model's labels, the region and row painted, the screen box of the image, and
+    the screen colour at the stroke before painting, while painting, deselected and reopened."""
+    sent = json.loads(tasks_path.read_text())[0]
+    data = sent["data"]
+    (stored,) = [t for t in label_studio.tasks.list(project=project_id, fields="all")
+                 if t.data["image_id"] == data["image_id"] and t.data.get("cycle") == data["cycle"]]
+    with Ledger(tasks_path.parents[2] / "ledger.sqlite", readonly=True) as ledger:
+        region = ledger.region(data["region_ids"][0])
+        shape = ledger.image_size(data["image_id"])
+    y0, x0, y1, x1 = region.box
+    row, column = (y0 + y1) // 2, (x0 + x1) // 2
+    screen = person.open(project_id, stored.id)
+    colours = {"before": person.screen_pixel(screen, shape, row, column, shots / "before.png")}
+    person.paint_row(screen, shape, SYNTHETIC_NAMES[PAINTED], row, x0 + 2, x1 - 2)
+    colours["painting"] = person.screen_pixel(screen, shape, row, column, shots / "painting.png")
+    person.deselect()
+    colours["deselected"] = person.screen_pixel(screen, shape, row, column, shots / "deselected.png")
+    person.submit()
+    reopened = person.open(project_id, stored.id)
+    colours["reopened"] = person.screen_pixel(reopened, shape, row, column, shots / "reopened.png")
+    return {"data": data, "model": model_labels(sent, *shape), "region": region, "row": row, "screen": screen,
+            "colours": colours}
+
+
+def test_a_person_labels_two_cycles_in_one_label_studio_project_in_a_browser(
+        server, label_studio, browser, tmp_path):
+    from s4al.active.cycle import ActiveLearningRun
+    from s4al.data.synthetic import SYNTHETIC_CLASSES
+
+    assert SYNTHETIC_CLASSES.names == SYNTHETIC_NAMES
+    run = tmp_path / "run"
+    ActiveLearningRun(run, browser_run_config()).run()  # cycle 0 trains and asks
+    cli("query", run, "--device", "cpu")
+    queries = run / "queries"
+    project = label_studio.projects.create(title="one project, every cycle",
+                                           label_config=(queries / "cycle_0" / "labelling_config.xml").read_text())
+    label_studio.projects.import_tasks(id=project.id, request=json.loads((queries / "cycle_0" / "tasks.json").read_text()))
+    person = Annotator(browser, server)
+
+    painted = []
+    for cycle in (0, 1):
+        if cycle == 1:
+            label_studio.projects.import_tasks(id=project.id,
+                                               request=json.loads((queries / "cycle_1" / "tasks.json").read_text()))
+        shots = tmp_path / f"cycle_{cycle}"
+        shots.mkdir()
+        labelled = label_one_task(person, label_studio, project.id, queries / f"cycle_{cycle}" / "tasks.json", shots)
+        painted.append(labelled)
+        screen, colours = labelled["screen"], labelled["colours"]
+        # the whole image shows when the task opens, above the buttons
+        assert screen["x"] >= 0 and screen["y"] >= 0 and screen["y"] + screen["height"] <= VIEWPORT["height"] - 50
+        # the person's paint stays on top of the model's: deselected, the stroke shows as while painting
+        # (Label Studio draws the selected region on top); reopened, Label Studio draws the stored mask
+        # a little fainter, but a region drawn under the model's (60% opaque) paint would move the
+        # colour from the model's at most 40% of the way towards the painted one
+        assert np.abs(colours["painting"] - colours["before"]).sum() > 30
+        assert np.abs(colours["deselected"] - colours["painting"]).max() <= 3, colours
+        change = colours["painting"] - colours["before"]
+        assert np.dot(colours["reopened"] - colours["before"], change) / np.dot(change, change) > 0.5, colours
+
+        output = cli("import", run, export_project(label_studio, project.id, tmp_path / f"export_{cycle}.json"))
+        assert "answered 2 regions (label-studio)" in output
+        assert ("1 tasks already imported" in output) == (cycle == 1)
+        resumed = cli("run", "--resume", run)
+        assert "s4al skip" in resumed and "regions wait for answers" in resumed
+        assert "skipped " in cli("skip", run)
+        cli("run", "--resume", run)
+        if cycle == 0:
+            cli("query", run, "--device", "cpu")
+
+    with Ledger(run / "ledger.sqlite", readonly=True) as ledger:
+        answered = ledger.answered()
+        assert len(answered) == 4 and {r.cycle for r in answered} == {0, 1}
+        for labelled in painted:
+            model, row = labelled["model"], labelled["row"]
+            first, second = (ledger.region(region_id) for region_id in labelled["data"]["region_ids"])
+            y0, x0, y1, x1 = first.box
+            patch = ledger.patch(first)
+            assert (patch[row - y0, 3:x1 - x0 - 3] == PAINTED).all()  # the stroke
+            untouched = [r for r in range(y1 - y0) if abs(r - (row - y0)) > 2]
+            assert untouched and np.array_equal(patch[untouched], model[y0:y1, x0:x1][untouched])
+            sy0, sx0, sy1, sx1 = second.box
+            assert np.array_equal(ledger.patch(second), model[sy0:sy1, sx0:sx1])  # accepted as painted
+        initial = sum(r.height * r.width for r in ledger.images() if r.initial)
+        assert ledger.labelled_pixels() == initial + sum(r.shape[0] * r.shape[1] for r in answered)

@@ -44,7 +44,7 @@ def test_new_ledger_schema_and_meta(ledger):
     mode = ledger._conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
     assert ledger._conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert ledger.get_meta("schema_version") == 1
+    assert ledger.get_meta("schema_version") == 2
     ledger.set_meta("class_names", ["sky", "road"])
     ledger.set_meta("seed", 3108)
     assert ledger.get_meta("class_names") == ["sky", "road"]
@@ -300,3 +300,129 @@ def test_readonly_ledger_reads_but_cannot_write(tmp_path):
                 reader.set_meta("seed", 1)
     with pytest.raises(FileNotFoundError):
         Ledger(tmp_path / "elsewhere" / "ledger.sqlite", readonly=True)
+
+
+def test_skipped_regions_are_neither_asked_nor_labelled_and_an_answer_cannot_replace_a_skip(ledger):
+    first, second, third = ledger.ask(0, [("a", (0, 0, 10, 10), "entropy", 1.0), ("a", (10, 10, 20, 20), "entropy", 0.9),
+                                          ("b", (0, 0, 10, 10), "entropy", 0.8)])
+    ledger.answer(third, np.ones((10, 10), np.uint8), by="oracle")
+    assert ledger.skip([first, second, first], by="alice") == [first, second]
+    assert ledger.skip([first], by="alice") == []  # skipping again changes nothing
+    assert (ledger.asked(), [r.region_id for r in ledger.skipped(0)]) == ([], [first, second])
+    skipped = ledger.region(first)
+    assert (skipped.state, skipped.answered_by, skipped.label_path) == ("skipped", "alice", None)
+    assert ledger.labelled_pixels() == 3600 + 100  # the initial image and the answered region only
+    assert ledger.labelled_mask("a").sum() == 0
+
+    before = snapshot(ledger.run_dir)
+    with pytest.raises(LedgerError, match=f"region {first} was skipped"):
+        ledger.answer(first, np.ones((10, 10), np.uint8), by="label-studio")
+    with pytest.raises(LedgerError, match=f"region {third} is already answered"):
+        ledger.skip([third], by="alice")
+    with pytest.raises(LedgerError, match="region 99 was never asked"):
+        ledger.skip([99], by="alice")
+    assert snapshot(ledger.run_dir) == before
+
+
+def test_a_bool_is_not_a_region_id(ledger):
+    (region_id,) = ledger.ask(0, [("a", (0, 0, 10, 10), "entropy", 1.0)])
+    assert region_id == 1
+    with pytest.raises(LedgerError, match="True is not a region id"):
+        ledger.answer(True, np.ones((10, 10), np.uint8), by="oracle")
+    with pytest.raises(LedgerError, match="True is not a region id"):
+        ledger.skip([True], by="alice")
+    assert ledger.region(1).state == "asked"
+
+
+def test_the_already_answered_message_says_what_a_command_line_user_does(ledger):
+    (region_id,) = ledger.ask(0, [("a", (0, 0, 10, 10), "entropy", 1.0)])
+    ledger.answer(region_id, np.ones((10, 10), np.uint8), by="oracle")
+    with pytest.raises(LedgerError) as refused:
+        ledger.answer(region_id, np.zeros((10, 10), np.uint8), by="label-studio")
+    assert "overwrite=True" not in str(refused.value) and "import the file again" in str(refused.value)
+
+
+def test_stray_label_temp_files_of_a_killed_writer_are_removed_when_the_ledger_is_opened_for_writing(tmp_path):
+    open_ledger(tmp_path).close()
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    strays = [labels / ".region_000001.png.k3j_x9.tmp", labels / ".region_000002.png.abc.tmp"]
+    kept = [labels / "region_000001.png", labels / "notes.tmp"]
+    for path in strays + kept:
+        path.write_bytes(b"x")
+    Ledger(tmp_path / "ledger.sqlite", readonly=True).close()
+    assert all(path.exists() for path in strays)  # a reader never deletes
+    Ledger(tmp_path / "ledger.sqlite").close()
+    assert [path.exists() for path in strays + kept] == [False, False, True, True]
+
+
+VERSION_1_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE images (
+        image_id TEXT PRIMARY KEY, height INTEGER NOT NULL CHECK (height > 0),
+        width INTEGER NOT NULL CHECK (width > 0), initial INTEGER NOT NULL CHECK (initial IN (0, 1)),
+        acquired_whole_cycle INTEGER CHECK (acquired_whole_cycle >= 0), acquired_metric TEXT,
+        acquired_score REAL, acquired_at TEXT,
+        CHECK (initial = 0 OR acquired_whole_cycle IS NULL),
+        CHECK ((acquired_whole_cycle IS NULL) = (acquired_at IS NULL)))""",
+    """CREATE TABLE cycles (
+        cycle INTEGER PRIMARY KEY CHECK (cycle >= 0), phase TEXT NOT NULL, started_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL, finished_at TEXT, metrics_json TEXT NOT NULL DEFAULT '{}')""",
+    """CREATE TABLE regions (
+        region_id INTEGER PRIMARY KEY, image_id TEXT NOT NULL REFERENCES images (image_id),
+        cycle INTEGER NOT NULL CHECK (cycle >= 0), y0 INTEGER NOT NULL, x0 INTEGER NOT NULL,
+        y1 INTEGER NOT NULL, x1 INTEGER NOT NULL, metric TEXT NOT NULL, score REAL,
+        state TEXT NOT NULL DEFAULT 'asked' CHECK (state IN ('asked', 'answered')),
+        label_path TEXT, asked_at TEXT NOT NULL, answered_at TEXT, answered_by TEXT,
+        CHECK (0 <= y0 AND y0 < y1 AND 0 <= x0 AND x0 < x1),
+        CHECK ((state = 'answered') =
+               (label_path IS NOT NULL AND answered_at IS NOT NULL AND answered_by IS NOT NULL)),
+        UNIQUE (image_id, y0, x0, y1, x1))""",
+    "CREATE INDEX regions_by_cycle ON regions (cycle, state)",
+    "CREATE INDEX regions_by_state ON regions (state)",
+)
+
+
+def version_1_ledger(run_dir: Path) -> Path:
+    """A ledger as the version-1 code wrote it: one image, an answered and an asked region, cycle 0."""
+    path = run_dir / "ledger.sqlite"
+    (run_dir / "labels").mkdir(parents=True)
+    Image.fromarray(np.full((10, 10), 2, np.uint8)).save(run_dir / "labels" / "region_000001.png")
+    with sqlite3.connect(path) as conn:
+        for statement in VERSION_1_SCHEMA:
+            conn.execute(statement)
+        conn.executemany("INSERT INTO meta VALUES (?, ?)", [("schema_version", "1"), ("seed", "7")])
+        conn.execute("INSERT INTO images VALUES ('a', 70, 100, 0, NULL, NULL, NULL, NULL)")
+        conn.execute("INSERT INTO cycles VALUES (0, 'answer', 't0', 't1', NULL, '{\"miou\": 0.5}')")
+        conn.execute("INSERT INTO regions VALUES (1, 'a', 0, 0, 0, 10, 10, 'entropy', 0.9, 'answered', "
+                     "'labels/region_000001.png', 't2', 't3', 'label-studio')")
+        conn.execute("INSERT INTO regions VALUES (2, 'a', 0, 20, 20, 30, 30, 'entropy', 0.8, 'asked', "
+                     "NULL, 't2', NULL, NULL)")
+    return path
+
+
+def test_a_version_1_ledger_is_read_as_it_is_and_migrated_in_place_when_opened_for_writing(tmp_path):
+    path = version_1_ledger(tmp_path)
+    with Ledger(path, readonly=True) as reader:
+        assert [r.state for r in reader.regions()] == ["answered", "asked"]
+    with Ledger(path) as ledger:
+        assert ledger.get_meta("schema_version") == 2 and ledger.get_meta("seed") == 7
+        assert ledger.phase(0) == "answer" and ledger.metrics(0) == {"miou": 0.5}
+        answered, asked = ledger.regions()
+        assert (answered.box, answered.answered_by, answered.asked_at) == ((0, 0, 10, 10), "label-studio", "t2")
+        assert (ledger.label_map("a")[:10, :10] == 2).all() and asked.state == "asked"
+        assert ledger.skip([asked.region_id], by="alice") == [2]
+        indexes = {row[0] for row in ledger._conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"regions_by_cycle", "regions_by_state"} <= indexes
+        assert ledger._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert ledger._conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        (region_id,) = ledger.ask(1, [("a", (40, 40, 50, 50), "entropy", 0.1)])
+        assert region_id == 3  # ids continue after the copied rows
+
+
+def test_random_bytes_are_refused_as_a_ledger_naming_the_file(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    path.write_bytes(bytes(range(256)) * 64)
+    for readonly in (True, False):
+        with pytest.raises(LedgerError, match=f"{path}: not a label ledger"):
+            Ledger(path, readonly=readonly)

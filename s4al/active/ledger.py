@@ -3,6 +3,8 @@
 Tables: `images` (the train pool; `initial` images are fully labelled from the start,
 `acquired_whole_cycle` marks images bought whole by an image-level baseline), `regions` (boxes
 asked for labels and their answers), `cycles` (phase bookkeeping and metrics), `meta` (JSON values).
+A region is 'asked', then 'answered' (its label patch stored) or 'skipped' (the annotator declined
+it: never asked again, never labelled, not counted as labelled pixels).
 Each answered region's label patch (uint8 class ids, 255 = ignore) lives in
 RUN_DIR/labels/region_{id:06d}.png; the row stores that path relative to RUN_DIR.
 
@@ -10,7 +12,11 @@ Durability: every write is one transaction that takes the write lock (BEGIN IMME
 validates, so a refused call writes nothing at all. An answer writes its PNG (temp file, fsync,
 rename) before the row is marked 'answered' in the same transaction: a kill at any point leaves
 either an 'asked' row (maybe with an orphan PNG, overwritten by the next answer) or an 'answered'
-row whose PNG is complete on disk.
+row whose PNG is complete on disk. Temp files a kill left behind are removed by the next writer,
+under the write lock.
+
+A ledger of an older schema version is migrated in place when opened for writing; a read-only
+reader reads it as it is.
 
 One process writes (rank 0); others may open it with readonly=True. Do not share a Ledger across
 fork (e.g. into DataLoader workers): open one per process.
@@ -37,10 +43,37 @@ from PIL import Image
 from s4al.active.regions import Box, box_masks, labelled_fraction, labelled_pixel_count
 from s4al.data.classes import IGNORE_INDEX
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 lacks only the 'skipped' state
 LEDGER_FILENAME = "ledger.sqlite"
 LABELS_DIRNAME = "labels"
 PHASES = ("train", "evaluate", "acquire", "answer", "done")
+
+_REGIONS_TABLE = """CREATE TABLE regions (
+        region_id   INTEGER PRIMARY KEY,
+        image_id    TEXT NOT NULL REFERENCES images (image_id),
+        cycle       INTEGER NOT NULL CHECK (cycle >= 0),
+        y0          INTEGER NOT NULL,
+        x0          INTEGER NOT NULL,
+        y1          INTEGER NOT NULL,
+        x1          INTEGER NOT NULL,
+        metric      TEXT NOT NULL,
+        score       REAL,
+        state       TEXT NOT NULL DEFAULT 'asked' CHECK (state IN ('asked', 'answered', 'skipped')),
+        label_path  TEXT,
+        asked_at    TEXT NOT NULL,
+        answered_at TEXT,  -- when answered or skipped
+        answered_by TEXT,  -- who answered or skipped
+        CHECK ((state = 'answered') =
+               (label_path IS NOT NULL AND answered_at IS NOT NULL AND answered_by IS NOT NULL)),
+        CHECK ((state = 'skipped') <= (answered_at IS NOT NULL AND answered_by IS NOT NULL)),
+        CHECK (0 <= y0 AND y0 < y1 AND 0 <= x0 AND x0 < x1),
+        UNIQUE (image_id, y0, x0, y1, x1)
+    )"""
+_REGION_INDEXES = (
+    "CREATE INDEX regions_by_cycle ON regions (cycle, state)",
+    "CREATE INDEX regions_by_state ON regions (state)",
+)
 
 _SCHEMA = (
     """CREATE TABLE meta (
@@ -67,28 +100,8 @@ _SCHEMA = (
         finished_at  TEXT,
         metrics_json TEXT NOT NULL DEFAULT '{}'
     )""",
-    """CREATE TABLE regions (
-        region_id   INTEGER PRIMARY KEY,
-        image_id    TEXT NOT NULL REFERENCES images (image_id),
-        cycle       INTEGER NOT NULL CHECK (cycle >= 0),
-        y0          INTEGER NOT NULL,
-        x0          INTEGER NOT NULL,
-        y1          INTEGER NOT NULL,
-        x1          INTEGER NOT NULL,
-        metric      TEXT NOT NULL,
-        score       REAL,
-        state       TEXT NOT NULL DEFAULT 'asked' CHECK (state IN ('asked', 'answered')),
-        label_path  TEXT,
-        asked_at    TEXT NOT NULL,
-        answered_at TEXT,
-        answered_by TEXT,
-        CHECK (0 <= y0 AND y0 < y1 AND 0 <= x0 AND x0 < x1),
-        CHECK ((state = 'answered') =
-               (label_path IS NOT NULL AND answered_at IS NOT NULL AND answered_by IS NOT NULL)),
-        UNIQUE (image_id, y0, x0, y1, x1)
-    )""",
-    "CREATE INDEX regions_by_cycle ON regions (cycle, state)",
-    "CREATE INDEX regions_by_state ON regions (state)",
+    _REGIONS_TABLE,
+    *_REGION_INDEXES,
 )
 
 _REGION_COLUMNS = (
@@ -122,7 +135,7 @@ class Region:
     box: Box  # (y0, x0, y1, x1), half-open, full-resolution pixels
     metric: str
     score: float | None
-    state: str  # 'asked' | 'answered'
+    state: str  # 'asked' | 'answered' | 'skipped'
     label_path: str | None  # relative to the run directory
     asked_at: str
     answered_at: str | None
@@ -152,6 +165,13 @@ def _refuse_if(problems: list[str], what: str) -> None:
 def _as_score(score: Any) -> float | None:
     """Plain float (sqlite3 cannot bind numpy.float32) or None."""
     return None if score is None else float(score)
+
+
+def _region_id(value: Any) -> int:
+    """A region id as a plain int; a bool (an int to Python) is refused, not read as region 0 or 1."""
+    if isinstance(value, (bool, np.bool_)):
+        raise LedgerError(f"{value!r} is not a region id")
+    return int(value)
 
 
 def _label_relpath(region_id: int) -> str:
@@ -207,6 +227,9 @@ class Ledger:
         self._conn = sqlite3.connect(target, uri=readonly, isolation_level=None, timeout=30)
         try:
             self._configure(readonly)
+        except sqlite3.DatabaseError as err:
+            self._conn.close()
+            raise LedgerError(f"{self.path}: not a label ledger ({err})") from None
         except BaseException:
             self._conn.close()
             raise
@@ -217,7 +240,9 @@ class Ledger:
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = FULL")
             self._create_schema_if_new()
-        self._check_schema_version()
+            self._migrate_from_version_1()
+            self._remove_stray_temp_files()
+        self._check_schema_version(READABLE_VERSIONS if readonly else (SCHEMA_VERSION,))
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -246,12 +271,34 @@ class Ledger:
                 conn.execute(statement)
             conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),))
 
-    def _check_schema_version(self) -> None:
-        try:
-            version = self.get_meta("schema_version")
-        except sqlite3.DatabaseError as err:
-            raise LedgerError(f"{self.path}: not a label ledger ({err})") from None
-        if version != SCHEMA_VERSION:
+    def _migrate_from_version_1(self) -> None:
+        """Version 2 adds the 'skipped' state to the regions table's CHECK, which SQLite can only
+        change by copying the table: done in one transaction, so a kill leaves version 1 intact."""
+        with self._transaction() as conn:
+            if self._schema_version() != 1:
+                return
+            conn.execute(_REGIONS_TABLE.replace("CREATE TABLE regions", "CREATE TABLE regions_v2", 1))
+            conn.execute(f"INSERT INTO regions_v2 ({_REGION_COLUMNS}) SELECT {_REGION_COLUMNS} FROM regions")
+            conn.execute("DROP TABLE regions")
+            conn.execute("ALTER TABLE regions_v2 RENAME TO regions")
+            for statement in _REGION_INDEXES:
+                conn.execute(statement)
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (json.dumps(SCHEMA_VERSION),))
+
+    def _remove_stray_temp_files(self) -> None:
+        """Label temp files a killed writer left; under the write lock no answer is being written."""
+        with self._transaction():
+            for stray in self.labels_dir.glob(".region_*.png.*.tmp"):
+                stray.unlink(missing_ok=True)
+
+    def _schema_version(self) -> Any:
+        if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+            return None
+        return self.get_meta("schema_version")
+
+    def _check_schema_version(self, accepted: Collection[int]) -> None:
+        version = self._schema_version()
+        if version not in accepted:
             raise LedgerError(f"{self.path}: ledger schema version {version}, this code reads {SCHEMA_VERSION}")
 
     # --- meta -----------------------------------------------------------------------------------
@@ -402,11 +449,14 @@ class Ledger:
         return [_region_from_row(row) for row in rows]
 
     def asked(self, cycle: int | None = None) -> list[Region]:
-        """Regions still waiting for an answer."""
+        """Regions still waiting for an answer (skipped ones do not)."""
         return self.regions(cycle, "asked")
 
     def answered(self, cycle: int | None = None) -> list[Region]:
         return self.regions(cycle, "answered")
+
+    def skipped(self, cycle: int | None = None) -> list[Region]:
+        return self.regions(cycle, "skipped")
 
     def region(self, region_id: int) -> Region:
         row = self._conn.execute(f"SELECT {_REGION_COLUMNS} FROM regions WHERE region_id = ?", (region_id,)).fetchone()
@@ -423,9 +473,9 @@ class Ledger:
     def answer_many(self, answers: Sequence[tuple[int, np.ndarray]], by: str, overwrite: bool = False) -> None:
         """Store label patches (uint8 class ids, 255 = ignore, shaped like each box), all or nothing.
         Every answer is validated before anything is written; re-answering an answered region is
-        refused unless `overwrite`. PNGs are written and fsynced first, then all rows are marked
-        answered, in one transaction."""
-        answers = [(int(region_id), label_patch) for region_id, label_patch in answers]
+        refused unless `overwrite`, answering a skipped one always. PNGs are written and fsynced
+        first, then all rows are marked answered, in one transaction."""
+        answers = [(_region_id(region_id), label_patch) for region_id, label_patch in answers]
         if not answers:
             return
         with self._transaction() as conn:
@@ -455,7 +505,10 @@ class Ledger:
             if region_id in patches:
                 problems.append(f"region {region_id} answered twice in one call")
             if row[4] == "answered" and not overwrite:
-                problems.append(f"region {region_id} is already answered (pass overwrite=True to replace it)")
+                problems.append(f"region {region_id} is already answered; an answer is final (`s4al import` "
+                                "leaves answered regions out: import the file again)")
+            if row[4] == "skipped":
+                problems.append(f"region {region_id} was skipped; a skipped region is never answered")
             box_shape = (row[2] - row[0], row[3] - row[1])
             if label_patch is None:
                 problems.append(f"region {region_id}: label patch must be a 2-D integer array with values 0..255")
@@ -464,6 +517,24 @@ class Ledger:
             patches[region_id] = label_patch
         _refuse_if(problems, "answer")
         return patches
+
+    def skip(self, region_ids: Iterable[int], by: str) -> list[int]:
+        """Mark asked regions as skipped (the annotator declined them), all or nothing; returns the
+        ids newly skipped. Regions skipped before are left as they are; answered ones are refused."""
+        region_ids = list(dict.fromkeys(_region_id(region_id) for region_id in region_ids))
+        problems = [] if isinstance(by, str) and by else ["'by' must name who skipped"]
+        with self._transaction() as conn:
+            states = dict(conn.execute(
+                f"SELECT region_id, state FROM regions WHERE region_id IN ({','.join('?' * len(region_ids))})",
+                region_ids,
+            ))
+            problems += [f"region {i} was never asked" for i in region_ids if i not in states]
+            problems += [f"region {i} is already answered" for i in region_ids if states.get(i) == "answered"]
+            _refuse_if(problems, "skip")
+            newly = [i for i in region_ids if states[i] == "asked"]
+            conn.executemany("UPDATE regions SET state = 'skipped', answered_at = ?, answered_by = ? WHERE region_id = ?",
+                             [(_now(), by, region_id) for region_id in newly])
+        return newly
 
     # --- labelled state ---------------------------------------------------------------------------
 

@@ -1,14 +1,22 @@
 """Importing painted answers into the label ledger: validate everything, then write in one call.
 
 An answer file is a Label Studio JSON export or a folder of class-id PNGs (IMAGE_ID.png, 255 where
-unpainted). A region counts as answered as soon as one of its pixels is painted; its unpainted
-pixels are stored as void (255), which, as with the ground-truth oracle, still counts as labelled
-(the paper counts void as labelling information). A region with no painted pixel stays asked, so a
-partial answer is fine. Painted pixels outside the regions being answered are ignored and reported.
+unpainted). Each Label Studio task lists the regions it asks (data.region_ids) and its cycle, so
+one project can hold the tasks of every cycle and its full export can be imported after each one:
+a task answers only the regions it lists, and a task whose regions are all answered or skipped
+already is left alone (counted, not read). A PNG answers every region of its image.
+
+The rule for a region still asked:
+- answered when at least MIN_PAINTED_SHARE of its pixels are painted; its unpainted pixels are
+  stored as void (255), which, as with the ground-truth oracle, still counts as labelled;
+- skipped when its Label Studio task was skipped (the Skip button), or with `s4al skip`;
+- otherwise left asked, and reported with its painted share.
+Painted pixels outside the regions an answer addresses are ignored and reported, and so are
+rectangles drawn by hand.
 
 Refused, with nothing written: an unreadable file, an image the run does not have, a class it does
 not know, a mask of the wrong size, a task addressed to a region that was never asked for its
-image, the same image answered twice, and a file that answers no asked region at all.
+image or in another cycle, a region answered by two tasks, and a file with nothing to import.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import numpy as np
 
 from s4al.active.ledger import LEDGER_FILENAME, Ledger, LedgerError, Region
 from s4al.annotation.label_studio import read_export
-from s4al.annotation.masks import UNPAINTED, AnswerError, PaintedImage, read_png_folder
+from s4al.annotation.masks import MIN_PAINTED_SHARE, UNPAINTED, AnswerError, PaintedImage, read_png_folder
 
 MAX_PROBLEMS_SHOWN = 10
 
@@ -30,37 +38,56 @@ MAX_PROBLEMS_SHOWN = 10
 class ImportReport:
     by: str  # 'label-studio' or 'png-folder'
     answered: list[int] = field(default_factory=list)  # region ids
+    skipped: list[int] = field(default_factory=list)  # region ids of skipped tasks
+    not_answered: dict[int, float] = field(default_factory=dict)  # region id -> painted share, below the minimum
+    already_imported: int = 0  # tasks (or PNGs) whose regions were all answered or skipped before
     void_pixels: int = 0  # unpainted pixels inside the answered regions, stored as void
-    ignored_pixels: dict[str, int] = field(default_factory=dict)  # image id -> painted pixels ignored
+    ignored_pixels: dict[str, int] = field(default_factory=dict)  # image id -> painted pixels outside its regions
+    hand_drawn: dict[str, int] = field(default_factory=dict)  # task -> rectangles drawn by hand, ignored
     still_asked: int = 0  # regions of the run still waiting for an answer
 
 
 def import_answers(run_dir: Path, answers_path: Path) -> ImportReport:
-    """Reads `answers_path`, validates it against the run's ledger and writes every answer in one
-    `Ledger.answer_many` call; raises AnswerError (nothing written) if anything is wrong."""
+    """Reads `answers_path`, validates it against the run's ledger and writes every answer and skip
+    in one transaction each; raises AnswerError (nothing written) if anything is wrong."""
     run_dir, answers_path = Path(run_dir), Path(answers_path)
     if not (run_dir / LEDGER_FILENAME).is_file():
         raise AnswerError(f"{run_dir}: not a run folder (no {LEDGER_FILENAME})")
     with Ledger(run_dir / LEDGER_FILENAME, readonly=True) as ledger:  # a refusal must not touch a byte
-        painted, by = _read(answers_path, ledger.get_meta("classes"))
+        sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
+        painted, by = _read(answers_path, ledger.get_meta("classes"), sizes)
         report = ImportReport(by)
         answers = _answers(ledger, painted, report)
-    if not answers:
-        raise AnswerError(f"{answers_path}: nothing to answer: no painted pixel lies in a region still asked")
+        report.still_asked = len(ledger.asked())
+    if not answers and not report.skipped:
+        if report.already_imported:
+            return report
+        raise AnswerError(f"{answers_path}: nothing to answer: {_why_nothing(report)}")
     with Ledger(run_dir / LEDGER_FILENAME) as ledger:
-        try:
-            ledger.answer_many(answers, by=by)  # validates again, under the write lock
+        try:  # validated again, under the write lock
+            ledger.answer_many(answers, by=by)
+            ledger.skip(report.skipped, by=by)
         except LedgerError as err:
             raise AnswerError(f"{answers_path}: {err}") from None
         report.still_asked = len(ledger.asked())
     return report
 
 
-def _read(path: Path, class_names: Sequence[str]) -> tuple[Iterable[PaintedImage], str]:
+def _why_nothing(report: ImportReport) -> str:
+    if report.not_answered:
+        return "; ".join(_not_answered_reason(region_id, share) for region_id, share in report.not_answered.items())
+    return "no painted pixel lies in a region still asked"
+
+
+def _not_answered_reason(region_id: int, share: float) -> str:
+    return f"region {region_id} is {100 * share:.1f}% painted (an answer needs {100 * MIN_PAINTED_SHARE:.0f}%)"
+
+
+def _read(path: Path, class_names: Sequence[str], sizes: dict) -> tuple[Iterable[PaintedImage], str]:
     if path.is_dir():
         return read_png_folder(path), "png-folder"
     if path.is_file():
-        return read_export(path, class_names), "label-studio"
+        return read_export(path, class_names, sizes), "label-studio"
     raise AnswerError(f"{path}: no such file or folder")
 
 
@@ -71,17 +98,25 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
     sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
     regions = {region.region_id: region for region in ledger.regions()}
     problems: list[str] = []
-    seen: dict[str, str] = {}
+    taken: dict[int, str] = {}  # region id -> the answer that answered or skipped it
     answers = []
     for image in painted:
         image_problems = _problems(image, sizes, regions, num_classes)
-        if image.image_id in seen:
-            image_problems.append(
-                f"{image.source}: image '{image.image_id}' is answered twice (also in {seen[image.image_id]})")
-        seen[image.image_id] = image.source
         problems += image_problems
-        if not image_problems:
-            answers += _answer_image(image, _addressed(image, regions), report)
+        if image_problems:
+            continue
+        addressed = _addressed(image, regions)
+        if addressed and all(region.state != "asked" for region in addressed):
+            report.already_imported += 1
+            continue
+        image_answers = _answer_image(image, addressed, report)
+        for region_id in [region_id for region_id, _ in image_answers] + _skips(image, addressed, report):
+            if region_id in taken:
+                problems.append(f"{image.source}: region {region_id} is answered twice (also in {taken[region_id]})")
+            taken[region_id] = image.source
+        answers += image_answers
+    for region_id in taken:  # answered by another task of the same image
+        report.not_answered.pop(region_id, None)
     if problems:
         shown = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
         more = f" (and {len(problems) - MAX_PROBLEMS_SHOWN} more)" if len(problems) > MAX_PROBLEMS_SHOWN else ""
@@ -100,36 +135,51 @@ def _problems(image: PaintedImage, sizes: dict, regions: dict[int, Region], num_
     if unknown.size:
         problems.append(f"{image.source}: unknown class ids {unknown.tolist()} (classes are 0..{num_classes - 1}, "
                         f"{UNPAINTED} = unpainted)")
-    problems += [
-        f"{image.source}: region {region_id} was never asked for image '{image.image_id}'"
-        for region_id in image.region_ids or ()
-        if region_id not in regions or regions[region_id].image_id != image.image_id
-    ]
+    for region_id in image.region_ids or ():
+        if region_id not in regions or regions[region_id].image_id != image.image_id:
+            problems.append(f"{image.source}: region {region_id} was never asked for image '{image.image_id}'")
+        elif image.cycle is not None and regions[region_id].cycle != image.cycle:
+            problems.append(f"{image.source}: region {region_id} was asked in cycle {regions[region_id].cycle}, "
+                            f"the task is of cycle {image.cycle}")
     return problems
 
 
 def _addressed(image: PaintedImage, regions: dict[int, Region]) -> list[Region]:
-    """The image's still asked regions this answer addresses: those it lists, or else all of them."""
+    """The image's regions this answer addresses, in any state: those it lists, or else all of them."""
     if image.region_ids is None:
-        addressed = [region for region in regions.values() if region.image_id == image.image_id]
-    else:
-        addressed = [regions[region_id] for region_id in image.region_ids]
-    return [region for region in addressed if region.state == "asked"]
+        return [region for region in regions.values() if region.image_id == image.image_id]
+    return [regions[region_id] for region_id in image.region_ids]
 
 
 def _answer_image(image: PaintedImage, addressed: list[Region], report: ImportReport) -> list[tuple[int, np.ndarray]]:
-    """Crops the answers of the addressed regions with painted pixels; counts the rest."""
-    answered_area = np.zeros(image.labels.shape, dtype=bool)
+    """Crops the answers of the addressed regions still asked that are painted enough; reports the
+    rest, the painting outside the addressed regions and rectangles drawn by hand."""
+    addressed_area = np.zeros(image.labels.shape, dtype=bool)
     answers = []
     for region in addressed:
         y0, x0, y1, x1 = region.box
+        addressed_area[y0:y1, x0:x1] = True
         patch = image.labels[y0:y1, x0:x1]
-        if (patch != UNPAINTED).any():
+        share = float((patch != UNPAINTED).mean())
+        if region.state != "asked" or image.declined:
+            continue
+        if share >= MIN_PAINTED_SHARE:
             answers.append((region.region_id, patch.copy()))
-            answered_area[y0:y1, x0:x1] = True
             report.answered.append(region.region_id)
             report.void_pixels += int((patch == UNPAINTED).sum())
-    ignored = int(((image.labels != UNPAINTED) & ~answered_area).sum())
+        else:
+            report.not_answered[region.region_id] = share
+    ignored = int(((image.labels != UNPAINTED) & ~addressed_area).sum())
     if ignored:
         report.ignored_pixels[image.image_id] = ignored
+    hand_drawn = len(set(image.rectangles) - {region.box for region in addressed})
+    if hand_drawn:
+        report.hand_drawn[image.source] = hand_drawn
     return answers
+
+
+def _skips(image: PaintedImage, addressed: list[Region], report: ImportReport) -> list[int]:
+    """The regions still asked of a task the annotator skipped."""
+    skipped = [region.region_id for region in addressed if image.declined and region.state == "asked"]
+    report.skipped += skipped
+    return skipped

@@ -1,15 +1,18 @@
-"""The `s4al query` and `s4al import` commands (registered in s4al/cli.py)."""
+"""The `s4al query`, `s4al import` and `s4al skip` commands (registered in s4al/cli.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from s4al.active.ledger import LedgerError
-from s4al.annotation.masks import AnswerError
+from s4al.annotation.masks import MIN_PAINTED_SHARE, AnswerError
 from s4al.data.base import DatasetError
+
+if TYPE_CHECKING:
+    from s4al.annotation.answers import ImportReport
 
 SHOWN_IMAGES = 5  # images named in the summary of ignored pixels
 
@@ -19,6 +22,9 @@ OutOption = Annotated[
 ]
 DeviceOption = Annotated[str, typer.Option(help="Device for scoring and pre-annotation: auto, cpu, cuda, cuda:1, ...")]
 AnswersArgument = Annotated[Path, typer.Argument(help="A Label Studio JSON export, or a folder of IMAGE_ID.png masks.")]
+RegionOption = Annotated[
+    Optional[list[int]], typer.Option("--region", help="A region id to skip (repeatable); default: every region still asked.")
+]
 
 
 def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption = "auto") -> None:
@@ -46,10 +52,11 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
         typer.echo(f"{run_dir}: no region waits for an answer (cycle {cycle} is in phase '{phase}').")
         return
     typer.echo(f"{package.regions} asked regions in {package.images} images written to {package.out_dir}:\n"
-               f"  Label Studio: import tasks.json into a project set up with labelling_config.xml\n"
+               f"  Label Studio: import tasks.json into the run's one project (set up once with labelling_config.xml)\n"
                f"  any other tool: images/, overlays/ (regions outlined), manifest.csv / manifest.json\n"
-               f"Then: s4al import {run_dir} ANSWERS (the Label Studio JSON export, or a folder of IMAGE_ID.png "
-               f"class-id masks, 255 = unpainted), and s4al run --resume {run_dir}.")
+               f"Then: s4al import {run_dir} ANSWERS (the project's JSON export, or a folder of IMAGE_ID.png "
+               f"class-id masks, 255 = unpainted), s4al skip {run_dir} for regions nobody will answer, "
+               f"and s4al run --resume {run_dir}.")
 
 
 def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument) -> None:
@@ -62,11 +69,55 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument) ->
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"answered {len(report.answered)} regions ({report.by}), {report.void_pixels} unpainted pixels "
-               f"inside them stored as void; {report.still_asked} regions still asked.")
+               f"inside them stored as void; skipped {len(report.skipped)} regions (of skipped tasks); "
+               f"{report.still_asked} regions still asked.")
+    for line in _report_lines(run_dir, report):
+        typer.echo(line)
+    if not report.still_asked:
+        typer.echo(f"Every asked region is answered or skipped: continue with `s4al run --resume {run_dir}`.")
+
+
+def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
+    lines = []
+    if report.not_answered:
+        shares = ", ".join(f"{region_id} ({100 * share:.1f}%)" for region_id, share in report.not_answered.items())
+        options = " ".join(f"--region {region_id}" for region_id in report.not_answered)
+        lines.append(f"not answered, under {100 * MIN_PAINTED_SHARE:.0f}% painted, left asked: regions {shares}; "
+                     f"paint them and import again, or skip them: s4al skip {run_dir} {options}")
+    if report.already_imported:
+        what = "tasks" if report.by == "label-studio" else "masks"
+        lines.append(f"{report.already_imported} {what} already imported (their regions are answered or skipped): "
+                     "left alone")
     ignored = report.ignored_pixels
     if ignored:
         most = ", ".join(f"'{i}': {n}" for i, n in sorted(ignored.items(), key=lambda item: -item[1])[:SHOWN_IMAGES])
-        typer.echo(f"ignored {sum(ignored.values())} painted pixels outside the regions answered, "
-                   f"in {len(ignored)} images (most in {most})")
-    if not report.still_asked:
-        typer.echo(f"Every asked region is answered: continue with `s4al run --resume {run_dir}`.")
+        lines.append(f"ignored {sum(ignored.values())} painted pixels outside the regions asked, "
+                     f"in {len(ignored)} images (most in {most})")
+    if report.hand_drawn:
+        lines.append(f"ignored {sum(report.hand_drawn.values())} rectangles drawn by hand (only painted pixels "
+                     f"count), in {', '.join(list(report.hand_drawn)[:SHOWN_IMAGES])}")
+    return lines
+
+
+def skip(run_dir: RunDirArgument, region: RegionOption = None) -> None:
+    """Skip asked regions the annotator declines: they are never asked again, never labelled, and
+    not counted as labelled pixels. The run then continues with the regions answered."""
+    from s4al.active.ledger import LEDGER_FILENAME, Ledger
+
+    if not (run_dir / LEDGER_FILENAME).is_file():
+        raise typer.BadParameter(f"{run_dir}: not a run folder (no {LEDGER_FILENAME})")
+    try:
+        with Ledger(run_dir / LEDGER_FILENAME) as ledger:
+            chosen = region or [asked.region_id for asked in ledger.asked()]
+            skipped = ledger.skip(chosen, by="s4al skip")
+            still_asked = len(ledger.asked())
+    except LedgerError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"skipped {len(skipped)} regions{_listed(skipped)}; {still_asked} regions still asked.")
+    if not still_asked:
+        typer.echo(f"Continue with `s4al run --resume {run_dir}`.")
+
+
+def _listed(region_ids: list[int]) -> str:
+    return f" ({', '.join(map(str, region_ids))})" if region_ids else ""

@@ -1,23 +1,26 @@
 """Label Studio formats, through Label Studio's own code (label-studio-sdk): the labelling config we
 ship, the import tasks with their pre-annotations, and the brush masks of a JSON export.
 
-One task per image. Its image travels inside the task as a base64 JPEG data URI (quality 95): Label
-Studio displays it with no storage to set up and no network (Label Studio itself makes such URIs
-for cloud storage without presigned URLs). The price is size: tasks.json is about 4/3 of the JPEGs,
-so a pool of a few thousand large images is better split over several imports.
+One task per image and cycle. Its image travels inside the task as a base64 JPEG data URI
+(quality 95): Label Studio displays it with no storage to set up and no network (Label Studio itself
+makes such URIs for cloud storage without presigned URLs). The price is size: tasks.json is about
+4/3 of the JPEGs, so a pool of a few thousand large images is better split over several imports.
 
-The task's prediction holds the asked regions as read-only rectangles and the model's own
-segmentation inside them as editable brush regions, one per class, so the annotator corrects
-rather than paints. In an export, a pixel is painted where a brush mask's alpha is non-zero (as
-Label Studio's COCO exporter reads it); where brush regions of different classes overlap, the later
-one in the result list wins (the one drawn on top)."""
+The task's prediction, which Label Studio loads as the annotator's starting point, holds in order:
+the asked regions as read-only rectangles; one empty brush region per class for the person's paint
+(BRUSH_TAG, each class usable once, so painting goes into them); and the model's segmentation inside
+the rectangles, one brush region per predicted class (MODEL_TAG). Label Studio draws the regions of
+an annotation in reverse order, the first on top, so the person's paint shows over the model's;
+the rectangles' and the model's label buttons are hidden, so nobody draws with them. In an export, a
+pixel is painted where a brush mask's alpha is non-zero (as Label Studio's COCO exporter reads it);
+where brush regions overlap, the one first in the result list wins, as Label Studio shows it."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +31,25 @@ from PIL import Image
 
 from s4al.active.ledger import Region
 from s4al.active.regions import box_masks
-from s4al.annotation.masks import UNPAINTED, AnswerError, PaintedImage
+from s4al.annotation.masks import MIN_PAINTED_SHARE, UNPAINTED, AnswerError, PaintedImage
 from s4al.data.classes import ClassSet
 
 IMAGE_TAG = "image"
-BRUSH_TAG = "label"
+BRUSH_TAG = "label"  # the person's paint
+MODEL_TAG = "model"  # the model's pre-painted segmentation
 ASKED_TAG = "asked"
 ASKED_LABEL = "asked region"
 ASKED_COLOUR = (255, 0, 255)
 MODEL_VERSION = "s4al"  # one name for every cycle: a project shows the predictions of one model version
 JPEG_QUALITY = 95
+# Room the editor needs around the image (page header, tabs, instructions, label bar, buttons), so
+# the whole image, rectangles at its border included, shows when a task opens.
+IMAGE_MAX_HEIGHT = "calc(100vh - 300px)"
+INSTRUCTIONS = (
+    "Label the magenta rectangles. Keep the model's paint where it is right; to correct it, click your "
+    "class at the top of the Regions list and paint (your paint shows on top).",
+    f"Answered: at least {MIN_PAINTED_SHARE:.0%} of a rectangle painted. Skip: leave this image out.",
+)
 
 
 def hex_colour(rgb: Sequence[int]) -> str:
@@ -45,36 +57,46 @@ def hex_colour(rgb: Sequence[int]) -> str:
 
 
 def labelling_config(classes: ClassSet) -> str:
-    """The labelling config XML: the image, a brush label per class in its colour, and the asked regions."""
+    """The labelling config XML: short instructions, the image, the person's brush labels (one per
+    class, in its colour) and, hidden, the model's brush labels and the asked-region label."""
     class_labels = tuple(
         ("Label", {"value": name, "background": hex_colour(colour)}, ())
         for name, colour in zip(classes.names, classes.colors)
     )
     asked_label = (("Label", {"value": ASKED_LABEL, "background": hex_colour(ASKED_COLOUR)}, ()),)
+    hidden = ("View", {"style": "display: none"}, (
+        ("BrushLabels", {"name": MODEL_TAG, "toName": IMAGE_TAG}, class_labels),
+        ("RectangleLabels", {"name": ASKED_TAG, "toName": IMAGE_TAG, "fillOpacity": "0", "strokeWidth": "3",
+                             "canRotate": "false"}, asked_label),
+    ))
     return LabelInterface.create({
-        IMAGE_TAG: ("Image", {"value": "$image", "zoom": "true", "zoomControl": "true"}),
-        BRUSH_TAG: ("BrushLabels", {"toName": IMAGE_TAG}, class_labels),
-        ASKED_TAG: ("RectangleLabels", {"toName": IMAGE_TAG, "fillOpacity": "0", "strokeWidth": "3",
-                                        "canRotate": "false"}, asked_label),
+        **{f"instruction_{n}": ("Header", {"value": text, "size": "6"}) for n, text in enumerate(INSTRUCTIONS)},
+        IMAGE_TAG: ("Image", {"value": "$image", "zoom": "true", "zoomControl": "true", "defaultZoom": "fit",
+                              "maxHeight": IMAGE_MAX_HEIGHT}),
+        BRUSH_TAG: ("BrushLabels", {"toName": IMAGE_TAG, "maxUsages": "1"}, class_labels),
+        "hidden": hidden,
     })
 
 
 # ---- tasks --------------------------------------------------------------------------------------
 
 def task(image: np.ndarray, regions: Sequence[Region], prediction: np.ndarray, classes: ClassSet) -> dict:
-    """The import task of one image: `image` (H, W, 3) uint8, its asked `regions`, and the model's
-    (H, W) class-id `prediction`, pre-annotated inside the regions only."""
+    """The import task of one image: `image` (H, W, 3) uint8, its asked `regions` (of one cycle), and
+    the model's (H, W) class-id `prediction`, pre-annotated inside the regions only."""
     height, width = prediction.shape
     inside = box_masks([[region.box for region in regions]], height, width)[0].numpy()
+    nothing = np.zeros((height, width), dtype=bool)
     result = [_asked_rectangle(region, height, width) for region in regions]
+    result += [_brush(f"paint_{k}", BRUSH_TAG, nothing, name) for k, name in enumerate(classes.names)]
     result += [
-        _brush(f"prediction_{k}", (prediction == k) & inside, classes.names[k])
+        _brush(f"model_{k}", MODEL_TAG, (prediction == k) & inside, classes.names[k])
         for k in np.unique(prediction[inside])
     ]
     return {
         "data": {
             "image": _data_uri(image),
             "image_id": regions[0].image_id,
+            "cycle": regions[0].cycle,
             "region_ids": [region.region_id for region in regions],
         },
         "predictions": [{"model_version": MODEL_VERSION, "result": result}],
@@ -105,26 +127,30 @@ def _asked_rectangle(region: Region, height: int, width: int) -> dict:
             "readonly": True}
 
 
-def _brush(result_id: str, mask: np.ndarray, name: str) -> dict:
-    """A brush result painting `mask` ((H, W) bool) with class `name`."""
+def _brush(result_id: str, tag: str, mask: np.ndarray, name: str) -> dict:
+    """A brush result of control `tag` painting `mask` ((H, W) bool) with class `name`."""
     value = {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [name]}
-    return _placed(result_id, BRUSH_TAG, "brushlabels", *mask.shape, value)
+    return _placed(result_id, tag, "brushlabels", *mask.shape, value)
 
 
 # ---- export -------------------------------------------------------------------------------------
 
-def read_export(path: Path, class_names: Sequence[str]) -> Iterator[PaintedImage]:
+def read_export(path: Path, class_names: Sequence[str], sizes: Mapping[str, tuple[int, int]]) -> Iterator[PaintedImage]:
     """The painted class maps of a Label Studio JSON export ("JSON" format: a list of tasks), one
-    per task made by `s4al query` whose annotation paints something, decoded one at a time; tasks
-    not annotated (or skipped) are left out, and so are the asked-region rectangles."""
+    per task made by `s4al query` with a submitted or skipped annotation, decoded one at a time;
+    tasks not annotated are left out. `sizes` (image id -> (H, W), the run's images) is checked
+    before a map is allocated, so a task cannot make the reader allocate more than its image."""
     tasks = _load_json(path)
     if not isinstance(tasks, list):
         raise AnswerError(f"{path}: expected a list of tasks (Label Studio's JSON export), got {type(tasks).__name__}")
     for number, item in enumerate(tasks):
         where = _task_name(path, number, item)
-        brushes = _brushes(_annotation(item, where), where)
-        if brushes:
-            yield _painted(item, brushes, where, class_names)
+        if isinstance(item, dict) and "annotations" not in item and "data" not in item:
+            raise AnswerError(f"{where}: no 'annotations' and no 'data': this looks like a JSON-MIN export; "
+                              "use the JSON export (Export -> JSON) of the project")
+        annotation = _annotation(item, where)
+        if annotation is not None:
+            yield _painted(item, annotation, where, class_names, sizes)
 
 
 def _load_json(path: Path) -> Any:
@@ -140,44 +166,74 @@ def _task_name(path: Path, number: int, item: Any) -> str:
 
 
 def _annotation(item: Any, where: str) -> dict | None:
-    """The task's one submitted (not skipped) annotation, None if it has none."""
+    """The task's one submitted annotation, else a skipped one, else None."""
     if not isinstance(item, dict) or not isinstance(item.get("annotations", []), list):
         raise AnswerError(f"{where}: not a Label Studio task (expected an object with an 'annotations' list)")
-    submitted = [a for a in item.get("annotations", []) if isinstance(a, dict) and not a.get("was_cancelled")]
+    annotations = [a for a in item.get("annotations", []) if isinstance(a, dict)]
+    submitted = [a for a in annotations if not a.get("was_cancelled")]
     if len(submitted) > 1:
         ids = ", ".join(str(a.get("id")) for a in submitted)
         raise AnswerError(f"{where}: {len(submitted)} annotations ({ids}); keep one per task in Label Studio")
-    return submitted[0] if submitted else None
+    return (submitted or annotations or [None])[0]
 
 
-def _brushes(annotation: dict | None, where: str) -> list[dict]:
-    """The annotation's painted regions, in order; the asked-region rectangles are left out."""
-    result = [] if annotation is None else annotation.get("result", [])
+def _results(annotation: dict, where: str) -> list[dict]:
+    result = annotation.get("result", [])
     if not isinstance(result, list) or not all(isinstance(r, dict) and isinstance(r.get("value"), dict)
                                                for r in result):
         raise AnswerError(f"{where}: the annotation's 'result' must be a list of regions, each with a 'value' object")
-    return [r for r in result if r.get("from_name") != ASKED_TAG]
+    return result
 
 
-def _painted(item: dict, brushes: list[dict], where: str, class_names: Sequence[str]) -> PaintedImage:
+def _painted(item: dict, annotation: dict, where: str, class_names: Sequence[str],
+             sizes: Mapping[str, tuple[int, int]]) -> PaintedImage:
     data = item.get("data")
     image_id = data.get("image_id") if isinstance(data, dict) else None
     if not isinstance(image_id, str):
         raise AnswerError(f"{where}: no data.image_id; import the tasks.json written by `s4al query`")
     where = f"{where} (image '{image_id}')"
-    region_ids = data.get("region_ids")
-    if not isinstance(region_ids, list) or not all(isinstance(r, int) for r in region_ids):
+    if image_id not in sizes:
+        raise AnswerError(f"{where}: image '{image_id}' is not in this run")
+    region_ids, cycle = data.get("region_ids"), data.get("cycle")
+    if not isinstance(region_ids, list) or not all(_is_int(r) for r in region_ids):
         raise AnswerError(f"{where}: data.region_ids must be a list of region ids, got {region_ids!r}")
-    return PaintedImage(where, image_id, _class_map(brushes, where, class_names), tuple(region_ids))
+    if cycle is not None and not _is_int(cycle):
+        raise AnswerError(f"{where}: data.cycle must be a cycle number, got {cycle!r}")
+    results = _results(annotation, where)
+    brushes = [r for r in results if r.get("from_name") != ASKED_TAG]
+    rectangles = tuple(_box(r, where) for r in results if r.get("from_name") == ASKED_TAG)
+    declined = bool(annotation.get("was_cancelled"))
+    labels = _class_map([] if declined else brushes, sizes[image_id], where, class_names)
+    return PaintedImage(where, image_id, labels, tuple(region_ids), cycle, declined, rectangles)
 
 
-def _class_map(brushes: list[dict], where: str, class_names: Sequence[str]) -> np.ndarray:
-    """Paints the brush regions in order (later on top) into an (H, W) class-id map."""
-    sizes = {(b.get("original_height"), b.get("original_width")) for b in brushes}
-    if len(sizes) != 1 or not all(isinstance(v, int) and v > 0 for v in next(iter(sizes))):
-        raise AnswerError(f"{where}: brush regions with image sizes (H, W) {sorted(map(str, sizes))}")
-    labels = np.full(sizes.pop(), UNPAINTED, dtype=np.uint8)
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no region id
+
+
+def _box(rectangle: dict, where: str) -> tuple[int, int, int, int]:
+    """A rectangle result as a (y0, x0, y1, x1) box in pixels of its image."""
+    value = rectangle["value"]
+    try:
+        height, width = float(rectangle["original_height"]), float(rectangle["original_width"])
+        x, y = float(value["x"]) * width / 100, float(value["y"]) * height / 100
+        x1, y1 = x + float(value["width"]) * width / 100, y + float(value["height"]) * height / 100
+    except (KeyError, TypeError, ValueError) as err:
+        raise AnswerError(f"{where}: rectangle {rectangle.get('id')} has no readable box ({err!r})") from None
+    return round(y), round(x), round(y1), round(x1)
+
+
+def _class_map(brushes: list[dict], shape: tuple[int, int], where: str, class_names: Sequence[str]) -> np.ndarray:
+    """Paints the brush regions, the first on top as Label Studio shows them, into an (H, W)
+    class-id map of the image's registered `shape`; a brush of any other size is refused before
+    anything is allocated."""
     for brush in brushes:
+        size = (brush.get("original_height"), brush.get("original_width"))
+        if size != tuple(shape):
+            raise AnswerError(f"{where}: brush region {brush.get('id')}: mask is {size[0]}x{size[1]}, "
+                              f"the image is {shape[0]}x{shape[1]} (HxW)")
+    labels = np.full(shape, UNPAINTED, dtype=np.uint8)
+    for brush in reversed(brushes):
         class_id = _class_of(brush, where, class_names)
         labels[_decode(brush, labels.shape, where)] = class_id
     return labels

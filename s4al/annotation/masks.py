@@ -16,6 +16,7 @@ from s4al.data.classes import IGNORE_INDEX
 from s4al.data.io import read_label
 
 UNPAINTED = IGNORE_INDEX
+MIN_PAINTED_SHARE = 0.5  # of a region's pixels, for the region to count as answered
 
 
 class AnswerError(ValueError):
@@ -27,7 +28,10 @@ class PaintedImage:
     source: str  # where it came from, for messages: a file, or a file and a Label Studio task id
     image_id: str
     labels: np.ndarray  # (H, W) uint8 class ids, UNPAINTED where nothing was painted
-    region_ids: tuple[int, ...] | None = None  # the regions it answers; None: every asked region of the image
+    region_ids: tuple[int, ...] | None = None  # the regions it answers; None: every region of the image
+    cycle: int | None = None  # the cycle its task was made for (Label Studio tasks)
+    declined: bool = False  # the annotator skipped the whole task: its asked regions are skipped
+    rectangles: tuple[tuple[int, int, int, int], ...] = ()  # rectangles in the answer, (y0, x0, y1, x1)
 
 
 def read_png_folder(folder: Path) -> Iterator[PaintedImage]:
