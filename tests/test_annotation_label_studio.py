@@ -62,7 +62,7 @@ def test_labelling_config_has_a_brush_label_per_class_in_its_colour_and_hides_th
     assert root.find(f"BrushLabels[@name='{BRUSH_TAG}']").get("maxUsages") == "1"  # paint goes into the person's region
     hidden = [view for view in root.iter("View") if view.get("style") == "display: none"]
     assert [control.get("name") for control in hidden[0]] == [MODEL_TAG, ASKED_TAG]
-    assert "at least 50% of a rectangle painted" in " ".join(header.get("value") for header in root.iter("Header"))
+    assert "At least 50% painted = answered" in " ".join(header.get("value") for header in root.iter("Header"))
 
 
 def test_task_pre_annotates_the_prediction_inside_the_asked_regions_only():

@@ -48,7 +48,7 @@ IMAGE_MAX_HEIGHT = "calc(100vh - 300px)"
 INSTRUCTIONS = (
     "Label the magenta rectangles. Keep the model's paint where it is right; to correct it, click your "
     "class at the top of the Regions list and paint (your paint shows on top).",
-    f"Answered: at least {MIN_PAINTED_SHARE:.0%} of a rectangle painted. Skip: leave this image out.",
+    f"At least {MIN_PAINTED_SHARE:.0%} painted = answered. Skip: image left out.",
 )
 
 
