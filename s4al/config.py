@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import hashlib
-import os
-import tempfile
-
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from s4al.atomic import atomic_write
 
 
 class Section(BaseModel):
@@ -328,15 +327,5 @@ def config_digest(path: Path) -> str:
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
-    """Atomic write (temp file, fsync, rename): a kill leaves the old file or the whole new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as file:
-            file.write(config_text(cfg))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(Path(path), "w") as file:
+        file.write(config_text(cfg))

@@ -62,7 +62,9 @@ def _read(path: Path) -> np.ndarray:
 
 def test_predict_writes_ids_palette_masks_and_overlays_at_each_image_size(checkpoint, images, tmp_path):
     written = predict(checkpoint, images, tmp_path, device="cpu")
-    assert len(written) == 3 * len(images)
+    assert written[-1] == tmp_path / "legend.png" and len(written) == 3 * len(images) + 1
+    key = _read(tmp_path / "legend.png")[..., :3]
+    assert all((key == colour).all(-1).any() for colour in SYNTHETIC_CLASSES.colors)  # a swatch per class
     palette = SYNTHETIC_CLASSES.palette()
     for path, (h, w) in zip(images, SIZES):
         labels = _read(tmp_path / f"{path.stem}_labels.png")
@@ -128,9 +130,9 @@ def test_predict_command(checkpoint, images, tmp_path):
         cli_app(), ["predict", str(checkpoint), *map(str, images), "--out", str(tmp_path), "--device", "cpu"]
     )
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        f"{p.stem}_{kind}.png" for p in images for kind in ("labels", "mask", "overlay")
-    )
+    written = sorted(["legend.png", *(f"{p.stem}_{kind}.png" for p in images for kind in ("labels", "mask", "overlay"))])
+    assert sorted(p.name for p in tmp_path.iterdir()) == written
+    assert all(name in result.output for name in written)  # the command lists what it wrote
 
 
 def test_predict_command_rejects_an_unknown_network(checkpoint, images, tmp_path):

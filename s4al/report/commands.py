@@ -39,9 +39,9 @@ def predict_command(
     images: Annotated[list[Path], typer.Argument(help="Images of any size.", exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the masks and overlays.")],
     network: NetworkOption = "teacher",
-    device: str = "auto",
+    device: Annotated[str, typer.Option(help="Device: auto, cpu, cuda, cuda:1, ...")] = "auto",
 ) -> None:
-    """Segment new images: per image a class-id PNG, a colour mask and an overlay."""
+    """Segment new images: per image a class-id PNG, a colour mask and an overlay; legend.png keys the colours."""
     from s4al.data import DatasetError
     from s4al.report.predict import predict
 
@@ -49,7 +49,9 @@ def predict_command(
         written = predict(checkpoint, images, out, network, device)
     except (DatasetError, ValueError) as err:
         raise typer.BadParameter(str(err)) from None
-    console.print(f"{len(written)} files written to {out}")
+    console.print(f"{len(written)} files written to {out}:")
+    for path in written:
+        console.print(f"  {path.name}")
 
 
 def export_command(

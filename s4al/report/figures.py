@@ -16,12 +16,12 @@ from matplotlib import colormaps, patheffects
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from s4al.active.cycle import CONFIG_FILE
-from s4al.active.ledger import LEDGER_FILENAME, Ledger, Region
+from s4al.active.ledger import Ledger, Region
 from s4al.config import RunConfig, load_run_config
 from s4al.data import IGNORE_INDEX, ClassSet, DatasetError, SegmentationDataset, build_dataset
 from s4al.distributed import setup_device
 from s4al.report.predict import class_set, segment
+from s4al.run_folder import RunFolder
 from s4al.train.checkpoint import checkpoint_path, load_trained_model
 
 STYLE = {
@@ -46,8 +46,7 @@ class NotDrawn(Exception):
 # ---- reading the run ----------------------------------------------------------------------------
 def read_cycles(run_dir: Path) -> list[dict]:
     """The per-cycle summaries (cycles/cycle_*.json), in cycle order."""
-    summaries = [json.loads(p.read_text()) for p in (Path(run_dir) / "cycles").glob("cycle_*.json")]
-    return sorted(summaries, key=lambda s: s["cycle"])
+    return RunFolder(Path(run_dir)).summaries()
 
 
 def supervised_reference(value: float | str | Path | None) -> float | None:
@@ -197,7 +196,7 @@ def asked_regions(images: list[tuple[str, np.ndarray, list[Region]]], cycle: int
 
 
 def asked_regions_figure(run_dir: Path, cfg: RunConfig) -> Figure:
-    ledger_path = Path(run_dir) / LEDGER_FILENAME
+    ledger_path = RunFolder(Path(run_dir)).ledger_path
     with Ledger(ledger_path, readonly=True) as ledger:
         regions = ledger.regions()
     if not regions:
@@ -257,7 +256,7 @@ def qualitative_figure(run_dir: Path, cfg: RunConfig, cycle: int, classes: Class
     for index in spread_indices(QUALITATIVE_ROWS, len(val_set)):
         sample = val_set.load(index)
         rows.append((val_set.image_id(index), sample.image, sample.label, segment(model, sample.image, device)))
-    return qualitative(rows, classes, f"Val predictions of the cycle {cycle} {network}")
+    return qualitative(rows, classes, f"Val predictions of the cycle {cycle} teacher")
 
 
 # ---- all of them ----------------------------------------------------------------------------------
@@ -266,7 +265,7 @@ def save_figures(
 ) -> tuple[dict[str, Path], dict[str, str]]:
     """Draws every figure the run has; returns ({name: PNG path}, {name: why it was not drawn})."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    cfg = load_run_config(run_dir / CONFIG_FILE)
+    cfg = load_run_config(RunFolder(run_dir).config_path)
     cycles = read_cycles(run_dir)
     if not cycles:
         raise FileNotFoundError(f"{run_dir}: no finished cycle yet (no cycles/cycle_*.json)")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import jinja2
 
-from s4al.active.cycle import CONFIG_FILE
+from s4al.run_folder import RunFolder
 from s4al.config import load_run_config
 from s4al.report.figures import read_cycles, save_figures, supervised_reference
 
@@ -165,7 +165,8 @@ def write_report(run_dir: Path, out_dir: Path | None = None, supervised_miou: fl
     supervised = supervised_reference(supervised_miou)
     saved, skipped = save_figures(run_dir, out_dir, supervised)
     cycles = read_cycles(run_dir)
-    cfg = load_run_config(run_dir / CONFIG_FILE)
+    folder = RunFolder(Path(run_dir))
+    cfg = load_run_config(folder.config_path)
     header, rows = cycle_table(cycles, supervised)
     html = TEMPLATE.render(
         name=run_dir.resolve().name,
@@ -178,7 +179,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None, supervised_miou: fl
                  for n, path in saved.items()],
         skipped=[(FIGURE_TEXT[n][0], reason) for n, reason in skipped.items()],
         seed=cfg.seed,
-        config=(run_dir / CONFIG_FILE).read_text(),
+        config=folder.config_path.read_text(),
     )
     path = out_dir / REPORT_FILE
     path.write_text(html, encoding="utf-8")

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from PIL import Image
 
 from s4al.config import DatasetConfig
@@ -60,11 +62,21 @@ def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = OVERLAY_ALPHA
     return out
 
 
+def legend(classes: ClassSet) -> Figure:
+    """The key to the masks' colours: one swatch per class, with its id and name."""
+    patches = [Patch(facecolor=tuple(v / 255 for v in colour), edgecolor="0.3", label=f"{k} {name}")
+               for k, (name, colour) in enumerate(zip(classes.names, classes.colors))]
+    fig = Figure(figsize=(3.0, 0.28 * len(patches) + 0.3), layout="constrained")
+    fig.legend(handles=patches, loc="center", frameon=False)
+    return fig
+
+
 def predict(
     checkpoint: Path, images: list[Path], out_dir: Path, network: str = "teacher", device: str = "auto"
 ) -> list[Path]:
     """Writes OUT/<stem>_labels.png (class ids), <stem>_mask.png (palette colours) and
-    <stem>_overlay.png (image blended with the mask) per image; returns the written paths."""
+    <stem>_overlay.png (image blended with the mask) per image, and OUT/legend.png (the colour of
+    each class); returns the written paths."""
     stems = [Path(p).stem for p in images]
     if len(set(stems)) != len(stems):
         raise ValueError("two input images share a file name stem; their outputs would overwrite each other")
@@ -82,4 +94,6 @@ def predict(
             target = out_dir / f"{stem}_{suffix}.png"
             Image.fromarray(pixels).save(target)
             written.append(target)
+    written.append(out_dir / "legend.png")
+    legend(classes).savefig(written[-1], dpi=100)
     return written

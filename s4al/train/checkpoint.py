@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from s4al.atomic import atomic_write
 
 
 def checkpoint_path(run_dir: Path, cycle: int) -> Path:
@@ -18,23 +18,15 @@ class CheckpointError(OSError):
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Writes a temp file of its own (two writers never share one), fsyncs it and renames it over
-    `path`. A failed write (a full disk) removes its temp file and keeps the previous checkpoint."""
+    """Atomic: a failed write (a full disk) keeps the previous checkpoint and leaves no temp file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_write(path) as file:
+            torch.save(state, file)
     except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
-        Path(tmp).unlink(missing_ok=True)
         kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint was written"
-        raise CheckpointError(f"{path}: cannot write checkpoint ({err}); {kept}. Is the disk full? Resume once there is room") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        raise CheckpointError(f"{path}: cannot write checkpoint ({err}); {kept}. "
+                              "Is the disk full? Resume once there is room") from None
 
 
 def load_checkpoint(path: Path) -> dict:
