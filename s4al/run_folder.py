@@ -70,6 +70,13 @@ class RunFolder:
     def tensorboard_dir(self) -> Path:
         return self.path / "tensorboard"
 
+    @property
+    def metrics_log(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def checkpoint_path(self, cycle: int) -> Path:
+        return self.path / "checkpoints" / f"cycle_{cycle}.pt"
+
     def cycle_summary_path(self, cycle: int) -> Path:
         return self.cycles_dir / f"cycle_{cycle}.json"
 

@@ -11,7 +11,7 @@ from conftest import tiny_config
 from s4al import distributed
 from s4al.active.acquisition import choose_regions, score_cells
 from s4al.active.cycle import ActiveLearningRun
-from s4al.train.checkpoint import checkpoint_path, load_trained_model
+from s4al.train.checkpoint import load_trained_model
 from s4al.train.sampling import derive_seed
 from s4al.data import build_dataset
 from s4al.evaluate import evaluate
@@ -91,7 +91,7 @@ def test_two_ranks_ask_the_single_process_questions(tmp_path):
     result = torch.load(tmp_path / "ranks.pt", weights_only=False)
     assert result["readonly"] == [[False, True]]
     single = ActiveLearningRun(tmp_path / "run")  # one process scores the pool with the same checkpoint
-    model, cfg = load_trained_model(checkpoint_path(single.run_dir, 0), "teacher")
+    model, cfg = load_trained_model(single.folder.checkpoint_path(0), "teacher")
     pool = [single.index_of[i] for i in (tmp_path / "run" / "splits" / "pool.txt").read_text().split()]
     cells = score_cells(model, single.train_set, pool, {}, cfg.active, torch.device("cpu"),
                         derive_seed(cfg.seed, "acquire", 0))

@@ -23,7 +23,7 @@ from s4al.config import RunConfig, config_digest
 from s4al.data import DatasetError, build_dataset
 from s4al.evaluate import evaluate
 from s4al.run_folder import CONFIG_FILE, RunFolder, RunFolderError
-from s4al.train.checkpoint import checkpoint_path, load_checkpoint, load_trained_model
+from s4al.train.checkpoint import load_checkpoint, load_trained_model
 from s4al.train.sampling import derive_seed
 from s4al.distributed import setup_device
 from s4al.train.trainer import Trainer, TrainData
@@ -202,7 +202,7 @@ class ActiveLearningRun:
         """The student state a cycle starts from: the previous cycle's, or None (ImageNet weights)."""
         if cycle == 0 or self.cfg.active.reinit_each_cycle:
             return None
-        return load_checkpoint(checkpoint_path(self.run_dir, cycle - 1))["student"]
+        return load_checkpoint(self.folder.checkpoint_path(cycle - 1))["student"]
 
     def _train(self, cycle: int) -> None:
         self._on_main(self.ledger.set_phase, cycle, "train")
@@ -251,7 +251,7 @@ class ActiveLearningRun:
 
     def _queries(self, cycle: int) -> list[Query]:
         a = self.cfg.active
-        model, _ = load_trained_model(checkpoint_path(self.run_dir, cycle), "teacher", self.device)
+        model, _ = load_trained_model(self.folder.checkpoint_path(cycle), "teacher", self.device)
         seed = derive_seed(self.cfg.seed, "acquire", cycle)
         state = self.label_state()
         workers = scoring_workers(self.device, self.cfg.train.num_workers)

@@ -30,7 +30,7 @@ from s4al.annotation.label_studio import ASKED_COLOUR, labelling_config, task
 from s4al.data.classes import ClassSet
 from s4al.distributed import setup_device
 from s4al.evaluate import image_batches, to_model_input
-from s4al.train.checkpoint import checkpoint_path, load_trained_model
+from s4al.train.checkpoint import load_trained_model
 
 OUTLINE_WIDTH = 2  # pixels, drawn just outside each box so the box itself stays visible
 CSV_COLUMNS = ("image_id", "region_id", "cycle", "y0", "x0", "y1", "x1", "metric", "score", "predicted",
@@ -79,7 +79,7 @@ def _predictions(
     if not by_image:
         return
     cycle = max(region.cycle for regions in by_image.values() for region in regions)
-    model, _ = load_trained_model(checkpoint_path(active_run.run_dir, cycle), "teacher", device)
+    model, _ = load_trained_model(active_run.folder.checkpoint_path(cycle), "teacher", device)
     indices = [active_run.index_of[image_id] for image_id in by_image]
     batches = image_batches(active_run.train_set, active_run.cfg.active.score_batch_size, 0, indices, labels=False)
     for images, _, batch_indices in batches:

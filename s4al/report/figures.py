@@ -22,7 +22,7 @@ from s4al.data import IGNORE_INDEX, ClassSet, DatasetError, SegmentationDataset,
 from s4al.distributed import setup_device
 from s4al.report.predict import class_set, segment
 from s4al.run_folder import RunFolder
-from s4al.train.checkpoint import checkpoint_path, load_trained_model
+from s4al.train.checkpoint import load_trained_model
 
 STYLE = {
     "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10,
@@ -251,7 +251,7 @@ def qualitative(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], clas
 def qualitative_figure(run_dir: Path, cfg: RunConfig, cycle: int, classes: ClassSet) -> Figure:
     val_set = _dataset(cfg, cfg.dataset.val_split)
     device = setup_device("auto")
-    model, _ = load_trained_model(checkpoint_path(run_dir, cycle), "teacher", device)
+    model, _ = load_trained_model(RunFolder(run_dir).checkpoint_path(cycle), "teacher", device)
     rows = []
     for index in spread_indices(QUALITATIVE_ROWS, len(val_set)):
         sample = val_set.load(index)
@@ -270,7 +270,7 @@ def save_figures(
     if not cycles:
         raise FileNotFoundError(f"{run_dir}: no finished cycle yet (no cycles/cycle_*.json)")
     last = cycles[-1]["cycle"]
-    classes = class_set(cfg.dataset, checkpoint_path(run_dir, last))
+    classes = class_set(cfg.dataset, RunFolder(run_dir).checkpoint_path(last))
     builders: dict[str, Callable[[], Figure]] = {
         "efficiency": lambda: efficiency_curve(cycles, supervised_miou),
         "class_iou": lambda: class_iou_bars(cycles, classes.names),

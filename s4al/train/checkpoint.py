@@ -9,10 +9,6 @@ import torch
 from s4al.atomic import atomic_write
 
 
-def checkpoint_path(run_dir: Path, cycle: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"cycle_{cycle}.pt"
-
-
 class CheckpointError(OSError):
     """A checkpoint that could not be written; the previous one, if any, is intact."""
 

@@ -47,7 +47,9 @@ from s4al.ssl.losses import (
     apply_annotations, confidence_ratio, supervised_loss, unsupervised_loss,
 )
 from s4al.ssl.mean_teacher import MeanTeacher, pseudo_labels_from_probs
-from s4al.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from s4al.atomic import atomic_write
+from s4al.run_folder import RunFolder
+from s4al.train.checkpoint import load_checkpoint, save_checkpoint
 from s4al.train.sampling import StepBatches, Stream, derive_seed, seeded_generator
 
 COLD_START_SUP_WEIGHT = 1.5  # the authors' code: the supervised loss x1.5 while it trains alone
@@ -145,7 +147,8 @@ class Trainer:
         self.total_steps = self.epochs * self.iters
         self.ssl = cfg.ssl.enabled and bool(data.pool)
         self.cold_steps = cfg.ssl.cold_start_epochs * self.iters if self.ssl else 0
-        self.checkpoint_path = checkpoint_path(self.run_dir, cycle)
+        self.folder = RunFolder(self.run_dir)
+        self.checkpoint_path = self.folder.checkpoint_path(cycle)
         self.progress = progress if progress is not None and distributed.is_main() else (lambda info: None)
 
         torch.manual_seed(derive_seed(cfg.seed, "init", cycle))  # the decoder's random initialisation
@@ -412,12 +415,11 @@ class Trainer:
     def _write_metrics_log(self) -> None:
         """RUN_DIR/metrics.jsonl: other cycles' lines, then this cycle's history, rewritten whole
         after each checkpoint, so a resumed cycle never logs an evaluation twice."""
-        path = self.run_dir / "metrics.jsonl"
+        path = self.folder.metrics_log
         lines = path.read_text().splitlines() if path.exists() else []
         kept = [line for line in lines if json.loads(line)["cycle"] != self.cycle]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept + [json.dumps(r) for r in self.history]))
-        tmp.replace(path)
+        with atomic_write(path, "w") as file:
+            file.write("".join(f"{line}\n" for line in kept + [json.dumps(r) for r in self.history]))
 
     def _save(self) -> None:
         if distributed.is_main():
