@@ -36,10 +36,10 @@ from s4al.active.cycle import draw_initial
 from s4al.config import RunConfig, load_config
 from s4al.data import build_dataset
 from s4al.data.base import SegmentationDataset
-from s4al.evaluate import image_batches, to_model_input
+from s4al.data.batches import image_batches, to_model_input
 from s4al.model import build_model
 from s4al.ssl.losses import supervised_loss
-from s4al.train.sampling import derive_seed
+from s4al.seeding import derive_seed
 from s4al.train.trainer import StepBatch, Trainer, TrainData
 
 FULL = {"height": 360, "width": 480, "iters": 10, "warmup": 2, "score_images": 100, "pools": [100, 1000, 2000],

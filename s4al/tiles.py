@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from s4al.evaluate import to_model_input
+from s4al.data.batches import to_model_input
 from s4al.model import STRIDE
 
 Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), half-open, image coordinates

@@ -19,7 +19,7 @@ from s4al.active.acquisition import (
 from s4al.active.regions import cell_box
 from s4al.active.scores import entropy
 from s4al.data import build_dataset
-from s4al.evaluate import to_model_input
+from s4al.data.batches import to_model_input
 from s4al.model import build_model
 
 CPU = torch.device("cpu")

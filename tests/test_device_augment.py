@@ -11,7 +11,7 @@ from s4al.data.classes import IGNORE_INDEX
 from s4al.data.device_augment import color_jitter, draw_params, labelled_batch, unlabelled_batch
 from s4al.data.device_cache import DeviceCache, MixedImageSizes
 from s4al.data.views import Augment, LabelledView, UnlabelledView
-from s4al.train.sampling import derive_seed
+from s4al.seeding import derive_seed
 from test_views import H, W, Coded, coded_image, coded_label
 
 CPU = torch.device("cpu")

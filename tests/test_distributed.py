@@ -12,7 +12,7 @@ from s4al import distributed
 from s4al.active.acquisition import choose_regions, score_cells
 from s4al.active.cycle import ActiveLearningRun
 from s4al.train.checkpoint import load_trained_model
-from s4al.train.sampling import derive_seed
+from s4al.seeding import derive_seed
 from s4al.data import build_dataset
 from s4al.evaluate import evaluate
 from s4al.model import build_model

@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config
 from s4al.active.cycle import ActiveLearningRun
-from s4al.active.ledger import Ledger, LedgerError
+from s4al.active.ledger import Ledger
 from s4al.cli import app
 from s4al.config import config_text, save_config
 from s4al.data import DatasetError
 from s4al.run_folder import RunFolder, RunFolderError
-from s4al.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from s4al.train.checkpoint import load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

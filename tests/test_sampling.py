@@ -1,4 +1,5 @@
-from s4al.train.sampling import StepBatches, Stream, derive_seed
+from s4al.seeding import derive_seed
+from s4al.train.sampling import StepBatches, Stream
 
 
 def test_stream_is_back_to_back_permutations():

@@ -19,7 +19,7 @@ from s4al.active.acquisition import image_features, score_cells, score_images
 from s4al.active.regions import box_masks, cell_scores
 from s4al.active.scores import entropy
 from s4al.data import build_dataset
-from s4al.evaluate import to_model_input
+from s4al.data.batches import to_model_input
 from s4al.model import STRIDE, build_model
 from s4al.report.predict import segment
 from s4al.tiles import CONTEXT, TILE_SIDE, Tile, core_side, runs_whole, tiles

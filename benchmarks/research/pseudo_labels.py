@@ -25,7 +25,7 @@ from s4al.active.cycle import CONFIG_FILE
 from s4al.config import load_run_config
 from s4al.data import build_dataset
 from s4al.data.classes import IGNORE_INDEX
-from s4al.evaluate import image_batches, to_model_input
+from s4al.data.batches import image_batches, to_model_input
 from s4al.metrics import confusion_meter
 from s4al.ssl.alignment import ArgmaxAlignment
 from s4al.ssl.mean_teacher import pseudo_labels_from_probs

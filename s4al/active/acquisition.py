@@ -28,9 +28,9 @@ from s4al.active.regions import (
 from s4al.active.scores import pixel_scores, random_scores
 from s4al.config import ActiveConfig
 from s4al.data.base import SegmentationDataset
-from s4al.evaluate import image_batches, to_model_input
+from s4al.data.batches import image_batches, to_model_input
 from s4al.tiles import tiles, tile_logits, runs_whole
-from s4al.train.sampling import seeded_generator
+from s4al.seeding import seeded_generator
 
 
 

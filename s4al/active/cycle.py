@@ -24,7 +24,7 @@ from s4al.data import DatasetError, build_dataset
 from s4al.evaluate import evaluate
 from s4al.run_folder import CONFIG_FILE, RunFolder, RunFolderError
 from s4al.train.checkpoint import load_checkpoint, load_trained_model
-from s4al.train.sampling import derive_seed
+from s4al.seeding import derive_seed
 from s4al.distributed import setup_device
 from s4al.train.trainer import Trainer, TrainData
 

@@ -29,7 +29,7 @@ from s4al.active.ledger import Region
 from s4al.annotation.label_studio import ASKED_COLOUR, labelling_config, task
 from s4al.data.classes import ClassSet
 from s4al.distributed import setup_device
-from s4al.evaluate import image_batches, to_model_input
+from s4al.data.batches import image_batches, to_model_input
 from s4al.train.checkpoint import load_trained_model
 
 OUTLINE_WIDTH = 2  # pixels, drawn just outside each box so the box itself stays visible

@@ -15,18 +15,10 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from s4al.seeding import derive_seed, seeded_generator
+
 Items = list[tuple[int, int]]  # (dataset index, augmentation seed) per sample of a batch
 Draw = dict[str, Items]  # a step's batches by name
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed from any tuple of ints/strings (stable across processes, unlike hash())."""
-    words = [p if isinstance(p, int) else int.from_bytes(p.encode(), "little") % (1 << 63) for p in parts]
-    return int(np.random.SeedSequence(words).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-def seeded_generator(*parts: int | str) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(*parts))
 
 
 class Stream:

@@ -38,7 +38,8 @@ from s4al.data.classes import IGNORE_INDEX
 from s4al.data.device_augment import labelled_batch, unlabelled_batch
 from s4al.data.device_cache import DeviceCache, MixedImageSizes, common_size
 from s4al.data.views import Annotations, Augment, LabelledView, StepView, UnlabelledView
-from s4al.evaluate import evaluate, to_model_input
+from s4al.data.batches import to_model_input
+from s4al.evaluate import evaluate
 from s4al.model import build_model
 from s4al.ssl.alignment import ALIGNERS
 from s4al.ssl.batchnorm import frozen_bn_statistics
@@ -50,7 +51,8 @@ from s4al.ssl.mean_teacher import MeanTeacher, pseudo_labels_from_probs
 from s4al.atomic import atomic_write
 from s4al.run_folder import RunFolder
 from s4al.train.checkpoint import load_checkpoint, save_checkpoint
-from s4al.train.sampling import StepBatches, Stream, derive_seed, seeded_generator
+from s4al.seeding import derive_seed, seeded_generator
+from s4al.train.sampling import StepBatches, Stream
 
 COLD_START_SUP_WEIGHT = 1.5  # the authors' code: the supervised loss x1.5 while it trains alone
 READ_EVERY = 25  # fast path: steps between reads of the logged losses (at most an epoch)
