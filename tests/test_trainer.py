@@ -1,3 +1,4 @@
+import copy
 import math
 
 import numpy as np
@@ -7,9 +8,8 @@ import torch
 from conftest import tiny_config
 from s4al.data import build_dataset
 from s4al.evaluate import evaluate
-from s4al.ssl.batchnorm import frozen_bn_statistics
+from s4al.seeding import derive_seed
 from s4al.ssl.classmix import split_head_tail
-from s4al.ssl.losses import unsupervised_loss
 from s4al.train import trainer as trainer_module
 from s4al.train.trainer import Trainer, TrainData
 
@@ -110,25 +110,35 @@ def test_alignment_target_counts_whole_images_and_head_tail_counts_regions_too(t
     assert torch.equal(trainer.head, head) and torch.equal(trainer.tail, tail)
 
 
-@pytest.mark.parametrize("switch", [True, False])
-def test_unsupervised_passes_follow_the_normalisation_and_batchnorm_switches(tmp_path, monkeypatch, switch):
-    cfg = tiny_config(ssl={"freeze_bn_on_unlabelled": switch, "confidence_threshold": 0.9,
-                           "class_normalised_confidence": switch})
-    normalised, frozen = [], []
+def batchnorm_statistics(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [b.clone() for name, b in model.named_buffers() if name.endswith(("running_mean", "running_var"))]
 
-    def recording_loss(*args, **kwargs):
-        normalised.append(kwargs["class_normalised"])
-        return unsupervised_loss(*args, **kwargs)
 
-    def recording_bn(module, freeze):
-        frozen.append(freeze)
-        return frozen_bn_statistics(module, freeze)
+@pytest.mark.parametrize("freeze", [True, False])
+def test_running_statistics_come_from_the_labelled_pass_alone_when_frozen(tmp_path, freeze):
+    cfg = tiny_config(ssl={"freeze_bn_on_unlabelled": freeze, "cold_start_epochs": 0})
+    trainer = Trainer(cfg, ssl_data(cfg)[0], None, tmp_path)
+    labelled, unlabelled, replay = next(trainer._batches())
+    assert unlabelled is not None
+    alone = copy.deepcopy(trainer.student).train()
+    torch.manual_seed(derive_seed(cfg.seed, "step", trainer.cycle, 0))  # the step's dropout draws
+    with torch.no_grad():
+        alone(labelled["image"])  # the supervised pass of step 0, nothing else
+    trainer._train_step(0, labelled, unlabelled, replay)
+    after_step, after_labelled = batchnorm_statistics(trainer.student), batchnorm_statistics(alone)
+    assert all(torch.equal(a, b) for a, b in zip(after_step, after_labelled)) is freeze
 
-    monkeypatch.setattr(trainer_module, "unsupervised_loss", recording_loss)
-    monkeypatch.setattr(trainer_module, "frozen_bn_statistics", recording_bn)
-    Trainer(cfg, ssl_data(cfg)[0], None, tmp_path).fit()
-    assert normalised and set(normalised) == {switch}
-    assert len(frozen) == len(normalised) and set(frozen) == {switch}
+
+def test_class_normalised_confidence_changes_the_unsupervised_loss_only(tmp_path):
+    losses = {}
+    for normalised in (False, True):
+        cfg = tiny_config(ssl={"class_normalised_confidence": normalised, "cold_start_epochs": 0,
+                               "confidence_threshold": 0.0})  # every pixel counts: eta = 1
+        trainer = Trainer(cfg, ssl_data(cfg)[0], None, tmp_path / str(normalised))
+        losses[normalised] = {k: v.item() for k, v in trainer._train_step(0, *next(trainer._batches())).items()}
+    assert losses[True]["loss/sup"] == losses[False]["loss/sup"]
+    assert losses[True]["eta/unsup"] == losses[False]["eta/unsup"]
+    assert losses[True]["loss/unsup"] != pytest.approx(losses[False]["loss/unsup"], rel=1e-4)
 
 
 @pytest.mark.parametrize("device, pinned", [("cpu", False), ("cuda", True)])
