@@ -28,7 +28,6 @@ import json
 import math
 import os
 import sqlite3
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -41,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from s4al.active.regions import Box, box_masks, labelled_fraction, labelled_pixel_count
+from s4al.atomic import atomic_write
 from s4al.data.classes import IGNORE_INDEX
 
 SCHEMA_VERSION = 2
@@ -179,17 +179,10 @@ def _label_relpath(region_id: int) -> str:
 
 
 def _save_png(path: Path, patch: np.ndarray) -> None:
-    """Atomic write: afterwards `path` holds the old file or the complete new one, never a torn one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            Image.fromarray(patch).save(file, format="PNG")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic write: afterwards `path` holds the old file or the complete new one, never a torn one;
+    the temp file is .{name}.*.tmp beside it (what a kill may leave)."""
+    with atomic_write(path) as file:
+        Image.fromarray(patch).save(file, format="PNG")
 
 
 def _fsync_dir(path: Path) -> None:
