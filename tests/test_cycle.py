@@ -49,7 +49,7 @@ def recording_trainer(log: dict):
     class RecordingTrainer(Trainer):
         def fit(self):
             log[self.cycle] = {
-                "labelled": list(self.data.labelled),
+                "labelled": list(self.supervised[0]),  # the images the supervised loss draws from
                 "pool": list(self.data.pool),
                 "annotations": {i: [(tuple(box), patch.copy()) for box, patch in v]
                                 for i, v in self.data.annotations.items()},
@@ -314,8 +314,8 @@ def test_partially_labelled_images_stay_in_the_pool_and_join_the_labelled_stream
     run.ledger.ask(0, [(run.ids[target], (16, 16, 32, 32), "entropy", 1.0)])
     run.annotator.answer(run.ledger, run.ledger.asked())
     data = run.train_data()
-    assert data.pool == sorted(set(range(NUM_TRAIN)) - set(initial))
-    assert data.labelled == (initial if enabled else sorted(initial + [target]))
+    assert data.pool == sorted(set(range(NUM_TRAIN)) - set(initial)) and data.labelled == initial
+    assert data.supervised(ssl=enabled)[0] == (initial if enabled else sorted(initial + [target]))
     [(box, patch)] = data.annotations[target]
     assert box == (16, 16, 32, 32)
     assert np.array_equal(patch, crop(run.train_set.load(target).label, box))

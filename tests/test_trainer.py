@@ -164,16 +164,18 @@ def test_partially_labelled_images_are_drawn_in_proportion_to_their_labelled_sha
     h, w = train.image_size(0)
     quarter = ((0, 0, h // 2, w // 2), np.zeros((h // 2, w // 2), np.uint8))
     eighth = ((0, 0, h // 4, w // 2), np.zeros((h // 4, w // 2), np.uint8))
-    data = TrainData(train, labelled=[0, 1, 2], annotations={1: [quarter], 2: [eighth]})
-    assert trainer_module.labelled_draws(data) == [0] * 8 + [1] * 2 + [2]
-    assert trainer_module.labelled_draws(data, max_copies=4) == [0] * 4 + [1] + [2]  # round(0.5) = 0 -> once
+    data = TrainData(train, labelled=[0], pool=[1, 2, 3], annotations={1: [quarter], 2: [eighth]})
+    images, partial = data.supervised(ssl=False)
+    assert images == [0, 1, 2]
+    assert trainer_module.labelled_draws(train, images, partial) == [0] * 8 + [1] * 2 + [2]
+    assert trainer_module.labelled_draws(train, images, partial, max_copies=4) == [0] * 4 + [1] + [2]  # round(0.5) = 0
     streams = []
     monkeypatch.setattr(trainer_module, "Stream", lambda indices, *seed: streams.append(list(indices)) or [])
     monkeypatch.setattr(trainer_module, "StepBatches", lambda *args, **kwargs: [])
     Trainer(cfg, data, None, tmp_path)._loaders()
     assert streams == [[0] * 8 + [1] * 2 + [2]]
     regions_in_the_pool = TrainData(train, labelled=[0, 3], pool=[1, 2], annotations=data.annotations)  # SSL
-    assert trainer_module.labelled_draws(regions_in_the_pool) == [0, 3]
+    assert trainer_module.labelled_draws(train, *regions_in_the_pool.supervised(ssl=True)) == [0, 3]
 
 
 # ---- the fast path (train.fast), here on the CPU ----------------------------------------------------
