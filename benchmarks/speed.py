@@ -127,15 +127,15 @@ def batch_source(trainer: Trainer, count: int) -> Iterator[StepBatch]:
     the fast path the draws and the augmentation on the device; on the loader path the copy to the
     device, its host batches (made by loader workers beside training) being loaded before."""
     if trainer.fast:
-        return trainer._batches()
-    labelled, unlabelled = trainer._loaders()
+        return trainer.batches()
+    labelled, unlabelled = trainer.loaders()
     host = [next(labelled) | (next(unlabelled) if unlabelled else {}) for _ in range(count)]
-    return (StepBatch(n["labelled"], n.get("unlabelled"), n.get("replay")) for n in map(trainer._on_device, host))
+    return (StepBatch(n["labelled"], n.get("unlabelled"), n.get("replay")) for n in map(trainer.to_device, host))
 
 
 def student_pass(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> None:
     trainer.student.zero_grad(set_to_none=True)
-    supervised_loss(trainer._forward(images), labels).backward()
+    supervised_loss(trainer.forward(images), labels).backward()
 
 
 @torch.no_grad()
@@ -176,7 +176,7 @@ def timed_steps(trainer: Trainer, iters: int, warmup: int, replay: bool) -> tupl
         batch = next(batches)
         if replay and batch.replay is None:
             raise RuntimeError(f"expected an unlabelled and a replay batch at step {first + k}")
-        trainer._train_step(first + k, *batch)
+        trainer.train_step(first + k, *batch)
 
     baseline = memory_start(device)
     times = [timed(lambda: step(k), device) for k in range(warmup + iters)]
@@ -202,11 +202,11 @@ def profile_iterations(trainer: Trainer, count: int, out: Path) -> None:
     its passes goes)."""
     batches = batch_source(trainer, count + 1)
     cuda = trainer.device.type == "cuda"
-    trainer._train_step(trainer.step, *next(batches))
+    trainer.train_step(trainer.step, *next(batches))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         for k in range(1, count + 1):
-            trainer._train_step(trainer.step + k, *next(batches))
+            trainer.train_step(trainer.step + k, *next(batches))
         if cuda:
             torch.cuda.synchronize(trainer.device)
     events = prof.key_averages()
@@ -218,7 +218,7 @@ def profile_iterations(trainer: Trainer, count: int, out: Path) -> None:
 def data_loading(trainer: Trainer, batches: int, warmup: int) -> dict:
     """Steps per second of the labelled + unlabelled (+ replay) loaders with nothing else running;
     after `warmup` steps, so worker start-up is excluded (prefetched batches flatter it slightly)."""
-    labelled, unlabelled = trainer._loaders()
+    labelled, unlabelled = trainer.loaders()
     for _ in range(warmup):
         next(labelled), next(unlabelled)
     started = time.perf_counter()

@@ -57,9 +57,9 @@ def recording_trainer(log: dict):
             }
             return super().fit()
 
-        def _train_step(self, step, labelled, *unlabelled_and_replay):
+        def train_step(self, step, labelled, *unlabelled_and_replay):
             log[self.cycle]["labels"].extend(labelled["label"].clone())
-            return super()._train_step(step, labelled, *unlabelled_and_replay)
+            return super().train_step(step, labelled, *unlabelled_and_replay)
 
     return RecordingTrainer
 

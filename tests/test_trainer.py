@@ -118,13 +118,13 @@ def batchnorm_statistics(model: torch.nn.Module) -> list[torch.Tensor]:
 def test_running_statistics_come_from_the_labelled_pass_alone_when_frozen(tmp_path, freeze):
     cfg = tiny_config(ssl={"freeze_bn_on_unlabelled": freeze, "cold_start_epochs": 0})
     trainer = Trainer(cfg, ssl_data(cfg)[0], None, tmp_path)
-    labelled, unlabelled, replay = next(trainer._batches())
+    labelled, unlabelled, replay = next(trainer.batches())
     assert unlabelled is not None
     alone = copy.deepcopy(trainer.student).train()
     torch.manual_seed(derive_seed(cfg.seed, "step", trainer.cycle, 0))  # the step's dropout draws
     with torch.no_grad():
         alone(labelled["image"])  # the supervised pass of step 0, nothing else
-    trainer._train_step(0, labelled, unlabelled, replay)
+    trainer.train_step(0, labelled, unlabelled, replay)
     after_step, after_labelled = batchnorm_statistics(trainer.student), batchnorm_statistics(alone)
     assert all(torch.equal(a, b) for a, b in zip(after_step, after_labelled)) is freeze
 
@@ -135,7 +135,7 @@ def test_class_normalised_confidence_changes_the_unsupervised_loss_only(tmp_path
         cfg = tiny_config(ssl={"class_normalised_confidence": normalised, "cold_start_epochs": 0,
                                "confidence_threshold": 0.0})  # every pixel counts: eta = 1
         trainer = Trainer(cfg, ssl_data(cfg)[0], None, tmp_path / str(normalised))
-        losses[normalised] = {k: v.item() for k, v in trainer._train_step(0, *next(trainer._batches())).items()}
+        losses[normalised] = {k: v.item() for k, v in trainer.train_step(0, *next(trainer.batches())).items()}
     assert losses[True]["loss/sup"] == losses[False]["loss/sup"]
     assert losses[True]["eta/unsup"] == losses[False]["eta/unsup"]
     assert losses[True]["loss/unsup"] != pytest.approx(losses[False]["loss/unsup"], rel=1e-4)
@@ -154,7 +154,7 @@ def test_loaders_hand_over_page_locked_batches_only_for_a_gpu(tmp_path, monkeypa
     data, val = ssl_data(cfg)
     trainer = Trainer(cfg, data, val, tmp_path)
     trainer.device = torch.device(device)  # only read when the loaders are made: no GPU needed here
-    trainer._loaders()
+    trainer.loaders()
     assert made == [pinned, pinned]  # labelled and unlabelled
 
 
@@ -172,7 +172,7 @@ def test_partially_labelled_images_are_drawn_in_proportion_to_their_labelled_sha
     streams = []
     monkeypatch.setattr(trainer_module, "Stream", lambda indices, *seed: streams.append(list(indices)) or [])
     monkeypatch.setattr(trainer_module, "StepBatches", lambda *args, **kwargs: [])
-    Trainer(cfg, data, None, tmp_path)._loaders()
+    Trainer(cfg, data, None, tmp_path).loaders()
     assert streams == [[0] * 8 + [1] * 2 + [2]]
     regions_in_the_pool = TrainData(train, labelled=[0, 3], pool=[1, 2], annotations=data.annotations)  # SSL
     assert trainer_module.labelled_draws(train, *regions_in_the_pool.supervised(ssl=True)) == [0, 3]
@@ -299,16 +299,16 @@ def test_fast_path_steps_on_a_gpu_never_wait_for_it(tmp_path):
     trainer = Trainer(cfg, data, None, tmp_path)
     assert trainer.fast and trainer.amp and trainer.optimizer.param_groups[0]["fused"]
     trainer.step = cfg.train.iters_per_epoch  # SSL on; the replay buffer fills from here
-    batches = trainer._batches()
+    batches = trainer.batches()
     for k in range(2):  # warm-up: lazy initialisation, the aligner's state moved to the device once
-        trainer._train_step(trainer.step + k, *next(batches))
+        trainer.train_step(trainer.step + k, *next(batches))
     logs = []
     torch.cuda.set_sync_debug_mode("error")
     try:
         for k in range(2, 4):
             batch = next(batches)
             assert batch.replay is not None
-            logs.append(trainer._train_step(trainer.step + k, *batch))
+            logs.append(trainer.train_step(trainer.step + k, *batch))
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(math.isfinite(v.item()) for step in logs for v in step.values())

@@ -260,7 +260,7 @@ class Trainer:
         )
         return labelled, unlabelled
 
-    def _loaders(self) -> tuple[Iterator[dict], Iterator[dict] | None]:
+    def loaders(self) -> tuple[Iterator[dict], Iterator[dict] | None]:
         """Named batches of the loader path: host tensors, augmented per sample by loader workers."""
         workers, pin = self.cfg.train.num_workers, self.device.type == "cuda"
         labelled, unlabelled = self._samplers()
@@ -274,7 +274,7 @@ class Trainer:
                                         pin_memory=pin)
         return labelled_batches, iter(unlabelled_batches)
 
-    def _on_device(self, named: dict[str, dict]) -> dict[str, dict]:
+    def to_device(self, named: dict[str, dict]) -> dict[str, dict]:
         """Loader batches -> model input: images float in [0, 1], everything on the device."""
         return {
             name: {k: to_model_input(v, self.device) if k in IMAGE_KEYS else v.to(self.device, non_blocking=True)
@@ -290,19 +290,19 @@ class Trainer:
             annotations=self.data.annotations if self.ssl else {}, num_workers=self.cfg.train.num_workers,
         )
 
-        def batches(sampler: StepBatches) -> Iterator[dict]:
+        def built(sampler: StepBatches) -> Iterator[dict]:
             for draw in sampler:
                 yield {name: DEVICE_VIEWS[name](cache, items, self.aug) for name, items in draw.items()}
 
         labelled, unlabelled = self._samplers()
-        return batches(labelled), None if unlabelled is None else batches(unlabelled)
+        return built(labelled), None if unlabelled is None else built(unlabelled)
 
-    def _batches(self) -> Iterator[StepBatch]:
+    def batches(self) -> Iterator[StepBatch]:
         """Each remaining step's batches, from the device cache (fast path) or loader workers."""
         if self.fast:
             labelled, unlabelled = self._device_streams()
         else:
-            labelled, unlabelled = (None if it is None else map(self._on_device, it) for it in self._loaders())
+            labelled, unlabelled = (None if it is None else map(self.to_device, it) for it in self.loaders())
         for step in range(self.step, self.total_steps):
             named = next(labelled)
             if unlabelled is not None and step >= self.cold_steps:
@@ -310,7 +310,7 @@ class Trainer:
             yield StepBatch(named["labelled"], named.get("unlabelled"), named.get("replay"))
 
     # ---- one iteration --------------------------------------------------------------------
-    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             return self.net(images).float()
 
@@ -318,7 +318,7 @@ class Trainer:
         s = self.cfg.ssl
         eta = confidence_ratio(confidence, pseudo != IGNORE_INDEX, s.confidence_threshold)
         with self._synced(last), frozen_bn_statistics(self.student, s.freeze_bn_on_unlabelled):
-            logits = self._forward(images)
+            logits = self.forward(images)
             loss = unsupervised_loss(
                 logits, pseudo, confidence, eta, s.confidence_weighting, class_normalised=s.class_normalised_confidence,
             )
@@ -358,7 +358,7 @@ class Trainer:
             mixed = paste(classmix_masks(replayed[1], generator), replayed, current)
         return logs | dict(zip(("loss/replay", "eta/replay"), self._unsup(*mixed, last=True)))
 
-    def _train_step(
+    def train_step(
         self, step: int, labelled: dict, unlabelled: dict | None = None, replay: dict | None = None
     ) -> dict[str, torch.Tensor]:
         """One optimiser step on a StepBatch's batches; returns the losses (and etas) on the device."""
@@ -366,7 +366,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         sup_weight = COLD_START_SUP_WEIGHT if step < self.cold_steps else 1.0
         with self._synced(last=unlabelled is None):
-            loss = supervised_loss(self._forward(labelled["image"]), labelled["label"].long()) * sup_weight
+            loss = supervised_loss(self.forward(labelled["image"]), labelled["label"].long()) * sup_weight
             loss.backward()
         logs = {"loss/sup": loss.detach()}
         if unlabelled is not None:
@@ -474,8 +474,8 @@ class Trainer:
             self._restore()
         started = time.perf_counter()
         pending = []
-        for batch in self._batches():
-            logs = self._train_step(self.step, *batch)
+        for batch in self.batches():
+            logs = self.train_step(self.step, *batch)
             self.step += 1
             pending.append((self.step, logs, self.scheduler.get_last_lr()[0]))
             epoch_end = self.step % self.iters == 0
