@@ -173,6 +173,8 @@ def test_resume_with_unanswered_regions_says_how_to_go_on_and_skipping_them_lets
         assert len(ledger.skipped()) == left
         initial = sum(r.height * r.width for r in ledger.images() if r.initial)
         assert ledger.labelled_pixels() == initial + sum(r.shape[0] * r.shape[1] for r in ledger.answered())
+    bought = json.loads((run_dir / "cycles" / "cycle_0.json").read_text())["bought"]
+    assert (bought["regions"], bought["skipped_regions"]) == (len(answered), left)  # skipped ones were not bought
 
 
 def test_skip_refuses_an_answered_region_and_changes_nothing(run_dir):

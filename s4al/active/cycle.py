@@ -299,7 +299,8 @@ class ActiveLearningRun:
             "cycle": cycle,
             **metrics,
             "bought": {
-                "regions": len(self.ledger.regions(cycle)),
+                "regions": len(self.ledger.answered(cycle)),
+                "skipped_regions": len(self.ledger.skipped(cycle)),
                 "images": sum(r.acquired_cycle == cycle for r in self.ledger.images()),
                 "class_pixels": self._bought_histogram(cycle),
             },

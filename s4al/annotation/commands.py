@@ -10,6 +10,7 @@ import typer
 from s4al.active.ledger import LedgerError
 from s4al.annotation.masks import MIN_PAINTED_SHARE, AnswerError
 from s4al.data.base import DatasetError
+from s4al.run_folder import RunFolderError
 
 if TYPE_CHECKING:
     from s4al.annotation.answers import ImportReport
@@ -32,20 +33,18 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
     If the latest cycle has trained but not asked yet, score the pool and ask first."""
     from s4al.active.cycle import ActiveLearningRun
     from s4al.annotation.package import write_query_package
-    from s4al.distributed import setup_device
 
     try:
-        active_run = ActiveLearningRun(run_dir)
+        active_run = ActiveLearningRun(run_dir, overrides={"train": {"device": device}})
         cycle = active_run.ledger.last_cycle()
         phase = active_run.ledger.phase(cycle) if cycle is not None else None
         if phase in (None, "train"):
             raise typer.BadParameter(f"{run_dir}: cycle {cycle or 0} has not finished training; "
                                      f"continue it with `s4al run --resume {run_dir}`")
         if phase == "acquire":
-            active_run.device = setup_device(device)
             active_run.acquire(cycle)
-        package = write_query_package(run_dir, out or run_dir / "queries" / f"cycle_{cycle}", device)
-    except (DatasetError, FileNotFoundError, LedgerError) as err:
+        package = write_query_package(active_run, out or run_dir / "queries" / f"cycle_{cycle}")
+    except (DatasetError, FileNotFoundError, LedgerError, RunFolderError) as err:
         raise typer.BadParameter(str(err)) from None
     if not package.regions:
         phase = active_run.ledger.phase(cycle)

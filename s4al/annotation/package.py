@@ -28,7 +28,6 @@ from s4al.active.cycle import ActiveLearningRun
 from s4al.active.ledger import Region
 from s4al.annotation.label_studio import ASKED_COLOUR, labelling_config, task
 from s4al.data.classes import ClassSet
-from s4al.distributed import setup_device
 from s4al.data.batches import image_batches, to_model_input
 from s4al.train.checkpoint import load_trained_model
 
@@ -44,10 +43,9 @@ class QueryPackage:
     images: int
 
 
-def write_query_package(run_dir: Path, out_dir: Path, device: str = "cpu") -> QueryPackage:
-    """Writes the package of every region still asked in `run_dir` into `out_dir` (files of an
-    earlier package there are overwritten)."""
-    active_run = ActiveLearningRun(Path(run_dir))
+def write_query_package(active_run: ActiveLearningRun, out_dir: Path) -> QueryPackage:
+    """Writes the package of every region still asked in the run into `out_dir` (files of an
+    earlier package there are overwritten); the run's device pre-annotates."""
     by_image: dict[str, list[Region]] = defaultdict(list)
     for region in active_run.ledger.asked():
         by_image[region.image_id].append(region)
@@ -59,7 +57,7 @@ def write_query_package(run_dir: Path, out_dir: Path, device: str = "cpu") -> Qu
     entries = []
     with open(out_dir / "tasks.json", "w") as tasks:
         tasks.write("[")
-        for number, (image, prediction, regions) in enumerate(_predictions(active_run, by_image, setup_device(device))):
+        for number, (image, prediction, regions) in enumerate(_predictions(active_run, by_image, active_run.device)):
             image_id = regions[0].image_id
             Image.fromarray(image).save(out_dir / "images" / f"{image_id}.png")
             _overlay(image, regions).save(out_dir / "overlays" / f"{image_id}.png")
