@@ -342,8 +342,9 @@ class Trainer:
         replay images' chosen classes pasted onto the unlabelled ones (Balanced ClassMix)."""
         s = self.cfg.ssl
         teacher_views = ("weak", "valid", "known", "known_label")
-        both = unlabelled if replay is None else {k: torch.cat([unlabelled[k], replay[k]]) for k in teacher_views}
-        pseudo, confidence = self._pseudo_labels(both)
+        pseudo, confidence = self._pseudo_labels(  # the joined copy is freed before the student's passes
+            unlabelled if replay is None else {k: torch.cat([unlabelled[k], replay[k]]) for k in teacher_views}
+        )
         n = len(unlabelled["strong"])
         current = unlabelled["strong"], pseudo[:n], confidence[:n]
         generator = seeded_generator(self.cfg.seed, "mix", self.cycle, step)
