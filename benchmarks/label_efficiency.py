@@ -31,6 +31,7 @@ from common import (
     write_json,
 )
 from s4al.config import RunConfig, load_config, parse_override
+from s4al.run_folder import RunFolder
 from window import Job, run_window
 
 
@@ -200,7 +201,7 @@ def run_one(name: str, method: str, seed: int, cfg: RunConfig, work: Path, out: 
     from s4al.active.cycle import ActiveLearningRun  # imports torch: not needed for --list or summarize.py
 
     run_dir = work / name / f"{method}_seed{seed}"
-    resumed = (run_dir / "config.yaml").exists()
+    resumed = RunFolder(run_dir).config_path.exists()
     progress = Progress(f"[{name} {method} seed {seed}]")
     started = time.perf_counter()
     try:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from common import RESULTS, machine_info, markdown_table, write_json
-from s4al.active.cycle import CONFIG_FILE
+from s4al.run_folder import RunFolder
 from s4al.config import load_run_config
 from s4al.data import build_dataset
 
@@ -52,7 +52,7 @@ def aligner_state(run_dir: Path, name: str) -> list[float] | None:
 
 
 def run_shares(run_dir: Path, data_root: Path | None) -> dict:
-    cfg = load_run_config(run_dir / CONFIG_FILE, {"dataset": {"root": str(data_root)}} if data_root else None)
+    cfg = load_run_config(RunFolder(run_dir).config_path, {"dataset": {"root": str(data_root)}} if data_root else None)
     train = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
     names, num_classes = list(train.classes.names), train.classes.num_classes
     labelled = initially_labelled(run_dir, train)

@@ -21,7 +21,7 @@ import torch
 
 from class_shares import initially_labelled
 from common import RESULTS, machine_info, markdown_table, write_json
-from s4al.active.cycle import CONFIG_FILE
+from s4al.run_folder import RunFolder
 from s4al.config import load_run_config
 from s4al.data import build_dataset
 from s4al.data.classes import IGNORE_INDEX
@@ -49,7 +49,7 @@ def teacher_outputs(checkpoint: Path, network: str, images: int):
 def labelled_counts(checkpoint: Path) -> torch.Tensor:
     """(C,) class pixel counts of the initially labelled images of the checkpoint's run."""
     run_dir = checkpoint.parent.parent  # RUN_DIR/checkpoints/cycle_K.pt
-    cfg = load_run_config(run_dir / CONFIG_FILE)
+    cfg = load_run_config(RunFolder(run_dir).config_path)
     train = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
     whole, _ = labelled_class_counts(TrainData(train, initially_labelled(run_dir, train), []), train.classes.num_classes)
     return torch.from_numpy(whole)

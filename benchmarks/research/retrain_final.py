@@ -19,14 +19,15 @@ from pathlib import Path
 
 from common import REPO, RESULTS, machine_info, write_json
 from label_efficiency import Progress
-from s4al.active.cycle import CONFIG_FILE, ActiveLearningRun
+from s4al.active.cycle import ActiveLearningRun
+from s4al.run_folder import RunFolder
 from s4al.config import load_run_config, parse_override
 from s4al.train.trainer import Trainer
 
 
 def retrain(run_dir: Path, work: Path, without_regions: bool, as_cycle: int | None, overrides: dict) -> dict:
     run = ActiveLearningRun(run_dir)
-    run.cfg = load_run_config(run_dir / CONFIG_FILE, overrides)  # in memory only: the folder keeps its config
+    run.cfg = load_run_config(RunFolder(run_dir).config_path, overrides)  # in memory only: the folder keeps its config
     data = run.train_data()
     regions = sum(len(patches) for patches in data.annotations.values())
     if without_regions:

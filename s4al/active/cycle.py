@@ -22,7 +22,7 @@ from s4al import distributed
 from s4al.config import RunConfig, config_digest
 from s4al.data import DatasetError, build_dataset
 from s4al.evaluate import evaluate
-from s4al.run_folder import CONFIG_FILE, RunFolder, RunFolderError
+from s4al.run_folder import RunFolder, RunFolderError
 from s4al.train.checkpoint import load_checkpoint, load_trained_model
 from s4al.seeding import derive_seed
 from s4al.distributed import setup_device
@@ -73,7 +73,7 @@ class ActiveLearningRun:
     def _folder(path: Path, cfg: RunConfig | None) -> RunFolder:
         """Rank 0 holds the run folder's lock; the other ranks of its job only read."""
         main = distributed.is_main()
-        if cfg is not None and not (path / CONFIG_FILE).exists():
+        if cfg is not None and not RunFolder(path).config_path.exists():
             return RunFolder.create(path, cfg, lock=main)
         folder = RunFolder.open(path, lock=main)
         if main:

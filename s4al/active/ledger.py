@@ -45,7 +45,6 @@ from s4al.data.classes import IGNORE_INDEX
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 lacks only the 'skipped' state
-LEDGER_FILENAME = "ledger.sqlite"
 LABELS_DIRNAME = "labels"
 PHASES = ("train", "evaluate", "acquire", "answer", "done")
 

@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from s4al.active.ledger import LEDGER_FILENAME, Ledger, LedgerError, Region
+from s4al.active.ledger import Ledger, LedgerError, Region
 from s4al.annotation.label_studio import read_export
 from s4al.annotation.masks import MIN_PAINTED_SHARE, UNPAINTED, AnswerError, PaintedImage, read_png_folder
+from s4al.run_folder import RunFolder
 
 MAX_PROBLEMS_SHOWN = 10
 
@@ -51,9 +52,10 @@ def import_answers(run_dir: Path, answers_path: Path) -> ImportReport:
     """Reads `answers_path`, validates it against the run's ledger and writes every answer and skip
     in one transaction each; raises AnswerError (nothing written) if anything is wrong."""
     run_dir, answers_path = Path(run_dir), Path(answers_path)
-    if not (run_dir / LEDGER_FILENAME).is_file():
-        raise AnswerError(f"{run_dir}: not a run folder (no {LEDGER_FILENAME})")
-    with Ledger(run_dir / LEDGER_FILENAME, readonly=True) as ledger:  # a refusal must not touch a byte
+    ledger_path = RunFolder(run_dir).ledger_path
+    if not ledger_path.is_file():
+        raise AnswerError(f"{run_dir}: not a run folder (no {ledger_path.name})")
+    with Ledger(ledger_path, readonly=True) as ledger:  # a refusal must not touch a byte
         sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
         painted, by = _read(answers_path, ledger.get_meta("classes"), sizes)
         report = ImportReport(by)
@@ -63,7 +65,7 @@ def import_answers(run_dir: Path, answers_path: Path) -> ImportReport:
         if report.already_imported:
             return report
         raise AnswerError(f"{answers_path}: nothing to answer: {_why_nothing(report)}")
-    with Ledger(run_dir / LEDGER_FILENAME) as ledger:
+    with Ledger(ledger_path) as ledger:
         try:  # validated again, under the write lock
             ledger.answer_many(answers, by=by)
             ledger.skip(report.skipped, by=by)

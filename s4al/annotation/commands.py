@@ -10,7 +10,7 @@ import typer
 from s4al.active.ledger import LedgerError
 from s4al.annotation.masks import MIN_PAINTED_SHARE, AnswerError
 from s4al.data.base import DatasetError
-from s4al.run_folder import RunFolderError
+from s4al.run_folder import RunFolder, RunFolderError
 
 if TYPE_CHECKING:
     from s4al.annotation.answers import ImportReport
@@ -101,12 +101,13 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
 def skip(run_dir: RunDirArgument, region: RegionOption = None) -> None:
     """Skip asked regions the annotator declines: they are never asked again, never labelled, and
     not counted as labelled pixels. The run then continues with the regions answered."""
-    from s4al.active.ledger import LEDGER_FILENAME, Ledger
+    from s4al.active.ledger import Ledger
 
-    if not (run_dir / LEDGER_FILENAME).is_file():
-        raise typer.BadParameter(f"{run_dir}: not a run folder (no {LEDGER_FILENAME})")
+    ledger_path = RunFolder(run_dir).ledger_path
+    if not ledger_path.is_file():
+        raise typer.BadParameter(f"{run_dir}: not a run folder (no {ledger_path.name})")
     try:
-        with Ledger(run_dir / LEDGER_FILENAME) as ledger:
+        with Ledger(ledger_path) as ledger:
             chosen = region or [asked.region_id for asked in ledger.asked()]
             skipped = ledger.skip(chosen, by="s4al skip")
             still_asked = len(ledger.asked())
