@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -45,6 +47,21 @@ def _config(config: str, overrides: list[str] | None) -> RunConfig:
         raise typer.BadParameter(str(err), param_hint="--config/--set") from None
 
 
+@contextmanager
+def _monitor(folder: RunFolder, quiet: bool) -> Iterator[Callable[[dict], None] | None]:
+    """Progress bars and TensorBoard logs of the main process; None on the others."""
+    from s4al.train.monitor import Monitor
+
+    if not distributed.is_main():
+        yield None
+        return
+    monitor = Monitor(folder.tensorboard_dir, show_progress=not quiet)
+    try:
+        yield monitor
+    finally:
+        monitor.close()
+
+
 def _percent(fraction: float | None) -> str:
     """Scores as the report shows them: percentages."""
     return "-" if fraction is None else f"{100 * fraction:.1f}%"
@@ -68,7 +85,6 @@ def train(
     quiet: QuietOption = False,
 ) -> None:
     """Fully supervised training on every train image (the denominator of label efficiency)."""
-    from s4al.train.monitor import Monitor
     from s4al.train.trainer import Trainer, TrainData
 
     cfg = _config(config, overrides)
@@ -80,13 +96,9 @@ def train(
             folder.save_config(cfg)
         train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
         val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, cfg.seed)
-        monitor = Monitor(folder.tensorboard_dir, show_progress=not quiet) if distributed.is_main() else None
-        try:
+        with _monitor(folder, quiet) as monitor:
             data = TrainData(train_set, labelled=list(range(len(train_set))))
             result = Trainer(cfg, data, val_set, out, progress=monitor).fit()
-        finally:
-            if monitor is not None:
-                monitor.close()
     except USER_ERRORS as err:
         _fail(err)
     if not distributed.is_main():
@@ -135,7 +147,6 @@ def run(
 ) -> None:
     """The active-learning cycle: train, score the pool, ask for regions, get answers, repeat."""
     from s4al.active.cycle import ActiveLearningRun
-    from s4al.train.monitor import Monitor
 
     if (out is None) == (resume is None):
         raise typer.BadParameter("give exactly one of --out (new run) or --resume (existing run)")
@@ -148,13 +159,8 @@ def run(
         device = (cfg or RunFolder.open(run_dir, lock=False).config(changes)).train.device
         distributed.setup_device(device)  # joins torchrun's process group
         active_run = ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes)
-        monitor = Monitor(active_run.folder.tensorboard_dir, show_progress=not quiet) if distributed.is_main() else None
-        active_run.progress = monitor
-        try:
+        with _monitor(active_run.folder, quiet) as active_run.progress:
             summaries = active_run.run()
-        finally:
-            if monitor is not None:
-                monitor.close()
     except USER_ERRORS as err:
         _fail(err)
     if not distributed.is_main():

@@ -17,7 +17,6 @@ import fcntl
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from s4al.config import ConfigError, RunConfig, load_run_config, save_config
@@ -45,34 +44,17 @@ class RunFolderError(ValueError):
     """A run folder that cannot be made or opened as asked; the message names the path."""
 
 
-@dataclass(frozen=True)
 class RunFolder:
-    path: Path
+    """One run's folder: where each of its files lives (the layout above), spelled only here."""
 
-    # ---- the layout ------------------------------------------------------------------------
-    @property
-    def config_path(self) -> Path:
-        return self.path / CONFIG_FILE
-
-    @property
-    def ledger_path(self) -> Path:
-        return self.path / LEDGER_FILE
-
-    @property
-    def splits_dir(self) -> Path:
-        return self.path / "splits"
-
-    @property
-    def cycles_dir(self) -> Path:
-        return self.path / "cycles"
-
-    @property
-    def tensorboard_dir(self) -> Path:
-        return self.path / "tensorboard"
-
-    @property
-    def metrics_log(self) -> Path:
-        return self.path / "metrics.jsonl"
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config_path = self.path / CONFIG_FILE
+        self.ledger_path = self.path / LEDGER_FILE
+        self.splits_dir = self.path / "splits"
+        self.cycles_dir = self.path / "cycles"
+        self.tensorboard_dir = self.path / "tensorboard"
+        self.metrics_log = self.path / "metrics.jsonl"
 
     def checkpoint_path(self, cycle: int) -> Path:
         return self.path / "checkpoints" / f"cycle_{cycle}.pt"

@@ -125,43 +125,41 @@ def _image_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
 
 
-class LabelledView(torch.utils.data.Dataset):
-    """Items are (index, seed) pairs from the step sampler. An index with partial annotations
-    (a pool image trained without SSL) gets its answered regions as label, IGNORE elsewhere."""
+class _View(torch.utils.data.Dataset):
+    """Items are (index, seed) pairs from the step sampler; `regions` are answered regions by index."""
 
-    def __init__(self, dataset: SegmentationDataset, aug: Augment, partial: Annotations | None = None):
-        self.dataset, self.aug, self.partial = dataset, aug, partial or {}
+    def __init__(self, dataset: SegmentationDataset, aug: Augment, regions: Annotations | None = None):
+        self.dataset, self.aug, self.regions = dataset, aug, regions or {}
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+
+class LabelledView(_View):
+    """An index with answered regions (a pool image trained without SSL) gets them as its label,
+    IGNORE elsewhere; any other index its dataset label."""
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, seed = item
         rng = np.random.default_rng(seed)
         sample = self.dataset.load(index)
         label = sample.label
-        if index in self.partial:
-            label, _ = rasterize(self.partial[index], *label.shape)
+        if index in self.regions:
+            label, _ = rasterize(self.regions[index], *label.shape)
         image, planes = geometric(_image_tensor(sample.image), torch.from_numpy(label)[None], [IGNORE_INDEX], rng, self.aug)
         return {"image": color_jitter(image, rng, self.aug), "label": planes[0]}
 
 
-class UnlabelledView(torch.utils.data.Dataset):
+class UnlabelledView(_View):
     """Weak view (teacher), strong view (student), the annotator's labels where a pool image has
     answered regions, and validity (False on crop padding)."""
-
-    def __init__(self, dataset: SegmentationDataset, aug: Augment, annotations: Annotations | None = None):
-        self.dataset, self.aug, self.annotations = dataset, aug, annotations or {}
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, seed = item
         rng = np.random.default_rng(seed)
         image = self.dataset.load_image(index)
         h, w = image.shape[:2]
-        known_label, known = rasterize(self.annotations.get(index, ()), h, w)
+        known_label, known = rasterize(self.regions.get(index, ()), h, w)
         planes = torch.from_numpy(np.stack([known_label, known, np.ones((h, w), np.uint8)]))
         weak, planes = geometric(_image_tensor(image), planes, [IGNORE_INDEX, 0, 0], rng, self.aug)
         return {
