@@ -8,6 +8,12 @@ rerun resumes (the active-learning run folder checkpoints itself), so a killed b
 where it stopped. `--gpu-window SECONDS --parallel K` runs K of them side by side as separate
 processes and stops them before SECONDS. `summarize.py` turns the results into tables and plots.
 
+Same cycle 0: runs of one seed whose configs differ only in what the acquisition reads
+(ACQUISITION_ONLY, e.g. s4al and region_random_ssl) train the identical cycle 0. The first to
+finish it lends its final cycle-0 checkpoint to the others, which resume from it at its last step
+and so train nothing before their first acquisition; their result files name the lender
+(`cycle0_from`). `--no-share-cycle0` trains every cycle 0 anew.
+
 Same budget: methods without acquisition cycles (full_supervised, sup_10, ssl_10) train once, and
 that single cycle is the final one, so it gets `final_cycle_epoch_multiplier` x epochs: exactly the
 iterations of the final cycle of the active-learning methods (on CamVid, 200 x 50 = 10,000 steps,
@@ -21,7 +27,9 @@ import sys
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +38,7 @@ from common import (
     DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS, REPO, RESULTS, SMOKE_OVERRIDES, camvid_paths, cpu_model, machine_info, merged,
     write_json,
 )
-from s4al.config import RunConfig, load_config, parse_override
+from s4al.config import ConfigError, RunConfig, load_config, parse_override, saved_config
 from s4al.run_folder import RunFolder
 from window import Job, run_window
 
@@ -152,6 +160,97 @@ def method_config(
     return load_config(protocol.preset, overrides)
 
 
+def bench_run_dir(work: Path, name: str, method: str, seed: int) -> Path:
+    return work / name / f"{method}_seed{seed}"
+
+
+# ---- one cycle 0 for runs that differ only from the first acquisition on ------------------------
+# The config keys that only the acquisition reads: s4al/active/acquisition.py and the cycle's
+# _queries, _record_queries and _images_per_cycle (plus the annotation package's scoring batch).
+# The trainer, the learner, the data, the initial draw (seed, active.initial, initial_fraction) and
+# the cycle-0 epochs (active.cycles) read none of them, so two configs equal in every other key
+# train the same cycle 0: same network, same initial labels, same batches and steps.
+ACQUISITION_ONLY = frozenset({"active.level", "active.metric", "active.region_size", "active.regions_per_image",
+                              "active.selection", "active.global_budget", "active.score_batch_size"})
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}"""
+    out = {}
+    for key, value in tree.items():
+        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
+def cycle0_differences(a: RunConfig, b: RunConfig) -> list[str]:
+    """The keys cycle 0's training can depend on where `a` and `b` differ: none, the same cycle 0."""
+    flat_a, flat_b = _flat(a.model_dump(mode="json")), _flat(b.model_dump(mode="json"))
+    return sorted(key for key in flat_a.keys() | flat_b.keys()
+                  if key not in ACQUISITION_ONLY and flat_a.get(key) != flat_b.get(key))
+
+
+def cycle0_mates(configs: dict[str, RunConfig], method: str) -> list[str]:
+    """The other methods of `configs` (one protocol and seed) that train the same cycle 0 as `method`."""
+    return [other for other, cfg in configs.items()
+            if other != method and not cycle0_differences(cfg, configs[method])]
+
+
+def cycle0_done(run_dir: Path) -> bool:
+    """Cycle 0 finished: its summary follows the final cycle-0 checkpoint, never rewritten after."""
+    return RunFolder(run_dir).cycle_summary_path(0).exists()
+
+
+def any_cycle0_done(run_dirs: list[Path]) -> bool:
+    return any(map(cycle0_done, run_dirs))
+
+
+def _not_the_same_cycle0(state: dict, lender: RunFolder, run) -> str | None:
+    """Why the lender's cycle-0 checkpoint `state` is not what `run` would train, or None."""
+    if state["cycle"] != 0 or state["step"] != state["total_steps"]:
+        return f"its checkpoint is at step {state['step']} of {state['total_steps']} of cycle {state['cycle']}"
+    differences = cycle0_differences(saved_config(state["config"], lender.checkpoint_path(0)), run.cfg)
+    if differences:
+        return f"trained with another {', '.join(differences)}"
+    if _splits(lender) != _splits(run.folder):
+        return "other initial labels or pool"
+    return None
+
+
+def _splits(folder: RunFolder) -> dict[str, str]:
+    return {path.name: path.read_text() for path in sorted(folder.splits_dir.iterdir())}
+
+
+def adopt_cycle0(run, lenders: dict[str, Path], record: Path, label: str) -> None:
+    """Before `run` (an ActiveLearningRun) trains its cycle 0: the first lender whose cycle 0 is
+    finished and provably the same training gives its final cycle-0 checkpoint (with `run`'s own
+    config in it) and evaluation log; the trainer resumes it at its last step and trains nothing.
+    `record` names the lender and its cycle-0 train seconds. A run whose cycle 0 has begun keeps
+    its own; without a lender it trains cycle 0 itself."""
+    from s4al.atomic import atomic_write
+    from s4al.train.checkpoint import load_checkpoint, save_checkpoint
+
+    own = run.folder.checkpoint_path(0)
+    if own.exists():
+        return
+    record.unlink(missing_ok=True)  # from an adoption killed before its checkpoint was written
+    for name, path in lenders.items():
+        lender = RunFolder(path)
+        if not cycle0_done(path):
+            continue
+        state = load_checkpoint(lender.checkpoint_path(0))
+        refused = _not_the_same_cycle0(state, lender, run)
+        if refused:
+            print(f"{label} cycle 0 not taken from {name}: {refused}", flush=True)
+            continue
+        lender_seconds = json.loads(lender.cycle_summary_path(0).read_text())["train_seconds"]
+        write_json(record, {"run": name, "train_seconds": lender_seconds})
+        with atomic_write(run.folder.metrics_log, "w") as log:  # what the trainer logs for cycle 0
+            log.write("".join(f"{json.dumps(entry)}\n" for entry in state["history"]))
+        save_checkpoint(state | {"config": run.cfg.model_dump(mode="json")}, own)
+        print(f"{label} cycle 0 from {name}: its final checkpoint, the same training", flush=True)
+        return
+
+
 class Progress:
     """The trainer's progress callback: a plain line per evaluation and per ~10% of a cycle, and
     the duration of every step run in this process (for the per-cycle median step time)."""
@@ -197,20 +296,26 @@ def add_wall_seconds(path: Path, seconds: float) -> dict:
 
 
 def run_one(name: str, method: str, seed: int, cfg: RunConfig, work: Path, out: Path, extra: dict,
-            side_by_side: int = 1) -> None:
+            side_by_side: int = 1, mates: Sequence[str] = ()) -> None:
+    """`mates`: the methods that may lend this run their cycle 0."""
     from s4al.active.cycle import ActiveLearningRun  # imports torch: not needed for --list or summarize.py
 
-    run_dir = work / name / f"{method}_seed{seed}"
+    run_dir = bench_run_dir(work, name, method, seed)
     resumed = RunFolder(run_dir).config_path.exists()
-    progress = Progress(f"[{name} {method} seed {seed}]")
+    label = f"[{name} {method} seed {seed}]"
+    progress = Progress(label)
+    record = run_dir.with_name(run_dir.name + ".cycle0_from.json")
     started = time.perf_counter()
     try:
-        summaries = ActiveLearningRun(run_dir, cfg, progress=progress).run()
+        run = ActiveLearningRun(run_dir, cfg, progress=progress)
+        adopt_cycle0(run, {f"{m}_seed{seed}": bench_run_dir(work, name, m, seed) for m in mates}, record, label)
+        summaries = run.run()
     finally:  # a run interrupted at a time limit is charged too
         cost = add_wall_seconds(run_dir.with_name(run_dir.name + ".seconds.json"), time.perf_counter() - started)
     if len(summaries) != cfg.active.cycles + 1:
         raise RuntimeError(f"{run_dir}: {len(summaries)} of {cfg.active.cycles + 1} cycles finished")
     final = summaries[-1]
+    lent = json.loads(record.read_text()) if record.exists() else None
     write_json(out, {
         "protocol": name,
         "method": method,
@@ -221,10 +326,12 @@ def run_one(name: str, method: str, seed: int, cfg: RunConfig, work: Path, out: 
         "final": {"labelled_fraction": final["labelled_fraction"], "miou": final["val"]["miou"],
                   "iou": final["val"]["iou"], **({"test_miou": final["test"]["miou"]} if "test" in final else {})},
         "cycles": summaries,
+        "cycle0_from": lent["run"] if lent else None,  # the run whose cycle-0 checkpoint this one resumed
         "timings": {"wall_seconds": time.perf_counter() - started, "resumed": resumed, "steps": progress.timings()},
         # what the run cost: every invocation's wall seconds, on this device, sharing it with
-        # side_by_side - 1 other runs
-        "cost": {**cost, "device": device_name(cfg.train.device), "side_by_side": side_by_side},
+        # side_by_side - 1 other runs; a lent cycle 0 is the lender's cost, its training seconds named apart
+        "cost": {**cost, "device": device_name(cfg.train.device), "side_by_side": side_by_side,
+                 **({"cycle0_lender_train_seconds": lent["train_seconds"]} if lent else {})},
         "config": cfg.model_dump(mode="json"),
         "run_dir": str(run_dir),
         "machine": machine_info(),
@@ -257,6 +364,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with --gpu-window: runs side by side; default: %(default)s")
     parser.add_argument("--side-by-side", type=int, default=1, metavar="K",
                         help="set by --gpu-window for its runs: how many shared the device (recorded)")
+    parser.add_argument("--no-share-cycle0", action="store_true",
+                        help="train every run's cycle 0, also where another run of the seed has trained the same "
+                             "one (by default its final checkpoint is reused)")
     parser.add_argument("--list", action="store_true", help="print the protocols and methods, then exit")
     args = parser.parse_args(argv)
     if not args.list and args.protocol is None:
@@ -287,13 +397,26 @@ def single_run_argv(args: argparse.Namespace, method: str, seed: int) -> tuple[s
             "--data-root", str(args.data_root), "--weights", str(args.weights), "--side-by-side", str(args.parallel)]
     for override in args.overrides:
         argv += ["--set", override]
+    argv += ["--no-share-cycle0"] if args.no_share_cycle0 else []
     return tuple(argv + (["--name", args.name] if args.name else []))
 
 
-def run_in_window(args: argparse.Namespace, name: str, todo: list[tuple[str, int]]) -> int:
-    logs = args.work / name / "logs"
-    jobs = [Job(f"{method} seed {seed}", single_run_argv(args, method, seed), logs / f"{method}_seed{seed}.log")
-            for method, seed in todo]
+def window_jobs(args: argparse.Namespace, name: str, todo: list[tuple[str, int]],
+                mates: dict[tuple[str, int], list[str]]) -> list[Job]:
+    """One job per run; a run with a mate queued before it is ready once some mate's cycle 0 is done."""
+    logs, jobs = args.work / name / "logs", []
+    for k, (method, seed) in enumerate(todo):
+        own = mates.get((method, seed), [])
+        lenders = [bench_run_dir(args.work, name, m, seed) for m in own]
+        after_a_mate = any((m, seed) in todo[:k] for m in own)
+        jobs.append(Job(f"{method} seed {seed}", single_run_argv(args, method, seed), logs / f"{method}_seed{seed}.log",
+                        ready=partial(any_cycle0_done, lenders) if after_a_mate else None))
+    return jobs
+
+
+def run_in_window(args: argparse.Namespace, name: str, todo: list[tuple[str, int]],
+                  mates: dict[tuple[str, int], list[str]]) -> int:
+    jobs = window_jobs(args, name, todo, mates)
     outcome = run_window(jobs, args.gpu_window, args.parallel, report=lambda line: print(line, flush=True))
     for what, labels in (("finished", outcome.finished), ("failed", outcome.failed),
                          ("stopped at the limit (rerun to resume)", outcome.stopped),
@@ -301,6 +424,21 @@ def run_in_window(args: argparse.Namespace, name: str, todo: list[tuple[str, int
         if labels:
             print(f"[{name}] {what}: {', '.join(labels)}", flush=True)
     return 1 if outcome.failed else 0
+
+
+def all_cycle0_mates(protocol: Protocol, seeds, args: argparse.Namespace, extra: dict) -> dict:
+    """(method, seed) -> the methods of every METHODS entry (one the overrides make invalid left out)
+    that train the same cycle 0 with that seed."""
+    mates = {}
+    for seed in seeds:
+        configs = {}
+        for method in METHODS:
+            try:
+                configs[method] = method_config(protocol, METHODS[method], seed, args.data_root, args.weights, extra)
+            except ConfigError:
+                continue
+        mates |= {(method, seed): cycle0_mates(configs, method) for method in configs}
+    return mates
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     # Validate every config before hours of training; seeds outermost, so a full table comes first.
     plan = [(m, s, method_config(protocol, METHODS[m], s, args.data_root, args.weights, extra))
             for s in seeds for m in args.methods]
+    mates = {} if args.no_share_cycle0 else all_cycle0_mates(protocol, seeds, args, extra)
     todo = []
     for method, seed, cfg in plan:
         out = args.results / name / f"{method}_seed{seed}.json"
@@ -322,11 +461,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             todo.append((method, seed, cfg, out))
     if args.gpu_window is not None:
-        return run_in_window(args, name, [(method, seed) for method, seed, _, _ in todo])
+        return run_in_window(args, name, [(method, seed) for method, seed, _, _ in todo], mates)
     failed = []
     for method, seed, cfg, out in todo:
         try:
-            run_one(name, method, seed, cfg, args.work, out, extra, args.side_by_side)
+            run_one(name, method, seed, cfg, args.work, out, extra, args.side_by_side,
+                    mates.get((method, seed), []))
         except Exception:  # keep going: the other runs are independent; report at the end
             traceback.print_exc()
             failed.append(f"{method} seed {seed}")

@@ -2,6 +2,10 @@
 when one ends, and whatever still runs near the limit is interrupted (SIGINT, then SIGKILL), so
 the call returns before the limit and every command that finished has written its output.
 
+A command can say when it is worth starting (`Job.ready`, e.g. once another has made something it
+can reuse): until then a later ready command takes the free slot in its place, but a slot is never
+left idle for it, so nothing waits on a command that fails or never gets there.
+
 Each command runs in its own process group, so an interrupt also reaches its loader workers."""
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import signal
 import subprocess
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +27,7 @@ class Job:
     label: str
     argv: tuple[str, ...]
     log: Path  # stdout and stderr, appended
+    ready: Callable[[], bool] | None = field(default=None, compare=False)  # None: always
 
 
 @dataclass
@@ -43,6 +49,13 @@ def _start(job: Job) -> subprocess.Popen:
         log.write(f"$ {' '.join(job.argv)}\n")
         log.flush()
         return subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _next(waiting: deque[Job]) -> Job:
+    """Takes the first waiting job that is ready, else the first one."""
+    job = next((job for job in waiting if job.ready is None or job.ready()), waiting[0])
+    waiting.remove(job)
+    return job
 
 
 def _signal(process: subprocess.Popen, sig: int) -> None:
@@ -78,8 +91,9 @@ def _stop(running: dict[Job, subprocess.Popen], outcome: Outcome, kill_at: float
 
 
 def run_window(jobs: list[Job], seconds: float, parallel: int, report=print) -> Outcome:
-    """Runs `jobs` in order, `parallel` at a time, and returns within `seconds`. Interrupted itself
-    (Ctrl-C), it stops its jobs the same way, within stop_grace(seconds)."""
+    """Runs `jobs` in order (a ready one before one that is not), `parallel` at a time, and returns
+    within `seconds`. Interrupted itself (Ctrl-C), it stops its jobs the same way, within
+    stop_grace(seconds)."""
     started = time.monotonic()
     grace = stop_grace(seconds)
     deadline = started + seconds
@@ -87,7 +101,7 @@ def run_window(jobs: list[Job], seconds: float, parallel: int, report=print) -> 
     try:
         while (waiting or running) and time.monotonic() < deadline - grace:
             while waiting and len(running) < parallel:
-                job = waiting.popleft()
+                job = _next(waiting)
                 running[job] = _start(job)
                 report(f"[window {time.monotonic() - started:.0f} s] started {job.label} (log: {job.log})")
             time.sleep(POLL_SECONDS)

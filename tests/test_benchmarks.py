@@ -1,7 +1,7 @@
 """The benchmark scripts at smoke size, through their command-line entry points (in this process,
 to pay torch's import once, except where --gpu-window starts its own processes):
 label_efficiency.py (a time-limited window of runs side by side, skip-if-exists, resume, a
-variant, the test split), summarize.py (tables, paired differences, the README's table),
+variant, the test split, one cycle 0 for runs that differ only in acquisition), summarize.py (tables, paired differences, the README's table),
 window.py (the scheduler, on plain processes), speed.py --smoke and jpeg_camvid.py."""
 
 import json
@@ -17,8 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from s4al.active.cycle import ActiveLearningRun
 from s4al.config import load_config
 from s4al.data.camvid import CamVid
+from s4al.run_folder import RunFolder
+from s4al.train.checkpoint import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import jpeg_camvid  # noqa: E402
@@ -118,6 +121,104 @@ def test_methods_run_the_products_learner_and_s4al_paper_the_papers_exactly():
         "off", False, False)
 
 
+def smoke_config(method: str, seed: int = 0):
+    return label_efficiency.method_config(label_efficiency.PROTOCOLS["smoke"], label_efficiency.METHODS[method],
+                                          seed, Path("."), Path("."))
+
+
+def test_only_configs_that_differ_in_what_the_acquisition_reads_share_cycle_0():
+    differences = label_efficiency.cycle0_differences
+    s4al = smoke_config("s4al")
+    assert differences(s4al, smoke_config("region_random_ssl")) == []  # active.metric
+    assert differences(s4al, smoke_config("s4al_60x60x1")) == []  # active.region_size, regions_per_image
+    assert differences(s4al, smoke_config("image_entropy_ssl")) == []  # active.level
+    assert differences(s4al, smoke_config("s4al_paper")) == [  # another learner
+        "ssl.class_normalised_confidence", "ssl.distribution_alignment", "ssl.freeze_bn_on_unlabelled"]
+    assert differences(s4al, smoke_config("s4al", seed=1)) == ["seed"]
+    assert differences(s4al, smoke_config("region_entropy_nossl")) == ["ssl.enabled"]
+    assert differences(s4al, smoke_config("ssl_10")) == ["active.cycles", "ssl.balanced_from_cycle"]
+    configs = {m: smoke_config(m) for m in label_efficiency.METHODS}
+    assert label_efficiency.cycle0_mates(configs, "s4al") == [
+        "region_random_ssl", "s4al_margin", "s4al_least_confidence", "image_entropy_ssl", "s4al_30x30x2", "s4al_60x60x1"]
+    assert label_efficiency.cycle0_mates(configs, "s4al_paper") == []
+
+
+@pytest.fixture(scope="module")
+def lent_root(tmp_path_factory) -> Path:
+    """s4al, then region_random_ssl (the same cycle 0, random regions), one after the other."""
+    root = tmp_path_factory.mktemp("lent")
+    run_script(label_efficiency, "--protocol", "smoke", "--methods", "s4al", "region_random_ssl",
+               "--results", root / "results", "--work", root / "work")
+    return root
+
+
+def smoke_result(root: Path, method: str, name: str = "smoke") -> dict:
+    return json.loads((root / "results" / name / f"{method}_seed0.json").read_text())
+
+
+def test_a_run_resumes_the_same_cycle_0_of_another_and_names_it(lent_root):
+    lender, borrower = smoke_result(lent_root, "s4al"), smoke_result(lent_root, "region_random_ssl")
+    assert lender["cycle0_from"] is None and borrower["cycle0_from"] == "s4al_seed0"
+    assert borrower["cycles"][0]["val"] == lender["cycles"][0]["val"]
+    assert lender["timings"]["steps"]["0"]["steps"] == 4
+    assert "0" not in borrower["timings"]["steps"] and borrower["timings"]["steps"]["1"]["steps"] == 8
+    assert borrower["cost"]["cycle0_lender_train_seconds"] == lender["cycles"][0]["train_seconds"]
+    assert "cycle0_lender_train_seconds" not in lender["cost"]
+    # from the acquisition on they differ: random regions buy other pixels than entropy regions
+    assert borrower["cycles"][0]["bought"]["regions"] == lender["cycles"][0]["bought"]["regions"] == 72
+    assert borrower["cycles"][0]["bought"]["class_pixels"] != lender["cycles"][0]["bought"]["class_pixels"]
+    folders = {m: RunFolder(lent_root / "work" / "smoke" / f"{m}_seed0") for m in ("s4al", "region_random_ssl")}
+    lent, kept = (load_checkpoint(folders[m].checkpoint_path(0)) for m in ("region_random_ssl", "s4al"))
+    assert all(lent["student"][k].equal(kept["student"][k]) for k in kept["student"])
+    assert lent["config"]["active"]["metric"] == "random"  # the borrower's own config
+    cycle0_lines = [[line for line in f.metrics_log.read_text().splitlines() if '"cycle": 0' in line]
+                    for f in folders.values()]
+    assert cycle0_lines[0] == cycle0_lines[1] and len(cycle0_lines[0]) == 1
+
+
+def test_without_sharing_a_run_trains_its_own_cycle_0_to_the_same_results(lent_root, tmp_path):
+    work = tmp_path / "work" / "smoke"
+    shutil.copytree(lent_root / "work" / "smoke" / "s4al_seed0", work / "s4al_seed0")  # a lender at hand
+    run_script(label_efficiency, "--protocol", "smoke", "--methods", "region_random_ssl", "--no-share-cycle0",
+               "--results", tmp_path / "results", "--work", tmp_path / "work")
+    own, borrowed = smoke_result(tmp_path, "region_random_ssl"), smoke_result(lent_root, "region_random_ssl")
+    assert own["cycle0_from"] is None and own["timings"]["steps"]["0"]["steps"] == 4
+    assert "cycle0_lender_train_seconds" not in own["cost"]
+    assert own["cycles"][0]["val"] == borrowed["cycles"][0]["val"]  # on a CPU training repeats exactly
+    assert own["final"] == borrowed["final"]
+
+
+def test_a_lender_trained_with_another_learner_or_unfinished_is_refused(lent_root, tmp_path, capsys):
+    work = lent_root / "work" / "smoke"
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(work / "s4al_seed0", unfinished)
+    RunFolder(unfinished).cycle_summary_path(0).unlink()
+    run = ActiveLearningRun(tmp_path / "paper", smoke_config("s4al_paper"))
+    record = tmp_path / "paper.cycle0_from.json"
+    label_efficiency.adopt_cycle0(run, {"unfinished": unfinished, "s4al_seed0": work / "s4al_seed0"}, record, "[x]")
+    assert not run.folder.checkpoint_path(0).exists() and not record.exists()
+    assert capsys.readouterr().out == ("[x] cycle 0 not taken from s4al_seed0: trained with another "
+                                       "ssl.class_normalised_confidence, ssl.distribution_alignment, "
+                                       "ssl.freeze_bn_on_unlabelled\n")
+
+
+def test_a_window_starts_a_run_after_its_mate_and_prefers_it_once_the_mates_cycle_0_is_done(lent_root, tmp_path):
+    def jobs(*flags):
+        args = label_efficiency.parse_args(["--protocol", "smoke", "--work", str(tmp_path), "--gpu-window", "60", *flags])
+        mates = {} if args.no_share_cycle0 else label_efficiency.all_cycle0_mates(
+            label_efficiency.PROTOCOLS["smoke"], (0,), args, {})
+        todo = [("s4al", 0), ("region_random_ssl", 0), ("sup_10", 0)]
+        return {job.label: job for job in label_efficiency.window_jobs(args, "smoke", todo, mates)}
+
+    shared = jobs()
+    assert shared["s4al seed 0"].ready is None and shared["sup_10 seed 0"].ready is None
+    assert shared["region_random_ssl seed 0"].ready() is False  # s4al's cycle 0 is not done
+    shutil.copytree(lent_root / "work" / "smoke" / "s4al_seed0", tmp_path / "smoke" / "s4al_seed0")
+    assert shared["region_random_ssl seed 0"].ready() is True
+    unshared = jobs("--no-share-cycle0")
+    assert all(job.ready is None and "--no-share-cycle0" in job.argv for job in unshared.values())
+
+
 def test_summarize_writes_tables_plot_results_doc_and_the_readme_block(bench_root, tmp_path):
     results = tmp_path / "results"
     shutil.copytree(bench_root / "results" / "smoke", results / "smoke")
@@ -204,6 +305,22 @@ def test_a_window_keeps_k_running_and_starts_the_next_when_one_ends(tmp_path):
     times = {job.label: [float(line.split()[1]) for line in job.log.read_text().splitlines()[1:]]
              for job in jobs[:3]}
     assert times["short"][1] <= times["third"][0] < times["long"][1]  # third took short's place, beside long
+
+
+def test_a_window_starts_a_ready_job_before_one_that_is_not_but_never_leaves_a_slot_idle(tmp_path):
+    made = tmp_path / "made"
+    start = "import os, time; print('start', time.time(), os.path.exists({!r}), flush=True); time.sleep({})"
+    jobs = [python_job(tmp_path, "maker", f"import time; time.sleep(0.5); open({str(made)!r}, 'w'); time.sleep(1.5)"),
+            Job("user", (sys.executable, "-c", start.format(str(made), 0)), tmp_path / "user.log", ready=made.exists),
+            python_job(tmp_path, "other", start.format(str(made), 1.0)),
+            Job("never", (sys.executable, "-c", start.format(str(made), 0)), tmp_path / "never.log",
+                ready=lambda: False)]
+    outcome = run_window(jobs, 60, parallel=2, report=lambda line: None)
+    assert sorted(outcome.finished) == ["maker", "never", "other", "user"]
+    starts = {job.label: job.log.read_text().splitlines()[1].split()[1:] for job in jobs[1:]}
+    assert starts["other"][1] == "False" and starts["user"][1] == "True"  # other took the slot until made existed
+    # ... and never, not ready ever, still ran once nothing else was waiting
+    assert float(starts["other"][0]) < float(starts["user"][0]) < float(starts["never"][0])
 
 
 def test_a_window_interrupts_what_runs_at_its_end_and_returns_in_time(tmp_path):
