@@ -1,26 +1,56 @@
 """Full-resolution evaluation: confusion-matrix mIoU, identical whatever the batch size or the
 number of ranks (images are batched only with images of the same size, so no padding touches a
-prediction, and under torch.distributed the ranks' confusion matrices are summed)."""
+prediction, and under torch.distributed the ranks' confusion matrices are summed).
+
+On the fast path (train.fast, s4al/data/device_cache.py) the split is decoded onto the device once
+per process and evaluated in large batches under bf16 autocast on CUDA; the confusion matrix is
+counted on the device and read once, at the end."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from s4al import distributed
 from s4al.data.base import SegmentationDataset
 from s4al.data.batches import image_batches, to_model_input
-from s4al.metrics import SegmentationScores, confusion_meter, scores_from_confusion
+from s4al.data.classes import IGNORE_INDEX
+from s4al.data.device_cache import FastMode, bf16_inference, inference_cache
+from s4al.metrics import SegmentationScores, scores_from_confusion
+
+
+def count_pairs(counts: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> None:
+    """Adds each pixel's (label, prediction) pair to `counts`, the flattened num_classes x num_classes
+    confusion matrix plus a last bin for IGNORE_INDEX pixels. No boolean indexing and no bincount:
+    on a GPU both wait for it to learn an output size."""
+    pairs = torch.where(labels == IGNORE_INDEX, num_classes**2, labels * num_classes + predictions)
+    ones = torch.ones((), dtype=counts.dtype, device=counts.device).expand(pairs.numel())
+    counts.index_add_(0, pairs.flatten(), ones)
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, dataset: SegmentationDataset, batch_size: int, device: torch.device, num_workers: int = 0
+    model: nn.Module,
+    dataset: SegmentationDataset,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 0,
+    fast: FastMode = "auto",
 ) -> SegmentationScores:
+    """`fast`: train.fast, whether the split is read from the device (s4al/data/device_cache.py)."""
     was_training = model.training
     model.eval()
-    meter = confusion_meter(dataset.classes.num_classes).to(device)
-    pin = device.type == "cuda"
-    for images, labels, _ in image_batches(dataset, batch_size, num_workers, shard=True, pin_memory=pin):
-        meter.update(model(to_model_input(images, device)).argmax(1), labels.to(device))
+    num_classes = dataset.classes.num_classes
+    cache = inference_cache(dataset, device, fast, labels=True, num_workers=num_workers)
+    if cache is not None:
+        batches = cache.batches(range(len(dataset)), batch_size, labels=True)
+    else:
+        batches = image_batches(dataset, batch_size, num_workers, shard=True, pin_memory=device.type == "cuda")
+    counts = torch.zeros(num_classes**2 + 1, dtype=torch.int64, device=device)
+    for images, labels, _ in batches:
+        with bf16_inference(cache):
+            logits = model(to_model_input(images, device))
+        count_pairs(counts, labels.to(device, non_blocking=True), logits.argmax(1), num_classes)
     model.train(was_training)
-    return scores_from_confusion(meter.compute().cpu())  # summed over ranks by torchmetrics
+    confusion = sum(distributed.gather_objects(counts.cpu()))[:-1].view(num_classes, num_classes)
+    return scores_from_confusion(confusion)

@@ -4,6 +4,10 @@ floats per image) are kept, so memory does not grow with the pool's probability 
 large to run whole is scored tile by tile (s4al/tiles.py), so memory does not grow with one image's
 size either (beyond its decoded pixels, 3 bytes each).
 
+On the fast path (train.fast, s4al/data/device_cache.py) the pool is read from the train split
+decoded once onto the device, in large batches under bf16 autocast on CUDA, and the scores stay on
+the device until one copy at the end, so the host never waits for a GPU between batches.
+
 Under torch.distributed each rank scores its share of the batches and every rank receives all the
 scores, so the selection (made identically everywhere) equals a single process's. Random scores
 are drawn per image from (seed, image index), so they too do not depend on the sharding."""
@@ -29,6 +33,7 @@ from s4al.active.scores import pixel_scores, random_scores
 from s4al.config import ActiveConfig
 from s4al.data.base import SegmentationDataset
 from s4al.data.batches import image_batches, to_model_input
+from s4al.data.device_cache import DeviceCache, FastMode, bf16_inference, inference_cache
 from s4al.tiles import tiles, tile_logits, runs_whole
 from s4al.seeding import seeded_generator
 
@@ -81,6 +86,23 @@ def _completed(indices: list[int], copied: torch.Tensor, done) -> tuple[list[int
     return indices, copied
 
 
+def _on_host_at_end(batches: Iterator[tuple[list[int], torch.Tensor]]) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """The (dataset indices, values) batches as one, copied to the host after the last: the host
+    queues every batch's work without waiting for the device in between."""
+    indices, values = [], []
+    for batch_indices, batch_values in batches:
+        indices += batch_indices
+        values.append(batch_values)
+    if values:
+        yield indices, torch.cat(values).cpu()
+
+
+def _to_host(batches, cache: DeviceCache | None):
+    """Loader batches (of any image size, tiled ones too) are copied as they come, so the device never
+    holds a whole pool's scores; batches from the device cache (images that run whole) at the end."""
+    return _on_host(batches) if cache is None else _on_host_at_end(batches)
+
+
 def _gathered(shard: dict) -> dict:
     return {k: v for part in distributed.gather_objects(shard) for k, v in part.items()}
 
@@ -103,23 +125,33 @@ def _batches(dataset, indices, batch_size, num_workers, pin_memory=False):
                    for group, size in ((whole, batch_size), (large, 1)) if group))
 
 
+def _image_batches(dataset, indices, batch_size, device, num_workers, cache: DeviceCache | None):
+    """This rank's (uint8 (N, 3, H, W) images, dataset indices) batches of `indices`: from the
+    device cache, else read by loader workers."""
+    if cache is not None:
+        batches = cache.batches(indices, batch_size)
+    else:
+        batches = _batches(dataset, indices, batch_size, num_workers, pin_memory=device.type == "cuda")
+    return ((images, batch_indices) for images, _, batch_indices in batches)
+
+
 @torch.no_grad()
-def _pixel_score_batches(model, dataset, indices, metric, batch_size, device, seed, unit, num_workers):
+def _pixel_score_batches(model, dataset, indices, metric, batch_size, device, seed, unit, num_workers, cache):
     """Yields (dataset indices, (H, W), pieces) over this rank's share of the pool. `pieces` yields
     ((N, h, w) pixel scores on `device`, core box) per tile: one piece, the whole image, unless the
     images are too large to run whole (s4al/tiles.py; cores aligned to `unit`). Consume the pieces
     before the next batch."""
     model.eval()
-    batches = _batches(dataset, indices, batch_size, num_workers, pin_memory=device.type == "cuda")
-    for number, (images, _, batch_indices) in enumerate(batches, start=1):
+    batches = _image_batches(dataset, indices, batch_size, device, num_workers, cache)
+    for number, (images, batch_indices) in enumerate(batches, start=1):
         size = tuple(images.shape[-2:])
-        yield batch_indices, size, _tile_scores(model, images, batch_indices, metric, device, seed, unit)
+        yield batch_indices, size, _tile_scores(model, images, batch_indices, metric, device, seed, unit, cache)
         if number % TRIM_EVERY == 0:
             _release_freed_memory()
 
 
 @torch.no_grad()  # run lazily, by the consumer of the pieces
-def _tile_scores(model, images, batch_indices, metric, device, seed, unit):
+def _tile_scores(model, images, batch_indices, metric, device, seed, unit, cache):
     generators = [seeded_generator(seed, i) for i in batch_indices]
     image_tiles = tiles(*images.shape[-2:], unit)
     for tile in image_tiles:
@@ -127,7 +159,9 @@ def _tile_scores(model, images, batch_indices, metric, device, seed, unit):
             y0, x0, y1, x1 = tile.core
             scores = torch.stack([random_scores((y1 - y0, x1 - x0), g) for g in generators]).to(device)
         else:
-            scores = pixel_scores(metric, tile_logits(model, images, tile, device).float().softmax(1))
+            with bf16_inference(cache):
+                logits = tile_logits(model, images, tile, device)
+            scores = pixel_scores(metric, logits.float().softmax(1))
         yield scores, tile.core
         if len(image_tiles) > 1:  # windows of several sizes fragment the heap (+50 MiB on 12 tiles)
             _release_freed_memory()
@@ -142,8 +176,10 @@ def score_cells(
     device: torch.device,
     seed: int,
     num_workers: int = 0,
+    fast: FastMode = "auto",
 ) -> dict[int, np.ndarray]:
-    """Per pool image, the (rows, cols) mean score of each cell over its not-yet-bought pixels."""
+    """Per pool image, the (rows, cols) mean score of each cell over its not-yet-bought pixels.
+    `fast`: train.fast, whether the pool is read from the device (s4al/data/device_cache.py)."""
     s = cfg.region_size
 
     def cells_of(ids: list[int], size: tuple[int, int], pieces) -> torch.Tensor:
@@ -156,10 +192,11 @@ def score_cells(
         return grid
 
     cells: dict[int, np.ndarray] = {}
+    cache = inference_cache(dataset, device, fast, labels=False, num_workers=num_workers)
     batches = _pixel_score_batches(model, dataset, indices, cfg.metric, cfg.score_batch_size, device, seed, s,
-                                   num_workers)
+                                   num_workers, cache)
     batch_cells = ((ids, cells_of(ids, size, pieces)) for ids, size, pieces in batches)
-    for batch_indices, values in _on_host(batch_cells):
+    for batch_indices, values in _to_host(batch_cells, cache):
         cells.update(zip(batch_indices, values.numpy()))
     return _gathered(cells)
 
@@ -197,35 +234,44 @@ def choose_regions(cells: Mapping[int, np.ndarray], sizes: Mapping[int, tuple[in
 
 
 @torch.no_grad()
-def score_images(model, dataset, indices, metric, batch_size, device, seed, num_workers=0) -> dict[int, float]:
+def score_images(
+    model, dataset, indices, metric, batch_size, device, seed, num_workers=0, fast: FastMode = "auto"
+) -> dict[int, float]:
     """Mean pixel score per pool image (the image-level random / entropy / ... baselines)."""
     def means(size: tuple[int, int], pieces) -> torch.Tensor:  # tiles weighted by their area; one tile: its mean
         return sum(scores.mean(dim=(1, 2)) * (scores[0].numel() / (size[0] * size[1])) for scores, _ in pieces)
 
     out: dict[int, float] = {}
-    batches = _pixel_score_batches(model, dataset, indices, metric, batch_size, device, seed, 1, num_workers)
-    for batch_indices, values in _on_host((ids, means(size, pieces)) for ids, size, pieces in batches):
+    cache = inference_cache(dataset, device, fast, labels=False, num_workers=num_workers)
+    batches = _pixel_score_batches(model, dataset, indices, metric, batch_size, device, seed, 1, num_workers, cache)
+    for batch_indices, values in _to_host(((ids, means(size, pieces)) for ids, size, pieces in batches), cache):
         out.update(zip(batch_indices, values.tolist()))
     return _gathered(out)
 
 
 @torch.no_grad()
-def image_features(model, dataset, indices, batch_size, device, num_workers=0) -> torch.Tensor:
+def image_features(
+    model, dataset, indices, batch_size, device, num_workers=0, fast: FastMode = "auto"
+) -> torch.Tensor:
     """(len(indices), C) pooled deepest encoder features, in the order of `indices`; an image too
     large to run whole gets the mean of its tiles' pooled features, weighted by their cores' areas."""
+    cache = inference_cache(dataset, device, fast, labels=False, num_workers=num_workers)
+
     def pooled(images: torch.Tensor) -> torch.Tensor:
         h, w = images.shape[-2:]
         parts = []
         for tile in tiles(h, w, 1):
             y0, x0, y1, x1 = tile.window
             weight = (tile.core[2] - tile.core[0]) * (tile.core[3] - tile.core[1]) / (h * w)
-            parts.append(pooled_features(model.features(to_model_input(images[..., y0:y1, x0:x1], device))) * weight)
+            with bf16_inference(cache):
+                encoded = model.features(to_model_input(images[..., y0:y1, x0:x1], device))
+            parts.append(pooled_features(encoded) * weight)
         return sum(parts)
 
     model.eval()
     features: dict[int, torch.Tensor] = {}
-    batches = _batches(dataset, indices, batch_size, num_workers)
-    for batch_indices, values in _on_host((ids, pooled(images)) for images, _, ids in batches):
+    batches = _image_batches(dataset, indices, batch_size, device, num_workers, cache)
+    for batch_indices, values in _to_host(((ids, pooled(images)) for images, ids in batches), cache):
         features.update(zip(batch_indices, values))
     features = _gathered(features)
     return torch.stack([features[i] for i in indices])
@@ -233,7 +279,7 @@ def image_features(model, dataset, indices, batch_size, device, num_workers=0) -
 
 def choose_images(
     model, dataset, labelled: Sequence[int], pool: Sequence[int], count: int, cfg: ActiveConfig, device, seed: int,
-    num_workers: int = 0,
+    num_workers: int = 0, fast: FastMode = "auto",
 ) -> list[Query]:
     """`count` whole pool images by the image-level metric (Core-Set: k-center greedy)."""
     def whole(i: int, score: float) -> Query:
@@ -242,9 +288,9 @@ def choose_images(
 
     if cfg.metric == "coreset":
         order = list(labelled) + list(pool)
-        feats = image_features(model, dataset, order, cfg.score_batch_size, device, num_workers)
+        feats = image_features(model, dataset, order, cfg.score_batch_size, device, num_workers, fast)
         is_labelled = torch.arange(len(order)) < len(labelled)
         return [whole(order[k], 0.0) for k in k_center_greedy(feats, is_labelled, count)]
-    scores = score_images(model, dataset, pool, cfg.metric, cfg.score_batch_size, device, seed, num_workers)
+    scores = score_images(model, dataset, pool, cfg.metric, cfg.score_batch_size, device, seed, num_workers, fast)
     ranked = sorted(pool, key=lambda i: (-scores[i], i))[:count]
     return [whole(i, scores[i]) for i in ranked]

@@ -216,7 +216,8 @@ class ActiveLearningRun:
             "train_seconds": time.perf_counter() - started,
         }
         if self.test_set is not None:
-            scores = evaluate(result.teacher, self.test_set, self.cfg.train.eval_batch_size, self.device)
+            scores = evaluate(result.teacher, self.test_set, self.cfg.train.eval_batch_size, self.device,
+                              fast=self.cfg.train.fast)
             metrics["test"] = scores.as_dict(self.test_set.classes.names)
         if cycle < self.final_cycle:
             self._on_main(self.ledger.set_phase, cycle, "acquire", metrics)
@@ -254,8 +255,10 @@ class ActiveLearningRun:
         workers = scoring_workers(self.device, self.cfg.train.num_workers)
         if a.level == "image":
             count = self._images_per_cycle()
-            return choose_images(model, self.train_set, state.whole, state.pool, count, a, self.device, seed, workers)
-        cells = score_cells(model, self.train_set, state.pool, state.asked, a, self.device, seed, workers)
+            return choose_images(model, self.train_set, state.whole, state.pool, count, a, self.device, seed, workers,
+                                 self.cfg.train.fast)
+        cells = score_cells(model, self.train_set, state.pool, state.asked, a, self.device, seed, workers,
+                            self.cfg.train.fast)
         return choose_regions(cells, {i: self.train_set.image_size(i) for i in state.pool}, a)
 
     def _images_per_cycle(self) -> int:

@@ -416,7 +416,7 @@ class Trainer:
         if self.val_dataset is None:
             return
         net = self.teacher.model
-        scores = evaluate(net, self.val_dataset, self.cfg.train.eval_batch_size, self.device)
+        scores = evaluate(net, self.val_dataset, self.cfg.train.eval_batch_size, self.device, fast=self.cfg.train.fast)
         record = {"cycle": self.cycle, "epoch": epoch, "step": self.step} | scores.as_dict(
             self.val_dataset.classes.names
         )

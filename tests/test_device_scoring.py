@@ -1,0 +1,292 @@
+"""Pool scoring and evaluation read from the device cache (the fast path, s4al/data/device_cache.py)
+give the loader path's scores, regions and confusion matrix; the cache is decoded once per
+process; mixed sizes, images too large to run whole and train.fast off keep the loader path."""
+
+import gc
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from s4al import distributed
+from s4al.active import acquisition
+from s4al.active.acquisition import choose_images, choose_regions, score_cells, score_images
+from s4al.data import build_dataset
+from s4al.data import device_cache
+from s4al.data.batches import image_batches, to_model_input
+from s4al.data.classes import IGNORE_INDEX
+from s4al.data.device_cache import inference_cache
+from s4al.evaluate import count_pairs, evaluate
+from s4al.model import build_model
+from s4al.ssl.losses import supervised_loss
+from s4al.tiles import TILE_SIDE
+from s4al.train.trainer import TrainData, Trainer
+
+CPU = torch.device("cpu")
+POOL = [3, 5, 6, 8, 11, 12, 17]
+BOUGHT = {5: [(0, 0, 16, 16)], 11: [(16, 16, 32, 32), (32, 48, 48, 64)]}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """A network trained for a few steps, so that it predicts several classes with varied confidence."""
+    cfg = tiny_config()
+    train, val = build_dataset(cfg.dataset, "train", cfg.seed), build_dataset(cfg.dataset, "val", cfg.seed)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, train.classes.num_classes)
+    batches = [(to_model_input(x, CPU), y) for x, y, _ in image_batches(train, 4, 0, range(8))]
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    for step in range(20):
+        images, labels = batches[step % 2]
+        optimizer.zero_grad()
+        supervised_loss(model(images), labels).backward()
+        optimizer.step()
+    return cfg, train, val, model.eval()
+
+
+def active(cfg, **values):
+    return cfg.active.model_copy(update=values)
+
+
+class Counted(torch.utils.data.Dataset):
+    """A split that counts its decodes (image and label pairs, images alone)."""
+
+    def __init__(self, base, size=None):
+        self.base, self.classes, self.size = base, base.classes, size
+        self.loads = self.image_loads = 0
+
+    def __len__(self):
+        return len(self.base)
+
+    def image_id(self, index):
+        return self.base.image_id(index)
+
+    def image_size(self, index):
+        return self.size or self.base.image_size(index)
+
+    def load(self, index):
+        self.loads += 1
+        return self.base.load(index)
+
+    def load_image(self, index):
+        self.image_loads += 1
+        return self.base.load(index).image
+
+
+class MixedSizes(Counted):
+    """The last image is reported one row taller: the split has two sizes."""
+
+    def image_size(self, index):
+        h, w = self.base.image_size(index)
+        return (h + 1, w) if index == len(self) - 1 else (h, w)
+
+
+# ---- pool scoring --------------------------------------------------------------------------------
+def test_cell_scores_and_regions_from_the_device_cache_are_the_loader_paths(setup):
+    cfg, train, _, model = setup
+    a = active(cfg, metric="entropy", score_batch_size=3)
+    loader = score_cells(model, train, POOL, BOUGHT, a, CPU, 0, fast="off")
+    cached = score_cells(model, train, POOL, BOUGHT, a, CPU, 0, fast="on")
+    assert inference_cache(train, CPU, "on", labels=False) is not None  # the fast path was taken
+    assert sorted(cached) == POOL
+    for i in POOL:
+        assert np.array_equal(cached[i], loader[i]), i  # same batches, same arithmetic: bit-identical
+    assert cached[5][0, 0] == -math.inf and np.isfinite(cached[3]).all()
+    # other batch sizes: equal within float rounding, and the same regions are asked for
+    other = score_cells(model, train, POOL, BOUGHT, active(cfg, metric="entropy", score_batch_size=5), CPU, 0,
+                        fast="on")
+    for i in POOL:
+        np.testing.assert_allclose(other[i], loader[i], rtol=0, atol=1e-6)
+    sizes = {i: (48, 64) for i in POOL}
+    for selection in (active(cfg, regions_per_image=2), active(cfg, selection="global", global_budget=9)):
+        reference = [(q.index, q.box) for q in choose_regions(loader, sizes, selection)]
+        assert [(q.index, q.box) for q in choose_regions(cached, sizes, selection)] == reference
+        assert [(q.index, q.box) for q in choose_regions(other, sizes, selection)] == reference
+
+
+def test_image_level_scores_and_coreset_from_the_device_cache_are_the_loader_paths(setup):
+    cfg, train, _, model = setup
+    pool = list(range(4, 20))
+    loader = score_images(model, train, pool, "least_confidence", 3, CPU, 0, fast="off")
+    assert score_images(model, train, pool, "least_confidence", 3, CPU, 0, fast="on") == loader
+    for metric in ("entropy", "coreset"):
+        a = active(cfg, level="image", metric=metric, score_batch_size=3)
+        reference = choose_images(model, train, [0, 1, 2, 3], pool, 4, a, CPU, 0, fast="off")
+        assert choose_images(model, train, [0, 1, 2, 3], pool, 4, a, CPU, 0, fast="on") == reference
+
+
+def test_scoring_from_the_cache_never_loads_a_pool_images_label(setup):
+    cfg, train, _, model = setup
+    counted = Counted(train)
+    score_cells(model, counted, POOL, {}, active(cfg), CPU, 0, fast="on")
+    assert counted.loads == 0 and counted.image_loads == len(train)  # the whole split, images alone
+    assert (inference_cache(counted, CPU, "on", labels=False).labels == IGNORE_INDEX).all()
+    score_cells(model, counted, POOL[:2], {}, active(cfg), CPU, 0, fast="on")
+    assert counted.image_loads == len(train)  # decoded once
+
+
+def test_cache_batches_are_the_loaders_batches_and_ranks_share_them_alike(setup, monkeypatch):
+    _, _, val, _ = setup
+    cache = inference_cache(val, CPU, "on", labels=True)
+    for rank in (0, 1):
+        monkeypatch.setattr(distributed, "rank", lambda: rank)
+        monkeypatch.setattr(distributed, "world_size", lambda: 2)
+        loader = list(image_batches(val, 3, 0, [0, 1, 2, 3], shard=True))
+        cached = list(cache.batches([0, 1, 2, 3], 3, labels=True))
+        assert [ids for *_, ids in cached] == [ids for *_, ids in loader] == ([[0, 1, 2]] if rank == 0 else [[3]])
+        for (images, labels, _), (old_images, old_labels, _) in zip(cached, loader):
+            assert torch.equal(images, old_images) and torch.equal(labels, old_labels)
+            assert images.dtype == torch.uint8 and labels.dtype == torch.int64
+
+
+def test_forward_passes_on_a_cpu_run_in_fp32_without_autocast(setup):
+    cfg, train, val, model = setup
+    seen = []
+
+    def record(module, inputs, output):
+        seen.append((torch.is_autocast_enabled("cuda"), torch.is_autocast_enabled("cpu"), inputs[0].dtype,
+                     output.dtype))
+
+    hook = model.register_forward_hook(record)
+    try:
+        score_cells(model, train, POOL, {}, active(cfg), CPU, 0, fast="on")
+        evaluate(model, val, 4, CPU, fast="on")
+    finally:
+        hook.remove()
+    assert len(seen) == 2 + 1  # 7 pool images in batches of 4, 4 val images in one
+    assert set(seen) == {(False, False, torch.float32, torch.float32)}
+
+
+# ---- evaluation ----------------------------------------------------------------------------------
+def test_count_pairs_counts_label_prediction_pairs_and_sets_ignored_pixels_apart():
+    counts = torch.zeros(3 * 3 + 1, dtype=torch.int64)
+    labels = torch.tensor([[[0, 1], [IGNORE_INDEX, 2]], [[2, 2], [0, IGNORE_INDEX]]])
+    predictions = torch.tensor([[[0, 2], [1, 2]], [[1, 2], [0, 0]]])
+    count_pairs(counts, labels, predictions, 3)
+    count_pairs(counts, labels[:1], predictions[:1], 3)  # accumulates
+    expected = [[2 + 1, 0, 0], [0, 0, 1 + 1], [0, 1, 1 + 1 + 1]]
+    assert counts[:-1].view(3, 3).tolist() == expected and counts[-1] == 2 + 1
+
+
+def test_evaluation_from_the_device_cache_is_the_loader_paths_and_decodes_once(setup):
+    cfg, _, val, model = setup
+    counted = Counted(val)
+    names = val.classes.names
+    loader = evaluate(model, counted, 3, CPU, fast="off").as_dict(names)
+    assert counted.loads == len(val)
+    for batch_size in (3, 1, 4):
+        assert evaluate(model, counted, batch_size, CPU, fast="on").as_dict(names) == loader
+    assert counted.loads == 2 * len(val)  # the loader's pass, then the cache's only decode
+    assert 0 < loader["pixel_accuracy"] < 1 and len({v for v in loader["iou"].values() if v}) > 1
+
+
+def test_the_cache_built_for_scoring_gains_the_labels_when_evaluation_needs_them(setup):
+    _, _, val, _ = setup
+    counted = Counted(val)
+    images_only = inference_cache(counted, CPU, "on", labels=False)
+    assert (images_only.labels == IGNORE_INDEX).all() and counted.loads == 0
+    labelled = inference_cache(counted, CPU, "on", labels=True)
+    assert counted.loads == len(val) and torch.equal(labelled.labels[1], torch.from_numpy(val.load(1).label))
+    assert inference_cache(counted, CPU, "on", labels=False) is labelled  # images and labels serve both
+
+
+def test_the_cache_goes_with_its_dataset(setup):
+    _, _, val, _ = setup
+    counted = Counted(val)
+    inference_cache(counted, CPU, "on", labels=True)
+    held = len(device_cache._INFERENCE)
+    del counted
+    gc.collect()
+    assert len(device_cache._INFERENCE) == held - 1
+
+
+@pytest.mark.parametrize("fast", ["on", "off"])
+def test_training_evaluates_from_the_cache_decoded_at_its_first_evaluation_only(setup, tmp_path, fast):
+    cfg, train, val, _ = setup
+    counted = Counted(val)
+    cfg = tiny_config(ssl={"enabled": False}, train={"fast": fast, "epochs": 3, "iters_per_epoch": 1})
+    history = Trainer(cfg, TrainData(train, labelled=list(range(8))), counted, tmp_path).fit().history
+    assert len(history) == 3
+    assert counted.loads == len(val) * (1 if fast == "on" else 3)
+
+
+# ---- where the loader path stays -----------------------------------------------------------------
+def test_off_auto_on_a_cpu_mixed_sizes_and_images_too_large_to_run_whole_keep_the_loader_path(setup):
+    cfg, train, val, model = setup
+    assert inference_cache(val, CPU, "off", labels=True) is None
+    assert inference_cache(val, CPU, "auto", labels=True) is None
+    mixed = MixedSizes(val)
+    # decided before anything is decoded or allocated: auto on a CUDA device needs no GPU here
+    assert inference_cache(mixed, torch.device("cuda"), "auto", labels=True) is None
+    assert inference_cache(mixed, CPU, "on", labels=True) is None and mixed.loads == 0
+    large = Counted(train, size=(TILE_SIDE + 1, TILE_SIDE))
+    assert inference_cache(large, CPU, "on", labels=False) is None and large.image_loads == 0
+    # and mixed sizes with fast on score and evaluate as before, from loader workers
+    names = val.classes.names
+    assert evaluate(model, mixed, 4, CPU, fast="on").as_dict(names) == evaluate(model, val, 4, CPU).as_dict(names)
+    mixed_train = MixedSizes(train)
+    scored = score_cells(model, mixed_train, POOL, BOUGHT, active(cfg), CPU, 0, fast="on")
+    reference = score_cells(model, train, POOL, BOUGHT, active(cfg), CPU, 0, fast="off")
+    assert all(np.array_equal(scored[i], reference[i]) for i in POOL)
+
+
+# ---- on a GPU ------------------------------------------------------------------------------------
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+def test_on_a_gpu_batches_fill_a_tile_and_the_forward_pass_runs_in_bf16(setup):
+    cfg, train, val, model = setup
+    cuda = torch.device("cuda")
+    model = build_model(cfg.model, 9).to(cuda).eval()
+    model.load_state_dict(setup[3].state_dict())  # trained: several classes predicted
+    cache = inference_cache(train, cuda, "auto", labels=False)
+    assert cache is not None and cache.images.is_cuda
+    assert [len(ids) for *_, ids in cache.batches(range(20), 4)] == [20]  # 48x64: a tile holds them all
+    dtypes = []
+    hook = model.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    try:
+        a = active(cfg, regions_per_image=2)
+        fast = score_cells(model, train, POOL, BOUGHT, a, cuda, 0, fast="auto")
+    finally:
+        hook.remove()
+    assert dtypes == [torch.bfloat16]
+    loader = score_cells(model, train, POOL, BOUGHT, a, cuda, 0, fast="off")
+    for i in POOL:  # bf16 logits, fp32 softmax and entropy
+        np.testing.assert_allclose(fast[i], loader[i], rtol=0, atol=0.05 * math.log(9))
+    names = val.classes.names
+    bf16, fp32 = (evaluate(model, val, 4, cuda, fast=fast).as_dict(names) for fast in ("auto", "off"))
+    assert abs(bf16["pixel_accuracy"] - fp32["pixel_accuracy"]) < 0.02
+
+
+@needs_cuda
+def test_on_a_gpu_scoring_and_evaluation_wait_for_it_once_whatever_the_number_of_batches(setup, monkeypatch):
+    """Under sync debug mode 'warn' every wait of the host for the GPU warns: the waits of a pass
+    do not grow with its batches (the one copy of the scores or the confusion matrix at the end)."""
+    cfg, train, val, _ = setup
+    cuda = torch.device("cuda")
+    model = build_model(cfg.model, 9).to(cuda).eval()
+    cache = inference_cache(train, cuda, "on", labels=True)
+    monkeypatch.setattr(device_cache, "TILE_SIDE", 48)  # one image per batch
+
+    def waits(run) -> int:
+        run()  # warm-up: lazy initialisation, cuDNN's choice of kernels
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    a = active(cfg, score_batch_size=1)
+    few, many = (waits(lambda: score_cells(model, train, pool, BOUGHT, a, cuda, 0, fast="on"))
+                 for pool in (POOL[:2], POOL))
+    assert few == many <= 2
+    assert waits(lambda: evaluate(model, train, 1, cuda, fast="on")) <= 2  # 20 batches
+    assert len(list(cache.batches(range(5), 1))) == 5
