@@ -171,11 +171,11 @@ def run(
     for s in summaries:
         table.add_row(str(s["cycle"]), f"{100 * s['labelled_fraction']:.2f}", _percent(s["val"]["miou"]),
                       str(s["bought"]["regions"]), str(s["bought"]["images"]))
-    ledger = active_run.ledger
-    pending = ledger.asked()
-    waiting = ledger.last_cycle()
-    if pending and ledger.phase(waiting) == "answer":  # trained and asked; its summary waits for the answers
-        metrics = ledger.metrics(waiting)
+    pending = active_run.ledger.asked()
+    phases = active_run.phases
+    waiting = phases.last_cycle()
+    if pending and phases.phase(waiting) == "answer":  # trained and asked; its summary waits for the answers
+        metrics = phases.metrics(waiting)
         table.add_row(str(waiting), f"{100 * metrics['labelled_fraction']:.2f}", f"{metrics['val']['miou']:.4f}",
                       f"{len(pending)} asked", "-")
     console.print(table)

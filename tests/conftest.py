@@ -1,8 +1,11 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from s4al.active.label_state import LabelState
+from s4al.active.ledger import Ledger, Region
 from s4al.config import RunConfig, load_config
 
 # Tiny tensors gain nothing from intra-op threads, and two threads per process thrash when the
@@ -33,3 +36,28 @@ def camvid_root() -> Path:
     if not (CAMVID / "train").is_dir():
         pytest.skip(f"CamVid not present at {CAMVID}")
     return CAMVID
+
+
+# ---- reading a ledger back in tests, through its public API ------------------------------------
+def region_by_id(ledger: Ledger, region_id: int) -> Region:
+    return {region.region_id: region for region in ledger.regions()}[region_id]
+
+
+def initial_images(ledger: Ledger) -> list[str]:
+    """The initially labelled image ids, in registration order."""
+    return [record.image_id for record in ledger.images() if record.initial]
+
+
+def label_map(ledger: Ledger, image_id: str) -> np.ndarray:
+    """(H, W) uint8: the image's answered label patches pasted at their boxes, 255 elsewhere."""
+    labels = np.full(ledger.image_size(image_id), 255, np.uint8)
+    for region in ledger.answered():
+        if region.image_id == image_id:
+            y0, x0, y1, x1 = region.box
+            labels[y0:y1, x0:x1] = ledger.patch(region)
+    return labels
+
+
+def label_state(ledger: Ledger) -> LabelState:
+    """The ledger's LabelState, its images indexed in registration order."""
+    return LabelState.read(ledger, {record.image_id: i for i, record in enumerate(ledger.images())})

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import label_map, label_state, region_by_id
 from s4al.active.ledger import Ledger
 from s4al.annotation.answers import import_answers
 from s4al.annotation.masks import AnswerError
@@ -72,7 +73,7 @@ def test_label_studio_answers_store_the_painting_inside_each_asked_region(run_di
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert {r.answered_by for r in ledger.answered()} == {"label-studio"}
         for image_id, box in (("a", A1), ("a", A2), ("b", B1)):
-            assert np.array_equal(crop(ledger.label_map(image_id), box), crop(truth(image_id), box))
+            assert np.array_equal(crop(label_map(ledger, image_id), box), crop(truth(image_id), box))
 
 
 def test_a_region_is_answered_from_half_its_pixels_painted_and_below_that_stays_asked(run_dir, tmp_path):
@@ -85,9 +86,9 @@ def test_a_region_is_answered_from_half_its_pixels_painted_and_below_that_stays_
     assert report.not_answered == {1: 0.49} and report.ignored_pixels == {}
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert [r.region_id for r in ledger.asked()] == [1, 3]
-        patch = ledger.patch(ledger.region(2))
+        patch = ledger.patch(region_by_id(ledger, 2))
         assert (patch[:5] == 2).all() and (patch[5:] == 255).all()
-        assert ledger.labelled_pixels() == H * W + 100  # image 'c' and A2
+        assert label_state(ledger).labelled_pixels == H * W + 100  # image 'c' and A2
 
 
 def test_a_task_painted_further_after_its_first_import_answers_what_is_left(run_dir, tmp_path):
@@ -99,7 +100,7 @@ def test_a_task_painted_further_after_its_first_import_answers_what_is_left(run_
     report = import_answers(run_dir, write_export(tmp_path / "e2.json", task_of(1, "a", updated, [1, 2])))
     assert (report.answered, report.ignored_pixels, report.already_imported) == ([1], {}, 0)
     with Ledger(run_dir / "ledger.sqlite") as ledger:
-        assert (ledger.patch(ledger.region(2)) == 2).all()  # the first answer stays
+        assert (ledger.patch(region_by_id(ledger, 2)) == 2).all()  # the first answer stays
 
 
 def test_a_few_stray_pixels_left_after_erasing_do_not_use_a_region_up(run_dir, tmp_path):
@@ -109,7 +110,8 @@ def test_a_few_stray_pixels_left_after_erasing_do_not_use_a_region_up(run_dir, t
     report = import_answers(run_dir, write_export(tmp_path / "e.json", task_of(1, "a", labels, [1, 2])))
     assert report.answered == [2] and report.not_answered == {1: 0.04}
     with Ledger(run_dir / "ledger.sqlite") as ledger:
-        assert ledger.region(1).state == "asked" and ledger.labelled_mask("a")[0:10, 0:10].sum() == 0
+        assert region_by_id(ledger, 1).state == "asked"
+        assert label_state(ledger).labelled_pixels == H * W + 100  # image 'c' and A2: nothing of A1
 
 
 def test_a_file_that_answers_nothing_says_why(run_dir, tmp_path):
@@ -129,7 +131,8 @@ def test_a_task_skipped_in_label_studio_skips_its_regions_still_asked(run_dir, t
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert [r.region_id for r in ledger.skipped()] == [1, 2]
         assert {r.answered_by for r in ledger.skipped()} == {"label-studio"}
-        assert ledger.labelled_pixels() == H * W + 100 and not (run_dir / "labels" / "region_000001.png").exists()
+        assert label_state(ledger).labelled_pixels == H * W + 100
+        assert not (run_dir / "labels" / "region_000001.png").exists()
 
 
 def in_box(labels, box):
@@ -159,8 +162,8 @@ def test_one_label_studio_project_across_cycles_imports_its_full_export_every_ti
     report = import_answers(run_dir, export)
     assert (report.answered, report.already_imported, report.ignored_pixels) == ([4], 2, {})
     with Ledger(run_dir / "ledger.sqlite") as ledger:
-        assert np.array_equal(ledger.patch(ledger.region(4)), crop(truth("a")[::-1], A3))
-        assert np.array_equal(ledger.patch(ledger.region(1)), crop(truth("a"), A1))  # cycle 0's answer kept
+        assert np.array_equal(ledger.patch(region_by_id(ledger, 4)), crop(truth("a")[::-1], A3))
+        assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(truth("a"), A1))  # cycle 0's answer kept
     before = snapshot(run_dir)
     again = import_answers(run_dir, export)
     assert (again.answered, again.already_imported, again.still_asked) == ([], 3, 0)
@@ -193,8 +196,8 @@ def test_a_png_folder_answers_every_asked_region_of_its_images(run_dir, tmp_path
     report = import_answers(run_dir, folder)
     assert report.by == "png-folder" and report.answered == [3] and report.still_asked == 2
     with Ledger(run_dir / "ledger.sqlite") as ledger:
-        assert np.array_equal(ledger.patch(ledger.region(3)), crop(truth("b"), B1))
-        assert ledger.region(3).answered_by == "png-folder"
+        region = region_by_id(ledger, 3)
+        assert np.array_equal(ledger.patch(region), crop(truth("b"), B1)) and region.answered_by == "png-folder"
 
 
 def test_importing_the_same_export_again_changes_nothing_and_says_so(run_dir, tmp_path):

@@ -12,9 +12,10 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import tiny_config
+from conftest import label_state, region_by_id, tiny_config
 from s4al.active.cycle import ActiveLearningRun
 from s4al.active.ledger import Ledger
+from s4al.active.phases import CyclePhases
 from s4al.annotation.commands import import_answers_command, query
 from s4al.annotation.label_studio import ASKED_COLOUR, labelling_config
 from s4al.data import build_dataset
@@ -60,9 +61,9 @@ def ledger_of(run_dir):
 
 def test_query_asks_label_studio_answers_with_ground_truth_and_the_run_finishes(run_dir, tmp_path):
     output = invoke("query", run_dir, "--device", "cpu")
-    with ledger_of(run_dir) as ledger:
+    with ledger_of(run_dir) as ledger, CyclePhases(ledger) as phases:
         asked = ledger.asked()
-        assert ledger.phase(0) == "answer" and asked
+        assert phases.phase(0) == "answer" and asked
     assert f"{len(asked)} asked regions" in output
 
     cfg = external_config()
@@ -77,8 +78,8 @@ def test_query_asks_label_studio_answers_with_ground_truth_and_the_run_finishes(
 
     summaries = ActiveLearningRun(run_dir).run()
     assert [s["cycle"] for s in summaries] == [0, 1]
-    with ledger_of(run_dir) as ledger:
-        assert ledger.phase(1) == "done" and ledger.asked() == []
+    with ledger_of(run_dir) as ledger, CyclePhases(ledger) as phases:
+        assert phases.phase(1) == "done" and ledger.asked() == []
         assert [r.region_id for r in ledger.answered()] == [r.region_id for r in asked]
         for region in ledger.answered():
             y0, x0, y1, x1 = region.box
@@ -88,9 +89,9 @@ def test_query_asks_label_studio_answers_with_ground_truth_and_the_run_finishes(
 
 def test_a_run_with_an_external_annotator_stops_after_asking_and_query_packages_the_questions(run_dir, tmp_path):
     ActiveLearningRun(run_dir).run()
-    with ledger_of(run_dir) as ledger:
+    with ledger_of(run_dir) as ledger, CyclePhases(ledger) as phases:
         asked = ledger.asked()
-        assert ledger.phase(0) == "answer" and ledger.last_cycle() == 0 and asked
+        assert phases.phase(0) == "answer" and phases.last_cycle() == 0 and asked
     out = tmp_path / "package"
     invoke("query", run_dir, "--out", out, "--device", "cpu")
     with ledger_of(run_dir) as ledger:
@@ -160,19 +161,19 @@ def test_resume_with_unanswered_regions_says_how_to_go_on_and_skipping_them_lets
     assert f"{left} regions wait for answers" in told
     assert f"s4al skip {run_dir}" in told and f"s4al import {run_dir}" in told
     assert f"{left} asked" in told  # cycle 0's row in the table, not an empty table
-    with ledger_of(run_dir) as ledger:
-        assert ledger.phase(0) == "answer"  # nothing moved on
+    with ledger_of(run_dir) as ledger, CyclePhases(ledger) as phases:
+        assert phases.phase(0) == "answer"  # nothing moved on
 
     skipped = runner.invoke(s4al, ["skip", str(run_dir)])
     assert skipped.exit_code == 0 and f"skipped {left} regions" in skipped.output and "0 regions still asked" in skipped.output
     finished = runner.invoke(s4al, ["run", "--resume", str(run_dir)], env=WIDE)
     assert finished.exit_code == 0, finished.output
-    with ledger_of(run_dir) as ledger:
-        assert ledger.phase(1) == "done"
+    with ledger_of(run_dir) as ledger, CyclePhases(ledger) as phases:
+        assert phases.phase(1) == "done"
         assert [r.region_id for r in ledger.answered()] == answered
         assert len(ledger.skipped()) == left
         initial = sum(r.height * r.width for r in ledger.images() if r.initial)
-        assert ledger.labelled_pixels() == initial + sum(r.shape[0] * r.shape[1] for r in ledger.answered())
+        assert label_state(ledger).labelled_pixels == initial + sum(r.shape[0] * r.shape[1] for r in ledger.answered())
     bought = json.loads((run_dir / "cycles" / "cycle_0.json").read_text())["bought"]
     assert (bought["regions"], bought["skipped_regions"]) == (len(answered), left)  # skipped ones were not bought
 
@@ -187,6 +188,6 @@ def test_skip_refuses_an_answered_region_and_changes_nothing(run_dir):
     refused = runner.invoke(s4al, ["skip", str(run_dir), "--region", str(first.region_id), "--region", str(second.region_id)])
     assert refused.exit_code == 1 and f"region {first.region_id} is already answered" in refused.output
     with ledger_of(run_dir) as ledger:
-        assert ledger.region(second.region_id).state == "asked"
+        assert region_by_id(ledger, second.region_id).state == "asked"
     done = runner.invoke(s4al, ["skip", str(run_dir), "--region", str(second.region_id)])
     assert done.exit_code == 0 and f"skipped 1 regions ({second.region_id})" in done.output

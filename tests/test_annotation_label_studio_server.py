@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from label_studio_sdk import LabelStudio
 
+from conftest import label_state, region_by_id
 from s4al.active.ledger import Ledger
 from s4al.annotation.answers import import_answers
 from s4al.annotation.label_studio import MODEL_VERSION, labelling_config, task
@@ -277,7 +278,7 @@ def label_one_task(person, label_studio, project_id, tasks_path: Path, shots: Pa
     (stored,) = [t for t in label_studio.tasks.list(project=project_id, fields="all")
                  if t.data["image_id"] == data["image_id"] and t.data.get("cycle") == data["cycle"]]
     with Ledger(tasks_path.parents[2] / "ledger.sqlite", readonly=True) as ledger:
-        region = ledger.region(data["region_ids"][0])
+        region = region_by_id(ledger, data["region_ids"][0])
         shape = ledger.image_size(data["image_id"])
     y0, x0, y1, x1 = region.box
     row, column = (y0 + y1) // 2, (x0 + x1) // 2
@@ -345,7 +346,7 @@ def test_a_person_labels_two_cycles_in_one_label_studio_project_in_a_browser(
         assert len(answered) == 4 and {r.cycle for r in answered} == {0, 1}
         for labelled in painted:
             model, row = labelled["model"], labelled["row"]
-            first, second = (ledger.region(region_id) for region_id in labelled["data"]["region_ids"])
+            first, second = (region_by_id(ledger, region_id) for region_id in labelled["data"]["region_ids"])
             y0, x0, y1, x1 = first.box
             patch = ledger.patch(first)
             assert (patch[row - y0, 3:x1 - x0 - 3] == PAINTED).all()  # the stroke
@@ -354,4 +355,4 @@ def test_a_person_labels_two_cycles_in_one_label_studio_project_in_a_browser(
             sy0, sx0, sy1, sx1 = second.box
             assert np.array_equal(ledger.patch(second), model[sy0:sy1, sx0:sx1])  # accepted as painted
         initial = sum(r.height * r.width for r in ledger.images() if r.initial)
-        assert ledger.labelled_pixels() == initial + sum(r.shape[0] * r.shape[1] for r in answered)
+        assert label_state(ledger).labelled_pixels == initial + sum(r.shape[0] * r.shape[1] for r in answered)

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 import s4al.active.cycle as cycle_module
-from conftest import tiny_config
+from conftest import initial_images, tiny_config
 from s4al.active.cycle import ActiveLearningRun
 from s4al.active.ledger import Ledger
+from s4al.active.phases import CyclePhases
 from s4al.active.regions import cell_box, grid_shape
 from s4al.data.views import rasterize
 from s4al.train.checkpoint import load_trained_model
@@ -82,14 +83,14 @@ def without_timings(value):
 def ledger_snapshot(run_dir: Path) -> dict:
     """Everything a run decided, apart from timestamps and timings: regions, label PNG contents,
     image states, cycle phases and metrics, and the per-cycle summary files."""
-    with Ledger(run_dir / "ledger.sqlite", readonly=True) as ledger:
-        last = ledger.last_cycle()
+    with Ledger(run_dir / "ledger.sqlite", readonly=True) as ledger, CyclePhases(ledger) as phases:
+        last = phases.last_cycle()
         snapshot = {
             "regions": [(r.region_id, r.image_id, r.box, r.cycle, r.metric, r.score, r.state, r.answered_by)
                         for r in ledger.regions()],
             "labels": {r.region_id: ledger.patch(r).tolist() for r in ledger.answered()},
             "images": [(r.image_id, r.height, r.width, r.initial, r.acquired_cycle) for r in ledger.images()],
-            "cycles": {c: (ledger.phase(c), without_timings(ledger.metrics(c))) for c in range(last + 1)},
+            "cycles": {c: (phases.phase(c), without_timings(phases.metrics(c))) for c in range(last + 1)},
         }
     snapshot["summaries"] = {p.name: without_timings(json.loads(p.read_text()))
                              for p in sorted((run_dir / "cycles").glob("*.json"))}
@@ -163,7 +164,7 @@ def test_initial_split_files(region_run):
     pool = read_ids(run.run_dir / "splits" / "pool.txt")
     assert len(initial) == NUM_INITIAL and len(pool) == NUM_POOL
     assert sorted(initial + pool) == sorted(run.ids) and not set(initial) & set(pool)
-    assert run.ledger.initial_images() == initial
+    assert initial_images(run.ledger) == initial
     assert [r.image_id for r in run.ledger.images() if r.fully_labelled] == initial
 
 
@@ -181,7 +182,7 @@ def test_labelled_fraction_and_per_cycle_files(region_run):
         # val scores: those of the cycle's last evaluation, every class named
         assert set(summary["val"]["iou"]) == set(names)
         assert 0.0 <= summary["val"]["miou"] <= 1.0
-        assert summary["val"] == without_timings(run.ledger.metrics(cycle))["val"]
+        assert summary["val"] == without_timings(run.phases.metrics(cycle))["val"]
         bought = run.ledger.answered(cycle)
         assert summary["bought"]["regions"] == len(bought) == (K * NUM_POOL if cycle < 2 else 0)
         assert summary["bought"]["images"] == 0
@@ -192,7 +193,7 @@ def test_labelled_fraction_and_per_cycle_files(region_run):
     for cycle, summary in enumerate(summaries):
         last = [e for e in evaluations if e["cycle"] == cycle][-1]
         assert summary["val"]["miou"] == last["miou"] and summary["val"]["iou"] == last["iou"]
-    assert [run.ledger.phase(c) for c in range(3)] == ["done"] * 3
+    assert [run.phases.phase(c) for c in range(3)] == ["done"] * 3
 
 
 def test_label_pngs_hold_the_ground_truth_of_each_bought_cell(region_run):
@@ -255,7 +256,7 @@ def test_image_level_baselines_buy_whole_images_at_the_region_pixel_budget(tmp_p
     per_cycle = round(K * NUM_POOL * CELL / PIXELS)
     assert run._images_per_cycle() == per_cycle == 3
     assert not run.ledger.regions()
-    initial = {run.index_of[i] for i in run.ledger.initial_images()}
+    initial = {run.index_of[i] for i in initial_images(run.ledger)}
     acquired = {c: {run.index_of[r.image_id] for r in run.ledger.images() if r.acquired_cycle == c} for c in (0, 1)}
     assert [len(acquired[0]), len(acquired[1])] == [per_cycle, per_cycle]
     assert not (acquired[0] & acquired[1]) and not (initial & (acquired[0] | acquired[1]))
@@ -283,7 +284,7 @@ def test_image_level_baselines_buy_whole_images_at_the_region_pixel_budget(tmp_p
 # ---- what the trainer is given ----------------------------------------------------------------
 def test_ssl_off_trains_on_partially_labelled_pool_images_with_ignore_outside_the_cells(region_run):
     run, log = region_run
-    initial = sorted(run.index_of[i] for i in run.ledger.initial_images())
+    initial = sorted(run.index_of[i] for i in initial_images(run.ledger))
     pool = sorted(set(range(NUM_TRAIN)) - set(initial))
     assert log[0]["labelled"] == initial and log[0]["annotations"] == {}
     boxes = {i: sorted(r.box for r in run.ledger.regions(0) if run.index_of[r.image_id] == i) for i in pool}
@@ -309,11 +310,11 @@ def test_partially_labelled_images_stay_in_the_pool_and_join_the_labelled_stream
     tmp_path, enabled
 ):
     run = ActiveLearningRun(tmp_path / "run", cycle_config(ssl={"enabled": enabled}))
-    initial = sorted(run.index_of[i] for i in run.ledger.initial_images())
+    initial = sorted(run.index_of[i] for i in initial_images(run.ledger))
     target = next(i for i in range(NUM_TRAIN) if i not in initial)
     run.ledger.ask(0, [(run.ids[target], (16, 16, 32, 32), "entropy", 1.0)])
     run.annotator.answer(run.ledger, run.ledger.asked())
-    data = run.train_data()
+    data = run.train_data(run.label_state())
     assert data.pool == sorted(set(range(NUM_TRAIN)) - set(initial)) and data.labelled == initial
     assert data.supervised(ssl=enabled)[0] == (initial if enabled else sorted(initial + [target]))
     [(box, patch)] = data.annotations[target]
@@ -328,27 +329,27 @@ class Killed(Exception):
 @pytest.mark.parametrize("interrupted_at", ["summary", "done"])
 def test_a_run_interrupted_while_finishing_still_ends_with_its_final_summary(tmp_path, interrupted_at):
     cfg = cycle_config(active={"cycles": 0})
-    set_phase = Ledger.set_phase
+    set_phase = CyclePhases.set_phase
 
-    def dies_at_done(ledger, cycle, phase, metrics=None):
+    def dies_at_done(phases, cycle, phase, metrics=None):
         if phase == "done":
             raise Killed
-        return set_phase(ledger, cycle, phase, metrics)
+        return set_phase(phases, cycle, phase, metrics)
 
     def dies_writing(run, cycle):
         raise Killed
 
     with pytest.MonkeyPatch.context() as mp:
         if interrupted_at == "done":
-            mp.setattr(Ledger, "set_phase", dies_at_done)
+            mp.setattr(CyclePhases, "set_phase", dies_at_done)
         else:
             mp.setattr(ActiveLearningRun, "_write_summary", dies_writing)
         with pytest.raises(Killed):
             ActiveLearningRun(tmp_path, cfg).run()
     resumed = ActiveLearningRun(tmp_path)  # what `s4al run --resume` does
-    assert resumed.ledger.phase(0) == "train"
+    assert resumed.phases.phase(0) == "train"
     assert [s["cycle"] for s in resumed.run()] == [0]
-    assert resumed.ledger.phase(0) == "done"
+    assert resumed.phases.phase(0) == "done"
 
 
 # ---- reproducibility --------------------------------------------------------------------------

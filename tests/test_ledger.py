@@ -11,11 +11,13 @@ import pytest
 from PIL import Image
 
 import s4al.active.ledger as ledger_module
+from conftest import label_map, label_state, region_by_id
 from s4al.active.ledger import Ledger, LedgerError
+from s4al.active.phases import CyclePhases
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = [("init", 60, 60), ("a", 70, 100), ("b", 40, 50)]
-TOTAL_PIXELS = 60 * 60 + 70 * 100 + 40 * 50
+INIT, A, B = 0, 1, 2  # their indexes in a label_state
 
 
 def open_ledger(run_dir: Path) -> Ledger:
@@ -44,7 +46,10 @@ def test_new_ledger_schema_and_meta(ledger):
     mode = ledger._conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
     assert ledger._conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert ledger._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert ledger.get_meta("schema_version") == 2
+    tables = {row[0] for row in ledger._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"meta", "images", "regions"}  # the cycles table is the cycle phases' own
     ledger.set_meta("class_names", ["sky", "road"])
     ledger.set_meta("seed", 3108)
     assert ledger.get_meta("class_names") == ["sky", "road"]
@@ -59,7 +64,6 @@ def test_register_images_is_idempotent_and_refuses_conflicts(ledger):
         ("a", 70, 100, False),
         ("b", 40, 50, False),
     ]
-    assert ledger.initial_images() == ["init"]
     assert ledger.image_size("a") == (70, 100)
     with pytest.raises(LedgerError, match="registered as"):
         ledger.register_images([("a", 71, 100), ("new", 10, 10)])
@@ -79,10 +83,10 @@ def test_ask_answer_round_trip(ledger):
         ("a", (60, 90, 70, 100), "asked", 0),
         ("b", (0, 0, 30, 30), "asked", 0),
     ]
-    edge = ledger.region(ids[0])
+    edge = region_by_id(ledger, ids[0])
     ledger.answer(edge.region_id, patch_of(edge, 3), by="oracle")
 
-    answered = ledger.region(ids[0])
+    answered = region_by_id(ledger, ids[0])
     assert (answered.state, answered.answered_by, answered.label_path) == (
         "answered",
         "oracle",
@@ -94,20 +98,20 @@ def test_ask_answer_round_trip(ledger):
     assert [r.region_id for r in ledger.answered(cycle=0)] == [ids[0]]
     assert ledger.answered(cycle=1) == []
 
-    labels = ledger.label_map("a")
+    labels = label_map(ledger, "a")
     assert labels.dtype == np.uint8 and labels.shape == (70, 100)
     assert np.array_equal(labels[60:70, 90:100], patch_of(edge, 3))
     assert (labels[:60].astype(int).sum(), labels[:, :90].min()) == (255 * 60 * 100, 255)
-    mask = ledger.labelled_mask("a")
-    assert mask.sum() == 100 and mask[60:70, 90:100].all()
-    assert ledger.labelled_mask("b").sum() == 0  # asked is not labelled
-    assert ledger.labelled_mask("init").all()
+    state = label_state(ledger)
+    assert {index: [r.box for r in regions] for index, regions in state.answered.items()} == {A: [(60, 90, 70, 100)]}
+    assert state.whole == [INIT] and state.asked[B] == [(0, 0, 30, 30)]  # asked is not labelled
+    assert state.labelled_pixels == 3600 + 100
 
 
 def test_numpy_scalars_are_stored_as_plain_numbers(ledger):
     (region_id,) = ledger.ask(np.int64(2), [("a", tuple(np.array([0, 0, 10, 10])), "margin", np.float32(0.25))])
     ledger.answer(np.int64(region_id), np.zeros((10, 10), np.int64), by="oracle")
-    region = ledger.region(region_id)
+    region = region_by_id(ledger, region_id)
     assert (region.cycle, region.box, region.score, region.state) == (2, (0, 0, 10, 10), 0.25, "answered")
 
 
@@ -117,17 +121,6 @@ def test_a_file_that_is_not_a_ledger_is_refused(tmp_path):
         conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     with pytest.raises(LedgerError, match="schema version None"):
         Ledger(other)
-
-
-def test_labelled_pixels_count_overlapping_boxes_once(ledger):
-    boxes = [(0, 0, 30, 30), (15, 15, 45, 45), (0, 0, 30, 31)]
-    ids = ledger.ask(0, [("a", box, "entropy", 1.0) for box in boxes])
-    ledger.answer_many([(i, patch_of(ledger.region(i), 0)) for i in ids[:2]], by="oracle")
-    assert ledger.labelled_pixels() == 3600 + 900 + 900 - 225
-    ledger.answer(ids[2], patch_of(ledger.region(ids[2]), 0), by="oracle")
-    # the third box adds only column 30, rows 0-14: rows 15-29 of it are inside the second box
-    assert ledger.labelled_pixels() == 3600 + 900 + 900 - 225 + 15
-    assert ledger.labelled_fraction() == pytest.approx((3600 + 1590) / TOTAL_PIXELS)
 
 
 def test_refused_ask_writes_nothing(tmp_path):
@@ -178,8 +171,8 @@ def test_overwrite_replaces_an_answer(ledger):
     (region_id,) = ledger.ask(0, [("b", (10, 10, 20, 20), "entropy", 1.0)])
     ledger.answer(region_id, np.full((10, 10), 1, np.uint8), by="oracle")
     ledger.answer(region_id, np.full((10, 10), 2, np.uint8), by="label-studio", overwrite=True)
-    assert ledger.region(region_id).answered_by == "label-studio"
-    assert (ledger.label_map("b")[10:20, 10:20] == 2).all()
+    assert region_by_id(ledger, region_id).answered_by == "label-studio"
+    assert (label_map(ledger, "b")[10:20, 10:20] == 2).all()
 
 
 def test_failure_after_the_png_write_leaves_the_region_asked(ledger, monkeypatch):
@@ -193,15 +186,15 @@ def test_failure_after_the_png_write_leaves_the_region_asked(ledger, monkeypatch
     monkeypatch.setattr(ledger_module, "_save_png", save_then_die)
     with pytest.raises(RuntimeError, match="killed"):
         ledger.answer(region_id, np.full((30, 30), 4, np.uint8), by="oracle")
-    assert ledger.region(region_id).state == "asked"
+    assert region_by_id(ledger, region_id).state == "asked"
     assert (ledger.run_dir / "labels" / "region_000001.png").exists()  # harmless orphan
-    assert ledger.labelled_pixels() == 3600
-    assert (ledger.label_map("a") == 255).all()
+    assert label_state(ledger).labelled_pixels == 3600
+    assert (label_map(ledger, "a") == 255).all()
 
     monkeypatch.setattr(ledger_module, "_save_png", real_save)
     ledger.answer(region_id, np.full((30, 30), 5, np.uint8), by="oracle")
-    assert (ledger.label_map("a")[30:60, 30:60] == 5).all()
-    assert ledger.labelled_pixels() == 3600 + 900
+    assert (label_map(ledger, "a")[30:60, 30:60] == 5).all()
+    assert label_state(ledger).labelled_pixels == 3600 + 900
 
 
 CHILD = textwrap.dedent(
@@ -241,31 +234,32 @@ CHILD = textwrap.dedent(
     [("ask_commit", 0, 0), ("png_written", 2, 0), ("answer_commit", 2, 0), ("after_answer", 0, 2)],
 )
 def test_sigkill_leaves_a_consistent_ledger(tmp_path, kill_at, asked_after, answered_after):
-    with open_ledger(tmp_path) as ledger:
-        ledger.set_phase(1, "acquire")
+    with open_ledger(tmp_path) as ledger, CyclePhases(ledger) as phases:
+        phases.set_phase(0, "done")
+        phases.set_phase(1, "acquire")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     child = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), kill_at], env=env, capture_output=True)
     assert child.returncode == -signal.SIGKILL, child.stderr.decode()
 
-    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+    with Ledger(tmp_path / "ledger.sqlite") as ledger, CyclePhases(ledger) as phases:
         assert ledger._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert (len(ledger.asked()), len(ledger.answered())) == (asked_after, answered_after)
-        assert ledger.phase(1) == "acquire"
+        assert phases.phase(1) == "acquire"
         for region in ledger.answered():
-            assert (ledger.label_map(region.image_id)[0:30, 0:30] == 7).all()
+            assert (label_map(ledger, region.image_id)[0:30, 0:30] == 7).all()
         if asked_after:
             assert {r.box for r in ledger.asked()} == {(0, 0, 30, 30)}
             ledger.answer_many([(r.region_id, np.full((30, 30), 8, np.uint8)) for r in ledger.asked()], by="oracle")
-            assert (ledger.label_map("b")[0:30, 0:30] == 8).all()
-        assert ledger.labelled_pixels() == 3600 + (900 + 900 if asked_after or answered_after else 0)
+            assert (label_map(ledger, "b")[0:30, 0:30] == 8).all()
+        assert label_state(ledger).labelled_pixels == 3600 + (900 + 900 if asked_after or answered_after else 0)
 
 
 def test_acquire_whole_images(ledger):
     ledger.acquire_images(0, ["b"], "entropy", [0.4])
     record = {r.image_id: r for r in ledger.images()}["b"]
     assert (record.acquired_cycle, record.fully_labelled) == (0, True)
-    assert ledger.labelled_mask("b").all()
-    assert ledger.labelled_pixels() == 3600 + 2000
+    state = label_state(ledger)
+    assert (state.whole, state.pool, state.labelled_pixels) == ([INIT, B], [A], 3600 + 2000)
     with pytest.raises(LedgerError, match="already fully labelled"):
         ledger.acquire_images(1, ["a", "b"], "entropy", [0.1, 0.2])
     with pytest.raises(LedgerError, match="not registered"):
@@ -275,27 +269,12 @@ def test_acquire_whole_images(ledger):
     assert {r.image_id: r.acquired_cycle for r in ledger.images()}["a"] is None
 
 
-def test_cycle_phases_and_metrics(ledger):
-    assert (ledger.last_cycle(), ledger.phase(0)) == (None, None)
-    ledger.set_phase(0, "train")
-    ledger.set_phase(0, "evaluate", {"miou": 0.5})
-    ledger.set_phase(0, "acquire", {"asked": 8})
-    assert (ledger.phase(0), ledger.metrics(0)) == ("acquire", {"miou": 0.5, "asked": 8})
-    ledger.set_phase(0, "done")
-    ledger.set_phase(1, "train")
-    assert ledger.last_cycle() == 1
-    finished = ledger._conn.execute("SELECT cycle, finished_at IS NOT NULL FROM cycles ORDER BY cycle").fetchall()
-    assert finished == [(0, 1), (1, 0)]
-    with pytest.raises(LedgerError, match="unknown phase"):
-        ledger.set_phase(1, "sleep")
-
-
 def test_readonly_ledger_reads_but_cannot_write(tmp_path):
     with open_ledger(tmp_path) as ledger:
         (region_id,) = ledger.ask(0, [("a", (0, 0, 30, 30), "entropy", 1.0)])
         ledger.answer(region_id, np.full((30, 30), 3, np.uint8), by="oracle")
         with Ledger(tmp_path / "ledger.sqlite", readonly=True) as reader:
-            assert (reader.label_map("a")[:30, :30] == 3).all()
+            assert (label_map(reader, "a")[:30, :30] == 3).all()
             with pytest.raises(sqlite3.OperationalError, match="readonly"):
                 reader.set_meta("seed", 1)
     with pytest.raises(FileNotFoundError):
@@ -309,10 +288,11 @@ def test_skipped_regions_are_neither_asked_nor_labelled_and_an_answer_cannot_rep
     assert ledger.skip([first, second, first], by="alice") == [first, second]
     assert ledger.skip([first], by="alice") == []  # skipping again changes nothing
     assert (ledger.asked(), [r.region_id for r in ledger.skipped(0)]) == ([], [first, second])
-    skipped = ledger.region(first)
+    skipped = region_by_id(ledger, first)
     assert (skipped.state, skipped.answered_by, skipped.label_path) == ("skipped", "alice", None)
-    assert ledger.labelled_pixels() == 3600 + 100  # the initial image and the answered region only
-    assert ledger.labelled_mask("a").sum() == 0
+    state = label_state(ledger)
+    assert state.labelled_pixels == 3600 + 100  # the initial image and the answered region only
+    assert A not in state.answered
 
     before = snapshot(ledger.run_dir)
     with pytest.raises(LedgerError, match=f"region {first} was skipped"):
@@ -331,7 +311,7 @@ def test_a_bool_is_not_a_region_id(ledger):
         ledger.answer(True, np.ones((10, 10), np.uint8), by="oracle")
     with pytest.raises(LedgerError, match="True is not a region id"):
         ledger.skip([True], by="alice")
-    assert ledger.region(1).state == "asked"
+    assert region_by_id(ledger, 1).state == "asked"
 
 
 def test_the_already_answered_message_says_what_a_command_line_user_does(ledger):
@@ -405,12 +385,12 @@ def test_a_version_1_ledger_is_read_as_it_is_and_migrated_in_place_when_opened_f
     path = version_1_ledger(tmp_path)
     with Ledger(path, readonly=True) as reader:
         assert [r.state for r in reader.regions()] == ["answered", "asked"]
-    with Ledger(path) as ledger:
+    with Ledger(path) as ledger, CyclePhases(ledger) as phases:
         assert ledger.get_meta("schema_version") == 2 and ledger.get_meta("seed") == 7
-        assert ledger.phase(0) == "answer" and ledger.metrics(0) == {"miou": 0.5}
+        assert phases.phase(0) == "answer" and phases.metrics(0) == {"miou": 0.5}
         answered, asked = ledger.regions()
         assert (answered.box, answered.answered_by, answered.asked_at) == ((0, 0, 10, 10), "label-studio", "t2")
-        assert (ledger.label_map("a")[:10, :10] == 2).all() and asked.state == "asked"
+        assert (label_map(ledger, "a")[:10, :10] == 2).all() and asked.state == "asked"
         assert ledger.skip([asked.region_id], by="alice") == [2]
         indexes = {row[0] for row in ledger._conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert {"regions_by_cycle", "regions_by_state"} <= indexes

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from conftest import label_map, label_state, region_by_id
 from s4al.active.ledger import Ledger, LedgerError
 from s4al.active.oracle import Annotator, GroundTruthOracle
 
@@ -36,13 +37,13 @@ def test_oracle_reveals_ground_truth_inside_each_box_void_included(ledger):
     assert sorted(calls) == ["a", "b"]  # each label is loaded once
     assert ledger.asked() == []
     assert {r.answered_by for r in ledger.answered()} == {"oracle"}
-    labels = ledger.label_map("a")
+    labels = label_map(ledger, "a")
     assert np.array_equal(labels[0:30, 0:30], ground_truth("a")[0:30, 0:30])
     assert (labels[0:5, 0:30] == 255).all()
     assert np.array_equal(labels[60:70, 90:100], ground_truth("a")[60:70, 90:100])
     assert (labels[30:60] == 255).all()
-    assert np.array_equal(ledger.label_map("b")[30:40, 30:50], ground_truth("b")[30:40, 30:50])
-    assert ledger.labelled_pixels() == 900 + 100 + 200
+    assert np.array_equal(label_map(ledger, "b")[30:40, 30:50], ground_truth("b")[30:40, 30:50])
+    assert label_state(ledger).labelled_pixels == 900 + 100 + 200
 
 
 def test_oracle_refuses_a_label_of_the_wrong_size_and_writes_nothing(ledger):
@@ -58,4 +59,4 @@ def test_oracle_answers_go_through_ledger_validation(ledger):
     oracle = GroundTruthOracle(ground_truth)
     oracle.answer(ledger, ledger.asked())
     with pytest.raises(LedgerError, match="already answered"):
-        oracle.answer(ledger, [ledger.region(region_id)])
+        oracle.answer(ledger, [region_by_id(ledger, region_id)])

@@ -10,6 +10,7 @@ from PIL import Image
 from conftest import tiny_config
 from s4al.active.cycle import ActiveLearningRun
 from s4al.active.ledger import Ledger
+from s4al.active.phases import CyclePhases
 from s4al.annotation.answers import import_answers
 from s4al.config import ConfigError, load_config
 from s4al.data import DatasetError, build_dataset
@@ -60,10 +61,10 @@ def test_masked_images_start_labelled_the_rest_is_asked_and_png_answers_finish_t
     assert ActiveLearningRun(run_dir, cfg).run() == []  # cycle 0 trained, asked, waits for answers
     assert (run_dir / "splits" / "initial_labelled.txt").read_text().split() == MASKED
     assert (run_dir / "splits" / "pool.txt").read_text().split() == UNMASKED
-    with ledger_of(run_dir) as ledger:
+    with ledger_of(run_dir) as ledger, CyclePhases(ledger) as phases:
         assert {r.image_id for r in ledger.images() if r.initial} == set(MASKED)
         asked = ledger.asked()
-        assert ledger.phase(0) == "answer" and len(asked) == 2 * len(UNMASKED)
+        assert phases.phase(0) == "answer" and len(asked) == 2 * len(UNMASKED)
     assert {r.image_id for r in asked} == set(UNMASKED)
 
     answers = tmp_path / "answers"
@@ -80,8 +81,8 @@ def test_masked_images_start_labelled_the_rest_is_asked_and_png_answers_finish_t
     summaries = ActiveLearningRun(run_dir).run()
     assert [s["cycle"] for s in summaries] == [0, 1]
     assert summaries[0]["bought"]["class_pixels"]["car"] == sum(np.prod(r.shape) for r in asked)
-    with ledger_of(run_dir) as ledger:
-        assert ledger.phase(1) == "done" and ledger.asked() == []
+    with ledger_of(run_dir) as ledger, CyclePhases(ledger) as phases:
+        assert phases.phase(1) == "done" and ledger.asked() == []
         assert all(r.answered_by == "png-folder" and (ledger.patch(r) == 1).all() for r in ledger.answered())
 
 

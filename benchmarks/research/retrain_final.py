@@ -28,7 +28,7 @@ from s4al.train.trainer import Trainer
 def retrain(run_dir: Path, work: Path, without_regions: bool, as_cycle: int | None, overrides: dict) -> dict:
     run = ActiveLearningRun(run_dir)
     run.cfg = load_run_config(RunFolder(run_dir).config_path, overrides)  # in memory only: the folder keeps its config
-    data = run.train_data()
+    data = run.train_data(run.label_state())
     regions = sum(len(patches) for patches in data.annotations.values())
     if without_regions:
         data.annotations = {}

@@ -1,8 +1,9 @@
 """The active-learning cycle: train -> evaluate -> score the pool -> ask -> answer -> next cycle.
 
 Cycles 0..C train; cycles 0..C-1 then buy labels (the paper's C = 2 on CamVid: 10% + 2 x 2.08%).
-The ledger records each phase boundary, and training checkpoints its own progress, so
-`s4al run --resume` continues a killed run and reaches the same ledger as an uninterrupted one."""
+The cycle phases (s4al/active/phases.py) record each phase boundary, and training checkpoints its
+own progress, so `s4al run --resume` continues a killed run and reaches the same ledger as an
+uninterrupted one."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from s4al.active.acquisition import Query, choose_images, choose_regions, score_
 from s4al.active.label_state import LabelState
 from s4al.active.ledger import Ledger
 from s4al.active.oracle import Annotator, GroundTruthOracle
+from s4al.active.phases import CyclePhases
 from s4al import distributed
 from s4al.config import RunConfig, config_digest
 from s4al.data import DatasetError, build_dataset
@@ -64,6 +66,7 @@ class ActiveLearningRun:
             self.ids = [self.train_set.image_id(i) for i in range(len(self.train_set))]
             self.index_of = {image_id: i for i, image_id in enumerate(self.ids)}
             self.ledger = self._open_ledger() if distributed.is_main() else Ledger(self.folder.ledger_path, readonly=True)
+            self.phases = CyclePhases(self.ledger)
         if annotator is None and self.cfg.active.annotator == "oracle":
             annotator = GroundTruthOracle(lambda image_id: self.train_set.load(self.index_of[image_id]).label)
         self.annotator = annotator
@@ -172,11 +175,11 @@ class ActiveLearningRun:
         """Runs or resumes every cycle; returns the per-cycle summaries. Stops early (returning
         what is done) when an external annotator still has to answer."""
         for cycle in range(self.final_cycle + 1):
-            if self.ledger.phase(cycle) in (None, "train"):
+            if self.phases.phase(cycle) in (None, "train"):
                 self._train(cycle)
-            if self.ledger.phase(cycle) == "acquire":
+            if self.phases.phase(cycle) == "acquire":
                 self.acquire(cycle)
-            if self.ledger.phase(cycle) == "answer" and not self._answer(cycle):
+            if self.phases.phase(cycle) == "answer" and not self._answer(cycle):
                 break
         return self.summaries()
 
@@ -187,8 +190,7 @@ class ActiveLearningRun:
     def label_state(self) -> LabelState:
         return LabelState.read(self.ledger, self.index_of)
 
-    def train_data(self) -> TrainData:
-        state = self.label_state()
+    def train_data(self, state: LabelState) -> TrainData:
         return TrainData(self.train_set, labelled=state.whole, pool=state.pool, annotations=state.answers)
 
     def epochs(self, cycle: int) -> int:
@@ -202,16 +204,17 @@ class ActiveLearningRun:
         return load_checkpoint(self.folder.checkpoint_path(cycle - 1))["student"]
 
     def _train(self, cycle: int) -> None:
-        self._on_main(self.ledger.set_phase, cycle, "train")
+        self._on_main(self.phases.set_phase, cycle, "train")
         started = time.perf_counter()
+        state = self.label_state()
         trainer = Trainer(
-            self.cfg, self.train_data(), self.val_set, self.run_dir, cycle, self.epochs(cycle),
+            self.cfg, self.train_data(state), self.val_set, self.run_dir, cycle, self.epochs(cycle),
             self.initial_student(cycle), self.progress,
         )
         result = trainer.fit()
         metrics = {
-            "labelled_fraction": self.ledger.labelled_fraction(),
-            "labelled_pixels": self.ledger.labelled_pixels(),
+            "labelled_fraction": state.labelled_fraction,
+            "labelled_pixels": state.labelled_pixels,
             "val": result.final_scores,
             "train_seconds": time.perf_counter() - started,
         }
@@ -220,13 +223,13 @@ class ActiveLearningRun:
                               fast=self.cfg.train.fast)
             metrics["test"] = scores.as_dict(self.test_set.classes.names)
         if cycle < self.final_cycle:
-            self._on_main(self.ledger.set_phase, cycle, "acquire", metrics)
+            self._on_main(self.phases.set_phase, cycle, "acquire", metrics)
             return
         # The summary is written before 'done', so a kill in between re-trains (a no-op from the
         # final checkpoint) and writes it again, instead of leaving a 'done' run without it.
-        self._on_main(self.ledger.set_phase, cycle, "train", metrics)
+        self._on_main(self.phases.set_phase, cycle, "train", metrics)
         self._on_main(self._write_summary, cycle)
-        self._on_main(self.ledger.set_phase, cycle, "done")
+        self._on_main(self.phases.set_phase, cycle, "done")
 
     def acquire(self, cycle: int) -> None:
         """Score the pool with the cycle's checkpoint and ask (or buy whole images), once."""
@@ -234,7 +237,7 @@ class ActiveLearningRun:
             started = time.perf_counter()
             queries = self._queries(cycle)  # every rank scores its share; all get the same queries
             self._on_main(self._record_queries, cycle, queries, time.perf_counter() - started)
-        self._on_main(self.ledger.set_phase, cycle, "answer")
+        self._on_main(self.phases.set_phase, cycle, "answer")
 
     def _record_queries(self, cycle: int, queries: list[Query], seconds: float) -> None:
         a = self.cfg.active
@@ -242,7 +245,7 @@ class ActiveLearningRun:
             self.ledger.ask(cycle, [(self.ids[q.index], q.box, a.metric, q.score) for q in queries])
         else:
             self.ledger.acquire_images(cycle, [self.ids[q.index] for q in queries], a.metric, [q.score for q in queries])
-        self.ledger.set_phase(cycle, "acquire", {"acquire_seconds": seconds})
+        self.phases.set_phase(cycle, "acquire", {"acquire_seconds": seconds})
 
     def _acquired_whole(self, cycle: int) -> bool:
         return any(r.acquired_cycle == cycle for r in self.ledger.images())
@@ -280,7 +283,7 @@ class ActiveLearningRun:
                 return False
             self._on_main(self.annotator.answer, self.ledger, pending)
         self._on_main(self._write_summary, cycle)
-        self._on_main(self.ledger.set_phase, cycle, "done")
+        self._on_main(self.phases.set_phase, cycle, "done")
         return True
 
     # ---- accounting -----------------------------------------------------------------------
@@ -297,7 +300,7 @@ class ActiveLearningRun:
         return histogram
 
     def _write_summary(self, cycle: int) -> None:
-        metrics = self.ledger.metrics(cycle)
+        metrics = self.phases.metrics(cycle)
         summary = {
             "cycle": cycle,
             **metrics,

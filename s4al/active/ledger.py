@@ -1,8 +1,10 @@
-"""The label ledger: the SQLite file (RUN_DIR/ledger.sqlite) that records what was asked and answered.
+"""The label store: what was asked and answered, in the SQLite file RUN_DIR/ledger.sqlite.
 
 Tables: `images` (the train pool; `initial` images are fully labelled from the start,
 `acquired_whole_cycle` marks images bought whole by an image-level baseline), `regions` (boxes
-asked for labels and their answers), `cycles` (phase bookkeeping and metrics), `meta` (JSON values).
+asked for labels and their answers), `meta` (JSON values). The same file holds the `cycles` table
+of the cycle phases (s4al/active/phases.py), which owns it; who is labelled, and how many pixels,
+is derived from this store by LabelState (s4al/active/label_state.py).
 A region is 'asked', then 'answered' (its label patch stored) or 'skipped' (the annotator declined
 it: never asked again, never labelled, not counted as labelled pixels).
 Each answered region's label patch (uint8 class ids, 255 = ignore) lives in
@@ -18,8 +20,9 @@ under the write lock.
 A ledger of an older schema version is migrated in place when opened for writing; a read-only
 reader reads it as it is.
 
-One process writes (rank 0); others may open it with readonly=True. Do not share a Ledger across
-fork (e.g. into DataLoader workers): open one per process.
+One process writes (rank 0); others may open it with readonly=True. Every connection to the file
+follows the same rules (`connect`, `write_transaction`). Do not share a Ledger across fork (e.g. into
+DataLoader workers): open one per process.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ import json
 import math
 import os
 import sqlite3
-from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections import Counter
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,14 +42,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from s4al.active.regions import Box, box_masks, labelled_fraction, labelled_pixel_count
+from s4al.active.regions import Box
 from s4al.atomic import atomic_write
-from s4al.data.classes import IGNORE_INDEX
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 lacks only the 'skipped' state
 LABELS_DIRNAME = "labels"
-PHASES = ("train", "evaluate", "acquire", "answer", "done")
 
 _REGIONS_TABLE = """CREATE TABLE regions (
         region_id   INTEGER PRIMARY KEY,
@@ -91,14 +92,6 @@ _SCHEMA = (
         CHECK (initial = 0 OR acquired_whole_cycle IS NULL),
         CHECK ((acquired_whole_cycle IS NULL) = (acquired_at IS NULL))
     )""",
-    """CREATE TABLE cycles (
-        cycle        INTEGER PRIMARY KEY CHECK (cycle >= 0),
-        phase        TEXT NOT NULL,
-        started_at   TEXT NOT NULL,
-        updated_at   TEXT NOT NULL,
-        finished_at  TEXT,
-        metrics_json TEXT NOT NULL DEFAULT '{}'
-    )""",
     _REGIONS_TABLE,
     *_REGION_INDEXES,
 )
@@ -111,6 +104,38 @@ _REGION_COLUMNS = (
 
 class LedgerError(ValueError):
     """A refused ledger operation; nothing was written."""
+
+
+def _not_a_ledger(path: Path, err: sqlite3.DatabaseError) -> LedgerError:
+    return LedgerError(f"{path}: not a label ledger ({err})")
+
+
+def connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    """A connection to the ledger file at `path` under its durability rules: a writer journals
+    ahead (WAL) and syncs every commit to disk (synchronous FULL); a reader opens the file
+    read-only and must find it. Transactions are explicit: see write_transaction."""
+    if readonly and not path.is_file():
+        raise FileNotFoundError(f"{path}: no ledger here")
+    target = f"{path.resolve().as_uri()}?mode=ro" if readonly else str(path)
+    conn = sqlite3.connect(target, uri=readonly, isolation_level=None, timeout=30)
+    try:
+        conn.execute("PRAGMA foreign_keys = ON")
+        if not readonly:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+    except sqlite3.DatabaseError as err:
+        conn.close()
+        raise _not_a_ledger(path, err) from None
+    return conn
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write: IMMEDIATE takes the write lock before the validation reads, so checks and writes
+    are atomic; `with conn` commits on success and rolls back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    with conn:
+        yield conn
 
 
 @dataclass(frozen=True)
@@ -150,7 +175,7 @@ def _region_from_row(row: tuple) -> Region:
     return Region(row[0], row[1], row[2], tuple(row[3:7]), *row[7:])
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
@@ -203,7 +228,7 @@ def _as_label_patch(patch: Any) -> np.ndarray | None:
     return array.astype(np.uint8)
 
 
-class Ledger:
+class Ledger(AbstractContextManager):
     """The label ledger of one run. `path` is RUN_DIR/ledger.sqlite; labels go to RUN_DIR/labels/."""
 
     def __init__(self, path: str | Path, readonly: bool = False) -> None:
@@ -211,26 +236,20 @@ class Ledger:
         self.run_dir = self.path.parent
         self.labels_dir = self.run_dir / LABELS_DIRNAME
         self.readonly = readonly
-        if readonly and not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no ledger here")
         if not readonly:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        target = f"{self.path.resolve().as_uri()}?mode=ro" if readonly else str(self.path)
-        self._conn = sqlite3.connect(target, uri=readonly, isolation_level=None, timeout=30)
+        self._conn = connect(self.path, readonly)
         try:
             self._configure(readonly)
         except sqlite3.DatabaseError as err:
             self._conn.close()
-            raise LedgerError(f"{self.path}: not a label ledger ({err})") from None
+            raise _not_a_ledger(self.path, err) from None
         except BaseException:
             self._conn.close()
             raise
 
     def _configure(self, readonly: bool) -> None:
-        self._conn.execute("PRAGMA foreign_keys = ON")
         if not readonly:
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = FULL")
             self._create_schema_if_new()
             self._migrate_from_version_1()
             self._remove_stray_temp_files()
@@ -241,22 +260,11 @@ class Ledger:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> "Ledger":
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        # IMMEDIATE takes the write lock before the validation reads, so checks and writes are atomic;
-        # `with conn` commits on success and rolls back on any exception.
-        self._conn.execute("BEGIN IMMEDIATE")
-        with self._conn:
-            yield self._conn
-
     def _create_schema_if_new(self) -> None:
-        with self._transaction() as conn:
+        with write_transaction(self._conn) as conn:
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
                 return
             for statement in _SCHEMA:
@@ -266,7 +274,7 @@ class Ledger:
     def _migrate_from_version_1(self) -> None:
         """Version 2 adds the 'skipped' state to the regions table's CHECK, which SQLite can only
         change by copying the table: done in one transaction, so a kill leaves version 1 intact."""
-        with self._transaction() as conn:
+        with write_transaction(self._conn) as conn:
             if self._schema_version() != 1:
                 return
             conn.execute(_REGIONS_TABLE.replace("CREATE TABLE regions", "CREATE TABLE regions_v2", 1))
@@ -279,7 +287,7 @@ class Ledger:
 
     def _remove_stray_temp_files(self) -> None:
         """Label temp files a killed writer left; under the write lock no answer is being written."""
-        with self._transaction():
+        with write_transaction(self._conn):
             for stray in self.labels_dir.glob(".region_*.png.*.tmp"):
                 stray.unlink(missing_ok=True)
 
@@ -298,7 +306,7 @@ class Ledger:
     def set_meta(self, key: str, value: Any) -> None:
         """Store a JSON-serialisable value (e.g. seed, class names)."""
         encoded = json.dumps(value)
-        with self._transaction() as conn:
+        with write_transaction(self._conn) as conn:
             conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, encoded))
 
     def get_meta(self, key: str, default: Any = None) -> Any:
@@ -316,7 +324,7 @@ class Ledger:
         problems = [f"image '{i}' listed twice" for i, n in Counter(ids).items() if n > 1]
         problems += [f"initial image '{i}' is not in the records" for i in sorted(initial - set(ids))]
         problems += [f"image '{i}' has size {h}x{w}" for i, h, w, _ in rows if h < 1 or w < 1]
-        with self._transaction() as conn:
+        with write_transaction(self._conn) as conn:
             existing = {row[0]: row for row in conn.execute("SELECT image_id, height, width, initial FROM images")}
             problems += [
                 f"image '{row[0]}' is registered as (h, w, initial) = {existing[row[0]][1:]}, not {row[1:]}"
@@ -347,10 +355,6 @@ class Ledger:
         record = self._image(image_id)
         return record.height, record.width
 
-    def initial_images(self) -> list[str]:
-        """Ids of the initially fully labelled images, in registration order."""
-        return [row[0] for row in self._conn.execute("SELECT image_id FROM images WHERE initial = 1 ORDER BY rowid")]
-
     def acquire_images(
         self, cycle: int, image_ids: Sequence[str], metric: str, scores: Sequence[float | None]
     ) -> None:
@@ -361,7 +365,7 @@ class Ledger:
         cycle, image_ids, scores = int(cycle), [str(i) for i in image_ids], [_as_score(v) for v in scores]
         problems = [f"cycle {cycle} is negative"] if cycle < 0 else []
         problems += [f"image '{i}' listed twice" for i, n in Counter(image_ids).items() if n > 1]
-        with self._transaction() as conn:
+        with write_transaction(self._conn) as conn:
             for image_id in dict.fromkeys(image_ids):
                 row = conn.execute(
                     "SELECT initial, acquired_whole_cycle FROM images WHERE image_id = ?", (image_id,)
@@ -371,7 +375,7 @@ class Ledger:
                 elif row[0] or row[1] is not None:
                     problems.append(f"image '{image_id}' is already fully labelled")
             _refuse_if(problems, "acquire_images")
-            now = _now()
+            now = utc_now()
             conn.executemany(
                 "UPDATE images SET acquired_whole_cycle = ?, acquired_metric = ?, acquired_score = ?, "
                 "acquired_at = ? WHERE image_id = ?",
@@ -390,9 +394,9 @@ class Ledger:
         ]
         if not requests:
             return []
-        with self._transaction() as conn:
+        with write_transaction(self._conn) as conn:
             _refuse_if(self._ask_problems(conn, cycle, requests), "ask")
-            now = _now()
+            now = utc_now()
             return [
                 conn.execute(
                     "INSERT INTO regions (image_id, cycle, y0, x0, y1, x1, metric, score, asked_at) "
@@ -450,12 +454,6 @@ class Ledger:
     def skipped(self, cycle: int | None = None) -> list[Region]:
         return self.regions(cycle, "skipped")
 
-    def region(self, region_id: int) -> Region:
-        row = self._conn.execute(f"SELECT {_REGION_COLUMNS} FROM regions WHERE region_id = ?", (region_id,)).fetchone()
-        if row is None:
-            raise KeyError(f"no region {region_id} in {self.path}")
-        return _region_from_row(row)
-
     # --- regions: answer --------------------------------------------------------------------------
 
     def answer(self, region_id: int, label_patch: np.ndarray, by: str, overwrite: bool = False) -> None:
@@ -470,13 +468,13 @@ class Ledger:
         answers = [(_region_id(region_id), label_patch) for region_id, label_patch in answers]
         if not answers:
             return
-        with self._transaction() as conn:
+        with write_transaction(self._conn) as conn:
             patches = self._validated_patches(conn, answers, by, overwrite)
             self.labels_dir.mkdir(exist_ok=True)
             for region_id, label_patch in patches.items():
                 _save_png(self.run_dir / _label_relpath(region_id), label_patch)
             _fsync_dir(self.labels_dir)
-            now = _now()
+            now = utc_now()
             conn.executemany(
                 "UPDATE regions SET state = 'answered', label_path = ?, answered_at = ?, answered_by = ? "
                 "WHERE region_id = ?",
@@ -515,7 +513,7 @@ class Ledger:
         ids newly skipped. Regions skipped before are left as they are; answered ones are refused."""
         region_ids = list(dict.fromkeys(_region_id(region_id) for region_id in region_ids))
         problems = [] if isinstance(by, str) and by else ["'by' must name who skipped"]
-        with self._transaction() as conn:
+        with write_transaction(self._conn) as conn:
             states = dict(conn.execute(
                 f"SELECT region_id, state FROM regions WHERE region_id IN ({','.join('?' * len(region_ids))})",
                 region_ids,
@@ -525,33 +523,10 @@ class Ledger:
             _refuse_if(problems, "skip")
             newly = [i for i in region_ids if states[i] == "asked"]
             conn.executemany("UPDATE regions SET state = 'skipped', answered_at = ?, answered_by = ? WHERE region_id = ?",
-                             [(_now(), by, region_id) for region_id in newly])
+                             [(utc_now(), by, region_id) for region_id in newly])
         return newly
 
-    # --- labelled state ---------------------------------------------------------------------------
-
-    def _answered_in(self, image_id: str) -> list[Region]:
-        rows = self._conn.execute(
-            f"SELECT {_REGION_COLUMNS} FROM regions WHERE image_id = ? AND state = 'answered' ORDER BY region_id",
-            (image_id,),
-        )
-        return [_region_from_row(row) for row in rows]
-
-    def labelled_mask(self, image_id: str) -> np.ndarray:
-        """(H, W) bool: the whole image if fully labelled, else the union of its answered regions."""
-        record = self._image(image_id)
-        boxes = [region.box for region in self._answered_in(image_id)]
-        return box_masks([boxes], record.height, record.width)[0].numpy() | record.fully_labelled
-
-    def label_map(self, image_id: str) -> np.ndarray:
-        """(H, W) uint8: answered region labels, 255 elsewhere. Covers regions only; for fully
-        labelled images (initial/acquired) use the dataset's own label."""
-        record = self._image(image_id)
-        labels = np.full((record.height, record.width), IGNORE_INDEX, dtype=np.uint8)
-        for region in self._answered_in(image_id):
-            y0, x0, y1, x1 = region.box
-            labels[y0:y1, x0:x1] = self.patch(region)
-        return labels
+    # --- label patches -----------------------------------------------------------------------------
 
     def patch(self, region: Region) -> np.ndarray:
         """The answered label patch of `region`, (y1 - y0, x1 - x0) uint8."""
@@ -566,69 +541,3 @@ class Ledger:
         if array.dtype != np.uint8 or array.shape != region.shape:
             raise LedgerError(f"{path}: a {array.dtype} {array.shape} image, expected uint8 {region.shape}")
         return array
-
-    def _labelled_state(self) -> tuple[dict[str, tuple[int, int]], set[str], dict[str, list[Box]]]:
-        """(sizes, fully labelled ids, answered boxes per image) from one consistent read."""
-        rows = self._conn.execute(
-            "SELECT i.image_id, i.height, i.width, i.initial OR i.acquired_whole_cycle IS NOT NULL, "
-            "r.y0, r.x0, r.y1, r.x1 FROM images i "
-            "LEFT JOIN regions r ON r.image_id = i.image_id AND r.state = 'answered'"
-        )
-        sizes: dict[str, tuple[int, int]] = {}
-        fully_labelled: set[str] = set()
-        boxes: dict[str, list[Box]] = defaultdict(list)
-        for image_id, h, w, full, *box in rows:
-            sizes[image_id] = (h, w)
-            if full:
-                fully_labelled.add(image_id)
-            if box[0] is not None:
-                boxes[image_id].append(tuple(box))
-        return sizes, fully_labelled, boxes
-
-    def labelled_pixels(self) -> int:
-        """Labelled pixels over all registered images, overlapping regions counted once."""
-        return labelled_pixel_count(*self._labelled_state())
-
-    def labelled_fraction(self) -> float:
-        """labelled_pixels() / all pixels of the registered images."""
-        return labelled_fraction(*self._labelled_state())
-
-    # --- cycles -----------------------------------------------------------------------------------
-
-    def set_phase(self, cycle: int, phase: str, metrics: Mapping[str, Any] | None = None) -> None:
-        """Enter `phase` of `cycle` (created on first use); `metrics` are merged into the cycle's
-        metrics (new keys win). Phase 'done' stamps finished_at."""
-        cycle = int(cycle)
-        if phase not in PHASES:
-            raise LedgerError(f"unknown phase '{phase}'; known: {', '.join(PHASES)}")
-        if cycle < 0:
-            raise LedgerError(f"cycle {cycle} is negative")
-        with self._transaction() as conn:
-            row = conn.execute("SELECT metrics_json FROM cycles WHERE cycle = ?", (cycle,)).fetchone()
-            merged = json.dumps({**(json.loads(row[0]) if row else {}), **(metrics or {})})
-            now = _now()
-            finished_at = now if phase == "done" else None
-            if row is None:
-                conn.execute(
-                    "INSERT INTO cycles (cycle, phase, started_at, updated_at, finished_at, metrics_json) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (cycle, phase, now, now, finished_at, merged),
-                )
-            else:
-                conn.execute(
-                    "UPDATE cycles SET phase = ?, updated_at = ?, finished_at = ?, metrics_json = ? WHERE cycle = ?",
-                    (phase, now, finished_at, merged, cycle),
-                )
-
-    def phase(self, cycle: int) -> str | None:
-        """The cycle's current phase, None if it never started."""
-        row = self._conn.execute("SELECT phase FROM cycles WHERE cycle = ?", (cycle,)).fetchone()
-        return None if row is None else row[0]
-
-    def metrics(self, cycle: int) -> dict[str, Any]:
-        row = self._conn.execute("SELECT metrics_json FROM cycles WHERE cycle = ?", (cycle,)).fetchone()
-        return {} if row is None else json.loads(row[0])
-
-    def last_cycle(self) -> int | None:
-        """The highest cycle with a phase recorded, None before the first."""
-        return self._conn.execute("SELECT MAX(cycle) FROM cycles").fetchone()[0]

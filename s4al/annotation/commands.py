@@ -36,8 +36,8 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
 
     try:
         active_run = ActiveLearningRun(run_dir, overrides={"train": {"device": device}})
-        cycle = active_run.ledger.last_cycle()
-        phase = active_run.ledger.phase(cycle) if cycle is not None else None
+        cycle = active_run.phases.last_cycle()
+        phase = active_run.phases.phase(cycle) if cycle is not None else None
         if phase in (None, "train"):
             raise typer.BadParameter(f"{run_dir}: cycle {cycle or 0} has not finished training; "
                                      f"continue it with `s4al run --resume {run_dir}`")
@@ -47,7 +47,7 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
     except (DatasetError, FileNotFoundError, LedgerError, RunFolderError) as err:
         raise typer.BadParameter(str(err)) from None
     if not package.regions:
-        phase = active_run.ledger.phase(cycle)
+        phase = active_run.phases.phase(cycle)
         typer.echo(f"{run_dir}: no region waits for an answer (cycle {cycle} is in phase '{phase}').")
         return
     typer.echo(f"{package.regions} asked regions in {package.images} images written to {package.out_dir}:\n"
