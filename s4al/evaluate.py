@@ -11,21 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from s4al import distributed
 from s4al.data.base import SegmentationDataset
 from s4al.data.batches import image_batches, to_model_input
-from s4al.data.classes import IGNORE_INDEX
 from s4al.data.device_cache import FastMode, bf16_inference, inference_cache
-from s4al.metrics import SegmentationScores, scores_from_confusion
-
-
-def count_pairs(counts: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> None:
-    """Adds each pixel's (label, prediction) pair to `counts`, the flattened num_classes x num_classes
-    confusion matrix plus a last bin for IGNORE_INDEX pixels. No boolean indexing and no bincount:
-    on a GPU both wait for it to learn an output size."""
-    pairs = torch.where(labels == IGNORE_INDEX, num_classes**2, labels * num_classes + predictions)
-    ones = torch.ones((), dtype=counts.dtype, device=counts.device).expand(pairs.numel())
-    counts.index_add_(0, pairs.flatten(), ones)
+from s4al.metrics import Confusion, SegmentationScores, scores_from_confusion
 
 
 @torch.no_grad()
@@ -40,17 +29,15 @@ def evaluate(
     """`fast`: train.fast, whether the split is read from the device (s4al/data/device_cache.py)."""
     was_training = model.training
     model.eval()
-    num_classes = dataset.classes.num_classes
     cache = inference_cache(dataset, device, fast, labels=True, num_workers=num_workers)
     if cache is not None:
         batches = cache.batches(range(len(dataset)), batch_size, labels=True)
     else:
         batches = image_batches(dataset, batch_size, num_workers, shard=True, pin_memory=device.type == "cuda")
-    counts = torch.zeros(num_classes**2 + 1, dtype=torch.int64, device=device)
+    confusion = Confusion(dataset.classes.num_classes, device)
     for images, labels, _ in batches:
         with bf16_inference(cache):
             logits = model(to_model_input(images, device))
-        count_pairs(counts, labels.to(device, non_blocking=True), logits.argmax(1), num_classes)
+        confusion.update(logits.argmax(1), labels.to(device, non_blocking=True))
     model.train(was_training)
-    confusion = sum(distributed.gather_objects(counts.cpu()))[:-1].view(num_classes, num_classes)
-    return scores_from_confusion(confusion)
+    return scores_from_confusion(confusion.matrix())

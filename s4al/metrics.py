@@ -5,14 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torchmetrics.classification import MulticlassConfusionMatrix
 
+from s4al import distributed
 from s4al.data.classes import IGNORE_INDEX
 
 
-def confusion_meter(num_classes: int) -> MulticlassConfusionMatrix:
-    """Accumulates over batches; under torch.distributed it sums the matrix across ranks."""
-    return MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
+class Confusion:
+    """A confusion matrix accumulated over batches on their device, IGNORE_INDEX pixels left out.
+    Counted with index_add_ rather than torchmetrics' confusion matrix, whose boolean indexing and
+    bincount make the host wait for a GPU at every batch to learn an output size."""
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
+        self.num_classes = num_classes
+        self.counts = torch.zeros(num_classes**2 + 1, dtype=torch.int64, device=device)  # last bin: ignored
+
+    def update(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
+        n = self.num_classes
+        pairs = torch.where(labels == IGNORE_INDEX, n**2, labels.long() * n + predictions)
+        self.counts.index_add_(0, pairs.flatten(), torch.ones((), dtype=torch.int64, device=pairs.device).expand(pairs.numel()))
+
+    def matrix(self) -> torch.Tensor:
+        """(num_classes, num_classes) on the CPU, summed over torch.distributed ranks."""
+        counts = sum(distributed.gather_objects(self.counts.cpu()))
+        return counts[:-1].view(self.num_classes, self.num_classes)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from s4al.data import device_cache
 from s4al.data.batches import image_batches, to_model_input
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.device_cache import inference_cache
-from s4al.evaluate import count_pairs, evaluate
+from s4al.evaluate import evaluate
 from s4al.model import build_model
 from s4al.ssl.losses import supervised_loss
 from s4al.tiles import TILE_SIDE
@@ -161,16 +161,6 @@ def test_forward_passes_on_a_cpu_run_in_fp32_without_autocast(setup):
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
-def test_count_pairs_counts_label_prediction_pairs_and_sets_ignored_pixels_apart():
-    counts = torch.zeros(3 * 3 + 1, dtype=torch.int64)
-    labels = torch.tensor([[[0, 1], [IGNORE_INDEX, 2]], [[2, 2], [0, IGNORE_INDEX]]])
-    predictions = torch.tensor([[[0, 2], [1, 2]], [[1, 2], [0, 0]]])
-    count_pairs(counts, labels, predictions, 3)
-    count_pairs(counts, labels[:1], predictions[:1], 3)  # accumulates
-    expected = [[2 + 1, 0, 0], [0, 0, 1 + 1], [0, 1, 1 + 1 + 1]]
-    assert counts[:-1].view(3, 3).tolist() == expected and counts[-1] == 2 + 1
-
-
 def test_evaluation_from_the_device_cache_is_the_loader_paths_and_decodes_once(setup):
     cfg, _, val, model = setup
     counted = Counted(val)

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from s4al.metrics import confusion_meter, scores_from_confusion
+from s4al.data.classes import IGNORE_INDEX
+from s4al.metrics import Confusion, scores_from_confusion
 
 
 def test_miou_on_hand_computed_confusion():
@@ -26,8 +27,17 @@ def test_false_positive_only_class_counts_with_zero_iou():
     assert s.miou == pytest.approx(0.25)
 
 
-def test_meter_ignores_255_and_accumulates():
-    meter = confusion_meter(3)
-    meter.update(torch.tensor([[0, 1, 2, 2]]), torch.tensor([[0, 1, 255, 1]]))
-    meter.update(torch.tensor([[2]]), torch.tensor([[2]]))
-    assert meter.compute().tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+def test_confusion_ignores_255_and_accumulates():
+    confusion = Confusion(3)
+    confusion.update(torch.tensor([[0, 1, 2, 2]]), torch.tensor([[0, 1, 255, 1]]))
+    confusion.update(torch.tensor([[2]]), torch.tensor([[2]]))
+    assert confusion.matrix().tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+
+
+def test_confusion_counts_label_prediction_pairs_of_image_batches():
+    confusion = Confusion(3)
+    labels = torch.tensor([[[0, 1], [IGNORE_INDEX, 2]], [[2, 2], [0, IGNORE_INDEX]]], dtype=torch.uint8)
+    predictions = torch.tensor([[[0, 2], [1, 2]], [[1, 2], [0, 0]]])
+    confusion.update(predictions, labels)
+    confusion.update(predictions[:1], labels[:1])
+    assert confusion.matrix().tolist() == [[2 + 1, 0, 0], [0, 0, 1 + 1], [0, 1, 1 + 1 + 1]]

@@ -26,7 +26,7 @@ from s4al.config import load_run_config
 from s4al.data import build_dataset
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.batches import image_batches, to_model_input
-from s4al.metrics import confusion_meter
+from s4al.metrics import Confusion
 from s4al.ssl.alignment import ArgmaxAlignment
 from s4al.ssl.mean_teacher import pseudo_labels_from_probs
 from s4al.train.checkpoint import load_trained_model
@@ -73,14 +73,14 @@ ALIGN_TO = {
 def confusions(log_probs: torch.Tensor, labels: torch.Tensor, threshold: float, bias: torch.Tensor):
     """-> confusion over all valid pixels, over the confident ones, of the pseudo labels of
     log_probs + bias (C,)"""
-    every, confident = (confusion_meter(log_probs.shape[1]) for _ in range(2))
+    every, confident = (Confusion(log_probs.shape[1]) for _ in range(2))
     for image_log_probs, image_labels in zip(log_probs, labels):
         probs = (image_log_probs.float() + bias.view(-1, 1, 1)).softmax(0).unsqueeze(0)
         pseudo, confidence = pseudo_labels_from_probs(probs)
         sure = confidence > threshold
         every.update(pseudo, image_labels.unsqueeze(0))
         confident.update(pseudo[sure], image_labels.unsqueeze(0)[sure])
-    return every.compute(), confident.compute()
+    return every.matrix(), confident.matrix()
 
 
 def argmax_alignment_bias(
