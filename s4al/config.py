@@ -66,7 +66,9 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(1, ge=1)  # epochs
     eval_batch_size: int = Field(4, ge=1)
     device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA only (it is slower on CPUs without bf16 units)
+    # bf16 autocast for training on CUDA only (slower on CPUs without bf16 units); on the fast path
+    # pool scoring and evaluation run in bf16 on CUDA either way
+    amp: bool = True
     # the fast learner path (s4al/train/trainer.py): the train split decoded once onto the device,
     # batched augmentation there, losses read every few steps, fused SGD. auto: on for CUDA devices
     fast: Literal["auto", "on", "off"] = "auto"
