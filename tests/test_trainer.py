@@ -1,5 +1,6 @@
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -141,39 +142,41 @@ def test_class_normalised_confidence_changes_the_unsupervised_loss_only(tmp_path
     assert losses[True]["loss/unsup"] != pytest.approx(losses[False]["loss/unsup"], rel=1e-4)
 
 
-@pytest.mark.parametrize("device, pinned", [("cpu", False), ("cuda", True)])
-def test_loaders_hand_over_page_locked_batches_only_for_a_gpu(tmp_path, monkeypatch, device, pinned):
-    made = []
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
+])
+def test_loader_batches_are_page_locked_exactly_when_training_on_a_gpu(tmp_path, device):
+    cfg = tiny_config(train={"device": device, "fast": "off"})
+    trainer = Trainer(cfg, ssl_data(cfg)[0], None, tmp_path)
+    with warnings.catch_warnings():
+        # on a machine without a GPU, asking a loader to pin warns (and pins nothing): an error here
+        warnings.filterwarnings("error", message=".*pin_memory.*")
+        labelled, unlabelled = trainer.loaders()
+        tensors = [*next(labelled)["labelled"].values(), *next(unlabelled)["unlabelled"].values()]
+    assert len(tensors) == 7  # image, label; weak, strong, known_label, known, valid
+    assert [t.is_pinned() for t in tensors] == [device == "cuda"] * len(tensors)
 
-    def recording_loader(*args, **kwargs):
-        made.append(kwargs["pin_memory"])
-        return []
 
-    monkeypatch.setattr(trainer_module, "DataLoader", recording_loader)
-    cfg = tiny_config()
-    data, val = ssl_data(cfg)
-    trainer = Trainer(cfg, data, val, tmp_path)
-    trainer.device = torch.device(device)  # only read when the loaders are made: no GPU needed here
-    trainer.loaders()
-    assert made == [pinned, pinned]  # labelled and unlabelled
-
-
-def test_partially_labelled_images_are_drawn_in_proportion_to_their_labelled_share(tmp_path, monkeypatch):
-    cfg = tiny_config(ssl={"enabled": False})
+def test_partially_labelled_images_are_drawn_in_proportion_to_their_labelled_share(tmp_path):
+    steps = 110
+    identity = {"scale_range": [1.0, 1.0], "hflip_p": 0.0, "color_jitter_p": 0.0}  # crop = the image: no change
+    cfg = tiny_config(ssl={"enabled": False}, train={"epochs": 1, "iters_per_epoch": steps, **identity})
     train = build_dataset(cfg.dataset, "train", cfg.seed)
     h, w = train.image_size(0)
     quarter = ((0, 0, h // 2, w // 2), np.zeros((h // 2, w // 2), np.uint8))
     eighth = ((0, 0, h // 4, w // 2), np.zeros((h // 4, w // 2), np.uint8))
     data = TrainData(train, labelled=[0], pool=[1, 2, 3], annotations={1: [quarter], 2: [eighth]})
-    images, partial = data.supervised(ssl=False)
-    assert images == [0, 1, 2]
-    assert trainer_module.labelled_draws(train, images, partial) == [0] * 8 + [1] * 2 + [2]
-    assert trainer_module.labelled_draws(train, images, partial, max_copies=4) == [0] * 4 + [1] + [2]  # round(0.5) = 0
-    streams = []
-    monkeypatch.setattr(trainer_module, "Stream", lambda indices, *seed: streams.append(list(indices)) or [])
-    monkeypatch.setattr(trainer_module, "StepBatches", lambda *args, **kwargs: [])
-    Trainer(cfg, data, None, tmp_path).loaders()
-    assert streams == [[0] * 8 + [1] * 2 + [2]]
+    inputs = {i: torch.from_numpy(train.load(i).image).permute(2, 0, 1).float().div(255) for i in range(len(train))}
+    drawn = []
+    for batch in Trainer(cfg, data, None, tmp_path).batches():
+        drawn += [next(i for i, x in inputs.items() if torch.equal(x, image)) for image in batch.labelled["image"]]
+    # labelled shares 1, 1/4 and 1/8: image 0 is drawn 8 times as often as image 2, image 1 twice as often
+    n, expected = len(drawn), {0: 8 / 11, 1: 2 / 11, 2: 1 / 11}
+    assert n == steps * cfg.train.batch_size and set(drawn) == set(expected)  # image 3, unanswered, never
+    for image, p in expected.items():
+        assert abs(drawn.count(image) - n * p) <= 4 * math.sqrt(n * p * (1 - p)), (image, drawn.count(image))
+    assert trainer_module.labelled_draws(train, [0, 1, 2], {1: [quarter], 2: [eighth]}, max_copies=4) == [0] * 4 + [1] + [2]
     regions_in_the_pool = TrainData(train, labelled=[0, 3], pool=[1, 2], annotations=data.annotations)  # SSL
     assert trainer_module.labelled_draws(train, *regions_in_the_pool.supervised(ssl=True)) == [0, 3]
 
