@@ -19,7 +19,7 @@ import multiprocessing
 import statistics
 import tempfile
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -129,8 +129,9 @@ def batch_source(trainer: Trainer, count: int) -> Iterator[StepBatch]:
     if trainer.fast:
         return trainer.batches()
     labelled, unlabelled = trainer.loaders()
-    host = [next(labelled) | (next(unlabelled) if unlabelled else {}) for _ in range(count)]
-    return (StepBatch(n["labelled"], n.get("unlabelled"), n.get("replay")) for n in map(trainer.to_device, host))
+    host = deque(next(labelled) | (next(unlabelled) if unlabelled else {}) for _ in range(count))
+    handed = (host.popleft() for _ in range(count))  # each released after its step, as in training
+    return (StepBatch(n["labelled"], n.get("unlabelled"), n.get("replay")) for n in map(trainer.to_device, handed))
 
 
 def student_pass(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> None:

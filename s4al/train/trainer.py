@@ -318,9 +318,9 @@ class Trainer:
         s = self.cfg.ssl
         eta = confidence_ratio(confidence, pseudo != IGNORE_INDEX, s.confidence_threshold)
         with self._synced(last), frozen_bn_statistics(self.student, s.freeze_bn_on_unlabelled):
-            logits = self.forward(images)
-            loss = unsupervised_loss(
-                logits, pseudo, confidence, eta, s.confidence_weighting, class_normalised=s.class_normalised_confidence,
+            loss = unsupervised_loss(  # the logits are not held: backward does not need them
+                self.forward(images), pseudo, confidence, eta, s.confidence_weighting,
+                class_normalised=s.class_normalised_confidence,
             )
             loss.backward()
         return loss.detach(), eta.mean()
