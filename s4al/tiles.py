@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from s4al.data.base import Box
 from s4al.data.batches import to_model_input
 from s4al.model import STRIDE
 
-Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), half-open, image coordinates
 
 TILE_SIDE = 2048  # 4.2 Mpixels: 1080p, 2560x1440 and Cityscapes' 1024x2048 run whole
 CONTEXT = 128  # pixels of image around a core; a multiple of STRIDE

@@ -212,6 +212,21 @@ def test_fast_path_trains_every_loss_reads_them_per_epoch_and_resumes_bit_identi
         assert torch.equal(a, b), name
 
 
+def test_a_finished_training_resumed_builds_no_device_cache_and_returns_its_result(tmp_path):
+    cfg = tiny_config(train={"fast": "on"})
+    data, val = ssl_data(cfg)
+    first = Trainer(cfg, data, val, tmp_path).fit()
+    again = Trainer(cfg, data, val, tmp_path)
+
+    def refuse(index):
+        raise AssertionError(f"image {index} read by a training that has nothing left to do")
+
+    for split in (data.dataset, val):
+        split.load = split.load_image = refuse
+    result = again.fit()
+    assert again.step == again.total_steps and result.history == first.history
+
+
 def test_fast_switch_auto_means_the_loader_path_on_a_cpu_and_the_fast_path_on_a_gpu(tmp_path):
     data, _ = ssl_data(tiny_config())
     auto = Trainer(tiny_config(), data, None, tmp_path / "auto")

@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from s4al.active.regions import Box
 from s4al.atomic import atomic_write
+from s4al.data.base import Box
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 lacks only the 'skipped' state

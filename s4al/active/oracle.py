@@ -9,7 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from s4al.active.ledger import Ledger, Region
-from s4al.active.regions import Box
+from s4al.data.base import Box
 
 
 class Annotator(Protocol):

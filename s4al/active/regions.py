@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Box = tuple[int, int, int, int]
+from s4al.data.base import Box
 
 
 def grid_shape(h: int, w: int, s: int) -> tuple[int, int]:

@@ -10,6 +10,9 @@ import torch.utils.data
 from s4al.data.classes import ClassSet
 
 
+Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), half-open, in original image pixels
+
+
 class DatasetError(ValueError):
     """Bad input data; the message names the file and the problem."""
 

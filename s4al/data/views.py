@@ -18,10 +18,9 @@ import torchvision.transforms.v2.functional as TF
 from torch.utils.data import default_collate
 from torchvision.transforms import InterpolationMode
 
-from s4al.data.base import SegmentationDataset
+from s4al.data.base import Box, SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX
 
-Box = tuple[int, int, int, int]  # y0, x0, y1, x1 in original image coordinates
 Annotations = Mapping[int, Sequence[tuple[Box, np.ndarray]]]  # dataset index -> answered patches
 
 

@@ -36,7 +36,7 @@ from s4al.config import RunConfig
 from s4al.data.base import SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.device_augment import labelled_batch, unlabelled_batch
-from s4al.data.device_cache import DeviceCache, MixedImageSizes, common_size
+from s4al.data.device_cache import DeviceCache, MixedImageSizes, common_size, fast_path_asked
 from s4al.data.views import Annotations, Augment, LabelledView, StepView, UnlabelledView
 from s4al.data.batches import to_model_input
 from s4al.evaluate import evaluate
@@ -205,7 +205,7 @@ class Trainer:
         """train.fast: on, off, or auto (on for CUDA devices). auto falls back to the loader path
         for a split of mixed image sizes, which the device cache cannot hold; on refuses it."""
         mode = self.cfg.train.fast
-        if mode == "off" or (mode == "auto" and self.device.type != "cuda"):
+        if not fast_path_asked(mode, self.device):
             return False
         try:
             common_size(self.data.dataset, sorted(set(self.data.labelled) | set(self.data.pool)))
@@ -299,6 +299,8 @@ class Trainer:
 
     def batches(self) -> Iterator[StepBatch]:
         """Each remaining step's batches, from the device cache (fast path) or loader workers."""
+        if self.step >= self.total_steps:  # resumed from the final checkpoint: no workers, no cache
+            return
         if self.fast:
             labelled, unlabelled = self._device_streams()
         else:
