@@ -37,6 +37,8 @@ from s4al.config import RunConfig, load_config
 from s4al.data import build_dataset
 from s4al.data.base import SegmentationDataset
 from s4al.data.batches import image_batches, to_model_input
+from s4al.data.device_cache import inference_cache
+from s4al.evaluate import evaluate
 from s4al.model import build_model
 from s4al.ssl.losses import supervised_loss
 from s4al.seeding import derive_seed
@@ -237,8 +239,9 @@ def scoring_setup(cfg: RunConfig, images: int) -> tuple[torch.nn.Module, Repeate
     return model, dataset, device
 
 
-def score_pool(model, dataset: Repeated, cfg: RunConfig, device: torch.device, num_workers: int) -> None:
-    score_cells(model, dataset, range(len(dataset)), {}, cfg.active, device, derive_seed(cfg.seed, "speed"), num_workers)
+def score_pool(model, dataset: Repeated, cfg: RunConfig, device: torch.device, num_workers: int, fast: str = "off") -> None:
+    score_cells(model, dataset, range(len(dataset)), {}, cfg.active, device, derive_seed(cfg.seed, "speed"), num_workers,
+                fast)
 
 
 @torch.no_grad()
@@ -257,25 +260,34 @@ def forward_read(model, dataset: Repeated, batch_size: int, device: torch.device
         model(to_model_input(x, device))
 
 
-def pool_scoring(cfg: RunConfig, images: int) -> dict:
+def pool_scoring(cfg: RunConfig, images: int, fast: bool) -> dict:
+    """(b), and evaluation on the same images; with `fast`, both also from the device cache
+    (decoded once, timed apart) as the fast path reads them."""
     model, dataset, device = scoring_setup(cfg, images)
     batch_size, workers = cfg.active.score_batch_size, scoring_workers(device, cfg.train.num_workers)
     inputs = [to_model_input(x, device) for x, _, _ in image_batches(dataset, batch_size, 0, range(images), labels=False)]
     forward_all(model, inputs[:1])  # warm-up
+    eval_batch = cfg.train.eval_batch_size
     runs = {
         "plain": lambda: forward_all(model, inputs),
-        "read": lambda: forward_read(model, dataset, batch_size, device, workers),
+        "plain_read": lambda: forward_read(model, dataset, batch_size, device, workers),
         "scoring": lambda: score_pool(model, dataset, cfg, device, workers),
+        "evaluation": lambda: evaluate(model, dataset, eval_batch, device, workers, fast="off"),
     }
+    cached = {}
+    if fast:
+        cached["cache_decode_s"] = timed(lambda: inference_cache(dataset, device, "on", True, workers), device)
+        runs["scoring_cached"] = lambda: score_pool(model, dataset, cfg, device, workers, fast="on")
+        runs["evaluation_cached"] = lambda: evaluate(model, dataset, eval_batch, device, workers, fast="on")
     times = {name: [] for name in runs}
-    for _ in range(SCORING_ROUNDS):  # alternated, so that a drift of the machine's speed hits all three alike
+    for _ in range(SCORING_ROUNDS):  # alternated, so that a drift of the machine's speed hits all alike
         for name, run in runs.items():
             times[name].append(timed(run, device))
-    plain, read, scoring = (statistics.median(times[name]) for name in runs)
+    median = {name: statistics.median(times[name]) for name in runs}
+    plain, read, scoring = median["plain"], median["plain_read"], median["scoring"]
     return {"images": images, "batch_size": batch_size, "metric": cfg.active.metric, "num_workers": workers,
-            "rounds": SCORING_ROUNDS,
-            "scoring_images_per_s": images / scoring, "plain_images_per_s": images / plain,
-            "plain_read_images_per_s": images / read, "time_ratio": scoring / plain, "time_ratio_read": scoring / read}
+            "rounds": SCORING_ROUNDS, **{f"{name}_images_per_s": images / median[name] for name in runs}, **cached,
+            "time_ratio": scoring / plain, "time_ratio_read": scoring / read}
 
 
 def pool_memory(cfg_data: dict, images: int) -> dict:
@@ -360,6 +372,11 @@ def summary_markdown(r: dict) -> str:
         ["(b) scoring time / inference time", f"{b['time_ratio']:.3f}"],
         ["(b) plain inference on images read by the scoring loader", f"{b['plain_read_images_per_s']:.2f} images/s"],
         ["(b) scoring time / that inference time", f"{b['time_ratio_read']:.3f}"],
+        [f"(b) evaluation (batch {s['eval_batch_size']})", f"{b['evaluation_images_per_s']:.2f} images/s"],
+        *([["(b) pool scoring from the device cache (fast path)", f"{b['scoring_cached_images_per_s']:.2f} images/s"],
+           ["(b) evaluation from the device cache (fast path)", f"{b['evaluation_cached_images_per_s']:.2f} images/s"],
+           ["(b) decoding the images into the device cache, once", f"{b['cache_decode_s']:.2f} s"]]
+          if "cache_decode_s" in b else []),
         *[[f"(c) scoring memory, pool of {m['images']}", f"+{m['increase_mib']:.0f} MiB ({m['kind']})"]
           for m in r["pool_memory"]],
         ["(d) loaders alone", f"{d['loader_steps_per_s']:.2f} steps/s ({d['num_workers']} workers)"],
@@ -426,14 +443,14 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "tag": tag,
         "settings": {"device": device, "height": args.height, "width": args.width, "iters": args.iters,
-                     "warmup": args.warmup, "batch_size": t.batch_size,
+                     "warmup": args.warmup, "batch_size": t.batch_size, "eval_batch_size": t.eval_batch_size,
                      "unlabelled_batch_size": t.unlabelled_batch_size, "num_workers": t.num_workers,
                      "dataset": cfg.dataset.name, "smoke": args.smoke,
                      "alignment": cfg.ssl.distribution_alignment,
                      "class_normalised_confidence": cfg.ssl.class_normalised_confidence},
         **loader,
         "fast": fast,
-        "pool_scoring": pool_scoring(cfg, args.score_images),
+        "pool_scoring": pool_scoring(cfg, args.score_images, timing_fast),
         "pool_memory": [in_fresh_process(pool_memory, cfg.model_dump(mode="json"), n) for n in args.pools],
         "data_loading": loading,
         "machine": info,

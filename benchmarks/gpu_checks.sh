@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The GPU checks in one command, for a machine without internet access:
+#   1. the CUDA tests (fast path, on-device augmentation and scoring, divergence);
+#   2. speed.py on the GPU: loader path and fast path side by side;
+#   3. the paper-protocol comparison (label_efficiency.py --gpu-window) in the time that is left.
+# Everything it writes goes to OUT, the label-efficiency results and logs as one archive.
+#
+#   benchmarks/gpu_checks.sh OUT SECONDS [METHOD ...]
+#
+# Expects data/camvid_jpeg95 (benchmarks/jpeg_camvid.py) and data/mobilenet_v2_imagenet.pth in the
+# repository root; wheels of packages the machine lacks, if any, in .whl/ (installed without an index).
+# SMOKE=1 runs the same stages on the CPU at smoke sizes, to check the script itself.
+set -u
+out=$(realpath -m "${1:?usage: gpu_checks.sh OUT SECONDS [METHOD ...]}")
+seconds=${2:?usage: gpu_checks.sh OUT SECONDS [METHOD ...]}
+shift 2
+methods=("$@")
+[ ${#methods[@]} -gt 0 ] || methods=(s4al full_supervised sup_10 ssl_10 region_random_ssl s4al_paper)
+started=$(date +%s)
+left() { echo $((seconds - ($(date +%s) - started))); }
+mkdir -p "$out"
+python=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+
+if [ "${SMOKE:-0}" != 1 ] && compgen -G ".whl/*.whl" >/dev/null; then
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || { echo "wheel install failed"; exit 1; }
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD:$PWD/benchmarks"
+
+if [ "${SMOKE:-0}" = 1 ]; then
+    device=cpu protocol=smoke name=smoke_checks data=() speed=(--smoke) parallel=2 tag=smoke
+else
+    device=cuda protocol=paper name=paper_jpeg95 parallel=4 tag=nvidia-h200
+    data=(--data-root data/camvid_jpeg95 --weights data/mobilenet_v2_imagenet.pth)
+    speed=(--workers 8 --pools 100 "${data[@]}")
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
+    echo "== 1. CUDA tests"
+    timeout 150 "$python" -m pytest -q -p no:cacheprovider tests/test_device_augment.py tests/test_device_scoring.py \
+        tests/test_trainer.py -k "cuda or gpu or fast or diverge or device" 2>&1 | tee "$out/tests.log" | tail -15
+fi
+
+echo "== 2. speed ($(left) s left)"
+timeout $(( $(left) / 3 )) "$python" benchmarks/speed.py --device "$device" "${speed[@]}" --out "$out" --tag "$tag" \
+    2>&1 | tee "$out/speed.log" | tail -40
+
+window=$(( $(left) - 25 ))
+echo "== 3. label efficiency, $protocol, ${methods[*]}: ${window} s"
+if [ "$window" -gt 60 ]; then
+    "$python" benchmarks/label_efficiency.py --protocol "$protocol" --name "$name" "${data[@]}" --methods "${methods[@]}" \
+        --seeds ${SEEDS:-0} --gpu-window "$window" --parallel "$parallel" --results "$out/label_efficiency" \
+        --work /tmp/gpu_checks_runs 2>&1 | tail -30
+fi
+tar czf "$out/label_efficiency.tgz" -C "$out" label_efficiency -C /tmp/gpu_checks_runs "$name/logs" 2>/dev/null
+rm -rf "$out/label_efficiency"
+ls -la "$out" "$out"/speed 2>/dev/null
+echo "done in $(( $(date +%s) - started )) s"
