@@ -27,11 +27,11 @@ from torch import nn
 from s4al import distributed
 from s4al.active.coreset import k_center_greedy, pooled_features
 from s4al.active.regions import (
-    Box, box_masks, boxes_within, cell_box, cell_scores, grid_shape, select_global, select_per_image,
+    box_masks, boxes_within, cell_box, cell_scores, grid_shape, select_global, select_per_image,
 )
 from s4al.active.scores import pixel_scores, random_scores
 from s4al.config import ActiveConfig
-from s4al.data.base import SegmentationDataset
+from s4al.data.base import Box, SegmentationDataset
 from s4al.data.batches import image_batches, to_model_input
 from s4al.data.device_cache import DeviceCache, FastMode, bf16_inference, inference_cache
 from s4al.tiles import tiles, tile_logits, runs_whole

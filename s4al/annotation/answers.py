@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from s4al.active.ledger import Ledger, LedgerError, Region
+from s4al.active.regions import box_masks
 from s4al.annotation.label_studio import read_export
 from s4al.annotation.masks import MIN_PAINTED_SHARE, UNPAINTED, AnswerError, PaintedImage, read_png_folder
 from s4al.run_folder import RunFolder
@@ -156,11 +157,10 @@ def _addressed(image: PaintedImage, regions: dict[int, Region]) -> list[Region]:
 def _answer_image(image: PaintedImage, addressed: list[Region], report: ImportReport) -> list[tuple[int, np.ndarray]]:
     """Crops the answers of the addressed regions still asked that are painted enough; reports the
     rest, the painting outside the addressed regions and rectangles drawn by hand."""
-    addressed_area = np.zeros(image.labels.shape, dtype=bool)
+    addressed_area = box_masks([[region.box for region in addressed]], *image.labels.shape)[0].numpy()
     answers = []
     for region in addressed:
         y0, x0, y1, x1 = region.box
-        addressed_area[y0:y1, x0:x1] = True
         patch = image.labels[y0:y1, x0:x1]
         share = float((patch != UNPAINTED).mean())
         if region.state != "asked" or image.declined:
