@@ -37,7 +37,7 @@ from s4al.config import RunConfig, load_config
 from s4al.data import build_dataset
 from s4al.data.base import SegmentationDataset
 from s4al.data.batches import image_batches, to_model_input
-from s4al.data.device_cache import inference_cache
+from s4al.inference import inference_cache
 from s4al.evaluate import evaluate
 from s4al.model import build_model
 from s4al.ssl.losses import supervised_loss

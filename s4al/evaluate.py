@@ -13,7 +13,8 @@ from torch import nn
 
 from s4al.data.base import SegmentationDataset
 from s4al.data.batches import image_batches, to_model_input
-from s4al.data.device_cache import FastMode, bf16_inference, inference_cache
+from s4al.data.device_cache import FastMode
+from s4al.inference import bf16_inference, cached_batches, inference_cache
 from s4al.metrics import Confusion, SegmentationScores, scores_from_confusion
 
 
@@ -31,7 +32,7 @@ def evaluate(
     model.eval()
     cache = inference_cache(dataset, device, fast, labels=True, num_workers=num_workers)
     if cache is not None:
-        batches = cache.batches(range(len(dataset)), batch_size, labels=True)
+        batches = cached_batches(cache, range(len(dataset)), batch_size, labels=True)
     else:
         batches = image_batches(dataset, batch_size, num_workers, shard=True, pin_memory=device.type == "cuda")
     confusion = Confusion(dataset.classes.num_classes, device)

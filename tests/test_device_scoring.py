@@ -1,4 +1,4 @@
-"""Pool scoring and evaluation read from the device cache (the fast path, s4al/data/device_cache.py)
+"""Pool scoring and evaluation read from the device cache (the fast path, s4al/inference.py)
 give the loader path's scores, regions and confusion matrix; the cache is decoded once per
 process; mixed sizes, images too large to run whole and train.fast off keep the loader path."""
 
@@ -15,10 +15,10 @@ from s4al import distributed
 from s4al.active import acquisition
 from s4al.active.acquisition import choose_images, choose_regions, score_cells, score_images
 from s4al.data import build_dataset
-from s4al.data import device_cache
+from s4al import inference
 from s4al.data.batches import image_batches, to_model_input
 from s4al.data.classes import IGNORE_INDEX
-from s4al.data.device_cache import inference_cache
+from s4al.inference import cached_batches, inference_cache
 from s4al.evaluate import evaluate
 from s4al.model import build_model
 from s4al.ssl.losses import supervised_loss
@@ -187,10 +187,10 @@ def test_the_cache_goes_with_its_dataset(setup):
     _, _, val, _ = setup
     counted = Counted(val)
     inference_cache(counted, CPU, "on", labels=True)
-    held = len(device_cache._INFERENCE)
+    held = len(inference._CACHES)
     del counted
     gc.collect()
-    assert len(device_cache._INFERENCE) == held - 1
+    assert len(inference._CACHES) == held - 1
 
 
 @pytest.mark.parametrize("fast", ["on", "off"])
@@ -235,7 +235,7 @@ def test_on_a_gpu_batches_fill_a_tile_and_the_forward_pass_runs_in_bf16(setup):
     model.load_state_dict(setup[3].state_dict())  # trained: several classes predicted
     cache = inference_cache(train, cuda, "auto", labels=False)
     assert cache is not None and cache.images.is_cuda
-    assert [len(ids) for *_, ids in cache.batches(range(20), 4)] == [20]  # 48x64: a tile holds them all
+    assert [len(ids) for *_, ids in cached_batches(cache, range(20), 4)] == [20]  # 48x64: a tile holds them all
     dtypes = []
     hook = model.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
     try:
@@ -260,7 +260,7 @@ def test_on_a_gpu_scoring_and_evaluation_wait_for_it_once_whatever_the_number_of
     cuda = torch.device("cuda")
     model = build_model(cfg.model, 9).to(cuda).eval()
     cache = inference_cache(train, cuda, "on", labels=True)
-    monkeypatch.setattr(device_cache, "TILE_SIDE", 48)  # one image per batch
+    monkeypatch.setattr(inference, "TILE_SIDE", 48)  # one image per batch
 
     def waits(run) -> int:
         run()  # warm-up: lazy initialisation, cuDNN's choice of kernels
@@ -279,4 +279,4 @@ def test_on_a_gpu_scoring_and_evaluation_wait_for_it_once_whatever_the_number_of
                  for pool in (POOL[:2], POOL))
     assert few == many <= 2
     assert waits(lambda: evaluate(model, train, 1, cuda, fast="on")) <= 2  # 20 batches
-    assert len(list(cache.batches(range(5), 1))) == 5
+    assert len(list(cached_batches(cache, range(5), 1))) == 5

@@ -33,7 +33,8 @@ from s4al.active.scores import pixel_scores, random_scores
 from s4al.config import ActiveConfig
 from s4al.data.base import Box, SegmentationDataset
 from s4al.data.batches import image_batches, to_model_input
-from s4al.data.device_cache import DeviceCache, FastMode, bf16_inference, inference_cache
+from s4al.data.device_cache import DeviceCache, FastMode
+from s4al.inference import bf16_inference, cached_batches, inference_cache
 from s4al.tiles import tiles, tile_logits, runs_whole
 from s4al.seeding import seeded_generator
 
@@ -129,7 +130,7 @@ def _image_batches(dataset, indices, batch_size, device, num_workers, cache: Dev
     """This rank's (uint8 (N, 3, H, W) images, dataset indices) batches of `indices`: from the
     device cache, else read by loader workers."""
     if cache is not None:
-        batches = cache.batches(indices, batch_size)
+        batches = cached_batches(cache, indices, batch_size)
     else:
         batches = _batches(dataset, indices, batch_size, num_workers, pin_memory=device.type == "cuda")
     return ((images, batch_indices) for images, _, batch_indices in batches)

@@ -1,15 +1,13 @@
 """A split decoded once into uint8 tensors on the device. For training, the train split holding
 exactly what training may see of each image: the label of a labelled image (of a partially labelled
 one, its answered regions with IGNORE elsewhere) and the answered regions of a pool image; a pool
-image's own label is never loaded. For inference (pool scoring, evaluation), a whole split, its
-labels only where evaluation needs them, decoded once per process (`inference_cache`) and read in
-large batches under bf16 autocast on CUDA.
+image's own label is never loaded. For inference (pool scoring, evaluation; s4al/inference.py), a
+whole split, its labels only where evaluation needs them.
 
 All images must have the same size (they are rows of one tensor)."""
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
@@ -20,7 +18,6 @@ from s4al import distributed
 from s4al.data.base import SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.views import Annotations, rasterize
-from s4al.tiles import TILE_SIDE, runs_whole
 
 DECODE_BATCH = 16  # images decoded (by loader workers) per copy to the device
 
@@ -136,12 +133,7 @@ class DeviceCache:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, list[int]]]:
         """For inference: (uint8 (N, 3, H, W) images, (N, H, W) int64 labels or None without `labels`,
         dataset indices) of `indices` in order, the batches shared among torch.distributed ranks as
-        image_batches shares them. On CUDA a batch holds at least TILE_SIDE x TILE_SIDE pixels, the
-        most one forward pass may hold anywhere (s4al/tiles.py): few large batches keep a GPU busy.
-        On a CPU `batch_size` images (larger batches add memory there, not speed)."""
-        h, w = self.size
-        if self.device.type == "cuda":
-            batch_size = max(batch_size, TILE_SIDE**2 // (h * w))
+        image_batches shares them."""
         indices = list(indices)
         rows = torch.from_numpy(self.rows(indices)).to(self.device, non_blocking=True)  # waits for nothing
         for k in range(0, len(indices), batch_size)[distributed.rank() :: distributed.world_size()]:
@@ -151,48 +143,8 @@ class DeviceCache:
 
 
 FastMode = Literal["auto", "on", "off"]  # train.fast
-_INFERENCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # dataset -> (device, labels, cache)
 
 
 def fast_path_asked(fast: FastMode, device: torch.device) -> bool:
     """train.fast on, or auto on a CUDA device."""
     return fast == "on" or (fast == "auto" and device.type == "cuda")
-
-
-def inference_cache(
-    dataset: SegmentationDataset, device: torch.device, fast: FastMode, labels: bool, num_workers: int = 0
-) -> DeviceCache | None:
-    """The whole split on `device` for pool scoring and evaluation when the fast path is on (`fast`
-    on, or auto on a CUDA device) and its images share one size that runs whole (s4al/tiles.py);
-    None: loader workers read it. Decoded once per process while `dataset` lives, with its labels
-    when `labels`; without them a split's labels are never loaded."""
-    if not fast_path_asked(fast, device):
-        return None
-    known = _INFERENCE.get(dataset)
-    if known is not None and known[0] == device and (known[1] or not labels):
-        return known[2]
-    cache = _whole_split(dataset, device, labels, num_workers)
-    _INFERENCE[dataset] = device, labels, cache
-    return cache
-
-
-def _whole_split(
-    dataset: SegmentationDataset, device: torch.device, labels: bool, num_workers: int
-) -> DeviceCache | None:
-    everything = list(range(len(dataset)))
-    if not everything:
-        return None
-    try:
-        size = common_size(dataset, everything)
-    except MixedImageSizes:
-        return None
-    if not runs_whole(*size):
-        return None
-    return DeviceCache(dataset, everything if labels else [], [] if labels else everything, device,
-                       num_workers=num_workers)
-
-
-def bf16_inference(cache: DeviceCache | None):
-    """Autocast for a forward pass on the cached images: bf16 on CUDA (the caller turns the logits
-    to fp32 before softmax and scores); off on a CPU and on the loader path (fp32, as before)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cache is not None and cache.device.type == "cuda")
