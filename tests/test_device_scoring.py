@@ -12,7 +12,6 @@ import torch
 
 from conftest import tiny_config
 from s4al import distributed
-from s4al.active import acquisition
 from s4al.active.acquisition import choose_images, choose_regions, score_cells, score_images
 from s4al.data import build_dataset
 from s4al import inference
