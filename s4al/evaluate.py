@@ -2,7 +2,7 @@
 number of ranks (images are batched only with images of the same size, so no padding touches a
 prediction, and under torch.distributed the ranks' confusion matrices are summed).
 
-On the fast path (train.fast, s4al/data/device_cache.py) the split is decoded onto the device once
+On the fast path (train.fast, s4al/inference.py) the split is decoded onto the device once
 per process and evaluated in large batches under bf16 autocast on CUDA; the confusion matrix is
 counted on the device and read once, at the end."""
 
@@ -27,7 +27,7 @@ def evaluate(
     num_workers: int = 0,
     fast: FastMode = "auto",
 ) -> SegmentationScores:
-    """`fast`: train.fast, whether the split is read from the device (s4al/data/device_cache.py)."""
+    """`fast`: train.fast, whether the split is read from the device (s4al/inference.py)."""
     was_training = model.training
     model.eval()
     cache = inference_cache(dataset, device, fast, labels=True, num_workers=num_workers)

@@ -4,7 +4,7 @@ floats per image) are kept, so memory does not grow with the pool's probability 
 large to run whole is scored tile by tile (s4al/tiles.py), so memory does not grow with one image's
 size either (beyond its decoded pixels, 3 bytes each).
 
-On the fast path (train.fast, s4al/data/device_cache.py) the pool is read from the train split
+On the fast path (train.fast, s4al/inference.py) the pool is read from the train split
 decoded once onto the device, in large batches under bf16 autocast on CUDA, and the scores stay on
 the device until one copy at the end, so the host never waits for a GPU between batches.
 
@@ -180,7 +180,7 @@ def score_cells(
     fast: FastMode = "auto",
 ) -> dict[int, np.ndarray]:
     """Per pool image, the (rows, cols) mean score of each cell over its not-yet-bought pixels.
-    `fast`: train.fast, whether the pool is read from the device (s4al/data/device_cache.py)."""
+    `fast`: train.fast, whether the pool is read from the device (s4al/inference.py)."""
     s = cfg.region_size
 
     def cells_of(ids: list[int], size: tuple[int, int], pieces) -> torch.Tensor:
@@ -266,7 +266,7 @@ def image_features(
             weight = (tile.core[2] - tile.core[0]) * (tile.core[3] - tile.core[1]) / (h * w)
             with bf16_inference(cache):
                 encoded = model.features(to_model_input(images[..., y0:y1, x0:x1], device))
-            parts.append(pooled_features(encoded) * weight)
+            parts.append(pooled_features(encoded.float()) * weight)
         return sum(parts)
 
     model.eval()
