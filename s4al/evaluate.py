@@ -1,6 +1,7 @@
 """Full-resolution evaluation: confusion-matrix mIoU, identical whatever the batch size or the
 number of ranks (images are batched only with images of the same size, so no padding touches a
-prediction, and under torch.distributed the ranks' confusion matrices are summed).
+prediction, and under torch.distributed the ranks' confusion matrices are summed). An image too
+large to run whole is evaluated tile by tile (s4al/tiles.py), so memory does not grow with it.
 
 On the fast path (train.fast, s4al/inference.py) the split is decoded onto the device once
 per process and evaluated in large batches under bf16 autocast on CUDA; the confusion matrix is
@@ -12,10 +13,10 @@ import torch
 from torch import nn
 
 from s4al.data.base import SegmentationDataset
-from s4al.data.batches import image_batches, to_model_input
 from s4al.data.device_cache import FastMode
-from s4al.inference import bf16_inference, cached_batches, inference_cache
+from s4al.inference import bf16_inference, inference_batches, inference_cache
 from s4al.metrics import Confusion, SegmentationScores, scores_from_confusion
+from s4al.tiles import tile_logits, tiles
 
 
 @torch.no_grad()
@@ -31,14 +32,13 @@ def evaluate(
     was_training = model.training
     model.eval()
     cache = inference_cache(dataset, device, fast, labels=True, num_workers=num_workers)
-    if cache is not None:
-        batches = cached_batches(cache, range(len(dataset)), batch_size, labels=True)
-    else:
-        batches = image_batches(dataset, batch_size, num_workers, shard=True, pin_memory=device.type == "cuda")
+    batches = inference_batches(dataset, range(len(dataset)), batch_size, device, num_workers, cache, labels=True)
     confusion = Confusion(dataset.classes.num_classes, device)
     for images, labels, _ in batches:
-        with bf16_inference(cache):
-            logits = model(to_model_input(images, device))
-        confusion.update(logits.argmax(1), labels.to(device, non_blocking=True))
+        for tile in tiles(*images.shape[-2:], 1):  # one tile, the whole image, unless it is too large
+            with bf16_inference(cache):
+                logits = tile_logits(model, images, tile, device)
+            y0, x0, y1, x1 = tile.core
+            confusion.update(logits.argmax(1), labels[:, y0:y1, x0:x1].to(device, non_blocking=True))
     model.train(was_training)
     return scores_from_confusion(confusion.matrix())

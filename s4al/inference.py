@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator, Sequence
+from itertools import chain
 
 import torch
 
 from s4al.data.base import SegmentationDataset
+from s4al.data.batches import image_batches
 from s4al.data.device_cache import DeviceCache, FastMode, MixedImageSizes, common_size, fast_path_asked
 from s4al.tiles import TILE_SIDE, runs_whole
 
@@ -54,6 +56,23 @@ def bf16_inference(cache: DeviceCache | None):
     """Autocast for a forward pass on the cached images: bf16 on CUDA (the caller turns the logits
     to fp32 before softmax and scores); off on a CPU and on the loader path (fp32, as before)."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cache is not None and cache.device.type == "cuda")
+
+
+def inference_batches(
+    dataset: SegmentationDataset, indices: Sequence[int], batch_size: int, device: torch.device, num_workers: int,
+    cache: DeviceCache | None, labels: bool,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, list[int]]]:
+    """This rank's (uint8 (N, 3, H, W) images, uint8 (N, H, W) labels or None, dataset indices)
+    batches of `indices`: from the device cache, else read by loader workers in same-size batches,
+    an image too large to run whole alone (it is then run tile by tile, s4al/tiles.py)."""
+    if cache is not None:
+        return cached_batches(cache, indices, batch_size, labels)
+    fits = [runs_whole(*dataset.image_size(i)) for i in indices]
+    whole = [i for i, fit in zip(indices, fits) if fit]
+    large = [i for i, fit in zip(indices, fits) if not fit]
+    return chain(*(image_batches(dataset, size, num_workers, group, shard=True, labels=labels,
+                                 pin_memory=device.type == "cuda")
+                   for group, size in ((whole, batch_size), (large, 1)) if group))
 
 
 def cached_batches(

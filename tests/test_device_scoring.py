@@ -36,7 +36,7 @@ def setup():
     train, val = build_dataset(cfg.dataset, "train", cfg.seed), build_dataset(cfg.dataset, "val", cfg.seed)
     torch.manual_seed(0)
     model = build_model(cfg.model, train.classes.num_classes)
-    batches = [(to_model_input(x, CPU), y) for x, y, _ in image_batches(train, 4, 0, range(8))]
+    batches = [(to_model_input(x, CPU), y.long()) for x, y, _ in image_batches(train, 4, 0, range(8))]
     optimizer = torch.optim.Adam(model.parameters(), 1e-2)
     for step in range(20):
         images, labels = batches[step % 2]
@@ -138,7 +138,7 @@ def test_cache_batches_are_the_loaders_batches_and_ranks_share_them_alike(setup,
         assert [ids for *_, ids in cached] == [ids for *_, ids in loader] == ([[0, 1, 2]] if rank == 0 else [[3]])
         for (images, labels, _), (old_images, old_labels, _) in zip(cached, loader):
             assert torch.equal(images, old_images) and torch.equal(labels, old_labels)
-            assert images.dtype == torch.uint8 and labels.dtype == torch.int64
+            assert images.dtype == torch.uint8 and labels.dtype == old_labels.dtype == torch.uint8
 
 
 def test_forward_passes_on_a_cpu_run_in_fp32_without_autocast(setup):

@@ -20,6 +20,8 @@ from s4al.active.regions import box_masks, cell_scores
 from s4al.active.scores import entropy
 from s4al.data import build_dataset
 from s4al.data.batches import to_model_input
+from s4al.evaluate import evaluate
+from s4al.metrics import scores_from_confusion
 from s4al.model import STRIDE, build_model
 from s4al.report.predict import segment
 from s4al.tiles import CONTEXT, TILE_SIDE, Tile, core_side, runs_whole, tiles
@@ -122,6 +124,18 @@ def test_a_large_image_is_segmented_from_its_tiles(setup, small_tiles):
     image = dataset.load_image(2)
     expected = stitched(model, image, lambda logits: logits.argmax(1)).numpy()
     np.testing.assert_array_equal(segment(model, image, CPU), expected)
+
+
+def test_a_large_image_is_evaluated_from_its_tiles(setup, small_tiles):
+    _, dataset, model = setup
+    confusion = np.zeros((dataset.classes.num_classes,) * 2, dtype=np.int64)
+    for index in range(len(dataset)):
+        sample = dataset.load(index)
+        predicted = stitched(model, sample.image, lambda logits: logits.argmax(1)).numpy()
+        known = sample.label != 255
+        np.add.at(confusion, (sample.label[known].astype(np.int64), predicted[known]), 1)
+    names = dataset.classes.names
+    assert evaluate(model, dataset, 2, CPU).as_dict(names) == scores_from_confusion(torch.from_numpy(confusion)).as_dict(names)
 
 
 def test_a_large_image_pools_its_tiles_features_weighted_by_core_area(setup, small_tiles):

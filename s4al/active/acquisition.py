@@ -18,7 +18,6 @@ import ctypes
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
 
 import numpy as np
 import torch
@@ -32,10 +31,10 @@ from s4al.active.regions import (
 from s4al.active.scores import pixel_scores, random_scores
 from s4al.config import ActiveConfig
 from s4al.data.base import Box, SegmentationDataset
-from s4al.data.batches import image_batches, to_model_input
+from s4al.data.batches import to_model_input
 from s4al.data.device_cache import DeviceCache, FastMode
-from s4al.inference import bf16_inference, cached_batches, inference_cache
-from s4al.tiles import tiles, tile_logits, runs_whole
+from s4al.inference import bf16_inference, inference_batches, inference_cache
+from s4al.tiles import tiles, tile_logits
 from s4al.seeding import seeded_generator
 
 
@@ -117,22 +116,9 @@ def _release_freed_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-def _batches(dataset, indices, batch_size, num_workers, pin_memory=False):
-    """This rank's same-size batches of `indices`; an image too large to run whole comes alone."""
-    fits = [runs_whole(*dataset.image_size(i)) for i in indices]
-    whole = [i for i, fit in zip(indices, fits) if fit]
-    large = [i for i, fit in zip(indices, fits) if not fit]
-    return chain(*(image_batches(dataset, size, num_workers, group, shard=True, labels=False, pin_memory=pin_memory)
-                   for group, size in ((whole, batch_size), (large, 1)) if group))
-
-
 def _image_batches(dataset, indices, batch_size, device, num_workers, cache: DeviceCache | None):
-    """This rank's (uint8 (N, 3, H, W) images, dataset indices) batches of `indices`: from the
-    device cache, else read by loader workers."""
-    if cache is not None:
-        batches = cached_batches(cache, indices, batch_size)
-    else:
-        batches = _batches(dataset, indices, batch_size, num_workers, pin_memory=device.type == "cuda")
+    """This rank's (uint8 (N, 3, H, W) images, dataset indices) batches of `indices`."""
+    batches = inference_batches(dataset, indices, batch_size, device, num_workers, cache, labels=False)
     return ((images, batch_indices) for images, _, batch_indices in batches)
 
 

@@ -42,7 +42,7 @@ class _Indexed(torch.utils.data.Dataset):
 def _collate(items):
     indices, images, labels = zip(*items)
     images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-    labels = None if labels[0] is None else torch.from_numpy(np.stack(labels)).long()
+    labels = None if labels[0] is None else torch.from_numpy(np.stack(labels))
     return images, labels, list(indices)
 
 
@@ -55,7 +55,7 @@ def image_batches(
     labels: bool = True,
     pin_memory: bool = False,
 ):
-    """(uint8 (N,3,H,W) images, (N,H,W) labels or None without `labels`, dataset indices),
+    """(uint8 (N,3,H,W) images, uint8 (N,H,W) labels or None without `labels`, dataset indices),
     same-size batches, in order; with `shard`, this rank's share of the batches under torch.distributed."""
     batches = same_size_batches(dataset, batch_size, indices)
     if shard:

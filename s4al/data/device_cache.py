@@ -131,14 +131,14 @@ class DeviceCache:
     def batches(
         self, indices: Sequence[int], batch_size: int, labels: bool = False
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, list[int]]]:
-        """For inference: (uint8 (N, 3, H, W) images, (N, H, W) int64 labels or None without `labels`,
+        """For inference: (uint8 (N, 3, H, W) images, uint8 (N, H, W) labels or None without `labels`,
         dataset indices) of `indices` in order, the batches shared among torch.distributed ranks as
         image_batches shares them."""
         indices = list(indices)
         rows = torch.from_numpy(self.rows(indices)).to(self.device, non_blocking=True)  # waits for nothing
         for k in range(0, len(indices), batch_size)[distributed.rank() :: distributed.world_size()]:
             at = rows[k : k + batch_size]
-            label = self.labels.index_select(0, at).long() if labels else None
+            label = self.labels.index_select(0, at) if labels else None
             yield self.images.index_select(0, at), label, indices[k : k + batch_size]
 
 
