@@ -2,6 +2,7 @@
 replaced by a fresh one; one process at a time; a run killed in its first moments resumes; every
 refusal is a message that names the file."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -212,3 +213,18 @@ def test_the_run_folder_starts_with_its_config(tmp_path):
     assert folder.config_path.read_text() == config_text(cfg)
     with pytest.raises(RunFolderError, match="already holds a run"):
         RunFolder.create(tmp_path / "run", cfg)
+
+
+def test_train_command_writes_its_result_and_a_second_call_resumes_without_training(tmp_path):
+    cfg = tiny_config(train={"epochs": 1, "iters_per_epoch": 2, "device": "cpu"})
+    save_config(cfg, tmp_path / "tiny.yaml")
+    out = tmp_path / "supervised"
+    first = runner.invoke(app, ["train", "--out", str(out), "--config", str(tmp_path / "tiny.yaml"), "--quiet"])
+    assert first.exit_code == 0, first.output
+    written = (out / "result.json").read_text()
+    result = json.loads(written)
+    assert result["step"] == 2 and 0 <= result["miou"] <= 1 and "mIoU" in first.output
+    assert load_checkpoint(RunFolder(out).checkpoint_path(0))["step"] == 2
+    assert (out / "tensorboard").is_dir() and any((out / "tensorboard").iterdir())
+    again = runner.invoke(app, ["train", "--out", str(out), "--config", str(tmp_path / "tiny.yaml"), "--quiet"])
+    assert again.exit_code == 0 and (out / "result.json").read_text() == written  # the final checkpoint's result
