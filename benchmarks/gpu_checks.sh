@@ -9,6 +9,7 @@
 #
 # Expects data/camvid_jpeg95 (benchmarks/jpeg_camvid.py) and data/mobilenet_v2_imagenet.pth in the
 # repository root; wheels of packages the machine lacks, if any, in .whl/ (installed without an index).
+# STAGES (default "tests speed compare") picks stages, e.g. STAGES=compare for a second call.
 # SMOKE=1 runs the same stages on the CPU at smoke sizes, to check the script itself.
 set -u
 out=$(realpath -m "${1:?usage: gpu_checks.sh OUT SECONDS [METHOD ...]}")
@@ -18,6 +19,8 @@ methods=("$@")
 [ ${#methods[@]} -gt 0 ] || methods=(s4al full_supervised sup_10 ssl_10 region_random_ssl s4al_paper)
 started=$(date +%s)
 left() { echo $((seconds - ($(date +%s) - started))); }
+stages=" ${STAGES:-tests speed compare} "
+stage() { [[ "$stages" == *" $1 "* ]]; }
 mkdir -p "$out"
 python=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
@@ -36,18 +39,23 @@ else
     data=(--data-root data/camvid_jpeg95 --weights data/mobilenet_v2_imagenet.pth)
     speed=(--workers 8 --pools 100 "${data[@]}")
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
+fi
+if stage tests && [ "${SMOKE:-0}" != 1 ]; then
     echo "== 1. CUDA tests"
     timeout 150 "$python" -m pytest -q -p no:cacheprovider tests/test_device_augment.py tests/test_device_scoring.py \
         tests/test_trainer.py -k "cuda or gpu or fast or diverge or device" 2>&1 | tee "$out/tests.log" | tail -15
 fi
 
-echo "== 2. speed ($(left) s left)"
-timeout $(( $(left) / 3 )) "$python" benchmarks/speed.py --device "$device" "${speed[@]}" --out "$out" --tag "$tag" \
-    2>&1 | tee "$out/speed.log" | tail -40
+if stage speed; then  # speed.py writes its files at its end: it gets most of the time when it runs
+    limit=$(( $(left) - 30 < 330 ? $(left) - 30 : 330 ))
+    echo "== 2. speed ($(left) s left, at most $limit s)"
+    timeout "$limit" "$python" benchmarks/speed.py --device "$device" "${speed[@]}" --out "$out" --tag "$tag" \
+        2>&1 | tee "$out/speed.log" | tail -40
+fi
 
 window=$(( $(left) - 25 ))
-echo "== 3. label efficiency, $protocol, ${methods[*]}: ${window} s"
-if [ "$window" -gt 60 ]; then
+if stage compare && [ "$window" -gt 60 ]; then
+    echo "== 3. label efficiency, $protocol, ${methods[*]}: ${window} s"
     "$python" benchmarks/label_efficiency.py --protocol "$protocol" --name "$name" "${data[@]}" --methods "${methods[@]}" \
         --seeds ${SEEDS:-0} --gpu-window "$window" --parallel "$parallel" --results "$out/label_efficiency" \
         --work /tmp/gpu_checks_runs 2>&1 | tail -30
