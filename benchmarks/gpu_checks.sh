@@ -3,24 +3,32 @@
 #   1. the CUDA tests (fast path, on-device augmentation and scoring, divergence);
 #   2. speed.py on the GPU: loader path and fast path side by side;
 #   3. the paper-protocol comparison (label_efficiency.py --gpu-window) in the time that is left.
-# Everything it writes goes to OUT, the label-efficiency results and logs as one archive.
+# Everything it writes goes to OUT, the label-efficiency results and logs as one archive. It exits
+# non-zero if a stage failed or ran out of time.
 #
 #   benchmarks/gpu_checks.sh OUT SECONDS [METHOD ...]
 #
 # Expects data/camvid_jpeg95 (benchmarks/jpeg_camvid.py) and data/mobilenet_v2_imagenet.pth in the
 # repository root; wheels of packages the machine lacks, if any, in .whl/ (installed without an index).
-# STAGES (default "tests speed compare") picks stages, e.g. STAGES=compare for a second call.
-# SMOKE=1 runs the same stages on the CPU at smoke sizes, to check the script itself.
-set -u
-out=$(realpath -m "${1:?usage: gpu_checks.sh OUT SECONDS [METHOD ...]}")
-seconds=${2:?usage: gpu_checks.sh OUT SECONDS [METHOD ...]}
+# STAGES (default "tests speed compare") picks stages. Runs resume from /tmp/gpu_checks_runs, so a
+# second call with STAGES=compare continues them only on the same machine.
+# SMOKE=1 runs stages 2 and 3 on the CPU at smoke sizes, to check the script itself.
+set -uo pipefail
+usage="usage: gpu_checks.sh OUT SECONDS [METHOD ...]"
+out=$(realpath -m "${1:?$usage}")
+seconds=${2:?$usage}
 shift 2
+cd "$(dirname "$0")/.."
 methods=("$@")
 [ ${#methods[@]} -gt 0 ] || methods=(s4al full_supervised sup_10 ssl_10 region_random_ssl s4al_paper)
 started=$(date +%s)
 left() { echo $((seconds - ($(date +%s) - started))); }
 stages=" ${STAGES:-tests speed compare} "
 stage() { [[ "$stages" == *" $1 "* ]]; }
+failed=()
+check() {  # check NAME RC: a stage's exit status, 124 when its time limit stopped it
+    [ "$2" = 0 ] || { failed+=("$1 (rc $2${3:+, $3})"); echo "!! $1: rc $2${3:+, $3}"; }
+}
 mkdir -p "$out"
 python=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
@@ -33,34 +41,48 @@ fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD:$PWD/benchmarks"
 
 if [ "${SMOKE:-0}" = 1 ]; then
-    device=cpu protocol=smoke name=smoke_checks data=() speed=(--smoke) parallel=2 tag=smoke
+    device=cpu protocol=smoke name=smoke_checks data=() speed=(--smoke --fast --tag smoke) parallel=2
 else
-    device=cuda protocol=paper name=paper_jpeg95 parallel=4 tag=nvidia-h200
+    device=cuda protocol=paper name=paper_jpeg95 parallel=4
     data=(--data-root data/camvid_jpeg95 --weights data/mobilenet_v2_imagenet.pth)
     speed=(--workers 8 --pools 100 "${data[@]}")
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
-fi
-if stage tests && [ "${SMOKE:-0}" != 1 ]; then
-    echo "== 1. CUDA tests"
-    timeout 150 "$python" -m pytest -q -p no:cacheprovider tests/test_device_augment.py tests/test_device_scoring.py \
-        tests/test_trainer.py -k "cuda or gpu or fast or diverge or device" 2>&1 | tee "$out/tests.log" | tail -15
+    if stage tests; then
+        echo "== 1. CUDA tests"
+        timeout 150 "$python" -m pytest -q -p no:cacheprovider tests/test_device_augment.py tests/test_device_scoring.py \
+            tests/test_trainer.py -k "cuda or gpu or fast or diverge or device" 2>&1 | tee "$out/tests.log" | tail -15
+        check tests "${PIPESTATUS[0]}"
+    fi
 fi
 
-if stage speed; then  # speed.py writes its files at its end: it gets most of the time when it runs
+if stage speed; then  # speed.py writes its files only at its end: it gets most of the time when it runs
     limit=$(( $(left) - 30 < 330 ? $(left) - 30 : 330 ))
-    echo "== 2. speed ($(left) s left, at most $limit s)"
-    timeout "$limit" "$python" benchmarks/speed.py --device "$device" "${speed[@]}" --out "$out" --tag "$tag" \
-        2>&1 | tee "$out/speed.log" | tail -40
+    if [ "$limit" -lt 60 ]; then
+        check speed skipped "only ${limit} s left"
+    else
+        echo "== 2. speed ($(left) s left, at most $limit s)"
+        timeout "$limit" "$python" benchmarks/speed.py --device "$device" "${speed[@]}" --out "$out" \
+            2>&1 | tee "$out/speed.log" | tail -40
+        rc=${PIPESTATUS[0]}
+        check speed "$rc" "$([ "$rc" = 124 ] && echo "stopped at its limit, no speed files")"
+    fi
 fi
 
 window=$(( $(left) - 25 ))
-if stage compare && [ "$window" -gt 60 ]; then
-    echo "== 3. label efficiency, $protocol, ${methods[*]}: ${window} s"
-    "$python" benchmarks/label_efficiency.py --protocol "$protocol" --name "$name" "${data[@]}" --methods "${methods[@]}" \
-        --seeds ${SEEDS:-0} --gpu-window "$window" --parallel "$parallel" --results "$out/label_efficiency" \
-        --work /tmp/gpu_checks_runs 2>&1 | tail -30
+if stage compare; then
+    if [ "$window" -le 60 ]; then
+        check compare skipped "only ${window} s left"
+    else
+        echo "== 3. label efficiency, $protocol, ${methods[*]}: ${window} s"
+        "$python" benchmarks/label_efficiency.py --protocol "$protocol" --name "$name" "${data[@]}" --methods "${methods[@]}" \
+            --seeds ${SEEDS:-0} --gpu-window "$window" --parallel "$parallel" --results "$out/label_efficiency" \
+            --work /tmp/gpu_checks_runs 2>&1 | tail -30
+        check compare "${PIPESTATUS[0]}"
+        # the results and the runs' logs as one file (OUT takes few files); kept as they are if that fails
+        tar czf "$out/label_efficiency.tgz" -C "$out" label_efficiency -C /tmp/gpu_checks_runs "$name/logs" \
+            && rm -rf "$out/label_efficiency"
+    fi
 fi
-tar czf "$out/label_efficiency.tgz" -C "$out" label_efficiency -C /tmp/gpu_checks_runs "$name/logs" 2>/dev/null
-rm -rf "$out/label_efficiency"
 ls -la "$out" "$out"/speed 2>/dev/null
-echo "done in $(( $(date +%s) - started )) s"
+echo "done in $(( $(date +%s) - started )) s${failed[*]:+; failed: ${failed[*]}}"
+[ ${#failed[@]} -eq 0 ]
