@@ -129,7 +129,7 @@ def evaluate_command(
         dataset = build_dataset(dataset_cfg, split, cfg.seed)
     except DatasetError as err:
         raise typer.BadParameter(str(err)) from None
-    record = evaluate(model, dataset, batch_size, dev).as_dict(dataset.classes.names)
+    record = evaluate(model, dataset, batch_size, dev, fast=cfg.train.fast).as_dict(dataset.classes.names)
     console.print_json(json.dumps(record))
     _print_scores(split, record)
 
@@ -151,7 +151,10 @@ def run(
     if (out is None) == (resume is None):
         raise typer.BadParameter("give exactly one of --out (new run) or --resume (existing run)")
     if resume is not None and config is not None:
-        raise typer.BadParameter(f"--config with --resume: a resumed run keeps the config in {resume / 'config.yaml'}")
+        raise typer.BadParameter(f"--config with --resume: a resumed run keeps the config in "
+                                 f"{RunFolder(resume).config_path}")
+    if out is not None and RunFolder(out).config_path.exists():
+        raise typer.BadParameter(f"{out} already holds a run; continue it with --resume {out}")
     try:
         changes = parse_override(overrides or [])
         cfg = _config(config or "demo", overrides) if out is not None else None
@@ -159,7 +162,8 @@ def run(
         device = (cfg or RunFolder.open(run_dir, lock=False).config(changes)).train.device
         distributed.setup_device(device)  # joins torchrun's process group
         active_run = ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes)
-        with _monitor(active_run.folder, quiet) as active_run.progress:
+        with _monitor(active_run.folder, quiet) as monitor:
+            active_run.progress = monitor
             summaries = active_run.run()
     except USER_ERRORS as err:
         _fail(err)
@@ -176,7 +180,7 @@ def run(
     waiting = phases.last_cycle()
     if pending and phases.phase(waiting) == "answer":  # trained and asked; its summary waits for the answers
         metrics = phases.metrics(waiting)
-        table.add_row(str(waiting), f"{100 * metrics['labelled_fraction']:.2f}", f"{metrics['val']['miou']:.4f}",
+        table.add_row(str(waiting), f"{100 * metrics['labelled_fraction']:.2f}", _percent(metrics["val"]["miou"]),
                       f"{len(pending)} asked", "-")
     console.print(table)
     if pending:

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from s4al.atomic import atomic_write
 
+FastMode = Literal["auto", "on", "off"]  # train.fast
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -71,7 +73,7 @@ class TrainConfig(Section):
     amp: bool = True
     # the fast learner path (s4al/train/trainer.py): the train split decoded once onto the device,
     # batched augmentation there, losses read every few steps, fused SGD. auto: on for CUDA devices
-    fast: Literal["auto", "on", "off"] = "auto"
+    fast: FastMode = "auto"
 
     @model_validator(mode="after")
     def _scale_order(self) -> "TrainConfig":

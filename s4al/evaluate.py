@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from s4al.config import FastMode
 from s4al.data.base import SegmentationDataset
-from s4al.data.device_cache import FastMode
 from s4al.inference import bf16_inference, inference_batches, inference_cache
 from s4al.metrics import Confusion, SegmentationScores, scores_from_confusion
-from s4al.tiles import tile_logits, tiles
+from s4al.tiles import tiled_logits
 
 
 @torch.no_grad()
@@ -35,10 +35,8 @@ def evaluate(
     batches = inference_batches(dataset, range(len(dataset)), batch_size, device, num_workers, cache, labels=True)
     confusion = Confusion(dataset.classes.num_classes, device)
     for images, labels, _ in batches:
-        for tile in tiles(*images.shape[-2:], 1):  # one tile, the whole image, unless it is too large
-            with bf16_inference(cache):
-                logits = tile_logits(model, images, tile, device)
-            y0, x0, y1, x1 = tile.core
-            confusion.update(logits.argmax(1), labels[:, y0:y1, x0:x1].to(device, non_blocking=True))
+        with bf16_inference(cache):
+            for (y0, x0, y1, x1), logits in tiled_logits(model, images, device):
+                confusion.update(logits.argmax(1), labels[:, y0:y1, x0:x1].to(device, non_blocking=True))
     model.train(was_training)
     return scores_from_confusion(confusion.matrix())

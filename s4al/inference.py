@@ -11,9 +11,10 @@ from itertools import chain
 
 import torch
 
+from s4al.config import FastMode
 from s4al.data.base import SegmentationDataset
 from s4al.data.batches import image_batches
-from s4al.data.device_cache import DeviceCache, FastMode, MixedImageSizes, common_size, fast_path_asked
+from s4al.data.device_cache import DeviceCache, MixedImageSizes, common_size, fast_path_asked
 from s4al.tiles import TILE_SIDE, runs_whole
 
 _CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # dataset -> (device, labels, cache)

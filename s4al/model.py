@@ -63,7 +63,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationNet:
     net = smp.DeepLabV3Plus(
         encoder_name="mobilenet_v2",
         encoder_weights="imagenet" if online else None,
-        encoder_output_stride=16,
+        encoder_output_stride=STRIDE,
         classes=num_classes,
     )
     if cfg.weights and not online:

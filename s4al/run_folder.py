@@ -32,6 +32,17 @@ RESUME_OVERRIDES = {"train": {"device", "num_workers"}}
 _held_locks: dict[Path, int] = {}  # run folder -> locked file descriptor, for this process's life
 
 
+def _forget_locks_in_child() -> None:
+    """A forked child (a loader worker) shares the locked file; closing its copy keeps the lock the
+    parent's alone, so the lock goes when the parent dies, whatever its children still do."""
+    for fd in _held_locks.values():
+        os.close(fd)
+    _held_locks.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks_in_child)
+
+
 def _outside_resume_overrides(overrides: dict):
     for section, value in overrides.items():
         if not isinstance(value, dict):

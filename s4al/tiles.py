@@ -15,6 +15,7 @@ network was never trained at (training crops keep the original resolution).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -76,3 +77,10 @@ def tile_logits(model: nn.Module, images: Tensor, tile: Tile, device: torch.devi
     logits = model(to_model_input(images[..., wy0:wy1, wx0:wx1], device))
     rows, cols = tile.core_in_window()
     return logits[..., rows, cols]
+
+
+def tiled_logits(model: nn.Module, images: Tensor, device: torch.device) -> Iterator[tuple[Box, Tensor]]:
+    """(core box, (N, C, core height, core width) logits) per tile of uint8 (N, 3, H, W) images:
+    one, the whole image, unless the images are too large to run whole."""
+    for tile in tiles(*images.shape[-2:], 1):
+        yield tile.core, tile_logits(model, images, tile, device)

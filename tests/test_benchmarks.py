@@ -398,20 +398,23 @@ def test_a_data_root_with_a_test_split_reports_test_miou_beside_val_for_every_cy
 
 
 def test_speed_smoke(tmp_path):
-    run_script(speed, "--smoke", "--out", tmp_path, "--tag", "test", "--profile", "1")
+    run_script(speed, "--smoke", "--fast", "--out", tmp_path, "--tag", "test", "--profile", "1")
     result = json.loads((tmp_path / "speed" / "test.json").read_text())
-    a = result["ssl_iteration"]
-    assert set(a["passes_seconds_median"]) == {
-        "student_labelled", "student_unlabelled_mixed", "student_replay_mixed", "teacher_unlabelled_and_replay"}
-    assert a["ratio"] == pytest.approx(a["iteration_seconds_median"] / a["passes_sum_seconds"])
-    assert a["memory"]["peak_mib"] >= a["memory"]["baseline_mib"] > 0
+    for path in (result, result["fast"]):  # the loader path and the fast path, side by side
+        a = path["ssl_iteration"]
+        assert set(a["passes_seconds_median"]) == {
+            "student_labelled", "student_unlabelled_mixed", "student_replay_mixed", "teacher_unlabelled_and_replay"}
+        assert len(a["iteration_seconds"]) == 2 and a["memory"]["peak_mib"] >= a["memory"]["baseline_mib"] > 0
+        assert "student_labelled_graphed_seconds_median" not in a  # the CUDA-graph probe runs on CUDA only
+        assert len(path["supervised_iteration"]["iteration_seconds"]) == 2
     b = result["pool_scoring"]
-    assert b["time_ratio"] == pytest.approx(b["plain_images_per_s"] / b["scoring_images_per_s"])
-    assert b["time_ratio_read"] == pytest.approx(b["plain_read_images_per_s"] / b["scoring_images_per_s"])
+    rates = ["plain", "plain_read", "scoring", "evaluation", "scoring_cached", "evaluation_cached"]
+    assert all(b[f"{name}_images_per_s"] > 0 for name in rates) and b["cache_decode_s"] > 0
     assert [m["images"] for m in result["pool_memory"]] == [8, 16]
     assert result["data_loading"]["loader_steps_per_s"] > 0 and result["data_loading"]["train_steps_per_s"] > 0
     assert MACHINE_KEYS <= set(result["machine"])
-    assert "iteration / passes" in (tmp_path / "speed" / "test.md").read_text()
+    table = (tmp_path / "speed" / "test.md").read_text()
+    assert "fast path (train.fast on)" in table and "evaluation from the device cache" in table
     profile = (tmp_path / "speed" / "test-profile.txt").read_text()
     assert "1 iterations, by self_cpu_time_total" in profile and "aten::convolution" in profile
 

@@ -116,23 +116,33 @@ def test_a_damaged_previous_checkpoint_is_a_message_naming_it(run_dir):
 
 
 def test_a_second_process_is_refused_while_the_first_holds_the_folder(run_dir):
-    holder = subprocess.Popen(
+    holder = subprocess.Popen(  # locks, then forks a child (as loader workers are) that outlives it
         [sys.executable, "-c", textwrap.dedent(f"""
-            import sys, time
+            import os, sys, time
             from s4al.run_folder import RunFolder
             RunFolder(__import__("pathlib").Path({str(run_dir)!r})).lock()
-            print("locked", flush=True)
+            child = os.fork()
+            if child == 0:
+                time.sleep(60)
+                os._exit(0)
+            print("locked", child, flush=True)
             time.sleep(60)
         """)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    child = None
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        said, child = holder.stdout.readline().split()
+        assert said == "locked"
         result = runner.invoke(app, ["run", "--resume", str(run_dir), "--quiet"])
         assert result.exit_code == 1 and f"in use by process {holder.pid}" in result.output
     finally:
         holder.kill()
         holder.wait()
-    RunFolder(run_dir).lock()  # the lock went with the killed process
-    RunFolder(run_dir).unlock()
+    try:
+        RunFolder(run_dir).lock()  # the lock went with the killed process, though its child lives on
+        RunFolder(run_dir).unlock()
+    finally:
+        if child is not None:
+            os.kill(int(child), 9)
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tmp_path):
@@ -169,6 +179,14 @@ def test_resume_of_a_mistyped_path_creates_nothing(tmp_path):
     result = runner.invoke(app, ["run", "--resume", str(tmp_path / "rnu"), "--quiet"])
     assert result.exit_code == 1 and "rnu: no such run folder" in result.output
     assert not (tmp_path / "rnu").exists()
+
+
+def test_out_on_a_folder_that_holds_a_run_is_refused_not_resumed(tmp_path):
+    made = ActiveLearningRun(tmp_path / "run", external_config())
+    result = runner.invoke(app, ["run", "--out", str(tmp_path / "run"), "--quiet"])
+    words = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "already holds a run; continue it with --resume" in words
+    assert made.phases.phase(0) is None and not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
 
 
 def test_out_pointing_at_a_file_is_refused(tmp_path):
@@ -224,7 +242,10 @@ def test_train_command_writes_its_result_and_a_second_call_resumes_without_train
     written = (out / "result.json").read_text()
     result = json.loads(written)
     assert result["step"] == 2 and 0 <= result["miou"] <= 1 and "mIoU" in first.output
-    assert load_checkpoint(RunFolder(out).checkpoint_path(0))["step"] == 2
+    checkpoint = RunFolder(out).checkpoint_path(0)
+    assert load_checkpoint(checkpoint)["step"] == 2
     assert (out / "tensorboard").is_dir() and any((out / "tensorboard").iterdir())
+    saved = checkpoint.stat().st_mtime_ns
     again = runner.invoke(app, ["train", "--out", str(out), "--config", str(tmp_path / "tiny.yaml"), "--quiet"])
-    assert again.exit_code == 0 and (out / "result.json").read_text() == written  # the final checkpoint's result
+    assert again.exit_code == 0 and (out / "result.json").read_text() == written
+    assert checkpoint.stat().st_mtime_ns == saved  # resumed at the last step: nothing trained, nothing saved

@@ -29,10 +29,10 @@ from s4al.active.regions import (
     box_masks, boxes_within, cell_box, cell_scores, grid_shape, select_global, select_per_image,
 )
 from s4al.active.scores import pixel_scores, random_scores
-from s4al.config import ActiveConfig
+from s4al.config import ActiveConfig, FastMode
 from s4al.data.base import Box, SegmentationDataset
 from s4al.data.batches import to_model_input
-from s4al.data.device_cache import DeviceCache, FastMode
+from s4al.data.device_cache import DeviceCache
 from s4al.inference import bf16_inference, inference_batches, inference_cache
 from s4al.tiles import tiles, tile_logits
 from s4al.seeding import seeded_generator

@@ -17,10 +17,11 @@ import numpy as np
 
 from s4al.active.acquisition import Query, choose_images, choose_regions, score_cells, scoring_workers
 from s4al.active.label_state import LabelState
-from s4al.active.ledger import Ledger
+from s4al.active.ledger import Ledger, Region
 from s4al.active.oracle import Annotator, GroundTruthOracle
 from s4al.active.phases import CyclePhases
 from s4al import distributed
+from s4al.atomic import atomic_write
 from s4al.config import RunConfig, config_digest
 from s4al.data import DatasetError, build_dataset
 from s4al.evaluate import evaluate
@@ -257,23 +258,23 @@ class ActiveLearningRun:
         state = self.label_state()
         workers = scoring_workers(self.device, self.cfg.train.num_workers)
         if a.level == "image":
-            count = self._images_per_cycle()
+            count = self._images_per_cycle(state)
             return choose_images(model, self.train_set, state.whole, state.pool, count, a, self.device, seed, workers,
                                  self.cfg.train.fast)
         cells = score_cells(model, self.train_set, state.pool, state.asked, a, self.device, seed, workers,
                             self.cfg.train.fast)
-        return choose_regions(cells, {i: self.train_set.image_size(i) for i in state.pool}, a)
+        return choose_regions(cells, {i: state.sizes[i] for i in state.pool}, a)
 
-    def _images_per_cycle(self) -> int:
+    def _images_per_cycle(self, state: LabelState) -> int:
         """Whole images matching the pixel budget of the region-level protocol, which buys the same
         cells every cycle: k per image of the initial pool (it never shrinks), or the global budget.
         The current pool would shrink the budget as whole images leave it."""
         a = self.cfg.active
-        initial_pool = self.label_state().initial_pool
+        initial_pool = state.initial_pool
         if not initial_pool:
             return 0
         cells = a.regions_per_image * len(initial_pool) if a.selection == "per_image" else a.global_budget
-        mean_pixels = np.mean([np.prod(self.train_set.image_size(i)) for i in initial_pool])
+        mean_pixels = np.mean([np.prod(state.sizes[i]) for i in initial_pool])
         return max(1, round(cells * a.region_size**2 / mean_pixels))
 
     def _answer(self, cycle: int) -> bool:
@@ -287,30 +288,31 @@ class ActiveLearningRun:
         return True
 
     # ---- accounting -----------------------------------------------------------------------
-    def _bought_histogram(self, cycle: int) -> dict[str, int]:
+    def _bought_histogram(self, regions: list[Region], images: list[str]) -> dict[str, int]:
         names = self.train_set.classes.names
         counts = np.zeros(256, dtype=np.int64)
-        for region in self.ledger.answered(cycle):
+        for region in regions:
             counts += np.bincount(self.ledger.patch(region).ravel(), minlength=256)
-        for record in self.ledger.images():
-            if record.acquired_cycle == cycle:
-                counts += np.bincount(self.train_set.load(self.index_of[record.image_id]).label.ravel(), minlength=256)
+        for image_id in images:
+            counts += np.bincount(self.train_set.load(self.index_of[image_id]).label.ravel(), minlength=256)
         histogram = {name: int(counts[k]) for k, name in enumerate(names)}
         histogram["void"] = int(counts[len(names):].sum())
         return histogram
 
     def _write_summary(self, cycle: int) -> None:
-        metrics = self.phases.metrics(cycle)
+        regions = self.ledger.answered(cycle)
+        images = [r.image_id for r in self.ledger.images() if r.acquired_cycle == cycle]
         summary = {
             "cycle": cycle,
-            **metrics,
+            **self.phases.metrics(cycle),
             "bought": {
-                "regions": len(self.ledger.answered(cycle)),
+                "regions": len(regions),
                 "skipped_regions": len(self.ledger.skipped(cycle)),
-                "images": sum(r.acquired_cycle == cycle for r in self.ledger.images()),
-                "class_pixels": self._bought_histogram(cycle),
+                "images": len(images),
+                "class_pixels": self._bought_histogram(regions, images),
             },
         }
         path = self.folder.cycle_summary_path(cycle)
         path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps(summary, indent=2))
+        with atomic_write(path, "w") as file:  # report and summaries() read it while a run goes on
+            file.write(json.dumps(summary, indent=2))

@@ -28,7 +28,8 @@ from s4al.active.cycle import ActiveLearningRun
 from s4al.active.ledger import Region
 from s4al.annotation.label_studio import ASKED_COLOUR, labelling_config, task
 from s4al.data.classes import ClassSet
-from s4al.data.batches import image_batches, to_model_input
+from s4al.inference import inference_batches
+from s4al.tiles import tiled_logits
 from s4al.train.checkpoint import load_trained_model
 
 OUTLINE_WIDTH = 2  # pixels, drawn just outside each box so the box itself stays visible
@@ -79,9 +80,11 @@ def _predictions(
     cycle = max(region.cycle for regions in by_image.values() for region in regions)
     model, _ = load_trained_model(active_run.folder.checkpoint_path(cycle), "teacher", device)
     indices = [active_run.index_of[image_id] for image_id in by_image]
-    batches = image_batches(active_run.train_set, active_run.cfg.active.score_batch_size, 0, indices, labels=False)
-    for images, _, batch_indices in batches:
-        predictions = model(to_model_input(images, device)).argmax(1).to(torch.uint8).cpu().numpy()
+    batch_size = active_run.cfg.active.score_batch_size
+    for images, _, batch_indices in inference_batches(active_run.train_set, indices, batch_size, device, 0, None, False):
+        predictions = np.empty((len(images), *images.shape[-2:]), dtype=np.uint8)
+        for (y0, x0, y1, x1), logits in tiled_logits(model, images, device):  # a large image tile by tile
+            predictions[:, y0:y1, x0:x1] = logits.argmax(1).to(torch.uint8).cpu().numpy()
         for image, prediction, index in zip(images.permute(0, 2, 3, 1).numpy(), predictions, batch_indices):
             yield image, prediction, by_image[active_run.ids[index]]
 

@@ -9,12 +9,12 @@ All images must have the same size (they are rows of one tensor)."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Literal
 
 import numpy as np
 import torch
 
 from s4al import distributed
+from s4al.config import FastMode
 from s4al.data.base import SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.views import Annotations, rasterize
@@ -88,8 +88,9 @@ class DeviceCache:
         self._row[indices] = np.arange(len(indices))
         self.images = torch.empty((len(indices), 3, h, w), dtype=torch.uint8, device=device)
         self.labels = torch.full((len(indices), h, w), IGNORE_INDEX, dtype=torch.uint8, device=device)
-        self._decode(dataset, indices, labelled, num_workers)
-        for index, patches in (partial or {}).items():
+        partial = partial or {}
+        self._decode(dataset, indices, labelled - set(partial), num_workers)  # a partial label replaces its own
+        for index, patches in partial.items():
             if index in labelled:
                 self.labels[self._row[index]] = torch.from_numpy(rasterize(patches, h, w)[0]).to(device)
         self._regions(annotations or {}, h, w)
@@ -140,9 +141,6 @@ class DeviceCache:
             at = rows[k : k + batch_size]
             label = self.labels.index_select(0, at) if labels else None
             yield self.images.index_select(0, at), label, indices[k : k + batch_size]
-
-
-FastMode = Literal["auto", "on", "off"]  # train.fast
 
 
 def fast_path_asked(fast: FastMode, device: torch.device) -> bool:

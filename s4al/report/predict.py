@@ -19,7 +19,7 @@ from s4al.data.folder import read_spec
 from s4al.data.io import read_image
 from s4al.data.synthetic import SYNTHETIC_CLASSES
 from s4al.distributed import setup_device
-from s4al.tiles import tile_logits, tiles
+from s4al.tiles import tiled_logits
 from s4al.train.checkpoint import load_checkpoint, load_trained_model
 
 BUILT_IN_CLASSES = {"camvid": CAMVID_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "synthetic": SYNTHETIC_CLASSES}
@@ -48,9 +48,8 @@ def segment(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> 
     to run whole is segmented tile by tile (s4al/tiles.py)."""
     batch = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)
     labels = np.empty(image.shape[:2], dtype=np.uint8)
-    for tile in tiles(*image.shape[:2], 1):
-        y0, x0, y1, x1 = tile.core
-        labels[y0:y1, x0:x1] = tile_logits(model, batch, tile, device).argmax(1)[0].to(torch.uint8).cpu().numpy()
+    for (y0, x0, y1, x1), logits in tiled_logits(model, batch, device):
+        labels[y0:y1, x0:x1] = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
     return labels
 
 

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 
-
 def ema_decay(step: int, momentum: float) -> float:
     """m_t = min(1 - 1/(step+1), momentum): 0 at step 0 (teacher := student), then ramps up to the cap."""
     return min(1.0 - 1.0 / (step + 1), momentum)

@@ -417,8 +417,7 @@ class Trainer:
     def _evaluate(self, epoch: int) -> None:
         if self.val_dataset is None:
             return
-        net = self.teacher.model
-        scores = evaluate(net, self.val_dataset, self.cfg.train.eval_batch_size, self.device, fast=self.cfg.train.fast)
+        scores = evaluate(self.teacher.model, self.val_dataset, self.cfg.train.eval_batch_size, self.device, fast=self.cfg.train.fast)
         record = {"cycle": self.cycle, "epoch": epoch, "step": self.step} | scores.as_dict(
             self.val_dataset.classes.names
         )
