@@ -61,3 +61,45 @@ def label_map(ledger: Ledger, image_id: str) -> np.ndarray:
 def label_state(ledger: Ledger) -> LabelState:
     """The ledger's LabelState, its images indexed in registration order."""
     return LabelState.read(ledger, {record.image_id: i for i, record in enumerate(ledger.images())})
+
+
+# ---- small doubles and readers shared by several test files ------------------------------------
+def active(cfg, **values):
+    return cfg.active.model_copy(update=values)
+
+
+def ledger_of(run_dir):
+    return Ledger(run_dir / "ledger.sqlite", readonly=True)
+
+
+class Counted(torch.utils.data.Dataset):
+    """A split that counts its decodes (image and label pairs, images alone)."""
+
+    def __init__(self, base, size=None):
+        self.base, self.classes, self.size = base, base.classes, size
+        self.loads = self.image_loads = 0
+
+    def __len__(self):
+        return len(self.base)
+
+    def image_id(self, index):
+        return self.base.image_id(index)
+
+    def image_size(self, index):
+        return self.size or self.base.image_size(index)
+
+    def load(self, index):
+        self.loads += 1
+        return self.base.load(index)
+
+    def load_image(self, index):
+        self.image_loads += 1
+        return self.base.load(index).image
+
+
+class MixedSizes(Counted):
+    """The last image is reported one row taller: the split has two sizes."""
+
+    def image_size(self, index):
+        h, w = self.base.image_size(index)
+        return (h + 1, w) if index == len(self) - 1 else (h, w)

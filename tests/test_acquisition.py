@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import active, tiny_config
 from s4al.active import acquisition
 from s4al.active.acquisition import (
     Query,
@@ -33,10 +33,6 @@ def setup():
     torch.manual_seed(0)
     model = build_model(cfg.model, dataset.classes.num_classes).eval()
     return cfg, dataset, model
-
-
-def active(cfg, **values):
-    return cfg.active.model_copy(update=values)
 
 
 def test_streaming_over_the_pool_equals_scoring_each_image_alone(setup):
@@ -134,7 +130,6 @@ def test_pool_scoring_returns_freed_memory_every_trim_every_batches(setup, monke
     pool = list(range(10))  # 5 batches of 2: trimmed after the 2nd and the 4th
     cells = score_cells(model, dataset, pool, {}, active(cfg, score_batch_size=2), CPU, 0)
     assert len(trims) == 2 and sorted(cells) == pool
-
 
 
 def test_config_values_too_large_for_the_images_are_said_not_capped_silently():

@@ -12,7 +12,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import label_state, region_by_id, tiny_config
+from conftest import label_state, ledger_of, region_by_id, tiny_config
 from s4al.active.cycle import ActiveLearningRun
 from s4al.active.ledger import Ledger
 from s4al.active.phases import CyclePhases
@@ -53,10 +53,6 @@ def invoke(*args):
     result = runner.invoke(app, [str(arg) for arg in args])
     assert result.exit_code == 0, result.output
     return result.output
-
-
-def ledger_of(run_dir):
-    return Ledger(run_dir / "ledger.sqlite", readonly=True)
 
 
 def test_query_asks_label_studio_answers_with_ground_truth_and_the_run_finishes(run_dir, tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import Counted, MixedSizes, active, tiny_config
 from s4al import distributed
 from s4al.active.acquisition import choose_images, choose_regions, score_cells, score_images
 from s4al.data import build_dataset
@@ -44,43 +44,6 @@ def setup():
         supervised_loss(model(images), labels).backward()
         optimizer.step()
     return cfg, train, val, model.eval()
-
-
-def active(cfg, **values):
-    return cfg.active.model_copy(update=values)
-
-
-class Counted(torch.utils.data.Dataset):
-    """A split that counts its decodes (image and label pairs, images alone)."""
-
-    def __init__(self, base, size=None):
-        self.base, self.classes, self.size = base, base.classes, size
-        self.loads = self.image_loads = 0
-
-    def __len__(self):
-        return len(self.base)
-
-    def image_id(self, index):
-        return self.base.image_id(index)
-
-    def image_size(self, index):
-        return self.size or self.base.image_size(index)
-
-    def load(self, index):
-        self.loads += 1
-        return self.base.load(index)
-
-    def load_image(self, index):
-        self.image_loads += 1
-        return self.base.load(index).image
-
-
-class MixedSizes(Counted):
-    """The last image is reported one row taller: the split has two sizes."""
-
-    def image_size(self, index):
-        h, w = self.base.image_size(index)
-        return (h + 1, w) if index == len(self) - 1 else (h, w)
 
 
 # ---- pool scoring --------------------------------------------------------------------------------

@@ -7,9 +7,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import tiny_config
+from conftest import ledger_of, tiny_config
 from s4al.active.cycle import ActiveLearningRun
-from s4al.active.ledger import Ledger
 from s4al.active.phases import CyclePhases
 from s4al.annotation.answers import import_answers
 from s4al.config import ConfigError, load_config
@@ -49,10 +48,6 @@ def own_config(root, **active):
         ssl={"cold_start_epochs": 0},
         active={"initial": "labelled", "annotator": "external", "final_cycle_epoch_multiplier": 1.0, **active},
     )
-
-
-def ledger_of(run_dir):
-    return Ledger(run_dir / "ledger.sqlite", readonly=True)
 
 
 def test_masked_images_start_labelled_the_rest_is_asked_and_png_answers_finish_the_run(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import MixedSizes, tiny_config
 from s4al.data import build_dataset
 from s4al.evaluate import evaluate
 from s4al.seeding import derive_seed
@@ -236,26 +236,6 @@ def test_fast_switch_auto_means_the_loader_path_on_a_cpu_and_the_fast_path_on_a_
     assert not Trainer(tiny_config(train={"fast": "off"}), data, None, tmp_path / "off").fast
     on = Trainer(tiny_config(train={"fast": "on"}), data, None, tmp_path / "on")
     assert on.fast and not on.amp and on.sgd_flags == {}  # bf16 and fused SGD: CUDA only
-
-
-class MixedSizes(torch.utils.data.Dataset):
-    """A train split whose last image is one row taller."""
-
-    def __init__(self, base):
-        self.base, self.classes = base, base.classes
-
-    def __len__(self):
-        return len(self.base)
-
-    def image_id(self, index):
-        return self.base.image_id(index)
-
-    def image_size(self, index):
-        h, w = self.base.image_size(index)
-        return (h + 1, w) if index == len(self) - 1 else (h, w)
-
-    def load(self, index):
-        return self.base.load(index)
 
 
 def test_mixed_image_sizes_fall_back_to_the_loader_path_unless_fast_is_on(tmp_path):

@@ -38,7 +38,6 @@ from s4al.tiles import tiles, tile_logits
 from s4al.seeding import seeded_generator
 
 
-
 def _find_malloc_trim():
     try:
         return ctypes.CDLL(None).malloc_trim  # glibc; absent on macOS and musl, no CDLL(None) on Windows

@@ -31,6 +31,7 @@ from s4al.seeding import derive_seed
 from s4al.distributed import setup_device
 from s4al.train.trainer import Trainer, TrainData
 
+
 def draw_initial(num_images: int, fraction: float, seed: int) -> list[int]:
     """The initially fully labelled images: `fraction` of the train set, uniformly at random."""
     count = min(num_images, max(1, round(fraction * num_images)))

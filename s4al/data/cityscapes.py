@@ -19,6 +19,7 @@ IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 SPLITS = ("train", "val", "test")
 
+
 def _is_trained(label) -> bool:
     return 0 <= label.trainId < IGNORE_INDEX
 
