@@ -17,6 +17,8 @@ import fcntl
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from s4al.config import ConfigError, RunConfig, load_run_config, save_config
@@ -171,6 +173,18 @@ class RunFolder:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         _held_locks[key] = fd
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """The lock for a block (a short write beside a run, e.g. importing answers); released after
+        it unless this process held it before."""
+        taken = self.path.resolve() not in _held_locks
+        self.lock()
+        try:
+            yield
+        finally:
+            if taken:
+                self.unlock()
 
     def unlock(self) -> None:
         fd = _held_locks.pop(self.path.resolve(), None)

@@ -134,6 +134,12 @@ def test_a_second_process_is_refused_while_the_first_holds_the_folder(run_dir):
         assert said == "locked"
         result = runner.invoke(app, ["run", "--resume", str(run_dir), "--quiet"])
         assert result.exit_code == 1 and f"in use by process {holder.pid}" in result.output
+        with Ledger(run_dir / "ledger.sqlite", readonly=True) as ledger:
+            asked = len(ledger.asked())
+        skipped = runner.invoke(app, ["skip", str(run_dir)])  # the ledger's other writers wait for the run too
+        assert skipped.exit_code == 1 and f"in use by process {holder.pid}" in skipped.output
+        with Ledger(run_dir / "ledger.sqlite", readonly=True) as ledger:
+            assert len(ledger.asked()) == asked > 0
     finally:
         holder.kill()
         holder.wait()

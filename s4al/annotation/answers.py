@@ -66,7 +66,7 @@ def import_answers(run_dir: Path, answers_path: Path) -> ImportReport:
         if report.already_imported:
             return report
         raise AnswerError(f"{answers_path}: nothing to answer: {_why_nothing(report)}")
-    with Ledger(ledger_path) as ledger:
+    with RunFolder(run_dir).locked(), Ledger(ledger_path) as ledger:  # not while a run writes the ledger
         try:  # validated again, under the write lock
             ledger.answer_many(answers, by=by)
             ledger.skip(report.skipped, by=by)

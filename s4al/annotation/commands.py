@@ -64,7 +64,7 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument) ->
 
     try:
         report = import_answers(run_dir, answers)
-    except (AnswerError, LedgerError) as err:
+    except (AnswerError, LedgerError, RunFolderError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"answered {len(report.answered)} regions ({report.by}), {report.void_pixels} unpainted pixels "
@@ -107,11 +107,11 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None) -> None:
     if not ledger_path.is_file():
         raise typer.BadParameter(f"{run_dir}: not a run folder (no {ledger_path.name})")
     try:
-        with Ledger(ledger_path) as ledger:
+        with RunFolder(run_dir).locked(), Ledger(ledger_path) as ledger:  # not while a run writes the ledger
             chosen = region or [asked.region_id for asked in ledger.asked()]
             skipped = ledger.skip(chosen, by="s4al skip")
             still_asked = len(ledger.asked())
-    except LedgerError as err:
+    except (LedgerError, RunFolderError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"skipped {len(skipped)} regions{_listed(skipped)}; {still_asked} regions still asked.")
