@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from s4al.atomic import atomic_write
+from s4al.errors import S4alError
 
 FastMode = Literal["auto", "on", "off"]  # train.fast
 
@@ -73,6 +74,7 @@ class TrainConfig(Section):
     amp: bool = True
     # the fast learner path (s4al/train/trainer.py): the train split decoded once onto the device,
     # batched augmentation there, losses read every few steps, fused SGD. auto: on for CUDA devices
+    # when the split fits in half the free memory (loader workers otherwise); on: refused if not
     fast: FastMode = "auto"
 
     @model_validator(mode="after")
@@ -170,7 +172,7 @@ class RunConfig(Section):
     active: ActiveConfig = ActiveConfig()
 
 
-class ConfigError(ValueError):
+class ConfigError(S4alError):
     pass
 
 

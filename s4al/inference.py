@@ -1,7 +1,8 @@
 """Where inference (pool scoring, evaluation) reads its images: on the fast path (train.fast on, or
 auto on a CUDA device) from a whole split decoded once per process onto the device
 (s4al/data/device_cache.py), in large batches under bf16 autocast on CUDA; otherwise, and for a
-split of mixed sizes or of images too large to run whole (s4al/tiles.py), from loader workers."""
+split of mixed sizes, of images too large to run whole (s4al/tiles.py) or too large for the
+device's free memory, from loader workers."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from s4al.config import FastMode
 from s4al.data.base import SegmentationDataset
 from s4al.data.batches import image_batches
-from s4al.data.device_cache import DeviceCache, MixedImageSizes, common_size, fast_path_asked
+from s4al.data.device_cache import DeviceCache, DeviceMemoryShort, MixedImageSizes, common_size, fast_path_asked
 from s4al.tiles import TILE_SIDE, runs_whole
 
 _CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # dataset -> (device, labels, cache)
@@ -24,9 +25,10 @@ def inference_cache(
     dataset: SegmentationDataset, device: torch.device, fast: FastMode, labels: bool, num_workers: int = 0
 ) -> DeviceCache | None:
     """The whole split on `device` for pool scoring and evaluation when the fast path is on (`fast`
-    on, or auto on a CUDA device) and its images share one size that runs whole (s4al/tiles.py);
-    None: loader workers read it. Decoded once per process while `dataset` lives, with its labels
-    when `labels`; without them a split's labels are never loaded."""
+    on, or auto on a CUDA device), its images share one size that runs whole (s4al/tiles.py) and
+    it fits (device_cache.check_fits); None: loader workers read it. Decoded once per process while
+    `dataset` lives (its images shared with training's cache), with its labels when `labels`;
+    without them a split's labels are never loaded."""
     if not fast_path_asked(fast, device):
         return None
     known = _CACHES.get(dataset)
@@ -49,8 +51,11 @@ def _whole_split(
         return None
     if not runs_whole(*size):
         return None
-    return DeviceCache(dataset, everything if labels else [], [] if labels else everything, device,
-                       num_workers=num_workers)
+    try:
+        return DeviceCache(dataset, everything if labels else [], [] if labels else everything, device,
+                           num_workers=num_workers)
+    except DeviceMemoryShort:
+        return None
 
 
 def bf16_inference(cache: DeviceCache | None):

@@ -16,7 +16,8 @@ from s4al.active.acquisition import choose_images, choose_regions, score_cells, 
 from s4al.data import build_dataset
 from s4al import inference
 from s4al.data.batches import image_batches, to_model_input
-from s4al.data.classes import IGNORE_INDEX
+from s4al.data.base import DatasetError
+from s4al.data.device_cache import DeviceCache, DeviceMemoryShort
 from s4al.inference import cached_batches, inference_cache
 from s4al.evaluate import evaluate
 from s4al.model import build_model
@@ -85,7 +86,7 @@ def test_scoring_from_the_cache_never_loads_a_pool_images_label(setup):
     counted = Counted(train)
     score_cells(model, counted, POOL, {}, active(cfg), CPU, 0, fast="on")
     assert counted.loads == 0 and counted.image_loads == len(train)  # the whole split, images alone
-    assert (inference_cache(counted, CPU, "on", labels=False).labels == IGNORE_INDEX).all()
+    assert len(inference_cache(counted, CPU, "on", labels=False).labels) == 0  # not even a blank plane
     score_cells(model, counted, POOL[:2], {}, active(cfg), CPU, 0, fast="on")
     assert counted.image_loads == len(train)  # decoded once
 
@@ -139,9 +140,12 @@ def test_the_cache_built_for_scoring_gains_the_labels_when_evaluation_needs_them
     _, _, val, _ = setup
     counted = Counted(val)
     images_only = inference_cache(counted, CPU, "on", labels=False)
-    assert (images_only.labels == IGNORE_INDEX).all() and counted.loads == 0
+    assert len(images_only.labels) == 0 and counted.loads == 0
     labelled = inference_cache(counted, CPU, "on", labels=True)
-    assert counted.loads == len(val) and torch.equal(labelled.labels[1], torch.from_numpy(val.load(1).label))
+    assert counted.loads == len(val) and counted.image_loads == len(val)  # the labels only, images are held
+    (row,) = labelled.label_rows([1])
+    assert torch.equal(labelled.labels[row], torch.from_numpy(val.load(1).label))
+    assert labelled.images.data_ptr() == images_only.images.data_ptr()
     assert inference_cache(counted, CPU, "on", labels=False) is labelled  # images and labels serve both
 
 
@@ -163,6 +167,67 @@ def test_training_evaluates_from_the_cache_decoded_at_its_first_evaluation_only(
     history = Trainer(cfg, TrainData(train, labelled=list(range(8))), counted, tmp_path).fit().history
     assert len(history) == 3
     assert counted.loads == len(val) * (1 if fast == "on" else 3)
+
+
+# ---- one copy of a split on the device ------------------------------------------------------------
+def test_training_and_scoring_share_the_splits_images_and_label_planes_are_for_labelled_images_only(setup):
+    _, train, _, _ = setup
+    counted = Counted(train)
+    training = DeviceCache(counted, labelled=[0, 1], pool=range(2, len(train)), device=CPU,
+                           annotations={5: [((0, 0, 4, 4), np.zeros((4, 4), np.uint8))]})
+    assert (counted.loads, counted.image_loads) == (2, len(train) - 2)  # each image decoded once
+    assert training.labels.shape == (2, 48, 64) and training.known.shape == (2, 48, 64)  # 2 labelled, 1 answered
+    scoring = inference_cache(counted, CPU, "on", labels=False)
+    assert counted.image_loads == len(train) - 2  # nothing decoded again
+    assert scoring.images.data_ptr() == training.images.data_ptr()
+    for i in (0, 7):
+        (row,) = scoring.rows([i])
+        assert torch.equal(scoring.images[row], torch.from_numpy(train.load(i).image).permute(2, 0, 1))
+
+
+def test_a_new_cycles_training_cache_decodes_only_the_labels(setup, tmp_path):
+    _, train, _, _ = setup
+    counted = Counted(train)
+    cfg = tiny_config(train={"fast": "on", "epochs": 1, "iters_per_epoch": 1})
+    for cycle, labelled in enumerate(([0, 1, 2, 3], [0, 1, 2, 3, 4])):
+        data = TrainData(counted, labelled=labelled, pool=[i for i in range(len(train)) if i not in labelled])
+        Trainer(cfg, data, None, tmp_path, cycle=cycle).fit()
+    # cycle 0: 4 pairs and 16 images alone; cycle 1: the 5 labels (with their images) and nothing else;
+    # each cycle also reads its labels once for Balanced ClassMix's class counts
+    assert (counted.loads, counted.image_loads) == (2 * (4 + 5), len(train) - 4)
+
+
+class FailsOnce(Counted):
+    """Its fourth image cannot be read the first time it is asked for."""
+
+    failed = False
+
+    def load_image(self, index):
+        if index == 3 and not self.failed:
+            self.failed = True
+            raise DatasetError("frame3.png: truncated")
+        return super().load_image(index)
+
+
+def test_a_failed_decode_leaves_no_unfilled_rows_behind(setup):
+    _, train, _, _ = setup
+    failing = FailsOnce(train)
+    with pytest.raises(DatasetError, match="frame3.png"):
+        DeviceCache(failing, labelled=[], pool=range(8), device=CPU)
+    cache = DeviceCache(failing, labelled=[], pool=range(8), device=CPU)
+    for i in range(8):
+        (row,) = cache.rows([i])
+        assert torch.equal(cache.images[row], torch.from_numpy(train.load(i).image).permute(2, 0, 1)), i
+
+
+def test_a_split_too_large_for_the_devices_memory_is_refused_with_fast_on_before_anything_is_decoded(setup, tmp_path):
+    _, train, _, _ = setup
+    huge = Counted(train, size=(200_000, 200_000))  # 120 GB an image: no machine has half of 8 of them free
+    cfg = tiny_config(train={"fast": "on"})
+    data = TrainData(huge, labelled=[0, 1], pool=list(range(2, 8)))
+    with pytest.raises(DeviceMemoryShort, match=r"train.fast is on: the training cache would take \d+.\d GiB of cpu"):
+        Trainer(cfg, data, None, tmp_path)
+    assert huge.loads == huge.image_loads == 0
 
 
 # ---- where the loader path stays -----------------------------------------------------------------

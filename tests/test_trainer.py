@@ -12,6 +12,7 @@ from s4al.evaluate import evaluate
 from s4al.seeding import derive_seed
 from s4al.ssl.classmix import split_head_tail
 from s4al.train import trainer as trainer_module
+from s4al.data.device_cache import training_on_device
 from s4al.train.trainer import Trainer, TrainData
 
 
@@ -231,8 +232,8 @@ def test_fast_switch_auto_means_the_loader_path_on_a_cpu_and_the_fast_path_on_a_
     data, _ = ssl_data(tiny_config())
     auto = Trainer(tiny_config(), data, None, tmp_path / "auto")
     assert not auto.fast and auto.read_every == 1 and auto.sgd_flags == {}
-    auto.device = torch.device("cuda")  # only read by the decision: no GPU needed here
-    assert auto._fast_path()
+    # decided before anything touches the device: no GPU needed here
+    assert training_on_device("auto", torch.device("cuda"), data.dataset, data.labelled, data.pool)
     assert not Trainer(tiny_config(train={"fast": "off"}), data, None, tmp_path / "off").fast
     on = Trainer(tiny_config(train={"fast": "on"}), data, None, tmp_path / "on")
     assert on.fast and not on.amp and on.sgd_flags == {}  # bf16 and fused SGD: CUDA only
@@ -244,9 +245,8 @@ def test_mixed_image_sizes_fall_back_to_the_loader_path_unless_fast_is_on(tmp_pa
     data = TrainData(train, labelled=[0, 1, 2, 3], pool=list(range(4, len(train))))
     with pytest.raises(ValueError, match=r"train.fast is on: .*19 is 49x64 but .*0 is 48x64.*dataset.resize"):
         Trainer(cfg, data, None, tmp_path)
-    auto = Trainer(tiny_config(), data, None, tmp_path)
-    auto.device = torch.device("cuda")
-    assert not auto._fast_path()
+    with pytest.warns(UserWarning, match=r"train.fast is auto: training reads from loader workers: .*19 is 49x64"):
+        assert not training_on_device("auto", torch.device("cuda"), train, data.labelled, data.pool)
 
 
 # ---- divergence ----------------------------------------------------------------------------------------

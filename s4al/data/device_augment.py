@@ -143,9 +143,11 @@ def _rows(cache: DeviceCache, rows: np.ndarray) -> torch.Tensor:
 
 def labelled_batch(cache: DeviceCache, items: Sequence[tuple[int, int]], aug: Augment) -> dict[str, torch.Tensor]:
     """LabelledView's items for a batch of (index, seed): image (jittered), label."""
-    params, rows = _params(cache, items, aug), _rows(cache, cache.rows([i for i, _ in items]))
+    indices = [i for i, _ in items]
+    params, rows = _params(cache, items, aug), _rows(cache, cache.rows(indices))
+    label_rows = _rows(cache, cache.label_rows(indices))
     crop = aug.crop_size or cache.size
-    image, planes, _ = resample(cache.images[rows], cache.labels[rows][:, None], [IGNORE_INDEX], params, crop)
+    image, planes, _ = resample(cache.images[rows], cache.labels[label_rows][:, None], [IGNORE_INDEX], params, crop)
     return {"image": color_jitter(image, params), "label": planes[:, 0]}
 
 

@@ -4,11 +4,19 @@ one, its answered regions with IGNORE elsewhere) and the answered regions of a p
 image's own label is never loaded. For inference (pool scoring, evaluation; s4al/inference.py), a
 whole split, its labels only where evaluation needs them.
 
+A split's images are on a device once per process (SplitImages), however many caches read them: a
+cycle's training and the pool scoring after it share one copy. Labels and answered regions are
+per cache, a plane per labelled or answered image only. A cache is built only where it fits: at
+most DEVICE_SHARE of the device's free memory (of the host's available memory on a CPU).
+
 All images must have the same size (they are rows of one tensor)."""
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,10 +28,16 @@ from s4al.data.classes import IGNORE_INDEX
 from s4al.data.views import Annotations, rasterize
 
 DECODE_BATCH = 16  # images decoded (by loader workers) per copy to the device
+DEVICE_SHARE = 0.5  # of the free memory a cache may take: training's activations need the rest
+GIB = 2**30
 
 
 class MixedImageSizes(ValueError):
     """The device cache holds one size; the loader path trains on any."""
+
+
+class DeviceMemoryShort(ValueError):
+    """The cache would take more than DEVICE_SHARE of the device's free memory."""
 
 
 def common_size(dataset: SegmentationDataset, indices: Sequence[int]) -> tuple[int, int]:
@@ -40,35 +54,111 @@ def common_size(dataset: SegmentationDataset, indices: Sequence[int]) -> tuple[i
     return first
 
 
-class _Decoded(torch.utils.data.Dataset):
-    """(row, image, label or None): pool rows decode the image alone."""
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on a CUDA device, or available to this host's processes; None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] if torch.cuda.is_available() else None
+    meminfo = Path("/proc/meminfo")
+    if device.type != "cpu" or not meminfo.exists():
+        return None
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
 
-    def __init__(self, dataset: SegmentationDataset, indices: Sequence[int], labelled: set[int]):
-        self.dataset, self.indices, self.labelled = dataset, indices, labelled
+
+class SplitImages:
+    """A split's images as rows of one uint8 (R, 3, H, W) tensor on one device, rows added as
+    caches ask for more images; one per split and process (`split_images`)."""
+
+    def __init__(self, device: torch.device, size: tuple[int, int], length: int):
+        self.device, self.size = device, size
+        self.images = torch.empty((0, 3, *size), dtype=torch.uint8, device=device)
+        self.row = np.full(length, -1, dtype=np.int64)
+
+    def missing(self, indices: Sequence[int]) -> list[int]:
+        return sorted(i for i in set(indices) if self.row[i] < 0)
+
+    def add_rows(self, indices: Sequence[int]) -> None:
+        """Rows, not yet filled, for `indices` (none of them held)."""
+        self.row[list(indices)] = np.arange(len(self.images), len(self.images) + len(indices))
+        grown = torch.empty((len(indices), 3, *self.size), dtype=torch.uint8, device=self.device)
+        self.images = torch.cat([self.images, grown]) if len(self.images) else grown
+
+    def forget(self, indices: Sequence[int]) -> None:
+        self.row[list(indices)] = -1
+
+    def rows(self, indices: Sequence[int]) -> np.ndarray:
+        rows = self.row[np.asarray(indices, dtype=np.int64)]
+        if (rows < 0).any():
+            raise KeyError(f"dataset indices not in the device cache: {np.asarray(indices)[rows < 0].tolist()}")
+        return rows
+
+
+_SPLITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # dataset -> SplitImages
+
+
+def split_images(dataset: SegmentationDataset, device: torch.device, size: tuple[int, int]) -> SplitImages:
+    """The split's images on `device` held in this process (a new, empty holder for another device
+    or size), kept while the dataset lives."""
+    held = _SPLITS.get(dataset)
+    if held is None or held.device != device or held.size != size:
+        held = _SPLITS[dataset] = SplitImages(device, size, len(dataset))
+    return held
+
+
+def cache_bytes(
+    dataset: SegmentationDataset, labelled: Sequence[int], pool: Sequence[int], device: torch.device,
+    answered: int = 0,
+) -> int:
+    """What a DeviceCache of these images adds on `device`: the images not held yet, a label plane
+    per labelled image, two planes per answered image (and one empty slot)."""
+    indices = sorted(set(labelled) | set(pool))
+    h, w = common_size(dataset, indices)
+    held = _SPLITS.get(dataset)
+    new = len(indices) if held is None or held.device != device else len(held.missing(indices))
+    return h * w * (3 * new + len(set(labelled)) + 2 * (answered + 1))
+
+
+def check_fits(nbytes: int, device: torch.device, what: str) -> None:
+    """DeviceMemoryShort unless `nbytes` is within DEVICE_SHARE of the free memory of `device`."""
+    free = free_memory(device)
+    if free is not None and nbytes > DEVICE_SHARE * free:
+        raise DeviceMemoryShort(
+            f"{what} would take {nbytes / GIB:.1f} GiB of {device}, which has {free / GIB:.1f} GiB free "
+            f"(a cache takes at most {DEVICE_SHARE:.0%} of it): set dataset.resize, or train.fast: off "
+            "to read from loader workers"
+        )
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """(index, image or None, label or None) as each index needs."""
+
+    def __init__(self, dataset: SegmentationDataset, indices: list[int], images: set[int], labels: set[int]):
+        self.dataset, self.indices, self.images, self.labels = dataset, indices, images, labels
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, row: int):
-        index = self.indices[row]
-        if index not in self.labelled:
-            return row, self.dataset.load_image(index), None
+    def __getitem__(self, k: int):
+        index = self.indices[k]
+        if index not in self.labels:
+            return index, self.dataset.load_image(index), None
         sample = self.dataset.load(index)
-        return row, sample.image, sample.label
+        return index, sample.image if index in self.images else None, sample.label
 
 
-def _collate(items):
-    rows, images, labels = zip(*items)
-    return list(rows), np.stack(images), labels
+def _as_list(items: list) -> list:
+    return items
 
 
 class DeviceCache:
-    """images (R, 3, H, W), labels (R, H, W) and, per row, its answered regions as
-    known_label / known planes, all uint8 on `device`; `rows(indices)` maps dataset indices to rows.
+    """A split's images (shared, SplitImages) with, per labelled image, its label and, per answered
+    pool image, its answered regions as known_label / known planes, all on `device`.
 
     labelled: indices whose label training reads; partial: answered regions that replace the label
     of a labelled index (SSL off); pool: indices read without a label; annotations: their answered
-    regions (SSL on)."""
+    regions (SSL on). DeviceMemoryShort if it does not fit (check_fits)."""
 
     def __init__(
         self,
@@ -80,38 +170,56 @@ class DeviceCache:
         annotations: Annotations | None = None,
         num_workers: int = 0,
     ):
-        labelled = set(labelled)
-        indices = sorted(labelled | set(pool))
+        partial, annotations = partial or {}, annotations or {}
+        labelled, indices = sorted(set(labelled)), sorted(set(labelled) | set(pool))
+        answered = [i for i in sorted(annotations) if i in set(indices)]
         h, w = self.size = common_size(dataset, indices)
         self.device = device
-        self._row = np.full(len(dataset), -1, dtype=np.int64)
-        self._row[indices] = np.arange(len(indices))
-        self.images = torch.empty((len(indices), 3, h, w), dtype=torch.uint8, device=device)
-        self.labels = torch.full((len(indices), h, w), IGNORE_INDEX, dtype=torch.uint8, device=device)
-        partial = partial or {}
-        self._decode(dataset, indices, labelled - set(partial), num_workers)  # a partial label replaces its own
+        check_fits(cache_bytes(dataset, labelled, pool, device, len(answered)), device,
+                   f"the device cache of {len(indices)} images of {h}x{w}")
+        self._split = split_images(dataset, device, self.size)
+        self._label_row = dict(zip(labelled, range(len(labelled))))
+        self.labels = torch.full((len(labelled), h, w), IGNORE_INDEX, dtype=torch.uint8, device=device)
+        new_images = self._split.missing(indices)
+        self._split.add_rows(new_images)
+        decoded_labels = set(labelled) - set(partial)  # a partial label replaces its own
+        try:
+            self._decode(dataset, sorted({*new_images, *decoded_labels}), set(new_images), decoded_labels, num_workers)
+        except BaseException:
+            self._split.forget(new_images)  # rows never filled must not pass for decoded images
+            raise
         for index, patches in partial.items():
-            if index in labelled:
-                self.labels[self._row[index]] = torch.from_numpy(rasterize(patches, h, w)[0]).to(device)
-        self._regions(annotations or {}, h, w)
+            if index in self._label_row:
+                self.labels[self._label_row[index]] = torch.from_numpy(rasterize(patches, h, w)[0]).to(device)
+        self._regions(dataset, annotations, answered)
 
-    def _decode(self, dataset: SegmentationDataset, indices: list[int], labelled: set[int], num_workers: int) -> None:
+    @property
+    def images(self) -> torch.Tensor:
+        """(R, 3, H, W) uint8: the split's images held on the device (rows: `rows`)."""
+        return self._split.images
+
+    def _decode(self, dataset: SegmentationDataset, indices: list[int], images: set[int], labels: set[int],
+                num_workers: int) -> None:
         loader = torch.utils.data.DataLoader(
-            _Decoded(dataset, indices, labelled), batch_size=DECODE_BATCH, num_workers=num_workers, collate_fn=_collate
+            _Decoded(dataset, indices, images, labels), batch_size=DECODE_BATCH, num_workers=num_workers,
+            collate_fn=_as_list,
         )
-        for rows, images, labels in loader:
-            at = torch.tensor(rows, device=self.device)
-            self.images[at] = torch.from_numpy(images).permute(0, 3, 1, 2).to(self.device)
-            for row, label in zip(rows, labels):
+        for items in loader:
+            with_image = [(index, image) for index, image, _ in items if image is not None]
+            if with_image:
+                at = torch.from_numpy(self._split.rows([index for index, _ in with_image])).to(self.device)
+                stacked = torch.from_numpy(np.stack([image for _, image in with_image]))
+                self._split.images[at] = stacked.permute(0, 3, 1, 2).to(self.device)
+            for index, _, label in items:
                 if label is not None:
-                    self.labels[row] = torch.from_numpy(label).to(self.device)
+                    self.labels[self._label_row[index]] = torch.from_numpy(label).to(self.device)
 
-    def _regions(self, annotations: Annotations, h: int, w: int) -> None:
-        """Slot 0 is 'nothing answered'; slot k + 1 holds the k-th annotated index's planes."""
-        answered = [i for i in sorted(annotations) if self._row[i] >= 0]
+    def _regions(self, dataset: SegmentationDataset, annotations: Annotations, answered: list[int]) -> None:
+        """Slot 0 is 'nothing answered'; slot k + 1 holds the k-th answered index's planes."""
+        h, w = self.size
         self.known_label = torch.full((len(answered) + 1, h, w), IGNORE_INDEX, dtype=torch.uint8, device=self.device)
         self.known = torch.zeros((len(answered) + 1, h, w), dtype=torch.bool, device=self.device)
-        slot = np.zeros(len(self._row), dtype=np.int64)
+        slot = np.zeros(len(dataset), dtype=np.int64)
         for k, index in enumerate(answered, start=1):
             label, mask = rasterize(annotations[index], h, w)
             self.known_label[k] = torch.from_numpy(label).to(self.device)
@@ -120,10 +228,15 @@ class DeviceCache:
         self._slot = slot
 
     def rows(self, indices: Sequence[int]) -> np.ndarray:
-        rows = self._row[np.asarray(indices, dtype=np.int64)]
-        if (rows < 0).any():
-            raise KeyError(f"dataset indices not in the device cache: {np.asarray(indices)[rows < 0].tolist()}")
-        return rows
+        """Rows of `images` for dataset indices."""
+        return self._split.rows(indices)
+
+    def label_rows(self, indices: Sequence[int]) -> np.ndarray:
+        """Rows of `labels` for labelled dataset indices."""
+        try:
+            return np.array([self._label_row[i] for i in indices], dtype=np.int64)
+        except KeyError as err:
+            raise KeyError(f"dataset index {err.args[0]} has no label in the device cache") from None
 
     def slots(self, indices: Sequence[int]) -> np.ndarray:
         """Rows of known_label / known for dataset indices (0: nothing answered)."""
@@ -137,12 +250,31 @@ class DeviceCache:
         image_batches shares them."""
         indices = list(indices)
         rows = torch.from_numpy(self.rows(indices)).to(self.device, non_blocking=True)  # waits for nothing
+        label_rows = torch.from_numpy(self.label_rows(indices)).to(self.device, non_blocking=True) if labels else None
         for k in range(0, len(indices), batch_size)[distributed.rank() :: distributed.world_size()]:
-            at = rows[k : k + batch_size]
-            label = self.labels.index_select(0, at) if labels else None
-            yield self.images.index_select(0, at), label, indices[k : k + batch_size]
+            label = self.labels.index_select(0, label_rows[k : k + batch_size]) if labels else None
+            yield self.images.index_select(0, rows[k : k + batch_size]), label, indices[k : k + batch_size]
 
 
 def fast_path_asked(fast: FastMode, device: torch.device) -> bool:
     """train.fast on, or auto on a CUDA device."""
     return fast == "on" or (fast == "auto" and device.type == "cuda")
+
+
+def training_on_device(
+    fast: FastMode, device: torch.device, dataset: SegmentationDataset, labelled: Sequence[int],
+    pool: Sequence[int], answered: int = 0,
+) -> bool:
+    """Whether training reads a DeviceCache (the fast path): train.fast on, or auto on a CUDA
+    device. auto falls back to loader workers for images of mixed sizes, which the cache cannot
+    hold, or a cache that would not fit (check_fits), with a warning; on refuses them."""
+    if not fast_path_asked(fast, device):
+        return False
+    try:
+        check_fits(cache_bytes(dataset, labelled, pool, device, answered), device, "the training cache")
+    except (MixedImageSizes, DeviceMemoryShort) as err:
+        if fast == "on":
+            raise type(err)(f"train.fast is on: {err}") from None
+        warnings.warn(f"train.fast is auto: training reads from loader workers: {err}", stacklevel=2)
+        return False
+    return True

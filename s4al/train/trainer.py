@@ -17,7 +17,6 @@ before anything non-finite is written."""
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +35,7 @@ from s4al.config import RunConfig
 from s4al.data.base import SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.device_augment import labelled_batch, unlabelled_batch
-from s4al.data.device_cache import DeviceCache, MixedImageSizes, common_size, fast_path_asked
+from s4al.data.device_cache import DeviceCache, training_on_device
 from s4al.data.views import Annotations, Augment, LabelledView, StepView, UnlabelledView
 from s4al.data.batches import to_model_input
 from s4al.evaluate import evaluate
@@ -48,9 +47,8 @@ from s4al.ssl.losses import (
     apply_annotations, confidence_ratio, supervised_loss, unsupervised_loss,
 )
 from s4al.ssl.mean_teacher import MeanTeacher, pseudo_labels_from_probs
-from s4al.atomic import atomic_write
 from s4al.run_folder import RunFolder
-from s4al.train.checkpoint import load_checkpoint, save_checkpoint
+from s4al.train.checkpoint import load_checkpoint, save_checkpoint, write_metrics_log
 from s4al.seeding import derive_seed, seeded_generator
 from s4al.train.sampling import StepBatches, Stream
 
@@ -169,7 +167,8 @@ class Trainer:
         self.teacher = MeanTeacher(self.student, cfg.ssl.ema_momentum)
         self.net = self._parallel(self.student)  # what the loop calls forward on
         t = cfg.train
-        self.fast = self._fast_path()
+        pool, answered = (data.pool, len(data.annotations)) if self.ssl else ([], 0)
+        self.fast = training_on_device(t.fast, self.device, data.dataset, self.supervised[0], pool, answered)
         cuda_fast = self.fast and self.device.type == "cuda"
         if cuda_fast:
             torch.backends.cudnn.benchmark = True  # fixed crop sizes: the fastest kernels are found once
@@ -200,20 +199,6 @@ class Trainer:
         self.aug = Augment(
             scale_range=t.scale_range, crop_size=t.crop_size, hflip_p=t.hflip_p, color_jitter_p=t.color_jitter_p
         )
-
-    def _fast_path(self) -> bool:
-        """train.fast: on, off, or auto (on for CUDA devices). auto falls back to the loader path
-        for a split of mixed image sizes, which the device cache cannot hold; on refuses it."""
-        mode = self.cfg.train.fast
-        if not fast_path_asked(mode, self.device):
-            return False
-        try:
-            common_size(self.data.dataset, sorted(set(self.data.labelled) | set(self.data.pool)))
-        except MixedImageSizes as err:
-            if mode == "on":
-                raise MixedImageSizes(f"train.fast is on: {err}") from None
-            return False
-        return True
 
     def _parallel(self, student: nn.Module) -> nn.Module:
         if distributed.world_size() == 1:
@@ -425,13 +410,7 @@ class Trainer:
         self.progress({"event": "eval", **record})
 
     def _write_metrics_log(self) -> None:
-        """RUN_DIR/metrics.jsonl: other cycles' lines, then this cycle's history, rewritten whole
-        after each checkpoint, so a resumed cycle never logs an evaluation twice."""
-        path = self.folder.metrics_log
-        lines = path.read_text().splitlines() if path.exists() else []
-        kept = [line for line in lines if json.loads(line)["cycle"] != self.cycle]
-        with atomic_write(path, "w") as file:
-            file.write("".join(f"{line}\n" for line in kept + [json.dumps(r) for r in self.history]))
+        write_metrics_log(self.folder.metrics_log, self.cycle, self.history)
 
     def _save(self) -> None:
         if distributed.is_main():
