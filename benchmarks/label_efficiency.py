@@ -38,7 +38,7 @@ from common import (
     DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS, REPO, RESULTS, SMOKE_OVERRIDES, camvid_paths, cpu_model, machine_info, merged,
     write_json,
 )
-from s4al.config import ConfigError, RunConfig, load_config, parse_override, saved_config
+from s4al.config import ConfigError, RunConfig, load_config, parse_override
 from s4al.run_folder import RunFolder
 from window import Job, run_window
 
@@ -169,24 +169,17 @@ def bench_run_dir(work: Path, name: str, method: str, seed: int) -> Path:
 # _queries, _record_queries and _images_per_cycle (plus the annotation package's scoring batch).
 # The trainer, the learner, the data, the initial draw (seed, active.initial, initial_fraction) and
 # the cycle-0 epochs (active.cycles) read none of them, so two configs equal in every other key
-# train the same cycle 0: same network, same initial labels, same batches and steps.
+# train the same cycle 0: same network, same initial labels, same batches and steps (a test changes
+# each key in turn and compares the trained weights bit for bit).
 ACQUISITION_ONLY = frozenset({"active.level", "active.metric", "active.region_size", "active.regions_per_image",
                               "active.selection", "active.global_budget", "active.score_batch_size"})
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}"""
-    out = {}
-    for key, value in tree.items():
-        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
-    return out
-
-
 def cycle0_differences(a: RunConfig, b: RunConfig) -> list[str]:
     """The keys cycle 0's training can depend on where `a` and `b` differ: none, the same cycle 0."""
-    flat_a, flat_b = _flat(a.model_dump(mode="json")), _flat(b.model_dump(mode="json"))
-    return sorted(key for key in flat_a.keys() | flat_b.keys()
-                  if key not in ACQUISITION_ONLY and flat_a.get(key) != flat_b.get(key))
+    from s4al.train.checkpoint import config_differences  # imports torch: not needed for --list or summarize.py
+
+    return config_differences(a, b, ACQUISITION_ONLY)
 
 
 def cycle0_mates(configs: dict[str, RunConfig], method: str) -> list[str]:
@@ -204,49 +197,37 @@ def any_cycle0_done(run_dirs: list[Path]) -> bool:
     return any(map(cycle0_done, run_dirs))
 
 
-def _not_the_same_cycle0(state: dict, lender: RunFolder, run) -> str | None:
-    """Why the lender's cycle-0 checkpoint `state` is not what `run` would train, or None."""
-    if state["cycle"] != 0 or state["step"] != state["total_steps"]:
-        return f"its checkpoint is at step {state['step']} of {state['total_steps']} of cycle {state['cycle']}"
-    differences = cycle0_differences(saved_config(state["config"], lender.checkpoint_path(0)), run.cfg)
-    if differences:
-        return f"trained with another {', '.join(differences)}"
-    if _splits(lender) != _splits(run.folder):
-        return "other initial labels or pool"
-    return None
-
-
 def _splits(folder: RunFolder) -> dict[str, str]:
     return {path.name: path.read_text() for path in sorted(folder.splits_dir.iterdir())}
 
 
 def adopt_cycle0(run, lenders: dict[str, Path], record: Path, label: str) -> None:
     """Before `run` (an ActiveLearningRun) trains its cycle 0: the first lender whose cycle 0 is
-    finished and provably the same training gives its final cycle-0 checkpoint (with `run`'s own
-    config in it) and evaluation log; the trainer resumes it at its last step and trains nothing.
-    `record` names the lender and its cycle-0 train seconds. A run whose cycle 0 has begun keeps
-    its own; without a lender it trains cycle 0 itself."""
-    from s4al.atomic import atomic_write
-    from s4al.train.checkpoint import load_checkpoint, save_checkpoint
+    finished and provably the same training (the same initial labels and pool, a final checkpoint
+    trained with a config equal but for ACQUISITION_ONLY) gives that checkpoint, which `run` adopts
+    as its own; the trainer resumes it at its last step and trains nothing. `record` names the
+    lender and its cycle-0 train seconds. A run whose cycle 0 has begun keeps its own; without a
+    lender it trains cycle 0 itself."""
+    from s4al.train.checkpoint import AdoptionRefused, adopt_final_checkpoint
 
-    own = run.folder.checkpoint_path(0)
-    if own.exists():
+    if run.folder.checkpoint_path(0).exists():
         return
     record.unlink(missing_ok=True)  # from an adoption killed before its checkpoint was written
     for name, path in lenders.items():
         lender = RunFolder(path)
         if not cycle0_done(path):
             continue
-        state = load_checkpoint(lender.checkpoint_path(0))
-        refused = _not_the_same_cycle0(state, lender, run)
-        if refused:
-            print(f"{label} cycle 0 not taken from {name}: {refused}", flush=True)
+        if _splits(lender) != _splits(run.folder):
+            print(f"{label} cycle 0 not taken from {name}: other initial labels or pool", flush=True)
             continue
         lender_seconds = json.loads(lender.cycle_summary_path(0).read_text())["train_seconds"]
-        write_json(record, {"run": name, "train_seconds": lender_seconds})
-        with atomic_write(run.folder.metrics_log, "w") as log:  # what the trainer logs for cycle 0
-            log.write("".join(f"{json.dumps(entry)}\n" for entry in state["history"]))
-        save_checkpoint(state | {"config": run.cfg.model_dump(mode="json")}, own)
+        write_json(record, {"run": name, "train_seconds": lender_seconds})  # before the checkpoint that makes it true
+        try:
+            adopt_final_checkpoint(path, run.run_dir, run.cfg, cycle=0, may_differ=ACQUISITION_ONLY)
+        except AdoptionRefused as refused:
+            record.unlink()
+            print(f"{label} cycle 0 not taken from {name}: {refused}", flush=True)
+            continue
         print(f"{label} cycle 0 from {name}: its final checkpoint, the same training", flush=True)
         return
 

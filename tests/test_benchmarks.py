@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from s4al.active.cycle import ActiveLearningRun
@@ -28,7 +29,7 @@ import jpeg_camvid  # noqa: E402
 import label_efficiency  # noqa: E402
 import speed  # noqa: E402
 import summarize  # noqa: E402
-from common import SMOKE_OVERRIDES, camvid_paths  # noqa: E402
+from common import SMOKE_OVERRIDES, camvid_paths, merged  # noqa: E402
 from window import Job, run_window, stop_grace  # noqa: E402
 
 MACHINE_KEYS = {"cpu", "cpu_count", "gpu", "torch", "smp", "git_commit", "date"}
@@ -143,6 +144,46 @@ def test_only_configs_that_differ_in_what_the_acquisition_reads_share_cycle_0():
     assert label_efficiency.cycle0_mates(configs, "s4al_paper") == []
 
 
+# A different valid value for each key only the acquisition reads (selection 'global' needs a budget).
+ACQUISITION_CHANGES = {
+    "active.level": {"level": "image"},
+    "active.metric": {"metric": "margin"},
+    "active.region_size": {"region_size": 2},
+    "active.regions_per_image": {"regions_per_image": 1},
+    "active.selection": {"selection": "global", "global_budget": 10},
+    "active.global_budget": {"global_budget": 10},
+    "active.score_batch_size": {"score_batch_size": 1},
+}
+
+
+def trained_cycle0(run_dir: Path, changes: dict) -> tuple:
+    """(config, final cycle-0 checkpoint) of smoke s4al, seed 0, with `changes`; an external
+    annotator stops the run at its first questions, after cycle 0 and its acquisition."""
+    cfg = label_efficiency.method_config(label_efficiency.PROTOCOLS["smoke"], label_efficiency.METHODS["s4al"], 0,
+                                         Path("."), Path("."), merged({"active": {"annotator": "external"}}, changes))
+    ActiveLearningRun(run_dir, cfg).run()
+    return cfg, load_checkpoint(RunFolder(run_dir).checkpoint_path(0))
+
+
+def test_every_key_only_the_acquisition_reads_leaves_cycle_0_bit_identical(tmp_path):
+    assert set(ACQUISITION_CHANGES) == label_efficiency.ACQUISITION_ONLY  # a key added to the list is checked here
+    base_cfg, base = trained_cycle0(tmp_path / "base", {})
+
+    def differing_tensors(state: dict) -> list[str]:
+        return [f"{network}.{name}" for network in ("student", "teacher")
+                for name, tensor in base[network].items() if not torch.equal(tensor, state[network][name])]
+
+    for key, change in ACQUISITION_CHANGES.items():
+        cfg, state = trained_cycle0(tmp_path / key, {"active": change})
+        assert label_efficiency.cycle0_differences(base_cfg, cfg) == [] and cfg != base_cfg
+        assert differing_tensors(state) == [], key
+        assert state["history"] == base["history"], key
+    # a key cycle 0 reads makes runs unshareable, and this comparison sees what it changes
+    cfg, state = trained_cycle0(tmp_path / "lr", {"train": {"lr": base_cfg.train.lr / 2}})
+    assert label_efficiency.cycle0_differences(base_cfg, cfg) == ["train.lr"]
+    assert differing_tensors(state) != []
+
+
 @pytest.fixture(scope="module")
 def lent_root(tmp_path_factory) -> Path:
     """s4al, then region_random_ssl (the same cycle 0, random regions), one after the other."""
@@ -197,7 +238,8 @@ def test_a_lender_trained_with_another_learner_or_unfinished_is_refused(lent_roo
     record = tmp_path / "paper.cycle0_from.json"
     label_efficiency.adopt_cycle0(run, {"unfinished": unfinished, "s4al_seed0": work / "s4al_seed0"}, record, "[x]")
     assert not run.folder.checkpoint_path(0).exists() and not record.exists()
-    assert capsys.readouterr().out == ("[x] cycle 0 not taken from s4al_seed0: trained with another "
+    lender = RunFolder(work / "s4al_seed0").checkpoint_path(0)
+    assert capsys.readouterr().out == (f"[x] cycle 0 not taken from s4al_seed0: {lender}: trained with another "
                                        "ssl.class_normalised_confidence, ssl.distribution_alignment, "
                                        "ssl.freeze_bn_on_unlabelled\n")
 

@@ -1,16 +1,27 @@
-"""Atomic training checkpoints: a kill while saving leaves the previous checkpoint intact."""
+"""Training checkpoints on disk: saved atomically (a kill while saving leaves the previous
+checkpoint intact), the metrics log that mirrors the evaluations they hold, and another run's
+final checkpoint adopted as a run's own."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
 
 from s4al.atomic import atomic_write
+from s4al.config import RunConfig, saved_config
+from s4al.run_folder import RunFolder
 
 
 class CheckpointError(OSError):
     """A checkpoint that could not be written; the previous one, if any, is intact."""
+
+
+class AdoptionRefused(ValueError):
+    """Another run's checkpoint that a run may not take as its own; the message names the file and
+    why. Nothing was written."""
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -34,7 +45,6 @@ def load_checkpoint(path: Path) -> dict:
 
 def load_trained_model(path: Path, network: str = "teacher", device: str | torch.device = "cpu"):
     """(model in eval mode, RunConfig) from a training checkpoint; `network` is teacher or student."""
-    from s4al.config import saved_config
     from s4al.model import build_model
 
     state = load_checkpoint(path)
@@ -44,3 +54,53 @@ def load_trained_model(path: Path, network: str = "teacher", device: str | torch
     model = build_model(cfg.model.model_copy(update={"weights": None}), len(state["classes"]))
     model.load_state_dict(state[network])
     return model.to(device).eval(), cfg
+
+
+def write_metrics_log(path: Path, cycle: int, history: list[dict]) -> None:
+    """A run's metrics.jsonl: the other cycles' lines, then `cycle`'s evaluations (a checkpoint's
+    history), rewritten whole after each checkpoint, so a resumed cycle never logs one twice."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = [line for line in lines if json.loads(line)["cycle"] != cycle]
+    with atomic_write(path, "w") as file:
+        file.write("".join(f"{line}\n" for line in kept + [json.dumps(record) for record in history]))
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}"""
+    out = {}
+    for key, value in tree.items():
+        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
+def config_differences(a: RunConfig, b: RunConfig, may_differ: Collection[str] = ()) -> list[str]:
+    """The keys ("train.lr") where `a` and `b` differ, but for those in `may_differ`; sorted."""
+    flat_a, flat_b = _flat(a.model_dump(mode="json")), _flat(b.model_dump(mode="json"))
+    return sorted(key for key in flat_a.keys() | flat_b.keys()
+                  if key not in may_differ and flat_a.get(key) != flat_b.get(key))
+
+
+def adopt_final_checkpoint(source_run_dir: Path, target_run_dir: Path, cfg: RunConfig, cycle: int = 0,
+                           may_differ: Collection[str] = ()) -> None:
+    """Makes the source run's final checkpoint of `cycle` the target run's own, as if the target
+    had trained it: `cfg` (the target's config) inside, and the cycle's evaluations in the target's
+    metrics log. The trainer then resumes it at its last step and trains nothing. `may_differ`: the
+    keys the cycle's training does not read, in which the source's config may differ from `cfg`.
+    Refused (AdoptionRefused, nothing written) if the target has a checkpoint of the cycle, or the
+    source's is not the cycle's last step or was trained with a config that differs elsewhere."""
+    source, target = RunFolder(source_run_dir), RunFolder(target_run_dir)
+    path, own = source.checkpoint_path(cycle), target.checkpoint_path(cycle)
+    if own.exists():
+        raise AdoptionRefused(f"{own}: exists; a run keeps a checkpoint it has")
+    state = load_checkpoint(path)
+    if state["cycle"] != cycle or state["step"] != state["total_steps"]:
+        raise AdoptionRefused(f"{path}: at step {state['step']} of {state['total_steps']} of cycle "
+                              f"{state['cycle']}, not the final checkpoint of cycle {cycle}")
+    differences = config_differences(saved_config(state["config"], path), cfg, may_differ)
+    if differences:
+        raise AdoptionRefused(f"{path}: trained with another {', '.join(differences)}")
+    target.path.mkdir(parents=True, exist_ok=True)
+    # the log first: a checkpoint on disk has its evaluations logged (a log left by a kill in between
+    # is rewritten by whatever next writes the cycle: another adoption or the trainer's first save)
+    write_metrics_log(target.metrics_log, cycle, state["history"])
+    save_checkpoint(state | {"config": cfg.model_dump(mode="json")}, own)

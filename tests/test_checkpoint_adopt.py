@@ -1,0 +1,104 @@
+"""Another run's final checkpoint of a cycle adopted as a run's own (adopt_final_checkpoint), and the
+metrics log that adoption and the trainer write alike."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from s4al.data import build_dataset
+from s4al.run_folder import RunFolder
+from s4al.train.checkpoint import (
+    AdoptionRefused, adopt_final_checkpoint, load_checkpoint, save_checkpoint, write_metrics_log,
+)
+from s4al.train.trainer import Trainer, TrainData
+
+METRIC_ONLY = {"active.metric"}
+
+
+def ssl_data(cfg) -> tuple[TrainData, object]:
+    train = build_dataset(cfg.dataset, "train", cfg.seed)
+    return TrainData(train, labelled=[0, 1, 2, 3], pool=list(range(4, len(train)))), build_dataset(
+        cfg.dataset, "val", cfg.seed)
+
+
+@pytest.fixture(scope="module")
+def lender(tmp_path_factory) -> Path:
+    """A run folder whose cycle 0 trained to its end: 2 epochs x 2 steps, evaluated after each epoch."""
+    run_dir = tmp_path_factory.mktemp("lender")
+    cfg = tiny_config()
+    Trainer(cfg, *ssl_data(cfg), run_dir).fit()
+    return run_dir
+
+
+def lent_state(lender: Path) -> dict:
+    return load_checkpoint(RunFolder(lender).checkpoint_path(0))
+
+
+def test_the_metrics_log_replaces_its_cycles_lines_and_keeps_the_other_cycles(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"cycle": 0, "step": 2}\n{"cycle": 1, "step": 4}\n{"cycle": 0, "step": 4}\n')
+    write_metrics_log(path, 0, [{"cycle": 0, "step": 9}])
+    assert path.read_text() == '{"cycle": 1, "step": 4}\n{"cycle": 0, "step": 9}\n'
+    write_metrics_log(tmp_path / "new.jsonl", 2, [{"cycle": 2, "step": 1}, {"cycle": 2, "step": 3}])
+    assert (tmp_path / "new.jsonl").read_text() == '{"cycle": 2, "step": 1}\n{"cycle": 2, "step": 3}\n'
+
+
+def test_an_adopted_checkpoint_holds_the_targets_config_and_resumes_training_nothing(lender, tmp_path):
+    cfg = tiny_config(active={"metric": "margin"})
+    target = RunFolder(tmp_path / "target")
+    target.path.mkdir()
+    target.metrics_log.write_text('{"cycle": 0, "step": 2, "miou": 0.5}\n')  # left by an adoption killed before
+    adopt_final_checkpoint(lender, target.path, cfg, cycle=0, may_differ=METRIC_ONLY)
+
+    source, own = lent_state(lender), load_checkpoint(target.checkpoint_path(0))
+    assert source["config"]["active"]["metric"] == "entropy"
+    assert own["config"] == cfg.model_dump(mode="json")
+    assert own["step"] == own["total_steps"] == 4
+    logged = target.metrics_log.read_text()
+    assert logged == RunFolder(lender).metrics_log.read_text()  # the lender's evaluations, each once
+    assert [json.loads(line)["step"] for line in logged.splitlines()] == [2, 4]
+
+    events = []
+    result = Trainer(cfg, *ssl_data(cfg), target.path, progress=events.append).fit()
+    assert events == []  # no step trained, nothing evaluated
+    assert result.history == source["history"]
+    for name, tensor in source["teacher"].items():
+        assert torch.equal(result.teacher.state_dict()[name], tensor), name
+    assert target.metrics_log.read_text() == logged
+
+
+def test_a_checkpoint_that_is_not_the_cycles_last_step_is_refused(lender, tmp_path):
+    unfinished = RunFolder(tmp_path / "unfinished")
+    save_checkpoint(lent_state(lender) | {"step": 2}, unfinished.checkpoint_path(0))  # as saved after epoch 1
+    target = RunFolder(tmp_path / "target")
+    with pytest.raises(AdoptionRefused) as refused:
+        adopt_final_checkpoint(unfinished.path, target.path, tiny_config(), cycle=0)
+    assert str(refused.value) == (f"{unfinished.checkpoint_path(0)}: at step 2 of 4 of cycle 0, "
+                                  "not the final checkpoint of cycle 0")
+    assert not target.path.exists()
+
+
+@pytest.mark.parametrize(("overrides", "may_differ", "differing"), [
+    ({"train": {"lr": 0.005}}, METRIC_ONLY, "train.lr"),  # the training reads it
+    ({"active": {"metric": "margin"}, "ssl": {"enabled": False}}, METRIC_ONLY, "ssl.enabled"),
+    ({"active": {"metric": "margin"}}, (), "active.metric"),  # by default the configs must be equal
+])
+def test_a_checkpoint_trained_with_a_config_that_differs_outside_the_allowed_keys_is_refused(
+        lender, tmp_path, overrides, may_differ, differing):
+    target = RunFolder(tmp_path / "target")
+    with pytest.raises(AdoptionRefused) as refused:
+        adopt_final_checkpoint(lender, target.path, tiny_config(**overrides), cycle=0, may_differ=may_differ)
+    assert str(refused.value) == f"{RunFolder(lender).checkpoint_path(0)}: trained with another {differing}"
+    assert not target.path.exists()
+
+
+def test_a_target_that_has_a_checkpoint_of_the_cycle_keeps_it(lender, tmp_path):
+    target = RunFolder(tmp_path / "target")
+    adopt_final_checkpoint(lender, target.path, tiny_config(), cycle=0)
+    kept, log = target.checkpoint_path(0).read_bytes(), target.metrics_log.read_text()
+    with pytest.raises(AdoptionRefused, match=f"^{target.checkpoint_path(0)}: exists"):
+        adopt_final_checkpoint(lender, target.path, tiny_config(), cycle=0)
+    assert target.checkpoint_path(0).read_bytes() == kept and target.metrics_log.read_text() == log
