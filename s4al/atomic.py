@@ -1,5 +1,6 @@
 """Durable file writes: a kill or a failed write at any moment leaves the old file or the whole new
-one, never a torn one, and no temp file behind a failure."""
+one, never a torn one, and no temp file behind a failure. Only a kill leaves a temp file, named
+.NAME.RANDOM.tmp beside the file NAME: `stray_temp_files` finds them for the folder's next writer."""
 
 from __future__ import annotations
 
@@ -11,12 +12,25 @@ from pathlib import Path
 from typing import IO
 
 
+def _temp_name_parts(name: str) -> tuple[str, str]:
+    """The (prefix, suffix) of the temp files of a file called `name` (a glob pattern for strays)."""
+    return f".{name}.", ".tmp"
+
+
+def stray_temp_files(directory: Path, name_glob: str = "*") -> list[Path]:
+    """The temp files that writes of files named like `name_glob` in `directory` left behind when
+    killed. Only a folder's one writer may remove them: another's may be writing its own."""
+    prefix, suffix = _temp_name_parts(name_glob)
+    return sorted(Path(directory).glob(f"{prefix}*{suffix}"))
+
+
 @contextmanager
 def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
     """Yields an open temp file beside `path` (its own name, so two writers never share one); on
     success it is fsynced and renamed over `path`, on any error removed."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    prefix, suffix = _temp_name_parts(path.name)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
     try:
         with os.fdopen(fd, mode) as file:
             yield file

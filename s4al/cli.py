@@ -17,7 +17,7 @@ from s4al import distributed
 from s4al.report.commands import export_command, predict_command, report
 from s4al.config import ConfigError, RunConfig, load_config, parse_override
 from s4al.data import build_dataset
-from s4al.data.base import DatasetError
+from s4al.errors import user_errors_reported
 from s4al.run_folder import RunFolder
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="Active semi-supervised semantic segmentation (S4AL).")
@@ -29,15 +29,6 @@ SetOption = Annotated[
     typer.Option("--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set train.epochs=5 (repeatable)."),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
-
-
-# Refusals that carry their own message naming the file and the problem: printed, not traced back.
-USER_ERRORS = (ValueError, OSError)
-
-
-def _fail(err: Exception) -> None:
-    typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(1)
 
 
 def _config(config: str, overrides: list[str] | None) -> RunConfig:
@@ -89,7 +80,7 @@ def train(
 
     cfg = _config(config, overrides)
     distributed.setup_device(cfg.train.device)  # joins torchrun's process group
-    try:
+    with user_errors_reported():
         folder = RunFolder(out)  # holds config.yaml, checkpoints/cycle_0.pt and result.json
         folder.make(lock=distributed.is_main())
         if distributed.is_main():
@@ -99,8 +90,6 @@ def train(
         with _monitor(folder, quiet) as monitor:
             data = TrainData(train_set, labelled=list(range(len(train_set))))
             result = Trainer(cfg, data, val_set, out, progress=monitor).fit()
-    except USER_ERRORS as err:
-        _fail(err)
     if not distributed.is_main():
         return
     final = result.history[-1]
@@ -123,13 +112,11 @@ def evaluate_command(
     from s4al.distributed import setup_device
 
     dev = setup_device(device)
-    model, cfg = load_trained_model(checkpoint, network, dev)
-    dataset_cfg = cfg.dataset.model_copy(update={"root": data}) if data else cfg.dataset
-    try:
+    with user_errors_reported():
+        model, cfg = load_trained_model(checkpoint, network, dev)
+        dataset_cfg = cfg.dataset.model_copy(update={"root": data}) if data else cfg.dataset
         dataset = build_dataset(dataset_cfg, split, cfg.seed)
-    except DatasetError as err:
-        raise typer.BadParameter(str(err)) from None
-    record = evaluate(model, dataset, batch_size, dev, fast=cfg.train.fast).as_dict(dataset.classes.names)
+        record = evaluate(model, dataset, batch_size, dev, fast=cfg.train.fast).as_dict(dataset.classes.names)
     console.print_json(json.dumps(record))
     _print_scores(split, record)
 
@@ -155,7 +142,7 @@ def run(
                                  f"{RunFolder(resume).config_path}")
     if out is not None and RunFolder(out).config_path.exists():
         raise typer.BadParameter(f"{out} already holds a run; continue it with --resume {out}")
-    try:
+    with user_errors_reported():
         changes = parse_override(overrides or [])
         cfg = _config(config or "demo", overrides) if out is not None else None
         run_dir = out or resume
@@ -165,8 +152,6 @@ def run(
         with _monitor(active_run.folder, quiet) as monitor:
             active_run.progress = monitor
             summaries = active_run.run()
-    except USER_ERRORS as err:
-        _fail(err)
     if not distributed.is_main():
         return
     table = Table(title=f"active learning: {run_dir}")
@@ -213,7 +198,8 @@ def download_camvid_command(
     from s4al.data.download import download_camvid
 
     kwargs = {k: v for k, v in {"base_url": url, "sha256": sha256}.items() if v}
-    root = download_camvid(to, **kwargs)
+    with user_errors_reported():
+        root = download_camvid(to, **kwargs)
     console.print(f"CamVid ready in {root}")
 
 

@@ -21,7 +21,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from s4al.atomic import stray_temp_files
 from s4al.config import ConfigError, RunConfig, load_run_config, save_config
+from s4al.errors import S4alError
 
 CONFIG_FILE = "config.yaml"
 LEDGER_FILE = "ledger.sqlite"
@@ -53,7 +55,7 @@ def _outside_resume_overrides(overrides: dict):
             yield from (f"{section}.{key}" for key in value if key not in RESUME_OVERRIDES.get(section, ()))
 
 
-class RunFolderError(ValueError):
+class RunFolderError(S4alError):
     """A run folder that cannot be made or opened as asked; the message names the path."""
 
 
@@ -65,12 +67,13 @@ class RunFolder:
         self.config_path = self.path / CONFIG_FILE
         self.ledger_path = self.path / LEDGER_FILE
         self.splits_dir = self.path / "splits"
+        self.checkpoints_dir = self.path / "checkpoints"
         self.cycles_dir = self.path / "cycles"
         self.tensorboard_dir = self.path / "tensorboard"
         self.metrics_log = self.path / "metrics.jsonl"
 
     def checkpoint_path(self, cycle: int) -> Path:
-        return self.path / "checkpoints" / f"cycle_{cycle}.pt"
+        return self.checkpoints_dir / f"cycle_{cycle}.pt"
 
     def cycle_summary_path(self, cycle: int) -> Path:
         return self.cycles_dir / f"cycle_{cycle}.json"
@@ -151,10 +154,12 @@ class RunFolder:
         return False
 
     def remove_stray_temp_files(self) -> None:
-        """Temp files left by a kill mid-write (checkpoints, config); the lock makes them ours."""
-        for pattern in ("checkpoints/*.tmp", f".{CONFIG_FILE}.*.tmp", f".{LEDGER_FILE}.*"):
-            for stray in self.path.glob(pattern):
-                stray.unlink(missing_ok=True)
+        """Temp files left by a kill mid-write (config, metrics log, checkpoints, cycle summaries)
+        or while the ledger was being built; the lock makes them ours."""
+        strays = [*stray_temp_files(self.path), *stray_temp_files(self.checkpoints_dir),
+                  *stray_temp_files(self.cycles_dir), *self.path.glob(f".{LEDGER_FILE}.*")]
+        for stray in strays:
+            stray.unlink(missing_ok=True)
 
     # ---- one writer ------------------------------------------------------------------------
     def lock(self) -> None:

@@ -119,8 +119,22 @@ def test_a_file_that_is_not_a_ledger_is_refused(tmp_path):
     other = tmp_path / "other.sqlite"
     with sqlite3.connect(other) as conn:
         conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    with pytest.raises(LedgerError, match="schema version None"):
+    with pytest.raises(LedgerError, match=f"{other}: not a label ledger \\(it holds no schema version\\)"):
         Ledger(other)
+
+
+def test_a_ledger_of_a_newer_schema_is_refused_naming_the_file_and_both_versions(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    open_ledger(tmp_path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    before = path.read_bytes()
+    for readonly in (True, False):
+        with pytest.raises(LedgerError) as refused:
+            Ledger(path, readonly=readonly)
+        assert str(refused.value) == (f"{path}: ledger schema version 3; this s4al reads schema versions 1 and 2 "
+                                      "(a newer s4al wrote it? open it with that one)")
+    assert path.read_bytes() == before
 
 
 def test_refused_ask_writes_nothing(tmp_path):

@@ -215,11 +215,16 @@ def test_a_run_killed_in_its_first_moments_resumes(tmp_path, left):
     assert not (run_dir / ".ledger.sqlite.new").exists()
 
 
-def test_stray_checkpoint_temp_files_are_removed_when_the_run_is_opened(run_dir):
-    stray = run_dir / "checkpoints" / "cycle_1.pt.abc123.tmp"
-    stray.write_bytes(b"half a checkpoint")
+def test_temp_files_of_a_killed_run_are_removed_when_the_run_is_opened(run_dir):
+    (run_dir / "cycles").mkdir(exist_ok=True)
+    strays = [run_dir / "checkpoints" / ".cycle_1.pt.abc123.tmp", run_dir / "cycles" / ".cycle_0.json.x7.tmp",
+              run_dir / ".metrics.jsonl.k2.tmp", run_dir / ".config.yaml.q9.tmp", run_dir / ".ledger.sqlite.new"]
+    kept = [run_dir / "checkpoints" / "notes.tmp"]
+    for path in strays + kept:
+        path.write_bytes(b"half a file")
     ActiveLearningRun(run_dir)
-    assert not stray.exists() and (run_dir / "checkpoints" / "cycle_0.pt").exists()
+    assert [path.exists() for path in strays + kept] == [False] * len(strays) + [True]
+    assert (run_dir / "checkpoints" / "cycle_0.pt").exists()
 
 
 def test_cycle_summaries_come_in_numeric_order(tmp_path):

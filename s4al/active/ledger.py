@@ -42,8 +42,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from s4al.atomic import atomic_write
+from s4al.atomic import atomic_write, stray_temp_files
 from s4al.data.base import Box
+from s4al.errors import S4alError
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 lacks only the 'skipped' state
@@ -102,7 +103,7 @@ _REGION_COLUMNS = (
 )
 
 
-class LedgerError(ValueError):
+class LedgerError(S4alError):
     """A refused ledger operation; nothing was written."""
 
 
@@ -203,8 +204,7 @@ def _label_relpath(region_id: int) -> str:
 
 
 def _save_png(path: Path, patch: np.ndarray) -> None:
-    """Atomic write: afterwards `path` holds the old file or the complete new one, never a torn one;
-    the temp file is .{name}.*.tmp beside it (what a kill may leave)."""
+    """Atomic write: afterwards `path` holds the old file or the complete new one, never a torn one."""
     with atomic_write(path) as file:
         Image.fromarray(patch).save(file, format="PNG")
 
@@ -288,7 +288,7 @@ class Ledger(AbstractContextManager):
     def _remove_stray_temp_files(self) -> None:
         """Label temp files a killed writer left; under the write lock no answer is being written."""
         with write_transaction(self._conn):
-            for stray in self.labels_dir.glob(".region_*.png.*.tmp"):
+            for stray in stray_temp_files(self.labels_dir, "region_*.png"):
                 stray.unlink(missing_ok=True)
 
     def _schema_version(self) -> Any:
@@ -298,8 +298,12 @@ class Ledger(AbstractContextManager):
 
     def _check_schema_version(self, accepted: Collection[int]) -> None:
         version = self._schema_version()
-        if version not in accepted:
-            raise LedgerError(f"{self.path}: ledger schema version {version}, this code reads {SCHEMA_VERSION}")
+        if version is None:
+            raise LedgerError(f"{self.path}: not a label ledger (it holds no schema version)")
+        if version not in accepted:  # a writer has migrated every version it reads
+            readable = " and ".join(map(str, READABLE_VERSIONS))
+            raise LedgerError(f"{self.path}: ledger schema version {version!r}; this s4al reads schema versions "
+                              f"{readable} (a newer s4al wrote it? open it with that one)")
 
     # --- meta -----------------------------------------------------------------------------------
 

@@ -7,10 +7,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from s4al.active.ledger import LedgerError
-from s4al.annotation.masks import MIN_PAINTED_SHARE, AnswerError
-from s4al.data.base import DatasetError
-from s4al.run_folder import RunFolder, RunFolderError
+from s4al.annotation.masks import MIN_PAINTED_SHARE
+from s4al.errors import user_errors_reported
+from s4al.run_folder import RunFolder
 
 if TYPE_CHECKING:
     from s4al.annotation.answers import ImportReport
@@ -34,7 +33,7 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
     from s4al.active.cycle import ActiveLearningRun
     from s4al.annotation.package import write_query_package
 
-    try:
+    with user_errors_reported():
         active_run = ActiveLearningRun(run_dir, overrides={"train": {"device": device}})
         cycle = active_run.phases.last_cycle()
         phase = active_run.phases.phase(cycle) if cycle is not None else None
@@ -44,8 +43,6 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
         if phase == "acquire":
             active_run.acquire(cycle)
         package = write_query_package(active_run, out or run_dir / "queries" / f"cycle_{cycle}")
-    except (DatasetError, FileNotFoundError, LedgerError, RunFolderError) as err:
-        raise typer.BadParameter(str(err)) from None
     if not package.regions:
         phase = active_run.phases.phase(cycle)
         typer.echo(f"{run_dir}: no region waits for an answer (cycle {cycle} is in phase '{phase}').")
@@ -62,11 +59,8 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument) ->
     """Import painted answers into the run's label ledger; a bad file changes nothing."""
     from s4al.annotation.answers import import_answers
 
-    try:
+    with user_errors_reported():
         report = import_answers(run_dir, answers)
-    except (AnswerError, LedgerError, RunFolderError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"answered {len(report.answered)} regions ({report.by}), {report.void_pixels} unpainted pixels "
                f"inside them stored as void; skipped {len(report.skipped)} regions (of skipped tasks); "
                f"{report.still_asked} regions still asked.")
@@ -106,14 +100,11 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None) -> None:
     ledger_path = RunFolder(run_dir).ledger_path
     if not ledger_path.is_file():
         raise typer.BadParameter(f"{run_dir}: not a run folder (no {ledger_path.name})")
-    try:
-        with RunFolder(run_dir).locked(), Ledger(ledger_path) as ledger:  # not while a run writes the ledger
-            chosen = region or [asked.region_id for asked in ledger.asked()]
-            skipped = ledger.skip(chosen, by="s4al skip")
-            still_asked = len(ledger.asked())
-    except (LedgerError, RunFolderError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
+    # the lock: not while a run writes the ledger
+    with user_errors_reported(), RunFolder(run_dir).locked(), Ledger(ledger_path) as ledger:
+        chosen = region or [asked.region_id for asked in ledger.asked()]
+        skipped = ledger.skip(chosen, by="s4al skip")
+        still_asked = len(ledger.asked())
     typer.echo(f"skipped {len(skipped)} regions{_listed(skipped)}; {still_asked} regions still asked.")
     if not still_asked:
         typer.echo(f"Continue with `s4al run --resume {run_dir}`.")

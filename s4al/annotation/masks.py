@@ -14,12 +14,13 @@ import numpy as np
 from s4al.data.base import DatasetError
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.io import read_label
+from s4al.errors import S4alError
 
 UNPAINTED = IGNORE_INDEX
 MIN_PAINTED_SHARE = 0.5  # of a region's pixels, for the region to count as answered
 
 
-class AnswerError(ValueError):
+class AnswerError(S4alError):
     """A refused answer file; nothing was written. The message names the file and the problem."""
 
 

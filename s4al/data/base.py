@@ -8,12 +8,13 @@ import numpy as np
 import torch.utils.data
 
 from s4al.data.classes import ClassSet
+from s4al.errors import S4alError
 
 
 Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), half-open, in original image pixels
 
 
-class DatasetError(ValueError):
+class DatasetError(S4alError):
     """Bad input data; the message names the file and the problem."""
 
 

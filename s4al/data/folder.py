@@ -51,7 +51,7 @@ class ClassEntry(BaseModel):
 
 class FolderSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    classes: list[ClassEntry] = Field(min_length=1)
+    classes: list[ClassEntry] = Field(min_length=1, max_length=IGNORE_INDEX - 1)
     ignore_value: Channel = IGNORE_INDEX
     colour_masks: bool | None = None
     ignore_color: Colour | None = None

@@ -1,0 +1,30 @@
+"""User errors: what s4al refuses because of its input (a file, a folder, a config, an answer),
+told to the user as one line, `error: MESSAGE`, and exit status 1. Every other exception is a fault
+of s4al or of a library and keeps its traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+
+
+class S4alError(ValueError):
+    """Input s4al refuses; the message names the file (or option) and the problem. The base of
+    every such error; a ValueError too, as these errors were before they had a base."""
+
+
+# A file or folder the user named that is missing, unreadable or of the wrong kind: the system's
+# message names the path.
+USER_ERRORS = (S4alError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+@contextmanager
+def user_errors_reported() -> Iterator[None]:
+    """A command's body: a user error ends it with `error: MESSAGE` on stderr and exit status 1."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
