@@ -47,10 +47,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_sum(values: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum over the ranks, as a new tensor on `values`' device (`values` is kept)."""
+    values = values.clone()
+    if is_initialized():
+        dist.all_reduce(values)
+    return values
+
+
 def all_mean(values: torch.Tensor) -> torch.Tensor:
     if is_initialized():
-        values = values.clone()
-        dist.all_reduce(values)
+        values = all_sum(values)
         values /= world_size()
     return values
 

@@ -26,7 +26,7 @@ class Confusion:
 
     def matrix(self) -> torch.Tensor:
         """(num_classes, num_classes) on the CPU, summed over torch.distributed ranks."""
-        counts = sum(distributed.gather_objects(self.counts.cpu()))
+        counts = distributed.all_sum(self.counts).cpu()
         return counts[:-1].view(self.num_classes, self.num_classes)
 
 

@@ -15,6 +15,7 @@ from s4al.train.checkpoint import load_trained_model
 from s4al.seeding import derive_seed
 from s4al.data import build_dataset
 from s4al.evaluate import evaluate
+from s4al.metrics import Confusion
 from s4al.model import build_model
 from s4al.train.trainer import Trainer, TrainData
 
@@ -41,6 +42,32 @@ def fixed_model(cfg):
 
 def flat_state(module: torch.nn.Module) -> torch.Tensor:
     return torch.cat([t.detach().float().flatten() for t in module.state_dict().values()])
+
+
+# Each rank's (predictions, labels): rank 0 counts (0, 0), (1, 1), (1, 2) and an ignored pixel; rank 1
+# counts (2, 2), (2, 0), (0, 0). Rows are the truth, columns the prediction.
+RANK_PIXELS = [(torch.tensor([[0, 1, 2, 2]]), torch.tensor([[0, 1, 255, 1]])),
+               (torch.tensor([[2, 0, 0]]), torch.tensor([[2, 2, 0]]))]
+SUMMED = [[2, 0, 0], [0, 1, 1], [1, 0, 1]]
+
+
+def confusion_over_ranks(rank: int, port: int, out: str) -> None:
+    join(rank, port)
+    confusion = Confusion(3)
+    confusion.update(*RANK_PIXELS[rank])
+    first, second = confusion.matrix(), confusion.matrix()  # asking twice counts nothing twice
+    own = confusion.counts[:-1].view(3, 3).clone()
+    torch.save({"first": first, "second": second, "own": own}, os.path.join(out, f"confusion{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_the_confusion_matrix_is_the_sum_of_the_ranks_counts(tmp_path):
+    mp.start_processes(confusion_over_ranks, args=(free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    results = [torch.load(tmp_path / f"confusion{r}.pt") for r in range(WORLD)]
+    for result in results:
+        assert result["first"].tolist() == result["second"].tolist() == SUMMED
+    assert results[0]["own"].tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 0]]  # a rank's own counts stay its own
+    assert results[1]["own"].tolist() == [[1, 0, 0], [0, 0, 0], [1, 0, 1]]
 
 
 def train_and_evaluate(rank: int, port: int, out: str) -> None:
