@@ -3,7 +3,8 @@
 (a) one SSL iteration (labelled + unlabelled + replay batch, Balanced ClassMix on) vs the sum of
     its pure model passes on the same tensors, and one supervised iteration, medians after warm-up,
     with each one's peak memory (with --profile N, also a torch.profiler table of N SSL iterations);
-    for the loader path (train.fast off) and, by default on a GPU, the fast path side by side;
+    for the loader path (train.fast off) and, by default on a GPU, the fast path side by side, eager
+    and (on a GPU) with its passes replayed as CUDA graphs;
 (b) pool-scoring throughput (s4al.active.acquisition.score_cells) vs plain inference on the same
     images at the same batch size, on tensors already in memory and on images read by the same loader;
 (c) peak memory of pool scoring for pools of several sizes, each in a fresh process;
@@ -14,7 +15,6 @@ Writes OUT/speed/<machine-tag>.json and a Markdown summary beside it."""
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import multiprocessing
 import statistics
@@ -138,14 +138,12 @@ def batch_source(trainer: Trainer, count: int) -> Iterator[StepBatch]:
 
 
 def student_pass(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> None:
-    trainer.student.zero_grad(set_to_none=True)
+    trainer.student.zero_grad(set_to_none=trainer.grads_to_none)
     supervised_loss(trainer.forward(images), labels).backward()
 
 
-@torch.no_grad()
 def teacher_pass(trainer: Trainer, images: torch.Tensor) -> None:
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=trainer.amp):
-        trainer.teacher.model(images)
+    trainer.teacher_pass(images)
 
 
 def pure_passes(trainer: Trainer, batches: Iterator[StepBatch], count: int, warmup: int) -> dict[str, float]:
@@ -170,35 +168,6 @@ def pure_passes(trainer: Trainer, batches: Iterator[StepBatch], count: int, warm
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
-def graphed_student_pass(trainer: Trainer, batches: Iterator[StepBatch], count: int, warmup: int) -> dict:
-    """On CUDA: the labelled student pass with its forward and backward captured as CUDA graphs
-    (torch.cuda.make_graphed_callables) and replayed, on a copy of the student: against the eager
-    pass, what launching its kernels one by one costs, i.e. what graphs would save the step."""
-    if trainer.device.type != "cuda":
-        return {}
-    try:
-        model = copy.deepcopy(trainer.student)
-        first = next(batches).labelled
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=trainer.amp, cache_enabled=False):
-            graphed = torch.cuda.make_graphed_callables(model, (first["image"].clone(),))
-
-        def run(images: torch.Tensor, labels: torch.Tensor) -> None:
-            model.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=trainer.amp, cache_enabled=False):
-                logits = graphed(images)
-            supervised_loss(logits.float(), labels).backward()
-
-        seconds = []
-        for k in range(count):
-            labelled = next(batches).labelled
-            elapsed = timed(lambda: run(labelled["image"], labelled["label"].long()), trainer.device)
-            if k >= warmup:
-                seconds.append(elapsed)
-        return {"student_labelled_graphed_seconds_median": statistics.median(seconds)}
-    except Exception as err:  # a probe: its failure is a finding, not the end of the run
-        return {"student_labelled_graphed_error": f"{type(err).__name__}: {err}"}
-
-
 def timed_steps(trainer: Trainer, iters: int, warmup: int, replay: bool) -> tuple[list[float], dict]:
     """Seconds of each of warmup + iters training steps (batches included as batch_source says)
     and the peak memory over them."""
@@ -219,10 +188,10 @@ def timed_steps(trainer: Trainer, iters: int, warmup: int, replay: bool) -> tupl
 def ssl_iteration(trainer: Trainer, iters: int, warmup: int) -> dict:
     times, memory = timed_steps(trainer, iters, warmup, replay=True)
     passes = pure_passes(trainer, batch_source(trainer, warmup + iters), warmup + iters, warmup)
-    graphed = graphed_student_pass(trainer, batch_source(trainer, warmup + iters + 1), warmup + iters, warmup)
     iteration, total = statistics.median(times), sum(passes.values())
     return {"iteration_seconds_median": iteration, "passes_seconds_median": passes, "passes_sum_seconds": total,
-            "ratio": iteration / total, "iteration_seconds": times, "memory": memory, **graphed}
+            "ratio": iteration / total, "iteration_seconds": times, "memory": memory,
+            "cuda_graphs": trainer.student_pass.graphs and trainer.teacher_pass.graphs}  # False if a capture failed
 
 
 def supervised_iteration(trainer: Trainer, iters: int, warmup: int) -> dict:
@@ -368,9 +337,9 @@ def speed_config(args: argparse.Namespace, device: str) -> RunConfig:
     return load_config("camvid", merged(camvid_paths(args.data_root, args.weights), resize, settings))
 
 
-def iteration_rows(loader: dict, fast: dict | None) -> list[list[str]]:
-    """(a) as rows of measure, loader path, fast path (empty when the fast path was not timed)."""
-    paths = [loader, fast or {}]
+def iteration_rows(*paths: dict | None) -> list[list[str]]:
+    """(a) as rows of measure and one column per path (empty where a path was not timed)."""
+    paths = [p or {} for p in paths]
 
     def row(name: str, value) -> list[str]:
         return [name, *(value(p) if p else "" for p in paths)]
@@ -379,18 +348,13 @@ def iteration_rows(loader: dict, fast: dict | None) -> list[list[str]]:
         m = p["memory"]
         return f"{m['peak_mib']:.0f} MiB (+{m['increase_mib']:.0f} over baseline, {m['kind']})"
 
-    def graphed(a: dict) -> str:
-        if "student_labelled_graphed_seconds_median" in a:
-            return f"{1000 * a['student_labelled_graphed_seconds_median']:.1f} ms"
-        return a.get("student_labelled_graphed_error", "- (CUDA only)")
-
-    a = loader["ssl_iteration"]
+    a = paths[0]["ssl_iteration"]
     return [
         row("(a) SSL iteration, median", lambda p: f"{1000 * p['ssl_iteration']['iteration_seconds_median']:.1f} ms"),
         row("(a) sum of pure model passes", lambda p: f"{1000 * p['ssl_iteration']['passes_sum_seconds']:.1f} ms"),
         *[row(f"(a)   {name}", lambda p, name=name: f"{1000 * p['ssl_iteration']['passes_seconds_median'][name]:.1f} ms")
           for name in a["passes_seconds_median"]],
-        row("(a)   student_labelled replayed as CUDA graphs", lambda p: graphed(p["ssl_iteration"])),
+        row("(a) passes replayed as CUDA graphs", lambda p: "yes" if p["ssl_iteration"]["cuda_graphs"] else "no"),
         row("(a) iteration / passes (target <= 1.15)", lambda p: f"{p['ssl_iteration']['ratio']:.3f}"),
         row("(a) SSL iteration peak memory", lambda p: memory(p["ssl_iteration"])),
         row("(a) supervised iteration, median",
@@ -402,7 +366,7 @@ def iteration_rows(loader: dict, fast: dict | None) -> list[list[str]]:
 def summary_markdown(r: dict) -> str:
     b, d = r["pool_scoring"], r["data_loading"]
     s = r["settings"]
-    iterations = iteration_rows(r, r.get("fast"))
+    iterations = iteration_rows(r, r.get("fast"), r.get("fast_graphs"))
     rows = [
         [f"(b) pool scoring (score_cells), median of {b['rounds']} alternated passes", f"{b['scoring_images_per_s']:.2f} images/s"],
         ["(b) plain inference", f"{b['plain_images_per_s']:.2f} images/s"],
@@ -425,7 +389,8 @@ def summary_markdown(r: dict) -> str:
             f"alignment {s['alignment']}, class-normalised weights "
             f"{s['class_normalised_confidence']}, "
             f"torch {r['machine']['torch']}, {r['machine']['date']}\n\n"
-            + markdown_table(["measure", "loader path (train.fast off)", "fast path (train.fast on)"], iterations)
+            + markdown_table(["measure", "loader path (train.fast off)", "fast path, eager (cuda_graphs false)",
+                              "fast path, CUDA graphs"], iterations)
             + "\n\n" + markdown_table(["measure", "value"], rows))
 
 
@@ -474,7 +439,11 @@ def main(argv: list[str] | None = None) -> int:
         loading = data_loading(trainer, args.load_batches, args.warmup)
         del trainer
         timing_fast = device.startswith("cuda") if args.fast is None else args.fast
-        fast = iterations(with_settings(cfg, {"train": {"fast": "on"}}), Path(run_dir), args) if timing_fast else None
+        fast = fast_graphs = None
+        if timing_fast:
+            fast = iterations(with_settings(cfg, {"train": {"fast": "on", "cuda_graphs": False}}), Path(run_dir), args)
+        if timing_fast and device.startswith("cuda"):
+            fast_graphs = iterations(with_settings(cfg, {"train": {"fast": "on"}}), Path(run_dir), args)
     loading["train_steps_per_s"] = 1 / loader["ssl_iteration"]["iteration_seconds_median"]
     t = cfg.train
     result = {
@@ -487,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                      "class_normalised_confidence": cfg.ssl.class_normalised_confidence},
         **loader,
         "fast": fast,
+        "fast_graphs": fast_graphs,
         "pool_scoring": pool_scoring(cfg, args.score_images, timing_fast),
         "pool_memory": [in_fresh_process(pool_memory, cfg.model_dump(mode="json"), n) for n in args.pools],
         "data_loading": loading,

@@ -76,6 +76,9 @@ class TrainConfig(Section):
     # batched augmentation there, losses read every few steps, fused SGD. auto: on for CUDA devices
     # when the split fits in half the free memory (loader workers otherwise); on: refused if not
     fast: FastMode = "auto"
+    # on the fast path on one CUDA device: the student's and the teacher's passes replayed as CUDA
+    # graphs, captured at their first step (s4al/train/graphs.py); false runs them eagerly
+    cuda_graphs: bool = True
 
     @model_validator(mode="after")
     def _scale_order(self) -> "TrainConfig":

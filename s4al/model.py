@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from s4al.errors import S4alError
 from s4al.config import ModelConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,7 +56,7 @@ def _load_local_encoder_weights(encoder: nn.Module, path: Path) -> None:
         # smp's encoders drop torchvision's classifier keys themselves, then load strictly.
         encoder.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{path}: not a torchvision-layout state dict for this encoder: {err}") from None
+        raise S4alError(f"{path}: not a torchvision-layout state dict for this encoder: {err}") from None
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationNet:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from s4al.errors import S4alError
 from s4al import distributed
 from s4al.config import FastMode
 from s4al.data.base import SegmentationDataset
@@ -32,11 +33,11 @@ DEVICE_SHARE = 0.5  # of the free memory a cache may take: training's activation
 GIB = 2**30
 
 
-class MixedImageSizes(ValueError):
+class MixedImageSizes(S4alError):
     """The device cache holds one size; the loader path trains on any."""
 
 
-class DeviceMemoryShort(ValueError):
+class DeviceMemoryShort(S4alError):
     """The cache would take more than DEVICE_SHARE of the device's free memory."""
 
 

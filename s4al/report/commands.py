@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from s4al.errors import USER_ERRORS
+
 console = Console(soft_wrap=True)  # long paths stay on one line
 
 CheckpointArgument = Annotated[
@@ -29,7 +31,7 @@ def report(
 
     try:
         path = write_report(run_dir, out, supervised_miou)
-    except (FileNotFoundError, KeyError, ValueError) as err:
+    except USER_ERRORS as err:
         raise typer.BadParameter(str(err)) from None
     console.print(f"report written to {path}")
 
@@ -42,12 +44,11 @@ def predict_command(
     device: Annotated[str, typer.Option(help="Device: auto, cpu, cuda, cuda:1, ...")] = "auto",
 ) -> None:
     """Segment new images: per image a class-id PNG, a colour mask and an overlay; legend.png keys the colours."""
-    from s4al.data import DatasetError
     from s4al.report.predict import predict
 
     try:
         written = predict(checkpoint, images, out, network, device)
-    except (DatasetError, ValueError) as err:
+    except USER_ERRORS as err:
         raise typer.BadParameter(str(err)) from None
     console.print(f"{len(written)} files written to {out}:")
     for path in written:
@@ -67,7 +68,7 @@ def export_command(
 
     try:
         result = export_onnx(checkpoint, onnx, network, height, width, dynamic)
-    except ValueError as err:
+    except USER_ERRORS as err:
         raise typer.BadParameter(str(err)) from None
     except ExportError as err:
         console.print(f"[red]export check failed:[/red] {err}")

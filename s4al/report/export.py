@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime
 import torch
 
+from s4al.errors import S4alError
 from s4al.train.checkpoint import load_trained_model
 
 TOLERANCE = 1e-3  # max |logit difference| accepted between onnxruntime and PyTorch
@@ -59,14 +60,14 @@ def check_writable(path: Path) -> None:
     """Refuses an output file that cannot be written before the export's work (tens of seconds)
     rather than after it; leaves no file behind."""
     if path.is_dir():
-        raise ValueError(f"{path}: is a folder; give the path of the .onnx file to write")
+        raise S4alError(f"{path}: is a folder; give the path of the .onnx file to write")
     existed = path.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab"):  # appends nothing: an existing file is left as it is
             pass
     except OSError as err:
-        raise ValueError(f"{path}: cannot write the ONNX file there ({err.strerror}: {err.filename})") from None
+        raise S4alError(f"{path}: cannot write the ONNX file there ({err.strerror}: {err.filename})") from None
     if not existed:
         path.unlink()
 

@@ -16,6 +16,7 @@ from matplotlib import colormaps, patheffects
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
+from s4al.errors import S4alError
 from s4al.active.ledger import Ledger, Region
 from s4al.config import RunConfig, load_run_config
 from s4al.data import IGNORE_INDEX, ClassSet, DatasetError, SegmentationDataset, build_dataset
@@ -58,9 +59,9 @@ def supervised_reference(value: float | str | Path | None) -> float | None:
     try:
         miou = float(json.loads(Path(text).read_text())["miou"]) if Path(text).is_file() else float(text)
     except (KeyError, ValueError):
-        raise ValueError(f"supervised mIoU {text!r}: neither a number nor a JSON file with \"miou\"") from None
+        raise S4alError(f"supervised mIoU {text!r}: neither a number nor a JSON file with \"miou\"") from None
     if not 0 <= miou <= 1:
-        raise ValueError(f"supervised mIoU must be a fraction in 0..1, got {miou}")
+        raise S4alError(f"supervised mIoU must be a fraction in 0..1, got {miou}")
     return miou
 
 

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from PIL import Image
 
+from s4al.errors import S4alError
 from s4al.config import DatasetConfig
 from s4al.data import ClassSet, DatasetError
 from s4al.data.camvid import CAMVID_CLASSES
@@ -78,7 +79,7 @@ def predict(
     each class); returns the written paths."""
     stems = [Path(p).stem for p in images]
     if len(set(stems)) != len(stems):
-        raise ValueError("two input images share a file name stem; their outputs would overwrite each other")
+        raise S4alError("two input images share a file name stem; their outputs would overwrite each other")
     dev = setup_device(device)
     model, cfg = load_trained_model(Path(checkpoint), network, dev)
     classes = class_set(cfg.dataset, Path(checkpoint))

@@ -10,16 +10,17 @@ from pathlib import Path
 
 import torch
 
+from s4al.errors import S4alError
 from s4al.atomic import atomic_write
 from s4al.config import RunConfig, saved_config
 from s4al.run_folder import RunFolder
 
 
-class CheckpointError(OSError):
+class CheckpointError(S4alError, OSError):
     """A checkpoint that could not be written; the previous one, if any, is intact."""
 
 
-class AdoptionRefused(ValueError):
+class AdoptionRefused(S4alError):
     """Another run's checkpoint that a run may not take as its own; the message names the file and
     why. Nothing was written."""
 
@@ -40,7 +41,7 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a truncated or foreign file
-        raise ValueError(f"{path}: cannot read checkpoint: {err}") from err
+        raise S4alError(f"{path}: cannot read checkpoint: {err}") from err
 
 
 def load_trained_model(path: Path, network: str = "teacher", device: str | torch.device = "cpu"):
@@ -49,7 +50,7 @@ def load_trained_model(path: Path, network: str = "teacher", device: str | torch
 
     state = load_checkpoint(path)
     if network not in ("teacher", "student"):
-        raise ValueError(f"network must be 'teacher' or 'student', got {network!r}")
+        raise S4alError(f"network must be 'teacher' or 'student', got {network!r}")
     cfg = saved_config(state["config"], path)
     model = build_model(cfg.model.model_copy(update={"weights": None}), len(state["classes"]))
     model.load_state_dict(state[network])

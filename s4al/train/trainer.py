@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from s4al.errors import S4alError
 from s4al import distributed
 from s4al.config import RunConfig
 from s4al.data.base import SegmentationDataset
@@ -41,7 +42,6 @@ from s4al.data.batches import to_model_input
 from s4al.evaluate import evaluate
 from s4al.model import build_model
 from s4al.ssl.alignment import ALIGNERS
-from s4al.ssl.batchnorm import frozen_bn_statistics
 from s4al.ssl.classmix import balanced_classmix_batch, classmix_batch, classmix_masks, paste, split_head_tail
 from s4al.ssl.losses import (
     apply_annotations, confidence_ratio, supervised_loss, unsupervised_loss,
@@ -49,6 +49,7 @@ from s4al.ssl.losses import (
 from s4al.ssl.mean_teacher import MeanTeacher, pseudo_labels_from_probs
 from s4al.run_folder import RunFolder
 from s4al.train.checkpoint import load_checkpoint, save_checkpoint, write_metrics_log
+from s4al.train.graphs import StudentPasses, TeacherPass
 from s4al.seeding import derive_seed, seeded_generator
 from s4al.train.sampling import StepBatches, Stream
 
@@ -58,7 +59,7 @@ IMAGE_KEYS = ("image", "weak", "strong")  # a batch's images; its other tensors 
 DEVICE_VIEWS = {"labelled": labelled_batch, "unlabelled": unlabelled_batch, "replay": unlabelled_batch}
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(S4alError):
     """A logged loss or the parameters went non-finite; the checkpoint on disk (if any) is the last
     finite state and was kept."""
 
@@ -195,6 +196,10 @@ class Trainer:
         self.saved_step: int | None = None  # the step of the checkpoint on disk
         self.history: list[dict] = []
         self.amp = self.device.type == "cuda" and t.amp
+        graphs = cuda_fast and t.cuda_graphs and distributed.world_size() == 1
+        self.student_pass = StudentPasses(self.net, self.student, self.amp, graphs)
+        self.teacher_pass = TeacherPass(self.teacher, self.amp, graphs)
+        self.grads_to_none = not graphs  # graphs keep each parameter's .grad tensor (s4al/train/graphs.py)
         self.read_every = min(READ_EVERY, self.iters) if self.fast else 1
         self.aug = Augment(
             scale_range=t.scale_range, crop_size=t.crop_size, hflip_p=t.hflip_p, color_jitter_p=t.color_jitter_p
@@ -297,24 +302,23 @@ class Trainer:
             yield StepBatch(named["labelled"], named.get("unlabelled"), named.get("replay"))
 
     # ---- one iteration --------------------------------------------------------------------
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            return self.net(images).float()
+    def forward(self, images: torch.Tensor, frozen_bn: bool = False) -> torch.Tensor:
+        """The student's fp32 logits at the training precision, BatchNorm statistics frozen or not."""
+        return self.student_pass(images, frozen_bn)
 
     def _unsup(self, images, pseudo, confidence, last: bool) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.cfg.ssl
         eta = confidence_ratio(confidence, pseudo != IGNORE_INDEX, s.confidence_threshold)
-        with self._synced(last), frozen_bn_statistics(self.student, s.freeze_bn_on_unlabelled):
+        with self._synced(last):
             loss = unsupervised_loss(  # the logits are not held: backward does not need them
-                self.forward(images), pseudo, confidence, eta, s.confidence_weighting,
+                self.forward(images, s.freeze_bn_on_unlabelled), pseudo, confidence, eta, s.confidence_weighting,
                 class_normalised=s.class_normalised_confidence,
             )
             loss.backward()
         return loss.detach(), eta.mean()
 
     def _pseudo_labels(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            probs = self.teacher.probabilities(batch["weak"])
+        probs = self.teacher_pass(batch["weak"])
         if self.alignment is not None:
             self.alignment.update(probs, batch["valid"], distributed.all_mean)
             probs = self.alignment(probs)
@@ -351,7 +355,7 @@ class Trainer:
     ) -> dict[str, torch.Tensor]:
         """One optimiser step on a StepBatch's batches; returns the losses (and etas) on the device."""
         torch.manual_seed(derive_seed(self.cfg.seed, "step", self.cycle, step))  # dropout, resumable
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=self.grads_to_none)
         sup_weight = COLD_START_SUP_WEIGHT if step < self.cold_steps else 1.0
         with self._synced(last=unlabelled is None):
             loss = supervised_loss(self.forward(labelled["image"]), labelled["label"].long()) * sup_weight
@@ -385,7 +389,7 @@ class Trainer:
     def _restore(self) -> None:
         state = load_checkpoint(self.checkpoint_path)
         if state["total_steps"] != self.total_steps:
-            raise ValueError(
+            raise S4alError(
                 f"{self.checkpoint_path}: made for {state['total_steps']} steps, this run has {self.total_steps}"
             )
         self.student.load_state_dict(state["student"])
@@ -414,8 +418,10 @@ class Trainer:
 
     def _save(self) -> None:
         if distributed.is_main():
-            save_checkpoint(self._state(), self.checkpoint_path)
+            # the log first: a kill between the two resumes from the older checkpoint, whose next
+            # save rewrites the log, while a final checkpoint is never saved again
             self._write_metrics_log()
+            save_checkpoint(self._state(), self.checkpoint_path)
         self.saved_step = self.step
 
     def _diverged(self, step: int, what: str) -> TrainingDiverged:

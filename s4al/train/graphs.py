@@ -1,0 +1,133 @@
+"""The learner's network passes, eager or replayed as CUDA graphs.
+
+A step of the learner runs the same few passes with the same shapes thousands of times: the
+student's forward and backward on the labelled, the mixed and the replay batch, and the teacher's
+forward on the unlabelled and replay images. Eager, each pass launches hundreds of small kernels
+one by one, and on a GPU the host's launching takes longer than the kernels. Captured once as a
+CUDA graph (torch.cuda.make_graphed_callables for the student, torch.cuda.graph for the teacher)
+a pass is replayed with one launch; parameters and BatchNorm buffers are read in place, so the
+optimizer's and the EMA's in-place updates reach the replays.
+
+A graph is captured per input shape (and, for the student, per BatchNorm mode: statistics moving,
+or frozen for the unlabelled passes, whose momentum 0 the capture records) at its first use.
+The capture's warm-up passes would move the BatchNorm statistics: they are put back after it.
+A capture that fails warns and leaves that pass eager for the rest of the run."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from s4al.ssl.batchnorm import frozen_bn_statistics
+from s4al.ssl.mean_teacher import MeanTeacher
+
+WARMUP = 3  # eager passes on a side stream before a capture (cuDNN's choice of kernels, lazy state)
+
+
+def _autocast(amp: bool):
+    # cache_enabled=False: autocast's cache of casted weights must not outlive a graph capture
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp, cache_enabled=False)
+
+
+class _StudentPass(nn.Module):
+    """images -> fp32 logits of the network at the training precision, BatchNorm frozen or not."""
+
+    def __init__(self, net: nn.Module, amp: bool, frozen: bool):
+        super().__init__()
+        self.net, self.amp, self.frozen = net, amp, frozen
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with _autocast(self.amp), frozen_bn_statistics(self.net, self.frozen):
+            return self.net(images).float()
+
+
+class StudentPasses:
+    """`passes(images, frozen)`: the student's logits, whose backward fills the parameters' .grad.
+
+    With `graphs`, each (shape, frozen) is captured at its first call and replayed after. A
+    replayed backward writes the gradients into buffers of its graph, which autograd could hand
+    over as a parameter's .grad and the graph's next replay would overwrite: `graphs` gives every
+    parameter a .grad at once, and the trainer zeroes them in place (zero_grad(set_to_none=False)),
+    so every backward adds into the parameters' own tensors."""
+
+    def __init__(self, net: nn.Module, student: nn.Module, amp: bool, graphs: bool):
+        self.net, self.student, self.amp, self.graphs = net, student, amp, graphs
+        self._eager = {frozen: _StudentPass(net, amp, frozen) for frozen in (False, True)}
+        self._graphed: dict[tuple, nn.Module] = {}
+        if graphs:
+            for p in student.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+
+    def __call__(self, images: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        if not self.graphs:
+            return self._eager[frozen](images)
+        key = (tuple(images.shape), images.dtype, frozen)
+        if key not in self._graphed:
+            try:
+                self._graphed[key] = self._capture(images, frozen)
+            except RuntimeError as err:
+                self.graphs = _capture_failed("student", err)
+                return self(images, frozen)
+        return self._graphed[key](images)
+
+    def _capture(self, images: torch.Tensor, frozen: bool) -> nn.Module:
+        kept = [b.clone() for b in self.student.buffers()]
+        try:
+            return torch.cuda.make_graphed_callables(
+                _StudentPass(self.student, self.amp, frozen), (images.detach().clone(),), num_warmup_iters=WARMUP,
+                allow_unused_input=True,
+            )
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(list(self.student.buffers()), kept)
+
+
+def _capture_failed(network: str, err: Exception) -> bool:
+    warnings.warn(f"the {network}'s passes run eagerly: their CUDA graph capture failed ({err}); "
+                  "train.cuda_graphs: false skips the capture", stacklevel=3)
+    return False
+
+
+class TeacherPass:
+    """`teacher(images)`: (N, C, H, W) fp32 class probabilities of the teacher. With `graphs`,
+    replayed from a CUDA graph per input shape; the returned tensor is then the graph's output,
+    overwritten by its next replay."""
+
+    def __init__(self, teacher: MeanTeacher, amp: bool, graphs: bool):
+        self.teacher, self.amp, self.graphs = teacher, amp, graphs
+        self._graphed: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+
+    def _probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        with _autocast(self.amp):
+            return self.teacher.probabilities(images)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.graphs:
+            return self._probabilities(images)
+        key = (tuple(images.shape), images.dtype)
+        if key not in self._graphed:
+            try:
+                self._graphed[key] = self._capture(images)
+            except RuntimeError as err:
+                self.graphs = _capture_failed("teacher", err)
+                return self._probabilities(images)
+        graph, static_in, static_out = self._graphed[key]
+        static_in.copy_(images)
+        graph.replay()
+        return static_out
+
+    def _capture(self, images: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
+        static_in = images.detach().clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP):
+                self._probabilities(static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self._probabilities(static_in)
+        return graph, static_in, static_out
