@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks in one command, for a machine without internet access:
-#   1. the CUDA tests (fast path, on-device augmentation and scoring, divergence);
-#   2. speed.py on the GPU: loader path and fast path side by side;
+#   1. the CUDA tests (fast path, on-device augmentation and scoring, CUDA graphs, divergence);
+#   2. speed.py on the GPU: loader path, fast path eager and with CUDA graphs side by side;
 #   3. the paper-protocol comparison (label_efficiency.py --gpu-window) in the time that is left.
 # Everything it writes goes to OUT, the label-efficiency results and logs as one archive. It exits
 # non-zero if a stage failed or ran out of time.
@@ -50,7 +50,7 @@ else
     if stage tests; then
         echo "== 1. CUDA tests"
         timeout 150 "$python" -m pytest -q -p no:cacheprovider tests/test_device_augment.py tests/test_device_scoring.py \
-            tests/test_trainer.py -k "cuda or gpu or fast or diverge or device" 2>&1 | tee "$out/tests.log" | tail -15
+            tests/test_trainer.py tests/test_graphs.py -k "cuda or gpu or fast or diverge or device or replayed" 2>&1 | tee "$out/tests.log" | tail -15
         check tests "${PIPESTATUS[0]}"
     fi
 fi

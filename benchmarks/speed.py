@@ -186,8 +186,9 @@ def timed_steps(trainer: Trainer, iters: int, warmup: int, replay: bool) -> tupl
 
 
 def ssl_iteration(trainer: Trainer, iters: int, warmup: int) -> dict:
-    times, memory = timed_steps(trainer, iters, warmup, replay=True)
-    passes = pure_passes(trainer, batch_source(trainer, warmup + iters), warmup + iters, warmup)
+    with trainer.cudnn_tuned():  # as in Trainer.fit
+        times, memory = timed_steps(trainer, iters, warmup, replay=True)
+        passes = pure_passes(trainer, batch_source(trainer, warmup + iters), warmup + iters, warmup)
     iteration, total = statistics.median(times), sum(passes.values())
     return {"iteration_seconds_median": iteration, "passes_seconds_median": passes, "passes_sum_seconds": total,
             "ratio": iteration / total, "iteration_seconds": times, "memory": memory,
@@ -195,7 +196,8 @@ def ssl_iteration(trainer: Trainer, iters: int, warmup: int) -> dict:
 
 
 def supervised_iteration(trainer: Trainer, iters: int, warmup: int) -> dict:
-    times, memory = timed_steps(trainer, iters, warmup, replay=False)
+    with trainer.cudnn_tuned():
+        times, memory = timed_steps(trainer, iters, warmup, replay=False)
     return {"iteration_seconds_median": statistics.median(times), "iteration_seconds": times, "memory": memory}
 
 
@@ -205,13 +207,14 @@ def profile_iterations(trainer: Trainer, count: int, out: Path) -> None:
     its passes goes)."""
     batches = batch_source(trainer, count + 1)
     cuda = trainer.device.type == "cuda"
-    trainer.train_step(trainer.step, *next(batches))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
-        for k in range(1, count + 1):
-            trainer.train_step(trainer.step + k, *next(batches))
-        if cuda:
-            torch.cuda.synchronize(trainer.device)
+    with trainer.cudnn_tuned():
+        trainer.train_step(trainer.step, *next(batches))  # warm-up
+        with profile(activities=activities) as prof:
+            for k in range(1, count + 1):
+                trainer.train_step(trainer.step + k, *next(batches))
+            if cuda:
+                torch.cuda.synchronize(trainer.device)
     events = prof.key_averages()
     keys = ["self_cpu_time_total"] + (["self_device_time_total"] if cuda else [])
     tables = [f"{count} iterations, by {key}\n{events.table(sort_by=key, row_limit=40)}\n" for key in keys]

@@ -311,3 +311,14 @@ def test_fast_path_steps_on_a_gpu_never_wait_for_it(tmp_path):
         torch.cuda.set_sync_debug_mode("default")
     assert all(math.isfinite(v.item()) for step in logs for v in step.values())
     assert batch.labelled["image"].is_cuda and batch.labelled["image"].dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_a_gpu_tunes_cudnn_for_itself_only(tmp_path):
+    cfg = tiny_config(train={"device": "cuda", "epochs": 1, "iters_per_epoch": 2})
+    trainer = Trainer(cfg, ssl_data(cfg)[0], None, tmp_path)
+    torch.backends.cudnn.benchmark = False
+    seen = []
+    trainer.progress = lambda record: seen.append(torch.backends.cudnn.benchmark)
+    trainer.fit()
+    assert seen and all(seen) and torch.backends.cudnn.benchmark is False

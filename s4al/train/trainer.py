@@ -9,8 +9,8 @@ s4al/data/device_augment.py), with the same per-sample draws. Both feed the same
 Each of the three losses is backpropagated on its own as soon as it is computed, so only one
 training graph is alive at a time (the sum's gradient is the same; peak memory is a third).
 
-The fast path also keeps the logged losses on the device and reads them every READ_EVERY steps
-(and at every epoch's end), so a GPU never waits for the host inside a step. A loss read as
+On a GPU the logged losses stay on the device and are read every READ_EVERY steps (and at every
+epoch's end), so the GPU never waits for the host inside a step. A loss read as
 non-finite, or non-finite parameters at an epoch's end, stops training with TrainingDiverged
 before anything non-finite is written."""
 
@@ -54,7 +54,7 @@ from s4al.seeding import derive_seed, seeded_generator
 from s4al.train.sampling import StepBatches, Stream
 
 COLD_START_SUP_WEIGHT = 1.5  # the authors' code: the supervised loss x1.5 while it trains alone
-READ_EVERY = 25  # fast path: steps between reads of the logged losses (at most an epoch)
+READ_EVERY = 25  # on a GPU or the fast path: steps between reads of the logged losses (at most an epoch)
 IMAGE_KEYS = ("image", "weak", "strong")  # a batch's images; its other tensors are label-like planes
 DEVICE_VIEWS = {"labelled": labelled_batch, "unlabelled": unlabelled_batch, "replay": unlabelled_batch}
 
@@ -170,9 +170,7 @@ class Trainer:
         t = cfg.train
         pool, answered = (data.pool, len(data.annotations)) if self.ssl else ([], 0)
         self.fast = training_on_device(t.fast, self.device, data.dataset, self.supervised[0], pool, answered)
-        cuda_fast = self.fast and self.device.type == "cuda"
-        if cuda_fast:
-            torch.backends.cudnn.benchmark = True  # fixed crop sizes: the fastest kernels are found once
+        self.cuda_fast = cuda_fast = self.fast and self.device.type == "cuda"
         self.sgd_flags = {"fused": True} if cuda_fast else {}  # one kernel for all parameters; else torch's default
         self.optimizer = torch.optim.SGD(
             self.student.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay,
@@ -184,7 +182,8 @@ class Trainer:
         self.head, self.tail, self.alignment = [], [], None
         if self.ssl:
             whole, regions = (torch.from_numpy(c) for c in labelled_class_counts(data, self.num_classes))
-            self.head, self.tail = split_head_tail(whole + regions, cfg.ssl.head_share)
+            # on the device once: Balanced ClassMix reads them every step
+            self.head, self.tail = (ids.to(self.device) for ids in split_head_tail(whole + regions, cfg.ssl.head_share))
             # The class distribution: bought regions over-sample the classes the scores favour, so
             # they count only where nothing else is labelled (own data), the best estimate there is.
             distribution = whole if whole.sum() > 0 else whole + regions
@@ -200,10 +199,21 @@ class Trainer:
         self.student_pass = StudentPasses(self.net, self.student, self.amp, graphs)
         self.teacher_pass = TeacherPass(self.teacher, self.amp, graphs)
         self.grads_to_none = not graphs  # graphs keep each parameter's .grad tensor (s4al/train/graphs.py)
-        self.read_every = min(READ_EVERY, self.iters) if self.fast else 1
+        self.read_every = min(READ_EVERY, self.iters) if self.fast or self.device.type == "cuda" else 1
         self.aug = Augment(
             scale_range=t.scale_range, crop_size=t.crop_size, hflip_p=t.hflip_p, color_jitter_p=t.color_jitter_p
         )
+
+    @contextlib.contextmanager
+    def cudnn_tuned(self):
+        """On the CUDA fast path, for this training only: cuDNN times its kernels for each shape
+        once and keeps the fastest (the crops have one size, so it times them once)."""
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = before or self.cuda_fast
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = before
 
     def _parallel(self, student: nn.Module) -> nn.Module:
         if distributed.world_size() == 1:
@@ -459,6 +469,12 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.checkpoint_path.exists():
             self._restore()
+        with self.cudnn_tuned():
+            self._train()
+        distributed.barrier()  # the final checkpoint exists for every rank
+        return TrainResult(self.student, self.teacher.model, self.history)
+
+    def _train(self) -> None:
         started = time.perf_counter()
         pending = []
         for batch in self.batches():
@@ -476,5 +492,3 @@ class Trainer:
                     self._evaluate(epoch)
                 if epoch % self.cfg.train.checkpoint_every == 0 or self.step == self.total_steps:
                     self._save()
-        distributed.barrier()  # the final checkpoint exists for every rank
-        return TrainResult(self.student, self.teacher.model, self.history)
