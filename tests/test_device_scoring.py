@@ -5,6 +5,7 @@ process; mixed sizes, images too large to run whole and train.fast off keep the 
 import gc
 import math
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -149,14 +150,18 @@ def test_the_cache_built_for_scoring_gains_the_labels_when_evaluation_needs_them
     assert inference_cache(counted, CPU, "on", labels=False) is labelled  # images and labels serve both
 
 
-def test_the_cache_goes_with_its_dataset(setup):
+def test_the_cache_and_the_splits_images_go_with_their_dataset(setup):
     _, _, val, _ = setup
     counted = Counted(val)
-    inference_cache(counted, CPU, "on", labels=True)
-    held = len(inference._CACHES)
+    cache = inference_cache(counted, CPU, "on", labels=True)
+    assert inference_cache(counted, CPU, "on", labels=True) is cache  # held while the dataset lives
+    cache_ref, images_ref = weakref.ref(cache), weakref.ref(cache.images)
+    del cache
+    gc.collect()
+    assert cache_ref() is not None and images_ref() is not None
     del counted
     gc.collect()
-    assert len(inference._CACHES) == held - 1
+    assert cache_ref() is None and images_ref() is None
 
 
 @pytest.mark.parametrize("fast", ["on", "off"])

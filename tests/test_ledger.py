@@ -4,6 +4,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 
 import s4al.active.ledger as ledger_module
 from conftest import label_map, label_state, region_by_id
-from s4al.active.ledger import Ledger, LedgerError
+from s4al.active.ledger import Ledger, LedgerError, connect, write_transaction
 from s4al.active.phases import CyclePhases
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,19 +43,35 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
+def read(path: Path, query: str) -> list[tuple]:
+    """The rows of `query` through a reader's connection of its own, as another process reads the file."""
+    with closing(connect(path, readonly=True)) as conn:
+        return conn.execute(query).fetchall()
+
+
+def names(path: Path, kind: str) -> set[str]:
+    return {name for (name,) in read(path, f"SELECT name FROM sqlite_master WHERE type = '{kind}'")}
+
+
 def test_new_ledger_schema_and_meta(ledger):
-    mode = ledger._conn.execute("PRAGMA journal_mode").fetchone()[0]
-    assert mode == "wal"
-    assert ledger._conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert ledger._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert read(ledger.path, "PRAGMA journal_mode") == [("wal",)]  # the file's mode, as any reader finds it
     assert ledger.get_meta("schema_version") == 2
-    tables = {row[0] for row in ledger._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert tables == {"meta", "images", "regions"}  # the cycles table is the cycle phases' own
+    assert names(ledger.path, "table") == {"meta", "images", "regions"}  # the cycles table is the cycle phases' own
     ledger.set_meta("class_names", ["sky", "road"])
     ledger.set_meta("seed", 3108)
     assert ledger.get_meta("class_names") == ["sky", "road"]
     assert ledger.get_meta("seed") == 3108
     assert ledger.get_meta("missing", "default") == "default"
+
+
+def test_a_writer_connection_syncs_every_commit_and_refuses_a_region_of_an_unregistered_image(ledger):
+    with closing(connect(ledger.path, readonly=False)) as conn:
+        pragmas = ("journal_mode", "synchronous", "foreign_keys")
+        assert [conn.execute(f"PRAGMA {name}").fetchone()[0] for name in pragmas] == ["wal", 2, 1]  # 2: FULL
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), write_transaction(conn):
+            conn.execute("INSERT INTO regions (image_id, cycle, y0, x0, y1, x1, metric, asked_at) "
+                         "VALUES ('ghost', 0, 0, 0, 10, 10, 'entropy', 't')")
+    assert ledger.regions() == []
 
 
 def test_register_images_is_idempotent_and_refuses_conflicts(ledger):
@@ -214,28 +231,31 @@ def test_failure_after_the_png_write_leaves_the_region_asked(ledger, monkeypatch
 CHILD = textwrap.dedent(
     """
     import os, signal, sys
+    from contextlib import contextmanager
     import numpy as np
     import s4al.active.ledger as ledger_module
-    from s4al.active.ledger import Ledger
+    from s4al.active.ledger import Ledger, write_transaction
 
     run_dir, kill_at = sys.argv[1], sys.argv[2]
 
     def die(*_):
         os.kill(os.getpid(), signal.SIGKILL)
 
-    def die_at_commit(statement):
-        if statement.strip().upper() == "COMMIT":
-            die()
+    @contextmanager
+    def die_at_commit(conn):
+        with write_transaction(conn):
+            yield conn
+            die()  # every write of the transaction made, none committed
 
     ledger = Ledger(os.path.join(run_dir, "ledger.sqlite"))
     if kill_at == "ask_commit":
-        ledger._conn.set_trace_callback(die_at_commit)
+        ledger_module.write_transaction = die_at_commit
     ids = ledger.ask(1, [("a", (0, 0, 30, 30), "entropy", 2.0), ("b", (0, 0, 30, 30), "entropy", 1.0)])
     if kill_at == "png_written":
         real_save = ledger_module._save_png
         ledger_module._save_png = lambda path, patch: (real_save(path, patch), die())
     if kill_at == "answer_commit":
-        ledger._conn.set_trace_callback(die_at_commit)
+        ledger_module.write_transaction = die_at_commit
     ledger.answer_many([(i, np.full((30, 30), 7, np.uint8)) for i in ids], by="oracle")
     if kill_at == "after_answer":
         die()
@@ -256,7 +276,7 @@ def test_sigkill_leaves_a_consistent_ledger(tmp_path, kill_at, asked_after, answ
     assert child.returncode == -signal.SIGKILL, child.stderr.decode()
 
     with Ledger(tmp_path / "ledger.sqlite") as ledger, CyclePhases(ledger) as phases:
-        assert ledger._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert read(ledger.path, "PRAGMA integrity_check") == [("ok",)]
         assert (len(ledger.asked()), len(ledger.answered())) == (asked_after, answered_after)
         assert phases.phase(1) == "acquire"
         for region in ledger.answered():
@@ -406,10 +426,8 @@ def test_a_version_1_ledger_is_read_as_it_is_and_migrated_in_place_when_opened_f
         assert (answered.box, answered.answered_by, answered.asked_at) == ((0, 0, 10, 10), "label-studio", "t2")
         assert (label_map(ledger, "a")[:10, :10] == 2).all() and asked.state == "asked"
         assert ledger.skip([asked.region_id], by="alice") == [2]
-        indexes = {row[0] for row in ledger._conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        assert {"regions_by_cycle", "regions_by_state"} <= indexes
-        assert ledger._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert ledger._conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert {"regions_by_cycle", "regions_by_state"} <= names(path, "index")
+        assert read(path, "PRAGMA integrity_check") == [("ok",)] and read(path, "PRAGMA foreign_key_check") == []
         (region_id,) = ledger.ask(1, [("a", (40, 40, 50, 50), "entropy", 0.1)])
         assert region_id == 3  # ids continue after the copied rows
 
