@@ -38,7 +38,7 @@ from common import (
     DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS, REPO, RESULTS, SMOKE_OVERRIDES, camvid_paths, cpu_model, machine_info, merged,
     write_json,
 )
-from s4al.config import ConfigError, RunConfig, load_config, parse_override
+from s4al.config import ConfigError, RunConfig, config_differences, load_config, parse_override
 from s4al.run_folder import RunFolder
 from window import Job, run_window
 
@@ -177,8 +177,6 @@ ACQUISITION_ONLY = frozenset({"active.level", "active.metric", "active.region_si
 
 def cycle0_differences(a: RunConfig, b: RunConfig) -> list[str]:
     """The keys cycle 0's training can depend on where `a` and `b` differ: none, the same cycle 0."""
-    from s4al.train.checkpoint import config_differences  # imports torch: not needed for --list or summarize.py
-
     return config_differences(a, b, ACQUISITION_ONLY)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -325,6 +326,21 @@ def parse_override(items: list[str]) -> dict:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(raw)
     return out
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}"""
+    out = {}
+    for key, value in tree.items():
+        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
+def config_differences(a: RunConfig, b: RunConfig, may_differ: Collection[str] = ()) -> list[str]:
+    """The keys ("train.lr") where `a` and `b` differ, but for those in `may_differ`; sorted."""
+    flat_a, flat_b = _flat(a.model_dump(mode="json")), _flat(b.model_dump(mode="json"))
+    return sorted(key for key in flat_a.keys() | flat_b.keys()
+                  if key not in may_differ and flat_a.get(key) != flat_b.get(key))
 
 
 def config_text(cfg: RunConfig) -> str:

@@ -12,7 +12,7 @@ import torch
 
 from s4al.errors import S4alError
 from s4al.atomic import atomic_write
-from s4al.config import RunConfig, saved_config
+from s4al.config import RunConfig, config_differences, saved_config
 from s4al.run_folder import RunFolder
 
 
@@ -64,21 +64,6 @@ def write_metrics_log(path: Path, cycle: int, history: list[dict]) -> None:
     kept = [line for line in lines if json.loads(line)["cycle"] != cycle]
     with atomic_write(path, "w") as file:
         file.write("".join(f"{line}\n" for line in kept + [json.dumps(record) for record in history]))
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}"""
-    out = {}
-    for key, value in tree.items():
-        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
-    return out
-
-
-def config_differences(a: RunConfig, b: RunConfig, may_differ: Collection[str] = ()) -> list[str]:
-    """The keys ("train.lr") where `a` and `b` differ, but for those in `may_differ`; sorted."""
-    flat_a, flat_b = _flat(a.model_dump(mode="json")), _flat(b.model_dump(mode="json"))
-    return sorted(key for key in flat_a.keys() | flat_b.keys()
-                  if key not in may_differ and flat_a.get(key) != flat_b.get(key))
 
 
 def adopt_final_checkpoint(source_run_dir: Path, target_run_dir: Path, cfg: RunConfig, cycle: int = 0,
