@@ -45,7 +45,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
 else
     device=cuda protocol=paper name=paper_jpeg95 parallel=4
     data=(--data-root data/camvid_jpeg95 --weights data/mobilenet_v2_imagenet.pth)
-    speed=(--workers 8 --pools 100 "${data[@]}")
+    speed=(--workers 8 --pools 100 --profile 5 "${data[@]}")
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
     if stage tests; then
         echo "== 1. CUDA tests"

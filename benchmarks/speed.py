@@ -139,7 +139,7 @@ def batch_source(trainer: Trainer, count: int) -> Iterator[StepBatch]:
 
 def student_pass(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> None:
     trainer.student.zero_grad(set_to_none=trainer.grads_to_none)
-    supervised_loss(trainer.forward(images), labels).backward()
+    trainer.student_pass.backward(supervised_loss(trainer.forward(images), labels))
 
 
 def teacher_pass(trainer: Trainer, images: torch.Tensor) -> None:
@@ -217,7 +217,9 @@ def profile_iterations(trainer: Trainer, count: int, out: Path) -> None:
                 torch.cuda.synchronize(trainer.device)
     events = prof.key_averages()
     keys = ["self_cpu_time_total"] + (["self_device_time_total"] if cuda else [])
-    tables = [f"{count} iterations, by {key}\n{events.table(sort_by=key, row_limit=40)}\n" for key in keys]
+    path = f"train.fast {trainer.cfg.train.fast} ({'fast path' if trainer.fast else 'loader path'}), CUDA graphs " \
+        f"{'on' if trainer.student_pass.graphs else 'off'}"
+    tables = [f"{count} iterations, {path}, by {key}\n{events.table(sort_by=key, row_limit=40)}\n" for key in keys]
     out.write_text("".join(tables))
 
 
@@ -435,12 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as run_dir:  # the trainer writes nothing unless fit() runs
         loader = iterations(with_settings(cfg, {"train": {"fast": "off"}}), Path(run_dir), args)
         trainer = replay_trainer(with_settings(cfg, {"train": {"fast": "off"}}), Path(run_dir))
-        if args.profile:
-            profile_path = args.out / "speed" / f"{tag}-profile.txt"
-            profile_path.parent.mkdir(parents=True, exist_ok=True)
-            profile_iterations(trainer, args.profile, profile_path)
         loading = data_loading(trainer, args.load_batches, args.warmup)
         del trainer
+        if args.profile:  # the path the device takes by default (on a GPU: fast, with CUDA graphs)
+            profile_path = args.out / "speed" / f"{tag}-profile.txt"
+            profile_path.parent.mkdir(parents=True, exist_ok=True)
+            profile_iterations(replay_trainer(cfg, Path(run_dir)), args.profile, profile_path)
         timing_fast = device.startswith("cuda") if args.fast is None else args.fast
         fast = fast_graphs = None
         if timing_fast:

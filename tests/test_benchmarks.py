@@ -459,7 +459,7 @@ def test_speed_smoke(tmp_path):
     table = (tmp_path / "speed" / "test.md").read_text()
     assert "fast path, eager (cuda_graphs false)" in table and "evaluation from the device cache" in table
     profile = (tmp_path / "speed" / "test-profile.txt").read_text()
-    assert "1 iterations, by self_cpu_time_total" in profile and "aten::convolution" in profile
+    assert "1 iterations, train.fast auto (loader path), CUDA graphs off, by self_cpu_time_total" in profile and "aten::convolution" in profile
 
 
 def test_jpeg_copy_keeps_labels_and_lists_and_loads_as_camvid(tmp_path):

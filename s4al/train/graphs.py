@@ -44,20 +44,22 @@ class _StudentPass(nn.Module):
 
 
 class StudentPasses:
-    """`passes(images, frozen)`: the student's logits, whose backward fills the parameters' .grad.
+    """`passes(images, frozen)`: the student's logits; `passes.backward(loss)` adds the loss's
+    gradient to the parameters' .grad.
 
     With `graphs`, each (shape, frozen) is captured at its first call and replayed after. A
-    replayed backward writes the gradients into buffers of its graph, which autograd could hand
-    over as a parameter's .grad and the graph's next replay would overwrite: `graphs` gives every
-    parameter a .grad at once, and the trainer zeroes them in place (zero_grad(set_to_none=False)),
-    so every backward adds into the parameters' own tensors."""
+    replayed backward writes the gradients into buffers of its graph, which the graph's next replay
+    overwrites: they are added to every parameter's own .grad (allocated here, zeroed in place by
+    the trainer: zero_grad(set_to_none=False)) at once with one foreach add, where autograd would
+    launch an add per parameter, or hand a buffer over as the .grad itself."""
 
     def __init__(self, net: nn.Module, student: nn.Module, amp: bool, graphs: bool):
         self.net, self.student, self.amp, self.graphs = net, student, amp, graphs
         self._eager = {frozen: _StudentPass(net, amp, frozen) for frozen in (False, True)}
         self._graphed: dict[tuple, nn.Module] = {}
+        self._params = list(student.parameters())
         if graphs:
-            for p in student.parameters():
+            for p in self._params:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
 
@@ -72,6 +74,13 @@ class StudentPasses:
                 self.graphs = _capture_failed("student", err)
                 return self(images, frozen)
         return self._graphed[key](images)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if not self.graphs:
+            loss.backward()
+            return
+        grads = torch.autograd.grad(loss, self._params)
+        torch._foreach_add_([p.grad for p in self._params], grads)
 
     def _capture(self, images: torch.Tensor, frozen: bool) -> nn.Module:
         kept = [b.clone() for b in self.student.buffers()]

@@ -324,7 +324,7 @@ class Trainer:
                 self.forward(images, s.freeze_bn_on_unlabelled), pseudo, confidence, eta, s.confidence_weighting,
                 class_normalised=s.class_normalised_confidence,
             )
-            loss.backward()
+            self.student_pass.backward(loss)
         return loss.detach(), eta.mean()
 
     def _pseudo_labels(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -369,7 +369,7 @@ class Trainer:
         sup_weight = COLD_START_SUP_WEIGHT if step < self.cold_steps else 1.0
         with self._synced(last=unlabelled is None):
             loss = supervised_loss(self.forward(labelled["image"]), labelled["label"].long()) * sup_weight
-            loss.backward()
+            self.student_pass.backward(loss)
         logs = {"loss/sup": loss.detach()}
         if unlabelled is not None:
             logs |= self._ssl_losses(step, unlabelled, replay)
