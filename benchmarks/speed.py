@@ -192,7 +192,7 @@ def ssl_iteration(trainer: Trainer, iters: int, warmup: int) -> dict:
     iteration, total = statistics.median(times), sum(passes.values())
     return {"iteration_seconds_median": iteration, "passes_seconds_median": passes, "passes_sum_seconds": total,
             "ratio": iteration / total, "iteration_seconds": times, "memory": memory,
-            "cuda_graphs": trainer.student_pass.graphs and trainer.teacher_pass.graphs}  # False if a capture failed
+            "cuda_graphs": trainer.replaying()}
 
 
 def supervised_iteration(trainer: Trainer, iters: int, warmup: int) -> dict:
@@ -218,7 +218,7 @@ def profile_iterations(trainer: Trainer, count: int, out: Path) -> None:
     events = prof.key_averages()
     keys = ["self_cpu_time_total"] + (["self_device_time_total"] if cuda else [])
     path = f"train.fast {trainer.cfg.train.fast} ({'fast path' if trainer.fast else 'loader path'}), CUDA graphs " \
-        f"{'on' if trainer.student_pass.graphs else 'off'}"
+        f"{'on' if trainer.replaying() else 'off'}"
     tables = [f"{count} iterations, {path}, by {key}\n{events.table(sort_by=key, row_limit=40)}\n" for key in keys]
     out.write_text("".join(tables))
 

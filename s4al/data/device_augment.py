@@ -14,7 +14,8 @@ Images come out as float32 in [0, 1], channels_last (model input); planes as uin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -137,25 +138,55 @@ def _params(cache: DeviceCache, items: Sequence[tuple[int, int]], aug: Augment) 
     return table.to(cache.device, non_blocking=True)  # a host-to-device copy waits for nothing
 
 
-def _rows(cache: DeviceCache, rows: np.ndarray) -> torch.Tensor:
+def _on_device(cache: DeviceCache, rows: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(rows).to(cache.device, non_blocking=True)
 
 
-def labelled_batch(cache: DeviceCache, items: Sequence[tuple[int, int]], aug: Augment) -> dict[str, torch.Tensor]:
-    """LabelledView's items for a batch of (index, seed): image (jittered), label."""
+def labelled_inputs(cache: DeviceCache, items: Sequence[tuple[int, int]], aug: Augment) -> tuple[torch.Tensor, ...]:
+    """The host's part of a labelled batch of (index, seed): (params, image rows, label rows) on the device."""
     indices = [i for i, _ in items]
-    params, rows = _params(cache, items, aug), _rows(cache, cache.rows(indices))
-    label_rows = _rows(cache, cache.label_rows(indices))
+    return _params(cache, items, aug), _on_device(cache, cache.rows(indices)), _on_device(cache, cache.label_rows(indices))
+
+
+def labelled_views(cache: DeviceCache, aug: Augment, params: torch.Tensor, rows: torch.Tensor,
+                   label_rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The device's part, LabelledView's items: image (jittered), label. Waits for nothing on the
+    host, and its shapes follow its inputs' (s4al/train/graphs.py replays it)."""
     crop = aug.crop_size or cache.size
     image, planes, _ = resample(cache.images[rows], cache.labels[label_rows][:, None], [IGNORE_INDEX], params, crop)
     return {"image": color_jitter(image, params), "label": planes[:, 0]}
 
 
-def unlabelled_batch(cache: DeviceCache, items: Sequence[tuple[int, int]], aug: Augment) -> dict[str, torch.Tensor]:
-    """UnlabelledView's items for a batch of (index, seed): weak, strong, known_label, known, valid."""
+def unlabelled_inputs(cache: DeviceCache, items: Sequence[tuple[int, int]], aug: Augment) -> tuple[torch.Tensor, ...]:
+    """The host's part of an unlabelled batch of (index, seed): (params, image rows, answer slots) on the device."""
     indices = [i for i, _ in items]
-    params, rows, slots = _params(cache, items, aug), _rows(cache, cache.rows(indices)), _rows(cache, cache.slots(indices))
+    return _params(cache, items, aug), _on_device(cache, cache.rows(indices)), _on_device(cache, cache.slots(indices))
+
+
+def unlabelled_views(cache: DeviceCache, aug: Augment, params: torch.Tensor, rows: torch.Tensor,
+                     slots: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The device's part, UnlabelledView's items: weak, strong, known_label, known, valid (as
+    labelled_views, replayable)."""
     planes = torch.stack([cache.known_label[slots], cache.known[slots].to(torch.uint8)], 1)
     weak, planes, valid = resample(cache.images[rows], planes, [IGNORE_INDEX, 0], params, aug.crop_size or cache.size)
     return {"weak": weak, "strong": color_jitter(weak, params), "known_label": planes[:, 0],
             "known": planes[:, 1].bool(), "valid": valid}
+
+
+class DeviceViews(NamedTuple):
+    inputs: Callable  # (cache, items, aug) -> input tensors, made on the host
+    views: Callable  # (cache, aug, *inputs) -> the batch, on the device alone
+
+
+LABELLED = DeviceViews(labelled_inputs, labelled_views)
+UNLABELLED = DeviceViews(unlabelled_inputs, unlabelled_views)
+
+
+def labelled_batch(cache: DeviceCache, items: Sequence[tuple[int, int]], aug: Augment) -> dict[str, torch.Tensor]:
+    """LabelledView's items for a batch of (index, seed): image (jittered), label."""
+    return labelled_views(cache, aug, *labelled_inputs(cache, items, aug))
+
+
+def unlabelled_batch(cache: DeviceCache, items: Sequence[tuple[int, int]], aug: Augment) -> dict[str, torch.Tensor]:
+    """UnlabelledView's items for a batch of (index, seed): weak, strong, known_label, known, valid."""
+    return unlabelled_views(cache, aug, *unlabelled_inputs(cache, items, aug))

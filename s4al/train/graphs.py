@@ -1,12 +1,13 @@
-"""The learner's network passes, eager or replayed as CUDA graphs.
+"""The learner's passes, eager or replayed as CUDA graphs.
 
 A step of the learner runs the same few passes with the same shapes thousands of times: the
-student's forward and backward on the labelled, the mixed and the replay batch, and the teacher's
-forward on the unlabelled and replay images. Eager, each pass launches hundreds of small kernels
-one by one, and on a GPU the host's launching takes longer than the kernels. Captured once as a
-CUDA graph (torch.cuda.make_graphed_callables for the student, torch.cuda.graph for the teacher)
-a pass is replayed with one launch; parameters and BatchNorm buffers are read in place, so the
-optimizer's and the EMA's in-place updates reach the replays.
+student's forward and backward on the labelled, the mixed and the replay batch, the teacher's
+forward on the unlabelled and replay images, and the building of the three batches on the device
+(s4al/data/device_augment.py). Eager, each pass launches hundreds of small kernels one by one, and
+on a GPU the host's launching takes longer than the kernels. Captured once as a CUDA graph
+(torch.cuda.make_graphed_callables for the student, torch.cuda.graph for the others) a pass is
+replayed with one launch; parameters, BatchNorm buffers and the device cache are read in place, so
+the optimizer's and the EMA's in-place updates reach the replays.
 
 A graph is captured per input shape (and, for the student, per BatchNorm mode: statistics moving,
 or frozen for the unlabelled passes, whose momentum 0 the capture records) at its first use.
@@ -16,6 +17,8 @@ A capture that fails warns and leaves that pass eager for the rest of the run.""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Hashable
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,7 +74,7 @@ class StudentPasses:
             try:
                 self._graphed[key] = self._capture(images, frozen)
             except RuntimeError as err:
-                self.graphs = _capture_failed("student", err)
+                self.graphs = _capture_failed("student's passes", err)
                 return self(images, frozen)
         return self._graphed[key](images)
 
@@ -94,49 +97,58 @@ class StudentPasses:
                 torch._foreach_copy_(list(self.student.buffers()), kept)
 
 
-def _capture_failed(network: str, err: Exception) -> bool:
-    warnings.warn(f"the {network}'s passes run eagerly: their CUDA graph capture failed ({err}); "
+def _capture_failed(what: str, err: Exception) -> bool:
+    warnings.warn(f"the {what} runs eagerly: its CUDA graph capture failed ({err}); "
                   "train.cuda_graphs: false skips the capture", stacklevel=3)
     return False
 
 
-class TeacherPass:
-    """`teacher(images)`: (N, C, H, W) fp32 class probabilities of the teacher. With `graphs`,
-    replayed from a CUDA graph per input shape; the returned tensor is then the graph's output,
-    overwritten by its next replay."""
+class Replayed:
+    """`replayed(*tensors, key=...)`: fn(*tensors) (a tensor, or a dict or tuple of them), with
+    `graphs` replayed from a CUDA graph per input shapes and `key`; the result is then the
+    graph's output, overwritten by its next replay. fn must wait for nothing on the host and give
+    outputs of the same shapes for inputs of the same shapes."""
 
-    def __init__(self, teacher: MeanTeacher, amp: bool, graphs: bool):
-        self.teacher, self.amp, self.graphs = teacher, amp, graphs
-        self._graphed: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+    def __init__(self, fn: Callable, graphs: bool, what: str):
+        self.fn, self.graphs, self.what = fn, graphs, what
+        self._graphed: dict[tuple, tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...], Any]] = {}
 
-    def _probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        with _autocast(self.amp):
-            return self.teacher.probabilities(images)
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *inputs: torch.Tensor, key: Hashable = None):
         if not self.graphs:
-            return self._probabilities(images)
-        key = (tuple(images.shape), images.dtype)
-        if key not in self._graphed:
+            return self.fn(*inputs)
+        shapes = (key, *((tuple(x.shape), x.dtype) for x in inputs))
+        if shapes not in self._graphed:
             try:
-                self._graphed[key] = self._capture(images)
+                self._graphed[shapes] = self._capture(inputs)
             except RuntimeError as err:
-                self.graphs = _capture_failed("teacher", err)
-                return self._probabilities(images)
-        graph, static_in, static_out = self._graphed[key]
-        static_in.copy_(images)
+                self.graphs = _capture_failed(self.what, err)
+                return self.fn(*inputs)
+        graph, static_inputs, static_output = self._graphed[shapes]
+        for static, x in zip(static_inputs, inputs):
+            static.copy_(x)
         graph.replay()
-        return static_out
+        return static_output
 
-    def _capture(self, images: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
-        static_in = images.detach().clone()
+    def _capture(self, inputs: tuple[torch.Tensor, ...]):
+        static_inputs = tuple(x.detach().clone() for x in inputs)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARMUP):
-                self._probabilities(static_in)
+                self.fn(*static_inputs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            static_out = self._probabilities(static_in)
-        return graph, static_in, static_out
+            static_output = self.fn(*static_inputs)
+        return graph, static_inputs, static_output
+
+
+def teacher_pass(teacher: MeanTeacher, amp: bool, graphs: bool) -> Replayed:
+    """`teacher_pass(images)`: (N, C, H, W) fp32 class probabilities of the teacher, at the
+    training precision."""
+
+    def probabilities(images: torch.Tensor) -> torch.Tensor:
+        with _autocast(amp):
+            return teacher.probabilities(images)
+
+    return Replayed(probabilities, graphs, "teacher's pass")

@@ -17,6 +17,7 @@ before anything non-finite is written."""
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +36,7 @@ from s4al import distributed
 from s4al.config import RunConfig
 from s4al.data.base import SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX
-from s4al.data.device_augment import labelled_batch, unlabelled_batch
+from s4al.data.device_augment import LABELLED, UNLABELLED
 from s4al.data.device_cache import DeviceCache, training_on_device
 from s4al.data.views import Annotations, Augment, LabelledView, StepView, UnlabelledView
 from s4al.data.batches import to_model_input
@@ -49,14 +50,14 @@ from s4al.ssl.losses import (
 from s4al.ssl.mean_teacher import MeanTeacher, pseudo_labels_from_probs
 from s4al.run_folder import RunFolder
 from s4al.train.checkpoint import load_checkpoint, save_checkpoint, write_metrics_log
-from s4al.train.graphs import StudentPasses, TeacherPass
+from s4al.train.graphs import Replayed, StudentPasses, teacher_pass
 from s4al.seeding import derive_seed, seeded_generator
 from s4al.train.sampling import StepBatches, Stream
 
 COLD_START_SUP_WEIGHT = 1.5  # the authors' code: the supervised loss x1.5 while it trains alone
 READ_EVERY = 25  # on a GPU or the fast path: steps between reads of the logged losses (at most an epoch)
 IMAGE_KEYS = ("image", "weak", "strong")  # a batch's images; its other tensors are label-like planes
-DEVICE_VIEWS = {"labelled": labelled_batch, "unlabelled": unlabelled_batch, "replay": unlabelled_batch}
+DEVICE_VIEWS = {"labelled": LABELLED, "unlabelled": UNLABELLED, "replay": UNLABELLED}
 
 
 class TrainingDiverged(S4alError):
@@ -195,14 +196,21 @@ class Trainer:
         self.saved_step: int | None = None  # the step of the checkpoint on disk
         self.history: list[dict] = []
         self.amp = self.device.type == "cuda" and t.amp
-        graphs = cuda_fast and t.cuda_graphs and distributed.world_size() == 1
-        self.student_pass = StudentPasses(self.net, self.student, self.amp, graphs)
-        self.teacher_pass = TeacherPass(self.teacher, self.amp, graphs)
-        self.grads_to_none = not graphs  # graphs keep each parameter's .grad tensor (s4al/train/graphs.py)
+        self.graphs = cuda_fast and t.cuda_graphs and distributed.world_size() == 1
+        self.student_pass = StudentPasses(self.net, self.student, self.amp, self.graphs)
+        self.teacher_pass = teacher_pass(self.teacher, self.amp, self.graphs)
+        self.grads_to_none = not self.graphs  # graphs keep each parameter's .grad tensor (s4al/train/graphs.py)
+        self.batch_views: dict[str, Replayed] = {}  # the fast path's, made with its device cache
         self.read_every = min(READ_EVERY, self.iters) if self.fast or self.device.type == "cuda" else 1
         self.aug = Augment(
             scale_range=t.scale_range, crop_size=t.crop_size, hflip_p=t.hflip_p, color_jitter_p=t.color_jitter_p
         )
+
+    def replaying(self) -> bool:
+        """Whether every pass (the built batches' once made) replays as a CUDA graph: a capture that
+        failed left its pass eager."""
+        passes = [self.student_pass, self.teacher_pass, *self.batch_views.values()]
+        return all(p.graphs for p in passes)
 
     @contextlib.contextmanager
     def cudnn_tuned(self):
@@ -290,15 +298,24 @@ class Trainer:
             annotations=self.data.annotations if self.ssl else {}, num_workers=self.cfg.train.num_workers,
         )
 
+        self.batch_views = {name: Replayed(partial(kind.views, cache, self.aug), self.graphs, f"{name} batch")
+                            for name, kind in DEVICE_VIEWS.items()}
+
+        def build(name: str, items: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+            inputs = DEVICE_VIEWS[name].inputs(cache, items, self.aug)
+            # a graph reads the cache's images where they were at its capture
+            return self.batch_views[name](*inputs, key=cache.images.data_ptr())
+
         def built(sampler: StepBatches) -> Iterator[dict]:
             for draw in sampler:
-                yield {name: DEVICE_VIEWS[name](cache, items, self.aug) for name, items in draw.items()}
+                yield {name: build(name, items) for name, items in draw.items()}
 
         labelled, unlabelled = self._samplers()
         return built(labelled), None if unlabelled is None else built(unlabelled)
 
     def batches(self) -> Iterator[StepBatch]:
-        """Each remaining step's batches, from the device cache (fast path) or loader workers."""
+        """Each remaining step's batches, from the device cache (fast path) or loader workers. With
+        CUDA graphs a step's batches are overwritten when the next step's are built."""
         if self.step >= self.total_steps:  # resumed from the final checkpoint: no workers, no cache
             return
         if self.fast:
