@@ -138,7 +138,7 @@ class Replayed:
                 self.fn(*static_inputs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=side):  # the warm-up's stream: its lazily made handles are there
             static_output = self.fn(*static_inputs)
         return graph, static_inputs, static_output
 
