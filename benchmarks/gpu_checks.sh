@@ -26,6 +26,7 @@ left() { echo $((seconds - ($(date +%s) - started))); }
 stages=" ${STAGES:-tests speed compare} "
 stage() { [[ "$stages" == *" $1 "* ]]; }
 failed=()
+overrides=()
 check() {  # check NAME RC: a stage's exit status, 124 when its time limit stopped it
     [ "$2" = 0 ] || { failed+=("$1 (rc $2${3:+, $3})"); echo "!! $1: rc $2${3:+, $3}"; }
 }
@@ -52,6 +53,10 @@ else
         timeout 150 "$python" -m pytest -q -p no:cacheprovider tests/test_device_augment.py tests/test_device_scoring.py \
             tests/test_trainer.py tests/test_graphs.py -k "cuda or gpu or fast or diverge or device or replayed" 2>&1 | tee "$out/tests.log" | tail -15
         check tests "${PIPESTATUS[0]}"
+        if grep -q "^FAILED tests/test_graphs.py" "$out/tests.log"; then  # replays that do not train as eager passes
+            echo "!! the CUDA-graph tests failed: the comparison runs with train.cuda_graphs=false"
+            overrides=(--set train.cuda_graphs=false)
+        fi
     fi
 fi
 
@@ -75,7 +80,7 @@ if stage compare; then
     else
         echo "== 3. label efficiency, $protocol, ${methods[*]}: ${window} s"
         "$python" benchmarks/label_efficiency.py --protocol "$protocol" --name "$name" "${data[@]}" --methods "${methods[@]}" \
-            --seeds ${SEEDS:-0} --gpu-window "$window" --parallel "$parallel" --results "$out/label_efficiency" \
+            "${overrides[@]}" --seeds ${SEEDS:-0} --gpu-window "$window" --parallel "$parallel" --results "$out/label_efficiency" \
             --work /tmp/gpu_checks_runs 2>&1 | tail -30
         check compare "${PIPESTATUS[0]}"
         # the results and the runs' logs as one file (OUT takes few files); kept as they are if that fails
