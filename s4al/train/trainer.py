@@ -17,11 +17,11 @@ before anything non-finite is written."""
 from __future__ import annotations
 
 import contextlib
-from functools import partial
 import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,27 +31,27 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from s4al.errors import S4alError
 from s4al import distributed
 from s4al.config import RunConfig
 from s4al.data.base import SegmentationDataset
+from s4al.data.batches import to_model_input
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.device_augment import LABELLED, UNLABELLED
 from s4al.data.device_cache import DeviceCache, training_on_device
 from s4al.data.views import Annotations, Augment, LabelledView, StepView, UnlabelledView
-from s4al.data.batches import to_model_input
+from s4al.errors import S4alError
 from s4al.evaluate import evaluate
 from s4al.model import build_model
+from s4al.run_folder import RunFolder
+from s4al.seeding import derive_seed, seeded_generator
 from s4al.ssl.alignment import ALIGNERS
 from s4al.ssl.classmix import balanced_classmix_batch, classmix_batch, classmix_masks, paste, split_head_tail
 from s4al.ssl.losses import (
     apply_annotations, confidence_ratio, supervised_loss, unsupervised_loss,
 )
 from s4al.ssl.mean_teacher import MeanTeacher, pseudo_labels_from_probs
-from s4al.run_folder import RunFolder
 from s4al.train.checkpoint import load_checkpoint, save_checkpoint, write_metrics_log
 from s4al.train.graphs import Replayed, StudentPasses, teacher_pass
-from s4al.seeding import derive_seed, seeded_generator
 from s4al.train.sampling import StepBatches, Stream
 
 COLD_START_SUP_WEIGHT = 1.5  # the authors' code: the supervised loss x1.5 while it trains alone
