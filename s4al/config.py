@@ -161,9 +161,9 @@ class ActiveConfig(Section):
         return self
 
 
-# Version 2: every saved config is a complete dump with this key. Version 1 (no key): saved before
-# versions existed, complete but for the keys added since (see V1_BEFORE_KEY_EXISTED).
-CONFIG_VERSION = 2
+# Every saved config is a complete dump of its version, named by this key (version 1, saved before
+# versions existed: no key). A newer version adds keys (ADDED_IN_VERSION), which an older dump lacks.
+CONFIG_VERSION = 3
 
 
 class RunConfig(Section):
@@ -213,17 +213,22 @@ def load_config(source: str | Path, overrides: dict | None = None) -> RunConfig:
     return _validated(merge_overrides(_read_yaml(path), overrides or {}), path, overrides or {})
 
 
-# Keys added after version-1 configs were saved, with the behaviour a run had before each existed:
-# a version-1 dump lacks a key only because the run was made before it, and ran as the code did then.
-V1_BEFORE_KEY_EXISTED = {
-    "ssl": {
-        "distribution_alignment": "off",
-        "class_normalised_confidence": False,
-        "alignment_target": "labelled",
-        "freeze_bn_on_unlabelled": False,
+# Keys each config version added, with the behaviour a run had before each existed: an older dump
+# lacks them only because the run was made before them, and ran as the code did then. (Version-1
+# dumps were written section by section, so they may lack any key; these are the ones whose
+# default changed since.)
+ADDED_IN_VERSION = {
+    2: {
+        "ssl": {
+            "distribution_alignment": "off",
+            "class_normalised_confidence": False,
+            "alignment_target": "labelled",
+            "freeze_bn_on_unlabelled": False,
+        },
+        "train": {"fast": "off"},
+        "active": {"initial": "random"},
     },
-    "train": {"fast": "off"},
-    "active": {"initial": "random"},
+    3: {"train": {"cuda_graphs": False}},
 }
 
 # Options that are gone, with the one value that does what s4al does now: a saved config that set
@@ -251,17 +256,29 @@ def saved_config(data: dict, source: str | Path) -> RunConfig:
 def _migrated(data: dict, source: str | Path) -> dict:
     """A saved config of any version as a complete config of the current version."""
     version = data.get("config_version", 1)
-    if version not in (1, CONFIG_VERSION):
+    if version not in range(1, CONFIG_VERSION + 1):
         raise ConfigError(f"{source}: config_version {version!r}; this s4al reads versions 1 to {CONFIG_VERSION}")
     data = _without_removed_keys(data, source)
-    missing = _missing_keys(RunConfig, data, sections_only=version == 1)
+    added_since = {}
+    for later in range(version + 1, CONFIG_VERSION + 1):
+        added_since = merge_overrides(added_since, ADDED_IN_VERSION[later])
+    missing = [key for key in _missing_keys(RunConfig, data, sections_only=version == 1)
+               if not _holds_value(added_since, key)]
     if missing:
         shown = ", ".join(missing[:8]) + (f" (and {len(missing) - 8} more)" if len(missing) > 8 else "")
         raise ConfigError(f"{source}: incomplete saved config, missing {shown}; the file is damaged "
                           "(a run writes every key): restore it rather than let defaults stand in")
-    if version == 1:
-        data = merge_overrides(V1_BEFORE_KEY_EXISTED, data)
-    return {**data, "config_version": CONFIG_VERSION}
+    return {**merge_overrides(added_since, data), "config_version": CONFIG_VERSION}
+
+
+def _holds_value(nested: dict, dotted: str) -> bool:
+    """Whether `nested` gives the key `dotted` (section.key) a value (a whole section is no value)."""
+    node = nested
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return not isinstance(node, dict)
 
 
 def _without_removed_keys(data: dict, source: str | Path) -> dict:

@@ -107,17 +107,37 @@ def test_version_1_configs_run_the_learner_of_their_time():
     del data["config_version"]
     for key in ("distribution_alignment", "class_normalised_confidence", "alignment_target", "freeze_bn_on_unlabelled"):
         del data["ssl"][key]
-    del data["train"]["fast"], data["active"]["initial"]
+    del data["train"]["fast"], data["train"]["cuda_graphs"], data["active"]["initial"]
     cfg = saved_config(data, "old/config.yaml")
-    assert cfg.config_version == 2
+    assert cfg.config_version == 3
+    assert cfg.train.cuda_graphs is False
     assert (cfg.ssl.distribution_alignment, cfg.ssl.class_normalised_confidence, cfg.ssl.alignment_target,
             cfg.ssl.freeze_bn_on_unlabelled) == ("off", False, "labelled", False)
     assert (cfg.train.fast, cfg.active.initial) == ("off", "random")
 
 
+def test_a_version_2_run_resumes_as_it_ran_and_a_version_3_dump_lacking_that_key_is_damaged(tmp_path):
+    """Version 3 added train.cuda_graphs: a version-2 run folder (made before it) resumes with its
+    passes eager, as they ran; a version-3 dump without it lost a line."""
+    data = load_config("demo").model_dump(mode="json")
+    del data["train"]["cuda_graphs"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data | {"config_version": 2}))
+    cfg = load_run_config(path)
+    assert cfg.config_version == 3 and cfg.train.cuda_graphs is False
+    assert cfg.model_dump(exclude={"train"}) == load_config("demo").model_dump(exclude={"train"})
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"incomplete saved config, missing train\.cuda_graphs;"):
+        load_run_config(path)
+    del data["train"]["fast"]
+    path.write_text(yaml.safe_dump(data | {"config_version": 2}))  # a key version 2 already had
+    with pytest.raises(ConfigError, match=r"missing train\.fast;"):
+        load_run_config(path)
+
+
 def test_a_config_from_a_newer_version_is_refused():
-    data = load_config("demo").model_dump(mode="json") | {"config_version": 3}
-    with pytest.raises(ConfigError, match="config_version 3"):
+    data = load_config("demo").model_dump(mode="json") | {"config_version": 4}
+    with pytest.raises(ConfigError, match="config_version 4"):
         saved_config(data, "new/config.yaml")
 
 
