@@ -182,9 +182,10 @@ def test_training_and_scoring_share_the_splits_images_and_label_planes_are_for_l
                            annotations={5: [((0, 0, 4, 4), np.zeros((4, 4), np.uint8))]})
     assert (counted.loads, counted.image_loads) == (2, len(train) - 2)  # each image decoded once
     assert training.labels.shape == (2, 48, 64) and training.known.shape == (2, 48, 64)  # 2 labelled, 1 answered
+    held = training.images
     scoring = inference_cache(counted, CPU, "on", labels=False)
     assert counted.image_loads == len(train) - 2  # nothing decoded again
-    assert scoring.images.data_ptr() == training.images.data_ptr()
+    assert scoring.images.data_ptr() == training.images.data_ptr() == held.data_ptr()  # not even copied
     for i in (0, 7):
         (row,) = scoring.rows([i])
         assert torch.equal(scoring.images[row], torch.from_numpy(train.load(i).image).permute(2, 0, 1))

@@ -3,9 +3,11 @@ and stay off wherever they cannot run."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import tiny_config
 from s4al.data import build_dataset
+from s4al.train.graphs import StudentPasses
 from s4al.train.trainer import Trainer, TrainData
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -25,46 +27,63 @@ def test_graphs_and_their_kept_gradients_are_off_on_a_cpu(tmp_path):
 
 
 @needs_cuda
-@pytest.mark.parametrize("freeze_bn", [True, False])  # False: one graph replayed three times a step
-def test_replayed_passes_train_as_the_eager_ones(tmp_path, freeze_bn):
-    """Six SSL steps with replay from the same start, eager and replayed: the same parameters and
-    BatchNorm statistics up to floating-point noise, far below what the steps changed."""
-    states = {}
-    for graphs in (False, True):
-        trainer = ssl_trainer(tmp_path / str(graphs), "cuda", graphs, freeze_bn)
-        assert trainer.student_pass.graphs is graphs
-        trainer.step = trainer.iters  # SSL on: the labelled, mixed and replay passes all run
-        start = {k: v.clone() for k, v in trainer.student.state_dict().items()}
-        batches = trainer.batches()
-        for k in range(6):
-            trainer.train_step(trainer.step + k, *next(batches))
-        states[graphs] = trainer.student.state_dict(), trainer.teacher.model.state_dict()
-    for network in (0, 1):
-        eager, replayed = states[False][network], states[True][network]
-        for name, value in eager.items():
-            if not value.is_floating_point():
-                assert torch.equal(replayed[name], value), name  # num_batches_tracked: not moved by captures
-                continue
-            moved = (value - start[name]).abs().max().item()
-            assert (replayed[name] - value).abs().max().item() <= 0.05 * moved + 1e-6, name
+@pytest.mark.parametrize("frozen", [False, True])
+def test_a_replayed_pass_gives_the_eager_logits_gradient_and_statistics(tmp_path, frozen):
+    """One pass from one state and one seed (the same dropout masks), eager and replayed: the same
+    logits, gradient and BatchNorm statistics up to bf16 and atomic-add noise, where a wrong graph
+    (stale parameters, the other BatchNorm mode, a lost backward) would be off by its whole size.
+    (Whole training runs are not compared: from random weights a few steps turn noise into
+    differences of any size.)"""
+    trainer = ssl_trainer(tmp_path, "cuda", graphs=True)
+    student, (h, w) = trainer.student, trainer.cfg.train.crop_size
+    eager = StudentPasses(student, student, trainer.amp, graphs=False)
+    images = torch.rand(2, 3, h, w, device="cuda").contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, trainer.num_classes, (2, h, w), device="cuda")
+    trainer.forward(images, frozen)  # the capture, before the comparison
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    out = []
+    for passes in (eager, trainer.student_pass):
+        student.load_state_dict(start)  # in place: the graph reads these tensors
+        student.zero_grad(set_to_none=False)
+        torch.manual_seed(0)
+        logits = passes(images, frozen)
+        passes.backward(F.cross_entropy(logits, labels))
+        out.append((logits.clone(), torch.cat([p.grad.flatten() for p in student.parameters()]),
+                    {k: v.clone() for k, v in student.state_dict().items()}))
+    (eager_logits, eager_grad, eager_state), (logits, grad, state) = out
+    torch.testing.assert_close(logits, eager_logits, rtol=1e-2, atol=1e-2)
+    assert (grad - eager_grad).norm() <= 1e-2 * eager_grad.norm()
+    for name, value in eager_state.items():
+        if name.endswith("num_batches_tracked"):
+            assert torch.equal(state[name], start[name] + 1) and torch.equal(value, start[name] + 1), name
+        elif "running_" in name and frozen:
+            assert torch.equal(state[name], start[name]), name  # momentum 0, captured as such
+        elif "running_" in name:
+            assert not torch.equal(state[name], start[name]), name  # not the frozen graph
+            torch.testing.assert_close(state[name], value, rtol=1e-3, atol=1e-5)
 
 
 @needs_cuda
 def test_a_replayed_steps_gradient_is_the_sum_of_its_three_passes(tmp_path):
     """The labelled, mixed and replay passes through the one graph of BatchNorm statistics moving:
-    each backward adds into the parameters' own .grad, none overwrites the one before."""
+    each backward adds into the parameters' own .grad, none overwrites the one before (which
+    would be off by two thirds of the sum)."""
     trainer = ssl_trainer(tmp_path, "cuda", graphs=True, freeze_bn=False)
     images = torch.rand(3, 4, 3, *trainer.cfg.train.crop_size, device="cuda")
     weight = next(trainer.student.parameters())
+    trainer.forward(images[0])  # the capture
     grads = []
     for k in range(3):
         trainer.student.zero_grad(set_to_none=False)
+        torch.manual_seed(k)  # each pass's own dropout masks, the same in both loops
         trainer.student_pass.backward(trainer.forward(images[k]).square().mean())
         grads.append(weight.grad.clone())
     trainer.student.zero_grad(set_to_none=False)
     for k in range(3):
+        torch.manual_seed(k)
         trainer.student_pass.backward(trainer.forward(images[k]).square().mean())
-    torch.testing.assert_close(weight.grad, grads[0] + grads[1] + grads[2], rtol=1e-4, atol=1e-6)
+    total = grads[0] + grads[1] + grads[2]
+    assert (weight.grad - total).norm() <= 1e-2 * total.norm()
 
 
 @needs_cuda

@@ -82,6 +82,8 @@ class SplitImages:
 
     def add_rows(self, indices: Sequence[int]) -> None:
         """Rows, not yet filled, for `indices` (none of them held)."""
+        if not indices:
+            return  # torch.cat would copy every held image for nothing
         self.row[list(indices)] = np.arange(len(self.images), len(self.images) + len(indices))
         grown = torch.empty((len(indices), 3, *self.size), dtype=torch.uint8, device=self.device)
         self.images = torch.cat([self.images, grown]) if len(self.images) else grown

@@ -11,7 +11,8 @@ the optimizer's and the EMA's in-place updates reach the replays.
 
 A graph is captured per input shape (and, for the student, per BatchNorm mode: statistics moving,
 or frozen for the unlabelled passes, whose momentum 0 the capture records) at its first use.
-The capture's warm-up passes would move the BatchNorm statistics: they are put back after it.
+The capture's warm-up passes would move the BatchNorm statistics and the random state of dropout:
+both are put back after it.
 A capture that fails warns and leaves that pass eager for the rest of the run."""
 
 from __future__ import annotations
@@ -87,12 +88,16 @@ class StudentPasses:
 
     def _capture(self, images: torch.Tensor, frozen: bool) -> nn.Module:
         kept = [b.clone() for b in self.student.buffers()]
+        # the warm-ups' dropout draws would move the random state the replays start from: a step
+        # that captures (the first, or the first after a resume) would draw other masks than eager
+        rng = torch.cuda.get_rng_state(images.device)
         try:
             return torch.cuda.make_graphed_callables(
                 _StudentPass(self.student, self.amp, frozen), (images.detach().clone(),), num_warmup_iters=WARMUP,
                 allow_unused_input=True,
             )
         finally:
+            torch.cuda.set_rng_state(rng, images.device)
             with torch.no_grad():
                 torch._foreach_copy_(list(self.student.buffers()), kept)
 

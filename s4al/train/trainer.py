@@ -303,8 +303,8 @@ class Trainer:
 
         def build(name: str, items: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
             inputs = DEVICE_VIEWS[name].inputs(cache, items, self.aug)
-            # a graph reads the cache's images where they were at its capture
-            return self.batch_views[name](*inputs, key=cache.images.data_ptr())
+            # a graph reads the cache's images where and as many as they were at its capture
+            return self.batch_views[name](*inputs, key=(cache.images.data_ptr(), len(cache.images)))
 
         def built(sampler: StepBatches) -> Iterator[dict]:
             for draw in sampler:
