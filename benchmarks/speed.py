@@ -142,10 +142,6 @@ def student_pass(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -
     trainer.student_pass.backward(supervised_loss(trainer.forward(images), labels))
 
 
-def teacher_pass(trainer: Trainer, images: torch.Tensor) -> None:
-    trainer.teacher_pass(images)
-
-
 def pure_passes(trainer: Trainer, batches: Iterator[StepBatch], count: int, warmup: int) -> dict[str, float]:
     """Median seconds of each model pass of the iteration, inputs already on the device."""
     seconds = defaultdict(list)
@@ -159,7 +155,7 @@ def pure_passes(trainer: Trainer, batches: Iterator[StepBatch], count: int, warm
             "student_labelled": lambda: student_pass(trainer, images, labels),
             "student_unlabelled_mixed": lambda: student_pass(trainer, strong, targets),
             "student_replay_mixed": lambda: student_pass(trainer, replay, targets),
-            "teacher_unlabelled_and_replay": lambda: teacher_pass(trainer, weak),
+            "teacher_unlabelled_and_replay": lambda: trainer.teacher_pass(weak),
         }
         for name, run in passes.items():
             elapsed = timed(run, trainer.device)

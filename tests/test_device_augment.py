@@ -8,7 +8,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from s4al.data.classes import IGNORE_INDEX
-from s4al.data.device_augment import color_jitter, draw_params, labelled_batch, unlabelled_batch
+from s4al.data.device_augment import LABELLED, UNLABELLED, color_jitter, draw_params
 from s4al.data.device_cache import DeviceCache, MixedImageSizes
 from s4al.data.views import Augment, LabelledView, UnlabelledView
 from s4al.seeding import derive_seed
@@ -29,7 +29,7 @@ def stacked(view, seeds):
 def test_labelled_batch_has_the_loader_views_geometry():
     aug = Augment(**GEOMETRY, color_jitter_p=0.0)
     old = stacked(LabelledView(Coded(), aug), SEEDS)
-    new = labelled_batch(DeviceCache(Coded(), labelled=[0], pool=[], device=CPU), [(0, s) for s in SEEDS], aug)
+    new = LABELLED.build(DeviceCache(Coded(), labelled=[0], pool=[], device=CPU), [(0, s) for s in SEEDS], aug)
     assert torch.equal(new["label"], old["label"])  # nearest neighbour: the same source pixel, exactly
     assert (old["label"] == IGNORE_INDEX).any() and (old["label"] != IGNORE_INDEX).any()  # padding was drawn
     # bilinear: the coded values are linear in the coordinates, so both resizes reproduce them
@@ -42,7 +42,7 @@ def test_unlabelled_batch_has_the_loader_views_geometry_for_annotations_and_vali
     aug = Augment(**GEOMETRY, color_jitter_p=0.0)
     old = stacked(UnlabelledView(Coded(), aug, {0: [PATCH]}), SEEDS)
     cache = DeviceCache(Coded(), labelled=[], pool=[0], device=CPU, annotations={0: [PATCH]})
-    new = unlabelled_batch(cache, [(0, s) for s in SEEDS], aug)
+    new = UNLABELLED.build(cache, [(0, s) for s in SEEDS], aug)
     for key in ("known_label", "known", "valid"):
         assert torch.equal(new[key], old[key]), key
     assert old["known"].any() and not old["valid"].all()
@@ -68,7 +68,7 @@ def test_same_seeds_same_batch_and_the_draws_are_the_views_draws():
     aug = Augment(**GEOMETRY)
     cache = DeviceCache(Coded(), labelled=[0], pool=[], device=CPU)
     items = [(0, s) for s in SEEDS[:8]]
-    a, b = labelled_batch(cache, items, aug), labelled_batch(cache, items, aug)
+    a, b = LABELLED.build(cache, items, aug), LABELLED.build(cache, items, aug)
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
     # hand-checked draw of one seed: default_rng(seed) gives scale, top, left, flip, then jitter
     rng = np.random.default_rng(SEEDS[0])
@@ -98,7 +98,7 @@ def test_batched_jitter_is_torchvisions_per_sample_jitter():
 def test_jittered_batch_is_close_to_the_loader_views_uint8_jitter():
     aug = Augment(**GEOMETRY, color_jitter_p=1.0)
     old = stacked(LabelledView(Coded(), aug), SEEDS[:16])
-    new = labelled_batch(DeviceCache(Coded(), labelled=[0], pool=[], device=CPU), [(0, s) for s in SEEDS[:16]], aug)
+    new = LABELLED.build(DeviceCache(Coded(), labelled=[0], pool=[], device=CPU), [(0, s) for s in SEEDS[:16]], aug)
     # the loader truncates to uint8 after each of five operations; the device path stays in float
     assert (new["image"] * 255 - old["image"].float()).abs().max() <= 6
 

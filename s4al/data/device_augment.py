@@ -177,16 +177,10 @@ class DeviceViews(NamedTuple):
     inputs: Callable  # (cache, items, aug) -> input tensors, made on the host
     views: Callable  # (cache, aug, *inputs) -> the batch, on the device alone
 
+    def build(self, cache: DeviceCache, items: Sequence[tuple[int, int]], aug: Augment) -> dict[str, torch.Tensor]:
+        """The batch of (index, seed) items, both parts eagerly."""
+        return self.views(cache, aug, *self.inputs(cache, items, aug))
+
 
 LABELLED = DeviceViews(labelled_inputs, labelled_views)
 UNLABELLED = DeviceViews(unlabelled_inputs, unlabelled_views)
-
-
-def labelled_batch(cache: DeviceCache, items: Sequence[tuple[int, int]], aug: Augment) -> dict[str, torch.Tensor]:
-    """LabelledView's items for a batch of (index, seed): image (jittered), label."""
-    return labelled_views(cache, aug, *labelled_inputs(cache, items, aug))
-
-
-def unlabelled_batch(cache: DeviceCache, items: Sequence[tuple[int, int]], aug: Augment) -> dict[str, torch.Tensor]:
-    """UnlabelledView's items for a batch of (index, seed): weak, strong, known_label, known, valid."""
-    return unlabelled_views(cache, aug, *unlabelled_inputs(cache, items, aug))
