@@ -479,3 +479,20 @@ def test_jpeg_copy_keeps_labels_and_lists_and_loads_as_camvid(tmp_path):
     original, jpeg = CamVid(source, "train").load(0), CamVid(copy, "train").load(0)
     assert np.array_equal(jpeg.label, original.label)
     assert np.abs(jpeg.image.astype(int) - original.image.astype(int)).max() <= 8  # quality 95
+
+
+def test_the_gpu_checks_script_runs_its_stages_and_names_a_cuda_graphs_variant_apart(tmp_path):
+    """benchmarks/gpu_checks.sh at smoke sizes on the CPU (SMOKE=1): speed.py's files, and the
+    comparison's results and logs archived, under the variant's own name when CUDA_GRAPHS is given."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_checks.sh"
+    env = {**os.environ, "SMOKE": "1", "PYTHON": sys.executable, "WORK": str(tmp_path / "work"), "CUDA_GRAPHS": "false"}
+    done = subprocess.run(["bash", str(script), str(tmp_path / "out"), "400", "sup_10"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "speed" / "smoke.json").read_text())["settings"]["smoke"] is True
+    shutil.unpack_archive(tmp_path / "out" / "label_efficiency.tgz", tmp_path / "unpacked")
+    variant = "smoke_checks_cuda_graphs_false"
+    result = json.loads((tmp_path / "unpacked" / "label_efficiency" / variant / "sup_10_seed0.json").read_text())
+    assert result["extra_overrides"] == {"train": {"cuda_graphs": False}} and result["config"]["train"]["cuda_graphs"] is False
+    assert (tmp_path / "unpacked" / variant / "logs" / "sup_10_seed0.log").exists()
+    assert not (tmp_path / "out" / "label_efficiency").exists()  # archived, then removed
