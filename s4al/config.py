@@ -256,7 +256,7 @@ def saved_config(data: dict, source: str | Path) -> RunConfig:
 def _migrated(data: dict, source: str | Path) -> dict:
     """A saved config of any version as a complete config of the current version."""
     version = data.get("config_version", 1)
-    if version not in range(1, CONFIG_VERSION + 1):
+    if type(version) is not int or not 1 <= version <= CONFIG_VERSION:
         raise ConfigError(f"{source}: config_version {version!r}; this s4al reads versions 1 to {CONFIG_VERSION}")
     data = _without_removed_keys(data, source)
     added_since = {}

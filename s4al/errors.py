@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import typer
 
 
 class S4alError(ValueError):
@@ -23,6 +22,7 @@ USER_ERRORS = (S4alError, FileNotFoundError, PermissionError, IsADirectoryError,
 @contextmanager
 def user_errors_reported() -> Iterator[None]:
     """A command's body: a user error ends it with `error: MESSAGE` on stderr and exit status 1."""
+    import typer  # the command line's: the library modules that raise these errors never load it
     try:
         yield
     except USER_ERRORS as err:

@@ -1,9 +1,10 @@
 """The run folder: its layout, making a new one, opening an existing one, and the lock on it.
 
     config.yaml          the complete config the run was made with (written first, atomically)
-    ledger.sqlite        what was asked and answered (s4al/active/ledger.py), labels/ beside it
+    ledger.sqlite        what was asked and answered (s4al/active/ledger.py), labels/ beside it, and
+                         where each cycle stands (s4al/active/phases.py)
     splits/              the initial labelled images and the pool, for audits
-    checkpoints/         cycle_C.pt, training state, saved atomically every epoch
+    checkpoints/         cycle_C.pt, training state, saved atomically every train.checkpoint_every epochs
     cycles/cycle_C.json  one summary per finished cycle
     metrics.jsonl, tensorboard/, queries/, report/
 
@@ -82,7 +83,14 @@ class RunFolder:
         """The finished cycles' summaries, in cycle order (cycle_10 after cycle_9)."""
         paths = {int(m.group(1)): p for p in self.cycles_dir.glob("cycle_*.json")
                  if (m := re.fullmatch(r"cycle_(\d+)\.json", p.name))}
-        return [json.loads(paths[cycle].read_text()) for cycle in sorted(paths)]
+        return [self._summary(paths[cycle]) for cycle in sorted(paths)]
+
+    @staticmethod
+    def _summary(path: Path) -> dict:
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise RunFolderError(f"{path}: not a cycle summary ({err})") from None
 
     # ---- making and opening ----------------------------------------------------------------
     @classmethod

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -77,6 +78,14 @@ def tile_logits(model: nn.Module, images: Tensor, tile: Tile, device: torch.devi
     logits = model(to_model_input(images[..., wy0:wy1, wx0:wx1], device))
     rows, cols = tile.core_in_window()
     return logits[..., rows, cols]
+
+
+def tiled_labels(model: nn.Module, images: Tensor, device: torch.device) -> np.ndarray:
+    """(N, H, W) uint8 class ids (argmax) of uint8 (N, 3, H, W) images, tile by tile if large."""
+    labels = np.empty((len(images), *images.shape[-2:]), dtype=np.uint8)
+    for (y0, x0, y1, x1), logits in tiled_logits(model, images, device):
+        labels[:, y0:y1, x0:x1] = logits.argmax(1).to(torch.uint8).cpu().numpy()
+    return labels
 
 
 def tiled_logits(model: nn.Module, images: Tensor, device: torch.device) -> Iterator[tuple[Box, Tensor]]:

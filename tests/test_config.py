@@ -135,10 +135,11 @@ def test_a_version_2_run_resumes_as_it_ran_and_a_version_3_dump_lacking_that_key
         load_run_config(path)
 
 
-def test_a_config_from_a_newer_version_is_refused():
-    data = load_config("demo").model_dump(mode="json") | {"config_version": 4}
-    with pytest.raises(ConfigError, match="config_version 4"):
-        saved_config(data, "new/config.yaml")
+def test_a_config_from_a_newer_version_or_of_no_version_number_is_refused():
+    data = load_config("demo").model_dump(mode="json")
+    for version in (4, 0, 2.0, True, "3"):
+        with pytest.raises(ConfigError, match=f"new/config.yaml: config_version {version!r}; this s4al reads"):
+            saved_config(data | {"config_version": version}, "new/config.yaml")
 
 
 def test_set_errors_name_the_set_option_not_the_preset():

@@ -233,6 +233,9 @@ def test_cycle_summaries_come_in_numeric_order(tmp_path):
     for cycle in (0, 1, 2, 9, 10, 11):
         folder.cycle_summary_path(cycle).write_text(f'{{"cycle": {cycle}}}')
     assert [s["cycle"] for s in folder.summaries()] == [0, 1, 2, 9, 10, 11]
+    folder.cycle_summary_path(9).write_text('{"cycle": 9, "val": ')  # a summary edited by hand and cut
+    with pytest.raises(RunFolderError, match=r"cycle_9\.json: not a cycle summary"):
+        folder.summaries()
 
 
 def test_the_run_folder_starts_with_its_config(tmp_path):

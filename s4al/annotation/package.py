@@ -29,7 +29,7 @@ from s4al.active.ledger import Region
 from s4al.annotation.label_studio import ASKED_COLOUR, labelling_config, task
 from s4al.data.classes import ClassSet
 from s4al.inference import inference_batches
-from s4al.tiles import tiled_logits
+from s4al.tiles import tiled_labels
 from s4al.train.checkpoint import load_trained_model
 
 OUTLINE_WIDTH = 2  # pixels, drawn just outside each box so the box itself stays visible
@@ -82,9 +82,7 @@ def _predictions(
     indices = [active_run.index_of[image_id] for image_id in by_image]
     batch_size = active_run.cfg.active.score_batch_size
     for images, _, batch_indices in inference_batches(active_run.train_set, indices, batch_size, device, 0, None, False):
-        predictions = np.empty((len(images), *images.shape[-2:]), dtype=np.uint8)
-        for (y0, x0, y1, x1), logits in tiled_logits(model, images, device):  # a large image tile by tile
-            predictions[:, y0:y1, x0:x1] = logits.argmax(1).to(torch.uint8).cpu().numpy()
+        predictions = tiled_labels(model, images, device)  # a large image tile by tile
         for image, prediction, index in zip(images.permute(0, 2, 3, 1).numpy(), predictions, batch_indices):
             yield image, prediction, by_image[active_run.ids[index]]
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from s4al.errors import S4alError
+
 IGNORE_INDEX = 255
 
 
@@ -16,9 +18,9 @@ class ClassSet:
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.colors):
-            raise ValueError(f"{len(self.names)} class names but {len(self.colors)} colours")
+            raise S4alError(f"{len(self.names)} class names but {len(self.colors)} colours")
         if len(self.names) >= IGNORE_INDEX:
-            raise ValueError(f"at most {IGNORE_INDEX - 1} classes are supported")
+            raise S4alError(f"at most {IGNORE_INDEX - 1} classes are supported")
 
     @property
     def num_classes(self) -> int:

@@ -11,7 +11,6 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from PIL import Image
 
-from s4al.errors import S4alError
 from s4al.config import DatasetConfig
 from s4al.data import ClassSet, DatasetError
 from s4al.data.camvid import CAMVID_CLASSES
@@ -20,7 +19,8 @@ from s4al.data.folder import read_spec
 from s4al.data.io import read_image
 from s4al.data.synthetic import SYNTHETIC_CLASSES
 from s4al.distributed import setup_device
-from s4al.tiles import tiled_logits
+from s4al.errors import S4alError
+from s4al.tiles import tiled_labels
 from s4al.train.checkpoint import load_checkpoint, load_trained_model
 
 BUILT_IN_CLASSES = {"camvid": CAMVID_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "synthetic": SYNTHETIC_CLASSES}
@@ -47,11 +47,7 @@ def class_set(dataset: DatasetConfig, checkpoint: Path) -> ClassSet:
 def segment(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
     """(H, W) uint8 class ids of one (H, W, 3) uint8 RGB image, at its own size; an image too large
     to run whole is segmented tile by tile (s4al/tiles.py)."""
-    batch = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)
-    labels = np.empty(image.shape[:2], dtype=np.uint8)
-    for (y0, x0, y1, x1), logits in tiled_logits(model, batch, device):
-        labels[y0:y1, x0:x1] = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
-    return labels
+    return tiled_labels(model, torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0), device)[0]
 
 
 def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
