@@ -1,3 +1,5 @@
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +9,8 @@ import torch
 from s4al.active.label_state import LabelState
 from s4al.active.ledger import Ledger, Region
 from s4al.config import RunConfig, load_config
+from s4al.data import build_dataset
+from s4al.train.trainer import TrainData
 
 # Tiny tensors gain nothing from intra-op threads, and two threads per process thrash when the
 # suite's subprocesses and DataLoader workers share a 2-core machine.
@@ -15,6 +19,8 @@ torch.set_num_threads(1)
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CAMVID = SHARED / "data" / "camvid"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet.pth"
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def tiny_config(**sections) -> RunConfig:
@@ -29,6 +35,13 @@ def tiny_config(**sections) -> RunConfig:
     for name, values in sections.items():
         overrides[name] = {**overrides.get(name, {}), **values}
     return load_config("demo", overrides)
+
+
+def ssl_data(cfg: RunConfig) -> tuple[TrainData, torch.utils.data.Dataset]:
+    """Four labelled training images and the rest unlabelled (semi-supervised), and the val split."""
+    train = build_dataset(cfg.dataset, "train", cfg.seed)
+    return TrainData(train, labelled=[0, 1, 2, 3], pool=list(range(4, len(train)))), build_dataset(
+        cfg.dataset, "val", cfg.seed)
 
 
 @pytest.fixture
@@ -70,6 +83,12 @@ def active(cfg, **values):
 
 def ledger_of(run_dir):
     return Ledger(run_dir / "ledger.sqlite", readonly=True)
+
+
+def read_rows(path: Path, query: str) -> list[tuple]:
+    """The rows of `query` through a read-only connection of its own, as another process reads the file."""
+    with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        return conn.execute(query).fetchall()
 
 
 class Counted(torch.utils.data.Dataset):

@@ -7,21 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config
-from s4al.data import build_dataset
+from conftest import ssl_data, tiny_config
 from s4al.run_folder import RunFolder
 from s4al.train.checkpoint import (
     AdoptionRefused, adopt_final_checkpoint, load_checkpoint, save_checkpoint, write_metrics_log,
 )
-from s4al.train.trainer import Trainer, TrainData
+from s4al.train.trainer import Trainer
 
 METRIC_ONLY = {"active.metric"}
-
-
-def ssl_data(cfg) -> tuple[TrainData, object]:
-    train = build_dataset(cfg.dataset, "train", cfg.seed)
-    return TrainData(train, labelled=[0, 1, 2, 3], pool=list(range(4, len(train)))), build_dataset(
-        cfg.dataset, "val", cfg.seed)
 
 
 @pytest.fixture(scope="module")

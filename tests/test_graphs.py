@@ -5,19 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_config
-from s4al.data import build_dataset
+from conftest import needs_cuda, ssl_data, tiny_config
 from s4al.train.graphs import StudentPasses
-from s4al.train.trainer import Trainer, TrainData
-
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from s4al.train.trainer import Trainer
 
 
 def ssl_trainer(tmp_path, device: str, graphs: bool, freeze_bn: bool = True) -> Trainer:
     cfg = tiny_config(ssl={"confidence_threshold": 0.0, "freeze_bn_on_unlabelled": freeze_bn},
                       train={"device": device, "epochs": 4, "cuda_graphs": graphs})
-    train = build_dataset(cfg.dataset, "train", cfg.seed)
-    return Trainer(cfg, TrainData(train, labelled=[0, 1, 2, 3], pool=list(range(4, len(train)))), None, tmp_path)
+    return Trainer(cfg, ssl_data(cfg)[0], None, tmp_path)
 
 
 def test_graphs_and_their_kept_gradients_are_off_on_a_cpu(tmp_path):

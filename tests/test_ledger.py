@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import s4al.active.ledger as ledger_module
-from conftest import label_map, label_state, region_by_id
+from conftest import label_map, label_state, read_rows, region_by_id
 from s4al.active.ledger import Ledger, LedgerError, connect, write_transaction
 from s4al.active.phases import CyclePhases
 
@@ -43,18 +43,12 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
-def read(path: Path, query: str) -> list[tuple]:
-    """The rows of `query` through a reader's connection of its own, as another process reads the file."""
-    with closing(connect(path, readonly=True)) as conn:
-        return conn.execute(query).fetchall()
-
-
 def names(path: Path, kind: str) -> set[str]:
-    return {name for (name,) in read(path, f"SELECT name FROM sqlite_master WHERE type = '{kind}'")}
+    return {name for (name,) in read_rows(path, f"SELECT name FROM sqlite_master WHERE type = '{kind}'")}
 
 
 def test_new_ledger_schema_and_meta(ledger):
-    assert read(ledger.path, "PRAGMA journal_mode") == [("wal",)]  # the file's mode, as any reader finds it
+    assert read_rows(ledger.path, "PRAGMA journal_mode") == [("wal",)]  # the file's mode, as any reader finds it
     assert ledger.get_meta("schema_version") == 2
     assert names(ledger.path, "table") == {"meta", "images", "regions"}  # the cycles table is the cycle phases' own
     ledger.set_meta("class_names", ["sky", "road"])
@@ -276,7 +270,7 @@ def test_sigkill_leaves_a_consistent_ledger(tmp_path, kill_at, asked_after, answ
     assert child.returncode == -signal.SIGKILL, child.stderr.decode()
 
     with Ledger(tmp_path / "ledger.sqlite") as ledger, CyclePhases(ledger) as phases:
-        assert read(ledger.path, "PRAGMA integrity_check") == [("ok",)]
+        assert read_rows(ledger.path, "PRAGMA integrity_check") == [("ok",)]
         assert (len(ledger.asked()), len(ledger.answered())) == (asked_after, answered_after)
         assert phases.phase(1) == "acquire"
         for region in ledger.answered():
@@ -427,7 +421,7 @@ def test_a_version_1_ledger_is_read_as_it_is_and_migrated_in_place_when_opened_f
         assert (label_map(ledger, "a")[:10, :10] == 2).all() and asked.state == "asked"
         assert ledger.skip([asked.region_id], by="alice") == [2]
         assert {"regions_by_cycle", "regions_by_state"} <= names(path, "index")
-        assert read(path, "PRAGMA integrity_check") == [("ok",)] and read(path, "PRAGMA foreign_key_check") == []
+        assert read_rows(path, "PRAGMA integrity_check") == [("ok",)] and read_rows(path, "PRAGMA foreign_key_check") == []
         (region_id,) = ledger.ask(1, [("a", (40, 40, 50, 50), "entropy", 0.1)])
         assert region_id == 3  # ids continue after the copied rows
 

@@ -7,6 +7,7 @@ from contextlib import closing
 
 import pytest
 
+from conftest import read_rows
 from s4al.active.ledger import Ledger, LedgerError
 from s4al.active.phases import CyclePhases
 
@@ -29,20 +30,14 @@ def phases(ledger):
         yield opened
 
 
-def read(path, query):
-    """The rows of `query` through a read-only connection of its own, as another process reads the file."""
-    with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-        return conn.execute(query).fetchall()
-
-
 def cycles_rows(path):
-    return read(path, "SELECT cycle, phase, finished_at IS NOT NULL, metrics_json FROM cycles ORDER BY cycle")
+    return read_rows(path, "SELECT cycle, phase, finished_at IS NOT NULL, metrics_json FROM cycles ORDER BY cycle")
 
 
 def cycles_ddl(path):
     """The statement that made the file's cycles table, its layout apart; [] if there is none."""
     return [" ".join(sql.split()).replace("( ", "(").replace(" )", ")")
-            for (sql,) in read(path, "SELECT sql FROM sqlite_master WHERE name = 'cycles'")]
+            for (sql,) in read_rows(path, "SELECT sql FROM sqlite_master WHERE name = 'cycles'")]
 
 
 def test_a_cycle_goes_through_its_phases_in_order_and_merges_its_metrics(phases):
@@ -81,7 +76,7 @@ def test_a_writer_makes_the_cycles_table_as_it_always_was(ledger, tmp_path):
     with CyclePhases(ledger) as phases:
         phases.set_phase(0, "train", {"miou": 0.25})
         # committed at once, through the ledger's write-ahead log: another reader sees it while phases is open
-        assert read(ledger.path, "PRAGMA journal_mode") == [("wal",)]
+        assert read_rows(ledger.path, "PRAGMA journal_mode") == [("wal",)]
         assert cycles_rows(ledger.path) == [(0, "train", 0, '{"miou": 0.25}')]
     assert cycles_ddl(ledger.path) == [OLD_CYCLES_TABLE]
 

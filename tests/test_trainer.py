@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MixedSizes, tiny_config
+from conftest import MixedSizes, needs_cuda, ssl_data, tiny_config
 from s4al.data import build_dataset
 from s4al.evaluate import evaluate
 from s4al.seeding import derive_seed
@@ -27,11 +27,6 @@ def recorder(steps: dict, stop_at: int | None = None):
             if record["step"] == stop_at:
                 raise Stop
     return progress
-
-
-def ssl_data(cfg):
-    train = build_dataset(cfg.dataset, "train", cfg.seed)
-    return TrainData(train, labelled=[0, 1, 2, 3], pool=list(range(4, len(train)))), build_dataset(cfg.dataset, "val", cfg.seed)
 
 
 @pytest.mark.parametrize("learner", [
@@ -145,7 +140,7 @@ def test_class_normalised_confidence_changes_the_unsupervised_loss_only(tmp_path
 
 @pytest.mark.parametrize("device", [
     "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
+    pytest.param("cuda", marks=needs_cuda),
 ])
 def test_loader_batches_are_page_locked_exactly_when_training_on_a_gpu(tmp_path, device):
     cfg = tiny_config(train={"device": device, "fast": "off"})
@@ -288,7 +283,7 @@ def test_a_non_finite_loss_in_the_first_epoch_writes_no_checkpoint_and_names_the
     assert f"diverged at step {max(steps) + 1} of 16: loss/sup is " in str(raised.value)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 def test_fast_path_steps_on_a_gpu_never_wait_for_it(tmp_path):
     """Batches built on the device and whole SSL steps with replay under sync debug mode 'error':
     any operation that makes the host wait for the GPU inside a step raises."""
@@ -313,11 +308,11 @@ def test_fast_path_steps_on_a_gpu_never_wait_for_it(tmp_path):
     assert batch.labelled["image"].is_cuda and batch.labelled["image"].dtype == torch.float32
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_training_on_a_gpu_tunes_cudnn_for_itself_only(tmp_path):
+@needs_cuda
+def test_training_on_a_gpu_tunes_cudnn_for_itself_only(tmp_path, monkeypatch):
     cfg = tiny_config(train={"device": "cuda", "epochs": 1, "iters_per_epoch": 2})
     trainer = Trainer(cfg, ssl_data(cfg)[0], None, tmp_path)
-    torch.backends.cudnn.benchmark = False
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     seen = []
     trainer.progress = lambda record: seen.append(torch.backends.cudnn.benchmark)
     trainer.fit()
