@@ -122,9 +122,9 @@ def test_methods_run_the_products_learner_and_s4al_paper_the_papers_exactly():
         "off", False, False)
 
 
-def smoke_config(method: str, seed: int = 0):
+def smoke_config(method: str, seed: int = 0, extra: dict | None = None):
     return label_efficiency.method_config(label_efficiency.PROTOCOLS["smoke"], label_efficiency.METHODS[method],
-                                          seed, Path("."), Path("."))
+                                          seed, Path("."), Path("."), extra)
 
 
 def test_only_configs_that_differ_in_what_the_acquisition_reads_share_cycle_0():
@@ -159,8 +159,7 @@ ACQUISITION_CHANGES = {
 def trained_cycle0(run_dir: Path, changes: dict) -> tuple:
     """(config, final cycle-0 checkpoint) of smoke s4al, seed 0, with `changes`; an external
     annotator stops the run at its first questions, after cycle 0 and its acquisition."""
-    cfg = label_efficiency.method_config(label_efficiency.PROTOCOLS["smoke"], label_efficiency.METHODS["s4al"], 0,
-                                         Path("."), Path("."), merged({"active": {"annotator": "external"}}, changes))
+    cfg = smoke_config("s4al", extra=merged({"active": {"annotator": "external"}}, changes))
     ActiveLearningRun(run_dir, cfg).run()
     return cfg, load_checkpoint(RunFolder(run_dir).checkpoint_path(0))
 
@@ -193,8 +192,8 @@ def lent_root(tmp_path_factory) -> Path:
     return root
 
 
-def smoke_result(root: Path, method: str, name: str = "smoke") -> dict:
-    return json.loads((root / "results" / name / f"{method}_seed0.json").read_text())
+def smoke_result(root: Path, method: str) -> dict:
+    return json.loads((root / "results" / "smoke" / f"{method}_seed0.json").read_text())
 
 
 def test_a_run_resumes_the_same_cycle_0_of_another_and_names_it(lent_root):
@@ -242,6 +241,18 @@ def test_a_lender_trained_with_another_learner_or_unfinished_is_refused(lent_roo
     assert capsys.readouterr().out == (f"[x] cycle 0 not taken from s4al_seed0: {lender}: trained with another "
                                        "ssl.class_normalised_confidence, ssl.distribution_alignment, "
                                        "ssl.freeze_bn_on_unlabelled\n")
+
+
+def test_a_lender_with_other_initial_labels_or_pool_is_refused(lent_root, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(lent_root / "work" / "smoke" / "s4al_seed0", other)
+    pool = RunFolder(other).splits_dir / "pool.txt"
+    pool.write_text("".join(pool.read_text().splitlines(keepends=True)[:-1]))  # one pool image fewer
+    run = ActiveLearningRun(tmp_path / "random", smoke_config("region_random_ssl"))
+    record = tmp_path / "random.cycle0_from.json"
+    label_efficiency.adopt_cycle0(run, {"other": other}, record, "[x]")
+    assert not run.folder.checkpoint_path(0).exists() and not record.exists()
+    assert capsys.readouterr().out == "[x] cycle 0 not taken from other: other initial labels or pool\n"
 
 
 def test_a_window_starts_a_run_after_its_mate_and_prefers_it_once_the_mates_cycle_0_is_done(lent_root, tmp_path):
@@ -332,8 +343,8 @@ def test_the_bought_table_averages_each_seeds_class_shares_over_its_cycles():
     assert summarize.bought_table({"ssl_10": groups["ssl_10"]}) == ""
 
 
-def python_job(tmp_path: Path, label: str, code: str) -> Job:
-    return Job(label, (sys.executable, "-c", code), tmp_path / f"{label}.log")
+def python_job(tmp_path: Path, label: str, code: str, ready=None) -> Job:
+    return Job(label, (sys.executable, "-c", code), tmp_path / f"{label}.log", ready=ready)
 
 
 def test_a_window_keeps_k_running_and_starts_the_next_when_one_ends(tmp_path):
@@ -353,10 +364,9 @@ def test_a_window_starts_a_ready_job_before_one_that_is_not_but_never_leaves_a_s
     made = tmp_path / "made"
     start = "import os, time; print('start', time.time(), os.path.exists({!r}), flush=True); time.sleep({})"
     jobs = [python_job(tmp_path, "maker", f"import time; time.sleep(0.5); open({str(made)!r}, 'w'); time.sleep(1.5)"),
-            Job("user", (sys.executable, "-c", start.format(str(made), 0)), tmp_path / "user.log", ready=made.exists),
+            python_job(tmp_path, "user", start.format(str(made), 0), ready=made.exists),
             python_job(tmp_path, "other", start.format(str(made), 1.0)),
-            Job("never", (sys.executable, "-c", start.format(str(made), 0)), tmp_path / "never.log",
-                ready=lambda: False)]
+            python_job(tmp_path, "never", start.format(str(made), 0), ready=lambda: False)]
     outcome = run_window(jobs, 60, parallel=2, report=lambda line: None)
     assert sorted(outcome.finished) == ["maker", "never", "other", "user"]
     starts = {job.label: job.log.read_text().splitlines()[1].split()[1:] for job in jobs[1:]}
