@@ -70,7 +70,7 @@ def _print_scores(title: str, record: dict) -> None:
 
 @app.command()
 def train(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (resumes if it holds a checkpoint).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: a new one, or an earlier training's (same config) to resume.")],
     config: ConfigOption = "demo",
     overrides: SetOption = None,
     quiet: QuietOption = False,
@@ -81,10 +81,8 @@ def train(
     cfg = _config(config, overrides)
     distributed.setup_device(cfg.train.device)  # joins torchrun's process group
     with user_errors_reported():
-        folder = RunFolder(out)  # holds config.yaml, checkpoints/cycle_0.pt and result.json
-        folder.make(lock=distributed.is_main())
-        if distributed.is_main():
-            folder.save_config(cfg)
+        with distributed.main_first():  # rank 0 checks and writes the folder; the others wait for it
+            folder = RunFolder.for_training(out, cfg) if distributed.is_main() else RunFolder(out)
         train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
         val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, cfg.seed)
         with _monitor(folder, quiet) as monitor:
@@ -93,7 +91,7 @@ def train(
     if not distributed.is_main():
         return
     final = result.history[-1]
-    (out / "result.json").write_text(json.dumps(final, indent=2))
+    folder.result_path.write_text(json.dumps(final, indent=2))
     _print_scores("val", final)
 
 

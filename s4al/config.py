@@ -353,9 +353,14 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def flat_config(cfg: RunConfig) -> dict:
+    """Every key's value by its dotted name: {"train.lr": 0.01, ...}."""
+    return _flat(cfg.model_dump(mode="json"))
+
+
 def config_differences(a: RunConfig, b: RunConfig, may_differ: Collection[str] = ()) -> list[str]:
     """The keys ("train.lr") where `a` and `b` differ, but for those in `may_differ`; sorted."""
-    flat_a, flat_b = _flat(a.model_dump(mode="json")), _flat(b.model_dump(mode="json"))
+    flat_a, flat_b = flat_config(a), flat_config(b)
     return sorted(key for key in flat_a.keys() | flat_b.keys()
                   if key not in may_differ and flat_a.get(key) != flat_b.get(key))
 

@@ -8,6 +8,9 @@
     cycles/cycle_C.json  one summary per finished cycle
     metrics.jsonl, tensorboard/, queries/, report/
 
+`s4al train` (full supervision) uses the same layout but for the active-learning parts: config.yaml,
+checkpoints/cycle_0.pt, metrics.jsonl, tensorboard/ and, when it has finished, result.json.
+
 A run folder is opened by one writing process at a time: `lock()` takes an exclusive lock that a
 second process is refused with, naming the process that holds it. The lock goes with the process,
 so a killed run leaves no stale lock behind."""
@@ -23,16 +26,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from s4al.atomic import stray_temp_files
-from s4al.config import ConfigError, RunConfig, load_run_config, save_config
+from s4al.config import ConfigError, RunConfig, config_differences, flat_config, load_run_config, save_config
 from s4al.errors import S4alError
 
 CONFIG_FILE = "config.yaml"
 LEDGER_FILE = "ledger.sqlite"
 LOCK_FILE = ".lock"
+RESULT_FILE = "result.json"  # `s4al train`'s final scores
 # What only a run that has begun writes: without a ledger beside any of these, answers were lost.
 PROGRESS = ("labels", "checkpoints", "cycles", "splits")
+# What an active-learning run writes and `s4al train` never does.
+ACTIVE_LEARNING_ONLY = (LEDGER_FILE, "labels", "cycles", "splits")
 # Keys `s4al run --resume --set` may change: where the run computes, not what it computes.
 RESUME_OVERRIDES = {"train": {"device", "num_workers"}}
+RESUME_KEYS = {f"{section}.{key}" for section, keys in RESUME_OVERRIDES.items() for key in keys}
 
 _held_locks: dict[Path, int] = {}  # run folder -> locked file descriptor, for this process's life
 
@@ -72,6 +79,7 @@ class RunFolder:
         self.cycles_dir = self.path / "cycles"
         self.tensorboard_dir = self.path / "tensorboard"
         self.metrics_log = self.path / "metrics.jsonl"
+        self.result_path = self.path / RESULT_FILE
 
     def checkpoint_path(self, cycle: int) -> Path:
         return self.checkpoints_dir / f"cycle_{cycle}.pt"
@@ -101,6 +109,29 @@ class RunFolder:
         folder.make(lock)
         if folder.config_path.exists():
             raise RunFolderError(f"{folder.path}: already holds a run; continue it with --resume {folder.path}")
+        folder.save_config(cfg)
+        return folder
+
+    @classmethod
+    def for_training(cls, path: Path, cfg: RunConfig, lock: bool = True) -> "RunFolder":
+        """The folder of `s4al train`, holding `cfg`, locked: a new one, or the folder of an earlier
+        training with the same config (but for where it computes), which then resumes. An
+        active-learning run's folder, or a training made with another config, is refused: its
+        config would be overwritten and its checkpoint continued with other settings."""
+        folder = cls(Path(path))
+        folder.make(lock)
+        found = [name for name in ACTIVE_LEARNING_ONLY if (folder.path / name).exists()]
+        if found:
+            raise RunFolderError(f"{folder.path}: holds an active-learning run ({', '.join(found)}); "
+                                 "s4al train needs a folder of its own")
+        if folder.config_path.exists():
+            saved = folder.config()
+            differences = config_differences(saved, cfg, may_differ=RESUME_KEYS)
+            if differences:
+                there, given = flat_config(saved), flat_config(cfg)
+                shown = ", ".join(f"{key} ({there.get(key)!r} there, {given.get(key)!r} given)" for key in differences)
+                raise RunFolderError(f"{folder.config_path}: this training was made with another config: {shown}; "
+                                     "resume it with the config it was made with, or give a new --out")
         folder.save_config(cfg)
         return folder
 
@@ -137,7 +168,7 @@ class RunFolder:
         """The saved config, with `overrides` limited to RESUME_OVERRIDES."""
         refused = list(_outside_resume_overrides(overrides or {}))
         if refused:
-            allowed = ", ".join(f"{s}.{k}" for s, keys in RESUME_OVERRIDES.items() for k in sorted(keys))
+            allowed = ", ".join(sorted(RESUME_KEYS))
             raise RunFolderError(f"{self.path}: a resumed run keeps the config it was made with; --set "
                                  f"{', '.join(refused)} refused (on resume only {allowed} may change)")
         try:
@@ -156,6 +187,10 @@ class RunFolder:
                                      "Restore it from a backup; nothing was changed")
             return True
         begun = [name for name in PROGRESS if (self.path / name).exists()]
+        if begun == ["checkpoints"] or self.result_path.exists():
+            raise RunFolderError(f"{self.path}: a folder of `s4al train` (full supervision: checkpoints/ but no "
+                                 "ledger, splits/ or cycles/), not an active-learning run; start one in a new folder "
+                                 "with `s4al run --out`")
         if begun:
             raise RunFolderError(f"{self.ledger_path}: missing, though this run has begun ({', '.join(begun)}/ "
                                  "on disk); its answers were in it. Restore it from a backup; nothing was changed")

@@ -263,3 +263,43 @@ def test_train_command_writes_its_result_and_a_second_call_resumes_without_train
     again = runner.invoke(app, ["train", "--out", str(out), "--config", str(tmp_path / "tiny.yaml"), "--quiet"])
     assert again.exit_code == 0 and (out / "result.json").read_text() == written
     assert checkpoint.stat().st_mtime_ns == saved  # resumed at the last step: nothing trained, nothing saved
+
+
+def test_train_on_an_active_learning_run_folder_is_refused_and_the_run_is_untouched(run_dir, tmp_path):
+    save_config(external_config(), tmp_path / "tiny.yaml")
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    result = runner.invoke(app, ["train", "--out", str(run_dir), "--config", str(tmp_path / "tiny.yaml"), "--quiet"])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {run_dir}: holds an active-learning run (ledger.sqlite, labels, splits)")
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_train_with_another_config_is_refused_and_only_where_it_computes_may_change(tmp_path):
+    cfg = tiny_config(train={"epochs": 1, "iters_per_epoch": 2, "device": "cpu"})
+    save_config(cfg, tmp_path / "tiny.yaml")
+    out = tmp_path / "supervised"
+    command = ["train", "--out", str(out), "--config", str(tmp_path / "tiny.yaml"), "--quiet"]
+    assert runner.invoke(app, command).exit_code == 0
+    checkpoint, saved = RunFolder(out).checkpoint_path(0), RunFolder(out).config_path.read_text()
+    trained = checkpoint.read_bytes()
+
+    refused = runner.invoke(app, [*command, "--set", "train.epochs=2", "--set", "train.lr=0.5"])
+    assert refused.exit_code == 1
+    assert refused.output.startswith(f"error: {out / 'config.yaml'}: this training was made with another config: "
+                                     "train.epochs (1 there, 2 given), train.lr (0.01 there, 0.5 given);")
+    assert RunFolder(out).config_path.read_text() == saved and checkpoint.read_bytes() == trained
+
+    moved = runner.invoke(app, [*command, "--set", "train.device=auto", "--set", "train.num_workers=1"])
+    assert moved.exit_code == 0, moved.output
+    assert "device: auto" in RunFolder(out).config_path.read_text() and checkpoint.read_bytes() == trained
+
+
+def test_resuming_a_training_folder_as_an_active_learning_run_names_what_it_is(tmp_path):
+    cfg = tiny_config(train={"epochs": 1, "iters_per_epoch": 1, "device": "cpu"})
+    save_config(cfg, tmp_path / "tiny.yaml")
+    out = tmp_path / "supervised"
+    assert runner.invoke(app, ["train", "--out", str(out), "--config", str(tmp_path / "tiny.yaml"), "--quiet"]).exit_code == 0
+    result = runner.invoke(app, ["run", "--resume", str(out), "--quiet"])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {out}: a folder of `s4al train` (full supervision")
+    assert not RunFolder(out).ledger_path.exists()
