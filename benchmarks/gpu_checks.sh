@@ -64,7 +64,7 @@ else
     fi
 fi
 
-if stage speed; then  # speed.py writes its files only at its end: it gets most of the time when it runs
+if stage speed; then  # speed.py rewrites its files after each part: a run stopped at its limit keeps those done
     limit=$(( $(left) - 30 < 330 ? $(left) - 30 : 330 ))
     if [ "$limit" -lt 60 ]; then
         check speed skipped "only ${limit} s left"
@@ -73,7 +73,7 @@ if stage speed; then  # speed.py writes its files only at its end: it gets most 
         timeout "$limit" "$python" benchmarks/speed.py --device "$device" "${speed[@]}" --out "$out" \
             2>&1 | tee "$out/speed.log" | tail -40
         rc=${PIPESTATUS[0]}
-        check speed "$rc" "$([ "$rc" = 124 ] && echo "stopped at its limit, no speed files")"
+        check speed "$rc" "$([ "$rc" = 124 ] && echo "stopped at its limit: the speed files hold the parts done")"
     fi
 fi
 

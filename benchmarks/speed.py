@@ -10,16 +10,19 @@
 (c) peak memory of pool scoring for pools of several sizes, each in a fresh process;
 (d) data-loading throughput of the training loaders alone vs the training step rate.
 
-Writes OUT/speed/<machine-tag>.json and a Markdown summary beside it."""
+Writes OUT/speed/<machine-tag>.json and a Markdown summary beside it, after each part; a part
+that fails is recorded there and the others still run."""
 
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import multiprocessing
 import statistics
 import tempfile
 import time
+import traceback
 from collections import defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -349,7 +352,7 @@ def iteration_rows(*paths: dict | None) -> list[list[str]]:
         m = p["memory"]
         return f"{m['peak_mib']:.0f} MiB (+{m['increase_mib']:.0f} over baseline, {m['kind']})"
 
-    a = paths[0]["ssl_iteration"]
+    a = next(p for p in paths if p)["ssl_iteration"]
     return [
         row("(a) SSL iteration, median", lambda p: f"{1000 * p['ssl_iteration']['iteration_seconds_median']:.1f} ms"),
         row("(a) sum of pure model passes", lambda p: f"{1000 * p['ssl_iteration']['passes_sum_seconds']:.1f} ms"),
@@ -364,35 +367,44 @@ def iteration_rows(*paths: dict | None) -> list[list[str]]:
     ]
 
 
-def summary_markdown(r: dict) -> str:
-    b, d = r["pool_scoring"], r["data_loading"]
-    s = r["settings"]
-    iterations = iteration_rows(r, r.get("fast"), r.get("fast_graphs"))
-    rows = [
+def scoring_rows(b: dict, eval_batch_size: int) -> list[list[str]]:
+    return [
         [f"(b) pool scoring (score_cells), median of {b['rounds']} alternated passes", f"{b['scoring_images_per_s']:.2f} images/s"],
         ["(b) plain inference", f"{b['plain_images_per_s']:.2f} images/s"],
         ["(b) scoring time / inference time", f"{b['time_ratio']:.3f}"],
         ["(b) plain inference on images read by the scoring loader", f"{b['plain_read_images_per_s']:.2f} images/s"],
         ["(b) scoring time / that inference time", f"{b['time_ratio_read']:.3f}"],
-        [f"(b) evaluation (batch {s['eval_batch_size']})", f"{b['evaluation_images_per_s']:.2f} images/s"],
+        [f"(b) evaluation (batch {eval_batch_size})", f"{b['evaluation_images_per_s']:.2f} images/s"],
         *([["(b) pool scoring from the device cache (fast path)", f"{b['scoring_cached_images_per_s']:.2f} images/s"],
            ["(b) evaluation from the device cache (fast path)", f"{b['evaluation_cached_images_per_s']:.2f} images/s"],
            ["(b) decoding the images into the device cache, once", f"{b['cache_decode_s']:.2f} s"]]
           if "cache_decode_s" in b else []),
-        *[[f"(c) scoring memory, pool of {m['images']}", f"+{m['increase_mib']:.0f} MiB ({m['kind']})"]
-          for m in r["pool_memory"]],
-        ["(d) loaders alone", f"{d['loader_steps_per_s']:.2f} steps/s ({d['num_workers']} workers)"],
-        ["(d) training", f"{d['train_steps_per_s']:.2f} steps/s"],
     ]
-    return (f"# Speed: {r['tag']}\n\n{r['machine']['cpu']} ({r['machine']['cpus_usable']} CPUs), "
-            f"GPU: {r['machine']['gpu'] or 'none'}, device {s['device']}, {s['height']}x{s['width']}, "
-            f"batch {s['batch_size']} + {s['unlabelled_batch_size']} + {s['unlabelled_batch_size']} replay, "
-            f"alignment {s['alignment']}, class-normalised weights "
-            f"{s['class_normalised_confidence']}, "
-            f"torch {r['machine']['torch']}, {r['machine']['date']}\n\n"
-            + markdown_table(["measure", "loader path (train.fast off)", "fast path, eager (cuda_graphs false)",
-                              "fast path, CUDA graphs"], iterations)
-            + "\n\n" + markdown_table(["measure", "value"], rows))
+
+
+def summary_markdown(r: dict) -> str:
+    """The result as tables of what was measured, then what was not and what failed."""
+    s, m = r["settings"], r["machine"]
+    parts = [f"# Speed: {r['tag']}\n\n{m['cpu']} ({m['cpus_usable']} CPUs), GPU: {m['gpu'] or 'none'}, device "
+             f"{s['device']}, {s['height']}x{s['width']}, batch {s['batch_size']} + {s['unlabelled_batch_size']} + "
+             f"{s['unlabelled_batch_size']} replay, alignment {s['alignment']}, class-normalised weights "
+             f"{s['class_normalised_confidence']}, torch {m['torch']}, {m['date']}"]
+    paths = (r if "ssl_iteration" in r else None, r.get("fast"), r.get("fast_graphs"))
+    if any(paths):
+        parts.append(markdown_table(["measure", "loader path (train.fast off)", "fast path, eager (cuda_graphs false)",
+                                     "fast path, CUDA graphs"], iteration_rows(*paths)))
+    d = r.get("data_loading")
+    rows = [*(scoring_rows(r["pool_scoring"], s["eval_batch_size"]) if "pool_scoring" in r else []),
+            *[[f"(c) scoring memory, pool of {p['images']}", f"+{p['increase_mib']:.0f} MiB ({p['kind']})"]
+              for p in r.get("pool_memory", [])],
+            *([["(d) loaders alone", f"{d['loader_steps_per_s']:.2f} steps/s ({d['num_workers']} workers)"]] if d else []),
+            *([["(d) training", f"{d['train_steps_per_s']:.2f} steps/s"]] if d and "train_steps_per_s" in d else [])]
+    if rows:
+        parts.append(markdown_table(["measure", "value"], rows))
+    if r.get("pending"):
+        parts.append(f"Not measured (the run stopped before them): {', '.join(r['pending'])}.")
+    parts += [f"{name} failed: `{trace.strip().splitlines()[-1]}`" for name, trace in r.get("errors", {}).items()]
+    return "\n\n".join(parts) + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -422,7 +434,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def measures(cfg: RunConfig, args: argparse.Namespace, run_dir: Path, profile_path: Path) -> dict:
+    """What the run measures, each a call that returns its part of the result, the device's
+    default path first. On a GPU the fast path is timed by default, with and without CUDA graphs."""
+    cuda = cfg.train.device.startswith("cuda")
+    timing_fast = cuda if args.fast is None else args.fast
+    loader_cfg = with_settings(cfg, {"train": {"fast": "off"}})
+    parts = {}
+    if timing_fast and cuda:
+        parts["fast_graphs"] = lambda: iterations(with_settings(cfg, {"train": {"fast": "on"}}), run_dir, args)
+    if timing_fast:
+        parts["fast"] = lambda: iterations(
+            with_settings(cfg, {"train": {"fast": "on", "cuda_graphs": False}}), run_dir, args)
+    parts["loader"] = lambda: iterations(loader_cfg, run_dir, args)
+    parts["data_loading"] = lambda: data_loading(replay_trainer(loader_cfg, run_dir), args.load_batches, args.warmup)
+    parts["pool_scoring"] = lambda: pool_scoring(cfg, args.score_images, timing_fast)
+    parts["pool_memory"] = lambda: [in_fresh_process(pool_memory, cfg.model_dump(mode="json"), n) for n in args.pools]
+    if args.profile:  # the path the device takes by default (on a GPU: fast, with CUDA graphs)
+        parts["profile"] = lambda: profile_iterations(replay_trainer(cfg, run_dir), args.profile, profile_path)
+    return parts
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Measures one part after another and rewrites the result files after each, so that a run
+    stopped at a time limit keeps what it measured; a part that fails is recorded under `errors`
+    (the rest still run) and makes the exit status 1."""
     args = parse_args(argv)
     device = args.device
     if device == "auto":
@@ -430,22 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = speed_config(args, device)
     info = machine_info()
     tag = args.tag or machine_tag(info, device) + ("-smoke" if args.smoke else "")
-    with tempfile.TemporaryDirectory() as run_dir:  # the trainer writes nothing unless fit() runs
-        loader = iterations(with_settings(cfg, {"train": {"fast": "off"}}), Path(run_dir), args)
-        trainer = replay_trainer(with_settings(cfg, {"train": {"fast": "off"}}), Path(run_dir))
-        loading = data_loading(trainer, args.load_batches, args.warmup)
-        del trainer
-        if args.profile:  # the path the device takes by default (on a GPU: fast, with CUDA graphs)
-            profile_path = args.out / "speed" / f"{tag}-profile.txt"
-            profile_path.parent.mkdir(parents=True, exist_ok=True)
-            profile_iterations(replay_trainer(cfg, Path(run_dir)), args.profile, profile_path)
-        timing_fast = device.startswith("cuda") if args.fast is None else args.fast
-        fast = fast_graphs = None
-        if timing_fast:
-            fast = iterations(with_settings(cfg, {"train": {"fast": "on", "cuda_graphs": False}}), Path(run_dir), args)
-        if timing_fast and device.startswith("cuda"):
-            fast_graphs = iterations(with_settings(cfg, {"train": {"fast": "on"}}), Path(run_dir), args)
-    loading["train_steps_per_s"] = 1 / loader["ssl_iteration"]["iteration_seconds_median"]
+    out = args.out / "speed" / f"{tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     t = cfg.train
     result = {
         "tag": tag,
@@ -455,20 +477,44 @@ def main(argv: list[str] | None = None) -> int:
                      "dataset": cfg.dataset.name, "smoke": args.smoke,
                      "alignment": cfg.ssl.distribution_alignment,
                      "class_normalised_confidence": cfg.ssl.class_normalised_confidence},
-        **loader,
-        "fast": fast,
-        "fast_graphs": fast_graphs,
-        "pool_scoring": pool_scoring(cfg, args.score_images, timing_fast),
-        "pool_memory": [in_fresh_process(pool_memory, cfg.model_dump(mode="json"), n) for n in args.pools],
-        "data_loading": loading,
-        "machine": info,
+        "machine": info, "fast": None, "fast_graphs": None, "errors": {},
     }
-    out = args.out / "speed" / f"{tag}.json"
+    with tempfile.TemporaryDirectory() as run_dir:  # the trainer writes nothing unless fit() runs
+        parts = measures(cfg, args, Path(run_dir), out.with_name(f"{tag}-profile.txt"))
+        for done, (name, measure) in enumerate(parts.items()):
+            result["pending"] = list(parts)[done:]
+            write_results(result, out)
+            print(f"-- {name}", flush=True)
+            try:
+                measured = measure()
+            except Exception:  # recorded; a failure of one part (e.g. a CUDA graph) leaves the others
+                result["errors"][name] = traceback.format_exc()
+                traceback.print_exc()
+                continue
+            finally:
+                release_memory(torch.device(device))
+            if name == "loader":  # the loader path's iterations stay at the top, as in earlier files
+                result.update(measured)
+            elif name != "profile":
+                result[name] = measured
+    result["pending"] = []
+    write_results(result, out)
+    print(f"{out.with_suffix('.md').read_text()}\nwrote {out} and {out.with_suffix('.md')}")
+    return 1 if result["errors"] else 0
+
+
+def release_memory(device: torch.device) -> None:
+    """What a part left (its trainers, caches and CUDA graphs' pools), so the next one starts clean."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def write_results(result: dict, out: Path) -> None:
+    if "ssl_iteration" in result and "data_loading" in result:
+        result["data_loading"]["train_steps_per_s"] = 1 / result["ssl_iteration"]["iteration_seconds_median"]
     write_json(out, result)
-    markdown = summary_markdown(result)
-    out.with_suffix(".md").write_text(markdown)
-    print(markdown + f"\nwrote {out} and {out.with_suffix('.md')}")
-    return 0
+    out.with_suffix(".md").write_text(summary_markdown(result))
 
 
 if __name__ == "__main__":

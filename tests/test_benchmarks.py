@@ -449,9 +449,23 @@ def test_a_data_root_with_a_test_split_reports_test_miou_beside_val_for_every_cy
     assert "test mIoU" in table.splitlines()[0] and table.count("(test ") == 2  # one per cycle
 
 
-def test_speed_smoke(tmp_path):
-    run_script(speed, "--smoke", "--fast", "--out", tmp_path, "--tag", "test", "--profile", "1")
-    result = json.loads((tmp_path / "speed" / "test.json").read_text())
+def test_speed_smoke_writes_each_part_as_it_is_measured_and_records_a_failed_part(tmp_path, monkeypatch):
+    out = tmp_path / "speed" / "test.json"
+    seen_on_disk = []
+
+    def loaders_stalled(*args):
+        seen_on_disk.append(json.loads(out.read_text()))  # what a run stopped here would leave
+        raise RuntimeError("loaders stalled")
+
+    monkeypatch.setattr(speed, "data_loading", loaders_stalled)
+    assert speed.main([str(a) for a in ("--smoke", "--fast", "--out", tmp_path, "--tag", "test", "--profile", "1")]) == 1
+    [partial] = seen_on_disk
+    assert partial["pending"] == ["data_loading", "pool_scoring", "pool_memory", "profile"]
+    assert partial["fast"]["ssl_iteration"]["iteration_seconds"] and partial["ssl_iteration"]["iteration_seconds"]
+    result = json.loads(out.read_text())
+    assert result["pending"] == [] and list(result["errors"]) == ["data_loading"]
+    assert result["errors"]["data_loading"].strip().endswith("RuntimeError: loaders stalled")
+    assert "data_loading" not in result
     for path in (result, result["fast"]):  # the loader path and the fast path, side by side
         a = path["ssl_iteration"]
         assert set(a["passes_seconds_median"]) == {
@@ -463,11 +477,11 @@ def test_speed_smoke(tmp_path):
     rates = ["plain", "plain_read", "scoring", "evaluation", "scoring_cached", "evaluation_cached"]
     assert all(b[f"{name}_images_per_s"] > 0 for name in rates) and b["cache_decode_s"] > 0
     assert [m["images"] for m in result["pool_memory"]] == [8, 16]
-    assert result["data_loading"]["loader_steps_per_s"] > 0 and result["data_loading"]["train_steps_per_s"] > 0
     assert result["fast_graphs"] is None  # timed on a GPU only
     assert MACHINE_KEYS <= set(result["machine"])
     table = (tmp_path / "speed" / "test.md").read_text()
     assert "fast path, eager (cuda_graphs false)" in table and "evaluation from the device cache" in table
+    assert "(d) loaders alone" not in table and "data_loading failed: `RuntimeError: loaders stalled`" in table
     profile = (tmp_path / "speed" / "test-profile.txt").read_text()
     assert "1 iterations, train.fast auto (loader path), CUDA graphs off, by self_cpu_time_total" in profile and "aten::convolution" in profile
 
