@@ -92,11 +92,11 @@ def read_rows(path: Path, query: str) -> list[tuple]:
 
 
 class Counted(torch.utils.data.Dataset):
-    """A split that counts its decodes (image and label pairs, images alone)."""
+    """A split that counts its decodes (image and label pairs, images alone, labels alone)."""
 
     def __init__(self, base, size=None):
         self.base, self.classes, self.size = base, base.classes, size
-        self.loads = self.image_loads = 0
+        self.loads = self.image_loads = self.label_loads = 0
 
     def __len__(self):
         return len(self.base)
@@ -114,6 +114,10 @@ class Counted(torch.utils.data.Dataset):
     def load_image(self, index):
         self.image_loads += 1
         return self.base.load(index).image
+
+    def load_label(self, index):
+        self.label_loads += 1
+        return self.base.load(index).label
 
 
 class MixedSizes(Counted):

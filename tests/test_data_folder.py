@@ -5,6 +5,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from s4al.data import io as data_io
 from s4al.data.base import DatasetError
 from s4al.data.folder import ImageFolder
 
@@ -117,6 +118,46 @@ def test_load_image_matches_load_and_never_reads_the_label(tmp_path):
     with pytest.raises(DatasetError, match="a.png"):
         dataset.load(0)
     assert dataset.load_image(0).shape == (4, 6, 3)
+
+
+@pytest.fixture
+def image_decodes(monkeypatch):
+    """The image files decoded (by `read_image`) while the test runs."""
+    decoded, read_image = [], data_io.read_image
+    monkeypatch.setattr(data_io, "read_image", lambda path: decoded.append(path.name) or read_image(path))
+    return decoded
+
+
+def test_load_label_equals_loads_label_and_decodes_no_image(tmp_path, image_decodes):
+    make_folder(tmp_path)
+    sizes = (None, (4, 6))
+    trains = [ImageFolder(tmp_path, "train", resize=resize) for resize in sizes]
+    save(tmp_path / "images" / "pool.jpg", np.zeros((3, 5, 3), np.uint8))  # no mask: all-ignore
+    # nearest from 2x2 to 4x6: each label pixel becomes a 2x3 block
+    masks = (ID_MASK, np.repeat(np.repeat(ID_MASK, 2, axis=0), 3, axis=1))
+    for resize, mask, train in zip(sizes, masks, trains):
+        pool = ImageFolder(tmp_path, "unlabelled", resize=resize)
+        labels = [train.load_label(0), train.load_label(1), pool.load_label(0)]
+        assert image_decodes == []
+        assert np.array_equal(labels[0], mask) and np.array_equal(labels[1], mask)
+        assert labels[2].shape == (resize or (3, 5)) and (labels[2] == 255).all()
+        assert all(np.array_equal(label, dataset.load(i).label)
+                   for label, (dataset, i) in zip(labels, [(train, 0), (train, 1), (pool, 0)]))
+        image_decodes.clear()
+
+
+def test_a_label_of_another_size_is_refused_naming_it_before_the_image_is_decoded(tmp_path, image_decodes):
+    make_folder(tmp_path)
+    save(tmp_path / "masks" / "b.png", np.zeros((3, 2), np.uint8))
+    message = r"masks/b\.png: label size \(3, 2\) \(H, W\) differs from image .*images/b\.png size \(2, 2\)"
+    for resize in (None, (3, 2)):  # checked against the image on file, not the size it is resized to
+        dataset = ImageFolder(tmp_path, "train", resize=resize)
+        with pytest.raises(DatasetError, match=message):
+            dataset.load_label(1)
+        assert image_decodes == []
+        with pytest.raises(DatasetError, match=message):
+            dataset.load(1)
+        image_decodes.clear()
 
 
 def test_a_jpeg_mask_is_refused_naming_the_file(tmp_path):

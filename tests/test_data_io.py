@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from s4al.data.base import DatasetError, Sample
+from s4al.data.base import DatasetError
 from s4al.data.io import (
-    Pair, label_table, read_image, read_label, read_pair_list, read_size, remap_label, resize_sample,
+    Pair, label_table, read_image, read_label, read_pair_list, read_size, remap_label, resize_image, resize_label,
 )
 
 
@@ -63,9 +63,9 @@ def test_remap_maps_values_and_names_invalid_ones():
 
 def test_resize_uses_nearest_for_labels():
     label = np.array([[0, 3], [5, 255]], np.uint8)
-    sample = resize_sample(Sample(np.zeros((2, 2, 3), np.uint8), label), (5, 7))
-    assert sample.image.shape == (5, 7, 3) and sample.label.shape == (5, 7)
-    assert set(np.unique(sample.label)) == {0, 3, 5, 255}
+    assert resize_image(np.zeros((2, 2, 3), np.uint8), (5, 7)).shape == (5, 7, 3)
+    resized = resize_label(label, (5, 7))
+    assert resized.shape == (5, 7) and set(np.unique(resized)) == {0, 3, 5, 255}
 
 
 def test_pair_list_errors_name_the_list_file_and_line(tmp_path):

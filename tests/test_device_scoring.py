@@ -142,7 +142,7 @@ def test_the_cache_built_for_scoring_gains_the_labels_when_evaluation_needs_them
     images_only = inference_cache(counted, CPU, "on", labels=False)
     assert len(images_only.labels) == 0 and counted.loads == 0
     labelled = inference_cache(counted, CPU, "on", labels=True)
-    assert counted.loads == len(val) and counted.image_loads == len(val)  # the labels only, images are held
+    assert (counted.loads, counted.image_loads, counted.label_loads) == (0, len(val), len(val))  # images are held
     (row,) = labelled.label_rows([1])
     assert torch.equal(labelled.labels[row], torch.from_numpy(val.load(1).label))
     assert labelled.images.data_ptr() == images_only.images.data_ptr()
@@ -197,9 +197,9 @@ def test_a_new_cycles_training_cache_decodes_only_the_labels(setup, tmp_path):
     for cycle, labelled in enumerate(([0, 1, 2, 3], [0, 1, 2, 3, 4])):
         data = TrainData(counted, labelled=labelled, pool=[i for i in range(len(train)) if i not in labelled])
         Trainer(cfg, data, None, tmp_path, cycle=cycle).fit()
-    # cycle 0: 4 pairs and 16 images alone; cycle 1: the 5 labels (with their images) and nothing else;
-    # each cycle also reads its labels once for Balanced ClassMix's class counts
-    assert (counted.loads, counted.image_loads) == (2 * (4 + 5), len(train) - 4)
+    # cycle 0: 4 pairs and 16 images alone; cycle 1: the 5 labels alone, their images already held;
+    # each cycle also reads its labels alone once for Balanced ClassMix's class counts
+    assert (counted.loads, counted.image_loads, counted.label_loads) == (4, len(train) - 4, 4 + 5 + 5)
 
 
 class FailsOnce(Counted):

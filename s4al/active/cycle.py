@@ -70,7 +70,7 @@ class ActiveLearningRun:
             self.ledger = self._open_ledger() if distributed.is_main() else Ledger(self.folder.ledger_path, readonly=True)
             self.phases = CyclePhases(self.ledger)
         if annotator is None and self.cfg.active.annotator == "oracle":
-            annotator = GroundTruthOracle(lambda image_id: self.train_set.load(self.index_of[image_id]).label)
+            annotator = GroundTruthOracle(lambda image_id: self.train_set.load_label(self.index_of[image_id]))
         self.annotator = annotator
 
     # ---- set-up ---------------------------------------------------------------------------
@@ -295,7 +295,7 @@ class ActiveLearningRun:
         for region in regions:
             counts += np.bincount(self.ledger.patch(region).ravel(), minlength=256)
         for image_id in images:
-            counts += np.bincount(self.train_set.load(self.index_of[image_id]).label.ravel(), minlength=256)
+            counts += np.bincount(self.train_set.load_label(self.index_of[image_id]).ravel(), minlength=256)
         histogram = {name: int(counts[k]) for k, name in enumerate(names)}
         histogram["void"] = int(counts[len(names):].sum())
         return histogram

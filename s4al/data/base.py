@@ -31,7 +31,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
     `image_size(i)` is (H, W) of the original image, `load(i)` decodes and validates one pair,
     `has_label(i)` is False for an image without a label file (it loads as all-ignore).
     `load_image(i)` is the image alone: pool scoring and the unlabelled stream never need the
-    label, so datasets backed by files override it to skip decoding one.
+    label, so datasets backed by files override it to skip decoding one. `load_label(i)` is the
+    label alone, equal to `load(i).label`: class counts, the oracle and a new cycle's labels (whose
+    images are already decoded) never need the image, which file datasets then do not decode.
     """
 
     classes: ClassSet
@@ -43,13 +45,16 @@ class SegmentationDataset(torch.utils.data.Dataset):
         raise NotImplementedError
 
     def image_size(self, index: int) -> tuple[int, int]:
-        return self.load(index).label.shape
+        return self.load_label(index).shape
 
     def load(self, index: int) -> Sample:
         raise NotImplementedError
 
     def load_image(self, index: int) -> np.ndarray:
         return self.load(index).image
+
+    def load_label(self, index: int) -> np.ndarray:
+        return self.load(index).label
 
     def has_label(self, index: int) -> bool:
         return True

@@ -147,8 +147,10 @@ class _Decoded(torch.utils.data.Dataset):
         index = self.indices[k]
         if index not in self.labels:
             return index, self.dataset.load_image(index), None
+        if index not in self.images:
+            return index, None, self.dataset.load_label(index)
         sample = self.dataset.load(index)
-        return index, sample.image if index in self.images else None, sample.label
+        return index, sample.image, sample.label
 
 
 def _as_list(items: list) -> list:

@@ -100,11 +100,12 @@ def remap_label(raw: np.ndarray, table: np.ndarray, path: Path) -> np.ndarray:
     return mapped.astype(np.uint8)
 
 
-def check_same_size(image: np.ndarray, label: np.ndarray, pair: Pair) -> None:
-    if image.shape[:2] != label.shape:
+def check_same_size(image_size: tuple[int, int], label: np.ndarray, pair: Pair) -> None:
+    """`image_size` is the (H, W) of `pair.image` on file."""
+    if image_size != label.shape:
         raise DatasetError(
             f"{pair.label}: label size {label.shape} (H, W) differs from image {pair.image} "
-            f"size {image.shape[:2]}"
+            f"size {image_size}"
         )
 
 
@@ -115,10 +116,13 @@ def resize_array(array: np.ndarray, size: tuple[int, int], resample: Image.Resam
     return np.array(Image.fromarray(array).resize((width, height), resample))
 
 
-def resize_sample(sample: Sample, size: tuple[int, int]) -> Sample:
-    """Image bilinear, label nearest (class ids must never be blended)."""
-    return Sample(resize_array(sample.image, size, Image.Resampling.BILINEAR),
-                  resize_array(sample.label, size, Image.Resampling.NEAREST))
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return resize_array(image, size, Image.Resampling.BILINEAR)
+
+
+def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest: class ids must never be blended."""
+    return resize_array(label, size, Image.Resampling.NEAREST)
 
 
 def list_files(directory: Path, suffixes: Iterable[str], pattern: str = "*") -> list[Path]:
@@ -171,6 +175,7 @@ class FilePairDataset(SegmentationDataset):
 
     `raw_to_class` is a `label_table`; a pair without a label file loads as all-ignore.
     With `resize` (H, W) every sample is resized on load, and `image_size` reports that size.
+    `load_label` reads the label file and only the header of the image (its size, to check the label's).
     """
 
     pairs: list[Pair]
@@ -193,16 +198,22 @@ class FilePairDataset(SegmentationDataset):
         return remap_label(read_label(pair.label), self.raw_to_class, pair.label)
 
     def load(self, index: int) -> Sample:
-        pair = self.pairs[index]
-        image = read_image(pair.image)
-        if pair.label is None:
-            label = np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
-        else:
-            label = self.read_label(pair)
-            check_same_size(image, label, pair)
-        sample = Sample(image, label)
-        return resize_sample(sample, self.resize) if self.resize else sample
+        image = read_image(self.pairs[index].image)
+        label = self._label(self.pairs[index], image.shape[:2])
+        return Sample(resize_image(image, self.resize) if self.resize else image, label)
 
     def load_image(self, index: int) -> np.ndarray:
         image = read_image(self.pairs[index].image)
-        return resize_array(image, self.resize, Image.Resampling.BILINEAR) if self.resize else image
+        return resize_image(image, self.resize) if self.resize else image
+
+    def load_label(self, index: int) -> np.ndarray:
+        pair = self.pairs[index]
+        return self._label(pair, read_size(pair.image))
+
+    def _label(self, pair: Pair, image_size: tuple[int, int]) -> np.ndarray:
+        """The class ids of `pair`, whose image is `image_size` (H, W) on file, resized as its image is."""
+        if pair.label is None:
+            return np.full(self.resize or image_size, IGNORE_INDEX, dtype=np.uint8)
+        label = self.read_label(pair)
+        check_same_size(image_size, label, pair)
+        return resize_label(label, self.resize) if self.resize else label

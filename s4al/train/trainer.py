@@ -109,7 +109,7 @@ def labelled_class_counts(data: TrainData, num_classes: int) -> tuple[np.ndarray
     any score, estimate the class distribution, which the acquired regions over-sample on purpose."""
     whole, regions = np.zeros(num_classes, dtype=np.int64), np.zeros(num_classes, dtype=np.int64)
     for index in data.labelled:
-        whole += np.bincount(data.dataset.load(index).label.ravel(), minlength=256)[:num_classes]
+        whole += np.bincount(data.dataset.load_label(index).ravel(), minlength=256)[:num_classes]
     for patches in data.annotations.values():
         for _, patch in patches:
             regions += np.bincount(patch.ravel(), minlength=256)[:num_classes]
