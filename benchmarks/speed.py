@@ -114,6 +114,9 @@ class Repeated(SegmentationDataset):
     def load_image(self, index: int):
         return self.base.load_image(index % len(self.base))
 
+    def load_label(self, index: int):
+        return self.base.load_label(index % len(self.base))
+
 
 # ---- (a) and (d): the training iteration ----------------------------------------------------------
 def replay_trainer(cfg: RunConfig, run_dir: Path) -> Trainer:

@@ -26,7 +26,7 @@ RESAMPLES = 2000
 
 def image_class_counts(dataset, indices: list[int], num_classes: int) -> np.ndarray:
     """(len(indices), C) labelled pixels of each class in each image."""
-    return np.stack([np.bincount(dataset.load(i).label.ravel(), minlength=256)[:num_classes] for i in indices])
+    return np.stack([np.bincount(dataset.load_label(i).ravel(), minlength=256)[:num_classes] for i in indices])
 
 
 def initially_labelled(run_dir: Path, dataset) -> list[int]:
