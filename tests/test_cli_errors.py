@@ -1,9 +1,11 @@
 """User errors at the command line (s4al/errors.py): input s4al refuses ends a command with one line,
 `error: MESSAGE`, and exit status 1; any other exception is a fault and keeps its traceback."""
 
+import numpy as np
 import pytest
 import typer
 import yaml
+from PIL import Image
 from typer.testing import CliRunner
 
 from s4al.cli import app
@@ -62,3 +64,58 @@ def test_a_failed_download_is_an_error_naming_the_address(tmp_path):
     result = runner.invoke(app, ["download", "camvid", "--to", str(tmp_path / "camvid"), "--url", url])
     assert result.exit_code == 1 and result.output.startswith(f"error: {url}: download failed")
     assert not (tmp_path / "camvid").exists()
+
+
+@pytest.fixture
+def damaged_checkpoint(tmp_path):
+    path = tmp_path / "cycle_0.pt"
+    path.write_bytes(b"the first bytes of a checkpoint cut short")
+    return path
+
+
+def test_report_on_a_missing_folder_is_an_error_naming_it(tmp_path):
+    missing = tmp_path / "no-run"
+    result = runner.invoke(app, ["report", str(missing)])
+    assert (result.exit_code, result.output) == (1, f"error: {missing}: no such run folder\n")
+
+
+def test_report_on_a_folder_that_is_not_a_run_folder_is_an_error_naming_it(tmp_path):
+    (tmp_path / "photo.png").write_bytes(b"")
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {tmp_path / 'config.yaml'}: not a run folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]  # no report folder made
+
+
+def test_predict_with_a_damaged_checkpoint_is_an_error_naming_it(tmp_path, damaged_checkpoint):
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    result = runner.invoke(app, ["predict", str(damaged_checkpoint), str(image), "--out", str(tmp_path / "masks")])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {damaged_checkpoint}: cannot read checkpoint: ")
+    assert not (tmp_path / "masks").exists()
+
+
+def test_predict_names_a_missing_image_before_it_reads_the_checkpoint(tmp_path, damaged_checkpoint):
+    missing = tmp_path / "photo.png"
+    result = runner.invoke(app, ["predict", str(damaged_checkpoint), str(missing), "--out", str(tmp_path / "masks")])
+    assert (result.exit_code, result.output) == (1, f"error: {missing}: no such image file\n")
+
+
+@pytest.mark.parametrize("kind", ["damaged", "missing"])
+def test_export_of_an_unreadable_checkpoint_is_an_error_naming_it(tmp_path, damaged_checkpoint, kind):
+    checkpoint = damaged_checkpoint if kind == "damaged" else tmp_path / "missing.pt"
+    result = runner.invoke(app, ["export", str(checkpoint), "--onnx", str(tmp_path / "model.onnx")])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {checkpoint}: cannot read checkpoint: ")
+    assert not (tmp_path / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("args, option", [  # refused before any of the paths is looked at
+    (["report", "run", "--supervised-miou", "most"], "--supervised-miou"),
+    (["report", "run", "--supervised-miou", "1.5"], "--supervised-miou"),
+    (["export", "cycle_0.pt", "--onnx", "model.onnx", "--network", "ema"], "--network"),
+])
+def test_a_bad_option_value_is_a_usage_error_naming_the_option(args, option):
+    result = runner.invoke(app, args, env={"COLUMNS": "500"})
+    assert result.exit_code == 2 and f"Invalid value for {option}" in result.output.replace("'", "")

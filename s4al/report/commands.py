@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
-from s4al.errors import USER_ERRORS
+from s4al.errors import USER_ERRORS, S4alError, user_errors_reported
 
 console = Console(soft_wrap=True)  # long paths stay on one line
 
-CheckpointArgument = Annotated[
-    Path, typer.Argument(help="A checkpoint written by train or run.", exists=True, dir_okay=False)
-]
-NetworkOption = Annotated[str, typer.Option(help="teacher (the EMA model) or student.")]
+
+class Network(str, Enum):
+    """The weights of a checkpoint a command runs."""
+    teacher = "teacher"  # the EMA model
+    student = "student"
+
+
+CheckpointArgument = Annotated[Path, typer.Argument(help="A checkpoint written by train or run.")]
+NetworkOption = Annotated[Network, typer.Option(help="teacher (the EMA model) or student.")]
 
 
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `s4al run`.", exists=True, file_okay=False)],
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `s4al run`.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder (default: RUN_DIR/report).")] = None,
     supervised_miou: Annotated[
         Optional[str],
@@ -27,29 +33,35 @@ def report(
     ] = None,
 ) -> None:
     """An HTML report of a run: label efficiency, per-class IoU, bought classes, asked regions, predictions."""
+    from s4al.report.figures import supervised_reference
     from s4al.report.html import write_report
+    from s4al.run_folder import RunFolder
 
     try:
-        path = write_report(run_dir, out, supervised_miou)
-    except USER_ERRORS as err:
-        raise typer.BadParameter(str(err)) from None
+        supervised = supervised_reference(supervised_miou)
+    except USER_ERRORS as err:  # the option's value: a number, or a file of `s4al train`
+        raise typer.BadParameter(str(err), param_hint="--supervised-miou") from None
+    with user_errors_reported():
+        RunFolder.open(run_dir, lock=False)  # refuses a missing folder or one that is not a run's
+        path = write_report(run_dir, out, supervised)
     console.print(f"report written to {path}")
 
 
 def predict_command(
     checkpoint: CheckpointArgument,
-    images: Annotated[list[Path], typer.Argument(help="Images of any size.", exists=True, dir_okay=False)],
+    images: Annotated[list[Path], typer.Argument(help="Images of any size.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the masks and overlays.")],
-    network: NetworkOption = "teacher",
+    network: NetworkOption = Network.teacher,
     device: Annotated[str, typer.Option(help="Device: auto, cpu, cuda, cuda:1, ...")] = "auto",
 ) -> None:
     """Segment new images: per image a class-id PNG, a colour mask and an overlay; legend.png keys the colours."""
     from s4al.report.predict import predict
 
-    try:
-        written = predict(checkpoint, images, out, network, device)
-    except USER_ERRORS as err:
-        raise typer.BadParameter(str(err)) from None
+    with user_errors_reported():
+        missing = [path for path in images if not path.is_file()]
+        if missing:  # before the model is loaded
+            raise S4alError(f"{missing[0]}: no such image file")
+        written = predict(checkpoint, images, out, network.value, device)
     console.print(f"{len(written)} files written to {out}:")
     for path in written:
         console.print(f"  {path.name}")
@@ -58,7 +70,7 @@ def predict_command(
 def export_command(
     checkpoint: CheckpointArgument,
     onnx: Annotated[Path, typer.Option("--onnx", help="Output .onnx file.")],
-    network: NetworkOption = "teacher",
+    network: NetworkOption = Network.teacher,
     height: Annotated[int, typer.Option(min=16, help="Example input height (the input size when --no-dynamic).")] = 360,
     width: Annotated[int, typer.Option(min=16, help="Example input width (the input size when --no-dynamic).")] = 480,
     dynamic: Annotated[bool, typer.Option(help="Dynamic batch, height and width; --no-dynamic fixes them.")] = True,
@@ -66,13 +78,12 @@ def export_command(
     """Export a checkpoint to ONNX ([0, 1] NCHW images in, logits out), checked with onnxruntime."""
     from s4al.report.export import ExportError, export_onnx
 
-    try:
-        result = export_onnx(checkpoint, onnx, network, height, width, dynamic)
-    except USER_ERRORS as err:
-        raise typer.BadParameter(str(err)) from None
-    except ExportError as err:
-        console.print(f"[red]export check failed:[/red] {err}")
-        raise typer.Exit(1) from None
+    with user_errors_reported():
+        try:
+            result = export_onnx(checkpoint, onnx, network.value, height, width, dynamic)
+        except ExportError as err:
+            console.print(f"[red]export check failed:[/red] {err}")
+            raise typer.Exit(1) from None
     shapes = ", ".join("x".join(map(str, s)) for s in result.checked_shapes)
     size = "dynamic batch and size" if result.dynamic else f"fixed 1x3x{height}x{width}"
     console.print(f"{result.path} ({size}): matches PyTorch within {result.max_abs_diff:.1e} on {shapes}")
