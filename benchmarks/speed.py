@@ -248,7 +248,7 @@ def scoring_setup(cfg: RunConfig, images: int) -> tuple[torch.nn.Module, Repeate
 
 def score_pool(model, dataset: Repeated, cfg: RunConfig, device: torch.device, num_workers: int, fast: str = "off") -> None:
     score_cells(model, dataset, range(len(dataset)), {}, cfg.active, device, derive_seed(cfg.seed, "speed"), num_workers,
-                fast)
+                fast=fast)
 
 
 @torch.no_grad()

@@ -26,7 +26,8 @@ def evaluate(
     batch_size: int,
     device: torch.device,
     num_workers: int = 0,
-    fast: FastMode = "auto",
+    *,
+    fast: FastMode,
 ) -> SegmentationScores:
     """`fast`: train.fast, whether the split is read from the device (s4al/inference.py)."""
     was_training = model.training

@@ -39,16 +39,16 @@ def test_streaming_over_the_pool_equals_scoring_each_image_alone(setup):
     cfg, dataset, model = setup
     pool = [3, 5, 6, 8, 11, 12, 17]  # 7 images: batches of 3, 3 and 1
     bought = {5: [(0, 0, 16, 16)], 11: [(16, 16, 32, 32), (32, 48, 48, 64)]}
-    streamed = score_cells(model, dataset, pool, bought, active(cfg, metric="entropy", score_batch_size=3), CPU, 0)
+    streamed = score_cells(model, dataset, pool, bought, active(cfg, metric="entropy", score_batch_size=3), CPU, 0, fast="auto")
     assert sorted(streamed) == pool
     for i in pool:
         alone = score_cells(model, dataset, [i], bought, active(cfg, metric="entropy", score_batch_size=1), CPU,
-                             0)
+                             0, fast="auto")
         assert streamed[i].shape == (3, 4)
         np.testing.assert_allclose(streamed[i], alone[i], rtol=1e-5, atol=1e-6)
     per_image = active(cfg, selection="per_image", regions_per_image=2)
     sizes = {i: (48, 64) for i in pool}
-    one_by_one = {i: score_cells(model, dataset, [i], bought, per_image, CPU, 0)[i] for i in pool}
+    one_by_one = {i: score_cells(model, dataset, [i], bought, per_image, CPU, 0, fast="auto")[i] for i in pool}
     chosen, reference = choose_regions(streamed, sizes, per_image), choose_regions(one_by_one, sizes, per_image)
     assert [(q.index, q.box) for q in chosen] == [(q.index, q.box) for q in reference]
     assert len(chosen) == 2 * len(pool)
@@ -59,7 +59,7 @@ def test_cell_scores_are_the_mean_pixel_entropy_over_unbought_pixels(setup):
     cfg, dataset, model = setup
     i = 4
     bought = {i: [(0, 0, 16, 16), (16, 16, 32, 24)]}  # a whole cell, and the left half of cell (1, 1)
-    cells = score_cells(model, dataset, [i], bought, active(cfg, metric="entropy"), CPU, 0)[i]
+    cells = score_cells(model, dataset, [i], bought, active(cfg, metric="entropy"), CPU, 0, fast="auto")[i]
     with torch.no_grad():
         image = torch.from_numpy(dataset.load(i).image).permute(2, 0, 1)[None]
         pixels = entropy(model(to_model_input(image, CPU)).softmax(1))[0]
@@ -73,14 +73,14 @@ def test_cell_scores_are_the_mean_pixel_entropy_over_unbought_pixels(setup):
 def test_random_metric_is_reproducible_from_the_seed(setup):
     cfg, dataset, model = setup
     a = active(cfg, metric="random")
-    first = score_cells(model, dataset, [1, 2], {}, a, CPU, 7)
-    again = score_cells(model, dataset, [1, 2], {}, a, CPU, 7)
-    other = score_cells(model, dataset, [1, 2], {}, a, CPU, 8)
+    first = score_cells(model, dataset, [1, 2], {}, a, CPU, 7, fast="auto")
+    again = score_cells(model, dataset, [1, 2], {}, a, CPU, 7, fast="auto")
+    other = score_cells(model, dataset, [1, 2], {}, a, CPU, 8, fast="auto")
     assert all(np.array_equal(first[i], again[i]) for i in (1, 2))
     assert not np.array_equal(first[1], other[1])
     assert all(((0 <= first[i]) & (first[i] < 1)).all() for i in (1, 2))
     # drawn per image: the same whatever else shares the batch (or the rank, under DDP)
-    assert np.array_equal(score_cells(model, dataset, [2], {}, a, CPU, 7)[2], first[2])
+    assert np.array_equal(score_cells(model, dataset, [2], {}, a, CPU, 7, fast="auto")[2], first[2])
 
 
 def test_choose_regions_per_image_and_global():
@@ -107,8 +107,8 @@ def test_choose_images_entropy_takes_the_highest_mean_entropy(setup):
     cfg, dataset, model = setup
     pool = list(range(4, 20))
     a = active(cfg, level="image", metric="entropy")
-    chosen = choose_images(model, dataset, [0, 1, 2, 3], pool, 3, a, CPU, 0)
-    scores = score_images(model, dataset, pool, "entropy", 4, CPU, 0)
+    chosen = choose_images(model, dataset, [0, 1, 2, 3], pool, 3, a, CPU, 0, fast="auto")
+    scores = score_images(model, dataset, pool, "entropy", 4, CPU, 0, fast="auto")
     assert [q.index for q in chosen] == sorted(pool, key=lambda i: -scores[i])[:3]
     assert all(q.box == (0, 0, 48, 64) for q in chosen)
 
@@ -116,10 +116,10 @@ def test_choose_images_entropy_takes_the_highest_mean_entropy(setup):
 def test_choose_images_coreset_picks_distinct_pool_images(setup):
     cfg, dataset, model = setup
     a = active(cfg, level="image", metric="coreset")
-    chosen = choose_images(model, dataset, [0, 1, 2, 3], list(range(4, 20)), 5, a, CPU, 0)
+    chosen = choose_images(model, dataset, [0, 1, 2, 3], list(range(4, 20)), 5, a, CPU, 0, fast="auto")
     picked = [q.index for q in chosen]
     assert len(set(picked)) == 5 and set(picked) <= set(range(4, 20))
-    assert chosen == choose_images(model, dataset, [0, 1, 2, 3], list(range(4, 20)), 5, a, CPU, 0)
+    assert chosen == choose_images(model, dataset, [0, 1, 2, 3], list(range(4, 20)), 5, a, CPU, 0, fast="auto")
 
 
 def test_pool_scoring_returns_freed_memory_every_trim_every_batches(setup, monkeypatch):
@@ -128,7 +128,7 @@ def test_pool_scoring_returns_freed_memory_every_trim_every_batches(setup, monke
     monkeypatch.setattr(acquisition, "TRIM_EVERY", 2)
     monkeypatch.setattr(acquisition, "_release_freed_memory", lambda: trims.append(True))
     pool = list(range(10))  # 5 batches of 2: trimmed after the 2nd and the 4th
-    cells = score_cells(model, dataset, pool, {}, active(cfg, score_batch_size=2), CPU, 0)
+    cells = score_cells(model, dataset, pool, {}, active(cfg, score_batch_size=2), CPU, 0, fast="auto")
     assert len(trims) == 2 and sorted(cells) == pool
 
 

@@ -71,7 +71,7 @@ def train_and_evaluate(rank: int, port: int, out: str) -> None:
     device = join(rank, port)
     cfg = tiny_config(train={"device": "cpu"})
     val = build_dataset(cfg.dataset, "val", cfg.seed)
-    scores = evaluate(fixed_model(cfg), val, 1, device)
+    scores = evaluate(fixed_model(cfg), val, 1, device, fast="auto")
     train = build_dataset(cfg.dataset, "train", cfg.seed)
     data = TrainData(train, labelled=[0, 1, 2, 3], pool=list(range(4, len(train))))
     result = Trainer(cfg, data, None, os.path.join(out, "run"), progress=lambda r: None).fit()
@@ -87,7 +87,7 @@ def test_two_ranks_agree_with_one_process(tmp_path):
     mp.start_processes(train_and_evaluate, args=(free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     cfg = tiny_config(train={"device": "cpu"})
-    single = evaluate(fixed_model(cfg), build_dataset(cfg.dataset, "val", cfg.seed), 1, torch.device("cpu"))
+    single = evaluate(fixed_model(cfg), build_dataset(cfg.dataset, "val", cfg.seed), 1, torch.device("cpu"), fast="auto")
     assert results[0]["scores"] == results[1]["scores"] == single  # confusion matrices summed, not averaged
     teachers, students = results[0]["teachers"], results[0]["students"]
     assert torch.equal(teachers[0], teachers[1]), "EMA teacher diverged across ranks"
@@ -118,7 +118,7 @@ def test_two_ranks_ask_the_single_process_questions(tmp_path):
     model, cfg = load_trained_model(single.folder.checkpoint_path(0), "teacher")
     pool = [single.index_of[i] for i in (tmp_path / "run" / "splits" / "pool.txt").read_text().split()]
     cells = score_cells(model, single.train_set, pool, {}, cfg.active, torch.device("cpu"),
-                        derive_seed(cfg.seed, "acquire", 0))
+                        derive_seed(cfg.seed, "acquire", 0), fast="auto")
     sizes = {i: single.train_set.image_size(i) for i in pool}
     expected = [(single.ids[q.index], q.box, q.score) for q in choose_regions(cells, sizes, cfg.active)]
     assert [(i, b) for i, b, _ in result["regions"]] == [(i, b) for i, b, _ in expected]

@@ -102,7 +102,7 @@ def test_a_large_image_is_scored_from_its_tiles(setup, small_tiles):
     assert len(tiles(96, 128, 16)) == 12
     bought = {1: [(20, 20, 40, 70), (80, 112, 96, 128)]}  # one box over four cores, one a whole cell
     a = cfg.active.model_copy(update={"metric": "entropy", "region_size": 16})
-    cells = score_cells(model, dataset, [1], bought, a, CPU, 0)[1]
+    cells = score_cells(model, dataset, [1], bought, a, CPU, 0, fast="auto")[1]
     pixels = stitched(model, dataset.load_image(1), lambda logits: entropy(logits.softmax(1)))
     labelled = np.zeros((96, 128), bool)
     labelled[20:40, 20:70] = labelled[80:96, 112:128] = True
@@ -115,7 +115,7 @@ def test_a_large_image_is_scored_from_its_tiles(setup, small_tiles):
                 expected[r, c] = cell.mean().item()
     np.testing.assert_allclose(cells, expected, rtol=1e-5, atol=1e-6)
     assert np.argwhere(cells == -np.inf).tolist() == [[5, 7]]  # the only cell bought whole
-    mean = score_images(model, dataset, [1], "entropy", 4, CPU, 0)[1]
+    mean = score_images(model, dataset, [1], "entropy", 4, CPU, 0, fast="auto")[1]
     assert mean == pytest.approx(pixels.mean().item(), rel=1e-5)
 
 
@@ -135,7 +135,7 @@ def test_a_large_image_is_evaluated_from_its_tiles(setup, small_tiles):
         known = sample.label != 255
         np.add.at(confusion, (sample.label[known].astype(np.int64), predicted[known]), 1)
     names = dataset.classes.names
-    assert evaluate(model, dataset, 2, CPU).as_dict(names) == scores_from_confusion(torch.from_numpy(confusion)).as_dict(names)
+    assert evaluate(model, dataset, 2, CPU, fast="auto").as_dict(names) == scores_from_confusion(torch.from_numpy(confusion)).as_dict(names)
 
 
 def test_a_large_image_pools_its_tiles_features_weighted_by_core_area(setup, small_tiles):
@@ -147,14 +147,14 @@ def test_a_large_image_pools_its_tiles_features_weighted_by_core_area(setup, sma
             with torch.no_grad():
                 features = model.features(to_model_input(batch[..., wy0:wy1, wx0:wx1], CPU))
             expected = expected + features.mean(dim=(2, 3))[0] * (y1 - y0) * (x1 - x0) / (96 * 128)
-    torch.testing.assert_close(image_features(model, dataset, [0], 1, CPU)[0], expected)
+    torch.testing.assert_close(image_features(model, dataset, [0], 1, CPU, fast="auto")[0], expected)
 
 
 def test_an_image_that_runs_whole_scores_exactly_as_the_whole_image(setup):
     cfg, dataset, model = setup
     bought = {0: [(20, 20, 40, 70)]}
     a = cfg.active.model_copy(update={"metric": "margin", "region_size": 16})
-    cells = score_cells(model, dataset, [0, 1], bought, a, CPU, 0)[0]
+    cells = score_cells(model, dataset, [0, 1], bought, a, CPU, 0, fast="auto")[0]
     image = torch.from_numpy(dataset.load_image(0)).permute(2, 0, 1)[None]
     with torch.no_grad():
         probs = model(to_model_input(image, CPU)).float().softmax(1)
@@ -178,7 +178,7 @@ MEASURE = textwrap.dedent("""
     torch.manual_seed(0)
     model = build_model(cfg.model, dataset.classes.num_classes).eval()
     active = cfg.active.model_copy(update={"region_size": 30})
-    cells = score_cells(model, dataset, [0], {}, active, torch.device("cpu"), 0)[0]
+    cells = score_cells(model, dataset, [0], {}, active, torch.device("cpu"), 0, fast="auto")[0]
     assert torch.isfinite(torch.from_numpy(cells)).all()
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)  # MiB
 """)

@@ -78,8 +78,8 @@ def test_evaluation_is_independent_of_batch_size():
 
     model = build_model(cfg.model, 9)
     val = build_dataset(cfg.dataset, "val", cfg.seed)
-    one = evaluate(model, val, 1, torch.device("cpu"))
-    four = evaluate(model, val, 4, torch.device("cpu"))
+    one = evaluate(model, val, 1, torch.device("cpu"), fast="auto")
+    four = evaluate(model, val, 4, torch.device("cpu"), fast="auto")
     assert one == four
 
 

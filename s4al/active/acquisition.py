@@ -162,7 +162,8 @@ def score_cells(
     device: torch.device,
     seed: int,
     num_workers: int = 0,
-    fast: FastMode = "auto",
+    *,
+    fast: FastMode,
 ) -> dict[int, np.ndarray]:
     """Per pool image, the (rows, cols) mean score of each cell over its not-yet-bought pixels.
     `fast`: train.fast, whether the pool is read from the device (s4al/inference.py)."""
@@ -221,7 +222,7 @@ def choose_regions(cells: Mapping[int, np.ndarray], sizes: Mapping[int, tuple[in
 
 @torch.no_grad()
 def score_images(
-    model, dataset, indices, metric, batch_size, device, seed, num_workers=0, fast: FastMode = "auto"
+    model, dataset, indices, metric, batch_size, device, seed, num_workers=0, *, fast: FastMode
 ) -> dict[int, float]:
     """Mean pixel score per pool image (the image-level random / entropy / ... baselines)."""
     def means(size: tuple[int, int], pieces) -> torch.Tensor:  # tiles weighted by their area; one tile: its mean
@@ -237,7 +238,7 @@ def score_images(
 
 @torch.no_grad()
 def image_features(
-    model, dataset, indices, batch_size, device, num_workers=0, fast: FastMode = "auto"
+    model, dataset, indices, batch_size, device, num_workers=0, *, fast: FastMode
 ) -> torch.Tensor:
     """(len(indices), C) pooled deepest encoder features, in the order of `indices`; an image too
     large to run whole gets the mean of its tiles' pooled features, weighted by their cores' areas."""
@@ -265,7 +266,7 @@ def image_features(
 
 def choose_images(
     model, dataset, labelled: Sequence[int], pool: Sequence[int], count: int, cfg: ActiveConfig, device, seed: int,
-    num_workers: int = 0, fast: FastMode = "auto",
+    num_workers: int = 0, *, fast: FastMode,
 ) -> list[Query]:
     """`count` whole pool images by the image-level metric (Core-Set: k-center greedy)."""
     def whole(i: int, score: float) -> Query:
@@ -274,9 +275,9 @@ def choose_images(
 
     if cfg.metric == "coreset":
         order = list(labelled) + list(pool)
-        feats = image_features(model, dataset, order, cfg.score_batch_size, device, num_workers, fast)
+        feats = image_features(model, dataset, order, cfg.score_batch_size, device, num_workers, fast=fast)
         is_labelled = torch.arange(len(order)) < len(labelled)
         return [whole(order[k], 0.0) for k in k_center_greedy(feats, is_labelled, count)]
-    scores = score_images(model, dataset, pool, cfg.metric, cfg.score_batch_size, device, seed, num_workers, fast)
+    scores = score_images(model, dataset, pool, cfg.metric, cfg.score_batch_size, device, seed, num_workers, fast=fast)
     ranked = sorted(pool, key=lambda i: (-scores[i], i))[:count]
     return [whole(i, scores[i]) for i in ranked]

@@ -261,9 +261,9 @@ class ActiveLearningRun:
         if a.level == "image":
             count = self._images_per_cycle(state)
             return choose_images(model, self.train_set, state.whole, state.pool, count, a, self.device, seed, workers,
-                                 self.cfg.train.fast)
+                                 fast=self.cfg.train.fast)
         cells = score_cells(model, self.train_set, state.pool, state.asked, a, self.device, seed, workers,
-                            self.cfg.train.fast)
+                            fast=self.cfg.train.fast)
         return choose_regions(cells, {i: state.sizes[i] for i in state.pool}, a)
 
     def _images_per_cycle(self, state: LabelState) -> int:
