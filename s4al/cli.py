@@ -14,7 +14,7 @@ from rich.table import Table
 
 from s4al.annotation.commands import import_answers_command, query, skip
 from s4al import distributed
-from s4al.report.commands import export_command, predict_command, report
+from s4al.report.commands import Network, NetworkOption, export_command, predict_command, report
 from s4al.config import ConfigError, RunConfig, load_config, parse_override
 from s4al.data import build_dataset
 from s4al.errors import user_errors_reported
@@ -100,7 +100,7 @@ def evaluate_command(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by train or run.")],
     data: Annotated[Optional[Path], typer.Option(help="Dataset root (default: the one in the checkpoint).")] = None,
     split: str = "val",
-    network: str = "teacher",
+    network: NetworkOption = Network.teacher,
     batch_size: int = 4,
     device: str = "auto",
 ) -> None:
@@ -111,7 +111,7 @@ def evaluate_command(
 
     dev = setup_device(device)
     with user_errors_reported():
-        model, cfg = load_trained_model(checkpoint, network, dev)
+        model, cfg = load_trained_model(checkpoint, network.value, dev)
         dataset_cfg = cfg.dataset.model_copy(update={"root": data}) if data else cfg.dataset
         dataset = build_dataset(dataset_cfg, split, cfg.seed)
         record = evaluate(model, dataset, batch_size, dev, fast=cfg.train.fast).as_dict(dataset.classes.names)

@@ -16,7 +16,8 @@ class S4alError(ValueError):
 
 # A file or folder the user named that is missing, unreadable or of the wrong kind: the system's
 # message names the path.
-USER_ERRORS = (S4alError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+USER_ERRORS = (S4alError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+               NotADirectoryError)
 
 
 @contextmanager

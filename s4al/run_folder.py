@@ -159,7 +159,7 @@ class RunFolder:
         if not folder.path.is_dir():
             raise RunFolderError(f"{folder.path}: no such run folder")
         if not folder.config_path.is_file():
-            raise RunFolderError(f"{folder.config_path}: not a run folder (no config to resume from)")
+            raise RunFolderError(f"{folder.path}: not a run folder (no {CONFIG_FILE})")
         if lock:
             folder.lock()
         return folder

@@ -16,7 +16,7 @@ from conftest import label_state, ledger_of, region_by_id, tiny_config
 from s4al.active.cycle import ActiveLearningRun
 from s4al.active.ledger import Ledger
 from s4al.active.phases import CyclePhases
-from s4al.annotation.commands import import_answers_command, query
+from s4al.annotation.commands import import_answers_command, query, skip
 from s4al.annotation.label_studio import ASKED_COLOUR, labelling_config
 from s4al.data import build_dataset
 from test_annotation_label_studio import decoded, exported_task
@@ -24,6 +24,7 @@ from test_annotation_label_studio import decoded, exported_task
 app = typer.Typer()
 app.command()(query)
 app.command(name="import")(import_answers_command)
+app.command()(skip)
 runner = CliRunner()
 WIDE = {"COLUMNS": "250"}  # no line breaks in the run command's rich output
 
@@ -121,8 +122,13 @@ def test_a_run_with_an_external_annotator_stops_after_asking_and_query_packages_
 def test_query_refuses_a_run_whose_cycle_has_not_trained(tmp_path):
     ActiveLearningRun(tmp_path / "run", external_config())
     result = runner.invoke(app, ["query", str(tmp_path / "run")])
-    words = " ".join(result.output.replace("│", " ").split())  # the usage error's box wraps lines at any width
-    assert result.exit_code != 0 and "has not finished training" in words
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {tmp_path / 'run'}: cycle 0 has not finished training; continue it")
+
+
+def test_skip_on_a_folder_that_is_not_a_run_folder_is_an_error_naming_it(tmp_path):
+    result = runner.invoke(app, ["skip", str(tmp_path)])
+    assert (result.exit_code, result.output) == (1, f"error: {tmp_path}: not a run folder (no ledger.sqlite)\n")
 
 
 def test_import_refuses_a_bad_file_with_a_message_and_a_failing_exit_code(run_dir, tmp_path):

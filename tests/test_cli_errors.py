@@ -83,7 +83,7 @@ def test_report_on_a_folder_that_is_not_a_run_folder_is_an_error_naming_it(tmp_p
     (tmp_path / "photo.png").write_bytes(b"")
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 1
-    assert result.output.startswith(f"error: {tmp_path / 'config.yaml'}: not a run folder")
+    assert result.output.startswith(f"error: {tmp_path}: not a run folder (no config.yaml)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]  # no report folder made
 
 
@@ -115,6 +115,7 @@ def test_export_of_an_unreadable_checkpoint_is_an_error_naming_it(tmp_path, dama
     (["report", "run", "--supervised-miou", "most"], "--supervised-miou"),
     (["report", "run", "--supervised-miou", "1.5"], "--supervised-miou"),
     (["export", "cycle_0.pt", "--onnx", "model.onnx", "--network", "ema"], "--network"),
+    (["evaluate", "cycle_0.pt", "--network", "ema"], "--network"),
 ])
 def test_a_bad_option_value_is_a_usage_error_naming_the_option(args, option):
     result = runner.invoke(app, args, env={"COLUMNS": "500"})

@@ -92,8 +92,9 @@ def test_predict_refuses_images_whose_outputs_would_collide(checkpoint, images, 
     twin = tmp_path / "other" / images[0].name
     twin.parent.mkdir()
     twin.write_bytes(images[0].read_bytes())
-    with pytest.raises(ValueError, match="stem"):
+    with pytest.raises(ValueError, match=f"{images[0]} and {twin}: the same file name stem '{images[0].stem}'"):
         predict(checkpoint, [images[0], twin], tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +140,15 @@ def test_predict_command_rejects_an_unknown_network(checkpoint, images, tmp_path
     result = CliRunner().invoke(cli_app(), ["predict", str(checkpoint), str(images[0]), "-o", str(tmp_path),
                                             "--network", "nope"], env={"COLUMNS": "500"})
     assert result.exit_code == 2 and "'nope' is not one of 'teacher', 'student'" in result.output
+
+
+def test_predict_into_a_file_is_an_error_naming_it(checkpoint, images, tmp_path):
+    taken = tmp_path / "masks"
+    taken.write_text("not a folder")
+    result = CliRunner().invoke(cli_app(), ["predict", str(checkpoint), str(images[0]), "-o", str(taken),
+                                            "--device", "cpu"], env={"COLUMNS": "500"})
+    assert result.exit_code == 1 and result.output.startswith("error: ") and str(taken) in result.output
+    assert taken.read_text() == "not a folder"
 
 
 def test_export_command_fixed_size(checkpoint, tmp_path):

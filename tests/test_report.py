@@ -91,6 +91,13 @@ def test_report_command(run_dir, tmp_path):
     assert (tmp_path / "report.html").is_file()
 
 
+def test_report_into_a_file_is_an_error_naming_it(run_dir, tmp_path):
+    taken = tmp_path / "report"
+    taken.write_text("not a folder")
+    result = CliRunner().invoke(cli_app(), ["report", str(run_dir), "--out", str(taken)], env={"COLUMNS": "500"})
+    assert result.exit_code == 1 and result.output.startswith("error: ") and str(taken) in result.output
+
+
 def test_report_command_on_a_folder_without_cycles(tmp_path):
     save_config(load_config("demo"), tmp_path / "config.yaml")
     result = CliRunner().invoke(cli_app(), ["report", str(tmp_path)])

@@ -9,7 +9,7 @@ import typer
 
 from s4al.annotation.masks import MIN_PAINTED_SHARE
 from s4al.errors import user_errors_reported
-from s4al.run_folder import RunFolder
+from s4al.run_folder import RunFolder, RunFolderError
 
 if TYPE_CHECKING:
     from s4al.annotation.answers import ImportReport
@@ -38,8 +38,8 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
         cycle = active_run.phases.last_cycle()
         phase = active_run.phases.phase(cycle) if cycle is not None else None
         if phase in (None, "train"):
-            raise typer.BadParameter(f"{run_dir}: cycle {cycle or 0} has not finished training; "
-                                     f"continue it with `s4al run --resume {run_dir}`")
+            raise RunFolderError(f"{run_dir}: cycle {cycle or 0} has not finished training; "
+                                 f"continue it with `s4al run --resume {run_dir}`")
         if phase == "acquire":
             active_run.acquire(cycle)
         package = write_query_package(active_run, out or run_dir / "queries" / f"cycle_{cycle}")
@@ -98,13 +98,13 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None) -> None:
     from s4al.active.ledger import Ledger
 
     ledger_path = RunFolder(run_dir).ledger_path
-    if not ledger_path.is_file():
-        raise typer.BadParameter(f"{run_dir}: not a run folder (no {ledger_path.name})")
-    # the lock: not while a run writes the ledger
-    with user_errors_reported(), RunFolder(run_dir).locked(), Ledger(ledger_path) as ledger:
-        chosen = region or [asked.region_id for asked in ledger.asked()]
-        skipped = ledger.skip(chosen, by="s4al skip")
-        still_asked = len(ledger.asked())
+    with user_errors_reported():
+        if not ledger_path.is_file():
+            raise RunFolderError(f"{run_dir}: not a run folder (no {ledger_path.name})")
+        with RunFolder(run_dir).locked(), Ledger(ledger_path) as ledger:  # the lock: not while a run writes it
+            chosen = region or [asked.region_id for asked in ledger.asked()]
+            skipped = ledger.skip(chosen, by="s4al skip")
+            still_asked = len(ledger.asked())
     typer.echo(f"skipped {len(skipped)} regions{_listed(skipped)}; {still_asked} regions still asked.")
     if not still_asked:
         typer.echo(f"Continue with `s4al run --resume {run_dir}`.")

@@ -74,8 +74,12 @@ def predict(
     <stem>_overlay.png (image blended with the mask) per image, and OUT/legend.png (the colour of
     each class); returns the written paths."""
     stems = [Path(p).stem for p in images]
-    if len(set(stems)) != len(stems):
-        raise S4alError("two input images share a file name stem; their outputs would overwrite each other")
+    first_with_stem = {}
+    for path, stem in zip(images, stems):
+        if stem in first_with_stem:
+            raise S4alError(f"{first_with_stem[stem]} and {path}: the same file name stem '{stem}'; their outputs "
+                            "would overwrite each other (predict them into separate folders)")
+        first_with_stem[stem] = path
     dev = setup_device(device)
     model, cfg = load_trained_model(Path(checkpoint), network, dev)
     classes = class_set(cfg.dataset, Path(checkpoint))
