@@ -23,7 +23,7 @@ seconds=${2:?$usage}
 shift 2
 cd "$(dirname "$0")/.."
 methods=("$@")
-[ ${#methods[@]} -gt 0 ] || methods=(s4al full_supervised sup_10 ssl_10 region_random_ssl s4al_paper)
+[ ${#methods[@]} -gt 0 ] || methods=(s4al full_supervised sup_10 ssl_10 region_random_ssl s4al_paper s4al_30x30x2)
 started=$(date +%s)
 left() { echo $((seconds - ($(date +%s) - started))); }
 stages=" ${STAGES:-tests speed compare} "
