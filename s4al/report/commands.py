@@ -29,7 +29,8 @@ def report(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder (default: RUN_DIR/report).")] = None,
     supervised_miou: Annotated[
         Optional[str],
-        typer.Option(help="Fully supervised val mIoU (0..1), or the result.json of `s4al train`: the reference line."),
+        typer.Option(metavar="MIOU|FILE",
+                     help="Fully supervised val mIoU (0..1), or the result.json of `s4al train`: the reference line."),
     ] = None,
 ) -> None:
     """An HTML report of a run: label efficiency, per-class IoU, bought classes, asked regions, predictions."""
