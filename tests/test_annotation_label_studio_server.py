@@ -29,8 +29,10 @@ from conftest import label_state, region_by_id
 from s4al.active.ledger import Ledger
 from s4al.annotation.answers import import_answers
 from s4al.annotation.label_studio import MODEL_VERSION, labelling_config, task
+from s4al.annotation.label_studio_api import PROJECT_META, LabelStudioError, send_query
 from s4al.data.classes import ClassSet
 from test_annotation_answers import CLASSES, H, W, run_dir, truth  # noqa: F401 (run_dir is a fixture)
+from test_annotation_end_to_end import trained  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -148,6 +150,113 @@ def test_label_studio_keeps_our_pre_annotations_and_its_export_imports(label_stu
         for region in ledger.answered():
             y0, x0, y1, x1 = region.box
             assert np.array_equal(ledger.patch(region), predicted("a")[y0:y1, x0:x1])
+
+
+# ---- the run's project, through the API (s4al query/import --label-studio) -----------------------
+
+@pytest.fixture
+def asking_run(trained, tmp_path):  # noqa: F811
+    """A copy of a run whose cycle 0 has trained; its first query asks."""
+    return shutil.copytree(trained, tmp_path / "run")
+
+
+def s4al(*args, key):
+    """`s4al ARGS` with LABEL_STUDIO_API_KEY set to `key` (None: unset): (exit code, stdout and stderr)."""
+    from typer.testing import CliRunner
+
+    from s4al.cli import app
+
+    result = CliRunner().invoke(app, [str(arg) for arg in args], env={"LABEL_STUDIO_API_KEY": key})
+    return result.exit_code, result.output
+
+
+def project_tasks(label_studio, project_id):
+    return sorted(label_studio.tasks.list(project=project_id), key=lambda t: t.data["image_id"])
+
+
+def test_query_sends_the_runs_tasks_to_one_project_once_and_import_takes_its_answers(
+        server, label_studio, asking_run):
+    projects_before = len(list(label_studio.projects.list()))
+    code, output = s4al("query", asking_run, "--device", "cpu", "--label-studio", f"{server.url}/", key=server.token)
+    assert code == 0, output
+    package = asking_run / "queries" / "cycle_0"
+    sent = sorted(json.loads((package / "tasks.json").read_text()), key=lambda t: t["data"]["image_id"])
+    with Ledger(asking_run / "ledger.sqlite", readonly=True) as ledger:
+        recorded = ledger.get_meta(PROJECT_META)
+        asked = ledger.asked()
+    assert recorded["url"] == server.url and f"annotate at {server.url}/projects/{recorded['id']}" in output
+    assert f"sent {len(sent)} new tasks" in output and len(sent) > 1
+    project = label_studio.projects.get(id=recorded["id"])
+    assert project.title == "run" and project.label_config == (package / "labelling_config.xml").read_text().strip()
+    assert [t.data for t in project_tasks(label_studio, project.id)] == [t["data"] for t in sent]
+
+    code, output = s4al("query", asking_run, "--device", "cpu", "--label-studio", server.url, key=server.token)
+    assert code == 0 and "sent 0 new tasks" in output and f"{len(sent)} tasks were there already" in output
+    assert len(project_tasks(label_studio, project.id)) == len(sent)
+    assert len(list(label_studio.projects.list())) == projects_before + 1
+    code, output = s4al("query", asking_run, "--label-studio", "http://127.0.0.1:1", key=server.token)
+    assert code == 1 and "http://127.0.0.1:1" in output and f"its project on {server.url}" in output
+
+    # the annotator accepts the model's paint of the first task; the others wait
+    first = project_tasks(label_studio, project.id)[0]
+    (prediction,) = label_studio.predictions.list(task=first.id)
+    label_studio.annotations.create(id=first.id, result=prediction.result, was_cancelled=False)
+    code, output = s4al("import", asking_run, "--label-studio", key=server.token)
+    assert code == 0, output
+    (export,) = (asking_run / "answers").glob("label_studio_*.json")
+    assert f"export, as received: {export}" in output
+    assert len(json.loads(export.read_text())) == len(sent)
+    with Ledger(asking_run / "ledger.sqlite", readonly=True) as ledger:
+        answered = ledger.answered()
+        height, width = ledger.image_size(first.data["image_id"])
+        assert [r.region_id for r in answered] == first.data["region_ids"]
+        assert len(ledger.asked()) == len(asked) - len(answered)
+        model = model_labels(sent[0], height, width)
+        for region in answered:
+            y0, x0, y1, x1 = region.box
+            assert np.array_equal(ledger.patch(region), model[y0:y1, x0:x1])
+    assert f"answered {len(answered)} regions (label-studio)" in output
+
+    label_studio.projects.delete(id=project.id)
+    code, output = s4al("import", asking_run, "--label-studio", key=server.token)
+    assert code == 1 and f"{server.url}: project {project.id} not found" in output
+
+
+def test_a_refused_key_and_an_unreachable_server_are_one_line_naming_the_server(server, asking_run):
+    code, output = s4al("query", asking_run, "--device", "cpu", "--label-studio", server.url, key="not-the-key")
+    assert code == 1 and output.startswith(f"error: {server.url}: the API key was refused (HTTP 401)"), output
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    code, output = s4al("query", asking_run, "--device", "cpu", "--label-studio", closed, "--api-key", server.token,
+                        key=None)
+    assert code == 1 and output.startswith(f"error: {closed}: Label Studio server unreachable"), output
+    with Ledger(asking_run / "ledger.sqlite", readonly=True) as ledger:
+        assert ledger.get_meta(PROJECT_META) is None
+
+
+def test_import_from_label_studio_before_any_query_sent_tasks_is_refused(asking_run):
+    code, output = s4al("import", asking_run, "--label-studio", key="any")
+    assert code == 1 and output == (f"error: {asking_run}: no Label Studio project yet; send the tasks first "
+                                    f"with `s4al query {asking_run} --label-studio URL`\n")
+    assert not (asking_run / "answers").exists()
+    code, output = s4al("import", asking_run, key="any")
+    assert code == 2 and "give ANSWERS (a file or folder) or --label-studio" in output
+
+
+def test_tasks_the_server_refuses_are_one_error_naming_the_server_and_the_tasks(server, run_dir, tmp_path):  # noqa: F811
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "labelling_config.xml").write_text(labelling_config(CLASS_SET))
+    (package / "tasks.json").write_text(json.dumps([{"data": {"image_id": "a", "cycle": 0, "region_ids": [1]}}]))
+    with Ledger(run_dir / "ledger.sqlite") as ledger, pytest.raises(LabelStudioError) as refused:
+        send_query(ledger, "refused", package, server.url, server.token)  # the task has no image
+    project_id = ledger_meta(run_dir)["id"]
+    assert str(refused.value).startswith(f"{server.url}: project {project_id} refused the upload of tasks 1-1 of 1 "
+                                         "new (HTTP 400: "), refused.value
+
+
+def ledger_meta(run):
+    with Ledger(run / "ledger.sqlite", readonly=True) as ledger:
+        return ledger.get_meta(PROJECT_META)
 
 
 # ---- a person in a browser ------------------------------------------------------------------------

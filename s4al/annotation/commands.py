@@ -12,7 +12,9 @@ from s4al.errors import user_errors_reported
 from s4al.run_folder import RunFolder, RunFolderError
 
 if TYPE_CHECKING:
+    from s4al.active.cycle import ActiveLearningRun
     from s4al.annotation.answers import ImportReport
+    from s4al.annotation.label_studio_api import SentTasks
 
 SHOWN_IMAGES = 5  # images named in the summary of ignored pixels
 
@@ -21,45 +23,90 @@ OutOption = Annotated[
     Optional[Path], typer.Option("--out", "-o", help="Package folder (default: RUN_DIR/queries/cycle_C).")
 ]
 DeviceOption = Annotated[str, typer.Option(help="Device for scoring and pre-annotation: auto, cpu, cuda, cuda:1, ...")]
-AnswersArgument = Annotated[Path, typer.Argument(help="A Label Studio JSON export, or a folder of IMAGE_ID.png masks.")]
+AnswersArgument = Annotated[Optional[Path], typer.Argument(
+    help="A Label Studio JSON export, or a folder of IMAGE_ID.png masks (none with --label-studio).", show_default=False)]
+SendOption = Annotated[Optional[str], typer.Option(
+    "--label-studio", metavar="URL", help="Also send the tasks to the run's one project on this Label Studio server "
+    "(made by the first such query; later cycles go to the same one).")]
+DownloadOption = Annotated[bool, typer.Option(
+    "--label-studio", help="Download the full JSON export of the run's Label Studio project (the one "
+    "`s4al query --label-studio` sends to) into RUN_DIR/answers/ and import it.")]
+ApiKeyOption = Annotated[Optional[str], typer.Option(
+    "--api-key", envvar="LABEL_STUDIO_API_KEY", show_default=False,
+    help="Label Studio access token for --label-studio (never stored).")]
 RegionOption = Annotated[
     Optional[list[int]], typer.Option("--region", help="A region id to skip (repeatable); default: every region still asked.")
 ]
 
 
-def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption = "auto") -> None:
-    """Write the asked regions for annotators: Label Studio tasks + config, overlays and a manifest.
+def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption = "auto",
+          label_studio: SendOption = None, api_key: ApiKeyOption = None) -> None:
+    """Write the asked regions for annotators: Label Studio tasks + config, overlays and a manifest;
+    with --label-studio, send the tasks to the run's Label Studio project too.
     If the latest cycle has trained but not asked yet, score the pool and ask first."""
     from s4al.active.cycle import ActiveLearningRun
+    from s4al.annotation.label_studio_api import checked_server, project_on, send_query
     from s4al.annotation.package import write_query_package
 
+    sent = None
     with user_errors_reported():
+        server = label_studio and checked_server(label_studio, api_key)
         active_run = ActiveLearningRun(run_dir, overrides={"train": {"device": device}})
-        cycle = active_run.phases.last_cycle()
-        phase = active_run.phases.phase(cycle) if cycle is not None else None
-        if phase in (None, "train"):
-            raise RunFolderError(f"{run_dir}: cycle {cycle or 0} has not finished training; "
-                                 f"continue it with `s4al run --resume {run_dir}`")
-        if phase == "acquire":
-            active_run.acquire(cycle)
+        if server:
+            project_on(active_run.ledger, server)  # refused before the pool is scored
+        cycle = _asking_cycle(active_run, run_dir)
         package = write_query_package(active_run, out or run_dir / "queries" / f"cycle_{cycle}")
+        if server and package.regions:
+            sent = send_query(active_run.ledger, Path(run_dir).resolve().name, package.out_dir, server, api_key)
     if not package.regions:
         phase = active_run.phases.phase(cycle)
         typer.echo(f"{run_dir}: no region waits for an answer (cycle {cycle} is in phase '{phase}').")
         return
-    typer.echo(f"{package.regions} asked regions in {package.images} images written to {package.out_dir}:\n"
-               f"  Label Studio: import tasks.json into the run's one project (set up once with labelling_config.xml)\n"
-               f"  any other tool: images/, overlays/ (regions outlined), manifest.csv / manifest.json\n"
-               f"Then: s4al import {run_dir} ANSWERS (the project's JSON export, or a folder of IMAGE_ID.png "
-               f"class-id masks, 255 = unpainted), s4al skip {run_dir} for regions nobody will answer, "
-               f"and s4al run --resume {run_dir}.")
+    typer.echo(f"{package.regions} asked regions in {package.images} images written to {package.out_dir}:")
+    typer.echo(_sent_lines(run_dir, sent) if sent else _package_lines(run_dir))
 
 
-def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument) -> None:
+def _asking_cycle(active_run: ActiveLearningRun, run_dir: Path) -> int:
+    """The run's latest cycle, made to ask first if it has trained but not asked yet."""
+    cycle = active_run.phases.last_cycle()
+    phase = active_run.phases.phase(cycle) if cycle is not None else None
+    if phase in (None, "train"):
+        raise RunFolderError(f"{run_dir}: cycle {cycle or 0} has not finished training; "
+                             f"continue it with `s4al run --resume {run_dir}`")
+    if phase == "acquire":
+        active_run.acquire(cycle)
+    return cycle
+
+
+def _package_lines(run_dir: Path) -> str:
+    return (f"  Label Studio: import tasks.json into the run's one project (set up once with labelling_config.xml),\n"
+            f"    or let s4al do it: s4al query {run_dir} --label-studio URL\n"
+            f"  any other tool: images/, overlays/ (regions outlined), manifest.csv / manifest.json\n"
+            f"Then: s4al import {run_dir} ANSWERS (the project's JSON export, or a folder of IMAGE_ID.png "
+            f"class-id masks, 255 = unpainted), s4al skip {run_dir} for regions nobody will answer, "
+            f"and s4al run --resume {run_dir}.")
+
+
+def _sent_lines(run_dir: Path, sent: SentTasks) -> str:
+    made = "made for this run, " if sent.created else ""
+    return (f"  sent {sent.sent} new tasks to Label Studio project {sent.project.id} ({made}{sent.already} "
+            f"tasks were there already); annotate at {sent.project.page}\n"
+            f"Then: s4al import {run_dir} --label-studio, s4al skip {run_dir} for regions nobody will answer, "
+            f"and s4al run --resume {run_dir}.")
+
+
+def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = None,
+                           label_studio: DownloadOption = False, api_key: ApiKeyOption = None) -> None:
     """Import painted answers into the run's label ledger; a bad file changes nothing."""
     from s4al.annotation.answers import import_answers
+    from s4al.annotation.label_studio_api import download_export
 
+    if (answers is not None) == label_studio:
+        raise typer.BadParameter("give ANSWERS (a file or folder) or --label-studio, one of them")
     with user_errors_reported():
+        if label_studio:
+            answers = download_export(run_dir, api_key)
+            typer.echo(f"the Label Studio project's export, as received: {answers}")
         report = import_answers(run_dir, answers)
     typer.echo(f"answered {len(report.answered)} regions ({report.by}), {report.void_pixels} unpainted pixels "
                f"inside them stored as void; skipped {len(report.skipped)} regions (of skipped tasks); "

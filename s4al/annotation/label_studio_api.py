@@ -1,0 +1,197 @@
+"""The run's one Label Studio project, through Label Studio's API (label-studio-sdk's client).
+
+`s4al query RUN --label-studio URL` sends the tasks of the query package to the project; the first
+time it creates the project and records its server and id in the ledger (meta PROJECT_META), so
+every later cycle goes to the same project. A task whose regions the project already holds (same
+cycle, a shared region id) is not sent again, so a query repeated, or killed halfway and run again,
+sends each region once. `s4al import RUN --label-studio` downloads the project's full JSON export
+into RUN/answers/ and imports that file.
+
+The API key is the caller's (LABEL_STUDIO_API_KEY or --api-key) and is never stored. What the
+server refuses, or a server that does not answer, is a LabelStudioError naming the server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+from label_studio_sdk.data_manager import Column, Filters, Operator, Type
+
+from s4al.active.ledger import Ledger
+from s4al.atomic import atomic_write
+from s4al.errors import S4alError
+from s4al.run_folder import RunFolder
+
+PROJECT_META = "label_studio_project"  # {"url": server, "id": project id}
+UPLOAD_BYTES = 50 * 2**20  # the JSON of one upload; Label Studio refuses uploads over 250 MB
+ANSWERS_FOLDER = "answers"  # in the run folder: the exports downloaded, as received
+SHOWN_BODY_CHARS = 200  # of a refusal's body, in its message
+
+
+class LabelStudioError(S4alError):
+    """The Label Studio server did not answer, or refused a request."""
+
+
+@dataclass(frozen=True)
+class Project:
+    url: str  # the server, without a trailing slash
+    id: int
+
+    @property
+    def page(self) -> str:
+        """Where the annotators open the project."""
+        return f"{self.url}/projects/{self.id}"
+
+
+@dataclass(frozen=True)
+class SentTasks:
+    project: Project
+    created: bool  # the project was made by this query
+    sent: int  # tasks uploaded now
+    already: int  # tasks of the package the project held before
+
+
+def chunks_by_size(sizes: Sequence[int], limit: int) -> list[range]:
+    """Consecutive runs of items (by index) whose `sizes` add up to at most `limit`; an item larger
+    than `limit` goes alone."""
+    chunks, start, total = [], 0, 0
+    for index, size in enumerate(sizes):
+        if index > start and total + size > limit:
+            chunks.append(range(start, index))
+            start, total = index, 0
+        total += size
+    if start < len(sizes):
+        chunks.append(range(start, len(sizes)))
+    return chunks
+
+
+def recorded_project(ledger: Ledger) -> Project | None:
+    """The run's project, if a query has sent tasks to one."""
+    meta = ledger.get_meta(PROJECT_META)
+    return None if meta is None else Project(meta["url"], meta["id"])
+
+
+def project_on(ledger: Ledger, url: str) -> Project | None:
+    """The run's project, if it has one, which must be on server `url` (no trailing slash)."""
+    project = recorded_project(ledger)
+    if project is not None and project.url != url:
+        raise LabelStudioError(f"{url}: this run's tasks go to its project on {project.url} ({project.page}); "
+                               f"query with --label-studio {project.url}")
+    return project
+
+
+def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_key: str | None) -> SentTasks:
+    """Sends the tasks of the query package in `package_dir` to the run's project on `url`, making
+    it (titled `run_name`, with the package's labelling config) and recording it in `ledger` the
+    first time; a run's project stays on one server."""
+    url = checked_server(url, api_key)
+    project = project_on(ledger, url)
+    client = _client(url, api_key)
+    with _server_errors(url, project):
+        created = project is None
+        if created:
+            made = client.projects.create(title=run_name, label_config=(package_dir / "labelling_config.xml").read_text())
+            project = Project(url, made.id)
+            ledger.set_meta(PROJECT_META, {"url": url, "id": project.id})  # before any upload: one project per run
+        else:
+            client.projects.get(id=project.id)  # a deleted project answers 404 here, not when listing its tasks
+        tasks = json.loads((package_dir / "tasks.json").read_text())
+        held = _held_regions(client, project, {task["data"]["cycle"] for task in tasks})
+        new = [task for task in tasks if held.isdisjoint(_regions_of(task["data"]))]
+        _upload(client, project, new)
+    return SentTasks(project, created, len(new), len(tasks) - len(new))
+
+
+def _regions_of(data: dict) -> set[tuple[int, int]]:
+    """The (cycle, region id) pairs a task asks, as `label_studio.task` writes its data."""
+    return {(data.get("cycle"), region_id) for region_id in data.get("region_ids") or ()}
+
+
+def _held_regions(client: LabelStudio, project: Project, cycles: set[int]) -> set[tuple[int, int]]:
+    """The (cycle, region id) pairs of the project's tasks of `cycles`; only these tasks are listed,
+    as each carries its image."""
+    held = set()
+    for cycle in cycles:
+        of_cycle = Filters.create(Filters.AND, [Filters.item(Column.data("cycle"), Operator.EQUAL, Type.Number, cycle)])
+        for task in client.tasks.list(project=project.id, query=json.dumps({"filters": of_cycle})):
+            held |= _regions_of(task.data or {})
+    return held
+
+
+def _upload(client: LabelStudio, project: Project, tasks: list[dict]) -> None:
+    sizes = [len(json.dumps(task)) + 2 for task in tasks]  # and the separator between tasks
+    for chunk in chunks_by_size(sizes, UPLOAD_BYTES):
+        try:
+            client.projects.import_tasks(id=project.id, request=tasks[chunk.start:chunk.stop])
+        except ApiError as err:
+            if err.status_code in (401, 403, 404):
+                raise
+            raise LabelStudioError(f"{project.url}: project {project.id} refused the upload of tasks "
+                                   f"{chunk.start + 1}-{chunk.stop} of {len(tasks)} new ({_refusal(err)})") from None
+
+
+def download_export(run_dir: Path, api_key: str | None) -> Path:
+    """Downloads the full JSON export of the run's project (every task, answered or not) into
+    RUN/answers/label_studio_TIMESTAMP.json, written whole or not at all; returns its path."""
+    run_dir = Path(run_dir)
+    ledger_path = RunFolder(run_dir).ledger_path
+    if not ledger_path.is_file():
+        raise LabelStudioError(f"{run_dir}: not a run folder (no {ledger_path.name})")
+    with Ledger(ledger_path, readonly=True) as ledger:
+        project = recorded_project(ledger)
+    if project is None:
+        raise LabelStudioError(f"{run_dir}: no Label Studio project yet; send the tasks first with "
+                               f"`s4al query {run_dir} --label-studio URL`")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    path = run_dir / ANSWERS_FOLDER / f"label_studio_{stamp}.json"
+    path.parent.mkdir(exist_ok=True)
+    client = _client(project.url, api_key)
+    with _server_errors(project.url, project), atomic_write(path) as file:
+        for part in client.projects.exports.download_sync(id=project.id, export_type="JSON", download_all_tasks=True):
+            file.write(part)
+    return path
+
+
+def checked_server(url: str, api_key: str | None) -> str:
+    """`url` without a trailing slash, once it reads as a server address and a key is given."""
+    if not url.startswith(("http://", "https://")):
+        raise LabelStudioError(f"{url}: not a server address (expected http://HOST:PORT or https://...)")
+    if not api_key:
+        raise LabelStudioError(f"{url}: no API key; set LABEL_STUDIO_API_KEY (or give --api-key) to your "
+                               "Label Studio access token (Account & Settings)")
+    return url.rstrip("/")
+
+
+def _client(url: str, api_key: str | None) -> LabelStudio:
+    url = checked_server(url, api_key)
+    with _server_errors(url, None):  # the client refuses an expired key when made
+        return LabelStudio(base_url=url, api_key=api_key)
+
+
+@contextmanager
+def _server_errors(url: str, project: Project | None) -> Iterator[None]:
+    """The server's refusals and silences as LabelStudioErrors naming `url` (and the project)."""
+    try:
+        yield
+    except httpx.TransportError as err:
+        raise LabelStudioError(f"{url}: Label Studio server unreachable ({str(err) or type(err).__name__})") from None
+    except ApiError as err:
+        if err.status_code in (401, 403):
+            raise LabelStudioError(f"{url}: the API key was refused (HTTP {err.status_code}); set "
+                                   "LABEL_STUDIO_API_KEY to your access token (Account & Settings)") from None
+        if err.status_code == 404 and project is not None:
+            raise LabelStudioError(f"{url}: project {project.id} not found (deleted?), the project this run "
+                                   "sends its tasks to and imports its answers from") from None
+        raise LabelStudioError(f"{url}: Label Studio refused the request ({_refusal(err)})") from None
+
+
+def _refusal(err: ApiError) -> str:
+    body = err.body if isinstance(err.body, str) else json.dumps(err.body, default=str)
+    return f"HTTP {err.status_code}: {body[:SHOWN_BODY_CHARS]}"
