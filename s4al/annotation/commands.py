@@ -32,10 +32,10 @@ DownloadOption = Annotated[bool, typer.Option(
     "--label-studio", help="Download the full JSON export of the run's Label Studio project (the one "
     "`s4al query --label-studio` sends to) into RUN_DIR/answers/ and import it.")]
 ApiKeyOption = Annotated[Optional[str], typer.Option(
-    "--api-key", envvar="LABEL_STUDIO_API_KEY", show_default=False,
+    "--api-key", metavar="TOKEN", envvar="LABEL_STUDIO_API_KEY", show_default=False,
     help="Label Studio access token for --label-studio (never stored).")]
 RegionOption = Annotated[
-    Optional[list[int]], typer.Option("--region", help="A region id to skip (repeatable); default: every region still asked.")
+    Optional[list[int]], typer.Option("--region", metavar="ID", help="A region id to skip (repeatable); default: every region still asked.")
 ]
 
 
