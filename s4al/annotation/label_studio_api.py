@@ -33,6 +33,9 @@ PROJECT_META = "label_studio_project"  # {"url": server, "id": project id}
 UPLOAD_BYTES = 50 * 2**20  # the JSON of one upload; Label Studio refuses uploads over 250 MB
 ANSWERS_FOLDER = "answers"  # in the run folder: the exports downloaded, as received
 SHOWN_BODY_CHARS = 200  # of a refusal's body, in its message
+# An upload and an export, which the server answers only when it has stored the tasks or built the
+# whole export; other requests keep the client's 60 s.
+SLOW_REQUEST = {"timeout": 600.0}
 
 
 class LabelStudioError(S4alError):
@@ -129,7 +132,8 @@ def _upload(client: LabelStudio, project: Project, tasks: list[dict]) -> None:
     sizes = [len(json.dumps(task)) + 2 for task in tasks]  # and the separator between tasks
     for chunk in chunks_by_size(sizes, UPLOAD_BYTES):
         try:
-            client.projects.import_tasks(id=project.id, request=tasks[chunk.start:chunk.stop])
+            client.projects.import_tasks(id=project.id, request=tasks[chunk.start:chunk.stop],
+                                         request_options=SLOW_REQUEST)
         except ApiError as err:
             if err.status_code in (401, 403, 404):
                 raise
@@ -153,9 +157,12 @@ def download_export(run_dir: Path, api_key: str | None) -> Path:
     path = run_dir / ANSWERS_FOLDER / f"label_studio_{stamp}.json"
     path.parent.mkdir(exist_ok=True)
     client = _client(project.url, api_key)
-    with _server_errors(project.url, project), atomic_write(path) as file:
-        for part in client.projects.exports.download_sync(id=project.id, export_type="JSON", download_all_tasks=True):
-            file.write(part)
+    with _server_errors(project.url, project):
+        client.projects.get(id=project.id)  # the server and the project answer, before the long wait
+        with atomic_write(path) as file:
+            for part in client.projects.exports.download_sync(id=project.id, export_type="JSON",
+                                                              download_all_tasks=True, request_options=SLOW_REQUEST):
+                file.write(part)
     return path
 
 
