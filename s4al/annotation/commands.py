@@ -50,13 +50,13 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
 
     sent = None
     with user_errors_reported():
-        server = label_studio and checked_server(label_studio, api_key)
+        server = None if label_studio is None else checked_server(label_studio, api_key)
         active_run = ActiveLearningRun(run_dir, overrides={"train": {"device": device}})
-        if server:
+        if server is not None:
             project_on(active_run.ledger, server)  # refused before the pool is scored
         cycle = _asking_cycle(active_run, run_dir)
         package = write_query_package(active_run, out or run_dir / "queries" / f"cycle_{cycle}")
-        if server and package.regions:
+        if server is not None and package.regions:
             sent = send_query(active_run.ledger, Path(run_dir).resolve().name, package.out_dir, server, api_key)
     if not package.regions:
         phase = active_run.phases.phase(cycle)
