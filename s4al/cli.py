@@ -139,7 +139,7 @@ def run(
     if resume is not None and config is not None:
         raise typer.BadParameter(f"--config with --resume: a resumed run keeps the config in "
                                  f"{RunFolder(resume).config_path}")
-    if out is not None and RunFolder(out).config_path.exists():
+    if out is not None and RunFolder(out).begun():
         raise typer.BadParameter(f"{out} already holds a run; continue it with --resume {out}")
     with user_errors_reported():
         changes = parse_override(overrides or [])

@@ -104,27 +104,29 @@ class RunFolder:
     @classmethod
     def create(cls, path: Path, cfg: RunConfig, lock: bool = True) -> "RunFolder":
         """A new run folder holding `cfg`, locked; config.yaml is its first file, so a run killed at
-        any later moment can be resumed."""
+        any later moment can be resumed. A folder whose run never began (its config alone: a start
+        refused for its data or settings, or killed at once) is made anew with `cfg`."""
         folder = cls(Path(path))
         folder.make(lock)
-        if folder.config_path.exists():
+        if folder.begun():
             raise RunFolderError(f"{folder.path}: already holds a run; continue it with --resume {folder.path}")
         folder.save_config(cfg)
         return folder
 
     @classmethod
     def for_training(cls, path: Path, cfg: RunConfig, lock: bool = True) -> "RunFolder":
-        """The folder of `s4al train`, holding `cfg`, locked: a new one, or the folder of an earlier
-        training with the same config (but for where it computes), which then resumes. An
-        active-learning run's folder, or a training made with another config, is refused: its
-        config would be overwritten and its checkpoint continued with other settings."""
+        """The folder of `s4al train`, holding `cfg`, locked: a new one, one whose training never
+        saved a checkpoint, or the folder of an earlier training with the same config (but for
+        where it computes), which then resumes. An active-learning run's folder, or a training with
+        a checkpoint made with another config, is refused: its config would be overwritten and its
+        checkpoint continued with other settings."""
         folder = cls(Path(path))
         folder.make(lock)
         found = [name for name in ACTIVE_LEARNING_ONLY if (folder.path / name).exists()]
         if found:
             raise RunFolderError(f"{folder.path}: holds an active-learning run ({', '.join(found)}); "
                                  "s4al train needs a folder of its own")
-        if folder.config_path.exists():
+        if folder.checkpoint_path(0).exists():
             saved = folder.config()
             differences = config_differences(saved, cfg, may_differ=RESUME_KEYS)
             if differences:
@@ -177,6 +179,10 @@ class RunFolder:
             raise RunFolderError(str(err)) from None
 
     # ---- state that must not be lost -------------------------------------------------------
+    def begun(self) -> bool:
+        """Whether a run here got past its start: a ledger, or anything only a started run writes."""
+        return self.ledger_path.exists() or any((self.path / name).exists() for name in PROGRESS)
+
     def check_ledger(self) -> bool:
         """True if the ledger exists; False for a run that never got as far as making one. A run
         that has begun (labels, checkpoints, cycles or splits on disk) without a usable ledger is

@@ -243,6 +243,7 @@ def test_the_run_folder_starts_with_its_config(tmp_path):
     folder = RunFolder.create(tmp_path / "run", cfg)
     assert sorted(p.name for p in folder.path.iterdir()) == [".lock", "config.yaml"]
     assert folder.config_path.read_text() == config_text(cfg)
+    Ledger(folder.ledger_path).close()  # the run has begun
     with pytest.raises(RunFolderError, match="already holds a run"):
         RunFolder.create(tmp_path / "run", cfg)
 
@@ -303,3 +304,30 @@ def test_resuming_a_training_folder_as_an_active_learning_run_names_what_it_is(t
     assert result.exit_code == 1
     assert result.output.startswith(f"error: {out}: a folder of `s4al train` (full supervision")
     assert not RunFolder(out).ledger_path.exists()
+
+
+def test_a_start_refused_for_its_settings_can_be_corrected_in_the_same_folder(tmp_path):
+    save_config(external_config(), tmp_path / "tiny.yaml")
+    out = tmp_path / "run"
+    command = ["run", "--out", str(out), "--config", str(tmp_path / "tiny.yaml"), "--quiet"]
+    refused = runner.invoke(app, [*command, "--set", "active.initial=labelled"])  # every synthetic image has a label
+    assert refused.exit_code == 1 and "active.initial 'labelled' needs some images without a label" in refused.output
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.yaml"]  # nothing began
+    corrected = runner.invoke(app, command)
+    assert corrected.exit_code == 0, corrected.output
+    assert "regions wait for answers" in corrected.output
+    assert RunFolder(out).config_path.read_text() == config_text(external_config())
+    again = runner.invoke(app, command)  # now it has begun: refused, not made anew
+    assert again.exit_code == 2 and "already holds a run" in " ".join(again.output.replace("│", " ").split())
+
+
+def test_a_training_refused_before_its_first_checkpoint_can_be_corrected_in_the_same_folder(tmp_path):
+    cfg = tiny_config(train={"epochs": 1, "iters_per_epoch": 1, "device": "cpu"})
+    save_config(cfg, tmp_path / "tiny.yaml")
+    out = tmp_path / "supervised"
+    command = ["train", "--out", str(out), "--config", str(tmp_path / "tiny.yaml"), "--quiet"]
+    refused = runner.invoke(app, [*command, "--set", "dataset.name=folder", "--set", f"dataset.root={tmp_path}"])
+    assert refused.exit_code == 1 and "no class list" in refused.output
+    corrected = runner.invoke(app, command)
+    assert corrected.exit_code == 0, corrected.output
+    assert RunFolder(out).config_path.read_text() == config_text(cfg) and RunFolder(out).result_path.exists()

@@ -78,8 +78,8 @@ class ActiveLearningRun:
     def _folder(path: Path, cfg: RunConfig | None) -> RunFolder:
         """Rank 0 holds the run folder's lock; the other ranks of its job only read."""
         main = distributed.is_main()
-        if cfg is not None and not RunFolder(path).config_path.exists():
-            return RunFolder.create(path, cfg, lock=main)
+        if cfg is not None and main and not RunFolder(path).begun():
+            return RunFolder.create(path, cfg)
         folder = RunFolder.open(path, lock=main)
         if main:
             folder.remove_stray_temp_files()
