@@ -16,7 +16,7 @@ from s4al.annotation.commands import import_answers_command, query, skip
 from s4al import distributed
 from s4al.report.commands import Network, NetworkOption, export_command, predict_command, report
 from s4al.config import ConfigError, RunConfig, load_config, parse_override
-from s4al.data import build_dataset
+from s4al.data import DatasetError, build_dataset
 from s4al.errors import user_errors_reported
 from s4al.run_folder import RunFolder
 
@@ -75,7 +75,7 @@ def train(
     overrides: SetOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Fully supervised training on every train image (the denominator of label efficiency)."""
+    """Fully supervised training on every labelled train image (the denominator of label efficiency)."""
     from s4al.train.trainer import Trainer, TrainData
 
     cfg = _config(config, overrides)
@@ -85,8 +85,13 @@ def train(
             folder = RunFolder.for_training(out, cfg) if distributed.is_main() else RunFolder(out)
         train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
         val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, cfg.seed)
+        labelled = [i for i in range(len(train_set)) if train_set.has_label(i)]
+        if not labelled:
+            raise DatasetError(f"train split '{cfg.dataset.train_split}' of {cfg.dataset.root}: no image has a label")
+        if len(labelled) < len(train_set) and distributed.is_main():
+            console.print(f"training on the {len(labelled)} of {len(train_set)} train images that have a label")
         with _monitor(folder, quiet) as monitor:
-            data = TrainData(train_set, labelled=list(range(len(train_set))))
+            data = TrainData(train_set, labelled=labelled)
             result = Trainer(cfg, data, val_set, out, progress=monitor).fit()
     if not distributed.is_main():
         return

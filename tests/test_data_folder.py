@@ -5,6 +5,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from s4al.config import DatasetConfig
+from s4al.data import build_dataset
 from s4al.data import io as data_io
 from s4al.data.base import DatasetError
 from s4al.data.folder import ImageFolder
@@ -36,8 +38,26 @@ def test_id_masks_and_default_train_split(tmp_path):
     assert dataset.classes.names == ("road", "car", "sky")
     assert [dataset.image_id(i) for i in range(len(dataset))] == ["a", "b"]
     assert np.array_equal(dataset[0].label, ID_MASK)
-    with pytest.raises(DatasetError, match="split 'val' is empty"):
+    with pytest.raises(DatasetError, match=f"^{tmp_path / 'val.txt'}: missing; list the stems of the 'val' images"):
         ImageFolder(tmp_path, "val")
+
+
+def test_an_image_in_two_split_files_is_refused_naming_both(tmp_path):
+    root = make_folder(tmp_path)
+    (root / "val.txt").write_text("b\n")
+    (root / "train.txt").write_text("a\nb\n")  # b would be trained on and scored as unseen
+    for split, other in (("train", "val"), ("val", "train")):
+        with pytest.raises(DatasetError, match=f"^{root / (split + '.txt')}: images 'b' are also in {root / (other + '.txt')}"):
+            ImageFolder(root, split)
+    (root / "train.txt").write_text("a\n")
+    assert [ImageFolder(root, split).image_id(0) for split in ("train", "val")] == ["a", "b"]
+
+
+def test_a_missing_dataset_folder_is_named_with_where_a_relative_path_is_read(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetError, match=f"^my_data: no such dataset folder \\(a relative path is read from the "
+                                           f"current folder, {tmp_path}\\)"):
+        build_dataset(DatasetConfig(name="folder", root="my_data"), "train")
 
 
 def test_ignore_value_and_json_class_list(tmp_path):

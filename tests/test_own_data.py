@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from typer.testing import CliRunner
 
 from conftest import ledger_of, tiny_config
 from s4al.active.cycle import ActiveLearningRun
 from s4al.active.phases import CyclePhases
 from s4al.annotation.answers import import_answers
-from s4al.config import ConfigError, load_config
+from s4al.cli import app
+from s4al.config import ConfigError, load_config, save_config
 from s4al.data import DatasetError, build_dataset
 
 H, W = 32, 48
@@ -87,7 +89,8 @@ def test_only_the_train_split_may_hold_images_without_masks(tmp_path):
     train = build_dataset(cfg, "train")
     assert [train.has_label(i) for i in range(len(train))] == [i < len(MASKED) for i in range(len(train))]
     assert (train[len(MASKED)].label == 255).all() and train[0].label.shape == (H, W)
-    (root / "val.txt").write_text("v0\np3\n")
+    (root / "train.txt").write_text("".join(f"{stem}\n" for stem in [*MASKED, "p0"]))
+    (root / "val.txt").write_text("v0\np3\n")  # p3 has no mask
     with pytest.raises(DatasetError, match=r"images/p3.png: missing label, expected .*masks/p3.png"):
         build_dataset(cfg, "val")
 
@@ -109,3 +112,17 @@ def test_a_train_split_that_does_not_fit_the_initial_protocol_is_refused(tmp_pat
     cfg = own_config(make_dataset(tmp_path / "data", masked, unmasked), **active)
     with pytest.raises(DatasetError, match=problem):
         ActiveLearningRun(tmp_path / "run", cfg)
+
+
+def test_supervised_training_takes_the_masked_images_only_and_refuses_a_split_without_any(tmp_path):
+    save_config(own_config(make_dataset(tmp_path / "data")), tmp_path / "own.yaml")
+    trained = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "full"), "--config", str(tmp_path / "own.yaml"),
+                                       "--quiet"])
+    assert trained.exit_code == 0, trained.output
+    assert "training on the 3 of 8 train images that have a label" in trained.output
+
+    save_config(own_config(make_dataset(tmp_path / "bare", masked=[])), tmp_path / "bare.yaml")
+    refused = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "none"), "--config", str(tmp_path / "bare.yaml"),
+                                       "--quiet"])
+    assert refused.exit_code == 1
+    assert refused.output == f"error: train split 'train' of {tmp_path / 'bare'}: no image has a label\n"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from s4al.config import DatasetConfig
 from s4al.data.base import DatasetError, Sample, SegmentationDataset
 from s4al.data.camvid import CamVid
@@ -21,6 +23,9 @@ SYNTHETIC_SPLITS = ("train", "val", "test")
 
 def build_dataset(cfg: DatasetConfig, split: str, seed: int = 0) -> SegmentationDataset:
     """One split of the configured dataset; `seed` only drives the synthetic generator."""
+    if cfg.name != "synthetic" and not Path(cfg.root).is_dir():
+        relative = "" if Path(cfg.root).is_absolute() else f" (a relative path is read from the current folder, {Path.cwd()})"
+        raise DatasetError(f"{cfg.root}: no such dataset folder{relative}")
     if cfg.name == "folder":  # images without masks only in the train split (the pool); evaluation needs masks
         return ImageFolder(cfg.root, split, resize=cfg.resize, allow_unlabelled=split == cfg.train_split)
     if cfg.name != "synthetic":

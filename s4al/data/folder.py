@@ -134,14 +134,16 @@ class ImageFolder(FilePairDataset):
         check_masks(self.mask_dir, images)
         split_file = self.root / f"{self.split}.txt"
         if split_file.is_file():
-            chosen = [images[stem] for stem in read_stems(split_file, images)]
+            stems = read_stems(split_file, images)
+            check_disjoint(split_file, stems, images)
+            chosen = [images[stem] for stem in stems]
         elif self.split == "train":  # every image that no other split file claims
             claimed = {stem for other in self.root.glob("*.txt") for stem in read_stems(other, images)}
             chosen = [image for stem, image in images.items() if stem not in claimed]
         elif self.split == UNLABELLED_SPLIT:
             chosen = [image for image in images.values() if not self._mask_for(image).is_file()]
         else:
-            chosen = []
+            raise DatasetError(f"{split_file}: missing; list the stems of the '{self.split}' images in it, one a line")
         pairs = pair_files(chosen, self._mask_for, allow_unlabelled)
         return require_nonempty(pairs, self.split, split_file if split_file.is_file() else self.root)
 
@@ -177,6 +179,17 @@ def check_masks(mask_dir: Path, images: dict[str, Path]) -> None:
             raise DatasetError(f"{mask}: masks must be PNG files named <image stem>.png")
         if mask.stem not in images:
             raise DatasetError(f"{mask}: no image with stem '{mask.stem}' in images/ (a mask without its image)")
+
+
+def check_disjoint(split_file: Path, stems: list[str], images: dict[str, Path]) -> None:
+    """A split file's images must be in no other split file: an image in train.txt and val.txt
+    would be trained on and then scored as unseen."""
+    listed = set(stems)
+    for other in sorted(split_file.parent.glob("*.txt")):
+        shared = [stem for stem in read_stems(other, images) if stem in listed] if other != split_file else []
+        if shared:
+            shown = ", ".join(f"'{stem}'" for stem in shared[:5]) + (f" (and {len(shared) - 5} more)" if len(shared) > 5 else "")
+            raise DatasetError(f"{split_file}: images {shown} are also in {other}; a split's images must be in no other")
 
 
 def read_stems(split_file: Path, images: dict[str, Path]) -> list[str]:
