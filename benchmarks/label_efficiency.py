@@ -321,7 +321,7 @@ def run_one(name: str, method: str, seed: int, cfg: RunConfig, work: Path, out: 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--protocol", choices=PROTOCOLS, help="cpu, paper (Table S2, GPU) or smoke (tests)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, help="cpu, paper (Table S2, GPU), synthetic or smoke (tests)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), metavar="METHOD",
                         help="default: all, in the order of --list")
     parser.add_argument("--seeds", nargs="+", type=int, help="default: the protocol's seed set")

@@ -11,6 +11,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from s4al.errors import S4alError
+
+
+def output_folder(path: Path) -> Path:
+    """`path` made as a folder (with its parents) for a command's outputs; a file in its place is
+    refused naming it, where mkdir's own error would say only that the file exists."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise S4alError(f"{path}: exists and is not a folder; give a folder for the output")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
 
 def _temp_name_parts(name: str) -> tuple[str, str]:
     """The (prefix, suffix) of the temp files of a file called `name` (a glob pattern for strays)."""

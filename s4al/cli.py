@@ -113,14 +113,15 @@ def evaluate_command(
     """Confusion-matrix mIoU, per-class IoU and recall of a checkpoint on a split."""
     from s4al.evaluate import evaluate
     from s4al.train.checkpoint import load_trained_model
-    from s4al.distributed import setup_device
 
-    dev = setup_device(device)
+    dev = distributed.setup_device(device)  # under torchrun: each rank scores its share
     with user_errors_reported():
         model, cfg = load_trained_model(checkpoint, network.value, dev)
         dataset_cfg = cfg.dataset.model_copy(update={"root": data}) if data else cfg.dataset
         dataset = build_dataset(dataset_cfg, split, cfg.seed)
         record = evaluate(model, dataset, batch_size, dev, fast=cfg.train.fast).as_dict(dataset.classes.names)
+    if not distributed.is_main():
+        return
     console.print_json(json.dumps(record))
     _print_scores(split, record)
 

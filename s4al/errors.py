@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 class S4alError(ValueError):
     """Input s4al refuses; the message names the file (or option) and the problem. The base of
-    every such error; a ValueError too, as these errors were before they had a base."""
+    every such error; a ValueError, since each is a bad value given to s4al."""
 
 
 # A file or folder the user named that is missing, unreadable or of the wrong kind: the system's

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from s4al.errors import S4alError
+from s4al.atomic import output_folder
 from s4al.active.ledger import Ledger, Region
 from s4al.config import RunConfig, load_run_config
 from s4al.data import IGNORE_INDEX, ClassSet, DatasetError, SegmentationDataset, build_dataset
@@ -279,7 +280,7 @@ def save_figures(
         "regions": lambda: asked_regions_figure(run_dir, cfg),
         "qualitative": lambda: qualitative_figure(run_dir, cfg, last, classes),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(out_dir)
     saved, skipped = {}, {}
     with mpl.rc_context(STYLE):
         for name, build in builders.items():

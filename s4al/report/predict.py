@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from PIL import Image
 
+from s4al.atomic import output_folder
 from s4al.config import DatasetConfig
 from s4al.data import ClassSet, DatasetError
 from s4al.data.camvid import CAMVID_CLASSES
@@ -84,7 +85,7 @@ def predict(
     model, cfg = load_trained_model(Path(checkpoint), network, dev)
     classes = class_set(cfg.dataset, Path(checkpoint))
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(out_dir)
     written = []
     for path, stem in zip(images, stems):
         image = read_image(Path(path))
