@@ -25,6 +25,7 @@ from s4al.run_folder import RunFolder
 from s4al.train.checkpoint import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import first_run  # noqa: E402
 import jpeg_camvid  # noqa: E402
 import label_efficiency  # noqa: E402
 import speed  # noqa: E402
@@ -506,6 +507,15 @@ def test_speed_smoke_writes_each_part_as_it_is_measured_and_records_a_failed_par
     assert "(d) loaders alone" not in table and "data_loading failed: `RuntimeError: loaders stalled`" in table
     profile = (tmp_path / "speed" / "test-profile.txt").read_text()
     assert "1 iterations, train.fast auto (loader path), CUDA graphs off, by self_cpu_time_total" in profile and "aten::convolution" in profile
+
+
+def test_first_run_records_a_failing_step_with_its_exit_code_and_output(tmp_path):
+    assert first_run.main(["--only", "demo", "--set", "train.epochs=0", "--out", str(tmp_path), "--tag", "t"]) == 1
+    result = json.loads((tmp_path / "first_run" / "t.json").read_text())
+    demo = result["steps"]["demo"]
+    assert demo["exit_code"] == 2 and demo["failed"].endswith("--out WORK/demo --quiet --set train.epochs=0")
+    assert "train.epochs" in demo["output_tail"] and list(result["steps"]) == ["demo"]
+    assert "| make demo |" in (tmp_path / "first_run" / "t.md").read_text()
 
 
 def test_jpeg_copy_keeps_labels_and_lists_and_loads_as_camvid(tmp_path):
