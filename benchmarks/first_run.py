@@ -40,7 +40,8 @@ def timed(commands: list[list[str]], work: Path) -> dict:
         if done.returncode:
             return {"seconds": time.monotonic() - started, "exit_code": done.returncode, "failed": line,
                     "output_tail": (done.stdout + done.stderr)[-2000:]}
-    return {"seconds": time.monotonic() - started, "exit_code": 0, "commands": shown}
+    return {"seconds": time.monotonic() - started, "exit_code": 0, "commands": shown,
+            "last_line": ((done.stdout + done.stderr).strip().splitlines() or [""])[-1]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     result = {"steps": times, "demo_overrides": args.overrides, "machine": info}
     out = args.out / "first_run" / f"{args.tag or machine_tag(info, 'cpu')}.json"
     write_json(out, result)
-    rows = [[f"make {name}", f"{t['seconds'] / 60:.1f} min", str(t["exit_code"])] for name, t in times.items()]
+    rows = [[f"make {name}", f"{t['seconds'] / 60:.1f} min", str(t["exit_code"]), t.get("last_line", "")]
+            for name, t in times.items()]
     out.with_suffix(".md").write_text(f"# First run: {info['cpu']} ({info['cpus_usable']} CPUs), torch {info['torch']}, "
-                                      f"{info['date']}\n\n" + markdown_table(["command", "wall", "exit code"], rows))
+                                      f"{info['date']}\n\n" + markdown_table(["command", "wall", "exit code", "its last line"], rows))
     print(out.with_suffix(".md").read_text())
     return int(any(t["exit_code"] for t in times.values()))
 
