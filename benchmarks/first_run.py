@@ -41,7 +41,7 @@ def timed(commands: list[list[str]], work: Path) -> dict:
             return {"seconds": time.monotonic() - started, "exit_code": done.returncode, "failed": line,
                     "output_tail": (done.stdout + done.stderr)[-2000:]}
     return {"seconds": time.monotonic() - started, "exit_code": 0, "commands": shown,
-            "last_line": ((done.stdout + done.stderr).strip().splitlines() or [""])[-1]}
+            "last_line": ((done.stdout + done.stderr).strip().splitlines() or [""])[-1].replace(str(work), "WORK")}
 
 
 def main(argv: list[str] | None = None) -> int:
