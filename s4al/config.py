@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from s4al.atomic import atomic_write
-from s4al.errors import S4alError
+from s4al.errors import S4alError, first_of
 
 FastMode = Literal["auto", "on", "off"]  # train.fast
 
@@ -265,8 +265,7 @@ def _migrated(data: dict, source: str | Path) -> dict:
     missing = [key for key in _missing_keys(RunConfig, data, sections_only=version == 1)
                if not _holds_value(added_since, key)]
     if missing:
-        shown = ", ".join(missing[:8]) + (f" (and {len(missing) - 8} more)" if len(missing) > 8 else "")
-        raise ConfigError(f"{source}: incomplete saved config, missing {shown}; the file is damaged "
+        raise ConfigError(f"{source}: incomplete saved config, missing {first_of(missing, 8)}; the file is damaged "
                           "(a run writes every key): restore it rather than let defaults stand in")
     return {**merge_overrides(added_since, data), "config_version": CONFIG_VERSION}
 

@@ -14,6 +14,12 @@ class S4alError(ValueError):
     every such error; a ValueError, since each is a bad value given to s4al."""
 
 
+def first_of(items: list[str], limit: int = 5, sep: str = ", ") -> str:
+    """The first `limit` items for a message, and how many more there are: "a, b (and 3 more)"."""
+    more = f" (and {len(items) - limit} more)" if len(items) > limit else ""
+    return sep.join(items[:limit]) + more
+
+
 # A file or folder the user named that is missing, unreadable or of the wrong kind: the system's
 # message names the path.
 USER_ERRORS = (S4alError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,

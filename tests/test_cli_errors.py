@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from s4al.cli import app
 from s4al.data import DatasetError
-from s4al.errors import user_errors_reported
+from s4al.errors import first_of, user_errors_reported
 
 runner = CliRunner()
 
@@ -120,3 +120,9 @@ def test_export_of_an_unreadable_checkpoint_is_an_error_naming_it(tmp_path, dama
 def test_a_bad_option_value_is_a_usage_error_naming_the_option(args, option):
     result = runner.invoke(app, args, env={"COLUMNS": "500"})
     assert result.exit_code == 2 and f"Invalid value for {option}" in result.output.replace("'", "")
+
+
+def test_a_message_names_the_first_items_and_counts_the_rest():
+    assert first_of(["'a'", "'b'"]) == "'a', 'b'"
+    assert first_of([f"k{i}" for i in range(8)], limit=3) == "k0, k1, k2 (and 5 more)"
+    assert first_of(["x", "y", "z"], limit=2, sep="; ") == "x; y (and 1 more)"

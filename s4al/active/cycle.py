@@ -26,6 +26,7 @@ from s4al.config import RunConfig, config_digest
 from s4al.data import DatasetError, build_dataset
 from s4al.evaluate import evaluate
 from s4al.run_folder import RunFolder, RunFolderError
+from s4al.errors import first_of
 from s4al.train.checkpoint import load_checkpoint, load_trained_model
 from s4al.seeding import derive_seed
 from s4al.distributed import setup_device
@@ -146,8 +147,8 @@ class ActiveLearningRun:
                                      "move them out or start a new run"),
                              (resized, "changed size since the run was made: restore them")):
             if images:
-                shown = ", ".join(f"'{i}'" for i in images[:5]) + (f" (and {len(images) - 5} more)" if len(images) > 5 else "")
-                raise DatasetError(f"{where}: images {shown} {what}")
+                quoted = [f"'{i}'" for i in images]
+                raise DatasetError(f"{where}: images {first_of(quoted)} {what}")
 
     def _write_splits(self, ledger: Ledger) -> None:
         """splits/: the initial labelled images and the pool, as text, for audits and reuse."""

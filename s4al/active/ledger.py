@@ -44,7 +44,7 @@ from PIL import Image
 
 from s4al.atomic import atomic_write, stray_temp_files
 from s4al.data.base import Box
-from s4al.errors import S4alError
+from s4al.errors import S4alError, first_of
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 lacks only the 'skipped' state
@@ -182,9 +182,7 @@ def utc_now() -> str:
 
 def _refuse_if(problems: list[str], what: str) -> None:
     if problems:
-        shown = "; ".join(problems[:5])
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise LedgerError(f"{what} refused, nothing written: {shown}{more}")
+        raise LedgerError(f"{what} refused, nothing written: {first_of(problems, sep='; ')}")
 
 
 def _as_score(score: Any) -> float | None:

@@ -32,6 +32,7 @@ from s4al.active.regions import box_masks
 from s4al.annotation.label_studio import read_export
 from s4al.annotation.masks import MIN_PAINTED_SHARE, UNPAINTED, AnswerError, PaintedImage, read_png_folder
 from s4al.run_folder import RunFolder
+from s4al.errors import first_of
 
 MAX_PROBLEMS_SHOWN = 10
 
@@ -121,9 +122,7 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
     for region_id in taken:  # answered by another task of the same image
         report.not_answered.pop(region_id, None)
     if problems:
-        shown = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
-        more = f" (and {len(problems) - MAX_PROBLEMS_SHOWN} more)" if len(problems) > MAX_PROBLEMS_SHOWN else ""
-        raise AnswerError(f"answers refused, nothing written: {shown}{more}")
+        raise AnswerError(f"answers refused, nothing written: {first_of(problems, MAX_PROBLEMS_SHOWN, '; ')}")
     return answers
 
 

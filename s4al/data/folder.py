@@ -34,6 +34,7 @@ from s4al.data.io import (
     read_image,
     require_nonempty,
 )
+from s4al.errors import first_of
 
 UNLABELLED_SPLIT = "unlabelled"
 SPEC_NAMES = ("classes.yaml", "classes.yml", "classes.json")
@@ -188,8 +189,9 @@ def check_disjoint(split_file: Path, stems: list[str], images: dict[str, Path]) 
     for other in sorted(split_file.parent.glob("*.txt")):
         shared = [stem for stem in read_stems(other, images) if stem in listed] if other != split_file else []
         if shared:
-            shown = ", ".join(f"'{stem}'" for stem in shared[:5]) + (f" (and {len(shared) - 5} more)" if len(shared) > 5 else "")
-            raise DatasetError(f"{split_file}: images {shown} are also in {other}; a split's images must be in no other")
+            quoted = [f"'{stem}'" for stem in shared]
+            raise DatasetError(f"{split_file}: images {first_of(quoted)} are also in {other}; "
+                               "a split's images must be in no other")
 
 
 def read_stems(split_file: Path, images: dict[str, Path]) -> list[str]:
