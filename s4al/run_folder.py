@@ -183,6 +183,13 @@ class RunFolder:
         """Whether a run here got past its start: a ledger, or anything only a started run writes."""
         return self.ledger_path.exists() or any((self.path / name).exists() for name in PROGRESS)
 
+    def ledger_file(self) -> Path:
+        """The ledger of a run folder, for a command that reads or answers a run; a folder
+        without one is refused."""
+        if not self.ledger_path.is_file():
+            raise RunFolderError(f"{self.path}: not a run folder (no {LEDGER_FILE})")
+        return self.ledger_path
+
     def check_ledger(self) -> bool:
         """True if the ledger exists; False for a run that never got as far as making one. A run
         that has begun (labels, checkpoints, cycles or splits on disk) without a usable ledger is

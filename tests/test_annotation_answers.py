@@ -12,6 +12,7 @@ from conftest import label_map, label_state, region_by_id
 from s4al.active.ledger import Ledger
 from s4al.annotation.answers import import_answers
 from s4al.annotation.masks import AnswerError
+from s4al.run_folder import RunFolderError
 from test_annotation_label_studio import exported_task
 
 CLASSES = ["sky", "road", "car"]
@@ -305,6 +306,6 @@ def test_a_refused_file_changes_nothing_and_says_what_and_where(run_dir, tmp_pat
 
 
 def test_a_folder_that_is_not_a_run_is_refused_and_left_alone(tmp_path):
-    with pytest.raises(AnswerError, match="not a run folder"):
+    with pytest.raises(RunFolderError, match=f"^{tmp_path / 'nowhere'}: not a run folder \\(no ledger.sqlite\\)"):
         import_answers(tmp_path / "nowhere", tmp_path)
     assert not (tmp_path / "nowhere").exists()

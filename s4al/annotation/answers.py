@@ -54,9 +54,7 @@ def import_answers(run_dir: Path, answers_path: Path) -> ImportReport:
     """Reads `answers_path`, validates it against the run's ledger and writes every answer and skip
     in one transaction each; raises AnswerError (nothing written) if anything is wrong."""
     run_dir, answers_path = Path(run_dir), Path(answers_path)
-    ledger_path = RunFolder(run_dir).ledger_path
-    if not ledger_path.is_file():
-        raise AnswerError(f"{run_dir}: not a run folder (no {ledger_path.name})")
+    ledger_path = RunFolder(run_dir).ledger_file()
     with Ledger(ledger_path, readonly=True) as ledger:  # a refusal must not touch a byte
         sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
         painted, by = _read(answers_path, ledger.get_meta("classes"), sizes)

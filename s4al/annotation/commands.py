@@ -144,11 +144,9 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None) -> None:
     not counted as labelled pixels. The run then continues with the regions answered."""
     from s4al.active.ledger import Ledger
 
-    ledger_path = RunFolder(run_dir).ledger_path
     with user_errors_reported():
-        if not ledger_path.is_file():
-            raise RunFolderError(f"{run_dir}: not a run folder (no {ledger_path.name})")
-        with RunFolder(run_dir).locked(), Ledger(ledger_path) as ledger:  # the lock: not while a run writes it
+        folder = RunFolder(run_dir)
+        with folder.locked(), Ledger(folder.ledger_file()) as ledger:  # the lock: not while a run writes it
             chosen = region or [asked.region_id for asked in ledger.asked()]
             skipped = ledger.skip(chosen, by="s4al skip")
             still_asked = len(ledger.asked())

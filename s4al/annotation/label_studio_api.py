@@ -145,9 +145,7 @@ def download_export(run_dir: Path, api_key: str | None) -> Path:
     """Downloads the full JSON export of the run's project (every task, answered or not) into
     RUN/answers/label_studio_TIMESTAMP.json, written whole or not at all; returns its path."""
     run_dir = Path(run_dir)
-    ledger_path = RunFolder(run_dir).ledger_path
-    if not ledger_path.is_file():
-        raise LabelStudioError(f"{run_dir}: not a run folder (no {ledger_path.name})")
+    ledger_path = RunFolder(run_dir).ledger_file()
     with Ledger(ledger_path, readonly=True) as ledger:
         project = recorded_project(ledger)
     if project is None:
