@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from s4al.annotation.commands import import_answers_command, query, skip
+from s4al.annotation.commands import finished_line, import_answers_command, query, skip
 from s4al import distributed
 from s4al.report.commands import Network, NetworkOption, export_command, predict_command, report
 from s4al.config import ConfigError, RunConfig, load_config, parse_override
@@ -134,7 +134,8 @@ def run(
         "--config", "-c", help="Preset (camvid, cityscapes, demo) or a YAML file, for a new run (default: demo).")] = None,
     overrides: Annotated[Optional[list[str]], typer.Option(
         "--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set train.epochs=5 (repeatable); "
-                                           "on --resume only train.device and train.num_workers.")] = None,
+                                           "on --resume only train.device, train.num_workers and "
+                                           "active.cycles (more cycles for a run, kept).")] = None,
     quiet: QuietOption = False,
 ) -> None:
     """The active-learning cycle: train, score the pool, ask for regions, get answers, repeat."""
@@ -173,6 +174,8 @@ def run(
         table.add_row(str(waiting), f"{100 * metrics['labelled_fraction']:.2f}", _percent(metrics["val"]["miou"]),
                       f"{len(pending)} asked", "-")
     console.print(table)
+    if phases.phase(active_run.final_cycle) == "done":
+        console.print(finished_line(run_dir, active_run.final_cycle))
     if pending:
         console.print(f"{len(pending)} regions wait for answers; the run goes on when none is left. Either\n"
                       f"  answer them: `s4al query {run_dir}` writes the tasks, `s4al import {run_dir} ANSWERS` "

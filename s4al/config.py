@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Collection
 from importlib import resources
 from pathlib import Path
@@ -369,6 +370,14 @@ def config_text(cfg: RunConfig) -> str:
 
 
 def config_digest(path: Path) -> str:
+    """The digest of what the config file at `path` says, but for active.cycles (a run may be given
+    more cycles) and how it is written (key order, comments)."""
+    data = _read_yaml(path)
+    active = {key: value for key, value in (data.get("active") or {}).items() if key != "cycles"}
+    return hashlib.sha256(json.dumps({**data, "active": active}, sort_keys=True).encode()).hexdigest()
+
+
+def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

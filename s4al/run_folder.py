@@ -1,6 +1,6 @@
 """The run folder: its layout, making a new one, opening an existing one, and the lock on it.
 
-    config.yaml          the complete config the run was made with (written first, atomically)
+    config.yaml          the run's complete config (written first, atomically; only active.cycles changes)
     ledger.sqlite        what was asked and answered (s4al/active/ledger.py), labels/ beside it, and
                          where each cycle stands (s4al/active/phases.py)
     splits/              the initial labelled images and the pool, for audits
@@ -37,8 +37,9 @@ RESULT_FILE = "result.json"  # `s4al train`'s final scores
 PROGRESS = ("labels", "checkpoints", "cycles", "splits")
 # What an active-learning run writes and `s4al train` never does.
 ACTIVE_LEARNING_ONLY = (LEDGER_FILE, "labels", "cycles", "splits")
-# Keys `s4al run --resume --set` may change: where the run computes, not what it computes.
-RESUME_OVERRIDES = {"train": {"device", "num_workers"}}
+# Keys `s4al run --resume --set` may change: where the run computes, and how many cycles it has
+# (saved; s4al/active/cycle.py checks the cycles begun keep their role).
+RESUME_OVERRIDES = {"train": {"device", "num_workers"}, "active": {"cycles"}}
 RESUME_KEYS = {f"{section}.{key}" for section, keys in RESUME_OVERRIDES.items() for key in keys}
 
 _held_locks: dict[Path, int] = {}  # run folder -> locked file descriptor, for this process's life

@@ -1,6 +1,8 @@
 """The active-learning cycle: train -> evaluate -> score the pool -> ask -> answer -> next cycle.
 
 Cycles 0..C train; cycles 0..C-1 then buy labels (the paper's C = 2 on CamVid: 10% + 2 x 2.08%).
+`s4al run --resume RUN --set active.cycles=N` changes C: a finished run's last cycle then buys labels
+too (keeping the longer training it had as the final one), and the run goes on to cycle N.
 The cycle phases (s4al/active/phases.py) record each phase boundary, and training checkpoints its
 own progress, so `s4al run --resume` continues a killed run and reaches the same ledger as an
 uninterrupted one."""
@@ -22,7 +24,7 @@ from s4al.active.oracle import Annotator, GroundTruthOracle
 from s4al.active.phases import CyclePhases
 from s4al import distributed
 from s4al.atomic import atomic_write
-from s4al.config import RunConfig, config_digest
+from s4al.config import RunConfig, config_digest, file_digest
 from s4al.data import DatasetError, build_dataset
 from s4al.evaluate import evaluate
 from s4al.run_folder import RunFolder, RunFolderError
@@ -31,6 +33,10 @@ from s4al.train.checkpoint import load_checkpoint, load_trained_model
 from s4al.seeding import derive_seed
 from s4al.distributed import setup_device
 from s4al.train.trainer import Trainer, TrainData
+
+
+CONFIG_DIGEST = "config_digest"  # ledger meta: config_digest(config.yaml) when the run was made
+FILE_DIGEST = "config_sha256"  # the same in ledgers made before: the file's bytes
 
 
 def draw_initial(num_images: int, fraction: float, seed: int) -> list[int]:
@@ -70,6 +76,8 @@ class ActiveLearningRun:
             self.index_of = {image_id: i for i, image_id in enumerate(self.ids)}
             self.ledger = self._open_ledger() if distributed.is_main() else Ledger(self.folder.ledger_path, readonly=True)
             self.phases = CyclePhases(self.ledger)
+            if distributed.is_main():
+                self._save_cycles()
         if annotator is None and self.cfg.active.annotator == "oracle":
             annotator = GroundTruthOracle(lambda image_id: self.train_set.load_label(self.index_of[image_id]))
         self.annotator = annotator
@@ -94,10 +102,7 @@ class ActiveLearningRun:
             self._make_ledger()
         Ledger(path, readonly=True).close()  # a damaged file is refused before anything writes to it
         ledger = Ledger(path)
-        made_with = ledger.get_meta("config_sha256")
-        if made_with is not None and made_with != config_digest(self.folder.config_path):
-            raise RunFolderError(f"{self.folder.config_path}: changed since the run was made (it no longer matches "
-                                 f"the digest in {path}); restore the file the run was made with")
+        self._check_config(ledger)
         self._check_same_images(ledger)
         self._write_splits(ledger)
         return ledger
@@ -112,8 +117,45 @@ class ActiveLearningRun:
             ledger.register_images(records, initial=set(initial_ids))
             ledger.set_meta("classes", list(self.train_set.classes.names))
             ledger.set_meta("seed", self.cfg.seed)
-            ledger.set_meta("config_sha256", config_digest(self.folder.config_path))
+            ledger.set_meta(CONFIG_DIGEST, config_digest(self.folder.config_path))
         os.replace(building, path)
+
+    def _check_config(self, ledger: Ledger) -> None:
+        """config.yaml must say what it said when the run was made, but for active.cycles."""
+        path = self.folder.config_path
+        made_with = ledger.get_meta(CONFIG_DIGEST)
+        if made_with is None:  # a ledger from before active.cycles could change holds the file's digest
+            made_with_file = ledger.get_meta(FILE_DIGEST)
+            changed = made_with_file is not None and made_with_file != file_digest(path)
+            if not changed:
+                ledger.set_meta(CONFIG_DIGEST, config_digest(path))
+        else:
+            changed = made_with != config_digest(path)
+        if changed:
+            raise RunFolderError(f"{path}: changed since the run was made (it no longer matches the digest in "
+                                 f"{self.folder.ledger_path}); restore the file the run was made with (only "
+                                 "active.cycles may change, with --set on resume)")
+
+    def _save_cycles(self) -> None:
+        """--set active.cycles on resume: saved in config.yaml, if the cycles begun keep their role (a
+        cycle that asked for labels needs one after it; a checkpointed one keeps its schedule)."""
+        saved = self.folder.config()
+        had, wanted = saved.active.cycles, self.cfg.active.cycles
+        last = self.phases.last_cycle()
+        if wanted == had:
+            return
+        if last is not None:
+            phase = self.phases.phase(last)
+            buys = phase in ("acquire", "answer") or (phase == "done" and last < had)
+            least = last + 1 if buys else last
+            if wanted < least:
+                raise RunFolderError(f"{self.run_dir}: active.cycles={wanted} refused: cycle {last} "
+                                     f"{'buys labels' if buys else 'has begun'}, so the run needs at least {least}")
+            if phase == "train" and self.folder.checkpoint_path(last).exists() and last in (had, wanted):
+                role = "the last cycle (trained longer)" if last == had else "a cycle before the last"
+                raise RunFolderError(f"{self.run_dir}: cycle {last} is training as {role}; resume it to its end, "
+                                     "then change active.cycles")
+        self.folder.save_config(saved.model_copy(update={"active": saved.active.model_copy(update={"cycles": wanted})}))
 
     def _initial(self) -> list[int]:
         """The initially fully labelled images: drawn at random (every train image needs a label),
@@ -177,6 +219,7 @@ class ActiveLearningRun:
     def run(self) -> list[dict]:
         """Runs or resumes every cycle; returns the per-cycle summaries. Stops early (returning
         what is done) when an external annotator still has to answer."""
+        self._reopen_former_final()
         for cycle in range(self.final_cycle + 1):
             if self.phases.phase(cycle) in (None, "train"):
                 self._train(cycle)
@@ -185,6 +228,17 @@ class ActiveLearningRun:
             if self.phases.phase(cycle) == "answer" and not self._answer(cycle):
                 break
         return self.summaries()
+
+    def _reopen_former_final(self) -> None:
+        """A run given more cycles: its last cycle, done as the final one, buys labels now."""
+        last = self.phases.last_cycle()
+        if (last is not None and last < self.final_cycle and self.phases.phase(last) == "done"
+                and not self.ledger.regions(last) and not self._acquired_whole(last)):
+            self._on_main(self._reopen, last)
+
+    def _reopen(self, cycle: int) -> None:
+        self.folder.cycle_summary_path(cycle).unlink(missing_ok=True)  # written again once it is answered
+        self.phases.reopen(cycle)
 
     def summaries(self) -> list[dict]:
         return self.folder.summaries()

@@ -1,7 +1,8 @@
 """The cycle phases: where each active-learning cycle stands, and the metrics it recorded.
 
 A cycle goes train -> acquire -> answer -> done (the final cycle, which buys nothing, goes train ->
-done); a phase never goes back, and a cycle starts only once the one before it is done. They live
+done); a phase never goes back, and a cycle starts only once the one before it is done. The one
+exception is `reopen`: a run given more cycles sends its last done cycle back to acquire. They live
 in the `cycles` table of the run's ledger file (RUN_DIR/ledger.sqlite), which this module owns; the
 label store (s4al/active/ledger.py) owns the rest of the file. A writer creates the table where the
 file lacks it; a reader of such a file sees no phase yet.
@@ -82,6 +83,19 @@ class CyclePhases(AbstractContextManager):
                     "UPDATE cycles SET phase = ?, updated_at = ?, finished_at = ?, metrics_json = ? WHERE cycle = ?",
                     (phase, now, finished_at, merged, cycle),
                 )
+
+    def reopen(self, cycle: int) -> None:
+        """The last cycle, done as the run's final one, goes back to 'acquire': the run has more
+        cycles now, and this one buys labels for the next (its metrics stay)."""
+        with write_transaction(self._conn) as conn:
+            row = conn.execute("SELECT phase FROM cycles WHERE cycle = ?", (cycle,)).fetchone()
+            (last,) = conn.execute("SELECT MAX(cycle) FROM cycles").fetchone()
+            if row is None or row[0] != "done" or cycle != last:
+                where = "has not started" if row is None else f"is in phase '{row[0]}'"
+                raise LedgerError(f"cycle {cycle} cannot be reopened: only the last cycle, done, can "
+                                  f"(it {where}, the last is {last})")
+            conn.execute("UPDATE cycles SET phase = 'acquire', updated_at = ?, finished_at = NULL WHERE cycle = ?",
+                         (utc_now(), cycle))
 
     @staticmethod
     def _refuse_out_of_order(conn: sqlite3.Connection, cycle: int, phase: str, current: str | None) -> None:

@@ -114,7 +114,7 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = N
     for line in _report_lines(run_dir, report):
         typer.echo(line)
     if not report.still_asked:
-        typer.echo(f"Every asked region is answered or skipped: continue with `s4al run --resume {run_dir}`.")
+        typer.echo(f"Every asked region is answered or skipped. {next_step(run_dir)}")
 
 
 def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
@@ -152,7 +152,25 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None) -> None:
             still_asked = len(ledger.asked())
     typer.echo(f"skipped {len(skipped)} regions{_listed(skipped)}; {still_asked} regions still asked.")
     if not still_asked:
-        typer.echo(f"Continue with `s4al run --resume {run_dir}`.")
+        typer.echo(next_step(run_dir))
+
+
+def next_step(run_dir: Path) -> str:
+    """What to run once no region is left asked."""
+    from s4al.active.ledger import Ledger
+    from s4al.active.phases import CyclePhases
+
+    folder = RunFolder(run_dir)
+    cycles = folder.config().active.cycles
+    with Ledger(folder.ledger_file(), readonly=True) as ledger, CyclePhases(ledger) as phases:
+        finished = phases.phase(cycles) == "done"
+    return finished_line(run_dir, cycles) if finished else f"Continue with `s4al run --resume {run_dir}`."
+
+
+def finished_line(run_dir: Path, cycles: int) -> str:
+    return (f"The run has finished its last cycle ({cycles}). For more labels, "
+            f"`s4al run --resume {run_dir} --set active.cycles={cycles + 1}` asks with the last model and "
+            "trains once more.")
 
 
 def _listed(region_ids: list[int]) -> str:
