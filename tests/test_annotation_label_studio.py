@@ -5,6 +5,7 @@ exports written with its RLE encoder read back exactly."""
 import base64
 import io
 import json
+import tracemalloc
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -114,6 +115,24 @@ def test_export_painted_with_label_studios_encoder_reads_back_exactly(tmp_path):
     assert painted.image_id == "img" and painted.region_ids == (7, 9)
     assert np.array_equal(painted.labels, labels)
     assert "task 4" in painted.source
+
+
+def test_an_export_is_read_one_task_at_a_time(tmp_path):
+    """A whole project's export carries every image: 24 tasks of 1 MB each, read with the memory of
+    a few (json.loads of the file would hold all 24 MB)."""
+    labels = np.random.default_rng(2).integers(0, 3, (H, W)).astype(np.uint8)
+    image = "data:image/jpeg;base64," + "A" * 2**20
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([exported_task(k, {"image": image, "image_id": "img", "region_ids": [k]}, labels)
+                                for k in range(24)]))
+    tracemalloc.start()
+    try:
+        read = [painted.region_ids for painted in read_export(path, CLASSES.names, SIZES)]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert read == [(k,) for k in range(24)]
+    assert peak < 6 * 2**20
 
 
 def test_an_earlier_brush_region_paints_over_a_later_one_as_label_studio_draws_them(tmp_path):

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import ijson
 import numpy as np
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from label_studio_sdk.label_interface import LabelInterface
@@ -137,13 +137,11 @@ def _brush(result_id: str, tag: str, mask: np.ndarray, name: str) -> dict:
 
 def read_export(path: Path, class_names: Sequence[str], sizes: Mapping[str, tuple[int, int]]) -> Iterator[PaintedImage]:
     """The painted class maps of a Label Studio JSON export ("JSON" format: a list of tasks), one
-    per task made by `s4al query` with a submitted or skipped annotation, decoded one at a time;
-    tasks not annotated are left out. `sizes` (image id -> (H, W), the run's images) is checked
-    before a map is allocated, so a task cannot make the reader allocate more than its image."""
-    tasks = _load_json(path)
-    if not isinstance(tasks, list):
-        raise AnswerError(f"{path}: expected a list of tasks (Label Studio's JSON export), got {type(tasks).__name__}")
-    for number, item in enumerate(tasks):
+    per task made by `s4al query` with a submitted or skipped annotation; tasks not annotated are
+    left out. The file is parsed one task at a time: a whole project's export carries every image,
+    and memory holds one. `sizes` (image id -> (H, W), the run's images) is checked before a map is
+    allocated, so a task cannot make the reader allocate more than its image."""
+    for number, item in enumerate(json_list_items(path, "a list of tasks (Label Studio's JSON export)")):
         where = _task_name(path, number, item)
         if isinstance(item, dict) and "annotations" not in item and "data" not in item:
             raise AnswerError(f"{where}: no 'annotations' and no 'data': this looks like a JSON-MIN export; "
@@ -153,11 +151,20 @@ def read_export(path: Path, class_names: Sequence[str], sizes: Mapping[str, tupl
             yield _painted(item, annotation, where, class_names, sizes)
 
 
-def _load_json(path: Path) -> Any:
+def json_list_items(path: Path, expected: str) -> Iterator[Any]:
+    """The items of the JSON list in file `path`, parsed one at a time (ijson)."""
     try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise AnswerError(f"{path}: not a readable JSON file ({err})") from None
+        with path.open("rb") as file:
+            start = file.read(64).lstrip()[:1]
+            if start == b"{":
+                raise AnswerError(f"{path}: expected {expected}, got an object")
+            if start not in (b"[", b""):
+                raise AnswerError(f"{path}: not a readable JSON file (it does not start with '[')")
+            file.seek(0)
+            yield from ijson.items(file, "item", use_float=True)
+    except (OSError, ijson.JSONError, UnicodeDecodeError) as err:
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise AnswerError(f"{path}: not a readable JSON file ({first_line})") from None
 
 
 def _task_name(path: Path, number: int, item: Any) -> str:
