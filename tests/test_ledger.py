@@ -4,8 +4,10 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,9 +40,18 @@ def patch_of(region, fill: int) -> np.ndarray:
     return (np.arange(h * w).reshape(h, w) % 7 + fill).astype(np.uint8)
 
 
-def snapshot(run_dir: Path) -> dict[str, bytes]:
-    """Every file of a closed run directory, byte for byte."""
-    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+def dump(path: Path) -> list[str]:
+    """Every table and row of the ledger file, as SQL: what a writer's refused call must not change
+    (a writer's open and close change the file's header, its journal mode and change counter)."""
+    with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        return list(conn.iterdump())
+
+
+def snapshot(run_dir: Path) -> dict[str, Any]:
+    """The ledger's rows and every other file of a run directory, byte for byte."""
+    files = {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+             if p.is_file() and not p.name.startswith("ledger.sqlite")}
+    return {**files, "ledger.sqlite": dump(run_dir / "ledger.sqlite")}
 
 
 def names(path: Path, kind: str) -> set[str]:
@@ -139,13 +150,13 @@ def test_a_ledger_of_a_newer_schema_is_refused_naming_the_file_and_both_versions
     open_ledger(tmp_path).close()
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-    before = path.read_bytes()
+    before = dump(path)
     for readonly in (True, False):
         with pytest.raises(LedgerError) as refused:
             Ledger(path, readonly=readonly)
         assert str(refused.value) == (f"{path}: ledger schema version 3; this s4al reads schema versions 1 and 2 "
                                       "(a newer s4al wrote it? open it with that one)")
-    assert path.read_bytes() == before
+    assert dump(path) == before
 
 
 def test_refused_ask_writes_nothing(tmp_path):
@@ -307,6 +318,84 @@ def test_readonly_ledger_reads_but_cannot_write(tmp_path):
                 reader.set_meta("seed", 1)
     with pytest.raises(FileNotFoundError):
         Ledger(tmp_path / "elsewhere" / "ledger.sqlite", readonly=True)
+
+
+def write_a_finished_run(run_dir: Path) -> int:
+    """A ledger with an answered region, a meta value and a done cycle, closed; the region's id."""
+    with open_ledger(run_dir) as ledger, CyclePhases(ledger) as phases:
+        (region_id,) = ledger.ask(0, [("a", (0, 0, 30, 30), "entropy", 1.0)])
+        ledger.answer(region_id, np.full((30, 30), 3, np.uint8), by="oracle")
+        ledger.set_meta("seed", 7)
+        phases.set_phase(0, "done")
+    return region_id
+
+
+def assert_finished_run_reads(run_dir: Path, region_id: int) -> None:
+    with Ledger(run_dir / "ledger.sqlite", readonly=True) as reader, CyclePhases(reader) as phases:
+        assert [r.region_id for r in reader.answered()] == [region_id]
+        assert (label_map(reader, "a")[:30, :30] == 3).all() and reader.get_meta("seed") == 7
+        assert phases.phase(0) == "done"
+
+
+def test_a_closed_writer_leaves_a_whole_file_that_a_reader_reads_leaving_nothing_beside_it(tmp_path):
+    region_id = write_a_finished_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels", "ledger.sqlite"]
+    assert read_rows(tmp_path / "ledger.sqlite", "PRAGMA journal_mode") == [("delete",)]
+    assert_finished_run_reads(tmp_path, region_id)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels", "ledger.sqlite"]
+    with Ledger(tmp_path / "ledger.sqlite") as writer:  # the next writer journals ahead again
+        assert read_rows(writer.path, "PRAGMA journal_mode") == [("wal",)]
+
+
+@pytest.mark.parametrize("ledger_first", [True, False])
+def test_the_last_writer_connection_out_switches_the_file_whichever_closes_last(tmp_path, ledger_first):
+    ledger = open_ledger(tmp_path)
+    phases = CyclePhases(ledger)
+    phases.set_phase(0, "train")
+    first, last = (ledger, phases) if ledger_first else (phases, ledger)
+    first.close()
+    assert read_rows(ledger.path, "PRAGMA journal_mode") == [("wal",)]  # the other still has it open
+    last.close()
+    assert read_rows(ledger.path, "PRAGMA journal_mode") == [("delete",)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.sqlite"]
+
+
+def test_a_finished_run_on_a_read_only_folder_is_read(tmp_path):
+    region_id = write_a_finished_run(tmp_path)
+    labels, ledger_file = tmp_path / "labels", tmp_path / "ledger.sqlite"
+    ledger_file.chmod(0o444)
+    for folder in (labels, tmp_path):
+        folder.chmod(0o555)
+    try:
+        try:
+            (tmp_path / "probe").touch()
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("this user writes into a read-only folder anyway (root)")
+        assert_finished_run_reads(tmp_path, region_id)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["labels", "ledger.sqlite"]
+    finally:
+        for folder in (tmp_path, labels):
+            folder.chmod(0o755)
+
+
+def test_a_writer_closing_while_a_reader_reads_keeps_every_write_and_does_not_wait(tmp_path):
+    with open_ledger(tmp_path) as ledger, Ledger(ledger.path, readonly=True) as reader:  # ledger closes twice
+        (region_id,) = ledger.ask(0, [("a", (0, 0, 30, 30), "entropy", 1.0)])
+        ledger.answer(region_id, np.full((30, 30), 3, np.uint8), by="oracle")
+        assert [r.region_id for r in reader.answered()] == [region_id]
+        started = time.monotonic()
+        ledger.close()  # busy: the reader holds the file, which stays in WAL mode
+        assert time.monotonic() - started < 5
+        assert read_rows(ledger.path, "PRAGMA journal_mode") == [("wal",)]
+        assert [r.region_id for r in reader.answered()] == [region_id]
+    with Ledger(tmp_path / "ledger.sqlite", readonly=True) as reader:
+        assert [r.region_id for r in reader.answered()] == [region_id]
+        assert (label_map(reader, "a")[:30, :30] == 3).all()
+    Ledger(tmp_path / "ledger.sqlite").close()  # the next writer out switches it
+    assert read_rows(tmp_path / "ledger.sqlite", "PRAGMA journal_mode") == [("delete",)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels", "ledger.sqlite"]
 
 
 def test_skipped_regions_are_neither_asked_nor_labelled_and_an_answer_cannot_replace_a_skip(ledger):

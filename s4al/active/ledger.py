@@ -21,7 +21,9 @@ A ledger of an older schema version is migrated in place when opened for writing
 reader reads it as it is.
 
 One process writes (rank 0); others may open it with readonly=True. Every connection to the file
-follows the same rules (`connect`, `write_transaction`). Do not share a Ledger across fork (e.g. into
+follows the same rules (`connect`, `write_transaction`, `disconnect`). A closed writer leaves
+the file in rollback-journal mode, whole on its own, so a finished run's ledger reads on read-only
+media and a reader leaves nothing beside it. Do not share a Ledger across fork (e.g. into
 DataLoader workers): open one per process.
 """
 
@@ -49,6 +51,7 @@ from s4al.errors import S4alError, first_of
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 lacks only the 'skipped' state
 LABELS_DIRNAME = "labels"
+_SWITCH_BUSY_TIMEOUT_MS = 100  # a close waits this long at most for other connections to the file
 
 _REGIONS_TABLE = """CREATE TABLE regions (
         region_id   INTEGER PRIMARY KEY,
@@ -114,7 +117,8 @@ def _not_a_ledger(path: Path, err: sqlite3.DatabaseError) -> LedgerError:
 def connect(path: Path, readonly: bool) -> sqlite3.Connection:
     """A connection to the ledger file at `path` under its durability rules: a writer journals
     ahead (WAL) and syncs every commit to disk (synchronous FULL); a reader opens the file
-    read-only and must find it. Transactions are explicit: see write_transaction."""
+    read-only and must find it. Transactions are explicit: see write_transaction; close with
+    disconnect."""
     if readonly and not path.is_file():
         raise FileNotFoundError(f"{path}: no ledger here")
     target = f"{path.resolve().as_uri()}?mode=ro" if readonly else str(path)
@@ -128,6 +132,22 @@ def connect(path: Path, readonly: bool) -> sqlite3.Connection:
         conn.close()
         raise _not_a_ledger(path, err) from None
     return conn
+
+
+def disconnect(conn: sqlite3.Connection, readonly: bool) -> None:
+    """Close a connection from `connect`. The last writer out puts the file back in rollback-journal
+    mode (its write-ahead log copied in and removed), so the file at rest is whole on its own: a
+    later read-only reader creates no -wal/-shm files beside it and can read it on read-only media.
+    While another connection has the file open it answers busy at once: the file stays in WAL
+    mode, nothing lost, and a later writer's close switches it."""
+    try:
+        if not readonly:
+            conn.execute(f"PRAGMA busy_timeout = {_SWITCH_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = DELETE")
+    except sqlite3.Error:
+        pass  # every write is committed already; only the mode stays
+    finally:
+        conn.close()
 
 
 @contextmanager
@@ -240,10 +260,10 @@ class Ledger(AbstractContextManager):
         try:
             self._configure(readonly)
         except sqlite3.DatabaseError as err:
-            self._conn.close()
+            self.close()
             raise _not_a_ledger(self.path, err) from None
         except BaseException:
-            self._conn.close()
+            self.close()
             raise
 
     def _configure(self, readonly: bool) -> None:
@@ -256,7 +276,7 @@ class Ledger(AbstractContextManager):
     # --- plumbing -------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._conn.close()
+        disconnect(self._conn, self.readonly)
 
     def __exit__(self, *exc: object) -> None:
         self.close()

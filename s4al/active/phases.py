@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
-from s4al.active.ledger import Ledger, LedgerError, connect, utc_now, write_transaction
+from s4al.active.ledger import Ledger, LedgerError, connect, disconnect, utc_now, write_transaction
 
 PHASES = ("train", "acquire", "answer", "done")
 
@@ -53,7 +53,7 @@ class CyclePhases(AbstractContextManager):
                 raise
 
     def close(self) -> None:
-        self._conn.close()
+        disconnect(self._conn, self.readonly)
 
     def __exit__(self, *exc: object) -> None:
         self.close()
