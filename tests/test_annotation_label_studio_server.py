@@ -196,6 +196,7 @@ def test_query_sends_the_runs_tasks_to_one_project_once_and_import_takes_its_ans
     assert len(list(label_studio.projects.list())) == projects_before + 1
     code, output = s4al("query", asking_run, "--label-studio", "http://127.0.0.1:1", key=server.token)
     assert code == 1 and "http://127.0.0.1:1" in output and f"its project on {server.url}" in output
+    assert f"s4al query {asking_run} --label-studio http://127.0.0.1:1 --new-project" in output
 
     # the annotator accepts the model's paint of the first task; the others wait
     first = project_tasks(label_studio, project.id)[0]
@@ -257,6 +258,38 @@ def test_tasks_the_server_refuses_are_one_error_naming_the_server_and_the_tasks(
 def ledger_meta(run):
     with Ledger(run / "ledger.sqlite", readonly=True) as ledger:
         return ledger.get_meta(PROJECT_META)
+
+
+def test_a_deleted_project_is_replaced_by_a_new_one_that_gets_every_task_still_asked(
+        server, label_studio, asking_run):
+    query = ("query", asking_run, "--device", "cpu", "--label-studio", server.url)
+    code, output = s4al(*query, key=server.token)
+    assert code == 0, output
+    old = ledger_meta(asking_run)["id"]
+    with Ledger(asking_run / "ledger.sqlite") as ledger:  # an answer imported before the project went
+        first = ledger.asked()[0]
+        ledger.answer(first.region_id, np.full(first.shape, 2, np.uint8), by="label-studio")
+        still_asked = sorted(r.region_id for r in ledger.asked())
+    label_studio.projects.delete(id=old)
+
+    way_out = f"to send the tasks to a new project: s4al query {asking_run} --label-studio {server.url} --new-project"
+    for command in (query, ("import", asking_run, "--label-studio")):
+        code, output = s4al(*command, key=server.token)
+        assert code == 1 and f"{server.url}: project {old} not found (deleted?)" in output and way_out in output
+
+    code, output = s4al(*query, "--new-project", key=server.token)
+    assert code == 0, output
+    new = ledger_meta(asking_run)
+    assert new["url"] == server.url and new["id"] != old
+    assert f"in place of project {old} on {server.url}: import the answers left there" in output
+    held = [region_id for t in project_tasks(label_studio, new["id"]) for region_id in t.data["region_ids"]]
+    assert sorted(held) == still_asked and first.region_id not in held
+    with Ledger(asking_run / "ledger.sqlite", readonly=True) as ledger:
+        (answered,) = ledger.answered()
+        assert answered.region_id == first.region_id and (ledger.patch(answered) == 2).all()
+        assert sorted(r.region_id for r in ledger.asked()) == still_asked
+    code, output = s4al(*query, key=server.token)  # later queries go to the new project, sending nothing twice
+    assert code == 0 and f"sent 0 new tasks to Label Studio project {new['id']}" in output
 
 
 # ---- a person in a browser ------------------------------------------------------------------------

@@ -28,6 +28,10 @@ AnswersArgument = Annotated[Optional[Path], typer.Argument(
 SendOption = Annotated[Optional[str], typer.Option(
     "--label-studio", metavar="URL", help="Also send the tasks to the run's one project on this Label Studio server "
     "(made by the first such query; later cycles go to the same one).")]
+NewProjectOption = Annotated[bool, typer.Option(
+    "--new-project", help="With --label-studio: make a new project on URL in place of the run's one (deleted, or on "
+    "another server) and send it every task still asked; import answers left in the old one from its JSON export "
+    "(s4al import RUN_DIR EXPORT.json).")]
 DownloadOption = Annotated[bool, typer.Option(
     "--label-studio", help="Download the full JSON export of the run's Label Studio project (the one "
     "`s4al query --label-studio` sends to) into RUN_DIR/answers/ and import it.")]
@@ -40,7 +44,7 @@ RegionOption = Annotated[
 
 
 def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption = "auto",
-          label_studio: SendOption = None, api_key: ApiKeyOption = None) -> None:
+          label_studio: SendOption = None, new_project: NewProjectOption = False, api_key: ApiKeyOption = None) -> None:
     """Write the asked regions for annotators: Label Studio tasks + config, overlays and a manifest;
     with --label-studio, send the tasks to the run's Label Studio project too.
     If the latest cycle has trained but not asked yet, score the pool and ask first."""
@@ -48,16 +52,19 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
     from s4al.annotation.label_studio_api import checked_server, project_on, send_query
     from s4al.annotation.package import write_query_package
 
+    if new_project and label_studio is None:
+        raise typer.BadParameter("--new-project makes a new Label Studio project: give --label-studio URL too")
     sent = None
     with user_errors_reported():
         server = None if label_studio is None else checked_server(label_studio, api_key)
         active_run = ActiveLearningRun(run_dir, overrides={"train": {"device": device}})
-        if server is not None:
+        if server is not None and not new_project:
             project_on(active_run.ledger, server)  # refused before the pool is scored
         cycle = _asking_cycle(active_run, run_dir)
         package = write_query_package(active_run, out or run_dir / "queries" / f"cycle_{cycle}")
         if server is not None and package.regions:
-            sent = send_query(active_run.ledger, Path(run_dir).resolve().name, package.out_dir, server, api_key)
+            sent = send_query(active_run.ledger, Path(run_dir).resolve().name, package.out_dir, server, api_key,
+                              new_project)
     if not package.regions:
         phase = active_run.phases.phase(cycle)
         typer.echo(f"{run_dir}: no region waits for an answer (cycle {cycle} is in phase '{phase}').")
@@ -89,8 +96,11 @@ def _package_lines(run_dir: Path) -> str:
 
 def _sent_lines(run_dir: Path, sent: SentTasks) -> str:
     made = "made for this run, " if sent.created else ""
+    old = sent.replaced
+    replaced = "" if old is None else (f"  in place of project {old.id} on {old.url}: import the answers left there "
+                                       f"from its JSON export with s4al import {run_dir} EXPORT.json\n")
     return (f"  sent {sent.sent} new tasks to Label Studio project {sent.project.id} ({made}{sent.already} "
-            f"tasks were there already); annotate at {sent.project.page}\n"
+            f"tasks were there already); annotate at {sent.project.page}\n{replaced}"
             f"Then: s4al import {run_dir} --label-studio, s4al skip {run_dir} for regions nobody will answer, "
             f"and s4al run --resume {run_dir}.")
 

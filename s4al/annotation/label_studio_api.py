@@ -5,7 +5,9 @@ time it creates the project and records its server and id in the ledger (meta PR
 every later cycle goes to the same project. A task whose regions the project already holds (same
 cycle, a shared region id) is not sent again, so a query repeated, or killed halfway and run again,
 sends each region once. `s4al import RUN --label-studio` downloads the project's full JSON export
-into RUN/answers/ and imports that file.
+into RUN/answers/ and imports that file. A project deleted on its server, or a run moved to another
+server: `--new-project` makes a new project there, records it in place of the old one and sends it
+every task of the package (the regions still asked; answers already imported stay in the ledger).
 
 The API key is the caller's (LABEL_STUDIO_API_KEY or --api-key) and is never stored. What the
 server refuses, or a server that does not answer, is a LabelStudioError naming the server."""
@@ -57,6 +59,7 @@ class Project:
 class SentTasks:
     project: Project
     created: bool  # the project was made by this query
+    replaced: Project | None  # the run's project before this query made a new one in its place
     sent: int  # tasks uploaded now
     already: int  # tasks of the package the project held before
 
@@ -86,18 +89,25 @@ def project_on(ledger: Ledger, url: str) -> Project | None:
     project = recorded_project(ledger)
     if project is not None and project.url != url:
         raise LabelStudioError(f"{url}: this run's tasks go to its project on {project.url} ({project.page}); "
-                               f"query with --label-studio {project.url}")
+                               f"query with --label-studio {project.url}, or {_new_project_way(ledger.run_dir, url)}")
     return project
 
 
-def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_key: str | None) -> SentTasks:
+def _new_project_way(run_dir: Path, url: str) -> str:
+    return f"to send the tasks to a new project: s4al query {run_dir} --label-studio {url} --new-project"
+
+
+def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_key: str | None,
+               new_project: bool = False) -> SentTasks:
     """Sends the tasks of the query package in `package_dir` to the run's project on `url`, making
     it (titled `run_name`, with the package's labelling config) and recording it in `ledger` the
-    first time; a run's project stays on one server."""
+    first time, or in place of the run's project with `new_project`; a run's project stays on one
+    server until a new one replaces it."""
     url = checked_server(url, api_key)
-    project = project_on(ledger, url)
+    replaced = recorded_project(ledger) if new_project else None
+    project = None if new_project else project_on(ledger, url)
     client = _client(url, api_key)
-    with _server_errors(url, project):
+    with _server_errors(url, project, ledger.run_dir):
         created = project is None
         if created:
             made = client.projects.create(title=run_name, label_config=(package_dir / "labelling_config.xml").read_text())
@@ -109,7 +119,7 @@ def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_k
         held = _held_regions(client, project, {task["data"]["cycle"] for task in tasks})
         new = [task for task in tasks if held.isdisjoint(_regions_of(task["data"]))]
         _upload(client, project, new)
-    return SentTasks(project, created, len(new), len(tasks) - len(new))
+    return SentTasks(project, created, replaced, len(new), len(tasks) - len(new))
 
 
 def _regions_of(data: dict) -> set[tuple[int, int]]:
@@ -155,7 +165,7 @@ def download_export(run_dir: Path, api_key: str | None) -> Path:
     path = run_dir / ANSWERS_FOLDER / f"label_studio_{stamp}.json"
     path.parent.mkdir(exist_ok=True)
     client = _client(project.url, api_key)
-    with _server_errors(project.url, project):
+    with _server_errors(project.url, project, run_dir):
         client.projects.get(id=project.id)  # the server and the project answer, before the long wait
         with atomic_write(path) as file:
             for part in client.projects.exports.download_sync(id=project.id, export_type="JSON",
@@ -176,13 +186,13 @@ def checked_server(url: str, api_key: str | None) -> str:
 
 def _client(url: str, api_key: str | None) -> LabelStudio:
     url = checked_server(url, api_key)
-    with _server_errors(url, None):  # the client refuses an expired key when made
+    with _server_errors(url):  # the client refuses an expired key when made
         return LabelStudio(base_url=url, api_key=api_key)
 
 
 @contextmanager
-def _server_errors(url: str, project: Project | None) -> Iterator[None]:
-    """The server's refusals and silences as LabelStudioErrors naming `url` (and the project)."""
+def _server_errors(url: str, project: Project | None = None, run_dir: Path | None = None) -> Iterator[None]:
+    """The server's refusals and silences as LabelStudioErrors naming `url` (and the run's project)."""
     try:
         yield
     except httpx.TransportError as err:
@@ -193,7 +203,8 @@ def _server_errors(url: str, project: Project | None) -> Iterator[None]:
                                    "LABEL_STUDIO_API_KEY to your access token (Account & Settings)") from None
         if err.status_code == 404 and project is not None:
             raise LabelStudioError(f"{url}: project {project.id} not found (deleted?), the project this run "
-                                   "sends its tasks to and imports its answers from") from None
+                                   "sends its tasks to and imports its answers from; "
+                                   f"{_new_project_way(run_dir, url)}") from None
         raise LabelStudioError(f"{url}: Label Studio refused the request ({_refusal(err)})") from None
 
 
