@@ -286,9 +286,9 @@ def run_one(name: str, method: str, seed: int, cfg: RunConfig, work: Path, out: 
     record = run_dir.with_name(run_dir.name + ".cycle0_from.json")
     started = time.perf_counter()
     try:
-        run = ActiveLearningRun(run_dir, cfg, progress=progress)
-        adopt_cycle0(run, {f"{m}_seed{seed}": bench_run_dir(work, name, m, seed) for m in mates}, record, label)
-        summaries = run.run()
+        with ActiveLearningRun(run_dir, cfg, progress=progress) as run:
+            adopt_cycle0(run, {f"{m}_seed{seed}": bench_run_dir(work, name, m, seed) for m in mates}, record, label)
+            summaries = run.run()
     finally:  # a run interrupted at a time limit is charged too
         cost = add_wall_seconds(run_dir.with_name(run_dir.name + ".seconds.json"), time.perf_counter() - started)
     if len(summaries) != cfg.active.cycles + 1:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from s4al.config import ConfigError, RunConfig, load_config, parse_override
 from s4al.data import DatasetError, build_dataset
 from s4al.errors import user_errors_reported
 from s4al.run_folder import RunFolder
+
+if TYPE_CHECKING:
+    from s4al.active.cycle import ActiveLearningRun
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="Active semi-supervised semantic segmentation (S4AL).")
 console = Console()
@@ -154,16 +157,20 @@ def run(
         run_dir = out or resume
         device = (cfg or RunFolder.open(run_dir, lock=False).config(changes)).train.device
         distributed.setup_device(device)  # joins torchrun's process group
-        active_run = ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes)
-        with _monitor(active_run.folder, quiet) as monitor:
-            active_run.progress = monitor
-            summaries = active_run.run()
-    if not distributed.is_main():
-        return
+        with ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes) as active_run:
+            with _monitor(active_run.folder, quiet) as monitor:
+                active_run.progress = monitor
+                active_run.run()
+            if distributed.is_main():
+                _print_run(active_run, run_dir)
+
+
+def _print_run(active_run: ActiveLearningRun, run_dir: Path) -> None:
+    """The cycles' scores and purchases, and what to do next."""
     table = Table(title=f"active learning: {run_dir}")
     for column in ("cycle", "labelled %", "val mIoU", "regions bought", "images bought"):
         table.add_column(column, justify="right")
-    for s in summaries:
+    for s in active_run.summaries():
         table.add_row(str(s["cycle"]), f"{100 * s['labelled_fraction']:.2f}", _percent(s["val"]["miou"]),
                       str(s["bought"]["regions"]), str(s["bought"]["images"]))
     pending = active_run.ledger.asked()
@@ -183,7 +190,6 @@ def run(
                       f"  skip them: `s4al skip {run_dir}` (every region still asked) or "
                       f"`s4al skip {run_dir} --region ID ...`,\n"
                       f"then `s4al run --resume {run_dir}` trains the next cycle with what is answered.")
-
 
 app.command()(query)
 app.command(name="import")(import_answers_command)

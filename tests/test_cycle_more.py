@@ -13,7 +13,7 @@ from s4al.active.ledger import LedgerError
 from s4al.active.phases import CyclePhases
 from s4al.cli import app
 from s4al.run_folder import RunFolderError
-from test_cycle import Killed, cycle_config, ledger_snapshot, region_run  # noqa: F401 (a fixture)
+from test_cycle import Killed, cycle_config, ledger_snapshot
 
 runner = CliRunner()
 
@@ -26,20 +26,28 @@ def finished_run(run_dir, cycles: int, **active) -> None:
     ActiveLearningRun(run_dir, cycle_config(active={"cycles": cycles, **active})).run()
 
 
-def test_a_finished_run_given_one_more_cycle_asks_with_its_last_model_as_a_run_made_with_it(region_run, tmp_path):
+@pytest.fixture(scope="module")
+def two_cycles(tmp_path_factory):
+    """A run made with 2 cycles: what a run extended to 2 must decide."""
+    run_dir = tmp_path_factory.mktemp("two_cycles")
+    finished_run(run_dir, cycles=2)
+    return run_dir
+
+
+def test_a_finished_run_given_one_more_cycle_asks_with_its_last_model_as_a_run_made_with_it(two_cycles, tmp_path):
     """With final_cycle_epoch_multiplier 1 the former last cycle trained as any other, so the run
     extended from 1 to 2 cycles decides exactly what the run made with 2 did."""
     finished_run(tmp_path, cycles=1)
     assert sorted(p.name for p in (tmp_path / "cycles").iterdir()) == ["cycle_0.json", "cycle_1.json"]
     extended = ActiveLearningRun(tmp_path, overrides={"active": {"cycles": 2}})
     assert [s["cycle"] for s in extended.run()] == [0, 1, 2]
-    assert ledger_snapshot(tmp_path) == ledger_snapshot(region_run[0].run_dir)
+    assert ledger_snapshot(tmp_path) == ledger_snapshot(two_cycles)
     assert saved_cycles(tmp_path) == 2
     again = ActiveLearningRun(tmp_path)  # a plain resume keeps the cycles it was given
     assert again.final_cycle == 2 and [s["cycle"] for s in again.run()] == [0, 1, 2]
 
 
-def test_a_kill_while_the_last_cycle_is_reopened_resumes_to_the_same_run(region_run, tmp_path):
+def test_a_kill_while_the_last_cycle_is_reopened_resumes_to_the_same_run(two_cycles, tmp_path):
     finished_run(tmp_path, cycles=1)
     with pytest.MonkeyPatch.context() as mp:  # the summary is gone, the phase still 'done'
         mp.setattr(CyclePhases, "reopen", lambda phases, cycle: (_ for _ in ()).throw(Killed()))
@@ -47,7 +55,7 @@ def test_a_kill_while_the_last_cycle_is_reopened_resumes_to_the_same_run(region_
             ActiveLearningRun(tmp_path, overrides={"active": {"cycles": 2}}).run()
     assert not (tmp_path / "cycles" / "cycle_1.json").exists() and saved_cycles(tmp_path) == 2
     ActiveLearningRun(tmp_path).run()
-    assert ledger_snapshot(tmp_path) == ledger_snapshot(region_run[0].run_dir)
+    assert ledger_snapshot(tmp_path) == ledger_snapshot(two_cycles)
 
 
 def test_fewer_cycles_are_taken_while_no_begun_cycle_changes_its_role(tmp_path):

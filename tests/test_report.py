@@ -4,7 +4,9 @@ checked in a real headless Chromium (skipped when Chromium is not installed), an
 import json
 import re
 import shutil
+import sqlite3
 import subprocess
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config
 from s4al.active.cycle import ActiveLearningRun
+from s4al.cli import app as s4al_app
 from s4al.config import load_config, save_config
 from s4al.data import IGNORE_INDEX
 from s4al.data.synthetic import SYNTHETIC_CLASSES
@@ -89,6 +92,22 @@ def test_report_command(run_dir, tmp_path):
     result = CliRunner().invoke(cli_app(), ["report", str(run_dir), "--out", str(tmp_path), "--supervised-miou", "0.4"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "report.html").is_file()
+
+
+def test_a_run_and_its_report_leave_the_ledger_whole_on_its_own(run_dir, tmp_path):
+    """`s4al run` closes its ledger, putting the file back in rollback-journal mode; the report, a
+    reader, then adds no file beside it (it could not on read-only media)."""
+    def beside() -> list[str]:
+        return sorted(path.name for path in run_dir.glob("ledger.sqlite*"))
+
+    resumed = CliRunner().invoke(s4al_app, ["run", "--resume", str(run_dir), "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert beside() == ["ledger.sqlite"]
+    with closing(sqlite3.connect(run_dir / "ledger.sqlite")) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    result = CliRunner().invoke(cli_app(), ["report", str(run_dir), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert beside() == ["ledger.sqlite"]
 
 
 def test_report_into_a_file_is_an_error_naming_it(run_dir, tmp_path):

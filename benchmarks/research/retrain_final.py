@@ -26,29 +26,29 @@ from s4al.train.trainer import Trainer
 
 
 def retrain(run_dir: Path, work: Path, without_regions: bool, as_cycle: int | None, overrides: dict) -> dict:
-    run = ActiveLearningRun(run_dir)
-    run.cfg = load_run_config(RunFolder(run_dir).config_path, overrides)  # in memory only: the folder keeps its config
-    data = run.train_data(run.label_state())
-    regions = sum(len(patches) for patches in data.annotations.values())
-    if without_regions:
-        data.annotations = {}
-    final = run.final_cycle
-    cycle = final if as_cycle is None else as_cycle
-    started, progress = time.perf_counter(), Progress(f"[retrain {work.name}]")
-    trainer = Trainer(run.cfg, data, run.val_set, work, cycle, run.epochs(final), run.initial_student(final), progress)
-    scores = trainer.fit().final_scores
-    return {
-        "source_run": str(run_dir),
-        "final_cycle": final,
-        "seeded_as_cycle": cycle,
-        "without_regions": without_regions,
-        "overrides": overrides,
-        "regions_in_source": regions,
-        "val": scores,
-        "source_val": run.summaries()[final]["val"],
-        "train_seconds": time.perf_counter() - started,
-        "steps": progress.timings(),
-    }
+    with ActiveLearningRun(run_dir) as run:
+        run.cfg = load_run_config(RunFolder(run_dir).config_path, overrides)  # in memory only: the folder keeps its config
+        data = run.train_data(run.label_state())
+        regions = sum(len(patches) for patches in data.annotations.values())
+        if without_regions:
+            data.annotations = {}
+        final = run.final_cycle
+        cycle = final if as_cycle is None else as_cycle
+        started, progress = time.perf_counter(), Progress(f"[retrain {work.name}]")
+        trainer = Trainer(run.cfg, data, run.val_set, work, cycle, run.epochs(final), run.initial_student(final), progress)
+        scores = trainer.fit().final_scores
+        return {
+            "source_run": str(run_dir),
+            "final_cycle": final,
+            "seeded_as_cycle": cycle,
+            "without_regions": without_regions,
+            "overrides": overrides,
+            "regions_in_source": regions,
+            "val": scores,
+            "source_val": run.summaries()[final]["val"],
+            "train_seconds": time.perf_counter() - started,
+            "steps": progress.timings(),
+        }
 
 
 def main(argv: list[str] | None = None) -> int:

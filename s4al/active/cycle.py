@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +47,11 @@ def draw_initial(num_images: int, fraction: float, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(num_images, count, replace=False))
 
 
-class ActiveLearningRun:
+class ActiveLearningRun(AbstractContextManager):
     """A run of the cycle in its run folder (s4al/run_folder.py). `cfg` makes a new run, or must
     equal the saved one; without it the run folder's config is resumed, with `overrides` limited to
-    where the run computes (RESUME_OVERRIDES)."""
+    RESUME_OVERRIDES. Used as a context manager, it closes the ledger at the end, which leaves the
+    file whole on its own (s4al/active/ledger.py)."""
 
     def __init__(
         self,
@@ -81,6 +83,13 @@ class ActiveLearningRun:
         if annotator is None and self.cfg.active.annotator == "oracle":
             annotator = GroundTruthOracle(lambda image_id: self.train_set.load_label(self.index_of[image_id]))
         self.annotator = annotator
+
+    def close(self) -> None:
+        self.phases.close()
+        self.ledger.close()  # the ledger's last connection
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ---- set-up ---------------------------------------------------------------------------
     @staticmethod

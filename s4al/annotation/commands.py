@@ -57,17 +57,18 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
     sent = None
     with user_errors_reported():
         server = None if label_studio is None else checked_server(label_studio, api_key)
-        active_run = ActiveLearningRun(run_dir, overrides={"train": {"device": device}})
-        if server is not None and not new_project:
-            project_on(active_run.ledger, server)  # refused before the pool is scored
-        cycle = _asking_cycle(active_run, run_dir)
-        package = write_query_package(active_run, out or run_dir / "queries" / f"cycle_{cycle}")
-        if server is not None and package.regions:
-            sent = send_query(active_run.ledger, Path(run_dir).resolve().name, package.out_dir, server, api_key,
-                              new_project)
+        with ActiveLearningRun(run_dir, overrides={"train": {"device": device}}) as active_run:
+            if server is not None and not new_project:
+                project_on(active_run.ledger, server)  # refused before the pool is scored
+            cycle = _asking_cycle(active_run, run_dir)
+            package = write_query_package(active_run, out or run_dir / "queries" / f"cycle_{cycle}")
+            if server is not None and package.regions:
+                sent = send_query(active_run.ledger, Path(run_dir).resolve().name, package.out_dir, server, api_key,
+                                  new_project)
+            phase = active_run.phases.phase(cycle)
     if not package.regions:
-        phase = active_run.phases.phase(cycle)
-        typer.echo(f"{run_dir}: no region waits for an answer (cycle {cycle} is in phase '{phase}').")
+        typer.echo(f"{run_dir}: no region waits for an answer (cycle {cycle} is in phase '{phase}'). "
+                   f"{next_step(run_dir)}")
         return
     typer.echo(f"{package.regions} asked regions in {package.images} images written to {package.out_dir}:")
     typer.echo(_sent_lines(run_dir, sent) if sent else _package_lines(run_dir))
