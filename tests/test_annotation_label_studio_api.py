@@ -5,14 +5,30 @@ import pytest
 from typer.testing import CliRunner
 
 from s4al.active.ledger import Ledger
-from s4al.annotation.label_studio_api import PROJECT_META, LabelStudioError, chunks_by_size, project_on
+from s4al.annotation.label_studio_api import PROJECT_META, LabelStudioError, batches_by_size, project_on
 from s4al.cli import app
 
 
-def test_uploads_are_split_into_consecutive_chunks_within_the_limit_a_larger_task_alone():
-    assert chunks_by_size([40, 30, 30, 120, 10, 90], limit=100) == [range(0, 3), range(3, 4), range(4, 6)]
-    assert chunks_by_size([150, 10, 90, 6], limit=100) == [range(0, 1), range(1, 3), range(3, 4)]
-    assert chunks_by_size([], limit=100) == []
+def test_uploads_are_split_into_consecutive_batches_within_the_limit_a_larger_task_alone():
+    def by_length(items):
+        return list(batches_by_size(items, len, limit=100))
+
+    assert by_length(["a" * 40, "b" * 30, "c" * 30, "d" * 120, "e" * 10, "f" * 90]) == [
+        ["a" * 40, "b" * 30, "c" * 30], ["d" * 120], ["e" * 10, "f" * 90]]
+    assert by_length(["a" * 150, "b" * 10, "c" * 90, "d" * 6]) == [["a" * 150], ["b" * 10, "c" * 90], ["d" * 6]]
+    assert by_length([]) == []
+
+
+def test_batches_are_made_as_the_items_arrive():
+    drawn = []
+
+    def items():
+        for k in range(6):
+            drawn.append(k)
+            yield "x" * 40
+
+    batches = batches_by_size(items(), len, limit=100)
+    assert next(batches) == ["x" * 40] * 2 and drawn == [0, 1, 2]  # the third item closed the first batch
 
 
 def test_query_refuses_a_server_that_is_no_address_or_no_key_before_reading_the_run(tmp_path):

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+import tracemalloc
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from conftest import label_state, region_by_id
 from s4al.active.ledger import Ledger
 from s4al.annotation.answers import import_answers
 from s4al.annotation.label_studio import MODEL_VERSION, labelling_config, task
+from s4al.annotation import label_studio_api
 from s4al.annotation.label_studio_api import PROJECT_META, LabelStudioError, send_query
 from s4al.data.classes import ClassSet
 from test_annotation_answers import CLASSES, H, W, run_dir, truth  # noqa: F401 (run_dir is a fixture)
@@ -253,6 +255,37 @@ def test_tasks_the_server_refuses_are_one_error_naming_the_server_and_the_tasks(
     project_id = ledger_meta(run_dir)["id"]
     assert str(refused.value).startswith(f"{server.url}: project {project_id} refused the upload of tasks 1-1 of 1 "
                                          "new (HTTP 400: "), refused.value
+
+
+def test_a_package_is_sent_in_batches_with_memory_that_does_not_grow_with_it(server, label_studio, run_dir,  # noqa: F811
+                                                                              tmp_path, monkeypatch):
+    """tasks.json is read one task at a time and uploaded in batches of at most UPLOAD_BYTES: a
+    package of 36 tasks of 1 MB takes no more memory to send than one of 12 (parsed whole, it
+    would take twice its 24 MB more)."""
+    monkeypatch.setattr(label_studio_api, "UPLOAD_BYTES", 3 * 2**20)
+    image = "data:image/jpeg;base64," + "A" * 2**20
+
+    def peak_sending(cycle: int, count: int) -> int:
+        package = tmp_path / f"cycle_{cycle}"
+        package.mkdir()
+        (package / "labelling_config.xml").write_text(labelling_config(CLASS_SET))
+        tasks = [{"data": {"image": image, "image_id": "a", "cycle": cycle, "region_ids": [k]}} for k in range(count)]
+        (package / "tasks.json").write_text(json.dumps(tasks))
+        del tasks
+        tracemalloc.start()
+        try:
+            with Ledger(run_dir / "ledger.sqlite") as ledger:
+                sent = send_query(ledger, "large", package, server.url, server.token)
+            assert (sent.sent, sent.already) == (count, 0)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak_sending(0, 2)  # the client's first requests import and cache what they need
+    small, large = peak_sending(1, 12), peak_sending(2, 36)
+    assert large < small + 4 * 2**20, (small, large)
+    held = label_studio.tasks.list(project=ledger_meta(run_dir)["id"])
+    assert sum(1 for _ in held) == 2 + 12 + 36
 
 
 def ledger_meta(run):

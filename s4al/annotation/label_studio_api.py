@@ -4,9 +4,10 @@
 time it creates the project and records its server and id in the ledger (meta PROJECT_META), so
 every later cycle goes to the same project. A task whose regions the project already holds (same
 cycle, a shared region id) is not sent again, so a query repeated, or killed halfway and run again,
-sends each region once. `s4al import RUN --label-studio` downloads the project's full JSON export
-into RUN/answers/ and imports that file. A project deleted on its server, or a run moved to another
-server: `--new-project` makes a new project there, records it in place of the old one and sends it
+sends each region once. tasks.json, an image in each task, is read one task at a time and sent in
+uploads of at most UPLOAD_BYTES, so memory does not grow with the pool. `s4al import RUN
+--label-studio` downloads the project's full JSON export into RUN/answers/ and imports that file.
+A project deleted on its server, or a run moved to another server: `--new-project` makes a new project there, records it in place of the old one and sends it
 every task of the package (the regions still asked; answers already imported stay in the ledger).
 
 The API key is the caller's (LABEL_STUDIO_API_KEY or --api-key) and is never stored. What the
@@ -14,10 +15,12 @@ server refuses, or a server that does not answer, is a LabelStudioError naming t
 
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.data_manager import Column, Filters, Operator, Type
 
 from s4al.active.ledger import Ledger
+from s4al.annotation.label_studio import json_list_items
 from s4al.atomic import atomic_write
 from s4al.errors import S4alError
 from s4al.run_folder import RunFolder
@@ -34,6 +38,8 @@ from s4al.run_folder import RunFolder
 PROJECT_META = "label_studio_project"  # {"url": server, "id": project id}
 UPLOAD_BYTES = 50 * 2**20  # the JSON of one upload; Label Studio refuses uploads over 250 MB
 ANSWERS_FOLDER = "answers"  # in the run folder: the exports downloaded, as received
+LISTED_PAGE_TASKS = 10  # tasks per page when listing a project's tasks, each with its image
+T = TypeVar("T")
 SHOWN_BODY_CHARS = 200  # of a refusal's body, in its message
 # An upload and an export, which the server answers only when it has stored the tasks or built the
 # whole export; other requests keep the client's 60 s.
@@ -64,18 +70,19 @@ class SentTasks:
     already: int  # tasks of the package the project held before
 
 
-def chunks_by_size(sizes: Sequence[int], limit: int) -> list[range]:
-    """Consecutive runs of items (by index) whose `sizes` add up to at most `limit`; an item larger
-    than `limit` goes alone."""
-    chunks, start, total = [], 0, 0
-    for index, size in enumerate(sizes):
-        if index > start and total + size > limit:
-            chunks.append(range(start, index))
-            start, total = index, 0
-        total += size
-    if start < len(sizes):
-        chunks.append(range(start, len(sizes)))
-    return chunks
+def batches_by_size(items: Iterable[T], size: Callable[[T], int], limit: int) -> Iterator[list[T]]:
+    """Consecutive runs of `items` whose sizes add up to at most `limit`, each made as the items
+    arrive; an item larger than `limit` goes alone."""
+    batch, total = [], 0
+    for item in items:
+        item_size = size(item)
+        if batch and total + item_size > limit:
+            yield batch
+            batch, total = [], 0
+        batch.append(item)
+        total += item_size
+    if batch:
+        yield batch
 
 
 def recorded_project(ledger: Ledger) -> Project | None:
@@ -115,11 +122,17 @@ def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_k
             ledger.set_meta(PROJECT_META, {"url": url, "id": project.id})  # before any upload: one project per run
         else:
             client.projects.get(id=project.id)  # a deleted project answers 404 here, not when listing its tasks
-        tasks = json.loads((package_dir / "tasks.json").read_text())
-        held = _held_regions(client, project, {task["data"]["cycle"] for task in tasks})
-        new = [task for task in tasks if held.isdisjoint(_regions_of(task["data"]))]
-        _upload(client, project, new)
-    return SentTasks(project, created, replaced, len(new), len(tasks) - len(new))
+        tasks_file = package_dir / "tasks.json"  # an image in each task: read twice, one task at a time
+        asked = [(task["data"]["cycle"], _regions_of(task["data"])) for task in _tasks(tasks_file)]
+        held = _held_regions(client, project, {cycle for cycle, _ in asked})
+        is_new = [held.isdisjoint(regions) for _, regions in asked]
+        new_tasks = (task for task, new in zip(_tasks(tasks_file), is_new) if new)
+        _upload(client, project, new_tasks, sum(is_new))
+    return SentTasks(project, created, replaced, sum(is_new), len(is_new) - sum(is_new))
+
+
+def _tasks(path: Path) -> Iterator[dict]:
+    return json_list_items(path, "a list of tasks (the tasks.json of s4al query)")
 
 
 def _regions_of(data: dict) -> set[tuple[int, int]]:
@@ -133,22 +146,25 @@ def _held_regions(client: LabelStudio, project: Project, cycles: set[int]) -> se
     held = set()
     for cycle in cycles:
         of_cycle = Filters.create(Filters.AND, [Filters.item(Column.data("cycle"), Operator.EQUAL, Type.Number, cycle)])
-        for task in client.tasks.list(project=project.id, query=json.dumps({"filters": of_cycle})):
+        for task in client.tasks.list(project=project.id, query=json.dumps({"filters": of_cycle}),
+                                      page_size=LISTED_PAGE_TASKS):
             held |= _regions_of(task.data or {})
     return held
 
 
-def _upload(client: LabelStudio, project: Project, tasks: list[dict]) -> None:
-    sizes = [len(json.dumps(task)) + 2 for task in tasks]  # and the separator between tasks
-    for chunk in chunks_by_size(sizes, UPLOAD_BYTES):
+def _upload(client: LabelStudio, project: Project, tasks: Iterable[dict], count: int) -> None:
+    """Uploads `count` tasks in batches of at most UPLOAD_BYTES of JSON."""
+    first = 1
+    for batch in batches_by_size(tasks, lambda task: len(json.dumps(task)) + 2, UPLOAD_BYTES):  # 2: ", "
         try:
-            client.projects.import_tasks(id=project.id, request=tasks[chunk.start:chunk.stop],
-                                         request_options=SLOW_REQUEST)
+            client.projects.import_tasks(id=project.id, request=batch, request_options=SLOW_REQUEST)
         except ApiError as err:
             if err.status_code in (401, 403, 404):
                 raise
             raise LabelStudioError(f"{project.url}: project {project.id} refused the upload of tasks "
-                                   f"{chunk.start + 1}-{chunk.stop} of {len(tasks)} new ({_refusal(err)})") from None
+                                   f"{first}-{first + len(batch) - 1} of {count} new ({_refusal(err)})") from None
+        first += len(batch)
+        gc.collect()  # the client's finished request sits in reference cycles, holding the batch's body
 
 
 def download_export(run_dir: Path, api_key: str | None) -> Path:
