@@ -42,8 +42,9 @@ def _config(config: str, overrides: list[str] | None) -> RunConfig:
 
 
 @contextmanager
-def _monitor(folder: RunFolder, quiet: bool) -> Iterator[Callable[[dict], None] | None]:
-    """Progress bars and TensorBoard logs of the main process; None on the others."""
+def _monitor(folder: RunFolder, quiet: bool, resume: str) -> Iterator[Callable[[dict], None] | None]:
+    """Progress bars and TensorBoard logs of the main process; None on the others. Ctrl-C ends
+    the command saying how to go on (`resume`)."""
     from s4al.train.monitor import Monitor
 
     if not distributed.is_main():
@@ -52,6 +53,11 @@ def _monitor(folder: RunFolder, quiet: bool) -> Iterator[Callable[[dict], None] 
     monitor = Monitor(folder.tensorboard_dir, show_progress=not quiet)
     try:
         yield monitor
+    except KeyboardInterrupt:
+        monitor.close()
+        console.print(f"interrupted; `{resume}` goes on from the last checkpoint "
+                      "(saved every train.checkpoint_every epochs)")
+        raise typer.Exit(130) from None
     finally:
         monitor.close()
 
@@ -93,7 +99,7 @@ def train(
             raise DatasetError(f"train split '{cfg.dataset.train_split}' of {cfg.dataset.root}: no image has a label")
         if len(labelled) < len(train_set) and distributed.is_main():
             console.print(f"training on the {len(labelled)} of {len(train_set)} train images that have a label")
-        with _monitor(folder, quiet) as monitor:
+        with _monitor(folder, quiet, f"s4al train --out {out} with the same --config and --set") as monitor:
             data = TrainData(train_set, labelled=labelled)
             result = Trainer(cfg, data, val_set, out, progress=monitor).fit()
     if not distributed.is_main():
@@ -158,7 +164,7 @@ def run(
         device = (cfg or RunFolder.open(run_dir, lock=False).config(changes)).train.device
         distributed.setup_device(device)  # joins torchrun's process group
         with ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes) as active_run:
-            with _monitor(active_run.folder, quiet) as monitor:
+            with _monitor(active_run.folder, quiet, f"s4al run --resume {run_dir}") as monitor:
                 active_run.progress = monitor
                 active_run.run()
             if distributed.is_main():

@@ -16,6 +16,10 @@ from s4al.atomic import atomic_write
 from s4al.errors import S4alError, first_of
 
 FastMode = Literal["auto", "on", "off"]  # train.fast
+# The keys `s4al run --resume --set` may change: where the run computes (for this start only), and
+# where its files are and how many cycles it has (saved in its config.yaml; s4al/active/cycle.py).
+COMPUTED_ON_RESUME = ("train.device", "train.num_workers")
+SAVED_ON_RESUME = ("dataset.root", "model.weights", "active.cycles")
 
 
 class Section(BaseModel):
@@ -332,16 +336,24 @@ def _validated(data: dict, path: str | Path, overrides: dict | None = None) -> R
 
 def parse_override(items: list[str]) -> dict:
     """['train.epochs=3', 'ssl.enabled=false'] -> nested dict, values parsed as YAML scalars."""
-    out: dict = {}
+    values = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}' must look like section.key=value")
+        values[key] = yaml.safe_load(raw)
+    return nested(values)
+
+
+def nested(flat: dict) -> dict:
+    """{"a.b": 1} -> {"a": {"b": 1}}"""
+    out: dict = {}
+    for key, value in flat.items():
+        *sections, name = key.split(".")
         node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
     return out
 
 
@@ -370,11 +382,10 @@ def config_text(cfg: RunConfig) -> str:
 
 
 def config_digest(path: Path) -> str:
-    """The digest of what the config file at `path` says, but for active.cycles (a run may be given
-    more cycles) and how it is written (key order, comments)."""
-    data = _read_yaml(path)
-    active = {key: value for key, value in (data.get("active") or {}).items() if key != "cycles"}
-    return hashlib.sha256(json.dumps({**data, "active": active}, sort_keys=True).encode()).hexdigest()
+    """The digest of what the config file at `path` says, but for the keys a resumed run may save
+    (SAVED_ON_RESUME) and how it is written (key order, comments)."""
+    kept = {key: value for key, value in _flat(_read_yaml(path)).items() if key not in SAVED_ON_RESUME}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
 def file_digest(path: Path) -> str:

@@ -50,7 +50,8 @@ class SegmentationNet(nn.Module):
 
 def _load_local_encoder_weights(encoder: nn.Module, path: Path) -> None:
     if not path.is_file():
-        raise FileNotFoundError(f"encoder weights file not found: {path}")
+        raise FileNotFoundError(f"{path}: model.weights file not found (a relative path is read from the current "
+                                f"folder, {Path.cwd()})")
     state = torch.load(path, map_location="cpu", weights_only=True)
     try:
         # smp's encoders drop torchvision's classifier keys themselves, then load strictly.
@@ -61,12 +62,17 @@ def _load_local_encoder_weights(encoder: nn.Module, path: Path) -> None:
 
 def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationNet:
     online = cfg.weights == "imagenet"
-    net = smp.DeepLabV3Plus(
-        encoder_name="mobilenet_v2",
-        encoder_weights="imagenet" if online else None,
-        encoder_output_stride=STRIDE,
-        classes=num_classes,
-    )
+    try:
+        net = smp.DeepLabV3Plus(
+            encoder_name="mobilenet_v2",
+            encoder_weights="imagenet" if online else None,
+            encoder_output_stride=STRIDE,
+            classes=num_classes,
+        )
+    except OSError as err:  # only the download reads a file or the network here
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise S4alError(f"model.weights 'imagenet': the ImageNet weights could not be downloaded ({reason}); "
+                        "give a local file in torchvision layout: --set model.weights=PATH.pth") from None
     if cfg.weights and not online:
         _load_local_encoder_weights(net.encoder, Path(cfg.weights).expanduser())
     model = SegmentationNet(net)

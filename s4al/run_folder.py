@@ -1,6 +1,7 @@
 """The run folder: its layout, making a new one, opening an existing one, and the lock on it.
 
-    config.yaml          the run's complete config (written first, atomically; only active.cycles changes)
+    config.yaml          the run's complete config (written first, atomically; on resume only the
+                         keys SAVED_ON_RESUME change: where its files are, how many cycles it has)
     ledger.sqlite        what was asked and answered (s4al/active/ledger.py), labels/ beside it, and
                          where each cycle stands (s4al/active/phases.py)
     splits/              the initial labelled images and the pool, for audits
@@ -26,7 +27,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from s4al.atomic import stray_temp_files
-from s4al.config import ConfigError, RunConfig, config_differences, flat_config, load_run_config, save_config
+from s4al.config import (
+    COMPUTED_ON_RESUME, SAVED_ON_RESUME, ConfigError, RunConfig, config_differences, flat_config, load_run_config,
+    save_config,
+)
 from s4al.errors import S4alError
 
 CONFIG_FILE = "config.yaml"
@@ -37,10 +41,7 @@ RESULT_FILE = "result.json"  # `s4al train`'s final scores
 PROGRESS = ("labels", "checkpoints", "cycles", "splits")
 # What an active-learning run writes and `s4al train` never does.
 ACTIVE_LEARNING_ONLY = (LEDGER_FILE, "labels", "cycles", "splits")
-# Keys `s4al run --resume --set` may change: where the run computes, and how many cycles it has
-# (saved; s4al/active/cycle.py checks the cycles begun keep their role).
-RESUME_OVERRIDES = {"train": {"device", "num_workers"}, "active": {"cycles"}}
-RESUME_KEYS = {f"{section}.{key}" for section, keys in RESUME_OVERRIDES.items() for key in keys}
+RESUME_KEYS = (*COMPUTED_ON_RESUME, *SAVED_ON_RESUME)
 
 _held_locks: dict[Path, int] = {}  # run folder -> locked file descriptor, for this process's life
 
@@ -61,7 +62,7 @@ def _outside_resume_overrides(overrides: dict):
         if not isinstance(value, dict):
             yield section
         else:
-            yield from (f"{section}.{key}" for key in value if key not in RESUME_OVERRIDES.get(section, ()))
+            yield from (f"{section}.{key}" for key in value if f"{section}.{key}" not in RESUME_KEYS)
 
 
 class RunFolderError(S4alError):
@@ -168,7 +169,7 @@ class RunFolder:
         return folder
 
     def config(self, overrides: dict | None = None) -> RunConfig:
-        """The saved config, with `overrides` limited to RESUME_OVERRIDES."""
+        """The saved config, with `overrides` limited to RESUME_KEYS."""
         refused = list(_outside_resume_overrides(overrides or {}))
         if refused:
             allowed = ", ".join(sorted(RESUME_KEYS))

@@ -99,7 +99,12 @@ def test_predict_with_a_damaged_checkpoint_is_an_error_naming_it(tmp_path, damag
 def test_predict_names_a_missing_image_before_it_reads_the_checkpoint(tmp_path, damaged_checkpoint):
     missing = tmp_path / "photo.png"
     result = runner.invoke(app, ["predict", str(damaged_checkpoint), str(missing), "--out", str(tmp_path / "masks")])
-    assert (result.exit_code, result.output) == (1, f"error: {missing}: no such image file\n")
+    assert (result.exit_code, result.output) == (1, f"error: {missing}: no such image file or folder\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    result = runner.invoke(app, ["predict", str(damaged_checkpoint), str(empty), "--out", str(tmp_path / "masks")])
+    assert (result.exit_code, result.output) == (1, f"error: {empty}: no image in this folder (.png, .jpg, .jpeg)\n")
 
 
 @pytest.mark.parametrize("kind", ["damaged", "missing"])

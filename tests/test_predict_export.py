@@ -136,6 +136,15 @@ def test_predict_command(checkpoint, images, tmp_path):
     assert all(name in result.output for name in written)  # the command lists what it wrote
 
 
+def test_predict_command_takes_a_folder_for_its_images(checkpoint, images, tmp_path):
+    folder = images[0].parent
+    (folder / "notes.txt").write_text("not an image")
+    result = CliRunner().invoke(cli_app(), ["predict", str(checkpoint), str(folder), "--out", str(tmp_path),
+                                            "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.glob("*_labels.png")) == sorted(f"{p.stem}_labels.png" for p in images)
+
+
 def test_predict_command_rejects_an_unknown_network(checkpoint, images, tmp_path):
     result = CliRunner().invoke(cli_app(), ["predict", str(checkpoint), str(images[0]), "-o", str(tmp_path),
                                             "--network", "nope"], env={"COLUMNS": "500"})

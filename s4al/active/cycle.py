@@ -25,9 +25,10 @@ from s4al.active.oracle import Annotator, GroundTruthOracle
 from s4al.active.phases import CyclePhases
 from s4al import distributed
 from s4al.atomic import atomic_write
-from s4al.config import RunConfig, config_digest, file_digest
+from s4al.config import SAVED_ON_RESUME, RunConfig, config_digest, file_digest, flat_config, nested
 from s4al.data import DatasetError, build_dataset
 from s4al.evaluate import evaluate
+from s4al.model import build_model
 from s4al.run_folder import RunFolder, RunFolderError
 from s4al.errors import first_of
 from s4al.train.checkpoint import load_checkpoint, load_trained_model
@@ -79,7 +80,7 @@ class ActiveLearningRun(AbstractContextManager):
             self.ledger = self._open_ledger() if distributed.is_main() else Ledger(self.folder.ledger_path, readonly=True)
             self.phases = CyclePhases(self.ledger)
             if distributed.is_main():
-                self._save_cycles()
+                self._save_resume_changes()
         if annotator is None and self.cfg.active.annotator == "oracle":
             annotator = GroundTruthOracle(lambda image_id: self.train_set.load_label(self.index_of[image_id]))
         self.annotator = annotator
@@ -108,6 +109,7 @@ class ActiveLearningRun(AbstractContextManager):
         checked against the config and the dataset on every later one."""
         path = self.folder.ledger_path
         if not self.folder.check_ledger():
+            self._check_weights()  # read before the run begins, so a wrong path leaves nothing to resume
             self._make_ledger()
         Ledger(path, readonly=True).close()  # a damaged file is refused before anything writes to it
         ledger = Ledger(path)
@@ -145,26 +147,37 @@ class ActiveLearningRun(AbstractContextManager):
                                  f"{self.folder.ledger_path}); restore the file the run was made with (only "
                                  "active.cycles may change, with --set on resume)")
 
-    def _save_cycles(self) -> None:
-        """--set active.cycles on resume: saved in config.yaml, if the cycles begun keep their role (a
-        cycle that asked for labels needs one after it; a checkpointed one keeps its schedule)."""
-        saved = self.folder.config()
-        had, wanted = saved.active.cycles, self.cfg.active.cycles
+    def _save_resume_changes(self) -> None:
+        """--set on resume of the keys SAVED_ON_RESUME (where the data and weights are, how many
+        cycles), checked, then saved in config.yaml; the data was checked as the run opened."""
+        saved, given = flat_config(self.folder.config()), flat_config(self.cfg)
+        changed = {key: given[key] for key in SAVED_ON_RESUME if given[key] != saved[key]}
+        if "active.cycles" in changed:
+            self._check_cycles(saved["active.cycles"], changed["active.cycles"])
+        if "model.weights" in changed:
+            self._check_weights()
+        if changed:
+            self.folder.save_config(self.folder.config(nested(changed)))
+
+    def _check_weights(self) -> None:
+        build_model(self.cfg.model, self.train_set.classes.num_classes)
+
+    def _check_cycles(self, had: int, wanted: int) -> None:
+        """Fewer or more cycles, if the cycles begun keep their role: a cycle that asked for labels
+        needs one after it; a checkpointed one keeps its schedule."""
         last = self.phases.last_cycle()
-        if wanted == had:
+        if last is None:
             return
-        if last is not None:
-            phase = self.phases.phase(last)
-            buys = phase in ("acquire", "answer") or (phase == "done" and last < had)
-            least = last + 1 if buys else last
-            if wanted < least:
-                raise RunFolderError(f"{self.run_dir}: active.cycles={wanted} refused: cycle {last} "
-                                     f"{'buys labels' if buys else 'has begun'}, so the run needs at least {least}")
-            if phase == "train" and self.folder.checkpoint_path(last).exists() and last in (had, wanted):
-                role = "the last cycle (trained longer)" if last == had else "a cycle before the last"
-                raise RunFolderError(f"{self.run_dir}: cycle {last} is training as {role}; resume it to its end, "
-                                     "then change active.cycles")
-        self.folder.save_config(saved.model_copy(update={"active": saved.active.model_copy(update={"cycles": wanted})}))
+        phase = self.phases.phase(last)
+        buys = phase in ("acquire", "answer") or (phase == "done" and last < had)
+        least = last + 1 if buys else last
+        if wanted < least:
+            raise RunFolderError(f"{self.run_dir}: active.cycles={wanted} refused: cycle {last} "
+                                 f"{'buys labels' if buys else 'has begun'}, so the run needs at least {least}")
+        if phase == "train" and self.folder.checkpoint_path(last).exists() and last in (had, wanted):
+            role = "the last cycle (trained longer)" if last == had else "a cycle before the last"
+            raise RunFolderError(f"{self.run_dir}: cycle {last} is training as {role}; resume it to its end, "
+                                 "then change active.cycles")
 
     def _initial(self) -> list[int]:
         """The initially fully labelled images: drawn at random (every train image needs a label),

@@ -50,7 +50,7 @@ def report(
 
 def predict_command(
     checkpoint: CheckpointArgument,
-    images: Annotated[list[Path], typer.Argument(help="Images of any size.")],
+    images: Annotated[list[Path], typer.Argument(help="Images of any size, or folders of them (.png, .jpg).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the masks and overlays.")],
     network: NetworkOption = Network.teacher,
     device: Annotated[str, typer.Option(help="Device: auto, cpu, cuda, cuda:1, ...")] = "auto",
@@ -59,13 +59,28 @@ def predict_command(
     from s4al.report.predict import predict
 
     with user_errors_reported():
-        missing = [path for path in images if not path.is_file()]
-        if missing:  # before the model is loaded
-            raise S4alError(f"{missing[0]}: no such image file")
-        written = predict(checkpoint, images, out, network.value, device)
+        written = predict(checkpoint, _image_files(images), out, network.value, device)
     console.print(f"{len(written)} files written to {out}:")
     for path in written:
         console.print(f"  {path.name}")
+
+
+def _image_files(paths: list[Path]) -> list[Path]:
+    """The images given, a folder standing for its image files; checked before the model is loaded."""
+    from s4al.data.io import IMAGE_SUFFIXES, list_files
+
+    files = []
+    for path in paths:
+        if path.is_dir():
+            found = list_files(path, IMAGE_SUFFIXES)
+            if not found:
+                raise S4alError(f"{path}: no image in this folder ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise S4alError(f"{path}: no such image file or folder")
+    return files
 
 
 def export_command(

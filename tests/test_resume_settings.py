@@ -1,0 +1,190 @@
+"""The settings a resumed run may change (`s4al run --resume RUN --set KEY=VALUE`) and what it
+refuses: more or fewer cycles, the dataset and weights moved; and the weights read before a run
+begins."""
+
+import hashlib
+import sqlite3
+from contextlib import closing
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from s4al.active.cycle import ActiveLearningRun
+from s4al.active.ledger import LedgerError
+from s4al.active.phases import CyclePhases
+from s4al.cli import app
+from s4al.data import DatasetError
+from s4al.run_folder import RunFolder, RunFolderError
+from test_cycle import Killed, cycle_config, ledger_snapshot
+from test_own_data import make_dataset, own_config
+
+runner = CliRunner()
+
+
+def saved(run_dir, section: str, key: str):
+    return yaml.safe_load((run_dir / "config.yaml").read_text())[section][key]
+
+
+def saved_cycles(run_dir) -> int:
+    return saved(run_dir, "active", "cycles")
+
+
+def finished_run(run_dir, cycles: int, **active) -> None:
+    ActiveLearningRun(run_dir, cycle_config(active={"cycles": cycles, **active})).run()
+
+
+@pytest.fixture(scope="module")
+def two_cycles(tmp_path_factory):
+    """A run made with 2 cycles: what a run extended to 2 must decide."""
+    run_dir = tmp_path_factory.mktemp("two_cycles")
+    finished_run(run_dir, cycles=2)
+    return run_dir
+
+
+def test_a_finished_run_given_one_more_cycle_asks_with_its_last_model_as_a_run_made_with_it(two_cycles, tmp_path):
+    """With final_cycle_epoch_multiplier 1 the former last cycle trained as any other, so the run
+    extended from 1 to 2 cycles decides exactly what the run made with 2 did."""
+    finished_run(tmp_path, cycles=1)
+    assert sorted(p.name for p in (tmp_path / "cycles").iterdir()) == ["cycle_0.json", "cycle_1.json"]
+    extended = ActiveLearningRun(tmp_path, overrides={"active": {"cycles": 2}})
+    assert [s["cycle"] for s in extended.run()] == [0, 1, 2]
+    assert ledger_snapshot(tmp_path) == ledger_snapshot(two_cycles)
+    assert saved_cycles(tmp_path) == 2
+    again = ActiveLearningRun(tmp_path)  # a plain resume keeps the cycles it was given
+    assert again.final_cycle == 2 and [s["cycle"] for s in again.run()] == [0, 1, 2]
+
+
+def test_a_kill_while_the_last_cycle_is_reopened_resumes_to_the_same_run(two_cycles, tmp_path):
+    finished_run(tmp_path, cycles=1)
+    with pytest.MonkeyPatch.context() as mp:  # the summary is gone, the phase still 'done'
+        mp.setattr(CyclePhases, "reopen", lambda phases, cycle: (_ for _ in ()).throw(Killed()))
+        with pytest.raises(Killed):
+            ActiveLearningRun(tmp_path, overrides={"active": {"cycles": 2}}).run()
+    assert not (tmp_path / "cycles" / "cycle_1.json").exists() and saved_cycles(tmp_path) == 2
+    ActiveLearningRun(tmp_path).run()
+    assert ledger_snapshot(tmp_path) == ledger_snapshot(two_cycles)
+
+
+def test_fewer_cycles_are_taken_while_no_begun_cycle_changes_its_role(tmp_path):
+    ActiveLearningRun(tmp_path, cycle_config(active={"cycles": 3, "annotator": "external"})).run()
+    phases = ActiveLearningRun(tmp_path).phases
+    assert phases.last_cycle() == 0 and phases.phase(0) == "answer"  # cycle 0 asked; the run waits
+    with pytest.raises(RunFolderError, match="active.cycles=0 refused: cycle 0 buys labels, so the run needs at "
+                                             "least 1"):
+        ActiveLearningRun(tmp_path, overrides={"active": {"cycles": 0}})
+    assert saved_cycles(tmp_path) == 3
+    assert ActiveLearningRun(tmp_path, overrides={"active": {"cycles": 1}}).final_cycle == 1
+    assert saved_cycles(tmp_path) == 1
+
+
+def test_the_last_cycle_still_training_keeps_its_role(tmp_path):
+    """Its checkpoint follows the last cycle's schedule; it must end before the run gets more cycles."""
+    set_phase = CyclePhases.set_phase
+
+    def dies_at_done(phases, cycle, phase, metrics=None):
+        if phase == "done":
+            raise Killed
+        return set_phase(phases, cycle, phase, metrics)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CyclePhases, "set_phase", dies_at_done)
+        with pytest.raises(Killed):
+            finished_run(tmp_path, cycles=0)
+    with pytest.raises(RunFolderError, match="cycle 0 is training as the last cycle"):
+        ActiveLearningRun(tmp_path, overrides={"active": {"cycles": 1}})
+    assert saved_cycles(tmp_path) == 0
+    ActiveLearningRun(tmp_path).run()  # resumed to its end, it takes more cycles
+    assert [s["cycle"] for s in ActiveLearningRun(tmp_path, overrides={"active": {"cycles": 1}}).run()] == [0, 1]
+
+
+def test_only_the_last_cycle_done_goes_back_to_acquire(tmp_path):
+    finished_run(tmp_path, cycles=1)
+    phases = ActiveLearningRun(tmp_path).phases
+    with pytest.raises(LedgerError, match="cycle 0 cannot be reopened: only the last cycle, done, can"):
+        phases.reopen(0)
+    with pytest.raises(LedgerError, match="cycle 2 cannot be reopened: .*it has not started"):
+        phases.reopen(2)
+
+
+def test_the_config_digest_ignores_cycles_and_layout_but_not_settings(tmp_path):
+    finished_run(tmp_path, cycles=0)
+    config = tmp_path / "config.yaml"
+    text = config.read_text()
+    config.write_text("# edited by hand\n" + text.replace("cycles: 0", "cycles: 1"))
+    assert ActiveLearningRun(tmp_path).final_cycle == 1
+    config.write_text(text.replace("metric: entropy", "metric: margin"))
+    with pytest.raises(RunFolderError, match="config.yaml: changed since the run was made"):
+        ActiveLearningRun(tmp_path)
+
+
+def test_a_ledger_made_before_cycles_could_change_is_checked_by_the_file_bytes_then_upgraded(tmp_path):
+    finished_run(tmp_path, cycles=0)
+    config, ledger = tmp_path / "config.yaml", tmp_path / "ledger.sqlite"
+    text = config.read_text()
+    with closing(sqlite3.connect(ledger)) as conn, conn:
+        conn.execute("DELETE FROM meta WHERE key = 'config_digest'")
+        conn.execute("INSERT INTO meta VALUES ('config_sha256', ?)",
+                     (f'"{hashlib.sha256(config.read_bytes()).hexdigest()}"',))
+    config.write_text(text + "\n")
+    with pytest.raises(RunFolderError, match="config.yaml: changed since the run was made"):
+        ActiveLearningRun(tmp_path)
+    config.write_text(text)
+    ActiveLearningRun(tmp_path).ledger.close()
+    config.write_text(text.replace("cycles: 0", "cycles: 1"))  # the upgraded ledger lets cycles change
+    assert ActiveLearningRun(tmp_path).final_cycle == 1
+
+
+def test_commands_on_a_finished_run_say_how_to_ask_for_more(tmp_path):
+    finished_run(tmp_path, cycles=0)
+    result = runner.invoke(app, ["skip", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (f"The run has finished its last cycle (0). For more labels, `s4al run --resume {tmp_path} "
+            "--set active.cycles=1`") in " ".join(result.output.split())
+
+
+def test_fewer_cycles_than_a_finished_run_ran_are_refused_by_the_command(tmp_path):
+    finished_run(tmp_path, cycles=1)
+    result = runner.invoke(app, ["run", "--resume", str(tmp_path), "--set", "active.cycles=0", "--quiet"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "active.cycles=0 refused: cycle 1 has begun, so the run needs at least 1" in " ".join(result.output.split())
+
+
+# ---- files moved --------------------------------------------------------------------------------
+def test_a_run_whose_dataset_moved_is_pointed_at_it_on_resume_and_keeps_the_new_place(tmp_path):
+    make_dataset(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    ActiveLearningRun(run_dir, own_config(tmp_path / "data")).run()  # cycle 0 asks, then waits
+    (tmp_path / "data").rename(tmp_path / "moved")
+    with pytest.raises(DatasetError, match="no such dataset folder"):
+        ActiveLearningRun(run_dir)
+    make_dataset(tmp_path / "other", masked=["m1", "m2"], unmasked=["x1", "x2"], val=["v9"])
+    with pytest.raises(DatasetError, match="are in this run's ledger but no longer in the dataset"):
+        ActiveLearningRun(run_dir, overrides={"dataset": {"root": str(tmp_path / "other")}})
+    assert saved(run_dir, "dataset", "root") == str(tmp_path / "data")
+    ActiveLearningRun(run_dir, overrides={"dataset": {"root": str(tmp_path / "moved")}}).close()
+    assert saved(run_dir, "dataset", "root") == str(tmp_path / "moved")
+    assert ActiveLearningRun(run_dir).phases.phase(0) == "answer"  # a plain resume finds it there
+
+
+def test_wrong_weights_are_refused_before_a_run_begins_and_the_corrected_command_starts_it(tmp_path):
+    missing = tmp_path / "missing.pth"
+    with pytest.raises(FileNotFoundError, match=f"{missing}: model.weights file not found"):
+        ActiveLearningRun(tmp_path / "run", cycle_config(model={"weights": str(missing)}))
+    assert not RunFolder(tmp_path / "run").begun()
+    ActiveLearningRun(tmp_path / "run", cycle_config(active={"cycles": 0})).close()
+    with pytest.raises(FileNotFoundError, match=f"{missing}: model.weights file not found"):
+        ActiveLearningRun(tmp_path / "run", overrides={"model": {"weights": str(missing)}})
+    assert saved(tmp_path / "run", "model", "weights") is None
+
+
+def test_ctrl_c_ends_a_run_saying_how_to_go_on(tmp_path, monkeypatch):
+    finished_run(tmp_path, cycles=0)
+
+    def interrupted(run):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ActiveLearningRun, "run", interrupted)
+    result = runner.invoke(app, ["run", "--resume", str(tmp_path), "--quiet"])
+    assert result.exit_code == 130
+    assert f"interrupted; `s4al run --resume {tmp_path}` goes on from the last checkpoint" in " ".join(result.output.split())
