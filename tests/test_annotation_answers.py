@@ -1,21 +1,34 @@
 """Importing answers into the ledger: what is accepted, and that every refused file leaves the run
 folder byte-for-byte unchanged."""
 
+import dataclasses
 import hashlib
 import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from conftest import label_map, label_state, region_by_id
-from s4al.active.ledger import Ledger
+from s4al.active.ledger import Ledger, Region
 from s4al.annotation.answers import import_answers
+from s4al.annotation.label_studio import task
 from s4al.annotation.masks import AnswerError
+from s4al.cli import app
+from s4al.data.classes import ClassSet
 from s4al.run_folder import RunFolderError
-from test_annotation_label_studio import exported_task
+from test_annotation_label_studio import asked_rectangles, exported_task
+
+REPO = Path(__file__).resolve().parents[1]
 
 CLASSES = ["sky", "road", "car"]
+CLASS_SET = ClassSet(names=tuple(CLASSES), colors=((70, 130, 180), (128, 64, 128), (0, 0, 142)))
 H, W = 20, 30
 A1, A2, B1 = (0, 0, 10, 10), (10, 20, 20, 30), (0, 10, 10, 20)  # the asked boxes: two in 'a', one in 'b'
 
@@ -150,6 +163,7 @@ def cycle_task(task_id, image_id, labels, region_ids, cycle):
 
 
 A3 = (10, 0, 20, 10)  # asked in cycle 1, in image 'a' again
+ASKED_A1 = Region(1, "a", 0, A1, "entropy", 1.0, "asked", None, "2024-01-01", None, None)
 
 
 def test_one_label_studio_project_across_cycles_imports_its_full_export_every_time(run_dir, tmp_path):
@@ -183,6 +197,66 @@ def test_rectangles_drawn_by_hand_are_reported_and_ignored(run_dir, tmp_path):
     assert "task 7" in next(iter(report.hand_drawn))
 
 
+def asked_region(run, region_id, **changed):
+    with Ledger(run / "ledger.sqlite", readonly=True) as ledger:
+        return dataclasses.replace(region_by_id(ledger, region_id), **changed)
+
+
+def query_task(regions):
+    """The task `s4al query` makes for `regions` (of one image), the model predicting class 0."""
+    return task(np.zeros((H, W, 3), np.uint8), regions, np.zeros((H, W), np.uint8), CLASS_SET)
+
+
+def answered_task(task_id, regions, labels):
+    """The export of the task made for `regions`, painted with `labels`: Label Studio starts the
+    annotation from the task's prediction, so it holds the asked-region rectangles."""
+    made = query_task(regions)
+    item = exported_task(task_id, made["data"], labels, names=CLASSES)
+    item["annotations"][0]["result"] += asked_rectangles(made)
+    return item
+
+
+def test_the_answers_of_another_run_are_refused_whole_where_an_asked_region_lies_elsewhere(run_dir, tmp_path):
+    ours = answered_task(1, [asked_region(run_dir, 1), asked_region(run_dir, 2)], truth("a"))
+    theirs = answered_task(2, [asked_region(run_dir, 3, box=(10, 0, 20, 10))], truth("b"))  # another run's region 3
+    export = write_export(tmp_path / "e.json", ours, theirs)
+    before = snapshot(run_dir)
+    with pytest.raises(AnswerError) as refused:
+        import_answers(run_dir, export)
+    assert str(refused.value) == (f"answers refused, nothing written: {export}: task 2 (image 'b'): region 3 is at "
+                                  "(10, 0, 20, 10) in this task, but this run asked region 3 at (0, 10, 10, 20): "
+                                  "answers of another run?")
+    assert snapshot(run_dir) == before
+
+
+def one_pixel_right(value):
+    value["x"] += 100 / W
+
+
+def one_pixel_taller(value):
+    value["height"] += 100 / H
+
+
+def percent_to_4_decimals(value):  # B1's x0 = 10 px of 30 becomes 33.3333%, 9.99999 px
+    value.update({key: round(value[key], 4) for key in ("x", "y", "width", "height")})
+
+
+@pytest.mark.parametrize("move, refused_box", [
+    (one_pixel_right, "(0, 11, 10, 21)"), (one_pixel_taller, "(0, 10, 11, 20)"), (percent_to_4_decimals, None)])
+def test_an_asked_rectangle_is_this_runs_region_to_the_nearest_pixel(run_dir, tmp_path, move, refused_box):
+    item = answered_task(7, [asked_region(run_dir, 3)], truth("b"))
+    (rectangle,) = [r for r in item["annotations"][0]["result"] if r["from_name"] == "asked"]
+    move(rectangle["value"])
+    export = write_export(tmp_path / "e.json", item)
+    if refused_box is None:
+        report = import_answers(run_dir, export)
+        assert (report.answered, report.hand_drawn) == ([3], {})  # the asked rectangle is not drawn by hand
+        return
+    with pytest.raises(AnswerError, match=re.escape(f"region 3 is at {refused_box} in this task, but this run asked "
+                                                    "region 3 at (0, 10, 10, 20): answers of another run?")):
+        import_answers(run_dir, export)
+
+
 def test_a_task_answers_only_the_regions_it_lists(run_dir, tmp_path):
     report = import_answers(run_dir, write_export(tmp_path / "e.json", task_of(1, "a", truth("a"), [2])))
     assert report.answered == [2] and report.still_asked == 2
@@ -201,6 +275,42 @@ def test_a_png_folder_answers_every_asked_region_of_its_images(run_dir, tmp_path
         assert np.array_equal(ledger.patch(region), crop(truth("b"), B1)) and region.answered_by == "png-folder"
 
 
+def test_a_png_folder_reads_masks_of_any_suffix_case_and_names_the_other_files_it_ignores(run_dir, tmp_path):
+    folder = png_folder(tmp_path, "b.PNG", in_box(truth("b"), B1))
+    with_files(folder, ".DS_Store", *(f"note{k}.txt" for k in range(6)))
+    result = CliRunner().invoke(app, ["import", str(run_dir), str(folder)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1:] == ["ignored 7 files that are not .png masks: .DS_Store, note0.txt, "
+                                              "note1.txt, note2.txt, note3.txt (and 2 more)"]
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert [r.region_id for r in ledger.answered()] == [3]
+        assert np.array_equal(ledger.patch(region_by_id(ledger, 3)), crop(truth("b"), B1))
+
+
+def test_import_is_refused_at_once_while_another_process_holds_the_run_folder(run_dir, tmp_path):
+    imported = write_export(tmp_path / "e.json", task_of(1, "b", truth("b"), [3]))
+    import_answers(run_dir, imported)  # importing it again has nothing to write
+    new = write_export(tmp_path / "new.json", task_of(2, "a", truth("a"), [1, 2]))
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import pathlib, time
+        from s4al.run_folder import RunFolder
+        RunFolder(pathlib.Path({str(run_dir)!r})).lock()
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        before = snapshot(run_dir)
+        for answers in (imported, new):
+            result = CliRunner().invoke(app, ["import", str(run_dir), str(answers)])
+            assert result.exit_code == 1
+            assert result.output.startswith(f"error: {run_dir}: in use by process {holder.pid}; wait for it to finish")
+        assert snapshot(run_dir) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_importing_the_same_export_again_changes_nothing_and_says_so(run_dir, tmp_path):
     export = write_export(tmp_path / "e.json", task_of(1, "b", truth("b"), [3]))
     import_answers(run_dir, export)
@@ -215,6 +325,12 @@ def png_folder(tmp, name=None, array=None):
     folder.mkdir()
     if name:
         Image.fromarray(array).save(folder / name)
+    return folder
+
+
+def with_files(folder, *names):
+    for name in names:
+        (folder / name).write_bytes(b"not a mask")
     return folder
 
 
@@ -239,7 +355,7 @@ UNKNOWN_CLASS_ID = np.where(truth("a") == 2, 5, truth("a")).astype(np.uint8)
 REFUSED_EXPORTS = {
     "unknown image": (
         lambda tmp: export(tmp, task_of(5, "zebra", truth("a"), [1])),
-        r"e.json: task 5 \(image 'zebra'\): image 'zebra' is not in this run"),
+        r"e.json: task 5 \(image 'zebra'\): image 'zebra' is not one of this run's train images"),
     "unknown class": (
         lambda tmp: export(tmp, exported_task(5, {"image_id": "a", "region_ids": [1]}, truth("a"),
                                               names=["sky", "road", "bus"])),
@@ -258,7 +374,7 @@ REFUSED_EXPORTS = {
         "nothing to answer"),
     "one bad task among good ones": (
         lambda tmp: export(tmp, task_of(1, "b", truth("b"), [3]), task_of(2, "zebra", truth("a"), [1])),
-        r"task 2 \(image 'zebra'\): image 'zebra' is not in this run"),
+        r"task 2 \(image 'zebra'\): image 'zebra' is not one of this run's train images"),
     "a region answered by two tasks": (
         lambda tmp: export(tmp, task_of(1, "b", truth("b"), [3]), task_of(2, "b", truth("b"), [3])),
         r"task 2 \(image 'b'\): region 3 is answered twice \(also in .*task 1"),
@@ -280,7 +396,8 @@ REFUSED_EXPORTS = {
         r"e.json: not a readable JSON file"),
     "no such file": (lambda tmp: tmp / "missing.json", "missing.json: no such file or folder"),
     "PNG of an unknown image": (
-        lambda tmp: png_folder(tmp, "zebra.png", truth("a")), r"zebra.png: image 'zebra' is not in this run"),
+        lambda tmp: png_folder(tmp, "zebra.png", truth("a")),
+        r"zebra.png: image 'zebra' is not one of this run's train images"),
     "PNG with an unknown class id": (
         lambda tmp: png_folder(tmp, "a.png", UNKNOWN_CLASS_ID), r"a.png: unknown class ids \[5\]"),
     "PNG of the wrong size": (
@@ -290,6 +407,18 @@ REFUSED_EXPORTS = {
         lambda tmp: png_folder(tmp, "a.png", np.zeros((H, W, 3), np.uint8)),
         r"a.png: a label must be a single-channel"),
     "empty folder": (png_folder, "no .png masks"),
+    "JPEG and TIFF beside the PNG masks": (
+        lambda tmp: with_files(png_folder(tmp, "b.png", truth("b")), "a.jpg", "c.TIFF", "notes.txt"),
+        r"masks: masks must be lossless PNG \(JPEG changes class ids at the edges\), not a.jpg, c.TIFF; "
+        r"save them as IMAGE_ID.png$"),
+    "one PNG instead of its folder": (
+        lambda tmp: png_folder(tmp, "b.png", truth("b")) / "b.png",
+        r"masks/b.png: one PNG; ANSWERS is a folder of IMAGE_ID.png masks or a Label Studio JSON export: "
+        r"give its folder, .*/masks$"),
+    "the tasks file of s4al query": (
+        lambda tmp: write_export(tmp / "tasks.json", query_task([ASKED_A1])),
+        r"tasks.json: no task has an 'annotations' list: a tasks file \(as the tasks.json of s4al query\), not "
+        r"Label Studio's export; export the project \(Export -> JSON\) and import that$"),
 }
 
 

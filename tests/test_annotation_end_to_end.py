@@ -19,7 +19,7 @@ from s4al.active.phases import CyclePhases
 from s4al.annotation.commands import import_answers_command, query, skip
 from s4al.annotation.label_studio import ASKED_COLOUR, labelling_config
 from s4al.data import build_dataset
-from test_annotation_label_studio import decoded, exported_task
+from test_annotation_label_studio import asked_rectangles, decoded, exported_task
 
 app = typer.Typer()
 app.command()(query)
@@ -66,12 +66,19 @@ def test_query_asks_label_studio_answers_with_ground_truth_and_the_run_finishes(
     cfg = external_config()
     train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
     label_of = {train_set.image_id(i): train_set.load(i).label for i in range(len(train_set))}
-    tasks = json.loads((run_dir / "queries" / "cycle_0" / "tasks.json").read_text())
+    tasks_file = run_dir / "queries" / "cycle_0" / "tasks.json"
+    refused = runner.invoke(app, ["import", str(run_dir), str(tasks_file)])  # the tasks, not the export
+    assert refused.exit_code == 1 and refused.output.startswith(
+        f"error: {tasks_file}: no task has an 'annotations' list: a tasks file (as the tasks.json of s4al query)")
+    tasks = json.loads(tasks_file.read_text())
     export = [exported_task(n, t["data"], label_of[t["data"]["image_id"]], train_set.classes.names)
               for n, t in enumerate(tasks, start=1)]
+    for item, made in zip(export, tasks):  # Label Studio starts the annotation from the prediction's rectangles
+        item["annotations"][0]["result"] += asked_rectangles(made)
     (tmp_path / "export.json").write_text(json.dumps(export))
     output = invoke("import", run_dir, tmp_path / "export.json")
     assert f"answered {len(asked)} regions (label-studio)" in output and "0 regions still asked" in output
+    assert "drawn by hand" not in output  # the asked rectangles are where the ledger has their regions
 
     summaries = ActiveLearningRun(run_dir).run()
     assert [s["cycle"] for s in summaries] == [0, 1]

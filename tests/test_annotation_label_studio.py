@@ -40,6 +40,11 @@ def exported_task(task_id, data, labels, names=CLASSES.names, **annotation) -> d
             "annotations": [{"id": 1000 + task_id, "result": result, "was_cancelled": False, **annotation}]}
 
 
+def asked_rectangles(made_task: dict) -> list[dict]:
+    """The asked-region rectangles of a task made by `task`."""
+    return [r for r in made_task["predictions"][0]["result"] if r["type"] == "rectanglelabels"]
+
+
 def region(region_id, box, image_id="img") -> Region:
     return Region(region_id, image_id, 0, box, "entropy", 0.5, "asked", None, "2024-01-01", None, None)
 
@@ -78,7 +83,7 @@ def test_task_pre_annotates_the_prediction_inside_the_asked_regions_only():
     assert interface.validate_prediction(made["predictions"][0], return_errors=True) == []
     assert made["data"]["image_id"] == "img" and made["data"]["region_ids"] == [7, 9]
     results = made["predictions"][0]["result"]
-    rectangles = [r for r in results if r["type"] == "rectanglelabels"]
+    rectangles = asked_rectangles(made)
     assert [r["readonly"] for r in rectangles] == [True, True]
     value = rectangles[1]["value"]
     assert value.pop("rectanglelabels") == [ASKED_LABEL]
@@ -157,6 +162,32 @@ def test_tasks_not_annotated_are_left_out_and_a_skipped_task_declines_its_region
     path.write_text(json.dumps([skipped, untouched]))
     (declined,) = read_export(path, CLASSES.names, SIZES)
     assert declined.declined and "task 2" in declined.source and (declined.labels == 255).all()
+
+
+def test_the_asked_rectangles_of_a_task_read_back_as_their_regions_boxes_and_others_as_drawn_by_hand(tmp_path):
+    regions = [region(7, (0, 0, 10, 10)), region(9, (10, 20, 20, 30))]  # 20/30 of the width: 66.666...%
+    made = task(np.zeros((H, W, 3), np.uint8), regions, np.zeros((H, W), np.uint8), CLASSES)
+    rectangles = asked_rectangles(made)
+    drawn = {**rectangles[0], "id": "Xy3f9", "readonly": False}  # an id as Label Studio gives a drawn region
+    not_this_tasks = {**rectangles[1], "id": "region_8"}
+    item = exported_task(3, made["data"], np.full((H, W), 255, np.uint8))
+    item["annotations"][0]["result"] += [*rectangles, drawn, not_this_tasks]
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([item]))
+    (painted,) = read_export(path, CLASSES.names, SIZES)
+    assert painted.asked_boxes == {7: (0, 0, 10, 10), 9: (10, 20, 20, 30)} and painted.hand_drawn == 2
+
+
+def test_a_tasks_file_is_refused_once_read_but_a_file_with_one_exported_task_is_an_export(tmp_path):
+    made = task(np.zeros((H, W, 3), np.uint8), [region(7, (0, 0, 10, 10))], np.zeros((H, W), np.uint8), CLASSES)
+    path = tmp_path / "tasks.json"
+    path.write_text(json.dumps([made, made]))
+    with pytest.raises(AnswerError, match=f"^{path}: no task has an 'annotations' list: a tasks file"):
+        list(read_export(path, CLASSES.names, SIZES))
+    exported = exported_task(4, made["data"], np.ones((H, W), np.uint8))
+    path.write_text(json.dumps([made, exported, made]))
+    (painted,) = read_export(path, CLASSES.names, SIZES)
+    assert "task 4" in painted.source and (painted.labels == 1).all()
 
 
 def corrupt_rle(item):

@@ -12,11 +12,13 @@ The rule for a region still asked:
 - skipped when its Label Studio task was skipped (the Skip button), or with `s4al skip`;
 - otherwise left asked, and reported with its painted share.
 Painted pixels outside the regions an answer addresses are ignored and reported, and so are
-rectangles drawn by hand.
+rectangles drawn by hand and files in a PNG folder that are not masks.
 
-Refused, with nothing written: an unreadable file, an image the run does not have, a class it does
-not know, a mask of the wrong size, a task addressed to a region that was never asked for its
-image or in another cycle, a region answered by two tasks, and a file with nothing to import.
+Refused, with nothing written: a run folder in use by another process, an unreadable file, an image
+the run does not have, a class it does not know, a mask of the wrong size or not a PNG, a task
+addressed to a region that was never asked for its image or in another cycle, or whose asked
+rectangle is not where this run asked that region (a task of another run), a region answered by two
+tasks, and a file with nothing to import.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ import numpy as np
 from s4al.active.ledger import Ledger, LedgerError, Region
 from s4al.active.regions import box_masks
 from s4al.annotation.label_studio import read_export
-from s4al.annotation.masks import MIN_PAINTED_SHARE, UNPAINTED, AnswerError, PaintedImage, read_png_folder
+from s4al.annotation.masks import (
+    MIN_PAINTED_SHARE, UNPAINTED, AnswerError, PaintedImage, png_masks, read_png_masks,
+)
 from s4al.run_folder import RunFolder
 from s4al.errors import first_of
 
@@ -47,31 +51,34 @@ class ImportReport:
     void_pixels: int = 0  # unpainted pixels inside the answered regions, stored as void
     ignored_pixels: dict[str, int] = field(default_factory=dict)  # image id -> painted pixels outside its regions
     hand_drawn: dict[str, int] = field(default_factory=dict)  # task -> rectangles drawn by hand, ignored
+    ignored_files: list[str] = field(default_factory=list)  # names in a PNG folder that are not masks
     still_asked: int = 0  # regions of the run still waiting for an answer
 
 
 def import_answers(run_dir: Path, answers_path: Path) -> ImportReport:
     """Reads `answers_path`, validates it against the run's ledger and writes every answer and skip
-    in one transaction each; raises AnswerError (nothing written) if anything is wrong."""
+    in one transaction each; raises AnswerError (nothing written) if anything is wrong, and
+    RunFolderError at once if another process (a run) holds the run folder."""
     run_dir, answers_path = Path(run_dir), Path(answers_path)
-    ledger_path = RunFolder(run_dir).ledger_file()
-    with Ledger(ledger_path, readonly=True) as ledger:  # a refusal must not touch a byte
-        sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
-        painted, by = _read(answers_path, ledger.get_meta("classes"), sizes)
-        report = ImportReport(by)
-        answers = _answers(ledger, painted, report)
-        report.still_asked = len(ledger.asked())
-    if not answers and not report.skipped:
-        if report.already_imported:
-            return report
-        raise AnswerError(f"{answers_path}: nothing to answer: {_why_nothing(report)}")
-    with RunFolder(run_dir).locked(), Ledger(ledger_path) as ledger:  # not while a run writes the ledger
-        try:  # validated again, under the write lock
-            ledger.answer_many(answers, by=by)
-            ledger.skip(report.skipped, by=by)
-        except LedgerError as err:
-            raise AnswerError(f"{answers_path}: {err}") from None
-        report.still_asked = len(ledger.asked())
+    folder = RunFolder(run_dir)
+    ledger_path = folder.ledger_file()
+    with folder.locked():  # not while a run writes the ledger, even with nothing to write
+        with Ledger(ledger_path, readonly=True) as ledger:  # a refusal must not touch a byte
+            sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
+            painted, report = _read(answers_path, ledger.get_meta("classes"), sizes)
+            answers = _answers(ledger, painted, report)
+            report.still_asked = len(ledger.asked())
+        if not answers and not report.skipped:
+            if report.already_imported:
+                return report
+            raise AnswerError(f"{answers_path}: nothing to answer: {_why_nothing(report)}")
+        with Ledger(ledger_path) as ledger:
+            try:
+                ledger.answer_many(answers, by=report.by)
+                ledger.skip(report.skipped, by=report.by)
+            except LedgerError as err:
+                raise AnswerError(f"{answers_path}: {err}") from None
+            report.still_asked = len(ledger.asked())
     return report
 
 
@@ -85,11 +92,16 @@ def _not_answered_reason(region_id: int, share: float) -> str:
     return f"region {region_id} is {100 * share:.1f}% painted (an answer needs {100 * MIN_PAINTED_SHARE:.0f}%)"
 
 
-def _read(path: Path, class_names: Sequence[str], sizes: dict) -> tuple[Iterable[PaintedImage], str]:
+def _read(path: Path, class_names: Sequence[str], sizes: dict) -> tuple[Iterable[PaintedImage], ImportReport]:
+    """The painted images of the answer file or folder, to be read, and the report to fill."""
     if path.is_dir():
-        return read_png_folder(path), "png-folder"
+        masks, ignored = png_masks(path)
+        return read_png_masks(masks), ImportReport("png-folder", ignored_files=ignored)
+    if path.is_file() and path.suffix.lower() == ".png":
+        raise AnswerError(f"{path}: one PNG; ANSWERS is a folder of IMAGE_ID.png masks or a Label Studio JSON "
+                          f"export: give its folder, {path.parent}")
     if path.is_file():
-        return read_export(path, class_names, sizes), "label-studio"
+        return read_export(path, class_names, sizes), ImportReport("label-studio")
     raise AnswerError(f"{path}: no such file or folder")
 
 
@@ -126,7 +138,7 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
 
 def _problems(image: PaintedImage, sizes: dict, regions: dict[int, Region], num_classes: int) -> list[str]:
     if image.image_id not in sizes:
-        return [f"{image.source}: image '{image.image_id}' is not in this run"]
+        return [f"{image.source}: image '{image.image_id}' is not one of this run's train images"]
     problems = []
     if image.labels.shape != sizes[image.image_id]:
         problems.append(f"{image.source}: mask is {image.labels.shape[0]}x{image.labels.shape[1]}, "
@@ -141,6 +153,10 @@ def _problems(image: PaintedImage, sizes: dict, regions: dict[int, Region], num_
         elif image.cycle is not None and regions[region_id].cycle != image.cycle:
             problems.append(f"{image.source}: region {region_id} was asked in cycle {regions[region_id].cycle}, "
                             f"the task is of cycle {image.cycle}")
+        elif image.asked_boxes.get(region_id, regions[region_id].box) != regions[region_id].box:
+            problems.append(f"{image.source}: region {region_id} is at {image.asked_boxes[region_id]} in this task, "
+                            f"but this run asked region {region_id} at {regions[region_id].box}: "
+                            "answers of another run?")
     return problems
 
 
@@ -171,9 +187,8 @@ def _answer_image(image: PaintedImage, addressed: list[Region], report: ImportRe
     ignored = int(((image.labels != UNPAINTED) & ~addressed_area).sum())
     if ignored:
         report.ignored_pixels[image.image_id] = ignored
-    hand_drawn = len(set(image.rectangles) - {region.box for region in addressed})
-    if hand_drawn:
-        report.hand_drawn[image.source] = hand_drawn
+    if image.hand_drawn:
+        report.hand_drawn[image.source] = image.hand_drawn
     return answers
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from s4al.annotation.masks import MIN_PAINTED_SHARE
-from s4al.errors import user_errors_reported
+from s4al.errors import first_of, user_errors_reported
 from s4al.run_folder import RunFolder, RunFolderError
 
 if TYPE_CHECKING:
@@ -115,10 +115,13 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = N
     if (answers is not None) == label_studio:
         raise typer.BadParameter("give ANSWERS (a file or folder) or --label-studio, one of them")
     with user_errors_reported():
-        if label_studio:
-            answers = download_export(run_dir, api_key)
-            typer.echo(f"the Label Studio project's export, as received: {answers}")
-        report = import_answers(run_dir, answers)
+        folder = RunFolder(run_dir)
+        folder.ledger_file()  # a run folder, before its lock
+        with folder.locked():  # refused at once while a run holds the folder, before a download
+            if label_studio:
+                answers = download_export(run_dir, api_key)
+                typer.echo(f"the Label Studio project's export, as received: {answers}")
+            report = import_answers(run_dir, answers)
     typer.echo(f"answered {len(report.answered)} regions ({report.by}), {report.void_pixels} unpainted pixels "
                f"inside them stored as void; skipped {len(report.skipped)} regions (of skipped tasks); "
                f"{report.still_asked} regions still asked.")
@@ -147,6 +150,9 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
     if report.hand_drawn:
         lines.append(f"ignored {sum(report.hand_drawn.values())} rectangles drawn by hand (only painted pixels "
                      f"count), in {', '.join(list(report.hand_drawn)[:SHOWN_IMAGES])}")
+    if report.ignored_files:
+        lines.append(f"ignored {len(report.ignored_files)} files that are not .png masks: "
+                     f"{first_of(report.ignored_files, SHOWN_IMAGES)}")
     return lines
 
 

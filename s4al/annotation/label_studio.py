@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ MODEL_TAG = "model"  # the model's pre-painted segmentation
 ASKED_TAG = "asked"
 ASKED_LABEL = "asked region"
 ASKED_COLOUR = (255, 0, 255)
+ASKED_ID_PREFIX = "region_"  # + N: the result id of asked region N's rectangle, kept in Label Studio's annotations
 MODEL_VERSION = "s4al"  # one name for every cycle: a project shows the predictions of one model version
 JPEG_QUALITY = 95
 # Room the editor needs around the image (page header, tabs, instructions, label bar, buttons), so
@@ -123,7 +125,7 @@ def _asked_rectangle(region: Region, height: int, width: int) -> dict:
         "width": 100 * (x1 - x0) / width, "height": 100 * (y1 - y0) / height,
         "rotation": 0, "rectanglelabels": [ASKED_LABEL],
     }
-    return {**_placed(f"region_{region.region_id}", ASKED_TAG, "rectanglelabels", height, width, value),
+    return {**_placed(f"{ASKED_ID_PREFIX}{region.region_id}", ASKED_TAG, "rectanglelabels", height, width, value),
             "readonly": True}
 
 
@@ -140,15 +142,22 @@ def read_export(path: Path, class_names: Sequence[str], sizes: Mapping[str, tupl
     per task made by `s4al query` with a submitted or skipped annotation; tasks not annotated are
     left out. The file is parsed one task at a time: a whole project's export carries every image,
     and memory holds one. `sizes` (image id -> (H, W), the run's images) is checked before a map is
-    allocated, so a task cannot make the reader allocate more than its image."""
+    allocated, so a task cannot make the reader allocate more than its image. A file whose tasks
+    have no 'annotations' list (every task of an export has one, empty when not annotated) is
+    refused once read: it is a tasks file, not an export."""
+    tasks = exported = 0
     for number, item in enumerate(json_list_items(path, "a list of tasks (Label Studio's JSON export)")):
         where = _task_name(path, number, item)
         if isinstance(item, dict) and "annotations" not in item and "data" not in item:
             raise AnswerError(f"{where}: no 'annotations' and no 'data': this looks like a JSON-MIN export; "
                               "use the JSON export (Export -> JSON) of the project")
         annotation = _annotation(item, where)
+        tasks, exported = tasks + 1, exported + ("annotations" in item)
         if annotation is not None:
             yield _painted(item, annotation, where, class_names, sizes)
+    if tasks and not exported:
+        raise AnswerError(f"{path}: no task has an 'annotations' list: a tasks file (as the tasks.json of s4al "
+                          "query), not Label Studio's export; export the project (Export -> JSON) and import that")
 
 
 def json_list_items(path: Path, expected: str) -> Iterator[Any]:
@@ -200,7 +209,7 @@ def _painted(item: dict, annotation: dict, where: str, class_names: Sequence[str
         raise AnswerError(f"{where}: no data.image_id; import the tasks.json written by `s4al query`")
     where = f"{where} (image '{image_id}')"
     if image_id not in sizes:
-        raise AnswerError(f"{where}: image '{image_id}' is not in this run")
+        raise AnswerError(f"{where}: image '{image_id}' is not one of this run's train images")
     region_ids, cycle = data.get("region_ids"), data.get("cycle")
     if not isinstance(region_ids, list) or not all(_is_int(r) for r in region_ids):
         raise AnswerError(f"{where}: data.region_ids must be a list of region ids, got {region_ids!r}")
@@ -208,18 +217,28 @@ def _painted(item: dict, annotation: dict, where: str, class_names: Sequence[str
         raise AnswerError(f"{where}: data.cycle must be a cycle number, got {cycle!r}")
     results = _results(annotation, where)
     brushes = [r for r in results if r.get("from_name") != ASKED_TAG]
-    rectangles = tuple(_box(r, where) for r in results if r.get("from_name") == ASKED_TAG)
+    rectangles = [(_asked_region(r, region_ids), r) for r in results if r.get("from_name") == ASKED_TAG]
+    asked_boxes = {region_id: _box(r, where) for region_id, r in rectangles if region_id is not None}
     declined = bool(annotation.get("was_cancelled"))
     labels = _class_map([] if declined else brushes, sizes[image_id], where, class_names)
-    return PaintedImage(where, image_id, labels, tuple(region_ids), cycle, declined, rectangles)
+    return PaintedImage(where, image_id, labels, tuple(region_ids), cycle, declined, asked_boxes,
+                        hand_drawn=sum(region_id is None for region_id, _ in rectangles))
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no region id
 
 
+def _asked_region(rectangle: dict, region_ids: list[int]) -> int | None:
+    """The id of the task's asked region whose rectangle this is (as `task` writes it); None for a
+    rectangle drawn by hand."""
+    matched = re.fullmatch(rf"{ASKED_ID_PREFIX}(\d+)", str(rectangle.get("id")), re.ASCII)
+    return int(matched[1]) if matched and int(matched[1]) in region_ids else None
+
+
 def _box(rectangle: dict, where: str) -> tuple[int, int, int, int]:
-    """A rectangle result as a (y0, x0, y1, x1) box in pixels of its image."""
+    """A rectangle result as a (y0, x0, y1, x1) box in pixels of its image, each side rounded to the
+    nearest pixel: a box `task` wrote in percent comes back exactly, through any float rounding."""
     value = rectangle["value"]
     try:
         height, width = float(rectangle["original_height"]), float(rectangle["original_width"])

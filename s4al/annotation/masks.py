@@ -1,12 +1,13 @@
 """What an answer file holds once read: per image, a class-id map with 255 where nothing was painted.
 
 Two readers produce it: `label_studio.read_export` (a Label Studio JSON export) and
-`read_png_folder` (one single-channel class-id PNG per image, named IMAGE_ID.png)."""
+`read_png_masks` (one single-channel class-id PNG per image, named IMAGE_ID.png, listed by
+`png_masks`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,12 @@ import numpy as np
 from s4al.data.base import DatasetError
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.io import read_label
-from s4al.errors import S4alError
+from s4al.errors import S4alError, first_of
 
 UNPAINTED = IGNORE_INDEX
 MIN_PAINTED_SHARE = 0.5  # of a region's pixels, for the region to count as answered
+# Image formats a mask must not come in: lossy ones change class ids at the edges, and none is read.
+NOT_PNG_IMAGES = (".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 class AnswerError(S4alError):
@@ -32,14 +35,31 @@ class PaintedImage:
     region_ids: tuple[int, ...] | None = None  # the regions it answers; None: every region of the image
     cycle: int | None = None  # the cycle its task was made for (Label Studio tasks)
     declined: bool = False  # the annotator skipped the whole task: its asked regions are skipped
-    rectangles: tuple[tuple[int, int, int, int], ...] = ()  # rectangles in the answer, (y0, x0, y1, x1)
+    # region id -> (y0, x0, y1, x1): the asked-region rectangles the answer carries (Label Studio tasks)
+    asked_boxes: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
+    hand_drawn: int = 0  # other rectangles in the answer: drawn by hand, ignored
 
 
-def read_png_folder(folder: Path) -> Iterator[PaintedImage]:
-    """Every FOLDER/IMAGE_ID.png, read one at a time; other files are not read."""
-    paths = sorted(folder.glob("*.png"))
-    if not paths:
+def png_masks(folder: Path) -> tuple[list[Path], list[str]]:
+    """The masks of a folder of answers (IMAGE_ID.png, the suffix in any case) and the names of its
+    other entries, which are not read; an image in another format is refused, naming it."""
+    entries = sorted(folder.iterdir())
+    images = [path.name for path in entries if path.suffix.lower() in NOT_PNG_IMAGES]
+    if images:
+        raise AnswerError(f"{folder}: masks must be lossless PNG (JPEG changes class ids at the edges), not "
+                          f"{first_of(images)}; save them as IMAGE_ID.png")
+    masks = [path for path in entries if _is_mask(path)]
+    if not masks:
         raise AnswerError(f"{folder}: no .png masks in this folder (expected one IMAGE_ID.png per image)")
+    return masks, [path.name for path in entries if not _is_mask(path)]
+
+
+def _is_mask(path: Path) -> bool:
+    return path.suffix.lower() == ".png" and path.is_file()
+
+
+def read_png_masks(paths: list[Path]) -> Iterator[PaintedImage]:
+    """The masks at `paths`, read one at a time."""
     for path in paths:
         yield PaintedImage(str(path), path.stem, _read_mask(path))
 
