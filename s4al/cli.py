@@ -143,8 +143,8 @@ def run(
         "--config", "-c", help="Preset (camvid, cityscapes, demo) or a YAML file, for a new run (default: demo).")] = None,
     overrides: Annotated[Optional[list[str]], typer.Option(
         "--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set train.epochs=5 (repeatable); "
-                                           "on --resume only train.device, train.num_workers and "
-                                           "active.cycles (more cycles for a run, kept).")] = None,
+                                           "on --resume only train.device, train.num_workers, and "
+                                           "dataset.root, model.weights (moved files), active.cycles (kept).")] = None,
     quiet: QuietOption = False,
 ) -> None:
     """The active-learning cycle: train, score the pool, ask for regions, get answers, repeat."""
