@@ -36,6 +36,12 @@ def stray_temp_files(directory: Path, name_glob: str = "*") -> list[Path]:
     return sorted(Path(directory).glob(f"{prefix}*{suffix}"))
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
     """Yields an open temp file beside `path` (its own name, so two writers never share one); on
@@ -44,6 +50,7 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
     prefix, suffix = _temp_name_parts(path.name)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it; mkstemp's 0600 would hide it from others
         with os.fdopen(fd, mode) as file:
             yield file
             file.flush()

@@ -55,11 +55,9 @@ def test_random_scores_are_seeded_uniform():
 
 
 def test_registry_and_dispatch():
-    assert set(SCORE_FUNCTIONS) == {"entropy", "least_confidence", "margin", "random"}
+    assert set(SCORE_FUNCTIONS) == {"entropy", "least_confidence", "margin"}
     probs = probs_map(UNIFORM4, SKEWED)
     assert torch.equal(pixel_scores("margin", probs), margin(probs))
-    seeded = pixel_scores("random", probs, torch.Generator().manual_seed(1))
-    assert torch.equal(seeded, random_scores((1, 1, 2), torch.Generator().manual_seed(1)))
     with pytest.raises(ValueError, match="unknown acquisition metric"):
         pixel_scores("bald", probs)
 

@@ -2,6 +2,9 @@
 `stray_temp_files` finds by the name of the file it was for."""
 
 import os
+import stat
+
+import pytest
 
 from s4al.atomic import atomic_write, stray_temp_files
 
@@ -27,3 +30,15 @@ def test_a_kill_mid_write_leaves_the_old_file_and_a_stray_found_by_the_file_name
     (stray,) = stray_temp_files(tmp_path, "cycle_*.pt")
     assert stray.name.startswith(".cycle_0.pt.") and stray.read_bytes() == b"new"
     assert {p.read_bytes() for p in stray_temp_files(tmp_path)} == {b"new", b"line"}
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_a_written_file_has_the_mode_open_would_give_it(tmp_path, umask, mode):
+    """Readable by the group and others as the user's umask allows (a colleague reading labels)."""
+    previous = os.umask(umask)
+    try:
+        with atomic_write(tmp_path / "labels.png") as file:
+            file.write(b"x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "labels.png").stat().st_mode) == mode

@@ -51,8 +51,16 @@ def test_a_finished_run_given_one_more_cycle_asks_with_its_last_model_as_a_run_m
     assert [s["cycle"] for s in extended.run()] == [0, 1, 2]
     assert ledger_snapshot(tmp_path) == ledger_snapshot(two_cycles)
     assert saved_cycles(tmp_path) == 2
+    (change,) = extended.ledger.get_meta("resume_changes")
+    assert change["active.cycles"] == {"was": 1, "now": 2}
     again = ActiveLearningRun(tmp_path)  # a plain resume keeps the cycles it was given
     assert again.final_cycle == 2 and [s["cycle"] for s in again.run()] == [0, 1, 2]
+
+
+def test_each_cycle_summary_says_how_long_it_trained_so_an_extended_run_is_told_apart(tmp_path):
+    finished_run(tmp_path, cycles=1, final_cycle_epoch_multiplier=2.0)
+    summaries = ActiveLearningRun(tmp_path, overrides={"active": {"cycles": 2}}).run()
+    assert [(s["epochs"], s["processes"]) for s in summaries] == [(1, 1), (2, 1), (2, 1)]  # made with 2: 1, 1, 2
 
 
 def test_a_kill_while_the_last_cycle_is_reopened_resumes_to_the_same_run(two_cycles, tmp_path):
@@ -156,7 +164,8 @@ def test_a_run_whose_dataset_moved_is_pointed_at_it_on_resume_and_keeps_the_new_
     run_dir = tmp_path / "run"
     ActiveLearningRun(run_dir, own_config(tmp_path / "data")).run()  # cycle 0 asks, then waits
     (tmp_path / "data").rename(tmp_path / "moved")
-    with pytest.raises(DatasetError, match="no such dataset folder"):
+    with pytest.raises(DatasetError, match=f"no such dataset folder.*; if the dataset moved: s4al run --resume "
+                                           f"{run_dir} --set dataset.root=ITS_NEW_FOLDER"):
         ActiveLearningRun(run_dir)
     make_dataset(tmp_path / "other", masked=["m1", "m2"], unmasked=["x1", "x2"], val=["v9"])
     with pytest.raises(DatasetError, match="are in this run's ledger but no longer in the dataset"):

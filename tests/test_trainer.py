@@ -8,10 +8,12 @@ import torch
 
 from conftest import MixedSizes, needs_cuda, ssl_data, tiny_config
 from s4al.data import build_dataset
+from s4al.errors import S4alError
 from s4al.evaluate import evaluate
 from s4al.seeding import derive_seed
 from s4al.ssl.classmix import split_head_tail
 from s4al.train import trainer as trainer_module
+from s4al.train.checkpoint import load_checkpoint, save_checkpoint
 from s4al.data.device_cache import training_on_device
 from s4al.train.trainer import Trainer, TrainData
 
@@ -54,6 +56,21 @@ def test_ssl_iteration_uses_every_loss_and_resumes_bit_identically(tmp_path, lea
     assert resumed[3] == full[3] and resumed[4] == full[4]  # bit-identical losses
     for (name, a), b in zip(result.student.state_dict().items(), result_b.student.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_a_cycle_checkpointed_on_other_processes_is_not_resumed_on_these(tmp_path):
+    """train.batch_size is per process: the rest of a cycle trained on 2 processes must not go on
+    with half its batches."""
+    cfg = tiny_config()
+    data, val = ssl_data(cfg)
+    with pytest.raises(Stop):  # killed after the epoch-1 checkpoint
+        Trainer(cfg, data, val, tmp_path, progress=recorder({}, stop_at=3)).fit()
+    path = tmp_path / "checkpoints" / "cycle_0.pt"
+    state = load_checkpoint(path)
+    assert state["processes"] == 1 and state["step"] < state["total_steps"]
+    save_checkpoint({**state, "processes": 2}, path)  # as two torchrun processes would have saved it
+    with pytest.raises(S4alError, match=f"{path}: trained on 2 processes, this run has 1; resume it on 2"):
+        Trainer(cfg, data, val, tmp_path).fit()
 
 
 def test_supervised_when_no_pool(tmp_path):

@@ -20,7 +20,7 @@ import numpy as np
 
 from s4al.active.acquisition import Query, choose_images, choose_regions, score_cells, scoring_workers
 from s4al.active.label_state import LabelState
-from s4al.active.ledger import Ledger, Region
+from s4al.active.ledger import Ledger, Region, utc_now
 from s4al.active.oracle import Annotator, GroundTruthOracle
 from s4al.active.phases import CyclePhases
 from s4al import distributed
@@ -39,6 +39,7 @@ from s4al.train.trainer import Trainer, TrainData
 
 CONFIG_DIGEST = "config_digest"  # ledger meta: config_digest(config.yaml) when the run was made
 FILE_DIGEST = "config_sha256"  # the same in ledgers made before: the file's bytes
+RESUME_CHANGES = "resume_changes"  # ledger meta: the config keys changed on resume, when, from what
 
 
 def draw_initial(num_images: int, fraction: float, seed: int) -> list[int]:
@@ -71,10 +72,16 @@ class ActiveLearningRun(AbstractContextManager):
                 raise RunFolderError(f"{self.folder.config_path}: this run folder was made with another config; "
                                      "use --resume or a new --out")
             self.device = setup_device(self.cfg.train.device)
-            d = self.cfg.dataset
-            self.train_set = build_dataset(d, d.train_split, self.cfg.seed)
-            self.val_set = build_dataset(d, d.val_split, self.cfg.seed)
-            self.test_set = build_dataset(d, d.test_split, self.cfg.seed) if d.test_split else None
+            try:
+                d = self.cfg.dataset
+                self.train_set = build_dataset(d, d.train_split, self.cfg.seed)
+                self.val_set = build_dataset(d, d.val_split, self.cfg.seed)
+                self.test_set = build_dataset(d, d.test_split, self.cfg.seed) if d.test_split else None
+            except DatasetError as err:
+                if cfg is not None:
+                    raise
+                raise DatasetError(f"{err}; if the dataset moved: s4al run --resume {self.run_dir} "
+                                   "--set dataset.root=ITS_NEW_FOLDER") from None
             self.ids = [self.train_set.image_id(i) for i in range(len(self.train_set))]
             self.index_of = {image_id: i for i, image_id in enumerate(self.ids)}
             self.ledger = self._open_ledger() if distributed.is_main() else Ledger(self.folder.ledger_path, readonly=True)
@@ -158,6 +165,8 @@ class ActiveLearningRun(AbstractContextManager):
             self._check_weights()
         if changed:
             self.folder.save_config(self.folder.config(nested(changed)))
+            record = {"at": utc_now(), **{key: {"was": saved[key], "now": value} for key, value in changed.items()}}
+            self.ledger.set_meta(RESUME_CHANGES, [*self.ledger.get_meta(RESUME_CHANGES, []), record])
 
     def _check_weights(self) -> None:
         build_model(self.cfg.model, self.train_set.classes.num_classes)
@@ -295,6 +304,8 @@ class ActiveLearningRun(AbstractContextManager):
             "labelled_fraction": state.labelled_fraction,
             "labelled_pixels": state.labelled_pixels,
             "val": result.final_scores,
+            "epochs": self.epochs(cycle),  # a run given more cycles trained its former last one longer
+            "processes": distributed.world_size(),  # train.batch_size is per process
             "train_seconds": time.perf_counter() - started,
         }
         if self.test_set is not None:

@@ -42,25 +42,15 @@ def random_scores(shape: tuple[int, ...], generator: torch.Generator | None = No
     return torch.rand(shape, generator=generator)
 
 
-def random_like(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Random pixel scores with the (N, H, W) shape of `probs`, on its device."""
-    n, _, h, w = _check_probs(probs).shape
-    return random_scores((n, h, w), generator).to(probs.device)
-
-
-SCORE_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
+SCORE_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "entropy": entropy,
     "least_confidence": least_confidence,
     "margin": margin,
-    "random": random_like,
-}
+}  # and "random", which needs no network: random_scores, drawn by the acquisition
 
 
-def pixel_scores(name: str, probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """(N, H, W) scores of heuristic `name`; `generator` is used by 'random' only."""
+def pixel_scores(name: str, probs: Tensor) -> Tensor:
+    """(N, H, W) scores of heuristic `name`."""
     if name not in SCORE_FUNCTIONS:
         raise ValueError(f"unknown acquisition metric '{name}'; known: {sorted(SCORE_FUNCTIONS)}")
-    if name == "random":
-        return random_like(probs, generator)
     return SCORE_FUNCTIONS[name](probs)
-

@@ -403,6 +403,7 @@ class Trainer:
             "cycle": self.cycle,
             "step": self.step,
             "total_steps": self.total_steps,
+            "processes": distributed.world_size(),  # train.batch_size is per process
             "student": self.student.state_dict(),
             "teacher": self.teacher.state_dict(),
             "alignment": self.alignment.state_dict() if self.alignment else None,
@@ -418,6 +419,13 @@ class Trainer:
         if state["total_steps"] != self.total_steps:
             raise S4alError(
                 f"{self.checkpoint_path}: made for {state['total_steps']} steps, this run has {self.total_steps}"
+            )
+        processes = state.get("processes", distributed.world_size())  # not recorded by older checkpoints
+        if processes != distributed.world_size() and state["step"] < state["total_steps"]:
+            raise S4alError(
+                f"{self.checkpoint_path}: trained on {processes} processes, this run has {distributed.world_size()}; "
+                f"resume it on {processes} (torchrun --nproc_per_node {processes}): train.batch_size is per process, "
+                "so the rest of the cycle would train on other batches"
             )
         self.student.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
