@@ -50,7 +50,7 @@ def recording_trainer(log: dict):
     class RecordingTrainer(Trainer):
         def fit(self):
             log[self.cycle] = {
-                "labelled": list(self.supervised[0]),  # the images the supervised loss draws from
+                "labelled": list(self.supervised_images),  # the images the supervised loss draws from
                 "pool": list(self.data.pool),
                 "annotations": {i: [(tuple(box), patch.copy()) for box, patch in v]
                                 for i, v in self.data.annotations.items()},

@@ -153,10 +153,10 @@ class Trainer:
         self.device = distributed.setup_device(cfg.train.device)
         self.num_classes = data.dataset.classes.num_classes
         self.iters = cfg.train.iters_per_epoch
-        self.epochs = epochs or cfg.train.epochs
+        self.epochs = cfg.train.epochs if epochs is None else epochs
         self.total_steps = self.epochs * self.iters
         self.ssl = cfg.ssl.enabled and bool(data.pool)
-        self.supervised = data.supervised(self.ssl)  # (the labelled stream's images, their partial labels)
+        self.supervised_images, self.partial_labels = data.supervised(self.ssl)  # the labelled stream
         self.cold_steps = cfg.ssl.cold_start_epochs * self.iters if self.ssl else 0
         self.folder = RunFolder(self.run_dir)
         self.checkpoint_path = self.folder.checkpoint_path(cycle)
@@ -170,7 +170,7 @@ class Trainer:
         self.net = self._parallel(self.student)  # what the loop calls forward on
         t = cfg.train
         pool, answered = (data.pool, len(data.annotations)) if self.ssl else ([], 0)
-        self.fast = training_on_device(t.fast, self.device, data.dataset, self.supervised[0], pool, answered)
+        self.fast = training_on_device(t.fast, self.device, data.dataset, self.supervised_images, pool, answered)
         self.cuda_fast = cuda_fast = self.fast and self.device.type == "cuda"
         self.sgd_flags = {"fused": True} if cuda_fast else {}  # one kernel for all parameters; else torch's default
         self.optimizer = torch.optim.SGD(
@@ -249,8 +249,9 @@ class Trainer:
         """The labelled stream's and, with SSL, the pool stream's named draws from this step on."""
         cfg, seed = self.cfg, self.cfg.seed
         shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}
+        draws = labelled_draws(self.data.dataset, self.supervised_images, self.partial_labels)
         labelled = StepBatches(
-            Stream(labelled_draws(self.data.dataset, *self.supervised), seed, "labelled", self.cycle), cfg.train.batch_size, self.step,
+            Stream(draws, seed, "labelled", self.cycle), cfg.train.batch_size, self.step,
             self.total_steps, name="labelled", **shard,
         )
         if not self.ssl:
@@ -272,7 +273,7 @@ class Trainer:
         """Named batches of the loader path: host tensors, augmented per sample by loader workers."""
         workers, pin = self.cfg.train.num_workers, self.device.type == "cuda"
         labelled, unlabelled = self._samplers()
-        labelled_view = StepView(LabelledView(self.data.dataset, self.aug, self.supervised[1]))
+        labelled_view = StepView(LabelledView(self.data.dataset, self.aug, self.partial_labels))
         labelled_batches = iter(DataLoader(labelled_view, sampler=labelled, batch_size=None, num_workers=workers,
                                            pin_memory=pin))
         if unlabelled is None:
@@ -294,7 +295,7 @@ class Trainer:
         """Named batches of the fast path, built on the device from the cached split."""
         pool = self.data.pool if self.ssl else []
         cache = DeviceCache(
-            self.data.dataset, self.supervised[0], pool, self.device, partial=self.supervised[1],
+            self.data.dataset, self.supervised_images, pool, self.device, partial=self.partial_labels,
             annotations=self.data.annotations if self.ssl else {}, num_workers=self.cfg.train.num_workers,
         )
 
