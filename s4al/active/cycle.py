@@ -52,7 +52,7 @@ def draw_initial(num_images: int, fraction: float, seed: int) -> list[int]:
 class ActiveLearningRun(AbstractContextManager):
     """A run of the cycle in its run folder (s4al/run_folder.py). `cfg` makes a new run, or must
     equal the saved one; without it the run folder's config is resumed, with `overrides` limited to
-    RESUME_OVERRIDES. Used as a context manager, it closes the ledger at the end, which leaves the
+    RESUME_KEYS (s4al/run_folder.py). Used as a context manager, it closes the ledger at the end, which leaves the
     file whole on its own (s4al/active/ledger.py)."""
 
     def __init__(
@@ -139,10 +139,10 @@ class ActiveLearningRun(AbstractContextManager):
         os.replace(building, path)
 
     def _check_config(self, ledger: Ledger) -> None:
-        """config.yaml must say what it said when the run was made, but for active.cycles."""
+        """config.yaml must say what it said when the run was made, but for the keys SAVED_ON_RESUME."""
         path = self.folder.config_path
         made_with = ledger.get_meta(CONFIG_DIGEST)
-        if made_with is None:  # a ledger from before active.cycles could change holds the file's digest
+        if made_with is None:  # an older ledger holds the digest of the file's bytes
             made_with_file = ledger.get_meta(FILE_DIGEST)
             changed = made_with_file is not None and made_with_file != file_digest(path)
             if not changed:
@@ -152,7 +152,7 @@ class ActiveLearningRun(AbstractContextManager):
         if changed:
             raise RunFolderError(f"{path}: changed since the run was made (it no longer matches the digest in "
                                  f"{self.folder.ledger_path}); restore the file the run was made with (only "
-                                 "active.cycles may change, with --set on resume)")
+                                 f"{', '.join(SAVED_ON_RESUME)} may change, with --set on resume)")
 
     def _save_resume_changes(self) -> None:
         """--set on resume of the keys SAVED_ON_RESUME (where the data and weights are, how many
