@@ -15,7 +15,7 @@ from rich.table import Table
 from s4al.annotation.commands import finished_line, import_answers_command, query, skip
 from s4al import distributed
 from s4al.report.commands import Network, NetworkOption, export_command, predict_command, report
-from s4al.config import ConfigError, RunConfig, load_config, parse_override
+from s4al.config import ConfigError, RunConfig, inert_settings, load_config, parse_override
 from s4al.data import DatasetError, build_dataset
 from s4al.errors import user_errors_reported
 from s4al.run_folder import RunFolder
@@ -39,6 +39,13 @@ def _config(config: str, overrides: list[str] | None) -> RunConfig:
         return load_config(config, parse_override(overrides or []))
     except ConfigError as err:
         raise typer.BadParameter(str(err), param_hint="--config/--set") from None
+
+
+def _note_inert_settings(cfg: RunConfig, changes: dict) -> None:
+    """A --set that the config's other values make do nothing is noted (once, by the main process)."""
+    if distributed.is_main():
+        for note in inert_settings(cfg, changes):
+            console.print(f"note: {note}")
 
 
 @contextmanager
@@ -89,6 +96,7 @@ def train(
 
     cfg = _config(config, overrides)
     distributed.setup_device(cfg.train.device)  # joins torchrun's process group
+    _note_inert_settings(cfg, parse_override(overrides or []))
     with user_errors_reported():
         with distributed.main_first():  # rank 0 checks and writes the folder; the others wait for it
             folder = RunFolder.for_training(out, cfg) if distributed.is_main() else RunFolder(out)
@@ -163,6 +171,8 @@ def run(
         run_dir = out or resume
         device = (cfg or RunFolder.open(run_dir, lock=False).config(changes)).train.device
         distributed.setup_device(device)  # joins torchrun's process group
+        if cfg is not None:
+            _note_inert_settings(cfg, changes)
         with ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes) as active_run:
             with _monitor(active_run.folder, quiet, f"s4al run --resume {run_dir}") as monitor:
                 active_run.progress = monitor

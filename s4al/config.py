@@ -345,6 +345,30 @@ def parse_override(items: list[str]) -> dict:
     return nested(values)
 
 
+# A key that does nothing unless another has a value: key -> (that key, its values, as said in a note).
+NEEDS = {
+    "active.global_budget": ("active.selection", ("global",), "global"),
+    "ssl.class_normalised_confidence": ("ssl.confidence_weighting", (True,), "true"),
+    "ssl.alignment_target": ("ssl.distribution_alignment", ("probabilities", "argmax"), "probabilities or argmax"),
+}
+
+
+def inert_settings(cfg: RunConfig, overrides: dict) -> list[str]:
+    """Notes on the keys of `overrides` (what a user set) that the config's other values make do
+    nothing: a setting that looks taken but is not."""
+    flat = flat_config(cfg)
+    notes = []
+    for key in sorted(_flat(overrides)):
+        if key.startswith("ssl.") and key != "ssl.enabled" and not cfg.ssl.enabled:
+            notes.append(f"{key} does nothing with ssl.enabled: false")
+        elif key in NEEDS and flat[NEEDS[key][0]] not in NEEDS[key][1]:
+            needed, _, said = NEEDS[key]
+            value = flat[needed]
+            shown = str(value).lower() if isinstance(value, bool) else value  # as YAML writes it
+            notes.append(f"{key} does nothing unless {needed} is {said} (it is {shown})")
+    return notes
+
+
 def nested(flat: dict) -> dict:
     """{"a.b": 1} -> {"a": {"b": 1}}"""
     out: dict = {}

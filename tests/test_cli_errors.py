@@ -131,3 +131,13 @@ def test_a_message_names_the_first_items_and_counts_the_rest():
     assert first_of(["'a'", "'b'"]) == "'a', 'b'"
     assert first_of([f"k{i}" for i in range(8)], limit=3) == "k0, k1, k2 (and 5 more)"
     assert first_of(["x", "y", "z"], limit=2, sep="; ") == "x; y (and 1 more)"
+
+
+def test_a_new_run_notes_a_setting_that_does_nothing(tmp_path):
+    """Before anything is refused or trained: the note names the setting and the one it waits for."""
+    result = runner.invoke(app, ["run", "--out", str(tmp_path / "run"), "--set", "active.global_budget=50",
+                                 "--set", "dataset.name=folder", "--set", f"dataset.root={tmp_path / 'nothing'}"],
+                           env={"COLUMNS": "500"})
+    assert result.exit_code == 1
+    assert result.output.startswith("note: active.global_budget does nothing unless active.selection is global "
+                                    "(it is per_image)\n")

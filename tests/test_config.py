@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from s4al.config import PRESETS, ConfigError, load_config, load_run_config, parse_override, save_config, saved_config
+from s4al.config import PRESETS, ConfigError, inert_settings, load_config, load_run_config, parse_override, save_config, saved_config
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -168,3 +168,19 @@ def test_removed_options_are_dropped_at_the_value_kept_and_refused_at_any_other(
         saved_config(old, "old/config.yaml")
     with pytest.raises(ConfigError, match=r"train\.sync_bn"):
         load_config("demo", {"train": {"sync_bn": True}})  # a user's file: an unknown key
+
+
+def test_a_setting_the_other_values_make_do_nothing_is_named():
+    cfg = load_config("demo", {"ssl": {"confidence_weighting": False, "class_normalised_confidence": True,
+                                       "distribution_alignment": "off"}})
+    given = {"active": {"global_budget": 50}, "ssl": {"class_normalised_confidence": True, "alignment_target":
+                                                       "labelled", "confidence_weighting": False}}
+    assert inert_settings(cfg, given) == [
+        "active.global_budget does nothing unless active.selection is global (it is per_image)",
+        "ssl.alignment_target does nothing unless ssl.distribution_alignment is probabilities or argmax (it is off)",
+        "ssl.class_normalised_confidence does nothing unless ssl.confidence_weighting is true (it is false)",
+    ]
+    assert inert_settings(load_config("demo", {"ssl": {"enabled": False}}), {"ssl": {"enabled": False, "replay": True}}) \
+        == ["ssl.replay does nothing with ssl.enabled: false"]
+    taken = {"active": {"selection": "global", "global_budget": 50}}
+    assert inert_settings(load_config("demo", taken), taken) == []
