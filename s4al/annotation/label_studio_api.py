@@ -7,8 +7,9 @@ cycle, a shared region id) is not sent again, so a query repeated, or killed hal
 sends each region once. tasks.json, an image in each task, is read one task at a time and sent in
 uploads of at most UPLOAD_BYTES, so memory does not grow with the pool. `s4al import RUN
 --label-studio` downloads the project's full JSON export into RUN/answers/ and imports that file.
-A project deleted on its server, or a run moved to another server: `--new-project` makes a new project there, records it in place of the old one and sends it
-every task of the package (the regions still asked; answers already imported stay in the ledger).
+A project deleted on its server, or a run moved to another server: `--new-project` makes a new
+project there, records it in place of the old one and sends it every task of the package (the
+regions still asked; answers already imported stay in the ledger).
 
 The API key is the caller's (LABEL_STUDIO_API_KEY or --api-key) and is never stored. What the
 server refuses, or a server that does not answer, is a LabelStudioError naming the server."""
@@ -20,9 +21,9 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 from label_studio_sdk import LabelStudio
