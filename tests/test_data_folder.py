@@ -196,3 +196,18 @@ def test_a_mask_without_its_image_is_refused_naming_the_file(tmp_path):
     (tmp_path / "masks" / "c.png").rename(tmp_path / "masks" / "a.PNG")
     with pytest.raises(DatasetError, match=r"masks/a\.PNG: masks must be PNG files named <image stem>\.png"):
         ImageFolder(tmp_path, "train")
+
+
+def test_a_phone_photo_turned_by_exif_pairs_with_a_mask_painted_on_it_as_shown(tmp_path):
+    root = make_folder(tmp_path, stems=())
+    stored = np.zeros((2, 3, 3), np.uint8)  # stored landscape, shown portrait (EXIF orientation 6)
+    exif = Image.Exif()
+    exif[274] = 6
+    (root / "images").mkdir()
+    Image.fromarray(stored).save(root / "images" / "photo.jpg", exif=exif)
+    shown_mask = np.array([[0, 1], [2, 0], [1, 2]], np.uint8)  # 3x2, as the annotator saw the photo
+    save(root / "masks" / "photo.png", shown_mask)
+    dataset = ImageFolder(root, "train")
+    assert dataset.image_size(0) == (3, 2)
+    sample = dataset[0]
+    assert sample.image.shape[:2] == (3, 2) and np.array_equal(sample.label, shown_mask)

@@ -90,3 +90,30 @@ def test_16_bit_greyscale_keeps_its_top_8_bits(tmp_path):
     for channel in range(3):
         assert np.array_equal(image[..., channel], expected)
 
+
+
+def save_with_orientation(path, array, orientation):
+    exif = Image.Exif()
+    exif[274] = orientation  # the EXIF Orientation tag
+    Image.fromarray(array).save(path, exif=exif)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_exif_orientation_turns_image_as_viewers_show_it(tmp_path, suffix):
+    # stored 2x3; orientation 6 is shown turned a quarter clockwise (3x2), 3 turned half (2x3)
+    stored = np.zeros((2, 3, 3), np.uint8)
+    stored[0, 0] = 255  # one white pixel, top left as stored
+    quarter = save_with_orientation(tmp_path / f"six{suffix}", stored, 6)
+    half = save_with_orientation(tmp_path / f"three{suffix}", stored, 3)
+    assert read_size(quarter) == (3, 2) and read_size(half) == (2, 3)
+    # clockwise quarter: the stored top-left corner is shown top right; a half turn puts it bottom right
+    assert read_image(quarter).shape == (3, 2, 3) and read_image(quarter)[0, 1].min() > 200
+    assert read_image(half)[1, 2].min() > 200 and read_image(half)[0, 0].max() < 50
+
+
+def test_exif_orientation_applies_to_labels(tmp_path):
+    stored = np.array([[1, 2, 3], [4, 5, 6]], np.uint8)
+    path = save_with_orientation(tmp_path / "label.png", stored, 6)
+    assert np.array_equal(read_label(path), [[4, 1], [5, 2], [6, 3]])
+    assert read_size(path) == (3, 2)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from s4al.data.base import DatasetError, Sample, SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX
@@ -17,6 +17,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 # 16-bit greyscale PNGs open in one of these (32-bit "I" in older Pillow).
 WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I")
+# EXIF orientations (camera and phone photos) that turn the picture by a quarter, swapping H and W.
+_QUARTER_TURNS = (5, 6, 7, 8)
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,19 @@ def _open(path: Path) -> Image.Image:
         raise DatasetError(f"{path}: unreadable image file ({err})") from None
 
 
-def _pixels(img: Image.Image, path: Path, mode: str | None = None) -> np.ndarray:
+def _orientation(img: Image.Image) -> int:
     try:
+        return img.getexif().get(ExifTags.Base.Orientation, 1)
+    except _DECODE_ERRORS:  # unreadable EXIF: shown as stored, as viewers do
+        return 1
+
+
+def _pixels(img: Image.Image, path: Path, mode: str | None = None) -> np.ndarray:
+    """The pixels as viewers and annotation tools show them: turned by the file's EXIF orientation,
+    so a mask painted on the shown picture lines up with the image."""
+    try:
+        if _orientation(img) != 1:
+            img = ImageOps.exif_transpose(img)
         return np.array(img.convert(mode) if mode else img)  # a writable copy
     except _DECODE_ERRORS as err:
         raise DatasetError(f"{path}: corrupt image file ({err})") from None
@@ -66,10 +79,11 @@ def read_label(path: Path) -> np.ndarray:
 
 
 def read_size(path: Path) -> tuple[int, int]:
-    """(H, W) from the file header without decoding the pixels."""
+    """(H, W) as shown (after the EXIF orientation), from the file header without decoding the pixels."""
     with _open(Path(path)) as img:
         width, height = img.size
-    return height, width
+        turned = _orientation(img) in _QUARTER_TURNS
+    return (width, height) if turned else (height, width)
 
 
 def image_mode(path: Path) -> str:
@@ -101,7 +115,7 @@ def remap_label(raw: np.ndarray, table: np.ndarray, path: Path) -> np.ndarray:
 
 
 def check_same_size(image_size: tuple[int, int], label: np.ndarray, pair: Pair) -> None:
-    """`image_size` is the (H, W) of `pair.image` on file."""
+    """`image_size` is the (H, W) of `pair.image` as shown (read_size)."""
     if image_size != label.shape:
         raise DatasetError(
             f"{pair.label}: label size {label.shape} (H, W) differs from image {pair.image} "
