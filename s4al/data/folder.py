@@ -197,7 +197,8 @@ def check_disjoint(split_file: Path, stems: list[str], images: dict[str, Path]) 
 def read_stems(split_file: Path, images: dict[str, Path]) -> list[str]:
     stems = []
     for number, line in enumerate(split_file.read_text().splitlines(), start=1):
-        stem = line.split("#", 1)[0].strip()
+        whole = line.strip()  # a stem may hold '#': the whole line first, then as 'stem # comment'
+        stem = whole if whole in images else line.split("#", 1)[0].strip()
         if stem and stem not in images:
             raise DatasetError(f"{split_file}:{number}: no image with stem '{stem}' in images/")
         if stem:
