@@ -12,6 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from s4al.active.scores import CORESET, metric_names
 from s4al.atomic import atomic_write
 from s4al.errors import S4alError, first_of
 
@@ -143,7 +144,7 @@ class ActiveConfig(Section):
     initial: Literal["random", "labelled"] = "random"
     initial_fraction: float = Field(0.1, gt=0, le=1)  # ignored with initial: labelled
     level: Literal["region", "image"] = "region"
-    metric: Literal["entropy", "least_confidence", "margin", "random", "coreset"] = "entropy"
+    metric: str = "entropy"  # a name in s4al/active/scores.py's metric_names()
     region_size: int = Field(30, ge=1)
     regions_per_image: int = Field(4, ge=1)
     selection: Literal["per_image", "global"] = "per_image"
@@ -154,10 +155,17 @@ class ActiveConfig(Section):
     # oracle: reveal ground truth (experiments); external: stop after asking, wait for `s4al import`
     annotator: Literal["oracle", "external"] = "oracle"
 
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, name: str) -> str:
+        if name not in metric_names():
+            raise ValueError(f"unknown acquisition metric {name!r}; valid: {', '.join(metric_names())}")
+        return name
+
     @model_validator(mode="after")
     def _budget(self) -> "ActiveConfig":
-        if self.level == "region" and self.metric == "coreset":
-            raise ValueError("active.metric 'coreset' is image-level only: set active.level: image")
+        if self.level == "region" and self.metric == CORESET:
+            raise ValueError(f"active.metric '{CORESET}' is image-level only: set active.level: image")
         if self.selection == "global" and self.global_budget is None:
             raise ValueError("active.global_budget is required when active.selection is 'global'")
         if self.initial == "labelled" and (self.annotator != "external" or self.level != "region"):

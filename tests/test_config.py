@@ -1,6 +1,7 @@
 import pytest
 import yaml
 
+from s4al.active.scores import SCORE_FUNCTIONS
 from s4al.config import PRESETS, ConfigError, inert_settings, load_config, load_run_config, parse_override, save_config, saved_config
 
 
@@ -39,6 +40,20 @@ def test_cross_field_rules():
         load_config("demo", {"active": {"metric": "coreset", "level": "region"}})
     with pytest.raises(ConfigError, match="dataset.root"):
         load_config("demo", {"dataset": {"name": "camvid"}})
+
+
+def test_an_unknown_metric_is_refused_naming_every_valid_one():
+    with pytest.raises(ConfigError, match="active.metric") as refused:
+        load_config("demo", {"active": {"metric": "bald"}})
+    assert "'bald'" in str(refused.value)
+    for name in ("entropy", "least_confidence", "margin", "random", "coreset"):
+        assert name in str(refused.value)
+
+
+@pytest.mark.parametrize("name", [*SCORE_FUNCTIONS, "random"])
+def test_every_registered_score_is_a_valid_metric_at_both_levels(name):
+    assert load_config("demo", {"active": {"metric": name}}).active.metric == name
+    assert load_config("demo", {"active": {"metric": name, "level": "image"}}).active.metric == name
 
 
 def test_not_a_mapping_and_missing_file(tmp_path):

@@ -28,7 +28,7 @@ from s4al.active.coreset import k_center_greedy, pooled_features
 from s4al.active.regions import (
     box_masks, boxes_within, cell_box, cell_scores, grid_shape, select_global, select_per_image,
 )
-from s4al.active.scores import pixel_scores, random_scores
+from s4al.active.scores import CORESET, RANDOM, pixel_scores, random_scores
 from s4al.config import ActiveConfig, FastMode
 from s4al.data.base import Box, SegmentationDataset
 from s4al.data.batches import to_model_input
@@ -141,7 +141,7 @@ def _tile_scores(model, images, batch_indices, metric, device, seed, unit, cache
     generators = [seeded_generator(seed, i) for i in batch_indices]
     image_tiles = tiles(*images.shape[-2:], unit)
     for tile in image_tiles:
-        if metric == "random":  # no network needed
+        if metric == RANDOM:  # no network needed
             y0, x0, y1, x1 = tile.core
             scores = torch.stack([random_scores((y1 - y0, x1 - x0), g) for g in generators]).to(device)
         else:
@@ -273,7 +273,7 @@ def choose_images(
         h, w = dataset.image_size(i)
         return Query(i, (0, 0, h, w), score)
 
-    if cfg.metric == "coreset":
+    if cfg.metric == CORESET:
         order = list(labelled) + list(pool)
         feats = image_features(model, dataset, order, cfg.score_batch_size, device, num_workers, fast=fast)
         is_labelled = torch.arange(len(order)) < len(labelled)

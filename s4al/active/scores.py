@@ -1,6 +1,8 @@
-"""Acquisition heuristics: pure functions from class probabilities to informativeness scores.
+"""Acquisition heuristics: pure functions from class probabilities to informativeness scores, and
+the names `active.metric` accepts (metric_names(); s4al/config.py validates against them).
 
 `probs` is a softmax output (N, C, H, W); a pixel score map is (N, H, W), higher = more informative.
+A new heuristic is a function of that form and an entry in SCORE_FUNCTIONS: nothing else lists them.
 """
 
 from __future__ import annotations
@@ -46,11 +48,19 @@ SCORE_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "entropy": entropy,
     "least_confidence": least_confidence,
     "margin": margin,
-}  # and "random", which needs no network: random_scores, drawn by the acquisition
+}
+# The metrics that read no probabilities, chosen by s4al/active/acquisition.py
+RANDOM = "random"  # random_scores, drawn per image without the network
+CORESET = "coreset"  # whole images by k-center greedy on pooled features (s4al/active/coreset.py)
+
+
+def metric_names() -> tuple[str, ...]:
+    """Every name `active.metric` accepts: the registered heuristics, then random and coreset."""
+    return (*SCORE_FUNCTIONS, RANDOM, CORESET)
 
 
 def pixel_scores(name: str, probs: Tensor) -> Tensor:
     """(N, H, W) scores of heuristic `name`."""
     if name not in SCORE_FUNCTIONS:
-        raise ValueError(f"unknown acquisition metric '{name}'; known: {sorted(SCORE_FUNCTIONS)}")
+        raise ValueError(f"unknown acquisition metric '{name}'; known: {', '.join(SCORE_FUNCTIONS)}")
     return SCORE_FUNCTIONS[name](probs)
