@@ -194,13 +194,25 @@ def test_a_jpeg_mask_is_refused_naming_the_file(tmp_path):
         ImageFolder(tmp_path, "train", allow_unlabelled=True)
 
 
+def test_a_mask_saved_as_upper_case_png_labels_its_image_and_a_second_mask_is_refused(tmp_path):
+    make_folder(tmp_path, stems=("a",))
+    save(tmp_path / "images" / "b.png", np.zeros((2, 2, 3), np.uint8))
+    save(tmp_path / "masks" / "b.PNG", ID_MASK[::-1])
+    dataset = ImageFolder(tmp_path, "train")
+    assert [dataset.image_id(i) for i in range(2)] == ["a", "b"]
+    assert np.array_equal(dataset[1].label, [[2, 255], [0, 1]])
+    save(tmp_path / "masks" / "b.png", ID_MASK)
+    with pytest.raises(DatasetError, match=r"masks/b\.png: a second mask for image 'b' \(also .*masks/b\.PNG\)"):
+        ImageFolder(tmp_path, "train")
+
+
 def test_a_mask_without_its_image_is_refused_naming_the_file(tmp_path):
     make_folder(tmp_path)
     save(tmp_path / "masks" / "c.png", ID_MASK)
     with pytest.raises(DatasetError, match=r"masks/c\.png: no image with stem 'c' in images/"):
         ImageFolder(tmp_path, "train")
-    (tmp_path / "masks" / "c.png").rename(tmp_path / "masks" / "a.PNG")
-    with pytest.raises(DatasetError, match=r"masks/a\.PNG: masks must be PNG files named <image stem>\.png"):
+    (tmp_path / "masks" / "c.png").rename(tmp_path / "masks" / "a.tif")
+    with pytest.raises(DatasetError, match=r"masks/a\.tif: masks must be PNG files named <image stem>\.png"):
         ImageFolder(tmp_path, "train")
 
 

@@ -128,11 +128,11 @@ class ImageFolder(FilePairDataset):
         return self.root / "masks"
 
     def _mask_for(self, image: Path) -> Path:
-        return self.mask_dir / f"{image.stem}.png"
+        return self.masks.get(image.stem, self.mask_dir / f"{image.stem}.png")
 
     def _list_pairs(self, allow_unlabelled: bool) -> list[Pair]:
         images = images_by_stem(self.root / "images")
-        check_masks(self.mask_dir, images)
+        self.masks = masks_by_stem(self.mask_dir, images)
         split_file = self.root / f"{self.split}.txt"
         if split_file.is_file():
             stems = read_stems(split_file, images)
@@ -165,21 +165,26 @@ def images_by_stem(image_dir: Path) -> dict[str, Path]:
     return images
 
 
-def check_masks(mask_dir: Path, images: dict[str, Path]) -> None:
-    """Every file in masks/ must be the PNG mask of an image: one that is not would be ignored and
-    its image taken for an unlabelled one."""
+def masks_by_stem(mask_dir: Path, images: dict[str, Path]) -> dict[str, Path]:
+    """Every file in masks/ must be the PNG mask of an image (.png in any case): one that is not
+    would be ignored and its image taken for an unlabelled one."""
+    masks: dict[str, Path] = {}
     if not mask_dir.is_dir():
-        return
+        return masks
     for mask in sorted(mask_dir.iterdir()):
         if mask.name.startswith(".") or not mask.is_file():
             continue
         if mask.suffix.lower() in (".jpg", ".jpeg"):
             raise DatasetError(f"{mask}: a JPEG mask; JPEG compression alters class ids and colours, "
                                f"save it as PNG ({mask.stem}.png)")
-        if mask.suffix != ".png":
+        if mask.suffix.lower() != ".png":
             raise DatasetError(f"{mask}: masks must be PNG files named <image stem>.png")
         if mask.stem not in images:
             raise DatasetError(f"{mask}: no image with stem '{mask.stem}' in images/ (a mask without its image)")
+        if mask.stem in masks:
+            raise DatasetError(f"{mask}: a second mask for image '{mask.stem}' (also {masks[mask.stem]})")
+        masks[mask.stem] = mask
+    return masks
 
 
 def check_disjoint(split_file: Path, stems: list[str], images: dict[str, Path]) -> None:
