@@ -1,6 +1,7 @@
 """The run report (s4al/report/figures.py, html.py): figures and HTML from a tiny two-cycle run,
 checked in a real headless Chromium (skipped when Chromium is not installed), and the report command."""
 
+import csv
 import json
 import re
 import shutil
@@ -24,6 +25,7 @@ from s4al.report.figures import (
     ERROR_COLOURS, NotDrawn, bought_histogram, error_map, spread_indices, supervised_reference,
 )
 from s4al.report.html import duration, write_report
+from s4al.report.table import write_cycles_csv
 from test_predict_export import cli_app
 
 FIGURES = ("efficiency", "class_iou", "bought", "regions", "qualitative")
@@ -61,6 +63,40 @@ def test_report_writes_the_page_and_every_figure(report):
     html = report.read_text()
     assert html.count('src="data:image/png;base64,') == len(FIGURES)
     assert "% of supervised" in html and "seed" in html and "not drawn" not in html
+
+
+def test_report_writes_labelled_share_against_miou_per_cycle_as_csv(run_dir, report):
+    cycles = [json.loads(p.read_text()) for p in sorted((run_dir / "cycles").glob("cycle_*.json"))]
+    with open(report.parent / "cycles.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["cycle"] for row in rows] == ["0", "1"]
+    for row, cycle in zip(rows, cycles):
+        assert float(row["labelled_fraction"]) == cycle["labelled_fraction"]
+        assert float(row["val_miou"]) == cycle["val"]["miou"]
+        assert int(row["regions_bought"]) == cycle["bought"]["regions"]
+        assert float(row["val_iou_road"]) == cycle["val"]["iou"]["road"]
+    assert "cycles.csv" in report.read_text()
+
+
+def test_cycles_csv_hand_case(tmp_path):
+    def summary(cycle, fraction, miou, road, regions, pixels, test=None):
+        out = {"cycle": cycle, "labelled_fraction": fraction, "labelled_pixels": 1000 * cycle + 100,
+               "val": {"miou": miou, "pixel_accuracy": 0.5, "iou": {"road": road, "sky": 0.25}},
+               "bought": {"regions": regions, "skipped_regions": 0, "images": 0,
+                          "class_pixels": {"road": pixels, "sky": 1, "void": 2}},
+               "train_seconds": 3.5, "acquire_seconds": 1.25}
+        return out if test is None else out | {"test": {"miou": test, "pixel_accuracy": 0.75,
+                                                        "iou": {"road": None, "sky": 0.5}}}
+
+    path = write_cycles_csv([summary(0, 0.1, 0.4, None, 4, 61), summary(1, 0.125, 0.45, 0.8, 0, 0, test=0.44)],
+                            tmp_path / "cycles.csv")
+    assert path.read_text().splitlines() == [
+        "cycle,labelled_fraction,labelled_pixels,val_miou,val_pixel_accuracy,test_miou,test_pixel_accuracy,"
+        "regions_bought,skipped_regions,images_bought,pixels_bought,train_seconds,acquire_seconds,"
+        "val_iou_road,val_iou_sky,test_iou_road,test_iou_sky",
+        "0,0.1,100,0.4,0.5,,,4,0,0,64,3.5,1.25,,0.25,,",
+        "1,0.125,1100,0.45,0.5,0.44,0.75,0,0,0,3,3.5,1.25,0.8,0.25,,0.5",
+    ]
 
 
 def test_report_table_has_one_row_per_cycle(run_dir, report):

@@ -1,5 +1,5 @@
 """A self-contained HTML report of a run folder: the figures (embedded PNGs, also kept beside the
-page), the per-cycle table of labels, scores and timings, and the run's config."""
+page), the per-cycle table of labels, scores and timings (also as cycles.csv), and the run's config."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import jinja2
 from s4al.run_folder import RunFolder
 from s4al.config import load_run_config
 from s4al.report.figures import read_cycles, save_figures, supervised_reference
+from s4al.report.table import CSV_FILE, write_cycles_csv
 
 REPORT_FILE = "report.html"
 FIGURE_TEXT = {
@@ -92,6 +93,7 @@ TEMPLATE = jinja2.Template(
 {% for row in rows %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>
 {% endfor %}</tbody>
 </table></div>
+<p class="note">These numbers unformatted, with each class's IoU: <code>{{ csv_file }}</code> beside this page.</p>
 
 <h2>Figures</h2>
 {% for fig in figures %}<figure>
@@ -158,7 +160,7 @@ def _embedded(path: Path) -> str:
 
 
 def write_report(run_dir: Path, out_dir: Path | None = None, supervised_miou: float | str | Path | None = None) -> Path:
-    """Writes OUT/report.html (OUT defaults to RUN_DIR/report) and the figure PNGs beside it;
+    """Writes OUT/report.html (OUT defaults to RUN_DIR/report), the figure PNGs and cycles.csv beside it;
     `supervised_miou` is a fraction or a JSON file with "miou" (see supervised_reference)."""
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
@@ -168,6 +170,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None, supervised_miou: fl
     folder = RunFolder(Path(run_dir))
     cfg = load_run_config(folder.config_path)
     header, rows = cycle_table(cycles, supervised)
+    write_cycles_csv(cycles, out_dir / CSV_FILE)
     html = TEMPLATE.render(
         name=run_dir.resolve().name,
         run_dir=run_dir.resolve(),
@@ -175,6 +178,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None, supervised_miou: fl
         cards=summary_cards(cycles, cfg.seed, cfg.dataset.name),
         header=header,
         rows=rows,
+        csv_file=CSV_FILE,
         figures=[{"title": FIGURE_TEXT[n][0], "caption": FIGURE_TEXT[n][1], "data": _embedded(path)}
                  for n, path in saved.items()],
         skipped=[(FIGURE_TEXT[n][0], reason) for n, reason in skipped.items()],
