@@ -206,6 +206,23 @@ def test_a_mask_saved_as_upper_case_png_labels_its_image_and_a_second_mask_is_re
         ImageFolder(tmp_path, "train")
 
 
+def test_tiff_bmp_and_webp_images_are_read_and_any_other_file_in_images_is_refused_naming_it(tmp_path):
+    make_folder(tmp_path, stems=())
+    pixels = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3) * 10
+    (tmp_path / "images").mkdir()
+    for stem, suffix in (("a", ".tif"), ("b", ".BMP"), ("c", ".webp")):
+        lossless = {"lossless": True} if suffix == ".webp" else {}
+        Image.fromarray(pixels).save(tmp_path / "images" / f"{stem}{suffix}", **lossless)
+        save(tmp_path / "masks" / f"{stem}.png", ID_MASK)
+    (tmp_path / "images" / ".DS_Store").write_bytes(b"\0")  # hidden files are left alone
+    dataset = ImageFolder(tmp_path, "train")
+    assert [dataset.image_id(i) for i in range(3)] == ["a", "b", "c"]
+    assert all(np.array_equal(dataset[i].image, pixels) for i in range(3))
+    (tmp_path / "images" / "d.heic").write_bytes(b"\0")  # would silently be missing from the pool
+    with pytest.raises(DatasetError, match=r"images/d\.heic: not an image file of a kind this reads \(\.png, .*\)"):
+        ImageFolder(tmp_path, "train")
+
+
 def test_a_mask_without_its_image_is_refused_naming_the_file(tmp_path):
     make_folder(tmp_path)
     save(tmp_path / "masks" / "c.png", ID_MASK)

@@ -156,8 +156,14 @@ class ImageFolder(FilePairDataset):
 
 
 def images_by_stem(image_dir: Path) -> dict[str, Path]:
+    """Every file in images/ must be an image: one of another kind would silently leave the pool."""
+    listed = list_files(image_dir, IMAGE_SUFFIXES)
+    others = sorted(set(p for p in image_dir.iterdir() if p.is_file() and not p.name.startswith(".")) - set(listed))
+    if others:
+        raise DatasetError(f"{others[0]}: not an image file of a kind this reads ({', '.join(IMAGE_SUFFIXES)}); "
+                           "convert it or move it out of images/")
     images: dict[str, Path] = {}
-    for image in list_files(image_dir, IMAGE_SUFFIXES):
+    for image in listed:
         if image.stem in images:
             other = images[image.stem]
             raise DatasetError(f"{image}: two images share the stem '{image.stem}' (also {other})")

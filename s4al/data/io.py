@@ -12,7 +12,7 @@ from PIL import ExifTags, Image, ImageOps
 from s4al.data.base import DatasetError, Sample, SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # PIL reports broken files through several exception types (truncated streams, bad chunks, bombs).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 # 16-bit greyscale PNGs open in one of these (32-bit "I" in older Pillow).
