@@ -117,6 +117,52 @@ def test_a_task_painted_further_after_its_first_import_answers_what_is_left(run_
         assert (ledger.patch(region_by_id(ledger, 2)) == 2).all()  # the first answer stays
 
 
+def test_a_task_corrected_after_its_import_replaces_the_earlier_answer_of_the_region_it_changed(run_dir, tmp_path):
+    first = truth("a")
+    import_answers(run_dir, write_export(tmp_path / "e1.json", task_of(1, "a", first, [1, 2])))
+    reviewed = first.copy()
+    reviewed[2:6, 3:8] = 2  # a reviewer repaints 20 pixels of A1 as 'car'; A2 untouched
+    a2_file = (run_dir / "labels" / "region_000002.png").read_bytes()
+    export = write_export(tmp_path / "e2.json", task_of(1, "a", reviewed, [1, 2]), task_of(2, "b", truth("b"), [3]))
+    report = import_answers(run_dir, export)
+    assert (report.answered, report.corrected, report.already_imported, report.still_asked) == ([3], [1], 0, 0)
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        expected = crop(first, A1).copy()
+        expected[2:6, 3:8] = 2
+        assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), expected)
+        assert np.array_equal(ledger.patch(region_by_id(ledger, 2)), crop(first, A2))
+    assert (run_dir / "labels" / "region_000002.png").read_bytes() == a2_file  # not rewritten
+    before = snapshot(run_dir)
+    again = import_answers(run_dir, export)  # the same export: nothing changed since
+    assert (again.answered, again.corrected, again.already_imported) == ([], [], 2)
+    assert snapshot(run_dir) == before
+
+
+def test_an_edit_that_leaves_an_answered_region_under_half_painted_keeps_the_earlier_answer(run_dir, tmp_path):
+    import_answers(run_dir, write_export(tmp_path / "e1.json", task_of(1, "a", truth("a"), [1, 2])))
+    erased = truth("a")
+    erased[0:6, 0:10] = 255  # 60 of A1's 100 pixels erased
+    before = snapshot(run_dir)
+    report = import_answers(run_dir, write_export(tmp_path / "e2.json", task_of(1, "a", erased, [1, 2])))
+    assert (report.answered, report.corrected, report.already_imported) == ([], [], 1)
+    assert snapshot(run_dir) == before
+
+
+def test_a_mask_folder_imported_again_with_one_region_repainted_corrects_that_region(run_dir, tmp_path):
+    folder = png_folder(tmp_path, "a.png", truth("a"))
+    assert sorted(import_answers(run_dir, folder).answered) == [1, 2]
+    repainted = truth("a")
+    repainted[10:20, 20:30] = 0  # all of A2 is 'sky' now
+    Image.fromarray(repainted).save(folder / "a.png")
+    result = CliRunner().invoke(app, ["import", str(run_dir), str(folder)])
+    assert result.exit_code == 0 and "answered 0 regions" in result.output
+    assert "corrected 1 regions answered before, painted otherwise now" in result.output and "): 2\n" in result.output
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert (ledger.patch(region_by_id(ledger, 2)) == 0).all()
+        assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(truth("a"), A1))
+        assert {r.answered_by for r in ledger.answered()} == {"png-folder"}
+
+
 def test_a_few_stray_pixels_left_after_erasing_do_not_use_a_region_up(run_dir, tmp_path):
     labels = np.full((H, W), 255, np.uint8)
     labels[0, 0:4] = 1  # 4 of A1's 100 pixels, left under the outline after erasing

@@ -4,7 +4,8 @@ An answer file is a Label Studio JSON export or a folder of class-id PNGs (IMAGE
 unpainted). Each Label Studio task lists the regions it asks (data.region_ids) and its cycle, so
 one project can hold the tasks of every cycle and its full export can be imported after each one:
 a task answers only the regions it lists, and a task whose regions are all answered or skipped
-already is left alone (counted, not read). A PNG answers every region of its image.
+already is left alone (counted), unless it now paints an answered region otherwise (a reviewer's fix):
+that later answer replaces the earlier one. A PNG answers every region of its image.
 
 The rule for a region still asked:
 - answered when at least MIN_PAINTED_SHARE of its pixels are painted; its unpainted pixels are
@@ -47,7 +48,8 @@ class ImportReport:
     answered: list[int] = field(default_factory=list)  # region ids
     skipped: list[int] = field(default_factory=list)  # region ids of skipped tasks
     not_answered: dict[int, float] = field(default_factory=dict)  # region id -> painted share, below the minimum
-    already_imported: int = 0  # tasks (or PNGs) whose regions were all answered or skipped before
+    already_imported: int = 0  # tasks (or PNGs) whose regions were all answered or skipped before, unchanged
+    corrected: list[int] = field(default_factory=list)  # answered region ids whose earlier answer is replaced
     void_pixels: int = 0  # unpainted pixels inside the answered regions, stored as void
     ignored_pixels: dict[str, int] = field(default_factory=dict)  # image id -> painted pixels outside its regions
     hand_drawn: dict[str, int] = field(default_factory=dict)  # task -> rectangles drawn by hand, ignored
@@ -74,7 +76,7 @@ def import_answers(run_dir: Path, answers_path: Path) -> ImportReport:
             raise AnswerError(f"{answers_path}: nothing to answer: {_why_nothing(report)}")
         with Ledger(ledger_path) as ledger:
             try:
-                ledger.answer_many(answers, by=report.by)
+                ledger.answer_many(answers, by=report.by, overwrite=bool(report.corrected))
                 ledger.skip(report.skipped, by=report.by)
             except LedgerError as err:
                 raise AnswerError(f"{answers_path}: {err}") from None
@@ -120,10 +122,11 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
         if image_problems:
             continue
         addressed = _addressed(image, regions)
-        if addressed and all(region.state != "asked" for region in addressed):
+        corrections = _corrections(ledger, image, addressed, report)
+        if addressed and all(region.state != "asked" for region in addressed) and not corrections:
             report.already_imported += 1
             continue
-        image_answers = _answer_image(image, addressed, report)
+        image_answers = _answer_image(image, addressed, report) + corrections
         for region_id in [region_id for region_id, _ in image_answers] + _skips(image, addressed, report):
             if region_id in taken:
                 problems.append(f"{image.source}: region {region_id} is answered twice (also in {taken[region_id]})")
@@ -190,6 +193,21 @@ def _answer_image(image: PaintedImage, addressed: list[Region], report: ImportRe
     if image.hand_drawn:
         report.hand_drawn[image.source] = image.hand_drawn
     return answers
+
+
+def _corrections(ledger: Ledger, image: PaintedImage, addressed: list[Region],
+                 report: ImportReport) -> list[tuple[int, np.ndarray]]:
+    """The answered regions this answer paints enough, and otherwise than their stored answer: an
+    edit made after the import, which replaces it (the next cycle trains with it)."""
+    corrections = []
+    for region in addressed:
+        y0, x0, y1, x1 = region.box
+        patch = image.labels[y0:y1, x0:x1]
+        if (region.state == "answered" and not image.declined and (patch != UNPAINTED).mean() >= MIN_PAINTED_SHARE
+                and not np.array_equal(patch, ledger.patch(region))):
+            corrections.append((region.region_id, patch.copy()))
+    report.corrected += [region_id for region_id, _ in corrections]
+    return corrections
 
 
 def _skips(image: PaintedImage, addressed: list[Region], report: ImportReport) -> list[int]:

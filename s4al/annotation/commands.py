@@ -138,6 +138,10 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
         options = " ".join(f"--region {region_id}" for region_id in report.not_answered)
         lines.append(f"not answered, under {100 * MIN_PAINTED_SHARE:.0f}% painted, left asked: regions {shares}; "
                      f"paint them and import again, or skip them: s4al skip {run_dir} {options}")
+    if report.corrected:
+        lines.append(f"corrected {len(report.corrected)} regions answered before, painted otherwise now (the new "
+                     f"answer replaces the earlier one; the next cycle trains with it): "
+                     f"{first_of([str(i) for i in report.corrected])}")
     if report.already_imported:
         what = "tasks" if report.by == "label-studio" else "masks"
         lines.append(f"{report.already_imported} {what} already imported (their regions are answered or skipped): "
