@@ -2,12 +2,14 @@
 
 import math
 import warnings
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from conftest import active, tiny_config
+from conftest import Counted, active, tiny_config
 from s4al.active import acquisition
 from s4al.active.acquisition import (
     Query,
@@ -81,6 +83,46 @@ def test_random_metric_is_reproducible_from_the_seed(setup):
     assert all(((0 <= first[i]) & (first[i] < 1)).all() for i in (1, 2))
     # drawn per image: the same whatever else shares the batch (or the rank, under DDP)
     assert np.array_equal(score_cells(model, dataset, [2], {}, a, CPU, 7, fast="auto")[2], first[2])
+
+
+def test_random_regions_take_an_image_s_smaller_edge_cells_no_more_often_than_the_others():
+    """A 48x64 image in 20x20 cells: 6 whole cells, 3 of 8x20, 2 of 20x4 and one of 8x4. A random
+    pick of one cell per image takes each alike, so over 240 images about 240 * 6/12 = 120 whole
+    cells and 20 corners (binomial sd 7.7 and 4.3); a mean of pixel draws, which varies more in a
+    cell of fewer pixels, took 53 and 56."""
+    cfg = tiny_config(dataset={"synthetic": {"num_train": 240, "num_val": 4, "height": 48, "width": 64}})
+    dataset = build_dataset(cfg.dataset, "train", cfg.seed)
+    a = active(cfg, metric="random", region_size=20, regions_per_image=1, score_batch_size=16)
+    pool = list(range(240))
+    cells = score_cells(nn.Identity(), dataset, pool, {}, a, CPU, 0, fast="off")
+    chosen = choose_regions(cells, {i: (48, 64) for i in pool}, a)
+    picked = Counter((y1 - y0, x1 - x0) for y0, x0, y1, x1 in (q.box for q in chosen))
+    assert sum(picked.values()) == 240
+    assert 95 <= picked[(20, 20)] <= 145
+    assert picked[(8, 4)] <= 35
+
+
+class TwoSizes(Counted):
+    """Even images cut to 16x16 (256 pixels), odd ones whole (48x64, 3072 pixels)."""
+
+    def image_size(self, index):
+        return (16, 16) if index % 2 == 0 else self.base.image_size(index)
+
+    def load_image(self, index):
+        image = super().load_image(index)
+        return image[:16, :16] if index % 2 == 0 else image
+
+
+def test_random_images_take_small_and_large_images_alike():
+    """20 of 40 small and 40 large images: about 10 small ones (binomial sd 2.2); the mean of
+    pixel draws, which varies more in a smaller image, took 18."""
+    cfg = tiny_config(dataset={"synthetic": {"num_train": 80, "num_val": 4, "height": 48, "width": 64}})
+    dataset = TwoSizes(build_dataset(cfg.dataset, "train", cfg.seed))
+    a = active(cfg, level="image", metric="random")
+    chosen = choose_images(nn.Identity(), dataset, [], list(range(80)), 20, a, CPU, 0, fast="off")
+    assert len({q.index for q in chosen}) == 20
+    assert 4 <= sum(q.index % 2 == 0 for q in chosen) <= 16
+    assert chosen == choose_images(nn.Identity(), dataset, [], list(range(80)), 20, a, CPU, 0, fast="off")
 
 
 def test_choose_regions_per_image_and_global():

@@ -47,11 +47,21 @@ def test_margin_hand_values():
 
 
 def test_random_scores_are_seeded_uniform():
-    first = random_scores((2, 3, 4), torch.Generator().manual_seed(7))
-    second = random_scores((2, 3, 4), torch.Generator().manual_seed(7))
-    assert first.shape == (2, 3, 4)
+    first = random_scores((3, 4), 1, torch.Generator().manual_seed(7))
+    second = random_scores((3, 4), 1, torch.Generator().manual_seed(7))
+    assert first.shape == (3, 4)
     assert torch.equal(first, second)
     assert 0.0 <= first.min() and first.max() < 1.0
+    assert first.unique().numel() == 12
+
+
+def test_random_scores_draw_once_per_cell_edge_cells_included():
+    """A 5x7 map in 3x3 cells is a 2x3 grid whose last row and column are cut short."""
+    scores = random_scores((5, 7), 3, torch.Generator().manual_seed(7))
+    assert scores.shape == (5, 7)
+    blocks = [scores[y0:y1, x0:x1] for y0, y1 in ((0, 3), (3, 5)) for x0, x1 in ((0, 3), (3, 6), (6, 7))]
+    assert all((block == block[0, 0]).all() for block in blocks)
+    assert len({block[0, 0].item() for block in blocks}) == 6
 
 
 def test_registry_and_dispatch():

@@ -141,9 +141,9 @@ def _tile_scores(model, images, batch_indices, metric, device, seed, unit, cache
     generators = [seeded_generator(seed, i) for i in batch_indices]
     image_tiles = tiles(*images.shape[-2:], unit)
     for tile in image_tiles:
-        if metric == RANDOM:  # no network needed
+        if metric == RANDOM:  # no network needed; one draw per cell (cores are aligned to the cells)
             y0, x0, y1, x1 = tile.core
-            scores = torch.stack([random_scores((y1 - y0, x1 - x0), g) for g in generators]).to(device)
+            scores = torch.stack([random_scores((y1 - y0, x1 - x0), unit, g) for g in generators]).to(device)
         else:
             with bf16_inference(cache):
                 logits = tile_logits(model, images, tile, device)
@@ -278,6 +278,10 @@ def choose_images(
         feats = image_features(model, dataset, order, cfg.score_batch_size, device, num_workers, fast=fast)
         is_labelled = torch.arange(len(order)) < len(labelled)
         return [whole(order[k], 0.0) for k in k_center_greedy(feats, is_labelled, count)]
-    scores = score_images(model, dataset, pool, cfg.metric, cfg.score_batch_size, device, seed, num_workers, fast=fast)
+    if cfg.metric == RANDOM:  # one draw per image, whatever its size
+        scores = {i: random_scores((1, 1), 1, seeded_generator(seed, i)).item() for i in pool}
+    else:
+        scores = score_images(model, dataset, pool, cfg.metric, cfg.score_batch_size, device, seed, num_workers,
+                              fast=fast)
     ranked = sorted(pool, key=lambda i: (-scores[i], i))[:count]
     return [whole(i, scores[i]) for i in ranked]

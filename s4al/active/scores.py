@@ -39,9 +39,14 @@ def margin(probs: Tensor) -> Tensor:
     return 1.0 - (top2[:, 0] - top2[:, 1])
 
 
-def random_scores(shape: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
-    """Uniform [0, 1) scores drawn from `generator` (a seeded CPU torch.Generator for reproducibility)."""
-    return torch.rand(shape, generator=generator)
+def random_scores(shape: tuple[int, int], cell: int, generator: torch.Generator | None = None) -> Tensor:
+    """(H, W) uniform [0, 1) scores, one draw per `cell` x `cell` block from the top left, drawn from
+    `generator` (a seeded CPU torch.Generator for reproducibility). A cell's mean is then one
+    uniform draw whatever its size: a mean of pixel draws varies more in a cell of fewer pixels (an
+    image's edge cells) and would make those the likelier pick."""
+    h, w = shape
+    draws = torch.rand((-(-h // cell), -(-w // cell)), generator=generator)
+    return draws.repeat_interleave(cell, 0).repeat_interleave(cell, 1)[:h, :w]
 
 
 SCORE_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
