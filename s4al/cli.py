@@ -12,9 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from s4al.annotation.commands import finished_line, import_answers_command, query, skip
+from s4al.annotation.commands import RunDirArgument, import_answers_command, query, skip
 from s4al import distributed
 from s4al.report.commands import Network, NetworkOption, export_command, predict_command, report
+from s4al.report.status import cycle_table, next_lines, percent
 from s4al.config import ConfigError, RunConfig, inert_settings, load_config, parse_override
 from s4al.data import DatasetError, build_dataset
 from s4al.errors import user_errors_reported
@@ -69,18 +70,13 @@ def _monitor(folder: RunFolder, quiet: bool, resume: str) -> Iterator[Callable[[
         monitor.close()
 
 
-def _percent(fraction: float | None) -> str:
-    """Scores as the report shows them: percentages."""
-    return "-" if fraction is None else f"{100 * fraction:.1f}%"
-
-
 def _print_scores(title: str, record: dict) -> None:
-    table = Table(title=f"{title}: mIoU {_percent(record['miou'])}")
+    table = Table(title=f"{title}: mIoU {percent(record['miou'])}")
     table.add_column("class")
     table.add_column("IoU", justify="right")
     table.add_column("recall", justify="right")
     for name, iou in record["iou"].items():
-        table.add_row(name, _percent(iou), _percent(record["recall"][name]))
+        table.add_row(name, percent(iou), percent(record["recall"][name]))
     console.print(table)
 
 
@@ -183,29 +179,25 @@ def run(
 
 def _print_run(active_run: ActiveLearningRun, run_dir: Path) -> None:
     """The cycles' scores and purchases, and what to do next."""
-    table = Table(title=f"active learning: {run_dir}")
-    for column in ("cycle", "labelled %", "val mIoU", "regions bought", "images bought"):
-        table.add_column(column, justify="right")
-    for s in active_run.summaries():
-        table.add_row(str(s["cycle"]), f"{100 * s['labelled_fraction']:.2f}", _percent(s["val"]["miou"]),
-                      str(s["bought"]["regions"]), str(s["bought"]["images"]))
-    pending = active_run.ledger.asked()
-    phases = active_run.phases
-    waiting = phases.last_cycle()
-    if pending and phases.phase(waiting) == "answer":  # trained and asked; its summary waits for the answers
-        metrics = phases.metrics(waiting)
-        table.add_row(str(waiting), f"{100 * metrics['labelled_fraction']:.2f}", _percent(metrics["val"]["miou"]),
-                      f"{len(pending)} asked", "-")
-    console.print(table)
-    if phases.phase(active_run.final_cycle) == "done":
-        console.print(finished_line(run_dir, active_run.final_cycle))
-    if pending:
-        console.print(f"{len(pending)} regions wait for answers; the run goes on when none is left. Either\n"
-                      f"  answer them: `s4al query {run_dir}` writes the tasks, `s4al import {run_dir} ANSWERS` "
-                      f"reads the answers (a region needs half its pixels painted), or\n"
-                      f"  skip them: `s4al skip {run_dir}` (every region still asked) or "
-                      f"`s4al skip {run_dir} --region ID ...`,\n"
-                      f"then `s4al run --resume {run_dir}` trains the next cycle with what is answered.")
+    console.print(cycle_table(run_dir, active_run.summaries(), active_run.ledger, active_run.phases))
+    for line in next_lines(run_dir, active_run.cfg, active_run.ledger, active_run.phases):
+        console.print(line)
+
+
+@app.command()
+def status(run_dir: RunDirArgument) -> None:
+    """Where a run stands, read without touching it: each cycle's labelled share, val mIoU and
+    purchases, the cycle in progress, whether a process is at work on it, and what to run next."""
+    from s4al.active.ledger import Ledger
+    from s4al.active.phases import CyclePhases
+
+    with user_errors_reported():
+        folder = RunFolder(run_dir)
+        with Ledger(folder.ledger_file(), readonly=True) as ledger, CyclePhases(ledger) as phases:
+            console.print(cycle_table(run_dir, folder.summaries(), ledger, phases))
+            for line in next_lines(run_dir, folder.config(), ledger, phases, folder.metrics_log, folder.holder()):
+                console.print(line)
+
 
 app.command()(query)
 app.command(name="import")(import_answers_command)

@@ -253,3 +253,19 @@ class RunFolder:
         fd = _held_locks.pop(self.path.resolve(), None)
         if fd is not None:
             os.close(fd)  # closing the descriptor releases the lock
+
+    def holder(self) -> str | None:
+        """The process id holding the lock now, None if none does; takes nothing."""
+        if self.path.resolve() in _held_locks:
+            return str(os.getpid())
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # granted only while no writer holds it
+            return None
+        except BlockingIOError:
+            return os.read(fd, 64).decode(errors="replace").strip() or "another process"
+        finally:
+            os.close(fd)

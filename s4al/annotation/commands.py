@@ -180,18 +180,13 @@ def next_step(run_dir: Path) -> str:
     """What to run once no region is left asked."""
     from s4al.active.ledger import Ledger
     from s4al.active.phases import CyclePhases
+    from s4al.report.status import finished_line
 
     folder = RunFolder(run_dir)
     cycles = folder.config().active.cycles
     with Ledger(folder.ledger_file(), readonly=True) as ledger, CyclePhases(ledger) as phases:
         finished = phases.phase(cycles) == "done"
     return finished_line(run_dir, cycles) if finished else f"Continue with `s4al run --resume {run_dir}`."
-
-
-def finished_line(run_dir: Path, cycles: int) -> str:
-    return (f"The run has finished its last cycle ({cycles}). For more labels, "
-            f"`s4al run --resume {run_dir} --set active.cycles={cycles + 1}` asks with the last model and "
-            "trains once more.")
 
 
 def _listed(region_ids: list[int]) -> str:

@@ -1,0 +1,96 @@
+"""Where an active-learning run stands: one row per cycle (labelled share, val mIoU, what it
+bought), the cycle in progress, whether a process is working on the run now, and what to run next.
+`s4al run` ends with it; `s4al status` prints it without touching the run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from s4al.active.ledger import Ledger
+from s4al.active.phases import CyclePhases
+from s4al.config import RunConfig
+
+
+def percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.1f}%"
+
+
+def finished_line(run_dir: Path, cycles: int) -> str:
+    return (f"The run has finished its last cycle ({cycles}). For more labels, "
+            f"`s4al run --resume {run_dir} --set active.cycles={cycles + 1}` asks with the last model and "
+            "trains once more.")
+
+
+def cycle_table(run_dir: Path, summaries: list[dict], ledger: Ledger, phases: CyclePhases) -> Table:
+    """The finished cycles, and the one whose asked regions wait for answers."""
+    table = Table(title=f"active learning: {run_dir}")
+    for column in ("cycle", "labelled %", "val mIoU", "regions bought", "images bought"):
+        table.add_column(column, justify="right")
+    for s in summaries:
+        table.add_row(str(s["cycle"]), f"{100 * s['labelled_fraction']:.2f}", percent(s["val"]["miou"]),
+                      str(s["bought"]["regions"]), str(s["bought"]["images"]))
+    waiting = phases.last_cycle()
+    pending = ledger.asked()
+    if pending and phases.phase(waiting) == "answer":  # trained and asked; its summary waits for the answers
+        metrics = phases.metrics(waiting)
+        table.add_row(str(waiting), f"{100 * metrics['labelled_fraction']:.2f}", percent(metrics["val"]["miou"]),
+                      f"{len(pending)} asked", "-")
+    return table
+
+
+def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhases,
+               metrics_log: Path | None = None, holder: str | None = None) -> list[str]:
+    """The cycle in progress and what to run next. With `metrics_log`, a cycle still training says
+    its last evaluation; with `holder`, the process at work on the run is named."""
+    cycle = phases.last_cycle()
+    phase = None if cycle is None else phases.phase(cycle)
+    pending = ledger.asked()
+    lines = [f"in use by process {holder}: a run is working on it now"] if holder else []
+    if phase == "done" and cycle == cfg.active.cycles:
+        return lines + [finished_line(run_dir, cycle)]
+    if pending:
+        return lines + [_waiting(run_dir, len(pending))]
+    if phase in (None, "train") and metrics_log is not None:
+        lines.append(_training(cfg, cycle or 0, metrics_log))
+    elif phase == "acquire":
+        lines.append(f"cycle {cycle} has trained; it scores the pool and asks next.")
+    elif phase == "answer":
+        lines.append(f"every region cycle {cycle} asked is answered or skipped.")
+    if not holder:
+        lines.append(f"Continue with `s4al run --resume {run_dir}`.")
+    return lines
+
+
+def _waiting(run_dir: Path, asked: int) -> str:
+    return (f"{asked} regions wait for answers; the run goes on when none is left. Either\n"
+            f"  answer them: `s4al query {run_dir}` writes the tasks, `s4al import {run_dir} ANSWERS` "
+            f"reads the answers (a region needs half its pixels painted), or\n"
+            f"  skip them: `s4al skip {run_dir}` (every region still asked) or "
+            f"`s4al skip {run_dir} --region ID ...`,\n"
+            f"then `s4al run --resume {run_dir}` trains the next cycle with what is answered.")
+
+
+def _training(cfg: RunConfig, cycle: int, metrics_log: Path) -> str:
+    record = last_evaluation(metrics_log, cycle)
+    epochs = cfg.cycle_epochs(cycle)
+    if record is None:
+        return f"cycle {cycle} is training ({epochs} epochs): no evaluation yet."
+    return (f"cycle {cycle} is training: last evaluated after epoch {record['epoch']} of {epochs}, "
+            f"val mIoU {percent(record['miou'])}.")
+
+
+def last_evaluation(metrics_log: Path, cycle: int) -> dict | None:
+    """The latest evaluation of `cycle` in the run's metrics.jsonl, None before the first."""
+    latest = None
+    if metrics_log.is_file():
+        for line in metrics_log.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line a kill cut short
+                continue
+            if isinstance(record, dict) and record.get("cycle") == cycle and "epoch" in record:
+                latest = record
+    return latest

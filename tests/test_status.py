@@ -1,0 +1,130 @@
+"""`s4al status`: where a run stands, read without touching the run folder."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import tiny_config
+from s4al.active.cycle import ActiveLearningRun
+from s4al.active.ledger import Ledger
+from s4al.active.phases import CyclePhases
+from s4al.cli import app
+from s4al.run_folder import RunFolder
+
+REPO = Path(__file__).resolve().parents[1]
+WIDE = {"COLUMNS": "250"}  # no line breaks in rich output
+
+
+def external_config():
+    return tiny_config(active={"annotator": "external", "cycles": 2, "final_cycle_epoch_multiplier": 2.0},
+                       train={"epochs": 1, "iters_per_epoch": 1, "device": "cpu"}, ssl={"cold_start_epochs": 0})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run whose cycle 0 has trained but not asked yet (phase 'acquire')."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    with ActiveLearningRun(run, external_config()) as active_run:
+        active_run._train(0)
+    RunFolder(run).unlock()
+    return run
+
+
+@pytest.fixture
+def run_dir(trained, tmp_path):
+    return shutil.copytree(trained, tmp_path / "run")
+
+
+def status(run_dir):
+    result = CliRunner().invoke(app, ["status", str(run_dir)], env=WIDE)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_trained_cycle_not_yet_asked_says_so_and_how_to_go_on_changing_nothing(run_dir):
+    ledger = run_dir / "ledger.sqlite"
+    before = digest(ledger)
+    output = status(run_dir)
+    assert "cycle 0 has trained; it scores the pool and asks next." in output
+    assert f"Continue with `s4al run --resume {run_dir}`." in output and "in use" not in output
+    assert digest(ledger) == before and not (run_dir / "queries").exists()
+
+
+def test_asked_regions_show_as_a_row_and_the_ways_to_answer_them(run_dir):
+    with ActiveLearningRun(run_dir) as active_run:
+        active_run.acquire(0)
+        asked = len(active_run.ledger.asked())
+    RunFolder(run_dir).unlock()
+    output = status(run_dir)
+    row = next(line for line in output.splitlines() if f"{asked} asked" in line)
+    assert row.split("│")[1].strip() == "0"
+    assert f"{asked} regions wait for answers" in output and f"`s4al skip {run_dir}`" in output
+    assert "Continue with" not in output
+
+
+def run_with_phases(run_dir, cfg, phases_by_cycle):
+    """A run folder whose ledger records `phases_by_cycle` ({cycle: last phase}), each cycle walked there in order."""
+    RunFolder.create(run_dir, cfg, lock=False)
+    with Ledger(run_dir / "ledger.sqlite") as ledger, CyclePhases(ledger) as phases:
+        ledger.register_images([("a", 4, 4)], initial={"a"})
+        for cycle, last in phases_by_cycle.items():
+            order = ("train", "done") if cycle == cfg.active.cycles else ("train", "acquire", "answer", "done")
+            for phase in order[:order.index(last) + 1]:
+                phases.set_phase(cycle, phase)
+    return run_dir
+
+
+def test_a_cycle_in_training_says_its_last_evaluation_of_its_epochs(tmp_path):
+    cfg = tiny_config(train={"epochs": 10}, active={"cycles": 1, "final_cycle_epoch_multiplier": 2.0})
+    run_dir = run_with_phases(tmp_path / "run", cfg, {0: "done", 1: "train"})
+    records = [{"cycle": 0, "epoch": 9, "miou": 0.5}, {"cycle": 1, "epoch": 3, "miou": 0.25},
+               {"cycle": 1, "epoch": 4, "miou": 0.375}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"cycle": 1, "ep')
+    output = status(run_dir)  # the last line, cut by a kill, is passed over; the final cycle trains 2 x 10 epochs
+    assert "cycle 1 is training: last evaluated after epoch 4 of 20, val mIoU 37.5%." in output
+    assert f"Continue with `s4al run --resume {run_dir}`." in output
+    (run_dir / "metrics.jsonl").write_text(json.dumps(records[0]) + "\n")
+    assert "cycle 1 is training (20 epochs): no evaluation yet." in status(run_dir)
+
+
+def test_a_finished_run_says_how_to_give_it_more_cycles(tmp_path):
+    run_dir = run_with_phases(tmp_path / "run", tiny_config(active={"cycles": 1}), {0: "done", 1: "done"})
+    output = status(run_dir)
+    assert "The run has finished its last cycle (1)." in output and "--set active.cycles=2" in output
+    assert "Continue with" not in output
+
+
+def test_a_process_at_work_on_the_run_is_named_and_no_resume_is_suggested(run_dir):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from s4al.run_folder import RunFolder
+        RunFolder(Path({str(run_dir)!r})).lock()
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        output = status(run_dir)
+        assert f"in use by process {holder.pid}: a run is working on it now" in output
+        assert "Continue with" not in output
+    finally:
+        holder.kill()
+        holder.wait()
+    assert RunFolder(run_dir).holder() is None
+
+
+def test_status_of_a_folder_that_is_no_run_is_an_error_naming_it(tmp_path):
+    result = CliRunner().invoke(app, ["status", str(tmp_path)])
+    assert result.exit_code == 1 and f"{tmp_path}: not a run folder (no ledger.sqlite)" in result.output
