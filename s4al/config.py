@@ -188,6 +188,11 @@ class RunConfig(Section):
     ssl: SSLConfig = SSLConfig()
     active: ActiveConfig = ActiveConfig()
 
+    def cycle_epochs(self, cycle: int) -> int:
+        """Epochs of an active-learning cycle: the last one (`active.cycles`) trains longer."""
+        multiplier = self.active.final_cycle_epoch_multiplier if cycle == self.active.cycles else 1.0
+        return max(1, round(self.train.epochs * multiplier))
+
 
 class ConfigError(S4alError):
     pass
