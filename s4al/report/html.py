@@ -12,7 +12,7 @@ import jinja2
 from s4al.run_folder import RunFolder
 from s4al.config import load_run_config
 from s4al.report.figures import read_cycles, save_figures, supervised_reference
-from s4al.report.table import CSV_FILE, write_cycles_csv
+from s4al.report.table import CSV_FILE, cycle_row, write_cycles_csv
 
 REPORT_FILE = "report.html"
 FIGURE_TEXT = {
@@ -130,12 +130,11 @@ def cycle_table(cycles: list[dict], supervised_miou: float | None) -> tuple[list
     if supervised_miou is not None:
         header.insert(7, "% of supervised")
     rows = []
-    for c in cycles:
-        miou = c["val"]["miou"]
+    for c in map(cycle_row, cycles):  # the values cycles.csv holds, formatted
+        miou = c["val_miou"]
         row = [str(c["cycle"]), f"{100 * c['labelled_fraction']:.2f}", f"{c['labelled_pixels']:,}",
-               f"{c['bought']['regions']:,}", f"{c['bought']['images']:,}",
-               f"{sum(c['bought']['class_pixels'].values()):,}", f"{100 * miou:.2f}",
-               duration(c.get("train_seconds")), duration(c.get("acquire_seconds"))]
+               f"{c['regions_bought']:,}", f"{c['images_bought']:,}", f"{c['pixels_bought']:,}",
+               f"{100 * miou:.2f}", duration(c["train_seconds"]), duration(c["acquire_seconds"])]
         if supervised_miou is not None:
             row.insert(7, f"{100 * miou / supervised_miou:.1f}")
         rows.append(row)
