@@ -55,7 +55,7 @@ SCORE_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "margin": margin,
 }
 # The metrics that read no probabilities, chosen by s4al/active/acquisition.py
-RANDOM = "random"  # random_scores, drawn per image without the network
+RANDOM = "random"  # random_scores: one draw per cell (per image at image level), no network
 CORESET = "coreset"  # whole images by k-center greedy on pooled features (s4al/active/coreset.py)
 
 
