@@ -361,6 +361,9 @@ def parse_override(items: list[str]) -> dict:
 # A key that does nothing unless another has a value: key -> (that key, its values, as said in a note).
 NEEDS = {
     "active.global_budget": ("active.selection", ("global",), "global"),
+    "active.regions_per_image": ("active.selection", ("per_image",), "per_image"),
+    "ssl.balanced_classmix": ("ssl.replay", (True,), "true"),  # it mixes the replay batch in
+    "ssl.replay_size": ("ssl.replay", (True,), "true"),
     "ssl.class_normalised_confidence": ("ssl.confidence_weighting", (True,), "true"),
     "ssl.alignment_target": ("ssl.distribution_alignment", ("probabilities", "argmax"), "probabilities or argmax"),
 }

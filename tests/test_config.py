@@ -199,3 +199,10 @@ def test_a_setting_the_other_values_make_do_nothing_is_named():
         == ["ssl.replay does nothing with ssl.enabled: false"]
     taken = {"active": {"selection": "global", "global_budget": 50}}
     assert inert_settings(load_config("demo", taken), taken) == []
+    no_replay = {"ssl": {"replay": False, "balanced_classmix": True, "replay_size": 8},
+                 "active": {"selection": "global", "global_budget": 50, "regions_per_image": 2}}
+    assert inert_settings(load_config("demo", no_replay), no_replay) == [
+        "active.regions_per_image does nothing unless active.selection is per_image (it is global)",
+        "ssl.balanced_classmix does nothing unless ssl.replay is true (it is false)",
+        "ssl.replay_size does nothing unless ssl.replay is true (it is false)",
+    ]
