@@ -343,7 +343,8 @@ def _validated(data: dict, path: str | Path, overrides: dict | None = None) -> R
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"]) or "(top)"
             origin = "--set " if _set_by(overrides or {}, e["loc"]) else ""
-            problems.append(f"{origin}{key}: {e['msg']}")
+            said = e["ctx"]["error"] if e["type"] == "value_error" else e["msg"]  # without "Value error, "
+            problems.append(f"{origin}{key}: {said}")
         raise ConfigError(f"{path}: invalid config: {'; '.join(problems)}") from None
 
 
