@@ -68,8 +68,10 @@ def test_a_cycle_checkpointed_on_other_processes_is_not_resumed_on_these(tmp_pat
     path = tmp_path / "checkpoints" / "cycle_0.pt"
     state = load_checkpoint(path)
     assert state["processes"] == 1 and state["step"] < state["total_steps"]
-    save_checkpoint({**state, "processes": 2}, path)  # as two torchrun processes would have saved it
-    with pytest.raises(S4alError, match=f"{path}: trained on 2 processes, this run has 1; resume it on 2"):
+    save_checkpoint({**state, "processes": 8}, path)  # as 2 nodes of 4 torchrun processes would have saved it
+    # the count in all, not per node: torchrun's --nproc_per_node 8 would be wrong on 2 nodes
+    with pytest.raises(S4alError, match=f"{path}: trained on 8 processes, this run has 1; resume it on 8 processes "
+                                        r"\(torchrun: --nnodes times --nproc_per_node\)"):
         Trainer(cfg, data, val, tmp_path).fit()
 
 

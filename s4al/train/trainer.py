@@ -132,6 +132,10 @@ def labelled_draws(
     return [i for i in images for _ in range(max(1, round(copies * shares.get(i, 1.0))))]
 
 
+def _processes(count: int) -> str:
+    return "1 process" if count == 1 else f"{count} processes"
+
+
 def poly_schedule(total_steps: int, power: float) -> Callable[[int], float]:
     return lambda step: max(1.0 - step / total_steps, 0.0) ** power
 
@@ -423,10 +427,11 @@ class Trainer:
             )
         processes = state.get("processes", distributed.world_size())  # not recorded by older checkpoints
         if processes != distributed.world_size() and state["step"] < state["total_steps"]:
+            how = "without torchrun" if processes == 1 else "torchrun: --nnodes times --nproc_per_node"
             raise S4alError(
-                f"{self.checkpoint_path}: trained on {processes} processes, this run has {distributed.world_size()}; "
-                f"resume it on {processes} (torchrun --nproc_per_node {processes}): train.batch_size is per process, "
-                "so the rest of the cycle would train on other batches"
+                f"{self.checkpoint_path}: trained on {_processes(processes)}, this run has "
+                f"{distributed.world_size()}; resume it on {_processes(processes)} ({how}): train.batch_size is "
+                "per process, so the rest of the cycle would train on other batches"
             )
         self.student.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
