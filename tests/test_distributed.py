@@ -1,7 +1,11 @@
 """Two CPU processes with gloo, as torchrun would start them, against one process."""
 
+import json
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +24,7 @@ from s4al.model import build_model
 from s4al.train.trainer import Trainer, TrainData
 
 WORLD = 2
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -124,3 +129,43 @@ def test_two_ranks_ask_the_single_process_questions(tmp_path):
     assert [(i, b) for i, b, _ in result["regions"]] == [(i, b) for i, b, _ in expected]
     assert [s for *_, s in result["regions"]] == pytest.approx([s for *_, s in expected])
     assert len(single.summaries()) == 2
+
+
+ERRORS_SEEN = """
+import json, sys, time
+import torch.distributed as dist
+from s4al import distributed
+from datetime import timedelta
+dist.init_process_group("gloo")
+seen = {}
+if distributed.rank() == 1:  # rank 0 is healthy, waiting at the barrier: rank 1's error is its own
+    started = time.monotonic()
+    seen["alone"] = distributed.reports_error("rank 1 cannot read x.png", wait=timedelta(seconds=1))
+    seen["waited"] = time.monotonic() - started
+dist.barrier()
+if distributed.rank() == 0:
+    seen["refused"] = distributed.reports_error("config.yaml: changed since the run was made")
+dist.barrier()
+if distributed.rank() == 1:
+    seen["refused"] = distributed.reports_error("config.yaml: changed since the run was made")
+    seen["other"] = distributed.reports_error("rank 1 cannot read y.png")
+print(json.dumps({distributed.rank(): seen}), flush=True)
+"""
+
+
+def test_an_error_every_rank_meets_is_reported_by_rank_0_alone(tmp_path):
+    script = tmp_path / "errors_seen.py"
+    script.write_text(ERRORS_SEEN)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
+                           "--standalone", str(script)], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = {k: v for line in done.stdout.splitlines() if line.startswith("{") for k, v in json.loads(line).items()}
+    assert seen["0"] == {"refused": True}
+    assert seen["1"]["alone"] is True and seen["1"]["waited"] >= 1
+    assert seen["1"]["refused"] is False  # the same message: rank 0 printed it
+    assert seen["1"]["other"] is True
+
+
+def test_one_process_reports_every_error():
+    assert distributed.reports_error("config.yaml: changed since the run was made")
