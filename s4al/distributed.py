@@ -6,6 +6,7 @@ helpers below describe a world of one and every collective is a no-op."""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -126,3 +127,12 @@ def main_first() -> Iterator[None]:
     yield
     if is_main():
         barrier()
+
+
+@contextmanager
+def warns_once() -> Iterator[None]:
+    """A block every rank runs alike (the same inputs, so the same warnings): rank 0 alone warns."""
+    with warnings.catch_warnings():
+        if not is_main():
+            warnings.simplefilter("ignore")
+        yield

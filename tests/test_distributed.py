@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import torch.multiprocessing as mp
 
 from conftest import tiny_config
 from s4al import distributed
-from s4al.active.acquisition import choose_regions, score_cells
+from s4al.active.acquisition import CappedConfigWarning, choose_regions, score_cells
 from s4al.active.cycle import ActiveLearningRun
 from s4al.train.checkpoint import load_trained_model
 from s4al.seeding import derive_seed
@@ -25,6 +26,7 @@ from s4al.train.trainer import Trainer, TrainData
 
 WORLD = 2
 REPO = Path(__file__).resolve().parents[1]
+ACTIVE = {"cycles": 1, "region_size": 56}  # cells higher than the 48-pixel images: cut to them, with a warning
 
 
 def free_port() -> int:
@@ -102,15 +104,16 @@ def test_two_ranks_agree_with_one_process(tmp_path):
 
 def active_learning(rank: int, port: int, out: str) -> None:
     join(rank, port)
-    cfg = tiny_config(train={"device": "cpu"}, active={"cycles": 1})
+    cfg = tiny_config(train={"device": "cpu"}, active=ACTIVE)
     run = ActiveLearningRun(os.path.join(out, "run"), cfg)
-    run.run()  # rank 1 holds a read-only ledger: any write from it would raise
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run.run()  # rank 1 holds a read-only ledger: any write from it would raise
+    capped = [str(w.message) for w in caught if issubclass(w.category, CappedConfigWarning)]
+    seen = distributed.gather_objects({"readonly": run.ledger.readonly, "capped": capped})
     if rank == 0:
         regions = [(r.image_id, r.box, r.score) for r in run.ledger.regions(0)]
-        torch.save({"regions": regions, "readonly": [distributed.gather_objects(run.ledger.readonly)]},
-                   os.path.join(out, "ranks.pt"))
-    else:
-        distributed.gather_objects(run.ledger.readonly)
+        torch.save({"regions": regions, "ranks": seen}, os.path.join(out, "ranks.pt"))
     torch.distributed.destroy_process_group()
 
 
@@ -118,7 +121,10 @@ def active_learning(rank: int, port: int, out: str) -> None:
 def test_two_ranks_ask_the_single_process_questions(tmp_path):
     mp.start_processes(active_learning, args=(free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
     result = torch.load(tmp_path / "ranks.pt", weights_only=False)
-    assert result["readonly"] == [[False, True]]
+    assert [r["readonly"] for r in result["ranks"]] == [False, True]
+    # the same cells on every rank: the warning that they are cut to the 48-pixel-high images, once
+    assert [len(r["capped"]) for r in result["ranks"]] == [1, 0]
+    assert "active.region_size 56 is larger than a side of" in result["ranks"][0]["capped"][0]
     single = ActiveLearningRun(tmp_path / "run")  # one process scores the pool with the same checkpoint
     model, cfg = load_trained_model(single.folder.checkpoint_path(0), "teacher")
     pool = [single.index_of[i] for i in (tmp_path / "run" / "splits" / "pool.txt").read_text().split()]

@@ -352,7 +352,8 @@ class ActiveLearningRun(AbstractContextManager):
                                  fast=self.cfg.train.fast)
         cells = score_cells(model, self.train_set, state.pool, state.asked, a, self.device, seed, workers,
                             fast=self.cfg.train.fast)
-        return choose_regions(cells, {i: state.sizes[i] for i in state.pool}, a)
+        with distributed.warns_once():  # every rank chooses from the same gathered cells
+            return choose_regions(cells, {i: state.sizes[i] for i in state.pool}, a)
 
     def _images_per_cycle(self, state: LabelState) -> int:
         """Whole images matching the pixel budget of the region-level protocol, which buys the same
