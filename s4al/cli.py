@@ -170,6 +170,9 @@ def run(
         if cfg is not None:
             _note_inert_settings(cfg, changes)
         with ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes) as active_run:
+            if active_run.new_images:
+                console.print(f"{len(active_run.new_images)} images added to the dataset since the run was made "
+                              "join it as the next cycle begins training or asking")
             with _monitor(active_run.folder, quiet, f"s4al run --resume {run_dir}") as monitor:
                 active_run.progress = monitor
                 active_run.run()

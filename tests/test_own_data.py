@@ -126,3 +126,76 @@ def test_supervised_training_takes_the_masked_images_only_and_refuses_a_split_wi
                                        "--quiet"])
     assert refused.exit_code == 1
     assert refused.output == f"error: train split 'train' of {tmp_path / 'bare'}: no image has a label\n"
+
+
+def add_images(root, masked=(), unmasked=()):
+    """New images (sky over road) in the folder, listed in train.txt, masks for `masked`."""
+    label = np.zeros((H, W), np.uint8)
+    label[: H // 2] = 2
+    image = np.array([c["color"] for c in CLASSES], np.uint8)[label]
+    for stem in [*masked, *unmasked]:
+        save(root / "images" / f"{stem}.png", image)
+        if stem in masked:
+            save(root / "masks" / f"{stem}.png", label)
+    listed = (root / "train.txt").read_text().split()
+    (root / "train.txt").write_text("".join(f"{stem}\n" for stem in sorted([*listed, *masked, *unmasked])))
+
+
+def answer_every_asked_region(run_dir, tmp_path):
+    answers = tmp_path / "answers"
+    answers.mkdir(exist_ok=True)
+    with ledger_of(run_dir) as ledger:
+        asked = ledger.asked()
+    for image_id in {r.image_id for r in asked}:
+        save(answers / f"{image_id}.png", np.ones((H, W), np.uint8))
+    import_answers(run_dir, answers)
+    return asked
+
+
+def test_images_added_to_the_folder_join_the_run_as_the_next_cycle_begins_training(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    with ActiveLearningRun(run_dir, own_config(root)) as active_run:
+        active_run.run()  # cycle 0 trained and asked
+    asked = answer_every_asked_region(run_dir, tmp_path)
+    add_images(root, masked=["n0"], unmasked=["n1"])
+
+    with ActiveLearningRun(run_dir) as active_run:
+        summaries = active_run.run()  # cycle 1 (the final one) trains with the new images
+    with ledger_of(run_dir) as ledger:
+        records = {r.image_id: r for r in ledger.images()}
+        (joined,) = ledger.get_meta("joined")
+    assert set(records) == {*MASKED, *UNMASKED, "n0", "n1"}
+    assert (records["n0"].initial, records["n1"].initial) == (True, False)
+    assert (joined["before"], joined["labelled"], joined["pool"]) == ("cycle 1 training", ["n0"], ["n1"])
+    # 10 images of 32x48 now: 3 + 1 masked whole, and 5 images x 2 answered 16x16 cells
+    assert len(asked) == 10
+    assert summaries[1]["labelled_fraction"] == pytest.approx((4 * H * W + 10 * 16 * 16) / (10 * H * W))
+    assert summaries[0]["labelled_fraction"] == pytest.approx(3 / 8)  # before they joined
+
+
+def test_images_added_before_a_trained_cycle_asks_are_scored_and_asked_with_the_pool(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    with ActiveLearningRun(run_dir, own_config(root)) as active_run:
+        active_run._train(0)  # trained; the pool is scored next
+    add_images(root, unmasked=["n1"])
+    with ActiveLearningRun(run_dir) as active_run:
+        active_run.run()
+    with ledger_of(run_dir) as ledger:
+        (joined,) = ledger.get_meta("joined")
+        asked = ledger.asked(0)
+    assert (joined["before"], joined["labelled"], joined["pool"]) == ("cycle 0 asking", [], ["n1"])
+    assert sorted({r.image_id for r in asked}) == sorted([*UNMASKED, "n1"])  # 2 regions an image, n1's too
+
+
+def test_an_image_added_without_a_label_to_a_run_that_needs_labels_is_refused_naming_it(tmp_path):
+    root = make_dataset(tmp_path / "data", masked=[*MASKED, *UNMASKED], unmasked=[])
+    cfg = tiny_config(dataset={"name": "folder", "root": str(root)},
+                      train={"epochs": 1, "iters_per_epoch": 1, "crop_size": [H, W], "device": "cpu"})
+    run_dir = tmp_path / "run"
+    ActiveLearningRun(run_dir, cfg).close()
+    add_images(root, masked=["n0"], unmasked=["n1"])
+    with pytest.raises(DatasetError, match=r"images 'n1' were added without a label, and with active.initial "
+                                           r"'random' every image needs one: label them or move them out"):
+        ActiveLearningRun(run_dir)

@@ -40,6 +40,7 @@ from s4al.train.trainer import Trainer, TrainData
 CONFIG_DIGEST = "config_digest"  # ledger meta: config_digest(config.yaml) when the run was made
 FILE_DIGEST = "config_sha256"  # the same in ledgers made before: the file's bytes
 RESUME_CHANGES = "resume_changes"  # ledger meta: the config keys changed on resume, when, from what
+JOINED = "joined"  # ledger meta: the images added to the dataset after the run was made, as they joined it
 
 
 def draw_initial(num_images: int, fraction: float, seed: int) -> list[int]:
@@ -84,6 +85,7 @@ class ActiveLearningRun(AbstractContextManager):
                                    "--set dataset.root=ITS_NEW_FOLDER") from None
             self.ids = [self.train_set.image_id(i) for i in range(len(self.train_set))]
             self.index_of = {image_id: i for i, image_id in enumerate(self.ids)}
+            self.new_images: list[str] = []  # in the dataset, not yet in the run (rank 0 knows them)
             self.ledger = self._open_ledger() if distributed.is_main() else Ledger(self.folder.ledger_path, readonly=True)
             self.phases = CyclePhases(self.ledger)
             if distributed.is_main():
@@ -212,13 +214,16 @@ class ActiveLearningRun(AbstractContextManager):
         registered = {r.image_id: (r.height, r.width) for r in ledger.images()}
         where = f"{self.cfg.dataset.root or self.cfg.dataset.name}, split '{self.cfg.dataset.train_split}'"
         gone = [i for i in registered if i not in self.index_of]
-        added = [i for i in self.ids if i not in registered]
         resized = [i for i in registered if i in self.index_of
                    and tuple(self.train_set.image_size(self.index_of[i])) != registered[i]]
+        self.new_images = [i for i in self.ids if i not in registered]
+        unlabelled = [i for i in self.new_images if not self.train_set.has_label(self.index_of[i])]
+        if self.cfg.active.initial == "labelled":
+            unlabelled = []  # the added images without a label join the pool, with one the labelled
         for images, what in ((gone, "are in this run's ledger but no longer in the dataset: put them back"),
-                             (added, "were added to the dataset after the run was made: a run keeps its images; "
-                                     "move them out or start a new run"),
-                             (resized, "changed size since the run was made: restore them")):
+                             (resized, "changed size since the run was made: restore them"),
+                             (unlabelled, "were added without a label, and with active.initial 'random' every "
+                                          "image needs one: label them or move them out")):
             if images:
                 quoted = [f"'{i}'" for i in images]
                 raise DatasetError(f"{where}: images {first_of(quoted)} {what}")
@@ -292,6 +297,8 @@ class ActiveLearningRun(AbstractContextManager):
         return load_checkpoint(self.folder.checkpoint_path(cycle - 1))["student"]
 
     def _train(self, cycle: int) -> None:
+        if not self.folder.checkpoint_path(cycle).exists():  # never mid-training: its pool is fixed
+            self._on_main(self._join_new_images, cycle, "training")
         self._on_main(self.phases.set_phase, cycle, "train")
         started = time.perf_counter()
         state = self.label_state()
@@ -324,10 +331,25 @@ class ActiveLearningRun(AbstractContextManager):
     def acquire(self, cycle: int) -> None:
         """Score the pool with the cycle's checkpoint and ask (or buy whole images), once."""
         if not self.ledger.regions(cycle) and not self._acquired_whole(cycle):
+            self._on_main(self._join_new_images, cycle, "asking")
             started = time.perf_counter()
             queries = self._queries(cycle)  # every rank scores its share; all get the same queries
             self._on_main(self._record_queries, cycle, queries, time.perf_counter() - started)
         self._on_main(self.phases.set_phase, cycle, "answer")
+
+    def _join_new_images(self, cycle: int, before: str) -> None:
+        """Images added to the dataset since the run was made join it as a cycle begins training or
+        asking: with active.initial 'labelled' those with a label as labelled, the others as pool."""
+        if not self.new_images:
+            return
+        labelled = [i for i in self.new_images
+                    if self.cfg.active.initial == "labelled" and self.train_set.has_label(self.index_of[i])]
+        self.ledger.register_images([(i, *self.train_set.image_size(self.index_of[i])) for i in self.new_images],
+                                    initial=labelled)
+        joined = {"at": utc_now(), "before": f"cycle {cycle} {before}", "labelled": labelled,
+                  "pool": [i for i in self.new_images if i not in set(labelled)]}
+        self.ledger.set_meta(JOINED, [*self.ledger.get_meta(JOINED, []), joined])
+        self.new_images = []
 
     def _record_queries(self, cycle: int, queries: list[Query], seconds: float) -> None:
         a = self.cfg.active
