@@ -286,10 +286,6 @@ class ActiveLearningRun(AbstractContextManager):
     def train_data(self, state: LabelState) -> TrainData:
         return TrainData(self.train_set, labelled=state.whole, pool=state.pool, annotations=state.answers)
 
-    def epochs(self, cycle: int) -> int:
-        multiplier = self.cfg.active.final_cycle_epoch_multiplier if cycle == self.final_cycle else 1.0
-        return max(1, round(self.cfg.train.epochs * multiplier))
-
     def initial_student(self, cycle: int) -> dict | None:
         """The student state a cycle starts from: the previous cycle's, or None (ImageNet weights)."""
         if cycle == 0 or self.cfg.active.reinit_each_cycle:
@@ -303,7 +299,7 @@ class ActiveLearningRun(AbstractContextManager):
         started = time.perf_counter()
         state = self.label_state()
         trainer = Trainer(
-            self.cfg, self.train_data(state), self.val_set, self.run_dir, cycle, self.epochs(cycle),
+            self.cfg, self.train_data(state), self.val_set, self.run_dir, cycle, self.cfg.cycle_epochs(cycle),
             self.initial_student(cycle), self.progress,
         )
         result = trainer.fit()
@@ -311,7 +307,7 @@ class ActiveLearningRun(AbstractContextManager):
             "labelled_fraction": state.labelled_fraction,
             "labelled_pixels": state.labelled_pixels,
             "val": result.final_scores,
-            "epochs": self.epochs(cycle),  # a run given more cycles trained its former last one longer
+            "epochs": self.cfg.cycle_epochs(cycle),  # a run given more cycles trained its former last one longer
             "processes": distributed.world_size(),  # train.batch_size is per process
             "train_seconds": time.perf_counter() - started,
         }
