@@ -35,7 +35,8 @@ def retrain(run_dir: Path, work: Path, without_regions: bool, as_cycle: int | No
         final = run.final_cycle
         cycle = final if as_cycle is None else as_cycle
         started, progress = time.perf_counter(), Progress(f"[retrain {work.name}]")
-        trainer = Trainer(run.cfg, data, run.val_set, work, cycle, run.cfg.cycle_epochs(final), run.initial_student(final), progress)
+        trainer = Trainer(run.cfg, data, run.val_set, work, cycle, run.cfg.cycle_epochs(final),
+                          run.initial_student(final), progress)
         scores = trainer.fit().final_scores
         return {
             "source_run": str(run_dir),
