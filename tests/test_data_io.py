@@ -117,3 +117,15 @@ def test_exif_orientation_applies_to_labels(tmp_path):
     path = save_with_orientation(tmp_path / "label.png", stored, 6)
     assert np.array_equal(read_label(path), [[4, 1], [5, 2], [6, 3]])
     assert read_size(path) == (3, 2)
+
+
+def test_read_size_reads_the_file_header_alone(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    png = save(tmp_path / "a.png", np.zeros((5, 7, 3), np.uint8))
+    jpg = save(tmp_path / "a.jpg", np.zeros((5, 7, 3), np.uint8))
+    turned = save_with_orientation(tmp_path / "b.jpg", np.zeros((5, 7, 3), np.uint8), 6)
+    decoded, load = [], ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: decoded.append(image.format) or load(image))
+    assert [read_size(path) for path in (png, jpg, turned)] == [(5, 7), (5, 7), (7, 5)]
+    assert decoded == []

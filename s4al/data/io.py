@@ -37,6 +37,8 @@ def _open(path: Path) -> Image.Image:
 
 
 def _orientation(img: Image.Image) -> int:
+    if img.format == "PNG" and "exif" not in img.info:  # Pillow would decode the whole PNG to look further
+        return 1
     try:
         return img.getexif().get(ExifTags.Base.Orientation, 1)
     except _DECODE_ERRORS:  # unreadable EXIF: shown as stored, as viewers do
