@@ -5,7 +5,9 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -175,3 +177,30 @@ def test_an_error_every_rank_meets_is_reported_by_rank_0_alone(tmp_path):
 
 def test_one_process_reports_every_error():
     assert distributed.reports_error("config.yaml: changed since the run was made")
+
+
+def more_cycles(rank: int, port: int, out: str) -> None:
+    """Resumes a finished run with one cycle more; rank 1 is the slower one, as a loaded node is."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD))
+    torch.set_num_threads(1)
+    # a collective that waits longer than this fails the test instead of hanging it
+    torch.distributed.init_process_group("gloo", timeout=timedelta(seconds=20))
+    with ActiveLearningRun(os.path.join(out, "run"), overrides={"active": {"cycles": 1}}) as run:
+        if rank == 1:
+            time.sleep(1)  # rank 0 meanwhile reads the phases and reopens cycle 0, if nothing holds it back
+        run.run()
+    torch.distributed.destroy_process_group()
+
+
+def test_a_run_given_more_cycles_resumes_on_two_ranks_when_one_lags(tmp_path):
+    """Every rank must decide from the same ledger: a rank that read it after rank 0 reopened the
+    last cycle skipped the barrier rank 0 waited at, and the ranks hung in different collectives."""
+    cfg = tiny_config(train={"device": "cpu", "epochs": 1}, active={"cycles": 0, "final_cycle_epoch_multiplier": 1})
+    with ActiveLearningRun(tmp_path / "run", cfg) as run:
+        run.run()
+        run.folder.unlock()  # the lock is this process's until it ends: the ranks below take it
+    mp.start_processes(more_cycles, args=(free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    with ActiveLearningRun(tmp_path / "run") as run:
+        assert [run.phases.phase(c) for c in (0, 1)] == ["done", "done"]
+        assert len(run.ledger.answered(0)) > 0
+        assert [s["cycle"] for s in run.summaries()] == [0, 1]

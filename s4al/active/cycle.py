@@ -242,7 +242,11 @@ class ActiveLearningRun(AbstractContextManager):
 
     @staticmethod
     def _on_main(write: Callable, *args) -> None:
-        """Rank 0 writes (ledger, summaries); every rank waits until it has."""
+        """Rank 0 writes (ledger, summaries) once every rank is here, and every rank waits until it
+        has: the ranks decide what comes next from what they read of the ledger, so none may read
+        it while rank 0 changes it (a rank reading a cycle reopened or answered already would go
+        elsewhere than rank 0, each waiting in another collective)."""
+        distributed.barrier()
         if distributed.is_main():
             write(*args)
         distributed.barrier()
