@@ -35,11 +35,16 @@ SetOption = Annotated[
 QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
 
 
+def _bad_parameter(message: str, **kwargs) -> typer.BadParameter | typer.Exit:
+    """A usage error to raise; under torchrun every rank meets it, and rank 0 alone prints it."""
+    return typer.BadParameter(message, **kwargs) if distributed.reports_error(message) else typer.Exit(2)
+
+
 def _config(config: str, overrides: list[str] | None) -> RunConfig:
     try:
         return load_config(config, parse_override(overrides or []))
     except ConfigError as err:
-        raise typer.BadParameter(str(err), param_hint="--config/--set") from None
+        raise _bad_parameter(str(err), param_hint="--config/--set") from None
 
 
 def _note_inert_settings(cfg: RunConfig, changes: dict) -> None:
@@ -155,12 +160,12 @@ def run(
     from s4al.active.cycle import ActiveLearningRun
 
     if (out is None) == (resume is None):
-        raise typer.BadParameter("give exactly one of --out (new run) or --resume (existing run)")
+        raise _bad_parameter("give exactly one of --out (new run) or --resume (existing run)")
     if resume is not None and config is not None:
-        raise typer.BadParameter(f"--config with --resume: a resumed run keeps the config in "
-                                 f"{RunFolder(resume).config_path}")
-    if out is not None and RunFolder(out).begun():
-        raise typer.BadParameter(f"{out} already holds a run; continue it with --resume {out}")
+        raise _bad_parameter(f"--config with --resume: a resumed run keeps the config in "
+                             f"{RunFolder(resume).config_path}")
+    if out is not None and RunFolder(out).begun() and not distributed.restarted():
+        raise _bad_parameter(f"{out} already holds a run; continue it with --resume {out}")
     with user_errors_reported():
         changes = parse_override(overrides or [])
         cfg = _config(config or "demo", overrides) if out is not None else None

@@ -70,6 +70,12 @@ def reports_error(message: str, wait: timedelta = ERROR_WAIT) -> bool:
         return True
 
 
+def restarted() -> bool:
+    """Whether torchrun started this process again after its job failed (torchrun --max-restarts):
+    the same command line then goes on with what the failed attempt began."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
 def setup_device(device: str = "auto") -> torch.device:
     """Joins the process group when launched by torchrun (nccl on GPUs, gloo on CPU) and returns
     this rank's device; without torchrun, just resolves `device`."""

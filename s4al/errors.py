@@ -33,5 +33,7 @@ def user_errors_reported() -> Iterator[None]:
     try:
         yield
     except USER_ERRORS as err:
-        typer.echo(f"error: {err}", err=True)
+        from s4al import distributed  # only now: most commands that meet such an error never load torch
+        if distributed.reports_error(str(err)):  # under torchrun: once, not once per rank
+            typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None

@@ -18,6 +18,7 @@ from conftest import tiny_config
 from s4al import distributed
 from s4al.active.acquisition import CappedConfigWarning, choose_regions, score_cells
 from s4al.active.cycle import ActiveLearningRun
+from s4al.config import load_run_config, save_config
 from s4al.train.checkpoint import load_trained_model
 from s4al.seeding import derive_seed
 from s4al.data import build_dataset
@@ -205,3 +206,38 @@ def test_a_run_given_more_cycles_resumes_on_two_ranks_when_one_lags(tmp_path):
         assert [run.phases.phase(c) for c in (0, 1)] == ["done", "done"]
         assert len(run.ledger.answered(0)) > 0
         assert [s["cycle"] for s in run.summaries()] == [0, 1]
+
+
+def torchrun(*args: str, restart_count: int | None = None, **options) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 -m s4al.cli ARGS` (or one process, as torchrun restarts it)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--standalone"]
+    if restart_count is not None:
+        launcher, env["TORCHELASTIC_RESTART_COUNT"] = [sys.executable], str(restart_count)
+    return subprocess.run([*launcher, "-m", "s4al.cli", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120, **options)
+
+
+def test_a_refusal_every_rank_meets_is_printed_once(tmp_path):
+    missing = torchrun("run", "--resume", str(tmp_path / "nothing"))
+    assert missing.returncode != 0
+    assert (missing.stdout + missing.stderr).count(f"error: {tmp_path / 'nothing'}: no such run folder") == 1
+    bad = torchrun("run", "--out", str(tmp_path / "run"), "--set", "train.epochs=many")
+    assert bad.returncode != 0
+    assert (bad.stdout + bad.stderr).count("train.epochs: Input should be a valid integer") == 1
+
+
+def test_torchrun_restarting_a_run_goes_on_with_it(tmp_path):
+    """torchrun --max-restarts runs the same command line again after a failure: `run --out` then
+    continues the run it began, as `--resume` would; launched by hand it is still refused."""
+    config = tmp_path / "tiny.yaml"
+    save_config(tiny_config(train={"device": "cpu", "epochs": 1}, active={"cycles": 0}), config)
+    run_dir = tmp_path / "run"
+    with ActiveLearningRun(run_dir, load_run_config(config)) as run:  # the first attempt, ended after cycle 0
+        run.run()
+        run.folder.unlock()
+    by_hand = torchrun("run", "--out", str(run_dir), "--config", str(config), restart_count=0)
+    assert by_hand.returncode == 2 and "already holds a run; continue it with --resume" in by_hand.stderr
+    again = torchrun("run", "--out", str(run_dir), "--config", str(config), "--quiet", restart_count=1)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "The run has finished its last cycle (0)" in again.stdout
