@@ -68,7 +68,9 @@ def _monitor(folder: RunFolder, quiet: bool, resume: str) -> Iterator[Callable[[
         yield monitor
     except KeyboardInterrupt:
         monitor.close()
-        console.print(f"interrupted; `{resume}` goes on from the last checkpoint "
+        launcher = f" under the same torchrun line ({distributed.world_size()} processes)" \
+            if distributed.world_size() > 1 else ""
+        console.print(f"interrupted; `{resume}`{launcher} goes on from the last checkpoint "
                       "(saved every train.checkpoint_every epochs)")
         raise typer.Exit(130) from None
     finally:

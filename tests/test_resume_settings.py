@@ -10,6 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from s4al import distributed
 from s4al.active.cycle import ActiveLearningRun
 from s4al.active.ledger import LedgerError
 from s4al.active.phases import CyclePhases
@@ -197,3 +198,7 @@ def test_ctrl_c_ends_a_run_saying_how_to_go_on(tmp_path, monkeypatch):
     result = runner.invoke(app, ["run", "--resume", str(tmp_path), "--quiet"])
     assert result.exit_code == 130
     assert f"interrupted; `s4al run --resume {tmp_path}` goes on from the last checkpoint" in " ".join(result.output.split())
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)  # rank 0 of a torchrun job
+    result = runner.invoke(app, ["run", "--resume", str(tmp_path), "--quiet"])
+    assert (f"interrupted; `s4al run --resume {tmp_path}` under the same torchrun line (2 processes) goes on"
+            in " ".join(result.output.split()))
