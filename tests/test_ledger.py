@@ -521,3 +521,16 @@ def test_random_bytes_are_refused_as_a_ledger_naming_the_file(tmp_path):
     for readonly in (True, False):
         with pytest.raises(LedgerError, match=f"{path}: not a label ledger"):
             Ledger(path, readonly=readonly)
+
+
+def test_skip_takes_more_regions_than_sqlite_binds_in_one_statement(ledger):
+    limit = 100  # bound variables per statement: 32766 in SQLite's default build, fewer than a large pool asks
+    ledger._conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)
+    boxes = [(y, x, y + 1, x + 1) for y in range(10) for x in range(11)][:limit + 2]
+    region_ids = ledger.ask(0, [("a", box, "entropy", None) for box in boxes])
+    answered = region_ids[-1]
+    ledger.answer(answered, np.zeros((1, 1), np.uint8), by="oracle")
+    with pytest.raises(LedgerError, match=f"region {answered} is already answered"):
+        ledger.skip(region_ids, by="alice")
+    assert ledger.skip(region_ids[:-1], by="alice") == region_ids[:-1]
+    assert ledger.asked() == [] and len(ledger.skipped()) == limit + 1

@@ -536,17 +536,24 @@ class Ledger(AbstractContextManager):
         region_ids = list(dict.fromkeys(_region_id(region_id) for region_id in region_ids))
         problems = [] if isinstance(by, str) and by else ["'by' must name who skipped"]
         with write_transaction(self._conn) as conn:
-            states = dict(conn.execute(
-                f"SELECT region_id, state FROM regions WHERE region_id IN ({','.join('?' * len(region_ids))})",
-                region_ids,
-            ))
+            states = self._states(conn, region_ids)
             problems += [f"region {i} was never asked" for i in region_ids if i not in states]
             problems += [f"region {i} is already answered" for i in region_ids if states.get(i) == "answered"]
             _refuse_if(problems, "skip")
             newly = [i for i in region_ids if states[i] == "asked"]
+            now = utc_now()
             conn.executemany("UPDATE regions SET state = 'skipped', answered_at = ?, answered_by = ? WHERE region_id = ?",
-                             [(utc_now(), by, region_id) for region_id in newly])
+                             [(now, by, region_id) for region_id in newly])
         return newly
+
+    @staticmethod
+    def _states(conn: sqlite3.Connection, region_ids: list[int]) -> dict[int, str]:
+        """region id -> state of those of `region_ids` that were asked. One lookup each: a list of
+        ids bound in one statement fails beyond SQLite's limit of bound variables (32766 in its
+        default build)."""
+        lookup = "SELECT state FROM regions WHERE region_id = ?"
+        rows = ((region_id, conn.execute(lookup, (region_id,)).fetchone()) for region_id in region_ids)
+        return {region_id: row[0] for region_id, row in rows if row is not None}
 
     # --- label patches -----------------------------------------------------------------------------
 
