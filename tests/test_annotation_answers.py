@@ -182,6 +182,41 @@ def test_a_file_that_answers_nothing_says_why(run_dir, tmp_path):
         import_answers(run_dir, write_export(tmp_path / "e.json", task_of(1, "a", labels, [1, 2])))
 
 
+@pytest.fixture
+def run_of_13(tmp_path):
+    """A run that asked 13 regions of image 'a', 2x2 pixels each along its top rows, ids 1..13."""
+    run = tmp_path / "run13"
+    with Ledger(run / "ledger.sqlite") as ledger:
+        ledger.register_images([("a", H, W)])
+        ledger.set_meta("classes", CLASSES)
+        ledger.ask(0, [("a", (0, x, 2, x + 2), "entropy", 1.0) for x in range(0, 26, 2)])
+    return run
+
+
+def test_a_file_that_answers_nothing_names_the_first_regions_and_counts_the_rest(run_of_13, tmp_path):
+    labels = np.full((H, W), 255, np.uint8)
+    labels[19, 0] = 1  # outside every region
+    with pytest.raises(AnswerError) as refused:
+        import_answers(run_of_13, write_export(tmp_path / "e.json", task_of(1, "a", labels, list(range(1, 14)))))
+    reasons = "; ".join(f"region {k} is 0.0% painted (an answer needs 50%)" for k in range(1, 11))
+    assert str(refused.value).endswith(f"nothing to answer: {reasons} (and 3 more)")
+
+
+def test_import_and_skip_name_the_first_ten_regions_of_many(run_of_13, tmp_path):
+    labels = np.full((H, W), 255, np.uint8)
+    labels[0:2, 0:2] = 1  # region 1 answered, 2..13 left asked
+    export = write_export(tmp_path / "e.json", task_of(1, "a", labels, list(range(1, 14))))
+    imported = CliRunner().invoke(app, ["import", str(run_of_13), str(export)])
+    assert imported.exit_code == 0, imported.output
+    shares = ", ".join(f"{k} (0.0%)" for k in range(2, 12))
+    assert imported.output.splitlines()[1] == (
+        f"not answered, under 50% painted, left asked: regions {shares} (and 2 more); paint them and import again, "
+        f"or skip them: s4al skip {run_of_13} --region ID ... (or every region still asked: s4al skip {run_of_13})")
+    skipped = CliRunner().invoke(app, ["skip", str(run_of_13), *(f"--region={k}" for k in range(2, 13))])
+    assert skipped.exit_code == 0, skipped.output
+    assert skipped.output == f"skipped 11 regions ({', '.join(map(str, range(2, 12)))} (and 1 more)); 1 regions still asked.\n"
+
+
 def test_a_task_skipped_in_label_studio_skips_its_regions_still_asked(run_dir, tmp_path):
     export = write_export(tmp_path / "e.json", task_of(1, "b", truth("b"), [3]),
                           exported_task(2, {"image_id": "a", "region_ids": [1, 2]}, truth("a"), names=CLASSES,
@@ -319,6 +354,20 @@ def test_a_png_folder_answers_every_asked_region_of_its_images(run_dir, tmp_path
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         region = region_by_id(ledger, 3)
         assert np.array_equal(ledger.patch(region), crop(truth("b"), B1)) and region.answered_by == "png-folder"
+
+
+def test_each_mask_of_a_png_folder_answers_the_regions_of_its_own_image_only(run_dir, tmp_path):
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    for image_id in ("a", "b"):
+        Image.fromarray(truth(image_id)).save(folder / f"{image_id}.png")
+    report = import_answers(run_dir, folder)
+    assert (report.answered, report.still_asked, report.void_pixels) == ([1, 2, 3], 0, 10)  # A1 holds 10 void pixels
+    # painted pixels (all but one void row) less those inside the image's own boxes: A1 90 and A2 100, B1 100
+    assert report.ignored_pixels == {"a": H * W - W - 190, "b": H * W - W - 100}
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        for region_id, image_id, box in ((1, "a", A1), (2, "a", A2), (3, "b", B1)):
+            assert np.array_equal(ledger.patch(region_by_id(ledger, region_id)), crop(truth(image_id), box))
 
 
 def test_a_png_folder_reads_masks_of_any_suffix_case_and_names_the_other_files_it_ignores(run_dir, tmp_path):

@@ -24,6 +24,7 @@ tasks, and a file with nothing to import.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +87,8 @@ def import_answers(run_dir: Path, answers_path: Path) -> ImportReport:
 
 def _why_nothing(report: ImportReport) -> str:
     if report.not_answered:
-        return "; ".join(_not_answered_reason(region_id, share) for region_id, share in report.not_answered.items())
+        reasons = [_not_answered_reason(region_id, share) for region_id, share in report.not_answered.items()]
+        return first_of(reasons, MAX_PROBLEMS_SHOWN, "; ")
     return "no painted pixel lies in a region still asked"
 
 
@@ -113,6 +115,9 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
     num_classes = len(ledger.get_meta("classes"))
     sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
     regions = {region.region_id: region for region in ledger.regions()}
+    of_image: dict[str, list[Region]] = defaultdict(list)  # in region id order
+    for region in regions.values():
+        of_image[region.image_id].append(region)
     problems: list[str] = []
     taken: dict[int, str] = {}  # region id -> the answer that answered or skipped it
     answers = []
@@ -121,7 +126,7 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
         problems += image_problems
         if image_problems:
             continue
-        addressed = _addressed(image, regions)
+        addressed = _addressed(image, regions, of_image)
         corrections = _corrections(ledger, image, addressed, report)
         if addressed and all(region.state != "asked" for region in addressed) and not corrections:
             report.already_imported += 1
@@ -163,10 +168,11 @@ def _problems(image: PaintedImage, sizes: dict, regions: dict[int, Region], num_
     return problems
 
 
-def _addressed(image: PaintedImage, regions: dict[int, Region]) -> list[Region]:
-    """The image's regions this answer addresses, in any state: those it lists, or else all of them."""
+def _addressed(image: PaintedImage, regions: dict[int, Region], of_image: dict[str, list[Region]]) -> list[Region]:
+    """The image's regions this answer addresses, in any state: those it lists, or else all of them
+    (`of_image`: every region by image)."""
     if image.region_ids is None:
-        return [region for region in regions.values() if region.image_id == image.image_id]
+        return list(of_image.get(image.image_id, ()))
     return [regions[region_id] for region_id in image.region_ids]
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from s4al.annotation.label_studio_api import SentTasks
 
 SHOWN_IMAGES = 5  # images named in the summary of ignored pixels
+SHOWN_REGIONS = 10  # region ids named in a line; a large pool's cycle asks thousands
 
 RunDirArgument = Annotated[Path, typer.Argument(help="A run folder made by `s4al run`.")]
 OutOption = Annotated[
@@ -134,10 +135,10 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = N
 def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
     lines = []
     if report.not_answered:
-        shares = ", ".join(f"{region_id} ({100 * share:.1f}%)" for region_id, share in report.not_answered.items())
-        options = " ".join(f"--region {region_id}" for region_id in report.not_answered)
+        shares = first_of([f"{region_id} ({100 * share:.1f}%)" for region_id, share in report.not_answered.items()],
+                          SHOWN_REGIONS)
         lines.append(f"not answered, under {100 * MIN_PAINTED_SHARE:.0f}% painted, left asked: regions {shares}; "
-                     f"paint them and import again, or skip them: s4al skip {run_dir} {options}")
+                     f"paint them and import again, or skip them: {_skip_command(run_dir, list(report.not_answered))}")
     if report.corrected:
         lines.append(f"corrected {len(report.corrected)} regions answered before, painted otherwise now (the new "
                      f"answer replaces the earlier one; the next cycle trains with it): "
@@ -190,4 +191,11 @@ def next_step(run_dir: Path) -> str:
 
 
 def _listed(region_ids: list[int]) -> str:
-    return f" ({', '.join(map(str, region_ids))})" if region_ids else ""
+    return f" ({first_of([str(i) for i in region_ids], SHOWN_REGIONS)})" if region_ids else ""
+
+
+def _skip_command(run_dir: Path, region_ids: list[int]) -> str:
+    """The `s4al skip` of `region_ids`; for more than a line holds, the general form."""
+    if len(region_ids) > SHOWN_REGIONS:
+        return f"s4al skip {run_dir} --region ID ... (or every region still asked: s4al skip {run_dir})"
+    return f"s4al skip {run_dir} " + " ".join(f"--region {region_id}" for region_id in region_ids)
