@@ -116,6 +116,15 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
             dist.broadcast(buffer, 0)
 
 
+def from_main(obj):
+    """Rank 0's `obj` (picklable), on every rank; the others' `obj` is not used."""
+    if not is_initialized():
+        return obj
+    out = [obj]
+    dist.broadcast_object_list(out, src=0)
+    return out[0]
+
+
 def gather_objects(obj) -> list:
     """Every rank's `obj`, in rank order, on every rank."""
     if not is_initialized():

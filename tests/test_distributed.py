@@ -111,9 +111,10 @@ def active_learning(rank: int, port: int, out: str) -> None:
     run = ActiveLearningRun(os.path.join(out, "run"), cfg)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run.run()  # rank 1 holds a read-only ledger: any write from it would raise
+        run.run()  # rank 1 holds rank 0's copy of the ledger, which has no writes
     capped = [str(w.message) for w in caught if issubclass(w.category, CappedConfigWarning)]
-    seen = distributed.gather_objects({"readonly": run.ledger.readonly, "capped": capped})
+    asked = [(r.image_id, r.box, r.score) for r in run.ledger.regions(0)]
+    seen = distributed.gather_objects({"ledger": type(run.ledger).__name__, "asked": asked, "capped": capped})
     if rank == 0:
         regions = [(r.image_id, r.box, r.score) for r in run.ledger.regions(0)]
         torch.save({"regions": regions, "ranks": seen}, os.path.join(out, "ranks.pt"))
@@ -124,7 +125,8 @@ def active_learning(rank: int, port: int, out: str) -> None:
 def test_two_ranks_ask_the_single_process_questions(tmp_path):
     mp.start_processes(active_learning, args=(free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
     result = torch.load(tmp_path / "ranks.pt", weights_only=False)
-    assert [r["readonly"] for r in result["ranks"]] == [False, True]
+    assert [r["ledger"] for r in result["ranks"]] == ["Ledger", "LedgerCopy"]  # rank 0 alone opens the file
+    assert result["ranks"][0]["asked"] == result["ranks"][1]["asked"] == result["regions"]
     # the same cells on every rank: the warning that they are cut to the 48-pixel-high images, once
     assert [len(r["capped"]) for r in result["ranks"]] == [1, 0]
     assert "active.region_size 56 is larger than a side of" in result["ranks"][0]["capped"][0]

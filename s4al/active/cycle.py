@@ -21,6 +21,7 @@ import numpy as np
 from s4al.active.acquisition import Query, choose_images, choose_regions, score_cells, scoring_workers
 from s4al.active.label_state import LabelState
 from s4al.active.ledger import Ledger, Region, utc_now
+from s4al.active.ledger_copy import copy_of
 from s4al.active.oracle import Annotator, GroundTruthOracle
 from s4al.active.phases import CyclePhases
 from s4al import distributed
@@ -86,10 +87,11 @@ class ActiveLearningRun(AbstractContextManager):
             self.ids = [self.train_set.image_id(i) for i in range(len(self.train_set))]
             self.index_of = {image_id: i for i, image_id in enumerate(self.ids)}
             self.new_images: list[str] = []  # in the dataset, not yet in the run (rank 0 knows them)
-            self.ledger = self._open_ledger() if distributed.is_main() else Ledger(self.folder.ledger_path, readonly=True)
-            self.phases = CyclePhases(self.ledger)
             if distributed.is_main():
+                self.ledger = self._open_ledger()
+                self.phases = CyclePhases(self.ledger)
                 self._save_resume_changes()
+        self._copy_to_ranks()
         if annotator is None and self.cfg.active.annotator == "oracle":
             annotator = GroundTruthOracle(lambda image_id: self.train_set.load_label(self.index_of[image_id]))
         self.annotator = annotator
@@ -240,16 +242,22 @@ class ActiveLearningRun(AbstractContextManager):
         (building / "pool.txt").write_text("".join(f"{i}\n" for i in pool))
         os.replace(building, self.folder.splits_dir)
 
-    @staticmethod
-    def _on_main(write: Callable, *args) -> None:
-        """Rank 0 writes (ledger, summaries) once every rank is here, and every rank waits until it
-        has: the ranks decide what comes next from what they read of the ledger, so none may read
-        it while rank 0 changes it (a rank reading a cycle reopened or answered already would go
-        elsewhere than rank 0, each waiting in another collective)."""
-        distributed.barrier()
+    def _copy_to_ranks(self) -> None:
+        """The other ranks read rank 0's copy of the ledger and phases, never the file
+        (s4al/active/ledger_copy.py)."""
+        if distributed.world_size() > 1:
+            copies = distributed.from_main(copy_of(self.ledger, self.phases) if distributed.is_main() else None)
+            if not distributed.is_main():
+                self.ledger, self.phases = copies
+
+    def _on_main(self, write: Callable, *args) -> None:
+        """Rank 0 writes (ledger, summaries); then every rank has the copy of what it wrote."""
         if distributed.is_main():
             write(*args)
-        distributed.barrier()
+        self._copy_to_ranks()
+
+    def _set_phase(self, cycle: int, phase: str, metrics: dict | None = None) -> None:
+        self._on_main(lambda: self.phases.set_phase(cycle, phase, metrics))
 
     # ---- the loop -------------------------------------------------------------------------
     @property
@@ -299,7 +307,7 @@ class ActiveLearningRun(AbstractContextManager):
     def _train(self, cycle: int) -> None:
         if not self.folder.checkpoint_path(cycle).exists():  # never mid-training: its pool is fixed
             self._on_main(self._join_new_images, cycle, "training")
-        self._on_main(self.phases.set_phase, cycle, "train")
+        self._set_phase(cycle, "train")
         started = time.perf_counter()
         state = self.label_state()
         trainer = Trainer(
@@ -320,13 +328,13 @@ class ActiveLearningRun(AbstractContextManager):
                               fast=self.cfg.train.fast)
             metrics["test"] = scores.as_dict(self.test_set.classes.names)
         if cycle < self.final_cycle:
-            self._on_main(self.phases.set_phase, cycle, "acquire", metrics)
+            self._set_phase(cycle, "acquire", metrics)
             return
         # The summary is written before 'done', so a kill in between re-trains (a no-op from the
         # final checkpoint) and writes it again, instead of leaving a 'done' run without it.
-        self._on_main(self.phases.set_phase, cycle, "train", metrics)
+        self._set_phase(cycle, "train", metrics)
         self._on_main(self._write_summary, cycle)
-        self._on_main(self.phases.set_phase, cycle, "done")
+        self._set_phase(cycle, "done")
 
     def acquire(self, cycle: int) -> None:
         """Score the pool with the cycle's checkpoint and ask (or buy whole images), once."""
@@ -335,7 +343,7 @@ class ActiveLearningRun(AbstractContextManager):
             started = time.perf_counter()
             queries = self._queries(cycle)  # every rank scores its share; all get the same queries
             self._on_main(self._record_queries, cycle, queries, time.perf_counter() - started)
-        self._on_main(self.phases.set_phase, cycle, "answer")
+        self._set_phase(cycle, "answer")
 
     def _join_new_images(self, cycle: int, before: str) -> None:
         """Images added to the dataset since the run was made join it as a cycle begins training or
@@ -396,7 +404,7 @@ class ActiveLearningRun(AbstractContextManager):
                 return False
             self._on_main(self.annotator.answer, self.ledger, pending)
         self._on_main(self._write_summary, cycle)
-        self._on_main(self.phases.set_phase, cycle, "done")
+        self._set_phase(cycle, "done")
         return True
 
     # ---- accounting -----------------------------------------------------------------------

@@ -559,14 +559,19 @@ class Ledger(AbstractContextManager):
 
     def patch(self, region: Region) -> np.ndarray:
         """The answered label patch of `region`, (y1 - y0, x1 - x0) uint8."""
-        if region.label_path is None:
-            raise LedgerError(f"region {region.region_id} is not answered")
-        path = self.run_dir / region.label_path
-        try:
-            with Image.open(path) as image:
-                array = np.asarray(image)
-        except OSError as err:
-            raise LedgerError(f"region {region.region_id} is answered but {path} is unreadable: {err}") from err
-        if array.dtype != np.uint8 or array.shape != region.shape:
-            raise LedgerError(f"{path}: a {array.dtype} {array.shape} image, expected uint8 {region.shape}")
-        return array
+        return read_patch(self.run_dir, region)
+
+
+def read_patch(run_dir: Path, region: Region) -> np.ndarray:
+    """The answered label patch of `region` in the run folder `run_dir`, (y1 - y0, x1 - x0) uint8."""
+    if region.label_path is None:
+        raise LedgerError(f"region {region.region_id} is not answered")
+    path = run_dir / region.label_path
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image)
+    except OSError as err:
+        raise LedgerError(f"region {region.region_id} is answered but {path} is unreadable: {err}") from err
+    if array.dtype != np.uint8 or array.shape != region.shape:
+        raise LedgerError(f"{path}: a {array.dtype} {array.shape} image, expected uint8 {region.shape}")
+    return array
