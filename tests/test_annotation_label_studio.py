@@ -110,6 +110,18 @@ def test_task_pre_annotates_the_prediction_inside_the_asked_regions_only():
     assert shown.shape == image.shape
 
 
+def test_the_empty_paint_brushes_of_each_task_are_its_own_and_of_its_images_size():
+    for height, width in ((H, W), (2 * H, W + 7), (H, W)):
+        made = task(np.zeros((height, width, 3), np.uint8), [region(1, (0, 0, 5, 5))],
+                    np.zeros((height, width), np.uint8), CLASSES)
+        person = [r for r in made["predictions"][0]["result"] if r["from_name"] == BRUSH_TAG]
+        assert [b["value"]["brushlabels"] for b in person] == [[name] for name in CLASSES.names]
+        for brush in person:
+            assert (brush["original_height"], brush["original_width"]) == (height, width)
+            assert decoded(brush).shape == (height, width) and not decoded(brush).any()
+        person[0]["value"]["rle"].clear()  # a caller's change to one task leaves the next alone
+
+
 def test_export_painted_with_label_studios_encoder_reads_back_exactly(tmp_path):
     labels = np.random.default_rng(1).integers(0, 3, (H, W)).astype(np.uint8)
     labels[::3, ::4] = 255

@@ -18,6 +18,7 @@ where brush regions overlap, the one first in the result list wins, as Label Stu
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -87,9 +88,9 @@ def task(image: np.ndarray, regions: Sequence[Region], prediction: np.ndarray, c
     the model's (H, W) class-id `prediction`, pre-annotated inside the regions only."""
     height, width = prediction.shape
     inside = box_masks([[region.box for region in regions]], height, width)[0].numpy()
-    nothing = np.zeros((height, width), dtype=bool)
     result = [_asked_rectangle(region, height, width) for region in regions]
-    result += [_brush(f"paint_{k}", BRUSH_TAG, nothing, name) for k, name in enumerate(classes.names)]
+    result += [_brush_of(f"paint_{k}", BRUSH_TAG, list(_empty_rle(height, width)), height, width, name)
+               for k, name in enumerate(classes.names)]
     result += [
         _brush(f"model_{k}", MODEL_TAG, (prediction == k) & inside, classes.names[k])
         for k in np.unique(prediction[inside])
@@ -131,8 +132,19 @@ def _asked_rectangle(region: Region, height: int, width: int) -> dict:
 
 def _brush(result_id: str, tag: str, mask: np.ndarray, name: str) -> dict:
     """A brush result of control `tag` painting `mask` ((H, W) bool) with class `name`."""
-    value = {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [name]}
-    return _placed(result_id, tag, "brushlabels", *mask.shape, value)
+    return _brush_of(result_id, tag, mask2rle(mask.astype(np.uint8) * 255), *mask.shape, name)
+
+
+def _brush_of(result_id: str, tag: str, rle: list[int], height: int, width: int, name: str) -> dict:
+    value = {"format": "rle", "rle": rle, "brushlabels": [name]}
+    return _placed(result_id, tag, "brushlabels", height, width, value)
+
+
+@functools.lru_cache(maxsize=8)
+def _empty_rle(height: int, width: int) -> tuple[int, ...]:
+    """The RLE of a mask painting nothing: every task of an image size carries one per class, and
+    encoding is the slow part of making a task."""
+    return tuple(mask2rle(np.zeros((height, width), dtype=np.uint8)))
 
 
 # ---- export -------------------------------------------------------------------------------------
