@@ -246,7 +246,24 @@ def _as_label_patch(patch: Any) -> np.ndarray | None:
     return array.astype(np.uint8)
 
 
-class Ledger(AbstractContextManager):
+class RegionsByState:
+    """The regions of one state, for a reader that has `regions(cycle, state)`."""
+
+    def regions(self, cycle: int | None = None, state: str | None = None) -> list[Region]:
+        raise NotImplementedError
+
+    def asked(self, cycle: int | None = None) -> list[Region]:
+        """Regions still waiting for an answer (skipped ones do not)."""
+        return self.regions(cycle, "asked")
+
+    def answered(self, cycle: int | None = None) -> list[Region]:
+        return self.regions(cycle, "answered")
+
+    def skipped(self, cycle: int | None = None) -> list[Region]:
+        return self.regions(cycle, "skipped")
+
+
+class Ledger(RegionsByState, AbstractContextManager):
     """The label ledger of one run. `path` is RUN_DIR/ledger.sqlite; labels go to RUN_DIR/labels/."""
 
     def __init__(self, path: str | Path, readonly: bool = False) -> None:
@@ -465,16 +482,6 @@ class Ledger(AbstractContextManager):
         query = f"SELECT {_REGION_COLUMNS} FROM regions WHERE (?1 IS NULL OR cycle = ?1) AND (?2 IS NULL OR state = ?2)"
         rows = self._conn.execute(query + " ORDER BY region_id", (cycle, state))
         return [_region_from_row(row) for row in rows]
-
-    def asked(self, cycle: int | None = None) -> list[Region]:
-        """Regions still waiting for an answer (skipped ones do not)."""
-        return self.regions(cycle, "asked")
-
-    def answered(self, cycle: int | None = None) -> list[Region]:
-        return self.regions(cycle, "answered")
-
-    def skipped(self, cycle: int | None = None) -> list[Region]:
-        return self.regions(cycle, "skipped")
 
     # --- regions: answer --------------------------------------------------------------------------
 

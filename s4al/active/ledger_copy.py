@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from s4al.active.ledger import ImageRecord, Ledger, Region, read_patch
+from s4al.active.ledger import ImageRecord, Ledger, Region, RegionsByState, read_patch
 from s4al.active.phases import CyclePhases
 
 
 @dataclass(frozen=True)
-class LedgerCopy:
+class LedgerCopy(RegionsByState):
     """The reads of Ledger that the cycle's ranks make, from a copy."""
 
     run_dir: Path
@@ -31,15 +31,6 @@ class LedgerCopy:
 
     def regions(self, cycle: int | None = None, state: str | None = None) -> list[Region]:
         return [r for r in self.region_records if cycle in (None, r.cycle) and state in (None, r.state)]
-
-    def asked(self, cycle: int | None = None) -> list[Region]:
-        return self.regions(cycle, "asked")
-
-    def answered(self, cycle: int | None = None) -> list[Region]:
-        return self.regions(cycle, "answered")
-
-    def skipped(self, cycle: int | None = None) -> list[Region]:
-        return self.regions(cycle, "skipped")
 
     def patch(self, region: Region) -> np.ndarray:
         return read_patch(self.run_dir, region)
