@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from conftest import label_map, label_state, region_by_id
 from s4al.active.ledger import Ledger, Region
+from s4al.active.phases import CyclePhases
 from s4al.annotation.answers import import_answers
 from s4al.annotation.label_studio import task
 from s4al.annotation.masks import AnswerError
@@ -135,6 +136,25 @@ def test_a_task_corrected_after_its_import_replaces_the_earlier_answer_of_the_re
     before = snapshot(run_dir)
     again = import_answers(run_dir, export)  # the same export: nothing changed since
     assert (again.answered, again.corrected, again.already_imported) == ([], [], 2)
+    assert snapshot(run_dir) == before
+
+
+def test_a_correction_while_a_cycle_is_part_trained_is_refused_so_its_resume_stays_exact(run_dir, tmp_path):
+    first = truth("a")
+    import_answers(run_dir, write_export(tmp_path / "e1.json", task_of(1, "a", first, [1, 2])))
+    with Ledger(run_dir / "ledger.sqlite") as ledger, CyclePhases(ledger) as phases:
+        for phase in ("train", "acquire", "answer", "done"):
+            phases.set_phase(0, phase)
+        phases.set_phase(1, "train")  # cycle 1 trains with A1's answer; killed after its first checkpoint
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "cycle_1.pt").write_bytes(b"")
+    reviewed = first.copy()
+    reviewed[2:6, 3:8] = 2
+    before = snapshot(run_dir)
+    with pytest.raises(AnswerError, match=r"e2.json: corrects region 1 answered before, while cycle 1 has trained "
+                                          r"part-way with its earlier answer: resume the run until cycle 1 has "
+                                          r"trained \(s4al run --resume .*\), then import again; nothing written"):
+        import_answers(run_dir, write_export(tmp_path / "e2.json", task_of(1, "a", reviewed, [1, 2])))
     assert snapshot(run_dir) == before
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from s4al.active.ledger import Ledger, LedgerError, Region
+from s4al.active.phases import CyclePhases
 from s4al.active.regions import box_masks
 from s4al.annotation.label_studio import read_export
 from s4al.annotation.masks import (
@@ -70,6 +71,7 @@ def import_answers(run_dir: Path, answers_path: Path) -> ImportReport:
             sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
             painted, report = _read(answers_path, ledger.get_meta("classes"), sizes)
             answers = _answers(ledger, painted, report)
+            _refuse_corrections_mid_training(folder, ledger, report, answers_path)
             report.still_asked = len(ledger.asked())
         if not answers and not report.skipped:
             if report.already_imported:
@@ -83,6 +85,23 @@ def import_answers(run_dir: Path, answers_path: Path) -> ImportReport:
                 raise AnswerError(f"{answers_path}: {err}") from None
             report.still_asked = len(ledger.asked())
     return report
+
+
+def _refuse_corrections_mid_training(folder: RunFolder, ledger: Ledger, report: ImportReport,
+                                     answers_path: Path) -> None:
+    """A correction changes the labels a part-trained cycle trains with: its resume would no longer
+    continue the same training. The export keeps the fix, to be imported once the cycle has trained."""
+    if not report.corrected:
+        return
+    with CyclePhases(ledger) as phases:
+        last = phases.last_cycle()
+        if last is None or phases.phase(last) != "train" or not folder.checkpoint_path(last).exists():
+            return
+    regions = "region" if len(report.corrected) == 1 else "regions"
+    raise AnswerError(f"{answers_path}: corrects {regions} {first_of([str(i) for i in report.corrected])} answered "
+                      f"before, while cycle {last} has trained part-way with {'its' if regions == 'region' else 'their'}"
+                      f" earlier answer: resume the run until cycle {last} has trained (s4al run --resume "
+                      f"{folder.path}), then import again; nothing written")
 
 
 def _why_nothing(report: ImportReport) -> str:
