@@ -204,8 +204,9 @@ def status(run_dir: RunDirArgument) -> None:
     with user_errors_reported():
         folder = RunFolder(run_dir)
         with Ledger(folder.ledger_file(), readonly=True) as ledger, CyclePhases(ledger) as phases:
+            cfg = folder.config()  # a damaged config is refused before any of the account is printed
             console.print(cycle_table(run_dir, folder.summaries(), ledger, phases))
-            for line in next_lines(run_dir, folder.config(), ledger, phases, folder.metrics_log, folder.holder()):
+            for line in next_lines(run_dir, cfg, ledger, phases, folder.metrics_log, folder.holder()):
                 console.print(line)
 
 

@@ -187,8 +187,8 @@ class RunFolder:
 
     def ledger_file(self) -> Path:
         """The ledger of a run folder, for a command that reads or answers a run; a folder
-        without one is refused."""
-        if not self.ledger_path.is_file():
+        without one is refused (a training's folder, or a begun run's missing ledger, saying so)."""
+        if not self.check_ledger():
             raise RunFolderError(f"{self.path}: not a run folder (no {LEDGER_FILE})")
         return self.ledger_path
 
@@ -207,7 +207,8 @@ class RunFolder:
                                  "ledger, splits/ or cycles/), not an active-learning run; start one in a new folder "
                                  "with `s4al run --out`")
         if begun:
-            raise RunFolderError(f"{self.ledger_path}: missing, though this run has begun ({', '.join(begun)}/ "
+            on_disk = ", ".join(f"{name}/" for name in begun)
+            raise RunFolderError(f"{self.ledger_path}: missing, though this run has begun ({on_disk} "
                                  "on disk); its answers were in it. Restore it from a backup; nothing was changed")
         return False
 

@@ -128,3 +128,22 @@ def test_a_process_at_work_on_the_run_is_named_and_no_resume_is_suggested(run_di
 def test_status_of_a_folder_that_is_no_run_is_an_error_naming_it(tmp_path):
     result = CliRunner().invoke(app, ["status", str(tmp_path)])
     assert result.exit_code == 1 and f"{tmp_path}: not a run folder (no ledger.sqlite)" in result.output
+
+
+def test_a_begun_run_without_its_ledger_and_a_training_folder_are_told_apart_from_no_run(run_dir, tmp_path):
+    (run_dir / "ledger.sqlite").unlink()
+    missing = CliRunner().invoke(app, ["status", str(run_dir)], env=WIDE)
+    assert missing.exit_code == 1
+    assert (f"{run_dir / 'ledger.sqlite'}: missing, though this run has begun (checkpoints/, splits/ on disk); "
+            "its answers were in it. Restore it from a backup; nothing was changed") in missing.output
+    training = tmp_path / "training"
+    (training / "checkpoints").mkdir(parents=True)
+    (training / "result.json").write_text("{}")
+    refused = CliRunner().invoke(app, ["status", str(training)], env=WIDE)
+    assert refused.exit_code == 1 and f"{training}: a folder of `s4al train` (full supervision" in refused.output
+
+
+def test_a_damaged_config_is_refused_before_any_of_the_account_is_printed(run_dir):
+    (run_dir / "config.yaml").write_text("model: [\n")
+    result = CliRunner().invoke(app, ["status", str(run_dir)], env=WIDE)
+    assert result.exit_code == 1 and result.output.startswith(f"error: {run_dir / 'config.yaml'}: cannot read config")
