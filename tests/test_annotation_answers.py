@@ -158,6 +158,20 @@ def test_a_correction_while_a_cycle_is_part_trained_is_refused_so_its_resume_sta
     assert snapshot(run_dir) == before
 
 
+def test_two_tasks_painting_one_answered_region_two_ways_are_refused_rather_than_taking_turns(run_dir, tmp_path):
+    first = truth("a")
+    import_answers(run_dir, write_export(tmp_path / "e1.json", task_of(1, "a", first, [1, 2])))
+    reviewed = first.copy()
+    reviewed[2:6, 3:8] = 2  # the fix, in a second copy of the task (tasks.json imported twice)
+    export = write_export(tmp_path / "e2.json", task_of(1, "a", first, [1, 2]), task_of(4, "a", reviewed, [1, 2]))
+    before = snapshot(run_dir)
+    # taking the one unlike the stored answer would take the other on the next import, and so on
+    with pytest.raises(AnswerError, match=r"task 4 \(image 'a'\): region 1 is painted otherwise than in .*task 1 "
+                                          r"\(image 'a'\): keep one of the two tasks"):
+        import_answers(run_dir, export)
+    assert snapshot(run_dir) == before
+
+
 def test_an_edit_that_leaves_an_answered_region_under_half_painted_keeps_the_earlier_answer(run_dir, tmp_path):
     import_answers(run_dir, write_export(tmp_path / "e1.json", task_of(1, "a", truth("a"), [1, 2])))
     erased = truth("a")

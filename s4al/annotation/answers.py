@@ -139,6 +139,7 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
         of_image[region.image_id].append(region)
     problems: list[str] = []
     taken: dict[int, str] = {}  # region id -> the answer that answered or skipped it
+    repainted: dict[int, tuple[str, np.ndarray]] = {}  # answered region id -> the first answer painting it, its patch
     answers = []
     for image in painted:
         image_problems = _problems(image, sizes, regions, num_classes)
@@ -146,7 +147,7 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
         if image_problems:
             continue
         addressed = _addressed(image, regions, of_image)
-        corrections = _corrections(ledger, image, addressed, report)
+        corrections = _corrections(ledger, image, addressed, report, repainted, problems)
         if addressed and all(region.state != "asked" for region in addressed) and not corrections:
             report.already_imported += 1
             continue
@@ -220,16 +221,23 @@ def _answer_image(image: PaintedImage, addressed: list[Region], report: ImportRe
     return answers
 
 
-def _corrections(ledger: Ledger, image: PaintedImage, addressed: list[Region],
-                 report: ImportReport) -> list[tuple[int, np.ndarray]]:
+def _corrections(ledger: Ledger, image: PaintedImage, addressed: list[Region], report: ImportReport,
+                 repainted: dict[int, tuple[str, np.ndarray]], problems: list[str]) -> list[tuple[int, np.ndarray]]:
     """The answered regions this answer paints enough, and otherwise than their stored answer: an
-    edit made after the import, which replaces it (the next cycle trains with it)."""
+    edit made after the import, which replaces it (the next cycle trains with it). Two answers of
+    one import painting a region two ways are a problem: taking the one unlike the stored answer
+    would take the other on the next import of the same file."""
     corrections = []
     for region in addressed:
         y0, x0, y1, x1 = region.box
         patch = image.labels[y0:y1, x0:x1]
-        if (region.state == "answered" and not image.declined and (patch != UNPAINTED).mean() >= MIN_PAINTED_SHARE
-                and not np.array_equal(patch, ledger.patch(region))):
+        if region.state != "answered" or image.declined or (patch != UNPAINTED).mean() < MIN_PAINTED_SHARE:
+            continue
+        source, first = repainted.setdefault(region.region_id, (image.source, patch))
+        if not np.array_equal(patch, first):
+            problems.append(f"{image.source}: region {region.region_id} is painted otherwise than in {source}: "
+                            "keep one of the two tasks")
+        if not np.array_equal(patch, ledger.patch(region)):
             corrections.append((region.region_id, patch.copy()))
     report.corrected += [region_id for region_id, _ in corrections]
     return corrections
