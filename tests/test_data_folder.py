@@ -102,6 +102,12 @@ def test_a_stem_holding_a_hash_is_listed_whole_and_a_comment_after_a_stem_still_
     assert [ImageFolder(tmp_path, "val").image_id(i) for i in range(2)] == ["scene #2", "a"]
 
 
+def test_a_stem_holding_a_hash_may_have_a_comment_after_it_too(tmp_path):
+    make_folder(tmp_path, stems=("scene #2", "a"))
+    (tmp_path / "val.txt").write_text("scene #2  # the rainy one\na\n")
+    assert [ImageFolder(tmp_path, "val").image_id(i) for i in range(2)] == ["scene #2", "a"]
+
+
 def test_images_without_masks_only_in_unlabelled_split(tmp_path):
     make_folder(tmp_path)
     save(tmp_path / "images" / "pool.jpg", np.zeros((3, 5, 3), np.uint8))

@@ -205,11 +205,21 @@ def check_disjoint(split_file: Path, stems: list[str], images: dict[str, Path]) 
                                "a split's images must be in no other")
 
 
+def _stem_of(line: str, images: dict[str, Path]) -> str:
+    """The stem a split file's line lists: a stem may hold '#', so the longest part of the line
+    before a '#' (or the whole line) that names an image; else what precedes the first '#'."""
+    parts = line.split("#")
+    for count in range(len(parts), 0, -1):
+        stem = "#".join(parts[:count]).strip()
+        if stem in images:
+            return stem
+    return parts[0].strip()
+
+
 def read_stems(split_file: Path, images: dict[str, Path]) -> list[str]:
     stems = []
     for number, line in enumerate(split_file.read_text().splitlines(), start=1):
-        whole = line.strip()  # a stem may hold '#': the whole line first, then as 'stem # comment'
-        stem = whole if whole in images else line.split("#", 1)[0].strip()
+        stem = _stem_of(line, images)
         if stem and stem not in images:
             raise DatasetError(f"{split_file}:{number}: no image with stem '{stem}' in images/")
         if stem:
