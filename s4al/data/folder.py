@@ -156,12 +156,18 @@ class ImageFolder(FilePairDataset):
 
 
 def images_by_stem(image_dir: Path) -> dict[str, Path]:
-    """Every file in images/ must be an image: one of another kind would silently leave the pool."""
+    """Every file in images/ must be an image, and no subfolder holds files: one of another kind, or
+    in a subfolder, would silently leave the pool."""
     listed = list_files(image_dir, IMAGE_SUFFIXES)
     others = sorted(set(p for p in image_dir.iterdir() if p.is_file() and not p.name.startswith(".")) - set(listed))
     if others:
         raise DatasetError(f"{others[0]}: not an image file of a kind this reads ({', '.join(IMAGE_SUFFIXES)}); "
                            "convert it or move it out of images/")
+    nested = sorted(p for p in image_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+                    and any(f.is_file() for f in p.rglob("*")))
+    if nested:
+        raise DatasetError(f"{nested[0]}: a folder inside images/, which is read without its subfolders: "
+                           "move its images up into images/ or the folder out")
     images: dict[str, Path] = {}
     for image in listed:
         if image.stem in images:
