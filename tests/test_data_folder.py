@@ -229,15 +229,19 @@ def test_tiff_bmp_and_webp_images_are_read_and_any_other_file_in_images_is_refus
         ImageFolder(tmp_path, "train")
 
 
-def test_a_subfolder_of_images_holding_files_is_refused_naming_it(tmp_path):
+def test_a_subfolder_of_images_or_masks_holding_files_is_refused_naming_it(tmp_path):
     make_folder(tmp_path)
     (tmp_path / "images" / ".cache").mkdir()  # hidden, and empty folders, are left alone
     (tmp_path / "images" / "empty").mkdir()
     assert len(ImageFolder(tmp_path, "train")) == 2
     save(tmp_path / "images" / "batch2" / "c.png", np.zeros((2, 2, 3), np.uint8))  # would silently leave the pool
     with pytest.raises(DatasetError, match=r"images/batch2: a folder inside images/, which is read without its "
-                                           r"subfolders: move its images up into images/ or the folder out"):
+                                           r"subfolders: move its files up into images/ or the folder out"):
         ImageFolder(tmp_path, "train")
+    (tmp_path / "images" / "batch2" / "c.png").rename(tmp_path / "images" / "c.png")
+    save(tmp_path / "masks" / "batch2" / "c.png", ID_MASK)  # 'c' would be taken for an image without a mask
+    with pytest.raises(DatasetError, match=r"masks/batch2: a folder inside masks/"):
+        ImageFolder(tmp_path, "unlabelled")
 
 
 def test_a_mask_without_its_image_is_refused_naming_the_file(tmp_path):

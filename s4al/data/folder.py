@@ -163,11 +163,7 @@ def images_by_stem(image_dir: Path) -> dict[str, Path]:
     if others:
         raise DatasetError(f"{others[0]}: not an image file of a kind this reads ({', '.join(IMAGE_SUFFIXES)}); "
                            "convert it or move it out of images/")
-    nested = sorted(p for p in image_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-                    and any(f.is_file() for f in p.rglob("*")))
-    if nested:
-        raise DatasetError(f"{nested[0]}: a folder inside images/, which is read without its subfolders: "
-                           "move its images up into images/ or the folder out")
+    refuse_subfolders(image_dir)
     images: dict[str, Path] = {}
     for image in listed:
         if image.stem in images:
@@ -177,12 +173,22 @@ def images_by_stem(image_dir: Path) -> dict[str, Path]:
     return images
 
 
+def refuse_subfolders(folder: Path) -> None:
+    """A folder read flat must hold no subfolder with files in it: they would silently be left out."""
+    nested = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                    and any(f.is_file() for f in p.rglob("*")))
+    if nested:
+        raise DatasetError(f"{nested[0]}: a folder inside {folder.name}/, which is read without its subfolders: "
+                           f"move its files up into {folder.name}/ or the folder out")
+
+
 def masks_by_stem(mask_dir: Path, images: dict[str, Path]) -> dict[str, Path]:
     """Every file in masks/ must be the PNG mask of an image (.png in any case): one that is not
     would be ignored and its image taken for an unlabelled one."""
     masks: dict[str, Path] = {}
     if not mask_dir.is_dir():
         return masks
+    refuse_subfolders(mask_dir)
     for mask in sorted(mask_dir.iterdir()):
         if mask.name.startswith(".") or not mask.is_file():
             continue
