@@ -236,7 +236,7 @@ def _corrections(ledger: Ledger, image: PaintedImage, addressed: list[Region], r
         source, first = repainted.setdefault(region.region_id, (image.source, patch))
         if not np.array_equal(patch, first):
             problems.append(f"{image.source}: region {region.region_id} is painted otherwise than in {source}: "
-                            "keep one of the two tasks")
+                            "keep one of the two")
         if not np.array_equal(patch, ledger.patch(region)):
             corrections.append((region.region_id, patch.copy()))
     report.corrected += [region_id for region_id, _ in corrections]
