@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -71,6 +72,19 @@ def test_asked_regions_show_as_a_row_and_the_ways_to_answer_them(run_dir):
     assert row.split("│")[1].strip() == "0"
     assert f"{asked} regions wait for answers" in output and f"`s4al skip {run_dir}`" in output
     assert "Continue with" not in output
+
+
+def test_a_cycle_whose_asked_regions_are_all_answered_keeps_its_row_until_the_run_goes_on(run_dir):
+    with ActiveLearningRun(run_dir) as active_run:
+        active_run.acquire(0)
+        asked = active_run.ledger.asked()
+        active_run.ledger.answer_many([(r.region_id, np.zeros(r.shape, np.uint8)) for r in asked[1:]], by="test")
+        active_run.ledger.skip([asked[0].region_id], by="test")
+    RunFolder(run_dir).unlock()
+    output = status(run_dir)
+    row = next(line for line in output.splitlines() if line.count("│") > 2 and line.split("│")[1].strip() == "0")
+    assert row.split("│")[4].strip() == f"{len(asked) - 1} answered"
+    assert "every region cycle 0 asked is answered or skipped." in output
 
 
 def run_with_phases(run_dir, cfg, phases_by_cycle):

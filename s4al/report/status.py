@@ -25,7 +25,7 @@ def finished_line(run_dir: Path, cycles: int) -> str:
 
 
 def cycle_table(run_dir: Path, summaries: list[dict], ledger: Ledger, phases: CyclePhases) -> Table:
-    """The finished cycles, and the one whose asked regions wait for answers."""
+    """The finished cycles, and the one that asked and waits for its answers or for the run to go on."""
     table = Table(title=f"active learning: {run_dir}")
     for column in ("cycle", "labelled %", "val mIoU", "regions bought", "images bought"):
         table.add_column(column, justify="right")
@@ -34,10 +34,11 @@ def cycle_table(run_dir: Path, summaries: list[dict], ledger: Ledger, phases: Cy
                       str(s["bought"]["regions"]), str(s["bought"]["images"]))
     waiting = phases.last_cycle()
     pending = ledger.asked()
-    if pending and phases.phase(waiting) == "answer":  # trained and asked; its summary waits for the answers
+    if phases.phase(waiting) == "answer":  # trained and asked; its summary is written as the run goes on
         metrics = phases.metrics(waiting)
+        bought = f"{len(pending)} asked" if pending else f"{len(ledger.answered(waiting))} answered"
         table.add_row(str(waiting), f"{100 * metrics['labelled_fraction']:.2f}", percent(metrics["val"]["miou"]),
-                      f"{len(pending)} asked", "-")
+                      bought, "-")
     return table
 
 
