@@ -199,3 +199,13 @@ def test_an_image_added_without_a_label_to_a_run_that_needs_labels_is_refused_na
     with pytest.raises(DatasetError, match=r"images 'n1' were added without a label, and with active.initial "
                                            r"'random' every image needs one: label them or move them out"):
         ActiveLearningRun(run_dir)
+
+
+def test_an_initially_labelled_image_whose_mask_is_gone_is_refused_naming_it(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    ActiveLearningRun(run_dir, own_config(root)).close()
+    (root / "masks" / "m1.png").unlink()  # it would train as an all-void image
+    with pytest.raises(DatasetError, match=r"images 'm1' are labelled whole in this run, but their labels are gone "
+                                           r"from the dataset \(they would train as all void\): put them back"):
+        ActiveLearningRun(run_dir)

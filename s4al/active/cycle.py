@@ -212,18 +212,24 @@ class ActiveLearningRun(AbstractContextManager):
         return [i for i, known in enumerate(has_label) if known]
 
     def _check_same_images(self, ledger: Ledger) -> None:
-        """The dataset must still hold the images the run was made with, at the same sizes."""
-        registered = {r.image_id: (r.height, r.width) for r in ledger.images()}
+        """The dataset must still hold the images the run was made with, at the same sizes, and the
+        labels of those labelled whole."""
+        records = ledger.images()
+        registered = {r.image_id: (r.height, r.width) for r in records}
         where = f"{self.cfg.dataset.root or self.cfg.dataset.name}, split '{self.cfg.dataset.train_split}'"
         gone = [i for i in registered if i not in self.index_of]
         resized = [i for i in registered if i in self.index_of
                    and tuple(self.train_set.image_size(self.index_of[i])) != registered[i]]
+        label_gone = [r.image_id for r in records if r.fully_labelled and r.image_id in self.index_of
+                      and not self.train_set.has_label(self.index_of[r.image_id])]
         self.new_images = [i for i in self.ids if i not in registered]
         unlabelled = [i for i in self.new_images if not self.train_set.has_label(self.index_of[i])]
         if self.cfg.active.initial == "labelled":
             unlabelled = []  # the added images without a label join the pool, with one the labelled
         for images, what in ((gone, "are in this run's ledger but no longer in the dataset: put them back"),
                              (resized, "changed size since the run was made: restore them"),
+                             (label_gone, "are labelled whole in this run, but their labels are gone from the "
+                                          "dataset (they would train as all void): put them back"),
                              (unlabelled, "were added without a label, and with active.initial 'random' every "
                                           "image needs one: label them or move them out")):
             if images:
