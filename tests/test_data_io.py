@@ -99,7 +99,7 @@ def save_with_orientation(path, array, orientation):
     return path
 
 
-@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif", ".webp"])  # Pillow turns a TIFF's size itself
 def test_exif_orientation_turns_image_as_viewers_show_it(tmp_path, suffix):
     # stored 2x3; orientation 6 is shown turned a quarter clockwise (3x2), 3 turned half (2x3)
     stored = np.zeros((2, 3, 3), np.uint8)

@@ -84,7 +84,8 @@ def read_size(path: Path) -> tuple[int, int]:
     """(H, W) as shown (after the EXIF orientation), from the file header without decoding the pixels."""
     with _open(Path(path)) as img:
         width, height = img.size
-        turned = _orientation(img) in _QUARTER_TURNS
+        # Pillow gives a TIFF's size as shown already (it turns the pixels as it loads them)
+        turned = img.format != "TIFF" and _orientation(img) in _QUARTER_TURNS
     return (width, height) if turned else (height, width)
 
 
