@@ -106,10 +106,18 @@ def test_a_cycle_in_training_says_its_last_evaluation_of_its_epochs(tmp_path):
                {"cycle": 1, "epoch": 4, "miou": 0.375}]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"cycle": 1, "ep')
     output = status(run_dir)  # the last line, cut by a kill, is passed over; the final cycle trains 2 x 10 epochs
-    assert "cycle 1 is training: last evaluated after epoch 4 of 20, val mIoU 37.5%." in output
+    assert "cycle 1 stopped while training: last evaluated after epoch 4 of 20, val mIoU 37.5%." in output
     assert f"Continue with `s4al run --resume {run_dir}`." in output
+    folder = RunFolder(run_dir)
+    folder.lock()  # a run at work on it
+    try:
+        assert "cycle 1 is training: last evaluated after epoch 4 of 20" in status(run_dir)
+    finally:
+        folder.unlock()
     (run_dir / "metrics.jsonl").write_text(json.dumps(records[0]) + "\n")
-    assert "cycle 1 is training (20 epochs): no evaluation yet." in status(run_dir)
+    assert "cycle 1 stopped while training (20 epochs): no evaluation yet." in status(run_dir)
+    new = run_with_phases(tmp_path / "new", cfg, {})  # made, killed before cycle 0 began
+    assert "cycle 0 has not begun training (10 epochs): no evaluation yet." in status(new)
 
 
 def test_a_finished_run_says_how_to_give_it_more_cycles(tmp_path):

@@ -55,7 +55,8 @@ def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhase
     if pending:
         return lines + [_waiting(run_dir, len(pending))]
     if phase in (None, "train") and metrics_log is not None:
-        lines.append(_training(cfg, cycle or 0, metrics_log))
+        state = "is training" if holder else "stopped while training" if phase else "has not begun training"
+        lines.append(_training(cfg, cycle or 0, metrics_log, state))
     elif phase == "acquire":
         lines.append(f"cycle {cycle} has trained; it scores the pool and asks next.")
     elif phase == "answer":
@@ -74,12 +75,13 @@ def _waiting(run_dir: Path, asked: int) -> str:
             f"then `s4al run --resume {run_dir}` trains the next cycle with what is answered.")
 
 
-def _training(cfg: RunConfig, cycle: int, metrics_log: Path) -> str:
+def _training(cfg: RunConfig, cycle: int, metrics_log: Path, state: str) -> str:
+    """The training cycle's last evaluation; `state`: whether a process trains it now or it stopped."""
     record = last_evaluation(metrics_log, cycle)
     epochs = cfg.cycle_epochs(cycle)
     if record is None:
-        return f"cycle {cycle} is training ({epochs} epochs): no evaluation yet."
-    return (f"cycle {cycle} is training: last evaluated after epoch {record['epoch']} of {epochs}, "
+        return f"cycle {cycle} {state} ({epochs} epochs): no evaluation yet."
+    return (f"cycle {cycle} {state}: last evaluated after epoch {record['epoch']} of {epochs}, "
             f"val mIoU {percent(record['miou'])}.")
 
 
