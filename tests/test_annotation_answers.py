@@ -177,9 +177,14 @@ def test_an_edit_that_leaves_an_answered_region_under_half_painted_keeps_the_ear
     erased = truth("a")
     erased[0:6, 0:10] = 255  # 60 of A1's 100 pixels erased
     before = snapshot(run_dir)
-    report = import_answers(run_dir, write_export(tmp_path / "e2.json", task_of(1, "a", erased, [1, 2])))
+    export = write_export(tmp_path / "e2.json", task_of(1, "a", erased, [1, 2]))
+    report = import_answers(run_dir, export)
     assert (report.answered, report.corrected, report.already_imported) == ([], [], 1)
+    assert report.edits_under_minimum == {1: 0.4}  # said, not passed over in silence
     assert snapshot(run_dir) == before
+    result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
+    assert ("kept the earlier answers of regions 1 (40.0%), painted otherwise now but under 50%: to correct one, "
+            "paint at least that much of it") in result.output
 
 
 def test_a_mask_folder_imported_again_with_one_region_repainted_corrects_that_region(run_dir, tmp_path):

@@ -52,6 +52,8 @@ class ImportReport:
     not_answered: dict[int, float] = field(default_factory=dict)  # region id -> painted share, below the minimum
     already_imported: int = 0  # tasks (or PNGs) whose regions were all answered or skipped before, unchanged
     corrected: list[int] = field(default_factory=list)  # answered region ids whose earlier answer is replaced
+    edits_under_minimum: dict[int, float] = field(default_factory=dict)  # answered region id -> painted share
+    # of an edit painting it otherwise but under the minimum: its earlier answer stays
     void_pixels: int = 0  # unpainted pixels inside the answered regions, stored as void
     ignored_pixels: dict[str, int] = field(default_factory=dict)  # image id -> painted pixels outside its regions
     hand_drawn: dict[str, int] = field(default_factory=dict)  # task -> rectangles drawn by hand, ignored
@@ -231,7 +233,12 @@ def _corrections(ledger: Ledger, image: PaintedImage, addressed: list[Region], r
     for region in addressed:
         y0, x0, y1, x1 = region.box
         patch = image.labels[y0:y1, x0:x1]
-        if region.state != "answered" or image.declined or (patch != UNPAINTED).mean() < MIN_PAINTED_SHARE:
+        share = float((patch != UNPAINTED).mean())
+        if region.state != "answered" or image.declined or not share:
+            continue
+        if share < MIN_PAINTED_SHARE:  # kept, and said: an edit this answer makes is not silently passed over
+            if not np.array_equal(patch, ledger.patch(region)):
+                report.edits_under_minimum[region.region_id] = share
             continue
         source, first = repainted.setdefault(region.region_id, (image.source, patch))
         if not np.array_equal(patch, first):

@@ -143,6 +143,11 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
         lines.append(f"corrected {len(report.corrected)} regions answered before, painted otherwise now (the new "
                      f"answer replaces the earlier one; the next cycle trains with it): "
                      f"{first_of([str(i) for i in report.corrected])}")
+    if report.edits_under_minimum:
+        shares = first_of([f"{region_id} ({100 * share:.1f}%)" for region_id, share in
+                           report.edits_under_minimum.items()], SHOWN_REGIONS)
+        lines.append(f"kept the earlier answers of regions {shares}, painted otherwise now but under "
+                     f"{100 * MIN_PAINTED_SHARE:.0f}%: to correct one, paint at least that much of it")
     if report.already_imported:
         what = "tasks" if report.by == "label-studio" else "masks"
         lines.append(f"{report.already_imported} {what} already imported (their regions are answered or skipped): "
