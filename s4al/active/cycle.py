@@ -311,8 +311,7 @@ class ActiveLearningRun(AbstractContextManager):
         return load_checkpoint(self.folder.checkpoint_path(cycle - 1))["student"]
 
     def _train(self, cycle: int) -> None:
-        if not self.folder.checkpoint_path(cycle).exists():  # never mid-training: its pool is fixed
-            self._on_main(self._join_new_images, cycle, "training")
+        self._on_main(self._join_new_images, cycle, "training")
         self._set_phase(cycle, "train")
         started = time.perf_counter()
         state = self.label_state()
@@ -353,8 +352,10 @@ class ActiveLearningRun(AbstractContextManager):
 
     def _join_new_images(self, cycle: int, before: str) -> None:
         """Images added to the dataset since the run was made join it as a cycle begins training or
-        asking: with active.initial 'labelled' those with a label as labelled, the others as pool."""
-        if not self.new_images:
+        asking: with active.initial 'labelled' those with a label as labelled, the others as pool.
+        Never once a cycle has checkpointed part of its training: its pool is fixed. Rank 0 alone
+        looks, so the ranks cannot go different ways on what they see of the checkpoint."""
+        if not self.new_images or (before == "training" and self.folder.checkpoint_path(cycle).exists()):
             return
         labelled = [i for i in self.new_images
                     if self.cfg.active.initial == "labelled" and self.train_set.has_label(self.index_of[i])]

@@ -141,7 +141,7 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
                      f"paint them and import again, or skip them: {_skip_command(run_dir, list(report.not_answered))}")
     if report.corrected:
         lines.append(f"corrected {len(report.corrected)} regions answered before, painted otherwise now (the new "
-                     f"answer replaces the earlier one; the next cycle trains with it): "
+                     f"answer replaces the earlier one for the training to come): "
                      f"{first_of([str(i) for i in report.corrected])}")
     if report.edits_under_minimum:
         shares = first_of([f"{region_id} ({100 * share:.1f}%)" for region_id, share in

@@ -51,7 +51,8 @@ def report(
 
 def predict_command(
     checkpoint: CheckpointArgument,
-    images: Annotated[list[Path], typer.Argument(help="Images of any size, or folders of them (.png, .jpg).")],
+    images: Annotated[list[Path], typer.Argument(
+        help="Images of any size, or folders of them (.png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the masks and overlays.")],
     network: NetworkOption = Network.teacher,
     device: Annotated[str, typer.Option(help="Device: auto, cpu, cuda, cuda:1, ...")] = "auto",
