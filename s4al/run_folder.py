@@ -65,6 +65,11 @@ def _outside_resume_overrides(overrides: dict):
             yield from (f"{section}.{key}" for key in value if f"{section}.{key}" not in RESUME_KEYS)
 
 
+def _holder_written_in(fd: int) -> str:
+    """The process id the lock's holder wrote into the lock file."""
+    return os.read(fd, 64).decode(errors="replace").strip() or "another process"
+
+
 class RunFolderError(S4alError):
     """A run folder that cannot be made or opened as asked; the message names the path."""
 
@@ -230,7 +235,7 @@ class RunFolder:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            holder = _holder_written_in(fd)
             os.close(fd)
             raise RunFolderError(f"{self.path}: in use by process {holder}; wait for it to finish "
                                  "(two processes on one run folder would train the same cycle twice)") from None
@@ -267,6 +272,6 @@ class RunFolder:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # granted only while no writer holds it
             return None
         except BlockingIOError:
-            return os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            return _holder_written_in(fd)
         finally:
             os.close(fd)

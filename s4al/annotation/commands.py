@@ -142,7 +142,7 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
     if report.corrected:
         lines.append(f"corrected {len(report.corrected)} regions answered before, painted otherwise now (the new "
                      f"answer replaces the earlier one for the training to come): "
-                     f"{first_of([str(i) for i in report.corrected])}")
+                     f"{first_of([str(i) for i in report.corrected], SHOWN_REGIONS)}")
     if report.edits_under_minimum:
         shares = first_of([f"{region_id} ({100 * share:.1f}%)" for region_id, share in
                            report.edits_under_minimum.items()], SHOWN_REGIONS)
