@@ -4,10 +4,12 @@ folder byte-for-byte unchanged."""
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
 import textwrap
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ from s4al.active.ledger import Ledger, Region
 from s4al.active.phases import CyclePhases
 from s4al.annotation.answers import import_answers
 from s4al.annotation.label_studio import task
-from s4al.annotation.masks import AnswerError
+from s4al.annotation.masks import AnswerError, utc_time
 from s4al.cli import app
 from s4al.data.classes import ClassSet
 from s4al.run_folder import RunFolderError
@@ -137,6 +139,67 @@ def test_a_task_corrected_after_its_import_replaces_the_earlier_answer_of_the_re
     again = import_answers(run_dir, export)  # the same export: nothing changed since
     assert (again.answered, again.corrected, again.already_imported) == ([], [], 2)
     assert snapshot(run_dir) == before
+
+
+def test_an_older_export_imported_after_a_correction_leaves_the_corrected_answer(run_dir, tmp_path):
+    first, reviewed = truth("a"), truth("a")
+    reviewed[2:6, 3:8] = 2
+    older_task = task_of(1, "a", first, [1, 2])
+    older_task["annotations"][0]["updated_at"] = "2026-03-09T22:16:08.728378Z"  # Label Studio's form
+    older = write_export(tmp_path / "e1.json", older_task)
+    newer_task = task_of(1, "a", reviewed, [1, 2])
+    newer_task["annotations"][0]["updated_at"] = "2026-03-10T08:00:00.000001+01:00"  # 07:00 UTC, the next day
+    newer = write_export(tmp_path / "e2.json", newer_task)
+    import_answers(run_dir, older)
+    assert import_answers(run_dir, newer).corrected == [1]
+    before = snapshot(run_dir)
+    report = import_answers(run_dir, older)  # the first export again: its painting is the older one
+    assert (report.corrected, report.outdated, report.already_imported) == ([], [1], 1)
+    assert snapshot(run_dir) == before
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(reviewed, A1))
+        assert region_by_id(ledger, 1).painted_at == "2026-03-10T07:00:00.000001+00:00"
+        assert region_by_id(ledger, 2).painted_at == "2026-03-09T22:16:08.728378+00:00"  # as the first export said
+    result = CliRunner().invoke(app, ["import", str(run_dir), str(older)], env={"COLUMNS": "250"})
+    assert ("left 1 answered regions as they are: this file paints them otherwise, but before their answer was "
+            "painted (an earlier export or mask?): 1") in result.output
+
+
+def test_an_older_export_imported_after_a_newer_one_never_replaces_its_answers(run_dir, tmp_path):
+    first, reviewed = truth("a"), truth("a")
+    reviewed[2:6, 3:8] = 2
+    older_task, newer_task = task_of(1, "a", first, [1, 2]), task_of(1, "a", reviewed, [1, 2])
+    older_task["annotations"][0]["updated_at"] = "2026-03-09T10:00:00Z"
+    newer_task["annotations"][0]["updated_at"] = "2026-03-09T11:00:00Z"
+    import_answers(run_dir, write_export(tmp_path / "e2.json", newer_task))  # the newer export came first
+    report = import_answers(run_dir, write_export(tmp_path / "e1.json", older_task))
+    assert (report.corrected, report.outdated) == ([], [1])
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(reviewed, A1))
+
+
+def test_a_mask_file_older_than_the_stored_answer_leaves_it_and_a_newer_one_corrects_it(run_dir, tmp_path):
+    reviewed_task = task_of(1, "a", truth("a"), [1, 2])
+    reviewed_task["annotations"][0]["updated_at"] = "2026-03-09T11:00:00Z"
+    import_answers(run_dir, write_export(tmp_path / "e.json", reviewed_task))
+    repainted = truth("a")
+    repainted[10:20, 20:30] = 0
+    folder = png_folder(tmp_path, "a.png", repainted)
+    eleven = datetime(2026, 3, 9, 11, tzinfo=timezone.utc).timestamp()
+    os.utime(folder / "a.png", (eleven - 1, eleven - 1))  # written a second before the stored answer was painted
+    assert (import_answers(run_dir, folder).outdated, import_answers(run_dir, folder).corrected) == ([2], [])
+    os.utime(folder / "a.png", (eleven + 1, eleven + 1))
+    assert import_answers(run_dir, folder).corrected == [2]
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert (ledger.patch(region_by_id(ledger, 2)) == 0).all()
+        assert region_by_id(ledger, 2).painted_at == "2026-03-09T11:00:01.000000+00:00"
+
+
+def test_a_painting_time_reads_as_one_utc_form_and_an_unreadable_one_as_unknown():
+    assert utc_time("2021-03-09T22:16:08.728378Z") == "2021-03-09T22:16:08.728378+00:00"  # Label Studio's form
+    assert utc_time("2021-03-10T00:16:08+02:00") == "2021-03-09T22:16:08.000000+00:00"
+    assert utc_time("2021-03-09T22:16:08") == "2021-03-09T22:16:08.000000+00:00"  # no zone: UTC
+    assert [utc_time(value) for value in (None, 17, "", "yesterday")] == [None] * 4
 
 
 def test_a_correction_while_a_cycle_is_part_trained_is_refused_so_its_resume_stays_exact(run_dir, tmp_path):

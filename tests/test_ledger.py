@@ -60,7 +60,7 @@ def names(path: Path, kind: str) -> set[str]:
 
 def test_new_ledger_schema_and_meta(ledger):
     assert read_rows(ledger.path, "PRAGMA journal_mode") == [("wal",)]  # the file's mode, as any reader finds it
-    assert ledger.get_meta("schema_version") == 2
+    assert ledger.get_meta("schema_version") == 3
     assert names(ledger.path, "table") == {"meta", "images", "regions"}  # the cycles table is the cycle phases' own
     ledger.set_meta("class_names", ["sky", "road"])
     ledger.set_meta("seed", 3108)
@@ -149,12 +149,12 @@ def test_a_ledger_of_a_newer_schema_is_refused_naming_the_file_and_both_versions
     path = tmp_path / "ledger.sqlite"
     open_ledger(tmp_path).close()
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     before = dump(path)
     for readonly in (True, False):
         with pytest.raises(LedgerError) as refused:
             Ledger(path, readonly=readonly)
-        assert str(refused.value) == (f"{path}: ledger schema version 3; this s4al reads schema versions 1 and 2 "
+        assert str(refused.value) == (f"{path}: ledger schema version 4; this s4al reads schema versions 1, 2 and 3 "
                                       "(a newer s4al wrote it? open it with that one)")
     assert dump(path) == before
 
@@ -306,6 +306,20 @@ def test_acquire_whole_images(ledger):
     with pytest.raises(LedgerError, match="already fully labelled"):
         ledger.ask(1, [("b", (0, 0, 10, 10), "entropy", 1.0)])
     assert {r.image_id: r.acquired_cycle for r in ledger.images()}["a"] is None
+
+
+def test_a_pool_image_given_its_mask_is_labelled_whole_and_its_answered_regions_no_longer_count(ledger):
+    (region_id,) = ledger.ask(0, [("a", (0, 0, 10, 10), "entropy", 1.0)])
+    ledger.answer(region_id, np.zeros((10, 10), np.uint8), by="oracle")
+    assert label_state(ledger).labelled_pixels == 3600 + 100
+    ledger.label_whole(["a"])
+    state = label_state(ledger)
+    assert (state.whole, state.pool, state.answered, state.labelled_pixels) == ([INIT, A], [B], {}, 3600 + 7000)
+    assert [r.state for r in ledger.regions()] == ["answered"]  # the record of what was asked stays
+    with pytest.raises(LedgerError, match=r"label_whole refused, nothing written: image 'a' is already fully "
+                                          r"labelled; image 'ghost' is not registered"):
+        ledger.label_whole(["b", "a", "ghost"])
+    assert not {r.image_id: r for r in ledger.images()}["b"].fully_labelled
 
 
 def test_readonly_ledger_reads_but_cannot_write(tmp_path):
@@ -480,15 +494,17 @@ VERSION_1_SCHEMA = (
 )
 
 
-def version_1_ledger(run_dir: Path) -> Path:
-    """A ledger as the version-1 code wrote it: one image, an answered and an asked region, cycle 0."""
+def version_1_ledger(run_dir: Path, version: int = 1) -> Path:
+    """A ledger as the version-1 code wrote it (or version 2's, which has the 'skipped' state): one
+    image, an answered and an asked region, cycle 0."""
     path = run_dir / "ledger.sqlite"
     (run_dir / "labels").mkdir(parents=True)
     Image.fromarray(np.full((10, 10), 2, np.uint8)).save(run_dir / "labels" / "region_000001.png")
     with sqlite3.connect(path) as conn:
         for statement in VERSION_1_SCHEMA:
-            conn.execute(statement)
-        conn.executemany("INSERT INTO meta VALUES (?, ?)", [("schema_version", "1"), ("seed", "7")])
+            states = "'asked', 'answered'" if version == 1 else "'asked', 'answered', 'skipped'"
+            conn.execute(statement.replace("IN ('asked', 'answered')", f"IN ({states})"))
+        conn.executemany("INSERT INTO meta VALUES (?, ?)", [("schema_version", str(version)), ("seed", "7")])
         conn.execute("INSERT INTO images VALUES ('a', 70, 100, 0, NULL, NULL, NULL, NULL)")
         conn.execute("INSERT INTO cycles VALUES (0, 'answer', 't0', 't1', NULL, '{\"miou\": 0.5}')")
         conn.execute("INSERT INTO regions VALUES (1, 'a', 0, 0, 0, 10, 10, 'entropy', 0.9, 'answered', "
@@ -503,7 +519,7 @@ def test_a_version_1_ledger_is_read_as_it_is_and_migrated_in_place_when_opened_f
     with Ledger(path, readonly=True) as reader:
         assert [r.state for r in reader.regions()] == ["answered", "asked"]
     with Ledger(path) as ledger, CyclePhases(ledger) as phases:
-        assert ledger.get_meta("schema_version") == 2 and ledger.get_meta("seed") == 7
+        assert ledger.get_meta("schema_version") == 3 and ledger.get_meta("seed") == 7
         assert phases.phase(0) == "answer" and phases.metrics(0) == {"miou": 0.5}
         answered, asked = ledger.regions()
         assert (answered.box, answered.answered_by, answered.asked_at) == ((0, 0, 10, 10), "label-studio", "t2")
@@ -513,6 +529,20 @@ def test_a_version_1_ledger_is_read_as_it_is_and_migrated_in_place_when_opened_f
         assert read_rows(path, "PRAGMA integrity_check") == [("ok",)] and read_rows(path, "PRAGMA foreign_key_check") == []
         (region_id,) = ledger.ask(1, [("a", (40, 40, 50, 50), "entropy", 0.1)])
         assert region_id == 3  # ids continue after the copied rows
+
+
+def test_a_version_2_ledger_gains_the_painting_time_when_opened_for_writing_and_reads_it_as_unknown(tmp_path):
+    path = version_1_ledger(tmp_path, version=2)
+    with Ledger(path, readonly=True) as reader:
+        assert [(r.state, r.painted_at) for r in reader.regions()] == [("answered", None), ("asked", None)]
+    with Ledger(path) as ledger:
+        assert ledger.get_meta("schema_version") == 3
+        ledger.answer_many([(2, np.zeros((10, 10), np.uint8))], by="alice", painted_at={2: "2026-01-02T03:04:05+00:00"})
+        assert [(r.answered_by, r.painted_at) for r in ledger.regions()] == [
+            ("label-studio", None), ("alice", "2026-01-02T03:04:05+00:00")]
+        assert read_rows(path, "PRAGMA integrity_check") == [("ok",)]
+    with Ledger(path, readonly=True) as reader:
+        assert reader.regions()[1].painted_at == "2026-01-02T03:04:05+00:00"
 
 
 def test_random_bytes_are_refused_as_a_ledger_naming_the_file(tmp_path):

@@ -8,7 +8,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import ledger_of, tiny_config
+from conftest import label_state, ledger_of, tiny_config
 from s4al.active.cycle import ActiveLearningRun
 from s4al.active.phases import CyclePhases
 from s4al.annotation.answers import import_answers
@@ -172,6 +172,32 @@ def test_images_added_to_the_folder_join_the_run_as_the_next_cycle_begins_traini
     assert len(asked) == 10
     assert summaries[1]["labelled_fraction"] == pytest.approx((4 * H * W + 10 * 16 * 16) / (10 * H * W))
     assert summaries[0]["labelled_fraction"] == pytest.approx(3 / 8)  # before they joined
+
+
+def test_a_mask_given_to_a_pool_image_labels_it_whole_from_the_next_cycle_on(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    with ActiveLearningRun(run_dir, own_config(root)) as active_run:
+        active_run.run()  # cycle 0 trained and asked
+    asked = answer_every_asked_region(run_dir, tmp_path)
+    given = np.full((H, W), 1, np.uint8)
+    save(root / "masks" / "p0.png", given)  # p0, in the pool, labelled in another tool
+
+    with ActiveLearningRun(run_dir) as active_run:
+        summaries = active_run.run()
+    with ledger_of(run_dir) as ledger:
+        records = {r.image_id: r for r in ledger.images()}
+        (joined,) = ledger.get_meta("joined")
+        state = label_state(ledger)
+        p0 = [i for i, r in enumerate(ledger.images()) if r.image_id == "p0"]
+        answered_p0 = [r for r in ledger.answered() if r.image_id == "p0"]
+    assert records["p0"].fully_labelled and not any(records[i].fully_labelled for i in UNMASKED[1:])
+    assert (joined["before"], joined["labelled"], joined["pool"], joined["masked"]) == ("cycle 1 training", [], [],
+                                                                                         ["p0"])
+    assert len(answered_p0) == 2 and p0[0] not in state.answered  # its answers stay recorded, the mask labels it
+    # 8 images of 32x48: 3 masked from the start, p0 since, and 4 pool images x 2 answered 16x16 cells
+    assert len(asked) == 10
+    assert summaries[1]["labelled_fraction"] == pytest.approx((4 * H * W + 4 * 2 * 16 * 16) / (8 * H * W))
 
 
 def test_images_added_before_a_trained_cycle_asks_are_scored_and_asked_with_the_pool(tmp_path):

@@ -41,7 +41,7 @@ from s4al.train.trainer import Trainer, TrainData
 CONFIG_DIGEST = "config_digest"  # ledger meta: config_digest(config.yaml) when the run was made
 FILE_DIGEST = "config_sha256"  # the same in ledgers made before: the file's bytes
 RESUME_CHANGES = "resume_changes"  # ledger meta: the config keys changed on resume, when, from what
-JOINED = "joined"  # ledger meta: the images added to the dataset after the run was made, as they joined it
+JOINED = "joined"  # ledger meta: the images and masks added to the dataset after the run was made, as they joined it
 
 
 def draw_initial(num_images: int, fraction: float, seed: int) -> list[int]:
@@ -87,6 +87,7 @@ class ActiveLearningRun(AbstractContextManager):
             self.ids = [self.train_set.image_id(i) for i in range(len(self.train_set))]
             self.index_of = {image_id: i for i, image_id in enumerate(self.ids)}
             self.new_images: list[str] = []  # in the dataset, not yet in the run (rank 0 knows them)
+            self.new_masks: list[str] = []  # pool images with a label in the dataset now (rank 0 knows them)
             if distributed.is_main():
                 self.ledger = self._open_ledger()
                 self.phases = CyclePhases(self.ledger)
@@ -226,6 +227,8 @@ class ActiveLearningRun(AbstractContextManager):
         unlabelled = [i for i in self.new_images if not self.train_set.has_label(self.index_of[i])]
         if self.cfg.active.initial == "labelled":
             unlabelled = []  # the added images without a label join the pool, with one the labelled
+            self.new_masks = [r.image_id for r in records if not r.fully_labelled and r.image_id in self.index_of
+                              and self.train_set.has_label(self.index_of[r.image_id])]
         for images, what in ((gone, "are in this run's ledger but no longer in the dataset: put them back"),
                              (resized, "changed size since the run was made: restore them"),
                              (label_gone, "are labelled whole in this run, but their labels are gone from the "
@@ -311,7 +314,7 @@ class ActiveLearningRun(AbstractContextManager):
         return load_checkpoint(self.folder.checkpoint_path(cycle - 1))["student"]
 
     def _train(self, cycle: int) -> None:
-        self._on_main(self._join_new_images, cycle, "training")
+        self._on_main(self._join_additions, cycle, "training")
         self._set_phase(cycle, "train")
         started = time.perf_counter()
         state = self.label_state()
@@ -344,27 +347,31 @@ class ActiveLearningRun(AbstractContextManager):
     def acquire(self, cycle: int) -> None:
         """Score the pool with the cycle's checkpoint and ask (or buy whole images), once."""
         if not self.ledger.regions(cycle) and not self._acquired_whole(cycle):
-            self._on_main(self._join_new_images, cycle, "asking")
+            self._on_main(self._join_additions, cycle, "asking")
             started = time.perf_counter()
             queries = self._queries(cycle)  # every rank scores its share; all get the same queries
             self._on_main(self._record_queries, cycle, queries, time.perf_counter() - started)
         self._set_phase(cycle, "answer")
 
-    def _join_new_images(self, cycle: int, before: str) -> None:
-        """Images added to the dataset since the run was made join it as a cycle begins training or
-        asking: with active.initial 'labelled' those with a label as labelled, the others as pool.
-        Never once a cycle has checkpointed part of its training: its pool is fixed. Rank 0 alone
-        looks, so the ranks cannot go different ways on what they see of the checkpoint."""
-        if not self.new_images or (before == "training" and self.folder.checkpoint_path(cycle).exists()):
+    def _join_additions(self, cycle: int, before: str) -> None:
+        """Images and masks added to the dataset since the run was made join it as a cycle begins
+        training or asking. With active.initial 'labelled', an added image with a label joins the
+        labelled, one without the pool, and a pool image given a label is labelled whole from then
+        on; with 'random', added images join the pool. Never once a cycle has checkpointed part of
+        its training: its labels are fixed. Rank 0 alone looks, so the ranks cannot go different
+        ways on what they see of the checkpoint."""
+        if not (self.new_images or self.new_masks) or (
+                before == "training" and self.folder.checkpoint_path(cycle).exists()):
             return
         labelled = [i for i in self.new_images
                     if self.cfg.active.initial == "labelled" and self.train_set.has_label(self.index_of[i])]
         self.ledger.register_images([(i, *self.train_set.image_size(self.index_of[i])) for i in self.new_images],
                                     initial=labelled)
+        self.ledger.label_whole(self.new_masks)
         joined = {"at": utc_now(), "before": f"cycle {cycle} {before}", "labelled": labelled,
-                  "pool": [i for i in self.new_images if i not in set(labelled)]}
+                  "pool": [i for i in self.new_images if i not in set(labelled)], "masked": self.new_masks}
         self.ledger.set_meta(JOINED, [*self.ledger.get_meta(JOINED, []), joined])
-        self.new_images = []
+        self.new_images, self.new_masks = [], []
 
     def _record_queries(self, cycle: int, queries: list[Query], seconds: float) -> None:
         a = self.cfg.active

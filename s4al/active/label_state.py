@@ -24,19 +24,21 @@ class LabelState:
     sizes: dict[int, tuple[int, int]]  # (height, width) of every image
     whole: list[int]  # fully labelled images
     pool: list[int]  # every other image: the unlabelled stream and the candidates for questions
-    initial_pool: list[int]  # the images not labelled at the start: the base of a per-cycle budget
+    initial_pool: list[int]  # the images not labelled by the dataset (at the start or by a mask given since):
+    # the base of a per-cycle budget
     asked: dict[int, list[Box]]  # every box asked so far, by image
-    answered: dict[int, list[Region]]  # the answered regions, by image
+    answered: dict[int, list[Region]]  # the answered regions, by pool image
     ledger: Ledger = field(repr=False, compare=False)
 
     @classmethod
     def read(cls, ledger: Ledger, index_of: Mapping[str, int]) -> "LabelState":
         images = ledger.images()
+        whole = {r.image_id for r in images if r.fully_labelled}
         asked: dict[int, list[Box]] = defaultdict(list)
         answered: dict[int, list[Region]] = defaultdict(list)
         for region in ledger.regions():
             asked[index_of[region.image_id]].append(region.box)
-            if region.state == "answered":
+            if region.state == "answered" and region.image_id not in whole:  # a mask given later labels it all
                 answered[index_of[region.image_id]].append(region)
         return cls(
             sizes={index_of[r.image_id]: (r.height, r.width) for r in images},

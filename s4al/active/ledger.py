@@ -1,7 +1,8 @@
 """The label store: what was asked and answered, in the SQLite file RUN_DIR/ledger.sqlite.
 
-Tables: `images` (the train pool; `initial` images are fully labelled from the start,
-`acquired_whole_cycle` marks images bought whole by an image-level baseline), `regions` (boxes
+Tables: `images` (the train pool; `initial` images are fully labelled by the dataset's own labels,
+from the start or since a mask was given for them, `acquired_whole_cycle` marks images bought whole
+by an image-level baseline), `regions` (boxes
 asked for labels and their answers), `meta` (JSON values). The same file holds the `cycles` table
 of the cycle phases (s4al/active/phases.py), which owns it; who is labelled, and how many pixels,
 is derived from this store by LabelState (s4al/active/label_state.py).
@@ -18,7 +19,7 @@ row whose PNG is complete on disk. Temp files a kill left behind are removed by 
 under the write lock.
 
 A ledger of an older schema version is migrated in place when opened for writing; a read-only
-reader reads it as it is.
+reader reads it as it is (what an older version lacks reads as unknown).
 
 One process writes (rank 0); others may open it with readonly=True. Every connection to the file
 follows the same rules (`connect`, `write_transaction`, `disconnect`). A closed writer leaves
@@ -34,7 +35,7 @@ import math
 import os
 import sqlite3
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -48,8 +49,8 @@ from s4al.atomic import atomic_write, stray_temp_files
 from s4al.data.base import Box
 from s4al.errors import S4alError, first_of
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1 lacks only the 'skipped' state
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # version 1 lacks the 'skipped' state, versions 1 and 2 the column painted_at
 LABELS_DIRNAME = "labels"
 _SWITCH_BUSY_TIMEOUT_MS = 100  # a close waits this long at most for other connections to the file
 
@@ -68,6 +69,7 @@ _REGIONS_TABLE = """CREATE TABLE regions (
         asked_at    TEXT NOT NULL,
         answered_at TEXT,  -- when answered or skipped
         answered_by TEXT,  -- who answered or skipped
+        painted_at  TEXT,  -- when the answer was painted, as its source tells (UTC); NULL: not told
         CHECK ((state = 'answered') =
                (label_path IS NOT NULL AND answered_at IS NOT NULL AND answered_by IS NOT NULL)),
         CHECK ((state = 'skipped') <= (answered_at IS NOT NULL AND answered_by IS NOT NULL)),
@@ -100,10 +102,11 @@ _SCHEMA = (
     *_REGION_INDEXES,
 )
 
-_REGION_COLUMNS = (
+_VERSION_1_COLUMNS = (
     "region_id, image_id, cycle, y0, x0, y1, x1, metric, score, state, "
     "label_path, asked_at, answered_at, answered_by"
 )
+_REGION_COLUMNS = f"{_VERSION_1_COLUMNS}, painted_at"
 
 
 class LedgerError(S4alError):
@@ -185,6 +188,7 @@ class Region:
     asked_at: str
     answered_at: str | None
     answered_by: str | None
+    painted_at: str | None = None  # when its answer was painted, where the answer's source tells (UTC)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -203,6 +207,18 @@ def utc_now() -> str:
 def _refuse_if(problems: list[str], what: str) -> None:
     if problems:
         raise LedgerError(f"{what} refused, nothing written: {first_of(problems, sep='; ')}")
+
+
+def _not_pool_images(conn: sqlite3.Connection, image_ids: Sequence[str]) -> list[str]:
+    """What makes `image_ids` not a list of distinct pool images: to be labelled whole, each once."""
+    problems = [f"image '{i}' listed twice" for i, n in Counter(image_ids).items() if n > 1]
+    for image_id in dict.fromkeys(image_ids):
+        row = conn.execute("SELECT initial, acquired_whole_cycle FROM images WHERE image_id = ?", (image_id,)).fetchone()
+        if row is None:
+            problems.append(f"image '{image_id}' is not registered")
+        elif row[0] or row[1] is not None:
+            problems.append(f"image '{image_id}' is already fully labelled")
+    return problems
 
 
 def _as_score(score: Any) -> float | None:
@@ -286,9 +302,11 @@ class Ledger(RegionsByState, AbstractContextManager):
     def _configure(self, readonly: bool) -> None:
         if not readonly:
             self._create_schema_if_new()
-            self._migrate_from_version_1()
+            self._migrate()
             self._remove_stray_temp_files()
         self._check_schema_version(READABLE_VERSIONS if readonly else (SCHEMA_VERSION,))
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(regions)")}
+        self._region_columns = _REGION_COLUMNS if "painted_at" in columns else f"{_VERSION_1_COLUMNS}, NULL"
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -306,18 +324,23 @@ class Ledger(RegionsByState, AbstractContextManager):
                 conn.execute(statement)
             conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),))
 
-    def _migrate_from_version_1(self) -> None:
-        """Version 2 adds the 'skipped' state to the regions table's CHECK, which SQLite can only
-        change by copying the table: done in one transaction, so a kill leaves version 1 intact."""
+    def _migrate(self) -> None:
+        """Version 2 added the 'skipped' state to the regions table's CHECK, which SQLite can only
+        change by copying the table; version 3 adds the column painted_at. One transaction: a kill
+        leaves the old version intact."""
         with write_transaction(self._conn) as conn:
-            if self._schema_version() != 1:
+            version = self._schema_version()
+            if version == 1:
+                conn.execute(_REGIONS_TABLE.replace("CREATE TABLE regions", "CREATE TABLE regions_new", 1))
+                conn.execute(f"INSERT INTO regions_new ({_VERSION_1_COLUMNS}) SELECT {_VERSION_1_COLUMNS} FROM regions")
+                conn.execute("DROP TABLE regions")
+                conn.execute("ALTER TABLE regions_new RENAME TO regions")
+                for statement in _REGION_INDEXES:
+                    conn.execute(statement)
+            elif version == 2:
+                conn.execute("ALTER TABLE regions ADD COLUMN painted_at TEXT")
+            else:
                 return
-            conn.execute(_REGIONS_TABLE.replace("CREATE TABLE regions", "CREATE TABLE regions_v2", 1))
-            conn.execute(f"INSERT INTO regions_v2 ({_REGION_COLUMNS}) SELECT {_REGION_COLUMNS} FROM regions")
-            conn.execute("DROP TABLE regions")
-            conn.execute("ALTER TABLE regions_v2 RENAME TO regions")
-            for statement in _REGION_INDEXES:
-                conn.execute(statement)
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (json.dumps(SCHEMA_VERSION),))
 
     def _remove_stray_temp_files(self) -> None:
@@ -336,7 +359,8 @@ class Ledger(RegionsByState, AbstractContextManager):
         if version is None:
             raise LedgerError(f"{self.path}: not a label ledger (it holds no schema version)")
         if version not in accepted:  # a writer has migrated every version it reads
-            readable = " and ".join(map(str, READABLE_VERSIONS))
+            *earlier, last = map(str, READABLE_VERSIONS)
+            readable = f"{', '.join(earlier)} and {last}"
             raise LedgerError(f"{self.path}: ledger schema version {version!r}; this s4al reads schema versions "
                               f"{readable} (a newer s4al wrote it? open it with that one)")
 
@@ -403,23 +427,22 @@ class Ledger(RegionsByState, AbstractContextManager):
             raise LedgerError(f"acquire_images: {len(image_ids)} image ids but {len(scores)} scores")
         cycle, image_ids, scores = int(cycle), [str(i) for i in image_ids], [_as_score(v) for v in scores]
         problems = [f"cycle {cycle} is negative"] if cycle < 0 else []
-        problems += [f"image '{i}' listed twice" for i, n in Counter(image_ids).items() if n > 1]
         with write_transaction(self._conn) as conn:
-            for image_id in dict.fromkeys(image_ids):
-                row = conn.execute(
-                    "SELECT initial, acquired_whole_cycle FROM images WHERE image_id = ?", (image_id,)
-                ).fetchone()
-                if row is None:
-                    problems.append(f"image '{image_id}' is not registered")
-                elif row[0] or row[1] is not None:
-                    problems.append(f"image '{image_id}' is already fully labelled")
-            _refuse_if(problems, "acquire_images")
+            _refuse_if(problems + _not_pool_images(conn, image_ids), "acquire_images")
             now = utc_now()
             conn.executemany(
                 "UPDATE images SET acquired_whole_cycle = ?, acquired_metric = ?, acquired_score = ?, "
                 "acquired_at = ? WHERE image_id = ?",
                 [(cycle, metric, score, now, image_id) for image_id, score in zip(image_ids, scores)],
             )
+
+    def label_whole(self, image_ids: Sequence[str]) -> None:
+        """Mark pool images as labelled whole by their own labels in the dataset (a mask given for
+        them after the run began), as initial images are; their regions asked before stay as they are."""
+        image_ids = [str(i) for i in image_ids]
+        with write_transaction(self._conn) as conn:
+            _refuse_if(_not_pool_images(conn, image_ids), "label_whole")
+            conn.executemany("UPDATE images SET initial = 1 WHERE image_id = ?", [(i,) for i in image_ids])
 
     # --- regions: ask -----------------------------------------------------------------------------
 
@@ -479,7 +502,8 @@ class Ledger(RegionsByState, AbstractContextManager):
 
     def regions(self, cycle: int | None = None, state: str | None = None) -> list[Region]:
         """Regions in region_id order, optionally of one cycle and/or one state."""
-        query = f"SELECT {_REGION_COLUMNS} FROM regions WHERE (?1 IS NULL OR cycle = ?1) AND (?2 IS NULL OR state = ?2)"
+        query = (f"SELECT {self._region_columns} FROM regions "
+                 "WHERE (?1 IS NULL OR cycle = ?1) AND (?2 IS NULL OR state = ?2)")
         rows = self._conn.execute(query + " ORDER BY region_id", (cycle, state))
         return [_region_from_row(row) for row in rows]
 
@@ -489,10 +513,12 @@ class Ledger(RegionsByState, AbstractContextManager):
         """Store the label patch of one asked region; see answer_many."""
         self.answer_many([(region_id, label_patch)], by, overwrite)
 
-    def answer_many(self, answers: Sequence[tuple[int, np.ndarray]], by: str, overwrite: bool = False) -> None:
-        """Store label patches (uint8 class ids, 255 = ignore, shaped like each box), all or nothing.
-        Every answer is validated before anything is written; re-answering an answered region is
-        refused unless `overwrite`, answering a skipped one always. PNGs are written and fsynced
+    def answer_many(self, answers: Sequence[tuple[int, np.ndarray]], by: str, overwrite: bool = False,
+                    painted_at: Mapping[int, str | None] | None = None) -> None:
+        """Store label patches (uint8 class ids, 255 = ignore, shaped like each box), all or nothing,
+        with when each was painted where the answer's source tells (`painted_at`, region id -> UTC
+        time). Every answer is validated before anything is written; re-answering an answered region
+        is refused unless `overwrite`, answering a skipped one always. PNGs are written and fsynced
         first, then all rows are marked answered, in one transaction."""
         answers = [(_region_id(region_id), label_patch) for region_id, label_patch in answers]
         if not answers:
@@ -505,9 +531,10 @@ class Ledger(RegionsByState, AbstractContextManager):
             _fsync_dir(self.labels_dir)
             now = utc_now()
             conn.executemany(
-                "UPDATE regions SET state = 'answered', label_path = ?, answered_at = ?, answered_by = ? "
-                "WHERE region_id = ?",
-                [(_label_relpath(region_id), now, by, region_id) for region_id in patches],
+                "UPDATE regions SET state = 'answered', label_path = ?, answered_at = ?, answered_by = ?, "
+                "painted_at = ? WHERE region_id = ?",
+                [(_label_relpath(region_id), now, by, (painted_at or {}).get(region_id), region_id)
+                 for region_id in patches],
             )
 
     def _validated_patches(

@@ -5,7 +5,9 @@ unpainted). Each Label Studio task lists the regions it asks (data.region_ids) a
 one project can hold the tasks of every cycle and its full export can be imported after each one:
 a task answers only the regions it lists, and a task whose regions are all answered or skipped
 already is left alone (counted), unless it now paints an answered region otherwise (a reviewer's fix):
-that later answer replaces the earlier one. A PNG answers every region of its image.
+that later answer replaces the earlier one, unless it was painted before it (an older export or mask
+imported again, by the time Label Studio saved the annotation or the mask file was written): that
+region is left as it is, and named. A PNG answers every region of its image.
 
 The rule for a region still asked:
 - answered when at least MIN_PAINTED_SHARE of its pixels are painted; its unpainted pixels are
@@ -54,6 +56,8 @@ class ImportReport:
     corrected: list[int] = field(default_factory=list)  # answered region ids whose earlier answer is replaced
     edits_under_minimum: dict[int, float] = field(default_factory=dict)  # answered region id -> painted share
     # of an edit painting it otherwise but under the minimum: its earlier answer stays
+    outdated: list[int] = field(default_factory=list)  # answered region ids painted otherwise here, but
+    # before their stored answer was: left as they are
     void_pixels: int = 0  # unpainted pixels inside the answered regions, stored as void
     ignored_pixels: dict[str, int] = field(default_factory=dict)  # image id -> painted pixels outside its regions
     hand_drawn: dict[str, int] = field(default_factory=dict)  # task -> rectangles drawn by hand, ignored
@@ -72,7 +76,7 @@ def import_answers(run_dir: Path, answers_path: Path) -> ImportReport:
         with Ledger(ledger_path, readonly=True) as ledger:  # a refusal must not touch a byte
             sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
             painted, report = _read(answers_path, ledger.get_meta("classes"), sizes)
-            answers = _answers(ledger, painted, report)
+            answers, painted_at = _answers(ledger, painted, report)
             _refuse_corrections_mid_training(folder, ledger, report, answers_path)
             report.still_asked = len(ledger.asked())
         if not answers and not report.skipped:
@@ -81,7 +85,7 @@ def import_answers(run_dir: Path, answers_path: Path) -> ImportReport:
             raise AnswerError(f"{answers_path}: nothing to answer: {_why_nothing(report)}")
         with Ledger(ledger_path) as ledger:
             try:
-                ledger.answer_many(answers, by=report.by, overwrite=bool(report.corrected))
+                ledger.answer_many(answers, by=report.by, overwrite=bool(report.corrected), painted_at=painted_at)
                 ledger.skip(report.skipped, by=report.by)
             except LedgerError as err:
                 raise AnswerError(f"{answers_path}: {err}") from None
@@ -130,9 +134,11 @@ def _read(path: Path, class_names: Sequence[str], sizes: dict) -> tuple[Iterable
     raise AnswerError(f"{path}: no such file or folder")
 
 
-def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportReport) -> list[tuple[int, np.ndarray]]:
-    """The (region id, label patch) answers of every painted image; any problem refuses the import.
-    Only the patches are kept, so memory does not grow with the images' full-size maps."""
+def _answers(ledger: Ledger, painted: Iterable[PaintedImage],
+             report: ImportReport) -> tuple[list[tuple[int, np.ndarray]], dict[int, str | None]]:
+    """The (region id, label patch) answers of every painted image, and when each was painted; any
+    problem refuses the import. Only the patches are kept, so memory does not grow with the images'
+    full-size maps."""
     num_classes = len(ledger.get_meta("classes"))
     sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
     regions = {region.region_id: region for region in ledger.regions()}
@@ -143,6 +149,7 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
     taken: dict[int, str] = {}  # region id -> the answer that answered or skipped it
     repainted: dict[int, tuple[str, np.ndarray]] = {}  # answered region id -> the first answer painting it, its patch
     answers = []
+    painted_at: dict[int, str | None] = {}
     for image in painted:
         image_problems = _problems(image, sizes, regions, num_classes)
         problems += image_problems
@@ -159,11 +166,12 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
                 problems.append(f"{image.source}: region {region_id} is answered twice (also in {taken[region_id]})")
             taken[region_id] = image.source
         answers += image_answers
+        painted_at.update((region_id, image.painted_at) for region_id, _ in image_answers)
     for region_id in taken:  # answered by another task of the same image
         report.not_answered.pop(region_id, None)
     if problems:
         raise AnswerError(f"answers refused, nothing written: {first_of(problems, MAX_PROBLEMS_SHOWN, '; ')}")
-    return answers
+    return answers, painted_at
 
 
 def _problems(image: PaintedImage, sizes: dict, regions: dict[int, Region], num_classes: int) -> list[str]:
@@ -236,18 +244,27 @@ def _corrections(ledger: Ledger, image: PaintedImage, addressed: list[Region], r
         share = float((patch != UNPAINTED).mean())
         if region.state != "answered" or image.declined or not share:
             continue
-        if share < MIN_PAINTED_SHARE:  # kept, and said: an edit this answer makes is not silently passed over
-            if not np.array_equal(patch, ledger.patch(region)):
-                report.edits_under_minimum[region.region_id] = share
+        if share >= MIN_PAINTED_SHARE:
+            source, first = repainted.setdefault(region.region_id, (image.source, patch))
+            if not np.array_equal(patch, first):
+                problems.append(f"{image.source}: region {region.region_id} is painted otherwise than in {source}: "
+                                "keep one of the two")
+        if np.array_equal(patch, ledger.patch(region)):
             continue
-        source, first = repainted.setdefault(region.region_id, (image.source, patch))
-        if not np.array_equal(patch, first):
-            problems.append(f"{image.source}: region {region.region_id} is painted otherwise than in {source}: "
-                            "keep one of the two")
-        if not np.array_equal(patch, ledger.patch(region)):
+        if _painted_before(image, region):
+            report.outdated.append(region.region_id)
+        elif share < MIN_PAINTED_SHARE:  # kept, and said: an edit this answer makes is not silently passed over
+            report.edits_under_minimum[region.region_id] = share
+        else:
             corrections.append((region.region_id, patch.copy()))
     report.corrected += [region_id for region_id, _ in corrections]
     return corrections
+
+
+def _painted_before(image: PaintedImage, region: Region) -> bool:
+    """Whether `image` was painted no later than the stored answer of `region` (both times in one
+    UTC form); unknown when either source told no time."""
+    return image.painted_at is not None and region.painted_at is not None and image.painted_at <= region.painted_at
 
 
 def _skips(image: PaintedImage, addressed: list[Region], report: ImportReport) -> list[int]:

@@ -148,6 +148,10 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
                            report.edits_under_minimum.items()], SHOWN_REGIONS)
         lines.append(f"kept the earlier answers of regions {shares}, painted otherwise now but under "
                      f"{100 * MIN_PAINTED_SHARE:.0f}%: to correct one, paint at least that much of it")
+    if report.outdated:
+        lines.append(f"left {len(report.outdated)} answered regions as they are: this file paints them otherwise, "
+                     f"but before their answer was painted (an earlier export or mask?): "
+                     f"{first_of([str(i) for i in report.outdated], SHOWN_REGIONS)}")
     if report.already_imported:
         what = "tasks" if report.by == "label-studio" else "masks"
         lines.append(f"{report.already_imported} {what} already imported (their regions are answered or skipped): "

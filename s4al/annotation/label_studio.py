@@ -33,7 +33,7 @@ from PIL import Image
 
 from s4al.active.ledger import Region
 from s4al.active.regions import box_masks
-from s4al.annotation.masks import MIN_PAINTED_SHARE, UNPAINTED, AnswerError, PaintedImage
+from s4al.annotation.masks import MIN_PAINTED_SHARE, UNPAINTED, AnswerError, PaintedImage, utc_time
 from s4al.data.classes import ClassSet
 
 IMAGE_TAG = "image"
@@ -234,7 +234,8 @@ def _painted(item: dict, annotation: dict, where: str, class_names: Sequence[str
     declined = bool(annotation.get("was_cancelled"))
     labels = _class_map([] if declined else brushes, sizes[image_id], where, class_names)
     return PaintedImage(where, image_id, labels, tuple(region_ids), cycle, declined, asked_boxes,
-                        hand_drawn=sum(region_id is None for region_id, _ in rectangles))
+                        hand_drawn=sum(region_id is None for region_id, _ in rectangles),
+                        painted_at=utc_time(annotation.get("updated_at") or annotation.get("created_at")))
 
 
 def _is_int(value: Any) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,23 @@ class PaintedImage:
     # region id -> (y0, x0, y1, x1): the asked-region rectangles the answer carries (Label Studio tasks)
     asked_boxes: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
     hand_drawn: int = 0  # other rectangles in the answer: drawn by hand, ignored
+    painted_at: str | None = None  # when it was last painted (UTC, ISO 8601), where its source tells
+
+
+def utc_time(text: object) -> str | None:
+    """An ISO 8601 time as UTC in one form (a time without zone is taken as UTC); None for anything
+    else: a missing or unreadable time only leaves an answer's age unknown."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return _utc(moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment)
+
+
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
 def png_masks(folder: Path) -> tuple[list[Path], list[str]]:
@@ -59,9 +77,10 @@ def _is_mask(path: Path) -> bool:
 
 
 def read_png_masks(paths: list[Path]) -> Iterator[PaintedImage]:
-    """The masks at `paths`, read one at a time."""
+    """The masks at `paths`, read one at a time, each painted when its file was last written."""
     for path in paths:
-        yield PaintedImage(str(path), path.stem, _read_mask(path))
+        modified = _utc(datetime.fromtimestamp(path.stat().st_mtime, timezone.utc))
+        yield PaintedImage(str(path), path.stem, _read_mask(path), painted_at=modified)
 
 
 def _read_mask(path: Path) -> np.ndarray:
