@@ -215,7 +215,7 @@ def test_a_correction_while_a_cycle_is_part_trained_is_refused_so_its_resume_sta
     reviewed[2:6, 3:8] = 2
     before = snapshot(run_dir)
     with pytest.raises(AnswerError, match=r"e2.json: corrects region 1 answered before, while cycle 1 has trained "
-                                          r"part-way with its earlier answer: resume the run until cycle 1 has "
+                                          r"part-way with the labels as they were: resume the run until cycle 1 has "
                                           r"trained \(s4al run --resume .*\), then import again; nothing written"):
         import_answers(run_dir, write_export(tmp_path / "e2.json", task_of(1, "a", reviewed, [1, 2])))
     assert snapshot(run_dir) == before
@@ -330,6 +330,45 @@ def test_a_task_skipped_in_label_studio_skips_its_regions_still_asked(run_dir, t
         assert {r.answered_by for r in ledger.skipped()} == {"label-studio"}
         assert label_state(ledger).labelled_pixels == H * W + 100
         assert not (run_dir / "labels" / "region_000001.png").exists()
+
+
+def test_a_skipped_task_submitted_later_answers_its_regions_and_a_partial_painting_leaves_them_skipped(
+        run_dir, tmp_path):
+    skipped_task = exported_task(2, {"image_id": "a", "region_ids": [1, 2]}, truth("a"), names=CLASSES,
+                                 was_cancelled=True)
+    import_answers(run_dir, write_export(tmp_path / "e1.json", skipped_task))
+    partial = in_box(truth("a"), (0, 0, 4, 10))  # 40% of A1, nothing of A2
+    before = snapshot(run_dir)
+    report = import_answers(run_dir, write_export(tmp_path / "e2.json", task_of(2, "a", partial, [1, 2])))
+    assert (report.answered, report.unskipped, report.already_imported) == ([], [], 1)
+    assert snapshot(run_dir) == before
+
+    reopened = write_export(tmp_path / "e3.json", task_of(2, "a", in_box(truth("a"), A1), [1, 2]))
+    result = CliRunner().invoke(app, ["import", str(run_dir), str(reopened)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "answered 1 regions" in result.output
+    assert "1 of the regions answered were skipped before (painted since): 1\n" in result.output
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert [(r.region_id, r.state) for r in ledger.regions(0)] == [(1, "answered"), (2, "skipped"), (3, "asked")]
+        assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(truth("a"), A1))
+        assert label_state(ledger).labelled_pixels == H * W + 100
+    again = import_answers(run_dir, reopened)
+    assert (again.answered, again.already_imported) == ([], 1)
+
+
+def test_an_answer_to_a_skipped_region_while_a_cycle_is_part_trained_is_refused(run_dir, tmp_path):
+    with Ledger(run_dir / "ledger.sqlite") as ledger, CyclePhases(ledger) as phases:
+        ledger.skip([1], by="s4al skip")
+        for phase in ("train", "acquire", "answer", "done"):
+            phases.set_phase(0, phase)
+        phases.set_phase(1, "train")  # cycle 1 trains without region 1; killed after its first checkpoint
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "cycle_1.pt").write_bytes(b"")
+    before = snapshot(run_dir)
+    with pytest.raises(AnswerError, match=r"e.json: answers region 1 skipped before, while cycle 1 has trained "
+                                          r"part-way with the labels as they were"):
+        import_answers(run_dir, write_export(tmp_path / "e.json", task_of(1, "a", truth("a"), [1, 2])))
+    assert snapshot(run_dir) == before
 
 
 def in_box(labels, box):

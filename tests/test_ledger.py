@@ -412,7 +412,7 @@ def test_a_writer_closing_while_a_reader_reads_keeps_every_write_and_does_not_wa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels", "ledger.sqlite"]
 
 
-def test_skipped_regions_are_neither_asked_nor_labelled_and_an_answer_cannot_replace_a_skip(ledger):
+def test_skipped_regions_are_neither_asked_nor_labelled_and_an_answer_replaces_a_skip_only_to_overwrite(ledger):
     first, second, third = ledger.ask(0, [("a", (0, 0, 10, 10), "entropy", 1.0), ("a", (10, 10, 20, 20), "entropy", 0.9),
                                           ("b", (0, 0, 10, 10), "entropy", 0.8)])
     ledger.answer(third, np.ones((10, 10), np.uint8), by="oracle")
@@ -433,6 +433,8 @@ def test_skipped_regions_are_neither_asked_nor_labelled_and_an_answer_cannot_rep
     with pytest.raises(LedgerError, match="region 99 was never asked"):
         ledger.skip([99], by="alice")
     assert snapshot(ledger.run_dir) == before
+    ledger.answer(first, np.ones((10, 10), np.uint8), by="label-studio", overwrite=True)
+    assert region_by_id(ledger, first).state == "answered" and label_state(ledger).labelled_pixels == 3600 + 200
 
 
 def test_a_bool_is_not_a_region_id(ledger):

@@ -517,8 +517,8 @@ class Ledger(RegionsByState, AbstractContextManager):
                     painted_at: Mapping[int, str | None] | None = None) -> None:
         """Store label patches (uint8 class ids, 255 = ignore, shaped like each box), all or nothing,
         with when each was painted where the answer's source tells (`painted_at`, region id -> UTC
-        time). Every answer is validated before anything is written; re-answering an answered region
-        is refused unless `overwrite`, answering a skipped one always. PNGs are written and fsynced
+        time). Every answer is validated before anything is written; answering a region answered or
+        skipped before is refused unless `overwrite`. PNGs are written and fsynced
         first, then all rows are marked answered, in one transaction."""
         answers = [(_region_id(region_id), label_patch) for region_id, label_patch in answers]
         if not answers:
@@ -550,11 +550,10 @@ class Ledger(RegionsByState, AbstractContextManager):
                 continue
             if region_id in patches:
                 problems.append(f"region {region_id} answered twice in one call")
-            if row[4] == "answered" and not overwrite:
-                problems.append(f"region {region_id} is already answered; an answer is final (`s4al import` "
-                                "leaves answered regions out: import the file again)")
-            if row[4] == "skipped":
-                problems.append(f"region {region_id} was skipped; a skipped region is never answered")
+            if row[4] != "asked" and not overwrite:
+                done = "is already answered" if row[4] == "answered" else "was skipped"
+                problems.append(f"region {region_id} {done} (`s4al import` takes a later painting in its place: "
+                                "import the file again)")
             box_shape = (row[2] - row[0], row[3] - row[1])
             if label_patch is None:
                 problems.append(f"region {region_id}: label patch must be a 2-D integer array with values 0..255")

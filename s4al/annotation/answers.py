@@ -12,7 +12,8 @@ region is left as it is, and named. A PNG answers every region of its image.
 The rule for a region still asked:
 - answered when at least MIN_PAINTED_SHARE of its pixels are painted; its unpainted pixels are
   stored as void (255), which, as with the ground-truth oracle, still counts as labelled;
-- skipped when its Label Studio task was skipped (the Skip button), or with `s4al skip`;
+- skipped when its Label Studio task was skipped (the Skip button), or with `s4al skip`; a skipped
+  region painted enough later (the task reopened and submitted) is answered then;
 - otherwise left asked, and reported with its painted share.
 Painted pixels outside the regions an answer addresses are ignored and reported, and so are
 rectangles drawn by hand and files in a PNG folder that are not masks.
@@ -56,6 +57,7 @@ class ImportReport:
     corrected: list[int] = field(default_factory=list)  # answered region ids whose earlier answer is replaced
     edits_under_minimum: dict[int, float] = field(default_factory=dict)  # answered region id -> painted share
     # of an edit painting it otherwise but under the minimum: its earlier answer stays
+    unskipped: list[int] = field(default_factory=list)  # of `answered`: the regions skipped before
     outdated: list[int] = field(default_factory=list)  # answered region ids painted otherwise here, but
     # before their stored answer was: left as they are
     void_pixels: int = 0  # unpainted pixels inside the answered regions, stored as void
@@ -85,7 +87,8 @@ def import_answers(run_dir: Path, answers_path: Path) -> ImportReport:
             raise AnswerError(f"{answers_path}: nothing to answer: {_why_nothing(report)}")
         with Ledger(ledger_path) as ledger:
             try:
-                ledger.answer_many(answers, by=report.by, overwrite=bool(report.corrected), painted_at=painted_at)
+                ledger.answer_many(answers, by=report.by, overwrite=bool(report.corrected or report.unskipped),
+                                   painted_at=painted_at)
                 ledger.skip(report.skipped, by=report.by)
             except LedgerError as err:
                 raise AnswerError(f"{answers_path}: {err}") from None
@@ -95,19 +98,24 @@ def import_answers(run_dir: Path, answers_path: Path) -> ImportReport:
 
 def _refuse_corrections_mid_training(folder: RunFolder, ledger: Ledger, report: ImportReport,
                                      answers_path: Path) -> None:
-    """A correction changes the labels a part-trained cycle trains with: its resume would no longer
-    continue the same training. The export keeps the fix, to be imported once the cycle has trained."""
-    if not report.corrected:
+    """A correction (or an answer to a region skipped before) changes the labels a part-trained cycle
+    trains with: its resume would no longer continue the same training. The export keeps the fix, to
+    be imported once the cycle has trained."""
+    if not (report.corrected or report.unskipped):
         return
     with CyclePhases(ledger) as phases:
         last = phases.last_cycle()
         if last is None or phases.phase(last) != "train" or not folder.checkpoint_path(last).exists():
             return
-    regions = "region" if len(report.corrected) == 1 else "regions"
-    raise AnswerError(f"{answers_path}: corrects {regions} {first_of([str(i) for i in report.corrected])} answered "
-                      f"before, while cycle {last} has trained part-way with {'its' if regions == 'region' else 'their'}"
-                      f" earlier answer: resume the run until cycle {last} has trained (s4al run --resume "
+    what = [f"{verb} {_regions(ids)} {state} before" for verb, ids, state in
+            (("corrects", report.corrected, "answered"), ("answers", report.unskipped, "skipped")) if ids]
+    raise AnswerError(f"{answers_path}: {' and '.join(what)}, while cycle {last} has trained part-way with the "
+                      f"labels as they were: resume the run until cycle {last} has trained (s4al run --resume "
                       f"{folder.path}), then import again; nothing written")
+
+
+def _regions(region_ids: list[int]) -> str:
+    return f"region{'s' if len(region_ids) > 1 else ''} {first_of([str(i) for i in region_ids])}"
 
 
 def _why_nothing(report: ImportReport) -> str:
@@ -157,7 +165,7 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage],
             continue
         addressed = _addressed(image, regions, of_image)
         corrections = _corrections(ledger, image, addressed, report, repainted, problems)
-        if addressed and all(region.state != "asked" for region in addressed) and not corrections:
+        if addressed and not corrections and not _answers_left(image, addressed):
             report.already_imported += 1
             continue
         image_answers = _answer_image(image, addressed, report) + corrections
@@ -206,6 +214,18 @@ def _addressed(image: PaintedImage, regions: dict[int, Region], of_image: dict[s
     return [regions[region_id] for region_id in image.region_ids]
 
 
+def _answers_left(image: PaintedImage, addressed: list[Region]) -> bool:
+    """Whether some addressed region is still asked, or was skipped and is painted enough now."""
+    return any(region.state == "asked" or (region.state == "skipped" and not image.declined
+                                           and _painted_share(image, region) >= MIN_PAINTED_SHARE)
+               for region in addressed)
+
+
+def _painted_share(image: PaintedImage, region: Region) -> float:
+    y0, x0, y1, x1 = region.box
+    return float((image.labels[y0:y1, x0:x1] != UNPAINTED).mean())
+
+
 def _answer_image(image: PaintedImage, addressed: list[Region], report: ImportReport) -> list[tuple[int, np.ndarray]]:
     """Crops the answers of the addressed regions still asked that are painted enough; reports the
     rest, the painting outside the addressed regions and rectangles drawn by hand."""
@@ -215,13 +235,15 @@ def _answer_image(image: PaintedImage, addressed: list[Region], report: ImportRe
         y0, x0, y1, x1 = region.box
         patch = image.labels[y0:y1, x0:x1]
         share = float((patch != UNPAINTED).mean())
-        if region.state != "asked" or image.declined:
+        if region.state == "answered" or image.declined:
             continue
         if share >= MIN_PAINTED_SHARE:
             answers.append((region.region_id, patch.copy()))
             report.answered.append(region.region_id)
             report.void_pixels += int((patch == UNPAINTED).sum())
-        else:
+            if region.state == "skipped":
+                report.unskipped.append(region.region_id)
+        elif region.state == "asked":
             report.not_answered[region.region_id] = share
     ignored = int(((image.labels != UNPAINTED) & ~addressed_area).sum())
     if ignored:

@@ -139,6 +139,9 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
                           SHOWN_REGIONS)
         lines.append(f"not answered, under {100 * MIN_PAINTED_SHARE:.0f}% painted, left asked: regions {shares}; "
                      f"paint them and import again, or skip them: {_skip_command(run_dir, list(report.not_answered))}")
+    if report.unskipped:
+        lines.append(f"{len(report.unskipped)} of the regions answered were skipped before (painted since): "
+                     f"{first_of([str(i) for i in report.unskipped], SHOWN_REGIONS)}")
     if report.corrected:
         lines.append(f"corrected {len(report.corrected)} regions answered before, painted otherwise now (the new "
                      f"answer replaces the earlier one for the training to come): "
