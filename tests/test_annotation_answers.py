@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -263,6 +264,29 @@ def test_a_mask_folder_imported_again_with_one_region_repainted_corrects_that_re
         assert (ledger.patch(region_by_id(ledger, 2)) == 0).all()
         assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(truth("a"), A1))
         assert {r.answered_by for r in ledger.answered()} == {"png-folder"}
+
+
+def test_masks_imported_again_are_compared_with_the_memory_of_a_few_of_them(tmp_path):
+    """24 masks of 1 MB each, answered before: checking them for corrections holds their regions'
+    patches, never the masks themselves (each would keep 1 MB)."""
+    run, side = tmp_path / "run", 1024
+    with Ledger(run / "ledger.sqlite") as ledger:
+        ledger.register_images([(f"m{k}", side, side) for k in range(24)])
+        ledger.set_meta("classes", CLASSES)
+        ledger.ask(0, [(f"m{k}", (0, 0, 10, 10), "entropy", 1.0) for k in range(24)])
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    for k in range(24):
+        Image.fromarray(np.full((side, side), k % 3, np.uint8)).save(folder / f"m{k}.png")
+    assert len(import_answers(run, folder).answered) == 24
+    tracemalloc.start()
+    try:
+        report = import_answers(run, folder)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert report.already_imported == 24
+    assert peak < 6 * 2**20
 
 
 def test_a_few_stray_pixels_left_after_erasing_do_not_use_a_region_up(run_dir, tmp_path):

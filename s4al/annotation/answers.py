@@ -267,7 +267,8 @@ def _corrections(ledger: Ledger, image: PaintedImage, addressed: list[Region], r
         if region.state != "answered" or image.declined or not share:
             continue
         if share >= MIN_PAINTED_SHARE:
-            source, first = repainted.setdefault(region.region_id, (image.source, patch))
+            # a copy: a view would keep the whole image's map in memory for the rest of the import
+            source, first = repainted.setdefault(region.region_id, (image.source, patch.copy()))
             if not np.array_equal(patch, first):
                 problems.append(f"{image.source}: region {region.region_id} is painted otherwise than in {source}: "
                                 "keep one of the two")
