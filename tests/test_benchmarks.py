@@ -25,6 +25,7 @@ from s4al.run_folder import RunFolder
 from s4al.train.checkpoint import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import annotation_scale  # noqa: E402
 import first_run  # noqa: E402
 import jpeg_camvid  # noqa: E402
 import label_efficiency  # noqa: E402
@@ -516,6 +517,22 @@ def test_first_run_records_a_failing_step_with_its_exit_code_and_output(tmp_path
     assert demo["exit_code"] == 2 and demo["failed"].endswith("--out WORK/demo --quiet --set train.epochs=0")
     assert "train.epochs" in demo["output_tail"] and list(result["steps"]) == ["demo"]
     assert "| make demo |" in (tmp_path / "first_run" / "t.md").read_text()
+
+
+def test_the_annotation_scale_benchmark_answers_reimports_reads_and_skips_every_region(tmp_path):
+    args = ["--images", "6", "--export-images", "3", "--regions", "2", "--size", "60", "90", "--out", str(tmp_path)]
+    assert annotation_scale.main(args) == 0
+    (path,) = tmp_path.glob("*.json")
+    result = json.loads(path.read_text())
+    outputs = {name: step["output_tail"] for name, step in result["results"].items()}
+    assert list(outputs) == ["start_up", "import_masks", "import_masks_again", "import_export", "status",
+                             "read_labels", "skip_all"]
+    assert "answered 12 regions (png-folder)" in outputs["import_masks"]
+    assert "6 masks already imported" in outputs["import_masks_again"]
+    assert "answered 6 regions (label-studio), 0 unpainted" in outputs["import_export"]
+    assert "12 answered" in outputs["status"] and outputs["read_labels"] == "12\n"
+    assert "skipped 12 regions" in outputs["skip_all"]
+    assert all(step["seconds"] > 0 and step["peak_mib"] > 0 for step in result["results"].values())
 
 
 def test_jpeg_copy_keeps_labels_and_lists_and_loads_as_camvid(tmp_path):
