@@ -134,6 +134,26 @@ def test_export_painted_with_label_studios_encoder_reads_back_exactly(tmp_path):
     assert "task 4" in painted.source
 
 
+def test_a_task_submitted_as_made_reads_back_as_the_models_paint_with_the_persons_on_top(tmp_path):
+    prediction = np.zeros((H, W), np.uint8)
+    prediction[:, 15:] = 1
+    made = task(np.zeros((H, W, 3), np.uint8), [region(7, (0, 0, 10, 10)), region(9, (10, 20, 20, 30))],
+                prediction, CLASSES)
+    result = made.pop("predictions")[0]["result"]
+    (car,) = [r for r in result if r["from_name"] == BRUSH_TAG and r["value"]["brushlabels"] == ["car & bus"]]
+    stroke = np.zeros((H, W), np.uint8)
+    stroke[0:5, 0:5] = 255
+    car["value"]["rle"] = mask2rle(stroke)  # the person paints 'car & bus'; 'sky' and 'road' stay unused
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([{**made, "id": 3, "annotations": [{"id": 1, "result": result, "was_cancelled": False}]}]))
+    (painted,) = read_export(path, CLASSES.names, SIZES)
+    expected = np.full((H, W), 255, np.uint8)
+    expected[0:10, 0:10] = 0  # the model's 'sky'
+    expected[10:20, 20:30] = 1  # the model's 'road'
+    expected[0:5, 0:5] = 2
+    assert np.array_equal(painted.labels, expected)
+
+
 def test_an_export_is_read_one_task_at_a_time(tmp_path):
     """A whole project's export carries every image: 24 tasks of 1 MB each, read with the memory of
     a few (json.loads of the file would hold all 24 MB)."""
