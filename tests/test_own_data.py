@@ -183,7 +183,8 @@ def test_a_mask_given_to_a_pool_image_labels_it_whole_from_the_next_cycle_on(tmp
     given = np.full((H, W), 1, np.uint8)
     save(root / "masks" / "p0.png", given)  # p0, in the pool, labelled in another tool
 
-    with ActiveLearningRun(run_dir) as active_run:
+    events = []
+    with ActiveLearningRun(run_dir, progress=events.append) as active_run:
         summaries = active_run.run()
     with ledger_of(run_dir) as ledger:
         records = {r.image_id: r for r in ledger.images()}
@@ -194,6 +195,7 @@ def test_a_mask_given_to_a_pool_image_labels_it_whole_from_the_next_cycle_on(tmp
     assert records["p0"].fully_labelled and not any(records[i].fully_labelled for i in UNMASKED[1:])
     assert (joined["before"], joined["labelled"], joined["pool"], joined["masked"]) == ("cycle 1 training", [], [],
                                                                                          ["p0"])
+    assert [event for event in events if event["event"] == "joined"] == [{"event": "joined", **joined}]  # said
     assert len(answered_p0) == 2 and p0[0] not in state.answered  # its answers stay recorded, the mask labels it
     # 8 images of 32x48: 3 masked from the start, p0 since, and 4 pool images x 2 answered 16x16 cells
     assert len(asked) == 10

@@ -372,6 +372,8 @@ class ActiveLearningRun(AbstractContextManager):
                   "pool": [i for i in self.new_images if i not in set(labelled)], "masked": self.new_masks}
         self.ledger.set_meta(JOINED, [*self.ledger.get_meta(JOINED, []), joined])
         self.new_images, self.new_masks = [], []
+        if self.progress is not None:
+            self.progress({"event": "joined", **joined})
 
     def _record_queries(self, cycle: int, queries: list[Query], seconds: float) -> None:
         a = self.cfg.active

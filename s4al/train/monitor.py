@@ -9,9 +9,12 @@ from rich.progress import (
 )
 from torch.utils.tensorboard import SummaryWriter
 
+from s4al.errors import first_of
+
 
 class Monitor:
-    """Callable given to the trainer: receives {"event": "step"|"eval", ...} records."""
+    """Callable given to the trainer and the active-learning run: receives {"event": "step"|"eval"|"joined",
+    ...} records."""
 
     def __init__(self, log_dir: Path, show_progress: bool = True, log_every: int = 10):
         self.writer = SummaryWriter(str(log_dir))
@@ -50,6 +53,15 @@ class Monitor:
             if value is not None:
                 self.writer.add_scalar(f"{prefix}/val_iou/{name}", value, step)
         self.progress.console.print(f"cycle {r['cycle']} epoch {r['epoch']}: val mIoU {100 * r['miou']:.1f}%")
+
+    def _joined(self, r: dict) -> None:
+        """Images and masks added to the dataset, as they join the run (ActiveLearningRun)."""
+        added = r["labelled"] + r["pool"]
+        parts = [f"{len(added)} images added to the dataset joined the run ({len(r['labelled'])} labelled, "
+                 f"{len(r['pool'])} to the pool: {first_of(added)})"] if added else []
+        if r["masked"]:
+            parts.append(f"{len(r['masked'])} pool images given a mask are labelled whole ({first_of(r['masked'])})")
+        self.progress.console.print(f"before {r['before']}: {'; '.join(parts)}")
 
     def close(self) -> None:
         self.progress.stop()
