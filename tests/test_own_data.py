@@ -152,12 +152,17 @@ def answer_every_asked_region(run_dir, tmp_path):
     return asked
 
 
-def test_images_added_to_the_folder_join_the_run_as_the_next_cycle_begins_training(tmp_path):
+def answered_cycle_0(tmp_path):
+    """The dataset, and a run of it whose cycle 0 trained and asked, every region answered since."""
     root = make_dataset(tmp_path / "data")
     run_dir = tmp_path / "run"
     with ActiveLearningRun(run_dir, own_config(root)) as active_run:
-        active_run.run()  # cycle 0 trained and asked
-    asked = answer_every_asked_region(run_dir, tmp_path)
+        active_run.run()
+    return root, run_dir, answer_every_asked_region(run_dir, tmp_path)
+
+
+def test_images_added_to_the_folder_join_the_run_as_the_next_cycle_begins_training(tmp_path):
+    root, run_dir, asked = answered_cycle_0(tmp_path)
     add_images(root, masked=["n0"], unmasked=["n1"])
 
     with ActiveLearningRun(run_dir) as active_run:
@@ -175,11 +180,7 @@ def test_images_added_to_the_folder_join_the_run_as_the_next_cycle_begins_traini
 
 
 def test_a_mask_given_to_a_pool_image_labels_it_whole_from_the_next_cycle_on(tmp_path):
-    root = make_dataset(tmp_path / "data")
-    run_dir = tmp_path / "run"
-    with ActiveLearningRun(run_dir, own_config(root)) as active_run:
-        active_run.run()  # cycle 0 trained and asked
-    asked = answer_every_asked_region(run_dir, tmp_path)
+    root, run_dir, asked = answered_cycle_0(tmp_path)
     given = np.full((H, W), 1, np.uint8)
     save(root / "masks" / "p0.png", given)  # p0, in the pool, labelled in another tool
 
