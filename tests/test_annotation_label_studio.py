@@ -210,6 +210,23 @@ def test_the_asked_rectangles_of_a_task_read_back_as_their_regions_boxes_and_oth
     assert painted.asked_boxes == {7: (0, 0, 10, 10), 9: (10, 20, 20, 30)} and painted.hand_drawn == 2
 
 
+def test_of_several_annotations_of_a_task_the_one_marked_ground_truth_is_read(tmp_path):
+    road, sky = np.ones((H, W), np.uint8), np.zeros((H, W), np.uint8)
+    item = exported_task(5, {"image_id": "img", "region_ids": [1]}, road)
+    reviewed = exported_task(5, {}, sky)["annotations"][0]
+    item["annotations"] += [{**reviewed, "id": 8, "ground_truth": True}, {**reviewed, "id": 9, "was_cancelled": True}]
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([item]))
+    (painted,) = read_export(path, CLASSES.names, SIZES)
+    assert (painted.labels == 0).all()  # the reviewer's, marked ground truth
+    item["annotations"][0]["ground_truth"] = True
+    path.write_text(json.dumps([item]))
+    with pytest.raises(AnswerError, match=r"task 5: 2 annotations \(1005, 8 marked ground truth\); "
+                                          r"mark the one to use as ground truth in Label Studio \(its star\), or "
+                                          r"delete the others"):
+        list(read_export(path, CLASSES.names, SIZES))
+
+
 def test_a_tasks_file_is_refused_once_read_but_a_file_with_one_exported_task_is_an_export(tmp_path):
     made = task(np.zeros((H, W, 3), np.uint8), [region(7, (0, 0, 10, 10))], np.zeros((H, W), np.uint8), CLASSES)
     path = tmp_path / "tasks.json"

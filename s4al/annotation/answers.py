@@ -79,7 +79,7 @@ def import_answers(run_dir: Path, answers_path: Path) -> ImportReport:
             sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
             painted, report = _read(answers_path, ledger.get_meta("classes"), sizes)
             answers, painted_at = _answers(ledger, painted, report)
-            _refuse_corrections_mid_training(folder, ledger, report, answers_path)
+            _refuse_label_changes_mid_training(folder, ledger, report, answers_path)
             report.still_asked = len(ledger.asked())
         if not answers and not report.skipped:
             if report.already_imported:
@@ -96,7 +96,7 @@ def import_answers(run_dir: Path, answers_path: Path) -> ImportReport:
     return report
 
 
-def _refuse_corrections_mid_training(folder: RunFolder, ledger: Ledger, report: ImportReport,
+def _refuse_label_changes_mid_training(folder: RunFolder, ledger: Ledger, report: ImportReport,
                                      answers_path: Path) -> None:
     """A correction (or an answer to a region skipped before) changes the labels a part-trained cycle
     trains with: its resume would no longer continue the same training. The export keeps the fix, to

@@ -194,14 +194,19 @@ def _task_name(path: Path, number: int, item: Any) -> str:
 
 
 def _annotation(item: Any, where: str) -> dict | None:
-    """The task's one submitted annotation, else a skipped one, else None."""
+    """The task's one submitted annotation (of several, the one marked ground truth), else a skipped
+    one, else None."""
     if not isinstance(item, dict) or not isinstance(item.get("annotations", []), list):
         raise AnswerError(f"{where}: not a Label Studio task (expected an object with an 'annotations' list)")
     annotations = [a for a in item.get("annotations", []) if isinstance(a, dict)]
     submitted = [a for a in annotations if not a.get("was_cancelled")]
     if len(submitted) > 1:
-        ids = ", ".join(str(a.get("id")) for a in submitted)
-        raise AnswerError(f"{where}: {len(submitted)} annotations ({ids}); keep one per task in Label Studio")
+        chosen = [a for a in submitted if a.get("ground_truth") is True]
+        if len(chosen) == 1:
+            return chosen[0]
+        ids = ", ".join(str(a.get("id")) for a in chosen or submitted)
+        raise AnswerError(f"{where}: {len(submitted)} annotations ({ids}{' marked ground truth' if chosen else ''}); "
+                          "mark the one to use as ground truth in Label Studio (its star), or delete the others")
     return (submitted or annotations or [None])[0]
 
 
