@@ -7,7 +7,7 @@ asked for labels and their answers), `meta` (JSON values). The same file holds t
 of the cycle phases (s4al/active/phases.py), which owns it; who is labelled, and how many pixels,
 is derived from this store by LabelState (s4al/active/label_state.py).
 A region is 'asked', then 'answered' (its label patch stored) or 'skipped' (the annotator declined
-it: never asked again, never labelled, not counted as labelled pixels).
+it: never asked again, not labelled nor counted as labelled pixels unless answered later).
 Each answered region's label patch (uint8 class ids, 255 = ignore) lives in
 RUN_DIR/labels/region_{id:06d}.png; the row stores that path relative to RUN_DIR.
 

@@ -174,8 +174,9 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
 
 
 def skip(run_dir: RunDirArgument, region: RegionOption = None) -> None:
-    """Skip asked regions the annotator declines: they are never asked again, never labelled, and
-    not counted as labelled pixels. The run then continues with the regions answered."""
+    """Skip asked regions the annotator declines: they are never asked again, and neither labelled
+    nor counted as labelled pixels unless an import paints them later. The run then continues with
+    the regions answered."""
     from s4al.active.ledger import Ledger
 
     with user_errors_reported():
