@@ -78,14 +78,17 @@ def restarted() -> bool:
 
 def setup_device(device: str = "auto") -> torch.device:
     """Joins the process group when launched by torchrun (nccl on GPUs, gloo on CPU) and returns
-    this rank's device; without torchrun, just resolves `device`."""
+    this rank's device: under torchrun its local rank's GPU; without torchrun, `device` resolved,
+    with the GPU it names (cuda:N) or the first."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_initialized():
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))
+    if ranks > 1 and not is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
+        named = torch.device("cuda" if device == "auto" else device).index
+        index = named if ranks == 1 and named is not None else int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu" if device == "auto" else device)
 
 

@@ -228,7 +228,7 @@ def test_a_failed_decode_leaves_no_unfilled_rows_behind(setup):
 def test_a_split_too_large_for_the_devices_memory_is_refused_with_fast_on_before_anything_is_decoded(setup, tmp_path):
     _, train, _, _ = setup
     huge = Counted(train, size=(200_000, 200_000))  # 120 GB an image: no machine has half of 8 of them free
-    cfg = tiny_config(train={"fast": "on"})
+    cfg = tiny_config(train={"fast": "on", "device": "cpu"})
     data = TrainData(huge, labelled=[0, 1], pool=list(range(2, 8)))
     with pytest.raises(DeviceMemoryShort, match=r"train.fast is on: the training cache would take \d+.\d GiB of cpu"):
         Trainer(cfg, data, None, tmp_path)

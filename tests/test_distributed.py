@@ -243,3 +243,17 @@ def test_torchrun_restarting_a_run_goes_on_with_it(tmp_path):
     again = torchrun("run", "--out", str(run_dir), "--config", str(config), "--quiet", restart_count=1)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "The run has finished its last cycle (0)" in again.stdout
+
+
+def test_one_process_takes_the_gpu_its_device_names_and_a_torchrun_rank_its_local_ranks(monkeypatch):
+    chosen = []  # no GPU here: the device is chosen, not used
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert distributed.setup_device("cuda:1") == torch.device("cuda", 1)
+    assert distributed.setup_device("cuda") == torch.device("cuda", 0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(distributed, "is_initialized", lambda: True)  # as once the process group is joined
+    assert distributed.setup_device("cuda:0") == torch.device("cuda", 1)  # torchrun gives each rank its GPU
+    assert chosen == [1, 0, 1]

@@ -198,7 +198,7 @@ def test_partially_labelled_images_are_drawn_in_proportion_to_their_labelled_sha
 
 # ---- the fast path (train.fast), here on the CPU ----------------------------------------------------
 def test_fast_path_trains_every_loss_reads_them_per_epoch_and_resumes_bit_identically(tmp_path):
-    cfg = tiny_config(ssl={"confidence_threshold": 0.0}, train={"fast": "on"})
+    cfg = tiny_config(ssl={"confidence_threshold": 0.0}, train={"fast": "on", "device": "cpu"})  # bit-identical
     data, val = ssl_data(cfg)
     read_at: dict = {}
     holder: list = []
@@ -244,12 +244,12 @@ def test_a_finished_training_resumed_builds_no_device_cache_and_returns_its_resu
 
 def test_fast_switch_auto_means_the_loader_path_on_a_cpu_and_the_fast_path_on_a_gpu(tmp_path):
     data, _ = ssl_data(tiny_config())
-    auto = Trainer(tiny_config(), data, None, tmp_path / "auto")
+    auto = Trainer(tiny_config(train={"device": "cpu"}), data, None, tmp_path / "auto")
     assert not auto.fast and auto.read_every == 1 and auto.sgd_flags == {}
     # decided before anything touches the device: no GPU needed here
     assert training_on_device("auto", torch.device("cuda"), data.dataset, data.labelled, data.pool)
     assert not Trainer(tiny_config(train={"fast": "off"}), data, None, tmp_path / "off").fast
-    on = Trainer(tiny_config(train={"fast": "on"}), data, None, tmp_path / "on")
+    on = Trainer(tiny_config(train={"fast": "on", "device": "cpu"}), data, None, tmp_path / "on")
     assert on.fast and not on.amp and on.sgd_flags == {}  # bf16 and fused SGD: CUDA only
 
 

@@ -56,9 +56,13 @@ def common_size(dataset: SegmentationDataset, indices: Sequence[int]) -> tuple[i
 
 
 def free_memory(device: torch.device) -> int | None:
-    """Bytes free on a CUDA device, or available to this host's processes; None where unknown."""
+    """Bytes free on a CUDA device (with the blocks this process's allocator holds unused, which the
+    device counts as taken), or available to this host's processes; None where unknown."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0] if torch.cuda.is_available() else None
+        if not torch.cuda.is_available():
+            return None
+        unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + unused
     meminfo = Path("/proc/meminfo")
     if device.type != "cpu" or not meminfo.exists():
         return None
