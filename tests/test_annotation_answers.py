@@ -203,6 +203,24 @@ def test_a_painting_time_reads_as_one_utc_form_and_an_unreadable_one_as_unknown(
     assert [utc_time(value) for value in (None, 17, "", "yesterday")] == [None] * 4
 
 
+def test_a_dry_run_reports_what_the_import_then_does_and_writes_nothing(run_dir, tmp_path):
+    import_answers(run_dir, write_export(tmp_path / "e1.json", task_of(1, "a", in_box(truth("a"), A1), [1, 2])))
+    reviewed = in_box(truth("a"), A1)
+    reviewed[2:6, 3:8] = 2
+    declined = exported_task(2, {"image_id": "b", "region_ids": [3]}, truth("b"), names=CLASSES, was_cancelled=True)
+    export = write_export(tmp_path / "e2.json", task_of(1, "a", reviewed, [1, 2]), declined)
+    before = snapshot(run_dir)
+    result = CliRunner().invoke(app, ["import", str(run_dir), str(export), "--dry-run"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Dry run, nothing written; the import would do this:\nanswered 0 regions")
+    assert "skipped 1 regions (of skipped tasks); 1 regions still asked." in result.output  # A2, left unpainted
+    assert "Continue with" not in result.output
+    dry = import_answers(run_dir, export, dry_run=True)
+    assert snapshot(run_dir) == before
+    assert import_answers(run_dir, export) == dry  # what it said, it does
+    assert (dry.corrected, dry.skipped, dry.not_answered) == ([1], [3], {2: 0.0})
+
+
 def test_a_correction_while_a_cycle_is_part_trained_is_refused_so_its_resume_stays_exact(run_dir, tmp_path):
     first = truth("a")
     import_answers(run_dir, write_export(tmp_path / "e1.json", task_of(1, "a", first, [1, 2])))

@@ -67,10 +67,11 @@ class ImportReport:
     still_asked: int = 0  # regions of the run still waiting for an answer
 
 
-def import_answers(run_dir: Path, answers_path: Path) -> ImportReport:
+def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> ImportReport:
     """Reads `answers_path`, validates it against the run's ledger and writes every answer and skip
-    in one transaction each; raises AnswerError (nothing written) if anything is wrong, and
-    RunFolderError at once if another process (a run) holds the run folder."""
+    in one transaction each (with `dry_run`, nothing: the report says what the import would do);
+    raises AnswerError (nothing written) if anything is wrong, and RunFolderError at once if another
+    process (a run) holds the run folder."""
     run_dir, answers_path = Path(run_dir), Path(answers_path)
     folder = RunFolder(run_dir)
     ledger_path = folder.ledger_file()
@@ -80,11 +81,14 @@ def import_answers(run_dir: Path, answers_path: Path) -> ImportReport:
             painted, report = _read(answers_path, ledger.get_meta("classes"), sizes)
             answers, painted_at = _answers(ledger, painted, report)
             _refuse_label_changes_mid_training(folder, ledger, report, answers_path)
-            report.still_asked = len(ledger.asked())
+            newly_answered = len(report.answered) - len(report.unskipped)
+            report.still_asked = len(ledger.asked()) - newly_answered - len(report.skipped)
         if not answers and not report.skipped:
             if report.already_imported:
                 return report
             raise AnswerError(f"{answers_path}: nothing to answer: {_why_nothing(report)}")
+        if dry_run:
+            return report
         with Ledger(ledger_path) as ledger:
             try:
                 ledger.answer_many(answers, by=report.by, overwrite=bool(report.corrected or report.unskipped),

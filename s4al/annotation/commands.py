@@ -36,6 +36,8 @@ NewProjectOption = Annotated[bool, typer.Option(
 DownloadOption = Annotated[bool, typer.Option(
     "--label-studio", help="Download the full JSON export of the run's Label Studio project (the one "
     "`s4al query --label-studio` sends to) into RUN_DIR/answers/ and import it.")]
+DryRunOption = Annotated[bool, typer.Option(
+    "--dry-run", help="Check the answers and say what the import would do; write nothing.")]
 ApiKeyOption = Annotated[Optional[str], typer.Option(
     "--api-key", metavar="TOKEN", envvar="LABEL_STUDIO_API_KEY", show_default=False,
     help="Label Studio access token for --label-studio (never stored).")]
@@ -108,7 +110,8 @@ def _sent_lines(run_dir: Path, sent: SentTasks) -> str:
 
 
 def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = None,
-                           label_studio: DownloadOption = False, api_key: ApiKeyOption = None) -> None:
+                           label_studio: DownloadOption = False, api_key: ApiKeyOption = None,
+                           dry_run: DryRunOption = False) -> None:
     """Import painted answers into the run's label ledger; a bad file changes nothing."""
     from s4al.annotation.answers import import_answers
     from s4al.annotation.label_studio_api import download_export
@@ -122,13 +125,15 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = N
             if label_studio:
                 answers = download_export(run_dir, api_key)
                 typer.echo(f"the Label Studio project's export, as received: {answers}")
-            report = import_answers(run_dir, answers)
+            report = import_answers(run_dir, answers, dry_run)
+    if dry_run:
+        typer.echo("Dry run, nothing written; the import would do this:")
     typer.echo(f"answered {len(report.answered)} regions ({report.by}), {report.void_pixels} unpainted pixels "
                f"inside them stored as void; skipped {len(report.skipped)} regions (of skipped tasks); "
                f"{report.still_asked} regions still asked.")
     for line in _report_lines(run_dir, report):
         typer.echo(line)
-    if not report.still_asked:
+    if not report.still_asked and not dry_run:
         typer.echo(f"Every asked region is answered or skipped. {next_step(run_dir)}")
 
 
