@@ -212,7 +212,7 @@ def test_a_dry_run_reports_what_the_import_then_does_and_writes_nothing(run_dir,
     before = snapshot(run_dir)
     result = CliRunner().invoke(app, ["import", str(run_dir), str(export), "--dry-run"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("Dry run, nothing written; the import would do this:\nanswered 0 regions")
+    assert result.output.startswith("Dry run, no answer written; the import would do this:\nanswered 0 regions")
     assert "skipped 1 regions (of skipped tasks); 1 regions still asked." in result.output  # A2, left unpainted
     assert "Continue with" not in result.output
     dry = import_answers(run_dir, export, dry_run=True)

@@ -2,10 +2,10 @@
 
 Tables: `images` (the train pool; `initial` images are fully labelled by the dataset's own labels,
 from the start or since a mask was given for them, `acquired_whole_cycle` marks images bought whole
-by an image-level baseline), `regions` (boxes
-asked for labels and their answers), `meta` (JSON values). The same file holds the `cycles` table
-of the cycle phases (s4al/active/phases.py), which owns it; who is labelled, and how many pixels,
-is derived from this store by LabelState (s4al/active/label_state.py).
+by an image-level baseline), `regions` (boxes asked for labels and their answers), `meta` (JSON
+values). The same file holds the `cycles` table of the cycle phases (s4al/active/phases.py), which
+owns it; who is labelled, and how many pixels, is derived from this store by LabelState
+(s4al/active/label_state.py).
 A region is 'asked', then 'answered' (its label patch stored) or 'skipped' (the annotator declined
 it: never asked again, not labelled nor counted as labelled pixels unless answered later).
 Each answered region's label patch (uint8 class ids, 255 = ignore) lives in
@@ -213,7 +213,8 @@ def _not_pool_images(conn: sqlite3.Connection, image_ids: Sequence[str]) -> list
     """What makes `image_ids` not a list of distinct pool images: to be labelled whole, each once."""
     problems = [f"image '{i}' listed twice" for i, n in Counter(image_ids).items() if n > 1]
     for image_id in dict.fromkeys(image_ids):
-        row = conn.execute("SELECT initial, acquired_whole_cycle FROM images WHERE image_id = ?", (image_id,)).fetchone()
+        row = conn.execute("SELECT initial, acquired_whole_cycle FROM images WHERE image_id = ?",
+                           (image_id,)).fetchone()
         if row is None:
             problems.append(f"image '{image_id}' is not registered")
         elif row[0] or row[1] is not None:
@@ -332,7 +333,8 @@ class Ledger(RegionsByState, AbstractContextManager):
             version = self._schema_version()
             if version == 1:
                 conn.execute(_REGIONS_TABLE.replace("CREATE TABLE regions", "CREATE TABLE regions_new", 1))
-                conn.execute(f"INSERT INTO regions_new ({_VERSION_1_COLUMNS}) SELECT {_VERSION_1_COLUMNS} FROM regions")
+                conn.execute(f"INSERT INTO regions_new ({_VERSION_1_COLUMNS}) "
+                             f"SELECT {_VERSION_1_COLUMNS} FROM regions")
                 conn.execute("DROP TABLE regions")
                 conn.execute("ALTER TABLE regions_new RENAME TO regions")
                 for statement in _REGION_INDEXES:
@@ -518,8 +520,8 @@ class Ledger(RegionsByState, AbstractContextManager):
         """Store label patches (uint8 class ids, 255 = ignore, shaped like each box), all or nothing,
         with when each was painted where the answer's source tells (`painted_at`, region id -> UTC
         time). Every answer is validated before anything is written; answering a region answered or
-        skipped before is refused unless `overwrite`. PNGs are written and fsynced
-        first, then all rows are marked answered, in one transaction."""
+        skipped before is refused unless `overwrite`. PNGs are written and fsynced first, then all
+        rows are marked answered, in one transaction."""
         answers = [(_region_id(region_id), label_patch) for region_id, label_patch in answers]
         if not answers:
             return

@@ -101,7 +101,7 @@ def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> 
 
 
 def _refuse_label_changes_mid_training(folder: RunFolder, ledger: Ledger, report: ImportReport,
-                                     answers_path: Path) -> None:
+                                       answers_path: Path) -> None:
     """A correction (or an answer to a region skipped before) changes the labels a part-trained cycle
     trains with: its resume would no longer continue the same training. The export keeps the fix, to
     be imported once the cycle has trained."""
@@ -231,8 +231,8 @@ def _painted_share(image: PaintedImage, region: Region) -> float:
 
 
 def _answer_image(image: PaintedImage, addressed: list[Region], report: ImportReport) -> list[tuple[int, np.ndarray]]:
-    """Crops the answers of the addressed regions still asked that are painted enough; reports the
-    rest, the painting outside the addressed regions and rectangles drawn by hand."""
+    """Crops the answers of the addressed regions still asked (or skipped) that are painted enough;
+    reports the rest, the painting outside the addressed regions and rectangles drawn by hand."""
     addressed_area = box_masks([[region.box for region in addressed]], *image.labels.shape)[0].numpy()
     answers = []
     for region in addressed:

@@ -37,7 +37,8 @@ DownloadOption = Annotated[bool, typer.Option(
     "--label-studio", help="Download the full JSON export of the run's Label Studio project (the one "
     "`s4al query --label-studio` sends to) into RUN_DIR/answers/ and import it.")]
 DryRunOption = Annotated[bool, typer.Option(
-    "--dry-run", help="Check the answers and say what the import would do; write nothing.")]
+    "--dry-run", help="Check the answers and say what the import would do; write no answer (an export "
+    "downloaded with --label-studio is kept).")]
 ApiKeyOption = Annotated[Optional[str], typer.Option(
     "--api-key", metavar="TOKEN", envvar="LABEL_STUDIO_API_KEY", show_default=False,
     help="Label Studio access token for --label-studio (never stored).")]
@@ -127,7 +128,7 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = N
                 typer.echo(f"the Label Studio project's export, as received: {answers}")
             report = import_answers(run_dir, answers, dry_run)
     if dry_run:
-        typer.echo("Dry run, nothing written; the import would do this:")
+        typer.echo("Dry run, no answer written; the import would do this:")
     typer.echo(f"answered {len(report.answered)} regions ({report.by}), {report.void_pixels} unpainted pixels "
                f"inside them stored as void; skipped {len(report.skipped)} regions (of skipped tasks); "
                f"{report.still_asked} regions still asked.")
