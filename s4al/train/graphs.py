@@ -79,6 +79,10 @@ class StudentPasses:
                 return self(images, frozen)
         return self._graphed[key](images)
 
+    def release(self) -> None:
+        """Drops the captured graphs and so their memory pools; a later call captures again."""
+        self._graphed.clear()
+
     def backward(self, loss: torch.Tensor) -> None:
         if not self.graphs:
             loss.backward()
@@ -133,6 +137,10 @@ class Replayed:
             static.copy_(x)
         graph.replay()
         return static_output
+
+    def release(self) -> None:
+        """Drops the captured graphs and so their memory pools; a later call captures again."""
+        self._graphed.clear()
 
     def _capture(self, inputs: tuple[torch.Tensor, ...]):
         static_inputs = tuple(x.detach().clone() for x in inputs)

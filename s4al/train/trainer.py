@@ -17,6 +17,7 @@ before anything non-finite is written."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -502,8 +503,20 @@ class Trainer:
             self._restore()
         with self.cudnn_tuned():
             self._train()
+        self._release_graphs()
         distributed.barrier()  # the final checkpoint exists for every rank
         return TrainResult(self.student, self.teacher.model, self.history)
+
+    def _release_graphs(self) -> None:
+        """The CUDA graphs of a training hold memory pools of their own, which a graphed pass's
+        reference to itself would keep until Python's cyclic collector ran, maybe after the next
+        cycle has captured its own: freed as training ends, for the pool scoring and what follows."""
+        if not self.graphs:
+            return
+        for graphed in (self.student_pass, self.teacher_pass, *self.batch_views.values()):
+            graphed.release()
+        gc.collect()
+        torch.cuda.empty_cache()
 
     def _train(self) -> None:
         started = time.perf_counter()
