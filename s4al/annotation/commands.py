@@ -141,26 +141,21 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = N
 def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
     lines = []
     if report.not_answered:
-        shares = first_of([f"{region_id} ({100 * share:.1f}%)" for region_id, share in report.not_answered.items()],
-                          SHOWN_REGIONS)
-        lines.append(f"not answered, under {100 * MIN_PAINTED_SHARE:.0f}% painted, left asked: regions {shares}; "
-                     f"paint them and import again, or skip them: {_skip_command(run_dir, list(report.not_answered))}")
+        lines.append(f"not answered, under {100 * MIN_PAINTED_SHARE:.0f}% painted, left asked: regions "
+                     f"{_shares(report.not_answered)}; paint them and import again, or skip them: "
+                     f"{_skip_command(run_dir, list(report.not_answered))}")
     if report.unskipped:
         lines.append(f"{len(report.unskipped)} of the regions answered were skipped before (painted since): "
-                     f"{first_of([str(i) for i in report.unskipped], SHOWN_REGIONS)}")
+                     f"{_ids(report.unskipped)}")
     if report.corrected:
         lines.append(f"corrected {len(report.corrected)} regions answered before, painted otherwise now (the new "
-                     f"answer replaces the earlier one for the training to come): "
-                     f"{first_of([str(i) for i in report.corrected], SHOWN_REGIONS)}")
+                     f"answer replaces the earlier one for the training to come): {_ids(report.corrected)}")
     if report.edits_under_minimum:
-        shares = first_of([f"{region_id} ({100 * share:.1f}%)" for region_id, share in
-                           report.edits_under_minimum.items()], SHOWN_REGIONS)
-        lines.append(f"kept the earlier answers of regions {shares}, painted otherwise now but under "
-                     f"{100 * MIN_PAINTED_SHARE:.0f}%: to correct one, paint at least that much of it")
+        lines.append(f"kept the earlier answers of regions {_shares(report.edits_under_minimum)}, painted otherwise "
+                     f"now but under {100 * MIN_PAINTED_SHARE:.0f}%: to correct one, paint at least that much of it")
     if report.outdated:
         lines.append(f"left {len(report.outdated)} answered regions as they are: this file paints them otherwise, "
-                     f"but before their answer was painted (an earlier export or mask?): "
-                     f"{first_of([str(i) for i in report.outdated], SHOWN_REGIONS)}")
+                     f"but before their answer was painted (an earlier export or mask?): {_ids(report.outdated)}")
     if report.already_imported:
         what = "tasks" if report.by == "label-studio" else "masks"
         lines.append(f"{report.already_imported} {what} already imported (their regions are answered or skipped): "
@@ -210,7 +205,16 @@ def next_step(run_dir: Path) -> str:
 
 
 def _listed(region_ids: list[int]) -> str:
-    return f" ({first_of([str(i) for i in region_ids], SHOWN_REGIONS)})" if region_ids else ""
+    return f" ({_ids(region_ids)})" if region_ids else ""
+
+
+def _ids(region_ids: list[int]) -> str:
+    return first_of([str(i) for i in region_ids], SHOWN_REGIONS)
+
+
+def _shares(shares: dict[int, float]) -> str:
+    """Region ids with their painted share."""
+    return first_of([f"{region_id} ({100 * share:.1f}%)" for region_id, share in shares.items()], SHOWN_REGIONS)
 
 
 def _skip_command(run_dir: Path, region_ids: list[int]) -> str:
