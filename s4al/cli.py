@@ -15,7 +15,7 @@ from rich.table import Table
 from s4al.annotation.commands import RunDirArgument, import_answers_command, query, skip
 from s4al import distributed
 from s4al.report.commands import Network, NetworkOption, export_command, predict_command, report
-from s4al.report.status import cycle_table, next_lines, percent
+from s4al.report.status import cycle_table, dataset_lines, next_lines, percent
 from s4al.config import ConfigError, RunConfig, inert_settings, load_config, parse_override
 from s4al.data import DatasetError, build_dataset
 from s4al.errors import user_errors_reported
@@ -177,9 +177,9 @@ def run(
         if cfg is not None:
             _note_inert_settings(cfg, changes)
         with ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes) as active_run:
-            if active_run.new_images:
-                console.print(f"{len(active_run.new_images)} images added to the dataset since the run was made "
-                              "join it as the next cycle begins training or asking")
+            if active_run.additions.text():
+                console.print(f"to join the run as the next cycle begins training or asking: "
+                              f"{active_run.additions.text()}")
             with _monitor(active_run.folder, quiet, f"s4al run --resume {run_dir}") as monitor:
                 active_run.progress = monitor
                 active_run.run()
@@ -197,7 +197,8 @@ def _print_run(active_run: ActiveLearningRun, run_dir: Path) -> None:
 @app.command()
 def status(run_dir: RunDirArgument) -> None:
     """Where a run stands, read without touching it: each cycle's labelled share, val mIoU and
-    purchases, the cycle in progress, whether a process is at work on it, and what to run next."""
+    purchases, what its dataset has gained or lost since, the cycle in progress, whether a process
+    is at work on it, and what to run next."""
     from s4al.active.ledger import Ledger
     from s4al.active.phases import CyclePhases
 
@@ -206,7 +207,8 @@ def status(run_dir: RunDirArgument) -> None:
         with Ledger(folder.ledger_file(), readonly=True) as ledger, CyclePhases(ledger) as phases:
             cfg = folder.config()  # a damaged config is refused before any of the account is printed
             console.print(cycle_table(run_dir, folder.summaries(), ledger, phases))
-            for line in next_lines(run_dir, cfg, ledger, phases, folder.metrics_log, folder.holder()):
+            for line in [*dataset_lines(run_dir, cfg, ledger),
+                         *next_lines(run_dir, cfg, ledger, phases, folder.metrics_log, folder.holder())]:
                 console.print(line)
 
 

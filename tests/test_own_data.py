@@ -2,6 +2,8 @@
 (`active.initial: labelled`): the masked train images are the initial labelled set, the others the
 pool; a human answers through a folder of class-id PNGs, and resuming finishes the run."""
 
+import shutil
+
 import numpy as np
 import pytest
 import yaml
@@ -196,11 +198,34 @@ def test_a_mask_given_to_a_pool_image_labels_it_whole_from_the_next_cycle_on(tmp
     assert records["p0"].fully_labelled and not any(records[i].fully_labelled for i in UNMASKED[1:])
     assert (joined["before"], joined["labelled"], joined["pool"], joined["masked"]) == ("cycle 1 training", [], [],
                                                                                          ["p0"])
-    assert [event for event in events if event["event"] == "joined"] == [{"event": "joined", **joined}]  # said
+    assert [event for event in events if event["event"] == "joined"] == [  # said as they join
+        {"event": "joined", "before": "cycle 1 training", "text": "1 pool images given a mask, labelled whole (p0)"}]
     assert len(answered_p0) == 2 and p0[0] not in state.answered  # its answers stay recorded, the mask labels it
     # 8 images of 32x48: 3 masked from the start, p0 since, and 4 pool images x 2 answered 16x16 cells
     assert len(asked) == 10
     assert summaries[1]["labelled_fraction"] == pytest.approx((4 * H * W + 4 * 2 * 16 * 16) / (8 * H * W))
+
+
+def test_status_says_what_the_next_resume_takes_from_the_dataset_or_refuses_in_it(tmp_path):
+    root, run_dir, _ = answered_cycle_0(tmp_path)
+    add_images(root, unmasked=["n1"])
+    save(root / "masks" / "p0.png", np.full((H, W), 1, np.uint8))
+
+    def status():
+        result = CliRunner().invoke(app, ["status", str(run_dir)], env={"COLUMNS": "250"})
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert ("to join the run as the next cycle begins training or asking: 1 images added to the dataset (0 labelled, "
+            "1 to the pool: n1); 1 pool images given a mask, labelled whole (p0)\n") in status()
+    (root / "images" / "p1.png").unlink()
+    (root / "train.txt").write_text("".join(f"{stem}\n" for stem in [*MASKED, "p0", "p2", "p3", "p4", "n1"]))
+    refusal = f"{root}, split 'train': images 'p1' are in this run's ledger but no longer in the dataset: put them back"
+    assert f"`s4al run --resume` refuses: {refusal}\n" in status()
+    resumed = CliRunner().invoke(app, ["run", "--resume", str(run_dir), "--quiet"], env={"COLUMNS": "250"})
+    assert resumed.exit_code != 0 and refusal in " ".join(resumed.output.split())
+    shutil.rmtree(root)
+    assert f"the dataset cannot be read: {root}" in status()
 
 
 def test_images_added_before_a_trained_cycle_asks_are_scored_and_asked_with_the_pool(tmp_path):

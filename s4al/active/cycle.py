@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from s4al.active.acquisition import Query, choose_images, choose_regions, score_cells, scoring_workers
+from s4al.active.dataset_changes import DatasetChanges, dataset_changes
 from s4al.active.label_state import LabelState
 from s4al.active.ledger import Ledger, Region, utc_now
 from s4al.active.ledger_copy import copy_of
@@ -31,7 +32,6 @@ from s4al.data import DatasetError, build_dataset
 from s4al.evaluate import evaluate
 from s4al.model import build_model
 from s4al.run_folder import RunFolder, RunFolderError
-from s4al.errors import first_of
 from s4al.train.checkpoint import load_checkpoint, load_trained_model
 from s4al.seeding import derive_seed
 from s4al.distributed import setup_device
@@ -42,6 +42,7 @@ CONFIG_DIGEST = "config_digest"  # ledger meta: config_digest(config.yaml) when 
 FILE_DIGEST = "config_sha256"  # the same in ledgers made before: the file's bytes
 RESUME_CHANGES = "resume_changes"  # ledger meta: the config keys changed on resume, when, from what
 JOINED = "joined"  # ledger meta: the images and masks added to the dataset after the run was made, as they joined it
+NO_ADDITIONS = DatasetChanges([], [], [], [])
 
 
 def draw_initial(num_images: int, fraction: float, seed: int) -> list[int]:
@@ -86,8 +87,7 @@ class ActiveLearningRun(AbstractContextManager):
                                    "--set dataset.root=ITS_NEW_FOLDER") from None
             self.ids = [self.train_set.image_id(i) for i in range(len(self.train_set))]
             self.index_of = {image_id: i for i, image_id in enumerate(self.ids)}
-            self.new_images: list[str] = []  # in the dataset, not yet in the run (rank 0 knows them)
-            self.new_masks: list[str] = []  # pool images with a label in the dataset now (rank 0 knows them)
+            self.additions = NO_ADDITIONS  # images and masks added to the dataset, not yet in the run (rank 0's)
             if distributed.is_main():
                 self.ledger = self._open_ledger()
                 self.phases = CyclePhases(self.ledger)
@@ -214,30 +214,11 @@ class ActiveLearningRun(AbstractContextManager):
 
     def _check_same_images(self, ledger: Ledger) -> None:
         """The dataset must still hold the images the run was made with, at the same sizes, and the
-        labels of those labelled whole."""
-        records = ledger.images()
-        registered = {r.image_id: (r.height, r.width) for r in records}
-        where = f"{self.cfg.dataset.root or self.cfg.dataset.name}, split '{self.cfg.dataset.train_split}'"
-        gone = [i for i in registered if i not in self.index_of]
-        resized = [i for i in registered if i in self.index_of
-                   and tuple(self.train_set.image_size(self.index_of[i])) != registered[i]]
-        label_gone = [r.image_id for r in records if r.fully_labelled and r.image_id in self.index_of
-                      and not self.train_set.has_label(self.index_of[r.image_id])]
-        self.new_images = [i for i in self.ids if i not in registered]
-        unlabelled = [i for i in self.new_images if not self.train_set.has_label(self.index_of[i])]
-        if self.cfg.active.initial == "labelled":
-            unlabelled = []  # the added images without a label join the pool, with one the labelled
-            self.new_masks = [r.image_id for r in records if not r.fully_labelled and r.image_id in self.index_of
-                              and self.train_set.has_label(self.index_of[r.image_id])]
-        for images, what in ((gone, "are in this run's ledger but no longer in the dataset: put them back"),
-                             (resized, "changed size since the run was made: restore them"),
-                             (label_gone, "are labelled whole in this run, but their labels are gone from the "
-                                          "dataset (they would train as all void): put them back"),
-                             (unlabelled, "were added without a label, and with active.initial 'random' every "
-                                          "image needs one: label them or move them out")):
-            if images:
-                quoted = [f"'{i}'" for i in images]
-                raise DatasetError(f"{where}: images {first_of(quoted)} {what}")
+        labels of those labelled whole; what was added joins as the next cycle begins."""
+        changes = dataset_changes(ledger.images(), self.train_set, self.cfg)
+        if changes.refusals:
+            raise DatasetError(changes.refusals[0])
+        self.additions = changes
 
     def _write_splits(self, ledger: Ledger) -> None:
         """splits/: the initial labelled images and the pool, as text, for audits and reuse."""
@@ -355,25 +336,21 @@ class ActiveLearningRun(AbstractContextManager):
 
     def _join_additions(self, cycle: int, before: str) -> None:
         """Images and masks added to the dataset since the run was made join it as a cycle begins
-        training or asking. With active.initial 'labelled', an added image with a label joins the
-        labelled, one without the pool, and a pool image given a label is labelled whole from then
-        on; with 'random', added images join the pool. Never once a cycle has checkpointed part of
-        its training: its labels are fixed. Rank 0 alone looks, so the ranks cannot go different
-        ways on what they see of the checkpoint."""
-        if not (self.new_images or self.new_masks) or (
-                before == "training" and self.folder.checkpoint_path(cycle).exists()):
+        training or asking (s4al/active/dataset_changes.py says how). Never once a cycle has
+        checkpointed part of its training: its labels are fixed. Rank 0 alone looks, so the ranks
+        cannot go different ways on what they see of the checkpoint."""
+        added = self.additions
+        if not (added.added or added.masked) or (before == "training" and self.folder.checkpoint_path(cycle).exists()):
             return
-        labelled = [i for i in self.new_images
-                    if self.cfg.active.initial == "labelled" and self.train_set.has_label(self.index_of[i])]
-        self.ledger.register_images([(i, *self.train_set.image_size(self.index_of[i])) for i in self.new_images],
-                                    initial=labelled)
-        self.ledger.label_whole(self.new_masks)
-        joined = {"at": utc_now(), "before": f"cycle {cycle} {before}", "labelled": labelled,
-                  "pool": [i for i in self.new_images if i not in set(labelled)], "masked": self.new_masks}
+        self.ledger.register_images([(i, *self.train_set.image_size(self.index_of[i])) for i in added.added],
+                                    initial=added.added_labelled)
+        self.ledger.label_whole(added.masked)
+        joined = {"at": utc_now(), "before": f"cycle {cycle} {before}", "labelled": added.added_labelled,
+                  "pool": added.added_pool, "masked": added.masked}
         self.ledger.set_meta(JOINED, [*self.ledger.get_meta(JOINED, []), joined])
-        self.new_images, self.new_masks = [], []
+        self.additions = NO_ADDITIONS
         if self.progress is not None:
-            self.progress({"event": "joined", **joined})
+            self.progress({"event": "joined", "before": joined["before"], "text": added.text()})
 
     def _record_queries(self, cycle: int, queries: list[Query], seconds: float) -> None:
         a = self.cfg.active

@@ -1,6 +1,7 @@
 """Where an active-learning run stands: one row per cycle (labelled share, val mIoU, what it
-bought), the cycle in progress, whether a process is working on the run now, and what to run next.
-`s4al run` ends with it; `s4al status` prints it without touching the run."""
+bought), the cycle in progress, whether a process is working on the run now, and what to run next;
+`s4al status` also what its dataset has gained or lost since. `s4al run` ends with the account;
+`s4al status` prints it without touching the run."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from pathlib import Path
 
 from rich.table import Table
 
+from s4al.active.dataset_changes import dataset_changes
 from s4al.active.ledger import Ledger
 from s4al.active.phases import CyclePhases
 from s4al.config import RunConfig
+from s4al.data import DatasetError, build_dataset
 
 
 def percent(fraction: float | None) -> str:
@@ -63,6 +66,20 @@ def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhase
         lines.append(f"every region cycle {cycle} asked is answered or skipped.")
     if not holder:
         lines.append(f"Continue with `s4al run --resume {run_dir}`.")
+    return lines
+
+
+def dataset_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger) -> list[str]:
+    """What the run's next resume takes from its dataset, or refuses in it, as the dataset is now."""
+    try:
+        dataset = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
+    except DatasetError as err:
+        return [f"the dataset cannot be read: {err}; if it moved: s4al run --resume {run_dir} "
+                "--set dataset.root=ITS_NEW_FOLDER"]
+    changes = dataset_changes(ledger.images(), dataset, cfg)
+    lines = [f"`s4al run --resume` refuses: {refusal}" for refusal in changes.refusals]
+    if changes.text():
+        lines.append(f"to join the run as the next cycle begins training or asking: {changes.text()}")
     return lines
 
 

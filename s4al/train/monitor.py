@@ -9,8 +9,6 @@ from rich.progress import (
 )
 from torch.utils.tensorboard import SummaryWriter
 
-from s4al.errors import first_of
-
 
 class Monitor:
     """Callable given to the trainer and the active-learning run: receives {"event": "step"|"eval"|"joined",
@@ -56,12 +54,7 @@ class Monitor:
 
     def _joined(self, r: dict) -> None:
         """Images and masks added to the dataset, as they join the run (ActiveLearningRun)."""
-        added = r["labelled"] + r["pool"]
-        parts = [f"{len(added)} images added to the dataset joined the run ({len(r['labelled'])} labelled, "
-                 f"{len(r['pool'])} to the pool: {first_of(added)})"] if added else []
-        if r["masked"]:
-            parts.append(f"{len(r['masked'])} pool images given a mask are labelled whole ({first_of(r['masked'])})")
-        self.progress.console.print(f"before {r['before']}: {'; '.join(parts)}")
+        self.progress.console.print(f"before {r['before']}, joined the run: {r['text']}")
 
     def close(self) -> None:
         self.progress.stop()

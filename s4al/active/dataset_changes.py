@@ -1,0 +1,69 @@
+"""What changed in a run's dataset since the run was made: images added (those with a label join
+the labelled where active.initial is 'labelled'), masks given to pool images, and what a resume
+refuses (images gone or resized, the labels of images labelled whole gone, and, where
+active.initial is 'random', images added without a label). The run takes the additions as a cycle
+begins (ActiveLearningRun); `s4al status` says them before."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from s4al.active.ledger import ImageRecord
+from s4al.config import RunConfig
+from s4al.data.base import SegmentationDataset
+from s4al.errors import first_of
+
+
+@dataclass(frozen=True)
+class DatasetChanges:
+    added_labelled: list[str]  # images added with a label, to join as labelled (active.initial 'labelled')
+    added_pool: list[str]  # the other images added, to join the pool
+    masked: list[str]  # pool images with a label now, to be labelled whole (active.initial 'labelled')
+    refusals: list[str]  # what a resume refuses, a message each
+
+    @property
+    def added(self) -> list[str]:
+        return self.added_labelled + self.added_pool
+
+    def text(self) -> str:
+        """The additions in words; empty where there are none."""
+        parts = [f"{len(self.added)} images added to the dataset ({len(self.added_labelled)} labelled, "
+                 f"{len(self.added_pool)} to the pool: {first_of(self.added)})"] if self.added else []
+        if self.masked:
+            parts.append(f"{len(self.masked)} pool images given a mask, labelled whole ({first_of(self.masked)})")
+        return "; ".join(parts)
+
+
+def dataset_changes(records: Sequence[ImageRecord], dataset: SegmentationDataset, cfg: RunConfig) -> DatasetChanges:
+    """The changes of `dataset` (the run's train split) against the run's image `records`."""
+    index_of = {dataset.image_id(i): i for i in range(len(dataset))}
+    registered = {r.image_id: (r.height, r.width) for r in records}
+    labelled_mode = cfg.active.initial == "labelled"
+
+    def has_label(image_id: str) -> bool:
+        return dataset.has_label(index_of[image_id])
+
+    added = [i for i in index_of if i not in registered]
+    gone = [i for i in registered if i not in index_of]
+    resized = [i for i in registered if i in index_of and tuple(dataset.image_size(index_of[i])) != registered[i]]
+    label_gone = [r.image_id for r in records if r.fully_labelled and r.image_id in index_of
+                  and not has_label(r.image_id)]
+    unlabelled = [] if labelled_mode else [i for i in added if not has_label(i)]
+    where = f"{cfg.dataset.root or cfg.dataset.name}, split '{cfg.dataset.train_split}'"
+    refusals = [f"{where}: images {_quoted(images)} {what}" for images, what in (
+        (gone, "are in this run's ledger but no longer in the dataset: put them back"),
+        (resized, "changed size since the run was made: restore them"),
+        (label_gone, "are labelled whole in this run, but their labels are gone from the dataset (they would "
+                     "train as all void): put them back"),
+        (unlabelled, "were added without a label, and with active.initial 'random' every image needs one: "
+                     "label them or move them out"),
+    ) if images]
+    added_labelled = [i for i in added if labelled_mode and has_label(i)]
+    masked = [r.image_id for r in records if labelled_mode and not r.fully_labelled and r.image_id in index_of
+              and has_label(r.image_id)]
+    return DatasetChanges(added_labelled, [i for i in added if i not in set(added_labelled)], masked, refusals)
+
+
+def _quoted(image_ids: list[str]) -> str:
+    return first_of([f"'{i}'" for i in image_ids])
