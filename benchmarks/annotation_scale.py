@@ -1,13 +1,13 @@
 """How the annotation commands scale with a run's pool. A run folder is made as a run leaves it
-after asking (no training: a ledger with IMAGES pool images and REGIONS asked regions each, in
-cycle 0), then each command runs as its own process, timed whole (wall seconds, peak memory),
-after the start-up every command pays (`s4al --help`):
+after asking (no training: a ledger of the demo preset's synthetic images, IMAGES of them in the pool
+with REGIONS asked regions each, in cycle 0), then each command runs as its own process, timed whole
+(wall seconds, peak memory), after the start-up every command pays (`s4al --help`):
 
 - `s4al import RUN masks/`: a folder of one class-id PNG per image answering every region;
 - the same folder imported again (every mask left alone: each region compared with its answer);
 - `s4al import RUN export.json`: a Label Studio JSON export, in a second such folder, its tasks as
   `s4al query` writes them (image, rectangles, one brush per class, the model's paint) and answered;
-- `s4al status RUN`;
+- `s4al status RUN` (which also reads the dataset's images, to say what was added or lost);
 - reading what a cycle trains with: LabelState.read and every answered patch (`answers`);
 - `s4al skip RUN`: every region of a third such folder, none answered.
 
@@ -36,6 +36,7 @@ from s4al.active.ledger import Ledger
 from s4al.active.phases import CyclePhases
 from s4al.annotation.label_studio import task
 from s4al.config import load_config
+from s4al.data import build_dataset
 from s4al.data.classes import ClassSet
 from s4al.run_folder import RunFolder
 
@@ -56,13 +57,15 @@ def make_run(run_dir: Path, images: int, regions: int, size: tuple[int, int], ce
     """A run folder waiting for the answers of cycle 0: config, ledger, phases. Returns each image's
     asked boxes: `regions` cells of `cell` pixels per image, spread over its grid."""
     height, width = size
-    cfg = load_config("camvid", {"active": {"region_size": cell, "regions_per_image": regions}})
+    cfg = load_config("demo", {"dataset": {"synthetic": {"num_train": images, "height": height, "width": width}},
+                               "active": {"region_size": cell, "regions_per_image": regions}})
+    dataset = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)  # the run's images, as status reads them
     run_dir.mkdir(parents=True)
     RunFolder(run_dir).save_config(cfg)
     grid = [(y, x) for y in range(0, height - cell + 1, cell) for x in range(0, width - cell + 1, cell)]
     rng = np.random.default_rng(0)
-    boxes = {f"img{n:06d}": [(y, x, y + cell, x + cell) for y, x in (grid[i] for i in
-                                                                      sorted(rng.choice(len(grid), regions, False)))]
+    boxes = {dataset.image_id(n): [(y, x, y + cell, x + cell) for y, x in (grid[i] for i in
+                                                                           sorted(rng.choice(len(grid), regions, False)))]
              for n in range(images)}
     with Ledger(run_dir / "ledger.sqlite") as ledger, CyclePhases(ledger) as phases:
         ledger.register_images([(image_id, height, width) for image_id in boxes])
@@ -77,7 +80,7 @@ def make_run(run_dir: Path, images: int, regions: int, size: tuple[int, int], ce
 
 def painting(image_id: str, size: tuple[int, int]) -> np.ndarray:
     """A full-image class map of blocks of a few classes, as a person's (or a model's) paint."""
-    rng = np.random.default_rng(int(image_id[3:]))
+    rng = np.random.default_rng(int(image_id.rsplit("_", 1)[1]))
     blocks = rng.integers(0, 4, (size[0] // 30 + 1, size[1] // 30 + 1), dtype=np.uint8)
     return np.kron(blocks, np.ones((30, 30), np.uint8))[:size[0], :size[1]]
 

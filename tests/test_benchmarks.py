@@ -531,6 +531,7 @@ def test_the_annotation_scale_benchmark_answers_reimports_reads_and_skips_every_
     assert "6 masks already imported" in outputs["import_masks_again"]
     assert "answered 6 regions (label-studio), 0 unpainted" in outputs["import_export"]
     assert "12 answered" in outputs["status"] and outputs["read_labels"] == "12\n"
+    assert "refuses" not in outputs["status"] and "to join" not in outputs["status"]  # the run's own dataset
     assert "skipped 12 regions" in outputs["skip_all"]
     assert all(step["seconds"] > 0 and step["peak_mib"] > 0 for step in result["results"].values())
 
