@@ -73,7 +73,7 @@ def dataset_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger) -> list[str]:
     """What the run's next resume takes from its dataset, or refuses in it, as the dataset is now."""
     try:
         dataset = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
-    except DatasetError as err:
+    except (DatasetError, OSError) as err:  # the account above stands without it
         return [f"the dataset cannot be read: {err}; if it moved: s4al run --resume {run_dir} "
                 "--set dataset.root=ITS_NEW_FOLDER"]
     changes = dataset_changes(ledger.images(), dataset, cfg)
