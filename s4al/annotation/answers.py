@@ -221,13 +221,15 @@ def _addressed(image: PaintedImage, regions: dict[int, Region], of_image: dict[s
 def _answers_left(image: PaintedImage, addressed: list[Region]) -> bool:
     """Whether some addressed region is still asked, or was skipped and is painted enough now."""
     return any(region.state == "asked" or (region.state == "skipped" and not image.declined
-                                           and _painted_share(image, region) >= MIN_PAINTED_SHARE)
+                                           and _painted(image, region)[1] >= MIN_PAINTED_SHARE)
                for region in addressed)
 
 
-def _painted_share(image: PaintedImage, region: Region) -> float:
+def _painted(image: PaintedImage, region: Region) -> tuple[np.ndarray, float]:
+    """What `image` paints in `region` (a view into its map), and the share of it painted."""
     y0, x0, y1, x1 = region.box
-    return float((image.labels[y0:y1, x0:x1] != UNPAINTED).mean())
+    patch = image.labels[y0:y1, x0:x1]
+    return patch, float((patch != UNPAINTED).mean())
 
 
 def _answer_image(image: PaintedImage, addressed: list[Region], report: ImportReport) -> list[tuple[int, np.ndarray]]:
@@ -236,9 +238,7 @@ def _answer_image(image: PaintedImage, addressed: list[Region], report: ImportRe
     addressed_area = box_masks([[region.box for region in addressed]], *image.labels.shape)[0].numpy()
     answers = []
     for region in addressed:
-        y0, x0, y1, x1 = region.box
-        patch = image.labels[y0:y1, x0:x1]
-        share = float((patch != UNPAINTED).mean())
+        patch, share = _painted(image, region)
         if region.state == "answered" or image.declined:
             continue
         if share >= MIN_PAINTED_SHARE:
@@ -265,9 +265,7 @@ def _corrections(ledger: Ledger, image: PaintedImage, addressed: list[Region], r
     would take the other on the next import of the same file."""
     corrections = []
     for region in addressed:
-        y0, x0, y1, x1 = region.box
-        patch = image.labels[y0:y1, x0:x1]
-        share = float((patch != UNPAINTED).mean())
+        patch, share = _painted(image, region)
         if region.state != "answered" or image.declined or not share:
             continue
         if share >= MIN_PAINTED_SHARE:
