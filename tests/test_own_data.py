@@ -263,3 +263,12 @@ def test_an_initially_labelled_image_whose_mask_is_gone_is_refused_naming_it(tmp
     with pytest.raises(DatasetError, match=r"images 'm1' are labelled whole in this run, but their labels are gone "
                                            r"from the dataset \(they would train as all void\): put them back"):
         ActiveLearningRun(run_dir)
+
+
+def test_a_pool_image_resized_after_the_run_was_made_is_refused_naming_it(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    ActiveLearningRun(run_dir, own_config(root)).close()
+    save(root / "images" / "p2.png", np.zeros((H, W + 16, 3), np.uint8))  # the ledger's regions are cells of 32x48
+    with pytest.raises(DatasetError, match=r"images 'p2' changed size since the run was made: restore them"):
+        ActiveLearningRun(run_dir)
