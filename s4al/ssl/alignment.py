@@ -15,7 +15,8 @@ rescale every pixel's class probabilities so that the pseudo labels' class share
 - `ArgmaxAlignment`: by exp(bias), a per-class log-offset that an integral controller moves until
   the EMA of the aligned pseudo labels' argmax shares equals the target. Such offsets, solved
   offline for a trained CamVid teacher, raised its train pseudo-label mIoU from 43.5 to 48.5
-  (`benchmarks/pseudo_labels.py --argmax-alignment`, results/pseudo_labels/cpu_ssl_10_seed0.json).
+  (`benchmarks/research/pseudo_labels.py --argmax-alignment`,
+  benchmarks/results/archive/pseudo_labels/cpu_ssl_10_seed0.json).
 
 Classes absent from the labelled pixels get probability 0 in both.
 
@@ -25,7 +26,7 @@ updates also average the teacher's unaligned mean probabilities, and the target 
 geometric mean of those and the labelled shares, fixed from then on, so that later predictions,
 which follow the aligned pseudo labels, cannot pull it back (offline on CamVid seed 0, pseudo
 labels aligned to the labelled shares scored 43.8 mIoU and to this target 46.7;
-`benchmarks/pseudo_labels.py --align-to`).
+`benchmarks/research/pseudo_labels.py --align-to`).
 """
 
 from __future__ import annotations
