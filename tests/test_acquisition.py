@@ -1,6 +1,7 @@
 """Streaming pool scoring and the choice of regions and images (s4al/active/acquisition.py)."""
 
 import math
+import platform
 import warnings
 from collections import Counter
 
@@ -145,6 +146,46 @@ def test_choose_regions_per_image_and_global():
     assert len(choose_regions(cells, sizes, everything)) == 12 + 12 - 1  # -inf cells are never bought
 
 
+class Grey(torch.utils.data.Dataset):
+    """Flat images, image i all of grey level levels[i] (0..255); 48x64 unless `sizes` says otherwise."""
+
+    def __init__(self, levels, sizes=None):
+        self.levels, self.sizes = levels, sizes or {}
+
+    def __len__(self):
+        return len(self.levels)
+
+    def image_size(self, index):
+        return self.sizes.get(index, (48, 64))
+
+    def load_image(self, index):
+        return np.full((*self.image_size(index), 3), self.levels[index], np.uint8)
+
+
+class GreyModel(nn.Module):
+    """Two classes of probabilities (v, 1 - v) at a pixel of grey level v in (0, 1); its features
+    are its input, so an image's pooled feature is its grey level in each of the 3 channels."""
+
+    def forward(self, x):
+        v = x[:, :1]
+        return torch.cat([v.log(), (1 - v).log()], dim=1)
+
+    def features(self, x):
+        return x
+
+
+def test_choose_images_by_entropy_ranks_known_entropies_and_breaks_ties_by_lower_index():
+    """Grey 51, 85 and 102 are v = 0.2, 1/3 and 0.4, entropies -v ln v - (1 - v) ln(1 - v):
+    0.500402, ln 3 - 2/3 ln 2 = 0.636514 and 0.673012.
+    Images 5 and 7 tie (both grey 102); the pool lists 7 first, the lower index still goes first."""
+    dataset = Grey([0, 0, 51, 0, 85, 102, 0, 102, 0, 51])
+    a = active(tiny_config(), level="image", metric="entropy", score_batch_size=8)
+    chosen = choose_images(GreyModel(), dataset, [0], [9, 7, 2, 5, 4], 3, a, CPU, 0, fast="off")
+    assert [q.index for q in chosen] == [5, 7, 4]
+    assert [q.score for q in chosen] == pytest.approx([0.673012, 0.673012, 0.636514], abs=1e-5)
+    assert all(q.box == (0, 0, 48, 64) for q in chosen)
+
+
 def test_choose_images_entropy_takes_the_highest_mean_entropy(setup):
     cfg, dataset, model = setup
     pool = list(range(4, 20))
@@ -172,6 +213,33 @@ def test_pool_scoring_returns_freed_memory_every_trim_every_batches(setup, monke
     pool = list(range(10))  # 5 batches of 2: trimmed after the 2nd and the 4th
     cells = score_cells(model, dataset, pool, {}, active(cfg, score_batch_size=2), CPU, 0, fast="auto")
     assert len(trims) == 2 and sorted(cells) == pool
+
+
+def test_coreset_picks_the_image_farthest_from_the_labelled_ones_then_from_those_and_the_first_pick():
+    """Features are grey levels: labelled image 0 is black (0); the pool's levels are 51, 204, 255
+    and 102. Farthest from {0}: 255 (image 3); then from {0, 255}: 51 and 204 are 51 away, 102 is
+    102 away (image 4), though 204 is the second farthest from the labelled image alone."""
+    dataset = Grey([0, 51, 204, 255, 102])
+    a = active(tiny_config(), level="image", metric="coreset", score_batch_size=8)
+    chosen = choose_images(GreyModel(), dataset, [0], [1, 2, 3, 4], 2, a, CPU, 0, fast="off")
+    assert chosen == [Query(3, (0, 0, 48, 64), 0.0), Query(4, (0, 0, 48, 64), 0.0)]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_glibc_s_malloc_trim_is_found_and_releasing_memory_runs():
+    assert acquisition._MALLOC_TRIM is not None
+    acquisition._release_freed_memory()
+
+
+def test_scoring_an_image_too_large_to_run_whole_returns_freed_memory_after_each_tile(monkeypatch):
+    """1776x2400 (4.26 Mpixels) is over 2048 x 2048: tiles of 1776-px cores, one row of two; the
+    48x64 image runs whole, and two batches are under TRIM_EVERY. Both are grey 51: entropy 0.500402."""
+    trims = []
+    monkeypatch.setattr(acquisition, "_release_freed_memory", lambda: trims.append(True))
+    dataset = Grey([51, 51], sizes={0: (1776, 2400)})
+    scores = score_images(GreyModel(), dataset, [0, 1], "entropy", 2, CPU, 0, fast="off")
+    assert len(trims) == 2
+    assert scores == pytest.approx({0: 0.500402, 1: 0.500402}, abs=1e-5)
 
 
 def test_config_values_too_large_for_the_images_are_said_not_capped_silently():

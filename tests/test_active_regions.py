@@ -46,16 +46,26 @@ def known_score_map() -> tuple[torch.Tensor, torch.Tensor]:
     return scores, labelled
 
 
+KNOWN_CELLS = torch.tensor(  # the cells of known_score_map(), by hand
+    [
+        [0.0, -INF, 0.0, 0.0],
+        [2.0, 0.0, 2.0, 0.0],
+        [1.5, 0.0, 0.0, 5.0],
+    ]
+)
+
+
 def test_cell_scores_average_unlabelled_pixels_only():
+    assert torch.equal(cell_scores(*known_score_map(), 30)[0], KNOWN_CELLS)
+
+
+def test_nan_and_inf_on_labelled_pixels_stay_out_of_their_cells():
     scores, labelled = known_score_map()
-    expected = torch.tensor(
-        [
-            [0.0, -INF, 0.0, 0.0],
-            [2.0, 0.0, 2.0, 0.0],
-            [1.5, 0.0, 0.0, 5.0],
-        ]
-    )
-    assert torch.equal(cell_scores(scores, labelled, 30)[0], expected)
+    scores[0, 0:30, 30:60] = math.nan  # cell (0, 1), all labelled
+    scores[0, 30:45, 60:75] = math.nan  # cell (1, 2): its labelled left half
+    scores[0, 45:60, 60:75] = INF
+    scores[0, 30:40, 60:70] = -INF
+    assert torch.equal(cell_scores(scores, labelled, 30)[0], KNOWN_CELLS)
 
 
 def test_cell_scores_match_a_per_cell_loop():
@@ -99,6 +109,12 @@ def test_selection_rejects_nan():
         select_per_image(np.array([[0.0, np.nan]]), 1)
 
 
+def test_global_selection_rejects_nan_in_any_image_of_the_pool():
+    pool = {"a": np.array([[0.9, 0.1]]), "b": torch.tensor([[0.5, math.nan]])}
+    with pytest.raises(ValueError, match="^cell scores contain NaN$"):
+        select_global(pool, 1)
+
+
 def test_union_area_counts_overlaps_once():
     assert union_area([]) == 0
     assert union_area([(0, 0, 30, 30), (0, 0, 30, 30)]) == 900
@@ -108,8 +124,9 @@ def test_union_area_counts_overlaps_once():
 
 
 def test_paper_labelled_fraction_arithmetic():
-    # CamVid: 4 cells of 30x30 per 360x480 image and cycle.
-    assert 4 * 30 * 30 / (360 * 480) == pytest.approx(0.020833, abs=1e-6)
+    # CamVid: 4 cells of 30x30 per 360x480 image and cycle: 3600 / 172800 = 0.020833 of it.
+    four_cells = [cell_box(row, col, 360, 480, 30) for row, col in [(0, 0), (0, 1), (5, 7), (11, 15)]]
+    assert labelled_fraction({"img": (360, 480)}, set(), {"img": four_cells}) == pytest.approx(0.020833, abs=1e-6)
     sizes = {f"img{i}": (360, 480) for i in range(10)}
     initial = {"img0"}  # 10% fully labelled
     boxes = {

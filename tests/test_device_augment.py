@@ -103,6 +103,16 @@ def test_jittered_batch_is_close_to_the_loader_views_uint8_jitter():
     assert (new["image"] * 255 - old["image"].float()).abs().max() <= 6
 
 
+def test_the_strong_view_is_the_jittered_weak_view_as_the_loaders():
+    aug = Augment(**GEOMETRY, color_jitter_p=1.0)
+    old = stacked(UnlabelledView(Coded(), aug, {0: [PATCH]}), SEEDS[:16])
+    cache = DeviceCache(Coded(), labelled=[], pool=[0], device=CPU, annotations={0: [PATCH]})
+    new = UNLABELLED.build(cache, [(0, s) for s in SEEDS[:16]], aug)
+    assert (new["weak"] * 255 - old["weak"].float()).abs().max() <= 1.0  # the weak view is never jittered
+    assert (new["strong"] * 255 - old["strong"].float()).abs().max() <= 6
+    assert (new["strong"] - new["weak"]).abs().amax(dim=(1, 2, 3)).min() > 0.02  # every sample jittered
+
+
 class TwoSizes(Coded):
     def __len__(self):
         return 2

@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -18,6 +19,26 @@ def test_miou_on_hand_computed_confusion():
     assert s.miou == pytest.approx((0.5 + 4 / 7) / 2)
     assert s.recall[0] == pytest.approx(0.75) and s.recall[1] == pytest.approx(4 / 6)
     assert s.pixel_accuracy == pytest.approx(7 / 10)
+
+
+def test_scores_are_reported_rounded_to_6_decimals_and_nan_as_none():
+    cm = torch.tensor([[3, 1, 0], [2, 4, 0], [0, 0, 0]])  # the case above
+    assert scores_from_confusion(cm).as_dict(("road", "sky", "car")) == {
+        "miou": 0.535714,  # (1/2 + 4/7) / 2 = 0.5357142...
+        "pixel_accuracy": 0.7,
+        "iou": {"road": 0.5, "sky": 0.571429, "car": None},  # 4/7 = 0.5714285...
+        "recall": {"road": 0.75, "sky": 0.666667, "car": None},
+    }
+
+
+def test_an_empty_confusion_gives_nan_scores_reported_as_none():
+    s = scores_from_confusion(torch.zeros(2, 2, dtype=torch.long))
+    assert math.isnan(s.miou) and math.isnan(s.pixel_accuracy)
+    assert all(math.isnan(v) for v in s.iou + s.recall)
+    reported = s.as_dict(("road", "sky"))
+    assert reported == {"miou": None, "pixel_accuracy": None, "iou": {"road": None, "sky": None},
+                        "recall": {"road": None, "sky": None}}
+    assert json.loads(json.dumps(reported, allow_nan=False)) == reported
 
 
 def test_false_positive_only_class_counts_with_zero_iou():

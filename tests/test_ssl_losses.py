@@ -69,6 +69,17 @@ def test_class_normalised_confidence_weighting_by_hand():
     # one pixel per class: each weight is its confidence over itself, 1
     loss = unsupervised_loss(LOGITS, pseudo, confidence, eta, True, class_normalised=True)
     assert loss.item() == pytest.approx(0.5 * (CE_PIXEL0_CLASS0 + CE_PIXEL1_CLASS1) / 2)
+    # two pixels of class 0, mean confidence 0.75: weights 0.9 / 0.75 = 1.2 and 0.6 / 0.75 = 0.8
+    loss = unsupervised_loss(LOGITS, torch.tensor([[[0, 0]]]), confidence, eta, True, class_normalised=True)
+    assert loss.item() == pytest.approx(0.5 * (1.2 * CE_PIXEL0_CLASS0 + 0.8 * CE_PIXEL1_CLASS0) / 2)
+
+
+def test_class_means_of_the_normalised_confidence_are_over_the_whole_batch():
+    pseudo = torch.tensor([[[0, 0]], [[0, 255]]])
+    confidence = torch.tensor([[[0.9, 0.5]], [[0.4, 0.7]]])
+    # class 0 over both images: (0.9 + 0.5 + 0.4) / 3 = 0.6 (one mean per image would give 0.7 and 0.4)
+    expected = torch.tensor([[[1.5, 0.5 / 0.6]], [[0.4 / 0.6, 0.0]]])
+    assert torch.allclose(per_class_normalised(confidence, pseudo, 2), expected)
 
 
 def test_annotated_pixel_gets_weight_one():
@@ -115,6 +126,10 @@ def test_supervised_loss_mean_over_valid_pixels():
     labels = torch.tensor([[[0, 1]]])
     assert supervised_loss(LOGITS, labels).item() == pytest.approx((CE_PIXEL0_CLASS0 + CE_PIXEL1_CLASS1) / 2)
     assert supervised_loss(LOGITS, torch.tensor([[[255, 1]]])).item() == pytest.approx(CE_PIXEL1_CLASS1)
+    # over the batch's 3 valid pixels, not a mean of the images' means ((a + b) / 2 + b) / 2
+    labels = torch.tensor([[[0, 1]], [[255, 1]]])
+    expected = (CE_PIXEL0_CLASS0 + 2 * CE_PIXEL1_CLASS1) / 3
+    assert supervised_loss(torch.cat([LOGITS, LOGITS]), labels).item() == pytest.approx(expected)
 
 
 def test_supervised_loss_without_valid_pixel_is_zero_with_zero_gradient():

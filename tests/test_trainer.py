@@ -80,6 +80,7 @@ def test_supervised_when_no_pool(tmp_path):
     train = build_dataset(cfg.dataset, "train", cfg.seed)
     steps: dict = {}
     Trainer(cfg, TrainData(train, labelled=list(range(len(train)))), None, tmp_path, progress=recorder(steps)).fit()
+    assert sorted(steps) == [1, 2, 3, 4]  # 2 epochs of 2 steps
     assert all(set(losses) == {"loss/sup"} for losses in steps.values())
 
 
@@ -88,7 +89,53 @@ def test_ablation_switches_change_the_losses(tmp_path):
     data, _ = ssl_data(cfg)
     steps: dict = {}
     Trainer(cfg, data, None, tmp_path, progress=recorder(steps)).fit()
-    assert set(steps[4]) == {"loss/sup", "loss/unsup"}
+    assert sorted(steps) == [1, 2, 3, 4] and set(steps[4]) == {"loss/sup", "loss/unsup"}
+
+
+def first_step_losses(tmp_path, **ssl) -> dict[str, float]:
+    """The losses of step 0 of a fresh trainer of tiny_config with these ssl settings."""
+    cfg = tiny_config(ssl=ssl)
+    trainer = Trainer(cfg, ssl_data(cfg)[0], None, tmp_path)
+    return {k: v.item() for k, v in trainer.train_step(0, *next(trainer.batches())).items()}
+
+
+def test_confidence_weighting_scales_each_pixels_unsupervised_loss_down_by_its_confidence(tmp_path):
+    # every confidence is at most 1 (and the teacher of a fresh student is not sure of every pixel),
+    # so weighting makes the unsupervised loss smaller and leaves the supervised one alone
+    same = {"cold_start_epochs": 0, "confidence_threshold": 0.0, "class_normalised_confidence": False}
+    weighted = first_step_losses(tmp_path / "on", confidence_weighting=True, **same)
+    plain = first_step_losses(tmp_path / "off", confidence_weighting=False, **same)
+    assert weighted["loss/sup"] == plain["loss/sup"] and weighted["eta/unsup"] == plain["eta/unsup"] == 1.0
+    assert 0 < weighted["loss/unsup"] < plain["loss/unsup"]
+
+
+@pytest.mark.parametrize("cold_start_epochs, weight", [(1, 1.5), (0, 1.0)])
+def test_the_supervised_loss_weighs_one_and_a_half_while_it_trains_alone(tmp_path, cold_start_epochs, weight):
+    cfg = tiny_config(ssl={"cold_start_epochs": cold_start_epochs})
+    trainer = Trainer(cfg, ssl_data(cfg)[0], None, tmp_path)
+    labelled, unlabelled, replay = next(trainer.batches())
+    assert (unlabelled is None) is (cold_start_epochs > 0)
+    alone = copy.deepcopy(trainer.student).train()
+    torch.manual_seed(derive_seed(cfg.seed, "step", trainer.cycle, 0))  # the step's dropout draws
+    with torch.no_grad():
+        cross_entropy = torch.nn.functional.cross_entropy(
+            alone(labelled["image"]), labelled["label"].long(), ignore_index=255).item()
+    logs = trainer.train_step(0, labelled, unlabelled, replay)
+    assert logs["loss/sup"].item() == pytest.approx(weight * cross_entropy, rel=1e-5)
+
+
+def test_pseudo_labels_are_the_teachers_argmax_the_annotations_where_known_and_void_outside_the_image(tmp_path):
+    cfg = tiny_config(ssl={"distribution_alignment": "off"})
+    trainer = Trainer(cfg, ssl_data(cfg)[0], None, tmp_path)
+    probabilities = torch.tensor([[0.8, 0.3, 0.6], [0.2, 0.7, 0.4]]).view(1, 2, 1, 3)  # 2 classes, 1 x 3 pixels
+    trainer.teacher_pass = lambda images: probabilities
+    batch = {"weak": torch.zeros(1, 3, 1, 3),
+             "known": torch.tensor([[[True, False, False]]]),  # pixel 0 annotated as class 1
+             "known_label": torch.tensor([[[1, 255, 255]]], dtype=torch.uint8),
+             "valid": torch.tensor([[[True, True, False]]])}  # pixel 2: padding beyond the image
+    pseudo, confidence = trainer._pseudo_labels(batch)
+    assert pseudo.tolist() == [[[1, 1, 255]]]
+    assert confidence.flatten().tolist() == pytest.approx([1.0, 0.7, 0.6])
 
 
 def test_evaluation_is_independent_of_batch_size():
@@ -103,11 +150,17 @@ def test_evaluation_is_independent_of_batch_size():
 
 
 def test_replay_with_plain_classmix(tmp_path):
-    cfg = tiny_config(ssl={"balanced_classmix": False, "confidence_threshold": 0.0})
-    data, _ = ssl_data(cfg)
-    steps: dict = {}
-    Trainer(cfg, data, None, tmp_path, progress=recorder(steps)).fit()
-    assert set(steps[4]) == {"loss/sup", "loss/unsup", "loss/replay"} and steps[4]["loss/replay"] > 0
+    replays = {}
+    for balanced in (False, True):
+        cfg = tiny_config(ssl={"balanced_classmix": balanced, "confidence_threshold": 0.0})
+        data, _ = ssl_data(cfg)
+        steps: dict = {}
+        Trainer(cfg, data, None, tmp_path / str(balanced), progress=recorder(steps)).fit()
+        assert set(steps[4]) == {"loss/sup", "loss/unsup", "loss/replay"} and steps[4]["loss/replay"] > 0
+        replays[balanced] = steps
+    # the same run up to the first replay (step 4), which mixes other pixels without Balanced ClassMix
+    assert replays[False][3] == replays[True][3]
+    assert replays[False][4]["loss/replay"] != pytest.approx(replays[True][4]["loss/replay"], rel=1e-4)
 
 
 def test_alignment_target_counts_whole_images_and_head_tail_counts_regions_too(tmp_path):
