@@ -84,6 +84,19 @@ def test_supervised_when_no_pool(tmp_path):
     assert all(set(losses) == {"loss/sup"} for losses in steps.values())
 
 
+def test_each_step_trains_with_the_poly_rate_of_the_steps_before_it_and_the_configured_sgd(tmp_path):
+    cfg = tiny_config(ssl={"enabled": False}, train={"lr": 0.02, "poly_power": 0.5, "epochs": 2, "iters_per_epoch": 2})
+    train = build_dataset(cfg.dataset, "train", cfg.seed)
+    rates: dict = {}
+    trainer = Trainer(cfg, TrainData(train, labelled=list(range(len(train)))), None, tmp_path,
+                      progress=lambda r: rates.update({r["step"]: r["lr"]}) if r["event"] == "step" else None)
+    group = trainer.optimizer.param_groups[0]
+    assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.9, True, 0.0005)
+    trainer.fit()
+    # lr (1 - k / 4) ** 0.5 for the step after k of 4: 0.02, 0.02 * sqrt(3 / 4), 0.02 * sqrt(1 / 2), 0.02 / 2
+    assert rates == pytest.approx({1: 0.02, 2: 0.017320508, 3: 0.014142136, 4: 0.01})
+
+
 def test_ablation_switches_change_the_losses(tmp_path):
     cfg = tiny_config(ssl={"replay": False, "confidence_weighting": False})
     data, _ = ssl_data(cfg)

@@ -522,9 +522,10 @@ class Trainer:
         started = time.perf_counter()
         pending = []
         for batch in self.batches():
+            lr = self.scheduler.get_last_lr()[0]  # the rate this step trains with
             logs = self.train_step(self.step, *batch)
             self.step += 1
-            pending.append((self.step, logs, self.scheduler.get_last_lr()[0]))
+            pending.append((self.step, logs, lr))
             epoch_end = self.step % self.iters == 0
             if epoch_end or self.step % self.read_every == 0:
                 self._report(pending, started)
