@@ -66,12 +66,17 @@ def _monitor(folder: RunFolder, quiet: bool, resume: str) -> Iterator[Callable[[
     monitor = Monitor(folder.tensorboard_dir, show_progress=not quiet)
     try:
         yield monitor
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         monitor.close()
         launcher = f" under the same torchrun line ({distributed.world_size()} processes)" \
             if distributed.world_size() > 1 else ""
-        console.print(f"interrupted; `{resume}`{launcher} goes on from the last checkpoint "
-                      "(saved every train.checkpoint_every epochs)")
+        from s4al.train.trainer import TrainingStopped  # loaded: it was training or scoring
+
+        if isinstance(err, TrainingStopped):
+            console.print(f"{err}; `{resume}` goes on from there")
+        else:
+            console.print(f"interrupted; `{resume}`{launcher} goes on from the last checkpoint "
+                          "(saved every train.checkpoint_every epochs)")
         raise typer.Exit(130) from None
     finally:
         monitor.close()

@@ -1,5 +1,10 @@
 import copy
 import math
+import os
+import re
+import signal
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -15,7 +20,7 @@ from s4al.ssl.classmix import split_head_tail
 from s4al.train import trainer as trainer_module
 from s4al.train.checkpoint import load_checkpoint, save_checkpoint
 from s4al.data.device_cache import training_on_device
-from s4al.train.trainer import Trainer, TrainData
+from s4al.train.trainer import Trainer, TrainData, TrainingStopped
 
 
 class Stop(Exception):
@@ -56,6 +61,84 @@ def test_ssl_iteration_uses_every_loss_and_resumes_bit_identically(tmp_path, lea
     assert resumed[3] == full[3] and resumed[4] == full[4]  # bit-identical losses
     for (name, a), b in zip(result.student.state_dict().items(), result_b.student.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def interrupt_after(steps: dict, step: int, signal_group: bool = False):
+    """A progress hook that records the losses and sends SIGINT (to the process, or to its whole
+    group, as a terminal's Ctrl-C does) once `step` is logged."""
+    record = recorder(steps)
+
+    def progress(info):
+        record(info)
+        if info["event"] == "step" and info["step"] == step:
+            os.killpg(0, signal.SIGINT) if signal_group else os.kill(os.getpid(), signal.SIGINT)
+    return progress
+
+
+def test_ctrl_c_finishes_the_step_checkpoints_it_and_the_resumed_run_is_bit_identical(tmp_path):
+    cfg = tiny_config(ssl={"confidence_threshold": 0.0})
+    data, val = ssl_data(cfg)
+    full: dict = {}
+    result = Trainer(cfg, data, val, tmp_path / "a", progress=recorder(full)).fit()
+    before: dict = {}
+    try:  # any KeyboardInterrupt is caught: one escaping would end the whole test session
+        Trainer(cfg, data, val, tmp_path / "b", progress=interrupt_after(before, 3)).fit()
+    except KeyboardInterrupt as err:
+        stopped = err
+    assert isinstance(stopped, TrainingStopped)
+    assert re.fullmatch(r".*, cycle 0: stopped after step 3 of 4, saved in .*cycle_0\.pt", str(stopped))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "cycle_0.pt")["step"] == 3  # mid-epoch, not the epoch's 2
+    after: dict = {}
+    result_b = Trainer(cfg, data, val, tmp_path / "b", progress=recorder(after)).fit()
+    assert sorted(before) == [1, 2, 3] and sorted(after) == [4] and after[4] == full[4]
+    for (name, a), b in zip(result.teacher.state_dict().items(), result_b.teacher.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+STOPPED_BY_THE_GROUPS_CTRL_C = """
+import os, signal, sys, time
+sys.path.insert(0, {tests!r})
+import torch.utils.data
+from conftest import ssl_data, tiny_config
+from s4al.train.trainer import Trainer, TrainingStopped
+
+cfg = tiny_config(train={{"num_workers": 2, "fast": "off", "epochs": 10}})
+data, _ = ssl_data(cfg)
+load, flag = data.dataset.load_image, {flag!r}
+
+def load_image(index):  # the first unlabelled image a worker reads after step 4: Ctrl-C once the
+    if torch.utils.data.get_worker_info() is not None and os.path.exists(flag + ".armed"):
+        os.rename(flag + ".armed", flag)  # main process has trained the batches ready and waits for this one
+        with open(flag, "w") as f:  # under fork a worker would inherit the trainer's handler; under spawn, Python's
+            f.write("ignored" if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else "handled")
+        time.sleep(3)
+        os.killpg(0, signal.SIGINT)
+        time.sleep(0.5)
+    return load(index)
+
+def progress(info):
+    if info["event"] == "step" and info["step"] == 4:
+        open(flag + ".armed", "w").close()
+
+data.dataset.load_image = load_image
+try:
+    Trainer(cfg, data, None, {run!r}, progress=progress).fit()
+except TrainingStopped as stopped:
+    print(stopped)
+"""
+
+
+def test_a_terminals_ctrl_c_reaching_the_loader_workers_too_still_checkpoints_the_step(tmp_path):
+    script = STOPPED_BY_THE_GROUPS_CTRL_C.format(tests=os.path.dirname(__file__), run=str(tmp_path / "run"),
+                                                 flag=str(tmp_path / "interrupted"))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          start_new_session=True)  # its own process group: the signal reaches it and its workers
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "interrupted").read_text() == "ignored"
+    stopped = re.search(r"cycle 0: stopped after step (\d+) of 20", done.stdout)
+    assert stopped, done.stdout + done.stderr
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "cycle_0.pt")["step"] == int(stopped.group(1))
 
 
 def test_a_cycle_checkpointed_on_other_processes_is_not_resumed_on_these(tmp_path):

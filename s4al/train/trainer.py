@@ -12,13 +12,20 @@ training graph is alive at a time (the sum's gradient is the same; peak memory i
 On a GPU the logged losses stay on the device and are read every READ_EVERY steps (and at every
 epoch's end), so the GPU never waits for the host inside a step. A loss read as
 non-finite, or non-finite parameters at an epoch's end, stops training with TrainingDiverged
-before anything non-finite is written."""
+before anything non-finite is written.
+
+Ctrl-C (SIGINT) in one process lets the step under way finish, checkpoints it and raises
+TrainingStopped, so a resume repeats no step; loader workers ignore it (the main process ends them).
+A second Ctrl-C interrupts at once, as does the first under torchrun, where the ranks could stop at
+different steps."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -64,6 +71,16 @@ DEVICE_VIEWS = {"labelled": LABELLED, "unlabelled": UNLABELLED, "replay": UNLABE
 class TrainingDiverged(S4alError):
     """A logged loss or the parameters went non-finite; the checkpoint on disk (if any) is the last
     finite state and was kept."""
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """Ctrl-C during training: the step under way finished and was checkpointed (the message says which)."""
+
+
+def _ignore_interrupts(worker_id: int) -> None:
+    """A loader worker's start: Ctrl-C reaches the whole process group, and a worker it ended would
+    fail the main process's next batch while that is finishing its step."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class StepBatch(NamedTuple):
@@ -199,6 +216,7 @@ class Trainer:
                 self.alignment = aligner(distribution, cfg.ssl.ema_momentum, estimate_steps=estimate_steps)
         self.step = 0
         self.saved_step: int | None = None  # the step of the checkpoint on disk
+        self.stop_requested = False  # Ctrl-C during fit(): stop after the step under way
         self.history: list[dict] = []
         self.amp = self.device.type == "cuda" and t.amp
         self.graphs = cuda_fast and t.cuda_graphs and distributed.world_size() == 1
@@ -280,12 +298,12 @@ class Trainer:
         labelled, unlabelled = self._samplers()
         labelled_view = StepView(LabelledView(self.data.dataset, self.aug, self.partial_labels))
         labelled_batches = iter(DataLoader(labelled_view, sampler=labelled, batch_size=None, num_workers=workers,
-                                           pin_memory=pin))
+                                           pin_memory=pin, worker_init_fn=_ignore_interrupts))
         if unlabelled is None:
             return labelled_batches, None
         unlabelled_view = StepView(UnlabelledView(self.data.dataset, self.aug, self.data.annotations))
         unlabelled_batches = DataLoader(unlabelled_view, sampler=unlabelled, batch_size=None, num_workers=workers,
-                                        pin_memory=pin)
+                                        pin_memory=pin, worker_init_fn=_ignore_interrupts)
         return labelled_batches, iter(unlabelled_batches)
 
     def to_device(self, named: dict[str, dict]) -> dict[str, dict]:
@@ -501,7 +519,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.checkpoint_path.exists():
             self._restore()
-        with self.cudnn_tuned():
+        with self.cudnn_tuned(), self._interrupts_wait_for_the_step():
             self._train()
         self._release_graphs()
         distributed.barrier()  # the final checkpoint exists for every rank
@@ -517,6 +535,35 @@ class Trainer:
             graphed.release()
         gc.collect()
         torch.cuda.empty_cache()
+
+    @contextlib.contextmanager
+    def _interrupts_wait_for_the_step(self):
+        """Within it, in one process, a first Ctrl-C sets `stop_requested`; a second interrupts at once."""
+        self.stop_requested = False
+        previous = signal.getsignal(signal.SIGINT)
+        if (distributed.world_size() > 1 or threading.current_thread() is not threading.main_thread()
+                or previous is signal.SIG_IGN):
+            yield
+            return
+
+        def request_stop(signum, frame):
+            self.stop_requested = True
+            signal.signal(signal.SIGINT, previous)
+
+        signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _stop(self, pending: list, started: float) -> TrainingStopped:
+        if pending:
+            self._report(pending, started)
+        if self.saved_step != self.step:
+            self._check_finite_state()
+            self._save()
+        return TrainingStopped(f"{self.run_dir}, cycle {self.cycle}: stopped after step {self.step} of "
+                               f"{self.total_steps}, saved in {self.checkpoint_path}")
 
     def _train(self) -> None:
         started = time.perf_counter()
@@ -537,3 +584,5 @@ class Trainer:
                     self._evaluate(epoch)
                 if epoch % self.cfg.train.checkpoint_every == 0 or self.step == self.total_steps:
                     self._save()
+            if self.stop_requested:
+                raise self._stop(pending, started)
