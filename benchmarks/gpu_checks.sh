@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU checks in one command, for a machine without internet access:
 #   1. the CUDA tests (CUDA graphs first, then the fast path, on-device scoring, divergence);
-#   2. speed.py on the GPU: loader path, fast path eager and with CUDA graphs side by side;
-#   3. the paper-protocol comparison (label_efficiency.py --gpu-window) in the time that is left.
+#   2. speed.py on the GPU: fast path eager and with CUDA graphs, loader path, side by side;
+#   3. the paper-protocol comparison (label_efficiency.py --gpu-window) in the time that is left, but
+#      for the runs whose results are committed with the same configuration (--done).
 # Everything it writes goes to OUT, the label-efficiency results and logs as one archive. It exits
-# non-zero if a stage failed or ran out of time.
+# non-zero if a stage failed or ran out of time (runs stopped at the limit: the comparison's rc 3).
 #
 #   benchmarks/gpu_checks.sh OUT SECONDS [METHOD ...]
 #
@@ -29,7 +30,7 @@ left() { echo $((seconds - ($(date +%s) - started))); }
 stages=" ${STAGES:-tests speed compare} "
 stage() { [[ "$stages" == *" $1 "* ]]; }
 failed=()
-work=${WORK:-/tmp/gpu_checks_runs}
+work=$(realpath -m "${WORK:-/tmp/gpu_checks_runs}")
 check() {  # check NAME RC: a stage's exit status, 124 when its time limit stopped it
     [ "$2" = 0 ] || { failed+=("$1 (rc $2${3:+, $3})"); echo "!! $1: rc $2${3:+, $3}"; }
 }
@@ -74,6 +75,7 @@ if stage speed; then  # speed.py rewrites its files after each part: a run stopp
         check speed skipped "only ${limit} s left"
     else
         echo "== 2. speed ($(left) s left, at most $limit s)"
+        [ "${CUDA_GRAPHS:-}" = false ] && speed+=(--no-graphs)
         timeout "$limit" "$python" benchmarks/speed.py --device "$device" "${speed[@]}" --out "$out" \
             2>&1 | tee "$out/speed.log" | tail -40
         rc=${PIPESTATUS[0]}
@@ -93,11 +95,14 @@ if stage compare; then
         echo "== 3. label efficiency, $protocol, ${methods[*]}: ${window} s"
         "$python" benchmarks/label_efficiency.py --protocol "$protocol" --name "$name" "${data[@]}" --methods "${methods[@]}" \
             "${overrides[@]}" --seeds ${SEEDS:-0} --gpu-window "$window" --parallel "$parallel" --results "$out/label_efficiency" \
-            --work "$work" 2>&1 | tail -30
+            --done benchmarks/results/label_efficiency --work "$work" 2>&1 | tee "$out/compare.log" | tail -30
         check compare "${PIPESTATUS[0]}"
         # the results and the runs' logs as one file (OUT takes few files); kept as they are if that fails
-        tar czf "$out/label_efficiency.tgz" -C "$out" label_efficiency -C "$work" "$name/logs" \
-            && rm -rf "$out/label_efficiency"
+        mkdir -p "$out/label_efficiency" "$work/$name/logs"
+        tar czf "$out/label_efficiency.tgz" -C "$out" label_efficiency -C "$work" "$name/logs"
+        rc=$?
+        check archive "$rc"
+        [ "$rc" = 0 ] && rm -rf "$out/label_efficiency"
     fi
 fi
 ls -la "$out" "$out"/speed 2>/dev/null

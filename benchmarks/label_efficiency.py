@@ -38,6 +38,8 @@ from common import (
     DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS, REPO, RESULTS, SMOKE_OVERRIDES, camvid_paths, cpu_model, machine_info, merged,
     write_json,
 )
+from pydantic import ValidationError
+
 from s4al.config import ConfigError, RunConfig, config_differences, load_config, parse_override
 from s4al.run_folder import RunFolder
 from window import Job, run_window
@@ -332,6 +334,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                        "data (default: the protocol)")
     parser.add_argument("--results", type=Path, default=RESULTS / "label_efficiency", help="default: %(default)s")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench", help="run folders; default: %(default)s")
+    parser.add_argument("--done", type=Path, metavar="RESULTS",
+                        help="results made before (a folder like --results'): a run whose result file is there, "
+                             "made with this run's configuration but for where data and weights are, the device "
+                             "and loader workers, is skipped too")
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
                         help="CamVid; with a test/ split, test mIoU is reported too; default: %(default)s")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="encoder weights; default: %(default)s")
@@ -348,6 +354,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "one (by default its final checkpoint is reused)")
     parser.add_argument("--list", action="store_true", help="print the protocols and methods, then exit")
     args = parser.parse_args(argv)
+    args.methods = list(dict.fromkeys(args.methods))  # a run named twice is run once
+    args.seeds = args.seeds and list(dict.fromkeys(args.seeds))
     if not args.list and args.protocol is None:
         parser.error("--protocol is required")
     if args.overrides and args.name is None:
@@ -402,7 +410,23 @@ def run_in_window(args: argparse.Namespace, name: str, todo: list[tuple[str, int
                          ("not started (rerun to run)", outcome.not_started)):
         if labels:
             print(f"[{name}] {what}: {', '.join(labels)}", flush=True)
-    return 1 if outcome.failed else 0
+    return 1 if outcome.failed else 3 if outcome.stopped or outcome.not_started else 0
+
+
+# where a run of the same configuration may differ: its paths, device and loader workers
+LOCAL_KEYS = ("dataset.root", "model.weights", "train.device", "train.num_workers")
+
+
+def made_with(result_file: Path, cfg: RunConfig) -> bool:
+    """Whether `result_file` exists and holds a run of `cfg` (see LOCAL_KEYS); one made with
+    options this s4al no longer has is not."""
+    if not result_file.exists():
+        return False
+    try:
+        made = RunConfig.model_validate(json.loads(result_file.read_text())["config"])
+    except ValidationError:
+        return False
+    return not config_differences(made, cfg, may_differ=LOCAL_KEYS)
 
 
 def all_cycle0_mates(protocol: Protocol, seeds, args: argparse.Namespace, extra: dict) -> dict:
@@ -435,8 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     todo = []
     for method, seed, cfg in plan:
         out = args.results / name / f"{method}_seed{seed}.json"
+        done = args.done / name / out.name if args.done else None
         if out.exists():
             print(f"[{name} {method} seed {seed}] skipped: {out} exists", flush=True)
+        elif done and made_with(done, cfg):
+            print(f"[{name} {method} seed {seed}] skipped: {done} holds it", flush=True)
         else:
             todo.append((method, seed, cfg, out))
     if args.gpu_window is not None:

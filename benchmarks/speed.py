@@ -425,6 +425,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also profile N SSL iterations into OUT/speed/TAG-profile.txt")
     parser.add_argument("--fast", action=argparse.BooleanOptionalAction,
                         help="also time (a) on the fast path (train.fast on); default: on a GPU")
+    parser.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=True,
+                        help="on a GPU, also time the fast path with CUDA graphs, and profile with them; "
+                             "default: %(default)s")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic sizes: checks that the script works")
     parser.add_argument("--out", type=Path, default=RESULTS, help="writes OUT/speed/TAG.json; default %(default)s")
     parser.add_argument("--tag", help="machine tag for the file name (default: from the CPU or GPU name)")
@@ -438,17 +441,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def measures(cfg: RunConfig, args: argparse.Namespace, run_dir: Path, profile_path: Path) -> dict:
-    """What the run measures, each a call that returns its part of the result, the device's
-    default path first. On a GPU the fast path is timed by default, with and without CUDA graphs."""
+    """What the run measures, each a call that returns its part of the result, the fast path first.
+    On a GPU the fast path is timed by default, eager, then with CUDA graphs (unless --no-graphs)."""
     cuda = cfg.train.device.startswith("cuda")
     timing_fast = cuda if args.fast is None else args.fast
     loader_cfg = with_settings(cfg, {"train": {"fast": "off"}})
+    if not args.graphs:
+        cfg = with_settings(cfg, {"train": {"cuda_graphs": False}})
     parts = {}
-    if timing_fast and cuda:
-        parts["fast_graphs"] = lambda: iterations(with_settings(cfg, {"train": {"fast": "on"}}), run_dir, args)
-    if timing_fast:
+    if timing_fast:  # eager first: its numbers stand even if a capture went wrong and took the device with it
         parts["fast"] = lambda: iterations(
             with_settings(cfg, {"train": {"fast": "on", "cuda_graphs": False}}), run_dir, args)
+    if timing_fast and cuda and args.graphs:
+        parts["fast_graphs"] = lambda: iterations(with_settings(cfg, {"train": {"fast": "on"}}), run_dir, args)
     parts["loader"] = lambda: iterations(loader_cfg, run_dir, args)
     parts["data_loading"] = lambda: data_loading(replay_trainer(loader_cfg, run_dir), args.load_batches, args.warmup)
     parts["pool_scoring"] = lambda: pool_scoring(cfg, args.score_images, timing_fast)

@@ -6,13 +6,17 @@ A command can say when it is worth starting (`Job.ready`, e.g. once another has 
 can reuse): until then a later ready command takes the free slot in its place, but a slot is never
 left idle for it, so nothing waits on a command that fails or never gets there.
 
-Each command runs in its own process group, so an interrupt also reaches its loader workers."""
+Each command runs in its own process group, so an interrupt also reaches its loader workers, and
+on Linux is killed if the window's process dies without stopping it (a SIGKILL from outside)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -43,12 +47,18 @@ def stop_grace(seconds: float) -> float:
     return min(30.0, max(3.0, 0.05 * seconds))
 
 
+def _die_with_the_window() -> None:
+    """In the child before it runs (Linux): SIGKILL when the window's process dies (PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
 def _start(job: Job) -> subprocess.Popen:
     job.log.parent.mkdir(parents=True, exist_ok=True)
     with job.log.open("a") as log:
         log.write(f"$ {' '.join(job.argv)}\n")
         log.flush()
-        return subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_the_window if sys.platform == "linux" else None)
 
 
 def _next(waiting: deque[Job]) -> Job:
@@ -70,6 +80,7 @@ def _collect(running: dict[Job, subprocess.Popen], outcome: Outcome, elapsed: fl
     for job, process in list(running.items()):
         if process.poll() is None:
             continue
+        _signal(process, signal.SIGKILL)  # whatever it left behind in its process group
         del running[job]
         (outcome.finished if process.returncode == 0 else outcome.failed).append(job.label)
         result = "finished" if process.returncode == 0 else f"failed (exit {process.returncode})"
@@ -77,7 +88,8 @@ def _collect(running: dict[Job, subprocess.Popen], outcome: Outcome, elapsed: fl
 
 
 def _stop(running: dict[Job, subprocess.Popen], outcome: Outcome, kill_at: float, elapsed, report) -> None:
-    """SIGINT to every running job, SIGKILL to those still alive at `kill_at` (monotonic time)."""
+    """SIGINT to every running job, SIGKILL to those still alive at `kill_at` (monotonic time), and
+    to what is left of each one's process group once it has ended."""
     for process in running.values():
         _signal(process, signal.SIGINT)
     for job, process in running.items():
@@ -86,8 +98,13 @@ def _stop(running: dict[Job, subprocess.Popen], outcome: Outcome, kill_at: float
         except subprocess.TimeoutExpired:
             _signal(process, signal.SIGKILL)
             process.wait()
+        _signal(process, signal.SIGKILL)
         outcome.stopped.append(job.label)
         report(f"[window {elapsed():.0f} s] {job.label} stopped at the limit")
+
+
+def _terminate_as_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run_window(jobs: list[Job], seconds: float, parallel: int, report=print) -> Outcome:
@@ -98,6 +115,8 @@ def run_window(jobs: list[Job], seconds: float, parallel: int, report=print) -> 
     grace = stop_grace(seconds)
     deadline = started + seconds
     waiting, running, outcome = deque(jobs), {}, Outcome()
+    main = threading.current_thread() is threading.main_thread()
+    terminate = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if main else None  # e.g. `timeout`
     try:
         while (waiting or running) and time.monotonic() < deadline - grace:
             while waiting and len(running) < parallel:
@@ -107,7 +126,10 @@ def run_window(jobs: list[Job], seconds: float, parallel: int, report=print) -> 
             time.sleep(POLL_SECONDS)
             _collect(running, outcome, time.monotonic() - started, report)
     finally:
+        _collect(running, outcome, time.monotonic() - started, report)  # those that ended in the last poll
         kill_at = min(deadline, time.monotonic() + grace) - 1
         _stop(running, outcome, kill_at, lambda: time.monotonic() - started, report)
         outcome.not_started = [job.label for job in waiting]
+        if main:
+            signal.signal(signal.SIGTERM, terminate)
     return outcome

@@ -86,6 +86,34 @@ def test_rerunning_a_window_skips_what_exists_and_starts_nothing(bench_root, cap
     assert log.read_text() == before
 
 
+def test_results_made_before_with_the_same_configuration_are_done_elsewhere_too(bench_root, tmp_path, capsys):
+    made = bench_root / "results" / "smoke" / "sup_10_seed0.json"
+    cfg = label_efficiency.method_config(label_efficiency.PROTOCOLS["smoke"], label_efficiency.METHODS["sup_10"], 0,
+                                         Path("elsewhere"), Path("weights.pth"), {})
+    assert label_efficiency.made_with(made, cfg)  # its data and weights were elsewhere: the same run
+    for key, value in (("train", {"lr": 0.02}), ("ssl", {"mask_unconfident": True})):  # another run; an old option
+        result = json.loads(made.read_text())
+        result["config"][key] |= value
+        changed = tmp_path / key / made.name
+        changed.parent.mkdir()
+        changed.write_text(json.dumps(result))
+        assert not label_efficiency.made_with(changed, cfg)
+    assert not label_efficiency.made_with(tmp_path / "none.json", cfg)
+    started = time.monotonic()
+    run_script(label_efficiency, "--protocol", "smoke", "--methods", "full_supervised", "sup_10", "--results",
+               tmp_path / "new", "--work", tmp_path / "work", "--done", bench_root / "results", "--gpu-window", "60")
+    assert time.monotonic() - started < 5 and "sup_10 seed 0] skipped: " in capsys.readouterr().out
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_window_that_stops_runs_says_so_in_its_exit_status_and_names_each_run_once(tmp_path):
+    args = label_efficiency.parse_args(["--protocol", "smoke", "--methods", "sup_10", "sup_10", "--seeds", "0", "0"])
+    assert (args.methods, args.seeds) == (["sup_10"], [0])
+    status = label_efficiency.main(["--protocol", "smoke", "--methods", "sup_10", "--results", str(tmp_path / "r"),
+                                    "--work", str(tmp_path / "w"), "--gpu-window", "4"])
+    assert status == 3 and not (tmp_path / "r").exists()  # stopped at the limit: no result, not a failure (1)
+
+
 def test_a_set_variant_goes_to_its_own_folder_with_its_overrides(bench_root):
     run_script(label_efficiency, "--protocol", "smoke", "--methods", "sup_10", "--set", "train.epochs=1",
                "--name", "smoke_short", "--results", bench_root / "results", "--work", bench_root / "work")
@@ -416,7 +444,10 @@ def test_a_window_interrupts_what_runs_at_its_end_and_returns_in_time(tmp_path):
     assert not jobs[2].log.exists()
 
 
-def test_a_window_interrupted_itself_stops_its_jobs_before_it_exits(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_a_window_interrupted_itself_stops_its_jobs_before_it_exits(tmp_path, stop):
+    """Ctrl-C (SIGINT) or a `timeout` (SIGTERM): the jobs are interrupted and can unwind; a SIGKILL
+    leaves the window no time, and the jobs die with it."""
     log = tmp_path / "child.log"
     trap = ("import os, time\ntry:\n    print('running', os.getpid(), flush=True); time.sleep(60)\n"
             "except KeyboardInterrupt:\n    print('interrupted', flush=True); raise")
@@ -432,11 +463,19 @@ def test_a_window_interrupted_itself_stops_its_jobs_before_it_exits(tmp_path):
     while not lines() and time.monotonic() < deadline:
         time.sleep(0.1)
     child = int(lines()[0].removeprefix("running "))
-    window.send_signal(signal.SIGINT)  # as Ctrl-C would
+    window.send_signal(stop)
     assert window.wait(timeout=stop_grace(60) + 5) != 0
-    assert lines()[1] == "interrupted"
-    with pytest.raises(ProcessLookupError):  # nothing left running
-        os.kill(child, 0)
+    if stop != signal.SIGKILL:
+        assert lines()[1] == "interrupted"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # nothing left running (a SIGKILL is the child's own, at once)
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the window's job {child} outlived it")
 
 
 def make_camvid(root: Path, split: str, count: int, rng: np.random.Generator) -> None:
