@@ -63,26 +63,29 @@ def test_ssl_iteration_uses_every_loss_and_resumes_bit_identically(tmp_path, lea
         assert torch.equal(a, b), name
 
 
-def interrupt_after(steps: dict, step: int, signal_group: bool = False):
-    """A progress hook that records the losses and sends SIGINT (to the process, or to its whole
-    group, as a terminal's Ctrl-C does) once `step` is logged."""
-    record = recorder(steps)
+def interrupted_after(trainer: Trainer, step: int) -> Trainer:
+    """`trainer`, sending itself SIGINT (as Ctrl-C would) as its step number `step` (from 1) ends."""
+    train_step = trainer.train_step
 
-    def progress(info):
-        record(info)
-        if info["event"] == "step" and info["step"] == step:
-            os.killpg(0, signal.SIGINT) if signal_group else os.kill(os.getpid(), signal.SIGINT)
-    return progress
+    def step_then_interrupt(k, *batches):
+        logs = train_step(k, *batches)
+        if k + 1 == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return logs
+
+    trainer.train_step = step_then_interrupt
+    return trainer
 
 
-def test_ctrl_c_finishes_the_step_checkpoints_it_and_the_resumed_run_is_bit_identical(tmp_path):
-    cfg = tiny_config(ssl={"confidence_threshold": 0.0})
+@pytest.mark.parametrize("fast", ["off", "on"])
+def test_ctrl_c_finishes_the_step_checkpoints_it_and_the_resumed_run_is_bit_identical(tmp_path, fast):
+    cfg = tiny_config(ssl={"confidence_threshold": 0.0}, train={"device": "cpu", "fast": fast})
     data, val = ssl_data(cfg)
     full: dict = {}
     result = Trainer(cfg, data, val, tmp_path / "a", progress=recorder(full)).fit()
     before: dict = {}
     try:  # any KeyboardInterrupt is caught: one escaping would end the whole test session
-        Trainer(cfg, data, val, tmp_path / "b", progress=interrupt_after(before, 3)).fit()
+        interrupted_after(Trainer(cfg, data, val, tmp_path / "b", progress=recorder(before)), 3).fit()
     except KeyboardInterrupt as err:
         stopped = err
     assert isinstance(stopped, TrainingStopped)
@@ -94,6 +97,25 @@ def test_ctrl_c_finishes_the_step_checkpoints_it_and_the_resumed_run_is_bit_iden
     assert sorted(before) == [1, 2, 3] and sorted(after) == [4] and after[4] == full[4]
     for (name, a), b in zip(result.teacher.state_dict().items(), result_b.teacher.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_ctrl_c_after_the_last_step_still_stops_once_the_final_checkpoint_is_saved(tmp_path):
+    cfg = tiny_config(train={"device": "cpu"})
+    data, val = ssl_data(cfg)
+    trainer = Trainer(cfg, data, val, tmp_path)
+    batches = trainer.batches
+
+    def batches_then_interrupt():  # Ctrl-C as the batches run out, after the last step's check
+        yield from batches()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    trainer.batches = batches_then_interrupt
+    try:
+        trainer.fit()
+    except KeyboardInterrupt as err:
+        stopped = err
+    assert isinstance(stopped, TrainingStopped) and "stopped after step 4 of 4" in str(stopped)
+    assert load_checkpoint(tmp_path / "checkpoints" / "cycle_0.pt")["step"] == 4
 
 
 STOPPED_BY_THE_GROUPS_CTRL_C = """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,13 @@ Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), half-open, in original imag
 
 class DatasetError(S4alError):
     """Bad input data; the message names the file and the problem."""
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """The start of a loader worker that training reads (`worker_init_fn`): Ctrl-C reaches the
+    whole process group, and a worker it ended would fail the batch the main process waits for
+    while that finishes its step (s4al/train/trainer.py); the main process ends its workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @dataclass

@@ -24,7 +24,7 @@ import torch
 from s4al.errors import S4alError
 from s4al import distributed
 from s4al.config import FastMode
-from s4al.data.base import SegmentationDataset
+from s4al.data.base import SegmentationDataset, ignore_interrupts
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.views import Annotations, rasterize
 
@@ -211,7 +211,7 @@ class DeviceCache:
                 num_workers: int) -> None:
         loader = torch.utils.data.DataLoader(
             _Decoded(dataset, indices, images, labels), batch_size=DECODE_BATCH, num_workers=num_workers,
-            collate_fn=_as_list,
+            collate_fn=_as_list, worker_init_fn=ignore_interrupts,  # decoded as training starts
         )
         for items in loader:
             with_image = [(index, image) for index, image, _ in items if image is not None]

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 
 from s4al import distributed
 from s4al.config import RunConfig
-from s4al.data.base import SegmentationDataset
+from s4al.data.base import SegmentationDataset, ignore_interrupts
 from s4al.data.batches import to_model_input
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.device_augment import LABELLED, UNLABELLED
@@ -75,12 +75,6 @@ class TrainingDiverged(S4alError):
 
 class TrainingStopped(KeyboardInterrupt):
     """Ctrl-C during training: the step under way finished and was checkpointed (the message says which)."""
-
-
-def _ignore_interrupts(worker_id: int) -> None:
-    """A loader worker's start: Ctrl-C reaches the whole process group, and a worker it ended would
-    fail the main process's next batch while that is finishing its step."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class StepBatch(NamedTuple):
@@ -298,12 +292,12 @@ class Trainer:
         labelled, unlabelled = self._samplers()
         labelled_view = StepView(LabelledView(self.data.dataset, self.aug, self.partial_labels))
         labelled_batches = iter(DataLoader(labelled_view, sampler=labelled, batch_size=None, num_workers=workers,
-                                           pin_memory=pin, worker_init_fn=_ignore_interrupts))
+                                           pin_memory=pin, worker_init_fn=ignore_interrupts))
         if unlabelled is None:
             return labelled_batches, None
         unlabelled_view = StepView(UnlabelledView(self.data.dataset, self.aug, self.data.annotations))
         unlabelled_batches = DataLoader(unlabelled_view, sampler=unlabelled, batch_size=None, num_workers=workers,
-                                        pin_memory=pin, worker_init_fn=_ignore_interrupts)
+                                        pin_memory=pin, worker_init_fn=ignore_interrupts)
         return labelled_batches, iter(unlabelled_batches)
 
     def to_device(self, named: dict[str, dict]) -> dict[str, dict]:
@@ -522,6 +516,8 @@ class Trainer:
         with self.cudnn_tuned(), self._interrupts_wait_for_the_step():
             self._train()
         self._release_graphs()
+        if self.stop_requested:  # Ctrl-C after the last step, as its loaders closed: the final checkpoint is saved
+            raise self._stop([], 0.0)
         distributed.barrier()  # the final checkpoint exists for every rank
         return TrainResult(self.student, self.teacher.model, self.history)
 
