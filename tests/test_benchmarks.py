@@ -360,6 +360,15 @@ def test_the_paired_table_and_the_verdict_say_what_the_seeds_allow():
     assert "+5.0 points from `ssl_10` on one seed (no interval)" in verdict
 
 
+@pytest.mark.parametrize("labelled, miou, met", [(0.1383, 0.49, "meets"), (0.1383, 0.48, "does not meet"),
+                                                 (0.1386, 0.49, "does not meet")])
+def test_the_verdict_reads_the_papers_13_8_percent_at_its_precision(labelled, miou, met):
+    """CamVid's budget in regions is 13.83% of the pixels, which the paper states as 13.8%; 13.86% is 13.9%."""
+    groups = {"full_supervised": [fake_run("full_supervised", 0, 0.5, 1.0)],
+              "s4al": [fake_run("s4al", 0, miou, labelled)]}  # 98% or 96% of full supervision
+    assert f"of the pixels: it {met} the paper's 97% at 13.8%" in summarize.verdict("paper", groups)
+
+
 def test_the_verdict_finds_the_first_cycle_whose_mean_reaches_97_percent_of_full_supervision():
     def s4al(seed: int, *curve: tuple[float, float]) -> dict:
         run = fake_run("s4al", seed, curve[-1][1], curve[-1][0])
