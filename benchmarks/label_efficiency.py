@@ -40,7 +40,9 @@ from common import (
 )
 from pydantic import ValidationError
 
-from s4al.config import ConfigError, RunConfig, config_differences, load_config, parse_override
+from s4al.config import (
+    COMPUTED_ON_RESUME, SAVED_ON_RESUME, ConfigError, RunConfig, config_differences, load_config, parse_override,
+)
 from s4al.run_folder import RunFolder
 from window import Job, run_window
 
@@ -413,8 +415,8 @@ def run_in_window(args: argparse.Namespace, name: str, todo: list[tuple[str, int
     return 1 if outcome.failed else 3 if outcome.stopped or outcome.not_started else 0
 
 
-# where a run of the same configuration may differ: its paths, device and loader workers
-LOCAL_KEYS = ("dataset.root", "model.weights", "train.device", "train.num_workers")
+# where a run of the same configuration may differ: what a resume may change but its cycle count
+LOCAL_KEYS = tuple(key for key in (*COMPUTED_ON_RESUME, *SAVED_ON_RESUME) if key != "active.cycles")
 
 
 def made_with(result_file: Path, cfg: RunConfig) -> bool:

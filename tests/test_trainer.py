@@ -63,6 +63,16 @@ def test_ssl_iteration_uses_every_loss_and_resumes_bit_identically(tmp_path, lea
         assert torch.equal(a, b), name
 
 
+def stop_of(trainer: Trainer) -> KeyboardInterrupt | None:
+    """What ends trainer.fit(): the interrupt, or None. Any KeyboardInterrupt is caught here, since
+    one escaping a test would end the whole test session."""
+    try:
+        trainer.fit()
+    except KeyboardInterrupt as err:
+        return err
+    return None
+
+
 def interrupted_after(trainer: Trainer, step: int) -> Trainer:
     """`trainer`, sending itself SIGINT (as Ctrl-C would) as its step number `step` (from 1) ends."""
     train_step = trainer.train_step
@@ -84,10 +94,7 @@ def test_ctrl_c_finishes_the_step_checkpoints_it_and_the_resumed_run_is_bit_iden
     full: dict = {}
     result = Trainer(cfg, data, val, tmp_path / "a", progress=recorder(full)).fit()
     before: dict = {}
-    try:  # any KeyboardInterrupt is caught: one escaping would end the whole test session
-        interrupted_after(Trainer(cfg, data, val, tmp_path / "b", progress=recorder(before)), 3).fit()
-    except KeyboardInterrupt as err:
-        stopped = err
+    stopped = stop_of(interrupted_after(Trainer(cfg, data, val, tmp_path / "b", progress=recorder(before)), 3))
     assert isinstance(stopped, TrainingStopped)
     assert re.fullmatch(r".*, cycle 0: stopped after step 3 of 4, saved in .*cycle_0\.pt", str(stopped))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
@@ -110,10 +117,7 @@ def test_ctrl_c_after_the_last_step_still_stops_once_the_final_checkpoint_is_sav
         os.kill(os.getpid(), signal.SIGINT)
 
     trainer.batches = batches_then_interrupt
-    try:
-        trainer.fit()
-    except KeyboardInterrupt as err:
-        stopped = err
+    stopped = stop_of(trainer)
     assert isinstance(stopped, TrainingStopped) and "stopped after step 4 of 4" in str(stopped)
     assert load_checkpoint(tmp_path / "checkpoints" / "cycle_0.pt")["step"] == 4
 
