@@ -1,4 +1,4 @@
-"""Two CPU processes with gloo, as torchrun would start them, against one process."""
+"""Two CPU processes with gloo, as torchrun would start them on one node or two, against one process."""
 
 import json
 import os
@@ -243,6 +243,54 @@ def test_torchrun_restarting_a_run_goes_on_with_it(tmp_path):
     again = torchrun("run", "--out", str(run_dir), "--config", str(config), "--quiet", restart_count=1)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "The run has finished its last cycle (0)" in again.stdout
+
+
+def node(rank: int, endpoint: str, *args: str) -> subprocess.Popen:
+    """One node of `torchrun --nnodes 2 --nproc_per_node 1` with the README's c10d rendezvous."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+                "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint]
+    return subprocess.Popen([*launcher, "-m", "s4al.cli", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_refusal_every_rank_meets_is_printed_once_over_two_nodes(tmp_path):
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [node(k, endpoint, "run", "--resume", str(tmp_path / "nothing")) for k in (0, 1)]
+    printed = "".join(n.communicate(timeout=120)[0] for n in nodes)
+    assert [n.returncode for n in nodes] == [1, 1]
+    assert printed.count(f"error: {tmp_path / 'nothing'}: no such run folder") == 1
+
+
+def finished_run(run_dir: Path) -> tuple[list, list, dict]:
+    """What a run asked, what it measured per cycle, and its final teacher's weights."""
+    with ActiveLearningRun(run_dir) as run:
+        asked = [(r.image_id, r.box, r.score) for r in run.ledger.regions()]
+        measured = [(s["cycle"], s["labelled_pixels"], s["val"]["miou"]) for s in run.summaries()]
+        model, _ = load_trained_model(run.folder.checkpoint_path(run.final_cycle), "teacher")
+    return asked, measured, model.state_dict()
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_run_what_one_node_of_two_runs(tmp_path):
+    """The README's multi-node command line, as two nodes on this host: each node's only process
+    has LOCAL_RANK 0, rank 0 is on whichever node the rendezvous makes first, the run folder is
+    shared. The run asks, measures and trains the same as on one node of two processes, bit for bit."""
+    config = tmp_path / "tiny.yaml"
+    save_config(tiny_config(train={"device": "cpu", "epochs": 1}, active=ACTIVE), config)
+    one_node = torchrun("run", "--out", str(tmp_path / "one_node"), "--config", str(config), "--quiet")
+    assert one_node.returncode == 0, one_node.stderr[-2000:]
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [node(k, endpoint, "run", "--out", str(tmp_path / "two_nodes"), "--config", str(config), "--quiet")
+             for k in (0, 1)]
+    outputs = [n.communicate(timeout=180)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    (asked, measured, weights), (asked_2, measured_2, weights_2) = map(
+        finished_run, (tmp_path / "one_node", tmp_path / "two_nodes"))
+    assert asked and asked_2 == asked
+    assert len(measured) == 2 and measured_2 == measured
+    assert weights_2.keys() == weights.keys()
+    assert all(torch.equal(weights_2[k], weights[k]) for k in weights)
 
 
 def test_one_process_takes_the_gpu_its_device_names_and_a_torchrun_rank_its_local_ranks(monkeypatch):
