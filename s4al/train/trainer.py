@@ -52,7 +52,7 @@ from s4al.evaluate import evaluate
 from s4al.model import build_model
 from s4al.run_folder import RunFolder
 from s4al.seeding import derive_seed, seeded_generator
-from s4al.ssl.alignment import ALIGNERS
+from s4al.ssl.alignment import ALIGNERS, ArgmaxAlignment, ProbabilityAlignment
 from s4al.ssl.classmix import balanced_classmix_batch, classmix_batch, classmix_masks, paste, split_head_tail
 from s4al.ssl.losses import (
     apply_annotations, confidence_ratio, supervised_loss, unsupervised_loss,
@@ -189,25 +189,10 @@ class Trainer:
         self.fast = training_on_device(t.fast, self.device, data.dataset, self.supervised_images, pool, answered)
         self.cuda_fast = cuda_fast = self.fast and self.device.type == "cuda"
         self.sgd_flags = {"fused": True} if cuda_fast else {}  # one kernel for all parameters; else torch's default
-        self.optimizer = torch.optim.SGD(
-            self.student.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay,
-            **self.sgd_flags,
-        )
-        # Poly decay per iteration (the authors' code steps it per epoch; per iteration is smoother
-        # and is what DeepLab's "poly" policy specifies).
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, poly_schedule(self.total_steps, t.poly_power))
+        self.optimizer, self.scheduler = self._optimizer()
         self.head, self.tail, self.alignment = [], [], None
         if self.ssl:
-            whole, regions = (torch.from_numpy(c) for c in labelled_class_counts(data, self.num_classes))
-            # on the device once: Balanced ClassMix reads them every step
-            self.head, self.tail = (ids.to(self.device) for ids in split_head_tail(whole + regions, cfg.ssl.head_share))
-            # The class distribution: bought regions over-sample the classes the scores favour, so
-            # they count only where nothing else is labelled (own data), the best estimate there is.
-            distribution = whole if whole.sum() > 0 else whole + regions
-            if cfg.ssl.distribution_alignment != "off":
-                estimate_steps = self.iters if cfg.ssl.alignment_target == "labelled_x_predicted" else 0
-                aligner = ALIGNERS[cfg.ssl.distribution_alignment]
-                self.alignment = aligner(distribution, cfg.ssl.ema_momentum, estimate_steps=estimate_steps)
+            self.head, self.tail, self.alignment = self._class_balance()
         self.step = 0
         self.saved_step: int | None = None  # the step of the checkpoint on disk
         self.stop_requested = False  # Ctrl-C during fit(): stop after the step under way
@@ -222,6 +207,29 @@ class Trainer:
         self.aug = Augment(
             scale_range=t.scale_range, crop_size=t.crop_size, hflip_p=t.hflip_p, color_jitter_p=t.color_jitter_p
         )
+
+    def _optimizer(self) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
+        t = self.cfg.train
+        optimizer = torch.optim.SGD(self.student.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
+                                    weight_decay=t.weight_decay, **self.sgd_flags)
+        # Poly decay per iteration (the authors' code steps it per epoch; per iteration is smoother
+        # and is what DeepLab's "poly" policy specifies).
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(self.total_steps, t.poly_power))
+
+    def _class_balance(self) -> tuple[torch.Tensor, torch.Tensor, ProbabilityAlignment | ArgmaxAlignment | None]:
+        """Balanced ClassMix's head and tail class ids (on the device once: read every step) and the
+        distribution aligner, if any, from the labelled pixels' class counts."""
+        ssl = self.cfg.ssl
+        whole, regions = (torch.from_numpy(c) for c in labelled_class_counts(self.data, self.num_classes))
+        head, tail = (ids.to(self.device) for ids in split_head_tail(whole + regions, ssl.head_share))
+        if ssl.distribution_alignment == "off":
+            return head, tail, None
+        # The class distribution: bought regions over-sample the classes the scores favour, so
+        # they count only where nothing else is labelled (own data), the best estimate there is.
+        distribution = whole if whole.sum() > 0 else whole + regions
+        estimate_steps = self.iters if ssl.alignment_target == "labelled_x_predicted" else 0
+        aligner = ALIGNERS[ssl.distribution_alignment]
+        return head, tail, aligner(distribution, ssl.ema_momentum, estimate_steps=estimate_steps)
 
     def replaying(self) -> bool:
         """Whether every pass (the built batches' once made) replays as a CUDA graph: a capture that
