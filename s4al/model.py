@@ -3,6 +3,7 @@ images of any size and return logits in the same coordinates."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
@@ -52,7 +53,13 @@ def _load_local_encoder_weights(encoder: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model.weights file not found (a relative path is read from the current "
                                 f"folder, {Path.cwd()})")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and weights-only refusals have no common base
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0]}" if str(err) else type(err).__name__
+        raise S4alError(f"{path}: model.weights is not a readable PyTorch weights file ({reason})") from None
+    if not isinstance(state, Mapping):
+        raise S4alError(f"{path}: model.weights holds a {type(state).__name__}, not a state dict of the encoder")
     try:
         # smp's encoders drop torchvision's classifier keys themselves, then load strictly.
         encoder.load_state_dict(state, strict=True)

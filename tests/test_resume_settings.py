@@ -3,10 +3,12 @@ refuses: more or fewer cycles, the dataset and weights moved; and the weights re
 begins."""
 
 import hashlib
+import re
 import sqlite3
 from contextlib import closing
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -16,6 +18,7 @@ from s4al.active.ledger import LedgerError
 from s4al.active.phases import CyclePhases
 from s4al.cli import app
 from s4al.data import DatasetError
+from s4al.errors import S4alError
 from s4al.run_folder import RunFolder, RunFolderError
 from test_cycle import Killed, cycle_config, ledger_snapshot
 from test_own_data import make_dataset, own_config
@@ -186,6 +189,25 @@ def test_wrong_weights_are_refused_before_a_run_begins_and_the_corrected_command
     with pytest.raises(FileNotFoundError, match=f"{missing}: model.weights file not found"):
         ActiveLearningRun(tmp_path / "run", overrides={"model": {"weights": str(missing)}})
     assert saved(tmp_path / "run", "model", "weights") is None
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"junk", "is not a readable PyTorch weights file ("),  # not a zip or pickle
+    (b"", "is not a readable PyTorch weights file"),
+    ("tensor", "holds a Tensor, not a state dict of the encoder"),
+    ("pickled", "is not a readable PyTorch weights file (UnpicklingError: Weights only load failed"),  # a whole module, pickled
+])
+def test_weights_that_are_no_state_dict_are_refused_naming_the_file_and_the_problem(tmp_path, content, problem):
+    weights = tmp_path / "weights.pth"
+    if content == "tensor":
+        torch.save(torch.zeros(3), weights)
+    elif content == "pickled":
+        torch.save(torch.nn.Linear(2, 2), weights)
+    else:
+        weights.write_bytes(content)
+    with pytest.raises(S4alError, match=re.escape(f"{weights}: model.weights ") + ".*" + re.escape(problem)):
+        ActiveLearningRun(tmp_path / "run", cycle_config(model={"weights": str(weights)}))
+    assert not RunFolder(tmp_path / "run").begun()
 
 
 def test_ctrl_c_ends_a_run_saying_how_to_go_on(tmp_path, monkeypatch):
