@@ -18,7 +18,7 @@ from s4al.report.commands import Network, NetworkOption, export_command, predict
 from s4al.report.status import cycle_table, dataset_lines, next_lines, percent
 from s4al.config import ConfigError, RunConfig, inert_settings, load_config, parse_override
 from s4al.data import DatasetError, build_dataset
-from s4al.errors import user_errors_reported
+from s4al.errors import S4alError, user_errors_reported
 from s4al.run_folder import RunFolder
 
 if TYPE_CHECKING:
@@ -103,9 +103,9 @@ def train(
     from s4al.train.trainer import Trainer, TrainData
 
     cfg = _config(config, overrides)
-    distributed.setup_device(cfg.train.device)  # joins torchrun's process group
-    _note_inert_settings(cfg, parse_override(overrides or []))
     with user_errors_reported():
+        distributed.setup_device(cfg.train.device)  # joins torchrun's process group
+        _note_inert_settings(cfg, parse_override(overrides or []))
         with distributed.main_first():  # rank 0 checks and writes the folder; the others wait for it
             folder = RunFolder.for_training(out, cfg) if distributed.is_main() else RunFolder(out)
         train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
@@ -132,18 +132,25 @@ def evaluate_command(
     split: Annotated[str, typer.Option(
         help="The split to score: train, val or test (a folder dataset: any SPLIT.txt in its root).")] = "val",
     network: NetworkOption = Network.teacher,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 4,
     device: Annotated[str, typer.Option(help="Device: auto, cpu, cuda, cuda:1, ...")] = "auto",
 ) -> None:
     """Confusion-matrix mIoU, per-class IoU and recall of a checkpoint on a split."""
     from s4al.evaluate import evaluate
-    from s4al.train.checkpoint import load_trained_model
+    from s4al.train.checkpoint import load_checkpoint, trained_model
 
-    dev = distributed.setup_device(device)  # under torchrun: each rank scores its share
     with user_errors_reported():
-        model, cfg = load_trained_model(checkpoint, network.value, dev)
+        dev = distributed.setup_device(device)  # under torchrun: each rank scores its share
+        state = load_checkpoint(checkpoint)
+        model, cfg = trained_model(state, checkpoint, network.value, dev)
+        if data and cfg.dataset.name == "synthetic":
+            raise S4alError(f"--data {data}: {checkpoint} was trained on the built-in synthetic streets, which "
+                            "have no folder; leave --data out")
         dataset_cfg = cfg.dataset.model_copy(update={"root": data}) if data else cfg.dataset
         dataset = build_dataset(dataset_cfg, split, cfg.seed)
+        if list(dataset.classes.names) != list(state["classes"]):
+            raise S4alError(f"{checkpoint}: trained on the classes {', '.join(state['classes'])}; the dataset "
+                            f"{dataset_cfg.root} has {', '.join(dataset.classes.names)}")
         record = evaluate(model, dataset, batch_size, dev, fast=cfg.train.fast).as_dict(dataset.classes.names)
     if not distributed.is_main():
         return

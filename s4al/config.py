@@ -7,7 +7,7 @@ import json
 from collections.abc import Collection
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,6 +17,8 @@ from s4al.atomic import atomic_write
 from s4al.errors import S4alError, first_of
 
 FastMode = Literal["auto", "on", "off"]  # train.fast
+Side = Annotated[int, Field(ge=1)]  # an image side in pixels
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"  # train.device; s4al/distributed.py setup_device checks the GPU is there
 # The keys `s4al run --resume --set` may change: where the run computes (for this start only), and
 # where its files are and how many cycles it has (saved in its config.yaml; s4al/active/cycle.py).
 COMPUTED_ON_RESUME = ("train.device", "train.num_workers")
@@ -40,7 +42,7 @@ class DatasetConfig(Section):
     train_split: str = "train"
     val_split: str = "val"
     test_split: str | None = None
-    resize: tuple[int, int] | None = None  # (H, W) applied on load; Cityscapes protocol: 688x688
+    resize: tuple[Side, Side] | None = None  # (H, W) applied on load; Cityscapes protocol: 688x688
     synthetic: SyntheticConfig = SyntheticConfig()
 
     @model_validator(mode="after")
@@ -67,7 +69,7 @@ class TrainConfig(Section):
     unlabelled_batch_size: int = Field(4, ge=1)
     epochs: int = Field(100, ge=1)
     iters_per_epoch: int = Field(50, ge=1)
-    crop_size: tuple[int, int] | None = None  # (H, W); None: the image size after scaling
+    crop_size: tuple[Side, Side] | None = None  # (H, W); None: the image size after scaling
     scale_range: tuple[float, float] = (0.75, 1.25)
     color_jitter_p: float = Field(0.5, ge=0, le=1)
     hflip_p: float = Field(0.5, ge=0, le=1)
@@ -75,7 +77,7 @@ class TrainConfig(Section):
     eval_every: int = Field(10, ge=1)  # epochs
     checkpoint_every: int = Field(1, ge=1)  # epochs
     eval_batch_size: int = Field(4, ge=1)
-    device: str = "auto"
+    device: str = Field("auto", pattern=DEVICE_PATTERN)  # auto, cpu, cuda or cuda:N
     # bf16 autocast for training on CUDA only (slower on CPUs without bf16 units); on the fast path
     # pool scoring and evaluation run in bf16 on CUDA either way
     amp: bool = True
@@ -392,8 +394,10 @@ def nested(flat: dict) -> dict:
     for key, value in flat.items():
         *sections, name = key.split(".")
         node = out
-        for section in sections:
+        for depth, section in enumerate(sections, start=1):
             node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {'.'.join(sections[:depth])} is set to {node!r} as well, not to a section")
         node[name] = value
     return out
 

@@ -6,6 +6,7 @@ helpers below describe a world of one and every collective is a no-op."""
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,9 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from s4al.config import DEVICE_PATTERN
+from s4al.errors import S4alError
 
 
 def is_initialized() -> bool:
@@ -80,16 +84,28 @@ def setup_device(device: str = "auto") -> torch.device:
     """Joins the process group when launched by torchrun (nccl on GPUs, gloo on CPU) and returns
     this rank's device: under torchrun its local rank's GPU; without torchrun, `device` resolved,
     with the GPU it names (cuda:N) or the first."""
+    if not re.fullmatch(DEVICE_PATTERN, device):
+        raise S4alError(f"device '{device}': not one of auto, cpu, cuda, cuda:N")
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     ranks = int(os.environ.get("WORLD_SIZE", "1"))
-    if ranks > 1 and not is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
     if use_cuda:
         named = torch.device("cuda" if device == "auto" else device).index
         index = named if ranks == 1 and named is not None else int(os.environ.get("LOCAL_RANK", "0"))
+        _check_gpu(device, index)
+    if ranks > 1 and not is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return torch.device("cpu" if device == "auto" else device)
+
+
+def _check_gpu(device: str, index: int) -> None:
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise S4alError(f"device '{device}': this machine has no CUDA GPU that torch can use; use cpu or auto")
+    if index >= count:
+        raise S4alError(f"device '{device}': GPU {index} asked for, this machine has {count} (cuda:0 to cuda:{count - 1})")
 
 
 def barrier() -> None:

@@ -63,8 +63,13 @@ def _load_local_encoder_weights(encoder: nn.Module, path: Path) -> None:
     try:
         # smp's encoders drop torchvision's classifier keys themselves, then load strictly.
         encoder.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise S4alError(f"{path}: not a torchvision-layout state dict for this encoder: {err}") from None
+    except RuntimeError as err:  # its lines name every missing, unexpected or misshapen key
+        details = "; ".join(_shortened(line.strip()) for line in str(err).splitlines()[1:] if line.strip())
+        raise S4alError(f"{path}: not a torchvision-layout state dict of MobileNetV2: {details}") from None
+
+
+def _shortened(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationNet:

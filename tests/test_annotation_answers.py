@@ -201,6 +201,8 @@ def test_a_painting_time_reads_as_one_utc_form_and_an_unreadable_one_as_unknown(
     assert utc_time("2021-03-10T00:16:08+02:00") == "2021-03-09T22:16:08.000000+00:00"
     assert utc_time("2021-03-09T22:16:08") == "2021-03-09T22:16:08.000000+00:00"  # no zone: UTC
     assert [utc_time(value) for value in (None, 17, "", "yesterday")] == [None] * 4
+    assert utc_time("0001-01-01T00:00:00+05:00") is None  # before year 1 in UTC
+    assert utc_time("9999-12-31T23:00:00-05:00") is None  # past 9999
 
 
 def test_a_dry_run_reports_what_the_import_then_does_and_writes_nothing(run_dir, tmp_path):
@@ -519,6 +521,16 @@ def test_an_asked_rectangle_is_this_runs_region_to_the_nearest_pixel(run_dir, tm
     with pytest.raises(AnswerError, match=re.escape(f"region 3 is at {refused_box} in this task, but this run asked "
                                                     "region 3 at (0, 10, 10, 20): answers of another run?")):
         import_answers(run_dir, export)
+
+
+@pytest.mark.parametrize("key, value", [("x", "NaN"), ("width", 1e308), ("y", None)])
+def test_an_asked_rectangle_without_a_finite_box_is_refused_naming_the_task(run_dir, tmp_path, key, value):
+    item = answered_task(7, [asked_region(run_dir, 3)], truth("b"))
+    (rectangle,) = [r for r in item["annotations"][0]["result"] if r["from_name"] == "asked"]
+    rectangle["value"][key] = value
+    with pytest.raises(AnswerError, match=re.escape(f"e.json: task 7 (image 'b'): rectangle {rectangle['id']} has "
+                                                    "no readable box")):
+        import_answers(run_dir, write_export(tmp_path / "e.json", item))
 
 
 def test_a_task_answers_only_the_regions_it_lists(run_dir, tmp_path):

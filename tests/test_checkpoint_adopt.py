@@ -39,6 +39,15 @@ def test_the_metrics_log_replaces_its_cycles_lines_and_keeps_the_other_cycles(tm
     assert (tmp_path / "new.jsonl").read_text() == '{"cycle": 2, "step": 1}\n{"cycle": 2, "step": 3}\n'
 
 
+def test_a_damaged_metrics_log_line_is_kept_as_it_is_and_the_cycles_lines_still_replaced(tmp_path):
+    """A line cut off (the file truncated) or edited into another JSON value: the resumed cycle's
+    checkpoint still rewrites the log, which readers that skip such lines (s4al status) keep reading."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"cycle": 0, "step": 2}\n[1, 2]\n{"cycle": 1, "st\n')
+    write_metrics_log(path, 0, [{"cycle": 0, "step": 9}])
+    assert path.read_text() == '[1, 2]\n{"cycle": 1, "st\n{"cycle": 0, "step": 9}\n'
+
+
 def test_an_adopted_checkpoint_holds_the_targets_config_and_resumes_training_nothing(lender, tmp_path):
     cfg = tiny_config(active={"metric": "margin"})
     target = RunFolder(tmp_path / "target")

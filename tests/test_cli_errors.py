@@ -3,14 +3,20 @@
 
 import numpy as np
 import pytest
+import torch
 import typer
 import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import tiny_config
 from s4al.cli import app
 from s4al.data import DatasetError
+from s4al.data.synthetic import SYNTHETIC_CLASSES
 from s4al.errors import first_of, user_errors_reported
+from s4al.model import build_model
+from s4al.train.checkpoint import save_checkpoint
+from test_own_data import CLASSES as OWN_CLASSES, make_dataset, own_config
 
 runner = CliRunner()
 
@@ -121,6 +127,7 @@ def test_export_of_an_unreadable_checkpoint_is_an_error_naming_it(tmp_path, dama
     (["report", "run", "--supervised-miou", "1.5"], "--supervised-miou"),
     (["export", "cycle_0.pt", "--onnx", "model.onnx", "--network", "ema"], "--network"),
     (["evaluate", "cycle_0.pt", "--network", "ema"], "--network"),
+    (["evaluate", "cycle_0.pt", "--batch-size", "0"], "--batch-size"),
 ])
 def test_a_bad_option_value_is_a_usage_error_naming_the_option(args, option):
     result = runner.invoke(app, args, env={"COLUMNS": "500"})
@@ -141,3 +148,56 @@ def test_a_new_run_notes_a_setting_that_does_nothing(tmp_path):
     assert result.exit_code == 1
     assert result.output.startswith("note: active.global_budget does nothing unless active.selection is global "
                                     "(it is per_image)\n")
+
+
+def saved_checkpoint(path, cfg, classes) -> None:
+    """A checkpoint in the trainer's format, of a randomly initialised network (no training needed)."""
+    torch.manual_seed(0)
+    state = build_model(cfg.model, len(classes)).state_dict()
+    save_checkpoint({"config": cfg.model_dump(mode="json"), "classes": list(classes), "teacher": state,
+                     "student": state}, path)
+
+
+@pytest.mark.parametrize("command", [["predict", "CHECKPOINT", "photo.png", "--out", "masks"], ["evaluate", "CHECKPOINT"],
+                                     ["export", "CHECKPOINT", "--onnx", "model.onnx"]])
+def test_a_torch_file_that_is_not_a_checkpoint_is_refused_by_each_command_naming_it(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save("photo.png")
+    torch.save({"state_dict": {}}, "weights.pt")
+    result = runner.invoke(app, [arg.replace("CHECKPOINT", "weights.pt") for arg in command])
+    assert (result.exit_code, result.output) == (1, "error: weights.pt: not a checkpoint of s4al train or run "
+                                                    "(RUN/checkpoints/cycle_N.pt): it has no 'student', 'teacher', "
+                                                    "'config', 'classes'\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png", "weights.pt"]
+
+
+def test_evaluate_refuses_a_dataset_of_other_classes_and_a_folder_for_synthetic_data(tmp_path):
+    cfg = own_config(make_dataset(tmp_path / "data"))
+    saved_checkpoint(tmp_path / "own.pt", cfg, [c["name"] for c in OWN_CLASSES])
+    other = make_dataset(tmp_path / "other")
+    renamed = [{**c, "name": f"{c['name']}2"} for c in OWN_CLASSES]
+    (other / "classes.yaml").write_text(yaml.safe_dump({"classes": renamed}))
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "own.pt"), "--data", str(other)])
+    names = ", ".join(c["name"] for c in OWN_CLASSES)
+    assert result.exit_code == 1
+    assert result.output == (f"error: {tmp_path / 'own.pt'}: trained on the classes {names}; the dataset {other} has "
+                             f"{', '.join(c['name'] for c in renamed)}\n")
+    assert runner.invoke(app, ["evaluate", str(tmp_path / "own.pt"), "--data", str(tmp_path / "data")]).exit_code == 0
+    saved_checkpoint(tmp_path / "synthetic.pt", tiny_config(), SYNTHETIC_CLASSES.names)
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "synthetic.pt"), "--data", str(tmp_path / "data")])
+    assert (result.exit_code, result.output) == (1, f"error: --data {tmp_path / 'data'}: {tmp_path / 'synthetic.pt'} was "
+                                                    "trained on the built-in synthetic streets, which have no folder; "
+                                                    "leave --data out\n")
+
+
+def test_a_device_that_is_not_there_is_refused_by_the_commands_that_compute(tmp_path):
+    result = runner.invoke(app, ["evaluate", "cycle_0.pt", "--device", "gpu7"])
+    assert (result.exit_code, result.output) == (1, "error: device 'gpu7': not one of auto, cpu, cuda, cuda:N\n")
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--set", "train.device=gpu7"],
+                           env={"COLUMNS": "500"})
+    assert result.exit_code == 2 and "train.device: String should match pattern" in result.output
+    if not torch.cuda.is_available():
+        result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--set", "train.device=cuda"])
+        assert (result.exit_code, result.output) == (
+            1, "error: device 'cuda': this machine has no CUDA GPU that torch can use; use cpu or auto\n")
+    assert not (tmp_path / "run").exists()

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 
@@ -31,6 +33,23 @@ def test_bad_value_is_named(tmp_path):
     path.write_text("train:\n  lr: -1\n")
     with pytest.raises(ConfigError, match=r"train\.lr"):
         load_config(path)
+
+
+@pytest.mark.parametrize("overrides, named", [
+    ({"train": {"crop_size": [0, 0]}}, "train.crop_size.0: Input should be greater than or equal to 1"),
+    ({"train": {"crop_size": [48, -8]}}, "train.crop_size.1: Input should be greater than or equal to 1"),
+    ({"dataset": {"resize": [0, -3]}}, "dataset.resize.0: Input should be greater than or equal to 1"),
+    ({"train": {"device": "gpu7"}}, "train.device: String should match pattern"),
+    ({"train": {"device": "cuda:x"}}, "train.device: String should match pattern"),
+])
+def test_an_image_side_below_one_pixel_or_an_unknown_device_is_refused_naming_the_key(overrides, named):
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_config("demo", overrides)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:3"])
+def test_the_devices_a_config_may_name(device):
+    assert load_config("demo", {"train": {"device": device}}).train.device == device
 
 
 def test_cross_field_rules():
@@ -73,6 +92,10 @@ def test_overrides_and_round_trip(tmp_path):
     assert load_config(tmp_path / "c.yaml") == cfg
     with pytest.raises(ConfigError, match="section.key=value"):
         parse_override(["epochs"])
+    with pytest.raises(ConfigError, match=r"^train\.epochs: train is set to 3 as well, not to a section$"):
+        parse_override(["train=3", "train.epochs=1"])
+    with pytest.raises(ConfigError, match=r"^ssl\.a\.b: ssl\.a is set to 'x' as well, not to a section$"):
+        parse_override(["ssl.a=x", "ssl.a.b=1"])
 
 
 def test_a_saved_run_config_keeps_the_learner_it_was_made_with(tmp_path):

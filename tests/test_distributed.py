@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from s4al.config import load_run_config, save_config
 from s4al.train.checkpoint import load_trained_model
 from s4al.seeding import derive_seed
 from s4al.data import build_dataset
+from s4al.errors import S4alError
 from s4al.evaluate import evaluate
 from s4al.metrics import Confusion
 from s4al.model import build_model
@@ -294,8 +296,10 @@ def test_two_nodes_of_one_process_run_what_one_node_of_two_runs(tmp_path):
 
 
 def test_one_process_takes_the_gpu_its_device_names_and_a_torchrun_rank_its_local_ranks(monkeypatch):
-    chosen = []  # no GPU here: the device is chosen, not used
+    chosen = []  # as on a machine with 2 GPUs: the device is chosen, not used
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert distributed.setup_device("cuda:1") == torch.device("cuda", 1)
@@ -305,3 +309,16 @@ def test_one_process_takes_the_gpu_its_device_names_and_a_torchrun_rank_its_loca
     monkeypatch.setattr(distributed, "is_initialized", lambda: True)  # as once the process group is joined
     assert distributed.setup_device("cuda:0") == torch.device("cuda", 1)  # torchrun gives each rank its GPU
     assert chosen == [1, 0, 1]
+
+
+@pytest.mark.parametrize("device, gpus, problem", [
+    ("gpu7", 2, "device 'gpu7': not one of auto, cpu, cuda, cuda:N"),
+    ("cuda", 0, "device 'cuda': this machine has no CUDA GPU that torch can use; use cpu or auto"),
+    ("cuda:2", 2, "device 'cuda:2': GPU 2 asked for, this machine has 2 (cuda:0 to cuda:1)"),
+])
+def test_a_device_that_is_not_there_is_refused_naming_it(monkeypatch, device, gpus, problem):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(S4alError, match=f"^{re.escape(problem)}$"):
+        distributed.setup_device(device)

@@ -262,9 +262,9 @@ def _box(rectangle: dict, where: str) -> tuple[int, int, int, int]:
         height, width = float(rectangle["original_height"]), float(rectangle["original_width"])
         x, y = float(value["x"]) * width / 100, float(value["y"]) * height / 100
         x1, y1 = x + float(value["width"]) * width / 100, y + float(value["height"]) * height / 100
-    except (KeyError, TypeError, ValueError) as err:
+        return round(y), round(x), round(y1), round(x1)
+    except (KeyError, TypeError, ValueError, OverflowError) as err:  # NaN and infinity do not round
         raise AnswerError(f"{where}: rectangle {rectangle.get('id')} has no readable box ({err!r})") from None
-    return round(y), round(x), round(y1), round(x1)
 
 
 def _class_map(brushes: list[dict], shape: tuple[int, int], where: str, class_names: Sequence[str]) -> np.ndarray:

@@ -49,9 +49,9 @@ def utc_time(text: object) -> str | None:
         return None
     try:
         moment = datetime.fromisoformat(text)
-    except ValueError:
+        return _utc(moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment)
+    except (ValueError, OverflowError):  # OverflowError: a zone that moves it before year 1 or past 9999
         return None
-    return _utc(moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment)
 
 
 def _utc(moment: datetime) -> str:

@@ -37,18 +37,30 @@ def save_checkpoint(state: dict, path: Path) -> None:
                               "Is the disk full? Resume once there is room") from None
 
 
+CHECKPOINT_KEYS = ("student", "teacher", "config", "classes")  # what every reader of a checkpoint needs
+
+
 def load_checkpoint(path: Path) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a truncated or foreign file
-        raise S4alError(f"{path}: cannot read checkpoint: {err}") from err
+        raise S4alError(f"{path}: cannot read checkpoint: {err} (a file cut short, damaged, or not a torch file)") from err
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise S4alError(f"{path}: not a checkpoint of s4al train or run (RUN/checkpoints/cycle_N.pt): it has no "
+                        f"{', '.join(repr(key) for key in missing)}")
+    return state
 
 
 def load_trained_model(path: Path, network: str = "teacher", device: str | torch.device = "cpu"):
     """(model in eval mode, RunConfig) from a training checkpoint; `network` is teacher or student."""
+    return trained_model(load_checkpoint(path), path, network, device)
+
+
+def trained_model(state: dict, path: Path, network: str = "teacher", device: str | torch.device = "cpu"):
+    """load_trained_model of a checkpoint already read from `path`."""
     from s4al.model import build_model
 
-    state = load_checkpoint(path)
     if network not in ("teacher", "student"):
         raise S4alError(f"network must be 'teacher' or 'student', got {network!r}")
     cfg = saved_config(state["config"], path)
@@ -61,9 +73,18 @@ def write_metrics_log(path: Path, cycle: int, history: list[dict]) -> None:
     """A run's metrics.jsonl: the other cycles' lines, then `cycle`'s evaluations (a checkpoint's
     history), rewritten whole after each checkpoint, so a resumed cycle never logs one twice."""
     lines = path.read_text().splitlines() if path.exists() else []
-    kept = [line for line in lines if json.loads(line)["cycle"] != cycle]
+    kept = [line for line in lines if _cycle_of(line) != cycle]  # a damaged line is kept as it is
     with atomic_write(path, "w") as file:
         file.write("".join(f"{line}\n" for line in kept + [json.dumps(record) for record in history]))
+
+
+def _cycle_of(line: str) -> int | None:
+    """The cycle of a metrics-log line, None for a damaged one (cut off, edited by hand)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record.get("cycle") if isinstance(record, dict) else None
 
 
 def adopt_final_checkpoint(source_run_dir: Path, target_run_dir: Path, cfg: RunConfig, cycle: int = 0,
