@@ -18,7 +18,7 @@ from s4al.report.commands import Network, NetworkOption, export_command, predict
 from s4al.report.status import cycle_table, dataset_lines, next_lines, percent
 from s4al.config import ConfigError, RunConfig, inert_settings, load_config, parse_override
 from s4al.data import DatasetError, build_dataset
-from s4al.errors import S4alError, user_errors_reported
+from s4al.errors import S4alError, reports_error, user_errors_reported
 from s4al.run_folder import RunFolder
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
 
 def _bad_parameter(message: str, **kwargs) -> typer.BadParameter | typer.Exit:
     """A usage error to raise; under torchrun every rank meets it, and rank 0 alone prints it."""
-    return typer.BadParameter(message, **kwargs) if distributed.reports_error(message) else typer.Exit(2)
+    return typer.BadParameter(message, **kwargs) if reports_error(message) else typer.Exit(2)
 
 
 def _config(config: str, overrides: list[str] | None) -> RunConfig:

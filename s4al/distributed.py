@@ -10,7 +10,6 @@ import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -33,45 +32,6 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
-
-
-# How long another rank waits for rank 0's error before it prints its own: the ranks meet the same
-# refusal within moments of each other; a healthy rank 0 waits in a collective until this one ends.
-ERROR_WAIT = timedelta(seconds=10)
-ERROR_KEY = "s4al/error"
-
-
-def _torchrun_store(timeout: timedelta) -> dist.Store | None:
-    """The key-value store torchrun's agent serves for its workers (it outlives them), or None:
-    launched otherwise, or the agent is gone."""
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        return None
-    try:
-        return dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), timeout=timeout)
-    except (KeyError, ValueError, RuntimeError):
-        return None
-
-
-def reports_error(message: str, wait: timedelta = ERROR_WAIT) -> bool:
-    """Whether this process prints `message`, the error that ends it, so that an error every rank
-    meets (a refused config, run folder or checkpoint) is printed once and one rank's own still
-    reaches the user. Under torchrun rank 0 prints and leaves its message in torchrun's store;
-    another rank prints unless rank 0 left the same message within `wait`. Every process
-    prints where there is no such store (one process, or ranks started without torchrun)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return True
-    store = _torchrun_store(wait)
-    if store is None:
-        return True
-    key = f"{ERROR_KEY}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"  # one per attempt of the job
-    try:
-        if int(os.environ.get("RANK", "0")) == 0:
-            store.set(key, message)
-            return True
-        store.wait([key], wait)
-        return store.get(key).decode() != message
-    except RuntimeError:  # rank 0 did not report in time, or the store went with the agent
-        return True
 
 
 def restarted() -> bool:

@@ -1,12 +1,13 @@
 """User errors: what s4al refuses because of its input (a file, a folder, a config, an answer),
-told to the user as one line, `error: MESSAGE`, and exit status 1. Every other exception is a fault
-of s4al or of a library and keeps its traceback."""
+told to the user as one line, `error: MESSAGE`, and exit status 1 (under torchrun once, not once per
+rank). Every other exception is a fault of s4al or of a library and keeps its traceback."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-
+from datetime import timedelta
 
 
 class S4alError(ValueError):
@@ -33,7 +34,47 @@ def user_errors_reported() -> Iterator[None]:
     try:
         yield
     except USER_ERRORS as err:
-        from s4al import distributed  # only now: most commands that meet such an error never load torch
-        if distributed.reports_error(str(err)):  # under torchrun: once, not once per rank
+        if reports_error(str(err)):  # under torchrun: once, not once per rank
             typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
+
+
+# How long another rank waits for rank 0's error before it prints its own: the ranks meet the same
+# refusal within moments of each other; a healthy rank 0 waits in a collective until this one ends.
+ERROR_WAIT = timedelta(seconds=10)
+ERROR_KEY = "s4al/error"
+
+
+def _torchrun_store(timeout: timedelta):
+    """The key-value store torchrun's agent serves for its workers (it outlives them), or None:
+    launched otherwise, or the agent is gone."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    import torch.distributed as dist  # only under torchrun: most commands that meet an error never load torch
+
+    try:
+        return dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), timeout=timeout)
+    except (KeyError, ValueError, RuntimeError):
+        return None
+
+
+def reports_error(message: str, wait: timedelta = ERROR_WAIT) -> bool:
+    """Whether this process prints `message`, the error that ends it, so that an error every rank
+    meets (a refused config, run folder or checkpoint) is printed once and one rank's own still
+    reaches the user. Under torchrun rank 0 prints and leaves its message in torchrun's store;
+    another rank prints unless rank 0 left the same message within `wait`. Every process
+    prints where there is no such store (one process, or ranks started without torchrun)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return True
+    store = _torchrun_store(wait)
+    if store is None:
+        return True
+    key = f"{ERROR_KEY}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"  # one per attempt of the job
+    try:
+        if int(os.environ.get("RANK", "0")) == 0:
+            store.set(key, message)
+            return True
+        store.wait([key], wait)
+        return store.get(key).decode() != message
+    except RuntimeError:  # rank 0 did not report in time, or the store went with the agent
+        return True

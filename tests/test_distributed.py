@@ -16,14 +16,13 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import tiny_config
-from s4al import distributed
+from s4al import distributed, errors
 from s4al.active.acquisition import CappedConfigWarning, choose_regions, score_cells
 from s4al.active.cycle import ActiveLearningRun
 from s4al.config import load_run_config, save_config
 from s4al.train.checkpoint import load_trained_model
 from s4al.seeding import derive_seed
 from s4al.data import build_dataset
-from s4al.errors import S4alError
 from s4al.evaluate import evaluate
 from s4al.metrics import Confusion
 from s4al.model import build_model
@@ -148,21 +147,21 @@ def test_two_ranks_ask_the_single_process_questions(tmp_path):
 ERRORS_SEEN = """
 import json, sys, time
 import torch.distributed as dist
-from s4al import distributed
+from s4al import distributed, errors
 from datetime import timedelta
 dist.init_process_group("gloo")
 seen = {}
 if distributed.rank() == 1:  # rank 0 is healthy, waiting at the barrier: rank 1's error is its own
     started = time.monotonic()
-    seen["alone"] = distributed.reports_error("rank 1 cannot read x.png", wait=timedelta(seconds=1))
+    seen["alone"] = errors.reports_error("rank 1 cannot read x.png", wait=timedelta(seconds=1))
     seen["waited"] = time.monotonic() - started
 dist.barrier()
 if distributed.rank() == 0:
-    seen["refused"] = distributed.reports_error("config.yaml: changed since the run was made")
+    seen["refused"] = errors.reports_error("config.yaml: changed since the run was made")
 dist.barrier()
 if distributed.rank() == 1:
-    seen["refused"] = distributed.reports_error("config.yaml: changed since the run was made")
-    seen["other"] = distributed.reports_error("rank 1 cannot read y.png")
+    seen["refused"] = errors.reports_error("config.yaml: changed since the run was made")
+    seen["other"] = errors.reports_error("rank 1 cannot read y.png")
 print(json.dumps({distributed.rank(): seen}), flush=True)
 """
 
@@ -182,7 +181,7 @@ def test_an_error_every_rank_meets_is_reported_by_rank_0_alone(tmp_path):
 
 
 def test_one_process_reports_every_error():
-    assert distributed.reports_error("config.yaml: changed since the run was made")
+    assert errors.reports_error("config.yaml: changed since the run was made")
 
 
 def more_cycles(rank: int, port: int, out: str) -> None:
@@ -320,5 +319,5 @@ def test_a_device_that_is_not_there_is_refused_naming_it(monkeypatch, device, gp
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    with pytest.raises(S4alError, match=f"^{re.escape(problem)}$"):
+    with pytest.raises(errors.S4alError, match=f"^{re.escape(problem)}$"):
         distributed.setup_device(device)
