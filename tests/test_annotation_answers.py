@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 import tracemalloc
 from datetime import datetime, timezone
 from pathlib import Path
@@ -398,6 +399,29 @@ def test_a_skipped_task_submitted_later_answers_its_regions_and_a_partial_painti
         assert label_state(ledger).labelled_pixels == H * W + 100
     again = import_answers(run_dir, reopened)
     assert (again.answered, again.already_imported) == ([], 1)
+
+
+def test_masks_painted_before_a_skip_leave_it_skipped_and_masks_painted_after_answer_it(run_dir, tmp_path):
+    """`s4al skip` overrules the masks that were there before it (imported again, they answer
+    nothing), not those painted after it: the mask files' times against the skip's."""
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    Image.fromarray(truth("a")).save(folder / "a.png")  # answers A1 and A2
+    os.utime(folder / "a.png", (time.time() - 3600, time.time() - 3600))  # painted an hour ago
+    CliRunner().invoke(app, ["skip", str(run_dir), "--region", "1"])
+    before = snapshot(run_dir)
+    report = import_answers(run_dir, folder)
+    assert (report.answered, report.unskipped, report.skip_kept) == ([2], [], [1])
+    result = CliRunner().invoke(app, ["import", str(run_dir), str(folder)], env={"COLUMNS": "250"})
+    assert "1 masks already imported (their regions are answered or skipped): left alone" in result.output
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert [(r.region_id, r.state) for r in ledger.regions(0)] == [(1, "skipped"), (2, "answered"), (3, "asked")]
+    assert snapshot(run_dir) != before
+    (folder / "a.png").touch()  # painted again, after the skip
+    report = import_answers(run_dir, folder)
+    assert (report.answered, report.unskipped, report.skip_kept) == ([1], [1], [])
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(truth("a"), A1))
 
 
 def test_an_answer_to_a_skipped_region_while_a_cycle_is_part_trained_is_refused(run_dir, tmp_path):

@@ -13,7 +13,8 @@ The rule for a region still asked:
 - answered when at least MIN_PAINTED_SHARE of its pixels are painted; its unpainted pixels are
   stored as void (255), which, as with the ground-truth oracle, still counts as labelled;
 - skipped when its Label Studio task was skipped (the Skip button), or with `s4al skip`; a skipped
-  region painted enough later (the task reopened and submitted) is answered then;
+  region painted enough later (the task reopened and submitted) is answered then, but not by a
+  painting from before the skip (an older export or mask imported again): the skip stands, named;
 - otherwise left asked, and reported with its painted share.
 Painted pixels outside the regions an answer addresses are ignored and reported, and so are
 rectangles drawn by hand and files in a PNG folder that are not masks.
@@ -30,6 +31,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,7 @@ class ImportReport:
     edits_under_minimum: dict[int, float] = field(default_factory=dict)  # answered region id -> painted share
     # of an edit painting it otherwise but under the minimum: its earlier answer stays
     unskipped: list[int] = field(default_factory=list)  # of `answered`: the regions skipped before
+    skip_kept: list[int] = field(default_factory=list)  # skipped region ids painted here, but before the skip
     outdated: list[int] = field(default_factory=list)  # answered region ids painted otherwise here, but
     # before their stored answer was: left as they are
     void_pixels: int = 0  # unpainted pixels inside the answered regions, stored as void
@@ -219,10 +222,19 @@ def _addressed(image: PaintedImage, regions: dict[int, Region], of_image: dict[s
 
 
 def _answers_left(image: PaintedImage, addressed: list[Region]) -> bool:
-    """Whether some addressed region is still asked, or was skipped and is painted enough now."""
+    """Whether some addressed region is still asked, or was skipped and is painted enough since."""
     return any(region.state == "asked" or (region.state == "skipped" and not image.declined
-                                           and _painted(image, region)[1] >= MIN_PAINTED_SHARE)
+                                           and _painted(image, region)[1] >= MIN_PAINTED_SHARE
+                                           and not _painted_before_skip(image, region))
                for region in addressed)
+
+
+def _painted_before_skip(image: PaintedImage, region: Region) -> bool:
+    """Whether `image` was painted before skipped `region` was skipped: a mask or export from before
+    the skip, which the skip overrules. Unknown when the answer tells no time."""
+    if image.painted_at is None or region.answered_at is None:
+        return False
+    return datetime.fromisoformat(image.painted_at) < datetime.fromisoformat(region.answered_at)
 
 
 def _painted(image: PaintedImage, region: Region) -> tuple[np.ndarray, float]:
@@ -241,7 +253,9 @@ def _answer_image(image: PaintedImage, addressed: list[Region], report: ImportRe
         patch, share = _painted(image, region)
         if region.state == "answered" or image.declined:
             continue
-        if share >= MIN_PAINTED_SHARE:
+        if region.state == "skipped" and share >= MIN_PAINTED_SHARE and _painted_before_skip(image, region):
+            report.skip_kept.append(region.region_id)
+        elif share >= MIN_PAINTED_SHARE:
             answers.append((region.region_id, patch.copy()))
             report.answered.append(region.region_id)
             report.void_pixels += int((patch == UNPAINTED).sum())

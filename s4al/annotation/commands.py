@@ -153,6 +153,9 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
     if report.edits_under_minimum:
         lines.append(f"kept the earlier answers of regions {_shares(report.edits_under_minimum)}, painted otherwise "
                      f"now but under {100 * MIN_PAINTED_SHARE:.0f}%: to correct one, paint at least that much of it")
+    if report.skip_kept:
+        lines.append(f"left {len(report.skip_kept)} skipped regions skipped: this file paints them, but before they "
+                     f"were skipped (an earlier export or mask?): {_ids(report.skip_kept)}")
     if report.outdated:
         lines.append(f"left {len(report.outdated)} answered regions as they are: this file paints them otherwise, "
                      f"but before their answer was painted (an earlier export or mask?): {_ids(report.outdated)}")
