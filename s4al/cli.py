@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -242,11 +243,17 @@ def download_camvid_command(
     sha256: Annotated[Optional[str], typer.Option(help="Expected SHA-256 of the archive (without it, the archive is not verified).")] = None,
 ) -> None:
     """Download CamVid (SegNet layout) into --to; with --sha256, check the archive against it."""
-    from s4al.data.download import download_camvid
+    from s4al.data.download import UnverifiedDownloadWarning, download_camvid
 
     kwargs = {k: v for k, v in {"base_url": url, "sha256": sha256}.items() if v}
-    with user_errors_reported():
+    with user_errors_reported(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnverifiedDownloadWarning)
         root = download_camvid(to, **kwargs)
+    for warning in caught:  # said as a note, not as a Python warning with its source line
+        if issubclass(warning.category, UnverifiedDownloadWarning):
+            console.print(f"note: {warning.message}")
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     console.print(f"CamVid ready in {root}")
 
 

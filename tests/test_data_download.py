@@ -110,3 +110,53 @@ def test_network_error_names_the_url(tmp_path):
         url = f"http://127.0.0.1:{probe.getsockname()[1]}/camvid.zip"
     with pytest.raises(DownloadError, match=f"{url}: download failed"):
         download_camvid(tmp_path / "camvid", url, progress=False)
+
+
+def cut_short(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+
+
+def one_byte_flipped(path):  # inside the first member's data: its CRC no longer matches
+    data = bytearray(path.read_bytes())
+    data[60] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("writer, name, damage", [(write_tar, "camvid.tar.gz", cut_short),
+                                                  (write_zip, "camvid.zip", one_byte_flipped)])
+def test_a_damaged_archive_is_refused_naming_the_url_and_nothing_is_laid_out(serve, tmp_path, writer, name, damage):
+    www, base = serve
+    writer(www / name, camvid_members())
+    damage(www / name)
+    with pytest.warns(UnverifiedDownloadWarning), pytest.raises(
+            DownloadError, match=f"{base}/{name}: the archive is damaged or cut short .*; download it again"):
+        download_camvid(tmp_path / "camvid", f"{base}/{name}", progress=False)
+    assert not (tmp_path / "camvid").exists() and not list(tmp_path.glob(".camvid-download-*"))
+
+
+@pytest.mark.parametrize("dropped, problem", [
+    ("CamVid/val/", "the CamVid folder of the archive has no images in val"),
+    ("CamVid/trainannot/b.png", "incomplete CamVid folder in the archive: .*train/b.png: missing label"),
+])
+def test_an_incomplete_camvid_folder_is_refused_before_anything_is_moved(serve, tmp_path, dropped, problem):
+    www, base = serve
+    members = {name: data for name, data in camvid_members().items() if dropped not in name}
+    write_zip(www / "camvid.zip", members)
+    with pytest.warns(UnverifiedDownloadWarning), pytest.raises(DownloadError, match=f"{base}/camvid.zip: {problem}"):
+        download_camvid(tmp_path / "camvid", f"{base}/camvid.zip", progress=False)
+    assert not (tmp_path / "camvid").exists()
+
+
+def test_the_command_says_an_unverified_download_as_a_note(serve, tmp_path):
+    from typer.testing import CliRunner
+
+    from s4al.cli import app
+
+    www, base = serve
+    digest = write_zip(www / "camvid.zip", camvid_members())
+    result = CliRunner().invoke(app, ["download", "camvid", "--to", str(tmp_path / "camvid"), "--url",
+                                      f"{base}/camvid.zip"], env={"COLUMNS": "500"})
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.output.splitlines() if line] == [  # (the progress bar leaves a blank line)
+        f"note: {base}/camvid.zip: no known SHA-256 for this archive, so it was NOT verified; its SHA-256 is {digest} "
+        "(pin it with --sha256, or sha256= in Python)", f"CamVid ready in {tmp_path / 'camvid'}"]

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -59,7 +60,7 @@ def download_camvid(
         actual = fetch(base_url, archive, progress, timeout_s)
         verify_checksum(base_url, expected, actual)
         extract_safely(archive, extracted, base_url)
-        lay_out(find_camvid_folder(extracted, base_url), to)
+        lay_out(find_camvid_folder(extracted, base_url), to, base_url)
     return to
 
 
@@ -94,7 +95,7 @@ def verify_checksum(url: str, expected: str | None, actual: str) -> None:
     if expected is None:
         warnings.warn(
             f"{url}: no known SHA-256 for this archive, so it was NOT verified; its SHA-256 is {actual} "
-            "(pass sha256=... to pin it)",
+            "(pin it with --sha256, or sha256= in Python)",
             UnverifiedDownloadWarning,
             stacklevel=3,
         )
@@ -112,6 +113,13 @@ def check_member(name: str, dest: Path, url: str) -> None:
 def extract_safely(archive: Path, dest: Path, url: str) -> None:
     """Extract after checking every member: no absolute paths, no '..', no links or devices."""
     dest.mkdir()
+    try:
+        _extract_checked(archive, dest, url)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as err:
+        raise DownloadError(f"{url}: the archive is damaged or cut short ({err}); download it again") from None
+
+
+def _extract_checked(archive: Path, dest: Path, url: str) -> None:
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zipped:
             for name in zipped.namelist():
@@ -136,14 +144,22 @@ def find_camvid_folder(extracted: Path, url: str) -> Path:
     return found[0]
 
 
-def lay_out(source: Path, to: Path) -> None:
+def lay_out(source: Path, to: Path, url: str) -> None:
+    """Moves the splits into `to` once each is known whole: train and val hold images, and every
+    image has its label (nothing is moved otherwise)."""
     splits = [s for s in SPLITS if (source / s).is_dir() and (source / f"{s}annot").is_dir()]
+    try:
+        lists = {split: pair_list_text(source, split) for split in splits}
+    except DatasetError as err:  # an image without its label
+        raise DownloadError(f"{url}: incomplete CamVid folder in the archive: {err}") from None
+    empty = [split for split in ("train", "val") if not lists.get(split)]
+    if empty:
+        raise DownloadError(f"{url}: the CamVid folder of the archive has no images in {' or '.join(empty)}")
     to.mkdir(parents=True, exist_ok=True)
     for folder in [name for split in splits for name in (split, f"{split}annot")]:
         if (to / folder).exists():
             raise DownloadError(f"{to / folder}: already exists; remove it or choose another target")
         shutil.move(source / folder, to / folder)
-    lists = {split: pair_list_text(to, split) for split in splits}
     for split in sorted(lists, key=lambda split: split == "train"):  # train.txt last: it marks completion
         (to / f"{split}.txt").write_text(lists[split])
 
