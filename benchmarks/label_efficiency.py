@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import traceback
@@ -366,6 +367,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--name must start with '{args.protocol}_': results name the protocol they extend")
     if args.parallel < 1 or (args.parallel > 1 and args.gpu_window is None):
         parser.error("--parallel K needs K >= 1 and --gpu-window")
+    if args.gpu_window is not None and not 0 < args.gpu_window < math.inf:
+        parser.error(f"--gpu-window {args.gpu_window:g}: give the seconds the runs may take, a positive number")
+    if args.seeds and min(args.seeds) < 0:
+        parser.error(f"--seeds: a seed is a number >= 0, got {min(args.seeds)}")
+    try:
+        args.extra = parse_override(args.overrides)
+    except ConfigError as err:
+        parser.error(f"--set: {err}")
     if args.protocol and PROTOCOLS[args.protocol].preset == "camvid" and not (args.data_root / "train").is_dir():
         parser.error(f"CamVid not found at {args.data_root} (give --data-root)")
     return args
@@ -453,10 +462,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     protocol, name = PROTOCOLS[args.protocol], args.name or args.protocol
     seeds = args.seeds or protocol.seeds
-    extra = parse_override(args.overrides)
+    extra = args.extra
     # Validate every config before hours of training; seeds outermost, so a full table comes first.
-    plan = [(m, s, method_config(protocol, METHODS[m], s, args.data_root, args.weights, extra))
-            for s in seeds for m in args.methods]
+    try:
+        plan = [(m, s, method_config(protocol, METHODS[m], s, args.data_root, args.weights, extra))
+                for s in seeds for m in args.methods]
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     mates = {} if args.no_share_cycle0 else all_cycle0_mates(protocol, seeds, args, extra)
     todo = []
     for method, seed, cfg in plan:

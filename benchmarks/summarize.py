@@ -49,8 +49,11 @@ def load_results(directory: Path) -> dict[str, list[dict]]:
     """Results by method, methods in the benchmark's order, each method's runs by seed."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for path in sorted(directory.glob("*.json")):
-        result = json.loads(path.read_text())
-        groups[result["method"]].append(result)
+        try:
+            result = json.loads(path.read_text())
+            groups[result["method"]].append(result)
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise SystemExit(f"{path}: not a result file of label_efficiency.py ({type(err).__name__}: {err})") from None
     order = [m for m in METHODS if m in groups] + sorted(set(groups) - set(METHODS))
     return {m: sorted(groups[m], key=lambda r: r["seed"]) for m in order}
 
@@ -369,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=README,
                         help="without --protocol: its <!-- results:glance --> block is replaced; default: %(default)s")
     args = parser.parse_args(argv)
+    if not args.results.is_dir():
+        parser.error(f"--results {args.results}: no such folder")
+    if not args.protocol and not args.readme.is_file():
+        parser.error(f"--readme {args.readme}: no such file")
     names = [args.protocol] if args.protocol else sorted(p.name for p in args.results.iterdir() if p.is_dir())
     folders = {name: load_results(args.results / name) for name in names}
     folders = {name: groups for name, groups in folders.items() if groups}
@@ -378,11 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {write_summary(args.results / name, groups)} and summary.png")
     if args.protocol:
         return 0
-    args.docs.parent.mkdir(parents=True, exist_ok=True)
-    args.docs.write_text(results_doc(folders))
     glance = {name: groups for name, groups in folders.items() if name in GLANCE}
     verdicts = "".join(f"- {verdict(name, groups)}\n" for name, groups in glance.items())
-    replace_block(args.readme, "glance", f"{glance_table(folders)}\n{verdicts}")
+    replace_block(args.readme, "glance", f"{glance_table(folders)}\n{verdicts}")  # refused before the docs change
+    args.docs.parent.mkdir(parents=True, exist_ok=True)
+    args.docs.write_text(results_doc(folders))
     print(f"wrote {args.docs} and the table in {args.readme}")
     return 0
 

@@ -126,6 +126,41 @@ def test_a_set_variant_goes_to_its_own_folder_with_its_overrides(bench_root):
             label_efficiency.parse_args(["--protocol", "smoke", *argv])
 
 
+@pytest.mark.parametrize("argv, problem", [
+    (["--gpu-window", "-1"], "--gpu-window -1: give the seconds the runs may take, a positive number"),
+    (["--gpu-window", "nan"], "--gpu-window nan: give the seconds"),
+    (["--seeds", "-1"], "--seeds: a seed is a number >= 0, got -1"),
+    (["--set", "train", "--name", "smoke_x"], "--set: override 'train' must look like section.key=value"),
+])
+def test_arguments_that_would_run_nothing_or_fail_later_are_refused_at_once(tmp_path, capsys, argv, problem):
+    with pytest.raises(SystemExit) as refused:
+        label_efficiency.parse_args(["--protocol", "smoke", "--work", str(tmp_path), *argv])
+    assert refused.value.code == 2 and problem in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_unknown_config_key_is_refused_before_any_run_starts(tmp_path, capsys):
+    status = label_efficiency.main(["--protocol", "smoke", "--methods", "sup_10", "--set", "train.nosuch=1", "--name",
+                                    "smoke_x", "--results", str(tmp_path / "r"), "--work", str(tmp_path / "w")])
+    assert status == 2 and "train.nosuch: Extra inputs are not permitted" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_summarize_names_a_missing_folder_a_missing_readme_and_a_file_that_is_no_result(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        summarize.main(["--results", str(tmp_path / "missing")])
+    assert f"--results {tmp_path / 'missing'}: no such folder" in capsys.readouterr().err
+    (tmp_path / "smoke").mkdir()
+    (tmp_path / "smoke" / "sup_10_seed0.json").write_text('{"method": "sup_10", "se')
+    with pytest.raises(SystemExit, match=r"sup_10_seed0.json: not a result file of label_efficiency.py \(JSONDecodeError"):
+        summarize.main(["--results", str(tmp_path), "--protocol", "smoke"])
+    with pytest.raises(SystemExit):
+        summarize.main(["--results", str(tmp_path), "--docs", str(tmp_path / "doc.md"),
+                        "--readme", str(tmp_path / "README.md")])
+    assert f"--readme {tmp_path / 'README.md'}: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "doc.md").exists()
+
+
 def test_existing_results_are_skipped_and_missing_ones_resume_and_add_their_cost(bench_root, capsys):
     results = bench_root / "results" / "smoke"
     kept = (results / "full_supervised_seed0.json").read_bytes()
