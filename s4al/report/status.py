@@ -46,9 +46,10 @@ def cycle_table(run_dir: Path, summaries: list[dict], ledger: Ledger, phases: Cy
 
 
 def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhases,
-               metrics_log: Path | None = None, holder: str | None = None) -> list[str]:
+               metrics_log: Path | None = None, holder: str | None = None, resume_refused: bool = False) -> list[str]:
     """The cycle in progress and what to run next. With `metrics_log`, a cycle still training says
-    its last evaluation; with `holder`, the process at work on the run is named."""
+    its last evaluation; with `holder`, the process at work on the run is named; `resume_refused`:
+    the dataset as it is now would be refused (dataset_lines says why)."""
     cycle = phases.last_cycle()
     phase = None if cycle is None else phases.phase(cycle)
     pending = ledger.asked()
@@ -65,22 +66,24 @@ def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhase
     elif phase == "answer":
         lines.append(f"every region cycle {cycle} asked is answered or skipped.")
     if not holder:
-        lines.append(f"Continue with `s4al run --resume {run_dir}`.")
+        first = "Once the dataset is as said above, continue" if resume_refused else "Continue"
+        lines.append(f"{first} with `s4al run --resume {run_dir}`.")
     return lines
 
 
-def dataset_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger) -> list[str]:
-    """What the run's next resume takes from its dataset, or refuses in it, as the dataset is now."""
+def dataset_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger) -> tuple[list[str], bool]:
+    """What the run's next resume takes from its dataset, or refuses in it, as the dataset is now;
+    and whether it refuses."""
     try:
         dataset = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
     except (DatasetError, OSError) as err:  # the account above stands without it
         return [f"the dataset cannot be read: {err}; if it moved: s4al run --resume {run_dir} "
-                "--set dataset.root=ITS_NEW_FOLDER"]
+                "--set dataset.root=ITS_NEW_FOLDER"], True
     changes = dataset_changes(ledger.images(), dataset, cfg)
     lines = [f"`s4al run --resume` refuses: {refusal}" for refusal in changes.refusals]
     if changes.text():
         lines.append(f"to join the run as the next cycle begins training or asking: {changes.text()}")
-    return lines
+    return lines, bool(changes.refusals)
 
 
 def _waiting(run_dir: Path, asked: int) -> str:
