@@ -153,7 +153,8 @@ def test_a_second_process_is_refused_while_the_first_holds_the_folder(run_dir):
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tmp_path):
     path = tmp_path / "checkpoints" / "cycle_0.pt"
-    save_checkpoint({"step": 1}, path)
+    kept = {"step": 1, "student": {}, "teacher": {}, "config": {}, "classes": []}
+    save_checkpoint(kept, path)
     script = textwrap.dedent(f"""
         import resource, signal, torch
         from pathlib import Path
@@ -167,7 +168,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tmp_p
     """)
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert "cycle_0.pt: cannot write checkpoint" in out.stdout and "the previous checkpoint is kept" in out.stdout, out
-    assert load_checkpoint(path) == {"step": 1}
+    assert load_checkpoint(path) == kept
     assert [p.name for p in path.parent.iterdir()] == ["cycle_0.pt"]
 
 
