@@ -270,7 +270,9 @@ def save_figures(
     cfg = load_run_config(RunFolder(run_dir).config_path)
     cycles = read_cycles(run_dir)
     if not cycles:
-        raise FileNotFoundError(f"{run_dir}: no finished cycle yet (no cycles/cycle_*.json)")
+        raise FileNotFoundError(f"{run_dir}: no finished cycle yet (no cycles/cycle_*.json); a cycle is reported once "
+                                f"the run has gone on past its questions (`s4al status {run_dir}` shows a cycle that "
+                                "waits for answers, with its val mIoU)")
     last = cycles[-1]["cycle"]
     classes = class_set(cfg.dataset, RunFolder(run_dir).checkpoint_path(last))
     builders: dict[str, Callable[[], Figure]] = {
