@@ -4,6 +4,7 @@ begins."""
 
 import hashlib
 import re
+import shutil
 import sqlite3
 from contextlib import closing
 
@@ -44,6 +45,16 @@ def two_cycles(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("two_cycles")
     finished_run(run_dir, cycles=2)
     return run_dir
+
+
+def test_cycle_summaries_deleted_by_hand_are_written_again_by_a_resume_from_the_ledger(two_cycles, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(two_cycles, run_dir)
+    summaries = [path.read_text() for path in sorted((run_dir / "cycles").iterdir())]
+    assert len(summaries) == 3
+    shutil.rmtree(run_dir / "cycles")
+    ActiveLearningRun(run_dir).run()  # finished: it trains nothing
+    assert [path.read_text() for path in sorted((run_dir / "cycles").iterdir())] == summaries
 
 
 def test_a_finished_run_given_one_more_cycle_asks_with_its_last_model_as_a_run_made_with_it(two_cycles, tmp_path):

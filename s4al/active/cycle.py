@@ -258,6 +258,8 @@ class ActiveLearningRun(AbstractContextManager):
         """Runs or resumes every cycle; returns the per-cycle summaries. Stops early (returning
         what is done) when an external annotator still has to answer."""
         self._reopen_former_final()
+        if distributed.is_main():
+            self._restore_summaries()
         for cycle in range(self.final_cycle + 1):
             if self.phases.phase(cycle) in (None, "train"):
                 self._train(cycle)
@@ -273,6 +275,13 @@ class ActiveLearningRun(AbstractContextManager):
         if (last is not None and last < self.final_cycle and self.phases.phase(last) == "done"
                 and not self.ledger.regions(last) and not self._acquired_whole(last)):
             self._on_main(self._reopen, last)
+
+    def _restore_summaries(self) -> None:
+        """A finished cycle's summary gone from cycles/ (deleted by hand) is written again: the ledger
+        holds everything it says."""
+        for cycle in range(self.final_cycle + 1):
+            if self.phases.phase(cycle) == "done" and not self.folder.cycle_summary_path(cycle).exists():
+                self._write_summary(cycle)
 
     def _reopen(self, cycle: int) -> None:
         self.folder.cycle_summary_path(cycle).unlink(missing_ok=True)  # written again once it is answered
