@@ -179,6 +179,8 @@ def run(
     if resume is not None and config is not None:
         raise _bad_parameter(f"--config with --resume: a resumed run keeps the config in "
                              f"{RunFolder(resume).config_path}")
+    if out is not None and RunFolder(out).holds_training():
+        raise _bad_parameter(f"{out} holds a training of `s4al train`, not an active-learning run; give a new --out")
     if out is not None and RunFolder(out).begun() and not distributed.restarted():
         raise _bad_parameter(f"{out} already holds a run; continue it with --resume {out}")
     with user_errors_reported():

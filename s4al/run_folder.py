@@ -190,6 +190,11 @@ class RunFolder:
         """Whether a run here got past its start: a ledger, or anything only a started run writes."""
         return self.ledger_path.exists() or any((self.path / name).exists() for name in PROGRESS)
 
+    def holds_training(self) -> bool:
+        """Whether this is the folder of `s4al train`: checkpoints or its result, no active-learning state."""
+        begun = [name for name in PROGRESS if (self.path / name).exists()]
+        return not self.ledger_path.exists() and (begun == ["checkpoints"] or self.result_path.exists())
+
     def ledger_file(self) -> Path:
         """The ledger of a run folder, for a command that reads or answers a run; a folder
         without one is refused (a training's folder, or a begun run's missing ledger, saying so)."""
@@ -207,7 +212,7 @@ class RunFolder:
                                      "Restore it from a backup; nothing was changed")
             return True
         begun = [name for name in PROGRESS if (self.path / name).exists()]
-        if begun == ["checkpoints"] or self.result_path.exists():
+        if self.holds_training():
             raise RunFolderError(f"{self.path}: a folder of `s4al train` (full supervision: checkpoints/ but no "
                                  "ledger, splits/ or cycles/), not an active-learning run; start one in a new folder "
                                  "with `s4al run --out`")

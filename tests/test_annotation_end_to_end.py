@@ -201,3 +201,28 @@ def test_skip_refuses_an_answered_region_and_changes_nothing(run_dir):
         assert region_by_id(ledger, second.region_id).state == "asked"
     done = runner.invoke(s4al, ["skip", str(run_dir), "--region", str(second.region_id)])
     assert done.exit_code == 0 and f"skipped 1 regions ({second.region_id})" in done.output
+
+
+def test_a_new_query_removes_the_earlier_packages_images_no_longer_asked_and_keeps_other_files(run_dir, tmp_path):
+    out = tmp_path / "package"
+    invoke("query", run_dir, "--device", "cpu", "--out", out)
+    (out / "images" / "notes.png").write_bytes(b"the annotator's own file")
+    with ledger_of(run_dir) as ledger:
+        image_id = ledger.asked()[0].image_id
+        done = [r.region_id for r in ledger.asked() if r.image_id == image_id]
+    invoke("skip", run_dir, *[arg for region_id in done for arg in ("--region", region_id)])
+    assert (out / "images" / f"{image_id}.png").exists()
+    invoke("query", run_dir, "--device", "cpu", "--out", out)
+    with ledger_of(run_dir) as ledger:
+        asked = sorted({r.image_id for r in ledger.asked()})
+    for folder in ("images", "overlays"):
+        assert sorted(p.stem for p in (out / folder).glob("*.png") if p.stem != "notes") == asked
+    assert (out / "images" / "notes.png").read_bytes() == b"the annotator's own file"
+    assert image_id not in {t["data"]["image_id"] for t in json.loads((out / "tasks.json").read_text())}
+
+
+def test_query_into_a_file_is_an_error_naming_it(run_dir, tmp_path):
+    taken = tmp_path / "package"
+    taken.write_text("not a folder")
+    result = runner.invoke(app, ["query", str(run_dir), "--device", "cpu", "--out", str(taken)])
+    assert (result.exit_code, result.output) == (1, f"error: {taken}: exists and is not a folder; give a folder for the output\n")

@@ -128,6 +128,7 @@ def test_export_of_an_unreadable_checkpoint_is_an_error_naming_it(tmp_path, dama
     (["export", "cycle_0.pt", "--onnx", "model.onnx", "--network", "ema"], "--network"),
     (["evaluate", "cycle_0.pt", "--network", "ema"], "--network"),
     (["evaluate", "cycle_0.pt", "--batch-size", "0"], "--batch-size"),
+    (["export", "cycle_0.pt", "--onnx", "model.onnx", "--height", "100000"], "--height"),  # no 120 GB example input
 ])
 def test_a_bad_option_value_is_a_usage_error_naming_the_option(args, option):
     result = runner.invoke(app, args, env={"COLUMNS": "500"})

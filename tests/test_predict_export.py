@@ -97,6 +97,19 @@ def test_predict_refuses_images_whose_outputs_would_collide(checkpoint, images, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name", ["legend.png", "photo_mask.png"])
+def test_predict_refuses_to_write_over_one_of_its_input_images(checkpoint, images, tmp_path, name):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo, victim = folder / "photo.png", folder / name
+    for path in (photo, victim):
+        path.write_bytes(images[0].read_bytes())
+    with pytest.raises(ValueError, match=f"{victim}: an input image that predict would overwrite with its output"):
+        predict(checkpoint, [photo, victim], folder, device="cpu")
+    assert sorted(p.name for p in folder.iterdir()) == sorted({"photo.png", name})
+    assert victim.read_bytes() == images[0].read_bytes()
+
+
 @pytest.fixture(scope="module")
 def exported(checkpoint, tmp_path_factory):
     return export_onnx(checkpoint, tmp_path_factory.mktemp("onnx") / "model.onnx", height=48, width=64)

@@ -172,6 +172,12 @@ def test_supervised_reference_from_a_number_or_a_result_file(tmp_path):
         supervised_reference(61.0)
     with pytest.raises(ValueError, match="neither"):
         supervised_reference(tmp_path / "missing.json")
+    for miou in (0, 0.0, "0.5", None, True):  # no share of 0; a string or no number in the file is no mIoU
+        result.write_text(json.dumps({"miou": miou}))
+        with pytest.raises(ValueError, match=r"supervised mIoU must be a fraction in \(0, 1\]"):
+            supervised_reference(result)
+    with pytest.raises(ValueError, match=r"fraction in \(0, 1\].*got 0.0"):
+        supervised_reference("0")
 
 
 def test_error_map_marks_wrong_and_ignored_pixels():

@@ -304,6 +304,9 @@ def test_resuming_a_training_folder_as_an_active_learning_run_names_what_it_is(t
     result = runner.invoke(app, ["run", "--resume", str(out), "--quiet"])
     assert result.exit_code == 1
     assert result.output.startswith(f"error: {out}: a folder of `s4al train` (full supervision")
+    started = runner.invoke(app, ["run", "--out", str(out), "--quiet"], env={"COLUMNS": "500"})
+    assert started.exit_code == 2
+    assert f"{out} holds a training of `s4al train`, not an active-learning run; give a new --out" in started.output
     assert not RunFolder(out).ledger_path.exists()
 
 

@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from s4al.active.cycle import ActiveLearningRun
 from s4al.active.ledger import Region
 from s4al.annotation.label_studio import ASKED_COLOUR, labelling_config, task
+from s4al.atomic import output_folder
 from s4al.data.classes import ClassSet
 from s4al.inference import inference_batches
 from s4al.tiles import tiled_labels
@@ -46,13 +47,14 @@ class QueryPackage:
 
 def write_query_package(active_run: ActiveLearningRun, out_dir: Path) -> QueryPackage:
     """Writes the package of every region still asked in the run into `out_dir` (files of an
-    earlier package there are overwritten); the run's device pre-annotates."""
+    earlier package there are overwritten, its images no longer asked removed); the run's device
+    pre-annotates."""
     by_image: dict[str, list[Region]] = defaultdict(list)
     for region in active_run.ledger.asked():
         by_image[region.image_id].append(region)
-    out_dir = Path(out_dir)
+    out_dir = output_folder(Path(out_dir))
     for folder in ("images", "overlays"):
-        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+        output_folder(out_dir / folder)
     classes = active_run.train_set.classes
     (out_dir / "labelling_config.xml").write_text(labelling_config(classes))
     entries = []
@@ -67,7 +69,17 @@ def write_query_package(active_run: ActiveLearningRun, out_dir: Path) -> QueryPa
         tasks.write("\n]\n")
     entries.sort(key=lambda entry: entry["region_id"])
     _write_manifests(out_dir, entries, classes)
+    _remove_earlier_images(out_dir, {record.image_id for record in active_run.ledger.images()} - set(by_image))
     return QueryPackage(out_dir, len(entries), len(by_image))
+
+
+def _remove_earlier_images(out_dir: Path, not_asked: set[str]) -> None:
+    """An earlier package's images of this run that nothing asks any more (answered or skipped
+    since): gone, so that no one paints them; other files stay."""
+    for folder in ("images", "overlays"):
+        for path in (out_dir / folder).glob("*.png"):
+            if path.stem in not_asked:
+                path.unlink()
 
 
 @torch.no_grad()

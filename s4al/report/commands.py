@@ -89,8 +89,8 @@ def export_command(
     checkpoint: CheckpointArgument,
     onnx: Annotated[Path, typer.Option("--onnx", help="Output .onnx file.")],
     network: NetworkOption = Network.teacher,
-    height: Annotated[int, typer.Option(min=16, help="Example input height (the input size when --no-dynamic).")] = 360,
-    width: Annotated[int, typer.Option(min=16, help="Example input width (the input size when --no-dynamic).")] = 480,
+    height: Annotated[int, typer.Option(min=16, max=8192, help="Example input height (the input size when --no-dynamic).")] = 360,
+    width: Annotated[int, typer.Option(min=16, max=8192, help="Example input width (the input size when --no-dynamic).")] = 480,
     dynamic: Annotated[bool, typer.Option(help="Dynamic batch, height and width; --no-dynamic fixes them.")] = True,
 ) -> None:
     """Export a checkpoint to ONNX ([0, 1] NCHW images in, logits out), checked with onnxruntime."""

@@ -58,12 +58,13 @@ def supervised_reference(value: float | str | Path | None) -> float | None:
         return None
     text = str(value)
     try:
-        miou = float(json.loads(Path(text).read_text())["miou"]) if Path(text).is_file() else float(text)
-    except (KeyError, ValueError):
+        miou = json.loads(Path(text).read_text())["miou"] if Path(text).is_file() else float(text)
+    except (KeyError, TypeError, ValueError):
         raise S4alError(f"supervised mIoU {text!r}: neither a number nor a JSON file with \"miou\"") from None
-    if not 0 <= miou <= 1:
-        raise S4alError(f"supervised mIoU must be a fraction in 0..1, got {miou}")
-    return miou
+    if isinstance(miou, bool) or not isinstance(miou, (int, float)) or not 0 < miou <= 1:
+        raise S4alError(f"supervised mIoU must be a fraction in (0, 1] (each cycle is shown as a share of it), "
+                        f"got {miou!r}")
+    return float(miou)
 
 
 def _dataset(cfg: RunConfig, split: str) -> SegmentationDataset:

@@ -20,7 +20,7 @@ from s4al.data.folder import read_spec
 from s4al.data.io import read_image
 from s4al.data.synthetic import SYNTHETIC_CLASSES
 from s4al.distributed import setup_device
-from s4al.errors import S4alError
+from s4al.errors import S4alError, first_of
 from s4al.tiles import tiled_labels
 from s4al.train.checkpoint import load_checkpoint, load_trained_model
 
@@ -68,6 +68,10 @@ def legend(classes: ClassSet) -> Figure:
     return fig
 
 
+SUFFIXES = ("labels", "mask", "overlay")  # an image's outputs: <stem>_<suffix>.png
+LEGEND = "legend.png"
+
+
 def predict(
     checkpoint: Path, images: list[Path], out_dir: Path, network: str = "teacher", device: str = "auto"
 ) -> list[Path]:
@@ -81,6 +85,12 @@ def predict(
             raise S4alError(f"{first_with_stem[stem]} and {path}: the same file name stem '{stem}'; their outputs "
                             "would overwrite each other (predict them into separate folders)")
         first_with_stem[stem] = path
+    outputs = [Path(out_dir) / f"{stem}_{suffix}.png" for stem in stems for suffix in SUFFIXES]
+    inputs = {Path(p).resolve() for p in images}
+    overwritten = [str(o) for o in [*outputs, Path(out_dir) / LEGEND] if o.resolve() in inputs]
+    if overwritten:
+        raise S4alError(f"{first_of(overwritten)}: an input image that predict would overwrite with its output; "
+                        "give another --out")
     dev = setup_device(device)
     model, cfg = load_trained_model(Path(checkpoint), network, dev)
     classes = class_set(cfg.dataset, Path(checkpoint))
@@ -91,10 +101,10 @@ def predict(
         image = read_image(Path(path))
         labels = segment(model, image, dev)
         colours = classes.colorize(labels)
-        for suffix, pixels in (("labels", labels), ("mask", colours), ("overlay", overlay(image, colours))):
+        for suffix, pixels in zip(SUFFIXES, (labels, colours, overlay(image, colours))):
             target = out_dir / f"{stem}_{suffix}.png"
             Image.fromarray(pixels).save(target)
             written.append(target)
-    written.append(out_dir / "legend.png")
+    written.append(out_dir / LEGEND)
     legend(classes).savefig(written[-1], dpi=100)
     return written
