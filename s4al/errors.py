@@ -15,6 +15,11 @@ class S4alError(ValueError):
     every such error; a ValueError, since each is a bad value given to s4al."""
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's message for a one-line error: its first line, else its type's name."""
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
 def first_of(items: list[str], limit: int = 5, sep: str = ", ") -> str:
     """The first `limit` items for a message, and how many more there are: "a, b (and 3 more)"."""
     more = f" (and {len(items) - limit} more)" if len(items) > limit else ""

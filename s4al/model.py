@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s4al.errors import S4alError
+from s4al.errors import S4alError, first_line
 from s4al.config import ModelConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -56,8 +56,8 @@ def _load_local_encoder_weights(encoder: nn.Module, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and weights-only refusals have no common base
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0]}" if str(err) else type(err).__name__
-        raise S4alError(f"{path}: model.weights is not a readable PyTorch weights file ({reason})") from None
+        raise S4alError(f"{path}: model.weights is not a readable PyTorch weights file "
+                        f"({type(err).__name__}: {first_line(err)})") from None
     if not isinstance(state, Mapping):
         raise S4alError(f"{path}: model.weights holds a {type(state).__name__}, not a state dict of the encoder")
     try:
@@ -82,8 +82,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationNet:
             classes=num_classes,
         )
     except OSError as err:  # only the download reads a file or the network here
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise S4alError(f"model.weights 'imagenet': the ImageNet weights could not be downloaded ({reason}); "
+        raise S4alError(f"model.weights 'imagenet': the ImageNet weights could not be downloaded ({first_line(err)}); "
                         "give a local file in torchvision layout: --set model.weights=PATH.pth") from None
     if cfg.weights and not online:
         _load_local_encoder_weights(net.encoder, Path(cfg.weights).expanduser())

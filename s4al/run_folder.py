@@ -46,6 +46,19 @@ RESUME_KEYS = (*COMPUTED_ON_RESUME, *SAVED_ON_RESUME)
 _held_locks: dict[Path, int] = {}  # run folder -> locked file descriptor, for this process's life
 
 
+def metrics_records(path: Path) -> Iterator[tuple[str, dict | None]]:
+    """Each line of a run's metrics.jsonl with its record; None for a damaged line (cut short by a
+    kill, edited by hand), which readers pass over."""
+    if not path.is_file():
+        return
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        yield line, record if isinstance(record, dict) else None
+
+
 def _forget_locks_in_child() -> None:
     """A forked child (a loader worker) shares the locked file; closing its copy keeps the lock the
     parent's alone, so the lock goes when the parent dies, whatever its children still do."""

@@ -409,14 +409,12 @@ def test_masks_painted_before_a_skip_leave_it_skipped_and_masks_painted_after_an
     Image.fromarray(truth("a")).save(folder / "a.png")  # answers A1 and A2
     os.utime(folder / "a.png", (time.time() - 3600, time.time() - 3600))  # painted an hour ago
     CliRunner().invoke(app, ["skip", str(run_dir), "--region", "1"])
-    before = snapshot(run_dir)
     report = import_answers(run_dir, folder)
     assert (report.answered, report.unskipped, report.skip_kept) == ([2], [], [1])
     result = CliRunner().invoke(app, ["import", str(run_dir), str(folder)], env={"COLUMNS": "250"})
     assert "1 masks already imported (their regions are answered or skipped): left alone" in result.output
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert [(r.region_id, r.state) for r in ledger.regions(0)] == [(1, "skipped"), (2, "answered"), (3, "asked")]
-    assert snapshot(run_dir) != before
     (folder / "a.png").touch()  # painted again, after the skip
     report = import_answers(run_dir, folder)
     assert (report.answered, report.unskipped, report.skip_kept) == ([1], [1], [])

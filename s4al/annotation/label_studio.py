@@ -35,6 +35,7 @@ from s4al.active.ledger import Region
 from s4al.active.regions import box_masks
 from s4al.annotation.masks import MIN_PAINTED_SHARE, UNPAINTED, AnswerError, PaintedImage, utc_time
 from s4al.data.classes import ClassSet
+from s4al.errors import first_line
 
 IMAGE_TAG = "image"
 BRUSH_TAG = "label"  # the person's paint
@@ -184,8 +185,7 @@ def json_list_items(path: Path, expected: str) -> Iterator[Any]:
             file.seek(0)
             yield from ijson.items(file, "item", use_float=True)
     except (OSError, ijson.JSONError, UnicodeDecodeError) as err:
-        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise AnswerError(f"{path}: not a readable JSON file ({first_line})") from None
+        raise AnswerError(f"{path}: not a readable JSON file ({first_line(err)})") from None
 
 
 def _task_name(path: Path, number: int, item: Any) -> str:

@@ -5,7 +5,6 @@ bought), the cycle in progress, whether a process is working on the run now, and
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich.table import Table
@@ -15,6 +14,7 @@ from s4al.active.ledger import Ledger
 from s4al.active.phases import CyclePhases
 from s4al.config import RunConfig
 from s4al.data import DatasetError, build_dataset
+from s4al.run_folder import metrics_records
 
 
 def percent(fraction: float | None) -> str:
@@ -108,12 +108,7 @@ def _training(cfg: RunConfig, cycle: int, metrics_log: Path, state: str) -> str:
 def last_evaluation(metrics_log: Path, cycle: int) -> dict | None:
     """The latest evaluation of `cycle` in the run's metrics.jsonl, None before the first."""
     latest = None
-    if metrics_log.is_file():
-        for line in metrics_log.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line a kill cut short
-                continue
-            if isinstance(record, dict) and record.get("cycle") == cycle and "epoch" in record:
-                latest = record
+    for _, record in metrics_records(metrics_log):
+        if record is not None and record.get("cycle") == cycle and "epoch" in record:
+            latest = record
     return latest

@@ -13,7 +13,7 @@ import torch
 from s4al.errors import S4alError
 from s4al.atomic import atomic_write
 from s4al.config import RunConfig, config_differences, saved_config
-from s4al.run_folder import RunFolder
+from s4al.run_folder import RunFolder, metrics_records
 
 
 class CheckpointError(S4alError, OSError):
@@ -72,19 +72,10 @@ def trained_model(state: dict, path: Path, network: str = "teacher", device: str
 def write_metrics_log(path: Path, cycle: int, history: list[dict]) -> None:
     """A run's metrics.jsonl: the other cycles' lines, then `cycle`'s evaluations (a checkpoint's
     history), rewritten whole after each checkpoint, so a resumed cycle never logs one twice."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    kept = [line for line in lines if _cycle_of(line) != cycle]  # a damaged line is kept as it is
+    # a damaged line is kept as it is
+    kept = [line for line, record in metrics_records(path) if record is None or record.get("cycle") != cycle]
     with atomic_write(path, "w") as file:
         file.write("".join(f"{line}\n" for line in kept + [json.dumps(record) for record in history]))
-
-
-def _cycle_of(line: str) -> int | None:
-    """The cycle of a metrics-log line, None for a damaged one (cut off, edited by hand)."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return record.get("cycle") if isinstance(record, dict) else None
 
 
 def adopt_final_checkpoint(source_run_dir: Path, target_run_dir: Path, cfg: RunConfig, cycle: int = 0,
