@@ -7,6 +7,8 @@ with REGIONS asked regions each, in cycle 0), then each command runs as its own 
 - the same folder imported again (every mask left alone: each region compared with its answer);
 - `s4al import RUN export.json`: a Label Studio JSON export, in a second such folder, its tasks as
   `s4al query` writes them (image, rectangles, one brush per class, the model's paint) and answered;
+- the same export imported again (as a project's full export is after every cycle: its tasks are
+  those imported before, unchanged);
 - `s4al status RUN` (which also reads the dataset's images, to say what was added or lost);
 - reading what a cycle trains with: LabelState.read and every answered patch (`answers`);
 - `s4al skip RUN`: every region of a third such folder, none answered.
@@ -136,6 +138,7 @@ def measure(work: Path, images: int, export_images: int, regions: int, size: tup
         "import_masks": [*S4AL, "import", str(masks_run), str(work / "masks")],
         "import_masks_again": [*S4AL, "import", str(masks_run), str(work / "masks")],
         "import_export": [*S4AL, "import", str(export_run), str(work / "export.json")],
+        "import_export_again": [*S4AL, "import", str(export_run), str(work / "export.json")],
         "status": [*S4AL, "status", str(masks_run)],
         "read_labels": [sys.executable, "-c", READ_LABELS, str(masks_run / "ledger.sqlite")],
         "skip_all": [*S4AL, "skip", str(skip_run)],

@@ -257,6 +257,58 @@ def test_two_tasks_painting_one_answered_region_two_ways_are_refused_rather_than
     assert snapshot(run_dir) == before
 
 
+def painted_at(made_task, time):
+    made_task["annotations"][0]["updated_at"] = time
+    return made_task
+
+
+@pytest.mark.parametrize("fix_first", [False, True])
+def test_a_task_imported_before_and_a_second_painting_of_its_region_are_refused_in_either_order(
+        run_dir, tmp_path, fix_first):
+    """The task imported before is left unread (its answers are stored): the second painting is compared
+    with them."""
+    imported = painted_at(task_of(1, "a", truth("a"), [1, 2]), "2026-03-09T10:00:00Z")
+    import_answers(run_dir, write_export(tmp_path / "e1.json", imported))
+    reviewed = truth("a")
+    reviewed[2:6, 3:8] = 2
+    fix = painted_at(task_of(4, "a", reviewed, [1, 2]), "2026-03-09T11:00:00Z")
+    first, second = (fix, imported) if fix_first else (imported, fix)
+    before = snapshot(run_dir)
+    with pytest.raises(AnswerError, match=rf"task {second['id']} \(image 'a'\): region 1 is painted otherwise than in "
+                                          rf".*task {first['id']} \(image 'a'\): keep one of the two$"):
+        import_answers(run_dir, write_export(tmp_path / "e2.json", first, second))
+    assert snapshot(run_dir) == before
+
+
+def test_a_task_imported_before_and_saved_at_the_same_time_since_is_that_painting_and_left_unread(run_dir, tmp_path):
+    """Decoding is most of an import's time: a project's full export, imported after every cycle,
+    decodes only the tasks painted since the last import."""
+    imported = painted_at(task_of(1, "a", truth("a"), [1, 2]), "2026-03-09T10:00:00Z")
+    import_answers(run_dir, write_export(tmp_path / "e1.json", imported))
+    imported["annotations"][0]["result"][0]["value"]["rle"][4:] = [255] * 8  # a change only decoding would see
+    before = snapshot(run_dir)
+    report = import_answers(run_dir, write_export(tmp_path / "e2.json", imported))
+    assert (report.answered, report.corrected, report.already_imported) == ([], [], 1)
+    assert snapshot(run_dir) == before
+    painted_at(imported, "2026-03-09T10:00:01Z")  # saved again: decoded
+    with pytest.raises(AnswerError, match=r"task 1 \(image 'a'\): brush region brush0: corrupt RLE mask"):
+        import_answers(run_dir, write_export(tmp_path / "e3.json", imported))
+
+
+def test_a_mask_imported_before_and_not_written_since_is_left_unread(run_dir, tmp_path):
+    folder = png_folder(tmp_path, "a.png", truth("a"))
+    assert import_answers(run_dir, folder).answered == [1, 2]
+    written_at = (folder / "a.png").stat().st_mtime_ns
+    (folder / "a.png").write_bytes(b"not a PNG: a change only reading the file would see")
+    os.utime(folder / "a.png", ns=(written_at, written_at))
+    before = snapshot(run_dir)
+    assert import_answers(run_dir, folder).already_imported == 1
+    assert snapshot(run_dir) == before
+    os.utime(folder / "a.png", ns=(written_at + 10**9, written_at + 10**9))  # written since: read
+    with pytest.raises(AnswerError, match=r"a\.png"):
+        import_answers(run_dir, folder)
+
+
 def test_an_edit_that_leaves_an_answered_region_under_half_painted_keeps_the_earlier_answer(run_dir, tmp_path):
     import_answers(run_dir, write_export(tmp_path / "e1.json", task_of(1, "a", truth("a"), [1, 2])))
     erased = truth("a")

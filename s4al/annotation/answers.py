@@ -162,15 +162,25 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage],
         of_image[region.image_id].append(region)
     problems: list[str] = []
     taken: dict[int, str] = {}  # region id -> the answer that answered or skipped it
-    repainted: dict[int, tuple[str, np.ndarray]] = {}  # answered region id -> the first answer painting it, its patch
+    # answered region id -> the first answer painting it, its patch (None: the stored answer)
+    repainted: dict[int, tuple[str, np.ndarray | None]] = {}
     answers = []
     painted_at: dict[int, str | None] = {}
     for image in painted:
-        image_problems = _problems(image, sizes, regions, num_classes)
+        if image.image_id not in sizes:
+            problems.append(f"{image.source}: image '{image.image_id}' is not one of this run's train images")
+            continue
+        region_problems = _region_problems(image, regions)
+        addressed = [] if region_problems else _addressed(image, regions, of_image)
+        if _imported_before(image, addressed):  # left unread: decoding is most of an import's time
+            for region in addressed:  # it paints them as stored
+                _check_repainted(ledger, region, image.source, None, repainted, problems)
+            report.already_imported += 1
+            continue
+        image_problems = region_problems + _label_problems(image, sizes[image.image_id], num_classes)
         problems += image_problems
         if image_problems:
             continue
-        addressed = _addressed(image, regions, of_image)
         corrections = _corrections(ledger, image, addressed, report, repainted, problems)
         if addressed and not corrections and not _answers_left(image, addressed):
             report.already_imported += 1
@@ -189,17 +199,8 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage],
     return answers, painted_at
 
 
-def _problems(image: PaintedImage, sizes: dict, regions: dict[int, Region], num_classes: int) -> list[str]:
-    if image.image_id not in sizes:
-        return [f"{image.source}: image '{image.image_id}' is not one of this run's train images"]
+def _region_problems(image: PaintedImage, regions: dict[int, Region]) -> list[str]:
     problems = []
-    if image.labels.shape != sizes[image.image_id]:
-        problems.append(f"{image.source}: mask is {image.labels.shape[0]}x{image.labels.shape[1]}, "
-                        f"image '{image.image_id}' is {sizes[image.image_id][0]}x{sizes[image.image_id][1]} (HxW)")
-    unknown = np.unique(image.labels[(image.labels >= num_classes) & (image.labels != UNPAINTED)])
-    if unknown.size:
-        problems.append(f"{image.source}: unknown class ids {unknown.tolist()} (classes are 0..{num_classes - 1}, "
-                        f"{UNPAINTED} = unpainted)")
     for region_id in image.region_ids or ():
         if region_id not in regions or regions[region_id].image_id != image.image_id:
             problems.append(f"{image.source}: region {region_id} was never asked for image '{image.image_id}'")
@@ -211,6 +212,25 @@ def _problems(image: PaintedImage, sizes: dict, regions: dict[int, Region], num_
                             f"but this run asked region {region_id} at {regions[region_id].box}: "
                             "answers of another run?")
     return problems
+
+
+def _label_problems(image: PaintedImage, size: tuple[int, int], num_classes: int) -> list[str]:
+    problems = []
+    if image.labels.shape != size:
+        problems.append(f"{image.source}: mask is {image.labels.shape[0]}x{image.labels.shape[1]}, "
+                        f"image '{image.image_id}' is {size[0]}x{size[1]} (HxW)")
+    unknown = np.unique(image.labels[(image.labels >= num_classes) & (image.labels != UNPAINTED)])
+    if unknown.size:
+        problems.append(f"{image.source}: unknown class ids {unknown.tolist()} (classes are 0..{num_classes - 1}, "
+                        f"{UNPAINTED} = unpainted)")
+    return problems
+
+
+def _imported_before(image: PaintedImage, addressed: list[Region]) -> bool:
+    """Whether `image` is the painting every region it addresses was answered with, by its time:
+    imported before and unchanged since (an export or a folder of masks imported again)."""
+    return (bool(addressed) and image.painted_at is not None
+            and all(region.state == "answered" and region.painted_at == image.painted_at for region in addressed))
 
 
 def _addressed(image: PaintedImage, regions: dict[int, Region], of_image: dict[str, list[Region]]) -> list[Region]:
@@ -272,7 +292,7 @@ def _answer_image(image: PaintedImage, addressed: list[Region], report: ImportRe
 
 
 def _corrections(ledger: Ledger, image: PaintedImage, addressed: list[Region], report: ImportReport,
-                 repainted: dict[int, tuple[str, np.ndarray]], problems: list[str]) -> list[tuple[int, np.ndarray]]:
+                 repainted: dict[int, tuple[str, np.ndarray | None]], problems: list[str]) -> list[tuple[int, np.ndarray]]:
     """The answered regions this answer paints enough, and otherwise than their stored answer: an
     edit made after the import, which replaces it (the next cycle trains with it). Two answers of
     one import painting a region two ways are a problem: taking the one unlike the stored answer
@@ -284,10 +304,7 @@ def _corrections(ledger: Ledger, image: PaintedImage, addressed: list[Region], r
             continue
         if share >= MIN_PAINTED_SHARE:
             # a copy: a view would keep the whole image's map in memory for the rest of the import
-            source, first = repainted.setdefault(region.region_id, (image.source, patch.copy()))
-            if not np.array_equal(patch, first):
-                problems.append(f"{image.source}: region {region.region_id} is painted otherwise than in {source}: "
-                                "keep one of the two")
+            _check_repainted(ledger, region, image.source, patch.copy(), repainted, problems)
         if np.array_equal(patch, ledger.patch(region)):
             continue
         if _painted_before(image, region):
@@ -298,6 +315,20 @@ def _corrections(ledger: Ledger, image: PaintedImage, addressed: list[Region], r
             corrections.append((region.region_id, patch.copy()))
     report.corrected += [region_id for region_id, _ in corrections]
     return corrections
+
+
+def _check_repainted(ledger: Ledger, region: Region, source: str, patch: np.ndarray | None,
+                     repainted: dict[int, tuple[str, np.ndarray | None]], problems: list[str]) -> None:
+    """Keeps the first answer of this import that paints answered `region` enough, `source` painting
+    `patch` (None: the region's stored answer); a later one painting it otherwise is a problem."""
+    if region.region_id not in repainted:
+        repainted[region.region_id] = (source, patch)
+        return
+    first_source, first = repainted[region.region_id]
+    if not np.array_equal(ledger.patch(region) if patch is None else patch,
+                          ledger.patch(region) if first is None else first):
+        problems.append(f"{source}: region {region.region_id} is painted otherwise than in {first_source}: "
+                        "keep one of the two")
 
 
 def _painted_before(image: PaintedImage, region: Region) -> bool:

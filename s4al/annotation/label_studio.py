@@ -21,7 +21,7 @@ import base64
 import functools
 import io
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,7 @@ def _empty_rle(height: int, width: int) -> tuple[int, ...]:
 def read_export(path: Path, class_names: Sequence[str], sizes: Mapping[str, tuple[int, int]]) -> Iterator[PaintedImage]:
     """The painted class maps of a Label Studio JSON export ("JSON" format: a list of tasks), one
     per task made by `s4al query` with a submitted or skipped annotation; tasks not annotated are
-    left out. The file is parsed one task at a time: a whole project's export carries every image,
+    left out. A task's brushes are checked here and decoded when its `labels` are first read. The file is parsed one task at a time: a whole project's export carries every image,
     and memory holds one. `sizes` (image id -> (H, W), the run's images) is checked before a map is
     allocated, so a task cannot make the reader allocate more than its image. A file whose tasks
     have no 'annotations' list (every task of an export has one, empty when not annotated) is
@@ -237,8 +237,8 @@ def _painted(item: dict, annotation: dict, where: str, class_names: Sequence[str
     rectangles = [(_asked_region(r, region_ids), r) for r in results if r.get("from_name") == ASKED_TAG]
     asked_boxes = {region_id: _box(r, where) for region_id, r in rectangles if region_id is not None}
     declined = bool(annotation.get("was_cancelled"))
-    labels = _class_map([] if declined else brushes, sizes[image_id], where, class_names)
-    return PaintedImage(where, image_id, labels, tuple(region_ids), cycle, declined, asked_boxes,
+    paint = _class_map([] if declined else brushes, sizes[image_id], where, class_names)
+    return PaintedImage(where, image_id, paint, tuple(region_ids), cycle, declined, asked_boxes,
                         hand_drawn=sum(region_id is None for region_id, _ in rectangles),
                         painted_at=utc_time(annotation.get("updated_at") or annotation.get("created_at")))
 
@@ -267,21 +267,34 @@ def _box(rectangle: dict, where: str) -> tuple[int, int, int, int]:
         raise AnswerError(f"{where}: rectangle {rectangle.get('id')} has no readable box ({err!r})") from None
 
 
-def _class_map(brushes: list[dict], shape: tuple[int, int], where: str, class_names: Sequence[str]) -> np.ndarray:
-    """Paints the brush regions, the first on top as Label Studio shows them, into an (H, W)
-    class-id map of the image's registered `shape`; a brush of any other size is refused before
-    anything is allocated."""
+def _class_map(brushes: list[dict], shape: tuple[int, int], where: str,
+               class_names: Sequence[str]) -> Callable[[], np.ndarray]:
+    """What paints the brush regions, the first on top as Label Studio shows them, into an (H, W)
+    class-id map of the image's registered `shape`, once called: decoding is most of the time an
+    export takes to read, and a task imported before needs none. Every brush is checked here: one of
+    any other size, class or RLE length is refused before anything is allocated."""
     for brush in brushes:
         size = (brush.get("original_height"), brush.get("original_width"))
         if size != tuple(shape):
             raise AnswerError(f"{where}: brush region {brush.get('id')}: mask is {size[0]}x{size[1]}, "
                               f"the image is {shape[0]}x{shape[1]} (HxW)")
-    labels = np.full(shape, UNPAINTED, dtype=np.uint8)
     unused = list(_empty_rle(*shape))  # a class the person did not paint with, as `task` made it
+    painted = []
     for brush in reversed(brushes):
-        class_id = _class_of(brush, where, class_names)
-        if brush["value"].get("rle") != unused:  # decoding is the slow part of reading an export
-            labels[_decode(brush, labels.shape, where)] = class_id
+        class_id, rle = _class_of(brush, where, class_names), _rle(brush, shape, where)
+        if rle != unused:
+            painted.append((class_id, rle, f"{where}: brush region {brush.get('id')}"))
+    return functools.partial(_paint, painted, shape)
+
+
+def _paint(brushes: list[tuple[int, list, str]], shape: tuple[int, int]) -> np.ndarray:
+    labels = np.full(shape, UNPAINTED, dtype=np.uint8)
+    for class_id, rle, name in brushes:
+        try:
+            rgba = decode_rle(rle)
+        except (ValueError, IndexError, TypeError, OverflowError) as err:  # OverflowError: a run's value past 255
+            raise AnswerError(f"{name}: corrupt RLE mask ({err})") from None
+        labels[rgba.reshape(*shape, 4)[:, :, 3] > 0] = class_id
     return labels
 
 
@@ -296,17 +309,17 @@ def _class_of(brush: dict, where: str, class_names: Sequence[str]) -> int:
     return list(class_names).index(names[0])
 
 
-def _decode(brush: dict, shape: tuple[int, int], where: str) -> np.ndarray:
-    """(H, W) bool: the pixels the brush region paints (non-zero alpha)."""
+def _rle(brush: dict, shape: tuple[int, int], where: str) -> list:
+    """The brush region's RLE mask, its header checked against `shape`."""
     name = f"{where}: brush region {brush.get('id')}"
     rle = brush["value"].get("rle")
     if not isinstance(rle, list):
         raise AnswerError(f"{name} has no RLE mask")
     try:
         values = int.from_bytes(bytes(rle[:4]), "big")  # the RLE header: how many RGBA bytes follow
-        if values != shape[0] * shape[1] * 4:
-            raise ValueError(f"it holds {values / 4:g} pixels, its image is {shape[0]}x{shape[1]}")
-        rgba = decode_rle(rle)
-    except (ValueError, IndexError, TypeError) as err:
+    except (ValueError, TypeError) as err:
         raise AnswerError(f"{name}: corrupt RLE mask ({err})") from None
-    return rgba.reshape(*shape, 4)[:, :, 3] > 0
+    if values != shape[0] * shape[1] * 4:
+        raise AnswerError(f"{name}: corrupt RLE mask (it holds {values / 4:g} pixels, its image is "
+                          f"{shape[0]}x{shape[1]})")
+    return rle

@@ -1,4 +1,5 @@
-"""What an answer file holds once read: per image, a class-id map with 255 where nothing was painted.
+"""What an answer file holds once read: per image, a class-id map with 255 where nothing was painted,
+read or decoded when first used (an import leaves a painting it has imported before unread).
 
 Two readers produce it: `label_studio.read_export` (a Label Studio JSON export) and
 `read_png_masks` (one single-channel class-id PNG per image, named IMAGE_ID.png, listed by
@@ -6,9 +7,10 @@ Two readers produce it: `label_studio.read_export` (a Label Studio JSON export) 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,7 @@ class AnswerError(S4alError):
 class PaintedImage:
     source: str  # where it came from, for messages: a file, or a file and a Label Studio task id
     image_id: str
-    labels: np.ndarray  # (H, W) uint8 class ids, UNPAINTED where nothing was painted
+    paint: Callable[[], np.ndarray] = field(repr=False, compare=False)  # reads or decodes `labels`
     region_ids: tuple[int, ...] | None = None  # the regions it answers; None: every region of the image
     cycle: int | None = None  # the cycle its task was made for (Label Studio tasks)
     declined: bool = False  # the annotator skipped the whole task: its asked regions are skipped
@@ -40,6 +42,11 @@ class PaintedImage:
     asked_boxes: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
     hand_drawn: int = 0  # other rectangles in the answer: drawn by hand, ignored
     painted_at: str | None = None  # when it was last painted (UTC, ISO 8601), where its source tells
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        """(H, W) uint8 class ids, UNPAINTED where nothing was painted."""
+        return self.paint()
 
 
 def utc_time(text: object) -> str | None:
@@ -80,7 +87,7 @@ def read_png_masks(paths: list[Path]) -> Iterator[PaintedImage]:
     """The masks at `paths`, read one at a time, each painted when its file was last written."""
     for path in paths:
         modified = _utc(datetime.fromtimestamp(path.stat().st_mtime, timezone.utc))
-        yield PaintedImage(str(path), path.stem, _read_mask(path), painted_at=modified)
+        yield PaintedImage(str(path), path.stem, partial(_read_mask, path), painted_at=modified)
 
 
 def _read_mask(path: Path) -> np.ndarray:
