@@ -608,11 +608,12 @@ def test_the_annotation_scale_benchmark_answers_reimports_reads_and_skips_every_
     (path,) = tmp_path.glob("*.json")
     result = json.loads(path.read_text())
     outputs = {name: step["output_tail"] for name, step in result["results"].items()}
-    assert list(outputs) == ["start_up", "import_masks", "import_masks_again", "import_export", "status",
-                             "read_labels", "skip_all"]
+    assert list(outputs) == ["start_up", "import_masks", "import_masks_again", "import_export", "import_export_again",
+                             "status", "read_labels", "skip_all"]
     assert "answered 12 regions (png-folder)" in outputs["import_masks"]
     assert "6 masks already imported" in outputs["import_masks_again"]
     assert "answered 6 regions (label-studio), 0 unpainted" in outputs["import_export"]
+    assert "3 tasks already imported" in outputs["import_export_again"]
     assert "12 answered" in outputs["status"] and outputs["read_labels"] == "12\n"
     assert "refuses" not in outputs["status"] and "to join" not in outputs["status"]  # the run's own dataset
     assert "skipped 12 regions" in outputs["skip_all"]
