@@ -6,7 +6,9 @@ One JSON result per (protocol, method, seed) goes to RESULTS/<protocol>/<method>
 existing results are skipped, and each run lives in WORK/<protocol>/<method>_seed<k>/, which a
 rerun resumes (the active-learning run folder checkpoints itself), so a killed benchmark continues
 where it stopped. `--gpu-window SECONDS --parallel K` runs K of them side by side as separate
-processes and stops them before SECONDS. `summarize.py` turns the results into tables and plots.
+processes and stops them before SECONDS; a run is not started there once less time is left than
+the same method took with other seeds (their result files: same configuration but for the seed, on
+this device, as many side by side). `summarize.py` turns the results into tables and plots.
 
 Same cycle 0: runs of one seed whose configs differ only in what the acquisition reads
 (ACQUISITION_ONLY, e.g. s4al and region_random_ssl) train the identical cycle 0. The first to
@@ -28,7 +30,7 @@ import sys
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -39,7 +41,6 @@ from common import (
     DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS, REPO, RESULTS, SMOKE_OVERRIDES, camvid_paths, cpu_model, machine_info, merged,
     write_json,
 )
-from pydantic import ValidationError
 
 from s4al.config import (
     COMPUTED_ON_RESUME, SAVED_ON_RESUME, ConfigError, RunConfig, config_differences, load_config, parse_override,
@@ -399,45 +400,75 @@ def single_run_argv(args: argparse.Namespace, method: str, seed: int) -> tuple[s
     return tuple(argv + (["--name", args.name] if args.name else []))
 
 
-def window_jobs(args: argparse.Namespace, name: str, todo: list[tuple[str, int]],
+def window_jobs(args: argparse.Namespace, name: str, todo: list[tuple[str, int, RunConfig]],
                 mates: dict[tuple[str, int], list[str]]) -> list[Job]:
     """One job per run; a run with a mate queued before it is ready once some mate's cycle 0 is done."""
-    logs, jobs = args.work / name / "logs", []
-    for k, (method, seed) in enumerate(todo):
+    logs, jobs, queued = args.work / name / "logs", [], [(method, seed) for method, seed, _ in todo]
+    for k, (method, seed, cfg) in enumerate(todo):
         own = mates.get((method, seed), [])
         lenders = [bench_run_dir(args.work, name, m, seed) for m in own]
-        after_a_mate = any((m, seed) in todo[:k] for m in own)
+        after_a_mate = any((m, seed) in queued[:k] for m in own)
         jobs.append(Job(f"{method} seed {seed}", single_run_argv(args, method, seed), logs / f"{method}_seed{seed}.log",
-                        ready=partial(any_cycle0_done, lenders) if after_a_mate else None))
+                        ready=partial(any_cycle0_done, lenders) if after_a_mate else None,
+                        seconds=expected_seconds(args, name, method, seed, cfg)))
     return jobs
 
 
-def run_in_window(args: argparse.Namespace, name: str, todo: list[tuple[str, int]],
+def expected_seconds(args: argparse.Namespace, name: str, method: str, seed: int, cfg: RunConfig) -> float | None:
+    """How long the run of (method, seed) is expected to take in the window: the median cost of the
+    method's runs with other seeds (result files in --results and --done) made with this configuration
+    but for the seed, on this device, with as many side by side. None where there is none, or where
+    the run has begun (a resumed run has part of its work done)."""
+    if RunFolder(bench_run_dir(args.work, name, method, seed)).config_path.exists():
+        return None
+    seconds, device = [], None
+    for path in [path for folder in (args.results, args.done) if folder
+                 for path in sorted((folder / name).glob(f"{method}_seed*.json"))]:
+        cost = _cost(path)
+        if cost is None or cost.get("side_by_side") != args.parallel or not made_with(path, cfg, (*LOCAL_KEYS, "seed")):
+            continue
+        device = device or device_name(cfg.train.device)  # CUDA is asked only where a run may count
+        if cost.get("device") == device:
+            seconds.append(cost["wall_seconds"])
+    return float(np.median(seconds)) if seconds else None
+
+
+def _cost(result_file: Path) -> dict | None:
+    """What a result file says its run cost; None for a file that is no result."""
+    try:
+        cost = json.loads(result_file.read_text())["cost"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return cost if isinstance(cost, dict) and isinstance(cost.get("wall_seconds"), (int, float)) else None
+
+
+def run_in_window(args: argparse.Namespace, name: str, todo: list[tuple[str, int, RunConfig]],
                   mates: dict[tuple[str, int], list[str]]) -> int:
     jobs = window_jobs(args, name, todo, mates)
     outcome = run_window(jobs, args.gpu_window, args.parallel, report=lambda line: print(line, flush=True))
     for what, labels in (("finished", outcome.finished), ("failed", outcome.failed),
                          ("stopped at the limit (rerun to resume)", outcome.stopped),
-                         ("not started (rerun to run)", outcome.not_started)):
+                         ("not started (rerun to run)", outcome.not_started),
+                         ("not started, too little time left for them (rerun with more)", outcome.too_long)):
         if labels:
             print(f"[{name}] {what}: {', '.join(labels)}", flush=True)
-    return 1 if outcome.failed else 3 if outcome.stopped or outcome.not_started else 0
+    return 1 if outcome.failed else 3 if outcome.stopped or outcome.not_started or outcome.too_long else 0
 
 
 # where a run of the same configuration may differ: what a resume may change but its cycle count
 LOCAL_KEYS = tuple(key for key in (*COMPUTED_ON_RESUME, *SAVED_ON_RESUME) if key != "active.cycles")
 
 
-def made_with(result_file: Path, cfg: RunConfig) -> bool:
-    """Whether `result_file` exists and holds a run of `cfg` (see LOCAL_KEYS); one made with
-    options this s4al no longer has is not."""
+def made_with(result_file: Path, cfg: RunConfig, may_differ: Collection[str] = LOCAL_KEYS) -> bool:
+    """Whether `result_file` exists and holds a run of `cfg` but for the keys `may_differ`; one made
+    with options this s4al no longer has is not, nor a file that is no result."""
     if not result_file.exists():
         return False
     try:
         made = RunConfig.model_validate(json.loads(result_file.read_text())["config"])
-    except ValidationError:
+    except (ValueError, KeyError, TypeError):  # pydantic's ValidationError is a ValueError
         return False
-    return not config_differences(made, cfg, may_differ=LOCAL_KEYS)
+    return not config_differences(made, cfg, may_differ=may_differ)
 
 
 def all_cycle0_mates(protocol: Protocol, seeds, args: argparse.Namespace, extra: dict) -> dict:
@@ -482,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             todo.append((method, seed, cfg, out))
     if args.gpu_window is not None:
-        return run_in_window(args, name, [(method, seed) for method, seed, _, _ in todo], mates)
+        return run_in_window(args, name, [(method, seed, cfg) for method, seed, cfg, _ in todo], mates)
     failed = []
     for method, seed, cfg, out in todo:
         try:

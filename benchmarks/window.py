@@ -4,7 +4,10 @@ the call returns before the limit and every command that finished has written it
 
 A command can say when it is worth starting (`Job.ready`, e.g. once another has made something it
 can reuse): until then a later ready command takes the free slot in its place, but a slot is never
-left idle for it, so nothing waits on a command that fails or never gets there.
+left idle for it, so nothing waits on a command that fails or never gets there. A command can also
+say how long it is expected to take (`Job.seconds`): it is not started once less time than that is
+left, since an interrupted command's work is lost where its output cannot outlive the window, and
+it would slow the others meanwhile.
 
 Each command runs in its own process group, so an interrupt also reaches its loader workers, and
 on Linux is killed if the window's process dies without stopping it (a SIGKILL from outside)."""
@@ -32,6 +35,7 @@ class Job:
     argv: tuple[str, ...]
     log: Path  # stdout and stderr, appended
     ready: Callable[[], bool] | None = field(default=None, compare=False)  # None: always
+    seconds: float | None = field(default=None, compare=False)  # expected to take; None: unknown
 
 
 @dataclass
@@ -40,6 +44,7 @@ class Outcome:
     failed: list[str] = field(default_factory=list)  # exited with an error before the stop
     stopped: list[str] = field(default_factory=list)  # interrupted at the limit
     not_started: list[str] = field(default_factory=list)
+    too_long: list[str] = field(default_factory=list)  # not started: expected to take longer than was left
 
 
 def stop_grace(seconds: float) -> float:
@@ -66,6 +71,16 @@ def _next(waiting: deque[Job]) -> Job:
     job = next((job for job in waiting if job.ready is None or job.ready()), waiting[0])
     waiting.remove(job)
     return job
+
+
+def _drop_too_long(waiting: deque[Job], left: float, outcome: Outcome, elapsed: float, report) -> None:
+    """Moves the waiting jobs expected to take longer than `left` seconds into `outcome`: they never
+    fit later."""
+    for job in [job for job in waiting if job.seconds is not None and job.seconds > left]:
+        waiting.remove(job)
+        outcome.too_long.append(job.label)
+        report(f"[window {elapsed:.0f} s] {job.label} not started: expected to take {job.seconds:.0f} s, "
+               f"{left:.0f} s left")
 
 
 def _signal(process: subprocess.Popen, sig: int) -> None:
@@ -108,9 +123,9 @@ def _terminate_as_interrupt(signum, frame):
 
 
 def run_window(jobs: list[Job], seconds: float, parallel: int, report=print) -> Outcome:
-    """Runs `jobs` in order (a ready one before one that is not), `parallel` at a time, and returns
-    within `seconds`. Interrupted itself (Ctrl-C), it stops its jobs the same way, within
-    stop_grace(seconds)."""
+    """Runs `jobs` in order (a ready one before one that is not), `parallel` at a time, but for those
+    expected to take longer than is left, and returns within `seconds`. Interrupted itself (Ctrl-C),
+    it stops its jobs the same way, within stop_grace(seconds)."""
     started = time.monotonic()
     grace = stop_grace(seconds)
     deadline = started + seconds
@@ -119,6 +134,7 @@ def run_window(jobs: list[Job], seconds: float, parallel: int, report=print) -> 
     terminate = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if main else None  # e.g. `timeout`
     try:
         while (waiting or running) and time.monotonic() < deadline - grace:
+            _drop_too_long(waiting, deadline - grace - time.monotonic(), outcome, time.monotonic() - started, report)
             while waiting and len(running) < parallel:
                 job = _next(waiting)
                 running[job] = _start(job)

@@ -4,6 +4,7 @@ label_efficiency.py (a time-limited window of runs side by side, skip-if-exists,
 variant, the test split, one cycle 0 for runs that differ only in acquisition), summarize.py (tables, paired differences, the README's table),
 window.py (the scheduler, on plain processes), speed.py --smoke and jpeg_camvid.py."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -112,6 +113,49 @@ def test_a_window_that_stops_runs_says_so_in_its_exit_status_and_names_each_run_
     status = label_efficiency.main(["--protocol", "smoke", "--methods", "sup_10", "--results", str(tmp_path / "r"),
                                     "--work", str(tmp_path / "w"), "--gpu-window", "4"])
     assert status == 3 and not (tmp_path / "r").exists()  # stopped at the limit: no result, not a failure (1)
+
+
+def test_a_window_expects_a_run_to_take_what_the_method_took_with_other_seeds_alike(bench_root, tmp_path):
+    made = json.loads((bench_root / "results" / "smoke" / "sup_10_seed0.json").read_text())
+    took = made["cost"]["wall_seconds"]
+
+    def expected(*flags, seed=1, overrides=None):
+        args = label_efficiency.parse_args(["--protocol", "smoke", "--results", str(bench_root / "results"), "--work",
+                                            str(tmp_path / "work"), "--gpu-window", "60", *flags])
+        cfg = label_efficiency.method_config(label_efficiency.PROTOCOLS["smoke"], label_efficiency.METHODS["sup_10"],
+                                             seed, Path("elsewhere"), Path("weights.pth"), overrides or {})
+        return label_efficiency.expected_seconds(args, "smoke", "sup_10", seed, cfg)
+
+    assert expected("--parallel", "2") == pytest.approx(took)  # seed 0 ran 2 side by side
+    assert expected("--parallel", "1") is None  # alone, it would take another time
+    assert expected("--parallel", "2", overrides={"train": {"lr": 0.02}}) is None  # another configuration
+    done = tmp_path / "done" / "smoke"
+    done.mkdir(parents=True)
+    (done / "sup_10_seed2.json").write_text(json.dumps({**made, "seed": 2, "cost": {**made["cost"], "wall_seconds": 3 * took}}))
+    (done / "sup_10_seed3.json").write_text("{damaged")
+    assert expected("--parallel", "2", "--done", str(tmp_path / "done")) == pytest.approx(2 * took)  # the median
+    begun = label_efficiency.bench_run_dir(tmp_path / "work", "smoke", "sup_10", 1)
+    begun.mkdir(parents=True)
+    RunFolder(begun).save_config(
+        label_efficiency.method_config(label_efficiency.PROTOCOLS["smoke"], label_efficiency.METHODS["sup_10"], 1,
+                                       Path("elsewhere"), Path("weights.pth")))
+    assert expected("--parallel", "2") is None  # begun: part of it is done
+
+
+def test_a_window_leaves_a_run_that_would_not_finish_in_the_time_left_unstarted(bench_root, tmp_path, capsys):
+    made = json.loads((bench_root / "results" / "smoke" / "sup_10_seed0.json").read_text())
+    done = tmp_path / "done" / "smoke"
+    done.mkdir(parents=True)
+    (done / "sup_10_seed0.json").write_text(json.dumps({**made, "cost": {**made["cost"], "wall_seconds": 500.0}}))
+    started = time.monotonic()
+    status = label_efficiency.main(["--protocol", "smoke", "--methods", "sup_10", "--seeds", "1", "--results",
+                                    str(tmp_path / "r"), "--work", str(tmp_path / "w"), "--done", str(tmp_path / "done"),
+                                    "--gpu-window", "60", "--parallel", "2"])
+    assert status == 3 and time.monotonic() - started < 10  # nothing ran, and nothing was waited for
+    out = capsys.readouterr().out
+    assert "sup_10 seed 1 not started: expected to take 500 s, 5" in out
+    assert "not started, too little time left for them (rerun with more): sup_10 seed 1" in out
+    assert not (tmp_path / "w" / "smoke" / "sup_10_seed1").exists()
 
 
 def test_a_set_variant_goes_to_its_own_folder_with_its_overrides(bench_root):
@@ -325,7 +369,9 @@ def test_a_window_starts_a_run_after_its_mate_and_prefers_it_once_the_mates_cycl
         args = label_efficiency.parse_args(["--protocol", "smoke", "--work", str(tmp_path), "--gpu-window", "60", *flags])
         mates = {} if args.no_share_cycle0 else label_efficiency.all_cycle0_mates(
             label_efficiency.PROTOCOLS["smoke"], (0,), args, {})
-        todo = [("s4al", 0), ("region_random_ssl", 0), ("sup_10", 0)]
+        todo = [(method, 0, label_efficiency.method_config(label_efficiency.PROTOCOLS["smoke"],
+                                                           label_efficiency.METHODS[method], 0, Path("x"), Path("w")))
+                for method in ("s4al", "region_random_ssl", "sup_10")]
         return {job.label: job for job in label_efficiency.window_jobs(args, "smoke", todo, mates)}
 
     shared = jobs()
@@ -469,6 +515,20 @@ def test_a_window_starts_a_ready_job_before_one_that_is_not_but_never_leaves_a_s
     assert starts["other"][1] == "False" and starts["user"][1] == "True"  # other took the slot until made existed
     # ... and never, not ready ever, still ran once nothing else was waiting
     assert float(starts["other"][0]) < float(starts["user"][0]) < float(starts["never"][0])
+
+
+def test_a_window_starts_no_job_expected_to_take_longer_than_is_left_and_ends_when_only_such_jobs_wait(tmp_path):
+    sleep = "import time; time.sleep({})"
+    jobs = [python_job(tmp_path, "first", sleep.format(2.0)),  # unknown length
+            dataclasses.replace(python_job(tmp_path, "fits_at_first", sleep.format(0)), seconds=4.0),
+            dataclasses.replace(python_job(tmp_path, "never_fits", sleep.format(60)), seconds=100.0)]
+    seconds, lines = 8.0, []  # 5 s to use (3 s of grace): fits_at_first fits until first has taken 1 s of it
+    started = time.monotonic()
+    outcome = run_window(jobs, seconds, parallel=1, report=lines.append)
+    assert 2.0 <= time.monotonic() - started < 4.0  # it ended with first, not at its limit
+    assert outcome.finished == ["first"] and outcome.too_long == ["never_fits", "fits_at_first"]
+    assert outcome.not_started == outcome.stopped == [] and not jobs[1].log.exists() and not jobs[2].log.exists()
+    assert any("never_fits not started: expected to take 100 s, 5 s left" in line for line in lines)
 
 
 def test_a_window_interrupts_what_runs_at_its_end_and_returns_in_time(tmp_path):
