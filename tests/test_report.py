@@ -27,6 +27,7 @@ from s4al.report.figures import (
 from s4al.report.html import duration, write_report
 from s4al.report.table import write_cycles_csv
 from test_predict_export import cli_app
+from test_status import external_config
 
 FIGURES = ("efficiency", "class_iou", "bought", "regions", "qualitative")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -156,10 +157,33 @@ def test_report_into_a_file_is_an_error_naming_it(run_dir, tmp_path):
 
 def test_report_command_on_a_folder_without_cycles(tmp_path):
     save_config(load_config("demo"), tmp_path / "config.yaml")
-    result = CliRunner().invoke(cli_app(), ["report", str(tmp_path)])
+    result = CliRunner().invoke(cli_app(), ["report", str(tmp_path)], env={"COLUMNS": "500"})
     assert result.exit_code == 1
-    assert result.output.startswith(f"error: {tmp_path}: no finished cycle yet (no cycles/cycle_*.json); a cycle is "
-                                    f"reported once the run has gone on past its questions (`s4al status {tmp_path}`")
+    assert result.output == (f"error: {tmp_path}: no cycle has trained yet; a cycle is reported once it has trained "
+                             f"(`s4al status {tmp_path}` shows the training under way)\n")
+
+
+def test_a_cycle_waiting_for_its_answers_is_reported_with_its_model_and_the_regions_it_asks(tmp_path):
+    """A person answers over days: the report shows the model that asked, and what it asked, meanwhile."""
+    run = tmp_path / "run"
+    with ActiveLearningRun(run, external_config()) as active_run:
+        active_run.run()  # trains cycle 0, asks, and stops: nobody has answered
+        asked = len(active_run.ledger.asked())
+        trained = active_run.phases.metrics(0)
+    miou, labelled = trained["val"]["miou"], trained["labelled_fraction"]
+    assert asked > 0 and not (run / "cycles").exists()
+    page = write_report(run, tmp_path / "report").read_text()
+    assert sorted(p.stem for p in (tmp_path / "report").glob("*.png")) == ["class_iou", "efficiency", "qualitative",
+                                                                         "regions"]
+    assert "What does the network want?: not drawn, no cycle has bought labels yet." in page
+    assert re.search(rf"<div class=\"value\">{100 * miou:.1f}%</div><div class=\"label\">val mIoU of cycle 0, "
+                     rf"asking</div>", page)
+    cells = re.findall(r"<td>(.*?)</td>", page)
+    assert cells[:7] == ["0", f"{100 * labelled:.2f}", f"{trained['labelled_pixels']:,}", f"{asked} asked", "–", "–",
+                         f"{100 * miou:.2f}"]
+    [row] = list(csv.DictReader((tmp_path / "report" / "cycles.csv").open()))
+    assert (row["cycle"], row["regions_bought"], row["pixels_bought"]) == ("0", "", "")
+    assert float(row["val_miou"]) == miou
 
 
 def test_supervised_reference_from_a_number_or_a_result_file(tmp_path):

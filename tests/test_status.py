@@ -58,6 +58,8 @@ def test_a_trained_cycle_not_yet_asked_says_so_and_how_to_go_on_changing_nothing
     before = digest(ledger)
     output = status(run_dir)
     assert "cycle 0 has trained; it scores the pool and asks next." in output
+    row = next(line for line in output.splitlines() if line.count("│") > 2 and line.split("│")[1].strip() == "0")
+    assert row.split("│")[4].strip() == "asks next"  # its model's labelled share and val mIoU beside
     assert f"Continue with `s4al run --resume {run_dir}`." in output and "in use" not in output
     assert digest(ledger) == before and not (run_dir / "queries").exists()
 

@@ -19,10 +19,12 @@ from matplotlib.patches import Patch, Rectangle
 from s4al.errors import S4alError
 from s4al.atomic import output_folder
 from s4al.active.ledger import Ledger, Region
+from s4al.active.phases import CyclePhases
 from s4al.config import RunConfig, load_run_config
 from s4al.data import IGNORE_INDEX, ClassSet, DatasetError, SegmentationDataset, build_dataset
 from s4al.distributed import setup_device
 from s4al.report.predict import class_set, segment
+from s4al.report.status import open_cycle
 from s4al.run_folder import RunFolder
 from s4al.train.checkpoint import load_trained_model
 
@@ -47,8 +49,15 @@ class NotDrawn(Exception):
 
 # ---- reading the run ----------------------------------------------------------------------------
 def read_cycles(run_dir: Path) -> list[dict]:
-    """The per-cycle summaries (cycles/cycle_*.json), in cycle order."""
-    return RunFolder(Path(run_dir)).summaries()
+    """The per-cycle summaries (cycles/cycle_*.json), in cycle order, and after them the cycle that
+    has trained and asks or waits for its answers (status.open_cycle: `asking` instead of `bought`)."""
+    folder = RunFolder(Path(run_dir))
+    summaries = folder.summaries()
+    if not folder.ledger_path.exists():
+        return summaries
+    with Ledger(folder.ledger_path, readonly=True) as ledger, CyclePhases(ledger) as phases:
+        current = open_cycle(ledger, phases)
+    return summaries + [current] if current and current["cycle"] not in [s["cycle"] for s in summaries] else summaries
 
 
 def supervised_reference(value: float | str | Path | None) -> float | None:
@@ -95,14 +104,15 @@ def efficiency_curve(cycles: list[dict], supervised_miou: float | None = None) -
     y = [100 * c["val"]["miou"] for c in cycles]
     ax.plot(x, y, marker="o", markersize=7, linewidth=2, color="C0", label="this run (val)")
     for cycle, xi, yi in zip(cycles, x, y):
-        ax.annotate(f"cycle {cycle['cycle']}\n{yi:.1f}", (xi, yi), xytext=(0, 10), textcoords="offset points",
+        ax.annotate(f"cycle {cycle['cycle']}{', asking' if 'asking' in cycle else ''}\n{yi:.1f}", (xi, yi), xytext=(0, 10), textcoords="offset points",
                     ha="center", va="bottom", fontsize=9)
     if supervised_miou is not None:
         reference = 100 * supervised_miou
         ax.axhline(reference, linestyle="--", color="0.35", label=f"fully supervised ({reference:.1f})")
     ax.set(xlabel="labelled pixels (% of all train pixels)", ylabel="mIoU (%)", title="mIoU vs labelled pixels")
-    ax.margins(x=0.12, y=0.25)
-    ax.set_ylim(bottom=0)
+    ax.margins(x=0.12)
+    top = max(y + ([100 * supervised_miou] if supervised_miou is not None else []))
+    ax.set_ylim(0, 1.2 * top + 3)  # room above the highest point for its label, also for a single point
     fig.legend(loc="outside lower center", ncols=2, frameon=False)
     return fig
 
@@ -128,7 +138,7 @@ def class_iou_bars(cycles: list[dict], names: tuple[str, ...]) -> Figure:
 # ---- (c) what the network bought ------------------------------------------------------------------
 def bought_histogram(cycles: list[dict], classes: ClassSet) -> Figure:
     """One panel per buying cycle: the share of each class (and void) in the bought pixels (Fig. S1)."""
-    buying = [c for c in cycles if sum(c["bought"]["class_pixels"].values())]
+    buying = [c for c in cycles if "bought" in c and sum(c["bought"]["class_pixels"].values())]
     if not buying:
         raise NotDrawn("no cycle has bought labels yet")
     labels = [*classes.names, "void"]
@@ -271,9 +281,8 @@ def save_figures(
     cfg = load_run_config(RunFolder(run_dir).config_path)
     cycles = read_cycles(run_dir)
     if not cycles:
-        raise FileNotFoundError(f"{run_dir}: no finished cycle yet (no cycles/cycle_*.json); a cycle is reported once "
-                                f"the run has gone on past its questions (`s4al status {run_dir}` shows a cycle that "
-                                "waits for answers, with its val mIoU)")
+        raise FileNotFoundError(f"{run_dir}: no cycle has trained yet; a cycle is reported once it has trained "
+                                f"(`s4al status {run_dir}` shows the training under way)")
     last = cycles[-1]["cycle"]
     classes = class_set(cfg.dataset, RunFolder(run_dir).checkpoint_path(last))
     builders: dict[str, Callable[[], Figure]] = {

@@ -12,6 +12,7 @@ import jinja2
 from s4al.run_folder import RunFolder
 from s4al.config import load_run_config
 from s4al.report.figures import read_cycles, save_figures, supervised_reference
+from s4al.report.status import asking_text
 from s4al.report.table import CSV_FILE, cycle_row, write_cycles_csv
 
 REPORT_FILE = "report.html"
@@ -130,10 +131,11 @@ def cycle_table(cycles: list[dict], supervised_miou: float | None) -> tuple[list
     if supervised_miou is not None:
         header.insert(7, "% of supervised")
     rows = []
-    for c in map(cycle_row, cycles):  # the values cycles.csv holds, formatted
+    for cycle, c in zip(cycles, map(cycle_row, cycles)):  # the values cycles.csv holds, formatted
         miou = c["val_miou"]
-        row = [str(c["cycle"]), f"{100 * c['labelled_fraction']:.2f}", f"{c['labelled_pixels']:,}",
-               f"{c['regions_bought']:,}", f"{c['images_bought']:,}", f"{c['pixels_bought']:,}",
+        bought = ([asking_text(cycle["asking"]), "–", "–"] if "asking" in cycle else
+                  [f"{c['regions_bought']:,}", f"{c['images_bought']:,}", f"{c['pixels_bought']:,}"])
+        row = [str(c["cycle"]), f"{100 * c['labelled_fraction']:.2f}", f"{c['labelled_pixels']:,}", *bought,
                f"{100 * miou:.2f}", duration(c["train_seconds"]), duration(c["acquire_seconds"])]
         if supervised_miou is not None:
             row.insert(7, f"{100 * miou / supervised_miou:.1f}")
@@ -145,9 +147,9 @@ def summary_cards(cycles: list[dict], seed: int, dataset: str) -> list[tuple[str
     last = cycles[-1]
     seconds = sum(c.get("train_seconds", 0) + c.get("acquire_seconds", 0) for c in cycles)
     return [
-        ("final val mIoU", f"{100 * last['val']['miou']:.1f}%"),
+        (f"val mIoU of cycle {last['cycle']}{', asking' if 'asking' in last else ''}", f"{100 * last['val']['miou']:.1f}%"),
         ("labelled pixels", f"{100 * last['labelled_fraction']:.2f}%"),
-        ("cycles finished", str(len(cycles))),
+        ("cycles finished", str(sum("bought" in c for c in cycles))),
         ("dataset", dataset),
         ("seed", str(seed)),
         ("train + acquire time", duration(seconds)),

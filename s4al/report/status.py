@@ -35,14 +35,34 @@ def cycle_table(run_dir: Path, summaries: list[dict], ledger: Ledger, phases: Cy
     for s in summaries:
         table.add_row(str(s["cycle"]), f"{100 * s['labelled_fraction']:.2f}", percent(s["val"]["miou"]),
                       str(s["bought"]["regions"]), str(s["bought"]["images"]))
-    waiting = phases.last_cycle()
-    pending = ledger.asked()
-    if phases.phase(waiting) == "answer":  # trained and asked; its summary is written as the run goes on
-        metrics = phases.metrics(waiting)
-        bought = f"{len(pending)} asked" if pending else f"{len(ledger.answered(waiting))} answered"
-        table.add_row(str(waiting), f"{100 * metrics['labelled_fraction']:.2f}", percent(metrics["val"]["miou"]),
-                      bought, "-")
+    current = open_cycle(ledger, phases)
+    if current is not None:
+        table.add_row(str(current["cycle"]), f"{100 * current['labelled_fraction']:.2f}",
+                      percent(current["val"]["miou"]), asking_text(current["asking"]), "-")
     return table
+
+
+def open_cycle(ledger: Ledger, phases: CyclePhases) -> dict | None:
+    """The cycle that has trained and asks next or waits for its answers (its summary is written as
+    the run goes on): its metrics as a summary has them, with `asking` (its phase and the regions
+    asked, answered and skipped so far) in place of what it bought. None where no cycle is so."""
+    cycle = phases.last_cycle()
+    phase = None if cycle is None else phases.phase(cycle)
+    metrics = {} if cycle is None else phases.metrics(cycle)
+    if phase not in ("acquire", "answer") or "val" not in metrics:
+        return None
+    asking = {"phase": phase, "asked": len(ledger.asked(cycle)), "answered": len(ledger.answered(cycle)),
+              "skipped": len(ledger.skipped(cycle))}
+    return {"cycle": cycle, **metrics, "asking": asking}
+
+
+def asking_text(asking: dict) -> str:
+    """What an open cycle has asked so far, in a few words."""
+    if asking["phase"] == "acquire":
+        return "asks next"
+    if asking["asked"]:
+        return f"{asking['asked']} asked"
+    return f"{asking['answered']} answered"
 
 
 def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhases,

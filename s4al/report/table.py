@@ -1,6 +1,6 @@
 """A run's cycles as one CSV row each (report/cycles.csv): the numbers of the cycle summaries
 (cycles/cycle_C.json) a plot or a comparison of runs needs, unformatted: fractions in 0..1,
-seconds, pixel counts."""
+seconds, pixel counts; a cycle still asking has its model's numbers and no purchase yet."""
 
 from __future__ import annotations
 
@@ -23,13 +23,15 @@ def cycle_columns(cycles: list[dict]) -> list[str]:
 
 
 def cycle_row(cycle: dict) -> dict:
-    """One summary's values by column name; a score the cycle lacks (an absent class's IoU) is empty."""
-    bought = cycle["bought"]
+    """One summary's values by column name; a score the cycle lacks (an absent class's IoU), or the
+    purchase of a cycle still asking, is empty."""
+    bought = cycle.get("bought")
     row = {"cycle": cycle["cycle"], "labelled_fraction": cycle["labelled_fraction"],
-           "labelled_pixels": cycle["labelled_pixels"], "regions_bought": bought["regions"],
-           "skipped_regions": bought.get("skipped_regions"), "images_bought": bought["images"],
-           "pixels_bought": sum(bought["class_pixels"].values()),
-           "train_seconds": cycle.get("train_seconds"), "acquire_seconds": cycle.get("acquire_seconds")}
+           "labelled_pixels": cycle["labelled_pixels"], "train_seconds": cycle.get("train_seconds"),
+           "acquire_seconds": cycle.get("acquire_seconds")}
+    if bought is not None:
+        row |= {"regions_bought": bought["regions"], "skipped_regions": bought.get("skipped_regions"),
+                "images_bought": bought["images"], "pixels_bought": sum(bought["class_pixels"].values())}
     for split in ("val", "test"):
         scores = cycle.get(split)
         if scores is not None:
