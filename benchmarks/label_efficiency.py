@@ -6,9 +6,9 @@ One JSON result per (protocol, method, seed) goes to RESULTS/<protocol>/<method>
 existing results are skipped, and each run lives in WORK/<protocol>/<method>_seed<k>/, which a
 rerun resumes (the active-learning run folder checkpoints itself), so a killed benchmark continues
 where it stopped. `--gpu-window SECONDS --parallel K` runs K of them side by side as separate
-processes and stops them before SECONDS; a run is not started there once less time is left than
-the same method took with other seeds (their result files: same configuration but for the seed, on
-this device, as many side by side). `summarize.py` turns the results into tables and plots.
+processes and stops them before SECONDS; a run that would fit a whole window but not the time left
+(by what the same method took with other seeds: `expected_seconds`) is left to the rerun.
+`summarize.py` turns the results into tables and plots.
 
 Same cycle 0: runs of one seed whose configs differ only in what the acquisition reads
 (ACQUISITION_ONLY, e.g. s4al and region_random_ssl) train the identical cycle 0. The first to
@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import subprocess
 import sys
 import time
 import traceback
@@ -46,7 +48,7 @@ from s4al.config import (
     COMPUTED_ON_RESUME, SAVED_ON_RESUME, ConfigError, RunConfig, config_differences, load_config, parse_override,
 )
 from s4al.run_folder import RunFolder
-from window import Job, run_window
+from window import STARTED_AT, Job, run_window
 
 
 @dataclass(frozen=True)
@@ -263,12 +265,24 @@ class Progress:
 
 
 def device_name(device: str) -> str:
-    """The GPU's name when the runs train on one, else the CPU model."""
-    import torch
+    """The name of what the runs train on: the GPU as nvidia-smi names it (so that the window's own
+    process, which starts processes, never initialises CUDA), else the CPU model."""
+    if device == "cpu":
+        return cpu_model()
+    index = device.partition(":")[2] or "0"
+    try:
+        listed = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", index],
+                                capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no NVIDIA GPU here
+        listed = ""
+    return listed or cpu_model()
 
-    if device != "cpu" and torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return cpu_model()
+
+def invocation_seconds(started: float) -> float:
+    """The wall seconds of this run's invocation since `started` (time.perf_counter()), or since
+    its process was started where a window started it (its start-up counts: the device waited)."""
+    window_start = float(os.environ.get(STARTED_AT, "nan"))
+    return max(time.perf_counter() - started, time.time() - window_start if math.isfinite(window_start) else 0.0)
 
 
 def add_wall_seconds(path: Path, seconds: float) -> dict:
@@ -296,7 +310,7 @@ def run_one(name: str, method: str, seed: int, cfg: RunConfig, work: Path, out: 
             adopt_cycle0(run, {f"{m}_seed{seed}": bench_run_dir(work, name, m, seed) for m in mates}, record, label)
             summaries = run.run()
     finally:  # a run interrupted at a time limit is charged too
-        cost = add_wall_seconds(run_dir.with_name(run_dir.name + ".seconds.json"), time.perf_counter() - started)
+        cost = add_wall_seconds(run_dir.with_name(run_dir.name + ".seconds.json"), invocation_seconds(started))
     if len(summaries) != cfg.active.cycles + 1:
         raise RuntimeError(f"{run_dir}: {len(summaries)} of {cfg.active.cycles + 1} cycles finished")
     final = summaries[-1]
@@ -410,15 +424,17 @@ def window_jobs(args: argparse.Namespace, name: str, todo: list[tuple[str, int, 
         after_a_mate = any((m, seed) in queued[:k] for m in own)
         jobs.append(Job(f"{method} seed {seed}", single_run_argv(args, method, seed), logs / f"{method}_seed{seed}.log",
                         ready=partial(any_cycle0_done, lenders) if after_a_mate else None,
-                        seconds=expected_seconds(args, name, method, seed, cfg)))
+                        # one that may resume a mate's cycle 0 takes less by an unknown part
+                        seconds=None if after_a_mate else expected_seconds(args, name, method, seed, cfg)))
     return jobs
 
 
 def expected_seconds(args: argparse.Namespace, name: str, method: str, seed: int, cfg: RunConfig) -> float | None:
-    """How long the run of (method, seed) is expected to take in the window: the median cost of the
-    method's runs with other seeds (result files in --results and --done) made with this configuration
-    but for the seed, on this device, with as many side by side. None where there is none, or where
-    the run has begun (a resumed run has part of its work done)."""
+    """How long the run of (method, seed), training its own cycle 0, is expected to take in the
+    window: the median cost of the method's runs with other seeds (result files in --results and
+    --done) made with this configuration but for the seed, on this device, with as many side by side,
+    a lent cycle 0 counted at its lender's training seconds. None where there is none, or where the
+    run has begun (a resumed run has part of its work done)."""
     if RunFolder(bench_run_dir(args.work, name, method, seed)).config_path.exists():
         return None
     seconds, device = [], None
@@ -427,9 +443,9 @@ def expected_seconds(args: argparse.Namespace, name: str, method: str, seed: int
         cost = _cost(path)
         if cost is None or cost.get("side_by_side") != args.parallel or not made_with(path, cfg, (*LOCAL_KEYS, "seed")):
             continue
-        device = device or device_name(cfg.train.device)  # CUDA is asked only where a run may count
+        device = device or device_name(cfg.train.device)
         if cost.get("device") == device:
-            seconds.append(cost["wall_seconds"])
+            seconds.append(cost["wall_seconds"] + cost.get("cycle0_lender_train_seconds", 0.0))
     return float(np.median(seconds)) if seconds else None
 
 

@@ -5,9 +5,11 @@ the call returns before the limit and every command that finished has written it
 A command can say when it is worth starting (`Job.ready`, e.g. once another has made something it
 can reuse): until then a later ready command takes the free slot in its place, but a slot is never
 left idle for it, so nothing waits on a command that fails or never gets there. A command can also
-say how long it is expected to take (`Job.seconds`): it is not started once less time than that is
-left, since an interrupted command's work is lost where its output cannot outlive the window, and
-it would slow the others meanwhile.
+say how long it is expected to take (`Job.seconds`): one that would fit a whole window but no longer
+fits the time left is not started (a rerun starts it), since an interrupted command's work is lost
+where its output cannot outlive the window, and it would slow the others meanwhile; one longer than
+any window starts, to go on over reruns. Each command finds the time it was started in its
+environment (STARTED_AT, seconds since the epoch), to count its own start-up in what it costs.
 
 Each command runs in its own process group, so an interrupt also reaches its loader workers, and
 on Linux is killed if the window's process dies without stopping it (a SIGKILL from outside)."""
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 POLL_SECONDS = 0.2
+STARTED_AT = "WINDOW_STARTED_AT"
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ def _start(job: Job) -> subprocess.Popen:
         log.write(f"$ {' '.join(job.argv)}\n")
         log.flush()
         return subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, STARTED_AT: repr(time.time())},
                                 preexec_fn=_die_with_the_window if sys.platform == "linux" else None)
 
 
@@ -73,10 +77,10 @@ def _next(waiting: deque[Job]) -> Job:
     return job
 
 
-def _drop_too_long(waiting: deque[Job], left: float, outcome: Outcome, elapsed: float, report) -> None:
-    """Moves the waiting jobs expected to take longer than `left` seconds into `outcome`: they never
-    fit later."""
-    for job in [job for job in waiting if job.seconds is not None and job.seconds > left]:
+def _drop_too_long(waiting: deque[Job], left: float, whole: float, outcome: Outcome, elapsed: float, report) -> None:
+    """Moves the waiting jobs that would fit in `whole` seconds but not in the `left` ones into
+    `outcome`: they never fit later in this window, and a rerun fits them."""
+    for job in [job for job in waiting if job.seconds is not None and left < job.seconds <= whole]:
         waiting.remove(job)
         outcome.too_long.append(job.label)
         report(f"[window {elapsed:.0f} s] {job.label} not started: expected to take {job.seconds:.0f} s, "
@@ -124,7 +128,7 @@ def _terminate_as_interrupt(signum, frame):
 
 def run_window(jobs: list[Job], seconds: float, parallel: int, report=print) -> Outcome:
     """Runs `jobs` in order (a ready one before one that is not), `parallel` at a time, but for those
-    expected to take longer than is left, and returns within `seconds`. Interrupted itself (Ctrl-C),
+    that would fit a rerun and not the time left, and returns within `seconds`. Interrupted itself (Ctrl-C),
     it stops its jobs the same way, within stop_grace(seconds)."""
     started = time.monotonic()
     grace = stop_grace(seconds)
@@ -134,7 +138,8 @@ def run_window(jobs: list[Job], seconds: float, parallel: int, report=print) -> 
     terminate = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if main else None  # e.g. `timeout`
     try:
         while (waiting or running) and time.monotonic() < deadline - grace:
-            _drop_too_long(waiting, deadline - grace - time.monotonic(), outcome, time.monotonic() - started, report)
+            _drop_too_long(waiting, deadline - grace - time.monotonic(), seconds - grace, outcome,
+                           time.monotonic() - started, report)
             while waiting and len(running) < parallel:
                 job = _next(waiting)
                 running[job] = _start(job)
