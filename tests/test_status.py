@@ -17,6 +17,7 @@ from s4al.active.cycle import ActiveLearningRun
 from s4al.active.ledger import Ledger
 from s4al.active.phases import CyclePhases
 from s4al.cli import app
+from s4al.report.figures import read_cycles
 from s4al.run_folder import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,8 +86,21 @@ def test_a_cycle_whose_asked_regions_are_all_answered_keeps_its_row_until_the_ru
     RunFolder(run_dir).unlock()
     output = status(run_dir)
     row = next(line for line in output.splitlines() if line.count("│") > 2 and line.split("│")[1].strip() == "0")
-    assert row.split("│")[4].strip() == f"{len(asked) - 1} answered"
+    assert row.split("│")[4].strip() == f"{len(asked) - 1} answered, 1 skipped"
     assert "every region cycle 0 asked is answered or skipped." in output
+
+
+def test_a_run_stopped_as_it_finished_a_cycle_shows_that_cycle_once(run_dir):
+    with ActiveLearningRun(run_dir) as active_run:
+        active_run.acquire(0)
+        active_run.ledger.answer_many([(r.region_id, np.zeros(r.shape, np.uint8)) for r in active_run.ledger.asked()],
+                                      by="test")
+        active_run._write_summary(0)  # and stopped before the cycle was marked done
+        answered = len(active_run.ledger.answered())
+    RunFolder(run_dir).unlock()
+    rows = [line for line in status(run_dir).splitlines() if line.count("│") > 2 and line.split("│")[1].strip() == "0"]
+    assert len(rows) == 1 and rows[0].split("│")[4].strip() == str(answered)
+    assert [c["cycle"] for c in read_cycles(run_dir)] == [0] and "bought" in read_cycles(run_dir)[0]
 
 
 def run_with_phases(run_dir, cfg, phases_by_cycle):

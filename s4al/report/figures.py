@@ -56,8 +56,8 @@ def read_cycles(run_dir: Path) -> list[dict]:
     if not folder.ledger_path.exists():
         return summaries
     with Ledger(folder.ledger_path, readonly=True) as ledger, CyclePhases(ledger) as phases:
-        current = open_cycle(ledger, phases)
-    return summaries + [current] if current and current["cycle"] not in [s["cycle"] for s in summaries] else summaries
+        current = open_cycle(ledger, phases, [s["cycle"] for s in summaries])
+    return summaries + [current] if current else summaries
 
 
 def supervised_reference(value: float | str | Path | None) -> float | None:
@@ -274,12 +274,12 @@ def qualitative_figure(run_dir: Path, cfg: RunConfig, cycle: int, classes: Class
 
 # ---- all of them ----------------------------------------------------------------------------------
 def save_figures(
-    run_dir: Path, out_dir: Path, supervised_miou: float | None = None
+    run_dir: Path, out_dir: Path, cycles: list[dict], supervised_miou: float | None = None
 ) -> tuple[dict[str, Path], dict[str, str]]:
-    """Draws every figure the run has; returns ({name: PNG path}, {name: why it was not drawn})."""
+    """Draws every figure the run has, its `cycles` as read_cycles reads them; returns ({name: PNG
+    path}, {name: why it was not drawn})."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg = load_run_config(RunFolder(run_dir).config_path)
-    cycles = read_cycles(run_dir)
     if not cycles:
         raise FileNotFoundError(f"{run_dir}: no cycle has trained yet; a cycle is reported once it has trained "
                                 f"(`s4al status {run_dir}` shows the training under way)")

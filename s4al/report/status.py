@@ -5,6 +5,7 @@ bought), the cycle in progress, whether a process is working on the run now, and
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from rich.table import Table
@@ -35,21 +36,22 @@ def cycle_table(run_dir: Path, summaries: list[dict], ledger: Ledger, phases: Cy
     for s in summaries:
         table.add_row(str(s["cycle"]), f"{100 * s['labelled_fraction']:.2f}", percent(s["val"]["miou"]),
                       str(s["bought"]["regions"]), str(s["bought"]["images"]))
-    current = open_cycle(ledger, phases)
+    current = open_cycle(ledger, phases, [s["cycle"] for s in summaries])
     if current is not None:
         table.add_row(str(current["cycle"]), f"{100 * current['labelled_fraction']:.2f}",
                       percent(current["val"]["miou"]), asking_text(current["asking"]), "-")
     return table
 
 
-def open_cycle(ledger: Ledger, phases: CyclePhases) -> dict | None:
+def open_cycle(ledger: Ledger, phases: CyclePhases, summarized: Collection[int]) -> dict | None:
     """The cycle that has trained and asks next or waits for its answers (its summary is written as
     the run goes on): its metrics as a summary has them, with `asking` (its phase and the regions
-    asked, answered and skipped so far) in place of what it bought. None where no cycle is so."""
+    asked, answered and skipped so far) in place of what it bought. None where no cycle is so, or
+    where it is among the `summarized` cycles (a run stopped as it finished the cycle)."""
     cycle = phases.last_cycle()
     phase = None if cycle is None else phases.phase(cycle)
     metrics = {} if cycle is None else phases.metrics(cycle)
-    if phase not in ("acquire", "answer") or "val" not in metrics:
+    if phase not in ("acquire", "answer") or "val" not in metrics or cycle in summarized:
         return None
     asking = {"phase": phase, "asked": len(ledger.asked(cycle)), "answered": len(ledger.answered(cycle)),
               "skipped": len(ledger.skipped(cycle))}
@@ -62,7 +64,9 @@ def asking_text(asking: dict) -> str:
         return "asks next"
     if asking["asked"]:
         return f"{asking['asked']} asked"
-    return f"{asking['answered']} answered"
+    if asking["answered"] or asking["skipped"]:
+        return f"{asking['answered']} answered" + (f", {asking['skipped']} skipped" if asking["skipped"] else "")
+    return "-"  # whole images bought: the summary counts them as the run goes on
 
 
 def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhases,
