@@ -91,6 +91,37 @@ def test_query_asks_label_studio_answers_with_ground_truth_and_the_run_finishes(
             assert np.array_equal(ledger.patch(region), label_of[region.image_id][y0:y1, x0:x1])
 
 
+def ground_truth_export(run_dir, path):
+    """The export of a project holding the run's query package, every task painted with the ground truth."""
+    cfg = external_config()
+    train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
+    label_of = {train_set.image_id(i): train_set.load(i).label for i in range(len(train_set))}
+    tasks = json.loads((run_dir / "queries" / "cycle_0" / "tasks.json").read_text())
+    export = [exported_task(n, t["data"], label_of[t["data"]["image_id"]], train_set.classes.names)
+              for n, t in enumerate(tasks, start=1)]
+    path.write_text(json.dumps(export))
+    return path
+
+
+def test_the_export_of_a_twin_runs_project_is_refused_though_it_asks_the_same_regions(run_dir, tmp_path):
+    """Same config, seed and data in another folder: the same images, boxes and region ids; its
+    tasks carry its run id, so its answers never land in this run as corrections or answers."""
+    twin = tmp_path / "twin" / "run"
+    ActiveLearningRun(twin, external_config())._train(0)
+    invoke("query", run_dir, "--device", "cpu")
+    invoke("query", twin, "--device", "cpu")
+    with ledger_of(run_dir) as ledger, ledger_of(twin) as twin_ledger:
+        assert [(r.image_id, r.box) for r in ledger.asked()] == [(r.image_id, r.box) for r in twin_ledger.asked()]
+    before = (run_dir / "ledger.sqlite").read_bytes()
+    export = ground_truth_export(twin, tmp_path / "twin_export.json")
+    refused = runner.invoke(app, ["import", str(run_dir), str(export)], env=WIDE)
+    assert refused.exit_code == 1 and "a task of another run (run id " in refused.output
+    assert "import the export of this run's own project" in refused.output
+    assert (run_dir / "ledger.sqlite").read_bytes() == before
+    output = invoke("import", twin, export)  # its own run takes it
+    assert "0 regions still asked" in output
+
+
 def test_a_run_with_an_external_annotator_stops_after_asking_and_query_packages_the_questions(run_dir, tmp_path):
     ActiveLearningRun(run_dir).run()
     with ledger_of(run_dir) as ledger, CyclePhases(ledger) as phases:

@@ -27,7 +27,7 @@ import pytest
 from label_studio_sdk import LabelStudio
 
 from conftest import label_state, region_by_id
-from s4al.active.ledger import Ledger
+from s4al.active.ledger import RUN_ID, Ledger
 from s4al.annotation.answers import import_answers
 from s4al.annotation.label_studio import MODEL_VERSION, labelling_config, task
 from s4al.annotation import label_studio_api
@@ -184,12 +184,12 @@ def test_query_sends_the_runs_tasks_to_one_project_once_and_import_takes_its_ans
     package = asking_run / "queries" / "cycle_0"
     sent = sorted(json.loads((package / "tasks.json").read_text()), key=lambda t: t["data"]["image_id"])
     with Ledger(asking_run / "ledger.sqlite", readonly=True) as ledger:
-        recorded = ledger.get_meta(PROJECT_META)
+        recorded, run_id = ledger.get_meta(PROJECT_META), ledger.get_meta(RUN_ID)
         asked = ledger.asked()
     assert recorded["url"] == server.url and f"annotate at {server.url}/projects/{recorded['id']}" in output
     assert f"sent {len(sent)} new tasks" in output and len(sent) > 1
     project = label_studio.projects.get(id=recorded["id"])
-    assert project.title == "run" and project.label_config == (package / "labelling_config.xml").read_text().strip()
+    assert project.title == f"run ({run_id[:8]})" and project.label_config == (package / "labelling_config.xml").read_text().strip()
     assert [t.data for t in project_tasks(label_studio, project.id)] == [t["data"] for t in sent]
 
     code, output = s4al("query", asking_run, "--device", "cpu", "--label-studio", server.url, key=server.token)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 from s4al.active.acquisition import Query, choose_images, choose_regions, score_cells, scoring_workers
 from s4al.active.dataset_changes import DatasetChanges, dataset_changes
 from s4al.active.label_state import LabelState
-from s4al.active.ledger import Ledger, Region, utc_now
+from s4al.active.ledger import RUN_ID, Ledger, Region, utc_now
 from s4al.active.ledger_copy import copy_of
 from s4al.active.oracle import Annotator, GroundTruthOracle
 from s4al.active.phases import CyclePhases
@@ -128,6 +129,8 @@ class ActiveLearningRun(AbstractContextManager):
         self._check_config(ledger)
         self._check_same_images(ledger)
         self._write_splits(ledger)
+        if ledger.get_meta(RUN_ID) is None:  # made before runs had one
+            ledger.set_meta(RUN_ID, uuid.uuid4().hex)
         return ledger
 
     def _make_ledger(self) -> None:
@@ -141,6 +144,7 @@ class ActiveLearningRun(AbstractContextManager):
             ledger.set_meta("classes", list(self.train_set.classes.names))
             ledger.set_meta("seed", self.cfg.seed)
             ledger.set_meta(CONFIG_DIGEST, config_digest(self.folder.config_path))
+            ledger.set_meta(RUN_ID, uuid.uuid4().hex)  # tells this run's answers from a twin's (same seed and data)
         os.replace(building, path)
 
     def _check_config(self, ledger: Ledger) -> None:

@@ -22,8 +22,8 @@ rectangles drawn by hand and files in a PNG folder that are not masks.
 Refused, with nothing written: a run folder in use by another process, an unreadable file, an image
 the run does not have, a class it does not know, a mask of the wrong size or not a PNG, a task
 addressed to a region that was never asked for its image or in another cycle, or whose asked
-rectangle is not where this run asked that region (a task of another run), a region answered by two
-tasks, and a file with nothing to import.
+rectangle is not where this run asked that region, a task of another run (by the run id its task
+carries), a region answered by two tasks, and a file with nothing to import.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s4al.active.ledger import Ledger, LedgerError, Region
+from s4al.active.ledger import RUN_ID, Ledger, LedgerError, Region
 from s4al.active.phases import CyclePhases
 from s4al.active.regions import box_masks
 from s4al.annotation.label_studio import read_export
@@ -166,9 +166,14 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage],
     repainted: dict[int, tuple[str, np.ndarray | None]] = {}
     answers = []
     painted_at: dict[int, str | None] = {}
+    run_id = ledger.get_meta(RUN_ID)
     for image in painted:
         if image.image_id not in sizes:
             problems.append(f"{image.source}: image '{image.image_id}' is not one of this run's train images")
+            continue
+        if image.run_id is not None and run_id is not None and image.run_id != run_id:
+            problems.append(f"{image.source}: a task of another run (run id {image.run_id[:8]}, this run's is "
+                            f"{run_id[:8]}): import the export of this run's own project")
             continue
         region_problems = _region_problems(image, regions)
         addressed = [] if region_problems else _addressed(image, regions, of_image)

@@ -84,9 +84,11 @@ def labelling_config(classes: ClassSet) -> str:
 
 # ---- tasks --------------------------------------------------------------------------------------
 
-def task(image: np.ndarray, regions: Sequence[Region], prediction: np.ndarray, classes: ClassSet) -> dict:
+def task(image: np.ndarray, regions: Sequence[Region], prediction: np.ndarray, classes: ClassSet,
+         run_id: str | None = None) -> dict:
     """The import task of one image: `image` (H, W, 3) uint8, its asked `regions` (of one cycle), and
-    the model's (H, W) class-id `prediction`, pre-annotated inside the regions only."""
+    the model's (H, W) class-id `prediction`, pre-annotated inside the regions only; `run_id`: the
+    run's (ledger meta RUN_ID), which its import checks."""
     height, width = prediction.shape
     inside = box_masks([[region.box for region in regions]], height, width)[0].numpy()
     result = [_asked_rectangle(region, height, width) for region in regions]
@@ -102,6 +104,7 @@ def task(image: np.ndarray, regions: Sequence[Region], prediction: np.ndarray, c
             "image_id": regions[0].image_id,
             "cycle": regions[0].cycle,
             "region_ids": [region.region_id for region in regions],
+            **({"run_id": run_id} if run_id else {}),
         },
         "predictions": [{"model_version": MODEL_VERSION, "result": result}],
     }
@@ -238,9 +241,11 @@ def _painted(item: dict, annotation: dict, where: str, class_names: Sequence[str
     asked_boxes = {region_id: _box(r, where) for region_id, r in rectangles if region_id is not None}
     declined = bool(annotation.get("was_cancelled"))
     paint = _class_map([] if declined else brushes, sizes[image_id], where, class_names)
+    run_id = data.get("run_id")
     return PaintedImage(where, image_id, paint, tuple(region_ids), cycle, declined, asked_boxes,
                         hand_drawn=sum(region_id is None for region_id, _ in rectangles),
-                        painted_at=utc_time(annotation.get("updated_at") or annotation.get("created_at")))
+                        painted_at=utc_time(annotation.get("updated_at") or annotation.get("created_at")),
+                        run_id=run_id if isinstance(run_id, str) else None)
 
 
 def _is_int(value: Any) -> bool:

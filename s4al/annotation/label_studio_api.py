@@ -30,7 +30,7 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.data_manager import Column, Filters, Operator, Type
 
-from s4al.active.ledger import Ledger
+from s4al.active.ledger import RUN_ID, Ledger
 from s4al.annotation.label_studio import json_list_items
 from s4al.atomic import atomic_write
 from s4al.errors import S4alError
@@ -108,7 +108,7 @@ def _new_project_way(run_dir: Path, url: str) -> str:
 def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_key: str | None,
                new_project: bool = False) -> SentTasks:
     """Sends the tasks of the query package in `package_dir` to the run's project on `url`, making
-    it (titled `run_name`, with the package's labelling config) and recording it in `ledger` the
+    it (titled `run_name` and the start of the run's id, with the package's labelling config) and recording it in `ledger` the
     first time, or in place of the run's project with `new_project`; a run's project stays on one
     server until a new one replaces it."""
     url = checked_server(url, api_key)
@@ -118,7 +118,9 @@ def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_k
     with _server_errors(url, project, ledger.run_dir):
         created = project is None
         if created:
-            made = client.projects.create(title=run_name, label_config=(package_dir / "labelling_config.xml").read_text())
+            run_id = ledger.get_meta(RUN_ID)  # apart from a twin run's project of the same folder name
+            title = f"{run_name} ({run_id[:8]})" if run_id else run_name
+            made = client.projects.create(title=title, label_config=(package_dir / "labelling_config.xml").read_text())
             project = Project(url, made.id)
             ledger.set_meta(PROJECT_META, {"url": url, "id": project.id})  # before any upload: one project per run
         else:

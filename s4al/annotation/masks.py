@@ -42,6 +42,7 @@ class PaintedImage:
     asked_boxes: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
     hand_drawn: int = 0  # other rectangles in the answer: drawn by hand, ignored
     painted_at: str | None = None  # when it was last painted (UTC, ISO 8601), where its source tells
+    run_id: str | None = None  # the run whose task it answers (Label Studio tasks made since runs had one)
 
     @cached_property
     def labels(self) -> np.ndarray:

@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from s4al.active.cycle import ActiveLearningRun
-from s4al.active.ledger import Region
+from s4al.active.ledger import RUN_ID, Region
 from s4al.annotation.label_studio import ASKED_COLOUR, labelling_config, task
 from s4al.atomic import output_folder
 from s4al.data.classes import ClassSet
@@ -64,7 +64,8 @@ def write_query_package(active_run: ActiveLearningRun, out_dir: Path) -> QueryPa
             image_id = regions[0].image_id
             Image.fromarray(image).save(out_dir / "images" / f"{image_id}.png")
             _overlay(image, regions).save(out_dir / "overlays" / f"{image_id}.png")
-            tasks.write(("," if number else "") + "\n" + json.dumps(task(image, regions, prediction, classes)))
+            made = task(image, regions, prediction, classes, active_run.ledger.get_meta(RUN_ID))
+            tasks.write(("," if number else "") + "\n" + json.dumps(made))
             entries += [_entry(region, prediction, classes) for region in regions]
         tasks.write("\n]\n")
     entries.sort(key=lambda entry: entry["region_id"])
