@@ -43,7 +43,7 @@ def _umask() -> int:
 
 
 @contextmanager
-def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
+def atomic_write(path: Path, mode: str = "wb", newline: str | None = None) -> Iterator[IO]:
     """Yields an open temp file beside `path` (its own name, so two writers never share one); on
     success it is fsynced and renamed over `path`, on any error removed."""
     path = Path(path)
@@ -51,7 +51,7 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it; mkstemp's 0600 would hide it from others
-        with os.fdopen(fd, mode) as file:
+        with os.fdopen(fd, mode, newline=newline) as file:
             yield file
             file.flush()
             os.fsync(file.fileno())

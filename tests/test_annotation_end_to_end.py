@@ -16,6 +16,7 @@ from conftest import label_state, ledger_of, region_by_id, tiny_config
 from s4al.active.cycle import ActiveLearningRun
 from s4al.active.ledger import Ledger
 from s4al.active.phases import CyclePhases
+from s4al.annotation import package as package_module
 from s4al.annotation.commands import import_answers_command, query, skip
 from s4al.annotation.label_studio import ASKED_COLOUR, labelling_config
 from s4al.data import build_dataset
@@ -250,6 +251,25 @@ def test_a_new_query_removes_the_earlier_packages_images_no_longer_asked_and_kee
         assert sorted(p.stem for p in (out / folder).glob("*.png") if p.stem != "notes") == asked
     assert (out / "images" / "notes.png").read_bytes() == b"the annotator's own file"
     assert image_id not in {t["data"]["image_id"] for t in json.loads((out / "tasks.json").read_text())}
+
+
+def test_a_query_that_fails_part_way_leaves_the_earlier_package_files_whole(run_dir, monkeypatch):
+    invoke("query", run_dir, "--device", "cpu")
+    package = run_dir / "queries" / "cycle_0"
+    before = {name: (package / name).read_bytes() for name in ("tasks.json", "manifest.json", "manifest.csv")}
+    made, task = [], package_module.task
+
+    def failing_task(*args, **kwargs):  # as a Ctrl-C or a full disk would, after the first image
+        if made:
+            raise KeyboardInterrupt
+        made.append(task(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(package_module, "task", failing_task)
+    with pytest.raises(KeyboardInterrupt), ActiveLearningRun(run_dir) as active_run:
+        package_module.write_query_package(active_run, package)
+    assert {name: (package / name).read_bytes() for name in before} == before
+    assert not list(package.glob(".*.tmp"))
 
 
 def test_query_into_a_file_is_an_error_naming_it(run_dir, tmp_path):

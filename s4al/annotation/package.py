@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from s4al.active.cycle import ActiveLearningRun
 from s4al.active.ledger import RUN_ID, Region
 from s4al.annotation.label_studio import ASKED_COLOUR, labelling_config, task
-from s4al.atomic import output_folder
+from s4al.atomic import atomic_write, output_folder
 from s4al.data.classes import ClassSet
 from s4al.inference import inference_batches
 from s4al.tiles import tiled_labels
@@ -56,9 +56,10 @@ def write_query_package(active_run: ActiveLearningRun, out_dir: Path) -> QueryPa
     for folder in ("images", "overlays"):
         output_folder(out_dir / folder)
     classes = active_run.train_set.classes
-    (out_dir / "labelling_config.xml").write_text(labelling_config(classes))
+    with atomic_write(out_dir / "labelling_config.xml", "w") as file:
+        file.write(labelling_config(classes))
     entries = []
-    with open(out_dir / "tasks.json", "w") as tasks:
+    with atomic_write(out_dir / "tasks.json", "w") as tasks:  # an interrupted query leaves the earlier file whole
         tasks.write("[")
         for number, (image, prediction, regions) in enumerate(_predictions(active_run, by_image, active_run.device)):
             image_id = regions[0].image_id
@@ -123,8 +124,9 @@ def _entry(region: Region, prediction: np.ndarray, classes: ClassSet) -> dict:
 
 def _write_manifests(out_dir: Path, entries: list[dict], classes: ClassSet) -> None:
     manifest = {"classes": list(classes.names), "unpainted": 255, "regions": entries}
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    with open(out_dir / "manifest.csv", "w", newline="") as file:
+    with atomic_write(out_dir / "manifest.json", "w") as file:
+        file.write(json.dumps(manifest, indent=2))
+    with atomic_write(out_dir / "manifest.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, CSV_COLUMNS)
         writer.writeheader()
         for entry in entries:
