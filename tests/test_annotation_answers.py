@@ -216,7 +216,7 @@ def test_a_dry_run_reports_what_the_import_then_does_and_writes_nothing(run_dir,
     result = CliRunner().invoke(app, ["import", str(run_dir), str(export), "--dry-run"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert result.output.startswith("Dry run, no answer written; the import would do this:\nanswered 0 regions")
-    assert "skipped 1 regions (of skipped tasks); 1 regions still asked." in result.output  # A2, left unpainted
+    assert "skipped 1 regions of skipped tasks (3); 1 regions still asked." in result.output  # A2, left unpainted
     assert "Continue with" not in result.output
     dry = import_answers(run_dir, export, dry_run=True)
     assert snapshot(run_dir) == before
@@ -371,6 +371,31 @@ def test_a_few_stray_pixels_left_after_erasing_do_not_use_a_region_up(run_dir, t
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert region_by_id(ledger, 1).state == "asked"
         assert label_state(ledger).labelled_pixels == H * W + 100  # image 'c' and A2: nothing of A1
+
+
+def test_a_task_skipped_after_its_answers_were_imported_keeps_them_and_says_so(run_dir, tmp_path):
+    import_answers(run_dir, write_export(tmp_path / "e1.json", painted_at(task_of(1, "a", truth("a"), [1, 2]),
+                                                                          "2026-03-09T10:00:00Z")))
+    before = snapshot(run_dir)
+    skipped = painted_at(task_of(1, "a", truth("a"), [1, 2]), "2026-03-09T11:00:00Z")
+    skipped["annotations"][0]["was_cancelled"] = True  # Skip pressed on the task once imported
+    export = write_export(tmp_path / "e2.json", skipped)
+    result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert ("kept the answers of 2 regions whose task was skipped after they were painted: an answer stays until "
+            "painted otherwise: 1, 2") in result.output
+    assert snapshot(run_dir) == before
+
+
+def test_an_export_with_nothing_submitted_yet_imports_nothing_without_an_error(run_dir, tmp_path):
+    unannotated = task_of(1, "a", truth("a"), [1, 2])
+    unannotated["annotations"] = []
+    export = write_export(tmp_path / "e.json", unannotated)
+    before = snapshot(run_dir)
+    result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
+    assert (result.exit_code, result.output) == (0, f"{export}: no task submitted or skipped yet, nothing to import; "
+                                                    "3 regions still asked.\n")
+    assert snapshot(run_dir) == before
 
 
 def test_a_file_that_answers_nothing_says_why(run_dir, tmp_path):
@@ -741,7 +766,8 @@ REFUSED_EXPORTS = {
         r"task 2 \(image 'zebra'\): image 'zebra' is not one of this run's train images"),
     "a region answered by two tasks": (
         lambda tmp: export(tmp, task_of(1, "b", truth("b"), [3]), task_of(2, "b", truth("b"), [3])),
-        r"task 2 \(image 'b'\): region 3 is answered twice \(also in .*task 1"),
+        r"task 2 \(image 'b'\): region 3 is answered or skipped in two tasks \(also in .*task 1 \(image 'b'\)\): "
+        r"delete one of them in Label Studio \(tasks imported twice\?\)"),
     "a region of another cycle": (
         lambda tmp: export(tmp, cycle_task(5, "b", truth("b"), [3], 1)),
         r"task 5 \(image 'b'\): region 3 was asked in cycle 0, the task is of cycle 1"),

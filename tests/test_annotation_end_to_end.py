@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import label_state, ledger_of, region_by_id, tiny_config
 from s4al.active.cycle import ActiveLearningRun
-from s4al.active.ledger import Ledger
+from s4al.active.ledger import PROJECT_META, Ledger
 from s4al.active.phases import CyclePhases
 from s4al.annotation import package as package_module
 from s4al.annotation.commands import import_answers_command, query, skip
@@ -90,6 +90,14 @@ def test_query_asks_label_studio_answers_with_ground_truth_and_the_run_finishes(
             y0, x0, y1, x1 = region.box
             assert region.answered_by == "label-studio"
             assert np.array_equal(ledger.patch(region), label_of[region.image_id][y0:y1, x0:x1])
+    for item in export:  # a reviewer repaints every task after the run has finished
+        for result in item["annotations"][0]["result"]:
+            if result["type"] == "brushlabels":
+                result["value"]["brushlabels"] = [train_set.classes.names[0]]
+        item["annotations"][0]["updated_at"] = "2030-01-01T00:00:00Z"
+    (tmp_path / "reviewed.json").write_text(json.dumps(export))
+    output = runner.invoke(app, ["import", str(run_dir), str(tmp_path / "reviewed.json")], env=WIDE).output
+    assert "(the new answer replaces the earlier one for the training to come, once the run is given cycle 2)" in output
 
 
 def ground_truth_export(run_dir, path):
@@ -270,6 +278,16 @@ def test_a_query_that_fails_part_way_leaves_the_earlier_package_files_whole(run_
         package_module.write_query_package(active_run, package)
     assert {name: (package / name).read_bytes() for name in before} == before
     assert not list(package.glob(".*.tmp"))
+
+
+def test_a_plain_query_of_a_run_with_a_label_studio_project_points_at_it_not_at_a_second_upload(run_dir):
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        ledger.set_meta(PROJECT_META, {"url": "http://127.0.0.1:8080", "id": 7})
+    output = " ".join(invoke("query", run_dir, "--device", "cpu").split())
+    assert (f"Label Studio: this run's project is http://127.0.0.1:8080/projects/7; send it these tasks with s4al "
+            f"query {run_dir} --label-studio http://127.0.0.1:8080 (importing tasks.json there by hand as well would "
+            "give each region two tasks)") in output
+    assert "import tasks.json into the run's one project" not in output
 
 
 def test_query_into_a_file_is_an_error_naming_it(run_dir, tmp_path):

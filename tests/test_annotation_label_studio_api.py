@@ -53,6 +53,17 @@ def test_a_run_whose_project_is_on_another_server_is_refused_naming_both_ways_on
         f"s4al query {tmp_path} --label-studio http://new:8080 --new-project")
 
 
+def test_this_machine_under_another_name_is_the_same_server_and_another_port_is_not(tmp_path):
+    project = {"url": "http://127.0.0.1:8080", "id": 4}
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.set_meta(PROJECT_META, project)
+        for same in ("http://localhost:8080", "http://[::1]:8080", "http://127.0.0.1:8080"):
+            assert project_on(ledger, same).id == 4
+        for other in ("http://localhost:8081", "https://localhost:8080", "http://10.0.0.1:8080"):
+            with pytest.raises(LabelStudioError, match="this run's tasks go to its project on http://127.0.0.1:8080"):
+                project_on(ledger, other)
+
+
 def test_new_project_without_a_server_is_refused_before_reading_the_run(tmp_path):
     result = CliRunner().invoke(app, ["query", str(tmp_path), "--new-project"], env={"LABEL_STUDIO_API_KEY": "key"})
     assert result.exit_code == 2

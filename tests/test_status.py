@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config
 from s4al.active.cycle import ActiveLearningRun
-from s4al.active.ledger import Ledger
+from s4al.active.ledger import PROJECT_META, Ledger
 from s4al.active.phases import CyclePhases
 from s4al.cli import app
 from s4al.report.figures import read_cycles
@@ -77,6 +77,16 @@ def test_asked_regions_show_as_a_row_and_the_ways_to_answer_them(run_dir):
     assert "Continue with" not in output
 
 
+def test_a_run_with_a_label_studio_project_is_told_to_answer_there(run_dir):
+    with ActiveLearningRun(run_dir) as active_run:
+        active_run.acquire(0)
+        active_run.ledger.set_meta(PROJECT_META, {"url": "http://127.0.0.1:8080", "id": 7})
+    RunFolder(run_dir).unlock()
+    output = " ".join(status(run_dir).split())  # one line, however the terminal wraps it
+    assert (f"answer them in Label Studio, http://127.0.0.1:8080/projects/7 (`s4al query {run_dir} --label-studio "
+            f"http://127.0.0.1:8080` sends a cycle's tasks), then `s4al import {run_dir} --label-studio`") in output
+
+
 def test_a_cycle_whose_asked_regions_are_all_answered_keeps_its_row_until_the_run_goes_on(run_dir):
     with ActiveLearningRun(run_dir) as active_run:
         active_run.acquire(0)
@@ -133,9 +143,9 @@ def test_a_cycle_in_training_says_its_last_evaluation_of_its_epochs(tmp_path):
     finally:
         folder.unlock()
     (run_dir / "metrics.jsonl").write_text(json.dumps(records[0]) + "\n")
-    assert "cycle 1 stopped while training (20 epochs): no evaluation yet." in status(run_dir)
+    assert "cycle 1 stopped while training: no evaluation yet (of 20 epochs)." in status(run_dir)
     new = run_with_phases(tmp_path / "new", cfg, {})  # made, killed before cycle 0 began
-    assert "cycle 0 has not begun training (10 epochs): no evaluation yet." in status(new)
+    assert "cycle 0 has not begun training: no evaluation yet (of 10 epochs)." in status(new)
 
 
 def test_a_finished_run_says_how_to_give_it_more_cycles(tmp_path):

@@ -67,6 +67,9 @@ class ImportReport:
     ignored_pixels: dict[str, int] = field(default_factory=dict)  # image id -> painted pixels outside its regions
     hand_drawn: dict[str, int] = field(default_factory=dict)  # task -> rectangles drawn by hand, ignored
     ignored_files: list[str] = field(default_factory=list)  # names in a PNG folder that are not masks
+    skipped_since: list[int] = field(default_factory=list)  # answered region ids whose task was skipped since
+    # their answer was painted: the answers stay
+    read: int = 0  # tasks (or masks) submitted or skipped in the file, whatever they did
     still_asked: int = 0  # regions of the run still waiting for an answer
 
 
@@ -87,7 +90,7 @@ def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> 
             newly_answered = len(report.answered) - len(report.unskipped)
             report.still_asked = len(ledger.asked()) - newly_answered - len(report.skipped)
         if not answers and not report.skipped:
-            if report.already_imported:
+            if report.already_imported or not report.read:  # nothing new, or nothing submitted yet
                 return report
             raise AnswerError(f"{answers_path}: nothing to answer: {_why_nothing(report)}")
         if dry_run:
@@ -168,6 +171,7 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage],
     painted_at: dict[int, str | None] = {}
     run_id = ledger.get_meta(RUN_ID)
     for image in painted:
+        report.read += 1
         if image.image_id not in sizes:
             problems.append(f"{image.source}: image '{image.image_id}' is not one of this run's train images")
             continue
@@ -187,13 +191,15 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage],
         if image_problems:
             continue
         corrections = _corrections(ledger, image, addressed, report, repainted, problems)
+        report.skipped_since += _skipped_since_answered(image, addressed)
         if addressed and not corrections and not _answers_left(image, addressed):
             report.already_imported += 1
             continue
         image_answers = _answer_image(image, addressed, report) + corrections
         for region_id in [region_id for region_id, _ in image_answers] + _skips(image, addressed, report):
             if region_id in taken:
-                problems.append(f"{image.source}: region {region_id} is answered twice (also in {taken[region_id]})")
+                problems.append(f"{image.source}: region {region_id} is answered or skipped in two tasks (also in "
+                                f"{taken[region_id]}): delete one of them in Label Studio (tasks imported twice?)")
             taken[region_id] = image.source
         answers += image_answers
         painted_at.update((region_id, image.painted_at) for region_id, _ in image_answers)
@@ -334,6 +340,15 @@ def _check_repainted(ledger: Ledger, region: Region, source: str, patch: np.ndar
                           ledger.patch(region) if first is None else first):
         problems.append(f"{source}: region {region.region_id} is painted otherwise than in {first_source}: "
                         "keep one of the two")
+
+
+def _skipped_since_answered(image: PaintedImage, addressed: list[Region]) -> list[int]:
+    """The answered regions of a task skipped after their answer was painted (Skip pressed on a task
+    already imported): its answers stay, and are named."""
+    if not image.declined:
+        return []
+    return [region.region_id for region in addressed if region.state == "answered"
+            and region.painted_at is not None and image.painted_at is not None and image.painted_at > region.painted_at]
 
 
 def _painted_before(image: PaintedImage, region: Region) -> bool:

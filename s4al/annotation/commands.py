@@ -14,7 +14,7 @@ from s4al.run_folder import RunFolder, RunFolderError
 if TYPE_CHECKING:
     from s4al.active.cycle import ActiveLearningRun
     from s4al.annotation.answers import ImportReport
-    from s4al.annotation.label_studio_api import SentTasks
+    from s4al.annotation.label_studio_api import Project, SentTasks
 
 SHOWN_IMAGES = 5  # images named in the summary of ignored pixels
 SHOWN_REGIONS = 10  # region ids named in a line; a large pool's cycle asks thousands
@@ -31,8 +31,8 @@ SendOption = Annotated[Optional[str], typer.Option(
     "(made by the first such query; later cycles go to the same one).")]
 NewProjectOption = Annotated[bool, typer.Option(
     "--new-project", help="With --label-studio: make a new project on URL in place of the run's one (deleted, or on "
-    "another server) and send it every task still asked; import answers left in the old one from its JSON export "
-    "(s4al import RUN_DIR EXPORT.json).")]
+    "another server) and send it every task still asked; import the answers left in the old one from its JSON export "
+    "first (s4al import RUN_DIR EXPORT.json), or their tasks are sent too.")]
 DownloadOption = Annotated[bool, typer.Option(
     "--label-studio", help="Download the full JSON export of the run's Label Studio project (the one "
     "`s4al query --label-studio` sends to) into RUN_DIR/answers/ and import it.")]
@@ -53,7 +53,7 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
     with --label-studio, send the tasks to the run's Label Studio project too.
     If the latest cycle has trained but not asked yet, score the pool and ask first."""
     from s4al.active.cycle import ActiveLearningRun
-    from s4al.annotation.label_studio_api import checked_server, project_on, send_query
+    from s4al.annotation.label_studio_api import checked_server, project_on, recorded_project, send_query
     from s4al.annotation.package import write_query_package
 
     if new_project and label_studio is None:
@@ -70,12 +70,13 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
                 sent = send_query(active_run.ledger, Path(run_dir).resolve().name, package.out_dir, server, api_key,
                                   new_project)
             phase = active_run.phases.phase(cycle)
+            project = recorded_project(active_run.ledger)
     if not package.regions:
         typer.echo(f"{run_dir}: no region waits for an answer (cycle {cycle} is in phase '{phase}'). "
                    f"{next_step(run_dir)}")
         return
     typer.echo(f"{package.regions} asked regions in {package.images} images written to {package.out_dir}:")
-    typer.echo(_sent_lines(run_dir, sent) if sent else _package_lines(run_dir))
+    typer.echo(_sent_lines(run_dir, sent) if sent else _package_lines(run_dir, project))
 
 
 def _asking_cycle(active_run: ActiveLearningRun, run_dir: Path) -> int:
@@ -90,9 +91,14 @@ def _asking_cycle(active_run: ActiveLearningRun, run_dir: Path) -> int:
     return cycle
 
 
-def _package_lines(run_dir: Path) -> str:
-    return (f"  Label Studio: import tasks.json into the run's one project (set up once with labelling_config.xml),\n"
-            f"    or let s4al do it: s4al query {run_dir} --label-studio URL\n"
+def _package_lines(run_dir: Path, project: Project | None) -> str:
+    label_studio = (f"  Label Studio: import tasks.json into the run's one project (set up once with "
+                    f"labelling_config.xml),\n    or let s4al do it: s4al query {run_dir} --label-studio URL\n")
+    if project is not None:
+        label_studio = (f"  Label Studio: this run's project is {project.page}; send it these tasks with s4al query "
+                        f"{run_dir} --label-studio {project.url}\n    (importing tasks.json there by hand as well "
+                        f"would give each region two tasks)\n")
+    return (label_studio +
             f"  any other tool: images/, overlays/ (regions outlined), manifest.csv / manifest.json\n"
             f"Then: s4al import {run_dir} ANSWERS (the project's JSON export, or a folder of IMAGE_ID.png "
             f"class-id masks, 255 = unpainted), s4al skip {run_dir} for regions nobody will answer, "
@@ -103,7 +109,8 @@ def _sent_lines(run_dir: Path, sent: SentTasks) -> str:
     made = "made for this run, " if sent.created else ""
     old = sent.replaced
     replaced = "" if old is None else (f"  in place of project {old.id} on {old.url}: import the answers left there "
-                                       f"from its JSON export with s4al import {run_dir} EXPORT.json\n")
+                                       f"from its JSON export with s4al import {run_dir} EXPORT.json before anyone "
+                                       "paints here (their tasks are here too)\n")
     return (f"  sent {sent.sent} new tasks to Label Studio project {sent.project.id} ({made}{sent.already} "
             f"tasks were there already); annotate at {sent.project.page}\n{replaced}"
             f"Then: s4al import {run_dir} --label-studio, s4al skip {run_dir} for regions nobody will answer, "
@@ -127,11 +134,15 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = N
                 answers = download_export(run_dir, api_key)
                 typer.echo(f"the Label Studio project's export, as received: {answers}")
             report = import_answers(run_dir, answers, dry_run)
+    if not report.read:
+        typer.echo(f"{answers}: no task submitted or skipped yet, nothing to import; {report.still_asked} regions "
+                   "still asked.")
+        return
     if dry_run:
         typer.echo("Dry run, no answer written; the import would do this:")
     typer.echo(f"answered {len(report.answered)} regions ({report.by}), {report.void_pixels} unpainted pixels "
-               f"inside them stored as void; skipped {len(report.skipped)} regions (of skipped tasks); "
-               f"{report.still_asked} regions still asked.")
+               f"inside them stored as void; skipped {len(report.skipped)} regions of skipped tasks"
+               f"{_listed(report.skipped)}; {report.still_asked} regions still asked.")
     for line in _report_lines(run_dir, report):
         typer.echo(line)
     if not report.still_asked and not dry_run:
@@ -149,13 +160,19 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
                      f"{_ids(report.unskipped)}")
     if report.corrected:
         lines.append(f"corrected {len(report.corrected)} regions answered before, painted otherwise now (the new "
-                     f"answer replaces the earlier one for the training to come): {_ids(report.corrected)}")
+                     f"answer replaces the earlier one for the training to come{_after_the_last(run_dir)}): "
+                     f"{_ids(report.corrected)}")
     if report.edits_under_minimum:
         lines.append(f"kept the earlier answers of regions {_shares(report.edits_under_minimum)}, painted otherwise "
                      f"now but under {100 * MIN_PAINTED_SHARE:.0f}%: to correct one, paint at least that much of it")
     if report.skip_kept:
         lines.append(f"left {len(report.skip_kept)} skipped regions skipped: this file paints them, but before they "
-                     f"were skipped (an earlier export or mask?): {_ids(report.skip_kept)}")
+                     "were skipped (by `s4al skip` after the painting, or in an earlier export or mask); to answer "
+                     f"them, save the task again in Label Studio (or write the mask again) and import: "
+                     f"{_ids(report.skip_kept)}")
+    if report.skipped_since:
+        lines.append(f"kept the answers of {len(report.skipped_since)} regions whose task was skipped after they "
+                     f"were painted: an answer stays until painted otherwise: {_ids(report.skipped_since)}")
     if report.outdated:
         lines.append(f"left {len(report.outdated)} answered regions as they are: this file paints them otherwise, "
                      f"but before their answer was painted (an earlier export or mask?): {_ids(report.outdated)}")
@@ -196,15 +213,30 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None) -> None:
 
 def next_step(run_dir: Path) -> str:
     """What to run once no region is left asked."""
+    from s4al.report.status import finished_line
+
+    cycles = _finished_cycles(run_dir)
+    return finished_line(run_dir, cycles) if cycles is not None else f"Continue with `s4al run --resume {run_dir}`."
+
+
+def _finished_cycles(run_dir: Path) -> int | None:
+    """The run's last cycle, if it has finished it; else None."""
     from s4al.active.ledger import Ledger
     from s4al.active.phases import CyclePhases
-    from s4al.report.status import finished_line
 
     folder = RunFolder(run_dir)
     cycles = folder.config().active.cycles
     with Ledger(folder.ledger_file(), readonly=True) as ledger, CyclePhases(ledger) as phases:
-        finished = phases.phase(cycles) == "done"
-    return finished_line(run_dir, cycles) if finished else f"Continue with `s4al run --resume {run_dir}`."
+        return cycles if phases.phase(cycles) == "done" else None
+
+
+def _after_the_last(run_dir: Path) -> str:
+    """For a finished run: when its answers train."""
+    try:
+        cycles = _finished_cycles(run_dir)
+    except RunFolderError:  # a ledger without the run's config: nothing to tell
+        return ""
+    return "" if cycles is None else f", once the run is given cycle {cycles + 1}"
 
 
 def _listed(region_ids: list[int]) -> str:

@@ -24,19 +24,19 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.data_manager import Column, Filters, Operator, Type
 
-from s4al.active.ledger import RUN_ID, Ledger
+from s4al.active.ledger import PROJECT_META, RUN_ID, Ledger
 from s4al.annotation.label_studio import json_list_items
 from s4al.atomic import atomic_write
 from s4al.errors import S4alError
 from s4al.run_folder import RunFolder
 
-PROJECT_META = "label_studio_project"  # {"url": server, "id": project id}
 UPLOAD_BYTES = 50 * 2**20  # the JSON of one upload; Label Studio refuses uploads over 250 MB
 ANSWERS_FOLDER = "answers"  # in the run folder: the exports downloaded, as received
 LISTED_PAGE_TASKS = 10  # tasks per page when listing a project's tasks, each with its image
@@ -49,6 +49,9 @@ SLOW_REQUEST = {"timeout": 600.0}
 
 class LabelStudioError(S4alError):
     """The Label Studio server did not answer, or refused a request."""
+
+
+LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 
 @dataclass(frozen=True)
@@ -95,10 +98,18 @@ def recorded_project(ledger: Ledger) -> Project | None:
 def project_on(ledger: Ledger, url: str) -> Project | None:
     """The run's project, if it has one, which must be on server `url` (no trailing slash)."""
     project = recorded_project(ledger)
-    if project is not None and project.url != url:
+    if project is not None and not _same_server(project.url, url):
         raise LabelStudioError(f"{url}: this run's tasks go to its project on {project.url} ({project.page}); "
                                f"query with --label-studio {project.url}, or {_new_project_way(ledger.run_dir, url)}")
     return project
+
+
+def _same_server(a: str, b: str) -> bool:
+    """Whether server addresses `a` and `b` name one server: the same, or this machine's loopback
+    under two names (localhost, 127.0.0.1, ::1) with the same scheme, port and path."""
+    first, second = urlsplit(a), urlsplit(b)
+    same_place = (first.scheme, first.port, first.path) == (second.scheme, second.port, second.path)
+    return a == b or (same_place and {first.hostname, second.hostname} <= LOOPBACK)
 
 
 def _new_project_way(run_dir: Path, url: str) -> str:

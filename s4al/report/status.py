@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.table import Table
 
 from s4al.active.dataset_changes import dataset_changes
-from s4al.active.ledger import Ledger
+from s4al.active.ledger import PROJECT_META, Ledger
 from s4al.active.phases import CyclePhases
 from s4al.config import RunConfig
 from s4al.data import DatasetError, build_dataset
@@ -62,11 +62,8 @@ def asking_text(asking: dict) -> str:
     """What an open cycle has asked so far, in a few words."""
     if asking["phase"] == "acquire":
         return "asks next"
-    if asking["asked"]:
-        return f"{asking['asked']} asked"
-    if asking["answered"] or asking["skipped"]:
-        return f"{asking['answered']} answered" + (f", {asking['skipped']} skipped" if asking["skipped"] else "")
-    return "-"  # whole images bought: the summary counts them as the run goes on
+    counts = [f"{asking[key]} {key}" for key in ("asked", "answered", "skipped") if asking[key]]
+    return ", ".join(counts) or "-"  # none: whole images bought, which the summary counts as the run goes on
 
 
 def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhases,
@@ -81,7 +78,7 @@ def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhase
     if phase == "done" and cycle == cfg.active.cycles:
         return lines + [finished_line(run_dir, cycle)]
     if pending:
-        return lines + [_waiting(run_dir, len(pending))]
+        return lines + [_waiting(run_dir, len(pending), ledger.get_meta(PROJECT_META))]
     if phase in (None, "train") and metrics_log is not None:
         state = "is training" if holder else "stopped while training" if phase else "has not begun training"
         lines.append(_training(cfg, cycle or 0, metrics_log, state))
@@ -110,10 +107,15 @@ def dataset_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger) -> tuple[list[s
     return lines, bool(changes.refusals)
 
 
-def _waiting(run_dir: Path, asked: int) -> str:
-    return (f"{asked} regions wait for answers; the run goes on when none is left. Either\n"
-            f"  answer them: `s4al query {run_dir}` writes the tasks, `s4al import {run_dir} ANSWERS` "
-            f"reads the answers (a region needs half its pixels painted), or\n"
+def _waiting(run_dir: Path, asked: int, project: dict | None) -> str:
+    """`project`: the run's Label Studio project (ledger meta), if a query has sent tasks to one."""
+    answer = (f"answer them: `s4al query {run_dir}` writes the tasks, `s4al import {run_dir} ANSWERS` "
+              f"reads the answers (a region needs half its pixels painted), or")
+    if project is not None:
+        answer = (f"answer them in Label Studio, {project['url']}/projects/{project['id']} (`s4al query {run_dir} "
+                  f"--label-studio {project['url']}` sends a cycle's tasks), then `s4al import {run_dir} "
+                  f"--label-studio` (a region needs half its pixels painted), or")
+    return (f"{asked} regions wait for answers; the run goes on when none is left. Either\n  {answer}\n"
             f"  skip them: `s4al skip {run_dir}` (every region still asked) or "
             f"`s4al skip {run_dir} --region ID ...`,\n"
             f"then `s4al run --resume {run_dir}` trains the next cycle with what is answered.")
@@ -124,7 +126,7 @@ def _training(cfg: RunConfig, cycle: int, metrics_log: Path, state: str) -> str:
     record = last_evaluation(metrics_log, cycle)
     epochs = cfg.cycle_epochs(cycle)
     if record is None:
-        return f"cycle {cycle} {state} ({epochs} epochs): no evaluation yet."
+        return f"cycle {cycle} {state}: no evaluation yet (of {epochs} epochs)."
     return (f"cycle {cycle} {state}: last evaluated after epoch {record['epoch']} of {epochs}, "
             f"val mIoU {percent(record['miou'])}.")
 
