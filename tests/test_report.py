@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config
 from s4al.active.cycle import ActiveLearningRun
+from s4al.active.ledger import Ledger
 from s4al.cli import app as s4al_app
 from s4al.config import load_config, save_config
 from s4al.data import IGNORE_INDEX
@@ -184,6 +185,10 @@ def test_a_cycle_waiting_for_its_answers_is_reported_with_its_model_and_the_regi
     [row] = list(csv.DictReader((tmp_path / "report" / "cycles.csv").open()))
     assert (row["cycle"], row["regions_bought"], row["pixels_bought"]) == ("0", "", "")
     assert float(row["val_miou"]) == miou
+    with Ledger(run / "ledger.sqlite") as ledger:  # every region answered: the run trains next once resumed
+        ledger.answer_many([(r.region_id, np.zeros(r.shape, np.uint8)) for r in ledger.asked()], by="test")
+    page = write_report(run, tmp_path / "report").read_text()
+    assert "val mIoU of cycle 0, answered</div>" in page and f"<td>{asked} answered</td>" in page
 
 
 def test_supervised_reference_from_a_number_or_a_result_file(tmp_path):

@@ -24,7 +24,7 @@ from s4al.config import RunConfig, load_run_config
 from s4al.data import IGNORE_INDEX, ClassSet, DatasetError, SegmentationDataset, build_dataset
 from s4al.distributed import setup_device
 from s4al.report.predict import class_set, segment
-from s4al.report.status import open_cycle
+from s4al.report.status import open_cycle, open_state
 from s4al.run_folder import RunFolder
 from s4al.train.checkpoint import load_trained_model
 
@@ -104,7 +104,7 @@ def efficiency_curve(cycles: list[dict], supervised_miou: float | None = None) -
     y = [100 * c["val"]["miou"] for c in cycles]
     ax.plot(x, y, marker="o", markersize=7, linewidth=2, color="C0", label="this run (val)")
     for cycle, xi, yi in zip(cycles, x, y):
-        ax.annotate(f"cycle {cycle['cycle']}{', asking' if 'asking' in cycle else ''}\n{yi:.1f}", (xi, yi), xytext=(0, 10), textcoords="offset points",
+        ax.annotate(f"cycle {cycle['cycle']}{open_state(cycle)}\n{yi:.1f}", (xi, yi), xytext=(0, 10), textcoords="offset points",
                     ha="center", va="bottom", fontsize=9)
     if supervised_miou is not None:
         reference = 100 * supervised_miou

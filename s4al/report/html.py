@@ -12,7 +12,7 @@ import jinja2
 from s4al.run_folder import RunFolder
 from s4al.config import load_run_config
 from s4al.report.figures import read_cycles, save_figures, supervised_reference
-from s4al.report.status import asking_text
+from s4al.report.status import asking_text, open_state
 from s4al.report.table import CSV_FILE, cycle_row, write_cycles_csv
 
 REPORT_FILE = "report.html"
@@ -147,7 +147,7 @@ def summary_cards(cycles: list[dict], seed: int, dataset: str) -> list[tuple[str
     last = cycles[-1]
     seconds = sum(c.get("train_seconds", 0) + c.get("acquire_seconds", 0) for c in cycles)
     return [
-        (f"val mIoU of cycle {last['cycle']}{', asking' if 'asking' in last else ''}", f"{100 * last['val']['miou']:.1f}%"),
+        (f"val mIoU of cycle {last['cycle']}{open_state(last)}", f"{100 * last['val']['miou']:.1f}%"),
         ("labelled pixels", f"{100 * last['labelled_fraction']:.2f}%"),
         ("cycles finished", str(sum("bought" in c for c in cycles))),
         ("dataset", dataset),

@@ -58,6 +58,14 @@ def open_cycle(ledger: Ledger, phases: CyclePhases, summarized: Collection[int])
     return {"cycle": cycle, **metrics, "asking": asking}
 
 
+def open_state(cycle: dict) -> str:
+    """', asking' or ', answered' after a cycle's name where it is open (status.open_cycle), else ''."""
+    asking = cycle.get("asking")
+    if asking is None:
+        return ""
+    return ", asking" if asking["phase"] == "acquire" or asking["asked"] else ", answered"
+
+
 def asking_text(asking: dict) -> str:
     """What an open cycle has asked so far, in a few words."""
     if asking["phase"] == "acquire":
