@@ -219,6 +219,12 @@ def test_query_sends_the_runs_tasks_to_one_project_once_and_import_takes_its_ans
             y0, x0, y1, x1 = region.box
             assert np.array_equal(ledger.patch(region), model[y0:y1, x0:x1])
     assert f"answered {len(answered)} regions (label-studio)" in output
+    code, output = s4al("import", asking_run, "--label-studio", "--dry-run", key=server.token)
+    assert code == 0 and len(list((asking_run / "answers").glob("label_studio_*.json"))) == 2  # a dry run keeps both
+    code, output = s4al("import", asking_run, "--label-studio", key=server.token)
+    assert code == 0 and "removed 2 earlier downloads of the project's export" in output
+    (latest,) = (asking_run / "answers").glob("label_studio_*.json")  # each holds the whole project
+    assert latest.name > export.name
 
     label_studio.projects.delete(id=project.id)
     code, output = s4al("import", asking_run, "--label-studio", key=server.token)

@@ -122,7 +122,7 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = N
                            dry_run: DryRunOption = False) -> None:
     """Import painted answers into the run's label ledger; a bad file changes nothing."""
     from s4al.annotation.answers import import_answers
-    from s4al.annotation.label_studio_api import download_export
+    from s4al.annotation.label_studio_api import download_export, remove_earlier_downloads
 
     if (answers is not None) == label_studio:
         raise typer.BadParameter("give ANSWERS (a file or folder) or --label-studio, one of them")
@@ -134,6 +134,7 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = N
                 answers = download_export(run_dir, api_key)
                 typer.echo(f"the Label Studio project's export, as received: {answers}")
             report = import_answers(run_dir, answers, dry_run)
+            removed = remove_earlier_downloads(answers) if label_studio and not dry_run else 0
     if not report.read:
         typer.echo(f"{answers}: no task submitted or skipped yet, nothing to import; {report.still_asked} regions "
                    "still asked.")
@@ -145,6 +146,9 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = N
                f"{_listed(report.skipped)}; {report.still_asked} regions still asked.")
     for line in _report_lines(run_dir, report):
         typer.echo(line)
+    if removed:
+        typer.echo(f"removed {removed} earlier downloads of the project's export from {answers.parent} (this one "
+                   "holds the project as it is now; what they answered is in the run)")
     if not report.still_asked and not dry_run:
         typer.echo(f"Every asked region is answered or skipped. {next_step(run_dir)}")
 

@@ -204,6 +204,16 @@ def download_export(run_dir: Path, api_key: str | None) -> Path:
     return path
 
 
+def remove_earlier_downloads(export: Path) -> int:
+    """Removes the project's exports downloaded into the answers folder before `export`, once it is
+    imported: each is the whole project as it was, and what they answered is in the run (a project
+    exported after every cycle would otherwise keep every image once per import). Returns how many."""
+    earlier = [path for path in export.parent.glob("label_studio_*.json") if path.name < export.name]
+    for path in earlier:
+        path.unlink()
+    return len(earlier)
+
+
 def checked_server(url: str, api_key: str | None) -> str:
     """`url` without a trailing slash, once it reads as a server address and a key is given."""
     if not url.startswith(("http://", "https://")):
