@@ -172,21 +172,14 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage],
     run_id = ledger.get_meta(RUN_ID)
     for image in painted:
         report.read += 1
-        if image.image_id not in sizes:
-            problems.append(f"{image.source}: image '{image.image_id}' is not one of this run's train images")
-            continue
-        if image.run_id is not None and run_id is not None and image.run_id != run_id:
-            problems.append(f"{image.source}: a task of another run (run id {image.run_id[:8]}, this run's is "
-                            f"{run_id[:8]}): import the export of this run's own project")
-            continue
-        region_problems = _region_problems(image, regions)
-        addressed = [] if region_problems else _addressed(image, regions, of_image)
+        image_problems = _region_problems(image, sizes, regions, run_id)
+        addressed = [] if image_problems else _addressed(image, regions, of_image)
         if _imported_before(image, addressed):  # left unread: decoding is most of an import's time
             for region in addressed:  # it paints them as stored
                 _check_repainted(ledger, region, image.source, None, repainted, problems)
             report.already_imported += 1
             continue
-        image_problems = region_problems + _label_problems(image, sizes[image.image_id], num_classes)
+        image_problems = image_problems or _label_problems(image, sizes[image.image_id], num_classes)
         problems += image_problems
         if image_problems:
             continue
@@ -210,7 +203,13 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage],
     return answers, painted_at
 
 
-def _region_problems(image: PaintedImage, regions: dict[int, Region]) -> list[str]:
+def _region_problems(image: PaintedImage, sizes: dict, regions: dict[int, Region], run_id: str | None) -> list[str]:
+    """What is wrong with the image and regions an answer addresses, before its painting is read."""
+    if image.image_id not in sizes:
+        return [f"{image.source}: image '{image.image_id}' is not one of this run's train images"]
+    if image.run_id is not None and run_id is not None and image.run_id != run_id:
+        return [f"{image.source}: a task of another run (run id {image.run_id[:8]}, this run's is {run_id[:8]}): "
+                "import the export of this run's own project"]
     problems = []
     for region_id in image.region_ids or ():
         if region_id not in regions or regions[region_id].image_id != image.image_id:
