@@ -47,7 +47,7 @@ class Outcome:
     failed: list[str] = field(default_factory=list)  # exited with an error before the stop
     stopped: list[str] = field(default_factory=list)  # interrupted at the limit
     not_started: list[str] = field(default_factory=list)
-    too_long: list[str] = field(default_factory=list)  # not started: expected to take longer than was left
+    too_long: list[str] = field(default_factory=list)  # not started: would fit a rerun, not the time left
 
 
 def stop_grace(seconds: float) -> float:
@@ -128,8 +128,8 @@ def _terminate_as_interrupt(signum, frame):
 
 def run_window(jobs: list[Job], seconds: float, parallel: int, report=print) -> Outcome:
     """Runs `jobs` in order (a ready one before one that is not), `parallel` at a time, but for those
-    that would fit a rerun and not the time left, and returns within `seconds`. Interrupted itself (Ctrl-C),
-    it stops its jobs the same way, within stop_grace(seconds)."""
+    that would fit a rerun and not the time left, and returns within `seconds`. Interrupted itself
+    (Ctrl-C), it stops its jobs the same way, within stop_grace(seconds)."""
     started = time.monotonic()
     grace = stop_grace(seconds)
     deadline = started + seconds
