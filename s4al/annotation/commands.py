@@ -111,8 +111,12 @@ def _sent_lines(run_dir: Path, sent: SentTasks) -> str:
     replaced = "" if old is None else (f"  in place of project {old.id} on {old.url}: import the answers left there "
                                        f"from its JSON export with s4al import {run_dir} EXPORT.json before anyone "
                                        "paints here (their tasks are here too)\n")
+    repeated = "" if not sent.repeated else (
+        f"  the project holds {len(sent.repeated)} tasks asking regions another of its tasks asks too (tasks "
+        f"{first_of([str(i) for i in sent.repeated], SHOWN_REGIONS)}): delete them in Label Studio before anyone "
+        "paints them, or each region is painted twice and the import refuses the pair\n")
     return (f"  sent {sent.sent} new tasks to Label Studio project {sent.project.id} ({made}{sent.already} "
-            f"tasks were there already); annotate at {sent.project.page}\n{replaced}"
+            f"tasks were there already); annotate at {sent.project.page}\n{replaced}{repeated}"
             f"Then: s4al import {run_dir} --label-studio, s4al skip {run_dir} for regions nobody will answer, "
             f"and s4al run --resume {run_dir}.")
 

@@ -72,6 +72,7 @@ class SentTasks:
     replaced: Project | None  # the run's project before this query made a new one in its place
     sent: int  # tasks uploaded now
     already: int  # tasks of the package the project held before
+    repeated: tuple[int, ...] = ()  # ids of the project's tasks asking regions an earlier task of it asks too
 
 
 def batches_by_size(items: Iterable[T], size: Callable[[T], int], limit: int) -> Iterator[list[T]]:
@@ -138,11 +139,11 @@ def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_k
             client.projects.get(id=project.id)  # a deleted project answers 404 here, not when listing its tasks
         tasks_file = package_dir / "tasks.json"  # an image in each task: read twice, one task at a time
         asked = [(task["data"]["cycle"], _regions_of(task["data"])) for task in _tasks(tasks_file)]
-        held = _held_regions(client, project, {cycle for cycle, _ in asked})
+        held, repeated = _held_regions(client, project, {cycle for cycle, _ in asked})
         is_new = [held.isdisjoint(regions) for _, regions in asked]
         new_tasks = (task for task, new in zip(_tasks(tasks_file), is_new) if new)
         _upload(client, project, new_tasks, sum(is_new))
-    return SentTasks(project, created, replaced, sum(is_new), len(is_new) - sum(is_new))
+    return SentTasks(project, created, replaced, sum(is_new), len(is_new) - sum(is_new), tuple(repeated))
 
 
 def _tasks(path: Path) -> Iterator[dict]:
@@ -154,16 +155,20 @@ def _regions_of(data: dict) -> set[tuple[int, int]]:
     return {(data.get("cycle"), region_id) for region_id in data.get("region_ids") or ()}
 
 
-def _held_regions(client: LabelStudio, project: Project, cycles: set[int]) -> set[tuple[int, int]]:
-    """The (cycle, region id) pairs of the project's tasks of `cycles`; only these tasks are listed,
-    as each carries its image."""
-    held = set()
+def _held_regions(client: LabelStudio, project: Project, cycles: set[int]) -> tuple[set[tuple[int, int]], list[int]]:
+    """The (cycle, region id) pairs of the project's tasks of `cycles`, and the ids of its tasks that
+    ask a pair an earlier one asks too (the same tasks imported twice: each region would be painted
+    twice, and the two refused at import); only these tasks are listed, as each carries its image."""
+    held, repeated = set(), []
     for cycle in cycles:
         of_cycle = Filters.create(Filters.AND, [Filters.item(Column.data("cycle"), Operator.EQUAL, Type.Number, cycle)])
         for task in client.tasks.list(project=project.id, query=json.dumps({"filters": of_cycle}),
                                       page_size=LISTED_PAGE_TASKS):
-            held |= _regions_of(task.data or {})
-    return held
+            regions = _regions_of(task.data or {})
+            if not held.isdisjoint(regions):
+                repeated.append(task.id)
+            held |= regions
+    return held, repeated
 
 
 def _upload(client: LabelStudio, project: Project, tasks: Iterable[dict], count: int) -> None:
