@@ -26,6 +26,7 @@ from s4al.annotation.answers import import_answers
 from s4al.annotation.label_studio import task
 from s4al.annotation.masks import AnswerError, utc_time
 from s4al.cli import app
+from s4al.config import load_config, save_config
 from s4al.data.classes import ClassSet
 from s4al.run_folder import RunFolderError
 from test_annotation_label_studio import asked_rectangles, exported_task
@@ -387,14 +388,31 @@ def test_a_task_skipped_after_its_answers_were_imported_keeps_them_and_says_so(r
     assert snapshot(run_dir) == before
 
 
+def test_answers_whose_annotation_was_deleted_in_label_studio_stay_and_are_named(run_dir, tmp_path):
+    save_config(load_config("demo"), run_dir / "config.yaml")  # a whole run folder: the import says what comes next
+    import_answers(run_dir, write_export(tmp_path / "e1.json", task_of(1, "a", truth("a"), [1, 2]),
+                                         task_of(2, "b", truth("b"), [3])))
+    deleted = task_of(1, "a", truth("a"), [1, 2])
+    deleted["annotations"] = []  # its annotation deleted in Label Studio; task 2's is there
+    export = write_export(tmp_path / "e2.json", deleted, task_of(2, "b", truth("b"), [3]))
+    before = snapshot(run_dir)
+    result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert ("kept the answers of 2 regions whose task has no annotation in this export any more (deleted in Label "
+            "Studio?): 1, 2") in result.output
+    assert import_answers(run_dir, export).annotation_gone == [1, 2] and snapshot(run_dir) == before
+    only = write_export(tmp_path / "e3.json", deleted)  # the only task: nothing submitted, the answers named still
+    assert "kept the answers of 2 regions whose task" in CliRunner().invoke(app, ["import", str(run_dir), str(only)]).output
+
+
 def test_an_export_with_nothing_submitted_yet_imports_nothing_without_an_error(run_dir, tmp_path):
     unannotated = task_of(1, "a", truth("a"), [1, 2])
     unannotated["annotations"] = []
     export = write_export(tmp_path / "e.json", unannotated)
     before = snapshot(run_dir)
     result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
-    assert (result.exit_code, result.output) == (0, f"{export}: no task submitted or skipped yet, nothing to import; "
-                                                    "3 regions still asked.\n")
+    assert (result.exit_code, result.output) == (0, f"{export}: no task in it is submitted or skipped, nothing to "
+                                                    "import; 3 regions still asked.\n")
     assert snapshot(run_dir) == before
 
 

@@ -69,6 +69,9 @@ class ImportReport:
     ignored_files: list[str] = field(default_factory=list)  # names in a PNG folder that are not masks
     skipped_since: list[int] = field(default_factory=list)  # answered region ids whose task was skipped since
     # their answer was painted: the answers stay
+    unannotated: set[int] = field(default_factory=set)  # region ids of the file's tasks without an annotation
+    annotation_gone: list[int] = field(default_factory=list)  # answered from Label Studio, but only tasks
+    # without an annotation ask them in this export (deleted there since?): the answers stay
     read: int = 0  # tasks (or masks) submitted or skipped in the file, whatever they did
     still_asked: int = 0  # regions of the run still waiting for an answer
 
@@ -148,7 +151,8 @@ def _read(path: Path, class_names: Sequence[str], sizes: dict) -> tuple[Iterable
         raise AnswerError(f"{path}: one PNG; ANSWERS is a folder of IMAGE_ID.png masks or a Label Studio JSON "
                           f"export: give its folder, {path.parent}")
     if path.is_file():
-        return read_export(path, class_names, sizes), ImportReport("label-studio")
+        report = ImportReport("label-studio")
+        return read_export(path, class_names, sizes, report.unannotated), report
     raise AnswerError(f"{path}: no such file or folder")
 
 
@@ -170,10 +174,12 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage],
     answers = []
     painted_at: dict[int, str | None] = {}
     run_id = ledger.get_meta(RUN_ID)
+    annotated: set[int] = set()  # the regions some painting of this file addresses
     for image in painted:
         report.read += 1
         image_problems = _region_problems(image, sizes, regions, run_id)
         addressed = [] if image_problems else _addressed(image, regions, of_image)
+        annotated.update(region.region_id for region in addressed)
         if _imported_before(image, addressed):  # left unread: decoding is most of an import's time
             for region in addressed:  # it paints them as stored
                 _check_repainted(ledger, region, image.source, None, repainted, problems)
@@ -198,6 +204,9 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage],
         painted_at.update((region_id, image.painted_at) for region_id, _ in image_answers)
     for region_id in taken:  # answered by another task of the same image
         report.not_answered.pop(region_id, None)
+    report.annotation_gone = sorted(region_id for region_id in report.unannotated - annotated
+                                    if region_id in regions and regions[region_id].state == "answered"
+                                    and regions[region_id].answered_by == "label-studio")
     if problems:
         raise AnswerError(f"answers refused, nothing written: {first_of(problems, MAX_PROBLEMS_SHOWN, '; ')}")
     return answers, painted_at

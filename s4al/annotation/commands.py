@@ -140,8 +140,10 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = N
             report = import_answers(run_dir, answers, dry_run)
             removed = remove_earlier_downloads(answers) if label_studio and not dry_run else 0
     if not report.read:
-        typer.echo(f"{answers}: no task submitted or skipped yet, nothing to import; {report.still_asked} regions "
-                   "still asked.")
+        typer.echo(f"{answers}: no task in it is submitted or skipped, nothing to import; {report.still_asked} "
+                   "regions still asked.")
+        for line in _report_lines(run_dir, report):
+            typer.echo(line)
         return
     if dry_run:
         typer.echo("Dry run, no answer written; the import would do this:")
@@ -178,6 +180,9 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
                      "were skipped (by `s4al skip` after the painting, or in an earlier export or mask); to answer "
                      f"them, save the task again in Label Studio (or write the mask again) and import: "
                      f"{_ids(report.skip_kept)}")
+    if report.annotation_gone:
+        lines.append(f"kept the answers of {len(report.annotation_gone)} regions whose task has no annotation in this "
+                     f"export any more (deleted in Label Studio?): {_ids(report.annotation_gone)}")
     if report.skipped_since:
         lines.append(f"kept the answers of {len(report.skipped_since)} regions whose task was skipped after they "
                      f"were painted: an answer stays until painted otherwise: {_ids(report.skipped_since)}")
