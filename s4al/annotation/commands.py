@@ -165,30 +165,25 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
         lines.append(f"not answered, under {100 * MIN_PAINTED_SHARE:.0f}% painted, left asked: regions "
                      f"{_shares(report.not_answered)}; paint them and import again, or skip them: "
                      f"{_skip_command(run_dir, list(report.not_answered))}")
-    if report.unskipped:
-        lines.append(f"{len(report.unskipped)} of the regions answered were skipped before (painted since): "
-                     f"{_ids(report.unskipped)}")
-    if report.corrected:
-        lines.append(f"corrected {len(report.corrected)} regions answered before, painted otherwise now (the new "
-                     f"answer replaces the earlier one for the training to come{_after_the_last(run_dir)}): "
-                     f"{_ids(report.corrected)}")
     if report.edits_under_minimum:
         lines.append(f"kept the earlier answers of regions {_shares(report.edits_under_minimum)}, painted otherwise "
                      f"now but under {100 * MIN_PAINTED_SHARE:.0f}%: to correct one, paint at least that much of it")
-    if report.skip_kept:
-        lines.append(f"left {len(report.skip_kept)} skipped regions skipped: this file paints them, but before they "
-                     "were skipped (by `s4al skip` after the painting, or in an earlier export or mask); to answer "
-                     f"them, save the task again in Label Studio (or write the mask again) and import: "
-                     f"{_ids(report.skip_kept)}")
-    if report.annotation_gone:
-        lines.append(f"kept the answers of {len(report.annotation_gone)} regions whose task has no annotation in this "
-                     f"export any more (deleted in Label Studio?): {_ids(report.annotation_gone)}")
-    if report.skipped_since:
-        lines.append(f"kept the answers of {len(report.skipped_since)} regions whose task was skipped after they "
-                     f"were painted: an answer stays until painted otherwise: {_ids(report.skipped_since)}")
-    if report.outdated:
-        lines.append(f"left {len(report.outdated)} answered regions as they are: this file paints them otherwise, "
-                     f"but before their answer was painted (an earlier export or mask?): {_ids(report.outdated)}")
+    named = (  # the regions an import treated other than as asked, each kind with what happened to them
+        (report.unskipped, "{n} of the regions answered were skipped before (painted since)"),
+        (report.corrected, "corrected {n} regions answered before, painted otherwise now (the new answer replaces "
+                           "the earlier one for the training to come" + (_after_the_last(run_dir) if report.corrected
+                                                                       else "") + ")"),
+        (report.skip_kept, "left {n} skipped regions skipped: this file paints them, but before they were skipped "
+                           "(by `s4al skip` after the painting, or in an earlier export or mask); to answer them, "
+                           "save the task again in Label Studio (or write the mask again) and import"),
+        (report.annotation_gone, "kept the answers of {n} regions whose task has no annotation in this export any "
+                                 "more (deleted in Label Studio?)"),
+        (report.skipped_since, "kept the answers of {n} regions whose task was skipped after they were painted: an "
+                               "answer stays until painted otherwise"),
+        (report.outdated, "left {n} answered regions as they are: this file paints them otherwise, but before their "
+                          "answer was painted (an earlier export or mask?)"),
+    )
+    lines += [f"{text.format(n=len(ids))}: {_ids(ids)}" for ids, text in named if ids]
     if report.already_imported:
         what = "tasks" if report.by == "label-studio" else "masks"
         lines.append(f"{report.already_imported} {what} already imported (their regions are answered or skipped): "
