@@ -129,8 +129,8 @@ class ActiveLearningRun(AbstractContextManager):
         self._check_config(ledger)
         self._check_same_images(ledger)
         self._write_splits(ledger)
-        if ledger.get_meta(RUN_ID) is None:  # made before runs had one
-            ledger.set_meta(RUN_ID, uuid.uuid4().hex)
+        if ledger.get_meta(RUN_ID) is None:  # a new run, or one made before runs had an id
+            ledger.set_meta(RUN_ID, uuid.uuid4().hex)  # tells its answers from a twin's (same seed and data)
         return ledger
 
     def _make_ledger(self) -> None:
@@ -144,7 +144,6 @@ class ActiveLearningRun(AbstractContextManager):
             ledger.set_meta("classes", list(self.train_set.classes.names))
             ledger.set_meta("seed", self.cfg.seed)
             ledger.set_meta(CONFIG_DIGEST, config_digest(self.folder.config_path))
-            ledger.set_meta(RUN_ID, uuid.uuid4().hex)  # tells this run's answers from a twin's (same seed and data)
         os.replace(building, path)
 
     def _check_config(self, ledger: Ledger) -> None:

@@ -69,7 +69,6 @@ class ImportReport:
     ignored_files: list[str] = field(default_factory=list)  # names in a PNG folder that are not masks
     skipped_since: list[int] = field(default_factory=list)  # answered region ids whose task was skipped since
     # their answer was painted: the answers stay
-    unannotated: set[int] = field(default_factory=set)  # region ids of the file's tasks without an annotation
     annotation_gone: list[int] = field(default_factory=list)  # answered from Label Studio, but only tasks
     # without an annotation ask them in this export (deleted there since?): the answers stay
     read: int = 0  # tasks (or masks) submitted or skipped in the file, whatever they did
@@ -87,8 +86,9 @@ def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> 
     with folder.locked():  # not while a run writes the ledger, even with nothing to write
         with Ledger(ledger_path, readonly=True) as ledger:  # a refusal must not touch a byte
             sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
-            painted, report = _read(answers_path, ledger.get_meta("classes"), sizes)
-            answers, painted_at = _answers(ledger, painted, report)
+            unannotated: set[int] = set()  # region ids of the file's tasks without an annotation, as read
+            painted, report = _read(answers_path, ledger.get_meta("classes"), sizes, unannotated)
+            answers, painted_at = _answers(ledger, painted, report, unannotated)
             _refuse_label_changes_mid_training(folder, ledger, report, answers_path)
             newly_answered = len(report.answered) - len(report.unskipped)
             report.still_asked = len(ledger.asked()) - newly_answered - len(report.skipped)
@@ -142,8 +142,10 @@ def _not_answered_reason(region_id: int, share: float) -> str:
     return f"region {region_id} is {100 * share:.1f}% painted (an answer needs {100 * MIN_PAINTED_SHARE:.0f}%)"
 
 
-def _read(path: Path, class_names: Sequence[str], sizes: dict) -> tuple[Iterable[PaintedImage], ImportReport]:
-    """The painted images of the answer file or folder, to be read, and the report to fill."""
+def _read(path: Path, class_names: Sequence[str], sizes: dict,
+          unannotated: set[int]) -> tuple[Iterable[PaintedImage], ImportReport]:
+    """The painted images of the answer file or folder, to be read, and the report to fill;
+    `unannotated` collects the regions of an export's tasks without an annotation."""
     if path.is_dir():
         masks, ignored = png_masks(path)
         return read_png_masks(masks), ImportReport("png-folder", ignored_files=ignored)
@@ -151,13 +153,12 @@ def _read(path: Path, class_names: Sequence[str], sizes: dict) -> tuple[Iterable
         raise AnswerError(f"{path}: one PNG; ANSWERS is a folder of IMAGE_ID.png masks or a Label Studio JSON "
                           f"export: give its folder, {path.parent}")
     if path.is_file():
-        report = ImportReport("label-studio")
-        return read_export(path, class_names, sizes, report.unannotated), report
+        return read_export(path, class_names, sizes, unannotated), ImportReport("label-studio")
     raise AnswerError(f"{path}: no such file or folder")
 
 
-def _answers(ledger: Ledger, painted: Iterable[PaintedImage],
-             report: ImportReport) -> tuple[list[tuple[int, np.ndarray]], dict[int, str | None]]:
+def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportReport,
+             unannotated: set[int]) -> tuple[list[tuple[int, np.ndarray]], dict[int, str | None]]:
     """The (region id, label patch) answers of every painted image, and when each was painted; any
     problem refuses the import. Only the patches are kept, so memory does not grow with the images'
     full-size maps."""
@@ -204,7 +205,7 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage],
         painted_at.update((region_id, image.painted_at) for region_id, _ in image_answers)
     for region_id in taken:  # answered by another task of the same image
         report.not_answered.pop(region_id, None)
-    report.annotation_gone = sorted(region_id for region_id in report.unannotated - annotated
+    report.annotation_gone = sorted(region_id for region_id in unannotated - annotated
                                     if region_id in regions and regions[region_id].state == "answered"
                                     and regions[region_id].answered_by == "label-studio")
     if problems:
@@ -311,7 +312,8 @@ def _answer_image(image: PaintedImage, addressed: list[Region], report: ImportRe
 
 
 def _corrections(ledger: Ledger, image: PaintedImage, addressed: list[Region], report: ImportReport,
-                 repainted: dict[int, tuple[str, np.ndarray | None]], problems: list[str]) -> list[tuple[int, np.ndarray]]:
+                 repainted: dict[int, tuple[str, np.ndarray | None]],
+                 problems: list[str]) -> list[tuple[int, np.ndarray]]:
     """The answered regions this answer paints enough, and otherwise than their stored answer: an
     edit made after the import, which replaces it (the next cycle trains with it). Two answers of
     one import painting a region two ways are a problem: taking the one unlike the stored answer

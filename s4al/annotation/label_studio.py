@@ -157,12 +157,13 @@ def read_export(path: Path, class_names: Sequence[str], sizes: Mapping[str, tupl
                 unannotated: set[int] | None = None) -> Iterator[PaintedImage]:
     """The painted class maps of a Label Studio JSON export ("JSON" format: a list of tasks), one
     per task made by `s4al query` with a submitted or skipped annotation; tasks not annotated are
-    left out. A task's brushes are checked here and decoded when its `labels` are first read. The file is parsed one task at a time: a whole project's export carries every image,
-    and memory holds one. `sizes` (image id -> (H, W), the run's images) is checked before a map is
-    allocated, so a task cannot make the reader allocate more than its image. A file whose tasks
-    have no 'annotations' list (every task of an export has one, empty when not annotated) is
-    refused once read: it is a tasks file, not an export. `unannotated` collects the region ids of
-    the tasks left out, as they are read."""
+    left out. A task's brushes are checked here and decoded when its `labels` are first read. The
+    file is parsed one task at a time: a whole project's export carries every image, and memory
+    holds one. `sizes` (image id -> (H, W), the run's images) is checked before a map is allocated,
+    so a task cannot make the reader allocate more than its image. A file whose tasks have no
+    'annotations' list (every task of an export has one, empty when not annotated) is refused once
+    read: it is a tasks file, not an export. `unannotated` collects the region ids of the tasks left
+    out, as they are read."""
     tasks = exported = 0
     for number, item in enumerate(json_list_items(path, "a list of tasks (Label Studio's JSON export)")):
         where = _task_name(path, number, item)

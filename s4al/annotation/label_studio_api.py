@@ -72,7 +72,7 @@ class SentTasks:
     replaced: Project | None  # the run's project before this query made a new one in its place
     sent: int  # tasks uploaded now
     already: int  # tasks of the package the project held before
-    repeated: tuple[int, ...] = ()  # ids of the project's tasks asking regions an earlier task of it asks too
+    repeated: tuple[int, ...]  # ids of the project's tasks asking regions an earlier task of it asks too
 
 
 def batches_by_size(items: Iterable[T], size: Callable[[T], int], limit: int) -> Iterator[list[T]]:
@@ -120,9 +120,9 @@ def _new_project_way(run_dir: Path, url: str) -> str:
 def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_key: str | None,
                new_project: bool = False) -> SentTasks:
     """Sends the tasks of the query package in `package_dir` to the run's project on `url`, making
-    it (titled `run_name` and the start of the run's id, with the package's labelling config) and recording it in `ledger` the
-    first time, or in place of the run's project with `new_project`; a run's project stays on one
-    server until a new one replaces it."""
+    it (titled `run_name` and the start of the run's id, with the package's labelling config) and
+    recording it in `ledger` the first time, or in place of the run's project with `new_project`; a
+    run's project stays on one server until a new one replaces it."""
     url = checked_server(url, api_key)
     replaced = recorded_project(ledger) if new_project else None
     project = None if new_project else project_on(ledger, url)

@@ -104,8 +104,8 @@ def efficiency_curve(cycles: list[dict], supervised_miou: float | None = None) -
     y = [100 * c["val"]["miou"] for c in cycles]
     ax.plot(x, y, marker="o", markersize=7, linewidth=2, color="C0", label="this run (val)")
     for cycle, xi, yi in zip(cycles, x, y):
-        ax.annotate(f"cycle {cycle['cycle']}{open_state(cycle)}\n{yi:.1f}", (xi, yi), xytext=(0, 10), textcoords="offset points",
-                    ha="center", va="bottom", fontsize=9)
+        ax.annotate(f"cycle {cycle['cycle']}{open_state(cycle)}\n{yi:.1f}", (xi, yi), xytext=(0, 10),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=9)
     if supervised_miou is not None:
         reference = 100 * supervised_miou
         ax.axhline(reference, linestyle="--", color="0.35", label=f"fully supervised ({reference:.1f})")
