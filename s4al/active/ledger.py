@@ -507,8 +507,8 @@ class Ledger(RegionsByState, AbstractContextManager):
     def regions(self, cycle: int | None = None, state: str | None = None) -> list[Region]:
         """Regions in region_id order, optionally of one cycle and/or one state."""
         query = (f"SELECT {self._region_columns} FROM regions "
-                 "WHERE (?1 IS NULL OR cycle = ?1) AND (?2 IS NULL OR state = ?2)")
-        rows = self._conn.execute(query + " ORDER BY region_id", (cycle, state))
+                 "WHERE (:cycle IS NULL OR cycle = :cycle) AND (:state IS NULL OR state = :state)")
+        rows = self._conn.execute(query + " ORDER BY region_id", {"cycle": cycle, "state": state})
         return [_region_from_row(row) for row in rows]
 
     # --- regions: answer --------------------------------------------------------------------------
