@@ -122,43 +122,52 @@ def test_ctrl_c_after_the_last_step_still_stops_once_the_final_checkpoint_is_sav
     assert load_checkpoint(tmp_path / "checkpoints" / "cycle_0.pt")["step"] == 4
 
 
+# A script, as the workers of a forkserver or spawn start method (Python 3.14's default) import the
+# main module: the dataset's class is defined at its top, the run under its main guard.
 STOPPED_BY_THE_GROUPS_CTRL_C = """
 import os, signal, sys, time
 sys.path.insert(0, {tests!r})
 import torch.utils.data
 from conftest import ssl_data, tiny_config
+from s4al.data.synthetic import SyntheticStreets
 from s4al.train.trainer import Trainer, TrainingStopped
 
-cfg = tiny_config(train={{"num_workers": 2, "fast": "off", "epochs": 10}})
-data, _ = ssl_data(cfg)
-load, flag = data.dataset.load_image, {flag!r}
+FLAG = {flag!r}
 
-def load_image(index):  # the first unlabelled image a worker reads after step 4: Ctrl-C once the
-    if torch.utils.data.get_worker_info() is not None and os.path.exists(flag + ".armed"):
-        os.rename(flag + ".armed", flag)  # main process has trained the batches ready and waits for this one
-        with open(flag, "w") as f:  # under fork a worker would inherit the trainer's handler; under spawn, Python's
-            f.write("ignored" if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else "handled")
-        time.sleep(3)
-        os.killpg(0, signal.SIGINT)
-        time.sleep(0.5)
-    return load(index)
+
+class CtrlCOnARead(SyntheticStreets):
+    def load_image(self, index):  # the first unlabelled image a worker reads after step 4: Ctrl-C once
+        if torch.utils.data.get_worker_info() is not None and os.path.exists(FLAG + ".armed"):
+            os.rename(FLAG + ".armed", FLAG)  # the main process has trained the batches ready, waits for this one
+            with open(FLAG, "w") as f:  # under fork a worker would inherit the trainer's handler, else Python's
+                f.write("ignored" if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else "handled")
+            time.sleep(3)
+            os.killpg(0, signal.SIGINT)
+            time.sleep(0.5)
+        return super().load_image(index)
+
 
 def progress(info):
     if info["event"] == "step" and info["step"] == 4:
-        open(flag + ".armed", "w").close()
+        open(FLAG + ".armed", "w").close()
 
-data.dataset.load_image = load_image
-try:
-    Trainer(cfg, data, None, {run!r}, progress=progress).fit()
-except TrainingStopped as stopped:
-    print(stopped)
+
+if __name__ == "__main__":
+    cfg = tiny_config(train={{"num_workers": 2, "fast": "off", "epochs": 10}})
+    data, _ = ssl_data(cfg)
+    data.dataset.__class__ = CtrlCOnARead
+    try:
+        Trainer(cfg, data, None, {run!r}, progress=progress).fit()
+    except TrainingStopped as stopped:
+        print(stopped)
 """
 
 
 def test_a_terminals_ctrl_c_reaching_the_loader_workers_too_still_checkpoints_the_step(tmp_path):
-    script = STOPPED_BY_THE_GROUPS_CTRL_C.format(tests=os.path.dirname(__file__), run=str(tmp_path / "run"),
-                                                 flag=str(tmp_path / "interrupted"))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+    script = tmp_path / "stopped_by_ctrl_c.py"
+    script.write_text(STOPPED_BY_THE_GROUPS_CTRL_C.format(tests=os.path.dirname(__file__), run=str(tmp_path / "run"),
+                                                          flag=str(tmp_path / "interrupted")))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
                           start_new_session=True)  # its own process group: the signal reaches it and its workers
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "interrupted").read_text() == "ignored"
