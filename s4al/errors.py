@@ -20,6 +20,11 @@ def first_line(err: BaseException) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
+def counted(n: int, noun: str) -> str:
+    """`n` and a regular noun, plural but for one: "1 region", "3 regions"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def first_of(items: list[str], limit: int = 5, sep: str = ", ") -> str:
     """The first `limit` items for a message, and how many more there are: "a, b (and 3 more)"."""
     more = f" (and {len(items) - limit} more)" if len(items) > limit else ""

@@ -164,7 +164,7 @@ def test_an_older_export_imported_after_a_correction_leaves_the_corrected_answer
         assert region_by_id(ledger, 1).painted_at == "2026-03-10T07:00:00.000001+00:00"
         assert region_by_id(ledger, 2).painted_at == "2026-03-09T22:16:08.728378+00:00"  # as the first export said
     result = CliRunner().invoke(app, ["import", str(run_dir), str(older)], env={"COLUMNS": "250"})
-    assert ("left 1 answered regions as they are: this file paints them otherwise, but before their answer was "
+    assert ("left 1 region answered as before: this file paints them otherwise, but before their answer was "
             "painted (an earlier export or mask?): 1") in result.output
 
 
@@ -217,7 +217,7 @@ def test_a_dry_run_reports_what_the_import_then_does_and_writes_nothing(run_dir,
     result = CliRunner().invoke(app, ["import", str(run_dir), str(export), "--dry-run"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert result.output.startswith("Dry run, no answer written; the import would do this:\nanswered 0 regions")
-    assert "skipped 1 regions of skipped tasks (3); 1 regions still asked." in result.output  # A2, left unpainted
+    assert "skipped 1 region of skipped tasks (3); 1 region still asked." in result.output  # A2, left unpainted
     assert "Continue with" not in result.output
     dry = import_answers(run_dir, export, dry_run=True)
     assert snapshot(run_dir) == before
@@ -333,7 +333,7 @@ def test_a_mask_folder_imported_again_with_one_region_repainted_corrects_that_re
     Image.fromarray(repainted).save(folder / "a.png")
     result = CliRunner().invoke(app, ["import", str(run_dir), str(folder)])
     assert result.exit_code == 0 and "answered 0 regions" in result.output
-    assert "corrected 1 regions answered before, painted otherwise now" in result.output and "): 2\n" in result.output
+    assert "corrected 1 region answered before, painted otherwise now" in result.output and "): 2\n" in result.output
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert (ledger.patch(region_by_id(ledger, 2)) == 0).all()
         assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(truth("a"), A1))
@@ -456,7 +456,7 @@ def test_import_and_skip_name_the_first_ten_regions_of_many(run_of_13, tmp_path)
         f"or skip them: s4al skip {run_of_13} --region ID ... (or every region still asked: s4al skip {run_of_13})")
     skipped = CliRunner().invoke(app, ["skip", str(run_of_13), *(f"--region={k}" for k in range(2, 13))])
     assert skipped.exit_code == 0, skipped.output
-    assert skipped.output == f"skipped 11 regions ({', '.join(map(str, range(2, 12)))} (and 1 more)); 1 regions still asked.\n"
+    assert skipped.output == f"skipped 11 regions ({', '.join(map(str, range(2, 12)))} (and 1 more)); 1 region still asked.\n"
 
 
 def test_a_task_skipped_in_label_studio_skips_its_regions_still_asked(run_dir, tmp_path):
@@ -486,8 +486,8 @@ def test_a_skipped_task_submitted_later_answers_its_regions_and_a_partial_painti
     reopened = write_export(tmp_path / "e3.json", task_of(2, "a", in_box(truth("a"), A1), [1, 2]))
     result = CliRunner().invoke(app, ["import", str(run_dir), str(reopened)], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
-    assert "answered 1 regions" in result.output
-    assert "1 of the regions answered were skipped before (painted since): 1\n" in result.output
+    assert "answered 1 region (" in result.output
+    assert "answered 1 region skipped before (painted since): 1\n" in result.output
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert [(r.region_id, r.state) for r in ledger.regions(0)] == [(1, "answered"), (2, "skipped"), (3, "asked")]
         assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(truth("a"), A1))
@@ -507,7 +507,7 @@ def test_masks_painted_before_a_skip_leave_it_skipped_and_masks_painted_after_an
     report = import_answers(run_dir, folder)
     assert (report.answered, report.unskipped, report.skip_kept) == ([2], [], [1])
     result = CliRunner().invoke(app, ["import", str(run_dir), str(folder)], env={"COLUMNS": "250"})
-    assert "1 masks already imported (their regions are answered or skipped): left alone" in result.output
+    assert "1 mask already imported (their regions are answered or skipped): left alone" in result.output
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert [(r.region_id, r.state) for r in ledger.regions(0)] == [(1, "skipped"), (2, "answered"), (3, "asked")]
     (folder / "a.png").touch()  # painted again, after the skip
@@ -687,7 +687,7 @@ def test_a_png_folder_reads_masks_of_any_suffix_case_and_names_the_other_files_i
     with_files(folder, ".DS_Store", *(f"note{k}.txt" for k in range(6)))
     result = CliRunner().invoke(app, ["import", str(run_dir), str(folder)])
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[1:] == ["ignored 7 files that are not .png masks: .DS_Store, note0.txt, "
+    assert result.output.splitlines()[1:] == ["ignored 7 files, not .png masks: .DS_Store, note0.txt, "
                                               "note1.txt, note2.txt, note3.txt (and 2 more)"]
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert [r.region_id for r in ledger.answered()] == [3]

@@ -208,7 +208,7 @@ def test_resume_with_unanswered_regions_says_how_to_go_on_and_skipping_them_lets
     assert waiting.exit_code == 0, waiting.output
     left = len(asked) - len(answered)
     told = " ".join(waiting.output.split())
-    assert f"{left} regions wait for answers" in told
+    assert f"{left} regions asked, waiting for answers" in told
     assert f"s4al skip {run_dir}" in told and f"s4al import {run_dir}" in told
     assert f"{left} asked" in told  # cycle 0's row in the table, not an empty table
     with ledger_of(run_dir) as ledger, CyclePhases(ledger) as phases:
@@ -240,7 +240,7 @@ def test_skip_refuses_an_answered_region_and_changes_nothing(run_dir):
     with ledger_of(run_dir) as ledger:
         assert region_by_id(ledger, second.region_id).state == "asked"
     done = runner.invoke(s4al, ["skip", str(run_dir), "--region", str(second.region_id)])
-    assert done.exit_code == 0 and f"skipped 1 regions ({second.region_id})" in done.output
+    assert done.exit_code == 0 and f"skipped 1 region ({second.region_id})" in done.output
 
 
 def test_a_new_query_removes_the_earlier_packages_images_no_longer_asked_and_keeps_other_files(run_dir, tmp_path):

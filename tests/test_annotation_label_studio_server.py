@@ -193,7 +193,7 @@ def test_query_sends_the_runs_tasks_to_one_project_once_and_import_takes_its_ans
     assert [t.data for t in project_tasks(label_studio, project.id)] == [t["data"] for t in sent]
 
     code, output = s4al("query", asking_run, "--device", "cpu", "--label-studio", server.url, key=server.token)
-    assert code == 0 and "sent 0 new tasks" in output and f"{len(sent)} tasks were there already" in output
+    assert code == 0 and "sent 0 new tasks" in output and f"{len(sent)} tasks there already" in output
     assert len(project_tasks(label_studio, project.id)) == len(sent) and "another of its tasks" not in output
     label_studio.projects.import_tasks(id=project.id, request=sent[:2])  # tasks.json imported by hand as well
     copies = sorted(t.id for t in project_tasks(label_studio, project.id))[-2:]
@@ -521,9 +521,9 @@ def test_a_person_labels_two_cycles_in_one_label_studio_project_in_a_browser(
 
         output = cli("import", run, export_project(label_studio, project.id, tmp_path / f"export_{cycle}.json"))
         assert "answered 2 regions (label-studio)" in output
-        assert ("1 tasks already imported" in output) == (cycle == 1)
+        assert ("1 task already imported" in output) == (cycle == 1)
         resumed = cli("run", "--resume", run)
-        assert "s4al skip" in resumed and "regions wait for answers" in resumed
+        assert "s4al skip" in resumed and "asked, waiting for answers" in resumed
         assert "skipped " in cli("skip", run)
         cli("run", "--resume", run)
         if cycle == 0:

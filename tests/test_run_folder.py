@@ -319,7 +319,7 @@ def test_a_start_refused_for_its_settings_can_be_corrected_in_the_same_folder(tm
     assert sorted(p.name for p in out.iterdir()) == [".lock", "config.yaml"]  # nothing began
     corrected = runner.invoke(app, command)
     assert corrected.exit_code == 0, corrected.output
-    assert "regions wait for answers" in corrected.output
+    assert "asked, waiting for answers" in corrected.output
     assert RunFolder(out).config_path.read_text() == config_text(external_config())
     again = runner.invoke(app, command)  # now it has begun: refused, not made anew
     assert again.exit_code == 2 and "already holds a run" in " ".join(again.output.replace("│", " ").split())

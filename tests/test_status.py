@@ -73,7 +73,7 @@ def test_asked_regions_show_as_a_row_and_the_ways_to_answer_them(run_dir):
     output = status(run_dir)
     row = next(line for line in output.splitlines() if f"{asked} asked" in line)
     assert row.split("│")[1].strip() == "0"
-    assert f"{asked} regions wait for answers" in output and f"`s4al skip {run_dir}`" in output
+    assert f"{asked} regions asked, waiting for answers" in output and f"`s4al skip {run_dir}`" in output
     assert "Continue with" not in output
 
 

@@ -30,6 +30,7 @@ from s4al import distributed
 from s4al.atomic import atomic_write
 from s4al.config import SAVED_ON_RESUME, RunConfig, config_digest, file_digest, flat_config, nested
 from s4al.data import DatasetError, build_dataset
+from s4al.errors import counted
 from s4al.evaluate import evaluate
 from s4al.model import build_model
 from s4al.run_folder import RunFolder, RunFolderError
@@ -205,7 +206,8 @@ class ActiveLearningRun(AbstractContextManager):
         where = f"train split '{self.cfg.dataset.train_split}'"
         if a.initial == "random":
             if unlabelled:
-                raise DatasetError(f"{where}: {len(unlabelled)} images have no label (e.g. '{unlabelled[0]}'); "
+                raise DatasetError(f"{where}: {counted(len(unlabelled), 'image')} without a label "
+                                   f"(e.g. '{unlabelled[0]}'); "
                                    "set active.initial: labelled to make them the pool")
             return draw_initial(len(self.ids), a.initial_fraction, self.cfg.seed)
         if len(unlabelled) == len(self.ids):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from s4al.active.ledger import ImageRecord
 from s4al.config import RunConfig
 from s4al.data.base import SegmentationDataset
-from s4al.errors import first_of
+from s4al.errors import counted, first_of
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,11 @@ class DatasetChanges:
 
     def text(self) -> str:
         """The additions in words; empty where there are none."""
-        parts = [f"{len(self.added)} images added to the dataset ({len(self.added_labelled)} labelled, "
+        parts = [f"{counted(len(self.added), 'image')} added to the dataset ({len(self.added_labelled)} labelled, "
                  f"{len(self.added_pool)} to the pool: {first_of(self.added)})"] if self.added else []
         if self.masked:
-            parts.append(f"{len(self.masked)} pool images given a mask, labelled whole ({first_of(self.masked)})")
+            parts.append(f"{counted(len(self.masked), 'pool image')} given a mask, labelled whole "
+                         f"({first_of(self.masked)})")
         return "; ".join(parts)
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from s4al.annotation.masks import MIN_PAINTED_SHARE
-from s4al.errors import first_of, user_errors_reported
+from s4al.errors import counted, first_of, user_errors_reported
 from s4al.run_folder import RunFolder, RunFolderError
 
 if TYPE_CHECKING:
@@ -75,7 +75,8 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
         typer.echo(f"{run_dir}: no region waits for an answer (cycle {cycle} is in phase '{phase}'). "
                    f"{next_step(run_dir)}")
         return
-    typer.echo(f"{package.regions} asked regions in {package.images} images written to {package.out_dir}:")
+    typer.echo(f"{counted(package.regions, 'asked region')} in {counted(package.images, 'image')} written to "
+               f"{package.out_dir}:")
     typer.echo(_sent_lines(run_dir, sent) if sent else _package_lines(run_dir, project))
 
 
@@ -112,11 +113,11 @@ def _sent_lines(run_dir: Path, sent: SentTasks) -> str:
                                        f"from its JSON export with s4al import {run_dir} EXPORT.json before anyone "
                                        "paints here (their tasks are here too)\n")
     repeated = "" if not sent.repeated else (
-        f"  the project holds {len(sent.repeated)} tasks asking regions another of its tasks asks too (tasks "
-        f"{first_of([str(i) for i in sent.repeated], SHOWN_REGIONS)}): delete them in Label Studio before anyone "
-        "paints them, or each region is painted twice and the import refuses the pair\n")
-    return (f"  sent {sent.sent} new tasks to Label Studio project {sent.project.id} ({made}{sent.already} "
-            f"tasks were there already); annotate at {sent.project.page}\n{replaced}{repeated}"
+        f"  the project holds {counted(len(sent.repeated), 'task')} asking regions another of its tasks asks too "
+        f"(tasks {first_of([str(i) for i in sent.repeated], SHOWN_REGIONS)}): delete them in Label Studio before "
+        "anyone paints them, or each region is painted twice and the import refuses the pair\n")
+    return (f"  sent {counted(sent.sent, 'new task')} to Label Studio project {sent.project.id} ({made}"
+            f"{counted(sent.already, 'task')} there already); annotate at {sent.project.page}\n{replaced}{repeated}"
             f"Then: s4al import {run_dir} --label-studio, s4al skip {run_dir} for regions nobody will answer, "
             f"and s4al run --resume {run_dir}.")
 
@@ -140,21 +141,22 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = N
             report = import_answers(run_dir, answers, dry_run)
             removed = remove_earlier_downloads(answers) if label_studio and not dry_run else 0
     if not report.read:
-        typer.echo(f"{answers}: no task in it is submitted or skipped, nothing to import; {report.still_asked} "
-                   "regions still asked.")
+        typer.echo(f"{answers}: no task in it is submitted or skipped, nothing to import; "
+                   f"{counted(report.still_asked, 'region')} still asked.")
         for line in _report_lines(run_dir, report):
             typer.echo(line)
         return
     if dry_run:
         typer.echo("Dry run, no answer written; the import would do this:")
-    typer.echo(f"answered {len(report.answered)} regions ({report.by}), {report.void_pixels} unpainted pixels "
-               f"inside them stored as void; skipped {len(report.skipped)} regions of skipped tasks"
-               f"{_listed(report.skipped)}; {report.still_asked} regions still asked.")
+    typer.echo(f"answered {counted(len(report.answered), 'region')} ({report.by}), "
+               f"{counted(report.void_pixels, 'unpainted pixel')} inside them stored as void; skipped "
+               f"{counted(len(report.skipped), 'region')} of skipped tasks{_listed(report.skipped)}; "
+               f"{counted(report.still_asked, 'region')} still asked.")
     for line in _report_lines(run_dir, report):
         typer.echo(line)
     if removed:
-        typer.echo(f"removed {removed} earlier downloads of the project's export from {answers.parent} (this one "
-                   "holds the project as it is now; what they answered is in the run)")
+        typer.echo(f"removed {counted(removed, 'earlier download')} of the project's export from {answers.parent} "
+                   "(this one holds the project as it is now; what they answered is in the run)")
     if not report.still_asked and not dry_run:
         typer.echo(f"Every asked region is answered or skipped. {next_step(run_dir)}")
 
@@ -169,35 +171,35 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
         lines.append(f"kept the earlier answers of regions {_shares(report.edits_under_minimum)}, painted otherwise "
                      f"now but under {100 * MIN_PAINTED_SHARE:.0f}%: to correct one, paint at least that much of it")
     named = (  # the regions an import treated other than as asked, each kind with what happened to them
-        (report.unskipped, "{n} of the regions answered were skipped before (painted since)"),
-        (report.corrected, "corrected {n} regions answered before, painted otherwise now (the new answer replaces "
+        (report.unskipped, "answered {regions} skipped before (painted since)"),
+        (report.corrected, "corrected {regions} answered before, painted otherwise now (the new answer replaces "
                            "the earlier one for the training to come" + (_after_the_last(run_dir) if report.corrected
                                                                        else "") + ")"),
-        (report.skip_kept, "left {n} skipped regions skipped: this file paints them, but before they were skipped "
+        (report.skip_kept, "left {regions} skipped: this file paints them, but before they were skipped "
                            "(by `s4al skip` after the painting, or in an earlier export or mask); to answer them, "
                            "save the task again in Label Studio (or write the mask again) and import"),
-        (report.annotation_gone, "kept the answers of {n} regions whose task has no annotation in this export any "
+        (report.annotation_gone, "kept the answers of {regions} whose task has no annotation in this export any "
                                  "more (deleted in Label Studio?)"),
-        (report.skipped_since, "kept the answers of {n} regions whose task was skipped after they were painted: an "
+        (report.skipped_since, "kept the answers of {regions} whose task was skipped after they were painted: an "
                                "answer stays until painted otherwise"),
-        (report.outdated, "left {n} answered regions as they are: this file paints them otherwise, but before their "
+        (report.outdated, "left {regions} answered as before: this file paints them otherwise, but before their "
                           "answer was painted (an earlier export or mask?)"),
     )
-    lines += [f"{text.format(n=len(ids))}: {_ids(ids)}" for ids, text in named if ids]
+    lines += [f"{text.format(regions=counted(len(ids), 'region'))}: {_ids(ids)}" for ids, text in named if ids]
     if report.already_imported:
-        what = "tasks" if report.by == "label-studio" else "masks"
-        lines.append(f"{report.already_imported} {what} already imported (their regions are answered or skipped): "
-                     "left alone")
+        what = "task" if report.by == "label-studio" else "mask"
+        lines.append(f"{counted(report.already_imported, what)} already imported (their regions are answered or "
+                     "skipped): left alone")
     ignored = report.ignored_pixels
     if ignored:
         most = ", ".join(f"'{i}': {n}" for i, n in sorted(ignored.items(), key=lambda item: -item[1])[:SHOWN_IMAGES])
-        lines.append(f"ignored {sum(ignored.values())} painted pixels outside the regions asked, "
-                     f"in {len(ignored)} images (most in {most})")
+        lines.append(f"ignored {counted(sum(ignored.values()), 'painted pixel')} outside the regions asked, "
+                     f"in {counted(len(ignored), 'image')} (most in {most})")
     if report.hand_drawn:
-        lines.append(f"ignored {sum(report.hand_drawn.values())} rectangles drawn by hand (only painted pixels "
-                     f"count), in {', '.join(list(report.hand_drawn)[:SHOWN_IMAGES])}")
+        lines.append(f"ignored {counted(sum(report.hand_drawn.values()), 'rectangle')} drawn by hand (only painted "
+                     f"pixels count), in {', '.join(list(report.hand_drawn)[:SHOWN_IMAGES])}")
     if report.ignored_files:
-        lines.append(f"ignored {len(report.ignored_files)} files that are not .png masks: "
+        lines.append(f"ignored {counted(len(report.ignored_files), 'file')}, not .png masks: "
                      f"{first_of(report.ignored_files, SHOWN_IMAGES)}")
     return lines
 
@@ -214,7 +216,8 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None) -> None:
             chosen = region or [asked.region_id for asked in ledger.asked()]
             skipped = ledger.skip(chosen, by="s4al skip")
             still_asked = len(ledger.asked())
-    typer.echo(f"skipped {len(skipped)} regions{_listed(skipped)}; {still_asked} regions still asked.")
+    typer.echo(f"skipped {counted(len(skipped), 'region')}{_listed(skipped)}; {counted(still_asked, 'region')} "
+               "still asked.")
     if not still_asked:
         typer.echo(next_step(run_dir))
 

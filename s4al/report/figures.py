@@ -16,7 +16,7 @@ from matplotlib import colormaps, patheffects
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from s4al.errors import S4alError
+from s4al.errors import S4alError, counted
 from s4al.atomic import output_folder
 from s4al.active.ledger import Ledger, Region
 from s4al.active.phases import CyclePhases
@@ -152,7 +152,7 @@ def bought_histogram(cycles: list[dict], classes: ClassSet) -> Figure:
         bars[-1].set_hatch("///")
         bars[-1].set_edgecolor("0.75")
         ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
-        what = f"{bought['regions']} regions" if bought["regions"] else f"{bought['images']} whole images"
+        what = counted(bought["regions"], "region") if bought["regions"] else counted(bought["images"], "whole image")
         ax.set_title(f"cycle {cycle['cycle']}: {what}, {counts.sum():,} pixels", loc="left")
         ax.set_ylabel("% of bought pixels")
         ax.margins(y=0.18)
@@ -202,7 +202,7 @@ def asked_regions(images: list[tuple[str, np.ndarray, list[Region]]], cycle: int
             box = Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=REGION_COLOUR, linewidth=1.6)
             box.set_path_effects(outline)
             ax.add_patch(box)
-        ax.set_title(f"{image_id} ({len(regions)} regions)", fontsize=10)
+        ax.set_title(f"{image_id} ({counted(len(regions), 'region')})", fontsize=10)
     fig.suptitle(f"Regions asked in cycle {cycle}: {len(images)} of the images with the highest-scoring regions "
                  f"({total} regions in all)")
     return fig

@@ -15,6 +15,7 @@ from s4al.active.ledger import PROJECT_META, Ledger
 from s4al.active.phases import CyclePhases
 from s4al.config import RunConfig
 from s4al.data import DatasetError, build_dataset
+from s4al.errors import counted
 from s4al.run_folder import metrics_records
 
 
@@ -123,7 +124,8 @@ def _waiting(run_dir: Path, asked: int, project: dict | None) -> str:
         answer = (f"answer them in Label Studio, {project['url']}/projects/{project['id']} (`s4al query {run_dir} "
                   f"--label-studio {project['url']}` sends a cycle's tasks), then `s4al import {run_dir} "
                   f"--label-studio` (a region needs half its pixels painted), or")
-    return (f"{asked} regions wait for answers; the run goes on when none is left. Either\n  {answer}\n"
+    return (f"{counted(asked, 'region')} asked, waiting for answers; the run goes on when none is left. "
+            f"Either\n  {answer}\n"
             f"  skip them: `s4al skip {run_dir}` (every region still asked) or "
             f"`s4al skip {run_dir} --region ID ...`,\n"
             f"then `s4al run --resume {run_dir}` trains the next cycle with what is answered.")
