@@ -11,6 +11,11 @@
 #
 # Expects data/camvid_jpeg95 (benchmarks/jpeg_camvid.py) and data/mobilenet_v2_imagenet.pth in the
 # repository root; wheels of packages the machine lacks, if any, in .whl/ (installed without an index).
+# For a machine with torch, torchvision and the usual scientific stack but not these, on Python 3.12:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_17_x86_64 -d .whl segmentation-models-pytorch==0.6.0 pydantic==2.14.4 \
+#       pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 \
+#       cityscapesscripts==2.3.0
 # STAGES (default "tests speed compare") picks stages. Runs resume from WORK (default
 # /tmp/gpu_checks_runs), so a second call with STAGES=compare continues them only on the same machine.
 # CUDA_GRAPHS=false runs the comparison with train.cuda_graphs=false, its results and runs named
