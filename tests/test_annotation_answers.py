@@ -459,6 +459,26 @@ def test_import_and_skip_name_the_first_ten_regions_of_many(run_of_13, tmp_path)
     assert skipped.output == f"skipped 11 regions ({', '.join(map(str, range(2, 12)))} (and 1 more)); 1 region still asked.\n"
 
 
+def test_two_copies_of_a_task_submitted_alike_answer_or_skip_their_regions_once(run_dir, tmp_path):
+    skipped_a = [exported_task(task_id, {"image_id": "a", "region_ids": [1, 2]}, truth("a"), names=CLASSES,
+                               was_cancelled=True) for task_id in (3, 4)]
+    export = write_export(tmp_path / "e.json", task_of(1, "b", truth("b"), [3]), task_of(2, "b", truth("b"), [3]),
+                          *skipped_a)  # tasks.json imported twice, each copy submitted (or skipped) alike
+    report = import_answers(run_dir, export)
+    assert (report.answered, report.skipped, report.void_pixels, report.still_asked) == ([3], [1, 2], 0, 0)
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert [r.region_id for r in ledger.answered()] == [3] and [r.region_id for r in ledger.skipped()] == [1, 2]
+        assert np.array_equal(ledger.patch(region_by_id(ledger, 3)), crop(truth("b"), B1))
+    corrected = truth("b")
+    corrected[B1[0]:B1[2], B1[1]:B1[3]] = 1  # a reviewer's fix, made alike in both copies
+    export = write_export(tmp_path / "e2.json", painted_at(task_of(1, "b", corrected, [3]), "2099-01-01T00:00:00Z"),
+                          painted_at(task_of(2, "b", corrected, [3]), "2099-01-01T00:00:01Z"))
+    report = import_answers(run_dir, export)
+    assert (report.corrected, report.answered) == ([3], [])
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert (ledger.patch(region_by_id(ledger, 3)) == 1).all()
+
+
 def test_a_task_skipped_in_label_studio_skips_its_regions_still_asked(run_dir, tmp_path):
     export = write_export(tmp_path / "e.json", task_of(1, "b", truth("b"), [3]),
                           exported_task(2, {"image_id": "a", "region_ids": [1, 2]}, truth("a"), names=CLASSES,
@@ -782,10 +802,15 @@ REFUSED_EXPORTS = {
     "one bad task among good ones": (
         lambda tmp: export(tmp, task_of(1, "b", truth("b"), [3]), task_of(2, "zebra", truth("a"), [1])),
         r"task 2 \(image 'zebra'\): image 'zebra' is not one of this run's train images"),
-    "a region answered by two tasks": (
-        lambda tmp: export(tmp, task_of(1, "b", truth("b"), [3]), task_of(2, "b", truth("b"), [3])),
-        r"task 2 \(image 'b'\): region 3 is answered or skipped in two tasks \(also in .*task 1 \(image 'b'\)\): "
-        r"delete one of them in Label Studio \(tasks imported twice\?\)"),
+    "a region answered by two tasks two ways": (
+        lambda tmp: export(tmp, task_of(1, "b", truth("b"), [3]), task_of(2, "b", truth("a"), [3])),
+        r"task 2 \(image 'b'\): region 3 is answered or skipped otherwise in .*task 1 \(image 'b'\): "
+        r"delete one of the two tasks in Label Studio \(tasks imported twice\?\)"),
+    "a region answered by one task and skipped by another": (
+        lambda tmp: export(tmp, task_of(1, "b", truth("b"), [3]),
+                           exported_task(2, {"image_id": "b", "region_ids": [3]}, truth("b"), names=CLASSES,
+                                         was_cancelled=True)),
+        r"task 2 \(image 'b'\): region 3 is answered or skipped otherwise in .*task 1 \(image 'b'\)"),
     "a region of another cycle": (
         lambda tmp: export(tmp, cycle_task(5, "b", truth("b"), [3], 1)),
         r"task 5 \(image 'b'\): region 3 was asked in cycle 0, the task is of cycle 1"),

@@ -169,7 +169,7 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
     for region in regions.values():
         of_image[region.image_id].append(region)
     problems: list[str] = []
-    taken: dict[int, str] = {}  # region id -> the answer that answered or skipped it
+    taken: dict[int, tuple[str, np.ndarray | None]] = {}  # region id -> the answer taking it, its patch (None: skip)
     # answered region id -> the first answer painting it, its patch (None: the stored answer)
     repainted: dict[int, tuple[str, np.ndarray | None]] = {}
     answers = []
@@ -195,12 +195,9 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
         if addressed and not corrections and not _answers_left(image, addressed):
             report.already_imported += 1
             continue
-        image_answers = _answer_image(image, addressed, report) + corrections
-        for region_id in [region_id for region_id, _ in image_answers] + _skips(image, addressed, report):
-            if region_id in taken:
-                problems.append(f"{image.source}: region {region_id} is answered or skipped in two tasks (also in "
-                                f"{taken[region_id]}): delete one of them in Label Studio (tasks imported twice?)")
-            taken[region_id] = image.source
+        skips = [(region_id, None) for region_id in _skips(image, addressed)]
+        image_answers = _take(image, _answer_image(image, addressed, report) + corrections + skips, regions, taken,
+                              report, problems)
         answers += image_answers
         painted_at.update((region_id, image.painted_at) for region_id, _ in image_answers)
     for region_id in taken:  # answered by another task of the same image
@@ -297,10 +294,6 @@ def _answer_image(image: PaintedImage, addressed: list[Region], report: ImportRe
             report.skip_kept.append(region.region_id)
         elif share >= MIN_PAINTED_SHARE:
             answers.append((region.region_id, patch.copy()))
-            report.answered.append(region.region_id)
-            report.void_pixels += int((patch == UNPAINTED).sum())
-            if region.state == "skipped":
-                report.unskipped.append(region.region_id)
         elif region.state == "asked":
             report.not_answered[region.region_id] = share
     ignored = int(((image.labels != UNPAINTED) & ~addressed_area).sum())
@@ -334,7 +327,6 @@ def _corrections(ledger: Ledger, image: PaintedImage, addressed: list[Region], r
             report.edits_under_minimum[region.region_id] = share
         else:
             corrections.append((region.region_id, patch.copy()))
-    report.corrected += [region_id for region_id, _ in corrections]
     return corrections
 
 
@@ -367,8 +359,36 @@ def _painted_before(image: PaintedImage, region: Region) -> bool:
     return image.painted_at is not None and region.painted_at is not None and image.painted_at <= region.painted_at
 
 
-def _skips(image: PaintedImage, addressed: list[Region], report: ImportReport) -> list[int]:
+def _skips(image: PaintedImage, addressed: list[Region]) -> list[int]:
     """The regions still asked of a task the annotator skipped."""
-    skipped = [region.region_id for region in addressed if image.declined and region.state == "asked"]
-    report.skipped += skipped
-    return skipped
+    return [region.region_id for region in addressed if image.declined and region.state == "asked"]
+
+
+def _take(image: PaintedImage, taken_here: list[tuple[int, np.ndarray | None]], regions: dict[int, Region],
+          taken: dict[int, tuple[str, np.ndarray | None]], report: ImportReport,
+          problems: list[str]) -> list[tuple[int, np.ndarray]]:
+    """The answers (a patch) of one task that no earlier task of the import took, with its skips
+    (None), reported. A region an earlier task took alike is that task again (the same tasks
+    imported twice into Label Studio, both submitted alike) and counts once; taken otherwise, a problem."""
+    answers = []
+    for region_id, patch in taken_here:
+        if region_id in taken:
+            first_source, first = taken[region_id]
+            if (first is None) != (patch is None) or (patch is not None and not np.array_equal(first, patch)):
+                problems.append(f"{image.source}: region {region_id} is answered or skipped otherwise in "
+                                f"{first_source}: delete one of the two tasks in Label Studio (tasks imported twice?)")
+            continue
+        taken[region_id] = (image.source, patch)
+        if patch is None:
+            report.skipped.append(region_id)
+            continue
+        answers.append((region_id, patch))
+        state = regions[region_id].state
+        if state == "answered":
+            report.corrected.append(region_id)
+            continue
+        report.answered.append(region_id)
+        report.void_pixels += int((patch == UNPAINTED).sum())
+        if state == "skipped":
+            report.unskipped.append(region_id)
+    return answers

@@ -115,7 +115,7 @@ def _sent_lines(run_dir: Path, sent: SentTasks) -> str:
     repeated = "" if not sent.repeated else (
         f"  the project holds {counted(len(sent.repeated), 'task')} asking regions another of its tasks asks too "
         f"(tasks {first_of([str(i) for i in sent.repeated], SHOWN_REGIONS)}): delete them in Label Studio before "
-        "anyone paints them, or each region is painted twice and the import refuses the pair\n")
+        "anyone paints them, or each region is painted twice and the import refuses a pair painted two ways\n")
     return (f"  sent {counted(sent.sent, 'new task')} to Label Studio project {sent.project.id} ({made}"
             f"{counted(sent.already, 'task')} there already); annotate at {sent.project.page}\n{replaced}{repeated}"
             f"Then: s4al import {run_dir} --label-studio, s4al skip {run_dir} for regions nobody will answer, "

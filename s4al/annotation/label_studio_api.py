@@ -158,7 +158,8 @@ def _regions_of(data: dict) -> set[tuple[int, int]]:
 def _held_regions(client: LabelStudio, project: Project, cycles: set[int]) -> tuple[set[tuple[int, int]], list[int]]:
     """The (cycle, region id) pairs of the project's tasks of `cycles`, and the ids of its tasks that
     ask a pair an earlier one asks too (the same tasks imported twice: each region would be painted
-    twice, and the two refused at import); only these tasks are listed, as each carries its image."""
+    twice, and the two refused at import unless painted alike); only these tasks are listed, as each
+    carries its image."""
     held, repeated = set(), []
     for cycle in cycles:
         of_cycle = Filters.create(Filters.AND, [Filters.item(Column.data("cycle"), Operator.EQUAL, Type.Number, cycle)])
