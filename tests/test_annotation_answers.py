@@ -164,8 +164,8 @@ def test_an_older_export_imported_after_a_correction_leaves_the_corrected_answer
         assert region_by_id(ledger, 1).painted_at == "2026-03-10T07:00:00.000001+00:00"
         assert region_by_id(ledger, 2).painted_at == "2026-03-09T22:16:08.728378+00:00"  # as the first export said
     result = CliRunner().invoke(app, ["import", str(run_dir), str(older)], env={"COLUMNS": "250"})
-    assert ("left 1 region answered as before: this file paints them otherwise, but before their answer was "
-            "painted (an earlier export or mask?): 1") in result.output
+    assert ("left 1 region answered as before: painted otherwise here, but before the stored answer (an earlier "
+            "export or mask?): 1") in result.output
 
 
 def test_an_older_export_imported_after_a_newer_one_never_replaces_its_answers(run_dir, tmp_path):
@@ -321,7 +321,7 @@ def test_an_edit_that_leaves_an_answered_region_under_half_painted_keeps_the_ear
     assert report.edits_under_minimum == {1: 0.4}  # said, not passed over in silence
     assert snapshot(run_dir) == before
     result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
-    assert ("kept the earlier answers of regions 1 (40.0%), painted otherwise now but under 50%: to correct one, "
+    assert ("kept the earlier answer of region 1 (40.0%), painted otherwise now but under 50%: to correct one, "
             "paint at least that much of it") in result.output
 
 
@@ -383,8 +383,8 @@ def test_a_task_skipped_after_its_answers_were_imported_keeps_them_and_says_so(r
     export = write_export(tmp_path / "e2.json", skipped)
     result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
-    assert ("kept the answers of 2 regions whose task was skipped after they were painted: an answer stays until "
-            "painted otherwise: 1, 2") in result.output
+    assert ("kept 2 regions answered, the task skipped after the painting: an answer stays until painted "
+            "otherwise: 1, 2") in result.output
     assert snapshot(run_dir) == before
 
 
@@ -398,11 +398,11 @@ def test_answers_whose_annotation_was_deleted_in_label_studio_stay_and_are_named
     before = snapshot(run_dir)
     result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
-    assert ("kept the answers of 2 regions whose task has no annotation in this export any more (deleted in Label "
+    assert ("kept 2 regions answered, the task without an annotation in this export any more (deleted in Label "
             "Studio?): 1, 2") in result.output
     assert import_answers(run_dir, export).annotation_gone == [1, 2] and snapshot(run_dir) == before
     only = write_export(tmp_path / "e3.json", deleted)  # the only task: nothing submitted, the answers named still
-    assert "kept the answers of 2 regions whose task" in CliRunner().invoke(app, ["import", str(run_dir), str(only)]).output
+    assert "kept 2 regions answered, the task without" in CliRunner().invoke(app, ["import", str(run_dir), str(only)]).output
 
 
 def test_an_export_with_nothing_submitted_yet_imports_nothing_without_an_error(run_dir, tmp_path):
@@ -452,8 +452,8 @@ def test_import_and_skip_name_the_first_ten_regions_of_many(run_of_13, tmp_path)
     assert imported.exit_code == 0, imported.output
     shares = ", ".join(f"{k} (0.0%)" for k in range(2, 12))
     assert imported.output.splitlines()[1] == (
-        f"not answered, under 50% painted, left asked: regions {shares} (and 2 more); paint them and import again, "
-        f"or skip them: s4al skip {run_of_13} --region ID ... (or every region still asked: s4al skip {run_of_13})")
+        f"not answered, under 50% painted, left asked: regions {shares} (and 2 more); paint more and import again, "
+        f"or skip: s4al skip {run_of_13} --region ID ... (or every region still asked: s4al skip {run_of_13})")
     skipped = CliRunner().invoke(app, ["skip", str(run_of_13), *(f"--region={k}" for k in range(2, 13))])
     assert skipped.exit_code == 0, skipped.output
     assert skipped.output == f"skipped 11 regions ({', '.join(map(str, range(2, 12)))} (and 1 more)); 1 region still asked.\n"
@@ -527,7 +527,7 @@ def test_masks_painted_before_a_skip_leave_it_skipped_and_masks_painted_after_an
     report = import_answers(run_dir, folder)
     assert (report.answered, report.unskipped, report.skip_kept) == ([2], [], [1])
     result = CliRunner().invoke(app, ["import", str(run_dir), str(folder)], env={"COLUMNS": "250"})
-    assert "1 mask already imported (their regions are answered or skipped): left alone" in result.output
+    assert "1 mask already imported (regions answered or skipped): left alone" in result.output
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert [(r.region_id, r.state) for r in ledger.regions(0)] == [(1, "skipped"), (2, "answered"), (3, "asked")]
     (folder / "a.png").touch()  # painted again, after the skip
@@ -535,6 +535,26 @@ def test_masks_painted_before_a_skip_leave_it_skipped_and_masks_painted_after_an
     assert (report.answered, report.unskipped, report.skip_kept) == ([1], [1], [])
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(truth("a"), A1))
+
+
+def test_two_masks_of_one_image_alike_count_once_and_painted_two_ways_are_refused(run_dir, tmp_path):
+    alike = tmp_path / "alike"
+    alike.mkdir()
+    for name in ("a.png", "a.PNG"):
+        Image.fromarray(truth("a")).save(alike / name)
+        os.utime(alike / name, (time.time() - 3600, time.time() - 3600))  # painted before the skip below
+    CliRunner().invoke(app, ["skip", str(run_dir), "--region", "1"])
+    report = import_answers(run_dir, alike)
+    assert (report.answered, report.skip_kept, report.void_pixels, report.read) == ([2], [1], 0, 2)
+    two_ways = tmp_path / "two_ways"
+    two_ways.mkdir()
+    Image.fromarray(truth("b")).save(two_ways / "b.png")
+    Image.fromarray(truth("a")).save(two_ways / "b.PNG")
+    before = snapshot(run_dir)
+    with pytest.raises(AnswerError, match=r"b\.(png|PNG): region 3 is answered or skipped otherwise in .*b\.(png|PNG): "
+                                          r"delete one of the two masks$"):
+        import_answers(run_dir, two_ways)
+    assert snapshot(run_dir) == before
 
 
 def test_an_answer_to_a_skipped_region_while_a_cycle_is_part_trained_is_refused(run_dir, tmp_path):

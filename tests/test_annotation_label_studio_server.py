@@ -194,12 +194,12 @@ def test_query_sends_the_runs_tasks_to_one_project_once_and_import_takes_its_ans
 
     code, output = s4al("query", asking_run, "--device", "cpu", "--label-studio", server.url, key=server.token)
     assert code == 0 and "sent 0 new tasks" in output and f"{len(sent)} tasks there already" in output
-    assert len(project_tasks(label_studio, project.id)) == len(sent) and "another of its tasks" not in output
+    assert len(project_tasks(label_studio, project.id)) == len(sent) and "another of its tasks asks too" not in output
     label_studio.projects.import_tasks(id=project.id, request=sent[:2])  # tasks.json imported by hand as well
     copies = sorted(t.id for t in project_tasks(label_studio, project.id))[-2:]
     code, output = s4al("query", asking_run, "--device", "cpu", "--label-studio", server.url, key=server.token)
-    assert code == 0 and (f"the project holds 2 tasks asking regions another of its tasks asks too (tasks "
-                          f"{copies[0]}, {copies[1]}): delete them in Label Studio") in " ".join(output.split())
+    assert code == 0 and (f"the project holds 2 tasks asking regions another of its tasks asks too: "
+                          f"{copies[0]}, {copies[1]}; delete them in Label Studio") in " ".join(output.split())
     for task_id in copies:
         label_studio.tasks.delete(id=task_id)
     assert len(list(label_studio.projects.list())) == projects_before + 1

@@ -83,7 +83,7 @@ def test_a_run_with_a_label_studio_project_is_told_to_answer_there(run_dir):
         active_run.ledger.set_meta(PROJECT_META, {"url": "http://127.0.0.1:8080", "id": 7})
     RunFolder(run_dir).unlock()
     output = " ".join(status(run_dir).split())  # one line, however the terminal wraps it
-    assert (f"answer them in Label Studio, http://127.0.0.1:8080/projects/7 (`s4al query {run_dir} --label-studio "
+    assert (f"answer in Label Studio, http://127.0.0.1:8080/projects/7 (`s4al query {run_dir} --label-studio "
             f"http://127.0.0.1:8080` sends a cycle's tasks), then `s4al import {run_dir} --label-studio`") in output
 
 

@@ -208,7 +208,7 @@ class ActiveLearningRun(AbstractContextManager):
             if unlabelled:
                 raise DatasetError(f"{where}: {counted(len(unlabelled), 'image')} without a label "
                                    f"(e.g. '{unlabelled[0]}'); "
-                                   "set active.initial: labelled to make them the pool")
+                                   "set active.initial: labelled to make such images the pool")
             return draw_initial(len(self.ids), a.initial_fraction, self.cfg.seed)
         if len(unlabelled) == len(self.ids):
             raise DatasetError(f"{where}: active.initial 'labelled' needs some images with a label, none has one")

@@ -23,7 +23,8 @@ Refused, with nothing written: a run folder in use by another process, an unread
 the run does not have, a class it does not know, a mask of the wrong size or not a PNG, a task
 addressed to a region that was never asked for its image or in another cycle, or whose asked
 rectangle is not where this run asked that region, a task of another run (by the run id its task
-carries), a region answered by two tasks, and a file with nothing to import.
+carries), a region answered or skipped two ways by two tasks (alike, it counts once), and a file with
+nothing to import.
 """
 
 from __future__ import annotations
@@ -202,6 +203,8 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
         painted_at.update((region_id, image.painted_at) for region_id, _ in image_answers)
     for region_id in taken:  # answered by another task of the same image
         report.not_answered.pop(region_id, None)
+    report.skip_kept, report.outdated, report.skipped_since = (  # copies of a task name a region once
+        list(dict.fromkeys(ids)) for ids in (report.skip_kept, report.outdated, report.skipped_since))
     report.annotation_gone = sorted(region_id for region_id in unannotated - annotated
                                     if region_id in regions and regions[region_id].state == "answered"
                                     and regions[region_id].answered_by == "label-studio")
@@ -375,8 +378,9 @@ def _take(image: PaintedImage, taken_here: list[tuple[int, np.ndarray | None]], 
         if region_id in taken:
             first_source, first = taken[region_id]
             if (first is None) != (patch is None) or (patch is not None and not np.array_equal(first, patch)):
+                two = "masks" if report.by == "png-folder" else "tasks in Label Studio (tasks imported twice?)"
                 problems.append(f"{image.source}: region {region_id} is answered or skipped otherwise in "
-                                f"{first_source}: delete one of the two tasks in Label Studio (tasks imported twice?)")
+                                f"{first_source}: delete one of the two {two}")
             continue
         taken[region_id] = (image.source, patch)
         if patch is None:

@@ -112,10 +112,11 @@ def _sent_lines(run_dir: Path, sent: SentTasks) -> str:
     replaced = "" if old is None else (f"  in place of project {old.id} on {old.url}: import the answers left there "
                                        f"from its JSON export with s4al import {run_dir} EXPORT.json before anyone "
                                        "paints here (their tasks are here too)\n")
+    it = "it" if len(sent.repeated) == 1 else "them"
     repeated = "" if not sent.repeated else (
-        f"  the project holds {counted(len(sent.repeated), 'task')} asking regions another of its tasks asks too "
-        f"(tasks {first_of([str(i) for i in sent.repeated], SHOWN_REGIONS)}): delete them in Label Studio before "
-        "anyone paints them, or each region is painted twice and the import refuses a pair painted two ways\n")
+        f"  the project holds {counted(len(sent.repeated), 'task')} asking regions another of its tasks asks too: "
+        f"{first_of([str(i) for i in sent.repeated], SHOWN_REGIONS)}; delete {it} in Label Studio before anyone "
+        f"paints {it}, or each region is painted twice and the import refuses a pair painted two ways\n")
     return (f"  sent {counted(sent.sent, 'new task')} to Label Studio project {sent.project.id} ({made}"
             f"{counted(sent.already, 'task')} there already); annotate at {sent.project.page}\n{replaced}{repeated}"
             f"Then: s4al import {run_dir} --label-studio, s4al skip {run_dir} for regions nobody will answer, "
@@ -148,8 +149,8 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = N
         return
     if dry_run:
         typer.echo("Dry run, no answer written; the import would do this:")
-    typer.echo(f"answered {counted(len(report.answered), 'region')} ({report.by}), "
-               f"{counted(report.void_pixels, 'unpainted pixel')} inside them stored as void; skipped "
+    typer.echo(f"answered {counted(len(report.answered), 'region')} ({report.by}), storing "
+               f"{counted(report.void_pixels, 'unpainted pixel')} inside as void; skipped "
                f"{counted(len(report.skipped), 'region')} of skipped tasks{_listed(report.skipped)}; "
                f"{counted(report.still_asked, 'region')} still asked.")
     for line in _report_lines(run_dir, report):
@@ -164,32 +165,32 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = N
 def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
     lines = []
     if report.not_answered:
-        lines.append(f"not answered, under {100 * MIN_PAINTED_SHARE:.0f}% painted, left asked: regions "
-                     f"{_shares(report.not_answered)}; paint them and import again, or skip them: "
+        lines.append(f"not answered, under {100 * MIN_PAINTED_SHARE:.0f}% painted, left asked: "
+                     f"{_shares(report.not_answered)}; paint more and import again, or skip: "
                      f"{_skip_command(run_dir, list(report.not_answered))}")
     if report.edits_under_minimum:
-        lines.append(f"kept the earlier answers of regions {_shares(report.edits_under_minimum)}, painted otherwise "
-                     f"now but under {100 * MIN_PAINTED_SHARE:.0f}%: to correct one, paint at least that much of it")
+        lines.append(f"kept the earlier answer of {_shares(report.edits_under_minimum)}, painted otherwise now but "
+                     f"under {100 * MIN_PAINTED_SHARE:.0f}%: to correct one, paint at least that much of it")
     named = (  # the regions an import treated other than as asked, each kind with what happened to them
         (report.unskipped, "answered {regions} skipped before (painted since)"),
         (report.corrected, "corrected {regions} answered before, painted otherwise now (the new answer replaces "
                            "the earlier one for the training to come" + (_after_the_last(run_dir) if report.corrected
                                                                        else "") + ")"),
-        (report.skip_kept, "left {regions} skipped: this file paints them, but before they were skipped "
-                           "(by `s4al skip` after the painting, or in an earlier export or mask); to answer them, "
-                           "save the task again in Label Studio (or write the mask again) and import"),
-        (report.annotation_gone, "kept the answers of {regions} whose task has no annotation in this export any "
-                                 "more (deleted in Label Studio?)"),
-        (report.skipped_since, "kept the answers of {regions} whose task was skipped after they were painted: an "
-                               "answer stays until painted otherwise"),
-        (report.outdated, "left {regions} answered as before: this file paints them otherwise, but before their "
-                          "answer was painted (an earlier export or mask?)"),
+        (report.skip_kept, "left {regions} skipped: painted here, but before the skip (by `s4al skip` after the "
+                           "painting, or in an earlier export or mask); to answer, save the task again in Label "
+                           "Studio (or write the mask again) and import"),
+        (report.annotation_gone, "kept {regions} answered, the task without an annotation in this export any more "
+                                 "(deleted in Label Studio?)"),
+        (report.skipped_since, "kept {regions} answered, the task skipped after the painting: an answer stays until "
+                               "painted otherwise"),
+        (report.outdated, "left {regions} answered as before: painted otherwise here, but before the stored answer "
+                          "(an earlier export or mask?)"),
     )
     lines += [f"{text.format(regions=counted(len(ids), 'region'))}: {_ids(ids)}" for ids, text in named if ids]
     if report.already_imported:
         what = "task" if report.by == "label-studio" else "mask"
-        lines.append(f"{counted(report.already_imported, what)} already imported (their regions are answered or "
-                     "skipped): left alone")
+        lines.append(f"{counted(report.already_imported, what)} already imported (regions answered or skipped): "
+                     "left alone")
     ignored = report.ignored_pixels
     if ignored:
         most = ", ".join(f"'{i}': {n}" for i, n in sorted(ignored.items(), key=lambda item: -item[1])[:SHOWN_IMAGES])
@@ -259,8 +260,9 @@ def _ids(region_ids: list[int]) -> str:
 
 
 def _shares(shares: dict[int, float]) -> str:
-    """Region ids with their painted share."""
-    return first_of([f"{region_id} ({100 * share:.1f}%)" for region_id, share in shares.items()], SHOWN_REGIONS)
+    """Region ids with their painted share: "region 4 (30.0%)", "regions 4 (30.0%), 7 (12.5%)"."""
+    named = first_of([f"{region_id} ({100 * share:.1f}%)" for region_id, share in shares.items()], SHOWN_REGIONS)
+    return f"region {named}" if len(shares) == 1 else f"regions {named}"
 
 
 def _skip_command(run_dir: Path, region_ids: list[int]) -> str:

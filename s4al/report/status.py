@@ -118,15 +118,15 @@ def dataset_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger) -> tuple[list[s
 
 def _waiting(run_dir: Path, asked: int, project: dict | None) -> str:
     """`project`: the run's Label Studio project (ledger meta), if a query has sent tasks to one."""
-    answer = (f"answer them: `s4al query {run_dir}` writes the tasks, `s4al import {run_dir} ANSWERS` "
+    answer = (f"answer: `s4al query {run_dir}` writes the tasks, `s4al import {run_dir} ANSWERS` "
               f"reads the answers (a region needs half its pixels painted), or")
     if project is not None:
-        answer = (f"answer them in Label Studio, {project['url']}/projects/{project['id']} (`s4al query {run_dir} "
+        answer = (f"answer in Label Studio, {project['url']}/projects/{project['id']} (`s4al query {run_dir} "
                   f"--label-studio {project['url']}` sends a cycle's tasks), then `s4al import {run_dir} "
                   f"--label-studio` (a region needs half its pixels painted), or")
     return (f"{counted(asked, 'region')} asked, waiting for answers; the run goes on when none is left. "
             f"Either\n  {answer}\n"
-            f"  skip them: `s4al skip {run_dir}` (every region still asked) or "
+            f"  skip: `s4al skip {run_dir}` (every region still asked) or "
             f"`s4al skip {run_dir} --region ID ...`,\n"
             f"then `s4al run --resume {run_dir}` trains the next cycle with what is answered.")
 
