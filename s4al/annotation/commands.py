@@ -149,8 +149,8 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = N
         return
     if dry_run:
         typer.echo("Dry run, no answer written; the import would do this:")
-    typer.echo(f"answered {counted(len(report.answered), 'region')} ({report.by}), storing "
-               f"{counted(report.void_pixels, 'unpainted pixel')} inside as void; skipped "
+    typer.echo(f"answered {counted(len(report.answered), 'region')} ({report.by}), "
+               f"{counted(report.void_pixels, 'unpainted pixel')} inside stored as void; skipped "
                f"{counted(len(report.skipped), 'region')} of skipped tasks{_listed(report.skipped)}; "
                f"{counted(report.still_asked, 'region')} still asked.")
     for line in _report_lines(run_dir, report):
