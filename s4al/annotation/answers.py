@@ -370,9 +370,10 @@ def _skips(image: PaintedImage, addressed: list[Region]) -> list[int]:
 def _take(image: PaintedImage, taken_here: list[tuple[int, np.ndarray | None]], regions: dict[int, Region],
           taken: dict[int, tuple[str, np.ndarray | None]], report: ImportReport,
           problems: list[str]) -> list[tuple[int, np.ndarray]]:
-    """The answers (a patch) of one task that no earlier task of the import took, with its skips
-    (None), reported. A region an earlier task took alike is that task again (the same tasks
-    imported twice into Label Studio, both submitted alike) and counts once; taken otherwise, a problem."""
+    """Of one task's answers (region id, patch) and skips (region id, None), those no earlier task
+    of the import took, reported; the answers are returned. A region an earlier task took alike
+    counts once (a copy of the task: the same tasks imported twice into Label Studio, both
+    submitted alike); taken otherwise, it is a problem."""
     answers = []
     for region_id, patch in taken_here:
         if region_id in taken:
