@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -538,14 +539,20 @@ def test_masks_painted_before_a_skip_leave_it_skipped_and_masks_painted_after_an
 
 
 def test_two_masks_of_one_image_alike_count_once_and_painted_two_ways_are_refused(run_dir, tmp_path):
+    other_run = shutil.copytree(run_dir, tmp_path / "other_run")
     alike = tmp_path / "alike"
     alike.mkdir()
     for name in ("a.png", "a.PNG"):
         Image.fromarray(truth("a")).save(alike / name)
-        os.utime(alike / name, (time.time() - 3600, time.time() - 3600))  # painted before the skip below
-    CliRunner().invoke(app, ["skip", str(run_dir), "--region", "1"])
+        os.utime(alike / name, (time.time() - 3600, time.time() - 3600))  # painted before the skips below
+    for run in (run_dir, other_run):
+        CliRunner().invoke(app, ["skip", str(run), "--region", "1"])
     report = import_answers(run_dir, alike)
     assert (report.answered, report.skip_kept, report.void_pixels, report.read) == ([2], [1], 0, 2)
+    (alike / "a.PNG").touch()  # this copy painted again after the skip: it answers region 1, the other is older
+    report = import_answers(other_run, alike)
+    assert (sorted(report.answered), report.unskipped, report.skip_kept) == ([1, 2], [1], [])
+    assert report.void_pixels == 10  # A1 crosses the void top row; A2 counted once
     two_ways = tmp_path / "two_ways"
     two_ways.mkdir()
     Image.fromarray(truth("b")).save(two_ways / "b.png")

@@ -203,8 +203,10 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
         painted_at.update((region_id, image.painted_at) for region_id, _ in image_answers)
     for region_id in taken:  # answered by another task of the same image
         report.not_answered.pop(region_id, None)
-    report.skip_kept, report.outdated, report.skipped_since = (  # copies of a task name a region once
-        list(dict.fromkeys(ids)) for ids in (report.skip_kept, report.outdated, report.skipped_since))
+    # copies of a task name a region once, and not as kept where another copy answers it
+    report.skip_kept, report.outdated, report.skipped_since = (
+        [region_id for region_id in dict.fromkeys(ids) if region_id not in taken]
+        for ids in (report.skip_kept, report.outdated, report.skipped_since))
     report.annotation_gone = sorted(region_id for region_id in unannotated - annotated
                                     if region_id in regions and regions[region_id].state == "answered"
                                     and regions[region_id].answered_by == "label-studio")
