@@ -740,7 +740,7 @@ def test_the_gpu_checks_script_runs_its_stages_and_names_a_cuda_graphs_variant_a
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert json.loads((tmp_path / "out" / "speed" / "smoke.json").read_text())["settings"]["smoke"] is True
-    shutil.unpack_archive(tmp_path / "out" / "label_efficiency.tgz", tmp_path / "unpacked")
+    shutil.unpack_archive(tmp_path / "out" / "label_efficiency.tgz", tmp_path / "unpacked", filter="data")
     variant = "smoke_checks_cuda_graphs_false"
     result = json.loads((tmp_path / "unpacked" / "label_efficiency" / variant / "sup_10_seed0.json").read_text())
     assert result["extra_overrides"] == {"train": {"cuda_graphs": False}} and result["config"]["train"]["cuda_graphs"] is False
