@@ -25,6 +25,11 @@ def counted(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def named(noun: str, items: list[str], limit: int = 5) -> str:
+    """A regular noun, plural but for one, and the first `limit` items: "region 4", "regions 4, 7"."""
+    return f"{noun if len(items) == 1 else noun + 's'} {first_of(items, limit)}"
+
+
 def first_of(items: list[str], limit: int = 5, sep: str = ", ") -> str:
     """The first `limit` items for a message, and how many more there are: "a, b (and 3 more)"."""
     more = f" (and {len(items) - limit} more)" if len(items) > limit else ""

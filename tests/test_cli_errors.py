@@ -13,7 +13,7 @@ from conftest import tiny_config
 from s4al.cli import app
 from s4al.data import DatasetError
 from s4al.data.synthetic import SYNTHETIC_CLASSES
-from s4al.errors import counted, first_of, user_errors_reported
+from s4al.errors import counted, first_of, named, user_errors_reported
 from s4al.model import build_model
 from s4al.train.checkpoint import save_checkpoint
 from test_own_data import CLASSES as OWN_CLASSES, make_dataset, own_config
@@ -207,3 +207,5 @@ def test_a_device_that_is_not_there_is_refused_by_the_commands_that_compute(tmp_
 def test_a_count_in_a_message_is_plural_but_for_one():
     assert [counted(n, "region") for n in (0, 1, 2)] == ["0 regions", "1 region", "2 regions"]
     assert counted(1, "asked region") == "1 asked region"
+    assert named("region", ["4"]) == "region 4"
+    assert named("region", [str(i) for i in range(7)], limit=2) == "regions 0, 1 (and 5 more)"

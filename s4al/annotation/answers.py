@@ -45,7 +45,7 @@ from s4al.annotation.masks import (
     MIN_PAINTED_SHARE, UNPAINTED, AnswerError, PaintedImage, png_masks, read_png_masks,
 )
 from s4al.run_folder import RunFolder
-from s4al.errors import first_of
+from s4al.errors import first_of, named
 
 MAX_PROBLEMS_SHOWN = 10
 
@@ -121,15 +121,11 @@ def _refuse_label_changes_mid_training(folder: RunFolder, ledger: Ledger, report
         last = phases.last_cycle()
         if last is None or phases.phase(last) != "train" or not folder.checkpoint_path(last).exists():
             return
-    what = [f"{verb} {_regions(ids)} {state} before" for verb, ids, state in
+    what = [f"{verb} {named('region', [str(i) for i in ids])} {state} before" for verb, ids, state in
             (("corrects", report.corrected, "answered"), ("answers", report.unskipped, "skipped")) if ids]
     raise AnswerError(f"{answers_path}: {' and '.join(what)}, while cycle {last} has trained part-way with the "
                       f"labels as they were: resume the run until cycle {last} has trained (s4al run --resume "
                       f"{folder.path}), then import again; nothing written")
-
-
-def _regions(region_ids: list[int]) -> str:
-    return f"region{'s' if len(region_ids) > 1 else ''} {first_of([str(i) for i in region_ids])}"
 
 
 def _why_nothing(report: ImportReport) -> str:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from s4al.annotation.masks import MIN_PAINTED_SHARE
-from s4al.errors import counted, first_of, user_errors_reported
+from s4al.errors import counted, first_of, named, user_errors_reported
 from s4al.run_folder import RunFolder, RunFolderError
 
 if TYPE_CHECKING:
@@ -261,8 +261,8 @@ def _ids(region_ids: list[int]) -> str:
 
 def _shares(shares: dict[int, float]) -> str:
     """Region ids with their painted share: "region 4 (30.0%)", "regions 4 (30.0%), 7 (12.5%)"."""
-    named = first_of([f"{region_id} ({100 * share:.1f}%)" for region_id, share in shares.items()], SHOWN_REGIONS)
-    return f"region {named}" if len(shares) == 1 else f"regions {named}"
+    return named("region", [f"{region_id} ({100 * share:.1f}%)" for region_id, share in shares.items()],
+                 SHOWN_REGIONS)
 
 
 def _skip_command(run_dir: Path, region_ids: list[int]) -> str:
