@@ -89,6 +89,9 @@ def memory_increase(baseline: float, device: torch.device) -> dict:
         kind, peak = "cuda_max_allocated", torch.cuda.max_memory_allocated(device) / MIB
     else:
         kind, peak = "rss_high_water", _status_mib("VmHWM")
+    # The kernel's resident-set counters are per-CPU approximations, so a high-water mark read
+    # after the baseline can come out a few pages below it; the peak since the start is at least the start.
+    peak = max(peak, baseline)
     return {"kind": kind, "baseline_mib": round(baseline, 1), "peak_mib": round(peak, 1),
             "increase_mib": round(peak - baseline, 1)}
 
