@@ -517,6 +517,12 @@ def test_a_skipped_task_submitted_later_answers_its_regions_and_a_partial_painti
     assert (again.answered, again.already_imported) == ([], 1)
 
 
+def painted_again(mask: Path) -> None:
+    """The mask saved a second from now: a file's time comes from the kernel's coarse clock, which
+    can lag the skip's time (taken from the precise one) by a tick."""
+    os.utime(mask, (time.time() + 1, time.time() + 1))
+
+
 def test_masks_painted_before_a_skip_leave_it_skipped_and_masks_painted_after_answer_it(run_dir, tmp_path):
     """`s4al skip` overrules the masks that were there before it (imported again, they answer
     nothing), not those painted after it: the mask files' times against the skip's."""
@@ -531,7 +537,7 @@ def test_masks_painted_before_a_skip_leave_it_skipped_and_masks_painted_after_an
     assert "1 mask already imported (regions answered or skipped): left alone" in result.output
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert [(r.region_id, r.state) for r in ledger.regions(0)] == [(1, "skipped"), (2, "answered"), (3, "asked")]
-    (folder / "a.png").touch()  # painted again, after the skip
+    painted_again(folder / "a.png")
     report = import_answers(run_dir, folder)
     assert (report.answered, report.unskipped, report.skip_kept) == ([1], [1], [])
     with Ledger(run_dir / "ledger.sqlite") as ledger:
@@ -549,7 +555,7 @@ def test_two_masks_of_one_image_alike_count_once_and_painted_two_ways_are_refuse
         CliRunner().invoke(app, ["skip", str(run), "--region", "1"])
     report = import_answers(run_dir, alike)
     assert (report.answered, report.skip_kept, report.void_pixels, report.read) == ([2], [1], 0, 2)
-    (alike / "a.PNG").touch()  # this copy painted again after the skip: it answers region 1, the other is older
+    painted_again(alike / "a.PNG")  # this copy, after the skip: it answers region 1, the other is older
     report = import_answers(other_run, alike)
     assert (sorted(report.answered), report.unskipped, report.skip_kept) == ([1, 2], [1], [])
     assert report.void_pixels == 10  # A1 crosses the void top row; A2 counted once

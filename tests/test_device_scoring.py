@@ -62,7 +62,7 @@ def test_cell_scores_and_regions_from_the_device_cache_are_the_loader_paths(setu
     other = score_cells(model, train, POOL, BOUGHT, active(cfg, metric="entropy", score_batch_size=5), CPU, 0,
                         fast="on")
     for i in POOL:
-        np.testing.assert_allclose(other[i], loader[i], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(other[i], loader[i], rtol=1e-5, atol=1e-6)
     sizes = {i: (48, 64) for i in POOL}
     for selection in (active(cfg, regions_per_image=2), active(cfg, selection="global", global_budget=9)):
         reference = [(q.index, q.box) for q in choose_regions(loader, sizes, selection)]

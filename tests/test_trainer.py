@@ -138,7 +138,10 @@ FLAG = {flag!r}
 class CtrlCOnARead(SyntheticStreets):
     def load_image(self, index):  # the first unlabelled image a worker reads after step 4: Ctrl-C once
         if torch.utils.data.get_worker_info() is not None and os.path.exists(FLAG + ".armed"):
-            os.rename(FLAG + ".armed", FLAG)  # the main process has trained the batches ready, waits for this one
+            try:  # the main process has trained the batches ready, waits for this one
+                os.rename(FLAG + ".armed", FLAG)
+            except FileNotFoundError:  # the other worker took it first
+                return super().load_image(index)
             with open(FLAG, "w") as f:  # under fork a worker would inherit the trainer's handler, else Python's
                 f.write("ignored" if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else "handled")
             time.sleep(3)
