@@ -417,8 +417,12 @@ class Annotator:
         self.page.wait_for_timeout(500)
 
     def submit(self) -> None:
-        self.page.get_by_role("button", name="Submit").click()
-        self.page.wait_for_timeout(1500)
+        """Submits and waits for the server to store the annotation (leaving the page sooner loses it)."""
+        def stored(response) -> bool:
+            return response.request.method == "POST" and "/annotations" in response.url and response.ok
+
+        with self.page.expect_response(stored, timeout=60_000):
+            self.page.get_by_role("button", name="Submit").click()
 
     def screen_pixel(self, screen: dict, image_shape, y: int, x: int, path: Path) -> np.ndarray:
         """The colour on the screen at image pixel (y, x); the screenshot is kept at `path`."""
