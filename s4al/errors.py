@@ -5,6 +5,7 @@ rank). Every other exception is a fault of s4al or of a library and keeps its tr
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -36,6 +37,21 @@ def first_of(items: list[str], limit: int = 5, sep: str = ", ") -> str:
     return sep.join(items[:limit]) + more
 
 
+def user_message(err: BaseException) -> str:
+    """A user error's message. One a DataLoader worker raised comes back as "Caught ... in DataLoader
+    worker process N." and the worker's traceback: its own message is what follows the traceback's
+    last line naming the error's type."""
+    text = str(err)
+    if not text.startswith("Caught ") or "\nOriginal Traceback" not in text:
+        return text
+    own = re.compile(rf"(?:[\w.]+\.)?{re.escape(type(err).__name__)}(?:: (.*))?$")
+    lines = text.splitlines()
+    for last in range(len(lines) - 1, 0, -1):
+        if match := own.match(lines[last]):
+            return "\n".join([match[1] or "", *lines[last + 1:]]).strip()
+    return text
+
+
 # A file or folder the user named that is missing, unreadable or of the wrong kind: the system's
 # message names the path.
 USER_ERRORS = (S4alError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
@@ -49,8 +65,9 @@ def user_errors_reported() -> Iterator[None]:
     try:
         yield
     except USER_ERRORS as err:
-        if reports_error(str(err)):  # under torchrun: once, not once per rank
-            typer.echo(f"error: {err}", err=True)
+        message = user_message(err)
+        if reports_error(message):  # under torchrun: once, not once per rank
+            typer.echo(f"error: {message}", err=True)
         raise typer.Exit(1) from None
 
 

@@ -21,16 +21,23 @@ from test_own_data import CLASSES as OWN_CLASSES, make_dataset, own_config
 runner = CliRunner()
 
 
-def run_command_raising(error: Exception):
-    """The result of a one-command app whose body, under user_errors_reported, raises `error`."""
+def run_command_raising_from(body):
+    """The result of a one-command app whose body, under user_errors_reported, is `body()`."""
     probe = typer.Typer()
 
     @probe.command()
     def fail() -> None:
         with user_errors_reported():
-            raise error
+            body()
 
     return runner.invoke(probe, [])
+
+
+def run_command_raising(error: Exception):
+    def body():
+        raise error
+
+    return run_command_raising_from(body)
 
 
 @pytest.mark.parametrize("error, line", [
@@ -43,6 +50,28 @@ def test_a_user_error_is_one_line_and_exit_status_1(error, line):
     result = run_command_raising(error)
     assert (result.exit_code, result.output) == (1, line)
     assert isinstance(result.exception, SystemExit)
+
+
+class Unreadable(torch.utils.data.Dataset):
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index):
+        raise self.error
+
+
+@pytest.mark.parametrize("error, line", [
+    (DatasetError("data/masks/b.png: label values [7] are outside the valid set [0, 1, 255]"),
+     "error: data/masks/b.png: label values [7] are outside the valid set [0, 1, 255]\n"),
+    (FileNotFoundError("data/images/c.png: file not found"), "error: data/images/c.png: file not found\n"),
+])
+def test_a_user_error_in_a_loader_worker_is_its_own_line_without_the_workers_traceback(error, line):
+    loader = torch.utils.data.DataLoader(Unreadable(error), num_workers=1)
+    result = run_command_raising_from(lambda: next(iter(loader)))
+    assert (result.exit_code, result.output) == (1, line)
 
 
 @pytest.mark.parametrize("fault", [ValueError("Expected 4D input, got 3D"), OSError(5, "Input/output error"),
