@@ -43,19 +43,27 @@ def _umask() -> int:
 
 
 @contextmanager
-def atomic_write(path: Path, mode: str = "wb", newline: str | None = None) -> Iterator[IO]:
-    """Yields an open temp file beside `path` (its own name, so two writers never share one); on
-    success it is fsynced and renamed over `path`, on any error removed."""
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yields the path of a temp file beside `path` (its own name, so two writers never share one)
+    for a writer that takes a path; on success it is fsynced and renamed over `path`, on any error
+    removed."""
     path = Path(path)
     prefix, suffix = _temp_name_parts(path.name)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it; mkstemp's 0600 would hide it from others
-        with os.fdopen(fd, mode, newline=newline) as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
+        os.close(fd)
+        yield Path(tmp)
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_write(path: Path, mode: str = "wb", newline: str | None = None) -> Iterator[IO]:
+    """Yields an open temp file beside `path`, renamed over `path` once written whole (atomic_path)."""
+    with atomic_path(path) as tmp, open(tmp, mode, newline=newline) as file:
+        yield file

@@ -15,7 +15,7 @@ from conftest import tiny_config
 from s4al.data.synthetic import SYNTHETIC_CLASSES
 from s4al.model import build_model
 from s4al.report.commands import export_command, predict_command, report
-from s4al.report.export import TOLERANCE, export_onnx, max_difference
+from s4al.report.export import TOLERANCE, ExportError, export_onnx, max_difference
 from s4al.report.predict import OVERLAY_ALPHA, OVERLAY_ROWS, overlay, predict
 from s4al.train.checkpoint import load_trained_model, save_checkpoint
 
@@ -88,6 +88,29 @@ def test_predict_labels_match_the_model_on_the_whole_image(checkpoint, images, t
     np.testing.assert_array_equal(_read(tmp_path / f"{images[0].stem}_labels.png"), expected)
 
 
+def test_a_model_trained_on_resized_images_predicts_on_the_image_resized_so_at_the_images_size(images, tmp_path):
+    cfg = tiny_config(dataset={"resize": [24, 32]})  # trained (and evaluated) on images resized to 24x32
+    torch.manual_seed(0)
+    model = build_model(cfg.model, SYNTHETIC_CLASSES.num_classes)
+    with torch.no_grad():  # a head that tells pixels apart (a fresh one gives one class everywhere)
+        model.net.segmentation_head[0].weight.normal_(0, 1, generator=torch.Generator().manual_seed(0))
+        model.net.segmentation_head[0].bias.zero_()
+    state = model.state_dict()
+    checkpoint = tmp_path / "cycle_0.pt"
+    save_checkpoint({"config": cfg.model_dump(mode="json"), "classes": list(SYNTHETIC_CLASSES.names),
+                     "teacher": state, "student": state}, checkpoint)
+    predict(checkpoint, images[:1], tmp_path / "out", device="cpu")
+    model, _ = load_trained_model(checkpoint)
+    with Image.open(images[0]) as photo:
+        shown = np.array(photo.convert("RGB").resize((32, 24), Image.Resampling.BILINEAR))
+    with torch.no_grad():
+        small = model(torch.from_numpy(shown).permute(2, 0, 1)[None].float() / 255).argmax(1)[0].numpy()
+    h, w = SIZES[0]
+    expected = np.array(Image.fromarray(small.astype(np.uint8)).resize((w, h), Image.Resampling.NEAREST))
+    assert len(np.unique(expected)) > 3
+    np.testing.assert_array_equal(_read(tmp_path / "out" / f"{images[0].stem}_labels.png"), expected)
+
+
 def test_predict_refuses_images_whose_outputs_would_collide(checkpoint, images, tmp_path):
     twin = tmp_path / "other" / images[0].name
     twin.parent.mkdir()
@@ -130,6 +153,15 @@ def test_dynamic_export_runs_other_batch_sizes_and_unseen_image_sizes(exported, 
         expected = model(images).numpy()
     assert logits.shape == (3, SYNTHETIC_CLASSES.num_classes, 50, 70)
     np.testing.assert_allclose(logits, expected, atol=TOLERANCE, rtol=0)
+
+
+def test_an_export_failing_its_check_leaves_the_file_there_as_it_was(checkpoint, tmp_path):
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"the model exported last week")
+    with pytest.raises(ExportError, match="nothing written"):
+        export_onnx(checkpoint, target, height=48, width=64, dynamic=False, tolerance=-1.0)  # no model passes
+    assert target.read_bytes() == b"the model exported last week"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
 def test_the_export_check_notices_a_different_model(exported, checkpoint):

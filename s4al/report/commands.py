@@ -105,3 +105,7 @@ def export_command(
     shapes = ", ".join("x".join(map(str, s)) for s in result.checked_shapes)
     size = "dynamic batch and size" if result.dynamic else f"fixed 1x3x{height}x{width}"
     console.print(f"{result.path} ({size}): matches PyTorch within {result.max_abs_diff:.1e} on {shapes}")
+    if result.trained_at:
+        h, w = result.trained_at
+        console.print(f"trained on images resized to {h}x{w} (dataset.resize): give it images resized so and "
+                      "scale its labels back, as s4al predict does")

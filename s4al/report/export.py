@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime
 import torch
 
+from s4al.atomic import atomic_path
 from s4al.errors import S4alError
 from s4al.train.checkpoint import load_trained_model
 
@@ -32,6 +33,7 @@ class ExportResult:
     dynamic: bool
     checked_shapes: tuple[tuple[int, ...], ...]
     max_abs_diff: float
+    trained_at: tuple[int, int] | None  # (H, W) the training images were resized to (dataset.resize)
 
 
 def probe_shapes(height: int, width: int, dynamic: bool) -> tuple[tuple[int, ...], ...]:
@@ -81,27 +83,30 @@ def export_onnx(
     dynamic: bool = True,
     tolerance: float = TOLERANCE,
 ) -> ExportResult:
-    """Writes the model to `out_path` (weights inside the file) and checks it on `probe_shapes`;
-    raises ExportError if onnxruntime and PyTorch differ by more than `tolerance`."""
+    """Writes the model to `out_path` (weights inside the file) once it passed the check on
+    `probe_shapes`; raises ExportError, leaving any file there as it was, if onnxruntime and PyTorch
+    differ by more than `tolerance`."""
     out_path = Path(out_path)
     check_writable(out_path)
-    model, _ = load_trained_model(Path(checkpoint), network, "cpu")
+    model, cfg = load_trained_model(Path(checkpoint), network, "cpu")
     model = model.to(memory_format=torch.contiguous_format)
     traced = (height | 1, width | 1) if dynamic else (height, width)  # odd sides: the padding branch
     any_size = torch.export.Dim.DYNAMIC
-    torch.onnx.export(
-        model,
-        (torch.rand(1, 3, *traced),),
-        str(out_path),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_shapes={"images": {0: any_size, 2: any_size, 3: any_size}} if dynamic else None,
-        dynamo=True,
-        external_data=False,
-        verbose=False,
-    )
     shapes = probe_shapes(height, width, dynamic)
-    diff = max_difference(model, out_path, shapes)
-    if diff > tolerance:
-        raise ExportError(f"{out_path}: onnxruntime and PyTorch logits differ by {diff:.2e} > {tolerance:.0e}")
-    return ExportResult(out_path, dynamic, shapes, diff)
+    with atomic_path(out_path) as written:
+        torch.onnx.export(
+            model,
+            (torch.rand(1, 3, *traced),),
+            str(written),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"images": {0: any_size, 2: any_size, 3: any_size}} if dynamic else None,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+        diff = max_difference(model, written, shapes)
+        if diff > tolerance:
+            raise ExportError(f"{out_path}: onnxruntime and PyTorch logits differ by {diff:.2e} > {tolerance:.0e}; "
+                              "nothing written")
+    return ExportResult(out_path, dynamic, shapes, diff, cfg.dataset.resize)

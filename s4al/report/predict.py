@@ -17,7 +17,7 @@ from s4al.data import ClassSet, DatasetError
 from s4al.data.camvid import CAMVID_CLASSES
 from s4al.data.cityscapes import CITYSCAPES_CLASSES
 from s4al.data.folder import read_spec
-from s4al.data.io import read_image
+from s4al.data.io import read_image, resize_image, resize_label
 from s4al.data.synthetic import SYNTHETIC_CLASSES
 from s4al.distributed import setup_device
 from s4al.errors import S4alError, first_of
@@ -45,10 +45,15 @@ def class_set(dataset: DatasetConfig, checkpoint: Path) -> ClassSet:
 
 
 @torch.no_grad()
-def segment(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
-    """(H, W) uint8 class ids of one (H, W, 3) uint8 RGB image, at its own size; an image too large
-    to run whole is segmented tile by tile (s4al/tiles.py)."""
-    return tiled_labels(model, torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0), device)[0]
+def segment(model: torch.nn.Module, image: np.ndarray, device: torch.device,
+            trained_at: tuple[int, int] | None = None) -> np.ndarray:
+    """(H, W) uint8 class ids of one (H, W, 3) uint8 RGB image. A model trained on images resized
+    to `trained_at` (dataset.resize) sees the image resized so, as in training and evaluation, and
+    its labels are scaled back to the image's size; else it runs at the image's own size. An image
+    too large to run whole is segmented tile by tile (s4al/tiles.py)."""
+    shown = resize_image(image, trained_at) if trained_at else image
+    labels = tiled_labels(model, torch.from_numpy(shown).permute(2, 0, 1).unsqueeze(0), device)[0]
+    return resize_label(labels, image.shape[:2])
 
 
 def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
@@ -99,7 +104,7 @@ def predict(
     written = []
     for path, stem in zip(images, stems):
         image = read_image(Path(path))
-        labels = segment(model, image, dev)
+        labels = segment(model, image, dev, cfg.dataset.resize)
         colours = classes.colorize(labels)
         for suffix, pixels in zip(SUFFIXES, (labels, colours, overlay(image, colours))):
             target = out_dir / f"{stem}_{suffix}.png"
