@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -78,6 +79,45 @@ def test_colour_masks_are_decoded_and_unknown_colours_named(tmp_path):
     save(tmp_path / "masks" / "b.png", colour_mask([[0, 0], [0, 0]], [[1, 2, 3]]))
     with pytest.raises(DatasetError, match=r"masks/b.png: unknown mask colour \(1, 2, 3\)"):
         ImageFolder(tmp_path, "train")[1]
+
+
+def indexed_mask(path, indices, palette):
+    """A palette ("P") PNG: `indices` into `palette`, a list of RGB colours."""
+    image = Image.fromarray(np.array(indices, np.uint8), mode="P")
+    image.putpalette([channel for colour in palette for channel in colour])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def test_an_indexed_mask_whose_palette_holds_the_class_colours_is_read_by_colour_else_by_index(tmp_path):
+    root = make_folder(tmp_path)
+    road, car, sky = (c["color"] for c in CLASSES)
+    # an editor's indexed export: its palette numbers the colours as it met them, not as classes.yaml
+    indexed_mask(root / "masks" / "a.png", [[0, 1], [2, 2]], [sky, road, car])
+    assert ImageFolder(root, "train")[0].label.tolist() == [[2, 0], [1, 1]]
+    # indices that are class ids, under a palette of other colours (a grey ramp): read by index
+    indexed_mask(root / "masks" / "b.png", [[0, 1], [2, 255]], [[k, k, k] for k in range(256)])
+    assert ImageFolder(root, "train")[1].label.tolist() == [[0, 1], [2, 255]]
+    # one index of another colour (VOC's border 255 in (224, 224, 192)): the whole mask is read by index
+    palette = [road, car, sky] + [[0, 0, 0]] * 252 + [[224, 224, 192]]
+    indexed_mask(root / "masks" / "b.png", [[1, 2], [0, 255]], palette)
+    assert ImageFolder(root, "train")[1].label.tolist() == [[1, 2], [0, 255]]
+
+
+@pytest.mark.parametrize("colour, read_as", [((255, 255, 255), "void (ignore_value 255)"),
+                                             ((0, 0, 0), "class 0 ('background')")])
+def test_a_class_coloured_grey_as_another_value_reads_in_grey_masks_is_refused_unless_colour_masks_says(
+        tmp_path, colour, read_as):
+    spec = {"classes": [{"name": "background", "color": [9, 9, 9] if colour == (0, 0, 0) else [0, 0, 0]},
+                        {"name": "crack", "color": list(colour)}]}
+    make_folder(tmp_path, spec=spec, mask=np.array([[0, 255], [255, 0]], np.uint8))
+    problem = (f"class 'crack' has the grey colour {colour}, but a grey (single-channel) mask's value {colour[0]} "
+               f"reads as {read_as}; set colour_masks: true")
+    with pytest.raises(DatasetError, match=f"classes.yaml: invalid class list: .*{re.escape(problem)}"):
+        ImageFolder(tmp_path, "train")
+    (tmp_path / "classes.yaml").write_text(yaml.safe_dump({**spec, "colour_masks": True}))
+    if colour == (255, 255, 255):  # a black and white mask paints background and crack
+        assert ImageFolder(tmp_path, "train")[0].label.tolist() == [[0, 1], [1, 0]]
 
 
 def test_colour_masks_false_rejects_rgb_masks(tmp_path):

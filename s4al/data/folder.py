@@ -3,7 +3,9 @@
 classes.yaml:
     classes: [{name: road, color: [128, 64, 128]}, ...]   # class id = position in the list
     ignore_value: 255          # raw value of single-channel masks that means void
-    colour_masks: null         # true: masks are RGB class colours; false: class ids; null: by file mode
+    colour_masks: null         # true: masks paint class colours; false: they hold class ids; null: RGB(A)
+                               # masks paint colours, grey ones hold ids, indexed ones paint colours
+                               # where their palette holds class colours, else hold ids
     ignore_color: [0, 0, 0]    # optional: the void colour in colour masks
 
 Splits: ROOT/{split}.txt lists image stems. Without it, "train" is every image and "unlabelled" every
@@ -32,6 +34,9 @@ from s4al.data.io import (
     list_files,
     pair_files,
     read_image,
+    read_label,
+    read_palette,
+    remap_label,
     require_nonempty,
 )
 from s4al.errors import first_of
@@ -65,7 +70,29 @@ class FolderSpec(BaseModel):
         colours = [c.color for c in self.classes] + ([self.ignore_color] if self.ignore_color else [])
         if len(set(colours)) != len(colours):
             raise ValueError("class colours (and ignore_color) must be distinct to decode colour masks")
+        if self.colour_masks is None and (problem := _grey_value_read_otherwise(self)):
+            raise ValueError(problem)
         return self
+
+
+def _grey_value_read_otherwise(spec: FolderSpec) -> str | None:
+    """With colour_masks unset a single-channel mask's value v is class v (or void, ignore_value): a
+    class coloured grey (v, v, v) whose masks are grey pictures of the class colours would silently
+    lose its pixels to that reading. The problem, or None."""
+    for k, entry in enumerate(spec.classes):
+        v = entry.color[0]
+        if entry.color != (v, v, v) or v == k:
+            continue
+        if v == spec.ignore_value:
+            read_as = f"void (ignore_value {v})"
+        elif v < len(spec.classes):
+            read_as = f"class {v} ('{spec.classes[v].name}')"
+        else:
+            continue  # no such class id: such a mask is refused as it is read
+        return (f"class '{entry.name}' has the grey colour ({v}, {v}, {v}), but a grey (single-channel) mask's "
+                f"value {v} reads as {read_as}; set colour_masks: true if grey masks paint the class colours, "
+                "or colour_masks: false if masks hold class ids")
+    return None
 
 
 def read_spec(root: Path) -> FolderSpec:
@@ -95,10 +122,18 @@ class ColourDecoder:
         self.codes = codes[order]
         self.class_ids = np.array(list(colour_to_class.values()), dtype=np.uint8)[order]
 
-    def __call__(self, rgb: np.ndarray, path: Path) -> np.ndarray:
+    def known(self, rgb: np.ndarray) -> np.ndarray | None:
+        """The class ids of `rgb`'s colours, or None if one of them is no known colour."""
+        slot, unknown = self._slots(rgb)
+        return None if unknown.any() else self.class_ids[slot]
+
+    def _slots(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         codes = _rgb_codes(rgb)
         slot = np.searchsorted(self.codes, codes).clip(max=len(self.codes) - 1)
-        unknown = self.codes[slot] != codes
+        return slot, self.codes[slot] != codes
+
+    def __call__(self, rgb: np.ndarray, path: Path) -> np.ndarray:
+        slot, unknown = self._slots(rgb)
         if unknown.any():
             row, col = np.argwhere(unknown)[0]
             colour = tuple(int(c) for c in rgb[row, col])
@@ -151,8 +186,23 @@ class ImageFolder(FilePairDataset):
     def read_label(self, pair: Pair) -> np.ndarray:
         colour = self.colour_masks
         if colour is None:
-            colour = image_mode(pair.label) in COLOUR_MODES
+            mode = image_mode(pair.label)
+            if mode == "P":
+                return self._palette_label(pair)
+            colour = mode in COLOUR_MODES
         return self.decode_colours(read_image(pair.label), pair.label) if colour else super().read_label(pair)
+
+    def _palette_label(self, pair: Pair) -> np.ndarray:
+        """An indexed (palette) mask: by colour where every index it uses has a class colour in the
+        palette (an editor's indexed export numbers its colours in its own order), else by index."""
+        indices = read_label(pair.label)
+        used = np.unique(indices)
+        classes = self.decode_colours.known(read_palette(pair.label)[used])
+        if classes is None:
+            return remap_label(indices, self.raw_to_class, pair.label)
+        table = np.zeros(256, dtype=np.uint8)
+        table[used] = classes
+        return table[indices]
 
 
 def images_by_stem(image_dir: Path) -> dict[str, Path]:

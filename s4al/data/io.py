@@ -80,6 +80,13 @@ def read_label(path: Path) -> np.ndarray:
     return raw
 
 
+def read_palette(path: Path) -> np.ndarray:
+    """(256, 3) uint8: the RGB colour of each index of a palette ("P") image; black where unset."""
+    with _open(Path(path)) as img:
+        colours = np.array(img.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)[:256]
+    return np.concatenate([colours, np.zeros((256 - len(colours), 3), np.uint8)])
+
+
 def read_size(path: Path) -> tuple[int, int]:
     """(H, W) as shown (after the EXIF orientation), from the file header without decoding the pixels."""
     with _open(Path(path)) as img:
