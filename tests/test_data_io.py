@@ -53,6 +53,23 @@ def test_truncated_and_missing_files_raise_dataset_error(tmp_path):
         read_image(tmp_path / "absent.png")
 
 
+def test_an_aerial_scan_of_196_million_pixels_is_read_and_only_a_far_larger_one_is_refused(tmp_path, monkeypatch):
+    big = tmp_path / "orthophoto.png"
+    Image.new("1", (14_000, 14_000)).save(big)  # over twice Pillow's default limit of 89 million pixels
+    assert read_size(big) == (14_000, 14_000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 14_000 * 14_000 // 3)
+    with pytest.raises(DatasetError, match=f"^{big}: too large to read \\(Image size \\(196000000 pixels\\) "
+                                           ".*; split it into smaller images$"):
+        read_size(big)
+
+
+def test_a_one_bit_mask_holds_class_ids_0_and_1(tmp_path):
+    bits = np.array([[0, 1, 1], [1, 0, 0]], bool)
+    Image.fromarray(bits).save(path := tmp_path / "crack.png")
+    assert Image.open(path).mode == "1"
+    assert read_label(path).tolist() == [[0, 1, 1], [1, 0, 0]] and read_label(path).dtype == np.uint8
+
+
 def test_remap_maps_values_and_names_invalid_ones():
     table = label_table({0: 0, 1: 1, 11: 255})
     raw = np.array([[0, 1, 11]], np.uint8)

@@ -13,8 +13,11 @@ from s4al.data.base import DatasetError, Sample, SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-# PIL reports broken files through several exception types (truncated streams, bad chunks, bombs).
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# PIL reports broken files through several exception types (truncated streams, bad chunks).
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError)
+# Pillow refuses images over twice this as decompression bombs (and warns over it); its default,
+# 89 million pixels, would refuse the large aerial and slide scans s4al scores and predicts in tiles.
+Image.MAX_IMAGE_PIXELS = 2**29
 # 16-bit greyscale PNGs open in one of these (32-bit "I" in older Pillow).
 WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I")
 # EXIF orientations (camera and phone photos) that turn the picture by a quarter, swapping H and W.
@@ -32,6 +35,8 @@ def _open(path: Path) -> Image.Image:
         return Image.open(path)
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
+    except Image.DecompressionBombError as err:
+        raise DatasetError(f"{path}: too large to read ({err}); split it into smaller images") from None
     except _DECODE_ERRORS as err:
         raise DatasetError(f"{path}: unreadable image file ({err})") from None
 
@@ -68,9 +73,9 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def read_label(path: Path) -> np.ndarray:
-    """(H, W) uint8 raw label values from a single-channel (L, P or 16-bit) PNG."""
+    """(H, W) uint8 raw label values from a single-channel (1-bit, L, P or 16-bit) PNG."""
     with _open(Path(path)) as img:
-        if img.mode not in ("L", "P", *WIDE_GREY_MODES):
+        if img.mode not in ("1", "L", "P", *WIDE_GREY_MODES):
             raise DatasetError(f"{path}: a label must be a single-channel image, got colour mode {img.mode}")
         raw = _pixels(img, path)
     if raw.dtype != np.uint8:
