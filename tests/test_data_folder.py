@@ -136,6 +136,25 @@ def test_split_files_list_stems(tmp_path):
         ImageFolder(tmp_path, "test")
 
 
+def test_a_split_file_saved_with_a_byte_order_mark_reads_its_first_stem_and_a_stem_listed_twice_is_refused(tmp_path):
+    make_folder(tmp_path, stems=("a", "b", "c"))
+    (tmp_path / "val.txt").write_text("c\na\n", encoding="utf-8-sig")  # as Notepad saves it
+    assert [ImageFolder(tmp_path, "val").image_id(i) for i in range(2)] == ["c", "a"]
+    (tmp_path / "val.txt").write_text("c\na\nc\n")
+    with pytest.raises(DatasetError, match="val.txt:3: 'c' is listed again \\(also line 1\\)"):
+        ImageFolder(tmp_path, "val")
+
+
+@pytest.mark.parametrize("folder", ["images", "masks"])
+def test_a_link_whose_target_is_gone_is_refused_naming_it(tmp_path, folder):
+    make_folder(tmp_path, stems=("a", "b"))
+    (tmp_path / folder / "b.png").unlink()
+    (tmp_path / folder / "b.png").symlink_to(tmp_path / "elsewhere" / "b.png")  # a mask that would be left out
+    with pytest.raises(DatasetError, match=f"^{tmp_path / folder / 'b.png'}: a link to {tmp_path / 'elsewhere'}/b.png, "
+                                           "which does not exist"):
+        ImageFolder(tmp_path, "train", allow_unlabelled=True)
+
+
 def test_a_stem_holding_a_hash_is_listed_whole_and_a_comment_after_a_stem_still_works(tmp_path):
     make_folder(tmp_path, stems=("scene #2", "a"))
     (tmp_path / "val.txt").write_text("scene #2\na  # the sunny one\n")

@@ -16,6 +16,7 @@ in the train split only: they are the pool of `active.initial: labelled`; evalua
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -214,6 +215,7 @@ def images_by_stem(image_dir: Path) -> dict[str, Path]:
         raise DatasetError(f"{others[0]}: not an image file of a kind this reads ({', '.join(IMAGE_SUFFIXES)}); "
                            "convert it or move it out of images/")
     refuse_subfolders(image_dir)
+    refuse_broken_links(image_dir)
     images: dict[str, Path] = {}
     for image in listed:
         if image.stem in images:
@@ -221,6 +223,14 @@ def images_by_stem(image_dir: Path) -> dict[str, Path]:
             raise DatasetError(f"{image}: two images share the stem '{image.stem}' (also {other})")
         images[image.stem] = image
     return images
+
+
+def refuse_broken_links(folder: Path) -> None:
+    """A link in a folder read flat whose target is gone would silently leave the folder."""
+    broken = sorted(p for p in folder.iterdir() if p.is_symlink() and not p.exists())
+    if broken:
+        raise DatasetError(f"{broken[0]}: a link to {os.readlink(broken[0])}, which does not exist; "
+                           f"mend the link or remove it from {folder.name}/")
 
 
 def refuse_subfolders(folder: Path) -> None:
@@ -239,6 +249,7 @@ def masks_by_stem(mask_dir: Path, images: dict[str, Path]) -> dict[str, Path]:
     if not mask_dir.is_dir():
         return masks
     refuse_subfolders(mask_dir)
+    refuse_broken_links(mask_dir)
     for mask in sorted(mask_dir.iterdir()):
         if mask.name.startswith(".") or not mask.is_file():
             continue
@@ -279,11 +290,15 @@ def _stem_of(line: str, images: dict[str, Path]) -> str:
 
 
 def read_stems(split_file: Path, images: dict[str, Path]) -> list[str]:
-    stems = []
-    for number, line in enumerate(split_file.read_text().splitlines(), start=1):
+    """The stems a split file lists, one a line; a byte-order mark (Windows editors) is not a stem's."""
+    lines: dict[str, int] = {}
+    for number, line in enumerate(split_file.read_text(encoding="utf-8-sig").splitlines(), start=1):
         stem = _stem_of(line, images)
         if stem and stem not in images:
             raise DatasetError(f"{split_file}:{number}: no image with stem '{stem}' in images/")
+        if stem in lines:
+            raise DatasetError(f"{split_file}:{number}: '{stem}' is listed again (also line {lines[stem]}); "
+                               "an image listed twice would count twice")
         if stem:
-            stems.append(stem)
-    return stems
+            lines[stem] = number
+    return list(lines)
