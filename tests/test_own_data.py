@@ -272,3 +272,15 @@ def test_a_pool_image_resized_after_the_run_was_made_is_refused_naming_it(tmp_pa
     save(root / "images" / "p2.png", np.zeros((H, W + 16, 3), np.uint8))  # the ledger's regions are cells of 32x48
     with pytest.raises(DatasetError, match=r"images 'p2' changed size since the run was made: restore them"):
         ActiveLearningRun(run_dir)
+
+
+def test_a_bad_validation_mask_is_refused_before_training_not_at_the_first_evaluation(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    save(root / "masks" / "v1.png", np.full((H, W), 7, np.uint8))  # class 7 of 3
+    run_dir = tmp_path / "run"
+    seen = []
+    with pytest.raises(DatasetError, match=r"masks/v1.png: label values \[7\] are outside the valid set"):
+        ActiveLearningRun(run_dir, own_config(root, cycles=1), progress=seen.append).run()
+    assert not [info for info in seen if info["event"] == "step"]  # not one step trained
+    save(root / "masks" / "v1.png", np.zeros((H, W), np.uint8))
+    assert ActiveLearningRun(run_dir).run() == []  # mended: cycle 0 trains and asks

@@ -90,6 +90,7 @@ class ActiveLearningRun(AbstractContextManager):
             self.ids = [self.train_set.image_id(i) for i in range(len(self.train_set))]
             self.index_of = {image_id: i for i, image_id in enumerate(self.ids)}
             self.additions = NO_ADDITIONS  # images and masks added to the dataset, not yet in the run (rank 0's)
+            self.evaluation_labels_read = False  # by this process, before it trains (_check_evaluation_labels)
             if distributed.is_main():
                 self.ledger = self._open_ledger()
                 self.phases = CyclePhases(self.ledger)
@@ -308,7 +309,17 @@ class ActiveLearningRun(AbstractContextManager):
             return None
         return load_checkpoint(self.folder.checkpoint_path(cycle - 1))["student"]
 
+    def _check_evaluation_labels(self) -> None:
+        """Every validation and test mask read once before this process trains: a bad one is
+        refused now, not at the first evaluation, epochs of training later."""
+        if not self.evaluation_labels_read:
+            for dataset in (self.val_set, self.test_set):
+                if dataset is not None:
+                    dataset.check_labels()
+            self.evaluation_labels_read = True
+
     def _train(self, cycle: int) -> None:
+        self._check_evaluation_labels()
         self._on_main(self._join_additions, cycle, "training")
         self._set_phase(cycle, "train")
         started = time.perf_counter()

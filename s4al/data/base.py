@@ -67,5 +67,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def has_label(self, index: int) -> bool:
         return True
 
+    def check_labels(self) -> None:
+        """Reads every label, so that a bad one is refused before work that would meet it later;
+        a dataset that generates its labels has none to check."""
+
     def __getitem__(self, index: int) -> Sample:
         return self.load(index)

@@ -226,6 +226,11 @@ class FilePairDataset(SegmentationDataset):
     def read_label(self, pair: Pair) -> np.ndarray:
         return remap_label(read_label(pair.label), self.raw_to_class, pair.label)
 
+    def check_labels(self) -> None:
+        for index, pair in enumerate(self.pairs):
+            if pair.label is not None:
+                self.load_label(index)
+
     def load(self, index: int) -> Sample:
         image = read_image(self.pairs[index].image)
         label = self._label(self.pairs[index], image.shape[:2])
