@@ -17,6 +17,7 @@ from s4al.annotation.answers import import_answers
 from s4al.cli import app
 from s4al.config import ConfigError, load_config, save_config
 from s4al.data import DatasetError, build_dataset
+from s4al.train.checkpoint import load_checkpoint
 
 H, W = 32, 48
 MASKED, UNMASKED, VAL = ["m0", "m1", "m2"], ["p0", "p1", "p2", "p3", "p4"], ["v0", "v1"]
@@ -284,3 +285,5 @@ def test_a_bad_validation_mask_is_refused_before_training_not_at_the_first_evalu
     assert not [info for info in seen if info["event"] == "step"]  # not one step trained
     save(root / "masks" / "v1.png", np.zeros((H, W), np.uint8))
     assert ActiveLearningRun(run_dir).run() == []  # mended: cycle 0 trains and asks
+    # the class colours travel with the model: predict paints them wherever the dataset is
+    assert load_checkpoint(run_dir / "checkpoints" / "cycle_0.pt")["colours"] == [c["color"] for c in CLASSES]

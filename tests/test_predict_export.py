@@ -111,6 +111,21 @@ def test_a_model_trained_on_resized_images_predicts_on_the_image_resized_so_at_t
     np.testing.assert_array_equal(_read(tmp_path / "out" / f"{images[0].stem}_labels.png"), expected)
 
 
+def test_predict_paints_the_colours_saved_in_the_checkpoint_wherever_the_dataset_is(images, tmp_path, monkeypatch):
+    cfg = tiny_config(dataset={"name": "folder", "root": "my_data"})  # relative: read from where the run started
+    torch.manual_seed(0)
+    state = build_model(cfg.model, 2).state_dict()
+    colours = [[10, 200, 30], [250, 0, 99]]
+    checkpoint = tmp_path / "cycle_0.pt"
+    save_checkpoint({"config": cfg.model_dump(mode="json"), "classes": ["weed", "crop"], "colours": colours,
+                     "teacher": state, "student": state}, checkpoint)
+    monkeypatch.chdir(tmp_path)  # no my_data/classes.yaml here
+    predict(checkpoint, images[:1], tmp_path / "out", device="cpu")
+    labels = _read(tmp_path / "out" / f"{images[0].stem}_labels.png")
+    mask = _read(tmp_path / "out" / f"{images[0].stem}_mask.png")
+    np.testing.assert_array_equal(mask, np.array(colours, np.uint8)[labels])
+
+
 def test_predict_refuses_images_whose_outputs_would_collide(checkpoint, images, tmp_path):
     twin = tmp_path / "other" / images[0].name
     twin.parent.mkdir()

@@ -127,6 +127,22 @@ def test_report_loads_in_headless_chromium_with_every_image_decoded(report, tmp_
         assert image.size == (1280, 4000)
 
 
+def test_a_run_missing_its_last_checkpoint_and_images_it_asked_is_still_reported_saying_what_is_not_drawn(
+        run_dir, tmp_path):
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    (run / "checkpoints" / "cycle_1.pt").unlink()  # cleaned up to save disk
+    with Ledger(run / "ledger.sqlite", readonly=True) as ledger:
+        asked = sorted({r.image_id for r in ledger.regions()})
+    config = (run / "config.yaml").read_text()
+    kept = min(int(image_id.rsplit("_", 1)[1]) for image_id in asked) + 1  # the dataset lost all but one asked image
+    (run / "config.yaml").write_text(config.replace("num_train: 20", f"num_train: {kept}"))
+    page = write_report(run, tmp_path / "report")
+    assert sorted(p.name for p in page.parent.glob("*.png")) == sorted(f"{n}.png" for n in FIGURES if n != "qualitative")
+    html = page.read_text()
+    assert re.search(r"the cycle 1 checkpoint is not in the run folder \(.*cycle_1.pt\)", html)
+    assert html.count('src="data:image/png;base64,') == len(FIGURES) - 1
+
+
 def test_report_command(run_dir, tmp_path):
     result = CliRunner().invoke(cli_app(), ["report", str(run_dir), "--out", str(tmp_path), "--supervised-miou", "0.4"])
     assert result.exit_code == 0, result.output

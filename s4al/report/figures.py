@@ -26,7 +26,7 @@ from s4al.distributed import setup_device
 from s4al.report.predict import class_set, segment
 from s4al.report.status import open_cycle, open_state
 from s4al.run_folder import RunFolder
-from s4al.train.checkpoint import load_trained_model
+from s4al.train.checkpoint import load_checkpoint, load_trained_model
 
 STYLE = {
     "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10,
@@ -218,8 +218,11 @@ def asked_regions_figure(run_dir: Path, cfg: RunConfig) -> Figure:
     asked = [r for r in regions if r.cycle == cycle]
     train_set = _dataset(cfg, cfg.dataset.train_split)
     index_of = {train_set.image_id(i): i for i in range(len(train_set))}
+    present = [r for r in asked if r.image_id in index_of]  # an image removed from the dataset is not drawn
+    if not present:
+        raise NotDrawn(f"the images asked in cycle {cycle} are no longer in the dataset")
     images = [(image_id, train_set.load(index_of[image_id]).image, rs)
-              for image_id, rs in _top_images(asked, REGION_IMAGES)]
+              for image_id, rs in _top_images(present, REGION_IMAGES)]
     return asked_regions(images, cycle, len(asked))
 
 
@@ -261,10 +264,23 @@ def qualitative(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], clas
     return fig
 
 
+def run_classes(run_dir: Path, cfg: RunConfig, cycle: int) -> ClassSet:
+    """The run's classes in the colours of the `cycle` checkpoint, or (that checkpoint gone) of its dataset."""
+    folder = RunFolder(run_dir)
+    if folder.checkpoint_path(cycle).exists():
+        state = load_checkpoint(folder.checkpoint_path(cycle))
+        return class_set(cfg.dataset, state["classes"], state.get("colours"))
+    with Ledger(folder.ledger_path, readonly=True) as ledger:
+        return class_set(cfg.dataset, ledger.get_meta("classes"))
+
+
 def qualitative_figure(run_dir: Path, cfg: RunConfig, cycle: int, classes: ClassSet) -> Figure:
+    checkpoint = RunFolder(run_dir).checkpoint_path(cycle)
+    if not checkpoint.exists():
+        raise NotDrawn(f"the cycle {cycle} checkpoint is not in the run folder ({checkpoint})")
     val_set = _dataset(cfg, cfg.dataset.val_split)
     device = setup_device("auto")
-    model, _ = load_trained_model(RunFolder(run_dir).checkpoint_path(cycle), "teacher", device)
+    model, _ = load_trained_model(checkpoint, "teacher", device)
     rows = []
     for index in spread_indices(QUALITATIVE_ROWS, len(val_set)):
         sample = val_set.load(index)
@@ -284,7 +300,7 @@ def save_figures(
         raise FileNotFoundError(f"{run_dir}: no cycle has trained yet; a cycle is reported once it has trained "
                                 f"(`s4al status {run_dir}` shows the training under way)")
     last = cycles[-1]["cycle"]
-    classes = class_set(cfg.dataset, RunFolder(run_dir).checkpoint_path(last))
+    classes = run_classes(run_dir, cfg, last)
     builders: dict[str, Callable[[], Figure]] = {
         "efficiency": lambda: efficiency_curve(cycles, supervised_miou),
         "class_iou": lambda: class_iou_bars(cycles, classes.names),

@@ -22,26 +22,30 @@ from s4al.data.synthetic import SYNTHETIC_CLASSES
 from s4al.distributed import setup_device
 from s4al.errors import S4alError, first_of
 from s4al.tiles import tiled_labels
-from s4al.train.checkpoint import load_checkpoint, load_trained_model
+from s4al.train.checkpoint import load_checkpoint, trained_model
 
 BUILT_IN_CLASSES = {"camvid": CAMVID_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "synthetic": SYNTHETIC_CLASSES}
 OVERLAY_ALPHA = 0.5  # share of the mask colour in the overlay
 OVERLAY_ROWS = 512  # blended at a time: the float copies stay small whatever the image's size
 
 
-def class_set(dataset: DatasetConfig, checkpoint: Path) -> ClassSet:
-    """The colours a checkpoint's classes are drawn with: the dataset's own palette, else (a user
-    folder whose classes.yaml is not on this machine) a qualitative colour map."""
+def class_set(dataset: DatasetConfig, names: list[str], colours: list[list[int]] | None = None) -> ClassSet:
+    """A model's classes in the colours it was trained with: `colours` (saved in its checkpoint);
+    for a checkpoint saved without them, the built-in dataset's, or those of the folder's
+    classes.yaml where it is found and lists the same classes; else a qualitative colour map."""
+    names = tuple(names)
+    if colours is not None:
+        return ClassSet(names, tuple(tuple(colour) for colour in colours))
     if dataset.name in BUILT_IN_CLASSES:
         return BUILT_IN_CLASSES[dataset.name]
     try:
         spec = read_spec(dataset.root)
-        return ClassSet(tuple(c.name for c in spec.classes), tuple(c.color for c in spec.classes))
+        if tuple(c.name for c in spec.classes) == names:
+            return ClassSet(names, tuple(c.color for c in spec.classes))
     except DatasetError:
-        names = load_checkpoint(checkpoint)["classes"]
-        cmap = colormaps["tab20"]
-        colours = tuple(tuple(int(255 * v) for v in cmap(i % cmap.N)[:3]) for i in range(len(names)))
-        return ClassSet(tuple(names), colours)
+        pass
+    cmap = colormaps["tab20"]
+    return ClassSet(names, tuple(tuple(int(255 * v) for v in cmap(i % cmap.N)[:3]) for i in range(len(names))))
 
 
 @torch.no_grad()
@@ -97,8 +101,9 @@ def predict(
         raise S4alError(f"{first_of(overwritten)}: an input image that predict would overwrite with its output; "
                         "give another --out")
     dev = setup_device(device)
-    model, cfg = load_trained_model(Path(checkpoint), network, dev)
-    classes = class_set(cfg.dataset, Path(checkpoint))
+    state = load_checkpoint(Path(checkpoint))
+    model, cfg = trained_model(state, Path(checkpoint), network, dev)
+    classes = class_set(cfg.dataset, state["classes"], state.get("colours"))
     out_dir = Path(out_dir)
     output_folder(out_dir)
     written = []

@@ -43,6 +43,8 @@ CHECKPOINT_KEYS = ("student", "teacher", "config", "classes")  # what every read
 def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise S4alError(f"{path}: no such checkpoint") from None
     except Exception as err:  # a truncated or foreign file
         raise S4alError(f"{path}: cannot read checkpoint: {err} (a file cut short, damaged, or not a torch file)") from err
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]

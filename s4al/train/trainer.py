@@ -438,6 +438,7 @@ class Trainer:
             "history": self.history,
             "config": self.cfg.model_dump(mode="json"),
             "classes": list(self.data.dataset.classes.names),
+            "colours": [list(colour) for colour in self.data.dataset.classes.colors],  # predict's, wherever it runs
         }
 
     def _restore(self) -> None:
