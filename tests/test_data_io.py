@@ -1,4 +1,5 @@
 import io
+import re
 
 import numpy as np
 import pytest
@@ -6,7 +7,8 @@ from PIL import Image
 
 from s4al.data.base import DatasetError
 from s4al.data.io import (
-    Pair, label_table, read_image, read_label, read_pair_list, read_size, remap_label, resize_image, resize_label,
+    Pair, check_same_size, label_table, read_image, read_label, read_pair_list, read_size, remap_label, resize_image,
+    resize_label,
 )
 
 
@@ -109,6 +111,12 @@ def test_16_bit_greyscale_keeps_its_top_8_bits(tmp_path):
 
 
 
+def test_a_floating_point_image_is_refused_not_read_black(tmp_path):
+    Image.fromarray(np.full((4, 6), 0.5, np.float32)).save(path := tmp_path / "reflectance.tif")
+    with pytest.raises(DatasetError, match=f"^{path}: a floating-point image; save it with 8- or 16-bit integer"):
+        read_image(path)
+
+
 def save_with_orientation(path, array, orientation):
     exif = Image.Exif()
     exif[274] = orientation  # the EXIF Orientation tag
@@ -134,6 +142,15 @@ def test_exif_orientation_applies_to_labels(tmp_path):
     path = save_with_orientation(tmp_path / "label.png", stored, 6)
     assert np.array_equal(read_label(path), [[4, 1], [5, 2], [6, 3]])
     assert read_size(path) == (3, 2)
+
+
+def test_a_mask_of_the_stored_pixels_of_a_turned_photo_is_refused_saying_the_image_is_turned(tmp_path):
+    photo = save_with_orientation(tmp_path / "photo.jpg", np.zeros((2, 3, 3), np.uint8), 6)  # shown 3x2
+    mask = save(tmp_path / "photo.png", np.zeros((2, 3), np.uint8))  # painted on the pixels as stored
+    with pytest.raises(DatasetError, match=re.escape(
+            f"{mask}: label size (2, 3) (H, W) differs from image {photo} size (3, 2) (the image as shown, turned "
+            "by its EXIF orientation 6: a mask must match the picture viewers show)")):
+        check_same_size(read_size(photo), read_label(mask), Pair(photo, mask))
 
 
 def test_read_size_reads_the_file_header_alone(tmp_path, monkeypatch):

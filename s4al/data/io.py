@@ -65,6 +65,9 @@ def read_image(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB, whatever the file's colour mode. 16-bit greyscale keeps its top 8 bits
     (Pillow's own conversion clips every value above 255 to white)."""
     with _open(Path(path)) as img:
+        if img.mode == "F":  # Pillow would clip every value to 0..255: a picture of values in 0..1 turns black
+            raise DatasetError(f"{path}: a floating-point image; save it with 8- or 16-bit integer pixels, "
+                               "scaled as you want it seen")
         if img.mode not in WIDE_GREY_MODES:
             return _pixels(img, path, "RGB")
         wide = _pixels(img, path)
@@ -132,9 +135,13 @@ def remap_label(raw: np.ndarray, table: np.ndarray, path: Path) -> np.ndarray:
 def check_same_size(image_size: tuple[int, int], label: np.ndarray, pair: Pair) -> None:
     """`image_size` is the (H, W) of `pair.image` as shown (read_size)."""
     if image_size != label.shape:
+        with _open(pair.image) as img:
+            orientation = _orientation(img)
+        turned = (f" (the image as shown, turned by its EXIF orientation {orientation}: a mask must match the "
+                  "picture viewers show)") if orientation != 1 else ""
         raise DatasetError(
             f"{pair.label}: label size {label.shape} (H, W) differs from image {pair.image} "
-            f"size {image_size}"
+            f"size {image_size}{turned}"
         )
 
 
