@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -100,7 +101,12 @@ def test_ctrl_c_finishes_the_step_checkpoints_it_and_the_resumed_run_is_bit_iden
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     assert load_checkpoint(tmp_path / "b" / "checkpoints" / "cycle_0.pt")["step"] == 3  # mid-epoch, not the epoch's 2
     after: dict = {}
+    before_resume = load_checkpoint(tmp_path / "b" / "checkpoints" / "cycle_0.pt")["seconds"]
+    started = time.perf_counter()
     result_b = Trainer(cfg, data, val, tmp_path / "b", progress=recorder(after)).fit()
+    # the cycle's training time counts the stretch before the Ctrl-C too
+    assert 0 < before_resume < result_b.seconds <= before_resume + time.perf_counter() - started
+    assert before_resume < load_checkpoint(tmp_path / "b" / "checkpoints" / "cycle_0.pt")["seconds"] <= result_b.seconds
     assert sorted(before) == [1, 2, 3] and sorted(after) == [4] and after[4] == full[4]
     for (name, a), b in zip(result.teacher.state_dict().items(), result_b.teacher.state_dict().values()):
         assert torch.equal(a, b), name

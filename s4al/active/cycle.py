@@ -322,7 +322,6 @@ class ActiveLearningRun(AbstractContextManager):
         self._check_evaluation_labels()
         self._on_main(self._join_additions, cycle, "training")
         self._set_phase(cycle, "train")
-        started = time.perf_counter()
         state = self.label_state()
         trainer = Trainer(
             self.cfg, self.train_data(state), self.val_set, self.run_dir, cycle, self.cfg.cycle_epochs(cycle),
@@ -335,7 +334,7 @@ class ActiveLearningRun(AbstractContextManager):
             "val": result.final_scores,
             "epochs": self.cfg.cycle_epochs(cycle),  # a run given more cycles trained its former last one longer
             "processes": distributed.world_size(),  # train.batch_size is per process
-            "train_seconds": time.perf_counter() - started,
+            "train_seconds": result.seconds,  # a resumed cycle's too
         }
         if self.test_set is not None:
             scores = evaluate(result.teacher, self.test_set, self.cfg.train.eval_batch_size, self.device,

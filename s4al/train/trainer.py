@@ -108,6 +108,7 @@ class TrainResult:
     student: nn.Module
     teacher: nn.Module
     history: list[dict]  # one entry per evaluation
+    seconds: float  # spent training, over every process that trained the cycle
 
     @property
     def final_scores(self) -> dict:
@@ -197,6 +198,8 @@ class Trainer:
         self.saved_step: int | None = None  # the step of the checkpoint on disk
         self.stop_requested = False  # Ctrl-C during fit(): stop after the step under way
         self.history: list[dict] = []
+        self.seconds_before = 0.0  # spent training this cycle by the processes before this one (a resume)
+        self.fit_started = time.perf_counter()
         self.amp = self.device.type == "cuda" and t.amp
         self.graphs = cuda_fast and t.cuda_graphs and distributed.world_size() == 1
         self.student_pass = StudentPasses(self.net, self.student, self.amp, self.graphs)
@@ -437,6 +440,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "history": self.history,
             "config": self.cfg.model_dump(mode="json"),
+            "seconds": self.seconds(),
             "classes": list(self.data.dataset.classes.names),
             "colours": [list(colour) for colour in self.data.dataset.classes.colors],  # predict's, wherever it runs
         }
@@ -464,6 +468,7 @@ class Trainer:
             group.update({"fused": None, "foreach": None} | self.sgd_flags)
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.history = state["step"], state["history"]
+        self.seconds_before = state.get("seconds", 0.0)  # absent from checkpoints saved before it was kept
         self.saved_step = self.step
 
     def _evaluate(self, epoch: int) -> None:
@@ -522,13 +527,18 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.checkpoint_path.exists():
             self._restore()
+        self.fit_started = time.perf_counter()
         with self.cudnn_tuned(), self._interrupts_wait_for_the_step():
             self._train()
         self._release_graphs()
         if self.stop_requested:  # Ctrl-C after the last step, as its loaders closed: the final checkpoint is saved
             raise self._stop([], 0.0)
         distributed.barrier()  # the final checkpoint exists for every rank
-        return TrainResult(self.student, self.teacher.model, self.history)
+        return TrainResult(self.student, self.teacher.model, self.history, self.seconds())
+
+    def seconds(self) -> float:
+        """The time spent training this cycle, over every process that trained it."""
+        return self.seconds_before + time.perf_counter() - self.fit_started
 
     def _release_graphs(self) -> None:
         """The CUDA graphs of a training hold memory pools of their own, which a graphed pass's
