@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from collections.abc import Collection
@@ -26,7 +27,14 @@ SAVED_ON_RESUME = ("dataset.root", "model.weights", "active.cycles")
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no inf or nan: a number a run computes with must be finite (an infinite epoch multiplier failed
+    # as the last cycle began)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def _text(value):
+    """A name or path YAML read as a number (`root: 2024`, `--set model.weights=1234`) is its text."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 class SyntheticConfig(Section):
@@ -45,6 +53,13 @@ class DatasetConfig(Section):
     resize: tuple[Side, Side] | None = None  # (H, W) applied on load; Cityscapes protocol: 688x688
     synthetic: SyntheticConfig = SyntheticConfig()
 
+    _names_as_text = field_validator("root", "train_split", "val_split", "test_split", mode="before")(_text)
+
+    @field_validator("root")
+    @classmethod
+    def _home_expanded(cls, root: Path | None) -> Path | None:
+        return root.expanduser() if root is not None else None  # `--set dataset.root=~/data`: no shell expands it
+
     @model_validator(mode="after")
     def _root_needed(self) -> "DatasetConfig":
         if self.name != "synthetic" and self.root is None:
@@ -57,6 +72,8 @@ class ModelConfig(Section):
     # A local .pth file (torchvision layout), "imagenet" (download, needs internet) or null (random).
     weights: str | None = None
     channels_last: bool = True
+
+    _weights_as_text = field_validator("weights", mode="before")(_text)
 
 
 class TrainConfig(Section):
@@ -88,6 +105,13 @@ class TrainConfig(Section):
     # on the fast path on one CUDA device: the student's and the teacher's passes replayed as CUDA
     # graphs, captured at their first step (s4al/train/graphs.py); false runs them eagerly
     cuda_graphs: bool = True
+
+    @field_validator("fast", mode="before")
+    @classmethod
+    def _fast_from_bool(cls, value):
+        if isinstance(value, bool):  # YAML reads a bare on/off as true/false
+            return "on" if value else "off"
+        return value
 
     @model_validator(mode="after")
     def _scale_order(self) -> "TrainConfig":
@@ -212,9 +236,26 @@ def merge_overrides(base: dict, override: dict) -> dict:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping, where PyYAML keeps the last silently (a
+    second `train:` section would replace the first whole)."""
+
+    def construct_mapping(self, node, deep=False):
+        first: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in first:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"'{key}' is given twice (first on line {first[key]}); the second would replace the "
+                    "first silently", key_node.start_mark)
+            first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        with open(path) as file:  # a stream: YAML's messages name the file
+            data = yaml.load(file, Loader=_UniqueKeyLoader) or {}
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f"{path}: cannot read config: {err}") from err
     if not isinstance(data, dict):
@@ -331,10 +372,46 @@ def _set_by(overrides: dict, loc: tuple) -> bool:
     """Whether the error location `loc` lies under a key that --set gave."""
     node = overrides
     for part in loc:
-        if not isinstance(node, dict) or part not in node:
+        if not isinstance(node, dict):
+            return True  # inside a value --set gave, such as an item of its list
+        if part not in node:
             return False
         node = node[part]
     return True
+
+
+def _section_at(loc: tuple) -> type[BaseModel] | None:
+    """The config model that holds the key at `loc` (RunConfig for a top-level key)."""
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _unknown_key(loc: tuple) -> str:
+    """What to say of a key no section has: the close names of its section, or the sections that
+    hold a key of that name (`epochs` for `train.epochs`)."""
+    name, section = str(loc[-1]), _section_at(loc)
+    prefix = "".join(f"{part}." for part in loc[:-1])
+    close = [prefix + key for key in difflib.get_close_matches(name, list(section.model_fields) if section else [])]
+    if len(loc) == 1:
+        close += [f"{key}.{name}" for key, field in RunConfig.model_fields.items()
+                  if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+                  and name in field.annotation.model_fields]
+    return "unknown key" + (f" (did you mean {' or '.join(close[:3])}?)" if close else "")
+
+
+def _problem(error: dict) -> str:
+    """One validation error as the user should read it."""
+    if error["type"] == "extra_forbidden":
+        return _unknown_key(error["loc"])
+    said = error["ctx"]["error"] if error["type"] == "value_error" else error["msg"]  # without "Value error, "
+    if error["type"] == "tuple_type":
+        said += ", given as a list: [360, 480]"
+    return said
 
 
 def _validated(data: dict, path: str | Path, overrides: dict | None = None) -> RunConfig:
@@ -345,8 +422,7 @@ def _validated(data: dict, path: str | Path, overrides: dict | None = None) -> R
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"]) or "(top)"
             origin = "--set " if _set_by(overrides or {}, e["loc"]) else ""
-            said = e["ctx"]["error"] if e["type"] == "value_error" else e["msg"]  # without "Value error, "
-            problems.append(f"{origin}{key}: {said}")
+            problems.append(f"{origin}{key}: {_problem(e)}")
         raise ConfigError(f"{path}: invalid config: {'; '.join(problems)}") from None
 
 
@@ -364,6 +440,7 @@ def parse_override(items: list[str]) -> dict:
 # A key that does nothing unless another has a value: key -> (that key, its values, as said in a note).
 NEEDS = {
     "active.global_budget": ("active.selection", ("global",), "global"),
+    "active.initial_fraction": ("active.initial", ("random",), "random"),
     "active.regions_per_image": ("active.selection", ("per_image",), "per_image"),
     "ssl.balanced_classmix": ("ssl.replay", (True,), "true"),  # it mixes the replay batch in
     "ssl.replay_size": ("ssl.replay", (True,), "true"),

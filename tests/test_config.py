@@ -28,6 +28,40 @@ def test_unknown_key_is_named(tmp_path):
         load_config(path)
 
 
+@pytest.mark.parametrize("given, said", [
+    (["train.epoch=3"], "--set train.epoch: unknown key (did you mean train.epochs?)"),
+    (["epochs=3"], "--set epochs: unknown key (did you mean train.epochs?)"),
+    (["trian.lr=0.1"], "--set trian: unknown key (did you mean train?)"),
+    (["train.crop_size=360x480"], "--set train.crop_size: Input should be a valid tuple, given as a list: [360, 480]"),
+    (["train.crop_size=[0,10]"], "--set train.crop_size.0: Input should be greater than or equal to 1"),
+    (["train.lr=.inf"], "--set train.lr: Input should be a finite number"),
+    (["active.final_cycle_epoch_multiplier=.nan"], "--set active.final_cycle_epoch_multiplier: Input should be a finite"),
+])
+def test_a_mistyped_key_is_offered_the_close_ones_and_a_bad_value_says_the_form_it_takes(given, said):
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_config("demo", parse_override(given))
+
+
+def test_bare_on_off_and_numbers_as_names_read_as_the_user_meant(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load_config("demo", parse_override(["train.fast=off", "dataset.name=folder", "dataset.root=~/data",
+                                              "dataset.val_split=2019", "model.weights=1234"]))
+    assert cfg.train.fast == "off" and load_config("demo", parse_override(["train.fast=on"])).train.fast == "on"
+    assert (cfg.dataset.root, cfg.dataset.val_split, cfg.model.weights) == (tmp_path / "data", "2019", "1234")
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused_naming_both_lines(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  epochs: 3\n  crop_size: [360, 480]\nssl:\n  enabled: true\ntrain:\n  epochs: 5\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: cannot read config: 'train' is given twice (first on "
+                                                    f"line 1); the second would replace the first silently\n  in "
+                                                    f"\"{path}\", line 6")):
+        load_config(path)
+    path.write_text("train:\n  epochs: 3\n  epochs: 50\n")
+    with pytest.raises(ConfigError, match="'epochs' is given twice \\(first on line 2\\)"):
+        load_config(path)
+
+
 def test_bad_value_is_named(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  lr: -1\n")
@@ -222,6 +256,9 @@ def test_a_setting_the_other_values_make_do_nothing_is_named():
         == ["ssl.replay does nothing with ssl.enabled: false"]
     taken = {"active": {"selection": "global", "global_budget": 50}}
     assert inert_settings(load_config("demo", taken), taken) == []
+    own = {"active": {"initial": "labelled", "annotator": "external", "initial_fraction": 0.2}}
+    assert inert_settings(load_config("demo", own), own) == [
+        "active.initial_fraction does nothing unless active.initial is random (it is labelled)"]
     no_replay = {"ssl": {"replay": False, "balanced_classmix": True, "replay_size": 8},
                  "active": {"selection": "global", "global_budget": 50, "regions_per_image": 2}}
     assert inert_settings(load_config("demo", no_replay), no_replay) == [

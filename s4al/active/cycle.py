@@ -83,7 +83,7 @@ class ActiveLearningRun(AbstractContextManager):
                 self.val_set = build_dataset(d, d.val_split, self.cfg.seed)
                 self.test_set = build_dataset(d, d.test_split, self.cfg.seed) if d.test_split else None
             except DatasetError as err:
-                if cfg is not None:
+                if cfg is not None or "root" in (overrides or {}).get("dataset", {}):  # a new run, or a new root given
                     raise
                 raise DatasetError(f"{err}; if the dataset moved: s4al run --resume {self.run_dir} "
                                    "--set dataset.root=ITS_NEW_FOLDER") from None
