@@ -33,8 +33,8 @@ class Section(BaseModel):
 
 
 def _text(value):
-    """A name or path YAML read as a number (`root: 2024`, `--set model.weights=1234`) is its text."""
-    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    """A name or path YAML read as a whole number (`root: 2024`, `--set model.weights=1234`) is its text."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 class SyntheticConfig(Section):
@@ -58,7 +58,10 @@ class DatasetConfig(Section):
     @field_validator("root")
     @classmethod
     def _home_expanded(cls, root: Path | None) -> Path | None:
-        return root.expanduser() if root is not None else None  # `--set dataset.root=~/data`: no shell expands it
+        try:
+            return root.expanduser() if root is not None else None  # `--set dataset.root=~/data`: no shell expands it
+        except RuntimeError as err:  # ~user of no such user
+            raise ValueError(f"{root}: {err}") from None
 
     @model_validator(mode="after")
     def _root_needed(self) -> "DatasetConfig":
@@ -243,6 +246,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         first: dict = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`, which PyYAML merges itself
+                continue
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, str) and key in first:
                 raise yaml.constructor.ConstructorError(
@@ -410,7 +415,7 @@ def _problem(error: dict) -> str:
         return _unknown_key(error["loc"])
     said = error["ctx"]["error"] if error["type"] == "value_error" else error["msg"]  # without "Value error, "
     if error["type"] == "tuple_type":
-        said += ", given as a list: [360, 480]"
+        said += ", given as a list such as [360, 480]"
     return said
 
 

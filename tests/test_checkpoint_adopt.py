@@ -59,6 +59,7 @@ def test_an_adopted_checkpoint_holds_the_targets_config_and_resumes_training_not
     assert source["config"]["active"]["metric"] == "entropy"
     assert own["config"] == cfg.model_dump(mode="json")
     assert own["step"] == own["total_steps"] == 4
+    assert source["seconds"] > 0 and own["seconds"] == 0  # the lender trained it, not the target
     logged = target.metrics_log.read_text()
     assert logged == RunFolder(lender).metrics_log.read_text()  # the lender's evaluations, each once
     assert [json.loads(line)["step"] for line in logged.splitlines()] == [2, 4]
@@ -66,7 +67,7 @@ def test_an_adopted_checkpoint_holds_the_targets_config_and_resumes_training_not
     events = []
     result = Trainer(cfg, *ssl_data(cfg), target.path, progress=events.append).fit()
     assert events == []  # no step trained, nothing evaluated
-    assert result.history == source["history"]
+    assert result.history == source["history"] and result.seconds < source["seconds"]
     for name, tensor in source["teacher"].items():
         assert torch.equal(result.teacher.state_dict()[name], tensor), name
     assert target.metrics_log.read_text() == logged

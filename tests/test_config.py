@@ -32,7 +32,7 @@ def test_unknown_key_is_named(tmp_path):
     (["train.epoch=3"], "--set train.epoch: unknown key (did you mean train.epochs?)"),
     (["epochs=3"], "--set epochs: unknown key (did you mean train.epochs?)"),
     (["trian.lr=0.1"], "--set trian: unknown key (did you mean train?)"),
-    (["train.crop_size=360x480"], "--set train.crop_size: Input should be a valid tuple, given as a list: [360, 480]"),
+    (["train.crop_size=360x480"], "--set train.crop_size: Input should be a valid tuple, given as a list such as [360, 480]"),
     (["train.crop_size=[0,10]"], "--set train.crop_size.0: Input should be greater than or equal to 1"),
     (["train.lr=.inf"], "--set train.lr: Input should be a finite number"),
     (["active.final_cycle_epoch_multiplier=.nan"], "--set active.final_cycle_epoch_multiplier: Input should be a finite"),
@@ -59,6 +59,11 @@ def test_a_key_given_twice_in_a_config_file_is_refused_naming_both_lines(tmp_pat
         load_config(path)
     path.write_text("train:\n  epochs: 3\n  epochs: 50\n")
     with pytest.raises(ConfigError, match="'epochs' is given twice \\(first on line 2\\)"):
+        load_config(path)
+    # a merge key's keys may be given again: that is what merging is for
+    path.write_text("dataset:\n  synthetic: &small {num_train: 20, height: 48, width: 64}\n"
+                    "train:\n  crop_size: [48, 64]\nx_other: &wide\n  <<: *small\n  width: 96\n")
+    with pytest.raises(ConfigError, match="x_other: unknown key"):  # read whole, then validated
         load_config(path)
 
 

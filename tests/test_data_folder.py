@@ -104,20 +104,37 @@ def test_an_indexed_mask_whose_palette_holds_the_class_colours_is_read_by_colour
     assert ImageFolder(root, "train")[1].label.tolist() == [[1, 2], [0, 255]]
 
 
+def test_an_indexed_mask_of_class_ids_whose_palette_is_padded_with_black_is_read_by_index(tmp_path):
+    classes = [{"name": "background", "color": [0, 0, 0]}, *CLASSES[:2]]
+    colours = [c["color"] for c in classes]
+    root = make_folder(tmp_path, spec={"classes": classes})
+    # a script's class colours, then black: void 255 is black, as background (class 0) is
+    indexed_mask(root / "masks" / "a.png", [[1, 2], [0, 255]], colours + [[0, 0, 0]] * 253)
+    assert ImageFolder(root, "train")[0].label.tolist() == [[1, 2], [0, 255]]
+
+
 @pytest.mark.parametrize("colour, read_as", [((255, 255, 255), "void (ignore_value 255)"),
                                              ((0, 0, 0), "class 0 ('background')")])
-def test_a_class_coloured_grey_as_another_value_reads_in_grey_masks_is_refused_unless_colour_masks_says(
+def test_a_grey_mask_is_refused_where_a_class_coloured_grey_as_another_value_makes_it_ambiguous(
         tmp_path, colour, read_as):
     spec = {"classes": [{"name": "background", "color": [9, 9, 9] if colour == (0, 0, 0) else [0, 0, 0]},
                         {"name": "crack", "color": list(colour)}]}
     make_folder(tmp_path, spec=spec, mask=np.array([[0, 255], [255, 0]], np.uint8))
-    problem = (f"class 'crack' has the grey colour {colour}, but a grey (single-channel) mask's value {colour[0]} "
-               f"reads as {read_as}; set colour_masks: true")
-    with pytest.raises(DatasetError, match=f"classes.yaml: invalid class list: .*{re.escape(problem)}"):
-        ImageFolder(tmp_path, "train")
+    dataset = ImageFolder(tmp_path, "train")
+    problem = (f"masks/a.png: a single-channel mask, read as class ids, but class 'crack' has the grey colour "
+               f"{colour} and the value {colour[0]} reads as {read_as}; in classes.yaml set colour_masks: true")
+    with pytest.raises(DatasetError, match=re.escape(problem)):
+        dataset[0]
     (tmp_path / "classes.yaml").write_text(yaml.safe_dump({**spec, "colour_masks": True}))
     if colour == (255, 255, 255):  # a black and white mask paints background and crack
         assert ImageFolder(tmp_path, "train")[0].label.tolist() == [[0, 1], [1, 0]]
+
+
+def test_colour_masks_with_a_class_coloured_white_read_as_before(tmp_path):
+    impervious, car = (255, 255, 255), (255, 255, 0)  # ISPRS Potsdam's colours: class 0 is white
+    spec = {"classes": [{"name": "impervious", "color": list(impervious)}, {"name": "car", "color": list(car)}]}
+    make_folder(tmp_path, spec=spec, mask=colour_mask([[0, 1], [1, 0]], [impervious, car]))
+    assert ImageFolder(tmp_path, "train")[0].label.tolist() == [[0, 1], [1, 0]]
 
 
 def test_colour_masks_false_rejects_rgb_masks(tmp_path):

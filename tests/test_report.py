@@ -141,6 +141,8 @@ def test_a_run_missing_its_last_checkpoint_and_images_it_asked_is_still_reported
     html = page.read_text()
     assert re.search(r"the cycle 1 checkpoint is not in the run folder \(.*cycle_1.pt\)", html)
     assert html.count('src="data:image/png;base64,') == len(FIGURES) - 1
+    (run / "ledger.sqlite").unlink()  # gone too: the classes are the dataset's
+    assert write_report(run, tmp_path / "without_ledger").is_file()
 
 
 def test_report_command(run_dir, tmp_path):

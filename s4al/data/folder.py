@@ -71,15 +71,13 @@ class FolderSpec(BaseModel):
         colours = [c.color for c in self.classes] + ([self.ignore_color] if self.ignore_color else [])
         if len(set(colours)) != len(colours):
             raise ValueError("class colours (and ignore_color) must be distinct to decode colour masks")
-        if self.colour_masks is None and (problem := _grey_value_read_otherwise(self)):
-            raise ValueError(problem)
         return self
 
 
 def _grey_value_read_otherwise(spec: FolderSpec) -> str | None:
-    """With colour_masks unset a single-channel mask's value v is class v (or void, ignore_value): a
-    class coloured grey (v, v, v) whose masks are grey pictures of the class colours would silently
-    lose its pixels to that reading. The problem, or None."""
+    """A single-channel mask read with colour_masks unset holds ids: its value v is class v (or void,
+    ignore_value). A class coloured grey (v, v, v) whose masks are grey pictures of the class colours
+    would silently lose its pixels to that reading. The problem, or None."""
     for k, entry in enumerate(spec.classes):
         v = entry.color[0]
         if entry.color != (v, v, v) or v == k:
@@ -90,9 +88,9 @@ def _grey_value_read_otherwise(spec: FolderSpec) -> str | None:
             read_as = f"class {v} ('{spec.classes[v].name}')"
         else:
             continue  # no such class id: such a mask is refused as it is read
-        return (f"class '{entry.name}' has the grey colour ({v}, {v}, {v}), but a grey (single-channel) mask's "
-                f"value {v} reads as {read_as}; set colour_masks: true if grey masks paint the class colours, "
-                "or colour_masks: false if masks hold class ids")
+        return (f"a single-channel mask, read as class ids, but class '{entry.name}' has the grey colour ({v}, {v}, "
+                f"{v}) and the value {v} reads as {read_as}; in classes.yaml set colour_masks: true if masks paint "
+                "the class colours, or colour_masks: false if they hold class ids")
     return None
 
 
@@ -153,6 +151,7 @@ class ImageFolder(FilePairDataset):
         self.classes = ClassSet(tuple(c.name for c in spec.classes), tuple(c.color for c in spec.classes))
         self.raw_to_class = id_label_table(self.classes.num_classes, spec.ignore_value)
         self.colour_masks = spec.colour_masks
+        self.ids_ambiguous = _grey_value_read_otherwise(spec) if spec.colour_masks is None else None
         colour_to_class = {colour: i for i, colour in enumerate(self.classes.colors)}
         if spec.ignore_color:
             colour_to_class[spec.ignore_color] = IGNORE_INDEX
@@ -191,16 +190,22 @@ class ImageFolder(FilePairDataset):
             if mode == "P":
                 return self._palette_label(pair)
             colour = mode in COLOUR_MODES
-        return self.decode_colours(read_image(pair.label), pair.label) if colour else super().read_label(pair)
+        return self.decode_colours(read_image(pair.label), pair.label) if colour else self._id_label(pair)
+
+    def _id_label(self, pair: Pair, indices: np.ndarray | None = None) -> np.ndarray:
+        if self.ids_ambiguous:
+            raise DatasetError(f"{pair.label}: {self.ids_ambiguous}")
+        return remap_label(read_label(pair.label) if indices is None else indices, self.raw_to_class, pair.label)
 
     def _palette_label(self, pair: Pair) -> np.ndarray:
-        """An indexed (palette) mask: by colour where every index it uses has a class colour in the
-        palette (an editor's indexed export numbers its colours in its own order), else by index."""
+        """An indexed (palette) mask: by colour where the indices it uses have distinct class colours
+        in the palette (an editor's indexed export numbers its colours in its own order), else by
+        index (class ids under a palette of other colours, or one padded with black)."""
         indices = read_label(pair.label)
         used = np.unique(indices)
         classes = self.decode_colours.known(read_palette(pair.label)[used])
-        if classes is None:
-            return remap_label(indices, self.raw_to_class, pair.label)
+        if classes is None or len(np.unique(classes)) < len(used):
+            return self._id_label(pair, indices)
         table = np.zeros(256, dtype=np.uint8)
         table[used] = classes
         return table[indices]
@@ -227,7 +232,7 @@ def images_by_stem(image_dir: Path) -> dict[str, Path]:
 
 def refuse_broken_links(folder: Path) -> None:
     """A link in a folder read flat whose target is gone would silently leave the folder."""
-    broken = sorted(p for p in folder.iterdir() if p.is_symlink() and not p.exists())
+    broken = sorted(p for p in folder.iterdir() if p.is_symlink() and not p.exists() and not p.name.startswith("."))
     if broken:
         raise DatasetError(f"{broken[0]}: a link to {os.readlink(broken[0])}, which does not exist; "
                            f"mend the link or remove it from {folder.name}/")

@@ -210,6 +210,8 @@ def asked_regions(images: list[tuple[str, np.ndarray, list[Region]]], cycle: int
 
 def asked_regions_figure(run_dir: Path, cfg: RunConfig) -> Figure:
     ledger_path = RunFolder(Path(run_dir)).ledger_path
+    if not ledger_path.exists():
+        raise NotDrawn(f"the run's ledger is not in the run folder ({ledger_path})")
     with Ledger(ledger_path, readonly=True) as ledger:
         regions = ledger.regions()
     if not regions:
@@ -265,13 +267,20 @@ def qualitative(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], clas
 
 
 def run_classes(run_dir: Path, cfg: RunConfig, cycle: int) -> ClassSet:
-    """The run's classes in the colours of the `cycle` checkpoint, or (that checkpoint gone) of its dataset."""
+    """The run's classes in the colours of the `cycle` checkpoint, or (that checkpoint gone) those
+    the ledger names in the colours of its dataset, or (both gone) the dataset's."""
     folder = RunFolder(run_dir)
     if folder.checkpoint_path(cycle).exists():
         state = load_checkpoint(folder.checkpoint_path(cycle))
         return class_set(cfg.dataset, state["classes"], state.get("colours"))
-    with Ledger(folder.ledger_path, readonly=True) as ledger:
-        return class_set(cfg.dataset, ledger.get_meta("classes"))
+    if folder.ledger_path.exists():
+        with Ledger(folder.ledger_path, readonly=True) as ledger:
+            return class_set(cfg.dataset, ledger.get_meta("classes"))
+    try:
+        return _dataset(cfg, cfg.dataset.train_split).classes
+    except NotDrawn as reason:
+        raise FileNotFoundError(f"{run_dir}: neither the cycle {cycle} checkpoint nor the ledger is in the run folder, "
+                                f"and {reason}: the report has no classes to draw") from None
 
 
 def qualitative_figure(run_dir: Path, cfg: RunConfig, cycle: int, classes: ClassSet) -> Figure:

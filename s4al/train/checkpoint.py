@@ -103,4 +103,5 @@ def adopt_final_checkpoint(source_run_dir: Path, target_run_dir: Path, cfg: RunC
     # the log first: a checkpoint on disk has its evaluations logged (a log left by a kill in between
     # is rewritten by whatever next writes the cycle: another adoption or the trainer's first save)
     write_metrics_log(target.metrics_log, cycle, state["history"])
-    save_checkpoint(state | {"config": cfg.model_dump(mode="json")}, own)
+    # the source spent the training time, not the target (a benchmark counts the source's once)
+    save_checkpoint(state | {"config": cfg.model_dump(mode="json"), "seconds": 0.0}, own)
