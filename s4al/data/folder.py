@@ -5,7 +5,8 @@ classes.yaml:
     ignore_value: 255          # raw value of single-channel masks that means void
     colour_masks: null         # true: masks paint class colours; false: they hold class ids; null: RGB(A)
                                # masks paint colours, grey ones hold ids, indexed ones paint colours
-                               # where their palette holds class colours, else hold ids
+                               # where their palette gives the indices used distinct class colours,
+                               # else hold ids
     ignore_color: [0, 0, 0]    # optional: the void colour in colour masks
 
 Splits: ROOT/{split}.txt lists image stems. Without it, "train" is every image and "unlabelled" every
