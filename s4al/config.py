@@ -360,10 +360,16 @@ def _without_removed_keys(data: dict, source: str | Path) -> dict:
     return out
 
 
+def _section_of(field) -> type[BaseModel] | None:
+    """The config model a field holds, if it is a section (train, dataset.synthetic, ...)."""
+    kind = field.annotation
+    return kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+
+
 def _missing_keys(model: type[BaseModel], data: dict, sections_only: bool, prefix: str = "") -> list[str]:
     missing = []
     for name, field in model.model_fields.items():
-        nested = isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        nested = _section_of(field) is not None
         if name == "config_version" or (sections_only and not nested):
             continue
         if name not in data:
@@ -387,12 +393,12 @@ def _set_by(overrides: dict, loc: tuple) -> bool:
 
 def _section_at(loc: tuple) -> type[BaseModel] | None:
     """The config model that holds the key at `loc` (RunConfig for a top-level key)."""
-    model: type[BaseModel] = RunConfig
+    model: type[BaseModel] | None = RunConfig
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        model = _section_of(field) if field is not None else None
+        if model is None:
             return None
-        model = field.annotation
     return model
 
 
@@ -404,8 +410,7 @@ def _unknown_key(loc: tuple) -> str:
     close = [prefix + key for key in difflib.get_close_matches(name, list(section.model_fields) if section else [])]
     if len(loc) == 1:
         close += [f"{key}.{name}" for key, field in RunConfig.model_fields.items()
-                  if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-                  and name in field.annotation.model_fields]
+                  if (holder := _section_of(field)) and name in holder.model_fields]
     return "unknown key" + (f" (did you mean {' or '.join(close[:3])}?)" if close else "")
 
 
