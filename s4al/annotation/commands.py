@@ -171,7 +171,7 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
     if report.edits_under_minimum:
         lines.append(f"kept the earlier answer of {_shares(report.edits_under_minimum)}, painted otherwise now but "
                      f"under {100 * MIN_PAINTED_SHARE:.0f}%: to correct one, paint at least that much of it")
-    named = (  # the regions an import treated other than as asked, each kind with what happened to them
+    kinds = (  # the regions an import treated other than as asked, each kind with what happened to them
         (report.unskipped, "answered {regions} skipped before (painted since)"),
         (report.corrected, "corrected {regions} answered before, painted otherwise now (the new answer replaces "
                            "the earlier one for the training to come" + (_after_the_last(run_dir) if report.corrected
@@ -186,7 +186,7 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
         (report.outdated, "left {regions} answered as before: painted otherwise here, but before the stored answer "
                           "(an earlier export or mask?)"),
     )
-    lines += [f"{text.format(regions=counted(len(ids), 'region'))}: {_ids(ids)}" for ids, text in named if ids]
+    lines += [f"{text.format(regions=counted(len(ids), 'region'))}: {_ids(ids)}" for ids, text in kinds if ids]
     if report.already_imported:
         what = "task" if report.by == "label-studio" else "mask"
         lines.append(f"{counted(report.already_imported, what)} already imported (regions answered or skipped): "

@@ -26,7 +26,7 @@ from s4al.distributed import setup_device
 from s4al.report.predict import class_set, segment
 from s4al.report.status import open_cycle, open_state
 from s4al.run_folder import RunFolder
-from s4al.train.checkpoint import load_checkpoint, load_trained_model
+from s4al.train.checkpoint import load_checkpoint, trained_model
 
 STYLE = {
     "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10,
@@ -266,12 +266,11 @@ def qualitative(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], clas
     return fig
 
 
-def run_classes(run_dir: Path, cfg: RunConfig, cycle: int) -> ClassSet:
-    """The run's classes in the colours of the `cycle` checkpoint, or (that checkpoint gone) those
-    the ledger names in the colours of its dataset, or (both gone) the dataset's."""
+def run_classes(run_dir: Path, cfg: RunConfig, cycle: int, state: dict | None) -> ClassSet:
+    """The run's classes in the colours of the `cycle` checkpoint `state`, or (that checkpoint gone)
+    those the ledger names in the colours of its dataset, or (both gone) the dataset's."""
     folder = RunFolder(run_dir)
-    if folder.checkpoint_path(cycle).exists():
-        state = load_checkpoint(folder.checkpoint_path(cycle))
+    if state is not None:
         return class_set(cfg.dataset, state["classes"], state.get("colours"))
     if folder.ledger_path.exists():
         with Ledger(folder.ledger_path, readonly=True) as ledger:
@@ -283,13 +282,14 @@ def run_classes(run_dir: Path, cfg: RunConfig, cycle: int) -> ClassSet:
                                 f"and {reason}: the report has no classes to draw") from None
 
 
-def qualitative_figure(run_dir: Path, cfg: RunConfig, cycle: int, classes: ClassSet) -> Figure:
+def qualitative_figure(run_dir: Path, cfg: RunConfig, cycle: int, classes: ClassSet, state: dict | None) -> Figure:
+    """`state`: the `cycle` checkpoint, None where it is gone."""
     checkpoint = RunFolder(run_dir).checkpoint_path(cycle)
-    if not checkpoint.exists():
+    if state is None:
         raise NotDrawn(f"the cycle {cycle} checkpoint is not in the run folder ({checkpoint})")
     val_set = _dataset(cfg, cfg.dataset.val_split)
     device = setup_device("auto")
-    model, _ = load_trained_model(checkpoint, "teacher", device)
+    model, _ = trained_model(state, checkpoint, "teacher", device)
     rows = []
     for index in spread_indices(QUALITATIVE_ROWS, len(val_set)):
         sample = val_set.load(index)
@@ -309,13 +309,15 @@ def save_figures(
         raise FileNotFoundError(f"{run_dir}: no cycle has trained yet; a cycle is reported once it has trained "
                                 f"(`s4al status {run_dir}` shows the training under way)")
     last = cycles[-1]["cycle"]
-    classes = run_classes(run_dir, cfg, last)
+    checkpoint = RunFolder(run_dir).checkpoint_path(last)
+    state = load_checkpoint(checkpoint) if checkpoint.exists() else None  # read once, for classes and model
+    classes = run_classes(run_dir, cfg, last, state)
     builders: dict[str, Callable[[], Figure]] = {
         "efficiency": lambda: efficiency_curve(cycles, supervised_miou),
         "class_iou": lambda: class_iou_bars(cycles, classes.names),
         "bought": lambda: bought_histogram(cycles, classes),
         "regions": lambda: asked_regions_figure(run_dir, cfg),
-        "qualitative": lambda: qualitative_figure(run_dir, cfg, last, classes),
+        "qualitative": lambda: qualitative_figure(run_dir, cfg, last, classes, state),
     }
     output_folder(out_dir)
     saved, skipped = {}, {}
