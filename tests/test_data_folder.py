@@ -153,6 +153,13 @@ def test_split_files_list_stems(tmp_path):
         ImageFolder(tmp_path, "test")
 
 
+def test_a_text_file_naming_no_image_is_refused_as_no_split_list(tmp_path):
+    make_folder(tmp_path, stems=("a", "b"))
+    (tmp_path / "notes.txt").write_text("Collected in May.\nAsk Ana about b.\n")
+    with pytest.raises(DatasetError, match=r"notes\.txt: no line names an image in images/; every \.txt file"):
+        ImageFolder(tmp_path, "train")
+
+
 def test_a_split_file_saved_with_a_byte_order_mark_reads_its_first_stem_and_a_stem_listed_twice_is_refused(tmp_path):
     make_folder(tmp_path, stems=("a", "b", "c"))
     (tmp_path / "val.txt").write_text("c\na\n", encoding="utf-8-sig")  # as Notepad saves it

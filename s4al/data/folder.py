@@ -298,9 +298,13 @@ def _stem_of(line: str, images: dict[str, Path]) -> str:
 def read_stems(split_file: Path, images: dict[str, Path]) -> list[str]:
     """The stems a split file lists, one a line; a byte-order mark (Windows editors) is not a stem's."""
     lines: dict[str, int] = {}
-    for number, line in enumerate(split_file.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    text = split_file.read_text(encoding="utf-8-sig").splitlines()
+    for number, line in enumerate(text, start=1):
         stem = _stem_of(line, images)
         if stem and stem not in images:
+            if not any(_stem_of(other, images) in images for other in text):
+                raise DatasetError(f"{split_file}: no line names an image in images/; every .txt file beside "
+                                   "images/ is read as a split's list of image stems: move other text files away")
             raise DatasetError(f"{split_file}:{number}: no image with stem '{stem}' in images/")
         if stem in lines:
             raise DatasetError(f"{split_file}:{number}: '{stem}' is listed again (also line {lines[stem]}); "
