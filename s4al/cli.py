@@ -179,16 +179,16 @@ def run(
     if resume is not None and config is not None:
         raise _bad_parameter(f"--config with --resume: a resumed run keeps the config in "
                              f"{RunFolder(resume).config_path}")
-    if out is not None and RunFolder(out).holds_training():
-        raise _bad_parameter(f"{out} holds a training of `s4al train`, not an active-learning run; give a new --out")
-    if out is not None and RunFolder(out).begun() and not distributed.restarted():
-        raise _bad_parameter(f"{out} already holds a run; continue it with --resume {out}")
     with user_errors_reported():
         changes = parse_override(overrides or [])
         cfg = _config(config or "demo", overrides) if out is not None else None
         run_dir = out or resume
         device = (cfg or RunFolder.open(run_dir, lock=False).config(changes)).train.device
         distributed.setup_device(device)  # joins torchrun's process group
+        # rank 0 looks, before it makes the run: a later rank would find that run and refuse it
+        taken = distributed.from_main(_taken(out)) if out is not None else None
+        if taken:
+            raise _bad_parameter(taken)
         if cfg is not None:
             _note_inert_settings(cfg, changes)
         with ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes) as active_run:
@@ -200,6 +200,15 @@ def run(
                 active_run.run()
             if distributed.is_main():
                 _print_run(active_run, run_dir)
+
+
+def _taken(out: Path) -> str | None:
+    """Why `run --out` may not make its run in `out`, or None."""
+    if RunFolder(out).holds_training():
+        return f"{out} holds a training of `s4al train`, not an active-learning run; give a new --out"
+    if RunFolder(out).begun() and not distributed.restarted():
+        return f"{out} already holds a run; continue it with --resume {out}"
+    return None
 
 
 def _print_run(active_run: ActiveLearningRun, run_dir: Path) -> None:

@@ -10,12 +10,17 @@ import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from s4al.config import DEVICE_PATTERN
 from s4al.errors import S4alError
+
+# How long a rank waits in a collective: the others wait there while rank 0 alone builds the ledger
+# of a large dataset or writes a cycle's answers, which can outlast NCCL's default of 10 minutes.
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
 
 
 def is_initialized() -> bool:
@@ -53,7 +58,7 @@ def setup_device(device: str = "auto") -> torch.device:
         index = named if ranks == 1 and named is not None else int(os.environ.get("LOCAL_RANK", "0"))
         _check_gpu(device, index)
     if ranks > 1 and not is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
     if use_cuda:
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
@@ -88,11 +93,27 @@ def all_mean(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def all_min(value: int, device: torch.device) -> int:
+    """The least of the ranks' `value`s (a tensor on `device` carries it: NCCL sends only GPU tensors)."""
+    if not is_initialized():
+        return value
+    least = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(least, op=dist.ReduceOp.MIN)
+    return int(least.item())
+
+
 def broadcast_buffers(module: torch.nn.Module) -> None:
-    """Makes rank 0's buffers (BatchNorm statistics) everyone's."""
-    if is_initialized():
-        for buffer in module.buffers():
-            dist.broadcast(buffer, 0)
+    """Makes rank 0's buffers (BatchNorm statistics) everyone's, in one broadcast per dtype (one a
+    buffer would be hundreds of small transfers every step)."""
+    if not is_initialized():
+        return
+    buffers = list(module.buffers())
+    for dtype in dict.fromkeys(b.dtype for b in buffers):  # first-seen order: the same on every rank
+        group = [b for b in buffers if b.dtype == dtype]
+        flat = torch.cat([b.reshape(-1) for b in group])
+        dist.broadcast(flat, 0)
+        for buffer, received in zip(group, flat.split([b.numel() for b in group])):
+            buffer.copy_(received.view_as(buffer))
 
 
 def from_main(obj):

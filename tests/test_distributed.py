@@ -22,7 +22,7 @@ from s4al.active.cycle import ActiveLearningRun
 from s4al.config import load_run_config, save_config
 from s4al.train.checkpoint import load_trained_model
 from s4al.seeding import derive_seed
-from s4al.data import build_dataset
+from s4al.data import build_dataset, device_cache
 from s4al.evaluate import evaluate
 from s4al.metrics import Confusion
 from s4al.model import build_model
@@ -76,6 +76,31 @@ def test_the_confusion_matrix_is_the_sum_of_the_ranks_counts(tmp_path):
     results = [torch.load(tmp_path / f"confusion{r}.pt") for r in range(WORLD)]
     for result in results:
         assert result["first"].tolist() == result["second"].tolist() == SUMMED
+
+
+def collectives(rank: int, port: int, out: str) -> None:
+    device = join(rank, port)
+    norm = torch.nn.BatchNorm2d(3)  # float statistics and an int64 step count
+    norm.running_mean.fill_(rank + 1.0)
+    norm.num_batches_tracked.fill_(10 * (rank + 1))
+    distributed.broadcast_buffers(norm)
+    device_cache.free_memory = lambda device: [10**12, 10**6][rank]  # rank 1's device is nearly full
+    try:
+        device_cache.check_fits(10**9, device, "the cache")
+        fits = True
+    except device_cache.DeviceMemoryShort:
+        fits = False
+    seen = {"mean": norm.running_mean.tolist(), "steps": norm.num_batches_tracked.item(),
+            "least": distributed.all_min([7, 3][rank], device), "fits": fits}
+    torch.save(seen, os.path.join(out, f"collectives{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_ranks_take_rank_0s_buffers_and_agree_a_cache_fits_only_where_it_fits_every_rank(tmp_path):
+    mp.start_processes(collectives, args=(free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    for rank in range(WORLD):
+        seen = torch.load(tmp_path / f"collectives{rank}.pt")
+        assert seen == {"mean": [1.0, 1.0, 1.0], "steps": 10, "least": 3, "fits": False}
 
 
 def train_and_evaluate(rank: int, port: int, out: str) -> None:

@@ -29,6 +29,15 @@ def test_running_marginal_is_an_ema_over_valid_pixels_only():
     assert align.running.tolist() == pytest.approx([0.375, 0.625])
 
 
+def test_shares_over_ranks_weigh_each_rank_by_its_valid_pixels():
+    """Rank A: one valid pixel of class 0; rank B (simulated by `reduce`): three of class 1. The
+    pool's share of class 0 is 1/4, not the mean of the ranks' shares (1/2)."""
+    rank_b = torch.tensor([0.0, 3.0, 3.0], dtype=torch.float64)  # class masses, then the valid-pixel count
+    align = ProbabilityAlignment(torch.tensor([1.0, 1.0]), momentum=0.0)
+    align.update(probs_map([1.0, 0.0]), torch.ones(1, 1, 1, dtype=torch.bool), reduce=lambda t: (t + rank_b) / 2)
+    assert align.running.tolist() == pytest.approx([0.25, 0.75])
+
+
 def test_no_change_while_predictions_match_the_labelled_shares_and_state_round_trips():
     align = ProbabilityAlignment(torch.tensor([2, 6, 0]))
     probs = probs_map([0.2, 0.5, 0.3], [0.1, 0.1, 0.8])

@@ -128,8 +128,11 @@ def cache_bytes(
 
 
 def check_fits(nbytes: int, device: torch.device, what: str) -> None:
-    """DeviceMemoryShort unless `nbytes` is within DEVICE_SHARE of the free memory of `device`."""
+    """DeviceMemoryShort unless `nbytes` is within DEVICE_SHARE of the free memory of `device`, on
+    every rank: ranks that chose apart would split a split's batches apart."""
     free = free_memory(device)
+    if free is not None:
+        free = distributed.all_min(free, device)
     if free is not None and nbytes > DEVICE_SHARE * free:
         raise DeviceMemoryShort(
             f"{what} would take {nbytes / GIB:.1f} GiB of {device}, which has {free / GIB:.1f} GiB free "

@@ -39,6 +39,13 @@ def _probability_mass(probs: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
     return (probs * weights).sum(dim=(0, 2, 3))
 
 
+def _shares(mass: torch.Tensor, weights: torch.Tensor, reduce) -> torch.Tensor:
+    """(C,) float64 class shares: `mass` over the weighted pixels' count, both averaged by `reduce`
+    over the ranks (so a rank with more valid pixels weighs more)."""
+    both = reduce(torch.cat([mass, weights.sum().view(1)]))
+    return (both[:-1] / both[-1].clamp_min(1)).double()
+
+
 class _Aligner:
     state_names: tuple[str, ...] = ("running",)  # what a checkpoint keeps; the labelled shares are recomputed
 
@@ -62,7 +69,7 @@ class _Aligner:
                 setattr(self, name, getattr(self, name).to(device))
 
     def _estimate(self, probs: torch.Tensor, weights: torch.Tensor, reduce) -> None:
-        self.predicted += reduce(_probability_mass(probs, weights) / weights.sum().clamp_min(1)).double()
+        self.predicted += _shares(_probability_mass(probs, weights), weights, reduce)
         self.seen += 1
         if self.seen == self.estimate_steps:
             geometric = (self.labelled * self.predicted / self.seen).sqrt()
@@ -76,13 +83,13 @@ class _Aligner:
 
     def update(self, probs: torch.Tensor, valid: torch.Tensor, reduce=lambda shares: shares) -> None:
         """Folds this batch's class shares over its valid pixels into the state.
-        probs (N, C, H, W) unaligned, valid (N, H, W) bool; `reduce` averages the (C,) shares over
+        probs (N, C, H, W) unaligned, valid (N, H, W) bool; `reduce` averages a tensor over the
         ranks, so that every rank keeps the same state."""
         weights = valid.unsqueeze(1).to(probs.dtype)
         self._to(probs.device)
         if self.seen < self.estimate_steps:
             self._estimate(probs, weights, reduce)
-        shares = reduce(self._batch_shares(probs, weights) / weights.sum().clamp_min(1)).double()
+        shares = _shares(self._batch_shares(probs, weights), weights, reduce)
         self.running.mul_(self.momentum).add_(shares, alpha=1 - self.momentum)
 
     def _scaled(self, probs: torch.Tensor) -> torch.Tensor:

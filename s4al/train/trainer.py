@@ -178,6 +178,8 @@ class Trainer:
         self.folder = RunFolder(self.run_dir)
         self.checkpoint_path = self.folder.checkpoint_path(cycle)
         self.progress = progress if progress is not None and distributed.is_main() else (lambda info: None)
+        # Each rank mixes and drops out with its own draws; rank 0's are those of a single process.
+        self.rank_seed = (distributed.rank(),) if distributed.rank() else ()
 
         torch.manual_seed(derive_seed(cfg.seed, "init", cycle))  # the decoder's random initialisation
         self.student = build_model(cfg.model, self.num_classes).to(self.device)
@@ -394,7 +396,7 @@ class Trainer:
         )
         n = len(unlabelled["strong"])
         current = unlabelled["strong"], pseudo[:n], confidence[:n]
-        generator = seeded_generator(self.cfg.seed, "mix", self.cycle, step)
+        generator = seeded_generator(self.cfg.seed, "mix", self.cycle, step, *self.rank_seed)
         mixed = classmix_batch(*current, generator) if s.classmix else current
         logs = dict(zip(("loss/unsup", "eta/unsup"), self._unsup(*mixed, last=replay is None)))
         if replay is None:
@@ -410,7 +412,7 @@ class Trainer:
         self, step: int, labelled: dict, unlabelled: dict | None = None, replay: dict | None = None
     ) -> dict[str, torch.Tensor]:
         """One optimiser step on a StepBatch's batches; returns the losses (and etas) on the device."""
-        torch.manual_seed(derive_seed(self.cfg.seed, "step", self.cycle, step))  # dropout, resumable
+        torch.manual_seed(derive_seed(self.cfg.seed, "step", self.cycle, step, *self.rank_seed))  # dropout, resumable
         self.optimizer.zero_grad(set_to_none=self.grads_to_none)
         sup_weight = COLD_START_SUP_WEIGHT if step < self.cold_steps else 1.0
         with self._synced(last=unlabelled is None):
@@ -525,7 +527,7 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.checkpoint_path.exists():
+        if distributed.from_main(self.checkpoint_path.exists()):  # ranks on a lagging shared folder resume alike
             self._restore()
         self.fit_started = time.perf_counter()
         with self.cudnn_tuned(), self._interrupts_wait_for_the_step():
