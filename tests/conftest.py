@@ -20,7 +20,15 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 CAMVID = SHARED / "data" / "camvid"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet.pth"
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_cuda = pytest.mark.cuda  # skipped without a CUDA device; `pytest -m cuda` runs these alone
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
 
 def tiny_config(**sections) -> RunConfig:

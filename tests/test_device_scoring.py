@@ -266,7 +266,9 @@ def test_on_a_gpu_batches_fill_a_tile_and_the_forward_pass_runs_in_bf16(setup):
     assert cache is not None and cache.images.is_cuda
     assert [len(ids) for *_, ids in cached_batches(cache, range(20), 4)] == [20]  # 48x64: a tile holds them all
     dtypes = []
-    hook = model.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    # the logits are fp32 (autocast upsamples in fp32): the last convolution's output says
+    last_conv = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    hook = last_conv.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
     try:
         a = active(cfg, regions_per_image=2)
         fast = score_cells(model, train, POOL, BOUGHT, a, cuda, 0, fast="auto")
