@@ -1,12 +1,16 @@
-"""The SSL step's tensor functions on CUDA tensors, checked without a GPU: FakeTensorMode gives
+"""The training step's tensor functions (batch views, SSL) on CUDA tensors, checked without a GPU: FakeTensorMode gives
 tensors a device but no values, so reading a value on the host (.item(), nonzero, a Python `if`
 on a tensor: a wait for the GPU) raises, and a dispatch mode sees every host tensor an operation
 takes with a device one."""
+
+from types import SimpleNamespace
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from s4al.data.device_augment import draw_params, labelled_views, unlabelled_views
+from s4al.data.views import Augment
 from s4al.ssl.alignment import ArgmaxAlignment, ProbabilityAlignment
 from s4al.ssl.classmix import balanced_classmix_batch, classmix_batch
 from s4al.ssl.losses import apply_annotations, confidence_ratio, supervised_loss, unsupervised_loss
@@ -35,6 +39,22 @@ class HostValues(TorchDispatchMode):
             if func in INDEX_PUTS or any(a.dim() > 0 for a in host):
                 self.taken.append(str(func))
         return func(*args, **kwargs)
+
+
+def test_the_batch_views_never_wait_for_a_gpu_nor_take_host_values():
+    aug = Augment(crop_size=(6, 8))
+    params = torch.from_numpy(draw_params([1, 2], 8, 10, aug))  # drawn on the host, sent once
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        cache = SimpleNamespace(  # a DeviceCache's tensors: 3 images of 8x10, 2 labels, 2 answer slots
+            images=torch.zeros(3, 3, 8, 10, dtype=torch.uint8, device="cuda"), size=(8, 10),
+            labels=torch.zeros(2, 8, 10, dtype=torch.uint8, device="cuda"),
+            known_label=torch.zeros(2, 8, 10, dtype=torch.uint8, device="cuda"),
+            known=torch.zeros(2, 8, 10, dtype=torch.bool, device="cuda"))
+        on_device, rows = params.to("cuda"), torch.tensor([0, 2], device="cuda")
+        with HostValues() as seen:
+            labelled_views(cache, aug, on_device, rows, torch.tensor([1, 0], device="cuda"))
+            unlabelled_views(cache, aug, on_device, rows, torch.tensor([0, 1], device="cuda"))
+    assert seen.taken == []
 
 
 def test_the_ssl_step_never_waits_for_a_gpu_nor_sends_it_host_values():
