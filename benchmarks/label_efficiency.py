@@ -264,12 +264,16 @@ class Progress:
                 for cycle, s in self.step_seconds.items()}
 
 
-def device_name(device: str) -> str:
+def device_name(device: str, visible: str | None = None) -> str:
     """The name of what the runs train on: the GPU as nvidia-smi names it (so that the window's own
-    process, which starts processes, never initialises CUDA), else the CPU model."""
+    process, which starts processes, never initialises CUDA), else the CPU model. `visible`: the
+    CUDA_VISIBLE_DEVICES the runs see (default: this process's), which nvidia-smi does not read."""
     if device == "cpu":
         return cpu_model()
     index = device.partition(":")[2] or "0"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    ids = [gpu.strip() for gpu in visible.split(",")] if visible else []
+    index = ids[int(index)] if int(index) < len(ids) else index
     try:
         listed = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", index],
                                 capture_output=True, text=True, timeout=60, check=True).stdout.strip()
@@ -364,7 +368,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "device, and stop them all before SECONDS; a rerun skips what finished and "
                              "resumes the rest")
     parser.add_argument("--parallel", type=int, default=1, metavar="K",
-                        help="with --gpu-window: runs side by side; default: %(default)s")
+                        help="with --gpu-window: runs side by side (on each GPU of --gpus); default: %(default)s")
+    parser.add_argument("--gpus", nargs="+", default=[], metavar="ID",
+                        help="with --gpu-window: spread the runs over these GPUs (CUDA_VISIBLE_DEVICES ids), "
+                             "--parallel on each")
     parser.add_argument("--side-by-side", type=int, default=1, metavar="K",
                         help="set by --gpu-window for its runs: how many shared the device (recorded)")
     parser.add_argument("--no-share-cycle0", action="store_true",
@@ -382,6 +389,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--name must start with '{args.protocol}_': results name the protocol they extend")
     if args.parallel < 1 or (args.parallel > 1 and args.gpu_window is None):
         parser.error("--parallel K needs K >= 1 and --gpu-window")
+    if args.gpus and (args.gpu_window is None or len(set(args.gpus)) < len(args.gpus)):
+        parser.error("--gpus needs --gpu-window and each GPU once")
     if args.gpu_window is not None and not 0 < args.gpu_window < math.inf:
         parser.error(f"--gpu-window {args.gpu_window:g}: give the seconds the runs may take, a positive number")
     if args.seeds and min(args.seeds) < 0:
@@ -443,7 +452,7 @@ def expected_seconds(args: argparse.Namespace, name: str, method: str, seed: int
         cost = _cost(path)
         if cost is None or cost.get("side_by_side") != args.parallel or not made_with(path, cfg, (*LOCAL_KEYS, "seed")):
             continue
-        device = device or device_name(cfg.train.device)
+        device = device or device_name(cfg.train.device, args.gpus[0] if args.gpus else None)
         if cost.get("device") == device:
             seconds.append(cost["wall_seconds"] + cost.get("cycle0_lender_train_seconds", 0.0))
     return float(np.median(seconds)) if seconds else None
@@ -461,7 +470,8 @@ def _cost(result_file: Path) -> dict | None:
 def run_in_window(args: argparse.Namespace, name: str, todo: list[tuple[str, int, RunConfig]],
                   mates: dict[tuple[str, int], list[str]]) -> int:
     jobs = window_jobs(args, name, todo, mates)
-    outcome = run_window(jobs, args.gpu_window, args.parallel, report=lambda line: print(line, flush=True))
+    outcome = run_window(jobs, args.gpu_window, args.parallel, report=lambda line: print(line, flush=True),
+                         gpus=args.gpus)
     for what, labels in (("finished", outcome.finished), ("failed", outcome.failed),
                          ("stopped at the limit (rerun to resume)", outcome.stopped),
                          ("not started (rerun to run)", outcome.not_started),

@@ -10,6 +10,7 @@ fits the time left is not started (a rerun starts it), since an interrupted comm
 where its output cannot outlive the window, and it would slow the others meanwhile; one longer than
 any window starts, to go on over reruns. Each command finds the time it was started in its
 environment (STARTED_AT, seconds since the epoch), to count its own start-up in what it costs.
+Given several GPUs, each command sees one (CUDA_VISIBLE_DEVICES): the one running the fewest.
 
 Each command runs in its own process group, so an interrupt also reaches its loader workers, and
 on Linux is killed if the window's process dies without stopping it (a SIGKILL from outside)."""
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,14 +61,20 @@ def _die_with_the_window() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 
 
-def _start(job: Job) -> subprocess.Popen:
+def _start(job: Job, gpu: str | None) -> subprocess.Popen:
     job.log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, STARTED_AT: repr(time.time())} | ({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})
     with job.log.open("a") as log:
         log.write(f"$ {' '.join(job.argv)}\n")
         log.flush()
-        return subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, STARTED_AT: repr(time.time())},
+        return subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
                                 preexec_fn=_die_with_the_window if sys.platform == "linux" else None)
+
+
+def _least_busy(gpus: Sequence[str], placed: dict[Job, str | None], running: dict) -> str | None:
+    """The GPU that runs the fewest jobs (the first of them on a tie); None without GPUs given."""
+    busy = [gpu for job, gpu in placed.items() if job in running]
+    return min(gpus, key=busy.count) if gpus else None
 
 
 def _next(waiting: deque[Job]) -> Job:
@@ -126,24 +133,28 @@ def _terminate_as_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run_window(jobs: list[Job], seconds: float, parallel: int, report=print) -> Outcome:
-    """Runs `jobs` in order (a ready one before one that is not), `parallel` at a time, but for those
-    that would fit a rerun and not the time left, and returns within `seconds`. Interrupted itself
-    (Ctrl-C), it stops its jobs the same way, within stop_grace(seconds)."""
+def run_window(jobs: list[Job], seconds: float, parallel: int, report=print, gpus: Sequence[str] = ()) -> Outcome:
+    """Runs `jobs` in order (a ready one before one that is not), `parallel` at a time (on each of
+    `gpus`, CUDA_VISIBLE_DEVICES ids, where given), but for those that would fit a rerun and not
+    the time left, and returns within `seconds`. Interrupted itself (Ctrl-C), it stops its jobs the
+    same way, within stop_grace(seconds)."""
     started = time.monotonic()
     grace = stop_grace(seconds)
     deadline = started + seconds
     waiting, running, outcome = deque(jobs), {}, Outcome()
+    placed: dict[Job, str | None] = {}
     main = threading.current_thread() is threading.main_thread()
     terminate = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if main else None  # e.g. `timeout`
     try:
         while (waiting or running) and time.monotonic() < deadline - grace:
             _drop_too_long(waiting, deadline - grace - time.monotonic(), seconds - grace, outcome,
                            time.monotonic() - started, report)
-            while waiting and len(running) < parallel:
+            while waiting and len(running) < parallel * max(1, len(gpus)):
                 job = _next(waiting)
-                running[job] = _start(job)
-                report(f"[window {time.monotonic() - started:.0f} s] started {job.label} (log: {job.log})")
+                placed[job] = gpu = _least_busy(gpus, placed, running)
+                running[job] = _start(job, gpu)
+                where = "" if gpu is None else f" on GPU {gpu}"
+                report(f"[window {time.monotonic() - started:.0f} s] started {job.label}{where} (log: {job.log})")
             time.sleep(POLL_SECONDS)
             _collect(running, outcome, time.monotonic() - started, report)
     finally:

@@ -114,6 +114,9 @@ def test_results_made_before_with_the_same_configuration_are_done_elsewhere_too(
 def test_a_window_that_stops_runs_says_so_in_its_exit_status_and_names_each_run_once(tmp_path):
     args = label_efficiency.parse_args(["--protocol", "smoke", "--methods", "sup_10", "sup_10", "--seeds", "0", "0"])
     assert (args.methods, args.seeds) == (["sup_10"], [0])
+    for gpus in (["--gpus", "0", "1"], ["--gpus", "0", "0", "--gpu-window", "60"]):  # without a window; twice
+        with pytest.raises(SystemExit):
+            label_efficiency.parse_args(["--protocol", "smoke", *gpus])
     status = label_efficiency.main(["--protocol", "smoke", "--methods", "sup_10", "--results", str(tmp_path / "r"),
                                     "--work", str(tmp_path / "w"), "--gpu-window", "4"])
     assert status == 3 and not (tmp_path / "r").exists()  # stopped at the limit: no result, not a failure (1)
@@ -181,6 +184,11 @@ def test_the_device_of_a_cost_is_the_gpu_nvidia_smi_names_else_the_cpu(tmp_path,
     assert label_efficiency.device_name("cuda:1") == "NVIDIA H200"
     assert (tmp_path / "asked").read_text().split() == ["--query-gpu=name", "--format=csv,noheader", "-i", "1"]
     assert label_efficiency.device_name("cpu") == cpu_model()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")  # cuda:1 is the machine's GPU 7, which nvidia-smi names
+    label_efficiency.device_name("cuda:1")
+    assert (tmp_path / "asked").read_text().split()[-1] == "7"
+    label_efficiency.device_name("cuda", visible="3")
+    assert (tmp_path / "asked").read_text().split()[-1] == "3"
 
 
 def test_a_set_variant_goes_to_its_own_folder_with_its_overrides(bench_root):
@@ -525,6 +533,23 @@ def test_a_window_keeps_k_running_and_starts_the_next_when_one_ends(tmp_path):
     times = {job.label: [float(line.split()[1]) for line in job.log.read_text().splitlines()[1:]]
              for job in jobs[:3]}
     assert times["short"][1] <= times["third"][0] < times["long"][1]  # third took short's place, beside long
+
+
+def test_a_window_over_two_gpus_runs_k_on_each_and_each_job_sees_its_own(tmp_path):
+    code = ("import os, time; print('start', time.time(), os.environ['CUDA_VISIBLE_DEVICES'], flush=True); "
+            "time.sleep({}); print('end', time.time())")
+    jobs = [python_job(tmp_path, f"job{k}", code.format(seconds)) for k, seconds in enumerate((3.0, 1.0, 0.1, 0.1))]
+    lines = []
+    outcome = run_window(jobs, 60, parallel=1, report=lines.append, gpus=["2", "5"])
+    assert sorted(outcome.finished) == ["job0", "job1", "job2", "job3"]
+    runs = {}
+    for job in jobs:
+        start, end = job.log.read_text().splitlines()[1:]
+        runs[job.label] = (float(start.split()[1]), float(end.split()[1]), start.split()[2])
+    assert [runs[f"job{k}"][2] for k in range(2)] == ["2", "5"]  # one on each at first
+    assert runs["job2"][2] == runs["job3"][2] == "5"  # job1's GPU freed first; job0 holds GPU 2 meanwhile
+    assert runs["job1"][1] <= runs["job2"][0] and runs["job2"][1] <= runs["job3"][0] < runs["job0"][1]
+    assert any(line.endswith(f"started job0 on GPU 2 (log: {jobs[0].log})") for line in lines)
 
 
 def test_a_window_starts_a_ready_job_before_one_that_is_not_but_never_leaves_a_slot_idle(tmp_path):
