@@ -389,8 +389,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--name must start with '{args.protocol}_': results name the protocol they extend")
     if args.parallel < 1 or (args.parallel > 1 and args.gpu_window is None):
         parser.error("--parallel K needs K >= 1 and --gpu-window")
-    if args.gpus and (args.gpu_window is None or len(set(args.gpus)) < len(args.gpus)):
-        parser.error("--gpus needs --gpu-window and each GPU once")
+    if args.gpus and (args.gpu_window is None or len(set(args.gpus)) < len(args.gpus)
+                      or any(not gpu or "," in gpu or gpu != "".join(gpu.split()) for gpu in args.gpus)):
+        parser.error("--gpus needs --gpu-window and each GPU once, one ID an argument (--gpus 0 1)")
     if args.gpu_window is not None and not 0 < args.gpu_window < math.inf:
         parser.error(f"--gpu-window {args.gpu_window:g}: give the seconds the runs may take, a positive number")
     if args.seeds and min(args.seeds) < 0:

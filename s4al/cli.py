@@ -186,7 +186,7 @@ def run(
         device = (cfg or RunFolder.open(run_dir, lock=False).config(changes)).train.device
         distributed.setup_device(device)  # joins torchrun's process group
         # rank 0 looks, before it makes the run: a later rank would find that run and refuse it
-        taken = distributed.from_main(_taken(out)) if out is not None else None
+        taken = distributed.from_main(_taken(out) if distributed.is_main() else None) if out is not None else None
         if taken:
             raise _bad_parameter(taken)
         if cfg is not None:

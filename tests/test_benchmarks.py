@@ -114,7 +114,8 @@ def test_results_made_before_with_the_same_configuration_are_done_elsewhere_too(
 def test_a_window_that_stops_runs_says_so_in_its_exit_status_and_names_each_run_once(tmp_path):
     args = label_efficiency.parse_args(["--protocol", "smoke", "--methods", "sup_10", "sup_10", "--seeds", "0", "0"])
     assert (args.methods, args.seeds) == (["sup_10"], [0])
-    for gpus in (["--gpus", "0", "1"], ["--gpus", "0", "0", "--gpu-window", "60"]):  # without a window; twice
+    window = ["--gpu-window", "60"]
+    for gpus in (["--gpus", "0", "1"], ["--gpus", "0", "0", *window], ["--gpus", "0,1", *window], ["--gpus", "0 1", *window]):
         with pytest.raises(SystemExit):
             label_efficiency.parse_args(["--protocol", "smoke", *gpus])
     status = label_efficiency.main(["--protocol", "smoke", "--methods", "sup_10", "--results", str(tmp_path / "r"),
@@ -177,6 +178,7 @@ def test_a_runs_cost_counts_its_start_up_where_a_window_started_it(monkeypatch):
 def test_the_device_of_a_cost_is_the_gpu_nvidia_smi_names_else_the_cpu(tmp_path, monkeypatch):
     """Named without initialising CUDA in the window's process, which goes on starting processes."""
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert label_efficiency.device_name("auto") == label_efficiency.device_name("cpu") == cpu_model()
     smi = tmp_path / "nvidia-smi"
     smi.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/asked\necho 'NVIDIA H200'\n")
@@ -536,15 +538,21 @@ def test_a_window_keeps_k_running_and_starts_the_next_when_one_ends(tmp_path):
 
 
 def test_a_window_over_two_gpus_runs_k_on_each_and_each_job_sees_its_own(tmp_path):
-    code = ("import os, time; print('start', time.time(), os.environ['CUDA_VISIBLE_DEVICES'], flush=True); "
-            "time.sleep({}); print('end', time.time())")
-    jobs = [python_job(tmp_path, f"job{k}", code.format(seconds)) for k, seconds in enumerate((3.0, 1.0, 0.1, 0.1))]
+    last = tmp_path / "job3.started"  # job0 runs until job3 has started (at most 30 s): a loaded machine's pace
+    code = ("import os, pathlib, time; print('start', time.time(), os.environ['CUDA_VISIBLE_DEVICES'], flush=True); "
+            "pathlib.Path({mark!r}).touch() if {is_last} else None; time.sleep({seconds})\n"
+            "while {wait} and not os.path.exists({last!r}) and time.time() < {deadline}: time.sleep(0.05)\n"
+            "print('end', time.time())")
+    deadline = time.time() + 30
+    jobs = [python_job(tmp_path, f"job{k}", code.format(
+                mark=str(last), is_last=k == 3, seconds=seconds, wait=k == 0, last=str(last), deadline=deadline))
+            for k, seconds in enumerate((0.0, 1.0, 0.1, 0.1))]
     lines = []
     outcome = run_window(jobs, 60, parallel=1, report=lines.append, gpus=["2", "5"])
     assert sorted(outcome.finished) == ["job0", "job1", "job2", "job3"]
     runs = {}
     for job in jobs:
-        start, end = job.log.read_text().splitlines()[1:]
+        start, end = [line for line in job.log.read_text().splitlines() if line.startswith(("start ", "end "))]
         runs[job.label] = (float(start.split()[1]), float(end.split()[1]), start.split()[2])
     assert [runs[f"job{k}"][2] for k in range(2)] == ["2", "5"]  # one on each at first
     assert runs["job2"][2] == runs["job3"][2] == "5"  # job1's GPU freed first; job0 holds GPU 2 meanwhile

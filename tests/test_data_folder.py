@@ -156,7 +156,8 @@ def test_split_files_list_stems(tmp_path):
 def test_a_text_file_naming_no_image_is_refused_as_no_split_list(tmp_path):
     make_folder(tmp_path, stems=("a", "b"))
     (tmp_path / "notes.txt").write_text("Collected in May.\nAsk Ana about b.\n")
-    with pytest.raises(DatasetError, match=r"notes\.txt: no line names an image in images/; every \.txt file"):
+    with pytest.raises(DatasetError, match=r"notes\.txt:1: no image with stem 'Collected in May\.' in images/; "
+                                           r"no line names one: every \.txt file"):
         ImageFolder(tmp_path, "train")
 
 

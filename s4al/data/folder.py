@@ -302,10 +302,10 @@ def read_stems(split_file: Path, images: dict[str, Path]) -> list[str]:
     for number, line in enumerate(text, start=1):
         stem = _stem_of(line, images)
         if stem and stem not in images:
-            if not any(_stem_of(other, images) in images for other in text):
-                raise DatasetError(f"{split_file}: no line names an image in images/; every .txt file beside "
-                                   "images/ is read as a split's list of image stems: move other text files away")
-            raise DatasetError(f"{split_file}:{number}: no image with stem '{stem}' in images/")
+            none = not any(_stem_of(other, images) in images for other in text)
+            raise DatasetError(f"{split_file}:{number}: no image with stem '{stem}' in images/" + (
+                "; no line names one: every .txt file beside images/ is read as a split's list of image "
+                "stems (without extensions), so move other text files away" if none else ""))
         if stem in lines:
             raise DatasetError(f"{split_file}:{number}: '{stem}' is listed again (also line {lines[stem]}); "
                                "an image listed twice would count twice")

@@ -42,8 +42,8 @@ def _probability_mass(probs: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
 def _shares(mass: torch.Tensor, weights: torch.Tensor, reduce) -> torch.Tensor:
     """(C,) float64 class shares: `mass` over the weighted pixels' count, both averaged by `reduce`
     over the ranks (so a rank with more valid pixels weighs more)."""
-    both = reduce(torch.cat([mass, weights.sum().view(1)]))
-    return (both[:-1] / both[-1].clamp_min(1)).double()
+    both = reduce(torch.cat([mass, weights.sum().view(1)]))  # a mean count may be under 1 pixel
+    return (both[:-1] / both[-1].clamp_min(torch.finfo(both.dtype).tiny)).double()
 
 
 class _Aligner:

@@ -449,6 +449,10 @@ class Trainer:
 
     def _restore(self) -> None:
         state = load_checkpoint(self.checkpoint_path)
+        main_step = distributed.from_main(state["step"])
+        if main_step != state["step"]:  # a file system that shows the nodes different files
+            raise S4alError(f"{self.checkpoint_path}: rank {distributed.rank()} reads the checkpoint of step "
+                            f"{state['step']}, rank 0 that of step {main_step}; every node must see the run folder alike")
         if state["total_steps"] != self.total_steps:
             raise S4alError(
                 f"{self.checkpoint_path}: made for {state['total_steps']} steps, this run has {self.total_steps}"
