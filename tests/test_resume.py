@@ -27,12 +27,14 @@ RUN_TIMEOUT = 300  # seconds; a whole run takes ~10 s here
 CYCLE0_STEPS = 12  # 3 epochs of 4 steps, a checkpoint after each epoch
 
 
-def resume_config():
+def resume_config(fast: str = "off"):
     """SSL on (cold start, mean teacher, ClassMix, Balanced-ClassMix replay from cycle 0), 2 cycles.
-    A pool of 36 images keeps the acquisition phase (scoring, asking, answering) about a second long."""
+    A pool of 36 images keeps the acquisition phase (scoring, asking, answering) about a second long.
+    `fast` on: training, scoring and evaluation read the device cache, as on a GPU by default."""
     return tiny_config(
         dataset={"synthetic": {"num_train": 40, "num_val": 4, "height": 48, "width": 64}},
-        train={"epochs": 3, "iters_per_epoch": 4, "checkpoint_every": 1, "eval_every": 1, "device": "cpu"},
+        train={"epochs": 3, "iters_per_epoch": 4, "checkpoint_every": 1, "eval_every": 1, "device": "cpu",
+               "fast": fast},
         ssl={"confidence_threshold": 0.5},
         active={"cycles": 1, "initial_fraction": 0.1, "final_cycle_epoch_multiplier": 1.0, "metric": "entropy"},
     )
@@ -126,12 +128,12 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
             assert torch.equal(a[network][name], tensor), f"{network}.{name}"
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """The config file and an uninterrupted reference run."""
+@pytest.fixture(scope="module", params=["off", "on"], ids=["loaders", "fast"])
+def setup(tmp_path_factory, request):
+    """The config file and an uninterrupted reference run, on the loader path and on the fast path."""
     root = tmp_path_factory.mktemp("resume")
     config = root / "tiny.yaml"
-    save_config(resume_config(), config)
+    save_config(resume_config(request.param), config)
     reference = root / "reference"
     finish(start(reference, "--out", str(reference), "--config", str(config)), reference)
     assert [phase(reference, c) for c in (0, 1)] == ["done", "done"]
