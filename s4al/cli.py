@@ -119,7 +119,9 @@ def train(
         with _monitor(folder, quiet, f"s4al train --out {out} with the same --config and --set") as monitor:
             data = TrainData(train_set, labelled=labelled)
             result = Trainer(cfg, data, val_set, out, progress=monitor).fit()
-    if not distributed.is_main():
+    main = distributed.is_main()
+    distributed.leave()
+    if not main:
         return
     final = result.history[-1]
     folder.result_path.write_text(json.dumps(final, indent=2))
@@ -153,7 +155,9 @@ def evaluate_command(
             raise S4alError(f"{checkpoint}: trained on the classes {', '.join(state['classes'])}; the dataset "
                             f"{dataset_cfg.root} has {', '.join(dataset.classes.names)}")
         record = evaluate(model, dataset, batch_size, dev, fast=cfg.train.fast).as_dict(dataset.classes.names)
-    if not distributed.is_main():
+    main = distributed.is_main()
+    distributed.leave()
+    if not main:
         return
     console.print_json(json.dumps(record))
     _print_scores(split, record)
@@ -200,6 +204,7 @@ def run(
                 active_run.run()
             if distributed.is_main():
                 _print_run(active_run, run_dir)
+        distributed.leave()
 
 
 def _taken(out: Path) -> str | None:

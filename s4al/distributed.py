@@ -73,6 +73,13 @@ def _check_gpu(device: str, index: int) -> None:
         raise S4alError(f"device '{device}': GPU {index} asked for, this machine has {count} (cuda:0 to cuda:{count - 1})")
 
 
+def leave() -> None:
+    """Leaves torchrun's process group at a command's end, once no collective is left: a rank that
+    exits without it may leave a peer's last collective unfinished (NCCL warns of it)."""
+    if is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if is_initialized():
         dist.barrier()
