@@ -61,7 +61,7 @@ else
         # the CUDA graphs alone first: any end of theirs but success (a failure, a crash, the time limit),
         # and theirs alone, turns the graphs off for the comparison
         echo "== 1. CUDA tests: the CUDA graphs, then the fast path"
-        timeout 90 "$python" -m pytest -q -p no:cacheprovider tests/test_graphs.py 2>&1 | tee "$out/tests.log" | tail -8
+        timeout 80 "$python" -m pytest -q -p no:cacheprovider tests/test_graphs.py 2>&1 | tee "$out/tests.log" | tail -8
         rc=${PIPESTATUS[0]}
         check graph_tests "$rc"
         if [ "$rc" != 0 ]; then
@@ -69,10 +69,10 @@ else
             CUDA_GRAPHS=false
         fi
         # the tests that need a GPU, then the fast path's others (on this machine they train on the GPU)
-        timeout 60 "$python" -m pytest -q -p no:cacheprovider -m cuda tests/test_device_scoring.py \
+        timeout 80 "$python" -m pytest -q -p no:cacheprovider -m cuda tests/test_device_scoring.py \
             tests/test_trainer.py 2>&1 | tee -a "$out/tests.log" | tail -8
         check gpu_tests "${PIPESTATUS[0]}"
-        timeout 60 "$python" -m pytest -q -p no:cacheprovider -m "not cuda" tests/test_device_scoring.py \
+        timeout 40 "$python" -m pytest -q -p no:cacheprovider -m "not cuda" tests/test_device_scoring.py \
             tests/test_trainer.py -k "fast or diverge" 2>&1 | tee -a "$out/tests.log" | tail -8
         check fast_path_tests "${PIPESTATUS[0]}"
     fi
