@@ -1,6 +1,7 @@
 """Whole images in batches for inference (evaluation, pool scoring, pre-annotation): images are
 batched only with images of the same size, so no padding touches a prediction; under
-torch.distributed each rank takes its share of the batches."""
+torch.distributed each rank takes its share of the batches. And how a batch's host tensors reach
+the device."""
 
 from __future__ import annotations
 
@@ -67,6 +68,14 @@ def image_batches(
         num_workers=num_workers,
         pin_memory=pin_memory,
     )
+
+
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor copied to `device` without waiting for it: on CUDA through pinned memory (a copy
+    from pageable memory may first wait for everything queued on the GPU to finish)."""
+    if device.type == "cuda" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def to_model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:

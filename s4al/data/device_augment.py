@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from s4al.data.batches import host_to_device
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.device_cache import DeviceCache
 from s4al.data.views import Augment, draw_geometry, draw_jitter
@@ -134,12 +135,11 @@ def color_jitter(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
 
 
 def _params(cache: DeviceCache, items: Sequence[tuple[int, int]], aug: Augment) -> torch.Tensor:
-    table = torch.from_numpy(draw_params([seed for _, seed in items], *cache.size, aug))
-    return table.to(cache.device, non_blocking=True)  # a host-to-device copy waits for nothing
+    return host_to_device(torch.from_numpy(draw_params([seed for _, seed in items], *cache.size, aug)), cache.device)
 
 
 def _on_device(cache: DeviceCache, rows: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(rows).to(cache.device, non_blocking=True)
+    return host_to_device(torch.from_numpy(rows), cache.device)
 
 
 def labelled_inputs(cache: DeviceCache, items: Sequence[tuple[int, int]], aug: Augment) -> tuple[torch.Tensor, ...]:

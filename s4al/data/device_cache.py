@@ -25,6 +25,7 @@ from s4al.errors import S4alError
 from s4al import distributed
 from s4al.config import FastMode
 from s4al.data.base import SegmentationDataset, ignore_interrupts
+from s4al.data.batches import host_to_device
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.views import Annotations, rasterize
 
@@ -261,8 +262,8 @@ class DeviceCache:
         dataset indices) of `indices` in order, the batches shared among torch.distributed ranks as
         image_batches shares them."""
         indices = list(indices)
-        rows = torch.from_numpy(self.rows(indices)).to(self.device, non_blocking=True)  # waits for nothing
-        label_rows = torch.from_numpy(self.label_rows(indices)).to(self.device, non_blocking=True) if labels else None
+        rows = host_to_device(torch.from_numpy(self.rows(indices)), self.device)
+        label_rows = host_to_device(torch.from_numpy(self.label_rows(indices)), self.device) if labels else None
         for k in range(0, len(indices), batch_size)[distributed.rank() :: distributed.world_size()]:
             label = self.labels.index_select(0, label_rows[k : k + batch_size]) if labels else None
             yield self.images.index_select(0, rows[k : k + batch_size]), label, indices[k : k + batch_size]

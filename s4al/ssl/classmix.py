@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from s4al.data.batches import host_to_device
 from s4al.data.classes import IGNORE_INDEX
 
 LABEL_RANGE = IGNORE_INDEX + 1
@@ -31,8 +32,7 @@ def present_classes(labels: torch.Tensor) -> torch.Tensor:
 def random_class_choice(candidates: torch.Tensor, counts: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Choose counts[i] of the candidate classes of image i uniformly without replacement (all of them
     if fewer). candidates (N, LABEL_RANGE) bool, counts (N,) int -> (N, LABEL_RANGE) bool."""
-    # non_blocking: a copy from the host that leaves a GPU's queue running (a blocking one waits for it)
-    keys = torch.rand(candidates.shape, generator=generator, device="cpu").to(candidates.device, non_blocking=True)
+    keys = host_to_device(torch.rand(candidates.shape, generator=generator, device="cpu"), candidates.device)
     keys = keys.masked_fill(~candidates, 2.0)  # non-candidates rank after every candidate
     rank = keys.argsort(dim=1).argsort(dim=1)
     return candidates & (rank < counts.to(keys.device, non_blocking=True).unsqueeze(1))
