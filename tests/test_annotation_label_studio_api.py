@@ -1,11 +1,18 @@
-"""The client side of the run's Label Studio project, without a server: uploads split by size, and
-what is refused before anything is sent (the server tests are in test_annotation_label_studio_server.py)."""
+"""The client side of the run's Label Studio project, without Label Studio: uploads split by size,
+what is refused before anything is sent, and uploads to a small stand-in server that stores a batch
+and then fails (the tests with Label Studio itself are in test_annotation_label_studio_server.py)."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from typer.testing import CliRunner
 
 from s4al.active.ledger import Ledger
-from s4al.annotation.label_studio_api import PROJECT_META, LabelStudioError, batches_by_size, project_on
+from s4al.annotation.label_studio_api import (
+    PROJECT_META, LabelStudioError, batches_by_size, project_on, send_query,
+)
 from s4al.cli import app
 
 
@@ -68,3 +75,73 @@ def test_new_project_without_a_server_is_refused_before_reading_the_run(tmp_path
     result = CliRunner().invoke(app, ["query", str(tmp_path), "--new-project"], env={"LABEL_STUDIO_API_KEY": "key"})
     assert result.exit_code == 2
     assert "--new-project makes a new Label Studio project: give --label-studio URL too" in result.output
+
+
+class StoresThenFails(BaseHTTPRequestHandler):
+    """Label Studio's project, task-list and import endpoints; an import is stored, then answered
+    as `failure` says: a proxy's 504, or the connection closed without an answer."""
+
+    failure = "504"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _answer(self, code: int, body: bytes, kind: str = "application/json"):
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self.server.keys.append(self.headers.get("Authorization"))
+        if self.path.startswith("/api/tasks"):
+            return self._answer(200, json.dumps({"tasks": [], "total": 0}).encode())
+        self._answer(200, json.dumps({"id": 1, "title": "run"}).encode())
+
+    def do_POST(self):
+        self.server.keys.append(self.headers.get("Authorization"))
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path == "/api/projects/":
+            return self._answer(201, json.dumps({"id": 1, "title": "run"}).encode())
+        self.server.uploads.append(json.loads(body))
+        if self.failure == "504":
+            return self._answer(504, b"<html>504 Gateway Time-out</html>", "text/html")
+        self.close_connection = True  # no answer at all
+
+
+@pytest.fixture(params=["504", "closed"])
+def failing_server(request):
+    handler = type("Handler", (StoresThenFails,), {"failure": request.param})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.uploads, server.keys = [], []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server, request.param
+    server.shutdown()
+
+
+def test_a_failed_upload_is_sent_once_and_the_error_says_the_same_query_sends_what_is_missing(failing_server, tmp_path):
+    server, failure = failing_server
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    package = tmp_path / "queries"
+    package.mkdir()
+    (package / "labelling_config.xml").write_text("<View/>")
+    (package / "tasks.json").write_text(json.dumps([{"data": {"cycle": 0, "region_ids": [k]}} for k in range(3)]))
+    with Ledger(tmp_path / "ledger.sqlite") as ledger, pytest.raises(LabelStudioError) as failed:
+        send_query(ledger, "run", package, url, "token-123\n")  # pasted with its line's end
+    assert len(server.uploads) == 1 and len(server.uploads[0]) == 3  # stored once: no retry of the upload
+    assert set(server.keys) == {"Token token-123"}
+    expected = "refused the upload of tasks 1-3 of 3 new (HTTP 504" if failure == "504" else (
+        "no answer to the upload of tasks 1-3 of 3 new to project 1")
+    assert expected in str(failed.value)
+    assert str(failed.value).endswith(f"`s4al query {tmp_path} --label-studio {url}` again sends only the tasks it lacks")
+
+
+def test_a_key_with_a_space_or_control_character_is_refused_without_showing_it(tmp_path):
+    with Ledger(tmp_path / "ledger.sqlite") as ledger, pytest.raises(LabelStudioError) as refused:
+        send_query(ledger, "run", tmp_path, "http://127.0.0.1:9", "secret\rkey")
+    assert "the API key holds a space or a control character" in str(refused.value)
+    assert "secret" not in str(refused.value)
+    with pytest.raises(LabelStudioError, match="not a server address"):
+        send_query(None, "run", tmp_path, "http://127.0.0.1:notaport", "key")

@@ -45,6 +45,9 @@ SHOWN_BODY_CHARS = 200  # of a refusal's body, in its message
 # An upload and an export, which the server answers only when it has stored the tasks or built the
 # whole export; other requests keep the client's 60 s.
 SLOW_REQUEST = {"timeout": 600.0}
+# What creates something is sent once: the client retries a failed request twice by default, and a
+# server that stored an upload but answered late (a proxy's 504, a dropped connection) got it three times.
+ONCE = {"max_retries": 0}
 
 
 class LabelStudioError(S4alError):
@@ -132,7 +135,8 @@ def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_k
         if created:
             run_id = ledger.get_meta(RUN_ID)  # apart from a twin run's project of the same folder name
             title = f"{run_name} ({run_id[:8]})" if run_id else run_name
-            made = client.projects.create(title=title, label_config=(package_dir / "labelling_config.xml").read_text())
+            made = client.projects.create(title=title, label_config=(package_dir / "labelling_config.xml").read_text(),
+                                          request_options=ONCE)
             project = Project(url, made.id)
             ledger.set_meta(PROJECT_META, {"url": url, "id": project.id})  # before any upload: one project per run
         else:
@@ -142,7 +146,7 @@ def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_k
         held, repeated = _held_regions(client, project, {cycle for cycle, _ in asked})
         is_new = [held.isdisjoint(regions) for _, regions in asked]
         new_tasks = (task for task, new in zip(_tasks(tasks_file), is_new) if new)
-        _upload(client, project, new_tasks, sum(is_new))
+        _upload(client, project, new_tasks, sum(is_new), _rerun_way(ledger.run_dir, url, replaced))
     return SentTasks(project, created, replaced, sum(is_new), len(is_new) - sum(is_new), tuple(repeated))
 
 
@@ -172,19 +176,34 @@ def _held_regions(client: LabelStudio, project: Project, cycles: set[int]) -> tu
     return held, repeated
 
 
-def _upload(client: LabelStudio, project: Project, tasks: Iterable[dict], count: int) -> None:
-    """Uploads `count` tasks in batches of at most UPLOAD_BYTES of JSON."""
+def _upload(client: LabelStudio, project: Project, tasks: Iterable[dict], count: int, rerun: str) -> None:
+    """Uploads `count` tasks in batches of at most UPLOAD_BYTES of JSON, each once."""
     first = 1
     for batch in batches_by_size(tasks, lambda task: len(json.dumps(task)) + 2, UPLOAD_BYTES):  # 2: ", "
+        tasks_sent = f"tasks {first}-{first + len(batch) - 1} of {count} new"
         try:
-            client.projects.import_tasks(id=project.id, request=batch, request_options=SLOW_REQUEST)
+            client.projects.import_tasks(id=project.id, request=batch, request_options=SLOW_REQUEST | ONCE)
         except ApiError as err:
             if err.status_code in (401, 403, 404):
                 raise
-            raise LabelStudioError(f"{project.url}: project {project.id} refused the upload of tasks "
-                                   f"{first}-{first + len(batch) - 1} of {count} new ({_refusal(err)})") from None
+            raise LabelStudioError(f"{project.url}: project {project.id} refused the upload of {tasks_sent} "
+                                   f"({_refusal(err)}); {rerun}") from None
+        except httpx.TransportError as err:  # sent, perhaps stored: no answer tells
+            raise LabelStudioError(f"{project.url}: no answer to the upload of {tasks_sent} to project {project.id} "
+                                   f"({str(err) or type(err).__name__}); the server may still be storing them: "
+                                   f"wait until it is idle, then {rerun}") from None
         first += len(batch)
         gc.collect()  # the client's finished request sits in reference cycles, holding the batch's body
+
+
+def _rerun_way(run_dir: Path, url: str, replaced: Project | None) -> str:
+    """What to do after a failed upload: the same query again sends only what the project lacks."""
+    way = (f"the tasks sent before are in the project; `s4al query {run_dir} --label-studio {url}` again "
+           "sends only the tasks it lacks")
+    if replaced is None:
+        return way
+    return (f"{way} (without --new-project: the new project is the run's now; project {replaced.id} of "
+            f"{replaced.url}, which it replaced, may hold answers to import from its export)")
 
 
 def download_export(run_dir: Path, api_key: str | None) -> Path:
@@ -222,18 +241,28 @@ def remove_earlier_downloads(export: Path) -> int:
 
 def checked_server(url: str, api_key: str | None) -> str:
     """`url` without a trailing slash, once it reads as a server address and a key is given."""
-    if not url.startswith(("http://", "https://")):
+    try:
+        port = urlsplit(url).port  # a port that is no number raises
+    except ValueError:
+        port = -1
+    if not url.startswith(("http://", "https://")) or not urlsplit(url).hostname or port == -1:
         raise LabelStudioError(f"{url}: not a server address (expected http://HOST:PORT or https://...)")
-    if not api_key:
+    key = (api_key or "").strip()  # a key pasted with its line's end
+    if not key:
         raise LabelStudioError(f"{url}: no API key; set LABEL_STUDIO_API_KEY (or give --api-key) to your "
                                "Label Studio access token (Account & Settings)")
+    if not key.isprintable() or any(c.isspace() for c in key):  # the message never shows the key
+        raise LabelStudioError(f"{url}: the API key holds a space or a control character; set "
+                               "LABEL_STUDIO_API_KEY to your access token alone (Account & Settings)")
     return url.rstrip("/")
 
 
 def _client(url: str, api_key: str | None) -> LabelStudio:
     url = checked_server(url, api_key)
     with _server_errors(url):  # the client refuses an expired key when made
-        return LabelStudio(base_url=url, api_key=api_key)
+        # the trailing slash keeps a path prefix (https://host/ls) in the URL the client refreshes a
+        # personal access token at; its other requests are joined without a double slash
+        return LabelStudio(base_url=f"{url}/", api_key=api_key.strip())
 
 
 @contextmanager
@@ -243,6 +272,9 @@ def _server_errors(url: str, project: Project | None = None, run_dir: Path | Non
         yield
     except httpx.TransportError as err:
         raise LabelStudioError(f"{url}: Label Studio server unreachable ({str(err) or type(err).__name__})") from None
+    except json.JSONDecodeError:  # the client reads every answer as JSON
+        raise LabelStudioError(f"{url}: answered with something other than JSON; is it the address of a Label "
+                               "Studio server (not of one of its pages)?") from None
     except ApiError as err:
         if err.status_code in (401, 403):
             raise LabelStudioError(f"{url}: the API key was refused (HTTP {err.status_code}); set "
