@@ -4,14 +4,17 @@ and then fails (the tests with Label Studio itself are in test_annotation_label_
 
 import json
 import threading
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from label_studio_sdk import LabelStudio
 from typer.testing import CliRunner
 
 from s4al.active.ledger import Ledger
+from s4al.annotation import label_studio_api
 from s4al.annotation.label_studio_api import (
-    PROJECT_META, LabelStudioError, batches_by_size, project_on, send_query,
+    PROJECT_META, LabelStudioError, batches_by_size, download_export, project_on, send_query,
 )
 from s4al.cli import app
 
@@ -145,3 +148,26 @@ def test_a_key_with_a_space_or_control_character_is_refused_without_showing_it(t
     assert "secret" not in str(refused.value)
     with pytest.raises(LabelStudioError, match="not a server address"):
         send_query(None, "run", tmp_path, "http://127.0.0.1:notaport", "key")
+
+
+class Silent(StoresThenFails):
+    def do_GET(self):
+        threading.Event().wait(3)  # longer than the client waits below
+        super().do_GET()
+
+
+def test_a_server_that_does_not_answer_in_time_is_named_so_with_what_to_do(tmp_path, monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Silent)
+    server.uploads, server.keys = [], []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setattr(label_studio_api, "LabelStudio", partial(LabelStudio, timeout=0.5))
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.set_meta(PROJECT_META, {"url": url, "id": 1})
+    try:
+        with pytest.raises(LabelStudioError) as late:
+            download_export(tmp_path, "key")
+    finally:
+        server.shutdown()
+    assert str(late.value).startswith(f"{url}: Label Studio did not answer in time; a busy server, or the export")
+    assert not list((tmp_path / "answers").glob("*"))

@@ -270,6 +270,10 @@ def _server_errors(url: str, project: Project | None = None, run_dir: Path | Non
     """The server's refusals and silences as LabelStudioErrors naming `url` (and the run's project)."""
     try:
         yield
+    except httpx.TimeoutException:
+        raise LabelStudioError(f"{url}: Label Studio did not answer in time; a busy server, or the export of a large "
+                               "project, can take longer: try again later, or export the project in Label Studio "
+                               "(JSON) and import that file") from None
     except httpx.TransportError as err:
         raise LabelStudioError(f"{url}: Label Studio server unreachable ({str(err) or type(err).__name__})") from None
     except json.JSONDecodeError:  # the client reads every answer as JSON
