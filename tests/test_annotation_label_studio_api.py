@@ -171,3 +171,43 @@ def test_a_server_that_does_not_answer_in_time_is_named_so_with_what_to_do(tmp_p
         server.shutdown()
     assert str(late.value).startswith(f"{url}: Label Studio did not answer in time; a busy server, or the export")
     assert not list((tmp_path / "answers").glob("*"))
+
+
+class LimitsUploads(StoresThenFails):
+    """A proxy in front of Label Studio that refuses bodies over 300 bytes (HTTP 413), storing nothing."""
+
+    def do_POST(self):
+        if self.path != "/api/projects/" and int(self.headers.get("Content-Length", 0)) > 300:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.server.refused += 1
+            return self._answer(413, b"<html>413 Request Entity Too Large</html>", "text/html")
+        self.server.keys.append(self.headers.get("Authorization"))
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path == "/api/projects/":
+            return self._answer(201, json.dumps({"id": 1, "title": "run"}).encode())
+        self.server.uploads.append(json.loads(body))
+        self._answer(201, json.dumps({"task_count": len(self.server.uploads[-1])}).encode())
+
+
+def test_an_upload_over_a_proxys_limit_goes_in_halves_and_a_task_over_it_is_named(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), LimitsUploads)
+    server.uploads, server.keys, server.refused = [], [], 0
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    package = tmp_path / "queries"
+    package.mkdir()
+    (package / "labelling_config.xml").write_text("<View/>")
+    tasks = [{"data": {"cycle": 0, "region_ids": [k], "image": "x" * 40}} for k in range(5)]  # ~75 bytes each
+    (package / "tasks.json").write_text(json.dumps(tasks))
+    try:
+        with Ledger(tmp_path / "ledger.sqlite") as ledger:
+            sent = send_query(ledger, "run", package, url, "key")
+            assert sent.sent == 5
+            assert [len(upload) for upload in server.uploads] == [2, 3] and server.refused == 1
+            assert [t["data"]["region_ids"] for upload in server.uploads for t in upload] == [[k] for k in range(5)]
+            (package / "tasks.json").write_text(json.dumps([{"data": {"cycle": 1, "region_ids": [9], "image": "x" * 400}}]))
+            with pytest.raises(LabelStudioError, match=r"tasks 1-1 of 1 new \(HTTP 413.*one task is over the server's "
+                                                       r"upload limit: raise it"):
+                send_query(ledger, "run", package, url, "key")
+    finally:
+        server.shutdown()

@@ -180,20 +180,32 @@ def _upload(client: LabelStudio, project: Project, tasks: Iterable[dict], count:
     """Uploads `count` tasks in batches of at most UPLOAD_BYTES of JSON, each once."""
     first = 1
     for batch in batches_by_size(tasks, lambda task: len(json.dumps(task)) + 2, UPLOAD_BYTES):  # 2: ", "
-        tasks_sent = f"tasks {first}-{first + len(batch) - 1} of {count} new"
-        try:
-            client.projects.import_tasks(id=project.id, request=batch, request_options=SLOW_REQUEST | ONCE)
-        except ApiError as err:
-            if err.status_code in (401, 403, 404):
-                raise
-            raise LabelStudioError(f"{project.url}: project {project.id} refused the upload of {tasks_sent} "
-                                   f"({_refusal(err)}); {rerun}") from None
-        except httpx.TransportError as err:  # sent, perhaps stored: no answer tells
-            raise LabelStudioError(f"{project.url}: no answer to the upload of {tasks_sent} to project {project.id} "
-                                   f"({str(err) or type(err).__name__}); the server may still be storing them: "
-                                   f"wait until it is idle, then {rerun}") from None
+        _send(client, project, batch, first, count, rerun)
         first += len(batch)
         gc.collect()  # the client's finished request sits in reference cycles, holding the batch's body
+
+
+def _send(client: LabelStudio, project: Project, batch: list[dict], first: int, count: int, rerun: str) -> None:
+    """Uploads `batch`, tasks `first`... of the `count` new; one the server finds too large (a proxy's
+    limit, below Label Studio's own) in halves, since it stored none of it."""
+    tasks_sent = f"tasks {first}-{first + len(batch) - 1} of {count} new"
+    try:
+        client.projects.import_tasks(id=project.id, request=batch, request_options=SLOW_REQUEST | ONCE)
+    except ApiError as err:
+        if err.status_code == 413 and len(batch) > 1:
+            half = len(batch) // 2
+            _send(client, project, batch[:half], first, count, rerun)
+            _send(client, project, batch[half:], first + half, count, rerun)
+            return
+        if err.status_code in (401, 403, 404):
+            raise
+        limit = " (one task is over the server's upload limit: raise it, e.g. nginx's client_max_body_size)"
+        raise LabelStudioError(f"{project.url}: project {project.id} refused the upload of {tasks_sent} "
+                               f"({_refusal(err)}){limit if err.status_code == 413 else ''}; {rerun}") from None
+    except httpx.TransportError as err:  # sent, perhaps stored: no answer tells
+        raise LabelStudioError(f"{project.url}: no answer to the upload of {tasks_sent} to project {project.id} "
+                               f"({str(err) or type(err).__name__}); the server may still be storing them: "
+                               f"wait until it is idle, then {rerun}") from None
 
 
 def _rerun_way(run_dir: Path, url: str, replaced: Project | None) -> str:
