@@ -98,6 +98,8 @@ class StoresThenFails(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
+        if self.path == "/api/version/":  # asked without a key
+            return self._answer(200, json.dumps({"release": "1.23.2"}).encode())
         self.server.keys.append(self.headers.get("Authorization"))
         if self.path.startswith("/api/tasks"):
             return self._answer(200, json.dumps({"tasks": [], "total": 0}).encode())
@@ -152,8 +154,12 @@ def test_a_key_with_a_space_or_control_character_is_refused_without_showing_it(t
 
 class Silent(StoresThenFails):
     def do_GET(self):
-        threading.Event().wait(3)  # longer than the client waits below
-        super().do_GET()
+        if self.path != "/api/version/":
+            threading.Event().wait(3)  # longer than the client waits below
+        try:
+            super().do_GET()
+        except ConnectionError:  # the client has gone
+            pass
 
 
 def test_a_server_that_does_not_answer_in_time_is_named_so_with_what_to_do(tmp_path, monkeypatch):
@@ -211,3 +217,23 @@ def test_an_upload_over_a_proxys_limit_goes_in_halves_and_a_task_over_it_is_name
                 send_query(ledger, "run", package, url, "key")
     finally:
         server.shutdown()
+
+
+class NotLabelStudio(StoresThenFails):
+    """A web server that answers pages, as a Label Studio page's address (…/projects/1) would."""
+
+    def do_GET(self):
+        self._answer(404, b"<!DOCTYPE html><html>Not Found</html>", "text/html")
+
+
+def test_the_address_of_a_page_or_another_server_is_refused_as_no_label_studio(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotLabelStudio)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/projects/1"
+    try:
+        with Ledger(tmp_path / "ledger.sqlite") as ledger, pytest.raises(LabelStudioError) as refused:
+            send_query(ledger, "run", tmp_path, url, "key")
+    finally:
+        server.shutdown()
+    assert str(refused.value) == (f"{url}: not the address of a Label Studio server (HTTP 404 without JSON at "
+                                  f"{url}/api/version/); give the address Label Studio is served at, as http://HOST:PORT")

@@ -272,9 +272,22 @@ def checked_server(url: str, api_key: str | None) -> str:
 def _client(url: str, api_key: str | None) -> LabelStudio:
     url = checked_server(url, api_key)
     with _server_errors(url):  # the client refuses an expired key when made
+        _check_label_studio(url)
         # the trailing slash keeps a path prefix (https://host/ls) in the URL the client refreshes a
         # personal access token at; its other requests are joined without a double slash
         return LabelStudio(base_url=f"{url}/", api_key=api_key.strip())
+
+
+def _check_label_studio(url: str) -> None:
+    """Label Studio answers its version as JSON at URL/api/version/; the address of one of its pages,
+    or of another server, does not (its requests would be refused as missing projects)."""
+    answer = httpx.get(f"{url}/api/version/", timeout=60.0, follow_redirects=True)
+    try:
+        answer.json()
+    except ValueError:
+        raise LabelStudioError(f"{url}: not the address of a Label Studio server (HTTP {answer.status_code} without "
+                               f"JSON at {url}/api/version/); give the address Label Studio is served at, as "
+                               "http://HOST:PORT") from None
 
 
 @contextmanager
