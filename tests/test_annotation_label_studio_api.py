@@ -237,3 +237,36 @@ def test_the_address_of_a_page_or_another_server_is_refused_as_no_label_studio(t
         server.shutdown()
     assert str(refused.value) == (f"{url}: not the address of a Label Studio server (HTTP 404 without JSON at "
                                   f"{url}/api/version/); give the address Label Studio is served at, as http://HOST:PORT")
+
+
+class HoldsAProject(LimitsUploads):
+    """Label Studio with the run's project, its labelling config as `config` says."""
+
+    config = ""
+
+    def do_GET(self):
+        if self.path.startswith("/api/projects/1"):
+            return self._answer(200, json.dumps({"id": 1, "title": "run", "label_config": self.config}).encode())
+        super().do_GET()
+
+
+def labelling(*labels: str) -> str:
+    values = "".join(f'<Label value="{label}" background="#ff0000"/>' for label in labels)
+    return f'<View><Image name="image" value="$image"/><BrushLabels name="b" toName="image">{values}</BrushLabels></View>'
+
+
+@pytest.mark.parametrize("in_project, edited", [(("road", "car"), False), (("road", "vehicle"), True)])
+def test_a_project_whose_labels_were_edited_in_label_studio_is_noticed_when_tasks_are_sent(tmp_path, in_project, edited):
+    handler = type("Handler", (HoldsAProject,), {"config": labelling(*in_project).replace("#ff0000", "#00ff00")})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.uploads, server.keys, server.refused = [], [], 0
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    (tmp_path / "labelling_config.xml").write_text(labelling("road", "car"))  # a colour changed is no edit
+    (tmp_path / "tasks.json").write_text(json.dumps([{"data": {"cycle": 0, "region_ids": [1]}}]))
+    try:
+        with Ledger(tmp_path / "ledger.sqlite") as ledger:
+            ledger.set_meta(PROJECT_META, {"url": url, "id": 1})
+            assert send_query(ledger, "run", tmp_path, url, "key").labels_edited is edited
+    finally:
+        server.shutdown()

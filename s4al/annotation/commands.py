@@ -117,8 +117,13 @@ def _sent_lines(run_dir: Path, sent: SentTasks) -> str:
         f"  the project holds {counted(len(sent.repeated), 'task')} asking regions another of its tasks asks too: "
         f"{first_of([str(i) for i in sent.repeated], SHOWN_REGIONS)}; delete {it} in Label Studio before anyone "
         f"paints {it}, or each region is painted twice and the import refuses a pair painted two ways\n")
+    edited = "" if not sent.labels_edited else (
+        "  the project's labelling config names other labels than this run's classes (edited in Label Studio?): "
+        "paint under a label the run does not know is refused at import; to restore it, paste the "
+        "labelling_config.xml written above in the project's Settings > Labeling Interface > Code\n")
     return (f"  sent {counted(sent.sent, 'new task')} to Label Studio project {sent.project.id} ({made}"
             f"{counted(sent.already, 'task')} there already); annotate at {sent.project.page}\n{replaced}{repeated}"
+            f"{edited}"
             f"Then: s4al import {run_dir} --label-studio, s4al skip {run_dir} for regions nobody will answer, "
             f"and s4al run --resume {run_dir}.")
 

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
+from xml.etree import ElementTree
 
 import httpx
 from label_studio_sdk import LabelStudio
@@ -76,6 +77,7 @@ class SentTasks:
     sent: int  # tasks uploaded now
     already: int  # tasks of the package the project held before
     repeated: tuple[int, ...]  # ids of the project's tasks asking regions an earlier task of it asks too
+    labels_edited: bool = False  # the project's labelling config names other labels than the package's
 
 
 def batches_by_size(items: Iterable[T], size: Callable[[T], int], limit: int) -> Iterator[list[T]]:
@@ -130,24 +132,33 @@ def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_k
     replaced = recorded_project(ledger) if new_project else None
     project = None if new_project else project_on(ledger, url)
     client = _client(url, api_key)
+    config = (package_dir / "labelling_config.xml").read_text()
     with _server_errors(url, project, ledger.run_dir):
         created = project is None
         if created:
             run_id = ledger.get_meta(RUN_ID)  # apart from a twin run's project of the same folder name
             title = f"{run_name} ({run_id[:8]})" if run_id else run_name
-            made = client.projects.create(title=title, label_config=(package_dir / "labelling_config.xml").read_text(),
-                                          request_options=ONCE)
+            made = client.projects.create(title=title, label_config=config, request_options=ONCE)
             project = Project(url, made.id)
             ledger.set_meta(PROJECT_META, {"url": url, "id": project.id})  # before any upload: one project per run
-        else:
-            client.projects.get(id=project.id)  # a deleted project answers 404 here, not when listing its tasks
+            edited = False
+        else:  # a deleted project answers 404 here, not when listing its tasks
+            edited = _label_values(client.projects.get(id=project.id).label_config or "") != _label_values(config)
         tasks_file = package_dir / "tasks.json"  # an image in each task: read twice, one task at a time
         asked = [(task["data"]["cycle"], _regions_of(task["data"])) for task in _tasks(tasks_file)]
         held, repeated = _held_regions(client, project, {cycle for cycle, _ in asked})
         is_new = [held.isdisjoint(regions) for _, regions in asked]
         new_tasks = (task for task, new in zip(_tasks(tasks_file), is_new) if new)
         _upload(client, project, new_tasks, sum(is_new), _rerun_way(ledger.run_dir, url, replaced))
-    return SentTasks(project, created, replaced, sum(is_new), len(is_new) - sum(is_new), tuple(repeated))
+    return SentTasks(project, created, replaced, sum(is_new), len(is_new) - sum(is_new), tuple(repeated), edited)
+
+
+def _label_values(config: str) -> set[str] | None:
+    """The label values of a labelling config, None for one that is no XML."""
+    try:
+        return {label.get("value") for label in ElementTree.fromstring(config).iter("Label")}
+    except ElementTree.ParseError:
+        return None
 
 
 def _tasks(path: Path) -> Iterator[dict]:
