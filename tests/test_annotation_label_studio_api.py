@@ -19,6 +19,13 @@ from s4al.annotation.label_studio_api import (
 from s4al.cli import app
 
 
+@pytest.fixture(autouse=True)
+def no_proxy(monkeypatch):
+    """The stand-in servers are on this machine: no proxy from the environment in between."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def test_uploads_are_split_into_consecutive_batches_within_the_limit_a_larger_task_alone():
     def by_length(items):
         return list(batches_by_size(items, len, limit=100))
@@ -98,8 +105,8 @@ class StoresThenFails(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
-        if self.path == "/api/version/":  # asked without a key
-            return self._answer(200, json.dumps({"release": "1.23.2"}).encode())
+        if self.path == "/api/projects/":  # asked first, without a key
+            return self._answer(401, json.dumps({"detail": "Authentication credentials were not provided."}).encode())
         self.server.keys.append(self.headers.get("Authorization"))
         if self.path.startswith("/api/tasks"):
             return self._answer(200, json.dumps({"tasks": [], "total": 0}).encode())
@@ -124,6 +131,7 @@ def failing_server(request):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server, request.param
     server.shutdown()
+    server.server_close()
 
 
 def test_a_failed_upload_is_sent_once_and_the_error_says_the_same_query_sends_what_is_missing(failing_server, tmp_path):
@@ -137,8 +145,9 @@ def test_a_failed_upload_is_sent_once_and_the_error_says_the_same_query_sends_wh
         send_query(ledger, "run", package, url, "token-123\n")  # pasted with its line's end
     assert len(server.uploads) == 1 and len(server.uploads[0]) == 3  # stored once: no retry of the upload
     assert set(server.keys) == {"Token token-123"}
-    expected = "refused the upload of tasks 1-3 of 3 new (HTTP 504" if failure == "504" else (
+    expected = "no answer in time to the upload of tasks 1-3 of 3 new to project 1 (HTTP 504" if failure == "504" else (
         "no answer to the upload of tasks 1-3 of 3 new to project 1")
+    assert "the server may still be storing them: wait until it is idle" in str(failed.value)
     assert expected in str(failed.value)
     assert str(failed.value).endswith(f"`s4al query {tmp_path} --label-studio {url}` again sends only the tasks it lacks")
 
@@ -146,7 +155,7 @@ def test_a_failed_upload_is_sent_once_and_the_error_says_the_same_query_sends_wh
 def test_a_key_with_a_space_or_control_character_is_refused_without_showing_it(tmp_path):
     with Ledger(tmp_path / "ledger.sqlite") as ledger, pytest.raises(LabelStudioError) as refused:
         send_query(ledger, "run", tmp_path, "http://127.0.0.1:9", "secret\rkey")
-    assert "the API key holds a space or a control character" in str(refused.value)
+    assert "the API key holds a space, a control character or a non-ASCII one" in str(refused.value)
     assert "secret" not in str(refused.value)
     with pytest.raises(LabelStudioError, match="not a server address"):
         send_query(None, "run", tmp_path, "http://127.0.0.1:notaport", "key")
@@ -154,7 +163,7 @@ def test_a_key_with_a_space_or_control_character_is_refused_without_showing_it(t
 
 class Silent(StoresThenFails):
     def do_GET(self):
-        if self.path != "/api/version/":
+        if self.path != "/api/projects/":
             threading.Event().wait(3)  # longer than the client waits below
         try:
             super().do_GET()
@@ -175,6 +184,7 @@ def test_a_server_that_does_not_answer_in_time_is_named_so_with_what_to_do(tmp_p
             download_export(tmp_path, "key")
     finally:
         server.shutdown()
+        server.server_close()
     assert str(late.value).startswith(f"{url}: Label Studio did not answer in time; a busy server, or the export")
     assert not list((tmp_path / "answers").glob("*"))
 
@@ -217,6 +227,7 @@ def test_an_upload_over_a_proxys_limit_goes_in_halves_and_a_task_over_it_is_name
                 send_query(ledger, "run", package, url, "key")
     finally:
         server.shutdown()
+        server.server_close()
 
 
 class NotLabelStudio(StoresThenFails):
@@ -235,8 +246,9 @@ def test_the_address_of_a_page_or_another_server_is_refused_as_no_label_studio(t
             send_query(ledger, "run", tmp_path, url, "key")
     finally:
         server.shutdown()
+        server.server_close()
     assert str(refused.value) == (f"{url}: not the address of a Label Studio server (HTTP 404 without JSON at "
-                                  f"{url}/api/version/); give the address Label Studio is served at, as http://HOST:PORT")
+                                  f"{url}/api/projects/); give the address Label Studio is served at, as http://HOST:PORT")
 
 
 class HoldsAProject(LimitsUploads):
@@ -270,3 +282,37 @@ def test_a_project_whose_labels_were_edited_in_label_studio_is_noticed_when_task
             assert send_query(ledger, "run", tmp_path, url, "key").labels_edited is edited
     finally:
         server.shutdown()
+        server.server_close()
+
+
+class Redirects(StoresThenFails):
+    def do_GET(self):
+        if self.path.startswith("/ls/"):
+            return self._answer(401, json.dumps({"detail": "no key"}).encode())
+        self.send_response(301)
+        self.send_header("Location", f"http://127.0.0.1:{self.server.server_address[1]}/ls{self.path}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_a_server_that_redirects_is_refused_naming_where_it_redirects(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirects)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with Ledger(tmp_path / "ledger.sqlite") as ledger, pytest.raises(LabelStudioError) as refused:
+            send_query(ledger, "run", tmp_path, url, "key")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert str(refused.value) == f"{url}: redirects to {url}/ls; give that address"
+
+
+def test_an_upload_to_a_server_gone_says_nothing_was_sent():
+    closed = "http://127.0.0.1:9"  # nothing listens there
+    client = LabelStudio(base_url=f"{closed}/", api_key="key")
+    with pytest.raises(LabelStudioError) as failed:
+        label_studio_api._send(client, label_studio_api.Project(closed, 1), [{"data": {"cycle": 0, "region_ids": [1]}}],
+                               first=4, count=6, rerun="RERUN", limit=[label_studio_api.UPLOAD_BYTES])
+    assert str(failed.value).startswith(f"{closed}: Label Studio server unreachable (")
+    assert str(failed.value).endswith("); tasks 4-4 of 6 new were not sent; RERUN")

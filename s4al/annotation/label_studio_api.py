@@ -188,31 +188,50 @@ def _held_regions(client: LabelStudio, project: Project, cycles: set[int]) -> tu
 
 
 def _upload(client: LabelStudio, project: Project, tasks: Iterable[dict], count: int, rerun: str) -> None:
-    """Uploads `count` tasks in batches of at most UPLOAD_BYTES of JSON, each once."""
-    first = 1
-    for batch in batches_by_size(tasks, lambda task: len(json.dumps(task)) + 2, UPLOAD_BYTES):  # 2: ", "
-        _send(client, project, batch, first, count, rerun)
-        first += len(batch)
+    """Uploads `count` tasks in batches of at most UPLOAD_BYTES of JSON, each once; after a batch
+    refused as too large, the later ones within the size that was not."""
+    first, limit = 1, [UPLOAD_BYTES]
+    for batch in batches_by_size(tasks, _json_bytes, UPLOAD_BYTES):
+        for part in batches_by_size(batch, _json_bytes, limit[0]):
+            _send(client, project, part, first, count, rerun, limit)
+            first += len(part)
         gc.collect()  # the client's finished request sits in reference cycles, holding the batch's body
 
 
-def _send(client: LabelStudio, project: Project, batch: list[dict], first: int, count: int, rerun: str) -> None:
+def _json_bytes(task: dict) -> int:
+    return len(json.dumps(task)) + 2  # 2: ", "
+
+
+# Answers that come from a proxy whose wait for the server ended: the upload may have been stored.
+PROXY_GAVE_UP = (408, 502, 503, 504)
+
+
+def _send(client: LabelStudio, project: Project, batch: list[dict], first: int, count: int, rerun: str,
+          limit: list[int]) -> None:
     """Uploads `batch`, tasks `first`... of the `count` new; one the server finds too large (a proxy's
-    limit, below Label Studio's own) in halves, since it stored none of it."""
+    limit, below Label Studio's own; nothing is stored) in halves, lowering `limit` for the batches after."""
     tasks_sent = f"tasks {first}-{first + len(batch) - 1} of {count} new"
     try:
         client.projects.import_tasks(id=project.id, request=batch, request_options=SLOW_REQUEST | ONCE)
     except ApiError as err:
         if err.status_code == 413 and len(batch) > 1:
             half = len(batch) // 2
-            _send(client, project, batch[:half], first, count, rerun)
-            _send(client, project, batch[half:], first + half, count, rerun)
+            limit[0] = min(limit[0], sum(map(_json_bytes, batch)) // 2)
+            _send(client, project, batch[:half], first, count, rerun, limit)
+            _send(client, project, batch[half:], first + half, count, rerun, limit)
             return
         if err.status_code in (401, 403, 404):
             raise
-        limit = " (one task is over the server's upload limit: raise it, e.g. nginx's client_max_body_size)"
+        if err.status_code in PROXY_GAVE_UP:
+            raise LabelStudioError(f"{project.url}: no answer in time to the upload of {tasks_sent} to project "
+                                   f"{project.id} ({_refusal(err)}); the server may still be storing them: wait "
+                                   f"until it is idle, then {rerun}") from None
+        too_large = " (one task is over the server's upload limit: raise it, e.g. nginx's client_max_body_size)"
         raise LabelStudioError(f"{project.url}: project {project.id} refused the upload of {tasks_sent} "
-                               f"({_refusal(err)}){limit if err.status_code == 413 else ''}; {rerun}") from None
+                               f"({_refusal(err)}){too_large if err.status_code == 413 else ''}; {rerun}") from None
+    except (httpx.ConnectError, httpx.ConnectTimeout) as err:  # nothing went out
+        raise LabelStudioError(f"{project.url}: Label Studio server unreachable ({str(err) or type(err).__name__}); "
+                               f"{tasks_sent} were not sent; {rerun}") from None
     except httpx.TransportError as err:  # sent, perhaps stored: no answer tells
         raise LabelStudioError(f"{project.url}: no answer to the upload of {tasks_sent} to project {project.id} "
                                f"({str(err) or type(err).__name__}); the server may still be storing them: "
@@ -243,7 +262,8 @@ def download_export(run_dir: Path, api_key: str | None) -> Path:
     path = run_dir / ANSWERS_FOLDER / f"label_studio_{stamp}.json"
     path.parent.mkdir(exist_ok=True)
     client = _client(project.url, api_key)
-    with _server_errors(project.url, project, run_dir):
+    by_hand = ", or export the project in Label Studio (JSON) and import that file"
+    with _server_errors(project.url, project, run_dir, slow=by_hand):
         client.projects.get(id=project.id)  # the server and the project answer, before the long wait
         with atomic_write(path) as file:
             for part in client.projects.exports.download_sync(id=project.id, export_type="JSON",
@@ -274,8 +294,8 @@ def checked_server(url: str, api_key: str | None) -> str:
     if not key:
         raise LabelStudioError(f"{url}: no API key; set LABEL_STUDIO_API_KEY (or give --api-key) to your "
                                "Label Studio access token (Account & Settings)")
-    if not key.isprintable() or any(c.isspace() for c in key):  # the message never shows the key
-        raise LabelStudioError(f"{url}: the API key holds a space or a control character; set "
+    if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):  # never shown
+        raise LabelStudioError(f"{url}: the API key holds a space, a control character or a non-ASCII one; set "
                                "LABEL_STUDIO_API_KEY to your access token alone (Account & Settings)")
     return url.rstrip("/")
 
@@ -290,28 +310,38 @@ def _client(url: str, api_key: str | None) -> LabelStudio:
 
 
 def _check_label_studio(url: str) -> None:
-    """Label Studio answers its version as JSON at URL/api/version/; the address of one of its pages,
-    or of another server, does not (its requests would be refused as missing projects)."""
-    answer = httpx.get(f"{url}/api/version/", timeout=60.0, follow_redirects=True)
+    """Label Studio answers JSON at URL/api/projects/ (a refusal without a key too); the address of
+    one of its pages, or of another server, does not (its requests would be refused as missing
+    projects). A redirect is refused: the client would turn the uploads it follows into GETs."""
+    answer = httpx.get(f"{url}/api/projects/", timeout=60.0, follow_redirects=True)
+    if answer.history:
+        moved = str(answer.url).removesuffix("/api/projects/")
+        raise LabelStudioError(f"{url}: redirects to {moved}; give that address")
     try:
         answer.json()
     except ValueError:
-        raise LabelStudioError(f"{url}: not the address of a Label Studio server (HTTP {answer.status_code} without "
-                               f"JSON at {url}/api/version/); give the address Label Studio is served at, as "
-                               "http://HOST:PORT") from None
+        if answer.status_code in (404, 200):
+            raise LabelStudioError(f"{url}: not the address of a Label Studio server (HTTP {answer.status_code} "
+                                   f"without JSON at {url}/api/projects/); give the address Label Studio is served "
+                                   "at, as http://HOST:PORT") from None
+        raise LabelStudioError(f"{url}: answered HTTP {answer.status_code} without JSON at {url}/api/projects/ "
+                               "(a proxy in front of a Label Studio that is down or starting?)") from None
 
 
 @contextmanager
-def _server_errors(url: str, project: Project | None = None, run_dir: Path | None = None) -> Iterator[None]:
-    """The server's refusals and silences as LabelStudioErrors naming `url` (and the run's project)."""
+def _server_errors(url: str, project: Project | None = None, run_dir: Path | None = None,
+                   slow: str = "") -> Iterator[None]:
+    """The server's refusals and silences as LabelStudioErrors naming `url` (and the run's project);
+    `slow`: what else to do when it does not answer in time."""
     try:
         yield
-    except httpx.TimeoutException:
+    except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):
         raise LabelStudioError(f"{url}: Label Studio did not answer in time; a busy server, or the export of a large "
-                               "project, can take longer: try again later, or export the project in Label Studio "
-                               "(JSON) and import that file") from None
+                               f"project, can take longer: try again later{slow}") from None
     except httpx.TransportError as err:
         raise LabelStudioError(f"{url}: Label Studio server unreachable ({str(err) or type(err).__name__})") from None
+    except httpx.TooManyRedirects:
+        raise LabelStudioError(f"{url}: redirects without end; give the address Label Studio is served at") from None
     except json.JSONDecodeError:  # the client reads every answer as JSON
         raise LabelStudioError(f"{url}: answered with something other than JSON; is it the address of a Label "
                                "Studio server (not of one of its pages)?") from None
