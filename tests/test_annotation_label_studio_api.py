@@ -4,8 +4,11 @@ and then fails (the tests with Label Studio itself are in test_annotation_label_
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from label_studio_sdk import LabelStudio
@@ -123,25 +126,32 @@ class StoresThenFails(BaseHTTPRequestHandler):
         self.close_connection = True  # no answer at all
 
 
-@pytest.fixture(params=["504", "closed"])
-def failing_server(request):
-    handler = type("Handler", (StoresThenFails,), {"failure": request.param})
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[tuple[ThreadingHTTPServer, str]]:
+    """A stand-in server answering with `handler` on a free local port, and its address."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.uploads, server.keys = [], []
+    server.uploads, server.keys, server.refused = [], [], 0
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server, request.param
-    server.shutdown()
-    server.server_close()
+    try:
+        yield server, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
-def test_a_failed_upload_is_sent_once_and_the_error_says_the_same_query_sends_what_is_missing(failing_server, tmp_path):
-    server, failure = failing_server
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    package = tmp_path / "queries"
-    package.mkdir()
-    (package / "labelling_config.xml").write_text("<View/>")
-    (package / "tasks.json").write_text(json.dumps([{"data": {"cycle": 0, "region_ids": [k]}} for k in range(3)]))
-    with Ledger(tmp_path / "ledger.sqlite") as ledger, pytest.raises(LabelStudioError) as failed:
+def query_package(folder: Path, tasks: list[dict], config: str = "<View/>") -> Path:
+    """A query package's two files the sending reads: the labelling config and tasks.json."""
+    folder.mkdir(exist_ok=True)
+    (folder / "labelling_config.xml").write_text(config)
+    (folder / "tasks.json").write_text(json.dumps(tasks))
+    return folder
+
+
+@pytest.mark.parametrize("failure", ["504", "closed"])
+def test_a_failed_upload_is_sent_once_and_the_error_says_the_same_query_sends_what_is_missing(failure, tmp_path):
+    package = query_package(tmp_path / "queries", [{"data": {"cycle": 0, "region_ids": [k]}} for k in range(3)])
+    with serving(type("Handler", (StoresThenFails,), {"failure": failure})) as (server, url), \
+            Ledger(tmp_path / "ledger.sqlite") as ledger, pytest.raises(LabelStudioError) as failed:
         send_query(ledger, "run", package, url, "token-123\n")  # pasted with its line's end
     assert len(server.uploads) == 1 and len(server.uploads[0]) == 3  # stored once: no retry of the upload
     assert set(server.keys) == {"Token token-123"}
@@ -172,19 +182,11 @@ class Silent(StoresThenFails):
 
 
 def test_a_server_that_does_not_answer_in_time_is_named_so_with_what_to_do(tmp_path, monkeypatch):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Silent)
-    server.uploads, server.keys = [], []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
     monkeypatch.setattr(label_studio_api, "LabelStudio", partial(LabelStudio, timeout=0.5))
-    with Ledger(tmp_path / "ledger.sqlite") as ledger:
-        ledger.set_meta(PROJECT_META, {"url": url, "id": 1})
-    try:
-        with pytest.raises(LabelStudioError) as late:
-            download_export(tmp_path, "key")
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Silent) as (server, url), pytest.raises(LabelStudioError) as late:
+        with Ledger(tmp_path / "ledger.sqlite") as ledger:
+            ledger.set_meta(PROJECT_META, {"url": url, "id": 1})
+        download_export(tmp_path, "key")
     assert str(late.value).startswith(f"{url}: Label Studio did not answer in time; a busy server, or the export")
     assert not list((tmp_path / "answers").glob("*"))
 
@@ -206,28 +208,16 @@ class LimitsUploads(StoresThenFails):
 
 
 def test_an_upload_over_a_proxys_limit_goes_in_halves_and_a_task_over_it_is_named(tmp_path):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), LimitsUploads)
-    server.uploads, server.keys, server.refused = [], [], 0
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    package = tmp_path / "queries"
-    package.mkdir()
-    (package / "labelling_config.xml").write_text("<View/>")
-    tasks = [{"data": {"cycle": 0, "region_ids": [k], "image": "x" * 40}} for k in range(5)]  # ~75 bytes each
-    (package / "tasks.json").write_text(json.dumps(tasks))
-    try:
-        with Ledger(tmp_path / "ledger.sqlite") as ledger:
-            sent = send_query(ledger, "run", package, url, "key")
-            assert sent.sent == 5
-            assert [len(upload) for upload in server.uploads] == [2, 3] and server.refused == 1
-            assert [t["data"]["region_ids"] for upload in server.uploads for t in upload] == [[k] for k in range(5)]
-            (package / "tasks.json").write_text(json.dumps([{"data": {"cycle": 1, "region_ids": [9], "image": "x" * 400}}]))
-            with pytest.raises(LabelStudioError, match=r"tasks 1-1 of 1 new \(HTTP 413.*one task is over the server's "
-                                                       r"upload limit: raise it"):
-                send_query(ledger, "run", package, url, "key")
-    finally:
-        server.shutdown()
-        server.server_close()
+    tasks = [{"data": {"cycle": 0, "region_ids": [k], "image": "x" * 40}} for k in range(5)]  # 446 bytes in all
+    package = query_package(tmp_path / "queries", tasks)
+    with serving(LimitsUploads) as (server, url), Ledger(tmp_path / "ledger.sqlite") as ledger:
+        assert send_query(ledger, "run", package, url, "key").sent == 5
+        assert [len(upload) for upload in server.uploads] == [2, 3] and server.refused == 1
+        assert [t["data"]["region_ids"] for upload in server.uploads for t in upload] == [[k] for k in range(5)]
+        query_package(package, [{"data": {"cycle": 1, "region_ids": [9], "image": "x" * 400}}])
+        with pytest.raises(LabelStudioError, match=r"tasks 1-1 of 1 new \(HTTP 413.*one task is over the server's "
+                                                   r"upload limit: raise it"):
+            send_query(ledger, "run", package, url, "key")
 
 
 class NotLabelStudio(StoresThenFails):
@@ -238,15 +228,10 @@ class NotLabelStudio(StoresThenFails):
 
 
 def test_the_address_of_a_page_or_another_server_is_refused_as_no_label_studio(tmp_path):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), NotLabelStudio)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/projects/1"
-    try:
-        with Ledger(tmp_path / "ledger.sqlite") as ledger, pytest.raises(LabelStudioError) as refused:
-            send_query(ledger, "run", tmp_path, url, "key")
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(NotLabelStudio) as (server, address), Ledger(tmp_path / "ledger.sqlite") as ledger, \
+            pytest.raises(LabelStudioError) as refused:
+        url = f"{address}/projects/1"
+        send_query(ledger, "run", tmp_path, url, "key")
     assert str(refused.value) == (f"{url}: not the address of a Label Studio server (HTTP 404 without JSON at "
                                   f"{url}/api/projects/); give the address Label Studio is served at, as http://HOST:PORT")
 
@@ -270,19 +255,11 @@ def labelling(*labels: str) -> str:
 @pytest.mark.parametrize("in_project, edited", [(("road", "car"), False), (("road", "vehicle"), True)])
 def test_a_project_whose_labels_were_edited_in_label_studio_is_noticed_when_tasks_are_sent(tmp_path, in_project, edited):
     handler = type("Handler", (HoldsAProject,), {"config": labelling(*in_project).replace("#ff0000", "#00ff00")})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.uploads, server.keys, server.refused = [], [], 0
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    (tmp_path / "labelling_config.xml").write_text(labelling("road", "car"))  # a colour changed is no edit
-    (tmp_path / "tasks.json").write_text(json.dumps([{"data": {"cycle": 0, "region_ids": [1]}}]))
-    try:
-        with Ledger(tmp_path / "ledger.sqlite") as ledger:
-            ledger.set_meta(PROJECT_META, {"url": url, "id": 1})
-            assert send_query(ledger, "run", tmp_path, url, "key").labels_edited is edited
-    finally:
-        server.shutdown()
-        server.server_close()
+    package = query_package(tmp_path / "queries", [{"data": {"cycle": 0, "region_ids": [1]}}],
+                            labelling("road", "car"))  # a colour changed is no edit
+    with serving(handler) as (server, url), Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.set_meta(PROJECT_META, {"url": url, "id": 1})
+        assert send_query(ledger, "run", package, url, "key").labels_edited is edited
 
 
 class Redirects(StoresThenFails):
@@ -296,15 +273,9 @@ class Redirects(StoresThenFails):
 
 
 def test_a_server_that_redirects_is_refused_naming_where_it_redirects(tmp_path):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirects)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        with Ledger(tmp_path / "ledger.sqlite") as ledger, pytest.raises(LabelStudioError) as refused:
-            send_query(ledger, "run", tmp_path, url, "key")
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Redirects) as (server, url), Ledger(tmp_path / "ledger.sqlite") as ledger, \
+            pytest.raises(LabelStudioError) as refused:
+        send_query(ledger, "run", tmp_path, url, "key")
     assert str(refused.value) == f"{url}: redirects to {url}/ls; give that address"
 
 
