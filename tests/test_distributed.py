@@ -26,7 +26,8 @@ from s4al.data import build_dataset, device_cache
 from s4al.evaluate import evaluate
 from s4al.metrics import Confusion
 from s4al.model import build_model
-from s4al.train.trainer import Trainer, TrainData
+from s4al.train import trainer as trainer_module
+from s4al.train.trainer import Trainer, TrainData, TrainResult
 
 WORLD = 2
 REPO = Path(__file__).resolve().parents[1]
@@ -103,18 +104,36 @@ def test_ranks_take_rank_0s_buffers_and_agree_a_cache_fits_only_where_it_fits_ev
         assert seen == {"mean": [1.0, 1.0, 1.0], "steps": 10, "least": 3, "fits": False}
 
 
+def mixing_seeds(run_dir) -> tuple[TrainResult, list[int]]:
+    """Trains the tests' tiny config on 4 labelled images and the rest as the pool, recording the
+    seed of the generator each ClassMix draws its classes with."""
+    cfg = tiny_config(train={"device": "cpu"})
+    train = build_dataset(cfg.dataset, "train", cfg.seed)
+    data = TrainData(train, labelled=[0, 1, 2, 3], pool=list(range(4, len(train))))
+    seeds, mix = [], trainer_module.classmix_batch
+
+    def recorded(*args):
+        seeds.append(args[-1].initial_seed())
+        return mix(*args)
+
+    trainer_module.classmix_batch = recorded
+    try:
+        return Trainer(cfg, data, None, run_dir, progress=lambda r: None).fit(), seeds
+    finally:
+        trainer_module.classmix_batch = mix
+
+
 def train_and_evaluate(rank: int, port: int, out: str) -> None:
     device = join(rank, port)
     cfg = tiny_config(train={"device": "cpu"})
     val = build_dataset(cfg.dataset, "val", cfg.seed)
     scores = evaluate(fixed_model(cfg), val, 1, device, fast="auto")
-    train = build_dataset(cfg.dataset, "train", cfg.seed)
-    data = TrainData(train, labelled=[0, 1, 2, 3], pool=list(range(4, len(train))))
-    result = Trainer(cfg, data, None, os.path.join(out, "run"), progress=lambda r: None).fit()
+    result, seeds = mixing_seeds(os.path.join(out, "run"))
     teachers = distributed.gather_objects(flat_state(result.teacher))
     # student BatchNorm statistics are per rank until DDP's next broadcast: compare parameters
     students = distributed.gather_objects(torch.cat([p.detach().flatten() for p in result.student.parameters()]))
-    torch.save({"scores": scores, "teachers": teachers, "students": students}, os.path.join(out, f"rank{rank}.pt"))
+    torch.save({"scores": scores, "teachers": teachers, "students": students, "mixing_seeds": seeds},
+               os.path.join(out, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
 
@@ -129,6 +148,10 @@ def test_two_ranks_agree_with_one_process(tmp_path):
     assert torch.equal(teachers[0], teachers[1]), "EMA teacher diverged across ranks"
     assert torch.equal(students[0], students[1]), "student parameters diverged across ranks"
     assert (tmp_path / "run" / "checkpoints" / "cycle_0.pt").exists()
+    # each rank mixes with draws of its own, rank 0 with those of one process
+    ranks = [r["mixing_seeds"] for r in results]
+    assert len(ranks[0]) == len(ranks[1]) > 0 and not set(ranks[0]) & set(ranks[1])
+    assert ranks[0] == mixing_seeds(tmp_path / "single")[1]
 
 
 def active_learning(rank: int, port: int, out: str) -> None:
