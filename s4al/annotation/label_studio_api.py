@@ -283,21 +283,29 @@ def remove_earlier_downloads(export: Path) -> int:
 
 
 def checked_server(url: str, api_key: str | None) -> str:
-    """`url` without a trailing slash, once it reads as a server address and a key is given."""
+    """`url` without a trailing slash, once it reads as a server address and a usable key is given."""
+    parts = urlsplit(url)
     try:
-        port = urlsplit(url).port  # a port that is no number raises
+        parts.port  # a port that is no number raises
     except ValueError:
-        port = -1
-    if not url.startswith(("http://", "https://")) or not urlsplit(url).hostname or port == -1:
+        parts = None
+    if not url.startswith(("http://", "https://")) or parts is None or not parts.hostname:
         raise LabelStudioError(f"{url}: not a server address (expected http://HOST:PORT or https://...)")
-    key = (api_key or "").strip()  # a key pasted with its line's end
+    _key(url, api_key)
+    return url.rstrip("/")
+
+
+def _key(url: str, api_key: str | None) -> str:
+    """The API key without the line's end it may have been pasted with; one that is missing or holds
+    a space, a control or a non-ASCII character is refused (the message never shows it)."""
+    key = (api_key or "").strip()
     if not key:
         raise LabelStudioError(f"{url}: no API key; set LABEL_STUDIO_API_KEY (or give --api-key) to your "
                                "Label Studio access token (Account & Settings)")
-    if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):  # never shown
+    if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
         raise LabelStudioError(f"{url}: the API key holds a space, a control character or a non-ASCII one; set "
                                "LABEL_STUDIO_API_KEY to your access token alone (Account & Settings)")
-    return url.rstrip("/")
+    return key
 
 
 def _client(url: str, api_key: str | None) -> LabelStudio:
@@ -306,7 +314,7 @@ def _client(url: str, api_key: str | None) -> LabelStudio:
         _check_label_studio(url)
         # the trailing slash keeps a path prefix (https://host/ls) in the URL the client refreshes a
         # personal access token at; its other requests are joined without a double slash
-        return LabelStudio(base_url=f"{url}/", api_key=api_key.strip())
+        return LabelStudio(base_url=f"{url}/", api_key=_key(url, api_key))
 
 
 def _check_label_studio(url: str) -> None:

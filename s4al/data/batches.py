@@ -71,9 +71,9 @@ def image_batches(
 
 
 def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor copied to `device` without waiting for it: on CUDA through pinned memory (a copy
-    from pageable memory may first wait for everything queued on the GPU to finish)."""
-    if device.type == "cuda" and not tensor.is_pinned():
+    """`tensor` on `device`, copied from the host without waiting for it: on CUDA through pinned
+    memory (a copy from pageable memory may first wait for everything queued on the GPU to finish)."""
+    if device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
 

@@ -118,7 +118,7 @@ def _members(class_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
     """(K,) class ids -> (LABEL_RANGE,) bool membership table."""
     members = torch.zeros(LABEL_RANGE, dtype=torch.bool, device=device)
     # index_fill_, not `members[ids] = True`: that sends True from the host, and a GPU waits for it
-    return members.index_fill_(0, class_ids.to(device, non_blocking=True), True)
+    return members.index_fill_(0, host_to_device(class_ids, device), True)
 
 
 def balanced_classmix_batch(
