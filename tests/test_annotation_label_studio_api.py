@@ -171,6 +171,18 @@ def test_a_key_with_a_space_or_control_character_is_refused_without_showing_it(t
         send_query(None, "run", tmp_path, "http://127.0.0.1:notaport", "key")
 
 
+def test_an_expired_personal_access_token_is_refused_as_expired_without_showing_it(tmp_path):
+    import jwt  # label-studio-sdk's own dependency
+
+    expired = jwt.encode({"token_type": "refresh", "exp": 1_700_000_000, "user_id": 1}, "secret", algorithm="HS256")
+    with serving(StoresThenFails) as (server, url), Ledger(tmp_path / "ledger.sqlite") as ledger, \
+            pytest.raises(LabelStudioError) as refused:
+        send_query(ledger, "run", tmp_path, url, expired)
+    assert str(refused.value).startswith(f"{url}: the API key was refused (HTTP 401: API key has expired")
+    assert "a personal access token that expired or was revoked needs a new one" in str(refused.value)
+    assert expired not in str(refused.value) and not server.keys and not server.uploads
+
+
 class Silent(StoresThenFails):
     def do_GET(self):
         if self.path != "/api/projects/":

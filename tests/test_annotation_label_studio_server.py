@@ -240,13 +240,43 @@ def test_query_sends_the_runs_tasks_to_one_project_once_and_import_takes_its_ans
 
 def test_a_refused_key_and_an_unreachable_server_are_one_line_naming_the_server(server, asking_run):
     code, output = s4al("query", asking_run, "--device", "cpu", "--label-studio", server.url, key="not-the-key")
-    assert code == 1 and output.startswith(f"error: {server.url}: the API key was refused (HTTP 401)"), output
+    assert code == 1 and output.startswith(f"error: {server.url}: the API key was refused (HTTP 401: "), output
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     code, output = s4al("query", asking_run, "--device", "cpu", "--label-studio", closed, "--api-key", server.token,
                         key=None)
     assert code == 1 and output.startswith(f"error: {closed}: Label Studio server unreachable"), output
     with Ledger(asking_run / "ledger.sqlite", readonly=True) as ledger:
         assert ledger.get_meta(PROJECT_META) is None
+
+
+def personal_access_token(server) -> str:
+    """A personal access token of the server's user (the kind Label Studio's Account & Settings
+    page gives by default): a refresh token the client trades for short-lived access tokens."""
+    answer = httpx.post(f"{server.url}/api/token/", headers={"Authorization": f"Token {server.token}"}, timeout=60)
+    assert answer.status_code == 201, answer.text
+    return answer.json()["token"]
+
+
+def test_a_personal_access_token_sends_the_tasks_and_imports_the_answers_until_it_is_revoked(
+        server, label_studio, asking_run):
+    token = personal_access_token(server)
+    assert token.count(".") == 2  # a JWT, not a legacy token
+    code, output = s4al("query", asking_run, "--device", "cpu", "--label-studio", server.url, key=token)
+    assert code == 0 and "sent" in output, output
+    with Ledger(asking_run / "ledger.sqlite", readonly=True) as ledger:
+        project_id = ledger.get_meta(PROJECT_META)["id"]
+    first = project_tasks(label_studio, project_id)[0]
+    (prediction,) = label_studio.predictions.list(task=first.id)
+    label_studio.annotations.create(id=first.id, result=prediction.result, was_cancelled=False)
+    code, output = s4al("import", asking_run, "--label-studio", key=token)
+    assert code == 0 and f"answered {len(first.data['region_ids'])} regions (label-studio)" in output, output
+
+    revoked = httpx.post(f"{server.url}/api/token/blacklist/", json={"refresh": token},
+                         headers={"Authorization": f"Token {server.token}"}, timeout=60)
+    assert revoked.status_code == 204, revoked.text
+    code, output = s4al("import", asking_run, "--label-studio", key=token)
+    assert code == 1 and output.startswith(f"error: {server.url}: the API key was refused (HTTP 401: Token is "
+                                           "blacklisted); set LABEL_STUDIO_API_KEY to your access token"), output
 
 
 def test_import_from_label_studio_before_any_query_sent_tasks_is_refused(asking_run):

@@ -355,13 +355,20 @@ def _server_errors(url: str, project: Project | None = None, run_dir: Path | Non
                                "Studio server (not of one of its pages)?") from None
     except ApiError as err:
         if err.status_code in (401, 403):
-            raise LabelStudioError(f"{url}: the API key was refused (HTTP {err.status_code}); set "
-                                   "LABEL_STUDIO_API_KEY to your access token (Account & Settings)") from None
+            raise LabelStudioError(f"{url}: the API key was refused (HTTP {err.status_code}{_reason(err)}); set "
+                                   "LABEL_STUDIO_API_KEY to your access token (Account & Settings; a personal "
+                                   "access token that expired or was revoked needs a new one)") from None
         if err.status_code == 404 and project is not None:
             raise LabelStudioError(f"{url}: project {project.id} not found (deleted?), the project this run "
                                    "sends its tasks to and imports its answers from; "
                                    f"{_new_project_way(run_dir, url)}") from None
         raise LabelStudioError(f"{url}: Label Studio refused the request ({_refusal(err)})") from None
+
+
+def _reason(err: ApiError) -> str:
+    """The server's reason for refusing a key, as `: reason`, where it gives one."""
+    detail = err.body.get("detail") if isinstance(err.body, dict) else None
+    return f": {detail[:SHOWN_BODY_CHARS]}" if isinstance(detail, str) else ""
 
 
 def _refusal(err: ApiError) -> str:
