@@ -10,6 +10,7 @@ from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 from label_studio_sdk import LabelStudio
 from typer.testing import CliRunner
@@ -174,7 +175,7 @@ def test_a_key_with_a_space_or_control_character_is_refused_without_showing_it(t
 def test_an_expired_personal_access_token_is_refused_as_expired_without_showing_it(tmp_path):
     import jwt  # label-studio-sdk's own dependency
 
-    expired = jwt.encode({"token_type": "refresh", "exp": 1_700_000_000, "user_id": 1}, "secret", algorithm="HS256")
+    expired = jwt.encode({"token_type": "refresh", "exp": 1_700_000_000, "user_id": 1}, "s" * 32, algorithm="HS256")
     with serving(StoresThenFails) as (server, url), Ledger(tmp_path / "ledger.sqlite") as ledger, \
             pytest.raises(LabelStudioError) as refused:
         send_query(ledger, "run", tmp_path, url, expired)
@@ -299,3 +300,61 @@ def test_an_upload_to_a_server_gone_says_nothing_was_sent():
                                first=4, count=6, rerun="RERUN", limit=[label_studio_api.UPLOAD_BYTES])
     assert str(failed.value).startswith(f"{closed}: Label Studio server unreachable (")
     assert str(failed.value).endswith("); tasks 4-4 of 6 new were not sent; RERUN")
+
+
+def answered_from_an_export(ledger: Ledger) -> None:
+    """One region of image 'a' asked and answered from a Label Studio export (a project made by hand)."""
+    ledger.set_meta("classes", ["road", "car"])
+    ledger.register_images([("a", 8, 8)])
+    (region_id,) = ledger.ask(0, [("a", (0, 0, 4, 4), "entropy", 1.0)])
+    ledger.answer(region_id, np.zeros((4, 4), np.uint8), by="label-studio")
+
+
+def test_a_run_answered_from_a_hand_made_project_is_refused_a_new_project_unasked(tmp_path):
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        assert project_on(ledger, "http://ls:8080") is None
+        answered_from_an_export(ledger)
+        with pytest.raises(LabelStudioError) as refused:
+            project_on(ledger, "http://ls:8080")
+    assert str(refused.value) == (
+        f"{tmp_path}: this run's answers came from a Label Studio project made by hand; to send the tasks to it (not "
+        f"again those it holds): s4al query {tmp_path} --label-studio URL --project ID, its id in its address "
+        f"(URL/projects/ID); to send the tasks to a new project: s4al query {tmp_path} --label-studio "
+        "http://ls:8080 --new-project (its tasks still asked are sent there too)")
+
+
+class HoldsProjectSeven(HoldsAProject):
+    """Label Studio whose one project is 7 (made by hand), holding the task asking region 1."""
+
+    def do_GET(self):
+        if self.path.startswith("/api/projects/7"):
+            return self._answer(200, json.dumps({"id": 7, "title": "by hand", "label_config": "<View/>"}).encode())
+        if self.path.startswith("/api/projects/") and self.path != "/api/projects/":
+            return self._answer(404, json.dumps({"detail": "Not found."}).encode())
+        if self.path.startswith("/api/tasks"):
+            self.server.keys.append(self.headers.get("Authorization"))
+            held = [{"id": 70, "data": {"cycle": 0, "region_ids": [1]}}] if "page=1&" in self.path + "&" else []
+            return self._answer(200, json.dumps({"tasks": held, "total": 1}).encode())
+        super().do_GET()
+
+
+def test_a_hand_made_project_named_by_id_becomes_the_runs_and_gets_only_the_tasks_it_lacks(tmp_path):
+    package = query_package(tmp_path / "queries", [{"data": {"cycle": 0, "region_ids": [k]}} for k in (1, 2)])
+    with serving(HoldsProjectSeven) as (server, url), Ledger(tmp_path / "ledger.sqlite") as ledger:
+        answered_from_an_export(ledger)
+        with pytest.raises(LabelStudioError) as refused:
+            send_query(ledger, "run", package, url, "key", project_id=9)
+        assert str(refused.value) == (f"{url}: no project 9 there (--project takes the number in a project's "
+                                      f"address, {url}/projects/ID)")
+        assert ledger.get_meta(PROJECT_META) is None and not server.uploads
+        sent = send_query(ledger, "run", package, url, "key", project_id=7)
+        assert (sent.project.id, sent.adopted, sent.created, sent.sent, sent.already) == (7, True, False, 1, 1)
+        assert [t["data"]["region_ids"] for upload in server.uploads for t in upload] == [[2]]
+        assert ledger.get_meta(PROJECT_META) == {"url": url, "id": 7}
+        assert project_on(ledger, url).id == 7  # later queries go there without --project
+
+
+def test_project_needs_a_server_and_is_not_a_new_project(tmp_path):
+    for args in (["--project", "7"], ["--label-studio", "http://ls:8080", "--project", "7", "--new-project"]):
+        result = CliRunner().invoke(app, ["query", str(tmp_path), *args], env={"LABEL_STUDIO_API_KEY": "key"})
+        assert result.exit_code == 2 and "--project names a Label Studio project to send to" in result.output

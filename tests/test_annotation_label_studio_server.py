@@ -368,6 +368,40 @@ def test_a_deleted_project_is_replaced_by_a_new_one_that_gets_every_task_still_a
     assert code == 0 and f"sent 0 new tasks to Label Studio project {new['id']}" in output
 
 
+def test_a_run_labelled_in_a_hand_made_project_moves_to_the_api_in_that_project(
+        server, label_studio, asking_run, tmp_path):
+    code, output = s4al("query", asking_run, "--device", "cpu", key=None)  # by hand: the package only
+    assert code == 0, output
+    package = asking_run / "queries" / "cycle_0"
+    hand_made = label_studio.projects.create(title="ours", label_config=(package / "labelling_config.xml").read_text())
+    label_studio.projects.import_tasks(id=hand_made.id, request=json.loads((package / "tasks.json").read_text()))
+    first = project_tasks(label_studio, hand_made.id)[0]
+    (prediction,) = label_studio.predictions.list(task=first.id)
+    label_studio.annotations.create(id=first.id, result=prediction.result, was_cancelled=False)
+    code, output = s4al("import", asking_run, export_project(label_studio, hand_made.id, tmp_path / "e.json"), key=None)
+    assert code == 0, output
+    projects_before = len(list(label_studio.projects.list()))
+
+    query = ("query", asking_run, "--device", "cpu", "--label-studio", server.url)
+    code, output = s4al(*query, key=server.token)
+    assert code == 1 and "this run's answers came from a Label Studio project made by hand" in output, output
+    code, output = s4al(*query, "--project", hand_made.id + 1000, key=server.token)
+    assert code == 1 and f"no project {hand_made.id + 1000} there" in output, output
+    assert len(list(label_studio.projects.list())) == projects_before and ledger_meta(asking_run) is None
+
+    code, output = s4al(*query, "--project", hand_made.id, key=server.token)
+    tasks_there = len(project_tasks(label_studio, hand_made.id))
+    assert code == 0 and (f"sent 0 new tasks to Label Studio project {hand_made.id} (this run's from now on, "
+                          f"{tasks_there - 1} tasks there already)") in output, output
+    assert ledger_meta(asking_run) == {"url": server.url, "id": hand_made.id}
+    assert len(list(label_studio.projects.list())) == projects_before
+    second = project_tasks(label_studio, hand_made.id)[1]
+    (prediction,) = label_studio.predictions.list(task=second.id)
+    label_studio.annotations.create(id=second.id, result=prediction.result, was_cancelled=False)
+    code, output = s4al("import", asking_run, "--label-studio", key=server.token)
+    assert code == 0 and f"answered {len(second.data['region_ids'])} regions (label-studio)" in output, output
+
+
 # ---- a person in a browser ------------------------------------------------------------------------
 
 CHROMIUM = Path("/usr/bin/chromium")

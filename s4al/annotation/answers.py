@@ -40,7 +40,7 @@ import numpy as np
 from s4al.active.ledger import RUN_ID, Ledger, LedgerError, Region
 from s4al.active.phases import CyclePhases
 from s4al.active.regions import box_masks
-from s4al.annotation.label_studio import read_export
+from s4al.annotation.label_studio import BY_LABEL_STUDIO, read_export
 from s4al.annotation.masks import (
     MIN_PAINTED_SHARE, UNPAINTED, AnswerError, PaintedImage, png_masks, read_png_masks,
 )
@@ -150,7 +150,7 @@ def _read(path: Path, class_names: Sequence[str], sizes: dict,
         raise AnswerError(f"{path}: one PNG; ANSWERS is a folder of IMAGE_ID.png masks or a Label Studio JSON "
                           f"export: give its folder, {path.parent}")
     if path.is_file():
-        return read_export(path, class_names, sizes, unannotated), ImportReport("label-studio")
+        return read_export(path, class_names, sizes, unannotated), ImportReport(BY_LABEL_STUDIO)
     raise AnswerError(f"{path}: no such file or folder")
 
 
@@ -205,7 +205,7 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
         for ids in (report.skip_kept, report.outdated, report.skipped_since))
     report.annotation_gone = sorted(region_id for region_id in unannotated - annotated
                                     if region_id in regions and regions[region_id].state == "answered"
-                                    and regions[region_id].answered_by == "label-studio")
+                                    and regions[region_id].answered_by == BY_LABEL_STUDIO)
     if problems:
         raise AnswerError(f"answers refused, nothing written: {first_of(problems, MAX_PROBLEMS_SHOWN, '; ')}")
     return answers, painted_at

@@ -33,6 +33,10 @@ NewProjectOption = Annotated[bool, typer.Option(
     "--new-project", help="With --label-studio: make a new project on URL in place of the run's one (deleted, or on "
     "another server) and send it every task still asked; import the answers left in the old one from its JSON export "
     "first (s4al import RUN_DIR EXPORT.json), or their tasks are sent too.")]
+ProjectOption = Annotated[Optional[int], typer.Option(
+    "--project", metavar="ID", min=1, help="With --label-studio: send the tasks to this existing project on URL (one "
+    "made by hand, its id in its address URL/projects/ID), the run's one from then on; tasks it holds are not sent "
+    "again.")]
 DownloadOption = Annotated[bool, typer.Option(
     "--label-studio", help="Download the full JSON export of the run's Label Studio project (the one "
     "`s4al query --label-studio` sends to) into RUN_DIR/answers/ and import it.")]
@@ -48,7 +52,8 @@ RegionOption = Annotated[
 
 
 def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption = "auto",
-          label_studio: SendOption = None, new_project: NewProjectOption = False, api_key: ApiKeyOption = None) -> None:
+          label_studio: SendOption = None, new_project: NewProjectOption = False, project: ProjectOption = None,
+          api_key: ApiKeyOption = None) -> None:
     """Write the asked regions for annotators: Label Studio tasks + config, overlays and a manifest;
     with --label-studio, send the tasks to the run's Label Studio project too.
     If the latest cycle has trained but not asked yet, score the pool and ask first."""
@@ -58,26 +63,29 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
 
     if new_project and label_studio is None:
         raise typer.BadParameter("--new-project makes a new Label Studio project: give --label-studio URL too")
+    if project is not None and (label_studio is None or new_project):
+        raise typer.BadParameter("--project names a Label Studio project to send to: give --label-studio URL too, "
+                                 "and not --new-project")
     sent = None
     with user_errors_reported():
         server = None if label_studio is None else checked_server(label_studio, api_key)
         with ActiveLearningRun(run_dir, overrides={"train": {"device": device}}) as active_run:
-            if server is not None and not new_project:
+            if server is not None and not new_project and project is None:
                 project_on(active_run.ledger, server)  # refused before the pool is scored
             cycle = _asking_cycle(active_run, run_dir)
             package = write_query_package(active_run, out or run_dir / "queries" / f"cycle_{cycle}")
             if server is not None and package.regions:
                 sent = send_query(active_run.ledger, Path(run_dir).resolve().name, package.out_dir, server, api_key,
-                                  new_project)
+                                  new_project, project)
             phase = active_run.phases.phase(cycle)
-            project = recorded_project(active_run.ledger)
+            recorded = recorded_project(active_run.ledger)
     if not package.regions:
         typer.echo(f"{run_dir}: no region waits for an answer (cycle {cycle} is in phase '{phase}'). "
                    f"{next_step(run_dir)}")
         return
     typer.echo(f"{counted(package.regions, 'asked region')} in {counted(package.images, 'image')} written to "
                f"{package.out_dir}:")
-    typer.echo(_sent_lines(run_dir, sent) if sent else _package_lines(run_dir, project))
+    typer.echo(_sent_lines(run_dir, sent) if sent else _package_lines(run_dir, recorded))
 
 
 def _asking_cycle(active_run: ActiveLearningRun, run_dir: Path) -> int:
@@ -107,7 +115,7 @@ def _package_lines(run_dir: Path, project: Project | None) -> str:
 
 
 def _sent_lines(run_dir: Path, sent: SentTasks) -> str:
-    made = "made for this run, " if sent.created else ""
+    made = "made for this run, " if sent.created else "this run's from now on, " if sent.adopted else ""
     old = sent.replaced
     replaced = "" if old is None else (f"  in place of project {old.id} on {old.url}: import the answers left there "
                                        f"from its JSON export with s4al import {run_dir} EXPORT.json before anyone "
@@ -168,6 +176,8 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = N
 
 
 def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
+    from s4al.annotation.label_studio import BY_LABEL_STUDIO
+
     lines = []
     if report.not_answered:
         lines.append(f"not answered, under {100 * MIN_PAINTED_SHARE:.0f}% painted, left asked: "
@@ -193,7 +203,7 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
     )
     lines += [f"{text.format(regions=counted(len(ids), 'region'))}: {_ids(ids)}" for ids, text in kinds if ids]
     if report.already_imported:
-        what = "task" if report.by == "label-studio" else "mask"
+        what = "task" if report.by == BY_LABEL_STUDIO else "mask"
         lines.append(f"{counted(report.already_imported, what)} already imported (regions answered or skipped): "
                      "left alone")
     ignored = report.ignored_pixels

@@ -44,6 +44,7 @@ ASKED_TAG = "asked"
 ASKED_LABEL = "asked region"
 ASKED_COLOUR = (255, 0, 255)
 ASKED_ID_PREFIX = "region_"  # + N: the result id of asked region N's rectangle, kept in Label Studio's annotations
+BY_LABEL_STUDIO = "label-studio"  # who answered, in the ledger, regions imported from an export
 MODEL_VERSION = "s4al"  # one name for every cycle: a project shows the predictions of one model version
 JPEG_QUALITY = 95
 # Room the editor needs around the image (page header, tabs, instructions, label bar, buttons), so

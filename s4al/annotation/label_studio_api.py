@@ -9,7 +9,9 @@ uploads of at most UPLOAD_BYTES, so memory does not grow with the pool. `s4al im
 --label-studio` downloads the project's full JSON export into RUN/answers/ and imports that file.
 A project deleted on its server, or a run moved to another server: `--new-project` makes a new
 project there, records it in place of the old one and sends it every task of the package (the
-regions still asked; answers already imported stay in the ledger).
+regions still asked; answers already imported stay in the ledger). A project made by hand, whose
+tasks.json imports gave earlier answers: `--project ID` makes it the run's, and only the tasks it
+lacks are sent (a run with such answers and no recorded project is refused a new project unasked).
 
 The API key is the caller's (LABEL_STUDIO_API_KEY or --api-key) and is never stored. What the
 server refuses, or a server that does not answer, is a LabelStudioError naming the server."""
@@ -33,7 +35,7 @@ from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.data_manager import Column, Filters, Operator, Type
 
 from s4al.active.ledger import PROJECT_META, RUN_ID, Ledger
-from s4al.annotation.label_studio import json_list_items
+from s4al.annotation.label_studio import BY_LABEL_STUDIO, json_list_items
 from s4al.atomic import atomic_write
 from s4al.errors import S4alError
 from s4al.run_folder import RunFolder
@@ -78,6 +80,7 @@ class SentTasks:
     already: int  # tasks of the package the project held before
     repeated: tuple[int, ...]  # ids of the project's tasks asking regions an earlier task of it asks too
     labels_edited: bool = False  # the project's labelling config names other labels than the package's
+    adopted: bool = False  # an existing project, named by the caller, became the run's
 
 
 def batches_by_size(items: Iterable[T], size: Callable[[T], int], limit: int) -> Iterator[list[T]]:
@@ -102,11 +105,19 @@ def recorded_project(ledger: Ledger) -> Project | None:
 
 
 def project_on(ledger: Ledger, url: str) -> Project | None:
-    """The run's project, if it has one, which must be on server `url` (no trailing slash)."""
+    """The run's project, if it has one, which must be on server `url` (no trailing slash). A run
+    without one whose answers came from a Label Studio export has a project made by hand: it is
+    refused, as a project made now would get that one's tasks still asked a second time."""
     project = recorded_project(ledger)
     if project is not None and not _same_server(project.url, url):
         raise LabelStudioError(f"{url}: this run's tasks go to its project on {project.url} ({project.page}); "
                                f"query with --label-studio {project.url}, or {_new_project_way(ledger.run_dir, url)}")
+    if project is None and any(region.answered_by == BY_LABEL_STUDIO for region in ledger.answered()):
+        raise LabelStudioError(
+            f"{ledger.run_dir}: this run's answers came from a Label Studio project made by hand; to send the tasks "
+            f"to it (not again those it holds): s4al query {ledger.run_dir} --label-studio URL --project ID, its id "
+            f"in its address (URL/projects/ID); {_new_project_way(ledger.run_dir, url)} (its tasks still asked "
+            "are sent there too)")
     return project
 
 
@@ -123,17 +134,23 @@ def _new_project_way(run_dir: Path, url: str) -> str:
 
 
 def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_key: str | None,
-               new_project: bool = False) -> SentTasks:
+               new_project: bool = False, project_id: int | None = None) -> SentTasks:
     """Sends the tasks of the query package in `package_dir` to the run's project on `url`, making
     it (titled `run_name` and the start of the run's id, with the package's labelling config) and
-    recording it in `ledger` the first time, or in place of the run's project with `new_project`; a
-    run's project stays on one server until a new one replaces it."""
+    recording it in `ledger` the first time, or in place of the run's project with `new_project`;
+    `project_id`: an existing project of `url` (made by hand) becomes the run's. A run's project
+    stays on one server until another replaces it."""
     url = checked_server(url, api_key)
-    replaced = recorded_project(ledger) if new_project else None
-    project = None if new_project else project_on(ledger, url)
+    recorded = recorded_project(ledger)
+    if project_id is not None:
+        project = Project(url, project_id)
+        replaced = recorded if recorded is not None and recorded != project else None
+    else:
+        replaced = recorded if new_project else None
+        project = None if new_project else project_on(ledger, url)
     client = _client(url, api_key)
     config = (package_dir / "labelling_config.xml").read_text()
-    with _server_errors(url, project, ledger.run_dir):
+    with _server_errors(url, project if project_id is None else None, ledger.run_dir):
         created = project is None
         if created:
             run_id = ledger.get_meta(RUN_ID)  # apart from a twin run's project of the same folder name
@@ -143,14 +160,28 @@ def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_k
             ledger.set_meta(PROJECT_META, {"url": url, "id": project.id})  # before any upload: one project per run
             edited = False
         else:  # a deleted project answers 404 here, not when listing its tasks
-            edited = _label_values(client.projects.get(id=project.id).label_config or "") != _label_values(config)
+            edited = _label_values(_existing(client, project, project_id).label_config or "") != _label_values(config)
+            if project_id is not None:
+                ledger.set_meta(PROJECT_META, {"url": url, "id": project.id})
         tasks_file = package_dir / "tasks.json"  # an image in each task: read twice, one task at a time
         asked = [(task["data"]["cycle"], _regions_of(task["data"])) for task in _tasks(tasks_file)]
         held, repeated = _held_regions(client, project, {cycle for cycle, _ in asked})
         is_new = [held.isdisjoint(regions) for _, regions in asked]
         new_tasks = (task for task, new in zip(_tasks(tasks_file), is_new) if new)
         _upload(client, project, new_tasks, sum(is_new), _rerun_way(ledger.run_dir, url, replaced))
-    return SentTasks(project, created, replaced, sum(is_new), len(is_new) - sum(is_new), tuple(repeated), edited)
+    return SentTasks(project, created, replaced, sum(is_new), len(is_new) - sum(is_new), tuple(repeated), edited,
+                     adopted=project_id is not None)
+
+
+def _existing(client: LabelStudio, project: Project, given_id: int | None):
+    """The project `project`, which a run records or the caller gave by id."""
+    try:
+        return client.projects.get(id=project.id)
+    except ApiError as err:
+        if err.status_code == 404 and given_id is not None:
+            raise LabelStudioError(f"{project.url}: no project {given_id} there (--project takes the number in a "
+                                   f"project's address, {project.url}/projects/ID)") from None
+        raise
 
 
 def _label_values(config: str) -> set[str] | None:
