@@ -233,6 +233,54 @@ def test_an_upload_over_a_proxys_limit_goes_in_halves_and_a_task_over_it_is_name
             send_query(ledger, "run", package, url, "key")
 
 
+class StoresInTheBackground(StoresThenFails):
+    """Label Studio Enterprise: an upload is answered with an import id at once and stored later; the
+    import's status says `in_progress` twice, then `outcome` (`completed`, `failed`, or never done)."""
+
+    outcome = "completed"
+
+    def do_POST(self):
+        self.server.keys.append(self.headers.get("Authorization"))
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path == "/api/projects/":
+            return self._answer(201, json.dumps({"id": 1, "title": "run"}).encode())
+        self.server.uploads.append(json.loads(body))
+        self._answer(201, json.dumps({"import": 40 + len(self.server.uploads)}).encode())
+
+    def do_GET(self):
+        if "/imports/" in self.path:
+            self.server.polls.append(self.path)
+            done = self.outcome != "never" and len(self.server.polls) > 2
+            state = {"id": 41, "status": self.outcome if done else "in_progress"}
+            if state["status"] == "failed":
+                state["error"] = "Data keys are not the same as the labeling config's"
+            return self._answer(200, json.dumps(state).encode())
+        super().do_GET()
+
+
+@pytest.mark.parametrize("outcome", ["completed", "failed", "never"])
+def test_an_upload_stored_in_the_background_is_waited_for_and_its_failure_reported(tmp_path, monkeypatch, outcome):
+    monkeypatch.setattr(label_studio_api, "IMPORT_WAIT_SECONDS", 1.0 if outcome == "never" else 60.0)
+    package = query_package(tmp_path / "queries", [{"data": {"cycle": 0, "region_ids": [k]}} for k in range(3)])
+    handler = type("Handler", (StoresInTheBackground,), {"outcome": outcome})
+    with serving(handler) as (server, url), Ledger(tmp_path / "ledger.sqlite") as ledger:
+        server.polls = []
+        if outcome == "completed":
+            assert send_query(ledger, "run", package, url, "key").sent == 3
+            assert server.polls == ["/api/projects/1/imports/41/"] * 3
+            return
+        with pytest.raises(LabelStudioError) as failed:
+            send_query(ledger, "run", package, url, "key")
+    rerun = f"the tasks sent before are in the project; `s4al query {tmp_path} --label-studio {url}` again"
+    if outcome == "failed":
+        assert str(failed.value).startswith(f"{url}: project 1 failed to store tasks 1-3 of 3 new (import 41: Data "
+                                            "keys are not the same as the labeling config's); " + rerun)
+    else:
+        assert str(failed.value).startswith(f"{url}: project 1 is still storing tasks 1-3 of 3 new (import 41, "
+                                            "in_progress) after 1 s; wait until it has, then " + rerun)
+        assert len(server.polls) == 2  # at 0, 0.5 s; the next pause would pass the second
+
+
 class NotLabelStudio(StoresThenFails):
     """A web server that answers pages, as a Label Studio page's address (…/projects/1) would."""
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ SLOW_REQUEST = {"timeout": 600.0}
 # What creates something is sent once: the client retries a failed request twice by default, and a
 # server that stored an upload but answered late (a proxy's 504, a dropped connection) got it three times.
 ONCE = {"max_retries": 0}
+IMPORT_WAIT_SECONDS = 600.0  # for an upload stored in the background (Label Studio Enterprise)
 
 
 class LabelStudioError(S4alError):
@@ -243,7 +245,7 @@ def _send(client: LabelStudio, project: Project, batch: list[dict], first: int, 
     limit, below Label Studio's own; nothing is stored) in halves, lowering `limit` for the batches after."""
     tasks_sent = f"tasks {first}-{first + len(batch) - 1} of {count} new"
     try:
-        client.projects.import_tasks(id=project.id, request=batch, request_options=SLOW_REQUEST | ONCE)
+        queued = client.projects.import_tasks(id=project.id, request=batch, request_options=SLOW_REQUEST | ONCE).import_
     except ApiError as err:
         if err.status_code == 413 and len(batch) > 1:
             half = len(batch) // 2
@@ -267,6 +269,29 @@ def _send(client: LabelStudio, project: Project, batch: list[dict], first: int, 
         raise LabelStudioError(f"{project.url}: no answer to the upload of {tasks_sent} to project {project.id} "
                                f"({str(err) or type(err).__name__}); the server may still be storing them: "
                                f"wait until it is idle, then {rerun}") from None
+    if queued is not None:
+        _wait_for_import(client, project, queued, tasks_sent, rerun)
+
+
+def _wait_for_import(client: LabelStudio, project: Project, import_id: int, tasks_sent: str, rerun: str) -> None:
+    """Waits until the server has stored an upload it took to store in the background (Label Studio
+    Enterprise answers an upload with an import id; errors in its tasks show only in that import's
+    status), for at most IMPORT_WAIT_SECONDS."""
+    deadline = time.monotonic() + IMPORT_WAIT_SECONDS
+    pause = 0.5
+    while True:
+        state = client.tasks.create_many_status(id=project.id, import_pk=import_id)
+        if state.status == "completed":
+            return
+        if state.status == "failed":
+            raise LabelStudioError(f"{project.url}: project {project.id} failed to store {tasks_sent} (import "
+                                   f"{import_id}: {(state.error or 'no reason given')[:SHOWN_BODY_CHARS]}); {rerun}")
+        if time.monotonic() + pause > deadline:
+            raise LabelStudioError(f"{project.url}: project {project.id} is still storing {tasks_sent} (import "
+                                   f"{import_id}, {state.status}) after {IMPORT_WAIT_SECONDS:.0f} s; wait until it "
+                                   f"has, then {rerun}")
+        time.sleep(pause)
+        pause = min(2 * pause, 10.0)
 
 
 def _rerun_way(run_dir: Path, url: str, replaced: Project | None) -> str:
