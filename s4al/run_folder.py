@@ -98,6 +98,7 @@ class RunFolder:
         self.checkpoints_dir = self.path / "checkpoints"
         self.cycles_dir = self.path / "cycles"
         self.tensorboard_dir = self.path / "tensorboard"
+        self.answers_dir = self.path / "answers"  # Label Studio exports downloaded, as received
         self.metrics_log = self.path / "metrics.jsonl"
         self.result_path = self.path / RESULT_FILE
 
@@ -236,10 +237,11 @@ class RunFolder:
         return False
 
     def remove_stray_temp_files(self) -> None:
-        """Temp files left by a kill mid-write (config, metrics log, checkpoints, cycle summaries)
-        or while the ledger was being built; the lock makes them ours."""
+        """Temp files left by a kill mid-write (config, metrics log, checkpoints, cycle summaries,
+        a downloaded export) or while the ledger was being built; the lock makes them ours."""
         strays = [*stray_temp_files(self.path), *stray_temp_files(self.checkpoints_dir),
-                  *stray_temp_files(self.cycles_dir), *self.path.glob(f".{LEDGER_FILE}.*")]
+                  *stray_temp_files(self.cycles_dir), *stray_temp_files(self.answers_dir),
+                  *self.path.glob(f".{LEDGER_FILE}.*")]
         for stray in strays:
             stray.unlink(missing_ok=True)
 

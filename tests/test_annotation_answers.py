@@ -226,6 +226,19 @@ def test_a_dry_run_reports_what_the_import_then_does_and_writes_nothing(run_dir,
     assert (dry.corrected, dry.skipped, dry.not_answered) == ([1], [3], {2: 0.0})
 
 
+def test_the_temp_file_of_a_download_killed_halfway_is_removed_by_the_next_import(run_dir, tmp_path):
+    answers = run_dir / "answers"
+    answers.mkdir()
+    stray = answers / ".label_studio_20261206T070000000000Z.json.k3x.tmp"  # a project's export, cut by a kill
+    kept = [answers / "label_studio_20261205T070000000000Z.json", answers / "notes.tmp"]
+    for path in [stray, *kept]:
+        path.write_bytes(b"[{")
+    export = write_export(tmp_path / "e1.json", task_of(1, "a", in_box(truth("a"), A1), [1, 2]))
+    result = CliRunner().invoke(app, ["import", str(run_dir), str(export)])
+    assert result.exit_code == 0, result.output
+    assert not stray.exists() and all(path.exists() for path in kept)
+
+
 def test_a_correction_while_a_cycle_is_part_trained_is_refused_so_its_resume_stays_exact(run_dir, tmp_path):
     first = truth("a")
     import_answers(run_dir, write_export(tmp_path / "e1.json", task_of(1, "a", first, [1, 2])))

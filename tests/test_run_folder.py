@@ -218,8 +218,9 @@ def test_a_run_killed_in_its_first_moments_resumes(tmp_path, left):
 
 def test_temp_files_of_a_killed_run_are_removed_when_the_run_is_opened(run_dir):
     (run_dir / "cycles").mkdir(exist_ok=True)
+    (run_dir / "answers").mkdir()
     strays = [run_dir / "checkpoints" / ".cycle_1.pt.abc123.tmp", run_dir / "cycles" / ".cycle_0.json.x7.tmp",
-              run_dir / ".metrics.jsonl.k2.tmp", run_dir / ".config.yaml.q9.tmp", run_dir / ".ledger.sqlite.new"]
+              run_dir / "answers" / ".label_studio_20261206T070000000000Z.json.q1.tmp", run_dir / ".metrics.jsonl.k2.tmp", run_dir / ".config.yaml.q9.tmp", run_dir / ".ledger.sqlite.new"]
     kept = [run_dir / "checkpoints" / "notes.tmp"]
     for path in strays + kept:
         path.write_bytes(b"half a file")

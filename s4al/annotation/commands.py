@@ -149,6 +149,7 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = N
         folder = RunFolder(run_dir)
         folder.ledger_file()  # a run folder, before its lock
         with folder.locked():  # refused at once while a run holds the folder, before a download
+            folder.remove_stray_temp_files()  # a killed download's, of an export's size
             if label_studio:
                 answers = download_export(run_dir, api_key)
                 typer.echo(f"the Label Studio project's export, as received: {answers}")

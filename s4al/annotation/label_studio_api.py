@@ -42,7 +42,6 @@ from s4al.errors import S4alError
 from s4al.run_folder import RunFolder
 
 UPLOAD_BYTES = 50 * 2**20  # the JSON of one upload; Label Studio refuses uploads over 250 MB
-ANSWERS_FOLDER = "answers"  # in the run folder: the exports downloaded, as received
 LISTED_PAGE_TASKS = 10  # tasks per page when listing a project's tasks, each with its image
 T = TypeVar("T")
 SHOWN_BODY_CHARS = 200  # of a refusal's body, in its message
@@ -308,14 +307,14 @@ def download_export(run_dir: Path, api_key: str | None) -> Path:
     """Downloads the full JSON export of the run's project (every task, answered or not) into
     RUN/answers/label_studio_TIMESTAMP.json, written whole or not at all; returns its path."""
     run_dir = Path(run_dir)
-    ledger_path = RunFolder(run_dir).ledger_file()
-    with Ledger(ledger_path, readonly=True) as ledger:
+    folder = RunFolder(run_dir)
+    with Ledger(folder.ledger_file(), readonly=True) as ledger:
         project = recorded_project(ledger)
     if project is None:
         raise LabelStudioError(f"{run_dir}: no Label Studio project yet; send the tasks first with "
                                f"`s4al query {run_dir} --label-studio URL`")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    path = run_dir / ANSWERS_FOLDER / f"label_studio_{stamp}.json"
+    path = folder.answers_dir / f"label_studio_{stamp}.json"
     path.parent.mkdir(exist_ok=True)
     client = _client(project.url, api_key)
     by_hand = ", or export the project in Label Studio (JSON) and import that file"
