@@ -260,7 +260,7 @@ class StoresInTheBackground(StoresThenFails):
 
 @pytest.mark.parametrize("outcome", ["completed", "failed", "never"])
 def test_an_upload_stored_in_the_background_is_waited_for_and_its_failure_reported(tmp_path, monkeypatch, outcome):
-    monkeypatch.setattr(label_studio_api, "IMPORT_WAIT_SECONDS", 1.0 if outcome == "never" else 60.0)
+    monkeypatch.setattr(label_studio_api, "BACKGROUND_WAIT_SECONDS", 1.0 if outcome == "never" else 60.0)
     package = query_package(tmp_path / "queries", [{"data": {"cycle": 0, "region_ids": [k]}} for k in range(3)])
     handler = type("Handler", (StoresInTheBackground,), {"outcome": outcome})
     with serving(handler) as (server, url), Ledger(tmp_path / "ledger.sqlite") as ledger:
@@ -279,6 +279,51 @@ def test_an_upload_stored_in_the_background_is_waited_for_and_its_failure_report
         assert str(failed.value).startswith(f"{url}: project 1 is still storing tasks 1-3 of 3 new (import 41, "
                                             "in_progress) after 1 s; wait until it has, then " + rerun)
         assert len(server.polls) == 2  # at 0, 0.5 s; the next pause would pass the second
+
+
+class ExportsInTheBackground(StoresThenFails):
+    """Label Studio whose project's export snapshots are built in the background: `in_progress`
+    twice, then `outcome` (`completed`: the export holds one task; `failed`)."""
+
+    outcome = "completed"
+
+    def do_POST(self):
+        self.server.keys.append(self.headers.get("Authorization"))
+        self.server.created.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
+        self._answer(201, json.dumps({"id": 8, "status": "created"}).encode())
+
+    def do_GET(self):
+        if self.path.startswith("/api/projects/1/exports/8/download"):
+            return self._answer(200, json.dumps([{"id": 70, "data": {}}]).encode())
+        if self.path.startswith("/api/projects/1/exports/8"):
+            self.server.polls.append(self.path)
+            done = len(self.server.polls) > 2
+            return self._answer(200, json.dumps({"id": 8, "status": self.outcome if done else "in_progress"}).encode())
+        super().do_GET()
+
+    def do_DELETE(self):
+        self.server.deleted.append(self.path)
+        self._answer(204, b"")
+
+
+@pytest.mark.parametrize("outcome", ["completed", "failed"])
+def test_an_export_is_a_snapshot_waited_for_received_whole_and_deleted_on_the_server(tmp_path, outcome):
+    run_dir = tmp_path
+    with serving(type("Handler", (ExportsInTheBackground,), {"outcome": outcome})) as (server, url):
+        server.polls, server.created, server.deleted = [], [], []
+        with Ledger(run_dir / "ledger.sqlite") as ledger:
+            ledger.set_meta(PROJECT_META, {"url": url, "id": 1})
+        if outcome == "completed":
+            export = download_export(run_dir, "key")
+            assert json.loads(export.read_text()) == [{"id": 70, "data": {}}]
+        else:
+            with pytest.raises(LabelStudioError) as failed:
+                download_export(run_dir, "key")
+            assert str(failed.value).startswith(f"{url}: project 1's export 8 failed (status failed); try again later")
+    assert server.created[0]["task_filter_options"] == {"only_with_annotations": False}  # every task
+    assert server.created[0]["annotation_filter_options"] == {"usual": True, "ground_truth": True, "skipped": True}
+    assert len(server.polls) == 3 and server.deleted == ["/api/projects/1/exports/8"]
+    assert [p.name for p in (run_dir / "answers").iterdir()] == ([export.name] if outcome == "completed" else [])
 
 
 class NotLabelStudio(StoresThenFails):

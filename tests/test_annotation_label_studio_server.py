@@ -169,6 +169,8 @@ def s4al(*args, key):
     from s4al.cli import app
 
     result = CliRunner().invoke(app, [str(arg) for arg in args], env={"LABEL_STUDIO_API_KEY": key})
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
     return result.exit_code, result.output
 
 
@@ -216,6 +218,7 @@ def test_query_sends_the_runs_tasks_to_one_project_once_and_import_takes_its_ans
     (export,) = (asking_run / "answers").glob("label_studio_*.json")
     assert f"export, as received: {export}" in output
     assert len(json.loads(export.read_text())) == len(sent)
+    assert not list(label_studio.projects.exports.list(id=project.id))  # its snapshot deleted once received
     with Ledger(asking_run / "ledger.sqlite", readonly=True) as ledger:
         answered = ledger.answered()
         height, width = ledger.image_size(first.data["image_id"])

@@ -22,7 +22,7 @@ import gc
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,7 +51,8 @@ SLOW_REQUEST = {"timeout": 600.0}
 # What creates something is sent once: the client retries a failed request twice by default, and a
 # server that stored an upload but answered late (a proxy's 504, a dropped connection) got it three times.
 ONCE = {"max_retries": 0}
-IMPORT_WAIT_SECONDS = 600.0  # for an upload stored in the background (Label Studio Enterprise)
+# For what the server does in the background: an upload stored (Label Studio Enterprise), an export built.
+BACKGROUND_WAIT_SECONDS = 600.0
 
 
 class LabelStudioError(S4alError):
@@ -275,20 +276,26 @@ def _send(client: LabelStudio, project: Project, batch: list[dict], first: int, 
 def _wait_for_import(client: LabelStudio, project: Project, import_id: int, tasks_sent: str, rerun: str) -> None:
     """Waits until the server has stored an upload it took to store in the background (Label Studio
     Enterprise answers an upload with an import id; errors in its tasks show only in that import's
-    status), for at most IMPORT_WAIT_SECONDS."""
-    deadline = time.monotonic() + IMPORT_WAIT_SECONDS
+    status)."""
+    state = _finished(lambda: client.tasks.create_many_status(id=project.id, import_pk=import_id))
+    if state.status == "failed":
+        raise LabelStudioError(f"{project.url}: project {project.id} failed to store {tasks_sent} (import "
+                               f"{import_id}: {(state.error or 'no reason given')[:SHOWN_BODY_CHARS]}); {rerun}")
+    if state.status != "completed":
+        raise LabelStudioError(f"{project.url}: project {project.id} is still storing {tasks_sent} (import "
+                               f"{import_id}, {state.status}) after {BACKGROUND_WAIT_SECONDS:.0f} s; wait until it "
+                               f"has, then {rerun}")
+
+
+def _finished(state: Callable[[], T]) -> T:
+    """The state of a job the server runs in the background (`state()` asks it) once it has
+    completed or failed, or after BACKGROUND_WAIT_SECONDS."""
+    deadline = time.monotonic() + BACKGROUND_WAIT_SECONDS
     pause = 0.5
     while True:
-        state = client.tasks.create_many_status(id=project.id, import_pk=import_id)
-        if state.status == "completed":
-            return
-        if state.status == "failed":
-            raise LabelStudioError(f"{project.url}: project {project.id} failed to store {tasks_sent} (import "
-                                   f"{import_id}: {(state.error or 'no reason given')[:SHOWN_BODY_CHARS]}); {rerun}")
-        if time.monotonic() + pause > deadline:
-            raise LabelStudioError(f"{project.url}: project {project.id} is still storing {tasks_sent} (import "
-                                   f"{import_id}, {state.status}) after {IMPORT_WAIT_SECONDS:.0f} s; wait until it "
-                                   f"has, then {rerun}")
+        now = state()
+        if now.status in ("completed", "failed") or time.monotonic() + pause > deadline:
+            return now
         time.sleep(pause)
         pause = min(2 * pause, 10.0)
 
@@ -303,9 +310,13 @@ def _rerun_way(run_dir: Path, url: str, replaced: Project | None) -> str:
             f"{replaced.url}, which it replaced, may hold answers to import from its export)")
 
 
+
+
 def download_export(run_dir: Path, api_key: str | None) -> Path:
     """Downloads the full JSON export of the run's project (every task, answered or not) into
-    RUN/answers/label_studio_TIMESTAMP.json, written whole or not at all; returns its path."""
+    RUN/answers/label_studio_TIMESTAMP.json, written whole or not at all; returns its path. The
+    export is a snapshot, which the server builds in batches (in the background where it runs a
+    job queue, so no proxy's time limit cuts a large project's) and which is deleted once received."""
     run_dir = Path(run_dir)
     folder = RunFolder(run_dir)
     with Ledger(folder.ledger_file(), readonly=True) as ledger:
@@ -320,10 +331,23 @@ def download_export(run_dir: Path, api_key: str | None) -> Path:
     by_hand = ", or export the project in Label Studio (JSON) and import that file"
     with _server_errors(project.url, project, run_dir, slow=by_hand):
         client.projects.get(id=project.id)  # the server and the project answer, before the long wait
-        with atomic_write(path) as file:
-            for part in client.projects.exports.download_sync(id=project.id, export_type="JSON",
-                                                              download_all_tasks=True, request_options=SLOW_REQUEST):
-                file.write(part)
+        snapshot = client.projects.exports.create(
+            id=project.id, title=f"s4al import {stamp}", task_filter_options={"only_with_annotations": False},
+            annotation_filter_options={"usual": True, "ground_truth": True, "skipped": True},
+            request_options=SLOW_REQUEST | ONCE)
+        try:
+            built = _finished(lambda: client.projects.exports.get(id=project.id, export_pk=snapshot.id))
+            if built.status != "completed":
+                raise LabelStudioError(f"{project.url}: project {project.id}'s export {snapshot.id} "
+                                       f"{'failed' if built.status == 'failed' else 'not built in time'} "
+                                       f"(status {built.status}); try again later{by_hand}")
+            with atomic_write(path) as file:
+                for part in client.projects.exports.download(id=project.id, export_pk=snapshot.id,
+                                                             export_type="JSON", request_options=SLOW_REQUEST):
+                    file.write(part)
+        finally:
+            with suppress(ApiError, httpx.HTTPError):  # a snapshot left on the server only takes its disk
+                client.projects.exports.delete(id=project.id, export_pk=snapshot.id)
     return path
 
 
