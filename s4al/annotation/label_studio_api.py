@@ -310,8 +310,6 @@ def _rerun_way(run_dir: Path, url: str, replaced: Project | None) -> str:
             f"{replaced.url}, which it replaced, may hold answers to import from its export)")
 
 
-
-
 def download_export(run_dir: Path, api_key: str | None) -> Path:
     """Downloads the full JSON export of the run's project (every task, answered or not) into
     RUN/answers/label_studio_TIMESTAMP.json, written whole or not at all; returns its path. The
