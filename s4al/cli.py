@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,7 @@ from s4al.report.commands import Network, NetworkOption, export_command, predict
 from s4al.report.status import cycle_table, dataset_lines, next_lines, percent
 from s4al.config import ConfigError, RunConfig, inert_settings, load_config, parse_override
 from s4al.data import DatasetError, build_dataset
-from s4al.errors import S4alError, reports_error, user_errors_reported
+from s4al.errors import S4alError, reports_error, show_user_warnings, user_errors_reported
 from s4al.run_folder import RunFolder
 
 if TYPE_CHECKING:
@@ -27,6 +26,11 @@ if TYPE_CHECKING:
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="Active semi-supervised semantic segmentation (S4AL).")
 console = Console()
+
+
+@app.callback()
+def _every_command() -> None:
+    show_user_warnings()
 
 ConfigOption = Annotated[str, typer.Option("--config", "-c", help="Preset (camvid, cityscapes, demo) or a YAML file.")]
 SetOption = Annotated[
@@ -260,17 +264,11 @@ def download_camvid_command(
     sha256: Annotated[Optional[str], typer.Option(help="Expected SHA-256 of the archive (without it, the archive is not verified).")] = None,
 ) -> None:
     """Download CamVid (SegNet layout) into --to; with --sha256, check the archive against it."""
-    from s4al.data.download import UnverifiedDownloadWarning, download_camvid
+    from s4al.data.download import download_camvid
 
     kwargs = {k: v for k, v in {"base_url": url, "sha256": sha256}.items() if v}
-    with user_errors_reported(), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UnverifiedDownloadWarning)
+    with user_errors_reported():
         root = download_camvid(to, **kwargs)
-    for warning in caught:  # said as a note, not as a Python warning with its source line
-        if issubclass(warning.category, UnverifiedDownloadWarning):
-            console.print(f"note: {warning.message}")
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     console.print(f"CamVid ready in {root}")
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -14,6 +16,28 @@ from datetime import timedelta
 class S4alError(ValueError):
     """Input s4al refuses; the message names the file (or option) and the problem. The base of
     every such error; a ValueError, since each is a bad value given to s4al."""
+
+
+class S4alWarning(UserWarning):
+    """Input s4al goes on with but its user should know of (a class no label holds, a setting capped
+    to small images). The command line shows it as `warning: MESSAGE` (show_user_warnings)."""
+
+
+def show_user_warnings() -> None:
+    """From now on S4alWarnings show as `warning: MESSAGE` on stderr, without the source line
+    Python adds for a programmer; other warnings as Python shows them."""
+    python_shows = warnings.showwarning
+    if getattr(python_shows, "shows_user_warnings", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, S4alWarning):
+            print(f"warning: {message}", file=file or sys.stderr, flush=True)
+        else:
+            python_shows(message, category, filename, lineno, file, line)
+
+    show.shows_user_warnings = True
+    warnings.showwarning = show
 
 
 def first_line(err: BaseException) -> str:

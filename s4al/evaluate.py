@@ -9,12 +9,16 @@ counted on the device and read once, at the end."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
+from s4al import distributed
 from s4al.config import FastMode
 from s4al.data.base import SegmentationDataset
 from s4al.inference import bf16_inference, inference_batches, inference_cache
+from s4al.errors import S4alWarning, first_of
 from s4al.metrics import Confusion, SegmentationScores, scores_from_confusion
 from s4al.tiles import tiled_logits
 
@@ -40,4 +44,10 @@ def evaluate(
             for (y0, x0, y1, x1), logits in tiled_logits(model, images, device):
                 confusion.update(logits.argmax(1), labels[:, y0:y1, x0:x1].to(device, non_blocking=True))
     model.train(was_training)
-    return scores_from_confusion(confusion.matrix())
+    matrix = confusion.matrix()
+    unseen = [name for name, pixels in zip(dataset.classes.names, matrix.sum(1).tolist()) if pixels == 0]
+    if unseen and distributed.is_main():
+        warnings.warn(f"the {len(dataset)} evaluated images hold no pixel of class {first_of(unseen)}: "
+                      f"{'its IoU is' if len(unseen) == 1 else 'their IoUs are'} not measured, and mIoU averages "
+                      "the other classes", S4alWarning)
+    return scores_from_confusion(matrix)

@@ -147,7 +147,7 @@ def test_an_incomplete_camvid_folder_is_refused_before_anything_is_moved(serve, 
     assert not (tmp_path / "camvid").exists()
 
 
-def test_the_command_says_an_unverified_download_as_a_note(serve, tmp_path):
+def test_the_command_says_an_unverified_download_as_a_warning_line(serve, tmp_path):
     from typer.testing import CliRunner
 
     from s4al.cli import app
@@ -158,5 +158,5 @@ def test_the_command_says_an_unverified_download_as_a_note(serve, tmp_path):
                                       f"{base}/camvid.zip"], env={"COLUMNS": "500"})
     assert result.exit_code == 0, result.output
     assert [line for line in result.output.splitlines() if line] == [  # (the progress bar leaves a blank line)
-        f"note: {base}/camvid.zip: no known SHA-256 for this archive, so it was NOT verified; its SHA-256 is {digest} "
+        f"warning: {base}/camvid.zip: no known SHA-256 for this archive, so it was NOT verified; its SHA-256 is {digest} "
         "(pin it with --sha256, or sha256= in Python)", f"CamVid ready in {tmp_path / 'camvid'}"]

@@ -3,6 +3,7 @@
 pool; a human answers through a folder of class-id PNGs, and resuming finishes the run."""
 
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -287,3 +288,38 @@ def test_a_bad_validation_mask_is_refused_before_training_not_at_the_first_evalu
     assert ActiveLearningRun(run_dir).run() == []  # mended: cycle 0 trains and asks
     # the class colours travel with the model: predict paints them wherever the dataset is
     assert load_checkpoint(run_dir / "checkpoints" / "cycle_0.pt")["colours"] == [c["color"] for c in CLASSES]
+
+
+def test_masks_storing_a_class_as_the_ignore_value_are_warned_of_not_scored_as_perfect(tmp_path):
+    """Two classes in 0/255 masks: with ignore_value 255 the object is void everywhere; the run says
+    no labelled pixel holds it and the evaluation cannot measure it, rather than only a 100% mIoU."""
+    root = make_dataset(tmp_path / "data")
+    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": [
+        {"name": "background", "color": [0, 0, 0]}, {"name": "object", "color": [255, 0, 0]}]}))
+    for mask in (root / "masks").iterdir():
+        save(mask, np.where(np.array(Image.open(mask)) == 2, 255, 0).astype(np.uint8))
+    save_config(own_config(root, cycles=1), tmp_path / "own.yaml")
+    result = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "run"), "--config", str(tmp_path / "own.yaml"),
+                                      "--quiet"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert ("warning: no labelled pixel of class object: the model cannot learn it until some are labelled; 50% of "
+            "the labelled pixels are void (the dataset's ignore value: does a mask store a class as it?)") in lines
+    assert ("warning: the 2 evaluated images hold no pixel of class object: its IoU is not measured, and mIoU "
+            "averages the other classes") in lines
+    assert sum(line.startswith("warning: the 2 evaluated images") for line in lines) == 1  # once, not per evaluation
+
+
+def test_warnings_name_classes_without_labelled_pixels_and_a_large_void_share_only():
+    from s4al.errors import S4alWarning
+    from s4al.train.trainer import warn_unlabelled_classes
+
+    names = ("road", "car", "sky")
+    with pytest.warns(S4alWarning) as said:
+        warn_unlabelled_classes(names, np.array([30, 0, 0]), void=9)
+    assert str(said[0].message) == "no labelled pixel of class car, sky: the model cannot learn them until some are labelled"
+    with pytest.warns(S4alWarning, match=r"of class car: .*; 25% of the labelled pixels are void"):
+        warn_unlabelled_classes(names, np.array([20, 0, 10]), void=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_unlabelled_classes(names, np.array([1, 1, 1]), void=1000)  # every class labelled: nothing said

@@ -33,6 +33,7 @@ from s4al.config import ActiveConfig, FastMode
 from s4al.data.base import Box, SegmentationDataset
 from s4al.data.batches import to_model_input
 from s4al.data.device_cache import DeviceCache
+from s4al.errors import S4alWarning
 from s4al.inference import bf16_inference, inference_batches, inference_cache
 from s4al.tiles import tiles, tile_logits
 from s4al.seeding import seeded_generator
@@ -188,7 +189,7 @@ def score_cells(
     return _gathered(cells)
 
 
-class CappedConfigWarning(UserWarning):
+class CappedConfigWarning(S4alWarning):
     """A config value that some images are too small for, so it is capped to them."""
 
 

