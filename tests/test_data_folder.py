@@ -95,6 +95,9 @@ def test_an_indexed_mask_whose_palette_holds_the_class_colours_is_read_by_colour
     # an editor's indexed export: its palette numbers the colours as it met them, not as classes.yaml
     indexed_mask(root / "masks" / "a.png", [[0, 1], [2, 2]], [sky, road, car])
     assert ImageFolder(root, "train")[0].label.tolist() == [[2, 0], [1, 1]]
+    # the same export with void pixels at index 255 (white, no class's colour): by colour as well
+    indexed_mask(root / "masks" / "a.png", [[0, 1], [2, 255]], [sky, road, car] + [[0, 0, 0]] * 252 + [[255] * 3])
+    assert ImageFolder(root, "train")[0].label.tolist() == [[2, 0], [1, 255]]
     # indices that are class ids, under a palette of other colours (a grey ramp): read by index
     indexed_mask(root / "masks" / "b.png", [[0, 1], [2, 255]], [[k, k, k] for k in range(256)])
     assert ImageFolder(root, "train")[1].label.tolist() == [[0, 1], [2, 255]]

@@ -150,6 +150,7 @@ class ImageFolder(FilePairDataset):
         self.resize = resize
         spec = read_spec(self.root)
         self.classes = ClassSet(tuple(c.name for c in spec.classes), tuple(c.color for c in spec.classes))
+        self.ignore_value = spec.ignore_value
         self.raw_to_class = id_label_table(self.classes.num_classes, spec.ignore_value)
         self.colour_masks = spec.colour_masks
         self.ids_ambiguous = _grey_value_read_otherwise(spec) if spec.colour_masks is None else None
@@ -201,14 +202,19 @@ class ImageFolder(FilePairDataset):
     def _palette_label(self, pair: Pair) -> np.ndarray:
         """An indexed (palette) mask: by colour where the indices it uses have distinct class colours
         in the palette (an editor's indexed export numbers its colours in its own order), else by
-        index (class ids under a palette of other colours, or one padded with black)."""
+        index (class ids under a palette of other colours, or one padded with black). The index
+        ignore_value is void in both readings where its colour is no class's."""
         indices = read_label(pair.label)
-        used = np.unique(indices)
-        classes = self.decode_colours.known(read_palette(pair.label)[used])
-        if classes is None or len(np.unique(classes)) < len(used):
+        palette = read_palette(pair.label)
+        coloured = np.unique(indices)
+        if self.decode_colours.known(palette[[self.ignore_value]]) is None:
+            # void either way: masks that are read by colour and masks that are not agree on it
+            coloured = coloured[coloured != self.ignore_value]
+        classes = self.decode_colours.known(palette[coloured])
+        if classes is None or len(np.unique(classes)) < len(coloured):
             return self._id_label(pair, indices)
-        table = np.zeros(256, dtype=np.uint8)
-        table[used] = classes
+        table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+        table[coloured] = classes
         return table[indices]
 
 
