@@ -216,8 +216,22 @@ def _taken(out: Path) -> str | None:
     if RunFolder(out).holds_training():
         return f"{out} holds a training of `s4al train`, not an active-learning run; give a new --out"
     if RunFolder(out).begun() and not distributed.restarted():
-        return f"{out} already holds a run; continue it with --resume {out}"
+        again = "" if _holds_work(out) else (
+            " (it has trained nothing and asked nothing: to start it again with other settings, delete the folder "
+            "first)")
+        return f"{out} already holds a run; continue it with --resume {out}{again}"
     return None
+
+
+def _holds_work(out: Path) -> bool:
+    """Whether a begun run folder holds something made: a checkpoint, or a region asked or answered."""
+    from s4al.active.ledger import Ledger
+
+    folder = RunFolder(out)
+    if any(folder.checkpoints_dir.glob("*.pt")) or not folder.ledger_path.exists():
+        return True
+    with Ledger(folder.ledger_path, readonly=True) as ledger:
+        return bool(ledger.regions())
 
 
 def _print_run(active_run: ActiveLearningRun, run_dir: Path) -> None:

@@ -194,6 +194,8 @@ def test_out_on_a_folder_that_holds_a_run_is_refused_not_resumed(tmp_path):
     words = " ".join(result.output.replace("│", " ").split())
     assert result.exit_code == 2 and "already holds a run; continue it with --resume" in words
     assert made.phases.phase(0) is None and not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
+    assert ("(it has trained nothing and asked nothing: to start it again with other settings, delete the folder "
+            "first)") in words
 
 
 def test_out_pointing_at_a_file_is_refused(tmp_path):
@@ -324,6 +326,7 @@ def test_a_start_refused_for_its_settings_can_be_corrected_in_the_same_folder(tm
     assert RunFolder(out).config_path.read_text() == config_text(external_config())
     again = runner.invoke(app, command)  # now it has begun: refused, not made anew
     assert again.exit_code == 2 and "already holds a run" in " ".join(again.output.replace("│", " ").split())
+    assert "trained nothing" not in " ".join(again.output.replace("│", " ").split())  # a checkpoint, asked regions
 
 
 def test_a_training_refused_before_its_first_checkpoint_can_be_corrected_in_the_same_folder(tmp_path):
