@@ -881,7 +881,8 @@ REFUSED_EXPORTS = {
         lambda tmp: png_folder(tmp, "a.png", UNKNOWN_CLASS_ID), r"a.png: unknown class ids \[5\]"),
     "PNG of the wrong size": (
         lambda tmp: png_folder(tmp, "a.png", np.ones((H + 1, W), np.uint8)),
-        r"a.png: mask is 21x30, image 'a' is 20x30"),
+        r"a.png: mask is 21x30, image 'a' is 20x30 \(HxW\) in this run, as its query package's images/ show it \(a run "
+        r"with dataset.resize holds its images resized\)"),
     "colour PNG": (
         lambda tmp: png_folder(tmp, "a.png", np.zeros((H, W, 3), np.uint8)),
         r"a.png: a label must be a single-channel"),

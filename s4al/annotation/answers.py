@@ -236,7 +236,8 @@ def _label_problems(image: PaintedImage, size: tuple[int, int], num_classes: int
     problems = []
     if image.labels.shape != size:
         problems.append(f"{image.source}: mask is {image.labels.shape[0]}x{image.labels.shape[1]}, "
-                        f"image '{image.image_id}' is {size[0]}x{size[1]} (HxW)")
+                        f"image '{image.image_id}' is {size[0]}x{size[1]} (HxW) in this run, as its query package's "
+                        "images/ show it (a run with dataset.resize holds its images resized)")
     unknown = np.unique(image.labels[(image.labels >= num_classes) & (image.labels != UNPAINTED)])
     if unknown.size:
         problems.append(f"{image.source}: unknown class ids {unknown.tolist()} (classes are 0..{num_classes - 1}, "
