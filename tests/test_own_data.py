@@ -323,3 +323,19 @@ def test_warnings_name_classes_without_labelled_pixels_and_a_large_void_share_on
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_unlabelled_classes(names, np.array([1, 1, 1]), void=1000)  # every class labelled: nothing said
+
+
+def test_a_region_size_too_large_for_the_pool_images_is_said_before_cycle_0_trains(tmp_path):
+    caught_before_training = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        def progress(info):
+            if info["event"] == "step" and not caught_before_training:
+                caught_before_training.append([str(w.message) for w in caught])
+
+        ActiveLearningRun(tmp_path / "run", own_config(make_dataset(tmp_path / "data"), region_size=40),
+                          progress=progress).run()
+    (said,) = caught_before_training
+    assert (f"active.region_size 40 is larger than a side of {len(UNMASKED)} pool image(s), e.g. {H}x{W}: their "
+            "cells are cut to the image") in said

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from s4al.active.acquisition import Query, choose_images, choose_regions, score_cells, scoring_workers
+from s4al.active.acquisition import (
+    Query, choose_images, choose_regions, score_cells, scoring_workers, warn_capped,
+)
 from s4al.active.dataset_changes import DatasetChanges, dataset_changes
 from s4al.active.label_state import LabelState
 from s4al.active.ledger import RUN_ID, Ledger, Region, utc_now
@@ -323,6 +325,8 @@ class ActiveLearningRun(AbstractContextManager):
         self._on_main(self._join_additions, cycle, "training")
         self._set_phase(cycle, "train")
         state = self.label_state()
+        if cycle < self.final_cycle and self.cfg.active.level == "region" and distributed.is_main():
+            warn_capped({i: state.sizes[i] for i in state.pool}, self.cfg.active)  # before the hours of training
         trainer = Trainer(
             self.cfg, self.train_data(state), self.val_set, self.run_dir, cycle, self.cfg.cycle_epochs(cycle),
             self.initial_student(cycle), self.progress,
