@@ -18,6 +18,7 @@ from s4al.annotation.answers import import_answers
 from s4al.cli import app
 from s4al.config import ConfigError, load_config, save_config
 from s4al.data import DatasetError, build_dataset
+from s4al.errors import S4alWarning
 from s4al.train.checkpoint import load_checkpoint
 
 H, W = 32, 48
@@ -339,3 +340,20 @@ def test_a_region_size_too_large_for_the_pool_images_is_said_before_cycle_0_trai
     (said,) = caught_before_training
     assert (f"active.region_size 40 is larger than a side of {len(UNMASKED)} pool image(s), e.g. {H}x{W}: their "
             "cells are cut to the image") in said
+
+
+def test_a_val_split_that_changed_between_cycles_is_said_once(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    ActiveLearningRun(run_dir, own_config(root)).close()
+    save(root / "images" / "v2.png", np.zeros((H, W, 3), np.uint8))
+    save(root / "masks" / "v2.png", np.zeros((H, W), np.uint8))
+    (root / "val.txt").write_text("v0\nv2\n")
+    with pytest.warns(S4alWarning) as said:
+        ActiveLearningRun(run_dir).close()
+    assert [str(w.message) for w in said] == [
+        f"{root}: the val split holds 2 images now, 2 when this run was last opened (added: v2; removed: v1): cycles "
+        "evaluated from now on are scored on another set than the earlier ones"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ActiveLearningRun(run_dir).close()  # said once: the run scores the new set from now on

@@ -13,6 +13,7 @@ import json
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -32,7 +33,7 @@ from s4al import distributed
 from s4al.atomic import atomic_write
 from s4al.config import SAVED_ON_RESUME, RunConfig, config_digest, file_digest, flat_config, nested
 from s4al.data import DatasetError, build_dataset
-from s4al.errors import counted
+from s4al.errors import S4alWarning, counted, first_of
 from s4al.evaluate import evaluate
 from s4al.model import build_model
 from s4al.run_folder import RunFolder, RunFolderError
@@ -43,6 +44,7 @@ from s4al.train.trainer import Trainer, TrainData
 
 
 CONFIG_DIGEST = "config_digest"  # ledger meta: config_digest(config.yaml) when the run was made
+EVALUATED_META = "evaluated_images"  # ledger meta: {split: image ids} of the val and test splits last opened
 FILE_DIGEST = "config_sha256"  # the same in ledgers made before: the file's bytes
 RESUME_CHANGES = "resume_changes"  # ledger meta: the config keys changed on resume, when, from what
 JOINED = "joined"  # ledger meta: the images and masks added to the dataset after the run was made, as they joined it
@@ -132,6 +134,7 @@ class ActiveLearningRun(AbstractContextManager):
         ledger = Ledger(path)
         self._check_config(ledger)
         self._check_same_images(ledger)
+        self._note_evaluation_changes(ledger)
         self._write_splits(ledger)
         if ledger.get_meta(RUN_ID) is None:  # a new run, or one made before runs had an id
             ledger.set_meta(RUN_ID, uuid.uuid4().hex)  # tells its answers from a twin's (same seed and data)
@@ -149,6 +152,24 @@ class ActiveLearningRun(AbstractContextManager):
             ledger.set_meta("seed", self.cfg.seed)
             ledger.set_meta(CONFIG_DIGEST, config_digest(self.folder.config_path))
         os.replace(building, path)
+
+    def _note_evaluation_changes(self, ledger: Ledger) -> None:
+        """Says where the val or test split holds other images than when the run last opened: the
+        cycles evaluated from now on are scored on another set than those before."""
+        now = {split: [dataset.image_id(i) for i in range(len(dataset))]
+               for split, dataset in (("val", self.val_set), ("test", self.test_set)) if dataset is not None}
+        before = ledger.get_meta(EVALUATED_META) or {}
+        for split, ids in now.items():
+            earlier = before.get(split)
+            if earlier is not None and earlier != ids:
+                added, removed = sorted(set(ids) - set(earlier)), sorted(set(earlier) - set(ids))
+                changes = "; ".join(f"{what}: {first_of(images)}" for what, images in
+                                    (("added", added), ("removed", removed)) if images)
+                warnings.warn(f"{self.cfg.dataset.root or self.cfg.dataset.name}: the {split} split holds "
+                              f"{counted(len(ids), 'image')} now, {len(earlier)} when this run was last opened "
+                              f"({changes or 'in another order'}): cycles evaluated from now on are scored on another "
+                              "set than the earlier ones", S4alWarning)
+        ledger.set_meta(EVALUATED_META, now)
 
     def _check_config(self, ledger: Ledger) -> None:
         """config.yaml must say what it said when the run was made, but for the keys SAVED_ON_RESUME."""
