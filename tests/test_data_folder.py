@@ -154,6 +154,12 @@ def test_split_files_list_stems(tmp_path):
     (tmp_path / "test.txt").write_text("a\nzzz\n")
     with pytest.raises(DatasetError, match="test.txt:2: no image with stem 'zzz'"):
         ImageFolder(tmp_path, "test")
+    (tmp_path / "test.txt").unlink()
+    (tmp_path / "val.txt").write_text("c.png\na  # a stem\n")  # an image's file name names it too
+    assert [ImageFolder(tmp_path, "val").image_id(i) for i in range(2)] == ["c", "a"]
+    (tmp_path / "val.txt").write_text("c.jpg\n")  # but not another file's
+    with pytest.raises(DatasetError, match="val.txt:1: no image with stem 'c.jpg'"):
+        ImageFolder(tmp_path, "val")
 
 
 def test_a_text_file_naming_no_image_is_refused_as_no_split_list(tmp_path):

@@ -9,8 +9,8 @@ classes.yaml:
                                # else hold ids
     ignore_color: [0, 0, 0]    # optional: the void colour in colour masks
 
-Splits: ROOT/{split}.txt lists image stems. Without it, "train" is every image and "unlabelled" every
-image without a mask. Images without masks load all-ignore (`has_label` is False); only the
+Splits: ROOT/{split}.txt lists image stems (or file names). Without it, "train" is every image and
+"unlabelled" every image without a mask. Images without masks load all-ignore (`has_label` is False); only the
 "unlabelled" split and a split built with `allow_unlabelled` may hold them (build_dataset allows them
 in the train split only: they are the pool of `active.initial: labelled`; evaluation needs masks).
 """
@@ -292,11 +292,15 @@ def check_disjoint(split_file: Path, stems: list[str], images: dict[str, Path]) 
 
 def _stem_of(line: str, images: dict[str, Path]) -> str:
     """The stem a split file's line lists: a stem may hold '#', so the longest part of the line
-    before a '#' (or the whole line) that names an image; else what precedes the first '#'."""
+    before a '#' (or the whole line) that names an image, by its stem or its file name; else what
+    precedes the first '#'."""
     parts = line.split("#")
     for count in range(len(parts), 0, -1):
-        stem = "#".join(parts[:count]).strip()
-        if stem in images:
+        name = "#".join(parts[:count]).strip()
+        if name in images:
+            return name
+        stem = Path(name).stem
+        if stem in images and images[stem].name == name:
             return stem
     return parts[0].strip()
 
@@ -311,7 +315,7 @@ def read_stems(split_file: Path, images: dict[str, Path]) -> list[str]:
             none = not any(_stem_of(other, images) in images for other in text)
             raise DatasetError(f"{split_file}:{number}: no image with stem '{stem}' in images/" + (
                 "; no line names one: every .txt file beside images/ is read as a split's list of image "
-                "stems (without extensions), so move other text files away" if none else ""))
+                "stems or file names, so move other text files away" if none else ""))
         if stem in lines:
             raise DatasetError(f"{split_file}:{number}: '{stem}' is listed again (also line {lines[stem]}); "
                                "an image listed twice would count twice")
