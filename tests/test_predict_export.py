@@ -133,6 +133,10 @@ def test_predict_refuses_images_whose_outputs_would_collide(checkpoint, images, 
     with pytest.raises(ValueError, match=f"{images[0]} and {twin}: the same file name stem '{images[0].stem}'"):
         predict(checkpoint, [images[0], twin], tmp_path / "out", device="cpu")
     assert not (tmp_path / "out").exists()
+    again = images[0].parent / ".." / images[0].parent.name / images[0].name  # the same file, named otherwise
+    written = predict(checkpoint, [images[0], again], tmp_path / "out", device="cpu")
+    assert [path.name for path in written] == [f"{images[0].stem}_{s}.png" for s in ("labels", "mask", "overlay")] + [
+        "legend.png"]
 
 
 @pytest.mark.parametrize("name", ["legend.png", "photo_mask.png"])

@@ -86,7 +86,9 @@ def predict(
 ) -> list[Path]:
     """Writes OUT/<stem>_labels.png (class ids), <stem>_mask.png (palette colours) and
     <stem>_overlay.png (image blended with the mask) per image, and OUT/legend.png (the colour of
-    each class); returns the written paths."""
+    each class); returns the written paths. An image given twice (by name and in its folder) is
+    segmented once."""
+    images = list({Path(p).resolve(): Path(p) for p in images}.values())
     stems = [Path(p).stem for p in images]
     first_with_stem = {}
     for path, stem in zip(images, stems):
