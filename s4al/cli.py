@@ -18,7 +18,7 @@ from s4al.report.commands import Network, NetworkOption, export_command, predict
 from s4al.report.status import cycle_table, dataset_lines, next_lines, percent
 from s4al.config import ConfigError, RunConfig, inert_settings, load_config, parse_override
 from s4al.data import DatasetError, build_dataset
-from s4al.errors import S4alError, reports_error, show_user_warnings, user_errors_reported
+from s4al.errors import S4alError, reports_error, shell, show_user_warnings, user_errors_reported
 from s4al.run_folder import RunFolder
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ def train(
             raise DatasetError(f"train split '{cfg.dataset.train_split}' of {cfg.dataset.root}: no image has a label")
         if len(labelled) < len(train_set) and distributed.is_main():
             console.print(f"training on the {len(labelled)} of {len(train_set)} train images that have a label")
-        with _monitor(folder, quiet, f"s4al train --out {out} with the same --config and --set") as monitor:
+        with _monitor(folder, quiet, f"s4al train --out {shell(out)} with the same --config and --set") as monitor:
             data = TrainData(train_set, labelled=labelled)
             result = Trainer(cfg, data, val_set, out, progress=monitor).fit()
     main = distributed.is_main()
@@ -203,7 +203,7 @@ def run(
             if active_run.additions.text():
                 console.print(f"to join the run as the next cycle begins training or asking: "
                               f"{active_run.additions.text()}")
-            with _monitor(active_run.folder, quiet, f"s4al run --resume {run_dir}") as monitor:
+            with _monitor(active_run.folder, quiet, f"s4al run --resume {shell(run_dir)}") as monitor:
                 active_run.progress = monitor
                 active_run.run()
             if distributed.is_main():
@@ -219,7 +219,7 @@ def _taken(out: Path) -> str | None:
         again = "" if _holds_work(out) else (
             " (it has trained nothing and asked nothing: to start it again with other settings, delete the folder "
             "first)")
-        return f"{out} already holds a run; continue it with --resume {out}{again}"
+        return f"{out} already holds a run; continue it with --resume {shell(out)}{again}"
     return None
 
 

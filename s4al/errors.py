@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
 import warnings
 from collections.abc import Iterator
@@ -38,6 +39,12 @@ def show_user_warnings() -> None:
 
     show.shows_user_warnings = True
     warnings.showwarning = show
+
+
+def shell(path: object) -> str:
+    """A path as a shell word, for a command a message suggests: quoted where it holds a space or
+    another character the shell would read."""
+    return shlex.quote(str(path))
 
 
 def first_line(err: BaseException) -> str:

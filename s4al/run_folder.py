@@ -31,7 +31,7 @@ from s4al.config import (
     COMPUTED_ON_RESUME, SAVED_ON_RESUME, ConfigError, RunConfig, config_differences, flat_config, load_run_config,
     save_config,
 )
-from s4al.errors import S4alError
+from s4al.errors import S4alError, shell
 
 CONFIG_FILE = "config.yaml"
 LEDGER_FILE = "ledger.sqlite"
@@ -130,7 +130,7 @@ class RunFolder:
         folder = cls(Path(path))
         folder.make(lock)
         if folder.begun():
-            raise RunFolderError(f"{folder.path}: already holds a run; continue it with --resume {folder.path}")
+            raise RunFolderError(f"{folder.path}: already holds a run; continue it with --resume {shell(folder.path)}")
         folder.save_config(cfg)
         return folder
 

@@ -197,3 +197,12 @@ def test_a_damaged_config_is_refused_before_any_of_the_account_is_printed(run_di
     (run_dir / "config.yaml").write_text("model: [\n")
     result = CliRunner().invoke(app, ["status", str(run_dir)], env=WIDE)
     assert result.exit_code == 1 and result.output.startswith(f"error: {run_dir / 'config.yaml'}: cannot read config")
+
+
+def test_a_command_suggested_for_a_folder_with_a_space_quotes_it():
+    from s4al.annotation.commands import _skip_command
+    from s4al.report.status import finished_line
+
+    assert "`s4al run --resume 'runs/my run' --set active.cycles=3`" in finished_line(Path("runs/my run"), 2)
+    assert _skip_command(Path("runs/my run"), [3, 5]) == "s4al skip 'runs/my run' --region 3 --region 5"
+    assert _skip_command(Path("runs/mine"), [3]) == "s4al skip runs/mine --region 3"  # quoted only where needed

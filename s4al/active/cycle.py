@@ -33,7 +33,7 @@ from s4al import distributed
 from s4al.atomic import atomic_write
 from s4al.config import SAVED_ON_RESUME, RunConfig, config_digest, file_digest, flat_config, nested
 from s4al.data import DatasetError, build_dataset
-from s4al.errors import S4alWarning, counted, first_of
+from s4al.errors import S4alWarning, counted, first_of, shell
 from s4al.evaluate import evaluate
 from s4al.model import build_model
 from s4al.run_folder import RunFolder, RunFolderError
@@ -89,7 +89,7 @@ class ActiveLearningRun(AbstractContextManager):
             except DatasetError as err:
                 if cfg is not None or "root" in (overrides or {}).get("dataset", {}):  # a new run, or a new root given
                     raise
-                raise DatasetError(f"{err}; if the dataset moved: s4al run --resume {self.run_dir} "
+                raise DatasetError(f"{err}; if the dataset moved: s4al run --resume {shell(self.run_dir)} "
                                    "--set dataset.root=ITS_NEW_FOLDER") from None
             self.ids = [self.train_set.image_id(i) for i in range(len(self.train_set))]
             self.index_of = {image_id: i for i, image_id in enumerate(self.ids)}

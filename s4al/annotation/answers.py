@@ -45,7 +45,7 @@ from s4al.annotation.masks import (
     MIN_PAINTED_SHARE, UNPAINTED, AnswerError, PaintedImage, png_masks, read_png_masks,
 )
 from s4al.run_folder import RunFolder
-from s4al.errors import first_of, named
+from s4al.errors import first_of, named, shell
 
 MAX_PROBLEMS_SHOWN = 10
 
@@ -125,7 +125,7 @@ def _refuse_label_changes_mid_training(folder: RunFolder, ledger: Ledger, report
             (("corrects", report.corrected, "answered"), ("answers", report.unskipped, "skipped")) if ids]
     raise AnswerError(f"{answers_path}: {' and '.join(what)}, while cycle {last} has trained part-way with the "
                       f"labels as they were: resume the run until cycle {last} has trained (s4al run --resume "
-                      f"{folder.path}), then import again; nothing written")
+                      f"{shell(folder.path)}), then import again; nothing written")
 
 
 def _why_nothing(report: ImportReport) -> str:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from s4al.annotation.masks import MIN_PAINTED_SHARE
-from s4al.errors import counted, first_of, named, user_errors_reported
+from s4al.errors import counted, first_of, named, shell, user_errors_reported
 from s4al.run_folder import RunFolder, RunFolderError
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def _asking_cycle(active_run: ActiveLearningRun, run_dir: Path) -> int:
     phase = active_run.phases.phase(cycle) if cycle is not None else None
     if phase in (None, "train"):
         raise RunFolderError(f"{run_dir}: cycle {cycle or 0} has not finished training; "
-                             f"continue it with `s4al run --resume {run_dir}`")
+                             f"continue it with `s4al run --resume {shell(run_dir)}`")
     if phase == "acquire":
         active_run.acquire(cycle)
     return cycle
@@ -102,24 +102,24 @@ def _asking_cycle(active_run: ActiveLearningRun, run_dir: Path) -> int:
 
 def _package_lines(run_dir: Path, project: Project | None) -> str:
     label_studio = (f"  Label Studio: import tasks.json into the run's one project (set up once with "
-                    f"labelling_config.xml),\n    or let s4al do it: s4al query {run_dir} --label-studio URL\n")
+                    f"labelling_config.xml),\n    or let s4al do it: s4al query {shell(run_dir)} --label-studio URL\n")
     if project is not None:
         label_studio = (f"  Label Studio: this run's project is {project.page}; send it these tasks with s4al query "
-                        f"{run_dir} --label-studio {project.url}\n    (importing tasks.json there by hand as well "
-                        f"would give each region two tasks)\n")
+                        f"{shell(run_dir)} --label-studio {project.url}\n    (importing tasks.json there by hand as "
+                        f"well would give each region two tasks)\n")
     return (label_studio +
             f"  any other tool: images/, overlays/ (regions outlined), manifest.csv / manifest.json\n"
-            f"Then: s4al import {run_dir} ANSWERS (the project's JSON export, or a folder of IMAGE_ID.png "
-            f"class-id masks, 255 = unpainted), s4al skip {run_dir} for regions nobody will answer, "
-            f"and s4al run --resume {run_dir}.")
+            f"Then: s4al import {shell(run_dir)} ANSWERS (the project's JSON export, or a folder of IMAGE_ID.png "
+            f"class-id masks, 255 = unpainted), s4al skip {shell(run_dir)} for regions nobody will answer, "
+            f"and s4al run --resume {shell(run_dir)}.")
 
 
 def _sent_lines(run_dir: Path, sent: SentTasks) -> str:
     made = "made for this run, " if sent.created else "this run's from now on, " if sent.adopted else ""
     old = sent.replaced
     replaced = "" if old is None else (f"  in place of project {old.id} on {old.url}: import the answers left there "
-                                       f"from its JSON export with s4al import {run_dir} EXPORT.json before anyone "
-                                       "paints here (their tasks are here too)\n")
+                                       f"from its JSON export with s4al import {shell(run_dir)} EXPORT.json before "
+                                       "anyone paints here (their tasks are here too)\n")
     it = "it" if len(sent.repeated) == 1 else "them"
     repeated = "" if not sent.repeated else (
         f"  the project holds {counted(len(sent.repeated), 'task')} asking regions another of its tasks asks too: "
@@ -132,8 +132,8 @@ def _sent_lines(run_dir: Path, sent: SentTasks) -> str:
     return (f"  sent {counted(sent.sent, 'new task')} to Label Studio project {sent.project.id} ({made}"
             f"{counted(sent.already, 'task')} there already); annotate at {sent.project.page}\n{replaced}{repeated}"
             f"{edited}"
-            f"Then: s4al import {run_dir} --label-studio, s4al skip {run_dir} for regions nobody will answer, "
-            f"and s4al run --resume {run_dir}.")
+            f"Then: s4al import {shell(run_dir)} --label-studio, s4al skip {shell(run_dir)} for regions nobody will "
+            f"answer, and s4al run --resume {shell(run_dir)}.")
 
 
 def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = None,
@@ -244,7 +244,9 @@ def next_step(run_dir: Path) -> str:
     from s4al.report.status import finished_line
 
     cycles = _finished_cycles(run_dir)
-    return finished_line(run_dir, cycles) if cycles is not None else f"Continue with `s4al run --resume {run_dir}`."
+    if cycles is not None:
+        return finished_line(run_dir, cycles)
+    return f"Continue with `s4al run --resume {shell(run_dir)}`."
 
 
 def _finished_cycles(run_dir: Path) -> int | None:
@@ -284,5 +286,5 @@ def _shares(shares: dict[int, float]) -> str:
 def _skip_command(run_dir: Path, region_ids: list[int]) -> str:
     """The `s4al skip` of `region_ids`; for more than a line holds, the general form."""
     if len(region_ids) > SHOWN_REGIONS:
-        return f"s4al skip {run_dir} --region ID ... (or every region still asked: s4al skip {run_dir})"
-    return f"s4al skip {run_dir} " + " ".join(f"--region {region_id}" for region_id in region_ids)
+        return f"s4al skip {shell(run_dir)} --region ID ... (or every region still asked: s4al skip {shell(run_dir)})"
+    return f"s4al skip {shell(run_dir)} " + " ".join(f"--region {region_id}" for region_id in region_ids)

@@ -38,7 +38,7 @@ from label_studio_sdk.data_manager import Column, Filters, Operator, Type
 from s4al.active.ledger import PROJECT_META, RUN_ID, Ledger
 from s4al.annotation.label_studio import BY_LABEL_STUDIO, json_list_items
 from s4al.atomic import atomic_write
-from s4al.errors import S4alError
+from s4al.errors import S4alError, shell
 from s4al.run_folder import RunFolder
 
 UPLOAD_BYTES = 50 * 2**20  # the JSON of one upload; Label Studio refuses uploads over 250 MB
@@ -117,8 +117,8 @@ def project_on(ledger: Ledger, url: str) -> Project | None:
     if project is None and any(region.answered_by == BY_LABEL_STUDIO for region in ledger.answered()):
         raise LabelStudioError(
             f"{ledger.run_dir}: this run's answers came from a Label Studio project made by hand; to send the tasks "
-            f"to it (not again those it holds): s4al query {ledger.run_dir} --label-studio URL --project ID, its id "
-            f"in its address (URL/projects/ID); {_new_project_way(ledger.run_dir, url)} (its tasks still asked "
+            f"to it (not again those it holds): s4al query {shell(ledger.run_dir)} --label-studio URL --project ID, "
+            f"its id in its address (URL/projects/ID); {_new_project_way(ledger.run_dir, url)} (its tasks still asked "
             "are sent there too)")
     return project
 
@@ -132,7 +132,7 @@ def _same_server(a: str, b: str) -> bool:
 
 
 def _new_project_way(run_dir: Path, url: str) -> str:
-    return f"to send the tasks to a new project: s4al query {run_dir} --label-studio {url} --new-project"
+    return f"to send the tasks to a new project: s4al query {shell(run_dir)} --label-studio {url} --new-project"
 
 
 def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_key: str | None,
@@ -302,7 +302,7 @@ def _finished(state: Callable[[], T]) -> T:
 
 def _rerun_way(run_dir: Path, url: str, replaced: Project | None) -> str:
     """What to do after a failed upload: the same query again sends only what the project lacks."""
-    way = (f"the tasks sent before are in the project; `s4al query {run_dir} --label-studio {url}` again "
+    way = (f"the tasks sent before are in the project; `s4al query {shell(run_dir)} --label-studio {url}` again "
            "sends only the tasks it lacks")
     if replaced is None:
         return way
@@ -321,7 +321,7 @@ def download_export(run_dir: Path, api_key: str | None) -> Path:
         project = recorded_project(ledger)
     if project is None:
         raise LabelStudioError(f"{run_dir}: no Label Studio project yet; send the tasks first with "
-                               f"`s4al query {run_dir} --label-studio URL`")
+                               f"`s4al query {shell(run_dir)} --label-studio URL`")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     path = folder.answers_dir / f"label_studio_{stamp}.json"
     path.parent.mkdir(exist_ok=True)

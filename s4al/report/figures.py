@@ -16,7 +16,7 @@ from matplotlib import colormaps, patheffects
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from s4al.errors import S4alError, counted
+from s4al.errors import S4alError, counted, shell
 from s4al.atomic import output_folder
 from s4al.active.ledger import Ledger, Region
 from s4al.active.phases import CyclePhases
@@ -307,7 +307,7 @@ def save_figures(
     cfg = load_run_config(RunFolder(run_dir).config_path)
     if not cycles:
         raise FileNotFoundError(f"{run_dir}: no cycle has trained yet; a cycle is reported once it has trained "
-                                f"(`s4al status {run_dir}` shows the training under way)")
+                                f"(`s4al status {shell(run_dir)}` shows the training under way)")
     last = cycles[-1]["cycle"]
     checkpoint = RunFolder(run_dir).checkpoint_path(last)
     state = load_checkpoint(checkpoint) if checkpoint.exists() else None  # read once, for classes and model

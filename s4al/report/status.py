@@ -15,7 +15,7 @@ from s4al.active.ledger import PROJECT_META, Ledger
 from s4al.active.phases import CyclePhases
 from s4al.config import RunConfig
 from s4al.data import DatasetError, build_dataset
-from s4al.errors import counted
+from s4al.errors import counted, shell
 from s4al.run_folder import metrics_records
 
 
@@ -25,7 +25,7 @@ def percent(fraction: float | None) -> str:
 
 def finished_line(run_dir: Path, cycles: int) -> str:
     return (f"The run has finished its last cycle ({cycles}). For more labels, "
-            f"`s4al run --resume {run_dir} --set active.cycles={cycles + 1}` asks with the last model and "
+            f"`s4al run --resume {shell(run_dir)} --set active.cycles={cycles + 1}` asks with the last model and "
             "trains once more.")
 
 
@@ -97,7 +97,7 @@ def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhase
         lines.append(f"every region cycle {cycle} asked is answered or skipped.")
     if not holder:
         first = "Once the dataset is as said above, continue" if resume_refused else "Continue"
-        lines.append(f"{first} with `s4al run --resume {run_dir}`.")
+        lines.append(f"{first} with `s4al run --resume {shell(run_dir)}`.")
     return lines
 
 
@@ -107,7 +107,7 @@ def dataset_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger) -> tuple[list[s
     try:
         dataset = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
     except (DatasetError, OSError) as err:  # the account above stands without it
-        return [f"the dataset cannot be read: {err}; if it moved: s4al run --resume {run_dir} "
+        return [f"the dataset cannot be read: {err}; if it moved: s4al run --resume {shell(run_dir)} "
                 "--set dataset.root=ITS_NEW_FOLDER"], True
     changes = dataset_changes(ledger.images(), dataset, cfg)
     lines = [f"`s4al run --resume` refuses: {refusal}" for refusal in changes.refusals]
@@ -118,17 +118,17 @@ def dataset_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger) -> tuple[list[s
 
 def _waiting(run_dir: Path, asked: int, project: dict | None) -> str:
     """`project`: the run's Label Studio project (ledger meta), if a query has sent tasks to one."""
-    answer = (f"answer: `s4al query {run_dir}` writes the tasks, `s4al import {run_dir} ANSWERS` "
+    answer = (f"answer: `s4al query {shell(run_dir)}` writes the tasks, `s4al import {shell(run_dir)} ANSWERS` "
               f"reads the answers (a region needs half its pixels painted), or")
     if project is not None:
-        answer = (f"answer in Label Studio, {project['url']}/projects/{project['id']} (`s4al query {run_dir} "
-                  f"--label-studio {project['url']}` sends a cycle's tasks), then `s4al import {run_dir} "
+        answer = (f"answer in Label Studio, {project['url']}/projects/{project['id']} (`s4al query {shell(run_dir)} "
+                  f"--label-studio {project['url']}` sends a cycle's tasks), then `s4al import {shell(run_dir)} "
                   f"--label-studio` (a region needs half its pixels painted), or")
     return (f"{counted(asked, 'region')} asked, waiting for answers; the run goes on when none is left. "
             f"Either\n  {answer}\n"
-            f"  skip: `s4al skip {run_dir}` (every region still asked) or "
-            f"`s4al skip {run_dir} --region ID ...`,\n"
-            f"then `s4al run --resume {run_dir}` trains the next cycle with what is answered.")
+            f"  skip: `s4al skip {shell(run_dir)}` (every region still asked) or "
+            f"`s4al skip {shell(run_dir)} --region ID ...`,\n"
+            f"then `s4al run --resume {shell(run_dir)}` trains the next cycle with what is answered.")
 
 
 def _training(cfg: RunConfig, cycle: int, metrics_log: Path, state: str) -> str:
