@@ -3,6 +3,7 @@
 pool; a human answers through a folder of class-id PNGs, and resuming finishes the run."""
 
 import shutil
+import unicodedata
 import warnings
 
 import numpy as np
@@ -357,3 +358,18 @@ def test_a_val_split_that_changed_between_cycles_is_said_once(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ActiveLearningRun(run_dir).close()  # said once: the run scores the new set from now on
+
+
+def test_an_answer_file_named_in_another_unicode_form_answers_its_image(tmp_path):
+    nfc = unicodedata.normalize("NFC", "straße_ü")
+    root = make_dataset(tmp_path / "data", unmasked=["p0", nfc])
+    run_dir = tmp_path / "run"
+    with ActiveLearningRun(run_dir, own_config(root)) as active_run:
+        active_run.run()
+    answers = tmp_path / "answers"
+    for image_id in ("p0", nfc):
+        save(answers / f"{unicodedata.normalize('NFD', image_id)}.png", np.ones((H, W), np.uint8))  # as macOS names it
+    assert unicodedata.normalize("NFD", nfc) != nfc
+    report = import_answers(run_dir, answers)
+    with ledger_of(run_dir) as ledger:
+        assert {r.image_id for r in ledger.answered()} == {"p0", nfc} and report.still_asked == 0

@@ -29,9 +29,10 @@ nothing to import.
 
 from __future__ import annotations
 
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -173,8 +174,12 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
     painted_at: dict[int, str | None] = {}
     run_id = ledger.get_meta(RUN_ID)
     annotated: set[int] = set()  # the regions some painting of this file addresses
+    same_name = {unicodedata.normalize("NFC", image_id): image_id for image_id in sizes}
     for image in painted:
         report.read += 1
+        if image.image_id not in sizes:  # a file name in another Unicode form (macOS writes NFD) names it too
+            image = replace(image, image_id=same_name.get(unicodedata.normalize("NFC", image.image_id),
+                                                          image.image_id))
         image_problems = _region_problems(image, sizes, regions, run_id)
         addressed = [] if image_problems else _addressed(image, regions, of_image)
         annotated.update(region.region_id for region in addressed)
