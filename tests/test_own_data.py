@@ -373,3 +373,27 @@ def test_an_answer_file_named_in_another_unicode_form_answers_its_image(tmp_path
     report = import_answers(run_dir, answers)
     with ledger_of(run_dir) as ledger:
         assert {r.image_id for r in ledger.answered()} == {"p0", nfc} and report.still_asked == 0
+
+
+def test_an_indexed_answer_mask_painting_the_class_colours_is_read_by_colour(tmp_path):
+    """A paint program's indexed PNG numbers its colours in its own order: index 2 holds car's colour
+    (car is class 1); white at index 255 is unpainted. Read by index, every region would be sky."""
+    run_dir = tmp_path / "run"
+    with ActiveLearningRun(run_dir, own_config(make_dataset(tmp_path / "data"))) as active_run:
+        active_run.run()
+        asked = active_run.ledger.asked()
+    road, car, sky = (c["color"] for c in CLASSES)
+    palette = [sky, road, car] + [[0, 0, 0]] * 252 + [[255, 255, 255]]
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    for image_id in {r.image_id for r in asked}:
+        indices = np.full((H, W), 255, np.uint8)
+        for region in (r for r in asked if r.image_id == image_id):
+            y0, x0, y1, x1 = region.box
+            indices[y0:y1, x0:x1] = 2
+        mask = Image.fromarray(indices, mode="P")
+        mask.putpalette([channel for colour in palette for channel in colour])
+        mask.save(answers / f"{image_id}.png")
+    assert import_answers(run_dir, answers).still_asked == 0
+    with ledger_of(run_dir) as ledger:
+        assert all((ledger.patch(region) == 1).all() for region in ledger.answered())  # car

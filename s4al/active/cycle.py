@@ -25,7 +25,7 @@ from s4al.active.acquisition import (
 )
 from s4al.active.dataset_changes import DatasetChanges, dataset_changes
 from s4al.active.label_state import LabelState
-from s4al.active.ledger import RUN_ID, Ledger, Region, utc_now
+from s4al.active.ledger import COLOURS_META, RUN_ID, Ledger, Region, utc_now
 from s4al.active.ledger_copy import copy_of
 from s4al.active.oracle import Annotator, GroundTruthOracle
 from s4al.active.phases import CyclePhases
@@ -136,6 +136,8 @@ class ActiveLearningRun(AbstractContextManager):
         self._check_same_images(ledger)
         self._note_evaluation_changes(ledger)
         self._write_splits(ledger)
+        if ledger.get_meta(COLOURS_META) is None:  # a new run, or one made before the ledger kept them
+            ledger.set_meta(COLOURS_META, [list(colour) for colour in self.train_set.classes.colors])
         if ledger.get_meta(RUN_ID) is None:  # a new run, or one made before runs had an id
             ledger.set_meta(RUN_ID, uuid.uuid4().hex)  # tells its answers from a twin's (same seed and data)
         return ledger

@@ -51,6 +51,7 @@ from s4al.errors import S4alError, first_of
 
 SCHEMA_VERSION = 3
 RUN_ID = "run_id"  # meta: a random id the run is made with; its Label Studio tasks carry it
+COLOURS_META = "colours"  # meta: the classes' RGB colours, in class id order (runs made since it was kept)
 PROJECT_META = "label_studio_project"  # meta: {"url": server, "id": project id} of the run's one project
 READABLE_VERSIONS = (1, 2, 3)  # version 1 lacks the 'skipped' state, versions 1 and 2 the column painted_at
 LABELS_DIRNAME = "labels"

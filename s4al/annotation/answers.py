@@ -38,13 +38,14 @@ from pathlib import Path
 
 import numpy as np
 
-from s4al.active.ledger import RUN_ID, Ledger, LedgerError, Region
+from s4al.active.ledger import COLOURS_META, RUN_ID, Ledger, LedgerError, Region
 from s4al.active.phases import CyclePhases
 from s4al.active.regions import box_masks
 from s4al.annotation.label_studio import BY_LABEL_STUDIO, read_export
 from s4al.annotation.masks import (
     MIN_PAINTED_SHARE, UNPAINTED, AnswerError, PaintedImage, png_masks, read_png_masks,
 )
+from s4al.data.folder import ColourDecoder
 from s4al.run_folder import RunFolder
 from s4al.errors import first_of, named, shell
 
@@ -89,7 +90,8 @@ def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> 
         with Ledger(ledger_path, readonly=True) as ledger:  # a refusal must not touch a byte
             sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
             unannotated: set[int] = set()  # region ids of the file's tasks without an annotation, as read
-            painted, report = _read(answers_path, ledger.get_meta("classes"), sizes, unannotated)
+            painted, report = _read(answers_path, ledger.get_meta("classes"), ledger.get_meta(COLOURS_META), sizes,
+                                    unannotated)
             answers, painted_at = _answers(ledger, painted, report, unannotated)
             _refuse_label_changes_mid_training(folder, ledger, report, answers_path)
             newly_answered = len(report.answered) - len(report.unskipped)
@@ -140,13 +142,16 @@ def _not_answered_reason(region_id: int, share: float) -> str:
     return f"region {region_id} is {100 * share:.1f}% painted (an answer needs {100 * MIN_PAINTED_SHARE:.0f}%)"
 
 
-def _read(path: Path, class_names: Sequence[str], sizes: dict,
+def _read(path: Path, class_names: Sequence[str], class_colours: list | None, sizes: dict,
           unannotated: set[int]) -> tuple[Iterable[PaintedImage], ImportReport]:
     """The painted images of the answer file or folder, to be read, and the report to fill;
-    `unannotated` collects the regions of an export's tasks without an annotation."""
+    `class_colours`: the run's (None in a run made before the ledger kept them), which indexed
+    masks may paint; `unannotated` collects the regions of an export's tasks without an annotation."""
     if path.is_dir():
         masks, ignored = png_masks(path)
-        return read_png_masks(masks), ImportReport("png-folder", ignored_files=ignored)
+        colours = None if class_colours is None else ColourDecoder(
+            {tuple(colour): k for k, colour in enumerate(class_colours)})
+        return read_png_masks(masks, colours), ImportReport("png-folder", ignored_files=ignored)
     if path.is_file() and path.suffix.lower() == ".png":
         raise AnswerError(f"{path}: one PNG; ANSWERS is a folder of IMAGE_ID.png masks or a Label Studio JSON "
                           f"export: give its folder, {path.parent}")

@@ -2,8 +2,8 @@
 read or decoded when first used (an import leaves a painting it has imported before unread).
 
 Two readers produce it: `label_studio.read_export` (a Label Studio JSON export) and
-`read_png_masks` (one single-channel class-id PNG per image, named IMAGE_ID.png, listed by
-`png_masks`)."""
+`read_png_masks` (one single-channel class-id PNG per image, or an indexed one painting the class
+colours, named IMAGE_ID.png, listed by `png_masks`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import numpy as np
 
 from s4al.data.base import DatasetError
 from s4al.data.classes import IGNORE_INDEX
-from s4al.data.io import read_label
+from s4al.data.folder import ColourDecoder, palette_labels
+from s4al.data.io import image_mode, read_label, read_palette
 from s4al.errors import S4alError, first_of
 
 UNPAINTED = IGNORE_INDEX
@@ -84,15 +85,22 @@ def _is_mask(path: Path) -> bool:
     return path.suffix.lower() == ".png" and path.is_file()
 
 
-def read_png_masks(paths: list[Path]) -> Iterator[PaintedImage]:
-    """The masks at `paths`, read one at a time, each painted when its file was last written."""
+def read_png_masks(paths: list[Path], colours: ColourDecoder | None = None) -> Iterator[PaintedImage]:
+    """The masks at `paths`, read one at a time, each painted when its file was last written;
+    `colours`: the run's class colours, which an indexed mask may paint (palette_labels)."""
     for path in paths:
         modified = _utc(datetime.fromtimestamp(path.stat().st_mtime, timezone.utc))
-        yield PaintedImage(str(path), path.stem, partial(_read_mask, path), painted_at=modified)
+        yield PaintedImage(str(path), path.stem, partial(_read_mask, path, colours), painted_at=modified)
 
 
-def _read_mask(path: Path) -> np.ndarray:
+def _read_mask(path: Path, colours: ColourDecoder | None) -> np.ndarray:
+    """Class ids; an indexed mask painting the class colours (a paint program's indexed export
+    numbers its colours in its own order) by its colours, as a dataset's own masks are read."""
     try:
-        return read_label(path)
+        indices = read_label(path)
+        if colours is None or image_mode(path) != "P":
+            return indices
+        labels = palette_labels(indices, read_palette(path), colours, UNPAINTED, UNPAINTED)
+        return indices if labels is None else labels
     except DatasetError as err:
         raise AnswerError(str(err)) from None

@@ -141,6 +141,22 @@ class ColourDecoder:
         return self.class_ids[slot]
 
 
+def palette_labels(indices: np.ndarray, palette: np.ndarray, colours: ColourDecoder, void_index: int,
+                   void_label: int = IGNORE_INDEX) -> np.ndarray | None:
+    """An indexed mask read by the colours its palette gives the indices it uses: class ids, and
+    `void_label` at `void_index` where its colour is no class's (void either way: a mask read by
+    index agrees); None where those indices have no distinct class colours (read it by index)."""
+    coloured = np.unique(indices)
+    if colours.known(palette[[void_index]]) is None:
+        coloured = coloured[coloured != void_index]
+    classes = colours.known(palette[coloured])
+    if classes is None or len(np.unique(classes)) < len(coloured):
+        return None
+    table = np.full(256, void_label, dtype=np.uint8)
+    table[coloured] = classes
+    return table[indices]
+
+
 class ImageFolder(FilePairDataset):
     def __init__(
         self, root: Path, split: str, resize: tuple[int, int] | None = None, allow_unlabelled: bool = False
@@ -205,17 +221,10 @@ class ImageFolder(FilePairDataset):
         index (class ids under a palette of other colours, or one padded with black). The index
         ignore_value is void in both readings where its colour is no class's."""
         indices = read_label(pair.label)
-        palette = read_palette(pair.label)
-        coloured = np.unique(indices)
-        if self.decode_colours.known(palette[[self.ignore_value]]) is None:
-            # void either way: masks that are read by colour and masks that are not agree on it
-            coloured = coloured[coloured != self.ignore_value]
-        classes = self.decode_colours.known(palette[coloured])
-        if classes is None or len(np.unique(classes)) < len(coloured):
+        labels = palette_labels(indices, read_palette(pair.label), self.decode_colours, self.ignore_value)
+        if labels is None:
             return self._id_label(pair, indices)
-        table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-        table[coloured] = classes
-        return table[indices]
+        return labels
 
 
 def images_by_stem(image_dir: Path) -> dict[str, Path]:
