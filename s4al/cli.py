@@ -225,13 +225,16 @@ def _taken(out: Path) -> str | None:
 
 def _holds_work(out: Path) -> bool:
     """Whether a begun run folder holds something made: a checkpoint, or a region asked or answered."""
-    from s4al.active.ledger import Ledger
+    from s4al.active.ledger import Ledger, LedgerError
 
     folder = RunFolder(out)
     if any(folder.checkpoints_dir.glob("*.pt")) or not folder.ledger_path.exists():
         return True
-    with Ledger(folder.ledger_path, readonly=True) as ledger:
-        return bool(ledger.regions())
+    try:
+        with Ledger(folder.ledger_path, readonly=True) as ledger:
+            return bool(ledger.regions())
+    except LedgerError:  # damaged, or of a newer s4al: --resume says so
+        return True
 
 
 def _print_run(active_run: ActiveLearningRun, run_dir: Path) -> None:

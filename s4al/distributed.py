@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -149,12 +148,3 @@ def main_first() -> Iterator[None]:
     yield
     if is_main():
         barrier()
-
-
-@contextmanager
-def warns_once() -> Iterator[None]:
-    """A block every rank runs alike (the same inputs, so the same warnings): rank 0 alone warns."""
-    with warnings.catch_warnings():
-        if not is_main():
-            warnings.simplefilter("ignore")
-        yield

@@ -45,9 +45,19 @@ def evaluate(
                 confusion.update(logits.argmax(1), labels[:, y0:y1, x0:x1].to(device, non_blocking=True))
     model.train(was_training)
     matrix = confusion.matrix()
-    unseen = [name for name, pixels in zip(dataset.classes.names, matrix.sum(1).tolist()) if pixels == 0]
-    if unseen and distributed.is_main():
-        warnings.warn(f"the {len(dataset)} evaluated images hold no pixel of class {first_of(unseen)}: "
-                      f"{'its IoU is' if len(unseen) == 1 else 'their IoUs are'} not measured, and mIoU averages "
-                      "the other classes", S4alWarning)
+    if distributed.is_main():
+        _warn_unseen_classes(dataset, matrix)
     return scores_from_confusion(matrix)
+
+
+def _warn_unseen_classes(dataset: SegmentationDataset, matrix: torch.Tensor) -> None:
+    """Names the classes no evaluated pixel holds: mIoU leaves out those the model does not predict
+    either, and counts 0 for those it predicts (scores_from_confusion)."""
+    truth, predicted = matrix.sum(1).tolist(), matrix.sum(0).tolist()
+    unseen = [(name, p > 0) for name, t, p in zip(dataset.classes.names, truth, predicted) if t == 0]
+    for is_predicted, what in ((False, "not measured: mIoU averages the other classes"),
+                               (True, "0 wherever the model predicts it, and mIoU counts it so")):
+        names = [name for name, p in unseen if p == is_predicted]
+        if names:
+            warnings.warn(f"the {len(dataset)} evaluated images hold no pixel of class {first_of(names)}: "
+                          f"{'its IoU is' if len(names) == 1 else 'their IoUs are'} {what}", S4alWarning)

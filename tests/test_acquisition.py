@@ -246,18 +246,18 @@ def test_config_values_too_large_for_the_images_are_said_not_capped_silently():
     sizes = {0: (20, 40), 1: (48, 64)}  # with 16x16 cells: 2x3 and 3x4 grids
     wide_cells = tiny_config(active={"region_size": 32, "regions_per_image": 1}).active
     with pytest.warns(acquisition.CappedConfigWarning) as said:
-        choose_regions({0: np.zeros((1, 2)), 1: np.zeros((2, 2))}, sizes, wide_cells)
+        acquisition.warn_capped(sizes, wide_cells)
     assert [str(w.message) for w in said] == [
         "active.region_size 32 is larger than a side of 1 pool image(s), e.g. 20x40: their cells are cut to the image"
     ]
-    cells = {0: np.zeros((2, 3)), 1: np.zeros((3, 4))}
+    many = tiny_config(active={"region_size": 16, "regions_per_image": 7}).active
     with pytest.warns(acquisition.CappedConfigWarning) as said:
-        chosen = choose_regions(cells, sizes, tiny_config(active={"region_size": 16, "regions_per_image": 7}).active)
+        acquisition.warn_capped(sizes, many)
     assert [str(w.message) for w in said] == [
         "active.regions_per_image 7 is more than the cells of 1 pool image(s), e.g. 20x40 has 2x3 = 6 cells of "
         "16x16: every cell of those is asked for"
     ]
-    assert len(chosen) == 6 + 7
+    assert len(choose_regions({0: np.zeros((2, 3)), 1: np.zeros((3, 4))}, sizes, many)) == 6 + 7  # capped
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        choose_regions(cells, sizes, tiny_config(active={"region_size": 16, "regions_per_image": 6}).active)
+        acquisition.warn_capped(sizes, tiny_config(active={"region_size": 16, "regions_per_image": 6}).active)

@@ -283,7 +283,7 @@ def test_an_upload_stored_in_the_background_is_waited_for_and_its_failure_report
 
 class ExportsInTheBackground(StoresThenFails):
     """Label Studio whose project's export snapshots are built in the background: `in_progress`
-    twice, then `outcome` (`completed`: the export holds one task; `failed`)."""
+    twice, then `outcome` (`completed`: the export holds one task; `failed`; or never done)."""
 
     outcome = "completed"
 
@@ -294,10 +294,11 @@ class ExportsInTheBackground(StoresThenFails):
 
     def do_GET(self):
         if self.path.startswith("/api/projects/1/exports/8/download"):
+            self.server.downloads.append(self.path)
             return self._answer(200, json.dumps([{"id": 70, "data": {}}]).encode())
         if self.path.startswith("/api/projects/1/exports/8"):
             self.server.polls.append(self.path)
-            done = len(self.server.polls) > 2
+            done = len(self.server.polls) > 2 and self.outcome != "never"
             return self._answer(200, json.dumps({"id": 8, "status": self.outcome if done else "in_progress"}).encode())
         super().do_GET()
 
@@ -306,22 +307,30 @@ class ExportsInTheBackground(StoresThenFails):
         self._answer(204, b"")
 
 
-@pytest.mark.parametrize("outcome", ["completed", "failed"])
-def test_an_export_is_a_snapshot_waited_for_received_whole_and_deleted_on_the_server(tmp_path, outcome):
+@pytest.mark.parametrize("outcome", ["completed", "failed", "never"])
+def test_an_export_is_a_snapshot_waited_for_received_whole_and_deleted_on_the_server(tmp_path, monkeypatch, outcome):
+    monkeypatch.setattr(label_studio_api, "BACKGROUND_WAIT_SECONDS", 1.0 if outcome == "never" else 60.0)
     run_dir = tmp_path
     with serving(type("Handler", (ExportsInTheBackground,), {"outcome": outcome})) as (server, url):
-        server.polls, server.created, server.deleted = [], [], []
+        server.polls, server.created, server.deleted, server.downloads = [], [], [], []
         with Ledger(run_dir / "ledger.sqlite") as ledger:
             ledger.set_meta(PROJECT_META, {"url": url, "id": 1})
         if outcome == "completed":
             export = download_export(run_dir, "key")
             assert json.loads(export.read_text()) == [{"id": 70, "data": {}}]
+            assert server.downloads == ["/api/projects/1/exports/8/download"]  # as built: no conversion asked
         else:
             with pytest.raises(LabelStudioError) as failed:
                 download_export(run_dir, "key")
-            assert str(failed.value).startswith(f"{url}: project 1's export 8 failed (status failed); try again later")
     assert server.created[0]["task_filter_options"] == {"only_with_annotations": False}  # every task
     assert server.created[0]["annotation_filter_options"] == {"usual": True, "ground_truth": True, "skipped": True}
+    if outcome == "never":  # left to finish, not deleted under the job that writes its file
+        assert str(failed.value) == (f"{url}: project 1's export 8 is not built after 1 s (status in_progress): "
+                                     "export the project in Label Studio (JSON) and import that file")
+        assert len(server.polls) == 2 and not server.deleted
+        return
+    if outcome == "failed":
+        assert str(failed.value).startswith(f"{url}: project 1's export 8 failed; try again, or export the project")
     assert len(server.polls) == 3 and server.deleted == ["/api/projects/1/exports/8"]
     assert [p.name for p in (run_dir / "answers").iterdir()] == ([export.name] if outcome == "completed" else [])
 
@@ -445,6 +454,8 @@ def test_a_hand_made_project_named_by_id_becomes_the_runs_and_gets_only_the_task
         assert [t["data"]["region_ids"] for upload in server.uploads for t in upload] == [[2]]
         assert ledger.get_meta(PROJECT_META) == {"url": url, "id": 7}
         assert project_on(ledger, url).id == 7  # later queries go there without --project
+        again = send_query(ledger, "run", package, url.replace("127.0.0.1", "localhost"), "key", project_id=7)
+        assert again.replaced is None  # the run's own project, its server named otherwise: nothing replaced
 
 
 def test_project_needs_a_server_and_is_not_a_new_project(tmp_path):

@@ -114,6 +114,9 @@ def test_an_indexed_mask_of_class_ids_whose_palette_is_padded_with_black_is_read
     # a script's class colours, then black: void 255 is black, as background (class 0) is
     indexed_mask(root / "masks" / "a.png", [[1, 2], [0, 255]], colours + [[0, 0, 0]] * 253)
     assert ImageFolder(root, "train")[0].label.tolist() == [[1, 2], [0, 255]]
+    # one class and void: the class's colour is distinct, and void stays void though its index is black
+    indexed_mask(root / "masks" / "a.png", [[2, 2], [255, 255]], colours + [[0, 0, 0]] * 253)
+    assert ImageFolder(root, "train")[0].label.tolist() == [[2, 2], [255, 255]]
 
 
 @pytest.mark.parametrize("colour, read_as", [((255, 255, 255), "void (ignore_value 255)"),

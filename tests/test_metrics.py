@@ -62,3 +62,25 @@ def test_confusion_counts_label_prediction_pairs_of_image_batches():
     confusion.update(predictions, labels)
     confusion.update(predictions[:1], labels[:1])
     assert confusion.matrix().tolist() == [[2 + 1, 0, 0], [0, 0, 1 + 1], [0, 1, 1 + 1 + 1]]
+
+
+def test_classes_no_evaluated_pixel_holds_are_named_as_mIoU_treats_them():
+    from s4al.data.classes import ClassSet
+    from s4al.errors import S4alWarning
+    from s4al.evaluate import _warn_unseen_classes
+
+    class ThreeImages:
+        classes = ClassSet(("road", "car", "sky"), ((0, 0, 0), (1, 1, 1), (2, 2, 2)))
+
+        def __len__(self):
+            return 3
+
+    # rows: truth; car has no true pixel but is predicted once, sky neither
+    cm = torch.tensor([[5, 1, 0], [0, 0, 0], [0, 0, 0]])
+    with pytest.warns(S4alWarning) as said:
+        _warn_unseen_classes(ThreeImages(), cm)
+    assert [str(w.message) for w in said] == [
+        "the 3 evaluated images hold no pixel of class sky: its IoU is not measured: mIoU averages the other classes",
+        "the 3 evaluated images hold no pixel of class car: its IoU is 0 wherever the model predicts it, and mIoU "
+        "counts it so"]
+    assert scores_from_confusion(cm).iou[1:] == (0.0, pytest.approx(float("nan"), nan_ok=True))

@@ -200,7 +200,7 @@ def warn_capped(sizes: Mapping[int, tuple[int, int]], cfg: ActiveConfig) -> None
     if narrow:
         h, w = narrow[0]
         warnings.warn(f"active.region_size {s} is larger than a side of {len(narrow)} pool image(s), e.g. {h}x{w}: "
-                      "their cells are cut to the image", CappedConfigWarning, stacklevel=3)
+                      "their cells are cut to the image", CappedConfigWarning, stacklevel=2)
     k = cfg.regions_per_image
     grids = [(size, grid_shape(*size, s)) for size in sizes.values()] if cfg.selection == "per_image" else []
     few = [(size, (rows, cols)) for size, (rows, cols) in grids if rows * cols < k]
@@ -208,11 +208,10 @@ def warn_capped(sizes: Mapping[int, tuple[int, int]], cfg: ActiveConfig) -> None
         (h, w), (rows, cols) = few[0]
         warnings.warn(f"active.regions_per_image {k} is more than the cells of {len(few)} pool image(s), e.g. "
                       f"{h}x{w} has {rows}x{cols} = {rows * cols} cells of {s}x{s}: every cell of those is asked for",
-                      CappedConfigWarning, stacklevel=3)
+                      CappedConfigWarning, stacklevel=2)
 
 
 def choose_regions(cells: Mapping[int, np.ndarray], sizes: Mapping[int, tuple[int, int]], cfg: ActiveConfig) -> list[Query]:
-    warn_capped(sizes, cfg)
     s = cfg.region_size
     if cfg.selection == "per_image":
         picks = [(i, r, c, v) for i in sorted(cells) for r, c, v in select_per_image(cells[i], cfg.regions_per_image)]

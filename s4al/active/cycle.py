@@ -95,6 +95,7 @@ class ActiveLearningRun(AbstractContextManager):
             self.index_of = {image_id: i for i, image_id in enumerate(self.ids)}
             self.additions = NO_ADDITIONS  # images and masks added to the dataset, not yet in the run (rank 0's)
             self.evaluation_labels_read = False  # by this process, before it trains (_check_evaluation_labels)
+            self.capped_said: set[int] = set()  # cycles whose capped region settings this process said
             if distributed.is_main():
                 self.ledger = self._open_ledger()
                 self.phases = CyclePhases(self.ledger)
@@ -163,14 +164,14 @@ class ActiveLearningRun(AbstractContextManager):
         before = ledger.get_meta(EVALUATED_META) or {}
         for split, ids in now.items():
             earlier = before.get(split)
-            if earlier is not None and earlier != ids:
+            if earlier is not None and set(earlier) != set(ids):  # the order scores nothing
                 added, removed = sorted(set(ids) - set(earlier)), sorted(set(earlier) - set(ids))
                 changes = "; ".join(f"{what}: {first_of(images)}" for what, images in
                                     (("added", added), ("removed", removed)) if images)
                 warnings.warn(f"{self.cfg.dataset.root or self.cfg.dataset.name}: the {split} split holds "
                               f"{counted(len(ids), 'image')} now, {len(earlier)} when this run was last opened "
-                              f"({changes or 'in another order'}): cycles evaluated from now on are scored on another "
-                              "set than the earlier ones", S4alWarning)
+                              f"({changes}): cycles evaluated from now on are scored on another set than the earlier "
+                              "ones", S4alWarning)
         ledger.set_meta(EVALUATED_META, now)
 
     def _check_config(self, ledger: Ledger) -> None:
@@ -348,8 +349,8 @@ class ActiveLearningRun(AbstractContextManager):
         self._on_main(self._join_additions, cycle, "training")
         self._set_phase(cycle, "train")
         state = self.label_state()
-        if cycle < self.final_cycle and self.cfg.active.level == "region" and distributed.is_main():
-            warn_capped({i: state.sizes[i] for i in state.pool}, self.cfg.active)  # before the hours of training
+        if cycle < self.final_cycle:
+            self._say_capped(cycle, state)  # before the hours of training
         trainer = Trainer(
             self.cfg, self.train_data(state), self.val_set, self.run_dir, cycle, self.cfg.cycle_epochs(cycle),
             self.initial_student(cycle), self.progress,
@@ -426,8 +427,14 @@ class ActiveLearningRun(AbstractContextManager):
                                  fast=self.cfg.train.fast)
         cells = score_cells(model, self.train_set, state.pool, state.asked, a, self.device, seed, workers,
                             fast=self.cfg.train.fast)
-        with distributed.warns_once():  # every rank chooses from the same gathered cells
-            return choose_regions(cells, {i: state.sizes[i] for i in state.pool}, a)
+        self._say_capped(cycle, state)  # where this process did not train the cycle
+        return choose_regions(cells, {i: state.sizes[i] for i in state.pool}, a)
+
+    def _say_capped(self, cycle: int, state: LabelState) -> None:
+        """Says (rank 0, once a cycle) where the pool's images are too small for the region settings."""
+        if self.cfg.active.level == "region" and distributed.is_main() and cycle not in self.capped_said:
+            warn_capped({i: state.sizes[i] for i in state.pool}, self.cfg.active)
+            self.capped_said.add(cycle)
 
     def _images_per_cycle(self, state: LabelState) -> int:
         """Whole images matching the pixel budget of the region-level protocol, which buys the same

@@ -102,7 +102,8 @@ def _asking_cycle(active_run: ActiveLearningRun, run_dir: Path) -> int:
 
 def _package_lines(run_dir: Path, project: Project | None) -> str:
     label_studio = (f"  Label Studio: import tasks.json into the run's one project (set up once with "
-                    f"labelling_config.xml),\n    or let s4al do it: s4al query {shell(run_dir)} --label-studio URL\n")
+                    f"labelling_config.xml),\n    or let s4al do it: s4al query {shell(run_dir)} --label-studio URL "
+                    "(with --project ID: that project of yours)\n")
     if project is not None:
         label_studio = (f"  Label Studio: this run's project is {project.page}; send it these tasks with s4al query "
                         f"{shell(run_dir)} --label-studio {project.url}\n    (importing tasks.json there by hand as "

@@ -146,7 +146,8 @@ def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_k
     recorded = recorded_project(ledger)
     if project_id is not None:
         project = Project(url, project_id)
-        replaced = recorded if recorded is not None and recorded != project else None
+        same = recorded is not None and recorded.id == project_id and _same_server(recorded.url, url)
+        replaced = recorded if recorded is not None and not same else None
     else:
         replaced = recorded if new_project else None
         project = None if new_project else project_on(ledger, url)
@@ -333,15 +334,18 @@ def download_export(run_dir: Path, api_key: str | None) -> Path:
             id=project.id, title=f"s4al import {stamp}", task_filter_options={"only_with_annotations": False},
             annotation_filter_options={"usual": True, "ground_truth": True, "skipped": True},
             request_options=SLOW_REQUEST | ONCE)
+        built = _finished(lambda: client.projects.exports.get(id=project.id, export_pk=snapshot.id))
+        if built.status not in ("completed", "failed"):  # left to finish: deleted now, its file would stay
+            raise LabelStudioError(f"{project.url}: project {project.id}'s export {snapshot.id} is not built after "
+                                   f"{BACKGROUND_WAIT_SECONDS:.0f} s (status {built.status}): export the project in "
+                                   "Label Studio (JSON) and import that file")
         try:
-            built = _finished(lambda: client.projects.exports.get(id=project.id, export_pk=snapshot.id))
-            if built.status != "completed":
-                raise LabelStudioError(f"{project.url}: project {project.id}'s export {snapshot.id} "
-                                       f"{'failed' if built.status == 'failed' else 'not built in time'} "
-                                       f"(status {built.status}); try again later{by_hand}")
-            with atomic_write(path) as file:
+            if built.status == "failed":
+                raise LabelStudioError(f"{project.url}: project {project.id}'s export {snapshot.id} failed; try "
+                                       f"again{by_hand}")
+            with atomic_write(path) as file:  # the snapshot's own file, not converted on the way (no exportType)
                 for part in client.projects.exports.download(id=project.id, export_pk=snapshot.id,
-                                                             export_type="JSON", request_options=SLOW_REQUEST):
+                                                             request_options=SLOW_REQUEST):
                     file.write(part)
         finally:
             with suppress(ApiError, httpx.HTTPError):  # a snapshot left on the server only takes its disk

@@ -144,11 +144,11 @@ class ColourDecoder:
 def palette_labels(indices: np.ndarray, palette: np.ndarray, colours: ColourDecoder, void_index: int,
                    void_label: int = IGNORE_INDEX) -> np.ndarray | None:
     """An indexed mask read by the colours its palette gives the indices it uses: class ids, and
-    `void_label` at `void_index` where its colour is no class's (void either way: a mask read by
-    index agrees); None where those indices have no distinct class colours (read it by index)."""
+    `void_label` at `void_index`, whatever its colour (a palette padded with black would otherwise
+    turn void into a black class; a mask read by index agrees); None where the other indices used
+    have no distinct class colours (read it by index)."""
     coloured = np.unique(indices)
-    if colours.known(palette[[void_index]]) is None:
-        coloured = coloured[coloured != void_index]
+    coloured = coloured[coloured != void_index]
     classes = colours.known(palette[coloured])
     if classes is None or len(np.unique(classes)) < len(coloured):
         return None
@@ -219,7 +219,7 @@ class ImageFolder(FilePairDataset):
         """An indexed (palette) mask: by colour where the indices it uses have distinct class colours
         in the palette (an editor's indexed export numbers its colours in its own order), else by
         index (class ids under a palette of other colours, or one padded with black). The index
-        ignore_value is void in both readings where its colour is no class's."""
+        ignore_value is void in both readings."""
         indices = read_label(pair.label)
         labels = palette_labels(indices, read_palette(pair.label), self.decode_colours, self.ignore_value)
         if labels is None:
