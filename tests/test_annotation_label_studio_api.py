@@ -116,12 +116,20 @@ class StoresThenFails(BaseHTTPRequestHandler):
             return self._answer(200, json.dumps({"tasks": [], "total": 0}).encode())
         self._answer(200, json.dumps({"id": 1, "title": "run"}).encode())
 
-    def do_POST(self):
+    def _took_upload(self) -> bool:
+        """Answers a project's creation, or stores an upload's tasks: True for an upload, which the
+        caller answers."""
         self.server.keys.append(self.headers.get("Authorization"))
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if self.path == "/api/projects/":
-            return self._answer(201, json.dumps({"id": 1, "title": "run"}).encode())
+            self._answer(201, json.dumps({"id": 1, "title": "run"}).encode())
+            return False
         self.server.uploads.append(json.loads(body))
+        return True
+
+    def do_POST(self):
+        if not self._took_upload():
+            return
         if self.failure == "504":
             return self._answer(504, b"<html>504 Gateway Time-out</html>", "text/html")
         self.close_connection = True  # no answer at all
@@ -212,12 +220,8 @@ class LimitsUploads(StoresThenFails):
             self.rfile.read(int(self.headers["Content-Length"]))
             self.server.refused += 1
             return self._answer(413, b"<html>413 Request Entity Too Large</html>", "text/html")
-        self.server.keys.append(self.headers.get("Authorization"))
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        if self.path == "/api/projects/":
-            return self._answer(201, json.dumps({"id": 1, "title": "run"}).encode())
-        self.server.uploads.append(json.loads(body))
-        self._answer(201, json.dumps({"task_count": len(self.server.uploads[-1])}).encode())
+        if self._took_upload():
+            self._answer(201, json.dumps({"task_count": len(self.server.uploads[-1])}).encode())
 
 
 def test_an_upload_over_a_proxys_limit_goes_in_halves_and_a_task_over_it_is_named(tmp_path):
@@ -240,12 +244,8 @@ class StoresInTheBackground(StoresThenFails):
     outcome = "completed"
 
     def do_POST(self):
-        self.server.keys.append(self.headers.get("Authorization"))
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        if self.path == "/api/projects/":
-            return self._answer(201, json.dumps({"id": 1, "title": "run"}).encode())
-        self.server.uploads.append(json.loads(body))
-        self._answer(201, json.dumps({"import": 40 + len(self.server.uploads)}).encode())
+        if self._took_upload():
+            self._answer(201, json.dumps({"import": 40 + len(self.server.uploads)}).encode())
 
     def do_GET(self):
         if "/imports/" in self.path:
