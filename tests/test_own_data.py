@@ -398,3 +398,26 @@ def test_an_indexed_answer_mask_painting_the_class_colours_is_read_by_colour(tmp
     assert import_answers(run_dir, answers).still_asked == 0
     with ledger_of(run_dir) as ledger:
         assert all((ledger.patch(region) == 1).all() for region in ledger.answered())  # car
+
+
+def test_a_mask_given_to_a_pool_image_while_its_regions_are_asked_answers_them(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    with ActiveLearningRun(run_dir, own_config(root)) as active_run:
+        active_run.run()  # cycle 0 asks two regions of each pool image
+    given = np.full((H, W), 2, np.uint8)
+    save(root / "masks" / "p0.png", given)  # p0 labelled whole in another tool meanwhile
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    with ledger_of(run_dir) as ledger:
+        for image_id in {r.image_id for r in ledger.asked()} - {"p0"}:
+            save(answers / f"{image_id}.png", np.ones((H, W), np.uint8))
+    assert import_answers(run_dir, answers).still_asked == 2  # p0's two
+    with ActiveLearningRun(run_dir) as active_run:
+        summaries = active_run.run()  # goes on: the mask answers p0's regions
+    assert [s["cycle"] for s in summaries] == [0, 1]
+    with ledger_of(run_dir) as ledger:
+        by_mask = [r for r in ledger.answered() if r.image_id == "p0"]
+        assert len(by_mask) == 2 and all(r.answered_by == "dataset-mask" for r in by_mask)
+        assert all((ledger.patch(r) == 2).all() for r in by_mask)
+        assert {r.image_id: r for r in ledger.images()}["p0"].fully_labelled

@@ -27,7 +27,7 @@ from s4al.active.dataset_changes import DatasetChanges, dataset_changes
 from s4al.active.label_state import LabelState
 from s4al.active.ledger import COLOURS_META, RUN_ID, Ledger, Region, utc_now
 from s4al.active.ledger_copy import copy_of
-from s4al.active.oracle import Annotator, GroundTruthOracle
+from s4al.active.oracle import BY_DATASET_MASK, Annotator, GroundTruthOracle
 from s4al.active.phases import CyclePhases
 from s4al import distributed
 from s4al.atomic import atomic_write
@@ -102,8 +102,12 @@ class ActiveLearningRun(AbstractContextManager):
                 self._save_resume_changes()
         self._copy_to_ranks()
         if annotator is None and self.cfg.active.annotator == "oracle":
-            annotator = GroundTruthOracle(lambda image_id: self.train_set.load_label(self.index_of[image_id]))
+            annotator = GroundTruthOracle(self._dataset_label)
         self.annotator = annotator
+
+    def _dataset_label(self, image_id: str):
+        """The (H, W) label the dataset holds for a train image."""
+        return self.train_set.load_label(self.index_of[image_id])
 
     def close(self) -> None:
         self.phases.close()
@@ -386,6 +390,15 @@ class ActiveLearningRun(AbstractContextManager):
             self._on_main(self._record_queries, cycle, queries, time.perf_counter() - started)
         self._set_phase(cycle, "answer")
 
+    def _answer_by_masks(self, cycle: int) -> None:
+        """The regions asked of pool images given a mask since (active.initial 'labelled') are
+        answered by it: nobody need paint or skip them, and the image joins as labelled whole when
+        the next cycle begins."""
+        masked = set(self.additions.masked)
+        regions = [region for region in self.ledger.asked(cycle) if region.image_id in masked]
+        if regions:
+            GroundTruthOracle(self._dataset_label, name=BY_DATASET_MASK).answer(self.ledger, regions)
+
     def _join_additions(self, cycle: int, before: str) -> None:
         """Images and masks added to the dataset since the run was made join it as a cycle begins
         training or asking (s4al/active/dataset_changes.py says how). Never once a cycle has
@@ -449,6 +462,7 @@ class ActiveLearningRun(AbstractContextManager):
         return max(1, round(cells * a.region_size**2 / mean_pixels))
 
     def _answer(self, cycle: int) -> bool:
+        self._on_main(self._answer_by_masks, cycle)
         pending = self.ledger.asked(cycle)
         if pending:
             if self.annotator is None:

@@ -18,15 +18,17 @@ class Annotator(Protocol):
         ...
 
 
+BY_DATASET_MASK = "dataset-mask"  # who answered regions of a pool image given a mask in the dataset since
+
+
 class GroundTruthOracle:
     """Reveals the dataset label inside each asked box, void/ignore pixels (255) included: the paper
     counts them as labelling information. `label_of(image_id)` returns the full (H, W) uint8 label
     in the coordinates the image was registered with."""
 
-    name = "oracle"
-
-    def __init__(self, label_of: Callable[[str], np.ndarray]) -> None:
+    def __init__(self, label_of: Callable[[str], np.ndarray], name: str = "oracle") -> None:
         self._label_of = label_of
+        self.name = name  # who answered, in the ledger
 
     def answer(self, ledger: Ledger, regions: Sequence[Region]) -> int:
         regions_by_image: dict[str, list[Region]] = defaultdict(list)
