@@ -203,7 +203,8 @@ def test_a_mask_given_to_a_pool_image_labels_it_whole_from_the_next_cycle_on(tmp
     assert (joined["before"], joined["labelled"], joined["pool"], joined["masked"]) == ("cycle 1 training", [], [],
                                                                                          ["p0"])
     assert [event for event in events if event["event"] == "joined"] == [  # said as they join
-        {"event": "joined", "before": "cycle 1 training", "text": "1 pool image given a mask, labelled whole (p0)"}]
+        {"event": "joined", "before": "cycle 1 training",
+         "text": "1 pool image given a mask, labelled whole (p0; the mask answers what is still asked of it)"}]
     assert len(answered_p0) == 2 and p0[0] not in state.answered  # its answers stay recorded, the mask labels it
     # 8 images of 32x48: 3 masked from the start, p0 since, and 4 pool images x 2 answered 16x16 cells
     assert len(asked) == 10
@@ -221,7 +222,8 @@ def test_status_says_what_the_next_resume_takes_from_the_dataset_or_refuses_in_i
         return result.output
 
     assert ("to join the run as the next cycle begins training or asking: 1 image added to the dataset (0 labelled, "
-            "1 to the pool: n1); 1 pool image given a mask, labelled whole (p0)\n") in status()
+            "1 to the pool: n1); 1 pool image given a mask, labelled whole (p0; the mask answers what is still "
+            "asked of it)\n") in status()
     (root / "images" / "p1.png").unlink()
     (root / "train.txt").write_text("".join(f"{stem}\n" for stem in [*MASKED, "p0", "p2", "p3", "p4", "n1"]))
     refusal = f"{root}, split 'train': images 'p1' are in this run's ledger but no longer in the dataset: put them back"

@@ -32,7 +32,7 @@ class DatasetChanges:
                  f"{len(self.added_pool)} to the pool: {first_of(self.added)})"] if self.added else []
         if self.masked:
             parts.append(f"{counted(len(self.masked), 'pool image')} given a mask, labelled whole "
-                         f"({first_of(self.masked)})")
+                         f"({first_of(self.masked)}; the mask answers what is still asked of it)")
         return "; ".join(parts)
 
 
