@@ -257,9 +257,9 @@ def status(run_dir: RunDirArgument) -> None:
         with Ledger(folder.ledger_file(), readonly=True) as ledger, CyclePhases(ledger) as phases:
             cfg = folder.config()  # a damaged config is refused before any of the account is printed
             console.print(cycle_table(run_dir, folder.summaries(), ledger, phases))
-            dataset, refused = dataset_lines(run_dir, cfg, ledger)
+            dataset, refused, masked = dataset_lines(run_dir, cfg, ledger)
             for line in [*dataset, *next_lines(run_dir, cfg, ledger, phases, folder.metrics_log, folder.holder(),
-                                               resume_refused=refused)]:
+                                               resume_refused=refused, masked=masked)]:
                 console.print(line)
 
 

@@ -415,6 +415,9 @@ def test_a_mask_given_to_a_pool_image_while_its_regions_are_asked_answers_them(t
         for image_id in {r.image_id for r in ledger.asked()} - {"p0"}:
             save(answers / f"{image_id}.png", np.ones((H, W), np.uint8))
     assert import_answers(run_dir, answers).still_asked == 2  # p0's two
+    status = CliRunner().invoke(app, ["status", str(run_dir)], env={"COLUMNS": "250"})
+    assert ("every region cycle 0 asked is answered or skipped but 2 regions of images given a mask since, which "
+            "answers them as the run resumes.") in status.output and "waiting for answers" not in status.output
     with ActiveLearningRun(run_dir) as active_run:
         summaries = active_run.run()  # goes on: the mask answers p0's regions
     assert [s["cycle"] for s in summaries] == [0, 1]

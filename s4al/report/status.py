@@ -76,13 +76,16 @@ def asking_text(asking: dict) -> str:
 
 
 def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhases,
-               metrics_log: Path | None = None, holder: str | None = None, resume_refused: bool = False) -> list[str]:
+               metrics_log: Path | None = None, holder: str | None = None, resume_refused: bool = False,
+               masked: Collection[str] = ()) -> list[str]:
     """The cycle in progress and what to run next. With `metrics_log`, a cycle still training says
     its last evaluation; with `holder`, the process at work on the run is named; `resume_refused`:
-    the dataset as it is now would be refused (dataset_lines says why)."""
+    the dataset as it is now would be refused (dataset_lines says why); `masked`: pool images given
+    a mask since, whose asked regions the mask answers as the run resumes."""
     cycle = phases.last_cycle()
     phase = None if cycle is None else phases.phase(cycle)
-    pending = ledger.asked()
+    asked = ledger.asked()
+    pending = [region for region in asked if region.image_id not in set(masked)]
     lines = [f"in use by process {holder}: a run is working on it now"] if holder else []
     if phase == "done" and cycle == cfg.active.cycles:
         return lines + [finished_line(run_dir, cycle)]
@@ -94,26 +97,28 @@ def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhase
     elif phase == "acquire":
         lines.append(f"cycle {cycle} has trained; it scores the pool and asks next.")
     elif phase == "answer":
-        lines.append(f"every region cycle {cycle} asked is answered or skipped.")
+        by_masks = "" if not asked else (f" but {counted(len(asked), 'region')} of images given a mask since, which "
+                                         "answers them as the run resumes")
+        lines.append(f"every region cycle {cycle} asked is answered or skipped{by_masks}.")
     if not holder:
         first = "Once the dataset is as said above, continue" if resume_refused else "Continue"
         lines.append(f"{first} with `s4al run --resume {shell(run_dir)}`.")
     return lines
 
 
-def dataset_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger) -> tuple[list[str], bool]:
+def dataset_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger) -> tuple[list[str], bool, list[str]]:
     """What the run's next resume takes from its dataset, or refuses in it, as the dataset is now;
-    and whether it refuses."""
+    whether it refuses; and the pool images given a mask since."""
     try:
         dataset = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
     except (DatasetError, OSError) as err:  # the account above stands without it
         return [f"the dataset cannot be read: {err}; if it moved: s4al run --resume {shell(run_dir)} "
-                "--set dataset.root=ITS_NEW_FOLDER"], True
+                "--set dataset.root=ITS_NEW_FOLDER"], True, []
     changes = dataset_changes(ledger.images(), dataset, cfg)
     lines = [f"`s4al run --resume` refuses: {refusal}" for refusal in changes.refusals]
     if changes.text():
         lines.append(f"to join the run as the next cycle begins training or asking: {changes.text()}")
-    return lines, bool(changes.refusals)
+    return lines, bool(changes.refusals), changes.masked
 
 
 def _waiting(run_dir: Path, asked: int, project: dict | None) -> str:
