@@ -84,8 +84,8 @@ def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhase
     a mask since, whose asked regions the mask answers as the run resumes."""
     cycle = phases.last_cycle()
     phase = None if cycle is None else phases.phase(cycle)
-    asked = ledger.asked()
-    pending = [region for region in asked if region.image_id not in set(masked)]
+    asked, masked = ledger.asked(), set(masked)
+    pending = [region for region in asked if region.image_id not in masked]
     lines = [f"in use by process {holder}: a run is working on it now"] if holder else []
     if phase == "done" and cycle == cfg.active.cycles:
         return lines + [finished_line(run_dir, cycle)]
