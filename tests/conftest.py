@@ -20,6 +20,16 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 CAMVID = SHARED / "data" / "camvid"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet.pth"
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _temp_folder_in_basetemp(tmp_path_factory):
+    """Every torchrun the tests start leaves a torchelastic_* folder in the temp folder: keep the
+    subprocesses' temp files under pytest's own folder, not the machine's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(tmp_path_factory.mktemp("tmp")))
+        yield
+
+
 needs_cuda = pytest.mark.cuda  # skipped without a CUDA device; `pytest -m cuda` runs these alone
 
 
