@@ -7,11 +7,11 @@ import json
 import os
 import platform
 import re
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
 from s4al.config import merge_overrides
+from s4al.provenance import code_version
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -47,14 +47,6 @@ def camvid_paths(data_root: Path, weights: Path) -> dict:
     return {"dataset": dataset, "model": {"weights": str(Path(weights).resolve())}}
 
 
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return done.stdout.strip()
-
-
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -78,7 +70,6 @@ def machine_info() -> dict:
     import segmentation_models_pytorch as smp
     import torch
 
-    status = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -90,8 +81,8 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "smp": smp.__version__,
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
+        "git_commit": None, "git_dirty": None,  # outside a git checkout
+        **code_version(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -19,6 +19,7 @@ from s4al.report.status import cycle_table, dataset_lines, next_lines, percent
 from s4al.config import ConfigError, RunConfig, inert_settings, load_config, parse_override
 from s4al.data import DatasetError, build_dataset
 from s4al.errors import S4alError, reports_error, shell, show_user_warnings, user_errors_reported
+from s4al.provenance import record_start
 from s4al.run_folder import RunFolder
 
 if TYPE_CHECKING:
@@ -109,10 +110,12 @@ def train(
 
     cfg = _config(config, overrides)
     with user_errors_reported():
-        distributed.setup_device(cfg.train.device)  # joins torchrun's process group
+        dev = distributed.setup_device(cfg.train.device)  # joins torchrun's process group
         _note_inert_settings(cfg, parse_override(overrides or []))
         with distributed.main_first():  # rank 0 checks and writes the folder; the others wait for it
             folder = RunFolder.for_training(out, cfg) if distributed.is_main() else RunFolder(out)
+            if distributed.is_main():
+                record_start(folder.starts_log, dev, distributed.world_size())
         train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
         val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, cfg.seed)
         labelled = [i for i in range(len(train_set)) if train_set.has_label(i)]
@@ -192,7 +195,7 @@ def run(
         cfg = _config(config or "demo", overrides) if out is not None else None
         run_dir = out or resume
         device = (cfg or RunFolder.open(run_dir, lock=False).config(changes)).train.device
-        distributed.setup_device(device)  # joins torchrun's process group
+        dev = distributed.setup_device(device)  # joins torchrun's process group
         # rank 0 looks, before it makes the run: a later rank would find that run and refuse it
         taken = distributed.from_main(_taken(out) if distributed.is_main() else None) if out is not None else None
         if taken:
@@ -200,6 +203,8 @@ def run(
         if cfg is not None:
             _note_inert_settings(cfg, changes)
         with ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes) as active_run:
+            if distributed.is_main():
+                record_start(active_run.folder.starts_log, dev, distributed.world_size())
             if active_run.additions.text():
                 console.print(f"to join the run as the next cycle begins training or asking: "
                               f"{active_run.additions.text()}")

@@ -7,10 +7,11 @@
     splits/              the initial labelled images and the pool, for audits
     checkpoints/         cycle_C.pt, training state, saved atomically every train.checkpoint_every epochs
     cycles/cycle_C.json  one summary per finished cycle
+    starts.jsonl         each start of the run: its command, s4al version and git commit, libraries, device
     metrics.jsonl, tensorboard/, queries/, report/
 
 `s4al train` (full supervision) uses the same layout but for the active-learning parts: config.yaml,
-checkpoints/cycle_0.pt, metrics.jsonl, tensorboard/ and, when it has finished, result.json.
+checkpoints/cycle_0.pt, starts.jsonl, metrics.jsonl, tensorboard/ and, when it has finished, result.json.
 
 A run folder is opened by one writing process at a time: `lock()` takes an exclusive lock that a
 second process is refused with, naming the process that holds it. The lock goes with the process,
@@ -46,9 +47,9 @@ RESUME_KEYS = (*COMPUTED_ON_RESUME, *SAVED_ON_RESUME)
 _held_locks: dict[Path, int] = {}  # run folder -> locked file descriptor, for this process's life
 
 
-def metrics_records(path: Path) -> Iterator[tuple[str, dict | None]]:
-    """Each line of a run's metrics.jsonl with its record; None for a damaged line (cut short by a
-    kill, edited by hand), which readers pass over."""
+def json_lines(path: Path) -> Iterator[tuple[str, dict | None]]:
+    """Each line of one of a run's JSON-lines files (metrics.jsonl, starts.jsonl) with its record;
+    None for a damaged line (cut short by a kill, edited by hand), which readers pass over."""
     if not path.is_file():
         return
     for line in path.read_text().splitlines():
@@ -100,6 +101,7 @@ class RunFolder:
         self.tensorboard_dir = self.path / "tensorboard"
         self.answers_dir = self.path / "answers"  # Label Studio exports downloaded, as received
         self.metrics_log = self.path / "metrics.jsonl"
+        self.starts_log = self.path / "starts.jsonl"  # s4al/provenance.py
         self.result_path = self.path / RESULT_FILE
 
     def checkpoint_path(self, cycle: int) -> Path:
@@ -131,6 +133,7 @@ class RunFolder:
         folder.make(lock)
         if folder.begun():
             raise RunFolderError(f"{folder.path}: already holds a run; continue it with --resume {shell(folder.path)}")
+        folder.starts_log.unlink(missing_ok=True)  # of a start that never began
         folder.save_config(cfg)
         return folder
 

@@ -4,12 +4,13 @@ page), the per-cycle table of labels, scores and timings (also as cycles.csv), a
 from __future__ import annotations
 
 import base64
+import shlex
 from datetime import datetime
 from pathlib import Path
 
 import jinja2
 
-from s4al.run_folder import RunFolder
+from s4al.run_folder import RunFolder, json_lines
 from s4al.config import load_run_config
 from s4al.report.figures import read_cycles, save_figures, supervised_reference
 from s4al.report.status import asking_text, open_state
@@ -105,7 +106,14 @@ TEMPLATE = jinja2.Template(
 {% endfor %}{% for title, reason in skipped %}<p class="note">{{ title }}: not drawn, {{ reason }}.</p>
 {% endfor %}
 <h2>Configuration</h2>
-<details>
+{% if starts %}<div class="table-wrap"><table>
+<thead><tr><th>started (UTC)</th><th>command</th><th>code</th><th>device</th><th>torch</th></tr></thead>
+<tbody>
+{% for row in starts %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</tbody>
+</table></div>
+<p class="note">Each start of the run, from <code>starts.jsonl</code> in its folder.</p>
+{% endif %}<details>
 <summary>config.yaml of the run (seed {{ seed }})</summary>
 <pre>{{ config }}</pre>
 </details>
@@ -156,6 +164,22 @@ def summary_cards(cycles: list[dict], seed: int, dataset: str) -> list[tuple[str
     ]
 
 
+def code_text(start: dict) -> str:
+    """The code a start ran, e.g. `s4al 0.1.0, git 4e1f43d, modified (diff 1a2b3c4d)`."""
+    text = f"s4al {start.get('s4al', '?')}"
+    if start.get("git_commit"):
+        text += f", git {start['git_commit'][:7]}"
+        if start.get("git_dirty"):
+            text += f", modified (diff {start['git_diff_sha256'][:8]})"
+    return text
+
+
+def start_rows(folder: RunFolder) -> list[list[str]]:
+    return [[r.get("started", "?").replace("T", " ").split("+")[0], shlex.join(r.get("command", [])), code_text(r),
+             f"{r.get('device', '?')} x {r.get('processes', 1)}", r.get("torch", "?")]
+            for _, r in json_lines(folder.starts_log) if r is not None]
+
+
 def _embedded(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode("ascii")
 
@@ -184,6 +208,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None, supervised_miou: fl
                  for n, path in saved.items()],
         skipped=[(FIGURE_TEXT[n][0], reason) for n, reason in skipped.items()],
         seed=cfg.seed,
+        starts=start_rows(folder),
         config=folder.config_path.read_text(),
     )
     path = out_dir / REPORT_FILE

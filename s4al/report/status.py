@@ -16,7 +16,7 @@ from s4al.active.phases import CyclePhases
 from s4al.config import RunConfig
 from s4al.data import DatasetError, build_dataset
 from s4al.errors import counted, shell
-from s4al.run_folder import metrics_records
+from s4al.run_folder import json_lines
 
 
 def percent(fraction: float | None) -> str:
@@ -149,7 +149,7 @@ def _training(cfg: RunConfig, cycle: int, metrics_log: Path, state: str) -> str:
 def last_evaluation(metrics_log: Path, cycle: int) -> dict | None:
     """The latest evaluation of `cycle` in the run's metrics.jsonl, None before the first."""
     latest = None
-    for _, record in metrics_records(metrics_log):
+    for _, record in json_lines(metrics_log):
         if record is not None and record.get("cycle") == cycle and "epoch" in record:
             latest = record
     return latest

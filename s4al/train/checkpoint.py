@@ -13,7 +13,7 @@ import torch
 from s4al.errors import S4alError
 from s4al.atomic import atomic_write
 from s4al.config import RunConfig, config_differences, saved_config
-from s4al.run_folder import RunFolder, metrics_records
+from s4al.run_folder import RunFolder, json_lines
 
 
 class CheckpointError(S4alError, OSError):
@@ -75,7 +75,7 @@ def write_metrics_log(path: Path, cycle: int, history: list[dict]) -> None:
     """A run's metrics.jsonl: the other cycles' lines, then `cycle`'s evaluations (a checkpoint's
     history), rewritten whole after each checkpoint, so a resumed cycle never logs one twice."""
     # a damaged line is kept as it is
-    kept = [line for line, record in metrics_records(path) if record is None or record.get("cycle") != cycle]
+    kept = [line for line, record in json_lines(path) if record is None or record.get("cycle") != cycle]
     with atomic_write(path, "w") as file:
         file.write("".join(f"{line}\n" for line in kept + [json.dumps(record) for record in history]))
 
