@@ -3,7 +3,8 @@ of one made with --name): summary.md (val mIoU mean ± std over seeds, ratio to 
 test mIoU where the data had a test split, per-cycle values, the device time each method took,
 paired differences per seed against S4AL with a 95% interval, final per-class IoU, the classes of
 the pixels each acquisition bought) and summary.png (mIoU vs labelled fraction). Without
---protocol, every folder, then docs/results.md (all of them) and the README's table at a glance.
+--protocol, every folder, then, for the committed results (or where --docs and --readme say),
+docs/results.md (all of them) and the README's table at a glance.
 
     .venv/bin/python benchmarks/summarize.py                     # everything
     .venv/bin/python benchmarks/summarize.py --protocol cpu      # one folder's summary
@@ -150,10 +151,15 @@ def main_table(groups: dict[str, list[dict]]) -> str:
     return markdown_table(headers, rows)
 
 
+def pairs(groups: dict[str, list[dict]]) -> list[tuple[str, str]]:
+    """PAIRS, then each method beyond the main comparison (an ablation, a variant) against S4AL."""
+    return [*PAIRS, *((m, "s4al") for m in groups if m not in MAIN_METHODS)]
+
+
 def pairs_table(groups: dict[str, list[dict]]) -> str:
-    """The paired differences in val mIoU points, per seed, for the PAIRS both methods ran; "" if none."""
+    """The paired differences in val mIoU points, per seed, for the pairs both methods ran; "" if none."""
     rows = []
-    for a, b in PAIRS:
+    for a, b in pairs(groups):
         if a not in groups or b not in groups:
             continue
         finals = [{r["seed"]: 100 * r["final"]["miou"] for r in groups[m]} for m in (a, b)]
@@ -368,13 +374,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--protocol", help="one results folder only: its summary.md and summary.png")
     parser.add_argument("--results", type=Path, default=RESULTS / "label_efficiency", help="default: %(default)s")
-    parser.add_argument("--docs", type=Path, default=DOCS, help="without --protocol; default: %(default)s")
-    parser.add_argument("--readme", type=Path, default=README,
-                        help="without --protocol: its <!-- results:glance --> block is replaced; default: %(default)s")
+    parser.add_argument("--docs", type=Path, help=f"without --protocol; default: {DOCS.relative_to(REPO)} for the "
+                                                   "committed results, none for others")
+    parser.add_argument("--readme", type=Path, help="without --protocol: its <!-- results:glance --> block is "
+                                                    f"replaced; default: {README.relative_to(REPO)} for the committed "
+                                                    "results, none for others")
     args = parser.parse_args(argv)
+    committed = args.results.resolve() == (RESULTS / "label_efficiency").resolve()
+    args.docs, args.readme = args.docs or (DOCS if committed else None), args.readme or (README if committed else None)
     if not args.results.is_dir():
         parser.error(f"--results {args.results}: no such folder")
-    if not args.protocol and not args.readme.is_file():
+    if not args.protocol and args.readme and not args.readme.is_file():
         parser.error(f"--readme {args.readme}: no such file")
     names = [args.protocol] if args.protocol else sorted(p.name for p in args.results.iterdir() if p.is_dir())
     folders = {name: load_results(args.results / name) for name in names}
@@ -385,12 +395,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {write_summary(args.results / name, groups)} and summary.png")
     if args.protocol:
         return 0
-    glance = {name: groups for name, groups in folders.items() if name in GLANCE}
-    verdicts = "".join(f"- {verdict(name, groups)}\n" for name, groups in glance.items())
-    replace_block(args.readme, "glance", f"{glance_table(folders)}\n{verdicts}")  # refused before the docs change
-    args.docs.parent.mkdir(parents=True, exist_ok=True)
-    args.docs.write_text(results_doc(folders))
-    print(f"wrote {args.docs} and the table in {args.readme}")
+    if args.readme:
+        glance = {name: groups for name, groups in folders.items() if name in GLANCE}
+        verdicts = "".join(f"- {verdict(name, groups)}\n" for name, groups in glance.items())
+        replace_block(args.readme, "glance", f"{glance_table(folders)}\n{verdicts}")  # refused before the docs change
+        print(f"wrote the table in {args.readme}")
+    if args.docs:
+        args.docs.parent.mkdir(parents=True, exist_ok=True)
+        args.docs.write_text(results_doc(folders))
+        print(f"wrote {args.docs}")
     return 0
 
 

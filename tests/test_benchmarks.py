@@ -37,6 +37,10 @@ from common import SMOKE_OVERRIDES, camvid_paths, cpu_model, merged  # noqa: E40
 from window import STARTED_AT, Job, run_window, stop_grace  # noqa: E402
 
 MACHINE_KEYS = {"cpu", "cpu_count", "gpu", "torch", "smp", "git_commit", "date"}
+BUILT_IN_METHODS = (  # label_efficiency.METHODS as shipped; a user's own methods may come beside them
+    "full_supervised", "full_supervised_scratch", "sup_10", "ssl_10", "ssl_10_paper", "image_random", "image_entropy",
+    "image_coreset", "region_random_ssl", "region_entropy_nossl", "s4al", "s4al_no_cw", "s4al_no_bcm", "s4al_paper",
+    "s4al_margin", "s4al_least_confidence", "image_entropy_ssl", "s4al_30x30x2", "s4al_60x60x1")
 
 
 def run_script(module, *args) -> None:
@@ -283,7 +287,8 @@ def test_only_configs_that_differ_in_what_the_acquisition_reads_share_cycle_0():
     assert differences(s4al, smoke_config("region_entropy_nossl")) == ["ssl.enabled"]
     assert differences(s4al, smoke_config("ssl_10")) == ["active.cycles", "ssl.balanced_from_cycle"]
     configs = {m: smoke_config(m) for m in label_efficiency.METHODS}
-    assert label_efficiency.cycle0_mates(configs, "s4al") == [
+    mates = label_efficiency.cycle0_mates(configs, "s4al")
+    assert [m for m in mates if m in BUILT_IN_METHODS] == [  # a method added to METHODS may join them
         "region_random_ssl", "s4al_margin", "s4al_least_confidence", "image_entropy_ssl", "s4al_30x30x2", "s4al_60x60x1"]
     assert label_efficiency.cycle0_mates(configs, "s4al_paper") == []
 
@@ -437,6 +442,9 @@ def test_summarize_writes_tables_plot_results_doc_and_the_readme_block(bench_roo
     assert "## `smoke`" in doc and "## `smoke_short`" in doc
     assert "--set train.epochs=1 --name smoke_short" in doc  # a variant's command names its --set
     assert readme.read_text().endswith("<!-- /results:glance -->\nrest\n") and "old" not in readme.read_text()
+    committed = [(path, path.stat().st_mtime_ns) for path in (summarize.README, summarize.DOCS)]
+    run_script(summarize, "--results", results)  # results of one's own: the project's documents stay as they are
+    assert [(path, path.stat().st_mtime_ns) for path, _ in committed] == committed
 
 
 def test_the_paired_difference_and_its_interval_by_hand():
@@ -466,6 +474,9 @@ def test_the_paired_table_and_the_verdict_say_what_the_seeds_allow():
     rows = summarize.pairs_table(groups).splitlines()
     assert rows[2] == "| s4al − region_random_ssl | 0: +2.0, 1: +0.0, 2: +3.0 | +1.7 | -2.1 to +5.5 |"
     assert rows[3] == "| s4al − ssl_10 | 0: +5.0 | +5.0 | n/a |" and len(rows) == 4  # no s4al_paper
+    variant = {"s4al_margin": [fake_run("s4al_margin", s, m, 0.138) for s, m in ((1, 0.48), (2, 0.45))]}
+    assert summarize.pairs_table({**groups, **variant}).splitlines()[4:] == [
+        "| s4al_margin − s4al | 1: +1.0, 2: -1.0 | +0.0 | -12.7 to +12.7 |"]  # t(1) = 12.706: ±12.706 * 1.414 / 1.414
     assert "| s4al | 0, 1, 2 | 13.80 | 47.7 ± 2.1 | 95.3% | 10 min (NVIDIA H200, 3 side by side) |" in (
         summarize.main_table(groups))
     verdict = summarize.verdict("paper", groups)
