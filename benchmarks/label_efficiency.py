@@ -1,6 +1,7 @@
-"""Label efficiency on CamVid: every METHOD (a config override) under one PROTOCOL (a config
-preset plus overrides: resolution, iteration budget, device), with the same seeds, network and
-iteration budget for every method, and the product's default learner (`s4al_paper`: the paper's).
+"""Label efficiency: every METHOD (a config override) under one PROTOCOL (a config preset plus
+overrides: CamVid at the paper's or a CPU's budget, or the built-in synthetic streets), with the
+same seeds, network and iteration budget for every method, and the product's default learner
+(`s4al_paper`: the paper's).
 
 One JSON result per (protocol, method, seed) goes to RESULTS/<protocol>/<method>_seed<k>.json;
 existing results are skipped, and each run lives in WORK/<protocol>/<method>_seed<k>/, which a
@@ -59,6 +60,10 @@ class Protocol:
     # Evaluation height / 360: region sides of METHODS are in CamVid full-resolution pixels and are
     # scaled by this, so that a region covers the same share of the image at any resolution.
     region_scale: float = 1.0
+    imagenet: bool = False  # an ImageNet encoder from --weights (the camvid preset: always)
+
+    def needs_weights(self) -> bool:
+        return self.imagenet or self.preset == "camvid"
 
 
 # As close to Table S2 as 2 CPU cores allow. Only two things change: the training crop and the
@@ -91,7 +96,6 @@ CPU_OVERRIDES = {
 
 SYNTHETIC_OVERRIDES = {
     "dataset": {"synthetic": {"num_train": 200, "num_val": 50, "height": 96, "width": 128}},
-    "model": {"weights": str(DEFAULT_WEIGHTS)},
     "train": {"device": "cpu", "epochs": 10, "iters_per_epoch": 30, "eval_every": 1000, "num_workers": 0},
     "ssl": {"cold_start_epochs": 6, "balanced_from_epoch": 3},  # replay from epoch 6, after the cold start
     "active": {"reinit_each_cycle": True},
@@ -104,7 +108,7 @@ PROTOCOLS = {
     "paper": Protocol("camvid", {"train": {"num_workers": 8}}, seeds=(0, 1, 2)),
     # The built-in synthetic streets (96x128, thin poles, signs and pedestrians as the tail), with
     # an ImageNet encoder: minutes per method on a CPU, for checks that need no real data.
-    "synthetic": Protocol("demo", SYNTHETIC_OVERRIDES, seeds=(0, 1, 2), region_scale=96 / 360),
+    "synthetic": Protocol("demo", SYNTHETIC_OVERRIDES, seeds=(0, 1, 2), region_scale=96 / 360, imagenet=True),
     "smoke": Protocol("demo", SMOKE_OVERRIDES, seeds=(0,), region_scale=48 / 360),
 }
 
@@ -163,7 +167,8 @@ def method_config(
     """`extra` (from --set) applies on top of every method."""
     side, per_image = method.region
     region = {"active": {"region_size": max(1, round(side * protocol.region_scale)), "regions_per_image": per_image}}
-    paths = camvid_paths(data_root, weights) if protocol.preset == "camvid" else {}
+    paths = camvid_paths(data_root, weights) if protocol.preset == "camvid" else (
+        {"model": {"weights": str(Path(weights).resolve())}} if protocol.imagenet else {})
     overrides = merged(protocol.overrides, paths, S4AL, method.overrides, region, extra or {}, {"seed": seed})
     return load_config(protocol.preset, overrides)
 
@@ -402,6 +407,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--set: {err}")
     if args.protocol and PROTOCOLS[args.protocol].preset == "camvid" and not (args.data_root / "train").is_dir():
         parser.error(f"CamVid not found at {args.data_root} (give --data-root)")
+    weights_set = "weights" in args.extra.get("model", {})  # --set model.weights=... (null: a random init)
+    if args.protocol and PROTOCOLS[args.protocol].needs_weights() and not weights_set and not args.weights.is_file():
+        parser.error(f"ImageNet MobileNetV2 weights not found at {args.weights} (give --weights)")
     return args
 
 

@@ -670,6 +670,17 @@ def make_camvid(root: Path, split: str, count: int, rng: np.random.Generator) ->
             Image.fromarray(array).save(root / folder / f"{split}_{k:02d}.png")
 
 
+def test_the_synthetic_protocol_takes_its_encoder_from_weights_and_names_a_missing_file(tmp_path, capsys):
+    synthetic = label_efficiency.PROTOCOLS["synthetic"]
+    config = label_efficiency.method_config(synthetic, label_efficiency.METHODS["s4al"], 0, tmp_path, tmp_path / "w.pth")
+    assert config.model.weights == str((tmp_path / "w.pth").resolve())
+    with pytest.raises(SystemExit):
+        label_efficiency.main(["--protocol", "synthetic", "--weights", str(tmp_path / "w.pth"),
+                               "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work")])
+    assert f"ImageNet MobileNetV2 weights not found at {tmp_path / 'w.pth'} (give --weights)" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
+
+
 def test_a_data_root_with_a_test_split_reports_test_miou_beside_val_for_every_cycle(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     root = tmp_path / "camvid"

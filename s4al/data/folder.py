@@ -1,4 +1,5 @@
-"""Users' own data: ROOT/images/*.{png,jpg,jpeg}, ROOT/masks/<stem>.png, ROOT/classes.yaml (or .json).
+"""Users' own data: ROOT/images/*.{png,jpg,jpeg,bmp,tif,tiff,webp}, ROOT/masks/<stem>.png,
+ROOT/classes.yaml (or .json).
 
 classes.yaml:
     classes: [{name: road, color: [128, 64, 128]}, ...]   # class id = position in the list
