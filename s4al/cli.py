@@ -14,7 +14,7 @@ from rich.table import Table
 
 from s4al.annotation.commands import RunDirArgument, import_answers_command, query, skip
 from s4al import distributed
-from s4al.report.commands import Network, NetworkOption, export_command, predict_command, report
+from s4al.report.commands import Network, NetworkOption, compare, export_command, predict_command, report
 from s4al.report.status import cycle_table, dataset_lines, next_lines, percent
 from s4al.config import ConfigError, RunConfig, inert_settings, load_config, parse_override
 from s4al.data import DatasetError, build_dataset
@@ -272,6 +272,7 @@ app.command()(query)
 app.command(name="import")(import_answers_command)
 app.command()(skip)
 app.command()(report)
+app.command()(compare)
 app.command(name="predict")(predict_command)
 app.command(name="export")(export_command)
 

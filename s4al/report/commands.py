@@ -1,4 +1,4 @@
-"""The `s4al report`, `s4al predict` and `s4al export` commands (registered in s4al/cli.py)."""
+"""The `s4al report`, `s4al compare`, `s4al predict` and `s4al export` commands (registered in s4al/cli.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from s4al.errors import USER_ERRORS, S4alError, user_errors_reported
 
@@ -24,29 +25,55 @@ CheckpointArgument = Annotated[Path, typer.Argument(help="A checkpoint written b
 NetworkOption = Annotated[Network, typer.Option(help="teacher (the EMA model) or student.")]
 
 
+SupervisedOption = Annotated[Optional[str], typer.Option(
+    metavar="MIOU|FILE", help="Fully supervised val mIoU (0..1), or the result.json of `s4al train`: the reference line.")]
+
+
+def _supervised(value: str | None) -> float | None:
+    from s4al.report.figures import supervised_reference
+
+    try:
+        return supervised_reference(value)
+    except USER_ERRORS as err:  # the option's value: a number, or a file of `s4al train`
+        raise typer.BadParameter(str(err), param_hint="--supervised-miou") from None
+
+
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `s4al run`.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder (default: RUN_DIR/report).")] = None,
-    supervised_miou: Annotated[
-        Optional[str],
-        typer.Option(metavar="MIOU|FILE",
-                     help="Fully supervised val mIoU (0..1), or the result.json of `s4al train`: the reference line."),
-    ] = None,
+    supervised_miou: SupervisedOption = None,
 ) -> None:
     """An HTML report of a run (label efficiency, per-class IoU, bought classes, asked regions,
     predictions) and cycles.csv beside it: one row per cycle, labelled share against mIoU."""
-    from s4al.report.figures import supervised_reference
     from s4al.report.html import write_report
     from s4al.run_folder import RunFolder
 
-    try:
-        supervised = supervised_reference(supervised_miou)
-    except USER_ERRORS as err:  # the option's value: a number, or a file of `s4al train`
-        raise typer.BadParameter(str(err), param_hint="--supervised-miou") from None
+    supervised = _supervised(supervised_miou)
     with user_errors_reported():
         RunFolder.open(run_dir, lock=False)  # refuses a missing folder or one that is not a run's
         path = write_report(run_dir, out, supervised)
     console.print(f"report written to {path}")
+
+
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders written by `s4al run`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for compare.png and compare.csv.")],
+    supervised_miou: SupervisedOption = None,
+) -> None:
+    """Runs side by side: their mIoU against labelled pixels on one plot, their cycles in one CSV,
+    and a table of their last cycles with every setting they were made with different values of."""
+    from s4al.report.compare import CSV_FILE, PLOT_FILE, compare_runs
+
+    supervised = _supervised(supervised_miou)
+    with user_errors_reported():
+        header, rows = compare_runs(run_dirs, out, supervised)
+    table = Table()
+    for column in header:
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"{out / PLOT_FILE} and {out / CSV_FILE} written")
 
 
 def predict_command(

@@ -1,0 +1,75 @@
+"""`s4al compare` (s4al/report/compare.py): runs side by side, from run folders written by hand."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from s4al.cli import app
+from s4al.config import load_config, save_config
+from s4al.errors import S4alError
+from s4al.report.compare import compare_runs
+
+
+def summary(cycle: int, fraction: float, miou: float, classes=("road", "sky")) -> dict:
+    return {"cycle": cycle, "labelled_fraction": fraction, "labelled_pixels": 100 + cycle,
+            "val": {"miou": miou, "pixel_accuracy": 0.5, "iou": {name: miou for name in classes}},
+            "bought": {"regions": 4, "skipped_regions": 0, "images": 0, "class_pixels": {"road": 8}},
+            "train_seconds": 2.0, "acquire_seconds": 1.0}
+
+
+def make_run(path: Path, summaries: list[dict], **settings) -> Path:
+    """A run folder as `s4al run` leaves it, for what compare reads: its config and cycle summaries."""
+    (path / "cycles").mkdir(parents=True)
+    save_config(load_config("demo", settings), path / "config.yaml")
+    for s in summaries:
+        (path / "cycles" / f"cycle_{s['cycle']}.json").write_text(json.dumps(s))
+    return path
+
+
+def test_runs_are_compared_by_their_last_cycles_and_the_settings_they_differ_in(tmp_path):
+    entropy = make_run(tmp_path / "entropy", [summary(0, 0.1, 0.40), summary(1, 0.12, 0.45)],
+                       active={"metric": "entropy"}, train={"device": "cpu"})
+    margin = make_run(tmp_path / "margin", [summary(0, 0.1, 0.40), summary(1, 0.125, 0.47)],
+                      active={"metric": "margin"}, train={"device": "cuda"}, seed=3)
+    header, rows = compare_runs([entropy, margin], tmp_path / "out")
+    assert header == ["run", "last cycle", "labelled %", "val mIoU %", "active.metric", "seed"]  # not train.device
+    assert rows == [[str(entropy), "1", "12.00", "45.00", "entropy", "3108"],  # the demo preset's seed
+                    [str(margin), "1", "12.50", "47.00", "margin", "3"]]
+    lines = (tmp_path / "out" / "compare.csv").read_text().splitlines()
+    assert lines[0].startswith("run,cycle,labelled_fraction,labelled_pixels,val_miou,")
+    assert [line.split(",")[:5] for line in lines[1:]] == [
+        [str(entropy), "0", "0.1", "100", "0.4"], [str(entropy), "1", "0.12", "101", "0.45"],
+        [str(margin), "0", "0.1", "100", "0.4"], [str(margin), "1", "0.125", "101", "0.47"]]
+    assert (tmp_path / "out" / "compare.png").stat().st_size > 0
+
+
+def test_runs_on_other_classes_each_add_their_columns(tmp_path):
+    a = make_run(tmp_path / "a", [summary(0, 0.1, 0.4)])
+    b = make_run(tmp_path / "b", [summary(0, 0.1, 0.5, classes=("road", "car"))])
+    compare_runs([a, b], tmp_path / "out")
+    lines = (tmp_path / "out" / "compare.csv").read_text().splitlines()
+    assert lines[0].endswith(",val_iou_road,val_iou_sky,val_iou_car")
+    assert lines[1].endswith(",0.4,0.4,") and lines[2].endswith(",0.5,,0.5")
+
+
+def test_a_run_without_a_trained_cycle_and_a_run_given_twice_are_refused(tmp_path):
+    done = make_run(tmp_path / "done", [summary(0, 0.1, 0.4)])
+    fresh = make_run(tmp_path / "fresh", [])
+    with pytest.raises(S4alError, match=f"{fresh}: no cycle has trained yet"):
+        compare_runs([done, fresh], tmp_path / "out")
+    with pytest.raises(S4alError, match=f"{done}: given twice"):
+        compare_runs([done, done], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_compare_command_prints_the_table_and_names_a_missing_run(tmp_path):
+    a = make_run(tmp_path / "a", [summary(0, 0.1, 0.4)], train={"lr": 0.02})
+    b = make_run(tmp_path / "b", [summary(0, 0.1, 0.5)])
+    result = CliRunner().invoke(app, ["compare", str(a), str(b), "--out", str(tmp_path / "out"),
+                                      "--supervised-miou", "0.6"])
+    assert result.exit_code == 0, result.output
+    assert "train.lr" in result.output and "0.02" in result.output and "compare.csv" in result.output
+    missing = CliRunner().invoke(app, ["compare", str(a), str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2")])
+    assert missing.exit_code == 1 and f"{tmp_path / 'nowhere'}: no such run folder" in missing.output
