@@ -176,33 +176,15 @@ class GreyModel(nn.Module):
 
 def test_choose_images_by_entropy_ranks_known_entropies_and_breaks_ties_by_lower_index():
     """Grey 51, 85 and 102 are v = 0.2, 1/3 and 0.4, entropies -v ln v - (1 - v) ln(1 - v):
-    0.500402, ln 3 - 2/3 ln 2 = 0.636514 and 0.673012.
-    Images 5 and 7 tie (both grey 102); the pool lists 7 first, the lower index still goes first."""
-    dataset = Grey([0, 0, 51, 0, 85, 102, 0, 102, 0, 51])
+    0.500402, ln 3 - 2/3 ln 2 = 0.636514 and 0.673012 (a mean over pixels: the same at any size).
+    Images 5 and 7 tie (both grey 102); the pool lists 7 first, the lower index still goes first.
+    Each query is its image whole, at its own size."""
+    dataset = Grey([0, 0, 51, 0, 85, 102, 0, 102, 0, 51], sizes={4: (32, 40)})
     a = active(tiny_config(), level="image", metric="entropy", score_batch_size=8)
     chosen = choose_images(GreyModel(), dataset, [0], [9, 7, 2, 5, 4], 3, a, CPU, 0, fast="off")
-    assert [q.index for q in chosen] == [5, 7, 4]
-    assert [q.score for q in chosen] == pytest.approx([0.673012, 0.673012, 0.636514], abs=1e-5)
-    assert all(q.box == (0, 0, 48, 64) for q in chosen)
-
-
-def test_choose_images_entropy_takes_the_highest_mean_entropy(setup):
-    cfg, dataset, model = setup
-    pool = list(range(4, 20))
-    a = active(cfg, level="image", metric="entropy")
-    chosen = choose_images(model, dataset, [0, 1, 2, 3], pool, 3, a, CPU, 0, fast="auto")
-    scores = score_images(model, dataset, pool, "entropy", 4, CPU, 0, fast="auto")
-    assert [q.index for q in chosen] == sorted(pool, key=lambda i: -scores[i])[:3]
-    assert all(q.box == (0, 0, 48, 64) for q in chosen)
-
-
-def test_choose_images_coreset_picks_distinct_pool_images(setup):
-    cfg, dataset, model = setup
-    a = active(cfg, level="image", metric="coreset")
-    chosen = choose_images(model, dataset, [0, 1, 2, 3], list(range(4, 20)), 5, a, CPU, 0, fast="auto")
-    picked = [q.index for q in chosen]
-    assert len(set(picked)) == 5 and set(picked) <= set(range(4, 20))
-    assert chosen == choose_images(model, dataset, [0, 1, 2, 3], list(range(4, 20)), 5, a, CPU, 0, fast="auto")
+    assert chosen == [Query(5, (0, 0, 48, 64), pytest.approx(0.673012, abs=1e-5)),
+                      Query(7, (0, 0, 48, 64), pytest.approx(0.673012, abs=1e-5)),
+                      Query(4, (0, 0, 32, 40), pytest.approx(0.636514, abs=1e-5))]
 
 
 def test_pool_scoring_returns_freed_memory_every_trim_every_batches(setup, monkeypatch):

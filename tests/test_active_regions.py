@@ -104,15 +104,14 @@ def test_select_global_ranks_the_pool_with_deterministic_ties():
     assert select_global({}, 3) == []
 
 
-def test_selection_rejects_nan():
-    with pytest.raises(ValueError, match="NaN"):
-        select_per_image(np.array([[0.0, np.nan]]), 1)
-
-
-def test_global_selection_rejects_nan_in_any_image_of_the_pool():
+@pytest.mark.parametrize("select", [
+    lambda pool: select_per_image(pool["b"], 1),
+    lambda pool: select_global(pool, 1),  # NaN in any image of the pool, not only the first
+], ids=["per_image", "global"])
+def test_selection_rejects_nan(select):
     pool = {"a": np.array([[0.9, 0.1]]), "b": torch.tensor([[0.5, math.nan]])}
     with pytest.raises(ValueError, match="^cell scores contain NaN$"):
-        select_global(pool, 1)
+        select(pool)
 
 
 def test_union_area_counts_overlaps_once():

@@ -23,9 +23,13 @@ ONE_HOT = [0.0, 1.0, 0.0, 0.0]
 SKEWED = [0.5, 0.3, 0.2, 0.0]
 
 
-def test_entropy_hand_values():
-    scores = entropy(probs_map(UNIFORM4, ONE_HOT, SKEWED))
-    expected = [math.log(4), 0.0, -(0.5 * math.log(0.5) + 0.3 * math.log(0.3) + 0.2 * math.log(0.2))]
+@pytest.mark.parametrize("score, expected", [
+    (entropy, [math.log(4), 0.0, -(0.5 * math.log(0.5) + 0.3 * math.log(0.3) + 0.2 * math.log(0.2))]),
+    (least_confidence, [0.75, 0.0, 0.5]),
+    (margin, [1.0, 0.0, 0.8]),
+])
+def test_hand_values(score, expected):
+    scores = score(probs_map(UNIFORM4, ONE_HOT, SKEWED))
     assert scores.shape == (1, 1, 3)
     assert scores.flatten().tolist() == pytest.approx(expected, abs=1e-6)
 
@@ -34,16 +38,6 @@ def test_entropy_has_no_nan_when_probabilities_underflow():
     probs = torch.softmax(torch.tensor([0.0, 1e4, -1e4]), dim=0).reshape(1, 3, 1, 1)
     assert (probs == 0).any()
     assert entropy(probs).item() == 0.0
-
-
-def test_least_confidence_hand_values():
-    scores = least_confidence(probs_map(UNIFORM4, ONE_HOT, SKEWED))
-    assert scores.flatten().tolist() == pytest.approx([0.75, 0.0, 0.5])
-
-
-def test_margin_hand_values():
-    scores = margin(probs_map(UNIFORM4, ONE_HOT, SKEWED))
-    assert scores.flatten().tolist() == pytest.approx([1.0, 0.0, 0.8])
 
 
 def test_random_scores_are_seeded_uniform():
@@ -65,9 +59,12 @@ def test_random_scores_draw_once_per_cell_edge_cells_included():
 
 
 def test_registry_and_dispatch():
-    assert set(SCORE_FUNCTIONS) == {"entropy", "least_confidence", "margin"}
+    assert set(SCORE_FUNCTIONS) >= {"entropy", "least_confidence", "margin"}  # and any score a user adds
     probs = probs_map(UNIFORM4, SKEWED)
     assert torch.equal(pixel_scores("margin", probs), margin(probs))
+    for name, score in SCORE_FUNCTIONS.items():  # each: one finite score per pixel
+        scores = pixel_scores(name, probs)
+        assert scores.shape == (probs.shape[0], *probs.shape[2:]) and torch.isfinite(scores).all(), name
     with pytest.raises(ValueError, match="unknown acquisition metric"):
         pixel_scores("bald", probs)
 

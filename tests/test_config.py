@@ -19,6 +19,11 @@ def test_camvid_preset_is_table_s2():
     assert (cfg.ssl.replay_size, cfg.ssl.cold_start_epochs, cfg.active.cycles) == (50, 10, 2)
     assert (cfg.active.region_size, cfg.active.regions_per_image) == (30, 4)
     assert cfg.active.final_cycle_epoch_multiplier == 2
+    # the paper's text (EMA momentum 0.99, eta's threshold 0.97); the authors' code (3 head and 2 tail
+    # classes, Balanced ClassMix from epoch 30 of cycle 1); head = 80% of the labelled pixels (docs/design.md)
+    s = cfg.ssl
+    assert (s.confidence_threshold, s.ema_momentum, s.n_head, s.n_tail, s.head_share, s.balanced_from_cycle,
+            s.balanced_from_epoch) == (0.97, 0.99, 3, 2, 0.8, 1, 30)
 
 
 def test_unknown_key_is_named(tmp_path):

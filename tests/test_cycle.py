@@ -216,19 +216,49 @@ def test_per_image_top_k_buys_k_new_cells_per_pool_image_per_cycle(region_run):
         regions = run.ledger.regions(cycle)
         assert Counter(r.image_id for r in regions) == {image_id: K for image_id in pool}
         assert all(r.box in grid and r.metric == "entropy" for r in regions)
-        # the K best cells of each image under this cycle's model, earlier purchases excluded
-        cells = cells_scored_for(run, cycle)
-        for region in regions:  # each bought cell is among its image's K best, with its score
-            scores = cells[run.index_of[region.image_id]]
-            y0, x0, _, _ = region.box
-            assert region.score == pytest.approx(scores[y0 // S, x0 // S], rel=1e-4)
-            assert region.score >= np.sort(scores.ravel())[-K] - 1e-5
-        for r in run.ledger.regions():
-            if r.cycle < cycle:  # bought cells score -inf: they can never be bought again
-                y0, x0, _, _ = r.box
-                assert cells[run.index_of[r.image_id]][y0 // S, x0 // S] == -np.inf
+        assert_the_k_best_cells_not_asked_before(run, cycle)
     everything = [(r.image_id, r.box) for r in run.ledger.regions()]
     assert len(everything) == len(set(everything)) == 2 * K * NUM_POOL
+
+
+def assert_the_k_best_cells_not_asked_before(run: ActiveLearningRun, cycle: int) -> None:
+    """Each region asked in `cycle` is among its image's K best cells under the cycle's model, with its
+    score, where a cell asked in an earlier cycle, whatever became of it, scores -inf (cells_scored_for)."""
+    cells = cells_scored_for(run, cycle)
+    for region in run.ledger.regions(cycle):
+        scores = cells[run.index_of[region.image_id]]
+        y0, x0, _, _ = region.box
+        assert region.score == pytest.approx(scores[y0 // S, x0 // S], rel=1e-4)
+        assert region.score >= np.sort(scores.ravel())[-K] - 1e-5
+
+
+class SkipsOrLeavesWaiting:
+    """Answers cycle 0's first region of each image by the ground truth, skips every other one of the
+    rest and leaves the others waiting; answers every region of the later cycles."""
+
+    def __init__(self, oracle):
+        self.oracle = oracle
+
+    def answer(self, ledger, regions):
+        if regions[0].cycle > 0:
+            return self.oracle.answer(ledger, regions)
+        first = {}
+        for region in regions:
+            first.setdefault(region.image_id, region)
+        rest = [region for region in regions if first[region.image_id] is not region]
+        ledger.skip([region.region_id for region in rest[::2]], by="alice")
+        return self.oracle.answer(ledger, list(first.values()))
+
+
+def test_skipped_and_still_waiting_regions_are_never_asked_again(tmp_path):
+    run = ActiveLearningRun(tmp_path / "run", cycle_config())
+    run.annotator = SkipsOrLeavesWaiting(run.annotator)
+    run.run()
+    half = NUM_POOL // 2
+    assert Counter(r.state for r in run.ledger.regions(0)) == {"answered": NUM_POOL, "skipped": half, "asked": half}
+    assert len(run.ledger.regions(1)) == K * NUM_POOL
+    assert_the_k_best_cells_not_asked_before(run, 1)
+    assert run.summaries()[1]["labelled_pixels"] == NUM_INITIAL * PIXELS + NUM_POOL * CELL  # answered cells only
 
 
 def test_global_budget_buys_exactly_n_cells_the_best_of_the_pool(global_run):

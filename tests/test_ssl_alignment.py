@@ -76,6 +76,16 @@ def test_argmax_alignment_by_hand_raises_the_class_that_wins_no_pixel():
     assert aligned.flatten().tolist() == pytest.approx([low / (low + high), high / (low + high)])
 
 
+@pytest.mark.parametrize("max_step, bias", [(1.0, [-1.0, 1.0]), (3.0, [math.log(0.1), 3.0])])
+def test_argmax_alignment_clips_each_step_both_ways(max_step, bias):
+    """Target (0.1, 0.9), class 0 wins every pixel: running (1, 0), so the steps are log(0.1 / 1) =
+    -2.303 and log(0.9 / 1e-6) = 13.71, each clipped to +-max_step."""
+    align = ArgmaxAlignment(torch.tensor([10, 90]), momentum=0.0, rate=1.0, max_step=max_step)
+    align.update(probs_map([0.6, 0.4], [0.9, 0.1]), torch.ones(1, 1, 2, dtype=torch.bool))
+    assert align.running.tolist() == [1.0, 0.0]
+    assert align.bias.tolist() == pytest.approx(bias)
+
+
 def test_argmax_alignment_converges_to_the_labelled_argmax_shares():
     # class 1 never wins a pixel (its probability runs from 0.01 to 0.49); the labelled shares say 30%
     p1 = torch.linspace(0.01, 0.49, 100, dtype=torch.float64)

@@ -95,10 +95,24 @@ def test_classmix_batch_pastes_from_the_next_image_and_keeps_pixels_aligned():
     assert_pasted_from(out, source, batch, chosen_count=2)
 
 
-def test_classmix_batch_of_one_is_unchanged():
-    batch = identifiable_batch(1)
-    for out_t, in_t in zip(classmix_batch(*batch, seeded()), batch):
-        assert torch.equal(out_t, in_t)
+def classmix_of(labels: torch.Tensor, head: torch.Tensor, tail: torch.Tensor, generator: torch.Generator):
+    images, _, confidence = identifiable_batch(len(labels))
+    return classmix_batch(images, labels, confidence, generator)
+
+
+def balanced_of(labels: torch.Tensor, head: torch.Tensor, tail: torch.Tensor, generator: torch.Generator):
+    current, (images, _, confidence) = identifiable_batch(len(labels), first_class=100), identifiable_batch(len(labels))
+    return balanced_classmix_batch(*current, images, labels, confidence, head, tail, 3, 2, generator)
+
+
+@pytest.mark.parametrize("mixer", [classmix_of, balanced_of])
+def test_mixing_consumes_the_generator_alike_whatever_the_labels_and_classes(mixer):
+    """Exact resume relies on it: a step's draws must not depend on what its batches hold."""
+    varied, void = seeded(), seeded()
+    mixer(identifiable_batch(2)[1], torch.tensor([0, 1, 3]), torch.tensor([2, 4, 5]), varied)  # 6 classes present
+    mixer(torch.full((2, 4, 4), 255), torch.tensor([7]), torch.tensor([], dtype=torch.long), void)  # none; no tail
+    assert torch.equal(varied.get_state(), void.get_state())
+    assert not torch.equal(varied.get_state(), seeded().get_state())  # it does draw
 
 
 def test_split_head_tail_on_camvid_shares():
@@ -152,3 +166,29 @@ def test_balanced_classmix_batch_pastes_replay_i_onto_current_i():
     assert_pasted_from(out, replay, current, chosen_count=2)
     nothing_chosen = torch.zeros(2, 256, dtype=torch.bool)
     assert not class_mask(replay_labels, nothing_chosen).any()
+
+
+def head_tail_batches():
+    """Current images of classes 100-105, replay images 0-2 and 3-5 (each as in PATTERN) shifted so
+    that every pasted value is told from the current one; head 0, 1, 3, 4 and tail 2, 5."""
+    current = identifiable_batch(2, first_class=100)
+    replay_images, replay_labels, replay_conf = identifiable_batch(2)
+    replay = (replay_images + 500, replay_labels, replay_conf + 0.5)
+    return current, replay, torch.tensor([0, 1, 3, 4]), torch.tensor([2, 5])
+
+
+def test_balanced_classmix_without_head_classes_pastes_exactly_the_tail_class():
+    current, replay, head, tail = head_tail_batches()
+    out = balanced_classmix_batch(*current, *replay, head, tail, 0, 1, seeded())
+    tail_pixels = (PATTERN == 2).expand(2, 4, 4)  # class 2 in image 0, class 5 in image 1: the only tail ones
+    assert torch.equal(out[0], torch.where(tail_pixels[:, None], replay[0], current[0]))
+    for out_t, replay_t, current_t in zip(out[1:], replay[1:], current[1:]):
+        assert torch.equal(out_t, torch.where(tail_pixels, replay_t, current_t))
+
+
+def test_balanced_classmix_without_tail_classes_pastes_one_head_class_and_never_the_tail_one():
+    current, replay, head, tail = head_tail_batches()
+    out = balanced_classmix_batch(*current, *replay, head, tail, 1, 0, seeded())
+    assert_pasted_from(out, replay, current, chosen_count=1)
+    pasted = [set(out[1][k][out[1][k] < 100].tolist()) for k in range(2)]
+    assert pasted[0] <= {0, 1} and pasted[1] <= {3, 4}

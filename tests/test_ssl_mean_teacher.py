@@ -85,7 +85,21 @@ def test_teacher_probabilities_in_eval_mode_independent_of_batch():
     assert torch.equal(labels[:1], alone_labels)
     assert torch.allclose(confidence[:1], alone_conf)
     assert not confidence.requires_grad
-    assert ((confidence > 0.25) & (confidence <= 1)).all()
+
+
+def test_teacher_probabilities_normalise_with_the_running_statistics_not_the_batch_s():
+    """Every logit before BatchNorm is 1; running means (1, 1 - ln 3, 1) and variances 1 make the
+    logits (0, ln 3, 0), softmax (1/5, 3/5, 1/5). The batch's own statistics (mean 1, variance 0)
+    would make every logit 0: 1/3 each."""
+    conv, norm = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.fill_(1.0)
+    norm.running_mean.copy_(torch.tensor([1.0, 1.0 - math.log(3.0), 1.0]))
+    teacher = MeanTeacher(nn.Sequential(conv, norm))
+    teacher.model.train()  # probabilities() must switch back to eval mode
+    probs = teacher.probabilities(torch.zeros(2, 3, 1, 1))
+    assert probs.flatten(1).tolist() == [pytest.approx([0.2, 0.6, 0.2], abs=1e-5)] * 2
 
 
 def test_state_dict_round_trip():

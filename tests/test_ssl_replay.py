@@ -24,8 +24,9 @@ def test_sample_without_replacement_when_enough():
     buffer.add(range(100, 110))
     first = buffer.sample(4, seeded())
     assert first == buffer.sample(4, seeded())
-    assert len(first) == 4 and len(set(first)) == 4
-    assert set(first) <= set(range(100, 110))
+    assert len(first) == 4 and set(first) <= set(range(100, 110))
+    # the whole buffer: every index exactly once (ten draws with replacement would repeat one)
+    assert sorted(buffer.sample(10, seeded())) == list(range(100, 110))
 
 
 def test_sample_is_uniform_over_the_buffer():

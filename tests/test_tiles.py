@@ -16,7 +16,6 @@ from PIL import Image
 from conftest import tiny_config
 from s4al import tiles as tiling
 from s4al.active.acquisition import image_features, score_cells, score_images
-from s4al.active.regions import box_masks, cell_scores
 from s4al.active.scores import entropy
 from s4al.data import build_dataset
 from s4al.data.batches import to_model_input
@@ -150,17 +149,50 @@ def test_a_large_image_pools_its_tiles_features_weighted_by_core_area(setup, sma
     torch.testing.assert_close(image_features(model, dataset, [0], 1, CPU, fast="auto")[0], expected)
 
 
-def test_an_image_that_runs_whole_scores_exactly_as_the_whole_image(setup):
+def test_an_image_that_runs_whole_scores_as_the_whole_image(setup):
     cfg, dataset, model = setup
-    bought = {0: [(20, 20, 40, 70)]}
+    bought = {0: [(20, 20, 40, 70), (80, 112, 96, 128)]}  # one box over four cells, one a whole cell
     a = cfg.active.model_copy(update={"metric": "margin", "region_size": 16})
     cells = score_cells(model, dataset, [0, 1], bought, a, CPU, 0, fast="auto")[0]
     image = torch.from_numpy(dataset.load_image(0)).permute(2, 0, 1)[None]
     with torch.no_grad():
-        probs = model(to_model_input(image, CPU)).float().softmax(1)
-    top2 = probs.topk(2, dim=1).values
-    whole = cell_scores(1.0 - (top2[:, 0] - top2[:, 1]), box_masks([bought[0]], 96, 128), 16)[0]
-    np.testing.assert_array_equal(cells, whole.numpy())
+        probs = model(to_model_input(image, CPU)).float().softmax(1)[0].numpy()
+    top2 = np.sort(probs, axis=0)[-2:]
+    pixels = 1.0 - (top2[1] - top2[0])  # margin
+    labelled = np.zeros((96, 128), bool)
+    labelled[20:40, 20:70] = labelled[80:96, 112:128] = True
+    expected = np.full((6, 8), -np.inf, np.float32)
+    for r in range(6):
+        for c in range(8):
+            rows, cols = slice(r * 16, (r + 1) * 16), slice(c * 16, (c + 1) * 16)
+            cell = pixels[rows, cols][~labelled[rows, cols]]
+            if cell.size:
+                expected[r, c] = cell.mean()
+    np.testing.assert_allclose(cells, expected, rtol=1e-5, atol=1e-6)
+    assert np.argwhere(cells == -np.inf).tolist() == [[5, 7]]
+
+
+@pytest.mark.parametrize("fits", [False, True], ids=["tiled", "whole"])
+def test_random_scores_of_any_image_are_one_draw_per_cell_from_the_seed_and_image_alone(setup, monkeypatch, fits):
+    cfg, dataset, model = setup
+    if not fits:
+        for name, value in SMALL_TILES.items():  # 12 tiles of 2x2 cells each
+            monkeypatch.setattr(tiling, name, value)
+    assert len(tiles(96, 128, 16)) == (1 if fits else 12)
+    a = cfg.active.model_copy(update={"metric": "random", "region_size": 16, "score_batch_size": 3})
+    bought = {i: [(80, 112, 96, 128)] for i in range(3)}
+    batch = score_cells(model, dataset, [0, 1, 2], bought, a, CPU, 7, fast="off")
+    alone = score_cells(model, dataset, [1], bought, a.model_copy(update={"score_batch_size": 1}), CPU, 7, fast="off")
+    other_seed = score_cells(model, dataset, [1], bought, a, CPU, 8, fast="off")
+    grid = batch[1]
+    assert grid.shape == (6, 8) and grid[5, 7] == -np.inf  # the bought cell
+    draws = np.delete(grid.ravel(), 47)
+    # 47 uniform draws, all different (a tile drawing its cells anew from the image's seed would
+    # repeat them; a cell's mean of pixel draws would lie near 1/2)
+    assert len(set(draws.tolist())) == 47 and draws.min() < 0.1 and draws.max() > 0.9 and draws.max() < 1
+    assert np.array_equal(alone[1], grid)  # whatever else shares the batch
+    assert not np.array_equal(batch[0], grid) and not np.array_equal(batch[2], grid)  # each image its own
+    assert not np.array_equal(other_seed[1], grid)
 
 
 MEASURE = textwrap.dedent("""
