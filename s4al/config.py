@@ -126,7 +126,7 @@ class TrainConfig(Section):
 
 class SSLConfig(Section):
     enabled: bool = True
-    ema_momentum: float = Field(0.99, ge=0, le=1)
+    ema_momentum: float = Field(0.99, ge=0, le=1)  # the teacher's EMA of the student's weights
     confidence_threshold: float = Field(0.97, ge=0, le=1)
     confidence_weighting: bool = True
     # beyond the paper: each pixel's confidence weight divided by its pseudo class's mean

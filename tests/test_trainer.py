@@ -14,10 +14,9 @@ import torch
 
 from conftest import MixedSizes, needs_cuda, ssl_data, tiny_config
 from s4al.data import build_dataset
-from s4al.errors import S4alError
+from s4al.errors import S4alError, S4alWarning
 from s4al.evaluate import evaluate
 from s4al.seeding import derive_seed
-from s4al.ssl.classmix import split_head_tail
 from s4al.train import trainer as trainer_module
 from s4al.train.checkpoint import load_checkpoint, save_checkpoint
 from s4al.data.device_cache import training_on_device
@@ -28,10 +27,10 @@ class Stop(Exception):
     pass
 
 
-def recorder(steps: dict, stop_at: int | None = None):
+def recorder(steps: dict, stop_at: int | None = None, keys: tuple[str, ...] = ("loss/",)):
     def progress(record):
         if record["event"] == "step":
-            steps[record["step"]] = {k: v for k, v in record.items() if k.startswith("loss/")}
+            steps[record["step"]] = {k: v for k, v in record.items() if k.startswith(keys)}
             if record["step"] == stop_at:
                 raise Stop
     return progress
@@ -42,11 +41,25 @@ def recorder(steps: dict, stop_at: int | None = None):
     {"distribution_alignment": "argmax", "class_normalised_confidence": True},
     {"distribution_alignment": "argmax", "alignment_target": "labelled_x_predicted"},
 ])
-def test_ssl_iteration_uses_every_loss_and_resumes_bit_identically(tmp_path, learner):
-    cfg = tiny_config(ssl={"confidence_threshold": 0.0, **learner})  # eta = 1: every unsupervised loss is non-zero
+@pytest.mark.parametrize("fast", ["off", "on"])
+def test_ssl_iteration_uses_every_loss_reads_them_when_due_and_resumes_bit_identically(tmp_path, fast, learner):
+    cfg = tiny_config(ssl={"confidence_threshold": 0.0, **learner},  # eta = 1: every unsupervised loss is non-zero
+                      train={"fast": fast, "device": "cpu"})
     data, val = ssl_data(cfg)
+    read_at: dict = {}
     full: dict = {}
-    result = Trainer(cfg, data, val, tmp_path / "a", progress=recorder(full)).fit()
+    record = recorder(full)
+
+    def progress(info):
+        if info["event"] == "step":
+            read_at[info["step"]] = trainer.step  # the step the trainer had reached when it read the losses
+        record(info)
+
+    trainer = Trainer(cfg, data, val, tmp_path / "a", progress=progress)
+    assert trainer.fast is (fast == "on") and not trainer.amp
+    result = trainer.fit()
+    # the fast path keeps the losses on the device until the epoch's end; the loader path reads each step
+    assert read_at == ({1: 2, 2: 2, 3: 4, 4: 4} if fast == "on" else {1: 1, 2: 2, 3: 3, 4: 4})
     assert set(full[1]) == {"loss/sup"}  # cold start: supervised only
     assert set(full[3]) == {"loss/sup", "loss/unsup"}  # first SSL step: the replay buffer is empty
     assert set(full[4]) == {"loss/sup", "loss/unsup", "loss/replay"}  # then Balanced ClassMix replay
@@ -54,7 +67,8 @@ def test_ssl_iteration_uses_every_loss_and_resumes_bit_identically(tmp_path, lea
     assert len(result.history) == 2
 
     interrupted: dict = {}
-    with pytest.raises(Stop):  # killed after the epoch-1 checkpoint, during step 3
+    # killed during step 3 (read after step 4 on the fast path), after the epoch-1 checkpoint
+    with pytest.raises(Stop):
         Trainer(cfg, data, val, tmp_path / "b", progress=recorder(interrupted, stop_at=3)).fit()
     resumed: dict = {}
     result_b = Trainer(cfg, data, val, tmp_path / "b", progress=recorder(resumed)).fit()
@@ -224,29 +238,56 @@ def test_each_step_trains_with_the_poly_rate_of_the_steps_before_it_and_the_conf
     assert rates == pytest.approx({1: 0.02, 2: 0.017320508, 3: 0.014142136, 4: 0.01})
 
 
-def test_ablation_switches_change_the_losses(tmp_path):
-    cfg = tiny_config(ssl={"replay": False, "confidence_weighting": False})
+def teacher_sure_of_class_0(confidence_of):
+    """A stand-in for the teacher's pass: class 0 at every pixel with probability
+    confidence_of(n, h, w) (an (N, H, W) map), the other 8 classes sharing the rest alike."""
+    def teacher_pass(images: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = images.shape
+        sure = torch.as_tensor(confidence_of(n, h, w), dtype=torch.float32).expand(n, h, w)
+        return torch.cat([sure[:, None], ((1 - sure) / 8)[:, None].expand(n, 8, h, w)], dim=1)
+    return teacher_pass
+
+
+@pytest.mark.parametrize("weighting", [True, False])
+def test_ablation_switches_change_the_losses(tmp_path, weighting):
+    """Without replay no replay loss. Weighted or not, eta (Eq. 4) is the share of pixels the teacher
+    is more than 0.97 sure of: here the left half of each image (0.99; 0.6 on the right)."""
+    cfg = tiny_config(ssl={"replay": False, "confidence_weighting": weighting, "confidence_threshold": 0.97,
+                           "distribution_alignment": "off"},
+                      train={"scale_range": [1.0, 1.0]})  # the crop is the image: no padding
     data, _ = ssl_data(cfg)
     steps: dict = {}
-    Trainer(cfg, data, None, tmp_path, progress=recorder(steps)).fit()
-    assert sorted(steps) == [1, 2, 3, 4] and set(steps[4]) == {"loss/sup", "loss/unsup"}
+    trainer = Trainer(cfg, data, None, tmp_path, progress=recorder(steps, keys=("loss/", "eta/")))
+    trainer.teacher_pass = teacher_sure_of_class_0(lambda n, h, w: torch.where(torch.arange(w) < w // 2, 0.99, 0.6))
+    trainer.fit()
+    assert sorted(steps) == [1, 2, 3, 4] and set(steps[4]) == {"loss/sup", "loss/unsup", "eta/unsup"}
+    assert steps[3]["eta/unsup"] == steps[4]["eta/unsup"] == 0.5
 
 
-def first_step_losses(tmp_path, **ssl) -> dict[str, float]:
-    """The losses of step 0 of a fresh trainer of tiny_config with these ssl settings."""
+def first_step_losses(tmp_path, teacher=None, **ssl) -> dict[str, float]:
+    """The losses of step 0 of a fresh trainer of tiny_config with these ssl settings, its teacher's
+    pass replaced by `teacher` if given."""
     cfg = tiny_config(ssl=ssl)
     trainer = Trainer(cfg, ssl_data(cfg)[0], None, tmp_path)
+    if teacher is not None:
+        trainer.teacher_pass = teacher
     return {k: v.item() for k, v in trainer.train_step(0, *next(trainer.batches())).items()}
 
 
-def test_confidence_weighting_scales_each_pixels_unsupervised_loss_down_by_its_confidence(tmp_path):
-    # every confidence is at most 1 (and the teacher of a fresh student is not sure of every pixel),
-    # so weighting makes the unsupervised loss smaller and leaves the supervised one alone
-    same = {"cold_start_epochs": 0, "confidence_threshold": 0.0, "class_normalised_confidence": False}
-    weighted = first_step_losses(tmp_path / "on", confidence_weighting=True, **same)
-    plain = first_step_losses(tmp_path / "off", confidence_weighting=False, **same)
+@pytest.mark.parametrize("class_normalised, factor", [(False, 0.6), (True, 1.0)])
+def test_confidence_weighting_weighs_each_pixels_loss_by_its_confidence_or_by_its_class_s_mean_share(
+    tmp_path, class_normalised, factor
+):
+    """A teacher 0.6 sure of class 0 everywhere: each pixel's loss weighs 0.6, or, normalised by
+    its class's mean confidence (0.6), 1. The supervised loss and eta stay as they were."""
+    same = {"cold_start_epochs": 0, "confidence_threshold": 0.0, "distribution_alignment": "off"}
+    teacher = teacher_sure_of_class_0(lambda n, h, w: 0.6)
+    weighted = first_step_losses(tmp_path / "on", teacher, confidence_weighting=True,
+                                 class_normalised_confidence=class_normalised, **same)
+    plain = first_step_losses(tmp_path / "off", teacher, confidence_weighting=False, **same)
     assert weighted["loss/sup"] == plain["loss/sup"] and weighted["eta/unsup"] == plain["eta/unsup"] == 1.0
-    assert 0 < weighted["loss/unsup"] < plain["loss/unsup"]
+    # rel 1e-4: the class's mean confidence is a float32 sum of ~6000 pixels' (0.60003 here)
+    assert weighted["loss/unsup"] == pytest.approx(factor * plain["loss/unsup"], rel=1e-4)
 
 
 @pytest.mark.parametrize("cold_start_epochs, weight", [(1, 1.5), (0, 1.0)])
@@ -289,34 +330,63 @@ def test_evaluation_is_independent_of_batch_size():
     assert one == four
 
 
-def test_replay_with_plain_classmix(tmp_path):
-    replays = {}
-    for balanced in (False, True):
-        cfg = tiny_config(ssl={"balanced_classmix": balanced, "confidence_threshold": 0.0})
-        data, _ = ssl_data(cfg)
-        steps: dict = {}
-        Trainer(cfg, data, None, tmp_path / str(balanced), progress=recorder(steps)).fit()
-        assert set(steps[4]) == {"loss/sup", "loss/unsup", "loss/replay"} and steps[4]["loss/replay"] > 0
-        replays[balanced] = steps
-    # the same run up to the first replay (step 4), which mixes other pixels without Balanced ClassMix
-    assert replays[False][3] == replays[True][3]
-    assert replays[False][4]["loss/replay"] != pytest.approx(replays[True][4]["loss/replay"], rel=1e-4)
+@pytest.mark.parametrize("balanced, n_head, eta", [(False, 3, 0.0), (True, 0, 1.0), (True, 3, 0.0)])
+def test_replay_pastes_half_the_replay_images_classes_or_with_balanced_classmix_n_head_head_classes(
+    tmp_path, balanced, n_head, eta
+):
+    """The teacher says class 0 (a head class) everywhere, 0.99 sure on the unlabelled images and 0.5
+    on the replayed ones, which it pseudo-labels in the same pass. eta of the replay mix is 0 where
+    the replay image's class 0 covers the unlabelled one (plain ClassMix: half its 1 class, rounded
+    up; Balanced ClassMix with 3 head classes), 1 where nothing is pasted (no head class asked)."""
+    cfg = tiny_config(ssl={"balanced_classmix": balanced, "n_head": n_head, "cold_start_epochs": 0,
+                           "balanced_from_epoch": 0, "distribution_alignment": "off"},
+                      train={"scale_range": [1.0, 1.0]})
+    trainer = Trainer(cfg, ssl_data(cfg)[0], None, tmp_path)
+    assert trainer.head.tolist() == [1, 2, 0]
+    trainer.teacher_pass = teacher_sure_of_class_0(lambda n, h, w: torch.tensor([0.99, 0.99, 0.5, 0.5])[:n, None, None])
+    batches = trainer.batches()
+    assert next(batches).replay is None  # step 0: the replay buffer is still empty
+    logs = trainer.train_step(1, *next(batches))
+    assert logs["eta/unsup"].item() == 1.0 and logs["eta/replay"].item() == eta
+
+
+def test_a_crop_larger_than_every_scaled_training_image_is_warned_about(tmp_path, recwarn):
+    cfg = tiny_config(train={"crop_size": [48, 64], "scale_range": [0.5, 1.0]})  # 48x64 images: crops fit
+    Trainer(cfg, ssl_data(cfg)[0], None, tmp_path / "fits")
+    assert not [w for w in recwarn if issubclass(w.category, S4alWarning)]
+    cfg = tiny_config(train={"crop_size": [40, 96], "scale_range": [0.5, 1.25]})  # 64 x 1.25 = 80 < 96
+    with pytest.warns(S4alWarning, match=r"^train.crop_size 40x96 is larger than the training images scaled by 1.25 "
+                                         r"\(train.scale_range\): every crop is part padding, which trains nothing; "
+                                         r"set train.crop_size to at most 60x80, or null for whole images$"):
+        Trainer(cfg, ssl_data(cfg)[0], None, tmp_path / "padded")
+
+
+def test_the_teachers_ema_momentum_leaves_distribution_alignment_alone(tmp_path):
+    """An ablation of the teacher's EMA changes nothing else: the aligner's running class shares
+    keep their own momentum (0.99)."""
+    for ema in (0.5, 0.999):
+        cfg = tiny_config(ssl={"ema_momentum": ema, "distribution_alignment": "argmax"})
+        trainer = Trainer(cfg, ssl_data(cfg)[0], None, tmp_path / str(ema))
+        assert trainer.teacher.momentum == ema and trainer.alignment.momentum == 0.99
 
 
 def test_alignment_target_counts_whole_images_and_head_tail_counts_regions_too(tmp_path):
     cfg = tiny_config()
     data, _ = ssl_data(cfg)
     pole = data.dataset.classes.names.index("pole")
-    data.annotations = {5: [((0, 0, 2, 2), np.full((2, 2), pole, np.uint8))]}  # a bought region: pole only
-    trainer = Trainer(cfg, data, None, tmp_path)
+    assert pole == 6
     whole = np.zeros(data.dataset.classes.num_classes)
     for i in data.labelled:
         whole += np.bincount(data.dataset.load(i).label.ravel(), minlength=256)[: len(whole)]
+    # building 4746, road 3358, sky 2503 hold 10607 >= 80% of the 12168 pixels; then sidewalk 714,
+    # car 295, tree 284, pole 143, pedestrian 84, sign 41
+    assert whole.tolist() == [2503, 4746, 3358, 714, 284, 295, 143, 41, 84]
+    assert Trainer(cfg, data, None, tmp_path / "whole").tail.tolist() == [3, 5, 4, 6, 8, 7]
+    data.annotations = {5: [((0, 0, 20, 40), np.full((20, 40), pole, np.uint8))]}  # a bought region: pole only
+    trainer = Trainer(cfg, data, None, tmp_path / "region")
     assert trainer.alignment.target.numpy() == pytest.approx(whole / whole.sum())
-    counts = torch.from_numpy(whole).clone()
-    counts[pole] += 4
-    head, tail = split_head_tail(counts, cfg.ssl.head_share)
-    assert torch.equal(trainer.head, head) and torch.equal(trainer.tail, tail)
+    # pole 143 + 800 = 943 overtakes sidewalk; 10607 is still >= 80% of the 12968 pixels
+    assert trainer.head.tolist() == [1, 2, 0] and trainer.tail.tolist() == [6, 3, 5, 4, 8, 7]
 
 
 def batchnorm_statistics(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -336,18 +406,6 @@ def test_running_statistics_come_from_the_labelled_pass_alone_when_frozen(tmp_pa
     trainer.train_step(0, labelled, unlabelled, replay)
     after_step, after_labelled = batchnorm_statistics(trainer.student), batchnorm_statistics(alone)
     assert all(torch.equal(a, b) for a, b in zip(after_step, after_labelled)) is freeze
-
-
-def test_class_normalised_confidence_changes_the_unsupervised_loss_only(tmp_path):
-    losses = {}
-    for normalised in (False, True):
-        cfg = tiny_config(ssl={"class_normalised_confidence": normalised, "cold_start_epochs": 0,
-                               "confidence_threshold": 0.0})  # every pixel counts: eta = 1
-        trainer = Trainer(cfg, ssl_data(cfg)[0], None, tmp_path / str(normalised))
-        losses[normalised] = {k: v.item() for k, v in trainer.train_step(0, *next(trainer.batches())).items()}
-    assert losses[True]["loss/sup"] == losses[False]["loss/sup"]
-    assert losses[True]["eta/unsup"] == losses[False]["eta/unsup"]
-    assert losses[True]["loss/unsup"] != pytest.approx(losses[False]["loss/unsup"], rel=1e-4)
 
 
 @pytest.mark.parametrize("device", [
@@ -390,36 +448,6 @@ def test_partially_labelled_images_are_drawn_in_proportion_to_their_labelled_sha
 
 
 # ---- the fast path (train.fast), here on the CPU ----------------------------------------------------
-def test_fast_path_trains_every_loss_reads_them_per_epoch_and_resumes_bit_identically(tmp_path):
-    cfg = tiny_config(ssl={"confidence_threshold": 0.0}, train={"fast": "on", "device": "cpu"})  # bit-identical
-    data, val = ssl_data(cfg)
-    read_at: dict = {}
-    holder: list = []
-
-    def progress(record):
-        if record["event"] == "step":
-            read_at[record["step"]] = holder[0].step  # the step the trainer had reached when it read the losses
-
-    full: dict = {}
-    trainer = Trainer(cfg, data, val, tmp_path / "a", progress=lambda r: (progress(r), recorder(full)(r)))
-    holder.append(trainer)
-    assert trainer.fast and not trainer.amp and trainer.read_every == cfg.train.iters_per_epoch
-    result = trainer.fit()
-    assert read_at == {1: 2, 2: 2, 3: 4, 4: 4}  # losses stay on the device until the epoch's end
-    assert set(full[1]) == {"loss/sup"} and set(full[3]) == {"loss/sup", "loss/unsup"}
-    assert set(full[4]) == {"loss/sup", "loss/unsup", "loss/replay"}
-    assert all(math.isfinite(v) and v > 0 for losses in full.values() for v in losses.values())
-
-    interrupted: dict = {}
-    with pytest.raises(Stop):  # step 3's losses are read after step 4, before the epoch-2 checkpoint
-        Trainer(cfg, data, val, tmp_path / "b", progress=recorder(interrupted, stop_at=3)).fit()
-    resumed: dict = {}
-    result_b = Trainer(cfg, data, val, tmp_path / "b", progress=recorder(resumed)).fit()
-    assert sorted(resumed) == [3, 4] and resumed[3] == full[3] and resumed[4] == full[4]
-    for (name, a), b in zip(result.student.state_dict().items(), result_b.student.state_dict().values()):
-        assert torch.equal(a, b), name
-
-
 def test_a_finished_training_resumed_builds_no_device_cache_and_returns_its_result(tmp_path):
     cfg = tiny_config(train={"fast": "on"})
     data, val = ssl_data(cfg)

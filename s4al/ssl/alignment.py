@@ -51,7 +51,9 @@ class _Aligner:
 
     def __init__(self, target: torch.Tensor, momentum: float = 0.99, estimate_steps: int = 0) -> None:
         """target: (C,) class frequencies of the labelled pixels (any scale; zeros allowed);
-        estimate_steps: updates that estimate the predicted shares (0: the target stays `target`)."""
+        momentum: of the running shares' EMA (0.99: about the last 100 batches; the teacher's
+        ssl.ema_momentum is another matter); estimate_steps: updates that estimate the predicted
+        shares (0: the target stays `target`)."""
         self.labelled = target.double() / target.sum().clamp_min(1)
         self.target = self.labelled.clone()
         self.running = self.target.clone()  # no adjustment until predictions are seen

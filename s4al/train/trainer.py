@@ -145,6 +145,20 @@ def warn_unlabelled_classes(names: tuple[str, ...], counts: np.ndarray, void: in
                   f"{'it' if len(missing) == 1 else 'them'} until some are labelled{voids}", S4alWarning)
 
 
+def warn_padded_crops(crop_size: tuple[int, int] | None, scale_range: tuple[float, float],
+                      sizes: list[tuple[int, int]]) -> None:
+    """Says when train.crop_size is larger than every training image even at the largest scale:
+    part of every crop is then padding, which trains nothing and dilutes BatchNorm's statistics."""
+    if crop_size is None or not sizes:
+        return
+    top = max(scale_range)
+    fits = tuple(int(top * max(size[k] for size in sizes)) for k in (0, 1))
+    if crop_size[0] > fits[0] or crop_size[1] > fits[1]:
+        warnings.warn(f"train.crop_size {crop_size[0]}x{crop_size[1]} is larger than the training images scaled by "
+                      f"{top:g} (train.scale_range): every crop is part padding, which trains nothing; set "
+                      f"train.crop_size to at most {fits[0]}x{fits[1]}, or null for whole images", S4alWarning)
+
+
 def labelled_draws(
     dataset: SegmentationDataset, images: list[int], partial: Annotations, max_copies: int = 64
 ) -> list[int]:
@@ -228,6 +242,9 @@ class Trainer:
         self.aug = Augment(
             scale_range=t.scale_range, crop_size=t.crop_size, hflip_p=t.hflip_p, color_jitter_p=t.color_jitter_p
         )
+        if distributed.is_main():
+            sizes = {data.dataset.image_size(i) for i in {*self.supervised_images, *pool}}
+            warn_padded_crops(t.crop_size, t.scale_range, list(sizes))
 
     def _optimizer(self) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
         t = self.cfg.train
@@ -253,7 +270,7 @@ class Trainer:
         distribution = whole if whole.sum() > 0 else whole + regions
         estimate_steps = self.iters if ssl.alignment_target == "labelled_x_predicted" else 0
         aligner = ALIGNERS[ssl.distribution_alignment]
-        return head, tail, aligner(distribution, ssl.ema_momentum, estimate_steps=estimate_steps)
+        return head, tail, aligner(distribution, estimate_steps=estimate_steps)  # its own momentum, not the teacher's
 
     def replaying(self) -> bool:
         """Whether every pass (the built batches' once made) replays as a CUDA graph: a capture that
