@@ -46,7 +46,8 @@ from common import (
 )
 
 from s4al.config import (
-    COMPUTED_ON_RESUME, SAVED_ON_RESUME, ConfigError, RunConfig, config_differences, load_config, parse_override,
+    ACQUISITION_ONLY, COMPUTED_ON_RESUME, SAVED_ON_RESUME, ConfigError, RunConfig, config_differences, load_config,
+    parse_override,
 )
 from s4al.run_folder import RunFolder
 from window import STARTED_AT, Job, run_window
@@ -178,16 +179,6 @@ def bench_run_dir(work: Path, name: str, method: str, seed: int) -> Path:
 
 
 # ---- one cycle 0 for runs that differ only from the first acquisition on ------------------------
-# The config keys that only the acquisition reads: s4al/active/acquisition.py and the cycle's
-# _queries, _record_queries and _images_per_cycle (plus the annotation package's scoring batch).
-# The trainer, the learner, the data, the initial draw (seed, active.initial, initial_fraction) and
-# the cycle-0 epochs (active.cycles) read none of them, so two configs equal in every other key
-# train the same cycle 0: same network, same initial labels, same batches and steps (a test changes
-# each key in turn and compares the trained weights bit for bit).
-ACQUISITION_ONLY = frozenset({"active.level", "active.metric", "active.region_size", "active.regions_per_image",
-                              "active.selection", "active.global_budget", "active.score_batch_size"})
-
-
 def cycle0_differences(a: RunConfig, b: RunConfig) -> list[str]:
     """The keys cycle 0's training can depend on where `a` and `b` differ: none, the same cycle 0."""
     return config_differences(a, b, ACQUISITION_ONLY)
@@ -208,10 +199,6 @@ def any_cycle0_done(run_dirs: list[Path]) -> bool:
     return any(map(cycle0_done, run_dirs))
 
 
-def _splits(folder: RunFolder) -> dict[str, str]:
-    return {path.name: path.read_text() for path in sorted(folder.splits_dir.iterdir())}
-
-
 def adopt_cycle0(run, lenders: dict[str, Path], record: Path, label: str) -> None:
     """Before `run` (an ActiveLearningRun) trains its cycle 0: the first lender whose cycle 0 is
     finished and provably the same training (the same initial labels and pool, a final checkpoint
@@ -227,9 +214,6 @@ def adopt_cycle0(run, lenders: dict[str, Path], record: Path, label: str) -> Non
     for name, path in lenders.items():
         lender = RunFolder(path)
         if not cycle0_done(path):
-            continue
-        if _splits(lender) != _splits(run.folder):
-            print(f"{label} cycle 0 not taken from {name}: other initial labels or pool", flush=True)
             continue
         lender_seconds = json.loads(lender.cycle_summary_path(0).read_text())["train_seconds"]
         write_json(record, {"run": name, "train_seconds": lender_seconds})  # before the checkpoint that makes it true

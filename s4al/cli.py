@@ -16,11 +16,14 @@ from s4al.annotation.commands import RunDirArgument, import_answers_command, que
 from s4al import distributed
 from s4al.report.commands import Network, NetworkOption, compare, export_command, predict_command, report
 from s4al.report.status import cycle_table, dataset_lines, next_lines, percent
-from s4al.config import ConfigError, RunConfig, inert_settings, load_config, parse_override
+from s4al.config import (
+    ACQUISITION_ONLY, COMPUTED_ON_RESUME, ConfigError, RunConfig, inert_settings, load_config, parse_override,
+)
 from s4al.data import DatasetError, build_dataset
 from s4al.errors import S4alError, reports_error, shell, show_user_warnings, user_errors_reported
 from s4al.provenance import record_start
 from s4al.run_folder import RunFolder
+from s4al.train.checkpoint import adoptable_checkpoint
 
 if TYPE_CHECKING:
     from s4al.active.cycle import ActiveLearningRun
@@ -32,6 +35,10 @@ console = Console()
 @app.callback()
 def _every_command() -> None:
     show_user_warnings()
+
+
+# What a run taking another's cycle 0 (--cycle0-from) may set otherwise: no training reads it.
+CYCLE0_MAY_DIFFER = ACQUISITION_ONLY | set(COMPUTED_ON_RESUME)
 
 ConfigOption = Annotated[str, typer.Option("--config", "-c", help="Preset (camvid, cityscapes, demo) or a YAML file.")]
 SetOption = Annotated[
@@ -180,6 +187,11 @@ def run(
         "--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set train.epochs=5 (repeatable); "
                                            "on --resume only train.device, train.num_workers, and "
                                            "dataset.root, model.weights (moved files), active.cycles (kept).")] = None,
+    cycle0_from: Annotated[Optional[Path], typer.Option(
+        "--cycle0-from", metavar="RUN_DIR",
+        help="A new run takes this run's trained cycle 0 as its own instead of training it again; their configs may "
+             "differ only in what the acquisition reads (active.metric, level, region size and count, selection, "
+             "budget) and the device.")] = None,
     quiet: QuietOption = False,
 ) -> None:
     """The active-learning cycle: train, score the pool, ask for regions, get answers, repeat."""
@@ -187,6 +199,8 @@ def run(
 
     if (out is None) == (resume is None):
         raise _bad_parameter("give exactly one of --out (new run) or --resume (existing run)")
+    if cycle0_from is not None and out is None:
+        raise _bad_parameter("--cycle0-from starts a new run: give it with --out, not --resume")
     if resume is not None and config is not None:
         raise _bad_parameter(f"--config with --resume: a resumed run keeps the config in "
                              f"{RunFolder(resume).config_path}")
@@ -202,9 +216,13 @@ def run(
             raise _bad_parameter(taken)
         if cfg is not None:
             _note_inert_settings(cfg, changes)
+        if cycle0_from is not None:
+            adoptable_checkpoint(cycle0_from, cfg, 0, CYCLE0_MAY_DIFFER)  # refused before the run is made
         with ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes) as active_run:
             if distributed.is_main():
                 record_start(active_run.folder.starts_log, dev, distributed.world_size())
+            if cycle0_from is not None:
+                _take_cycle0(active_run, cycle0_from)
             if active_run.additions.text():
                 console.print(f"to join the run as the next cycle begins training or asking: "
                               f"{active_run.additions.text()}")
@@ -214,6 +232,21 @@ def run(
             if distributed.is_main():
                 _print_run(active_run, run_dir)
         distributed.leave()
+
+
+def _take_cycle0(active_run: ActiveLearningRun, lender: Path) -> None:
+    """The new run adopts the lender's final cycle-0 checkpoint (rank 0 writes it; a torchrun
+    restart finds it there); its trainer then resumes it at its last step and trains nothing."""
+    from s4al.train.checkpoint import AdoptionRefused, adopt_final_checkpoint
+
+    with distributed.main_first():
+        if distributed.is_main() and not active_run.folder.checkpoint_path(0).exists():
+            try:
+                adopt_final_checkpoint(lender, active_run.run_dir, active_run.cfg, 0, CYCLE0_MAY_DIFFER)
+            except AdoptionRefused as refused:
+                raise S4alError(f"{refused}; {active_run.run_dir} is made: `s4al run --resume "
+                                f"{shell(active_run.run_dir)}` trains its own cycle 0, or delete it") from None
+            console.print(f"cycle 0 taken from {lender}: its final checkpoint, the same training")
 
 
 def _taken(out: Path) -> str | None:

@@ -388,8 +388,9 @@ def test_a_lender_trained_with_another_learner_or_unfinished_is_refused(lent_roo
     assert not run.folder.checkpoint_path(0).exists() and not record.exists()
     lender = RunFolder(work / "s4al_seed0").checkpoint_path(0)
     assert capsys.readouterr().out == (f"[x] cycle 0 not taken from s4al_seed0: {lender}: trained with another "
-                                       "ssl.class_normalised_confidence, ssl.distribution_alignment, "
-                                       "ssl.freeze_bn_on_unlabelled\n")
+                                       "ssl.class_normalised_confidence (True there, False here), "
+                                       "ssl.distribution_alignment ('argmax' there, 'off' here), "
+                                       "ssl.freeze_bn_on_unlabelled (True there, False here)\n")
 
 
 def test_a_lender_with_other_initial_labels_or_pool_is_refused(lent_root, tmp_path, capsys):
@@ -401,7 +402,8 @@ def test_a_lender_with_other_initial_labels_or_pool_is_refused(lent_root, tmp_pa
     record = tmp_path / "random.cycle0_from.json"
     label_efficiency.adopt_cycle0(run, {"other": other}, record, "[x]")
     assert not run.folder.checkpoint_path(0).exists() and not record.exists()
-    assert capsys.readouterr().out == "[x] cycle 0 not taken from other: other initial labels or pool\n"
+    assert capsys.readouterr().out == (f"[x] cycle 0 not taken from other: {other / 'splits'}: other initial labelled "
+                                       f"images or another pool than {tmp_path / 'random' / 'splits'}\n")
 
 
 def test_a_window_starts_a_run_after_its_mate_and_prefers_it_once_the_mates_cycle_0_is_done(lent_root, tmp_path):

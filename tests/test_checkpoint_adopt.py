@@ -1,18 +1,23 @@
-"""Another run's final checkpoint of a cycle adopted as a run's own (adopt_final_checkpoint), and the
-metrics log that adoption and the trainer write alike."""
+"""Another run's final checkpoint of a cycle adopted as a run's own (adopt_final_checkpoint, `s4al run
+--cycle0-from`), and the metrics log that adoption and the trainer write alike."""
 
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from conftest import ssl_data, tiny_config
+from s4al.active.ledger import Ledger
+from s4al.cli import app
+from s4al.config import save_config
 from s4al.run_folder import RunFolder
 from s4al.train.checkpoint import (
     AdoptionRefused, adopt_final_checkpoint, load_checkpoint, save_checkpoint, write_metrics_log,
 )
 from s4al.train.trainer import Trainer
+from test_cycle import cycle_config
 
 METRIC_ONLY = {"active.metric"}
 
@@ -85,9 +90,9 @@ def test_a_checkpoint_that_is_not_the_cycles_last_step_is_refused(lender, tmp_pa
 
 
 @pytest.mark.parametrize(("overrides", "may_differ", "differing"), [
-    ({"train": {"lr": 0.005}}, METRIC_ONLY, "train.lr"),  # the training reads it
-    ({"active": {"metric": "margin"}, "ssl": {"enabled": False}}, METRIC_ONLY, "ssl.enabled"),
-    ({"active": {"metric": "margin"}}, (), "active.metric"),  # by default the configs must be equal
+    ({"train": {"lr": 0.005}}, METRIC_ONLY, "train.lr (0.01 there, 0.005 here)"),  # the training reads it
+    ({"active": {"metric": "margin"}, "ssl": {"enabled": False}}, METRIC_ONLY, "ssl.enabled (True there, False here)"),
+    ({"active": {"metric": "margin"}}, (), "active.metric ('entropy' there, 'margin' here)"),  # by default: all equal
 ])
 def test_a_checkpoint_trained_with_a_config_that_differs_outside_the_allowed_keys_is_refused(
         lender, tmp_path, overrides, may_differ, differing):
@@ -105,3 +110,46 @@ def test_a_target_that_has_a_checkpoint_of_the_cycle_keeps_it(lender, tmp_path):
     with pytest.raises(AdoptionRefused, match=f"^{target.checkpoint_path(0)}: exists"):
         adopt_final_checkpoint(lender, target.path, tiny_config(), cycle=0)
     assert target.checkpoint_path(0).read_bytes() == kept and target.metrics_log.read_text() == log
+
+
+# ---- s4al run --cycle0-from ---------------------------------------------------------------------
+def cli_run(*args: str):
+    return CliRunner().invoke(app, ["run", *args, "--quiet"])
+
+
+@pytest.fixture(scope="module")
+def entropy_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A finished one-cycle run (entropy regions) and the config file it was made with."""
+    root = tmp_path_factory.mktemp("entropy")
+    config = root / "config.yaml"
+    save_config(cycle_config(active={"cycles": 1}), config)
+    result = cli_run("--out", str(root / "run"), "--config", str(config))
+    assert result.exit_code == 0, result.output
+    return root / "run", config
+
+
+def test_a_new_run_takes_another_runs_cycle_0_and_asks_with_its_own_metric(entropy_run, tmp_path):
+    lender, config = entropy_run
+    result = cli_run("--out", str(tmp_path / "margin"), "--config", str(config), "--set", "active.metric=margin",
+                     "--cycle0-from", str(lender))
+    assert result.exit_code == 0, result.output
+    assert f"cycle 0 taken from {lender}: its final checkpoint, the same training" in " ".join(result.output.split())
+    own, lent = (load_checkpoint(RunFolder(run).checkpoint_path(0)) for run in (tmp_path / "margin", lender))
+    assert all(torch.equal(own["teacher"][k], lent["teacher"][k]) for k in lent["teacher"])
+    summaries = [json.loads(RunFolder(run).cycle_summary_path(0).read_text()) for run in (tmp_path / "margin", lender)]
+    assert summaries[0]["val"] == summaries[1]["val"]
+    assert summaries[0]["train_seconds"] < summaries[1]["train_seconds"]  # it trained nothing (its cycle 1 did)
+    with Ledger(RunFolder(tmp_path / "margin").ledger_path, readonly=True) as ledger:
+        assert {region.metric for region in ledger.regions()} == {"margin"}
+
+
+def test_a_cycle_0_trained_otherwise_is_refused_before_the_run_is_made(entropy_run, tmp_path):
+    lender, config = entropy_run
+    result = cli_run("--out", str(tmp_path / "new"), "--config", str(config), "--set", "train.lr=0.02",
+                     "--cycle0-from", str(lender))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert (f"{RunFolder(lender).checkpoint_path(0)}: trained with another train.lr (0.01 there, 0.02 here)"
+            in " ".join(result.output.split()))
+    assert not (tmp_path / "new").exists()
+    resumed = cli_run("--resume", str(lender), "--cycle0-from", str(lender))
+    assert resumed.exit_code == 2 and "--cycle0-from starts a new run" in resumed.output

@@ -12,7 +12,7 @@ import torch
 
 from s4al.errors import S4alError
 from s4al.atomic import atomic_write
-from s4al.config import RunConfig, config_differences, saved_config
+from s4al.config import RunConfig, config_differences, flat_config, saved_config
 from s4al.run_folder import RunFolder, json_lines
 
 
@@ -80,25 +80,48 @@ def write_metrics_log(path: Path, cycle: int, history: list[dict]) -> None:
         file.write("".join(f"{line}\n" for line in kept + [json.dumps(record) for record in history]))
 
 
-def adopt_final_checkpoint(source_run_dir: Path, target_run_dir: Path, cfg: RunConfig, cycle: int = 0,
-                           may_differ: Collection[str] = ()) -> None:
-    """Makes the source run's final checkpoint of `cycle` the target run's own, as if the target
-    had trained it: `cfg` (the target's config) inside, and the cycle's evaluations in the target's
-    metrics log. The trainer then resumes it at its last step and trains nothing. `may_differ`: the
-    keys the cycle's training does not read, in which the source's config may differ from `cfg`.
-    Refused (AdoptionRefused, nothing written) if the target has a checkpoint of the cycle, or the
-    source's is not the cycle's last step or was trained with a config that differs elsewhere."""
-    source, target = RunFolder(source_run_dir), RunFolder(target_run_dir)
-    path, own = source.checkpoint_path(cycle), target.checkpoint_path(cycle)
-    if own.exists():
-        raise AdoptionRefused(f"{own}: exists; a run keeps a checkpoint it has")
+def adoptable_checkpoint(source_run_dir: Path, cfg: RunConfig, cycle: int = 0,
+                         may_differ: Collection[str] = ()) -> dict:
+    """The source run's final checkpoint of `cycle`, read, if a run made with `cfg` may take it as
+    its own: the cycle's last step, trained with a config that differs from `cfg` only in
+    `may_differ` (the keys the cycle's training does not read). Else AdoptionRefused."""
+    path = RunFolder(source_run_dir).checkpoint_path(cycle)
+    if not path.is_file():
+        raise AdoptionRefused(f"{source_run_dir}: has no checkpoint of cycle {cycle} ({path})")
     state = load_checkpoint(path)
     if state["cycle"] != cycle or state["step"] != state["total_steps"]:
         raise AdoptionRefused(f"{path}: at step {state['step']} of {state['total_steps']} of cycle "
                               f"{state['cycle']}, not the final checkpoint of cycle {cycle}")
     differences = config_differences(saved_config(state["config"], path), cfg, may_differ)
     if differences:
-        raise AdoptionRefused(f"{path}: trained with another {', '.join(differences)}")
+        shown = ", ".join(f"{key} ({flat_config(saved_config(state['config'], path)).get(key)!r} there, "
+                          f"{flat_config(cfg).get(key)!r} here)" for key in differences)
+        raise AdoptionRefused(f"{path}: trained with another {shown}")
+    return state
+
+
+def _splits(folder: RunFolder) -> dict[str, str]:
+    """The initial labelled images and the pool a run drew (none for `s4al train`'s folder)."""
+    if not folder.splits_dir.is_dir():
+        return {}
+    return {path.name: path.read_text() for path in sorted(folder.splits_dir.iterdir())}
+
+
+def adopt_final_checkpoint(source_run_dir: Path, target_run_dir: Path, cfg: RunConfig, cycle: int = 0,
+                           may_differ: Collection[str] = ()) -> None:
+    """Makes the source run's final checkpoint of `cycle` the target run's own, as if the target
+    had trained it: `cfg` (the target's config) inside, and the cycle's evaluations in the target's
+    metrics log. The trainer then resumes it at its last step and trains nothing. Refused
+    (AdoptionRefused, nothing written) if the target has a checkpoint of the cycle, drew other
+    initial labels or another pool, or the checkpoint is not adoptable_checkpoint's."""
+    source, target = RunFolder(source_run_dir), RunFolder(target_run_dir)
+    own = target.checkpoint_path(cycle)
+    if own.exists():
+        raise AdoptionRefused(f"{own}: exists; a run keeps a checkpoint it has")
+    if _splits(source) != _splits(target):
+        raise AdoptionRefused(f"{source.splits_dir}: other initial labelled images or another pool than "
+                              f"{target.splits_dir}")
+    state = adoptable_checkpoint(source_run_dir, cfg, cycle, may_differ)
     target.path.mkdir(parents=True, exist_ok=True)
     # the log first: a checkpoint on disk has its evaluations logged (a log left by a kill in between
     # is rewritten by whatever next writes the cycle: another adoption or the trainer's first save)
