@@ -67,6 +67,11 @@ def _note_inert_settings(cfg: RunConfig, changes: dict) -> None:
             console.print(f"note: {note}")
 
 
+def _note(note: str | None) -> None:
+    if note:
+        console.print(f"note: {note}")
+
+
 @contextmanager
 def _monitor(folder: RunFolder, quiet: bool, resume: str) -> Iterator[Callable[[dict], None] | None]:
     """Progress bars and TensorBoard logs of the main process; None on the others. Ctrl-C ends
@@ -122,7 +127,7 @@ def train(
         with distributed.main_first():  # rank 0 checks and writes the folder; the others wait for it
             folder = RunFolder.for_training(out, cfg) if distributed.is_main() else RunFolder(out)
             if distributed.is_main():
-                record_start(folder.starts_log, dev, distributed.world_size())
+                _note(record_start(folder.starts_log, dev, distributed.world_size()))
         train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
         val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, cfg.seed)
         labelled = [i for i in range(len(train_set)) if train_set.has_label(i)]
@@ -220,7 +225,7 @@ def run(
             adoptable_checkpoint(cycle0_from, cfg, 0, CYCLE0_MAY_DIFFER)  # refused before the run is made
         with ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes) as active_run:
             if distributed.is_main():
-                record_start(active_run.folder.starts_log, dev, distributed.world_size())
+                _note(record_start(active_run.folder.starts_log, dev, distributed.world_size()))
             if cycle0_from is not None:
                 _take_cycle0(active_run, cycle0_from)
             if active_run.additions.text():

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from s4al import __version__
+from s4al.run_folder import json_lines
 
 PACKAGE_ROOT, PACKAGE = Path(__file__).resolve().parents[1], Path(__file__).resolve().parent.name
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -68,9 +69,26 @@ def start_record(device: torch.device, processes: int) -> dict:
     }
 
 
-def record_start(starts_log: Path, device: torch.device, processes: int) -> None:
-    """Appends this start to a run's starts.jsonl (a line cut short by a kill is passed over by readers)."""
+def code_text(start: dict) -> str:
+    """The code a start ran, e.g. `s4al 0.1.0, git 4e1f43d, modified (diff 1a2b3c4d)`."""
+    text = f"s4al {start.get('s4al', '?')}"
+    if start.get("git_commit"):
+        text += f", git {start['git_commit'][:7]}"
+        if start.get("git_dirty"):
+            text += f", modified (diff {start['git_diff_sha256'][:8]})"
+    return text
+
+
+def record_start(starts_log: Path, device: torch.device, processes: int) -> str | None:
+    """Appends this start to a run's starts.jsonl (a line cut short by a kill is passed over by
+    readers). Returns a note when the run's last start ran other code, else None."""
+    record = start_record(device, processes)
+    earlier = [r for _, r in json_lines(starts_log) if r is not None]
     with open(starts_log, "a", encoding="utf-8") as log:
-        log.write(json.dumps(start_record(device, processes)) + "\n")
+        log.write(json.dumps(record) + "\n")
         log.flush()
         os.fsync(log.fileno())
+    if earlier and code_text(earlier[-1]) != code_text(record):
+        return (f"{starts_log.parent} was last started with {code_text(earlier[-1])}; this start runs "
+                f"{code_text(record)}: what it trains and asks from now on comes from other code")
+    return None

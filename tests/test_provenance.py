@@ -88,3 +88,17 @@ def test_a_run_made_anew_in_the_folder_of_one_that_never_began_forgets_that_star
     provenance.record_start(folder.starts_log, torch.device("cpu"), 1)
     RunFolder.create(tmp_path, cycle_config(), lock=False)
     assert not folder.starts_log.exists()
+
+
+def test_a_start_that_runs_other_code_than_the_last_one_says_so(tmp_path, monkeypatch):
+    clean = {"s4al": "0.1.0", "git_commit": "a" * 40, "git_dirty": False, "git_diff_sha256": None}
+    changed = clean | {"git_dirty": True, "git_diff_sha256": "b" * 64}
+    versions = iter([clean, clean, changed])
+    monkeypatch.setattr(provenance, "code_version", lambda: next(versions))  # the checkout at each start
+    log, cpu = tmp_path / "starts.jsonl", torch.device("cpu")
+    assert provenance.record_start(log, cpu, 1) is None  # the first start
+    assert provenance.record_start(log, cpu, 1) is None  # the same code again
+    assert provenance.record_start(log, cpu, 1) == (
+        f"{tmp_path} was last started with s4al 0.1.0, git aaaaaaa; this start runs s4al 0.1.0, git aaaaaaa, "
+        "modified (diff bbbbbbbb): what it trains and asks from now on comes from other code")
+    assert len(log.read_text().splitlines()) == 3

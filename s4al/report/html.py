@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jinja2
 
+from s4al.provenance import code_text
 from s4al.run_folder import RunFolder, json_lines
 from s4al.config import load_run_config
 from s4al.report.figures import read_cycles, save_figures, supervised_reference
@@ -162,16 +163,6 @@ def summary_cards(cycles: list[dict], seed: int, dataset: str) -> list[tuple[str
         ("seed", str(seed)),
         ("train + acquire time", duration(seconds)),
     ]
-
-
-def code_text(start: dict) -> str:
-    """The code a start ran, e.g. `s4al 0.1.0, git 4e1f43d, modified (diff 1a2b3c4d)`."""
-    text = f"s4al {start.get('s4al', '?')}"
-    if start.get("git_commit"):
-        text += f", git {start['git_commit'][:7]}"
-        if start.get("git_dirty"):
-            text += f", modified (diff {start['git_diff_sha256'][:8]})"
-    return text
 
 
 def start_rows(folder: RunFolder) -> list[list[str]]:
