@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from s4al.config import merge_overrides
-from s4al.provenance import code_version
+from s4al.atomic import atomic_write
+from s4al.provenance import code_version, libraries
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -67,9 +68,9 @@ def _memory_gib() -> float | None:
 
 
 def machine_info() -> dict:
-    import segmentation_models_pytorch as smp
     import torch
 
+    libs = libraries()
     return {
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -78,9 +79,8 @@ def machine_info() -> dict:
         "memory_gib": _memory_gib(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "smp": smp.__version__,
+        **libs,
+        "smp": libs["segmentation_models_pytorch"],  # the key older result files have
         "git_commit": None, "git_dirty": None,  # outside a git checkout
         **code_version(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -94,11 +94,10 @@ def machine_tag(info: dict, device: str) -> str:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write via a temporary file and rename, so a killed run never leaves a half-written result."""
+    """Written whole or not at all: a killed run never leaves a half-written result."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as file:
+        file.write(json.dumps(data, indent=2) + "\n")
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:

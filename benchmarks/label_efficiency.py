@@ -46,8 +46,8 @@ from common import (
 )
 
 from s4al.config import (
-    ACQUISITION_ONLY, COMPUTED_ON_RESUME, SAVED_ON_RESUME, ConfigError, RunConfig, config_differences, load_config,
-    parse_override,
+    ACQUISITION_ONLY, COMPUTED_ON_RESUME, CYCLE0_MAY_DIFFER, SAVED_ON_RESUME, ConfigError, RunConfig,
+    config_differences, load_config, parse_override,
 )
 from s4al.run_folder import RunFolder
 from window import STARTED_AT, Job, run_window
@@ -202,7 +202,7 @@ def any_cycle0_done(run_dirs: list[Path]) -> bool:
 def adopt_cycle0(run, lenders: dict[str, Path], record: Path, label: str) -> None:
     """Before `run` (an ActiveLearningRun) trains its cycle 0: the first lender whose cycle 0 is
     finished and provably the same training (the same initial labels and pool, a final checkpoint
-    trained with a config equal but for ACQUISITION_ONLY) gives that checkpoint, which `run` adopts
+    trained with a config equal but for CYCLE0_MAY_DIFFER) gives that checkpoint, which `run` adopts
     as its own; the trainer resumes it at its last step and trains nothing. `record` names the
     lender and its cycle-0 train seconds. A run whose cycle 0 has begun keeps its own; without a
     lender it trains cycle 0 itself."""
@@ -218,7 +218,7 @@ def adopt_cycle0(run, lenders: dict[str, Path], record: Path, label: str) -> Non
         lender_seconds = json.loads(lender.cycle_summary_path(0).read_text())["train_seconds"]
         write_json(record, {"run": name, "train_seconds": lender_seconds})  # before the checkpoint that makes it true
         try:
-            adopt_final_checkpoint(path, run.run_dir, run.cfg, cycle=0, may_differ=ACQUISITION_ONLY)
+            adopt_final_checkpoint(path, run.run_dir, run.cfg, cycle=0, may_differ=CYCLE0_MAY_DIFFER)
         except AdoptionRefused as refused:
             record.unlink()
             print(f"{label} cycle 0 not taken from {name}: {refused}", flush=True)

@@ -17,7 +17,7 @@ from s4al import distributed
 from s4al.report.commands import Network, NetworkOption, compare, export_command, predict_command, report
 from s4al.report.status import cycle_table, dataset_lines, next_lines, percent
 from s4al.config import (
-    ACQUISITION_ONLY, COMPUTED_ON_RESUME, ConfigError, RunConfig, inert_settings, load_config, parse_override,
+    CYCLE0_MAY_DIFFER, ConfigError, RunConfig, inert_settings, load_config, parse_override,
 )
 from s4al.data import DatasetError, build_dataset
 from s4al.errors import S4alError, reports_error, shell, show_user_warnings, user_errors_reported
@@ -36,9 +36,6 @@ console = Console()
 def _every_command() -> None:
     show_user_warnings()
 
-
-# What a run taking another's cycle 0 (--cycle0-from) may set otherwise: no training reads it.
-CYCLE0_MAY_DIFFER = ACQUISITION_ONLY | set(COMPUTED_ON_RESUME)
 
 ConfigOption = Annotated[str, typer.Option("--config", "-c", help="Preset (camvid, cityscapes, demo) or a YAML file.")]
 SetOption = Annotated[

@@ -31,6 +31,7 @@ SAVED_ON_RESUME = ("dataset.root", "model.weights", "active.cycles")
 # turn): a run may take another's (`s4al run --cycle0-from`).
 ACQUISITION_ONLY = frozenset({"active.level", "active.metric", "active.region_size", "active.regions_per_image",
                               "active.selection", "active.global_budget", "active.score_batch_size"})
+CYCLE0_MAY_DIFFER = ACQUISITION_ONLY | set(COMPUTED_ON_RESUME)  # and where it computed
 
 
 class Section(BaseModel):

@@ -158,7 +158,7 @@ def score_cells(
     model: nn.Module,
     dataset: SegmentationDataset,
     indices: Sequence[int],
-    bought: Mapping[int, Sequence[Box]],
+    asked: Mapping[int, Sequence[Box]],
     cfg: ActiveConfig,
     device: torch.device,
     seed: int,
@@ -166,15 +166,16 @@ def score_cells(
     *,
     fast: FastMode,
 ) -> dict[int, np.ndarray]:
-    """Per pool image, the (rows, cols) mean score of each cell over its not-yet-bought pixels.
+    """Per pool image, the (rows, cols) mean score of each cell over its pixels never asked (an
+    answered, skipped or waiting region is not asked again; a cell of none scores -inf).
     `fast`: train.fast, whether the pool is read from the device (s4al/inference.py)."""
     s = cfg.region_size
 
     def cells_of(ids: list[int], size: tuple[int, int], pieces) -> torch.Tensor:
         grid = torch.empty(len(ids), *grid_shape(*size, s), device=device)
         for scores, core in pieces:  # cores are aligned to the cells
-            labelled = box_masks([boxes_within(bought.get(i, ()), core) for i in ids], *scores.shape[-2:], device)
-            cells = cell_scores(scores, labelled, s)
+            asked_mask = box_masks([boxes_within(asked.get(i, ()), core) for i in ids], *scores.shape[-2:], device)
+            cells = cell_scores(scores, asked_mask, s)
             row, col = core[0] // s, core[1] // s
             grid[:, row : row + cells.shape[1], col : col + cells.shape[2]] = cells
         return grid

@@ -37,21 +37,22 @@ def _sum_per_cell(x: Tensor, rows: int, cols: int, s: int) -> Tensor:
     return x.reshape(n, rows, s, cols, s).sum(dim=(2, 4))
 
 
-def cell_scores(pixel_scores: Tensor, labelled: Tensor, s: int) -> Tensor:
-    """(N, rows, cols) mean pixel score over each cell's not-yet-labelled pixels; -inf if it has none."""
-    if pixel_scores.dim() != 3 or pixel_scores.shape != labelled.shape:
+def cell_scores(pixel_scores: Tensor, excluded: Tensor, s: int) -> Tensor:
+    """(N, rows, cols) mean pixel score over each cell's pixels not `excluded` (labelled or asked
+    already); -inf if it has none."""
+    if pixel_scores.dim() != 3 or pixel_scores.shape != excluded.shape:
         raise ValueError(
-            f"pixel_scores and labelled must both be (N, H, W), got "
-            f"{tuple(pixel_scores.shape)} and {tuple(labelled.shape)}"
+            f"pixel_scores and excluded must both be (N, H, W), got "
+            f"{tuple(pixel_scores.shape)} and {tuple(excluded.shape)}"
         )
     _, h, w = pixel_scores.shape
     rows, cols = grid_shape(h, w, s)
-    unlabelled = ~labelled.to(device=pixel_scores.device, dtype=torch.bool)
-    # where() rather than multiply, so a NaN/inf score on a labelled pixel cannot leak into its cell.
-    masked = torch.where(unlabelled, pixel_scores.float(), 0.0)
+    counted = ~excluded.to(device=pixel_scores.device, dtype=torch.bool)
+    # where() rather than multiply, so a NaN/inf score on an excluded pixel cannot leak into its cell.
+    masked = torch.where(counted, pixel_scores.float(), 0.0)
     padding = (0, cols * s - w, 0, rows * s - h)
     sums = _sum_per_cell(F.pad(masked, padding), rows, cols, s)
-    counts = _sum_per_cell(F.pad(unlabelled.float(), padding), rows, cols, s)
+    counts = _sum_per_cell(F.pad(counted.float(), padding), rows, cols, s)
     return torch.where(counts > 0, sums / counts.clamp(min=1), float("-inf"))
 
 
@@ -133,21 +134,21 @@ def union_area(boxes: Sequence[Box]) -> int:
 
 
 def labelled_pixel_count(
-    image_sizes: Mapping[str, tuple[int, int]],
-    fully_labelled: Collection[str],
-    boxes_by_image: Mapping[str, Sequence[Box]],
+    image_sizes: Mapping[int, tuple[int, int]],
+    fully_labelled: Collection[int],
+    boxes_by_image: Mapping[int, Sequence[Box]],
 ) -> int:
     """Pixels of fully labelled images plus the union area of the boxes bought in the others."""
     count = 0
-    for image_id, (h, w) in image_sizes.items():
-        count += h * w if image_id in fully_labelled else union_area(boxes_by_image.get(image_id, ()))
+    for image, (h, w) in image_sizes.items():
+        count += h * w if image in fully_labelled else union_area(boxes_by_image.get(image, ()))
     return count
 
 
 def labelled_fraction(
-    image_sizes: Mapping[str, tuple[int, int]],
-    fully_labelled: Collection[str],
-    boxes_by_image: Mapping[str, Sequence[Box]],
+    image_sizes: Mapping[int, tuple[int, int]],
+    fully_labelled: Collection[int],
+    boxes_by_image: Mapping[int, Sequence[Box]],
 ) -> float:
     """Fraction of all pixels of `image_sizes` that are labelled (the paper's "% of data")."""
     total = sum(h * w for h, w in image_sizes.values())

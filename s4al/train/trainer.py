@@ -400,7 +400,8 @@ class Trainer:
         """The student's fp32 logits at the training precision, BatchNorm statistics frozen or not."""
         return self.student_pass(images, frozen_bn)
 
-    def _unsup(self, images, pseudo, confidence, last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _unsupervised_backward(self, images, pseudo, confidence, last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backward of the unsupervised loss (Eqs. 3-5) of the student on `images`; returns the loss and eta."""
         s = self.cfg.ssl
         eta = confidence_ratio(confidence, pseudo != IGNORE_INDEX, s.confidence_threshold)
         with self._synced(last):
@@ -434,7 +435,7 @@ class Trainer:
         current = unlabelled["strong"], pseudo[:n], confidence[:n]
         generator = seeded_generator(self.cfg.seed, "mix", self.cycle, step, *self.rank_seed)
         mixed = classmix_batch(*current, generator) if s.classmix else current
-        logs = dict(zip(("loss/unsup", "eta/unsup"), self._unsup(*mixed, last=replay is None)))
+        logs = dict(zip(("loss/unsup", "eta/unsup"), self._unsupervised_backward(*mixed, last=replay is None)))
         if replay is None:
             return logs
         replayed = replay["strong"], pseudo[n:], confidence[n:]
@@ -442,7 +443,7 @@ class Trainer:
             mixed = balanced_classmix_batch(*current, *replayed, self.head, self.tail, s.n_head, s.n_tail, generator)
         else:
             mixed = paste(classmix_masks(replayed[1], generator), replayed, current)
-        return logs | dict(zip(("loss/replay", "eta/replay"), self._unsup(*mixed, last=True)))
+        return logs | dict(zip(("loss/replay", "eta/replay"), self._unsupervised_backward(*mixed, last=True)))
 
     def train_step(
         self, step: int, labelled: dict, unlabelled: dict | None = None, replay: dict | None = None
