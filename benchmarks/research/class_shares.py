@@ -20,13 +20,14 @@ from common import RESULTS, machine_info, markdown_table, write_json
 from s4al.run_folder import RunFolder
 from s4al.config import load_run_config
 from s4al.data import build_dataset
+from s4al.data.classes import class_pixel_counts
 
 RESAMPLES = 2000
 
 
 def image_class_counts(dataset, indices: list[int], num_classes: int) -> np.ndarray:
     """(len(indices), C) labelled pixels of each class in each image."""
-    return np.stack([np.bincount(dataset.load_label(i).ravel(), minlength=256)[:num_classes] for i in indices])
+    return np.stack([class_pixel_counts([dataset.load_label(i)])[:num_classes] for i in indices])
 
 
 def initially_labelled(run_dir: Path, dataset) -> list[int]:

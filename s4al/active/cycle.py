@@ -33,6 +33,7 @@ from s4al import distributed
 from s4al.atomic import atomic_write
 from s4al.config import SAVED_ON_RESUME, RunConfig, config_digest, file_digest, flat_config, nested
 from s4al.data import DatasetError, build_dataset
+from s4al.data.classes import class_pixel_counts
 from s4al.errors import S4alWarning, counted, first_of, shell
 from s4al.evaluate import evaluate
 from s4al.model import build_model
@@ -475,11 +476,8 @@ class ActiveLearningRun(AbstractContextManager):
     # ---- accounting -----------------------------------------------------------------------
     def _bought_histogram(self, regions: list[Region], images: list[str]) -> dict[str, int]:
         names = self.train_set.classes.names
-        counts = np.zeros(256, dtype=np.int64)
-        for region in regions:
-            counts += np.bincount(self.ledger.patch(region).ravel(), minlength=256)
-        for image_id in images:
-            counts += np.bincount(self.train_set.load_label(self.index_of[image_id]).ravel(), minlength=256)
+        counts = class_pixel_counts([*(self.ledger.patch(region) for region in regions),
+                                     *(self.train_set.load_label(self.index_of[image_id]) for image_id in images)])
         histogram = {name: int(counts[k]) for k, name in enumerate(names)}
         histogram["void"] = int(counts[len(names):].sum())
         return histogram

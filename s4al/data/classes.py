@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,6 +10,14 @@ import numpy as np
 from s4al.errors import S4alError
 
 IGNORE_INDEX = 255
+
+
+def class_pixel_counts(labels: Iterable[np.ndarray]) -> np.ndarray:
+    """(256,) int64 pixels of each raw value over the uint8 label maps (class ids, IGNORE_INDEX)."""
+    counts = np.zeros(256, dtype=np.int64)
+    for label in labels:
+        counts += np.bincount(label.ravel(), minlength=256)
+    return counts
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from s4al import distributed
 from s4al.config import RunConfig
 from s4al.data.base import SegmentationDataset, ignore_interrupts
 from s4al.data.batches import to_model_input
-from s4al.data.classes import IGNORE_INDEX
+from s4al.data.classes import IGNORE_INDEX, class_pixel_counts
 from s4al.data.device_augment import LABELLED, UNLABELLED
 from s4al.data.device_cache import DeviceCache, training_on_device
 from s4al.data.views import Annotations, Augment, LabelledView, StepView, UnlabelledView
@@ -123,12 +123,8 @@ def labelled_class_counts(data: TrainData, num_classes: int) -> tuple[np.ndarray
     both. The counts' sum, everything an annotator labelled, gives the head/tail split; the whole
     images alone, drawn without regard to any score, estimate the class distribution, which the
     acquired regions over-sample on purpose."""
-    whole, regions = np.zeros(256, dtype=np.int64), np.zeros(256, dtype=np.int64)
-    for index in data.labelled:
-        whole += np.bincount(data.dataset.load_label(index).ravel(), minlength=256)
-    for patches in data.annotations.values():
-        for _, patch in patches:
-            regions += np.bincount(patch.ravel(), minlength=256)
+    whole = class_pixel_counts(data.dataset.load_label(index) for index in data.labelled)
+    regions = class_pixel_counts(patch for patches in data.annotations.values() for _, patch in patches)
     return whole[:num_classes], regions[:num_classes], int(whole[IGNORE_INDEX] + regions[IGNORE_INDEX])
 
 
