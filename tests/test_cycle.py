@@ -50,7 +50,7 @@ def recording_trainer(log: dict):
     class RecordingTrainer(Trainer):
         def fit(self):
             log[self.cycle] = {
-                "labelled": list(self.supervised_images),  # the images the supervised loss draws from
+                "labelled": list(self.streams.labelled),  # the images the supervised loss draws from
                 "pool": list(self.data.pool),
                 "annotations": {i: [(tuple(box), patch.copy()) for box, patch in v]
                                 for i, v in self.data.annotations.items()},
@@ -346,7 +346,7 @@ def test_partially_labelled_images_stay_in_the_pool_and_join_the_labelled_stream
     run.annotator.answer(run.ledger, run.ledger.asked())
     data = run.train_data(run.label_state())
     assert data.pool == sorted(set(range(NUM_TRAIN)) - set(initial)) and data.labelled == initial
-    assert data.supervised(ssl=enabled)[0] == (initial if enabled else sorted(initial + [target]))
+    assert data.streams(ssl=enabled).labelled == (initial if enabled else sorted(initial + [target]))
     [(box, patch)] = data.annotations[target]
     assert box == (16, 16, 32, 32)
     assert np.array_equal(patch, crop(run.train_set.load(target).label, box))

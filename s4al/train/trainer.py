@@ -88,6 +88,13 @@ class StepBatch(NamedTuple):
     replay: dict[str, torch.Tensor] | None
 
 
+class Streams(NamedTuple):
+    labelled: list[int]  # the labelled stream's images
+    partial: Annotations  # the labels of those labelled in their answered regions only
+    pool: list[int]  # the pool stream's images (SSL)
+    pool_answers: Annotations  # their answered regions
+
+
 @dataclass
 class TrainData:
     dataset: SegmentationDataset  # the train split
@@ -95,14 +102,14 @@ class TrainData:
     pool: list[int] = field(default_factory=list)  # every other image
     annotations: Annotations = field(default_factory=dict)  # the pool images' answered regions
 
-    def supervised(self, ssl: bool) -> tuple[list[int], Annotations]:
-        """The images of the labelled stream, and the partial labels among them. With SSL the
-        answered regions train inside the pool stream (ground truth over the pseudo labels; also
-        supervising them in the labelled stream cost 6 mIoU on CamVid); without it the pool images
-        with answers join the labelled stream, labelled in their regions only."""
+    def streams(self, ssl: bool) -> Streams:
+        """What each batch stream trains on. With SSL the answered regions train inside the pool
+        stream (ground truth over the pseudo labels; also supervising them in the labelled stream
+        cost 6 mIoU on CamVid); without it the pool images with answers join the labelled stream,
+        labelled in their regions only, and there is no pool stream."""
         if ssl:
-            return self.labelled, {}
-        return sorted({*self.labelled, *self.annotations}), self.annotations
+            return Streams(self.labelled, {}, self.pool, self.annotations)
+        return Streams(sorted({*self.labelled, *self.annotations}), self.annotations, [], {})
 
 
 @dataclass
@@ -199,7 +206,7 @@ class Trainer:
         self.epochs = cfg.train.epochs if epochs is None else epochs
         self.total_steps = self.epochs * self.iters
         self.ssl = cfg.ssl.enabled and bool(data.pool)
-        self.supervised_images, self.partial_labels = data.supervised(self.ssl)  # the labelled stream
+        self.streams = data.streams(self.ssl)
         self.cold_steps = cfg.ssl.cold_start_epochs * self.iters if self.ssl else 0
         self.folder = RunFolder(self.run_dir)
         self.checkpoint_path = self.folder.checkpoint_path(cycle)
@@ -214,8 +221,9 @@ class Trainer:
         self.teacher = MeanTeacher(self.student, cfg.ssl.ema_momentum)
         self.net = self._parallel(self.student)  # what the loop calls forward on
         t = cfg.train
-        pool, answered = (data.pool, len(data.annotations)) if self.ssl else ([], 0)
-        self.fast = training_on_device(t.fast, self.device, data.dataset, self.supervised_images, pool, answered)
+        streams = self.streams
+        self.fast = training_on_device(t.fast, self.device, data.dataset, streams.labelled, streams.pool,
+                                       len(streams.pool_answers))
         self.cuda_fast = cuda_fast = self.fast and self.device.type == "cuda"
         self.sgd_flags = {"fused": True} if cuda_fast else {}  # one kernel for all parameters; else torch's default
         self.optimizer, self.scheduler = self._optimizer()
@@ -239,7 +247,7 @@ class Trainer:
             scale_range=t.scale_range, crop_size=t.crop_size, hflip_p=t.hflip_p, color_jitter_p=t.color_jitter_p
         )
         if distributed.is_main():
-            sizes = {data.dataset.image_size(i) for i in {*self.supervised_images, *pool}}
+            sizes = {data.dataset.image_size(i) for i in {*streams.labelled, *streams.pool}}
             warn_padded_crops(t.crop_size, t.scale_range, list(sizes))
 
     def _optimizer(self) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
@@ -311,7 +319,7 @@ class Trainer:
         """The labelled stream's and, with SSL, the pool stream's named draws from this step on."""
         cfg, seed = self.cfg, self.cfg.seed
         shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}
-        draws = labelled_draws(self.data.dataset, self.supervised_images, self.partial_labels)
+        draws = labelled_draws(self.data.dataset, self.streams.labelled, self.streams.partial)
         labelled = StepBatches(
             Stream(draws, seed, "labelled", self.cycle), cfg.train.batch_size, self.step,
             self.total_steps, name="labelled", **shard,
@@ -319,7 +327,7 @@ class Trainer:
         if not self.ssl:
             return labelled, None
         unlabelled = StepBatches(
-            Stream(self.data.pool, seed, "pool", self.cycle),
+            Stream(self.streams.pool, seed, "pool", self.cycle),
             cfg.train.unlabelled_batch_size,
             max(self.step, self.cold_steps),
             self.total_steps,
@@ -335,12 +343,12 @@ class Trainer:
         """Named batches of the loader path: host tensors, augmented per sample by loader workers."""
         workers, pin = self.cfg.train.num_workers, self.device.type == "cuda"
         labelled, unlabelled = self._samplers()
-        labelled_view = StepView(LabelledView(self.data.dataset, self.aug, self.partial_labels))
+        labelled_view = StepView(LabelledView(self.data.dataset, self.aug, self.streams.partial))
         labelled_batches = iter(DataLoader(labelled_view, sampler=labelled, batch_size=None, num_workers=workers,
                                            pin_memory=pin, worker_init_fn=ignore_interrupts))
         if unlabelled is None:
             return labelled_batches, None
-        unlabelled_view = StepView(UnlabelledView(self.data.dataset, self.aug, self.data.annotations))
+        unlabelled_view = StepView(UnlabelledView(self.data.dataset, self.aug, self.streams.pool_answers))
         unlabelled_batches = DataLoader(unlabelled_view, sampler=unlabelled, batch_size=None, num_workers=workers,
                                         pin_memory=pin, worker_init_fn=ignore_interrupts)
         return labelled_batches, iter(unlabelled_batches)
@@ -355,10 +363,10 @@ class Trainer:
 
     def _device_streams(self) -> tuple[Iterator[dict], Iterator[dict] | None]:
         """Named batches of the fast path, built on the device from the cached split."""
-        pool = self.data.pool if self.ssl else []
+        streams = self.streams
         cache = DeviceCache(
-            self.data.dataset, self.supervised_images, pool, self.device, partial=self.partial_labels,
-            annotations=self.data.annotations if self.ssl else {}, num_workers=self.cfg.train.num_workers,
+            self.data.dataset, streams.labelled, streams.pool, self.device, partial=streams.partial,
+            annotations=streams.pool_answers, num_workers=self.cfg.train.num_workers,
         )
 
         self.batch_views = {name: Replayed(partial(kind.views, cache, self.aug), self.graphs, f"{name} batch")
