@@ -24,9 +24,9 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"  # train.device; s4al/distributed.p
 # where its files are and how many cycles it has (saved in its config.yaml; s4al/active/cycle.py).
 COMPUTED_ON_RESUME = ("train.device", "train.num_workers")
 SAVED_ON_RESUME = ("dataset.root", "model.weights", "active.cycles")
-# The keys only the acquisition reads (s4al/active/acquisition.py, the cycle's _queries,
-# _record_queries and _images_per_cycle, the annotation package's scoring batch). The trainer, the
-# learner, the data, the initial draw and the cycle-0 epochs read none of them, so two configs equal
+# The keys only the acquisition reads (s4al/active/acquisition.py, the cycle's _queries and
+# _record_queries, the annotation package's scoring batch). The trainer, the learner, the data,
+# the initial draw and the cycle-0 epochs read none of them, so two configs equal
 # in every other key train the same cycle 0, bit for bit (tests/test_benchmarks.py changes each in
 # turn): a run may take another's (`s4al run --cycle0-from`).
 ACQUISITION_ONLY = frozenset({"active.level", "active.metric", "active.region_size", "active.regions_per_image",

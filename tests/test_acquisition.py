@@ -16,6 +16,7 @@ from s4al.active.acquisition import (
     Query,
     choose_images,
     choose_regions,
+    images_per_cycle,
     score_cells,
     score_images,
 )
@@ -243,3 +244,18 @@ def test_config_values_too_large_for_the_images_are_said_not_capped_silently():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         acquisition.warn_capped(sizes, tiny_config(active={"region_size": 16, "regions_per_image": 6}).active)
+
+
+@pytest.mark.parametrize("selection, values, sizes, expected", [
+    # 2 cells of 16x16 for each of 3 images of 48x64: 1,536 px of 3,072 a mean image: 0.5 image, at least 1
+    ("per_image", {"regions_per_image": 2}, [(48, 64)] * 3, 1),
+    # 4 cells x 3 images = 3,072 px over a mean image of (1,024 + 1,024 + 3,072) / 3 = 1,707 px: 1.8 images
+    ("per_image", {"regions_per_image": 4}, [(32, 32), (32, 32), (48, 64)], 2),
+    # a global budget of 30 cells of 256 px over 3,072 px images: 2.5, rounded to even: 2
+    ("global", {"global_budget": 30}, [(48, 64)] * 5, 2),
+    ("global", {"global_budget": 5}, [(48, 64)] * 5, 1),  # 0.42 images: at least 1
+    ("per_image", {"regions_per_image": 4}, [], 0),  # no pool, nothing to buy
+])
+def test_whole_images_a_cycle_spend_the_region_protocols_pixel_budget(selection, values, sizes, expected):
+    cfg = active(tiny_config(), level="image", region_size=16, selection=selection, **values)
+    assert images_per_cycle(sizes, cfg) == expected

@@ -265,6 +265,17 @@ def image_features(
     return torch.stack([features[i] for i in indices])
 
 
+def images_per_cycle(initial_pool_sizes: Sequence[tuple[int, int]], cfg: ActiveConfig) -> int:
+    """Whole images matching the pixel budget of the region-level protocol, which buys the same
+    cells every cycle: k per image of the initial pool (it never shrinks), or the global budget.
+    The current pool would shrink the budget as whole images leave it."""
+    if not initial_pool_sizes:
+        return 0
+    cells = cfg.regions_per_image * len(initial_pool_sizes) if cfg.selection == "per_image" else cfg.global_budget
+    mean_pixels = np.mean([h * w for h, w in initial_pool_sizes])
+    return max(1, round(cells * cfg.region_size**2 / mean_pixels))
+
+
 def choose_images(
     model, dataset, labelled: Sequence[int], pool: Sequence[int], count: int, cfg: ActiveConfig, device, seed: int,
     num_workers: int = 0, *, fast: FastMode,

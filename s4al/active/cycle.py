@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from s4al.active.acquisition import (
-    Query, choose_images, choose_regions, score_cells, scoring_workers, warn_capped,
+    Query, choose_images, choose_regions, images_per_cycle, score_cells, scoring_workers, warn_capped,
 )
 from s4al.active.dataset_changes import DatasetChanges, dataset_changes
 from s4al.active.label_state import LabelState
@@ -436,7 +436,7 @@ class ActiveLearningRun(AbstractContextManager):
         state = self.label_state()
         workers = scoring_workers(self.device, self.cfg.train.num_workers)
         if a.level == "image":
-            count = self._images_per_cycle(state)
+            count = images_per_cycle([state.sizes[i] for i in state.initial_pool], a)
             return choose_images(model, self.train_set, state.whole, state.pool, count, a, self.device, seed, workers,
                                  fast=self.cfg.train.fast)
         cells = score_cells(model, self.train_set, state.pool, state.asked, a, self.device, seed, workers,
@@ -449,18 +449,6 @@ class ActiveLearningRun(AbstractContextManager):
         if self.cfg.active.level == "region" and distributed.is_main() and cycle not in self.capped_said:
             warn_capped({i: state.sizes[i] for i in state.pool}, self.cfg.active)
             self.capped_said.add(cycle)
-
-    def _images_per_cycle(self, state: LabelState) -> int:
-        """Whole images matching the pixel budget of the region-level protocol, which buys the same
-        cells every cycle: k per image of the initial pool (it never shrinks), or the global budget.
-        The current pool would shrink the budget as whole images leave it."""
-        a = self.cfg.active
-        initial_pool = state.initial_pool
-        if not initial_pool:
-            return 0
-        cells = a.regions_per_image * len(initial_pool) if a.selection == "per_image" else a.global_budget
-        mean_pixels = np.mean([np.prod(state.sizes[i]) for i in initial_pool])
-        return max(1, round(cells * a.region_size**2 / mean_pixels))
 
     def _answer(self, cycle: int) -> bool:
         self._on_main(self._answer_by_masks, cycle)
