@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from common import REPO, RESULTS, machine_info, machine_tag, markdown_table, write_json
-from s4al.active.ledger import Ledger
+from s4al.active.ledger import CLASSES_META, Ledger
 from s4al.active.phases import CyclePhases
 from s4al.annotation.label_studio import task
 from s4al.config import load_config
@@ -71,7 +71,7 @@ def make_run(run_dir: Path, images: int, regions: int, size: tuple[int, int], ce
              for n in range(images)}
     with Ledger(run_dir / "ledger.sqlite") as ledger, CyclePhases(ledger) as phases:
         ledger.register_images([(image_id, height, width) for image_id in boxes])
-        ledger.set_meta("classes", list(CLASSES.names))
+        ledger.set_meta(CLASSES_META, list(CLASSES.names))
         phases.set_phase(0, "train")
         ledger.ask(0, [(image_id, box, "entropy", 1.0) for image_id, image_boxes in boxes.items()
                        for box in image_boxes])

@@ -25,7 +25,10 @@ from s4al.active.acquisition import (
 )
 from s4al.active.dataset_changes import DatasetChanges, dataset_changes
 from s4al.active.label_state import LabelState
-from s4al.active.ledger import COLOURS_META, RUN_ID, Ledger, Region, utc_now
+from s4al.active.ledger import (
+    CLASSES_META, COLOURS_META, CONFIG_DIGEST, EVALUATED_META, FILE_DIGEST, JOINED, RESUME_CHANGES, RUN_ID, SEED_META,
+    Ledger, Region, utc_now,
+)
 from s4al.active.ledger_copy import copy_of
 from s4al.active.oracle import BY_DATASET_MASK, Annotator, GroundTruthOracle
 from s4al.active.phases import CyclePhases
@@ -44,11 +47,6 @@ from s4al.distributed import setup_device
 from s4al.train.trainer import Trainer, TrainData
 
 
-CONFIG_DIGEST = "config_digest"  # ledger meta: config_digest(config.yaml) when the run was made
-EVALUATED_META = "evaluated_images"  # ledger meta: {split: image ids} of the val and test splits last opened
-FILE_DIGEST = "config_sha256"  # the same in ledgers made before: the file's bytes
-RESUME_CHANGES = "resume_changes"  # ledger meta: the config keys changed on resume, when, from what
-JOINED = "joined"  # ledger meta: the images and masks added to the dataset after the run was made, as they joined it
 NO_ADDITIONS = DatasetChanges([], [], [], [])
 
 
@@ -156,8 +154,8 @@ class ActiveLearningRun(AbstractContextManager):
         with Ledger(building) as ledger:
             records = [(image_id, *self.train_set.image_size(i)) for i, image_id in enumerate(self.ids)]
             ledger.register_images(records, initial=set(initial_ids))
-            ledger.set_meta("classes", list(self.train_set.classes.names))
-            ledger.set_meta("seed", self.cfg.seed)
+            ledger.set_meta(CLASSES_META, list(self.train_set.classes.names))
+            ledger.set_meta(SEED_META, self.cfg.seed)
             ledger.set_meta(CONFIG_DIGEST, config_digest(self.folder.config_path))
         os.replace(building, path)
 

@@ -50,9 +50,17 @@ from s4al.data.base import Box
 from s4al.errors import S4alError, first_of
 
 SCHEMA_VERSION = 3
-RUN_ID = "run_id"  # meta: a random id the run is made with; its Label Studio tasks carry it
-COLOURS_META = "colours"  # meta: the classes' RGB colours, in class id order (runs made since it was kept)
-PROJECT_META = "label_studio_project"  # meta: {"url": server, "id": project id} of the run's one project
+# The meta table's keys (besides schema_version), each a JSON value:
+RUN_ID = "run_id"  # a random id the run is made with; its Label Studio tasks carry it
+CLASSES_META = "classes"  # the class names, in class id order
+COLOURS_META = "colours"  # the classes' RGB colours, in class id order (runs made since it was kept)
+SEED_META = "seed"  # the run's seed, for the ledger read on its own
+CONFIG_DIGEST = "config_digest"  # config_digest(config.yaml) when the run was made
+FILE_DIGEST = "config_sha256"  # the same in ledgers made before: the file's bytes
+EVALUATED_META = "evaluated_images"  # {split: image ids} of the val and test splits last opened
+RESUME_CHANGES = "resume_changes"  # the config keys changed on resume, when, from what
+JOINED = "joined"  # the images and masks added to the dataset after the run was made, as they joined it
+PROJECT_META = "label_studio_project"  # {"url": server, "id": project id} of the run's one project
 READABLE_VERSIONS = (1, 2, 3)  # version 1 lacks the 'skipped' state, versions 1 and 2 the column painted_at
 LABELS_DIRNAME = "labels"
 _SWITCH_BUSY_TIMEOUT_MS = 100  # a close waits this long at most for other connections to the file

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s4al.active.ledger import COLOURS_META, RUN_ID, Ledger, LedgerError, Region
+from s4al.active.ledger import CLASSES_META, COLOURS_META, RUN_ID, Ledger, LedgerError, Region
 from s4al.active.phases import CyclePhases
 from s4al.active.regions import box_masks
 from s4al.annotation.label_studio import BY_LABEL_STUDIO, read_export
@@ -90,7 +90,7 @@ def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> 
         with Ledger(ledger_path, readonly=True) as ledger:  # a refusal must not touch a byte
             sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
             unannotated: set[int] = set()  # region ids of the file's tasks without an annotation, as read
-            painted, report = _read(answers_path, ledger.get_meta("classes"), ledger.get_meta(COLOURS_META), sizes,
+            painted, report = _read(answers_path, ledger.get_meta(CLASSES_META), ledger.get_meta(COLOURS_META), sizes,
                                     unannotated)
             answers, painted_at = _answers(ledger, painted, report, unannotated)
             _refuse_label_changes_mid_training(folder, ledger, report, answers_path)
@@ -165,7 +165,7 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
     """The (region id, label patch) answers of every painted image, and when each was painted; any
     problem refuses the import. Only the patches are kept, so memory does not grow with the images'
     full-size maps."""
-    num_classes = len(ledger.get_meta("classes"))
+    num_classes = len(ledger.get_meta(CLASSES_META))
     sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
     regions = {region.region_id: region for region in ledger.regions()}
     of_image: dict[str, list[Region]] = defaultdict(list)  # in region id order

@@ -18,7 +18,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from s4al.errors import S4alError, counted, shell
 from s4al.atomic import output_folder
-from s4al.active.ledger import Ledger, Region
+from s4al.active.ledger import CLASSES_META, Ledger, Region
 from s4al.active.phases import CyclePhases
 from s4al.config import RunConfig, load_run_config
 from s4al.data import IGNORE_INDEX, ClassSet, DatasetError, SegmentationDataset, build_dataset
@@ -274,7 +274,7 @@ def run_classes(run_dir: Path, cfg: RunConfig, cycle: int, state: dict | None) -
         return class_set(cfg.dataset, state["classes"], state.get("colours"))
     if folder.ledger_path.exists():
         with Ledger(folder.ledger_path, readonly=True) as ledger:
-            return class_set(cfg.dataset, ledger.get_meta("classes"))
+            return class_set(cfg.dataset, ledger.get_meta(CLASSES_META))
     try:
         return _dataset(cfg, cfg.dataset.train_split).classes
     except NotDrawn as reason:
