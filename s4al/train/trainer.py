@@ -417,6 +417,8 @@ class Trainer:
         return loss.detach(), eta.mean()
 
     def _pseudo_labels(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's pseudo labels and confidences of a batch's weak view: aligned (if on), the
+        answers where known (confidence 1), void outside the image."""
         probs = self.teacher_pass(batch["weak"])
         if self.alignment is not None:
             self.alignment.update(probs, batch["valid"], distributed.all_mean)
@@ -426,33 +428,15 @@ class Trainer:
         pseudo = pseudo.masked_fill(~batch["valid"], IGNORE_INDEX)
         return pseudo, confidence
 
-    def _ssl_losses(self, step: int, unlabelled: dict, replay: dict | None) -> dict[str, torch.Tensor]:
-        """The teacher pseudo-labels the unlabelled and replay batches in one pass. The student
-        learns the unlabelled batch mixed within itself (ClassMix), then, with a replay batch, the
-        replay images' chosen classes pasted onto the unlabelled ones (Balanced ClassMix)."""
-        s = self.cfg.ssl
-        teacher_views = ("weak", "valid", "known", "known_label")
-        pseudo, confidence = self._pseudo_labels(  # the joined copy is freed before the student's passes
-            unlabelled if replay is None else {k: torch.cat([unlabelled[k], replay[k]]) for k in teacher_views}
-        )
-        n = len(unlabelled["strong"])
-        current = unlabelled["strong"], pseudo[:n], confidence[:n]
-        generator = seeded_generator(self.cfg.seed, "mix", self.cycle, step, *self.rank_seed)
-        mixed = classmix_batch(*current, generator) if s.classmix else current
-        logs = dict(zip(("loss/unsup", "eta/unsup"), self._unsupervised_backward(*mixed, last=replay is None)))
-        if replay is None:
-            return logs
-        replayed = replay["strong"], pseudo[n:], confidence[n:]
-        if s.balanced_classmix:
-            mixed = balanced_classmix_batch(*current, *replayed, self.head, self.tail, s.n_head, s.n_tail, generator)
-        else:
-            mixed = paste(classmix_masks(replayed[1], generator), replayed, current)
-        return logs | dict(zip(("loss/replay", "eta/replay"), self._unsupervised_backward(*mixed, last=True)))
-
     def train_step(
         self, step: int, labelled: dict, unlabelled: dict | None = None, replay: dict | None = None
     ) -> dict[str, torch.Tensor]:
-        """One optimiser step on a StepBatch's batches; returns the losses (and etas) on the device."""
+        """One optimiser step on a StepBatch's batches; returns the losses (and etas) on the device.
+        The student learns the labelled batch; with SSL, the teacher pseudo-labels the unlabelled and
+        replay batches in one pass, the student learns the unlabelled batch mixed within itself
+        (ClassMix) and then, with a replay batch, the replay images' chosen classes pasted onto the
+        unlabelled ones (Balanced ClassMix); the teacher follows the student (EMA)."""
+        s = self.cfg.ssl
         torch.manual_seed(derive_seed(self.cfg.seed, "step", self.cycle, step, *self.rank_seed))  # dropout, resumable
         self.optimizer.zero_grad(set_to_none=self.grads_to_none)
         sup_weight = COLD_START_SUP_WEIGHT if step < self.cold_steps else 1.0
@@ -461,7 +445,23 @@ class Trainer:
             self.student_pass.backward(loss)
         logs = {"loss/sup": loss.detach()}
         if unlabelled is not None:
-            logs |= self._ssl_losses(step, unlabelled, replay)
+            teacher_views = ("weak", "valid", "known", "known_label")
+            pseudo, confidence = self._pseudo_labels(  # the joined copy is freed before the student's passes
+                unlabelled if replay is None else {k: torch.cat([unlabelled[k], replay[k]]) for k in teacher_views}
+            )
+            n = len(unlabelled["strong"])
+            current = unlabelled["strong"], pseudo[:n], confidence[:n]
+            generator = seeded_generator(self.cfg.seed, "mix", self.cycle, step, *self.rank_seed)
+            mixed = classmix_batch(*current, generator) if s.classmix else current
+            logs["loss/unsup"], logs["eta/unsup"] = self._unsupervised_backward(*mixed, last=replay is None)
+            if replay is not None:
+                replayed = replay["strong"], pseudo[n:], confidence[n:]
+                if s.balanced_classmix:
+                    mixed = balanced_classmix_batch(*current, *replayed, self.head, self.tail, s.n_head, s.n_tail,
+                                                    generator)
+                else:
+                    mixed = paste(classmix_masks(replayed[1], generator), replayed, current)
+                logs["loss/replay"], logs["eta/replay"] = self._unsupervised_backward(*mixed, last=True)
         self.optimizer.step()
         self.scheduler.step()
         self.teacher.update(self.student, step)
