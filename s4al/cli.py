@@ -20,7 +20,8 @@ from s4al.config import (
     CYCLE0_MAY_DIFFER, ConfigError, RunConfig, inert_settings, load_config, parse_override,
 )
 from s4al.data import DatasetError, build_dataset
-from s4al.errors import S4alError, reports_error, shell, show_user_warnings, user_errors_reported
+from s4al.errors import S4alError, reports_error, show_user_warnings, user_errors_reported
+from s4al.text import shell
 from s4al.provenance import record_start
 from s4al.run_folder import RunFolder
 from s4al.train.checkpoint import adoptable_checkpoint

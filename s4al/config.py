@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from s4al.active.scores import CORESET, metric_names
 from s4al.atomic import atomic_write
-from s4al.errors import S4alError, first_of
+from s4al.errors import S4alError
+from s4al.text import first_of
 
 FastMode = Literal["auto", "on", "off"]  # train.fast
 Side = Annotated[int, Field(ge=1)]  # an image side in pixels

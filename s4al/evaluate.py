@@ -18,7 +18,8 @@ from s4al import distributed
 from s4al.config import FastMode
 from s4al.data.base import SegmentationDataset
 from s4al.inference import bf16_inference, inference_batches, inference_cache
-from s4al.errors import S4alWarning, first_of
+from s4al.errors import S4alWarning
+from s4al.text import first_of
 from s4al.metrics import Confusion, SegmentationScores, scores_from_confusion
 from s4al.tiles import tiled_logits
 

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s4al.errors import S4alError, first_line
+from s4al.errors import S4alError
+from s4al.text import first_line
 from s4al.config import ModelConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

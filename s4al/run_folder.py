@@ -32,7 +32,8 @@ from s4al.config import (
     COMPUTED_ON_RESUME, SAVED_ON_RESUME, ConfigError, RunConfig, config_differences, flat_config, load_run_config,
     save_config,
 )
-from s4al.errors import S4alError, shell
+from s4al.errors import S4alError
+from s4al.text import shell
 
 CONFIG_FILE = "config.yaml"
 LEDGER_FILE = "ledger.sqlite"

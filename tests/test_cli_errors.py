@@ -13,7 +13,8 @@ from conftest import tiny_config
 from s4al.cli import app
 from s4al.data import DatasetError
 from s4al.data.synthetic import SYNTHETIC_CLASSES
-from s4al.errors import counted, first_of, named, user_errors_reported
+from s4al.errors import user_errors_reported
+from s4al.text import counted, first_of, named
 from s4al.model import build_model
 from s4al.train.checkpoint import save_checkpoint
 from test_own_data import CLASSES as OWN_CLASSES, make_dataset, own_config

@@ -37,7 +37,8 @@ from s4al.atomic import atomic_write
 from s4al.config import SAVED_ON_RESUME, RunConfig, config_digest, file_digest, flat_config, nested
 from s4al.data import DatasetError, build_dataset
 from s4al.data.classes import class_pixel_counts
-from s4al.errors import S4alWarning, counted, first_of, shell
+from s4al.errors import S4alWarning
+from s4al.text import counted, first_of, shell
 from s4al.evaluate import evaluate
 from s4al.model import build_model
 from s4al.run_folder import RunFolder, RunFolderError

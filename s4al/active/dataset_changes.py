@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from s4al.active.ledger import ImageRecord
 from s4al.config import RunConfig
 from s4al.data.base import SegmentationDataset
-from s4al.errors import counted, first_of
+from s4al.text import counted, first_of
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,8 @@ from PIL import Image
 
 from s4al.atomic import atomic_write, stray_temp_files
 from s4al.data.base import Box
-from s4al.errors import S4alError, first_of
+from s4al.errors import S4alError
+from s4al.text import first_of
 
 SCHEMA_VERSION = 3
 # The meta table's keys (besides schema_version), each a JSON value:

@@ -47,7 +47,7 @@ from s4al.annotation.masks import (
 )
 from s4al.data.folder import ColourDecoder
 from s4al.run_folder import RunFolder
-from s4al.errors import first_of, named, shell
+from s4al.text import first_of, named, shell
 
 MAX_PROBLEMS_SHOWN = 10
 

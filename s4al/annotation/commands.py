@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from s4al.annotation.masks import MIN_PAINTED_SHARE
-from s4al.errors import counted, first_of, named, shell, user_errors_reported
+from s4al.errors import user_errors_reported
+from s4al.text import counted, first_of, named, shell
 from s4al.run_folder import RunFolder, RunFolderError
 
 if TYPE_CHECKING:

@@ -35,7 +35,7 @@ from s4al.active.ledger import Region
 from s4al.active.regions import box_masks
 from s4al.annotation.masks import MIN_PAINTED_SHARE, UNPAINTED, AnswerError, PaintedImage, utc_time
 from s4al.data.classes import ClassSet
-from s4al.errors import first_line
+from s4al.text import first_line
 
 IMAGE_TAG = "image"
 BRUSH_TAG = "label"  # the person's paint

@@ -38,7 +38,8 @@ from label_studio_sdk.data_manager import Column, Filters, Operator, Type
 from s4al.active.ledger import PROJECT_META, RUN_ID, Ledger
 from s4al.annotation.label_studio import BY_LABEL_STUDIO, json_list_items
 from s4al.atomic import atomic_write
-from s4al.errors import S4alError, shell
+from s4al.errors import S4alError
+from s4al.text import shell
 from s4al.run_folder import RunFolder
 
 UPLOAD_BYTES = 50 * 2**20  # the JSON of one upload; Label Studio refuses uploads over 250 MB

@@ -19,7 +19,8 @@ from s4al.data.base import DatasetError
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.folder import ColourDecoder, palette_labels
 from s4al.data.io import image_mode, read_label, read_palette
-from s4al.errors import S4alError, first_of
+from s4al.errors import S4alError
+from s4al.text import first_of
 
 UNPAINTED = IGNORE_INDEX
 MIN_PAINTED_SHARE = 0.5  # of a region's pixels, for the region to count as answered

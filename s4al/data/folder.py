@@ -42,7 +42,7 @@ from s4al.data.io import (
     remap_label,
     require_nonempty,
 )
-from s4al.errors import first_of
+from s4al.text import first_of
 
 UNLABELLED_SPLIT = "unlabelled"
 SPEC_NAMES = ("classes.yaml", "classes.yml", "classes.json")

@@ -16,7 +16,8 @@ from matplotlib import colormaps, patheffects
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from s4al.errors import S4alError, counted, shell
+from s4al.errors import S4alError
+from s4al.text import counted, shell
 from s4al.atomic import output_folder
 from s4al.active.ledger import CLASSES_META, Ledger, Region
 from s4al.active.phases import CyclePhases

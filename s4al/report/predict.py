@@ -20,7 +20,8 @@ from s4al.data.folder import read_spec
 from s4al.data.io import read_image, resize_image, resize_label
 from s4al.data.synthetic import SYNTHETIC_CLASSES
 from s4al.distributed import setup_device
-from s4al.errors import S4alError, first_of
+from s4al.errors import S4alError
+from s4al.text import first_of
 from s4al.tiles import tiled_labels
 from s4al.train.checkpoint import load_checkpoint, trained_model
 

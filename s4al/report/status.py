@@ -15,7 +15,7 @@ from s4al.active.ledger import PROJECT_META, Ledger
 from s4al.active.phases import CyclePhases
 from s4al.config import RunConfig
 from s4al.data import DatasetError, build_dataset
-from s4al.errors import counted, shell
+from s4al.text import counted, shell
 from s4al.run_folder import json_lines
 
 

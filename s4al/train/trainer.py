@@ -48,7 +48,8 @@ from s4al.data.classes import IGNORE_INDEX, class_pixel_counts
 from s4al.data.device_augment import LABELLED, UNLABELLED
 from s4al.data.device_cache import DeviceCache, training_on_device
 from s4al.data.views import Annotations, Augment, LabelledView, StepView, UnlabelledView
-from s4al.errors import S4alError, S4alWarning, first_of
+from s4al.errors import S4alError, S4alWarning
+from s4al.text import first_of
 from s4al.evaluate import evaluate
 from s4al.model import build_model
 from s4al.run_folder import RunFolder
