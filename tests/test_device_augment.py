@@ -10,7 +10,8 @@ import torchvision.transforms.v2.functional as TF
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.device_augment import LABELLED, UNLABELLED, color_jitter, draw_params
 from s4al.data.device_cache import DeviceCache, MixedImageSizes
-from s4al.data.views import Augment, LabelledView, UnlabelledView
+from s4al.data.augment import Augment
+from s4al.data.views import LabelledView, UnlabelledView
 from s4al.seeding import derive_seed
 from test_views import H, W, Coded, coded_image, coded_label
 

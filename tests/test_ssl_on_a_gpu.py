@@ -11,7 +11,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from s4al.data.device_augment import LABELLED, UNLABELLED
-from s4al.data.views import Augment
+from s4al.data.augment import Augment
 from s4al.ssl.alignment import ArgmaxAlignment, ProbabilityAlignment
 from s4al.ssl.classmix import balanced_classmix_batch, classmix_batch
 from s4al.ssl.losses import apply_annotations, confidence_ratio, supervised_loss, unsupervised_loss

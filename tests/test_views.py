@@ -5,7 +5,8 @@ import torch
 
 from s4al.data.base import Sample, SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX, ClassSet
-from s4al.data.views import Augment, LabelledView, StepView, UnlabelledView, geometric, rasterize
+from s4al.data.augment import Augment, geometric
+from s4al.data.views import LabelledView, StepView, UnlabelledView, rasterize
 
 H, W = 24, 32
 

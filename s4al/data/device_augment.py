@@ -1,5 +1,5 @@
 """The views of s4al/data/views.py built for a whole batch at once on the training device, from a
-DeviceCache: the same per-sample draws (views.draw_geometry, views.draw_jitter, from the same
+DeviceCache: the same per-sample draws (augment.draw_geometry, augment.draw_jitter, from the same
 seeds in the same order), applied as batched tensor operations.
 
 Geometry (resize, pad, crop, flip) is separable, so each sample's image is resampled as
@@ -23,7 +23,7 @@ import torch
 from s4al.data.batches import host_to_device
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.device_cache import DeviceCache
-from s4al.data.views import Augment, draw_geometry, draw_jitter
+from s4al.data.augment import Augment, draw_geometry, draw_jitter
 
 # columns of a batch's parameter table
 SIZE_H, SIZE_W, TOP, LEFT, FLIP, JITTERED, BRIGHTNESS, CONTRAST, SATURATION, HUE = range(10)

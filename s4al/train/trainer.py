@@ -2,7 +2,7 @@
 paper's mean-teacher learner with Confidence Weighting and Balanced ClassMix (Eqs. 1-6).
 
 Each step gets its batches by name (labelled, unlabelled, replay) from one of two sources: loader
-workers that augment each sample on the host (s4al/data/views.py), or, on the fast path, the train
+workers that augment each sample on the host (s4al/data/views.py, augment.py), or, on the fast path, the train
 split decoded once onto the device and augmented there a batch at a time (s4al/data/device_cache.py,
 s4al/data/device_augment.py), with the same per-sample draws. Both feed the same step.
 
@@ -47,7 +47,8 @@ from s4al.data.batches import to_model_input
 from s4al.data.classes import IGNORE_INDEX, class_pixel_counts
 from s4al.data.device_augment import LABELLED, UNLABELLED
 from s4al.data.device_cache import DeviceCache, training_on_device
-from s4al.data.views import Annotations, Augment, LabelledView, StepView, UnlabelledView
+from s4al.data.augment import Augment
+from s4al.data.views import Annotations, LabelledView, StepView, UnlabelledView
 from s4al.errors import S4alError, S4alWarning
 from s4al.text import first_of
 from s4al.evaluate import evaluate
