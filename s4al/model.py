@@ -34,20 +34,23 @@ class SegmentationNet(nn.Module):
     def encoder(self) -> nn.Module:
         return self.net.encoder
 
+    def _input(self, images: torch.Tensor, reflect: bool) -> torch.Tensor:
+        """Normalised and padded right and bottom to a multiple of the output stride: reflected
+        where the image is large enough to reflect, else its edge replicated."""
+        h, w = images.shape[-2:]
+        pad_h, pad_w = -h % STRIDE, -w % STRIDE
+        x = (images - self.mean) / self.std
+        if not (pad_h or pad_w):
+            return x
+        return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if reflect and min(h, w) > max(pad_h, pad_w) else "replicate")
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         h, w = images.shape[-2:]
-        x = (images - self.mean) / self.std
-        pad_h, pad_w = -h % STRIDE, -w % STRIDE
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if min(h, w) > max(pad_h, pad_w) else "replicate")
-        return self.net(x)[..., :h, :w]
+        return self.net(self._input(images, reflect=True))[..., :h, :w]
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Deepest encoder feature map, for Core-Set."""
-        h, w = images.shape[-2:]
-        x = (images - self.mean) / self.std
-        x = F.pad(x, (0, -w % STRIDE, 0, -h % STRIDE), mode="replicate")
-        return self.net.encoder(x)[-1]
+        return self.net.encoder(self._input(images, reflect=False))[-1]
 
 
 def _load_local_encoder_weights(encoder: nn.Module, path: Path) -> None:
