@@ -335,6 +335,24 @@ def test_an_export_is_a_snapshot_waited_for_received_whole_and_deleted_on_the_se
     assert [p.name for p in (run_dir / "answers").iterdir()] == ([export.name] if outcome == "completed" else [])
 
 
+class ProxyGivesUpOnExports(ExportsInTheBackground):
+    """A proxy in front of Label Studio that answers 504 when the export's creation takes long."""
+
+    def do_POST(self):
+        self._answer(504, b"<html>504 Gateway Time-out</html>", "text/html")
+
+
+def test_a_proxy_that_gives_up_on_an_export_is_named_so_with_what_to_do(tmp_path):
+    with serving(ProxyGivesUpOnExports) as (server, url), pytest.raises(LabelStudioError) as late:
+        with Ledger(tmp_path / "ledger.sqlite") as ledger:
+            ledger.set_meta(PROJECT_META, {"url": url, "id": 1})
+        download_export(tmp_path, "key")
+    assert str(late.value) == (f"{url}: Label Studio did not answer in time (HTTP 504); a busy server, or the export "
+                               "of a large project, can take longer: try again later, or export the project in Label "
+                               "Studio (JSON) and import that file")
+    assert not list((tmp_path / "answers").glob("*"))
+
+
 class NotLabelStudio(StoresThenFails):
     """A web server that answers pages, as a Label Studio page's address (…/projects/1) would."""
 

@@ -440,6 +440,10 @@ def _server_errors(url: str, project: Project | None = None, run_dir: Path | Non
             raise LabelStudioError(f"{url}: the API key was refused (HTTP {err.status_code}{_reason(err)}); set "
                                    "LABEL_STUDIO_API_KEY to your access token (Account & Settings; a personal "
                                    "access token that expired or was revoked needs a new one)") from None
+        if err.status_code in PROXY_GAVE_UP:  # a proxy in front of the server, or the server, stopped waiting
+            raise LabelStudioError(f"{url}: Label Studio did not answer in time (HTTP {err.status_code}); a busy "
+                                   f"server, or the export of a large project, can take longer: try again "
+                                   f"later{slow}") from None
         if err.status_code == 404 and project is not None:
             raise LabelStudioError(f"{url}: project {project.id} not found (deleted?), the project this run "
                                    "sends its tasks to and imports its answers from; "
