@@ -194,7 +194,7 @@ def run(
         "--cycle0-from", metavar="RUN_DIR",
         help="A new run takes this run's trained cycle 0 as its own instead of training it again; their configs may "
              "differ only in what the acquisition reads (active.metric, level, region size and count, selection, "
-             "budget) and the device.")] = None,
+             "budget), the device, and active.cycles where both ask at least once.")] = None,
     quiet: QuietOption = False,
 ) -> None:
     """The active-learning cycle: train, score the pool, ask for regions, get answers, repeat."""

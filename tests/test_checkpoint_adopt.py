@@ -143,6 +143,17 @@ def test_a_new_run_takes_another_runs_cycle_0_and_asks_with_its_own_metric(entro
         assert {region.metric for region in ledger.regions()} == {"margin"}
 
 
+def test_a_run_with_more_cycles_takes_the_cycle_0_but_one_whose_cycle_0_is_its_last_does_not(entropy_run, tmp_path):
+    lender, config = entropy_run  # 1 cycle after cycle 0: its cycle 0 trained the epochs of a cycle that is not the last
+    longer = cli_run("--out", str(tmp_path / "longer"), "--config", str(config), "--set", "active.cycles=2",
+                     "--cycle0-from", str(lender))
+    assert longer.exit_code == 0, longer.output
+    assert "cycle 0 taken from" in " ".join(longer.output.split())
+    only = cli_run("--out", str(tmp_path / "only"), "--config", str(config), "--set", "active.cycles=0",
+                   "--cycle0-from", str(lender))
+    assert only.exit_code == 1 and "trained with another active.cycles (1 there, 0 here)" in " ".join(only.output.split())
+
+
 def test_a_cycle_0_trained_otherwise_is_refused_before_the_run_is_made(entropy_run, tmp_path):
     lender, config = entropy_run
     result = cli_run("--out", str(tmp_path / "new"), "--config", str(config), "--set", "train.lr=0.02",

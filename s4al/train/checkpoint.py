@@ -84,7 +84,8 @@ def adoptable_checkpoint(source_run_dir: Path, cfg: RunConfig, cycle: int = 0,
                          may_differ: Collection[str] = ()) -> dict:
     """The source run's final checkpoint of `cycle`, read, if a run made with `cfg` may take it as
     its own: the cycle's last step, trained with a config that differs from `cfg` only in
-    `may_differ` (the keys the cycle's training does not read). Else AdoptionRefused."""
+    `may_differ` (the keys the cycle's training does not read) and, where the cycle is the final one
+    of neither run (its epochs are then the same), in active.cycles. Else AdoptionRefused."""
     path = RunFolder(source_run_dir).checkpoint_path(cycle)
     if not path.is_file():
         raise AdoptionRefused(f"{source_run_dir}: has no checkpoint of cycle {cycle} ({path})")
@@ -92,10 +93,13 @@ def adoptable_checkpoint(source_run_dir: Path, cfg: RunConfig, cycle: int = 0,
     if state["cycle"] != cycle or state["step"] != state["total_steps"]:
         raise AdoptionRefused(f"{path}: at step {state['step']} of {state['total_steps']} of cycle "
                               f"{state['cycle']}, not the final checkpoint of cycle {cycle}")
-    differences = config_differences(saved_config(state["config"], path), cfg, may_differ)
+    trained_with = saved_config(state["config"], path)
+    if cycle < min(trained_with.active.cycles, cfg.active.cycles):  # not the final cycle of either: trained alike
+        may_differ = {*may_differ, "active.cycles"}
+    differences = config_differences(trained_with, cfg, may_differ)
     if differences:
-        shown = ", ".join(f"{key} ({flat_config(saved_config(state['config'], path)).get(key)!r} there, "
-                          f"{flat_config(cfg).get(key)!r} here)" for key in differences)
+        there, here = flat_config(trained_with), flat_config(cfg)
+        shown = ", ".join(f"{key} ({there.get(key)!r} there, {here.get(key)!r} here)" for key in differences)
         raise AdoptionRefused(f"{path}: trained with another {shown}")
     return state
 
