@@ -82,7 +82,7 @@ def machine_info() -> dict:
         **libs,
         "smp": libs["segmentation_models_pytorch"],  # the key older result files have
         "git_commit": None, "git_dirty": None,  # outside a git checkout
-        **code_version(),
+        **code_version(REPO, ("s4al", "benchmarks")),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

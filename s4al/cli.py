@@ -24,7 +24,6 @@ from s4al.errors import S4alError, reports_error, show_user_warnings, user_error
 from s4al.text import shell
 from s4al.provenance import record_start
 from s4al.run_folder import RunFolder
-from s4al.train.checkpoint import adoptable_checkpoint
 
 if TYPE_CHECKING:
     from s4al.active.cycle import ActiveLearningRun
@@ -192,7 +191,8 @@ def run(
                                            "dataset.root, model.weights (moved files), active.cycles (kept).")] = None,
     cycle0_from: Annotated[Optional[Path], typer.Option(
         "--cycle0-from", metavar="RUN_DIR",
-        help="A new run takes this run's trained cycle 0 as its own instead of training it again; their configs may "
+        help="A run takes this run's trained cycle 0 as its own instead of training it (a new run, or one killed "
+             "before its cycle 0 trained); their configs may "
              "differ only in what the acquisition reads (active.metric, level, region size and count, selection, "
              "budget), the device, and active.cycles where both ask at least once.")] = None,
     quiet: QuietOption = False,
@@ -202,8 +202,6 @@ def run(
 
     if (out is None) == (resume is None):
         raise _bad_parameter("give exactly one of --out (new run) or --resume (existing run)")
-    if cycle0_from is not None and out is None:
-        raise _bad_parameter("--cycle0-from starts a new run: give it with --out, not --resume")
     if resume is not None and config is not None:
         raise _bad_parameter(f"--config with --resume: a resumed run keeps the config in "
                              f"{RunFolder(resume).config_path}")
@@ -219,8 +217,8 @@ def run(
             raise _bad_parameter(taken)
         if cfg is not None:
             _note_inert_settings(cfg, changes)
-        if cycle0_from is not None:
-            adoptable_checkpoint(cycle0_from, cfg, 0, CYCLE0_MAY_DIFFER)  # refused before the run is made
+        if cycle0_from is not None:  # refused before the run is made
+            _check_cycle0_lender(cycle0_from, run_dir, cfg or RunFolder.open(run_dir, lock=False).config(changes))
         with ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes) as active_run:
             if distributed.is_main():
                 _note(record_start(active_run.folder.starts_log, dev, distributed.world_size()))
@@ -237,6 +235,20 @@ def run(
         distributed.leave()
 
 
+def _check_cycle0_lender(lender: Path, run_dir: Path, cfg: RunConfig) -> None:
+    """Refuses --cycle0-from where the run has a cycle-0 checkpoint of its own, or the lender is no
+    active-learning run or trained its cycle 0 otherwise."""
+    from s4al.train.checkpoint import adoptable_checkpoint
+
+    if RunFolder(run_dir).checkpoint_path(0).exists():
+        raise S4alError(f"{RunFolder(run_dir).checkpoint_path(0)}: the run has a cycle 0 of its own; --cycle0-from "
+                        "only gives a run that has none (a new one, or one killed before it trained)")
+    if not RunFolder(lender).ledger_path.exists():
+        raise S4alError(f"{lender}: not a run of `s4al run` (no {RunFolder(lender).ledger_path.name}): no cycle 0 "
+                        "drawn from a pool to take")
+    adoptable_checkpoint(lender, cfg, 0, CYCLE0_MAY_DIFFER, distributed.world_size())
+
+
 def _take_cycle0(active_run: ActiveLearningRun, lender: Path) -> None:
     """The new run adopts the lender's final cycle-0 checkpoint (rank 0 writes it; a torchrun
     restart finds it there); its trainer then resumes it at its last step and trains nothing."""
@@ -245,7 +257,8 @@ def _take_cycle0(active_run: ActiveLearningRun, lender: Path) -> None:
     with distributed.main_first():
         if distributed.is_main() and not active_run.folder.checkpoint_path(0).exists():
             try:
-                adopt_final_checkpoint(lender, active_run.run_dir, active_run.cfg, 0, CYCLE0_MAY_DIFFER)
+                adopt_final_checkpoint(lender, active_run.run_dir, active_run.cfg, 0, CYCLE0_MAY_DIFFER,
+                                       distributed.world_size())
             except AdoptionRefused as refused:
                 raise S4alError(f"{refused}; {active_run.run_dir} is made: `s4al run --resume "
                                 f"{shell(active_run.run_dir)}` trains its own cycle 0, or delete it") from None

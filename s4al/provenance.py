@@ -18,33 +18,37 @@ from s4al import __version__
 from s4al.run_folder import json_lines
 
 PACKAGE_ROOT, PACKAGE = Path(__file__).resolve().parents[1], Path(__file__).resolve().parent.name
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+GIT_SECONDS = 30  # a git call that takes longer (a network file system) leaves the code's identity unknown
 
 
-def _git(*args: str) -> str | None:
+def _git(root: Path, *args: str) -> bytes | None:
     try:
-        done = subprocess.run(["git", "-C", str(PACKAGE_ROOT), *args], capture_output=True, text=True, check=True,
-                              timeout=30)
-    except (OSError, subprocess.SubprocessError):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, check=True,
+                              timeout=GIT_SECONDS).stdout
+    except (OSError, subprocess.SubprocessError):  # no git, not a checkout, a refused one ("dubious ownership")
         return None
-    return done.stdout
 
 
-def code_version() -> dict:
-    """s4al's version and, when it runs from its own git checkout, the commit and whether the files
-    differ from it (the tracked ones, and the package's Python files not yet added);
-    `git_diff_sha256` tells two differences apart (the same digest: the same change)."""
+def code_version(root: Path = PACKAGE_ROOT, paths: tuple[str, ...] = (PACKAGE,)) -> dict:
+    """s4al's version and, when `root` is the top of a git checkout, the commit and whether the
+    files under `paths` differ from it (the tracked ones, and Python files not yet added);
+    `git_diff_sha256` tells two differences apart (the same digest: the same change). Where git
+    cannot tell (no git, another checkout above an installed s4al, a failed call), no git keys."""
     version: dict = {"s4al": __version__}
-    found = (_git("rev-parse", "--show-toplevel", "HEAD") or "").split()
-    if len(found) != 2 or Path(found[0]).resolve() != PACKAGE_ROOT.resolve():  # installed (perhaps in a checkout's venv), no git
+    top, commit, diff = (_git(root, "rev-parse", "--show-toplevel"), _git(root, "rev-parse", "HEAD"),
+                         _git(root, "diff", "HEAD", "--no-ext-diff", "--no-color", "--", *paths))
+    new_files = _git(root, "ls-files", "-z", "--others", "--exclude-standard", "--", *(f"{p}/*.py" for p in paths))
+    if None in (top, commit, diff, new_files) or Path(os.fsdecode(top.rstrip(b"\n"))).resolve() != root.resolve():
         return version
-    commit = found[1]
-    change = hashlib.sha256((_git("diff", "HEAD", "--no-ext-diff", "--no-color") or "").encode())
-    new_files = (_git("ls-files", "--others", "--exclude-standard", "--", f"{PACKAGE}/*.py") or "").splitlines()
-    for name in new_files:  # a module added to the package and not yet committed is part of the code too
-        change.update(name.encode() + b"\0" + (PACKAGE_ROOT / name).read_bytes())
-    dirty = change.hexdigest() != EMPTY_SHA256
-    version.update(git_commit=commit, git_dirty=dirty, git_diff_sha256=change.hexdigest() if dirty else None)
+    change = hashlib.sha256(diff)
+    for name in filter(None, new_files.split(b"\0")):  # a module added and not yet committed is code too
+        try:
+            change.update(name + b"\0" + (root / os.fsdecode(name)).read_bytes())
+        except OSError:  # gone since git listed it
+            continue
+    dirty = bool(diff) or bool(new_files)
+    version.update(git_commit=commit.decode().strip(), git_dirty=dirty,
+                   git_diff_sha256=change.hexdigest() if dirty else None)
     return version
 
 
@@ -81,14 +85,16 @@ def code_text(start: dict) -> str:
 
 def record_start(starts_log: Path, device: torch.device, processes: int) -> str | None:
     """Appends this start to a run's starts.jsonl (a line cut short by a kill is passed over by
-    readers). Returns a note when the run's last start ran other code, else None."""
+    readers). Returns a note when the run's last start ran other code (both read from git), else None."""
     record = start_record(device, processes)
     earlier = [r for _, r in json_lines(starts_log) if r is not None]
+    cut_short = starts_log.is_file() and starts_log.stat().st_size and not starts_log.read_bytes().endswith(b"\n")
     with open(starts_log, "a", encoding="utf-8") as log:
-        log.write(json.dumps(record) + "\n")
+        log.write(("\n" if cut_short else "") + json.dumps(record) + "\n")  # a line cut by a kill stays apart
         log.flush()
         os.fsync(log.fileno())
-    if earlier and code_text(earlier[-1]) != code_text(record):
+    known = earlier and "git_commit" in earlier[-1] and "git_commit" in record  # else the code may be the same
+    if known and code_text(earlier[-1]) != code_text(record):
         return (f"{starts_log.parent} was last started with {code_text(earlier[-1])}; this start runs "
                 f"{code_text(record)}: what it trains and asks from now on comes from other code")
     return None

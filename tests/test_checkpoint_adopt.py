@@ -2,6 +2,7 @@
 --cycle0-from`), and the metrics log that adoption and the trainer write alike."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import ssl_data, tiny_config
+from s4al.active.cycle import ActiveLearningRun
 from s4al.active.ledger import Ledger
 from s4al.cli import app
 from s4al.config import save_config
@@ -163,4 +165,28 @@ def test_a_cycle_0_trained_otherwise_is_refused_before_the_run_is_made(entropy_r
             in " ".join(result.output.split()))
     assert not (tmp_path / "new").exists()
     resumed = cli_run("--resume", str(lender), "--cycle0-from", str(lender))
-    assert resumed.exit_code == 2 and "--cycle0-from starts a new run" in resumed.output
+    assert resumed.exit_code == 1 and (f"{RunFolder(lender).checkpoint_path(0)}: the run has a cycle 0 of its own"
+                                       in " ".join(resumed.output.split()))
+
+
+def test_a_lender_that_is_no_active_learning_run_or_ran_on_other_processes_is_refused(entropy_run, lender,
+                                                                                      tmp_path):
+    _, config = entropy_run
+    training = cli_run("--out", str(tmp_path / "new"), "--config", str(config), "--cycle0-from", str(lender))
+    assert training.exit_code == 1 and f"{lender}: not a run of `s4al run`" in " ".join(training.output.split())
+    two = tmp_path / "two_processes"
+    shutil.copytree(entropy_run[0], two)
+    path = RunFolder(two).checkpoint_path(0)
+    save_checkpoint(load_checkpoint(path) | {"processes": 2}, path)
+    refused = cli_run("--out", str(tmp_path / "new"), "--config", str(config), "--cycle0-from", str(two))
+    assert refused.exit_code == 1 and (f"{path}: trained by 2 processes, each with its own train.batch_size; this "
+                                       "run has 1" in " ".join(refused.output.split()))
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_run_killed_before_its_cycle_0_trained_takes_one_on_resume(entropy_run, tmp_path):
+    lender, config = entropy_run
+    ActiveLearningRun(tmp_path / "run", cycle_config(active={"cycles": 1})).close()  # made, then killed
+    result = cli_run("--resume", str(tmp_path / "run"), "--cycle0-from", str(lender))
+    assert result.exit_code == 0, result.output
+    assert f"cycle 0 taken from {lender}" in " ".join(result.output.split())

@@ -23,46 +23,46 @@ def git(repo, *args: str) -> str:
 
 
 @pytest.fixture
-def checkout(tmp_path, monkeypatch):
-    """A git repository holding one committed file, standing for s4al's own checkout."""
-    git(tmp_path, "init", "-q")
-    (tmp_path / "code.py").write_text("x = 1\n")
-    git(tmp_path, "add", "code.py")
-    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
-    monkeypatch.setattr(provenance, "PACKAGE_ROOT", tmp_path)
-    return tmp_path
+def checkout(tmp_path):
+    """A git repository at a path with a space, standing for s4al's own checkout: s4al/code.py and
+    README.md committed."""
+    root = tmp_path / "a checkout"
+    (root / "s4al").mkdir(parents=True)
+    git(root, "init", "-q")
+    (root / "s4al" / "code.py").write_text("x = 1\n")
+    (root / "README.md").write_text("# s4al\n")
+    git(root, "add", "s4al/code.py", "README.md")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    return root
 
 
-def test_outside_its_own_git_checkout_the_code_is_named_by_its_version_alone(tmp_path, monkeypatch, checkout):
-    monkeypatch.setattr(provenance, "PACKAGE_ROOT", tmp_path.parent)
-    assert provenance.code_version() == {"s4al": s4al.__version__}
+def test_outside_its_own_git_checkout_the_code_is_named_by_its_version_alone(tmp_path, checkout):
+    assert provenance.code_version(tmp_path) == {"s4al": s4al.__version__}  # no checkout
     site_packages = checkout / ".venv" / "lib" / "site-packages"  # installed in a venv inside a checkout
     site_packages.mkdir(parents=True)
-    monkeypatch.setattr(provenance, "PACKAGE_ROOT", site_packages)
-    assert provenance.code_version() == {"s4al": s4al.__version__}
+    assert provenance.code_version(site_packages) == {"s4al": s4al.__version__}
 
 
 def test_the_code_is_named_by_its_commit_and_each_change_to_it_by_its_own_digest(checkout):
-    clean = provenance.code_version()
+    code = checkout / "s4al" / "code.py"
+    clean = provenance.code_version(checkout)
     assert clean == {"s4al": s4al.__version__, "git_commit": git(checkout, "rev-parse", "HEAD"), "git_dirty": False,
                      "git_diff_sha256": None}
     digests = []
-    for text in ("x = 2\n", "x = 3\n", "x = 2\n"):
-        (checkout / "code.py").write_text(text)
-        changed = provenance.code_version()
+    for text in (b"x = 2\n", b"x = 3\n", b"x = 2\n", b"caf\xe9 = 2\n"):  # the last not UTF-8
+        code.write_bytes(text)
+        changed = provenance.code_version(checkout)
         assert changed["git_commit"] == clean["git_commit"] and changed["git_dirty"] is True
         digests.append(changed["git_diff_sha256"])
-    assert digests[0] != digests[1] and digests[0] == digests[2]  # the same change, the same digest
-    (checkout / "code.py").write_text("x = 1\n")
-    assert provenance.code_version() == clean
-    (checkout / "notes.txt").write_text("not code")
+    assert len(set(digests)) == 3 and digests[0] == digests[2]  # the same change, the same digest
+    code.write_text("x = 1\n")
+    (checkout / "README.md").write_text("# s4al, documented\n")  # outside the package: not its code
     (checkout / "scratch.py").write_text("outside the package")
-    assert provenance.code_version() == clean
-    (checkout / "s4al" / "active").mkdir(parents=True)
-    (checkout / "s4al" / "active" / "new_score.py").write_text("y = 1\n")  # a module not yet added
-    added = provenance.code_version()
-    (checkout / "s4al" / "active" / "new_score.py").write_text("y = 2\n")
-    assert added["git_dirty"] and provenance.code_version()["git_diff_sha256"] != added["git_diff_sha256"]
+    assert provenance.code_version(checkout) == clean
+    (checkout / "s4al" / "naïve_score.py").write_text("y = 1\n")  # a module not yet added, named beyond ASCII
+    added = provenance.code_version(checkout)
+    (checkout / "s4al" / "naïve_score.py").write_text("y = 2\n")
+    assert added["git_dirty"] and provenance.code_version(checkout)["git_diff_sha256"] != added["git_diff_sha256"]
 
 
 def test_each_start_of_a_run_is_recorded_with_its_command_and_shown_in_the_report(tmp_path, monkeypatch):
@@ -102,3 +102,19 @@ def test_a_start_that_runs_other_code_than_the_last_one_says_so(tmp_path, monkey
         f"{tmp_path} was last started with s4al 0.1.0, git aaaaaaa; this start runs s4al 0.1.0, git aaaaaaa, "
         "modified (diff bbbbbbbb): what it trains and asks from now on comes from other code")
     assert len(log.read_text().splitlines()) == 3
+
+
+def test_a_start_after_a_line_cut_short_by_a_kill_is_kept_on_its_own_line(tmp_path):
+    log = tmp_path / "starts.jsonl"
+    log.write_text('{"started": "2026-12-06T00:00:00+00:00", "command": ["s4al", "run"]}\n{"started": "2026-1')
+    provenance.record_start(log, torch.device("cpu"), 1)
+    lines = log.read_text().splitlines()
+    assert lines[1] == '{"started": "2026-1' and json.loads(lines[2])["processes"] == 1 and len(lines) == 3
+
+
+def test_a_start_whose_code_git_cannot_tell_says_nothing_of_a_change(tmp_path, monkeypatch):
+    versions = iter([{"s4al": "0.1.0", "git_commit": "a" * 40, "git_dirty": False, "git_diff_sha256": None},
+                     {"s4al": "0.1.0"}])  # git refused this checkout ("dubious ownership"), or is not installed
+    monkeypatch.setattr(provenance, "code_version", lambda: next(versions))
+    log, cpu = tmp_path / "starts.jsonl", torch.device("cpu")
+    assert provenance.record_start(log, cpu, 1) is None and provenance.record_start(log, cpu, 1) is None

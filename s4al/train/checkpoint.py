@@ -81,11 +81,12 @@ def write_metrics_log(path: Path, cycle: int, history: list[dict]) -> None:
 
 
 def adoptable_checkpoint(source_run_dir: Path, cfg: RunConfig, cycle: int = 0,
-                         may_differ: Collection[str] = ()) -> dict:
+                         may_differ: Collection[str] = (), processes: int = 1) -> dict:
     """The source run's final checkpoint of `cycle`, read, if a run made with `cfg` may take it as
     its own: the cycle's last step, trained with a config that differs from `cfg` only in
     `may_differ` (the keys the cycle's training does not read) and, where the cycle is the final one
-    of neither run (its epochs are then the same), in active.cycles. Else AdoptionRefused."""
+    of neither run (its epochs are then the same), in active.cycles; by as many processes (each
+    drew train.batch_size images a step). Else AdoptionRefused."""
     path = RunFolder(source_run_dir).checkpoint_path(cycle)
     if not path.is_file():
         raise AdoptionRefused(f"{source_run_dir}: has no checkpoint of cycle {cycle} ({path})")
@@ -93,6 +94,9 @@ def adoptable_checkpoint(source_run_dir: Path, cfg: RunConfig, cycle: int = 0,
     if state["cycle"] != cycle or state["step"] != state["total_steps"]:
         raise AdoptionRefused(f"{path}: at step {state['step']} of {state['total_steps']} of cycle "
                               f"{state['cycle']}, not the final checkpoint of cycle {cycle}")
+    if state.get("processes", 1) != processes:
+        raise AdoptionRefused(f"{path}: trained by {state.get('processes', 1)} processes, each with its own "
+                              f"train.batch_size; this run has {processes}")
     trained_with = saved_config(state["config"], path)
     if cycle < min(trained_with.active.cycles, cfg.active.cycles):  # not the final cycle of either: trained alike
         may_differ = {*may_differ, "active.cycles"}
@@ -112,7 +116,7 @@ def _splits(folder: RunFolder) -> dict[str, str]:
 
 
 def adopt_final_checkpoint(source_run_dir: Path, target_run_dir: Path, cfg: RunConfig, cycle: int = 0,
-                           may_differ: Collection[str] = ()) -> None:
+                           may_differ: Collection[str] = (), processes: int = 1) -> None:
     """Makes the source run's final checkpoint of `cycle` the target run's own, as if the target
     had trained it: `cfg` (the target's config) inside, and the cycle's evaluations in the target's
     metrics log. The trainer then resumes it at its last step and trains nothing. Refused
@@ -125,7 +129,7 @@ def adopt_final_checkpoint(source_run_dir: Path, target_run_dir: Path, cfg: RunC
     if _splits(source) != _splits(target):
         raise AdoptionRefused(f"{source.splits_dir}: other initial labelled images or another pool than "
                               f"{target.splits_dir}")
-    state = adoptable_checkpoint(source_run_dir, cfg, cycle, may_differ)
+    state = adoptable_checkpoint(source_run_dir, cfg, cycle, may_differ, processes)
     target.path.mkdir(parents=True, exist_ok=True)
     # the log first: a checkpoint on disk has its evaluations logged (a log left by a kill in between
     # is rewritten by whatever next writes the cycle: another adoption or the trainer's first save)

@@ -150,11 +150,11 @@ def warn_unlabelled_classes(names: tuple[str, ...], counts: np.ndarray, void: in
                   f"{'it' if len(missing) == 1 else 'them'} until some are labelled{voids}", S4alWarning)
 
 
-def warn_padded_crops(crop_size: tuple[int, int] | None, scale_range: tuple[float, float],
+def warn_padded_crops(crop_size: tuple[int, int], scale_range: tuple[float, float],
                       sizes: list[tuple[int, int]]) -> None:
     """Says when train.crop_size is larger than every training image even at the largest scale:
     part of every crop is then padding, which trains nothing and dilutes BatchNorm's statistics."""
-    if crop_size is None or not sizes:
+    if not sizes:
         return
     top = max(scale_range)
     fits = tuple(int(top * max(size[k] for size in sizes)) for k in (0, 1))
@@ -248,7 +248,7 @@ class Trainer:
         self.aug = Augment(
             scale_range=t.scale_range, crop_size=t.crop_size, hflip_p=t.hflip_p, color_jitter_p=t.color_jitter_p
         )
-        if distributed.is_main():
+        if distributed.is_main() and t.crop_size is not None:  # image sizes: a header read each in a folder
             sizes = {data.dataset.image_size(i) for i in {*streams.labelled, *streams.pool}}
             warn_padded_crops(t.crop_size, t.scale_range, list(sizes))
 
