@@ -241,6 +241,8 @@ def _check_cycle0_lender(lender: Path, run_dir: Path, cfg: RunConfig) -> None:
     from s4al.train.checkpoint import adoptable_checkpoint
 
     if RunFolder(run_dir).checkpoint_path(0).exists():
+        if distributed.restarted():  # torchrun starting this command line again: taken the first time
+            return
         raise S4alError(f"{RunFolder(run_dir).checkpoint_path(0)}: the run has a cycle 0 of its own; --cycle0-from "
                         "only gives a run that has none (a new one, or one killed before it trained)")
     if not RunFolder(lender).ledger_path.exists():

@@ -130,11 +130,16 @@ def entropy_run(tmp_path_factory) -> tuple[Path, Path]:
     return root / "run", config
 
 
-def test_a_new_run_takes_another_runs_cycle_0_and_asks_with_its_own_metric(entropy_run, tmp_path):
+def test_a_new_run_takes_another_runs_cycle_0_and_asks_with_its_own_metric(entropy_run, tmp_path, monkeypatch):
     lender, config = entropy_run
-    result = cli_run("--out", str(tmp_path / "margin"), "--config", str(config), "--set", "active.metric=margin",
-                     "--cycle0-from", str(lender))
+    command = ("--out", str(tmp_path / "margin"), "--config", str(config), "--set", "active.metric=margin",
+               "--cycle0-from", str(lender))
+    result = cli_run(*command)
     assert result.exit_code == 0, result.output
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # torchrun starting the same command line again
+    again = cli_run(*command)
+    assert again.exit_code == 0 and "cycle 0 taken" not in again.output, again.output
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
     assert f"cycle 0 taken from {lender}: its final checkpoint, the same training" in " ".join(result.output.split())
     own, lent = (load_checkpoint(RunFolder(run).checkpoint_path(0)) for run in (tmp_path / "margin", lender))
     assert all(torch.equal(own["teacher"][k], lent["teacher"][k]) for k in lent["teacher"])
