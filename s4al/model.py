@@ -42,7 +42,8 @@ class SegmentationNet(nn.Module):
         x = (images - self.mean) / self.std
         if not (pad_h or pad_w):
             return x
-        return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if reflect and min(h, w) > max(pad_h, pad_w) else "replicate")
+        reflectable = reflect and min(h, w) > max(pad_h, pad_w)
+        return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if reflectable else "replicate")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         h, w = images.shape[-2:]

@@ -13,7 +13,7 @@ from s4al.atomic import output_folder
 from s4al.config import COMPUTED_ON_RESUME, RunConfig, config_differences, flat_config
 from s4al.errors import S4alError
 from s4al.report.figures import read_cycles
-from s4al.report.table import cycle_columns, cycle_row
+from s4al.report.table import csv_row, cycle_columns
 from s4al.run_folder import RunFolder
 
 PLOT_FILE, CSV_FILE = "compare.png", "compare.csv"
@@ -48,10 +48,7 @@ def write_csv(runs: dict[str, list[dict]], path: Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=columns, restval="")
         writer.writeheader()
-        for name, cycles in runs.items():
-            for cycle in cycles:
-                row = {key: "" if value is None else value for key, value in cycle_row(cycle).items()}
-                writer.writerow({"run": name, **row})
+        writer.writerows({"run": name, **csv_row(cycle)} for name, cycles in runs.items() for cycle in cycles)
 
 
 def compare_runs(run_dirs: list[Path], out_dir: Path,

@@ -40,10 +40,14 @@ def cycle_row(cycle: dict) -> dict:
     return row
 
 
+def csv_row(cycle: dict) -> dict:
+    """cycle_row as a CSV writes it: a value the cycle lacks is an empty cell."""
+    return {key: "" if value is None else value for key, value in cycle_row(cycle).items()}
+
+
 def write_cycles_csv(cycles: list[dict], path: Path) -> Path:
     with open(path, "w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=cycle_columns(cycles), restval="")
         writer.writeheader()
-        for cycle in cycles:
-            writer.writerow({key: "" if value is None else value for key, value in cycle_row(cycle).items()})
+        writer.writerows(map(csv_row, cycles))
     return path
