@@ -46,7 +46,8 @@ from s4al.evaluate import evaluate
 from s4al.model import build_model
 from s4al.ssl.losses import supervised_loss
 from s4al.seeding import derive_seed
-from s4al.train.trainer import StepBatch, Trainer, TrainData
+from s4al.train.batches import StepBatch
+from s4al.train.trainer import Trainer, TrainData
 
 FULL = {"height": 360, "width": 480, "iters": 10, "warmup": 2, "score_images": 100, "pools": [100, 1000, 2000],
         "load_batches": 40}
@@ -140,10 +141,10 @@ def batch_source(trainer: Trainer, count: int) -> Iterator[StepBatch]:
     device, its host batches (made by loader workers beside training) being loaded before."""
     if trainer.fast:
         return trainer.batches()
-    labelled, unlabelled = trainer.loaders()
+    labelled, unlabelled = trainer.source.loaders(trainer.step)
     host = deque(next(labelled) | (next(unlabelled) if unlabelled else {}) for _ in range(count))
     handed = (host.popleft() for _ in range(count))  # each released after its step, as in training
-    return (StepBatch(n["labelled"], n.get("unlabelled"), n.get("replay")) for n in map(trainer.to_device, handed))
+    return (StepBatch(n["labelled"], n.get("unlabelled"), n.get("replay")) for n in map(trainer.source.to_device, handed))
 
 
 def student_pass(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -231,7 +232,7 @@ def profile_iterations(trainer: Trainer, count: int, out: Path) -> None:
 def data_loading(trainer: Trainer, batches: int, warmup: int) -> dict:
     """Steps per second of the labelled + unlabelled (+ replay) loaders with nothing else running;
     after `warmup` steps, so worker start-up is excluded (prefetched batches flatter it slightly)."""
-    labelled, unlabelled = trainer.loaders()
+    labelled, unlabelled = trainer.source.loaders(trainer.step)
     for _ in range(warmup):
         next(labelled), next(unlabelled)
     started = time.perf_counter()

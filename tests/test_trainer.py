@@ -18,6 +18,7 @@ from s4al.errors import S4alError, S4alWarning
 from s4al.evaluate import evaluate
 from s4al.seeding import derive_seed
 from s4al.train import trainer as trainer_module
+from s4al.train.batches import labelled_draws
 from s4al.train.checkpoint import load_checkpoint, save_checkpoint
 from s4al.data.device_cache import training_on_device
 from s4al.train.trainer import Trainer, TrainData, TrainingStopped
@@ -418,7 +419,7 @@ def test_loader_batches_are_page_locked_exactly_when_training_on_a_gpu(tmp_path,
     with warnings.catch_warnings():
         # on a machine without a GPU, asking a loader to pin warns (and pins nothing): an error here
         warnings.filterwarnings("error", message=".*pin_memory.*")
-        labelled, unlabelled = trainer.loaders()
+        labelled, unlabelled = trainer.source.loaders(trainer.step)
         tensors = [*next(labelled)["labelled"].values(), *next(unlabelled)["unlabelled"].values()]
     assert len(tensors) == 7  # image, label; weak, strong, known_label, known, valid
     assert [t.is_pinned() for t in tensors] == [device == "cuda"] * len(tensors)
@@ -442,9 +443,9 @@ def test_partially_labelled_images_are_drawn_in_proportion_to_their_labelled_sha
     assert n == steps * cfg.train.batch_size and set(drawn) == set(expected)  # image 3, unanswered, never
     for image, p in expected.items():
         assert abs(drawn.count(image) - n * p) <= 4 * math.sqrt(n * p * (1 - p)), (image, drawn.count(image))
-    assert trainer_module.labelled_draws(train, [0, 1, 2], {1: [quarter], 2: [eighth]}, max_copies=4) == [0] * 4 + [1] + [2]
+    assert labelled_draws(train, [0, 1, 2], {1: [quarter], 2: [eighth]}, max_copies=4) == [0] * 4 + [1] + [2]
     regions_in_the_pool = TrainData(train, labelled=[0, 3], pool=[1, 2], annotations=data.annotations)  # SSL
-    assert trainer_module.labelled_draws(train, *regions_in_the_pool.streams(ssl=True)[:2]) == [0, 3]
+    assert labelled_draws(train, *regions_in_the_pool.streams(ssl=True)[:2]) == [0, 3]
 
 
 # ---- the fast path (train.fast), here on the CPU ----------------------------------------------------

@@ -1,10 +1,8 @@
 """The one training loop: supervised when there is no pool (or SSL is off), otherwise the
 paper's mean-teacher learner with Confidence Weighting and Balanced ClassMix (Eqs. 1-6).
 
-Each step gets its batches by name (labelled, unlabelled, replay) from one of two sources: loader
-workers that augment each sample on the host (s4al/data/views.py, augment.py), or, on the fast path, the train
-split decoded once onto the device and augmented there a batch at a time (s4al/data/device_cache.py,
-s4al/data/device_augment.py), with the same per-sample draws. Both feed the same step.
+Each step gets its batches by name (labelled, unlabelled, replay) from loader workers or, on the
+fast path, from the train split cached on the device (s4al/train/batches.py).
 
 Each of the three losses is backpropagated on its own as soon as it is computed, so only one
 training graph is alive at a time (the sum's gradient is the same; peak memory is a third).
@@ -30,25 +28,20 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from s4al import distributed
 from s4al.config import RunConfig
-from s4al.data.base import SegmentationDataset, ignore_interrupts
-from s4al.data.batches import to_model_input
+from s4al.data.base import SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX, class_pixel_counts
-from s4al.data.device_augment import LABELLED, UNLABELLED
-from s4al.data.device_cache import DeviceCache, training_on_device
+from s4al.data.device_cache import training_on_device
 from s4al.data.augment import Augment
-from s4al.data.views import Annotations, LabelledView, StepView, UnlabelledView
+from s4al.data.views import Annotations
 from s4al.errors import S4alError, S4alWarning
 from s4al.text import first_of
 from s4al.evaluate import evaluate
@@ -62,13 +55,11 @@ from s4al.ssl.losses import (
 )
 from s4al.ssl.mean_teacher import MeanTeacher, pseudo_labels_from_probs
 from s4al.train.checkpoint import load_checkpoint, save_checkpoint, write_metrics_log
-from s4al.train.graphs import Replayed, StudentPasses, teacher_pass
-from s4al.train.sampling import StepBatches, Stream
+from s4al.train.batches import BatchSource, StepBatch, Streams
+from s4al.train.graphs import StudentPasses, teacher_pass
 
 COLD_START_SUP_WEIGHT = 1.5  # the authors' code: the supervised loss x1.5 while it trains alone
 READ_EVERY = 25  # on a GPU or the fast path: steps between reads of the logged losses (at most an epoch)
-IMAGE_KEYS = ("image", "weak", "strong")  # a batch's images; its other tensors are label-like planes
-DEVICE_VIEWS = {"labelled": LABELLED, "unlabelled": UNLABELLED, "replay": UNLABELLED}
 VOID_SHARE_NOTED = 0.25  # of the labelled pixels: a share this large of void is named where a class has none
 
 
@@ -79,22 +70,6 @@ class TrainingDiverged(S4alError):
 
 class TrainingStopped(KeyboardInterrupt):
     """Ctrl-C during training: the step under way finished and was checkpointed (the message says which)."""
-
-
-class StepBatch(NamedTuple):
-    """One step's batches on the training device, images as model input: labelled {image, label};
-    unlabelled and replay {weak, strong, known_label, known, valid}, or None (cold start; no replay)."""
-
-    labelled: dict[str, torch.Tensor]
-    unlabelled: dict[str, torch.Tensor] | None
-    replay: dict[str, torch.Tensor] | None
-
-
-class Streams(NamedTuple):
-    labelled: list[int]  # the labelled stream's images
-    partial: Annotations  # the labels of those labelled in their answered regions only
-    pool: list[int]  # the pool stream's images (SSL)
-    pool_answers: Annotations  # their answered regions
 
 
 @dataclass
@@ -164,22 +139,6 @@ def warn_padded_crops(crop_size: tuple[int, int], scale_range: tuple[float, floa
                       f"train.crop_size to at most {fits[0]}x{fits[1]}, or null for whole images", S4alWarning)
 
 
-def labelled_draws(
-    dataset: SegmentationDataset, images: list[int], partial: Annotations, max_copies: int = 64
-) -> list[int]:
-    """The labelled stream's multiset: a partially labelled image (SSL off) appears in proportion to
-    the share of it that is labelled, a whole image as often as the thinnest share asks for, at most
-    `max_copies` times. So every labelled pixel is about equally likely to reach the supervised loss:
-    drawn uniformly, hundreds of images with a few bought cells each crowd the whole images out of
-    the batches (CamVid `cpu`, region entropy without SSL: mIoU 28 -> 17 after one cycle).
-    Without partially labelled images (every SSL run): every image once."""
-    shares = {
-        i: sum(patch.size for _, patch in partial[i]) / np.prod(dataset.image_size(i)) for i in images if i in partial
-    }
-    copies = min(max_copies, round(1 / min(shares.values()))) if shares else 1
-    return [i for i in images for _ in range(max(1, round(copies * shares.get(i, 1.0))))]
-
-
 def _processes(count: int) -> str:
     return "1 process" if count == 1 else f"{count} processes"
 
@@ -243,11 +202,11 @@ class Trainer:
         self.student_pass = StudentPasses(self.net, self.student, self.amp, self.graphs)
         self.teacher_pass = teacher_pass(self.teacher, self.amp, self.graphs)
         self.grads_to_none = not self.graphs  # graphs keep each parameter's .grad tensor (s4al/train/graphs.py)
-        self.batch_views: dict[str, Replayed] = {}  # the fast path's, made with its device cache
         self.read_every = min(READ_EVERY, self.iters) if self.fast or self.device.type == "cuda" else 1
-        self.aug = Augment(
-            scale_range=t.scale_range, crop_size=t.crop_size, hflip_p=t.hflip_p, color_jitter_p=t.color_jitter_p
-        )
+        aug = Augment(scale_range=t.scale_range, crop_size=t.crop_size, hflip_p=t.hflip_p,
+                      color_jitter_p=t.color_jitter_p)
+        self.source = BatchSource(cfg, data.dataset, streams, cycle, self.total_steps, self.cold_steps,
+                                  self._replay_on, self.device, aug, on_device=self.fast, graphs=self.graphs)
         if distributed.is_main() and t.crop_size is not None:  # image sizes: a header read each in a folder
             sizes = {data.dataset.image_size(i) for i in {*streams.labelled, *streams.pool}}
             warn_padded_crops(t.crop_size, t.scale_range, list(sizes))
@@ -281,7 +240,7 @@ class Trainer:
     def replaying(self) -> bool:
         """Whether every pass (the built batches' once made) replays as a CUDA graph: a capture that
         failed left its pass eager."""
-        passes = [self.student_pass, self.teacher_pass, *self.batch_views.values()]
+        passes = [self.student_pass, self.teacher_pass, *self.source.views.values()]
         return all(p.graphs for p in passes)
 
     @contextlib.contextmanager
@@ -317,89 +276,9 @@ class Trainer:
             and self._epoch(step) >= max(s.balanced_from_epoch, s.cold_start_epochs)
         )
 
-    def _samplers(self) -> tuple[StepBatches, StepBatches | None]:
-        """The labelled stream's and, with SSL, the pool stream's named draws from this step on."""
-        cfg, seed = self.cfg, self.cfg.seed
-        shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}
-        draws = labelled_draws(self.data.dataset, self.streams.labelled, self.streams.partial)
-        labelled = StepBatches(
-            Stream(draws, seed, "labelled", self.cycle), cfg.train.batch_size, self.step,
-            self.total_steps, name="labelled", **shard,
-        )
-        if not self.ssl:
-            return labelled, None
-        unlabelled = StepBatches(
-            Stream(self.streams.pool, seed, "pool", self.cycle),
-            cfg.train.unlabelled_batch_size,
-            max(self.step, self.cold_steps),
-            self.total_steps,
-            name="unlabelled",
-            first_step=self.cold_steps,
-            replay_size=cfg.ssl.replay_size if cfg.ssl.replay else 0,
-            replay_on=self._replay_on,
-            **shard,
-        )
-        return labelled, unlabelled
-
-    def loaders(self) -> tuple[Iterator[dict], Iterator[dict] | None]:
-        """Named batches of the loader path: host tensors, augmented per sample by loader workers."""
-        workers, pin = self.cfg.train.num_workers, self.device.type == "cuda"
-        labelled, unlabelled = self._samplers()
-        labelled_view = StepView(LabelledView(self.data.dataset, self.aug, self.streams.partial))
-        labelled_batches = iter(DataLoader(labelled_view, sampler=labelled, batch_size=None, num_workers=workers,
-                                           pin_memory=pin, worker_init_fn=ignore_interrupts))
-        if unlabelled is None:
-            return labelled_batches, None
-        unlabelled_view = StepView(UnlabelledView(self.data.dataset, self.aug, self.streams.pool_answers))
-        unlabelled_batches = DataLoader(unlabelled_view, sampler=unlabelled, batch_size=None, num_workers=workers,
-                                        pin_memory=pin, worker_init_fn=ignore_interrupts)
-        return labelled_batches, iter(unlabelled_batches)
-
-    def to_device(self, named: dict[str, dict]) -> dict[str, dict]:
-        """Loader batches -> model input: images float in [0, 1], everything on the device."""
-        return {
-            name: {k: to_model_input(v, self.device) if k in IMAGE_KEYS else v.to(self.device, non_blocking=True)
-                   for k, v in batch.items()}
-            for name, batch in named.items()
-        }
-
-    def _device_streams(self) -> tuple[Iterator[dict], Iterator[dict] | None]:
-        """Named batches of the fast path, built on the device from the cached split."""
-        streams = self.streams
-        cache = DeviceCache(
-            self.data.dataset, streams.labelled, streams.pool, self.device, partial=streams.partial,
-            annotations=streams.pool_answers, num_workers=self.cfg.train.num_workers,
-        )
-
-        self.batch_views = {name: Replayed(partial(kind.views, cache, self.aug), self.graphs, f"{name} batch")
-                            for name, kind in DEVICE_VIEWS.items()}
-
-        def build(name: str, items: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
-            inputs = DEVICE_VIEWS[name].inputs(cache, items, self.aug)
-            # a graph reads the cache's images where and as many as they were at its capture
-            return self.batch_views[name](*inputs, key=(cache.images.data_ptr(), len(cache.images)))
-
-        def built(sampler: StepBatches) -> Iterator[dict]:
-            for draw in sampler:
-                yield {name: build(name, items) for name, items in draw.items()}
-
-        labelled, unlabelled = self._samplers()
-        return built(labelled), None if unlabelled is None else built(unlabelled)
-
     def batches(self) -> Iterator[StepBatch]:
-        """Each remaining step's batches, from the device cache (fast path) or loader workers. With
-        CUDA graphs a step's batches are overwritten when the next step's are built."""
-        if self.step >= self.total_steps:  # resumed from the final checkpoint: no workers, no cache
-            return
-        if self.fast:
-            labelled, unlabelled = self._device_streams()
-        else:
-            labelled, unlabelled = (None if it is None else map(self.to_device, it) for it in self.loaders())
-        for step in range(self.step, self.total_steps):
-            named = next(labelled)
-            if unlabelled is not None and step >= self.cold_steps:
-                named = named | next(unlabelled)
-            yield StepBatch(named["labelled"], named.get("unlabelled"), named.get("replay"))
+        """Each remaining step's batches (s4al/train/batches.py)."""
+        return self.source.batches(self.step)
 
     # ---- one iteration --------------------------------------------------------------------
     def forward(self, images: torch.Tensor, frozen_bn: bool = False) -> torch.Tensor:
@@ -595,7 +474,7 @@ class Trainer:
         cycle has captured its own: freed as training ends, for the pool scoring and what follows."""
         if not self.graphs:
             return
-        for graphed in (self.student_pass, self.teacher_pass, *self.batch_views.values()):
+        for graphed in (self.student_pass, self.teacher_pass, *self.source.views.values()):
             graphed.release()
         gc.collect()
         torch.cuda.empty_cache()
