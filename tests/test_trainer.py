@@ -454,6 +454,7 @@ def test_a_finished_training_resumed_builds_no_device_cache_and_returns_its_resu
     data, val = ssl_data(cfg)
     first = Trainer(cfg, data, val, tmp_path).fit()
     again = Trainer(cfg, data, val, tmp_path)
+    assert load_checkpoint(again.checkpoint_path)["optimizer"] is None  # a finished cycle keeps no momentum
 
     def refuse(index):
         raise AssertionError(f"image {index} read by a training that has nothing left to do")

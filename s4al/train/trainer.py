@@ -360,7 +360,8 @@ class Trainer:
             "student": self.student.state_dict(),
             "teacher": self.teacher.state_dict(),
             "alignment": self.alignment.state_dict() if self.alignment else None,
-            "optimizer": self.optimizer.state_dict(),
+            # a finished cycle never steps again: its momentum (a model's size) is not kept
+            "optimizer": self.optimizer.state_dict() if self.step < self.total_steps else None,
             "scheduler": self.scheduler.state_dict(),
             "history": self.history,
             "config": self.cfg.model_dump(mode="json"),
@@ -391,9 +392,10 @@ class Trainer:
         self.teacher.load_state_dict(state["teacher"])
         if self.alignment is not None:
             self.alignment.load_state_dict(state["alignment"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # this run's kernels, whichever path saved it
-            group.update({"fused": None, "foreach": None} | self.sgd_flags)
+        if state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            for group in self.optimizer.param_groups:  # this run's kernels, whichever path saved it
+                group.update({"fused": None, "foreach": None} | self.sgd_flags)
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.history = state["step"], state["history"]
         self.seconds_before = state.get("seconds", 0.0)  # absent from checkpoints saved before it was kept
