@@ -47,7 +47,7 @@ from common import (
 
 from s4al.config import (
     ACQUISITION_ONLY, COMPUTED_ON_RESUME, CYCLE0_MAY_DIFFER, SAVED_ON_RESUME, ConfigError, RunConfig,
-    config_differences, load_config, parse_override,
+    config_differences, load_config, parse_override, saved_config,
 )
 from s4al.run_folder import RunFolder
 from window import STARTED_AT, Job, run_window
@@ -479,13 +479,14 @@ LOCAL_KEYS = tuple(key for key in (*COMPUTED_ON_RESUME, *SAVED_ON_RESUME) if key
 
 
 def made_with(result_file: Path, cfg: RunConfig, may_differ: Collection[str] = LOCAL_KEYS) -> bool:
-    """Whether `result_file` exists and holds a run of `cfg` but for the keys `may_differ`; one made
-    with options this s4al no longer has is not, nor a file that is no result."""
+    """Whether `result_file` exists and holds a run of `cfg` but for the keys `may_differ`, its config
+    read as the run ran (s4al/config.py's migration); one made with an option this s4al no longer
+    has, set other than as s4al now works, is not, nor a file that is no result."""
     if not result_file.exists():
         return False
     try:
-        made = RunConfig.model_validate(json.loads(result_file.read_text())["config"])
-    except (ValueError, KeyError, TypeError):  # pydantic's ValidationError is a ValueError
+        made = saved_config(json.loads(result_file.read_text())["config"], result_file)
+    except (ConfigError, ValueError, KeyError, TypeError, AttributeError):  # not a result's config
         return False
     return not config_differences(made, cfg, may_differ=may_differ)
 

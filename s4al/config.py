@@ -83,7 +83,6 @@ class ModelConfig(Section):
     """DeepLabv3+ with a MobileNetV2 encoder at output stride 16, as in the paper (s4al/model.py)."""
     # A local .pth file (torchvision layout), "imagenet" (download, needs internet) or null (random).
     weights: str | None = None
-    channels_last: bool = True
 
     _weights_as_text = field_validator("weights", mode="before")(_text)
 
@@ -309,7 +308,7 @@ ADDED_IN_VERSION = {
 # Options that are gone, with the one value that does what s4al does now: a saved config that set
 # another value made a run this s4al cannot continue or reproduce.
 REMOVED_KEYS = {
-    "model": {"encoder": "mobilenet_v2", "output_stride": 16},
+    "model": {"encoder": "mobilenet_v2", "output_stride": 16, "channels_last": True},
     "train": {"eval_network": "teacher", "sync_bn": False},
     "ssl": {"mask_unconfident": False, "class_balance_power": 0.0, "teacher_train_mode": False,
             "cold_start_sup_weight": 1.5},

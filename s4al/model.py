@@ -91,7 +91,5 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationNet:
                         "give a local file in torchvision layout: --set model.weights=PATH.pth") from None
     if cfg.weights and not online:
         _load_local_encoder_weights(net.encoder, Path(cfg.weights).expanduser())
-    model = SegmentationNet(net)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    # the inputs are channels_last (s4al/data/batches.py): convolutions then keep that layout throughout
+    return SegmentationNet(net).to(memory_format=torch.channels_last)

@@ -107,6 +107,10 @@ def test_results_made_before_with_the_same_configuration_are_done_elsewhere_too(
         changed.parent.mkdir()
         changed.write_text(json.dumps(result))
         assert not label_efficiency.made_with(changed, cfg)
+    result = json.loads(made.read_text())
+    result["config"]["model"]["channels_last"] = True  # an option gone, at the value s4al now works with
+    (tmp_path / "old.json").write_text(json.dumps(result))
+    assert label_efficiency.made_with(tmp_path / "old.json", cfg)
     assert not label_efficiency.made_with(tmp_path / "none.json", cfg)
     started = time.monotonic()
     run_script(label_efficiency, "--protocol", "smoke", "--methods", "full_supervised", "sup_10", "--results",

@@ -241,7 +241,7 @@ def test_save_config_replaces_the_file_whole_and_leaves_no_temp_file(tmp_path):
 def test_removed_options_are_dropped_at_the_value_kept_and_refused_at_any_other():
     data = load_config("demo").model_dump(mode="json")
     del data["config_version"]
-    old = {**data, "model": {**data["model"], "encoder": "mobilenet_v2", "output_stride": 16},
+    old = {**data, "model": {**data["model"], "encoder": "mobilenet_v2", "output_stride": 16, "channels_last": True},
            "ssl": {**data["ssl"], "mask_unconfident": False, "teacher_train_mode": False}}
     assert saved_config(old, "old/config.yaml") == saved_config(data, "old/config.yaml")
     old["ssl"]["mask_unconfident"] = True
