@@ -108,6 +108,15 @@ class RunFolder:
     def checkpoint_path(self, cycle: int) -> Path:
         return self.checkpoints_dir / f"cycle_{cycle}.pt"
 
+    def trained_checkpoint(self, cycle: int) -> Path:
+        """The checkpoint of a cycle that has trained; RunFolderError, saying what it is for, if it is gone."""
+        path = self.checkpoint_path(cycle)
+        if not path.is_file():
+            raise RunFolderError(f"{path}: gone, but cycle {cycle} has trained: the run scores the pool, pre-labels "
+                                 f"the questions and goes on with the model it holds; put it back (from a backup), or "
+                                 f"start a new run")
+        return path
+
     def cycle_summary_path(self, cycle: int) -> Path:
         return self.cycles_dir / f"cycle_{cycle}.json"
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from s4al import distributed
 from s4al.active.cycle import ActiveLearningRun
-from s4al.active.ledger import LedgerError
+from s4al.active.ledger import Ledger, LedgerError
 from s4al.active.phases import CyclePhases
 from s4al.cli import app
 from s4al.data import DatasetError
@@ -237,3 +237,35 @@ def test_ctrl_c_ends_a_run_saying_how_to_go_on(tmp_path, monkeypatch):
     result = runner.invoke(app, ["run", "--resume", str(tmp_path), "--quiet"])
     assert (f"interrupted; `s4al run --resume {tmp_path}` under the same torchrun line (2 processes) goes on"
             in " ".join(result.output.split()))
+
+
+@pytest.mark.parametrize("classes", [
+    [{"name": "road", "color": [128, 64, 128]}, {"name": "sky", "color": [70, 130, 180]},  # two swapped
+     {"name": "car", "color": [0, 0, 142]}],
+    [{"name": "road", "color": [128, 64, 128]}, {"name": "car", "color": [0, 0, 142]},  # one added
+     {"name": "sky", "color": [70, 130, 180]}, {"name": "bike", "color": [119, 11, 32]}],
+])
+def test_a_class_list_changed_after_the_run_was_made_is_refused_naming_the_file(tmp_path, classes):
+    root = make_dataset(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    ActiveLearningRun(run_dir, own_config(root)).close()
+    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": classes}))
+    with pytest.raises(DatasetError, match=rf"{re.escape(str(root / 'classes.yaml'))}: the run was made with the "
+                                           r"classes road, car, sky; the dataset now has "
+                                           rf"{', '.join(c['name'] for c in classes)}: .*Restore the classes"):
+        ActiveLearningRun(run_dir)
+    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": classes[:1] + [classes[2], classes[1]]}))
+    if len(classes) == 3:  # the order the run was made with again: it opens
+        ActiveLearningRun(run_dir).close()
+
+
+def test_a_checkpoint_gone_from_a_cycle_that_trained_is_said_with_what_the_run_needs_it_for(tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(Killed):
+        mp.setattr(Ledger, "ask", lambda *args: (_ for _ in ()).throw(Killed()))
+        ActiveLearningRun(run_dir, cycle_config(active={"annotator": "external"})).run()  # cycle 0 trained, scored
+    (run_dir / "checkpoints" / "cycle_0.pt").unlink()
+    with pytest.raises(RunFolderError, match=r"cycle_0.pt: gone, but cycle 0 has trained: the run scores the pool, "
+                                             r".*put it back \(from a backup\), or start a new run"):
+        with ActiveLearningRun(run_dir) as run:
+            run.run()

@@ -559,3 +559,22 @@ def test_training_on_a_gpu_tunes_cudnn_for_itself_only(tmp_path, monkeypatch):
     trainer.progress = lambda record: seen.append(torch.backends.cudnn.benchmark)
     trainer.fit()
     assert seen and all(seen) and torch.backends.cudnn.benchmark is False
+
+
+def test_a_checkpoint_trained_on_other_labels_than_given_now_is_refused_saying_how_to_go_on(tmp_path):
+    """Answers never change under a cycle that has begun training, so other labels mean a ledger put back
+    from a backup: its checkpoint must not pass for a training on the labels given now."""
+    cfg = tiny_config(train={"checkpoint_every": 1})
+    data, val = ssl_data(cfg)
+    box = (0, 0, 4, 4)
+    answered = TrainData(data.dataset, data.labelled, data.pool, {5: [(box, np.full((4, 4), 1, np.uint8))]})
+    Trainer(cfg, answered, val, tmp_path).fit()
+    Trainer(cfg, answered, val, tmp_path).fit()  # the same labels: resumed, nothing to train
+    otherwise = TrainData(data.dataset, data.labelled, data.pool, {5: [(box, np.full((4, 4), 2, np.uint8))]})
+    fewer = TrainData(data.dataset, data.labelled[:3], [data.labelled[3], *data.pool])
+    for labels, counts in ((otherwise, "as many now, answered otherwise"),
+                           (fewer, "3 images labelled whole and 0 answered regions now")):
+        with pytest.raises(S4alError, match=r"cycle_0.pt: trained on other labels than the run's ledger holds now "
+                                            rf"\(4 images labelled whole and 1 answered region then, {counts}\): .*"
+                                            r"delete the checkpoint \(rm .*cycle_0.pt\) and resume"):
+            Trainer(cfg, labels, val, tmp_path).fit()

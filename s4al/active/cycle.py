@@ -9,7 +9,6 @@ uninterrupted one."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import uuid
@@ -27,16 +26,16 @@ from s4al.active.dataset_changes import DatasetChanges, dataset_changes
 from s4al.active.label_state import LabelState
 from s4al.active.ledger import (
     CLASSES_META, COLOURS_META, CONFIG_DIGEST, EVALUATED_META, FILE_DIGEST, JOINED, RESUME_CHANGES, RUN_ID, SEED_META,
-    Ledger, Region, utc_now,
+    Ledger, utc_now,
 )
 from s4al.active.ledger_copy import copy_of
 from s4al.active.oracle import BY_DATASET_MASK, Annotator, GroundTruthOracle
 from s4al.active.phases import CyclePhases
+from s4al.active.summaries import write_summary
 from s4al import distributed
-from s4al.atomic import atomic_write
 from s4al.config import SAVED_ON_RESUME, RunConfig, config_digest, file_digest, flat_config, nested
 from s4al.data import DatasetError, build_dataset
-from s4al.data.classes import class_pixel_counts
+from s4al.data.folder import SPEC_NAMES
 from s4al.errors import S4alWarning
 from s4al.text import counted, first_of, shell
 from s4al.evaluate import evaluate
@@ -138,6 +137,7 @@ class ActiveLearningRun(AbstractContextManager):
         Ledger(path, readonly=True).close()  # a damaged file is refused before anything writes to it
         ledger = Ledger(path)
         self._check_config(ledger)
+        self._check_classes(ledger)
         self._check_same_images(ledger)
         self._note_evaluation_changes(ledger)
         self._write_splits(ledger)
@@ -248,6 +248,21 @@ class ActiveLearningRun(AbstractContextManager):
                                "to ask about, every image has one")
         return [i for i, known in enumerate(has_label) if known]
 
+    def _check_classes(self, ledger: Ledger) -> None:
+        """The dataset must name the classes the run was made with, in the same order: every stored
+        answer, mask and checkpoint means a class by its number."""
+        made_with, now = ledger.get_meta(CLASSES_META), list(self.train_set.classes.names)
+        if made_with is None or made_with == now:
+            return
+        d = self.cfg.dataset
+        source = f"dataset {d.name}"
+        if d.name == "folder":
+            source = next((Path(d.root) / n for n in SPEC_NAMES if (Path(d.root) / n).is_file()), Path(d.root))
+        raise DatasetError(f"{source}: the run was made with the classes {', '.join(made_with)}; the dataset now has "
+                           f"{', '.join(now)}: the run's answers and model give each class by its number, so they "
+                           "would change meaning. Restore the classes the run was made with (the same names in the "
+                           "same order), or start a new run")
+
     def _check_same_images(self, ledger: Ledger) -> None:
         """The dataset must still hold the images the run was made with, at the same sizes, and the
         labels of those labelled whole; what was added joins as the next cycle begins."""
@@ -337,7 +352,7 @@ class ActiveLearningRun(AbstractContextManager):
         """The student state a cycle starts from: the previous cycle's, or None (ImageNet weights)."""
         if cycle == 0 or self.cfg.active.reinit_each_cycle:
             return None
-        return load_checkpoint(self.folder.checkpoint_path(cycle - 1))["student"]
+        return load_checkpoint(self.folder.trained_checkpoint(cycle - 1))["student"]
 
     def _check_evaluation_labels(self) -> None:
         """Every validation and test mask read once before this process trains: a bad one is
@@ -430,7 +445,7 @@ class ActiveLearningRun(AbstractContextManager):
 
     def _queries(self, cycle: int) -> list[Query]:
         a = self.cfg.active
-        model, _ = load_trained_model(self.folder.checkpoint_path(cycle), "teacher", self.device)
+        model, _ = load_trained_model(self.folder.trained_checkpoint(cycle), "teacher", self.device)
         seed = derive_seed(self.cfg.seed, "acquire", cycle)
         state = self.label_state()
         workers = scoring_workers(self.device, self.cfg.train.num_workers)
@@ -460,29 +475,6 @@ class ActiveLearningRun(AbstractContextManager):
         self._set_phase(cycle, "done")
         return True
 
-    # ---- accounting -----------------------------------------------------------------------
-    def _bought_histogram(self, regions: list[Region], images: list[str]) -> dict[str, int]:
-        names = self.train_set.classes.names
-        counts = class_pixel_counts([*(self.ledger.patch(region) for region in regions),
-                                     *(self.train_set.load_label(self.index_of[image_id]) for image_id in images)])
-        histogram = {name: int(counts[k]) for k, name in enumerate(names)}
-        histogram["void"] = int(counts[len(names):].sum())
-        return histogram
-
     def _write_summary(self, cycle: int) -> None:
-        regions = self.ledger.answered(cycle)
-        images = [r.image_id for r in self.ledger.images() if r.acquired_cycle == cycle]
-        summary = {
-            "cycle": cycle,
-            **self.phases.metrics(cycle),
-            "bought": {
-                "regions": len(regions),
-                "skipped_regions": len(self.ledger.skipped(cycle)),
-                "images": len(images),
-                "class_pixels": self._bought_histogram(regions, images),
-            },
-        }
-        path = self.folder.cycle_summary_path(cycle)
-        path.parent.mkdir(exist_ok=True)
-        with atomic_write(path, "w") as file:  # report and summaries() read it while a run goes on
-            file.write(json.dumps(summary, indent=2))
+        write_summary(self.folder, self.ledger, self.phases, cycle, list(self.train_set.classes.names),
+                      self._dataset_label)

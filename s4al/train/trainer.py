@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import math
 import signal
 import threading
@@ -43,7 +44,7 @@ from s4al.data.device_cache import training_on_device
 from s4al.data.augment import Augment
 from s4al.data.views import Annotations
 from s4al.errors import S4alError, S4alWarning
-from s4al.text import first_of
+from s4al.text import counted, first_of, shell
 from s4al.evaluate import evaluate
 from s4al.model import build_model
 from s4al.run_folder import RunFolder
@@ -78,6 +79,20 @@ class TrainData:
     labelled: list[int]  # the fully labelled images
     pool: list[int] = field(default_factory=list)  # every other image
     annotations: Annotations = field(default_factory=dict)  # the pool images' answered regions
+
+    def labels(self) -> dict:
+        """What the training learns from, as counts and a digest of every image id and answered patch: a
+        checkpoint keeps it, so one trained on other labels (a ledger restored since) is told apart."""
+        digest = hashlib.sha256()
+        ids = self.dataset.image_id
+        for name, images in (("labelled", self.labelled), ("pool", self.pool)):
+            digest.update(f"{name}:{','.join(sorted(ids(i) for i in images))};".encode())
+        for index in sorted(self.annotations, key=ids):
+            for box, patch in sorted(self.annotations[index], key=lambda answer: tuple(answer[0])):
+                digest.update(f"{ids(index)}:{tuple(box)}:".encode())
+                digest.update(np.ascontiguousarray(patch, dtype=np.uint8).tobytes())
+        return {"labelled_images": len(self.labelled), "answered_regions": sum(map(len, self.annotations.values())),
+                "digest": digest.hexdigest()}
 
     def streams(self, ssl: bool) -> Streams:
         """What each batch stream trains on. With SSL the answered regions train inside the pool
@@ -168,6 +183,7 @@ class Trainer:
         self.total_steps = self.epochs * self.iters
         self.ssl = cfg.ssl.enabled and bool(data.pool)
         self.streams = data.streams(self.ssl)
+        self.labels = data.labels()
         self.cold_steps = cfg.ssl.cold_start_epochs * self.iters if self.ssl else 0
         self.folder = RunFolder(self.run_dir)
         self.checkpoint_path = self.folder.checkpoint_path(cycle)
@@ -368,6 +384,7 @@ class Trainer:
             "seconds": self.seconds(),
             "classes": list(self.data.dataset.classes.names),
             "colours": [list(colour) for colour in self.data.dataset.classes.colors],  # predict's, wherever it runs
+            "labels": self.labels,
         }
 
     def _restore(self) -> None:
@@ -380,6 +397,7 @@ class Trainer:
             raise S4alError(
                 f"{self.checkpoint_path}: made for {state['total_steps']} steps, this run has {self.total_steps}"
             )
+        self._check_trained_on_these_labels(state.get("labels"))  # not recorded by older checkpoints
         processes = state.get("processes", distributed.world_size())  # not recorded by older checkpoints
         if processes != distributed.world_size() and state["step"] < state["total_steps"]:
             how = "without torchrun" if processes == 1 else "torchrun: --nnodes times --nproc_per_node"
@@ -400,6 +418,23 @@ class Trainer:
         self.step, self.history = state["step"], state["history"]
         self.seconds_before = state.get("seconds", 0.0)  # absent from checkpoints saved before it was kept
         self.saved_step = self.step
+
+    def _check_trained_on_these_labels(self, trained_on: dict | None) -> None:
+        """Answers change no cycle that has begun training (an import refuses that), so a checkpoint
+        trained on other labels than the ledger holds now means the ledger was restored or changed."""
+        if trained_on is None or trained_on["digest"] == self.labels["digest"]:
+            return
+        def counts(labels: dict) -> str:
+            return (f"{counted(labels['labelled_images'], 'image')} labelled whole and "
+                    f"{counted(labels['answered_regions'], 'answered region')}")
+
+        then, now = counts(trained_on), counts(self.labels)
+        raise S4alError(
+            f"{self.checkpoint_path}: trained on other labels than the run's ledger holds now ({then} then, "
+            f"{'as many now, answered otherwise' if then == now else now + ' now'}): was the ledger restored from a "
+            f"backup? To train cycle {self.cycle} on the ledger's labels, delete the checkpoint "
+            f"(rm {shell(self.checkpoint_path)}) and resume; or put back the ledger it was trained with"
+        )
 
     def _evaluate(self, epoch: int) -> None:
         if self.val_dataset is None:
