@@ -2,11 +2,13 @@
 folder byte-for-byte unchanged."""
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -20,8 +22,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+import s4al.active.ledger as ledger_module
+import s4al.annotation.masks as masks_module
 from conftest import label_map, label_state, region_by_id
-from s4al.active.ledger import Ledger, Region
+from s4al.active.ledger import Ledger, LedgerError, Region
 from s4al.active.phases import CyclePhases
 from s4al.annotation.answers import import_answers
 from s4al.annotation.label_studio import task
@@ -310,18 +314,111 @@ def test_a_task_imported_before_and_saved_at_the_same_time_since_is_that_paintin
         import_answers(run_dir, write_export(tmp_path / "e3.json", imported))
 
 
-def test_a_mask_imported_before_and_not_written_since_is_left_unread(run_dir, tmp_path):
+def test_a_mask_imported_before_and_unchanged_since_is_left_unread_whatever_its_time(run_dir, tmp_path, monkeypatch):
     folder = png_folder(tmp_path, "a.png", truth("a"))
     assert import_answers(run_dir, folder).answered == [1, 2]
     written_at = (folder / "a.png").stat().st_mtime_ns
-    (folder / "a.png").write_bytes(b"not a PNG: a change only reading the file would see")
-    os.utime(folder / "a.png", ns=(written_at, written_at))
+    os.utime(folder / "a.png", ns=(written_at + 10**9, written_at + 10**9))  # copied again: the same bytes
+    monkeypatch.setattr(masks_module, "_read_mask", lambda path, colours: pytest.fail(f"{path} decoded"))
     before = snapshot(run_dir)
     assert import_answers(run_dir, folder).already_imported == 1
     assert snapshot(run_dir) == before
-    os.utime(folder / "a.png", ns=(written_at + 10**9, written_at + 10**9))  # written since: read
+    monkeypatch.undo()
+    (folder / "a.png").write_bytes(b"not a PNG: a change only reading the file would see")
+    os.utime(folder / "a.png", ns=(written_at, written_at))  # the time it was imported with: read all the same
     with pytest.raises(AnswerError, match=r"a\.png"):
         import_answers(run_dir, folder)
+
+
+def stored(run_dir):
+    """Every region's row as the ledger holds it, and the bytes of every file in labels/."""
+    with Ledger(run_dir / "ledger.sqlite", readonly=True) as ledger:
+        rows = [(r.region_id, r.state, r.label_path, r.answered_by, r.painted_at) for r in ledger.regions()]
+    return rows, {path.name: path.read_bytes() for path in sorted((run_dir / "labels").iterdir())}
+
+
+def test_a_mask_corrected_keeping_the_time_of_the_one_imported_replaces_the_answers_it_changes(run_dir, tmp_path):
+    folder = png_folder(tmp_path, "a.png", truth("a"))
+    ten = datetime(2026, 1, 1, 10, tzinfo=timezone.utc).timestamp()
+    os.utime(folder / "a.png", (ten, ten))
+    assert import_answers(run_dir, folder).answered == [1, 2]
+    corrected = truth("a")
+    corrected[10:20, 20:30] = 0  # A2 repainted as 'sky'
+    Image.fromarray(corrected).save(folder / "a.png")
+    os.utime(folder / "a.png", (ten, ten))  # copied with its time kept (cp -p, rsync -a, an archive)
+    report = import_answers(run_dir, folder)
+    assert (report.corrected, report.outdated, report.already_imported) == ([2], [], 0)
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert (ledger.patch(region_by_id(ledger, 2)) == 0).all()
+        assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(truth("a"), A1))
+    # answers stored before their mask's digest was kept are known by the mask's time, as they were
+    with sqlite3.connect(run_dir / "ledger.sqlite") as conn:
+        conn.execute("UPDATE regions SET source_digest = NULL")
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(folder / "a.png")
+    os.utime(folder / "a.png", (ten, ten))
+    assert import_answers(run_dir, folder).already_imported == 1
+    with Ledger(run_dir / "ledger.sqlite", readonly=True) as ledger:
+        assert (ledger.patch(region_by_id(ledger, 2)) == 0).all()
+        assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(truth("a"), A1))
+
+
+def test_an_answer_whose_stored_file_is_lost_is_written_again_by_importing_its_mask_again(run_dir, tmp_path):
+    folder = png_folder(tmp_path, "a.png", truth("a"))
+    assert import_answers(run_dir, folder).answered == [1, 2]
+    (run_dir / "labels" / "region_000002.png").unlink()
+    report = import_answers(run_dir, folder)  # the very file imported, its time unchanged
+    assert (report.corrected, report.answered, report.already_imported) == ([], [], 0)
+    assert report.repaired == [2]
+    damaged = run_dir / "labels" / "region_000001.png"
+    damaged.write_bytes(b"\x89PNG\r\n\x1a\n, and nothing more")
+    assert import_answers(run_dir, folder).already_imported == 1  # stored files are looked for, not decoded
+    with Ledger(run_dir / "ledger.sqlite", readonly=True) as ledger, pytest.raises(
+            LedgerError, match=r"region_000001.png: the stored answer of region 1 \(image 'a', cycle 0\) is missing or "
+                               r"unreadable .*; delete the damaged file, then import its answer again"):
+        ledger.patch(region_by_id(ledger, 1))
+    damaged.unlink()
+    assert import_answers(run_dir, folder).repaired == [1]
+    with Ledger(run_dir / "ledger.sqlite", readonly=True) as ledger:
+        for region_id, box in ((1, A1), (2, A2)):
+            assert np.array_equal(ledger.patch(region_by_id(ledger, region_id)), crop(truth("a"), box))
+    again = import_answers(run_dir, folder)
+    assert (again.repaired, again.already_imported) == ([], 1)
+
+
+def test_an_export_imported_again_writes_a_lost_answer_again(run_dir, tmp_path):
+    export = write_export(tmp_path / "e.json", task_of(1, "a", truth("a"), [1, 2]))
+    import_answers(run_dir, export)
+    (run_dir / "labels" / "region_000001.png").unlink()
+    report = import_answers(run_dir, export)
+    assert (report.corrected, report.already_imported) == ([], 0)
+    assert report.repaired == [1]
+    with Ledger(run_dir / "ledger.sqlite", readonly=True) as ledger:
+        assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(truth("a"), A1))
+
+
+def test_a_full_disk_while_importing_corrections_is_one_line_naming_the_file_and_imports_nothing(
+        run_dir, tmp_path, monkeypatch):
+    folder = png_folder(tmp_path, "a.png", truth("a"))
+    import_answers(run_dir, folder)
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(folder / "a.png")  # both regions corrected
+    later = (folder / "a.png").stat().st_mtime + 10
+    os.utime(folder / "a.png", (later, later))
+    before = stored(run_dir)
+    real_save, saved = ledger_module._save_png, []
+
+    def save_until_the_disk_is_full(path, patch):
+        saved.append(path)
+        if len(saved) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(path, patch)
+
+    monkeypatch.setattr(ledger_module, "_save_png", save_until_the_disk_is_full)
+    result = CliRunner().invoke(app, ["import", str(run_dir), str(folder)], env={"COLUMNS": "250"})
+    assert result.exit_code == 1
+    assert result.output == (f"error: {run_dir / 'labels' / 'region_000002.v2.png'}: could not write the label patch "
+                             f"(No space left on device); nothing was imported from {folder}: make room on the disk "
+                             "(or make the folder writable) and import again\n")
+    assert stored(run_dir) == before
 
 
 def test_an_edit_that_leaves_an_answered_region_under_half_painted_keeps_the_earlier_answer(run_dir, tmp_path):
@@ -807,6 +904,12 @@ def with_files(folder, *names):
     return folder
 
 
+def linked(link, target):
+    """A link to `target`; returns the folder it is in."""
+    link.symlink_to(target)
+    return link.parent
+
+
 def export(tmp, *tasks):
     return write_export(tmp / "e.json", *tasks)
 
@@ -891,6 +994,9 @@ REFUSED_EXPORTS = {
         lambda tmp: with_files(png_folder(tmp, "b.png", truth("b")), "a.jpg", "c.TIFF", "notes.txt"),
         r"masks: masks must be lossless PNG \(JPEG changes class ids at the edges\), not a.jpg, c.TIFF; "
         r"save them as IMAGE_ID.png$"),
+    "a broken link among the PNG masks": (
+        lambda tmp: linked(png_folder(tmp, "b.png", truth("b")) / "a.png", tmp / "gone.png"),
+        r"masks/a.png: a link to .*/gone.png, which does not exist; mend the link or remove it$"),
     "one PNG instead of its folder": (
         lambda tmp: png_folder(tmp, "b.png", truth("b")) / "b.png",
         r"masks/b.png: one PNG; ANSWERS is a folder of IMAGE_ID.png masks or a Label Studio JSON export: "

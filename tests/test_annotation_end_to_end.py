@@ -295,3 +295,87 @@ def test_query_into_a_file_is_an_error_naming_it(run_dir, tmp_path):
     taken.write_text("not a folder")
     result = runner.invoke(app, ["query", str(run_dir), "--device", "cpu", "--out", str(taken)])
     assert (result.exit_code, result.output) == (1, f"error: {taken}: exists and is not a folder; give a folder for the output\n")
+
+
+def own_files(folder, names):
+    """Files of the user's own, each holding its name: what a query must neither overwrite nor remove."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(f"the user's own {name}".encode())
+    return {name: (folder / name).read_bytes() for name in names}
+
+
+def test_a_query_into_a_folder_holding_images_no_query_wrote_is_refused_and_leaves_them(run_dir, tmp_path):
+    with ledger_of(run_dir) as ledger:
+        names = sorted(f"{record.image_id}.png" for record in ledger.images())  # asked or not, every image of the run
+    out = tmp_path / "my_images"
+    before = own_files(out / "images", names)
+    result = runner.invoke(app, ["query", str(run_dir), "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {out}: holds images/{names[0]}, ")
+    assert result.output.endswith(" but no .s4al-query-package.json (the record of the files a query package "
+                                  "wrote), so they may be another's, which a package would overwrite or remove; give "
+                                  "--out a new or empty folder (or remove them if s4al query wrote them)\n")
+    assert {name: (out / "images" / name).read_bytes() for name in names} == before
+    assert sorted(path.name for path in out.iterdir()) == ["images"]
+
+
+def test_a_query_never_overwrites_or_removes_a_package_image_changed_since_it_wrote_it(run_dir, tmp_path):
+    out = tmp_path / "package"
+    invoke("query", run_dir, "--device", "cpu", "--out", out)
+    with ledger_of(run_dir) as ledger:
+        image_id = ledger.asked()[0].image_id
+        done = [r.region_id for r in ledger.asked() if r.image_id == image_id]
+    painted = out / "images" / f"{image_id}.png"
+    painted.write_bytes(b"painted over in place")  # an annotator's work, saved over the package's image
+    refused = runner.invoke(app, ["query", str(run_dir), "--device", "cpu", "--out", str(out)])
+    assert (refused.exit_code, refused.output) == (1, (
+        f"error: {painted}: a file no query package wrote (or changed since), which this package would overwrite; "
+        "move it away or give --out another folder\n"))
+    assert painted.read_bytes() == b"painted over in place"
+    invoke("skip", run_dir, *[arg for region_id in done for arg in ("--region", region_id)])
+    invoke("query", run_dir, "--device", "cpu", "--out", out)  # the image is no longer asked: kept all the same
+    assert painted.read_bytes() == b"painted over in place"
+    assert not (out / "overlays" / f"{image_id}.png").exists()  # the package's own overlay of it is gone
+
+
+def test_a_query_stopped_part_way_into_a_new_folder_is_written_whole_by_the_next(run_dir, tmp_path, monkeypatch):
+    out = tmp_path / "package"
+    made, task = [], package_module.task
+
+    def failing_task(*args, **kwargs):  # as a Ctrl-C would, after the first image
+        if made:
+            raise KeyboardInterrupt
+        made.append(task(*args, **kwargs))
+        return made[-1]
+
+    with monkeypatch.context() as patched:
+        patched.setattr(package_module, "task", failing_task)
+        with pytest.raises(KeyboardInterrupt), ActiveLearningRun(run_dir) as active_run:
+            active_run.acquire(0)
+            package_module.write_query_package(active_run, out)
+    assert list((out / "images").glob("*.png"))  # what it wrote before it stopped
+    invoke("query", run_dir, "--device", "cpu", "--out", out)
+    with ledger_of(run_dir) as ledger:
+        asked = sorted({r.image_id for r in ledger.asked()})
+    assert sorted(path.stem for path in (out / "images").glob("*.png")) == asked
+    (out / "manifest.csv").write_text("a spreadsheet's edit")
+    refused = runner.invoke(app, ["query", str(run_dir), "--device", "cpu", "--out", str(out)])
+    assert refused.exit_code == 1 and f"error: {out / 'manifest.csv'}: a file no query package wrote" in refused.output
+    assert (out / "manifest.csv").read_text() == "a spreadsheet's edit"
+
+
+def test_a_package_in_the_run_folder_written_without_a_record_is_the_runs_own(run_dir):
+    """Packages written before they kept a record of their files: in the run's own folder s4al alone
+    writes, so a query there takes their files as its package's."""
+    invoke("query", run_dir, "--device", "cpu")
+    package = run_dir / "queries" / "cycle_0"
+    (package / ".s4al-query-package.json").unlink()
+    with ledger_of(run_dir) as ledger:
+        image_id = ledger.asked()[0].image_id
+        done = [r.region_id for r in ledger.asked() if r.image_id == image_id]
+    invoke("skip", run_dir, *[arg for region_id in done for arg in ("--region", region_id)])
+    invoke("query", run_dir, "--device", "cpu")
+    assert not (package / "images" / f"{image_id}.png").exists()  # no longer asked: removed
+    with ledger_of(run_dir) as ledger:
+        assert sorted(p.stem for p in (package / "images").glob("*.png")) == sorted({r.image_id for r in ledger.asked()})

@@ -119,6 +119,29 @@ def test_an_indexed_mask_of_class_ids_whose_palette_is_padded_with_black_is_read
     assert ImageFolder(root, "train")[0].label.tolist() == [[2, 2], [255, 255]]
 
 
+# The PASCAL VOC colour map's first 21 entries and its 255 (void), as labelme and VOC's own masks hold them.
+VOC_COLOURS = [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128], [128, 0, 128], [0, 128, 128],
+               [128, 128, 128], [64, 0, 0], [192, 0, 0], [64, 128, 0], [192, 128, 0], [64, 0, 128], [192, 0, 128],
+               [64, 128, 128], [192, 128, 128], [0, 64, 0], [128, 64, 0], [0, 192, 0], [128, 192, 0], [0, 64, 128]]
+VOC_VOID = [224, 224, 192]
+
+
+@pytest.mark.parametrize("palette", [VOC_COLOURS + [[0, 0, 0]] * 234 + [VOC_VOID], VOC_COLOURS],
+                         ids=["with void", "21 entries"])
+def test_an_indexed_mask_under_the_voc_colour_map_is_read_by_index_whichever_ids_it_uses(tmp_path, palette):
+    """CamVid's colours: VOC's index 1 is building's colour, and its index 3 (128, 128, 0) is tree's,
+    class 4. A mask using ids 1 and 3 reads as one using 1, 2 and 3 does: by index."""
+    classes = [{"name": "sky", "color": [128, 128, 128]}, {"name": "building", "color": [128, 0, 0]},
+               {"name": "road", "color": [128, 64, 128]}, {"name": "sidewalk", "color": [0, 0, 192]},
+               {"name": "tree", "color": [128, 128, 0]}]
+    root = make_folder(tmp_path, spec={"classes": classes})
+    indexed_mask(root / "masks" / "a.png", [[1, 3], [3, 255]], palette)
+    indexed_mask(root / "masks" / "b.png", [[1, 2], [3, 255]], palette)  # 2, (0, 128, 0), is no class's colour
+    dataset = ImageFolder(root, "train")
+    assert dataset[0].label.tolist() == [[1, 3], [3, 255]]
+    assert dataset[1].label.tolist() == [[1, 2], [3, 255]]
+
+
 @pytest.mark.parametrize("colour, read_as", [((255, 255, 255), "void (ignore_value 255)"),
                                              ((0, 0, 0), "class 0 ('background')")])
 def test_a_grey_mask_is_refused_where_a_class_coloured_grey_as_another_value_makes_it_ambiguous(

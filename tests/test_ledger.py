@@ -1,3 +1,4 @@
+import errno
 import os
 import signal
 import sqlite3
@@ -15,7 +16,7 @@ from PIL import Image
 
 import s4al.active.ledger as ledger_module
 from conftest import label_map, label_state, read_rows, region_by_id
-from s4al.active.ledger import Ledger, LedgerError, connect, write_transaction
+from s4al.active.ledger import LabelWriteError, Ledger, LedgerError, connect, write_transaction
 from s4al.active.phases import CyclePhases
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ def names(path: Path, kind: str) -> set[str]:
 
 def test_new_ledger_schema_and_meta(ledger):
     assert read_rows(ledger.path, "PRAGMA journal_mode") == [("wal",)]  # the file's mode, as any reader finds it
-    assert ledger.get_meta("schema_version") == 3
+    assert ledger.get_meta("schema_version") == 4
     assert names(ledger.path, "table") == {"meta", "images", "regions"}  # the cycles table is the cycle phases' own
     ledger.set_meta("class_names", ["sky", "road"])
     ledger.set_meta("seed", 3108)
@@ -149,12 +150,12 @@ def test_a_ledger_of_a_newer_schema_is_refused_naming_the_file_and_both_versions
     path = tmp_path / "ledger.sqlite"
     open_ledger(tmp_path).close()
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+        conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
     before = dump(path)
     for readonly in (True, False):
         with pytest.raises(LedgerError) as refused:
             Ledger(path, readonly=readonly)
-        assert str(refused.value) == (f"{path}: ledger schema version 4; this s4al reads schema versions 1, 2 and 3 "
+        assert str(refused.value) == (f"{path}: ledger schema version 5; this s4al reads schema versions 1, 2, 3 and 4 "
                                       "(a newer s4al wrote it? open it with that one)")
     assert dump(path) == before
 
@@ -291,6 +292,135 @@ def test_sigkill_leaves_a_consistent_ledger(tmp_path, kill_at, asked_after, answ
             ledger.answer_many([(r.region_id, np.full((30, 30), 8, np.uint8)) for r in ledger.asked()], by="oracle")
             assert (label_map(ledger, "b")[0:30, 0:30] == 8).all()
         assert label_state(ledger).labelled_pixels == 3600 + (900 + 900 if asked_after or answered_after else 0)
+
+
+FOUR_BOXES = [(0, 0, 10, 10), (0, 20, 10, 30), (20, 0, 30, 10), (20, 20, 30, 30)]
+OLD_TIME = "2026-01-01T10:00:00.000000+00:00"
+
+
+def answered_four(ledger: Ledger) -> list[int]:
+    """Four regions of image 'a', each answered all 1 by 'oracle', painted at OLD_TIME."""
+    region_ids = ledger.ask(0, [("a", box, "entropy", 1.0) for box in FOUR_BOXES])
+    ledger.answer_many([(i, np.full((10, 10), 1, np.uint8)) for i in region_ids], by="oracle",
+                       painted_at={i: OLD_TIME for i in region_ids})
+    return region_ids
+
+
+def label_files(run_dir: Path) -> list[str]:
+    return sorted(path.name for path in (run_dir / "labels").iterdir())
+
+
+def test_a_write_failing_midway_through_corrections_leaves_every_patch_and_row_as_before(ledger, monkeypatch):
+    region_ids = answered_four(ledger)
+    before = snapshot(ledger.run_dir)
+    real_save, saved = ledger_module._save_png, []
+
+    def save_until_the_disk_is_full(path, patch):
+        saved.append(path)
+        if len(saved) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(path, patch)
+
+    monkeypatch.setattr(ledger_module, "_save_png", save_until_the_disk_is_full)
+    with pytest.raises(LabelWriteError) as refused:
+        ledger.answer_many([(i, np.full((10, 10), 2, np.uint8)) for i in region_ids], by="alice", overwrite=True)
+    assert str(refused.value) == (f"{ledger.run_dir / 'labels' / 'region_000003.v2.png'}: could not write the label "
+                                  "patch (No space left on device); nothing was stored, every label is as it was")
+    assert snapshot(ledger.run_dir) == before  # rows, and every file of labels/, byte for byte
+    assert [(r.answered_by, r.painted_at) for r in ledger.answered()] == [("oracle", OLD_TIME)] * 4
+    assert (label_map(ledger, "a")[0:10, 0:10] == 1).all() and (label_map(ledger, "a")[20:30, 20:30] == 1).all()
+
+
+KILLED_CORRECTION = textwrap.dedent(
+    """
+    import os, signal, sys
+    import numpy as np
+    import s4al.active.ledger as ledger_module
+    from s4al.active.ledger import Ledger
+
+    run_dir = sys.argv[1]
+    real_save, saved = ledger_module._save_png, []
+
+    def save_or_die(path, patch):
+        saved.append(path)
+        if len(saved) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_save(path, patch)
+
+    ledger_module._save_png = save_or_die
+    ledger = Ledger(os.path.join(run_dir, "ledger.sqlite"))
+    ledger.answer_many([(i, np.full((10, 10), 2, np.uint8)) for i in (1, 2, 3, 4)], by="alice", overwrite=True)
+    """
+)
+
+
+def test_a_kill_midway_through_corrections_changes_no_label_and_the_next_writer_removes_what_it_wrote(tmp_path):
+    with open_ledger(tmp_path) as ledger:
+        assert answered_four(ledger) == [1, 2, 3, 4]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.run([sys.executable, "-c", KILLED_CORRECTION, str(tmp_path)], env=env, capture_output=True)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+
+    with Ledger(tmp_path / "ledger.sqlite", readonly=True) as reader:
+        assert [(r.label_path, r.answered_by, r.painted_at) for r in reader.answered()] == [
+            (f"labels/region_00000{i}.png", "oracle", OLD_TIME) for i in (1, 2, 3, 4)]
+        assert all((reader.patch(r) == 1).all() for r in reader.answered())
+    written_before_the_kill = ["region_000001.v2.png", "region_000002.v2.png"]
+    assert label_files(tmp_path) == sorted([f"region_00000{i}.png" for i in (1, 2, 3, 4)] + written_before_the_kill)
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        assert label_files(tmp_path) == [f"region_00000{i}.png" for i in (1, 2, 3, 4)]
+        ledger.answer_many([(i, np.full((10, 10), 2, np.uint8)) for i in (1, 2, 3, 4)], by="alice", overwrite=True)
+        assert all((ledger.patch(r) == 2).all() for r in ledger.answered())
+    assert label_files(tmp_path) == [f"region_00000{i}.v2.png" for i in (1, 2, 3, 4)]
+
+
+def test_a_correction_goes_to_a_file_of_its_own_and_the_one_it_replaces_is_removed(ledger):
+    (region_id,) = ledger.ask(0, [("b", (10, 10, 20, 20), "entropy", 1.0)])
+    ledger.answer(region_id, np.full((10, 10), 1, np.uint8), by="oracle")
+    for fill, name in ((2, "region_000001.v2.png"), (3, "region_000001.v3.png")):
+        ledger.answer(region_id, np.full((10, 10), fill, np.uint8), by="alice", overwrite=True)
+        assert region_by_id(ledger, region_id).label_path == f"labels/{name}"
+        assert label_files(ledger.run_dir) == [name]
+    assert (label_map(ledger, "b")[10:20, 10:20] == 3).all()
+
+
+def test_label_files_no_row_points_to_are_removed_as_the_ledger_opens_for_writing_but_of_regions_it_lacks(tmp_path):
+    with open_ledger(tmp_path) as ledger:
+        answered, _ = ledger.ask(0, [("a", (0, 0, 10, 10), "entropy", 1.0), ("a", (10, 10, 20, 20), "entropy", 0.5)])
+        ledger.answer(answered, np.full((10, 10), 4, np.uint8), by="oracle")
+    labels = tmp_path / "labels"
+    # a killed correction's file, a killed first answer's; a region this ledger lacks (a ledger being
+    # built beside the run's own has none yet), and a file not named as a label patch
+    orphans = [labels / "region_000001.v2.png", labels / "region_000002.png"]
+    others = [labels / "region_000099.png", labels / "region_000001.v2.png.txt"]
+    for path in orphans + others:
+        path.write_bytes(b"x")
+    Ledger(tmp_path / "ledger.sqlite", readonly=True).close()
+    assert all(path.exists() for path in orphans)  # a reader never deletes
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        assert [path.exists() for path in orphans + others] == [False, False, True, True]
+        assert (label_map(ledger, "a")[0:10, 0:10] == 4).all()
+
+
+def test_a_lost_answer_file_is_refused_naming_its_region_image_and_cycle_and_how_to_write_it_again(ledger):
+    ledger.ask(0, [("a", (0, 0, 10, 10), "entropy", 1.0)])
+    (region_id,) = ledger.ask(1, [("b", (10, 10, 20, 20), "entropy", 1.0)])
+    ledger.answer(region_id, np.full((10, 10), 1, np.uint8), by="oracle")
+    region = region_by_id(ledger, region_id)
+    path = ledger.run_dir / "labels" / "region_000002.png"
+    how = (f"import its answer again to write it anew: `s4al import {ledger.run_dir} ANSWERS`, with the masks or "
+           "Label Studio export that answered it (or a folder holding the image's label as b.png)")
+    path.unlink()
+    with pytest.raises(LedgerError) as lost:
+        ledger.patch(region)
+    assert str(lost.value) == (f"{path}: the stored answer of region 2 (image 'b', cycle 1) is missing or unreadable "
+                               f"(No such file or directory); {how}")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n, and nothing more")
+    with pytest.raises(LedgerError) as unreadable:
+        ledger.patch(region)
+    assert str(unreadable.value).startswith(f"{path}: the stored answer of region 2 (image 'b', cycle 1) is missing "
+                                            "or unreadable (")
+    assert str(unreadable.value).endswith(f"); delete the damaged file, then {how}")
 
 
 def test_acquire_whole_images(ledger):
@@ -497,8 +627,8 @@ VERSION_1_SCHEMA = (
 
 
 def version_1_ledger(run_dir: Path, version: int = 1) -> Path:
-    """A ledger as the version-1 code wrote it (or version 2's, which has the 'skipped' state): one
-    image, an answered and an asked region, cycle 0."""
+    """A ledger as the version-1 code wrote it (or version 2's, which has the 'skipped' state, or
+    version 3's, which has painted_at too): one image, an answered and an asked region, cycle 0."""
     path = run_dir / "ledger.sqlite"
     (run_dir / "labels").mkdir(parents=True)
     Image.fromarray(np.full((10, 10), 2, np.uint8)).save(run_dir / "labels" / "region_000001.png")
@@ -513,6 +643,9 @@ def version_1_ledger(run_dir: Path, version: int = 1) -> Path:
                      "'labels/region_000001.png', 't2', 't3', 'label-studio')")
         conn.execute("INSERT INTO regions VALUES (2, 'a', 0, 20, 20, 30, 30, 'entropy', 0.8, 'asked', "
                      "NULL, 't2', NULL, NULL)")
+        if version == 3:
+            conn.execute("ALTER TABLE regions ADD COLUMN painted_at TEXT")
+            conn.execute("UPDATE regions SET painted_at = ? WHERE region_id = 1", (OLD_TIME,))
     return path
 
 
@@ -521,7 +654,7 @@ def test_a_version_1_ledger_is_read_as_it_is_and_migrated_in_place_when_opened_f
     with Ledger(path, readonly=True) as reader:
         assert [r.state for r in reader.regions()] == ["answered", "asked"]
     with Ledger(path) as ledger, CyclePhases(ledger) as phases:
-        assert ledger.get_meta("schema_version") == 3 and ledger.get_meta("seed") == 7
+        assert ledger.get_meta("schema_version") == 4 and ledger.get_meta("seed") == 7
         assert phases.phase(0) == "answer" and phases.metrics(0) == {"miou": 0.5}
         answered, asked = ledger.regions()
         assert (answered.box, answered.answered_by, answered.asked_at) == ((0, 0, 10, 10), "label-studio", "t2")
@@ -538,13 +671,27 @@ def test_a_version_2_ledger_gains_the_painting_time_when_opened_for_writing_and_
     with Ledger(path, readonly=True) as reader:
         assert [(r.state, r.painted_at) for r in reader.regions()] == [("answered", None), ("asked", None)]
     with Ledger(path) as ledger:
-        assert ledger.get_meta("schema_version") == 3
+        assert ledger.get_meta("schema_version") == 4
         ledger.answer_many([(2, np.zeros((10, 10), np.uint8))], by="alice", painted_at={2: "2026-01-02T03:04:05+00:00"})
         assert [(r.answered_by, r.painted_at) for r in ledger.regions()] == [
             ("label-studio", None), ("alice", "2026-01-02T03:04:05+00:00")]
         assert read_rows(path, "PRAGMA integrity_check") == [("ok",)]
     with Ledger(path, readonly=True) as reader:
         assert reader.regions()[1].painted_at == "2026-01-02T03:04:05+00:00"
+
+
+def test_a_version_3_ledger_gains_the_source_digest_when_opened_for_writing_and_reads_it_as_unknown(tmp_path):
+    path = version_1_ledger(tmp_path, version=3)
+    with Ledger(path, readonly=True) as reader:
+        assert [(r.painted_at, r.source_digest) for r in reader.regions()] == [(OLD_TIME, None), (None, None)]
+    with Ledger(path) as ledger:
+        assert ledger.get_meta("schema_version") == 4
+        ledger.answer_many([(2, np.zeros((10, 10), np.uint8))], by="alice", painted_at={2: OLD_TIME},
+                           source_digests={2: "120:0f1e"})
+        assert [(r.painted_at, r.source_digest) for r in ledger.regions()] == [(OLD_TIME, None), (OLD_TIME, "120:0f1e")]
+        assert read_rows(path, "PRAGMA integrity_check") == [("ok",)]
+    with Ledger(path, readonly=True) as reader:
+        assert reader.regions()[1].source_digest == "120:0f1e"
 
 
 def test_random_bytes_are_refused_as_a_ledger_naming_the_file(tmp_path):

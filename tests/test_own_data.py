@@ -426,3 +426,55 @@ def test_a_mask_given_to_a_pool_image_while_its_regions_are_asked_answers_them(t
         assert len(by_mask) == 2 and all(r.answered_by == "dataset-mask" for r in by_mask)
         assert all((ledger.patch(r) == 2).all() for r in by_mask)
         assert {r.image_id: r for r in ledger.images()}["p0"].fully_labelled
+
+
+def files_under(root):
+    return {path.relative_to(root): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def test_a_query_into_the_dataset_folder_is_refused_and_leaves_the_dataset_as_it_was(tmp_path, monkeypatch):
+    root = make_dataset(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    with ActiveLearningRun(run_dir, own_config(root)) as active_run:
+        active_run.run()  # cycle 0 asks regions of the pool images; the masked ones are its labelled set
+    before = files_under(root)
+    monkeypatch.chdir(root)
+    for out in (".", "annotations"):
+        result = CliRunner().invoke(app, ["query", str(run_dir), "--device", "cpu", "--out", out])
+        assert (result.exit_code, result.output) == (1, (
+            f"error: {out}: the dataset folder {root.resolve()} or a folder in it, where a query package could "
+            "overwrite or remove the dataset's own files; give --out a folder outside it\n"))
+        assert files_under(root) == before and not (root / "annotations").exists()
+
+
+# The PASCAL VOC colour map's first 21 entries and its 255 (void), as labelme and VOC's own masks hold them.
+VOC_COLOURS = [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128),
+               (128, 128, 128), (64, 0, 0), (192, 0, 0), (64, 128, 0), (192, 128, 0), (64, 0, 128), (192, 0, 128),
+               (64, 128, 128), (192, 128, 128), (0, 64, 0), (128, 64, 0), (0, 192, 0), (128, 192, 0), (0, 64, 128)]
+VOC_VOID = (224, 224, 192)
+
+
+def test_an_indexed_answer_mask_under_the_voc_colour_map_is_read_by_index(tmp_path):
+    """Class-id masks saved with the VOC colour map: index 1 (car) is VOC's (128, 0, 0), which here
+    is sky's colour. Read by colour, every region would be sky."""
+    classes = [CLASSES[0], CLASSES[1], {"name": "sky", "color": [128, 0, 0]}]
+    root = make_dataset(tmp_path / "data")
+    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": classes}))
+    run_dir = tmp_path / "run"
+    with ActiveLearningRun(run_dir, own_config(root)) as active_run:
+        active_run.run()
+        asked = active_run.ledger.asked()
+    palette = VOC_COLOURS + [(0, 0, 0)] * 234 + [VOC_VOID]
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    for image_id in {r.image_id for r in asked}:
+        indices = np.full((H, W), 255, np.uint8)
+        for region in (r for r in asked if r.image_id == image_id):
+            y0, x0, y1, x1 = region.box
+            indices[y0:y1, x0:x1] = 1
+        mask = Image.fromarray(indices, mode="P")
+        mask.putpalette([channel for colour in palette for channel in colour])
+        mask.save(answers / f"{image_id}.png")
+    assert import_answers(run_dir, answers).still_asked == 0
+    with ledger_of(run_dir) as ledger:
+        assert all((ledger.patch(region) == 1).all() for region in ledger.answered())  # car

@@ -3,10 +3,12 @@ checked in a real headless Chromium (skipped when Chromium is not installed), an
 
 import csv
 import json
+import os
 import re
 import shutil
 import sqlite3
 import subprocess
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -249,3 +251,40 @@ def test_no_bought_histogram_before_anything_was_bought():
 
 def test_duration_reads_like_a_person_wrote_it():
     assert [duration(s) for s in (None, 4.4, 75, 3 * 3600 + 125)] == ["–", "4 s", "1 min 15 s", "3 h 02 min"]
+
+
+def answer_masks(run_dir: Path, folder: Path, class_id: int, cycle: int, mtime: float) -> None:
+    """One class-id PNG per image asked in `cycle`, `class_id` inside its asked boxes, void elsewhere."""
+    folder.mkdir(parents=True)
+    with Ledger(run_dir / "ledger.sqlite", readonly=True) as ledger:
+        regions = ledger.regions(cycle)
+        sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
+    for image_id in {region.image_id for region in regions}:
+        mask = np.full(sizes[image_id], IGNORE_INDEX, np.uint8)
+        for region in regions:
+            if region.image_id == image_id:
+                y0, x0, y1, x1 = region.box
+                mask[y0:y1, x0:x1] = class_id
+        Image.fromarray(mask).save(folder / f"{image_id}.png")
+        os.utime(folder / f"{image_id}.png", (mtime, mtime))
+
+
+def test_a_finished_cycle_corrected_by_a_later_import_is_summarised_as_it_is_now(tmp_path):
+    from s4al.annotation.answers import import_answers
+
+    run_dir = tmp_path / "run"
+    with ActiveLearningRun(run_dir, external_config()) as run:
+        run.run()  # cycle 0 trains and asks
+    answer_masks(run_dir, tmp_path / "first", class_id=1, cycle=0, mtime=time.time() - 60)
+    import_answers(run_dir, tmp_path / "first")
+    with ActiveLearningRun(run_dir) as run:
+        run.run()  # cycle 0 is done (its summary written), cycle 1 trains and asks
+    summary = run_dir / "cycles" / "cycle_0.json"
+    pixels = json.loads(summary.read_text())["bought"]["class_pixels"]
+    names = list(SYNTHETIC_CLASSES.names)
+    bought = pixels[names[1]]
+    assert bought > 0 and sum(pixels.values()) == bought  # every bought pixel is class 1
+    answer_masks(run_dir, tmp_path / "second", class_id=2, cycle=0, mtime=time.time())
+    assert import_answers(run_dir, tmp_path / "second").corrected
+    pixels = json.loads(summary.read_text())["bought"]["class_pixels"]
+    assert (pixels[names[1]], pixels[names[2]]) == (0, bought)

@@ -15,11 +15,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from conftest import tiny_config
+from s4al.active.cycle import ActiveLearningRun
+from s4al.cli import app
 from s4al.config import save_config
+from s4al.run_folder import RunFolder
 from test_cycle import ledger_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,3 +174,25 @@ def test_sigkill_mid_acquisition_then_resume_equals_an_uninterrupted_run(setup, 
     finish(start(run, "--resume", str(run)), run)
     assert_same_run(run, reference)
     assert evaluated_epochs(run, 0) == [1, 2, 3]  # cycle 0 was not trained again
+
+
+def test_a_resume_that_finds_an_answer_file_lost_names_its_region_image_and_cycle_and_how_to_write_it_again(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(active={"annotator": "external", "cycles": 1}, train={"epochs": 1, "iters_per_epoch": 1,
+                      "device": "cpu"}, ssl={"cold_start_epochs": 0})
+    with ActiveLearningRun(run_dir, cfg) as active_run:
+        active_run._train(0)
+        active_run.acquire(0)
+        asked = active_run.ledger.asked()
+        active_run.ledger.answer_many([(r.region_id, np.zeros(r.shape, np.uint8)) for r in asked], by="test")
+    RunFolder(run_dir).unlock()
+    lost = asked[-1]
+    path = run_dir / "labels" / f"region_{lost.region_id:06d}.png"
+    path.unlink()
+    result = CliRunner().invoke(app, ["run", "--resume", str(run_dir), "--quiet"], env={"COLUMNS": "250"})
+    assert result.exit_code == 1
+    assert result.output.endswith(
+        f"error: {path}: the stored answer of region {lost.region_id} (image '{lost.image_id}', cycle 0) is missing "
+        f"or unreadable (No such file or directory); import its answer again to write it anew: `s4al import {run_dir} "
+        f"ANSWERS`, with the masks or Label Studio export that answered it (or a folder holding the image's label as "
+        f"{lost.image_id}.png)\n")

@@ -21,6 +21,7 @@ from s4al.cli import app
 from s4al.data import DatasetError
 from s4al.errors import S4alError
 from s4al.run_folder import RunFolder, RunFolderError
+from conftest import ledger_of
 from test_cycle import Killed, cycle_config, ledger_snapshot
 from test_own_data import make_dataset, own_config
 
@@ -269,3 +270,18 @@ def test_a_checkpoint_gone_from_a_cycle_that_trained_is_said_with_what_the_run_n
                                              r".*put it back \(from a backup\), or start a new run"):
         with ActiveLearningRun(run_dir) as run:
             run.run()
+
+
+def test_cycles_edited_by_hand_in_config_yaml_are_checked_as_a_set_on_resume_is(tmp_path):
+    ActiveLearningRun(tmp_path, cycle_config(active={"cycles": 3, "annotator": "external"})).run()  # cycle 0 asks
+    config = tmp_path / "config.yaml"
+    made = config.read_text()
+    config.write_text(made.replace("  cycles: 3\n", "  cycles: 0\n"))
+    with pytest.raises(RunFolderError, match="active.cycles=0 refused: cycle 0 buys labels, so the run needs at "
+                                             "least 1"):
+        ActiveLearningRun(tmp_path)
+    config.write_text(made.replace("  cycles: 3\n", "  cycles: 1\n"))
+    assert ActiveLearningRun(tmp_path).final_cycle == 1
+    with ledger_of(tmp_path) as ledger:
+        assert [{key: change[key] for key in change if key != "at"} for change in ledger.get_meta("resume_changes")] \
+            == [{"active.cycles": {"was": 3, "now": 1}}]

@@ -100,6 +100,23 @@ def test_a_cycle_whose_asked_regions_are_all_answered_keeps_its_row_until_the_ru
     assert "every region cycle 0 asked is answered or skipped." in output
 
 
+def test_an_answered_region_whose_stored_answer_file_is_gone_is_named_with_how_to_write_it_again(run_dir):
+    with ActiveLearningRun(run_dir) as active_run:
+        active_run.acquire(0)
+        asked = active_run.ledger.asked()
+        active_run.ledger.answer_many([(r.region_id, np.zeros(r.shape, np.uint8)) for r in asked], by="test")
+    RunFolder(run_dir).unlock()
+    lost = asked[1]
+    (run_dir / "labels" / f"region_{lost.region_id:06d}.png").unlink()
+    output = " ".join(status(run_dir).split())  # one line, however the terminal wraps it
+    assert (f"1 answered region lost its stored answer, the file missing: region {lost.region_id} (image "
+            f"'{lost.image_id}', cycle 0: labels/region_{lost.region_id:06d}.png); `s4al run --resume` refuses until "
+            f"`s4al import {run_dir} ANSWERS` writes it again from the masks or Label Studio export that answered "
+            "it.") in output
+    assert "every region cycle 0 asked is answered or skipped." in output
+    assert output.endswith(f"Once the lost answers are written again, continue with `s4al run --resume {run_dir}`.")
+
+
 def test_a_run_stopped_as_it_finished_a_cycle_shows_that_cycle_once(run_dir):
     with ActiveLearningRun(run_dir) as active_run:
         active_run.acquire(0)
@@ -167,7 +184,7 @@ def test_a_process_at_work_on_the_run_is_named_and_no_resume_is_suggested(run_di
     try:
         assert holder.stdout.readline() == "locked\n"
         output = status(run_dir)
-        assert f"in use by process {holder.pid}: a run is working on it now" in output
+        assert f"in use by process {holder.pid} now (a run, an import, a query or a skip): wait for it to end" in output
         assert "Continue with" not in output
     finally:
         holder.kill()

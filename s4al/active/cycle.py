@@ -25,8 +25,8 @@ from s4al.active.acquisition import (
 from s4al.active.dataset_changes import DatasetChanges, dataset_changes
 from s4al.active.label_state import LabelState
 from s4al.active.ledger import (
-    CLASSES_META, COLOURS_META, CONFIG_DIGEST, EVALUATED_META, FILE_DIGEST, JOINED, RESUME_CHANGES, RUN_ID, SEED_META,
-    Ledger, utc_now,
+    CLASSES_META, COLOURS_META, CONFIG_DIGEST, CYCLES_META, EVALUATED_META, FILE_DIGEST, JOINED, RESUME_CHANGES,
+    RUN_ID, SEED_META, Ledger, utc_now,
 )
 from s4al.active.ledger_copy import copy_of
 from s4al.active.oracle import BY_DATASET_MASK, Annotator, GroundTruthOracle
@@ -199,14 +199,18 @@ class ActiveLearningRun(AbstractContextManager):
         cycles), checked, then saved in config.yaml; the data was checked as the run opened."""
         saved, given = flat_config(self.folder.config()), flat_config(self.cfg)
         changed = {key: given[key] for key in SAVED_ON_RESUME if given[key] != saved[key]}
-        if "active.cycles" in changed:
-            self._check_cycles(saved["active.cycles"], changed["active.cycles"])
+        was = {key: saved[key] for key in changed}
+        had_cycles = self.ledger.get_meta(CYCLES_META, saved["active.cycles"])  # config.yaml may be edited by hand
+        if given["active.cycles"] != had_cycles:
+            self._check_cycles(had_cycles, given["active.cycles"])
+            changed["active.cycles"], was["active.cycles"] = given["active.cycles"], had_cycles
         if "model.weights" in changed:
             self._check_weights()
         if changed:
             self.folder.save_config(self.folder.config(nested(changed)))
-            record = {"at": utc_now(), **{key: {"was": saved[key], "now": value} for key, value in changed.items()}}
+            record = {"at": utc_now(), **{key: {"was": was[key], "now": value} for key, value in changed.items()}}
             self.ledger.set_meta(RESUME_CHANGES, [*self.ledger.get_meta(RESUME_CHANGES, []), record])
+        self.ledger.set_meta(CYCLES_META, given["active.cycles"])
 
     def _check_weights(self) -> None:
         build_model(self.cfg.model, self.train_set.classes.num_classes)

@@ -9,14 +9,16 @@ owns it; who is labelled, and how many pixels, is derived from this store by Lab
 A region is 'asked', then 'answered' (its label patch stored) or 'skipped' (the annotator declined
 it: never asked again, not labelled nor counted as labelled pixels unless answered later).
 Each answered region's label patch (uint8 class ids, 255 = ignore) lives in
-RUN_DIR/labels/region_{id:06d}.png; the row stores that path relative to RUN_DIR.
+RUN_DIR/labels/region_{id:06d}.png, or region_{id:06d}.vN.png once an answer has replaced it N - 1
+times; the row stores that path relative to RUN_DIR.
 
 Durability: every write is one transaction that takes the write lock (BEGIN IMMEDIATE) before it
 validates, so a refused call writes nothing at all. An answer writes its PNG (temp file, fsync,
-rename) before the row is marked 'answered' in the same transaction: a kill at any point leaves
-either an 'asked' row (maybe with an orphan PNG, overwritten by the next answer) or an 'answered'
-row whose PNG is complete on disk. Temp files a kill left behind are removed by the next writer,
-under the write lock.
+rename) under a name no row points to, before the row is marked 'answered' and pointed at it in the
+same transaction; the file it replaces is removed only after the commit. So a kill or a failed
+write at any point leaves every row with the complete PNG it points to, as before or as after the
+call, never a mix; at worst PNGs no row points to, which the next writer removes as it opens the
+ledger, under the write lock, with the temp files a kill left behind.
 
 A ledger of an older schema version is migrated in place when opened for writing; a read-only
 reader reads it as it is (what an older version lacks reads as unknown).
@@ -33,10 +35,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sqlite3
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,9 +51,9 @@ from PIL import Image
 from s4al.atomic import atomic_write, stray_temp_files
 from s4al.data.base import Box
 from s4al.errors import S4alError
-from s4al.text import first_of
+from s4al.text import first_of, shell
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # The meta table's keys (besides schema_version), each a JSON value:
 RUN_ID = "run_id"  # a random id the run is made with; its Label Studio tasks carry it
 CLASSES_META = "classes"  # the class names, in class id order
@@ -62,7 +65,9 @@ EVALUATED_META = "evaluated_images"  # {split: image ids} of the val and test sp
 RESUME_CHANGES = "resume_changes"  # the config keys changed on resume, when, from what
 JOINED = "joined"  # the images and masks added to the dataset after the run was made, as they joined it
 PROJECT_META = "label_studio_project"  # {"url": server, "id": project id} of the run's one project
-READABLE_VERSIONS = (1, 2, 3)  # version 1 lacks the 'skipped' state, versions 1 and 2 the column painted_at
+CYCLES_META = "active_cycles"  # the active.cycles the run last opened with, whatever set it
+# version 1 lacks the 'skipped' state, versions 1 and 2 the column painted_at, versions 1 to 3 source_digest
+READABLE_VERSIONS = (1, 2, 3, 4)
 LABELS_DIRNAME = "labels"
 _SWITCH_BUSY_TIMEOUT_MS = 100  # a close waits this long at most for other connections to the file
 
@@ -82,6 +87,7 @@ _REGIONS_TABLE = """CREATE TABLE regions (
         answered_at TEXT,  -- when answered or skipped
         answered_by TEXT,  -- who answered or skipped
         painted_at  TEXT,  -- when the answer was painted, as its source tells (UTC); NULL: not told
+        source_digest TEXT,  -- 'SIZE:SHA256' of the file the answer was read from; NULL: not known
         CHECK ((state = 'answered') =
                (label_path IS NOT NULL AND answered_at IS NOT NULL AND answered_by IS NOT NULL)),
         CHECK ((state = 'skipped') <= (answered_at IS NOT NULL AND answered_by IS NOT NULL)),
@@ -118,11 +124,24 @@ _VERSION_1_COLUMNS = (
     "region_id, image_id, cycle, y0, x0, y1, x1, metric, score, state, "
     "label_path, asked_at, answered_at, answered_by"
 )
-_REGION_COLUMNS = f"{_VERSION_1_COLUMNS}, painted_at"
+_LATER_COLUMNS = ("painted_at", "source_digest")  # the columns versions 3 and 4 added, in this order
+_REGION_COLUMNS = f"{_VERSION_1_COLUMNS}, {', '.join(_LATER_COLUMNS)}"
+_LABEL_NAME = re.compile(r"region_(\d+)(?:\.v(\d+))?\.png")  # a label patch's file name, and its version
 
 
 class LedgerError(S4alError):
     """A refused ledger operation; nothing was written."""
+
+
+class LabelWriteError(LedgerError):
+    """A label patch that could not be written (a full disk, a folder gone read-only); nothing was
+    stored, every label is as it was."""
+
+    def __init__(self, path: Path, err: OSError) -> None:
+        self.path = path
+        self.reason = err.strerror or str(err)
+        super().__init__(f"{path}: could not write the label patch ({self.reason}); nothing was stored, "
+                         "every label is as it was")
 
 
 def _not_a_ledger(path: Path, err: sqlite3.DatabaseError) -> LedgerError:
@@ -201,6 +220,7 @@ class Region:
     answered_at: str | None
     answered_by: str | None
     painted_at: str | None = None  # when its answer was painted, where the answer's source tells (UTC)
+    source_digest: str | None = None  # 'SIZE:SHA256' of the file its answer was read from, where known
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -246,14 +266,30 @@ def _region_id(value: Any) -> int:
     return int(value)
 
 
-def _label_relpath(region_id: int) -> str:
-    return f"{LABELS_DIRNAME}/region_{region_id:06d}.png"
+def _label_relpath(region_id: int, replacing: str | None = None) -> str:
+    """Where the answer of `region_id` goes: region_N.png for its first, a name one version on from
+    the path of the answer it is `replacing` for a later one, so that file stays whole until the
+    row no longer points to it."""
+    if replacing is None:
+        return f"{LABELS_DIRNAME}/region_{region_id:06d}.png"
+    match = _LABEL_NAME.fullmatch(Path(replacing).name)
+    version = int(match[2] or 1) if match else 1
+    return f"{LABELS_DIRNAME}/region_{region_id:06d}.v{version + 1}.png"
 
 
 def _save_png(path: Path, patch: np.ndarray) -> None:
     """Atomic write: afterwards `path` holds the old file or the complete new one, never a torn one."""
     with atomic_write(path) as file:
         Image.fromarray(patch).save(file, format="PNG")
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """An OSError while writing `path` raised as a LabelWriteError naming it."""
+    try:
+        yield
+    except OSError as err:
+        raise LabelWriteError(path, err) from err
 
 
 def _fsync_dir(path: Path) -> None:
@@ -316,10 +352,11 @@ class Ledger(RegionsByState, AbstractContextManager):
         if not readonly:
             self._create_schema_if_new()
             self._migrate()
-            self._remove_stray_temp_files()
+            self._remove_stray_label_files()
         self._check_schema_version(READABLE_VERSIONS if readonly else (SCHEMA_VERSION,))
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(regions)")}
-        self._region_columns = _REGION_COLUMNS if "painted_at" in columns else f"{_VERSION_1_COLUMNS}, NULL"
+        later = [column if column in columns else "NULL" for column in _LATER_COLUMNS]  # NULL: unknown
+        self._region_columns = f"{_VERSION_1_COLUMNS}, {', '.join(later)}"
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -339,8 +376,8 @@ class Ledger(RegionsByState, AbstractContextManager):
 
     def _migrate(self) -> None:
         """Version 2 added the 'skipped' state to the regions table's CHECK, which SQLite can only
-        change by copying the table; version 3 adds the column painted_at. One transaction: a kill
-        leaves the old version intact."""
+        change by copying the table; version 3 adds the column painted_at, version 4 source_digest.
+        One transaction: a kill leaves the old version intact."""
         with write_transaction(self._conn) as conn:
             version = self._schema_version()
             if version == 1:
@@ -351,17 +388,36 @@ class Ledger(RegionsByState, AbstractContextManager):
                 conn.execute("ALTER TABLE regions_new RENAME TO regions")
                 for statement in _REGION_INDEXES:
                     conn.execute(statement)
-            elif version == 2:
-                conn.execute("ALTER TABLE regions ADD COLUMN painted_at TEXT")
+            elif version in (2, 3):
+                for column in _LATER_COLUMNS[version - 2:]:
+                    conn.execute(f"ALTER TABLE regions ADD COLUMN {column} TEXT")
             else:
                 return
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (json.dumps(SCHEMA_VERSION),))
 
-    def _remove_stray_temp_files(self) -> None:
-        """Label temp files a killed writer left; under the write lock no answer is being written."""
-        with write_transaction(self._conn):
+    def _remove_stray_label_files(self) -> None:
+        """Label temp files a killed writer left, and the label PNGs of this ledger's regions that no
+        row points to (written by an answer killed before its commit, or replaced by one killed
+        before it removed them); under the write lock no answer is being written."""
+        with write_transaction(self._conn) as conn:
             for stray in stray_temp_files(self.labels_dir, "region_*.png"):
                 stray.unlink(missing_ok=True)
+            for orphan in self._unreferenced_labels(conn):
+                orphan.unlink(missing_ok=True)
+
+    def _unreferenced_labels(self, conn: sqlite3.Connection) -> list[Path]:
+        """The label PNGs of regions of this ledger that no row points to. A file of a region id the
+        ledger lacks is left alone: a ledger being built beside the run's own has no regions yet."""
+        if not self.labels_dir.is_dir():
+            return []
+        referenced = {row[0] for row in conn.execute("SELECT label_path FROM regions WHERE label_path IS NOT NULL")}
+        region_ids = {row[0] for row in conn.execute("SELECT region_id FROM regions")}
+        orphans = []
+        for entry in os.scandir(self.labels_dir):
+            match = _LABEL_NAME.fullmatch(entry.name)
+            if match and int(match[1]) in region_ids and f"{LABELS_DIRNAME}/{entry.name}" not in referenced:
+                orphans.append(Path(entry.path))
+        return orphans
 
     def _schema_version(self) -> Any:
         if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
@@ -528,28 +584,61 @@ class Ledger(RegionsByState, AbstractContextManager):
         self.answer_many([(region_id, label_patch)], by, overwrite)
 
     def answer_many(self, answers: Sequence[tuple[int, np.ndarray]], by: str, overwrite: bool = False,
-                    painted_at: Mapping[int, str | None] | None = None) -> None:
+                    painted_at: Mapping[int, str | None] | None = None,
+                    source_digests: Mapping[int, str | None] | None = None) -> None:
         """Store label patches (uint8 class ids, 255 = ignore, shaped like each box), all or nothing,
         with when each was painted where the answer's source tells (`painted_at`, region id -> UTC
-        time). Every answer is validated before anything is written; answering a region answered or
-        skipped before is refused unless `overwrite`. PNGs are written and fsynced first, then all
-        rows are marked answered, in one transaction."""
+        time) and the digest of the file it was read from (`source_digests`, region id -> 'SIZE:SHA256').
+        Every answer is validated before anything is written; answering a region answered or skipped
+        before is refused unless `overwrite`. PNGs are written under new names and fsynced first,
+        then all rows are marked answered and pointed at them, in one transaction; the PNGs they
+        replace are removed after it. A PNG that cannot be written raises LabelWriteError, nothing stored."""
         answers = [(_region_id(region_id), label_patch) for region_id, label_patch in answers]
         if not answers:
             return
+        painted_at, source_digests = painted_at or {}, source_digests or {}
         with write_transaction(self._conn) as conn:
             patches = self._validated_patches(conn, answers, by, overwrite)
-            self.labels_dir.mkdir(exist_ok=True)
-            for region_id, label_patch in patches.items():
-                _save_png(self.run_dir / _label_relpath(region_id), label_patch)
-            _fsync_dir(self.labels_dir)
+            replaced = self._label_paths(conn, list(patches))
+            new_paths = {region_id: _label_relpath(region_id, replaced.get(region_id)) for region_id in patches}
+            self._write_patches(patches, new_paths)
             now = utc_now()
             conn.executemany(
                 "UPDATE regions SET state = 'answered', label_path = ?, answered_at = ?, answered_by = ?, "
-                "painted_at = ? WHERE region_id = ?",
-                [(_label_relpath(region_id), now, by, (painted_at or {}).get(region_id), region_id)
+                "painted_at = ?, source_digest = ? WHERE region_id = ?",
+                [(new_paths[region_id], now, by, painted_at.get(region_id), source_digests.get(region_id), region_id)
                  for region_id in patches],
             )
+        for old_path in replaced.values():  # a kill before this leaves them to the next writer's open
+            with suppress(OSError):
+                (self.run_dir / old_path).unlink(missing_ok=True)
+
+    @staticmethod
+    def _label_paths(conn: sqlite3.Connection, region_ids: list[int]) -> dict[int, str]:
+        """region id -> the label path its row points to now, of those of `region_ids` answered."""
+        lookup = "SELECT label_path FROM regions WHERE region_id = ? AND label_path IS NOT NULL"
+        rows = ((region_id, conn.execute(lookup, (region_id,)).fetchone()) for region_id in region_ids)
+        return {region_id: row[0] for region_id, row in rows if row is not None}
+
+    def _write_patches(self, patches: Mapping[int, np.ndarray], paths: Mapping[int, str]) -> None:
+        """Each patch written whole to its path, made durable; on a failed write the ones written
+        are removed again, and LabelWriteError names the file that failed."""
+        written: list[Path] = []
+        try:
+            with _writing(self.labels_dir):
+                self.labels_dir.mkdir(exist_ok=True)
+            for region_id, label_patch in patches.items():
+                path = self.run_dir / paths[region_id]
+                with _writing(path):
+                    _save_png(path, label_patch)
+                written.append(path)
+            with _writing(self.labels_dir):
+                _fsync_dir(self.labels_dir)
+        except BaseException:
+            for path in written:
+                with suppress(OSError):
+                    path.unlink(missing_ok=True)
+            raise
 
     def _validated_patches(
         self, conn: sqlite3.Connection, answers: Sequence[tuple[int, np.ndarray]], by: str, overwrite: bool
@@ -618,7 +707,22 @@ def read_patch(run_dir: Path, region: Region) -> np.ndarray:
         with Image.open(path) as image:
             array = np.asarray(image)
     except OSError as err:
-        raise LedgerError(f"region {region.region_id} is answered but {path} is unreadable: {err}") from err
+        raise LedgerError(f"{path}: the stored answer of {_named(region)} is missing or unreadable "
+                          f"({err.strerror or err}); {_recover_hint(run_dir, region, path)}") from err
     if array.dtype != np.uint8 or array.shape != region.shape:
-        raise LedgerError(f"{path}: a {array.dtype} {array.shape} image, expected uint8 {region.shape}")
+        raise LedgerError(f"{path}: the stored answer of {_named(region)} is a {array.dtype} {array.shape} image, "
+                          f"expected uint8 {region.shape}; {_recover_hint(run_dir, region, path)}")
     return array
+
+
+def _named(region: Region) -> str:
+    return f"region {region.region_id} (image '{region.image_id}', cycle {region.cycle})"
+
+
+def _recover_hint(run_dir: Path, region: Region, path: Path) -> str:
+    """How to write the lost answer of `region` again: any import answering it does, once a damaged
+    file is gone (an import takes one there for the answer stored)."""
+    delete = "delete the damaged file, then " if path.exists() else ""
+    return (f"{delete}import its answer again to write it anew: `s4al import {shell(run_dir)} ANSWERS`, with the "
+            f"masks or Label Studio export that answered it (or a folder holding the image's label as "
+            f"{region.image_id}.png)")

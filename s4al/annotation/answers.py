@@ -7,7 +7,10 @@ a task answers only the regions it lists, and a task whose regions are all answe
 already is left alone (counted), unless it now paints an answered region otherwise (a reviewer's fix):
 that later answer replaces the earlier one, unless it was painted before it (an older export or mask
 imported again, by the time Label Studio saved the annotation or the mask file was written): that
-region is left as it is, and named. A PNG answers every region of its image.
+region is left as it is, and named. A PNG answers every region of its image. A mask file is known
+again by its size and content digest (its time may stay the same through an edit), an export's task
+by its save time. An answered region whose stored answer is lost (its file missing or unreadable)
+takes the answer given for it again, whenever that was painted.
 
 The rule for a region still asked:
 - answered when at least MIN_PAINTED_SHARE of its pixels are painted; its unpainted pixels are
@@ -29,6 +32,7 @@ nothing to import.
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -38,9 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
-from s4al.active.ledger import CLASSES_META, COLOURS_META, RUN_ID, Ledger, LedgerError, Region
+from s4al.active.ledger import CLASSES_META, COLOURS_META, RUN_ID, LabelWriteError, Ledger, LedgerError, Region
 from s4al.active.phases import CyclePhases
 from s4al.active.regions import box_masks
+from s4al.active.summaries import rewrite_summaries
 from s4al.annotation.label_studio import BY_LABEL_STUDIO, read_export
 from s4al.annotation.masks import (
     MIN_PAINTED_SHARE, UNPAINTED, AnswerError, PaintedImage, png_masks, read_png_masks,
@@ -50,6 +55,7 @@ from s4al.run_folder import RunFolder
 from s4al.text import first_of, named, shell
 
 MAX_PROBLEMS_SHOWN = 10
+BY_PNG_FOLDER = "png-folder"
 
 
 @dataclass
@@ -60,6 +66,8 @@ class ImportReport:
     not_answered: dict[int, float] = field(default_factory=dict)  # region id -> painted share, below the minimum
     already_imported: int = 0  # tasks (or PNGs) whose regions were all answered or skipped before, unchanged
     corrected: list[int] = field(default_factory=list)  # answered region ids whose earlier answer is replaced
+    repaired: list[int] = field(default_factory=list)  # answered region ids whose stored answer was lost
+    # (its file missing or unreadable), written again from this answer
     edits_under_minimum: dict[int, float] = field(default_factory=dict)  # answered region id -> painted share
     # of an edit painting it otherwise but under the minimum: its earlier answer stays
     unskipped: list[int] = field(default_factory=list)  # of `answered`: the regions skipped before
@@ -92,7 +100,7 @@ def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> 
             unannotated: set[int] = set()  # region ids of the file's tasks without an annotation, as read
             painted, report = _read(answers_path, ledger.get_meta(CLASSES_META), ledger.get_meta(COLOURS_META), sizes,
                                     unannotated)
-            answers, painted_at = _answers(ledger, painted, report, unannotated)
+            answers, painted_at, source_digests = _answers(ledger, painted, report, unannotated)
             _refuse_label_changes_mid_training(folder, ledger, report, answers_path)
             newly_answered = len(report.answered) - len(report.unskipped)
             report.still_asked = len(ledger.asked()) - newly_answered - len(report.skipped)
@@ -104,12 +112,20 @@ def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> 
             return report
         with Ledger(ledger_path) as ledger:
             try:
-                ledger.answer_many(answers, by=report.by, overwrite=bool(report.corrected or report.unskipped),
-                                   painted_at=painted_at)
+                ledger.answer_many(answers, by=report.by,
+                                   overwrite=bool(report.corrected or report.unskipped or report.repaired),
+                                   painted_at=painted_at, source_digests=source_digests)
                 ledger.skip(report.skipped, by=report.by)
+            except LabelWriteError as err:
+                raise AnswerError(f"{err.path}: could not write the label patch ({err.reason}); nothing was imported "
+                                  f"from {answers_path}: make room on the disk (or make the folder writable) and "
+                                  "import again") from None
             except LedgerError as err:
                 raise AnswerError(f"{answers_path}: {err}") from None
             report.still_asked = len(ledger.asked())
+            # a finished cycle's summary says what it bought: the answers it holds now
+            rewrite_summaries(folder, ledger, [*report.corrected, *report.unskipped, *report.repaired],
+                              ledger.get_meta(CLASSES_META))
     return report
 
 
@@ -151,7 +167,7 @@ def _read(path: Path, class_names: Sequence[str], class_colours: list | None, si
         masks, ignored = png_masks(path)
         colours = None if class_colours is None else ColourDecoder(
             {tuple(colour): k for k, colour in enumerate(class_colours)})
-        return read_png_masks(masks, colours), ImportReport("png-folder", ignored_files=ignored)
+        return read_png_masks(masks, colours), ImportReport(BY_PNG_FOLDER, ignored_files=ignored)
     if path.is_file() and path.suffix.lower() == ".png":
         raise AnswerError(f"{path}: one PNG; ANSWERS is a folder of IMAGE_ID.png masks or a Label Studio JSON "
                           f"export: give its folder, {path.parent}")
@@ -160,11 +176,11 @@ def _read(path: Path, class_names: Sequence[str], class_colours: list | None, si
     raise AnswerError(f"{path}: no such file or folder")
 
 
-def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportReport,
-             unannotated: set[int]) -> tuple[list[tuple[int, np.ndarray]], dict[int, str | None]]:
-    """The (region id, label patch) answers of every painted image, and when each was painted; any
-    problem refuses the import. Only the patches are kept, so memory does not grow with the images'
-    full-size maps."""
+def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportReport, unannotated: set[int],
+             ) -> tuple[list[tuple[int, np.ndarray]], dict[int, str | None], dict[int, str | None]]:
+    """The (region id, label patch) answers of every painted image, when each was painted and the
+    digest of the mask file it was read from; any problem refuses the import. Only the patches are
+    kept, so memory does not grow with the images' full-size maps."""
     num_classes = len(ledger.get_meta(CLASSES_META))
     sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
     regions = {region.region_id: region for region in ledger.regions()}
@@ -177,6 +193,7 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
     repainted: dict[int, tuple[str, np.ndarray | None]] = {}
     answers = []
     painted_at: dict[int, str | None] = {}
+    source_digests: dict[int, str | None] = {}
     run_id = ledger.get_meta(RUN_ID)
     annotated: set[int] = set()  # the regions some painting of this file addresses
     same_name = {unicodedata.normalize("NFC", image_id): image_id for image_id in sizes}
@@ -188,7 +205,9 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
         image_problems = _region_problems(image, sizes, regions, run_id)
         addressed = [] if image_problems else _addressed(image, regions, of_image)
         annotated.update(region.region_id for region in addressed)
-        if _imported_before(image, addressed):  # left unread: decoding is most of an import's time
+        # a mask's source is its file's path
+        digest = _file_digest(image.source) if report.by == BY_PNG_FOLDER and not image_problems else None
+        if _imported_before(ledger, image, digest, addressed):  # left unread: decoding is most of an import's time
             for region in addressed:  # it paints them as stored
                 _check_repainted(ledger, region, image.source, None, repainted, problems)
             report.already_imported += 1
@@ -197,7 +216,7 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
         problems += image_problems
         if image_problems:
             continue
-        corrections = _corrections(ledger, image, addressed, report, repainted, problems)
+        corrections = _corrections(ledger, image, digest, addressed, report, repainted, problems)
         report.skipped_since += _skipped_since_answered(image, addressed)
         if addressed and not corrections and not _answers_left(image, addressed):
             report.already_imported += 1
@@ -207,18 +226,20 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
                               report, problems)
         answers += image_answers
         painted_at.update((region_id, image.painted_at) for region_id, _ in image_answers)
+        source_digests.update((region_id, digest) for region_id, _ in image_answers)
     for region_id in taken:  # answered by another task of the same image
         report.not_answered.pop(region_id, None)
     # copies of a task name a region once, and not as kept where another copy answers it
     report.skip_kept, report.outdated, report.skipped_since = (
         [region_id for region_id in dict.fromkeys(ids) if region_id not in taken]
         for ids in (report.skip_kept, report.outdated, report.skipped_since))
+    report.repaired = list(dict.fromkeys(report.repaired))  # copies of a task repair a region once
     report.annotation_gone = sorted(region_id for region_id in unannotated - annotated
                                     if region_id in regions and regions[region_id].state == "answered"
                                     and regions[region_id].answered_by == BY_LABEL_STUDIO)
     if problems:
         raise AnswerError(f"answers refused, nothing written: {first_of(problems, MAX_PROBLEMS_SHOWN, '; ')}")
-    return answers, painted_at
+    return answers, painted_at, source_digests
 
 
 def _region_problems(image: PaintedImage, sizes: dict, regions: dict[int, Region], run_id: str | None) -> list[str]:
@@ -255,11 +276,43 @@ def _label_problems(image: PaintedImage, size: tuple[int, int], num_classes: int
     return problems
 
 
-def _imported_before(image: PaintedImage, addressed: list[Region]) -> bool:
-    """Whether `image` is the painting every region it addresses was answered with, by its time:
-    imported before and unchanged since (an export or a folder of masks imported again)."""
-    return (bool(addressed) and image.painted_at is not None
-            and all(region.state == "answered" and region.painted_at == image.painted_at for region in addressed))
+def _file_digest(path: str) -> str | None:
+    """'SIZE:SHA256' of the file at `path`, which any change of its content changes; None where it
+    cannot be read (its decoding says why)."""
+    try:
+        with open(path, "rb") as file:
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
+            return f"{file.tell()}:{digest}"
+    except OSError:
+        return None
+
+
+def _imported_before(ledger: Ledger, image: PaintedImage, digest: str | None, addressed: list[Region]) -> bool:
+    """Whether `image` is the painting every region it addresses was answered with, and each answer
+    is still stored: imported before and unchanged since (an export or a folder of masks imported
+    again). `digest`: of the mask file `image` is, None for an export's task. A stored file is only
+    looked for, not decoded: that is most of an import's time (a damaged one is named by the run)."""
+    return (bool(addressed)
+            and all(region.state == "answered" and _same_painting(image, digest, region) for region in addressed)
+            and all((ledger.run_dir / region.label_path).is_file() for region in addressed))
+
+
+def _same_painting(image: PaintedImage, digest: str | None, region: Region) -> bool:
+    """Whether `image` is the painting answered `region` was answered with: a mask file by its
+    content digest, or else (a Label Studio task, or an answer stored before digests were kept) by
+    when it was painted."""
+    if digest is not None and region.source_digest is not None:
+        return digest == region.source_digest
+    return image.painted_at is not None and region.painted_at == image.painted_at
+
+
+def _stored_patch(ledger: Ledger, region: Region) -> np.ndarray | None:
+    """The stored answer of answered `region`; None where it is lost (its file missing or unreadable),
+    for an answer given for it to write again."""
+    try:
+        return ledger.patch(region)
+    except LedgerError:
+        return None
 
 
 def _addressed(image: PaintedImage, regions: dict[int, Region], of_image: dict[str, list[Region]]) -> list[Region]:
@@ -316,13 +369,14 @@ def _answer_image(image: PaintedImage, addressed: list[Region], report: ImportRe
     return answers
 
 
-def _corrections(ledger: Ledger, image: PaintedImage, addressed: list[Region], report: ImportReport,
-                 repainted: dict[int, tuple[str, np.ndarray | None]],
+def _corrections(ledger: Ledger, image: PaintedImage, digest: str | None, addressed: list[Region],
+                 report: ImportReport, repainted: dict[int, tuple[str, np.ndarray | None]],
                  problems: list[str]) -> list[tuple[int, np.ndarray]]:
     """The answered regions this answer paints enough, and otherwise than their stored answer: an
-    edit made after the import, which replaces it (the next cycle trains with it). Two answers of
-    one import painting a region two ways are a problem: taking the one unlike the stored answer
-    would take the other on the next import of the same file."""
+    edit made after the import, which replaces it (the next cycle trains with it); and those whose
+    stored answer is lost, which it writes again (reported as repaired). Two answers of one import
+    painting a region two ways are a problem: taking the one unlike the stored answer would take
+    the other on the next import of the same file."""
     corrections = []
     for region in addressed:
         patch, share = _painted(image, region)
@@ -331,9 +385,15 @@ def _corrections(ledger: Ledger, image: PaintedImage, addressed: list[Region], r
         if share >= MIN_PAINTED_SHARE:
             # a copy: a view would keep the whole image's map in memory for the rest of the import
             _check_repainted(ledger, region, image.source, patch.copy(), repainted, problems)
-        if np.array_equal(patch, ledger.patch(region)):
+        stored = _stored_patch(ledger, region)
+        if stored is None:
+            if share >= MIN_PAINTED_SHARE:
+                report.repaired.append(region.region_id)
+                corrections.append((region.region_id, patch.copy()))
             continue
-        if _painted_before(image, region):
+        if np.array_equal(patch, stored):
+            continue
+        if _painted_before(image, digest, region):
             report.outdated.append(region.region_id)
         elif share < MIN_PAINTED_SHARE:  # kept, and said: an edit this answer makes is not silently passed over
             report.edits_under_minimum[region.region_id] = share
@@ -350,8 +410,8 @@ def _check_repainted(ledger: Ledger, region: Region, source: str, patch: np.ndar
         repainted[region.region_id] = (source, patch)
         return
     first_source, first = repainted[region.region_id]
-    if not np.array_equal(ledger.patch(region) if patch is None else patch,
-                          ledger.patch(region) if first is None else first):
+    if not np.array_equal(_stored_patch(ledger, region) if patch is None else patch,
+                          _stored_patch(ledger, region) if first is None else first):
         problems.append(f"{source}: region {region.region_id} is painted otherwise than in {first_source}: "
                         "keep one of the two")
 
@@ -365,10 +425,15 @@ def _skipped_since_answered(image: PaintedImage, addressed: list[Region]) -> lis
             and region.painted_at is not None and image.painted_at is not None and image.painted_at > region.painted_at]
 
 
-def _painted_before(image: PaintedImage, region: Region) -> bool:
+def _painted_before(image: PaintedImage, digest: str | None, region: Region) -> bool:
     """Whether `image` was painted no later than the stored answer of `region` (both times in one
-    UTC form); unknown when either source told no time."""
-    return image.painted_at is not None and region.painted_at is not None and image.painted_at <= region.painted_at
+    UTC form); unknown when either source told no time. A mask file of the same time as the one the
+    answer was read from, with another content (its time kept through an edit), is the later one."""
+    if image.painted_at is None or region.painted_at is None:
+        return False
+    if image.painted_at == region.painted_at and None not in (digest, region.source_digest):
+        return digest == region.source_digest
+    return image.painted_at <= region.painted_at
 
 
 def _skips(image: PaintedImage, addressed: list[Region]) -> list[int]:
@@ -399,7 +464,8 @@ def _take(image: PaintedImage, taken_here: list[tuple[int, np.ndarray | None]], 
         answers.append((region_id, patch))
         state = regions[region_id].state
         if state == "answered":
-            report.corrected.append(region_id)
+            if region_id not in report.repaired:
+                report.corrected.append(region_id)
             continue
         report.answered.append(region_id)
         report.void_pixels += int((patch == UNPAINTED).sum())

@@ -22,7 +22,8 @@ SHOWN_REGIONS = 10  # region ids named in a line; a large pool's cycle asks thou
 
 RunDirArgument = Annotated[Path, typer.Argument(help="A run folder made by `s4al run`.")]
 OutOption = Annotated[
-    Optional[Path], typer.Option("--out", "-o", help="Package folder (default: RUN_DIR/queries/cycle_C).")
+    Optional[Path], typer.Option("--out", "-o", help="Package folder (default: RUN_DIR/queries/cycle_C): new, or "
+                                 "one a query wrote; never in the dataset's folder.")
 ]
 DeviceOption = Annotated[str, typer.Option(help="Device for scoring and pre-annotation: auto, cpu, cuda, cuda:1, ...")]
 AnswersArgument = Annotated[Optional[Path], typer.Argument(
@@ -60,7 +61,7 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
     If the latest cycle has trained but not asked yet, score the pool and ask first."""
     from s4al.active.cycle import ActiveLearningRun
     from s4al.annotation.label_studio_api import checked_server, project_on, recorded_project, send_query
-    from s4al.annotation.package import write_query_package
+    from s4al.annotation.package import refuse_dataset_folder, write_query_package
 
     if new_project and label_studio is None:
         raise typer.BadParameter("--new-project makes a new Label Studio project: give --label-studio URL too")
@@ -73,6 +74,8 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
         with ActiveLearningRun(run_dir, overrides={"train": {"device": device}}) as active_run:
             if server is not None and not new_project and project is None:
                 project_on(active_run.ledger, server)  # refused before the pool is scored
+            if out is not None:
+                refuse_dataset_folder(out, active_run.cfg.dataset.root)  # as well
             cycle = _asking_cycle(active_run, run_dir)
             package = write_query_package(active_run, out or run_dir / "queries" / f"cycle_{cycle}")
             if server is not None and package.regions:
@@ -194,6 +197,7 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
         (report.corrected, "corrected {regions} answered before, painted otherwise now (the new answer replaces "
                            "the earlier one for the training to come" + (_after_the_last(run_dir) if report.corrected
                                                                        else "") + ")"),
+        (report.repaired, "wrote again {regions} whose stored answer (in labels/) was lost"),
         (report.skip_kept, "left {regions} skipped: painted here, but before the skip (by `s4al skip` after the "
                            "painting, or in an earlier export or mask); to answer, save the task again in Label "
                            "Studio (or write the mask again) and import"),

@@ -7,6 +7,7 @@ colours, named IMAGE_ID.png, listed by `png_masks`)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -70,12 +71,14 @@ def _utc(moment: datetime) -> str:
 
 def png_masks(folder: Path) -> tuple[list[Path], list[str]]:
     """The masks of a folder of answers (IMAGE_ID.png, the suffix in any case) and the names of its
-    other entries, which are not read; an image in another format is refused, naming it."""
+    other entries, which are not read; an image in another format, or a mask's broken link, is
+    refused, naming it."""
     entries = sorted(folder.iterdir())
     images = [path.name for path in entries if path.suffix.lower() in NOT_PNG_IMAGES]
     if images:
         raise AnswerError(f"{folder}: masks must be lossless PNG (JPEG changes class ids at the edges), not "
                           f"{first_of(images)}; save them as IMAGE_ID.png")
+    _refuse_broken_links(entries)
     masks = [path for path in entries if _is_mask(path)]
     if not masks:
         raise AnswerError(f"{folder}: no .png masks in this folder (expected one IMAGE_ID.png per image)")
@@ -84,6 +87,15 @@ def png_masks(folder: Path) -> tuple[list[Path], list[str]]:
 
 def _is_mask(path: Path) -> bool:
     return path.suffix.lower() == ".png" and path.is_file()
+
+
+def _refuse_broken_links(entries: list[Path]) -> None:
+    """A mask's link whose target is gone would leave its regions asked, the link named among the
+    files that are not masks."""
+    broken = [path for path in entries if path.suffix.lower() == ".png" and path.is_symlink() and not path.exists()]
+    if broken:
+        raise AnswerError(f"{broken[0]}: a link to {os.readlink(broken[0])}, which does not exist; mend the link "
+                          "or remove it")
 
 
 def read_png_masks(paths: list[Path], colours: ColourDecoder | None = None) -> Iterator[PaintedImage]:
@@ -96,7 +108,8 @@ def read_png_masks(paths: list[Path], colours: ColourDecoder | None = None) -> I
 
 def _read_mask(path: Path, colours: ColourDecoder | None) -> np.ndarray:
     """Class ids; an indexed mask painting the class colours (a paint program's indexed export
-    numbers its colours in its own order) by its colours, as a dataset's own masks are read."""
+    numbers its colours in its own order) by its colours, one under the PASCAL VOC colour map by
+    index, as a dataset's own masks are read (palette_labels)."""
     try:
         indices = read_label(path)
         if colours is None or image_mode(path) != "P":

@@ -7,13 +7,18 @@ OUT_DIR/
   overlays/IMAGE_ID.png  the same with the asked regions outlined
   manifest.json, .csv    one entry per asked region: image, region id, box (y0, x0, y1, x1; half-open
                          pixels), score, and the classes the model predicts inside the box (pixels)
+  .s4al-query-package.json  the files the package wrote, each with its SHA-256
 
-The pre-annotations and the predicted classes come from the latest checkpoint that asked.
+The pre-annotations and the predicted classes come from the latest checkpoint that asked. A later
+package into the same folder overwrites or removes only files that the record lists and that are as
+written; a folder without the record must hold none of the names a package writes, and a folder in
+the dataset's is refused.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Iterator
@@ -29,13 +34,23 @@ from s4al.active.ledger import RUN_ID, Region
 from s4al.annotation.label_studio import ASKED_COLOUR, labelling_config, task
 from s4al.atomic import atomic_write, output_folder
 from s4al.data.classes import ClassSet
+from s4al.errors import S4alError
 from s4al.inference import inference_batches
+from s4al.text import first_of
 from s4al.tiles import tiled_labels
 from s4al.train.checkpoint import load_trained_model
 
 OUTLINE_WIDTH = 2  # pixels, drawn just outside each box so the box itself stays visible
 CSV_COLUMNS = ("image_id", "region_id", "cycle", "y0", "x0", "y1", "x1", "metric", "score", "predicted",
                "image", "overlay")
+RECORD_NAME = ".s4al-query-package.json"
+FIXED_FILES = ("labelling_config.xml", "tasks.json", "manifest.json", "manifest.csv")
+IMAGE_FOLDERS = ("images", "overlays")
+
+
+class PackageError(S4alError):
+    """A refused package folder; nothing was written to it. The message names the folder or file
+    and the problem."""
 
 
 @dataclass(frozen=True)
@@ -46,14 +61,18 @@ class QueryPackage:
 
 
 def write_query_package(active_run: ActiveLearningRun, out_dir: Path) -> QueryPackage:
-    """Writes the package of every region still asked in the run into `out_dir` (files of an
-    earlier package there are overwritten, its images no longer asked removed); the run's device
-    pre-annotates."""
+    """Writes the package of every region still asked in the run into `out_dir` (files an earlier
+    package wrote there are overwritten, its images no longer asked removed; PackageRecord); the
+    run's device pre-annotates."""
     by_image: dict[str, list[Region]] = defaultdict(list)
     for region in active_run.ledger.asked():
         by_image[region.image_id].append(region)
-    out_dir = output_folder(Path(out_dir))
-    for folder in ("images", "overlays"):
+    out_dir = Path(out_dir)
+    refuse_dataset_folder(out_dir, active_run.cfg.dataset.root)
+    record = PackageRecord(output_folder(out_dir), the_runs_own=out_dir.resolve().is_relative_to(
+        active_run.run_dir.resolve()))
+    record.claim([*FIXED_FILES, *(_image_file(folder, image_id) for image_id in by_image for folder in IMAGE_FOLDERS)])
+    for folder in IMAGE_FOLDERS:
         output_folder(out_dir / folder)
     classes = active_run.train_set.classes
     with atomic_write(out_dir / "labelling_config.xml", "w") as file:
@@ -63,25 +82,110 @@ def write_query_package(active_run: ActiveLearningRun, out_dir: Path) -> QueryPa
         tasks.write("[")
         for number, (image, prediction, regions) in enumerate(_predictions(active_run, by_image, active_run.device)):
             image_id = regions[0].image_id
-            Image.fromarray(image).save(out_dir / "images" / f"{image_id}.png")
-            _overlay(image, regions).save(out_dir / "overlays" / f"{image_id}.png")
+            Image.fromarray(image).save(out_dir / _image_file("images", image_id))
+            _overlay(image, regions).save(out_dir / _image_file("overlays", image_id))
             made = task(image, regions, prediction, classes, active_run.ledger.get_meta(RUN_ID))
             tasks.write(("," if number else "") + "\n" + json.dumps(made))
             entries += [_entry(region, prediction, classes) for region in regions]
         tasks.write("\n]\n")
     entries.sort(key=lambda entry: entry["region_id"])
     _write_manifests(out_dir, entries, classes)
-    _remove_earlier_images(out_dir, {record.image_id for record in active_run.ledger.images()} - set(by_image))
+    record.finish()
     return QueryPackage(out_dir, len(entries), len(by_image))
 
 
-def _remove_earlier_images(out_dir: Path, not_asked: set[str]) -> None:
-    """An earlier package's images of this run that nothing asks any more (answered or skipped
-    since): gone, so that no one paints them; other files stay."""
-    for folder in ("images", "overlays"):
-        for path in (out_dir / folder).glob("*.png"):
-            if path.stem in not_asked:
-                path.unlink()
+def _image_file(folder: str, image_id: str) -> str:
+    return f"{folder}/{image_id}.png"
+
+
+def refuse_dataset_folder(out_dir: Path, dataset_root: Path | None) -> None:
+    """A package in the dataset's folder would mix its images with the dataset's own."""
+    if dataset_root is None:
+        return
+    root = Path(dataset_root).resolve()
+    for folder in (out_dir, *(out_dir / name for name in IMAGE_FOLDERS)):
+        if folder.resolve().is_relative_to(root):
+            raise PackageError(f"{out_dir}: the dataset folder {root} or a folder in it, where a query package "
+                               "could overwrite or remove the dataset's own files; give --out a folder outside it")
+
+
+class PackageRecord:
+    """The files a query package wrote into its folder (names relative to it), each with the SHA-256
+    of its content as written; a name claimed but not written yet (a query stopped part-way) has
+    none, and a file there is the package's. Only a file the record owns is overwritten or removed."""
+
+    def __init__(self, out_dir: Path, the_runs_own: bool = False):
+        self.out_dir = out_dir
+        self.path = out_dir / RECORD_NAME
+        self.files: dict[str, str | None] = (self._read() if self.path.exists() else
+                                             self._package_names(claimed=the_runs_own))
+        self.claimed: list[str] = []
+
+    def _read(self) -> dict[str, str | None]:
+        try:
+            files = json.loads(self.path.read_text())["files"]
+            if all(isinstance(name, str) and isinstance(digest, (str, type(None))) for name, digest in files.items()):
+                return files
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+        raise PackageError(f"{self.path}: not a readable record of the files a query package wrote in "
+                           f"{self.out_dir}, which tells them from other files; give --out a new or empty folder")
+
+    def _package_names(self, claimed: bool) -> dict[str, str | None]:
+        """A folder without a record holds none of the names a package writes, or, in the run's own
+        folder (where s4al alone writes), those an earlier s4al wrote without a record."""
+        found = [name for name in FIXED_FILES if _exists(self.out_dir / name)]
+        for folder in IMAGE_FOLDERS:
+            if (self.out_dir / folder).is_dir():
+                found += sorted(f"{folder}/{path.name}" for path in (self.out_dir / folder).iterdir())
+        if claimed:
+            return dict.fromkeys(found)
+        if found:
+            raise PackageError(f"{self.out_dir}: holds {first_of(found)} but no {RECORD_NAME} (the record of the "
+                               "files a query package wrote), so they may be another's, which a package would "
+                               "overwrite or remove; give --out a new or empty folder (or remove them if s4al query "
+                               "wrote them)")
+        return {}
+
+    def owns(self, name: str) -> bool:
+        """Whether the file `name` is as the package wrote it (or one it was writing)."""
+        path = self.out_dir / name
+        if name not in self.files or path.is_symlink() or not path.is_file():
+            return False
+        return self.files[name] in (None, _digest(path))
+
+    def claim(self, names: list[str]) -> None:
+        """Records `names` as being written, before any is: each must be free or the package's."""
+        taken = [name for name in names if _exists(self.out_dir / name) and not self.owns(name)]
+        if taken:
+            raise PackageError(f"{self.out_dir / taken[0]}: a file no query package wrote (or changed since), which "
+                               "this package would overwrite; move it away or give --out another folder")
+        self.files = {name: digest for name, digest in self.files.items() if self.owns(name)}
+        self.files.update(dict.fromkeys(names))
+        self.claimed = list(names)
+        self._save()
+
+    def finish(self) -> None:
+        """Removes the files an earlier package wrote that this one does not hold (images no longer
+        asked) and records the digests of the files written."""
+        for name in set(self.files) - set(self.claimed):
+            if self.owns(name):
+                (self.out_dir / name).unlink()
+        self.files = {name: _digest(self.out_dir / name) for name in self.claimed if (self.out_dir / name).is_file()}
+        self._save()
+
+    def _save(self) -> None:
+        with atomic_write(self.path, "w") as file:
+            file.write(json.dumps({"written_by": "s4al query", "files": self.files}, indent=1))
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _digest(path: Path) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 @torch.no_grad()
@@ -92,7 +196,7 @@ def _predictions(
     if not by_image:
         return
     cycle = max(region.cycle for regions in by_image.values() for region in regions)
-    model, _ = load_trained_model(active_run.folder.checkpoint_path(cycle), "teacher", device)
+    model, _ = load_trained_model(active_run.folder.trained_checkpoint(cycle), "teacher", device)
     indices = [active_run.index_of[image_id] for image_id in by_image]
     batch_size = active_run.cfg.active.score_batch_size
     for images, _, batch_indices in inference_batches(active_run.train_set, indices, batch_size, device, 0, None, False):

@@ -5,9 +5,9 @@ classes.yaml:
     classes: [{name: road, color: [128, 64, 128]}, ...]   # class id = position in the list
     ignore_value: 255          # raw value of single-channel masks that means void
     colour_masks: null         # true: masks paint class colours; false: they hold class ids; null: RGB(A)
-                               # masks paint colours, grey ones hold ids, indexed ones paint colours
-                               # where their palette gives the indices used distinct class colours,
-                               # else hold ids
+                               # masks paint colours, grey ones hold ids, indexed ones hold ids under
+                               # the PASCAL VOC colour map, else paint colours where their palette
+                               # gives the indices used distinct class colours, else hold ids
     ignore_color: [0, 0, 0]    # optional: the void colour in colour masks
 
 Splits: ROOT/{split}.txt lists image stems (or file names). Without it, "train" is every image and
@@ -142,12 +142,41 @@ class ColourDecoder:
         return self.class_ids[slot]
 
 
+def voc_colour_map(size: int = 256) -> np.ndarray:
+    """(size, 3) uint8: the PASCAL VOC colour map, under which labelme and many other tools save
+    class-id masks. Index i's bits go to red, green, blue in turn, from each channel's top bit down."""
+    colours = np.zeros((size, 3), np.uint8)
+    for index in range(size):
+        value = index
+        for bit in range(7, -1, -1):
+            for channel in range(3):
+                colours[index, channel] |= ((value >> channel) & 1) << bit
+            value >>= 3
+    return colours
+
+
+# Compared with a mask's palette: the entries of VOC's 21 classes. A palette of fewer (padded with
+# black as it is read) is not taken for VOC's: a paint program's few colours could start it by chance
+# (CamVid's void, black, then building, (128, 0, 0)).
+VOC_PALETTE_START = voc_colour_map(21)
+
+
+def is_voc_palette(palette: np.ndarray) -> bool:
+    """Whether a (256, 3) palette starts with the PASCAL VOC colour map: its indices are class ids,
+    whatever colours the classes have (the entries past the first 21 are not compared: a tool may
+    write a shorter palette, padded with black as it is read)."""
+    return bool(np.array_equal(palette[:len(VOC_PALETTE_START)], VOC_PALETTE_START))
+
+
 def palette_labels(indices: np.ndarray, palette: np.ndarray, colours: ColourDecoder, void_index: int,
                    void_label: int = IGNORE_INDEX) -> np.ndarray | None:
     """An indexed mask read by the colours its palette gives the indices it uses: class ids, and
     `void_label` at `void_index`, whatever its colour (a palette padded with black would otherwise
-    turn void into a black class; a mask read by index agrees); None where the other indices used
-    have no distinct class colours (read it by index)."""
+    turn void into a black class; a mask read by index agrees); None where it is to be read by index:
+    its palette is the PASCAL VOC colour map (every mask of such a tool reads alike, whichever ids it
+    uses), or the other indices used have no distinct class colours."""
+    if is_voc_palette(palette):
+        return None
     coloured = np.unique(indices)
     coloured = coloured[coloured != void_index]
     classes = colours.known(palette[coloured])
@@ -217,10 +246,10 @@ class ImageFolder(FilePairDataset):
         return remap_label(read_label(pair.label) if indices is None else indices, self.raw_to_class, pair.label)
 
     def _palette_label(self, pair: Pair) -> np.ndarray:
-        """An indexed (palette) mask: by colour where the indices it uses have distinct class colours
-        in the palette (an editor's indexed export numbers its colours in its own order), else by
-        index (class ids under a palette of other colours, or one padded with black). The index
-        ignore_value is void in both readings."""
+        """An indexed (palette) mask: by index under the PASCAL VOC colour map; else by colour where
+        the indices it uses have distinct class colours in the palette (an editor's indexed export
+        numbers its colours in its own order), else by index (class ids under a palette of other
+        colours, or one padded with black). The index ignore_value is void in both readings."""
         indices = read_label(pair.label)
         labels = palette_labels(indices, read_palette(pair.label), self.decode_colours, self.ignore_value)
         if labels is None:

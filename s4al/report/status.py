@@ -11,11 +11,11 @@ from pathlib import Path
 from rich.table import Table
 
 from s4al.active.dataset_changes import dataset_changes
-from s4al.active.ledger import PROJECT_META, Ledger
+from s4al.active.ledger import PROJECT_META, Ledger, Region
 from s4al.active.phases import CyclePhases
 from s4al.config import RunConfig
 from s4al.data import DatasetError, build_dataset
-from s4al.text import counted, shell
+from s4al.text import counted, first_of, shell
 from s4al.run_folder import json_lines
 
 
@@ -86,7 +86,9 @@ def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhase
     phase = None if cycle is None else phases.phase(cycle)
     asked, masked = ledger.asked(), set(masked)
     pending = [region for region in asked if region.image_id not in masked]
-    lines = [f"in use by process {holder}: a run is working on it now"] if holder else []
+    lines = [f"in use by process {holder} now (a run, an import, a query or a skip): wait for it to end"] if holder else []
+    lost = lost_answers(ledger)
+    lines += lost_answers_lines(run_dir, lost)
     if phase == "done" and cycle == cfg.active.cycles:
         return lines + [finished_line(run_dir, cycle)]
     if pending:
@@ -101,9 +103,27 @@ def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhase
                                          "answers them as the run resumes")
         lines.append(f"every region cycle {cycle} asked is answered or skipped{by_masks}.")
     if not holder:
-        first = "Once the dataset is as said above, continue" if resume_refused else "Continue"
+        first = ("Once the dataset is as said above, continue" if resume_refused
+                 else "Once the lost answers are written again, continue" if lost else "Continue")
         lines.append(f"{first} with `s4al run --resume {shell(run_dir)}`.")
     return lines
+
+
+def lost_answers(ledger: Ledger) -> list[Region]:
+    """The answered regions whose stored answer (a PNG in the run folder) is gone: a look at each
+    file, not a read."""
+    return [region for region in ledger.answered() if not (ledger.run_dir / region.label_path).is_file()]
+
+
+def lost_answers_lines(run_dir: Path, lost: list[Region]) -> list[str]:
+    """What a run with `lost` answers must do before it can go on."""
+    if not lost:
+        return []
+    where = [f"region {r.region_id} (image '{r.image_id}', cycle {r.cycle}: {r.label_path})" for r in lost]
+    its, it = ("its", "it") if len(lost) == 1 else ("their", "them")
+    return [f"{counted(len(lost), 'answered region')} lost {its} stored answer, the file missing: {first_of(where, 3)}; "
+            f"`s4al run --resume` refuses until `s4al import {shell(run_dir)} ANSWERS` writes {it} again from the masks "
+            f"or Label Studio export that answered {it}."]
 
 
 def dataset_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger) -> tuple[list[str], bool, list[str]]:
