@@ -98,6 +98,7 @@ class RunFolder:
         self.ledger_path = self.path / LEDGER_FILE
         self.splits_dir = self.path / "splits"
         self.checkpoints_dir = self.path / "checkpoints"
+        self.queries_dir = self.path / "queries"  # s4al query's packages, one folder a cycle
         self.cycles_dir = self.path / "cycles"
         self.tensorboard_dir = self.path / "tensorboard"
         self.answers_dir = self.path / "answers"  # Label Studio exports downloaded, as received

@@ -371,11 +371,14 @@ def test_a_package_in_the_run_folder_written_without_a_record_is_the_runs_own(ru
     invoke("query", run_dir, "--device", "cpu")
     package = run_dir / "queries" / "cycle_0"
     (package / ".s4al-query-package.json").unlink()
+    mine = own_files(package / "images", ["fixed_by_me.png"])  # no image of the run: never the package's
     with ledger_of(run_dir) as ledger:
         image_id = ledger.asked()[0].image_id
         done = [r.region_id for r in ledger.asked() if r.image_id == image_id]
     invoke("skip", run_dir, *[arg for region_id in done for arg in ("--region", region_id)])
     invoke("query", run_dir, "--device", "cpu")
     assert not (package / "images" / f"{image_id}.png").exists()  # no longer asked: removed
+    assert (package / "images" / "fixed_by_me.png").read_bytes() == mine["fixed_by_me.png"]
     with ledger_of(run_dir) as ledger:
-        assert sorted(p.stem for p in (package / "images").glob("*.png")) == sorted({r.image_id for r in ledger.asked()})
+        assert sorted(p.stem for p in (package / "images").glob("*.png")) == sorted(
+            {*(r.image_id for r in ledger.asked()), "fixed_by_me"})

@@ -128,18 +128,24 @@ VOC_VOID = [224, 224, 192]
 
 @pytest.mark.parametrize("palette", [VOC_COLOURS + [[0, 0, 0]] * 234 + [VOC_VOID], VOC_COLOURS],
                          ids=["with void", "21 entries"])
-def test_an_indexed_mask_under_the_voc_colour_map_is_read_by_index_whichever_ids_it_uses(tmp_path, palette):
-    """CamVid's colours: VOC's index 1 is building's colour, and its index 3 (128, 128, 0) is tree's,
-    class 4. A mask using ids 1 and 3 reads as one using 1, 2 and 3 does: by index."""
+def test_an_indexed_mask_under_the_voc_colour_map_is_read_by_index_unless_it_paints_another_class_colour(
+        tmp_path, palette):
+    """CamVid's colours: VOC's index 1 is building's colour (class 1 too), 2 is no class's colour, and 3,
+    (128, 128, 0), is tree's, class 4. A mask using 1 and 2 reads by index; one using 3 is class 3 by
+    index and tree by colour: refused, naming the file and the setting that decides."""
     classes = [{"name": "sky", "color": [128, 128, 128]}, {"name": "building", "color": [128, 0, 0]},
                {"name": "road", "color": [128, 64, 128]}, {"name": "sidewalk", "color": [0, 0, 192]},
                {"name": "tree", "color": [128, 128, 0]}]
     root = make_folder(tmp_path, spec={"classes": classes})
-    indexed_mask(root / "masks" / "a.png", [[1, 3], [3, 255]], palette)
-    indexed_mask(root / "masks" / "b.png", [[1, 2], [3, 255]], palette)  # 2, (0, 128, 0), is no class's colour
-    dataset = ImageFolder(root, "train")
-    assert dataset[0].label.tolist() == [[1, 3], [3, 255]]
-    assert dataset[1].label.tolist() == [[1, 2], [3, 255]]
+    indexed_mask(root / "masks" / "a.png", [[1, 2], [2, 255]], palette)
+    indexed_mask(root / "masks" / "b.png", [[1, 3], [3, 255]], palette)
+    assert ImageFolder(root, "train")[0].label.tolist() == [[1, 2], [2, 255]]
+    with pytest.raises(DatasetError, match=r"b\.png: an indexed mask under the PASCAL VOC colour map .* paints index 3 "
+                                           r"in the colour of class 4: read by index it is class 3, by colour class 4; "
+                                           r"set colour_masks in classes.yaml"):
+        ImageFolder(root, "train")[1]
+    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": classes, "colour_masks": False}))
+    assert ImageFolder(root, "train")[1].label.tolist() == [[1, 3], [3, 255]]
 
 
 @pytest.mark.parametrize("colour, read_as", [((255, 255, 255), "void (ignore_value 255)"),

@@ -354,7 +354,7 @@ KILLED_CORRECTION = textwrap.dedent(
 )
 
 
-def test_a_kill_midway_through_corrections_changes_no_label_and_the_next_writer_removes_what_it_wrote(tmp_path):
+def test_a_kill_midway_through_corrections_changes_no_label_and_the_next_answer_writes_over_nothing(tmp_path):
     with open_ledger(tmp_path) as ledger:
         assert answered_four(ledger) == [1, 2, 3, 4]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -368,38 +368,31 @@ def test_a_kill_midway_through_corrections_changes_no_label_and_the_next_writer_
     written_before_the_kill = ["region_000001.v2.png", "region_000002.v2.png"]
     assert label_files(tmp_path) == sorted([f"region_00000{i}.png" for i in (1, 2, 3, 4)] + written_before_the_kill)
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
-        assert label_files(tmp_path) == [f"region_00000{i}.png" for i in (1, 2, 3, 4)]
         ledger.answer_many([(i, np.full((10, 10), 2, np.uint8)) for i in (1, 2, 3, 4)], by="alice", overwrite=True)
         assert all((ledger.patch(r) == 2).all() for r in ledger.answered())
-    assert label_files(tmp_path) == [f"region_00000{i}.v2.png" for i in (1, 2, 3, 4)]
+        # the files the kill left are not taken: each region's answer has a name no file had
+        assert [r.label_path for r in ledger.answered()] == [
+            "labels/region_000001.v3.png", "labels/region_000002.v3.png", "labels/region_000003.v2.png",
+            "labels/region_000004.v2.png"]
 
 
-def test_a_correction_goes_to_a_file_of_its_own_and_the_one_it_replaces_is_removed(ledger):
-    (region_id,) = ledger.ask(0, [("b", (10, 10, 20, 20), "entropy", 1.0)])
-    ledger.answer(region_id, np.full((10, 10), 1, np.uint8), by="oracle")
-    for fill, name in ((2, "region_000001.v2.png"), (3, "region_000001.v3.png")):
-        ledger.answer(region_id, np.full((10, 10), fill, np.uint8), by="alice", overwrite=True)
-        assert region_by_id(ledger, region_id).label_path == f"labels/{name}"
-        assert label_files(ledger.run_dir) == [name]
-    assert (label_map(ledger, "b")[10:20, 10:20] == 3).all()
-
-
-def test_label_files_no_row_points_to_are_removed_as_the_ledger_opens_for_writing_but_of_regions_it_lacks(tmp_path):
+def test_a_correction_goes_to_a_file_of_its_own_and_the_one_it_replaces_stays_for_a_ledger_put_back(tmp_path):
     with open_ledger(tmp_path) as ledger:
-        answered, _ = ledger.ask(0, [("a", (0, 0, 10, 10), "entropy", 1.0), ("a", (10, 10, 20, 20), "entropy", 0.5)])
-        ledger.answer(answered, np.full((10, 10), 4, np.uint8), by="oracle")
-    labels = tmp_path / "labels"
-    # a killed correction's file, a killed first answer's; a region this ledger lacks (a ledger being
-    # built beside the run's own has none yet), and a file not named as a label patch
-    orphans = [labels / "region_000001.v2.png", labels / "region_000002.png"]
-    others = [labels / "region_000099.png", labels / "region_000001.v2.png.txt"]
-    for path in orphans + others:
-        path.write_bytes(b"x")
-    Ledger(tmp_path / "ledger.sqlite", readonly=True).close()
-    assert all(path.exists() for path in orphans)  # a reader never deletes
+        (region_id,) = ledger.ask(0, [("b", (10, 10, 20, 20), "entropy", 1.0)])
+        ledger.answer(region_id, np.full((10, 10), 1, np.uint8), by="oracle")
+    backup = (tmp_path / "ledger.sqlite").read_bytes()  # a copy of the ledger as it was (closed, whole)
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
-        assert [path.exists() for path in orphans + others] == [False, False, True, True]
-        assert (label_map(ledger, "a")[0:10, 0:10] == 4).all()
+        for fill, name in ((2, "region_000001.v2.png"), (3, "region_000001.v3.png")):
+            ledger.answer(region_id, np.full((10, 10), fill, np.uint8), by="alice", overwrite=True)
+            assert region_by_id(ledger, region_id).label_path == f"labels/{name}"
+        assert (label_map(ledger, "b")[10:20, 10:20] == 3).all()
+    assert label_files(tmp_path) == ["region_000001.png", "region_000001.v2.png", "region_000001.v3.png"]
+    (tmp_path / "ledger.sqlite").write_bytes(backup)
+    with Ledger(tmp_path / "ledger.sqlite") as restored:  # opened for writing, it finds its answer and removes none
+        assert (label_map(restored, "b")[10:20, 10:20] == 1).all()
+        restored.answer(region_id, np.full((10, 10), 4, np.uint8), by="bob", overwrite=True)
+        assert region_by_id(restored, region_id).label_path == "labels/region_000001.v4.png"
+    assert len(label_files(tmp_path)) == 4
 
 
 def test_a_lost_answer_file_is_refused_naming_its_region_image_and_cycle_and_how_to_write_it_again(ledger):

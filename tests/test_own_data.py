@@ -16,6 +16,7 @@ from conftest import label_state, ledger_of, tiny_config
 from s4al.active.cycle import ActiveLearningRun
 from s4al.active.phases import CyclePhases
 from s4al.annotation.answers import import_answers
+from s4al.annotation.masks import AnswerError
 from s4al.cli import app
 from s4al.config import ConfigError, load_config, save_config
 from s4al.data import DatasetError, build_dataset
@@ -447,6 +448,16 @@ def test_a_query_into_the_dataset_folder_is_refused_and_leaves_the_dataset_as_it
         assert files_under(root) == before and not (root / "annotations").exists()
 
 
+def test_a_run_folder_inside_the_dataset_folder_writes_its_own_query_package(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    run_dir = root / "runs" / "mine"
+    with ActiveLearningRun(run_dir, own_config(root)) as active_run:
+        active_run.run()
+    result = CliRunner().invoke(app, ["query", str(run_dir), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "queries" / "cycle_0" / "tasks.json").is_file()
+
+
 # The PASCAL VOC colour map's first 21 entries and its 255 (void), as labelme and VOC's own masks hold them.
 VOC_COLOURS = [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128),
                (128, 128, 128), (64, 0, 0), (192, 0, 0), (64, 128, 0), (192, 128, 0), (64, 0, 128), (192, 0, 128),
@@ -454,12 +465,15 @@ VOC_COLOURS = [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), 
 VOC_VOID = (224, 224, 192)
 
 
-def test_an_indexed_answer_mask_under_the_voc_colour_map_is_read_by_index(tmp_path):
-    """Class-id masks saved with the VOC colour map: index 1 (car) is VOC's (128, 0, 0), which here
-    is sky's colour. Read by colour, every region would be sky."""
-    classes = [CLASSES[0], CLASSES[1], {"name": "sky", "color": [128, 0, 0]}]
+@pytest.mark.parametrize("sky", [[70, 130, 180], [128, 0, 0]], ids=["no class in a VOC colour", "sky in VOC's 1"])
+def test_an_indexed_answer_mask_under_the_voc_colour_map_is_read_by_index_or_refused_where_colours_clash(
+        tmp_path, sky):
+    """Class-id masks saved with the VOC colour map paint car (index 1) in VOC's (128, 0, 0). Where that is
+    no class's colour they are read by index; where it is sky's, by index the regions are car, by colour
+    sky, and neither can be told right: refused, naming the file."""
     root = make_dataset(tmp_path / "data")
-    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": classes}))
+    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": [CLASSES[0], CLASSES[1], {"name": "sky",
+                                                                                            "color": sky}]}))
     run_dir = tmp_path / "run"
     with ActiveLearningRun(run_dir, own_config(root)) as active_run:
         active_run.run()
@@ -475,6 +489,12 @@ def test_an_indexed_answer_mask_under_the_voc_colour_map_is_read_by_index(tmp_pa
         mask = Image.fromarray(indices, mode="P")
         mask.putpalette([channel for colour in palette for channel in colour])
         mask.save(answers / f"{image_id}.png")
+    if sky == [128, 0, 0]:
+        with pytest.raises(AnswerError, match=r"\.png: an indexed mask under the PASCAL VOC colour map .* paints index 1 "
+                                              r"in the colour of class 2: read by index it is class 1, by colour class "
+                                              r"2; save it as a greyscale PNG of class ids"):
+            import_answers(run_dir, answers)
+        return
     assert import_answers(run_dir, answers).still_asked == 0
     with ledger_of(run_dir) as ledger:
         assert all((ledger.patch(region) == 1).all() for region in ledger.answered())  # car

@@ -24,6 +24,7 @@ from s4al.cli import app as s4al_app
 from s4al.config import load_config, save_config
 from s4al.data import IGNORE_INDEX
 from s4al.data.synthetic import SYNTHETIC_CLASSES
+from s4al.errors import S4alWarning
 from s4al.report.figures import (
     ERROR_COLOURS, NotDrawn, bought_histogram, error_map, spread_indices, supervised_reference,
 )
@@ -288,3 +289,13 @@ def test_a_finished_cycle_corrected_by_a_later_import_is_summarised_as_it_is_now
     assert import_answers(run_dir, tmp_path / "second").corrected
     pixels = json.loads(summary.read_text())["bought"]["class_pixels"]
     assert (pixels[names[1]], pixels[names[2]]) == (0, bought)
+    # a correction committed while another answer of the cycle is lost: imported all the same, the summary said
+    with Ledger(run_dir / "ledger.sqlite", readonly=True) as ledger:
+        lost, *others = ledger.answered(0)
+    (run_dir / lost.label_path).unlink()
+    answer_masks(run_dir, tmp_path / "third", class_id=1, cycle=0, mtime=time.time() + 60)
+    for path in (tmp_path / "third").iterdir():
+        if path.stem == lost.image_id:
+            path.unlink()  # its answer is not given again
+    with pytest.warns(S4alWarning, match=r"the summary of cycle 0 .* is not written again: .*stored answer of region"):
+        assert import_answers(run_dir, tmp_path / "third").corrected

@@ -574,7 +574,7 @@ def test_a_checkpoint_trained_on_other_labels_than_given_now_is_refused_saying_h
     fewer = TrainData(data.dataset, data.labelled[:3], [data.labelled[3], *data.pool])
     for labels, counts in ((otherwise, "as many now, answered otherwise"),
                            (fewer, "3 images labelled whole and 0 answered regions now")):
-        with pytest.raises(S4alError, match=r"cycle_0.pt: trained on other labels than the run's ledger holds now "
+        with pytest.raises(S4alError, match=r"cycle_0.pt: trained on other labels than it is given now "
                                             rf"\(4 images labelled whole and 1 answered region then, {counts}\): .*"
                                             r"delete the checkpoint \(rm .*cycle_0.pt\) and resume"):
             Trainer(cfg, labels, val, tmp_path).fit()

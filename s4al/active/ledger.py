@@ -9,16 +9,16 @@ owns it; who is labelled, and how many pixels, is derived from this store by Lab
 A region is 'asked', then 'answered' (its label patch stored) or 'skipped' (the annotator declined
 it: never asked again, not labelled nor counted as labelled pixels unless answered later).
 Each answered region's label patch (uint8 class ids, 255 = ignore) lives in
-RUN_DIR/labels/region_{id:06d}.png, or region_{id:06d}.vN.png once an answer has replaced it N - 1
-times; the row stores that path relative to RUN_DIR.
+RUN_DIR/labels/region_{id:06d}.png, or, for a later answer (a correction), the first
+region_{id:06d}.vN.png not on disk; the row stores that path relative to RUN_DIR.
 
 Durability: every write is one transaction that takes the write lock (BEGIN IMMEDIATE) before it
 validates, so a refused call writes nothing at all. An answer writes its PNG (temp file, fsync,
-rename) under a name no row points to, before the row is marked 'answered' and pointed at it in the
-same transaction; the file it replaces is removed only after the commit. So a kill or a failed
-write at any point leaves every row with the complete PNG it points to, as before or as after the
-call, never a mix; at worst PNGs no row points to, which the next writer removes as it opens the
-ledger, under the write lock, with the temp files a kill left behind.
+rename) under a name no file has, before the row is marked 'answered' and pointed at it in the
+same transaction. No answer writes over or removes a file: a kill or a failed write at any point
+leaves every row with the complete PNG it points to, as before or as after the call, and a ledger
+put back from a backup still finds the files it points to. At worst a kill leaves a small PNG no
+row points to. Temp files a kill left behind are removed by the next writer, under the write lock.
 
 A ledger of an older schema version is migrated in place when opened for writing; a read-only
 reader reads it as it is (what an older version lacks reads as unknown).
@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sqlite3
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -126,7 +125,6 @@ _VERSION_1_COLUMNS = (
 )
 _LATER_COLUMNS = ("painted_at", "source_digest")  # the columns versions 3 and 4 added, in this order
 _REGION_COLUMNS = f"{_VERSION_1_COLUMNS}, {', '.join(_LATER_COLUMNS)}"
-_LABEL_NAME = re.compile(r"region_(\d+)(?:\.v(\d+))?\.png")  # a label patch's file name, and its version
 
 
 class LedgerError(S4alError):
@@ -266,15 +264,16 @@ def _region_id(value: Any) -> int:
     return int(value)
 
 
-def _label_relpath(region_id: int, replacing: str | None = None) -> str:
-    """Where the answer of `region_id` goes: region_N.png for its first, a name one version on from
-    the path of the answer it is `replacing` for a later one, so that file stays whole until the
-    row no longer points to it."""
-    if replacing is None:
-        return f"{LABELS_DIRNAME}/region_{region_id:06d}.png"
-    match = _LABEL_NAME.fullmatch(Path(replacing).name)
-    version = int(match[2] or 1) if match else 1
-    return f"{LABELS_DIRNAME}/region_{region_id:06d}.v{version + 1}.png"
+def _label_relpath(labels_dir: Path, region_id: int) -> str:
+    """Where a new answer of `region_id` goes: region_N.png for its first, else the first
+    region_N.vK.png not on disk. An answer never writes over a file: the one it replaces stays whole
+    for any other ledger pointing to it (a backup put back)."""
+    name = f"region_{region_id:06d}.png"
+    version = 1
+    while (labels_dir / name).exists():
+        version += 1
+        name = f"region_{region_id:06d}.v{version}.png"
+    return f"{LABELS_DIRNAME}/{name}"
 
 
 def _save_png(path: Path, patch: np.ndarray) -> None:
@@ -352,7 +351,7 @@ class Ledger(RegionsByState, AbstractContextManager):
         if not readonly:
             self._create_schema_if_new()
             self._migrate()
-            self._remove_stray_label_files()
+            self._remove_stray_temp_files()
         self._check_schema_version(READABLE_VERSIONS if readonly else (SCHEMA_VERSION,))
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(regions)")}
         later = [column if column in columns else "NULL" for column in _LATER_COLUMNS]  # NULL: unknown
@@ -395,29 +394,11 @@ class Ledger(RegionsByState, AbstractContextManager):
                 return
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (json.dumps(SCHEMA_VERSION),))
 
-    def _remove_stray_label_files(self) -> None:
-        """Label temp files a killed writer left, and the label PNGs of this ledger's regions that no
-        row points to (written by an answer killed before its commit, or replaced by one killed
-        before it removed them); under the write lock no answer is being written."""
-        with write_transaction(self._conn) as conn:
+    def _remove_stray_temp_files(self) -> None:
+        """Label temp files a killed writer left; under the write lock no answer is being written."""
+        with write_transaction(self._conn):
             for stray in stray_temp_files(self.labels_dir, "region_*.png"):
                 stray.unlink(missing_ok=True)
-            for orphan in self._unreferenced_labels(conn):
-                orphan.unlink(missing_ok=True)
-
-    def _unreferenced_labels(self, conn: sqlite3.Connection) -> list[Path]:
-        """The label PNGs of regions of this ledger that no row points to. A file of a region id the
-        ledger lacks is left alone: a ledger being built beside the run's own has no regions yet."""
-        if not self.labels_dir.is_dir():
-            return []
-        referenced = {row[0] for row in conn.execute("SELECT label_path FROM regions WHERE label_path IS NOT NULL")}
-        region_ids = {row[0] for row in conn.execute("SELECT region_id FROM regions")}
-        orphans = []
-        for entry in os.scandir(self.labels_dir):
-            match = _LABEL_NAME.fullmatch(entry.name)
-            if match and int(match[1]) in region_ids and f"{LABELS_DIRNAME}/{entry.name}" not in referenced:
-                orphans.append(Path(entry.path))
-        return orphans
 
     def _schema_version(self) -> Any:
         if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
@@ -592,15 +573,14 @@ class Ledger(RegionsByState, AbstractContextManager):
         Every answer is validated before anything is written; answering a region answered or skipped
         before is refused unless `overwrite`. PNGs are written under new names and fsynced first,
         then all rows are marked answered and pointed at them, in one transaction; the PNGs they
-        replace are removed after it. A PNG that cannot be written raises LabelWriteError, nothing stored."""
+        replace stay. A PNG that cannot be written raises LabelWriteError, nothing stored."""
         answers = [(_region_id(region_id), label_patch) for region_id, label_patch in answers]
         if not answers:
             return
         painted_at, source_digests = painted_at or {}, source_digests or {}
         with write_transaction(self._conn) as conn:
             patches = self._validated_patches(conn, answers, by, overwrite)
-            replaced = self._label_paths(conn, list(patches))
-            new_paths = {region_id: _label_relpath(region_id, replaced.get(region_id)) for region_id in patches}
+            new_paths = {region_id: _label_relpath(self.labels_dir, region_id) for region_id in patches}
             self._write_patches(patches, new_paths)
             now = utc_now()
             conn.executemany(
@@ -609,16 +589,6 @@ class Ledger(RegionsByState, AbstractContextManager):
                 [(new_paths[region_id], now, by, painted_at.get(region_id), source_digests.get(region_id), region_id)
                  for region_id in patches],
             )
-        for old_path in replaced.values():  # a kill before this leaves them to the next writer's open
-            with suppress(OSError):
-                (self.run_dir / old_path).unlink(missing_ok=True)
-
-    @staticmethod
-    def _label_paths(conn: sqlite3.Connection, region_ids: list[int]) -> dict[int, str]:
-        """region id -> the label path its row points to now, of those of `region_ids` answered."""
-        lookup = "SELECT label_path FROM regions WHERE region_id = ? AND label_path IS NOT NULL"
-        rows = ((region_id, conn.execute(lookup, (region_id,)).fetchone()) for region_id in region_ids)
-        return {region_id: row[0] for region_id, row in rows if row is not None}
 
     def _write_patches(self, patches: Mapping[int, np.ndarray], paths: Mapping[int, str]) -> None:
         """Each patch written whole to its path, made durable; on a failed write the ones written

@@ -6,14 +6,16 @@ region skipped before)."""
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from s4al.active.ledger import Ledger
+from s4al.active.ledger import Ledger, LedgerError
 from s4al.active.phases import CyclePhases
 from s4al.atomic import atomic_write
 from s4al.data.classes import class_pixel_counts
+from s4al.errors import S4alWarning
 from s4al.run_folder import RunFolder
 
 ImageLabel = Callable[[str], np.ndarray]  # image id -> its (H, W) label in the dataset
@@ -51,5 +53,9 @@ def rewrite_summaries(folder: RunFolder, ledger: Ledger, region_ids: Iterable[in
     with CyclePhases(ledger) as phases:
         finished = [cycle for cycle in cycles if folder.cycle_summary_path(cycle).exists()]
         for cycle in finished:
-            write_summary(folder, ledger, phases, cycle, class_names, _no_whole_images)
+            try:
+                write_summary(folder, ledger, phases, cycle, class_names, _no_whole_images)
+            except LedgerError as err:  # what was imported stays: only the summary waits
+                warnings.warn(f"the summary of cycle {cycle} ({folder.cycle_summary_path(cycle)}) is not written "
+                              f"again: {err}", S4alWarning)
     return finished

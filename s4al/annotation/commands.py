@@ -61,7 +61,7 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
     If the latest cycle has trained but not asked yet, score the pool and ask first."""
     from s4al.active.cycle import ActiveLearningRun
     from s4al.annotation.label_studio_api import checked_server, project_on, recorded_project, send_query
-    from s4al.annotation.package import refuse_dataset_folder, write_query_package
+    from s4al.annotation.package import package_record, write_query_package
 
     if new_project and label_studio is None:
         raise typer.BadParameter("--new-project makes a new Label Studio project: give --label-studio URL too")
@@ -75,9 +75,9 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
             if server is not None and not new_project and project is None:
                 project_on(active_run.ledger, server)  # refused before the pool is scored
             if out is not None:
-                refuse_dataset_folder(out, active_run.cfg.dataset.root)  # as well
+                package_record(out, active_run)  # as is a folder the package may not go to
             cycle = _asking_cycle(active_run, run_dir)
-            package = write_query_package(active_run, out or run_dir / "queries" / f"cycle_{cycle}")
+            package = write_query_package(active_run, out or active_run.folder.queries_dir / f"cycle_{cycle}")
             if server is not None and package.regions:
                 sent = send_query(active_run.ledger, Path(run_dir).resolve().name, package.out_dir, server, api_key,
                                   new_project, project)

@@ -114,7 +114,9 @@ def _read_mask(path: Path, colours: ColourDecoder | None) -> np.ndarray:
         indices = read_label(path)
         if colours is None or image_mode(path) != "P":
             return indices
-        labels = palette_labels(indices, read_palette(path), colours, UNPAINTED, UNPAINTED)
+        labels = palette_labels(indices, read_palette(path), colours, UNPAINTED, path,
+                                "save it as a greyscale PNG of class ids, or painted in the class colours",
+                                void_label=UNPAINTED)
         return indices if labels is None else labels
     except DatasetError as err:
         raise AnswerError(str(err)) from None

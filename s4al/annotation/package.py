@@ -68,9 +68,8 @@ def write_query_package(active_run: ActiveLearningRun, out_dir: Path) -> QueryPa
     for region in active_run.ledger.asked():
         by_image[region.image_id].append(region)
     out_dir = Path(out_dir)
-    refuse_dataset_folder(out_dir, active_run.cfg.dataset.root)
-    record = PackageRecord(output_folder(out_dir), the_runs_own=out_dir.resolve().is_relative_to(
-        active_run.run_dir.resolve()))
+    record = package_record(out_dir, active_run)
+    output_folder(out_dir)
     record.claim([*FIXED_FILES, *(_image_file(folder, image_id) for image_id in by_image for folder in IMAGE_FOLDERS)])
     for folder in IMAGE_FOLDERS:
         output_folder(out_dir / folder)
@@ -98,7 +97,18 @@ def _image_file(folder: str, image_id: str) -> str:
     return f"{folder}/{image_id}.png"
 
 
-def refuse_dataset_folder(out_dir: Path, dataset_root: Path | None) -> None:
+def package_record(out_dir: Path, active_run: ActiveLearningRun) -> PackageRecord:
+    """The record of the package folder `out_dir` of `active_run`, as it is (nothing written);
+    PackageError where a package may not go there: a folder in the dataset's (but the run's own),
+    or one holding files of a package's names that no package recorded (but in the run's queries/,
+    where s4al alone writes: there its earlier packages' files are taken as the package's)."""
+    if not out_dir.resolve().is_relative_to(active_run.run_dir.resolve()):
+        _refuse_dataset_folder(out_dir, active_run.cfg.dataset.root)
+    in_queries = out_dir.resolve().is_relative_to(active_run.folder.queries_dir.resolve())
+    return PackageRecord(out_dir, {r.image_id for r in active_run.ledger.images()} if in_queries else None)
+
+
+def _refuse_dataset_folder(out_dir: Path, dataset_root: Path | None) -> None:
     """A package in the dataset's folder would mix its images with the dataset's own."""
     if dataset_root is None:
         return
@@ -114,11 +124,11 @@ class PackageRecord:
     of its content as written; a name claimed but not written yet (a query stopped part-way) has
     none, and a file there is the package's. Only a file the record owns is overwritten or removed."""
 
-    def __init__(self, out_dir: Path, the_runs_own: bool = False):
+    def __init__(self, out_dir: Path, adopted_images: set[str] | None = None):
         self.out_dir = out_dir
         self.path = out_dir / RECORD_NAME
         self.files: dict[str, str | None] = (self._read() if self.path.exists() else
-                                             self._package_names(claimed=the_runs_own))
+                                             self._package_names(adopted_images))
         self.claimed: list[str] = []
 
     def _read(self) -> dict[str, str | None]:
@@ -131,15 +141,17 @@ class PackageRecord:
         raise PackageError(f"{self.path}: not a readable record of the files a query package wrote in "
                            f"{self.out_dir}, which tells them from other files; give --out a new or empty folder")
 
-    def _package_names(self, claimed: bool) -> dict[str, str | None]:
-        """A folder without a record holds none of the names a package writes, or, in the run's own
-        folder (where s4al alone writes), those an earlier s4al wrote without a record."""
+    def _package_names(self, adopted_images: set[str] | None) -> dict[str, str | None]:
+        """A folder without a record holds none of the names a package writes; with
+        `adopted_images` (the run's own folder, written before packages kept a record), its files of
+        a package's names for those images are the package's, and the others are left alone."""
         found = [name for name in FIXED_FILES if _exists(self.out_dir / name)]
         for folder in IMAGE_FOLDERS:
             if (self.out_dir / folder).is_dir():
                 found += sorted(f"{folder}/{path.name}" for path in (self.out_dir / folder).iterdir())
-        if claimed:
-            return dict.fromkeys(found)
+        if adopted_images is not None:
+            names = {*FIXED_FILES, *(_image_file(folder, i) for i in adopted_images for folder in IMAGE_FOLDERS)}
+            return dict.fromkeys(name for name in found if name in names)
         if found:
             raise PackageError(f"{self.out_dir}: holds {first_of(found)} but no {RECORD_NAME} (the record of the "
                                "files a query package wrote), so they may be another's, which a package would "

@@ -169,22 +169,36 @@ def is_voc_palette(palette: np.ndarray) -> bool:
 
 
 def palette_labels(indices: np.ndarray, palette: np.ndarray, colours: ColourDecoder, void_index: int,
-                   void_label: int = IGNORE_INDEX) -> np.ndarray | None:
+                   source: Path, remedy: str, void_label: int = IGNORE_INDEX) -> np.ndarray | None:
     """An indexed mask read by the colours its palette gives the indices it uses: class ids, and
     `void_label` at `void_index`, whatever its colour (a palette padded with black would otherwise
     turn void into a black class; a mask read by index agrees); None where it is to be read by index:
-    its palette is the PASCAL VOC colour map (every mask of such a tool reads alike, whichever ids it
-    uses), or the other indices used have no distinct class colours."""
+    the other indices used have no distinct class colours, or its palette is the PASCAL VOC colour
+    map (a tool's class ids) and no index used is painted in another class's colour. Where one is,
+    the two readings disagree and neither can be told right: DatasetError naming `source`, with `remedy`."""
+    used = np.unique(indices)
+    used = used[used != void_index]
     if is_voc_palette(palette):
+        _refuse_voc_colours_of_other_classes(used, palette, colours, source, remedy)
         return None
-    coloured = np.unique(indices)
-    coloured = coloured[coloured != void_index]
-    classes = colours.known(palette[coloured])
-    if classes is None or len(np.unique(classes)) < len(coloured):
+    classes = colours.known(palette[used])
+    if classes is None or len(np.unique(classes)) < len(used):
         return None
     table = np.full(256, void_label, dtype=np.uint8)
-    table[coloured] = classes
+    table[used] = classes
     return table[indices]
+
+
+def _refuse_voc_colours_of_other_classes(used: np.ndarray, palette: np.ndarray, colours: ColourDecoder,
+                                         source: Path, remedy: str) -> None:
+    slot, unknown = colours._slots(palette[used])
+    by_colour = colours.class_ids[slot]
+    clash = [(int(i), int(c)) for i, c, u in zip(used, by_colour, unknown) if not u and c != i]
+    if clash:
+        index, class_id = clash[0]
+        raise DatasetError(f"{source}: an indexed mask under the PASCAL VOC colour map (as labelme saves class ids) "
+                           f"that paints index {index} in the colour of class {class_id}: read by index it is class "
+                           f"{index}, by colour class {class_id}; {remedy}")
 
 
 class ImageFolder(FilePairDataset):
@@ -246,12 +260,14 @@ class ImageFolder(FilePairDataset):
         return remap_label(read_label(pair.label) if indices is None else indices, self.raw_to_class, pair.label)
 
     def _palette_label(self, pair: Pair) -> np.ndarray:
-        """An indexed (palette) mask: by index under the PASCAL VOC colour map; else by colour where
+        """An indexed (palette) mask: by index under the PASCAL VOC colour map (refused where that
+        paints an index in another class's colour); else by colour where
         the indices it uses have distinct class colours in the palette (an editor's indexed export
         numbers its colours in its own order), else by index (class ids under a palette of other
         colours, or one padded with black). The index ignore_value is void in both readings."""
         indices = read_label(pair.label)
-        labels = palette_labels(indices, read_palette(pair.label), self.decode_colours, self.ignore_value)
+        labels = palette_labels(indices, read_palette(pair.label), self.decode_colours, self.ignore_value, pair.label,
+                                "set colour_masks in classes.yaml: false reads every mask by index, true by colour")
         if labels is None:
             return self._id_label(pair, indices)
         return labels

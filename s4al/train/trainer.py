@@ -420,8 +420,9 @@ class Trainer:
         self.saved_step = self.step
 
     def _check_trained_on_these_labels(self, trained_on: dict | None) -> None:
-        """Answers change no cycle that has begun training (an import refuses that), so a checkpoint
-        trained on other labels than the ledger holds now means the ledger was restored or changed."""
+        """Answers change no cycle that has begun training (an import refuses that, and images join a
+        run only before), so a checkpoint trained on other labels than given now means they were changed
+        behind the run's back: a ledger put back, or (s4al train) the dataset's masks."""
         if trained_on is None or trained_on["digest"] == self.labels["digest"]:
             return
         def counts(labels: dict) -> str:
@@ -430,10 +431,11 @@ class Trainer:
 
         then, now = counts(trained_on), counts(self.labels)
         raise S4alError(
-            f"{self.checkpoint_path}: trained on other labels than the run's ledger holds now ({then} then, "
-            f"{'as many now, answered otherwise' if then == now else now + ' now'}): was the ledger restored from a "
-            f"backup? To train cycle {self.cycle} on the ledger's labels, delete the checkpoint "
-            f"(rm {shell(self.checkpoint_path)}) and resume; or put back the ledger it was trained with"
+            f"{self.checkpoint_path}: trained on other labels than it is given now ({then} then, "
+            f"{'as many now, answered otherwise' if then == now else now + ' now'}): they changed since (a ledger "
+            f"put back from a backup, masks changed in the dataset?). To train cycle {self.cycle} on the labels as "
+            f"they are now, delete the checkpoint (rm {shell(self.checkpoint_path)}) and resume; or put back the "
+            "labels it was trained with"
         )
 
     def _evaluate(self, epoch: int) -> None:
