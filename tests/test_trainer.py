@@ -1,4 +1,5 @@
 import copy
+import gc
 import math
 import os
 import re
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import time
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -578,3 +580,20 @@ def test_a_checkpoint_trained_on_other_labels_than_given_now_is_refused_saying_h
                                             rf"\(4 images labelled whole and 1 answered region then, {counts}\): .*"
                                             r"delete the checkpoint \(rm .*cycle_0.pt\) and resume"):
             Trainer(cfg, labels, val, tmp_path).fit()
+
+
+def test_a_trainer_is_freed_as_soon_as_nothing_holds_it(tmp_path):
+    """No reference cycle keeps a trainer for the cyclic collector: under torchrun its DDP wrapper must go
+    before the command leaves the process group (one freed after it aborted a rank at exit)."""
+    cfg = tiny_config(train={"device": "cpu", "epochs": 1})
+    data, val = ssl_data(cfg)
+    gc.collect()
+    gc.disable()
+    try:
+        trainer = Trainer(cfg, data, val, tmp_path)
+        trainer.fit()
+        freed = weakref.ref(trainer)
+        del trainer
+        assert freed() is None
+    finally:
+        gc.enable()

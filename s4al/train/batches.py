@@ -6,7 +6,7 @@ fast path, the train split decoded once onto the device and augmented there a ba
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from typing import NamedTuple
 
@@ -63,16 +63,24 @@ def labelled_draws(
 
 class BatchSource:
     """The batches of one cycle's training, from any step on. `on_device`: the fast path (a
-    DeviceCache); `graphs`: its batches built by CUDA graphs. `replay_on(step)`: whether the step
-    draws a replay batch; the pool stream starts at `cold_steps` (none without `streams.pool`)."""
+    DeviceCache); `graphs`: its batches built by CUDA graphs. The pool stream starts at
+    `cold_steps` (none without `streams.pool`)."""
 
     def __init__(self, cfg: RunConfig, dataset: SegmentationDataset, streams: Streams, cycle: int,
-                 total_steps: int, cold_steps: int, replay_on: Callable[[int], bool], device: torch.device,
-                 aug: Augment, on_device: bool, graphs: bool):
+                 total_steps: int, cold_steps: int, device: torch.device, aug: Augment, on_device: bool,
+                 graphs: bool):
         self.cfg, self.dataset, self.streams, self.cycle = cfg, dataset, streams, cycle
-        self.total_steps, self.cold_steps, self.replay_on = total_steps, cold_steps, replay_on
+        self.total_steps, self.cold_steps = total_steps, cold_steps
         self.device, self.aug, self.on_device, self.graphs = device, aug, on_device, graphs
         self.views: dict[str, Replayed] = {}  # the fast path's batch builders, made with its device cache
+
+    def replay_on(self, step: int) -> bool:
+        """Whether `step` draws a replay batch (Balanced ClassMix): from balanced_from_cycle on, once
+        the cold start and balanced_from_epoch are over."""
+        s = self.cfg.ssl
+        epoch = step // self.cfg.train.iters_per_epoch
+        return (bool(self.streams.pool) and s.replay and self.cycle >= s.balanced_from_cycle
+                and epoch >= max(s.balanced_from_epoch, s.cold_start_epochs))
 
     def samplers(self, start: int) -> tuple[StepBatches, StepBatches | None]:
         """The labelled stream's and, with a pool, the pool stream's named draws from step `start` on."""

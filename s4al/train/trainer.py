@@ -221,8 +221,8 @@ class Trainer:
         self.read_every = min(READ_EVERY, self.iters) if self.fast or self.device.type == "cuda" else 1
         aug = Augment(scale_range=t.scale_range, crop_size=t.crop_size, hflip_p=t.hflip_p,
                       color_jitter_p=t.color_jitter_p)
-        self.source = BatchSource(cfg, data.dataset, streams, cycle, self.total_steps, self.cold_steps,
-                                  self._replay_on, self.device, aug, on_device=self.fast, graphs=self.graphs)
+        self.source = BatchSource(cfg, data.dataset, streams, cycle, self.total_steps, self.cold_steps, self.device,
+                                  aug, on_device=self.fast, graphs=self.graphs)
         if distributed.is_main() and t.crop_size is not None:  # image sizes: a header read each in a folder
             sizes = {data.dataset.image_size(i) for i in {*streams.labelled, *streams.pool}}
             warn_padded_crops(t.crop_size, t.scale_range, list(sizes))
@@ -278,19 +278,6 @@ class Trainer:
     def _synced(self, last: bool):
         """DDP reduces gradients once per step: in the last backward; earlier ones accumulate."""
         return contextlib.nullcontext() if last or self.net is self.student else self.net.no_sync()
-
-    # ---- schedule -------------------------------------------------------------------------
-    def _epoch(self, step: int) -> int:
-        return step // self.iters
-
-    def _replay_on(self, step: int) -> bool:
-        s = self.cfg.ssl
-        return (
-            self.ssl
-            and s.replay
-            and self.cycle >= s.balanced_from_cycle
-            and self._epoch(step) >= max(s.balanced_from_epoch, s.cold_start_epochs)
-        )
 
     def batches(self) -> Iterator[StepBatch]:
         """Each remaining step's batches (s4al/train/batches.py)."""
