@@ -1,3 +1,4 @@
+import errno
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -144,3 +145,18 @@ class MixedSizes(Counted):
     def image_size(self, index):
         h, w = self.base.image_size(index)
         return (h + 1, w) if index == len(self) - 1 else (h, w)
+
+
+def disk_full_at(monkeypatch, save_number: int) -> None:
+    """The ledger's label PNG writes fail with ENOSPC from the `save_number`-th on, as on a full disk."""
+    from s4al.active import ledger as ledger_module
+
+    real_save, saved = ledger_module._save_png, []
+
+    def save_until_the_disk_is_full(path, patch):
+        saved.append(path)
+        if len(saved) >= save_number:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(path, patch)
+
+    monkeypatch.setattr(ledger_module, "_save_png", save_until_the_disk_is_full)

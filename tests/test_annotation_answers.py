@@ -2,7 +2,6 @@
 folder byte-for-byte unchanged."""
 
 import dataclasses
-import errno
 import hashlib
 import json
 import os
@@ -22,9 +21,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import s4al.active.ledger as ledger_module
 import s4al.annotation.masks as masks_module
-from conftest import label_map, label_state, region_by_id
+from conftest import disk_full_at, label_map, label_state, region_by_id
 from s4al.active.ledger import Ledger, LedgerError, Region
 from s4al.active.phases import CyclePhases
 from s4al.annotation.answers import import_answers
@@ -404,15 +402,7 @@ def test_a_full_disk_while_importing_corrections_is_one_line_naming_the_file_and
     later = (folder / "a.png").stat().st_mtime + 10
     os.utime(folder / "a.png", (later, later))
     before = stored(run_dir)
-    real_save, saved = ledger_module._save_png, []
-
-    def save_until_the_disk_is_full(path, patch):
-        saved.append(path)
-        if len(saved) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_save(path, patch)
-
-    monkeypatch.setattr(ledger_module, "_save_png", save_until_the_disk_is_full)
+    disk_full_at(monkeypatch, 2)
     result = CliRunner().invoke(app, ["import", str(run_dir), str(folder)], env={"COLUMNS": "250"})
     assert result.exit_code == 1
     assert result.output == (f"error: {run_dir / 'labels' / 'region_000002.v2.png'}: could not write the label patch "

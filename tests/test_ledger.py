@@ -1,4 +1,3 @@
-import errno
 import os
 import signal
 import sqlite3
@@ -15,7 +14,7 @@ import pytest
 from PIL import Image
 
 import s4al.active.ledger as ledger_module
-from conftest import label_map, label_state, read_rows, region_by_id
+from conftest import disk_full_at, label_map, label_state, read_rows, region_by_id
 from s4al.active.ledger import LabelWriteError, Ledger, LedgerError, connect, write_transaction
 from s4al.active.phases import CyclePhases
 
@@ -313,15 +312,7 @@ def label_files(run_dir: Path) -> list[str]:
 def test_a_write_failing_midway_through_corrections_leaves_every_patch_and_row_as_before(ledger, monkeypatch):
     region_ids = answered_four(ledger)
     before = snapshot(ledger.run_dir)
-    real_save, saved = ledger_module._save_png, []
-
-    def save_until_the_disk_is_full(path, patch):
-        saved.append(path)
-        if len(saved) == 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_save(path, patch)
-
-    monkeypatch.setattr(ledger_module, "_save_png", save_until_the_disk_is_full)
+    disk_full_at(monkeypatch, 3)
     with pytest.raises(LabelWriteError) as refused:
         ledger.answer_many([(i, np.full((10, 10), 2, np.uint8)) for i in region_ids], by="alice", overwrite=True)
     assert str(refused.value) == (f"{ledger.run_dir / 'labels' / 'region_000003.v2.png'}: could not write the label "

@@ -5,6 +5,7 @@ pool; a human answers through a folder of class-id PNGs, and resuming finishes t
 import shutil
 import unicodedata
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,6 +33,20 @@ CLASSES = [{"name": "road", "color": [128, 64, 128]}, {"name": "car", "color": [
 def save(path, array):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
+
+
+def indexed_answers(folder, asked, index: int, palette) -> Path:
+    """One indexed PNG per asked image under `palette`, `index` in its asked regions, 255 elsewhere."""
+    folder.mkdir()
+    for image_id in {r.image_id for r in asked}:
+        indices = np.full((H, W), 255, np.uint8)
+        for region in (r for r in asked if r.image_id == image_id):
+            y0, x0, y1, x1 = region.box
+            indices[y0:y1, x0:x1] = index
+        mask = Image.fromarray(indices, mode="P")
+        mask.putpalette([channel for colour in palette for channel in colour])
+        mask.save(folder / f"{image_id}.png")
+    return folder
 
 
 def make_dataset(root, masked=MASKED, unmasked=UNMASKED, val=VAL):
@@ -388,16 +403,7 @@ def test_an_indexed_answer_mask_painting_the_class_colours_is_read_by_colour(tmp
         asked = active_run.ledger.asked()
     road, car, sky = (c["color"] for c in CLASSES)
     palette = [sky, road, car] + [[0, 0, 0]] * 252 + [[255, 255, 255]]
-    answers = tmp_path / "answers"
-    answers.mkdir()
-    for image_id in {r.image_id for r in asked}:
-        indices = np.full((H, W), 255, np.uint8)
-        for region in (r for r in asked if r.image_id == image_id):
-            y0, x0, y1, x1 = region.box
-            indices[y0:y1, x0:x1] = 2
-        mask = Image.fromarray(indices, mode="P")
-        mask.putpalette([channel for colour in palette for channel in colour])
-        mask.save(answers / f"{image_id}.png")
+    answers = indexed_answers(tmp_path / "answers", asked, 2, palette)
     assert import_answers(run_dir, answers).still_asked == 0
     with ledger_of(run_dir) as ledger:
         assert all((ledger.patch(region) == 1).all() for region in ledger.answered())  # car
@@ -479,16 +485,7 @@ def test_an_indexed_answer_mask_under_the_voc_colour_map_is_read_by_index_or_ref
         active_run.run()
         asked = active_run.ledger.asked()
     palette = VOC_COLOURS + [(0, 0, 0)] * 234 + [VOC_VOID]
-    answers = tmp_path / "answers"
-    answers.mkdir()
-    for image_id in {r.image_id for r in asked}:
-        indices = np.full((H, W), 255, np.uint8)
-        for region in (r for r in asked if r.image_id == image_id):
-            y0, x0, y1, x1 = region.box
-            indices[y0:y1, x0:x1] = 1
-        mask = Image.fromarray(indices, mode="P")
-        mask.putpalette([channel for colour in palette for channel in colour])
-        mask.save(answers / f"{image_id}.png")
+    answers = indexed_answers(tmp_path / "answers", asked, 1, palette)
     if sky == [128, 0, 0]:
         with pytest.raises(AnswerError, match=r"\.png: an indexed mask under the PASCAL VOC colour map .* paints index 1 "
                                               r"in the colour of class 2: read by index it is class 1, by colour class "
