@@ -11,8 +11,9 @@ OUT_DIR/
 
 The pre-annotations and the predicted classes come from the latest checkpoint that asked. A later
 package into the same folder overwrites or removes only files that the record lists and that are as
-written; a folder without the record must hold none of the names a package writes, and a folder in
-the dataset's is refused.
+written; a folder without the record must hold none of the names a package writes (in the run's own
+queries/, an older s4al's package of its images is taken as the package's), and a folder in the
+dataset's, outside the run folder, is refused.
 """
 
 from __future__ import annotations
