@@ -667,6 +667,10 @@ class Ledger(RegionsByState, AbstractContextManager):
         """The answered label patch of `region`, (y1 - y0, x1 - x0) uint8."""
         return read_patch(self.run_dir, region)
 
+    def has_patch(self, region: Region) -> bool:
+        """Whether the file of answered `region`'s patch is there (looked for, not read)."""
+        return (self.run_dir / region.label_path).is_file()
+
 
 def read_patch(run_dir: Path, region: Region) -> np.ndarray:
     """The answered label patch of `region` in the run folder `run_dir`, (y1 - y0, x1 - x0) uint8."""

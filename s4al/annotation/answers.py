@@ -294,7 +294,7 @@ def _imported_before(ledger: Ledger, image: PaintedImage, digest: str | None, ad
     looked for, not decoded: that is most of an import's time (a damaged one is named by the run)."""
     return (bool(addressed)
             and all(region.state == "answered" and _same_painting(image, digest, region) for region in addressed)
-            and all((ledger.run_dir / region.label_path).is_file() for region in addressed))
+            and all(ledger.has_patch(region) for region in addressed))
 
 
 def _same_painting(image: PaintedImage, digest: str | None, region: Region) -> bool:

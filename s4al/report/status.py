@@ -112,7 +112,7 @@ def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhase
 def lost_answers(ledger: Ledger) -> list[Region]:
     """The answered regions whose stored answer (a PNG in the run folder) is gone: a look at each
     file, not a read."""
-    return [region for region in ledger.answered() if not (ledger.run_dir / region.label_path).is_file()]
+    return [region for region in ledger.answered() if not ledger.has_patch(region)]
 
 
 def lost_answers_lines(run_dir: Path, lost: list[Region]) -> list[str]:
