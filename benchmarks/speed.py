@@ -5,7 +5,7 @@
     with each one's peak memory (with --profile N, also a torch.profiler table of N SSL iterations);
     for the loader path (train.fast off) and, by default on a GPU, the fast path side by side, eager
     and (on a GPU) with its passes replayed as CUDA graphs;
-(b) pool-scoring throughput (s4al.active.acquisition.score_cells) vs plain inference on the same
+(b) pool-scoring throughput (s4al.acquisition.pool.score_cells) vs plain inference on the same
     images at the same batch size, on tensors already in memory and on images read by the same loader;
 (c) peak memory of pool scoring for pools of several sizes, each in a fresh process;
 (d) data-loading throughput of the training loaders alone vs the training step rate.
@@ -35,7 +35,7 @@ from common import (
     CAMVID_SIZE, DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS, RESULTS, SMOKE_OVERRIDES, camvid_paths, machine_info,
     machine_tag, markdown_table, merged, write_json,
 )
-from s4al.active.acquisition import score_cells, scoring_workers
+from s4al.acquisition.pool import score_cells, scoring_workers
 from s4al.active.cycle import draw_initial
 from s4al.config import RunConfig, load_config
 from s4al.data import build_dataset

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from s4al.active.scores import CORESET, metric_names
+from s4al.acquisition.scores import CORESET, metric_names
 from s4al.atomic import atomic_write
 from s4al.errors import S4alError
 from s4al.text import first_of
@@ -25,7 +25,7 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"  # train.device; s4al/distributed.p
 # where its files are and how many cycles it has (saved in its config.yaml; s4al/active/cycle.py).
 COMPUTED_ON_RESUME = ("train.device", "train.num_workers")
 SAVED_ON_RESUME = ("dataset.root", "model.weights", "active.cycles")
-# The keys only the acquisition reads (s4al/active/acquisition.py, the cycle's _queries and
+# The keys only the acquisition reads (s4al/acquisition/pool.py, the cycle's _queries and
 # _record_queries, the annotation package's scoring batch). The trainer, the learner, the data,
 # the initial draw and the cycle-0 epochs read none of them, so two configs equal
 # in every other key train the same cycle 0, bit for bit (tests/test_benchmarks.py changes each in
@@ -181,7 +181,7 @@ class ActiveConfig(Section):
     initial: Literal["random", "labelled"] = "random"
     initial_fraction: float = Field(0.1, gt=0, le=1)  # ignored with initial: labelled
     level: Literal["region", "image"] = "region"
-    metric: str = "entropy"  # a name in s4al/active/scores.py's metric_names()
+    metric: str = "entropy"  # a name in s4al/acquisition/scores.py's metric_names()
     region_size: int = Field(30, ge=1)
     regions_per_image: int = Field(4, ge=1)
     selection: Literal["per_image", "global"] = "per_image"

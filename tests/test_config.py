@@ -3,7 +3,7 @@ import re
 import pytest
 import yaml
 
-from s4al.active.scores import SCORE_FUNCTIONS
+from s4al.acquisition.scores import SCORE_FUNCTIONS
 from s4al.config import PRESETS, ConfigError, inert_settings, load_config, load_run_config, parse_override, save_config, saved_config
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from s4al.active.coreset import k_center_greedy, pooled_features
+from s4al.acquisition.coreset import k_center_greedy, pooled_features
 
 
 def on_a_line(*xs: float) -> torch.Tensor:

@@ -19,7 +19,7 @@ from conftest import initial_images, tiny_config
 from s4al.active.cycle import ActiveLearningRun
 from s4al.active.ledger import Ledger
 from s4al.active.phases import CyclePhases
-from s4al.active.regions import cell_box, grid_shape
+from s4al.acquisition.regions import cell_box, grid_shape
 from s4al.data.views import rasterize
 from s4al.train.checkpoint import load_trained_model
 from s4al.train.trainer import Trainer

@@ -13,7 +13,7 @@ import torch
 
 from conftest import Counted, MixedSizes, active, needs_cuda, tiny_config
 from s4al import distributed
-from s4al.active.acquisition import choose_images, choose_regions, score_cells, score_images
+from s4al.acquisition.pool import choose_images, choose_regions, score_cells, score_images
 from s4al.data import build_dataset
 from s4al import inference
 from s4al.data.batches import image_batches, to_model_input

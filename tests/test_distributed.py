@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 
 from conftest import tiny_config
 from s4al import distributed, errors
-from s4al.active.acquisition import CappedConfigWarning, choose_regions, score_cells
+from s4al.acquisition.pool import CappedConfigWarning, choose_regions, score_cells
 from s4al.active.cycle import ActiveLearningRun
 from s4al.config import load_run_config, save_config
 from s4al.train.checkpoint import load_trained_model

@@ -1,4 +1,4 @@
-"""Adding an acquisition score takes one place, the registry in s4al/active/scores.py: the config
+"""Adding an acquisition score takes one place, the registry in s4al/acquisition/scores.py: the config
 accepts its name and the pool is scored with it (docs/design.md, "Adding an acquisition score")."""
 
 import pytest
@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from conftest import tiny_config
-from s4al.active.acquisition import choose_regions, score_cells
-from s4al.active.scores import SCORE_FUNCTIONS
+from s4al.acquisition.pool import choose_regions, score_cells
+from s4al.acquisition.scores import SCORE_FUNCTIONS
 from s4al.config import ConfigError
 from s4al.data import build_dataset
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 from conftest import tiny_config
 from s4al import tiles as tiling
-from s4al.active.acquisition import image_features, score_cells, score_images
-from s4al.active.scores import entropy
+from s4al.acquisition.pool import image_features, score_cells, score_images
+from s4al.acquisition.scores import entropy
 from s4al.data import build_dataset
 from s4al.data.batches import to_model_input
 from s4al.evaluate import evaluate
@@ -201,7 +201,7 @@ MEASURE = textwrap.dedent("""
     sys.path.insert(0, sys.argv[3])
     from conftest import tiny_config
     from s4al import tiles
-    from s4al.active.acquisition import score_cells
+    from s4al.acquisition.pool import score_cells
     from s4al.data.folder import ImageFolder
     from s4al.model import build_model
     tiles.TILE_SIDE = int(sys.argv[2])

@@ -1,1 +1,1 @@
-"""Active learning: acquisition scores, regions, the label ledger, annotators and the cycle."""
+"""The active-learning run: the cycle loop, the label ledger, the simulated annotator and what a run keeps."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s4al.active.acquisition import (
+from s4al.acquisition.pool import (
     Query, choose_images, choose_regions, images_per_cycle, score_cells, scoring_workers, warn_capped,
 )
 from s4al.active.dataset_changes import DatasetChanges, dataset_changes

@@ -15,7 +15,7 @@ from functools import cached_property
 import numpy as np
 
 from s4al.active.ledger import Ledger, Region
-from s4al.active.regions import labelled_fraction, labelled_pixel_count
+from s4al.acquisition.regions import labelled_fraction, labelled_pixel_count
 from s4al.data.base import Box
 
 

@@ -44,7 +44,7 @@ import numpy as np
 
 from s4al.active.ledger import CLASSES_META, COLOURS_META, RUN_ID, LabelWriteError, Ledger, LedgerError, Region
 from s4al.active.phases import CyclePhases
-from s4al.active.regions import box_masks
+from s4al.acquisition.regions import box_masks
 from s4al.active.summaries import rewrite_summaries
 from s4al.annotation.label_studio import BY_LABEL_STUDIO, read_export
 from s4al.annotation.masks import (

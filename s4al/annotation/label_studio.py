@@ -32,7 +32,7 @@ from label_studio_sdk.label_interface import LabelInterface
 from PIL import Image
 
 from s4al.active.ledger import Region
-from s4al.active.regions import box_masks
+from s4al.acquisition.regions import box_masks
 from s4al.annotation.masks import MIN_PAINTED_SHARE, UNPAINTED, AnswerError, PaintedImage, utc_time
 from s4al.data.classes import ClassSet
 from s4al.text import first_line

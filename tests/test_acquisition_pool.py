@@ -1,4 +1,4 @@
-"""Streaming pool scoring and the choice of regions and images (s4al/active/acquisition.py)."""
+"""Streaming pool scoring and the choice of regions and images (s4al/acquisition/pool.py)."""
 
 import math
 import platform
@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from conftest import Counted, active, tiny_config
-from s4al.active import acquisition
-from s4al.active.acquisition import (
+from s4al.acquisition import pool as pool_module
+from s4al.acquisition.pool import (
     Query,
     choose_images,
     choose_regions,
@@ -20,8 +20,8 @@ from s4al.active.acquisition import (
     score_cells,
     score_images,
 )
-from s4al.active.regions import cell_box
-from s4al.active.scores import entropy
+from s4al.acquisition.regions import cell_box
+from s4al.acquisition.scores import entropy
 from s4al.data import build_dataset
 from s4al.data.batches import to_model_input
 from s4al.model import build_model
@@ -191,8 +191,8 @@ def test_choose_images_by_entropy_ranks_known_entropies_and_breaks_ties_by_lower
 def test_pool_scoring_returns_freed_memory_every_trim_every_batches(setup, monkeypatch):
     cfg, dataset, model = setup
     trims = []
-    monkeypatch.setattr(acquisition, "TRIM_EVERY", 2)
-    monkeypatch.setattr(acquisition, "_release_freed_memory", lambda: trims.append(True))
+    monkeypatch.setattr(pool_module, "TRIM_EVERY", 2)
+    monkeypatch.setattr(pool_module, "_release_freed_memory", lambda: trims.append(True))
     pool = list(range(10))  # 5 batches of 2: trimmed after the 2nd and the 4th
     cells = score_cells(model, dataset, pool, {}, active(cfg, score_batch_size=2), CPU, 0, fast="auto")
     assert len(trims) == 2 and sorted(cells) == pool
@@ -210,15 +210,15 @@ def test_coreset_picks_the_image_farthest_from_the_labelled_ones_then_from_those
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 def test_glibc_s_malloc_trim_is_found_and_releasing_memory_runs():
-    assert acquisition._MALLOC_TRIM is not None
-    acquisition._release_freed_memory()
+    assert pool_module._MALLOC_TRIM is not None
+    pool_module._release_freed_memory()
 
 
 def test_scoring_an_image_too_large_to_run_whole_returns_freed_memory_after_each_tile(monkeypatch):
     """1776x2400 (4.26 Mpixels) is over 2048 x 2048: tiles of 1776-px cores, one row of two; the
     48x64 image runs whole, and two batches are under TRIM_EVERY. Both are grey 51: entropy 0.500402."""
     trims = []
-    monkeypatch.setattr(acquisition, "_release_freed_memory", lambda: trims.append(True))
+    monkeypatch.setattr(pool_module, "_release_freed_memory", lambda: trims.append(True))
     dataset = Grey([51, 51], sizes={0: (1776, 2400)})
     scores = score_images(GreyModel(), dataset, [0, 1], "entropy", 2, CPU, 0, fast="off")
     assert len(trims) == 2
@@ -228,14 +228,14 @@ def test_scoring_an_image_too_large_to_run_whole_returns_freed_memory_after_each
 def test_config_values_too_large_for_the_images_are_said_not_capped_silently():
     sizes = {0: (20, 40), 1: (48, 64)}  # with 16x16 cells: 2x3 and 3x4 grids
     wide_cells = tiny_config(active={"region_size": 32, "regions_per_image": 1}).active
-    with pytest.warns(acquisition.CappedConfigWarning) as said:
-        acquisition.warn_capped(sizes, wide_cells)
+    with pytest.warns(pool_module.CappedConfigWarning) as said:
+        pool_module.warn_capped(sizes, wide_cells)
     assert [str(w.message) for w in said] == [
         "active.region_size 32 is larger than a side of 1 pool image(s), e.g. 20x40: their cells are cut to the image"
     ]
     many = tiny_config(active={"region_size": 16, "regions_per_image": 7}).active
-    with pytest.warns(acquisition.CappedConfigWarning) as said:
-        acquisition.warn_capped(sizes, many)
+    with pytest.warns(pool_module.CappedConfigWarning) as said:
+        pool_module.warn_capped(sizes, many)
     assert [str(w.message) for w in said] == [
         "active.regions_per_image 7 is more than the cells of 1 pool image(s), e.g. 20x40 has 2x3 = 6 cells of "
         "16x16: every cell of those is asked for"
@@ -243,7 +243,7 @@ def test_config_values_too_large_for_the_images_are_said_not_capped_silently():
     assert len(choose_regions({0: np.zeros((2, 3)), 1: np.zeros((3, 4))}, sizes, many)) == 6 + 7  # capped
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        acquisition.warn_capped(sizes, tiny_config(active={"region_size": 16, "regions_per_image": 6}).active)
+        pool_module.warn_capped(sizes, tiny_config(active={"region_size": 16, "regions_per_image": 6}).active)
 
 
 @pytest.mark.parametrize("selection, values, sizes, expected", [

@@ -54,9 +54,9 @@ SCORE_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "least_confidence": least_confidence,
     "margin": margin,
 }
-# The metrics that read no probabilities, chosen by s4al/active/acquisition.py
+# The metrics that read no probabilities, chosen by s4al/acquisition/pool.py
 RANDOM = "random"  # random_scores: one draw per cell (per image at image level), no network
-CORESET = "coreset"  # whole images by k-center greedy on pooled features (s4al/active/coreset.py)
+CORESET = "coreset"  # whole images by k-center greedy on pooled features (s4al/acquisition/coreset.py)
 
 
 def metric_names() -> tuple[str, ...]:

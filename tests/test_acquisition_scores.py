@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from s4al.active.scores import (
+from s4al.acquisition.scores import (
     SCORE_FUNCTIONS,
     entropy,
     least_confidence,

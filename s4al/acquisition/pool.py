@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from s4al import distributed
-from s4al.active.coreset import k_center_greedy, pooled_features
-from s4al.active.regions import (
+from s4al.acquisition.coreset import k_center_greedy, pooled_features
+from s4al.acquisition.regions import (
     box_masks, boxes_within, cell_box, cell_scores, grid_shape, select_global, select_per_image,
 )
-from s4al.active.scores import CORESET, RANDOM, pixel_scores, random_scores
+from s4al.acquisition.scores import CORESET, RANDOM, pixel_scores, random_scores
 from s4al.config import ActiveConfig, FastMode
 from s4al.data.base import Box, SegmentationDataset
 from s4al.data.batches import to_model_input

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from s4al.active.regions import (
+from s4al.acquisition.regions import (
     box_masks,
     boxes_within,
     cell_box,
