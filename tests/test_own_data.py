@@ -250,6 +250,26 @@ def test_status_says_what_the_next_resume_takes_from_the_dataset_or_refuses_in_i
     assert f"the dataset cannot be read: {root}" in status()
 
 
+def test_a_mostly_void_mask_given_to_a_pool_image_is_warned_about_before_and_as_it_joins(tmp_path):
+    root, run_dir, _ = answered_cycle_0(tmp_path)
+    region_answer = np.full((H, W), 255, np.uint8)
+    region_answer[8:16, 8:16] = 1  # 64 of 1,536 pixels labelled: an answer to one asked region, 96% void
+    save(root / "masks" / "p0.png", region_answer)
+    coarse = np.full((H, W), 255, np.uint8)
+    coarse[H // 2:] = 1  # half void: a coarse label of the whole image
+    save(root / "masks" / "p1.png", coarse)
+    warning = ("warning: masks mostly void, yet to label their images whole, never to be asked again: p0 (96% void); "
+               "a mask answering a few asked regions belongs in `s4al import`, not in the dataset's masks")
+
+    said = CliRunner().invoke(app, ["status", str(run_dir)], env={"COLUMNS": "250"})
+    assert said.exit_code == 0 and warning in " ".join(said.output.split())
+    events = []
+    with ActiveLearningRun(run_dir, progress=events.append) as active_run:
+        active_run.run()
+    (joined,) = [event["text"] for event in events if event["event"] == "joined"]
+    assert joined.endswith(warning) and "p1 (" not in joined
+
+
 def test_images_added_before_a_trained_cycle_asks_are_scored_and_asked_with_the_pool(tmp_path):
     root = make_dataset(tmp_path / "data")
     run_dir = tmp_path / "run"

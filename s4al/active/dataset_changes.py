@@ -2,17 +2,23 @@
 the labelled where active.initial is 'labelled'), masks given to pool images, and what a resume
 refuses (images gone or resized, the labels of images labelled whole gone, and, where
 active.initial is 'random', images added without a label). The run takes the additions as a cycle
-begins (ActiveLearningRun); `s4al status` says them before."""
+begins (ActiveLearningRun); `s4al status` says them before. A mask that joins is read once, to warn
+where it is mostly void: an answer to a few regions put in the dataset's masks/ by mistake would
+label its image whole, never to be asked again."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from s4al.active.ledger import ImageRecord
 from s4al.config import RunConfig
 from s4al.data.base import SegmentationDataset
+from s4al.data.classes import IGNORE_INDEX
 from s4al.text import counted, first_of
+
+
+MOSTLY_VOID = 0.9  # a share of void pixels no whole-image label has (CamVid's: 0-20%, Cityscapes coarse: ~50%)
 
 
 @dataclass(frozen=True)
@@ -21,6 +27,7 @@ class DatasetChanges:
     added_pool: list[str]  # the other images added, to join the pool
     masked: list[str]  # pool images with a label now, to be labelled whole (active.initial 'labelled')
     refusals: list[str]  # what a resume refuses, a message each
+    mostly_void: dict[str, float] = field(default_factory=dict)  # joining masks over MOSTLY_VOID void: share
 
     @property
     def added(self) -> list[str]:
@@ -33,6 +40,11 @@ class DatasetChanges:
         if self.masked:
             parts.append(f"{counted(len(self.masked), 'pool image')} given a mask, labelled whole "
                          f"({first_of(self.masked)}; the mask answers what is still asked of it)")
+        if self.mostly_void:
+            masks = [f"{image_id} ({share:.0%} void)" for image_id, share in self.mostly_void.items()]
+            parts.append(f"warning: masks mostly void, yet to label their images whole, never to be asked again: "
+                         f"{first_of(masks)}; a mask answering a few asked regions belongs in `s4al import`, not "
+                         "in the dataset's masks")
         return "; ".join(parts)
 
 
@@ -63,7 +75,13 @@ def dataset_changes(records: Sequence[ImageRecord], dataset: SegmentationDataset
     added_labelled = [i for i in added if labelled_mode and has_label(i)]
     masked = [r.image_id for r in records if labelled_mode and not r.fully_labelled and r.image_id in index_of
               and has_label(r.image_id)]
-    return DatasetChanges(added_labelled, [i for i in added if i not in set(added_labelled)], masked, refusals)
+    void = {image_id: _void_share(dataset, index_of[image_id]) for image_id in [*added_labelled, *masked]}
+    return DatasetChanges(added_labelled, [i for i in added if i not in set(added_labelled)], masked, refusals,
+                          {image_id: share for image_id, share in void.items() if share > MOSTLY_VOID})
+
+
+def _void_share(dataset: SegmentationDataset, index: int) -> float:
+    return float((dataset.load_label(index) == IGNORE_INDEX).mean())
 
 
 def _quoted(image_ids: list[str]) -> str:
