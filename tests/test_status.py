@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config
 from s4al.active.cycle import ActiveLearningRun
-from s4al.active.ledger import PROJECT_META, Ledger
+from s4al.active.ledger import PROJECT_META, Ledger, LedgerError
 from s4al.active.phases import CyclePhases
 from s4al.cli import app
 from s4al.report.figures import read_cycles
@@ -115,6 +115,37 @@ def test_an_answered_region_whose_stored_answer_file_is_gone_is_named_with_how_t
             "it.") in output
     assert "every region cycle 0 asked is answered or skipped." in output
     assert output.endswith(f"Once the lost answers are written again, continue with `s4al run --resume {run_dir}`.")
+
+
+@pytest.mark.parametrize("cycle_0", ["answered", "summarised", "done"])
+def test_a_lost_answer_of_an_image_labelled_whole_since_stops_nothing_once_its_cycle_is_done(run_dir, cycle_0):
+    with ActiveLearningRun(run_dir) as active_run:
+        active_run.acquire(0)
+        asked = active_run.ledger.asked()
+        active_run.ledger.answer_many([(r.region_id, np.zeros(r.shape, np.uint8)) for r in asked], by="test")
+        lost = asked[1]
+        if cycle_0 == "summarised":
+            active_run._write_summary(0)  # and stopped before 'done': the resume writes it again
+        if cycle_0 == "done":
+            active_run._answer(0)  # what cycle 0 bought is counted: nothing reads the answer again
+        active_run.ledger.label_whole([lost.image_id])  # a mask given to its image since
+    RunFolder(run_dir).unlock()
+    (run_dir / "labels" / f"region_{lost.region_id:06d}.png").unlink()
+    output = " ".join(status(run_dir).split())
+    missing = (f"1 answered region lost its stored answer, the file missing: region {lost.region_id} (image "
+               f"'{lost.image_id}', cycle 0: labels/region_{lost.region_id:06d}.png); ")
+    if cycle_0 == "done":
+        assert (missing + "the run goes on without it (the images are labelled whole since), and "
+                f"`s4al import {run_dir} ANSWERS` writes it again") in output
+        assert output.endswith(f"Continue with `s4al run --resume {run_dir}`.")
+        with ActiveLearningRun(run_dir) as active_run:
+            active_run.run()
+            assert active_run.phases.phase(1) == "answer"  # cycle 1 trained and asked
+    else:
+        assert missing + "`s4al run --resume` refuses until" in output
+        assert output.endswith(f"Once the lost answers are written again, continue with `s4al run --resume {run_dir}`.")
+        with ActiveLearningRun(run_dir) as active_run, pytest.raises(LedgerError, match="missing or unreadable"):
+            active_run.run()
 
 
 def test_a_run_stopped_as_it_finished_a_cycle_shows_that_cycle_once(run_dir):

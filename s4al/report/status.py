@@ -16,7 +16,7 @@ from s4al.active.phases import CyclePhases
 from s4al.config import RunConfig
 from s4al.data import DatasetError, build_dataset
 from s4al.text import counted, first_of, shell
-from s4al.run_folder import json_lines
+from s4al.run_folder import RunFolder, json_lines
 
 
 def percent(fraction: float | None) -> str:
@@ -87,8 +87,8 @@ def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhase
     asked, masked = ledger.asked(), set(masked)
     pending = [region for region in asked if region.image_id not in masked]
     lines = [f"in use by process {holder} now (a run, an import, a query or a skip): wait for it to end"] if holder else []
-    lost = lost_answers(ledger)
-    lines += lost_answers_lines(run_dir, lost)
+    needed, unneeded = lost_answers(run_dir, ledger, phases)
+    lines += lost_answers_lines(run_dir, needed, unneeded)
     if phase == "done" and cycle == cfg.active.cycles:
         return lines + [finished_line(run_dir, cycle)]
     if pending:
@@ -104,26 +104,35 @@ def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhase
         lines.append(f"every region cycle {cycle} asked is answered or skipped{by_masks}.")
     if not holder:
         first = ("Once the dataset is as said above, continue" if resume_refused
-                 else "Once the lost answers are written again, continue" if lost else "Continue")
+                 else "Once the lost answers are written again, continue" if needed else "Continue")
         lines.append(f"{first} with `s4al run --resume {shell(run_dir)}`.")
     return lines
 
 
-def lost_answers(ledger: Ledger) -> list[Region]:
-    """The answered regions whose stored answer (a PNG in the run folder) is gone: a look at each
-    file, not a read."""
-    return [region for region in ledger.answered() if not ledger.has_patch(region)]
+def lost_answers(run_dir: Path, ledger: Ledger, phases: CyclePhases) -> tuple[list[Region], list[Region]]:
+    """The answered regions whose stored answer (a PNG in the run folder) is gone, looked for, not
+    read: those a resume needs, and those it does not (their images are labelled whole since, so
+    training reads the image's own label, and their cycle is done, its summary written)."""
+    lost = [region for region in ledger.answered() if not ledger.has_patch(region)]
+    whole = {record.image_id for record in ledger.images() if record.fully_labelled}
+    folder = RunFolder(run_dir)
+    unneeded = [r for r in lost if r.image_id in whole and phases.phase(r.cycle) == "done"
+                and folder.cycle_summary_path(r.cycle).exists()]
+    return [r for r in lost if r not in unneeded], unneeded
 
 
-def lost_answers_lines(run_dir: Path, lost: list[Region]) -> list[str]:
-    """What a run with `lost` answers must do before it can go on."""
-    if not lost:
-        return []
-    where = [f"region {r.region_id} (image '{r.image_id}', cycle {r.cycle}: {r.label_path})" for r in lost]
-    its, it = ("its", "it") if len(lost) == 1 else ("their", "them")
-    return [f"{counted(len(lost), 'answered region')} lost {its} stored answer, the file missing: {first_of(where, 3)}; "
-            f"`s4al run --resume` refuses until `s4al import {shell(run_dir)} ANSWERS` writes {it} again from the masks "
-            f"or Label Studio export that answered {it}."]
+def lost_answers_lines(run_dir: Path, needed: list[Region], unneeded: list[Region]) -> list[str]:
+    """What a run with lost answers must do before it can go on, if anything."""
+    lines = []
+    for lost, consequence in ((needed, "`s4al run --resume` refuses until"),
+                              (unneeded, "the run goes on without {it} (the images are labelled whole since), and")):
+        if lost:
+            where = [f"region {r.region_id} (image '{r.image_id}', cycle {r.cycle}: {r.label_path})" for r in lost]
+            its, it = ("its", "it") if len(lost) == 1 else ("their", "them")
+            lines.append(f"{counted(len(lost), 'answered region')} lost {its} stored answer, the file missing: "
+                         f"{first_of(where, 3)}; {consequence.format(it=it)} `s4al import {shell(run_dir)} ANSWERS` "
+                         f"writes {it} again from the masks or Label Studio export that answered {it}.")
+    return lines
 
 
 def dataset_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger) -> tuple[list[str], bool, list[str]]:
