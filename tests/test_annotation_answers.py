@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 import s4al.annotation.masks as masks_module
 from conftest import disk_full_at, label_map, label_state, region_by_id
-from s4al.active.ledger import Ledger, LedgerError, Region
+from s4al.active.ledger import PROJECT_META, Ledger, LedgerError, Region
 from s4al.active.phases import CyclePhases
 from s4al.annotation.answers import import_answers
 from s4al.annotation.label_studio import task
@@ -517,6 +517,21 @@ def test_an_export_with_nothing_submitted_yet_imports_nothing_without_an_error(r
     assert snapshot(run_dir) == before
 
 
+def test_a_task_with_a_draft_but_nothing_submitted_is_named_while_its_regions_are_asked(run_dir, tmp_path):
+    drafted = task_of(1, "a", truth("a"), [1, 2])
+    drafted["drafts"] = [{**drafted.pop("annotations")[0], "id": 40}]  # saved by the editor, never submitted
+    drafted["annotations"] = []
+    export = write_export(tmp_path / "e.json", drafted, task_of(2, "b", truth("b"), [3]))
+    result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert (f"1 task with a draft saved in Label Studio but nothing submitted, regions left asked: {export}: task 1 "
+            "(image 'a'); submit the draft there to answer") in result.output
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert [r.region_id for r in ledger.asked()] == [1, 2]
+        ledger.skip([1, 2], by="test")  # nothing of the drafted task asked any more: nothing to say of its draft
+    assert import_answers(run_dir, export).drafted == []
+
+
 def test_a_file_that_answers_nothing_says_why(run_dir, tmp_path):
     labels = np.full((H, W), 255, np.uint8)
     labels[0, 0:4] = 1
@@ -558,6 +573,16 @@ def test_import_and_skip_name_the_first_ten_regions_of_many(run_of_13, tmp_path)
     skipped = CliRunner().invoke(app, ["skip", str(run_of_13), *(f"--region={k}" for k in range(2, 13))])
     assert skipped.exit_code == 0, skipped.output
     assert skipped.output == f"skipped 11 regions ({', '.join(map(str, range(2, 12)))} (and 1 more)); 1 region still asked.\n"
+
+
+def test_skip_says_the_tasks_of_a_label_studio_project_stay_open_there(run_dir):
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        ledger.set_meta(PROJECT_META, {"url": "http://127.0.0.1:8080", "id": 3})
+    skipped = CliRunner().invoke(app, ["skip", str(run_dir), "--region=1"])
+    assert skipped.exit_code == 0, skipped.output
+    assert skipped.output == ("skipped 1 region (1); 2 regions still asked.\nTheir tasks stay open in Label Studio "
+                              "(http://127.0.0.1:8080/projects/3): one painted there later and imported answers them "
+                              "all the same.\n")
 
 
 def test_two_copies_of_a_task_submitted_alike_answer_or_skip_their_regions_once(run_dir, tmp_path):
@@ -925,7 +950,8 @@ REFUSED_EXPORTS = {
     "unknown class": (
         lambda tmp: export(tmp, exported_task(5, {"image_id": "a", "region_ids": [1]}, truth("a"),
                                               names=["sky", "road", "bus"])),
-        r"e.json: task 5 \(image 'a'\): unknown class 'bus'"),
+        r"e.json: task 5 \(image 'a'\): unknown class 'bus'; known: .*: repaint the task with the run's classes in "
+        r"Label Studio"),
     "wrong size": (
         lambda tmp: export(tmp, task_of(5, "a", np.ones((H, W + 2), np.uint8), [1])),
         r"task 5 \(image 'a'\): brush region brush\d: mask is 20x32, the image is 20x30"),
@@ -984,6 +1010,11 @@ REFUSED_EXPORTS = {
         lambda tmp: with_files(png_folder(tmp, "b.png", truth("b")), "a.jpg", "c.TIFF", "notes.txt"),
         r"masks: masks must be lossless PNG \(JPEG changes class ids at the edges\), not a.jpg, c.TIFF; "
         r"save them as IMAGE_ID.png$"),
+    "Label Studio's brush-label PNG export, unzipped": (
+        lambda tmp: png_folder(tmp, "task-1-annotation-1-by-1-label-car-0.png", truth("a")),
+        r"masks: task-1-annotation-1-by-1-label-car-0.png: Label Studio's brush-label PNG export \(a file per class "
+        r"per annotation\), not masks named IMAGE_ID.png; import the project's JSON export \(Export -> JSON\) "
+        r"instead$"),
     "a broken link among the PNG masks": (
         lambda tmp: linked(png_folder(tmp, "b.png", truth("b")) / "a.png", tmp / "gone.png"),
         r"masks/a.png: a link to .*/gone.png, which does not exist; mend the link or remove it$"),

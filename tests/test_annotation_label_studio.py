@@ -221,7 +221,7 @@ def test_of_several_annotations_of_a_task_the_one_marked_ground_truth_is_read(tm
     assert (painted.labels == 0).all()  # the reviewer's, marked ground truth
     item["annotations"][0]["ground_truth"] = True
     path.write_text(json.dumps([item]))
-    with pytest.raises(AnswerError, match=r"task 5: 2 annotations \(1005, 8 marked ground truth\); "
+    with pytest.raises(AnswerError, match=r"task 5 \(image 'img'\): 2 annotations \(1005, 8 marked ground truth\); "
                                           r"mark the one to use as ground truth in Label Studio \(its star\), or "
                                           r"delete the others"):
         list(read_export(path, CLASSES.names, SIZES))
@@ -280,7 +280,11 @@ def test_a_bad_task_is_refused_naming_the_file_and_the_task(tmp_path, spoil, mes
 @pytest.mark.parametrize("content, message", [
     (b'[{"id": 1, "annotations": [', "not a readable JSON file"),
     (b'{"id": 1}', "expected a list of tasks"),
-    (b"\xff\xfe\x00garbage", "not a readable JSON file"),
+    (b"\xff\xfe\x00garbage", "not a JSON list"),
+    (b"id,annotation_id,image\n1,2,x\n", r"export.json: not a JSON list \(it does not start with '\['; a CSV or TSV "
+                                          r"file\?\), expected a list of tasks \(Label Studio's JSON export: Export -> JSON\)"),
+    (b"PK\x03\x04\x14\x00\x00\x00", r"export.json: a ZIP archive, expected a list of tasks \(Label Studio's JSON "
+                                        r"export: Export -> JSON\)$"),
 ])
 def test_a_file_that_is_not_a_json_export_is_refused(tmp_path, content, message):
     path = tmp_path / "export.json"

@@ -361,12 +361,17 @@ class NotLabelStudio(StoresThenFails):
 
 
 def test_the_address_of_a_page_or_another_server_is_refused_as_no_label_studio(tmp_path):
-    with serving(NotLabelStudio) as (server, address), Ledger(tmp_path / "ledger.sqlite") as ledger, \
-            pytest.raises(LabelStudioError) as refused:
-        url = f"{address}/projects/1"
-        send_query(ledger, "run", tmp_path, url, "key")
-    assert str(refused.value) == (f"{url}: not the address of a Label Studio server (HTTP 404 without JSON at "
-                                  f"{url}/api/projects/); give the address Label Studio is served at, as http://HOST:PORT")
+    with serving(NotLabelStudio) as (server, address), Ledger(tmp_path / "ledger.sqlite") as ledger:
+        for url, said in (
+            (f"{address}/projects/1", f"the address of a project's page; give the server's, {address}"),
+            (f"{address}/ls/projects/12/data?tab=3", f"the address of a project's page; give the server's, {address}/ls"),
+            (f"{address}/other", f"not the address of a Label Studio server (HTTP 404 without JSON at "
+                                 f"{address}/other/api/projects/); give the address Label Studio is served at, as "
+                                 "http://HOST:PORT"),
+        ):
+            with pytest.raises(LabelStudioError) as refused:
+                send_query(ledger, "run", tmp_path, url, "key")
+            assert str(refused.value) == f"{url}: {said}"
 
 
 class HoldsAProject(LimitsUploads):

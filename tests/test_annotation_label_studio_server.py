@@ -195,7 +195,7 @@ def test_query_sends_the_runs_tasks_to_one_project_once_and_import_takes_its_ans
     assert [t.data for t in project_tasks(label_studio, project.id)] == [t["data"] for t in sent]
 
     code, output = s4al("query", asking_run, "--device", "cpu", "--label-studio", server.url, key=server.token)
-    assert code == 0 and "sent 0 new tasks" in output and f"{len(sent)} tasks there already" in output
+    assert code == 0 and "sent 0 new tasks" in output and f"{len(sent)} of the package's tasks there already" in output
     assert len(project_tasks(label_studio, project.id)) == len(sent) and "another of its tasks asks too" not in output
     label_studio.projects.import_tasks(id=project.id, request=sent[:2])  # tasks.json imported by hand as well
     copies = sorted(t.id for t in project_tasks(label_studio, project.id))[-2:]
@@ -371,6 +371,32 @@ def test_a_deleted_project_is_replaced_by_a_new_one_that_gets_every_task_still_a
     assert code == 0 and f"sent 0 new tasks to Label Studio project {new['id']}" in output
 
 
+def test_a_project_holding_another_runs_tasks_is_refused_before_anything_is_sent(
+        server, label_studio, asking_run, tmp_path):
+    other = shutil.copytree(asking_run, tmp_path / "other")
+    with Ledger(other / "ledger.sqlite") as ledger:
+        ledger.set_meta(RUN_ID, "f" * 32)  # another run, of the same data: its regions have the same numbers
+    code, output = s4al("query", asking_run, "--device", "cpu", "--label-studio", server.url, key=server.token)
+    assert code == 0, output
+    project = ledger_meta(asking_run)["id"]
+    tasks = [t.id for t in project_tasks(label_studio, project)]
+    with Ledger(asking_run / "ledger.sqlite", readonly=True) as ledger:
+        run_id = ledger.get_meta(RUN_ID)
+
+    code, output = s4al("query", other, "--device", "cpu", "--label-studio", server.url, "--project", project,
+                        key=server.token)
+    output = " ".join(output.split())
+    assert code == 1 and (f"{server.url}/projects/{project}: project {project} holds tasks of another run (task "
+                          f"{min(tasks)}, image '") in output, output
+    assert (f"run id {run_id[:8]}; this run's is ffffffff): a project serves one run, whose imports refuse any "
+            f"other's answers. Give this run's own project, s4al query {other} --label-studio {server.url} --project "
+            f"ID, or to send the tasks to a new project: s4al query {other} --label-studio {server.url} "
+            "--new-project") in output
+    assert ledger_meta(other) is None and [t.id for t in project_tasks(label_studio, project)] == tasks
+    code, output = s4al("query", other, "--device", "cpu", "--label-studio", server.url, key=server.token)
+    assert code == 0 and ledger_meta(other)["id"] != project  # a project of its own
+
+
 def test_a_run_labelled_in_a_hand_made_project_moves_to_the_api_in_that_project(
         server, label_studio, asking_run, tmp_path):
     code, output = s4al("query", asking_run, "--device", "cpu", key=None)  # by hand: the package only
@@ -395,7 +421,7 @@ def test_a_run_labelled_in_a_hand_made_project_moves_to_the_api_in_that_project(
     code, output = s4al(*query, "--project", hand_made.id, key=server.token)
     tasks_there = len(project_tasks(label_studio, hand_made.id))
     assert code == 0 and (f"sent 0 new tasks to Label Studio project {hand_made.id} (this run's from now on, "
-                          f"{tasks_there - 1} tasks there already)") in output, output
+                          f"{tasks_there - 1} of the package's tasks there already)") in output, output
     assert ledger_meta(asking_run) == {"url": server.url, "id": hand_made.id}
     assert len(list(label_studio.projects.list())) == projects_before
     second = project_tasks(label_studio, hand_made.id)[1]

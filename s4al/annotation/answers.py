@@ -46,7 +46,7 @@ from s4al.active.ledger import CLASSES_META, COLOURS_META, RUN_ID, LabelWriteErr
 from s4al.active.phases import CyclePhases
 from s4al.acquisition.regions import box_masks
 from s4al.active.summaries import rewrite_summaries
-from s4al.annotation.label_studio import BY_LABEL_STUDIO, read_export
+from s4al.annotation.label_studio import BY_LABEL_STUDIO, LeftOut, read_export
 from s4al.annotation.masks import (
     MIN_PAINTED_SHARE, UNPAINTED, AnswerError, PaintedImage, png_masks, read_png_masks,
 )
@@ -82,6 +82,8 @@ class ImportReport:
     # their answer was painted: the answers stay
     annotation_gone: list[int] = field(default_factory=list)  # answered from Label Studio, but only tasks
     # without an annotation ask them in this export (deleted there since?): the answers stay
+    drafted: list[str] = field(default_factory=list)  # tasks asking regions still asked, with a draft saved
+    # in Label Studio but nothing submitted
     read: int = 0  # tasks (or masks) submitted or skipped in the file, whatever they did
     still_asked: int = 0  # regions of the run still waiting for an answer
 
@@ -97,10 +99,10 @@ def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> 
     with folder.locked():  # not while a run writes the ledger, even with nothing to write
         with Ledger(ledger_path, readonly=True) as ledger:  # a refusal must not touch a byte
             sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
-            unannotated: set[int] = set()  # region ids of the file's tasks without an annotation, as read
+            left_out = LeftOut()  # the file's tasks without an annotation, as read
             painted, report = _read(answers_path, ledger.get_meta(CLASSES_META), ledger.get_meta(COLOURS_META), sizes,
-                                    unannotated)
-            answers, painted_at, source_digests = _answers(ledger, painted, report, unannotated)
+                                    left_out)
+            answers, painted_at, source_digests = _answers(ledger, painted, report, left_out)
             _refuse_label_changes_mid_training(folder, ledger, report, answers_path)
             newly_answered = len(report.answered) - len(report.unskipped)
             report.still_asked = len(ledger.asked()) - newly_answered - len(report.skipped)
@@ -159,10 +161,10 @@ def _not_answered_reason(region_id: int, share: float) -> str:
 
 
 def _read(path: Path, class_names: Sequence[str], class_colours: list | None, sizes: dict,
-          unannotated: set[int]) -> tuple[Iterable[PaintedImage], ImportReport]:
+          left_out: LeftOut) -> tuple[Iterable[PaintedImage], ImportReport]:
     """The painted images of the answer file or folder, to be read, and the report to fill;
     `class_colours`: the run's (None in a run made before the ledger kept them), which indexed
-    masks may paint; `unannotated` collects the regions of an export's tasks without an annotation."""
+    masks may paint; `left_out` collects an export's tasks without an annotation."""
     if path.is_dir():
         masks, ignored = png_masks(path)
         colours = None if class_colours is None else ColourDecoder(
@@ -172,11 +174,11 @@ def _read(path: Path, class_names: Sequence[str], class_colours: list | None, si
         raise AnswerError(f"{path}: one PNG; ANSWERS is a folder of IMAGE_ID.png masks or a Label Studio JSON "
                           f"export: give its folder, {path.parent}")
     if path.is_file():
-        return read_export(path, class_names, sizes, unannotated), ImportReport(BY_LABEL_STUDIO)
+        return read_export(path, class_names, sizes, left_out), ImportReport(BY_LABEL_STUDIO)
     raise AnswerError(f"{path}: no such file or folder")
 
 
-def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportReport, unannotated: set[int],
+def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportReport, left_out: LeftOut,
              ) -> tuple[list[tuple[int, np.ndarray]], dict[int, str | None], dict[int, str | None]]:
     """The (region id, label patch) answers of every painted image, when each was painted and the
     digest of the mask file it was read from; any problem refuses the import. Only the patches are
@@ -234,9 +236,11 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
         [region_id for region_id in dict.fromkeys(ids) if region_id not in taken]
         for ids in (report.skip_kept, report.outdated, report.skipped_since))
     report.repaired = list(dict.fromkeys(report.repaired))  # copies of a task repair a region once
-    report.annotation_gone = sorted(region_id for region_id in unannotated - annotated
+    report.annotation_gone = sorted(region_id for region_id in left_out.regions - annotated
                                     if region_id in regions and regions[region_id].state == "answered"
                                     and regions[region_id].answered_by == BY_LABEL_STUDIO)
+    report.drafted = [task for task, region_ids in left_out.drafted
+                      if any(i in regions and regions[i].state == "asked" for i in region_ids)]
     if problems:
         raise AnswerError(f"answers refused, nothing written: {first_of(problems, MAX_PROBLEMS_SHOWN, '; ')}")
     return answers, painted_at, source_digests

@@ -135,7 +135,7 @@ def _sent_lines(run_dir: Path, sent: SentTasks) -> str:
         "paint under a label the run does not know is refused at import; to restore it, paste the "
         "labelling_config.xml written above in the project's Settings > Labeling Interface > Code\n")
     return (f"  sent {counted(sent.sent, 'new task')} to Label Studio project {sent.project.id} ({made}"
-            f"{counted(sent.already, 'task')} there already); annotate at {sent.project.page}\n{replaced}{repeated}"
+            f"{sent.already} of the package's tasks there already); annotate at {sent.project.page}\n{replaced}{repeated}"
             f"{edited}"
             f"Then: s4al import {shell(run_dir)} --label-studio, s4al skip {shell(run_dir)} for regions nobody will "
             f"answer, and s4al run --resume {shell(run_dir)}.")
@@ -209,6 +209,10 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
                           "(an earlier export or mask?)"),
     )
     lines += [f"{text.format(regions=counted(len(ids), 'region'))}: {_ids(ids)}" for ids, text in kinds if ids]
+    if report.drafted:
+        lines.append(f"{counted(len(report.drafted), 'task')} with a draft saved in Label Studio but nothing "
+                     f"submitted, regions left asked: {first_of(report.drafted, SHOWN_IMAGES, '; ')}; submit the "
+                     "draft there to answer")
     if report.already_imported:
         what = "task" if report.by == BY_LABEL_STUDIO else "mask"
         lines.append(f"{counted(report.already_imported, what)} already imported (regions answered or skipped): "
@@ -231,7 +235,7 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None) -> None:
     """Skip asked regions the annotator declines: they are never asked again, and neither labelled
     nor counted as labelled pixels unless an import paints them later. The run then continues with
     the regions answered."""
-    from s4al.active.ledger import Ledger
+    from s4al.active.ledger import PROJECT_META, Ledger
 
     with user_errors_reported():
         folder = RunFolder(run_dir)
@@ -239,8 +243,12 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None) -> None:
             chosen = region or [asked.region_id for asked in ledger.asked()]
             skipped = ledger.skip(chosen, by="s4al skip")
             still_asked = len(ledger.asked())
+            project = ledger.get_meta(PROJECT_META)
     typer.echo(f"skipped {counted(len(skipped), 'region')}{_listed(skipped)}; {counted(still_asked, 'region')} "
                "still asked.")
+    if skipped and project is not None:
+        typer.echo(f"Their tasks stay open in Label Studio ({project['url']}/projects/{project['id']}): one painted "
+                   "there later and imported answers them all the same.")
     if not still_asked:
         typer.echo(next_step(run_dir))
 

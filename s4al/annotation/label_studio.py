@@ -22,6 +22,7 @@ import functools
 import io
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -154,8 +155,16 @@ def _empty_rle(height: int, width: int) -> tuple[int, ...]:
 
 # ---- export -------------------------------------------------------------------------------------
 
+@dataclass
+class LeftOut:
+    """An export's tasks left out as not annotated, as they are read: their region ids, and the
+    name and region ids of each that holds a draft (saved in Label Studio, never submitted)."""
+    regions: set[int] = field(default_factory=set)
+    drafted: list[tuple[str, list[int]]] = field(default_factory=list)
+
+
 def read_export(path: Path, class_names: Sequence[str], sizes: Mapping[str, tuple[int, int]],
-                unannotated: set[int] | None = None) -> Iterator[PaintedImage]:
+                left_out: LeftOut | None = None) -> Iterator[PaintedImage]:
     """The painted class maps of a Label Studio JSON export ("JSON" format: a list of tasks), one
     per task made by `s4al query` with a submitted or skipped annotation; tasks not annotated are
     left out. A task's brushes are checked here and decoded when its `labels` are first read. The
@@ -163,10 +172,9 @@ def read_export(path: Path, class_names: Sequence[str], sizes: Mapping[str, tupl
     holds one. `sizes` (image id -> (H, W), the run's images) is checked before a map is allocated,
     so a task cannot make the reader allocate more than its image. A file whose tasks have no
     'annotations' list (every task of an export has one, empty when not annotated) is refused once
-    read: it is a tasks file, not an export. `unannotated` collects the region ids of the tasks left
-    out, as they are read."""
+    read: it is a tasks file, not an export. `left_out` collects the tasks left out."""
     tasks = exported = 0
-    for number, item in enumerate(json_list_items(path, "a list of tasks (Label Studio's JSON export)")):
+    for number, item in enumerate(json_list_items(path, "a list of tasks (Label Studio's JSON export: Export -> JSON)")):
         where = _task_name(path, number, item)
         if isinstance(item, dict) and "annotations" not in item and "data" not in item:
             raise AnswerError(f"{where}: no 'annotations' and no 'data': this looks like a JSON-MIN export; "
@@ -175,8 +183,11 @@ def read_export(path: Path, class_names: Sequence[str], sizes: Mapping[str, tupl
         tasks, exported = tasks + 1, exported + ("annotations" in item)
         if annotation is not None:
             yield _painted(item, annotation, where, class_names, sizes)
-        elif unannotated is not None and isinstance(item.get("data"), dict):
-            unannotated.update(r for r in item["data"].get("region_ids") or () if _is_int(r))
+        elif left_out is not None and isinstance(item.get("data"), dict):
+            region_ids = [r for r in item["data"].get("region_ids") or () if _is_int(r)]
+            left_out.regions.update(region_ids)
+            if item.get("drafts"):
+                left_out.drafted.append((where, region_ids))
     if tasks and not exported:
         raise AnswerError(f"{path}: no task has an 'annotations' list: a tasks file (as the tasks.json of s4al "
                           "query), not Label Studio's export; export the project (Export -> JSON) and import that")
@@ -186,11 +197,15 @@ def json_list_items(path: Path, expected: str) -> Iterator[Any]:
     """The items of the JSON list in file `path`, parsed one at a time (ijson)."""
     try:
         with path.open("rb") as file:
-            start = file.read(64).lstrip()[:1]
+            head = file.read(64)
+            start = head.lstrip()[:1]
             if start == b"{":
                 raise AnswerError(f"{path}: expected {expected}, got an object")
+            if head.startswith(b"PK\x03\x04"):
+                raise AnswerError(f"{path}: a ZIP archive, expected {expected}")
             if start not in (b"[", b""):
-                raise AnswerError(f"{path}: not a readable JSON file (it does not start with '[')")
+                raise AnswerError(f"{path}: not a JSON list (it does not start with '['; a CSV or TSV file?), "
+                                  f"expected {expected}")
             file.seek(0)
             yield from ijson.items(file, "item", use_float=True)
     except (OSError, ijson.JSONError, UnicodeDecodeError) as err:
@@ -198,8 +213,12 @@ def json_list_items(path: Path, expected: str) -> Iterator[Any]:
 
 
 def _task_name(path: Path, number: int, item: Any) -> str:
+    """The task, and its image where it names one, as a message names them."""
     task_id = item.get("id") if isinstance(item, dict) else None
-    return f"{path}: task {task_id if task_id is not None else f'#{number + 1} (no id)'}"
+    data = item.get("data") if isinstance(item, dict) else None
+    image_id = data.get("image_id") if isinstance(data, dict) else None
+    image = f" (image '{image_id}')" if isinstance(image_id, str) else ""
+    return f"{path}: task {task_id if task_id is not None else f'#{number + 1} (no id)'}{image}"
 
 
 def _annotation(item: Any, where: str) -> dict | None:
@@ -233,7 +252,6 @@ def _painted(item: dict, annotation: dict, where: str, class_names: Sequence[str
     image_id = data.get("image_id") if isinstance(data, dict) else None
     if not isinstance(image_id, str):
         raise AnswerError(f"{where}: no data.image_id; import the tasks.json written by `s4al query`")
-    where = f"{where} (image '{image_id}')"
     if image_id not in sizes:
         raise AnswerError(f"{where}: image '{image_id}' is not one of this run's train images")
     region_ids, cycle = data.get("region_ids"), data.get("cycle")
@@ -316,7 +334,9 @@ def _class_of(brush: dict, where: str, class_names: Sequence[str]) -> int:
     if not isinstance(names, list) or len(names) != 1:
         raise AnswerError(f"{where}: a brush region must carry exactly one class, got {names!r}")
     if names[0] not in class_names:
-        raise AnswerError(f"{where}: unknown class '{names[0]}'; known: {', '.join(class_names)}")
+        raise AnswerError(f"{where}: unknown class '{names[0]}'; known: {', '.join(class_names)}: repaint the task "
+                          "with the run's classes in Label Studio (the labelling_config.xml of s4al query restores "
+                          "them in the project's Settings > Labeling Interface > Code), then export again")
     return list(class_names).index(names[0])
 
 

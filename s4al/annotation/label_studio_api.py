@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -165,6 +166,7 @@ def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_k
             edited = False
         else:  # a deleted project answers 404 here, not when listing its tasks
             edited = _label_values(_existing(client, project, project_id).label_config or "") != _label_values(config)
+            _refuse_another_runs(client, project, ledger, url)
             if project_id is not None:
                 ledger.set_meta(PROJECT_META, {"url": url, "id": project.id})
         tasks_file = package_dir / "tasks.json"  # an image in each task: read twice, one task at a time
@@ -186,6 +188,26 @@ def _existing(client: LabelStudio, project: Project, given_id: int | None):
             raise LabelStudioError(f"{project.url}: no project {given_id} there (--project takes the number in a "
                                    f"project's address, {project.url}/projects/ID)") from None
         raise
+
+
+def _refuse_another_runs(client: LabelStudio, project: Project, ledger: Ledger, url: str) -> None:
+    """A project holding another run's tasks is refused before anything is sent: those tasks ask
+    regions of the same numbers, so this run's would count as sent, and every import of either
+    run refuses the other's answers. (Tasks without a run id, made by hand, are not looked at.)"""
+    run_id = ledger.get_meta(RUN_ID)
+    if run_id is None:
+        return
+    of_another = Filters.create(Filters.AND, [
+        Filters.item(Column.data("run_id"), Operator.NOT_EQUAL, Type.String, Filters.value(run_id))])
+    task = next(iter(client.tasks.list(project=project.id, query=json.dumps({"filters": of_another}), page_size=1)),
+                None)
+    if task is not None:
+        raise LabelStudioError(
+            f"{project.page}: project {project.id} holds tasks of another run (task {task.id}, image "
+            f"'{task.data.get('image_id')}', run id {str(task.data.get('run_id'))[:8]}; this run's is {run_id[:8]}): "
+            "a project serves one run, whose imports refuse any other's answers. Give this run's own project, "
+            f"s4al query {shell(ledger.run_dir)} --label-studio {url} --project ID, or "
+            f"{_new_project_way(ledger.run_dir, url)}")
 
 
 def _label_values(config: str) -> set[str] | None:
@@ -373,6 +395,10 @@ def checked_server(url: str, api_key: str | None) -> str:
         parts = None
     if not url.startswith(("http://", "https://")) or parts is None or not parts.hostname:
         raise LabelStudioError(f"{url}: not a server address (expected http://HOST:PORT or https://...)")
+    page = re.search(r"/projects/\d+(/.*)?$", parts.path)
+    if page is not None:
+        server = f"{parts.scheme}://{parts.netloc}{parts.path[:page.start()]}"
+        raise LabelStudioError(f"{url}: the address of a project's page; give the server's, {server}")
     _key(url, api_key)
     return url.rstrip("/")
 
@@ -429,7 +455,8 @@ def _server_errors(url: str, project: Project | None = None, run_dir: Path | Non
         raise LabelStudioError(f"{url}: Label Studio did not answer in time; a busy server, or the export of a large "
                                f"project, can take longer: try again later{slow}") from None
     except httpx.TransportError as err:
-        raise LabelStudioError(f"{url}: Label Studio server unreachable ({str(err) or type(err).__name__})") from None
+        raise LabelStudioError(f"{url}: Label Studio server unreachable ({str(err) or type(err).__name__}); is it "
+                               "running, at this address?") from None
     except httpx.TooManyRedirects:
         raise LabelStudioError(f"{url}: redirects without end; give the address Label Studio is served at") from None
     except json.JSONDecodeError:  # the client reads every answer as JSON

@@ -8,6 +8,7 @@ colours, named IMAGE_ID.png, listed by `png_masks`)."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -69,6 +70,9 @@ def _utc(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
+BRUSH_EXPORT_NAME = re.compile(r"task-\d+-annotation-\d+-by-")  # Label Studio's "Brush labels to PNG" files
+
+
 def png_masks(folder: Path) -> tuple[list[Path], list[str]]:
     """The masks of a folder of answers (IMAGE_ID.png, the suffix in any case) and the names of its
     other entries, which are not read; an image in another format, or a mask's broken link, is
@@ -82,6 +86,11 @@ def png_masks(folder: Path) -> tuple[list[Path], list[str]]:
     masks = [path for path in entries if _is_mask(path)]
     if not masks:
         raise AnswerError(f"{folder}: no .png masks in this folder (expected one IMAGE_ID.png per image)")
+    brush_export = [path.name for path in masks if BRUSH_EXPORT_NAME.match(path.name)]
+    if brush_export:
+        raise AnswerError(f"{folder}: {first_of(brush_export, 2)}: Label Studio's brush-label PNG export (a file per "
+                          "class per annotation), not masks named IMAGE_ID.png; import the project's JSON export "
+                          "(Export -> JSON) instead")
     return masks, [path.name for path in entries if not _is_mask(path)]
 
 
