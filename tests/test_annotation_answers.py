@@ -524,8 +524,8 @@ def test_a_task_with_a_draft_but_nothing_submitted_is_named_while_its_regions_ar
     export = write_export(tmp_path / "e.json", drafted, task_of(2, "b", truth("b"), [3]))
     result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
-    assert (f"1 task with a draft saved in Label Studio but nothing submitted, regions left asked: {export}: task 1 "
-            "(image 'a'); submit the draft there to answer") in result.output
+    assert ("1 task with a draft saved in Label Studio but nothing submitted, regions left asked: task 1 (image "
+            "'a'); submit the draft there to answer") in result.output
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert [r.region_id for r in ledger.asked()] == [1, 2]
         ledger.skip([1, 2], by="test")  # nothing of the drafted task asked any more: nothing to say of its draft
@@ -581,8 +581,8 @@ def test_skip_says_the_tasks_of_a_label_studio_project_stay_open_there(run_dir):
     skipped = CliRunner().invoke(app, ["skip", str(run_dir), "--region=1"])
     assert skipped.exit_code == 0, skipped.output
     assert skipped.output == ("skipped 1 region (1); 2 regions still asked.\nTheir tasks stay open in Label Studio "
-                              "(http://127.0.0.1:8080/projects/3): one painted there later and imported answers them "
-                              "all the same.\n")
+                              "(http://127.0.0.1:8080/projects/3): a task painted there after this skip, then imported, "
+                              "answers its regions all the same.\n")
 
 
 def test_two_copies_of_a_task_submitted_alike_answer_or_skip_their_regions_once(run_dir, tmp_path):
@@ -950,7 +950,7 @@ REFUSED_EXPORTS = {
     "unknown class": (
         lambda tmp: export(tmp, exported_task(5, {"image_id": "a", "region_ids": [1]}, truth("a"),
                                               names=["sky", "road", "bus"])),
-        r"e.json: task 5 \(image 'a'\): unknown class 'bus'; known: .*: repaint the task with the run's classes in "
+        r"e.json: task 5 \(image 'a'\): unknown class 'bus' \(known: .*\); repaint the task with the run's classes in "
         r"Label Studio"),
     "wrong size": (
         lambda tmp: export(tmp, task_of(5, "a", np.ones((H, W + 2), np.uint8), [1])),

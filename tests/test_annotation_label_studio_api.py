@@ -72,6 +72,10 @@ def test_a_run_whose_project_is_on_another_server_is_refused_naming_both_ways_on
         "http://new:8080: this run's tasks go to its project on http://old:8080 (http://old:8080/projects/4); "
         "query with --label-studio http://old:8080, or to send the tasks to a new project: "
         f"s4al query {tmp_path} --label-studio http://new:8080 --new-project")
+    with Ledger(tmp_path / "ledger.sqlite") as ledger, pytest.raises(LabelStudioError) as refused:
+        project_on(ledger, "http://old:8080/projects/4/data")  # the page s4al names, pasted
+    assert str(refused.value) == ("http://old:8080/projects/4/data: the address of a Label Studio page; give the "
+                                  "server's, http://old:8080")
 
 
 def test_this_machine_under_another_name_is_the_same_server_and_another_port_is_not(tmp_path):
@@ -363,8 +367,9 @@ class NotLabelStudio(StoresThenFails):
 def test_the_address_of_a_page_or_another_server_is_refused_as_no_label_studio(tmp_path):
     with serving(NotLabelStudio) as (server, address), Ledger(tmp_path / "ledger.sqlite") as ledger:
         for url, said in (
-            (f"{address}/projects/1", f"the address of a project's page; give the server's, {address}"),
-            (f"{address}/ls/projects/12/data?tab=3", f"the address of a project's page; give the server's, {address}/ls"),
+            (f"{address}/projects/1", f"the address of a Label Studio page; give the server's, {address}"),
+            (f"{address}/ls/projects/12/data?tab=3", f"the address of a Label Studio page; give the server's, "
+                                                     f"{address}/ls"),
             (f"{address}/other", f"not the address of a Label Studio server (HTTP 404 without JSON at "
                                  f"{address}/other/api/projects/); give the address Label Studio is served at, as "
                                  "http://HOST:PORT"),

@@ -396,6 +396,14 @@ def test_a_project_holding_another_runs_tasks_is_refused_before_anything_is_sent
     code, output = s4al("query", other, "--device", "cpu", "--label-studio", server.url, key=server.token)
     assert code == 0 and ledger_meta(other)["id"] != project  # a project of its own
 
+    theirs = json.loads((other / "queries" / "cycle_0" / "tasks.json").read_text())
+    label_studio.projects.import_tasks(id=project, request=theirs[:1])  # by hand, into the first run's project
+    code, output = s4al("query", asking_run, "--device", "cpu", "--label-studio", server.url, key=server.token)
+    assert code == 1 and ("this run's is " + run_id[:8] + "): a project serves one run, whose imports refuse any "
+                          "other's answers. This run's project: delete the other run's tasks in Label Studio, or to "
+                          f"send the tasks to a new project: s4al query {asking_run} --label-studio {server.url} "
+                          "--new-project") in " ".join(output.split()), output
+
 
 def test_a_run_labelled_in_a_hand_made_project_moves_to_the_api_in_that_project(
         server, label_studio, asking_run, tmp_path):
@@ -403,7 +411,9 @@ def test_a_run_labelled_in_a_hand_made_project_moves_to_the_api_in_that_project(
     assert code == 0, output
     package = asking_run / "queries" / "cycle_0"
     hand_made = label_studio.projects.create(title="ours", label_config=(package / "labelling_config.xml").read_text())
-    label_studio.projects.import_tasks(id=hand_made.id, request=json.loads((package / "tasks.json").read_text()))
+    made_before_run_ids = [{**t, "data": {k: v for k, v in t["data"].items() if k != "run_id"}}
+                           for t in json.loads((package / "tasks.json").read_text())]  # as an older s4al wrote them
+    label_studio.projects.import_tasks(id=hand_made.id, request=made_before_run_ids)
     first = project_tasks(label_studio, hand_made.id)[0]
     (prediction,) = label_studio.predictions.list(task=first.id)
     label_studio.annotations.create(id=first.id, result=prediction.result, was_cancelled=False)

@@ -270,6 +270,15 @@ def test_a_mostly_void_mask_given_to_a_pool_image_is_warned_about_before_and_as_
     assert joined.endswith(warning) and "p1 (" not in joined
 
 
+def test_status_gives_its_whole_account_past_a_given_mask_it_cannot_read(tmp_path):
+    root, run_dir, _ = answered_cycle_0(tmp_path)
+    save(root / "masks" / "p0.png", np.full((H, W, 3), (1, 2, 3), np.uint8))  # a colour no class has
+    said = CliRunner().invoke(app, ["status", str(run_dir)], env={"COLUMNS": "250"})
+    assert said.exit_code == 0, said.output
+    assert "1 pool image given a mask, labelled whole (p0;" in said.output and "mostly void" not in said.output
+    assert said.output.endswith("every region cycle 0 asked is answered or skipped.\n")  # the account's end
+
+
 def test_images_added_before_a_trained_cycle_asks_are_scored_and_asked_with_the_pool(tmp_path):
     root = make_dataset(tmp_path / "data")
     run_dir = tmp_path / "run"

@@ -135,8 +135,9 @@ def test_a_lost_answer_of_an_image_labelled_whole_since_stops_nothing_once_its_c
     missing = (f"1 answered region lost its stored answer, the file missing: region {lost.region_id} (image "
                f"'{lost.image_id}', cycle 0: labels/region_{lost.region_id:06d}.png); ")
     if cycle_0 == "done":
-        assert (missing + "the run goes on without it (the images are labelled whole since), and "
-                f"`s4al import {run_dir} ANSWERS` writes it again") in output
+        assert (missing + "the run goes on without it, its image labelled whole since; the cycle summary counting "
+                f"it is kept, and `s4al import {run_dir} ANSWERS` can write it again from the masks or Label Studio "
+                "export that answered it.") in output
         assert output.endswith(f"Continue with `s4al run --resume {run_dir}`.")
         with ActiveLearningRun(run_dir) as active_run:
             active_run.run()

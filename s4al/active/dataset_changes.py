@@ -2,9 +2,9 @@
 the labelled where active.initial is 'labelled'), masks given to pool images, and what a resume
 refuses (images gone or resized, the labels of images labelled whole gone, and, where
 active.initial is 'random', images added without a label). The run takes the additions as a cycle
-begins (ActiveLearningRun); `s4al status` says them before. A mask that joins is read once, to warn
-where it is mostly void: an answer to a few regions put in the dataset's masks/ by mistake would
-label its image whole, never to be asked again."""
+begins (ActiveLearningRun); `s4al status` says them before. A mask given to a pool image is read,
+to warn where it is mostly void: an answer to a few regions put in the dataset's masks/ by mistake
+would label its image whole, never to be asked again."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from s4al.active.ledger import ImageRecord
 from s4al.config import RunConfig
-from s4al.data.base import SegmentationDataset
+from s4al.data.base import DatasetError, SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX
 from s4al.text import counted, first_of
 
@@ -27,7 +27,7 @@ class DatasetChanges:
     added_pool: list[str]  # the other images added, to join the pool
     masked: list[str]  # pool images with a label now, to be labelled whole (active.initial 'labelled')
     refusals: list[str]  # what a resume refuses, a message each
-    mostly_void: dict[str, float] = field(default_factory=dict)  # joining masks over MOSTLY_VOID void: share
+    mostly_void: dict[str, float] = field(default_factory=dict)  # masks of `masked` over MOSTLY_VOID void: share
 
     @property
     def added(self) -> list[str]:
@@ -75,13 +75,18 @@ def dataset_changes(records: Sequence[ImageRecord], dataset: SegmentationDataset
     added_labelled = [i for i in added if labelled_mode and has_label(i)]
     masked = [r.image_id for r in records if labelled_mode and not r.fully_labelled and r.image_id in index_of
               and has_label(r.image_id)]
-    void = {image_id: _void_share(dataset, index_of[image_id]) for image_id in [*added_labelled, *masked]}
+    void = {} if refusals else {image_id: _void_share(dataset, index_of[image_id]) for image_id in masked}
     return DatasetChanges(added_labelled, [i for i in added if i not in set(added_labelled)], masked, refusals,
                           {image_id: share for image_id, share in void.items() if share > MOSTLY_VOID})
 
 
 def _void_share(dataset: SegmentationDataset, index: int) -> float:
-    return float((dataset.load_label(index) == IGNORE_INDEX).mean())
+    """The share of void pixels in the image's mask; 0 for one that cannot be read (its error is
+    the training's to give, naming it, not a reason to hide the rest of the account)."""
+    try:
+        return float((dataset.load_label(index) == IGNORE_INDEX).mean())
+    except (DatasetError, OSError):
+        return 0.0
 
 
 def _quoted(image_ids: list[str]) -> str:

@@ -247,8 +247,8 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None) -> None:
     typer.echo(f"skipped {counted(len(skipped), 'region')}{_listed(skipped)}; {counted(still_asked, 'region')} "
                "still asked.")
     if skipped and project is not None:
-        typer.echo(f"Their tasks stay open in Label Studio ({project['url']}/projects/{project['id']}): one painted "
-                   "there later and imported answers them all the same.")
+        typer.echo(f"Their tasks stay open in Label Studio ({project['url']}/projects/{project['id']}): a task "
+                   "painted there after this skip, then imported, answers its regions all the same.")
     if not still_asked:
         typer.echo(next_step(run_dir))
 

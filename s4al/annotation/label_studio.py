@@ -160,7 +160,7 @@ class LeftOut:
     """An export's tasks left out as not annotated, as they are read: their region ids, and the
     name and region ids of each that holds a draft (saved in Label Studio, never submitted)."""
     regions: set[int] = field(default_factory=set)
-    drafted: list[tuple[str, list[int]]] = field(default_factory=list)
+    drafted: list[tuple[str, list[int]]] = field(default_factory=list)  # ("task N (image 'ID')", region ids)
 
 
 def read_export(path: Path, class_names: Sequence[str], sizes: Mapping[str, tuple[int, int]],
@@ -187,7 +187,7 @@ def read_export(path: Path, class_names: Sequence[str], sizes: Mapping[str, tupl
             region_ids = [r for r in item["data"].get("region_ids") or () if _is_int(r)]
             left_out.regions.update(region_ids)
             if item.get("drafts"):
-                left_out.drafted.append((where, region_ids))
+                left_out.drafted.append((where.removeprefix(f"{path}: "), region_ids))
     if tasks and not exported:
         raise AnswerError(f"{path}: no task has an 'annotations' list: a tasks file (as the tasks.json of s4al "
                           "query), not Label Studio's export; export the project (Export -> JSON) and import that")
@@ -204,8 +204,9 @@ def json_list_items(path: Path, expected: str) -> Iterator[Any]:
             if head.startswith(b"PK\x03\x04"):
                 raise AnswerError(f"{path}: a ZIP archive, expected {expected}")
             if start not in (b"[", b""):
-                raise AnswerError(f"{path}: not a JSON list (it does not start with '['; a CSV or TSV file?), "
-                                  f"expected {expected}")
+                table = b"," in head.partition(b"\n")[0] or b"\t" in head.partition(b"\n")[0]
+                raise AnswerError(f"{path}: not a JSON list (it does not start with '['"
+                                  f"{'; a CSV or TSV file?' if table else ''}), expected {expected}")
             file.seek(0)
             yield from ijson.items(file, "item", use_float=True)
     except (OSError, ijson.JSONError, UnicodeDecodeError) as err:
@@ -334,7 +335,7 @@ def _class_of(brush: dict, where: str, class_names: Sequence[str]) -> int:
     if not isinstance(names, list) or len(names) != 1:
         raise AnswerError(f"{where}: a brush region must carry exactly one class, got {names!r}")
     if names[0] not in class_names:
-        raise AnswerError(f"{where}: unknown class '{names[0]}'; known: {', '.join(class_names)}: repaint the task "
+        raise AnswerError(f"{where}: unknown class '{names[0]}' (known: {', '.join(class_names)}); repaint the task "
                           "with the run's classes in Label Studio (the labelling_config.xml of s4al query restores "
                           "them in the project's Settings > Labeling Interface > Code), then export again")
     return list(class_names).index(names[0])

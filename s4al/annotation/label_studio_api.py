@@ -114,6 +114,9 @@ def project_on(ledger: Ledger, url: str) -> Project | None:
     refused, as a project made now would get that one's tasks still asked a second time."""
     project = recorded_project(ledger)
     if project is not None and not _same_server(project.url, url):
+        server = _server_of_page(url)
+        if server is not None and _same_server(project.url, server):
+            raise _page_address(url, server)
         raise LabelStudioError(f"{url}: this run's tasks go to its project on {project.url} ({project.page}); "
                                f"query with --label-studio {project.url}, or {_new_project_way(ledger.run_dir, url)}")
     if project is None and any(region.answered_by == BY_LABEL_STUDIO for region in ledger.answered()):
@@ -123,6 +126,18 @@ def project_on(ledger: Ledger, url: str) -> Project | None:
             f"its id in its address (URL/projects/ID); {_new_project_way(ledger.run_dir, url)} (its tasks still asked "
             "are sent there too)")
     return project
+
+
+def _server_of_page(url: str) -> str | None:
+    """The server address of `url` if it reads as the address of a Label Studio page (the projects,
+    a project, its data or settings), else None."""
+    parts = urlsplit(url)
+    page = re.search(r"/projects(/\d+(/.*)?)?/?$", parts.path)
+    return None if page is None else f"{parts.scheme}://{parts.netloc}{parts.path[:page.start()]}"
+
+
+def _page_address(url: str, server: str) -> LabelStudioError:
+    return LabelStudioError(f"{url}: the address of a Label Studio page; give the server's, {server}")
 
 
 def _same_server(a: str, b: str) -> bool:
@@ -201,13 +216,17 @@ def _refuse_another_runs(client: LabelStudio, project: Project, ledger: Ledger, 
         Filters.item(Column.data("run_id"), Operator.NOT_EQUAL, Type.String, Filters.value(run_id))])
     task = next(iter(client.tasks.list(project=project.id, query=json.dumps({"filters": of_another}), page_size=1)),
                 None)
-    if task is not None:
-        raise LabelStudioError(
-            f"{project.page}: project {project.id} holds tasks of another run (task {task.id}, image "
-            f"'{task.data.get('image_id')}', run id {str(task.data.get('run_id'))[:8]}; this run's is {run_id[:8]}): "
-            "a project serves one run, whose imports refuse any other's answers. Give this run's own project, "
-            f"s4al query {shell(ledger.run_dir)} --label-studio {url} --project ID, or "
-            f"{_new_project_way(ledger.run_dir, url)}")
+    if task is None:
+        return
+    found = (f"{project.page}: project {project.id} holds tasks of another run (task {task.id}, image "
+             f"'{task.data.get('image_id')}', run id {str(task.data.get('run_id'))[:8]}; this run's is {run_id[:8]}): "
+             "a project serves one run, whose imports refuse any other's answers")
+    recorded = recorded_project(ledger)
+    if recorded is not None and recorded.id == project.id and _same_server(recorded.url, url):
+        raise LabelStudioError(f"{found}. This run's project: delete the other run's tasks in Label Studio, or "
+                               f"{_new_project_way(ledger.run_dir, url)}")
+    raise LabelStudioError(f"{found}. Give this run's own project, s4al query {shell(ledger.run_dir)} --label-studio "
+                           f"{url} --project ID, or {_new_project_way(ledger.run_dir, url)}")
 
 
 def _label_values(config: str) -> set[str] | None:
@@ -395,10 +414,6 @@ def checked_server(url: str, api_key: str | None) -> str:
         parts = None
     if not url.startswith(("http://", "https://")) or parts is None or not parts.hostname:
         raise LabelStudioError(f"{url}: not a server address (expected http://HOST:PORT or https://...)")
-    page = re.search(r"/projects/\d+(/.*)?$", parts.path)
-    if page is not None:
-        server = f"{parts.scheme}://{parts.netloc}{parts.path[:page.start()]}"
-        raise LabelStudioError(f"{url}: the address of a project's page; give the server's, {server}")
     _key(url, api_key)
     return url.rstrip("/")
 
@@ -436,6 +451,9 @@ def _check_label_studio(url: str) -> None:
     try:
         answer.json()
     except ValueError:
+        server = _server_of_page(url)
+        if server is not None:
+            raise _page_address(url, server) from None
         if answer.status_code in (404, 200):
             raise LabelStudioError(f"{url}: not the address of a Label Studio server (HTTP {answer.status_code} "
                                    f"without JSON at {url}/api/projects/); give the address Label Studio is served "

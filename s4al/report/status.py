@@ -118,20 +118,23 @@ def lost_answers(run_dir: Path, ledger: Ledger, phases: CyclePhases) -> tuple[li
     folder = RunFolder(run_dir)
     unneeded = [r for r in lost if r.image_id in whole and phases.phase(r.cycle) == "done"
                 and folder.cycle_summary_path(r.cycle).exists()]
-    return [r for r in lost if r not in unneeded], unneeded
+    unneeded_ids = {r.region_id for r in unneeded}
+    return [r for r in lost if r.region_id not in unneeded_ids], unneeded
 
 
 def lost_answers_lines(run_dir: Path, needed: list[Region], unneeded: list[Region]) -> list[str]:
     """What a run with lost answers must do before it can go on, if anything."""
     lines = []
-    for lost, consequence in ((needed, "`s4al run --resume` refuses until"),
-                              (unneeded, "the run goes on without {it} (the images are labelled whole since), and")):
+    for lost, consequence in ((needed, "`s4al run --resume` refuses until `s4al import {run} ANSWERS` writes {it}"),
+                              (unneeded, "the run goes on without {it}, {its} image{s} labelled whole since; the cycle "
+                                         "summary counting {it} is kept, and `s4al import {run} ANSWERS` can write {it}")):
         if lost:
             where = [f"region {r.region_id} (image '{r.image_id}', cycle {r.cycle}: {r.label_path})" for r in lost]
-            its, it = ("its", "it") if len(lost) == 1 else ("their", "them")
+            its, it, s = ("its", "it", "") if len(lost) == 1 else ("their", "them", "s")
+            what_then = consequence.format(run=shell(run_dir), it=it, its=its, s=s)
             lines.append(f"{counted(len(lost), 'answered region')} lost {its} stored answer, the file missing: "
-                         f"{first_of(where, 3)}; {consequence.format(it=it)} `s4al import {shell(run_dir)} ANSWERS` "
-                         f"writes {it} again from the masks or Label Studio export that answered {it}.")
+                         f"{first_of(where, 3)}; {what_then} again from the masks or Label Studio export that "
+                         f"answered {it}.")
     return lines
 
 
