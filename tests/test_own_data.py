@@ -258,7 +258,7 @@ def test_a_mostly_void_mask_given_to_a_pool_image_is_warned_about_before_and_as_
     coarse = np.full((H, W), 255, np.uint8)
     coarse[H // 2:] = 1  # half void: a coarse label of the whole image
     save(root / "masks" / "p1.png", coarse)
-    warning = ("warning: masks mostly void, yet to label their images whole, never to be asked again: p0 (96% void); "
+    warning = ("warning: mostly void masks, each to label its image whole, never to be asked again: p0 (96% void); "
                "a mask answering a few asked regions belongs in `s4al import`, not in the dataset's masks")
 
     said = CliRunner().invoke(app, ["status", str(run_dir)], env={"COLUMNS": "250"})

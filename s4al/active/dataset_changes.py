@@ -42,7 +42,7 @@ class DatasetChanges:
                          f"({first_of(self.masked)}; the mask answers what is still asked of it)")
         if self.mostly_void:
             masks = [f"{image_id} ({share:.0%} void)" for image_id, share in self.mostly_void.items()]
-            parts.append(f"warning: masks mostly void, yet to label their images whole, never to be asked again: "
+            parts.append(f"warning: mostly void masks, each to label its image whole, never to be asked again: "
                          f"{first_of(masks)}; a mask answering a few asked regions belongs in `s4al import`, not "
                          "in the dataset's masks")
         return "; ".join(parts)
