@@ -472,7 +472,7 @@ def inert_settings(cfg: RunConfig, overrides: dict) -> list[str]:
     nothing: a setting that looks taken but is not."""
     flat = flat_config(cfg)
     notes = []
-    for key in sorted(_flat(overrides)):
+    for key in sorted(flattened(overrides)):
         if key.startswith("ssl.") and key != "ssl.enabled" and not cfg.ssl.enabled:
             notes.append(f"{key} does nothing with ssl.enabled: false")
         elif key in NEEDS and flat[NEEDS[key][0]] not in NEEDS[key][1]:
@@ -497,17 +497,17 @@ def nested(flat: dict) -> dict:
     return out
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flattened(tree: dict, prefix: str = "") -> dict:
     """{"a": {"b": 1}} -> {"a.b": 1}"""
     out = {}
     for key, value in tree.items():
-        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+        out |= flattened(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
     return out
 
 
 def flat_config(cfg: RunConfig) -> dict:
     """Every key's value by its dotted name: {"train.lr": 0.01, ...}."""
-    return _flat(cfg.model_dump(mode="json"))
+    return flattened(cfg.model_dump(mode="json"))
 
 
 def config_differences(a: RunConfig, b: RunConfig, may_differ: Collection[str] = ()) -> list[str]:
@@ -524,7 +524,7 @@ def config_text(cfg: RunConfig) -> str:
 def config_digest(path: Path) -> str:
     """The digest of what the config file at `path` says, but for the keys a resumed run may save
     (SAVED_ON_RESUME) and how it is written (key order, comments)."""
-    kept = {key: value for key, value in _flat(_read_yaml(path)).items() if key not in SAVED_ON_RESUME}
+    kept = {key: value for key, value in flattened(_read_yaml(path)).items() if key not in SAVED_ON_RESUME}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -309,6 +310,38 @@ def test_a_refusal_every_rank_meets_is_printed_once_over_two_nodes(tmp_path):
     printed = "".join(n.communicate(timeout=120)[0] for n in nodes)
     assert [n.returncode for n in nodes] == [1, 1]
     assert printed.count(f"error: {tmp_path / 'nothing'}: no such run folder") == 1
+
+
+def test_nodes_given_other_settings_or_reading_other_images_are_refused_before_anything_is_asked(tmp_path):
+    """Each node may give its own dataset.root, but the images there must be the same, and every other
+    setting too: pool scores are gathered by dataset position, and a rank given other cycles would
+    wait in a collective the others never reach."""
+    from test_own_data import add_images, make_dataset, own_config
+
+    config = tmp_path / "own.yaml"
+    save_config(own_config(make_dataset(tmp_path / "data")), config)
+    shutil.copytree(tmp_path / "data", tmp_path / "copy")
+    add_images(tmp_path / "copy", unmasked=["n1"])  # the copy on one node has an image more
+
+    def on_two_nodes(out: str, *per_node: list[str]) -> str:
+        endpoint = f"127.0.0.1:{free_port()}"
+        nodes = [node(k, endpoint, "run", "--out", str(tmp_path / out), "--config", str(config), *per_node[k])
+                 for k in (0, 1)]
+        printed = "".join(n.communicate(timeout=120)[0] for n in nodes)
+        assert all(n.returncode != 0 for n in nodes), printed[-2000:]
+        return " ".join(printed.split())
+
+    printed = on_two_nodes("cycles", ["--set", "active.cycles=1"], ["--set", "active.cycles=2"])
+    assert len(re.findall(r"rank 1 was given other settings than rank 0, active\.cycles: [12] \(rank 0: [12]\): "
+                          r"every process of a job runs the same command \(each node may set only dataset\.root, "
+                          r"model\.weights, train\.device, train\.num_workers\)", printed)) == 1, printed[-2000:]
+    assert not (tmp_path / "cycles").exists()
+
+    printed = on_two_nodes("images", ["--set", f"dataset.root={tmp_path / 'data'}"],
+                           ["--set", f"dataset.root={tmp_path / 'copy'}"])
+    assert len(re.findall(r"split 'train': rank 1 reads other images than rank 0 \((9 and 8: n1 only on rank 1|8 and "
+                          r"9: n1 only on rank 0)\); every process of a job must read the same dataset", printed)) == 1
+    assert not (tmp_path / "images" / "ledger.sqlite").exists()
 
 
 def finished_run(run_dir: Path) -> tuple[list, list, dict]:
