@@ -325,8 +325,8 @@ def test_nodes_given_other_settings_or_reading_other_images_are_refused_before_a
 
     def on_two_nodes(out: str, *per_node: list[str]) -> str:
         endpoint = f"127.0.0.1:{free_port()}"
-        nodes = [node(k, endpoint, "run", "--out", str(tmp_path / out), "--config", str(config), *per_node[k])
-                 for k in (0, 1)]
+        nodes = [node(k, endpoint, "run", *per_node[k], *(("--out", str(tmp_path / out), "--config", str(config))
+                                                          if out else ())) for k in (0, 1)]
         printed = "".join(n.communicate(timeout=120)[0] for n in nodes)
         assert all(n.returncode != 0 for n in nodes), printed[-2000:]
         return " ".join(printed.split())
@@ -342,6 +342,15 @@ def test_nodes_given_other_settings_or_reading_other_images_are_refused_before_a
     assert len(re.findall(r"split 'train': rank 1 reads other images than rank 0 \((9 and 8: n1 only on rank 1|8 and "
                           r"9: n1 only on rank 0)\); every process of a job must read the same dataset", printed)) == 1
     assert not (tmp_path / "images" / "ledger.sqlite").exists()
+
+    with ActiveLearningRun(tmp_path / "done", tiny_config(train={"device": "cpu", "epochs": 1},
+                                                           active={"cycles": 0})) as run:
+        run.run()
+        run.folder.unlock()
+    resume = ["--resume", str(tmp_path / "done"), "--set"]
+    printed = on_two_nodes("", [*resume, "active.cycles=1"], [*resume, "active.cycles=2"])  # they waited without end
+    assert len(re.findall(r"rank 1 was given other settings than rank 0, active\.cycles: [12] \(rank 0: [12]\)",
+                          printed)) == 1, printed[-2000:]
 
 
 def finished_run(run_dir: Path) -> tuple[list, list, dict]:
