@@ -67,6 +67,8 @@ EACH_NODE_ITS_OWN = ("dataset.root", "model.weights", *COMPUTED_ON_RESUME)
 def _check_ranks_given_the_same(cfg: RunConfig | None, overrides: dict | None) -> None:
     """Every rank of a job must be given the same settings (but EACH_NODE_ITS_OWN): one given other
     cycles or another schedule would wait in a collective the others never reach."""
+    if distributed.world_size() == 1:
+        return
     given = flat_config(cfg) if cfg is not None else flattened(overrides or {})
     given = {key: value for key, value in given.items() if key not in EACH_NODE_ITS_OWN}
     ranks = distributed.gather_objects(given)
@@ -133,6 +135,8 @@ class ActiveLearningRun(AbstractContextManager):
         """Every rank must read the same images (its own dataset.root, as nodes mount data where
         they do): pool scores are gathered by dataset position, so one image more on one rank
         would ask the wrong regions."""
+        if distributed.world_size() == 1:
+            return
         splits = {name: [split.image_id(i) for i in range(len(split))]
                   for name, split in (("train", self.train_set), ("val", self.val_set), ("test", self.test_set))
                   if split is not None}
