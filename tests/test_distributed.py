@@ -339,8 +339,8 @@ def test_nodes_given_other_settings_or_reading_other_images_are_refused_before_a
 
     printed = on_two_nodes("images", ["--set", f"dataset.root={tmp_path / 'data'}"],
                            ["--set", f"dataset.root={tmp_path / 'copy'}"])
-    assert len(re.findall(r"split 'train': rank 1 reads other images than rank 0 \((9 and 8: n1 only on rank 1|8 and "
-                          r"9: n1 only on rank 0)\); every process of a job must read the same dataset", printed)) == 1
+    assert len(re.findall(r"split 'train': rank 1 reads other images than rank 0 \((9 against 8: n1 only on rank 1|8 "
+                          r"against 9: n1 only on rank 0)\); every process of a job must read the same dataset", printed)) == 1
     assert not (tmp_path / "images" / "ledger.sqlite").exists()
 
     with ActiveLearningRun(tmp_path / "done", tiny_config(train={"device": "cpu", "epochs": 1},

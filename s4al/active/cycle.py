@@ -148,7 +148,7 @@ class ActiveLearningRun(AbstractContextManager):
                     only += [f"{i} only on rank 0" for i in sorted(set(ids) - set(theirs.get(name, [])))]
                     raise DatasetError(
                         f"split '{name}': rank {rank} reads other images than rank 0 ({len(theirs.get(name, []))} "
-                        f"and {len(ids)}: {first_of(only or ['the same images in another order'], 3)}); every "
+                        f"against {len(ids)}: {first_of(only or ['the same images in another order'], 3)}); every "
                         "process of a job must read the same dataset: give each node's dataset.root the same copy")
 
     def _dataset_label(self, image_id: str):

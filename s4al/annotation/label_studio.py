@@ -175,7 +175,8 @@ def read_export(path: Path, class_names: Sequence[str], sizes: Mapping[str, tupl
     read: it is a tasks file, not an export. `left_out` collects the tasks left out."""
     tasks = exported = 0
     for number, item in enumerate(json_list_items(path, "a list of tasks (Label Studio's JSON export: Export -> JSON)")):
-        where = _task_name(path, number, item)
+        task_name = _task_name(number, item)
+        where = f"{path}: {task_name}"
         if isinstance(item, dict) and "annotations" not in item and "data" not in item:
             raise AnswerError(f"{where}: no 'annotations' and no 'data': this looks like a JSON-MIN export; "
                               "use the JSON export (Export -> JSON) of the project")
@@ -187,7 +188,7 @@ def read_export(path: Path, class_names: Sequence[str], sizes: Mapping[str, tupl
             region_ids = [r for r in item["data"].get("region_ids") or () if _is_int(r)]
             left_out.regions.update(region_ids)
             if item.get("drafts"):
-                left_out.drafted.append((where.removeprefix(f"{path}: "), region_ids))
+                left_out.drafted.append((task_name, region_ids))
     if tasks and not exported:
         raise AnswerError(f"{path}: no task has an 'annotations' list: a tasks file (as the tasks.json of s4al "
                           "query), not Label Studio's export; export the project (Export -> JSON) and import that")
@@ -204,7 +205,8 @@ def json_list_items(path: Path, expected: str) -> Iterator[Any]:
             if head.startswith(b"PK\x03\x04"):
                 raise AnswerError(f"{path}: a ZIP archive, expected {expected}")
             if start not in (b"[", b""):
-                table = b"," in head.partition(b"\n")[0] or b"\t" in head.partition(b"\n")[0]
+                opening = head.partition(b"\n")[0]
+                table = b"," in opening or b"\t" in opening
                 raise AnswerError(f"{path}: not a JSON list (it does not start with '['"
                                   f"{'; a CSV or TSV file?' if table else ''}), expected {expected}")
             file.seek(0)
@@ -213,13 +215,13 @@ def json_list_items(path: Path, expected: str) -> Iterator[Any]:
         raise AnswerError(f"{path}: not a readable JSON file ({first_line(err)})") from None
 
 
-def _task_name(path: Path, number: int, item: Any) -> str:
+def _task_name(number: int, item: Any) -> str:
     """The task, and its image where it names one, as a message names them."""
     task_id = item.get("id") if isinstance(item, dict) else None
     data = item.get("data") if isinstance(item, dict) else None
     image_id = data.get("image_id") if isinstance(data, dict) else None
     image = f" (image '{image_id}')" if isinstance(image_id, str) else ""
-    return f"{path}: task {task_id if task_id is not None else f'#{number + 1} (no id)'}{image}"
+    return f"task {task_id if task_id is not None else f'#{number + 1} (no id)'}{image}"
 
 
 def _annotation(item: Any, where: str) -> dict | None:
