@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from s4al.annotation.commands import RunDirArgument, import_answers_command, query, skip
-from s4al import distributed
+from s4al import distributed, rank_checks
 from s4al.report.commands import Network, NetworkOption, compare, export_command, predict_command, report
 from s4al.report.status import cycle_table, dataset_lines, next_lines, percent
 from s4al.config import (
@@ -22,7 +22,7 @@ from s4al.config import (
 from s4al.data import DatasetError, build_dataset
 from s4al.errors import S4alError, reports_error, show_user_warnings, user_errors_reported
 from s4al.text import shell
-from s4al.provenance import record_start
+from s4al.provenance import last_start_processes, record_start
 from s4al.run_folder import RunFolder
 
 if TYPE_CHECKING:
@@ -121,6 +121,7 @@ def train(
     with user_errors_reported():
         dev = distributed.setup_device(cfg.train.device)  # joins torchrun's process group
         _note_inert_settings(cfg, parse_override(overrides or []))
+        rank_checks.given_the_same(cfg)
         with distributed.main_first():  # rank 0 checks and writes the folder; the others wait for it
             folder = RunFolder.for_training(out, cfg) if distributed.is_main() else RunFolder(out)
             if distributed.is_main():
@@ -128,6 +129,9 @@ def train(
         train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
         val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, cfg.seed)
         labelled = [i for i in range(len(train_set)) if train_set.has_label(i)]
+        rank_checks.read_the_same_images({"split 'train'": rank_checks.image_ids(train_set),
+                                          "split 'val'": rank_checks.image_ids(val_set),
+                                          "train images with a label": [train_set.image_id(i) for i in labelled]})
         if not labelled:
             raise DatasetError(f"train split '{cfg.dataset.train_split}' of {cfg.dataset.root}: no image has a label")
         if len(labelled) < len(train_set) and distributed.is_main():
@@ -315,7 +319,8 @@ def status(run_dir: RunDirArgument) -> None:
             console.print(cycle_table(run_dir, folder.summaries(), ledger, phases))
             dataset, refused, masked = dataset_lines(run_dir, cfg, ledger)
             for line in [*dataset, *next_lines(run_dir, cfg, ledger, phases, folder.metrics_log, folder.holder(),
-                                               resume_refused=refused, masked=masked)]:
+                                               resume_refused=refused, masked=masked,
+                                               processes=last_start_processes(folder.starts_log))]:
                 console.print(line)
 
 

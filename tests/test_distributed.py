@@ -353,6 +353,24 @@ def test_nodes_given_other_settings_or_reading_other_images_are_refused_before_a
                           printed)) == 1, printed[-2000:]
 
 
+def test_nodes_of_a_supervised_training_reading_other_labelled_images_are_refused_before_it_trains(tmp_path):
+    from test_own_data import MASKED, make_dataset, own_config
+
+    config = tmp_path / "own.yaml"
+    save_config(own_config(make_dataset(tmp_path / "data")), config)
+    shutil.copytree(tmp_path / "data", tmp_path / "copy")
+    (tmp_path / "copy" / "masks" / f"{MASKED[0]}.png").unlink()  # the copy on one node lacks a mask
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [node(k, endpoint, "train", "--out", str(tmp_path / "full"), "--config", str(config), "--set",
+                  f"dataset.root={tmp_path / root}") for k, root in enumerate(("data", "copy"))]
+    printed = " ".join("".join(n.communicate(timeout=120)[0] for n in nodes).split())
+    assert [n.returncode for n in nodes] == [1, 1], printed[-2000:]
+    count = len(MASKED)
+    assert len(re.findall(rf"train images with a label: rank 1 reads other images than rank 0 \({count - 1} against "
+                          rf"{count}: {MASKED[0]} only on rank 0\)", printed)) == 1, printed[-2000:]
+    assert not (tmp_path / "full" / "checkpoints").exists()
+
+
 def finished_run(run_dir: Path) -> tuple[list, list, dict]:
     """What a run asked, what it measured per cycle, and its final teacher's weights."""
     with ActiveLearningRun(run_dir) as run:

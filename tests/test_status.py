@@ -197,6 +197,18 @@ def test_a_cycle_in_training_says_its_last_evaluation_of_its_epochs(tmp_path):
     assert "cycle 0 has not begun training: no evaluation yet (of 10 epochs)." in status(new)
 
 
+def test_a_cycle_stopped_while_training_under_torchrun_is_told_to_resume_on_as_many_processes(tmp_path):
+    cfg = tiny_config(active={"cycles": 1})
+    run_dir = run_with_phases(tmp_path / "run", cfg, {0: "done", 1: "train"})
+    starts = [{"command": ["s4al", "run"], "processes": 1}, {"command": ["s4al", "run", "--resume"], "processes": 4}]
+    (run_dir / "starts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in starts) + '{"processes": 2')
+    assert status(run_dir).endswith("under torchrun with 4 processes in all, as it was last started: a cycle stopped "
+                                    "while training resumes on as many.\n")  # the line cut by a kill is passed over
+    asking = run_with_phases(tmp_path / "asking", cfg, {0: "acquire"})  # between cycles any number of processes goes on
+    (asking / "starts.jsonl").write_text(json.dumps(starts[1]) + "\n")
+    assert status(asking).endswith(f"Once the dataset is as said above, continue with `s4al run --resume {asking}`.\n")
+
+
 def test_a_finished_run_says_how_to_give_it_more_cycles(tmp_path):
     run_dir = run_with_phases(tmp_path / "run", tiny_config(active={"cycles": 1}), {0: "done", 1: "done"})
     output = status(run_dir)

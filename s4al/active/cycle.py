@@ -32,10 +32,9 @@ from s4al.active.ledger_copy import copy_of
 from s4al.active.oracle import BY_DATASET_MASK, Annotator, GroundTruthOracle
 from s4al.active.phases import CyclePhases
 from s4al.active.summaries import write_summary
-from s4al import distributed
+from s4al import distributed, rank_checks
 from s4al.config import (
-    COMPUTED_ON_RESUME, SAVED_ON_RESUME, ConfigError, RunConfig, config_differences, config_digest, file_digest,
-    flat_config, flattened, nested,
+    SAVED_ON_RESUME, RunConfig, config_differences, config_digest, file_digest, flat_config, nested,
 )
 from s4al.data import DatasetError, build_dataset
 from s4al.data.folder import SPEC_NAMES
@@ -60,26 +59,6 @@ def draw_initial(num_images: int, fraction: float, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(num_images, count, replace=False))
 
 
-# What each node of a job may set for itself: where it finds the data and weights, its device and loaders.
-EACH_NODE_ITS_OWN = ("dataset.root", "model.weights", *COMPUTED_ON_RESUME)
-
-
-def _check_ranks_given_the_same(cfg: RunConfig | None, overrides: dict | None) -> None:
-    """Every rank of a job must be given the same settings (but EACH_NODE_ITS_OWN): one given other
-    cycles or another schedule would wait in a collective the others never reach."""
-    if distributed.world_size() == 1:
-        return
-    given = flat_config(cfg) if cfg is not None else flattened(overrides or {})
-    given = {key: value for key, value in given.items() if key not in EACH_NODE_ITS_OWN}
-    ranks = distributed.gather_objects(given)
-    for rank, theirs in enumerate(ranks[1:], start=1):
-        keys = sorted(key for key in ranks[0].keys() | theirs.keys() if ranks[0].get(key) != theirs.get(key))
-        if keys:
-            shown = [f"{key}: {theirs.get(key)!r} (rank 0: {ranks[0].get(key)!r})" for key in keys]
-            raise ConfigError(f"rank {rank} was given other settings than rank 0, {first_of(shown, 3)}: every process "
-                              f"of a job runs the same command (each node may set only {', '.join(EACH_NODE_ITS_OWN)})")
-
-
 class ActiveLearningRun(AbstractContextManager):
     """A run of the cycle in its run folder (s4al/run_folder.py). `cfg` makes a new run, or must
     equal the saved one; without it the run folder's config is resumed, with `overrides` limited to
@@ -95,13 +74,13 @@ class ActiveLearningRun(AbstractContextManager):
         overrides: dict | None = None,
     ):
         self.progress = progress
-        _check_ranks_given_the_same(cfg, overrides)
+        rank_checks.given_the_same(cfg, overrides)
         with distributed.main_first():  # rank 0 writes the config (and downloads data); the others read it
             self.folder = self._folder(Path(run_dir), cfg)
             self.run_dir = self.folder.path
             self.cfg = self.folder.config(overrides)
             if cfg is not None:  # a rank other than 0 keeps its node's own paths and device
-                if config_differences(cfg, self.cfg, () if distributed.is_main() else EACH_NODE_ITS_OWN):
+                if config_differences(cfg, self.cfg, () if distributed.is_main() else rank_checks.EACH_NODE_ITS_OWN):
                     raise RunFolderError(f"{self.folder.config_path}: this run folder was made with another config; "
                                          "use --resume or a new --out")
                 self.cfg = cfg
@@ -121,7 +100,9 @@ class ActiveLearningRun(AbstractContextManager):
             self.additions = NO_ADDITIONS  # images and masks added to the dataset, not yet in the run (rank 0's)
             self.evaluation_labels_read = False  # by this process, before it trains (_check_evaluation_labels)
             self.capped_said: set[int] = set()  # cycles whose capped region settings this process said
-        self._check_ranks_see_the_same_images()
+        rank_checks.read_the_same_images({f"split '{name}'": rank_checks.image_ids(split) for name, split in
+                                          (("train", self.train_set), ("val", self.val_set), ("test", self.test_set))
+                                          if split is not None})
         if distributed.is_main():  # the other ranks take a copy of what it reads and writes
             self.ledger = self._open_ledger()
             self.phases = CyclePhases(self.ledger)
@@ -130,26 +111,6 @@ class ActiveLearningRun(AbstractContextManager):
         if annotator is None and self.cfg.active.annotator == "oracle":
             annotator = GroundTruthOracle(self._dataset_label)
         self.annotator = annotator
-
-    def _check_ranks_see_the_same_images(self) -> None:
-        """Every rank must read the same images (its own dataset.root, as nodes mount data where
-        they do): pool scores are gathered by dataset position, so one image more on one rank
-        would ask the wrong regions."""
-        if distributed.world_size() == 1:
-            return
-        splits = {name: [split.image_id(i) for i in range(len(split))]
-                  for name, split in (("train", self.train_set), ("val", self.val_set), ("test", self.test_set))
-                  if split is not None}
-        ranks = distributed.gather_objects(splits)
-        for rank, theirs in enumerate(ranks[1:], start=1):
-            for name, ids in ranks[0].items():
-                if theirs.get(name) != ids:
-                    only = [f"{i} only on rank {rank}" for i in sorted(set(theirs.get(name, [])) - set(ids))]
-                    only += [f"{i} only on rank 0" for i in sorted(set(ids) - set(theirs.get(name, [])))]
-                    raise DatasetError(
-                        f"split '{name}': rank {rank} reads other images than rank 0 ({len(theirs.get(name, []))} "
-                        f"against {len(ids)}: {first_of(only or ['the same images in another order'], 3)}); every "
-                        "process of a job must read the same dataset: give each node's dataset.root the same copy")
 
     def _dataset_label(self, image_id: str):
         """The (H, W) label the dataset holds for a train image."""

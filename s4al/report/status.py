@@ -77,11 +77,12 @@ def asking_text(asking: dict) -> str:
 
 def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhases,
                metrics_log: Path | None = None, holder: str | None = None, resume_refused: bool = False,
-               masked: Collection[str] = ()) -> list[str]:
+               masked: Collection[str] = (), processes: int = 1) -> list[str]:
     """The cycle in progress and what to run next. With `metrics_log`, a cycle still training says
     its last evaluation; with `holder`, the process at work on the run is named; `resume_refused`:
     the dataset as it is now would be refused (dataset_lines says why); `masked`: pool images given
-    a mask since, whose asked regions the mask answers as the run resumes."""
+    a mask since, whose asked regions the mask answers as the run resumes; `processes`: those of
+    the run's last start, which a cycle stopped while training must resume on."""
     cycle = phases.last_cycle()
     phase = None if cycle is None else phases.phase(cycle)
     asked, masked = ledger.asked(), set(masked)
@@ -105,7 +106,9 @@ def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhase
     if not holder:
         first = ("Once the dataset is as said above, continue" if resume_refused
                  else "Once the lost answers are written again, continue" if needed else "Continue")
-        lines.append(f"{first} with `s4al run --resume {shell(run_dir)}`.")
+        launcher = (f" under torchrun with {processes} processes in all, as it was last started: a cycle stopped "
+                    "while training resumes on as many" if processes > 1 and phase in (None, "train") else "")
+        lines.append(f"{first} with `s4al run --resume {shell(run_dir)}`{launcher}.")
     return lines
 
 

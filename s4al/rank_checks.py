@@ -1,0 +1,55 @@
+"""What every rank of a torchrun job must agree on before it trains or asks anything: the
+settings it was given and the images it reads. A rank that differs is refused on every rank (the
+main one prints it), instead of waiting in a collective the others never reach or training and
+scoring other images than rank 0 believes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from s4al import distributed
+from s4al.config import COMPUTED_ON_RESUME, ConfigError, RunConfig, flat_config, flattened
+from s4al.data import DatasetError
+from s4al.text import first_of
+
+# What each node of a job may set for itself: where it finds the data and weights, its device and loaders.
+EACH_NODE_ITS_OWN = ("dataset.root", "model.weights", *COMPUTED_ON_RESUME)
+
+
+def given_the_same(cfg: RunConfig | None, overrides: dict | None = None) -> None:
+    """Every rank must be given the same settings (but EACH_NODE_ITS_OWN): `cfg`, or a resume's
+    `overrides`. One given other cycles or another schedule would wait in a collective the others
+    never reach."""
+    if distributed.world_size() == 1:
+        return
+    given = flat_config(cfg) if cfg is not None else flattened(overrides or {})
+    given = {key: value for key, value in given.items() if key not in EACH_NODE_ITS_OWN}
+    ranks = distributed.gather_objects(given)
+    for rank, theirs in enumerate(ranks[1:], start=1):
+        keys = sorted(key for key in ranks[0].keys() | theirs.keys() if ranks[0].get(key) != theirs.get(key))
+        if keys:
+            shown = [f"{key}: {theirs.get(key)!r} (rank 0: {ranks[0].get(key)!r})" for key in keys]
+            raise ConfigError(f"rank {rank} was given other settings than rank 0, {first_of(shown, 3)}: every process "
+                              f"of a job runs the same command (each node may set only {', '.join(EACH_NODE_ITS_OWN)})")
+
+
+def image_ids(dataset) -> list[str]:
+    return [dataset.image_id(i) for i in range(len(dataset))]
+
+
+def read_the_same_images(images: Mapping[str, list[str]]) -> None:
+    """Every rank must read the same images ({what: image ids}, e.g. {"split 'train'": ...}), each
+    from its own dataset.root as nodes mount data where they do: batches are drawn and pool scores
+    gathered by dataset position, so one image more on one rank would train on or ask for others."""
+    if distributed.world_size() == 1:
+        return
+    ranks = distributed.gather_objects(dict(images))
+    for rank, theirs in enumerate(ranks[1:], start=1):
+        for what, ids in ranks[0].items():
+            if theirs.get(what) != ids:
+                only = [f"{i} only on rank {rank}" for i in sorted(set(theirs.get(what, [])) - set(ids))]
+                only += [f"{i} only on rank 0" for i in sorted(set(ids) - set(theirs.get(what, [])))]
+                raise DatasetError(
+                    f"{what}: rank {rank} reads other images than rank 0 ({len(theirs.get(what, []))} "
+                    f"against {len(ids)}: {first_of(only or ['the same images in another order'], 3)}); every "
+                    "process of a job must read the same dataset: give each node's dataset.root the same copy")
