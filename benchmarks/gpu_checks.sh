@@ -2,7 +2,7 @@
 # The GPU checks in one command, for a machine without internet access:
 #   1. the CUDA tests (CUDA graphs first, then the fast path, on-device scoring, divergence);
 #   2. speed.py on the GPU: fast path eager and with CUDA graphs, loader path, side by side;
-#   3. the paper-protocol comparison (label_efficiency.py --gpu-window) in the time that is left, but
+#   3. the paper-protocol comparison (label_efficiency.py --time-limit) in the time that is left, but
 #      for the runs whose results are committed with the same configuration (--done).
 # Everything it writes goes to OUT, the label-efficiency results and logs as one archive. It exits
 # non-zero if a stage failed or ran out of time (runs stopped at the limit: the comparison's rc 3).
@@ -103,7 +103,7 @@ if stage compare; then
     else
         echo "== 3. label efficiency, $protocol, ${methods[*]}: ${window} s"
         "$python" benchmarks/label_efficiency.py --protocol "$protocol" --name "$name" "${data[@]}" --methods "${methods[@]}" \
-            "${overrides[@]}" --seeds ${SEEDS:-0} --gpu-window "$window" --parallel "$parallel" --results "$out/label_efficiency" \
+            "${overrides[@]}" --seeds ${SEEDS:-0} --time-limit "$window" --parallel "$parallel" --results "$out/label_efficiency" \
             --done benchmarks/results/label_efficiency --work "$work" 2>&1 | tee "$out/compare.log" | tail -30
         check compare "${PIPESTATUS[0]}"
         # the results and the runs' logs as one file (OUT takes few files); kept as they are if that fails

@@ -6,7 +6,7 @@ same seeds, network and iteration budget for every method, and the product's def
 One JSON result per (protocol, method, seed) goes to RESULTS/<protocol>/<method>_seed<k>.json;
 existing results are skipped, and each run lives in WORK/<protocol>/<method>_seed<k>/, which a
 rerun resumes (the active-learning run folder checkpoints itself), so a killed benchmark continues
-where it stopped. `--gpu-window SECONDS --parallel K` runs K of them side by side as separate
+where it stopped. `--time-limit SECONDS --parallel K` runs K of them side by side as separate
 processes and stops them before SECONDS; a run that would fit a whole window but not the time left
 (by what the same method took with other seeds: `expected_seconds`) is left to the rerun.
 `summarize.py` turns the results into tables and plots.
@@ -352,17 +352,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
                         help="CamVid; with a test/ split, test mIoU is reported too; default: %(default)s")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="encoder weights; default: %(default)s")
-    parser.add_argument("--gpu-window", type=float, metavar="SECONDS",
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
                         help="run each (method, seed) as its own process, --parallel at a time on the one "
                              "device, and stop them all before SECONDS; a rerun skips what finished and "
                              "resumes the rest")
     parser.add_argument("--parallel", type=int, default=1, metavar="K",
-                        help="with --gpu-window: runs side by side (on each GPU of --gpus); default: %(default)s")
+                        help="with --time-limit: runs side by side (on each GPU of --gpus); default: %(default)s")
     parser.add_argument("--gpus", nargs="+", default=[], metavar="ID",
-                        help="with --gpu-window: spread the runs over these GPUs (CUDA_VISIBLE_DEVICES ids), "
+                        help="with --time-limit: spread the runs over these GPUs (CUDA_VISIBLE_DEVICES ids), "
                              "--parallel on each")
     parser.add_argument("--side-by-side", type=int, default=1, metavar="K",
-                        help="set by --gpu-window for its runs: how many shared the device (recorded)")
+                        help="set by --time-limit for its runs: how many shared the device (recorded)")
     parser.add_argument("--no-share-cycle0", action="store_true",
                         help="train every run's cycle 0, also where another run of the seed has trained the same "
                              "one (by default its final checkpoint is reused)")
@@ -376,13 +376,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--set needs a --name, so variants never mix with the protocol's results")
     if args.name is not None and args.protocol and not args.name.startswith(f"{args.protocol}_"):
         parser.error(f"--name must start with '{args.protocol}_': results name the protocol they extend")
-    if args.parallel < 1 or (args.parallel > 1 and args.gpu_window is None):
-        parser.error("--parallel K needs K >= 1 and --gpu-window")
-    if args.gpus and (args.gpu_window is None or len(set(args.gpus)) < len(args.gpus)
+    if args.parallel < 1 or (args.parallel > 1 and args.time_limit is None):
+        parser.error("--parallel K needs K >= 1 and --time-limit")
+    if args.gpus and (args.time_limit is None or len(set(args.gpus)) < len(args.gpus)
                       or any(not gpu or "," in gpu or gpu != "".join(gpu.split()) for gpu in args.gpus)):
-        parser.error("--gpus needs --gpu-window and each GPU once, one ID an argument (--gpus 0 1)")
-    if args.gpu_window is not None and not 0 < args.gpu_window < math.inf:
-        parser.error(f"--gpu-window {args.gpu_window:g}: give the seconds the runs may take, a positive number")
+        parser.error("--gpus needs --time-limit and each GPU once, one ID an argument (--gpus 0 1)")
+    if args.time_limit is not None and not 0 < args.time_limit < math.inf:
+        parser.error(f"--time-limit {args.time_limit:g}: give the seconds the runs may take, a positive number")
     if args.seeds and min(args.seeds) < 0:
         parser.error(f"--seeds: a seed is a number >= 0, got {min(args.seeds)}")
     try:
@@ -406,7 +406,7 @@ def print_list() -> None:
 
 
 def single_run_argv(args: argparse.Namespace, method: str, seed: int) -> tuple[str, ...]:
-    """This script's command line for one (method, seed) of `args`, as --gpu-window starts it."""
+    """This script's command line for one (method, seed) of `args`, as --time-limit starts it."""
     argv = [sys.executable, str(Path(__file__).resolve()), "--protocol", args.protocol, "--methods", method,
             "--seeds", str(seed), "--results", str(args.results), "--work", str(args.work),
             "--data-root", str(args.data_root), "--weights", str(args.weights), "--side-by-side", str(args.parallel)]
@@ -463,7 +463,7 @@ def _cost(result_file: Path) -> dict | None:
 def run_in_window(args: argparse.Namespace, name: str, todo: list[tuple[str, int, RunConfig]],
                   mates: dict[tuple[str, int], list[str]]) -> int:
     jobs = window_jobs(args, name, todo, mates)
-    outcome = run_window(jobs, args.gpu_window, args.parallel, report=lambda line: print(line, flush=True),
+    outcome = run_window(jobs, args.time_limit, args.parallel, report=lambda line: print(line, flush=True),
                          gpus=args.gpus)
     for what, labels in (("finished", outcome.finished), ("failed", outcome.failed),
                          ("stopped at the limit (rerun to resume)", outcome.stopped),
@@ -532,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{name} {method} seed {seed}] skipped: {done} holds it", flush=True)
         else:
             todo.append((method, seed, cfg, out))
-    if args.gpu_window is not None:
+    if args.time_limit is not None:
         return run_in_window(args, name, [(method, seed, cfg) for method, seed, cfg, _ in todo], mates)
     failed = []
     for method, seed, cfg, out in todo:

@@ -1,5 +1,5 @@
 """The benchmark scripts at smoke size, through their command-line entry points (in this process,
-to pay torch's import once, except where --gpu-window starts its own processes):
+to pay torch's import once, except where --time-limit starts its own processes):
 label_efficiency.py (a time-limited window of runs side by side, skip-if-exists, resume, a
 variant, the test split, one cycle 0 for runs that differ only in acquisition), summarize.py (tables, paired differences, the README's table),
 window.py (the scheduler, on plain processes), speed.py --smoke and jpeg_camvid.py."""
@@ -58,7 +58,7 @@ def bench_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bench")
     with pytest.MonkeyPatch.context() as patch:  # two processes on a few cores: a thread each, not a waiting crowd
         patch.setenv("OMP_NUM_THREADS", "1")
-        run_smoke_protocol(root, "--gpu-window", "240", "--parallel", "2")
+        run_smoke_protocol(root, "--time-limit", "240", "--parallel", "2")
     return root
 
 
@@ -88,7 +88,7 @@ def test_rerunning_a_window_skips_what_exists_and_starts_nothing(bench_root, cap
     log = bench_root / "work" / "smoke" / "logs" / "sup_10_seed0.log"
     before = log.read_text()
     started = time.monotonic()
-    run_smoke_protocol(bench_root, "--gpu-window", "240", "--parallel", "2")
+    run_smoke_protocol(bench_root, "--time-limit", "240", "--parallel", "2")
     assert time.monotonic() - started < 5  # no process started
     out = capsys.readouterr().out
     assert "full_supervised seed 0] skipped" in out and "sup_10 seed 0] skipped" in out
@@ -114,7 +114,7 @@ def test_results_made_before_with_the_same_configuration_are_done_elsewhere_too(
     assert not label_efficiency.made_with(tmp_path / "none.json", cfg)
     started = time.monotonic()
     run_script(label_efficiency, "--protocol", "smoke", "--methods", "full_supervised", "sup_10", "--results",
-               tmp_path / "new", "--work", tmp_path / "work", "--done", bench_root / "results", "--gpu-window", "60")
+               tmp_path / "new", "--work", tmp_path / "work", "--done", bench_root / "results", "--time-limit", "60")
     assert time.monotonic() - started < 5 and "sup_10 seed 0] skipped: " in capsys.readouterr().out
     assert not (tmp_path / "new").exists()
 
@@ -122,12 +122,12 @@ def test_results_made_before_with_the_same_configuration_are_done_elsewhere_too(
 def test_a_window_that_stops_runs_says_so_in_its_exit_status_and_names_each_run_once(tmp_path):
     args = label_efficiency.parse_args(["--protocol", "smoke", "--methods", "sup_10", "sup_10", "--seeds", "0", "0"])
     assert (args.methods, args.seeds) == (["sup_10"], [0])
-    window = ["--gpu-window", "60"]
+    window = ["--time-limit", "60"]
     for gpus in (["--gpus", "0", "1"], ["--gpus", "0", "0", *window], ["--gpus", "0,1", *window], ["--gpus", "0 1", *window]):
         with pytest.raises(SystemExit):
             label_efficiency.parse_args(["--protocol", "smoke", *gpus])
     status = label_efficiency.main(["--protocol", "smoke", "--methods", "sup_10", "--results", str(tmp_path / "r"),
-                                    "--work", str(tmp_path / "w"), "--gpu-window", "4"])
+                                    "--work", str(tmp_path / "w"), "--time-limit", "4"])
     assert status == 3 and not (tmp_path / "r").exists()  # stopped at the limit: no result, not a failure (1)
 
 
@@ -137,7 +137,7 @@ def test_a_window_expects_a_run_to_take_what_the_method_took_with_other_seeds_al
 
     def expected(*flags, seed=1, overrides=None):
         args = label_efficiency.parse_args(["--protocol", "smoke", "--results", str(bench_root / "results"), "--work",
-                                            str(tmp_path / "work"), "--gpu-window", "60", *flags])
+                                            str(tmp_path / "work"), "--time-limit", "60", *flags])
         cfg = label_efficiency.method_config(label_efficiency.PROTOCOLS["smoke"], label_efficiency.METHODS["sup_10"],
                                              seed, Path("elsewhere"), Path("weights.pth"), overrides or {})
         return label_efficiency.expected_seconds(args, "smoke", "sup_10", seed, cfg)
@@ -168,7 +168,7 @@ def test_a_window_leaves_a_run_that_would_not_finish_in_the_time_left_to_a_rerun
     started = time.monotonic()
     status = label_efficiency.main(["--protocol", "smoke", "--methods", "sup_10", "--seeds", "1", "--results",
                                     str(tmp_path / "r"), "--work", str(tmp_path / "w"), "--done", str(tmp_path / "done"),
-                                    "--gpu-window", "60", "--parallel", "2"])
+                                    "--time-limit", "60", "--parallel", "2"])
     assert status == 3 and time.monotonic() - started < 10  # nothing ran, and nothing was waited for
     out = capsys.readouterr().out
     assert "sup_10 seed 1 not started: expected to take 57 s, 57 s left" in out
@@ -214,8 +214,8 @@ def test_a_set_variant_goes_to_its_own_folder_with_its_overrides(bench_root):
 
 
 @pytest.mark.parametrize("argv, problem", [
-    (["--gpu-window", "-1"], "--gpu-window -1: give the seconds the runs may take, a positive number"),
-    (["--gpu-window", "nan"], "--gpu-window nan: give the seconds"),
+    (["--time-limit", "-1"], "--time-limit -1: give the seconds the runs may take, a positive number"),
+    (["--time-limit", "nan"], "--time-limit nan: give the seconds"),
     (["--seeds", "-1"], "--seeds: a seed is a number >= 0, got -1"),
     (["--set", "train", "--name", "smoke_x"], "--set: override 'train' must look like section.key=value"),
 ])
@@ -412,7 +412,7 @@ def test_a_lender_with_other_initial_labels_or_pool_is_refused(lent_root, tmp_pa
 
 def test_a_window_starts_a_run_after_its_mate_and_prefers_it_once_the_mates_cycle_0_is_done(lent_root, tmp_path):
     def jobs(*flags):
-        args = label_efficiency.parse_args(["--protocol", "smoke", "--work", str(tmp_path), "--gpu-window", "60", *flags])
+        args = label_efficiency.parse_args(["--protocol", "smoke", "--work", str(tmp_path), "--time-limit", "60", *flags])
         mates = {} if args.no_share_cycle0 else label_efficiency.all_cycle0_mates(
             label_efficiency.PROTOCOLS["smoke"], (0,), args, {})
         todo = [(method, 0, label_efficiency.method_config(label_efficiency.PROTOCOLS["smoke"],
