@@ -129,8 +129,8 @@ def train(
         train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
         val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, cfg.seed)
         labelled = [i for i in range(len(train_set)) if train_set.has_label(i)]
-        rank_checks.read_the_same_images({"split 'train'": rank_checks.image_ids(train_set),
-                                          "split 'val'": rank_checks.image_ids(val_set),
+        rank_checks.read_the_same_images({"split 'train'": train_set.image_ids(),
+                                          "split 'val'": val_set.image_ids(),
                                           "train images with a label": [train_set.image_id(i) for i in labelled]})
         if not labelled:
             raise DatasetError(f"train split '{cfg.dataset.train_split}' of {cfg.dataset.root}: no image has a label")

@@ -33,10 +33,6 @@ def given_the_same(cfg: RunConfig | None, overrides: dict | None = None) -> None
                               f"of a job runs the same command (each node may set only {', '.join(EACH_NODE_ITS_OWN)})")
 
 
-def image_ids(dataset) -> list[str]:
-    return [dataset.image_id(i) for i in range(len(dataset))]
-
-
 def read_the_same_images(images: Mapping[str, list[str]]) -> None:
     """Every rank must read the same images ({what: image ids}, e.g. {"split 'train'": ...}), each
     from its own dataset.root as nodes mount data where they do: batches are drawn and pool scores

@@ -198,7 +198,7 @@ def test_resume_with_unanswered_regions_says_how_to_go_on_and_skipping_them_lets
     train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
     masks = tmp_path / "masks"
     masks.mkdir()
-    label = train_set.load([train_set.image_id(i) for i in range(len(train_set))].index(first_image)).label
+    label = train_set.load(train_set.image_ids().index(first_image)).label
     assert label.shape == size
     Image.fromarray(label).save(masks / f"{first_image}.png")
     answered = [r.region_id for r in asked if r.image_id == first_image]

@@ -29,7 +29,7 @@ def root(tmp_path):
 
 
 def ids(dataset):
-    return [dataset.image_id(i) for i in range(len(dataset))]
+    return dataset.image_ids()
 
 
 def test_label_ids_map_to_train_ids(root):

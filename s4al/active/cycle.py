@@ -95,12 +95,12 @@ class ActiveLearningRun(AbstractContextManager):
                     raise
                 raise DatasetError(f"{err}; if the dataset moved: s4al run --resume {shell(self.run_dir)} "
                                    "--set dataset.root=ITS_NEW_FOLDER") from None
-            self.ids = [self.train_set.image_id(i) for i in range(len(self.train_set))]
+            self.ids = self.train_set.image_ids()
             self.index_of = {image_id: i for i, image_id in enumerate(self.ids)}
             self.additions = NO_ADDITIONS  # images and masks added to the dataset, not yet in the run (rank 0's)
             self.evaluation_labels_read = False  # by this process, before it trains (_check_evaluation_labels)
             self.capped_said: set[int] = set()  # cycles whose capped region settings this process said
-        rank_checks.read_the_same_images({f"split '{name}'": rank_checks.image_ids(split) for name, split in
+        rank_checks.read_the_same_images({f"split '{name}'": split.image_ids() for name, split in
                                           (("train", self.train_set), ("val", self.val_set), ("test", self.test_set))
                                           if split is not None})
         if distributed.is_main():  # the other ranks take a copy of what it reads and writes
@@ -171,7 +171,7 @@ class ActiveLearningRun(AbstractContextManager):
     def _note_evaluation_changes(self, ledger: Ledger) -> None:
         """Says where the val or test split holds other images than when the run last opened: the
         cycles evaluated from now on are scored on another set than those before."""
-        now = {split: [dataset.image_id(i) for i in range(len(dataset))]
+        now = {split: dataset.image_ids()
                for split, dataset in (("val", self.val_set), ("test", self.test_set)) if dataset is not None}
         before = ledger.get_meta(EVALUATED_META) or {}
         for split, ids in now.items():

@@ -32,7 +32,7 @@ nothing to import.
 
 from __future__ import annotations
 
-import hashlib
+import os
 import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -47,6 +47,7 @@ from s4al.active.phases import CyclePhases
 from s4al.acquisition.regions import box_masks
 from s4al.active.summaries import rewrite_summaries
 from s4al.annotation.label_studio import BY_LABEL_STUDIO, LeftOut, read_export
+from s4al.config import file_digest
 from s4al.annotation.masks import (
     MIN_PAINTED_SHARE, UNPAINTED, AnswerError, PaintedImage, png_masks, read_png_masks,
 )
@@ -102,7 +103,7 @@ def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> 
             left_out = LeftOut()  # the file's tasks without an annotation, as read
             painted, report = _read(answers_path, ledger.get_meta(CLASSES_META), ledger.get_meta(COLOURS_META), sizes,
                                     left_out)
-            answers, painted_at, source_digests = _answers(ledger, painted, report, left_out)
+            answers, painted_at, source_digests = _answers(ledger, sizes, painted, report, left_out)
             _refuse_label_changes_mid_training(folder, ledger, report, answers_path)
             newly_answered = len(report.answered) - len(report.unskipped)
             report.still_asked = len(ledger.asked()) - newly_answered - len(report.skipped)
@@ -178,13 +179,14 @@ def _read(path: Path, class_names: Sequence[str], class_colours: list | None, si
     raise AnswerError(f"{path}: no such file or folder")
 
 
-def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportReport, left_out: LeftOut,
+def _answers(ledger: Ledger, sizes: dict[str, tuple[int, int]], painted: Iterable[PaintedImage],
+             report: ImportReport, left_out: LeftOut,
              ) -> tuple[list[tuple[int, np.ndarray]], dict[int, str | None], dict[int, str | None]]:
-    """The (region id, label patch) answers of every painted image, when each was painted and the
-    digest of the mask file it was read from; any problem refuses the import. Only the patches are
-    kept, so memory does not grow with the images' full-size maps."""
+    """The (region id, label patch) answers of every painted image (of the ledger's images of
+    `sizes`), when each was painted and the digest of the mask file it was read from; any problem
+    refuses the import. Only the patches are kept, so memory does not grow with the images'
+    full-size maps."""
     num_classes = len(ledger.get_meta(CLASSES_META))
-    sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
     regions = {region.region_id: region for region in ledger.regions()}
     of_image: dict[str, list[Region]] = defaultdict(list)  # in region id order
     for region in regions.values():
@@ -229,6 +231,16 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
         answers += image_answers
         painted_at.update((region_id, image.painted_at) for region_id, _ in image_answers)
         source_digests.update((region_id, digest) for region_id, _ in image_answers)
+    if problems:
+        raise AnswerError(f"answers refused, nothing written: {first_of(problems, MAX_PROBLEMS_SHOWN, '; ')}")
+    _settle(report, regions, taken, left_out, annotated)
+    return answers, painted_at, source_digests
+
+
+def _settle(report: ImportReport, regions: dict[int, Region], taken: dict, left_out: LeftOut,
+            annotated: set[int]) -> None:
+    """The report's lists once the whole file is read: a region counted once however many copies of
+    its task the file holds, and what the file's tasks without an annotation leave asked or answered."""
     for region_id in taken:  # answered by another task of the same image
         report.not_answered.pop(region_id, None)
     # copies of a task name a region once, and not as kept where another copy answers it
@@ -241,9 +253,6 @@ def _answers(ledger: Ledger, painted: Iterable[PaintedImage], report: ImportRepo
                                     and regions[region_id].answered_by == BY_LABEL_STUDIO)
     report.drafted = [task for task, region_ids in left_out.drafted
                       if any(i in regions and regions[i].state == "asked" for i in region_ids)]
-    if problems:
-        raise AnswerError(f"answers refused, nothing written: {first_of(problems, MAX_PROBLEMS_SHOWN, '; ')}")
-    return answers, painted_at, source_digests
 
 
 def _region_problems(image: PaintedImage, sizes: dict, regions: dict[int, Region], run_id: str | None) -> list[str]:
@@ -284,9 +293,7 @@ def _file_digest(path: str) -> str | None:
     """'SIZE:SHA256' of the file at `path`, which any change of its content changes; None where it
     cannot be read (its decoding says why)."""
     try:
-        with open(path, "rb") as file:
-            digest = hashlib.file_digest(file, "sha256").hexdigest()
-            return f"{file.tell()}:{digest}"
+        return f"{os.path.getsize(path)}:{file_digest(Path(path))}"
     except OSError:
         return None
 

@@ -19,7 +19,6 @@ dataset's, outside the run folder, is refused.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from s4al.active.cycle import ActiveLearningRun
 from s4al.active.ledger import RUN_ID, Region
 from s4al.annotation.label_studio import ASKED_COLOUR, labelling_config, task
 from s4al.atomic import atomic_write, output_folder
+from s4al.config import file_digest
 from s4al.data.classes import ClassSet
 from s4al.errors import S4alError
 from s4al.inference import inference_batches
@@ -165,7 +165,7 @@ class PackageRecord:
         path = self.out_dir / name
         if name not in self.files or path.is_symlink() or not path.is_file():
             return False
-        return self.files[name] in (None, _digest(path))
+        return self.files[name] in (None, file_digest(path))
 
     def claim(self, names: list[str]) -> None:
         """Records `names` as being written, before any is: each must be free or the package's."""
@@ -184,7 +184,7 @@ class PackageRecord:
         for name in set(self.files) - set(self.claimed):
             if self.owns(name):
                 (self.out_dir / name).unlink()
-        self.files = {name: _digest(self.out_dir / name) for name in self.claimed if (self.out_dir / name).is_file()}
+        self.files = {name: file_digest(self.out_dir / name) for name in self.claimed if (self.out_dir / name).is_file()}
         self._save()
 
     def _save(self) -> None:
@@ -194,11 +194,6 @@ class PackageRecord:
 
 def _exists(path: Path) -> bool:
     return path.exists() or path.is_symlink()
-
-
-def _digest(path: Path) -> str:
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 @torch.no_grad()

@@ -52,6 +52,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def image_id(self, index: int) -> str:
         raise NotImplementedError
 
+    def image_ids(self) -> list[str]:
+        return [self.image_id(i) for i in range(len(self))]
+
     def image_size(self, index: int) -> tuple[int, int]:
         return self.load_label(index).shape
 
