@@ -17,7 +17,7 @@ from s4al import distributed, rank_checks
 from s4al.report.commands import Network, NetworkOption, compare, export_command, predict_command, report
 from s4al.report.status import cycle_table, dataset_lines, next_lines, percent
 from s4al.config import (
-    CYCLE0_MAY_DIFFER, ConfigError, RunConfig, inert_settings, load_config, parse_override,
+    CYCLE0_MAY_DIFFER, ConfigError, RunConfig, cold_start_notes, inert_settings, load_config, parse_override,
 )
 from s4al.data import DatasetError, build_dataset
 from s4al.errors import S4alError, reports_error, show_user_warnings, user_errors_reported
@@ -57,10 +57,11 @@ def _config(config: str, overrides: list[str] | None) -> RunConfig:
         raise _bad_parameter(str(err), param_hint="--config/--set") from None
 
 
-def _note_inert_settings(cfg: RunConfig, changes: dict) -> None:
-    """A --set that the config's other values make do nothing is noted (once, by the main process)."""
+def _note_inert_settings(cfg: RunConfig, changes: dict, active: bool = False) -> None:
+    """A --set that the config's other values make do nothing is noted (once, by the main process);
+    `active`: of an active-learning run, whose cycles a cold start may cover."""
     if distributed.is_main():
-        for note in inert_settings(cfg, changes):
+        for note in inert_settings(cfg, changes) + (cold_start_notes(cfg, changes) if active else []):
             console.print(f"note: {note}")
 
 
@@ -220,7 +221,7 @@ def run(
         if taken:
             raise _bad_parameter(taken)
         if cfg is not None:
-            _note_inert_settings(cfg, changes)
+            _note_inert_settings(cfg, changes, active=True)
         if cycle0_from is not None:  # refused before the run is made
             _check_cycle0_lender(cycle0_from, run_dir, cfg or RunFolder.open(run_dir, lock=False).config(changes))
         with ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes) as active_run:

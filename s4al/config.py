@@ -483,6 +483,25 @@ def inert_settings(cfg: RunConfig, overrides: dict) -> list[str]:
     return notes
 
 
+COLD_START_KEYS = ("train.epochs", "ssl.cold_start_epochs", "active.final_cycle_epoch_multiplier", "ssl.enabled")
+
+
+def cold_start_notes(cfg: RunConfig, overrides: dict) -> list[str]:
+    """Where `overrides` make the cold start last a whole cycle of an active-learning run: that
+    cycle trains on the labelled images alone, since the pool stream, which carries the pseudo
+    labels and the answered regions, starts after it."""
+    if not cfg.ssl.enabled or not set(COLD_START_KEYS) & set(flattened(overrides)):
+        return []
+    cold = cfg.ssl.cold_start_epochs
+    covered = [cycle for cycle in range(cfg.active.cycles + 1) if cfg.cycle_epochs(cycle) <= cold]
+    if not covered:
+        return []
+    which = ("every cycle" if len(covered) == cfg.active.cycles + 1
+             else f"cycle {covered[0]}" if len(covered) == 1 else f"cycles {first_of(list(map(str, covered)))}")
+    return [f"ssl.cold_start_epochs {cold} lasts the whole of {which}: trained on the labelled images alone, "
+            "without pseudo labels or the answered regions (those train with the pool images, after the cold start)"]
+
+
 def nested(flat: dict) -> dict:
     """{"a.b": 1} -> {"a": {"b": 1}}"""
     out: dict = {}

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from s4al.acquisition.scores import SCORE_FUNCTIONS
-from s4al.config import PRESETS, ConfigError, inert_settings, load_config, load_run_config, parse_override, save_config, saved_config
+from s4al.config import PRESETS, ConfigError, cold_start_notes, inert_settings, load_config, load_run_config, parse_override, save_config, saved_config
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -250,6 +250,23 @@ def test_removed_options_are_dropped_at_the_value_kept_and_refused_at_any_other(
         saved_config(old, "old/config.yaml")
     with pytest.raises(ConfigError, match=r"train\.sync_bn"):
         load_config("demo", {"train": {"sync_bn": True}})  # a user's file: an unknown key
+
+
+def test_a_cold_start_lasting_whole_cycles_is_named_with_what_they_do_not_train_on():
+    def notes(**sections):  # demo: 2 cycles of 6 epochs and a final one of 12, a cold start of 2 epochs
+        return cold_start_notes(load_config("demo", sections), sections)
+
+    said = ": trained on the labelled images alone, without pseudo labels or the answered regions (those train with " \
+           "the pool images, after the cold start)"
+    assert notes(train={"epochs": 2}) == [f"ssl.cold_start_epochs 2 lasts the whole of cycles 0, 1{said}"]
+    assert notes(train={"epochs": 5}, ssl={"cold_start_epochs": 6}) == [
+        f"ssl.cold_start_epochs 6 lasts the whole of cycles 0, 1{said}"]  # the last: 10 epochs
+    assert notes(train={"epochs": 5}, ssl={"cold_start_epochs": 10}) == [
+        f"ssl.cold_start_epochs 10 lasts the whole of every cycle{said}"]
+    assert notes(active={"cycles": 1, "final_cycle_epoch_multiplier": 0.25}) == [
+        f"ssl.cold_start_epochs 2 lasts the whole of cycle 1{said}"]  # round(6 x 0.25) = 2 epochs
+    assert notes(train={"epochs": 3}) == [] and notes(active={"cycles": 4}) == []
+    assert notes(train={"epochs": 2}, ssl={"enabled": False}) == []  # no pool stream to wait for
 
 
 def test_a_setting_the_other_values_make_do_nothing_is_named():
