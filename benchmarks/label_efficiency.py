@@ -199,13 +199,18 @@ def any_cycle0_done(run_dirs: list[Path]) -> bool:
     return any(map(cycle0_done, run_dirs))
 
 
+def cycle0_record(run_dir: Path) -> Path:
+    """Beside a benchmark run's folder: the run that trained its cycle 0, where it took it from one."""
+    return run_dir.with_name(run_dir.name + ".cycle0_from.json")
+
+
 def adopt_cycle0(run, lenders: dict[str, Path], record: Path, label: str) -> None:
     """Before `run` (an ActiveLearningRun) trains its cycle 0: the first lender whose cycle 0 is
     finished and provably the same training (the same initial labels and pool, a final checkpoint
     trained with a config equal but for CYCLE0_MAY_DIFFER) gives that checkpoint, which `run` adopts
-    as its own; the trainer resumes it at its last step and trains nothing. `record` names the
-    lender and its cycle-0 train seconds. A run whose cycle 0 has begun keeps its own; without a
-    lender it trains cycle 0 itself."""
+    as its own; the trainer resumes it at its last step and trains nothing. `record` names the run
+    that trained that cycle 0 (the lender's own lender, where it took it too) and its train seconds.
+    A run whose cycle 0 has begun keeps its own; without a lender it trains cycle 0 itself."""
     from s4al.train.checkpoint import AdoptionRefused, adopt_final_checkpoint
 
     if run.folder.checkpoint_path(0).exists():
@@ -215,8 +220,12 @@ def adopt_cycle0(run, lenders: dict[str, Path], record: Path, label: str) -> Non
         lender = RunFolder(path)
         if not cycle0_done(path):
             continue
-        lender_seconds = json.loads(lender.cycle_summary_path(0).read_text())["train_seconds"]
-        write_json(record, {"run": name, "train_seconds": lender_seconds})  # before the checkpoint that makes it true
+        trained_by = cycle0_record(path)
+        if trained_by.exists():  # the lender took it from another in turn
+            write_json(record, json.loads(trained_by.read_text()))  # before the checkpoint that makes it true
+        else:
+            write_json(record, {"run": name, "train_seconds": json.loads(lender.cycle_summary_path(0).read_text())[
+                "train_seconds"]})
         try:
             adopt_final_checkpoint(path, run.run_dir, run.cfg, cycle=0, may_differ=CYCLE0_MAY_DIFFER)
         except AdoptionRefused as refused:
@@ -296,7 +305,7 @@ def run_one(name: str, method: str, seed: int, cfg: RunConfig, work: Path, out: 
     resumed = RunFolder(run_dir).config_path.exists()
     label = f"[{name} {method} seed {seed}]"
     progress = Progress(label)
-    record = run_dir.with_name(run_dir.name + ".cycle0_from.json")
+    record = cycle0_record(run_dir)
     started = time.perf_counter()
     try:
         with ActiveLearningRun(run_dir, cfg, progress=progress) as run:
@@ -343,7 +352,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(repeatable); needs --name")
     parser.add_argument("--name", help="results and run subfolder, PROTOCOL_SOMETHING, for a variant or other "
                                        "data (default: the protocol)")
-    parser.add_argument("--results", type=Path, default=RESULTS / "label_efficiency", help="default: %(default)s")
+    parser.add_argument("--results", type=Path, help=f"default: {(RESULTS / 'label_efficiency').relative_to(REPO)}, "
+                                                      "the committed results (smoke: WORK/results)")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench", help="run folders; default: %(default)s")
     parser.add_argument("--done", type=Path, metavar="RESULTS",
                         help="results made before (a folder like --results'): a run whose result file is there, "
@@ -368,6 +378,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "one (by default its final checkpoint is reused)")
     parser.add_argument("--list", action="store_true", help="print the protocols and methods, then exit")
     args = parser.parse_args(argv)
+    if args.results is None:  # the smoke protocol checks the benchmark: its results never join the committed ones
+        args.results = args.work / "results" if args.protocol == "smoke" else RESULTS / "label_efficiency"
     args.methods = list(dict.fromkeys(args.methods))  # a run named twice is run once
     args.seeds = args.seeds and list(dict.fromkeys(args.seeds))
     if not args.list and args.protocol is None:

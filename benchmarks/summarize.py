@@ -112,12 +112,13 @@ def _cycles_text(runs: list[dict]) -> str:
 
 
 def device_minutes(runs: list[dict]) -> str:
-    """Mean wall minutes per run and the device; '+' where a run's earlier invocations are unknown."""
+    """Mean wall minutes per run and the device, a cycle 0 taken from another run counted at the
+    seconds it trained there; '+' where a run's earlier invocations are unknown."""
     minutes, devices, unknown = [], set(), False
     for r in runs:
         cost = r.get("cost")
         if cost:
-            minutes.append(cost["wall_seconds"] / 60)
+            minutes.append((cost["wall_seconds"] + cost.get("cycle0_lender_train_seconds", 0)) / 60)
             devices.add(f"{cost['device']}, {cost['side_by_side']} side by side" if cost["side_by_side"] > 1
                         else cost["device"])
         else:
@@ -152,8 +153,9 @@ def main_table(groups: dict[str, list[dict]]) -> str:
 
 
 def pairs(groups: dict[str, list[dict]]) -> list[tuple[str, str]]:
-    """PAIRS, then each method beyond the main comparison (an ablation, a variant) against S4AL."""
-    return [*PAIRS, *((m, "s4al") for m in groups if m not in MAIN_METHODS)]
+    """PAIRS, then S4AL against each method beyond the main comparison (an ablation, a variant): every
+    difference is S4AL's mIoU minus the other's."""
+    return [*PAIRS, *(("s4al", m) for m in groups if m not in MAIN_METHODS)]
 
 
 def pairs_table(groups: dict[str, list[dict]]) -> str:

@@ -349,6 +349,11 @@ def smoke_result(root: Path, method: str) -> dict:
     return json.loads((root / "results" / "smoke" / f"{method}_seed0.json").read_text())
 
 
+def test_smoke_results_go_to_the_work_folder_never_to_the_committed_ones(tmp_path):
+    assert label_efficiency.parse_args(["--protocol", "smoke", "--work", str(tmp_path)]).results == tmp_path / "results"
+    assert label_efficiency.parse_args(["--list"]).results == label_efficiency.RESULTS / "label_efficiency"
+
+
 def test_a_run_resumes_the_same_cycle_0_of_another_and_names_it(lent_root):
     lender, borrower = smoke_result(lent_root, "s4al"), smoke_result(lent_root, "region_random_ssl")
     assert lender["cycle0_from"] is None and borrower["cycle0_from"] == "s4al_seed0"
@@ -367,6 +372,17 @@ def test_a_run_resumes_the_same_cycle_0_of_another_and_names_it(lent_root):
     cycle0_lines = [[line for line in f.metrics_log.read_text().splitlines() if '"cycle": 0' in line]
                     for f in folders.values()]
     assert cycle0_lines[0] == cycle0_lines[1] and len(cycle0_lines[0]) == 1
+
+
+def test_a_run_taking_cycle_0_from_a_borrower_names_the_run_that_trained_it_and_its_seconds(lent_root, tmp_path,
+                                                                                              capsys):
+    work = lent_root / "work" / "smoke"
+    run = ActiveLearningRun(tmp_path / "margin", smoke_config("s4al_margin"))
+    record = tmp_path / "margin.cycle0_from.json"
+    label_efficiency.adopt_cycle0(run, {"region_random_ssl_seed0": work / "region_random_ssl_seed0"}, record, "[x]")
+    assert capsys.readouterr().out == "[x] cycle 0 from region_random_ssl_seed0: its final checkpoint, the same training\n"
+    assert json.loads(record.read_text()) == {"run": "s4al_seed0",
+                                              "train_seconds": smoke_result(lent_root, "s4al")["cycles"][0]["train_seconds"]}
 
 
 def test_without_sharing_a_run_trains_its_own_cycle_0_to_the_same_results(lent_root, tmp_path):
@@ -482,9 +498,13 @@ def test_the_paired_table_and_the_verdict_say_what_the_seeds_allow():
     assert rows[3] == "| s4al − ssl_10 | 0: +5.0 | +5.0 | n/a |" and len(rows) == 4  # no s4al_paper
     variant = {"s4al_margin": [fake_run("s4al_margin", s, m, 0.138) for s, m in ((1, 0.48), (2, 0.45))]}
     assert summarize.pairs_table({**groups, **variant}).splitlines()[4:] == [
-        "| s4al_margin − s4al | 1: +1.0, 2: -1.0 | +0.0 | -12.7 to +12.7 |"]  # t(1) = 12.706: ±12.706 * 1.414 / 1.414
+        "| s4al − s4al_margin | 1: -1.0, 2: +1.0 | +0.0 | -12.7 to +12.7 |"]  # t(1) = 12.706: ±12.706 * 1.414 / 1.414
     assert "| s4al | 0, 1, 2 | 13.80 | 47.7 ± 2.1 | 95.3% | 10 min (NVIDIA H200, 3 side by side) |" in (
         summarize.main_table(groups))
+    for run in groups["region_random_ssl"][:2]:  # cycle 0 taken from s4al, which trained it for 3 and 6 minutes
+        run["cost"]["cycle0_lender_train_seconds"] = 180.0 * (run["seed"] + 1)
+    assert "| region_random_ssl | 0, 1, 2 | 13.80 | 46.0 ± 2.6 | 92.0% | 13 min (NVIDIA H200, 3 side by side) |" in (
+        summarize.main_table(groups))  # (13 + 16 + 10) / 3
     verdict = summarize.verdict("paper", groups)
     assert verdict.startswith("`paper`: missing sup_10 seeds 0, 1, 2; ssl_10 seeds 1, 2; s4al_paper seeds 0, 1, 2.")
     assert ("at 95.3% of full supervision with 13.8% of the pixels: it does not meet the paper's 97% at 13.8%; its mean "
