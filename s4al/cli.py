@@ -234,7 +234,10 @@ def run(
                               f"{active_run.additions.text()}")
             with _monitor(active_run.folder, quiet, f"s4al run --resume {shell(run_dir)}") as monitor:
                 active_run.progress = monitor
-                active_run.run()
+                try:
+                    active_run.run()
+                except DatasetError as err:  # met as the run goes on: its folder is made, a new --out is refused
+                    raise DatasetError(f"{err}; once mended, `s4al run --resume {shell(run_dir)}` goes on") from None
             if distributed.is_main():
                 _print_run(active_run, run_dir)
         distributed.leave()

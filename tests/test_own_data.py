@@ -2,6 +2,7 @@
 (`active.initial: labelled`): the masked train images are the initial labelled set, the others the
 pool; a human answers through a folder of class-id PNGs, and resuming finishes the run."""
 
+import re
 import shutil
 import unicodedata
 import warnings
@@ -325,7 +326,7 @@ def test_a_pool_image_resized_after_the_run_was_made_is_refused_naming_it(tmp_pa
         ActiveLearningRun(run_dir)
 
 
-def test_a_bad_validation_mask_is_refused_before_training_not_at_the_first_evaluation(tmp_path):
+def test_bad_masks_are_refused_all_together_before_training_not_at_the_batch_or_evaluation_meeting_them(tmp_path):
     root = make_dataset(tmp_path / "data")
     save(root / "masks" / "v1.png", np.full((H, W), 7, np.uint8))  # class 7 of 3
     run_dir = tmp_path / "run"
@@ -333,7 +334,21 @@ def test_a_bad_validation_mask_is_refused_before_training_not_at_the_first_evalu
     with pytest.raises(DatasetError, match=r"masks/v1.png: label values \[7\] are outside the valid set"):
         ActiveLearningRun(run_dir, own_config(root, cycles=1), progress=seen.append).run()
     assert not [info for info in seen if info["event"] == "step"]  # not one step trained
-    save(root / "masks" / "v1.png", np.zeros((H, W), np.uint8))
+    save(root / "masks" / "m0.png", np.zeros((H // 2, W), np.uint8))  # and two of the labelled train images'
+    save(root / "masks" / "m2.png", np.full((H, W), 9, np.uint8))
+    with pytest.raises(DatasetError) as refused:
+        ActiveLearningRun(run_dir).run()
+    assert re.fullmatch(r"3 bad masks: \S*masks/m0\.png: label size \(16, 48\) \(H, W\) differs from image \S*m0\.png "
+                        r"size \(32, 48\); \S*masks/m2\.png: label values \[9\] are outside the valid set \[0, 1, 2, 255\]; "
+                        r"\S*masks/v1\.png: label values \[7\] .*", str(refused.value)), str(refused.value)
+    assert not [info for info in seen if info["event"] == "step"]
+    save_config(own_config(root, cycles=1), tmp_path / "own.yaml")  # as a new run of the command line
+    said = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "new"), "--config", str(tmp_path / "own.yaml"),
+                                    "--quiet"])
+    assert said.exit_code == 1 and said.output.startswith("error: 3 bad masks: ")
+    assert said.output.endswith(f"; once mended, `s4al run --resume {tmp_path / 'new'}` goes on\n")
+    for stem in ("m0", "m2", "v1"):
+        save(root / "masks" / f"{stem}.png", np.zeros((H, W), np.uint8))
     assert ActiveLearningRun(run_dir).run() == []  # mended: cycle 0 trains and asks
     # the class colours travel with the model: predict paints them wherever the dataset is
     assert load_checkpoint(run_dir / "checkpoints" / "cycle_0.pt")["colours"] == [c["color"] for c in CLASSES]

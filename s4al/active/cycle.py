@@ -37,6 +37,7 @@ from s4al.config import (
     SAVED_ON_RESUME, RunConfig, config_differences, config_digest, file_digest, flat_config, nested,
 )
 from s4al.data import DatasetError, build_dataset
+from s4al.data.base import check_labels
 from s4al.data.folder import SPEC_NAMES
 from s4al.errors import S4alWarning
 from s4al.text import counted, first_of, shell
@@ -98,7 +99,7 @@ class ActiveLearningRun(AbstractContextManager):
             self.ids = self.train_set.image_ids()
             self.index_of = {image_id: i for i, image_id in enumerate(self.ids)}
             self.additions = NO_ADDITIONS  # images and masks added to the dataset, not yet in the run (rank 0's)
-            self.evaluation_labels_read = False  # by this process, before it trains (_check_evaluation_labels)
+            self.labels_read = False  # by this process, before it trains (_check_labels)
             self.capped_said: set[int] = set()  # cycles whose capped region settings this process said
         rank_checks.read_the_same_images({f"split '{name}'": split.image_ids() for name, split in
                                           (("train", self.train_set), ("val", self.val_set), ("test", self.test_set))
@@ -366,20 +367,19 @@ class ActiveLearningRun(AbstractContextManager):
             return None
         return load_checkpoint(self.folder.trained_checkpoint(cycle - 1))["student"]
 
-    def _check_evaluation_labels(self) -> None:
-        """Every validation and test mask read once before this process trains: a bad one is
-        refused now, not at the first evaluation, epochs of training later."""
-        if not self.evaluation_labels_read:
-            for dataset in (self.val_set, self.test_set):
-                if dataset is not None:
-                    dataset.check_labels()
-            self.evaluation_labels_read = True
+    def _check_labels(self, state: LabelState) -> None:
+        """Every validation and test mask, and those of the images labelled whole, read once before
+        this process trains: bad ones are refused now, all together, not one by one at the first
+        batch or evaluation that meets them."""
+        if not self.labels_read:
+            check_labels((self.train_set, state.whole), (self.val_set, None), (self.test_set, None))
+            self.labels_read = True
 
     def _train(self, cycle: int) -> None:
-        self._check_evaluation_labels()
         self._on_main(self._join_additions, cycle, "training")
-        self._set_phase(cycle, "train")
         state = self.label_state()
+        self._check_labels(state)
+        self._set_phase(cycle, "train")
         if cycle < self.final_cycle:
             self._say_capped(cycle, state)  # before the hours of training
         trainer = Trainer(

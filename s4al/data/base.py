@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,21 @@ import torch.utils.data
 
 from s4al.data.classes import ClassSet
 from s4al.errors import S4alError
+from s4al.text import first_of
+
+
+MAX_BAD_LABELS_SHOWN = 10
+
+
+def check_labels(*parts: tuple[SegmentationDataset | None, Iterable[int] | None]) -> None:
+    """Reads the labels of each (dataset, indices or None for all), so that bad ones are refused,
+    all in one message, before work that would meet them one at a time later."""
+    problems = [problem for dataset, indices in parts if dataset is not None
+                for problem in dataset.label_problems(indices)]
+    if len(problems) == 1:
+        raise DatasetError(problems[0])
+    if problems:
+        raise DatasetError(f"{len(problems)} bad masks: {first_of(problems, MAX_BAD_LABELS_SHOWN, '; ')}")
 
 
 Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), half-open, in original image pixels
@@ -70,9 +86,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def has_label(self, index: int) -> bool:
         return True
 
-    def check_labels(self) -> None:
-        """Reads every label, so that a bad one is refused before work that would meet it later;
-        a dataset that generates its labels has none to check."""
+    def label_problems(self, indices: Iterable[int] | None = None) -> list[str]:
+        """What is wrong with the labels of `indices` (every one by default), each read once; a
+        dataset that generates its labels has none to check."""
+        return []
 
     def __getitem__(self, index: int) -> Sample:
         return self.load(index)

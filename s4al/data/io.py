@@ -233,10 +233,15 @@ class FilePairDataset(SegmentationDataset):
     def read_label(self, pair: Pair) -> np.ndarray:
         return remap_label(read_label(pair.label), self.raw_to_class, pair.label)
 
-    def check_labels(self) -> None:
-        for index, pair in enumerate(self.pairs):
-            if pair.label is not None:
-                self.load_label(index)
+    def label_problems(self, indices: Iterable[int] | None = None) -> list[str]:
+        problems = []
+        for index in range(len(self.pairs)) if indices is None else indices:
+            if self.pairs[index].label is not None:
+                try:
+                    self.load_label(index)
+                except DatasetError as err:
+                    problems.append(str(err))
+        return problems
 
     def load(self, index: int) -> Sample:
         image = read_image(self.pairs[index].image)
