@@ -33,10 +33,12 @@ def test_runs_are_compared_by_their_last_cycles_and_the_settings_they_differ_in(
                        active={"metric": "entropy"}, train={"device": "cpu"})
     margin = make_run(tmp_path / "margin", [summary(0, 0.1, 0.40), summary(1, 0.125, 0.47)],
                       active={"metric": "margin"}, train={"device": "cuda"}, seed=3)
-    header, rows = compare_runs([entropy, margin], tmp_path / "out")
-    assert header == ["run", "last cycle", "labelled %", "val mIoU %", "active.metric", "seed"]  # not train.device
-    assert rows == [[str(entropy), "1", "12.00", "45.00", "entropy", "3108"],  # the demo preset's seed
-                    [str(margin), "1", "12.50", "47.00", "margin", "3"]]
+    compared = compare_runs([entropy, margin], tmp_path / "out")
+    assert compared.runs == [[str(entropy), "1", "12.00", "45.00"], [str(margin), "1", "12.50", "47.00"]]
+    assert compared.settings == {"active.metric": ["entropy", "margin"], "seed": ["3108", "3"]}  # not train.device
+    assert compared.notes == []
+    assert (tmp_path / "out" / "settings.csv").read_text().splitlines() == [
+        f"setting,{entropy},{margin}", "active.metric,entropy,margin", "seed,3108,3"]  # the demo preset's seed
     lines = (tmp_path / "out" / "compare.csv").read_text().splitlines()
     assert lines[0].startswith("run,cycle,labelled_fraction,labelled_pixels,val_miou,")
     assert [line.split(",")[:5] for line in lines[1:]] == [
@@ -45,13 +47,42 @@ def test_runs_are_compared_by_their_last_cycles_and_the_settings_they_differ_in(
     assert (tmp_path / "out" / "compare.png").stat().st_size > 0
 
 
+def test_settings_no_run_reads_are_left_out(tmp_path):
+    own = {"dataset": {"name": "folder", "root": "x"}, "ssl": {"enabled": False}}
+    a = make_run(tmp_path / "a", [summary(0, 0.1, 0.4)], **own, active={"global_budget": 10})
+    b = make_run(tmp_path / "b", [summary(0, 0.1, 0.5)], dataset={**own["dataset"], "synthetic": {"num_train": 9}},
+                 ssl={"enabled": False, "replay": False}, train={"lr": 0.02})
+    assert compare_runs([a, b], tmp_path / "out").settings == {"train.lr": ["0.01", "0.02"]}
+    synthetic = make_run(tmp_path / "synthetic", [summary(0, 0.1, 0.5)], dataset={"synthetic": {"num_train": 9}},
+                         active={"selection": "global", "global_budget": 20})
+    assert list(compare_runs([a, synthetic], tmp_path / "out").settings) == [  # read by one of the runs at least
+        "active.global_budget", "active.selection", "dataset.name", "dataset.root", "dataset.synthetic.num_train",
+        "ssl.enabled"]
+
+
 def test_runs_on_other_classes_each_add_their_columns(tmp_path):
     a = make_run(tmp_path / "a", [summary(0, 0.1, 0.4)])
     b = make_run(tmp_path / "b", [summary(0, 0.1, 0.5, classes=("road", "car"))])
-    compare_runs([a, b], tmp_path / "out")
+    assert compare_runs([a, b], tmp_path / "out").notes == [
+        f"the runs are scored on other classes, so their mIoUs average other things: {a}: road, sky; {b}: road, car"]
     lines = (tmp_path / "out" / "compare.csv").read_text().splitlines()
     assert lines[0].endswith(",val_iou_road,val_iou_sky,val_iou_car")
     assert lines[1].endswith(",0.4,0.4,") and lines[2].endswith(",0.5,,0.5")
+
+
+def test_runs_last_started_with_other_code_are_noted(tmp_path):
+    def started(run: Path, *commits: str) -> Path:
+        records = [{"s4al": "0.1.0", "git_commit": commit, "git_dirty": False} for commit in commits]
+        (run / "starts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return run
+
+    a = started(make_run(tmp_path / "a", [summary(0, 0.1, 0.4)]), "1" * 40, "abcdef0" + "0" * 33)
+    b = started(make_run(tmp_path / "b", [summary(0, 0.1, 0.5)]), "abcdef0" + "0" * 33)
+    unknown = make_run(tmp_path / "unknown", [summary(0, 0.1, 0.5)])  # no start recorded: its code is not known
+    assert compare_runs([a, b, unknown], tmp_path / "out").notes == []
+    started(b, "1234567" + "0" * 33)
+    assert compare_runs([a, b, unknown], tmp_path / "out").notes == [
+        f"the runs were last started with other code: {a}: s4al 0.1.0, git abcdef0; {b}: s4al 0.1.0, git 1234567"]
 
 
 def test_a_run_without_a_trained_cycle_and_a_run_given_twice_are_refused(tmp_path):

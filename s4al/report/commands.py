@@ -57,23 +57,32 @@ def report(
 
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run folders written by `s4al run`.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for compare.png and compare.csv.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for compare.png, compare.csv and settings.csv.")],
     supervised_miou: SupervisedOption = None,
 ) -> None:
     """Runs side by side: their mIoU against labelled pixels on one plot, their cycles in one CSV,
-    and a table of their last cycles with every setting they were made with different values of."""
-    from s4al.report.compare import CSV_FILE, PLOT_FILE, compare_runs
+    a table of their last cycles, and every setting they were made with different values of."""
+    from s4al.report.compare import CSV_FILE, PLOT_FILE, RUN_COLUMNS, SETTINGS_FILE, compare_runs
 
     supervised = _supervised(supervised_miou)
     with user_errors_reported():
-        header, rows = compare_runs(run_dirs, out, supervised)
-    table = Table()
-    for column in header:
-        table.add_column(column, justify="left" if column == "run" else "right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    console.print(f"{out / PLOT_FILE} and {out / CSV_FILE} written")
+        comparison = compare_runs(run_dirs, out, supervised)
+    runs = Table()
+    for column in ["#", *RUN_COLUMNS]:
+        runs.add_column(column, justify="left" if column == "run" else "right")
+    for number, row in enumerate(comparison.runs, start=1):
+        runs.add_row(str(number), *row)
+    console.print(runs)
+    if comparison.settings:
+        settings = Table(title="settings they differ in")
+        for column in ["setting", *(f"#{n}" for n in range(1, len(comparison.runs) + 1))]:
+            settings.add_column(column, overflow="fold")
+        for key, values in comparison.settings.items():
+            settings.add_row(key, *values)
+        console.print(settings)
+    for note in comparison.notes:
+        console.print(f"note: {note}")
+    console.print(f"{out / PLOT_FILE}, {out / CSV_FILE} and {out / SETTINGS_FILE} written")
 
 
 def predict_command(

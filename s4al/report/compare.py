@@ -1,28 +1,43 @@
 """Several runs side by side (`s4al compare`): their label-efficiency curves on one plot
 (compare.png), their cycles in one table (compare.csv: a `run` column, then report/cycles.csv's),
-and the config keys they were made with different values of."""
+and the config keys they were made with different values of (settings.csv)."""
 
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
 from s4al.atomic import output_folder
-from s4al.config import COMPUTED_ON_RESUME, RunConfig, config_differences, flat_config
+from s4al.config import COMPUTED_ON_RESUME, NEEDS, RunConfig, config_differences, flat_config
 from s4al.errors import S4alError
 from s4al.report.figures import read_cycles
 from s4al.report.table import csv_row, cycle_columns
-from s4al.run_folder import RunFolder
+from s4al.provenance import code_text
+from s4al.run_folder import RunFolder, json_lines
 
-PLOT_FILE, CSV_FILE = "compare.png", "compare.csv"
+PLOT_FILE, CSV_FILE, SETTINGS_FILE = "compare.png", "compare.csv", "settings.csv"
 
 
 def differing_settings(configs: list[RunConfig]) -> list[str]:
-    """The keys whose value is not the same in every config, but for where a run computed."""
+    """The keys whose value is not the same in every config, but for where a run computed and for
+    keys no run reads (the synthetic dataset's sizes where none is synthetic, a key whose switch is
+    off in every run)."""
     first, *others = configs
-    return sorted({key for cfg in others for key in config_differences(first, cfg, may_differ=COMPUTED_ON_RESUME)})
+    keys = {key for cfg in others for key in config_differences(first, cfg, may_differ=COMPUTED_ON_RESUME)}
+    flats = [flat_config(cfg) for cfg in configs]
+    return sorted(key for key in keys if any(_read(key, flat) for flat in flats))
+
+
+def _read(key: str, flat: dict) -> bool:
+    """Whether a run of config `flat` reads `key`."""
+    if key.startswith("dataset.synthetic."):
+        return flat["dataset.name"] == "synthetic"
+    if key.startswith("ssl.") and key != "ssl.enabled" and not flat["ssl.enabled"]:
+        return False
+    return key not in NEEDS or flat[NEEDS[key][0]] in NEEDS[key][1]
 
 
 def comparison_curves(runs: dict[str, list[dict]], supervised_miou: float | None = None) -> Figure:
@@ -51,26 +66,55 @@ def write_csv(runs: dict[str, list[dict]], path: Path) -> None:
         writer.writerows({"run": name, **csv_row(cycle)} for name, cycles in runs.items() for cycle in cycles)
 
 
-def compare_runs(run_dirs: list[Path], out_dir: Path,
-                 supervised_miou: float | None = None) -> tuple[list[str], list[list[str]]]:
-    """Writes OUT/compare.png and OUT/compare.csv; returns a table of the runs (header, rows): the
-    last cycle's labelled share and val mIoU, and each setting they differ in."""
+@dataclass
+class Comparison:
+    runs: list[list[str]]  # a row per run, under RUN_COLUMNS
+    settings: dict[str, list[str]]  # each setting the runs differ in: its value in each run
+    notes: list[str]  # what makes the runs' numbers less comparable than they look
+
+
+RUN_COLUMNS = ["run", "last cycle", "labelled %", "val mIoU %"]
+
+
+def compare_runs(run_dirs: list[Path], out_dir: Path, supervised_miou: float | None = None) -> Comparison:
+    """Writes OUT/compare.png, OUT/compare.csv and OUT/settings.csv (a row per setting the runs
+    differ in, a column per run); returns their last cycles, those settings and notes."""
     names = [str(path) for path in run_dirs]
     if len(set(names)) < len(names):
         raise S4alError(f"{next(n for n in names if names.count(n) > 1)}: given twice")
-    runs, configs = {}, []
+    runs, configs, folders = {}, [], []
     for name, path in zip(names, run_dirs):
         folder = RunFolder.open(path, lock=False)  # refuses a missing folder or one that is not a run's
         runs[name] = read_cycles(path)
         if not runs[name]:
             raise S4alError(f"{path}: no cycle has trained yet; nothing to compare")
         configs.append(folder.config())
+        folders.append(folder)
     output_folder(out_dir)
     comparison_curves(runs, supervised_miou).savefig(out_dir / PLOT_FILE, dpi=110)
     write_csv(runs, out_dir / CSV_FILE)
-    keys = differing_settings(configs)
-    header = ["run", "last cycle", "labelled %", "val mIoU %", *keys]
+    settings = {key: [str(flat_config(cfg)[key]) for cfg in configs] for key in differing_settings(configs)}
+    with open(out_dir / SETTINGS_FILE, "w", newline="", encoding="utf-8") as file:
+        csv.writer(file).writerows([["setting", *names], *([key, *values] for key, values in settings.items())])
     rows = [[name, str(cycles[-1]["cycle"]), f"{100 * cycles[-1]['labelled_fraction']:.2f}",
-             f"{100 * cycles[-1]['val']['miou']:.2f}", *(str(flat_config(cfg)[key]) for key in keys)]
-            for (name, cycles), cfg in zip(runs.items(), configs)]
-    return header, rows
+             f"{100 * cycles[-1]['val']['miou']:.2f}"] for name, cycles in runs.items()]
+    return Comparison(rows, settings, _notes(runs, folders))
+
+
+def _notes(runs: dict[str, list[dict]], folders: list[RunFolder]) -> list[str]:
+    notes = []
+    classes = {name: tuple(cycles[-1]["val"]["iou"]) for name, cycles in runs.items()}
+    if len(set(classes.values())) > 1:
+        notes.append("the runs are scored on other classes, so their mIoUs average other things: "
+                     + "; ".join(f"{name}: {', '.join(names)}" for name, names in classes.items()))
+    starts = {name: _last_start(folder) for name, folder in zip(runs, folders)}
+    code = {name: code_text(start) for name, start in starts.items() if start and "git_commit" in start}
+    if len(set(code.values())) > 1:
+        notes.append("the runs were last started with other code: "
+                     + "; ".join(f"{name}: {text}" for name, text in code.items()))
+    return notes
+
+
+def _last_start(folder: RunFolder) -> dict | None:
+    starts = [record for _, record in json_lines(folder.starts_log) if record is not None]
+    return starts[-1] if starts else None
