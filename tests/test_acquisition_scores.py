@@ -69,6 +69,16 @@ def test_registry_and_dispatch():
         pixel_scores("bald", probs)
 
 
+def test_a_registered_score_of_the_wrong_shape_is_refused_naming_it(monkeypatch):
+    monkeypatch.setitem(SCORE_FUNCTIONS, "per_class", lambda probs: -probs * probs.log())  # the sum over classes forgotten
+    probs = probs_map(UNIFORM4, SKEWED)
+    n, c, h, w = probs.shape
+    with pytest.raises(ValueError, match=rf"^acquisition metric 'per_class' gave scores of shape \({n}, {c}, {h}, {w}\) for "
+                                         rf"probabilities of shape \({n}, {c}, {h}, {w}\): a score function returns "
+                                         rf"\(N, H, W\) = \({n}, {h}, {w}\)$"):
+        pixel_scores("per_class", probs)
+
+
 def test_rejects_non_nchw_input():
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         entropy(torch.ones(4, 2, 2))

@@ -68,4 +68,9 @@ def pixel_scores(name: str, probs: Tensor) -> Tensor:
     """(N, H, W) scores of heuristic `name`."""
     if name not in SCORE_FUNCTIONS:
         raise ValueError(f"unknown acquisition metric '{name}'; known: {', '.join(SCORE_FUNCTIONS)}")
-    return SCORE_FUNCTIONS[name](probs)
+    scores = SCORE_FUNCTIONS[name](probs)
+    expected = (probs.shape[0], *probs.shape[2:])
+    if tuple(scores.shape) != expected:
+        raise ValueError(f"acquisition metric '{name}' gave scores of shape {tuple(scores.shape)} for probabilities "
+                         f"of shape {tuple(probs.shape)}: a score function returns (N, H, W) = {expected}")
+    return scores
