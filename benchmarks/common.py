@@ -7,14 +7,17 @@ import json
 import os
 import platform
 import re
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from s4al.config import merge_overrides
-from s4al.atomic import atomic_write
-from s4al.provenance import code_version, libraries
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(1, str(REPO))  # this checkout's s4al, also where the environment installed another one
+
+from s4al.config import merge_overrides  # noqa: E402
+from s4al.atomic import atomic_write  # noqa: E402
+from s4al.provenance import code_version, libraries  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results"
 # Where the camvid preset's relative paths point when run from the repository root.
 DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data" / "camvid"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
+import common  # noqa: F401  (first: this checkout's s4al)
 from s4al.data.camvid import CamVid
 
 SPLITS = ("train", "val", "test")  # test where the source has it
