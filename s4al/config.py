@@ -206,8 +206,9 @@ class ActiveConfig(Section):
         if self.selection == "global" and self.global_budget is None:
             raise ValueError("active.global_budget is required when active.selection is 'global'")
         if self.initial == "labelled" and (self.annotator != "external" or self.level != "region"):
-            raise ValueError("active.initial 'labelled' needs active.annotator: external and active.level: region "
-                             "(the pool images have no labels to reveal)")
+            raise ValueError("active.initial 'labelled' (your masks, a person answering) needs active.annotator: "
+                             "external and active.level: region: a person answers regions; the oracle and whole "
+                             "images (active.level: image) are for experiments on a dataset's own labels")
         return self
 
 

@@ -119,7 +119,8 @@ def test_only_the_train_split_may_hold_images_without_masks(tmp_path):
 
 
 def test_initial_labelled_is_refused_with_the_oracle_or_whole_images():
-    with pytest.raises(ConfigError, match="active.initial 'labelled' needs active.annotator: external"):
+    with pytest.raises(ConfigError, match=r"active.initial 'labelled' \(your masks, a person answering\) needs "
+                                          r"active.annotator: external and active.level: region: a person answers"):
         load_config("demo", {"active": {"initial": "labelled"}})
     with pytest.raises(ConfigError, match="active.level: region"):
         load_config("demo", {"active": {"initial": "labelled", "annotator": "external", "level": "image"}})
