@@ -36,7 +36,7 @@ from common import (
     machine_tag, markdown_table, merged, write_json,
 )
 from s4al.acquisition.pool import score_cells, scoring_workers
-from s4al.active.cycle import draw_initial
+from s4al.active.opening import draw_initial
 from s4al.config import RunConfig, load_config
 from s4al.data import build_dataset
 from s4al.data.base import SegmentationDataset

@@ -22,7 +22,7 @@ FastMode = Literal["auto", "on", "off"]  # train.fast
 Side = Annotated[int, Field(ge=1)]  # an image side in pixels
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"  # train.device; s4al/distributed.py setup_device checks the GPU is there
 # The keys `s4al run --resume --set` may change: where the run computes (for this start only), and
-# where its files are and how many cycles it has (saved in its config.yaml; s4al/active/cycle.py).
+# where its files are and how many cycles it has (saved in its config.yaml; s4al/active/opening.py).
 COMPUTED_ON_RESUME = ("train.device", "train.num_workers")
 SAVED_ON_RESUME = ("dataset.root", "model.weights", "active.cycles")
 # The keys only the acquisition reads (s4al/acquisition/pool.py, the cycle's _queries and
