@@ -47,7 +47,8 @@ from s4al.model import build_model
 from s4al.ssl.losses import supervised_loss
 from s4al.seeding import derive_seed
 from s4al.train.batches import StepBatch
-from s4al.train.trainer import Trainer, TrainData
+from s4al.train.trainer import Trainer
+from s4al.train.data import TrainData
 
 FULL = {"height": 360, "width": 480, "iters": 10, "warmup": 2, "score_images": 100, "pools": [100, 1000, 2000],
         "load_batches": 40}

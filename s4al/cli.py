@@ -116,7 +116,8 @@ def train(
     quiet: QuietOption = False,
 ) -> None:
     """Fully supervised training on every labelled train image (the denominator of label efficiency)."""
-    from s4al.train.trainer import Trainer, TrainData
+    from s4al.train.trainer import Trainer
+    from s4al.train.data import TrainData
 
     cfg = _config(config, overrides)
     with user_errors_reported():

@@ -11,7 +11,7 @@ from s4al.active.label_state import LabelState
 from s4al.active.ledger import Ledger, Region
 from s4al.config import RunConfig, load_config
 from s4al.data import build_dataset
-from s4al.train.trainer import TrainData
+from s4al.train.data import TrainData
 
 # Tiny tensors gain nothing from intra-op threads, and two threads per process thrash when the
 # suite's subprocesses and DataLoader workers share a 2-core machine.

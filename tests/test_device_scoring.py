@@ -24,7 +24,8 @@ from s4al.evaluate import evaluate
 from s4al.model import build_model
 from s4al.ssl.losses import supervised_loss
 from s4al.tiles import TILE_SIDE
-from s4al.train.trainer import TrainData, Trainer
+from s4al.train.trainer import Trainer
+from s4al.train.data import TrainData
 
 CPU = torch.device("cpu")
 POOL = [3, 5, 6, 8, 11, 12, 17]

@@ -28,7 +28,8 @@ from s4al.evaluate import evaluate
 from s4al.metrics import Confusion
 from s4al.model import build_model
 from s4al.train import trainer as trainer_module
-from s4al.train.trainer import Trainer, TrainData, TrainResult
+from s4al.train.trainer import Trainer, TrainResult
+from s4al.train.data import TrainData
 
 WORLD = 2
 REPO = Path(__file__).resolve().parents[1]

@@ -377,7 +377,7 @@ def test_masks_storing_a_class_as_the_ignore_value_are_warned_of_not_scored_as_p
 
 def test_warnings_name_classes_without_labelled_pixels_and_a_large_void_share_only():
     from s4al.errors import S4alWarning
-    from s4al.train.trainer import warn_unlabelled_classes
+    from s4al.train.data import warn_unlabelled_classes
 
     names = ("road", "car", "sky")
     with pytest.warns(S4alWarning) as said:

@@ -23,7 +23,8 @@ from s4al.train import trainer as trainer_module
 from s4al.train.batches import labelled_draws
 from s4al.train.checkpoint import load_checkpoint, save_checkpoint
 from s4al.data.device_cache import training_on_device
-from s4al.train.trainer import Trainer, TrainData, TrainingStopped
+from s4al.train.trainer import Trainer, TrainingStopped
+from s4al.train.data import TrainData
 
 
 class Stop(Exception):

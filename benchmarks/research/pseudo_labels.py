@@ -30,7 +30,7 @@ from s4al.metrics import Confusion
 from s4al.ssl.alignment import ArgmaxAlignment
 from s4al.ssl.mean_teacher import pseudo_labels_from_probs
 from s4al.train.checkpoint import load_trained_model
-from s4al.train.trainer import TrainData, labelled_class_counts
+from s4al.train.data import TrainData, labelled_class_counts
 
 
 @torch.no_grad()

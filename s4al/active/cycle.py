@@ -35,7 +35,8 @@ from s4al.run_folder import RunFolder, RunFolderError
 from s4al.train.checkpoint import load_checkpoint, load_trained_model
 from s4al.seeding import derive_seed
 from s4al.distributed import setup_device
-from s4al.train.trainer import Trainer, TrainData
+from s4al.train.trainer import Trainer
+from s4al.train.data import TrainData
 
 
 NO_ADDITIONS = DatasetChanges([], [], [], [])

@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import math
 import signal
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -39,12 +36,11 @@ from torch.nn.parallel import DistributedDataParallel
 from s4al import distributed
 from s4al.config import RunConfig
 from s4al.data.base import SegmentationDataset
-from s4al.data.classes import IGNORE_INDEX, class_pixel_counts
+from s4al.data.classes import IGNORE_INDEX
 from s4al.data.device_cache import training_on_device
 from s4al.data.augment import Augment
-from s4al.data.views import Annotations
-from s4al.errors import S4alError, S4alWarning
-from s4al.text import counted, first_of, shell
+from s4al.errors import S4alError
+from s4al.text import counted, shell
 from s4al.evaluate import evaluate
 from s4al.model import build_model
 from s4al.run_folder import RunFolder
@@ -56,12 +52,12 @@ from s4al.ssl.losses import (
 )
 from s4al.ssl.mean_teacher import MeanTeacher, pseudo_labels_from_probs
 from s4al.train.checkpoint import load_checkpoint, save_checkpoint, write_metrics_log
-from s4al.train.batches import BatchSource, StepBatch, Streams
+from s4al.train.batches import BatchSource, StepBatch
+from s4al.train.data import TrainData, labelled_class_counts, warn_padded_crops, warn_unlabelled_classes
 from s4al.train.graphs import StudentPasses, teacher_pass
 
 COLD_START_SUP_WEIGHT = 1.5  # the authors' code: the supervised loss x1.5 while it trains alone
 READ_EVERY = 25  # on a GPU or the fast path: steps between reads of the logged losses (at most an epoch)
-VOID_SHARE_NOTED = 0.25  # of the labelled pixels: a share this large of void is named where a class has none
 
 
 class TrainingDiverged(S4alError):
@@ -71,37 +67,6 @@ class TrainingDiverged(S4alError):
 
 class TrainingStopped(KeyboardInterrupt):
     """Ctrl-C during training: the step under way finished and was checkpointed (the message says which)."""
-
-
-@dataclass
-class TrainData:
-    dataset: SegmentationDataset  # the train split
-    labelled: list[int]  # the fully labelled images
-    pool: list[int] = field(default_factory=list)  # every other image
-    annotations: Annotations = field(default_factory=dict)  # the pool images' answered regions
-
-    def labels(self) -> dict:
-        """What the training learns from, as counts and a digest of every image id and answered patch: a
-        checkpoint keeps it, so one trained on other labels (a ledger restored since) is told apart."""
-        digest = hashlib.sha256()
-        ids = self.dataset.image_id
-        for name, images in (("labelled", self.labelled), ("pool", self.pool)):
-            digest.update(f"{name}:{','.join(sorted(ids(i) for i in images))};".encode())
-        for index in sorted(self.annotations, key=ids):
-            for box, patch in sorted(self.annotations[index], key=lambda answer: tuple(answer[0])):
-                digest.update(f"{ids(index)}:{tuple(box)}:".encode())
-                digest.update(np.ascontiguousarray(patch, dtype=np.uint8).tobytes())
-        return {"labelled_images": len(self.labelled), "answered_regions": sum(map(len, self.annotations.values())),
-                "digest": digest.hexdigest()}
-
-    def streams(self, ssl: bool) -> Streams:
-        """What each batch stream trains on. With SSL the answered regions train inside the pool
-        stream (ground truth over the pseudo labels; also supervising them in the labelled stream
-        cost 6 mIoU on CamVid); without it the pool images with answers join the labelled stream,
-        labelled in their regions only, and there is no pool stream."""
-        if ssl:
-            return Streams(self.labelled, {}, self.pool, self.annotations)
-        return Streams(sorted({*self.labelled, *self.annotations}), self.annotations, [], {})
 
 
 @dataclass
@@ -115,43 +80,6 @@ class TrainResult:
     def final_scores(self) -> dict:
         """The last evaluation's scores, without where in training it was made."""
         return {k: v for k, v in self.history[-1].items() if k not in ("cycle", "epoch", "step")}
-
-
-def labelled_class_counts(data: TrainData, num_classes: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Pixel counts per class (whole labelled images, answered regions), and the void pixels of
-    both. The counts' sum, everything an annotator labelled, gives the head/tail split; the whole
-    images alone, drawn without regard to any score, estimate the class distribution, which the
-    acquired regions over-sample on purpose."""
-    whole = class_pixel_counts(data.dataset.load_label(index) for index in data.labelled)
-    regions = class_pixel_counts(patch for patches in data.annotations.values() for _, patch in patches)
-    return whole[:num_classes], regions[:num_classes], int(whole[IGNORE_INDEX] + regions[IGNORE_INDEX])
-
-
-def warn_unlabelled_classes(names: tuple[str, ...], counts: np.ndarray, void: int) -> None:
-    """Says which classes no labelled pixel holds, and how many labelled pixels are void where they
-    are many (a class stored as the ignore value, e.g. 255 in 0/255 masks, is void to s4al)."""
-    missing = [name for name, count in zip(names, counts) if count == 0]
-    if not missing:
-        return
-    void_share = void / max(1, void + int(counts.sum()))
-    voids = (f"; {void_share:.0%} of the labelled pixels are void (the dataset's ignore value: does a mask store "
-             "a class as it?)") if void_share >= VOID_SHARE_NOTED else ""
-    warnings.warn(f"no labelled pixel of class {first_of(missing)}: the model cannot learn "
-                  f"{'it' if len(missing) == 1 else 'them'} until some are labelled{voids}", S4alWarning)
-
-
-def warn_padded_crops(crop_size: tuple[int, int], scale_range: tuple[float, float],
-                      sizes: list[tuple[int, int]]) -> None:
-    """Says when train.crop_size is larger than every training image even at the largest scale:
-    part of every crop is then padding, which trains nothing and dilutes BatchNorm's statistics."""
-    if not sizes:
-        return
-    top = max(scale_range)
-    fits = tuple(int(top * max(size[k] for size in sizes)) for k in (0, 1))
-    if crop_size[0] > fits[0] or crop_size[1] > fits[1]:
-        warnings.warn(f"train.crop_size {crop_size[0]}x{crop_size[1]} is larger than the training images scaled by "
-                      f"{top:g} (train.scale_range): every crop is part padding, which trains nothing; set "
-                      f"train.crop_size to at most {fits[0]}x{fits[1]}, or null for whole images", S4alWarning)
 
 
 def _processes(count: int) -> str:
