@@ -14,7 +14,8 @@ from rich.table import Table
 
 from s4al.annotation.commands import RunDirArgument, import_answers_command, query, skip
 from s4al import distributed, rank_checks
-from s4al.report.commands import Network, NetworkOption, compare, export_command, predict_command, report
+from s4al.deploy.commands import Network, NetworkOption, export_command, predict_command
+from s4al.report.commands import compare, report
 from s4al.report.status import cycle_table, dataset_lines, next_lines, percent
 from s4al.config import (
     CYCLE0_MAY_DIFFER, ConfigError, RunConfig, cold_start_notes, inert_settings, load_config, parse_override,

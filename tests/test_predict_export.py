@@ -1,5 +1,5 @@
 """Prediction on new images of unseen sizes, ONNX export checked with onnxruntime, and the
-predict/export commands (s4al/report/predict.py, export.py, commands.py)."""
+predict/export commands (s4al/deploy/predict.py, export.py, commands.py)."""
 
 from pathlib import Path
 
@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 from conftest import tiny_config
 from s4al.data.synthetic import SYNTHETIC_CLASSES
 from s4al.model import build_model
-from s4al.report.commands import export_command, predict_command, report
-from s4al.report.export import TOLERANCE, ExportError, export_onnx, max_difference
-from s4al.report.predict import OVERLAY_ALPHA, OVERLAY_ROWS, overlay, predict
+from s4al.deploy.commands import export_command, predict_command
+from s4al.report.commands import report
+from s4al.deploy.export import TOLERANCE, ExportError, export_onnx, max_difference
+from s4al.deploy.predict import OVERLAY_ALPHA, OVERLAY_ROWS, overlay, predict
 from s4al.train.checkpoint import load_trained_model, save_checkpoint
 
 SIZES = [(50, 70), (33, 47)]  # (H, W): the model was built for 48x64

@@ -22,7 +22,7 @@ from s4al.data.batches import to_model_input
 from s4al.evaluate import evaluate
 from s4al.metrics import scores_from_confusion
 from s4al.model import STRIDE, build_model
-from s4al.report.predict import segment
+from s4al.deploy.predict import segment
 from s4al.tiles import CONTEXT, TILE_SIDE, Tile, core_side, runs_whole, tiles
 
 CPU = torch.device("cpu")

@@ -1,1 +1,1 @@
-"""Run reports, figures, prediction on new images and ONNX export."""
+"""Run reports: the HTML report and its figures, the comparison of runs, a run's status."""

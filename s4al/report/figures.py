@@ -24,7 +24,7 @@ from s4al.active.phases import CyclePhases
 from s4al.config import RunConfig, load_run_config
 from s4al.data import IGNORE_INDEX, ClassSet, DatasetError, SegmentationDataset, build_dataset
 from s4al.distributed import setup_device
-from s4al.report.predict import class_set, segment
+from s4al.deploy.predict import class_set, segment
 from s4al.report.status import open_cycle, open_state
 from s4al.run_folder import RunFolder
 from s4al.train.checkpoint import load_checkpoint, trained_model

@@ -1,0 +1,1 @@
+"""Using a trained model elsewhere: prediction on new images and ONNX export."""
