@@ -23,6 +23,8 @@ from s4al.cli import app
 from s4al.config import ConfigError, load_config, save_config
 from s4al.data import DatasetError, build_dataset
 from s4al.errors import S4alWarning
+from s4al.report.html import change_rows
+from s4al.run_folder import RunFolder
 from s4al.train.checkpoint import load_checkpoint
 
 H, W = 32, 48
@@ -201,6 +203,9 @@ def test_images_added_to_the_folder_join_the_run_as_the_next_cycle_begins_traini
     assert len(asked) == 10
     assert summaries[1]["labelled_fraction"] == pytest.approx((4 * H * W + 10 * 16 * 16) / (10 * H * W))
     assert summaries[0]["labelled_fraction"] == pytest.approx(3 / 8)  # before they joined
+    ActiveLearningRun(run_dir, overrides={"active": {"cycles": 2}}).close()  # one more cycle asked for
+    assert [text for _, text in change_rows(RunFolder(run_dir))] == [  # the report's record of them, in order
+        "before cycle 1 training, joined: 1 labelled image, 1 pool image", "resumed with active.cycles 1 → 2"]
 
 
 def test_a_mask_given_to_a_pool_image_labels_it_whole_from_the_next_cycle_on(tmp_path):

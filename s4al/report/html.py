@@ -10,7 +10,9 @@ from pathlib import Path
 
 import jinja2
 
+from s4al.active.ledger import JOINED, RESUME_CHANGES, Ledger
 from s4al.provenance import code_text
+from s4al.text import counted
 from s4al.run_folder import RunFolder, json_lines
 from s4al.config import load_run_config
 from s4al.report.figures import read_cycles, save_figures, supervised_reference
@@ -114,6 +116,13 @@ TEMPLATE = jinja2.Template(
 {% endfor %}</tbody>
 </table></div>
 <p class="note">Each start of the run, from <code>starts.jsonl</code> in its folder.</p>
+{% endif %}{% if changes %}<div class="table-wrap"><table>
+<thead><tr><th>when (UTC)</th><th>what changed</th></tr></thead>
+<tbody>
+{% for row in changes %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</tbody>
+</table></div>
+<p class="note">Settings changed on resume and images or masks added to the dataset as they joined the run, from its label ledger.</p>
 {% endif %}<details>
 <summary>config.yaml of the run (seed {{ seed }})</summary>
 <pre>{{ config }}</pre>
@@ -171,6 +180,22 @@ def start_rows(folder: RunFolder) -> list[list[str]]:
             for _, r in json_lines(folder.starts_log) if r is not None]
 
 
+def change_rows(folder: RunFolder) -> list[list[str]]:
+    """What changed in the run after it was made, in order: settings on resume, images and masks
+    that joined it from the dataset."""
+    if not folder.check_ledger():
+        return []
+    with Ledger(folder.ledger_path, readonly=True) as ledger:
+        resumed, joined = ledger.get_meta(RESUME_CHANGES, []), ledger.get_meta(JOINED, [])
+    rows = [(r["at"], "resumed with " + ", ".join(f"{key} {change['was']} → {change['now']}"
+                                                  for key, change in r.items() if key != "at")) for r in resumed]
+    rows += [(j["at"], f"before {j['before']}, joined: " + ", ".join(
+        counted(len(j[key]), what) for key, what in (("labelled", "labelled image"), ("pool", "pool image"),
+                                                      ("masked", "mask of a pool image")) if j[key]))
+             for j in joined]
+    return [[at.replace("T", " ").split("+")[0], text] for at, text in sorted(rows)]
+
+
 def _embedded(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode("ascii")
 
@@ -200,6 +225,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None, supervised_miou: fl
         skipped=[(FIGURE_TEXT[n][0], reason) for n, reason in skipped.items()],
         seed=cfg.seed,
         starts=start_rows(folder),
+        changes=change_rows(folder),
         config=folder.config_path.read_text(),
     )
     path = out_dir / REPORT_FILE
