@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jinja2
 
-from s4al.active.ledger import JOINED, RESUME_CHANGES, Ledger
+from s4al.active.ledger import JOINED, RESUME_CHANGES, Ledger, LedgerError
 from s4al.provenance import code_text
 from s4al.text import counted
 from s4al.run_folder import RunFolder, json_lines
@@ -182,11 +182,12 @@ def start_rows(folder: RunFolder) -> list[list[str]]:
 
 def change_rows(folder: RunFolder) -> list[list[str]]:
     """What changed in the run after it was made, in order: settings on resume, images and masks
-    that joined it from the dataset."""
-    if not folder.check_ledger():
+    that joined it from the dataset; none where its ledger cannot be read (the figures say so)."""
+    try:
+        with Ledger(folder.ledger_path, readonly=True) as ledger:
+            resumed, joined = ledger.get_meta(RESUME_CHANGES, []), ledger.get_meta(JOINED, [])
+    except (FileNotFoundError, LedgerError):
         return []
-    with Ledger(folder.ledger_path, readonly=True) as ledger:
-        resumed, joined = ledger.get_meta(RESUME_CHANGES, []), ledger.get_meta(JOINED, [])
     rows = [(r["at"], "resumed with " + ", ".join(f"{key} {change['was']} → {change['now']}"
                                                   for key, change in r.items() if key != "at")) for r in resumed]
     rows += [(j["at"], f"before {j['before']}, joined: " + ", ".join(
