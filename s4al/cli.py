@@ -58,11 +58,10 @@ def _config(config: str, overrides: list[str] | None) -> RunConfig:
         raise _bad_parameter(str(err), param_hint="--config/--set") from None
 
 
-def _note_inert_settings(cfg: RunConfig, changes: dict, active: bool = False) -> None:
-    """A --set that the config's other values make do nothing is noted (once, by the main process);
-    `active`: of an active-learning run, whose cycles a cold start may cover."""
+def _note_inert_settings(cfg: RunConfig, changes: dict) -> None:
+    """A --set that the config's other values make do nothing is noted (once, by the main process)."""
     if distributed.is_main():
-        for note in inert_settings(cfg, changes) + (cold_start_notes(cfg, changes) if active else []):
+        for note in inert_settings(cfg, changes):
             console.print(f"note: {note}")
 
 
@@ -223,12 +222,15 @@ def run(
         if taken:
             raise _bad_parameter(taken)
         if cfg is not None:
-            _note_inert_settings(cfg, changes, active=True)
+            _note_inert_settings(cfg, changes)
         if cycle0_from is not None:  # refused before the run is made
             _check_cycle0_lender(cycle0_from, run_dir, cfg or RunFolder.open(run_dir, lock=False).config(changes))
         with ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes) as active_run:
             if distributed.is_main():
                 _note(record_start(active_run.folder.starts_log, dev, distributed.world_size()))
+                if cfg is not None or "cycles" in changes.get("active", {}):  # the cycles' epochs are set now
+                    for note in cold_start_notes(active_run.cfg):
+                        _note(note)
             if cycle0_from is not None:
                 _take_cycle0(active_run, cycle0_from)
             if active_run.additions.text():

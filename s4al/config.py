@@ -456,6 +456,9 @@ def parse_override(items: list[str]) -> dict:
     return nested(values)
 
 
+# The ssl keys a training reads with ssl.enabled false too: the mean teacher, which is evaluated and
+# scores the pool, follows the student in every training.
+READ_WITHOUT_SSL = ("ssl.enabled", "ssl.ema_momentum")
 # A key that does nothing unless another has a value: key -> (that key, its values, as said in a note).
 NEEDS = {
     "active.global_budget": ("active.selection", ("global",), "global"),
@@ -474,7 +477,7 @@ def inert_settings(cfg: RunConfig, overrides: dict) -> list[str]:
     flat = flat_config(cfg)
     notes = []
     for key in sorted(flattened(overrides)):
-        if key.startswith("ssl.") and key != "ssl.enabled" and not cfg.ssl.enabled:
+        if key.startswith("ssl.") and key not in READ_WITHOUT_SSL and not cfg.ssl.enabled:
             notes.append(f"{key} does nothing with ssl.enabled: false")
         elif key in NEEDS and flat[NEEDS[key][0]] not in NEEDS[key][1]:
             needed, _, said = NEEDS[key]
@@ -484,14 +487,11 @@ def inert_settings(cfg: RunConfig, overrides: dict) -> list[str]:
     return notes
 
 
-COLD_START_KEYS = ("train.epochs", "ssl.cold_start_epochs", "active.final_cycle_epoch_multiplier", "ssl.enabled")
-
-
-def cold_start_notes(cfg: RunConfig, overrides: dict) -> list[str]:
-    """Where `overrides` make the cold start last a whole cycle of an active-learning run: that
-    cycle trains on the labelled images alone, since the pool stream, which carries the pseudo
-    labels and the answered regions, starts after it."""
-    if not cfg.ssl.enabled or not set(COLD_START_KEYS) & set(flattened(overrides)):
+def cold_start_notes(cfg: RunConfig) -> list[str]:
+    """Where the cold start lasts a whole cycle of an active-learning run: that cycle trains on the
+    labelled images alone, since the pool stream, which carries the pseudo labels and the answered
+    regions, starts after it."""
+    if not cfg.ssl.enabled:
         return []
     cold = cfg.ssl.cold_start_epochs
     covered = [cycle for cycle in range(cfg.active.cycles + 1) if cfg.cycle_epochs(cycle) <= cold]

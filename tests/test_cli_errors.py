@@ -182,6 +182,15 @@ def test_a_new_run_notes_a_setting_that_does_nothing(tmp_path):
                                     "(it is per_image)\n")
 
 
+def test_a_run_whose_cold_start_lasts_its_cycles_is_told_before_it_trains(tmp_path):
+    small = ["--set", "train.epochs=1", "--set", "train.iters_per_epoch=1", "--set", "active.cycles=0",
+             "--set", "dataset.synthetic.num_train=8", "--set", "dataset.synthetic.num_val=2", "--quiet"]
+    result = runner.invoke(app, ["run", "--out", str(tmp_path / "run"), *small], env={"COLUMNS": "500"})
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("note: ssl.cold_start_epochs 2 lasts the whole of every cycle: trained on the "
+                                    "labelled images alone, without pseudo labels or the answered regions")
+
+
 def saved_checkpoint(path, cfg, classes) -> None:
     """A checkpoint in the trainer's format, of a randomly initialised network (no training needed)."""
     torch.manual_seed(0)

@@ -51,8 +51,9 @@ def test_settings_no_run_reads_are_left_out(tmp_path):
     own = {"dataset": {"name": "folder", "root": "x"}, "ssl": {"enabled": False}}
     a = make_run(tmp_path / "a", [summary(0, 0.1, 0.4)], **own, active={"global_budget": 10})
     b = make_run(tmp_path / "b", [summary(0, 0.1, 0.5)], dataset={**own["dataset"], "synthetic": {"num_train": 9}},
-                 ssl={"enabled": False, "replay": False}, train={"lr": 0.02})
-    assert compare_runs([a, b], tmp_path / "out").settings == {"train.lr": ["0.01", "0.02"]}
+                 ssl={"enabled": False, "replay": False, "ema_momentum": 0.9}, train={"lr": 0.02})
+    assert compare_runs([a, b], tmp_path / "out").settings == {  # the evaluated teacher follows every training
+        "ssl.ema_momentum": ["0.99", "0.9"], "train.lr": ["0.01", "0.02"]}
     synthetic = make_run(tmp_path / "synthetic", [summary(0, 0.1, 0.5)], dataset={"synthetic": {"num_train": 9}},
                          active={"selection": "global", "global_budget": 20})
     assert list(compare_runs([a, synthetic], tmp_path / "out").settings) == [  # read by one of the runs at least

@@ -254,7 +254,7 @@ def test_removed_options_are_dropped_at_the_value_kept_and_refused_at_any_other(
 
 def test_a_cold_start_lasting_whole_cycles_is_named_with_what_they_do_not_train_on():
     def notes(**sections):  # demo: 2 cycles of 6 epochs and a final one of 12, a cold start of 2 epochs
-        return cold_start_notes(load_config("demo", sections), sections)
+        return cold_start_notes(load_config("demo", sections))
 
     said = ": trained on the labelled images alone, without pseudo labels or the answered regions (those train with " \
            "the pool images, after the cold start)"
@@ -265,8 +265,9 @@ def test_a_cold_start_lasting_whole_cycles_is_named_with_what_they_do_not_train_
         f"ssl.cold_start_epochs 10 lasts the whole of every cycle{said}"]
     assert notes(active={"cycles": 1, "final_cycle_epoch_multiplier": 0.25}) == [
         f"ssl.cold_start_epochs 2 lasts the whole of cycle 1{said}"]  # round(6 x 0.25) = 2 epochs
-    assert notes(train={"epochs": 3}) == [] and notes(active={"cycles": 4}) == []
+    assert notes(train={"epochs": 3}) == notes() == notes(active={"cycles": 4}) == []
     assert notes(train={"epochs": 2}, ssl={"enabled": False}) == []  # no pool stream to wait for
+    assert all(cold_start_notes(load_config(preset)) == [] for preset in PRESETS)
 
 
 def test_a_setting_the_other_values_make_do_nothing_is_named():
@@ -279,8 +280,8 @@ def test_a_setting_the_other_values_make_do_nothing_is_named():
         "ssl.alignment_target does nothing unless ssl.distribution_alignment is probabilities or argmax (it is off)",
         "ssl.class_normalised_confidence does nothing unless ssl.confidence_weighting is true (it is false)",
     ]
-    assert inert_settings(load_config("demo", {"ssl": {"enabled": False}}), {"ssl": {"enabled": False, "replay": True}}) \
-        == ["ssl.replay does nothing with ssl.enabled: false"]
+    no_ssl = {"ssl": {"enabled": False, "replay": True, "ema_momentum": 0.9}}  # the teacher follows every training
+    assert inert_settings(load_config("demo", no_ssl), no_ssl) == ["ssl.replay does nothing with ssl.enabled: false"]
     taken = {"active": {"selection": "global", "global_budget": 50}}
     assert inert_settings(load_config("demo", taken), taken) == []
     own = {"active": {"initial": "labelled", "annotator": "external", "initial_fraction": 0.2}}

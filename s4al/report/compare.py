@@ -11,7 +11,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from s4al.atomic import output_folder
-from s4al.config import COMPUTED_ON_RESUME, NEEDS, RunConfig, config_differences, flat_config
+from s4al.config import COMPUTED_ON_RESUME, NEEDS, READ_WITHOUT_SSL, RunConfig, config_differences, flat_config
 from s4al.errors import S4alError
 from s4al.report.figures import read_cycles
 from s4al.report.table import csv_row, cycle_columns
@@ -35,7 +35,7 @@ def _read(key: str, flat: dict) -> bool:
     """Whether a run of config `flat` reads `key`."""
     if key.startswith("dataset.synthetic."):
         return flat["dataset.name"] == "synthetic"
-    if key.startswith("ssl.") and key != "ssl.enabled" and not flat["ssl.enabled"]:
+    if key.startswith("ssl.") and key not in READ_WITHOUT_SSL and not flat["ssl.enabled"]:
         return False
     return key not in NEEDS or flat[NEEDS[key][0]] in NEEDS[key][1]
 
