@@ -49,3 +49,12 @@ def read_the_same_images(images: Mapping[str, list[str]]) -> None:
                     f"{what}: rank {rank} reads other images than rank 0 ({len(theirs.get(what, []))} "
                     f"against {len(ids)}: {first_of(only or ['the same images in another order'], 3)}); every "
                     "process of a job must read the same dataset: give each node's dataset.root the same copy")
+
+
+def agreed(problems: list[str]) -> list[str]:
+    """Every rank's `problems` on every rank, so that all refuse together (one refusing alone would
+    leave the others waiting in a collective): rank 0's, then what another rank alone meets,
+    named by its rank."""
+    ranks = distributed.gather_objects(problems)
+    return [*ranks[0], *(f"rank {rank}: {p}" for rank, theirs in enumerate(ranks[1:], start=1)
+                         for p in theirs if p not in ranks[0])]

@@ -17,7 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import tiny_config
-from s4al import distributed, errors
+from s4al import distributed, errors, rank_checks
 from s4al.acquisition.pool import CappedConfigWarning, choose_regions, score_cells
 from s4al.active.cycle import ActiveLearningRun
 from s4al.config import load_run_config, save_config
@@ -94,7 +94,8 @@ def collectives(rank: int, port: int, out: str) -> None:
     except device_cache.DeviceMemoryShort:
         fits = False
     seen = {"mean": norm.running_mean.tolist(), "steps": norm.num_batches_tracked.item(),
-            "least": distributed.all_min([7, 3][rank], device), "fits": fits}
+            "least": distributed.all_min([7, 3][rank], device), "fits": fits,
+            "problems": rank_checks.agreed([["a.png: bad", "c.png: bad"], ["a.png: bad", "b.png: bad"]][rank])}
     torch.save(seen, os.path.join(out, f"collectives{rank}.pt"))
     torch.distributed.destroy_process_group()
 
@@ -103,7 +104,8 @@ def test_ranks_take_rank_0s_buffers_and_agree_a_cache_fits_only_where_it_fits_ev
     mp.start_processes(collectives, args=(free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
     for rank in range(WORLD):
         seen = torch.load(tmp_path / f"collectives{rank}.pt")
-        assert seen == {"mean": [1.0, 1.0, 1.0], "steps": 10, "least": 3, "fits": False}
+        assert seen == {"mean": [1.0, 1.0, 1.0], "steps": 10, "least": 3, "fits": False,  # and a refusal everywhere
+                        "problems": ["a.png: bad", "c.png: bad", "rank 1: b.png: bad"]}
 
 
 def mixing_seeds(run_dir) -> tuple[TrainResult, list[int]]:

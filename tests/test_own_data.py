@@ -208,6 +208,17 @@ def test_images_added_to_the_folder_join_the_run_as_the_next_cycle_begins_traini
         "before cycle 1 training, joined: 1 labelled image, 1 pool image", "resumed with active.cycles 1 → 2"]
 
 
+def test_a_bad_mask_given_to_a_pool_image_is_refused_before_it_joins_so_taking_it_back_resumes(tmp_path):
+    root, run_dir, _ = answered_cycle_0(tmp_path)
+    save(root / "masks" / "p0.png", np.full((H, W), 9, np.uint8))  # class 9 of 3
+    with pytest.raises(DatasetError, match=r"masks/p0\.png: label values \[9\] are outside the valid set"):
+        ActiveLearningRun(run_dir).run()
+    with ledger_of(run_dir) as ledger:
+        assert not {r.image_id: r for r in ledger.images()}["p0"].fully_labelled and not ledger.get_meta("joined")
+    (root / "masks" / "p0.png").unlink()  # the mistake taken back: nothing of it is in the run
+    assert len(ActiveLearningRun(run_dir).run()) == 2
+
+
 def test_a_mask_given_to_a_pool_image_labels_it_whole_from_the_next_cycle_on(tmp_path):
     root, run_dir, asked = answered_cycle_0(tmp_path)
     given = np.full((H, W), 1, np.uint8)

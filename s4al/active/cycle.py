@@ -28,8 +28,8 @@ from s4al.active.summaries import write_summary
 from s4al import distributed, rank_checks
 from s4al.config import RunConfig, config_differences
 from s4al.data import DatasetError, build_dataset
-from s4al.data.base import check_labels
-from s4al.text import shell
+from s4al.data.base import refuse_bad_labels
+from s4al.text import counted, first_of, shell
 from s4al.evaluate import evaluate
 from s4al.run_folder import RunFolder, RunFolderError
 from s4al.train.checkpoint import load_checkpoint, load_trained_model
@@ -81,7 +81,7 @@ class ActiveLearningRun(AbstractContextManager):
             self.ids = self.train_set.image_ids()
             self.index_of = {image_id: i for i, image_id in enumerate(self.ids)}
             self.additions = NO_ADDITIONS  # images and masks added to the dataset, not yet in the run (rank 0's)
-            self.labels_read = False  # by this process, before it trains (_check_labels)
+            self.evaluation_labels_read = False  # by this process, before it trains (_check_labels)
             self.capped_said: set[int] = set()  # cycles whose capped region settings this process said
         rank_checks.read_the_same_images({f"split '{name}'": split.image_ids() for name, split in
                                           (("train", self.train_set), ("val", self.val_set), ("test", self.test_set))
@@ -191,12 +191,19 @@ class ActiveLearningRun(AbstractContextManager):
         return load_checkpoint(self.folder.trained_checkpoint(cycle - 1))["student"]
 
     def _check_labels(self, state: LabelState) -> None:
-        """Every validation and test mask, and those of the images labelled whole, read once before
-        this process trains: bad ones are refused now, all together, not one by one at the first
-        batch or evaluation that meets them."""
-        if not self.labels_read:
-            check_labels((self.train_set, state.whole), (self.val_set, None), (self.test_set, None))
-            self.labels_read = True
+        """The masks of the images labelled whole, as a cycle begins training, and every validation
+        and test mask, once per process: bad ones are refused now, all together and on every rank,
+        not one by one at the first batch or evaluation that meets them on one rank."""
+        lacking = [i for i in state.whole if not self.train_set.has_label(i)]
+        problems = [f"{counted(len(lacking), 'image')} labelled whole in this run without a mask in "
+                    f"{self.cfg.dataset.root or self.cfg.dataset.name}: {first_of([self.ids[i] for i in lacking])}; "
+                    "put the masks back"] if lacking else []
+        problems += self.train_set.label_problems(state.whole)
+        if not self.evaluation_labels_read:
+            problems += [p for split in (self.val_set, self.test_set) if split is not None
+                         for p in split.label_problems()]
+            self.evaluation_labels_read = True
+        refuse_bad_labels(rank_checks.agreed(problems))
 
     def _train(self, cycle: int) -> None:
         self._on_main(self._join_additions, cycle, "training")
@@ -257,6 +264,8 @@ class ActiveLearningRun(AbstractContextManager):
         added = self.additions
         if not (added.added or added.masked) or (before == "training" and self.folder.checkpoint_path(cycle).exists()):
             return
+        refuse_bad_labels(self.train_set.label_problems(  # before the ledger holds them as labels
+            self.index_of[i] for i in added.added_labelled + added.masked))
         self.ledger.register_images([(i, *self.train_set.image_size(self.index_of[i])) for i in added.added],
                                     initial=added.added_labelled)
         self.ledger.label_whole(added.masked)

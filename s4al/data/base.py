@@ -17,11 +17,9 @@ from s4al.text import first_of
 MAX_BAD_LABELS_SHOWN = 10
 
 
-def check_labels(*parts: tuple[SegmentationDataset | None, Iterable[int] | None]) -> None:
-    """Reads the labels of each (dataset, indices or None for all), so that bad ones are refused,
-    all in one message, before work that would meet them one at a time later."""
-    problems = [problem for dataset, indices in parts if dataset is not None
-                for problem in dataset.label_problems(indices)]
+def refuse_bad_labels(problems: list[str]) -> None:
+    """Bad labels (SegmentationDataset.label_problems) refused all in one message, before work that
+    would meet them one at a time later."""
     if len(problems) == 1:
         raise DatasetError(problems[0])
     if problems:
