@@ -23,7 +23,7 @@ from s4al.config import (
 from s4al.data import DatasetError, build_dataset
 from s4al.errors import S4alError, reports_error, show_user_warnings, user_errors_reported
 from s4al.text import shell
-from s4al.provenance import last_start_processes, record_start
+from s4al.provenance import record_start
 from s4al.run_folder import RunFolder
 
 if TYPE_CHECKING:
@@ -327,8 +327,7 @@ def status(run_dir: RunDirArgument) -> None:
             console.print(cycle_table(run_dir, folder.summaries(), ledger, phases))
             dataset, refused, masked = dataset_lines(run_dir, cfg, ledger)
             for line in [*dataset, *next_lines(run_dir, cfg, ledger, phases, folder.metrics_log, folder.holder(),
-                                               resume_refused=refused, masked=masked,
-                                               processes=last_start_processes(folder.starts_log))]:
+                                               resume_refused=refused, masked=masked)]:
                 console.print(line)
 
 

@@ -73,12 +73,6 @@ def start_record(device: torch.device, processes: int) -> dict:
     }
 
 
-def last_start_processes(starts_log: Path) -> int:
-    """The processes of a run's last start (torchrun's world size), 1 before any start."""
-    starts = [record for _, record in json_lines(starts_log) if record is not None]
-    return starts[-1].get("processes", 1) if starts else 1
-
-
 def code_text(start: dict) -> str:
     """The code a start ran, e.g. `s4al 0.1.0, git 4e1f43d, modified (diff 1a2b3c4d)`."""
     text = f"s4al {start.get('s4al', '?')}"

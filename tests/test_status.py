@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from conftest import tiny_config
@@ -200,13 +201,19 @@ def test_a_cycle_in_training_says_its_last_evaluation_of_its_epochs(tmp_path):
 def test_a_cycle_stopped_while_training_under_torchrun_is_told_to_resume_on_as_many_processes(tmp_path):
     cfg = tiny_config(active={"cycles": 1})
     run_dir = run_with_phases(tmp_path / "run", cfg, {0: "done", 1: "train"})
-    starts = [{"command": ["s4al", "run"], "processes": 1}, {"command": ["s4al", "run", "--resume"], "processes": 4}]
-    (run_dir / "starts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in starts) + '{"processes": 2')
-    assert status(run_dir).endswith("under torchrun with 4 processes in all, as it was last started: a cycle stopped "
-                                    "while training resumes on as many.\n")  # the line cut by a kill is passed over
-    asking = run_with_phases(tmp_path / "asking", cfg, {0: "acquire"})  # between cycles any number of processes goes on
-    (asking / "starts.jsonl").write_text(json.dumps(starts[1]) + "\n")
-    assert status(asking).endswith(f"Once the dataset is as said above, continue with `s4al run --resume {asking}`.\n")
+    checkpoint = RunFolder(run_dir).checkpoint_path(1)
+    checkpoint.parent.mkdir(exist_ok=True)
+    torch.save({"step": 30, "total_steps": 80, "processes": 4}, checkpoint)
+    said = f"Once the dataset is as said above, continue with `s4al run --resume {run_dir}`"
+    assert status(run_dir).endswith(f"{said} under torchrun with 4 processes in all, as many as trained the cycle's "
+                                    "checkpoint (a cycle resumes on as many).\n")
+    (run_dir / "starts.jsonl").write_text(json.dumps({"processes": 2}) + "\n")  # a start refused for its count
+    torch.save({"step": 30, "total_steps": 80, "processes": 1}, checkpoint)
+    assert status(run_dir).endswith(f"{said}.\n")
+    torch.save({"step": 80, "total_steps": 80, "processes": 4}, checkpoint)  # finished: it trains no more
+    assert status(run_dir).endswith(f"{said}.\n")
+    checkpoint.write_bytes(b"cut")  # unreadable: the resume says why
+    assert status(run_dir).endswith(f"{said}.\n")
 
 
 def test_a_finished_run_says_how_to_give_it_more_cycles(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from pathlib import Path
 
+import torch
 from rich.table import Table
 
 from s4al.active.dataset_changes import dataset_changes
@@ -77,12 +78,11 @@ def asking_text(asking: dict) -> str:
 
 def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhases,
                metrics_log: Path | None = None, holder: str | None = None, resume_refused: bool = False,
-               masked: Collection[str] = (), processes: int = 1) -> list[str]:
+               masked: Collection[str] = ()) -> list[str]:
     """The cycle in progress and what to run next. With `metrics_log`, a cycle still training says
     its last evaluation; with `holder`, the process at work on the run is named; `resume_refused`:
     the dataset as it is now would be refused (dataset_lines says why); `masked`: pool images given
-    a mask since, whose asked regions the mask answers as the run resumes; `processes`: those of
-    the run's last start, which a cycle stopped while training must resume on."""
+    a mask since, whose asked regions the mask answers as the run resumes."""
     cycle = phases.last_cycle()
     phase = None if cycle is None else phases.phase(cycle)
     asked, masked = ledger.asked(), set(masked)
@@ -106,10 +106,23 @@ def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhase
     if not holder:
         first = ("Once the dataset is as said above, continue" if resume_refused
                  else "Once the lost answers are written again, continue" if needed else "Continue")
-        launcher = (f" under torchrun with {processes} processes in all, as it was last started: a cycle stopped "
-                    "while training resumes on as many" if processes > 1 and phase in (None, "train") else "")
+        processes = resume_processes(run_dir, cycle) if phase in (None, "train") else 1
+        launcher = (f" under torchrun with {processes} processes in all, as many as trained the cycle's checkpoint "
+                    "(a cycle resumes on as many)" if processes > 1 else "")
         lines.append(f"{first} with `s4al run --resume {shell(run_dir)}`{launcher}.")
     return lines
+
+
+def resume_processes(run_dir: Path, cycle: int | None) -> int:
+    """The processes that trained the cycle's unfinished checkpoint, which its resume must run on;
+    1 where there is none (any number may begin a cycle) or it cannot be read (the resume says why)."""
+    path = RunFolder(run_dir).checkpoint_path(cycle or 0)
+    try:  # mapped, not read: the networks' tensors stay on disk
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # absent, cut short, not a torch file
+        return 1
+    unfinished = isinstance(state, dict) and state.get("step", 0) < state.get("total_steps", 0)
+    return state.get("processes", 1) if unfinished else 1
 
 
 def lost_answers(run_dir: Path, ledger: Ledger, phases: CyclePhases) -> tuple[list[Region], list[Region]]:
