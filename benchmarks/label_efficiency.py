@@ -327,7 +327,7 @@ def run_one(name: str, method: str, seed: int, cfg: RunConfig, work: Path, out: 
         "final": {"labelled_fraction": final["labelled_fraction"], "miou": final["val"]["miou"],
                   "iou": final["val"]["iou"], **({"test_miou": final["test"]["miou"]} if "test" in final else {})},
         "cycles": summaries,
-        "cycle0_from": lent["run"] if lent else None,  # the run whose cycle-0 checkpoint this one resumed
+        "cycle0_from": lent["run"] if lent else None,  # the run that trained the cycle 0 this one resumed
         "timings": {"wall_seconds": time.perf_counter() - started, "resumed": resumed, "steps": progress.timings()},
         # what the run cost: every invocation's wall seconds, on this device, sharing it with
         # side_by_side - 1 other runs; a lent cycle 0 is the lender's cost, its training seconds named apart

@@ -253,10 +253,11 @@ def write_plot(groups: dict[str, list[dict]], path: Path, title: str) -> None:
 def folder_body(folder: str, groups: dict[str, list[dict]], heading: str) -> str:
     """The Markdown of one results folder: main table, paired differences, the commands."""
     pairs = pairs_table(groups)
-    pairs = (f"\n{heading} Paired differences against S4AL (val mIoU points, same seed: same initial labels)\n\n"
+    pairs = (f"\n{heading} Paired differences: S4AL's val mIoU minus the other's (points; same seed: same initial labels)\n\n"
              f"{pairs}") if pairs else ""
     return (f"Val mIoU (%) after the final cycle, mean ± std over seeds; labelled % counts pixels; time per "
-            f"run is wall time on the device named.\n\n{main_table(groups)}{pairs}\n"
+            f"run is wall time on the device named (a cycle 0 taken from another run at its training time "
+            f"there).\n\n{main_table(groups)}{pairs}\n"
             f"{heading} Commands\n\nThe data and weights paths (`--data-root`, `--weights`) are in each result "
             f"file's config.\n\n{commands_list(folder, groups)}")
 

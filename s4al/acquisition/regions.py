@@ -61,7 +61,8 @@ def _as_numpy(scores: Tensor | np.ndarray) -> np.ndarray:
     if array.ndim != 2:
         raise ValueError(f"cell scores must be (rows, cols), got shape {array.shape}")
     if np.isnan(array).any():
-        raise ValueError("cell scores contain NaN: the acquisition metric (active.metric) scored some pixel NaN")
+        raise ValueError("cell scores contain NaN: the model's probabilities or the acquisition metric "
+                         "(active.metric) gave a pixel NaN")
     return array.astype(np.float64)
 
 
