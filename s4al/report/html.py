@@ -143,7 +143,7 @@ def duration(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-def cycle_table(cycles: list[dict], supervised_miou: float | None) -> tuple[list[str], list[list[str]]]:
+def report_rows(cycles: list[dict], supervised_miou: float | None) -> tuple[list[str], list[list[str]]]:
     header = ["cycle", "labelled %", "labelled pixels", "regions bought", "images bought", "pixels bought",
               "val mIoU (%)", "train time", "acquire time"]
     if supervised_miou is not None:
@@ -211,7 +211,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None, supervised_miou: fl
     saved, skipped = save_figures(run_dir, out_dir, cycles, supervised)
     folder = RunFolder(Path(run_dir))
     cfg = load_run_config(folder.config_path)
-    header, rows = cycle_table(cycles, supervised)
+    header, rows = report_rows(cycles, supervised)
     write_cycles_csv(cycles, out_dir / CSV_FILE)
     html = TEMPLATE.render(
         name=run_dir.resolve().name,
