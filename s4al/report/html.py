@@ -144,6 +144,7 @@ def duration(seconds: float | None) -> str:
 
 
 def report_rows(cycles: list[dict], supervised_miou: float | None) -> tuple[list[str], list[list[str]]]:
+    """The report's table of cycles: its header and a formatted row per cycle."""
     header = ["cycle", "labelled %", "labelled pixels", "regions bought", "images bought", "pixels bought",
               "val mIoU (%)", "train time", "acquire time"]
     if supervised_miou is not None:
