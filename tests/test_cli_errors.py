@@ -1,6 +1,8 @@
 """User errors at the command line (s4al/errors.py): input s4al refuses ends a command with one line,
 `error: MESSAGE`, and exit status 1; any other exception is a fault and keeps its traceback."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -210,6 +212,36 @@ def test_a_torch_file_that_is_not_a_checkpoint_is_refused_by_each_command_naming
                                                     "(RUN/checkpoints/cycle_N.pt): it has no 'student', 'teacher', "
                                                     "'config', 'classes'\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png", "weights.pt"]
+
+
+class RunsCode:
+    """What a shared file may hold: an object whose unpickling runs a command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("command", [["predict", "CHECKPOINT", "photo.png", "--out", "masks"], ["evaluate", "CHECKPOINT"],
+                                     ["export", "CHECKPOINT", "--onnx", "model.onnx"]])
+def test_a_checkpoint_that_would_run_code_as_it_is_read_is_refused_unrun_and_a_run_folder_is_told_its_checkpoint(
+        tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save("photo.png")
+    torch.save({"student": RunsCode(tmp_path / "ran")}, "shared.pt")
+    result = runner.invoke(app, [arg.replace("CHECKPOINT", "shared.pt") for arg in command])
+    assert result.exit_code == 1 and result.output.startswith(
+        "error: shared.pt: not read: it holds objects other than tensors and plain values, which reading would run as "
+        "code (")
+    assert not (tmp_path / "ran").exists()
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    for cycle in (2, 10):
+        (tmp_path / "run" / "checkpoints" / f"cycle_{cycle}.pt").touch()
+    result = runner.invoke(app, [arg.replace("CHECKPOINT", "run") for arg in command])
+    assert (result.exit_code, result.output) == (1, "error: run: a folder; give a checkpoint of it, "
+                                                    "RUN/checkpoints/cycle_N.pt; its last: run/checkpoints/cycle_10.pt\n")
 
 
 def test_evaluate_refuses_a_dataset_of_other_classes_and_a_folder_for_synthetic_data(tmp_path):

@@ -118,7 +118,7 @@ def resume_processes(run_dir: Path, cycle: int | None) -> int:
     1 where there is none (any number may begin a cycle) or it cannot be read (the resume says why)."""
     path = RunFolder(run_dir).checkpoint_path(cycle or 0)
     try:  # mapped, not read: the networks' tensors stay on disk
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # absent, cut short, not a torch file
         return 1
     unfinished = isinstance(state, dict) and state.get("step", 0) < state.get("total_steps", 0)

@@ -5,6 +5,7 @@ final checkpoint adopted as a run's own."""
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Collection
 from pathlib import Path
 
@@ -41,10 +42,20 @@ CHECKPOINT_KEYS = ("student", "teacher", "config", "classes")  # what every read
 
 
 def load_checkpoint(path: Path) -> dict:
+    """A training checkpoint's state, read as data only: a file that would run code as it is read
+    (a pickle of objects, not of tensors and plain values) is refused, not run."""
+    path = Path(path)
+    if path.is_dir():
+        last = sorted(RunFolder(path).checkpoints_dir.glob("cycle_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        hint = f"; its last: {last[-1]}" if last else ""
+        raise S4alError(f"{path}: a folder; give a checkpoint of it, RUN/checkpoints/cycle_N.pt{hint}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise S4alError(f"{path}: no such checkpoint") from None
+    except pickle.UnpicklingError as err:  # weights_only refuses what is not data
+        raise S4alError(f"{path}: not read: it holds objects other than tensors and plain values, which reading "
+                        f"would run as code ({str(err).splitlines()[0]}); s4al checkpoints hold none") from None
     except Exception as err:  # a truncated or foreign file
         raise S4alError(f"{path}: cannot read checkpoint: {err} (a file cut short, damaged, or not a torch file)") from err
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
