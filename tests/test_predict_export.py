@@ -62,7 +62,7 @@ def _read(path: Path) -> np.ndarray:
 
 
 def test_predict_writes_ids_palette_masks_and_overlays_at_each_image_size(checkpoint, images, tmp_path):
-    written = predict(checkpoint, images, tmp_path, device="cpu")
+    written = predict(checkpoint, images, tmp_path, device="cpu").written
     assert written[-1] == tmp_path / "legend.png" and len(written) == 3 * len(images) + 1
     key = _read(tmp_path / "legend.png")[..., :3]
     assert all((key == colour).all(-1).any() for colour in SYNTHETIC_CLASSES.colors)  # a swatch per class
@@ -135,7 +135,7 @@ def test_predict_refuses_images_whose_outputs_would_collide(checkpoint, images, 
         predict(checkpoint, [images[0], twin], tmp_path / "out", device="cpu")
     assert not (tmp_path / "out").exists()
     again = images[0].parent / ".." / images[0].parent.name / images[0].name  # the same file, named otherwise
-    written = predict(checkpoint, [images[0], again], tmp_path / "out", device="cpu")
+    written = predict(checkpoint, [images[0], again], tmp_path / "out", device="cpu").written
     assert [path.name for path in written] == [f"{images[0].stem}_{s}.png" for s in ("labels", "mask", "overlay")] + [
         "legend.png"]
 
@@ -198,7 +198,28 @@ def test_predict_command(checkpoint, images, tmp_path):
     assert result.exit_code == 0, result.output
     written = sorted(["legend.png", *(f"{p.stem}_{kind}.png" for p in images for kind in ("labels", "mask", "overlay"))])
     assert sorted(p.name for p in tmp_path.iterdir()) == written
-    assert all(name in result.output for name in written)  # the command lists what it wrote
+    assert f"{len(images)} of {len(images)} images segmented into {tmp_path}" in " ".join(result.output.split())
+
+
+def test_a_folder_predicted_into_itself_again_and_an_unreadable_image_cost_only_that_image(checkpoint, images, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in images[:2]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / f"._{images[0].name}").write_bytes(b"\0\5\26\7 macOS metadata")  # hidden: not an image of the folder
+    (folder / "b_cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    args = ["predict", str(checkpoint), str(folder), "--out", str(folder), "--device", "cpu"]
+    result = CliRunner().invoke(cli_app(), args, env={"COLUMNS": "500"})
+    assert result.exit_code == 1
+    said = " ".join(result.output.split())
+    assert f"2 of 3 images segmented into {folder}" in said
+    assert f"error: 1 not read, so not segmented: {folder / 'b_cut.jpg'}: unreadable image file" in said
+    outputs = {f"{p.stem}_{kind}.png" for p in images[:2] for kind in ("labels", "mask", "overlay")} | {"legend.png"}
+    assert {p.name for p in folder.iterdir()} == {p.name for p in images[:2]} | outputs | {
+        f"._{images[0].name}", "b_cut.jpg"}
+    (folder / "b_cut.jpg").unlink()
+    again = CliRunner().invoke(cli_app(), args, env={"COLUMNS": "500"})  # its earlier outputs are not taken as images
+    assert again.exit_code == 0 and "2 of 2 images segmented" in " ".join(again.output.split())
 
 
 def test_predict_command_takes_a_folder_for_its_images(checkpoint, images, tmp_path):

@@ -162,11 +162,13 @@ def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def list_files(directory: Path, suffixes: Iterable[str], pattern: str = "*") -> list[Path]:
-    """Sorted files under `directory` matching the glob `pattern` whose suffix is in `suffixes`."""
+    """Sorted files under `directory` matching the glob `pattern` whose suffix is in `suffixes`, but
+    for hidden ones (such as the ._NAME files macOS leaves beside each file it copies)."""
     if not directory.is_dir():
         raise DatasetError(f"{directory}: folder not found")
     wanted = {s.lower() for s in suffixes}
-    return sorted(p for p in directory.glob(pattern) if p.is_file() and p.suffix.lower() in wanted)
+    return sorted(p for p in directory.glob(pattern)
+                  if p.is_file() and p.suffix.lower() in wanted and not p.name.startswith("."))
 
 
 def pair_files(

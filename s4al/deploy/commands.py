@@ -9,8 +9,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress
 
 from s4al.errors import S4alError, user_errors_reported
+from s4al.text import first_of
 
 console = Console(soft_wrap=True)  # long paths stay on one line
 
@@ -34,25 +36,48 @@ def predict_command(
     device: Annotated[str, typer.Option(help="Device: auto, cpu, cuda, cuda:1, ...")] = "auto",
 ) -> None:
     """Segment new images: per image a class-id PNG, a colour mask and an overlay; legend.png keys the colours."""
-    from s4al.deploy.predict import predict
+    from s4al.deploy.predict import LEGEND, predict
 
     with user_errors_reported():
-        written = predict(checkpoint, _image_files(images), out, network.value, device)
-    console.print(f"{len(written)} files written to {out}:")
-    for path in written:
-        console.print(f"  {path.name}")
+        files = _image_files(images, out)
+        bar = Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=console, transient=True)
+        task = bar.add_task("segmenting", total=len(files))
+
+        def shown(done: int) -> None:  # from the first image on: a refusal before it prints alone
+            bar.start()
+            bar.update(task, completed=done)
+
+        try:
+            done = predict(checkpoint, files, out, network.value, device, progress=shown)
+        finally:
+            if bar.live.is_started:
+                bar.stop()
+    segmented = len(files) - len(done.unread)
+    console.print(f"{segmented} of {len(files)} images segmented into {out}: per image <name>_labels.png (class ids), "
+                  f"<name>_mask.png (class colours), <name>_overlay.png; {LEGEND} keys the colours")
+    if done.unread:
+        typer.echo(f"error: {len(done.unread)} not read, so not segmented: {first_of(done.unread, 10, '; ')}", err=True)
+        raise typer.Exit(1)
 
 
-def _image_files(paths: list[Path]) -> list[Path]:
-    """The images given, a folder standing for its image files; checked before the model is loaded."""
+def _image_files(paths: list[Path], out: Path) -> list[Path]:
+    """The images given, a folder standing for its image files (but for hidden ones, and for the
+    outputs of an earlier prediction into it); checked before the model is loaded."""
     from s4al.data.io import IMAGE_SUFFIXES, list_files
+    from s4al.deploy.predict import LEGEND, SUFFIXES
+
+    def ours(name: str) -> bool:
+        return name == LEGEND or any(name.endswith(f"_{suffix}.png") for suffix in SUFFIXES)
 
     files = []
     for path in paths:
         if path.is_dir():
             found = list_files(path, IMAGE_SUFFIXES)
+            if out.exists() and path.resolve() == out.resolve():  # predicted into its own folder before
+                found = [f for f in found if not ours(f.name)]
             if not found:
-                raise S4alError(f"{path}: no image in this folder ({', '.join(IMAGE_SUFFIXES)})")
+                raise S4alError(f"{path}: no image in this folder ({', '.join(IMAGE_SUFFIXES)}; sub-folders are not "
+                                "searched)")
             files += found
         elif path.is_file():
             files.append(path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,13 +84,21 @@ SUFFIXES = ("labels", "mask", "overlay")  # an image's outputs: <stem>_<suffix>.
 LEGEND = "legend.png"
 
 
+@dataclass
+class Predicted:
+    written: list[Path]  # every output file, legend.png last
+    unread: list[str]  # the images that could not be read, a message each: they have no outputs
+
+
 def predict(
-    checkpoint: Path, images: list[Path], out_dir: Path, network: str = "teacher", device: str = "auto"
-) -> list[Path]:
+    checkpoint: Path, images: list[Path], out_dir: Path, network: str = "teacher", device: str = "auto",
+    progress: Callable[[int], None] | None = None,
+) -> Predicted:
     """Writes OUT/<stem>_labels.png (class ids), <stem>_mask.png (palette colours) and
     <stem>_overlay.png (image blended with the mask) per image, and OUT/legend.png (the colour of
-    each class); returns the written paths. An image given twice (by name and in its folder) is
-    segmented once."""
+    each class). An image given twice (by name and in its folder) is segmented once; one that
+    cannot be read is named and passed over, so one bad file among thousands costs only itself.
+    `progress`: called with the images done, 0 once the model is loaded, then after each."""
     images = list({Path(p).resolve(): Path(p) for p in images}.values())
     stems = [Path(p).stem for p in images]
     first_with_stem = {}
@@ -109,9 +119,15 @@ def predict(
     classes = class_set(cfg.dataset, state["classes"], state.get("colours"))
     out_dir = Path(out_dir)
     output_folder(out_dir)
-    written = []
-    for path, stem in zip(images, stems):
-        image = read_image(Path(path))
+    written, unread = [], []
+    for done, (path, stem) in enumerate(zip(images, stems)):
+        if progress is not None:
+            progress(done)
+        try:
+            image = read_image(Path(path))
+        except DatasetError as err:
+            unread.append(str(err))
+            continue
         labels = segment(model, image, dev, cfg.dataset.resize)
         colours = classes.colorize(labels)
         for suffix, pixels in zip(SUFFIXES, (labels, colours, overlay(image, colours))):
@@ -120,4 +136,4 @@ def predict(
             written.append(target)
     written.append(out_dir / LEGEND)
     legend(classes).savefig(written[-1], dpi=100)
-    return written
+    return Predicted(written, unread)
