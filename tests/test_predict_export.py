@@ -1,6 +1,7 @@
 """Prediction on new images of unseen sizes, ONNX export checked with onnxruntime, and the
 predict/export commands (s4al/deploy/predict.py, export.py, commands.py)."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,10 @@ def test_a_model_trained_on_resized_images_predicts_on_the_image_resized_so_at_t
     expected = np.array(Image.fromarray(small.astype(np.uint8)).resize((w, h), Image.Resampling.NEAREST))
     assert len(np.unique(expected)) > 3
     np.testing.assert_array_equal(_read(tmp_path / "out" / f"{images[0].stem}_labels.png"), expected)
+    fixed = export_onnx(checkpoint, tmp_path / "small.onnx", dynamic=False)  # at the size it was trained at
+    assert fixed.checked_shapes == ((1, 3, 24, 32),) and fixed.trained_at == (24, 32)
+    session = onnxruntime.InferenceSession(str(fixed.path), providers=["CPUExecutionProvider"])
+    assert json.loads(session.get_modelmeta().custom_metadata_map["s4al.trained_at"]) == [24, 32]
 
 
 def test_predict_paints_the_colours_saved_in_the_checkpoint_wherever_the_dataset_is(images, tmp_path, monkeypatch):
@@ -173,6 +178,17 @@ def test_dynamic_export_runs_other_batch_sizes_and_unseen_image_sizes(exported, 
         expected = model(images).numpy()
     assert logits.shape == (3, SYNTHETIC_CLASSES.num_classes, 50, 70)
     np.testing.assert_allclose(logits, expected, atol=TOLERANCE, rtol=0)
+
+
+def test_an_exported_file_names_its_sides_and_says_its_input_classes_and_colours(exported):
+    session = onnxruntime.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
+    assert session.get_outputs()[0].shape == ["batch", SYNTHETIC_CLASSES.num_classes, "height", "width"]
+    metadata = session.get_modelmeta().custom_metadata_map
+    assert json.loads(metadata["s4al.classes"]) == list(SYNTHETIC_CLASSES.names) == list(exported.classes)
+    assert json.loads(metadata["s4al.colours"]) == [list(c) for c in SYNTHETIC_CLASSES.colors]
+    assert json.loads(metadata["s4al.trained_at"]) is None and metadata["s4al.network"] == "teacher"
+    assert metadata["s4al.input"].startswith("float32 RGB in [0, 1], (batch, 3, height, width)")
 
 
 def test_an_export_failing_its_check_leaves_the_file_there_as_it_was(checkpoint, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -90,12 +90,16 @@ def export_command(
     checkpoint: CheckpointArgument,
     onnx: Annotated[Path, typer.Option("--onnx", help="Output .onnx file.")],
     network: NetworkOption = Network.teacher,
-    height: Annotated[int, typer.Option(min=16, max=8192, help="Example input height (the input size when --no-dynamic).")] = 360,
-    width: Annotated[int, typer.Option(min=16, max=8192, help="Example input width (the input size when --no-dynamic).")] = 480,
+    height: Annotated[Optional[int], typer.Option(min=16, max=8192, help=(
+        "Example input height (the input size when --no-dynamic); default: the size the training images were "
+        "resized to (dataset.resize), else 360."))] = None,
+    width: Annotated[Optional[int], typer.Option(min=16, max=8192, help=(
+        "Example input width (the input size when --no-dynamic); default: as the height, else 480."))] = None,
     dynamic: Annotated[bool, typer.Option(help="Dynamic batch, height and width; --no-dynamic fixes them.")] = True,
 ) -> None:
-    """Export a checkpoint to ONNX ([0, 1] NCHW images in, logits out), checked with onnxruntime."""
-    from s4al.deploy.export import ExportError, export_onnx
+    """Export a checkpoint to ONNX, checked with onnxruntime: float32 RGB images in [0, 1] (N, 3, H, W) in,
+    normalised inside; logits (N, classes, H, W) out. The file's metadata holds its classes and colours."""
+    from s4al.deploy.export import INPUT_TEXT, OUTPUT_TEXT, ExportError, export_onnx
 
     with user_errors_reported():
         try:
@@ -104,8 +108,11 @@ def export_command(
             console.print(f"[red]export check failed:[/red] {err}")
             raise typer.Exit(1) from None
     shapes = ", ".join("x".join(map(str, s)) for s in result.checked_shapes)
-    size = "dynamic batch and size" if result.dynamic else f"fixed 1x3x{height}x{width}"
+    size = "dynamic batch and size" if result.dynamic else f"fixed {'x'.join(map(str, result.checked_shapes[0]))}"
     console.print(f"{result.path} ({size}): matches PyTorch within {result.max_abs_diff:.1e} on {shapes}")
+    console.print(f"input: {INPUT_TEXT}")
+    classes = ", ".join(f"{i} {name}" for i, name in enumerate(result.classes))
+    console.print(f"output: {OUTPUT_TEXT} ({classes}); the file's metadata (s4al.*) says so too")
     if result.trained_at:
         h, w = result.trained_at
         console.print(f"trained on images resized to {h}x{w} (dataset.resize): give it images resized so and "

@@ -1,5 +1,7 @@
 """ONNX export of a trained SegmentationNet (float [0, 1] NCHW images in, logits out), verified
-against PyTorch with onnxruntime.
+against PyTorch with onnxruntime. The file says in its metadata what it expects and gives
+(INPUT_TEXT, OUTPUT_TEXT), its classes and colours, and the size its training images were resized
+to, if any, so that it can be used without the checkpoint.
 
 The exporter is torch.export based (`dynamo=True`, needs onnxscript). Batch, height and width are
 dynamic: the model pads to a multiple of 16 and crops back, and torch.export keeps that arithmetic
@@ -8,19 +10,27 @@ model expects sides of at least 16 pixels (the reflect padding's limit)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime
 import torch
 
 from s4al.atomic import atomic_path
 from s4al.errors import S4alError
-from s4al.train.checkpoint import load_trained_model
+from s4al.deploy.predict import class_set
+from s4al.train.checkpoint import load_checkpoint, trained_model
 
 TOLERANCE = 1e-3  # max |logit difference| accepted between onnxruntime and PyTorch
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
+DIM_NAMES = ("batch", None, "height", "width")  # of the input and the output; None: channels, classes
+INPUT_TEXT = ("float32 RGB in [0, 1], (batch, 3, height, width), sides of at least 16 pixels for a dynamic model; "
+              "the ImageNet normalisation is inside the model")
+OUTPUT_TEXT = "float32 logits, (batch, classes, height, width): the argmax over axis 1 is the class id"
+DEFAULT_SIZE = (360, 480)  # the example size where the training images were not resized
 
 
 class ExportError(RuntimeError):
@@ -34,6 +44,7 @@ class ExportResult:
     checked_shapes: tuple[tuple[int, ...], ...]
     max_abs_diff: float
     trained_at: tuple[int, int] | None  # (H, W) the training images were resized to (dataset.resize)
+    classes: tuple[str, ...]
 
 
 def probe_shapes(height: int, width: int, dynamic: bool) -> tuple[tuple[int, ...], ...]:
@@ -74,22 +85,40 @@ def check_writable(path: Path) -> None:
         path.unlink()
 
 
+def described(onnx_path: Path, dynamic: bool, metadata: dict[str, str]) -> None:
+    """Names the dynamic sides of the file's input and output (the exporter's own names are
+    symbols such as s14) and stores `metadata` in it."""
+    graph_model = onnx.load(str(onnx_path))
+    if dynamic:
+        for value in (*graph_model.graph.input, *graph_model.graph.output):
+            for dim, name in zip(value.type.tensor_type.shape.dim, DIM_NAMES):
+                if name is not None:
+                    dim.dim_param = name
+    for key, value in metadata.items():
+        graph_model.metadata_props.add(key=key, value=value)
+    onnx.save(graph_model, str(onnx_path))
+
+
 def export_onnx(
     checkpoint: Path,
     out_path: Path,
     network: str = "teacher",
-    height: int = 360,
-    width: int = 480,
+    height: int | None = None,
+    width: int | None = None,
     dynamic: bool = True,
     tolerance: float = TOLERANCE,
 ) -> ExportResult:
     """Writes the model to `out_path` (weights inside the file) once it passed the check on
-    `probe_shapes`; raises ExportError, leaving any file there as it was, if onnxruntime and PyTorch
-    differ by more than `tolerance`."""
+    `probe_shapes` at `height` x `width` (default: the size its training images were resized to,
+    else DEFAULT_SIZE; a fixed model's input size); raises ExportError, leaving any file there as
+    it was, if onnxruntime and PyTorch differ by more than `tolerance`."""
     out_path = Path(out_path)
     check_writable(out_path)
-    model, cfg = load_trained_model(Path(checkpoint), network, "cpu")
+    state = load_checkpoint(Path(checkpoint))
+    model, cfg = trained_model(state, Path(checkpoint), network, "cpu")
     model = model.to(memory_format=torch.contiguous_format)
+    default = cfg.dataset.resize or DEFAULT_SIZE
+    height, width = height or default[0], width or default[1]
     traced = (height | 1, width | 1) if dynamic else (height, width)  # odd sides: the padding branch
     any_size = torch.export.Dim.DYNAMIC
     shapes = probe_shapes(height, width, dynamic)
@@ -105,8 +134,14 @@ def export_onnx(
             external_data=False,
             verbose=False,
         )
+        classes = class_set(cfg.dataset, state["classes"], state.get("colours"))
+        described(written, dynamic, {
+            "s4al.input": INPUT_TEXT, "s4al.output": OUTPUT_TEXT, "s4al.classes": json.dumps(list(classes.names)),
+            "s4al.colours": json.dumps([list(c) for c in classes.colors]),
+            "s4al.trained_at": json.dumps(cfg.dataset.resize),  # null: the images at their own size
+            "s4al.network": network})
         diff = max_difference(model, written, shapes)
         if diff > tolerance:
             raise ExportError(f"{out_path}: onnxruntime and PyTorch logits differ by {diff:.2e} > {tolerance:.0e}; "
                               "nothing written")
-    return ExportResult(out_path, dynamic, shapes, diff, cfg.dataset.resize)
+    return ExportResult(out_path, dynamic, shapes, diff, cfg.dataset.resize, tuple(classes.names))
