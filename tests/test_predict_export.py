@@ -2,6 +2,7 @@
 predict/export commands (s4al/deploy/predict.py, export.py, commands.py)."""
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from s4al.deploy.commands import export_command, predict_command
 from s4al.report.commands import report
 from s4al.deploy.export import TOLERANCE, ExportError, export_onnx, max_difference
 from s4al.deploy.predict import OVERLAY_ALPHA, OVERLAY_ROWS, overlay, predict
-from s4al.train.checkpoint import load_trained_model, save_checkpoint
+from s4al.train.checkpoint import UnfinishedCheckpoint, load_trained_model, save_checkpoint
 
 SIZES = [(50, 70), (33, 47)]  # (H, W): the model was built for 48x64
 
@@ -115,6 +116,20 @@ def test_a_model_trained_on_resized_images_predicts_on_the_image_resized_so_at_t
     assert fixed.checked_shapes == ((1, 3, 24, 32),) and fixed.trained_at == (24, 32)
     session = onnxruntime.InferenceSession(str(fixed.path), providers=["CPUExecutionProvider"])
     assert json.loads(session.get_modelmeta().custom_metadata_map["s4al.trained_at"]) == [24, 32]
+
+
+def test_a_checkpoint_of_a_training_not_finished_is_used_and_said_to_be_such(tmp_path):
+    cfg = tiny_config()
+    state = build_model(cfg.model, SYNTHETIC_CLASSES.num_classes).state_dict()
+    checkpoint = tmp_path / "cycle_0.pt"
+    for step, said in ((3, True), (10, False)):
+        save_checkpoint({"config": cfg.model_dump(mode="json"), "classes": list(SYNTHETIC_CLASSES.names),
+                         "teacher": state, "student": state, "step": step, "total_steps": 10}, checkpoint)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_trained_model(checkpoint)
+        assert [str(w.message) for w in caught if w.category is UnfinishedCheckpoint] == (
+            [f"{checkpoint}: of a training not finished, at step 3 of 10"] if said else [])
 
 
 def test_predict_paints_the_colours_saved_in_the_checkpoint_wherever_the_dataset_is(images, tmp_path, monkeypatch):

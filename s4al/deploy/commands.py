@@ -40,7 +40,8 @@ def predict_command(
 
     with user_errors_reported():
         files = _image_files(images, out)
-        bar = Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=console, transient=True)
+        bar = Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=console, transient=True,
+                       disable=not console.is_terminal)
         task = bar.add_task("segmenting", total=len(files))
 
         def shown(done: int) -> None:  # from the first image on: a refusal before it prints alone

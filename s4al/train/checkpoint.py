@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from collections.abc import Collection
 from pathlib import Path
 
 import torch
 
-from s4al.errors import S4alError
+from s4al.errors import S4alError, S4alWarning
 from s4al.atomic import atomic_write
 from s4al.config import RunConfig, config_differences, flat_config, saved_config
 from s4al.run_folder import RunFolder, json_lines
@@ -19,6 +20,10 @@ from s4al.run_folder import RunFolder, json_lines
 
 class CheckpointError(S4alError, OSError):
     """A checkpoint that could not be written; the previous one, if any, is intact."""
+
+
+class UnfinishedCheckpoint(S4alWarning):
+    """A checkpoint of a training that has not reached its last step, used as it is."""
 
 
 class AdoptionRefused(S4alError):
@@ -71,11 +76,15 @@ def load_trained_model(path: Path, network: str = "teacher", device: str | torch
 
 
 def trained_model(state: dict, path: Path, network: str = "teacher", device: str | torch.device = "cpu"):
-    """load_trained_model of a checkpoint already read from `path`."""
+    """load_trained_model of a checkpoint already read from `path`; one of a training not finished
+    (a run at work, or stopped) is used, and said to be such."""
     from s4al.model import build_model
 
     if network not in ("teacher", "student"):
         raise S4alError(f"network must be 'teacher' or 'student', got {network!r}")
+    step, total = state.get("step"), state.get("total_steps")
+    if step is not None and total is not None and step < total:
+        warnings.warn(f"{path}: of a training not finished, at step {step} of {total}", UnfinishedCheckpoint)
     cfg = saved_config(state["config"], path)
     model = build_model(cfg.model.model_copy(update={"weights": None}), len(state["classes"]))
     model.load_state_dict(state[network])
