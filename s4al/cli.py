@@ -22,7 +22,8 @@ from s4al.config import (
 )
 from s4al.data import DatasetError, build_dataset
 from s4al.errors import S4alError, reports_error, show_user_warnings, user_errors_reported
-from s4al.text import shell
+from s4al.atomic import atomic_write
+from s4al.text import counted, shell
 from s4al.provenance import record_start
 from s4al.run_folder import RunFolder
 
@@ -159,8 +160,12 @@ def evaluate_command(
     network: NetworkOption = Network.teacher,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 4,
     device: Annotated[str, typer.Option(help="Device: auto, cpu, cuda, cuda:1, ...")] = "auto",
+    json_path: Annotated[Optional[Path], typer.Option(
+        "--json", metavar="FILE", help="Also write the scores there as JSON (mIoU, per-class IoU and recall, pixel "
+                                       "accuracy, the images scored).")] = None,
 ) -> None:
-    """Confusion-matrix mIoU, per-class IoU and recall of a checkpoint on a split."""
+    """Confusion-matrix mIoU, per-class IoU and recall of a checkpoint on a split (a model trained on
+    resized images is scored at that size, as it was evaluated in training)."""
     from s4al.evaluate import evaluate
     from s4al.train.checkpoint import load_checkpoint, trained_model
 
@@ -176,13 +181,20 @@ def evaluate_command(
         if list(dataset.classes.names) != list(state["classes"]):
             raise S4alError(f"{checkpoint}: trained on the classes {', '.join(state['classes'])}; the dataset "
                             f"{dataset_cfg.root} has {', '.join(dataset.classes.names)}")
-        record = evaluate(model, dataset, batch_size, dev, fast=cfg.train.fast).as_dict(dataset.classes.names)
+        scores = evaluate(model, dataset, batch_size, dev, fast=cfg.train.fast).as_dict(dataset.classes.names)
+        record = {"checkpoint": str(checkpoint), "network": network.value, "split": split, "images": len(dataset),
+                  **scores}
+        if json_path is not None and distributed.is_main():
+            with atomic_write(json_path, "w") as file:
+                json.dump(record, file, indent=2)
     main = distributed.is_main()
     distributed.leave()
     if not main:
         return
-    console.print_json(json.dumps(record))
     _print_scores(split, record)
+    console.print(f"the {network.value} of {checkpoint} on {counted(len(dataset), 'image')} of split '{split}': "
+                  f"pixel accuracy {percent(record['pixel_accuracy'])}"
+                  + (f"; scores written to {json_path}" if json_path is not None else ""))
 
 
 @app.command()

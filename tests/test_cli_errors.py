@@ -1,6 +1,7 @@
 """User errors at the command line (s4al/errors.py): input s4al refuses ends a command with one line,
 `error: MESSAGE`, and exit status 1; any other exception is a fault and keeps its traceback."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -255,7 +256,13 @@ def test_evaluate_refuses_a_dataset_of_other_classes_and_a_folder_for_synthetic_
     assert result.exit_code == 1
     assert result.output == (f"error: {tmp_path / 'own.pt'}: trained on the classes {names}; the dataset {other} has "
                              f"{', '.join(c['name'] for c in renamed)}\n")
-    assert runner.invoke(app, ["evaluate", str(tmp_path / "own.pt"), "--data", str(tmp_path / "data")]).exit_code == 0
+    scored = runner.invoke(app, ["evaluate", str(tmp_path / "own.pt"), "--data", str(tmp_path / "data"),
+                                 "--json", str(tmp_path / "scores.json")], env={"COLUMNS": "500"})
+    assert scored.exit_code == 0, scored.output
+    record = json.loads((tmp_path / "scores.json").read_text())  # the scores apart from the table shown
+    assert (record["split"], record["images"], record["network"]) == ("val", 2, "teacher")
+    assert set(record["iou"]) == {c["name"] for c in OWN_CLASSES} and 0 <= record["miou"] <= 1
+    assert f"the teacher of {tmp_path / 'own.pt'} on 2 images of split 'val': pixel accuracy" in scored.output
     saved_checkpoint(tmp_path / "synthetic.pt", tiny_config(), SYNTHETIC_CLASSES.names)
     result = runner.invoke(app, ["evaluate", str(tmp_path / "synthetic.pt"), "--data", str(tmp_path / "data")])
     assert (result.exit_code, result.output) == (1, f"error: --data {tmp_path / 'data'}: {tmp_path / 'synthetic.pt'} was "
