@@ -143,7 +143,8 @@ def test_predict_names_a_missing_image_before_it_reads_the_checkpoint(tmp_path, 
     empty.mkdir()
     (empty / "notes.txt").write_text("not an image")
     result = runner.invoke(app, ["predict", str(damaged_checkpoint), str(empty), "--out", str(tmp_path / "masks")])
-    assert (result.exit_code, result.output) == (1, f"error: {empty}: no image in this folder (.png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp)\n")
+    assert (result.exit_code, result.output) == (1, f"error: {empty}: no image in this folder (.png, .jpg, .jpeg, "
+                                                    ".bmp, .tif, .tiff, .webp; sub-folders are not searched)\n")
 
 
 @pytest.mark.parametrize("kind", ["damaged", "missing"])
