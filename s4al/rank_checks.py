@@ -1,7 +1,7 @@
 """What every rank of a torchrun job must agree on before it trains or asks anything: the
-settings it was given and the images it reads. A rank that differs is refused on every rank (the
-main one prints it), instead of waiting in a collective the others never reach or training and
-scoring other images than rank 0 believes."""
+settings it was given, the images it reads, and what is wrong with their masks. A rank that
+differs is refused on every rank (the main one prints it), instead of waiting in a collective the
+others never reach or training and scoring other images than rank 0 believes."""
 
 from __future__ import annotations
 
