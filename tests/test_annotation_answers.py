@@ -503,7 +503,11 @@ def test_answers_whose_annotation_was_deleted_in_label_studio_stay_and_are_named
             "Studio?): 1, 2") in result.output
     assert import_answers(run_dir, export).annotation_gone == [1, 2] and snapshot(run_dir) == before
     only = write_export(tmp_path / "e3.json", deleted)  # the only task: nothing submitted, the answers named still
-    assert "kept 2 regions answered, the task without" in CliRunner().invoke(app, ["import", str(run_dir), str(only)]).output
+    said = CliRunner().invoke(app, ["import", str(run_dir), str(only)], env={"COLUMNS": "250"}).output
+    assert "kept 2 regions answered, the task without" in said
+    assert ("kept 1 region answered, their task not in this export (deleted in Label Studio, or an export of part of "
+            "the project?): 3") in said  # task 2, deleted whole
+    assert snapshot(run_dir) == before
 
 
 def test_an_export_with_nothing_submitted_yet_imports_nothing_without_an_error(run_dir, tmp_path):

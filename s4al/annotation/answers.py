@@ -83,6 +83,8 @@ class ImportReport:
     # their answer was painted: the answers stay
     annotation_gone: list[int] = field(default_factory=list)  # answered from Label Studio, but only tasks
     # without an annotation ask them in this export (deleted there since?): the answers stay
+    task_gone: list[int] = field(default_factory=list)  # answered from Label Studio by a task this export does
+    # not hold (deleted there since, or an export of part of the project?): the answers stay
     drafted: list[str] = field(default_factory=list)  # tasks asking regions still asked, with a draft saved
     # in Label Studio but nothing submitted
     read: int = 0  # tasks (or masks) submitted or skipped in the file, whatever they did
@@ -248,9 +250,11 @@ def _settle(report: ImportReport, regions: dict[int, Region], taken: dict, left_
         [region_id for region_id in dict.fromkeys(ids) if region_id not in taken]
         for ids in (report.skip_kept, report.outdated, report.skipped_since))
     report.repaired = list(dict.fromkeys(report.repaired))  # copies of a task repair a region once
-    report.annotation_gone = sorted(region_id for region_id in left_out.regions - annotated
-                                    if region_id in regions and regions[region_id].state == "answered"
-                                    and regions[region_id].answered_by == BY_LABEL_STUDIO)
+    by_label_studio = {region_id for region_id, region in regions.items()
+                       if region.state == "answered" and region.answered_by == BY_LABEL_STUDIO}
+    report.annotation_gone = sorted(by_label_studio & (left_out.regions - annotated))
+    if report.by == BY_LABEL_STUDIO:
+        report.task_gone = sorted(by_label_studio - annotated - left_out.regions)
     report.drafted = [task for task, region_ids in left_out.drafted
                       if any(i in regions and regions[i].state == "asked" for i in region_ids)]
 

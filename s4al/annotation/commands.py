@@ -203,6 +203,8 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
                            "Studio (or write the mask again) and import"),
         (report.annotation_gone, "kept {regions} answered, the task without an annotation in this export any more "
                                  "(deleted in Label Studio?)"),
+        (report.task_gone, "kept {regions} answered, their task not in this export (deleted in Label Studio, or an "
+                           "export of part of the project?)"),
         (report.skipped_since, "kept {regions} answered, the task skipped after the painting: an answer stays until "
                                "painted otherwise"),
         (report.outdated, "left {regions} answered as before: painted otherwise here, but before the stored answer "
