@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from PIL import Image
 
-from s4al.atomic import output_folder
+from s4al.atomic import atomic_write, output_folder
 from s4al.config import DatasetConfig
 from s4al.data import ClassSet, DatasetError
 from s4al.data.camvid import CAMVID_CLASSES
@@ -132,8 +132,10 @@ def predict(
         colours = classes.colorize(labels)
         for suffix, pixels in zip(SUFFIXES, (labels, colours, overlay(image, colours))):
             target = out_dir / f"{stem}_{suffix}.png"
-            Image.fromarray(pixels).save(target)
+            with atomic_write(target) as file:  # a kill leaves no PNG cut short under an output's name
+                Image.fromarray(pixels).save(file, format="PNG")
             written.append(target)
     written.append(out_dir / LEGEND)
-    legend(classes).savefig(written[-1], dpi=100)
+    with atomic_write(written[-1]) as file:
+        legend(classes).savefig(file, dpi=100, format="png")
     return Predicted(written, unread)
