@@ -109,6 +109,12 @@ class RunFolder:
     def checkpoint_path(self, cycle: int) -> Path:
         return self.checkpoints_dir / f"cycle_{cycle}.pt"
 
+    def last_checkpoint(self) -> Path | None:
+        """The checkpoint of the latest cycle (cycle_10 after cycle_9), None before the first."""
+        cycles = {int(m.group(1)): p for p in self.checkpoints_dir.glob("cycle_*.pt")
+                  if (m := re.fullmatch(r"cycle_(\d+)\.pt", p.name))}
+        return cycles[max(cycles)] if cycles else None
+
     def trained_checkpoint(self, cycle: int) -> Path:
         """The checkpoint of a cycle that has trained; RunFolderError, saying what it is for, if it is gone."""
         path = self.checkpoint_path(cycle)

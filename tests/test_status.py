@@ -198,19 +198,22 @@ def test_a_cycle_in_training_says_its_last_evaluation_of_its_epochs(tmp_path):
     assert "cycle 0 has not begun training: no evaluation yet (of 10 epochs)." in status(new)
 
 
+PARTS = {"student": {}, "teacher": {}, "config": {}, "classes": []}  # what every checkpoint holds, empty here
+
+
 def test_a_cycle_stopped_while_training_under_torchrun_is_told_to_resume_on_as_many_processes(tmp_path):
     cfg = tiny_config(active={"cycles": 1})
     run_dir = run_with_phases(tmp_path / "run", cfg, {0: "done", 1: "train"})
     checkpoint = RunFolder(run_dir).checkpoint_path(1)
     checkpoint.parent.mkdir(exist_ok=True)
-    torch.save({"step": 30, "total_steps": 80, "processes": 4}, checkpoint)
+    torch.save({**PARTS, "step": 30, "total_steps": 80, "processes": 4}, checkpoint)
     said = f"Once the dataset is as said above, continue with `s4al run --resume {run_dir}`"
     assert status(run_dir).endswith(f"{said} under torchrun with 4 processes in all, as many as trained the cycle's "
                                     "checkpoint (a cycle resumes on as many).\n")
     (run_dir / "starts.jsonl").write_text(json.dumps({"processes": 2}) + "\n")  # a start refused for its count
-    torch.save({"step": 30, "total_steps": 80, "processes": 1}, checkpoint)
+    torch.save({**PARTS, "step": 30, "total_steps": 80, "processes": 1}, checkpoint)
     assert status(run_dir).endswith(f"{said}.\n")
-    torch.save({"step": 80, "total_steps": 80, "processes": 4}, checkpoint)  # finished: it trains no more
+    torch.save({**PARTS, "step": 80, "total_steps": 80, "processes": 4}, checkpoint)  # finished: it trains no more
     assert status(run_dir).endswith(f"{said}.\n")
     checkpoint.write_bytes(b"cut")  # unreadable: the resume says why
     assert status(run_dir).endswith(f"{said}.\n")

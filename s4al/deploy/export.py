@@ -85,7 +85,7 @@ def check_writable(path: Path) -> None:
         path.unlink()
 
 
-def described(onnx_path: Path, dynamic: bool, metadata: dict[str, str]) -> None:
+def describe_onnx(onnx_path: Path, dynamic: bool, metadata: dict[str, str]) -> None:
     """Names the dynamic sides of the file's input and output (the exporter's own names are
     symbols such as s14) and stores `metadata` in it."""
     graph_model = onnx.load(str(onnx_path))
@@ -135,7 +135,7 @@ def export_onnx(
             verbose=False,
         )
         classes = class_set(cfg.dataset, state["classes"], state.get("colours"))
-        described(written, dynamic, {
+        describe_onnx(written, dynamic, {
             "s4al.input": INPUT_TEXT, "s4al.output": OUTPUT_TEXT, "s4al.classes": json.dumps(list(classes.names)),
             "s4al.colours": json.dumps([list(c) for c in classes.colors]),
             "s4al.trained_at": json.dumps(cfg.dataset.resize),  # null: the images at their own size

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Collection
 from pathlib import Path
 
-import torch
 from rich.table import Table
 
 from s4al.active.dataset_changes import dataset_changes
@@ -16,6 +15,8 @@ from s4al.active.ledger import PROJECT_META, Ledger, Region
 from s4al.active.phases import CyclePhases
 from s4al.config import RunConfig
 from s4al.data import DatasetError, build_dataset
+from s4al.errors import S4alError
+from s4al.train.checkpoint import load_checkpoint
 from s4al.text import counted, first_of, shell
 from s4al.run_folder import RunFolder, json_lines
 
@@ -117,11 +118,13 @@ def resume_processes(run_dir: Path, cycle: int | None) -> int:
     """The processes that trained the cycle's unfinished checkpoint, which its resume must run on;
     1 where there is none (any number may begin a cycle) or it cannot be read (the resume says why)."""
     path = RunFolder(run_dir).checkpoint_path(cycle or 0)
-    try:  # mapped, not read: the networks' tensors stay on disk
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # absent, cut short, not a torch file
+    if not path.is_file():
         return 1
-    unfinished = isinstance(state, dict) and state.get("step", 0) < state.get("total_steps", 0)
+    try:
+        state = load_checkpoint(path)
+    except S4alError:
+        return 1
+    unfinished = state.get("step", 0) < state.get("total_steps", 0)
     return state.get("processes", 1) if unfinished else 1
 
 

@@ -51,8 +51,8 @@ def load_checkpoint(path: Path) -> dict:
     (a pickle of objects, not of tensors and plain values) is refused, not run."""
     path = Path(path)
     if path.is_dir():
-        last = sorted(RunFolder(path).checkpoints_dir.glob("cycle_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-        hint = f"; its last: {last[-1]}" if last else ""
+        last = RunFolder(path).last_checkpoint()
+        hint = f"; its last: {last}" if last else ""
         raise S4alError(f"{path}: a folder; give a checkpoint of it, RUN/checkpoints/cycle_N.pt{hint}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
