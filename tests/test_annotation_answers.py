@@ -637,7 +637,7 @@ def test_a_skipped_task_submitted_later_answers_its_regions_and_a_partial_painti
     result = CliRunner().invoke(app, ["import", str(run_dir), str(reopened)], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert "answered 1 region (" in result.output
-    assert "answered 1 region skipped before (painted since): 1\n" in result.output
+    assert "answered 1 region skipped before (painted since, or skipped by `s4al skip` without --region" in result.output
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert [(r.region_id, r.state) for r in ledger.regions(0)] == [(1, "answered"), (2, "skipped"), (3, "asked")]
         assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(truth("a"), A1))
@@ -671,6 +671,36 @@ def test_masks_painted_before_a_skip_leave_it_skipped_and_masks_painted_after_an
     assert (report.answered, report.unskipped, report.skip_kept) == ([1], [1], [])
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(truth("a"), A1))
+
+
+def test_a_task_whose_regions_were_all_skipped_by_name_after_its_painting_names_them_as_left_skipped(
+        run_dir, tmp_path):
+    """Every region the task paints was skipped by name after it was painted: the import names them
+    (with how to answer them after all), not counts the task as imported before."""
+    CliRunner().invoke(app, ["skip", str(run_dir), "--region", "1", "--region", "2"])
+    export = write_export(tmp_path / "e.json", painted_at(task_of(1, "a", truth("a"), [1, 2]), "2026-03-09T11:00:00Z"))
+    report = import_answers(run_dir, export)
+    assert (report.answered, report.skip_kept, report.already_imported) == ([], [1, 2], 1)
+    result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
+    assert ("left 2 regions skipped: painted here, but before the skip (by `s4al skip --region` after the painting, "
+            "or in an earlier export or mask); to answer, save the task again in Label Studio (or write the mask "
+            "again) and import: 1, 2\n") in result.output
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert [(r.region_id, r.state) for r in ledger.regions(0)] == [(1, "skipped"), (2, "skipped"), (3, "asked")]
+
+
+def test_skip_without_regions_passes_over_answers_painted_before_it_and_not_yet_imported(run_dir, tmp_path):
+    """`s4al skip RUN` skips what has no answer yet: a task submitted in Label Studio before it (its
+    export not imported then) answers its regions on import; the one nobody painted stays skipped."""
+    submitted = painted_at(task_of(1, "a", truth("a"), [1, 2]), "2026-03-09T11:00:00Z")  # long before the skip
+    skipped = CliRunner().invoke(app, ["skip", str(run_dir)])
+    assert skipped.output.startswith("skipped 3 regions (1, 2, 3); 0 regions still asked.\n"), skipped.output
+    report = import_answers(run_dir, write_export(tmp_path / "e.json", submitted))
+    assert (report.answered, report.unskipped, report.skip_kept) == ([1, 2], [1, 2], [])
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert [(r.region_id, r.state) for r in ledger.regions(0)] == [(1, "answered"), (2, "answered"),
+                                                                        (3, "skipped")]
+        assert np.array_equal(ledger.patch(region_by_id(ledger, 2)), crop(truth("a"), A2))
 
 
 def test_two_masks_of_one_image_alike_count_once_and_painted_two_ways_are_refused(run_dir, tmp_path):

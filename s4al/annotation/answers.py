@@ -57,6 +57,10 @@ from s4al.text import first_of, named, shell
 
 MAX_PROBLEMS_SHOWN = 10
 BY_PNG_FOLDER = "png-folder"
+# who skipped, in the ledger: `s4al skip --region ID` declines the regions named, so an answer painted
+# before it stays overruled; `s4al skip` alone passes over whatever has no answer yet, so it does not
+BY_SKIP_NAMED = "s4al skip"
+BY_SKIP_UNANSWERED = "s4al skip (every region still asked)"
 
 
 @dataclass
@@ -224,6 +228,7 @@ def _answers(ledger: Ledger, sizes: dict[str, tuple[int, int]], painted: Iterabl
             continue
         corrections = _corrections(ledger, image, digest, addressed, report, repainted, problems)
         report.skipped_since += _skipped_since_answered(image, addressed)
+        report.skip_kept += _overruled_by_skip(image, addressed)
         if addressed and not corrections and not _answers_left(image, addressed):
             report.already_imported += 1
             continue
@@ -347,9 +352,9 @@ def _answers_left(image: PaintedImage, addressed: list[Region]) -> bool:
 
 
 def _painted_before_skip(image: PaintedImage, region: Region) -> bool:
-    """Whether `image` was painted before skipped `region` was skipped: a mask or export from before
-    the skip, which the skip overrules. Unknown when the answer tells no time."""
-    if image.painted_at is None or region.answered_at is None:
+    """Whether `image` was painted before skipped `region` was skipped by name: a mask or export from
+    before the skip, which the skip overrules. Unknown when the answer tells no time."""
+    if image.painted_at is None or region.answered_at is None or region.answered_by == BY_SKIP_UNANSWERED:
         return False
     return datetime.fromisoformat(image.painted_at) < datetime.fromisoformat(region.answered_at)
 
@@ -371,8 +376,8 @@ def _answer_image(image: PaintedImage, addressed: list[Region], report: ImportRe
         if region.state == "answered" or image.declined:
             continue
         if region.state == "skipped" and share >= MIN_PAINTED_SHARE and _painted_before_skip(image, region):
-            report.skip_kept.append(region.region_id)
-        elif share >= MIN_PAINTED_SHARE:
+            continue  # named by _overruled_by_skip
+        if share >= MIN_PAINTED_SHARE:
             answers.append((region.region_id, patch.copy()))
         elif region.state == "asked":
             report.not_answered[region.region_id] = share
@@ -449,6 +454,13 @@ def _painted_before(image: PaintedImage, digest: str | None, region: Region) -> 
     if image.painted_at == region.painted_at and None not in (digest, region.source_digest):
         return digest == region.source_digest
     return image.painted_at <= region.painted_at
+
+
+def _overruled_by_skip(image: PaintedImage, addressed: list[Region]) -> list[int]:
+    """The skipped regions `image` paints enough, but before they were skipped: they stay skipped."""
+    return [region.region_id for region in addressed
+            if region.state == "skipped" and not image.declined and _painted(image, region)[1] >= MIN_PAINTED_SHARE
+            and _painted_before_skip(image, region)]
 
 
 def _skips(image: PaintedImage, addressed: list[Region]) -> list[int]:

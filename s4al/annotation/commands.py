@@ -49,7 +49,7 @@ ApiKeyOption = Annotated[Optional[str], typer.Option(
     "--api-key", metavar="TOKEN", envvar="LABEL_STUDIO_API_KEY", show_default=False,
     help="Label Studio access token for --label-studio (never stored).")]
 RegionOption = Annotated[
-    Optional[list[int]], typer.Option("--region", metavar="ID", help="A region id to skip (repeatable); default: every region still asked.")
+    Optional[list[int]], typer.Option("--region", metavar="ID", help="A region id to skip (repeatable); default: every region still asked, an answer given for one (painted before or after) still answering it.")
 ]
 
 
@@ -193,14 +193,15 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
         lines.append(f"kept the earlier answer of {_shares(report.edits_under_minimum)}, painted otherwise now but "
                      f"under {100 * MIN_PAINTED_SHARE:.0f}%: to correct one, paint at least that much of it")
     kinds = (  # the regions an import treated other than as asked, each kind with what happened to them
-        (report.unskipped, "answered {regions} skipped before (painted since)"),
+        (report.unskipped, "answered {regions} skipped before (painted since, or skipped by `s4al skip` without "
+                           "--region, which passes over answers not yet imported)"),
         (report.corrected, "corrected {regions} answered before, painted otherwise now (the new answer replaces "
                            "the earlier one for the training to come" + (_after_the_last(run_dir) if report.corrected
                                                                        else "") + ")"),
         (report.repaired, "wrote again {regions} whose stored answer (in labels/) was lost"),
-        (report.skip_kept, "left {regions} skipped: painted here, but before the skip (by `s4al skip` after the "
-                           "painting, or in an earlier export or mask); to answer, save the task again in Label "
-                           "Studio (or write the mask again) and import"),
+        (report.skip_kept, "left {regions} skipped: painted here, but before the skip (by `s4al skip --region` "
+                           "after the painting, or in an earlier export or mask); to answer, save the task again in "
+                           "Label Studio (or write the mask again) and import"),
         (report.annotation_gone, "kept {regions} answered, the task without an annotation in this export any more "
                                  "(deleted in Label Studio?)"),
         (report.task_gone, "kept {regions} answered, their task not in this export (deleted in Label Studio, or an "
@@ -238,19 +239,21 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None) -> None:
     nor counted as labelled pixels unless an import paints them later. The run then continues with
     the regions answered."""
     from s4al.active.ledger import PROJECT_META, Ledger
+    from s4al.annotation.answers import BY_SKIP_NAMED, BY_SKIP_UNANSWERED
 
     with user_errors_reported():
         folder = RunFolder(run_dir)
         with folder.locked(), Ledger(folder.ledger_file()) as ledger:  # the lock: not while a run writes it
             chosen = region or [asked.region_id for asked in ledger.asked()]
-            skipped = ledger.skip(chosen, by="s4al skip")
+            skipped = ledger.skip(chosen, by=BY_SKIP_NAMED if region else BY_SKIP_UNANSWERED)
             still_asked = len(ledger.asked())
             project = ledger.get_meta(PROJECT_META)
     typer.echo(f"skipped {counted(len(skipped), 'region')}{_listed(skipped)}; {counted(still_asked, 'region')} "
                "still asked.")
     if skipped and project is not None:
+        when = "after this skip" if region else "before or after this skip"
         typer.echo(f"Their tasks stay open in Label Studio ({project['url']}/projects/{project['id']}): a task "
-                   "painted there after this skip, then imported, answers its regions all the same.")
+                   f"painted there {when}, then imported, answers its regions all the same.")
     if not still_asked:
         typer.echo(next_step(run_dir))
 
