@@ -259,6 +259,26 @@ def test_a_class_list_changed_after_the_run_was_made_is_refused_naming_the_file(
     ActiveLearningRun(run_dir).close()
 
 
+def test_a_class_list_reading_masks_otherwise_after_the_run_was_made_is_refused_naming_each_change(tmp_path):
+    """The same names, but two colours swapped and another void value: colour masks (and the void of
+    id masks) would be read as other classes, so the run refuses to open."""
+    root = make_dataset(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    ActiveLearningRun(run_dir, own_config(root)).close()
+    swapped = [{**CLASSES[0], "color": CLASSES[1]["color"]}, {**CLASSES[1], "color": CLASSES[0]["color"]}, CLASSES[2]]
+    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": swapped, "ignore_value": 200}))
+    with pytest.raises(DatasetError, match=re.escape(
+            f"{root / 'classes.yaml'}: class 'road' has the colour [0, 0, 142] (was [128, 64, 128]); class 'car' has "
+            "the colour [128, 64, 128] (was [0, 0, 142]); ignore_value is 200 (was 255) since the run was made: the "
+            "same masks would give other labels")):
+        ActiveLearningRun(run_dir)
+    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": CLASSES, "ignore_color": [255, 255, 255]}))
+    with pytest.raises(DatasetError, match=re.escape("ignore_color is [255, 255, 255] (was null) since the run")):
+        ActiveLearningRun(run_dir)
+    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": CLASSES, "ignore_value": 255}))  # as it was
+    ActiveLearningRun(run_dir).close()
+
+
 def test_a_checkpoint_gone_from_a_cycle_that_trained_is_said_with_what_the_run_needs_it_for(tmp_path):
     run_dir = tmp_path / "run"
     with pytest.MonkeyPatch.context() as mp, pytest.raises(Killed):

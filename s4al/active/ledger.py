@@ -57,6 +57,7 @@ SCHEMA_VERSION = 4
 RUN_ID = "run_id"  # a random id the run is made with; its Label Studio tasks carry it
 CLASSES_META = "classes"  # the class names, in class id order
 COLOURS_META = "colours"  # the classes' RGB colours, in class id order (runs made since it was kept)
+MASK_READING = "mask_reading"  # the dataset's mask_reading() (runs opened since it was kept)
 SEED_META = "seed"  # the run's seed, for the ledger read on its own
 CONFIG_DIGEST = "config_digest"  # config_digest(config.yaml) when the run was made
 FILE_DIGEST = "config_sha256"  # the same in ledgers made before: the file's bytes

@@ -5,6 +5,7 @@ checked and saved here too. The cycle (s4al/active/cycle.py) only calls these.""
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 import warnings
@@ -14,8 +15,8 @@ import numpy as np
 
 from s4al.active.dataset_changes import DatasetChanges, dataset_changes
 from s4al.active.ledger import (
-    CLASSES_META, COLOURS_META, CONFIG_DIGEST, CYCLES_META, EVALUATED_META, FILE_DIGEST, RESUME_CHANGES, RUN_ID,
-    SEED_META, Ledger, utc_now,
+    CLASSES_META, COLOURS_META, CONFIG_DIGEST, CYCLES_META, EVALUATED_META, FILE_DIGEST, MASK_READING, RESUME_CHANGES,
+    RUN_ID, SEED_META, Ledger, utc_now,
 )
 from s4al.active.phases import CyclePhases
 from s4al.config import SAVED_ON_RESUME, RunConfig, config_digest, file_digest, flat_config, nested
@@ -52,8 +53,10 @@ def open_ledger(folder: RunFolder, cfg: RunConfig, train_set: SegmentationDatase
     additions = _check_same_images(ledger, cfg, train_set)
     _note_evaluation_changes(ledger, cfg, val_set, test_set)
     _write_splits(folder, ledger)
-    if ledger.get_meta(COLOURS_META) is None:  # a new run, or one made before the ledger kept them
-        ledger.set_meta(COLOURS_META, [list(colour) for colour in train_set.classes.colors])
+    for key, now in ((COLOURS_META, [list(colour) for colour in train_set.classes.colors]),
+                     (MASK_READING, train_set.mask_reading())):
+        if ledger.get_meta(key) is None:  # a new run, or one made before the ledger kept them
+            ledger.set_meta(key, now)
     if ledger.get_meta(RUN_ID) is None:  # a new run, or one made before runs had an id
         ledger.set_meta(RUN_ID, uuid.uuid4().hex)  # tells its answers from a twin's (same seed and data)
     return ledger, additions
@@ -117,19 +120,42 @@ def _check_config(folder: RunFolder, ledger: Ledger) -> None:
 
 
 def _check_classes(ledger: Ledger, cfg: RunConfig, train_set: SegmentationDataset) -> None:
-    """The dataset must name the classes the run was made with, in the same order: every stored
-    answer, mask and checkpoint means a class by its number."""
+    """The dataset must name the classes the run was made with, in the same order, and read masks
+    as it did (the same class colours, void value and colour): every stored answer, mask and
+    checkpoint means a class by its number."""
     made_with, now = ledger.get_meta(CLASSES_META), list(train_set.classes.names)
-    if made_with is None or made_with == now:
-        return
+    if made_with is not None and made_with != now:
+        raise DatasetError(f"{_class_list(cfg)}: the run was made with the classes {', '.join(made_with)}; the dataset "
+                           f"now has {', '.join(now)}: the run's answers and model give each class by its number, so "
+                           "they would change meaning. Restore the classes the run was made with (the same names in "
+                           "the same order), or start a new run")
+    changes = _reading_changes(ledger, train_set)
+    if changes:
+        raise DatasetError(f"{_class_list(cfg)}: {'; '.join(changes)} since the run was made: the same masks would "
+                           "give other labels than those the run has trained with. Restore it, or start a new run")
+
+
+def _reading_changes(ledger: Ledger, train_set: SegmentationDataset) -> list[str]:
+    """What the dataset reads masks with otherwise than the run was made with: class colours, then
+    the keys of its mask_reading()."""
+    changes = []
+    colours = ledger.get_meta(COLOURS_META)
+    if colours is not None:
+        changes += [f"class '{name}' has the colour {list(now)} (was {was})"
+                    for name, was, now in zip(train_set.classes.names, colours, train_set.classes.colors)
+                    if was != list(now)]
+    was_read, read = ledger.get_meta(MASK_READING) or {}, train_set.mask_reading()
+    changes += [f"{key} is {json.dumps(read.get(key))} (was {json.dumps(was)})" for key, was in was_read.items()
+                if read.get(key) != was]
+    return changes
+
+
+def _class_list(cfg: RunConfig) -> Path | str:
+    """Where the dataset's classes are given: a folder dataset's class list, or the dataset's name."""
     d = cfg.dataset
-    source = f"dataset {d.name}"
     if d.name == "folder":
-        source = next((Path(d.root) / n for n in SPEC_NAMES if (Path(d.root) / n).is_file()), Path(d.root))
-    raise DatasetError(f"{source}: the run was made with the classes {', '.join(made_with)}; the dataset now has "
-                       f"{', '.join(now)}: the run's answers and model give each class by its number, so they "
-                       "would change meaning. Restore the classes the run was made with (the same names in the "
-                       "same order), or start a new run")
+        return next((Path(d.root) / n for n in SPEC_NAMES if (Path(d.root) / n).is_file()), Path(d.root))
+    return f"dataset {d.name}"
 
 
 def _check_same_images(ledger: Ledger, cfg: RunConfig, train_set: SegmentationDataset) -> DatasetChanges:

@@ -84,6 +84,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def has_label(self, index: int) -> bool:
         return True
 
+    def mask_reading(self) -> dict:
+        """How the dataset reads a mask's values as classes, beyond the class names and colours (a
+        run keeps it: changed, the same masks would give other labels)."""
+        return {}
+
     def label_problems(self, indices: Iterable[int] | None = None) -> list[str]:
         """What is wrong with the labels of `indices` (every one by default), each read once; a
         dataset that generates its labels has none to check."""

@@ -218,7 +218,12 @@ class ImageFolder(FilePairDataset):
         if spec.ignore_color:
             colour_to_class[spec.ignore_color] = IGNORE_INDEX
         self.decode_colours = ColourDecoder(colour_to_class)
+        self.ignore_color = spec.ignore_color
         self.pairs = self._list_pairs(allow_unlabelled or split == UNLABELLED_SPLIT)
+
+    def mask_reading(self) -> dict:
+        return {"ignore_value": self.ignore_value, "colour_masks": self.colour_masks,
+                "ignore_color": None if self.ignore_color is None else list(self.ignore_color)}
 
     @property
     def mask_dir(self) -> Path:
