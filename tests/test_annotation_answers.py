@@ -13,7 +13,8 @@ import sys
 import textwrap
 import time
 import tracemalloc
-from datetime import datetime, timezone
+from contextlib import closing
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from typer.testing import CliRunner
 
 import s4al.annotation.masks as masks_module
 from conftest import disk_full_at, label_map, label_state, region_by_id
-from s4al.active.ledger import PROJECT_META, Ledger, LedgerError, Region
+from s4al.active.ledger import PROJECT_META, SAID_META, Ledger, LedgerError, Region
 from s4al.active.phases import CyclePhases
 from s4al.annotation.answers import import_answers
 from s4al.annotation.label_studio import task
@@ -83,6 +84,14 @@ def snapshot(run):
     ledger = hashlib.sha256((run / "ledger.sqlite").read_bytes()).hexdigest()
     labels = sorted(p.name for p in (run / "labels").iterdir()) if (run / "labels").exists() else None
     return ledger, labels
+
+
+def answers_state(run):
+    """The ledger's rows but what the last import said, and the listing of labels/: what an import
+    that keeps every answer as it was must not change."""
+    with closing(sqlite3.connect(f"file:{run / 'ledger.sqlite'}?mode=ro", uri=True)) as conn:
+        rows = [line for line in conn.iterdump() if SAID_META not in line]
+    return rows, sorted(p.name for p in (run / "labels").iterdir())
 
 
 def test_label_studio_answers_store_the_painting_inside_each_asked_region(run_dir, tmp_path):
@@ -158,17 +167,21 @@ def test_an_older_export_imported_after_a_correction_leaves_the_corrected_answer
     newer = write_export(tmp_path / "e2.json", newer_task)
     import_answers(run_dir, older)
     assert import_answers(run_dir, newer).corrected == [1]
-    before = snapshot(run_dir)
-    report = import_answers(run_dir, older)  # the first export again: its painting is the older one
+    before = answers_state(run_dir)
+    report = import_answers(run_dir, older, dry_run=True)  # the first export again: its painting is the older one
     assert (report.corrected, report.outdated, report.already_imported) == ([], [1], 1)
-    assert snapshot(run_dir) == before
+    assert report.older == ("2026-03-09T22:16:08.728378+00:00", "2026-03-10T07:00:00.000001+00:00")
+    assert answers_state(run_dir) == before
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(reviewed, A1))
         assert region_by_id(ledger, 1).painted_at == "2026-03-10T07:00:00.000001+00:00"
         assert region_by_id(ledger, 2).painted_at == "2026-03-09T22:16:08.728378+00:00"  # as the first export said
     result = CliRunner().invoke(app, ["import", str(run_dir), str(older)], env={"COLUMNS": "250"})
-    assert ("left 1 region answered as before: painted otherwise here, but before the stored answer (an earlier "
-            "export or mask?): 1") in result.output
+    assert ("an older export: its newest painting is from 2026-03-09 22:16:08 UTC, but answers imported before were "
+            "painted up to 2026-03-10 07:00:00 UTC (an earlier download?); it replaces none of them\nleft 1 region "
+            "answered as before: painted otherwise here, but before the stored answer (an earlier export or mask?): "
+            "1\n") in result.output
+    assert answers_state(run_dir) == before
 
 
 def test_an_older_export_imported_after_a_newer_one_never_replaces_its_answers(run_dir, tmp_path):
@@ -415,12 +428,12 @@ def test_an_edit_that_leaves_an_answered_region_under_half_painted_keeps_the_ear
     import_answers(run_dir, write_export(tmp_path / "e1.json", task_of(1, "a", truth("a"), [1, 2])))
     erased = truth("a")
     erased[0:6, 0:10] = 255  # 60 of A1's 100 pixels erased
-    before = snapshot(run_dir)
+    before = answers_state(run_dir)
     export = write_export(tmp_path / "e2.json", task_of(1, "a", erased, [1, 2]))
-    report = import_answers(run_dir, export)
+    report = import_answers(run_dir, export, dry_run=True)
     assert (report.answered, report.corrected, report.already_imported) == ([], [], 1)
     assert report.edits_under_minimum == {1: 0.4}  # said, not passed over in silence
-    assert snapshot(run_dir) == before
+    assert answers_state(run_dir) == before
     result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
     assert ("kept the earlier answer of region 1 (40.0%), painted otherwise now but under 50%: to correct one, "
             "paint at least that much of it") in result.output
@@ -478,7 +491,7 @@ def test_a_few_stray_pixels_left_after_erasing_do_not_use_a_region_up(run_dir, t
 def test_a_task_skipped_after_its_answers_were_imported_keeps_them_and_says_so(run_dir, tmp_path):
     import_answers(run_dir, write_export(tmp_path / "e1.json", painted_at(task_of(1, "a", truth("a"), [1, 2]),
                                                                           "2026-03-09T10:00:00Z")))
-    before = snapshot(run_dir)
+    before = answers_state(run_dir)
     skipped = painted_at(task_of(1, "a", truth("a"), [1, 2]), "2026-03-09T11:00:00Z")
     skipped["annotations"][0]["was_cancelled"] = True  # Skip pressed on the task once imported
     export = write_export(tmp_path / "e2.json", skipped)
@@ -486,7 +499,7 @@ def test_a_task_skipped_after_its_answers_were_imported_keeps_them_and_says_so(r
     assert result.exit_code == 0, result.output
     assert ("kept 2 regions answered, the task skipped after the painting: an answer stays until painted "
             "otherwise: 1, 2") in result.output
-    assert snapshot(run_dir) == before
+    assert answers_state(run_dir) == before
 
 
 def test_answers_whose_annotation_was_deleted_in_label_studio_stay_and_are_named(run_dir, tmp_path):
@@ -496,18 +509,36 @@ def test_answers_whose_annotation_was_deleted_in_label_studio_stay_and_are_named
     deleted = task_of(1, "a", truth("a"), [1, 2])
     deleted["annotations"] = []  # its annotation deleted in Label Studio; task 2's is there
     export = write_export(tmp_path / "e2.json", deleted, task_of(2, "b", truth("b"), [3]))
-    before = snapshot(run_dir)
+    before = answers_state(run_dir)
     result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert ("kept 2 regions answered, the task without an annotation in this export any more (deleted in Label "
             "Studio?): 1, 2") in result.output
-    assert import_answers(run_dir, export).annotation_gone == [1, 2] and snapshot(run_dir) == before
-    only = write_export(tmp_path / "e3.json", deleted)  # the only task: nothing submitted, the answers named still
+    assert import_answers(run_dir, export).annotation_gone == [1, 2] and answers_state(run_dir) == before
+    again = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"}).output
+    assert "kept" not in again  # said once, by the import that found it
+    only = write_export(tmp_path / "e3.json", deleted)  # the only task: nothing submitted; task 2 deleted whole now
     said = CliRunner().invoke(app, ["import", str(run_dir), str(only)], env={"COLUMNS": "250"}).output
-    assert "kept 2 regions answered, the task without" in said
+    assert "kept 2 regions answered, the task without" not in said
     assert ("kept 1 region answered, their task not in this export (deleted in Label Studio, or an export of part of "
-            "the project?): 3") in said  # task 2, deleted whole
-    assert snapshot(run_dir) == before
+            "the project?): 3") in said
+    assert answers_state(run_dir) == before
+    part = write_export(tmp_path / "e4.json", task_of(2, "b", truth("b"), [3]))  # an export of part of the project
+    said = CliRunner().invoke(app, ["import", str(run_dir), str(part)], env={"COLUMNS": "250"}).output
+    assert "kept 2 regions answered, their task not in this export (deleted in Label Studio, or an export" in said
+    said = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"}).output
+    assert "kept 2 regions answered, the task without" in said  # found again after an import that did not find it
+
+
+def test_answers_imported_before_the_runs_project_was_made_anew_are_not_taken_for_deleted_tasks(run_dir, tmp_path):
+    """`s4al query --new-project` puts a new project in place of one deleted: the answers imported from
+    the old one have no task in the new one's exports, and are not named as deleted there."""
+    import_answers(run_dir, write_export(tmp_path / "e1.json", task_of(1, "a", truth("a"), [1, 2])))
+    made = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat()
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        ledger.set_meta(PROJECT_META, {"url": "http://127.0.0.1:8080", "id": 4, "since": made})  # as --new-project
+    report = import_answers(run_dir, write_export(tmp_path / "e2.json", task_of(1, "b", truth("b"), [3])))
+    assert (report.answered, report.task_gone) == ([3], [])
 
 
 def test_an_export_with_nothing_submitted_yet_imports_nothing_without_an_error(run_dir, tmp_path):
@@ -679,7 +710,7 @@ def test_a_task_whose_regions_were_all_skipped_by_name_after_its_painting_names_
     (with how to answer them after all), not counts the task as imported before."""
     CliRunner().invoke(app, ["skip", str(run_dir), "--region", "1", "--region", "2"])
     export = write_export(tmp_path / "e.json", painted_at(task_of(1, "a", truth("a"), [1, 2]), "2026-03-09T11:00:00Z"))
-    report = import_answers(run_dir, export)
+    report = import_answers(run_dir, export, dry_run=True)
     assert (report.answered, report.skip_kept, report.already_imported) == ([], [1, 2], 1)
     result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
     assert ("left 2 regions skipped: painted here, but before the skip (by `s4al skip --region` after the painting, "

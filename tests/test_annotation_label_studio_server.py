@@ -369,6 +369,8 @@ def test_a_deleted_project_is_replaced_by_a_new_one_that_gets_every_task_still_a
         assert sorted(r.region_id for r in ledger.asked()) == still_asked
     code, output = s4al(*query, key=server.token)  # later queries go to the new project, sending nothing twice
     assert code == 0 and f"sent 0 new tasks to Label Studio project {new['id']}" in output
+    code, output = s4al("import", asking_run, "--label-studio", key=server.token)
+    assert code == 0 and "nothing to import" in output and "kept" not in output  # the answer's task: in the old one
 
 
 def test_a_project_holding_another_runs_tasks_is_refused_before_anything_is_sent(

@@ -64,7 +64,9 @@ FILE_DIGEST = "config_sha256"  # the same in ledgers made before: the file's byt
 EVALUATED_META = "evaluated_images"  # {split: image ids} of the val and test splits last opened
 RESUME_CHANGES = "resume_changes"  # the config keys changed on resume, when, from what
 JOINED = "joined"  # the images and masks added to the dataset after the run was made, as they joined it
-PROJECT_META = "label_studio_project"  # {"url": server, "id": project id} of the run's one project
+PROJECT_META = "label_studio_project"  # {"url": server, "id": project id, "since": when s4al made it} of the
+# run's one project
+SAID_META = "said_by_the_last_import"  # {kind: region ids}: what the last import said it kept as it was
 CYCLES_META = "active_cycles"  # the active.cycles the run last opened with, whatever set it
 # version 1 lacks the 'skipped' state, versions 1 and 2 the column painted_at, versions 1 to 3 source_digest
 READABLE_VERSIONS = (1, 2, 3, 4)

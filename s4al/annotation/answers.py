@@ -17,10 +17,14 @@ The rule for a region still asked:
   stored as void (255), which, as with the ground-truth oracle, still counts as labelled;
 - skipped when its Label Studio task was skipped (the Skip button), or with `s4al skip`; a skipped
   region painted enough later (the task reopened and submitted) is answered then, but not by a
-  painting from before the skip (an older export or mask imported again): the skip stands, named;
+  painting from before a skip by name (an older export or mask imported again): the skip stands,
+  named; `s4al skip` of every region still asked passes over answers not yet imported;
 - otherwise left asked, and reported with its painted share.
 Painted pixels outside the regions an answer addresses are ignored and reported, and so are
-rectangles drawn by hand and files in a PNG folder that are not masks.
+rectangles drawn by hand and files in a PNG folder that are not masks. What an import keeps as it
+was (an answer whose task is gone, an edit under the minimum, ...) is said by the first import that
+finds it, not again while later ones find it too; an export painted before answers imported earlier
+is said to be older, and the answers it lacks are not taken for deleted tasks.
 
 Refused, with nothing written: a run folder in use by another process, an unreadable file, an image
 the run does not have, a class it does not know, a mask of the wrong size or not a PNG, a task
@@ -42,7 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-from s4al.active.ledger import CLASSES_META, COLOURS_META, RUN_ID, LabelWriteError, Ledger, LedgerError, Region
+from s4al.active.ledger import (
+    CLASSES_META, COLOURS_META, PROJECT_META, RUN_ID, SAID_META, LabelWriteError, Ledger, LedgerError, Region,
+)
 from s4al.active.phases import CyclePhases
 from s4al.acquisition.regions import box_masks
 from s4al.active.summaries import rewrite_summaries
@@ -91,8 +97,25 @@ class ImportReport:
     # not hold (deleted there since, or an export of part of the project?): the answers stay
     drafted: list[str] = field(default_factory=list)  # tasks asking regions still asked, with a draft saved
     # in Label Studio but nothing submitted
+    older: tuple[str, str] | None = None  # of an export painted before answers imported earlier: when its
+    # newest painting was, and the newest stored answer's
+    said_before: dict[str, list[int]] = field(default_factory=dict)  # SAID_ONCE kind -> the region ids the
+    # import before this one said
     read: int = 0  # tasks (or masks) submitted or skipped in the file, whatever they did
     still_asked: int = 0  # regions of the run still waiting for an answer
+
+    def said_now(self) -> dict[str, list[int]]:
+        """The region ids of each SAID_ONCE kind this import finds (of those it finds any of)."""
+        return {kind: sorted(getattr(self, kind)) for kind in SAID_ONCE if getattr(self, kind)}
+
+    def not_said_before(self, kind: str) -> list[int]:
+        """Of the regions of SAID_ONCE `kind`, those the import before this one did not say."""
+        said = set(self.said_before.get(kind, ()))
+        return [region_id for region_id in getattr(self, kind) if region_id not in said]
+
+
+# what an import keeps as it was, said once: the import that finds it says it, later ones do not
+SAID_ONCE = ("edits_under_minimum", "skip_kept", "annotation_gone", "task_gone", "skipped_since", "outdated")
 
 
 def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> ImportReport:
@@ -113,10 +136,14 @@ def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> 
             _refuse_label_changes_mid_training(folder, ledger, report, answers_path)
             newly_answered = len(report.answered) - len(report.unskipped)
             report.still_asked = len(ledger.asked()) - newly_answered - len(report.skipped)
+            report.said_before = ledger.get_meta(SAID_META) or {}
         if not answers and not report.skipped:
-            if report.already_imported or not report.read:  # nothing new, or nothing submitted yet
-                return report
-            raise AnswerError(f"{answers_path}: nothing to answer: {_why_nothing(report)}")
+            if not (report.already_imported or not report.read):  # something new, or nothing submitted yet
+                raise AnswerError(f"{answers_path}: nothing to answer: {_why_nothing(report)}")
+            if not dry_run and report.said_now() != report.said_before:
+                with Ledger(ledger_path) as ledger:
+                    ledger.set_meta(SAID_META, report.said_now())
+            return report
         if dry_run:
             return report
         with Ledger(ledger_path) as ledger:
@@ -132,6 +159,7 @@ def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> 
             except LedgerError as err:
                 raise AnswerError(f"{answers_path}: {err}") from None
             report.still_asked = len(ledger.asked())
+            ledger.set_meta(SAID_META, report.said_now())
             # a finished cycle's summary says what it bought: the answers it holds now
             rewrite_summaries(folder, ledger, [*report.corrected, *report.unskipped, *report.repaired],
                               ledger.get_meta(CLASSES_META))
@@ -206,9 +234,12 @@ def _answers(ledger: Ledger, sizes: dict[str, tuple[int, int]], painted: Iterabl
     source_digests: dict[int, str | None] = {}
     run_id = ledger.get_meta(RUN_ID)
     annotated: set[int] = set()  # the regions some painting of this file addresses
+    newest: str | None = None  # the file's newest painting time, of those that tell it
     same_name = {unicodedata.normalize("NFC", image_id): image_id for image_id in sizes}
     for image in painted:
         report.read += 1
+        if image.painted_at is not None and (newest is None or _earlier(newest, image.painted_at)):
+            newest = image.painted_at
         if image.image_id not in sizes:  # a file name in another Unicode form (macOS writes NFD) names it too
             image = replace(image, image_id=same_name.get(unicodedata.normalize("NFC", image.image_id),
                                                           image.image_id))
@@ -240,14 +271,17 @@ def _answers(ledger: Ledger, sizes: dict[str, tuple[int, int]], painted: Iterabl
         source_digests.update((region_id, digest) for region_id, _ in image_answers)
     if problems:
         raise AnswerError(f"answers refused, nothing written: {first_of(problems, MAX_PROBLEMS_SHOWN, '; ')}")
-    _settle(report, regions, taken, left_out, annotated)
+    _settle(report, regions, taken, left_out, annotated, newest, (ledger.get_meta(PROJECT_META) or {}).get("since"))
     return answers, painted_at, source_digests
 
 
 def _settle(report: ImportReport, regions: dict[int, Region], taken: dict, left_out: LeftOut,
-            annotated: set[int]) -> None:
+            annotated: set[int], newest: str | None, project_since: str | None) -> None:
     """The report's lists once the whole file is read: a region counted once however many copies of
-    its task the file holds, and what the file's tasks without an annotation leave asked or answered."""
+    its task the file holds, and what the file's tasks without an annotation leave asked or answered.
+    A region answered from Label Studio whose task the file lacks is not taken for one deleted there
+    where it was painted after the file's newest painting (the file is older), or imported before
+    the run's project was made (`project_since`: its tasks are in the project `--new-project` replaced)."""
     for region_id in taken:  # answered by another task of the same image
         report.not_answered.pop(region_id, None)
     # copies of a task name a region once, and not as kept where another copy answers it
@@ -255,8 +289,15 @@ def _settle(report: ImportReport, regions: dict[int, Region], taken: dict, left_
         [region_id for region_id in dict.fromkeys(ids) if region_id not in taken]
         for ids in (report.skip_kept, report.outdated, report.skipped_since))
     report.repaired = list(dict.fromkeys(report.repaired))  # copies of a task repair a region once
-    by_label_studio = {region_id for region_id, region in regions.items()
-                       if region.state == "answered" and region.answered_by == BY_LABEL_STUDIO}
+    answered_there = [region for region in regions.values()
+                      if region.state == "answered" and region.answered_by == BY_LABEL_STUDIO]
+    later = [region.painted_at for region in answered_there
+             if region.painted_at is not None and newest is not None and _earlier(newest, region.painted_at)]
+    if later and report.by == BY_LABEL_STUDIO:
+        report.older = (newest, max(later, key=datetime.fromisoformat))
+    by_label_studio = {region.region_id for region in answered_there
+                       if not (report.older and _earlier(newest, region.painted_at or newest))
+                       and (project_since is None or not _earlier(region.answered_at, project_since))}
     report.annotation_gone = sorted(by_label_studio & (left_out.regions - annotated))
     if report.by == BY_LABEL_STUDIO:
         report.task_gone = sorted(by_label_studio - annotated - left_out.regions)
@@ -351,12 +392,17 @@ def _answers_left(image: PaintedImage, addressed: list[Region]) -> bool:
                for region in addressed)
 
 
+def _earlier(time: str, other: str) -> bool:
+    """Whether UTC time `time` is before `other` (ISO 8601, of any precision)."""
+    return datetime.fromisoformat(time) < datetime.fromisoformat(other)
+
+
 def _painted_before_skip(image: PaintedImage, region: Region) -> bool:
     """Whether `image` was painted before skipped `region` was skipped by name: a mask or export from
     before the skip, which the skip overrules. Unknown when the answer tells no time."""
     if image.painted_at is None or region.answered_at is None or region.answered_by == BY_SKIP_UNANSWERED:
         return False
-    return datetime.fromisoformat(image.painted_at) < datetime.fromisoformat(region.answered_at)
+    return _earlier(image.painted_at, region.answered_at)
 
 
 def _painted(image: PaintedImage, region: Region) -> tuple[np.ndarray, float]:

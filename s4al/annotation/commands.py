@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -182,36 +183,44 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = N
 
 
 def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
+    from s4al.annotation.answers import SAID_ONCE
     from s4al.annotation.label_studio import BY_LABEL_STUDIO
 
     lines = []
+    if report.older:
+        newest, stored = (f"{datetime.fromisoformat(time):%Y-%m-%d %H:%M:%S} UTC" for time in report.older)
+        lines.append(f"an older export: its newest painting is from {newest}, but answers imported before were "
+                     f"painted up to {stored} (an earlier download?); it replaces none of them")
     if report.not_answered:
         lines.append(f"not answered, under {100 * MIN_PAINTED_SHARE:.0f}% painted, left asked: "
                      f"{_shares(report.not_answered)}; paint more and import again, or skip: "
                      f"{_skip_command(run_dir, list(report.not_answered))}")
-    if report.edits_under_minimum:
-        lines.append(f"kept the earlier answer of {_shares(report.edits_under_minimum)}, painted otherwise now but "
+    edits = {i: report.edits_under_minimum[i] for i in report.not_said_before("edits_under_minimum")}
+    if edits:
+        lines.append(f"kept the earlier answer of {_shares(edits)}, painted otherwise now but "
                      f"under {100 * MIN_PAINTED_SHARE:.0f}%: to correct one, paint at least that much of it")
     kinds = (  # the regions an import treated other than as asked, each kind with what happened to them
-        (report.unskipped, "answered {regions} skipped before (painted since, or skipped by `s4al skip` without "
-                           "--region, which passes over answers not yet imported)"),
-        (report.corrected, "corrected {regions} answered before, painted otherwise now (the new answer replaces "
-                           "the earlier one for the training to come" + (_after_the_last(run_dir) if report.corrected
-                                                                       else "") + ")"),
-        (report.repaired, "wrote again {regions} whose stored answer (in labels/) was lost"),
-        (report.skip_kept, "left {regions} skipped: painted here, but before the skip (by `s4al skip --region` "
-                           "after the painting, or in an earlier export or mask); to answer, save the task again in "
-                           "Label Studio (or write the mask again) and import"),
-        (report.annotation_gone, "kept {regions} answered, the task without an annotation in this export any more "
-                                 "(deleted in Label Studio?)"),
-        (report.task_gone, "kept {regions} answered, their task not in this export (deleted in Label Studio, or an "
-                           "export of part of the project?)"),
-        (report.skipped_since, "kept {regions} answered, the task skipped after the painting: an answer stays until "
-                               "painted otherwise"),
-        (report.outdated, "left {regions} answered as before: painted otherwise here, but before the stored answer "
-                          "(an earlier export or mask?)"),
+        ("unskipped", "answered {regions} skipped before (painted since, or skipped by `s4al skip` without "
+                      "--region, which passes over answers not yet imported)"),
+        ("corrected", "corrected {regions} answered before, painted otherwise now (the new answer replaces the "
+                      "earlier one for the training to come" + (_after_the_last(run_dir) if report.corrected else "")
+                      + ")"),
+        ("repaired", "wrote again {regions} whose stored answer (in labels/) was lost"),
+        ("skip_kept", "left {regions} skipped: painted here, but before the skip (by `s4al skip --region` after the "
+                      "painting, or in an earlier export or mask); to answer, save the task again in Label Studio "
+                      "(or write the mask again) and import"),
+        ("annotation_gone", "kept {regions} answered, the task without an annotation in this export any more "
+                            "(deleted in Label Studio?)"),
+        ("task_gone", "kept {regions} answered, their task not in this export (deleted in Label Studio, or an "
+                      "export of part of the project?)"),
+        ("skipped_since", "kept {regions} answered, the task skipped after the painting: an answer stays until "
+                          "painted otherwise"),
+        ("outdated", "left {regions} answered as before: painted otherwise here, but before the stored answer "
+                     "(an earlier export or mask?)"),
     )
-    lines += [f"{text.format(regions=counted(len(ids), 'region'))}: {_ids(ids)}" for ids, text in kinds if ids]
+    said = {kind: report.not_said_before(kind) if kind in SAID_ONCE else getattr(report, kind) for kind, _ in kinds}
+    lines += [f"{text.format(regions=counted(len(said[kind]), 'region'))}: {_ids(said[kind])}"
+              for kind, text in kinds if said[kind]]
     if report.drafted:
         lines.append(f"{counted(len(report.drafted), 'task')} with a draft saved in Label Studio but nothing "
                      f"submitted, regions left asked: {first_of(report.drafted, SHOWN_IMAGES, '; ')}; submit the "

@@ -36,7 +36,7 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.data_manager import Column, Filters, Operator, Type
 
-from s4al.active.ledger import PROJECT_META, RUN_ID, Ledger
+from s4al.active.ledger import PROJECT_META, RUN_ID, Ledger, utc_now
 from s4al.annotation.label_studio import BY_LABEL_STUDIO, json_list_items
 from s4al.atomic import atomic_write
 from s4al.errors import S4alError
@@ -177,7 +177,8 @@ def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_k
             title = f"{run_name} ({run_id[:8]})" if run_id else run_name
             made = client.projects.create(title=title, label_config=config, request_options=ONCE)
             project = Project(url, made.id)
-            ledger.set_meta(PROJECT_META, {"url": url, "id": project.id})  # before any upload: one project per run
+            # before any upload: one project per run; since when, to tell its answers from a replaced one's
+            ledger.set_meta(PROJECT_META, {"url": url, "id": project.id, "since": utc_now()})
             edited = False
         else:  # a deleted project answers 404 here, not when listing its tasks
             edited = _label_values(_existing(client, project, project_id).label_config or "") != _label_values(config)
