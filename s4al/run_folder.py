@@ -277,8 +277,8 @@ class RunFolder:
         except BlockingIOError:
             holder = _holder_written_in(fd)
             os.close(fd)
-            raise RunFolderError(f"{self.path}: in use by process {holder}; wait for it to finish "
-                                 "(two processes on one run folder would train the same cycle twice)") from None
+            raise RunFolderError(f"{self.path}: in use by process {holder}; wait for it to finish (one process at "
+                                 "a time writes a run folder: a run, an import or a skip)") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         _held_locks[key] = fd

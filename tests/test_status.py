@@ -14,10 +14,12 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import tiny_config
+from test_cycle import cycle_config
 from s4al.active.cycle import ActiveLearningRun
 from s4al.active.ledger import PROJECT_META, Ledger, LedgerError
 from s4al.active.phases import CyclePhases
 from s4al.cli import app
+from s4al.errors import S4alWarning
 from s4al.report.figures import read_cycles
 from s4al.run_folder import RunFolder
 
@@ -221,6 +223,9 @@ def test_a_cycle_stopped_while_training_under_torchrun_is_told_to_resume_on_as_m
 
 def test_a_finished_run_says_how_to_give_it_more_cycles(tmp_path):
     run_dir = run_with_phases(tmp_path / "run", tiny_config(active={"cycles": 1}), {0: "done", 1: "done"})
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        ledger.register_images([("b", 4, 4)], initial=set())
+        ledger.ask(0, [("b", (0, 0, 2, 2), "entropy", 1.0)])  # the pool had something to ask
     output = status(run_dir)
     assert "The run has finished its last cycle (1)." in output and "--set active.cycles=2" in output
     assert "Continue with" not in output
@@ -270,10 +275,30 @@ def test_a_damaged_config_is_refused_before_any_of_the_account_is_printed(run_di
     assert result.exit_code == 1 and result.output.startswith(f"error: {run_dir / 'config.yaml'}: cannot read config")
 
 
-def test_a_command_suggested_for_a_folder_with_a_space_quotes_it():
+def test_a_command_suggested_for_a_folder_with_a_space_quotes_it(tmp_path):
     from s4al.annotation.commands import _skip_command
     from s4al.report.status import finished_line
 
-    assert "`s4al run --resume 'runs/my run' --set active.cycles=3`" in finished_line(Path("runs/my run"), 2)
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.register_images([("a", 32, 32)], initial=set())
+        ledger.ask(1, [("a", (0, 0, 16, 16), "entropy", 1.0)])  # the last cycle that asked found something
+        assert "`s4al run --resume 'runs/my run' --set active.cycles=3`" in finished_line(Path("runs/my run"), 2, ledger)
     assert _skip_command(Path("runs/my run"), [3, 5]) == "s4al skip 'runs/my run' --region 3 --region 5"
     assert _skip_command(Path("runs/mine"), [3]) == "s4al skip runs/mine --region 3"  # quoted only where needed
+
+
+def test_a_run_whose_pool_has_nothing_left_to_ask_says_so_as_it_asks_and_once_finished(tmp_path):
+    """Four pool images of 2 cells each (48x64 in cells of 32), 2 asked per image a cycle: cycle 1
+    asks the last ones, cycle 2 finds nothing; the run says so, and its status suggests no more cycles."""
+    cfg = cycle_config(dataset={"synthetic": {"num_train": 5, "num_val": 2, "height": 48, "width": 64}},
+                       active={"cycles": 3, "region_size": 32, "regions_per_image": 2, "initial_fraction": 0.2})
+    with pytest.warns(S4alWarning) as said, ActiveLearningRun(tmp_path / "run", cfg) as run:
+        run.run()
+    assert [str(w.message) for w in said if "asked nothing" in str(w.message)] == [
+        "cycle 2 asked nothing: the pool has nothing left to ask (every image labelled or every region of it asked); "
+        "the cycles after it train on the same labels"]
+    with Ledger(tmp_path / "run" / "ledger.sqlite", readonly=True) as ledger:
+        assert [len(ledger.regions(cycle)) for cycle in range(3)] == [8, 8, 0]
+    output = " ".join(CliRunner().invoke(app, ["status", str(tmp_path / "run")], env=WIDE).output.split())
+    assert ("The run has finished its last cycle (3); its pool had nothing left to ask by cycle 2: every image is "
+            "labelled or every region of it asked.") in output and "--set active.cycles" not in output

@@ -10,6 +10,7 @@ uninterrupted one."""
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -29,6 +30,7 @@ from s4al import distributed, rank_checks
 from s4al.config import RunConfig, config_differences
 from s4al.data import DatasetError, build_dataset
 from s4al.data.base import refuse_bad_labels
+from s4al.errors import S4alWarning
 from s4al.text import counted, first_of, shell
 from s4al.evaluate import evaluate
 from s4al.run_folder import RunFolder, RunFolderError
@@ -245,6 +247,10 @@ class ActiveLearningRun(AbstractContextManager):
             started = time.perf_counter()
             queries = self._queries(cycle)  # every rank scores its share; all get the same queries
             self._on_main(self._record_queries, cycle, queries, time.perf_counter() - started)
+            if not queries and distributed.is_main():
+                warnings.warn(f"cycle {cycle} asked nothing: the pool has nothing left to ask (every image labelled "
+                              "or every region of it asked); the cycles after it train on the same labels",
+                              S4alWarning, stacklevel=2)
         self._set_phase(cycle, "answer")
 
     def _answer_by_masks(self, cycle: int) -> None:

@@ -269,11 +269,13 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None) -> None:
 
 def next_step(run_dir: Path) -> str:
     """What to run once no region is left asked."""
+    from s4al.active.ledger import Ledger
     from s4al.report.status import finished_line
 
     cycles = _finished_cycles(run_dir)
     if cycles is not None:
-        return finished_line(run_dir, cycles)
+        with Ledger(RunFolder(run_dir).ledger_file(), readonly=True) as ledger:
+            return finished_line(run_dir, cycles, ledger)
     return f"Continue with `s4al run --resume {shell(run_dir)}`."
 
 

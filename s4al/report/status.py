@@ -25,10 +25,18 @@ def percent(fraction: float | None) -> str:
     return "-" if fraction is None else f"{100 * fraction:.1f}%"
 
 
-def finished_line(run_dir: Path, cycles: int) -> str:
+def finished_line(run_dir: Path, cycles: int, ledger: Ledger) -> str:
+    if cycles > 0 and asked_nothing(ledger, cycles - 1):
+        return (f"The run has finished its last cycle ({cycles}); its pool had nothing left to ask by cycle "
+                f"{cycles - 1}: every image is labelled or every region of it asked.")
     return (f"The run has finished its last cycle ({cycles}). For more labels, "
             f"`s4al run --resume {shell(run_dir)} --set active.cycles={cycles + 1}` asks with the last model and "
             "trains once more.")
+
+
+def asked_nothing(ledger: Ledger, cycle: int) -> bool:
+    """Whether asking `cycle` found nothing left to ask: no region asked, no image bought."""
+    return not ledger.regions(cycle) and not any(record.acquired_cycle == cycle for record in ledger.images())
 
 
 def cycle_table(run_dir: Path, summaries: list[dict], ledger: Ledger, phases: CyclePhases) -> Table:
@@ -92,7 +100,7 @@ def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhase
     needed, unneeded = lost_answers(run_dir, ledger, phases)
     lines += lost_answers_lines(run_dir, needed, unneeded)
     if phase == "done" and cycle == cfg.active.cycles:
-        return lines + [finished_line(run_dir, cycle)]
+        return lines + [finished_line(run_dir, cycle, ledger)]
     if pending:
         return lines + [_waiting(run_dir, len(pending), ledger.get_meta(PROJECT_META))]
     if phase in (None, "train") and metrics_log is not None:
