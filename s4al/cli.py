@@ -18,7 +18,8 @@ from s4al.deploy.commands import Network, NetworkOption, export_command, predict
 from s4al.report.commands import compare, report
 from s4al.report.status import cycle_table, dataset_lines, next_lines, percent
 from s4al.config import (
-    CYCLE0_MAY_DIFFER, ConfigError, RunConfig, cold_start_notes, inert_settings, load_config, parse_override,
+    CYCLE0_MAY_DIFFER, ConfigError, RunConfig, check_answers_train, cold_start_notes, inert_settings, load_config,
+    parse_override,
 )
 from s4al.data import DatasetError, build_dataset
 from s4al.errors import S4alError, reports_error, show_user_warnings, user_errors_reported
@@ -235,6 +236,7 @@ def run(
             raise _bad_parameter(taken)
         if cfg is not None:
             _note_inert_settings(cfg, changes)
+            check_answers_train(cfg)
         if cycle0_from is not None:  # refused before the run is made
             _check_cycle0_lender(cycle0_from, run_dir, cfg or RunFolder.open(run_dir, lock=False).config(changes))
         with ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes) as active_run:

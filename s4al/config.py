@@ -503,6 +503,18 @@ def cold_start_notes(cfg: RunConfig) -> list[str]:
             "without pseudo labels or the answered regions (those train with the pool images, after the cold start)"]
 
 
+def check_answers_train(cfg: RunConfig) -> None:
+    """Refuses a run that asks but whose cold start lasts every cycle after the asking: no model would
+    ever train with the answered regions (they come in with the pool images, after the cold start)."""
+    cold, cycles = cfg.ssl.cold_start_epochs, cfg.active.cycles
+    if not cfg.ssl.enabled or cycles < 1 or any(cfg.cycle_epochs(c) > cold for c in range(1, cycles + 1)):
+        return
+    longest = max(cfg.cycle_epochs(c) for c in range(1, cycles + 1))
+    raise ConfigError(f"ssl.cold_start_epochs {cold} lasts the whole of every cycle that would train with the "
+                      f"answered regions (cycles 1 to {cycles}, at most {longest} epochs each): no model would learn "
+                      f"from them; set ssl.cold_start_epochs below {longest} (--set ssl.cold_start_epochs=0: none)")
+
+
 def nested(flat: dict) -> dict:
     """{"a.b": 1} -> {"a": {"b": 1}}"""
     out: dict = {}

@@ -195,6 +195,19 @@ def test_a_run_whose_cold_start_lasts_its_cycles_is_told_before_it_trains(tmp_pa
                                     "labelled images alone, without pseudo labels or the answered regions")
 
 
+def test_a_run_whose_cold_start_lasts_every_cycle_after_it_asks_is_refused_before_it_is_made(tmp_path):
+    """Asked regions train with the pool images, after the cold start: lasting every cycle that could
+    use them (2 epochs each, the last 2 x 1), it would spend a person's answers on nothing."""
+    small = ["--set", "train.epochs=2", "--set", "active.cycles=2", "--set", "active.final_cycle_epoch_multiplier=1"]
+    result = runner.invoke(app, ["run", "--out", str(tmp_path / "run"), *small], env={"COLUMNS": "500"})
+    assert result.exit_code == 1
+    assert result.output.endswith(
+        "error: ssl.cold_start_epochs 2 lasts the whole of every cycle that would train with the answered regions "
+        "(cycles 1 to 2, at most 2 epochs each): no model would learn from them; set ssl.cold_start_epochs below 2 "
+        "(--set ssl.cold_start_epochs=0: none)\n")
+    assert not (tmp_path / "run").exists()
+
+
 def saved_checkpoint(path, cfg, classes) -> None:
     """A checkpoint in the trainer's format, of a randomly initialised network (no training needed)."""
     torch.manual_seed(0)
