@@ -437,12 +437,14 @@ def _validated(data: dict, path: str | Path, overrides: dict | None = None) -> R
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        problems = []
+        problems, in_file = [], False
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"]) or "(top)"
-            origin = "--set " if _set_by(overrides or {}, e["loc"]) else ""
-            problems.append(f"{origin}{key}: {_problem(e)}")
-        raise ConfigError(f"{path}: invalid config: {'; '.join(problems)}") from None
+            by_set = _set_by(overrides or {}, e["loc"])
+            in_file |= not by_set
+            problems.append(f"{'--set ' if by_set else ''}{key}: {_problem(e)}")
+        where = f"{path}: invalid config" if in_file else "invalid setting"  # the file is not at fault
+        raise ConfigError(f"{where}: {'; '.join(problems)}") from None
 
 
 def parse_override(items: list[str]) -> dict:

@@ -199,12 +199,13 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
     if edits:
         lines.append(f"kept the earlier answer of {_shares(edits)}, painted otherwise now but "
                      f"under {100 * MIN_PAINTED_SHARE:.0f}%: to correct one, paint at least that much of it")
+    later = _after_the_last(run_dir) if report.corrected or report.unskipped else ""
     kinds = (  # the regions an import treated other than as asked, each kind with what happened to them
         ("unskipped", "answered {regions} skipped before (painted since, or skipped by `s4al skip` without "
-                      "--region, which passes over answers not yet imported)"),
+                      "--region, which passes over answers not yet imported; they train from the next cycle"
+                      + later + ")"),
         ("corrected", "corrected {regions} answered before, painted otherwise now (the new answer replaces the "
-                      "earlier one for the training to come" + (_after_the_last(run_dir) if report.corrected else "")
-                      + ")"),
+                      "earlier one for the training to come" + later + ")"),
         ("repaired", "wrote again {regions} whose stored answer (in labels/) was lost"),
         ("skip_kept", "left {regions} skipped: painted here, but before the skip (by `s4al skip --region` after the "
                       "painting, or in an earlier export or mask); to answer, save the task again in Label Studio "
