@@ -1069,7 +1069,8 @@ REFUSED_EXPORTS = {
         r"with dataset.resize holds its images resized\)"),
     "colour PNG": (
         lambda tmp: png_folder(tmp, "a.png", np.zeros((H, W, 3), np.uint8)),
-        r"a.png: a label must be a single-channel"),
+        r"a.png: painted in colours, but this run keeps no class colours \(it was made before s4al kept them\): save "
+        r"it as a greyscale PNG of class ids$"),
     "empty folder": (png_folder, "no .png masks"),
     "JPEG and TIFF beside the PNG masks": (
         lambda tmp: with_files(png_folder(tmp, "b.png", truth("b")), "a.jpg", "c.TIFF", "notes.txt"),

@@ -22,6 +22,7 @@ from s4al.annotation.masks import AnswerError
 from s4al.cli import app
 from s4al.config import ConfigError, load_config, save_config
 from s4al.data import DatasetError, build_dataset
+from s4al.data.classes import IGNORE_INDEX
 from s4al.errors import S4alWarning
 from s4al.report.html import change_rows
 from s4al.run_folder import RunFolder
@@ -468,6 +469,44 @@ def test_an_indexed_answer_mask_painting_the_class_colours_is_read_by_colour(tmp
     assert import_answers(run_dir, answers).still_asked == 0
     with ledger_of(run_dir) as ledger:
         assert all((ledger.patch(region) == 1).all() for region in ledger.answered())  # car
+
+
+def test_an_rgba_answer_mask_is_read_by_the_class_colours_transparent_and_void_coloured_pixels_unpainted(tmp_path):
+    """Car's colour in the top half of each asked region, the void colour (classes.yaml's ignore_color)
+    in its bottom-left quarter, transparent elsewhere: the top half is answered car, the rest void.
+    A colour no class has is refused, at its place."""
+    root = make_dataset(tmp_path / "data")
+    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": CLASSES, "ignore_color": [255, 255, 255]}))
+    run_dir = tmp_path / "run"
+    with ActiveLearningRun(run_dir, own_config(root)) as active_run:
+        active_run.run()
+        asked = active_run.ledger.asked()
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    for image_id in {r.image_id for r in asked}:
+        rgba = np.zeros((H, W, 4), np.uint8)  # transparent black
+        for region in (r for r in asked if r.image_id == image_id):
+            y0, x0, y1, x1 = region.box
+            middle, centre = (y0 + y1) // 2, (x0 + x1) // 2
+            rgba[y0:middle, x0:x1] = [*CLASSES[1]["color"], 255]
+            rgba[middle:y1, x0:centre] = [255, 255, 255, 255]
+        save(answers / f"{image_id}.png", rgba)
+    wrong = tmp_path / "wrong"
+    shutil.copytree(answers, wrong)
+    some = sorted({r.image_id for r in asked})[0]
+    y0, x0, _, _ = next(r for r in asked if r.image_id == some).box
+    rgba = np.array(Image.open(wrong / f"{some}.png"))
+    rgba[y0, x0] = [1, 2, 3, 255]
+    save(wrong / f"{some}.png", rgba)
+    with pytest.raises(AnswerError, match=re.escape(f"{some}.png: unknown mask colour (1, 2, 3) at row {y0}, "
+                                                    f"column {x0}")):
+        import_answers(run_dir, wrong)
+    assert import_answers(run_dir, answers).still_asked == 0
+    with ledger_of(run_dir) as ledger:
+        for region in ledger.answered():
+            patch, (y0, x0, y1, x1) = ledger.patch(region), region.box
+            middle = (y1 - y0) // 2
+            assert (patch[:middle] == 1).all() and (patch[middle:] == IGNORE_INDEX).all()
 
 
 def test_a_mask_given_to_a_pool_image_while_its_regions_are_asked_answers_them(tmp_path):

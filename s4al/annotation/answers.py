@@ -47,7 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from s4al.active.ledger import (
-    CLASSES_META, COLOURS_META, PROJECT_META, RUN_ID, SAID_META, LabelWriteError, Ledger, LedgerError, Region,
+    CLASSES_META, COLOURS_META, MASK_READING, PROJECT_META, RUN_ID, SAID_META, LabelWriteError, Ledger, LedgerError,
+    Region,
 )
 from s4al.active.phases import CyclePhases
 from s4al.acquisition.regions import box_masks
@@ -130,8 +131,8 @@ def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> 
         with Ledger(ledger_path, readonly=True) as ledger:  # a refusal must not touch a byte
             sizes = {record.image_id: (record.height, record.width) for record in ledger.images()}
             left_out = LeftOut()  # the file's tasks without an annotation, as read
-            painted, report = _read(answers_path, ledger.get_meta(CLASSES_META), ledger.get_meta(COLOURS_META), sizes,
-                                    left_out)
+            painted, report = _read(answers_path, ledger.get_meta(CLASSES_META), ledger.get_meta(COLOURS_META),
+                                    (ledger.get_meta(MASK_READING) or {}).get("ignore_color"), sizes, left_out)
             answers, painted_at, source_digests = _answers(ledger, sizes, painted, report, left_out)
             _refuse_label_changes_mid_training(folder, ledger, report, answers_path)
             newly_answered = len(report.answered) - len(report.unskipped)
@@ -195,15 +196,17 @@ def _not_answered_reason(region_id: int, share: float) -> str:
     return f"region {region_id} is {100 * share:.1f}% painted (an answer needs {100 * MIN_PAINTED_SHARE:.0f}%)"
 
 
-def _read(path: Path, class_names: Sequence[str], class_colours: list | None, sizes: dict,
+def _read(path: Path, class_names: Sequence[str], class_colours: list | None, void_colour: list | None, sizes: dict,
           left_out: LeftOut) -> tuple[Iterable[PaintedImage], ImportReport]:
     """The painted images of the answer file or folder, to be read, and the report to fill;
-    `class_colours`: the run's (None in a run made before the ledger kept them), which indexed
-    masks may paint; `left_out` collects an export's tasks without an annotation."""
+    `class_colours`: the run's (None in a run made before the ledger kept them), which masks may
+    paint, and `void_colour`, its dataset's colour of void, if it has one (unpainted in a mask);
+    `left_out` collects an export's tasks without an annotation."""
     if path.is_dir():
         masks, ignored = png_masks(path)
+        void = {} if void_colour is None else {tuple(void_colour): UNPAINTED}
         colours = None if class_colours is None else ColourDecoder(
-            {tuple(colour): k for k, colour in enumerate(class_colours)})
+            {tuple(colour): k for k, colour in enumerate(class_colours)} | void)
         return read_png_masks(masks, colours), ImportReport(BY_PNG_FOLDER, ignored_files=ignored)
     if path.is_file() and path.suffix.lower() == ".png":
         raise AnswerError(f"{path}: one PNG; ANSWERS is a folder of IMAGE_ID.png masks or a Label Studio JSON "

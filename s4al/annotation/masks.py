@@ -2,8 +2,9 @@
 read or decoded when first used (an import leaves a painting it has imported before unread).
 
 Two readers produce it: `label_studio.read_export` (a Label Studio JSON export) and
-`read_png_masks` (one single-channel class-id PNG per image, or an indexed one painting the class
-colours, named IMAGE_ID.png, listed by `png_masks`)."""
+`read_png_masks` (one PNG per image, named IMAGE_ID.png, listed by `png_masks`: single-channel class
+ids, or painted in the class colours, indexed or RGB(A), transparent or in the void colour where
+unpainted)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ import numpy as np
 
 from s4al.data.base import DatasetError
 from s4al.data.classes import IGNORE_INDEX
-from s4al.data.folder import ColourDecoder, palette_labels
-from s4al.data.io import image_mode, read_label, read_palette
+from s4al.data.folder import COLOUR_MODES, ColourDecoder, palette_labels
+from s4al.data.io import image_mode, read_label, read_palette, read_rgba
 from s4al.errors import S4alError
 from s4al.text import first_of
 
@@ -118,8 +119,11 @@ def read_png_masks(paths: list[Path], colours: ColourDecoder | None = None) -> I
 def _read_mask(path: Path, colours: ColourDecoder | None) -> np.ndarray:
     """Class ids; an indexed mask painting the class colours (a paint program's indexed export
     numbers its colours in its own order) by its colours, one under the PASCAL VOC colour map by
-    index, as a dataset's own masks are read (palette_labels)."""
+    index, as a dataset's own masks are read (palette_labels); an RGB(A) one by its colours, where
+    it is not transparent."""
     try:
+        if image_mode(path) in COLOUR_MODES:
+            return _colour_mask(path, colours)
         indices = read_label(path)
         if colours is None or image_mode(path) != "P":
             return indices
@@ -129,3 +133,16 @@ def _read_mask(path: Path, colours: ColourDecoder | None) -> np.ndarray:
         return indices if labels is None else labels
     except DatasetError as err:
         raise AnswerError(str(err)) from None
+
+
+def _colour_mask(path: Path, colours: ColourDecoder | None) -> np.ndarray:
+    """The class ids an RGB(A) mask paints in the class colours (the void colour, as transparent
+    pixels, unpainted); any other colour is refused."""
+    if colours is None:
+        raise AnswerError(f"{path}: painted in colours, but this run keeps no class colours (it was made before "
+                          "s4al kept them): save it as a greyscale PNG of class ids")
+    rgba = read_rgba(path)
+    painted = rgba[..., 3] > 0
+    labels = np.full(painted.shape, UNPAINTED, np.uint8)
+    labels[painted] = colours(rgba[..., :3], path, where=painted)[painted]
+    return labels

@@ -133,8 +133,12 @@ class ColourDecoder:
         slot = np.searchsorted(self.codes, codes).clip(max=len(self.codes) - 1)
         return slot, self.codes[slot] != codes
 
-    def __call__(self, rgb: np.ndarray, path: Path) -> np.ndarray:
+    def __call__(self, rgb: np.ndarray, path: Path, where: np.ndarray | None = None) -> np.ndarray:
+        """The class ids of `rgb`'s colours; `where`: the pixels that must have one (the others' ids
+        mean nothing)."""
         slot, unknown = self._slots(rgb)
+        if where is not None:
+            unknown &= where
         if unknown.any():
             row, col = np.argwhere(unknown)[0]
             colour = tuple(int(c) for c in rgb[row, col])

@@ -75,6 +75,12 @@ def read_image(path: Path) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
+def read_rgba(path: Path) -> np.ndarray:
+    """(H, W, 4) uint8 RGBA as shown (a mask painted in colours, transparent where unpainted)."""
+    with _open(Path(path)) as img:
+        return _pixels(img, path, "RGBA")
+
+
 def read_label(path: Path) -> np.ndarray:
     """(H, W) uint8 raw label values from a single-channel (1-bit, L, P or 16-bit) PNG."""
     with _open(Path(path)) as img:
