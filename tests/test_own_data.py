@@ -509,6 +509,14 @@ def test_an_rgba_answer_mask_is_read_by_the_class_colours_transparent_and_void_c
             assert (patch[:middle] == 1).all() and (patch[middle:] == IGNORE_INDEX).all()
 
 
+def test_a_class_named_void_is_said_to_be_trained_as_a_class_when_the_run_is_made(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": [*CLASSES, {"name": "Void", "color": [0, 0, 0]}]}))
+    with pytest.warns(S4alWarning, match=re.escape(f"{root / 'classes.yaml'}: class 'Void' is trained as a class (its "
+                                                   "regions asked, its IoU in the mIoU)")):
+        ActiveLearningRun(tmp_path / "run", own_config(root)).close()
+
+
 def test_a_mask_given_to_a_pool_image_while_its_regions_are_asked_answers_them(tmp_path):
     root = make_dataset(tmp_path / "data")
     run_dir = tmp_path / "run"

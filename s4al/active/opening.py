@@ -45,6 +45,7 @@ def open_ledger(folder: RunFolder, cfg: RunConfig, train_set: SegmentationDatase
     path = folder.ledger_path
     if not folder.check_ledger():
         check_weights(cfg, train_set)  # read before the run begins, so a wrong path leaves nothing to resume
+        _warn_of_void_classes(cfg, train_set)
         _make_ledger(folder, cfg, train_set)
     Ledger(path, readonly=True).close()  # a damaged file is refused before anything writes to it
     ledger = Ledger(path)
@@ -75,6 +76,18 @@ def _make_ledger(folder: RunFolder, cfg: RunConfig, train_set: SegmentationDatas
         ledger.set_meta(SEED_META, cfg.seed)
         ledger.set_meta(CONFIG_DIGEST, config_digest(folder.config_path))
     os.replace(building, path)
+
+
+VOID_NAMES = ("void", "ignore", "ignored", "unlabelled", "unlabeled", "unknown", "dontcare", "don't care")
+
+
+def _warn_of_void_classes(cfg: RunConfig, train_set: SegmentationDataset) -> None:
+    """A class named as "no label" usually is: as a class, it is trained, asked and in the mIoU."""
+    void = [name for name in train_set.classes.names if name.strip().lower() in VOID_NAMES]
+    if void:
+        warnings.warn(f"{_class_list(cfg)}: class '{void[0]}' is trained as a class (its regions asked, its IoU in the "
+                      "mIoU); if it means no label, it is no class: give it as ignore_color (colour masks) or "
+                      "ignore_value (class-id masks) instead", S4alWarning)
 
 
 def _initial(cfg: RunConfig, train_set: SegmentationDataset) -> list[int]:
