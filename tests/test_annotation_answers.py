@@ -513,7 +513,7 @@ def test_answers_whose_annotation_was_deleted_in_label_studio_stay_and_are_named
     result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert ("kept 2 regions answered, the task without an annotation in this export any more (deleted in Label "
-            "Studio?): 1, 2") in result.output
+            f"Studio?): 1, 2\nto take back an answer kept so: s4al skip {run_dir} --withdraw --region ID") in result.output
     assert import_answers(run_dir, export).annotation_gone == [1, 2] and answers_state(run_dir) == before
     again = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"}).output
     assert "kept" not in again  # said once, by the import that found it
@@ -732,6 +732,50 @@ def test_skip_without_regions_passes_over_answers_painted_before_it_and_not_yet_
         assert [(r.region_id, r.state) for r in ledger.regions(0)] == [(1, "answered"), (2, "answered"),
                                                                         (3, "skipped")]
         assert np.array_equal(ledger.patch(region_by_id(ledger, 2)), crop(truth("a"), A2))
+
+
+def test_an_answer_is_taken_back_by_name_and_a_later_painting_alone_answers_its_region_again(run_dir, tmp_path):
+    """`s4al skip --withdraw` skips answered regions named: they train no more; the export they were
+    answered from stays overruled, a painting made after the withdrawal answers them again."""
+    export = write_export(tmp_path / "e1.json", painted_at(task_of(1, "a", truth("a"), [1, 2]), "2026-03-09T10:00:00Z"))
+    import_answers(run_dir, export)
+    refused = CliRunner().invoke(app, ["skip", str(run_dir), "--region", "1", "--region", "3"], env={"COLUMNS": "250"})
+    assert (refused.exit_code, refused.output) == (1, f"error: region 1 already answered, nothing written; to take "
+                                                      f"back its answer: s4al skip {run_dir} --withdraw --region 1\n")
+    bare = CliRunner().invoke(app, ["skip", str(run_dir), "--withdraw"], env={"COLUMNS": "250"})
+    assert (bare.exit_code, bare.output) == (1, "error: --withdraw takes back the answers of the regions named: give "
+                                                "them with --region ID\n")
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert [(r.region_id, r.state) for r in ledger.regions(0)] == [(1, "answered"), (2, "answered"), (3, "asked")]
+        labelled = label_state(ledger).labelled_pixels
+    taken = CliRunner().invoke(app, ["skip", str(run_dir), "--region", "1", "--withdraw"], env={"COLUMNS": "250"})
+    assert taken.exit_code == 0, taken.output
+    assert taken.output == ("skipped 1 region (1); 1 region still asked.\nwithdrew the answers of 1 region (1): they no "
+                            "longer train, from the next cycle on; a painting of one made after now, imported, answers "
+                            "it again.\n")
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert [(r.region_id, r.state) for r in ledger.regions(0)] == [(1, "skipped"), (2, "answered"), (3, "asked")]
+        assert label_state(ledger).labelled_pixels == labelled - 100  # A1: 10 x 10
+    assert import_answers(run_dir, export).skip_kept == [1]  # the painting it was answered from: before the skip
+    report = import_answers(run_dir, write_export(tmp_path / "e2.json", painted_at(task_of(1, "a", truth("a"), [1, 2]),
+                                                                                   "2099-01-01T00:00:00Z")))
+    assert (report.answered, report.unskipped) == ([1], [1])
+
+
+def test_an_answer_is_not_taken_back_while_a_cycle_has_trained_part_way_with_it(run_dir, tmp_path):
+    import_answers(run_dir, write_export(tmp_path / "e.json", task_of(1, "a", truth("a"), [1, 2])))
+    with Ledger(run_dir / "ledger.sqlite") as ledger, CyclePhases(ledger) as phases:
+        for phase in ("train", "acquire", "answer", "done"):
+            phases.set_phase(0, phase)
+        phases.set_phase(1, "train")  # cycle 1 trains with region 1's answer; killed after its first checkpoint
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "cycle_1.pt").write_bytes(b"")
+    before = answers_state(run_dir)
+    result = CliRunner().invoke(app, ["skip", str(run_dir), "--region", "1", "--withdraw"], env={"COLUMNS": "250"})
+    assert (result.exit_code, result.output) == (
+        1, f"error: cycle 1 has trained part-way with the answers of 1: resume the run until it has trained (s4al run "
+           f"--resume {run_dir}), then withdraw them; nothing written\n")
+    assert answers_state(run_dir) == before
 
 
 def test_two_masks_of_one_image_alike_count_once_and_painted_two_ways_are_refused(run_dir, tmp_path):

@@ -639,19 +639,22 @@ class Ledger(RegionsByState, AbstractContextManager):
         _refuse_if(problems, "answer")
         return patches
 
-    def skip(self, region_ids: Iterable[int], by: str) -> list[int]:
+    def skip(self, region_ids: Iterable[int], by: str, withdraw: bool = False) -> list[int]:
         """Mark asked regions as skipped (the annotator declined them), all or nothing; returns the
-        ids newly skipped. Regions skipped before are left as they are; answered ones are refused."""
+        ids newly skipped. Regions skipped before are left as they are; answered ones are refused,
+        unless `withdraw`: then their answers are taken back (their PNGs stay, as replaced ones do)."""
         region_ids = list(dict.fromkeys(_region_id(region_id) for region_id in region_ids))
         problems = [] if isinstance(by, str) and by else ["'by' must name who skipped"]
         with write_transaction(self._conn) as conn:
             states = self._states(conn, region_ids)
             problems += [f"region {i} was never asked" for i in region_ids if i not in states]
-            problems += [f"region {i} is already answered" for i in region_ids if states.get(i) == "answered"]
+            if not withdraw:
+                problems += [f"region {i} is already answered" for i in region_ids if states.get(i) == "answered"]
             _refuse_if(problems, "skip")
-            newly = [i for i in region_ids if states[i] == "asked"]
+            newly = [i for i in region_ids if states[i] != "skipped"]
             now = utc_now()
-            conn.executemany("UPDATE regions SET state = 'skipped', answered_at = ?, answered_by = ? WHERE region_id = ?",
+            conn.executemany("UPDATE regions SET state = 'skipped', answered_at = ?, answered_by = ?, "
+                             "label_path = NULL, painted_at = NULL, source_digest = NULL WHERE region_id = ?",
                              [(now, by, region_id) for region_id in newly])
         return newly
 

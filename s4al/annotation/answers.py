@@ -174,15 +174,23 @@ def _refuse_label_changes_mid_training(folder: RunFolder, ledger: Ledger, report
     be imported once the cycle has trained."""
     if not (report.corrected or report.unskipped):
         return
-    with CyclePhases(ledger) as phases:
-        last = phases.last_cycle()
-        if last is None or phases.phase(last) != "train" or not folder.checkpoint_path(last).exists():
-            return
+    last = part_trained_cycle(folder, ledger)
+    if last is None:
+        return
     what = [f"{verb} {named('region', [str(i) for i in ids])} {state} before" for verb, ids, state in
             (("corrects", report.corrected, "answered"), ("answers", report.unskipped, "skipped")) if ids]
     raise AnswerError(f"{answers_path}: {' and '.join(what)}, while cycle {last} has trained part-way with the "
                       f"labels as they were: resume the run until cycle {last} has trained (s4al run --resume "
                       f"{shell(folder.path)}), then import again; nothing written")
+
+
+def part_trained_cycle(folder: RunFolder, ledger: Ledger) -> int | None:
+    """The cycle that has checkpointed part of its training, if one has: its labels are fixed until
+    it has trained (a resume must train on with the labels it began with)."""
+    with CyclePhases(ledger) as phases:
+        last = phases.last_cycle()
+        trained_part = last is not None and phases.phase(last) == "train" and folder.checkpoint_path(last).exists()
+    return last if trained_part else None
 
 
 def _why_nothing(report: ImportReport) -> str:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from s4al.annotation.masks import MIN_PAINTED_SHARE
-from s4al.errors import user_errors_reported
+from s4al.errors import S4alError, user_errors_reported
 from s4al.text import counted, first_of, named, shell
 from s4al.run_folder import RunFolder, RunFolderError
 
@@ -49,6 +49,8 @@ DryRunOption = Annotated[bool, typer.Option(
 ApiKeyOption = Annotated[Optional[str], typer.Option(
     "--api-key", metavar="TOKEN", envvar="LABEL_STUDIO_API_KEY", show_default=False,
     help="Label Studio access token for --label-studio (never stored).")]
+WithdrawOption = Annotated[bool, typer.Option(
+    "--withdraw", help="Also skip the answered regions named with --region: their answers no longer train.")]
 RegionOption = Annotated[
     Optional[list[int]], typer.Option("--region", metavar="ID", help="A region id to skip (repeatable); default: every region still asked, an answer given for one (painted before or after) still answering it.")
 ]
@@ -222,6 +224,8 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
     said = {kind: report.not_said_before(kind) if kind in SAID_ONCE else getattr(report, kind) for kind, _ in kinds}
     lines += [f"{text.format(regions=counted(len(said[kind]), 'region'))}: {_ids(said[kind])}"
               for kind, text in kinds if said[kind]]
+    if any(said[kind] for kind in ("annotation_gone", "task_gone", "skipped_since")):
+        lines.append(f"to take back an answer kept so: s4al skip {shell(run_dir)} --withdraw --region ID")
     if report.drafted:
         lines.append(f"{counted(len(report.drafted), 'task')} with a draft saved in Label Studio but nothing "
                      f"submitted, regions left asked: {first_of(report.drafted, SHOWN_IMAGES, '; ')}; submit the "
@@ -244,28 +248,55 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
     return lines
 
 
-def skip(run_dir: RunDirArgument, region: RegionOption = None) -> None:
+def skip(run_dir: RunDirArgument, region: RegionOption = None, withdraw: WithdrawOption = False) -> None:
     """Skip asked regions the annotator declines: they are never asked again, and neither labelled
     nor counted as labelled pixels unless an import paints them later. The run then continues with
-    the regions answered."""
-    from s4al.active.ledger import PROJECT_META, Ledger
-    from s4al.annotation.answers import BY_SKIP_NAMED, BY_SKIP_UNANSWERED
+    the regions answered. With --withdraw, answered regions named are skipped too: their answers
+    no longer train, from the next cycle on."""
+    from s4al.active.ledger import CLASSES_META, PROJECT_META, Ledger
+    from s4al.active.summaries import rewrite_summaries
+    from s4al.annotation.answers import BY_SKIP_NAMED, BY_SKIP_UNANSWERED, part_trained_cycle
 
     with user_errors_reported():
+        if withdraw and not region:
+            raise S4alError("--withdraw takes back the answers of the regions named: give them with --region ID")
         folder = RunFolder(run_dir)
         with folder.locked(), Ledger(folder.ledger_file()) as ledger:  # the lock: not while a run writes it
             chosen = region or [asked.region_id for asked in ledger.asked()]
-            skipped = ledger.skip(chosen, by=BY_SKIP_NAMED if region else BY_SKIP_UNANSWERED)
+            answered = sorted({r.region_id for r in ledger.answered()} & set(chosen))
+            _refuse_withdrawal(run_dir, answered, withdraw, part_trained_cycle(folder, ledger) if answered else None)
+            skipped = ledger.skip(chosen, by=BY_SKIP_NAMED if region else BY_SKIP_UNANSWERED, withdraw=withdraw)
+            if answered:
+                rewrite_summaries(folder, ledger, answered, ledger.get_meta(CLASSES_META))
             still_asked = len(ledger.asked())
             project = ledger.get_meta(PROJECT_META)
     typer.echo(f"skipped {counted(len(skipped), 'region')}{_listed(skipped)}; {counted(still_asked, 'region')} "
                "still asked.")
+    if answered:
+        typer.echo(f"withdrew the answers of {counted(len(answered), 'region')} ({_ids(answered)}): they no longer "
+                   f"train, from the next cycle on{_after_the_last(run_dir)}; a painting of one made after now, "
+                   "imported, answers it again.")
     if skipped and project is not None:
         when = "after this skip" if region else "before or after this skip"
         typer.echo(f"Their tasks stay open in Label Studio ({project['url']}/projects/{project['id']}): a task "
                    f"painted there {when}, then imported, answers its regions all the same.")
     if not still_asked:
         typer.echo(next_step(run_dir))
+
+
+def _refuse_withdrawal(run_dir: Path, answered: list[int], withdraw: bool, part_trained: int | None) -> None:
+    """Answered regions are skipped only when asked to (--withdraw), and not while a cycle has
+    trained part-way with their answers."""
+    if answered and not withdraw:
+        regions = (" ".join(f"--region {i}" for i in answered) if len(answered) <= SHOWN_REGIONS
+                   else "--region ID ...")
+        raise S4alError(f"{named('region', [str(i) for i in answered])} already answered, nothing written; to take "
+                        f"back {'its answer' if len(answered) == 1 else 'their answers'}: "
+                        f"s4al skip {shell(run_dir)} --withdraw {regions}")
+    if answered and part_trained is not None:
+        raise S4alError(f"cycle {part_trained} has trained part-way with the answers of {_ids(answered)}: resume "
+                        f"the run until it has trained (s4al run --resume {shell(run_dir)}), then withdraw them; "
+                        "nothing written")
 
 
 def next_step(run_dir: Path) -> str:
