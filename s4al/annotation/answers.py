@@ -520,6 +520,12 @@ def _overruled_by_skip(image: PaintedImage, addressed: list[Region]) -> list[int
             and _painted_before_skip(image, region)]
 
 
+def _apart(source: str, beside: str) -> str:
+    """`source` (a mask, or an export's task: 'FILE: task N ...') without the file `beside` names too."""
+    file = beside.split(": task ")[0]
+    return source.removeprefix(f"{file}: ") if source.startswith(f"{file}: task ") else source
+
+
 def _skips(image: PaintedImage, addressed: list[Region]) -> list[int]:
     """The regions still asked of a task the annotator skipped."""
     return [region.region_id for region in addressed if image.declined and region.state == "asked"]
@@ -533,13 +539,12 @@ def _take(image: PaintedImage, taken_here: list[tuple[int, np.ndarray | None]], 
     counts once (a copy of the task: the same tasks imported twice into Label Studio, both
     submitted alike); taken otherwise, it is a problem."""
     answers = []
+    otherwise: dict[str, list[str]] = defaultdict(list)  # earlier task -> the regions it took otherwise
     for region_id, patch in taken_here:
         if region_id in taken:
             first_source, first = taken[region_id]
             if (first is None) != (patch is None) or (patch is not None and not np.array_equal(first, patch)):
-                two = "masks" if report.by == "png-folder" else "tasks in Label Studio (tasks imported twice?)"
-                problems.append(f"{image.source}: region {region_id} is answered or skipped otherwise in "
-                                f"{first_source}: delete one of the two {two}")
+                otherwise[first_source].append(str(region_id))
             continue
         taken[region_id] = (image.source, patch)
         if patch is None:
@@ -555,4 +560,7 @@ def _take(image: PaintedImage, taken_here: list[tuple[int, np.ndarray | None]], 
         report.void_pixels += int((patch == UNPAINTED).sum())
         if state == "skipped":
             report.unskipped.append(region_id)
+    two = "masks" if report.by == BY_PNG_FOLDER else "tasks in Label Studio (tasks imported twice?)"
+    problems += [f"{image.source}: {named('region', ids)} answered or skipped otherwise in "
+                 f"{_apart(first, image.source)}: delete one of the two {two}" for first, ids in otherwise.items()]
     return answers
