@@ -182,8 +182,9 @@ def dataset_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger) -> tuple[list[s
 
 def _waiting(run_dir: Path, asked: int, project: dict | None) -> str:
     """`project`: the run's Label Studio project (ledger meta), if a query has sent tasks to one."""
-    answer = (f"answer: `s4al query {shell(run_dir)}` writes the tasks, `s4al import {shell(run_dir)} ANSWERS` "
-              f"reads the answers (a region needs half its pixels painted), or")
+    answer = (f"answer: `s4al query {shell(run_dir)}` writes the tasks (with `--label-studio URL`, sends them to "
+              f"a Label Studio server), `s4al import {shell(run_dir)} ANSWERS` reads the answers (a region needs half "
+              "its pixels painted), or")
     if project is not None:
         answer = (f"answer in Label Studio, {project['url']}/projects/{project['id']} (`s4al query {shell(run_dir)} "
                   f"--label-studio {project['url']}` sends a cycle's tasks), then `s4al import {shell(run_dir)} "
