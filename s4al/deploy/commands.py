@@ -116,5 +116,5 @@ def export_command(
     console.print(f"output: {OUTPUT_TEXT} ({classes}); the file's metadata (s4al.*) says so too")
     if result.trained_at:
         h, w = result.trained_at
-        console.print(f"trained on images resized to {h}x{w} (dataset.resize): give it images resized so and "
-                      "scale its labels back, as s4al predict does")
+        console.print(f"trained on images resized to {h}x{w} (dataset.resize): give it images resized so "
+                      "(bilinear) and scale its labels back (nearest), as s4al predict does")

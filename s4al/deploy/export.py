@@ -27,8 +27,9 @@ from s4al.train.checkpoint import load_checkpoint, trained_model
 TOLERANCE = 1e-3  # max |logit difference| accepted between onnxruntime and PyTorch
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 DIM_NAMES = ("batch", None, "height", "width")  # of the input and the output; None: channels, classes
-INPUT_TEXT = ("float32 RGB in [0, 1], (batch, 3, height, width), sides of at least 16 pixels for a dynamic model; "
-              "the ImageNet normalisation is inside the model")
+INPUT_TEXT = ("float32 RGB in [0, 1], (batch, 3, height, width), upright (turned by the file's EXIF orientation, as "
+              "viewers show it), sides of at least 16 pixels for a dynamic model; the ImageNet normalisation is "
+              "inside the model")
 OUTPUT_TEXT = "float32 logits, (batch, classes, height, width): the argmax over axis 1 is the class id"
 DEFAULT_SIZE = (360, 480)  # the example size where the training images were not resized
 
