@@ -5,8 +5,11 @@ helpers below describe a world of one and every collective is a no-op."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import re
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -20,6 +23,7 @@ from s4al.errors import S4alError
 # How long a rank waits in a collective: the others wait there while rank 0 alone builds the ledger
 # of a large dataset or writes a cycle's answers, which can outlast NCCL's default of 10 minutes.
 COLLECTIVE_TIMEOUT = timedelta(hours=2)
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a process gets when its parent ends
 
 
 def is_initialized() -> bool:
@@ -52,6 +56,8 @@ def setup_device(device: str = "auto") -> torch.device:
         raise S4alError(f"device '{device}': not one of auto, cpu, cuda, cuda:N")
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     ranks = int(os.environ.get("WORLD_SIZE", "1"))
+    if "LOCAL_RANK" in os.environ:
+        _end_with_launcher()
     if use_cuda:
         named = torch.device("cuda" if device == "auto" else device).index
         index = named if ranks == 1 and named is not None else int(os.environ.get("LOCAL_RANK", "0"))
@@ -62,6 +68,20 @@ def setup_device(device: str = "auto") -> torch.device:
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return torch.device("cpu" if device == "auto" else device)
+
+
+def _end_with_launcher() -> None:
+    """A rank ends when the torchrun that started it is killed (SIGKILL gives it no time to stop its
+    ranks): left running, they would hold the run folder and the GPUs that a resume needs. Linux
+    only (prctl); elsewhere a rank outlives a killed launcher."""
+    launcher = os.getppid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != launcher:  # killed before the request took hold
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _check_gpu(device: str, index: int) -> None:

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from s4al.data import build_dataset, device_cache
 from s4al.evaluate import evaluate
 from s4al.metrics import Confusion
 from s4al.model import build_model
+from s4al.run_folder import RunFolder, RunFolderError
 from s4al.train import trainer as trainer_module
 from s4al.train.trainer import Trainer, TrainResult
 from s4al.train.data import TrainData
@@ -296,6 +298,49 @@ def test_torchrun_restarting_a_run_goes_on_with_it(tmp_path):
     again = torchrun("run", "--out", str(run_dir), "--config", str(config), "--quiet", restart_count=1)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "The run has finished its last cycle (0)" in again.stdout
+
+
+def test_ranks_end_when_their_torchrun_is_killed(tmp_path):
+    """torchrun starts its ranks in a session of their own: SIGKILL of the launcher reaches none of
+    them, yet they end, and leave the run folder to its resume."""
+    config = tmp_path / "long.yaml"
+    save_config(tiny_config(train={"device": "cpu", "epochs": 1, "iters_per_epoch": 100_000}, active={"cycles": 0}),
+                config)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
+                                 "--standalone", "-m", "s4al.cli", "run", "--out", str(tmp_path / "run"), "--config",
+                                 str(config), "--quiet"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    lock = tmp_path / "run" / ".lock"
+    deadline = time.monotonic() + 90
+    while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    launcher.kill()
+    launcher.wait()
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            try:
+                with RunFolder(tmp_path / "run").locked():  # rank 0 held it: ended, it leaves it to the resume
+                    return
+            except RunFolderError:
+                time.sleep(0.2)
+        pytest.fail(f"the run folder is still held after its torchrun was killed: {lock.read_text()}")
+    finally:
+        for rank in processes_running(str(tmp_path / "run")):  # left running, they would train for hours
+            os.kill(rank, signal.SIGKILL)
+
+
+def processes_running(argument: str) -> list[int]:
+    """The processes whose command line holds `argument`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and argument in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:  # ended meanwhile
+            continue
+    return found
 
 
 def node(rank: int, endpoint: str, *args: str) -> subprocess.Popen:
