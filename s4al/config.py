@@ -388,8 +388,9 @@ def _missing_keys(model: type[BaseModel], data: dict, sections_only: bool, prefi
     return missing
 
 
-def _set_by(overrides: dict, loc: tuple) -> bool:
-    """Whether the error location `loc` lies under a key that --set gave."""
+def _set_by(overrides: dict, loc: tuple, unknown: bool) -> bool:
+    """Whether the error location `loc` lies under a key that --set gave; a section that --set gave
+    some keys of only for an unknown key (a section's own check reads the file's keys too)."""
     node = overrides
     for part in loc:
         if not isinstance(node, dict):
@@ -397,7 +398,7 @@ def _set_by(overrides: dict, loc: tuple) -> bool:
         if part not in node:
             return False
         node = node[part]
-    return True
+    return not isinstance(node, dict) or unknown
 
 
 def _section_at(loc: tuple) -> type[BaseModel] | None:
@@ -440,7 +441,7 @@ def _validated(data: dict, path: str | Path, overrides: dict | None = None) -> R
         problems, in_file = [], False
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"]) or "(top)"
-            by_set = _set_by(overrides or {}, e["loc"])
+            by_set = _set_by(overrides or {}, e["loc"], unknown=e["type"] == "extra_forbidden")
             in_file |= not by_set
             problems.append(f"{'--set ' if by_set else ''}{key}: {_problem(e)}")
         where = f"{path}: invalid config" if in_file else "invalid setting"  # the file is not at fault
@@ -506,10 +507,12 @@ def cold_start_notes(cfg: RunConfig) -> list[str]:
 
 
 def check_answers_train(cfg: RunConfig) -> None:
-    """Refuses a run that asks but whose cold start lasts every cycle after the asking: no model would
-    ever train with the answered regions (they come in with the pool images, after the cold start)."""
+    """Refuses a run that asks for regions but whose cold start lasts every cycle after the asking: no
+    model would ever train with the answered regions (they come in with the pool images, after the
+    cold start). Images bought whole train with the labelled ones, from the start."""
     cold, cycles = cfg.ssl.cold_start_epochs, cfg.active.cycles
-    if not cfg.ssl.enabled or cycles < 1 or any(cfg.cycle_epochs(c) > cold for c in range(1, cycles + 1)):
+    if (not cfg.ssl.enabled or cfg.active.level == "image" or cycles < 1
+            or any(cfg.cycle_epochs(c) > cold for c in range(1, cycles + 1))):
         return
     longest = max(cfg.cycle_epochs(c) for c in range(1, cycles + 1))
     raise ConfigError(f"ssl.cold_start_epochs {cold} lasts the whole of every cycle that would train with the "

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 import s4al.annotation.masks as masks_module
 from conftest import disk_full_at, label_map, label_state, region_by_id
-from s4al.active.ledger import PROJECT_META, SAID_META, Ledger, LedgerError, Region
+from s4al.active.ledger import COLOURS_META, PROJECT_META, SAID_META, Ledger, LedgerError, Region
 from s4al.active.phases import CyclePhases
 from s4al.annotation.answers import import_answers
 from s4al.annotation.label_studio import task
@@ -541,6 +541,33 @@ def test_answers_imported_before_the_runs_project_was_made_anew_are_not_taken_fo
     assert (report.answered, report.task_gone) == ([3], [])
 
 
+def test_a_second_edit_under_half_painted_is_said_as_the_first_was(run_dir, tmp_path):
+    """What an edit under the minimum keeps is of that painting: another edit of the region is said too."""
+    import_answers(run_dir, write_export(tmp_path / "e1.json", painted_at(task_of(1, "a", truth("a"), [1, 2]),
+                                                                          "2026-03-09T10:00:00Z")))
+    for name, (rows, cols), time, share in (("e2", (6, 10), "11", "40.0"), ("e3", (7, 10), "12", "30.0")):
+        edited = truth("a")
+        edited[:rows, :cols] = 255  # of A1's 10 x 10 pixels, 60 and then 70 erased
+        export = write_export(tmp_path / f"{name}.json",
+                              painted_at(task_of(1, "a", edited, [1, 2]), f"2026-03-09T{time}:00:00Z"))
+        output = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"}).output
+        assert f"kept the earlier answer of region 1 ({share}%), painted otherwise now but under 50%" in output
+
+
+def test_a_new_export_lacking_the_task_painted_last_is_no_older_export_and_names_it_gone(run_dir, tmp_path):
+    """The file's newest painting is older than an answer stored, but that answer's task is not in
+    the file (deleted in Label Studio since): the file is not older, the deletion is said."""
+    first, second = (painted_at(task_of(1, "a", truth("a"), [1, 2]), "2026-03-09T10:00:00Z"),
+                     painted_at(task_of(2, "b", truth("b"), [3]), "2026-03-09T11:00:00Z"))
+    import_answers(run_dir, write_export(tmp_path / "e1.json", first, second))
+    report = import_answers(run_dir, write_export(tmp_path / "e2.json", first), dry_run=True)
+    assert (report.older, report.task_gone) == (None, [3])
+    older = painted_at(task_of(1, "a", truth("b"), [1, 2]), "2026-03-09T09:00:00Z")  # before the stored answer
+    report = import_answers(run_dir, write_export(tmp_path / "e3.json", older), dry_run=True)
+    assert (report.older, report.outdated, report.task_gone) == (
+        ("2026-03-09T09:00:00.000000+00:00", "2026-03-09T10:00:00.000000+00:00"), [1, 2], [])
+
+
 def test_an_export_with_nothing_submitted_yet_imports_nothing_without_an_error(run_dir, tmp_path):
     unannotated = task_of(1, "a", truth("a"), [1, 2])
     unannotated["annotations"] = []
@@ -711,8 +738,9 @@ def test_a_task_whose_regions_were_all_skipped_by_name_after_its_painting_names_
     CliRunner().invoke(app, ["skip", str(run_dir), "--region", "1", "--region", "2"])
     export = write_export(tmp_path / "e.json", painted_at(task_of(1, "a", truth("a"), [1, 2]), "2026-03-09T11:00:00Z"))
     report = import_answers(run_dir, export, dry_run=True)
-    assert (report.answered, report.skip_kept, report.already_imported) == ([], [1, 2], 1)
+    assert (report.answered, report.skip_kept, report.already_imported) == ([], [1, 2], 0)
     result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
+    assert "already imported" not in result.output
     assert ("left 2 regions skipped: painted here, but before the skip (by `s4al skip --region` after the painting, "
             "or in an earlier export or mask); to answer, save the task again in Label Studio (or write the mask "
             "again) and import: 1, 2\n") in result.output
@@ -776,6 +804,25 @@ def test_an_answer_is_not_taken_back_while_a_cycle_has_trained_part_way_with_it(
         1, f"error: cycle 1 has trained part-way with the answers of 1: resume the run until it has trained (s4al run "
            f"--resume {run_dir}), then withdraw them; nothing written\n")
     assert answers_state(run_dir) == before
+
+
+def test_an_indexed_mask_with_a_transparent_background_leaves_it_unpainted(run_dir, tmp_path):
+    """Car's colour at index 1 over A1, index 0 transparent elsewhere (as an editor saves a few colours
+    on a transparent background): A1 is car, A2 is unpainted, so left asked."""
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        ledger.set_meta(COLOURS_META, [[70, 130, 180], [128, 64, 128], [0, 0, 142]])  # sky, road, car
+    indices = np.zeros((H, W), np.uint8)
+    y0, x0, y1, x1 = A1
+    indices[y0:y1, x0:x1] = 1
+    mask = Image.fromarray(indices, mode="P")
+    mask.putpalette([0, 0, 0, 0, 0, 142])
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    mask.save(folder / "a.png", transparency=0)
+    report = import_answers(run_dir, folder)
+    assert (report.answered, report.not_answered) == ([1], {2: 0.0})
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert (ledger.patch(region_by_id(ledger, 1)) == 2).all()
 
 
 def test_two_masks_of_one_image_alike_count_once_and_painted_two_ways_are_refused(run_dir, tmp_path):

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config
 from s4al.cli import app
+from s4al.config import check_answers_train, load_config, parse_override
 from s4al.data import DatasetError
 from s4al.data.synthetic import SYNTHETIC_CLASSES
 from s4al.errors import user_errors_reported
@@ -206,6 +207,8 @@ def test_a_run_whose_cold_start_lasts_every_cycle_after_it_asks_is_refused_befor
         "(cycles 1 to 2, at most 2 epochs each): no model would learn from them; set ssl.cold_start_epochs below 2 "
         "(--set ssl.cold_start_epochs=0: none)\n")
     assert not (tmp_path / "run").exists()
+    overrides = parse_override(["train.epochs=2", "active.cycles=2", "active.final_cycle_epoch_multiplier=1"])
+    check_answers_train(load_config("demo", {**overrides, "active": {**overrides["active"], "level": "image"}}))
 
 
 def saved_checkpoint(path, cfg, classes) -> None:

@@ -47,6 +47,13 @@ def test_a_mistyped_key_is_offered_the_close_ones_and_a_bad_value_says_the_form_
         load_config("demo", parse_override(given))
 
 
+def test_a_section_the_file_leaves_incomplete_is_the_files_fault_though_set_gave_another_of_its_keys(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("dataset:\n  name: folder\n")  # no root
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{config}: invalid config: dataset: dataset.root is required")):
+        load_config(str(config), parse_override(["dataset.val_split=val"]))
+
+
 def test_bare_on_off_and_numbers_as_names_read_as_the_user_meant(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     cfg = load_config("demo", parse_override(["train.fast=off", "dataset.name=folder", "dataset.root=~/data",

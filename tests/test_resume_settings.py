@@ -277,6 +277,8 @@ def test_a_class_list_reading_masks_otherwise_after_the_run_was_made_is_refused_
         ActiveLearningRun(run_dir)
     (root / "classes.yaml").write_text(yaml.safe_dump({"classes": CLASSES, "ignore_value": 255}))  # as it was
     ActiveLearningRun(run_dir).close()
+    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": CLASSES, "colour_masks": False}))
+    ActiveLearningRun(run_dir).close()  # a mask read otherwise so is refused as it is read, never read as other classes
 
 
 def test_a_checkpoint_gone_from_a_cycle_that_trained_is_said_with_what_the_run_needs_it_for(tmp_path):

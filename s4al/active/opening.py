@@ -86,8 +86,9 @@ def _warn_of_void_classes(cfg: RunConfig, train_set: SegmentationDataset) -> Non
     void = [name for name in train_set.classes.names if name.strip().lower() in VOID_NAMES]
     if void:
         warnings.warn(f"{_class_list(cfg)}: class '{void[0]}' is trained as a class (its regions asked, its IoU in the "
-                      "mIoU); if it means no label, it is no class: give it as ignore_color (colour masks) or "
-                      "ignore_value (class-id masks) instead", S4alWarning)
+                      "mIoU); if it means no label, it is no class: give its colour as ignore_color (colour "
+                      "masks), or its value as ignore_value (class-id masks: the classes after it then move down an "
+                      "id, and the masks must say so)", S4alWarning)
 
 
 def _initial(cfg: RunConfig, train_set: SegmentationDataset) -> list[int]:

@@ -21,10 +21,10 @@ The rule for a region still asked:
   named; `s4al skip` of every region still asked passes over answers not yet imported;
 - otherwise left asked, and reported with its painted share.
 Painted pixels outside the regions an answer addresses are ignored and reported, and so are
-rectangles drawn by hand and files in a PNG folder that are not masks. What an import keeps as it
-was (an answer whose task is gone, an edit under the minimum, ...) is said by the first import that
-finds it, not again while later ones find it too; an export painted before answers imported earlier
-is said to be older, and the answers it lacks are not taken for deleted tasks.
+rectangles drawn by hand and files in a PNG folder that are not masks. An answer kept though its
+task is gone or skipped, and a painting a skip overrules, are said by the import that finds them, not
+by the next one if it finds them too; an export whose tasks were painted before the answers stored
+for them is said to be older, and the answers it lacks are not taken for deleted tasks.
 
 Refused, with nothing written: a run folder in use by another process, an unreadable file, an image
 the run does not have, a class it does not know, a mask of the wrong size or not a PNG, a task
@@ -115,8 +115,10 @@ class ImportReport:
         return [region_id for region_id in getattr(self, kind) if region_id not in said]
 
 
-# what an import keeps as it was, said once: the import that finds it says it, later ones do not
-SAID_ONCE = ("edits_under_minimum", "skip_kept", "annotation_gone", "task_gone", "skipped_since", "outdated")
+# what an import keeps as it was of a region, whatever the painting, said once: the import that finds it
+# says it, the next one finding it too does not (an edit under the minimum, or a painting older than the
+# answer, is of one painting: said each time)
+SAID_ONCE = ("skip_kept", "annotation_gone", "task_gone", "skipped_since")
 
 
 def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> ImportReport:
@@ -139,7 +141,7 @@ def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> 
             report.still_asked = len(ledger.asked()) - newly_answered - len(report.skipped)
             report.said_before = ledger.get_meta(SAID_META) or {}
         if not answers and not report.skipped:
-            if not (report.already_imported or not report.read):  # something new, or nothing submitted yet
+            if report.read and not (report.already_imported or report.skip_kept):  # no answer in what was read
                 raise AnswerError(f"{answers_path}: nothing to answer: {_why_nothing(report)}")
             if not dry_run and report.said_now() != report.said_before:
                 with Ledger(ledger_path) as ledger:
@@ -270,9 +272,11 @@ def _answers(ledger: Ledger, sizes: dict[str, tuple[int, int]], painted: Iterabl
             continue
         corrections = _corrections(ledger, image, digest, addressed, report, repainted, problems)
         report.skipped_since += _skipped_since_answered(image, addressed)
-        report.skip_kept += _overruled_by_skip(image, addressed)
+        overruled = _overruled_by_skip(image, addressed)
+        report.skip_kept += overruled
         if addressed and not corrections and not _answers_left(image, addressed):
-            report.already_imported += 1
+            if len(overruled) < len(addressed):  # not a task that only skips overrule
+                report.already_imported += 1
             continue
         skips = [(region_id, None) for region_id in _skips(image, addressed)]
         image_answers = _take(image, _answer_image(image, addressed, report) + corrections + skips, regions, taken,
@@ -302,8 +306,9 @@ def _settle(report: ImportReport, regions: dict[int, Region], taken: dict, left_
     report.repaired = list(dict.fromkeys(report.repaired))  # copies of a task repair a region once
     answered_there = [region for region in regions.values()
                       if region.state == "answered" and region.answered_by == BY_LABEL_STUDIO]
-    later = [region.painted_at for region in answered_there
-             if region.painted_at is not None and newest is not None and _earlier(newest, region.painted_at)]
+    later = [region.painted_at for region in answered_there  # answers a task of the file painted before
+             if region.region_id in annotated and region.painted_at is not None and newest is not None
+             and _earlier(newest, region.painted_at)]
     if later and report.by == BY_LABEL_STUDIO:
         report.older = (newest, max(later, key=datetime.fromisoformat))
     by_label_studio = {region.region_id for region in answered_there

@@ -183,8 +183,10 @@ def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_k
         else:  # a deleted project answers 404 here, not when listing its tasks
             edited = _label_values(_existing(client, project, project_id).label_config or "") != _label_values(config)
             _refuse_another_runs(client, project, ledger, url)
-            if project_id is not None:
-                ledger.set_meta(PROJECT_META, {"url": url, "id": project.id})
+            if project_id is not None and (recorded is None or replaced is not None):
+                # in place of another project: since now, as one made anew (the run's own, given by id: as it was)
+                since = {} if replaced is None else {"since": utc_now()}
+                ledger.set_meta(PROJECT_META, {"url": url, "id": project.id, **since})
         tasks_file = package_dir / "tasks.json"  # an image in each task: read twice, one task at a time
         asked = [(task["data"]["cycle"], _regions_of(task["data"])) for task in _tasks(tasks_file)]
         held, repeated = _held_regions(client, project, {cycle for cycle, _ in asked})

@@ -21,7 +21,7 @@ import numpy as np
 from s4al.data.base import DatasetError
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.folder import COLOUR_MODES, ColourDecoder, palette_labels
-from s4al.data.io import image_mode, read_label, read_palette, read_rgba
+from s4al.data.io import image_mode, read_label, read_palette, read_rgba, transparent_pixels
 from s4al.errors import S4alError
 from s4al.text import first_of
 
@@ -119,12 +119,15 @@ def read_png_masks(paths: list[Path], colours: ColourDecoder | None = None) -> I
 def _read_mask(path: Path, colours: ColourDecoder | None) -> np.ndarray:
     """Class ids; an indexed mask painting the class colours (a paint program's indexed export
     numbers its colours in its own order) by its colours, one under the PASCAL VOC colour map by
-    index, as a dataset's own masks are read (palette_labels); an RGB(A) one by its colours, where
-    it is not transparent."""
+    index, as a dataset's own masks are read (palette_labels); an RGB(A) one by its colours. A
+    transparent pixel is unpainted."""
     try:
         if image_mode(path) in COLOUR_MODES:
             return _colour_mask(path, colours)
         indices = read_label(path)
+        hidden = transparent_pixels(path)  # as an editor saves a transparent background: unpainted
+        if hidden is not None:
+            indices[hidden] = UNPAINTED
         if colours is None or image_mode(path) != "P":
             return indices
         labels = palette_labels(indices, read_palette(path), colours, UNPAINTED, path,

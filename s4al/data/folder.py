@@ -226,7 +226,8 @@ class ImageFolder(FilePairDataset):
         self.pairs = self._list_pairs(allow_unlabelled or split == UNLABELLED_SPLIT)
 
     def mask_reading(self) -> dict:
-        return {"ignore_value": self.ignore_value, "colour_masks": self.colour_masks,
+        # not colour_masks: set otherwise, a mask is read the same way or refused, never read as other classes
+        return {"ignore_value": self.ignore_value,
                 "ignore_color": None if self.ignore_color is None else list(self.ignore_color)}
 
     @property

@@ -81,6 +81,15 @@ def read_rgba(path: Path) -> np.ndarray:
         return _pixels(img, path, "RGBA")
 
 
+def transparent_pixels(path: Path) -> np.ndarray | None:
+    """(H, W) bool, True where a PNG's transparency (a palette entry or grey value marked
+    transparent) hides the pixel; None for a file without one."""
+    with _open(Path(path)) as img:
+        if "transparency" not in img.info:
+            return None
+        return _pixels(img, path, "RGBA")[..., 3] == 0
+
+
 def read_label(path: Path) -> np.ndarray:
     """(H, W) uint8 raw label values from a single-channel (1-bit, L, P or 16-bit) PNG."""
     with _open(Path(path)) as img:
