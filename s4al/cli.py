@@ -136,6 +136,7 @@ def train(
         rank_checks.read_the_same_images({"split 'train'": train_set.image_ids(),
                                           "split 'val'": val_set.image_ids(),
                                           "train images with a label": [train_set.image_id(i) for i in labelled]})
+        rank_checks.read_the_same_classes(train_set)
         if not labelled:
             raise DatasetError(f"train split '{cfg.dataset.train_split}' of {cfg.dataset.root}: no image has a label")
         if len(labelled) < len(train_set) and distributed.is_main():

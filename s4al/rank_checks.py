@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from s4al import distributed
 from s4al.config import COMPUTED_ON_RESUME, ConfigError, RunConfig, flat_config, flattened
 from s4al.data import DatasetError
+from s4al.data.base import SegmentationDataset
 from s4al.text import first_of
 
 # What each node of a job may set for itself: where it finds the data and weights, its device and loaders.
@@ -49,6 +50,22 @@ def read_the_same_images(images: Mapping[str, list[str]]) -> None:
                     f"{what}: rank {rank} reads other images than rank 0 ({len(theirs.get(what, []))} "
                     f"against {len(ids)}: {first_of(only or ['the same images in another order'], 3)}); every "
                     "process of a job must read the same dataset: give each node's dataset.root the same copy")
+
+
+def read_the_same_classes(dataset: SegmentationDataset) -> None:
+    """Every rank must read masks as the same classes: a node's own dataset.root may hold another
+    class list, whose masks would train other labels than rank 0's."""
+    if distributed.world_size() == 1:
+        return
+    mine = {"classes": list(dataset.classes.names), "colours": [list(c) for c in dataset.classes.colors],
+            **dataset.mask_reading()}
+    ranks = distributed.gather_objects(mine)
+    for rank, theirs in enumerate(ranks[1:], start=1):
+        keys = sorted(key for key in ranks[0].keys() | theirs.keys() if ranks[0].get(key) != theirs.get(key))
+        if keys:
+            shown = [f"{key} {theirs.get(key)} (rank 0: {ranks[0].get(key)})" for key in keys]
+            raise DatasetError(f"rank {rank} reads masks otherwise than rank 0, {first_of(shown, 3)}: every node's "
+                               "dataset.root must hold the same class list")
 
 
 def agreed(problems: list[str]) -> list[str]:

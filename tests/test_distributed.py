@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+import yaml
 
 from conftest import tiny_config
 from s4al import distributed, errors, rank_checks
@@ -390,6 +391,17 @@ def test_nodes_given_other_settings_or_reading_other_images_are_refused_before_a
     assert len(re.findall(r"split 'train': rank 1 reads other images than rank 0 \((9 against 8: n1 only on rank 1|8 "
                           r"against 9: n1 only on rank 0)\); every process of a job must read the same dataset", printed)) == 1
     assert not (tmp_path / "images" / "ledger.sqlite").exists()
+
+    shutil.rmtree(tmp_path / "copy")
+    shutil.copytree(tmp_path / "data", tmp_path / "copy")  # the same images, classes coloured otherwise
+    road, car, sky = (dict(c) for c in yaml.safe_load((tmp_path / "data" / "classes.yaml").read_text())["classes"])
+    road["color"], car["color"] = car["color"], road["color"]
+    (tmp_path / "copy" / "classes.yaml").write_text(yaml.safe_dump({"classes": [road, car, sky]}))
+    printed = on_two_nodes("classes", ["--set", f"dataset.root={tmp_path / 'data'}"],
+                           ["--set", f"dataset.root={tmp_path / 'copy'}"])
+    assert len(re.findall(r"rank 1 reads masks otherwise than rank 0, colours \[\[\d+, \d+, \d+\], .*\]\] \(rank 0: "
+                          r"\[\[.*\]\]\): every node's dataset.root must hold the same class list", printed)) == 1, printed[-2000:]
+    assert not (tmp_path / "classes" / "ledger.sqlite").exists()
 
     with ActiveLearningRun(tmp_path / "done", tiny_config(train={"device": "cpu", "epochs": 1},
                                                            active={"cycles": 0})) as run:

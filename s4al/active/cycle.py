@@ -88,6 +88,7 @@ class ActiveLearningRun(AbstractContextManager):
         rank_checks.read_the_same_images({f"split '{name}'": split.image_ids() for name, split in
                                           (("train", self.train_set), ("val", self.val_set), ("test", self.test_set))
                                           if split is not None})
+        rank_checks.read_the_same_classes(self.train_set)
         if distributed.is_main():  # the other ranks take a copy of what it reads and writes
             self.ledger, self.additions = open_ledger(self.folder, self.cfg, self.train_set, self.val_set,
                                                       self.test_set)
