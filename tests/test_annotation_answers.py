@@ -545,11 +545,11 @@ def test_a_second_edit_under_half_painted_is_said_as_the_first_was(run_dir, tmp_
     """What an edit under the minimum keeps is of that painting: another edit of the region is said too."""
     import_answers(run_dir, write_export(tmp_path / "e1.json", painted_at(task_of(1, "a", truth("a"), [1, 2]),
                                                                           "2026-03-09T10:00:00Z")))
-    for name, (rows, cols), time, share in (("e2", (6, 10), "11", "40.0"), ("e3", (7, 10), "12", "30.0")):
+    for name, (rows, cols), hour, share in (("e2", (6, 10), "11", "40.0"), ("e3", (7, 10), "12", "30.0")):
         edited = truth("a")
         edited[:rows, :cols] = 255  # of A1's 10 x 10 pixels, 60 and then 70 erased
         export = write_export(tmp_path / f"{name}.json",
-                              painted_at(task_of(1, "a", edited, [1, 2]), f"2026-03-09T{time}:00:00Z"))
+                              painted_at(task_of(1, "a", edited, [1, 2]), f"2026-03-09T{hour}:00:00Z"))
         output = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"}).output
         assert f"kept the earlier answer of region 1 ({share}%), painted otherwise now but under 50%" in output
 
