@@ -8,7 +8,7 @@ from PIL import Image
 from s4al.data.base import DatasetError
 from s4al.data.io import (
     Pair, check_same_size, label_table, read_image, read_label, read_pair_list, read_size, remap_label, resize_image,
-    resize_label,
+    resize_label, turn_keeping_size,
 )
 
 
@@ -151,6 +151,15 @@ def test_a_mask_of_the_stored_pixels_of_a_turned_photo_is_refused_saying_the_ima
             f"{mask}: label size (2, 3) (H, W) differs from image {photo} size (3, 2) (the image as shown, turned "
             "by its EXIF orientation 6: a mask must match the picture viewers show)")):
         check_same_size(read_size(photo), read_label(mask), Pair(photo, mask))
+
+
+@pytest.mark.parametrize("shape, orientation, said", [
+    ((2, 3, 3), 3, 3), ((2, 3, 3), 2, 2), ((3, 3, 3), 6, 6),  # a half turn, a mirror; a quarter turn of a square
+    ((2, 3, 3), 6, None), ((2, 3, 3), 1, None),  # a quarter turn of an oblong changes its size; none turns nothing
+])
+def test_an_orientation_that_turns_a_picture_without_changing_its_size_is_found(tmp_path, shape, orientation, said):
+    photo = save_with_orientation(tmp_path / "photo.jpg", np.zeros(shape, np.uint8), orientation)
+    assert turn_keeping_size(photo) == said
 
 
 def test_read_size_reads_the_file_header_alone(tmp_path, monkeypatch):

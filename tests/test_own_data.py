@@ -517,6 +517,19 @@ def test_a_class_named_void_is_said_to_be_trained_as_a_class_when_the_run_is_mad
         ActiveLearningRun(tmp_path / "run", own_config(root)).close()
 
 
+def test_a_labelled_photo_turned_half_by_its_exif_orientation_is_said_when_the_run_is_made(tmp_path):
+    """Turned half, a photo keeps its size: a mask painted on its stored pixels would pass every check."""
+    root = make_dataset(tmp_path / "data")
+    turned = np.array(Image.open(root / "images" / "m1.png"))
+    (root / "images" / "m1.png").unlink()
+    exif = Image.Exif()
+    exif[274] = 3  # the EXIF Orientation tag: shown turned half
+    Image.fromarray(turned[::-1, ::-1]).save(root / "images" / "m1.jpg", exif=exif)
+    with pytest.warns(S4alWarning, match=re.escape("1 labelled image with an EXIF orientation that turns or mirrors "
+                                                   "the picture without changing its size (e.g. m1.jpg: orientation 3)")):
+        ActiveLearningRun(tmp_path / "run", own_config(root)).close()
+
+
 def test_a_mask_given_to_a_pool_image_while_its_regions_are_asked_answers_them(tmp_path):
     root = make_dataset(tmp_path / "data")
     run_dir = tmp_path / "run"

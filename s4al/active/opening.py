@@ -65,7 +65,9 @@ def open_ledger(folder: RunFolder, cfg: RunConfig, train_set: SegmentationDatase
 
 def _make_ledger(folder: RunFolder, cfg: RunConfig, train_set: SegmentationDataset) -> None:
     ids = train_set.image_ids()
-    initial_ids = [ids[i] for i in _initial(cfg, train_set)]
+    initial = _initial(cfg, train_set)
+    _warn_of_turned_images(train_set, initial)
+    initial_ids = [ids[i] for i in initial]
     path = folder.ledger_path
     building = path.with_name(f".{path.name}.new")
     building.unlink(missing_ok=True)
@@ -89,6 +91,16 @@ def _warn_of_void_classes(cfg: RunConfig, train_set: SegmentationDataset) -> Non
                       "mIoU); if it means no label, it is no class: give its colour as ignore_color (colour "
                       "masks), or its value as ignore_value (class-id masks: the classes after it then move down an "
                       "id, and the masks must say so)", S4alWarning)
+
+
+def _warn_of_turned_images(train_set: SegmentationDataset, labelled: list[int]) -> None:
+    turned = train_set.turned_keeping_size(labelled)
+    if turned:
+        name, orientation = next(iter(turned.items()))
+        warnings.warn(f"{counted(len(turned), 'labelled image')} with an EXIF orientation that turns or mirrors "
+                      f"the picture without changing its size (e.g. {name}: orientation {orientation}): their masks "
+                      "must be painted on the picture as viewers show it; one painted on the stored pixels would "
+                      "be misaligned, which no size check can see", S4alWarning)
 
 
 def _initial(cfg: RunConfig, train_set: SegmentationDataset) -> list[int]:

@@ -89,6 +89,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         run keeps it: changed, the same masks would give other labels)."""
         return {}
 
+    def turned_keeping_size(self, indices: Iterable[int]) -> dict[str, int]:
+        """{file name: EXIF orientation} of the labelled images of `indices` whose orientation turns
+        the picture without changing its size (io.turn_keeping_size); none for generated images."""
+        return {}
+
     def label_problems(self, indices: Iterable[int] | None = None) -> list[str]:
         """What is wrong with the labels of `indices` (every one by default), each read once; a
         dataset that generates its labels has none to check."""

@@ -125,6 +125,18 @@ def image_mode(path: Path) -> str:
         return img.mode
 
 
+def turn_keeping_size(path: Path) -> int | None:
+    """The EXIF orientation of an image file if it turns or mirrors the picture without changing
+    its size (a half turn, a mirror; a quarter turn of a square), else None: a mask painted on the
+    stored pixels rather than the picture as shown passes every size check, misaligned."""
+    with _open(Path(path)) as img:
+        if img.format == "TIFF":  # Pillow turns a TIFF as it loads it
+            return None
+        width, height = img.size
+        orientation = _orientation(img)
+    return orientation if orientation in (2, 3, 4) or (orientation in _QUARTER_TURNS and width == height) else None
+
+
 def label_table(mapping: dict[int, int]) -> np.ndarray:
     """256-entry lookup raw value -> class id; -1 marks raw values that must not occur."""
     table = np.full(256, -1, dtype=np.int16)
@@ -249,6 +261,11 @@ class FilePairDataset(SegmentationDataset):
 
     def read_label(self, pair: Pair) -> np.ndarray:
         return remap_label(read_label(pair.label), self.raw_to_class, pair.label)
+
+    def turned_keeping_size(self, indices: Iterable[int]) -> dict[str, int]:
+        labelled = (self.pairs[index] for index in indices if self.pairs[index].label is not None)
+        found = ((pair.image.name, turn_keeping_size(pair.image)) for pair in labelled)
+        return {name: orientation for name, orientation in found if orientation is not None}
 
     def label_problems(self, indices: Iterable[int] | None = None) -> list[str]:
         problems = []
