@@ -25,13 +25,11 @@ def given_the_same(cfg: RunConfig | None, overrides: dict | None = None) -> None
         return
     given = flat_config(cfg) if cfg is not None else flattened(overrides or {})
     given = {key: value for key, value in given.items() if key not in EACH_NODE_ITS_OWN}
-    ranks = distributed.gather_objects(given)
-    for rank, theirs in enumerate(ranks[1:], start=1):
-        keys = sorted(key for key in ranks[0].keys() | theirs.keys() if ranks[0].get(key) != theirs.get(key))
-        if keys:
-            shown = [f"{key}: {theirs.get(key)!r} (rank 0: {ranks[0].get(key)!r})" for key in keys]
-            raise ConfigError(f"rank {rank} was given other settings than rank 0, {first_of(shown, 3)}: every process "
-                              f"of a job runs the same command (each node may set only {', '.join(EACH_NODE_ITS_OWN)})")
+    differing = _first_differing(given, ": {theirs!r} (rank 0: {ours!r})")
+    if differing:
+        rank, shown = differing
+        raise ConfigError(f"rank {rank} was given other settings than rank 0, {shown}: every process of a job runs "
+                          f"the same command (each node may set only {', '.join(EACH_NODE_ITS_OWN)})")
 
 
 def read_the_same_images(images: Mapping[str, list[str]]) -> None:
@@ -59,13 +57,22 @@ def read_the_same_classes(dataset: SegmentationDataset) -> None:
         return
     mine = {"classes": list(dataset.classes.names), "colours": [list(c) for c in dataset.classes.colors],
             **dataset.mask_reading()}
+    differing = _first_differing(mine, " {theirs} (rank 0: {ours})")
+    if differing:
+        rank, shown = differing
+        raise DatasetError(f"rank {rank} reads masks otherwise than rank 0, {shown}: every node's dataset.root must "
+                           "hold the same class list")
+
+
+def _first_differing(mine: dict, form: str) -> tuple[int, str] | None:
+    """The first rank whose dict differs from rank 0's, and its first keys that differ, each as
+    KEY + `form` (with {theirs} and {ours}); None where every rank's is rank 0's."""
     ranks = distributed.gather_objects(mine)
     for rank, theirs in enumerate(ranks[1:], start=1):
         keys = sorted(key for key in ranks[0].keys() | theirs.keys() if ranks[0].get(key) != theirs.get(key))
         if keys:
-            shown = [f"{key} {theirs.get(key)} (rank 0: {ranks[0].get(key)})" for key in keys]
-            raise DatasetError(f"rank {rank} reads masks otherwise than rank 0, {first_of(shown, 3)}: every node's "
-                               "dataset.root must hold the same class list")
+            return rank, first_of([key + form.format(theirs=theirs.get(key), ours=ranks[0].get(key)) for key in keys], 3)
+    return None
 
 
 def agreed(problems: list[str]) -> list[str]:

@@ -236,7 +236,9 @@ def test_skip_refuses_an_answered_region_and_changes_nothing(run_dir):
         first, second = ledger.asked()[:2]
         ledger.answer(first.region_id, np.zeros(first.shape, np.uint8), by="oracle")
     refused = runner.invoke(s4al, ["skip", str(run_dir), "--region", str(first.region_id), "--region", str(second.region_id)])
-    assert refused.exit_code == 1 and f"region {first.region_id} is already answered" in refused.output
+    assert refused.exit_code == 1 and (f"region {first.region_id} already answered, nothing written; to take back its "
+                                       f"answer: s4al skip {run_dir} --withdraw --region {first.region_id}"
+                                       in " ".join(refused.output.split()))
     with ledger_of(run_dir) as ledger:
         assert region_by_id(ledger, second.region_id).state == "asked"
     done = runner.invoke(s4al, ["skip", str(run_dir), "--region", str(second.region_id)])
