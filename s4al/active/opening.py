@@ -170,9 +170,9 @@ def _reading_changes(ledger: Ledger, train_set: SegmentationDataset) -> list[str
         changes += [f"class '{name}' has the colour {list(now)} (was {was})"
                     for name, was, now in zip(train_set.classes.names, colours, train_set.classes.colors)
                     if was != list(now)]
-    was_read, read = ledger.get_meta(MASK_READING) or {}, train_set.mask_reading()
-    changes += [f"{key} is {json.dumps(read.get(key))} (was {json.dumps(was)})" for key, was in was_read.items()
-                if read.get(key) != was]
+    was_read = ledger.get_meta(MASK_READING) or {}  # a key the run was made without is not compared
+    changes += [f"{key} is {json.dumps(now)} (was {json.dumps(was_read[key])})"
+                for key, now in train_set.mask_reading().items() if key in was_read and was_read[key] != now]
     return changes
 
 
