@@ -517,7 +517,7 @@ def test_a_class_named_void_is_said_to_be_trained_as_a_class_when_the_run_is_mad
         ActiveLearningRun(tmp_path / "run", own_config(root)).close()
 
 
-def test_a_labelled_photo_turned_half_by_its_exif_orientation_is_said_when_the_run_is_made(tmp_path):
+def test_a_labelled_photo_turned_half_by_its_exif_orientation_is_said_when_the_run_is_made_and_as_it_joins(tmp_path):
     """Turned half, a photo keeps its size: a mask painted on its stored pixels would pass every check."""
     root = make_dataset(tmp_path / "data")
     turned = np.array(Image.open(root / "images" / "m1.png"))
@@ -525,9 +525,22 @@ def test_a_labelled_photo_turned_half_by_its_exif_orientation_is_said_when_the_r
     exif = Image.Exif()
     exif[274] = 3  # the EXIF Orientation tag: shown turned half
     Image.fromarray(turned[::-1, ::-1]).save(root / "images" / "m1.jpg", exif=exif)
-    with pytest.warns(S4alWarning, match=re.escape("1 labelled image with an EXIF orientation that turns or mirrors "
-                                                   "the picture without changing its size (e.g. m1.jpg: orientation 3)")):
+    said = re.escape("1 labelled image with an EXIF orientation that turns or mirrors the picture without changing "
+                     "its size (e.g. m1.jpg: orientation 3)")
+    with pytest.warns(S4alWarning, match=said):
         ActiveLearningRun(tmp_path / "run", own_config(root)).close()
+    other = make_dataset(tmp_path / "other")  # the same, but the turned photo joins with its mask as cycle 1 trains
+    (other / "images" / "m1.png").unlink()
+    (other / "masks" / "m1.png").rename(tmp_path / "m1_mask.png")
+    (other / "train.txt").write_text((other / "train.txt").read_text().replace("m1\n", ""))
+    with ActiveLearningRun(tmp_path / "joining", own_config(other)) as run:
+        run.run()  # cycle 0 asks
+    shutil.copy(root / "images" / "m1.jpg", other / "images" / "m1.jpg")
+    (tmp_path / "m1_mask.png").rename(other / "masks" / "m1.png")
+    (other / "train.txt").write_text((other / "train.txt").read_text() + "m1\n")
+    answer_every_asked_region(tmp_path / "joining", tmp_path)
+    with pytest.warns(S4alWarning, match=said), ActiveLearningRun(tmp_path / "joining") as run:
+        run.run()
 
 
 def test_a_mask_given_to_a_pool_image_while_its_regions_are_asked_answers_them(tmp_path):

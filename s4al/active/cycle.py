@@ -22,7 +22,7 @@ from s4al.active.dataset_changes import DatasetChanges
 from s4al.active.label_state import LabelState
 from s4al.active.ledger import JOINED, utc_now
 from s4al.active.ledger_copy import copy_of
-from s4al.active.opening import open_ledger, save_resume_changes
+from s4al.active.opening import open_ledger, save_resume_changes, warn_of_turned_images
 from s4al.active.oracle import BY_DATASET_MASK, Annotator, GroundTruthOracle
 from s4al.active.phases import CyclePhases
 from s4al.active.summaries import write_summary
@@ -271,8 +271,9 @@ class ActiveLearningRun(AbstractContextManager):
         added = self.additions
         if not (added.added or added.masked) or (before == "training" and self.folder.checkpoint_path(cycle).exists()):
             return
-        refuse_bad_labels(self.train_set.label_problems(  # before the ledger holds them as labels
-            self.index_of[i] for i in added.added_labelled + added.masked))
+        labelled = [self.index_of[i] for i in added.added_labelled + added.masked]
+        refuse_bad_labels(self.train_set.label_problems(labelled))  # before the ledger holds them as labels
+        warn_of_turned_images(self.train_set, labelled)
         self.ledger.register_images([(i, *self.train_set.image_size(self.index_of[i])) for i in added.added],
                                     initial=added.added_labelled)
         self.ledger.label_whole(added.masked)

@@ -66,7 +66,7 @@ def open_ledger(folder: RunFolder, cfg: RunConfig, train_set: SegmentationDatase
 def _make_ledger(folder: RunFolder, cfg: RunConfig, train_set: SegmentationDataset) -> None:
     ids = train_set.image_ids()
     initial = _initial(cfg, train_set)
-    _warn_of_turned_images(train_set, initial)
+    warn_of_turned_images(train_set, initial)
     initial_ids = [ids[i] for i in initial]
     path = folder.ledger_path
     building = path.with_name(f".{path.name}.new")
@@ -93,7 +93,8 @@ def _warn_of_void_classes(cfg: RunConfig, train_set: SegmentationDataset) -> Non
                       "id, and the masks must say so)", S4alWarning)
 
 
-def _warn_of_turned_images(train_set: SegmentationDataset, labelled: list[int]) -> None:
+def warn_of_turned_images(train_set: SegmentationDataset, labelled: list[int]) -> None:
+    """Says which of the `labelled` images a mask of the stored pixels would fit misaligned."""
     turned = train_set.turned_keeping_size(labelled)
     if turned:
         name, orientation = next(iter(turned.items()))
