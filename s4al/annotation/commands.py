@@ -197,9 +197,8 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
         lines.append(f"not answered, under {100 * MIN_PAINTED_SHARE:.0f}% painted, left asked: "
                      f"{_shares(report.not_answered)}; paint more and import again, or skip: "
                      f"{_skip_command(run_dir, list(report.not_answered))}")
-    edits = {i: report.edits_under_minimum[i] for i in report.not_said_before("edits_under_minimum")}
-    if edits:
-        lines.append(f"kept the earlier answer of {_shares(edits)}, painted otherwise now but "
+    if report.edits_under_minimum:
+        lines.append(f"kept the earlier answer of {_shares(report.edits_under_minimum)}, painted otherwise now but "
                      f"under {100 * MIN_PAINTED_SHARE:.0f}%: to correct one, paint at least that much of it")
     later = _after_the_last(run_dir) if report.corrected or report.unskipped else ""
     kinds = (  # the regions an import treated other than as asked, each kind with what happened to them
