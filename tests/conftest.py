@@ -1,5 +1,7 @@
 import errno
 import sqlite3
+import sys
+import textwrap
 from contextlib import closing
 from pathlib import Path
 
@@ -7,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from s4al.acquisition.scores import plugin_scores
 from s4al.active.label_state import LabelState
 from s4al.active.ledger import Ledger, Region
 from s4al.config import RunConfig, load_config
@@ -29,6 +32,51 @@ def _temp_folder_in_basetemp(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TMPDIR", str(tmp_path_factory.mktemp("tmp")))
         yield
+
+
+def installed_package(folder: Path, name: str, module: str, entry_points: str) -> None:
+    """A package as pip leaves it in site-packages: its module and a dist-info naming its entry points."""
+    (folder / f"{name}.py").write_text(textwrap.dedent(module))
+    info = folder / f"{name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
+
+
+@pytest.fixture
+def installed(tmp_path_factory, monkeypatch):
+    """Installs packages for the test (`installed(name, module, entry_points)`), found by
+    importlib.metadata as installed ones are, and forgets them and the scores they register after it."""
+    folder = tmp_path_factory.mktemp("site-packages")
+    monkeypatch.syspath_prepend(str(folder))
+    names = []
+
+    def install(name: str, module: str, entry_points: str) -> None:
+        installed_package(folder, name, module, entry_points)
+        names.append(name)
+        plugin_scores.cache_clear()
+
+    yield install
+    plugin_scores.cache_clear()
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+TEMPERED_ENTROPY = """\
+    import torch
+
+    def tempered_entropy(probs, temperature=1.0):
+        \"\"\"Entropy of the probabilities raised to 1 / temperature and normalised again.\"\"\"
+        tempered = probs ** (1 / temperature)
+        return torch.special.entr(tempered / tempered.sum(1, keepdim=True)).sum(1)
+"""
+
+
+@pytest.fixture
+def score_plugin(installed) -> str:
+    """A package of its own registering the score `tempered_entropy` (option: temperature)."""
+    installed("tempered_scores", TEMPERED_ENTROPY, "[s4al.scores]\ntempered_entropy = tempered_scores:tempered_entropy\n")
+    return "tempered_entropy"
 
 
 needs_cuda = pytest.mark.cuda  # skipped without a CUDA device; `pytest -m cuda` runs these alone

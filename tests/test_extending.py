@@ -1,5 +1,9 @@
-"""Adding an acquisition score takes one place, the registry in s4al/acquisition/scores.py: the config
-accepts its name and the pool is scored with it (docs/design.md, "Adding an acquisition score")."""
+"""Adding an acquisition score takes one place, the registry in s4al/acquisition/scores.py, or an
+entry point of a package of its own: the config accepts its name and options and the pool is scored
+with it (docs/design.md, "Adding an acquisition score")."""
+
+import math
+import re
 
 import pytest
 import torch
@@ -7,9 +11,10 @@ from torch import nn
 
 from conftest import tiny_config
 from s4al.acquisition.pool import choose_regions, score_cells
-from s4al.acquisition.scores import SCORE_FUNCTIONS
-from s4al.config import ConfigError
+from s4al.acquisition.scores import SCORE_FUNCTIONS, metric_names, pixel_scores
+from s4al.config import ConfigError, load_config, parse_override
 from s4al.data import build_dataset
+from s4al.errors import S4alError
 
 CPU = torch.device("cpu")
 HOT_BOX = (16, 32, 32, 48)  # cell (1, 2) of a 48x64 image's 3x4 grid of 16x16 cells
@@ -50,3 +55,58 @@ def test_a_score_registered_in_the_registry_alone_is_a_valid_metric_and_asks_whe
         assert cells[i][0, 0] == pytest.approx(uniform, abs=1e-6)
     chosen = choose_regions(cells, {i: (48, 64) for i in pool}, cfg.active)
     assert [(q.index, q.box) for q in chosen] == [(3, HOT_BOX), (4, HOT_BOX), (5, HOT_BOX)]
+
+
+def test_a_score_of_a_package_of_its_own_is_a_metric_whose_options_the_config_gives(score_plugin):
+    """An installed package registers its score as an entry point of `s4al.scores`; the keyword
+    arguments of its function are the options `active.metric_options` gives it."""
+    assert score_plugin in metric_names()
+    probs = torch.tensor([0.8, 0.2, 0.0]).view(1, 3, 1, 1)
+    assert pixel_scores(score_plugin, probs).item() == pytest.approx(-0.8 * math.log(0.8) - 0.2 * math.log(0.2))
+    # temperature 0.5 squares them: 16/17 and 1/17
+    sharpened = math.log(17) - 16 / 17 * math.log(16)
+    assert pixel_scores(score_plugin, probs, {"temperature": 0.5}).item() == pytest.approx(sharpened, rel=1e-5)
+    cfg = tiny_config(active={"metric": score_plugin, "metric_options": {"temperature": 0.5}})
+    assert cfg.active.metric_options == {"temperature": 0.5}
+    given = load_config("demo", parse_override(["active.metric=tempered_entropy", "active.metric_options.temperature=2"]))
+    assert given.active.metric_options == {"temperature": 2}
+
+
+def test_options_a_metric_does_not_take_are_refused_naming_what_it_takes(score_plugin):
+    for active, said in (
+        ({"metric": score_plugin, "metric_options": {"temp": 2}}, "'tempered_entropy' takes no option 'temp' "
+                                                                  "(its options: temperature)"),
+        ({"metric": "entropy", "metric_options": {"temperature": 2}}, "'entropy' takes no option 'temperature' "
+                                                                      "(its options: none)"),
+        ({"metric": "random", "metric_options": {"seed": 1}}, "'random' takes no options, got seed"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            tiny_config(active=active)
+
+
+def test_the_options_reach_the_score_of_every_cell(score_plugin):
+    """Over HotCellModel's cells: uniform ones score log C at any temperature; the hot cell's class-0
+    probability 1 / (1 + (C-1) e^-20) becomes 1 / (1 + (C-1) e^-10) at temperature 2."""
+    cfg = tiny_config(active={"metric": score_plugin, "metric_options": {"temperature": 2.0}})
+    dataset = build_dataset(cfg.dataset, "train", cfg.seed)
+    c = dataset.classes.num_classes
+    cells = score_cells(HotCellModel(c), dataset, [3], {}, cfg.active, CPU, cfg.seed, fast="off")[3]
+    top = 1 / (1 + (c - 1) * math.exp(-10))
+    rest = math.exp(-10) * top
+    assert cells[0, 0] == pytest.approx(math.log(c), rel=1e-5)
+    assert cells[1, 2] == pytest.approx(-top * math.log(top) - (c - 1) * rest * math.log(rest), rel=1e-4)
+
+
+def test_a_package_whose_score_cannot_be_taken_is_named(installed):
+    installed("clashing_scores", "def entropy(probs):\n    return probs[:, 0]\n",
+              "[s4al.scores]\nentropy = clashing_scores:entropy\n")
+    with pytest.raises(S4alError, match=r"entry point 'entropy = clashing_scores:entropy' of s4al.scores: the name "
+                                        r"'entropy' is taken"):
+        metric_names()
+
+
+def test_a_package_whose_score_fails_to_load_is_named(installed):
+    installed("broken_scores", "import not_installed_anywhere\n", "[s4al.scores]\nbroken = broken_scores:broken\n")
+    with pytest.raises(S4alError, match=r"entry point 'broken = broken_scores:broken' of s4al.scores: cannot be "
+                                        r"loaded: ModuleNotFoundError"):
+        metric_names()

@@ -123,7 +123,7 @@ def _image_batches(dataset, indices, batch_size, device, num_workers, cache: Dev
 
 
 @torch.no_grad()
-def _pixel_score_batches(model, dataset, indices, metric, batch_size, device, seed, unit, num_workers, cache):
+def _pixel_score_batches(model, dataset, indices, metric, options, batch_size, device, seed, unit, num_workers, cache):
     """Yields (dataset indices, (H, W), pieces) over this rank's share of the pool. `pieces` yields
     ((N, h, w) pixel scores on `device`, core box) per tile: one piece, the whole image, unless the
     images are too large to run whole (s4al/tiles.py; cores aligned to `unit`). Consume the pieces
@@ -132,13 +132,14 @@ def _pixel_score_batches(model, dataset, indices, metric, batch_size, device, se
     batches = _image_batches(dataset, indices, batch_size, device, num_workers, cache)
     for number, (images, batch_indices) in enumerate(batches, start=1):
         size = tuple(images.shape[-2:])
-        yield batch_indices, size, _tile_scores(model, images, batch_indices, metric, device, seed, unit, cache)
+        pieces = _tile_scores(model, images, batch_indices, metric, options, device, seed, unit, cache)
+        yield batch_indices, size, pieces
         if number % TRIM_EVERY == 0:
             _release_freed_memory()
 
 
 @torch.no_grad()  # run lazily, by the consumer of the pieces
-def _tile_scores(model, images, batch_indices, metric, device, seed, unit, cache):
+def _tile_scores(model, images, batch_indices, metric, options, device, seed, unit, cache):
     generators = [seeded_generator(seed, i) for i in batch_indices]
     image_tiles = tiles(*images.shape[-2:], unit)
     for tile in image_tiles:
@@ -148,7 +149,7 @@ def _tile_scores(model, images, batch_indices, metric, device, seed, unit, cache
         else:
             with bf16_inference(cache):
                 logits = tile_logits(model, images, tile, device)
-            scores = pixel_scores(metric, logits.float().softmax(1))
+            scores = pixel_scores(metric, logits.float().softmax(1), options)
         yield scores, tile.core
         if len(image_tiles) > 1:  # windows of several sizes fragment the heap (+50 MiB on 12 tiles)
             _release_freed_memory()
@@ -182,8 +183,8 @@ def score_cells(
 
     cells: dict[int, np.ndarray] = {}
     cache = inference_cache(dataset, device, fast, labels=False, num_workers=num_workers)
-    batches = _pixel_score_batches(model, dataset, indices, cfg.metric, cfg.score_batch_size, device, seed, s,
-                                   num_workers, cache)
+    batches = _pixel_score_batches(model, dataset, indices, cfg.metric, cfg.metric_options, cfg.score_batch_size,
+                                   device, seed, s, num_workers, cache)
     batch_cells = ((ids, cells_of(ids, size, pieces)) for ids, size, pieces in batches)
     for batch_indices, values in _to_host(batch_cells, cache):
         cells.update(zip(batch_indices, values.numpy()))
@@ -223,15 +224,18 @@ def choose_regions(cells: Mapping[int, np.ndarray], sizes: Mapping[int, tuple[in
 
 @torch.no_grad()
 def score_images(
-    model, dataset, indices, metric, batch_size, device, seed, num_workers=0, *, fast: FastMode
+    model, dataset, indices, metric, batch_size, device, seed, num_workers=0, *, fast: FastMode,
+    options: Mapping[str, object] | None = None,
 ) -> dict[int, float]:
-    """Mean pixel score per pool image (the image-level random / entropy / ... baselines)."""
+    """Mean pixel score per pool image (the image-level random / entropy / ... baselines); `options`:
+    the metric's (active.metric_options)."""
     def means(size: tuple[int, int], pieces) -> torch.Tensor:  # tiles weighted by their area; one tile: its mean
         return sum(scores.mean(dim=(1, 2)) * (scores[0].numel() / (size[0] * size[1])) for scores, _ in pieces)
 
     out: dict[int, float] = {}
     cache = inference_cache(dataset, device, fast, labels=False, num_workers=num_workers)
-    batches = _pixel_score_batches(model, dataset, indices, metric, batch_size, device, seed, 1, num_workers, cache)
+    batches = _pixel_score_batches(model, dataset, indices, metric, options, batch_size, device, seed, 1, num_workers,
+                                   cache)
     for batch_indices, values in _to_host(((ids, means(size, pieces)) for ids, size, pieces in batches), cache):
         out.update(zip(batch_indices, values.tolist()))
     return _gathered(out)
@@ -294,6 +298,6 @@ def choose_images(
         scores = {i: random_scores((1, 1), 1, seeded_generator(seed, i)).item() for i in pool}
     else:
         scores = score_images(model, dataset, pool, cfg.metric, cfg.score_batch_size, device, seed, num_workers,
-                              fast=fast)
+                              fast=fast, options=cfg.metric_options)
     ranked = sorted(pool, key=lambda i: (-scores[i], i))[:count]
     return [whole(i, scores[i]) for i in ranked]

@@ -2,15 +2,23 @@
 the names `active.metric` accepts (metric_names(); s4al/config.py validates against them).
 
 `probs` is a softmax output (N, C, H, W); a pixel score map is (N, H, W), higher = more informative.
-A new heuristic is a function of that form and an entry in SCORE_FUNCTIONS: nothing else lists them.
+A new heuristic is a function of that form, keyword arguments after `probs` being its options
+(`active.metric_options`), and an entry in SCORE_FUNCTIONS, or, from a package of its own, an
+entry point of the group `s4al.scores` (score_functions() reads both: nothing else lists them).
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
+from functools import cache
+from importlib.metadata import entry_points
 from typing import Callable
 
 import torch
 from torch import Tensor
+
+from s4al.errors import S4alError
 
 
 def _check_probs(probs: Tensor) -> Tensor:
@@ -57,20 +65,64 @@ SCORE_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
 # The metrics that read no probabilities, chosen by s4al/acquisition/pool.py
 RANDOM = "random"  # random_scores: one draw per cell (per image at image level), no network
 CORESET = "coreset"  # whole images by k-center greedy on pooled features (s4al/acquisition/coreset.py)
+ENTRY_POINT_GROUP = "s4al.scores"
+
+
+def score_functions() -> dict[str, Callable[..., Tensor]]:
+    """SCORE_FUNCTIONS, then the heuristics installed packages register (plugin_scores)."""
+    return {**SCORE_FUNCTIONS, **plugin_scores()}
+
+
+@cache
+def plugin_scores() -> dict[str, Callable[..., Tensor]]:
+    """The heuristics installed packages register as entry points of the group `s4al.scores` (in
+    their pyproject.toml: `[project.entry-points."s4al.scores"] name = "module:function"`)."""
+    functions: dict[str, Callable[..., Tensor]] = {}
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        where = f"entry point '{point.name} = {point.value}' of {ENTRY_POINT_GROUP}"
+        if point.name in (*SCORE_FUNCTIONS, *functions, RANDOM, CORESET):
+            raise S4alError(f"{where}: the name '{point.name}' is taken (by s4al or another package); register the "
+                            "score under a name of its own")
+        try:
+            function = point.load()
+        except Exception as err:  # a plugin's own import error, whatever it is
+            raise S4alError(f"{where}: cannot be loaded: {type(err).__name__}: {err}") from err
+        if not callable(function):
+            raise S4alError(f"{where}: names {function!r}, not a function")
+        functions[point.name] = function
+    return functions
 
 
 def metric_names() -> tuple[str, ...]:
-    """Every name `active.metric` accepts: the registered heuristics, then random and coreset."""
-    return (*SCORE_FUNCTIONS, RANDOM, CORESET)
+    """Every name `active.metric` accepts: the heuristics, then random and coreset."""
+    return (*score_functions(), RANDOM, CORESET)
 
 
-def pixel_scores(name: str, probs: Tensor) -> Tensor:
-    """(N, H, W) scores of heuristic `name`."""
-    if name not in SCORE_FUNCTIONS:
-        raise ValueError(f"unknown acquisition metric '{name}'; known: {', '.join(SCORE_FUNCTIONS)}")
-    scores = SCORE_FUNCTIONS[name](probs)
+def check_metric_options(name: str, options: Mapping[str, object]) -> None:
+    """Refuses options (`active.metric_options`) metric `name` does not take as keyword arguments."""
+    if not options:
+        return
+    function = score_functions().get(name)
+    if function is None:
+        raise ValueError(f"active.metric '{name}' takes no options, got {', '.join(options)}")
+    parameters = list(inspect.signature(function).parameters.values())[1:]  # after probs
+    takes = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+        unknown = [key for key in options if key not in takes]
+        if unknown:
+            raise ValueError(f"active.metric '{name}' takes no option {', '.join(map(repr, unknown))} "
+                             f"(its options: {', '.join(takes) or 'none'})")
+
+
+def pixel_scores(name: str, probs: Tensor, options: Mapping[str, object] | None = None) -> Tensor:
+    """(N, H, W) scores of heuristic `name`, given its `options`."""
+    functions = score_functions()
+    if name not in functions:
+        raise ValueError(f"unknown acquisition metric '{name}'; known: {', '.join(functions)}")
+    scores = functions[name](probs, **(options or {}))
     expected = (probs.shape[0], *probs.shape[2:])
-    if tuple(scores.shape) != expected:
-        raise ValueError(f"acquisition metric '{name}' gave scores of shape {tuple(scores.shape)} for probabilities "
+    if not isinstance(scores, Tensor) or tuple(scores.shape) != expected:
+        got = f"shape {tuple(scores.shape)}" if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(f"acquisition metric '{name}' gave scores of {got} for probabilities "
                          f"of shape {tuple(probs.shape)}: a score function returns (N, H, W) = {expected}")
     return scores
