@@ -60,7 +60,7 @@ def make_run(run_dir: Path, images: int, regions: int, size: tuple[int, int], ce
     asked boxes: `regions` cells of `cell` pixels per image, spread over its grid."""
     height, width = size
     cfg = load_config("demo", {"dataset": {"synthetic": {"num_train": images, "height": height, "width": width}},
-                               "active": {"region_size": cell, "regions_per_image": regions}})
+                               "active": {"region_size": cell, "regions_per_image": regions, "annotator": "external"}})
     dataset = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)  # the run's images, as status reads them
     run_dir.mkdir(parents=True)
     RunFolder(run_dir).save_config(cfg)

@@ -47,9 +47,11 @@ from common import (
 
 from s4al.config import (
     ACQUISITION_ONLY, COMPUTED_ON_RESUME, CYCLE0_MAY_DIFFER, SAVED_ON_RESUME, ConfigError, RunConfig,
-    config_differences, load_config, parse_override, saved_config,
+    config_differences, load_config, parse_override, run_differences, saved_config,
 )
-from s4al.run_folder import RunFolder
+from s4al.provenance import code_text, code_version, record_start
+from s4al.run_folder import RunFolder, RunFolderError, json_lines
+from s4al.text import first_of
 from window import STARTED_AT, Job, run_window
 
 
@@ -309,6 +311,9 @@ def run_one(name: str, method: str, seed: int, cfg: RunConfig, work: Path, out: 
     started = time.perf_counter()
     try:
         with ActiveLearningRun(run_dir, cfg, progress=progress) as run:
+            other_code = record_start(run.folder.starts_log, run.device, 1)
+            if other_code:
+                print(f"{label} note: {other_code}", flush=True)
             adopt_cycle0(run, {f"{m}_seed{seed}": bench_run_dir(work, name, m, seed) for m in mates}, record, label)
             summaries = run.run()
     finally:  # a run interrupted at a time limit is charged too
@@ -335,6 +340,7 @@ def run_one(name: str, method: str, seed: int, cfg: RunConfig, work: Path, out: 
                  **({"cycle0_lender_train_seconds": lent["train_seconds"]} if lent else {})},
         "config": cfg.model_dump(mode="json"),
         "run_dir": str(run_dir),
+        "starts": [start for _, start in json_lines(RunFolder(run_dir).starts_log) if start is not None],
         "machine": machine_info(),
     })
     print(f"[{name} {method} seed {seed}] final mIoU {final['val']['miou']:.4f} at "
@@ -486,21 +492,57 @@ def run_in_window(args: argparse.Namespace, name: str, todo: list[tuple[str, int
     return 1 if outcome.failed else 3 if outcome.stopped or outcome.not_started or outcome.too_long else 0
 
 
-# where a run of the same configuration may differ: what a resume may change but its cycle count
-LOCAL_KEYS = tuple(key for key in (*COMPUTED_ON_RESUME, *SAVED_ON_RESUME) if key != "active.cycles")
+# where a run of the same configuration may differ: what a resume may change but its cycle count,
+# and how often it checkpoints (a resume is exact)
+LOCAL_KEYS = (*(key for key in (*COMPUTED_ON_RESUME, *SAVED_ON_RESUME) if key != "active.cycles"),
+              "train.checkpoint_every")
 
 
 def made_with(result_file: Path, cfg: RunConfig, may_differ: Collection[str] = LOCAL_KEYS) -> bool:
-    """Whether `result_file` exists and holds a run of `cfg` but for the keys `may_differ`, its config
-    read as the run ran (s4al/config.py's migration); one made with an option this s4al no longer
-    has, set other than as s4al now works, is not, nor a file that is no result."""
-    if not result_file.exists():
-        return False
+    """Whether `result_file` exists and holds a run of `cfg` but for the keys `may_differ`."""
+    return result_file.exists() and result_differences(result_file, cfg, may_differ) == []
+
+
+def result_differences(result_file: Path, cfg: RunConfig, may_differ: Collection[str] = LOCAL_KEYS) -> list[str] | None:
+    """The keys but `may_differ` in which the run of `result_file` differs from `cfg`, its config read
+    as the run ran (s4al/config.py's migration); None for a file that is no result or one made with an
+    option this s4al no longer has, set other than as s4al now works."""
     try:
         made = saved_config(json.loads(result_file.read_text())["config"], result_file)
     except (ConfigError, ValueError, KeyError, TypeError, AttributeError):  # not a result's config
-        return False
-    return not config_differences(made, cfg, may_differ=may_differ)
+        return None
+    return run_differences(made, cfg, may_differ=may_differ)
+
+
+def existing_run_refusal(result_file: Path, cfg: RunConfig, run_dir: Path) -> str | None:
+    """Why an existing result cannot stand for a run of `cfg` (it is skipped otherwise), or an
+    existing run folder without one cannot go on as it (it is resumed otherwise); else None."""
+    if result_file.exists():
+        differences = result_differences(result_file, cfg)
+        if differences == []:
+            return None
+        made = ("is no result of this s4al's" if differences is None
+                else f"holds a run of another configuration (differing in {first_of(differences, 4)})")
+        return (f"{result_file} {made}: to run it again, delete it and its run folder {run_dir}; or give these "
+                "runs another --name")
+    folder = RunFolder(run_dir)
+    if not folder.config_path.exists():
+        return None
+    try:
+        differences = config_differences(folder.config(), cfg)
+    except RunFolderError as err:
+        return f"{err}: delete the run folder {run_dir} to run it again"
+    return (f"{run_dir} was made with another configuration (differing in {first_of(differences, 4)}): to run it "
+            "again, delete it; or give these runs another --name") if differences else None
+
+
+def code_change(result_file: Path) -> str:
+    """' (made with ..., this checkout is ...)' where the result's code is known and other than now."""
+    made = json.loads(result_file.read_text()).get("machine", {})
+    now = code_version(REPO, ("s4al", "benchmarks"))
+    if not made.get("git_commit") or "git_commit" not in now or code_text(made) == code_text(now):
+        return ""
+    return f" (made with {code_text(made)}; this checkout is {code_text(now)})"
 
 
 def all_cycle0_mates(protocol: Protocol, seeds, args: argparse.Namespace, extra: dict) -> dict:
@@ -534,12 +576,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     mates = {} if args.no_share_cycle0 else all_cycle0_mates(protocol, seeds, args, extra)
+    refusals = [refusal for method, seed, cfg in plan
+                if (refusal := existing_run_refusal(args.results / name / f"{method}_seed{seed}.json", cfg,
+                                                    bench_run_dir(args.work, name, method, seed)))]
+    for refusal in refusals:
+        print(f"error: {refusal}", file=sys.stderr)
+    if refusals:
+        return 2
     todo = []
     for method, seed, cfg in plan:
         out = args.results / name / f"{method}_seed{seed}.json"
         done = args.done / name / out.name if args.done else None
         if out.exists():
-            print(f"[{name} {method} seed {seed}] skipped: {out} exists", flush=True)
+            print(f"[{name} {method} seed {seed}] skipped: {out} exists{code_change(out)}", flush=True)
         elif done and made_with(done, cfg):
             print(f"[{name} {method} seed {seed}] skipped: {done} holds it", flush=True)
         else:

@@ -23,6 +23,9 @@ import numpy as np
 from common import REPO, RESULTS, markdown_table
 from label_efficiency import METHODS, PROTOCOLS, method_config
 
+from s4al.provenance import code_text
+from s4al.text import first_of
+
 REFERENCE = "full_supervised"
 # The comparison the benchmark exists for: S4AL against its floor, ceiling and baselines.
 MAIN_METHODS = ("full_supervised", "sup_10", "ssl_10", "region_random_ssl", "s4al", "s4al_paper")
@@ -250,6 +253,20 @@ def write_plot(groups: dict[str, list[dict]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def code_note(groups: dict[str, list[dict]]) -> str:
+    """Where a folder's results were made by other code (each file's `machine`: its commit, whether
+    modified), which versions made which runs; else nothing."""
+    made = defaultdict(list)
+    for method, runs in groups.items():
+        for run in runs:
+            if run.get("machine", {}).get("git_commit"):
+                made[code_text(run["machine"])].append(f"{method} seed {run['seed']}")
+    if len(made) < 2:
+        return ""
+    versions = [f"{text} ({first_of(runs, 3)})" for text, runs in made.items()]
+    return f"Made by {len(made)} versions of the code: {first_of(versions, 4, '; ')}.\n\n"
+
+
 def folder_body(folder: str, groups: dict[str, list[dict]], heading: str) -> str:
     """The Markdown of one results folder: main table, paired differences, the commands."""
     pairs = pairs_table(groups)
@@ -257,7 +274,7 @@ def folder_body(folder: str, groups: dict[str, list[dict]], heading: str) -> str
              f"{pairs}") if pairs else ""
     return (f"Val mIoU (%) after the final cycle, mean ± std over seeds; labelled % counts pixels; time per "
             f"run is wall time on the device named (a cycle 0 taken from another run at its training time "
-            f"there).\n\n{main_table(groups)}{pairs}\n"
+            f"there).\n\n{main_table(groups)}{pairs}\n{code_note(groups)}"
             f"{heading} Commands\n\nThe data and weights paths (`--data-root`, `--weights`) are in each result "
             f"file's config.\n\n{commands_list(folder, groups)}")
 

@@ -49,7 +49,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     removed."""
     path = Path(path)
     prefix, suffix = _temp_name_parts(path.name)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
+    except OSError as err:
+        raise _naming(err, path) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it; mkstemp's 0600 would hide it from others
         os.close(fd)
@@ -57,9 +60,19 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, a folder gone read-only: said of the file written, not its temp file
+        Path(tmp).unlink(missing_ok=True)
+        raise _naming(err, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """`err` naming `path`, the file a write was for, where it named none or the write's temp file."""
+    if err.filename is None or Path(err.filename).name.startswith(_temp_name_parts(path.name)[0]):
+        err.filename, err.filename2 = str(path), None
+    return err
 
 
 @contextmanager

@@ -6,6 +6,7 @@ import difflib
 import hashlib
 import json
 from collections.abc import Collection
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -13,7 +14,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from s4al.acquisition.scores import CORESET, metric_names
+from s4al.acquisition.scores import CORESET, check_metric_options, metric_names
 from s4al.atomic import atomic_write
 from s4al.errors import S4alError
 from s4al.text import first_of
@@ -30,8 +31,9 @@ SAVED_ON_RESUME = ("dataset.root", "model.weights", "active.cycles")
 # the initial draw and the cycle-0 epochs read none of them, so two configs equal
 # in every other key train the same cycle 0, bit for bit (tests/test_benchmarks.py changes each in
 # turn): a run may take another's (`s4al run --cycle0-from`).
-ACQUISITION_ONLY = frozenset({"active.level", "active.metric", "active.region_size", "active.regions_per_image",
-                              "active.selection", "active.global_budget", "active.score_batch_size"})
+ACQUISITION_ONLY = frozenset({"active.level", "active.metric", "active.metric_options", "active.region_size",
+                              "active.regions_per_image", "active.selection", "active.global_budget",
+                              "active.score_batch_size"})
 CYCLE0_MAY_DIFFER = ACQUISITION_ONLY | set(COMPUTED_ON_RESUME)  # and where it computed
 
 
@@ -182,6 +184,7 @@ class ActiveConfig(Section):
     initial_fraction: float = Field(0.1, gt=0, le=1)  # ignored with initial: labelled
     level: Literal["region", "image"] = "region"
     metric: str = "entropy"  # a name in s4al/acquisition/scores.py's metric_names()
+    metric_options: dict[str, bool | int | float | str] = {}  # keyword arguments of the metric's function
     region_size: int = Field(30, ge=1)
     regions_per_image: int = Field(4, ge=1)
     selection: Literal["per_image", "global"] = "per_image"
@@ -196,13 +199,15 @@ class ActiveConfig(Section):
     @classmethod
     def _known_metric(cls, name: str) -> str:
         if name not in metric_names():
-            raise ValueError(f"unknown acquisition metric {name!r}; valid: {', '.join(metric_names())}")
+            raise ValueError(f"unknown acquisition metric {name!r}; valid: {', '.join(metric_names())} (a package's "
+                             "own scores are its entry points of the group s4al.scores: is it installed here?)")
         return name
 
     @model_validator(mode="after")
     def _budget(self) -> "ActiveConfig":
         if self.level == "region" and self.metric == CORESET:
             raise ValueError(f"active.metric '{CORESET}' is image-level only: set active.level: image")
+        check_metric_options(self.metric, self.metric_options)
         if self.selection == "global" and self.global_budget is None:
             raise ValueError("active.global_budget is required when active.selection is 'global'")
         if self.initial == "labelled" and (self.annotator != "external" or self.level != "region"):
@@ -214,7 +219,7 @@ class ActiveConfig(Section):
 
 # Every saved config is a complete dump of its version, named by this key (version 1, saved before
 # versions existed: no key). A newer version adds keys (ADDED_IN_VERSION), which an older dump lacks.
-CONFIG_VERSION = 3
+CONFIG_VERSION = 4
 
 
 class RunConfig(Section):
@@ -268,9 +273,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def _read_yaml(path: Path) -> dict:
     try:
-        with open(path) as file:  # a stream: YAML's messages name the file
+        with open(path, encoding="utf-8") as file:  # a stream: YAML's messages name the file
             data = yaml.load(file, Loader=_UniqueKeyLoader) or {}
-    except (OSError, yaml.YAMLError) as err:
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read config: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
@@ -304,6 +309,7 @@ ADDED_IN_VERSION = {
         "active": {"initial": "random"},
     },
     3: {"train": {"cuda_graphs": False}},
+    4: {"active": {"metric_options": {}}},
 }
 
 # Options that are gone, with the one value that does what s4al does now: a saved config that set
@@ -352,7 +358,17 @@ def _holds_value(nested: dict, dotted: str) -> bool:
         if not isinstance(node, dict) or part not in node:
             return False
         node = node[part]
-    return not isinstance(node, dict)
+    return dotted in leaf_keys()
+
+
+@cache
+def leaf_keys(model: type[BaseModel] | None = None, prefix: str = "") -> frozenset[str]:
+    """Every key of the config that holds a value, not a section ("train.lr", "active.metric_options")."""
+    keys = set()
+    for name, field in (model or RunConfig).model_fields.items():
+        section = _section_of(field)
+        keys |= leaf_keys(section, f"{prefix}{name}.") if section else {prefix + name}
+    return frozenset(keys)
 
 
 def _without_removed_keys(data: dict, source: str | Path) -> dict:
@@ -471,23 +487,44 @@ NEEDS = {
     "ssl.replay_size": ("ssl.replay", (True,), "true"),
     "ssl.class_normalised_confidence": ("ssl.confidence_weighting", (True,), "true"),
     "ssl.alignment_target": ("ssl.distribution_alignment", ("probabilities", "argmax"), "probabilities or argmax"),
+    "train.cuda_graphs": ("train.fast", ("auto", "on"), "auto or on"),
 }
+CUDA_ONLY = ("train.amp", "train.cuda_graphs")
+
+
+def inert_keys(cfg: RunConfig) -> dict[str, str]:
+    """The keys the config's other values make do nothing, each with why ("with ssl.enabled: false")."""
+    flat = flat_config(cfg)
+    reasons = {}
+    for key in flat:
+        if key.startswith("ssl.") and key not in READ_WITHOUT_SSL and not cfg.ssl.enabled:
+            reasons[key] = "with ssl.enabled: false"
+        elif key in NEEDS and flat[NEEDS[key][0]] not in NEEDS[key][1]:
+            needed, _, said = NEEDS[key]
+            value = flat[needed]
+            shown = str(value).lower() if isinstance(value, bool) else value  # as YAML writes it
+            reasons[key] = f"unless {needed} is {said} (it is {shown})"
+        elif key in CUDA_ONLY and cfg.train.device == "cpu":
+            reasons[key] = "with train.device: cpu"
+        elif key.startswith("dataset.synthetic.") and cfg.dataset.name != "synthetic":
+            reasons[key] = f"unless dataset.name is synthetic (it is {cfg.dataset.name})"
+    return reasons
 
 
 def inert_settings(cfg: RunConfig, overrides: dict) -> list[str]:
     """Notes on the keys of `overrides` (what a user set) that the config's other values make do
     nothing: a setting that looks taken but is not."""
-    flat = flat_config(cfg)
-    notes = []
-    for key in sorted(flattened(overrides)):
-        if key.startswith("ssl.") and key not in READ_WITHOUT_SSL and not cfg.ssl.enabled:
-            notes.append(f"{key} does nothing with ssl.enabled: false")
-        elif key in NEEDS and flat[NEEDS[key][0]] not in NEEDS[key][1]:
-            needed, _, said = NEEDS[key]
-            value = flat[needed]
-            shown = str(value).lower() if isinstance(value, bool) else value  # as YAML writes it
-            notes.append(f"{key} does nothing unless {needed} is {said} (it is {shown})")
-    return notes
+    reasons = inert_keys(cfg)
+    return [f"{key} does nothing {reasons[key]}" for key in sorted(flattened(overrides)) if key in reasons]
+
+
+def run_differences(a: RunConfig, b: RunConfig, may_differ: Collection[str] = ()) -> list[str]:
+    """The keys of config_differences that change what a run computes: not those inert in both
+    (inert_keys), nor train.fast where both run the loader path (auto and off on a CPU)."""
+    inert = inert_keys(a).keys() & inert_keys(b).keys()
+    loader_path = all(cfg.train.device == "cpu" and cfg.train.fast != "on" for cfg in (a, b))
+    return [key for key in config_differences(a, b, may_differ)
+            if key not in inert and not (key == "train.fast" and loader_path)]
 
 
 def cold_start_notes(cfg: RunConfig) -> list[str]:
@@ -534,17 +571,18 @@ def nested(flat: dict) -> dict:
     return out
 
 
-def flattened(tree: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}"""
+def flattened(tree: dict, prefix: str = "", leaves: Collection[str] = ()) -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; a dict at a key of `leaves` is that key's value."""
     out = {}
     for key, value in tree.items():
-        out |= flattened(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+        name = f"{prefix}{key}"
+        out |= flattened(value, f"{name}.", leaves) if isinstance(value, dict) and name not in leaves else {name: value}
     return out
 
 
 def flat_config(cfg: RunConfig) -> dict:
-    """Every key's value by its dotted name: {"train.lr": 0.01, ...}."""
-    return flattened(cfg.model_dump(mode="json"))
+    """Every key's value by its dotted name: {"train.lr": 0.01, "active.metric_options": {}, ...}."""
+    return flattened(cfg.model_dump(mode="json"), leaves=leaf_keys())
 
 
 def config_differences(a: RunConfig, b: RunConfig, may_differ: Collection[str] = ()) -> list[str]:

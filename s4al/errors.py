@@ -4,8 +4,10 @@ rank). Every other exception is a fault of s4al or of a library and keeps its tr
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import sqlite3
 import sys
 import warnings
 from collections.abc import Iterator
@@ -61,17 +63,37 @@ USER_ERRORS = (S4alError, FileNotFoundError, FileExistsError, PermissionError, I
                NotADirectoryError)
 
 
+# What the machine refuses to store, whatever the file: every write s4al makes is whole or not made
+# (s4al/atomic.py, the ledger's transactions), so the command can run again once there is room.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 @contextmanager
 def user_errors_reported() -> Iterator[None]:
-    """A command's body: a user error ends it with `error: MESSAGE` on stderr and exit status 1."""
-    import typer  # the command line's: the library modules that raise these errors never load it
+    """A command's body: a user error ends it with `error: MESSAGE` on stderr and exit status 1; so
+    does a write the disk refuses (full, read-only), naming the file where the system does."""
     try:
         yield
     except USER_ERRORS as err:
-        message = user_message(err)
-        if reports_error(message):  # under torchrun: once, not once per rank
-            typer.echo(f"error: {message}", err=True)
-        raise typer.Exit(1) from None
+        _exit_with(user_message(err))
+    except sqlite3.DatabaseError as err:  # s4al's one database is a run's ledger; its opening names the file
+        if not (getattr(err, "sqlite_errorname", None) or "").startswith("SQLITE_CORRUPT"):
+            raise
+        _exit_with(f"the run's label ledger (ledger.sqlite) is damaged ({err}); restore it from a copy")
+    except OSError as err:
+        if err.errno not in STORAGE_ERRNOS:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        _exit_with(f"{where}cannot write: {err.strerror}; every file written whole before is kept: free space (or "
+                   "make the folder writable), then run the command again")
+
+
+def _exit_with(message: str) -> None:
+    import typer  # the command line's: the library modules that raise these errors never load it
+
+    if reports_error(message):  # under torchrun: once, not once per rank
+        typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1) from None
 
 
 # How long another rank waits for rank 0's error before it prints its own: the ranks meet the same

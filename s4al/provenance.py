@@ -60,11 +60,18 @@ def libraries() -> dict:
             "segmentation_models_pytorch": smp.__version__}
 
 
+def _program() -> str:
+    """The command's program: `s4al` for the package itself (its script, `python -m s4al.cli`), else
+    the script that ran it (a benchmark, a user's own wrapper)."""
+    path = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("s4al")
+    return "s4al" if path.resolve().parent == Path(__file__).resolve().parent else path.name
+
+
 def start_record(device: torch.device, processes: int) -> dict:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": ["s4al", *sys.argv[1:]],
+        "command": [_program(), *sys.argv[1:]],
         "host": platform.node(),
         "device": str(device) + (f" ({gpu})" if gpu else ""),
         "processes": processes,
@@ -74,13 +81,14 @@ def start_record(device: torch.device, processes: int) -> dict:
 
 
 def code_text(start: dict) -> str:
-    """The code a start ran, e.g. `s4al 0.1.0, git 4e1f43d, modified (diff 1a2b3c4d)`."""
-    text = f"s4al {start.get('s4al', '?')}"
+    """The code a start ran, e.g. `s4al 0.1.0, git 4e1f43d, modified (diff 1a2b3c4d)`; a record made
+    before the version or the digest was kept goes without."""
+    parts = [f"s4al {start['s4al']}"] if start.get("s4al") else []
     if start.get("git_commit"):
-        text += f", git {start['git_commit'][:7]}"
-        if start.get("git_dirty"):
-            text += f", modified (diff {start['git_diff_sha256'][:8]})"
-    return text
+        digest = start.get("git_diff_sha256")
+        modified = (f", modified (diff {digest[:8]})" if digest else ", modified") if start.get("git_dirty") else ""
+        parts.append(f"git {start['git_commit'][:7]}{modified}")
+    return ", ".join(parts) or "s4al ?"
 
 
 def record_start(starts_log: Path, device: torch.device, processes: int) -> str | None:

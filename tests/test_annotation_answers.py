@@ -503,7 +503,7 @@ def test_a_task_skipped_after_its_answers_were_imported_keeps_them_and_says_so(r
 
 
 def test_answers_whose_annotation_was_deleted_in_label_studio_stay_and_are_named(run_dir, tmp_path):
-    save_config(load_config("demo"), run_dir / "config.yaml")  # a whole run folder: the import says what comes next
+    save_config(load_config("demo", {"active": {"annotator": "external"}}), run_dir / "config.yaml")  # a whole run folder: the import says what comes next
     import_answers(run_dir, write_export(tmp_path / "e1.json", task_of(1, "a", truth("a"), [1, 2]),
                                          task_of(2, "b", truth("b"), [3])))
     deleted = task_of(1, "a", truth("a"), [1, 2])

@@ -1,12 +1,16 @@
 """Atomic writes (s4al/atomic.py): a kill mid-write leaves the old file whole, and a temp file that
 `stray_temp_files` finds by the name of the file it was for."""
 
+import errno
 import os
 import stat
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from s4al.atomic import atomic_write, stray_temp_files
+from s4al.errors import user_errors_reported
 
 
 def killed_mid_write(path, data: bytes) -> None:
@@ -42,3 +46,33 @@ def test_a_written_file_has_the_mode_open_would_give_it(tmp_path, umask, mode):
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "labels.png").stat().st_mode) == mode
+
+
+def test_a_write_the_disk_refuses_names_its_file_keeps_the_old_one_and_ends_a_command_in_one_line(tmp_path):
+    """A full disk fails a write (ENOSPC from write or close, naming no file): the error names the
+    file the write was for, not its temp file, the old file stays whole, and a command says it as
+    one `error:` line; another OSError keeps its traceback."""
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("kept\n")
+    with pytest.raises(OSError) as refused:
+        with atomic_write(log, "w") as file:
+            file.write("new\n")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert refused.value.filename == str(log) and log.read_text() == "kept\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+
+    app = typer.Typer()
+
+    @app.command()
+    def write(full: bool = True) -> None:
+        with user_errors_reported():
+            with atomic_write(log, "w") as file:
+                file.write("new\n")
+                raise OSError(errno.ENOSPC if full else errno.EBADF, "No space left on device" if full else "bad")
+
+    result = CliRunner().invoke(app, [], env={"COLUMNS": "250"})
+    assert result.exit_code == 1 and result.output == (
+        f"error: {log}: cannot write: No space left on device; every file written whole before is kept: free space "
+        "(or make the folder writable), then run the command again\n")
+    other = CliRunner().invoke(app, ["--no-full"])
+    assert isinstance(other.exception, OSError) and other.exception.errno == errno.EBADF

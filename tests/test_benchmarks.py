@@ -119,6 +119,62 @@ def test_results_made_before_with_the_same_configuration_are_done_elsewhere_too(
     assert not (tmp_path / "new").exists()
 
 
+def test_an_existing_result_of_another_configuration_is_refused_before_anything_runs(bench_root, tmp_path, capsys):
+    """A result stands for its (method, seed) only if it was made with the configuration asked now:
+    one of other settings (a --set under a --name used before) is named, never skipped silently;
+    one differing in keys that change nothing it computed (inert ones, where it checkpointed) stands."""
+    results = tmp_path / "results"
+    shutil.copytree(bench_root / "results", results)
+    made = results / "smoke" / "sup_10_seed0.json"
+    result = json.loads(made.read_text())
+    result["config"]["ssl"]["replay_size"] = 2  # inert: the supervised learner reads no ssl key but two
+    result["config"]["train"]["checkpoint_every"] = 3
+    result["config"]["train"]["fast"] = "off"  # auto on a CPU: the loader path either way
+    made.write_text(json.dumps(result))
+    run_script(label_efficiency, "--protocol", "smoke", "--methods", "sup_10", "--results", results,
+               "--work", bench_root / "work")
+    assert "sup_10 seed 0] skipped: " in capsys.readouterr().out
+    result["config"]["train"]["lr"] = 0.5
+    result["config"]["train"]["fast"] = "on"
+    made.write_text(json.dumps(result))
+    before = made.read_bytes()
+    started = time.monotonic()
+    status = label_efficiency.main(["--protocol", "smoke", "--methods", "full_supervised", "sup_10", "--results",
+                                    str(results), "--work", str(tmp_path / "work")])
+    assert status == 2 and time.monotonic() - started < 5 and made.read_bytes() == before
+    err = capsys.readouterr().err
+    assert (f"error: {made} holds a run of another configuration (differing in train.fast, train.lr): to run it again, "
+            f"delete it and its run folder {tmp_path / 'work' / 'smoke' / 'sup_10_seed0'}; or give these runs "
+            "another --name") in err
+    assert not (tmp_path / "work").exists()
+    made.unlink()  # its run folder, made with another configuration, is refused too, not left to fail as it opens
+    run_dir = shutil.copytree(bench_root / "work" / "smoke" / "sup_10_seed0", tmp_path / "work" / "smoke" / "sup_10_seed0")
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("lr: 0.01", "lr: 0.5"))
+    status = label_efficiency.main(["--protocol", "smoke", "--methods", "sup_10", "--results", str(results),
+                                    "--work", str(tmp_path / "work")])
+    assert status == 2 and not made.exists()
+    assert (f"error: {run_dir} was made with another configuration (differing in train.lr): to run it again, delete it; "
+            "or give these runs another --name") in capsys.readouterr().err
+
+
+def test_a_skipped_result_made_with_other_code_says_which(bench_root, tmp_path, capsys):
+    results = tmp_path / "results"
+    shutil.copytree(bench_root / "results", results)
+    made = results / "smoke" / "sup_10_seed0.json"
+    result = json.loads(made.read_text())
+    now = label_efficiency.code_version(label_efficiency.REPO, ("s4al", "benchmarks"))
+    if "git_commit" not in now:
+        pytest.skip("git cannot read this checkout: no code to tell apart")
+    result["machine"] |= {"git_commit": "0" * 40, "git_dirty": True, "git_diff_sha256": "1" * 64}
+    made.write_text(json.dumps(result))
+    run_script(label_efficiency, "--protocol", "smoke", "--methods", "sup_10", "--results", results,
+               "--work", bench_root / "work")
+    line = next(line for line in capsys.readouterr().out.splitlines() if "sup_10 seed 0] skipped" in line)
+    assert f"(made with s4al {result['machine']['s4al']}, git 0000000, modified (diff 11111111); this checkout is " \
+           f"s4al {now['s4al']}, git {now['git_commit'][:7]}" in line
+
+
 def test_a_window_that_stops_runs_says_so_in_its_exit_status_and_names_each_run_once(tmp_path):
     args = label_efficiency.parse_args(["--protocol", "smoke", "--methods", "sup_10", "sup_10", "--seeds", "0", "0"])
     assert (args.methods, args.seeds) == (["sup_10"], [0])
@@ -248,6 +304,20 @@ def test_summarize_names_a_missing_folder_a_missing_readme_and_a_file_that_is_no
     assert not (tmp_path / "doc.md").exists()
 
 
+def test_a_summary_says_which_code_made_which_results_where_they_differ():
+    def run(seed: int, machine: dict) -> dict:
+        return {"seed": seed, "machine": machine}
+
+    clean = {"s4al": "0.1.0", "git_commit": "a" * 40, "git_dirty": False}
+    groups = {"sup_10": [run(0, clean), run(1, clean)], "s4al": [run(0, clean)]}
+    assert summarize.code_note(groups) == ""  # one version: nothing to say
+    groups["s4al"].append(run(1, clean | {"git_dirty": True, "git_diff_sha256": "b" * 64}))
+    groups["ssl_10"] = [run(0, {"git_commit": "c" * 40, "git_dirty": True}), run(1, {"gpu": None})]  # older files
+    assert summarize.code_note(groups) == (
+        "Made by 3 versions of the code: s4al 0.1.0, git aaaaaaa (sup_10 seed 0, sup_10 seed 1, s4al seed 0); "
+        "s4al 0.1.0, git aaaaaaa, modified (diff bbbbbbbb) (s4al seed 1); git ccccccc, modified (ssl_10 seed 0).\n\n")
+
+
 def test_existing_results_are_skipped_and_missing_ones_resume_and_add_their_cost(bench_root, capsys):
     results = bench_root / "results" / "smoke"
     kept = (results / "full_supervised_seed0.json").read_bytes()
@@ -258,6 +328,8 @@ def test_existing_results_are_skipped_and_missing_ones_resume_and_add_their_cost
     assert (results / "full_supervised_seed0.json").read_bytes() == kept
     resumed = json.loads((results / "sup_10_seed0.json").read_text())
     assert resumed["timings"]["resumed"] is True and resumed["timings"]["steps"] == {}  # nothing left to train
+    # the code of each start is kept: a result written again names the code that trained it
+    assert len(resumed["starts"]) == 2 and all({"s4al", "torch", "command"} <= set(start) for start in resumed["starts"])
     assert resumed["cost"]["invocations"] == 2 and resumed["cost"]["wall_seconds"] > first["wall_seconds"]
 
 
@@ -301,6 +373,7 @@ def test_only_configs_that_differ_in_what_the_acquisition_reads_share_cycle_0():
 ACQUISITION_CHANGES = {
     "active.level": {"level": "image"},
     "active.metric": {"metric": "margin"},
+    "active.metric_options": {"metric": "tempered_entropy", "metric_options": {"temperature": 2.0}},  # score_plugin
     "active.region_size": {"region_size": 2},
     "active.regions_per_image": {"regions_per_image": 1},
     "active.selection": {"selection": "global", "global_budget": 10},
@@ -317,7 +390,7 @@ def trained_cycle0(run_dir: Path, changes: dict) -> tuple:
     return cfg, load_checkpoint(RunFolder(run_dir).checkpoint_path(0))
 
 
-def test_every_key_only_the_acquisition_reads_leaves_cycle_0_bit_identical(tmp_path):
+def test_every_key_only_the_acquisition_reads_leaves_cycle_0_bit_identical(tmp_path, score_plugin):
     assert set(ACQUISITION_CHANGES) == label_efficiency.ACQUISITION_ONLY  # a key added to the list is checked here
     base_cfg, base = trained_cycle0(tmp_path / "base", {})
 

@@ -4,7 +4,10 @@ import pytest
 import yaml
 
 from s4al.acquisition.scores import SCORE_FUNCTIONS
-from s4al.config import PRESETS, ConfigError, cold_start_notes, inert_settings, load_config, load_run_config, parse_override, save_config, saved_config
+from s4al.config import (
+    CONFIG_VERSION, PRESETS, ConfigError, cold_start_notes, inert_settings, load_config, load_run_config, parse_override, run_differences,
+    save_config, saved_config,
+)
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -198,7 +201,7 @@ def test_version_1_configs_run_the_learner_of_their_time():
         del data["ssl"][key]
     del data["train"]["fast"], data["train"]["cuda_graphs"], data["active"]["initial"]
     cfg = saved_config(data, "old/config.yaml")
-    assert cfg.config_version == 3
+    assert cfg.config_version == CONFIG_VERSION
     assert cfg.train.cuda_graphs is False
     assert (cfg.ssl.distribution_alignment, cfg.ssl.class_normalised_confidence, cfg.ssl.alignment_target,
             cfg.ssl.freeze_bn_on_unlabelled) == ("off", False, "labelled", False)
@@ -213,9 +216,9 @@ def test_a_version_2_run_resumes_as_it_ran_and_a_version_3_dump_lacking_that_key
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data | {"config_version": 2}))
     cfg = load_run_config(path)
-    assert cfg.config_version == 3 and cfg.train.cuda_graphs is False
+    assert cfg.config_version == CONFIG_VERSION and cfg.train.cuda_graphs is False
     assert cfg.model_dump(exclude={"train"}) == load_config("demo").model_dump(exclude={"train"})
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(data | {"config_version": 3}))
     with pytest.raises(ConfigError, match=r"incomplete saved config, missing train\.cuda_graphs;"):
         load_run_config(path)
     del data["train"]["fast"]
@@ -224,9 +227,22 @@ def test_a_version_2_run_resumes_as_it_ran_and_a_version_3_dump_lacking_that_key
         load_run_config(path)
 
 
+def test_a_version_3_run_scores_without_options_and_a_version_4_dump_lacking_them_is_damaged(tmp_path):
+    """Version 4 added active.metric_options, a key whose value is a mapping: a version-3 run folder
+    resumes with none; a version-4 dump without the key lost a line."""
+    data = load_config("demo").model_dump(mode="json")
+    del data["active"]["metric_options"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data | {"config_version": 3}))
+    assert load_run_config(path) == load_config("demo")
+    path.write_text(yaml.safe_dump(data | {"config_version": 4}))
+    with pytest.raises(ConfigError, match=r"incomplete saved config, missing active\.metric_options;"):
+        load_run_config(path)
+
+
 def test_a_config_from_a_newer_version_or_of_no_version_number_is_refused():
     data = load_config("demo").model_dump(mode="json")
-    for version in (4, 0, 2.0, True, "3"):
+    for version in (CONFIG_VERSION + 1, 0, 2.0, True, "3"):
         with pytest.raises(ConfigError, match=f"new/config.yaml: config_version {version!r}; this s4al reads"):
             saved_config(data | {"config_version": version}, "new/config.yaml")
 
@@ -301,3 +317,26 @@ def test_a_setting_the_other_values_make_do_nothing_is_named():
         "ssl.balanced_classmix does nothing unless ssl.replay is true (it is false)",
         "ssl.replay_size does nothing unless ssl.replay is true (it is false)",
     ]
+    on_cpu = {"train": {"device": "cpu", "amp": False, "fast": "off", "cuda_graphs": False}}
+    assert inert_settings(load_config("demo", on_cpu), on_cpu) == [
+        "train.amp does nothing with train.device: cpu",
+        "train.cuda_graphs does nothing unless train.fast is auto or on (it is off)",
+    ]
+
+
+def test_runs_differ_only_in_keys_that_change_what_they_compute():
+    def config(**sections):
+        return load_config("demo", {"train": {"device": "cpu"}, **sections})
+
+    supervised = config(ssl={"enabled": False})
+    assert run_differences(supervised, config(ssl={"enabled": False, "replay_size": 2, "n_head": 1})) == []
+    assert run_differences(config(), config(ssl={"replay_size": 2})) == ["ssl.replay_size"]  # read with ssl on
+    assert run_differences(config(ssl={"enabled": False, "replay_size": 2}), config(ssl={"replay_size": 2})) == [
+        "ssl.enabled"]  # a key inert in one of them only is not told apart: its value is the same
+    assert run_differences(config(train={"device": "cpu", "fast": "off"}), config()) == []  # auto: loaders on a CPU
+    assert run_differences(config(train={"device": "cpu", "fast": "on"}), config()) == ["train.fast"]
+    on_gpu = load_config("demo", {"train": {"device": "cuda"}})
+    assert run_differences(on_gpu, load_config("demo", {"train": {"device": "cuda", "fast": "off"}})) == ["train.fast"]
+    assert run_differences(on_gpu, load_config("demo", {"train": {"device": "cuda", "amp": False}})) == ["train.amp"]
+    assert run_differences(config(train={"device": "cpu", "amp": False}), config()) == []
+    assert run_differences(config(), config(train={"device": "cpu", "lr": 0.5}), may_differ=["train.lr"]) == []

@@ -223,7 +223,7 @@ def test_failure_after_the_png_write_leaves_the_region_asked(ledger, monkeypatch
     with pytest.raises(RuntimeError, match="killed"):
         ledger.answer(region_id, np.full((30, 30), 4, np.uint8), by="oracle")
     assert region_by_id(ledger, region_id).state == "asked"
-    assert (ledger.run_dir / "labels" / "region_000001.png").exists()  # harmless orphan
+    assert not (ledger.run_dir / "labels" / "region_000001.png").exists()  # no row points at it: removed
     assert label_state(ledger).labelled_pixels == 3600
     assert (label_map(ledger, "a") == 255).all()
 
@@ -442,7 +442,7 @@ def test_readonly_ledger_reads_but_cannot_write(tmp_path):
         ledger.answer(region_id, np.full((30, 30), 3, np.uint8), by="oracle")
         with Ledger(tmp_path / "ledger.sqlite", readonly=True) as reader:
             assert (label_map(reader, "a")[:30, :30] == 3).all()
-            with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            with pytest.raises(LedgerError, match=r"could not be written \(attempt to write a readonly database\)"):
                 reader.set_meta("seed", 1)
     with pytest.raises(FileNotFoundError):
         Ledger(tmp_path / "elsewhere" / "ledger.sqlite", readonly=True)
@@ -697,3 +697,36 @@ def test_skip_takes_more_regions_than_sqlite_binds_in_one_statement(ledger):
         ledger.skip(region_ids, by="alice")
     assert ledger.skip(region_ids[:-1], by="alice") == region_ids[:-1]
     assert ledger.asked() == [] and len(ledger.skipped()) == limit + 1
+
+
+def test_a_ledger_that_cannot_grow_stores_no_answer_and_leaves_no_label_file(tmp_path):
+    """SQLite's own 'database or disk is full' (its page limit reached, as on a full disk) while
+    answers are stored: one error naming the file and saying nothing was stored, not 'not a ledger'."""
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.register_images([("a", 300, 300)])
+        ledger.ask(0, [("a", (y, x, y + 10, x + 10), "entropy", 1.0) for y in range(0, 300, 10) for x in range(0, 300, 10)])
+        pages = ledger._conn.execute("PRAGMA page_count").fetchone()[0]
+        ledger._conn.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(LedgerError, match=rf"^{tmp_path / 'ledger.sqlite'}: could not be written \(database or "
+                                              r"disk is full\); nothing of this command was stored, the ledger is as it was"):
+            ledger.answer_many([(r.region_id, np.zeros(r.shape, np.uint8)) for r in ledger.asked()], by="test")
+        assert len(ledger.asked()) == 900 and not any((tmp_path / "labels").iterdir())
+
+
+def test_an_sqlite_error_is_told_as_what_it_says_of_the_ledger(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    said = {name: str(ledger_module.ledger_error(path, error(name))) for name in
+            ("SQLITE_FULL", "SQLITE_IOERR_WRITE", "SQLITE_READONLY", "SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_ERROR")}
+    assert all(said[name].startswith(f"{path}: could not be written (") for name in
+               ("SQLITE_FULL", "SQLITE_IOERR_WRITE", "SQLITE_READONLY"))
+    assert said["SQLITE_CORRUPT"] == f"{path}: damaged (SQLITE_CORRUPT); restore it from a copy"
+    assert str(ledger_module.ledger_error(path, error("SQLITE_BUSY"))).startswith(
+        f"{path}: held by another process (SQLITE_BUSY); nothing of this command was stored")
+    assert said["SQLITE_NOTADB"] == said["SQLITE_ERROR"].replace("SQLITE_ERROR", "SQLITE_NOTADB")
+    assert said["SQLITE_NOTADB"] == f"{path}: not a label ledger (SQLITE_NOTADB)"
+
+
+def error(name: str) -> sqlite3.DatabaseError:
+    err = sqlite3.DatabaseError(name)
+    err.sqlite_errorname = name
+    return err

@@ -154,6 +154,20 @@ def test_report_command(run_dir, tmp_path):
     assert (tmp_path / "report.html").is_file()
 
 
+def test_a_supervised_result_of_another_dataset_is_refused_as_the_reference(run_dir, tmp_path):
+    classes = json.loads((run_dir / "cycles" / "cycle_0.json").read_text())["val"]["iou"]
+    result = tmp_path / "result.json"
+    result.write_text(json.dumps({"miou": 0.2, "iou": {"circle": 0.1, "background": 0.3}}))
+    refused = CliRunner().invoke(cli_app(), ["report", str(run_dir), "--out", str(tmp_path / "r"),
+                                             "--supervised-miou", str(result)], env={"COLUMNS": "250"})
+    assert refused.exit_code == 2 and "a result of other classes (circle, background) than the run's" in refused.output
+    assert not (tmp_path / "r").exists()
+    result.write_text(json.dumps({"miou": 0.2, "iou": {name: 0.2 for name in classes}}))
+    taken = CliRunner().invoke(cli_app(), ["report", str(run_dir), "--out", str(tmp_path / "r"),
+                                           "--supervised-miou", str(result)])
+    assert taken.exit_code == 0, taken.output
+
+
 def test_a_run_and_its_report_leave_the_ledger_whole_on_its_own(run_dir, tmp_path):
     """`s4al run` closes its ledger, putting the file back in rollback-journal mode; the report, a
     reader, then adds no file beside it (it could not on read-only media)."""
@@ -228,6 +242,12 @@ def test_supervised_reference_from_a_number_or_a_result_file(tmp_path):
             supervised_reference(result)
     with pytest.raises(ValueError, match=r"fraction in \(0, 1\].*got 0.0"):
         supervised_reference("0")
+    result.write_text(json.dumps({"miou": 0.61, "iou": {"road": 0.9, "car": 0.32}}))
+    assert supervised_reference(result, ["road", "car"]) == supervised_reference(result) == 0.61
+    assert supervised_reference("0.7", ["sky"]) == 0.7  # a number names no classes
+    for classes in (["circle", "square", "background"], ["car", "road"]):  # another dataset; another class order
+        with pytest.raises(ValueError, match=r"a result of other classes \(road, car\) than the run's"):
+            supervised_reference(result, classes)
 
 
 def test_error_map_marks_wrong_and_ignored_pixels():

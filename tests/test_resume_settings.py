@@ -160,7 +160,7 @@ def test_a_ledger_made_before_cycles_could_change_is_checked_by_the_file_bytes_t
 
 
 def test_commands_on_a_finished_run_say_how_to_ask_for_more(tmp_path):
-    finished_run(tmp_path, cycles=0)
+    finished_run(tmp_path, cycles=0, annotator="external")
     result = runner.invoke(app, ["skip", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert (f"The run has finished its last cycle (0). For more labels, `s4al run --resume {tmp_path} "

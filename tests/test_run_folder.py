@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,25 @@ def test_a_damaged_previous_checkpoint_is_a_message_naming_it(run_dir):
     active_run.cfg.active.reinit_each_cycle = False
     with pytest.raises(ValueError, match="cycle_0.pt: cannot read checkpoint"):
         active_run.initial_student(1)
+
+
+def test_a_checkpoint_whose_bytes_changed_on_disk_is_refused_not_read_as_weights(run_dir):
+    """torch.load reads a tensor whose bytes were zeroed without a word; the CRC-32 each part of the
+    archive carries tells, and the file is refused naming the part."""
+    checkpoint = run_dir / "checkpoints" / "cycle_0.pt"
+    load_checkpoint(checkpoint)
+    with zipfile.ZipFile(checkpoint) as archive:  # the largest tensor's bytes, where they lie in the file
+        part = max(archive.infolist(), key=lambda info: info.file_size)
+    content = bytearray(checkpoint.read_bytes())
+    start = content.index(zipfile.ZipFile(checkpoint).read(part.filename)[:64])
+    content[start + 100:start + 4196] = bytes(4096)
+    checkpoint.write_bytes(bytes(content))
+    assert torch.load(checkpoint, weights_only=True)  # read all the same
+    with pytest.raises(ValueError, match=rf"cycle_0.pt: damaged: its part '{part.filename}' no longer matches the "
+                                         "checksum written with it"):
+        load_checkpoint(checkpoint)
+    result = CliRunner().invoke(app, ["evaluate", str(checkpoint)], env={"COLUMNS": "250"})
+    assert result.exit_code == 1 and result.output.startswith(f"error: {checkpoint}: damaged: ")
 
 
 def test_a_second_process_is_refused_while_the_first_holds_the_folder(run_dir):

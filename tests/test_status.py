@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,32 @@ def test_a_run_with_a_label_studio_project_is_told_to_answer_there(run_dir):
     output = " ".join(status(run_dir).split())  # one line, however the terminal wraps it
     assert (f"answer in Label Studio, http://127.0.0.1:8080/projects/7 (`s4al query {run_dir} --label-studio "
             f"http://127.0.0.1:8080` sends a cycle's tasks), then `s4al import {run_dir} --label-studio`") in output
+
+
+def test_an_oracle_run_stopped_while_answering_is_told_to_resume_and_refuses_a_skip_or_an_import(tmp_path):
+    """Asked regions of a run the ground truth answers wait for the resume, not for a person: a
+    skip or an import would change what the experiment measures."""
+    run = tmp_path / "run"
+    cfg = external_config().model_copy(deep=True)
+    cfg.active.annotator = "oracle"
+    with ActiveLearningRun(run, cfg) as active_run:
+        active_run._train(0)
+        active_run.acquire(0)  # stopped here: the oracle answers as the cycle's answer phase runs
+        asked = len(active_run.ledger.asked())
+    RunFolder(run).unlock()
+    output = " ".join(status(run).split())
+    assert f"{asked} regions asked: the dataset's ground truth answers them as the run resumes" in output
+    assert "s4al skip" not in output and "s4al import" not in output and "waiting for answers" not in output
+    assert f"Continue with `s4al run --resume {run}`." in output
+    before = digest(run / "ledger.sqlite")
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    for command in (["skip", str(run)], ["skip", str(run), "--region", "1"], ["import", str(run), str(answers)]):
+        result = CliRunner().invoke(app, command, env=WIDE)
+        assert result.exit_code == 1, result.output
+        assert "the dataset's ground truth answers this run's regions as it resumes" in result.output
+        assert "nothing written" in result.output
+    assert digest(run / "ledger.sqlite") == before
 
 
 def test_a_cycle_whose_asked_regions_are_all_answered_keeps_its_row_until_the_run_goes_on(run_dir):
@@ -272,9 +299,45 @@ def test_a_begun_run_without_its_ledger_and_a_training_folder_are_told_apart_fro
 
 
 def test_a_damaged_config_is_refused_before_any_of_the_account_is_printed(run_dir):
-    (run_dir / "config.yaml").write_text("model: [\n")
+    for damaged in (b"model: [\n", b"seed: 3108\nmodel: \xff\xfe\n"):  # no YAML; no UTF-8 text
+        (run_dir / "config.yaml").write_bytes(damaged)
+        result = CliRunner().invoke(app, ["status", str(run_dir)], env=WIDE)
+        assert result.exit_code == 1 and result.output.startswith(f"error: {run_dir / 'config.yaml'}: cannot read config")
+
+
+def test_a_ledger_damaged_in_its_pages_is_one_error_saying_so(run_dir):
+    ledger = run_dir / "ledger.sqlite"
+    content = bytearray(ledger.read_bytes())
+    page = 4096  # SQLite's page size here; the first page holds the schema, and stays
+    content[page:] = bytes([0x5A]) * (len(content) - page)
+    ledger.write_bytes(bytes(content))
     result = CliRunner().invoke(app, ["status", str(run_dir)], env=WIDE)
-    assert result.exit_code == 1 and result.output.startswith(f"error: {run_dir / 'config.yaml'}: cannot read config")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert re.search(r"^error: .*damaged \(database disk image is malformed\);? .*restore it from a copy", result.output)
+
+
+def test_a_config_edited_since_the_run_was_made_is_said_where_its_settings_are_shown(run_dir, tmp_path):
+    from s4al.report.compare import compare_runs
+    from s4al.report.html import write_report
+
+    with ActiveLearningRun(run_dir) as active_run:  # a cycle done, for compare
+        active_run.run()
+    RunFolder(run_dir).unlock()
+    other = shutil.copytree(run_dir, tmp_path / "other")
+    assert "edited since" not in status(run_dir) and compare_runs([run_dir, other], tmp_path / "c0").notes == []
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("lr: 0.01", "lr: 0.5"))  # a resume refuses it
+    note = (f"{config} was edited since the run was made (it no longer matches the digest in "
+            f"{run_dir / 'ledger.sqlite'}): the settings shown are the file's, not those the run was made with")
+    assert note in " ".join(status(run_dir).split())
+    page = " ".join(write_report(run_dir, tmp_path / "report").read_text().split())
+    assert note.replace("'", "&#39;") in page
+    compared = compare_runs([run_dir, other], tmp_path / "c1")
+    assert compared.settings == {"train.lr": ["0.5", "0.01"]} and any(n.startswith(note) for n in compared.notes)
+    config.write_text(config.read_text() + "# a comment changes nothing it says\n")
+    assert "edited since" in status(run_dir)
+    config.write_text(config.read_text().replace("lr: 0.5", "lr: 0.01"))
+    assert "edited since" not in status(run_dir)
 
 
 def test_a_command_suggested_for_a_folder_with_a_space_quotes_it(tmp_path):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from s4al.data.base import Box
+from s4al.errors import S4alError
 
 
 def grid_shape(h: int, w: int, s: int) -> tuple[int, int]:
@@ -61,8 +62,8 @@ def _as_numpy(scores: Tensor | np.ndarray) -> np.ndarray:
     if array.ndim != 2:
         raise ValueError(f"cell scores must be (rows, cols), got shape {array.shape}")
     if np.isnan(array).any():
-        raise ValueError("cell scores contain NaN: the model's probabilities or the acquisition metric "
-                         "(active.metric) gave a pixel NaN")
+        raise S4alError("cell scores contain NaN: the model's probabilities or the acquisition metric "
+                        "(active.metric) gave a pixel NaN; nothing was asked, and a resume scores the pool again")
     return array.astype(np.float64)
 
 

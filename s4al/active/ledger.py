@@ -145,7 +145,22 @@ class LabelWriteError(LedgerError):
                          "every label is as it was")
 
 
-def _not_a_ledger(path: Path, err: sqlite3.DatabaseError) -> LedgerError:
+# SQLite's errors of the disk or the folder, not of the file's content: the ledger is as it was
+_NOT_WRITTEN = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")
+
+
+def ledger_error(path: Path | str, err: sqlite3.DatabaseError) -> LedgerError:
+    """What an SQLite error says of the ledger at `path`: not written (a full disk, a read-only
+    folder, another process writing it: nothing of the operation is stored), damaged, or no ledger."""
+    name = getattr(err, "sqlite_errorname", None) or ""
+    if name.startswith(_NOT_WRITTEN):
+        return LedgerError(f"{path}: could not be written ({err}); nothing of this command was stored, the ledger is "
+                           "as it was: free space or make the folder writable, then run the command again")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return LedgerError(f"{path}: held by another process ({err}); nothing of this command was stored: run it "
+                           "again once that process ends")
+    if name.startswith("SQLITE_CORRUPT"):
+        return LedgerError(f"{path}: damaged ({err}); restore it from a copy")
     return LedgerError(f"{path}: not a label ledger ({err})")
 
 
@@ -165,7 +180,7 @@ def connect(path: Path, readonly: bool) -> sqlite3.Connection:
             conn.execute("PRAGMA synchronous = FULL")
     except sqlite3.DatabaseError as err:
         conn.close()
-        raise _not_a_ledger(path, err) from None
+        raise ledger_error(path, err) from None
     return conn
 
 
@@ -189,9 +204,19 @@ def disconnect(conn: sqlite3.Connection, readonly: bool) -> None:
 def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One write: IMMEDIATE takes the write lock before the validation reads, so checks and writes
     are atomic; `with conn` commits on success and rolls back on any exception."""
-    conn.execute("BEGIN IMMEDIATE")
-    with conn:
-        yield conn
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        with conn:
+            yield conn
+    except sqlite3.OperationalError as err:  # a full disk, a folder gone read-only: rolled back
+        raise ledger_error(_file_of(conn), err) from err
+
+
+def _file_of(conn: sqlite3.Connection) -> str:
+    try:
+        return conn.execute("PRAGMA database_list").fetchone()[2] or "the label ledger"
+    except sqlite3.Error:
+        return "the label ledger"
 
 
 @dataclass(frozen=True)
@@ -345,7 +370,7 @@ class Ledger(RegionsByState, AbstractContextManager):
             self._configure(readonly)
         except sqlite3.DatabaseError as err:
             self.close()
-            raise _not_a_ledger(self.path, err) from None
+            raise ledger_error(self.path, err) from None
         except BaseException:
             self.close()
             raise
@@ -581,17 +606,24 @@ class Ledger(RegionsByState, AbstractContextManager):
         if not answers:
             return
         painted_at, source_digests = painted_at or {}, source_digests or {}
-        with write_transaction(self._conn) as conn:
-            patches = self._validated_patches(conn, answers, by, overwrite)
-            new_paths = {region_id: _label_relpath(self.labels_dir, region_id) for region_id in patches}
-            self._write_patches(patches, new_paths)
-            now = utc_now()
-            conn.executemany(
-                "UPDATE regions SET state = 'answered', label_path = ?, answered_at = ?, answered_by = ?, "
-                "painted_at = ?, source_digest = ? WHERE region_id = ?",
-                [(new_paths[region_id], now, by, painted_at.get(region_id), source_digests.get(region_id), region_id)
-                 for region_id in patches],
-            )
+        new_paths: dict[int, str] = {}
+        try:
+            with write_transaction(self._conn) as conn:
+                patches = self._validated_patches(conn, answers, by, overwrite)
+                new_paths = {region_id: _label_relpath(self.labels_dir, region_id) for region_id in patches}
+                self._write_patches(patches, new_paths)
+                now = utc_now()
+                conn.executemany(
+                    "UPDATE regions SET state = 'answered', label_path = ?, answered_at = ?, answered_by = ?, "
+                    "painted_at = ?, source_digest = ? WHERE region_id = ?",
+                    [(new_paths[region_id], now, by, painted_at.get(region_id), source_digests.get(region_id),
+                      region_id) for region_id in patches],
+                )
+        except Exception:  # not stored: no row points at the new PNGs (an interrupt may come after the commit)
+            for relpath in new_paths.values():
+                with suppress(OSError):
+                    (self.run_dir / relpath).unlink(missing_ok=True)
+            raise
 
     def _write_patches(self, patches: Mapping[int, np.ndarray], paths: Mapping[int, str]) -> None:
         """Each patch written whole to its path, made durable; on a failed write the ones written

@@ -129,17 +129,35 @@ def check_weights(cfg: RunConfig, train_set: SegmentationDataset) -> None:
     build_model(cfg.model, train_set.classes.num_classes)
 
 
+def config_changed(folder: RunFolder, ledger: Ledger) -> bool:
+    """Whether config.yaml says otherwise than when the run was made, but for the keys SAVED_ON_RESUME
+    (read from the digest the ledger keeps; an older ledger's is of the file's bytes)."""
+    made_with = ledger.get_meta(CONFIG_DIGEST)
+    if made_with is not None:
+        return made_with != config_digest(folder.config_path)
+    made_with_file = ledger.get_meta(FILE_DIGEST)
+    return made_with_file is not None and made_with_file != file_digest(folder.config_path)
+
+
+def changed_config_note(folder: RunFolder) -> str | None:
+    """For the commands that show a run's settings without resuming it: a note where config.yaml was
+    edited since the run was made, else None."""
+    if not folder.ledger_path.exists():
+        return None
+    with Ledger(folder.ledger_path, readonly=True) as ledger:
+        changed = config_changed(folder, ledger)
+    return (f"{folder.config_path} was edited since the run was made (it no longer matches the digest in "
+            f"{folder.ledger_path}): the settings shown are the file's, not those the run was made with (each "
+            "checkpoint holds the config it trained with), and `s4al run --resume` refuses it until the file the run "
+            "was made with is restored") if changed else None
+
+
 def _check_config(folder: RunFolder, ledger: Ledger) -> None:
     """config.yaml must say what it said when the run was made, but for the keys SAVED_ON_RESUME."""
     path = folder.config_path
-    made_with = ledger.get_meta(CONFIG_DIGEST)
-    if made_with is None:  # an older ledger holds the digest of the file's bytes
-        made_with_file = ledger.get_meta(FILE_DIGEST)
-        changed = made_with_file is not None and made_with_file != file_digest(path)
-        if not changed:
-            ledger.set_meta(CONFIG_DIGEST, config_digest(path))
-    else:
-        changed = made_with != config_digest(path)
+    changed = config_changed(folder, ledger)
+    if not changed and ledger.get_meta(CONFIG_DIGEST) is None:  # an older ledger's: the digest of today
+        ledger.set_meta(CONFIG_DIGEST, config_digest(path))
     if changed:
         raise RunFolderError(f"{path}: changed since the run was made (it no longer matches the digest in "
                              f"{folder.ledger_path}); restore the file the run was made with (only "

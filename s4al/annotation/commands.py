@@ -156,6 +156,7 @@ def import_answers_command(run_dir: RunDirArgument, answers: AnswersArgument = N
     with user_errors_reported():
         folder = RunFolder(run_dir)
         folder.ledger_file()  # a run folder, before its lock
+        _refuse_oracle_run(folder, "an import")
         with folder.locked():  # refused at once while a run holds the folder, before a download
             folder.remove_stray_temp_files()  # a killed download's, of an export's size
             if label_studio:
@@ -260,6 +261,8 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None, withdraw: Withdra
         if withdraw and not region:
             raise S4alError("--withdraw takes back the answers of the regions named: give them with --region ID")
         folder = RunFolder(run_dir)
+        folder.ledger_file()  # a run folder, before its config is read
+        _refuse_oracle_run(folder, "a skip")
         with folder.locked(), Ledger(folder.ledger_file()) as ledger:  # the lock: not while a run writes it
             chosen = region or [asked.region_id for asked in ledger.asked()]
             answered = sorted({r.region_id for r in ledger.answered()} & set(chosen))
@@ -281,6 +284,16 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None, withdraw: Withdra
                    f"painted there {when}, then imported, answers its regions all the same.")
     if not still_asked:
         typer.echo(next_step(run_dir))
+
+
+def _refuse_oracle_run(folder: RunFolder, what: str) -> None:
+    """A run whose ground truth answers (an experiment) takes no person's answers or skips: they would
+    change what it measures. (A folder without its config, a ledger alone, is not told.)"""
+    if folder.config_path.exists() and folder.config().active.annotator == "oracle":
+        raise S4alError(f"{folder.path}: the dataset's ground truth answers this run's regions as it resumes "
+                        f"(active.annotator: oracle), so {what} would change the experiment; nothing written. "
+                        f"Continue with `s4al run --resume {shell(folder.path)}`; a run a person answers is made "
+                        "with active.annotator: external")
 
 
 def _refuse_withdrawal(run_dir: Path, answered: list[int], withdraw: bool, part_trained: int | None) -> None:

@@ -18,13 +18,22 @@ SupervisedOption = Annotated[Optional[str], typer.Option(
     metavar="MIOU|FILE", help="Fully supervised val mIoU (0..1), or the result.json of `s4al train`: the reference line.")]
 
 
-def _supervised(value: str | None) -> float | None:
-    from s4al.report.figures import supervised_reference
+def _supervised(value: str | None, run_dirs: list[Path]) -> float | None:
+    """The option's value, a number or a file of `s4al train`, checked against each run's classes."""
+    from s4al.report.figures import ledger_class_names, supervised_reference
 
     try:
-        return supervised_reference(value)
-    except USER_ERRORS as err:  # the option's value: a number, or a file of `s4al train`
+        supervised = supervised_reference(value)  # its form first, before a run folder is read
+    except USER_ERRORS as err:
         raise typer.BadParameter(str(err), param_hint="--supervised-miou") from None
+    for run_dir in run_dirs if supervised is not None else ():
+        with user_errors_reported():
+            classes = ledger_class_names(run_dir)
+        try:
+            supervised_reference(value, classes)
+        except USER_ERRORS as err:
+            raise typer.BadParameter(f"{err} ({run_dir})", param_hint="--supervised-miou") from None
+    return supervised
 
 
 def report(
@@ -34,14 +43,18 @@ def report(
 ) -> None:
     """An HTML report of a run (label efficiency, per-class IoU, bought classes, asked regions,
     predictions) and cycles.csv beside it: one row per cycle, labelled share against mIoU."""
+    from s4al.active.opening import changed_config_note
     from s4al.report.html import write_report
     from s4al.run_folder import RunFolder
 
-    supervised = _supervised(supervised_miou)
+    supervised = _supervised(supervised_miou, [run_dir])
     with user_errors_reported():
         RunFolder.open(run_dir, lock=False)  # refuses a missing folder or one that is not a run's
         path = write_report(run_dir, out, supervised)
+        edited = changed_config_note(RunFolder(run_dir))
     console.print(f"report written to {path}")
+    if edited:
+        console.print(f"note: {edited}")
 
 
 def compare(
@@ -53,7 +66,7 @@ def compare(
     a table of their last cycles, and every setting they were made with different values of."""
     from s4al.report.compare import CSV_FILE, PLOT_FILE, RUN_COLUMNS, SETTINGS_FILE, compare_runs
 
-    supervised = _supervised(supervised_miou)
+    supervised = _supervised(supervised_miou, run_dirs)
     with user_errors_reported():
         comparison = compare_runs(run_dirs, out, supervised)
     runs = Table()

@@ -11,7 +11,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from s4al.atomic import output_folder
-from s4al.config import COMPUTED_ON_RESUME, NEEDS, READ_WITHOUT_SSL, RunConfig, config_differences, flat_config
+from s4al.active.opening import changed_config_note
+from s4al.config import COMPUTED_ON_RESUME, RunConfig, config_differences, flat_config, inert_keys
 from s4al.errors import S4alError
 from s4al.report.figures import read_cycles
 from s4al.report.table import csv_row, cycle_columns
@@ -23,21 +24,12 @@ PLOT_FILE, CSV_FILE, SETTINGS_FILE = "compare.png", "compare.csv", "settings.csv
 
 def differing_settings(configs: list[RunConfig]) -> list[str]:
     """The keys whose value is not the same in every config, but for where a run computed and for
-    keys no run reads (the synthetic dataset's sizes where none is synthetic, a key whose switch is
-    off in every run)."""
+    keys no run reads (config.inert_keys: the synthetic dataset's sizes where none is synthetic, a
+    key whose switch is off in every run)."""
     first, *others = configs
     keys = {key for cfg in others for key in config_differences(first, cfg, may_differ=COMPUTED_ON_RESUME)}
-    flats = [flat_config(cfg) for cfg in configs]
-    return sorted(key for key in keys if any(_read(key, flat) for flat in flats))
-
-
-def _read(key: str, flat: dict) -> bool:
-    """Whether a run of config `flat` reads `key`."""
-    if key.startswith("dataset.synthetic."):
-        return flat["dataset.name"] == "synthetic"
-    if key.startswith("ssl.") and key not in READ_WITHOUT_SSL and not flat["ssl.enabled"]:
-        return False
-    return key not in NEEDS or flat[NEEDS[key][0]] in NEEDS[key][1]
+    inert = [inert_keys(cfg) for cfg in configs]
+    return sorted(key for key in keys if any(key not in keys_of_one for keys_of_one in inert))
 
 
 def comparison_curves(runs: dict[str, list[dict]], supervised_miou: float | None = None) -> Figure:
@@ -107,6 +99,7 @@ def _notes(runs: dict[str, list[dict]], folders: list[RunFolder]) -> list[str]:
     if len(set(classes.values())) > 1:
         notes.append("the runs are scored on other classes, so their mIoUs average other things: "
                      + "; ".join(f"{name}: {', '.join(names)}" for name, names in classes.items()))
+    notes += [note for folder in folders if (note := changed_config_note(folder))]
     starts = {name: _last_start(folder) for name, folder in zip(runs, folders)}
     code = {name: code_text(start) for name, start in starts.items() if start and "git_commit" in start}
     if len(set(code.values())) > 1:

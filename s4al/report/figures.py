@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib as mpl
@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from s4al.errors import S4alError
-from s4al.text import counted, shell
+from s4al.text import counted, first_of, shell
 from s4al.atomic import output_folder
 from s4al.active.ledger import CLASSES_META, Ledger, Region
 from s4al.active.phases import CyclePhases
@@ -61,20 +61,35 @@ def read_cycles(run_dir: Path) -> list[dict]:
     return summaries + [current] if current else summaries
 
 
-def supervised_reference(value: float | str | Path | None) -> float | None:
+def supervised_reference(value: float | str | Path | None, classes: Sequence[str] | None = None) -> float | None:
     """The fully supervised val mIoU (0..1): a number, or a JSON file with a top-level "miou" such
-    as the result.json written by `s4al train`."""
+    as the result.json written by `s4al train`; one whose per-class IoU ("iou") is of other classes
+    than `classes` (a run's) is refused: a reference of another dataset."""
     if value is None:
         return None
     text = str(value)
     try:
-        miou = json.loads(Path(text).read_text())["miou"] if Path(text).is_file() else float(text)
+        result = json.loads(Path(text).read_text()) if Path(text).is_file() else {"miou": float(text)}
+        miou = result["miou"]
     except (KeyError, TypeError, ValueError):
         raise S4alError(f"supervised mIoU {text!r}: neither a number nor a JSON file with \"miou\"") from None
+    names = list(result["iou"]) if isinstance(result.get("iou"), dict) else None
+    if classes is not None and names is not None and names != list(classes):
+        raise S4alError(f"supervised mIoU {text!r}: a result of other classes ({first_of(names, 6)}) than the run's "
+                        f"({first_of(list(classes), 6)}): give the fully supervised result of the run's dataset")
     if isinstance(miou, bool) or not isinstance(miou, (int, float)) or not 0 < miou <= 1:
         raise S4alError(f"supervised mIoU must be a fraction in (0, 1] (each cycle is shown as a share of it), "
                         f"got {miou!r}")
     return float(miou)
+
+
+def ledger_class_names(run_dir: Path) -> list[str] | None:
+    """The class names a run was made with (its ledger's), None where it has no ledger."""
+    folder = RunFolder(Path(run_dir))
+    if not folder.ledger_path.exists():
+        return None
+    with Ledger(folder.ledger_path, readonly=True) as ledger:
+        return ledger.get_meta(CLASSES_META)
 
 
 def _dataset(cfg: RunConfig, split: str) -> SegmentationDataset:

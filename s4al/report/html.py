@@ -11,6 +11,7 @@ from pathlib import Path
 import jinja2
 
 from s4al.active.ledger import JOINED, RESUME_CHANGES, Ledger, LedgerError
+from s4al.active.opening import changed_config_note
 from s4al.provenance import code_text
 from s4al.text import counted
 from s4al.run_folder import RunFolder, json_lines
@@ -123,6 +124,7 @@ TEMPLATE = jinja2.Template(
 {% endfor %}</tbody>
 </table></div>
 <p class="note">Settings changed on resume and images or masks added to the dataset as they joined the run, from its label ledger.</p>
+{% endif %}{% if config_note %}<p class="note">Note: {{ config_note }}.</p>
 {% endif %}<details>
 <summary>config.yaml of the run (seed {{ seed }})</summary>
 <pre>{{ config }}</pre>
@@ -229,6 +231,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None, supervised_miou: fl
         starts=start_rows(folder),
         changes=change_rows(folder),
         config=folder.config_path.read_text(),
+        config_note=changed_config_note(folder),
     )
     path = out_dir / REPORT_FILE
     path.write_text(html, encoding="utf-8")

@@ -101,9 +101,12 @@ def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhase
     lines += lost_answers_lines(run_dir, needed, unneeded)
     if phase == "done" and cycle == cfg.active.cycles:
         return lines + [finished_line(run_dir, cycle, ledger)]
-    if pending:
+    if pending and cfg.active.annotator == "external":
         return lines + [_waiting(run_dir, len(pending), ledger.get_meta(PROJECT_META))]
-    if phase in (None, "train") and metrics_log is not None:
+    if pending:
+        lines.append(f"{counted(len(pending), 'region')} asked: the dataset's ground truth answers them as the run "
+                     "resumes (active.annotator: oracle).")
+    elif phase in (None, "train") and metrics_log is not None:
         state = "is training" if holder else "stopped while training" if phase else "has not begun training"
         lines.append(_training(cfg, cycle or 0, metrics_log, state))
     elif phase == "acquire":

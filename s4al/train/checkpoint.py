@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import pickle
 import warnings
+import zipfile
+import zlib
 from collections.abc import Collection
 from pathlib import Path
 
@@ -55,7 +57,8 @@ def load_checkpoint(path: Path) -> dict:
         hint = f"; its last: {last}" if last else ""
         raise S4alError(f"{path}: a folder; give a checkpoint of it, RUN/checkpoints/cycle_N.pt{hint}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        damaged = damaged_part(path)
+        state = None if damaged else torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise S4alError(f"{path}: no such checkpoint") from None
     except pickle.UnpicklingError as err:  # weights_only refuses what is not data
@@ -63,11 +66,26 @@ def load_checkpoint(path: Path) -> dict:
                         f"would run as code ({str(err).splitlines()[0]}); s4al checkpoints hold none") from None
     except Exception as err:  # a truncated or foreign file
         raise S4alError(f"{path}: cannot read checkpoint: {err} (a file cut short, damaged, or not a torch file)") from err
+    if damaged:
+        raise S4alError(f"{path}: damaged: its part '{damaged}' no longer matches the checksum written with it (a "
+                        "fault of the disk or of a copy); restore the file from a copy. A run's checkpoint of a cycle "
+                        "still training may be deleted instead: the cycle then trains again from its start")
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
         raise S4alError(f"{path}: not a checkpoint of s4al train or run (RUN/checkpoints/cycle_N.pt): it has no "
                         f"{', '.join(repr(key) for key in missing)}")
     return state
+
+
+def damaged_part(path: Path) -> str | None:
+    """The first part of a checkpoint (an entry of the zip archive torch.save writes) whose bytes fail
+    the CRC-32 written with them, or None: torch.load reads such bytes without a word. A file that is
+    no zip archive (cut short, foreign, torch's legacy format) is left to torch.load to judge."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, EOFError, zlib.error):
+        return None
 
 
 def load_trained_model(path: Path, network: str = "teacher", device: str | torch.device = "cpu"):
