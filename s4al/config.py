@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from s4al.acquisition.scores import CORESET, check_metric_options, metric_names
+from s4al.acquisition.scores import check_metric, check_metric_name
 from s4al.atomic import atomic_write
 from s4al.errors import S4alError
 from s4al.text import first_of
@@ -198,16 +198,12 @@ class ActiveConfig(Section):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, name: str) -> str:
-        if name not in metric_names():
-            raise ValueError(f"unknown acquisition metric {name!r}; valid: {', '.join(metric_names())} (a package's "
-                             "own scores are its entry points of the group s4al.scores: is it installed here?)")
+        check_metric_name(name)
         return name
 
     @model_validator(mode="after")
     def _budget(self) -> "ActiveConfig":
-        if self.level == "region" and self.metric == CORESET:
-            raise ValueError(f"active.metric '{CORESET}' is image-level only: set active.level: image")
-        check_metric_options(self.metric, self.metric_options)
+        check_metric(self.metric, self.level, self.metric_options)
         if self.selection == "global" and self.global_budget is None:
             raise ValueError("active.global_budget is required when active.selection is 'global'")
         if self.initial == "labelled" and (self.annotator != "external" or self.level != "region"):

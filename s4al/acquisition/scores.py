@@ -98,8 +98,18 @@ def metric_names() -> tuple[str, ...]:
     return (*score_functions(), RANDOM, CORESET)
 
 
-def check_metric_options(name: str, options: Mapping[str, object]) -> None:
-    """Refuses options (`active.metric_options`) metric `name` does not take as keyword arguments."""
+def check_metric_name(name: str) -> None:
+    """Refuses a name `active.metric` cannot give."""
+    if name not in metric_names():
+        raise ValueError(f"unknown acquisition metric {name!r}; valid: {', '.join(metric_names())} (a package's own "
+                         f"scores are its entry points of the group {ENTRY_POINT_GROUP}: is it installed here?)")
+
+
+def check_metric(name: str, level: str, options: Mapping[str, object]) -> None:
+    """Refuses a metric of another level than `level` (active.level), or options (active.metric_options)
+    its function does not take as keyword arguments."""
+    if level == "region" and name == CORESET:
+        raise ValueError(f"active.metric '{CORESET}' is image-level only: set active.level: image")
     if not options:
         return
     function = score_functions().get(name)
