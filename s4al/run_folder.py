@@ -233,6 +233,9 @@ class RunFolder:
         """The ledger of a run folder, for a command that reads or answers a run; a folder
         without one is refused (a training's folder, or a begun run's missing ledger, saying so)."""
         if not self.check_ledger():
+            if self.config_path.exists():
+                raise RunFolderError(f"{self.path}: a run that never began (its {CONFIG_FILE} alone: a start refused "
+                                     f"or killed at once); `s4al run --resume {shell(self.path)}` begins it")
             raise RunFolderError(f"{self.path}: not a run folder (no {LEDGER_FILE})")
         return self.ledger_path
 

@@ -283,6 +283,11 @@ def test_a_process_at_work_on_the_run_is_named_and_no_resume_is_suggested(run_di
 def test_status_of_a_folder_that_is_no_run_is_an_error_naming_it(tmp_path):
     result = CliRunner().invoke(app, ["status", str(tmp_path)])
     assert result.exit_code == 1 and f"{tmp_path}: not a run folder (no ledger.sqlite)" in result.output
+    RunFolder.create(tmp_path / "run", external_config(), lock=False)  # a start killed at once: its config alone
+    result = CliRunner().invoke(app, ["status", str(tmp_path / "run")], env=WIDE)
+    assert result.exit_code == 1 and (f"{tmp_path / 'run'}: a run that never began (its config.yaml alone: a start "
+                                      f"refused or killed at once); `s4al run --resume {tmp_path / 'run'}` begins it"
+                                      ) in result.output
 
 
 def test_a_begun_run_without_its_ledger_and_a_training_folder_are_told_apart_from_no_run(run_dir, tmp_path):
