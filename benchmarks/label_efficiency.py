@@ -526,7 +526,7 @@ def existing_run_refusal(result_file: Path, cfg: RunConfig, run_dir: Path) -> st
         return (f"{result_file} {made}: to run it again, delete it and its run folder {run_dir}; or give these "
                 "runs another --name")
     folder = RunFolder(run_dir)
-    if not folder.config_path.exists():
+    if not folder.begun():  # its config alone, at most: a run made anew
         return None
     try:
         differences = config_differences(folder.config(), cfg)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
@@ -61,7 +61,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.fsync(written.fileno())
         os.replace(tmp, path)
     except OSError as err:  # a full disk, a folder gone read-only: said of the file written, not its temp file
-        Path(tmp).unlink(missing_ok=True)
+        with suppress(OSError):
+            Path(tmp).unlink(missing_ok=True)
         raise _naming(err, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -333,7 +333,7 @@ def status(run_dir: RunDirArgument) -> None:
     purchases, what its dataset has gained or lost since, the cycle in progress, whether a process
     is at work on it, and what to run next."""
     from s4al.active.ledger import Ledger
-    from s4al.active.opening import changed_config_note, config_changed
+    from s4al.active.opening import changed_config_note
     from s4al.active.phases import CyclePhases
 
     with user_errors_reported():
@@ -341,8 +341,8 @@ def status(run_dir: RunDirArgument) -> None:
         with Ledger(folder.ledger_file(), readonly=True) as ledger, CyclePhases(ledger) as phases:
             cfg = folder.config()  # a damaged config is refused before any of the account is printed
             console.print(cycle_table(run_dir, folder.summaries(), ledger, phases))
-            if config_changed(folder, ledger):
-                console.print(f"note: {changed_config_note(folder)}")
+            if edited := changed_config_note(folder):
+                console.print(f"note: {edited}")
             dataset, refused, masked = dataset_lines(run_dir, cfg, ledger)
             for line in [*dataset, *next_lines(run_dir, cfg, ledger, phases, folder.metrics_log, folder.holder(),
                                                resume_refused=refused, masked=masked)]:

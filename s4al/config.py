@@ -240,12 +240,14 @@ class ConfigError(S4alError):
 PRESETS = ("camvid", "cityscapes", "demo")
 
 
-def merge_overrides(base: dict, override: dict) -> dict:
-    """Nested config dicts merged section by section; `override`'s values win."""
+def merge_overrides(base: dict, override: dict, prefix: str = "") -> dict:
+    """Nested config dicts merged section by section; `override`'s values win. A mapping-valued key
+    (active.metric_options) is merged too, but an empty mapping given for it empties it."""
     out = dict(base)
     for key, value in override.items():
-        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = merge_overrides(out[key], value) if nested else value
+        name = f"{prefix}{key}"
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict) and (value or name not in leaf_keys())
+        out[key] = merge_overrides(out[key], value, f"{name}.") if nested else value
     return out
 
 

@@ -63,7 +63,7 @@ USER_ERRORS = (S4alError, FileNotFoundError, FileExistsError, PermissionError, I
                NotADirectoryError)
 
 
-# What the machine refuses to store, whatever the file: every write s4al makes is whole or not made
+# What the machine refuses to store, whatever the file: what a run keeps is written whole or not at all
 # (s4al/atomic.py, the ledger's transactions), so the command can run again once there is room.
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from s4al.acquisition.scores import plugin_scores
+from s4al.acquisition import scores
 from s4al.active.label_state import LabelState
 from s4al.active.ledger import Ledger, Region
 from s4al.config import RunConfig, load_config
@@ -43,6 +43,12 @@ def installed_package(folder: Path, name: str, module: str, entry_points: str) -
     (info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
 
 
+def forget_plugins() -> None:
+    """The packages' scores are read once a process: read them again."""
+    scores.plugin_points.cache_clear()
+    scores._plugin_function.cache_clear()
+
+
 @pytest.fixture
 def installed(tmp_path_factory, monkeypatch):
     """Installs packages for the test (`installed(name, module, entry_points)`), found by
@@ -54,10 +60,10 @@ def installed(tmp_path_factory, monkeypatch):
     def install(name: str, module: str, entry_points: str) -> None:
         installed_package(folder, name, module, entry_points)
         names.append(name)
-        plugin_scores.cache_clear()
+        forget_plugins()
 
     yield install
-    plugin_scores.cache_clear()
+    forget_plugins()
     for name in names:
         sys.modules.pop(name, None)
 

@@ -14,7 +14,6 @@ from s4al.acquisition.pool import choose_regions, score_cells
 from s4al.acquisition.scores import SCORE_FUNCTIONS, metric_names, pixel_scores
 from s4al.config import ConfigError, load_config, parse_override
 from s4al.data import build_dataset
-from s4al.errors import S4alError
 
 CPU = torch.device("cpu")
 HOT_BOX = (16, 32, 32, 48)  # cell (1, 2) of a 48x64 image's 3x4 grid of 16x16 cells
@@ -97,16 +96,43 @@ def test_the_options_reach_the_score_of_every_cell(score_plugin):
     assert cells[1, 2] == pytest.approx(-top * math.log(top) - (c - 1) * rest * math.log(rest), rel=1e-4)
 
 
-def test_a_package_whose_score_cannot_be_taken_is_named(installed):
-    installed("clashing_scores", "def entropy(probs):\n    return probs[:, 0]\n",
-              "[s4al.scores]\nentropy = clashing_scores:entropy\n")
-    with pytest.raises(S4alError, match=r"entry point 'entropy = clashing_scores:entropy' of s4al.scores: the name "
-                                        r"'entropy' is taken"):
-        metric_names()
+def test_a_name_two_packages_register_is_refused_where_a_config_names_it_and_s4al_s_own_stay(installed):
+    installed("first_scores", "def twice(probs):\n    return probs[:, 0]\n", "[s4al.scores]\ntwice = first_scores:twice\n")
+    installed("second_scores", "def twice(probs):\n    return probs[:, 1]\n\ndef entropy(probs):\n    return probs[:, 1]\n",
+              "[s4al.scores]\ntwice = second_scores:twice\nentropy = second_scores:entropy\n")
+    assert metric_names().count("twice") == 1 and metric_names().count("entropy") == 1
+    with pytest.raises(ConfigError, match=r"entry points 'twice = first_scores:twice' and 'twice = second_scores:twice' "
+                                          r"of s4al.scores: the name 'twice' is taken"):
+        tiny_config(active={"metric": "twice"})
+    probs = torch.tensor([0.5, 0.5]).view(1, 2, 1, 1)
+    assert tiny_config().active.metric == "entropy" and pixel_scores("entropy", probs).item() == pytest.approx(math.log(2))
 
 
-def test_a_package_whose_score_fails_to_load_is_named(installed):
+def test_a_package_whose_score_fails_to_load_is_named_where_a_config_names_it(installed):
     installed("broken_scores", "import not_installed_anywhere\n", "[s4al.scores]\nbroken = broken_scores:broken\n")
-    with pytest.raises(S4alError, match=r"entry point 'broken = broken_scores:broken' of s4al.scores: cannot be "
-                                        r"loaded: ModuleNotFoundError"):
-        metric_names()
+    assert "broken" in metric_names() and tiny_config().active.metric == "entropy"  # other runs go on
+    with pytest.raises(ConfigError, match=r"entry point 'broken = broken_scores:broken' of s4al.scores: cannot be "
+                                          r"loaded: ModuleNotFoundError"):
+        tiny_config(active={"metric": "broken"})
+
+
+def test_options_a_score_needs_or_takes_as_numbers_are_checked_with_the_config(installed, score_plugin):
+    installed("top_scores", "def top_k_margin(probs, k):\n    return probs[:, 0] * k\n",
+              "[s4al.scores]\ntop_k_margin = top_scores:top_k_margin\n")
+    with pytest.raises(ConfigError, match=re.escape("active.metric 'top_k_margin' needs the option 'k' "
+                                                    "(active.metric_options.k)")):
+        tiny_config(active={"metric": "top_k_margin"})
+    assert tiny_config(active={"metric": "top_k_margin", "metric_options": {"k": 3}}).active.metric_options == {"k": 3}
+    with pytest.raises(ConfigError, match=re.escape("active.metric_options.temperature: '1e-3' is text, where "
+                                                    "'tempered_entropy' takes a number (its default: 1.0)")):
+        load_config("demo", parse_override([f"active.metric={score_plugin}", "active.metric_options.temperature=1e-3"]))
+
+
+def test_an_empty_mapping_given_for_the_options_empties_them(score_plugin, tmp_path):
+    own = tmp_path / "own.yaml"
+    own.write_text(f"active:\n  metric: {score_plugin}\n  metric_options:\n    temperature: 2.0\n")
+    assert load_config(own).active.metric_options == {"temperature": 2.0}
+    switched = load_config(own, parse_override(["active.metric=entropy", "active.metric_options={}"]))
+    assert (switched.active.metric, switched.active.metric_options) == ("entropy", {})
+    added = load_config(own, parse_override(["active.metric_options.temperature=0.5"]))
+    assert added.active.metric_options == {"temperature": 0.5}

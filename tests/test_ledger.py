@@ -708,7 +708,7 @@ def test_a_ledger_that_cannot_grow_stores_no_answer_and_leaves_no_label_file(tmp
         pages = ledger._conn.execute("PRAGMA page_count").fetchone()[0]
         ledger._conn.execute(f"PRAGMA max_page_count = {pages}")
         with pytest.raises(LedgerError, match=rf"^{tmp_path / 'ledger.sqlite'}: could not be written \(database or "
-                                              r"disk is full\); nothing of this command was stored, the ledger is as it was"):
+                                              r"disk is full\); nothing of this write was stored, the ledger is as its last write left it"):
             ledger.answer_many([(r.region_id, np.zeros(r.shape, np.uint8)) for r in ledger.asked()], by="test")
         assert len(ledger.asked()) == 900 and not any((tmp_path / "labels").iterdir())
 
@@ -721,7 +721,7 @@ def test_an_sqlite_error_is_told_as_what_it_says_of_the_ledger(tmp_path):
                ("SQLITE_FULL", "SQLITE_IOERR_WRITE", "SQLITE_READONLY"))
     assert said["SQLITE_CORRUPT"] == f"{path}: damaged (SQLITE_CORRUPT); restore it from a copy"
     assert str(ledger_module.ledger_error(path, error("SQLITE_BUSY"))).startswith(
-        f"{path}: held by another process (SQLITE_BUSY); nothing of this command was stored")
+        f"{path}: held by another process (SQLITE_BUSY); nothing of this write was stored")
     assert said["SQLITE_NOTADB"] == said["SQLITE_ERROR"].replace("SQLITE_ERROR", "SQLITE_NOTADB")
     assert said["SQLITE_NOTADB"] == f"{path}: not a label ledger (SQLITE_NOTADB)"
 

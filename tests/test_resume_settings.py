@@ -3,14 +3,17 @@ refuses: more or fewer cycles, the dataset and weights moved; and the weights re
 begins."""
 
 import hashlib
+import io
 import re
 import shutil
 import sqlite3
 from contextlib import closing
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from typer.testing import CliRunner
 
 from s4al import distributed
@@ -140,6 +143,43 @@ def test_the_config_digest_ignores_cycles_and_layout_but_not_settings(tmp_path):
     config.write_text(text.replace("metric: entropy", "metric: margin"))
     with pytest.raises(RunFolderError, match="config.yaml: changed since the run was made"):
         ActiveLearningRun(tmp_path)
+
+
+def test_a_run_of_an_older_config_version_given_more_cycles_twice_resumes_both_times(tmp_path):
+    """More cycles rewrite config.yaml as this s4al writes it (a newer config_version, its added keys):
+    the digest kept is of that file, so the next resume finds it unchanged."""
+    from s4al.active.ledger import CONFIG_DIGEST
+    from s4al.config import config_digest
+
+    finished_run(tmp_path, cycles=0, annotator="external")
+    config = tmp_path / "config.yaml"
+    data = yaml.safe_load(config.read_text())
+    del data["active"]["metric_options"]  # as a version-3 run folder holds it
+    config.write_text(yaml.safe_dump(data | {"config_version": 3}, sort_keys=False))
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.set_meta(CONFIG_DIGEST, config_digest(config))
+    for cycles in (1, 2):
+        result = runner.invoke(app, ["run", "--resume", str(tmp_path), "--set", f"active.cycles={cycles}", "--quiet"])
+        assert result.exit_code == 0, result.output
+        assert "edited since" not in runner.invoke(app, ["status", str(tmp_path)]).output
+    assert yaml.safe_load(config.read_text())["config_version"] == 4
+
+
+def test_an_oracle_runs_lost_answer_is_written_again_from_the_dataset_as_it_resumes(tmp_path):
+    finished_run(tmp_path, cycles=1)
+    with Ledger(tmp_path / "ledger.sqlite", readonly=True) as ledger:
+        lost = ledger.answered()[0]
+    kept = (tmp_path / lost.label_path).read_bytes()
+    (tmp_path / lost.label_path).unlink()
+    said = " ".join(runner.invoke(app, ["status", str(tmp_path)]).output.split())
+    assert "1 answered region lost the stored answer (its file missing); `s4al run --resume` writes them again from " \
+           "the dataset's labels." in said and "s4al import" not in said
+    result = runner.invoke(app, ["run", "--resume", str(tmp_path), "--set", "active.cycles=2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    with Ledger(tmp_path / "ledger.sqlite", readonly=True) as ledger:
+        again = next(region for region in ledger.answered() if region.region_id == lost.region_id)
+        assert np.array_equal(ledger.patch(again), np.asarray(Image.open(io.BytesIO(kept))))
+        assert again.answered_by == lost.answered_by
 
 
 def test_a_ledger_made_before_cycles_could_change_is_checked_by_the_file_bytes_then_upgraded(tmp_path):

@@ -4,15 +4,16 @@ the names `active.metric` accepts (metric_names(); s4al/config.py validates agai
 `probs` is a softmax output (N, C, H, W); a pixel score map is (N, H, W), higher = more informative.
 A new heuristic is a function of that form, keyword arguments after `probs` being its options
 (`active.metric_options`), and an entry in SCORE_FUNCTIONS, or, from a package of its own, an
-entry point of the group `s4al.scores` (score_functions() reads both: nothing else lists them).
+entry point of the group `s4al.scores` (score_function() reads both: nothing else lists them).
 """
 
 from __future__ import annotations
 
 import inspect
+from collections import defaultdict
 from collections.abc import Mapping
 from functools import cache
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Callable
 
 import torch
@@ -68,34 +69,45 @@ CORESET = "coreset"  # whole images by k-center greedy on pooled features (s4al/
 ENTRY_POINT_GROUP = "s4al.scores"
 
 
-def score_functions() -> dict[str, Callable[..., Tensor]]:
-    """SCORE_FUNCTIONS, then the heuristics installed packages register (plugin_scores)."""
-    return {**SCORE_FUNCTIONS, **plugin_scores()}
-
-
 @cache
-def plugin_scores() -> dict[str, Callable[..., Tensor]]:
-    """The heuristics installed packages register as entry points of the group `s4al.scores` (in
-    their pyproject.toml: `[project.entry-points."s4al.scores"] name = "module:function"`)."""
-    functions: dict[str, Callable[..., Tensor]] = {}
+def plugin_points() -> dict[str, tuple[EntryPoint, ...]]:
+    """The entry points installed packages register in the group `s4al.scores` (in their
+    pyproject.toml: `[project.entry-points."s4al.scores"] name = "module:function"`), by name; read,
+    not loaded: a package's score is imported as a config names it (score_function)."""
+    points: dict[str, list[EntryPoint]] = defaultdict(list)
     for point in entry_points(group=ENTRY_POINT_GROUP):
-        where = f"entry point '{point.name} = {point.value}' of {ENTRY_POINT_GROUP}"
-        if point.name in (*SCORE_FUNCTIONS, *functions, RANDOM, CORESET):
-            raise S4alError(f"{where}: the name '{point.name}' is taken (by s4al or another package); register the "
-                            "score under a name of its own")
-        try:
-            function = point.load()
-        except Exception as err:  # a plugin's own import error, whatever it is
-            raise S4alError(f"{where}: cannot be loaded: {type(err).__name__}: {err}") from err
-        if not callable(function):
-            raise S4alError(f"{where}: names {function!r}, not a function")
-        functions[point.name] = function
-    return functions
+        points[point.name].append(point)
+    return {name: tuple(found) for name, found in points.items()}
 
 
 def metric_names() -> tuple[str, ...]:
-    """Every name `active.metric` accepts: the heuristics, then random and coreset."""
-    return (*score_functions(), RANDOM, CORESET)
+    """Every name `active.metric` accepts: s4al's heuristics, the packages', then random and coreset."""
+    return tuple(dict.fromkeys([*SCORE_FUNCTIONS, *plugin_points(), RANDOM, CORESET]))
+
+
+def score_function(name: str) -> Callable[..., Tensor]:
+    """The function of heuristic `name`: s4al's own (a package's of the same name is not taken), or
+    the one package's that registers it."""
+    return SCORE_FUNCTIONS[name] if name in SCORE_FUNCTIONS else _plugin_function(name)
+
+
+@cache
+def _plugin_function(name: str) -> Callable[..., Tensor]:
+    points = plugin_points().get(name, ())
+    if not points:
+        raise ValueError(f"unknown acquisition metric '{name}'; known: {', '.join(metric_names())}")
+    where = " and ".join(f"'{point.name} = {point.value}'" for point in points)
+    if len(points) > 1 or name in (RANDOM, CORESET):
+        raise S4alError(f"entry points {where} of {ENTRY_POINT_GROUP}: the name '{name}' is taken (by s4al or "
+                        "another package); register the score under a name of its own")
+    try:
+        function = points[0].load()
+    except Exception as err:  # a package's own import error, whatever it is
+        raise S4alError(f"entry point {where} of {ENTRY_POINT_GROUP}: cannot be loaded: {type(err).__name__}: "
+                        f"{err}") from err
+    if not callable(function):
+        raise S4alError(f"entry point {where} of {ENTRY_POINT_GROUP}: names {function!r}, not a function")
+    return function
 
 
 def check_metric_name(name: str) -> None:
@@ -106,30 +118,35 @@ def check_metric_name(name: str) -> None:
 
 
 def check_metric(name: str, level: str, options: Mapping[str, object]) -> None:
-    """Refuses a metric of another level than `level` (active.level), or options (active.metric_options)
-    its function does not take as keyword arguments."""
+    """Refuses a metric of another level than `level` (active.level), one whose function cannot be
+    loaded, or options (active.metric_options) it does not take as keyword arguments, lacks, or takes
+    as numbers where text is given (YAML reads `1e-3` as text)."""
     if level == "region" and name == CORESET:
         raise ValueError(f"active.metric '{CORESET}' is image-level only: set active.level: image")
-    if not options:
+    if name in (RANDOM, CORESET):
+        if options:
+            raise ValueError(f"active.metric '{name}' takes no options, got {', '.join(options)}")
         return
-    function = score_functions().get(name)
-    if function is None:
-        raise ValueError(f"active.metric '{name}' takes no options, got {', '.join(options)}")
-    parameters = list(inspect.signature(function).parameters.values())[1:]  # after probs
-    takes = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if not any(p.kind == p.VAR_KEYWORD for p in parameters):
-        unknown = [key for key in options if key not in takes]
-        if unknown:
-            raise ValueError(f"active.metric '{name}' takes no option {', '.join(map(repr, unknown))} "
-                             f"(its options: {', '.join(takes) or 'none'})")
+    parameters = list(inspect.signature(score_function(name)).parameters.values())[1:]  # after probs
+    named = {p.name: p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    unknown = [key for key in options if key not in named]
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in parameters):
+        raise ValueError(f"active.metric '{name}' takes no option {', '.join(map(repr, unknown))} "
+                         f"(its options: {', '.join(named) or 'none'})")
+    missing = [key for key, p in named.items() if p.default is p.empty and key not in options]
+    if missing:
+        raise ValueError(f"active.metric '{name}' needs the option {', '.join(map(repr, missing))} "
+                         f"(active.metric_options.{missing[0]})")
+    for key, value in options.items():
+        default = named[key].default if key in named else None
+        if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
+            raise ValueError(f"active.metric_options.{key}: {value!r} is text, where '{name}' takes a number "
+                             f"(its default: {default}); YAML reads 1e-3 as text: write 0.001")
 
 
 def pixel_scores(name: str, probs: Tensor, options: Mapping[str, object] | None = None) -> Tensor:
     """(N, H, W) scores of heuristic `name`, given its `options`."""
-    functions = score_functions()
-    if name not in functions:
-        raise ValueError(f"unknown acquisition metric '{name}'; known: {', '.join(functions)}")
-    scores = functions[name](probs, **(options or {}))
+    scores = score_function(name)(probs, **(options or {}))
     expected = (probs.shape[0], *probs.shape[2:])
     if not isinstance(scores, Tensor) or tuple(scores.shape) != expected:
         got = f"shape {tuple(scores.shape)}" if isinstance(scores, Tensor) else type(scores).__name__

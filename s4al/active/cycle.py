@@ -147,6 +147,7 @@ class ActiveLearningRun(AbstractContextManager):
     def run(self) -> list[dict]:
         """Runs or resumes every cycle; returns the per-cycle summaries. Stops early (returning
         what is done) when an external annotator still has to answer."""
+        self._on_main(self._answer_lost_again)
         self._reopen_former_final()
         if distributed.is_main():
             self._restore_summaries()
@@ -158,6 +159,16 @@ class ActiveLearningRun(AbstractContextManager):
             if self.phases.phase(cycle) == "answer" and not self._answer(cycle):
                 break
         return self.summaries()
+
+    def _answer_lost_again(self) -> None:
+        """An oracle run's answers whose stored file is lost (deleted by hand) are written again from
+        the dataset's labels, which they were; a person's are imported again (status says how)."""
+        if not isinstance(self.annotator, GroundTruthOracle):
+            return
+        lost = [region for region in self.ledger.answered() if not self.ledger.has_patch(region)
+                and region.answered_by in (self.annotator.name, BY_DATASET_MASK)]
+        if lost:
+            self.annotator.answer(self.ledger, lost, overwrite=True)
 
     def _reopen_former_final(self) -> None:
         """A run given more cycles: its last cycle, done as the final one, buys labels now."""

@@ -154,11 +154,11 @@ def ledger_error(path: Path | str, err: sqlite3.DatabaseError) -> LedgerError:
     folder, another process writing it: nothing of the operation is stored), damaged, or no ledger."""
     name = getattr(err, "sqlite_errorname", None) or ""
     if name.startswith(_NOT_WRITTEN):
-        return LedgerError(f"{path}: could not be written ({err}); nothing of this command was stored, the ledger is "
-                           "as it was: free space or make the folder writable, then run the command again")
+        return LedgerError(f"{path}: could not be written ({err}); nothing of this write was stored, the ledger is as "
+                           "its last write left it: free space or make the folder writable, then run the command again")
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-        return LedgerError(f"{path}: held by another process ({err}); nothing of this command was stored: run it "
-                           "again once that process ends")
+        return LedgerError(f"{path}: held by another process ({err}); nothing of this write was stored: run the "
+                           "command again once that process ends")
     if name.startswith("SQLITE_CORRUPT"):
         return LedgerError(f"{path}: damaged ({err}); restore it from a copy")
     return LedgerError(f"{path}: not a label ledger ({err})")

@@ -258,7 +258,8 @@ def save_resume_changes(folder: RunFolder, ledger: Ledger, phases: CyclePhases, 
     if "model.weights" in changed:
         check_weights(cfg, train_set)
     if changed:
-        folder.save_config(folder.config(nested(changed)))
+        folder.save_config(folder.config(nested(changed)))  # as this s4al writes it: a newer config_version
+        ledger.set_meta(CONFIG_DIGEST, config_digest(folder.config_path))  # the file was found unchanged above
         record = {"at": utc_now(), **{key: {"was": was[key], "now": value} for key, value in changed.items()}}
         ledger.set_meta(RESUME_CHANGES, [*ledger.get_meta(RESUME_CHANGES, []), record])
     ledger.set_meta(CYCLES_META, given["active.cycles"])

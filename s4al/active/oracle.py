@@ -30,7 +30,8 @@ class GroundTruthOracle:
         self._label_of = label_of
         self.name = name  # who answered, in the ledger
 
-    def answer(self, ledger: Ledger, regions: Sequence[Region]) -> int:
+    def answer(self, ledger: Ledger, regions: Sequence[Region], overwrite: bool = False) -> int:
+        """`overwrite`: regions answered before are answered again (their stored answer lost)."""
         regions_by_image: dict[str, list[Region]] = defaultdict(list)
         for region in regions:
             regions_by_image[region.image_id].append(region)
@@ -43,7 +44,7 @@ class GroundTruthOracle:
                 )
             # copy() so the crops do not keep every full-resolution label alive until the write
             answers += [(region.region_id, _crop(label, region.box).copy()) for region in image_regions]
-        ledger.answer_many(answers, by=self.name)
+        ledger.answer_many(answers, by=self.name, overwrite=overwrite)
         return len(answers)
 
 

@@ -98,6 +98,10 @@ def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhase
     pending = [region for region in asked if region.image_id not in masked]
     lines = [f"in use by process {holder} now (a run, an import, a query or a skip): wait for it to end"] if holder else []
     needed, unneeded = lost_answers(run_dir, ledger, phases)
+    if cfg.active.annotator == "oracle" and needed + unneeded:  # the resume answers them again (cycle.py)
+        lines.append(f"{counted(len(needed + unneeded), 'answered region')} lost the stored answer (its file "
+                     "missing); `s4al run --resume` writes them again from the dataset's labels.")
+        needed = unneeded = []
     lines += lost_answers_lines(run_dir, needed, unneeded)
     if phase == "done" and cycle == cfg.active.cycles:
         return lines + [finished_line(run_dir, cycle, ledger)]
