@@ -35,7 +35,7 @@ import traceback
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -536,10 +536,15 @@ def existing_run_refusal(result_file: Path, cfg: RunConfig, run_dir: Path) -> st
             "again, delete it; or give these runs another --name") if differences else None
 
 
+@cache
+def this_code() -> dict:
+    return code_version(REPO, ("s4al", "benchmarks"))
+
+
 def code_change(result_file: Path) -> str:
     """' (made with ..., this checkout is ...)' where the result's code is known and other than now."""
     made = json.loads(result_file.read_text()).get("machine", {})
-    now = code_version(REPO, ("s4al", "benchmarks"))
+    now = this_code()
     if not made.get("git_commit") or "git_commit" not in now or code_text(made) == code_text(now):
         return ""
     return f" (made with {code_text(made)}; this checkout is {code_text(now)})"

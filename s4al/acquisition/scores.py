@@ -150,6 +150,6 @@ def pixel_scores(name: str, probs: Tensor, options: Mapping[str, object] | None 
     expected = (probs.shape[0], *probs.shape[2:])
     if not isinstance(scores, Tensor) or tuple(scores.shape) != expected:
         got = f"shape {tuple(scores.shape)}" if isinstance(scores, Tensor) else type(scores).__name__
-        raise ValueError(f"acquisition metric '{name}' gave scores of {got} for probabilities "
+        raise S4alError(f"acquisition metric '{name}' gave scores of {got} for probabilities "
                          f"of shape {tuple(probs.shape)}: a score function returns (N, H, W) = {expected}")
     return scores

@@ -619,11 +619,22 @@ class Ledger(RegionsByState, AbstractContextManager):
                     [(new_paths[region_id], now, by, painted_at.get(region_id), source_digests.get(region_id),
                       region_id) for region_id in patches],
                 )
-        except Exception:  # not stored: no row points at the new PNGs (an interrupt may come after the commit)
-            for relpath in new_paths.values():
+        except Exception:  # not stored: the new PNGs no row points at go (an interrupt may come after the commit)
+            for relpath in set(new_paths.values()) - self._pointed_at(new_paths.values()):
                 with suppress(OSError):
                     (self.run_dir / relpath).unlink(missing_ok=True)
             raise
+
+    def _pointed_at(self, relpaths: Iterable[str]) -> set[str]:
+        """Which of `relpaths` a row points at, read again (a commit that reported an error may still
+        have been made); all of them where the ledger cannot be read."""
+        relpaths = list(relpaths)
+        try:
+            rows = self._conn.execute(f"SELECT label_path FROM regions WHERE label_path IN "
+                                      f"({', '.join('?' * len(relpaths))})", relpaths).fetchall()
+        except sqlite3.Error:
+            return set(relpaths)
+        return {row[0] for row in rows}
 
     def _write_patches(self, patches: Mapping[int, np.ndarray], paths: Mapping[int, str]) -> None:
         """Each patch written whole to its path, made durable; on a failed write the ones written

@@ -5,6 +5,7 @@ and the config keys they were made with different values of (settings.csv)."""
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,11 @@ def differing_settings(configs: list[RunConfig]) -> list[str]:
     keys = {key for cfg in others for key in config_differences(first, cfg, may_differ=COMPUTED_ON_RESUME)}
     inert = [inert_keys(cfg) for cfg in configs]
     return sorted(key for key in keys if any(key not in keys_of_one for keys_of_one in inert))
+
+
+def _shown(value) -> str:
+    """A setting's value as a table cell: a mapping (active.metric_options) as JSON."""
+    return json.dumps(value) if isinstance(value, dict) else str(value)
 
 
 def comparison_curves(runs: dict[str, list[dict]], supervised_miou: float | None = None) -> Figure:
@@ -85,7 +91,7 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, supervised_miou: float | N
     output_folder(out_dir)
     comparison_curves(runs, supervised_miou).savefig(out_dir / PLOT_FILE, dpi=110)
     write_csv(runs, out_dir / CSV_FILE)
-    settings = {key: [str(flat_config(cfg)[key]) for cfg in configs] for key in differing_settings(configs)}
+    settings = {key: [_shown(flat_config(cfg)[key]) for cfg in configs] for key in differing_settings(configs)}
     with open(out_dir / SETTINGS_FILE, "w", newline="", encoding="utf-8") as file:
         csv.writer(file).writerows([["setting", *names], *([key, *values] for key, values in settings.items())])
     rows = [[name, str(cycles[-1]["cycle"]), f"{100 * cycles[-1]['labelled_fraction']:.2f}",
