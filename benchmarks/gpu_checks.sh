@@ -49,6 +49,9 @@ if [ "${SMOKE:-0}" != 1 ] && compgen -G ".whl/*.whl" >/dev/null; then
     export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD:$PWD/benchmarks"
+# a package missing or at odds with the machine's is found in seconds, before any stage
+"$python" -c "import segmentation_models_pytorch, pydantic, s4al.cli, s4al.train.trainer" 2>&1 | tee "$out/imports.log" \
+    || { echo "s4al does not import here (above; wheels for .whl/: this script's header)"; exit 1; }
 
 if [ "${SMOKE:-0}" = 1 ]; then
     device=cpu protocol=smoke name=smoke_checks data=() speed=(--smoke --fast --tag smoke) parallel=2
@@ -61,7 +64,7 @@ else
         # the CUDA graphs alone first: any end of theirs but success (a failure, a crash, the time limit),
         # and theirs alone, turns the graphs off for the comparison
         echo "== 1. CUDA tests: the CUDA graphs, then the fast path"
-        timeout 80 "$python" -m pytest -q -p no:cacheprovider tests/test_graphs.py 2>&1 | tee "$out/tests.log" | tail -8
+        timeout 150 "$python" -m pytest -q -p no:cacheprovider tests/test_graphs.py 2>&1 | tee "$out/tests.log" | tail -8
         rc=${PIPESTATUS[0]}
         check graph_tests "$rc"
         if [ "$rc" != 0 ]; then
@@ -72,7 +75,7 @@ else
         timeout 80 "$python" -m pytest -q -p no:cacheprovider -m cuda tests/test_device_scoring.py \
             tests/test_trainer.py 2>&1 | tee -a "$out/tests.log" | tail -8
         check gpu_tests "${PIPESTATUS[0]}"
-        timeout 40 "$python" -m pytest -q -p no:cacheprovider -m "not cuda" tests/test_device_scoring.py \
+        timeout 90 "$python" -m pytest -q -p no:cacheprovider -m "not cuda" tests/test_device_scoring.py \
             tests/test_trainer.py -k "fast or diverge" 2>&1 | tee -a "$out/tests.log" | tail -8
         check fast_path_tests "${PIPESTATUS[0]}"
     fi

@@ -2,7 +2,7 @@
 
 (a) one SSL iteration (labelled + unlabelled + replay batch, Balanced ClassMix on) vs the sum of
     its pure model passes on the same tensors, and one supervised iteration, medians after warm-up,
-    with each one's peak memory (with --profile N, also a torch.profiler table of N SSL iterations);
+    with each one's peak memory (with --profile N, also a torch.profiler table of N eager SSL iterations);
     for the loader path (train.fast off) and, by default on a GPU, the fast path side by side, eager
     and (on a GPU) with its passes replayed as CUDA graphs;
 (b) pool-scoring throughput (s4al.acquisition.pool.score_cells) vs plain inference on the same
@@ -325,6 +325,7 @@ def with_settings(cfg: RunConfig, settings: dict) -> RunConfig:
 def iterations(cfg: RunConfig, run_dir: Path, args: argparse.Namespace) -> dict:
     """(a) on the path cfg.train.fast names: the SSL iteration, then the supervised one."""
     ssl = ssl_iteration(replay_trainer(cfg, run_dir), args.iters, args.warmup)
+    gc.collect()  # the SSL trainer's graphs and device cache hold memory through reference cycles
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     supervised = supervised_iteration(
@@ -431,7 +432,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fast", action=argparse.BooleanOptionalAction,
                         help="also time (a) on the fast path (train.fast on); default: on a GPU")
     parser.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=True,
-                        help="on a GPU, also time the fast path with CUDA graphs, and profile with them; "
+                        help="on a GPU, also time the fast path with CUDA graphs; "
                              "default: %(default)s")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic sizes: checks that the script works")
     parser.add_argument("--out", type=Path, default=RESULTS, help="writes OUT/speed/TAG.json; default %(default)s")
@@ -463,8 +464,10 @@ def measures(cfg: RunConfig, args: argparse.Namespace, run_dir: Path, profile_pa
     parts["data_loading"] = lambda: data_loading(replay_trainer(loader_cfg, run_dir), args.load_batches, args.warmup)
     parts["pool_scoring"] = lambda: pool_scoring(cfg, args.score_images, timing_fast)
     parts["pool_memory"] = lambda: [in_fresh_process(pool_memory, cfg.model_dump(mode="json"), n) for n in args.pools]
-    if args.profile:  # the path the device takes by default (on a GPU: fast, with CUDA graphs)
-        parts["profile"] = lambda: profile_iterations(replay_trainer(cfg, run_dir), args.profile, profile_path)
+    if args.profile:  # the path the device takes by default, its passes eager: a replayed graph is one opaque
+        # launch to the profiler, and profiling graph replays has crashed or hung in some torch versions
+        eager = with_settings(cfg, {"train": {"cuda_graphs": False}})
+        parts["profile"] = lambda: profile_iterations(replay_trainer(eager, run_dir), args.profile, profile_path)
     return parts
 
 

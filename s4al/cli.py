@@ -18,8 +18,8 @@ from s4al.deploy.commands import Network, NetworkOption, export_command, predict
 from s4al.report.commands import compare, report
 from s4al.report.status import cycle_table, dataset_lines, next_lines, percent
 from s4al.config import (
-    CYCLE0_MAY_DIFFER, ConfigError, RunConfig, check_answers_train, cold_start_notes, inert_settings, load_config,
-    parse_override,
+    CYCLE0_MAY_DIFFER, ConfigError, RunConfig, check_answers_train, cold_start_notes, config_text, inert_settings,
+    load_config, parse_override,
 )
 from s4al.data import DatasetError, build_dataset
 from s4al.errors import S4alError, reports_error, show_user_warnings, user_errors_reported
@@ -46,6 +46,8 @@ SetOption = Annotated[
     typer.Option("--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set train.epochs=5 (repeatable)."),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
+PrintConfigOption = Annotated[bool, typer.Option(
+    "--print-config", help="Print the whole config the command would run with, as YAML, and exit (nothing is made).")]
 
 
 def _bad_parameter(message: str, **kwargs) -> typer.BadParameter | typer.Exit:
@@ -58,6 +60,13 @@ def _config(config: str, overrides: list[str] | None) -> RunConfig:
         return load_config(config, parse_override(overrides or []))
     except ConfigError as err:
         raise _bad_parameter(str(err), param_hint="--config/--set") from None
+
+
+def _print_config(cfg: RunConfig, changes: dict) -> None:
+    """The config as the run folder's config.yaml would hold it, and the notes of settings it makes inert."""
+    print(config_text(cfg), end="")
+    for note in inert_settings(cfg, changes):
+        print(f"# note: {note}")
 
 
 def _note_inert_settings(cfg: RunConfig, changes: dict) -> None:
@@ -112,16 +121,22 @@ def _print_scores(title: str, record: dict) -> None:
 
 @app.command()
 def train(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: a new one, or an earlier training's (same config) to resume.")],
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Run folder: a new one, or an earlier training's (same config) to resume.")] = None,
     config: ConfigOption = "demo",
     overrides: SetOption = None,
     quiet: QuietOption = False,
+    print_config: PrintConfigOption = False,
 ) -> None:
     """Fully supervised training on every labelled train image (the denominator of label efficiency)."""
     from s4al.train.trainer import Trainer
     from s4al.train.data import TrainData
 
     cfg = _config(config, overrides)
+    if print_config:
+        return _print_config(cfg, parse_override(overrides or []))
+    if out is None:
+        raise _bad_parameter("give the run folder: --out PATH", param_hint="--out")
     with user_errors_reported():
         dev = distributed.setup_device(cfg.train.device)  # joins torchrun's process group
         _note_inert_settings(cfg, parse_override(overrides or []))
@@ -216,18 +231,21 @@ def run(
              "differ only in what the acquisition reads (active.metric, level, region size and count, selection, "
              "budget), the device, and active.cycles where both ask at least once.")] = None,
     quiet: QuietOption = False,
+    print_config: PrintConfigOption = False,
 ) -> None:
     """The active-learning cycle: train, score the pool, ask for regions, get answers, repeat."""
     from s4al.active.cycle import ActiveLearningRun
 
-    if (out is None) == (resume is None):
+    if out is not None and resume is not None or out is None and resume is None and not print_config:
         raise _bad_parameter("give exactly one of --out (new run) or --resume (existing run)")
     if resume is not None and config is not None:
         raise _bad_parameter(f"--config with --resume: a resumed run keeps the config in "
                              f"{RunFolder(resume).config_path}")
     with user_errors_reported():
         changes = parse_override(overrides or [])
-        cfg = _config(config or "demo", overrides) if out is not None else None
+        cfg = _config(config or "demo", overrides) if resume is None else None
+        if print_config:
+            return _print_config(cfg or RunFolder.open(resume, lock=False).config(changes), changes)
         run_dir = out or resume
         device = (cfg or RunFolder.open(run_dir, lock=False).config(changes)).train.device
         dev = distributed.setup_device(device)  # joins torchrun's process group

@@ -281,7 +281,7 @@ class RunFolder:
             holder = _holder_written_in(fd)
             os.close(fd)
             raise RunFolderError(f"{self.path}: in use by process {holder}; wait for it to finish (one process at "
-                                 "a time writes a run folder: a run, an import or a skip)") from None
+                                 "a time writes a run folder: a run, a query, an import or a skip)") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         _held_locks[key] = fd

@@ -436,7 +436,31 @@ def test_an_edit_that_leaves_an_answered_region_under_half_painted_keeps_the_ear
     assert answers_state(run_dir) == before
     result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
     assert ("kept the earlier answer of region 1 (40.0%), painted otherwise now but under 50%: to correct one, "
-            "paint at least that much of it") in result.output
+            f"paint at least that much of it; to take one back: s4al skip {run_dir} --withdraw --region 1") in result.output
+
+
+def test_an_edit_erasing_a_tasks_region_or_its_whole_annotation_is_named_with_how_to_take_the_answer_back(
+        run_dir, tmp_path):
+    """A task lists its regions: one it leaves unpainted after its import was erased there (a mask
+    folder's image may leave another cycle's region unpainted, so a mask is not read so)."""
+    import_answers(run_dir, write_export(tmp_path / "e1.json", painted_at(task_of(1, "a", truth("a"), [1, 2]),
+                                                                          "2026-03-09T10:00:00Z")))
+    erased = truth("a")
+    erased[A2[0]:A2[2], A2[1]:A2[3]] = 255
+    before = answers_state(run_dir)
+    report = import_answers(run_dir, write_export(tmp_path / "e2.json", painted_at(task_of(1, "a", erased, [1, 2]),
+                                                                                   "2026-03-09T11:00:00Z")))
+    assert (report.answered, report.corrected, report.edits_under_minimum) == ([], [], {2: 0.0})
+    emptied = write_export(tmp_path / "e3.json", painted_at(task_of(1, "a", np.full((H, W), 255, np.uint8), [1, 2]),
+                                                            "2026-03-09T12:00:00Z"))
+    assert import_answers(run_dir, emptied).edits_under_minimum == {1: 0.0, 2: 0.0}
+    result = CliRunner().invoke(app, ["import", str(run_dir), str(emptied)], env={"COLUMNS": "250"})
+    assert ("kept the earlier answer of regions 1 (0.0%), 2 (0.0%), painted otherwise now but under 50%: to correct "
+            f"one, paint at least that much of it; to take one back: s4al skip {run_dir} --withdraw --region 1 "
+            "--region 2") in result.output
+    assert answers_state(run_dir) == before
+    folder = png_folder(tmp_path, "a.png", erased)  # a mask of 'a' painting A1 alone says nothing of A2
+    assert import_answers(run_dir, folder).edits_under_minimum == {}
 
 
 def test_a_mask_folder_imported_again_with_one_region_repainted_corrects_that_region(run_dir, tmp_path):
@@ -594,6 +618,35 @@ def test_a_task_with_a_draft_but_nothing_submitted_is_named_while_its_regions_ar
     assert import_answers(run_dir, export).drafted == []
 
 
+def test_an_imported_task_whose_edit_is_left_as_a_draft_is_named_and_read_as_submitted(run_dir, tmp_path):
+    task = painted_at(task_of(1, "a", truth("a"), [1, 2]), "2026-03-09T10:00:00Z")
+    import_answers(run_dir, write_export(tmp_path / "e1.json", task))
+    before = answers_state(run_dir)
+    edited = {**task, "drafts": [41]}  # a reviewer's edit the editor saved, Update never clicked
+    export = write_export(tmp_path / "e2.json", edited)
+    result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert ("1 task with an edit saved as a draft in Label Studio, not submitted, read as last submitted: task 1 "
+            "(image 'a'); click Update there for the edit to count, and import again") in result.output
+    assert answers_state(run_dir) == before
+    assert import_answers(run_dir, write_export(tmp_path / "e3.json", task)).edits_drafted == []
+
+
+def test_every_task_an_export_cannot_take_is_named_in_one_refusal(run_dir, tmp_path):
+    twice = task_of(1, "a", truth("a"), [1, 2])
+    twice["annotations"].append({**twice["annotations"][0], "id": 2001})  # a second annotator, no star set
+    truck = exported_task(2, {"image_id": "b", "region_ids": [3]}, truth("b"), names=["sky", "truck", "car"])
+    export = write_export(tmp_path / "e.json", twice, truck)
+    before = snapshot(run_dir)
+    result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        f"error: answers refused, nothing written: {export}: task 1 (image 'a'): 2 annotations (1001, 2001); mark the "
+        f"one to use as ground truth in Label Studio (its star), or delete the others; {export}: task 2 (image 'b'): "
+        "unknown class 'truck' (known: sky, road, car); repaint the task"), result.output
+    assert snapshot(run_dir) == before
+
+
 def test_a_file_that_answers_nothing_says_why(run_dir, tmp_path):
     labels = np.full((H, W), 255, np.uint8)
     labels[0, 0:4] = 1
@@ -724,11 +777,17 @@ def test_masks_painted_before_a_skip_leave_it_skipped_and_masks_painted_after_an
     assert "1 mask already imported (regions answered or skipped): left alone" in result.output
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert [(r.region_id, r.state) for r in ledger.regions(0)] == [(1, "skipped"), (2, "answered"), (3, "asked")]
+    painted_again(folder / "a.png")  # saved again as it was (an editor writing every mask anew): the skip stands
+    report = import_answers(run_dir, folder)
+    assert (report.answered, report.unskipped, report.skip_kept) == ([], [], [1])
+    repainted = truth("a")
+    repainted[A1[0] + 1, A1[1]] = 2 if repainted[A1[0] + 1, A1[1]] != 2 else 1  # one pixel painted otherwise
+    Image.fromarray(repainted).save(folder / "a.png")
     painted_again(folder / "a.png")
     report = import_answers(run_dir, folder)
     assert (report.answered, report.unskipped, report.skip_kept) == ([1], [1], [])
     with Ledger(run_dir / "ledger.sqlite") as ledger:
-        assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(truth("a"), A1))
+        assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(repainted, A1))
 
 
 def test_a_task_whose_regions_were_all_skipped_by_name_after_its_painting_names_them_as_left_skipped(
@@ -741,11 +800,19 @@ def test_a_task_whose_regions_were_all_skipped_by_name_after_its_painting_names_
     assert (report.answered, report.skip_kept, report.already_imported) == ([], [1, 2], 0)
     result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
     assert "already imported" not in result.output
-    assert ("left 2 regions skipped: painted here, but before the skip (by `s4al skip --region` after the painting, "
-            "or in an earlier export or mask); to answer, save the task again in Label Studio (or write the mask "
-            "again) and import: 1, 2\n") in result.output
+    assert ("left 2 regions skipped: painted here as when the skip turned them down (by `s4al skip --region` after "
+            "the painting, or `--withdraw`); to answer one, paint it otherwise in Label Studio (or in its mask) and "
+            "import: 1, 2\n") in result.output
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert [(r.region_id, r.state) for r in ledger.regions(0)] == [(1, "skipped"), (2, "skipped"), (3, "asked")]
+    # the import kept what the skip turned down: the same painting saved after the skip leaves them skipped
+    resaved = write_export(tmp_path / "e2.json", painted_at(task_of(1, "a", truth("a"), [1, 2]), "2099-01-01T00:00:00Z"))
+    assert import_answers(run_dir, resaved).skip_kept == [1, 2]
+    repainted = truth("a")
+    repainted[A2[0] + 1, A2[1]:A2[3]] = 0
+    report = import_answers(run_dir, write_export(tmp_path / "e3.json", painted_at(task_of(1, "a", repainted, [1, 2]),
+                                                                                   "2099-01-01T00:00:01Z")))
+    assert (report.answered, report.skip_kept) == ([2], [1])
 
 
 def test_skip_without_regions_passes_over_answers_painted_before_it_and_not_yet_imported(run_dir, tmp_path):
@@ -779,15 +846,24 @@ def test_an_answer_is_taken_back_by_name_and_a_later_painting_alone_answers_its_
     taken = CliRunner().invoke(app, ["skip", str(run_dir), "--region", "1", "--withdraw"], env={"COLUMNS": "250"})
     assert taken.exit_code == 0, taken.output
     assert taken.output == ("skipped 1 region (1); 1 region still asked.\nwithdrew the answers of 1 region (1): they no "
-                            "longer train, from the next cycle on; a painting of one made after now, imported, answers "
-                            "it again.\n")
+                            "longer train, from the next cycle on; a painting of one other than its answer, imported, "
+                            "answers it again.\n")
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert [(r.region_id, r.state) for r in ledger.regions(0)] == [(1, "skipped"), (2, "answered"), (3, "asked")]
         assert label_state(ledger).labelled_pixels == labelled - 100  # A1: 10 x 10
-    assert import_answers(run_dir, export).skip_kept == [1]  # the painting it was answered from: before the skip
-    report = import_answers(run_dir, write_export(tmp_path / "e2.json", painted_at(task_of(1, "a", truth("a"), [1, 2]),
-                                                                                   "2099-01-01T00:00:00Z")))
+    assert import_answers(run_dir, export).skip_kept == [1]  # the painting it was answered from
+    # saved again later as it was (a reviewer's star, an Update with no change, a server clock ahead): still withdrawn
+    resaved = write_export(tmp_path / "e2.json", painted_at(task_of(1, "a", truth("a"), [1, 2]), "2099-01-01T00:00:00Z"))
+    before = stored(run_dir)
+    assert import_answers(run_dir, resaved).skip_kept == [1]
+    assert stored(run_dir) == before
+    repainted = truth("a")
+    repainted[A1[0] + 1, A1[1]:A1[3]] = 0
+    report = import_answers(run_dir, write_export(tmp_path / "e3.json", painted_at(task_of(1, "a", repainted, [1, 2]),
+                                                                                   "2099-01-01T00:00:01Z")))
     assert (report.answered, report.unskipped) == ([1], [1])
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(repainted, A1))
 
 
 def test_an_answer_is_not_taken_back_while_a_cycle_has_trained_part_way_with_it(run_dir, tmp_path):

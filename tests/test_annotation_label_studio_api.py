@@ -70,7 +70,8 @@ def test_a_run_whose_project_is_on_another_server_is_refused_naming_both_ways_on
             project_on(ledger, "http://new:8080")
     assert str(refused.value) == (
         "http://new:8080: this run's tasks go to its project on http://old:8080 (http://old:8080/projects/4); "
-        "query with --label-studio http://old:8080, or to send the tasks to a new project: "
+        "query with --label-studio http://old:8080; where that server moved here with its projects: "
+        f"s4al query {tmp_path} --label-studio http://new:8080 --project 4; or to send the tasks to a new project: "
         f"s4al query {tmp_path} --label-studio http://new:8080 --new-project")
     with Ledger(tmp_path / "ledger.sqlite") as ledger, pytest.raises(LabelStudioError) as refused:
         project_on(ledger, "http://old:8080/projects/4/data")  # the page s4al names, pasted

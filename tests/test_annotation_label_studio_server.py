@@ -279,7 +279,7 @@ def test_a_personal_access_token_sends_the_tasks_and_imports_the_answers_until_i
     assert revoked.status_code == 204, revoked.text
     code, output = s4al("import", asking_run, "--label-studio", key=token)
     assert code == 1 and output.startswith(f"error: {server.url}: the API key was refused (HTTP 401: Token is "
-                                           "blacklisted); set LABEL_STUDIO_API_KEY to your access token"), output
+                                           "blacklisted); give your access token in LABEL_STUDIO_API_KEY or --api-key"), output
 
 
 def test_import_from_label_studio_before_any_query_sent_tasks_is_refused(asking_run):
@@ -371,6 +371,24 @@ def test_a_deleted_project_is_replaced_by_a_new_one_that_gets_every_task_still_a
     assert code == 0 and f"sent 0 new tasks to Label Studio project {new['id']}" in output
     code, output = s4al("import", asking_run, "--label-studio", key=server.token)
     assert code == 0 and "nothing to import" in output and "kept" not in output  # the answer's task: in the old one
+
+
+def test_a_server_moved_to_another_address_keeps_the_runs_project_given_by_its_id(server, label_studio, asking_run):
+    query = ("query", asking_run, "--device", "cpu", "--label-studio", server.url)
+    code, output = s4al(*query, key=server.token)
+    assert code == 0, output
+    before = ledger_meta(asking_run)
+    with Ledger(asking_run / "ledger.sqlite") as ledger:  # as if it was sent to the server at its old address
+        ledger.set_meta(PROJECT_META, {**before, "url": "http://old-host:8080"})
+    code, output = s4al(*query, key=server.token)
+    assert code == 1 and (f"where that server moved here with its projects: s4al query {asking_run} --label-studio "
+                          f"{server.url} --project {before['id']}; or to send the tasks to a new project") in " ".join(
+                              output.split()), output
+    code, output = s4al(*query, "--project", before["id"], key=server.token)
+    assert code == 0 and "sent 0 new tasks" in output and "in place of" not in output, output
+    assert ledger_meta(asking_run) == before  # its address now, and since when it is the run's, as it was
+    code, output = s4al("import", asking_run, "--label-studio", key=server.token)
+    assert code == 0 and "nothing to import" in output, output
 
 
 def test_a_project_holding_another_runs_tasks_is_refused_before_anything_is_sent(

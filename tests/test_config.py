@@ -340,3 +340,28 @@ def test_runs_differ_only_in_keys_that_change_what_they_compute():
     assert run_differences(on_gpu, load_config("demo", {"train": {"device": "cuda", "amp": False}})) == ["train.amp"]
     assert run_differences(config(train={"device": "cpu", "amp": False}), config()) == []
     assert run_differences(config(), config(train={"device": "cpu", "lr": 0.5}), may_differ=["train.lr"]) == []
+
+
+def test_print_config_shows_the_whole_config_a_command_would_run_with_and_makes_nothing(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+    from s4al.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    shown = runner.invoke(app, ["run", "-c", "camvid", "--set", "train.epochs=7", "--set", "ssl.enabled=false",
+                                "--set", "ssl.n_head=2", "--print-config"])
+    assert shown.exit_code == 0, shown.output
+    printed = yaml.safe_load(shown.output)  # the notes are YAML comments
+    assert printed["train"]["epochs"] == 7 and printed["ssl"]["enabled"] is False
+    assert printed["train"]["crop_size"] == [360, 480] and printed["active"]["region_size"] == 30  # the preset's
+    assert "# note: ssl.n_head does nothing with ssl.enabled: false" in shown.output
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(shown.output)
+    resumed = runner.invoke(app, ["run", "--resume", "run", "--set", "active.cycles=5", "--print-config"])
+    assert resumed.exit_code == 0, resumed.output
+    assert yaml.safe_load(resumed.output)["active"]["cycles"] == 5
+    assert yaml.safe_load(resumed.output)["train"]["epochs"] == 7
+    assert runner.invoke(app, ["train", "-c", "demo", "--set", "train.lr=0.5", "--print-config"]).output.count(
+        "lr: 0.5") == 1
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["config.yaml", "run"]

@@ -528,6 +528,24 @@ def test_a_non_finite_loss_in_the_first_epoch_writes_no_checkpoint_and_names_the
     assert f"diverged at step {max(steps) + 1} of 16: loss/sup is " in str(raised.value)
 
 
+@pytest.mark.parametrize("fast", ["off", "on"])
+def test_a_batchnorm_statistic_gone_infinite_stops_training_though_every_loss_is_finite(tmp_path, fast):
+    # training normalises by each batch's statistics, so the losses stay finite; evaluation and the
+    # teacher read the running ones, which a checkpoint must not keep infinite
+    cfg = tiny_config(ssl={"enabled": False}, train={"epochs": 2, "iters_per_epoch": 2, "fast": fast})
+    train = build_dataset(cfg.dataset, "train", cfg.seed)
+    steps: dict = {}
+    trainer = Trainer(cfg, TrainData(train, labelled=list(range(8))), None, tmp_path, progress=recorder(steps))
+    batchnorm = next(m for m in trainer.student.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    batchnorm.running_var[0] = float("inf")
+    with pytest.raises(trainer_module.TrainingDiverged) as raised:
+        trainer.fit()
+    assert sorted(steps) == [1, 2] and all(math.isfinite(v) for losses in steps.values() for v in losses.values())
+    assert str(raised.value).startswith(f"{tmp_path}, cycle 0: training diverged at step 2 of 4: the parameters or "
+                                        "BatchNorm statistics are no longer finite; no checkpoint was written yet")
+    assert not (tmp_path / "checkpoints").exists()
+
+
 @needs_cuda
 def test_fast_path_steps_on_a_gpu_never_wait_for_it(tmp_path):
     """Batches built on the device and whole SSL steps with replay under sync debug mode 'error':

@@ -32,6 +32,7 @@ DataLoader workers): open one per process.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -89,7 +90,8 @@ _REGIONS_TABLE = """CREATE TABLE regions (
         answered_at TEXT,  -- when answered or skipped
         answered_by TEXT,  -- who answered or skipped
         painted_at  TEXT,  -- when the answer was painted, as its source tells (UTC); NULL: not told
-        source_digest TEXT,  -- 'SIZE:SHA256' of the file the answer was read from; NULL: not known
+        source_digest TEXT,  -- 'SIZE:SHA256' of the file the answer was read from; NULL: not known;
+                             -- of a skipped region, 'patch:SHA256' of the painting the skip turned down
         CHECK ((state = 'answered') =
                (label_path IS NOT NULL AND answered_at IS NOT NULL AND answered_by IS NOT NULL)),
         CHECK ((state = 'skipped') <= (answered_at IS NOT NULL AND answered_by IS NOT NULL)),
@@ -246,7 +248,8 @@ class Region:
     answered_at: str | None
     answered_by: str | None
     painted_at: str | None = None  # when its answer was painted, where the answer's source tells (UTC)
-    source_digest: str | None = None  # 'SIZE:SHA256' of the file its answer was read from, where known
+    source_digest: str | None = None  # 'SIZE:SHA256' of the file its answer was read from, where known;
+    # skipped: painting_digest of the painting the skip turned down (a withdrawn answer), where known
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -685,7 +688,8 @@ class Ledger(RegionsByState, AbstractContextManager):
     def skip(self, region_ids: Iterable[int], by: str, withdraw: bool = False) -> list[int]:
         """Mark asked regions as skipped (the annotator declined them), all or nothing; returns the
         ids newly skipped. Regions skipped before are left as they are; answered ones are refused,
-        unless `withdraw`: then their answers are taken back (their PNGs stay, as replaced ones do)."""
+        unless `withdraw`: then their answers are taken back (their PNGs stay, as replaced ones do),
+        each one's painting_digest kept, so that the same painting imported again does not answer it."""
         region_ids = list(dict.fromkeys(_region_id(region_id) for region_id in region_ids))
         problems = [] if isinstance(by, str) and by else ["'by' must name who skipped"]
         with write_transaction(self._conn) as conn:
@@ -695,11 +699,27 @@ class Ledger(RegionsByState, AbstractContextManager):
                 problems += [f"region {i} is already answered" for i in region_ids if states.get(i) == "answered"]
             _refuse_if(problems, "skip")
             newly = [i for i in region_ids if states[i] != "skipped"]
+            withdrawn = {region.region_id: self._answer_digest(region)
+                         for region in self.answered() if states.get(region.region_id) == "answered"}
             now = utc_now()
             conn.executemany("UPDATE regions SET state = 'skipped', answered_at = ?, answered_by = ?, "
-                             "label_path = NULL, painted_at = NULL, source_digest = NULL WHERE region_id = ?",
-                             [(now, by, region_id) for region_id in newly])
+                             "label_path = NULL, painted_at = NULL, source_digest = ? WHERE region_id = ?",
+                             [(now, by, withdrawn.get(region_id), region_id) for region_id in newly])
         return newly
+
+    def _answer_digest(self, region: Region) -> str | None:
+        """painting_digest of answered `region`'s stored answer; None where it cannot be read."""
+        try:
+            return painting_digest(self.patch(region))
+        except LedgerError:
+            return None
+
+    def turn_down(self, digests: Mapping[int, str]) -> None:
+        """Keeps, for skipped regions, the painting_digest of a painting their skip overrules (region
+        id -> digest), so that the same painting saved again later does not answer them."""
+        with write_transaction(self._conn) as conn:
+            conn.executemany("UPDATE regions SET source_digest = ? WHERE region_id = ? AND state = 'skipped'",
+                             [(digest, region_id) for region_id, digest in digests.items()])
 
     @staticmethod
     def _states(conn: sqlite3.Connection, region_ids: list[int]) -> dict[int, str]:
@@ -719,6 +739,12 @@ class Ledger(RegionsByState, AbstractContextManager):
     def has_patch(self, region: Region) -> bool:
         """Whether the file of answered `region`'s patch is there (looked for, not read)."""
         return (self.run_dir / region.label_path).is_file()
+
+
+def painting_digest(patch: np.ndarray) -> str:
+    """'patch:SHA256' of what a painting gives one region, class by pixel (UNPAINTED as stored):
+    the same painting is known again whenever, and from whichever file, it is read."""
+    return "patch:" + hashlib.sha256(np.ascontiguousarray(patch, dtype=np.uint8).tobytes()).hexdigest()
 
 
 def read_patch(run_dir: Path, region: Region) -> np.ndarray:

@@ -48,7 +48,7 @@ import numpy as np
 
 from s4al.active.ledger import (
     CLASSES_META, COLOURS_META, MASK_READING, PROJECT_META, RUN_ID, SAID_META, LabelWriteError, Ledger, LedgerError,
-    Region,
+    Region, painting_digest,
 )
 from s4al.active.phases import CyclePhases
 from s4al.acquisition.regions import box_masks
@@ -84,6 +84,9 @@ class ImportReport:
     # of an edit painting it otherwise but under the minimum: its earlier answer stays
     unskipped: list[int] = field(default_factory=list)  # of `answered`: the regions skipped before
     skip_kept: list[int] = field(default_factory=list)  # skipped region ids painted here, but before the skip
+    # (or as the answer withdrawn)
+    turned_down: dict[int, str] = field(default_factory=dict)  # of skip_kept: region id -> painting_digest of
+    # the painting here, for the ledger to know it again whenever it is saved later
     outdated: list[int] = field(default_factory=list)  # answered region ids painted otherwise here, but
     # before their stored answer was: left as they are
     void_pixels: int = 0  # unpainted pixels inside the answered regions, stored as void
@@ -96,6 +99,8 @@ class ImportReport:
     # without an annotation ask them in this export (deleted there since?): the answers stay
     task_gone: list[int] = field(default_factory=list)  # answered from Label Studio by a task this export does
     # not hold (deleted there since, or an export of part of the project?): the answers stay
+    edits_drafted: list[str] = field(default_factory=list)  # annotated tasks with a draft saved since (an
+    # edit not submitted: the annotation is read as submitted)
     drafted: list[str] = field(default_factory=list)  # tasks asking regions still asked, with a draft saved
     # in Label Studio but nothing submitted
     older: tuple[str, str] | None = None  # of an export painted before answers imported earlier: when its
@@ -143,8 +148,9 @@ def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> 
         if not answers and not report.skipped:
             if report.read and not (report.already_imported or report.skip_kept):  # no answer in what was read
                 raise AnswerError(f"{answers_path}: nothing to answer: {_why_nothing(report)}")
-            if not dry_run and report.said_now() != report.said_before:
+            if not dry_run and (report.said_now() != report.said_before or report.turned_down):
                 with Ledger(ledger_path) as ledger:
+                    ledger.turn_down(report.turned_down)
                     ledger.set_meta(SAID_META, report.said_now())
             return report
         if dry_run:
@@ -155,6 +161,7 @@ def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> 
                                    overwrite=bool(report.corrected or report.unskipped or report.repaired),
                                    painted_at=painted_at, source_digests=source_digests)
                 ledger.skip(report.skipped, by=report.by)
+                ledger.turn_down(report.turned_down)
             except LabelWriteError as err:
                 raise AnswerError(f"{err.path}: could not write the label patch ({err.reason}); nothing was imported "
                                   f"from {answers_path}: make room on the disk (or make the folder writable) and "
@@ -274,6 +281,8 @@ def _answers(ledger: Ledger, sizes: dict[str, tuple[int, int]], painted: Iterabl
         report.skipped_since += _skipped_since_answered(image, addressed)
         overruled = _overruled_by_skip(image, addressed)
         report.skip_kept += overruled
+        report.turned_down.update((region.region_id, painting_digest(_painted(image, region)[0]))
+                                  for region in addressed if region.region_id in overruled)
         if addressed and not corrections and not _answers_left(image, addressed):
             if len(overruled) < len(addressed):  # not a task that only skips overrule
                 report.already_imported += 1
@@ -284,6 +293,9 @@ def _answers(ledger: Ledger, sizes: dict[str, tuple[int, int]], painted: Iterabl
         answers += image_answers
         painted_at.update((region_id, image.painted_at) for region_id, _ in image_answers)
         source_digests.update((region_id, digest) for region_id, _ in image_answers)
+    problems = left_out.problems + problems
+    if len(problems) == 1:
+        raise AnswerError(problems[0] if left_out.problems else f"answers refused, nothing written: {problems[0]}")
     if problems:
         raise AnswerError(f"answers refused, nothing written: {first_of(problems, MAX_PROBLEMS_SHOWN, '; ')}")
     _settle(report, regions, taken, left_out, annotated, newest, (ledger.get_meta(PROJECT_META) or {}).get("since"))
@@ -303,6 +315,8 @@ def _settle(report: ImportReport, regions: dict[int, Region], taken: dict, left_
     report.skip_kept, report.outdated, report.skipped_since = (
         [region_id for region_id in dict.fromkeys(ids) if region_id not in taken]
         for ids in (report.skip_kept, report.outdated, report.skipped_since))
+    report.turned_down = {region_id: digest for region_id, digest in report.turned_down.items()
+                          if region_id in report.skip_kept and regions[region_id].source_digest is None}
     report.repaired = list(dict.fromkeys(report.repaired))  # copies of a task repair a region once
     answered_there = [region for region in regions.values()
                       if region.state == "answered" and region.answered_by == BY_LABEL_STUDIO]
@@ -317,6 +331,7 @@ def _settle(report: ImportReport, regions: dict[int, Region], taken: dict, left_
     report.annotation_gone = sorted(by_label_studio & (left_out.regions - annotated))
     if report.by == BY_LABEL_STUDIO:
         report.task_gone = sorted(by_label_studio - annotated - left_out.regions)
+    report.edits_drafted = list(left_out.edits_drafted)
     report.drafted = [task for task, region_ids in left_out.drafted
                       if any(i in regions and regions[i].state == "asked" for i in region_ids)]
 
@@ -404,13 +419,22 @@ def _answers_left(image: PaintedImage, addressed: list[Region]) -> bool:
     """Whether some addressed region is still asked, or was skipped and is painted enough since."""
     return any(region.state == "asked" or (region.state == "skipped" and not image.declined
                                            and _painted(image, region)[1] >= MIN_PAINTED_SHARE
-                                           and not _painted_before_skip(image, region))
+                                           and not _skip_stands(image, region))
                for region in addressed)
 
 
 def _earlier(time: str, other: str) -> bool:
     """Whether UTC time `time` is before `other` (ISO 8601, of any precision)."""
     return datetime.fromisoformat(time) < datetime.fromisoformat(other)
+
+
+def _skip_stands(image: PaintedImage, region: Region) -> bool:
+    """Whether skipped `region` stays skipped though `image` paints it enough: `image` paints it as the
+    painting the skip turned down (a withdrawn answer, or one an import found painted before the skip:
+    its digest kept), whenever saved; where none is kept, `image` was painted before the skip."""
+    if region.source_digest is not None:
+        return painting_digest(_painted(image, region)[0]) == region.source_digest
+    return _painted_before_skip(image, region)
 
 
 def _painted_before_skip(image: PaintedImage, region: Region) -> bool:
@@ -437,7 +461,7 @@ def _answer_image(image: PaintedImage, addressed: list[Region], report: ImportRe
         patch, share = _painted(image, region)
         if region.state == "answered" or image.declined:
             continue
-        if region.state == "skipped" and share >= MIN_PAINTED_SHARE and _painted_before_skip(image, region):
+        if region.state == "skipped" and share >= MIN_PAINTED_SHARE and _skip_stands(image, region):
             continue  # named by _overruled_by_skip
         if share >= MIN_PAINTED_SHARE:
             answers.append((region.region_id, patch.copy()))
@@ -462,7 +486,8 @@ def _corrections(ledger: Ledger, image: PaintedImage, digest: str | None, addres
     corrections = []
     for region in addressed:
         patch, share = _painted(image, region)
-        if region.state != "answered" or image.declined or not share:
+        # unpainted in a mask: the region of another cycle's painting; in a task, which lists its regions: erased
+        if region.state != "answered" or image.declined or not share and image.region_ids is None:
             continue
         if share >= MIN_PAINTED_SHARE:
             # a copy: a view would keep the whole image's map in memory for the rest of the import
@@ -519,10 +544,10 @@ def _painted_before(image: PaintedImage, digest: str | None, region: Region) -> 
 
 
 def _overruled_by_skip(image: PaintedImage, addressed: list[Region]) -> list[int]:
-    """The skipped regions `image` paints enough, but before they were skipped: they stay skipped."""
+    """The skipped regions `image` paints enough, but as their skip turned down: they stay skipped."""
     return [region.region_id for region in addressed
             if region.state == "skipped" and not image.declined and _painted(image, region)[1] >= MIN_PAINTED_SHARE
-            and _painted_before_skip(image, region)]
+            and _skip_stands(image, region)]
 
 
 def _apart(source: str, beside: str) -> str:

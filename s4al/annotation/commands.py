@@ -200,7 +200,8 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
                      f"{_skip_command(run_dir, list(report.not_answered))}")
     if report.edits_under_minimum:
         lines.append(f"kept the earlier answer of {_shares(report.edits_under_minimum)}, painted otherwise now but "
-                     f"under {100 * MIN_PAINTED_SHARE:.0f}%: to correct one, paint at least that much of it")
+                     f"under {100 * MIN_PAINTED_SHARE:.0f}%: to correct one, paint at least that much of it; to "
+                     f"take one back: {_skip_command(run_dir, list(report.edits_under_minimum), withdraw=True)}")
     later = _after_the_last(run_dir) if report.corrected or report.unskipped else ""
     kinds = (  # the regions an import treated other than as asked, each kind with what happened to them
         ("unskipped", "answered {regions} skipped before (painted since, or skipped by `s4al skip` without "
@@ -209,9 +210,9 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
         ("corrected", "corrected {regions} answered before, painted otherwise now (the new answer replaces the "
                       "earlier one for the training to come" + later + ")"),
         ("repaired", "wrote again {regions} whose stored answer (in labels/) was lost"),
-        ("skip_kept", "left {regions} skipped: painted here, but before the skip (by `s4al skip --region` after the "
-                      "painting, or in an earlier export or mask); to answer, save the task again in Label Studio "
-                      "(or write the mask again) and import"),
+        ("skip_kept", "left {regions} skipped: painted here as when the skip turned them down (by `s4al skip "
+                      "--region` after the painting, or `--withdraw`); to answer one, paint it otherwise in Label "
+                      "Studio (or in its mask) and import"),
         ("annotation_gone", "kept {regions} answered, the task without an annotation in this export any more "
                             "(deleted in Label Studio?)"),
         ("task_gone", "kept {regions} answered, their task not in this export (deleted in Label Studio, or an "
@@ -230,6 +231,10 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
         lines.append(f"{counted(len(report.drafted), 'task')} with a draft saved in Label Studio but nothing "
                      f"submitted, regions left asked: {first_of(report.drafted, SHOWN_IMAGES, '; ')}; submit the "
                      "draft there to answer")
+    if report.edits_drafted:
+        lines.append(f"{counted(len(report.edits_drafted), 'task')} with an edit saved as a draft in Label Studio, "
+                     f"not submitted, read as last submitted: {first_of(report.edits_drafted, SHOWN_IMAGES, '; ')}; "
+                     "click Update there for the edit to count, and import again")
     if report.already_imported:
         what = "task" if report.by == BY_LABEL_STUDIO else "mask"
         lines.append(f"{counted(report.already_imported, what)} already imported (regions answered or skipped): "
@@ -276,7 +281,7 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None, withdraw: Withdra
                "still asked.")
     if answered:
         typer.echo(f"withdrew the answers of {counted(len(answered), 'region')} ({_ids(answered)}): they no longer "
-                   f"train, from the next cycle on{_after_the_last(run_dir)}; a painting of one made after now, "
+                   f"train, from the next cycle on{_after_the_last(run_dir)}; a painting of one other than its answer, "
                    "imported, answers it again.")
     if skipped and project is not None:
         when = "after this skip" if region else "before or after this skip"
@@ -357,8 +362,10 @@ def _shares(shares: dict[int, float]) -> str:
                  SHOWN_REGIONS)
 
 
-def _skip_command(run_dir: Path, region_ids: list[int]) -> str:
-    """The `s4al skip` of `region_ids`; for more than a line holds, the general form."""
+def _skip_command(run_dir: Path, region_ids: list[int], withdraw: bool = False) -> str:
+    """The `s4al skip` of `region_ids` (answered ones: `withdraw`); for more than a line holds, the general form."""
+    command = f"s4al skip {shell(run_dir)}" + (" --withdraw" if withdraw else "")
     if len(region_ids) > SHOWN_REGIONS:
-        return f"s4al skip {shell(run_dir)} --region ID ... (or every region still asked: s4al skip {shell(run_dir)})"
-    return f"s4al skip {shell(run_dir)} " + " ".join(f"--region {region_id}" for region_id in region_ids)
+        return f"{command} --region ID ..." + ("" if withdraw else f" (or every region still asked: s4al skip "
+                                                                   f"{shell(run_dir)})")
+    return f"{command} " + " ".join(f"--region {region_id}" for region_id in region_ids)

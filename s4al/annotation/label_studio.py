@@ -158,9 +158,13 @@ def _empty_rle(height: int, width: int) -> tuple[int, ...]:
 @dataclass
 class LeftOut:
     """An export's tasks left out as not annotated, as they are read: their region ids, and the
-    name and region ids of each that holds a draft (saved in Label Studio, never submitted)."""
+    name and region ids of each that holds a draft (saved in Label Studio, never submitted); and the
+    annotated tasks holding a draft, whose edit is left out (read as last submitted); and the problem
+    of each task that cannot be read, for the import to refuse them all at once."""
     regions: set[int] = field(default_factory=set)
     drafted: list[tuple[str, list[int]]] = field(default_factory=list)  # ("task N (image 'ID')", region ids)
+    edits_drafted: list[str] = field(default_factory=list)  # "task N (image 'ID')"
+    problems: list[str] = field(default_factory=list)
 
 
 def read_export(path: Path, class_names: Sequence[str], sizes: Mapping[str, tuple[int, int]],
@@ -172,7 +176,8 @@ def read_export(path: Path, class_names: Sequence[str], sizes: Mapping[str, tupl
     holds one. `sizes` (image id -> (H, W), the run's images) is checked before a map is allocated,
     so a task cannot make the reader allocate more than its image. A file whose tasks have no
     'annotations' list (every task of an export has one, empty when not annotated) is refused once
-    read: it is a tasks file, not an export. `left_out` collects the tasks left out."""
+    read: it is a tasks file, not an export. `left_out` collects the tasks left out, and the problem
+    of each task that cannot be read (without it, the first is raised)."""
     tasks = exported = 0
     for number, item in enumerate(json_list_items(path, "a list of tasks (Label Studio's JSON export: Export -> JSON)")):
         task_name = _task_name(number, item)
@@ -180,10 +185,19 @@ def read_export(path: Path, class_names: Sequence[str], sizes: Mapping[str, tupl
         if isinstance(item, dict) and "annotations" not in item and "data" not in item:
             raise AnswerError(f"{where}: no 'annotations' and no 'data': this looks like a JSON-MIN export; "
                               "use the JSON export (Export -> JSON) of the project")
-        annotation = _annotation(item, where)
-        tasks, exported = tasks + 1, exported + ("annotations" in item)
-        if annotation is not None:
-            yield _painted(item, annotation, where, class_names, sizes)
+        tasks, exported = tasks + 1, exported + (isinstance(item, dict) and "annotations" in item)
+        try:
+            annotation = _annotation(item, where)
+            painted = None if annotation is None else _painted(item, annotation, where, class_names, sizes)
+        except AnswerError as err:
+            if left_out is None:
+                raise
+            left_out.problems.append(str(err))
+            continue
+        if painted is not None:
+            if left_out is not None and item.get("drafts"):  # the editor's autosave of an edit not submitted
+                left_out.edits_drafted.append(task_name)
+            yield painted
         elif left_out is not None and isinstance(item.get("data"), dict):
             region_ids = [r for r in item["data"].get("region_ids") or () if _is_int(r)]
             left_out.regions.update(region_ids)
@@ -254,7 +268,8 @@ def _painted(item: dict, annotation: dict, where: str, class_names: Sequence[str
     data = item.get("data")
     image_id = data.get("image_id") if isinstance(data, dict) else None
     if not isinstance(image_id, str):
-        raise AnswerError(f"{where}: no data.image_id; import the tasks.json written by `s4al query`")
+        raise AnswerError(f"{where}: no data.image_id, so not a task of `s4al query` (added to the project by hand?); "
+                          "delete it in Label Studio, or import its tasks from the tasks.json that s4al query wrote")
     if image_id not in sizes:
         raise AnswerError(f"{where}: image '{image_id}' is not one of this run's train images")
     region_ids, cycle = data.get("region_ids"), data.get("cycle")

@@ -118,7 +118,9 @@ def project_on(ledger: Ledger, url: str) -> Project | None:
         if server is not None and _same_server(project.url, server):
             raise _page_address(url, server)
         raise LabelStudioError(f"{url}: this run's tasks go to its project on {project.url} ({project.page}); "
-                               f"query with --label-studio {project.url}, or {_new_project_way(ledger.run_dir, url)}")
+                               f"query with --label-studio {project.url}; where that server moved here with its "
+                               f"projects: s4al query {shell(ledger.run_dir)} --label-studio {url} --project "
+                               f"{project.id}; or {_new_project_way(ledger.run_dir, url)}")
     if project is None and any(region.answered_by == BY_LABEL_STUDIO for region in ledger.answered()):
         raise LabelStudioError(
             f"{ledger.run_dir}: this run's answers came from a Label Studio project made by hand; to send the tasks "
@@ -183,7 +185,10 @@ def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_k
         else:  # a deleted project answers 404 here, not when listing its tasks
             edited = _label_values(_existing(client, project, project_id).label_config or "") != _label_values(config)
             _refuse_another_runs(client, project, ledger, url)
-            if project_id is not None and (recorded is None or replaced is not None):
+            if replaced is not None and replaced.id == project.id and _holds_this_runs_tasks(client, project, ledger):
+                replaced = None  # the run's project, its server at another address now: it keeps its past
+                ledger.set_meta(PROJECT_META, {**ledger.get_meta(PROJECT_META), "url": url})
+            elif project_id is not None and (recorded is None or replaced is not None):
                 # in place of another project: since now, as one made anew (the run's own, given by id: as it was)
                 since = {} if replaced is None else {"since": utc_now()}
                 ledger.set_meta(PROJECT_META, {"url": url, "id": project.id, **since})
@@ -208,6 +213,20 @@ def _existing(client: LabelStudio, project: Project, given_id: int | None):
         raise
 
 
+def _holds_this_runs_tasks(client: LabelStudio, project: Project, ledger: Ledger) -> bool:
+    """Whether `project` holds a task of this run (its run id in the task's data); False for a run
+    without a run id, whose tasks cannot be told."""
+    run_id = ledger.get_meta(RUN_ID)
+    return run_id is not None and _a_task_whose_run_id(client, project, Operator.EQUAL, run_id) is not None
+
+
+def _a_task_whose_run_id(client: LabelStudio, project: Project, operator: str, run_id: str):
+    """A task of `project` whose data.run_id is (Operator.EQUAL) or is not (NOT_EQUAL) `run_id`, or None."""
+    chosen = Filters.create(Filters.AND, [Filters.item(Column.data("run_id"), operator, Type.String,
+                                                       Filters.value(run_id))])
+    return next(iter(client.tasks.list(project=project.id, query=json.dumps({"filters": chosen}), page_size=1)), None)
+
+
 def _refuse_another_runs(client: LabelStudio, project: Project, ledger: Ledger, url: str) -> None:
     """A project holding another run's tasks is refused before anything is sent: those tasks ask
     regions of the same numbers, so this run's would count as sent, and every import of either
@@ -215,10 +234,7 @@ def _refuse_another_runs(client: LabelStudio, project: Project, ledger: Ledger, 
     run_id = ledger.get_meta(RUN_ID)
     if run_id is None:
         return
-    of_another = Filters.create(Filters.AND, [
-        Filters.item(Column.data("run_id"), Operator.NOT_EQUAL, Type.String, Filters.value(run_id))])
-    task = next(iter(client.tasks.list(project=project.id, query=json.dumps({"filters": of_another}), page_size=1)),
-                None)
+    task = _a_task_whose_run_id(client, project, Operator.NOT_EQUAL, run_id)
     if task is None:
         return
     found = (f"{project.page}: project {project.id} holds tasks of another run (task {task.id}, image "
@@ -360,7 +376,8 @@ def download_export(run_dir: Path, api_key: str | None) -> Path:
     """Downloads the full JSON export of the run's project (every task, answered or not) into
     RUN/answers/label_studio_TIMESTAMP.json, written whole or not at all; returns its path. The
     export is a snapshot, which the server builds in batches (in the background where it runs a
-    job queue, so no proxy's time limit cuts a large project's) and which is deleted once received."""
+    job queue, so no proxy's time limit cuts a large project's) and which is removed from the
+    project's exports once received (Label Studio Community keeps its file on the server's disk)."""
     run_dir = Path(run_dir)
     folder = RunFolder(run_dir)
     with Ledger(folder.ledger_file(), readonly=True) as ledger:
@@ -485,9 +502,9 @@ def _server_errors(url: str, project: Project | None = None, run_dir: Path | Non
                                "Studio server (not of one of its pages)?") from None
     except ApiError as err:
         if err.status_code in (401, 403):
-            raise LabelStudioError(f"{url}: the API key was refused (HTTP {err.status_code}{_reason(err)}); set "
-                                   "LABEL_STUDIO_API_KEY to your access token (Account & Settings; a personal "
-                                   "access token that expired or was revoked needs a new one)") from None
+            raise LabelStudioError(f"{url}: the API key was refused (HTTP {err.status_code}{_reason(err)}); give "
+                                   "your access token in LABEL_STUDIO_API_KEY or --api-key (Account & Settings; a "
+                                   "personal access token that expired or was revoked needs a new one)") from None
         if err.status_code in PROXY_GAVE_UP:  # a proxy in front of the server, or the server, stopped waiting
             raise LabelStudioError(f"{url}: Label Studio did not answer in time (HTTP {err.status_code}); a busy "
                                    f"server, or the export of a large project, can take longer: try again "

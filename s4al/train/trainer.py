@@ -401,9 +401,11 @@ class Trainer:
                            "seconds": seconds, **record, "lr": lr})
 
     def _check_finite_state(self) -> None:
-        tensors = [*self.student.parameters(), *self.teacher.model.parameters()]
+        """Parameters and BatchNorm statistics (a batch's variance may overflow while its loss stays finite)."""
+        tensors = [t for model in (self.student, self.teacher.model) for t in (*model.parameters(), *model.buffers())
+                   if t.is_floating_point()]
         if not torch.stack([t.isfinite().all() for t in tensors]).all():
-            raise self._diverged(self.step, "the parameters are no longer finite")
+            raise self._diverged(self.step, "the parameters or BatchNorm statistics are no longer finite")
 
     def fit(self) -> TrainResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
