@@ -35,9 +35,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 console = Console()
 
 
+UNDER_TORCHRUN = ("run", "train", "evaluate")  # the commands whose work the ranks share
+
+
 @app.callback()
-def _every_command() -> None:
+def _every_command(context: typer.Context) -> None:
     show_user_warnings()
+    if distributed.launched_world_size() > 1 and context.invoked_subcommand not in UNDER_TORCHRUN:
+        if distributed.launched_rank() == 0:  # each rank would say it, and wait on the others' lock
+            typer.echo(f"error: s4al {context.invoked_subcommand} runs as one process: start it without torchrun "
+                       f"(only {', '.join(UNDER_TORCHRUN)} run under torchrun)", err=True)
+        raise typer.Exit(1)
 
 
 ConfigOption = Annotated[str, typer.Option("--config", "-c", help="Preset (camvid, cityscapes, demo) or a YAML file.")]
@@ -63,7 +71,10 @@ def _config(config: str, overrides: list[str] | None) -> RunConfig:
 
 
 def _print_config(cfg: RunConfig, changes: dict) -> None:
-    """The config as the run folder's config.yaml would hold it, and the notes of settings it makes inert."""
+    """The config as the run folder's config.yaml would hold it, and the notes of settings it makes inert
+    (once, under torchrun)."""
+    if distributed.launched_rank() != 0:
+        return
     print(config_text(cfg), end="")
     for note in inert_settings(cfg, changes):
         print(f"# note: {note}")

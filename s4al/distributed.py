@@ -42,6 +42,16 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launched_rank() -> int:
+    """The rank torchrun gave this process (0 without torchrun), before it joins the process group."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def launched_world_size() -> int:
+    """How many processes torchrun started in all (1 without torchrun), before they join the group."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def restarted() -> bool:
     """Whether torchrun started this process again after its job failed (torchrun --max-restarts):
     the same command line then goes on with what the failed attempt began."""

@@ -1,15 +1,18 @@
 """What every rank of a torchrun job must agree on before it trains or asks anything: the
-settings it was given, the images it reads, and what is wrong with their masks. A rank that
+settings it was given, the images it reads, what is wrong with their masks, and the checkpoint it
+resumes or scores from. A rank that
 differs is refused on every rank (the main one prints it), instead of waiting in a collective the
 others never reach or training and scoring other images than rank 0 believes."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 from s4al import distributed
-from s4al.config import COMPUTED_ON_RESUME, ConfigError, RunConfig, flat_config, flattened
+from s4al.config import COMPUTED_ON_RESUME, ConfigError, RunConfig, file_digest, flat_config, flattened
 from s4al.data import DatasetError
+from s4al.errors import S4alError
 from s4al.data.base import SegmentationDataset
 from s4al.text import first_of
 
@@ -62,6 +65,20 @@ def read_the_same_classes(dataset: SegmentationDataset) -> None:
         rank, shown = differing
         raise DatasetError(f"rank {rank} reads masks otherwise than rank 0, {shown}: every node's dataset.root must "
                            "hold the same class list")
+
+
+def read_the_same_checkpoint(path: Path) -> None:
+    """Every rank must read the same checkpoint file: ranks resume or score each from their own view
+    of the run folder, and a node that sees a stale or copied one would train or ask from other
+    weights than rank 0 (a checkpoint it cannot read at all is refused as it loads)."""
+    if distributed.world_size() == 1:
+        return
+    ranks = distributed.gather_objects(file_digest(path) if path.is_file() else None)
+    for rank, theirs in enumerate(ranks[1:], start=1):
+        if theirs != ranks[0]:
+            seen = "finds no file there" if theirs is None else "reads other bytes there than rank 0"
+            raise S4alError(f"{path}: rank {rank} {seen} (its node's view of the run folder is stale, or a copy): "
+                            "every node must see rank 0's run folder itself, on a shared file system")
 
 
 def _first_differing(mine: dict, form: str) -> tuple[int, str] | None:

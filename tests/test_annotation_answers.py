@@ -630,6 +630,9 @@ def test_an_imported_task_whose_edit_is_left_as_a_draft_is_named_and_read_as_sub
             "(image 'a'); click Update there for the edit to count, and import again") in result.output
     assert answers_state(run_dir) == before
     assert import_answers(run_dir, write_export(tmp_path / "e3.json", task)).edits_drafted == []
+    declined = {**task_of(2, "b", truth("b"), [3]), "drafts": [42]}
+    declined["annotations"][0]["was_cancelled"] = True  # skipped, a draft begun: no edit of an answer waits
+    assert import_answers(run_dir, write_export(tmp_path / "e4.json", declined)).edits_drafted == []
 
 
 def test_every_task_an_export_cannot_take_is_named_in_one_refusal(run_dir, tmp_path):
@@ -644,6 +647,17 @@ def test_every_task_an_export_cannot_take_is_named_in_one_refusal(run_dir, tmp_p
         f"error: answers refused, nothing written: {export}: task 1 (image 'a'): 2 annotations (1001, 2001); mark the "
         f"one to use as ground truth in Label Studio (its star), or delete the others; {export}: task 2 (image 'b'): "
         "unknown class 'truck' (known: sky, road, car); repaint the task"), result.output
+    assert snapshot(run_dir) == before
+    cut = task_of(1, "a", truth("a"), [1, 2])  # its brushes read as painted only once decoded
+    rle = cut["annotations"][0]["result"][0]["value"]["rle"]
+    del rle[len(rle) // 2:]
+    result = CliRunner().invoke(app, ["import", str(run_dir), str(write_export(tmp_path / "e2.json", cut, truck))],
+                                env={"COLUMNS": "250"})
+    assert (result.exit_code, result.output.count("corrupt RLE mask"), result.output.count("unknown class 'truck'")) \
+        == (1, 1, 1), result.output
+    listed = CliRunner().invoke(app, ["import", str(run_dir), str(written(tmp_path / "e3.json", "[1, 2]"))],
+                                env={"COLUMNS": "250"})
+    assert (listed.exit_code, listed.output.count("not a Label Studio task"), "tasks file" in listed.output) == (1, 2, False)
     assert snapshot(run_dir) == before
 
 
@@ -688,6 +702,17 @@ def test_import_and_skip_name_the_first_ten_regions_of_many(run_of_13, tmp_path)
     skipped = CliRunner().invoke(app, ["skip", str(run_of_13), *(f"--region={k}" for k in range(2, 13))])
     assert skipped.exit_code == 0, skipped.output
     assert skipped.output == f"skipped 11 regions ({', '.join(map(str, range(2, 12)))} (and 1 more)); 1 region still asked.\n"
+
+
+def test_skip_of_one_cycle_leaves_the_regions_another_cycle_asks(run_dir):
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        (later,) = ledger.ask(1, [("b", (10, 0, 20, 10), "entropy", 0.5)])  # a cycle asked since
+    refused = CliRunner().invoke(app, ["skip", str(run_dir), "--cycle", "0", "--region", "1"])
+    assert (refused.exit_code, "give one or the other" in refused.output) == (1, True), refused.output
+    skipped = CliRunner().invoke(app, ["skip", str(run_dir), "--cycle", "0"], env={"COLUMNS": "250"})
+    assert skipped.output == "skipped 3 regions of cycle 0 (1, 2, 3); 1 region still asked.\n", skipped.output
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert [r.region_id for r in ledger.asked()] == [later]
 
 
 def test_skip_says_the_tasks_of_a_label_studio_project_stay_open_there(run_dir):
@@ -820,7 +845,7 @@ def test_skip_without_regions_passes_over_answers_painted_before_it_and_not_yet_
     export not imported then) answers its regions on import; the one nobody painted stays skipped."""
     submitted = painted_at(task_of(1, "a", truth("a"), [1, 2]), "2026-03-09T11:00:00Z")  # long before the skip
     skipped = CliRunner().invoke(app, ["skip", str(run_dir)])
-    assert skipped.output.startswith("skipped 3 regions (1, 2, 3); 0 regions still asked.\n"), skipped.output
+    assert skipped.output.startswith("skipped 3 regions of cycle 0 (1, 2, 3); 0 regions still asked.\n"), skipped.output
     report = import_answers(run_dir, write_export(tmp_path / "e.json", submitted))
     assert (report.answered, report.unskipped, report.skip_kept) == ([1, 2], [1, 2], [])
     with Ledger(run_dir / "ledger.sqlite") as ledger:
@@ -864,6 +889,20 @@ def test_an_answer_is_taken_back_by_name_and_a_later_painting_alone_answers_its_
     assert (report.answered, report.unskipped) == ([1], [1])
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert np.array_equal(ledger.patch(region_by_id(ledger, 1)), crop(repainted, A1))
+
+
+def test_a_withdrawn_answer_stays_withdrawn_from_a_painting_older_than_the_one_withdrawn(run_dir, tmp_path):
+    first = write_export(tmp_path / "e1.json", painted_at(task_of(1, "a", truth("a"), [1, 2]), "2026-03-09T10:00:00Z"))
+    import_answers(run_dir, first)
+    fixed = truth("a")
+    fixed[A1[0] + 1, A1[1]:A1[3]] = 0
+    report = import_answers(run_dir, write_export(tmp_path / "e2.json", painted_at(task_of(1, "a", fixed, [1, 2]),
+                                                                                   "2026-03-09T11:00:00Z")))
+    assert report.corrected == [1]
+    assert CliRunner().invoke(app, ["skip", str(run_dir), "--region", "1", "--withdraw"]).exit_code == 0
+    before = stored(run_dir)
+    assert import_answers(run_dir, first).skip_kept == [1]  # the answer before the fix, from before the withdrawal
+    assert stored(run_dir) == before
 
 
 def test_an_answer_is_not_taken_back_while_a_cycle_has_trained_part_way_with_it(run_dir, tmp_path):

@@ -386,9 +386,18 @@ def test_a_server_moved_to_another_address_keeps_the_runs_project_given_by_its_i
                               output.split()), output
     code, output = s4al(*query, "--project", before["id"], key=server.token)
     assert code == 0 and "sent 0 new tasks" in output and "in place of" not in output, output
+    assert "this run's from now on" not in output  # the run's all along
     assert ledger_meta(asking_run) == before  # its address now, and since when it is the run's, as it was
     code, output = s4al("import", asking_run, "--label-studio", key=server.token)
     assert code == 0 and "nothing to import" in output, output
+
+    assert s4al("skip", asking_run, key=None)[0] == 0  # nothing asked now: a query still records the address
+    with Ledger(asking_run / "ledger.sqlite") as ledger:
+        ledger.set_meta(PROJECT_META, {**before, "url": "http://old-host:8080"})
+    code, output = s4al(*query, "--project", before["id"], key=server.token)
+    assert code == 0 and (f"no region waits for an answer (cycle 0 is in phase 'answer'). Label Studio project "
+                          f"{server.url}/projects/{before['id']} is this run's.") in " ".join(output.split()), output
+    assert ledger_meta(asking_run) == before
 
 
 def test_a_project_holding_another_runs_tasks_is_refused_before_anything_is_sent(

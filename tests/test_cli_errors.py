@@ -305,3 +305,16 @@ def test_a_count_in_a_message_is_plural_but_for_one():
     assert counted(1, "asked region") == "1 asked region"
     assert named("region", ["4"]) == "region 4"
     assert named("region", [str(i) for i in range(7)], limit=2) == "regions 0, 1 (and 5 more)"
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_one_process_command_under_torchrun_is_refused_by_rank_0_alone_before_it_touches_the_run(tmp_path, rank):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    result = CliRunner().invoke(app, ["query", str(run_dir)], env={"WORLD_SIZE": "2", "RANK": rank})
+    said = ("error: s4al query runs as one process: start it without torchrun (only run, train, evaluate run under "
+            "torchrun)\n")
+    assert (result.exit_code, result.output) == (1, said if rank == "0" else "")
+    assert list(run_dir.iterdir()) == []
+    shown = CliRunner().invoke(app, ["run", "--print-config"], env={"WORLD_SIZE": "2", "RANK": rank})
+    assert shown.exit_code == 0 and shown.output.count("config_version:") == (1 if rank == "0" else 0)

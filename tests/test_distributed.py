@@ -99,16 +99,33 @@ def collectives(rank: int, port: int, out: str) -> None:
     seen = {"mean": norm.running_mean.tolist(), "steps": norm.num_batches_tracked.item(),
             "least": distributed.all_min([7, 3][rank], device), "fits": fits,
             "problems": rank_checks.agreed([["a.png: bad", "c.png: bad"], ["a.png: bad", "b.png: bad"]][rank])}
+    # one node's view of the run folder is a stale copy: its checkpoint holds other bytes, or none yet
+    shared, copied = Path(out) / "shared.pt", Path(out) / f"view{rank}" / "cycle_0.pt"
+    copied.parent.mkdir()
+    copied.write_bytes(b"weights of step 9" if rank == 0 else b"weights of step 8")
+    refusals = []
+    for path in (shared, copied, Path(out) / ("shared.pt" if rank == 0 else "missing.pt")):
+        try:
+            rank_checks.read_the_same_checkpoint(path)
+            refusals.append(None)
+        except errors.S4alError as err:
+            refusals.append(str(err).replace(str(path), "PATH"))
+    seen["checkpoints"] = refusals
     torch.save(seen, os.path.join(out, f"collectives{rank}.pt"))
     torch.distributed.destroy_process_group()
 
 
 def test_ranks_take_rank_0s_buffers_and_agree_a_cache_fits_only_where_it_fits_every_rank(tmp_path):
+    (tmp_path / "shared.pt").write_bytes(b"weights of step 9")
     mp.start_processes(collectives, args=(free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    stale = ("PATH: rank 1 {} (its node's view of the run folder is stale, or a copy): every node must see rank 0's "
+             "run folder itself, on a shared file system")
     for rank in range(WORLD):
         seen = torch.load(tmp_path / f"collectives{rank}.pt")
         assert seen == {"mean": [1.0, 1.0, 1.0], "steps": 10, "least": 3, "fits": False,  # and a refusal everywhere
-                        "problems": ["a.png: bad", "c.png: bad", "rank 1: b.png: bad"]}
+                        "problems": ["a.png: bad", "c.png: bad", "rank 1: b.png: bad"],
+                        "checkpoints": [None, stale.format("reads other bytes there than rank 0"),
+                                        stale.format("finds no file there")]}
 
 
 def mixing_seeds(run_dir) -> tuple[TrainResult, list[int]]:

@@ -308,6 +308,7 @@ class ActiveLearningRun(AbstractContextManager):
 
     def _queries(self, cycle: int) -> list[Query]:
         a = self.cfg.active
+        rank_checks.read_the_same_checkpoint(self.folder.trained_checkpoint(cycle))
         model, _ = load_trained_model(self.folder.trained_checkpoint(cycle), "teacher", self.device)
         seed = derive_seed(self.cfg.seed, "acquire", cycle)
         state = self.label_state()

@@ -699,8 +699,9 @@ class Ledger(RegionsByState, AbstractContextManager):
                 problems += [f"region {i} is already answered" for i in region_ids if states.get(i) == "answered"]
             _refuse_if(problems, "skip")
             newly = [i for i in region_ids if states[i] != "skipped"]
-            withdrawn = {region.region_id: self._answer_digest(region)
-                         for region in self.answered() if states.get(region.region_id) == "answered"}
+            answered = self.answered() if withdraw else []
+            withdrawn = {region.region_id: self._answer_digest(region) for region in answered
+                         if states.get(region.region_id) == "answered"}
             now = utc_now()
             conn.executemany("UPDATE regions SET state = 'skipped', answered_at = ?, answered_by = ?, "
                              "label_path = NULL, painted_at = NULL, source_digest = ? WHERE region_id = ?",

@@ -17,8 +17,9 @@ The rule for a region still asked:
   stored as void (255), which, as with the ground-truth oracle, still counts as labelled;
 - skipped when its Label Studio task was skipped (the Skip button), or with `s4al skip`; a skipped
   region painted enough later (the task reopened and submitted) is answered then, but not by a
-  painting from before a skip by name (an older export or mask imported again): the skip stands,
-  named; `s4al skip` of every region still asked passes over answers not yet imported;
+  painting from before a skip by name (an older export or mask imported again) or a withdrawal, and
+  the painting turned down saved again later unchanged, leave the skip standing, named; `s4al skip`
+  of every region still asked passes over answers not yet imported;
 - otherwise left asked, and reported with its painted share.
 Painted pixels outside the regions an answer addresses are ignored and reported, and so are
 rectangles drawn by hand and files in a PNG folder that are not masks. An answer kept though its
@@ -273,7 +274,10 @@ def _answers(ledger: Ledger, sizes: dict[str, tuple[int, int]], painted: Iterabl
                 _check_repainted(ledger, region, image.source, None, repainted, problems)
             report.already_imported += 1
             continue
-        image_problems = image_problems or _label_problems(image, sizes[image.image_id], num_classes)
+        try:  # a task's brushes are decoded here
+            image_problems = image_problems or _label_problems(image, sizes[image.image_id], num_classes)
+        except AnswerError as err:
+            image_problems = [str(err)]
         problems += image_problems
         if image_problems:
             continue
@@ -429,12 +433,11 @@ def _earlier(time: str, other: str) -> bool:
 
 
 def _skip_stands(image: PaintedImage, region: Region) -> bool:
-    """Whether skipped `region` stays skipped though `image` paints it enough: `image` paints it as the
-    painting the skip turned down (a withdrawn answer, or one an import found painted before the skip:
-    its digest kept), whenever saved; where none is kept, `image` was painted before the skip."""
-    if region.source_digest is not None:
-        return painting_digest(_painted(image, region)[0]) == region.source_digest
-    return _painted_before_skip(image, region)
+    """Whether skipped `region` stays skipped though `image` paints it enough: `image` was painted
+    before the skip, or paints it as the painting the skip turned down (a withdrawn answer, or one an
+    import found painted before the skip: its digest kept), whenever saved again."""
+    return _painted_before_skip(image, region) or (
+        region.source_digest is not None and painting_digest(_painted(image, region)[0]) == region.source_digest)
 
 
 def _painted_before_skip(image: PaintedImage, region: Region) -> bool:
@@ -501,7 +504,8 @@ def _corrections(ledger: Ledger, image: PaintedImage, digest: str | None, addres
         if np.array_equal(patch, stored):
             continue
         if _painted_before(image, digest, region):
-            report.outdated.append(region.region_id)
+            if share:  # unpainted and older: another task's region (a copy's), not an edit
+                report.outdated.append(region.region_id)
         elif share < MIN_PAINTED_SHARE:  # kept, and said: an edit this answer makes is not silently passed over
             report.edits_under_minimum[region.region_id] = share
         else:

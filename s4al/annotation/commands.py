@@ -51,6 +51,8 @@ ApiKeyOption = Annotated[Optional[str], typer.Option(
     help="Label Studio access token for --label-studio (never stored).")]
 WithdrawOption = Annotated[bool, typer.Option(
     "--withdraw", help="Also skip the answered regions named with --region: their answers no longer train.")]
+CycleOption = Annotated[Optional[int], typer.Option(
+    "--cycle", metavar="C", min=0, help="Without --region: every region still asked of cycle C alone.")]
 RegionOption = Annotated[
     Optional[list[int]], typer.Option("--region", metavar="ID", help="A region id to skip (repeatable); default: every region still asked, an answer given for one (painted before or after) still answering it.")
 ]
@@ -81,13 +83,14 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
                 package_record(out, active_run)  # as is a folder the package may not go to
             cycle = _asking_cycle(active_run, run_dir)
             package = write_query_package(active_run, out or active_run.folder.queries_dir / f"cycle_{cycle}")
-            if server is not None and package.regions:
+            if server is not None and (package.regions or project is not None):  # by id: recorded though none asked
                 sent = send_query(active_run.ledger, Path(run_dir).resolve().name, package.out_dir, server, api_key,
                                   new_project, project)
             phase = active_run.phases.phase(cycle)
             recorded = recorded_project(active_run.ledger)
     if not package.regions:
-        typer.echo(f"{run_dir}: no region waits for an answer (cycle {cycle} is in phase '{phase}'). "
+        kept = "" if sent is None else f"Label Studio project {sent.project.page} is this run's. "
+        typer.echo(f"{run_dir}: no region waits for an answer (cycle {cycle} is in phase '{phase}'). {kept}"
                    f"{next_step(run_dir)}")
         return
     typer.echo(f"{counted(package.regions, 'asked region')} in {counted(package.images, 'image')} written to "
@@ -253,7 +256,8 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
     return lines
 
 
-def skip(run_dir: RunDirArgument, region: RegionOption = None, withdraw: WithdrawOption = False) -> None:
+def skip(run_dir: RunDirArgument, region: RegionOption = None, cycle: CycleOption = None,
+         withdraw: WithdrawOption = False) -> None:
     """Skip asked regions the annotator declines: they are never asked again, and neither labelled
     nor counted as labelled pixels unless an import paints them later. The run then continues with
     the regions answered. With --withdraw, answered regions named are skipped too: their answers
@@ -265,28 +269,36 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None, withdraw: Withdra
     with user_errors_reported():
         if withdraw and not region:
             raise S4alError("--withdraw takes back the answers of the regions named: give them with --region ID")
+        if region and cycle is not None:
+            raise S4alError("--cycle picks the regions still asked of one cycle; the regions named with --region "
+                            "are those: give one or the other")
         folder = RunFolder(run_dir)
         folder.ledger_file()  # a run folder, before its config is read
         _refuse_oracle_run(folder, "a skip")
         with folder.locked(), Ledger(folder.ledger_file()) as ledger:  # the lock: not while a run writes it
-            chosen = region or [asked.region_id for asked in ledger.asked()]
-            answered = sorted({r.region_id for r in ledger.answered()} & set(chosen))
+            chosen = region or [asked.region_id for asked in ledger.asked(cycle)]
+            picked = set(chosen)
+            cycles = sorted({r.cycle for r in ledger.regions() if r.region_id in picked})
+            answered = sorted({r.region_id for r in ledger.answered()} & picked)
             _refuse_withdrawal(run_dir, answered, withdraw, part_trained_cycle(folder, ledger) if answered else None)
             skipped = ledger.skip(chosen, by=BY_SKIP_NAMED if region else BY_SKIP_UNANSWERED, withdraw=withdraw)
             if answered:
                 rewrite_summaries(folder, ledger, answered, ledger.get_meta(CLASSES_META))
             still_asked = len(ledger.asked())
             project = ledger.get_meta(PROJECT_META)
-    typer.echo(f"skipped {counted(len(skipped), 'region')}{_listed(skipped)}; {counted(still_asked, 'region')} "
-               "still asked.")
+    of_cycles = "" if region or not skipped else f" of {'cycle' if len(cycles) == 1 else 'cycles'} " + ", ".join(
+        map(str, cycles))
+    typer.echo(f"skipped {counted(len(skipped), 'region')}{of_cycles}{_listed(skipped)}; "
+               f"{counted(still_asked, 'region')} still asked.")
     if answered:
         typer.echo(f"withdrew the answers of {counted(len(answered), 'region')} ({_ids(answered)}): they no longer "
                    f"train, from the next cycle on{_after_the_last(run_dir)}; a painting of one other than its answer, "
                    "imported, answers it again.")
     if skipped and project is not None:
         when = "after this skip" if region else "before or after this skip"
+        withdrawn = " (a withdrawn answer's: painted otherwise than it)" if answered else ""
         typer.echo(f"Their tasks stay open in Label Studio ({project['url']}/projects/{project['id']}): a task "
-                   f"painted there {when}, then imported, answers its regions all the same.")
+                   f"painted there {when}{withdrawn}, then imported, answers its regions all the same.")
     if not still_asked:
         typer.echo(next_step(run_dir))
 

@@ -185,7 +185,7 @@ def read_export(path: Path, class_names: Sequence[str], sizes: Mapping[str, tupl
         if isinstance(item, dict) and "annotations" not in item and "data" not in item:
             raise AnswerError(f"{where}: no 'annotations' and no 'data': this looks like a JSON-MIN export; "
                               "use the JSON export (Export -> JSON) of the project")
-        tasks, exported = tasks + 1, exported + (isinstance(item, dict) and "annotations" in item)
+        tasks, exported = tasks + 1, exported + (not isinstance(item, dict) or "annotations" in item)
         try:
             annotation = _annotation(item, where)
             painted = None if annotation is None else _painted(item, annotation, where, class_names, sizes)
@@ -195,7 +195,8 @@ def read_export(path: Path, class_names: Sequence[str], sizes: Mapping[str, tupl
             left_out.problems.append(str(err))
             continue
         if painted is not None:
-            if left_out is not None and item.get("drafts"):  # the editor's autosave of an edit not submitted
+            if left_out is not None and item.get("drafts") and not annotation.get("was_cancelled"):
+                # the editor's autosave of an edit not submitted
                 left_out.edits_drafted.append(task_name)
             yield painted
         elif left_out is not None and isinstance(item.get("data"), dict):

@@ -163,6 +163,7 @@ def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_k
     stays on one server until another replaces it."""
     url = checked_server(url, api_key)
     recorded = recorded_project(ledger)
+    same = False  # the project given by id is the run's already
     if project_id is not None:
         project = Project(url, project_id)
         same = recorded is not None and recorded.id == project_id and _same_server(recorded.url, url)
@@ -186,7 +187,7 @@ def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_k
             edited = _label_values(_existing(client, project, project_id).label_config or "") != _label_values(config)
             _refuse_another_runs(client, project, ledger, url)
             if replaced is not None and replaced.id == project.id and _holds_this_runs_tasks(client, project, ledger):
-                replaced = None  # the run's project, its server at another address now: it keeps its past
+                replaced, same = None, True  # the run's project, its server at another address now: kept as it was
                 ledger.set_meta(PROJECT_META, {**ledger.get_meta(PROJECT_META), "url": url})
             elif project_id is not None and (recorded is None or replaced is not None):
                 # in place of another project: since now, as one made anew (the run's own, given by id: as it was)
@@ -199,7 +200,7 @@ def send_query(ledger: Ledger, run_name: str, package_dir: Path, url: str, api_k
         new_tasks = (task for task, new in zip(_tasks(tasks_file), is_new) if new)
         _upload(client, project, new_tasks, sum(is_new), _rerun_way(ledger.run_dir, url, replaced))
     return SentTasks(project, created, replaced, sum(is_new), len(is_new) - sum(is_new), tuple(repeated), edited,
-                     adopted=project_id is not None)
+                     adopted=project_id is not None and not same)
 
 
 def _existing(client: LabelStudio, project: Project, given_id: int | None):

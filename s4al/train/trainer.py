@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from s4al import distributed
+from s4al import distributed, rank_checks
 from s4al.config import RunConfig
 from s4al.data.base import SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX
@@ -303,11 +303,8 @@ class Trainer:
         }
 
     def _restore(self) -> None:
+        rank_checks.read_the_same_checkpoint(self.checkpoint_path)
         state = load_checkpoint(self.checkpoint_path)
-        main_step = distributed.from_main(state["step"])
-        if main_step != state["step"]:  # a file system that shows the nodes different files
-            raise S4alError(f"{self.checkpoint_path}: rank {distributed.rank()} reads the checkpoint of step "
-                            f"{state['step']}, rank 0 that of step {main_step}; every node must see the run folder alike")
         if state["total_steps"] != self.total_steps:
             raise S4alError(
                 f"{self.checkpoint_path}: made for {state['total_steps']} steps, this run has {self.total_steps}"
@@ -319,7 +316,8 @@ class Trainer:
             raise S4alError(
                 f"{self.checkpoint_path}: trained on {_processes(processes)}, this run has "
                 f"{distributed.world_size()}; resume it on {_processes(processes)} ({how}): train.batch_size is "
-                "per process, so the rest of the cycle would train on other batches"
+                f"per process, so the rest of the cycle would train on other batches. To train the cycle anew on "
+                f"{_processes(distributed.world_size())} (its {state['step']} steps lost), remove that file first"
             )
         self.student.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
