@@ -92,7 +92,8 @@ def _exit_with(message: str) -> None:
     import typer  # the command line's: the library modules that raise these errors never load it
 
     if reports_error(message):  # under torchrun: once, not once per rank
-        typer.echo(f"error: {message}", err=True)
+        rank = int(os.environ.get("RANK", "0"))  # another rank prints what it alone met
+        typer.echo(f"error: {f'rank {rank}: ' if rank else ''}{message}", err=True)
     raise typer.Exit(1) from None
 
 

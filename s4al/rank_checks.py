@@ -28,7 +28,7 @@ def given_the_same(cfg: RunConfig | None, overrides: dict | None = None) -> None
         return
     given = flat_config(cfg) if cfg is not None else flattened(overrides or {})
     given = {key: value for key, value in given.items() if key not in EACH_NODE_ITS_OWN}
-    differing = _first_differing(given, ": {theirs!r} (rank 0: {ours!r})")
+    differing = _first_differing(given, ": {theirs} (rank 0: {ours})", shown=repr)
     if differing:
         rank, shown = differing
         raise ConfigError(f"rank {rank} was given other settings than rank 0, {shown}: every process of a job runs "
@@ -81,14 +81,21 @@ def read_the_same_checkpoint(path: Path) -> None:
                             "every node must see rank 0's run folder itself, on a shared file system")
 
 
-def _first_differing(mine: dict, form: str) -> tuple[int, str] | None:
+def _first_differing(mine: dict, form: str, shown=str) -> tuple[int, str] | None:
     """The first rank whose dict differs from rank 0's, and its first keys that differ, each as
-    KEY + `form` (with {theirs} and {ours}); None where every rank's is rank 0's."""
+    KEY + `form` (with {theirs} and {ours}, each value `shown`, or 'not given'); None where every
+    rank's is rank 0's."""
     ranks = distributed.gather_objects(mine)
+
+    def value(given: dict, key: str) -> str:
+        return shown(given[key]) if key in given else "not given"
+
     for rank, theirs in enumerate(ranks[1:], start=1):
-        keys = sorted(key for key in ranks[0].keys() | theirs.keys() if ranks[0].get(key) != theirs.get(key))
+        keys = sorted(key for key in ranks[0].keys() | theirs.keys()
+                      if key not in ranks[0] or key not in theirs or ranks[0][key] != theirs[key])
         if keys:
-            return rank, first_of([key + form.format(theirs=theirs.get(key), ours=ranks[0].get(key)) for key in keys], 3)
+            return rank, first_of([key + form.format(theirs=value(theirs, key), ours=value(ranks[0], key))
+                                   for key in keys], 3)
     return None
 
 

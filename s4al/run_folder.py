@@ -250,9 +250,12 @@ class RunFolder:
             return True
         begun = [name for name in PROGRESS if (self.path / name).exists()]
         if self.holds_training():
+            done = (f"its result is {self.result_path}" if self.result_path.exists() else
+                    f"stopped part-way, it goes on with `s4al train --out {shell(self.path)}` and the same --config "
+                    "and --set")
             raise RunFolderError(f"{self.path}: a folder of `s4al train` (full supervision: checkpoints/ but no "
-                                 "ledger, splits/ or cycles/), not an active-learning run; start one in a new folder "
-                                 "with `s4al run --out`")
+                                 f"ledger, splits/ or cycles/), not an active-learning run ({done}); start one in a "
+                                 "new folder with `s4al run --out`")
         if begun:
             on_disk = ", ".join(f"{name}/" for name in begun)
             raise RunFolderError(f"{self.ledger_path}: missing, though this run has begun ({on_disk} "

@@ -57,6 +57,13 @@ def test_a_user_error_is_one_line_and_exit_status_1(error, line):
     assert isinstance(result.exception, SystemExit)
 
 
+def test_an_error_a_rank_other_than_0_prints_names_that_rank(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # started otherwise than by torchrun's agent: no store to agree in
+    monkeypatch.setenv("RANK", "1")
+    result = run_command_raising(DatasetError("train/0001.png: corrupt image file"))
+    assert (result.exit_code, result.output) == (1, "error: rank 1: train/0001.png: corrupt image file\n")
+
+
 class Unreadable(torch.utils.data.Dataset):
     def __init__(self, error: Exception):
         self.error = error

@@ -111,6 +111,10 @@ def collectives(rank: int, port: int, out: str) -> None:
         except errors.S4alError as err:
             refusals.append(str(err).replace(str(path), "PATH"))
     seen["checkpoints"] = refusals
+    try:  # a resume's --set given on one node alone
+        rank_checks.given_the_same(None, [{}, {"active": {"cycles": 3}}][rank])
+    except errors.S4alError as err:
+        seen["settings"] = str(err).split(": every process")[0]
     torch.save(seen, os.path.join(out, f"collectives{rank}.pt"))
     torch.distributed.destroy_process_group()
 
@@ -125,7 +129,8 @@ def test_ranks_take_rank_0s_buffers_and_agree_a_cache_fits_only_where_it_fits_ev
         assert seen == {"mean": [1.0, 1.0, 1.0], "steps": 10, "least": 3, "fits": False,  # and a refusal everywhere
                         "problems": ["a.png: bad", "c.png: bad", "rank 1: b.png: bad"],
                         "checkpoints": [None, stale.format("reads other bytes there than rank 0"),
-                                        stale.format("finds no file there")]}
+                                        stale.format("finds no file there")],
+                        "settings": "rank 1 was given other settings than rank 0, active.cycles: 3 (rank 0: not given)"}
 
 
 def mixing_seeds(run_dir) -> tuple[TrainResult, list[int]]:

@@ -298,9 +298,14 @@ def test_a_begun_run_without_its_ledger_and_a_training_folder_are_told_apart_fro
             "its answers were in it. Restore it from a backup; nothing was changed") in missing.output
     training = tmp_path / "training"
     (training / "checkpoints").mkdir(parents=True)
+    refused = CliRunner().invoke(app, ["status", str(training)], env=WIDE)
+    assert refused.exit_code == 1 and (f"{training}: a folder of `s4al train` (full supervision: checkpoints/ but no "
+                                       f"ledger, splits/ or cycles/), not an active-learning run (stopped part-way, it "
+                                       f"goes on with `s4al train --out {training}` and the same --config and --set)"
+                                       ) in refused.output
     (training / "result.json").write_text("{}")
     refused = CliRunner().invoke(app, ["status", str(training)], env=WIDE)
-    assert refused.exit_code == 1 and f"{training}: a folder of `s4al train` (full supervision" in refused.output
+    assert f"not an active-learning run (its result is {training / 'result.json'}); start one" in refused.output
 
 
 def test_a_damaged_config_is_refused_before_any_of_the_account_is_printed(run_dir):
