@@ -17,9 +17,9 @@ def first_line(err: BaseException) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
-def counted(n: int, noun: str) -> str:
-    """`n` and a regular noun, plural but for one: "1 region", "3 regions"."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """`n` and a noun, plural (`plural`, or the noun + s) but for one: "1 region", "3 regions"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
 
 
 def named(noun: str, items: list[str], limit: int = 5) -> str:

@@ -185,7 +185,8 @@ def test_a_lender_that_is_no_active_learning_run_or_ran_on_other_processes_is_re
     save_checkpoint(load_checkpoint(path) | {"processes": 2}, path)
     refused = cli_run("--out", str(tmp_path / "new"), "--config", str(config), "--cycle0-from", str(two))
     assert refused.exit_code == 1 and (f"{path}: trained by 2 processes, each with its own train.batch_size; this "
-                                       "run has 1" in " ".join(refused.output.split()))
+                                       "run has 1: start it under torchrun with 2 processes in all"
+                                       in " ".join(refused.output.split()))
     assert not (tmp_path / "new").exists()
 
 

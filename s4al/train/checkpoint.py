@@ -18,6 +18,7 @@ from s4al.errors import S4alError, S4alWarning
 from s4al.atomic import atomic_write
 from s4al.config import RunConfig, config_differences, flat_config, saved_config
 from s4al.run_folder import RunFolder, json_lines
+from s4al.text import counted
 
 
 class CheckpointError(S4alError, OSError):
@@ -133,8 +134,11 @@ def adoptable_checkpoint(source_run_dir: Path, cfg: RunConfig, cycle: int = 0,
         raise AdoptionRefused(f"{path}: at step {state['step']} of {state['total_steps']} of cycle "
                               f"{state['cycle']}, not the final checkpoint of cycle {cycle}")
     if state.get("processes", 1) != processes:
-        raise AdoptionRefused(f"{path}: trained by {state.get('processes', 1)} processes, each with its own "
-                              f"train.batch_size; this run has {processes}")
+        theirs = state.get("processes", 1)
+        how = "without torchrun" if theirs == 1 else f"under torchrun with {theirs} processes in all"
+        raise AdoptionRefused(f"{path}: trained by {counted(theirs, 'process', 'processes')}, each with its own "
+                              f"train.batch_size; this run has {processes}: start it {how}, as the cycles it trains go "
+                              "on from that one")
     trained_with = saved_config(state["config"], path)
     if cycle < min(trained_with.active.cycles, cfg.active.cycles):  # not the final cycle of either: trained alike
         may_differ = {*may_differ, "active.cycles"}

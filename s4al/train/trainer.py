@@ -83,7 +83,7 @@ class TrainResult:
 
 
 def _processes(count: int) -> str:
-    return "1 process" if count == 1 else f"{count} processes"
+    return counted(count, "process", "processes")
 
 
 def poly_schedule(total_steps: int, power: float) -> Callable[[int], float]:
