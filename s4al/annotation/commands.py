@@ -276,10 +276,10 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None, cycle: CycleOptio
         folder.ledger_file()  # a run folder, before its config is read
         _refuse_oracle_run(folder, "a skip")
         with folder.locked(), Ledger(folder.ledger_file()) as ledger:  # the lock: not while a run writes it
-            chosen = region or [asked.region_id for asked in ledger.asked(cycle)]
-            picked = set(chosen)
-            cycles = sorted({r.cycle for r in ledger.regions() if r.region_id in picked})
-            answered = sorted({r.region_id for r in ledger.answered()} & picked)
+            asked = [] if region else ledger.asked(cycle)
+            chosen = region or [r.region_id for r in asked]
+            cycles = sorted({r.cycle for r in asked})  # said for a skip of what is still asked
+            answered = sorted({r.region_id for r in ledger.answered()} & set(chosen))
             _refuse_withdrawal(run_dir, answered, withdraw, part_trained_cycle(folder, ledger) if answered else None)
             skipped = ledger.skip(chosen, by=BY_SKIP_NAMED if region else BY_SKIP_UNANSWERED, withdraw=withdraw)
             if answered:
