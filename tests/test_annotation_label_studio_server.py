@@ -4,7 +4,7 @@ from them imports into the ledger; and a person in a browser labels two cycles o
 project (the browser test, at the end).
 
 Label Studio pins packages of its own (Django, python-dateutil, ...), so it lives in a separate
-virtual environment: python -m venv .venv-ls && .venv-ls/bin/pip install label-studio. The tests
+virtual environment (.ci/run makes it). The tests
 skip when neither that nor a `label-studio` on PATH exists, or when the server does not start; the
 browser test also skips without the system Chromium or the playwright package (no browser download)."""
 
@@ -90,15 +90,29 @@ def server(tmp_path_factory):
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             if not wait_until_up(started.url, process, STARTUP_SECONDS):
-                pytest.skip(f"Label Studio did not start within {STARTUP_SECONDS}s; see {data_dir / 'server.log'}")
+                pytest.skip(not_started(process, data_dir / "server.log"))
             yield started
         finally:
-            os.killpg(process.pid, signal.SIGTERM)  # the server and the processes it started, nothing else
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop(process)
+
+
+def not_started(process: subprocess.Popen, log: Path) -> str:
+    if process.poll() is None:
+        return f"Label Studio did not start within {STARTUP_SECONDS}s; see {log}"
+    last_lines = log.read_text(errors="replace").strip().splitlines()[-1:]
+    return f"Label Studio exited with code {process.returncode} at start ({' '.join(last_lines)}); see {log}"
+
+
+def stop(process: subprocess.Popen) -> None:
+    """The server and the processes it started, nothing else."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except ProcessLookupError:
+        pass  # every one of them exited already
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 @pytest.fixture(scope="module")
