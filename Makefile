@@ -18,7 +18,6 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	if [ -f runs/demo/config.yaml ]; then $(BIN)/s4al run --resume runs/demo; else $(BIN)/s4al run --config demo --out runs/demo; fi
 	$(BIN)/s4al report runs/demo
-	@echo "report: runs/demo/report/report.html"
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -294,7 +294,7 @@ def run(
 def _check_cycle0_lender(lender: Path, run_dir: Path, cfg: RunConfig) -> None:
     """Refuses --cycle0-from where the run has a cycle-0 checkpoint of its own, or the lender is no
     active-learning run or trained its cycle 0 otherwise."""
-    from s4al.train.checkpoint import adoptable_checkpoint
+    from s4al.train.checkpoint import ConfigDiffers, adoptable_checkpoint
 
     if RunFolder(run_dir).checkpoint_path(0).exists():
         if distributed.restarted():  # torchrun starting this command line again: taken the first time
@@ -304,7 +304,11 @@ def _check_cycle0_lender(lender: Path, run_dir: Path, cfg: RunConfig) -> None:
     if not RunFolder(lender).ledger_path.exists():
         raise S4alError(f"{lender}: not a run of `s4al run` (no {RunFolder(lender).ledger_path.name}): no cycle 0 "
                         "drawn from a pool to take")
-    adoptable_checkpoint(lender, cfg, 0, CYCLE0_MAY_DIFFER, distributed.world_size())
+    try:
+        adoptable_checkpoint(lender, cfg, 0, CYCLE0_MAY_DIFFER, distributed.world_size())
+    except ConfigDiffers as differs:
+        raise S4alError(f"{differs}; a run made with --config {shell(RunFolder(lender).config_path)}, with --set of "
+                        "only what the acquisition reads, takes it") from None
 
 
 def _take_cycle0(active_run: ActiveLearningRun, lender: Path) -> None:

@@ -78,6 +78,9 @@ class DatasetConfig(Section):
     def _root_needed(self) -> "DatasetConfig":
         if self.name != "synthetic" and self.root is None:
             raise ValueError(f"dataset.root is required for dataset '{self.name}'")
+        if self.name == "synthetic" and self.root is not None:  # else it trains on generated streets, unsaid
+            raise ValueError(f"dataset.root {self.root} with dataset 'synthetic', which is generated and reads no "
+                             "folder: set dataset.name (folder for your own images) or leave out dataset.root")
         return self
 
 
@@ -288,7 +291,7 @@ def load_config(source: str | Path, overrides: dict | None = None) -> RunConfig:
     """Load a preset name (camvid, cityscapes, demo) or a YAML path; `overrides` is a nested dict
     (from --set). Keys the file leaves out take today's defaults."""
     path = preset_path(str(source)) if str(source) in PRESETS else Path(source)
-    return _validated(merge_overrides(_read_yaml(path), overrides or {}), path, overrides or {})
+    return _validated(_read_yaml(path), path, overrides)
 
 
 # Keys each config version added, with the behaviour a run had before each existed: an older dump
@@ -324,7 +327,7 @@ REMOVED_KEYS = {
 def load_run_config(path: Path, overrides: dict | None = None) -> RunConfig:
     """A run folder's saved config (resuming, reports): what the run was made with, whatever today's
     defaults. A damaged file (a section or key missing) is refused, never filled with defaults."""
-    return _validated(merge_overrides(_migrated(_read_yaml(path), path), overrides or {}), path, overrides or {})
+    return _validated(_migrated(_read_yaml(path), path), path, overrides)
 
 
 def saved_config(data: dict, source: str | Path) -> RunConfig:
@@ -448,18 +451,45 @@ def _problem(error: dict) -> str:
     return said
 
 
-def _validated(data: dict, path: str | Path, overrides: dict | None = None) -> RunConfig:
+def _validated(file_data: dict, path: str | Path, overrides: dict | None = None) -> RunConfig:
+    overrides = overrides or {}
     try:
-        return RunConfig.model_validate(data)
+        return RunConfig.model_validate(merge_overrides(file_data, overrides))
     except ValidationError as err:
+        file_alone_valid = bool(overrides) and _valid(file_data)  # then a section's own check failed for --set
         problems, in_file = [], False
         for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"]) or "(top)"
-            by_set = _set_by(overrides or {}, e["loc"], unknown=e["type"] == "extra_forbidden")
+            unknown = e["type"] == "extra_forbidden"
+            by_set = file_alone_valid or _set_by(overrides, e["loc"], unknown)
             in_file |= not by_set
-            problems.append(f"{'--set ' if by_set else ''}{key}: {_problem(e)}")
+            named = _given(overrides, e["loc"]) if by_set and not unknown else _dotted(e["loc"])
+            problems.append(f"{'--set ' if by_set and unknown else ''}{named}: {_problem(e)}")
         where = f"{path}: invalid config" if in_file else "invalid setting"  # the file is not at fault
         raise ConfigError(f"{where}: {'; '.join(problems)}") from None
+
+
+def _valid(data: dict) -> bool:
+    try:
+        RunConfig.model_validate(data)
+    except ValidationError:
+        return False
+    return True
+
+
+def _dotted(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "(top)"
+
+
+def _given(overrides: dict, loc: tuple) -> str:
+    """The --set keys behind an error at `loc`: that key, or those given in the section `loc` names."""
+    node = overrides
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return f"--set {_dotted(loc)}"
+        node = node[part]
+    if not isinstance(node, dict):
+        return f"--set {_dotted(loc)}"
+    return ", ".join(f"--set {key}" for key in flattened(node, "".join(f"{part}." for part in loc)))
 
 
 def parse_override(items: list[str]) -> dict:

@@ -166,8 +166,9 @@ def test_a_cycle_0_trained_otherwise_is_refused_before_the_run_is_made(entropy_r
     result = cli_run("--out", str(tmp_path / "new"), "--config", str(config), "--set", "train.lr=0.02",
                      "--cycle0-from", str(lender))
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert (f"{RunFolder(lender).checkpoint_path(0)}: trained with another train.lr (0.01 there, 0.02 here)"
-            in " ".join(result.output.split()))
+    assert (f"{RunFolder(lender).checkpoint_path(0)}: trained with another train.lr (0.01 there, 0.02 here); a run "
+            f"made with --config {RunFolder(lender).config_path}, with --set of only what the acquisition reads, "
+            "takes it" in " ".join(result.output.split()))
     assert not (tmp_path / "new").exists()
     resumed = cli_run("--resume", str(lender), "--cycle0-from", str(lender))
     assert resumed.exit_code == 1 and (f"{RunFolder(lender).checkpoint_path(0)}: the run has a cycle 0 of its own"

@@ -50,6 +50,19 @@ def test_a_mistyped_key_is_offered_the_close_ones_and_a_bad_value_says_the_form_
         load_config("demo", parse_override(given))
 
 
+@pytest.mark.parametrize("given, said", [
+    (["dataset.name=folder"], "--set dataset.name: dataset.root is required for dataset 'folder'"),
+    (["active.metric=coreset"], "--set active.metric: active.metric 'coreset' is image-level only"),
+    (["active.metric_options.temperature=2"],
+     "--set active.metric_options.temperature: active.metric 'entropy' takes no option 'temperature'"),
+    (["dataset.root=my_data"], "--set dataset.root: dataset.root my_data with dataset 'synthetic', which is "
+                               "generated and reads no folder: set dataset.name (folder for your own images)"),
+])
+def test_a_sections_own_check_failing_for_set_alone_names_the_set_keys_not_the_preset(given, said):
+    with pytest.raises(ConfigError, match="^invalid setting: " + re.escape(said)):
+        load_config("demo", parse_override(given))
+
+
 def test_a_section_the_file_leaves_incomplete_is_the_files_fault_though_set_gave_another_of_its_keys(tmp_path):
     config = tmp_path / "mine.yaml"
     config.write_text("dataset:\n  name: folder\n")  # no root
@@ -109,7 +122,8 @@ def test_the_devices_a_config_may_name(device):
 def test_cross_field_rules():
     with pytest.raises(ConfigError, match="global_budget"):
         load_config("demo", {"active": {"selection": "global"}})
-    with pytest.raises(ConfigError, match="active: active.metric 'coreset' is image-level only: set active.level: image$"):
+    with pytest.raises(ConfigError, match="^invalid setting: --set active.metric, --set active.level: active.metric 'coreset' is "
+                                        "image-level only: set active.level: image$"):
         load_config("demo", {"active": {"metric": "coreset", "level": "region"}})
     with pytest.raises(ConfigError, match="dataset.root"):
         load_config("demo", {"dataset": {"name": "camvid"}})

@@ -81,6 +81,15 @@ def test_colour_masks_are_decoded_and_unknown_colours_named(tmp_path):
         ImageFolder(tmp_path, "train")[1]
 
 
+def test_a_colour_masks_transparent_pixels_are_void_whatever_colour_they_hide(tmp_path):
+    classes = [{"name": "background", "color": [0, 0, 0]}, *CLASSES]  # black a class, as in VOC's list
+    rgba = np.zeros((2, 2, 4), np.uint8)  # transparent black, as editors save the unpainted
+    rgba[0, 0] = [0, 0, 142, 255]  # car
+    rgba[1, 1] = [0, 0, 0, 255]  # background, painted
+    make_folder(tmp_path, spec={"classes": classes}, mask=rgba)
+    assert ImageFolder(tmp_path, "train")[0].label.tolist() == [[2, 255], [255, 0]]
+
+
 def indexed_mask(path, indices, palette):
     """A palette ("P") PNG: `indices` into `palette`, a list of RGB colours."""
     image = Image.fromarray(np.array(indices, np.uint8), mode="P")

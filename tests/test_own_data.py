@@ -220,6 +220,21 @@ def test_a_bad_mask_given_to_a_pool_image_is_refused_before_it_joins_so_taking_i
     assert len(ActiveLearningRun(run_dir).run()) == 2
 
 
+def test_a_pool_image_added_cut_short_is_refused_before_it_joins_so_removing_it_resumes(tmp_path):
+    root, run_dir, _ = answered_cycle_0(tmp_path)
+    add_images(root, unmasked=["n1"])
+    photo = root / "images" / "n1.png"
+    photo.write_bytes(photo.read_bytes()[:-30])  # a copy cut short: its header reads, its pixels do not
+    with pytest.raises(DatasetError, match=re.escape(f"{photo}: ") + "corrupt image file"):
+        ActiveLearningRun(run_dir).run()
+    with ledger_of(run_dir) as ledger:
+        assert "n1" not in {r.image_id for r in ledger.images()} and not ledger.get_meta("joined")
+    photo.unlink()  # an image the run holds may not leave it: this one never joined
+    split = root / "train.txt"
+    split.write_text(split.read_text().replace("n1\n", ""))
+    assert len(ActiveLearningRun(run_dir).run()) == 2
+
+
 def test_a_mask_given_to_a_pool_image_labels_it_whole_from_the_next_cycle_on(tmp_path):
     root, run_dir, asked = answered_cycle_0(tmp_path)
     given = np.full((H, W), 1, np.uint8)
@@ -261,7 +276,7 @@ def test_status_says_what_the_next_resume_takes_from_the_dataset_or_refuses_in_i
             "asked of it)\n") in status()
     (root / "images" / "p1.png").unlink()
     (root / "train.txt").write_text("".join(f"{stem}\n" for stem in [*MASKED, "p0", "p2", "p3", "p4", "n1"]))
-    refusal = f"{root}, split 'train': images 'p1' are in this run's ledger but no longer in the dataset: put them back"
+    refusal = f"{root}, split 'train': image 'p1' is in this run's ledger but no longer in the dataset: put it back"
     assert f"`s4al run --resume` refuses: {refusal}\n" in status()
     resumed = CliRunner().invoke(app, ["run", "--resume", str(run_dir), "--quiet"], env={"COLUMNS": "250"})
     assert resumed.exit_code != 0 and refusal in " ".join(resumed.output.split())
@@ -320,8 +335,8 @@ def test_an_image_added_without_a_label_to_a_run_that_needs_labels_is_refused_na
     run_dir = tmp_path / "run"
     ActiveLearningRun(run_dir, cfg).close()
     add_images(root, masked=["n0"], unmasked=["n1"])
-    with pytest.raises(DatasetError, match=r"images 'n1' were added without a label, and with active.initial "
-                                           r"'random' every image needs one: label them or move them out"):
+    with pytest.raises(DatasetError, match=r"image 'n1' was added without a label, and with active.initial "
+                                           r"'random' every image needs one: label it or move it out"):
         ActiveLearningRun(run_dir)
 
 
@@ -330,8 +345,8 @@ def test_an_initially_labelled_image_whose_mask_is_gone_is_refused_naming_it(tmp
     run_dir = tmp_path / "run"
     ActiveLearningRun(run_dir, own_config(root)).close()
     (root / "masks" / "m1.png").unlink()  # it would train as an all-void image
-    with pytest.raises(DatasetError, match=r"images 'm1' are labelled whole in this run, but their labels are gone "
-                                           r"from the dataset \(they would train as all void\): put them back"):
+    with pytest.raises(DatasetError, match=r"image 'm1' is labelled whole in this run, but its label is gone "
+                                           r"from the dataset \(it would train as all void\): put it back"):
         ActiveLearningRun(run_dir)
 
 
@@ -340,7 +355,7 @@ def test_a_pool_image_resized_after_the_run_was_made_is_refused_naming_it(tmp_pa
     run_dir = tmp_path / "run"
     ActiveLearningRun(run_dir, own_config(root)).close()
     save(root / "images" / "p2.png", np.zeros((H, W + 16, 3), np.uint8))  # the ledger's regions are cells of 32x48
-    with pytest.raises(DatasetError, match=r"images 'p2' changed size since the run was made: restore them"):
+    with pytest.raises(DatasetError, match=r"image 'p2' changed size since the run was made: restore it"):
         ActiveLearningRun(run_dir)
 
 

@@ -147,6 +147,20 @@ def test_predict_paints_the_colours_saved_in_the_checkpoint_wherever_the_dataset
     np.testing.assert_array_equal(mask, np.array(colours, np.uint8)[labels])
 
 
+def test_predict_refuses_to_write_into_the_dataset_folder_the_checkpoint_was_trained_on(images, tmp_path, monkeypatch):
+    cfg = tiny_config(dataset={"name": "folder", "root": "my_data"})
+    state = build_model(cfg.model, 2).state_dict()
+    checkpoint = tmp_path / "cycle_0.pt"
+    save_checkpoint({"config": cfg.model_dump(mode="json"), "classes": ["weed", "crop"], "colours": [[0, 0, 0], [9, 9, 9]],
+                     "teacher": state, "student": state}, checkpoint)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="^my_data/images: in the dataset folder my_data the checkpoint was trained on, "
+                                         "where its outputs would join the dataset as images"):
+        predict(checkpoint, images[:1], Path("my_data/images"), device="cpu")  # the next cycle would ask of them
+    assert not (tmp_path / "my_data").exists()
+    assert predict(checkpoint, images[:1], Path("predictions"), device="cpu").written
+
+
 def test_predict_refuses_images_whose_outputs_would_collide(checkpoint, images, tmp_path):
     twin = tmp_path / "other" / images[0].name
     twin.parent.mkdir()

@@ -283,7 +283,9 @@ class ActiveLearningRun(AbstractContextManager):
         if not (added.added or added.masked) or (before == "training" and self.folder.checkpoint_path(cycle).exists()):
             return
         labelled = [self.index_of[i] for i in added.added_labelled + added.masked]
-        refuse_bad_labels(self.train_set.label_problems(labelled))  # before the ledger holds them as labels
+        # before the ledger holds them: an image it holds may not leave the run, a label is trained
+        refuse_bad_labels(self.train_set.image_problems(self.index_of[i] for i in added.added), files="images")
+        refuse_bad_labels(self.train_set.label_problems(labelled))
         warn_of_turned_images(self.train_set, labelled)
         self.ledger.register_images([(i, *self.train_set.image_size(self.index_of[i])) for i in added.added],
                                     initial=added.added_labelled)

@@ -15,7 +15,7 @@ from s4al.active.ledger import ImageRecord
 from s4al.config import RunConfig
 from s4al.data.base import DatasetError, SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX
-from s4al.text import counted, first_of
+from s4al.text import counted, first_of, named
 
 
 MOSTLY_VOID = 0.9  # a share of void pixels no whole-image label has (CamVid's: 0-20%, Cityscapes coarse: ~50%)
@@ -64,13 +64,19 @@ def dataset_changes(records: Sequence[ImageRecord], dataset: SegmentationDataset
                   and not has_label(r.image_id)]
     unlabelled = [] if labelled_mode else [i for i in added if not has_label(i)]
     where = f"{cfg.dataset.root or cfg.dataset.name}, split '{cfg.dataset.train_split}'"
-    refusals = [f"{where}: images {_quoted(images)} {what}" for images, what in (
-        (gone, "are in this run's ledger but no longer in the dataset: put them back"),
-        (resized, "changed size since the run was made: restore them"),
-        (label_gone, "are labelled whole in this run, but their labels are gone from the dataset (they would "
-                     "train as all void): put them back"),
-        (unlabelled, "were added without a label, and with active.initial 'random' every image needs one: "
-                     "label them or move them out"),
+    refusals = [f"{where}: {named('image', _quoted(images))} {said[len(images) > 1]}" for images, said in (
+        (gone, ("is in this run's ledger but no longer in the dataset: put it back",
+                "are in this run's ledger but no longer in the dataset: put them back")),
+        (resized, ("changed size since the run was made: restore it",
+                   "changed size since the run was made: restore them")),
+        (label_gone, ("is labelled whole in this run, but its label is gone from the dataset (it would train as "
+                      "all void): put it back",
+                      "are labelled whole in this run, but their labels are gone from the dataset (they would "
+                      "train as all void): put them back")),
+        (unlabelled, ("was added without a label, and with active.initial 'random' every image needs one: "
+                      "label it or move it out",
+                      "were added without a label, and with active.initial 'random' every image needs one: "
+                      "label them or move them out")),
     ) if images]
     added_labelled = [i for i in added if labelled_mode and has_label(i)]
     masked = [r.image_id for r in records if labelled_mode and not r.fully_labelled and r.image_id in index_of
@@ -89,5 +95,5 @@ def _void_share(dataset: SegmentationDataset, index: int) -> float:
         return 0.0
 
 
-def _quoted(image_ids: list[str]) -> str:
-    return first_of([f"'{i}'" for i in image_ids])
+def _quoted(image_ids: list[str]) -> list[str]:
+    return [f"'{i}'" for i in image_ids]

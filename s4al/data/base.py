@@ -17,13 +17,13 @@ from s4al.text import first_of
 MAX_BAD_LABELS_SHOWN = 10
 
 
-def refuse_bad_labels(problems: list[str]) -> None:
-    """Bad labels (SegmentationDataset.label_problems) refused all in one message, before work that
-    would meet them one at a time later."""
+def refuse_bad_labels(problems: list[str], files: str = "masks") -> None:
+    """Bad labels (SegmentationDataset.label_problems) or images (image_problems) refused all in one
+    message, before work that would meet them one at a time later."""
     if len(problems) == 1:
         raise DatasetError(problems[0])
     if problems:
-        raise DatasetError(f"{len(problems)} bad masks: {first_of(problems, MAX_BAD_LABELS_SHOWN, '; ')}")
+        raise DatasetError(f"{len(problems)} bad {files}: {first_of(problems, MAX_BAD_LABELS_SHOWN, '; ')}")
 
 
 Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), half-open, in original image pixels
@@ -98,6 +98,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """What is wrong with the labels of `indices` (every one by default), each read once; a
         dataset that generates its labels has none to check."""
         return []
+
+    def image_problems(self, indices: Iterable[int]) -> list[str]:
+        """What keeps the images of `indices` from being read whole (a file cut short, say), each
+        decoded once."""
+        problems = []
+        for index in indices:
+            try:
+                self.load_image(index)
+            except DatasetError as err:
+                problems.append(str(err))
+        return problems
 
     def __getitem__(self, index: int) -> Sample:
         return self.load(index)

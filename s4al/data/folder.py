@@ -36,9 +36,9 @@ from s4al.data.io import (
     id_label_table,
     list_files,
     pair_files,
-    read_image,
     read_label,
     read_palette,
+    read_rgba,
     remap_label,
     require_nonempty,
 )
@@ -262,7 +262,16 @@ class ImageFolder(FilePairDataset):
             if mode == "P":
                 return self._palette_label(pair)
             colour = mode in COLOUR_MODES
-        return self.decode_colours(read_image(pair.label), pair.label) if colour else self._id_label(pair)
+        return self._colour_label(pair) if colour else self._id_label(pair)
+
+    def _colour_label(self, pair: Pair) -> np.ndarray:
+        """A mask painted in the class colours; its transparent pixels (how editors save what is not
+        painted) void, whatever colour they hide, as in an answer."""
+        rgba = read_rgba(pair.label)
+        shown = rgba[..., 3] > 0
+        labels = np.full(shown.shape, IGNORE_INDEX, np.uint8)
+        labels[shown] = self.decode_colours(rgba[..., :3], pair.label, where=shown)[shown]
+        return labels
 
     def _id_label(self, pair: Pair, indices: np.ndarray | None = None) -> np.ndarray:
         if self.ids_ambiguous:

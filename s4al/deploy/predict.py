@@ -118,6 +118,9 @@ def predict(
     model, cfg = trained_model(state, Path(checkpoint), network, dev)
     classes = class_set(cfg.dataset, state["classes"], state.get("colours"))
     out_dir = Path(out_dir)
+    if cfg.dataset.root is not None and out_dir.resolve().is_relative_to(Path(cfg.dataset.root).resolve()):
+        raise S4alError(f"{out_dir}: in the dataset folder {cfg.dataset.root} the checkpoint was trained on, where "
+                        "its outputs would join the dataset as images; give --out a folder outside it")
     output_folder(out_dir)
     written, unread = [], []
     for done, (path, stem) in enumerate(zip(images, stems)):

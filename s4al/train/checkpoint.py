@@ -34,6 +34,10 @@ class AdoptionRefused(S4alError):
     why. Nothing was written."""
 
 
+class ConfigDiffers(AdoptionRefused):
+    """Refused because the checkpoint was trained with settings the taking run does not have."""
+
+
 def save_checkpoint(state: dict, path: Path) -> None:
     """Atomic: a failed write (a full disk) keeps the previous checkpoint and leaves no temp file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +150,7 @@ def adoptable_checkpoint(source_run_dir: Path, cfg: RunConfig, cycle: int = 0,
     if differences:
         there, here = flat_config(trained_with), flat_config(cfg)
         shown = ", ".join(f"{key} ({there.get(key)!r} there, {here.get(key)!r} here)" for key in differences)
-        raise AdoptionRefused(f"{path}: trained with another {shown}")
+        raise ConfigDiffers(f"{path}: trained with another {shown}")
     return state
 
 
