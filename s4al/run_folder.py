@@ -151,6 +151,7 @@ class RunFolder:
         if folder.begun():
             raise RunFolderError(f"{folder.path}: already holds a run; continue it with --resume {shell(folder.path)}")
         folder.starts_log.unlink(missing_ok=True)  # of a start that never began
+        folder.remove_stray_temp_files()  # of one killed as it wrote its config
         folder.save_config(cfg)
         return folder
 

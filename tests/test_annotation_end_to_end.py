@@ -282,6 +282,17 @@ def test_a_query_that_fails_part_way_leaves_the_earlier_package_files_whole(run_
     assert not list(package.glob(".*.tmp"))
 
 
+def test_temp_files_of_a_query_killed_as_it_wrote_are_removed_by_the_next(run_dir):
+    package = run_dir / "queries" / "cycle_0"
+    (package / "images").mkdir(parents=True)
+    strays = [package / ".tasks.json.a1b2.tmp", package / "images" / ".im_0001.png.c3.tmp"]
+    kept = [package / ".notes.txt.d4.tmp"]  # not a file of the package's
+    for path in strays + kept:
+        path.write_bytes(b"half a file")
+    invoke("query", run_dir, "--device", "cpu")
+    assert [path.exists() for path in strays + kept] == [False] * len(strays) + [True]
+
+
 def test_a_plain_query_of_a_run_with_a_label_studio_project_points_at_it_not_at_a_second_upload(run_dir):
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         ledger.set_meta(PROJECT_META, {"url": "http://127.0.0.1:8080", "id": 7})

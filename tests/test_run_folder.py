@@ -238,6 +238,14 @@ def test_a_run_killed_in_its_first_moments_resumes(tmp_path, left):
     assert not (run_dir / ".ledger.sqlite.new").exists()
 
 
+def test_a_temp_file_of_a_run_killed_as_it_wrote_its_config_is_removed_as_the_run_is_made_again(tmp_path):
+    stray = tmp_path / "run" / ".config.yaml.q9.tmp"
+    stray.parent.mkdir()
+    stray.write_bytes(b"half a config")
+    RunFolder.create(tmp_path / "run", external_config(), lock=False)
+    assert not stray.exists() and (tmp_path / "run" / "config.yaml").is_file()
+
+
 def test_temp_files_of_a_killed_run_are_removed_when_the_run_is_opened(run_dir):
     (run_dir / "cycles").mkdir(exist_ok=True)
     (run_dir / "answers").mkdir()

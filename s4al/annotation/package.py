@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 from s4al.active.cycle import ActiveLearningRun
 from s4al.active.ledger import RUN_ID, Region
 from s4al.annotation.label_studio import ASKED_COLOUR, labelling_config, task
-from s4al.atomic import atomic_write, output_folder
+from s4al.atomic import atomic_write, output_folder, stray_temp_files
 from s4al.config import file_digest
 from s4al.data.classes import ClassSet
 from s4al.errors import S4alError
@@ -74,6 +74,7 @@ def write_query_package(active_run: ActiveLearningRun, out_dir: Path) -> QueryPa
     record.claim([*FIXED_FILES, *(_image_file(folder, image_id) for image_id in by_image for folder in IMAGE_FOLDERS)])
     for folder in IMAGE_FOLDERS:
         output_folder(out_dir / folder)
+    _remove_stray_temp_files(out_dir)
     classes = active_run.train_set.classes
     with atomic_write(out_dir / "labelling_config.xml", "w") as file:
         file.write(labelling_config(classes))
@@ -107,6 +108,15 @@ def package_record(out_dir: Path, active_run: ActiveLearningRun) -> PackageRecor
         _refuse_dataset_folder(out_dir, active_run.cfg.dataset.root)
     in_queries = out_dir.resolve().is_relative_to(active_run.folder.queries_dir.resolve())
     return PackageRecord(out_dir, {r.image_id for r in active_run.ledger.images()} if in_queries else None)
+
+
+def _remove_stray_temp_files(out_dir: Path) -> None:
+    """Those of the package's own files that a query killed as it wrote them left behind (a copy of
+    tasks.json may be hundreds of MB); the run's lock makes this query their one writer."""
+    strays = [*(stray for name in FIXED_FILES for stray in stray_temp_files(out_dir, name)),
+              *(stray for folder in IMAGE_FOLDERS for stray in stray_temp_files(out_dir / folder, "*.png"))]
+    for stray in strays:
+        stray.unlink(missing_ok=True)
 
 
 def _refuse_dataset_folder(out_dir: Path, dataset_root: Path | None) -> None:
