@@ -252,6 +252,8 @@ class Progress:
         if record["event"] == "eval":
             print(f"{self.label} cycle {cycle} epoch {record['epoch']}: val mIoU {record['miou']:.4f}", flush=True)
             return
+        if record["event"] != "step":  # pool scoring
+            return
         self.step_seconds[cycle].append(record["seconds"] - self._clock.get(cycle, 0.0))
         self._clock[cycle] = record["seconds"]
         if record["step"] % max(1, record["total"] // 10) == 0:

@@ -280,6 +280,8 @@ def run(
             if active_run.additions.text():
                 console.print(f"to join the run as the next cycle begins training or asking: "
                               f"{active_run.additions.text()}")
+            if active_run.additions.unlisted:
+                console.print(active_run.additions.unlisted)
             with _monitor(active_run.folder, quiet, f"s4al run --resume {shell(run_dir)}") as monitor:
                 active_run.progress = monitor
                 try:

@@ -405,19 +405,6 @@ def _missing_keys(model: type[BaseModel], data: dict, sections_only: bool, prefi
     return missing
 
 
-def _set_by(overrides: dict, loc: tuple, unknown: bool) -> bool:
-    """Whether the error location `loc` lies under a key that --set gave; a section that --set gave
-    some keys of only for an unknown key (a section's own check reads the file's keys too)."""
-    node = overrides
-    for part in loc:
-        if not isinstance(node, dict):
-            return True  # inside a value --set gave, such as an item of its list
-        if part not in node:
-            return False
-        node = node[part]
-    return not isinstance(node, dict) or unknown
-
-
 def _section_at(loc: tuple) -> type[BaseModel] | None:
     """The config model that holds the key at `loc` (RunConfig for a top-level key)."""
     model: type[BaseModel] | None = RunConfig
@@ -459,11 +446,13 @@ def _validated(file_data: dict, path: str | Path, overrides: dict | None = None)
         file_alone_valid = bool(overrides) and _valid(file_data)  # then a section's own check failed for --set
         problems, in_file = [], False
         for e in err.errors():
-            unknown = e["type"] == "extra_forbidden"
-            by_set = file_alone_valid or _set_by(overrides, e["loc"], unknown)
+            unknown, at = e["type"] == "extra_forbidden", _dotted(e["loc"])
+            keys = _set_keys(overrides, e["loc"])
+            # a section's own check reads the file's keys too: blamed on --set where the file alone passes
+            by_set = file_alone_valid or (bool(keys) if unknown else keys == [at])
             in_file |= not by_set
-            named = _given(overrides, e["loc"]) if by_set and not unknown else _dotted(e["loc"])
-            problems.append(f"{'--set ' if by_set and unknown else ''}{named}: {_problem(e)}")
+            named = ", ".join(f"--set {key}" for key in ([at] if unknown or not keys else keys)) if by_set else at
+            problems.append(f"{named}: {_problem(e)}")
         where = f"{path}: invalid config" if in_file else "invalid setting"  # the file is not at fault
         raise ConfigError(f"{where}: {'; '.join(problems)}") from None
 
@@ -480,16 +469,19 @@ def _dotted(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "(top)"
 
 
-def _given(overrides: dict, loc: tuple) -> str:
-    """The --set keys behind an error at `loc`: that key, or those given in the section `loc` names."""
+def _set_keys(overrides: dict, loc: tuple) -> list[str]:
+    """The --set keys at the error location `loc`: that key (also where `loc` lies inside a value
+    --set gave, such as an item of its list), or those given in the section `loc` names; [] if none."""
     node = overrides
     for part in loc:
-        if not isinstance(node, dict) or part not in node:
-            return f"--set {_dotted(loc)}"
+        if not isinstance(node, dict):
+            break
+        if part not in node:
+            return []
         node = node[part]
-    if not isinstance(node, dict):
-        return f"--set {_dotted(loc)}"
-    return ", ".join(f"--set {key}" for key in flattened(node, "".join(f"{part}." for part in loc)))
+    if isinstance(node, dict):
+        return list(flattened(node, "".join(f"{part}." for part in loc)))
+    return [_dotted(loc)]
 
 
 def parse_override(items: list[str]) -> dict:

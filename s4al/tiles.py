@@ -15,7 +15,7 @@ network was never trained at (training crops keep the original resolution).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,11 +80,17 @@ def tile_logits(model: nn.Module, images: Tensor, tile: Tile, device: torch.devi
     return logits[..., rows, cols]
 
 
-def tiled_labels(model: nn.Module, images: Tensor, device: torch.device) -> np.ndarray:
-    """(N, H, W) uint8 class ids (argmax) of uint8 (N, 3, H, W) images, tile by tile if large."""
+def tiled_labels(model: nn.Module, images: Tensor, device: torch.device,
+                 progress: Callable[[float], None] | None = None) -> np.ndarray:
+    """(N, H, W) uint8 class ids (argmax) of uint8 (N, 3, H, W) images, tile by tile if large;
+    `progress`: called with the share of the tiles done after each."""
     labels = np.empty((len(images), *images.shape[-2:]), dtype=np.uint8)
-    for (y0, x0, y1, x1), logits in tiled_logits(model, images, device):
-        labels[:, y0:y1, x0:x1] = logits.argmax(1).to(torch.uint8).cpu().numpy()
+    image_tiles = tiles(*images.shape[-2:], 1)
+    for number, tile in enumerate(image_tiles, start=1):
+        y0, x0, y1, x1 = tile.core
+        labels[:, y0:y1, x0:x1] = tile_logits(model, images, tile, device).argmax(1).to(torch.uint8).cpu().numpy()
+        if progress is not None:
+            progress(number / len(image_tiles))
     return labels
 
 

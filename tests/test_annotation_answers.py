@@ -1270,7 +1270,10 @@ REFUSED_EXPORTS = {
     "no such file": (lambda tmp: tmp / "missing.json", "missing.json: no such file or folder"),
     "PNG of an unknown image": (
         lambda tmp: png_folder(tmp, "zebra.png", truth("a")),
-        r"zebra.png: image 'zebra' is not one of this run's train images"),
+        r"zebra.png: image 'zebra' is not one of this run's train images$"),
+    "PNG named in another case than its image": (
+        lambda tmp: png_folder(tmp, "A.png", truth("a")),
+        r"A.png: image 'A' is not one of this run's train images \(names are case-sensitive: this run has 'a'\)"),
     "PNG with an unknown class id": (
         lambda tmp: png_folder(tmp, "a.png", UNKNOWN_CLASS_ID), r"a.png: unknown class ids \[5\]"),
     "PNG of the wrong size": (

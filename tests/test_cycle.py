@@ -311,6 +311,18 @@ def test_image_level_baselines_buy_whole_images_at_the_region_pixel_budget(tmp_p
         assert acquired[0] == set(sorted(pool, key=lambda i: -scores[i])[:per_cycle])
 
 
+@pytest.mark.parametrize("level", ["region", "image"])
+def test_pool_scoring_says_the_images_scored_batch_by_batch(tmp_path, level):
+    events = []
+    cfg = cycle_config(active={"level": level, "score_batch_size": 5})
+    with ActiveLearningRun(tmp_path / "run", cfg, progress=events.append) as run:
+        run.run()
+    scored = [(e["cycle"], e["images"], e["total"]) for e in events if e["event"] == "score"]
+    pool_of_cycle_1, done_in_cycle_1 = (16, [5, 10, 15, 16]) if level == "region" else (13, [5, 10, 13])  # 3 bought
+    assert scored == [(0, done, NUM_POOL) for done in (5, 10, 15, 16)] + [
+        (1, done, pool_of_cycle_1) for done in done_in_cycle_1]
+
+
 # ---- what the trainer is given ----------------------------------------------------------------
 def test_ssl_off_trains_on_partially_labelled_pool_images_with_ignore_outside_the_cells(region_run):
     run, log = region_run

@@ -77,8 +77,17 @@ def test_colour_masks_are_decoded_and_unknown_colours_named(tmp_path):
     make_folder(tmp_path, spec=spec, mask=colour_mask([[0, 1], [2, 3]], colours))
     assert ImageFolder(tmp_path, "train")[0].label.tolist() == [[0, 1], [2, 255]]
     save(tmp_path / "masks" / "b.png", colour_mask([[0, 0], [0, 0]], [[1, 2, 3]]))
-    with pytest.raises(DatasetError, match=r"masks/b.png: unknown mask colour \(1, 2, 3\)"):
+    with pytest.raises(DatasetError, match=r"masks/b.png: unknown mask colour \(1, 2, 3\) at row 0, column 0$"):
         ImageFolder(tmp_path, "train")[1]
+
+
+@pytest.mark.parametrize("grey, hinted", [(2, True), (255, True), (3, False), (70, False)])
+def test_class_ids_saved_as_an_rgb_mask_are_refused_with_a_hint(tmp_path, grey, hinted):
+    make_folder(tmp_path, mask=np.full((2, 2, 3), grey, np.uint8))  # 3 classes: ids 0-2, 255 void
+    with pytest.raises(DatasetError, match=re.escape(f"unknown mask colour ({grey}, {grey}, {grey}) at row 0, column "
+                                                     "0") + ("" if hinted else "$")) as refused:
+        ImageFolder(tmp_path, "train")[0]
+    assert ("must be saved as a greyscale PNG, not RGB" in str(refused.value)) == hinted
 
 
 def test_a_colour_masks_transparent_pixels_are_void_whatever_colour_they_hide(tmp_path):
@@ -354,7 +363,9 @@ def test_tiff_bmp_and_webp_images_are_read_and_any_other_file_in_images_is_refus
         lossless = {"lossless": True} if suffix == ".webp" else {}
         Image.fromarray(pixels).save(tmp_path / "images" / f"{stem}{suffix}", **lossless)
         save(tmp_path / "masks" / f"{stem}.png", ID_MASK)
-    (tmp_path / "images" / ".DS_Store").write_bytes(b"\0")  # hidden files are left alone
+    for system_file in (".DS_Store", "._a.tif", "Thumbs.db", "desktop.ini"):  # the OS's own: left alone
+        (tmp_path / "images" / system_file).write_bytes(b"\0")
+    (tmp_path / "masks" / "Thumbs.db").write_bytes(b"\0")
     dataset = ImageFolder(tmp_path, "train")
     assert [dataset.image_id(i) for i in range(3)] == ["a", "b", "c"]
     assert all(np.array_equal(dataset[i].image, pixels) for i in range(3))

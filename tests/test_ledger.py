@@ -345,7 +345,7 @@ KILLED_CORRECTION = textwrap.dedent(
 )
 
 
-def test_a_kill_midway_through_corrections_changes_no_label_and_the_next_answer_writes_over_nothing(tmp_path):
+def test_a_kill_midway_through_corrections_changes_no_label_and_the_next_answer_takes_the_files_it_wrote(tmp_path):
     with open_ledger(tmp_path) as ledger:
         assert answered_four(ledger) == [1, 2, 3, 4]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -361,10 +361,21 @@ def test_a_kill_midway_through_corrections_changes_no_label_and_the_next_answer_
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         ledger.answer_many([(i, np.full((10, 10), 2, np.uint8)) for i in (1, 2, 3, 4)], by="alice", overwrite=True)
         assert all((ledger.patch(r) == 2).all() for r in ledger.answered())
-        # the files the kill left are not taken: each region's answer has a name no file had
-        assert [r.label_path for r in ledger.answered()] == [
-            "labels/region_000001.v3.png", "labels/region_000002.v3.png", "labels/region_000003.v2.png",
-            "labels/region_000004.v2.png"]
+        # the files the kill left hold these very answers: taken, so the ledger and labels/ are as without the kill
+        assert [r.label_path for r in ledger.answered()] == [f"labels/region_00000{i}.v2.png" for i in (1, 2, 3, 4)]
+    assert label_files(tmp_path) == sorted([f"region_00000{i}.png" for i in (1, 2, 3, 4)]
+                                           + [f"region_00000{i}.v2.png" for i in (1, 2, 3, 4)])
+
+
+def test_an_answer_is_not_written_into_a_file_of_other_content_a_kill_left_under_its_name(tmp_path):
+    with open_ledger(tmp_path) as ledger:
+        (region_id,) = ledger.ask(0, [("b", (10, 10, 20, 20), "entropy", 1.0)])
+        (tmp_path / "labels").mkdir()
+        Image.fromarray(np.full((10, 10), 3, np.uint8)).save(tmp_path / "labels" / "region_000001.png")
+        ledger.answer(region_id, np.full((10, 10), 1, np.uint8), by="oracle")
+        assert region_by_id(ledger, region_id).label_path == "labels/region_000001.v2.png"
+        assert (label_map(ledger, "b")[10:20, 10:20] == 1).all()
+    assert (np.asarray(Image.open(tmp_path / "labels" / "region_000001.png")) == 3).all()  # left as it was
 
 
 def test_a_correction_goes_to_a_file_of_its_own_and_the_one_it_replaces_stays_for_a_ledger_put_back(tmp_path):

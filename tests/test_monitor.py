@@ -14,6 +14,19 @@ def test_each_cycle_gets_its_own_bar_even_with_the_same_step_count(tmp_path):
         monitor.close()
 
 
+def test_pool_scoring_gets_a_bar_of_its_own_beside_the_cycles_training(tmp_path):
+    monitor = Monitor(tmp_path, show_progress=False)
+    try:
+        monitor({"event": "step", "cycle": 0, "step": 4, "total": 4, "seconds": 0.4})
+        for done in (5, 10, 12):
+            monitor({"event": "score", "cycle": 0, "images": done, "total": 12})
+        monitor({"event": "score", "cycle": 1, "images": 3, "total": None})  # one process's share of a job's pool
+        assert [(t.description, t.completed, t.total) for t in monitor.progress.tasks] == [
+            ("cycle 0", 4, 4), ("cycle 0 scoring the pool", 12, 12), ("cycle 1 scoring the pool", 3, None)]
+    finally:
+        monitor.close()
+
+
 def test_images_and_masks_joining_a_run_are_said_as_they_join(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")  # one line, as a wide terminal shows it
     monitor = Monitor(tmp_path, show_progress=False)

@@ -235,6 +235,25 @@ def test_a_pool_image_added_cut_short_is_refused_before_it_joins_so_removing_it_
     assert len(ActiveLearningRun(run_dir).run()) == 2
 
 
+def test_images_cut_short_when_a_run_is_made_are_refused_together_before_its_ledger_so_removing_them_resumes(
+        tmp_path):
+    root = make_dataset(tmp_path / "data")
+    for stem in ("p1", "m2"):  # a pool image and a labelled one, their headers whole, their pixels not
+        photo = root / "images" / f"{stem}.png"
+        photo.write_bytes(photo.read_bytes()[:-30])
+    run_dir = tmp_path / "run"
+    with pytest.raises(DatasetError, match=r"^2 bad images: .*m2\.png: corrupt image file.*; .*p1\.png: corrupt"):
+        ActiveLearningRun(run_dir, own_config(root))
+    assert not (run_dir / "ledger.sqlite").exists()
+    for stem in ("p1", "m2"):
+        (root / "images" / f"{stem}.png").unlink()
+        (root / "masks" / f"{stem}.png").unlink(missing_ok=True)
+    split = root / "train.txt"
+    split.write_text(split.read_text().replace("p1\n", "").replace("m2\n", ""))
+    with ActiveLearningRun(run_dir) as active_run:
+        assert sorted(active_run.ids) == sorted(set(MASKED + UNMASKED) - {"p1", "m2"})
+
+
 def test_a_mask_given_to_a_pool_image_labels_it_whole_from_the_next_cycle_on(tmp_path):
     root, run_dir, asked = answered_cycle_0(tmp_path)
     given = np.full((H, W), 1, np.uint8)
@@ -276,12 +295,40 @@ def test_status_says_what_the_next_resume_takes_from_the_dataset_or_refuses_in_i
             "asked of it)\n") in status()
     (root / "images" / "p1.png").unlink()
     (root / "train.txt").write_text("".join(f"{stem}\n" for stem in [*MASKED, "p0", "p2", "p3", "p4", "n1"]))
-    refusal = f"{root}, split 'train': image 'p1' is in this run's ledger but no longer in the dataset: put it back"
+    refusal = (f"{root}, split 'train': image 'p1': in this run's ledger but no longer in the dataset: put the image "
+               "back (renamed? added since, of such a size: 'n1')")
     assert f"`s4al run --resume` refuses: {refusal}\n" in status()
     resumed = CliRunner().invoke(app, ["run", "--resume", str(run_dir), "--quiet"], env={"COLUMNS": "250"})
     assert resumed.exit_code != 0 and refusal in " ".join(resumed.output.split())
     shutil.rmtree(root)
     assert f"the dataset cannot be read: {root}" in status()
+
+
+def test_an_image_in_no_split_file_is_named_by_status_and_the_run_as_out_of_it(tmp_path):
+    root, run_dir, _ = answered_cycle_0(tmp_path)
+    save(root / "images" / "forgotten.png", np.zeros((H, W, 3), np.uint8))  # train.txt lists the train images
+    warning = (f"warning: {root}, split 'train': 1 image in images/ but in no split file, so out of the run: "
+               "'forgotten'; to join the pool, list it in train.txt")
+    said = CliRunner().invoke(app, ["status", str(run_dir)], env={"COLUMNS": "250"})
+    assert said.exit_code == 0 and warning in " ".join(said.output.split()), said.output
+    resumed = CliRunner().invoke(app, ["run", "--resume", str(run_dir), "--quiet"], env={"COLUMNS": "250"})
+    assert resumed.exit_code == 0 and warning in " ".join(resumed.output.split()), resumed.output
+    with ledger_of(run_dir) as ledger:
+        assert "forgotten" not in {record.image_id for record in ledger.images()}
+    (root / "train.txt").write_text((root / "train.txt").read_text() + "forgotten\n")
+    said = CliRunner().invoke(app, ["status", str(run_dir)], env={"COLUMNS": "250"})
+    assert "no split file" not in said.output and "1 to the pool: forgotten" in " ".join(said.output.split())
+
+
+def test_status_counts_the_regions_a_given_mask_answers_apart_from_those_waiting(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    ActiveLearningRun(run_dir, own_config(root)).run()  # cycle 0 asks 2 regions of each of the 5 pool images
+    save(root / "masks" / "p0.png", np.full((H, W), 1, np.uint8))
+    said = CliRunner().invoke(app, ["status", str(run_dir)], env={"COLUMNS": "250"})
+    assert said.exit_code == 0, said.output
+    assert ("8 regions asked, waiting for answers (2 more of images given a mask since, which answers them as the "
+            "run resumes); the run goes on when none is left.") in " ".join(said.output.split())
 
 
 def test_a_mostly_void_mask_given_to_a_pool_image_is_warned_about_before_and_as_it_joins(tmp_path):
@@ -335,8 +382,9 @@ def test_an_image_added_without_a_label_to_a_run_that_needs_labels_is_refused_na
     run_dir = tmp_path / "run"
     ActiveLearningRun(run_dir, cfg).close()
     add_images(root, masked=["n0"], unmasked=["n1"])
-    with pytest.raises(DatasetError, match=r"image 'n1' was added without a label, and with active.initial "
-                                           r"'random' every image needs one: label it or move it out"):
+    with pytest.raises(DatasetError, match=r"image 'n1': added without a label, and with active.initial "
+                                           r"'random' every image needs one: give the image a mask or move the "
+                                           r"image out"):
         ActiveLearningRun(run_dir)
 
 
@@ -345,8 +393,8 @@ def test_an_initially_labelled_image_whose_mask_is_gone_is_refused_naming_it(tmp
     run_dir = tmp_path / "run"
     ActiveLearningRun(run_dir, own_config(root)).close()
     (root / "masks" / "m1.png").unlink()  # it would train as an all-void image
-    with pytest.raises(DatasetError, match=r"image 'm1' is labelled whole in this run, but its label is gone "
-                                           r"from the dataset \(it would train as all void\): put it back"):
+    with pytest.raises(DatasetError, match=r"image 'm1': labelled whole in this run, but the mask left the "
+                                           r"dataset \(training would read all void\): put the mask back"):
         ActiveLearningRun(run_dir)
 
 
@@ -355,7 +403,8 @@ def test_a_pool_image_resized_after_the_run_was_made_is_refused_naming_it(tmp_pa
     run_dir = tmp_path / "run"
     ActiveLearningRun(run_dir, own_config(root)).close()
     save(root / "images" / "p2.png", np.zeros((H, W + 16, 3), np.uint8))  # the ledger's regions are cells of 32x48
-    with pytest.raises(DatasetError, match=r"image 'p2' changed size since the run was made: restore it"):
+    with pytest.raises(DatasetError, match=r"image 'p2': changed size since the run was made: restore the "
+                                           r"original"):
         ActiveLearningRun(run_dir)
 
 

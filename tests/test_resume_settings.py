@@ -226,7 +226,7 @@ def test_a_run_whose_dataset_moved_is_pointed_at_it_on_resume_and_keeps_the_new_
     with pytest.raises(DatasetError, match=f"{tmp_path / 'nowhere'}: no such dataset folder[^;]*$"):  # no hint: it was given
         ActiveLearningRun(run_dir, overrides={"dataset": {"root": str(tmp_path / "nowhere")}})
     make_dataset(tmp_path / "other", masked=["m1", "m2"], unmasked=["x1", "x2"], val=["v9"])
-    with pytest.raises(DatasetError, match="are in this run's ledger but no longer in the dataset"):
+    with pytest.raises(DatasetError, match="images .*: in this run's ledger but no longer in the dataset: put the images back"):
         ActiveLearningRun(run_dir, overrides={"dataset": {"root": str(tmp_path / "other")}})
     assert saved(run_dir, "dataset", "root") == str(tmp_path / "data")
     ActiveLearningRun(run_dir, overrides={"dataset": {"root": str(tmp_path / "moved")}}).close()

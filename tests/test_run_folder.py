@@ -103,7 +103,7 @@ def test_an_image_removed_from_the_dataset_between_cycles_is_named(tmp_path):
     (tmp_path / "data" / "images" / "p3.png").unlink()  # and from the split's list, so the dataset is consistent
     split = tmp_path / "data" / "train.txt"
     split.write_text(split.read_text().replace("p3\n", ""))
-    with pytest.raises(DatasetError, match="image 'p3' is in this run's ledger but no longer in the dataset"):
+    with pytest.raises(DatasetError, match="image 'p3': in this run's ledger but no longer in the dataset"):
         ActiveLearningRun(tmp_path / "run")
 
 

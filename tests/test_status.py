@@ -215,7 +215,7 @@ def test_a_cycle_in_training_says_its_last_evaluation_of_its_epochs(tmp_path):
     output = status(run_dir)  # the last line, cut by a kill, is passed over; the final cycle trains 2 x 10 epochs
     assert "cycle 1 stopped while training: last evaluated after epoch 4 of 20, val mIoU 37.5%." in output
     # its ledger's one image is not in the synthetic dataset: a resume would be refused, said above
-    assert "`s4al run --resume` refuses: synthetic, split 'train': image 'a' is in this run's ledger but no longer" in output
+    assert "`s4al run --resume` refuses: synthetic, split 'train': image 'a': in this run's ledger but no longer" in output
     assert output.endswith(f"Once the dataset is as said above, continue with `s4al run --resume {run_dir}`.\n")
     folder = RunFolder(run_dir)
     folder.lock()  # a run at work on it

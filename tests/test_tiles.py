@@ -122,7 +122,9 @@ def test_a_large_image_is_segmented_from_its_tiles(setup, small_tiles):
     _, dataset, model = setup
     image = dataset.load_image(2)
     expected = stitched(model, image, lambda logits: logits.argmax(1)).numpy()
-    np.testing.assert_array_equal(segment(model, image, CPU), expected)
+    shares = []
+    np.testing.assert_array_equal(segment(model, image, CPU, progress=shares.append), expected)
+    assert shares == [k / 12 for k in range(1, 13)]  # 12 tiles of 96x128 (small_tiles), each said as it is done
 
 
 def test_a_large_image_is_evaluated_from_its_tiles(setup, small_tiles):

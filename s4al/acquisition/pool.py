@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,17 +123,20 @@ def _image_batches(dataset, indices, batch_size, device, num_workers, cache: Dev
 
 
 @torch.no_grad()
-def _pixel_score_batches(model, dataset, indices, metric, options, batch_size, device, seed, unit, num_workers, cache):
+def _pixel_score_batches(model, dataset, indices, metric, options, batch_size, device, seed, unit, num_workers, cache,
+                         scored: Callable[[int], None] | None = None):
     """Yields (dataset indices, (H, W), pieces) over this rank's share of the pool. `pieces` yields
     ((N, h, w) pixel scores on `device`, core box) per tile: one piece, the whole image, unless the
     images are too large to run whole (s4al/tiles.py; cores aligned to `unit`). Consume the pieces
-    before the next batch."""
+    before the next batch. `scored`: called with the number of images of each batch consumed."""
     model.eval()
     batches = _image_batches(dataset, indices, batch_size, device, num_workers, cache)
     for number, (images, batch_indices) in enumerate(batches, start=1):
         size = tuple(images.shape[-2:])
         pieces = _tile_scores(model, images, batch_indices, metric, options, device, seed, unit, cache)
         yield batch_indices, size, pieces
+        if scored is not None:
+            scored(len(batch_indices))
         if number % TRIM_EVERY == 0:
             _release_freed_memory()
 
@@ -166,10 +169,12 @@ def score_cells(
     num_workers: int = 0,
     *,
     fast: FastMode,
+    scored: Callable[[int], None] | None = None,
 ) -> dict[int, np.ndarray]:
     """Per pool image, the (rows, cols) mean score of each cell over its pixels never asked (an
     answered, skipped or waiting region is not asked again; a cell of none scores -inf).
-    `fast`: train.fast, whether the pool is read from the device (s4al/inference.py)."""
+    `fast`: train.fast, whether the pool is read from the device (s4al/inference.py); `scored`:
+    called with the number of images of each batch this process scored."""
     s = cfg.region_size
 
     def cells_of(ids: list[int], size: tuple[int, int], pieces) -> torch.Tensor:
@@ -184,7 +189,7 @@ def score_cells(
     cells: dict[int, np.ndarray] = {}
     cache = inference_cache(dataset, device, fast, labels=False, num_workers=num_workers)
     batches = _pixel_score_batches(model, dataset, indices, cfg.metric, cfg.metric_options, cfg.score_batch_size,
-                                   device, seed, s, num_workers, cache)
+                                   device, seed, s, num_workers, cache, scored)
     batch_cells = ((ids, cells_of(ids, size, pieces)) for ids, size, pieces in batches)
     for batch_indices, values in _to_host(batch_cells, cache):
         cells.update(zip(batch_indices, values.numpy()))
@@ -225,17 +230,17 @@ def choose_regions(cells: Mapping[int, np.ndarray], sizes: Mapping[int, tuple[in
 @torch.no_grad()
 def score_images(
     model, dataset, indices, metric, batch_size, device, seed, num_workers=0, *, fast: FastMode,
-    options: Mapping[str, object] | None = None,
+    options: Mapping[str, object] | None = None, scored: Callable[[int], None] | None = None,
 ) -> dict[int, float]:
     """Mean pixel score per pool image (the image-level random / entropy / ... baselines); `options`:
-    the metric's (active.metric_options)."""
+    the metric's (active.metric_options); `scored` as for score_cells."""
     def means(size: tuple[int, int], pieces) -> torch.Tensor:  # tiles weighted by their area; one tile: its mean
         return sum(scores.mean(dim=(1, 2)) * (scores[0].numel() / (size[0] * size[1])) for scores, _ in pieces)
 
     out: dict[int, float] = {}
     cache = inference_cache(dataset, device, fast, labels=False, num_workers=num_workers)
     batches = _pixel_score_batches(model, dataset, indices, metric, options, batch_size, device, seed, 1, num_workers,
-                                   cache)
+                                   cache, scored)
     for batch_indices, values in _to_host(((ids, means(size, pieces)) for ids, size, pieces in batches), cache):
         out.update(zip(batch_indices, values.tolist()))
     return _gathered(out)
@@ -282,9 +287,10 @@ def images_per_cycle(initial_pool_sizes: Sequence[tuple[int, int]], cfg: ActiveC
 
 def choose_images(
     model, dataset, labelled: Sequence[int], pool: Sequence[int], count: int, cfg: ActiveConfig, device, seed: int,
-    num_workers: int = 0, *, fast: FastMode,
+    num_workers: int = 0, *, fast: FastMode, scored: Callable[[int], None] | None = None,
 ) -> list[Query]:
-    """`count` whole pool images by the image-level metric (Core-Set: k-center greedy)."""
+    """`count` whole pool images by the image-level metric (Core-Set: k-center greedy); `scored` as
+    for score_cells (not called for Core-Set and random, which score no pixel)."""
     def whole(i: int, score: float) -> Query:
         h, w = dataset.image_size(i)
         return Query(i, (0, 0, h, w), score)
@@ -298,6 +304,6 @@ def choose_images(
         scores = {i: random_scores((1, 1), 1, seeded_generator(seed, i)).item() for i in pool}
     else:
         scores = score_images(model, dataset, pool, cfg.metric, cfg.score_batch_size, device, seed, num_workers,
-                              fast=fast, options=cfg.metric_options)
+                              fast=fast, options=cfg.metric_options, scored=scored)
     ranked = sorted(pool, key=lambda i: (-scores[i], i))[:count]
     return [whole(i, scores[i]) for i in ranked]

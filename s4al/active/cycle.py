@@ -315,14 +315,29 @@ class ActiveLearningRun(AbstractContextManager):
         seed = derive_seed(self.cfg.seed, "acquire", cycle)
         state = self.label_state()
         workers = scoring_workers(self.device, self.cfg.train.num_workers)
+        scored = self._scoring_progress(cycle, len(state.pool))
         if a.level == "image":
             count = images_per_cycle([state.sizes[i] for i in state.initial_pool], a)
             return choose_images(model, self.train_set, state.whole, state.pool, count, a, self.device, seed, workers,
-                                 fast=self.cfg.train.fast)
+                                 fast=self.cfg.train.fast, scored=scored)
         cells = score_cells(model, self.train_set, state.pool, state.asked, a, self.device, seed, workers,
-                            fast=self.cfg.train.fast)
+                            fast=self.cfg.train.fast, scored=scored)
         self._say_capped(cycle, state)  # where this process did not train the cycle
         return choose_regions(cells, {i: state.sizes[i] for i in state.pool}, a)
+
+    def _scoring_progress(self, cycle: int, pool_size: int) -> Callable[[int], None] | None:
+        """Says the pool images scored so far as "score" events; in a job of several processes, this
+        one's share, of a total not known here."""
+        if self.progress is None:
+            return None
+        done = 0
+        total = pool_size if distributed.world_size() == 1 else None
+
+        def scored(images: int) -> None:
+            nonlocal done
+            done += images
+            self.progress({"event": "score", "cycle": cycle, "images": done, "total": total})
+        return scored
 
     def _say_capped(self, cycle: int, state: LabelState) -> None:
         """Says (rank 0, once a cycle) where the pool's images are too small for the region settings."""

@@ -28,6 +28,7 @@ class DatasetChanges:
     masked: list[str]  # pool images with a label now, to be labelled whole (active.initial 'labelled')
     refusals: list[str]  # what a resume refuses, a message each
     mostly_void: dict[str, float] = field(default_factory=dict)  # masks of `masked` over MOSTLY_VOID void: share
+    unlisted: str = ""  # images of the dataset no split file lists, in words; empty where none
 
     @property
     def added(self) -> list[str]:
@@ -64,26 +65,28 @@ def dataset_changes(records: Sequence[ImageRecord], dataset: SegmentationDataset
                   and not has_label(r.image_id)]
     unlabelled = [] if labelled_mode else [i for i in added if not has_label(i)]
     where = f"{cfg.dataset.root or cfg.dataset.name}, split '{cfg.dataset.train_split}'"
-    refusals = [f"{where}: {named('image', _quoted(images))} {said[len(images) > 1]}" for images, said in (
-        (gone, ("is in this run's ledger but no longer in the dataset: put it back",
-                "are in this run's ledger but no longer in the dataset: put them back")),
-        (resized, ("changed size since the run was made: restore it",
-                   "changed size since the run was made: restore them")),
-        (label_gone, ("is labelled whole in this run, but its label is gone from the dataset (it would train as "
-                      "all void): put it back",
-                      "are labelled whole in this run, but their labels are gone from the dataset (they would "
-                      "train as all void): put them back")),
-        (unlabelled, ("was added without a label, and with active.initial 'random' every image needs one: "
-                      "label it or move it out",
-                      "were added without a label, and with active.initial 'random' every image needs one: "
-                      "label them or move them out")),
+    sizes_gone = {registered[i] for i in gone}
+    renamed = [i for i in added if tuple(dataset.image_size(index_of[i])) in sizes_gone]
+    refusals = [f"{where}: {named('image', _quoted(images))}: {said.format(s='s' if len(images) > 1 else '')}"
+                for images, said in (
+        (gone, "in this run's ledger but no longer in the dataset: put the image{s} back" + (
+            f" (renamed? added since, of such a size: {first_of(_quoted(renamed))})" if renamed else "")),
+        (resized, "changed size since the run was made: restore the original{s}"),
+        (label_gone, "labelled whole in this run, but the mask{s} left the dataset (training would read all "
+                     "void): put the mask{s} back"),
+        (unlabelled, "added without a label, and with active.initial 'random' every image needs one: give the "
+                     "image{s} a mask or move the image{s} out"),
     ) if images]
     added_labelled = [i for i in added if labelled_mode and has_label(i)]
     masked = [r.image_id for r in records if labelled_mode and not r.fully_labelled and r.image_id in index_of
               and has_label(r.image_id)]
+    left_out = dataset.unlisted_images()
+    unlisted = (f"warning: {where}: {counted(len(left_out), 'image')} in images/ but in no split file, so out of the "
+                f"run: {first_of(_quoted(left_out))}; to join the pool, list {'them' if len(left_out) > 1 else 'it'} "
+                f"in {cfg.dataset.train_split}.txt") if left_out else ""
     void = {} if refusals else {image_id: _void_share(dataset, index_of[image_id]) for image_id in masked}
     return DatasetChanges(added_labelled, [i for i in added if i not in set(added_labelled)], masked, refusals,
-                          {image_id: share for image_id, share in void.items() if share > MOSTLY_VOID})
+                          {image_id: share for image_id, share in void.items() if share > MOSTLY_VOID}, unlisted)
 
 
 def _void_share(dataset: SegmentationDataset, index: int) -> float:

@@ -10,15 +10,16 @@ A region is 'asked', then 'answered' (its label patch stored) or 'skipped' (the 
 it: never asked again, not labelled nor counted as labelled pixels unless answered later).
 Each answered region's label patch (uint8 class ids, 255 = ignore) lives in
 RUN_DIR/labels/region_{id:06d}.png, or, for a later answer (a correction), the first
-region_{id:06d}.vN.png not on disk; the row stores that path relative to RUN_DIR.
+region_{id:06d}.vN.png not on disk or holding that very answer; the row stores that path
+relative to RUN_DIR.
 
 Durability: every write is one transaction that takes the write lock (BEGIN IMMEDIATE) before it
 validates, so a refused call writes nothing at all. An answer writes its PNG (temp file, fsync,
-rename) under a name no file has, before the row is marked 'answered' and pointed at it in the
-same transaction. No answer writes over or removes a file: a kill or a failed write at any point
+rename) under a name no file has (or takes the file of these very bytes a killed call wrote),
+before the row is marked 'answered' and pointed at it in the same transaction. No answer writes over or removes a file: a kill or a failed write at any point
 leaves every row with the complete PNG it points to, as before or as after the call, and a ledger
-put back from a backup still finds the files it points to. At worst a kill leaves a small PNG no
-row points to. Temp files a kill left behind are removed by the next writer, under the write lock.
+put back from a backup still finds the files it points to. A kill leaves PNGs no row points to
+until the same answers are given again. Temp files a kill left behind are removed by the next writer, under the write lock.
 
 A ledger of an older schema version is migrated in place when opened for writing; a read-only
 reader reads it as it is (what an older version lacks reads as unknown).
@@ -33,6 +34,7 @@ DataLoader workers): open one per process.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -295,22 +297,38 @@ def _region_id(value: Any) -> int:
     return int(value)
 
 
-def _label_relpath(labels_dir: Path, region_id: int) -> str:
-    """Where a new answer of `region_id` goes: region_N.png for its first, else the first
-    region_N.vK.png not on disk. An answer never writes over a file: the one it replaces stays whole
-    for any other ledger pointing to it (a backup put back)."""
-    name = f"region_{region_id:06d}.png"
-    version = 1
+def _label_relpath(labels_dir: Path, region_id: int, png: bytes) -> tuple[str, bool]:
+    """Where an answer of `region_id` encoded as `png` goes, and whether that file is still to be
+    written: region_N.png for its first, else the first region_N.vK.png not on disk, or one already
+    holding these very bytes (as an import killed before its commit leaves them). An answer never
+    writes over a file: the one it replaces stays whole for any other ledger pointing to it (a
+    backup put back)."""
+    name, version = f"region_{region_id:06d}.png", 1
     while (labels_dir / name).exists():
+        if _holds(labels_dir / name, png):
+            return f"{LABELS_DIRNAME}/{name}", False
         version += 1
         name = f"region_{region_id:06d}.v{version}.png"
-    return f"{LABELS_DIRNAME}/{name}"
+    return f"{LABELS_DIRNAME}/{name}", True
 
 
-def _save_png(path: Path, patch: np.ndarray) -> None:
+def _holds(path: Path, content: bytes) -> bool:
+    try:
+        return path.stat().st_size == len(content) and path.read_bytes() == content
+    except OSError:
+        return False
+
+
+def _save_png(path: Path, png: bytes) -> None:
     """Atomic write: afterwards `path` holds the old file or the complete new one, never a torn one."""
     with atomic_write(path) as file:
-        Image.fromarray(patch).save(file, format="PNG")
+        file.write(png)
+
+
+def _png(patch: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(patch).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @contextmanager
@@ -610,20 +628,25 @@ class Ledger(RegionsByState, AbstractContextManager):
             return
         painted_at, source_digests = painted_at or {}, source_digests or {}
         new_paths: dict[int, str] = {}
+        written: set[str] = set()
         try:
             with write_transaction(self._conn) as conn:
-                patches = self._validated_patches(conn, answers, by, overwrite)
-                new_paths = {region_id: _label_relpath(self.labels_dir, region_id) for region_id in patches}
-                self._write_patches(patches, new_paths)
+                pngs = {region_id: _png(patch) for region_id, patch in
+                        self._validated_patches(conn, answers, by, overwrite).items()}
+                for region_id, png in pngs.items():
+                    new_paths[region_id], to_write = _label_relpath(self.labels_dir, region_id, png)
+                    if to_write:
+                        written.add(new_paths[region_id])
+                self._write_pngs({new_paths[r]: png for r, png in pngs.items() if new_paths[r] in written})
                 now = utc_now()
                 conn.executemany(
                     "UPDATE regions SET state = 'answered', label_path = ?, answered_at = ?, answered_by = ?, "
                     "painted_at = ?, source_digest = ? WHERE region_id = ?",
                     [(new_paths[region_id], now, by, painted_at.get(region_id), source_digests.get(region_id),
-                      region_id) for region_id in patches],
+                      region_id) for region_id in pngs],
                 )
         except Exception:  # not stored: the new PNGs no row points at go (an interrupt may come after the commit)
-            for relpath in set(new_paths.values()) - self._pointed_at(new_paths.values()):
+            for relpath in written - self._pointed_at(written):
                 with suppress(OSError):
                     (self.run_dir / relpath).unlink(missing_ok=True)
             raise
@@ -639,17 +662,17 @@ class Ledger(RegionsByState, AbstractContextManager):
             return set(relpaths)
         return {row[0] for row in rows}
 
-    def _write_patches(self, patches: Mapping[int, np.ndarray], paths: Mapping[int, str]) -> None:
-        """Each patch written whole to its path, made durable; on a failed write the ones written
-        are removed again, and LabelWriteError names the file that failed."""
+    def _write_pngs(self, pngs: Mapping[str, bytes]) -> None:
+        """Each PNG (by its path under the run folder) written whole and made durable; on a failed
+        write the ones written are removed again, and LabelWriteError names the file that failed."""
         written: list[Path] = []
         try:
             with _writing(self.labels_dir):
                 self.labels_dir.mkdir(exist_ok=True)
-            for region_id, label_patch in patches.items():
-                path = self.run_dir / paths[region_id]
+            for relpath, png in pngs.items():
+                path = self.run_dir / relpath
                 with _writing(path):
-                    _save_png(path, label_patch)
+                    _save_png(path, png)
                 written.append(path)
             with _writing(self.labels_dir):
                 _fsync_dir(self.labels_dir)

@@ -21,7 +21,7 @@ from s4al.active.ledger import (
 from s4al.active.phases import CyclePhases
 from s4al.config import SAVED_ON_RESUME, RunConfig, config_digest, file_digest, flat_config, nested
 from s4al.data import DatasetError
-from s4al.data.base import SegmentationDataset
+from s4al.data.base import SegmentationDataset, refuse_bad_labels
 from s4al.data.folder import SPEC_NAMES
 from s4al.errors import S4alWarning
 from s4al.model import build_model
@@ -65,6 +65,8 @@ def open_ledger(folder: RunFolder, cfg: RunConfig, train_set: SegmentationDatase
 
 def _make_ledger(folder: RunFolder, cfg: RunConfig, train_set: SegmentationDataset) -> None:
     ids = train_set.image_ids()
+    # decoded before the ledger holds them: an image it holds may not leave the run
+    refuse_bad_labels(train_set.image_problems(range(len(ids))), files="images")
     initial = _initial(cfg, train_set)
     warn_of_turned_images(train_set, initial)
     initial_ids = [ids[i] for i in initial]

@@ -343,7 +343,9 @@ def _settle(report: ImportReport, regions: dict[int, Region], taken: dict, left_
 def _region_problems(image: PaintedImage, sizes: dict, regions: dict[int, Region], run_id: str | None) -> list[str]:
     """What is wrong with the image and regions an answer addresses, before its painting is read."""
     if image.image_id not in sizes:
-        return [f"{image.source}: image '{image.image_id}' is not one of this run's train images"]
+        other_case = [image_id for image_id in sizes if image_id.casefold() == image.image_id.casefold()]
+        hint = f" (names are case-sensitive: this run has '{other_case[0]}')" if other_case else ""
+        return [f"{image.source}: image '{image.image_id}' is not one of this run's train images{hint}"]
     if image.run_id is not None and run_id is not None and image.run_id != run_id:
         return [f"{image.source}: a task of another run (run id {image.run_id[:8]}, this run's is {run_id[:8]}): "
                 "import the export of this run's own project"]

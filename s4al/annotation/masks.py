@@ -21,7 +21,7 @@ import numpy as np
 from s4al.data.base import DatasetError
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.folder import COLOUR_MODES, ColourDecoder, palette_labels
-from s4al.data.io import image_mode, read_label, read_palette, read_rgba, transparent_pixels
+from s4al.data.io import image_mode, read_label, read_palette, transparent_pixels
 from s4al.errors import S4alError
 from s4al.text import first_of
 
@@ -144,8 +144,4 @@ def _colour_mask(path: Path, colours: ColourDecoder | None) -> np.ndarray:
     if colours is None:
         raise AnswerError(f"{path}: painted in colours, but this run keeps no class colours (it was made before "
                           "s4al kept them): save it as a greyscale PNG of class ids")
-    rgba = read_rgba(path)
-    painted = rgba[..., 3] > 0
-    labels = np.full(painted.shape, UNPAINTED, np.uint8)
-    labels[painted] = colours(rgba[..., :3], path, where=painted)[painted]
-    return labels
+    return colours.read_mask(path)  # void, as transparent pixels, is UNPAINTED

@@ -89,6 +89,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         run keeps it: changed, the same masks would give other labels)."""
         return {}
 
+    def unlisted_images(self) -> list[str]:
+        """Images the dataset holds that no split takes (a file left out of every split list)."""
+        return []
+
     def turned_keeping_size(self, indices: Iterable[int]) -> dict[str, int]:
         """{file name: EXIF orientation} of the labelled images of `indices` whose orientation turns
         the picture without changing its size (io.turn_keeping_size); none for generated images."""
@@ -101,14 +105,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def image_problems(self, indices: Iterable[int]) -> list[str]:
         """What keeps the images of `indices` from being read whole (a file cut short, say), each
-        decoded once."""
-        problems = []
-        for index in indices:
-            try:
-                self.load_image(index)
-            except DatasetError as err:
-                problems.append(str(err))
-        return problems
+        decoded once; a generated image has nothing to keep it."""
+        return []
 
     def __getitem__(self, index: int) -> Sample:
         return self.load(index)

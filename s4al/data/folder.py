@@ -41,6 +41,7 @@ from s4al.data.io import (
     read_rgba,
     remap_label,
     require_nonempty,
+    system_file,
 )
 from s4al.text import first_of
 
@@ -133,6 +134,15 @@ class ColourDecoder:
         slot = np.searchsorted(self.codes, codes).clip(max=len(self.codes) - 1)
         return slot, self.codes[slot] != codes
 
+    def read_mask(self, path: Path) -> np.ndarray:
+        """The class ids of a mask painted in the class colours; its transparent pixels (how editors
+        save what is not painted) void, whatever colour they hide."""
+        rgba = read_rgba(path)
+        shown = rgba[..., 3] > 0
+        labels = np.full(shown.shape, IGNORE_INDEX, np.uint8)
+        labels[shown] = self(rgba[..., :3], path, where=shown)[shown]
+        return labels
+
     def __call__(self, rgb: np.ndarray, path: Path, where: np.ndarray | None = None) -> np.ndarray:
         """The class ids of `rgb`'s colours; `where`: the pixels that must have one (the others' ids
         mean nothing)."""
@@ -142,8 +152,17 @@ class ColourDecoder:
         if unknown.any():
             row, col = np.argwhere(unknown)[0]
             colour = tuple(int(c) for c in rgb[row, col])
-            raise DatasetError(f"{path}: unknown mask colour {colour} at row {row}, column {col}")
+            raise DatasetError(f"{path}: unknown mask colour {colour} at row {row}, column {col}"
+                               + self._grey_hint(colour))
         return self.class_ids[slot]
+
+
+    def _grey_hint(self, colour: tuple[int, ...]) -> str:
+        """Class ids saved as an RGB image paint greys of a class id's value: said where one would."""
+        ids = self.class_ids[self.class_ids != IGNORE_INDEX]
+        grey = len(set(colour)) == 1 and (colour[0] == IGNORE_INDEX or colour[0] <= ids.max(initial=0))
+        return " (a grey of a class id's value: a mask of class ids must be saved as a greyscale PNG, not RGB)" \
+            if grey else ""
 
 
 def voc_colour_map(size: int = 256) -> np.ndarray:
@@ -237,6 +256,14 @@ class ImageFolder(FilePairDataset):
     def _mask_for(self, image: Path) -> Path:
         return self.masks.get(image.stem, self.mask_dir / f"{image.stem}.png")
 
+    def unlisted_images(self) -> list[str]:
+        """Where this split is listed in its .txt file, the images no .txt file lists."""
+        if not (self.root / f"{self.split}.txt").is_file():
+            return []  # this split takes every image another split file does not list
+        images = images_by_stem(self.root / "images")
+        listed = {stem for split_file in self.root.glob("*.txt") for stem in read_stems(split_file, images)}
+        return sorted(set(images) - listed)
+
     def _list_pairs(self, allow_unlabelled: bool) -> list[Pair]:
         images = images_by_stem(self.root / "images")
         self.masks = masks_by_stem(self.mask_dir, images)
@@ -262,16 +289,7 @@ class ImageFolder(FilePairDataset):
             if mode == "P":
                 return self._palette_label(pair)
             colour = mode in COLOUR_MODES
-        return self._colour_label(pair) if colour else self._id_label(pair)
-
-    def _colour_label(self, pair: Pair) -> np.ndarray:
-        """A mask painted in the class colours; its transparent pixels (how editors save what is not
-        painted) void, whatever colour they hide, as in an answer."""
-        rgba = read_rgba(pair.label)
-        shown = rgba[..., 3] > 0
-        labels = np.full(shown.shape, IGNORE_INDEX, np.uint8)
-        labels[shown] = self.decode_colours(rgba[..., :3], pair.label, where=shown)[shown]
-        return labels
+        return self.decode_colours.read_mask(pair.label) if colour else self._id_label(pair)
 
     def _id_label(self, pair: Pair, indices: np.ndarray | None = None) -> np.ndarray:
         if self.ids_ambiguous:
@@ -296,7 +314,7 @@ def images_by_stem(image_dir: Path) -> dict[str, Path]:
     """Every file in images/ must be an image, and no subfolder holds files: one of another kind, or
     in a subfolder, would silently leave the pool."""
     listed = list_files(image_dir, IMAGE_SUFFIXES)
-    others = sorted(set(p for p in image_dir.iterdir() if p.is_file() and not p.name.startswith(".")) - set(listed))
+    others = sorted(set(p for p in image_dir.iterdir() if p.is_file() and not system_file(p)) - set(listed))
     if others:
         raise DatasetError(f"{others[0]}: not an image file of a kind this reads ({', '.join(IMAGE_SUFFIXES)}); "
                            "convert it or move it out of images/")
@@ -337,7 +355,7 @@ def masks_by_stem(mask_dir: Path, images: dict[str, Path]) -> dict[str, Path]:
     refuse_subfolders(mask_dir)
     refuse_broken_links(mask_dir)
     for mask in sorted(mask_dir.iterdir()):
-        if mask.name.startswith(".") or not mask.is_file():
+        if system_file(mask) or not mask.is_file():
             continue
         if mask.suffix.lower() in (".jpg", ".jpeg"):
             raise DatasetError(f"{mask}: a JPEG mask; JPEG compression alters class ids and colours, "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -22,6 +24,7 @@ Image.MAX_IMAGE_PIXELS = 2**29
 WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I")
 # EXIF orientations (camera and phone photos) that turn the picture by a quarter, swapping H and W.
 _QUARTER_TURNS = (5, 6, 7, 8)
+DECODING_THREADS = min(8, os.cpu_count() or 1)  # images checked at once (a few hundred MiB of 12-MP photos)
 
 
 @dataclass(frozen=True)
@@ -188,14 +191,23 @@ def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resize_array(label, size, Image.Resampling.NEAREST)
 
 
+SYSTEM_FILES = ("thumbs.db", "ehthumbs.db", "desktop.ini")  # what Windows Explorer leaves in a folder it shows
+
+
+def system_file(path: Path) -> bool:
+    """A file an operating system leaves among the user's: a hidden one (such as the ._NAME files
+    macOS leaves beside each file it copies, or .DS_Store) or one of Windows's SYSTEM_FILES."""
+    return path.name.startswith(".") or path.name.lower() in SYSTEM_FILES
+
+
 def list_files(directory: Path, suffixes: Iterable[str], pattern: str = "*") -> list[Path]:
     """Sorted files under `directory` matching the glob `pattern` whose suffix is in `suffixes`, but
-    for hidden ones (such as the ._NAME files macOS leaves beside each file it copies)."""
+    for system files."""
     if not directory.is_dir():
         raise DatasetError(f"{directory}: folder not found")
     wanted = {s.lower() for s in suffixes}
     return sorted(p for p in directory.glob(pattern)
-                  if p.is_file() and p.suffix.lower() in wanted and not p.name.startswith("."))
+                  if p.is_file() and p.suffix.lower() in wanted and not system_file(p))
 
 
 def pair_files(
@@ -276,6 +288,17 @@ class FilePairDataset(SegmentationDataset):
                 except DatasetError as err:
                     problems.append(str(err))
         return problems
+
+    def image_problems(self, indices: Iterable[int]) -> list[str]:
+        def problem(index: int) -> str | None:
+            try:
+                read_image(self.pairs[index].image)
+            except DatasetError as err:
+                return str(err)
+            return None
+
+        with ThreadPoolExecutor(DECODING_THREADS) as threads:  # Pillow decodes without holding the GIL
+            return [found for found in threads.map(problem, indices) if found is not None]
 
     def load(self, index: int) -> Sample:
         image = read_image(self.pairs[index].image)

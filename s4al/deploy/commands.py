@@ -44,7 +44,7 @@ def predict_command(
                        disable=not console.is_terminal)
         task = bar.add_task("segmenting", total=len(files))
 
-        def shown(done: int) -> None:  # from the first image on: a refusal before it prints alone
+        def shown(done: float) -> None:  # from the first image on: a refusal before it prints alone
             bar.start()
             bar.update(task, completed=done)
 

@@ -53,13 +53,14 @@ def class_set(dataset: DatasetConfig, names: list[str], colours: list[list[int]]
 
 @torch.no_grad()
 def segment(model: torch.nn.Module, image: np.ndarray, device: torch.device,
-            trained_at: tuple[int, int] | None = None) -> np.ndarray:
+            trained_at: tuple[int, int] | None = None, progress: Callable[[float], None] | None = None) -> np.ndarray:
     """(H, W) uint8 class ids of one (H, W, 3) uint8 RGB image. A model trained on images resized
     to `trained_at` (dataset.resize) sees the image resized so, as in training and evaluation, and
     its labels are scaled back to the image's size; else it runs at the image's own size. An image
-    too large to run whole is segmented tile by tile (s4al/tiles.py)."""
+    too large to run whole is segmented tile by tile (s4al/tiles.py); `progress`: called with the
+    share of the tiles done after each."""
     shown = resize_image(image, trained_at) if trained_at else image
-    labels = tiled_labels(model, torch.from_numpy(shown).permute(2, 0, 1).unsqueeze(0), device)[0]
+    labels = tiled_labels(model, torch.from_numpy(shown).permute(2, 0, 1).unsqueeze(0), device, progress)[0]
     return resize_label(labels, image.shape[:2])
 
 
@@ -92,13 +93,14 @@ class Predicted:
 
 def predict(
     checkpoint: Path, images: list[Path], out_dir: Path, network: str = "teacher", device: str = "auto",
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> Predicted:
     """Writes OUT/<stem>_labels.png (class ids), <stem>_mask.png (palette colours) and
     <stem>_overlay.png (image blended with the mask) per image, and OUT/legend.png (the colour of
     each class). An image given twice (by name and in its folder) is segmented once; one that
     cannot be read is named and passed over, so one bad file among thousands costs only itself.
-    `progress`: called with the images done, 0 once the model is loaded, then after each."""
+    `progress`: called with the images done, 0 once the model is loaded, then as each tile of an
+    image is (a large image runs tile by tile: minutes on a CPU)."""
     images = list({Path(p).resolve(): Path(p) for p in images}.values())
     stems = [Path(p).stem for p in images]
     first_with_stem = {}
@@ -131,7 +133,8 @@ def predict(
         except DatasetError as err:
             unread.append(str(err))
             continue
-        labels = segment(model, image, dev, cfg.dataset.resize)
+        labels = segment(model, image, dev, cfg.dataset.resize,
+                         None if progress is None else lambda share, done=done: progress(done + share))
         colours = classes.colorize(labels)
         for suffix, pixels in zip(SUFFIXES, (labels, colours, overlay(image, colours))):
             target = out_dir / f"{stem}_{suffix}.png"

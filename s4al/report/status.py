@@ -106,7 +106,7 @@ def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhase
     if phase == "done" and cycle == cfg.active.cycles:
         return lines + [finished_line(run_dir, cycle, ledger)]
     if pending and cfg.active.annotator == "external":
-        return lines + [_waiting(run_dir, len(pending), ledger.get_meta(PROJECT_META))]
+        return lines + [_waiting(run_dir, len(pending), len(asked) - len(pending), ledger.get_meta(PROJECT_META))]
     if pending:
         lines.append(f"{counted(len(pending), 'region')} asked: the dataset's ground truth answers them as the run "
                      "resumes (active.annotator: oracle).")
@@ -184,11 +184,14 @@ def dataset_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger) -> tuple[list[s
     lines = [f"`s4al run --resume` refuses: {refusal}" for refusal in changes.refusals]
     if changes.text():
         lines.append(f"to join the run as the next cycle begins training or asking: {changes.text()}")
+    if changes.unlisted:
+        lines.append(changes.unlisted)
     return lines, bool(changes.refusals), changes.masked
 
 
-def _waiting(run_dir: Path, asked: int, project: dict | None) -> str:
-    """`project`: the run's Label Studio project (ledger meta), if a query has sent tasks to one."""
+def _waiting(run_dir: Path, asked: int, masked: int, project: dict | None) -> str:
+    """`asked`: the regions waiting for answers; `masked`: those asked of images given a mask since;
+    `project`: the run's Label Studio project (ledger meta), if a query has sent tasks to one."""
     answer = (f"answer: `s4al query {shell(run_dir)}` writes the tasks (with `--label-studio URL`, sends them to "
               f"a Label Studio server), `s4al import {shell(run_dir)} ANSWERS` reads the answers (a region needs half "
               "its pixels painted), or")
@@ -196,7 +199,8 @@ def _waiting(run_dir: Path, asked: int, project: dict | None) -> str:
         answer = (f"answer in Label Studio, {project['url']}/projects/{project['id']} (`s4al query {shell(run_dir)} "
                   f"--label-studio {project['url']}` sends a cycle's tasks), then `s4al import {shell(run_dir)} "
                   f"--label-studio` (a region needs half its pixels painted), or")
-    return (f"{counted(asked, 'region')} asked, waiting for answers; the run goes on when none is left. "
+    by_masks = f" ({masked} more of images given a mask since, which answers them as the run resumes)" if masked else ""
+    return (f"{counted(asked, 'region')} asked, waiting for answers{by_masks}; the run goes on when none is left. "
             f"Either\n  {answer}\n"
             f"  skip: `s4al skip {shell(run_dir)}` (every region still asked) or "
             f"`s4al skip {shell(run_dir)} --region ID ...`,\n"

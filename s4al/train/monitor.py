@@ -11,8 +11,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 
 class Monitor:
-    """Callable given to the trainer and the active-learning run: receives {"event": "step"|"eval"|"joined",
-    ...} records."""
+    """Callable given to the trainer and the active-learning run: receives {"event": "step"|"eval"|"score"|
+    "joined", ...} records."""
 
     def __init__(self, log_dir: Path, show_progress: bool = True, log_every: int = 10):
         self.writer = SummaryWriter(str(log_dir))
@@ -26,23 +26,29 @@ class Monitor:
             TimeRemainingColumn(),
             disable=not show_progress,
         )
-        self.tasks: dict[int, TaskID] = {}  # one bar per cycle
+        self.tasks: dict[str, TaskID] = {}  # by description: a bar per cycle for its training, one for its pool scoring
         self.progress.start()
 
     def __call__(self, record: dict) -> None:
         getattr(self, f"_{record['event']}")(record)
 
     def _step(self, r: dict) -> None:
-        cycle = r["cycle"]
-        if cycle not in self.tasks:
-            self.tasks[cycle] = self.progress.add_task(f"cycle {cycle}", total=r["total"], status="")
         speed = r["seconds"] / max(r["step"], 1)
         losses = " ".join(f"{key[5:]} {r[key]:.3f}" for key in ("loss/sup", "loss/unsup") if key in r)
-        self.progress.update(self.tasks[cycle], completed=r["step"], status=f"{losses} {speed:.2f}s/it")
+        self._bar(f"cycle {r['cycle']}", r["total"], r["step"], f"{losses} {speed:.2f}s/it")
         if r["step"] % self.log_every == 0:
             for key, value in r.items():
                 if key.startswith(("loss/", "eta/")) or key == "lr":
                     self.writer.add_scalar(f"cycle{r['cycle']}/train/{key}", value, r["step"])
+
+    def _score(self, r: dict) -> None:
+        """Pool images scored for the cycle's questions (ActiveLearningRun)."""
+        self._bar(f"cycle {r['cycle']} scoring the pool", r["total"], r["images"], "images")
+
+    def _bar(self, description: str, total: int | None, completed: int, status: str) -> None:
+        if description not in self.tasks:
+            self.tasks[description] = self.progress.add_task(description, total=total, status="")
+        self.progress.update(self.tasks[description], completed=completed, status=status)
 
     def _eval(self, r: dict) -> None:
         prefix, step = f"cycle{r['cycle']}", r["step"]
