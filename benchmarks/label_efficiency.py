@@ -248,11 +248,11 @@ class Progress:
         self._clock: dict[int, float] = {}
 
     def __call__(self, record: dict) -> None:
+        if record["event"] not in ("step", "eval"):  # pool scoring, images joining the run
+            return
         cycle = record["cycle"]
         if record["event"] == "eval":
             print(f"{self.label} cycle {cycle} epoch {record['epoch']}: val mIoU {record['miou']:.4f}", flush=True)
-            return
-        if record["event"] != "step":  # pool scoring
             return
         self.step_seconds[cycle].append(record["seconds"] - self._clock.get(cycle, 0.0))
         self._clock[cycle] = record["seconds"]

@@ -1133,11 +1133,11 @@ def test_each_mask_of_a_png_folder_answers_the_regions_of_its_own_image_only(run
 
 def test_a_png_folder_reads_masks_of_any_suffix_case_and_names_the_other_files_it_ignores(run_dir, tmp_path):
     folder = png_folder(tmp_path, "b.PNG", in_box(truth("b"), B1))
-    with_files(folder, ".DS_Store", *(f"note{k}.txt" for k in range(6)))
+    with_files(folder, ".DS_Store", "._b.PNG", *(f"note{k}.txt" for k in range(6)))  # ._b.PNG: macOS's, beside b.PNG
     result = CliRunner().invoke(app, ["import", str(run_dir), str(folder)])
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[1:] == ["ignored 7 files, not .png masks: .DS_Store, note0.txt, "
-                                              "note1.txt, note2.txt, note3.txt (and 2 more)"]
+    assert result.output.splitlines()[1:] == ["ignored 8 files, not .png masks: .DS_Store, ._b.PNG, note0.txt, "
+                                              "note1.txt, note2.txt (and 3 more)"]
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert [r.region_id for r in ledger.answered()] == [3]
         assert np.array_equal(ledger.patch(region_by_id(ledger, 3)), crop(truth("b"), B1))

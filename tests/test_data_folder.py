@@ -81,13 +81,23 @@ def test_colour_masks_are_decoded_and_unknown_colours_named(tmp_path):
         ImageFolder(tmp_path, "train")[1]
 
 
-@pytest.mark.parametrize("grey, hinted", [(2, True), (255, True), (3, False), (70, False)])
-def test_class_ids_saved_as_an_rgb_mask_are_refused_with_a_hint(tmp_path, grey, hinted):
-    make_folder(tmp_path, mask=np.full((2, 2, 3), grey, np.uint8))  # 3 classes: ids 0-2, 255 void
+@pytest.mark.parametrize("greys, hinted", [((2, 0, 1, 255), True), ((255,) * 4, True), ((3, 0, 1, 2), False),
+                                           ((70,) * 4, False)])
+def test_class_ids_saved_as_an_rgb_mask_are_refused_with_a_hint(tmp_path, greys, hinted):
+    mask = np.repeat(np.array(greys, np.uint8).reshape(2, 2, 1), 3, axis=2)  # 3 classes: ids 0-2, 255 void
+    make_folder(tmp_path, mask=mask)
+    grey = greys[0]
     with pytest.raises(DatasetError, match=re.escape(f"unknown mask colour ({grey}, {grey}, {grey}) at row 0, column "
                                                      "0") + ("" if hinted else "$")) as refused:
         ImageFolder(tmp_path, "train")[0]
     assert ("must be saved as a greyscale PNG, not RGB" in str(refused.value)) == hinted
+
+
+def test_a_colour_mask_with_a_black_background_no_class_has_gets_no_grey_hint(tmp_path):
+    mask = colour_mask([[0, 1], [2, 3]], [c["color"] for c in CLASSES] + [[0, 0, 0]])  # black: no class, no void
+    make_folder(tmp_path, mask=mask)
+    with pytest.raises(DatasetError, match=r"unknown mask colour \(0, 0, 0\) at row 1, column 1$"):
+        ImageFolder(tmp_path, "train")[0]
 
 
 def test_a_colour_masks_transparent_pixels_are_void_whatever_colour_they_hide(tmp_path):
@@ -366,6 +376,7 @@ def test_tiff_bmp_and_webp_images_are_read_and_any_other_file_in_images_is_refus
     for system_file in (".DS_Store", "._a.tif", "Thumbs.db", "desktop.ini"):  # the OS's own: left alone
         (tmp_path / "images" / system_file).write_bytes(b"\0")
     (tmp_path / "masks" / "Thumbs.db").write_bytes(b"\0")
+    (tmp_path / "._train.txt").write_bytes(b"\0\5\x16\7")  # macOS's AppleDouble file of a train.txt copied
     dataset = ImageFolder(tmp_path, "train")
     assert [dataset.image_id(i) for i in range(3)] == ["a", "b", "c"]
     assert all(np.array_equal(dataset[i].image, pixels) for i in range(3))
@@ -412,3 +423,21 @@ def test_a_phone_photo_turned_by_exif_pairs_with_a_mask_painted_on_it_as_shown(t
     assert dataset.image_size(0) == (3, 2)
     sample = dataset[0]
     assert sample.image.shape[:2] == (3, 2) and np.array_equal(sample.label, shown_mask)
+
+
+def test_image_problems_name_each_image_that_cannot_be_read_whole_in_order_large_ones_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_io, "LARGE_IMAGE_PIXELS", 150)  # 10x10 decoded on the threads, 20x20 one at a time
+    make_folder(tmp_path, stems=())
+    rng = np.random.default_rng(0)
+    for stem, side in (("a", 10), ("b", 10), ("c", 20), ("d", 20)):
+        save(tmp_path / "images" / f"{stem}.png", rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+    for stem in ("b", "c"):  # cut short: the header reads, the pixels do not
+        path = tmp_path / "images" / f"{stem}.png"
+        path.write_bytes(path.read_bytes()[:-40])
+    Image.fromarray(np.ones((10, 10), np.float32)).save(tmp_path / "images" / "e.tif")
+    dataset = ImageFolder(tmp_path, "train", allow_unlabelled=True)
+    problems = dataset.image_problems(range(len(dataset)))
+    assert [problem.split(": ")[0].rsplit("/", 1)[1] for problem in problems] == ["b.png", "c.png", "e.tif"]
+    assert all("corrupt image file" in problem for problem in problems[:2])
+    assert "a floating-point image" in problems[2]
+    assert dataset.image_problems([0, 3]) == []

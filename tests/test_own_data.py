@@ -296,7 +296,7 @@ def test_status_says_what_the_next_resume_takes_from_the_dataset_or_refuses_in_i
     (root / "images" / "p1.png").unlink()
     (root / "train.txt").write_text("".join(f"{stem}\n" for stem in [*MASKED, "p0", "p2", "p3", "p4", "n1"]))
     refusal = (f"{root}, split 'train': image 'p1': in this run's ledger but no longer in the dataset: put the image "
-               "back (renamed? added since, of such a size: 'n1')")
+               "back (renamed? 'n1' was added, of the same size)")
     assert f"`s4al run --resume` refuses: {refusal}\n" in status()
     resumed = CliRunner().invoke(app, ["run", "--resume", str(run_dir), "--quiet"], env={"COLUMNS": "250"})
     assert resumed.exit_code != 0 and refusal in " ".join(resumed.output.split())
@@ -308,7 +308,7 @@ def test_an_image_in_no_split_file_is_named_by_status_and_the_run_as_out_of_it(t
     root, run_dir, _ = answered_cycle_0(tmp_path)
     save(root / "images" / "forgotten.png", np.zeros((H, W, 3), np.uint8))  # train.txt lists the train images
     warning = (f"warning: {root}, split 'train': 1 image in images/ but in no split file, so out of the run: "
-               "'forgotten'; to join the pool, list it in train.txt")
+               "'forgotten'; to add it to the run, list it in train.txt")
     said = CliRunner().invoke(app, ["status", str(run_dir)], env={"COLUMNS": "250"})
     assert said.exit_code == 0 and warning in " ".join(said.output.split()), said.output
     resumed = CliRunner().invoke(app, ["run", "--resume", str(run_dir), "--quiet"], env={"COLUMNS": "250"})
@@ -327,8 +327,33 @@ def test_status_counts_the_regions_a_given_mask_answers_apart_from_those_waiting
     save(root / "masks" / "p0.png", np.full((H, W), 1, np.uint8))
     said = CliRunner().invoke(app, ["status", str(run_dir)], env={"COLUMNS": "250"})
     assert said.exit_code == 0, said.output
-    assert ("8 regions asked, waiting for answers (2 more of images given a mask since, which answers them as the "
-            "run resumes); the run goes on when none is left.") in " ".join(said.output.split())
+    assert ("8 regions asked, waiting for answers (and 2 regions of images given a mask since: the masks answer them "
+            "as the run resumes); the run goes on when none is left.") in " ".join(said.output.split())
+
+
+def test_an_image_dropped_from_train_txt_is_refused_as_unlisted_not_as_gone(tmp_path):
+    root, run_dir, _ = answered_cycle_0(tmp_path)
+    split = root / "train.txt"
+    split.write_text(split.read_text().replace("p2\n", ""))
+    said = CliRunner().invoke(app, ["status", str(run_dir)], env={"COLUMNS": "250"})
+    assert said.exit_code == 0, said.output
+    assert (f"`s4al run --resume` refuses: {root}, split 'train': image 'p2': in this run's ledger but no longer "
+            "listed in train.txt: list the image there again") in " ".join(said.output.split())
+    assert "no split file" not in said.output  # it is the run's, not an image left out of it
+
+
+def test_status_gives_its_account_past_an_unreadable_or_oddly_named_image_added(tmp_path):
+    root, run_dir, _ = answered_cycle_0(tmp_path)
+    (root / "images" / "p1.png").rename(root / "images" / "p{1}.png")  # a gone image, and one of its size added
+    (root / "images" / "n9.png").write_bytes(b"")  # a copy interrupted at its start
+    split = root / "train.txt"
+    split.write_text(split.read_text().replace("p1\n", "p{1}\nn9\n"))
+    said = CliRunner().invoke(app, ["status", str(run_dir)], env={"COLUMNS": "250"})
+    assert said.exit_code == 0, said.output
+    said = " ".join(said.output.split())
+    assert ("image 'p1': in this run's ledger but no longer in the dataset: put the image back (renamed? 'p{1}' was "
+            "added, of the same size)") in said
+    assert "2 images added to the dataset (0 labelled, 2 to the pool: p{1}, n9)" in said
 
 
 def test_a_mostly_void_mask_given_to_a_pool_image_is_warned_about_before_and_as_it_joins(tmp_path):

@@ -59,34 +59,57 @@ def dataset_changes(records: Sequence[ImageRecord], dataset: SegmentationDataset
         return dataset.has_label(index_of[image_id])
 
     added = [i for i in index_of if i not in registered]
-    gone = [i for i in registered if i not in index_of]
+    in_no_split = set(dataset.unlisted_images())  # in images/, listed in no split file
+    gone = [i for i in registered if i not in index_of and i not in in_no_split]
+    unlisted_gone = [i for i in registered if i not in index_of and i in in_no_split]
     resized = [i for i in registered if i in index_of and tuple(dataset.image_size(index_of[i])) != registered[i]]
     label_gone = [r.image_id for r in records if r.fully_labelled and r.image_id in index_of
                   and not has_label(r.image_id)]
     unlabelled = [] if labelled_mode else [i for i in added if not has_label(i)]
     where = f"{cfg.dataset.root or cfg.dataset.name}, split '{cfg.dataset.train_split}'"
-    sizes_gone = {registered[i] for i in gone}
-    renamed = [i for i in added if tuple(dataset.image_size(index_of[i])) in sizes_gone]
-    refusals = [f"{where}: {named('image', _quoted(images))}: {said.format(s='s' if len(images) > 1 else '')}"
-                for images, said in (
-        (gone, "in this run's ledger but no longer in the dataset: put the image{s} back" + (
-            f" (renamed? added since, of such a size: {first_of(_quoted(renamed))})" if renamed else "")),
-        (resized, "changed size since the run was made: restore the original{s}"),
+    split_file = f"{cfg.dataset.train_split}.txt"
+    refusals = [f"{where}: {named('image', _quoted(images))}: {said.format(s='s' if len(images) > 1 else '')}{hint}"
+                for images, said, hint in (
+        (gone, "in this run's ledger but no longer in the dataset: put the image{s} back",
+         _renamed_hint(gone, added, registered, dataset, index_of)),
+        (unlisted_gone, f"in this run's ledger but no longer listed in {split_file}: list the image{{s}} there again",
+         ""),
+        (resized, "changed size since the run was made: restore the original{s}", ""),
         (label_gone, "labelled whole in this run, but the mask{s} left the dataset (training would read all "
-                     "void): put the mask{s} back"),
+                     "void): put the mask{s} back", ""),
         (unlabelled, "added without a label, and with active.initial 'random' every image needs one: give the "
-                     "image{s} a mask or move the image{s} out"),
+                     "image{s} a mask or move the image{s} out", ""),
     ) if images]
     added_labelled = [i for i in added if labelled_mode and has_label(i)]
     masked = [r.image_id for r in records if labelled_mode and not r.fully_labelled and r.image_id in index_of
               and has_label(r.image_id)]
-    left_out = dataset.unlisted_images()
-    unlisted = (f"warning: {where}: {counted(len(left_out), 'image')} in images/ but in no split file, so out of the "
-                f"run: {first_of(_quoted(left_out))}; to join the pool, list {'them' if len(left_out) > 1 else 'it'} "
-                f"in {cfg.dataset.train_split}.txt") if left_out else ""
+    outside = sorted(in_no_split - registered.keys())
+    unlisted = (f"warning: {where}: {counted(len(outside), 'image')} in images/ but in no split file, so out of the "
+                f"run: {first_of(_quoted(outside))}; to add {'them' if len(outside) > 1 else 'it'} to the run, list "
+                f"{'them' if len(outside) > 1 else 'it'} in {split_file}") if outside else ""
     void = {} if refusals else {image_id: _void_share(dataset, index_of[image_id]) for image_id in masked}
     return DatasetChanges(added_labelled, [i for i in added if i not in set(added_labelled)], masked, refusals,
                           {image_id: share for image_id, share in void.items() if share > MOSTLY_VOID}, unlisted)
+
+
+def _renamed_hint(gone: list[str], added: list[str], registered: dict[str, tuple[int, int]],
+                  dataset: SegmentationDataset, index_of: dict[str, int]) -> str:
+    """Where images of the sizes of those gone were added, no more of them than are gone: perhaps
+    the gone ones renamed."""
+    sizes_gone = {registered[i] for i in gone}
+    if not sizes_gone:
+        return ""
+    renamed = [i for i in added if _size_or_none(dataset, index_of[i]) in sizes_gone]
+    if not renamed or len(renamed) > len(gone):
+        return ""
+    return f" (renamed? {first_of(_quoted(renamed))} {'were' if len(renamed) > 1 else 'was'} added, of the same size)"
+
+
+def _size_or_none(dataset: SegmentationDataset, index: int) -> tuple[int, int] | None:
+    try:
+        return tuple(dataset.image_size(index))
+    except (DatasetError, OSError):  # an unreadable addition: the run says so as it joins
+        return None
 
 
 def _void_share(dataset: SegmentationDataset, index: int) -> float:

@@ -637,6 +637,8 @@ class Ledger(RegionsByState, AbstractContextManager):
                     new_paths[region_id], to_write = _label_relpath(self.labels_dir, region_id, png)
                     if to_write:
                         written.add(new_paths[region_id])
+                # called even with nothing to write: its fsync of labels/ makes a killed call's renames, which
+                # the rows below may now point to, durable before the commit
                 self._write_pngs({new_paths[r]: png for r, png in pngs.items() if new_paths[r] in written})
                 now = utc_now()
                 conn.executemany(

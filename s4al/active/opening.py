@@ -65,10 +65,10 @@ def open_ledger(folder: RunFolder, cfg: RunConfig, train_set: SegmentationDatase
 
 def _make_ledger(folder: RunFolder, cfg: RunConfig, train_set: SegmentationDataset) -> None:
     ids = train_set.image_ids()
-    # decoded before the ledger holds them: an image it holds may not leave the run
-    refuse_bad_labels(train_set.image_problems(range(len(ids))), files="images")
     initial = _initial(cfg, train_set)
     warn_of_turned_images(train_set, initial)
+    # decoded before the ledger holds them: an image it holds may not leave the run
+    refuse_bad_labels(train_set.image_problems(range(len(ids))), files="images")
     initial_ids = [ids[i] for i in initial]
     path = folder.ledger_path
     building = path.with_name(f".{path.name}.new")

@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -257,6 +257,7 @@ def _answers(ledger: Ledger, sizes: dict[str, tuple[int, int]], painted: Iterabl
     annotated: set[int] = set()  # the regions some painting of this file addresses
     newest: str | None = None  # the file's newest painting time, of those that tell it
     same_name = {unicodedata.normalize("NFC", image_id): image_id for image_id in sizes}
+    by_casefold = {image_id.casefold(): image_id for image_id in sizes}
     for image in painted:
         report.read += 1
         if image.painted_at is not None and (newest is None or _earlier(newest, image.painted_at)):
@@ -264,7 +265,7 @@ def _answers(ledger: Ledger, sizes: dict[str, tuple[int, int]], painted: Iterabl
         if image.image_id not in sizes:  # a file name in another Unicode form (macOS writes NFD) names it too
             image = replace(image, image_id=same_name.get(unicodedata.normalize("NFC", image.image_id),
                                                           image.image_id))
-        image_problems = _region_problems(image, sizes, regions, run_id)
+        image_problems = _region_problems(image, sizes, regions, run_id, by_casefold)
         addressed = [] if image_problems else _addressed(image, regions, of_image)
         annotated.update(region.region_id for region in addressed)
         # a mask's source is its file's path
@@ -340,11 +341,13 @@ def _settle(report: ImportReport, regions: dict[int, Region], taken: dict, left_
                       if any(i in regions and regions[i].state == "asked" for i in region_ids)]
 
 
-def _region_problems(image: PaintedImage, sizes: dict, regions: dict[int, Region], run_id: str | None) -> list[str]:
-    """What is wrong with the image and regions an answer addresses, before its painting is read."""
+def _region_problems(image: PaintedImage, sizes: dict, regions: dict[int, Region], run_id: str | None,
+                     by_casefold: Mapping[str, str]) -> list[str]:
+    """What is wrong with the image and regions an answer addresses, before its painting is read;
+    `by_casefold`: the run's image ids by their casefold."""
     if image.image_id not in sizes:
-        other_case = [image_id for image_id in sizes if image_id.casefold() == image.image_id.casefold()]
-        hint = f" (names are case-sensitive: this run has '{other_case[0]}')" if other_case else ""
+        other_case = by_casefold.get(image.image_id.casefold())
+        hint = f" (names are case-sensitive: this run has '{other_case}')" if other_case else ""
         return [f"{image.source}: image '{image.image_id}' is not one of this run's train images{hint}"]
     if image.run_id is not None and run_id is not None and image.run_id != run_id:
         return [f"{image.source}: a task of another run (run id {image.run_id[:8]}, this run's is {run_id[:8]}): "

@@ -21,7 +21,7 @@ import numpy as np
 from s4al.data.base import DatasetError
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.folder import COLOUR_MODES, ColourDecoder, palette_labels
-from s4al.data.io import image_mode, read_label, read_palette, transparent_pixels
+from s4al.data.io import image_mode, read_label, read_palette, system_file, transparent_pixels
 from s4al.errors import S4alError
 from s4al.text import first_of
 
@@ -96,7 +96,7 @@ def png_masks(folder: Path) -> tuple[list[Path], list[str]]:
 
 
 def _is_mask(path: Path) -> bool:
-    return path.suffix.lower() == ".png" and path.is_file()
+    return path.suffix.lower() == ".png" and path.is_file() and not system_file(path)
 
 
 def _refuse_broken_links(entries: list[Path]) -> None:

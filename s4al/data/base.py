@@ -105,8 +105,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def image_problems(self, indices: Iterable[int]) -> list[str]:
         """What keeps the images of `indices` from being read whole (a file cut short, say), each
-        decoded once; a generated image has nothing to keep it."""
-        return []
+        decoded once."""
+        problems = []
+        for index in indices:
+            try:
+                self.load_image(index)
+            except DatasetError as err:
+                problems.append(str(err))
+        return problems
 
     def __getitem__(self, index: int) -> Sample:
         return self.load(index)

@@ -153,16 +153,18 @@ class ColourDecoder:
             row, col = np.argwhere(unknown)[0]
             colour = tuple(int(c) for c in rgb[row, col])
             raise DatasetError(f"{path}: unknown mask colour {colour} at row {row}, column {col}"
-                               + self._grey_hint(colour))
+                               + self._grey_hint(rgb if where is None else rgb[where]))
         return self.class_ids[slot]
 
 
-    def _grey_hint(self, colour: tuple[int, ...]) -> str:
-        """Class ids saved as an RGB image paint greys of a class id's value: said where one would."""
-        ids = self.class_ids[self.class_ids != IGNORE_INDEX]
-        grey = len(set(colour)) == 1 and (colour[0] == IGNORE_INDEX or colour[0] <= ids.max(initial=0))
-        return " (a grey of a class id's value: a mask of class ids must be saved as a greyscale PNG, not RGB)" \
-            if grey else ""
+    def _grey_hint(self, rgb: np.ndarray) -> str:
+        """Class ids saved as an RGB image: every pixel a grey whose value is a class id or void."""
+        pixels = rgb.reshape(-1, 3)
+        values = set(np.unique(pixels[:, 0]).tolist())
+        ids = {int(i) for i in self.class_ids} | {IGNORE_INDEX}
+        grey = bool((pixels == pixels[:, :1]).all()) and values <= ids
+        return " (every pixel a grey of a class id's value: a mask of class ids must be saved as a greyscale PNG, " \
+            "not RGB)" if grey else ""
 
 
 def voc_colour_map(size: int = 256) -> np.ndarray:
@@ -261,7 +263,7 @@ class ImageFolder(FilePairDataset):
         if not (self.root / f"{self.split}.txt").is_file():
             return []  # this split takes every image another split file does not list
         images = images_by_stem(self.root / "images")
-        listed = {stem for split_file in self.root.glob("*.txt") for stem in read_stems(split_file, images)}
+        listed = {stem for split_file in split_files(self.root) for stem in read_stems(split_file, images)}
         return sorted(set(images) - listed)
 
     def _list_pairs(self, allow_unlabelled: bool) -> list[Pair]:
@@ -273,7 +275,7 @@ class ImageFolder(FilePairDataset):
             check_disjoint(split_file, stems, images)
             chosen = [images[stem] for stem in stems]
         elif self.split == "train":  # every image that no other split file claims
-            claimed = {stem for other in self.root.glob("*.txt") for stem in read_stems(other, images)}
+            claimed = {stem for other in split_files(self.root) for stem in read_stems(other, images)}
             chosen = [image for stem, image in images.items() if stem not in claimed]
         elif self.split == UNLABELLED_SPLIT:
             chosen = [image for image in images.values() if not self._mask_for(image).is_file()]
@@ -370,11 +372,17 @@ def masks_by_stem(mask_dir: Path, images: dict[str, Path]) -> dict[str, Path]:
     return masks
 
 
+def split_files(root: Path) -> list[Path]:
+    """The dataset's split lists: every .txt file beside images/ but for system files (such as the
+    ._train.txt macOS leaves beside a copy)."""
+    return sorted(path for path in root.glob("*.txt") if not system_file(path))
+
+
 def check_disjoint(split_file: Path, stems: list[str], images: dict[str, Path]) -> None:
     """A split file's images must be in no other split file: an image in train.txt and val.txt
     would be trained on and then scored as unseen."""
     listed = set(stems)
-    for other in sorted(split_file.parent.glob("*.txt")):
+    for other in split_files(split_file.parent):
         shared = [stem for stem in read_stems(other, images) if stem in listed] if other != split_file else []
         if shared:
             quoted = [f"'{stem}'" for stem in shared]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ Image.MAX_IMAGE_PIXELS = 2**29
 WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I")
 # EXIF orientations (camera and phone photos) that turn the picture by a quarter, swapping H and W.
 _QUARTER_TURNS = (5, 6, 7, 8)
-DECODING_THREADS = min(8, os.cpu_count() or 1)  # images checked at once (a few hundred MiB of 12-MP photos)
+# images checked at once (~40 MiB a 12-MP photo); the CPUs this process may use, where the system tells
+DECODING_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+LARGE_IMAGE_PIXELS = 64 * 2**20  # checked one at a time
 
 
 @dataclass(frozen=True)
@@ -64,13 +67,39 @@ def _pixels(img: Image.Image, path: Path, mode: str | None = None) -> np.ndarray
         raise DatasetError(f"{path}: corrupt image file ({err})") from None
 
 
+def _refuse_float(img: Image.Image, path: Path) -> None:
+    if img.mode == "F":  # Pillow would clip every value to 0..255: a picture of values in 0..1 turns black
+        raise DatasetError(f"{path}: a floating-point image; save it with 8- or 16-bit integer pixels, "
+                           "scaled as you want it seen")
+
+
+def image_problem(path: Path) -> str | None:
+    """What keeps read_image from reading the image at `path` (a file cut short, say), found by
+    decoding it without the copies reading makes; None where nothing does."""
+    try:
+        with _open(Path(path)) as img:
+            _refuse_float(img, path)
+            try:
+                img.load()
+            except _DECODE_ERRORS as err:
+                raise DatasetError(f"{path}: corrupt image file ({err})") from None
+    except DatasetError as err:
+        return str(err)
+    return None
+
+
+def _pixel_count(path: Path) -> int:
+    try:
+        return math.prod(read_size(path))
+    except DatasetError:
+        return 0  # image_problem says why
+
+
 def read_image(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB, whatever the file's colour mode. 16-bit greyscale keeps its top 8 bits
     (Pillow's own conversion clips every value above 255 to white)."""
     with _open(Path(path)) as img:
-        if img.mode == "F":  # Pillow would clip every value to 0..255: a picture of values in 0..1 turns black
-            raise DatasetError(f"{path}: a floating-point image; save it with 8- or 16-bit integer pixels, "
-                               "scaled as you want it seen")
+        _refuse_float(img, path)
         if img.mode not in WIDE_GREY_MODES:
             return _pixels(img, path, "RGB")
         wide = _pixels(img, path)
@@ -290,15 +319,13 @@ class FilePairDataset(SegmentationDataset):
         return problems
 
     def image_problems(self, indices: Iterable[int]) -> list[str]:
-        def problem(index: int) -> str | None:
-            try:
-                read_image(self.pairs[index].image)
-            except DatasetError as err:
-                return str(err)
-            return None
-
+        paths = {i: self.pairs[i].image for i in indices}
+        large = [i for i, path in paths.items() if _pixel_count(path) > LARGE_IMAGE_PIXELS]
+        small = [i for i in paths if i not in set(large)]
         with ThreadPoolExecutor(DECODING_THREADS) as threads:  # Pillow decodes without holding the GIL
-            return [found for found in threads.map(problem, indices) if found is not None]
+            found = dict(zip(small, threads.map(image_problem, [paths[i] for i in small])))
+        found |= {i: image_problem(paths[i]) for i in large}  # one at a time: a few GiB each
+        return [found[i] for i in paths if found[i] is not None]
 
     def load(self, index: int) -> Sample:
         image = read_image(self.pairs[index].image)

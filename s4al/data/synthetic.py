@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -308,6 +308,9 @@ class SyntheticStreets(SegmentationDataset):
     def image_size(self, index: int) -> tuple[int, int]:
         self._check(index)
         return self.height, self.width
+
+    def image_problems(self, indices: Iterable[int]) -> list[str]:
+        return []  # generated, not read
 
     def load(self, index: int) -> Sample:
         self._check(index)

@@ -199,7 +199,8 @@ def _waiting(run_dir: Path, asked: int, masked: int, project: dict | None) -> st
         answer = (f"answer in Label Studio, {project['url']}/projects/{project['id']} (`s4al query {shell(run_dir)} "
                   f"--label-studio {project['url']}` sends a cycle's tasks), then `s4al import {shell(run_dir)} "
                   f"--label-studio` (a region needs half its pixels painted), or")
-    by_masks = f" ({masked} more of images given a mask since, which answers them as the run resumes)" if masked else ""
+    by_masks = (f" (and {counted(masked, 'region')} of images given a mask since: the masks answer them as the run "
+                "resumes)") if masked else ""
     return (f"{counted(asked, 'region')} asked, waiting for answers{by_masks}; the run goes on when none is left. "
             f"Either\n  {answer}\n"
             f"  skip: `s4al skip {shell(run_dir)}` (every region still asked) or "
