@@ -15,11 +15,12 @@ relative to RUN_DIR.
 
 Durability: every write is one transaction that takes the write lock (BEGIN IMMEDIATE) before it
 validates, so a refused call writes nothing at all. An answer writes its PNG (temp file, fsync,
-rename) under a name no file has (or takes the file of these very bytes a killed call wrote),
-before the row is marked 'answered' and pointed at it in the same transaction. No answer writes over or removes a file: a kill or a failed write at any point
-leaves every row with the complete PNG it points to, as before or as after the call, and a ledger
-put back from a backup still finds the files it points to. A kill leaves PNGs no row points to
-until the same answers are given again. Temp files a kill left behind are removed by the next writer, under the write lock.
+rename) under a name no file has (or takes the file of these very bytes a killed call wrote), before
+the row is marked 'answered' and pointed at it in the same transaction. No answer writes over or
+removes a file: a kill or a failed write at any point leaves every row with the complete PNG it
+points to, as before or as after the call, and a ledger put back from a backup still finds the files
+it points to. A kill leaves PNGs no row points to until the same answers are given again. Temp files
+a kill left behind are removed by the next writer, under the write lock.
 
 A ledger of an older schema version is migrated in place when opened for writing; a read-only
 reader reads it as it is (what an older version lacks reads as unknown).
