@@ -156,15 +156,15 @@ class ColourDecoder:
                                + self._grey_hint(rgb if where is None else rgb[where]))
         return self.class_ids[slot]
 
-
     def _grey_hint(self, rgb: np.ndarray) -> str:
         """Class ids saved as an RGB image: every pixel a grey whose value is a class id or void."""
         pixels = rgb.reshape(-1, 3)
         values = set(np.unique(pixels[:, 0]).tolist())
-        ids = {int(i) for i in self.class_ids} | {IGNORE_INDEX}
-        grey = bool((pixels == pixels[:, :1]).all()) and values <= ids
-        return " (every pixel a grey of a class id's value: a mask of class ids must be saved as a greyscale PNG, " \
-            "not RGB)" if grey else ""
+        grey = bool((pixels == pixels[:, :1]).all()) and values <= {*self.class_ids.tolist(), IGNORE_INDEX}
+        if not grey:
+            return ""
+        return (" (every pixel a grey of a class id's value: a mask of class ids must be saved as a greyscale PNG, "
+                "not RGB)")
 
 
 def voc_colour_map(size: int = 256) -> np.ndarray:
