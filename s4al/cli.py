@@ -140,6 +140,7 @@ def train(
     print_config: PrintConfigOption = False,
 ) -> None:
     """Fully supervised training on every labelled train image (the denominator of label efficiency)."""
+    from s4al.train.checkpoint import check_resumable_on
     from s4al.train.trainer import Trainer
     from s4al.train.data import TrainData
 
@@ -155,6 +156,7 @@ def train(
         with distributed.main_first():  # rank 0 checks and writes the folder; the others wait for it
             folder = RunFolder.for_training(out, cfg) if distributed.is_main() else RunFolder(out)
             if distributed.is_main():
+                check_resumable_on(folder.checkpoint_path(0), distributed.world_size())
                 _note(record_start(folder.starts_log, dev, distributed.world_size()))
         train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
         val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, cfg.seed)
@@ -271,6 +273,7 @@ def run(
             _check_cycle0_lender(cycle0_from, run_dir, cfg or RunFolder.open(run_dir, lock=False).config(changes))
         with ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes) as active_run:
             if distributed.is_main():
+                active_run.check_resumable()
                 _note(record_start(active_run.folder.starts_log, dev, distributed.world_size()))
                 if cfg is not None or "cycles" in changes.get("active", {}):  # the cycles' epochs are set now
                     for note in cold_start_notes(active_run.cfg):

@@ -15,6 +15,8 @@ from s4al.cli import app
 from s4al.config import save_config
 from s4al.report.html import write_report
 from s4al.run_folder import RunFolder
+from s4al.train.checkpoint import load_checkpoint, save_checkpoint
+from s4al.train.trainer import Trainer
 from test_cycle import cycle_config
 
 
@@ -85,6 +87,31 @@ def test_each_start_of_a_run_is_recorded_with_its_command_and_shown_in_the_repor
     assert {start.get("git_commit") for start in starts} == {commit}
     page = write_report(run_dir).read_text()
     assert f"s4al run --resume {run_dir} --quiet" in page and f"s4al run --out {run_dir}" in page
+
+
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_a_resume_refused_for_the_processes_that_trained_its_checkpoint_records_no_start(tmp_path, monkeypatch, command):
+    config = tmp_path / "config.yaml"
+    save_config(cycle_config(train={"epochs": 2, "eval_every": 1, "checkpoint_every": 1}, active={"cycles": 0}), config)
+    run_dir = tmp_path / "run"
+    evaluate = Trainer._evaluate
+
+    def killed_at_the_second_evaluation(trainer, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        evaluate(trainer, epoch)
+
+    monkeypatch.setattr(Trainer, "_evaluate", killed_at_the_second_evaluation)
+    first = [command, "--out", str(run_dir), "--config", str(config), "--quiet"]
+    assert CliRunner().invoke(app, first).exit_code != 0
+    path = RunFolder(run_dir).checkpoint_path(0)
+    state = load_checkpoint(path)
+    assert state["step"] == 2 and state["total_steps"] == 4  # the epoch-1 checkpoint
+    save_checkpoint({**state, "processes": 4}, path)  # as 4 torchrun processes would have left it
+    again = ["run", "--resume", str(run_dir), "--quiet"] if command == "run" else first
+    result = CliRunner().invoke(app, again)
+    assert result.exit_code != 0 and f"{path}: trained on 4 processes, this run has 1" in " ".join(result.output.split())
+    assert len(RunFolder(run_dir).starts_log.read_text().splitlines()) == 1
 
 
 def test_a_run_made_anew_in_the_folder_of_one_that_never_began_forgets_that_start(tmp_path):

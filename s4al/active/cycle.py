@@ -34,7 +34,7 @@ from s4al.errors import S4alWarning
 from s4al.text import counted, first_of, shell
 from s4al.evaluate import evaluate
 from s4al.run_folder import RunFolder, RunFolderError
-from s4al.train.checkpoint import load_checkpoint, load_trained_model
+from s4al.train.checkpoint import check_resumable_on, load_checkpoint, load_trained_model
 from s4al.seeding import derive_seed
 from s4al.distributed import setup_device
 from s4al.train.trainer import Trainer
@@ -138,6 +138,13 @@ class ActiveLearningRun(AbstractContextManager):
 
     def _set_phase(self, cycle: int, phase: str, metrics: dict | None = None) -> None:
         self._on_main(lambda: self.phases.set_phase(cycle, phase, metrics))
+
+    def check_resumable(self) -> None:
+        """Refuses, before a start is recorded, a cycle stopped while training that this job may not
+        resume (s4al/train/checkpoint.py)."""
+        cycle = self.phases.last_cycle() or 0
+        if self.phases.phase(cycle) in (None, "train"):
+            check_resumable_on(self.folder.checkpoint_path(cycle), distributed.world_size())
 
     # ---- the loop -------------------------------------------------------------------------
     @property

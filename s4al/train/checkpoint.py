@@ -82,6 +82,31 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+def refuse_other_processes(state: dict, path: Path, processes: int) -> None:
+    """A cycle's unfinished checkpoint resumes only on as many processes as trained it:
+    train.batch_size is per process, so the rest of the cycle would train on other batches."""
+    trained_on = state.get("processes", processes)  # not recorded by older checkpoints
+    if trained_on == processes or state["step"] >= state["total_steps"]:
+        return
+    how = "without torchrun" if trained_on == 1 else "torchrun: --nnodes times --nproc_per_node"
+    raise S4alError(
+        f"{path}: trained on {_processes(trained_on)}, this run has {processes}; resume it on "
+        f"{_processes(trained_on)} ({how}): train.batch_size is per process, so the rest of the cycle would train "
+        f"on other batches. To train the cycle anew on {_processes(processes)} (its {state['step']} steps lost), "
+        "remove that file first"
+    )
+
+
+def check_resumable_on(path: Path, processes: int) -> None:
+    """refuse_other_processes for the checkpoint at `path`, if there is one: before a start is recorded."""
+    if path.is_file():
+        refuse_other_processes(load_checkpoint(path), path, processes)
+
+
+def _processes(count: int) -> str:
+    return counted(count, "process", "processes")
+
+
 def damaged_part(path: Path) -> str | None:
     """The first part of a checkpoint (an entry of the zip archive torch.save writes) whose bytes fail
     the CRC-32 written with them, or None: torch.load reads such bytes without a word. A file that is

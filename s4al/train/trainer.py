@@ -51,7 +51,7 @@ from s4al.ssl.losses import (
     apply_annotations, confidence_ratio, supervised_loss, unsupervised_loss,
 )
 from s4al.ssl.mean_teacher import MeanTeacher, pseudo_labels_from_probs
-from s4al.train.checkpoint import load_checkpoint, save_checkpoint, write_metrics_log
+from s4al.train.checkpoint import load_checkpoint, refuse_other_processes, save_checkpoint, write_metrics_log
 from s4al.train.batches import BatchSource, StepBatch
 from s4al.train.data import TrainData, labelled_class_counts, warn_padded_crops, warn_unlabelled_classes
 from s4al.train.graphs import StudentPasses, teacher_pass
@@ -80,10 +80,6 @@ class TrainResult:
     def final_scores(self) -> dict:
         """The last evaluation's scores, without where in training it was made."""
         return {k: v for k, v in self.history[-1].items() if k not in ("cycle", "epoch", "step")}
-
-
-def _processes(count: int) -> str:
-    return counted(count, "process", "processes")
 
 
 def poly_schedule(total_steps: int, power: float) -> Callable[[int], float]:
@@ -310,15 +306,7 @@ class Trainer:
                 f"{self.checkpoint_path}: made for {state['total_steps']} steps, this run has {self.total_steps}"
             )
         self._check_trained_on_these_labels(state.get("labels"))  # not recorded by older checkpoints
-        processes = state.get("processes", distributed.world_size())  # not recorded by older checkpoints
-        if processes != distributed.world_size() and state["step"] < state["total_steps"]:
-            how = "without torchrun" if processes == 1 else "torchrun: --nnodes times --nproc_per_node"
-            raise S4alError(
-                f"{self.checkpoint_path}: trained on {_processes(processes)}, this run has "
-                f"{distributed.world_size()}; resume it on {_processes(processes)} ({how}): train.batch_size is "
-                f"per process, so the rest of the cycle would train on other batches. To train the cycle anew on "
-                f"{_processes(distributed.world_size())} (its {state['step']} steps lost), remove that file first"
-            )
+        refuse_other_processes(state, self.checkpoint_path, distributed.world_size())
         self.student.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
         if self.alignment is not None:
