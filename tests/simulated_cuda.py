@@ -1,0 +1,327 @@
+"""The CUDA fast path run on a CPU against a simulated GPU, to find what only a GPU would show:
+a host tensor meeting a device tensor in an operation (a device mismatch), and a host read of a
+device value inside a training step (a synchronisation that stalls the GPU).
+
+Every tensor on "cuda" is a FakeTensor (shape, dtype, device, no data), operated on by
+torch's FakeTensorMode; operations on host tensors alone run for real, so the host's side (the
+sampler, the parameter draws, the dataset) computes as it does on a GPU machine. Reading a device
+tensor on the host (.item(), .tolist(), .cpu(), bool(), ...) is refused while `reads.allowed` is
+False, else counted and answered with zeros.
+
+Writing a host tensor into a device one by indexing is refused too (torch would copy it from
+pageable memory, which may wait for everything queued on the GPU; s4al copies through
+data.batches.host_to_device).
+
+Not simulated, so left to the GPU tests: backward (autograd's engine needs a CUDA context; the
+cases below give each parameter a gradient of its shape instead), the fused SGD step (no kernel
+without CUDA), CUDA graphs, the values themselves.
+
+Run as `python tests/simulated_cuda.py CASE`; it prints one JSON line (tests/test_simulated_cuda.py).
+The patches are global, so it runs in a process of its own."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+MODE = FakeTensorMode(allow_non_fake_inputs=True)
+
+
+class Reads:
+    allowed = False
+    seen: list[tuple[str, tuple[int, ...]]] = []
+
+
+reads = Reads()
+
+
+def on_device(t: torch.Tensor) -> FakeTensor:
+    """A fake copy of `t` on cuda:0."""
+    if isinstance(t, FakeTensor):
+        return t
+    with unset_fake_temporarily():
+        meta = t.detach().to("meta")
+    return FakeTensor(MODE, meta, torch.device("cuda", 0))
+
+
+class DeviceOpsFaked(TorchDispatchMode):
+    """Operations touching a device tensor, or making one, run in the fake mode; the others for real."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        leaves = tree_leaves((args, kwargs))
+        if any(isinstance(x, FakeTensor) or isinstance(x, torch.device) and x.type == "cuda" for x in leaves):
+            with MODE:
+                return func(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+class _Stub:
+    """A CUDA event or stream: every method does nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def _stub_cuda_runtime() -> None:
+    cuda = torch.cuda
+    cuda.is_available = lambda: True
+    cuda._lazy_init = lambda: None
+    cuda.device_count = lambda: 1
+    cuda.current_device = lambda: 0
+    cuda.is_bf16_supported = lambda *args, **kwargs: True
+    cuda.mem_get_info = lambda *args: (100 * 2**30, 140 * 2**30)
+    cuda.get_device_name = lambda *args: "simulated"
+    for name in ("memory_allocated", "memory_reserved", "max_memory_allocated"):
+        setattr(cuda, name, lambda *args: 0)
+    for name in ("reset_peak_memory_stats", "empty_cache", "set_device", "synchronize", "set_rng_state",
+                 "manual_seed", "manual_seed_all"):
+        setattr(cuda, name, lambda *args: None)
+    cuda.get_rng_state = lambda *args: torch.zeros(16, dtype=torch.uint8)
+    cuda.Event = cuda.Stream = _Stub
+    cuda.current_stream = lambda *args: _Stub()
+    cuda.stream = lambda *args: contextlib.nullcontext()
+    FakeTensorMode.avoid_device_init = property(lambda self: True)  # no real CUDA call for a constant's copy
+    torch.Tensor.pin_memory = lambda self, *args: self
+    torch.Tensor.is_pinned = lambda self, *args: True
+
+
+def _module_to_device() -> None:
+    """Module.to(cuda) swaps each parameter and buffer for a fake one (torch's own swap refuses fakes)."""
+    to = torch.nn.Module.to
+
+    def module_to(self, *args, **kwargs):
+        first = args[0] if args and isinstance(args[0], (str, torch.device)) else None
+        target = kwargs.pop("device", first)
+        if target is None or torch.device(target).type != "cuda":
+            return to(self, *args, **kwargs) if target is None else to(self, target, *args[first is not None:], **kwargs)
+        for module in self.modules():
+            for name, p in module._parameters.items():
+                if p is not None:
+                    module._parameters[name] = torch.nn.Parameter(on_device(p), p.requires_grad)
+            for name, b in module._buffers.items():
+                if b is not None:
+                    module._buffers[name] = on_device(b)
+        rest = args[first is not None:]
+        return to(self, *rest, **kwargs) if rest or kwargs else self
+
+    torch.nn.Module.to = module_to
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+
+
+def _meta(x):
+    if isinstance(x, torch.Tensor):
+        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
+    if isinstance(x, (tuple, list)):
+        return type(x)(_meta(i) for i in x)
+    return x
+
+
+def _sliced(t: torch.Tensor, index: tuple) -> torch.Tensor:
+    """Basic indexing (ints, slices, Ellipsis, None) by dispatched, differentiable operations."""
+    given = sum(1 for i in index if i is not None and i is not Ellipsis)
+    dim = 0
+    for i in index:
+        if i is Ellipsis:
+            dim += t.dim() - given
+        elif i is None:
+            t, dim = t.unsqueeze(dim), dim + 1
+        elif isinstance(i, int):
+            t = t.select(dim, i)
+        else:
+            start, stop, step = i.indices(t.shape[dim])
+            t, dim = torch.ops.aten.slice.Tensor(t, dim, start, stop, step), dim + 1
+    return t
+
+
+def _indexing() -> None:
+    """Python indexing sets a CUDA device guard (a real CUDA call) before dispatch: on fake tensors
+    it is done by dispatched operations instead."""
+    getitem, setitem = torch.Tensor.__getitem__, torch.Tensor.__setitem__
+
+    def fake_getitem(self, index):
+        if not isinstance(self, FakeTensor):
+            return getitem(self, index)
+        index = index if isinstance(index, tuple) else (index,)
+        if all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in index):
+            return _sliced(self, index)
+        if not all(isinstance(i, torch.Tensor) or i == slice(None) for i in index):
+            raise NotImplementedError(f"simulated indexing of {index}")
+        return torch.ops.aten.index.Tensor(self, [i if isinstance(i, torch.Tensor) else None for i in index])
+
+    def fake_setitem(self, index, value):
+        if not isinstance(self, FakeTensor):
+            return setitem(self, index, value)
+        setitem(_meta(self), _meta(index), _meta(value))  # shapes checked; no values to write
+        for part in tree_leaves((index, value)):
+            if isinstance(part, torch.Tensor) and part.dim() and not isinstance(part, FakeTensor):
+                # torch copies it, from pageable memory: a copy that may wait for the GPU's queue
+                raise RuntimeError(f"a host tensor {tuple(part.shape)} written into a device tensor by indexing")
+
+    torch.Tensor.__getitem__, torch.Tensor.__setitem__ = fake_getitem, fake_setitem
+
+
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.bfloat16: np.float32, torch.float16: np.float16,
+          torch.int64: np.int64, torch.int32: np.int32, torch.uint8: np.uint8, torch.bool: np.bool_}
+
+
+def _zeros(t: torch.Tensor) -> np.ndarray:
+    return np.zeros(tuple(t.shape), _NUMPY[t.dtype])
+
+
+def _host_reads() -> None:
+    def guarded(name: str, answer):
+        method = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            if not isinstance(self, FakeTensor):
+                return method(self, *args, **kwargs)
+            if not reads.allowed:
+                raise RuntimeError(f"host read ({name}) of a device tensor {tuple(self.shape)}")
+            reads.seen.append((name, tuple(self.shape)))
+            return answer(self)
+
+        setattr(torch.Tensor, name, read)
+
+    guarded("numpy", _zeros)
+    guarded("tolist", lambda t: _zeros(t).tolist())
+    guarded("item", lambda t: 0)
+    guarded("cpu", lambda t: torch.from_numpy(_zeros(t)))
+    guarded("__bool__", lambda t: True)
+    guarded("__float__", lambda t: 0.0)
+    guarded("__int__", lambda t: 0)
+    guarded("__index__", lambda t: 0)
+    to = torch.Tensor.to
+
+    def to_host(self, *args, **kwargs):
+        first = args[0] if args and isinstance(args[0], (str, torch.device)) else None
+        target = kwargs.get("device", first)
+        if not isinstance(self, FakeTensor) or target is None or torch.device(target).type != "cpu":
+            return to(self, *args, **kwargs)
+        rest = {k: v for k, v in kwargs.items() if k not in ("device", "non_blocking", "copy")}
+        host = self.cpu()
+        return to(host, *args[first is not None:], **rest)
+
+    torch.Tensor.to = to_host
+
+
+def simulate_cuda() -> DeviceOpsFaked:
+    """Installs the simulation (for the rest of the process) and returns its dispatch mode, to enter."""
+    _stub_cuda_runtime()
+    _module_to_device()
+    _indexing()
+    _host_reads()
+    return DeviceOpsFaked()
+
+
+# ---- the cases ------------------------------------------------------------------------------------
+LEARNERS = {
+    "default": {},
+    "paper": {"distribution_alignment": "off", "class_normalised_confidence": False, "freeze_bn_on_unlabelled": False},
+    "probabilities": {"distribution_alignment": "probabilities", "alignment_target": "labelled"},
+    "plain_classmix": {"balanced_classmix": False},
+}
+
+
+def _gradients_instead_of_backward() -> None:
+    from s4al.train import graphs
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if not loss.requires_grad:
+            raise RuntimeError("the loss does not depend on the student's parameters")
+        for p in self._params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+
+    graphs.StudentPasses.backward = backward
+
+
+def training_steps(run_dir: Path) -> dict:
+    """Every step of a tiny SSL training (cold start, SSL, SSL with replay) per learner: the
+    losses each step returns and where they are, the precision, the reads (none allowed)."""
+    from conftest import ssl_data, tiny_config
+    from s4al.train.trainer import Trainer
+
+    _gradients_instead_of_backward()
+    out = {}
+    for name, learner in LEARNERS.items():
+        cfg = tiny_config(ssl={"confidence_threshold": 0.0, **learner},
+                          train={"fast": "on", "device": "cuda", "cuda_graphs": False})
+        data, val = ssl_data(cfg)
+        trainer = Trainer(cfg, data, val, run_dir / name)
+        trainer.optimizer.step = lambda *args, **kwargs: None  # the fused step has no kernel here
+        steps = []
+        for batch in trainer.batches():
+            logs = trainer.train_step(trainer.step, *batch)
+            trainer.step += 1
+            steps.append({key: str(value.device) for key, value in logs.items()})
+        out[name] = {"amp": trainer.amp, "fast": trainer.fast, "sgd": trainer.sgd_flags, "steps": steps}
+    return out
+
+
+def inference() -> dict:
+    """Evaluation, pool scoring and Core-Set's features, from the device cache (train.fast on) and
+    from loader workers (off): the host reads each makes."""
+    from conftest import ssl_data, tiny_config
+    from s4al.acquisition.pool import choose_images, score_cells
+    from s4al.evaluate import evaluate
+    from s4al.model import build_model
+
+    cfg = tiny_config(train={"fast": "on", "device": "cuda"})
+    data, val = ssl_data(cfg)
+    device = torch.device("cuda")
+    model = build_model(cfg.model, val.classes.num_classes).to(device).eval()
+    pool = list(range(len(data.dataset)))
+    reads.allowed = True
+    out = {}
+    for fast in ("on", "off"):
+        runs = {"evaluation": lambda: evaluate(model, val, 4, device, fast=fast)}
+        for metric in ("entropy", "margin", "least_confidence", "random"):
+            active = cfg.active.model_copy(update={"metric": metric})
+            runs[f"cells_{metric}"] = lambda a=active: score_cells(model, data.dataset, pool, {}, a, device, 0, fast=fast)
+        for metric, level in (("entropy", "image"), ("coreset", "image")):
+            active = cfg.active.model_copy(update={"metric": metric, "level": level})
+            runs[f"images_{metric}"] = lambda a=active: choose_images(model, data.dataset, [], pool, 4, a, device, 0,
+                                                                      fast=fast)
+        for name, run in runs.items():
+            reads.seen.clear()
+            run()
+            out[f"fast_{fast}_{name}"] = [list(read) for read in reads.seen]
+    return out
+
+
+def controls() -> dict:
+    """What the simulation refuses: the error of a host tensor meeting a device one, of a host read."""
+    def error(fn) -> str | None:
+        try:
+            fn()
+        except Exception as err:  # noqa: BLE001 - the error is the result
+            return f"{type(err).__name__}: {err}"
+        return None
+
+    device = torch.zeros(4, 3, device="cuda")
+    return {"host_meets_device": error(lambda: device + torch.ones(4, 3)),
+            "host_scalar_meets_device": error(lambda: device + torch.tensor(2.0)),
+            "host_read": error(lambda: bool((device > 0).any())),
+            "host_index_write": error(lambda: device.__setitem__(slice(0, 2), torch.ones(2, 3)))}
+
+
+CASES = {"training": training_steps, "inference": inference, "controls": controls}
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    case, run_dir = sys.argv[1], Path(sys.argv[2])
+    with simulate_cuda():
+        result = CASES[case](run_dir) if case == "training" else CASES[case]()
+    print(json.dumps(result))

@@ -1,0 +1,56 @@
+"""The CUDA fast path on a simulated GPU (tests/simulated_cuda.py): no host tensor meets a device
+tensor, a training step reads nothing back, inference reads its result back once."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="a real GPU runs the fast path itself")
+
+SSL_STEP_LOGS = {"loss/sup", "loss/unsup", "eta/unsup"}
+REPLAY_STEP_LOGS = SSL_STEP_LOGS | {"loss/replay", "eta/replay"}
+
+
+def simulated(case: str, tmp_path: Path) -> dict:
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("simulated_cuda.py")), case, str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_every_fast_ssl_step_keeps_its_tensors_on_a_simulated_gpu_and_reads_nothing_back(tmp_path):
+    # a host read inside a step, or a host tensor in one of its operations, ends the process with the error
+    learners = simulated("training", tmp_path)
+    assert set(learners) == {"default", "paper", "probabilities", "plain_classmix"}
+    for name, run in learners.items():
+        assert run["fast"] and run["amp"] and run["sgd"] == {"fused": True}, name
+        # 2 cold-start steps, a first SSL step (the replay buffer empty), one with replay
+        assert [set(step) for step in run["steps"]] == [{"loss/sup"}, {"loss/sup"}, SSL_STEP_LOGS, REPLAY_STEP_LOGS]
+        assert {device for step in run["steps"] for device in step.values()} == {"cuda:0"}, name
+
+
+def test_inference_on_a_simulated_gpu_reads_back_once_from_the_device_cache_and_per_batch_from_loaders(tmp_path):
+    reads = simulated("inference", tmp_path)
+    scorings = ["cells_entropy", "cells_margin", "cells_least_confidence", "cells_random", "images_entropy",
+                "images_coreset"]
+    assert set(reads) == {f"fast_{fast}_{name}" for fast in ("on", "off") for name in ["evaluation", *scorings]}
+    pool, batch = 20, 4  # tiny_config: 20 train images, all scored; active.score_batch_size
+    assert [len(reads[f"fast_{fast}_evaluation"]) for fast in ("on", "off")] == [1, 1]  # the confusion matrix
+    for name in scorings:
+        # the device cache: the whole pool's scores (Core-Set: features) in one copy, after the last batch
+        [(_, shape)] = reads[f"fast_on_{name}"]
+        assert shape[0] == pool, name
+        # loader batches: each batch's, copied as the next is scored
+        assert [shape[0] for _, shape in reads[f"fast_off_{name}"]] == [batch] * (pool // batch), name
+
+
+def test_the_simulation_refuses_a_host_tensor_in_a_device_operation_and_a_host_read(tmp_path):
+    errors = simulated("controls", tmp_path)
+    assert "same device" in errors["host_meets_device"]
+    assert errors["host_scalar_meets_device"] is None  # a 0-dim host tensor is a scalar to torch on a GPU too
+    assert "host read (__bool__)" in errors["host_read"]
+    assert "written into a device tensor" in errors["host_index_write"]
