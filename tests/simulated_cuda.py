@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch._subclasses import fake_tensor
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -93,6 +94,7 @@ def _stub_cuda_runtime() -> None:
     cuda.current_stream = lambda *args: _Stub()
     cuda.stream = lambda *args: contextlib.nullcontext()
     FakeTensorMode.avoid_device_init = property(lambda self: True)  # no real CUDA call for a constant's copy
+    fake_tensor.init_gpu_context = lambda device: None  # where CUDA looks available, a real tensor (torch 2.11)
     torch.Tensor.pin_memory = lambda self, *args: self
     torch.Tensor.is_pinned = lambda self, *args: True
 
