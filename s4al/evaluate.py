@@ -16,7 +16,7 @@ from torch import nn
 
 from s4al import distributed
 from s4al.config import FastMode
-from s4al.data.base import SegmentationDataset
+from s4al.data.base import DatasetError, SegmentationDataset
 from s4al.inference import bf16_inference, inference_batches, inference_cache
 from s4al.errors import S4alWarning
 from s4al.text import first_of
@@ -51,10 +51,22 @@ def evaluate(
     return scores_from_confusion(matrix)
 
 
+def refuse_unscored(scores: SegmentationScores, dataset: SegmentationDataset, split: str) -> None:
+    """A split of which no pixel is labelled scores nothing (its mIoU is undefined): refused, named
+    by `split`, where a run needs its scores."""
+    if scores.miou != scores.miou:  # NaN: no class is in the truth or the predictions of a labelled pixel
+        raise DatasetError(f"{split}: none of its {len(dataset)} images holds a labelled pixel (every mask is void), "
+                           "so there is nothing to score")
+
+
 def _warn_unseen_classes(dataset: SegmentationDataset, matrix: torch.Tensor) -> None:
     """Names the classes no evaluated pixel holds: mIoU leaves out those the model does not predict
     either, and counts 0 for those it predicts (scores_from_confusion)."""
     truth, predicted = matrix.sum(1).tolist(), matrix.sum(0).tolist()
+    if not any(truth):
+        warnings.warn(f"the {len(dataset)} evaluated images hold no labelled pixel (every mask is void): nothing is "
+                      "scored", S4alWarning)
+        return
     unseen = [(name, p > 0) for name, t, p in zip(dataset.classes.names, truth, predicted) if t == 0]
     for is_predicted, what in ((False, "not measured: mIoU averages the other classes"),
                                (True, "0 wherever the model predicts it, and mIoU counts it so")):

@@ -84,3 +84,7 @@ def test_classes_no_evaluated_pixel_holds_are_named_as_mIoU_treats_them():
         "the 3 evaluated images hold no pixel of class car: its IoU is 0 wherever the model predicts it, and mIoU "
         "counts it so"]
     assert scores_from_confusion(cm).iou[1:] == (0.0, pytest.approx(float("nan"), nan_ok=True))
+    with pytest.warns(S4alWarning) as said:  # every mask void: no class is named, nothing is averaged
+        _warn_unseen_classes(ThreeImages(), torch.zeros(3, 3, dtype=torch.long))
+    assert [str(w.message) for w in said] == [
+        "the 3 evaluated images hold no labelled pixel (every mask is void): nothing is scored"]

@@ -32,7 +32,7 @@ from s4al.data import DatasetError, build_dataset
 from s4al.data.base import refuse_bad_labels
 from s4al.errors import S4alWarning
 from s4al.text import counted, first_of, shell
-from s4al.evaluate import evaluate
+from s4al.evaluate import evaluate, refuse_unscored
 from s4al.run_folder import RunFolder, RunFolderError
 from s4al.train.checkpoint import check_resumable_on, load_checkpoint, load_trained_model
 from s4al.seeding import derive_seed
@@ -249,6 +249,8 @@ class ActiveLearningRun(AbstractContextManager):
         if self.test_set is not None:
             scores = evaluate(result.teacher, self.test_set, self.cfg.train.eval_batch_size, self.device,
                               fast=self.cfg.train.fast)
+            refuse_unscored(scores, self.test_set, f"dataset.test_split '{self.cfg.dataset.test_split}' of "
+                                                   f"{self.cfg.dataset.root or self.cfg.dataset.name}")
             metrics["test"] = scores.as_dict(self.test_set.classes.names)
         if cycle < self.final_cycle:
             self._set_phase(cycle, "acquire", metrics)
