@@ -233,6 +233,7 @@ LEARNERS = {
     "paper": {"distribution_alignment": "off", "class_normalised_confidence": False, "freeze_bn_on_unlabelled": False},
     "probabilities": {"distribution_alignment": "probabilities", "alignment_target": "labelled"},
     "plain_classmix": {"balanced_classmix": False},
+    "supervised": {"enabled": False},
 }
 
 
@@ -249,8 +250,18 @@ def _gradients_instead_of_backward() -> None:
     graphs.StudentPasses.backward = backward
 
 
+def with_answers(data):
+    """`data` with two pool images answered in their top-left 16x16 region, as a later cycle trains."""
+    from s4al.train.data import TrainData
+
+    box = (0, 0, 16, 16)
+    answers = {i: [(box, data.dataset.load_label(i)[:16, :16])] for i in data.pool[:2]}
+    return TrainData(data.dataset, data.labelled, data.pool, answers)
+
+
 def training_steps(run_dir: Path) -> dict:
-    """Every step of a tiny SSL training (cold start, SSL, SSL with replay) per learner: the
+    """Every step of a tiny training per learner, two pool images answered in a region (with SSL:
+    cold start, SSL, SSL with replay; without: the answered images join the labelled batches): the
     losses each step returns and where they are, the precision, the reads (none allowed)."""
     from conftest import ssl_data, tiny_config
     from s4al.train.trainer import Trainer
@@ -261,7 +272,7 @@ def training_steps(run_dir: Path) -> dict:
         cfg = tiny_config(ssl={"confidence_threshold": 0.0, **learner},
                           train={"fast": "on", "device": "cuda", "cuda_graphs": False})
         data, val = ssl_data(cfg)
-        trainer = Trainer(cfg, data, val, run_dir / name)
+        trainer = Trainer(cfg, with_answers(data), val, run_dir / name)
         trainer.optimizer.step = lambda *args, **kwargs: None  # the fused step has no kernel here
         steps = []
         for batch in trainer.batches():

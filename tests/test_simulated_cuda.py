@@ -26,12 +26,14 @@ def simulated(case: str, tmp_path: Path) -> dict:
 def test_every_fast_ssl_step_keeps_its_tensors_on_a_simulated_gpu_and_reads_nothing_back(tmp_path):
     # a host read inside a step, or a host tensor in one of its operations, ends the process with the error
     learners = simulated("training", tmp_path)
-    assert set(learners) == {"default", "paper", "probabilities", "plain_classmix"}
+    assert set(learners) == {"default", "paper", "probabilities", "plain_classmix", "supervised"}
     for name, run in learners.items():
         assert run["fast"] and run["amp"] and run["sgd"] == {"fused": True}, name
-        # 2 cold-start steps, a first SSL step (the replay buffer empty), one with replay
-        assert [set(step) for step in run["steps"]] == [{"loss/sup"}, {"loss/sup"}, SSL_STEP_LOGS, REPLAY_STEP_LOGS]
         assert {device for step in run["steps"] for device in step.values()} == {"cuda:0"}, name
+        if name == "supervised":
+            assert [set(step) for step in run["steps"]] == [{"loss/sup"}] * 4
+        else:  # 2 cold-start steps, a first SSL step (the replay buffer empty), one with replay
+            assert [set(step) for step in run["steps"]] == [{"loss/sup"}, {"loss/sup"}, SSL_STEP_LOGS, REPLAY_STEP_LOGS]
 
 
 def test_inference_on_a_simulated_gpu_reads_back_once_from_the_device_cache_and_per_batch_from_loaders(tmp_path):
