@@ -6,7 +6,7 @@ Every tensor on "cuda" is a FakeTensor (shape, dtype, device, no data), operated
 torch's FakeTensorMode; operations on host tensors alone run for real, so the host's side (the
 sampler, the parameter draws, the dataset) computes as it does on a GPU machine. Reading a device
 tensor on the host (.item(), .tolist(), .cpu(), bool(), ...) is refused while `reads.allowed` is
-False, else counted and answered with zeros.
+False, else counted and answered with ones (a confusion matrix of ones scores every class).
 
 Writing a host tensor into a device one by indexing is refused too (torch would copy it from
 pageable memory, which may wait for everything queued on the GPU; s4al copies through
@@ -31,7 +31,7 @@ import torch
 from torch._subclasses import fake_tensor
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_map
 
 MODE = FakeTensorMode(allow_non_fake_inputs=True)
 
@@ -178,8 +178,8 @@ _NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.bfloat16: 
           torch.int64: np.int64, torch.int32: np.int32, torch.uint8: np.uint8, torch.bool: np.bool_}
 
 
-def _zeros(t: torch.Tensor) -> np.ndarray:
-    return np.zeros(tuple(t.shape), _NUMPY[t.dtype])
+def _ones(t: torch.Tensor) -> np.ndarray:
+    return np.ones(tuple(t.shape), _NUMPY[t.dtype])
 
 
 def _host_reads() -> None:
@@ -195,15 +195,17 @@ def _host_reads() -> None:
             return answer(self)
 
         setattr(torch.Tensor, name, read)
+        if name in vars(FakeTensor):  # its own tolist reads element by element
+            setattr(FakeTensor, name, read)
 
-    guarded("numpy", _zeros)
-    guarded("tolist", lambda t: _zeros(t).tolist())
-    guarded("item", lambda t: 0)
-    guarded("cpu", lambda t: torch.from_numpy(_zeros(t)))
+    guarded("numpy", _ones)
+    guarded("tolist", lambda t: _ones(t).tolist())
+    guarded("item", lambda t: 1)
+    guarded("cpu", lambda t: torch.from_numpy(_ones(t)))
     guarded("__bool__", lambda t: True)
-    guarded("__float__", lambda t: 0.0)
-    guarded("__int__", lambda t: 0)
-    guarded("__index__", lambda t: 0)
+    guarded("__float__", lambda t: 1.0)
+    guarded("__int__", lambda t: 1)
+    guarded("__index__", lambda t: 1)
     to = torch.Tensor.to
 
     def to_host(self, *args, **kwargs):
@@ -218,12 +220,24 @@ def _host_reads() -> None:
     torch.Tensor.to = to_host
 
 
+def _saving() -> None:
+    """torch.save writes each device tensor as a host tensor of ones (a checkpoint is not a read counted)."""
+    save = torch.save
+
+    def save_on_host(obj, *args, **kwargs):
+        return save(tree_map(lambda x: torch.from_numpy(_ones(x)) if isinstance(x, FakeTensor) else x, obj),
+                    *args, **kwargs)
+
+    torch.save = save_on_host
+
+
 def simulate_cuda() -> DeviceOpsFaked:
     """Installs the simulation (for the rest of the process) and returns its dispatch mode, to enter."""
     _stub_cuda_runtime()
     _module_to_device()
     _indexing()
     _host_reads()
+    _saving()
     return DeviceOpsFaked()
 
 
@@ -283,6 +297,27 @@ def training_steps(run_dir: Path) -> dict:
     return out
 
 
+def fit(run_dir: Path) -> dict:
+    """The host reads of a whole fit (2 epochs, the second with SSL and replay, evaluated and
+    checkpointed after each) with 2 and with 6 steps an epoch: (kind, shape) each, in order."""
+    from conftest import ssl_data, tiny_config
+    from s4al.train.trainer import Trainer
+
+    _gradients_instead_of_backward()
+    reads.allowed = True
+    out = {}
+    for steps in (2, 6):
+        cfg = tiny_config(ssl={"confidence_threshold": 0.0}, train={
+            "fast": "on", "device": "cuda", "cuda_graphs": False, "iters_per_epoch": steps, "epochs": 2})
+        data, val = ssl_data(cfg)
+        trainer = Trainer(cfg, with_answers(data), val, run_dir / f"steps_{steps}")
+        trainer.optimizer.step = lambda *args, **kwargs: None
+        reads.seen.clear()
+        trainer.fit()
+        out[steps] = [list(read) for read in reads.seen]
+    return out
+
+
 def inference() -> dict:
     """Evaluation, pool scoring and Core-Set's features, from the device cache (train.fast on) and
     from loader workers (off): the host reads each makes."""
@@ -330,11 +365,11 @@ def controls() -> dict:
             "host_index_write": error(lambda: device.__setitem__(slice(0, 2), torch.ones(2, 3)))}
 
 
-CASES = {"training": training_steps, "inference": inference, "controls": controls}
+CASES = {"training": training_steps, "fit": fit, "inference": inference, "controls": controls}
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
     case, run_dir = sys.argv[1], Path(sys.argv[2])
     with simulate_cuda():
-        result = CASES[case](run_dir) if case == "training" else CASES[case]()
+        result = CASES[case](run_dir) if case in ("training", "fit") else CASES[case]()
     print(json.dumps(result))
