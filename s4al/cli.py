@@ -140,6 +140,7 @@ def train(
     print_config: PrintConfigOption = False,
 ) -> None:
     """Fully supervised training on every labelled train image (the denominator of label efficiency)."""
+    from s4al.evaluate import unscored_split
     from s4al.train.checkpoint import check_resumable_on
     from s4al.train.trainer import Trainer
     from s4al.train.data import TrainData
@@ -167,6 +168,9 @@ def train(
         rank_checks.read_the_same_classes(train_set)
         if not labelled:
             raise DatasetError(f"train split '{cfg.dataset.train_split}' of {cfg.dataset.root}: no image has a label")
+        unscored = unscored_split(val_set, f"val split '{cfg.dataset.val_split}' of {cfg.dataset.root}")
+        if unscored:
+            raise DatasetError(unscored)
         if len(labelled) < len(train_set) and distributed.is_main():
             console.print(f"training on the {len(labelled)} of {len(train_set)} train images that have a label")
         with _monitor(folder, quiet, f"s4al train --out {shell(out)} with the same --config and --set") as monitor:
@@ -273,7 +277,6 @@ def run(
             _check_cycle0_lender(cycle0_from, run_dir, cfg or RunFolder.open(run_dir, lock=False).config(changes))
         with ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes) as active_run:
             if distributed.is_main():
-                active_run.check_resumable()
                 _note(record_start(active_run.folder.starts_log, dev, distributed.world_size()))
                 if cfg is not None or "cycles" in changes.get("active", {}):  # the cycles' epochs are set now
                     for note in cold_start_notes(active_run.cfg):

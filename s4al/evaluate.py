@@ -16,7 +16,8 @@ from torch import nn
 
 from s4al import distributed
 from s4al.config import FastMode
-from s4al.data.base import DatasetError, SegmentationDataset
+from s4al.data.base import SegmentationDataset
+from s4al.data.classes import IGNORE_INDEX
 from s4al.inference import bf16_inference, inference_batches, inference_cache
 from s4al.errors import S4alWarning
 from s4al.text import first_of
@@ -51,12 +52,12 @@ def evaluate(
     return scores_from_confusion(matrix)
 
 
-def refuse_unscored(scores: SegmentationScores, dataset: SegmentationDataset, split: str) -> None:
-    """A split of which no pixel is labelled scores nothing (its mIoU is undefined): refused, named
-    by `split`, where a run needs its scores."""
-    if scores.miou != scores.miou:  # NaN: no class is in the truth or the predictions of a labelled pixel
-        raise DatasetError(f"{split}: none of its {len(dataset)} images holds a labelled pixel (every mask is void), "
-                           "so there is nothing to score")
+def unscored_split(dataset: SegmentationDataset, named: str) -> str | None:
+    """The problem of a split of which no pixel is labelled (every mask void): it scores nothing, its
+    mIoU undefined; None where a mask labels a pixel. Reads masks up to the first that does."""
+    if any((dataset.load_label(i) != IGNORE_INDEX).any() for i in range(len(dataset))):
+        return None
+    return f"{named}: none of its {len(dataset)} images holds a labelled pixel (every mask is void): nothing to score"
 
 
 def _warn_unseen_classes(dataset: SegmentationDataset, matrix: torch.Tensor) -> None:

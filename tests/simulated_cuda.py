@@ -4,17 +4,18 @@ device value inside a training step (a synchronisation that stalls the GPU).
 
 Every tensor on "cuda" is a FakeTensor (shape, dtype, device, no data), operated on by
 torch's FakeTensorMode; operations on host tensors alone run for real, so the host's side (the
-sampler, the parameter draws, the dataset) computes as it does on a GPU machine. Reading a device
-tensor on the host (.item(), .tolist(), .cpu(), bool(), ...) is refused while `reads.allowed` is
-False, else counted and answered with ones (a confusion matrix of ones scores every class).
-
-Writing a host tensor into a device one by indexing is refused too (torch would copy it from
-pageable memory, which may wait for everything queued on the GPU; s4al copies through
-data.batches.host_to_device).
+sampler, the parameter draws, the dataset) computes as it does on a GPU machine. While
+`reads.allowed` is False (inside the training steps) these are refused: reading a device tensor on
+the host (.item(), .tolist(), .cpu(), .numpy(), bool(), ...), and copying a host tensor to the
+device from pageable memory, which may wait for everything queued on the GPU (s4al copies through
+data.batches.host_to_device, which pins). Allowed, reads are counted and answered with ones (a
+confusion matrix of ones scores every class). Writing a host tensor into a device one by indexing
+is always refused (a copy from pageable memory).
 
 Not simulated, so left to the GPU tests: backward (autograd's engine needs a CUDA context; the
 cases below give each parameter a gradient of its shape instead), the fused SGD step (no kernel
-without CUDA), CUDA graphs, the values themselves.
+without CUDA), CUDA graphs, the values themselves. Not seen: torch.cuda.synchronize, events and
+streams (stubs that do nothing), a device-to-host copy_ into an existing host tensor.
 
 Run as `python tests/simulated_cuda.py CASE`; it prints one JSON line (tests/test_simulated_cuda.py).
 The patches are global, so it runs in a process of its own."""
@@ -22,6 +23,7 @@ The patches are global, so it runs in a process of its own."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -44,6 +46,10 @@ class Reads:
 reads = Reads()
 
 
+class Refused(Exception):
+    """What a GPU would not show on a CPU: a host read or a pageable copy where none may be."""
+
+
 def on_device(t: torch.Tensor) -> FakeTensor:
     """A fake copy of `t` on cuda:0."""
     if isinstance(t, FakeTensor):
@@ -60,9 +66,24 @@ class DeviceOpsFaked(TorchDispatchMode):
         kwargs = kwargs or {}
         leaves = tree_leaves((args, kwargs))
         if any(isinstance(x, FakeTensor) or isinstance(x, torch.device) and x.type == "cuda" for x in leaves):
+            if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default):
+                _refuse_pageable(leaves)
             with MODE:
                 return func(*args, **kwargs)
         return func(*args, **kwargs)
+
+
+def _refuse_pageable(leaves: list) -> None:
+    """A copy to the device of a host tensor (not a 0-dim scalar) that pin_memory did not make."""
+    for x in leaves:
+        if (not reads.allowed and isinstance(x, torch.Tensor) and not isinstance(x, FakeTensor) and x.dim()
+                and not getattr(x, "simulated_pinned", False)):
+            raise Refused(f"a host tensor {tuple(x.shape)} copied to the device from pageable memory")
+
+
+def _pinned(t: torch.Tensor) -> torch.Tensor:
+    t.simulated_pinned = True
+    return t
 
 
 class _Stub:
@@ -95,8 +116,8 @@ def _stub_cuda_runtime() -> None:
     cuda.stream = lambda *args: contextlib.nullcontext()
     FakeTensorMode.avoid_device_init = property(lambda self: True)  # no real CUDA call for a constant's copy
     fake_tensor.init_gpu_context = lambda device: None  # where CUDA looks available, a real tensor (torch 2.11)
-    torch.Tensor.pin_memory = lambda self, *args: self
-    torch.Tensor.is_pinned = lambda self, *args: True
+    torch.Tensor.pin_memory = lambda self, *args: _pinned(self.clone())
+    torch.Tensor.is_pinned = lambda self, *args: getattr(self, "simulated_pinned", False)
 
 
 def _module_to_device() -> None:
@@ -133,11 +154,10 @@ def _meta(x):
 def _sliced(t: torch.Tensor, index: tuple) -> torch.Tensor:
     """Basic indexing (ints, slices, Ellipsis, None) by dispatched, differentiable operations."""
     given = sum(1 for i in index if i is not None and i is not Ellipsis)
+    spelled = [part for i in index for part in ([slice(None)] * (t.dim() - given) if i is Ellipsis else [i])]
     dim = 0
-    for i in index:
-        if i is Ellipsis:
-            dim += t.dim() - given
-        elif i is None:
+    for i in spelled:
+        if i is None:
             t, dim = t.unsqueeze(dim), dim + 1
         elif isinstance(i, int):
             t = t.select(dim, i)
@@ -169,17 +189,23 @@ def _indexing() -> None:
         for part in tree_leaves((index, value)):
             if isinstance(part, torch.Tensor) and part.dim() and not isinstance(part, FakeTensor):
                 # torch copies it, from pageable memory: a copy that may wait for the GPU's queue
-                raise RuntimeError(f"a host tensor {tuple(part.shape)} written into a device tensor by indexing")
+                raise Refused(f"a host tensor {tuple(part.shape)} written into a device tensor by indexing")
 
     torch.Tensor.__getitem__, torch.Tensor.__setitem__ = fake_getitem, fake_setitem
 
 
-_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.bfloat16: np.float32, torch.float16: np.float16,
-          torch.int64: np.int64, torch.int32: np.int32, torch.uint8: np.uint8, torch.bool: np.bool_}
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16, torch.int64: np.int64,
+          torch.int32: np.int32, torch.uint8: np.uint8, torch.bool: np.bool_}
 
 
 def _ones(t: torch.Tensor) -> np.ndarray:
+    if t.dtype not in _NUMPY:  # bfloat16, as torch's own .numpy()
+        raise TypeError(f"Got unsupported ScalarType {t.dtype}")
     return np.ones(tuple(t.shape), _NUMPY[t.dtype])
+
+
+def _host_ones(t: torch.Tensor) -> torch.Tensor:
+    return torch.ones(t.shape, dtype=t.dtype)
 
 
 def _host_reads() -> None:
@@ -190,7 +216,7 @@ def _host_reads() -> None:
             if not isinstance(self, FakeTensor):
                 return method(self, *args, **kwargs)
             if not reads.allowed:
-                raise RuntimeError(f"host read ({name}) of a device tensor {tuple(self.shape)}")
+                raise Refused(f"host read ({name}) of a device tensor {tuple(self.shape)}")
             reads.seen.append((name, tuple(self.shape)))
             return answer(self)
 
@@ -199,9 +225,9 @@ def _host_reads() -> None:
             setattr(FakeTensor, name, read)
 
     guarded("numpy", _ones)
-    guarded("tolist", lambda t: _ones(t).tolist())
+    guarded("tolist", lambda t: _host_ones(t).tolist())
     guarded("item", lambda t: 1)
-    guarded("cpu", lambda t: torch.from_numpy(_ones(t)))
+    guarded("cpu", _host_ones)
     guarded("__bool__", lambda t: True)
     guarded("__float__", lambda t: 1.0)
     guarded("__int__", lambda t: 1)
@@ -225,7 +251,7 @@ def _saving() -> None:
     save = torch.save
 
     def save_on_host(obj, *args, **kwargs):
-        return save(tree_map(lambda x: torch.from_numpy(_ones(x)) if isinstance(x, FakeTensor) else x, obj),
+        return save(tree_map(lambda x: _host_ones(x) if isinstance(x, FakeTensor) else x, obj),
                     *args, **kwargs)
 
     torch.save = save_on_host
@@ -276,7 +302,8 @@ def with_answers(data):
 def training_steps(run_dir: Path) -> dict:
     """Every step of a tiny training per learner, two pool images answered in a region (with SSL:
     cold start, SSL, SSL with replay; without: the answered images join the labelled batches): the
-    losses each step returns and where they are, the precision, the reads (none allowed)."""
+    losses each step returns and where they are, the precision. Host reads and pageable copies are
+    refused once the trainer and its device cache (made with the first batch) are."""
     from conftest import ssl_data, tiny_config
     from s4al.train.trainer import Trainer
 
@@ -286,10 +313,14 @@ def training_steps(run_dir: Path) -> dict:
         cfg = tiny_config(ssl={"confidence_threshold": 0.0, **learner},
                           train={"fast": "on", "device": "cuda", "cuda_graphs": False})
         data, val = ssl_data(cfg)
+        reads.allowed = True
         trainer = Trainer(cfg, with_answers(data), val, run_dir / name)
         trainer.optimizer.step = lambda *args, **kwargs: None  # the fused step has no kernel here
+        batches = trainer.batches()
+        first = next(batches)
+        reads.allowed = False
         steps = []
-        for batch in trainer.batches():
+        for batch in itertools.chain([first], batches):
             logs = trainer.train_step(trainer.step, *batch)
             trainer.step += 1
             steps.append({key: str(value.device) for key, value in logs.items()})
@@ -362,13 +393,14 @@ def controls() -> dict:
     return {"host_meets_device": error(lambda: device + torch.ones(4, 3)),
             "host_scalar_meets_device": error(lambda: device + torch.tensor(2.0)),
             "host_read": error(lambda: bool((device > 0).any())),
-            "host_index_write": error(lambda: device.__setitem__(slice(0, 2), torch.ones(2, 3)))}
+            "host_index_write": error(lambda: device.__setitem__(slice(0, 2), torch.ones(2, 3))),
+            "pageable_copy": error(lambda: torch.ones(4, 3).to("cuda", non_blocking=True)),
+            "pinned_copy": error(lambda: torch.ones(4, 3).pin_memory().to("cuda", non_blocking=True))}
 
 
 CASES = {"training": training_steps, "fit": fit, "inference": inference, "controls": controls}
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
     case, run_dir = sys.argv[1], Path(sys.argv[2])
     with simulate_cuda():
         result = CASES[case](run_dir) if case in ("training", "fit") else CASES[case]()

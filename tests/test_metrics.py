@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,3 +89,27 @@ def test_classes_no_evaluated_pixel_holds_are_named_as_mIoU_treats_them():
         _warn_unseen_classes(ThreeImages(), torch.zeros(3, 3, dtype=torch.long))
     assert [str(w.message) for w in said] == [
         "the 3 evaluated images hold no labelled pixel (every mask is void): nothing is scored"]
+
+
+def test_a_split_of_void_masks_is_named_as_unscored_its_masks_read_up_to_the_first_labelled_one():
+    from s4al.evaluate import unscored_split
+
+    class Masks:
+        def __init__(self, masks):
+            self.masks, self.read = masks, []
+
+        def __len__(self):
+            return len(self.masks)
+
+        def load_label(self, index):
+            self.read.append(index)
+            return self.masks[index]
+
+    void = np.full((2, 3), IGNORE_INDEX, np.uint8)
+    one_pixel = void.copy()
+    one_pixel[1, 2] = 0
+    split = Masks([void, void, void])
+    assert unscored_split(split, "val split 'val' of data") == ("val split 'val' of data: none of its 3 images holds a "
+                                                                "labelled pixel (every mask is void): nothing to score")
+    split = Masks([void, one_pixel, void])
+    assert unscored_split(split, "val") is None and split.read == [0, 1]

@@ -155,6 +155,19 @@ def test_supervised_training_takes_the_masked_images_only_and_refuses_a_split_wi
     assert refused.output == f"error: train split 'train' of {tmp_path / 'bare'}: no image has a label\n"
 
 
+def test_a_val_split_of_void_masks_is_refused_before_training(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    for stem in VAL:
+        save(root / "masks" / f"{stem}.png", np.full((H, W), IGNORE_INDEX, np.uint8))
+    save_config(own_config(root), tmp_path / "own.yaml")
+    said = f"val split 'val' of {root}: none of its 2 images holds a labelled pixel (every mask is void): nothing to score"
+    for command in ("train", "run"):
+        out = tmp_path / command
+        result = CliRunner().invoke(app, [command, "--out", str(out), "--config", str(tmp_path / "own.yaml"), "--quiet"])
+        assert result.exit_code == 1 and said in " ".join(result.output.split()), result.output
+        assert not RunFolder(out).checkpoint_path(0).exists()
+
+
 def add_images(root, masked=(), unmasked=()):
     """New images (sky over road) in the folder, listed in train.txt, masks for `masked`."""
     label = np.zeros((H, W), np.uint8)

@@ -108,10 +108,13 @@ def test_a_resume_refused_for_the_processes_that_trained_its_checkpoint_records_
     state = load_checkpoint(path)
     assert state["step"] == 2 and state["total_steps"] == 4  # the epoch-1 checkpoint
     save_checkpoint({**state, "processes": 4}, path)  # as 4 torchrun processes would have left it
-    again = ["run", "--resume", str(run_dir), "--quiet"] if command == "run" else first
+    saved = RunFolder(run_dir).config_path.read_bytes()
+    # a resume's change of the cycles would be saved in config.yaml, were it not refused
+    again = ["run", "--resume", str(run_dir), "--set", "active.cycles=1", "--quiet"] if command == "run" else first
     result = CliRunner().invoke(app, again)
     assert result.exit_code != 0 and f"{path}: trained on 4 processes, this run has 1" in " ".join(result.output.split())
     assert len(RunFolder(run_dir).starts_log.read_text().splitlines()) == 1
+    assert RunFolder(run_dir).config_path.read_bytes() == saved
 
 
 def test_a_run_made_anew_in_the_folder_of_one_that_never_began_forgets_that_start(tmp_path):

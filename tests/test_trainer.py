@@ -14,10 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import Counted, MixedSizes, needs_cuda, ssl_data, tiny_config
-from s4al.data import DatasetError, build_dataset
-from s4al.data.base import Sample
-from s4al.data.classes import IGNORE_INDEX
+from conftest import MixedSizes, needs_cuda, ssl_data, tiny_config
+from s4al.data import build_dataset
 from s4al.errors import S4alError, S4alWarning
 from s4al.evaluate import evaluate
 from s4al.seeding import derive_seed
@@ -223,30 +221,6 @@ def test_a_cycle_checkpointed_on_other_processes_is_not_resumed_on_these(tmp_pat
         Trainer(cfg, data, val, tmp_path).fit()
     path.unlink()
     assert Trainer(cfg, data, val, tmp_path).fit().history  # the cycle from its first step
-
-
-class VoidMasks(Counted):
-    """A split whose every mask is void."""
-
-    def load(self, index):
-        sample = self.base.load(index)
-        return Sample(sample.image, np.full_like(sample.label, IGNORE_INDEX))
-
-    def load_label(self, index):
-        return self.load(index).label
-
-
-def test_a_val_split_without_a_labelled_pixel_is_refused_at_its_first_evaluation_keeping_the_training(tmp_path):
-    cfg = tiny_config()
-    data, val = ssl_data(cfg)
-    with pytest.raises(DatasetError, match=r"dataset.val_split 'val' of synthetic: none of its 4 images holds a "
-                                           r"labelled pixel \(every mask is void\), so there is nothing to score; the "
-                                           r"training so far is saved in .*cycle_0.pt$"):
-        Trainer(cfg, data, VoidMasks(val), tmp_path).fit()
-    assert load_checkpoint(tmp_path / "checkpoints" / "cycle_0.pt")["step"] == 2  # epoch 1 of 2, as evaluated
-    resumed = Trainer(cfg, data, val, tmp_path)
-    result = resumed.fit()
-    assert resumed.step == resumed.total_steps == 4 and [r["epoch"] for r in result.history] == [2]
 
 
 def test_supervised_when_no_pool(tmp_path):

@@ -32,7 +32,7 @@ from s4al.data import DatasetError, build_dataset
 from s4al.data.base import refuse_bad_labels
 from s4al.errors import S4alWarning
 from s4al.text import counted, first_of, shell
-from s4al.evaluate import evaluate, refuse_unscored
+from s4al.evaluate import evaluate, unscored_split
 from s4al.run_folder import RunFolder, RunFolderError
 from s4al.train.checkpoint import check_resumable_on, load_checkpoint, load_trained_model
 from s4al.seeding import derive_seed
@@ -93,6 +93,7 @@ class ActiveLearningRun(AbstractContextManager):
             self.ledger, self.additions = open_ledger(self.folder, self.cfg, self.train_set, self.val_set,
                                                       self.test_set)
             self.phases = CyclePhases(self.ledger)
+            self._check_resumable()
             save_resume_changes(self.folder, self.ledger, self.phases, self.cfg, self.train_set)
         self._copy_to_ranks()
         if annotator is None and self.cfg.active.annotator == "oracle":
@@ -139,9 +140,9 @@ class ActiveLearningRun(AbstractContextManager):
     def _set_phase(self, cycle: int, phase: str, metrics: dict | None = None) -> None:
         self._on_main(lambda: self.phases.set_phase(cycle, phase, metrics))
 
-    def check_resumable(self) -> None:
-        """Refuses, before a start is recorded, a cycle stopped while training that this job may not
-        resume (s4al/train/checkpoint.py)."""
+    def _check_resumable(self) -> None:
+        """Refuses, before a resume writes its changes or its start, a cycle stopped while training
+        that this job may not resume (s4al/train/checkpoint.py)."""
         cycle = self.phases.last_cycle() or 0
         if self.phases.phase(cycle) in (None, "train"):
             check_resumable_on(self.folder.checkpoint_path(cycle), distributed.world_size())
@@ -223,6 +224,8 @@ class ActiveLearningRun(AbstractContextManager):
         if not self.evaluation_labels_read:
             problems += [p for split in (self.val_set, self.test_set) if split is not None
                          for p in split.label_problems()]
+            d = self.cfg.dataset
+            problems += filter(None, [unscored_split(self.val_set, f"val split '{d.val_split}' of {d.root or d.name}")])
             self.evaluation_labels_read = True
         refuse_bad_labels(rank_checks.agreed(problems))
 
@@ -249,8 +252,6 @@ class ActiveLearningRun(AbstractContextManager):
         if self.test_set is not None:
             scores = evaluate(result.teacher, self.test_set, self.cfg.train.eval_batch_size, self.device,
                               fast=self.cfg.train.fast)
-            refuse_unscored(scores, self.test_set, f"dataset.test_split '{self.cfg.dataset.test_split}' of "
-                                                   f"{self.cfg.dataset.root or self.cfg.dataset.name}")
             metrics["test"] = scores.as_dict(self.test_set.classes.names)
         if cycle < self.final_cycle:
             self._set_phase(cycle, "acquire", metrics)

@@ -35,13 +35,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from s4al import distributed, rank_checks
 from s4al.config import RunConfig
-from s4al.data.base import DatasetError, SegmentationDataset
+from s4al.data.base import SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.device_cache import training_on_device
 from s4al.data.augment import Augment
 from s4al.errors import S4alError
 from s4al.text import counted, shell
-from s4al.evaluate import evaluate, refuse_unscored
+from s4al.evaluate import evaluate
 from s4al.model import build_model
 from s4al.run_folder import RunFolder
 from s4al.seeding import derive_seed, seeded_generator
@@ -175,7 +175,8 @@ class Trainer:
         distribution = whole if whole.sum() > 0 else whole + regions
         estimate_steps = self.iters if ssl.alignment_target == "labelled_x_predicted" else 0
         aligner = ALIGNERS[ssl.distribution_alignment]
-        return head, tail, aligner(distribution, estimate_steps=estimate_steps)  # its own momentum, not the teacher's
+        # on the device from the start: a first SSL step that moved it there would wait on the host's copy
+        return head, tail, aligner(distribution.to(self.device), estimate_steps=estimate_steps)  # its own momentum
 
     def replaying(self) -> bool:
         """Whether every pass (the built batches' once made) replays as a CUDA graph: a capture that
@@ -343,12 +344,6 @@ class Trainer:
         if self.val_dataset is None:
             return
         scores = evaluate(self.teacher.model, self.val_dataset, self.cfg.train.eval_batch_size, self.device, fast=self.cfg.train.fast)
-        try:
-            refuse_unscored(scores, self.val_dataset, f"dataset.val_split '{self.cfg.dataset.val_split}' of "
-                                                      f"{self.cfg.dataset.root or self.cfg.dataset.name}")
-        except DatasetError as err:
-            self._save()
-            raise DatasetError(f"{err}; the training so far is saved in {self.checkpoint_path}") from None
         record = {"cycle": self.cycle, "epoch": epoch, "step": self.step} | scores.as_dict(
             self.val_dataset.classes.names
         )
