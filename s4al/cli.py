@@ -140,8 +140,8 @@ def train(
     print_config: PrintConfigOption = False,
 ) -> None:
     """Fully supervised training on every labelled train image (the denominator of label efficiency)."""
-    from s4al.evaluate import unscored_split
-    from s4al.train.checkpoint import check_resumable_on
+    from s4al.evaluate import unscored_val_split
+    from s4al.train.checkpoint import refuse_other_processes_at
     from s4al.train.trainer import Trainer
     from s4al.train.data import TrainData
 
@@ -157,7 +157,7 @@ def train(
         with distributed.main_first():  # rank 0 checks and writes the folder; the others wait for it
             folder = RunFolder.for_training(out, cfg) if distributed.is_main() else RunFolder(out)
             if distributed.is_main():
-                check_resumable_on(folder.checkpoint_path(0), distributed.world_size())
+                refuse_other_processes_at(folder.checkpoint_path(0), distributed.world_size())
                 _note(record_start(folder.starts_log, dev, distributed.world_size()))
         train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
         val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, cfg.seed)
@@ -168,7 +168,7 @@ def train(
         rank_checks.read_the_same_classes(train_set)
         if not labelled:
             raise DatasetError(f"train split '{cfg.dataset.train_split}' of {cfg.dataset.root}: no image has a label")
-        unscored = unscored_split(val_set, f"val split '{cfg.dataset.val_split}' of {cfg.dataset.root}")
+        unscored = unscored_val_split(val_set, cfg.dataset)
         if unscored:
             raise DatasetError(unscored)
         if len(labelled) < len(train_set) and distributed.is_main():

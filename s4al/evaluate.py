@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from s4al import distributed
-from s4al.config import FastMode
+from s4al.config import DatasetConfig, FastMode
 from s4al.data.base import SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX
 from s4al.inference import bf16_inference, inference_batches, inference_cache
@@ -52,12 +52,13 @@ def evaluate(
     return scores_from_confusion(matrix)
 
 
-def unscored_split(dataset: SegmentationDataset, named: str) -> str | None:
-    """The problem of a split of which no pixel is labelled (every mask void): it scores nothing, its
-    mIoU undefined; None where a mask labels a pixel. Reads masks up to the first that does."""
-    if any((dataset.load_label(i) != IGNORE_INDEX).any() for i in range(len(dataset))):
+def unscored_val_split(val_set: SegmentationDataset, dataset: DatasetConfig) -> str | None:
+    """The problem of a val split of which no pixel is labelled (every mask void): it scores nothing,
+    its mIoU undefined; None where a mask labels a pixel. Reads masks up to the first that does."""
+    if any((val_set.load_label(i) != IGNORE_INDEX).any() for i in range(len(val_set))):
         return None
-    return f"{named}: none of its {len(dataset)} images holds a labelled pixel (every mask is void): nothing to score"
+    return (f"val split '{dataset.val_split}' of {dataset.root or dataset.name}: none of its {len(val_set)} images "
+            "holds a labelled pixel (every mask is void): nothing to score")
 
 
 def _warn_unseen_classes(dataset: SegmentationDataset, matrix: torch.Tensor) -> None:

@@ -26,9 +26,9 @@ import contextlib
 import itertools
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch._subclasses import fake_tensor
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
@@ -38,9 +38,10 @@ from torch.utils._pytree import tree_leaves, tree_map
 MODE = FakeTensorMode(allow_non_fake_inputs=True)
 
 
+@dataclass
 class Reads:
-    allowed = False
-    seen: list[tuple[str, tuple[int, ...]]] = []
+    allowed: bool = False
+    seen: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)  # (how, shape) of each read allowed
 
 
 reads = Reads()
@@ -194,16 +195,6 @@ def _indexing() -> None:
     torch.Tensor.__getitem__, torch.Tensor.__setitem__ = fake_getitem, fake_setitem
 
 
-_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16, torch.int64: np.int64,
-          torch.int32: np.int32, torch.uint8: np.uint8, torch.bool: np.bool_}
-
-
-def _ones(t: torch.Tensor) -> np.ndarray:
-    if t.dtype not in _NUMPY:  # bfloat16, as torch's own .numpy()
-        raise TypeError(f"Got unsupported ScalarType {t.dtype}")
-    return np.ones(tuple(t.shape), _NUMPY[t.dtype])
-
-
 def _host_ones(t: torch.Tensor) -> torch.Tensor:
     return torch.ones(t.shape, dtype=t.dtype)
 
@@ -224,7 +215,7 @@ def _host_reads() -> None:
         if name in vars(FakeTensor):  # its own tolist reads element by element
             setattr(FakeTensor, name, read)
 
-    guarded("numpy", _ones)
+    guarded("numpy", lambda t: _host_ones(t).numpy())  # refuses bfloat16, as on a GPU
     guarded("tolist", lambda t: _host_ones(t).tolist())
     guarded("item", lambda t: 1)
     guarded("cpu", _host_ones)
@@ -299,23 +290,30 @@ def with_answers(data):
     return TrainData(data.dataset, data.labelled, data.pool, answers)
 
 
+def _trainer(run_dir: Path, ssl: dict | None = None, **train):
+    """A tiny SSL trainer (eta 1) on the simulated GPU's fast path, two pool images answered; `ssl`
+    and `train`: more settings of those sections."""
+    from conftest import ssl_data, tiny_config
+    from s4al.train.trainer import Trainer
+
+    _gradients_instead_of_backward()
+    cfg = tiny_config(ssl={"confidence_threshold": 0.0, **(ssl or {})},
+                      train={"fast": "on", "device": "cuda", "cuda_graphs": False, **train})
+    data, val = ssl_data(cfg)
+    trainer = Trainer(cfg, with_answers(data), val, run_dir)
+    trainer.optimizer.step = lambda *args, **kwargs: None  # the fused step has no kernel here
+    return trainer
+
+
 def training_steps(run_dir: Path) -> dict:
     """Every step of a tiny training per learner, two pool images answered in a region (with SSL:
     cold start, SSL, SSL with replay; without: the answered images join the labelled batches): the
     losses each step returns and where they are, the precision. Host reads and pageable copies are
     refused once the trainer and its device cache (made with the first batch) are."""
-    from conftest import ssl_data, tiny_config
-    from s4al.train.trainer import Trainer
-
-    _gradients_instead_of_backward()
     out = {}
     for name, learner in LEARNERS.items():
-        cfg = tiny_config(ssl={"confidence_threshold": 0.0, **learner},
-                          train={"fast": "on", "device": "cuda", "cuda_graphs": False})
-        data, val = ssl_data(cfg)
         reads.allowed = True
-        trainer = Trainer(cfg, with_answers(data), val, run_dir / name)
-        trainer.optimizer.step = lambda *args, **kwargs: None  # the fused step has no kernel here
+        trainer = _trainer(run_dir / name, ssl=learner)
         batches = trainer.batches()
         first = next(batches)
         reads.allowed = False
@@ -331,25 +329,17 @@ def training_steps(run_dir: Path) -> dict:
 def fit(run_dir: Path) -> dict:
     """The host reads of a whole fit (2 epochs, the second with SSL and replay, evaluated and
     checkpointed after each) with 2 and with 6 steps an epoch: (kind, shape) each, in order."""
-    from conftest import ssl_data, tiny_config
-    from s4al.train.trainer import Trainer
-
-    _gradients_instead_of_backward()
     reads.allowed = True
     out = {}
     for steps in (2, 6):
-        cfg = tiny_config(ssl={"confidence_threshold": 0.0}, train={
-            "fast": "on", "device": "cuda", "cuda_graphs": False, "iters_per_epoch": steps, "epochs": 2})
-        data, val = ssl_data(cfg)
-        trainer = Trainer(cfg, with_answers(data), val, run_dir / f"steps_{steps}")
-        trainer.optimizer.step = lambda *args, **kwargs: None
+        trainer = _trainer(run_dir / f"steps_{steps}", iters_per_epoch=steps, epochs=2)
         reads.seen.clear()
         trainer.fit()
         out[steps] = [list(read) for read in reads.seen]
     return out
 
 
-def inference() -> dict:
+def inference(run_dir: Path) -> dict:
     """Evaluation, pool scoring and Core-Set's features, from the device cache (train.fast on) and
     from loader workers (off): the host reads each makes."""
     from conftest import ssl_data, tiny_config
@@ -380,8 +370,9 @@ def inference() -> dict:
     return out
 
 
-def controls() -> dict:
-    """What the simulation refuses: the error of a host tensor meeting a device one, of a host read."""
+def controls(run_dir: Path) -> dict:
+    """What the simulation refuses, each case's error or None: a host tensor meeting a device one, a
+    host read, a host tensor written into a device one, a copy from pageable memory."""
     def error(fn) -> str | None:
         try:
             fn()
@@ -403,5 +394,5 @@ CASES = {"training": training_steps, "fit": fit, "inference": inference, "contro
 if __name__ == "__main__":
     case, run_dir = sys.argv[1], Path(sys.argv[2])
     with simulate_cuda():
-        result = CASES[case](run_dir) if case in ("training", "fit") else CASES[case]()
+        result = CASES[case](run_dir)
     print(json.dumps(result))

@@ -32,9 +32,9 @@ from s4al.data import DatasetError, build_dataset
 from s4al.data.base import refuse_bad_labels
 from s4al.errors import S4alWarning
 from s4al.text import counted, first_of, shell
-from s4al.evaluate import evaluate, unscored_split
+from s4al.evaluate import evaluate, unscored_val_split
 from s4al.run_folder import RunFolder, RunFolderError
-from s4al.train.checkpoint import check_resumable_on, load_checkpoint, load_trained_model
+from s4al.train.checkpoint import load_checkpoint, load_trained_model, refuse_other_processes_at
 from s4al.seeding import derive_seed
 from s4al.distributed import setup_device
 from s4al.train.trainer import Trainer
@@ -93,7 +93,7 @@ class ActiveLearningRun(AbstractContextManager):
             self.ledger, self.additions = open_ledger(self.folder, self.cfg, self.train_set, self.val_set,
                                                       self.test_set)
             self.phases = CyclePhases(self.ledger)
-            self._check_resumable()
+            self._refuse_other_processes()
             save_resume_changes(self.folder, self.ledger, self.phases, self.cfg, self.train_set)
         self._copy_to_ranks()
         if annotator is None and self.cfg.active.annotator == "oracle":
@@ -140,12 +140,12 @@ class ActiveLearningRun(AbstractContextManager):
     def _set_phase(self, cycle: int, phase: str, metrics: dict | None = None) -> None:
         self._on_main(lambda: self.phases.set_phase(cycle, phase, metrics))
 
-    def _check_resumable(self) -> None:
+    def _refuse_other_processes(self) -> None:
         """Refuses, before a resume writes its changes or its start, a cycle stopped while training
-        that this job may not resume (s4al/train/checkpoint.py)."""
+        by another number of processes than this job's (s4al/train/checkpoint.py)."""
         cycle = self.phases.last_cycle() or 0
         if self.phases.phase(cycle) in (None, "train"):
-            check_resumable_on(self.folder.checkpoint_path(cycle), distributed.world_size())
+            refuse_other_processes_at(self.folder.checkpoint_path(cycle), distributed.world_size())
 
     # ---- the loop -------------------------------------------------------------------------
     @property
@@ -224,8 +224,7 @@ class ActiveLearningRun(AbstractContextManager):
         if not self.evaluation_labels_read:
             problems += [p for split in (self.val_set, self.test_set) if split is not None
                          for p in split.label_problems()]
-            d = self.cfg.dataset
-            problems += filter(None, [unscored_split(self.val_set, f"val split '{d.val_split}' of {d.root or d.name}")])
+            problems += filter(None, [unscored_val_split(self.val_set, self.cfg.dataset)])
             self.evaluation_labels_read = True
         refuse_bad_labels(rank_checks.agreed(problems))
 

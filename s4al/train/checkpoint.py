@@ -97,7 +97,7 @@ def refuse_other_processes(state: dict, path: Path, processes: int) -> None:
     )
 
 
-def check_resumable_on(path: Path, processes: int) -> None:
+def refuse_other_processes_at(path: Path, processes: int) -> None:
     """refuse_other_processes for the checkpoint at `path`, if there is one: before a start is recorded."""
     if path.is_file():
         refuse_other_processes(load_checkpoint(path), path, processes)

@@ -175,8 +175,9 @@ class Trainer:
         distribution = whole if whole.sum() > 0 else whole + regions
         estimate_steps = self.iters if ssl.alignment_target == "labelled_x_predicted" else 0
         aligner = ALIGNERS[ssl.distribution_alignment]
-        # on the device from the start: a first SSL step that moved it there would wait on the host's copy
-        return head, tail, aligner(distribution.to(self.device), estimate_steps=estimate_steps)  # its own momentum
+        # its own momentum, not the teacher's; on the device from the start: a first SSL step that moved
+        # it there would wait on the host's copy
+        return head, tail, aligner(distribution.to(self.device), estimate_steps=estimate_steps)
 
     def replaying(self) -> bool:
         """Whether every pass (the built batches' once made) replays as a CUDA graph: a capture that
