@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from common import REPO, RESULTS, markdown_table
-from label_efficiency import METHODS, PROTOCOLS, method_config
+from label_efficiency import LOCAL_KEYS, METHODS, PROTOCOLS, method_config
 
+from s4al.config import flat_config, run_differences, saved_config
 from s4al.provenance import code_text
 from s4al.text import first_of
 
@@ -204,25 +205,26 @@ def bought_table(groups: dict[str, list[dict]]) -> str:
     return markdown_table(["method", *classes], rows) if rows else ""
 
 
-def _leaves(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        out.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
-    return out
-
-
 def command(folder: str, method: str, runs: list[dict]) -> str:
-    """The benchmark command behind a method's result files: --set lines for the overrides they
-    record, less those that equal today's configuration for the same command without them."""
+    """The benchmark command behind a method's result files: a --set for each setting in which the
+    first run's config, read as it ran, differs from today's for the same command (a --set it was
+    given, or a default changed since), but for where data and weights are and the settings of the
+    machine it ran on."""
     protocol = protocol_of(folder)
     first = runs[0]
-    today = _leaves(method_config(PROTOCOLS[protocol], METHODS[method], first["seed"], Path("."), Path(".")).model_dump(mode="json"))
-    sets = [f"--set {k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in _leaves(first.get("extra_overrides") or {}).items()
-            if today.get(k) != v]
+    today = method_config(PROTOCOLS[protocol], METHODS[method], first["seed"], Path("."), Path("."))
+    made = saved_config(first["config"], f"{folder}/{method}_seed{first['seed']}.json")
+    values = flat_config(made)
+    sets = [f"--set {key}={_set_value(values[key])}" for key in run_differences(made, today, LOCAL_KEYS)]
     seeds = " ".join(str(r["seed"]) for r in runs)
     name = [f"--name {folder}"] if folder != protocol else []
     return " ".join(["benchmarks/label_efficiency.py --protocol", protocol, "--methods", method, "--seeds", seeds,
                      *sets, *name])
+
+
+def _set_value(value) -> str:
+    """A config value as --set reads it back (YAML): lists and flags as JSON, strings bare."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def commands_list(folder: str, groups: dict[str, list[dict]]) -> str:

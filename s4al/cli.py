@@ -154,11 +154,6 @@ def train(
         dev = distributed.setup_device(cfg.train.device)  # joins torchrun's process group
         _note_inert_settings(cfg, parse_override(overrides or []))
         rank_checks.given_the_same(cfg)
-        with distributed.main_first():  # rank 0 checks and writes the folder; the others wait for it
-            folder = RunFolder.for_training(out, cfg) if distributed.is_main() else RunFolder(out)
-            if distributed.is_main():
-                refuse_other_processes_at(folder.checkpoint_path(0), distributed.world_size())
-                _note(record_start(folder.starts_log, dev, distributed.world_size()))
         train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
         val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, cfg.seed)
         labelled = [i for i in range(len(train_set)) if train_set.has_label(i)]
@@ -171,17 +166,25 @@ def train(
         unscored = unscored_val_split(val_set, cfg.dataset)
         if unscored:
             raise DatasetError(unscored)
+        # the data checked first: a dataset refused makes no folder and records no start
+        with distributed.main_first():  # rank 0 checks and writes the folder; the others wait for it
+            folder = RunFolder.for_training(out, cfg) if distributed.is_main() else RunFolder(out)
+            if distributed.is_main():
+                refuse_other_processes_at(folder.checkpoint_path(0), distributed.world_size())
+                _note(record_start(folder.starts_log, dev, distributed.world_size()))
         if len(labelled) < len(train_set) and distributed.is_main():
             console.print(f"training on the {len(labelled)} of {len(train_set)} train images that have a label")
         with _monitor(folder, quiet, f"s4al train --out {shell(out)} with the same --config and --set") as monitor:
             data = TrainData(train_set, labelled=labelled)
             result = Trainer(cfg, data, val_set, out, progress=monitor).fit()
+        if distributed.is_main():
+            final = result.history[-1]
+            with atomic_write(folder.result_path, "w") as file:
+                json.dump(final, file, indent=2)
     main = distributed.is_main()
     distributed.leave()
     if not main:
         return
-    final = result.history[-1]
-    folder.result_path.write_text(json.dumps(final, indent=2))
     _print_scores("val", final)
 
 

@@ -102,7 +102,8 @@ class TrainConfig(Section):
     unlabelled_batch_size: int = Field(4, ge=1)
     epochs: int = Field(100, ge=1)
     iters_per_epoch: int = Field(50, ge=1)
-    crop_size: tuple[Side, Side] | None = None  # (H, W); None: the image size after scaling
+    # (H, W); None: each image's own size (its scaled view cropped or padded back to it), one for all
+    crop_size: tuple[Side, Side] | None = None
     scale_range: tuple[float, float] = (0.75, 1.25)
     color_jitter_p: float = Field(0.5, ge=0, le=1)
     hflip_p: float = Field(0.5, ge=0, le=1)
@@ -319,7 +320,7 @@ REMOVED_KEYS = {
     "model": {"encoder": "mobilenet_v2", "output_stride": 16, "channels_last": True},
     "train": {"eval_network": "teacher", "sync_bn": False},
     "ssl": {"mask_unconfident": False, "class_balance_power": 0.0, "teacher_train_mode": False,
-            "cold_start_sup_weight": 1.5},
+            "cold_start_sup_weight": 1.5, "paste_labelled_tail": 0},
     "active": {"scorer": "teacher"},
 }
 
@@ -619,7 +620,16 @@ def config_text(cfg: RunConfig) -> str:
 def config_digest(path: Path) -> str:
     """The digest of what the config file at `path` says, but for the keys a resumed run may save
     (SAVED_ON_RESUME) and how it is written (key order, comments)."""
-    kept = {key: value for key, value in flattened(_read_yaml(path)).items() if key not in SAVED_ON_RESUME}
+    return _settings_digest(_read_yaml(path))
+
+
+def written_config_digest(cfg: RunConfig) -> str:
+    """config_digest of the file save_config(cfg) writes, before it is written."""
+    return _settings_digest(yaml.safe_load(config_text(cfg)))
+
+
+def _settings_digest(data: dict) -> str:
+    kept = {key: value for key, value in flattened(data).items() if key not in SAVED_ON_RESUME}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 

@@ -108,6 +108,17 @@ def test_label_studio_answers_store_the_painting_inside_each_asked_region(run_di
             assert np.array_equal(crop(label_map(ledger, image_id), box), crop(truth(image_id), box))
 
 
+def test_a_relation_drawn_between_regions_in_label_studio_paints_nothing_and_is_let_be(run_dir, tmp_path):
+    task = task_of(1, "a", truth("a"), [1, 2])
+    result = task["annotations"][0]["result"]
+    # as Label Studio exports a relation (label-studio-sdk's region.py writes them so): no 'value'
+    result.append({"type": "relation", "from_id": result[0]["id"], "to_id": result[-1]["id"], "direction": "right"})
+    assert import_answers(run_dir, write_export(tmp_path / "e.json", task)).answered == [1, 2]
+    task["annotations"][0]["result"] = [{"type": "brush", "from_name": "x"}]  # a region without its value
+    with pytest.raises(AnswerError, match="the annotation's 'result' must be a list of regions, each with a 'value'"):
+        import_answers(run_dir, write_export(tmp_path / "bad.json", task))
+
+
 def test_a_region_is_answered_from_half_its_pixels_painted_and_below_that_stays_asked(run_dir, tmp_path):
     labels = np.full((H, W), 255, np.uint8)
     labels[10:15, 20:30] = 2  # A2: 50 of its 100 pixels
@@ -782,6 +793,26 @@ def test_a_skipped_task_submitted_later_answers_its_regions_and_a_partial_painti
     assert (again.answered, again.already_imported) == ([], 1)
 
 
+def test_a_task_skipped_in_label_studio_is_timed_by_its_skip_not_by_its_import(run_dir, tmp_path):
+    """A task reopened and painted after its skip answers, though the export holding the skip was
+    imported after that painting (a download made before it); one painted before the skip does not."""
+    skip_a = exported_task(1, {"image_id": "a", "region_ids": [1, 2]}, truth("a"), names=CLASSES, was_cancelled=True)
+    skip_b = exported_task(2, {"image_id": "b", "region_ids": [3]}, truth("b"), names=CLASSES, was_cancelled=True)
+    for skipped in (skip_a, skip_b):
+        skipped["annotations"][0]["updated_at"] = "2026-03-09T10:00:00Z"
+    import_answers(run_dir, write_export(tmp_path / "e1.json", skip_a, skip_b))  # imported now, long after 10:00
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert region_by_id(ledger, 1).painted_at == "2026-03-09T10:00:00.000000+00:00"
+    painted_a, painted_b = task_of(1, "a", truth("a"), [1, 2]), task_of(2, "b", truth("b"), [3])
+    painted_a["annotations"][0]["updated_at"] = "2026-03-09T10:30:00Z"  # reopened and painted after the skip
+    painted_b["annotations"][0]["updated_at"] = "2026-03-09T09:00:00Z"  # painted before it: the skip overrules it
+    report = import_answers(run_dir, write_export(tmp_path / "e2.json", painted_a, painted_b))
+    assert (report.answered, report.unskipped, report.skip_kept) == ([1, 2], [1, 2], [3])
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert [(r.region_id, r.state) for r in ledger.regions(0)] == [(1, "answered"), (2, "answered"), (3, "skipped")]
+        assert np.array_equal(ledger.patch(region_by_id(ledger, 2)), crop(truth("a"), A2))
+
+
 def painted_again(mask: Path) -> None:
     """The mask saved a second from now: a file's time comes from the kernel's coarse clock, which
     can lag the skip's time (taken from the precise one) by a tick."""
@@ -825,9 +856,9 @@ def test_a_task_whose_regions_were_all_skipped_by_name_after_its_painting_names_
     assert (report.answered, report.skip_kept, report.already_imported) == ([], [1, 2], 0)
     result = CliRunner().invoke(app, ["import", str(run_dir), str(export)], env={"COLUMNS": "250"})
     assert "already imported" not in result.output
-    assert ("left 2 regions skipped: painted here as when the skip turned them down (by `s4al skip --region` after "
-            "the painting, or `--withdraw`); to answer one, paint it otherwise in Label Studio (or in its mask) and "
-            "import: 1, 2\n") in result.output
+    assert ("left 2 regions skipped: painted here as when the skip turned them down (skipped after this painting, in "
+            "Label Studio or by `s4al skip --region`, or `--withdraw`); to answer one, paint it otherwise in Label "
+            "Studio (or in its mask) and import: 1, 2\n") in result.output
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         assert [(r.region_id, r.state) for r in ledger.regions(0)] == [(1, "skipped"), (2, "skipped"), (3, "asked")]
     # the import kept what the skip turned down: the same painting saved after the skip leaves them skipped

@@ -340,6 +340,24 @@ def test_an_export_is_a_snapshot_waited_for_received_whole_and_deleted_on_the_se
     assert [p.name for p in (run_dir / "answers").iterdir()] == ([export.name] if outcome == "completed" else [])
 
 
+def test_an_imported_download_removes_its_projects_earlier_ones_and_no_other_projects(tmp_path):
+    """A download of a project replaced since (by query --new-project) may never have been imported:
+    it stays."""
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    tag = label_studio_api._tag(label_studio_api.Project("http://ls:8080", 3))
+    assert tag == label_studio_api._tag(label_studio_api.Project("http://ls:8080", 3)) != \
+        label_studio_api._tag(label_studio_api.Project("http://other:8080", 3))
+    names = [f"label_studio_20261201T070000000000Z_{tag}.json", f"label_studio_20261202T070000000000Z_{tag}.json",
+             "label_studio_20261130T070000000000Z_project2-0a1b2c3d.json",  # the project replaced
+             "label_studio_20261129T070000000000Z.json", "mine.json"]  # one of an earlier s4al; the user's own
+    later = answers / f"label_studio_20261203T070000000000Z_{tag}.json"
+    for name in [*names, later.name]:
+        (answers / name).write_text("[]")
+    assert label_studio_api.remove_earlier_downloads(later) == 2
+    assert sorted(p.name for p in answers.iterdir()) == sorted([*names[2:], later.name])
+
+
 class ProxyGivesUpOnExports(ExportsInTheBackground):
     """A proxy in front of Label Studio that answers 504 when the export's creation takes long."""
 

@@ -523,8 +523,14 @@ def test_summarize_writes_tables_plot_results_doc_and_the_readme_block(bench_roo
     shutil.copytree(bench_root / "results" / "smoke", results / "smoke")
     variant = json.loads((results / "smoke" / "sup_10_seed0.json").read_text())
     variant.update(protocol="smoke_short", extra_overrides={"train": {"epochs": 1}})
+    variant["config"]["train"]["epochs"] = 1
     (results / "smoke_short").mkdir()
     (results / "smoke_short" / "sup_10_seed0.json").write_text(json.dumps(variant))
+    # a run whose setting was a default then, another now: its command sets it as it ran
+    variant["config"]["train"]["lr"] = 0.02
+    variant.update(protocol="smoke_then", extra_overrides={})
+    (results / "smoke_then").mkdir()
+    (results / "smoke_then" / "sup_10_seed0.json").write_text(json.dumps(variant))
     run_script(summarize, "--protocol", "smoke", "--results", results)
     summary = (results / "smoke" / "summary.md").read_text()
     assert "| full_supervised | 0 | 100.00 |" in summary and "| sup_10 | 0 | 10.00 |" in summary
@@ -536,6 +542,7 @@ def test_summarize_writes_tables_plot_results_doc_and_the_readme_block(bench_roo
     doc = (tmp_path / "results.md").read_text()
     assert "## `smoke`" in doc and "## `smoke_short`" in doc
     assert "--set train.epochs=1 --name smoke_short" in doc  # a variant's command names its --set
+    assert "--methods sup_10 --seeds 0 --set train.epochs=1 --set train.lr=0.02 --name smoke_then`" in doc
     assert readme.read_text().endswith("<!-- /results:glance -->\nrest\n") and "old" not in readme.read_text()
     committed = [(path, path.stat().st_mtime_ns) for path in (summarize.README, summarize.DOCS)]
     run_script(summarize, "--results", results)  # results of one's own: the project's documents stay as they are

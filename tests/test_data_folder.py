@@ -135,6 +135,21 @@ def test_an_indexed_mask_whose_palette_holds_the_class_colours_is_read_by_colour
     assert ImageFolder(root, "train")[1].label.tolist() == [[1, 2], [0, 255]]
 
 
+def test_an_indexed_masks_transparent_pixels_are_void_and_the_rest_read_by_its_colours(tmp_path):
+    root = make_folder(tmp_path)
+    road, car, _ = (c["color"] for c in CLASSES)
+    # an editor's indexed export on a transparent background: index 0, black, marked transparent
+    indexed_mask(root / "masks" / "a.png", [[0, 1], [2, 0]], [[0, 0, 0], road, car])
+    with Image.open(root / "masks" / "a.png") as image:
+        image.save(root / "masks" / "a.png", transparency=0)
+    assert ImageFolder(root, "train")[0].label.tolist() == [[255, 0], [1, 255]]
+    # class ids under a grey ramp, index 2 marked transparent: read by index, the hidden pixel void
+    indexed_mask(root / "masks" / "b.png", [[0, 1], [2, 1]], [[k, k, k] for k in range(256)])
+    with Image.open(root / "masks" / "b.png") as image:
+        image.save(root / "masks" / "b.png", transparency=2)
+    assert ImageFolder(root, "train")[1].label.tolist() == [[0, 1], [255, 1]]
+
+
 def test_an_indexed_mask_of_class_ids_whose_palette_is_padded_with_black_is_read_by_index(tmp_path):
     classes = [{"name": "background", "color": [0, 0, 0]}, *CLASSES[:2]]
     colours = [c["color"] for c in classes]

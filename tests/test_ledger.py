@@ -447,6 +447,21 @@ def test_a_pool_image_given_its_mask_is_labelled_whole_and_its_answered_regions_
     assert not {r.image_id: r for r in ledger.images()}["b"].fully_labelled
 
 
+def test_images_joining_a_run_are_registered_labelled_and_recorded_in_one_write_or_not_at_all(ledger):
+    from s4al.active.ledger import JOINED
+
+    joined = {"before": "cycle 1 training", "labelled": ["c"], "pool": ["d"], "masked": ["a"]}
+    with pytest.raises(LedgerError, match=r"label_whole refused, nothing written: image 'ghost' is not registered"):
+        ledger.join_images([("c", 10, 10), ("d", 10, 10)], ["c"], ["a", "ghost"], joined)
+    assert [r.image_id for r in ledger.images()] == ["init", "a", "b"] and ledger.get_meta(JOINED) is None
+    assert not {r.image_id: r for r in ledger.images()}["a"].fully_labelled
+    ledger.join_images([("c", 10, 10), ("d", 10, 10)], ["c"], ["a"], joined)
+    ledger.join_images([], [], [], joined | {"before": "cycle 2 asking"})
+    records = {r.image_id: r for r in ledger.images()}
+    assert [record.fully_labelled for record in records.values()] == [True, True, False, True, False]  # init a b c d
+    assert [j["before"] for j in ledger.get_meta(JOINED)] == ["cycle 1 training", "cycle 2 asking"]
+
+
 def test_readonly_ledger_reads_but_cannot_write(tmp_path):
     with open_ledger(tmp_path) as ledger:
         (region_id,) = ledger.ask(0, [("a", (0, 0, 30, 30), "entropy", 1.0)])

@@ -166,6 +166,7 @@ def test_a_val_split_of_void_masks_is_refused_before_training(tmp_path):
         result = CliRunner().invoke(app, [command, "--out", str(out), "--config", str(tmp_path / "own.yaml"), "--quiet"])
         assert result.exit_code == 1 and said in " ".join(result.output.split()), result.output
         assert not RunFolder(out).checkpoint_path(0).exists()
+    assert not (tmp_path / "train").exists()  # s4al train checks its data before it makes the folder
 
 
 def add_images(root, masked=(), unmasked=()):

@@ -309,6 +309,23 @@ def test_a_finished_cycle_corrected_by_a_later_import_is_summarised_as_it_is_now
     assert import_answers(run_dir, tmp_path / "second").corrected
     pixels = json.loads(summary.read_text())["bought"]["class_pixels"]
     assert (pixels[names[1]], pixels[names[2]]) == (0, bought)
+    # killed once the correction is written, before the summary is: the run writes it as it resumes (as would
+    # the next import or skip)
+    from s4al.active import summaries
+
+    class Killed(Exception):
+        pass
+
+    answer_masks(run_dir, tmp_path / "fourth", class_id=3, cycle=0, mtime=time.time() + 30)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(summaries, "write_summary", lambda *args: (_ for _ in ()).throw(Killed()))
+        with pytest.raises(Killed):
+            import_answers(run_dir, tmp_path / "fourth")
+    assert json.loads(summary.read_text())["bought"]["class_pixels"][names[2]] == bought  # as before the kill
+    with ActiveLearningRun(run_dir) as run:
+        run.run()  # cycle 1 still waits for its answers
+    pixels = json.loads(summary.read_text())["bought"]["class_pixels"]
+    assert (pixels[names[2]], pixels[names[3]]) == (0, bought)
     # a correction committed while another answer of the cycle is lost: imported all the same, the summary said
     with Ledger(run_dir / "ledger.sqlite", readonly=True) as ledger:
         lost, *others = ledger.answered(0)

@@ -8,6 +8,7 @@ import re
 import shutil
 import sqlite3
 from contextlib import closing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,19 +146,25 @@ def test_the_config_digest_ignores_cycles_and_layout_but_not_settings(tmp_path):
         ActiveLearningRun(tmp_path)
 
 
-def test_a_run_of_an_older_config_version_given_more_cycles_twice_resumes_both_times(tmp_path):
-    """More cycles rewrite config.yaml as this s4al writes it (a newer config_version, its added keys):
-    the digest kept is of that file, so the next resume finds it unchanged."""
+def version_3_run(run_dir) -> Path:
+    """A finished external-annotator run as a version-3 s4al left it; its config.yaml."""
     from s4al.active.ledger import CONFIG_DIGEST
     from s4al.config import config_digest
 
-    finished_run(tmp_path, cycles=0, annotator="external")
-    config = tmp_path / "config.yaml"
+    finished_run(run_dir, cycles=0, annotator="external")
+    config = run_dir / "config.yaml"
     data = yaml.safe_load(config.read_text())
     del data["active"]["metric_options"]  # as a version-3 run folder holds it
     config.write_text(yaml.safe_dump(data | {"config_version": 3}, sort_keys=False))
-    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
         ledger.set_meta(CONFIG_DIGEST, config_digest(config))
+    return config
+
+
+def test_a_run_of_an_older_config_version_given_more_cycles_twice_resumes_both_times(tmp_path):
+    """More cycles rewrite config.yaml as this s4al writes it (a newer config_version, its added keys):
+    the digest kept is of that file, so the next resume finds it unchanged."""
+    config = version_3_run(tmp_path)
     for cycles in (1, 2):
         result = runner.invoke(app, ["run", "--resume", str(tmp_path), "--set", f"active.cycles={cycles}", "--quiet"])
         assert result.exit_code == 0, result.output
@@ -165,15 +172,48 @@ def test_a_run_of_an_older_config_version_given_more_cycles_twice_resumes_both_t
     assert yaml.safe_load(config.read_text())["config_version"] == 4
 
 
-def test_an_oracle_runs_lost_answer_is_written_again_from_the_dataset_as_it_resumes(tmp_path):
+@pytest.mark.parametrize("killed", ["before", "after"])
+def test_a_resume_killed_as_it_rewrites_an_older_config_version_resumes(tmp_path, killed):
+    """The new file's digest is kept before the file is written: a kill before or after the
+    rewrite leaves the ledger and config.yaml agreeing."""
+    config = version_3_run(tmp_path)
+    real_save = RunFolder.save_config
+
+    def killed_at_the_rewrite(folder, cfg):
+        if killed == "after":
+            real_save(folder, cfg)
+        raise Killed
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RunFolder, "save_config", killed_at_the_rewrite)
+        with pytest.raises(Killed):
+            ActiveLearningRun(tmp_path, overrides={"active": {"cycles": 1}})
+    assert yaml.safe_load(config.read_text())["config_version"] == (4 if killed == "after" else 3)
+    result = runner.invoke(app, ["run", "--resume", str(tmp_path), "--set", "active.cycles=1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "edited since" not in runner.invoke(app, ["status", str(tmp_path)]).output
+    config.write_text(config.read_text().replace("metric: entropy", "metric: margin"))  # still checked
+    with pytest.raises(RunFolderError, match="config.yaml: changed since the run was made"):
+        ActiveLearningRun(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "cut short", "a damaged header"])
+def test_an_oracle_runs_lost_answer_is_written_again_from_the_dataset_as_it_resumes(tmp_path, damage):
     finished_run(tmp_path, cycles=1)
     with Ledger(tmp_path / "ledger.sqlite", readonly=True) as ledger:
         lost = ledger.answered()[0]
-    kept = (tmp_path / lost.label_path).read_bytes()
-    (tmp_path / lost.label_path).unlink()
-    said = " ".join(runner.invoke(app, ["status", str(tmp_path)]).output.split())
-    assert "1 answered region lost the stored answer (its file missing); `s4al run --resume` writes them again from " \
-           "the dataset's labels." in said and "s4al import" not in said
+    stored = tmp_path / lost.label_path
+    kept = stored.read_bytes()
+    if damage == "deleted":
+        stored.unlink()
+        said = " ".join(runner.invoke(app, ["status", str(tmp_path)]).output.split())
+        assert "1 answered region lost the stored answer (its file missing); `s4al run --resume` writes them again " \
+               "from the dataset's labels." in said and "s4al import" not in said
+    else:  # Pillow raises OSError for the one, ValueError for the other
+        stored.write_bytes(kept[:40] if damage == "cut short" else kept[:8] + b"\0\0\0\1" + kept[12:])  # IHDR 1 byte
+        with Ledger(tmp_path / "ledger.sqlite", readonly=True) as ledger, \
+                pytest.raises(LedgerError, match=f"{stored}: the stored answer of region {lost.region_id} .* unreadable"):
+            ledger.patch(lost)
     result = runner.invoke(app, ["run", "--resume", str(tmp_path), "--set", "active.cycles=2", "--quiet"])
     assert result.exit_code == 0, result.output
     with Ledger(tmp_path / "ledger.sqlite", readonly=True) as ledger:

@@ -238,6 +238,32 @@ def test_a_run_killed_in_its_first_moments_resumes(tmp_path, left):
     assert not (run_dir / ".ledger.sqlite.new").exists()
 
 
+def test_a_new_ledger_whose_log_was_not_written_into_it_is_refused_and_made_whole_the_next_time(tmp_path, monkeypatch):
+    """A failing disk as the new ledger closes leaves part of it in its write-ahead log (as a second
+    connection holding the file does here): the file is not put in place without it."""
+    from s4al.active import ledger as ledger_module
+
+    real_disconnect, held = ledger_module.disconnect, []
+
+    def close_beside_another(conn, readonly):
+        path = conn.execute("PRAGMA database_list").fetchone()[2]
+        if path.endswith(".ledger.sqlite.new") and not held:
+            held.append(ledger_module.sqlite3.connect(path))
+            held[0].execute("SELECT 1 FROM meta").fetchall()
+        real_disconnect(conn, readonly)
+
+    monkeypatch.setattr(ledger_module, "disconnect", close_beside_another)
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunFolderError, match=r"\.ledger\.sqlite\.new: its write-ahead log could not be written into it"):
+        ActiveLearningRun(run_dir, external_config())
+    held[0].close()
+    monkeypatch.setattr(ledger_module, "disconnect", real_disconnect)
+    assert not (run_dir / "ledger.sqlite").exists()
+    assert ActiveLearningRun(run_dir, external_config()).run() == []  # made again, whole
+    with Ledger(run_dir / "ledger.sqlite", readonly=True) as ledger:
+        assert ledger.asked() and ledger.get_meta("seed") == external_config().seed
+
+
 def test_a_temp_file_of_a_run_killed_as_it_wrote_its_config_is_removed_as_the_run_is_made_again(tmp_path):
     stray = tmp_path / "run" / ".config.yaml.q9.tmp"
     stray.parent.mkdir()

@@ -490,6 +490,10 @@ def test_mixed_image_sizes_fall_back_to_the_loader_path_unless_fast_is_on(tmp_pa
         Trainer(cfg, data, None, tmp_path)
     with pytest.warns(UserWarning, match=r"train.fast is auto: training reads from loader workers: .*19 is 49x64"):
         assert not training_on_device("auto", torch.device("cuda"), train, data.labelled, data.pool)
+    # without a crop each image trains at its own size: a batch of two sizes could not be stacked
+    with pytest.raises(S4alError, match=r"19 is 49x64 but .*0 is 48x64: with train.crop_size null each image trains "
+                                        r"at its own size, .* set train.crop_size .* or dataset.resize"):
+        Trainer(tiny_config(train={"fast": "off", "crop_size": None}), data, None, tmp_path / "uncropped")
 
 
 # ---- divergence ----------------------------------------------------------------------------------------

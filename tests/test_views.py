@@ -1,6 +1,7 @@
 """Augmented views keep labels, annotations and validity aligned with their pixels."""
 
 import numpy as np
+import pytest
 import torch
 
 from s4al.data.base import Sample, SegmentationDataset
@@ -65,6 +66,48 @@ def test_label_follows_pixels_under_scale():
     label = planes[0].numpy()
     inner = (slice(1, -1), slice(1, -1))
     np.testing.assert_array_equal(label[inner], coded_label()[rows[inner], cols[inner]])
+
+
+@pytest.mark.parametrize("scale", [0.55, 0.77, 1.3, 1.45])
+def test_each_label_pixel_is_the_source_pixel_under_its_centre(scale):
+    """At a scale other than 2x a label resized from the top-left corner of each pixel lands half
+    a pixel off its image (a pole's labels beside the pole)."""
+    aug = Augment(scale_range=(scale, scale), crop_size=None, hflip_p=0.0, **NO_JITTER)
+    rows, cols = np.mgrid[0:H, 0:W].astype(np.uint8)
+    image, planes = geometric(
+        torch.from_numpy(coded_image()).permute(2, 0, 1), torch.from_numpy(np.stack([rows, cols])),
+        [IGNORE_INDEX] * 2, np.random.default_rng(3), aug,
+    )
+    shown = (planes[0] != IGNORE_INDEX).numpy()  # the resized image, padded where it is smaller
+    height, width = shown.any(1).sum(), shown.any(0).sum()
+    assert shown[:height, :width].all() and (height, width) == (min(round(H * scale), H), min(round(W * scale), W))
+    inner = (slice(1, height - 1), slice(1, width - 1))  # bilinear clamps at the borders
+    # the bilinear image at a pixel's centre holds its source position, linear in the coordinates
+    # (to the uint8 rounding, 0.5 / 10 of a row, 0.5 / 7 of a column)
+    for label, source in ((planes[0], image[0] / 10), (planes[1], image[1] / 7)):
+        distance = (label.double() - source.double()).abs()[inner]
+        assert distance.max() <= 0.5 + 0.5 / 7 + 1e-6
+
+
+def test_a_large_image_is_computed_in_its_crops_window_as_if_resized_whole(monkeypatch):
+    """Over LARGE_IMAGE_PIXELS a sample never resizes the whole image: the same label pixels, the
+    image within the uint8 rounding of the whole resize."""
+    from s4al.data import augment
+
+    image = torch.from_numpy(coded_image()).permute(2, 0, 1)
+    rows, cols = np.mgrid[0:H, 0:W].astype(np.uint8)
+    planes = torch.from_numpy(np.stack([rows, cols, coded_label()]))
+    fills = [IGNORE_INDEX, IGNORE_INDEX, 7]
+    aug = Augment(scale_range=(0.5, 1.6), crop_size=(20, 28), hflip_p=0.5, **NO_JITTER)
+    whole = [geometric(image, planes, fills, np.random.default_rng(seed), aug) for seed in range(40)]
+    monkeypatch.setattr(augment, "LARGE_IMAGE_PIXELS", H * W - 1)
+    monkeypatch.setattr(augment.TF, "resize", None)  # a whole-image resize would fail
+    windowed = [geometric(image, planes, fills, np.random.default_rng(seed), aug) for seed in range(40)]
+    for (image_whole, planes_whole), (image_windowed, planes_windowed) in zip(whole, windowed):
+        assert torch.equal(planes_windowed, planes_whole)
+        assert (image_windowed.int() - image_whole.int()).abs().max() <= 1
+    assert any((p[0] == IGNORE_INDEX).any() for _, p in whole)  # padded samples among them, and flipped ones
+    assert any(p[1][0, 0] > p[1][0, -1] for _, p in whole)
 
 
 def test_padding_is_ignored_and_invalid():

@@ -20,12 +20,12 @@ from s4al.acquisition.pool import (
 )
 from s4al.active.dataset_changes import DatasetChanges
 from s4al.active.label_state import LabelState
-from s4al.active.ledger import JOINED, utc_now
+from s4al.active.ledger import LedgerError, Region, utc_now
 from s4al.active.ledger_copy import copy_of
 from s4al.active.opening import open_ledger, save_resume_changes, warn_of_turned_images
 from s4al.active.oracle import BY_DATASET_MASK, Annotator, GroundTruthOracle
 from s4al.active.phases import CyclePhases
-from s4al.active.summaries import write_summary
+from s4al.active.summaries import rewrite_due_summaries, write_summary
 from s4al import distributed, rank_checks
 from s4al.config import RunConfig, config_differences
 from s4al.data import DatasetError, build_dataset
@@ -169,14 +169,21 @@ class ActiveLearningRun(AbstractContextManager):
         return self.summaries()
 
     def _answer_lost_again(self) -> None:
-        """An oracle run's answers whose stored file is lost (deleted by hand) are written again from
-        the dataset's labels, which they were; a person's are imported again (status says how)."""
+        """An oracle run's answers whose stored file is lost (deleted by hand) or damaged are written
+        again from the dataset's labels, which they were; a person's are imported again (status says how)."""
         if not isinstance(self.annotator, GroundTruthOracle):
             return
-        lost = [region for region in self.ledger.answered() if not self.ledger.has_patch(region)
-                and region.answered_by in (self.annotator.name, BY_DATASET_MASK)]
+        lost = [region for region in self.ledger.answered()
+                if region.answered_by in (self.annotator.name, BY_DATASET_MASK) and not self._readable(region)]
         if lost:
             self.annotator.answer(self.ledger, lost, overwrite=True)
+
+    def _readable(self, region: Region) -> bool:
+        try:
+            self.ledger.patch(region)
+        except LedgerError:
+            return False
+        return True
 
     def _reopen_former_final(self) -> None:
         """A run given more cycles: its last cycle, done as the final one, buys labels now."""
@@ -186,8 +193,9 @@ class ActiveLearningRun(AbstractContextManager):
             self._on_main(self._reopen, last)
 
     def _restore_summaries(self) -> None:
-        """A finished cycle's summary gone from cycles/ (deleted by hand) is written again: the ledger
-        holds everything it says."""
+        """A finished cycle's summary gone from cycles/ (deleted by hand), or due since an import changed
+        its answers (stopped before it wrote it), is written again: the ledger holds everything it says."""
+        rewrite_due_summaries(self.folder, self.ledger)
         for cycle in range(self.final_cycle + 1):
             if self.phases.phase(cycle) == "done" and not self.folder.cycle_summary_path(cycle).exists():
                 self._write_summary(cycle)
@@ -296,12 +304,10 @@ class ActiveLearningRun(AbstractContextManager):
         refuse_bad_labels(self.train_set.image_problems(self.index_of[i] for i in added.added), files="images")
         refuse_bad_labels(self.train_set.label_problems(labelled))
         warn_of_turned_images(self.train_set, labelled)
-        self.ledger.register_images([(i, *self.train_set.image_size(self.index_of[i])) for i in added.added],
-                                    initial=added.added_labelled)
-        self.ledger.label_whole(added.masked)
         joined = {"at": utc_now(), "before": f"cycle {cycle} {before}", "labelled": added.added_labelled,
                   "pool": added.added_pool, "masked": added.masked}
-        self.ledger.set_meta(JOINED, [*self.ledger.get_meta(JOINED, []), joined])
+        self.ledger.join_images([(i, *self.train_set.image_size(self.index_of[i])) for i in added.added],
+                                added.added_labelled, added.masked, joined)
         self.additions = NO_ADDITIONS
         if self.progress is not None:
             self.progress({"event": "joined", "before": joined["before"], "text": added.text()})

@@ -64,6 +64,8 @@ COLOURS_META = "colours"  # the classes' RGB colours, in class id order (runs ma
 MASK_READING = "mask_reading"  # the dataset's mask_reading() (runs opened since it was kept)
 SEED_META = "seed"  # the run's seed, for the ledger read on its own
 CONFIG_DIGEST = "config_digest"  # config_digest(config.yaml) when the run was made
+# that of the config.yaml a resume is writing in its place (the file's new form), until CONFIG_DIGEST is
+CONFIG_DIGEST_NEXT = "config_digest_next"
 FILE_DIGEST = "config_sha256"  # the same in ledgers made before: the file's bytes
 EVALUATED_META = "evaluated_images"  # {split: image ids} of the val and test splits last opened
 RESUME_CHANGES = "resume_changes"  # the config keys changed on resume, when, from what
@@ -72,6 +74,7 @@ PROJECT_META = "label_studio_project"  # {"url": server, "id": project id, "sinc
 # run's one project
 SAID_META = "said_by_the_last_import"  # {kind: region ids}: what the last import said it kept as it was
 CYCLES_META = "active_cycles"  # the active.cycles the run last opened with, whatever set it
+SUMMARIES_DUE = "summaries_due"  # finished cycles whose summary a change of their answers is to write again
 # version 1 lacks the 'skipped' state, versions 1 and 2 the column painted_at, versions 1 to 3 source_digest
 READABLE_VERSIONS = (1, 2, 3, 4)
 LABELS_DIRNAME = "labels"
@@ -217,6 +220,29 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise ledger_error(_file_of(conn), err) from err
 
 
+def _register(conn: sqlite3.Connection, records: Iterable[tuple[str, int, int]], initial: Collection[str]) -> None:
+    """Ledger.register_images inside a write transaction."""
+    initial = {str(image_id) for image_id in initial}
+    rows = [(str(image_id), int(h), int(w), int(str(image_id) in initial)) for image_id, h, w in records]
+    ids = [row[0] for row in rows]
+    problems = [f"image '{i}' listed twice" for i, n in Counter(ids).items() if n > 1]
+    problems += [f"initial image '{i}' is not in the records" for i in sorted(initial - set(ids))]
+    problems += [f"image '{i}' has size {h}x{w}" for i, h, w, _ in rows if h < 1 or w < 1]
+    existing = {row[0]: row for row in conn.execute("SELECT image_id, height, width, initial FROM images")}
+    problems += [f"image '{row[0]}' is registered as (h, w, initial) = {existing[row[0]][1:]}, not {row[1:]}"
+                 for row in rows if row[0] in existing and existing[row[0]] != row]
+    _refuse_if(problems, "register_images")
+    conn.executemany("INSERT INTO images (image_id, height, width, initial) VALUES (?, ?, ?, ?)",
+                     [row for row in rows if row[0] not in existing])
+
+
+def _label_whole(conn: sqlite3.Connection, image_ids: Sequence[str]) -> None:
+    """Ledger.label_whole inside a write transaction."""
+    image_ids = [str(i) for i in image_ids]
+    _refuse_if(_not_pool_images(conn, image_ids), "label_whole")
+    conn.executemany("UPDATE images SET initial = 1 WHERE image_id = ?", [(i,) for i in image_ids])
+
+
 def _file_of(conn: sqlite3.Connection) -> str:
     try:
         return conn.execute("PRAGMA database_list").fetchone()[2] or "the label ledger"
@@ -250,7 +276,8 @@ class Region:
     asked_at: str
     answered_at: str | None
     answered_by: str | None
-    painted_at: str | None = None  # when its answer was painted, where the answer's source tells (UTC)
+    painted_at: str | None = None  # when its answer was painted, where the answer's source tells (UTC);
+    # skipped: when the annotator skipped it, where the skip's source tells (a task skipped in Label Studio)
     source_digest: str | None = None  # 'SIZE:SHA256' of the file its answer was read from, where known;
     # skipped: painting_digest of the painting the skip turned down (a withdrawn answer), where known
 
@@ -482,24 +509,19 @@ class Ledger(RegionsByState, AbstractContextManager):
     def register_images(self, records: Iterable[tuple[str, int, int]], initial: Collection[str] = ()) -> None:
         """Add the train pool as (image_id, height, width); `initial` ids are fully labelled.
         Re-registering the same image identically is a no-op; any difference is refused."""
-        initial = {str(image_id) for image_id in initial}
-        rows = [(str(image_id), int(h), int(w), int(str(image_id) in initial)) for image_id, h, w in records]
-        ids = [row[0] for row in rows]
-        problems = [f"image '{i}' listed twice" for i, n in Counter(ids).items() if n > 1]
-        problems += [f"initial image '{i}' is not in the records" for i in sorted(initial - set(ids))]
-        problems += [f"image '{i}' has size {h}x{w}" for i, h, w, _ in rows if h < 1 or w < 1]
         with write_transaction(self._conn) as conn:
-            existing = {row[0]: row for row in conn.execute("SELECT image_id, height, width, initial FROM images")}
-            problems += [
-                f"image '{row[0]}' is registered as (h, w, initial) = {existing[row[0]][1:]}, not {row[1:]}"
-                for row in rows
-                if row[0] in existing and existing[row[0]] != row
-            ]
-            _refuse_if(problems, "register_images")
-            conn.executemany(
-                "INSERT INTO images (image_id, height, width, initial) VALUES (?, ?, ?, ?)",
-                [row for row in rows if row[0] not in existing],
-            )
+            _register(conn, records, initial)
+
+    def join_images(self, records: Iterable[tuple[str, int, int]], initial: Collection[str],
+                    masked: Sequence[str], joined: dict) -> None:
+        """Images and masks added to the dataset joining the run, in one write: `records` registered
+        (`initial` of them labelled), the `masked` pool images labelled whole, `joined` added to the
+        record of what joined when (JOINED)."""
+        with write_transaction(self._conn) as conn:
+            _register(conn, records, initial)
+            _label_whole(conn, masked)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                         (JOINED, json.dumps([*self.get_meta(JOINED, []), joined])))
 
     def images(self) -> list[ImageRecord]:
         """All registered images, in registration order."""
@@ -540,10 +562,8 @@ class Ledger(RegionsByState, AbstractContextManager):
     def label_whole(self, image_ids: Sequence[str]) -> None:
         """Mark pool images as labelled whole by their own labels in the dataset (a mask given for
         them after the run began), as initial images are; their regions asked before stay as they are."""
-        image_ids = [str(i) for i in image_ids]
         with write_transaction(self._conn) as conn:
-            _refuse_if(_not_pool_images(conn, image_ids), "label_whole")
-            conn.executemany("UPDATE images SET initial = 1 WHERE image_id = ?", [(i,) for i in image_ids])
+            _label_whole(conn, image_ids)
 
     # --- regions: ask -----------------------------------------------------------------------------
 
@@ -711,11 +731,14 @@ class Ledger(RegionsByState, AbstractContextManager):
         _refuse_if(problems, "answer")
         return patches
 
-    def skip(self, region_ids: Iterable[int], by: str, withdraw: bool = False) -> list[int]:
+    def skip(self, region_ids: Iterable[int], by: str, withdraw: bool = False,
+             skipped_at: Mapping[int, str | None] | None = None) -> list[int]:
         """Mark asked regions as skipped (the annotator declined them), all or nothing; returns the
         ids newly skipped. Regions skipped before are left as they are; answered ones are refused,
         unless `withdraw`: then their answers are taken back (their PNGs stay, as replaced ones do),
-        each one's painting_digest kept, so that the same painting imported again does not answer it."""
+        each one's painting_digest kept, so that the same painting imported again does not answer it.
+        `skipped_at`: region id -> when the annotator skipped it (UTC), where the skip's source tells,
+        kept as its painted_at: on the clock of the paintings that later import compare with it."""
         region_ids = list(dict.fromkeys(_region_id(region_id) for region_id in region_ids))
         problems = [] if isinstance(by, str) and by else ["'by' must name who skipped"]
         with write_transaction(self._conn) as conn:
@@ -729,9 +752,11 @@ class Ledger(RegionsByState, AbstractContextManager):
             withdrawn = {region.region_id: self._answer_digest(region) for region in answered
                          if states.get(region.region_id) == "answered"}
             now = utc_now()
+            skipped_at = skipped_at or {}
             conn.executemany("UPDATE regions SET state = 'skipped', answered_at = ?, answered_by = ?, "
-                             "label_path = NULL, painted_at = NULL, source_digest = ? WHERE region_id = ?",
-                             [(now, by, withdrawn.get(region_id), region_id) for region_id in newly])
+                             "label_path = NULL, painted_at = ?, source_digest = ? WHERE region_id = ?",
+                             [(now, by, skipped_at.get(region_id), withdrawn.get(region_id), region_id)
+                              for region_id in newly])
         return newly
 
     def _answer_digest(self, region: Region) -> str | None:
@@ -782,9 +807,10 @@ def read_patch(run_dir: Path, region: Region) -> np.ndarray:
     try:
         with Image.open(path) as image:
             array = np.asarray(image)
-    except OSError as err:
+    except (OSError, ValueError, SyntaxError) as err:  # Pillow's kinds of a damaged file
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else err
         raise LedgerError(f"{path}: the stored answer of {_named(region)} is missing or unreadable "
-                          f"({err.strerror or err}); {_recover_hint(run_dir, region, path)}") from err
+                          f"({reason}); {_recover_hint(run_dir, region, path)}") from err
     if array.dtype != np.uint8 or array.shape != region.shape:
         raise LedgerError(f"{path}: the stored answer of {_named(region)} is a {array.dtype} {array.shape} image, "
                           f"expected uint8 {region.shape}; {_recover_hint(run_dir, region, path)}")

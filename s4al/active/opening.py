@@ -15,11 +15,13 @@ import numpy as np
 
 from s4al.active.dataset_changes import DatasetChanges, dataset_changes
 from s4al.active.ledger import (
-    CLASSES_META, COLOURS_META, CONFIG_DIGEST, CYCLES_META, EVALUATED_META, FILE_DIGEST, MASK_READING, RESUME_CHANGES,
-    RUN_ID, SEED_META, Ledger, utc_now,
+    CLASSES_META, COLOURS_META, CONFIG_DIGEST, CONFIG_DIGEST_NEXT, CYCLES_META, EVALUATED_META, FILE_DIGEST,
+    MASK_READING, RESUME_CHANGES, RUN_ID, SEED_META, Ledger, utc_now,
 )
 from s4al.active.phases import CyclePhases
-from s4al.config import SAVED_ON_RESUME, RunConfig, config_digest, file_digest, flat_config, nested
+from s4al.config import (
+    SAVED_ON_RESUME, RunConfig, config_digest, file_digest, flat_config, nested, written_config_digest,
+)
 from s4al.data import DatasetError
 from s4al.data.base import SegmentationDataset, refuse_bad_labels
 from s4al.data.folder import SPEC_NAMES
@@ -72,13 +74,17 @@ def _make_ledger(folder: RunFolder, cfg: RunConfig, train_set: SegmentationDatas
     initial_ids = [ids[i] for i in initial]
     path = folder.ledger_path
     building = path.with_name(f".{path.name}.new")
-    building.unlink(missing_ok=True)
+    for left in (building, *(building.with_name(f"{building.name}-{log}") for log in ("wal", "shm"))):
+        left.unlink(missing_ok=True)  # an earlier try's: a log left beside a new file would be read into it
     with Ledger(building) as ledger:
         records = [(image_id, *train_set.image_size(i)) for i, image_id in enumerate(ids)]
         ledger.register_images(records, initial=set(initial_ids))
         ledger.set_meta(CLASSES_META, list(train_set.classes.names))
         ledger.set_meta(SEED_META, cfg.seed)
         ledger.set_meta(CONFIG_DIGEST, config_digest(folder.config_path))
+    if building.with_name(f"{building.name}-wal").exists():  # not folded into the file on close: part of it
+        raise RunFolderError(f"{building}: its write-ahead log could not be written into it (a full disk, or a "
+                             "failing one?); make room and run the command again")
     os.replace(building, path)
 
 
@@ -136,7 +142,7 @@ def config_changed(folder: RunFolder, ledger: Ledger) -> bool:
     (read from the digest the ledger keeps; an older ledger's is of the file's bytes)."""
     made_with = ledger.get_meta(CONFIG_DIGEST)
     if made_with is not None:
-        return made_with != config_digest(folder.config_path)
+        return config_digest(folder.config_path) not in (made_with, ledger.get_meta(CONFIG_DIGEST_NEXT))
     made_with_file = ledger.get_meta(FILE_DIGEST)
     return made_with_file is not None and made_with_file != file_digest(folder.config_path)
 
@@ -158,12 +164,18 @@ def _check_config(folder: RunFolder, ledger: Ledger) -> None:
     """config.yaml must say what it said when the run was made, but for the keys SAVED_ON_RESUME."""
     path = folder.config_path
     changed = config_changed(folder, ledger)
-    if not changed and ledger.get_meta(CONFIG_DIGEST) is None:  # an older ledger's: the digest of today
-        ledger.set_meta(CONFIG_DIGEST, config_digest(path))
+    if not changed and (ledger.get_meta(CONFIG_DIGEST) is None or ledger.get_meta(CONFIG_DIGEST_NEXT) is not None):
+        _settle_config_digest(folder, ledger)  # an older ledger's, or one a stopped resume was replacing: today's
     if changed:
         raise RunFolderError(f"{path}: changed since the run was made (it no longer matches the digest in "
                              f"{folder.ledger_path}); restore the file the run was made with (only "
                              f"{', '.join(SAVED_ON_RESUME)} may change, with --set on resume)")
+
+
+def _settle_config_digest(folder: RunFolder, ledger: Ledger) -> None:
+    """The digest of config.yaml as it is now, and no other."""
+    ledger.set_meta(CONFIG_DIGEST, config_digest(folder.config_path))
+    ledger.set_meta(CONFIG_DIGEST_NEXT, None)
 
 
 def _check_classes(ledger: Ledger, cfg: RunConfig, train_set: SegmentationDataset) -> None:
@@ -260,8 +272,11 @@ def save_resume_changes(folder: RunFolder, ledger: Ledger, phases: CyclePhases, 
     if "model.weights" in changed:
         check_weights(cfg, train_set)
     if changed:
-        folder.save_config(folder.config(nested(changed)))  # as this s4al writes it: a newer config_version
-        ledger.set_meta(CONFIG_DIGEST, config_digest(folder.config_path))  # the file was found unchanged above
+        replacement = folder.config(nested(changed))  # as this s4al writes it: a newer config_version
+        # the file's new digest first: a kill before the file is replaced, or after, leaves a digest it matches
+        ledger.set_meta(CONFIG_DIGEST_NEXT, written_config_digest(replacement))
+        folder.save_config(replacement)
+        _settle_config_digest(folder, ledger)  # the file was found unchanged above
         record = {"at": utc_now(), **{key: {"was": was[key], "now": value} for key, value in changed.items()}}
         ledger.set_meta(RESUME_CHANGES, [*ledger.get_meta(RESUME_CHANGES, []), record])
     ledger.set_meta(CYCLES_META, given["active.cycles"])

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
-from s4al.active.ledger import Ledger, LedgerError
+from s4al.active.ledger import CLASSES_META, SUMMARIES_DUE, Ledger, LedgerError
 from s4al.active.phases import CyclePhases
 from s4al.atomic import atomic_write
 from s4al.data.classes import class_pixel_counts
@@ -45,17 +46,33 @@ def _no_whole_images(image_id: str) -> np.ndarray:
     raise AssertionError(f"{image_id}: a cycle that asked regions bought no whole image")
 
 
-def rewrite_summaries(folder: RunFolder, ledger: Ledger, region_ids: Iterable[int], class_names: list[str]) -> list[int]:
-    """The summaries of the finished cycles that asked `region_ids`, written again from the ledger
-    (after an import changed those regions' answers); returns those cycles."""
+@contextmanager
+def summaries_rewritten(folder: RunFolder, ledger: Ledger, region_ids: Iterable[int]) -> Iterator[None]:
+    """Around a write that changes the answers of `region_ids`: the cycles that asked them are marked
+    due (SUMMARIES_DUE) before it, and their summaries, where finished, written again from the ledger
+    after it. A kill in between leaves the mark, which the next import, skip or run honours."""
     changed = set(region_ids)
-    cycles = sorted({region.cycle for region in ledger.regions() if region.region_id in changed})
+    cycles = {region.cycle for region in ledger.regions() if region.region_id in changed}
+    if cycles:
+        ledger.set_meta(SUMMARIES_DUE, sorted(cycles | set(ledger.get_meta(SUMMARIES_DUE, []))))
+    yield
+    rewrite_due_summaries(folder, ledger)
+
+
+def rewrite_due_summaries(folder: RunFolder, ledger: Ledger) -> list[int]:
+    """The summaries of the cycles marked due, where finished, written again from the ledger; the
+    mark cleared. Returns the cycles written."""
+    due = ledger.get_meta(SUMMARIES_DUE, [])
+    if not due:
+        return []
     with CyclePhases(ledger) as phases:
-        finished = [cycle for cycle in cycles if folder.cycle_summary_path(cycle).exists()]
+        finished = [cycle for cycle in due if folder.cycle_summary_path(cycle).exists()]
         for cycle in finished:
             try:
-                write_summary(folder, ledger, phases, cycle, class_names, _no_whole_images)
+                write_summary(folder, ledger, phases, cycle, ledger.get_meta(CLASSES_META), _no_whole_images)
             except LedgerError as err:  # what was imported stays: only the summary waits
                 warnings.warn(f"the summary of cycle {cycle} ({folder.cycle_summary_path(cycle)}) is not written "
                               f"again: {err}", S4alWarning)
+                return finished
+    ledger.set_meta(SUMMARIES_DUE, [])
     return finished

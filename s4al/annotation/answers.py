@@ -48,12 +48,12 @@ from pathlib import Path
 import numpy as np
 
 from s4al.active.ledger import (
-    CLASSES_META, COLOURS_META, MASK_READING, PROJECT_META, RUN_ID, SAID_META, LabelWriteError, Ledger, LedgerError,
-    Region, painting_digest,
+    CLASSES_META, COLOURS_META, MASK_READING, PROJECT_META, RUN_ID, SAID_META, SUMMARIES_DUE, LabelWriteError, Ledger,
+    LedgerError, Region, painting_digest,
 )
 from s4al.active.phases import CyclePhases
 from s4al.acquisition.regions import box_masks
-from s4al.active.summaries import rewrite_summaries
+from s4al.active.summaries import rewrite_due_summaries, summaries_rewritten
 from s4al.annotation.label_studio import BY_LABEL_STUDIO, LeftOut, read_export
 from s4al.config import file_digest
 from s4al.annotation.masks import (
@@ -146,22 +146,26 @@ def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> 
             newly_answered = len(report.answered) - len(report.unskipped)
             report.still_asked = len(ledger.asked()) - newly_answered - len(report.skipped)
             report.said_before = ledger.get_meta(SAID_META) or {}
+            summaries_due = bool(ledger.get_meta(SUMMARIES_DUE))  # by an import or skip stopped before it wrote them
         if not answers and not report.skipped:
             if report.read and not (report.already_imported or report.skip_kept):  # no answer in what was read
                 raise AnswerError(f"{answers_path}: nothing to answer: {_why_nothing(report)}")
-            if not dry_run and (report.said_now() != report.said_before or report.turned_down):
+            if not dry_run and (report.said_now() != report.said_before or report.turned_down or summaries_due):
                 with Ledger(ledger_path) as ledger:
                     ledger.turn_down(report.turned_down)
                     ledger.set_meta(SAID_META, report.said_now())
+                    rewrite_due_summaries(folder, ledger)
             return report
         if dry_run:
             return report
-        with Ledger(ledger_path) as ledger:
+        # a finished cycle's summary says what it bought: the answers it holds now
+        changed = [*report.corrected, *report.unskipped, *report.repaired]
+        with Ledger(ledger_path) as ledger, summaries_rewritten(folder, ledger, changed):
             try:
                 ledger.answer_many(answers, by=report.by,
                                    overwrite=bool(report.corrected or report.unskipped or report.repaired),
                                    painted_at=painted_at, source_digests=source_digests)
-                ledger.skip(report.skipped, by=report.by)
+                ledger.skip(report.skipped, by=report.by, skipped_at=painted_at)
                 ledger.turn_down(report.turned_down)
             except LabelWriteError as err:
                 raise AnswerError(f"{err.path}: could not write the label patch ({err.reason}); nothing was imported "
@@ -171,9 +175,6 @@ def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> 
                 raise AnswerError(f"{answers_path}: {err}") from None
             report.still_asked = len(ledger.asked())
             ledger.set_meta(SAID_META, report.said_now())
-            # a finished cycle's summary says what it bought: the answers it holds now
-            rewrite_summaries(folder, ledger, [*report.corrected, *report.unskipped, *report.repaired],
-                              ledger.get_meta(CLASSES_META))
     return report
 
 
@@ -297,6 +298,8 @@ def _answers(ledger: Ledger, sizes: dict[str, tuple[int, int]], painted: Iterabl
                               report, problems)
         answers += image_answers
         painted_at.update((region_id, image.painted_at) for region_id, _ in image_answers)
+        for region_id, _ in skips:  # when each was skipped: the first task taking it tells
+            painted_at.setdefault(region_id, image.painted_at)
         source_digests.update((region_id, digest) for region_id, _ in image_answers)
     problems = left_out.problems + problems
     if len(problems) == 1:
@@ -446,11 +449,14 @@ def _skip_stands(image: PaintedImage, region: Region) -> bool:
 
 
 def _painted_before_skip(image: PaintedImage, region: Region) -> bool:
-    """Whether `image` was painted before skipped `region` was skipped by name: a mask or export from
-    before the skip, which the skip overrules. Unknown when the answer tells no time."""
-    if image.painted_at is None or region.answered_at is None or region.answered_by == BY_SKIP_UNANSWERED:
+    """Whether `image` was painted before skipped `region` was skipped: a mask or export from before
+    the skip, which the skip overrules. The time of a task skipped in Label Studio is its own (the
+    clock its paintings have; its import may come long after a later painting), that of a skip by
+    name its command's. Unknown when the answer tells no time."""
+    skipped_at = region.painted_at or region.answered_at
+    if image.painted_at is None or skipped_at is None or region.answered_by == BY_SKIP_UNANSWERED:
         return False
-    return _earlier(image.painted_at, region.answered_at)
+    return _earlier(image.painted_at, skipped_at)
 
 
 def _painted(image: PaintedImage, region: Region) -> tuple[np.ndarray, float]:

@@ -213,9 +213,9 @@ def _report_lines(run_dir: Path, report: ImportReport) -> list[str]:
         ("corrected", "corrected {regions} answered before, painted otherwise now (the new answer replaces the "
                       "earlier one for the training to come" + later + ")"),
         ("repaired", "wrote again {regions} whose stored answer (in labels/) was lost"),
-        ("skip_kept", "left {regions} skipped: painted here as when the skip turned them down (by `s4al skip "
-                      "--region` after the painting, or `--withdraw`); to answer one, paint it otherwise in Label "
-                      "Studio (or in its mask) and import"),
+        ("skip_kept", "left {regions} skipped: painted here as when the skip turned them down (skipped after this "
+                      "painting, in Label Studio or by `s4al skip --region`, or `--withdraw`); to answer one, paint "
+                      "it otherwise in Label Studio (or in its mask) and import"),
         ("annotation_gone", "kept {regions} answered, the task without an annotation in this export any more "
                             "(deleted in Label Studio?)"),
         ("task_gone", "kept {regions} answered, their task not in this export (deleted in Label Studio, or an "
@@ -262,8 +262,8 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None, cycle: CycleOptio
     nor counted as labelled pixels unless an import paints them later. The run then continues with
     the regions answered. With --withdraw, answered regions named are skipped too: their answers
     no longer train, from the next cycle on."""
-    from s4al.active.ledger import CLASSES_META, PROJECT_META, Ledger
-    from s4al.active.summaries import rewrite_summaries
+    from s4al.active.ledger import PROJECT_META, Ledger
+    from s4al.active.summaries import summaries_rewritten
     from s4al.annotation.answers import BY_SKIP_NAMED, BY_SKIP_UNANSWERED, part_trained_cycle
 
     with user_errors_reported():
@@ -281,9 +281,8 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None, cycle: CycleOptio
             cycles = sorted({r.cycle for r in asked})  # said for a skip of what is still asked
             answered = sorted({r.region_id for r in ledger.answered()} & set(chosen))
             _refuse_withdrawal(run_dir, answered, withdraw, part_trained_cycle(folder, ledger) if answered else None)
-            skipped = ledger.skip(chosen, by=BY_SKIP_NAMED if region else BY_SKIP_UNANSWERED, withdraw=withdraw)
-            if answered:
-                rewrite_summaries(folder, ledger, answered, ledger.get_meta(CLASSES_META))
+            with summaries_rewritten(folder, ledger, answered):  # a withdrawal changes what a cycle bought
+                skipped = ledger.skip(chosen, by=BY_SKIP_NAMED if region else BY_SKIP_UNANSWERED, withdraw=withdraw)
             still_asked = len(ledger.asked())
             project = ledger.get_meta(PROJECT_META)
     of_cycles = "" if region or not skipped else f" of {'cycle' if len(cycles) == 1 else 'cycles'} " + ", ".join(

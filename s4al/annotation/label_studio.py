@@ -257,11 +257,13 @@ def _annotation(item: Any, where: str) -> dict | None:
 
 
 def _results(annotation: dict, where: str) -> list[dict]:
+    """The annotation's regions, but for relations drawn between them (they paint nothing)."""
     result = annotation.get("result", [])
-    if not isinstance(result, list) or not all(isinstance(r, dict) and isinstance(r.get("value"), dict)
-                                               for r in result):
+    regions = [r for r in result if not (isinstance(r, dict) and r.get("type") == "relation")] \
+        if isinstance(result, list) else None
+    if regions is None or not all(isinstance(r, dict) and isinstance(r.get("value"), dict) for r in regions):
         raise AnswerError(f"{where}: the annotation's 'result' must be a list of regions, each with a 'value' object")
-    return result
+    return regions
 
 
 def _painted(item: dict, annotation: dict, where: str, class_names: Sequence[str],

@@ -19,6 +19,7 @@ server refuses, or a server that does not answer, is a LabelStudioError naming t
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import re
 import time
@@ -387,7 +388,7 @@ def download_export(run_dir: Path, api_key: str | None) -> Path:
         raise LabelStudioError(f"{run_dir}: no Label Studio project yet; send the tasks first with "
                                f"`s4al query {shell(run_dir)} --label-studio URL`")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    path = folder.answers_dir / f"label_studio_{stamp}.json"
+    path = folder.answers_dir / f"label_studio_{stamp}_{_tag(project)}.json"
     path.parent.mkdir(exist_ok=True)
     client = _client(project.url, api_key)
     by_hand = ", or export the project in Label Studio (JSON) and import that file"
@@ -416,11 +417,18 @@ def download_export(run_dir: Path, api_key: str | None) -> Path:
     return path
 
 
+def _tag(project: Project) -> str:
+    """The project in a download's file name: its id and a digest of its server's address."""
+    return f"project{project.id}-{hashlib.sha256(project.url.encode()).hexdigest()[:8]}"
+
+
 def remove_earlier_downloads(export: Path) -> int:
     """Removes the project's exports downloaded into the answers folder before `export`, once it is
     imported: each is the whole project as it was, and what they answered is in the run (a project
-    exported after every cycle would otherwise keep every image once per import). Returns how many."""
-    earlier = [path for path in export.parent.glob("label_studio_*.json") if path.name < export.name]
+    exported after every cycle would otherwise keep every image once per import). Another project's
+    (one replaced since) stay: not imported, they would be the only copy of its answers. Returns how many."""
+    tag = export.stem.split("_")[-1]
+    earlier = [path for path in export.parent.glob(f"label_studio_*_{tag}.json") if path.name < export.name]
     for path in earlier:
         path.unlink()
     return len(earlier)

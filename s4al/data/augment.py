@@ -69,17 +69,49 @@ def draw_jitter(rng: np.random.Generator, aug: Augment) -> Jitter | None:
     )
 
 
+def bilinear_weights(positions: torch.Tensor, sizes: torch.Tensor, source: int, first: int = 0,
+                     taps: int | None = None) -> torch.Tensor:
+    """(N, crop, taps) weights of an antialiased bilinear resize from `source` to `sizes` pixels (the
+    weights of torch's kernel), read at `positions` (N, crop), on the source pixels `first` to
+    `first + taps` (default: all); zero rows where a position lies beyond the resized image (padding)."""
+    scale = source / sizes.double()  # input / output, as torch's area_pixel_compute_scale
+    support = scale.clamp_min(1.0)  # the triangle widens by the scale when shrinking
+    reads = (positions.double() + 0.5) * scale[:, None]  # each output pixel's centre in the source
+    pixels = torch.arange(first, first + (source - first if taps is None else taps), device=positions.device,
+                          dtype=torch.float64) + 0.5  # the source pixels' centres
+    weights = (1 - ((pixels - reads[..., None]) / support[:, None, None]).abs()).clamp_min(0)
+    weights = weights / weights.sum(-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+    inside = positions < sizes[:, None]
+    return (weights * inside[..., None]).float()
+
+
+def nearest_source(positions: torch.Tensor, sizes: torch.Tensor, source: int) -> torch.Tensor:
+    """Source pixel of torch's "nearest-exact" resize, the one under each pixel's centre:
+    min(floor((i + 0.5) * float32(in / out)), in - 1)."""
+    scale = torch.full_like(sizes, source, dtype=torch.float32) / sizes.float()
+    return ((positions.float() + 0.5) * scale[:, None]).floor().long().clamp(0, source - 1)
+
+
+# pixels of an image above which a sample is computed in its crop's window of the source, never
+# resized whole (a 10,000-pixel square scaled by 1.25 would take about 1 GB a sample, with its planes)
+LARGE_IMAGE_PIXELS = 2048 * 2048
+
+
 def geometric(
     image: torch.Tensor, planes: torch.Tensor, fills: Sequence[int], rng: np.random.Generator, aug: Augment
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale, pad-if-needed, crop and flip a (3,H,W) uint8 image with its (K,H,W) uint8 planes.
 
-    Planes are resized with nearest neighbour and padded with their fill value."""
+    Planes are resized with the nearest neighbour of each pixel's centre (torch's "nearest" takes its
+    top-left corner's: half a pixel off the image's bilinear resize, which moves thin classes such as
+    poles off their pixels) and padded with their fill value."""
     h, w = image.shape[-2:]
     draw = draw_geometry(rng, h, w, aug)
+    if aug.crop_size is not None and h * w > LARGE_IMAGE_PIXELS:
+        return _in_window(image, planes, fills, draw, aug.crop_size)
     if draw.size != (h, w):
         image = TF.resize(image, list(draw.size), InterpolationMode.BILINEAR, antialias=True)
-        planes = TF.resize(planes, list(draw.size), InterpolationMode.NEAREST)
+        planes = TF.resize(planes, list(draw.size), InterpolationMode.NEAREST_EXACT)
     ch, cw = aug.crop_size or (h, w)
     pad_h, pad_w = max(ch - draw.size[0], 0), max(cw - draw.size[1], 0)
     if pad_h or pad_w:
@@ -90,6 +122,35 @@ def geometric(
     if draw.flip:
         image, planes = image.flip(-1), planes.flip(-1)
     return image.contiguous(), planes.contiguous()
+
+
+def _in_window(image: torch.Tensor, planes: torch.Tensor, fills: Sequence[int], draw: Geometry,
+               crop: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """geometric() of a large image computed from the source pixels its crop reads: the planes take the
+    same source pixels, the image the resize's weights (within 1 of its uint8 rounding)."""
+    (h, w), (ch, cw) = image.shape[-2:], crop
+    rows, cols = torch.arange(ch) + draw.top, torch.arange(cw) + draw.left
+    (ry, top), (rx, left) = _window_weights(rows, draw.size[0], h), _window_weights(cols, draw.size[1], w)
+    window = image[:, top: top + ry.shape[1], left: left + rx.shape[1]].float()
+    out = (ry @ window @ rx.T).round_().clamp_(0, 255).to(torch.uint8)
+    src_rows = nearest_source(rows[None], torch.tensor([draw.size[0]]), h)[0]
+    src_cols = nearest_source(cols[None], torch.tensor([draw.size[1]]), w)[0]
+    valid = (rows < draw.size[0])[:, None] & (cols < draw.size[1])[None]
+    picked = planes[:, src_rows][:, :, src_cols]
+    planes = torch.stack([torch.where(valid, plane, fill) for plane, fill in zip(picked, fills)])
+    if draw.flip:
+        out, planes = out.flip(-1), planes.flip(-1)
+    return out.contiguous(), planes.contiguous()
+
+
+def _window_weights(positions: torch.Tensor, size: int, source: int) -> tuple[torch.Tensor, int]:
+    """bilinear_weights of one axis on the source pixels `positions` read: (weights, the first)."""
+    scale = source / size
+    reach = max(scale, 1.0) + 1  # the triangle's half-width, and a pixel for rounding
+    shown = positions[positions < size].double()
+    first = max(0, int(np.floor((float(shown.min()) + 0.5) * scale - reach)))
+    last = min(source, int(np.ceil((float(shown.max()) + 0.5) * scale + reach)))
+    return bilinear_weights(positions[None], torch.tensor([size]), source, first, last - first)[0], first
 
 
 def color_jitter(image: torch.Tensor, rng: np.random.Generator, aug: Augment) -> torch.Tensor:

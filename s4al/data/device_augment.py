@@ -6,9 +6,9 @@ Geometry (resize, pad, crop, flip) is separable, so each sample's image is resam
 Ry @ image @ Rx^T with per-axis matrices holding the weights of an antialiased bilinear resize
 (the weights of torch's bilinear antialias kernel, which the loader path's resize runs), its zero
 rows where the crop is padding, and the flip as reversed rows of Rx. Label-like planes take the
-nearest-neighbour source pixel torch's "nearest" resize takes (floor(i * in / out) in float32) and
-their fill value on padding. So a sample lands on the same source pixels as on the loader path;
-images differ from it only by the loader's uint8 rounding between operations.
+source pixel under each pixel's centre, as torch's "nearest-exact" resize (floor((i + 0.5) * in /
+out) in float32), and their fill value on padding. So a sample lands on the same source pixels as
+on the loader path; images differ from it only by the loader's uint8 rounding between operations.
 
 Images come out as float32 in [0, 1], channels_last (model input); planes as uint8 / bool."""
 
@@ -23,7 +23,7 @@ import torch
 from s4al.data.batches import host_to_device
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.device_cache import DeviceCache
-from s4al.data.augment import Augment, draw_geometry, draw_jitter
+from s4al.data.augment import Augment, bilinear_weights, draw_geometry, draw_jitter, nearest_source
 
 # columns of a batch's parameter table
 SIZE_H, SIZE_W, TOP, LEFT, FLIP, JITTERED, BRIGHTNESS, CONTRAST, SATURATION, HUE = range(10)
@@ -51,25 +51,6 @@ def _source_positions(params: torch.Tensor, crop: int, offset_col: int, flip: bo
     return params[:, offset_col, None].long() + steps
 
 
-def _bilinear_weights(positions: torch.Tensor, sizes: torch.Tensor, source: int) -> torch.Tensor:
-    """(N, crop, source) weights of an antialiased bilinear resize from `source` to `sizes` pixels,
-    read at `positions`; zero rows where a position lies beyond the resized image (padding)."""
-    scale = source / sizes.double()  # input / output, as torch's area_pixel_compute_scale
-    support = scale.clamp_min(1.0)  # the triangle widens by the scale when shrinking
-    center = (positions.double() + 0.5) * scale[:, None]
-    taps = torch.arange(source, device=positions.device, dtype=torch.float64) + 0.5
-    weights = (1 - ((taps - center[..., None]) / support[:, None, None]).abs()).clamp_min(0)
-    weights = weights / weights.sum(-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
-    inside = positions < sizes[:, None]
-    return (weights * inside[..., None]).float()
-
-
-def _nearest_source(positions: torch.Tensor, sizes: torch.Tensor, source: int) -> torch.Tensor:
-    """Source pixel of torch's "nearest" resize: min(floor(i * float32(in / out)), in - 1)."""
-    scale = torch.full_like(sizes, source, dtype=torch.float32) / sizes.float()
-    return (positions.float() * scale[:, None]).floor().long().clamp(0, source - 1)
-
-
 def resample(
     images: torch.Tensor, planes: torch.Tensor, fills: Sequence[int], params: torch.Tensor, crop: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,13 +60,13 @@ def resample(
     sizes_h, sizes_w = params[:, SIZE_H].long(), params[:, SIZE_W].long()
     rows = _source_positions(params, ch, TOP, flip=False)
     cols = _source_positions(params, cw, LEFT, flip=True)
-    ry, rx = _bilinear_weights(rows, sizes_h, h), _bilinear_weights(cols, sizes_w, w)
+    ry, rx = bilinear_weights(rows, sizes_h, h), bilinear_weights(cols, sizes_w, w)
     out = ry[:, None] @ images.float() @ rx[:, None].transpose(-1, -2)
     out = out.div_(255).clamp_(0, 1).contiguous(memory_format=torch.channels_last)
 
     valid = (rows < sizes_h[:, None])[:, :, None] & (cols < sizes_w[:, None])[:, None, :]
     n, k = planes.shape[:2]
-    src_rows, src_cols = _nearest_source(rows, sizes_h, h), _nearest_source(cols, sizes_w, w)
+    src_rows, src_cols = nearest_source(rows, sizes_h, h), nearest_source(cols, sizes_w, w)
     picked = planes.gather(2, src_rows[:, None, :, None].expand(n, k, ch, w))
     picked = picked.gather(3, src_cols[:, None, None, :].expand(n, k, ch, cw))
     # a Python fill per plane: torch.tensor(fills, device=...) would be a copy that waits for a GPU

@@ -42,17 +42,17 @@ class DeviceMemoryShort(S4alError):
     """The cache would take more than DEVICE_SHARE of the device's free memory."""
 
 
-def common_size(dataset: SegmentationDataset, indices: Sequence[int]) -> tuple[int, int]:
-    """The (H, W) every image of `indices` has, or MixedImageSizes naming two that differ."""
+def common_size(dataset: SegmentationDataset, indices: Sequence[int],
+                needs: str = "the device cache needs one image size; set dataset.resize, or train.fast: off to "
+                             "train from loader workers") -> tuple[int, int]:
+    """The (H, W) every image of `indices` has, or MixedImageSizes naming two that differ and what
+    `needs` one size."""
     first = tuple(dataset.image_size(indices[0]))
     for i in indices:
         size = tuple(dataset.image_size(i))
         if size != first:
-            raise MixedImageSizes(
-                f"{dataset.image_id(i)} is {size[0]}x{size[1]} but {dataset.image_id(indices[0])} is "
-                f"{first[0]}x{first[1]}: the device cache needs one image size; set dataset.resize, "
-                "or train.fast: off to train from loader workers"
-            )
+            raise MixedImageSizes(f"{dataset.image_id(i)} is {size[0]}x{size[1]} but {dataset.image_id(indices[0])} is "
+                                  f"{first[0]}x{first[1]}: {needs}")
     return first
 
 

@@ -42,6 +42,7 @@ from s4al.data.io import (
     remap_label,
     require_nonempty,
     system_file,
+    transparent_pixels,
 )
 from s4al.text import first_of
 
@@ -303,8 +304,12 @@ class ImageFolder(FilePairDataset):
         paints an index in another class's colour); else by colour where
         the indices it uses have distinct class colours in the palette (an editor's indexed export
         numbers its colours in its own order), else by index (class ids under a palette of other
-        colours, or one padded with black). The index ignore_value is void in both readings."""
+        colours, or one padded with black). The index ignore_value is void in both readings, and so
+        is a pixel the PNG marks transparent (an editor's unpainted background), whatever its index."""
         indices = read_label(pair.label)
+        hidden = transparent_pixels(pair.label)
+        if hidden is not None:
+            indices[hidden] = self.ignore_value
         labels = palette_labels(indices, read_palette(pair.label), self.decode_colours, self.ignore_value, pair.label,
                                 "set colour_masks in classes.yaml: false reads every mask by index, true by colour")
         if labels is None:

@@ -62,7 +62,8 @@ def _pixels(img: Image.Image, path: Path, mode: str | None = None) -> np.ndarray
     try:
         if _orientation(img) != 1:
             img = ImageOps.exif_transpose(img)
-        return np.array(img.convert(mode) if mode else img)  # a writable copy
+        # a writable copy; convert() to the mode the image has would copy it once more
+        return np.array(img.convert(mode) if mode and img.mode != mode else img)
     except _DECODE_ERRORS as err:
         raise DatasetError(f"{path}: corrupt image file ({err})") from None
 

@@ -16,7 +16,7 @@ from s4al.active.phases import CyclePhases
 from s4al.config import RunConfig
 from s4al.data import DatasetError, build_dataset
 from s4al.errors import S4alError
-from s4al.train.checkpoint import load_checkpoint
+from s4al.train.checkpoint import load_checkpoint, processes_to_resume
 from s4al.text import counted, first_of, shell
 from s4al.run_folder import RunFolder, json_lines
 
@@ -136,11 +136,9 @@ def resume_processes(run_dir: Path, cycle: int | None) -> int:
     if not path.is_file():
         return 1
     try:
-        state = load_checkpoint(path)
+        return processes_to_resume(load_checkpoint(path)) or 1
     except S4alError:
         return 1
-    unfinished = state.get("step", 0) < state.get("total_steps", 0)
-    return state.get("processes", 1) if unfinished else 1
 
 
 def lost_answers(run_dir: Path, ledger: Ledger, phases: CyclePhases) -> tuple[list[Region], list[Region]]:

@@ -82,11 +82,17 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+def processes_to_resume(state: dict) -> int | None:
+    """The processes an unfinished checkpoint resumes on, as many as trained it (train.batch_size is
+    per process, so on others the rest of the cycle would train on other batches); None for a
+    finished one or one of an older version that did not record them."""
+    return state.get("processes") if state.get("step", 0) < state.get("total_steps", 0) else None
+
+
 def refuse_other_processes(state: dict, path: Path, processes: int) -> None:
-    """A cycle's unfinished checkpoint resumes only on as many processes as trained it:
-    train.batch_size is per process, so the rest of the cycle would train on other batches."""
-    trained_on = state.get("processes", processes)  # not recorded by older checkpoints
-    if trained_on == processes or state["step"] >= state["total_steps"]:
+    """Refuses to resume an unfinished checkpoint on other processes than trained it."""
+    trained_on = processes_to_resume(state)
+    if trained_on in (None, processes):
         return
     how = "without torchrun" if trained_on == 1 else "torchrun: --nnodes times --nproc_per_node"
     raise S4alError(

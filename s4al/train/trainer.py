@@ -37,7 +37,7 @@ from s4al import distributed, rank_checks
 from s4al.config import RunConfig
 from s4al.data.base import SegmentationDataset
 from s4al.data.classes import IGNORE_INDEX
-from s4al.data.device_cache import training_on_device
+from s4al.data.device_cache import common_size, training_on_device
 from s4al.data.augment import Augment
 from s4al.errors import S4alError
 from s4al.text import counted, shell
@@ -123,6 +123,10 @@ class Trainer:
         self.net = self._parallel(self.student)  # what the loop calls forward on
         t = cfg.train
         streams = self.streams
+        if t.crop_size is None and (streams.labelled or streams.pool):
+            common_size(data.dataset, [*streams.labelled, *streams.pool],
+                        "with train.crop_size null each image trains at its own size, and a batch stacks one size; "
+                        "set train.crop_size (the paper's CamVid crop: [360, 480]) or dataset.resize")
         self.fast = training_on_device(t.fast, self.device, data.dataset, streams.labelled, streams.pool,
                                        len(streams.pool_answers))
         self.cuda_fast = cuda_fast = self.fast and self.device.type == "cuda"
@@ -325,7 +329,9 @@ class Trainer:
     def _check_trained_on_these_labels(self, trained_on: dict | None) -> None:
         """Answers change no cycle that has begun training (an import refuses that, and images join a
         run only before), so a checkpoint trained on other labels than given now means they were changed
-        behind the run's back: a ledger put back, or (s4al train) the dataset's masks."""
+        behind the run's back: a ledger put back, or (s4al train) masks added to or removed from the
+        dataset. The digest holds which images are labelled and the answered patches, not the masks'
+        contents: a mask edited in place is trained on as it is now."""
         if trained_on is None or trained_on["digest"] == self.labels["digest"]:
             return
         def counts(labels: dict) -> str:
@@ -336,9 +342,9 @@ class Trainer:
         raise S4alError(
             f"{self.checkpoint_path}: trained on other labels than it is given now ({then} then, "
             f"{'as many now, answered otherwise' if then == now else now + ' now'}): they changed since (a ledger "
-            f"put back from a backup, masks changed in the dataset?). To train cycle {self.cycle} on the labels as "
-            f"they are now, delete the checkpoint (rm {shell(self.checkpoint_path)}) and resume; or put back the "
-            "labels it was trained with"
+            f"put back from a backup, masks added to or removed from the dataset?). To train cycle {self.cycle} on "
+            f"the labels as they are now, delete the checkpoint (rm {shell(self.checkpoint_path)}) and resume; or put "
+            "back the labels it was trained with"
         )
 
     def _evaluate(self, epoch: int) -> None:
