@@ -4,8 +4,10 @@
 #   2. speed.py on the GPU: fast path eager and with CUDA graphs, loader path, side by side;
 #   3. the paper-protocol comparison (label_efficiency.py --time-limit) in the time that is left, but
 #      for the runs whose results are committed with the same configuration (--done).
-# Everything it writes goes to OUT, the label-efficiency results and logs as one archive. It exits
-# non-zero if a stage failed or ran out of time (runs stopped at the limit: the comparison's rc 3).
+# Everything it writes goes to OUT in at most 5 files: one log of every stage (gpu_checks.log), speed.py's
+# three, and the comparison's results with its runs' logs and small files (no checkpoint) as one archive,
+# written even when the script is stopped. It exits non-zero if a stage failed or ran out of time (runs
+# stopped at the limit: the comparison's rc 3).
 #
 #   benchmarks/gpu_checks.sh OUT SECONDS [METHOD ...]
 #
@@ -19,8 +21,8 @@
 # STAGES (default "tests speed compare") picks stages. Runs resume from WORK (default
 # /tmp/gpu_checks_runs), so a second call with STAGES=compare continues them only on the same machine.
 # CUDA_GRAPHS=false runs the comparison with train.cuda_graphs=false, its results and runs named
-# apart; stage 1 sets it when the CUDA-graph tests end other than passing (give it again to a later
-# STAGES=compare call).
+# apart; stage 1 sets it when the CUDA-graph tests end other than passing. Either way it is kept in
+# WORK, so a later call on the same machine continues the same runs.
 # SMOKE=1 runs stages 2 and 3 on the CPU at smoke sizes, to check the script itself.
 set -uo pipefail
 usage="usage: gpu_checks.sh OUT SECONDS [METHOD ...]"
@@ -36,10 +38,13 @@ stages=" ${STAGES:-tests speed compare} "
 stage() { [[ "$stages" == *" $1 "* ]]; }
 failed=()
 work=$(realpath -m "${WORK:-/tmp/gpu_checks_runs}")
+mkdir -p "$work"
+[ -z "${CUDA_GRAPHS:-}" ] && [ -f "$work/cuda_graphs" ] && CUDA_GRAPHS=$(cat "$work/cuda_graphs")
 check() {  # check NAME RC: a stage's exit status, 124 when its time limit stopped it
     [ "$2" = 0 ] || { failed+=("$1 (rc $2${3:+, $3})"); echo "!! $1: rc $2${3:+, $3}"; }
 }
 mkdir -p "$out"
+log="$out/gpu_checks.log"
 python=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 
@@ -50,7 +55,7 @@ if [ "${SMOKE:-0}" != 1 ] && compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD:$PWD/benchmarks"
 # a package missing or at odds with the machine's is found in seconds, before any stage
-"$python" -c "import segmentation_models_pytorch, pydantic, s4al.cli, s4al.train.trainer" 2>&1 | tee "$out/imports.log" \
+"$python" -c "import segmentation_models_pytorch, pydantic, s4al.cli, s4al.train.trainer" 2>&1 | tee -a "$log" \
     || { echo "s4al does not import here (above; wheels for .whl/: this script's header)"; exit 1; }
 
 if [ "${SMOKE:-0}" = 1 ]; then
@@ -59,24 +64,28 @@ else
     device=cuda protocol=paper name=paper_jpeg95 parallel=4
     data=(--data-root data/camvid_jpeg95 --weights data/mobilenet_v2_imagenet.pth)
     speed=(--workers 8 --pools 100 --profile 5 "${data[@]}")
-    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee -a "$log"
+    # without a usable GPU the CUDA tests would skip and the comparison train on the CPUs
+    "$python" -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'" 2>&1 | tee -a "$log" \
+        || { echo "no usable CUDA device (above)"; exit 1; }
     if stage tests; then
         # the CUDA graphs alone first: any end of theirs but success (a failure, a crash, the time limit),
         # and theirs alone, turns the graphs off for the comparison
         echo "== 1. CUDA tests: the CUDA graphs, then the fast path"
-        timeout 150 "$python" -m pytest -q -p no:cacheprovider tests/test_graphs.py 2>&1 | tee "$out/tests.log" | tail -8
+        timeout 150 "$python" -m pytest -q -p no:cacheprovider tests/test_graphs.py 2>&1 | tee -a "$log" | tail -8
         rc=${PIPESTATUS[0]}
         check graph_tests "$rc"
         if [ "$rc" != 0 ]; then
             echo "!! the CUDA-graph tests ended with rc $rc: the comparison runs with train.cuda_graphs=false"
             CUDA_GRAPHS=false
+            echo false > "$work/cuda_graphs"
         fi
         # the tests that need a GPU, then the fast path's others (on this machine they train on the GPU)
         timeout 80 "$python" -m pytest -q -p no:cacheprovider -m cuda tests/test_device_scoring.py \
-            tests/test_trainer.py 2>&1 | tee -a "$out/tests.log" | tail -8
+            tests/test_trainer.py 2>&1 | tee -a "$log" | tail -8
         check gpu_tests "${PIPESTATUS[0]}"
         timeout 90 "$python" -m pytest -q -p no:cacheprovider -m "not cuda" tests/test_device_scoring.py \
-            tests/test_trainer.py -k "fast or diverge" 2>&1 | tee -a "$out/tests.log" | tail -8
+            tests/test_trainer.py -k "fast or diverge" 2>&1 | tee -a "$log" | tail -8
         check fast_path_tests "${PIPESTATUS[0]}"
     fi
 fi
@@ -89,7 +98,7 @@ if stage speed; then  # speed.py rewrites its files after each part: a run stopp
         echo "== 2. speed ($(left) s left, at most $limit s)"
         [ "${CUDA_GRAPHS:-}" = false ] && speed+=(--no-graphs)
         timeout "$limit" "$python" benchmarks/speed.py --device "$device" "${speed[@]}" --out "$out" \
-            2>&1 | tee "$out/speed.log" | tail -40
+            2>&1 | tee -a "$log" | tail -40
         rc=${PIPESTATUS[0]}
         check speed "$rc" "$([ "$rc" = 124 ] && echo "stopped at its limit: the speed files hold the parts done")"
     fi
@@ -98,23 +107,27 @@ fi
 overrides=()
 if [ -n "${CUDA_GRAPHS:-}" ]; then  # a variant: its own results and runs
     overrides=(--set "train.cuda_graphs=$CUDA_GRAPHS") name=${name}_cuda_graphs_$CUDA_GRAPHS
+    echo "$CUDA_GRAPHS" > "$work/cuda_graphs"
 fi
+archive() {  # the results, the runs' logs and small files (no checkpoint) as one file: OUT takes few
+    mkdir -p "$out/label_efficiency" "$work/$name"
+    tar czf "$out/label_efficiency.tgz" -C "$out" label_efficiency -C "$work" --exclude=checkpoints "$name" \
+        && rm -rf "$out/label_efficiency"  # kept as they are if the archive fails
+}
 window=$(( $(left) - 25 ))
 if stage compare; then
     if [ "$window" -le 60 ]; then
         check compare skipped "only ${window} s left"
     else
         echo "== 3. label efficiency, $protocol, ${methods[*]}: ${window} s"
+        trap 'archive; exit 143' TERM  # stopped from outside: what the runs did still comes back
         "$python" benchmarks/label_efficiency.py --protocol "$protocol" --name "$name" "${data[@]}" --methods "${methods[@]}" \
             "${overrides[@]}" --seeds ${SEEDS:-0} --time-limit "$window" --parallel "$parallel" --results "$out/label_efficiency" \
-            --done benchmarks/results/label_efficiency --work "$work" 2>&1 | tee "$out/compare.log" | tail -30
+            --done benchmarks/results/label_efficiency --work "$work" 2>&1 | tee -a "$log" | tail -30
         check compare "${PIPESTATUS[0]}"
-        # the results and the runs' logs as one file (OUT takes few files); kept as they are if that fails
-        mkdir -p "$out/label_efficiency" "$work/$name/logs"
-        tar czf "$out/label_efficiency.tgz" -C "$out" label_efficiency -C "$work" "$name/logs"
-        rc=$?
-        check archive "$rc"
-        [ "$rc" = 0 ] && rm -rf "$out/label_efficiency"
+        trap - TERM
+        archive
+        check archive "$?"
     fi
 fi
 ls -la "$out" "$out"/speed 2>/dev/null

@@ -25,6 +25,7 @@ which is also Table S1's supervised budget of 100 x 100)."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -244,8 +245,7 @@ class Progress:
 
     def __init__(self, label: str):
         self.label = label
-        self.step_seconds: dict[int, list[float]] = defaultdict(list)
-        self._clock: dict[int, float] = {}
+        self.step_times: dict[int, list[float]] = defaultdict(list)  # each step's record's seconds since the start
 
     def __call__(self, record: dict) -> None:
         if record["event"] not in ("step", "eval"):  # pool scoring, images joining the run
@@ -254,16 +254,26 @@ class Progress:
         if record["event"] == "eval":
             print(f"{self.label} cycle {cycle} epoch {record['epoch']}: val mIoU {record['miou']:.4f}", flush=True)
             return
-        self.step_seconds[cycle].append(record["seconds"] - self._clock.get(cycle, 0.0))
-        self._clock[cycle] = record["seconds"]
+        self.step_times[cycle].append(record["seconds"])
         if record["step"] % max(1, record["total"] // 10) == 0:
             print(f"{self.label} cycle {cycle} step {record['step']}/{record['total']} "
-                  f"loss/sup {record['loss/sup']:.3f} ({record['seconds'] / len(self.step_seconds[cycle]):.2f} s/step)",
+                  f"loss/sup {record['loss/sup']:.3f} ({record['seconds'] / len(self.step_times[cycle]):.2f} s/step)",
                   flush=True)
 
     def timings(self) -> dict:
-        return {str(cycle): {"steps": len(s), "median_step_seconds": float(np.median(s))}
-                for cycle, s in self.step_seconds.items()}
+        return {str(cycle): {"steps": len(times), "median_step_seconds": float(np.median(step_durations(times)))}
+                for cycle, times in self.step_times.items()}
+
+
+def step_durations(times: list[float]) -> list[float]:
+    """Each step's duration from the times its records carry: steps read back together (every
+    READ_EVERY steps on a GPU) share one time, and share the time since the group before alike."""
+    durations, before = [], 0.0
+    for seconds, group in itertools.groupby(times):
+        steps = len(list(group))
+        durations += [(seconds - before) / steps] * steps
+        before = seconds
+    return durations
 
 
 def device_name(device: str, visible: str | None = None) -> str:

@@ -282,7 +282,8 @@ def folder_body(folder: str, groups: dict[str, list[dict]], heading: str) -> str
 
 
 def write_summary(directory: Path, groups: dict[str, list[dict]]) -> Path:
-    write_plot(groups, directory / "summary.png", f"CamVid label efficiency, {directory.name}")
+    data = "synthetic streets" if protocol_of(directory.name) in ("synthetic", "smoke") else "CamVid"
+    write_plot(groups, directory / "summary.png", f"Label efficiency on {data}, {directory.name}")
     bought = bought_table(groups)
     bought = f"\n## What the bought labels hold (% of the bought pixels, mean over seeds)\n\n{bought}" if bought else ""
     out = directory / "summary.md"
@@ -328,6 +329,8 @@ def missing(folder: str, groups: dict[str, list[dict]]) -> list[str]:
 
 def _against(groups: dict[str, list[dict]], other: str) -> str:
     finals = [{r["seed"]: 100 * r["final"]["miou"] for r in groups[m]} for m in ("s4al", other)]
+    if not finals[0].keys() & finals[1].keys():
+        return f"not yet paired with `{other}` (no seed run by both)"
     d = paired_difference(*finals)
     if d["half_width"] is None:
         return f"{d['mean']:+.1f} points from `{other}` on one seed (no interval)"

@@ -19,7 +19,7 @@ from s4al.report.commands import compare, report
 from s4al.report.status import cycle_table, dataset_lines, next_lines, percent
 from s4al.config import (
     CYCLE0_MAY_DIFFER, ConfigError, RunConfig, check_answers_train, cold_start_notes, config_text, inert_settings,
-    load_config, parse_override,
+    load_config, parse_override, replay_notes,
 )
 from s4al.data import DatasetError, build_dataset
 from s4al.errors import S4alError, reports_error, show_user_warnings, user_errors_reported
@@ -282,7 +282,7 @@ def run(
             if distributed.is_main():
                 _note(record_start(active_run.folder.starts_log, dev, distributed.world_size()))
                 if cfg is not None or "cycles" in changes.get("active", {}):  # the cycles' epochs are set now
-                    for note in cold_start_notes(active_run.cfg):
+                    for note in [*cold_start_notes(active_run.cfg), *replay_notes(active_run.cfg)]:
                         _note(note)
             if cycle0_from is not None:
                 _take_cycle0(active_run, cycle0_from)
@@ -389,7 +389,7 @@ def status(run_dir: RunDirArgument) -> None:
                 console.print(f"note: {edited}")
             dataset, refused, masked = dataset_lines(run_dir, cfg, ledger)
             for line in [*dataset, *next_lines(run_dir, cfg, ledger, phases, folder.metrics_log, folder.holder(),
-                                               resume_refused=refused, masked=masked)]:
+                                               resume_refused=refused, masked=masked, config_edited=bool(edited))]:
                 console.print(line)
 
 

@@ -9,7 +9,8 @@ from collections.abc import Collection
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from types import UnionType
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -224,7 +225,7 @@ CONFIG_VERSION = 4
 
 class RunConfig(Section):
     config_version: Literal[CONFIG_VERSION] = CONFIG_VERSION  # type: ignore[valid-type]
-    seed: int = 3108
+    seed: int = Field(3108, ge=0)
     dataset: DatasetConfig = DatasetConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -292,7 +293,10 @@ def load_config(source: str | Path, overrides: dict | None = None) -> RunConfig:
     """Load a preset name (camvid, cityscapes, demo) or a YAML path; `overrides` is a nested dict
     (from --set). Keys the file leaves out take today's defaults."""
     path = preset_path(str(source)) if str(source) in PRESETS else Path(source)
-    return _validated(_read_yaml(path), path, overrides)
+    data = _read_yaml(path)
+    if data.get("config_version", CONFIG_VERSION) != CONFIG_VERSION:  # a run's config.yaml of an earlier s4al
+        data = _migrated(data, path)  # read as that run ran, not with today's defaults for the keys added since
+    return _validated(data, path, overrides)
 
 
 # Keys each config version added, with the behaviour a run had before each existed: an older dump
@@ -486,14 +490,39 @@ def _set_keys(overrides: dict, loc: tuple) -> list[str]:
 
 
 def parse_override(items: list[str]) -> dict:
-    """['train.epochs=3', 'ssl.enabled=false'] -> nested dict, values parsed as YAML scalars."""
+    """['train.epochs=3', 'ssl.enabled=false'] -> nested dict, values parsed as YAML, but for the keys
+    that hold a name, a path or one of named choices: their text as given (YAML 1.1 would read
+    `2024_01_05` as a number, `0755` as octal, `off` as false and cut a path at ` #`), null apart."""
     values = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}' must look like section.key=value")
-        values[key] = yaml.safe_load(raw)
+        text, nullable = _holds_text(key)
+        if text and not (nullable and raw in ("null", "~", "")):
+            values[key] = raw[1:-1] if len(raw) > 1 and raw[0] == raw[-1] and raw[0] in "'\"" else raw
+            continue
+        try:
+            values[key] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {key}: cannot read {raw!r} ({getattr(err, 'problem', None) or err}); "
+                              "quote a text value, e.g. --set \"key='text'\"") from None
     return nested(values)
+
+
+def _holds_text(key: str) -> tuple[bool, bool]:
+    """(whether the config key `key` holds a name, a path or one of named choices; whether it may be null)."""
+    section, _, name = key.partition(".")
+    model = RunConfig.model_fields.get(section)
+    kind = getattr(model, "annotation", None)
+    field = kind.model_fields.get(name) if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+    if field is None:
+        return False, False
+    kinds = get_args(field.annotation) if get_origin(field.annotation) in (Union, UnionType) else (field.annotation,)
+    values = [kind for kind in kinds if kind is not type(None)]
+    text = bool(values) and all(kind in (str, Path) or (get_origin(kind) is Literal and all(
+        isinstance(choice, str) for choice in get_args(kind))) for kind in values)
+    return text, len(values) < len(kinds)
 
 
 # The ssl keys a training reads with ssl.enabled false too: the mean teacher, which is evaluated and
@@ -562,6 +591,23 @@ def cold_start_notes(cfg: RunConfig) -> list[str]:
              else f"cycle {covered[0]}" if len(covered) == 1 else f"cycles {first_of(list(map(str, covered)))}")
     return [f"ssl.cold_start_epochs {cold} lasts the whole of {which}: trained on the labelled images alone, "
             "without pseudo labels or the answered regions (those train with the pool images, after the cold start)"]
+
+
+def replay_notes(cfg: RunConfig) -> list[str]:
+    """Where the replay batch (Balanced ClassMix) starts in no cycle of an active-learning run: from
+    ssl.balanced_from_cycle on, once ssl.balanced_from_epoch and the cold start are over."""
+    s = cfg.ssl
+    if not (s.enabled and s.replay):
+        return []
+    start = max(s.balanced_from_epoch, s.cold_start_epochs)
+    cycles = range(s.balanced_from_cycle, cfg.active.cycles + 1)
+    if any(cfg.cycle_epochs(cycle) > start for cycle in cycles):
+        return []
+    when = (f"ssl.balanced_from_cycle {s.balanced_from_cycle} is after the last cycle ({cfg.active.cycles})"
+            if not cycles else f"no cycle from ssl.balanced_from_cycle {s.balanced_from_cycle} on trains more than "
+            f"{start} epochs (ssl.balanced_from_epoch {s.balanced_from_epoch}, the cold start "
+            f"{s.cold_start_epochs}; the last cycle trains {cfg.cycle_epochs(cfg.active.cycles)})")
+    return [f"{when}: no replay batch and no Balanced ClassMix in this run"]
 
 
 def check_answers_train(cfg: RunConfig) -> None:

@@ -6,10 +6,11 @@ image needs tens of GiB). Smaller images run whole, exactly as without tiling.
 A tile's core (the pixels whose predictions are kept) is aligned to a unit, the cell size when
 scoring the pool, so every cell lies in one core and its score is computed as in a whole image. The
 network sees the core with CONTEXT pixels of the image around it (where the image has them), its
-corner on the model's stride grid, so pixels near a core's edge keep their surroundings. Tiling
-does change a large image's predictions a little: the network's image-level pooling (DeepLabv3+'s
-ASPP image branch) averages over the tile instead of the whole image, and no pixel sees more than
-CONTEXT pixels beyond its core. Downscaling a large image instead would predict at a scale the
+corner on the model's stride grid, so pixels near a core's edge keep their nearest surroundings.
+Tiling does change a large image's predictions a little: the network's image-level pooling
+(DeepLabv3+'s ASPP image branch) averages over the tile instead of the whole image, and no pixel
+sees more than CONTEXT pixels beyond its core, where the widest ASPP branch (rate 36 at stride 16)
+reaches 576: predictions near a core's edge can differ from the whole image's. Downscaling a large image instead would predict at a scale the
 network was never trained at (training crops keep the original resolution).
 """
 

@@ -24,6 +24,7 @@ from s4al.acquisition.regions import cell_box
 from s4al.acquisition.scores import entropy
 from s4al.data import build_dataset
 from s4al.data.batches import to_model_input
+from s4al.errors import S4alError
 from s4al.model import build_model
 
 CPU = torch.device("cpu")
@@ -159,6 +160,9 @@ class Grey(torch.utils.data.Dataset):
     def image_size(self, index):
         return self.sizes.get(index, (48, 64))
 
+    def image_id(self, index):
+        return f"grey{index}"
+
     def load_image(self, index):
         return np.full((*self.image_size(index), 3), self.levels[index], np.uint8)
 
@@ -206,6 +210,32 @@ def test_coreset_picks_the_image_farthest_from_the_labelled_ones_then_from_those
     a = active(tiny_config(), level="image", metric="coreset", score_batch_size=8)
     chosen = choose_images(GreyModel(), dataset, [0], [1, 2, 3, 4], 2, a, CPU, 0, fast="off")
     assert chosen == [Query(3, (0, 0, 48, 64), 0.0), Query(4, (0, 0, 48, 64), 0.0)]
+
+
+def test_an_image_scored_nan_is_refused_by_name_not_ranked():
+    """A NaN breaks sorting: the images bought would be neither the best nor the NaN one alone."""
+    class NaNOnDarkGrey(GreyModel):
+        def forward(self, x):
+            return torch.where(x[:, :1] < 0.25, torch.nan, super().forward(x))
+
+    dataset = Grey([0, 204, 51, 153])  # 51: v = 0.2
+    a = active(tiny_config(), level="image", metric="entropy", score_batch_size=8)
+    with pytest.raises(S4alError, match=r"image scores contain NaN \(grey2\): .* nothing was asked"):
+        choose_images(NaNOnDarkGrey(), dataset, [0], [1, 2, 3], 2, a, CPU, 0, fast="off")
+
+
+def test_core_set_features_go_to_the_other_ranks_as_their_own_rows(monkeypatch):
+    """A tensor's row pickles with the whole batch it is a view of: a pool's features, sent row by
+    row, would weigh the pool times more."""
+    import pickle
+
+    shards = []
+    monkeypatch.setattr(pool_module.distributed, "gather_objects", lambda shard: shards.append(shard) or [shard])
+    dataset = Grey(list(range(0, 256, 4)))
+    features = pool_module.image_features(GreyModel(), dataset, list(range(64)), 64, CPU, fast="off")
+    assert features.shape == (64, 3) and torch.allclose(features[:, 0], torch.arange(0, 256, 4) / 255)
+    own_rows = {k: np.array(v, copy=True) for k, v in shards[0].items()}
+    assert len(pickle.dumps(shards[0])) <= 1.1 * len(pickle.dumps(own_rows))
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")

@@ -566,6 +566,12 @@ def fake_run(method: str, seed: int, miou: float, labelled: float = 0.1) -> dict
             "cost": {"wall_seconds": 600.0, "device": "NVIDIA H200", "side_by_side": 3, "invocations": 1}}
 
 
+def test_steps_read_back_together_share_the_time_since_the_steps_before():
+    """On a GPU the trainer reports 25 steps at once, one time for all: 24 of them are no 0 s steps."""
+    assert label_efficiency.step_durations([1.0, 1.0, 1.0, 1.0, 2.0, 2.0]) == [0.25, 0.25, 0.25, 0.25, 0.5, 0.5]
+    assert label_efficiency.step_durations([0.5, 1.5, 1.75]) == [0.5, 1.0, 0.25]  # a CPU's, a record a step
+
+
 def test_the_paired_table_and_the_verdict_say_what_the_seeds_allow():
     groups = {
         "full_supervised": [fake_run("full_supervised", s, 0.5, 1.0) for s in (0, 1, 2)],
@@ -591,6 +597,8 @@ def test_the_paired_table_and_the_verdict_say_what_the_seeds_allow():
             "curve never reaches 97% (the target: at most 12% of the pixels); it is") in verdict
     assert "not distinguishable from `region_random_ssl` (+1.7 points, 95% interval -2.1 to +5.5, 3 seeds)" in verdict
     assert "+5.0 points from `ssl_10` on one seed (no interval)" in verdict
+    groups["ssl_10"] = [fake_run("ssl_10", 7, 0.4, 0.1)]  # a seed s4al has not run (a window stopped early)
+    assert "not yet paired with `ssl_10` (no seed run by both)" in summarize.verdict("paper", groups)
 
 
 @pytest.mark.parametrize("labelled, miou, met", [(0.1383, 0.49, "meets"), (0.1383, 0.48, "does not meet"),
@@ -918,4 +926,13 @@ def test_the_gpu_checks_script_runs_its_stages_and_names_a_cuda_graphs_variant_a
     result = json.loads((tmp_path / "unpacked" / "label_efficiency" / variant / "sup_10_seed0.json").read_text())
     assert result["extra_overrides"] == {"train": {"cuda_graphs": False}} and result["config"]["train"]["cuda_graphs"] is False
     assert (tmp_path / "unpacked" / variant / "logs" / "sup_10_seed0.log").exists()
+    run = tmp_path / "unpacked" / variant / "sup_10_seed0"  # the run's small files, not its checkpoints
+    assert (run / "metrics.jsonl").exists() and (run / "starts.jsonl").exists() and not (run / "checkpoints").exists()
     assert not (tmp_path / "out" / "label_efficiency").exists()  # archived, then removed
+    files = sorted(path.relative_to(tmp_path / "out").as_posix() for path in (tmp_path / "out").rglob("*") if path.is_file())
+    assert files == ["gpu_checks.log", "label_efficiency.tgz", "speed/smoke.json", "speed/smoke.md"]  # of 8 at most
+    # a later call on the machine continues the same runs: the variant is kept with them
+    env.pop("CUDA_GRAPHS")
+    again = subprocess.run(["bash", str(script), str(tmp_path / "out2"), "400", "sup_10"], env={**env, "STAGES": "compare"},
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and f"[{variant}] finished: sup_10 seed 0" in again.stdout, again.stdout[-3000:]

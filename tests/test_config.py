@@ -6,7 +6,7 @@ import yaml
 from s4al.acquisition.scores import SCORE_FUNCTIONS
 from s4al.config import (
     CONFIG_VERSION, PRESETS, ConfigError, cold_start_notes, inert_settings, load_config, load_run_config, parse_override, run_differences,
-    save_config, saved_config,
+    replay_notes, save_config, saved_config,
 )
 
 
@@ -164,6 +164,43 @@ def test_overrides_and_round_trip(tmp_path):
         parse_override(["train=3", "train.epochs=1"])
     with pytest.raises(ConfigError, match=r"^ssl\.a\.b: ssl\.a is set to 'x' as well, not to a section$"):
         parse_override(["ssl.a=x", "ssl.a.b=1"])
+
+
+def test_a_set_name_or_path_is_its_text_and_a_value_yaml_cannot_read_is_refused_naming_its_key():
+    """YAML 1.1 reads 2024_01_05 as 20240105, 0755 as 493, off as false and cuts at ' #'."""
+    given = parse_override(["dataset.root=2024_01_05", "model.weights=0755", "dataset.val_split=off",
+                            "dataset.test_split='a #1'", "dataset.train_split=/data/run #1", "train.fast=off",
+                            "model.weights=null", "train.crop_size=[360, 480]", "ssl.enabled=no"])
+    assert given == {"dataset": {"root": "2024_01_05", "val_split": "off", "test_split": "a #1",
+                                 "train_split": "/data/run #1"},
+                     "model": {"weights": None}, "train": {"fast": "off", "crop_size": [360, 480]},
+                     "ssl": {"enabled": False}}
+    for value in ("[360,", "@data", "`x", "*x"):
+        with pytest.raises(ConfigError, match=rf"^--set train.crop_size: cannot read {re.escape(repr(value))} "):
+            parse_override([f"train.crop_size={value}"])
+
+
+def test_a_replay_that_starts_in_no_cycle_is_named():
+    """camvid: Balanced ClassMix from epoch 30 of cycle 1 on; the final cycle trains twice the epochs."""
+    assert replay_notes(load_config("camvid")) == []
+    assert replay_notes(load_config("camvid", {"train": {"epochs": 16}})) == []  # the last cycle's 32: 30, 31 replay
+    assert replay_notes(load_config("camvid", {"train": {"epochs": 15}})) == [  # epochs 0 to 29 of the last
+        "no cycle from ssl.balanced_from_cycle 1 on trains more than 30 epochs (ssl.balanced_from_epoch 30, the cold "
+        "start 10; the last cycle trains 30): no replay batch and no Balanced ClassMix in this run"]
+    assert replay_notes(load_config("camvid", {"ssl": {"balanced_from_cycle": 3}})) == [
+        "ssl.balanced_from_cycle 3 is after the last cycle (2): no replay batch and no Balanced ClassMix in this run"]
+    assert replay_notes(load_config("camvid", {"ssl": {"replay": False, "balanced_from_cycle": 3}})) == []
+
+
+def test_a_runs_config_of_an_earlier_version_given_to_config_is_read_as_the_run_ran(tmp_path):
+    path = tmp_path / "config.yaml"
+    save_config(load_config("demo"), path)
+    data = yaml.safe_load(path.read_text())
+    del data["active"]["metric_options"]  # as version 3 wrote it
+    path.write_text(yaml.safe_dump({**data, "config_version": 3}))
+    assert load_config(path) == load_run_config(path) == load_config("demo")
+    with pytest.raises(ConfigError, match=r"seed: Input should be greater than or equal to 0"):
+        load_config("demo", {"seed": -1})
 
 
 def test_a_saved_run_config_keeps_the_learner_it_was_made_with(tmp_path):

@@ -41,6 +41,19 @@ def test_uses_split_list_file_when_present(tmp_path):
     assert [dataset.image_id(i) for i in range(len(dataset))] == ["b"]
 
 
+def test_segnet_tutorials_own_lists_of_absolute_paths_read_and_an_image_listed_twice_is_refused(tmp_path):
+    make_camvid(tmp_path)
+    (tmp_path / "train.txt").write_text("/SegNet/CamVid/train/b.png /SegNet/CamVid/trainannot/b.png\n"
+                                        "/SegNet/CamVid/train/a.png /SegNet/CamVid/trainannot/a.png\n")
+    dataset = CamVid(tmp_path, "train")
+    assert [dataset.image_id(i) for i in range(len(dataset))] == ["b", "a"]
+    assert dataset.pairs[0].image == tmp_path / "train" / "b.png"
+    (tmp_path / "train.txt").write_text("train/b.png trainannot/b.png\n\ntrain/a.png trainannot/a.png\n"
+                                        "train/b.png trainannot/a.png\n")
+    with pytest.raises(DatasetError, match=r"train.txt:4: image b is listed on line 1 too"):
+        CamVid(tmp_path, "train")
+
+
 def test_resize_changes_sample_and_reported_size(tmp_path):
     dataset = CamVid(make_camvid(tmp_path), "train", resize=(6, 8))
     assert dataset.image_size(0) == (6, 8)

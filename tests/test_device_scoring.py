@@ -18,6 +18,7 @@ from s4al.data import build_dataset
 from s4al import inference
 from s4al.data.batches import image_batches, to_model_input
 from s4al.data.base import DatasetError
+from s4al.data import device_cache
 from s4al.data.device_cache import DeviceCache, DeviceMemoryShort
 from s4al.inference import cached_batches, inference_cache
 from s4al.evaluate import evaluate
@@ -226,11 +227,15 @@ def test_a_failed_decode_leaves_no_unfilled_rows_behind(setup):
         assert torch.equal(cache.images[row], torch.from_numpy(train.load(i).image).permute(2, 0, 1)), i
 
 
-def test_a_split_too_large_for_the_devices_memory_is_refused_with_fast_on_before_anything_is_decoded(setup, tmp_path):
+def test_a_split_too_large_for_the_devices_memory_is_refused_with_fast_on_before_anything_is_decoded(
+        setup, tmp_path, monkeypatch):
     _, train, _, _ = setup
     huge = Counted(train, size=(200_000, 200_000))  # 120 GB an image: no machine has half of 8 of them free
     cfg = tiny_config(train={"fast": "on", "device": "cpu"})
     data = TrainData(huge, labelled=[0, 1], pool=list(range(2, 8)))
+    with pytest.raises(DeviceMemoryShort, match=r"train.fast is on: images of 200000x200000 are over 4,194,304 pixels"):
+        Trainer(cfg, data, None, tmp_path)
+    monkeypatch.setattr(device_cache, "LARGE_IMAGE_PIXELS", 10**12)  # the memory itself
     with pytest.raises(DeviceMemoryShort, match=r"train.fast is on: the training cache would take \d+.\d GiB of cpu"):
         Trainer(cfg, data, None, tmp_path)
     assert huge.loads == huge.image_loads == 0

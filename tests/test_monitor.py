@@ -14,6 +14,17 @@ def test_each_cycle_gets_its_own_bar_even_with_the_same_step_count(tmp_path):
         monitor.close()
 
 
+def test_a_resumed_cycles_speed_counts_the_steps_this_process_trained(tmp_path):
+    monitor = Monitor(tmp_path, show_progress=False)
+    try:  # resumed at step 100 of 200: two steps in 0.5 s, not 102 steps
+        for step, seconds in ((101, 0.25), (102, 0.5)):
+            monitor({"event": "step", "cycle": 0, "step": step, "total": 200, "seconds": seconds, "loss/sup": 1.0})
+        (task,) = monitor.progress.tasks
+        assert task.fields["status"] == "sup 1.000 0.25s/it" and task.completed == 102
+    finally:
+        monitor.close()
+
+
 def test_pool_scoring_gets_a_bar_of_its_own_beside_the_cycles_training(tmp_path):
     monitor = Monitor(tmp_path, show_progress=False)
     try:

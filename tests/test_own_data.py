@@ -466,7 +466,8 @@ def test_bad_masks_are_refused_all_together_before_training_not_at_the_batch_or_
     save_config(own_config(root, cycles=1), tmp_path / "own.yaml")  # as a new run of the command line
     said = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "new"), "--config", str(tmp_path / "own.yaml"),
                                     "--quiet"])
-    assert said.exit_code == 1 and said.output.startswith("error: 3 bad masks: ")
+    notes, _, error = said.output.partition("error: ")  # after the notes on the schedule, as the run starts
+    assert said.exit_code == 1 and error.startswith("3 bad masks: ") and notes.startswith("note: "), said.output
     assert said.output.endswith(f"; once mended, `s4al run --resume {tmp_path / 'new'}` goes on\n")
     for stem in ("m0", "m2", "v1"):
         save(root / "masks" / f"{stem}.png", np.zeros((H, W), np.uint8))

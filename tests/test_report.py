@@ -84,6 +84,17 @@ def test_report_writes_labelled_share_against_miou_per_cycle_as_csv(run_dir, rep
     assert "cycles.csv" in report.read_text()
 
 
+def test_a_class_named_with_dollar_signs_is_drawn_as_its_name(tmp_path):
+    import matplotlib as mpl
+
+    from s4al.report.figures import STYLE, class_iou_bars
+
+    cycles = [{"cycle": 0, "labelled_fraction": 0.1, "val": {"iou": {"cost_$5_vs_$6": 0.5, "sky": 0.25}}}]
+    with mpl.rc_context(STYLE):  # as the report draws: matplotlib would read the name as a formula and fail
+        class_iou_bars(cycles, ("cost_$5_vs_$6", "sky")).savefig(tmp_path / "classes.png")
+    assert (tmp_path / "classes.png").stat().st_size > 0
+
+
 def test_cycles_csv_hand_case(tmp_path):
     def summary(cycle, fraction, miou, road, regions, pixels, test=None):
         out = {"cycle": cycle, "labelled_fraction": fraction, "labelled_pixels": 1000 * cycle + 100,
@@ -208,6 +219,8 @@ def test_a_cycle_waiting_for_its_answers_is_reported_with_its_model_and_the_regi
         trained = active_run.phases.metrics(0)
     miou, labelled = trained["val"]["miou"], trained["labelled_fraction"]
     assert asked > 0 and not (run / "cycles").exists()
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "bought.png").write_bytes(b"an earlier report's figure, of another run")
     page = write_report(run, tmp_path / "report").read_text()
     assert sorted(p.stem for p in (tmp_path / "report").glob("*.png")) == ["class_iou", "efficiency", "qualitative",
                                                                          "regions"]

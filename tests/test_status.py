@@ -339,7 +339,9 @@ def test_a_config_edited_since_the_run_was_made_is_said_where_its_settings_are_s
     config.write_text(config.read_text().replace("lr: 0.01", "lr: 0.5"))  # a resume refuses it
     note = (f"{config} was edited since the run was made (it no longer matches the digest in "
             f"{run_dir / 'ledger.sqlite'}): the settings shown are the file's, not those the run was made with")
-    assert note in " ".join(status(run_dir).split())
+    said = " ".join(status(run_dir).split())
+    assert note in said and ("`s4al run --resume` refuses config.yaml as it is now: put back the file the run was "
+                             "made with first (the note above).") in said
     page = " ".join(write_report(run_dir, tmp_path / "report").read_text().split())
     assert note.replace("'", "&#39;") in page
     compared = compare_runs([run_dir, other], tmp_path / "c1")

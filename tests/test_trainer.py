@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MixedSizes, needs_cuda, ssl_data, tiny_config
+from conftest import Counted, MixedSizes, needs_cuda, ssl_data, tiny_config
 from s4al.data import build_dataset
 from s4al.errors import S4alError, S4alWarning
 from s4al.evaluate import evaluate
@@ -490,6 +490,11 @@ def test_mixed_image_sizes_fall_back_to_the_loader_path_unless_fast_is_on(tmp_pa
         Trainer(cfg, data, None, tmp_path)
     with pytest.warns(UserWarning, match=r"train.fast is auto: training reads from loader workers: .*19 is 49x64"):
         assert not training_on_device("auto", torch.device("cuda"), train, data.labelled, data.pool)
+    huge = Counted(train.base, size=(2049, 2048))  # one pixel row over LARGE_IMAGE_PIXELS
+    with pytest.warns(UserWarning, match=r"train.fast is auto: training reads from loader workers: images of "
+                                         r"2049x2048 are over 4,194,304 pixels: the device path resamples each "
+                                         r"sample from its whole image, loader workers from its crop's window"):
+        assert not training_on_device("auto", torch.device("cuda"), huge, data.labelled, data.pool)
     # without a crop each image trains at its own size: a batch of two sizes could not be stacked
     with pytest.raises(S4alError, match=r"19 is 49x64 but .*0 is 48x64: with train.crop_size null each image trains "
                                         r"at its own size, .* set train.crop_size .* or dataset.resize"):

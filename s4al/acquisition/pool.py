@@ -15,6 +15,7 @@ are drawn per image from (seed, image index), so they too do not depend on the s
 from __future__ import annotations
 
 import ctypes
+import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,10 +34,11 @@ from s4al.config import ActiveConfig, FastMode
 from s4al.data.base import Box, SegmentationDataset
 from s4al.data.batches import to_model_input
 from s4al.data.device_cache import DeviceCache
-from s4al.errors import S4alWarning
+from s4al.errors import S4alError, S4alWarning
 from s4al.inference import bf16_inference, inference_batches, inference_cache
 from s4al.tiles import tiles, tile_logits
 from s4al.seeding import seeded_generator
+from s4al.text import first_of
 
 
 def _find_malloc_trim():
@@ -266,12 +268,13 @@ def image_features(
         return sum(parts)
 
     model.eval()
-    features: dict[int, torch.Tensor] = {}
+    features: dict[int, np.ndarray] = {}
     batches = _image_batches(dataset, indices, batch_size, device, num_workers, cache)
     for batch_indices, values in _to_host(((ids, pooled(images)) for images, ids in batches), cache):
-        features.update(zip(batch_indices, values))
+        # arrays: a tensor's row would be sent to the other ranks with every row of its batch
+        features.update(zip(batch_indices, values.numpy()))
     features = _gathered(features)
-    return torch.stack([features[i] for i in indices])
+    return torch.from_numpy(np.stack([features[i] for i in indices]))
 
 
 def images_per_cycle(initial_pool_sizes: Sequence[tuple[int, int]], cfg: ActiveConfig) -> int:
@@ -305,5 +308,10 @@ def choose_images(
     else:
         scores = score_images(model, dataset, pool, cfg.metric, cfg.score_batch_size, device, seed, num_workers,
                               fast=fast, options=cfg.metric_options, scored=scored)
+    unscored = [dataset.image_id(i) for i in pool if math.isnan(scores[i])]
+    if unscored:
+        raise S4alError(f"image scores contain NaN ({first_of(unscored)}): the model's probabilities or the "
+                        "acquisition metric (active.metric) gave a pixel NaN; nothing was asked, and a resume scores "
+                        "the pool again")
     ranked = sorted(pool, key=lambda i: (-scores[i], i))[:count]
     return [whole(i, scores[i]) for i in ranked]

@@ -27,6 +27,7 @@ from s4al.config import FastMode
 from s4al.data.base import SegmentationDataset, ignore_interrupts
 from s4al.data.batches import host_to_device
 from s4al.data.classes import IGNORE_INDEX
+from s4al.data.augment import LARGE_IMAGE_PIXELS
 from s4al.data.views import Annotations, rasterize
 
 DECODE_BATCH = 16  # images decoded (by loader workers) per copy to the device
@@ -185,7 +186,8 @@ class DeviceCache:
     ):
         partial, annotations = partial or {}, annotations or {}
         labelled, indices = sorted(set(labelled)), sorted(set(labelled) | set(pool))
-        answered = [i for i in sorted(annotations) if i in set(indices)]
+        wanted = set(indices)
+        answered = [i for i in sorted(annotations) if i in wanted]
         h, w = self.size = common_size(dataset, indices)
         self.device = device
         check_fits(cache_bytes(dataset, labelled, pool, device, len(answered)), device,
@@ -280,10 +282,15 @@ def training_on_device(
 ) -> bool:
     """Whether training reads a DeviceCache (the fast path): train.fast on, or auto on a CUDA
     device. auto falls back to loader workers for images of mixed sizes, which the cache cannot
-    hold, or a cache that would not fit (check_fits), with a warning; on refuses them."""
+    hold, images over LARGE_IMAGE_PIXELS, from which it would build each batch whole, or a cache
+    that would not fit (check_fits), with a warning; on refuses them."""
     if not fast_path_asked(fast, device):
         return False
     try:
+        h, w = common_size(dataset, [*labelled, *pool])
+        if h * w > LARGE_IMAGE_PIXELS:
+            raise DeviceMemoryShort(f"images of {h}x{w} are over {LARGE_IMAGE_PIXELS:,} pixels: the device path "
+                                    "resamples each sample from its whole image, loader workers from its crop's window")
         check_fits(cache_bytes(dataset, labelled, pool, device, answered), device, "the training cache")
     except (MixedImageSizes, DeviceMemoryShort) as err:
         if fast == "on":

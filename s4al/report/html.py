@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import shlex
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import jinja2
@@ -219,7 +219,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None, supervised_miou: fl
     html = TEMPLATE.render(
         name=run_dir.resolve().name,
         run_dir=run_dir.resolve(),
-        generated=datetime.now().strftime("%Y-%m-%d %H:%M"),
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         cards=summary_cards(cycles, cfg.seed, cfg.dataset.name),
         header=header,
         rows=rows,

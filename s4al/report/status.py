@@ -87,16 +87,20 @@ def asking_text(asking: dict) -> str:
 
 def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhases,
                metrics_log: Path | None = None, holder: str | None = None, resume_refused: bool = False,
-               masked: Collection[str] = ()) -> list[str]:
+               masked: Collection[str] = (), config_edited: bool = False) -> list[str]:
     """The cycle in progress and what to run next. With `metrics_log`, a cycle still training says
     its last evaluation; with `holder`, the process at work on the run is named; `resume_refused`:
     the dataset as it is now would be refused (dataset_lines says why); `masked`: pool images given
-    a mask since, whose asked regions the mask answers as the run resumes."""
+    a mask since, whose asked regions the mask answers as the run resumes; `config_edited`:
+    config.yaml was edited since the run was made, which a resume refuses."""
     cycle = phases.last_cycle()
     phase = None if cycle is None else phases.phase(cycle)
     asked, masked = ledger.asked(), set(masked)
     pending = [region for region in asked if region.image_id not in masked]
     lines = [f"in use by process {holder} now (a run, an import, a query or a skip): wait for it to end"] if holder else []
+    if config_edited:
+        lines.append("`s4al run --resume` refuses config.yaml as it is now: put back the file the run was made with "
+                     "first (the note above).")
     needed, unneeded = lost_answers(run_dir, ledger, phases)
     if cfg.active.annotator == "oracle" and needed + unneeded:  # the resume answers them again (cycle.py)
         lines.append(f"{counted(len(needed + unneeded), 'answered region')} lost the stored answer (its file "

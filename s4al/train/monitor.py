@@ -27,13 +27,16 @@ class Monitor:
             disable=not show_progress,
         )
         self.tasks: dict[str, TaskID] = {}  # by description: a bar per cycle for its training, one for its pool scoring
+        self.steps_before: dict[int, int] = {}  # per cycle, the steps trained before this process (a resume)
         self.progress.start()
 
     def __call__(self, record: dict) -> None:
         getattr(self, f"_{record['event']}")(record)
 
     def _step(self, r: dict) -> None:
-        speed = r["seconds"] / max(r["step"], 1)
+        # the trainer's seconds count from this process's start: a resumed cycle's steps before it took none
+        before = self.steps_before.setdefault(r["cycle"], r["step"] - 1)
+        speed = r["seconds"] / max(r["step"] - before, 1)
         losses = " ".join(f"{key[5:]} {r[key]:.3f}" for key in ("loss/sup", "loss/unsup") if key in r)
         self._bar(f"cycle {r['cycle']}", r["total"], r["step"], f"{losses} {speed:.2f}s/it")
         if r["step"] % self.log_every == 0:
@@ -46,8 +49,8 @@ class Monitor:
         self._bar(f"cycle {r['cycle']} scoring the pool", r["total"], r["images"], "images")
 
     def _bar(self, description: str, total: int | None, completed: int, status: str) -> None:
-        if description not in self.tasks:
-            self.tasks[description] = self.progress.add_task(description, total=total, status="")
+        if description not in self.tasks:  # from where it is: a resumed cycle's steps before are no speed
+            self.tasks[description] = self.progress.add_task(description, total=total, completed=completed, status="")
         self.progress.update(self.tasks[description], completed=completed, status=status)
 
     def _eval(self, r: dict) -> None:
