@@ -120,7 +120,7 @@ if stage compare; then
         check compare skipped "only ${window} s left"
     else
         echo "== 3. label efficiency, $protocol, ${methods[*]}: ${window} s"
-        trap 'archive; exit 143' TERM  # stopped from outside: what the runs did still comes back
+        trap 'archive; exit 143' TERM  # on a TERM to the group (timeout's), once the runs stop: their work comes back
         "$python" benchmarks/label_efficiency.py --protocol "$protocol" --name "$name" "${data[@]}" --methods "${methods[@]}" \
             "${overrides[@]}" --seeds ${SEEDS:-0} --time-limit "$window" --parallel "$parallel" --results "$out/label_efficiency" \
             --done benchmarks/results/label_efficiency --work "$work" 2>&1 | tee -a "$log" | tail -30

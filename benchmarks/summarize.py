@@ -25,7 +25,7 @@ from label_efficiency import LOCAL_KEYS, METHODS, PROTOCOLS, method_config
 
 from s4al.config import flat_config, run_differences, saved_config
 from s4al.provenance import code_text
-from s4al.text import first_of
+from s4al.text import first_of, shell
 
 REFERENCE = "full_supervised"
 # The comparison the benchmark exists for: S4AL against its floor, ceiling and baselines.
@@ -215,7 +215,7 @@ def command(folder: str, method: str, runs: list[dict]) -> str:
     today = method_config(PROTOCOLS[protocol], METHODS[method], first["seed"], Path("."), Path("."))
     made = saved_config(first["config"], f"{folder}/{method}_seed{first['seed']}.json")
     values = flat_config(made)
-    sets = [f"--set {key}={_set_value(values[key])}" for key in run_differences(made, today, LOCAL_KEYS)]
+    sets = [f"--set {shell(f'{key}={_set_value(values[key])}')}" for key in run_differences(made, today, LOCAL_KEYS)]
     seeds = " ".join(str(r["seed"]) for r in runs)
     name = [f"--name {folder}"] if folder != protocol else []
     return " ".join(["benchmarks/label_efficiency.py --protocol", protocol, "--methods", method, "--seeds", seeds,

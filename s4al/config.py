@@ -291,7 +291,8 @@ def preset_path(name: str) -> Path:
 
 def load_config(source: str | Path, overrides: dict | None = None) -> RunConfig:
     """Load a preset name (camvid, cityscapes, demo) or a YAML path; `overrides` is a nested dict
-    (from --set). Keys the file leaves out take today's defaults."""
+    (from --set). Keys the file leaves out take today's defaults, but in a run's config.yaml of an
+    earlier config_version, which is read as that run ran."""
     path = preset_path(str(source)) if str(source) in PRESETS else Path(source)
     data = _read_yaml(path)
     if data.get("config_version", CONFIG_VERSION) != CONFIG_VERSION:  # a run's config.yaml of an earlier s4al

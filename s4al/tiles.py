@@ -10,8 +10,9 @@ corner on the model's stride grid, so pixels near a core's edge keep their neare
 Tiling does change a large image's predictions a little: the network's image-level pooling
 (DeepLabv3+'s ASPP image branch) averages over the tile instead of the whole image, and no pixel
 sees more than CONTEXT pixels beyond its core, where the widest ASPP branch (rate 36 at stride 16)
-reaches 576: predictions near a core's edge can differ from the whole image's. Downscaling a large image instead would predict at a scale the
-network was never trained at (training crops keep the original resolution).
+reaches 576: predictions near a core's edge can differ from the whole image's. Downscaling a large
+image instead would predict at a scale the network was never trained at (training crops keep the
+original resolution).
 """
 
 from __future__ import annotations

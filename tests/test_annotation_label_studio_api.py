@@ -3,6 +3,7 @@ what is refused before anything is sent, and uploads to a small stand-in server 
 and then fails (the tests with Label Studio itself are in test_annotation_label_studio_server.py)."""
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -346,8 +347,8 @@ def test_an_imported_download_removes_its_projects_earlier_ones_and_no_other_pro
     answers = tmp_path / "answers"
     answers.mkdir()
     tag = label_studio_api._tag(label_studio_api.Project("http://ls:8080", 3))
-    assert tag == label_studio_api._tag(label_studio_api.Project("http://ls:8080", 3)) != \
-        label_studio_api._tag(label_studio_api.Project("http://other:8080", 3))
+    assert re.fullmatch(r"project3-[0-9a-f]{8}", tag)
+    assert tag != label_studio_api._tag(label_studio_api.Project("http://other:8080", 3))  # project 3 of another server
     names = [f"label_studio_20261201T070000000000Z_{tag}.json", f"label_studio_20261202T070000000000Z_{tag}.json",
              "label_studio_20261130T070000000000Z_project2-0a1b2c3d.json",  # the project replaced
              "label_studio_20261129T070000000000Z.json", "mine.json"]  # one of an earlier s4al; the user's own

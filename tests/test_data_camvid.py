@@ -52,6 +52,9 @@ def test_segnet_tutorials_own_lists_of_absolute_paths_read_and_an_image_listed_t
                                         "train/b.png trainannot/a.png\n")
     with pytest.raises(DatasetError, match=r"train.txt:4: image b is listed on line 1 too"):
         CamVid(tmp_path, "train")
+    (tmp_path / "train.txt").write_text("old/train/b.png trainannot/b.png\n")  # a relative path is taken as given
+    with pytest.raises(DatasetError, match=rf"train.txt:1: missing pair file {tmp_path}/old/train/b.png"):
+        CamVid(tmp_path, "train")
 
 
 def test_resize_changes_sample_and_reported_size(tmp_path):

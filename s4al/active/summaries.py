@@ -52,27 +52,25 @@ def summaries_rewritten(folder: RunFolder, ledger: Ledger, region_ids: Iterable[
     due (SUMMARIES_DUE) before it, and their summaries, where finished, written again from the ledger
     after it. A kill in between leaves the mark, which the next import, skip or run honours."""
     changed = set(region_ids)
-    cycles = {region.cycle for region in ledger.regions() if region.region_id in changed}
+    cycles = {region.cycle for region in ledger.regions() if region.region_id in changed} if changed else set()
     if cycles:
         ledger.set_meta(SUMMARIES_DUE, sorted(cycles | set(ledger.get_meta(SUMMARIES_DUE, []))))
     yield
     rewrite_due_summaries(folder, ledger)
 
 
-def rewrite_due_summaries(folder: RunFolder, ledger: Ledger) -> list[int]:
+def rewrite_due_summaries(folder: RunFolder, ledger: Ledger) -> None:
     """The summaries of the cycles marked due, where finished, written again from the ledger; the
-    mark cleared. Returns the cycles written."""
+    mark cleared once all are (one that cannot be is said, and stays due)."""
     due = ledger.get_meta(SUMMARIES_DUE, [])
     if not due:
-        return []
+        return
     with CyclePhases(ledger) as phases:
-        finished = [cycle for cycle in due if folder.cycle_summary_path(cycle).exists()]
-        for cycle in finished:
+        for cycle in [cycle for cycle in due if folder.cycle_summary_path(cycle).exists()]:
             try:
                 write_summary(folder, ledger, phases, cycle, ledger.get_meta(CLASSES_META), _no_whole_images)
             except LedgerError as err:  # what was imported stays: only the summary waits
                 warnings.warn(f"the summary of cycle {cycle} ({folder.cycle_summary_path(cycle)}) is not written "
                               f"again: {err}", S4alWarning)
-                return finished
+                return
     ledger.set_meta(SUMMARIES_DUE, [])
-    return finished

@@ -278,7 +278,7 @@ def read_pair_list(list_file: Path, root: Path) -> list[Pair]:
 
 def _listed(field: str, root: Path) -> Path:
     path = root / field
-    if path.is_absolute() and not path.is_file() and len(path.parts) > 2:
+    if Path(field).is_absolute() and not path.is_file() and len(path.parts) > 2:
         inside = root.joinpath(*path.parts[-2:])
         if inside.is_file():
             return inside
