@@ -20,7 +20,7 @@ from s4al.acquisition.pool import (
 )
 from s4al.active.dataset_changes import DatasetChanges
 from s4al.active.label_state import LabelState
-from s4al.active.ledger import LedgerError, Region, utc_now
+from s4al.active.ledger import utc_now
 from s4al.active.ledger_copy import copy_of
 from s4al.active.opening import open_ledger, save_resume_changes, warn_of_turned_images
 from s4al.active.oracle import BY_DATASET_MASK, Annotator, GroundTruthOracle
@@ -173,17 +173,11 @@ class ActiveLearningRun(AbstractContextManager):
         again from the dataset's labels, which they were; a person's are imported again (status says how)."""
         if not isinstance(self.annotator, GroundTruthOracle):
             return
+        ours = (self.annotator.name, BY_DATASET_MASK)
         lost = [region for region in self.ledger.answered()
-                if region.answered_by in (self.annotator.name, BY_DATASET_MASK) and not self._readable(region)]
+                if region.answered_by in ours and self.ledger.stored_patch(region) is None]
         if lost:
             self.annotator.answer(self.ledger, lost, overwrite=True)
-
-    def _readable(self, region: Region) -> bool:
-        try:
-            self.ledger.patch(region)
-        except LedgerError:
-            return False
-        return True
 
     def _reopen_former_final(self) -> None:
         """A run given more cycles: its last cycle, done as the final one, buys labels now."""

@@ -788,6 +788,13 @@ class Ledger(RegionsByState, AbstractContextManager):
         """The answered label patch of `region`, (y1 - y0, x1 - x0) uint8."""
         return read_patch(self.run_dir, region)
 
+    def stored_patch(self, region: Region) -> np.ndarray | None:
+        """patch(), or None where the stored answer is lost (its file missing or unreadable)."""
+        try:
+            return self.patch(region)
+        except LedgerError:
+            return None
+
     def has_patch(self, region: Region) -> bool:
         """Whether the file of answered `region`'s patch is there (looked for, not read)."""
         return (self.run_dir / region.label_path).is_file()

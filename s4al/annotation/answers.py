@@ -410,15 +410,6 @@ def _same_painting(image: PaintedImage, digest: str | None, region: Region) -> b
     return image.painted_at is not None and region.painted_at == image.painted_at
 
 
-def _stored_patch(ledger: Ledger, region: Region) -> np.ndarray | None:
-    """The stored answer of answered `region`; None where it is lost (its file missing or unreadable),
-    for an answer given for it to write again."""
-    try:
-        return ledger.patch(region)
-    except LedgerError:
-        return None
-
-
 def _addressed(image: PaintedImage, regions: dict[int, Region], of_image: dict[str, list[Region]]) -> list[Region]:
     """The image's regions this answer addresses, in any state: those it lists, or else all of them
     (`of_image`: every region by image)."""
@@ -506,7 +497,7 @@ def _corrections(ledger: Ledger, image: PaintedImage, digest: str | None, addres
         if share >= MIN_PAINTED_SHARE:
             # a copy: a view would keep the whole image's map in memory for the rest of the import
             _check_repainted(ledger, region, image.source, patch.copy(), repainted, problems)
-        stored = _stored_patch(ledger, region)
+        stored = ledger.stored_patch(region)
         if stored is None:
             if share >= MIN_PAINTED_SHARE:
                 report.repaired.append(region.region_id)
@@ -532,8 +523,8 @@ def _check_repainted(ledger: Ledger, region: Region, source: str, patch: np.ndar
         repainted[region.region_id] = (source, patch)
         return
     first_source, first = repainted[region.region_id]
-    if not np.array_equal(_stored_patch(ledger, region) if patch is None else patch,
-                          _stored_patch(ledger, region) if first is None else first):
+    if not np.array_equal(ledger.stored_patch(region) if patch is None else patch,
+                          ledger.stored_patch(region) if first is None else first):
         problems.append(f"{source}: region {region.region_id} is painted otherwise than in {first_source}: "
                         "keep one of the two")
 
