@@ -21,8 +21,10 @@
 # STAGES (default "tests speed compare") picks stages. Runs resume from WORK (default
 # /tmp/gpu_checks_runs), so a second call with STAGES=compare continues them only on the same machine.
 # CUDA_GRAPHS=false runs the comparison with train.cuda_graphs=false, its results and runs named
-# apart; stage 1 sets it when the CUDA-graph tests end other than passing. Either way it is kept in
-# WORK, so a later call on the same machine continues the same runs.
+# apart; stage 1 sets it when the CUDA-graph tests fail or run out of time (not when pytest cannot
+# run them). Either way it is kept in WORK, so a later call on the same machine continues the same
+# runs, and the log says it: a call on another machine is given it (CUDA_GRAPHS=false ...). A run
+# stopped at the limit comes back as its log and small files only; its checkpoints stay in WORK.
 # SMOKE=1 runs stages 2 and 3 on the CPU at smoke sizes, to check the script itself.
 set -uo pipefail
 usage="usage: gpu_checks.sh OUT SECONDS [METHOD ...]"
@@ -40,23 +42,26 @@ failed=()
 work=$(realpath -m "${WORK:-/tmp/gpu_checks_runs}")
 mkdir -p "$work"
 [ -z "${CUDA_GRAPHS:-}" ] && [ -f "$work/cuda_graphs" ] && CUDA_GRAPHS=$(cat "$work/cuda_graphs")
-check() {  # check NAME RC: a stage's exit status, 124 when its time limit stopped it
-    [ "$2" = 0 ] || { failed+=("$1 (rc $2${3:+, $3})"); echo "!! $1: rc $2${3:+, $3}"; }
-}
 mkdir -p "$out"
 log="$out/gpu_checks.log"
+say() { echo "$*" | tee -a "$log"; }  # the script's own lines, in the log between the stages' output
+check() {  # check NAME RC: a stage's exit status, 124 when its time limit stopped it
+    [ "$2" = 0 ] || { failed+=("$1 (rc $2${3:+, $3})"); say "!! $1: rc $2${3:+, $3}"; }
+}
 python=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 
 if [ "${SMOKE:-0}" != 1 ] && compgen -G ".whl/*.whl" >/dev/null; then
     "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        || { echo "wheel install failed"; exit 1; }
+        || { say "wheel install failed"; exit 1; }
     export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD:$PWD/benchmarks"
 # a package missing or at odds with the machine's is found in seconds, before any stage
-"$python" -c "import segmentation_models_pytorch, pydantic, s4al.cli, s4al.train.trainer" 2>&1 | tee -a "$log" \
-    || { echo "s4al does not import here (above; wheels for .whl/: this script's header)"; exit 1; }
+imports="segmentation_models_pytorch, pydantic, s4al.cli, s4al.train.trainer"
+[ "${SMOKE:-0}" != 1 ] && stage tests && imports+=", pytest"
+"$python" -c "import $imports" 2>&1 | tee -a "$log" \
+    || { say "s4al or pytest does not import here (above; wheels for .whl/: this script's header)"; exit 1; }
 
 if [ "${SMOKE:-0}" = 1 ]; then
     device=cpu protocol=smoke name=smoke_checks data=() speed=(--smoke --fast --tag smoke) parallel=2
@@ -67,18 +72,24 @@ else
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee -a "$log"
     # without a usable GPU the CUDA tests would skip and the comparison train on the CPUs
     "$python" -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'" 2>&1 | tee -a "$log" \
-        || { echo "no usable CUDA device (above)"; exit 1; }
+        || { say "no usable CUDA device (above)"; exit 1; }
     if stage tests; then
-        # the CUDA graphs alone first: any end of theirs but success (a failure, a crash, the time limit),
-        # and theirs alone, turns the graphs off for the comparison
-        echo "== 1. CUDA tests: the CUDA graphs, then the fast path"
+        # the CUDA graphs alone first: a failure of theirs (rc 1), a crash (a signal) or the time limit
+        # (124), and theirs alone, turns the graphs off for the comparison; pytest not running them
+        # (rc 2-5: a collection or usage error) says nothing of the graphs
+        say "== 1. CUDA tests: the CUDA graphs, then the fast path"
         timeout 150 "$python" -m pytest -q -p no:cacheprovider tests/test_graphs.py 2>&1 | tee -a "$log" | tail -8
         rc=${PIPESTATUS[0]}
         check graph_tests "$rc"
-        if [ "$rc" != 0 ]; then
-            echo "!! the CUDA-graph tests ended with rc $rc: the comparison runs with train.cuda_graphs=false"
+        if [ "$rc" = 1 ] || [ "$rc" = 124 ] || [ "$rc" -gt 128 ]; then
+            say "!! the CUDA-graph tests ended with rc $rc: the comparison runs with train.cuda_graphs=false"
             CUDA_GRAPHS=false
             echo false > "$work/cuda_graphs"
+        fi
+        if [ "${CUDA_GRAPHS:-}" = false ]; then
+            say "CUDA graphs off: give CUDA_GRAPHS=false to a later call on another machine"
+        else
+            say "CUDA graphs on (a later call on another machine: leave CUDA_GRAPHS unset)"
         fi
         # the tests that need a GPU, then the fast path's others (on this machine they train on the GPU)
         timeout 80 "$python" -m pytest -q -p no:cacheprovider -m cuda tests/test_device_scoring.py \
@@ -95,7 +106,7 @@ if stage speed; then  # speed.py rewrites its files after each part: a run stopp
     if [ "$limit" -lt 60 ]; then
         check speed skipped "only ${limit} s left"
     else
-        echo "== 2. speed ($(left) s left, at most $limit s)"
+        say "== 2. speed ($(left) s left, at most $limit s)"
         [ "${CUDA_GRAPHS:-}" = false ] && speed+=(--no-graphs)
         timeout "$limit" "$python" benchmarks/speed.py --device "$device" "${speed[@]}" --out "$out" \
             2>&1 | tee -a "$log" | tail -40
@@ -119,11 +130,13 @@ if stage compare; then
     if [ "$window" -le 60 ]; then
         check compare skipped "only ${window} s left"
     else
-        echo "== 3. label efficiency, $protocol, ${methods[*]}: ${window} s"
+        say "== 3. label efficiency, $protocol, ${methods[*]}: ${window} s"
         trap 'archive; exit 143' TERM  # on a TERM to the group (timeout's), once the runs stop: their work comes back
+        # tee and tail outlive a TERM to the group: the window still reports as its runs stop and save
         "$python" benchmarks/label_efficiency.py --protocol "$protocol" --name "$name" "${data[@]}" --methods "${methods[@]}" \
             "${overrides[@]}" --seeds ${SEEDS:-0} --time-limit "$window" --parallel "$parallel" --results "$out/label_efficiency" \
-            --done benchmarks/results/label_efficiency --work "$work" 2>&1 | tee -a "$log" | tail -30
+            --done benchmarks/results/label_efficiency --work "$work" 2>&1 | (trap '' TERM; exec tee -a "$log") \
+            | (trap '' TERM; exec tail -30)
         check compare "${PIPESTATUS[0]}"
         trap - TERM
         archive
@@ -131,5 +144,5 @@ if stage compare; then
     fi
 fi
 ls -la "$out" "$out"/speed 2>/dev/null
-echo "done in $(( $(date +%s) - started )) s${failed[*]:+; failed: ${failed[*]}}"
+say "done in $(( $(date +%s) - started )) s${failed[*]:+; failed: ${failed[*]}}"
 [ ${#failed[@]} -eq 0 ]

@@ -493,8 +493,12 @@ def _cost(result_file: Path) -> dict | None:
 def run_in_window(args: argparse.Namespace, name: str, todo: list[tuple[str, int, RunConfig]],
                   mates: dict[tuple[str, int], list[str]]) -> int:
     jobs = window_jobs(args, name, todo, mates)
-    outcome = run_window(jobs, args.time_limit, args.parallel, report=lambda line: print(line, flush=True),
-                         gpus=args.gpus)
+    try:
+        outcome = run_window(jobs, args.time_limit, args.parallel, report=lambda line: print(line, flush=True),
+                             gpus=args.gpus)
+    except KeyboardInterrupt:  # Ctrl-C or a TERM (a `timeout`): the window has stopped its runs, said above
+        print(f"[{name}] interrupted: the runs it stopped resume, and those not started run, on a rerun", flush=True)
+        return 130
     for what, labels in (("finished", outcome.finished), ("failed", outcome.failed),
                          ("stopped at the limit (rerun to resume)", outcome.stopped),
                          ("not started (rerun to run)", outcome.not_started),

@@ -8,7 +8,8 @@
 (b) pool-scoring throughput (s4al.acquisition.pool.score_cells) vs plain inference on the same
     images at the same batch size, on tensors already in memory and on images read by the same loader;
 (c) peak memory of pool scoring for pools of several sizes, each in a fresh process;
-(d) data-loading throughput of the training loaders alone vs the training step rate.
+(d) data-loading throughput of the training loaders alone vs the training step rate;
+(e) a whole S4AL run of the config's protocol on each path, estimated from (a) and (b).
 
 Writes OUT/speed/<machine-tag>.json and a Markdown summary beside it, after each part; a part
 that fails is recorded there and the others still run."""
@@ -334,6 +335,38 @@ def iterations(cfg: RunConfig, run_dir: Path, args: argparse.Namespace) -> dict:
     return {"ssl_iteration": ssl, "supervised_iteration": supervised}
 
 
+def iterations_of(cfg_data: dict, run_dir: str, args: argparse.Namespace) -> dict:
+    """iterations() from a config as JSON, for a fresh process."""
+    return iterations(RunConfig.model_validate(cfg_data), Path(run_dir), args)
+
+
+def run_counts(cfg: RunConfig) -> dict:
+    """What a whole S4AL run of `cfg` does, counted: its supervised (cold-start) and SSL steps, its
+    evaluations, its pool scorings and the images each reads."""
+    train = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
+    val = build_dataset(cfg.dataset, cfg.dataset.val_split, cfg.seed)
+    t, cycles = cfg.train, range(cfg.active.cycles + 1)
+    epochs = [cfg.cycle_epochs(c) for c in cycles]
+    cold = [min(cfg.ssl.cold_start_epochs, e) for e in epochs]
+    return {"cycles": len(epochs), "supervised_steps": sum(cold) * t.iters_per_epoch,
+            "ssl_steps": sum(e - c for e, c in zip(epochs, cold)) * t.iters_per_epoch,
+            "evaluations": sum(-(-e // t.eval_every) for e in epochs), "val_images": len(val),
+            "pool_scorings": cfg.active.cycles, "pool_images": round(len(train) * (1 - cfg.active.initial_fraction))}
+
+
+def whole_run_seconds(counts: dict, path: dict, scoring: dict | None, cached: bool) -> float | None:
+    """A whole S4AL run's seconds on one path, from its measured parts: its steps at their medians
+    (every SSL step at the replay step's, the dearer), evaluations and pool scorings at (b)'s rates;
+    start-up and checkpoints left out. None until (a) and (b) are measured."""
+    if not path or scoring is None or (cached and "scoring_cached_images_per_s" not in scoring):
+        return None
+    kind = "_cached" if cached else ""
+    return (counts["supervised_steps"] * path["supervised_iteration"]["iteration_seconds_median"]
+            + counts["ssl_steps"] * path["ssl_iteration"]["iteration_seconds_median"]
+            + counts["evaluations"] * counts["val_images"] / scoring[f"evaluation{kind}_images_per_s"]
+            + counts["pool_scorings"] * counts["pool_images"] / scoring[f"scoring{kind}_images_per_s"])
+
+
 def speed_config(args: argparse.Namespace, device: str) -> RunConfig:
     """The camvid preset (or the smoke config) at HxW, with replay and Balanced ClassMix on."""
     h, w = args.height, args.width
@@ -376,6 +409,17 @@ def iteration_rows(*paths: dict | None) -> list[list[str]]:
     ]
 
 
+def whole_run_row(r: dict, paths: tuple) -> list[list[str]]:
+    """(e): a whole run's minutes on each path, where its parts are measured."""
+    counts = r["settings"].get("whole_run")
+    minutes = [whole_run_seconds(counts, p, r.get("pool_scoring"), cached=k > 0) if counts else None
+               for k, p in enumerate(paths)]
+    if not any(m is not None for m in minutes):
+        return []
+    return [["(e) a whole S4AL run, estimated from (a) and (b)",
+             *("" if m is None else f"{m / 60:.1f} min" for m in minutes)]]
+
+
 def scoring_rows(b: dict, eval_batch_size: int) -> list[list[str]]:
     return [
         [f"(b) pool scoring (score_cells), median of {b['rounds']} alternated passes", f"{b['scoring_images_per_s']:.2f} images/s"],
@@ -384,8 +428,10 @@ def scoring_rows(b: dict, eval_batch_size: int) -> list[list[str]]:
         ["(b) plain inference on images read by the scoring loader", f"{b['plain_read_images_per_s']:.2f} images/s"],
         ["(b) scoring time / that inference time", f"{b['time_ratio_read']:.3f}"],
         [f"(b) evaluation (batch {eval_batch_size})", f"{b['evaluation_images_per_s']:.2f} images/s"],
-        *([["(b) pool scoring from the device cache (fast path)", f"{b['scoring_cached_images_per_s']:.2f} images/s"],
-           ["(b) evaluation from the device cache (fast path)", f"{b['evaluation_cached_images_per_s']:.2f} images/s"],
+        *([["(b) pool scoring from the device cache (fast path; bf16 on a GPU)",
+            f"{b['scoring_cached_images_per_s']:.2f} images/s"],
+           ["(b) evaluation from the device cache (fast path; bf16 on a GPU)",
+            f"{b['evaluation_cached_images_per_s']:.2f} images/s"],
            ["(b) decoding the images into the device cache, once", f"{b['cache_decode_s']:.2f} s"]]
           if "cache_decode_s" in b else []),
     ]
@@ -401,7 +447,14 @@ def summary_markdown(r: dict) -> str:
     paths = (r if "ssl_iteration" in r else None, r.get("fast"), r.get("fast_graphs"))
     if any(paths):
         parts.append(markdown_table(["measure", "loader path (train.fast off)", "fast path, eager (cuda_graphs false)",
-                                     "fast path, CUDA graphs"], iteration_rows(*paths)))
+                                     "fast path, CUDA graphs"], [*iteration_rows(*paths), *whole_run_row(r, paths)]))
+        if "whole_run" in s:
+            c = s["whole_run"]
+            parts.append(f"(e) counts {c['cycles']} cycles: {c['supervised_steps']:,} supervised (cold-start) steps and "
+                         f"{c['ssl_steps']:,} SSL steps (each at the replay step's median), {c['evaluations']} "
+                         f"evaluations of {c['val_images']} images and {c['pool_scorings']} scorings of "
+                         f"{c['pool_images']} pool images at (b)'s rates (the fast paths' from the device cache, in "
+                         "bf16); start-up and checkpoints are left out.")
     d = r.get("data_loading")
     rows = [*(scoring_rows(r["pool_scoring"], s["eval_batch_size"]) if "pool_scoring" in r else []),
             *[[f"(c) scoring memory, pool of {p['images']}", f"+{p['increase_mib']:.0f} MiB ({p['kind']})"]
@@ -458,8 +511,10 @@ def measures(cfg: RunConfig, args: argparse.Namespace, run_dir: Path, profile_pa
     if timing_fast:  # eager first: its numbers stand even if a capture went wrong and took the device with it
         parts["fast"] = lambda: iterations(
             with_settings(cfg, {"train": {"fast": "on", "cuda_graphs": False}}), run_dir, args)
-    if timing_fast and cuda and args.graphs:
-        parts["fast_graphs"] = lambda: iterations(with_settings(cfg, {"train": {"fast": "on"}}), run_dir, args)
+    if timing_fast and cuda and args.graphs:  # in a process of its own: a capture that breaks the device
+        # (an illegal address is sticky) takes no later part with it
+        parts["fast_graphs"] = lambda: in_fresh_process(
+            iterations_of, with_settings(cfg, {"train": {"fast": "on"}}).model_dump(mode="json"), str(run_dir), args)
     parts["loader"] = lambda: iterations(loader_cfg, run_dir, args)
     parts["data_loading"] = lambda: data_loading(replay_trainer(loader_cfg, run_dir), args.load_batches, args.warmup)
     parts["pool_scoring"] = lambda: pool_scoring(cfg, args.score_images, timing_fast)
@@ -492,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
                      "unlabelled_batch_size": t.unlabelled_batch_size, "num_workers": t.num_workers,
                      "dataset": cfg.dataset.name, "smoke": args.smoke,
                      "alignment": cfg.ssl.distribution_alignment,
-                     "class_normalised_confidence": cfg.ssl.class_normalised_confidence},
+                     "class_normalised_confidence": cfg.ssl.class_normalised_confidence,
+                     "whole_run": run_counts(cfg)},
         "machine": info, "fast": None, "fast_graphs": None, "errors": {},
     }
     with tempfile.TemporaryDirectory() as run_dir:  # the trainer writes nothing unless fit() runs

@@ -129,6 +129,16 @@ def _stop(running: dict[Job, subprocess.Popen], outcome: Outcome, kill_at: float
         report(f"[window {elapsed():.0f} s] {job.label} stopped at the limit")
 
 
+def _unfailing(report: Callable[[str], None]) -> Callable[[str], None]:
+    """`report`, whose failure to write (its reader gone: a pipe stopped with the window) stops no job's end."""
+    def said(line: str) -> None:
+        try:
+            report(line)
+        except OSError:
+            pass
+    return said
+
+
 def _terminate_as_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -138,6 +148,7 @@ def run_window(jobs: list[Job], seconds: float, parallel: int, report=print, gpu
     `gpus`, CUDA_VISIBLE_DEVICES ids, where given), but for those that would fit a rerun and not
     the time left, and returns within `seconds`. Interrupted itself (Ctrl-C), it stops its jobs the
     same way, within stop_grace(seconds)."""
+    report = _unfailing(report)
     started = time.monotonic()
     grace = stop_grace(seconds)
     deadline = started + seconds

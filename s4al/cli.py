@@ -65,25 +65,34 @@ def _bad_parameter(message: str, **kwargs) -> typer.BadParameter | typer.Exit:
 
 def _config(config: str, overrides: list[str] | None) -> RunConfig:
     try:
-        return load_config(config, parse_override(overrides or []))
+        return load_config(config, _changes(overrides))
     except ConfigError as err:
         raise _bad_parameter(str(err), param_hint="--config/--set") from None
 
 
-def _print_config(cfg: RunConfig, changes: dict) -> None:
+def _changes(overrides: list[str] | None) -> dict:
+    """The --set values as a nested dict; one that cannot be read is a usage error."""
+    try:
+        return parse_override(overrides or [])
+    except ConfigError as err:
+        raise _bad_parameter(str(err), param_hint="--set") from None
+
+
+def _print_config(cfg: RunConfig, changes: dict, supervised: bool = False) -> None:
     """The config as the run folder's config.yaml would hold it, and the notes of settings it makes inert
-    (once, under torchrun)."""
+    (once, under torchrun; `supervised`: for s4al train)."""
     if distributed.launched_rank() != 0:
         return
     print(config_text(cfg), end="")
-    for note in inert_settings(cfg, changes):
+    for note in inert_settings(cfg, changes, supervised):
         print(f"# note: {note}")
 
 
-def _note_inert_settings(cfg: RunConfig, changes: dict) -> None:
-    """A --set that the config's other values make do nothing is noted (once, by the main process)."""
+def _note_inert_settings(cfg: RunConfig, changes: dict, supervised: bool = False) -> None:
+    """A --set that the config's other values (or s4al train: `supervised`) make do nothing is noted
+    (once, by the main process)."""
     if distributed.is_main():
-        for note in inert_settings(cfg, changes):
+        for note in inert_settings(cfg, changes, supervised):
             console.print(f"note: {note}")
 
 
@@ -147,12 +156,12 @@ def train(
 
     cfg = _config(config, overrides)
     if print_config:
-        return _print_config(cfg, parse_override(overrides or []))
+        return _print_config(cfg, _changes(overrides), supervised=True)
     if out is None:
         raise _bad_parameter("give the run folder: --out PATH", param_hint="--out")
     with user_errors_reported():
         dev = distributed.setup_device(cfg.train.device)  # joins torchrun's process group
-        _note_inert_settings(cfg, parse_override(overrides or []))
+        _note_inert_settings(cfg, _changes(overrides), supervised=True)
         rank_checks.given_the_same(cfg)
         train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, cfg.seed)
         val_set = build_dataset(cfg.dataset, cfg.dataset.val_split, cfg.seed)
@@ -208,6 +217,8 @@ def evaluate_command(
 
     with user_errors_reported():
         dev = distributed.setup_device(device)  # under torchrun: each rank scores its share
+        rank_checks.given_the_same_options({"--split": split, "--network": network.value, "--batch-size": batch_size})
+        rank_checks.read_the_same_checkpoint(Path(checkpoint))
         state = load_checkpoint(checkpoint)
         model, cfg = trained_model(state, checkpoint, network.value, dev)
         if data and cfg.dataset.name == "synthetic":
@@ -218,6 +229,8 @@ def evaluate_command(
         if list(dataset.classes.names) != list(state["classes"]):
             raise S4alError(f"{checkpoint}: trained on the classes {', '.join(state['classes'])}; the dataset "
                             f"{dataset_cfg.root} has {', '.join(dataset.classes.names)}")
+        rank_checks.read_the_same_images({f"split '{split}'": dataset.image_ids()})
+        rank_checks.read_the_same_classes(dataset)
         scores = evaluate(model, dataset, batch_size, dev, fast=cfg.train.fast).as_dict(dataset.classes.names)
         record = {"checkpoint": str(checkpoint), "network": network.value, "split": split, "images": len(dataset),
                   **scores}
@@ -261,11 +274,16 @@ def run(
     if resume is not None and config is not None:
         raise _bad_parameter(f"--config with --resume: a resumed run keeps the config in "
                              f"{RunFolder(resume).config_path}")
+    changes = _changes(overrides)
+    cfg = _config(config or "demo", overrides) if resume is None else None
     with user_errors_reported():
-        changes = parse_override(overrides or [])
-        cfg = _config(config or "demo", overrides) if resume is None else None
         if print_config:
             return _print_config(cfg or RunFolder.open(resume, lock=False).config(changes), changes)
+        try:
+            if cfg is not None:
+                check_answers_train(cfg)
+        except ConfigError as err:
+            raise _bad_parameter(str(err), param_hint="--config/--set") from None
         run_dir = out or resume
         device = (cfg or RunFolder.open(run_dir, lock=False).config(changes)).train.device
         dev = distributed.setup_device(device)  # joins torchrun's process group
@@ -275,7 +293,6 @@ def run(
             raise _bad_parameter(taken)
         if cfg is not None:
             _note_inert_settings(cfg, changes)
-            check_answers_train(cfg)
         if cycle0_from is not None:  # refused before the run is made
             _check_cycle0_lender(cycle0_from, run_dir, cfg or RunFolder.open(run_dir, lock=False).config(changes))
         with ActiveLearningRun(run_dir, cfg, overrides=None if cfg else changes) as active_run:

@@ -297,7 +297,18 @@ def load_config(source: str | Path, overrides: dict | None = None) -> RunConfig:
     data = _read_yaml(path)
     if data.get("config_version", CONFIG_VERSION) != CONFIG_VERSION:  # a run's config.yaml of an earlier s4al
         data = _migrated(data, path)  # read as that run ran, not with today's defaults for the keys added since
-    return _validated(data, path, overrides)
+    cfg = _validated(data, path, overrides)
+    _check_held_out(cfg.dataset)
+    return cfg
+
+
+def _check_held_out(dataset: DatasetConfig) -> None:
+    """A split measured on is not the training split, which would score the images trained on; checked
+    for a config made now (a run's saved one is read as it ran)."""
+    for key, split in (("val_split", dataset.val_split), ("test_split", dataset.test_split)):
+        if split == dataset.train_split:
+            raise ConfigError(f"dataset.{key} is the training split '{split}': set it to a split held out from "
+                              "training")
 
 
 # Keys each config version added, with the behaviour a run had before each existed: an older dump
@@ -354,7 +365,8 @@ def _migrated(data: dict, source: str | Path) -> dict:
                if not _holds_value(added_since, key)]
     if missing:
         raise ConfigError(f"{source}: incomplete saved config, missing {first_of(missing, 8)}; the file is damaged "
-                          "(a run writes every key): restore it rather than let defaults stand in")
+                          "(a run writes every key): restore it rather than let defaults stand in (a config written by "
+                          "hand leaves out config_version, and its missing keys take today's defaults)")
     return {**merge_overrides(added_since, data), "config_version": CONFIG_VERSION}
 
 
@@ -490,6 +502,9 @@ def _set_keys(overrides: dict, loc: tuple) -> list[str]:
     return [_dotted(loc)]
 
 
+YAML_NULLS = ("null", "Null", "NULL", "~", "")
+
+
 def parse_override(items: list[str]) -> dict:
     """['train.epochs=3', 'ssl.enabled=false'] -> nested dict, values parsed as YAML, but for the keys
     that hold a name, a path or one of named choices: their text as given (YAML 1.1 would read
@@ -500,7 +515,10 @@ def parse_override(items: list[str]) -> dict:
         if not sep or not key:
             raise ConfigError(f"override '{item}' must look like section.key=value")
         text, nullable = _holds_text(key)
-        if text and not (nullable and raw in ("null", "~", "")):
+        if text and raw in YAML_NULLS and not nullable:
+            raise ConfigError(f"--set {key}: {raw or 'an empty value'} is not allowed, it needs a value "
+                              f"(quote it, --set \"{key}='{raw}'\", for that text)")
+        if text and raw not in YAML_NULLS:
             values[key] = raw[1:-1] if len(raw) > 1 and raw[0] == raw[-1] and raw[0] in "'\"" else raw
             continue
         try:
@@ -543,12 +561,15 @@ NEEDS = {
 CUDA_ONLY = ("train.amp", "train.cuda_graphs")
 
 
-def inert_keys(cfg: RunConfig) -> dict[str, str]:
-    """The keys the config's other values make do nothing, each with why ("with ssl.enabled: false")."""
+def inert_keys(cfg: RunConfig, supervised: bool = False) -> dict[str, str]:
+    """The keys the config's other values make do nothing, each with why ("with ssl.enabled: false");
+    `supervised`: for `s4al train`, which trains on the labelled images alone and asks for nothing."""
     flat = flat_config(cfg)
     reasons = {}
     for key in flat:
-        if key.startswith("ssl.") and key not in READ_WITHOUT_SSL and not cfg.ssl.enabled:
+        if supervised and (key.startswith("active.") or key.startswith("ssl.") and key != "ssl.ema_momentum"):
+            reasons[key] = "in s4al train, which trains on the labelled images alone (s4al run learns from the pool)"
+        elif key.startswith("ssl.") and key not in READ_WITHOUT_SSL and not cfg.ssl.enabled:
             reasons[key] = "with ssl.enabled: false"
         elif key in NEEDS and flat[NEEDS[key][0]] not in NEEDS[key][1]:
             needed, _, said = NEEDS[key]
@@ -562,10 +583,10 @@ def inert_keys(cfg: RunConfig) -> dict[str, str]:
     return reasons
 
 
-def inert_settings(cfg: RunConfig, overrides: dict) -> list[str]:
-    """Notes on the keys of `overrides` (what a user set) that the config's other values make do
-    nothing: a setting that looks taken but is not."""
-    reasons = inert_keys(cfg)
+def inert_settings(cfg: RunConfig, overrides: dict, supervised: bool = False) -> list[str]:
+    """Notes on the keys of `overrides` (what a user set) that the config's other values (or `s4al
+    train`: `supervised`) make do nothing: a setting that looks taken but is not."""
+    reasons = inert_keys(cfg, supervised)
     return [f"{key} does nothing {reasons[key]}" for key in sorted(flattened(overrides)) if key in reasons]
 
 
@@ -626,15 +647,20 @@ def check_answers_train(cfg: RunConfig) -> None:
 
 
 def nested(flat: dict) -> dict:
-    """{"a.b": 1} -> {"a": {"b": 1}}"""
+    """{"a.b": 1} -> {"a": {"b": 1}}; a key given both whole and key by key ("a" and "a.b") is refused,
+    in either order (a later whole value would drop the keys before it)."""
+    for key in flat:
+        parts = key.split(".")
+        for prefix in (".".join(parts[:depth]) for depth in range(1, len(parts))):
+            if prefix in flat:
+                raise ConfigError(f"{key}: {prefix} is set to {flat[prefix]!r} as well; "
+                                  f"give {prefix} whole or key by key, not both")
     out: dict = {}
     for key, value in flat.items():
         *sections, name = key.split(".")
         node = out
-        for depth, section in enumerate(sections, start=1):
+        for section in sections:
             node = node.setdefault(section, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{key}: {'.'.join(sections[:depth])} is set to {node!r} as well, not to a section")
         node[name] = value
     return out
 

@@ -58,12 +58,16 @@ def restarted() -> bool:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
+def check_device_name(device: str) -> None:
+    if not re.fullmatch(DEVICE_PATTERN, device):
+        raise S4alError(f"device '{device}': not one of auto, cpu, cuda, cuda:N")
+
+
 def setup_device(device: str = "auto") -> torch.device:
     """Joins the process group when launched by torchrun (nccl on GPUs, gloo on CPU) and returns
     this rank's device: under torchrun its local rank's GPU; without torchrun, `device` resolved,
     with the GPU it names (cuda:N) or the first."""
-    if not re.fullmatch(DEVICE_PATTERN, device):
-        raise S4alError(f"device '{device}': not one of auto, cpu, cuda, cuda:N")
+    check_device_name(device)
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     ranks = int(os.environ.get("WORLD_SIZE", "1"))
     if "LOCAL_RANK" in os.environ:

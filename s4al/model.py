@@ -46,8 +46,13 @@ class SegmentationNet(nn.Module):
         return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if reflectable else "replicate")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """fp32 logits, under bf16 autocast too: the head (a 1x1 conv and the upsampling) runs in fp32, since
+        bf16 logits tie where the top two are close and argmax gives a tie to the lower class id, which
+        takes boundary pixels from the thin classes (higher ids in CamVid's order)."""
         h, w = images.shape[-2:]
-        return self.net(self._input(images, reflect=True))[..., :h, :w]
+        decoded = self.net.decoder(self.net.encoder(self._input(images, reflect=True)))
+        with torch.autocast(decoded.device.type, enabled=False):
+            return self.net.segmentation_head(decoded.float())[..., :h, :w]
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Deepest encoder feature map, for Core-Set."""

@@ -35,6 +35,18 @@ def given_the_same(cfg: RunConfig | None, overrides: dict | None = None) -> None
                           f"the same command (each node may set only {', '.join(EACH_NODE_ITS_OWN)})")
 
 
+def given_the_same_options(options: Mapping[str, object]) -> None:
+    """Every rank must be given the same command options ({"--split": "val", ...}): ranks share a
+    split's images by batch position, so another batch size on one node scores some twice."""
+    if distributed.world_size() == 1:
+        return
+    differing = _first_differing(dict(options), ": {theirs} (rank 0: {ours})", shown=repr)
+    if differing:
+        rank, shown = differing
+        raise S4alError(f"rank {rank} was given other options than rank 0, {shown}: every process of a job runs "
+                        "the same command")
+
+
 def read_the_same_images(images: Mapping[str, list[str]]) -> None:
     """Every rank must read the same images ({what: image ids}, e.g. {"split 'train'": ...}), each
     from its own dataset.root as nodes mount data where they do: batches are drawn and pool scores

@@ -740,6 +740,21 @@ def test_a_window_interrupts_what_runs_at_its_end_and_returns_in_time(tmp_path):
     assert not jobs[2].log.exists()
 
 
+def test_a_window_whose_reports_can_no_longer_be_written_still_waits_for_each_job_to_stop(tmp_path):
+    """A `timeout` stops the pipe the window reports into (tee) with it: the jobs still unwinding
+    (saving a checkpoint) are waited for all the same, not killed with the window."""
+    slow = ("import time\ntry:\n    print('running', flush=True); time.sleep(60)\n"
+            "except KeyboardInterrupt:\n    time.sleep(1.0); print('saved', flush=True); raise")
+    jobs = [python_job(tmp_path, f"job{k}", slow) for k in range(2)]
+
+    def broken(line: str) -> None:
+        if "stopped" in line:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    outcome = run_window(jobs, 8.0, parallel=2, report=broken)
+    assert outcome.stopped == ["job0", "job1"] and all("saved" in job.log.read_text() for job in jobs)
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_a_window_interrupted_itself_stops_its_jobs_before_it_exits(tmp_path, stop):
     """Ctrl-C (SIGINT) or a `timeout` (SIGTERM): the jobs are interrupted and can unwind; a SIGKILL

@@ -208,11 +208,15 @@ def test_a_run_whose_cold_start_lasts_every_cycle_after_it_asks_is_refused_befor
     use them (2 epochs each, the last 2 x 1), it would spend a person's answers on nothing."""
     small = ["--set", "train.epochs=2", "--set", "active.cycles=2", "--set", "active.final_cycle_epoch_multiplier=1"]
     result = runner.invoke(app, ["run", "--out", str(tmp_path / "run"), *small], env={"COLUMNS": "500"})
-    assert result.exit_code == 1
+    assert result.exit_code == 2 and not (tmp_path / "run").exists()  # a usage error, as any setting refused
     assert result.output.endswith(
-        "error: ssl.cold_start_epochs 2 lasts the whole of every cycle that would train with the answered regions "
+        "Error: Invalid value for --config/--set: ssl.cold_start_epochs 2 lasts the whole of every cycle that would train with the answered regions "
         "(cycles 1 to 2, at most 2 epochs each): no model would learn from them; set ssl.cold_start_epochs below 2 "
         "(--set ssl.cold_start_epochs=0: none)\n")
+    for command in (["run", "--print-config", "--set", "foo"], ["train", "--print-config", "--set", "foo"]):
+        unread = runner.invoke(app, command, env={"COLUMNS": "500"})
+        assert (unread.exit_code, unread.output.splitlines()[-1]) == (
+            2, "Error: Invalid value for --set: override 'foo' must look like section.key=value")
     assert not (tmp_path / "run").exists()
     overrides = parse_override(["train.epochs=2", "active.cycles=2", "active.final_cycle_epoch_multiplier=1"])
     check_answers_train(load_config("demo", {**overrides, "active": {**overrides["active"], "level": "image"}}))
@@ -295,8 +299,9 @@ def test_evaluate_refuses_a_dataset_of_other_classes_and_a_folder_for_synthetic_
 
 
 def test_a_device_that_is_not_there_is_refused_by_the_commands_that_compute(tmp_path):
-    result = runner.invoke(app, ["evaluate", "cycle_0.pt", "--device", "gpu7"])
-    assert (result.exit_code, result.output) == (1, "error: device 'gpu7': not one of auto, cpu, cuda, cuda:N\n")
+    for command in (["evaluate", "cycle_0.pt"], ["query", str(tmp_path / "nowhere")]):  # before the run is read
+        result = runner.invoke(app, [*command, "--device", "gpu7"])
+        assert (result.exit_code, result.output) == (1, "error: device 'gpu7': not one of auto, cpu, cuda, cuda:N\n")
     result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--set", "train.device=gpu7"],
                            env={"COLUMNS": "500"})
     assert result.exit_code == 2 and "train.device: String should match pattern" in result.output

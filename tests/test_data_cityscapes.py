@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from s4al.data.base import DatasetError
-from s4al.data.cityscapes import Cityscapes
+from s4al.data.cityscapes import Cityscapes, PartialCityscapes
 
 # labelIds -> trainIds from the official table: road 7->0, car 26->13, person 24->11,
 # bicycle 33->18, unlabeled 0->255, parking 9->255 (ignored in eval), sky 23->10.
@@ -68,3 +68,13 @@ def test_errors_name_the_file(root):
         Cityscapes(root, "train")
     with pytest.raises(DatasetError, match="unknown Cityscapes split"):
         Cityscapes(root, "extra")
+
+
+def test_a_partial_official_train_is_said_to_hold_out_other_images_than_the_papers(tmp_path):
+    for i in range(301):  # the paper holds out 300 of the official 2,975
+        stem = f"aachen_{i:06d}_000019"
+        save(tmp_path / "leftImg8bit" / "train" / "aachen" / f"{stem}_leftImg8bit.png", np.zeros((2, 4, 3), np.uint8))
+        save(tmp_path / "gtFine" / "train" / "aachen" / f"{stem}_gtFine_labelIds.png", LABEL_IDS)
+    with pytest.warns(PartialCityscapes, match=f"^{tmp_path / 'leftImg8bit' / 'train'}: 301 images, not the official "
+                                               "2975: the 300 held out as val are not the paper protocol's"):
+        assert len(Cityscapes(tmp_path, "val")) == 300

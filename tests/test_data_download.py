@@ -160,3 +160,56 @@ def test_the_command_says_an_unverified_download_as_a_warning_line(serve, tmp_pa
     assert [line for line in result.output.splitlines() if line] == [  # (the progress bar leaves a blank line)
         f"warning: {base}/camvid.zip: no known SHA-256 for this archive, so it was NOT verified; its SHA-256 is {digest} "
         "(pin it with --sha256, or sha256= in Python)", f"CamVid ready in {tmp_path / 'camvid'}"]
+
+
+class DroppingHandler(QuietHandler):
+    """Sends the first 1,000 bytes of the file asked, then closes the connection: as a Content-Length
+    reply (`/length/NAME`) or as one chunk of a chunked reply (`/chunked/NAME`)."""
+
+    def do_GET(self):
+        how, name = self.path.strip("/").split("/")
+        data = (self.directory_path / name).read_bytes()
+        self.send_response(200)
+        if how == "length":
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[:1000])
+        else:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n%s\r\n" % (1000, data[:1000]))
+        self.wfile.flush()
+        self.close_connection = True
+
+
+@pytest.mark.parametrize("how, problem", [
+    ("length", r"download cut short at 1,000 of {size:,} bytes; download it again"),
+    ("chunked", r"the connection dropped \(IncompleteRead\(.*\)\); download it again"),
+])
+def test_a_connection_dropped_mid_download_is_said_and_nothing_is_laid_out(tmp_path, how, problem):
+    from pathlib import Path
+
+    www = tmp_path / "www"
+    www.mkdir()
+    write_zip(www / "camvid.zip", camvid_members())
+    handler = type("Handler", (DroppingHandler,), {"directory_path": Path(www)})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{how}/camvid.zip"
+    try:
+        with pytest.raises(DownloadError, match=f"{url}: " + problem.format(size=(www / "camvid.zip").stat().st_size)):
+            download_camvid(tmp_path / "camvid", url, progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not (tmp_path / "camvid").exists() and not list(tmp_path.glob(".camvid-download-*"))
+
+
+def test_a_target_holding_a_split_already_is_refused_before_anything_moves(serve, tmp_path):
+    www, base = serve
+    write_zip(www / "camvid.zip", camvid_members())
+    (tmp_path / "camvid" / "val").mkdir(parents=True)
+    with pytest.warns(UnverifiedDownloadWarning), pytest.raises(
+            DownloadError, match=f"^{tmp_path / 'camvid' / 'val'}: already there; remove it or choose another target$"):
+        download_camvid(tmp_path / "camvid", f"{base}/camvid.zip", progress=False)
+    assert [path.name for path in (tmp_path / "camvid").iterdir()] == ["val"]  # train/ was not moved in

@@ -1,5 +1,6 @@
 import io
 import re
+import zlib
 
 import numpy as np
 import pytest
@@ -7,8 +8,8 @@ from PIL import Image
 
 from s4al.data.base import DatasetError
 from s4al.data.io import (
-    Pair, check_same_size, label_table, read_image, read_label, read_pair_list, read_size, remap_label, resize_image,
-    resize_label, turn_keeping_size,
+    Pair, check_same_size, label_table, read_image, read_indexed, read_label, read_pair_list, read_size, remap_label,
+    resize_image, resize_label, turn_keeping_size,
 )
 
 
@@ -85,6 +86,10 @@ def test_resize_uses_nearest_for_labels():
     assert resize_image(np.zeros((2, 2, 3), np.uint8), (5, 7)).shape == (5, 7, 3)
     resized = resize_label(label, (5, 7))
     assert resized.shape == (5, 7) and set(np.unique(resized)) == {0, 3, 5, 255}
+    # each pixel takes the source pixel under its centre, floor((i + 0.5) * in / out) (its top-left corner's,
+    # floor(i * in / out), would be 0, 1, 3 and 0, 2, 4: half a pixel off the image's bilinear resize)
+    assert resize_label(np.array([[0, 1, 2, 3, 4]], np.uint8), (1, 3)).tolist() == [[0, 2, 4]]
+    assert resize_label(np.arange(7, dtype=np.uint8)[None], (1, 3)).tolist() == [[1, 3, 5]]
 
 
 def test_pair_list_errors_name_the_list_file_and_line(tmp_path):
@@ -142,6 +147,27 @@ def test_exif_orientation_applies_to_labels(tmp_path):
     path = save_with_orientation(tmp_path / "label.png", stored, 6)
     assert np.array_equal(read_label(path), [[4, 1], [5, 2], [6, 3]])
     assert read_size(path) == (3, 2)
+
+
+def test_an_indexed_masks_values_transparency_and_palette_are_read_as_one_picture(tmp_path):
+    """EXIF in a PNG comes before its pixels (Pillow's own) or after them, seen only once they are
+    decoded: read_label and the image itself take the orientation read before decoding, and so do the
+    mask's values and its transparency, which line up whichever way."""
+    stored = np.array([[0, 1, 2], [1, 2, 0]], np.uint8)  # index 0 transparent
+    indexed = Image.fromarray(stored, "P")
+    indexed.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0])
+    exif = Image.Exif()
+    exif[274] = 6  # a quarter turn
+    indexed.save(tmp_path / "before.png", transparency=0, exif=exif)
+    indexed.save(buffer := io.BytesIO(), "PNG", transparency=0)
+    png, body = buffer.getvalue(), exif.tobytes().removeprefix(b"Exif\x00\x00")
+    end = png.rindex(b"IEND") - 4  # the eXIf chunk just before IEND, after the pixels
+    chunk = len(body).to_bytes(4, "big") + b"eXIf" + body + zlib.crc32(b"eXIf" + body).to_bytes(4, "big")
+    (tmp_path / "after.png").write_bytes(png[:end] + chunk + png[end:])
+    for name, shown in (("before", np.rot90(stored, -1)), ("after", stored)):
+        values, hidden, palette = read_indexed(tmp_path / f"{name}.png")
+        assert np.array_equal(values, shown) and np.array_equal(values, read_label(tmp_path / f"{name}.png"))
+        assert np.array_equal(hidden, shown == 0) and palette[:3].tolist() == [[0, 0, 0], [255, 0, 0], [0, 255, 0]]
 
 
 def test_a_mask_of_the_stored_pixels_of_a_turned_photo_is_refused_saying_the_image_is_turned(tmp_path):

@@ -19,7 +19,7 @@ from s4al import inference
 from s4al.data.batches import image_batches, to_model_input
 from s4al.data.base import DatasetError
 from s4al.data import device_cache
-from s4al.data.device_cache import DeviceCache, DeviceMemoryShort
+from s4al.data.device_cache import DeviceCache, DeviceMemoryShort, LargeImages
 from s4al.inference import cached_batches, inference_cache
 from s4al.evaluate import evaluate
 from s4al.model import build_model
@@ -125,6 +125,26 @@ def test_forward_passes_on_a_cpu_run_in_fp32_without_autocast(setup):
     assert set(seen) == {(False, False, torch.float32, torch.float32)}
 
 
+def test_the_head_gives_fp32_logits_under_autocast_so_that_close_classes_do_not_tie(setup):
+    """bf16 keeps 8 significant bits: logits 10.0 and 10.03 would both be 10.0, and argmax gives the tie to
+    the lower class id. The network runs in bf16 up to its decoder; the head (1x1 conv, upsampling) in fp32."""
+    _, train, _, model = setup
+    images = to_model_input(next(iter(image_batches(train, 2, 0, range(2))))[0], CPU)
+    decoded = []
+    hook = model.net.decoder.register_forward_hook(lambda module, inputs, output: decoded.append(output))
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(images)
+    finally:
+        hook.remove()
+    assert decoded[0].dtype == torch.bfloat16 and logits.dtype == torch.float32
+    with torch.no_grad():  # the head's own fp32 arithmetic on what the decoder gave
+        conv, upsample = model.net.segmentation_head[0], model.net.segmentation_head[1]
+        expected = upsample(torch.nn.functional.conv2d(decoded[0].float(), conv.weight, conv.bias))
+    torch.testing.assert_close(logits, expected[..., : images.shape[-2], : images.shape[-1]], rtol=0, atol=0)
+    assert torch.tensor([10.0, 10.03]).bfloat16().unique().numel() == 1  # what bf16 logits would have tied
+
+
 # ---- evaluation ----------------------------------------------------------------------------------
 def test_evaluation_from_the_device_cache_is_the_loader_paths_and_decodes_once(setup):
     cfg, _, val, model = setup
@@ -192,6 +212,23 @@ def test_training_and_scoring_share_the_splits_images_and_label_planes_are_for_l
         assert torch.equal(scoring.images[row], torch.from_numpy(train.load(i).image).permute(2, 0, 1))
 
 
+def test_a_cache_that_grows_the_splits_images_counts_the_held_ones_it_copies(setup):
+    """Growing the split's images allocates every row anew, the held ones copied in, while those
+    are still held: that is the peak a fit is checked against, not the new rows alone."""
+    _, train, _, _ = setup
+    counted, plane = Counted(train), 48 * 64
+    assert device_cache.cache_bytes(counted, [0, 1], [2, 3], CPU) == plane * (3 * 4 + 2 + 2)  # nothing held
+    DeviceCache(counted, labelled=[0, 1], pool=[2, 3], device=CPU)
+    assert counted.image_loads == 2  # the pool's two (the labelled ones are decoded with their labels)
+    assert device_cache.cache_bytes(counted, [0, 1], [2, 3], CPU) == plane * (2 + 2)  # images all held
+    assert device_cache.cache_bytes(counted, [0, 1], [2, 3, 4, 5], CPU, answered=1) == plane * (3 * 6 + 2 + 4)
+    grown = DeviceCache(counted, labelled=[0, 1], pool=[2, 3, 4, 5], device=CPU)
+    assert grown.images.shape[0] == 6 and counted.image_loads == 4  # the four held copied, not decoded
+    for i in range(6):
+        (row,) = grown.rows([i])
+        assert torch.equal(grown.images[row], torch.from_numpy(train.load(i).image).permute(2, 0, 1))
+
+
 def test_a_new_cycles_training_cache_decodes_only_the_labels(setup, tmp_path):
     _, train, _, _ = setup
     counted = Counted(train)
@@ -233,9 +270,9 @@ def test_a_split_too_large_for_the_devices_memory_is_refused_with_fast_on_before
     huge = Counted(train, size=(200_000, 200_000))  # 120 GB an image: no machine has half of 8 of them free
     cfg = tiny_config(train={"fast": "on", "device": "cpu"})
     data = TrainData(huge, labelled=[0, 1], pool=list(range(2, 8)))
-    with pytest.raises(DeviceMemoryShort, match=r"train.fast is on: images of 200000x200000 are over 4,194,304 pixels"):
+    with pytest.raises(LargeImages, match=r"train.fast is on: images of 200000x200000 are over 4,194,304 pixels"):
         Trainer(cfg, data, None, tmp_path)
-    monkeypatch.setattr(device_cache, "LARGE_IMAGE_PIXELS", 10**12)  # the memory itself
+    monkeypatch.setattr(device_cache, "WINDOWED_AUGMENT_PIXELS", 10**12)  # the memory itself
     with pytest.raises(DeviceMemoryShort, match=r"train.fast is on: the training cache would take \d+.\d GiB of cpu"):
         Trainer(cfg, data, None, tmp_path)
     assert huge.loads == huge.image_loads == 0
@@ -272,15 +309,16 @@ def test_on_a_gpu_batches_fill_a_tile_and_the_forward_pass_runs_in_bf16(setup):
     assert cache is not None and cache.images.is_cuda
     assert [len(ids) for *_, ids in cached_batches(cache, range(20), 4)] == [20]  # 48x64: a tile holds them all
     dtypes = []
-    # the logits are fp32 (autocast upsamples in fp32): the last convolution's output says
-    last_conv = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
-    hook = last_conv.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    # the network in bf16 up to its head, which gives fp32 logits (test_the_head_gives_fp32_logits_under_autocast)
+    hooks = [module.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+             for module in (model.net.decoder, model.net.segmentation_head)]
     try:
         a = active(cfg, regions_per_image=2)
         fast = score_cells(model, train, POOL, BOUGHT, a, cuda, 0, fast="auto")
     finally:
-        hook.remove()
-    assert dtypes == [torch.bfloat16]
+        for hook in hooks:
+            hook.remove()
+    assert dtypes == [torch.bfloat16, torch.float32]
     loader = score_cells(model, train, POOL, BOUGHT, a, cuda, 0, fast="off")
     for i in POOL:  # bf16 logits, fp32 softmax and entropy
         np.testing.assert_allclose(fast[i], loader[i], rtol=0, atol=0.05 * math.log(9))

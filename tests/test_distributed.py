@@ -18,7 +18,7 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from conftest import tiny_config
+from conftest import ssl_data, tiny_config
 from s4al import distributed, errors, rank_checks
 from s4al.acquisition.pool import CappedConfigWarning, choose_regions, score_cells
 from s4al.active.cycle import ActiveLearningRun
@@ -45,9 +45,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def join(rank: int, port: int) -> torch.device:
+def join(rank: int, port: int, world: int = WORLD) -> torch.device:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     return distributed.setup_device("cpu")
 
@@ -181,6 +181,42 @@ def test_two_ranks_agree_with_one_process(tmp_path):
     ranks = [r["mixing_seeds"] for r in results]
     assert len(ranks[0]) == len(ranks[1]) > 0 and not set(ranks[0]) & set(ranks[1])
     assert ranks[0] == mixing_seeds(tmp_path / "single")[1]
+
+
+def three_ranks_train(rank: int, port: int, run_dir: str, stop_at: int | None) -> None:
+    """Three epochs of two steps, a checkpoint after each; with `stop_at`, every rank ends right
+    after the checkpoint of that step, as a job killed there."""
+    join(rank, port, world=3)
+    cfg = tiny_config(train={"device": "cpu", "epochs": 3, "checkpoint_every": 1})
+    trainer = Trainer(cfg, *ssl_data(cfg), run_dir, progress=lambda r: None)
+    save = trainer._save
+
+    def saved_then_stopped():
+        save()
+        if trainer.step == stop_at:
+            distributed.barrier()
+            os._exit(0)
+
+    trainer._save = saved_then_stopped
+    trainer.fit()
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_cycle_resumed_on_three_ranks_trains_as_if_never_stopped(tmp_path):
+    """Over three ranks a sum's rounding depends on the order DDP's buckets sum it in, which a
+    wrapper's first step takes from its default layout: the resumed step, and so every later one,
+    must be summed as in a run that went on."""
+    for run, stop_at in (("straight", None), ("stopped", 2), ("stopped", None)):
+        mp.start_processes(three_ranks_train, args=(free_port(), str(tmp_path / run), stop_at), nprocs=3,
+                           start_method="spawn")
+        if stop_at:
+            assert torch.load(tmp_path / run / "checkpoints" / "cycle_0.pt", weights_only=True)["step"] == stop_at
+    straight, resumed = (torch.load(tmp_path / run / "checkpoints" / "cycle_0.pt", weights_only=True)
+                         for run in ("straight", "stopped"))
+    for net in ("student", "teacher"):
+        assert [key for key, value in straight[net].items() if not torch.equal(value, resumed[net][key])] == []
+    assert straight["history"] == resumed["history"]
 
 
 def active_learning(rank: int, port: int, out: str) -> None:
@@ -451,6 +487,22 @@ def test_nodes_of_a_supervised_training_reading_other_labelled_images_are_refuse
     assert len(re.findall(rf"train images with a label: rank 1 reads other images than rank 0 \({count - 1} against "
                           rf"{count}: {MASKED[0]} only on rank 0\)", printed)) == 1, printed[-2000:]
     assert not (tmp_path / "full" / "checkpoints").exists()
+
+
+def test_nodes_scoring_a_checkpoint_with_other_options_are_refused(tmp_path):
+    """Ranks share a split's images by batch position: with batches of 4 on one node and 2 on the
+    other, some images would be scored twice and others not at all."""
+    with ActiveLearningRun(tmp_path / "run", tiny_config(train={"device": "cpu", "epochs": 1},
+                                                         active={"cycles": 0})) as run:
+        run.run()
+        checkpoint = str(run.folder.checkpoint_path(0))
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [node(k, endpoint, "evaluate", checkpoint, "--device", "cpu", "--batch-size", size)
+             for k, size in enumerate(("4", "2"))]
+    printed = " ".join("".join(n.communicate(timeout=120)[0] for n in nodes).split())
+    assert [n.returncode for n in nodes] == [1, 1], printed[-2000:]
+    assert printed.count("error: rank 1 was given other options than rank 0, --batch-size: 2 (rank 0: 4): every "
+                         "process of a job runs the same command") == 1, printed[-2000:]
 
 
 def finished_run(run_dir: Path) -> tuple[list, list, dict]:

@@ -1,3 +1,5 @@
+import time
+
 from s4al.train.monitor import Monitor
 
 
@@ -46,3 +48,30 @@ def test_images_and_masks_joining_a_run_are_said_as_they_join(tmp_path, capsys, 
     finally:
         monitor.close()
     assert capsys.readouterr().out == "before cycle 1 training, joined the run: 2 images added to the dataset (...)\n"
+
+
+def test_a_resumed_cycle_logs_over_the_steps_its_killed_process_logged_after_its_checkpoint(tmp_path):
+    """Killed at step 50 with a checkpoint at step 20: TensorBoard shows steps 30-50 once, as trained again."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def train(steps, loss, cycle):
+        monitor = Monitor(tmp_path, show_progress=False)
+        try:
+            for step in steps:
+                monitor({"event": "step", "cycle": cycle, "step": step, "total": 60, "seconds": 0.1, "loss/sup": loss})
+            monitor({"event": "eval", "cycle": cycle, "step": steps[-1], "epoch": 1, "miou": loss, "iou": {"Sky": loss}})
+        finally:
+            monitor.close()
+
+    for steps, loss, cycle in ((range(1, 61), 1.0, 1), (range(1, 51), 2.0, 0), (range(21, 61), 3.0, 0)):
+        train(steps, loss, cycle)  # cycle 1: another cycle's curve is its own
+        time.sleep(1.01)  # event files are read in the order of their names, which start with the second
+    runs = {}
+    for cycle in (0, 1):
+        events = EventAccumulator(str(tmp_path / f"cycle_{cycle}"))
+        events.Reload()
+        runs[cycle] = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    assert runs[0] == {"train/loss/sup": [(10, 2.0), (20, 2.0), (30, 3.0), (40, 3.0), (50, 3.0), (60, 3.0)],
+                       "val/miou": [(60, 3.0)], "val_iou/Sky": [(60, 3.0)]}  # the first process's at 50 is hidden
+    assert runs[1] == {"train/loss/sup": [(step, 1.0) for step in range(10, 61, 10)], "val/miou": [(60, 1.0)],
+                       "val_iou/Sky": [(60, 1.0)]}

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from s4al.seeding import derive_seed
 from s4al.train.sampling import StepBatches, Stream
@@ -40,13 +41,17 @@ def test_a_resumed_replay_buffer_holds_nothing_drawn_before_first_step():
     assert batches(5, first_step=0) != uninterrupted[1:]  # step 3's images would be replayed too
 
 
-def test_batches_resume_exactly():
+@pytest.mark.parametrize("replay_size, batch_size", [(4, 2), (5, 2), (50, 4)])  # CamVid's: 50 of batches of 4
+def test_batches_resume_exactly(replay_size, batch_size):
+    """The buffer a resume rebuilds holds the last replay_size images drawn: ceil(replay_size / batch_size)
+    steps back, a part of the first of them too where the batch does not divide it."""
     def batches(start):
-        return list(StepBatches(Stream(range(10), 3, "pool"), 2, start, 8, name="unlabelled", replay_size=4,
-                                replay_on=lambda s: s >= 2))
+        return list(StepBatches(Stream(range(40), 3, "pool"), batch_size, start, 30, name="unlabelled",
+                                replay_size=replay_size, replay_on=lambda s: s >= 2))
 
-    full, resumed = batches(0), batches(5)
-    assert full[5:] == resumed
+    full = batches(0)
+    for start in (5, 20):
+        assert full[start:] == batches(start)
 
 
 def test_replay_draws_from_recent_history_only():

@@ -45,7 +45,7 @@ def test_a_fit_on_a_simulated_gpu_reads_back_at_the_end_of_an_epoch_not_of_each_
         # its logged values in one copy, whether the state is finite, the val confusion counts (9 x 9 and the
         # void bin), and the checkpoint's copy of the argmax alignment's state: running shares, bias, target,
         # predicted
-        return [["tolist", [logged]], ["__bool__", []], ["cpu", [82]]] + [["cpu", [9]]] * 4
+        return [["tolist", [logged]], ["__int__", []], ["cpu", [82]]] + [["cpu", [9]]] * 4
 
     # epoch 1 of 6 steps: the supervised loss alone; epoch 2: a first SSL step (3 values) and 5 with replay (5 each)
     assert reads["6"] == epoch(6) + epoch(3 + 5 * 5)

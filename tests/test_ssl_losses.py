@@ -62,6 +62,13 @@ def test_per_class_normalised_confidence_by_hand():
     assert torch.allclose(per_class_normalised(confidence, pseudo, 3), expected)
 
 
+def test_a_void_pixel_counts_in_no_class_mean_the_last_included():
+    """Void (255) pixels index no class: the last class's mean is over its own pixels alone (0.5 / 0.5)."""
+    pseudo = torch.tensor([[[2, 255, 255]]])
+    confidence = torch.tensor([[[0.5, 0.9, 0.9]]])
+    assert per_class_normalised(confidence, pseudo, 3).tolist() == [[[1.0, 0.0, 0.0]]]
+
+
 def test_class_normalised_confidence_weighting_by_hand():
     pseudo = torch.tensor([[[0, 1]]])
     confidence = torch.tensor([[[0.9, 0.6]]])

@@ -357,6 +357,126 @@ def test_replay_pastes_half_the_replay_images_classes_or_with_balanced_classmix_
     assert logs["eta/unsup"].item() == 1.0 and logs["eta/replay"].item() == eta
 
 
+def teacher_painting(paint):
+    """A stand-in for the teacher's pass: at each pixel the class `paint(n, h, w)` gives ((N, H, W)
+    class ids and probabilities), the other 8 classes sharing the rest alike."""
+    def teacher_pass(images: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = images.shape
+        classes, sure = paint(n, h, w)
+        probabilities = ((1 - sure) / 8)[:, None].expand(n, 9, h, w).clone()
+        return probabilities.scatter_(1, classes[:, None], sure[:, None])
+    return teacher_pass
+
+
+def halves(n, h, w, left, right, left_sure, right_sure):
+    """(N, H, W) classes `left` and `right` in an image's left and right halves, with their probabilities."""
+    is_left = torch.arange(w).expand(n, h, w) < w // 2
+    return (torch.where(is_left, left, right), torch.where(is_left, left_sure, right_sure).float())
+
+
+def spied_student(trainer) -> list[torch.Tensor]:
+    """The images of each student pass of `trainer` from now on, in order."""
+    seen, passes = [], trainer.student_pass
+
+    class Spy:
+        def __call__(self, images, frozen=False):
+            seen.append(images.clone())
+            return passes(images, frozen)
+
+        def backward(self, loss):
+            passes.backward(loss)
+
+    trainer.student_pass = Spy()
+    return seen
+
+
+NO_PADDING = {"scale_range": [1.0, 1.0]}  # the crop is the image
+
+
+@pytest.mark.parametrize("classmix, eta", [(True, 0.75), (False, 0.5)])
+def test_classmix_mixes_the_unlabelled_images_the_student_learns(tmp_path, classmix, eta):
+    """Image 0 all class 0, 0.99 sure; image 1 half class 2, half class 3, 0.5 sure (below the 0.97 of eta).
+    ClassMix pastes half of each image's classes, rounded up, onto the one before it: image 0 gets one
+    of image 1's two halves (eta 1/2), image 1 the whole of image 0 (eta 1): 0.75; unmixed, 0.5."""
+    cfg = tiny_config(ssl={"classmix": classmix, "replay": False, "cold_start_epochs": 0,
+                           "distribution_alignment": "off"}, train=NO_PADDING)
+    trainer = Trainer(cfg, ssl_data(cfg)[0], None, tmp_path)
+    trainer.teacher_pass = teacher_painting(lambda n, h, w: (
+        torch.cat([torch.zeros(1, h, w, dtype=torch.long), halves(1, h, w, 2, 3, 0.5, 0.5)[0]]),
+        torch.tensor([0.99, 0.5])[:, None, None].expand(n, h, w)))
+    assert trainer.train_step(0, *next(trainer.batches()))["eta/unsup"].item() == eta
+
+
+def test_the_student_learns_the_strong_view_of_the_unlabelled_images(tmp_path):
+    cfg = tiny_config(ssl={"classmix": False, "replay": False, "cold_start_epochs": 0},
+                      train={**NO_PADDING, "color_jitter_p": 1.0})
+    trainer = Trainer(cfg, ssl_data(cfg)[0], None, tmp_path)
+    labelled, unlabelled, replay = next(trainer.batches())
+    seen = spied_student(trainer)
+    trainer.train_step(0, labelled, unlabelled, replay)
+    assert len(seen) == 2 and torch.equal(seen[0], labelled["image"]) and torch.equal(seen[1], unlabelled["strong"])
+    assert not torch.equal(unlabelled["strong"], unlabelled["weak"])  # the colour jitter tells them apart
+
+
+def test_eta_counts_the_pixels_of_the_images_not_their_padding(tmp_path):
+    """Scaled by half into a crop of their size, the images fill a quarter of it: a teacher 0.99 sure of
+    their pixels (and 0.5 of the padding around them) is sure of all of the images (eta 1), not of a
+    quarter of the crops."""
+    cfg = tiny_config(ssl={"replay": False, "classmix": False, "cold_start_epochs": 0},
+                      train={"scale_range": [0.5, 0.5]})
+    with pytest.warns(S4alWarning, match="every crop is part padding"):
+        trainer = Trainer(cfg, ssl_data(cfg)[0], None, tmp_path)
+    labelled, unlabelled, replay = next(trainer.batches())
+    assert unlabelled["valid"].float().mean().item() == 0.25
+    trainer.teacher_pass = teacher_sure_of_class_0(lambda n, h, w: torch.where(unlabelled["valid"], 0.99, 0.5))
+    assert trainer.train_step(0, labelled, unlabelled, replay)["eta/unsup"].item() == 1.0
+
+
+def test_plain_classmix_pastes_half_of_each_replay_images_own_classes(tmp_path):
+    """The unlabelled images all class 2, 0.99 sure; the replayed ones half class 0, half class 1, 0.5
+    sure. Plain ClassMix onto them pastes one of a replay image's two classes: half of each image is
+    below the 0.97 of eta, 0.5."""
+    cfg = tiny_config(ssl={"balanced_classmix": False, "cold_start_epochs": 0, "balanced_from_epoch": 0,
+                           "distribution_alignment": "off"}, train=NO_PADDING)
+    trainer = Trainer(cfg, ssl_data(cfg)[0], None, tmp_path)
+
+    def paint(n, h, w):  # the unlabelled images, then (from step 1) the replayed ones
+        unlabelled = (torch.full((2, h, w), 2), torch.full((2, h, w), 0.99))
+        replayed = halves(n - 2, h, w, 0, 1, 0.5, 0.5)
+        return torch.cat([unlabelled[0], replayed[0]]), torch.cat([unlabelled[1], replayed[1]])
+
+    trainer.teacher_pass = teacher_painting(paint)
+    batches = trainer.batches()
+    assert next(batches).replay is None  # step 0: the replay buffer is still empty
+    logs = trainer.train_step(1, *next(batches))
+    assert logs["eta/unsup"].item() == 1.0 and logs["eta/replay"].item() == 0.5
+
+
+def test_the_teacher_follows_the_student_by_its_ramped_ema_after_each_step(tmp_path):
+    """m_t = min(1 - 1 / (t + 1), momentum): the teacher is the student after step 0, halfway from its
+    last weights to the student's after step 1."""
+    cfg = tiny_config(ssl={"cold_start_epochs": 0})
+    trainer = Trainer(cfg, ssl_data(cfg)[0], None, tmp_path)
+    batches = trainer.batches()
+    trainer.train_step(0, *next(batches))
+    for teacher, student in zip(trainer.teacher.model.parameters(), trainer.student.parameters(), strict=True):
+        assert torch.equal(teacher, student)
+    before = [p.detach().clone() for p in trainer.teacher.model.parameters()]
+    trainer.train_step(1, *next(batches))
+    for old, teacher, student in zip(before, trainer.teacher.model.parameters(), trainer.student.parameters()):
+        assert not torch.equal(old, student)
+        torch.testing.assert_close(teacher, 0.5 * old + 0.5 * student)
+
+
+def test_validation_scores_the_teacher(tmp_path):
+    cfg = tiny_config()
+    data, val = ssl_data(cfg)
+    result = Trainer(cfg, data, val, tmp_path).fit()
+    scores = {name: evaluate(model, val, 4, torch.device("cpu"), fast="off").as_dict(val.classes.names)["miou"]
+              for name, model in (("teacher", result.teacher), ("student", result.student))}
+    assert result.history[-1]["miou"] == scores["teacher"] != scores["student"]
+
+
 def test_a_crop_larger_than_every_scaled_training_image_is_warned_about(tmp_path, recwarn):
     cfg = tiny_config(train={"crop_size": [48, 64], "scale_range": [0.5, 1.0]})  # 48x64 images: crops fit
     Trainer(cfg, ssl_data(cfg)[0], None, tmp_path / "fits")
@@ -490,10 +610,11 @@ def test_mixed_image_sizes_fall_back_to_the_loader_path_unless_fast_is_on(tmp_pa
         Trainer(cfg, data, None, tmp_path)
     with pytest.warns(UserWarning, match=r"train.fast is auto: training reads from loader workers: .*19 is 49x64"):
         assert not training_on_device("auto", torch.device("cuda"), train, data.labelled, data.pool)
-    huge = Counted(train.base, size=(2049, 2048))  # one pixel row over LARGE_IMAGE_PIXELS
+    huge = Counted(train.base, size=(2049, 2048))  # one pixel row over WINDOWED_AUGMENT_PIXELS
     with pytest.warns(UserWarning, match=r"train.fast is auto: training reads from loader workers: images of "
-                                         r"2049x2048 are over 4,194,304 pixels: the device path resamples each "
-                                         r"sample from its whole image, loader workers from its crop's window"):
+                                         r"2049x2048 are over 4,194,304 pixels: the device path scales each "
+                                         r"whole image for its sample, loader workers read only the window its crop "
+                                         r"needs"):
         assert not training_on_device("auto", torch.device("cuda"), huge, data.labelled, data.pool)
     # without a crop each image trains at its own size: a batch of two sizes could not be stacked
     with pytest.raises(S4alError, match=r"19 is 49x64 but .*0 is 48x64: with train.crop_size null each image trains "

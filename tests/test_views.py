@@ -90,7 +90,7 @@ def test_each_label_pixel_is_the_source_pixel_under_its_centre(scale):
 
 
 def test_a_large_image_is_computed_in_its_crops_window_as_if_resized_whole(monkeypatch):
-    """Over LARGE_IMAGE_PIXELS a sample never resizes the whole image: the same label pixels, the
+    """Over WINDOWED_AUGMENT_PIXELS a sample never resizes the whole image: the same label pixels, the
     image within the uint8 rounding of the whole resize."""
     from s4al.data import augment
 
@@ -100,7 +100,7 @@ def test_a_large_image_is_computed_in_its_crops_window_as_if_resized_whole(monke
     fills = [IGNORE_INDEX, IGNORE_INDEX, 7]
     aug = Augment(scale_range=(0.5, 1.6), crop_size=(20, 28), hflip_p=0.5, **NO_JITTER)
     whole = [geometric(image, planes, fills, np.random.default_rng(seed), aug) for seed in range(40)]
-    monkeypatch.setattr(augment, "LARGE_IMAGE_PIXELS", H * W - 1)
+    monkeypatch.setattr(augment, "WINDOWED_AUGMENT_PIXELS", H * W - 1)
     monkeypatch.setattr(augment.TF, "resize", None)  # a whole-image resize would fail
     windowed = [geometric(image, planes, fills, np.random.default_rng(seed), aug) for seed in range(40)]
     for (image_whole, planes_whole), (image_windowed, planes_windowed) in zip(whole, windowed):

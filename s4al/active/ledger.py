@@ -220,6 +220,10 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise ledger_error(_file_of(conn), err) from err
 
 
+def _set_meta(conn: sqlite3.Connection, key: str, encoded: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, encoded))
+
+
 def _register(conn: sqlite3.Connection, records: Iterable[tuple[str, int, int]], initial: Collection[str]) -> None:
     """Ledger.register_images inside a write transaction."""
     initial = {str(image_id) for image_id in initial}
@@ -496,9 +500,9 @@ class Ledger(RegionsByState, AbstractContextManager):
 
     def set_meta(self, key: str, value: Any) -> None:
         """Store a JSON-serialisable value (e.g. seed, class names)."""
-        encoded = json.dumps(value)
+        encoded = json.dumps(value)  # before the transaction: a value JSON cannot hold writes nothing
         with write_transaction(self._conn) as conn:
-            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, encoded))
+            _set_meta(conn, key, encoded)
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -520,8 +524,7 @@ class Ledger(RegionsByState, AbstractContextManager):
         with write_transaction(self._conn) as conn:
             _register(conn, records, initial)
             _label_whole(conn, masked)
-            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                         (JOINED, json.dumps([*self.get_meta(JOINED, []), joined])))
+            _set_meta(conn, JOINED, json.dumps([*self.get_meta(JOINED, []), joined]))
 
     def images(self) -> list[ImageRecord]:
         """All registered images, in registration order."""

@@ -67,6 +67,7 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
     from s4al.active.cycle import ActiveLearningRun
     from s4al.annotation.label_studio_api import checked_server, project_on, recorded_project, send_query
     from s4al.annotation.package import package_record, write_query_package
+    from s4al.distributed import check_device_name
 
     if new_project and label_studio is None:
         raise typer.BadParameter("--new-project makes a new Label Studio project: give --label-studio URL too")
@@ -75,6 +76,7 @@ def query(run_dir: RunDirArgument, out: OutOption = None, device: DeviceOption =
                                  "and not --new-project")
     sent = None
     with user_errors_reported():
+        check_device_name(device)  # as the commands that compute say it, before the run is opened
         server = None if label_studio is None else checked_server(label_studio, api_key)
         with ActiveLearningRun(run_dir, overrides={"train": {"device": device}}) as active_run:
             if server is not None and not new_project and project is None:
@@ -266,12 +268,12 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None, cycle: CycleOptio
     from s4al.active.summaries import summaries_rewritten
     from s4al.annotation.answers import BY_SKIP_NAMED, BY_SKIP_UNANSWERED, part_trained_cycle
 
+    if withdraw and not region:
+        raise typer.BadParameter("--withdraw takes back the answers of the regions named: give them with --region ID")
+    if region and cycle is not None:
+        raise typer.BadParameter("--cycle picks the regions still asked of one cycle; the regions named with "
+                                 "--region are those: give one or the other")
     with user_errors_reported():
-        if withdraw and not region:
-            raise S4alError("--withdraw takes back the answers of the regions named: give them with --region ID")
-        if region and cycle is not None:
-            raise S4alError("--cycle picks the regions still asked of one cycle; the regions named with --region "
-                            "are those: give one or the other")
         folder = RunFolder(run_dir)
         folder.ledger_file()  # a run folder, before its config is read
         _refuse_oracle_run(folder, "a skip")

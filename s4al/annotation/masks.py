@@ -21,7 +21,7 @@ import numpy as np
 from s4al.data.base import DatasetError
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.folder import COLOUR_MODES, ColourDecoder, palette_labels
-from s4al.data.io import image_mode, read_label, read_palette, system_file, transparent_pixels
+from s4al.data.io import image_mode, read_indexed, system_file
 from s4al.errors import S4alError
 from s4al.text import first_of
 
@@ -122,15 +122,15 @@ def _read_mask(path: Path, colours: ColourDecoder | None) -> np.ndarray:
     index, as a dataset's own masks are read (palette_labels); an RGB(A) one by its colours. A
     transparent pixel is unpainted."""
     try:
-        if image_mode(path) in COLOUR_MODES:
+        mode = image_mode(path)
+        if mode in COLOUR_MODES:
             return _colour_mask(path, colours)
-        indices = read_label(path)
-        hidden = transparent_pixels(path)  # as an editor saves a transparent background: unpainted
-        if hidden is not None:
+        indices, hidden, palette = read_indexed(path)
+        if hidden is not None:  # as an editor saves a transparent background: unpainted
             indices[hidden] = UNPAINTED
-        if colours is None or image_mode(path) != "P":
+        if colours is None or mode != "P":
             return indices
-        labels = palette_labels(indices, read_palette(path), colours, UNPAINTED, path,
+        labels = palette_labels(indices, palette, colours, UNPAINTED, path,
                                 "save it as a greyscale PNG of class ids, or painted in the class colours",
                                 void_label=UNPAINTED)
         return indices if labels is None else labels

@@ -94,7 +94,7 @@ def nearest_source(positions: torch.Tensor, sizes: torch.Tensor, source: int) ->
 
 # pixels of an image above which a sample is computed in its crop's window of the source, never
 # resized whole (a 10,000-pixel square scaled by 1.25 would take about 1 GB a sample, with its planes)
-LARGE_IMAGE_PIXELS = 2048 * 2048
+WINDOWED_AUGMENT_PIXELS = 2048 * 2048
 
 
 def geometric(
@@ -107,7 +107,7 @@ def geometric(
     poles off their pixels) and padded with their fill value."""
     h, w = image.shape[-2:]
     draw = draw_geometry(rng, h, w, aug)
-    if aug.crop_size is not None and h * w > LARGE_IMAGE_PIXELS:
+    if aug.crop_size is not None and h * w > WINDOWED_AUGMENT_PIXELS:
         return _in_window(image, planes, fills, draw, aug.crop_size)
     if draw.size != (h, w):
         image = TF.resize(image, list(draw.size), InterpolationMode.BILINEAR, antialias=True)

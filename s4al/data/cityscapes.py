@@ -6,6 +6,7 @@ Paper protocol: "train" = official train minus `num_held_out` images, "val" = th
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,17 @@ from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 from s4al.data.base import DatasetError
 from s4al.data.classes import IGNORE_INDEX, ClassSet
 from s4al.data.io import FilePairDataset, Pair, label_table, list_files, pair_files, require_nonempty
+from s4al.errors import S4alWarning
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 SPLITS = ("train", "val", "test")
+OFFICIAL_TRAIN_IMAGES = 2975
+PAPER_HELD_OUT = 300
+
+
+class PartialCityscapes(S4alWarning):
+    pass
 
 
 def _is_trained(label) -> bool:
@@ -57,7 +65,7 @@ class Cityscapes(FilePairDataset):
         root: Path,
         split: str,
         resize: tuple[int, int] | None = None,
-        num_held_out: int = 300,
+        num_held_out: int = PAPER_HELD_OUT,
         held_out_seed: int = 0,
     ):
         if split not in SPLITS:
@@ -77,6 +85,11 @@ class Cityscapes(FilePairDataset):
             raise DatasetError(
                 f"{self.root / 'leftImg8bit' / 'train'}: {len(train)} images, cannot hold out {num_held_out}"
             )
+        if num_held_out == PAPER_HELD_OUT and len(train) != OFFICIAL_TRAIN_IMAGES:  # drawn from the images there
+            warnings.warn(f"{self.root / 'leftImg8bit' / 'train'}: {len(train)} images, not the official "
+                          f"{OFFICIAL_TRAIN_IMAGES}: the {num_held_out} held out as val are not the paper protocol's; "
+                          "extract the whole of leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip to compare "
+                          "with it", PartialCityscapes, stacklevel=2)
         held_out = set(held_out_indices(len(train), num_held_out, seed).tolist())
         want_held_out = self.split == "val"
         return [pair for i, pair in enumerate(train) if (i in held_out) == want_held_out]

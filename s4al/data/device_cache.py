@@ -27,7 +27,7 @@ from s4al.config import FastMode
 from s4al.data.base import SegmentationDataset, ignore_interrupts
 from s4al.data.batches import host_to_device
 from s4al.data.classes import IGNORE_INDEX
-from s4al.data.augment import LARGE_IMAGE_PIXELS
+from s4al.data.augment import WINDOWED_AUGMENT_PIXELS
 from s4al.data.views import Annotations, rasterize
 
 DECODE_BATCH = 16  # images decoded (by loader workers) per copy to the device
@@ -41,6 +41,11 @@ class MixedImageSizes(S4alError):
 
 class DeviceMemoryShort(S4alError):
     """The cache would take more than DEVICE_SHARE of the device's free memory."""
+
+
+class LargeImages(S4alError):
+    """Images over WINDOWED_AUGMENT_PIXELS: the device path scales each whole, the loader path reads
+    only the window of its crop."""
 
 
 def common_size(dataset: SegmentationDataset, indices: Sequence[int],
@@ -89,10 +94,12 @@ class SplitImages:
     def add_rows(self, indices: Sequence[int]) -> None:
         """Rows, not yet filled, for `indices` (none of them held)."""
         if not indices:
-            return  # torch.cat would copy every held image for nothing
-        self.row[list(indices)] = np.arange(len(self.images), len(self.images) + len(indices))
-        grown = torch.empty((len(indices), 3, *self.size), dtype=torch.uint8, device=self.device)
-        self.images = torch.cat([self.images, grown]) if len(self.images) else grown
+            return  # growing would copy every held image for nothing
+        held = len(self.images)
+        self.row[list(indices)] = np.arange(held, held + len(indices))
+        grown = torch.empty((held + len(indices), 3, *self.size), dtype=torch.uint8, device=self.device)
+        grown[:held] = self.images  # the held rows copied once: at the peak, old and grown (cache_bytes)
+        self.images = grown
 
     def forget(self, indices: Sequence[int]) -> None:
         self.row[list(indices)] = -1
@@ -118,15 +125,21 @@ def split_images(dataset: SegmentationDataset, device: torch.device, size: tuple
 
 def cache_bytes(
     dataset: SegmentationDataset, labelled: Sequence[int], pool: Sequence[int], device: torch.device,
-    answered: int = 0,
+    answered: int = 0, size: tuple[int, int] | None = None,
 ) -> int:
-    """What a DeviceCache of these images adds on `device`: the images not held yet, a label plane
-    per labelled image, two planes per answered image (and one empty slot)."""
+    """What a DeviceCache of these images (of `size`, their common_size where known) takes on `device`
+    at its peak: the split's images grown by those not held yet (the held ones copied into the grown
+    tensor, SplitImages.add_rows), a label plane per labelled image, two planes per answered image
+    (and one empty slot)."""
     indices = sorted(set(labelled) | set(pool))
-    h, w = common_size(dataset, indices)
+    h, w = size or common_size(dataset, indices)
     held = _SPLITS.get(dataset)
-    new = len(indices) if held is None or held.device != device else len(held.missing(indices))
-    return h * w * (3 * new + len(set(labelled)) + 2 * (answered + 1))
+    if held is None or held.device != device or held.size != (h, w):
+        images = len(indices)
+    else:
+        new = len(held.missing(indices))
+        images = len(held.images) + new if new else 0
+    return h * w * (3 * images + len(set(labelled)) + 2 * (answered + 1))
 
 
 def check_fits(nbytes: int, device: torch.device, what: str) -> None:
@@ -190,7 +203,7 @@ class DeviceCache:
         answered = [i for i in sorted(annotations) if i in wanted]
         h, w = self.size = common_size(dataset, indices)
         self.device = device
-        check_fits(cache_bytes(dataset, labelled, pool, device, len(answered)), device,
+        check_fits(cache_bytes(dataset, labelled, pool, device, len(answered), self.size), device,
                    f"the device cache of {len(indices)} images of {h}x{w}")
         self._split = split_images(dataset, device, self.size)
         self._label_row = dict(zip(labelled, range(len(labelled))))
@@ -282,17 +295,18 @@ def training_on_device(
 ) -> bool:
     """Whether training reads a DeviceCache (the fast path): train.fast on, or auto on a CUDA
     device. auto falls back to loader workers for images of mixed sizes, which the cache cannot
-    hold, images over LARGE_IMAGE_PIXELS, from which it would build each batch whole, or a cache
+    hold, images over WINDOWED_AUGMENT_PIXELS, which it would scale whole for each sample, or a cache
     that would not fit (check_fits), with a warning; on refuses them."""
     if not fast_path_asked(fast, device):
         return False
     try:
-        h, w = common_size(dataset, [*labelled, *pool])
-        if h * w > LARGE_IMAGE_PIXELS:
-            raise DeviceMemoryShort(f"images of {h}x{w} are over {LARGE_IMAGE_PIXELS:,} pixels: the device path "
-                                    "resamples each sample from its whole image, loader workers from its crop's window")
-        check_fits(cache_bytes(dataset, labelled, pool, device, answered), device, "the training cache")
-    except (MixedImageSizes, DeviceMemoryShort) as err:
+        h, w = size = common_size(dataset, [*labelled, *pool])
+        if h * w > WINDOWED_AUGMENT_PIXELS:
+            raise LargeImages(f"images of {h}x{w} are over {WINDOWED_AUGMENT_PIXELS:,} pixels: the device path "
+                              "scales each whole image for its sample, loader workers read only the window its crop "
+                              "needs")
+        check_fits(cache_bytes(dataset, labelled, pool, device, answered, size), device, "the training cache")
+    except (MixedImageSizes, DeviceMemoryShort, LargeImages) as err:
         if fast == "on":
             raise type(err)(f"train.fast is on: {err}") from None
         warnings.warn(f"train.fast is auto: training reads from loader workers: {err}", stacklevel=2)

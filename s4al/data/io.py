@@ -56,11 +56,12 @@ def _orientation(img: Image.Image) -> int:
         return 1
 
 
-def _pixels(img: Image.Image, path: Path, mode: str | None = None) -> np.ndarray:
-    """The pixels as viewers and annotation tools show them: turned by the file's EXIF orientation,
-    so a mask painted on the shown picture lines up with the image."""
+def _pixels(img: Image.Image, path: Path, mode: str | None = None, orientation: int | None = None) -> np.ndarray:
+    """The pixels as viewers and annotation tools show them: turned by the file's EXIF orientation
+    (`orientation`, as read before the pixels: a PNG's EXIF after them is seen only once they are
+    decoded), so a mask painted on the shown picture lines up with the image."""
     try:
-        if _orientation(img) != 1:
+        if (_orientation(img) if orientation is None else orientation) != 1:
             img = ImageOps.exif_transpose(img)
         # a writable copy; convert() to the mode the image has would copy it once more
         return np.array(img.convert(mode) if mode and img.mode != mode else img)
@@ -114,33 +115,33 @@ def read_rgba(path: Path) -> np.ndarray:
         return _pixels(img, path, "RGBA")
 
 
-def transparent_pixels(path: Path) -> np.ndarray | None:
-    """(H, W) bool, True where a PNG's transparency (a palette entry or grey value marked
-    transparent) hides the pixel; None for a file without one."""
-    with _open(Path(path)) as img:
-        if "transparency" not in img.info:
-            return None
-        return _pixels(img, path, "RGBA")[..., 3] == 0
-
-
 def read_label(path: Path) -> np.ndarray:
     """(H, W) uint8 raw label values from a single-channel (1-bit, L, P or 16-bit) PNG."""
     with _open(Path(path)) as img:
-        if img.mode not in ("1", "L", "P", *WIDE_GREY_MODES):
-            raise DatasetError(f"{path}: a label must be a single-channel image, got colour mode {img.mode}")
-        raw = _pixels(img, path)
+        return _label_values(img, path)
+
+
+def read_indexed(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """A single-channel label PNG opened once: its read_label values, (H, W) bool True where its
+    transparency (a palette entry or grey value marked transparent) hides the pixel (None for a file
+    without one), and its (256, 3) uint8 palette, the RGB colour of each index (black where unset)."""
+    with _open(Path(path)) as img:
+        orientation = _orientation(img)  # before decoding, for both readings, as read_label takes it
+        values = _label_values(img, path, orientation)
+        hidden = _pixels(img, path, "RGBA", orientation)[..., 3] == 0 if "transparency" in img.info else None
+        colours = np.array(img.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)[:256]
+    return values, hidden, np.concatenate([colours, np.zeros((256 - len(colours), 3), np.uint8)])
+
+
+def _label_values(img: Image.Image, path: Path, orientation: int | None = None) -> np.ndarray:
+    if img.mode not in ("1", "L", "P", *WIDE_GREY_MODES):
+        raise DatasetError(f"{path}: a label must be a single-channel image, got colour mode {img.mode}")
+    raw = _pixels(img, path, orientation=orientation)
     if raw.dtype != np.uint8:
         if raw.size and (raw.min() < 0 or raw.max() > 255):
             raise DatasetError(f"{path}: label values must lie in 0..255, got {raw.min()}..{raw.max()}")
         raw = raw.astype(np.uint8)
     return raw
-
-
-def read_palette(path: Path) -> np.ndarray:
-    """(256, 3) uint8: the RGB colour of each index of a palette ("P") image; black where unset."""
-    with _open(Path(path)) as img:
-        colours = np.array(img.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)[:256]
-    return np.concatenate([colours, np.zeros((256 - len(colours), 3), np.uint8)])
 
 
 def read_size(path: Path) -> tuple[int, int]:

@@ -15,7 +15,8 @@ class Monitor:
     "joined", ...} records."""
 
     def __init__(self, log_dir: Path, show_progress: bool = True, log_every: int = 10):
-        self.writer = SummaryWriter(str(log_dir))
+        self.log_dir = Path(log_dir)
+        self.writers: dict[int, SummaryWriter] = {}  # per cycle: log_dir/cycle_N, TensorBoard's runs
         self.log_every = log_every
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -42,7 +43,7 @@ class Monitor:
         if r["step"] % self.log_every == 0:
             for key, value in r.items():
                 if key.startswith(("loss/", "eta/")) or key == "lr":
-                    self.writer.add_scalar(f"cycle{r['cycle']}/train/{key}", value, r["step"])
+                    self._writer(r).add_scalar(f"train/{key}", value, r["step"])
 
     def _score(self, r: dict) -> None:
         """Pool images scored for the cycle's questions (ActiveLearningRun)."""
@@ -53,12 +54,22 @@ class Monitor:
             self.tasks[description] = self.progress.add_task(description, total=total, completed=completed, status="")
         self.progress.update(self.tasks[description], completed=completed, status=status)
 
+    def _writer(self, r: dict) -> SummaryWriter:
+        """The cycle's writer; made at this process's first record of the cycle, whose step and those
+        after it, logged before by a process killed after its last checkpoint, it hides (purge_step)."""
+        if r["cycle"] not in self.writers:
+            for writer in self.writers.values():  # an earlier cycle's: it logs no more
+                writer.close()
+            first = self.steps_before.get(r["cycle"], r["step"] - 1) + 1
+            self.writers = {r["cycle"]: SummaryWriter(str(self.log_dir / f"cycle_{r['cycle']}"), purge_step=first)}
+        return self.writers[r["cycle"]]
+
     def _eval(self, r: dict) -> None:
-        prefix, step = f"cycle{r['cycle']}", r["step"]
-        self.writer.add_scalar(f"{prefix}/val/miou", r["miou"], step)
+        writer, step = self._writer(r), r["step"]
+        writer.add_scalar("val/miou", r["miou"], step)
         for name, value in r["iou"].items():
             if value is not None:
-                self.writer.add_scalar(f"{prefix}/val_iou/{name}", value, step)
+                writer.add_scalar(f"val_iou/{name}", value, step)
         self.progress.console.print(f"cycle {r['cycle']} epoch {r['epoch']}: val mIoU {100 * r['miou']:.1f}%")
 
     def _joined(self, r: dict) -> None:
@@ -67,4 +78,5 @@ class Monitor:
 
     def close(self) -> None:
         self.progress.stop()
-        self.writer.close()
+        for writer in self.writers.values():
+            writer.close()

@@ -205,6 +205,14 @@ class Trainer:
             return student
         return DistributedDataParallel(student, device_ids=[self.device] if self.device.type == "cuda" else None)
 
+    def _new_reducer(self) -> None:
+        """Under DDP, a new wrapper after each checkpoint, as a resume from it starts with: DDP sums a
+        wrapper's first step in buckets of its default layout and later ones in the order gradients
+        came, and over three or more ranks the rounding of a sum follows its place in a bucket."""
+        if self.net is not self.student:
+            self.net = self._parallel(self.student)
+            self.student_pass = StudentPasses(self.net, self.student, self.amp, self.graphs)
+
     def _synced(self, last: bool):
         """DDP reduces gradients once per step: in the last backward; earlier ones accumulate."""
         return contextlib.nullcontext() if last or self.net is self.student else self.net.no_sync()
@@ -395,10 +403,12 @@ class Trainer:
                            "seconds": seconds, **record, "lr": lr})
 
     def _check_finite_state(self) -> None:
-        """Parameters and BatchNorm statistics (a batch's variance may overflow while its loss stays finite)."""
+        """Parameters and BatchNorm statistics (a batch's variance may overflow while its loss stays finite),
+        decided by every rank together: a rank's student statistics are its own until DDP's next broadcast,
+        and one rank stopping alone would leave the others waiting."""
         tensors = [t for model in (self.student, self.teacher.model) for t in (*model.parameters(), *model.buffers())
                    if t.is_floating_point()]
-        if not torch.stack([t.isfinite().all() for t in tensors]).all():
+        if not distributed.all_min(int(torch.stack([t.isfinite().all() for t in tensors]).all()), self.device):
             raise self._diverged(self.step, "the parameters or BatchNorm statistics are no longer finite")
 
     def fit(self) -> TrainResult:
@@ -477,5 +487,6 @@ class Trainer:
                     self._evaluate(epoch)
                 if epoch % self.cfg.train.checkpoint_every == 0 or self.step == self.total_steps:
                     self._save()
+                    self._new_reducer()
             if self.stop_requested:
                 raise self._stop(pending, started)
