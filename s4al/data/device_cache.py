@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from s4al.errors import S4alError
+from s4al.errors import S4alError, S4alWarning
 from s4al import distributed
 from s4al.config import FastMode
 from s4al.data.base import SegmentationDataset, ignore_interrupts
@@ -309,6 +309,7 @@ def training_on_device(
     except (MixedImageSizes, DeviceMemoryShort, LargeImages) as err:
         if fast == "on":
             raise type(err)(f"train.fast is on: {err}") from None
-        warnings.warn(f"train.fast is auto: training reads from loader workers: {err}", stacklevel=2)
+        if distributed.is_main():  # every rank falls back alike (check_fits agrees): said once
+            warnings.warn(f"train.fast is auto: training reads from loader workers: {err}", S4alWarning, stacklevel=2)
         return False
     return True

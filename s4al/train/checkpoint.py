@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from s4al import distributed
 from s4al.errors import S4alError, S4alWarning
 from s4al.atomic import atomic_write
 from s4al.config import RunConfig, config_differences, flat_config, saved_config
@@ -137,7 +138,7 @@ def trained_model(state: dict, path: Path, network: str = "teacher", device: str
     if network not in ("teacher", "student"):
         raise S4alError(f"network must be 'teacher' or 'student', got {network!r}")
     step, total = state.get("step"), state.get("total_steps")
-    if step is not None and total is not None and step < total:
+    if step is not None and total is not None and step < total and distributed.is_main():  # said once a job
         warnings.warn(f"{path}: of a training not finished, at step {step} of {total}", UnfinishedCheckpoint)
     cfg = saved_config(state["config"], path)
     model = build_model(cfg.model.model_copy(update={"weights": None}), len(state["classes"]))
