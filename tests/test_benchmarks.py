@@ -951,3 +951,19 @@ def test_the_gpu_checks_script_runs_its_stages_and_names_a_cuda_graphs_variant_a
     again = subprocess.run(["bash", str(script), str(tmp_path / "out2"), "400", "sup_10"], env={**env, "STAGES": "compare"},
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and f"[{variant}] finished: sup_10 seed 0" in again.stdout, again.stdout[-3000:]
+
+
+def test_a_whole_run_is_estimated_from_the_counted_steps_and_the_measured_rates():
+    """CamVid's paper protocol: cycles of 100, 100 and 200 epochs of 50 steps, the first 10 of each
+    supervised alone: 1,500 supervised and 18,500 SSL steps, 10 + 10 + 20 evaluations, 2 pool scorings."""
+    counts = speed.run_counts(load_config("camvid", {"dataset": {"name": "synthetic", "root": None}}))
+    assert (counts["cycles"], counts["supervised_steps"], counts["ssl_steps"], counts["evaluations"],
+            counts["pool_scorings"]) == (3, 1500, 18500, 40, 2)
+    counts.update(val_images=100, pool_images=300)
+    path = {"supervised_iteration": {"iteration_seconds_median": 0.002}, "ssl_iteration": {"iteration_seconds_median": 0.01}}
+    rates = {"evaluation_images_per_s": 100.0, "scoring_images_per_s": 60.0,
+             "evaluation_cached_images_per_s": 2000.0, "scoring_cached_images_per_s": 1000.0}
+    # 1,500 x 2 ms + 18,500 x 10 ms + 40 x 100 images / rate + 2 x 300 images / rate
+    assert speed.whole_run_seconds(counts, path, rates, cached=False) == pytest.approx(3 + 185 + 40 + 10)
+    assert speed.whole_run_seconds(counts, path, rates, cached=True) == pytest.approx(3 + 185 + 2 + 0.6)
+    assert speed.whole_run_seconds(counts, path, None, cached=False) is None  # (b) not measured yet

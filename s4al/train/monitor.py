@@ -16,7 +16,8 @@ class Monitor:
 
     def __init__(self, log_dir: Path, show_progress: bool = True, log_every: int = 10):
         self.log_dir = Path(log_dir)
-        self.writers: dict[int, SummaryWriter] = {}  # per cycle: log_dir/cycle_N, TensorBoard's runs
+        self.writer: SummaryWriter | None = None  # the cycle's (log_dir/cycle_N, a TensorBoard run of its own)
+        self.writer_cycle: int | None = None
         self.log_every = log_every
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -57,12 +58,13 @@ class Monitor:
     def _writer(self, r: dict) -> SummaryWriter:
         """The cycle's writer; made at this process's first record of the cycle, whose step and those
         after it, logged before by a process killed after its last checkpoint, it hides (purge_step)."""
-        if r["cycle"] not in self.writers:
-            for writer in self.writers.values():  # an earlier cycle's: it logs no more
-                writer.close()
+        if r["cycle"] != self.writer_cycle:
+            if self.writer is not None:  # an earlier cycle's: it logs no more
+                self.writer.close()
             first = self.steps_before.get(r["cycle"], r["step"] - 1) + 1
-            self.writers = {r["cycle"]: SummaryWriter(str(self.log_dir / f"cycle_{r['cycle']}"), purge_step=first)}
-        return self.writers[r["cycle"]]
+            self.writer = SummaryWriter(str(self.log_dir / f"cycle_{r['cycle']}"), purge_step=first)
+            self.writer_cycle = r["cycle"]
+        return self.writer
 
     def _eval(self, r: dict) -> None:
         writer, step = self._writer(r), r["step"]
@@ -78,5 +80,5 @@ class Monitor:
 
     def close(self) -> None:
         self.progress.stop()
-        for writer in self.writers.values():
-            writer.close()
+        if self.writer is not None:
+            self.writer.close()
