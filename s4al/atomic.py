@@ -24,6 +24,26 @@ def output_folder(path: Path) -> Path:
     return path
 
 
+def unwritable(path: Path, what: str, read_from: Path) -> str | None:
+    """Why output file `path` cannot take `what` (None: it can), found before a command's work
+    (minutes) rather than after it: a folder, `read_from` itself (the checkpoint the output is made
+    from, which the write would replace), or a place it cannot be written. Leaves no file behind."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{path}: is a folder; give the path of the file for {what}"
+    if path.exists() and Path(read_from).exists() and path.samefile(read_from):
+        return f"{path}: is the checkpoint read; give another path for {what}, which would replace it"
+    try:  # as the write will: a temp file beside it (renamed over it), the file itself untouched
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prefix, suffix = _temp_name_parts(path.name)
+        descriptor, probe = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
+    except OSError as err:
+        return f"{path}: cannot write {what} there ({err.strerror}: {err.filename})"
+    os.close(descriptor)
+    os.unlink(probe)
+    return None
+
+
 def _temp_name_parts(name: str) -> tuple[str, str]:
     """The (prefix, suffix) of the temp files of a file called `name` (a glob pattern for strays)."""
     return f".{name}.", ".tmp"
@@ -72,7 +92,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def _naming(err: OSError, path: Path) -> OSError:
     """`err` naming `path`, the file a write was for, where it named none or the write's temp file."""
     if err.filename is None or Path(err.filename).name.startswith(_temp_name_parts(path.name)[0]):
-        err.filename, err.filename2 = str(path), None
+        if err.errno is None:  # a message alone (a library's own OSError): kept, the file named beside it
+            err.filename = str(path)
+            return err
+        return type(err)(err.errno, err.strerror, str(path))  # one file named: not "TEMP -> PATH" nor "PATH -> None"
     return err
 
 

@@ -23,7 +23,7 @@ from s4al.config import (
 )
 from s4al.data import DatasetError, build_dataset
 from s4al.errors import S4alError, reports_error, show_user_warnings, user_errors_reported
-from s4al.atomic import atomic_write
+from s4al.atomic import atomic_write, unwritable
 from s4al.text import counted, shell
 from s4al.provenance import record_start
 from s4al.run_folder import RunFolder
@@ -53,7 +53,7 @@ SetOption = Annotated[
     Optional[list[str]],
     typer.Option("--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set train.epochs=5 (repeatable)."),
 ]
-QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bar (in a log file, no progress lines).")]
 PrintConfigOption = Annotated[bool, typer.Option(
     "--print-config", help="Print the whole config the command would run with, as YAML, and exit (nothing is made).")]
 
@@ -149,7 +149,7 @@ def train(
     print_config: PrintConfigOption = False,
 ) -> None:
     """Fully supervised training on every labelled train image (the denominator of label efficiency)."""
-    from s4al.evaluate import unscored_val_split
+    from s4al.evaluate import unscored_split
     from s4al.train.checkpoint import refuse_other_processes_at
     from s4al.train.trainer import Trainer
     from s4al.train.data import TrainData
@@ -172,7 +172,7 @@ def train(
         rank_checks.read_the_same_classes(train_set)
         if not labelled:
             raise DatasetError(f"train split '{cfg.dataset.train_split}' of {cfg.dataset.root}: no image has a label")
-        unscored = unscored_val_split(val_set, cfg.dataset)
+        unscored = unscored_split(val_set, cfg.dataset.val_split, cfg.dataset)
         if unscored:
             raise DatasetError(unscored)
         # the data checked first: a dataset refused makes no folder and records no start
@@ -204,7 +204,8 @@ def evaluate_command(
     split: Annotated[str, typer.Option(
         help="The split to score: train, val or test (a folder dataset: any SPLIT.txt in its root).")] = "val",
     network: NetworkOption = Network.teacher,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 4,
+    batch_size: Annotated[int, typer.Option(min=1, help=(
+        "Images per forward pass (a split held in GPU memory goes in batches of at least 2048x2048 pixels)."))] = 4,
     device: Annotated[str, typer.Option(help="Device: auto, cpu, cuda, cuda:1, ...")] = "auto",
     json_path: Annotated[Optional[Path], typer.Option(
         "--json", metavar="FILE", help="Also write the scores there as JSON (mIoU, per-class IoU and recall, pixel "
@@ -212,12 +213,16 @@ def evaluate_command(
 ) -> None:
     """Confusion-matrix mIoU, per-class IoU and recall of a checkpoint on a split (a model trained on
     resized images is scored at that size, as it was evaluated in training)."""
-    from s4al.evaluate import evaluate
+    from s4al.evaluate import evaluate, unscored_split
     from s4al.train.checkpoint import load_checkpoint, trained_model
 
     with user_errors_reported():
         dev = distributed.setup_device(device)  # under torchrun: each rank scores its share
         rank_checks.given_the_same_options({"--split": split, "--network": network.value, "--batch-size": batch_size})
+        writing = json_path is not None and distributed.is_main()  # rank 0 writes it
+        problems = rank_checks.agreed(list(filter(None, [writing and unwritable(json_path, "the scores", checkpoint)])))
+        if problems:
+            raise S4alError(problems[0])
         rank_checks.read_the_same_checkpoint(Path(checkpoint))
         state = load_checkpoint(checkpoint)
         model, cfg = trained_model(state, checkpoint, network.value, dev)
@@ -231,6 +236,9 @@ def evaluate_command(
                             f"{dataset_cfg.root} has {', '.join(dataset.classes.names)}")
         rank_checks.read_the_same_images({f"split '{split}'": dataset.image_ids()})
         rank_checks.read_the_same_classes(dataset)
+        unscored = rank_checks.agreed(list(filter(None, [unscored_split(dataset, split, dataset_cfg)])))
+        if unscored:  # an mIoU of nothing, and the minutes of scoring it
+            raise S4alError(unscored[0])
         scores = evaluate(model, dataset, batch_size, dev, fast=cfg.train.fast).as_dict(dataset.classes.names)
         record = {"checkpoint": str(checkpoint), "network": network.value, "split": split, "images": len(dataset),
                   **scores}

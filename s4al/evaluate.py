@@ -52,13 +52,14 @@ def evaluate(
     return scores_from_confusion(matrix)
 
 
-def unscored_val_split(val_set: SegmentationDataset, dataset: DatasetConfig) -> str | None:
-    """The problem of a val split of which no pixel is labelled (every mask void): it scores nothing,
-    its mIoU undefined; None where a mask labels a pixel. Reads masks up to the first that does."""
-    if any((val_set.load_label(i) != IGNORE_INDEX).any() for i in range(len(val_set))):
+def unscored_split(split_set: SegmentationDataset, split: str, dataset: DatasetConfig) -> str | None:
+    """The problem of a split to score of which no pixel is labelled (every mask void, or none): it
+    scores nothing, its mIoU undefined; None where a mask labels a pixel. Reads masks up to the
+    first that does."""
+    if any(split_set.has_label(i) and (split_set.load_label(i) != IGNORE_INDEX).any() for i in range(len(split_set))):
         return None
-    return (f"val split '{dataset.val_split}' of {dataset.root or dataset.name}: none of its {len(val_set)} images "
-            "holds a labelled pixel (every mask is void): nothing to score")
+    return (f"split '{split}' of {dataset.root or dataset.name}: none of its {len(split_set)} images holds a labelled "
+            "pixel (every mask is void, or it has none): nothing to score")
 
 
 def _warn_unseen_classes(dataset: SegmentationDataset, matrix: torch.Tensor) -> None:

@@ -1,4 +1,5 @@
 import errno
+import signal
 import sqlite3
 import sys
 import textwrap
@@ -15,6 +16,11 @@ from s4al.active.ledger import Ledger, Region
 from s4al.config import RunConfig, load_config
 from s4al.data import build_dataset
 from s4al.train.data import TrainData
+
+# A suite started in the background by a shell without job control (`make test &`, nohup) inherits
+# SIGINT ignored, and so do the processes its tests start: the tests of Ctrl-C need it delivered.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Tiny tensors gain nothing from intra-op threads, and two threads per process thrash when the
 # suite's subprocesses and DataLoader workers share a 2-core machine.

@@ -210,7 +210,7 @@ def test_resume_with_unanswered_regions_says_how_to_go_on_and_skipping_them_lets
     told = " ".join(waiting.output.split())
     assert f"{left} regions asked, waiting for answers" in told
     assert f"s4al skip {run_dir}" in told and f"s4al import {run_dir}" in told
-    assert f"{left} asked" in told  # cycle 0's row in the table, not an empty table
+    assert f"{left} waiting" in told  # cycle 0's row in the table, not an empty table
     with ledger_of(run_dir) as ledger, CyclePhases(ledger) as phases:
         assert phases.phase(0) == "answer"  # nothing moved on
 

@@ -76,3 +76,15 @@ def test_a_write_the_disk_refuses_names_its_file_keeps_the_old_one_and_ends_a_co
         "(or make the folder writable), then run the command again\n")
     other = CliRunner().invoke(app, ["--no-full"])
     assert isinstance(other.exception, OSError) and other.exception.errno == errno.EBADF
+
+
+def test_a_write_refused_at_its_rename_names_the_file_alone(tmp_path):
+    """os.replace's error names the temp file and the target: said of the target alone (not
+    "TEMP -> PATH", nor "PATH -> None")."""
+    taken = tmp_path / "scores.json"
+    taken.mkdir()  # a folder in the file's place
+    with pytest.raises(IsADirectoryError) as refused:
+        with atomic_write(taken, "w") as file:
+            file.write("{}")
+    assert str(refused.value) == f"[Errno {errno.EISDIR}] Is a directory: '{taken}'"
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.json"]

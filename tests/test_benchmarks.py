@@ -549,6 +549,18 @@ def test_summarize_writes_tables_plot_results_doc_and_the_readme_block(bench_roo
     assert [(path, path.stat().st_mtime_ns) for path, _ in committed] == committed
 
 
+def test_seeds_of_one_method_made_with_other_settings_are_named(bench_root):
+    run = json.loads((bench_root / "results" / "smoke" / "sup_10_seed0.json").read_text())
+    again = json.loads(json.dumps(run)) | {"seed": 1}
+    again["config"]["seed"] = 1  # and another machine's workers: the same configuration
+    again["config"]["train"]["num_workers"] = run["config"]["train"]["num_workers"] + 1
+    assert summarize.settings_note("smoke", {"sup_10": [run, again]}) == ""
+    again["config"]["train"]["epochs"] += 1  # made after a default changed
+    assert summarize.settings_note("smoke", {"sup_10": [run, again]}) == (
+        "Seeds of one method made with other settings (their mean mixes them): sup_10 seed 1 differs from seed 0 in "
+        "train.epochs.\n\n")
+
+
 def test_the_paired_difference_and_its_interval_by_hand():
     s4al = {0: 50.0, 1: 47.0, 2: 46.0}
     random_regions = {0: 48.0, 1: 47.0, 2: 43.0, 3: 40.0}  # seed 3 has no pair
@@ -608,6 +620,28 @@ def test_the_verdict_reads_the_papers_13_8_percent_at_its_precision(labelled, mi
     groups = {"full_supervised": [fake_run("full_supervised", 0, 0.5, 1.0)],
               "s4al": [fake_run("s4al", 0, miou, labelled)]}  # 98% or 96% of full supervision
     assert f"of the pixels: it {met} the paper's 97% at 13.8%" in summarize.verdict("paper", groups)
+
+
+def test_a_share_of_full_supervision_is_taken_on_the_seeds_both_ran():
+    """Full supervision's seed 0 is its best: a method run on seed 0 alone is compared with it there,
+    not with the mean of seeds it did not run."""
+    groups = {"full_supervised": [fake_run("full_supervised", s, m, 1.0) for s, m in ((0, 0.48), (1, 0.46), (2, 0.46))],
+              "image_coreset": [fake_run("image_coreset", 0, 0.45)]}
+    assert "| image_coreset | 0 | 10.00 | 45.0 | 93.8% |" in summarize.main_table(groups)  # 45 / 48, not 45 / 46.7
+    groups["image_coreset"] = [fake_run("image_coreset", 7, 0.45)]  # no seed shared: the mean, marked
+    assert "| image_coreset | 7 | 10.00 | 45.0 | 96.4%† |" in summarize.main_table(groups)
+
+
+def test_the_verdict_decides_on_the_numbers_it_shows():
+    """96.96% is shown as 97.0%: it meets 97%; 12.04% of the pixels is shown as 12.0%: within 12%."""
+    groups = {"full_supervised": [fake_run("full_supervised", 0, 0.47, 1.0)],
+              "s4al": [fake_run("s4al", 0, 0.455699, 0.1383)]}
+    groups["s4al"][0]["cycles"] = [{"labelled_fraction": 0.1, "val": {"miou": 0.40}},
+                                   {"labelled_fraction": 0.12004, "val": {"miou": 0.4559}},
+                                   {"labelled_fraction": 0.1383, "val": {"miou": 0.455699}}]
+    verdict = summarize.verdict("paper", groups)
+    assert "S4AL is at 97.0% of full supervision with 13.8% of the pixels: it meets the paper's 97% at 13.8%" in verdict
+    assert "first reaches 97% at 12.0% of the pixels (`s4al`, cycle 1), within the target of at most 12%" in verdict
 
 
 def test_the_verdict_finds_the_first_cycle_whose_mean_reaches_97_percent_of_full_supervision():

@@ -291,6 +291,12 @@ def test_evaluate_refuses_a_dataset_of_other_classes_and_a_folder_for_synthetic_
     assert (record["split"], record["images"], record["network"]) == ("val", 2, "teacher")
     assert set(record["iou"]) == {c["name"] for c in OWN_CLASSES} and 0 <= record["miou"] <= 1
     assert f"the teacher of {tmp_path / 'own.pt'} on 2 images of split 'val': pixel accuracy" in scored.output
+    unlabelled = runner.invoke(app, ["evaluate", str(tmp_path / "own.pt"), "--data", str(tmp_path / "data"),
+                                     "--split", "unlabelled", "--json", str(tmp_path / "none.json")], env={"COLUMNS": "500"})
+    assert unlabelled.exit_code == 1 and unlabelled.output.startswith(
+        f"error: split 'unlabelled' of {tmp_path / 'data'}: none of its ")  # not an mIoU of null
+    assert "images holds a labelled pixel (every mask is void, or it has none): nothing to score" in unlabelled.output
+    assert not (tmp_path / "none.json").exists()
     saved_checkpoint(tmp_path / "synthetic.pt", tiny_config(), SYNTHETIC_CLASSES.names)
     result = runner.invoke(app, ["evaluate", str(tmp_path / "synthetic.pt"), "--data", str(tmp_path / "data")])
     assert (result.exit_code, result.output) == (1, f"error: --data {tmp_path / 'data'}: {tmp_path / 'synthetic.pt'} was "

@@ -86,6 +86,47 @@ def test_runs_last_started_with_other_code_are_noted(tmp_path):
         f"the runs were last started with other code: {a}: s4al 0.1.0, git abcdef0; {b}: s4al 0.1.0, git 1234567"]
 
 
+def test_cycles_trained_for_other_epochs_or_on_other_process_counts_are_noted(tmp_path):
+    """Their configs alike: a run resumed with more cycles trained its former last cycle 6 times as
+    long, and a run on 4 processes each step on 4 times the batch."""
+    def trained(cycle: int, miou: float, epochs: int, processes: int = 1) -> dict:
+        return summary(cycle, 0.1 + 0.01 * cycle, miou) | {"epochs": epochs, "processes": processes}
+
+    made = make_run(tmp_path / "made", [trained(0, 0.40, 2), trained(1, 0.45, 2), trained(2, 0.47, 12)])
+    resumed = make_run(tmp_path / "resumed", [trained(0, 0.40, 2), trained(1, 0.48, 12), trained(2, 0.49, 12)])
+    four = make_run(tmp_path / "four", [trained(0, 0.41, 2, 4)])
+    assert compare_runs([made, resumed, four], tmp_path / "out").notes == [
+        "cycles trained otherwise (epochs x processes; train.batch_size is per process, and a run resumed with more "
+        f"cycles trained its former last cycle longer): cycle 0: {made} 2 x 1, {resumed} 2 x 1, {four} 2 x 4; "
+        f"cycle 1: {made} 2 x 1, {resumed} 12 x 1"]
+    lines = (tmp_path / "out" / "compare.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    assert [line.split(",")[header.index("epochs")] for line in lines[1:]] == ["2", "2", "12", "2", "12", "12", "2"]
+    assert compare_runs([made, resumed], tmp_path / "out").notes[0].endswith(f"cycle 1: {made} 2 x 1, {resumed} 12 x 1")
+
+
+def test_a_run_still_asking_or_training_is_said_so_beside_its_last_cycle(tmp_path):
+    from s4al.active.ledger import Ledger
+    from s4al.active.phases import CyclePhases
+
+    runs = [make_run(tmp_path / name, [summary(0, 0.1, 0.40)]) for name in ("done", "asking", "training")]
+    for run in runs:
+        with Ledger(run / "ledger.sqlite") as ledger, CyclePhases(ledger) as phases:
+            ledger.register_images([("a", 8, 8)])
+            for phase in ("train", "acquire", "answer", "done"):
+                phases.set_phase(0, phase)
+            if run.name == "asking":  # cycle 1 trained and waits for the answer to the region it asked
+                phases.set_phase(1, "train", {"labelled_fraction": 0.11, "labelled_pixels": 7,
+                                              "val": summary(1, 0.11, 0.5)["val"]})
+                phases.set_phase(1, "acquire")
+                ledger.ask(1, [("a", (0, 0, 4, 4), "entropy", 1.0)])
+                phases.set_phase(1, "answer")
+            elif run.name == "training":
+                phases.set_phase(1, "train")
+    compared = compare_runs(runs, tmp_path / "out")
+    assert [row[1] for row in compared.runs] == ["0", "1, asking", "0 (cycle 1 training)"]
+
+
 def test_a_run_without_a_trained_cycle_and_a_run_given_twice_are_refused(tmp_path):
     done = make_run(tmp_path / "done", [summary(0, 0.1, 0.4)])
     fresh = make_run(tmp_path / "fresh", [])

@@ -1,5 +1,6 @@
 import io
 import re
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -113,6 +114,19 @@ def test_16_bit_greyscale_keeps_its_top_8_bits(tmp_path):
     expected = np.array([[0, 0, 1, 128, 255], [1, 2, 15, 255, 254]], dtype=np.uint8)
     for channel in range(3):
         assert np.array_equal(image[..., channel], expected)
+
+
+def test_a_16_bit_image_is_read_in_little_more_memory_than_its_pixels_and_the_rgb_result(tmp_path):
+    path = save(tmp_path / "scan.png", np.arange(1000 * 1000, dtype=np.uint32).reshape(1000, 1000).astype(np.uint16))
+    if Image.open(path).mode == "I":
+        pytest.skip("this Pillow opens 16-bit PNGs as 32-bit: 4 bytes a pixel before any conversion")
+    tracemalloc.start()
+    try:
+        read_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1000 * 1000  # bytes: 2 of its pixels, 1 of the top bits, 3 of RGB, and a copy of 2 at most
 
 
 

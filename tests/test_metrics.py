@@ -92,7 +92,7 @@ def test_classes_no_evaluated_pixel_holds_are_named_as_mIoU_treats_them():
 
 
 def test_a_split_of_void_masks_is_named_as_unscored_its_masks_read_up_to_the_first_labelled_one():
-    from s4al.evaluate import unscored_val_split
+    from s4al.evaluate import unscored_split
     from s4al.config import load_config
 
     class Masks:
@@ -101,6 +101,9 @@ def test_a_split_of_void_masks_is_named_as_unscored_its_masks_read_up_to_the_fir
 
         def __len__(self):
             return len(self.masks)
+
+        def has_label(self, index):
+            return True
 
         def load_label(self, index):
             self.read.append(index)
@@ -111,7 +114,7 @@ def test_a_split_of_void_masks_is_named_as_unscored_its_masks_read_up_to_the_fir
     one_pixel[1, 2] = 0
     dataset = load_config("demo", {"dataset": {"name": "folder", "root": "data"}}).dataset
     split = Masks([void, void, void])
-    assert unscored_val_split(split, dataset) == ("val split 'val' of data: none of its 3 images holds a labelled "
-                                                  "pixel (every mask is void): nothing to score")
+    assert unscored_split(split, "val", dataset) == ("split 'val' of data: none of its 3 images holds a labelled "
+                                                     "pixel (every mask is void, or it has none): nothing to score")
     split = Masks([void, one_pixel, void])
-    assert unscored_val_split(split, dataset) is None and split.read == [0, 1]
+    assert unscored_split(split, "val", dataset) is None and split.read == [0, 1]

@@ -1,5 +1,9 @@
+import io
 import time
 
+from rich.console import Console
+
+import s4al.train.monitor as monitor_module
 from s4al.train.monitor import Monitor
 
 
@@ -75,3 +79,42 @@ def test_a_resumed_cycle_logs_over_the_steps_its_killed_process_logged_after_its
                        "val/miou": [(60, 3.0)], "val_iou/Sky": [(60, 3.0)]}  # the first process's at 50 is hidden
     assert runs[1] == {"train/loss/sup": [(step, 1.0) for step in range(10, 61, 10)], "val/miou": [(60, 1.0)],
                        "val_iou/Sky": [(60, 1.0)]}
+
+
+def test_in_a_log_file_a_bar_is_a_line_at_its_start_once_a_minute_and_at_its_end(tmp_path, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(monitor_module, "monotonic", lambda: clock[0])
+    log = io.StringIO()  # not a terminal
+    monitor = Monitor(tmp_path, console=Console(file=log, width=200))
+    try:
+        for step in range(1, 151):  # a step a second
+            clock[0] += 1.0
+            monitor({"event": "step", "cycle": 0, "step": step, "total": 150, "seconds": float(step), "loss/sup": 0.5})
+        for done in (100, 300):
+            monitor({"event": "score", "cycle": 0, "images": done, "total": 300})
+        for done in (3, 5):  # one process's share of a job's pool: no total, so no last update but the latest
+            monitor({"event": "score", "cycle": 1, "images": done, "total": None})
+    finally:
+        monitor.close()
+    assert log.getvalue().splitlines() == [
+        "cycle 0: 1/150 sup 0.500 1.00s/it",
+        "cycle 0: 61/150 sup 0.500 1.00s/it, 0:01:29 left",
+        "cycle 0: 121/150 sup 0.500 1.00s/it, 0:00:29 left",
+        "cycle 0: 150/150 sup 0.500 1.00s/it",
+        "cycle 0 scoring the pool: 100/300 images",
+        "cycle 0 scoring the pool: 300/300 images",
+        "cycle 1 scoring the pool: 3 images",
+        "cycle 1 scoring the pool: 5 images",  # as the monitor closes
+    ]
+
+
+def test_quiet_says_nothing_and_a_terminal_gets_the_bars_without_lines(tmp_path):
+    for console, show_progress in ((Console(file=io.StringIO(), width=200), False),
+                                   (Console(file=io.StringIO(), width=200, force_terminal=True), True)):
+        monitor = Monitor(tmp_path, show_progress=show_progress, console=console)
+        try:
+            monitor({"event": "step", "cycle": 0, "step": 1, "total": 2, "seconds": 1.0, "loss/sup": 0.5})
+        finally:
+            monitor.close()
+        assert "1/2 sup 0.500 1.00s/it\n" not in console.file.getvalue()
+        assert (console.file.getvalue() != "") == show_progress  # the bar, drawn

@@ -160,7 +160,8 @@ def test_a_val_split_of_void_masks_is_refused_before_training(tmp_path):
     for stem in VAL:
         save(root / "masks" / f"{stem}.png", np.full((H, W), IGNORE_INDEX, np.uint8))
     save_config(own_config(root), tmp_path / "own.yaml")
-    said = f"val split 'val' of {root}: none of its 2 images holds a labelled pixel (every mask is void): nothing to score"
+    said = (f"split 'val' of {root}: none of its 2 images holds a labelled pixel (every mask is void, or it has none): "
+            "nothing to score")
     for command in ("train", "run"):
         out = tmp_path / command
         result = CliRunner().invoke(app, [command, "--out", str(out), "--config", str(tmp_path / "own.yaml"), "--quiet"])

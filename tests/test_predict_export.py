@@ -1,6 +1,7 @@
 """Prediction on new images of unseen sizes, ONNX export checked with onnxruntime, and the
 predict/export commands (s4al/deploy/predict.py, export.py, commands.py)."""
 
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -14,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import tiny_config
+from s4al.data.io import read_image, resize_image
 from s4al.data.synthetic import SYNTHETIC_CLASSES
 from s4al.model import build_model
 from s4al.deploy.commands import export_command, predict_command
@@ -218,6 +220,20 @@ def test_an_exported_file_names_its_sides_and_says_its_input_classes_and_colours
     assert json.loads(metadata["s4al.colours"]) == [list(c) for c in SYNTHETIC_CLASSES.colors]
     assert json.loads(metadata["s4al.trained_at"]) is None and metadata["s4al.network"] == "teacher"
     assert metadata["s4al.input"].startswith("float32 RGB in [0, 1], (batch, 3, height, width)")
+    assert "interpolate(mode='bilinear', antialias=True)" in metadata["s4al.resize"]
+
+
+def test_the_resize_an_exported_model_asks_for_is_the_one_training_made():
+    """PIL's bilinear (s4al's resize) smooths as it shrinks, as torch's with antialias does; a
+    plain bilinear, which samples 4 pixels, gives a textured image another input."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (240, 360, 3), dtype=np.uint8)
+    ours = resize_image(image, (80, 120)).astype(np.float32)
+    tensor = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    for antialias, most in ((True, 1.0), (False, 40.0)):
+        theirs = torch.nn.functional.interpolate(tensor, size=(80, 120), mode="bilinear", antialias=antialias)
+        difference = np.abs(theirs[0].permute(1, 2, 0).round().clamp(0, 255).numpy() - ours)
+        assert (difference.max() <= most) == antialias, (antialias, difference.max())
 
 
 def test_an_export_failing_its_check_leaves_the_file_there_as_it_was(checkpoint, tmp_path):
@@ -241,8 +257,13 @@ def test_predict_command(checkpoint, images, tmp_path):
         cli_app(), ["predict", str(checkpoint), *map(str, images), "--out", str(tmp_path), "--device", "cpu"]
     )
     assert result.exit_code == 0, result.output
-    written = sorted(["legend.png", *(f"{p.stem}_{kind}.png" for p in images for kind in ("labels", "mask", "overlay"))])
+    written = sorted(["legend.png", "predicted_by.json",
+                      *(f"{p.stem}_{kind}.png" for p in images for kind in ("labels", "mask", "overlay"))])
     assert sorted(p.name for p in tmp_path.iterdir()) == written
+    assert json.loads((tmp_path / "predicted_by.json").read_text()) == {
+        "checkpoint": str(checkpoint.resolve()), "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+        "network": "teacher", "classes": list(SYNTHETIC_CLASSES.names),
+        "outputs": [name for name in written if name != "predicted_by.json"]}
     assert f"{len(images)} of {len(images)} images segmented into {tmp_path}" in " ".join(result.output.split())
 
 
@@ -258,13 +279,105 @@ def test_a_folder_predicted_into_itself_again_and_an_unreadable_image_cost_only_
     assert result.exit_code == 1
     said = " ".join(result.output.split())
     assert f"2 of 3 images segmented into {folder}" in said
-    assert f"error: 1 not read, so not segmented: {folder / 'b_cut.jpg'}: unreadable image file" in said
+    assert f"error: 1 not segmented: {folder / 'b_cut.jpg'}: unreadable image file" in said
     outputs = {f"{p.stem}_{kind}.png" for p in images[:2] for kind in ("labels", "mask", "overlay")} | {"legend.png"}
     assert {p.name for p in folder.iterdir()} == {p.name for p in images[:2]} | outputs | {
-        f"._{images[0].name}", "b_cut.jpg"}
+        f"._{images[0].name}", "b_cut.jpg", "predicted_by.json"}
     (folder / "b_cut.jpg").unlink()
     again = CliRunner().invoke(cli_app(), args, env={"COLUMNS": "500"})  # its earlier outputs are not taken as images
     assert again.exit_code == 0 and "2 of 2 images segmented" in " ".join(again.output.split())
+
+
+def test_predict_replaces_no_file_of_the_users_nor_another_models_outputs(checkpoint, images, tmp_path):
+    folder = tmp_path / "photos"  # an image beside its ground truth, named as predict names its colour mask
+    folder.mkdir()
+    photo, truth = folder / "c.png", folder / "c_mask.png"
+    photo.write_bytes(images[0].read_bytes())
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(truth)
+    given = truth.read_bytes()
+    for out, taken in ((tmp_path / "predictions", tmp_path / "predictions" / "c_mask.png"), (folder, truth)):
+        out.mkdir(exist_ok=True)
+        if taken != truth:
+            taken.write_bytes(given)
+        with pytest.raises(ValueError, match=f"{taken}: already there, and not written by s4al predict"):
+            predict(checkpoint, [photo], out, device="cpu")
+        assert taken.read_bytes() == given and not (out / "predicted_by.json").exists()
+    out = tmp_path / "mine"
+    assert predict(checkpoint, [photo], out, device="cpu").written
+    assert predict(checkpoint, [photo], out, device="cpu").written  # again: its own outputs
+    (out / "d_mask.png").write_bytes(given)  # put there since, beside a new image d
+    (folder / "d.png").write_bytes(images[1].read_bytes())
+    with pytest.raises(ValueError, match=f"{out / 'd_mask.png'}: already there, and not written by s4al predict"):
+        predict(checkpoint, [photo, folder / "d.png"], out, device="cpu")
+    (out / "d_mask.png").unlink()
+    other = tmp_path / "other.pt"  # another model: another palette and scores under the one legend
+    state = torch.load(checkpoint, weights_only=True)
+    state["teacher"] = {name: tensor + 1 if tensor.is_floating_point() else tensor
+                        for name, tensor in state["teacher"].items()}
+    save_checkpoint(state, other)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    with pytest.raises(ValueError, match=f"{out}: holds the outputs of another model \\({checkpoint.resolve()}, "
+                                         "teacher, says predicted_by.json\\); give another --out"):
+        predict(checkpoint=other, images=[images[1]], out_dir=out, device="cpu")
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    with pytest.raises(ValueError, match="holds the outputs of another model"):
+        predict(checkpoint, [photo], out, network="student", device="cpu")
+    for path in out.glob("*.png"):  # the folder emptied of its outputs, not of its record: another model may write
+        path.unlink()
+    assert predict(other, [photo], out, device="cpu").written
+    assert json.loads((out / "predicted_by.json").read_text())["checkpoint"] == str(other.resolve())
+
+
+def test_an_image_too_large_for_the_memory_costs_only_itself(checkpoint, images, tmp_path, monkeypatch):
+    import s4al.deploy.predict as predict_module
+
+    def read(path):
+        if path == images[0]:
+            raise MemoryError
+        return read_image(path)
+
+    predict(checkpoint, images, tmp_path, device="cpu")
+    monkeypatch.setattr(predict_module, "read_image", read)
+    done = predict(checkpoint, images, tmp_path, device="cpu")  # its outputs of the run before go: none stay stale
+    assert done.unread == [f"{images[0]}: too large to segment in this machine's memory; split it into smaller images"]
+    assert [path.name for path in done.written] == [f"{images[1].stem}_{suffix}.png" for suffix in
+                                                    ("labels", "mask", "overlay")] + ["legend.png"]
+    assert not list(tmp_path.glob(f"{images[0].stem}_*"))
+
+
+def test_predict_refuses_stems_that_differ_in_case_alone(checkpoint, images, tmp_path):
+    upper, lower = tmp_path / "Photo.png", tmp_path / "photo.jpg"  # one file name on macOS and Windows
+    upper.write_bytes(images[0].read_bytes())
+    Image.open(images[1]).save(lower)
+    with pytest.raises(ValueError, match=f"{upper} and {lower}: file name stems 'Photo' and 'photo', one name on "
+                                         "macOS and Windows"):
+        predict(checkpoint, [upper, lower], tmp_path / "out", device="cpu")
+
+
+def test_an_image_given_by_name_and_in_its_folder_is_counted_once(checkpoint, images, tmp_path):
+    folder = images[0].parent
+    result = CliRunner().invoke(cli_app(), ["predict", str(checkpoint), str(images[0]), str(folder), "--out",
+                                            str(tmp_path), "--device", "cpu"], env={"COLUMNS": "500"})
+    assert result.exit_code == 0, result.output
+    assert f"{len(images)} of {len(images)} images segmented" in result.output
+
+
+def test_export_and_evaluate_refuse_to_write_over_the_checkpoint_they_read(checkpoint, tmp_path, monkeypatch):
+    import s4al.evaluate
+    from s4al.cli import app
+
+    copy = tmp_path / "cycle_0.pt"
+    copy.write_bytes(checkpoint.read_bytes())
+    result = CliRunner().invoke(cli_app(), ["export", str(copy), "--onnx", str(copy)], env={"COLUMNS": "500"})
+    assert (result.exit_code, result.output) == (
+        1, f"error: {copy}: is the checkpoint read; give another path for the ONNX file, which would replace it\n")
+    monkeypatch.setattr(s4al.evaluate, "evaluate", lambda *args, **kwargs: pytest.fail("scored before the check"))
+    for target, said in ((copy, "is the checkpoint read; give another path for the scores, which would replace it"),
+                         (tmp_path, "is a folder; give the path of the file for the scores")):
+        result = CliRunner().invoke(app, ["evaluate", str(copy), "--device", "cpu", "--json", str(target)],
+                                    env={"COLUMNS": "500"})
+        assert (result.exit_code, result.output) == (1, f"error: {target}: {said}\n")
+    assert copy.read_bytes() == checkpoint.read_bytes()
 
 
 def test_predict_command_takes_a_folder_for_its_images(checkpoint, images, tmp_path):

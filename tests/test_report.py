@@ -101,7 +101,7 @@ def test_cycles_csv_hand_case(tmp_path):
                "val": {"miou": miou, "pixel_accuracy": 0.5, "iou": {"road": road, "sky": 0.25}},
                "bought": {"regions": regions, "skipped_regions": 0, "images": 0,
                           "class_pixels": {"road": pixels, "sky": 1, "void": 2}},
-               "train_seconds": 3.5, "acquire_seconds": 1.25}
+               "train_seconds": 3.5, "acquire_seconds": 1.25, "epochs": 2 + 10 * cycle, "processes": 4}
         return out if test is None else out | {"test": {"miou": test, "pixel_accuracy": 0.75,
                                                         "iou": {"road": None, "sky": 0.5}}}
 
@@ -109,10 +109,10 @@ def test_cycles_csv_hand_case(tmp_path):
                             tmp_path / "cycles.csv")
     assert path.read_text().splitlines() == [
         "cycle,labelled_fraction,labelled_pixels,val_miou,val_pixel_accuracy,test_miou,test_pixel_accuracy,"
-        "regions_bought,skipped_regions,images_bought,pixels_bought,train_seconds,acquire_seconds,"
+        "regions_bought,skipped_regions,images_bought,pixels_bought,train_seconds,acquire_seconds,epochs,processes,"
         "val_iou_road,val_iou_sky,test_iou_road,test_iou_sky",
-        "0,0.1,100,0.4,0.5,,,4,0,0,64,3.5,1.25,,0.25,,",
-        "1,0.125,1100,0.45,0.5,0.44,0.75,0,0,0,3,3.5,1.25,0.8,0.25,,0.5",
+        "0,0.1,100,0.4,0.5,,,4,0,0,64,3.5,1.25,2,4,,0.25,,",
+        "1,0.125,1100,0.45,0.5,0.44,0.75,0,0,0,3,3.5,1.25,12,4,0.8,0.25,,0.5",
     ]
 
 
@@ -228,7 +228,7 @@ def test_a_cycle_waiting_for_its_answers_is_reported_with_its_model_and_the_regi
     assert re.search(rf"<div class=\"value\">{100 * miou:.1f}%</div><div class=\"label\">val mIoU of cycle 0, "
                      rf"asking</div>", page)
     cells = re.findall(r"<td>(.*?)</td>", page)
-    assert cells[:7] == ["0", f"{100 * labelled:.2f}", f"{trained['labelled_pixels']:,}", f"{asked} asked", "–", "–",
+    assert cells[:7] == ["0", f"{100 * labelled:.2f}", f"{trained['labelled_pixels']:,}", f"{asked} waiting", "–", "–",
                          f"{100 * miou:.2f}"]
     [row] = list(csv.DictReader((tmp_path / "report" / "cycles.csv").open()))
     assert (row["cycle"], row["regions_bought"], row["pixels_bought"]) == ("0", "", "")
@@ -261,6 +261,13 @@ def test_supervised_reference_from_a_number_or_a_result_file(tmp_path):
     for classes in (["circle", "square", "background"], ["car", "road"]):  # another dataset; another class order
         with pytest.raises(ValueError, match=r"a result of other classes \(road, car\) than the run's"):
             supervised_reference(result, classes)
+    scores = {"checkpoint": "full/checkpoints/cycle_0.pt", "miou": 0.52, "iou": {"road": 0.8, "car": 0.24}}
+    result.write_text(json.dumps({**scores, "split": "val", "network": "teacher"}))  # s4al evaluate --json
+    assert supervised_reference(result, ["road", "car"]) == 0.52
+    for split, network in (("test", "teacher"), ("val", "student")):
+        result.write_text(json.dumps({**scores, "split": split, "network": network}))
+        with pytest.raises(ValueError, match=f"the {network} scored on split '{split}'; the cycles are the teacher's val"):
+            supervised_reference(result, ["road", "car"])
 
 
 def test_error_map_marks_wrong_and_ignored_pixels():

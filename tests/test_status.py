@@ -75,7 +75,7 @@ def test_asked_regions_show_as_a_row_and_the_ways_to_answer_them(run_dir):
         asked = len(active_run.ledger.asked())
     RunFolder(run_dir).unlock()
     output = status(run_dir)
-    row = next(line for line in output.splitlines() if f"{asked} asked" in line)
+    row = next(line for line in output.splitlines() if f"{asked} waiting" in line)
     assert row.split("│")[1].strip() == "0"
     assert f"{asked} regions asked, waiting for answers" in output and f"`s4al skip {run_dir}`" in output
     assert (f"`s4al query {run_dir}` writes the tasks (with `--label-studio URL`, sends them to a Label Studio "

@@ -32,7 +32,7 @@ from s4al.data import DatasetError, build_dataset
 from s4al.data.base import refuse_bad_labels
 from s4al.errors import S4alWarning
 from s4al.text import counted, first_of, shell
-from s4al.evaluate import evaluate, unscored_val_split
+from s4al.evaluate import evaluate, unscored_split
 from s4al.run_folder import RunFolder, RunFolderError
 from s4al.train.checkpoint import load_checkpoint, load_trained_model, refuse_other_processes_at
 from s4al.seeding import derive_seed
@@ -226,7 +226,9 @@ class ActiveLearningRun(AbstractContextManager):
         if not self.evaluation_labels_read:
             problems += [p for split in (self.val_set, self.test_set) if split is not None
                          for p in split.label_problems()]
-            problems += filter(None, [unscored_val_split(self.val_set, self.cfg.dataset)])
+            problems += filter(None, [unscored_split(split, name, self.cfg.dataset) for split, name in (
+                (self.val_set, self.cfg.dataset.val_split), (self.test_set, self.cfg.dataset.test_split))
+                if split is not None])
             self.evaluation_labels_read = True
         refuse_bad_labels(rank_checks.agreed(problems))
 

@@ -148,7 +148,8 @@ def import_answers(run_dir: Path, answers_path: Path, dry_run: bool = False) -> 
             report.said_before = ledger.get_meta(SAID_META) or {}
             summaries_due = bool(ledger.get_meta(SUMMARIES_DUE))  # by an import or skip stopped before it wrote them
         if not answers and not report.skipped:
-            if report.read and not (report.already_imported or report.skip_kept):  # no answer in what was read
+            kept = report.already_imported or report.skip_kept or report.edits_under_minimum or report.outdated
+            if report.read and not kept:  # no answer in what was read
                 raise AnswerError(f"{answers_path}: nothing to answer: {_why_nothing(report)}")
             if not dry_run and (report.said_now() != report.said_before or report.turned_down or summaries_due):
                 with Ledger(ledger_path) as ledger:
@@ -284,14 +285,16 @@ def _answers(ledger: Ledger, sizes: dict[str, tuple[int, int]], painted: Iterabl
         if image_problems:
             continue
         corrections = _corrections(ledger, image, digest, addressed, report, repainted, problems)
+        said_here = any(region.region_id in report.edits_under_minimum or region.region_id in report.outdated
+                        for region in addressed)
         report.skipped_since += _skipped_since_answered(image, addressed)
         overruled = _overruled_by_skip(image, addressed)
         report.skip_kept += overruled
         report.turned_down.update((region.region_id, painting_digest(_painted(image, region)[0]))
                                   for region in addressed if region.region_id in overruled)
         if addressed and not corrections and not _answers_left(image, addressed):
-            if len(overruled) < len(addressed):  # not a task that only skips overrule
-                report.already_imported += 1
+            if len(overruled) < len(addressed) and not said_here:  # a painting its own line names is not
+                report.already_imported += 1  # "left alone"; nor a task that only skips overrule
             continue
         skips = [(region_id, None) for region_id in _skips(image, addressed)]
         image_answers = _take(image, _answer_image(image, addressed, report) + corrections + skips, regions, taken,

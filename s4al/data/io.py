@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError)
 # Pillow refuses images over twice this as decompression bombs (and warns over it); its default,
 # 89 million pixels, would refuse the large aerial and slide scans s4al scores and predicts in tiles.
 Image.MAX_IMAGE_PIXELS = 2**29
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # an image s4al takes is no bomb
 # 16-bit greyscale PNGs open in one of these (32-bit "I" in older Pillow).
 WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I")
 # EXIF orientations (camera and phone photos) that turn the picture by a quarter, swapping H and W.
@@ -105,7 +107,9 @@ def read_image(path: Path) -> np.ndarray:
         if img.mode not in WIDE_GREY_MODES:
             return _pixels(img, path, "RGB")
         wide = _pixels(img, path)
-    grey = (wide.astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8)
+    if wide.dtype.kind != "u":  # mode I: 32-bit signed, clipped to 16 bits (16-bit modes need no copy)
+        wide = wide.clip(0, 65535)
+    grey = (wide >> 8).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=2)
 
 

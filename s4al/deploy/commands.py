@@ -30,8 +30,10 @@ NetworkOption = Annotated[Network, typer.Option(help="teacher (the EMA model) or
 def predict_command(
     checkpoint: CheckpointArgument,
     images: Annotated[list[Path], typer.Argument(
-        help="Images of any size, or folders of them (.png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the masks and overlays.")],
+        help="Images (large ones run tile by tile), or folders of them (.png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help=(
+        "Folder for the masks and overlays; files there named as they are replaced only if written by the same "
+        "checkpoint (predicted_by.json says which)."))],
     network: NetworkOption = Network.teacher,
     device: Annotated[str, typer.Option(help="Device: auto, cpu, cuda, cuda:1, ...")] = "auto",
 ) -> None:
@@ -57,25 +59,23 @@ def predict_command(
     console.print(f"{segmented} of {len(files)} images segmented into {out}: per image <name>_labels.png (class ids), "
                   f"<name>_mask.png (class colours), <name>_overlay.png; {LEGEND} keys the colours")
     if done.unread:
-        typer.echo(f"error: {len(done.unread)} not read, so not segmented: {first_of(done.unread, 10, '; ')}", err=True)
+        typer.echo(f"error: {len(done.unread)} not segmented: {first_of(done.unread, 10, '; ')}", err=True)
         raise typer.Exit(1)
 
 
 def _image_files(paths: list[Path], out: Path) -> list[Path]:
-    """The images given, a folder standing for its image files (but for hidden ones, and for the
-    outputs of an earlier prediction into it); checked before the model is loaded."""
+    """The images given, each once, a folder standing for its image files (but for hidden ones, and
+    for the outputs of an earlier prediction into it); checked before the model is loaded."""
     from s4al.data.io import IMAGE_SUFFIXES, list_files
-    from s4al.deploy.predict import LEGEND, SUFFIXES
-
-    def ours(name: str) -> bool:
-        return name == LEGEND or any(name.endswith(f"_{suffix}.png") for suffix in SUFFIXES)
+    from s4al.deploy.predict import predicted_by, unique_paths
 
     files = []
     for path in paths:
         if path.is_dir():
             found = list_files(path, IMAGE_SUFFIXES)
-            if out.exists() and path.resolve() == out.resolve():  # predicted into its own folder before
-                found = [f for f in found if not ours(f.name)]
+            if out.exists() and path.resolve() == out.resolve():  # predicted into before: its outputs are no images
+                ours = set((predicted_by(out) or {"outputs": []})["outputs"])
+                found = [f for f in found if f.name not in ours]
             if not found:
                 raise S4alError(f"{path}: no image in this folder ({', '.join(IMAGE_SUFFIXES)}; sub-folders are not "
                                 "searched)")
@@ -84,7 +84,7 @@ def _image_files(paths: list[Path], out: Path) -> list[Path]:
             files.append(path)
         else:
             raise S4alError(f"{path}: no such image file or folder")
-    return files
+    return unique_paths(files)  # as predict segments them
 
 
 def export_command(
@@ -92,15 +92,16 @@ def export_command(
     onnx: Annotated[Path, typer.Option("--onnx", help="Output .onnx file.")],
     network: NetworkOption = Network.teacher,
     height: Annotated[Optional[int], typer.Option(min=16, max=8192, help=(
-        "Example input height (the input size when --no-dynamic); default: the size the training images were "
+        "Example input height (the input size when --no-dynamic); default: the height the training images were "
         "resized to (dataset.resize), else 360."))] = None,
     width: Annotated[Optional[int], typer.Option(min=16, max=8192, help=(
-        "Example input width (the input size when --no-dynamic); default: as the height, else 480."))] = None,
+        "Example input width (the input size when --no-dynamic); default: the width the training images were "
+        "resized to (dataset.resize), else 480."))] = None,
     dynamic: Annotated[bool, typer.Option(help="Dynamic batch, height and width; --no-dynamic fixes them.")] = True,
 ) -> None:
     """Export a checkpoint to ONNX, checked with onnxruntime: float32 RGB images in [0, 1] (N, 3, H, W) in,
     normalised inside; logits (N, classes, H, W) out. The file's metadata holds its classes and colours."""
-    from s4al.deploy.export import INPUT_TEXT, OUTPUT_TEXT, ExportError, export_onnx
+    from s4al.deploy.export import INPUT_TEXT, OUTPUT_TEXT, RESIZE_TEXT, ExportError, export_onnx
 
     with user_errors_reported():
         try:
@@ -116,5 +117,4 @@ def export_command(
     console.print(f"output: {OUTPUT_TEXT} ({classes}); the file's metadata (s4al.*) says so too")
     if result.trained_at:
         h, w = result.trained_at
-        console.print(f"trained on images resized to {h}x{w} (dataset.resize): give it images resized so "
-                      "(bilinear) and scale its labels back (nearest), as s4al predict does")
+        console.print(f"trained on images resized to {h}x{w} (dataset.resize): give it images resized so {RESIZE_TEXT}")

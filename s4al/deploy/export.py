@@ -19,7 +19,7 @@ import onnx
 import onnxruntime
 import torch
 
-from s4al.atomic import atomic_path
+from s4al.atomic import atomic_path, unwritable
 from s4al.errors import S4alError
 from s4al.deploy.predict import class_set
 from s4al.train.checkpoint import load_checkpoint, trained_model
@@ -31,6 +31,9 @@ INPUT_TEXT = ("float32 RGB in [0, 1], (batch, 3, height, width), upright (turned
               "viewers show it), sides of at least 16 pixels for a dynamic model; the ImageNet normalisation is "
               "inside the model")
 OUTPUT_TEXT = "float32 logits, (batch, classes, height, width): the argmax over axis 1 is the class id"
+# how a model trained on resized images (dataset.resize) is given others, as s4al predict does
+RESIZE_TEXT = ("by PIL's bilinear, which smooths as it shrinks (torch: interpolate(mode='bilinear', antialias=True)), "
+               "and its class ids scaled back by nearest")
 DEFAULT_SIZE = (360, 480)  # the example size where the training images were not resized
 
 
@@ -70,22 +73,6 @@ def max_difference(model: torch.nn.Module, onnx_path: Path, shapes: tuple[tuple[
     return worst
 
 
-def check_writable(path: Path) -> None:
-    """Refuses an output file that cannot be written before the export's work (tens of seconds)
-    rather than after it; leaves no file behind."""
-    if path.is_dir():
-        raise S4alError(f"{path}: is a folder; give the path of the .onnx file to write")
-    existed = path.exists()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab"):  # appends nothing: an existing file is left as it is
-            pass
-    except OSError as err:
-        raise S4alError(f"{path}: cannot write the ONNX file there ({err.strerror}: {err.filename})") from None
-    if not existed:
-        path.unlink()
-
-
 def describe_onnx(onnx_path: Path, dynamic: bool, metadata: dict[str, str]) -> None:
     """Names the dynamic sides of the file's input and output (the exporter's own names are
     symbols such as s14) and stores `metadata` in it."""
@@ -114,7 +101,9 @@ def export_onnx(
     else DEFAULT_SIZE; a fixed model's input size); raises ExportError, leaving any file there as
     it was, if onnxruntime and PyTorch differ by more than `tolerance`."""
     out_path = Path(out_path)
-    check_writable(out_path)
+    problem = unwritable(out_path, "the ONNX file", read_from=checkpoint)
+    if problem:
+        raise S4alError(problem)
     state = load_checkpoint(Path(checkpoint))
     model, cfg = trained_model(state, Path(checkpoint), network, "cpu")
     model = model.to(memory_format=torch.contiguous_format)
@@ -140,6 +129,7 @@ def export_onnx(
             "s4al.input": INPUT_TEXT, "s4al.output": OUTPUT_TEXT, "s4al.classes": json.dumps(list(classes.names)),
             "s4al.colours": json.dumps([list(c) for c in classes.colors]),
             "s4al.trained_at": json.dumps(cfg.dataset.resize),  # null: the images at their own size
+            "s4al.resize": f"images resized to s4al.trained_at (where it is not null) {RESIZE_TEXT}",
             "s4al.network": network})
         diff = max_difference(model, written, shapes)
         if diff > tolerance:

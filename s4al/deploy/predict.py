@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from matplotlib.patches import Patch
 from PIL import Image
 
 from s4al.atomic import atomic_write, output_folder
-from s4al.config import DatasetConfig
+from s4al.config import DatasetConfig, file_digest
 from s4al.data import ClassSet, DatasetError
 from s4al.data.camvid import CAMVID_CLASSES
 from s4al.data.cityscapes import CITYSCAPES_CLASSES
@@ -83,12 +84,13 @@ def legend(classes: ClassSet) -> Figure:
 
 SUFFIXES = ("labels", "mask", "overlay")  # an image's outputs: <stem>_<suffix>.png
 LEGEND = "legend.png"
+PREDICTED_BY = "predicted_by.json"  # in an output folder: the checkpoint and network that wrote it, its outputs
 
 
 @dataclass
 class Predicted:
     written: list[Path]  # every output file, legend.png last
-    unread: list[str]  # the images that could not be read, a message each: they have no outputs
+    unread: list[str]  # the images that could not be read or segmented, a message each: they have no outputs
 
 
 def predict(
@@ -101,47 +103,114 @@ def predict(
     cannot be read is named and passed over, so one bad file among thousands costs only itself.
     `progress`: called with the images done, 0 once the model is loaded, then as each tile of an
     image is (a large image runs tile by tile: minutes on a CPU)."""
-    images = list({Path(p).resolve(): Path(p) for p in images}.values())
+    images = unique_paths(images)
     stems = [Path(p).stem for p in images]
     first_with_stem = {}
-    for path, stem in zip(images, stems):
-        if stem in first_with_stem:
-            raise S4alError(f"{first_with_stem[stem]} and {path}: the same file name stem '{stem}'; their outputs "
-                            "would overwrite each other (predict them into separate folders)")
-        first_with_stem[stem] = path
-    outputs = [Path(out_dir) / f"{stem}_{suffix}.png" for stem in stems for suffix in SUFFIXES]
+    for path, stem in zip(images, stems):  # casefolded: one file on macOS and Windows
+        first = first_with_stem.setdefault(stem.casefold(), path)
+        if first != path:
+            same = f"the same file name stem '{stem}'" if first.stem == stem else \
+                f"file name stems '{first.stem}' and '{stem}', one name on macOS and Windows"
+            raise S4alError(f"{first} and {path}: {same}; their outputs would overwrite each other (predict them into "
+                            "separate folders)")
+    out_dir = Path(out_dir)
+    outputs = [f"{stem}_{suffix}.png" for stem in stems for suffix in SUFFIXES] + [LEGEND]
     inputs = {Path(p).resolve() for p in images}
-    overwritten = [str(o) for o in [*outputs, Path(out_dir) / LEGEND] if o.resolve() in inputs]
+    overwritten = [str(out_dir / name) for name in outputs if (out_dir / name).resolve() in inputs]
     if overwritten:
         raise S4alError(f"{first_of(overwritten)}: an input image that predict would overwrite with its output; "
                         "give another --out")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise S4alError(f"{out_dir}: exists and is not a folder; give a folder for the output")
     dev = setup_device(device)
     state = load_checkpoint(Path(checkpoint))
+    made_by = {"checkpoint": str(Path(checkpoint).resolve()), "sha256": file_digest(Path(checkpoint)),
+               "network": network}
+    earlier = _outputs_replaceable(out_dir, outputs, made_by)
     model, cfg = trained_model(state, Path(checkpoint), network, dev)
     classes = class_set(cfg.dataset, state["classes"], state.get("colours"))
-    out_dir = Path(out_dir)
     if cfg.dataset.root is not None and out_dir.resolve().is_relative_to(Path(cfg.dataset.root).resolve()):
         raise S4alError(f"{out_dir}: in the dataset folder {cfg.dataset.root} the checkpoint was trained on, where "
                         "its outputs would join the dataset as images; give --out a folder outside it")
     output_folder(out_dir)
+    with atomic_write(out_dir / PREDICTED_BY, "w") as file:  # before any output: a killed run's are known as its
+        json.dump({**made_by, "classes": list(classes.names), "outputs": sorted({*earlier, *outputs})}, file, indent=1)
     written, unread = [], []
     for done, (path, stem) in enumerate(zip(images, stems)):
         if progress is not None:
             progress(done)
+        tiles_done = None if progress is None else lambda share, done=done: progress(done + share)
         try:
-            image = read_image(Path(path))
+            written += _predict_one(model, classes, Path(path), out_dir / stem, dev, cfg.dataset.resize, tiles_done)
+            continue
         except DatasetError as err:
             unread.append(str(err))
-            continue
-        labels = segment(model, image, dev, cfg.dataset.resize,
-                         None if progress is None else lambda share, done=done: progress(done + share))
-        colours = classes.colorize(labels)
-        for suffix, pixels in zip(SUFFIXES, (labels, colours, overlay(image, colours))):
-            target = out_dir / f"{stem}_{suffix}.png"
-            with atomic_write(target) as file:  # a kill leaves no PNG cut short under an output's name
-                Image.fromarray(pixels).save(file, format="PNG")
-            written.append(target)
+        except MemoryError:  # the network runs tile by tile, but the image and its outputs are held whole
+            unread.append(f"{path}: too large to segment in this machine's memory; split it into smaller images")
+        for suffix in SUFFIXES:  # an image not segmented has no outputs: none of an earlier run, none part-written
+            (out_dir / f"{stem}_{suffix}.png").unlink(missing_ok=True)
     written.append(out_dir / LEGEND)
     with atomic_write(written[-1]) as file:
         legend(classes).savefig(file, dpi=100, format="png")
     return Predicted(written, unread)
+
+
+def _predict_one(model: torch.nn.Module, classes: ClassSet, path: Path, out_stem: Path, device: torch.device,
+                 resize: tuple[int, int] | None, progress: Callable[[float], None] | None) -> list[Path]:
+    """Writes one image's outputs (SUFFIXES), OUT_STEM_<suffix>.png; an array is let go once written
+    (a large image's arrays are most of the memory predict takes)."""
+    image = read_image(path)
+    labels = segment(model, image, device, resize, progress)
+    colours = classes.colorize(labels)
+    written = [_write_png(out_stem, "labels", labels)]
+    del labels
+    return [*written, _write_png(out_stem, "mask", colours), _write_png(out_stem, "overlay", overlay(image, colours))]
+
+
+def _write_png(out_stem: Path, suffix: str, pixels: np.ndarray) -> Path:
+    target = out_stem.parent / f"{out_stem.name}_{suffix}.png"
+    with atomic_write(target) as file:  # a kill leaves no PNG cut short under an output's name
+        Image.fromarray(pixels).save(file, format="PNG")
+    return target
+
+
+def unique_paths(paths: list[Path]) -> list[Path]:
+    """`paths` without a second name of one file (given by name and in its folder), in order."""
+    return list({Path(path).resolve(): Path(path) for path in paths}.values())
+
+
+def predicted_by(out_dir: Path) -> dict | None:
+    """The record of an output folder: the model that wrote its outputs and their names (None: it has
+    no record)."""
+    path = Path(out_dir) / PREDICTED_BY
+    if not Path(out_dir).is_dir():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise S4alError(f"{path}: unreadable ({err}); it says which model wrote the folder's outputs: give another "
+                        "--out, or delete the file if they may be replaced") from None
+    if not isinstance(record, dict) or not {"checkpoint", "sha256", "network", "outputs"} <= record.keys():
+        raise S4alError(f"{path}: not a record of s4al predict; give another --out")
+    return record
+
+
+def _outputs_replaceable(out_dir: Path, outputs: list[str], made_by: dict) -> list[str]:
+    """The outputs the folder's record lists, which this prediction may replace where it is of the
+    same checkpoint and network (a rerun, or one killed part-way). Refused before anything is
+    written: a file named like an output that no prediction wrote (a mask of the user's), and
+    another model's outputs, which would stand beside these under one legend."""
+    record = predicted_by(out_dir) or {"outputs": []}
+    listed = set(record["outputs"])
+    taken = [str(out_dir / name) for name in outputs if name not in listed and (out_dir / name).exists()]
+    if taken:
+        raise S4alError(f"{first_of(taken)}: already there, and not written by s4al predict ({PREDICTED_BY} there does "
+                        "not list it): give another --out, or move the file (an output of an earlier version of s4al: "
+                        "delete it)")
+    others = [name for name in listed if (out_dir / name).exists()]
+    if others and (record["sha256"], record["network"]) != (made_by["sha256"], made_by["network"]):
+        raise S4alError(f"{out_dir}: holds the outputs of another model ({record['checkpoint']}, {record['network']}, "
+                        f"says {PREDICTED_BY}); give another --out, or empty the folder first")
+    return sorted(others)

@@ -12,10 +12,13 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from s4al.atomic import output_folder
+from s4al.active.ledger import Ledger
 from s4al.active.opening import changed_config_note
+from s4al.active.phases import CyclePhases
 from s4al.config import COMPUTED_ON_RESUME, RunConfig, config_differences, flat_config, inert_keys
 from s4al.errors import S4alError
 from s4al.report.figures import read_cycles
+from s4al.report.status import open_state
 from s4al.report.table import csv_row, cycle_columns
 from s4al.provenance import code_text
 from s4al.run_folder import RunFolder, json_lines
@@ -94,9 +97,20 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, supervised_miou: float | N
     settings = {key: [_shown(flat_config(cfg)[key]) for cfg in configs] for key in differing_settings(configs)}
     with open(out_dir / SETTINGS_FILE, "w", newline="", encoding="utf-8") as file:
         csv.writer(file).writerows([["setting", *names], *([key, *values] for key, values in settings.items())])
-    rows = [[name, str(cycles[-1]["cycle"]), f"{100 * cycles[-1]['labelled_fraction']:.2f}",
-             f"{100 * cycles[-1]['val']['miou']:.2f}"] for name, cycles in runs.items()]
+    rows = [[name, _last_cycle(folder, cycles), f"{100 * cycles[-1]['labelled_fraction']:.2f}",
+             f"{100 * cycles[-1]['val']['miou']:.2f}"] for (name, cycles), folder in zip(runs.items(), folders)]
     return Comparison(rows, settings, _notes(runs, folders))
+
+
+def _last_cycle(folder: RunFolder, cycles: list[dict]) -> str:
+    """The last cycle shown, with where the run stands past it: asking, answered, or a cycle training."""
+    shown = cycles[-1]["cycle"]
+    if not folder.ledger_path.exists():
+        return str(shown)
+    with Ledger(folder.ledger_path, readonly=True) as ledger, CyclePhases(ledger) as phases:
+        last = phases.last_cycle()
+        training = last is not None and last > shown and phases.phase(last) == "train"
+    return f"{shown}{open_state(cycles[-1])}" + (f" (cycle {last} training)" if training else "")
 
 
 def _notes(runs: dict[str, list[dict]], folders: list[RunFolder]) -> list[str]:
@@ -106,12 +120,32 @@ def _notes(runs: dict[str, list[dict]], folders: list[RunFolder]) -> list[str]:
         notes.append("the runs are scored on other classes, so their mIoUs average other things: "
                      + "; ".join(f"{name}: {', '.join(names)}" for name, names in classes.items()))
     notes += [note for folder in folders if (note := changed_config_note(folder))]
+    notes += _trained_otherwise(runs)
     starts = {name: _last_start(folder) for name, folder in zip(runs, folders)}
     code = {name: code_text(start) for name, start in starts.items() if start and "git_commit" in start}
     if len(set(code.values())) > 1:
         notes.append("the runs were last started with other code: "
                      + "; ".join(f"{name}: {text}" for name, text in code.items()))
     return notes
+
+
+def _trained_otherwise(runs: dict[str, list[dict]]) -> list[str]:
+    """The cycles the runs trained for other epochs or on other process counts, which their configs
+    need not show: a run resumed with more cycles trained its former last cycle as a last one, and
+    train.batch_size is per process."""
+    trained: dict[int, dict[str, tuple[int, int]]] = {}
+    for name, cycles in runs.items():
+        for cycle in cycles:
+            if "epochs" in cycle and "processes" in cycle:  # a summary of an older s4al may lack them
+                trained.setdefault(cycle["cycle"], {})[name] = (cycle["epochs"], cycle["processes"])
+    differing = {cycle: by_run for cycle, by_run in sorted(trained.items()) if len(set(by_run.values())) > 1}
+    if not differing:
+        return []
+    return ["cycles trained otherwise (epochs x processes; train.batch_size is per process, and a run resumed with "
+            "more cycles trained its former last cycle longer): " + "; ".join(
+                f"cycle {cycle}: " + ", ".join(f"{name} {epochs} x {processes}"
+                                               for name, (epochs, processes) in by_run.items())
+                for cycle, by_run in differing.items())]
 
 
 def _last_start(folder: RunFolder) -> dict | None:

@@ -74,6 +74,10 @@ def supervised_reference(value: float | str | Path | None, classes: Sequence[str
         miou = result["miou"]
     except (KeyError, TypeError, ValueError):
         raise S4alError(f"supervised mIoU {text!r}: neither a number nor a JSON file with \"miou\"") from None
+    scored = {key: result.get(key, default) for key, default in (("split", "val"), ("network", "teacher"))}
+    if scored != {"split": "val", "network": "teacher"}:  # an `s4al evaluate --json` of something else
+        raise S4alError(f"supervised mIoU {text!r}: the {scored['network']} scored on split '{scored['split']}'; the "
+                        "cycles are the teacher's val mIoU: give the teacher's on val (s4al train's result.json)")
     names = list(result["iou"]) if isinstance(result.get("iou"), dict) else None
     if classes is not None and names is not None and names != list(classes):
         raise S4alError(f"supervised mIoU {text!r}: a result of other classes ({first_of(names, 6)}) than the run's "

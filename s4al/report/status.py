@@ -81,7 +81,9 @@ def asking_text(asking: dict) -> str:
     """What an open cycle has asked so far, in a few words."""
     if asking["phase"] == "acquire":
         return "asks next"
-    counts = [f"{asking[key]} {key}" for key in ("asked", "answered", "skipped") if asking[key]]
+    # "asked" holds the regions still waiting for an answer: not all the cycle asked
+    counts = [f"{asking[key]} {word}" for key, word in (("asked", "waiting"), ("answered", "answered"),
+                                                          ("skipped", "skipped")) if asking[key]]
     return ", ".join(counts) or "-"  # none: whole images bought, which the summary counts as the run goes on
 
 

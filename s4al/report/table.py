@@ -18,7 +18,7 @@ def cycle_columns(cycles: list[dict]) -> list[str]:
     return (["cycle", "labelled_fraction", "labelled_pixels"]
             + [f"{split}_{key}" for split in splits for key in ("miou", "pixel_accuracy")]
             + ["regions_bought", "skipped_regions", "images_bought", "pixels_bought", "train_seconds",
-               "acquire_seconds"]
+               "acquire_seconds", "epochs", "processes"]
             + [f"{split}_iou_{name}" for split in splits for name in names])
 
 
@@ -28,7 +28,8 @@ def cycle_row(cycle: dict) -> dict:
     bought = cycle.get("bought")
     row = {"cycle": cycle["cycle"], "labelled_fraction": cycle["labelled_fraction"],
            "labelled_pixels": cycle["labelled_pixels"], "train_seconds": cycle.get("train_seconds"),
-           "acquire_seconds": cycle.get("acquire_seconds")}
+           "acquire_seconds": cycle.get("acquire_seconds"), "epochs": cycle.get("epochs"),
+           "processes": cycle.get("processes")}  # train.batch_size is per process
     if bought is not None:
         row |= {"regions_bought": bought["regions"], "skipped_regions": bought.get("skipped_regions"),
                 "images_bought": bought["images"], "pixels_bought": sum(bought["class_pixels"].values())}
