@@ -100,14 +100,12 @@ def per_cycle(runs: list[dict], split: str = "val") -> list[tuple[float, float, 
 
 
 def share_of_reference(runs: list[dict], reference: list[dict]) -> tuple[float, bool]:
-    """The runs' mean final mIoU in % of the reference's on the same seeds, and whether it is (the
-    reference's seeds spread its mean by points: against other seeds a method's share moves with
-    theirs, not its own); on all of the reference's where no seed is shared."""
+    """The runs' mean final mIoU in % of the reference's, both on the seeds they share (the
+    reference's seeds differ by points), and whether any is shared; else on all of each."""
     ref = {r["seed"]: r["final"]["miou"] for r in reference}
     paired = [r for r in runs if r["seed"] in ref]
-    if not paired:
-        return 100 * mean_std([r["final"]["miou"] for r in runs])[0] / float(np.mean(list(ref.values()))), False
-    return 100 * float(np.mean([r["final"]["miou"] for r in paired])) / float(np.mean([ref[r["seed"]] for r in paired])), True
+    theirs = [ref[r["seed"]] for r in paired] or list(ref.values())
+    return 100 * float(np.mean([r["final"]["miou"] for r in paired or runs]) / np.mean(theirs)), bool(paired)
 
 
 def _share(runs: list[dict], reference: list[dict]) -> str:

@@ -32,8 +32,8 @@ def predict_command(
     images: Annotated[list[Path], typer.Argument(
         help="Images (large ones run tile by tile), or folders of them (.png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp).")],
     out: Annotated[Path, typer.Option("--out", "-o", help=(
-        "Folder for the masks and overlays; files there named as they are replaced only if written by the same "
-        "checkpoint (predicted_by.json says which)."))],
+        "Folder for the masks and overlays; a file there is replaced only where this checkpoint wrote it "
+        "(predicted_by.json lists them)."))],
     network: NetworkOption = Network.teacher,
     device: Annotated[str, typer.Option(help="Device: auto, cpu, cuda, cuda:1, ...")] = "auto",
 ) -> None:
