@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,8 +104,8 @@ def _note(note: str | None) -> None:
 
 @contextmanager
 def _monitor(folder: RunFolder, quiet: bool, resume: str) -> Iterator[Callable[[dict], None] | None]:
-    """Progress bars and TensorBoard logs of the main process; None on the others. Ctrl-C ends
-    the command saying how to go on (`resume`)."""
+    """Progress bars and TensorBoard logs of the main process; None on the others. Ctrl-C, or
+    SIGTERM while training, ends the command saying how to go on (`resume`)."""
     from s4al.train.monitor import Monitor
 
     if not distributed.is_main():
@@ -121,10 +122,10 @@ def _monitor(folder: RunFolder, quiet: bool, resume: str) -> Iterator[Callable[[
 
         if isinstance(err, TrainingStopped):
             console.print(f"{err}; `{resume}` goes on from there")
-        else:
-            console.print(f"interrupted; `{resume}`{launcher} goes on from the last checkpoint "
-                          "(saved every train.checkpoint_every epochs)")
-        raise typer.Exit(130) from None
+            raise typer.Exit(128 + err.signum) from None
+        console.print(f"interrupted; `{resume}`{launcher} goes on from the last checkpoint "
+                      "(saved every train.checkpoint_every epochs)")
+        raise typer.Exit(128 + signal.SIGINT) from None
     finally:
         monitor.close()
 
@@ -209,7 +210,7 @@ def evaluate_command(
     device: Annotated[str, typer.Option(help="Device: auto, cpu, cuda, cuda:1, ...")] = "auto",
     json_path: Annotated[Optional[Path], typer.Option(
         "--json", metavar="FILE", help="Also write the scores there as JSON (mIoU, per-class IoU and recall, pixel "
-                                       "accuracy, the images scored).")] = None,
+                                       "accuracy, the images scored and those without a mask).")] = None,
 ) -> None:
     """Confusion-matrix mIoU, per-class IoU and recall of a checkpoint on a split (a model trained on
     resized images is scored at that size, as it was evaluated in training)."""
@@ -230,18 +231,20 @@ def evaluate_command(
             raise S4alError(f"--data {data}: {checkpoint} was trained on the built-in synthetic streets, which "
                             "have no folder; leave --data out")
         dataset_cfg = cfg.dataset.model_copy(update={"root": data}) if data else cfg.dataset
-        dataset = build_dataset(dataset_cfg, split, cfg.seed)
+        whole = build_dataset(dataset_cfg, split, cfg.seed)
+        dataset = whole.masked()
         if list(dataset.classes.names) != list(state["classes"]):
             raise S4alError(f"{checkpoint}: trained on the classes {', '.join(state['classes'])}; the dataset "
                             f"{dataset_cfg.root} has {', '.join(dataset.classes.names)}")
-        rank_checks.read_the_same_images({f"split '{split}'": dataset.image_ids()})
+        rank_checks.read_the_same_images({f"split '{split}'": whole.image_ids(),
+                                          f"the masked images of split '{split}'": dataset.image_ids()})
         rank_checks.read_the_same_classes(dataset)
-        unscored = rank_checks.agreed(list(filter(None, [unscored_split(dataset, split, dataset_cfg)])))
+        unscored = rank_checks.agreed(list(filter(None, [unscored_split(whole, split, dataset_cfg)])))
         if unscored:  # an mIoU of nothing, and the minutes of scoring it
             raise S4alError(unscored[0])
         scores = evaluate(model, dataset, batch_size, dev, fast=cfg.train.fast).as_dict(dataset.classes.names)
         record = {"checkpoint": str(checkpoint), "network": network.value, "split": split, "images": len(dataset),
-                  **scores}
+                  "images_without_a_mask": len(whole) - len(dataset), **scores}
         if json_path is not None and distributed.is_main():
             with atomic_write(json_path, "w") as file:
                 json.dump(record, file, indent=2)
@@ -250,8 +253,10 @@ def evaluate_command(
     if not main:
         return
     _print_scores(split, record)
-    console.print(f"the {network.value} of {checkpoint} on {counted(len(dataset), 'image')} of split '{split}': "
-                  f"pixel accuracy {percent(record['pixel_accuracy'])}"
+    maskless = record["images_without_a_mask"]
+    console.print(f"the {network.value} of {checkpoint} on {counted(len(dataset), 'image')} of split '{split}'"
+                  + (f" ({counted(maskless, 'image')} without a mask left out)" if maskless else "")
+                  + f": pixel accuracy {percent(record['pixel_accuracy'])}"
                   + (f"; scores written to {json_path}" if json_path is not None else ""))
 
 

@@ -151,7 +151,8 @@ class SSLConfig(Section):
     # beyond the paper: pseudo-label class shares pulled towards the labelled ones by matching the
     # argmax shares or the mean probabilities (s4al/ssl/alignment.py); "off" = the paper. With
     # class_normalised_confidence the default pair beat supervised training on CamVid and the
-    # synthetic streets (docs/design.md). true / false (older configs) read as "probabilities" / "off"
+    # synthetic streets (docs/results.md, benchmarks/results/archive/README.md). true / false (older
+    # configs) read as "probabilities" / "off"
     distribution_alignment: Literal["off", "probabilities", "argmax"] = "argmax"
     # what the aligner aims at: the labelled shares, or (beyond the paper) their geometric mean with
     # the teacher's mean probabilities over the first epoch of each cycle's SSL, fixed after it. The

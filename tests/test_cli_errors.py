@@ -288,9 +288,16 @@ def test_evaluate_refuses_a_dataset_of_other_classes_and_a_folder_for_synthetic_
                                  "--json", str(tmp_path / "scores.json")], env={"COLUMNS": "500"})
     assert scored.exit_code == 0, scored.output
     record = json.loads((tmp_path / "scores.json").read_text())  # the scores apart from the table shown
-    assert (record["split"], record["images"], record["network"]) == ("val", 2, "teacher")
+    assert (record["split"], record["images"], record["images_without_a_mask"], record["network"]) == ("val", 2, 0,
+                                                                                                        "teacher")
     assert set(record["iou"]) == {c["name"] for c in OWN_CLASSES} and 0 <= record["miou"] <= 1
     assert f"the teacher of {tmp_path / 'own.pt'} on 2 images of split 'val': pixel accuracy" in scored.output
+    pool_too = runner.invoke(app, ["evaluate", str(tmp_path / "own.pt"), "--data", str(tmp_path / "data"),
+                                   "--split", "train", "--json", str(tmp_path / "train.json")], env={"COLUMNS": "500"})
+    assert pool_too.exit_code == 0, pool_too.output  # 3 masked images, 5 of the pool without
+    assert "on 3 images of split 'train' (5 images without a mask left out): pixel accuracy" in pool_too.output
+    record = json.loads((tmp_path / "train.json").read_text())
+    assert (record["images"], record["images_without_a_mask"]) == (3, 5)
     unlabelled = runner.invoke(app, ["evaluate", str(tmp_path / "own.pt"), "--data", str(tmp_path / "data"),
                                      "--split", "unlabelled", "--json", str(tmp_path / "none.json")], env={"COLUMNS": "500"})
     assert unlabelled.exit_code == 1 and unlabelled.output.startswith(

@@ -3,6 +3,7 @@ predict/export commands (s4al/deploy/predict.py, export.py, commands.py)."""
 
 import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -347,13 +348,21 @@ def test_an_image_too_large_for_the_memory_costs_only_itself(checkpoint, images,
     assert not list(tmp_path.glob(f"{images[0].stem}_*"))
 
 
-def test_predict_refuses_stems_that_differ_in_case_alone(checkpoint, images, tmp_path):
+def test_predict_refuses_stems_that_differ_in_case_alone_unless_they_name_one_file(checkpoint, images, tmp_path):
     upper, lower = tmp_path / "Photo.png", tmp_path / "photo.jpg"  # one file name on macOS and Windows
     upper.write_bytes(images[0].read_bytes())
     Image.open(images[1]).save(lower)
     with pytest.raises(ValueError, match=f"{upper} and {lower}: file name stems 'Photo' and 'photo', one name on "
                                          "macOS and Windows"):
         predict(checkpoint, [upper, lower], tmp_path / "out", device="cpu")
+    upper_too = tmp_path / "PHOTO.jpg"  # as "photo.jpg" on macOS or Windows, where it names the same file
+    if not upper_too.exists():  # a disk that tells case apart
+        os.link(lower, upper_too)
+    other = tmp_path / "copy.jpg"  # another name of the file: another image, with outputs of its own
+    os.link(lower, other)
+    done = predict(checkpoint, [lower, upper_too, other], tmp_path / "out", device="cpu")
+    assert [path.name for path in done.written] == [f"{stem}_{suffix}.png" for stem in ("photo", "copy")
+                                                    for suffix in ("labels", "mask", "overlay")] + ["legend.png"]
 
 
 def test_an_image_given_by_name_and_in_its_folder_is_counted_once(checkpoint, images, tmp_path):

@@ -6,6 +6,7 @@ import hashlib
 import io
 import re
 import shutil
+import signal
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -25,6 +26,7 @@ from s4al.cli import app
 from s4al.data import DatasetError
 from s4al.errors import S4alError
 from s4al.run_folder import RunFolder, RunFolderError
+from s4al.train.trainer import TrainingStopped
 from conftest import ledger_of
 from test_cycle import Killed, cycle_config, ledger_snapshot
 from test_own_data import CLASSES, make_dataset, own_config
@@ -318,6 +320,19 @@ def test_ctrl_c_ends_a_run_saying_how_to_go_on(tmp_path, monkeypatch):
     result = runner.invoke(app, ["run", "--resume", str(tmp_path), "--quiet"])
     assert (f"interrupted; `s4al run --resume {tmp_path}` under the same torchrun line (2 processes) goes on"
             in " ".join(result.output.split()))
+
+
+def test_a_stop_that_checkpointed_its_step_ends_a_run_as_its_signal_would(tmp_path, monkeypatch):
+    finished_run(tmp_path, cycles=0)
+
+    def stopped(run):
+        raise TrainingStopped(f"{tmp_path}, cycle 1: stopped (SIGTERM) after step 7 of 40, saved in X", signal.SIGTERM)
+
+    monkeypatch.setattr(ActiveLearningRun, "run", stopped)
+    result = runner.invoke(app, ["run", "--resume", str(tmp_path), "--quiet"])
+    assert result.exit_code == 128 + 15  # a batch scheduler reads it as ended by SIGTERM
+    assert (f"{tmp_path}, cycle 1: stopped (SIGTERM) after step 7 of 40, saved in X; `s4al run --resume {tmp_path}` "
+            "goes on from there") in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize("classes", [

@@ -1,6 +1,7 @@
 import copy
 import gc
 import math
+import multiprocessing
 import os
 import re
 import signal
@@ -9,6 +10,7 @@ import sys
 import time
 import warnings
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ import torch
 
 from conftest import Counted, MixedSizes, needs_cuda, ssl_data, tiny_config
 from s4al.data import build_dataset
+from s4al.data.base import stops_left_to_the_main_process
 from s4al.errors import S4alError, S4alWarning
 from s4al.evaluate import evaluate
 from s4al.seeding import derive_seed
@@ -92,31 +95,42 @@ def stop_of(trainer: Trainer) -> KeyboardInterrupt | None:
     return None
 
 
-def interrupted_after(trainer: Trainer, step: int) -> Trainer:
-    """`trainer`, sending itself SIGINT (as Ctrl-C would) as its step number `step` (from 1) ends."""
+def interrupted_after(trainer: Trainer, step: int, signum: signal.Signals = signal.SIGINT) -> Trainer:
+    """`trainer`, sending itself `signum` (SIGINT: as Ctrl-C would) as its step number `step` (from 1) ends."""
     train_step = trainer.train_step
 
     def step_then_interrupt(k, *batches):
         logs = train_step(k, *batches)
         if k + 1 == step:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
         return logs
 
     trainer.train_step = step_then_interrupt
     return trainer
 
 
-@pytest.mark.parametrize("fast", ["off", "on"])
-def test_ctrl_c_finishes_the_step_checkpoints_it_and_the_resumed_run_is_bit_identical(tmp_path, fast):
+@pytest.mark.parametrize("fast, signum", [("off", signal.SIGINT), ("on", signal.SIGTERM)])
+def test_ctrl_c_or_sigterm_finishes_the_step_checkpoints_it_and_the_resumed_run_is_bit_identical(tmp_path, fast,
+                                                                                                 signum):
     cfg = tiny_config(ssl={"confidence_threshold": 0.0}, train={"device": "cpu", "fast": fast})
     data, val = ssl_data(cfg)
     full: dict = {}
     result = Trainer(cfg, data, val, tmp_path / "a", progress=recorder(full)).fit()
     before: dict = {}
-    stopped = stop_of(interrupted_after(Trainer(cfg, data, val, tmp_path / "b", progress=recorder(before)), 3))
-    assert isinstance(stopped, TrainingStopped)
-    assert re.fullmatch(r".*, cycle 0: stopped after step 3 of 4, saved in .*cycle_0\.pt", str(stopped))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+    def not_taken(*_):  # in place of SIGTERM's default, which would end the test session
+        raise AssertionError("the stop was not taken by the trainer")
+
+    found = signal.signal(signal.SIGTERM, not_taken)
+    try:
+        stopped = stop_of(interrupted_after(Trainer(cfg, data, val, tmp_path / "b", progress=recorder(before)), 3,
+                                            signum))
+        assert signal.getsignal(signal.SIGTERM) is not_taken  # both put back
+    finally:
+        signal.signal(signal.SIGTERM, found)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert isinstance(stopped, TrainingStopped) and stopped.signum == signum
+    assert re.fullmatch(rf".*, cycle 0: stopped \({signum.name}\) after step 3 of 4, saved in .*cycle_0\.pt", str(stopped))
     assert load_checkpoint(tmp_path / "b" / "checkpoints" / "cycle_0.pt")["step"] == 3  # mid-epoch, not the epoch's 2
     after: dict = {}
     before_resume = load_checkpoint(tmp_path / "b" / "checkpoints" / "cycle_0.pt")["seconds"]
@@ -142,13 +156,13 @@ def test_ctrl_c_after_the_last_step_still_stops_once_the_final_checkpoint_is_sav
 
     trainer.batches = batches_then_interrupt
     stopped = stop_of(trainer)
-    assert isinstance(stopped, TrainingStopped) and "stopped after step 4 of 4" in str(stopped)
+    assert isinstance(stopped, TrainingStopped) and "stopped (SIGINT) after step 4 of 4" in str(stopped)
     assert load_checkpoint(tmp_path / "checkpoints" / "cycle_0.pt")["step"] == 4
 
 
 # A script, as the workers of a forkserver or spawn start method (Python 3.14's default) import the
 # main module: the dataset's class is defined at its top, the run under its main guard.
-STOPPED_BY_THE_GROUPS_CTRL_C = """
+STOPPED_BY_A_SIGNAL_TO_THE_GROUP = """
 import os, signal, sys, time
 sys.path.insert(0, {tests!r})
 import torch.utils.data
@@ -157,10 +171,11 @@ from s4al.data.synthetic import SyntheticStreets
 from s4al.train.trainer import Trainer, TrainingStopped
 
 FLAG = {flag!r}
+STOP = signal.Signals({signum})
 
 
-class CtrlCOnARead(SyntheticStreets):
-    def load_image(self, index):  # the first unlabelled image a worker reads after step 4: Ctrl-C once
+class StopOnARead(SyntheticStreets):
+    def load_image(self, index):  # the first unlabelled image a worker reads after step 4: STOP once
         if torch.utils.data.get_worker_info() is not None and os.path.exists(FLAG + ".armed"):
             try:  # the main process has trained the batches ready, waits for this one
                 os.rename(FLAG + ".armed", FLAG)
@@ -169,7 +184,7 @@ class CtrlCOnARead(SyntheticStreets):
             with open(FLAG, "w") as f:  # under fork a worker would inherit the trainer's handler, else Python's
                 f.write("ignored" if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else "handled")
             time.sleep(3)
-            os.killpg(0, signal.SIGINT)
+            os.killpg(0, STOP)
             time.sleep(0.5)
         return super().load_image(index)
 
@@ -182,7 +197,7 @@ def progress(info):
 if __name__ == "__main__":
     cfg = tiny_config(train={{"num_workers": 2, "fast": "off", "epochs": 10}})
     data, _ = ssl_data(cfg)
-    data.dataset.__class__ = CtrlCOnARead
+    data.dataset.__class__ = StopOnARead
     try:
         Trainer(cfg, data, None, {run!r}, progress=progress).fit()
     except TrainingStopped as stopped:
@@ -190,17 +205,94 @@ if __name__ == "__main__":
 """
 
 
-def test_a_terminals_ctrl_c_reaching_the_loader_workers_too_still_checkpoints_the_step(tmp_path):
-    script = tmp_path / "stopped_by_ctrl_c.py"
-    script.write_text(STOPPED_BY_THE_GROUPS_CTRL_C.format(tests=os.path.dirname(__file__), run=str(tmp_path / "run"),
-                                                          flag=str(tmp_path / "interrupted")))
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["a terminal's Ctrl-C", "a scheduler's SIGTERM"])
+def test_a_stop_reaching_the_loader_workers_too_still_checkpoints_the_step(tmp_path, signum):
+    script = tmp_path / "stopped.py"
+    script.write_text(STOPPED_BY_A_SIGNAL_TO_THE_GROUP.format(
+        tests=os.path.dirname(__file__), run=str(tmp_path / "run"), flag=str(tmp_path / "interrupted"), signum=int(signum)))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
                           start_new_session=True)  # its own process group: the signal reaches it and its workers
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "interrupted").read_text() == "ignored"
-    stopped = re.search(r"cycle 0: stopped after step (\d+) of 20", done.stdout)
+    stopped = re.search(rf"cycle 0: stopped \({signum.name}\) after step (\d+) of 20", done.stdout)
     assert stopped, done.stdout + done.stderr
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "cycle_0.pt")["step"] == int(stopped.group(1))
+
+
+def started_worker(start, ready) -> None:  # a loader worker's life: started, then waiting for its main process
+    start(0)
+    ready.set()
+    time.sleep(60)
+
+
+@pytest.mark.skipif(not hasattr(signal, "sigwaitinfo"), reason="a signal's sender is learnt with sigwaitinfo")
+def test_a_loader_worker_outlives_a_stop_sent_by_others_and_ends_at_its_main_processs_sigterm():
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, lambda *_: None)  # as a forked worker inherits them from training
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    # started as under fork or forkserver: the worker's one thread, with the trainer's handlers of this process
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    worker = context.Process(target=started_worker, args=(stops_left_to_the_main_process(), ready), daemon=True)
+    worker.start()
+    try:
+        assert ready.wait(60)
+        os.kill(worker.pid, signal.SIGINT)  # Ctrl-C's, from this process too
+        subprocess.run([sys.executable, "-c", f"import os; os.kill({worker.pid}, {int(signal.SIGTERM)})"],
+                       check=True)  # a scheduler's, from another process
+        worker.join(1)
+        assert worker.is_alive()
+        worker.terminate()  # SIGTERM from this process, as the loader sends it to a worker that does not end
+        worker.join(10)
+        assert worker.exitcode == 0  # as torch's own handler ends a worker at its parent's SIGTERM
+    finally:
+        worker.kill()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+# A main process that starts a loader worker and ends without a word, as a SIGKILL would end it.
+ENDED_UNDER_ITS_WORKER = """
+import multiprocessing, os, time
+from s4al.data.base import stops_left_to_the_main_process
+
+
+def life(start, ready):
+    start(0)
+    ready.set()
+    time.sleep(60)
+
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    worker = context.Process(target=life, args=(stops_left_to_the_main_process(), ready), daemon=True)
+    worker.start()
+    ready.wait(60)
+    print(worker.pid, flush=True)
+    os._exit(0)
+"""
+
+
+def ended(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not hasattr(signal, "sigwaitinfo") or not Path("/proc/self/status").exists(),
+                    reason="a signal's sender is learnt with sigwaitinfo; processes are looked up in /proc")
+def test_a_loader_worker_ends_soon_after_its_main_process_however_that_ended(tmp_path):
+    script = tmp_path / "main.py"
+    script.write_text(ENDED_UNDER_ITS_WORKER)
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as main:
+        worker = int(main.stdout.readline())  # not read to its end: the worker holds it open
+        assert main.wait(60) == 0
+    deadline = time.monotonic() + 5  # a second after the main process's end, at most
+    while not ended(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ended(worker)
 
 
 def test_a_cycle_checkpointed_on_other_processes_is_not_resumed_on_these(tmp_path):

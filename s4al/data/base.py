@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import select
 import signal
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch.utils.data
@@ -33,11 +37,49 @@ class DatasetError(S4alError):
     """Bad input data; the message names the file and the problem."""
 
 
-def ignore_interrupts(worker_id: int) -> None:
-    """The start of a loader worker that training reads (`worker_init_fn`): Ctrl-C reaches the
-    whole process group, and a worker it ended would fail the batch the main process waits for
-    while that finishes its step (s4al/train/trainer.py); the main process ends its workers."""
+def stops_left_to_the_main_process() -> Callable[[int], None]:
+    """The start of a loader worker (`worker_init_fn`). Ctrl-C reaches the whole process group, and a
+    batch scheduler's SIGTERM (a preemption, a time limit) every process of the job: a worker they
+    ended would fail the batch that training waits for while it finishes its step
+    (s4al/train/trainer.py). The worker leaves both to the main process, and ends at a SIGTERM of the
+    main process's own (the loader's terminate) or within a second of the main process's end. Where a
+    signal's sender cannot be learnt (no sigtimedwait: macOS), or where the worker's threads were
+    started before this (the spawn start method imports torch anew), a SIGTERM ends it at once. Under
+    forkserver (Python 3.14's default) it ends the fork server, whose workers then end with it: a
+    step that waits for a batch from them fails, the last checkpoint kept."""
+    return partial(_leave_stops_to, os.getpid())
+
+
+def _leave_stops_to(main_pid: int, worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "sigtimedwait"):  # torch's SIGTERM handler is left for a signal that is not blocked
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # in this thread and those it starts
+        threading.Thread(target=_end_with, args=(main_pid, _ended(main_pid)), name="stops", daemon=True).start()
+
+
+def _ended(pid: int) -> Callable[[], bool]:
+    """Whether process `pid`, alive now, has ended since (a zombie included)."""
+    try:
+        handle = os.pidfd_open(pid)  # Linux 5.3: readable once the process has ended
+    except (AttributeError, OSError):
+        parent = os.getppid()  # the main process where the worker was forked from it
+        return lambda: os.getppid() != parent
+    ends = select.poll()
+    ends.register(handle, select.POLLIN)
+    return lambda: bool(ends.poll(0))
+
+
+def _end_with(main_pid: int, main_ended: Callable[[], bool]) -> None:
+    """Waits for the main process's SIGTERM or end, then ends the worker at once, as torch's own
+    handler ends it at its parent's SIGTERM: the way out through Python would wait on a pipe that
+    nobody reads any more."""
+    try:
+        while not main_ended():
+            received = signal.sigtimedwait({signal.SIGTERM}, 1.0)
+            if received is not None and received.si_pid == main_pid:
+                break
+    finally:  # also if the wait failed: SIGTERM stays blocked, and nothing else could end the worker
+        os._exit(0)
 
 
 @dataclass
@@ -83,6 +125,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def has_label(self, index: int) -> bool:
         return True
+
+    def masked(self) -> SegmentationDataset:
+        """The split without its images that have no mask (a folder's pool images): what can be scored."""
+        return self
 
     def mask_reading(self) -> dict:
         """How the dataset reads a mask's values as classes, beyond the class names and colours (a

@@ -24,7 +24,7 @@ import torch
 from s4al.errors import S4alError, S4alWarning
 from s4al import distributed
 from s4al.config import FastMode
-from s4al.data.base import SegmentationDataset, ignore_interrupts
+from s4al.data.base import SegmentationDataset, stops_left_to_the_main_process
 from s4al.data.batches import host_to_device
 from s4al.data.classes import IGNORE_INDEX
 from s4al.data.augment import WINDOWED_AUGMENT_PIXELS
@@ -230,7 +230,7 @@ class DeviceCache:
                 num_workers: int) -> None:
         loader = torch.utils.data.DataLoader(
             _Decoded(dataset, indices, images, labels), batch_size=DECODE_BATCH, num_workers=num_workers,
-            collate_fn=_as_list, worker_init_fn=ignore_interrupts,  # decoded as training starts
+            collate_fn=_as_list, worker_init_fn=stops_left_to_the_main_process(),
         )
         for items in loader:
             with_image = [(index, image) for index, image, _ in items if image is not None]

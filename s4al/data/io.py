@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import warnings
@@ -319,6 +320,11 @@ class FilePairDataset(SegmentationDataset):
 
     def has_label(self, index: int) -> bool:
         return self.pairs[index].label is not None
+
+    def masked(self) -> FilePairDataset:
+        masked = copy.copy(self)
+        masked.pairs = [pair for pair in self.pairs if pair.label is not None]
+        return masked
 
     def read_label(self, pair: Pair) -> np.ndarray:
         return remap_label(read_label(pair.label), self.raw_to_class, pair.label)

@@ -99,7 +99,7 @@ def predict(
 ) -> Predicted:
     """Writes OUT/<stem>_labels.png (class ids), <stem>_mask.png (palette colours) and
     <stem>_overlay.png (image blended with the mask) per image, and OUT/legend.png (the colour of
-    each class). An image given twice (by name and in its folder) is segmented once; one that
+    each class). An image given twice (by name and in its folder, say) is segmented once; one that
     cannot be read is named and passed over, so one bad file among thousands costs only itself.
     `progress`: called with the images done, 0 once the model is loaded, then as each tile of an
     image is (a large image runs tile by tile: minutes on a CPU)."""
@@ -115,8 +115,8 @@ def predict(
                             "separate folders)")
     out_dir = Path(out_dir)
     outputs = [f"{stem}_{suffix}.png" for stem in stems for suffix in SUFFIXES] + [LEGEND]
-    inputs = {Path(p).resolve() for p in images}
-    overwritten = [str(out_dir / name) for name in outputs if (out_dir / name).resolve() in inputs]
+    inputs = {_file_identity(Path(p)) for p in images}
+    overwritten = [str(out_dir / name) for name in outputs if _file_identity(out_dir / name) in inputs]
     if overwritten:
         raise S4alError(f"{first_of(overwritten)}: an input image that predict would overwrite with its output; "
                         "give another --out")
@@ -175,8 +175,23 @@ def _write_png(out_stem: Path, suffix: str, pixels: np.ndarray) -> Path:
 
 
 def unique_paths(paths: list[Path]) -> list[Path]:
-    """`paths` without a second name of one file (given by name and in its folder), in order."""
-    return list({Path(path).resolve(): Path(path) for path in paths}.values())
+    """`paths` without a second name of one file (given by name and in its folder, or spelt in another
+    case on a disk that ignores case), in order."""
+    firsts: dict = {}
+    for path in map(Path, paths):
+        firsts.setdefault(_file_identity(path), path)
+    return list(firsts.values())
+
+
+def _file_identity(path: Path) -> tuple[int, int, str] | Path:
+    """The same for the names of one file that differ in case alone (one name on a disk that ignores
+    case), or its path resolved (where it cannot be read or the disk gives no inode numbers); other
+    names of one file (hard links) are other images, with outputs of their own."""
+    try:
+        found = path.stat()
+    except OSError:
+        return path.resolve()
+    return (found.st_dev, found.st_ino, path.name.casefold()) if found.st_ino else path.resolve()
 
 
 def predicted_by(out_dir: Path) -> dict | None:

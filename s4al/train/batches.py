@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from s4al import distributed
 from s4al.config import RunConfig
 from s4al.data.augment import Augment
-from s4al.data.base import SegmentationDataset, ignore_interrupts
+from s4al.data.base import SegmentationDataset, stops_left_to_the_main_process
 from s4al.data.batches import to_model_input
 from s4al.data.device_augment import LABELLED, UNLABELLED
 from s4al.data.device_cache import DeviceCache
@@ -112,7 +112,7 @@ class BatchSource:
         workers, pin = self.cfg.train.num_workers, self.device.type == "cuda"
         labelled, unlabelled = self.samplers(start)
         loader = partial(DataLoader, batch_size=None, num_workers=workers, pin_memory=pin,
-                         worker_init_fn=ignore_interrupts)
+                         worker_init_fn=stops_left_to_the_main_process())
         labelled_view = StepView(LabelledView(self.dataset, self.aug, self.streams.partial))
         labelled_batches = iter(loader(labelled_view, sampler=labelled))
         if unlabelled is None:

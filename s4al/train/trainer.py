@@ -12,10 +12,10 @@ epoch's end), so the GPU never waits for the host inside a step. A loss read as
 non-finite, or non-finite parameters at an epoch's end, stops training with TrainingDiverged
 before anything non-finite is written.
 
-Ctrl-C (SIGINT) in one process lets the step under way finish, checkpoints it and raises
-TrainingStopped, so a resume repeats no step; loader workers ignore it (the main process ends them).
-A second Ctrl-C interrupts at once, as does the first under torchrun, where the ranks could stop at
-different steps."""
+Ctrl-C (SIGINT) or SIGTERM (a batch scheduler's preemption or time limit) in one process lets the
+step under way finish, checkpoints it and raises TrainingStopped, so a resume repeats no step; loader
+workers leave both to the main process, which ends them. A second signal interrupts at once, as does
+the first with several processes, which could stop at different steps."""
 
 from __future__ import annotations
 
@@ -65,8 +65,16 @@ class TrainingDiverged(S4alError):
     finite state and was kept."""
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; a scheduler's preemption or time limit
+
+
 class TrainingStopped(KeyboardInterrupt):
-    """Ctrl-C during training: the step under way finished and was checkpointed (the message says which)."""
+    """Ctrl-C or SIGTERM during training: the step under way finished and was checkpointed (the
+    message says which)."""
+
+    def __init__(self, message: str, signum: signal.Signals = signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum  # the stop's; a command ends with 128 + it, the shell's status of a command it ended
 
 
 @dataclass
@@ -137,7 +145,7 @@ class Trainer:
             self.head, self.tail, self.alignment = self._class_balance()
         self.step = 0
         self.saved_step: int | None = None  # the step of the checkpoint on disk
-        self.stop_requested = False  # Ctrl-C during fit(): stop after the step under way
+        self.stop_requested: signal.Signals | None = None  # during fit(): stop after the step under way
         self.history: list[dict] = []
         self.seconds_before = 0.0  # spent training this cycle by the processes before this one (a resume)
         self.fit_started = time.perf_counter()
@@ -416,10 +424,10 @@ class Trainer:
         if distributed.from_main(self.checkpoint_path.exists()):  # ranks on a lagging shared folder resume alike
             self._restore()
         self.fit_started = time.perf_counter()
-        with self.cudnn_tuned(), self._interrupts_wait_for_the_step():
+        with self.cudnn_tuned(), self._stops_wait_for_the_step():
             self._train()
         self._release_graphs()
-        if self.stop_requested:  # Ctrl-C after the last step, as its loaders closed: the final checkpoint is saved
+        if self.stop_requested:  # after the last step, as its loaders closed: the final checkpoint is saved
             raise self._stop([], 0.0)
         distributed.barrier()  # the final checkpoint exists for every rank
         return TrainResult(self.student, self.teacher.model, self.history, self.seconds())
@@ -440,24 +448,29 @@ class Trainer:
         torch.cuda.empty_cache()
 
     @contextlib.contextmanager
-    def _interrupts_wait_for_the_step(self):
-        """Within it, in one process, a first Ctrl-C sets `stop_requested`; a second interrupts at once."""
-        self.stop_requested = False
-        previous = signal.getsignal(signal.SIGINT)
-        if (distributed.world_size() > 1 or threading.current_thread() is not threading.main_thread()
-                or previous is signal.SIG_IGN):
-            yield
-            return
+    def _stops_wait_for_the_step(self):
+        """Within it, in one process, a first Ctrl-C or SIGTERM sets `stop_requested`; a second interrupts at once."""
+        self.stop_requested = None
+        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+        handled = [signum for signum, handler in previous.items() if handler not in (signal.SIG_IGN, None)]
+        if distributed.world_size() > 1 or threading.current_thread() is not threading.main_thread():
+            handled = []
 
         def request_stop(signum, frame):
-            self.stop_requested = True
-            signal.signal(signal.SIGINT, previous)
+            self.stop_requested = signal.Signals(signum)
+            for each in handled:
+                signal.signal(each, previous[each])
 
-        signal.signal(signal.SIGINT, request_stop)
+        for signum in handled:
+            signal.signal(signum, request_stop)
+        if self.stop_requested:  # a first signal as the handlers were set: the other is no longer a first
+            for signum in handled:
+                signal.signal(signum, previous[signum])
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum in handled:
+                signal.signal(signum, previous[signum])
 
     def _stop(self, pending: list, started: float) -> TrainingStopped:
         if pending:
@@ -465,8 +478,8 @@ class Trainer:
         if self.saved_step != self.step:
             self._check_finite_state()
             self._save()
-        return TrainingStopped(f"{self.run_dir}, cycle {self.cycle}: stopped after step {self.step} of "
-                               f"{self.total_steps}, saved in {self.checkpoint_path}")
+        return TrainingStopped(f"{self.run_dir}, cycle {self.cycle}: stopped ({self.stop_requested.name}) after step "
+                               f"{self.step} of {self.total_steps}, saved in {self.checkpoint_path}", self.stop_requested)
 
     def _train(self) -> None:
         started = time.perf_counter()
