@@ -19,10 +19,12 @@ so a killed run leaves no stale lock behind."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import re
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,9 +82,14 @@ def _outside_resume_overrides(overrides: dict):
             yield from (f"{section}.{key}" for key in value if f"{section}.{key}" not in RESUME_KEYS)
 
 
+def _this_process() -> str:
+    return f"process {os.getpid()} on {socket.gethostname()}"
+
+
 def _holder_written_in(fd: int) -> str:
-    """The process id the lock's holder wrote into the lock file."""
-    return os.read(fd, 64).decode(errors="replace").strip() or "another process"
+    """The process and host the lock's holder wrote into the lock file."""
+    written = os.read(fd, 256).decode(errors="replace").strip()
+    return written if written.startswith("process") else f"process {written}" if written else "another process"
 
 
 class RunFolderError(S4alError):
@@ -278,16 +285,23 @@ class RunFolder:
         key = self.path.resolve()
         if key in _held_locks:
             return
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides who shares it
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _holder_written_in(fd)
             os.close(fd)
-            raise RunFolderError(f"{self.path}: in use by process {holder}; wait for it to finish (one process at "
-                                 "a time writes a run folder: a run, a query, an import or a skip)") from None
+            raise RunFolderError(f"{self.path}: in use by {holder}; wait for it to finish (one process at a time "
+                                 "writes a run folder: a run, a query, an import or a skip)") from None
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            raise RunFolderError(f"{self.path}: its filesystem serves no file locks ({err.strerror}), which keep a "
+                                 "second process from writing the run at once; put the run folder on a disk that "
+                                 "serves them (a local disk, or a network filesystem mounted with lock support)") from None
         os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        os.write(fd, _this_process().encode())
         _held_locks[key] = fd
 
     @contextmanager
@@ -308,9 +322,10 @@ class RunFolder:
             os.close(fd)  # closing the descriptor releases the lock
 
     def holder(self) -> str | None:
-        """The process id holding the lock now, None if none does; takes nothing."""
+        """The process holding the lock now ("process N on HOST"), None if none does (or the
+        filesystem serves no locks to tell); takes nothing."""
         if self.path.resolve() in _held_locks:
-            return str(os.getpid())
+            return _this_process()
         try:
             fd = os.open(self.path / LOCK_FILE, os.O_RDONLY)
         except FileNotFoundError:
@@ -320,5 +335,7 @@ class RunFolder:
             return None
         except BlockingIOError:
             return _holder_written_in(fd)
+        except OSError:
+            return None
         finally:
             os.close(fd)

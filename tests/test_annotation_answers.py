@@ -79,8 +79,7 @@ def task_of(task_id, image_id, labels, region_ids):
 
 
 def snapshot(run):
-    """Bytes of the ledger and the listing of labels/: what a refused import must not change
-    (a read-only SQLite reader may leave an empty -wal and a -shm file beside the ledger)."""
+    """Bytes of the ledger and the listing of labels/: what a refused import must not change."""
     ledger = hashlib.sha256((run / "ledger.sqlite").read_bytes()).hexdigest()
     labels = sorted(p.name for p in (run / "labels").iterdir()) if (run / "labels").exists() else None
     return ledger, labels

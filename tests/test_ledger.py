@@ -5,7 +5,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def names(path: Path, kind: str) -> set[str]:
 
 
 def test_new_ledger_schema_and_meta(ledger):
-    assert read_rows(ledger.path, "PRAGMA journal_mode") == [("wal",)]  # the file's mode, as any reader finds it
+    assert read_rows(ledger.path, "PRAGMA journal_mode") == [("delete",)]  # the file's mode, as any reader finds it
     assert ledger.get_meta("schema_version") == 4
     assert names(ledger.path, "table") == {"meta", "images", "regions"}  # the cycles table is the cycle phases' own
     ledger.set_meta("class_names", ["sky", "road"])
@@ -72,7 +73,7 @@ def test_new_ledger_schema_and_meta(ledger):
 def test_a_writer_connection_syncs_every_commit_and_refuses_a_region_of_an_unregistered_image(ledger):
     with closing(connect(ledger.path, readonly=False)) as conn:
         pragmas = ("journal_mode", "synchronous", "foreign_keys")
-        assert [conn.execute(f"PRAGMA {name}").fetchone()[0] for name in pragmas] == ["wal", 2, 1]  # 2: FULL
+        assert [conn.execute(f"PRAGMA {name}").fetchone()[0] for name in pragmas] == ["delete", 2, 1]  # 2: FULL
         with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), write_transaction(conn):
             conn.execute("INSERT INTO regions (image_id, cycle, y0, x0, y1, x1, metric, asked_at) "
                          "VALUES ('ghost', 0, 0, 0, 10, 10, 'entropy', 't')")
@@ -474,6 +475,22 @@ def test_readonly_ledger_reads_but_cannot_write(tmp_path):
         Ledger(tmp_path / "elsewhere" / "ledger.sqlite", readonly=True)
 
 
+@contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """`folder` made read-only for the block; the test is skipped for a user who writes into it anyway."""
+    folder.chmod(0o555)
+    try:
+        try:
+            (folder / "probe").touch()
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("this user writes into a read-only folder anyway (root)")
+        yield
+    finally:
+        folder.chmod(0o755)
+
+
 def write_a_finished_run(run_dir: Path) -> int:
     """A ledger with an answered region, a meta value and a done cycle, closed; the region's id."""
     with open_ledger(run_dir) as ledger, CyclePhases(ledger) as phases:
@@ -497,41 +514,85 @@ def test_a_closed_writer_leaves_a_whole_file_that_a_reader_reads_leaving_nothing
     assert read_rows(tmp_path / "ledger.sqlite", "PRAGMA journal_mode") == [("delete",)]
     assert_finished_run_reads(tmp_path, region_id)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels", "ledger.sqlite"]
-    with Ledger(tmp_path / "ledger.sqlite") as writer:  # the next writer journals ahead again
-        assert read_rows(writer.path, "PRAGMA journal_mode") == [("wal",)]
 
 
-@pytest.mark.parametrize("ledger_first", [True, False])
-def test_the_last_writer_connection_out_switches_the_file_whichever_closes_last(tmp_path, ledger_first):
+def test_the_file_alone_holds_every_commit_while_its_writers_are_open(tmp_path):
+    """A copy of ledger.sqlite alone, taken between writes of a run that is then killed (a backup,
+    a file sent with a bug report, the -wal of a WAL-mode ledger deleted as a leftover), holds every
+    answer."""
     ledger = open_ledger(tmp_path)
     phases = CyclePhases(ledger)
-    phases.set_phase(0, "train")
-    first, last = (ledger, phases) if ledger_first else (phases, ledger)
-    first.close()
-    assert read_rows(ledger.path, "PRAGMA journal_mode") == [("wal",)]  # the other still has it open
-    last.close()
-    assert read_rows(ledger.path, "PRAGMA journal_mode") == [("delete",)]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.sqlite"]
+    (region_id,) = ledger.ask(0, [("a", (0, 0, 30, 30), "entropy", 1.0)])
+    ledger.answer(region_id, np.full((30, 30), 3, np.uint8), by="oracle")
+    ledger.set_meta("seed", 7)
+    phases.set_phase(0, "done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels", "ledger.sqlite"]  # no log beside it
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "ledger.sqlite").write_bytes(ledger.path.read_bytes())
+    (copy / "labels").symlink_to(tmp_path / "labels")
+    assert_finished_run_reads(copy, region_id)
+    phases.close()
+    ledger.close()
+
+
+# A writer killed in the middle of a write: the file holds part of it, its journal the pages before.
+KILLED_IN_A_WRITE = """
+import os, sqlite3
+conn = sqlite3.connect({path!r}, isolation_level=None)
+conn.execute("PRAGMA cache_size = 2")  # changed pages spill to the file before the commit
+conn.execute("BEGIN IMMEDIATE")
+conn.executemany("INSERT INTO meta VALUES (?, ?)", [(f"k{{i}}", "x" * 200) for i in range(2000)])
+os._exit(0)
+"""
+
+
+def test_a_write_a_kill_left_half_done_is_undone_as_the_ledger_is_next_read(tmp_path):
+    region_id = write_a_finished_run(tmp_path)
+    before = dump(tmp_path / "ledger.sqlite")
+    subprocess.run([sys.executable, "-c", KILLED_IN_A_WRITE.format(path=str(tmp_path / "ledger.sqlite"))], check=True)
+    assert (tmp_path / "ledger.sqlite-journal").stat().st_size > 0
+    assert_finished_run_reads(tmp_path, region_id)  # a reader: as a status or a resume's first look
+    assert dump(tmp_path / "ledger.sqlite") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels", "ledger.sqlite"]
+
+
+def test_a_write_a_kill_left_half_done_on_a_read_only_folder_is_named(tmp_path):
+    write_a_finished_run(tmp_path)
+    subprocess.run([sys.executable, "-c", KILLED_IN_A_WRITE.format(path=str(tmp_path / "ledger.sqlite"))], check=True)
+    with read_only(tmp_path), pytest.raises(LedgerError, match=r"ledger\.sqlite: holds a write that a kill left half "
+                                                                r"done \(ledger\.sqlite-journal beside it, .*\), which only "
+                                                                "a process that may write the folder can undo"):
+        Ledger(tmp_path / "ledger.sqlite", readonly=True)
+
+
+# A run of an s4al that kept the ledger in WAL mode, killed: its last commits are in the log alone.
+KILLED_IN_WAL_MODE = """
+import os, sqlite3
+conn = sqlite3.connect({path!r}, isolation_level=None)
+conn.execute("PRAGMA journal_mode = WAL")
+conn.execute("INSERT OR REPLACE INTO meta VALUES ('seed', '8')")
+os._exit(0)
+"""
+
+
+def test_a_ledger_an_older_s4al_left_in_wal_mode_takes_its_log_in_at_the_next_write(tmp_path):
+    region_id = write_a_finished_run(tmp_path)
+    subprocess.run([sys.executable, "-c", KILLED_IN_WAL_MODE.format(path=str(tmp_path / "ledger.sqlite"))], check=True)
+    assert (tmp_path / "ledger.sqlite-wal").stat().st_size > 0
+    Ledger(tmp_path / "ledger.sqlite").close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels", "ledger.sqlite"]
+    assert read_rows(tmp_path / "ledger.sqlite", "PRAGMA journal_mode") == [("delete",)]
+    with Ledger(tmp_path / "ledger.sqlite", readonly=True) as reader:
+        assert reader.get_meta("seed") == 8 and [r.region_id for r in reader.answered()] == [region_id]
 
 
 def test_a_finished_run_on_a_read_only_folder_is_read(tmp_path):
     region_id = write_a_finished_run(tmp_path)
-    labels, ledger_file = tmp_path / "labels", tmp_path / "ledger.sqlite"
-    ledger_file.chmod(0o444)
-    for folder in (labels, tmp_path):
-        folder.chmod(0o555)
-    try:
-        try:
-            (tmp_path / "probe").touch()
-        except PermissionError:
-            pass
-        else:
-            pytest.skip("this user writes into a read-only folder anyway (root)")
+    (tmp_path / "ledger.sqlite").chmod(0o444)
+    with read_only(tmp_path / "labels"), read_only(tmp_path):
         assert_finished_run_reads(tmp_path, region_id)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["labels", "ledger.sqlite"]
-    finally:
-        for folder in (tmp_path, labels):
-            folder.chmod(0o755)
 
 
 def test_a_writer_closing_while_a_reader_reads_keeps_every_write_and_does_not_wait(tmp_path):
@@ -540,16 +601,23 @@ def test_a_writer_closing_while_a_reader_reads_keeps_every_write_and_does_not_wa
         ledger.answer(region_id, np.full((30, 30), 3, np.uint8), by="oracle")
         assert [r.region_id for r in reader.answered()] == [region_id]
         started = time.monotonic()
-        ledger.close()  # busy: the reader holds the file, which stays in WAL mode
+        ledger.close()
         assert time.monotonic() - started < 5
-        assert read_rows(ledger.path, "PRAGMA journal_mode") == [("wal",)]
         assert [r.region_id for r in reader.answered()] == [region_id]
     with Ledger(tmp_path / "ledger.sqlite", readonly=True) as reader:
         assert [r.region_id for r in reader.answered()] == [region_id]
         assert (label_map(reader, "a")[:30, :30] == 3).all()
-    Ledger(tmp_path / "ledger.sqlite").close()  # the next writer out switches it
-    assert read_rows(tmp_path / "ledger.sqlite", "PRAGMA journal_mode") == [("delete",)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels", "ledger.sqlite"]
+
+
+def test_the_answers_of_regions_after_the_ledgers_last_are_found(ledger):
+    first, second = ledger.ask(0, [("a", (0, 0, 10, 10), "entropy", 1.0), ("b", (0, 0, 10, 10), "entropy", 0.9)])
+    ledger.answer(second, np.ones((10, 10), np.uint8), by="oracle")
+    assert ledger.answers_of_unknown_regions() == []
+    for name in ("region_000003.png", "region_000003.v2.png", "region_000010.png", "notes.png", "region_x.png"):
+        (ledger.labels_dir / name).write_bytes(b"")
+    assert ledger.answers_of_unknown_regions() == ["labels/region_000003.png", "labels/region_000003.v2.png",
+                                                   "labels/region_000010.png"]
 
 
 def test_skipped_regions_are_neither_asked_nor_labelled_and_an_answer_replaces_a_skip_only_to_overwrite(ledger):

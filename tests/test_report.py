@@ -52,7 +52,7 @@ def run_dir(tmp_path_factory) -> Path:
     """Cycle 0 trains and buys regions, cycle 1 trains: every figure has something to show."""
     folder = tmp_path_factory.mktemp("run")
     with ActiveLearningRun(folder, tiny_config(train={"epochs": 1, "device": "cpu"})) as run:
-        run.run()  # closed, as `s4al run` closes it: an open ledger keeps its WAL files beside it
+        run.run()  # closed, as `s4al run` closes it
     return folder
 
 

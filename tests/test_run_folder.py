@@ -2,6 +2,7 @@
 replaced by a fresh one; one process at a time; a run killed in its first moments resumes; every
 refusal is a message that names the file."""
 
+import errno
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from s4al.active.ledger import Ledger
 from s4al.cli import app
 from s4al.config import config_text, save_config
 from s4al.data import DatasetError
+from s4al.errors import S4alWarning
 from s4al.run_folder import RunFolder, RunFolderError
 from s4al.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -238,30 +240,32 @@ def test_a_run_killed_in_its_first_moments_resumes(tmp_path, left):
     assert not (run_dir / ".ledger.sqlite.new").exists()
 
 
-def test_a_new_ledger_whose_log_was_not_written_into_it_is_refused_and_made_whole_the_next_time(tmp_path, monkeypatch):
-    """A failing disk as the new ledger closes leaves part of it in its write-ahead log (as a second
-    connection holding the file does here): the file is not put in place without it."""
-    from s4al.active import ledger as ledger_module
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.ENOSYS])
+def test_a_filesystem_that_serves_no_file_locks_is_named_and_the_run_not_begun(tmp_path, monkeypatch, code):
+    def no_locks(fd, operation):  # NFS without its lock daemon (ENOLCK), Lustre mounted without flock (ENOSYS)
+        raise OSError(code, os.strerror(code))
 
-    real_disconnect, held = ledger_module.disconnect, []
+    monkeypatch.setattr("s4al.run_folder.fcntl.flock", no_locks)
+    result = runner.invoke(app, ["run", "--out", str(tmp_path / "run"), "--quiet"], env={"COLUMNS": "500"})
+    assert result.exit_code == 1 and result.output.startswith(
+        f"error: {tmp_path / 'run'}: its filesystem serves no file locks ({os.strerror(code)}), which keep a second "
+        "process from writing the run at once; put the run folder on a disk that serves them")
+    assert not (tmp_path / "run" / "ledger.sqlite").exists()
 
-    def close_beside_another(conn, readonly):
-        path = conn.execute("PRAGMA database_list").fetchone()[2]
-        if path.endswith(".ledger.sqlite.new") and not held:
-            held.append(ledger_module.sqlite3.connect(path))
-            held[0].execute("SELECT 1 FROM meta").fetchall()
-        real_disconnect(conn, readonly)
 
-    monkeypatch.setattr(ledger_module, "disconnect", close_beside_another)
+def test_a_ledger_older_than_the_answers_beside_it_is_named_as_the_run_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    with pytest.raises(RunFolderError, match=r"\.ledger\.sqlite\.new: its write-ahead log could not be written into it"):
-        ActiveLearningRun(run_dir, external_config())
-    held[0].close()
-    monkeypatch.setattr(ledger_module, "disconnect", real_disconnect)
-    assert not (run_dir / "ledger.sqlite").exists()
-    assert ActiveLearningRun(run_dir, external_config()).run() == []  # made again, whole
+    assert ActiveLearningRun(run_dir, external_config()).run() == []  # cycle 0 trained and asked
     with Ledger(run_dir / "ledger.sqlite", readonly=True) as ledger:
-        assert ledger.asked() and ledger.get_meta("seed") == external_config().seed
+        last = max(region.region_id for region in ledger.regions())
+    (run_dir / "labels").mkdir(exist_ok=True)
+    later = run_dir / "labels" / f"region_{last + 3:06d}.png"  # as a later state of the run wrote it
+    later.write_bytes(b"an answer")
+    with pytest.warns(S4alWarning, match=f"ledger.sqlite: older than the answers in labels/{later.name}, of regions "
+                                         "it does not hold \\(a ledger put back from a backup\\?\\)"):
+        with ActiveLearningRun(run_dir) as run:
+            run.run()
+    assert later.read_bytes() == b"an answer"
 
 
 def test_a_temp_file_of_a_run_killed_as_it_wrote_its_config_is_removed_as_the_run_is_made_again(tmp_path):

@@ -26,10 +26,12 @@ A ledger of an older schema version is migrated in place when opened for writing
 reader reads it as it is (what an older version lacks reads as unknown).
 
 One process writes (rank 0); others may open it with readonly=True. Every connection to the file
-follows the same rules (`connect`, `write_transaction`, `disconnect`). A closed writer leaves
-the file in rollback-journal mode, whole on its own, so a finished run's ledger reads on read-only
-media and a reader leaves nothing beside it. Do not share a Ledger across fork (e.g. into
-DataLoader workers): open one per process.
+follows the same rules (`connect`, `write_transaction`). The file holds every commit itself (a
+rollback journal, no write-ahead log kept beside it), so between writes `ledger.sqlite` alone is
+the whole ledger: copied, backed up or put back on its own, it loses no answer; a reader leaves
+nothing beside it, and reads on read-only media. A kill in the middle of a write leaves
+`ledger.sqlite-journal`, which the next connection uses to undo the write. Do not share a Ledger
+across fork (e.g. into DataLoader workers): open one per process.
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ import io
 import json
 import math
 import os
+import re
 import sqlite3
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, closing, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -78,7 +81,6 @@ SUMMARIES_DUE = "summaries_due"  # finished cycles whose summary a change of the
 # version 1 lacks the 'skipped' state, versions 1 and 2 the column painted_at, versions 1 to 3 source_digest
 READABLE_VERSIONS = (1, 2, 3, 4)
 LABELS_DIRNAME = "labels"
-_SWITCH_BUSY_TIMEOUT_MS = 100  # a close waits this long at most for other connections to the file
 
 _REGIONS_TABLE = """CREATE TABLE regions (
         region_id   INTEGER PRIMARY KEY,
@@ -161,6 +163,10 @@ def ledger_error(path: Path | str, err: sqlite3.DatabaseError) -> LedgerError:
     """What an SQLite error says of the ledger at `path`: not written (a full disk, a read-only
     folder, another process writing it: nothing of the operation is stored), damaged, or no ledger."""
     name = getattr(err, "sqlite_errorname", None) or ""
+    if name in ("SQLITE_IOERR_LOCK", "SQLITE_IOERR_RDLOCK", "SQLITE_IOERR_UNLOCK", "SQLITE_PROTOCOL"):
+        return LedgerError(f"{path}: the filesystem refused SQLite's file locks ({err}); nothing of this write was "
+                           "stored. Put the run folder on a disk that serves locks (a local disk, or a network "
+                           "filesystem mounted with lock support), then run the command again")
     if name.startswith(_NOT_WRITTEN):
         return LedgerError(f"{path}: could not be written ({err}); nothing of this write was stored, the ledger is as "
                            "its last write left it: free space or make the folder writable, then run the command again")
@@ -173,39 +179,49 @@ def ledger_error(path: Path | str, err: sqlite3.DatabaseError) -> LedgerError:
 
 
 def connect(path: Path, readonly: bool) -> sqlite3.Connection:
-    """A connection to the ledger file at `path` under its durability rules: a writer journals
-    ahead (WAL) and syncs every commit to disk (synchronous FULL); a reader opens the file
-    read-only and must find it. Transactions are explicit: see write_transaction; close with
-    disconnect."""
+    """A connection to the ledger file at `path` under its durability rules: a writer keeps the file
+    in rollback-journal mode (a ledger an older s4al left in WAL mode takes its log in) and syncs
+    every commit to disk (synchronous FULL); a reader opens the file read-only and must find it.
+    Transactions are explicit: see write_transaction."""
     if readonly and not path.is_file():
         raise FileNotFoundError(f"{path}: no ledger here")
+    try:
+        return _connection(path, readonly)
+    except sqlite3.DatabaseError as err:
+        if getattr(err, "sqlite_errorname", None) != "SQLITE_READONLY_ROLLBACK":
+            raise ledger_error(path, err) from None
+    _undo_interrupted_write(path)  # a reader found a write that a kill left half done
+    try:
+        return _connection(path, readonly)
+    except sqlite3.DatabaseError as err:
+        raise ledger_error(path, err) from None
+
+
+def _connection(path: Path, readonly: bool) -> sqlite3.Connection:
     target = f"{path.resolve().as_uri()}?mode=ro" if readonly else str(path)
     conn = sqlite3.connect(target, uri=readonly, isolation_level=None, timeout=30)
     try:
         conn.execute("PRAGMA foreign_keys = ON")
         if not readonly:
-            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA journal_mode = DELETE")
             conn.execute("PRAGMA synchronous = FULL")
-    except sqlite3.DatabaseError as err:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # a write a kill left half done shows here
+    except BaseException:
         conn.close()
-        raise ledger_error(path, err) from None
+        raise
     return conn
 
 
-def disconnect(conn: sqlite3.Connection, readonly: bool) -> None:
-    """Close a connection from `connect`. The last writer out puts the file back in rollback-journal
-    mode (its write-ahead log copied in and removed), so the file at rest is whole on its own: a
-    later read-only reader creates no -wal/-shm files beside it and can read it on read-only media.
-    While another connection has the file open it answers busy at once: the file stays in WAL
-    mode, nothing lost, and a later writer's close switches it."""
+def _undo_interrupted_write(path: Path) -> None:
+    """Rolls back the write that a kill interrupted, from the journal beside the file: a connection
+    that may write does it as it first reads. SQLite does so only where no process is writing."""
     try:
-        if not readonly:
-            conn.execute(f"PRAGMA busy_timeout = {_SWITCH_BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = DELETE")
-    except sqlite3.Error:
-        pass  # every write is committed already; only the mode stays
-    finally:
-        conn.close()
+        with closing(sqlite3.connect(str(path), isolation_level=None, timeout=30)) as conn:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as err:
+        raise LedgerError(f"{path}: holds a write that a kill left half done ({path.name}-journal beside it, {err}), "
+                          "which only a process that may write the folder can undo: run the command where the folder "
+                          "can be written, or copy the folder (the journal too) somewhere it can") from None
 
 
 @contextmanager
@@ -441,7 +457,7 @@ class Ledger(RegionsByState, AbstractContextManager):
     # --- plumbing -------------------------------------------------------------------------------
 
     def close(self) -> None:
-        disconnect(self._conn, self.readonly)
+        self._conn.close()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -630,6 +646,13 @@ class Ledger(RegionsByState, AbstractContextManager):
                  "WHERE (:cycle IS NULL OR cycle = :cycle) AND (:state IS NULL OR state = :state)")
         rows = self._conn.execute(query + " ORDER BY region_id", {"cycle": cycle, "state": state})
         return [_region_from_row(row) for row in rows]
+
+    def answers_of_unknown_regions(self) -> list[str]:
+        """The files of labels/ answering regions after the last this ledger holds: written by a
+        later state of the run than the ledger (a ledger put back from a backup)."""
+        last = self._conn.execute("SELECT MAX(region_id) FROM regions").fetchone()[0] or 0
+        found = (re.fullmatch(r"region_(\d+)(\.v\d+)?\.png", path.name) for path in self.labels_dir.glob("region_*.png"))
+        return sorted(f"{LABELS_DIRNAME}/{match.group(0)}" for match in found if match and int(match.group(1)) > last)
 
     # --- regions: answer --------------------------------------------------------------------------
 

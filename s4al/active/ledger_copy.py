@@ -3,7 +3,7 @@
 Under torchrun rank 0 alone opens the ledger file, labels (s4al/active/ledger.py) and phases
 (s4al/active/phases.py) alike. After each of its writes it sends every other rank a copy of what
 the cycle reads: the images, the regions and each cycle's phase. So no rank reads the SQLite file
-from another host, where a network filesystem gives SQLite's WAL mode no shared memory, and every
+from another host, where a network filesystem's locks may not hold across hosts, and every
 rank decides what comes next from exactly what rank 0 read. Answered patches are PNG files in the
 run folder, which every rank reads itself."""
 

@@ -51,6 +51,11 @@ def open_ledger(folder: RunFolder, cfg: RunConfig, train_set: SegmentationDatase
         _make_ledger(folder, cfg, train_set)
     Ledger(path, readonly=True).close()  # a damaged file is refused before anything writes to it
     ledger = Ledger(path)
+    unknown = ledger.answers_of_unknown_regions()
+    if unknown:
+        warnings.warn(f"{path}: older than the answers in {first_of(unknown)}, of regions it does not hold (a ledger "
+                      "put back from a backup?); the run goes on from the ledger, which asks such regions anew, "
+                      "and leaves those files unread", S4alWarning)
     _check_config(folder, ledger)
     _check_classes(ledger, cfg, train_set)
     additions = _check_same_images(ledger, cfg, train_set)
@@ -74,17 +79,14 @@ def _make_ledger(folder: RunFolder, cfg: RunConfig, train_set: SegmentationDatas
     initial_ids = [ids[i] for i in initial]
     path = folder.ledger_path
     building = path.with_name(f".{path.name}.new")
-    for left in (building, *(building.with_name(f"{building.name}-{log}") for log in ("wal", "shm"))):
-        left.unlink(missing_ok=True)  # an earlier try's: a log left beside a new file would be read into it
+    for left in (building, *(building.with_name(f"{building.name}-{log}") for log in ("journal", "wal", "shm"))):
+        left.unlink(missing_ok=True)  # an earlier try's: a journal left beside a new file would be read into it
     with Ledger(building) as ledger:
         records = [(image_id, *train_set.image_size(i)) for i, image_id in enumerate(ids)]
         ledger.register_images(records, initial=set(initial_ids))
         ledger.set_meta(CLASSES_META, list(train_set.classes.names))
         ledger.set_meta(SEED_META, cfg.seed)
         ledger.set_meta(CONFIG_DIGEST, config_digest(folder.config_path))
-    if building.with_name(f"{building.name}-wal").exists():  # not folded into the file on close: part of it
-        raise RunFolderError(f"{building}: its write-ahead log could not be written into it (a full disk, or a "
-                             "failing one?); make room and run the command again")
     os.replace(building, path)
 
 

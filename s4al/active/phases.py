@@ -7,8 +7,8 @@ in the `cycles` table of the run's ledger file (RUN_DIR/ledger.sqlite), which th
 label store (s4al/active/ledger.py) owns the rest of the file. A writer creates the table where the
 file lacks it; a reader of such a file sees no phase yet.
 
-Every connection to the file follows the ledger's rules (s4al/active/ledger.py: WAL, synchronous
-FULL, one BEGIN IMMEDIATE transaction per write). Labels and phases are written in separate
+Every connection to the file follows the ledger's rules (s4al/active/ledger.py: a rollback journal,
+synchronous FULL, one BEGIN IMMEDIATE transaction per write). Labels and phases are written in separate
 transactions, labels first: a kill in between leaves the old phase, and the step that resumes it
 finds its labels already there (ActiveLearningRun.acquire asks nothing twice).
 """
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
-from s4al.active.ledger import Ledger, LedgerError, connect, disconnect, utc_now, write_transaction
+from s4al.active.ledger import Ledger, LedgerError, connect, utc_now, write_transaction
 
 PHASES = ("train", "acquire", "answer", "done")
 
@@ -53,7 +53,7 @@ class CyclePhases(AbstractContextManager):
                 raise
 
     def close(self) -> None:
-        disconnect(self._conn, self.readonly)
+        self._conn.close()
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -99,7 +99,7 @@ def next_lines(run_dir: Path, cfg: RunConfig, ledger: Ledger, phases: CyclePhase
     phase = None if cycle is None else phases.phase(cycle)
     asked, masked = ledger.asked(), set(masked)
     pending = [region for region in asked if region.image_id not in masked]
-    lines = [f"in use by process {holder} now (a run, an import, a query or a skip): wait for it to end"] if holder else []
+    lines = [f"in use by {holder} now (a run, an import, a query or a skip): wait for it to end"] if holder else []
     if config_edited:
         lines.append("`s4al run --resume` refuses config.yaml as it is now: put back the file the run was made with "
                      "first (the note above).")
