@@ -62,11 +62,26 @@ def _umask() -> int:
     return mask
 
 
+def sync_folder(folder: Path) -> None:
+    """Makes the renames in `folder` durable: a power loss after it keeps them (a file's fsync alone
+    does not keep its name on every filesystem). Where a folder cannot be synced (Windows), none."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # a filesystem that syncs no folder: its renames are as durable as it makes them
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yields the path of a temp file beside `path` (its own name, so two writers never share one)
-    for a writer that takes a path; on success it is fsynced and renamed over `path`, on any error
-    removed."""
+    for a writer that takes a path; on success it is fsynced, renamed over `path` and the rename
+    made durable, on any error removed."""
     path = Path(path)
     prefix, suffix = _temp_name_parts(path.name)
     try:
@@ -80,6 +95,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())
         os.replace(tmp, path)
+        sync_folder(path.parent)
     except OSError as err:  # a full disk, a folder gone read-only: said of the file written, not its temp file
         with suppress(OSError):
             Path(tmp).unlink(missing_ok=True)

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -1191,7 +1192,8 @@ def test_import_is_refused_at_once_while_another_process_holds_the_run_folder(ru
         for answers in (imported, new):
             result = CliRunner().invoke(app, ["import", str(run_dir), str(answers)])
             assert result.exit_code == 1
-            assert result.output.startswith(f"error: {run_dir}: in use by process {holder.pid}; wait for it to finish")
+            assert result.output.startswith(f"error: {run_dir}: in use by process {holder.pid} on {socket.gethostname()}; "
+                                            "wait for it to finish")
         assert snapshot(run_dir) == before
     finally:
         holder.kill()

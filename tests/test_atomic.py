@@ -88,3 +88,21 @@ def test_a_write_refused_at_its_rename_names_the_file_alone(tmp_path):
             file.write("{}")
     assert str(refused.value) == f"[Errno {errno.EISDIR}] Is a directory: '{taken}'"
     assert [p.name for p in tmp_path.iterdir()] == ["scores.json"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="open files are named in /proc")
+def test_a_write_syncs_the_file_then_its_folder_once_renamed(tmp_path, monkeypatch):
+    """A power loss after the write keeps the new file under its name: its bytes synced before the
+    rename, the folder holding the name synced after it."""
+    synced, fsync = [], os.fsync
+
+    def recording(fd):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append((os.path.basename(target), (tmp_path / "cycle.json").exists()))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    with atomic_write(tmp_path / "cycle.json") as file:
+        file.write(b"{}")
+    assert [(name.startswith(".cycle.json."), renamed) for name, renamed in synced] == [(True, False), (False, True)]
+    assert synced[1][0] == tmp_path.name

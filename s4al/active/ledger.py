@@ -40,7 +40,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 import sqlite3
 from collections import Counter
@@ -54,7 +53,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from s4al.atomic import atomic_write, stray_temp_files
+from s4al.atomic import atomic_write, stray_temp_files, sync_folder
 from s4al.data.base import Box
 from s4al.errors import S4alError
 from s4al.text import first_of, shell
@@ -388,15 +387,6 @@ def _writing(path: Path) -> Iterator[None]:
         raise LabelWriteError(path, err) from err
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make the renames inside `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _as_label_patch(patch: Any) -> np.ndarray | None:
     """The patch as uint8, or None if it is not a 2-D integer array with values in 0..255."""
     array = np.asarray(patch)
@@ -724,7 +714,7 @@ class Ledger(RegionsByState, AbstractContextManager):
                     _save_png(path, png)
                 written.append(path)
             with _writing(self.labels_dir):
-                _fsync_dir(self.labels_dir)
+                sync_folder(self.labels_dir)
         except BaseException:
             for path in written:
                 with suppress(OSError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 import warnings
 from pathlib import Path
@@ -19,6 +20,7 @@ from s4al.active.ledger import (
     MASK_READING, RESUME_CHANGES, RUN_ID, SEED_META, Ledger, utc_now,
 )
 from s4al.active.phases import CyclePhases
+from s4al.atomic import atomic_write, sync_folder
 from s4al.config import (
     SAVED_ON_RESUME, RunConfig, config_digest, file_digest, flat_config, nested, written_config_digest,
 )
@@ -88,6 +90,7 @@ def _make_ledger(folder: RunFolder, cfg: RunConfig, train_set: SegmentationDatas
         ledger.set_meta(SEED_META, cfg.seed)
         ledger.set_meta(CONFIG_DIGEST, config_digest(folder.config_path))
     os.replace(building, path)
+    sync_folder(folder.path)
 
 
 VOID_NAMES = ("void", "ignore", "ignored", "unlabelled", "unlabeled", "unknown", "dontcare", "don't care")
@@ -254,10 +257,13 @@ def _write_splits(folder: RunFolder, ledger: Ledger) -> None:
     initial = [r.image_id for r in ledger.images() if r.initial]
     pool = sorted(r.image_id for r in ledger.images() if not r.initial)
     building = folder.path / ".splits.new"
-    building.mkdir(exist_ok=True)
-    (building / "initial_labelled.txt").write_text("".join(f"{i}\n" for i in initial))
-    (building / "pool.txt").write_text("".join(f"{i}\n" for i in pool))
+    shutil.rmtree(building, ignore_errors=True)  # an earlier try's, killed
+    building.mkdir()
+    for name, ids in (("initial_labelled.txt", initial), ("pool.txt", pool)):
+        with atomic_write(building / name, "w") as file:  # durable before the folder takes its name
+            file.write("".join(f"{i}\n" for i in ids))
     os.replace(building, folder.splits_dir)
+    sync_folder(folder.path)
 
 
 def save_resume_changes(folder: RunFolder, ledger: Ledger, phases: CyclePhases, cfg: RunConfig,
