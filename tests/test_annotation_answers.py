@@ -727,6 +727,17 @@ def test_skip_of_one_cycle_leaves_the_regions_another_cycle_asks(run_dir):
         assert [r.region_id for r in ledger.asked()] == [later]
 
 
+def test_skip_refuses_a_file_that_is_no_ledger_and_leaves_it_as_it_was(tmp_path):
+    with closing(sqlite3.connect(tmp_path / "ledger.sqlite")) as conn:  # another tool's SQLite file under the name
+        conn.execute("CREATE TABLE notes (text TEXT)")
+        conn.commit()
+    before = (tmp_path / "ledger.sqlite").read_bytes()
+    refused = CliRunner().invoke(app, ["skip", str(tmp_path)], env={"COLUMNS": "250"})
+    assert (refused.exit_code, refused.output) == (
+        1, f"error: {tmp_path / 'ledger.sqlite'}: not a label ledger (it holds no schema version)\n")
+    assert (tmp_path / "ledger.sqlite").read_bytes() == before  # not given a ledger's tables
+
+
 def test_skip_says_the_tasks_of_a_label_studio_project_stay_open_there(run_dir):
     with Ledger(run_dir / "ledger.sqlite") as ledger:
         ledger.set_meta(PROJECT_META, {"url": "http://127.0.0.1:8080", "id": 3})

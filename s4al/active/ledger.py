@@ -158,10 +158,14 @@ class LabelWriteError(LedgerError):
 _NOT_WRITTEN = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")
 
 
-def ledger_error(path: Path | str, err: sqlite3.DatabaseError) -> LedgerError:
+def ledger_error(path: Path | str, err: sqlite3.DatabaseError, reading: bool = False) -> LedgerError:
     """What an SQLite error says of the ledger at `path`: not written (a full disk, a read-only
-    folder, another process writing it: nothing of the operation is stored), damaged, or no ledger."""
+    folder, another process writing it: nothing of the operation is stored), not read (`reading`:
+    a reader's open), damaged, or no ledger."""
     name = getattr(err, "sqlite_errorname", None) or ""
+    if reading and name.startswith(_NOT_WRITTEN):
+        return LedgerError(f"{path}: could not be read ({err}); nothing was changed. Make the folder readable, or "
+                           "copy the run folder where it can be written and read it there")
     if name in ("SQLITE_IOERR_LOCK", "SQLITE_IOERR_RDLOCK", "SQLITE_IOERR_UNLOCK", "SQLITE_PROTOCOL"):
         return LedgerError(f"{path}: the filesystem refused SQLite's file locks ({err}); nothing of this write was "
                            "stored. Put the run folder on a disk that serves locks (a local disk, or a network "
@@ -188,12 +192,12 @@ def connect(path: Path, readonly: bool) -> sqlite3.Connection:
         return _connection(path, readonly)
     except sqlite3.DatabaseError as err:
         if getattr(err, "sqlite_errorname", None) != "SQLITE_READONLY_ROLLBACK":
-            raise ledger_error(path, err) from None
+            raise ledger_error(path, err, reading=readonly) from None
     _undo_interrupted_write(path)  # a reader found a write that a kill left half done
     try:
         return _connection(path, readonly)
     except sqlite3.DatabaseError as err:
-        raise ledger_error(path, err) from None
+        raise ledger_error(path, err, reading=readonly) from None
 
 
 def _connection(path: Path, readonly: bool) -> sqlite3.Connection:
@@ -429,7 +433,7 @@ class Ledger(RegionsByState, AbstractContextManager):
             self._configure(readonly)
         except sqlite3.DatabaseError as err:
             self.close()
-            raise ledger_error(self.path, err) from None
+            raise ledger_error(self.path, err, reading=readonly) from None
         except BaseException:
             self.close()
             raise

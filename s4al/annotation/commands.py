@@ -277,6 +277,7 @@ def skip(run_dir: RunDirArgument, region: RegionOption = None, cycle: CycleOptio
         folder = RunFolder(run_dir)
         folder.ledger_file()  # a run folder, before its config is read
         _refuse_oracle_run(folder, "a skip")
+        Ledger(folder.ledger_file(), readonly=True).close()  # a file that is no ledger is refused before a write
         with folder.locked(), Ledger(folder.ledger_file()) as ledger:  # the lock: not while a run writes it
             asked = [] if region else ledger.asked(cycle)
             chosen = region or [r.region_id for r in asked]
