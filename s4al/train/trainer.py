@@ -456,21 +456,22 @@ class Trainer:
         if distributed.world_size() > 1 or threading.current_thread() is not threading.main_thread():
             handled = []
 
+        def put_back():
+            for signum in handled:
+                signal.signal(signum, previous[signum])
+
         def request_stop(signum, frame):
             self.stop_requested = signal.Signals(signum)
-            for each in handled:
-                signal.signal(each, previous[each])
+            put_back()
 
         for signum in handled:
             signal.signal(signum, request_stop)
         if self.stop_requested:  # a first signal as the handlers were set: the other is no longer a first
-            for signum in handled:
-                signal.signal(signum, previous[signum])
+            put_back()
         try:
             yield
         finally:
-            for signum in handled:
-                signal.signal(signum, previous[signum])
+            put_back()
 
     def _stop(self, pending: list, started: float) -> TrainingStopped:
         if pending:
